@@ -1,0 +1,1 @@
+//! The control-plane HTTP API: /v1/registration, /healthz, /metrics.

@@ -1,0 +1,3 @@
+//! The catalog: services, ports, endpoints and VIPs; pure data.
+
+pub mod model;

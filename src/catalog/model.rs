@@ -1,0 +1,136 @@
+//! The catalog's data types: the contract between the director poller (producer) and the
+//! xDS server, the name-table stream and the HTTP API (consumers).
+//!
+//! A `Catalog` is immutable once built; a new one is built whole and published through a
+//! `tokio::sync::watch` channel as `Arc<Catalog>`. Consumers diff or rebuild from it.
+
+use std::net::{IpAddr, Ipv4Addr};
+
+use serde::{Deserialize, Serialize};
+
+/// What an `expose_ports` entry speaks. Decides the Envoy filter chain (tcp_proxy or HTTP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Tcp,
+    Http,
+    Http2,
+    Grpc,
+}
+
+impl Protocol {
+    /// Whether Envoy should terminate this port with the HTTP connection manager.
+    pub fn is_http(self) -> bool {
+        !matches!(self, Protocol::Tcp)
+    }
+
+    /// Whether the upstream connection must speak HTTP/2.
+    pub fn is_http2(self) -> bool {
+        matches!(self, Protocol::Http2 | Protocol::Grpc)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Http => "http",
+            Protocol::Http2 => "http2",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// One entry of a job's `expose_ports`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServicePort {
+    pub name: String,
+    pub number: u16,
+    pub protocol: Protocol,
+}
+
+/// Identity of a service: one (deployment, instance group, job) with exposed ports.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ServiceKey {
+    pub deployment: String,
+    pub instance_group: String,
+    pub job: String,
+}
+
+/// One instance of the service's instance group that has a VM and an address.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub address: IpAddr,
+    pub az: Option<String>,
+    /// The director's stable instance id (uuid).
+    pub instance: String,
+    pub index: Option<u32>,
+    /// `job_state == "running"` at the director's last health report.
+    pub healthy: bool,
+}
+
+/// A service as every consumer sees it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Service {
+    pub key: ServiceKey,
+    /// `<job>.<instance_group>.<deployment>.<tld>`, lower-case, no trailing dot.
+    pub hostname: String,
+    pub vip: Ipv4Addr,
+    /// Sorted by number.
+    pub ports: Vec<ServicePort>,
+    /// Sorted by (index, instance). Unhealthy endpoints are kept (with `healthy: false`) so
+    /// that `/v1/registration` can show them; xDS only sends the healthy ones.
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// Everything the control plane knows, at one moment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Catalog {
+    /// Content hash of `services`: equal catalogs have equal versions, on every replica.
+    pub version: u64,
+    pub tld: String,
+    /// Sorted by hostname.
+    pub services: Vec<Service>,
+}
+
+/// One row of the director's `instances?format=full` task result, reduced to what the
+/// catalog needs (director-api.md §3.3). Decoded by `director`, consumed by `catalog`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Instance {
+    /// The director's `id` (uuid): the stable identity.
+    pub id: String,
+    /// The director's `job_name`, which is the instance group (quirk §7.5).
+    pub instance_group: String,
+    pub index: Option<u32>,
+    pub az: Option<String>,
+    /// Raw `ips` entries as the director sent them (may be IPv6 or CIDR, quirk §7.7).
+    pub ips: Vec<String>,
+    /// `job_state` ("Process State"); `None` when the instance has no VM.
+    pub job_state: Option<String>,
+    /// `vm_cid`; `None` when the instance has no VM.
+    pub vm_cid: Option<String>,
+}
+
+/// A service as declared in a manifest, before endpoints and VIP are attached.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceDecl {
+    pub key: ServiceKey,
+    /// Sorted by number; at least one entry.
+    pub ports: Vec<ServicePort>,
+}
+
+/// What the catalog needs from one deployment's manifest, parsed once per manifest change.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ParsedManifest {
+    /// Every instance group in the manifest: only their instances can be endpoints.
+    pub instance_groups: std::collections::BTreeSet<String>,
+    pub services: Vec<ServiceDecl>,
+    /// One line per skipped entry or job, naming deployment/instance group/job.
+    pub warnings: Vec<String>,
+}
+
+/// One deployment as the poller last saw it successfully.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentInput {
+    pub name: String,
+    pub manifest: std::sync::Arc<ParsedManifest>,
+    pub instances: std::sync::Arc<Vec<Instance>>,
+}

@@ -1,0 +1,271 @@
+//! Every subcommand's config file. Errors name the file and the key that was wrong.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// Reads a YAML (or JSON) config file into `T`; an error names the file and the key path.
+pub fn load<T: DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("config file {}: cannot read", path.display()))?;
+    parse(&text, path)
+}
+
+/// Parses config text; `origin` is only used to name the source in errors.
+pub fn parse<T: DeserializeOwned>(text: &str, origin: &Path) -> Result<T> {
+    let de = serde_yaml::Deserializer::from_str(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let key = err.path().to_string();
+        anyhow::anyhow!(
+            "config file {}: key `{}`: {}",
+            origin.display(),
+            key,
+            err.into_inner()
+        )
+    })
+}
+
+/// `boshy pilot` (the bosh-pilot job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PilotConfig {
+    pub director: DirectorConfig,
+    #[serde(default = "default_tld")]
+    pub tld: String,
+    #[serde(default = "default_vip_cidr")]
+    pub virtual_ip_cidr: Ipv4Net,
+    /// A released VIP is not handed to another service for this long (far longer than any
+    /// DNS TTL or client cache), unless the pool would otherwise be exhausted.
+    #[serde(default = "default_vip_quarantine_seconds")]
+    pub vip_quarantine_seconds: u64,
+    /// Where VIP assignments are persisted across restarts.
+    pub vip_state_path: PathBuf,
+    #[serde(default)]
+    pub listen: PilotListen,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PilotListen {
+    #[serde(default = "default_xds_listen")]
+    pub xds: SocketAddr,
+    #[serde(default = "default_api_listen")]
+    pub api: SocketAddr,
+    #[serde(default = "default_names_listen")]
+    pub names: SocketAddr,
+}
+
+impl Default for PilotListen {
+    fn default() -> Self {
+        PilotListen {
+            xds: default_xds_listen(),
+            api: default_api_listen(),
+            names: default_names_listen(),
+        }
+    }
+}
+
+/// How to reach and authenticate to the BOSH director.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorConfig {
+    /// e.g. `https://10.244.0.6:25555`
+    pub url: String,
+    /// UAA URL; when absent it is discovered from the director's `GET /info`.
+    #[serde(default)]
+    pub uaa_url: Option<String>,
+    pub client: String,
+    /// The client secret inline (a rendered job config file, mode 0600). Exactly one of
+    /// `client_secret`, `client_secret_file` or the env `BOSHY_DIRECTOR_CLIENT_SECRET`.
+    #[serde(default)]
+    pub client_secret: Option<Secret>,
+    #[serde(default)]
+    pub client_secret_file: Option<PathBuf>,
+    /// PEM file of the CA that signed the director's (and UAA's) certificate.
+    #[serde(default)]
+    pub ca_cert_path: Option<PathBuf>,
+    /// Inline PEM, as BOSH_CA_CERT may be.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    /// Explicit opt-out of certificate verification; logged loudly at every start.
+    #[serde(default)]
+    pub insecure_skip_tls_verify: bool,
+    #[serde(default = "default_poll_interval")]
+    pub poll_interval_seconds: u64,
+    #[serde(default = "default_health_interval")]
+    pub health_interval_seconds: u64,
+    #[serde(default = "default_full_resync")]
+    pub full_resync_seconds: u64,
+    /// Deadline for one `format=full` task (queued + processing).
+    #[serde(default = "default_task_timeout")]
+    pub task_timeout_seconds: u64,
+    /// Deadline for one HTTP request to the director or UAA.
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout_seconds: u64,
+}
+
+pub const CLIENT_SECRET_ENV: &str = "BOSHY_DIRECTOR_CLIENT_SECRET";
+
+impl DirectorConfig {
+    /// Resolves the client secret from exactly one source. Never logs or echoes it.
+    pub fn resolve_secret(&self, config_path: &Path) -> Result<Secret> {
+        let from_env = std::env::var(CLIENT_SECRET_ENV)
+            .ok()
+            .filter(|s| !s.is_empty());
+        let sources = [
+            self.client_secret.is_some(),
+            self.client_secret_file.is_some(),
+            from_env.is_some(),
+        ];
+        match sources.iter().filter(|s| **s).count() {
+            0 => bail!(
+                "config file {}: key `director.client_secret`: missing (set it, or \
+                 `director.client_secret_file`, or the env {CLIENT_SECRET_ENV})",
+                config_path.display()
+            ),
+            1 => {}
+            _ => bail!(
+                "config file {}: key `director.client_secret`: more than one of \
+                 client_secret, client_secret_file and {CLIENT_SECRET_ENV} is set",
+                config_path.display()
+            ),
+        }
+        if let Some(secret) = &self.client_secret {
+            return Ok(secret.clone());
+        }
+        if let Some(file) = &self.client_secret_file {
+            let text = std::fs::read_to_string(file).with_context(|| {
+                format!(
+                    "config file {}: key `director.client_secret_file`: cannot read {}",
+                    config_path.display(),
+                    file.display()
+                )
+            })?;
+            return Ok(Secret(text.trim_end_matches(['\n', '\r']).to_string()));
+        }
+        Ok(Secret(from_env.unwrap_or_default()))
+    }
+}
+
+/// A secret string whose Debug/Display never reveal it.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// `boshy vip-agent` (the virtual-ip-agent job).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    #[serde(default = "default_tld")]
+    pub tld: String,
+    /// DNS listen address (UDP and TCP).
+    #[serde(default = "default_dns_listen")]
+    pub listen: SocketAddr,
+    /// TTL of the A records the agent answers.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl_seconds: u32,
+    /// Base URLs of every bosh-pilot name-table endpoint, e.g. `http://10.244.0.10:15011`.
+    pub pilots: Vec<String>,
+    /// The last table received, reloaded at start.
+    pub table_path: PathBuf,
+    /// Where to write the bosh-dns handler that delegates `<tld>.` to this agent; optional.
+    #[serde(default)]
+    pub bosh_dns_handlers_path: Option<PathBuf>,
+}
+
+fn default_tld() -> String {
+    "boshy".into()
+}
+fn default_vip_cidr() -> Ipv4Net {
+    "169.254.255.0/24".parse().expect("valid default CIDR")
+}
+fn default_vip_quarantine_seconds() -> u64 {
+    3600
+}
+fn default_xds_listen() -> SocketAddr {
+    "0.0.0.0:15010".parse().expect("valid")
+}
+fn default_api_listen() -> SocketAddr {
+    "0.0.0.0:8080".parse().expect("valid")
+}
+fn default_names_listen() -> SocketAddr {
+    "0.0.0.0:15011".parse().expect("valid")
+}
+fn default_dns_listen() -> SocketAddr {
+    "127.0.0.1:8053".parse().expect("valid")
+}
+fn default_dns_ttl() -> u32 {
+    5
+}
+fn default_poll_interval() -> u64 {
+    5
+}
+fn default_health_interval() -> u64 {
+    15
+}
+fn default_full_resync() -> u64 {
+    300
+}
+fn default_task_timeout() -> u64 {
+    60
+}
+fn default_request_timeout() -> u64 {
+    10
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn error_names_file_and_key() {
+        let text = "director:\n  url: https://x\n  client: c\n  poll_interval_seconds: soon\nvip_state_path: /tmp/v\n";
+        let err = parse::<PilotConfig>(text, Path::new("/etc/pilot.yml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("/etc/pilot.yml"), "{msg}");
+        assert!(msg.contains("director.poll_interval_seconds"), "{msg}");
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let text =
+            "director:\n  url: https://x\n  client: c\n  colour: red\nvip_state_path: /tmp/v\n";
+        let msg = parse::<PilotConfig>(text, Path::new("p.yml"))
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("colour"), "{msg}");
+    }
+
+    #[test]
+    fn secret_is_redacted_in_debug() {
+        let text = "director:\n  url: https://x\n  client: c\n  client_secret: hunter2\nvip_state_path: /tmp/v\n";
+        let cfg: PilotConfig = parse(text, Path::new("p.yml")).unwrap();
+        assert!(!format!("{cfg:?}").contains("hunter2"));
+        assert_eq!(
+            cfg.director
+                .resolve_secret(Path::new("p.yml"))
+                .unwrap()
+                .expose(),
+            "hunter2"
+        );
+    }
+}

@@ -1,0 +1,1 @@
+//! The BOSH director + UAA client and the poller.

@@ -1,0 +1,10 @@
+//! DNAT: iptables rules that send VIP traffic into the local Envoy.
+//!
+//! SCAFFOLD: replaced by the module's real implementation.
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
+}

@@ -1,0 +1,10 @@
+//! The local lab.
+//!
+//! SCAFFOLD: replaced by the module's real implementation.
+
+#[derive(clap::Args, Debug)]
+pub struct Args {}
+
+pub async fn run(_args: Args) -> anyhow::Result<()> {
+    anyhow::bail!("not built yet")
+}

@@ -1,0 +1,68 @@
+//! `boshy`: every boshy-istio process is a subcommand of this one binary.
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+mod agent;
+mod api;
+mod catalog;
+mod config;
+mod director;
+mod dnat;
+mod httpbin;
+mod lab;
+mod metrics;
+mod names;
+mod pilot;
+mod sim;
+mod vip;
+mod xds;
+
+#[derive(Parser)]
+#[command(
+    name = "boshy",
+    version,
+    about = "boshy-istio: an Envoy service mesh for BOSH"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The control plane: polls the BOSH director, serves xDS, the name table and the API.
+    Pilot(pilot::Args),
+    /// The per-VM DNS agent: answers `*.<tld>` from the name table pushed by bosh-pilot.
+    VipAgent(agent::Args),
+    /// Installs, removes or shows the iptables DNAT rules that send VIP traffic to Envoy.
+    Dnat(dnat::Args),
+    /// Prints an Envoy bootstrap that points ADS at the bosh-pilot instances.
+    EnvoyBootstrap(xds::bootstrap::Args),
+    /// The sample workload: a small HTTP server that says which instance answered.
+    ExampleHttpbin(httpbin::Args),
+    /// A BOSH director + UAA simulator (HTTPS) for the lab and the tests.
+    DirectorSim(sim::Args),
+    /// The local lab: the whole system on one machine, one network namespace per VM.
+    Lab(lab::Args),
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Pilot(args) => pilot::run(args).await,
+        Command::VipAgent(args) => agent::run(args).await,
+        Command::Dnat(args) => dnat::run(args).await,
+        Command::EnvoyBootstrap(args) => xds::bootstrap::run(args).await,
+        Command::ExampleHttpbin(args) => httpbin::run(args).await,
+        Command::DirectorSim(args) => sim::run(args).await,
+        Command::Lab(args) => lab::run(args).await,
+    }
+}

@@ -1,0 +1,3 @@
+//! xDS: resource generation, snapshot cache, ADS server.
+
+pub mod bootstrap;
