@@ -1,22 +1,8 @@
 //! `boshy`: every boshy-istio process is a subcommand of this one binary.
 
 use anyhow::Result;
+use boshy::{agent, dnat, httpbin, lab, pilot, sim, xds};
 use clap::{Parser, Subcommand};
-
-mod agent;
-mod api;
-mod catalog;
-mod config;
-mod director;
-mod dnat;
-mod httpbin;
-mod lab;
-mod metrics;
-mod names;
-mod pilot;
-mod sim;
-mod vip;
-mod xds;
 
 #[derive(Parser)]
 #[command(

@@ -1,0 +1,19 @@
+//! boshy-istio: an Envoy service mesh for every BOSH-deployed VM.
+//!
+//! Pure logic (catalog, VIP allocation, xDS resources, DNS answers, rule rendering) has no I/O;
+//! I/O lives at the edges (director client, servers, iptables, the lab).
+
+pub mod agent;
+pub mod api;
+pub mod catalog;
+pub mod config;
+pub mod director;
+pub mod dnat;
+pub mod httpbin;
+pub mod lab;
+pub mod metrics;
+pub mod names;
+pub mod pilot;
+pub mod sim;
+pub mod vip;
+pub mod xds;
