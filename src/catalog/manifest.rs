@@ -1,0 +1,691 @@
+//! Manifest → service declarations (DESIGN.md "The manifest contract").
+//!
+//! The input is the raw manifest the operator uploaded, as the director returns it: YAML with
+//! anchors and aliases, comments, and `((variables))` that are never resolved here. A release
+//! author's mistake in `expose_ports` must not hide anything else, so only a manifest that is
+//! not YAML at all, whose top level is not a mapping, or whose `instance_groups` is not a list
+//! is an error; every other problem skips the smallest thing it can (one port entry, or one
+//! job when `expose_ports` is not a list) and leaves one warning line naming
+//! deployment/instance group/job.
+//!
+//! Names (deployment, instance group, job, port) are lower-cased; a deployment, instance
+//! group or job name that is not a DNS label skips the services it would name.
+
+use std::collections::btree_map::Entry;
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_yaml::Value;
+
+use super::model::{ParsedManifest, Protocol, ServiceDecl, ServiceKey, ServicePort};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManifestError {
+    #[error("deployment {deployment:?}: manifest is not valid YAML: {source}")]
+    Yaml {
+        deployment: String,
+        source: serde_yaml::Error,
+    },
+    #[error("deployment {deployment:?}: manifest top level must be a mapping, found {found}")]
+    NotAMapping {
+        deployment: String,
+        found: &'static str,
+    },
+    #[error("deployment {deployment:?}: manifest `instance_groups` must be a list, found {found}")]
+    InstanceGroupsNotAList {
+        deployment: String,
+        found: &'static str,
+    },
+}
+
+/// Parses one deployment's raw manifest into its instance groups and declared services.
+pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestError> {
+    let yaml_error = |source| ManifestError::Yaml {
+        deployment: deployment.to_string(),
+        source,
+    };
+    let mut root: Value = serde_yaml::from_str(yaml).map_err(yaml_error)?;
+    // `<<: *anchor` merge keys are common in hand-written BOSH manifests.
+    root.apply_merge().map_err(yaml_error)?;
+    let Value::Mapping(top) = &root else {
+        return Err(ManifestError::NotAMapping {
+            deployment: deployment.to_string(),
+            found: kind(&root),
+        });
+    };
+    let groups = match top.get("instance_groups") {
+        None | Some(Value::Null) => &Vec::new(),
+        Some(Value::Sequence(groups)) => groups,
+        Some(other) => {
+            return Err(ManifestError::InstanceGroupsNotAList {
+                deployment: deployment.to_string(),
+                found: kind(other),
+            })
+        }
+    };
+
+    let deployment = deployment.to_lowercase();
+    let mut parsed = ParsedManifest::default();
+    for (position, group) in groups.iter().enumerate() {
+        parse_instance_group(&deployment, position, group, &mut parsed);
+    }
+    parsed.services.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok(parsed)
+}
+
+/// Whether `name` is one DNS label: 1..=63 of `[a-z0-9-]`, not starting or ending with `-`.
+pub fn is_dns_label(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
+/// The protocol Istio would infer from a port name when none is given.
+pub fn infer_protocol(port_name: &str) -> Protocol {
+    match port_name {
+        "http" => Protocol::Http,
+        "http2" => Protocol::Http2,
+        "grpc" => Protocol::Grpc,
+        name if name.starts_with("http-") => Protocol::Http,
+        name if name.starts_with("grpc-") => Protocol::Grpc,
+        _ => Protocol::Tcp,
+    }
+}
+
+fn parse_instance_group(
+    deployment: &str,
+    position: usize,
+    group: &Value,
+    parsed: &mut ParsedManifest,
+) {
+    let Some(name) = group.get("name").and_then(Value::as_str) else {
+        parsed.warnings.push(format!(
+            "deployment {deployment:?} instance_groups[{position}]: no `name` string, skipped"
+        ));
+        return;
+    };
+    let group_name = name.to_lowercase();
+    if !parsed.instance_groups.insert(group_name.clone()) {
+        parsed.warnings.push(format!(
+            "deployment {deployment:?} instance group {group_name:?}: appears twice, the \
+             second one is skipped"
+        ));
+        return;
+    }
+    let jobs = match group.get("jobs") {
+        None | Some(Value::Null) => return,
+        Some(Value::Sequence(jobs)) => jobs,
+        Some(other) => {
+            parsed.warnings.push(format!(
+                "deployment {deployment:?} instance group {group_name:?}: `jobs` must be a \
+                 list, found {}; its jobs are skipped",
+                kind(other)
+            ));
+            return;
+        }
+    };
+    let mut seen_jobs = BTreeSet::new();
+    for (job_position, job) in jobs.iter().enumerate() {
+        let Some(job_name) = job.get("name").and_then(Value::as_str) else {
+            parsed.warnings.push(format!(
+                "deployment {deployment:?} instance group {group_name:?} jobs[{job_position}]: \
+                 no `name` string, skipped"
+            ));
+            continue;
+        };
+        let key = ServiceKey {
+            deployment: deployment.to_string(),
+            instance_group: group_name.clone(),
+            job: job_name.to_lowercase(),
+        };
+        let mut job_warnings = JobWarnings {
+            key: &key,
+            out: &mut parsed.warnings,
+        };
+        if !seen_jobs.insert(key.job.clone()) {
+            job_warnings.push("appears twice in the instance group, the second one is skipped");
+            continue;
+        }
+        let Some(ports) = parse_expose_ports(job.get("expose_ports"), &mut job_warnings) else {
+            continue;
+        };
+        if ports.is_empty() {
+            continue;
+        }
+        if let Some(bad) = [&key.deployment, &key.instance_group, &key.job]
+            .into_iter()
+            .find(|name| !is_dns_label(name))
+        {
+            job_warnings.push(&format!(
+                "{bad:?} is not a valid DNS label (1-63 of a-z, 0-9, '-', not starting or \
+                 ending with '-'); the service is skipped"
+            ));
+            continue;
+        }
+        parsed.services.push(ServiceDecl { key, ports });
+    }
+}
+
+/// Collects warnings about one job, each prefixed with deployment/instance group/job.
+struct JobWarnings<'a> {
+    key: &'a ServiceKey,
+    out: &'a mut Vec<String>,
+}
+
+impl JobWarnings<'_> {
+    fn push(&mut self, what: &str) {
+        self.out.push(format!(
+            "deployment {:?} instance group {:?} job {:?}: {what}",
+            self.key.deployment, self.key.instance_group, self.key.job
+        ));
+    }
+}
+
+/// The valid ports of one job, sorted by number; `None` when `expose_ports` is absent or is
+/// not a list (the job exposes nothing).
+fn parse_expose_ports(
+    expose_ports: Option<&Value>,
+    warnings: &mut JobWarnings,
+) -> Option<Vec<ServicePort>> {
+    let entries = match expose_ports {
+        None | Some(Value::Null) => return None,
+        Some(Value::Sequence(entries)) => entries,
+        Some(other) => {
+            warnings.push(&format!(
+                "expose_ports must be a list, found {}; the job is skipped",
+                kind(other)
+            ));
+            return None;
+        }
+    };
+    let mut by_number: BTreeMap<u16, ServicePort> = BTreeMap::new();
+    for (position, entry) in entries.iter().enumerate() {
+        let port = match parse_port(entry) {
+            Ok(port) => port,
+            Err(problem) => {
+                warnings.push(&format!(
+                    "expose_ports[{position}]: {problem}; the entry is skipped"
+                ));
+                continue;
+            }
+        };
+        if by_number.values().any(|p| p.name == port.name) {
+            warnings.push(&format!(
+                "expose_ports[{position}]: name {:?} is already used in this job; the entry \
+                 is skipped",
+                port.name
+            ));
+            continue;
+        }
+        match by_number.entry(port.number) {
+            Entry::Vacant(slot) => {
+                slot.insert(port);
+            }
+            Entry::Occupied(_) => warnings.push(&format!(
+                "expose_ports[{position}]: number {} is already exposed by this job; the \
+                 entry is skipped",
+                port.number
+            )),
+        }
+    }
+    Some(by_number.into_values().collect())
+}
+
+/// One `expose_ports` entry, or what is wrong with it.
+fn parse_port(entry: &Value) -> Result<ServicePort, String> {
+    if !entry.is_mapping() {
+        return Err(format!("must be a mapping, found {}", kind(entry)));
+    }
+    let name = match entry.get("name") {
+        Some(Value::String(name)) => name.to_lowercase(),
+        None | Some(Value::Null) => return Err("`name` is missing".into()),
+        Some(other) => return Err(format!("`name` must be a string, found {}", kind(other))),
+    };
+    if !is_dns_label(&name) {
+        return Err(format!(
+            "name {name:?} is not a DNS label (1-63 of a-z, 0-9, '-', not starting or ending \
+             with '-')"
+        ));
+    }
+    let number = match entry.get("number") {
+        None | Some(Value::Null) => return Err("`number` is missing".into()),
+        Some(Value::Number(n)) => n
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .filter(|n| *n != 0)
+            .ok_or_else(|| format!("number {n} is not in 1..65535"))?,
+        Some(Value::String(s)) => {
+            return Err(format!(
+                "number must be an integer in 1..65535, found the string {s:?}"
+            ))
+        }
+        Some(other) => {
+            return Err(format!(
+                "number must be an integer in 1..65535, found {}",
+                kind(other)
+            ))
+        }
+    };
+    let protocol = match entry.get("protocol") {
+        None | Some(Value::Null) => infer_protocol(&name),
+        Some(Value::String(p)) => match p.to_lowercase().as_str() {
+            "tcp" => Protocol::Tcp,
+            "http" => Protocol::Http,
+            "http2" => Protocol::Http2,
+            "grpc" => Protocol::Grpc,
+            _ => {
+                return Err(format!(
+                    "protocol {p:?} is not one of tcp, http, http2, grpc"
+                ))
+            }
+        },
+        Some(other) => {
+            return Err(format!(
+                "protocol must be one of tcp, http, http2, grpc, found {}",
+                kind(other)
+            ))
+        }
+    };
+    Ok(ServicePort {
+        name,
+        number,
+        protocol,
+    })
+}
+
+/// A YAML node's kind, for error messages (never its content, which may be large).
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn port(name: &str, number: u16, protocol: Protocol) -> ServicePort {
+        ServicePort {
+            name: name.into(),
+            number,
+            protocol,
+        }
+    }
+
+    fn key(deployment: &str, group: &str, job: &str) -> ServiceKey {
+        ServiceKey {
+            deployment: deployment.into(),
+            instance_group: group.into(),
+            job: job.into(),
+        }
+    }
+
+    const SAMPLE: &str = r#"
+name: sample-deployment
+# a comment
+releases: [{name: boshy-istio, version: latest}]
+instance_groups:
+- name: apricot
+  instances: 3
+  jobs:
+  - name: example-httpbin
+    release: boshy-istio
+    expose_ports:
+    - name: http
+      number: 9001
+- name: banana
+  instances: 2
+  jobs:
+  - name: example-httpbin
+    release: boshy-istio
+    expose_ports:
+    - name: other-http     # name decides: http
+      number: 9002
+      protocol: http
+    - &grpc_port
+      name: grpc-api
+      number: 9000
+  - name: sidecar
+    release: boshy-istio
+    properties: {password: ((sidecar_password))}
+- name: cherry
+  instances: 1
+"#;
+
+    #[test]
+    fn parses_the_sample_manifest() {
+        let parsed = parse("sample-deployment", SAMPLE).unwrap();
+        assert_eq!(
+            parsed.instance_groups,
+            ["apricot", "banana", "cherry"]
+                .map(String::from)
+                .into_iter()
+                .collect()
+        );
+        assert_eq!(
+            parsed.services,
+            vec![
+                ServiceDecl {
+                    key: key("sample-deployment", "apricot", "example-httpbin"),
+                    ports: vec![port("http", 9001, Protocol::Http)],
+                },
+                ServiceDecl {
+                    key: key("sample-deployment", "banana", "example-httpbin"),
+                    ports: vec![
+                        port("grpc-api", 9000, Protocol::Grpc),
+                        port("other-http", 9002, Protocol::Http),
+                    ],
+                },
+            ]
+        );
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    }
+
+    #[test]
+    fn protocol_inference_follows_istio() {
+        for (name, expected) in [
+            ("http", Protocol::Http),
+            ("http-web", Protocol::Http),
+            ("http2", Protocol::Http2),
+            ("grpc", Protocol::Grpc),
+            ("grpc-api", Protocol::Grpc),
+            ("https", Protocol::Tcp),
+            ("httpx", Protocol::Tcp),
+            ("http2-x", Protocol::Tcp),
+            ("web", Protocol::Tcp),
+            ("tcp", Protocol::Tcp),
+        ] {
+            assert_eq!(infer_protocol(name), expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn explicit_protocol_wins_and_is_case_insensitive() {
+        let yaml = r#"
+instance_groups:
+- name: g
+  jobs:
+  - name: j
+    expose_ports:
+    - {name: http, number: 1, protocol: TCP}
+    - {name: db, number: 2, protocol: grpc}
+    - {name: h2, number: 3, protocol: http2}
+"#;
+        let parsed = parse("d", yaml).unwrap();
+        assert_eq!(
+            parsed.services[0].ports,
+            vec![
+                port("http", 1, Protocol::Tcp),
+                port("db", 2, Protocol::Grpc),
+                port("h2", 3, Protocol::Http2),
+            ]
+        );
+    }
+
+    #[test]
+    fn anchors_aliases_and_merge_keys_resolve() {
+        let yaml = r#"
+port_defaults: &defaults
+  protocol: http
+instance_groups:
+- name: a
+  jobs:
+  - name: web
+    expose_ports: &ports
+    - <<: *defaults
+      name: web
+      number: 8080
+- name: b
+  jobs:
+  - name: web
+    expose_ports: *ports
+"#;
+        let parsed = parse("d", yaml).unwrap();
+        assert_eq!(parsed.services.len(), 2);
+        for service in &parsed.services {
+            assert_eq!(service.ports, vec![port("web", 8080, Protocol::Http)]);
+        }
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+    }
+
+    #[test]
+    fn names_are_lower_cased() {
+        let yaml = r#"
+instance_groups:
+- name: Banana
+  jobs:
+  - name: Example-Httpbin
+    expose_ports: [{name: HTTP, number: 80}]
+"#;
+        let parsed = parse("Sample", yaml).unwrap();
+        assert!(parsed.instance_groups.contains("banana"));
+        assert_eq!(
+            parsed.services[0].key,
+            key("sample", "banana", "example-httpbin")
+        );
+        assert_eq!(
+            parsed.services[0].ports,
+            vec![port("http", 80, Protocol::Http)]
+        );
+    }
+
+    /// Parses a manifest with one job `j` in group `g` of deployment `d` whose
+    /// `expose_ports` is `ports_yaml`.
+    fn parse_job(ports_yaml: &str) -> ParsedManifest {
+        let yaml = format!(
+            "instance_groups:\n- name: g\n  jobs:\n  - name: j\n    expose_ports: {ports_yaml}\n  - name: ok\n    expose_ports: [{{name: p, number: 1}}]\n"
+        );
+        parse("d", &yaml).unwrap()
+    }
+
+    #[test]
+    fn invalid_entries_are_skipped_with_one_warning_each() {
+        let parsed = parse_job(
+            r#"
+    - {name: good, number: 80}
+    - {number: 81}
+    - {name: no-number}
+    - {name: zero, number: 0}
+    - {name: big, number: 65536}
+    - {name: negative, number: -1}
+    - {name: float, number: 80.5}
+    - {name: var, number: "((httpbin_port))"}
+    - {name: quoted, number: "82"}
+    - {name: good, number: 83}
+    - {name: dup-number, number: 80}
+    - {name: bad_label, number: 84}
+    - {name: -dash, number: 85}
+    - {name: proto, number: 86, protocol: udp}
+    - {name: proto-type, number: 87, protocol: 1}
+    - {name: 7, number: 88}
+    - just-a-string
+    - [1, 2]
+    - null
+    - {name: last, number: 65535}
+"#,
+        );
+        let ports = &parsed.services[0].ports;
+        assert_eq!(parsed.services[0].key, key("d", "g", "j"));
+        assert_eq!(
+            ports,
+            &vec![
+                port("good", 80, Protocol::Tcp),
+                port("last", 65535, Protocol::Tcp)
+            ]
+        );
+        assert_eq!(parsed.warnings.len(), 18, "{:#?}", parsed.warnings);
+        for warning in &parsed.warnings {
+            assert!(
+                warning.starts_with(r#"deployment "d" instance group "g" job "j": expose_ports["#),
+                "{warning}"
+            );
+        }
+        let all = parsed.warnings.join("\n");
+        for expected in [
+            "`name` is missing",
+            "`number` is missing",
+            "number 0 is not in 1..65535",
+            "number 65536 is not in 1..65535",
+            "found the string \"((httpbin_port))\"",
+            "name \"good\" is already used",
+            "number 80 is already exposed",
+            "\"bad_label\" is not a DNS label",
+            "protocol \"udp\" is not one of",
+            "must be a mapping, found a string",
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+        // The other job of the group is unaffected.
+        assert_eq!(parsed.services[1].key, key("d", "g", "ok"));
+    }
+
+    #[test]
+    fn expose_ports_not_a_list_skips_the_job_only() {
+        for garbage in ["{name: p, number: 1}", "9002", "\"((ports))\"", "true"] {
+            let parsed = parse_job(garbage);
+            assert_eq!(parsed.services.len(), 1, "{garbage}");
+            assert_eq!(parsed.services[0].key.job, "ok");
+            assert_eq!(parsed.warnings.len(), 1, "{garbage}: {:?}", parsed.warnings);
+            assert!(
+                parsed.warnings[0].contains(r#"job "j": expose_ports must be a list"#),
+                "{}",
+                parsed.warnings[0]
+            );
+        }
+    }
+
+    #[test]
+    fn empty_or_absent_expose_ports_is_no_service_and_no_warning() {
+        for ports in ["[]", "null", "~"] {
+            let parsed = parse_job(ports);
+            assert_eq!(parsed.services.len(), 1, "{ports}");
+            assert!(parsed.warnings.is_empty(), "{ports}: {:?}", parsed.warnings);
+        }
+    }
+
+    #[test]
+    fn invalid_dns_names_skip_the_service() {
+        let yaml = r#"
+instance_groups:
+- name: diego_cell
+  jobs:
+  - name: rep
+    expose_ports: [{name: p, number: 1}]
+- name: good
+  jobs:
+  - name: bad.job
+    expose_ports: [{name: p, number: 1}]
+  - name: fine
+    expose_ports: [{name: p, number: 1}]
+"#;
+        let parsed = parse("d", yaml).unwrap();
+        assert_eq!(parsed.services.len(), 1);
+        assert_eq!(parsed.services[0].key, key("d", "good", "fine"));
+        assert!(parsed.instance_groups.contains("diego_cell"));
+        assert_eq!(parsed.warnings.len(), 2, "{:?}", parsed.warnings);
+        assert!(parsed.warnings[0].contains("\"diego_cell\" is not a valid DNS label"));
+        assert!(parsed.warnings[1].contains("\"bad.job\" is not a valid DNS label"));
+
+        let parsed = parse("my_deployment", yaml).unwrap();
+        assert!(parsed.services.is_empty());
+        assert_eq!(parsed.instance_groups.len(), 2);
+        assert_eq!(parsed.warnings.len(), 3, "{:?}", parsed.warnings);
+    }
+
+    #[test]
+    fn malformed_groups_and_jobs_are_skipped_with_a_warning() {
+        let yaml = r#"
+instance_groups:
+- name: a
+  jobs: {not: a list}
+- jobs: []
+- 42
+- name: b
+  jobs:
+  - release: no-name
+  - name: j
+    expose_ports: [{name: p, number: 1}]
+  - name: j
+    expose_ports: [{name: q, number: 2}]
+- name: b
+  jobs:
+  - name: k
+    expose_ports: [{name: p, number: 1}]
+"#;
+        let parsed = parse("d", yaml).unwrap();
+        assert_eq!(
+            parsed.instance_groups,
+            ["a", "b"].map(String::from).into_iter().collect()
+        );
+        assert_eq!(parsed.services.len(), 1);
+        assert_eq!(parsed.services[0].key, key("d", "b", "j"));
+        assert_eq!(parsed.services[0].ports, vec![port("p", 1, Protocol::Tcp)]);
+        assert_eq!(parsed.warnings.len(), 6, "{:#?}", parsed.warnings);
+    }
+
+    #[test]
+    fn structural_errors_name_the_deployment() {
+        let err = parse("dep-x", "instance_groups: [\n  - name: a\n  - : :\n").unwrap_err();
+        assert!(matches!(err, ManifestError::Yaml { .. }));
+        let msg = err.to_string();
+        assert!(msg.contains("\"dep-x\"") && msg.contains("line"), "{msg}");
+
+        let err = parse("dep-x", "- a\n- b\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deployment \"dep-x\": manifest top level must be a mapping, found a list"
+        );
+        assert!(matches!(
+            parse("d", "").unwrap_err(),
+            ManifestError::NotAMapping { .. }
+        ));
+
+        let err = parse("dep-x", "instance_groups: {a: 1}\n").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "deployment \"dep-x\": manifest `instance_groups` must be a list, found a mapping"
+        );
+    }
+
+    #[test]
+    fn manifest_without_instance_groups_is_empty() {
+        let parsed = parse("d", "name: d\nreleases: []\n").unwrap();
+        assert_eq!(parsed, ParsedManifest::default());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let inputs = [
+            "\0\u{1}\u{2}",
+            "{{{{",
+            "&a [*a]",
+            "*undefined",
+            "instance_groups: [[[[]]]]",
+            "instance_groups: [{name: [1], jobs: [{name: {x: 1}, expose_ports: [{name: x, number: 99999999999999999999}]}]}]",
+            "instance_groups: [{name: g, jobs: [{name: j, expose_ports: [{name: x, number: !!str 5}]}]}]",
+            "instance_groups: [{name: g, jobs: [{name: j, expose_ports: [{name: x, number: !custom 5}]}]}]",
+            "!tagged {instance_groups: []}",
+            "---\na: 1\n---\nb: 2\n",
+            "instance_groups: [{name: g, jobs: [{name: j, expose_ports: [{<<: 5}]}]}]",
+        ];
+        for input in inputs {
+            // Either result is fine; what matters is no panic and a message if it is an error.
+            if let Err(err) = parse("d", input) {
+                assert!(err.to_string().starts_with("deployment \"d\""), "{err}");
+            }
+        }
+        let long_name = "a".repeat(64);
+        let parsed = parse_job(&format!("[{{name: {long_name}, number: 1}}]"));
+        assert_eq!(parsed.services.len(), 1);
+        assert_eq!(parsed.warnings.len(), 1);
+    }
+}
