@@ -9,6 +9,7 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::net;
+use crate::xds::resources::cluster_name;
 use super::vm::{self, Vm};
 use super::LabState;
 
@@ -88,11 +89,6 @@ pub fn pilots(state: &LabState) -> impl Iterator<Item = &Vm> {
         .vms
         .iter()
         .filter(|vm| vm.processes.iter().any(|p| p.name == vm::PILOT_JOB))
-}
-
-/// The Envoy cluster of one service port (the control plane's naming).
-pub fn cluster_name(hostname: &str, port: u16) -> String {
-    format!("outbound|{port}||{hostname}")
 }
 
 /// What a VM's DNS agent answers for `name` (empty when it has no A record).
