@@ -1,1 +1,339 @@
-//! The control-plane HTTP API: /v1/registration, /healthz, /metrics.
+//! The control-plane HTTP API, read-only:
+//!
+//! - `GET /v1/registration`: every service of the current catalog as JSON (the shape is
+//!   `Registration` below; the keys are a public contract).
+//! - `GET /healthz`: `200 ok` once the pilot holds a catalog built from the director, `503`
+//!   before. The pilot starts with a placeholder catalog of version 0 and an honest "not
+//!   ready" keeps a load balancer or `bosh` health check from sending clients to a pilot
+//!   that would tell them there are no services. After the first catalog the pilot stays
+//!   healthy through director outages: it keeps serving the last good catalog, which is
+//!   what clients should get.
+//! - `GET /metrics`: Prometheus text format.
+//!
+//! Any other method on these paths is `405`; other paths are `404`.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tower::ServiceExt;
+
+use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServicePort};
+
+/// Serves the API on `listener` until it is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+) -> anyhow::Result<()> {
+    serve_router(listener, router(catalog), "api").await
+}
+
+fn router(catalog: watch::Receiver<Arc<Catalog>>) -> Router {
+    Router::new()
+        .route("/v1/registration", get(registration))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .with_state(catalog)
+}
+
+/// One service in `/v1/registration`.
+#[derive(Serialize)]
+struct Registration<'a> {
+    hostname: &'a str,
+    vip: Ipv4Addr,
+    deployment: &'a str,
+    instance_group: &'a str,
+    job: &'a str,
+    ports: Vec<RegisteredPort<'a>>,
+    endpoints: Vec<RegisteredEndpoint<'a>>,
+}
+
+#[derive(Serialize)]
+struct RegisteredPort<'a> {
+    name: &'a str,
+    number: u16,
+    protocol: Protocol,
+}
+
+#[derive(Serialize)]
+struct RegisteredEndpoint<'a> {
+    address: IpAddr,
+    az: Option<&'a str>,
+    instance: &'a str,
+    index: Option<u32>,
+    healthy: bool,
+}
+
+impl<'a> From<&'a Service> for Registration<'a> {
+    fn from(service: &'a Service) -> Self {
+        Registration {
+            hostname: &service.hostname,
+            vip: service.vip,
+            deployment: &service.key.deployment,
+            instance_group: &service.key.instance_group,
+            job: &service.key.job,
+            ports: service.ports.iter().map(RegisteredPort::from).collect(),
+            endpoints: service
+                .endpoints
+                .iter()
+                .map(RegisteredEndpoint::from)
+                .collect(),
+        }
+    }
+}
+
+impl<'a> From<&'a ServicePort> for RegisteredPort<'a> {
+    fn from(port: &'a ServicePort) -> Self {
+        RegisteredPort {
+            name: &port.name,
+            number: port.number,
+            protocol: port.protocol,
+        }
+    }
+}
+
+impl<'a> From<&'a Endpoint> for RegisteredEndpoint<'a> {
+    fn from(endpoint: &'a Endpoint) -> Self {
+        RegisteredEndpoint {
+            address: endpoint.address,
+            az: endpoint.az.as_deref(),
+            instance: &endpoint.instance,
+            index: endpoint.index,
+            healthy: endpoint.healthy,
+        }
+    }
+}
+
+async fn registration(State(catalog): State<watch::Receiver<Arc<Catalog>>>) -> impl IntoResponse {
+    let catalog = catalog.borrow().clone();
+    let services: Vec<Registration> = catalog.services.iter().map(Registration::from).collect();
+    Json(services).into_response()
+}
+
+async fn healthz(State(catalog): State<watch::Receiver<Arc<Catalog>>>) -> impl IntoResponse {
+    if catalog.borrow().version == 0 {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "waiting for the first catalog from the director\n",
+        )
+    } else {
+        (StatusCode::OK, "ok\n")
+    }
+}
+
+async fn metrics() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        crate::metrics::global().render(),
+    )
+}
+
+/// Serves `router` on `listener` with HTTP/1.1 and h2c. Unlike `axum::serve`, the open
+/// connections belong to this future: dropping it (a pilot shutting down a server) closes
+/// them, long-lived streams included. Handlers can extract `ConnectInfo<SocketAddr>`.
+pub(crate) async fn serve_router(
+    listener: TcpListener,
+    router: Router,
+    server: &'static str,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!("{server} server listening on {local}");
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => {
+                    connections.spawn(serve_connection(stream, peer, router.clone()));
+                }
+                Err(err) => {
+                    // Out of file descriptors or an aborted handshake: wait, do not spin.
+                    tracing::warn!("{server} server on {local}: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, peer: SocketAddr, router: Router) {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+        request.extensions_mut().insert(ConnectInfo(peer));
+        router.clone().oneshot(request)
+    });
+    if let Err(err) = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(stream), service)
+        .await
+    {
+        tracing::debug!(%peer, "connection ended: {err}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::ServiceKey;
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+
+    fn catalog() -> Catalog {
+        Catalog {
+            version: 42,
+            tld: "boshy".into(),
+            services: vec![Service {
+                key: ServiceKey {
+                    deployment: "d".into(),
+                    instance_group: "g".into(),
+                    job: "j".into(),
+                },
+                hostname: "j.g.d.boshy".into(),
+                vip: Ipv4Addr::new(169, 254, 255, 1),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    number: 80,
+                    protocol: Protocol::Http,
+                }],
+                endpoints: vec![
+                    Endpoint {
+                        address: "10.0.0.1".parse().unwrap(),
+                        az: Some("z1".into()),
+                        instance: "uuid-1".into(),
+                        index: Some(0),
+                        healthy: true,
+                    },
+                    Endpoint {
+                        address: "10.0.0.2".parse().unwrap(),
+                        az: None,
+                        instance: "uuid-2".into(),
+                        index: None,
+                        healthy: false,
+                    },
+                ],
+            }],
+        }
+    }
+
+    async fn call(
+        catalog: Catalog,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let (_tx, rx) = watch::channel(Arc::new(catalog));
+        let response = router(rx)
+            .oneshot(
+                Request::builder()
+                    .method(method)
+                    .uri(path)
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        let status = response.status();
+        let content_type = response
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .map(|v| v.to_str().unwrap().to_string());
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        (
+            status,
+            content_type,
+            String::from_utf8(body.to_vec()).unwrap(),
+        )
+    }
+
+    #[tokio::test]
+    async fn registration_lists_services_with_exactly_the_contract_keys() {
+        let (status, content_type, body) = call(catalog(), Method::GET, "/v1/registration").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "hostname": "j.g.d.boshy",
+                "vip": "169.254.255.1",
+                "deployment": "d",
+                "instance_group": "g",
+                "job": "j",
+                "ports": [{"name": "http", "number": 80, "protocol": "http"}],
+                "endpoints": [
+                    {"address": "10.0.0.1", "az": "z1", "instance": "uuid-1", "index": 0, "healthy": true},
+                    {"address": "10.0.0.2", "az": null, "instance": "uuid-2", "index": null, "healthy": false}
+                ]
+            }])
+        );
+        let (_, _, empty) = call(Catalog::default(), Method::GET, "/v1/registration").await;
+        assert_eq!(empty, "[]");
+    }
+
+    #[tokio::test]
+    async fn healthz_is_503_until_the_first_director_catalog() {
+        let (status, _, body) = call(Catalog::default(), Method::GET, "/healthz").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("waiting"), "{body}");
+        let (status, _, body) = call(catalog(), Method::GET, "/healthz").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "ok\n"));
+    }
+
+    #[tokio::test]
+    async fn metrics_are_prometheus_text() {
+        let (status, content_type, body) = call(catalog(), Method::GET, "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+        assert!(
+            body.contains("# TYPE boshy_catalog_services gauge"),
+            "{body}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_api_is_read_only() {
+        for path in ["/v1/registration", "/healthz", "/metrics"] {
+            for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+                let (status, _, _) = call(catalog(), method.clone(), path).await;
+                assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
+            }
+        }
+        let (status, _, _) = call(catalog(), Method::GET, "/v1/other").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn serves_over_a_real_listener_and_follows_catalog_changes() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
+        let server = tokio::spawn(serve(listener, rx));
+        let client = reqwest::Client::new();
+        let healthz = format!("http://{address}/healthz");
+        let status = client.get(&healthz).send().await.unwrap().status();
+        assert_eq!(status, reqwest::StatusCode::SERVICE_UNAVAILABLE);
+        tx.send(Arc::new(catalog())).unwrap();
+        let status = client.get(&healthz).send().await.unwrap().status();
+        assert_eq!(status, reqwest::StatusCode::OK);
+        let services: serde_json::Value = client
+            .get(format!("http://{address}/v1/registration"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(services[0]["hostname"], "j.g.d.boshy");
+        server.abort();
+    }
+}

@@ -1,0 +1,299 @@
+//! The stream end to end over loopback: `serve` and `follow` together, and `follow` against
+//! hand-written broken pilots.
+
+use std::io::Write;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::follower::{follow_with, FollowTiming};
+use super::server::serve_with_heartbeat;
+use super::table::NameTable;
+use crate::catalog::model::{Catalog, Service, ServiceKey};
+
+/// Far longer than anything here should take; only a broken implementation waits this long.
+const PATIENCE: Duration = Duration::from_secs(20);
+
+const FAST: FollowTiming = FollowTiming {
+    idle_timeout: Duration::from_secs(5),
+    backoff_min: Duration::from_millis(20),
+    backoff_max: Duration::from_millis(200),
+};
+
+/// A catalog with one service per name, VIPs 169.254.255.1, .2, ...
+fn catalog(version: u64, jobs: &[&str]) -> Catalog {
+    let services = jobs
+        .iter()
+        .zip(1u8..)
+        .map(|(job, host)| Service {
+            key: ServiceKey {
+                deployment: "d".into(),
+                instance_group: "g".into(),
+                job: job.to_string(),
+            },
+            hostname: format!("{job}.g.d.boshy"),
+            vip: Ipv4Addr::new(169, 254, 255, host),
+            ports: Vec::new(),
+            endpoints: Vec::new(),
+        })
+        .collect();
+    Catalog {
+        version,
+        tld: "boshy".into(),
+        services,
+    }
+}
+
+struct Pilot {
+    address: SocketAddr,
+    catalog: watch::Sender<Arc<Catalog>>,
+    server: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Pilot {
+    async fn start(initial: Catalog) -> Pilot {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        Pilot::start_on(listener, initial)
+    }
+
+    fn start_on(listener: TcpListener, initial: Catalog) -> Pilot {
+        let address = listener.local_addr().unwrap();
+        let (catalog, rx) = watch::channel(Arc::new(initial));
+        let server = tokio::spawn(serve_with_heartbeat(
+            listener,
+            rx,
+            Duration::from_millis(100),
+        ));
+        Pilot {
+            address,
+            catalog,
+            server,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops the server and closes its open streams, as a pilot process exiting would.
+    async fn stop(self) -> SocketAddr {
+        self.server.abort();
+        assert!(self.server.await.unwrap_err().is_cancelled());
+        self.address
+    }
+}
+
+fn start_follower(pilots: Vec<String>, timing: FollowTiming) -> watch::Receiver<Arc<NameTable>> {
+    let (tx, rx) = watch::channel(Arc::new(NameTable::default()));
+    tokio::spawn(follow_with(pilots, tx, timing));
+    rx
+}
+
+async fn wait_for_version(rx: &mut watch::Receiver<Arc<NameTable>>, version: u64) -> NameTable {
+    let table = tokio::time::timeout(PATIENCE, rx.wait_for(|t| t.version == version))
+        .await
+        .unwrap_or_else(|_| panic!("table version {version} never arrived"))
+        .unwrap();
+    (**table).clone()
+}
+
+/// An address where nothing listens.
+async fn dead_address() -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    format!("http://{}", listener.local_addr().unwrap())
+}
+
+#[tokio::test]
+async fn catalog_changes_reach_the_follower() {
+    let pilot = Pilot::start(catalog(1, &["a"])).await;
+    let mut rx = start_follower(vec![pilot.url()], FAST);
+    let table = wait_for_version(&mut rx, 1).await;
+    assert_eq!(table, NameTable::from_catalog(&catalog(1, &["a"])));
+
+    pilot
+        .catalog
+        .send(Arc::new(catalog(2, &["a", "b"])))
+        .unwrap();
+    let table = wait_for_version(&mut rx, 2).await;
+    assert_eq!(table.names.len(), 2);
+    assert_eq!(table.names["b.g.d.boshy"], Ipv4Addr::new(169, 254, 255, 2));
+}
+
+#[tokio::test]
+async fn one_dead_pilot_does_not_stop_following_the_other() {
+    let pilot = Pilot::start(catalog(1, &["a"])).await;
+    let mut rx = start_follower(vec![dead_address().await, pilot.url()], FAST);
+    wait_for_version(&mut rx, 1).await;
+    pilot.catalog.send(Arc::new(catalog(2, &["b"]))).unwrap();
+    wait_for_version(&mut rx, 2).await;
+}
+
+#[tokio::test]
+async fn every_pilot_is_followed_at_once() {
+    let first = Pilot::start(catalog(1, &["a"])).await;
+    let second = Pilot::start(catalog(1, &["a"])).await;
+    let mut rx = start_follower(vec![first.url(), second.url()], FAST);
+    wait_for_version(&mut rx, 1).await;
+    // The first pilot goes away for good; the second one's changes still arrive, without
+    // waiting for the first one's backoff.
+    first.stop().await;
+    second.catalog.send(Arc::new(catalog(2, &["b"]))).unwrap();
+    wait_for_version(&mut rx, 2).await;
+}
+
+#[tokio::test]
+async fn a_restarted_pilot_is_followed_again() {
+    let pilot = Pilot::start(catalog(1, &["a"])).await;
+    let mut rx = start_follower(vec![pilot.url()], FAST);
+    wait_for_version(&mut rx, 1).await;
+    let address = pilot.stop().await;
+
+    let listener = TcpListener::bind(address).await.unwrap();
+    let restarted = Pilot::start_on(listener, Catalog::default());
+    // Like a real pilot: the placeholder first, then the catalog from its first poll.
+    restarted
+        .catalog
+        .send(Arc::new(catalog(3, &["c"])))
+        .unwrap();
+    let table = wait_for_version(&mut rx, 3).await;
+    assert!(table.names.contains_key("c.g.d.boshy"));
+}
+
+#[tokio::test]
+async fn the_placeholder_catalog_is_never_sent_but_heartbeats_are() {
+    let pilot = Pilot::start(Catalog::default()).await;
+    let mut response = reqwest::get(format!("{}/v1/names/watch", pilot.url()))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::OK);
+    assert_eq!(
+        response.headers()["content-type"],
+        super::wire::CONTENT_TYPE
+    );
+    let mut received = Vec::new();
+    while !received.ends_with(b"\n") {
+        received.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+    }
+    assert_eq!(received, b"{\"heartbeat\":0}\n");
+
+    pilot.catalog.send(Arc::new(catalog(5, &["a"]))).unwrap();
+    let mut received = Vec::new();
+    while !received.ends_with(b"\n") {
+        received.extend_from_slice(&response.chunk().await.unwrap().unwrap());
+    }
+    let line: super::wire::Message = serde_json::from_slice(&received).unwrap();
+    assert_eq!(
+        line,
+        super::wire::Message::Table(NameTable::from_catalog(&catalog(5, &["a"])))
+    );
+}
+
+/// A pilot that answers its n-th connection with the n-th body, then holds the connection
+/// open; reports each connection it accepts.
+async fn scripted_pilot(bodies: Vec<Vec<u8>>) -> (String, mpsc::UnboundedReceiver<usize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (accepted, accepted_rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut open = Vec::new();
+        for (n, body) in bodies.into_iter().enumerate() {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            accepted.send(n).unwrap();
+            let head = b"HTTP/1.1 200 OK\r\ncontent-type: application/x-ndjson\r\nconnection: close\r\n\r\n";
+            let _ = stream.write_all(head).await;
+            let _ = stream.write_all(&body).await;
+            open.push(stream);
+        }
+        std::future::pending::<()>().await;
+    });
+    (url, accepted_rx)
+}
+
+fn table_line(version: u64) -> Vec<u8> {
+    super::wire::Message::Table(NameTable::from_catalog(&catalog(version, &["a"]))).to_line()
+}
+
+/// Collects everything logged on this thread (tokio tests run on one thread).
+#[derive(Clone, Default)]
+struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogCapture {
+    fn install(&self) -> tracing::subscriber::DefaultGuard {
+        let writer = self.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn a_garbage_line_is_logged_and_the_follower_reconnects() {
+    let logs = LogCapture::default();
+    let _guard = logs.install();
+    let mut first = table_line(1);
+    first.extend_from_slice(b"{\"table\": garbage\n");
+    let (url, mut accepted) = scripted_pilot(vec![first, table_line(2)]).await;
+    let mut rx = start_follower(vec![url.clone()], FAST);
+    wait_for_version(&mut rx, 2).await;
+    assert_eq!(accepted.recv().await, Some(0));
+    assert_eq!(accepted.recv().await, Some(1));
+    let logs = logs.text();
+    let complaint = logs
+        .lines()
+        .find(|line| line.contains("bad line"))
+        .unwrap_or_else(|| panic!("no complaint about the bad line in:\n{logs}"));
+    assert!(complaint.contains(&url), "{complaint}");
+    assert!(complaint.contains("WARN"), "{complaint}");
+}
+
+#[tokio::test]
+async fn a_silent_stream_is_abandoned_and_retried() {
+    let timing = FollowTiming {
+        idle_timeout: Duration::from_millis(300),
+        ..FAST
+    };
+    // The first pilot connection sends a table, then nothing at all, not even heartbeats.
+    let (url, mut accepted) = scripted_pilot(vec![table_line(1), table_line(2)]).await;
+    let mut rx = start_follower(vec![url], timing);
+    wait_for_version(&mut rx, 2).await;
+    assert_eq!(accepted.recv().await, Some(0));
+    assert_eq!(accepted.recv().await, Some(1));
+}
+
+#[tokio::test]
+async fn an_invalid_table_is_not_published() {
+    let mut evil = NameTable::from_catalog(&catalog(1, &["a"]));
+    evil.names
+        .insert("bank.example.com".into(), Ipv4Addr::new(169, 254, 255, 9));
+    let (url, mut accepted) = scripted_pilot(vec![
+        super::wire::Message::Table(evil).to_line(),
+        table_line(2),
+    ])
+    .await;
+    let mut rx = start_follower(vec![url], FAST);
+    let table = wait_for_version(&mut rx, 2).await;
+    assert!(!table.names.contains_key("bank.example.com"));
+    assert_eq!(accepted.recv().await, Some(0));
+    assert_eq!(accepted.recv().await, Some(1));
+}

@@ -1,0 +1,143 @@
+//! The lines of the name-table stream and their validation (see the module doc of `names`).
+
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::table::NameTable;
+use crate::catalog::manifest::is_dns_label;
+
+/// The streaming endpoint on the pilot's names port.
+pub const WATCH_PATH: &str = "/v1/names/watch";
+
+/// Newline-delimited JSON.
+pub const CONTENT_TYPE: &str = "application/x-ndjson";
+
+/// A line longer than this is a broken or hostile stream, not a big estate: a table of
+/// 65 536 services with 253-character names is about 18 MB, a /16 holds fewer VIPs than that,
+/// and real tables are a few KB.
+pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
+
+/// The pilot sends a heartbeat when it has sent nothing else for this long...
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+
+/// ...and the follower gives up on a stream that has been silent for this long (three
+/// missed heartbeats), then reconnects.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One line of the stream: a JSON object with exactly one key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase", deny_unknown_fields)]
+pub enum Message {
+    /// `{"table": {"version": 123, "tld": "boshy", "names": {"a.b.c.boshy": "169.254.255.1"}}}`
+    Table(NameTable),
+    /// `{"heartbeat": 123}`: the version of the last table sent on this stream, 0 before any.
+    Heartbeat(u64),
+}
+
+impl Message {
+    /// The message as one stream line, newline included.
+    pub fn to_line(&self) -> Vec<u8> {
+        let mut line = serde_json::to_vec(self).expect("a name-table message always serializes");
+        line.push(b'\n');
+        line
+    }
+}
+
+/// What a follower accepts from a pilot before it replaces the table every DNS answer comes
+/// from: names are lower-case DNS names under the table's tld, VIPs are link-local.
+pub fn validate(table: &NameTable) -> Result<(), String> {
+    if !is_dns_name(&table.tld) {
+        return Err(format!("tld {:?} is not a lower-case DNS name", table.tld));
+    }
+    let suffix = format!(".{}", table.tld);
+    for (name, vip) in &table.names {
+        if !is_dns_name(name) || !name.ends_with(&suffix) {
+            return Err(format!(
+                "name {name:?} is not a lower-case DNS name under {:?}",
+                table.tld
+            ));
+        }
+        if !vip.is_link_local() || *vip == Ipv4Addr::new(169, 254, 169, 254) {
+            return Err(format!(
+                "name {name:?} has VIP {vip}, outside the link-local VIP range"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Dot-separated DNS labels, at most 253 characters, no trailing dot.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(names: &[(&str, [u8; 4])]) -> NameTable {
+        NameTable {
+            version: 7,
+            tld: "boshy".into(),
+            names: names
+                .iter()
+                .map(|(n, ip)| (n.to_string(), Ipv4Addr::from(*ip)))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn lines_are_one_json_object_with_one_key() {
+        let t = table(&[("j.g.d.boshy", [169, 254, 255, 1])]);
+        let line = Message::Table(t.clone()).to_line();
+        assert_eq!(
+            std::str::from_utf8(&line).unwrap(),
+            "{\"table\":{\"version\":7,\"tld\":\"boshy\",\"names\":{\"j.g.d.boshy\":\"169.254.255.1\"}}}\n"
+        );
+        assert_eq!(Message::Heartbeat(7).to_line(), b"{\"heartbeat\":7}\n");
+        let back: Message = serde_json::from_slice(&line).unwrap();
+        assert_eq!(back, Message::Table(t));
+        for bad in [
+            "{}",
+            "{\"heartbeat\":1,\"table\":{}}",
+            "{\"other\":1}",
+            "{\"heartbeat\":\"x\"}",
+            "[1]",
+        ] {
+            assert!(serde_json::from_str::<Message>(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn validate_accepts_good_tables() {
+        assert_eq!(validate(&table(&[])), Ok(()));
+        assert_eq!(
+            validate(&table(&[
+                ("j.g.d.boshy", [169, 254, 255, 1]),
+                ("x-1.y.z.boshy", [169, 254, 1, 2])
+            ])),
+            Ok(())
+        );
+    }
+
+    #[test]
+    fn validate_rejects_what_dns_must_not_answer() {
+        for (name, vip) in [
+            ("j.g.d.other", [169, 254, 255, 1]),
+            ("boshy", [169, 254, 255, 1]),
+            ("J.g.d.boshy", [169, 254, 255, 1]),
+            ("j..d.boshy", [169, 254, 255, 1]),
+            ("j.g.d.boshy.", [169, 254, 255, 1]),
+            ("j.g.d.boshy", [10, 0, 0, 1]),
+            ("j.g.d.boshy", [169, 254, 169, 254]),
+        ] {
+            let err = validate(&table(&[(name, vip)])).unwrap_err();
+            assert!(err.contains(name), "{err}");
+        }
+        let mut bad_tld = table(&[]);
+        bad_tld.tld = "bad tld".into();
+        assert!(validate(&bad_tld).unwrap_err().contains("tld"));
+    }
+}
