@@ -1,4 +1,7 @@
 //! The catalog: services, ports, endpoints and VIPs; pure data.
 
+mod build;
 pub mod manifest;
 pub mod model;
+
+pub use build::{build, diff, hostnames, CatalogDiff};
