@@ -1,1 +1,14 @@
-//! The BOSH director + UAA client and the poller.
+//! The BOSH director + UAA client and the poller that turns the director's state into
+//! `DeploymentInput`s for the catalog (director-api.md is the contract).
+
+mod changes;
+mod client;
+mod decode;
+mod error;
+mod poller;
+mod tls;
+mod uaa;
+
+pub use client::{DirectorClient, RawResponse};
+pub use error::DirectorError;
+pub use poller::{PollTiming, Poller};

@@ -1,0 +1,260 @@
+//! Pure bookkeeping of the poller: which deployments events mark dirty, backoff of a failing
+//! part, and de-duplication of error logs (director-api.md §8).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::time::{Duration, Instant};
+
+use super::decode::Event;
+
+/// `GET /events` returns at most this many events, newest first, with no `after_id` (§5).
+pub const EVENTS_PAGE: usize = 200;
+
+/// What a page of events says has changed since `last_seen`.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct EventScan {
+    /// The newest id in the page; `None` for an empty page.
+    pub newest: Option<u64>,
+    /// Deployments named by new, relevant events.
+    pub dirty: BTreeSet<String>,
+    /// Events may have been missed (the page is all new, or ids went backwards): refresh all.
+    pub everything: bool,
+}
+
+/// Scans a page of events. With no `last_seen` (first look) nothing is dirty: the caller
+/// refreshes everything at start anyway and only needs a baseline.
+pub fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan {
+    let newest = events.iter().map(|e| e.id).max();
+    let (Some(last_seen), Some(newest_id)) = (last_seen, newest) else {
+        return EventScan {
+            newest,
+            ..EventScan::default()
+        };
+    };
+    if newest_id < last_seen {
+        // The director's event log was reset (a rebuilt director): nothing can be trusted.
+        return EventScan {
+            newest,
+            dirty: BTreeSet::new(),
+            everything: true,
+        };
+    }
+    let fresh: Vec<&Event> = events.iter().filter(|e| e.id > last_seen).collect();
+    let everything = fresh.len() >= EVENTS_PAGE && fresh.len() == events.len();
+    let dirty = fresh
+        .into_iter()
+        .filter_map(dirty_deployment)
+        .map(str::to_string)
+        .collect();
+    EventScan {
+        newest,
+        dirty,
+        everything,
+    }
+}
+
+/// The deployment an event may have changed. Config events (`config/<type>`, `cloud-config`,
+/// `runtime-config`) change no deployment until it is redeployed, which writes its own events.
+fn dirty_deployment(event: &Event) -> Option<&str> {
+    let object_type = event.object_type.as_deref().unwrap_or_default();
+    if object_type.starts_with("config") || object_type.ends_with("-config") {
+        return None;
+    }
+    event.deployment.as_deref().or(match object_type {
+        "deployment" => event.object_name.as_deref(),
+        _ => None,
+    })
+}
+
+/// Exponential backoff for one failing part: `base`, `2·base`, `4·base` … up to `cap`.
+#[derive(Debug, Clone, Default)]
+pub struct Backoff {
+    failures: u32,
+    not_before: Option<Instant>,
+}
+
+impl Backoff {
+    pub fn ready(&self, now: Instant) -> bool {
+        self.not_before.is_none_or(|t| now >= t)
+    }
+
+    /// Records a failure; returns how long the part now waits.
+    pub fn failed(&mut self, now: Instant, base: Duration, cap: Duration) -> Duration {
+        let factor = 1u32 << self.failures.min(16);
+        let delay = base.saturating_mul(factor).min(cap);
+        self.failures = self.failures.saturating_add(1);
+        self.not_before = Some(now + delay);
+        delay
+    }
+
+    pub fn succeeded(&mut self) {
+        *self = Backoff::default();
+    }
+}
+
+/// Which call of the poll failed; with the deployment, the key of a logged error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Part {
+    Events,
+    DeploymentList,
+    ManifestFetch,
+    ManifestParse,
+    Instances,
+}
+
+impl Part {
+    pub fn describe(self) -> &'static str {
+        match self {
+            Part::Events => "event check",
+            Part::DeploymentList => "deployment list",
+            Part::ManifestFetch => "manifest fetch",
+            Part::ManifestParse => "manifest",
+            Part::Instances => "instance health",
+        }
+    }
+}
+
+type Subject = (Option<String>, Part);
+
+/// Remembers which errors are being reported, so that each (deployment, part, kind) is logged
+/// once when it starts and once when it ends, not at every poll.
+#[derive(Debug, Default)]
+pub struct ErrorLog {
+    active: BTreeMap<Subject, BTreeSet<String>>,
+}
+
+impl ErrorLog {
+    /// Records an error; true when this kind is new for the subject (log it).
+    pub fn report(&mut self, deployment: Option<&str>, part: Part, kind: &str) -> bool {
+        self.active
+            .entry((deployment.map(str::to_string), part))
+            .or_default()
+            .insert(kind.to_string())
+    }
+
+    /// Records a success; returns the kinds that were being reported (log the recovery).
+    pub fn recovered(&mut self, deployment: Option<&str>, part: Part) -> Option<BTreeSet<String>> {
+        self.active.remove(&(deployment.map(str::to_string), part))
+    }
+
+    /// Forgets every error of a deployment that no longer exists.
+    pub fn forget(&mut self, deployment: &str) {
+        self.active
+            .retain(|(name, _), _| name.as_deref() != Some(deployment));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(id: u64, object_type: &str, object_name: &str, deployment: Option<&str>) -> Event {
+        Event {
+            id,
+            object_type: Some(object_type.into()),
+            object_name: Some(object_name.into()),
+            deployment: deployment.map(str::to_string),
+        }
+    }
+
+    #[test]
+    fn first_look_is_only_a_baseline() {
+        let events = [
+            event(12, "deployment", "a", Some("a")),
+            event(10, "vm", "x", Some("b")),
+        ];
+        let scan = scan_events(&events, None);
+        assert_eq!(scan.newest, Some(12));
+        assert!(scan.dirty.is_empty());
+        assert!(!scan.everything);
+    }
+
+    #[test]
+    fn new_deployment_instance_and_vm_events_mark_their_deployment() {
+        let events = [
+            event(15, "vm", "vm-cid", Some("c")),
+            event(14, "instance", "banana/0f5c", Some("b")),
+            event(13, "deployment", "a", None),
+            event(10, "deployment", "old", Some("old")),
+        ];
+        let scan = scan_events(&events, Some(10));
+        assert_eq!(scan.newest, Some(15));
+        assert_eq!(
+            scan.dirty,
+            BTreeSet::from(["a".into(), "b".into(), "c".into()])
+        );
+        assert!(!scan.everything);
+    }
+
+    #[test]
+    fn events_already_seen_mark_nothing() {
+        let events = [event(10, "deployment", "a", Some("a"))];
+        let scan = scan_events(&events, Some(10));
+        assert!(scan.dirty.is_empty());
+        assert!(!scan.everything);
+    }
+
+    #[test]
+    fn config_events_mark_nothing_but_other_deployment_events_do() {
+        let events = [
+            event(23, "config/runtime", "boshy", None),
+            event(22, "runtime-config", "default", None),
+            event(21, "cloud-config", "default", None),
+            event(20, "errand", "smoke-tests", Some("d")),
+        ];
+        let scan = scan_events(&events, Some(19));
+        assert_eq!(scan.dirty, BTreeSet::from(["d".into()]));
+    }
+
+    #[test]
+    fn a_full_page_of_new_events_marks_everything() {
+        let events: Vec<Event> = (0..EVENTS_PAGE as u64)
+            .rev()
+            .map(|i| event(1000 + i, "instance", "g/x", Some("a")))
+            .collect();
+        assert!(scan_events(&events, Some(999)).everything);
+        // One already-seen event in the page proves nothing was missed.
+        assert!(!scan_events(&events, Some(1000)).everything);
+    }
+
+    #[test]
+    fn ids_going_backwards_mark_everything() {
+        let events = [event(5, "deployment", "a", Some("a"))];
+        let scan = scan_events(&events, Some(4000));
+        assert!(scan.everything);
+        assert_eq!(scan.newest, Some(5));
+    }
+
+    #[test]
+    fn backoff_doubles_up_to_the_cap_and_resets() {
+        let t0 = Instant::now();
+        let base = Duration::from_secs(1);
+        let cap = Duration::from_secs(30);
+        let mut backoff = Backoff::default();
+        assert!(backoff.ready(t0));
+        let delays: Vec<_> = (0..7)
+            .map(|_| backoff.failed(t0, base, cap).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+        assert!(!backoff.ready(t0 + Duration::from_secs(29)));
+        assert!(backoff.ready(t0 + Duration::from_secs(30)));
+        backoff.succeeded();
+        assert_eq!(backoff.failed(t0, base, cap), base);
+    }
+
+    #[test]
+    fn each_error_is_reported_once_until_recovery() {
+        let mut log = ErrorLog::default();
+        assert!(log.report(Some("a"), Part::Instances, "http_500"));
+        assert!(!log.report(Some("a"), Part::Instances, "http_500"));
+        assert!(log.report(Some("a"), Part::Instances, "timeout"));
+        assert!(log.report(Some("b"), Part::Instances, "http_500"));
+        assert!(log.report(Some("a"), Part::ManifestParse, "manifest_yaml"));
+        let kinds = log.recovered(Some("a"), Part::Instances).unwrap();
+        assert_eq!(kinds, BTreeSet::from(["http_500".into(), "timeout".into()]));
+        assert!(log.recovered(Some("a"), Part::Instances).is_none());
+        assert!(log.report(Some("a"), Part::Instances, "http_500"));
+        log.forget("a");
+        assert!(log.recovered(Some("a"), Part::ManifestParse).is_none());
+        assert!(log.recovered(Some("b"), Part::Instances).is_some());
+    }
+}

@@ -1,0 +1,523 @@
+//! The poller: keeps every deployment's parsed manifest and instances up to date at a small,
+//! constant cost per tick when nothing changes (director-api.md §8), and publishes the whole
+//! list whenever something did.
+//!
+//! Each tick costs `GET /events` + `GET /deployments`. Only deployments that events mark dirty
+//! (or that appear, or whose health is due, or all of them at a full resync) cost more:
+//! their manifest and an `instances?format=full` task, at most two at a time because each
+//! task takes one of the director's few shared workers. Any failure keeps the last good state
+//! of what it concerns and backs off.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use futures::StreamExt as _;
+use sha2::{Digest as _, Sha256};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use super::changes::{scan_events, Backoff, ErrorLog, Part};
+use super::client::DirectorClient;
+use super::decode::Event;
+use super::error::DirectorError;
+use crate::catalog::manifest;
+use crate::catalog::model::{DeploymentInput, Instance, ParsedManifest};
+use crate::config::{DirectorConfig, Secret};
+use crate::metrics;
+
+/// `format=full` tasks in flight at once (§8.5).
+const MAX_TASKS_IN_FLIGHT: usize = 2;
+/// Longest wait before retrying a failing part.
+const BACKOFF_CAP: Duration = Duration::from_secs(30);
+
+/// The poller's clocks. `from_config` reads the seconds of `DirectorConfig`; tests and the lab
+/// may use finer ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PollTiming {
+    /// One cheap change check (events + deployment list).
+    pub poll: Duration,
+    /// Live health (`instances?format=full`) of deployments that declare services.
+    pub health: Duration,
+    /// Everything is refetched this often, whatever the events say.
+    pub full_resync: Duration,
+    /// Longest backoff of a failing part; the first retry waits `poll`.
+    pub backoff_cap: Duration,
+}
+
+impl PollTiming {
+    pub fn from_config(cfg: &DirectorConfig) -> PollTiming {
+        PollTiming {
+            poll: Duration::from_secs(cfg.poll_interval_seconds.max(1)),
+            health: Duration::from_secs(cfg.health_interval_seconds.max(1)),
+            full_resync: Duration::from_secs(cfg.full_resync_seconds.max(1)),
+            backoff_cap: BACKOFF_CAP,
+        }
+    }
+}
+
+pub struct Poller {
+    client: Arc<DirectorClient>,
+    timing: PollTiming,
+}
+
+impl Poller {
+    pub fn new(cfg: &DirectorConfig, secret: Secret) -> Result<Poller> {
+        Ok(Poller {
+            client: Arc::new(DirectorClient::new(cfg, secret)?),
+            timing: PollTiming::from_config(cfg),
+        })
+    }
+
+    pub fn with_timing(self, timing: PollTiming) -> Poller {
+        Poller { timing, ..self }
+    }
+
+    /// Polls forever, publishing the deployments (sorted by name) whenever they changed. The
+    /// first complete look is always published, even when empty, so consumers know it ran.
+    pub async fn run(self, tx: watch::Sender<Arc<Vec<DeploymentInput>>>) {
+        let mut state = PollState::new(Instant::now(), self.timing);
+        let mut ticker = tokio::time::interval(self.timing.poll);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut published: Option<Arc<Vec<DeploymentInput>>> = None;
+        loop {
+            ticker.tick().await;
+            if !self.tick(&mut state).await {
+                continue;
+            }
+            let snapshot = state.snapshot();
+            if published.as_deref() != Some(&snapshot) {
+                let snapshot = Arc::new(snapshot);
+                published = Some(snapshot.clone());
+                tx.send_replace(snapshot);
+            }
+        }
+    }
+
+    /// One poll. False when the deployment list could not be read (nothing to publish).
+    async fn tick(&self, state: &mut PollState) -> bool {
+        let now = Instant::now();
+        let events = match state.events {
+            EventsMode::Watching { .. } if state.events_backoff.ready(now) => {
+                Some(self.client.events().await)
+            }
+            _ => None,
+        };
+        if !state.list_backoff.ready(now) {
+            return false;
+        }
+        match self.client.deployments().await {
+            Ok(names) => state.list_succeeded(names),
+            Err(err) => {
+                state.failed(
+                    None,
+                    Part::DeploymentList,
+                    &err,
+                    "keeping every deployment as last seen",
+                );
+                state
+                    .list_backoff
+                    .failed(now, self.timing.poll, self.timing.backoff_cap);
+                return false;
+            }
+        }
+        if let Some(events) = events {
+            state.apply_events(events, now);
+        }
+        state.apply_timers(now);
+        let jobs = state.due_jobs(now);
+        let results: Vec<RefreshResult> = futures::stream::iter(jobs)
+            .map(|job| refresh(&self.client, job))
+            .buffer_unordered(MAX_TASKS_IN_FLIGHT)
+            .collect()
+            .await;
+        for result in results {
+            state.apply_refresh(result, Instant::now());
+        }
+        true
+    }
+}
+
+/// Whether `GET /events` can tell which deployments changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventsMode {
+    /// `last_seen` is the newest event id read so far (`None` before the first look).
+    Watching { last_seen: Option<u64> },
+    /// Events are disabled or not readable: manifests are re-read every health interval.
+    TimerOnly,
+}
+
+/// What a raw manifest was, last time it was fetched.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ManifestSeen {
+    /// `manifest: null`: no successful deploy yet.
+    Null,
+    Text([u8; 32]),
+}
+
+fn seen(manifest: Option<&str>) -> ManifestSeen {
+    match manifest {
+        None => ManifestSeen::Null,
+        Some(text) => ManifestSeen::Text(Sha256::digest(text.as_bytes()).into()),
+    }
+}
+
+#[derive(Debug)]
+struct DeploymentState {
+    /// The last manifest that parsed; `None` until one did (the deployment is not published
+    /// before that).
+    manifest: Option<Arc<ParsedManifest>>,
+    /// The last manifest text fetched, parsed or not: unchanged text is not parsed again.
+    seen: Option<ManifestSeen>,
+    instances: Arc<Vec<Instance>>,
+    needs_manifest: bool,
+    needs_instances: bool,
+    health_due: Instant,
+    backoff: Backoff,
+}
+
+impl DeploymentState {
+    fn new(now: Instant) -> DeploymentState {
+        DeploymentState {
+            manifest: None,
+            seen: None,
+            instances: Arc::new(Vec::new()),
+            needs_manifest: true,
+            needs_instances: true,
+            health_due: now,
+            backoff: Backoff::default(),
+        }
+    }
+
+    fn declares_services(&self) -> bool {
+        self.manifest
+            .as_ref()
+            .is_some_and(|m| !m.services.is_empty())
+    }
+
+    fn mark_dirty(&mut self) {
+        self.needs_manifest = true;
+        self.needs_instances = true;
+    }
+}
+
+/// The work for one deployment in one tick.
+struct RefreshJob {
+    name: String,
+    fetch_manifest: bool,
+    /// Fetch instances even if the manifest is unchanged.
+    fetch_instances: bool,
+    known: Option<ManifestSeen>,
+}
+
+struct RefreshResult {
+    name: String,
+    manifest: Option<Result<Option<String>, DirectorError>>,
+    instances: Option<Result<Vec<Instance>, DirectorError>>,
+}
+
+/// Fetches what `job` asks for; instances also when the manifest text changed.
+async fn refresh(client: &DirectorClient, job: RefreshJob) -> RefreshResult {
+    let manifest = match job.fetch_manifest {
+        true => Some(client.manifest(&job.name).await),
+        false => None,
+    };
+    let manifest_changed =
+        matches!(&manifest, Some(Ok(text)) if Some(seen(text.as_deref())) != job.known);
+    let instances = match job.fetch_instances || manifest_changed {
+        true => Some(client.instances(&job.name).await),
+        false => None,
+    };
+    RefreshResult {
+        name: job.name,
+        manifest,
+        instances,
+    }
+}
+
+struct PollState {
+    timing: PollTiming,
+    deployments: BTreeMap<String, DeploymentState>,
+    events: EventsMode,
+    events_backoff: Backoff,
+    list_backoff: Backoff,
+    full_resync_due: Instant,
+    /// In timer-only mode: when manifests are next re-read.
+    timer_only_due: Instant,
+    errors: ErrorLog,
+}
+
+impl PollState {
+    fn new(now: Instant, timing: PollTiming) -> PollState {
+        PollState {
+            timing,
+            deployments: BTreeMap::new(),
+            events: EventsMode::Watching { last_seen: None },
+            events_backoff: Backoff::default(),
+            list_backoff: Backoff::default(),
+            full_resync_due: now + timing.full_resync,
+            timer_only_due: now + timing.health,
+            errors: ErrorLog::default(),
+        }
+    }
+
+    /// Every deployment whose manifest parsed at least once, sorted by name.
+    fn snapshot(&self) -> Vec<DeploymentInput> {
+        self.deployments
+            .iter()
+            .filter_map(|(name, d)| {
+                Some(DeploymentInput {
+                    name: name.clone(),
+                    manifest: d.manifest.clone()?,
+                    instances: d.instances.clone(),
+                })
+            })
+            .collect()
+    }
+
+    /// Adds new deployments (dirty) and drops vanished ones: only a successful list removes.
+    fn list_succeeded(&mut self, names: Vec<String>) {
+        self.recovered(None, Part::DeploymentList);
+        self.list_backoff.succeeded();
+        let now = Instant::now();
+        let listed: std::collections::BTreeSet<String> = names.into_iter().collect();
+        let vanished: Vec<String> = self
+            .deployments
+            .keys()
+            .filter(|name| !listed.contains(*name))
+            .cloned()
+            .collect();
+        for name in vanished {
+            info!(deployment = %name, "deployment is gone from the director; removing it");
+            self.deployments.remove(&name);
+            self.errors.forget(&name);
+        }
+        for name in listed {
+            self.deployments
+                .entry(name)
+                .or_insert_with(|| DeploymentState::new(now));
+        }
+    }
+
+    fn apply_events(&mut self, events: Result<Vec<Event>, DirectorError>, now: Instant) {
+        let EventsMode::Watching { last_seen } = self.events else {
+            return;
+        };
+        let events = match events {
+            Ok(events) => events,
+            Err(DirectorError::Scope { description, .. }) => {
+                metrics::global().director_poll_error("scope");
+                info!(
+                    reason = %description,
+                    "the director client may not read events; detecting changes by timer \
+                     only (manifests every health interval)"
+                );
+                self.events = EventsMode::TimerOnly;
+                return;
+            }
+            Err(err) => {
+                self.failed(
+                    None,
+                    Part::Events,
+                    &err,
+                    "changes are detected again once events can be read",
+                );
+                self.events_backoff
+                    .failed(now, self.timing.poll, self.timing.backoff_cap);
+                return;
+            }
+        };
+        self.recovered(None, Part::Events);
+        self.events_backoff.succeeded();
+        if events.is_empty() && !self.deployments.is_empty() {
+            info!(
+                deployments = self.deployments.len(),
+                "the director records no events (director.events.record_events is off?); \
+                 detecting changes by timer only (manifests every health interval)"
+            );
+            self.events = EventsMode::TimerOnly;
+            return;
+        }
+        let scan = scan_events(&events, last_seen);
+        if let Some(newest) = scan.newest {
+            self.events = EventsMode::Watching {
+                last_seen: Some(newest),
+            };
+        }
+        if scan.everything {
+            info!("more events than one page since the last poll; refreshing every deployment");
+            self.deployments
+                .values_mut()
+                .for_each(DeploymentState::mark_dirty);
+            return;
+        }
+        for name in scan.dirty {
+            if let Some(deployment) = self.deployments.get_mut(&name) {
+                deployment.mark_dirty();
+            }
+        }
+    }
+
+    fn apply_timers(&mut self, now: Instant) {
+        if now >= self.full_resync_due {
+            self.full_resync_due = now + self.timing.full_resync;
+            self.deployments
+                .values_mut()
+                .for_each(DeploymentState::mark_dirty);
+            // Events may have been turned on since: look again.
+            self.events = EventsMode::Watching { last_seen: None };
+        }
+        if self.events == EventsMode::TimerOnly && now >= self.timer_only_due {
+            self.timer_only_due = now + self.timing.health;
+            for deployment in self.deployments.values_mut() {
+                deployment.needs_manifest = true;
+            }
+        }
+    }
+
+    fn due_jobs(&self, now: Instant) -> Vec<RefreshJob> {
+        self.deployments
+            .iter()
+            .filter(|(_, d)| d.backoff.ready(now))
+            .filter_map(|(name, d)| {
+                let health_due = d.declares_services() && now >= d.health_due;
+                let fetch_instances = d.needs_instances || health_due;
+                (d.needs_manifest || fetch_instances).then(|| RefreshJob {
+                    name: name.clone(),
+                    fetch_manifest: d.needs_manifest,
+                    fetch_instances,
+                    known: d.seen,
+                })
+            })
+            .collect()
+    }
+
+    fn apply_refresh(&mut self, result: RefreshResult, now: Instant) {
+        let name = result.name;
+        if !self.deployments.contains_key(&name) {
+            return;
+        }
+        let mut all_ok = true;
+        match result.manifest {
+            Some(Ok(text)) => {
+                self.recovered(Some(&name), Part::ManifestFetch);
+                self.manifest_fetched(&name, text.as_deref());
+            }
+            Some(Err(err)) => {
+                all_ok = false;
+                self.failed(
+                    Some(&name),
+                    Part::ManifestFetch,
+                    &err,
+                    "keeping its last good manifest",
+                );
+            }
+            None => {}
+        }
+        match result.instances {
+            Some(Ok(instances)) => {
+                self.recovered(Some(&name), Part::Instances);
+                let deployment = self.deployments.get_mut(&name).expect("checked above");
+                deployment.instances = Arc::new(instances);
+                deployment.needs_instances = false;
+                deployment.health_due = now + self.timing.health;
+            }
+            Some(Err(err)) => {
+                all_ok = false;
+                self.failed(
+                    Some(&name),
+                    Part::Instances,
+                    &err,
+                    "keeping its last good instances",
+                );
+            }
+            None => {}
+        }
+        let deployment = self.deployments.get_mut(&name).expect("checked above");
+        match all_ok {
+            true => deployment.backoff.succeeded(),
+            false => {
+                deployment
+                    .backoff
+                    .failed(now, self.timing.poll, self.timing.backoff_cap);
+            }
+        }
+    }
+
+    /// Parses a newly fetched manifest when its text changed. Invalid YAML keeps the last
+    /// good parse; the same invalid text is not parsed (nor reported) again.
+    fn manifest_fetched(&mut self, name: &str, text: Option<&str>) {
+        let deployment = self.deployments.get_mut(name).expect("caller checked");
+        deployment.needs_manifest = false;
+        let now_seen = seen(text);
+        if deployment.seen == Some(now_seen) {
+            return;
+        }
+        deployment.seen = Some(now_seen);
+        // The instance groups may differ: refresh the instances too.
+        deployment.needs_instances = true;
+        let parsed = match text {
+            None => Ok(ParsedManifest::default()),
+            Some(text) => manifest::parse(name, text),
+        };
+        match parsed {
+            Ok(parsed) => {
+                for warning in &parsed.warnings {
+                    warn!(deployment = %name, "manifest: {warning}");
+                }
+                deployment.manifest = Some(Arc::new(parsed));
+                self.recovered(Some(name), Part::ManifestParse);
+            }
+            Err(err) => {
+                let what = match deployment.manifest.is_some() {
+                    true => "keeping the services of its last good manifest",
+                    false => "it has no services until a valid manifest is deployed",
+                };
+                metrics::global().director_poll_error("manifest_yaml");
+                if self
+                    .errors
+                    .report(Some(name), Part::ManifestParse, "manifest_yaml")
+                {
+                    warn!(deployment = %name, kind = "manifest_yaml", "{err}; {what}");
+                }
+            }
+        }
+    }
+
+    /// Counts an error and logs it at WARN the first time this kind happens for this part.
+    fn failed(
+        &mut self,
+        deployment: Option<&str>,
+        part: Part,
+        err: &DirectorError,
+        consequence: &str,
+    ) {
+        let kind = err.kind();
+        metrics::global().director_poll_error(&kind);
+        if self.errors.report(deployment, part, &kind) {
+            let subject =
+                deployment.map_or_else(|| "director".to_string(), |d| format!("deployment {d:?}"));
+            warn!(
+                deployment = deployment.unwrap_or_default(),
+                %kind,
+                "{subject}: {} failed: {err}; {consequence}; retrying with backoff",
+                part.describe()
+            );
+        }
+    }
+
+    fn recovered(&mut self, deployment: Option<&str>, part: Part) {
+        if let Some(kinds) = self.errors.recovered(deployment, part) {
+            let subject =
+                deployment.map_or_else(|| "director".to_string(), |d| format!("deployment {d:?}"));
+            let kinds: Vec<String> = kinds.into_iter().collect();
+            info!(
+                deployment = deployment.unwrap_or_default(),
+                "{subject}: {} works again (after {})",
+                part.describe(),
+                kinds.join(", ")
+            );
+        }
+    }
+}
