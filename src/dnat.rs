@@ -1,10 +1,763 @@
-//! DNAT: iptables rules that send VIP traffic into the local Envoy.
+//! DNAT: the iptables rules that send TCP connections for the VIP range into the local Envoy.
 //!
-//! SCAFFOLD: replaced by the module's real implementation.
+//! Shape (nat table): a chain we own, `BOSHY_OUTPUT`, holding one rule
+//! `-p tcp -j REDIRECT --to-ports 15001`, and one jump to it at the top of OUTPUT that matches
+//! only `-d <vip cidr> -p tcp` and carries a comment naming boshy-istio. Nothing else is
+//! captured; Envoy dials real instance IPs, so its own traffic never loops back.
+//!
+//! The pure part reads the current `iptables-save -t nat` and renders the `iptables-restore
+//! --noflush` input that makes the rules right — one atomic transaction, touching only our chain
+//! and the jumps to it, never flushing or reordering anything else. Install when already
+//! installed renders nothing; remove deletes exactly what install added.
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Context, Result};
+use ipnet::Ipv4Net;
+
+/// Marks the jump as ours in `iptables-save` output.
+pub const COMMENT: &str = "boshy-istio: VIP traffic to Envoy";
+/// The widest VIP range the design allows; a wider one would capture real traffic.
+const MIN_PREFIX_LEN: u8 = 16;
+/// iptables' limit on chain names (XT_EXTENSION_MAXNAMELEN - 1).
+const MAX_CHAIN_LEN: usize = 28;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// install: add the rules (idempotent); remove: delete them exactly; status: exit 0 when
+    /// installed, 3 when not installed, 1 when partially installed or wrong.
+    #[arg(value_enum)]
+    pub action: Action,
+    /// The VIP range whose TCP traffic is redirected (at most a /16).
+    #[arg(long, default_value = "169.254.255.0/24", value_parser = parse_vip_cidr)]
+    pub vip_cidr: Ipv4Net,
+    /// Where Envoy's outbound listener accepts the redirected connections.
+    #[arg(long, default_value_t = 15001)]
+    pub redirect_port: u16,
+    /// The nat chain boshy-istio owns.
+    #[arg(long, default_value = "BOSHY_OUTPUT", value_parser = parse_chain)]
+    pub chain: String,
+    /// auto: whatever `iptables` is on this machine; nft / legacy: that variant explicitly.
+    #[arg(long, value_enum, default_value_t = Backend::Auto)]
+    pub backend: Backend,
+}
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Install,
+    Remove,
+    Status,
+}
+
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Auto,
+    Nft,
+    Legacy,
+}
+
+impl Backend {
+    pub fn save_binary(self) -> &'static str {
+        match self {
+            Backend::Auto => "iptables-save",
+            Backend::Nft => "iptables-nft-save",
+            Backend::Legacy => "iptables-legacy-save",
+        }
+    }
+
+    pub fn restore_binary(self) -> &'static str {
+        match self {
+            Backend::Auto => "iptables-restore",
+            Backend::Nft => "iptables-nft-restore",
+            Backend::Legacy => "iptables-legacy-restore",
+        }
+    }
+}
+
+/// `--vip-cidr`: an IPv4 network with no host bits set, at most a /16.
+pub fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
+    let net: Ipv4Net = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not an IPv4 CIDR like 169.254.255.0/24"))?;
+    if net.network() != net.addr() {
+        return Err(format!(
+            "`{text}` has host bits set; did you mean {}?",
+            net.trunc()
+        ));
+    }
+    if net.prefix_len() < MIN_PREFIX_LEN {
+        return Err(format!(
+            "`{text}` is wider than a /{MIN_PREFIX_LEN}; it would capture traffic that is not \
+             for a VIP"
+        ));
+    }
+    Ok(net)
+}
+
+/// `--chain`: a name iptables accepts for a user chain.
+pub fn parse_chain(text: &str) -> Result<String, String> {
+    let valid = !text.is_empty()
+        && text.len() <= MAX_CHAIN_LEN
+        && !text.starts_with('-')
+        && text
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
+    if !valid {
+        return Err(format!(
+            "`{text}` is not a usable chain name (1-{MAX_CHAIN_LEN} letters, digits, `_` or `-`)"
+        ));
+    }
+    if ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&text) {
+        return Err(format!(
+            "`{text}` is a built-in chain, not one boshy-istio can own"
+        ));
+    }
+    Ok(text.to_string())
+}
+
+/// What the rules should be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleSpec {
+    pub vip_cidr: Ipv4Net,
+    pub redirect_port: u16,
+    pub chain: String,
+}
+
+impl RuleSpec {
+    /// The jump from OUTPUT, in the exact form `iptables-save` prints it (without `-A OUTPUT`).
+    pub fn jump(&self) -> Vec<String> {
+        words(&[
+            "-d",
+            &self.vip_cidr.to_string(),
+            "-p",
+            "tcp",
+            "-m",
+            "comment",
+            "--comment",
+            COMMENT,
+            "-j",
+            &self.chain,
+        ])
+    }
+
+    /// The only rule of our chain, in `iptables-save` form (without `-A <chain>`).
+    pub fn redirect(&self) -> Vec<String> {
+        words(&[
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            &self.redirect_port.to_string(),
+        ])
+    }
+}
+
+fn words(items: &[&str]) -> Vec<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// One `-A <chain> <spec...>` line of `iptables-save`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rule {
+    pub chain: String,
+    pub spec: Vec<String>,
+}
+
+impl Rule {
+    fn jumps_to(&self, target: &str) -> bool {
+        self.spec
+            .windows(2)
+            .any(|w| (w[0] == "-j" || w[0] == "-g") && w[1] == target)
+    }
+}
+
+/// The nat table as `iptables-save -t nat` printed it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatTable {
+    pub chains: Vec<String>,
+    pub rules: Vec<Rule>,
+}
+
+/// Parses the `*nat` section of `iptables-save` output; comments, counters and other tables
+/// are ignored.
+pub fn parse_nat(save_output: &str) -> Result<NatTable> {
+    let mut table = NatTable::default();
+    let mut in_nat = false;
+    for (number, line) in save_output.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('*') {
+            in_nat = name == "nat";
+            continue;
+        }
+        if !in_nat || line == "COMMIT" {
+            continue;
+        }
+        if let Some(declaration) = line.strip_prefix(':') {
+            let name = declaration.split_whitespace().next().unwrap_or_default();
+            table.chains.push(name.to_string());
+        } else if line.starts_with("-A ") {
+            let mut tokens = split_words(line)
+                .with_context(|| format!("iptables-save line {}: `{line}`", number + 1))?
+                .into_iter()
+                .skip(1);
+            let chain = tokens.next().unwrap_or_default();
+            table.rules.push(Rule {
+                chain,
+                spec: tokens.collect(),
+            });
+        } else {
+            bail!(
+                "iptables-save line {}: unexpected `{line}` in the nat table",
+                number + 1
+            );
+        }
+    }
+    Ok(table)
+}
+
+/// Splits a rule line into words the way iptables-restore does: whitespace separates, double
+/// quotes group, backslash escapes inside quotes.
+fn split_words(line: &str) -> Result<Vec<String>> {
+    let mut words = Vec::new();
+    let mut current = String::new();
+    let mut in_word = false;
+    let mut quoted = false;
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                in_word = true;
+            }
+            '\\' if quoted => current.extend(chars.next()),
+            c if c.is_whitespace() && !quoted => {
+                if in_word {
+                    words.push(std::mem::take(&mut current));
+                    in_word = false;
+                }
+            }
+            c => {
+                current.push(c);
+                in_word = true;
+            }
+        }
+    }
+    if quoted {
+        bail!("unterminated quote");
+    }
+    if in_word {
+        words.push(current);
+    }
+    Ok(words)
+}
+
+/// Renders words for iptables-restore, quoting those with spaces.
+fn join_words(words: &[String]) -> String {
+    words
+        .iter()
+        .map(|w| {
+            if w.is_empty() || w.contains(char::is_whitespace) || w.contains('"') {
+                format!("\"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""))
+            } else {
+                w.clone()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// How the current rules compare with the wanted ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Installed,
+    NotInstalled,
+    /// Some of it is there, or something of ours is wrong: each entry says what.
+    Partial(Vec<String>),
+}
+
+impl Status {
+    /// The exit code of `boshy dnat status`.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Status::Installed => 0,
+            Status::Partial(_) => 1,
+            Status::NotInstalled => 3,
+        }
+    }
+}
+
+pub fn status(spec: &RuleSpec, table: &NatTable) -> Status {
+    let has_chain = table.chains.contains(&spec.chain);
+    let ours: Vec<&Rule> = table
+        .rules
+        .iter()
+        .filter(|r| r.chain == spec.chain)
+        .collect();
+    let jumps: Vec<&Rule> = table
+        .rules
+        .iter()
+        .filter(|r| r.jumps_to(&spec.chain))
+        .collect();
+    if !has_chain && jumps.is_empty() {
+        return Status::NotInstalled;
+    }
+    let mut problems = Vec::new();
+    if !has_chain {
+        problems.push(format!("chain {} is missing", spec.chain));
+    } else if ours.len() != 1 || ours[0].spec != spec.redirect() {
+        problems.push(format!(
+            "chain {} should hold only `-A {} {}`, it holds {} rule(s)",
+            spec.chain,
+            spec.chain,
+            join_words(&spec.redirect()),
+            ours.len()
+        ));
+    }
+    let wanted = Rule {
+        chain: "OUTPUT".into(),
+        spec: spec.jump(),
+    };
+    let good_jumps = jumps.iter().filter(|r| ***r == wanted).count();
+    if good_jumps == 0 {
+        problems.push(format!(
+            "the jump `-A OUTPUT {}` is missing",
+            join_words(&wanted.spec)
+        ));
+    }
+    if good_jumps > 1 {
+        problems.push(format!(
+            "{} duplicate jump(s) to {}",
+            good_jumps - 1,
+            spec.chain
+        ));
+    }
+    let other_jumps = jumps.len() - good_jumps;
+    if other_jumps > 0 {
+        problems.push(format!(
+            "{other_jumps} other jump(s) to {} (another CIDR, or from another chain)",
+            spec.chain
+        ));
+    }
+    if problems.is_empty() {
+        Status::Installed
+    } else {
+        Status::Partial(problems)
+    }
+}
+
+/// The `iptables-restore --noflush` input that installs the rules, or `None` when they are
+/// already exactly right.
+pub fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String> {
+    if status(spec, table) == Status::Installed {
+        return None;
+    }
+    let wanted = Rule {
+        chain: "OUTPUT".into(),
+        spec: spec.jump(),
+    };
+    let mut lines = vec!["*nat".to_string()];
+    // With --noflush, declaring a chain creates it, or flushes it when it exists: only our own
+    // chain is ever declared.
+    lines.push(format!(":{} - [0:0]", spec.chain));
+    lines.push(format!(
+        "-A {} {}",
+        spec.chain,
+        join_words(&spec.redirect())
+    ));
+    let mut kept_jump = false;
+    for rule in table.rules.iter().filter(|r| r.jumps_to(&spec.chain)) {
+        if *rule == wanted && !kept_jump {
+            kept_jump = true;
+        } else {
+            lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
+        }
+    }
+    if !kept_jump {
+        // At the top, so no earlier rule in OUTPUT can divert VIP traffic; the relative order
+        // of everyone else's rules is unchanged.
+        lines.push(format!("-I OUTPUT 1 {}", join_words(&wanted.spec)));
+    }
+    lines.push("COMMIT".into());
+    Some(lines.join("\n") + "\n")
+}
+
+/// The `iptables-restore --noflush` input that removes every jump to our chain and the chain
+/// itself, or `None` when nothing of ours is there.
+pub fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String> {
+    if status(spec, table) == Status::NotInstalled {
+        return None;
+    }
+    let mut lines = vec!["*nat".to_string()];
+    for rule in table.rules.iter().filter(|r| r.jumps_to(&spec.chain)) {
+        lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
+    }
+    if table.chains.contains(&spec.chain) {
+        lines.push(format!("-F {}", spec.chain));
+        lines.push(format!("-X {}", spec.chain));
+    }
+    lines.push("COMMIT".into());
+    Some(lines.join("\n") + "\n")
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let spec = RuleSpec {
+        vip_cidr: args.vip_cidr,
+        redirect_port: args.redirect_port,
+        chain: args.chain,
+    };
+    let backend = args.backend;
+    let action = args.action;
+    // iptables is a blocking subprocess; keep it off the async workers.
+    tokio::task::spawn_blocking(move || apply(action, &spec, backend))
+        .await
+        .context("the iptables task did not finish")?
+}
+
+fn apply(action: Action, spec: &RuleSpec, backend: Backend) -> Result<()> {
+    let table = parse_nat(&save_nat(backend)?)?;
+    match action {
+        Action::Install => match render_install(spec, &table) {
+            None => println!("already installed: {}", describe(spec)),
+            Some(input) => {
+                restore(backend, &input)?;
+                println!("installed: {}", describe(spec));
+            }
+        },
+        Action::Remove => match render_remove(spec, &table) {
+            None => println!("not installed: nothing to remove"),
+            Some(input) => {
+                restore(backend, &input)?;
+                println!("removed chain {} and its jumps", spec.chain);
+            }
+        },
+        Action::Status => {
+            let status = status(spec, &table);
+            match &status {
+                Status::Installed => println!("installed: {}", describe(spec)),
+                Status::NotInstalled => println!("not installed"),
+                Status::Partial(problems) => {
+                    println!("partially installed:");
+                    for problem in problems {
+                        println!("  - {problem}");
+                    }
+                }
+            }
+            if status != Status::Installed {
+                std::io::stdout().flush().ok();
+                std::process::exit(status.exit_code());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn describe(spec: &RuleSpec) -> String {
+    format!(
+        "TCP to {} -> {} -> REDIRECT :{}",
+        spec.vip_cidr, spec.chain, spec.redirect_port
+    )
+}
+
+fn save_nat(backend: Backend) -> Result<String> {
+    let binary = backend.save_binary();
+    let output = Command::new(binary)
+        .args(["-t", "nat"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|err| spawn_error(binary, err))?;
+    if !output.status.success() {
+        bail!(
+            "`{binary} -t nat` failed ({}): {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    String::from_utf8(output.stdout)
+        .with_context(|| format!("`{binary} -t nat`: output is not UTF-8"))
+}
+
+fn restore(backend: Backend, input: &str) -> Result<()> {
+    let binary = backend.restore_binary();
+    let mut child = Command::new(binary)
+        // --wait: queue behind other users of the xtables lock instead of failing.
+        .args(["--noflush", "--wait"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|err| spawn_error(binary, err))?;
+    child
+        .stdin
+        .take()
+        .expect("stdin is piped")
+        .write_all(input.as_bytes())
+        .with_context(|| format!("writing the rules to {binary}"))?;
+    let output = child
+        .wait_with_output()
+        .with_context(|| format!("waiting for {binary}"))?;
+    if !output.status.success() {
+        bail!(
+            "`{binary} --noflush` rejected the rules ({}): {}\nthe input was:\n{input}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn spawn_error(binary: &str, err: std::io::Error) -> anyhow::Error {
+    if err.kind() == std::io::ErrorKind::NotFound {
+        anyhow::anyhow!("`{binary}` not found on PATH: install the iptables package")
+    } else {
+        anyhow::anyhow!("cannot run `{binary}`: {err}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> RuleSpec {
+        RuleSpec {
+            vip_cidr: "169.254.255.0/24".parse().unwrap(),
+            redirect_port: 15001,
+            chain: "BOSHY_OUTPUT".into(),
+        }
+    }
+
+    /// What a Docker host's nat table looks like, plus our rules when `ours` is given.
+    fn save_output(ours: &[&str]) -> String {
+        let mut text = String::from(
+            "# Generated by iptables-nft-save v1.8.9 (nf_tables) on Tue Nov 24 03:08:53 2026\n\
+             *nat\n\
+             :PREROUTING ACCEPT [12:720]\n\
+             :INPUT ACCEPT [0:0]\n\
+             :OUTPUT ACCEPT [3:180]\n\
+             :POSTROUTING ACCEPT [0:0]\n\
+             :DOCKER - [0:0]\n",
+        );
+        for line in ours.iter().filter(|l| l.starts_with(':')) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str(
+            "-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER\n\
+             -A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER\n\
+             -A POSTROUTING -s 172.17.0.0/16 ! -o docker0 -j MASQUERADE\n\
+             -A DOCKER -i docker0 -j RETURN\n",
+        );
+        for line in ours.iter().filter(|l| l.starts_with('-')) {
+            text.push_str(line);
+            text.push('\n');
+        }
+        text.push_str("COMMIT\n# Completed on Tue Nov 24 03:08:53 2026\n");
+        text
+    }
+
+    const CHAIN: &str = ":BOSHY_OUTPUT - [0:0]";
+    const JUMP: &str = "-A OUTPUT -d 169.254.255.0/24 -p tcp -m comment --comment \"boshy-istio: VIP traffic to Envoy\" -j BOSHY_OUTPUT";
+    const REDIRECT: &str = "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001";
+
+    fn table(ours: &[&str]) -> NatTable {
+        parse_nat(&save_output(ours)).unwrap()
+    }
+
+    #[test]
+    fn parses_chains_and_rules_of_the_nat_table_only() {
+        let text = format!(
+            "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n{}",
+            save_output(&[CHAIN, JUMP, REDIRECT])
+        );
+        let nat = parse_nat(&text).unwrap();
+        assert_eq!(
+            nat.chains,
+            [
+                "PREROUTING",
+                "INPUT",
+                "OUTPUT",
+                "POSTROUTING",
+                "DOCKER",
+                "BOSHY_OUTPUT"
+            ]
+        );
+        assert_eq!(nat.rules.len(), 6);
+        let jump = nat
+            .rules
+            .iter()
+            .find(|r| r.jumps_to("BOSHY_OUTPUT"))
+            .unwrap();
+        assert_eq!(jump.chain, "OUTPUT");
+        assert_eq!(jump.spec, spec().jump());
+        assert!(nat
+            .rules
+            .iter()
+            .all(|r| r.chain != "INPUT" || r.spec != ["-j", "ACCEPT"]));
+    }
+
+    #[test]
+    fn install_on_a_clean_table_creates_chain_redirect_and_jump_only() {
+        let input = render_install(&spec(), &table(&[])).unwrap();
+        assert_eq!(
+            input,
+            "*nat\n\
+             :BOSHY_OUTPUT - [0:0]\n\
+             -A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001\n\
+             -I OUTPUT 1 -d 169.254.255.0/24 -p tcp -m comment --comment \"boshy-istio: VIP traffic to Envoy\" -j BOSHY_OUTPUT\n\
+             COMMIT\n"
+        );
+        assert!(!input.contains("DOCKER"), "foreign chains are never named");
+    }
+
+    #[test]
+    fn install_when_installed_renders_nothing() {
+        let installed = table(&[CHAIN, JUMP, REDIRECT]);
+        assert_eq!(status(&spec(), &installed), Status::Installed);
+        assert_eq!(render_install(&spec(), &installed), None);
+    }
+
+    #[test]
+    fn install_repairs_only_what_is_ours() {
+        // A jump for an old CIDR, a duplicate of the right one, and a wrong port in our chain.
+        let stale = "-A OUTPUT -d 169.254.0.0/16 -p tcp -m comment --comment \"boshy-istio: VIP traffic to Envoy\" -j BOSHY_OUTPUT";
+        let wrong_port = "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15999";
+        let messy = table(&[CHAIN, stale, JUMP, JUMP, wrong_port]);
+        assert!(matches!(status(&spec(), &messy), Status::Partial(_)));
+        let input = render_install(&spec(), &messy).unwrap();
+        let lines: Vec<&str> = input.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "*nat",
+                ":BOSHY_OUTPUT - [0:0]",
+                "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+                &stale.replacen("-A", "-D", 1),
+                &JUMP.replacen("-A", "-D", 1),
+                "COMMIT",
+            ]
+        );
+    }
+
+    #[test]
+    fn install_adds_the_jump_when_only_the_chain_exists() {
+        let input = render_install(&spec(), &table(&[CHAIN, REDIRECT])).unwrap();
+        assert!(
+            input.contains("\n-I OUTPUT 1 -d 169.254.255.0/24 "),
+            "{input}"
+        );
+        assert!(!input.contains("-D "), "{input}");
+    }
+
+    #[test]
+    fn remove_deletes_every_jump_and_the_chain() {
+        let foreign_jump = "-A PREROUTING -p tcp -j BOSHY_OUTPUT";
+        let input = render_remove(&spec(), &table(&[CHAIN, JUMP, REDIRECT, foreign_jump])).unwrap();
+        assert_eq!(
+            input,
+            format!(
+                "*nat\n{}\n-D PREROUTING -p tcp -j BOSHY_OUTPUT\n-F BOSHY_OUTPUT\n-X BOSHY_OUTPUT\nCOMMIT\n",
+                JUMP.replacen("-A", "-D", 1)
+            )
+        );
+    }
+
+    #[test]
+    fn remove_when_not_installed_renders_nothing() {
+        let clean = table(&[]);
+        assert_eq!(status(&spec(), &clean), Status::NotInstalled);
+        assert_eq!(render_remove(&spec(), &clean), None);
+    }
+
+    #[test]
+    fn remove_of_a_dangling_jump_does_not_delete_a_missing_chain() {
+        let input = render_remove(&spec(), &table(&[JUMP])).unwrap();
+        assert!(!input.contains("-X"), "{input}");
+    }
+
+    #[test]
+    fn status_names_what_is_wrong() {
+        let Status::Partial(problems) = status(&spec(), &table(&[CHAIN, REDIRECT])) else {
+            panic!("partial expected");
+        };
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].contains("jump"), "{problems:?}");
+
+        let Status::Partial(problems) = status(&spec(), &table(&[CHAIN, JUMP])) else {
+            panic!("partial expected");
+        };
+        assert!(
+            problems[0].contains("REDIRECT --to-ports 15001"),
+            "{problems:?}"
+        );
+
+        let other_port = RuleSpec {
+            redirect_port: 15002,
+            ..spec()
+        };
+        assert!(matches!(
+            status(&other_port, &table(&[CHAIN, JUMP, REDIRECT])),
+            Status::Partial(_)
+        ));
+        assert_eq!(Status::Installed.exit_code(), 0);
+        assert_eq!(Status::Partial(vec![]).exit_code(), 1);
+        assert_eq!(Status::NotInstalled.exit_code(), 3);
+    }
+
+    #[test]
+    fn other_cidr_and_chain_are_rendered() {
+        let custom = RuleSpec {
+            vip_cidr: "169.254.0.0/16".parse().unwrap(),
+            redirect_port: 16001,
+            chain: "MESH_OUT".into(),
+        };
+        let input = render_install(&custom, &table(&[CHAIN, JUMP, REDIRECT])).unwrap();
+        assert!(
+            input.contains(":MESH_OUT - [0:0]\n-A MESH_OUT -p tcp -j REDIRECT --to-ports 16001\n")
+        );
+        assert!(input.contains("-I OUTPUT 1 -d 169.254.0.0/16 -p tcp"));
+        assert!(
+            !input.contains("BOSHY_OUTPUT"),
+            "another chain's rules are not ours: {input}"
+        );
+    }
+
+    #[test]
+    fn words_round_trip_through_quotes() {
+        let line = r#"-A X -m comment --comment "a \"quoted\" word" -j Y"#;
+        let words = split_words(line).unwrap();
+        assert_eq!(words[5], "a \"quoted\" word");
+        assert_eq!(split_words(&join_words(&words)).unwrap(), words);
+        assert!(split_words("-A X --comment \"open").is_err());
+    }
+
+    #[test]
+    fn bad_cidrs_are_rejected_clearly() {
+        assert_eq!(parse_vip_cidr("169.254.255.0/24").unwrap().prefix_len(), 24);
+        assert!(parse_vip_cidr("nope")
+            .unwrap_err()
+            .contains("not an IPv4 CIDR"));
+        assert!(parse_vip_cidr("169.254.255.7/24")
+            .unwrap_err()
+            .contains("169.254.255.0/24"));
+        assert!(parse_vip_cidr("0.0.0.0/0").unwrap_err().contains("wider"));
+        assert!(parse_vip_cidr("fd00::/64").is_err());
+    }
+
+    #[test]
+    fn bad_chain_names_are_rejected() {
+        assert!(parse_chain("BOSHY_OUTPUT").is_ok());
+        for bad in ["", "OUTPUT", "-x", "has space", &"C".repeat(29)] {
+            assert!(parse_chain(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn unexpected_lines_are_errors_with_line_numbers() {
+        let err = parse_nat("*nat\n:OUTPUT ACCEPT [0:0]\n-Z what\nCOMMIT\n").unwrap_err();
+        assert!(err.to_string().contains("line 3"), "{err}");
+    }
 }

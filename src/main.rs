@@ -38,7 +38,10 @@ async fn main() -> Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                // hickory logs every DNS query at info; that would flood the agent's log.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("info,hickory_server::server=warn")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

@@ -1,10 +1,280 @@
-//! virtual-ip-agent: DNS for *.<tld> from the pushed name table.
+//! virtual-ip-agent: answers DNS for `*.<tld>` on every VM from the name table that bosh-pilot
+//! pushes, and keeps the last table on disk so it answers at once after a restart.
 //!
-//! SCAFFOLD: replaced by the module's real implementation.
+//! - [`dns`]: the pure answer logic (zone per table, reply per request).
+//! - [`handler`]: hickory's request handler and the UDP/TCP server.
+//! - [`table_store`]: the table on disk.
+
+pub mod dns;
+pub mod handler;
+pub mod table_store;
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use hickory_server::proto::rr::Name;
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+use crate::config::AgentConfig;
+use crate::names::table::NameTable;
+use dns::{SkippedName, Zone};
+use handler::ZoneCell;
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// The agent's config file (YAML or JSON); see `config::AgentConfig`.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Only validate the config file: exit 0 when it is valid, else print what is wrong.
+    #[arg(long)]
+    pub check_config: bool,
+}
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+pub async fn run(args: Args) -> Result<()> {
+    let config: AgentConfig = crate::config::load(&args.config)?;
+    let apex = validate(&config, &args.config)?;
+    if args.check_config {
+        println!("config file {}: OK", args.config.display());
+        return Ok(());
+    }
+
+    let saved = load_saved_table(&config.table_path);
+    let cell = Arc::new(ZoneCell::new(build_zone(&apex, config.ttl_seconds, &saved)));
+    let mut server = handler::serve(config.listen, cell.clone()).await?;
+    info!(
+        listen = %config.listen,
+        zone = %apex,
+        names = saved.names.len(),
+        version = saved.version,
+        "virtual-ip-agent answering"
+    );
+    if let Some(path) = &config.bosh_dns_handlers_path {
+        let handlers = bosh_dns_handlers(&apex, config.listen);
+        table_store::write_atomically(path, handlers.as_bytes())
+            .context("writing the bosh-dns handler")?;
+        info!(path = %path.display(), "bosh-dns handler written");
+    }
+
+    let (publisher, tables) = watch::channel(Arc::new(saved.clone()));
+    tokio::spawn(crate::names::follow(config.pilots.clone(), publisher));
+    tokio::spawn(follow_tables(
+        tables,
+        saved,
+        cell,
+        apex,
+        config.ttl_seconds,
+        config.table_path.clone(),
+    ));
+
+    shutdown_signal().await?;
+    info!("shutting down");
+    server
+        .shutdown_gracefully()
+        .await
+        .context("DNS server shutdown")?;
+    Ok(())
+}
+
+/// Checks what the file format cannot: returns the zone apex. Errors name the file and the key.
+pub fn validate(config: &AgentConfig, path: &Path) -> Result<Name> {
+    let at = |key: &str| format!("config file {}: key `{key}`", path.display());
+    let apex =
+        dns::apex_from_tld(&config.tld).map_err(|err| anyhow::anyhow!("{}: {err}", at("tld")))?;
+    if config.pilots.is_empty() {
+        bail!(
+            "{}: empty; list the name-table URL of every bosh-pilot",
+            at("pilots")
+        );
+    }
+    for (i, pilot) in config.pilots.iter().enumerate() {
+        // The follower accepts a base URL or a bare `host:port` (meaning http).
+        let as_url = if pilot.contains("://") {
+            pilot.clone()
+        } else {
+            format!("http://{pilot}")
+        };
+        let valid = reqwest::Url::parse(&as_url)
+            .is_ok_and(|url| matches!(url.scheme(), "http" | "https") && url.host().is_some());
+        if !valid {
+            bail!(
+                "{}: `{pilot}` is not an http(s) URL or host:port of a bosh-pilot",
+                at(&format!("pilots[{i}]"))
+            );
+        }
+    }
+    // RFC 2181 §8: TTLs are 31-bit.
+    if config.ttl_seconds > i32::MAX as u32 {
+        bail!(
+            "{}: {} is above 2147483647",
+            at("ttl_seconds"),
+            config.ttl_seconds
+        );
+    }
+    if config.table_path.file_name().is_none() {
+        bail!(
+            "{}: `{}` is not a file path",
+            at("table_path"),
+            config.table_path.display()
+        );
+    }
+    Ok(apex)
+}
+
+/// The bosh-dns handler (bosh-dns reads `dns/handlers.json` of every job on the VM) that
+/// delegates the zone to this agent, uncached so that a changed VIP is seen within our TTL.
+pub fn bosh_dns_handlers(apex: &Name, listen: SocketAddr) -> String {
+    let recursor = SocketAddr::new(reachable_ip(listen.ip()), listen.port());
+    let handlers = serde_json::json!([{
+        "domain": apex.to_string(),
+        "cache": { "enabled": false },
+        "source": { "type": "dns", "recursors": [recursor.to_string()] },
+    }]);
+    serde_json::to_string_pretty(&handlers).expect("JSON values serialize")
+}
+
+/// An agent listening on every address is reached by bosh-dns on loopback.
+fn reachable_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+        IpAddr::V6(v6) if v6.is_unspecified() => IpAddr::V6(Ipv6Addr::LOCALHOST),
+        other => other,
+    }
+}
+
+/// The table saved by the previous run; an unreadable or corrupt file is logged and ignored so
+/// the agent still starts (and the next table from the control plane overwrites it).
+fn load_saved_table(path: &Path) -> NameTable {
+    match table_store::load(path) {
+        Ok(Some(table)) => table,
+        Ok(None) => {
+            info!(path = %path.display(), "no saved name table yet; starting empty");
+            NameTable::default()
+        }
+        Err(err) => {
+            warn!("{err:#}; starting with an empty table until bosh-pilot sends one");
+            NameTable::default()
+        }
+    }
+}
+
+fn build_zone(apex: &Name, ttl: u32, table: &NameTable) -> Zone {
+    let (zone, skipped) = Zone::build(apex, ttl, table);
+    for SkippedName { name, reason } in skipped {
+        warn!(%name, version = table.version, "name not served: {reason}");
+    }
+    zone
+}
+
+/// Applies every new table: swap the zone, persist the table, log what changed.
+async fn follow_tables(
+    mut tables: watch::Receiver<Arc<NameTable>>,
+    mut current: NameTable,
+    cell: Arc<ZoneCell>,
+    apex: Name,
+    ttl: u32,
+    table_path: PathBuf,
+) {
+    while tables.changed().await.is_ok() {
+        let table = tables.borrow_and_update().clone();
+        if *table == current {
+            continue;
+        }
+        cell.replace(build_zone(&apex, ttl, &table));
+        let changes = table_store::changes(&current, &table);
+        info!(
+            version = table.version,
+            names = table.names.len(),
+            added = changes.added,
+            removed = changes.removed,
+            changed = changes.changed,
+            "name table updated"
+        );
+        let path = table_path.clone();
+        let to_save = table.clone();
+        match tokio::task::spawn_blocking(move || table_store::save(&path, &to_save)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => warn!("{err:#}; the agent keeps answering from memory"),
+            Err(err) => warn!(%err, "saving the name table did not finish"),
+        }
+        current = (*table).clone();
+    }
+}
+
+async fn shutdown_signal() -> Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        result = tokio::signal::ctrl_c() => result.context("waiting for SIGINT")?,
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Name> {
+        let path = Path::new("/var/vcap/jobs/virtual-ip-agent/config/agent.yml");
+        let config: AgentConfig = crate::config::parse(text, path)?;
+        validate(&config, path)
+    }
+
+    const GOOD: &str = "pilots: [\"http://10.244.0.10:15011\", \"10.244.0.11:15011\"]\ntable_path: /var/vcap/store/virtual-ip-agent/table.json\n";
+
+    #[test]
+    fn minimal_config_is_valid_with_defaults() {
+        assert_eq!(parse(GOOD).unwrap().to_string(), "boshy.");
+    }
+
+    #[test]
+    fn errors_name_the_file_and_the_key() {
+        for (text, key) in [
+            (format!("{GOOD}tld: \"bad tld\"\n"), "`tld`"),
+            ("pilots: []\ntable_path: /t\n".to_string(), "`pilots`"),
+            (
+                "pilots: [\"10.0.0.1 15011\"]\ntable_path: /t\n".to_string(),
+                "`pilots[0]`",
+            ),
+            (
+                "pilots: [\"http://a\", \"ftp://b\"]\ntable_path: /t\n".to_string(),
+                "`pilots[1]`",
+            ),
+            (format!("{GOOD}ttl_seconds: 4294967295\n"), "`ttl_seconds`"),
+            (format!("{GOOD}listen: nowhere\n"), "listen"),
+            ("table_path: /t\n".to_string(), "pilots"),
+        ] {
+            let msg = format!("{:#}", parse(&text).unwrap_err());
+            assert!(msg.contains("agent.yml"), "{msg}");
+            assert!(msg.contains(key), "{key} in {msg}");
+        }
+    }
+
+    #[test]
+    fn bosh_dns_handler_delegates_the_zone_to_the_agent() {
+        let apex = dns::apex_from_tld("boshy").unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&bosh_dns_handlers(&apex, "127.0.0.1:8053".parse().unwrap()))
+                .unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([{
+                "domain": "boshy.",
+                "cache": {"enabled": false},
+                "source": {"type": "dns", "recursors": ["127.0.0.1:8053"]},
+            }])
+        );
+    }
+
+    #[test]
+    fn bosh_dns_handler_uses_loopback_for_a_wildcard_listen() {
+        let apex = dns::apex_from_tld("boshy").unwrap();
+        let v4 = bosh_dns_handlers(&apex, "0.0.0.0:53".parse().unwrap());
+        assert!(v4.contains("\"127.0.0.1:53\""), "{v4}");
+        let v6 = bosh_dns_handlers(&apex, "[::]:53".parse().unwrap());
+        assert!(v6.contains("\"[::1]:53\""), "{v6}");
+    }
 }
