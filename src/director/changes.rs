@@ -113,32 +113,43 @@ impl Part {
     }
 }
 
-type Subject = (Option<String>, Part);
-
-/// Remembers which errors are being reported, so that each (deployment, part, kind) is logged
-/// once when it starts and once when it ends, not at every poll.
+/// Remembers which errors are being reported, so that each (deployment, kind) is logged once
+/// when it starts and once when it ends, not at every poll nor once per failing call.
 #[derive(Debug, Default)]
 pub struct ErrorLog {
-    active: BTreeMap<Subject, BTreeSet<String>>,
+    /// (deployment or `None` for the director as a whole, kind) → the parts failing so.
+    failing: BTreeMap<(Option<String>, String), BTreeSet<Part>>,
 }
 
 impl ErrorLog {
-    /// Records an error; true when this kind is new for the subject (log it).
+    /// Records an error; true when this kind is new for the deployment (log it).
     pub fn report(&mut self, deployment: Option<&str>, part: Part, kind: &str) -> bool {
-        self.active
-            .entry((deployment.map(str::to_string), part))
-            .or_default()
-            .insert(kind.to_string())
+        let parts = self
+            .failing
+            .entry((deployment.map(str::to_string), kind.to_string()))
+            .or_default();
+        let new = parts.is_empty();
+        parts.insert(part);
+        new
     }
 
-    /// Records a success; returns the kinds that were being reported (log the recovery).
-    pub fn recovered(&mut self, deployment: Option<&str>, part: Part) -> Option<BTreeSet<String>> {
-        self.active.remove(&(deployment.map(str::to_string), part))
+    /// Records a success of `part`; returns the kinds of error the deployment no longer has
+    /// (log the recovery).
+    pub fn recovered(&mut self, deployment: Option<&str>, part: Part) -> Vec<String> {
+        let mut cleared = Vec::new();
+        self.failing.retain(|(name, kind), parts| {
+            if name.as_deref() != deployment || !parts.remove(&part) || !parts.is_empty() {
+                return true;
+            }
+            cleared.push(kind.clone());
+            false
+        });
+        cleared
     }
 
     /// Forgets every error of a deployment that no longer exists.
     pub fn forget(&mut self, deployment: &str) {
-        self.active
+        self.failing
             .retain(|(name, _), _| name.as_deref() != Some(deployment));
     }
 }
@@ -242,19 +253,22 @@ mod tests {
     }
 
     #[test]
-    fn each_error_is_reported_once_until_recovery() {
+    fn each_error_kind_is_reported_once_per_deployment_until_recovery() {
         let mut log = ErrorLog::default();
         assert!(log.report(Some("a"), Part::Instances, "http_500"));
         assert!(!log.report(Some("a"), Part::Instances, "http_500"));
+        assert!(!log.report(Some("a"), Part::ManifestFetch, "http_500"));
         assert!(log.report(Some("a"), Part::Instances, "timeout"));
         assert!(log.report(Some("b"), Part::Instances, "http_500"));
-        assert!(log.report(Some("a"), Part::ManifestParse, "manifest_yaml"));
-        let kinds = log.recovered(Some("a"), Part::Instances).unwrap();
-        assert_eq!(kinds, BTreeSet::from(["http_500".into(), "timeout".into()]));
-        assert!(log.recovered(Some("a"), Part::Instances).is_none());
+        assert!(log.report(None, Part::Events, "http_500"));
+        // The manifest still fails with a 500: nothing has recovered from it yet.
+        assert_eq!(log.recovered(Some("a"), Part::Instances), ["timeout"]);
+        assert_eq!(log.recovered(Some("a"), Part::ManifestFetch), ["http_500"]);
+        assert!(log.recovered(Some("a"), Part::Instances).is_empty());
         assert!(log.report(Some("a"), Part::Instances, "http_500"));
         log.forget("a");
-        assert!(log.recovered(Some("a"), Part::ManifestParse).is_none());
-        assert!(log.recovered(Some("b"), Part::Instances).is_some());
+        assert!(log.recovered(Some("a"), Part::Instances).is_empty());
+        assert_eq!(log.recovered(Some("b"), Part::Instances), ["http_500"]);
+        assert_eq!(log.recovered(None, Part::Events), ["http_500"]);
     }
 }

@@ -133,23 +133,16 @@ pub fn classify_transport(what: &str, err: &reqwest::Error, timeout: Duration) -
 }
 
 fn is_tls_failure(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current = Some(err);
-    while let Some(e) = current {
-        if e.is::<rustls::Error>() {
-            return true;
-        }
-        // `io::Error::source` skips the wrapped error itself, so look inside explicitly.
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io
-                .get_ref()
-                .is_some_and(|inner| inner.is::<rustls::Error>())
-            {
-                return true;
-            }
-        }
-        current = e.source();
+    if err.is::<rustls::Error>() {
+        return true;
     }
-    false
+    // `io::Error::source` skips the wrapped error itself (and hyper wraps io errors in io
+    // errors), so look inside explicitly.
+    let wrapped = err
+        .downcast_ref::<std::io::Error>()
+        .and_then(|io| io.get_ref())
+        .is_some_and(|inner| is_tls_failure(inner));
+    wrapped || err.source().is_some_and(is_tls_failure)
 }
 
 /// `a: b: c` from an error and its sources, the way anyhow's `{:#}` prints.
@@ -227,6 +220,8 @@ mod tests {
             rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer),
         );
         assert!(is_tls_failure(&wrapped));
+        let twice = std::io::Error::other(wrapped);
+        assert!(is_tls_failure(&twice));
         let plain = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         assert!(!is_tls_failure(&plain));
     }

@@ -508,15 +508,15 @@ impl PollState {
     }
 
     fn recovered(&mut self, deployment: Option<&str>, part: Part) {
-        if let Some(kinds) = self.errors.recovered(deployment, part) {
+        let cleared = self.errors.recovered(deployment, part);
+        if !cleared.is_empty() {
             let subject =
                 deployment.map_or_else(|| "director".to_string(), |d| format!("deployment {d:?}"));
-            let kinds: Vec<String> = kinds.into_iter().collect();
             info!(
                 deployment = deployment.unwrap_or_default(),
                 "{subject}: {} works again (after {})",
                 part.describe(),
-                kinds.join(", ")
+                cleared.join(", ")
             );
         }
     }

@@ -1,0 +1,799 @@
+//! The director client and poller against the in-process director simulator: auth and token
+//! renewal, faults, malformed manifests, instance changes, steady-state cost, secrecy.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use boshy::catalog::model::DeploymentInput;
+use boshy::config::{DirectorConfig, Secret};
+use boshy::director::{PollTiming, Poller};
+use boshy::sim::{self, AuthMode, SimHandle, SimOptions};
+use serde_json::{json, Value};
+use tokio::sync::watch;
+use tracing::instrument::WithSubscriber as _;
+
+const SECRET: &str = "s3cret-d0-not-log-me";
+/// Upper bound for anything the tests wait for; never a measured duration.
+const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Log lines of one poller, captured at DEBUG (including reqwest's and hyper's own).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    fn count(&self, needle: &str) -> usize {
+        self.text().lines().filter(|l| l.contains(needle)).count()
+    }
+
+    async fn wait_for(&self, needle: &str) {
+        let found = async {
+            while self.count(needle) == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        if tokio::time::timeout(PATIENCE, found).await.is_err() {
+            panic!("no log line contains {needle:?}; logs:\n{}", self.text());
+        }
+    }
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn manifest(name: &str, groups: &[(&str, u32, &str)]) -> String {
+    let mut text = format!(
+        "---\nname: {name}\nreleases:\n- name: boshy-istio\n  version: latest\nstemcells:\n\
+         - alias: default\n  os: ubuntu-jammy\n  version: latest\ninstance_groups:\n"
+    );
+    for (group, instances, expose) in groups {
+        text.push_str(&format!(
+            "- name: {group}\n  instances: {instances}\n  azs: [z1, z2]\n  jobs:\n  \
+             - name: example-httpbin\n    release: boshy-istio\n{expose}"
+        ));
+    }
+    text
+}
+
+fn expose(port_name: &str, number: u32) -> String {
+    format!("    expose_ports:\n    - name: {port_name}\n      number: {number}\n")
+}
+
+/// The prototype's sample: apricot exposes some-port 9001, banana other-http 9002.
+fn sample(name: &str) -> String {
+    manifest(
+        name,
+        &[
+            ("apricot", 3, &expose("some-port", 9001)),
+            ("banana", 2, &expose("other-http", 9002)),
+        ],
+    )
+}
+
+fn no_services(name: &str) -> String {
+    manifest(name, &[("pilot", 1, "")])
+}
+
+fn fast_timing() -> PollTiming {
+    PollTiming {
+        poll: Duration::from_millis(100),
+        health: Duration::from_millis(400),
+        full_resync: Duration::from_secs(3600),
+        backoff_cap: Duration::from_millis(400),
+    }
+}
+
+struct Harness {
+    sim: SimHandle,
+    http: reqwest::Client,
+    logs: Logs,
+    rx: watch::Receiver<Arc<Vec<DeploymentInput>>>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// Everything a test may change about the director, the pilot's config and its clocks.
+struct Setup {
+    sim: SimOptions,
+    deployments: Vec<(String, String)>,
+    director: Value,
+    timing: PollTiming,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        Setup {
+            sim: SimOptions::new(SECRET),
+            deployments: vec![("sample-deployment".into(), sample("sample-deployment"))],
+            director: json!({"client": "pilot", "request_timeout_seconds": 2, "task_timeout_seconds": 10}),
+            timing: fast_timing(),
+        }
+    }
+
+    async fn start(self) -> Harness {
+        let sim = sim::start(self.sim).await.expect("simulator starts");
+        let http = reqwest::Client::new();
+        for (name, text) in &self.deployments {
+            control(
+                &http,
+                &sim,
+                "POST",
+                "/_sim/deployments",
+                json!({"name": name, "manifest": text}),
+            )
+            .await;
+        }
+        let mut director = self.director;
+        director["url"] = json!(sim.director_url());
+        if director.get("insecure_skip_tls_verify").is_none() && director.get("ca_cert").is_none() {
+            director["ca_cert"] = json!(sim.ca_pem());
+        }
+        let cfg: DirectorConfig = serde_json::from_value(director).expect("valid director config");
+        let logs = Logs::default();
+        let writer = logs.0.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::DEBUG)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .finish();
+        let dispatch = tracing::Dispatch::new(subscriber);
+        let (tx, rx) = watch::channel(Arc::new(Vec::new()));
+        let poller =
+            tracing::dispatcher::with_default(&dispatch, || Poller::new(&cfg, Secret::new(SECRET)))
+                .expect("poller builds")
+                .with_timing(self.timing);
+        let poller = tokio::spawn(poller.run(tx).with_subscriber(dispatch));
+        Harness {
+            sim,
+            http,
+            logs,
+            rx,
+            poller,
+        }
+    }
+}
+
+async fn control(
+    http: &reqwest::Client,
+    sim: &SimHandle,
+    method: &str,
+    path: &str,
+    body: Value,
+) -> Value {
+    let url = format!("{}{path}", sim.control_url());
+    let method = reqwest::Method::from_bytes(method.as_bytes()).unwrap();
+    let mut request = http.request(method.clone(), &url);
+    if !body.is_null() {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("control API answers");
+    let status = response.status();
+    let text = response.text().await.unwrap();
+    assert!(status.is_success(), "{method} {path}: {status}: {text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
+}
+
+impl Harness {
+    async fn control(&self, method: &str, path: &str, body: Value) -> Value {
+        control(&self.http, &self.sim, method, path, body).await
+    }
+
+    async fn put_manifest(&self, deployment: &str, text: &str) {
+        let url = format!(
+            "{}/_sim/deployments/{deployment}/manifest",
+            self.sim.control_url()
+        );
+        let response = self
+            .http
+            .put(url)
+            .body(text.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_success(),
+            "PUT manifest: {}",
+            response.status()
+        );
+    }
+
+    async fn fault(&self, mode: &str, path_prefix: Option<&str>) {
+        let mut body = json!({"mode": mode});
+        if let Some(prefix) = path_prefix {
+            body["path_prefix"] = json!(prefix);
+        }
+        self.control("PUT", "/_sim/fault", body).await;
+    }
+
+    async fn requests(&self) -> Value {
+        self.control("GET", "/_sim/requests", Value::Null).await
+    }
+
+    /// Waits until a published list satisfies `check`, which explains what it still misses.
+    async fn published(
+        &mut self,
+        check: impl Fn(&[DeploymentInput]) -> Result<(), String>,
+    ) -> Arc<Vec<DeploymentInput>> {
+        let rx = &mut self.rx;
+        let wait = async {
+            loop {
+                let current = rx.borrow_and_update().clone();
+                if check(&current).is_ok() {
+                    return current;
+                }
+                rx.changed().await.expect("poller keeps running");
+            }
+        };
+        match tokio::time::timeout(PATIENCE, wait).await {
+            Ok(list) => list,
+            Err(_) => {
+                let why = check(&self.rx.borrow()).unwrap_err();
+                panic!(
+                    "never published what was expected: {why}; logs:\n{}",
+                    self.logs.text()
+                );
+            }
+        }
+    }
+
+    /// Asserts the secret appears in no log line (call at the end of every test).
+    fn assert_secret_never_logged(&self) {
+        let logs = self.logs.text();
+        assert!(!logs.is_empty(), "the poller logged nothing at all");
+        assert!(
+            !logs.contains(SECRET),
+            "the client secret is in the logs:\n{logs}"
+        );
+    }
+}
+
+fn deployment<'a>(list: &'a [DeploymentInput], name: &str) -> Result<&'a DeploymentInput, String> {
+    list.iter()
+        .find(|d| d.name == name)
+        .ok_or_else(|| format!("deployment {name} is not published"))
+}
+
+/// Instances of `group` in `name` and their job states, once published.
+fn group_states(
+    list: &[DeploymentInput],
+    name: &str,
+    group: &str,
+) -> Result<Vec<Option<String>>, String> {
+    Ok(deployment(list, name)?
+        .instances
+        .iter()
+        .filter(|i| i.instance_group == group)
+        .map(|i| i.job_state.clone())
+        .collect())
+}
+
+fn service_ports(list: &[DeploymentInput], name: &str) -> Result<Vec<(String, u16)>, String> {
+    Ok(deployment(list, name)?
+        .manifest
+        .services
+        .iter()
+        .flat_map(|s| {
+            s.ports
+                .iter()
+                .map(move |p| (s.key.instance_group.clone(), p.number))
+        })
+        .collect())
+}
+
+fn has_instances(
+    list: &[DeploymentInput],
+    name: &str,
+    group: &str,
+    count: usize,
+) -> Result<(), String> {
+    let states = group_states(list, name, group)?;
+    match states.len() == count {
+        true => Ok(()),
+        false => Err(format!(
+            "{name}/{group} has {} instances, not {count}",
+            states.len()
+        )),
+    }
+}
+
+fn route_count(requests: &Value, route: &str) -> u64 {
+    requests["by_route"][route].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn publishes_services_and_instances_sorted_by_deployment() {
+    let mut setup = Setup::new();
+    setup
+        .deployments
+        .push(("bosh-istio".into(), no_services("bosh-istio")));
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| {
+            has_instances(l, "sample-deployment", "apricot", 3)?;
+            has_instances(l, "sample-deployment", "banana", 2)?;
+            has_instances(l, "bosh-istio", "pilot", 1)
+        })
+        .await;
+    let names: Vec<&str> = list.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["bosh-istio", "sample-deployment"]);
+    assert_eq!(
+        service_ports(&list, "sample-deployment").unwrap(),
+        [("apricot".to_string(), 9001), ("banana".to_string(), 9002)]
+    );
+    assert!(service_ports(&list, "bosh-istio").unwrap().is_empty());
+    let apricot = &deployment(&list, "sample-deployment").unwrap().instances[0];
+    assert_eq!(apricot.job_state.as_deref(), Some("running"));
+    assert!(
+        !apricot.ips.is_empty() && apricot.vm_cid.is_some(),
+        "{apricot:?}"
+    );
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn instance_added_removed_and_failing_are_published() {
+    let mut h = Setup::new().start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "banana", 2))
+        .await;
+
+    let added = h
+        .control(
+            "POST",
+            "/_sim/deployments/sample-deployment/instances",
+            json!({"instance_group": "banana"}),
+        )
+        .await;
+    let added_id = added["id"]
+        .as_str()
+        .expect("the new instance's id")
+        .to_string();
+    h.published(|l| has_instances(l, "sample-deployment", "banana", 3))
+        .await;
+
+    h.control(
+        "PUT",
+        &format!("/_sim/deployments/sample-deployment/instances/{added_id}"),
+        json!({"job_state": "failing"}),
+    )
+    .await;
+    // Health changes write no event: only the health timer sees them.
+    let list = h
+        .published(|l| {
+            let states = group_states(l, "sample-deployment", "banana")?;
+            match states.iter().any(|s| s.as_deref() == Some("failing")) {
+                true => Ok(()),
+                false => Err(format!("no failing banana yet: {states:?}")),
+            }
+        })
+        .await;
+    let failing = deployment(&list, "sample-deployment")
+        .unwrap()
+        .instances
+        .iter()
+        .find(|i| i.id == added_id)
+        .cloned();
+    assert_eq!(
+        failing.and_then(|i| i.job_state),
+        Some("failing".to_string())
+    );
+
+    h.control(
+        "DELETE",
+        &format!("/_sim/deployments/sample-deployment/instances/{added_id}"),
+        Value::Null,
+    )
+    .await;
+    let list = h
+        .published(|l| has_instances(l, "sample-deployment", "banana", 2))
+        .await;
+    assert!(deployment(&list, "sample-deployment")
+        .unwrap()
+        .instances
+        .iter()
+        .all(|i| i.id != added_id));
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn deployments_appear_and_vanish() {
+    let mut h = Setup::new().start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    h.control(
+        "POST",
+        "/_sim/deployments",
+        json!({"name": "other", "manifest": sample("other")}),
+    )
+    .await;
+    h.published(|l| has_instances(l, "other", "banana", 2))
+        .await;
+    h.control("DELETE", "/_sim/deployments/other", Value::Null)
+        .await;
+    let list = h
+        .published(|l| match deployment(l, "other") {
+            Ok(_) => Err("other is still published".into()),
+            Err(_) => Ok(()),
+        })
+        .await;
+    assert!(deployment(&list, "sample-deployment").is_ok());
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn basic_auth_is_discovered_from_info() {
+    let mut setup = Setup::new();
+    setup.sim.auth = AuthMode::Basic;
+    let mut h = setup.start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    let requests = h.requests().await;
+    assert_eq!(route_count(&requests, "GET /info"), 1, "{requests}");
+    assert_eq!(route_count(&requests, "POST /oauth/token"), 0, "{requests}");
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn token_is_renewed_before_it_expires() {
+    let mut setup = Setup::new();
+    // Renewal is due at 90% of a 2 s life; the test runs through several lifetimes.
+    setup.sim.token_ttl = Duration::from_secs(2);
+    let mut h = setup.start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    let renewed = async {
+        while route_count(&h.requests().await, "POST /oauth/token") < 3 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, renewed)
+        .await
+        .expect("the token is renewed");
+    assert_eq!(
+        h.logs.count("rejected the token"),
+        0,
+        "a token was used after expiry:\n{}",
+        h.logs.text()
+    );
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn token_rejected_with_401_is_renewed_once_and_the_request_retried() {
+    let mut h = Setup::new().start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    h.control("POST", "/_sim/tokens/expire", Value::Null).await;
+    h.control(
+        "POST",
+        "/_sim/deployments/sample-deployment/instances",
+        json!({"instance_group": "apricot"}),
+    )
+    .await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
+        .await;
+    assert_eq!(route_count(&h.requests().await, "POST /oauth/token"), 2);
+    assert_eq!(h.logs.count("rejected the token"), 1, "{}", h.logs.text());
+    assert_eq!(
+        h.logs.count("WARN"),
+        0,
+        "a renewed token is no error:\n{}",
+        h.logs.text()
+    );
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn missing_scope_is_reported_once_and_never_renews_the_token() {
+    let mut setup = Setup::new();
+    setup.sim.token_scopes = vec!["openid".to_string()];
+    let h = setup.start().await;
+    h.logs.wait_for("lacks a scope").await;
+    // Let many more polls fail the same way.
+    let polls = async {
+        while route_count(&h.requests().await, "GET /deployments") < 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, polls)
+        .await
+        .expect("the poller keeps polling");
+    assert_eq!(route_count(&h.requests().await, "POST /oauth/token"), 1);
+    assert_eq!(h.logs.count("lacks a scope"), 1, "{}", h.logs.text());
+    assert!(h.rx.borrow().is_empty());
+    h.assert_secret_never_logged();
+}
+
+/// A fault on one deployment's routes keeps its last good state, leaves the others alone,
+/// is logged once, and the poller catches up once it is cleared.
+async fn fault_keeps_last_good_state(mode: &str, logged: &str, request_timeout_seconds: u64) {
+    let mut setup = Setup::new();
+    setup.deployments.push(("other".into(), sample("other")));
+    setup.director["request_timeout_seconds"] = json!(request_timeout_seconds);
+    let mut h = setup.start().await;
+    let good = h
+        .published(|l| {
+            has_instances(l, "sample-deployment", "apricot", 3)?;
+            has_instances(l, "other", "apricot", 3)
+        })
+        .await;
+    h.fault(mode, Some("/deployments/sample-deployment")).await;
+    h.control(
+        "POST",
+        "/_sim/deployments/sample-deployment/instances",
+        json!({"instance_group": "apricot"}),
+    )
+    .await;
+    h.control(
+        "POST",
+        "/_sim/deployments/other/instances",
+        json!({"instance_group": "apricot"}),
+    )
+    .await;
+    let during = h
+        .published(|l| has_instances(l, "other", "apricot", 4))
+        .await;
+    assert_eq!(
+        deployment(&during, "sample-deployment").unwrap(),
+        deployment(&good, "sample-deployment").unwrap(),
+        "the faulty deployment kept its last good state"
+    );
+    h.logs.wait_for(logged).await;
+    // Several retries later it is still logged once.
+    let failed_calls = route_count(&h.requests().await, "GET /deployments/:d");
+    let retries = async {
+        while route_count(&h.requests().await, "GET /deployments/:d") < failed_calls + 4 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, retries)
+        .await
+        .expect("the poller keeps polling");
+    let warnings: Vec<String> = h
+        .logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("sample-deployment"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(
+        warnings.len(),
+        1,
+        "one warning per error kind: {warnings:#?}"
+    );
+    assert!(warnings[0].contains(logged), "{}", warnings[0]);
+    h.fault("none", None).await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
+        .await;
+    h.logs.wait_for("works again").await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn server_error_keeps_last_good_state_and_recovers() {
+    fault_keeps_last_good_state("http_500", "HTTP 500", 2).await;
+}
+
+#[tokio::test]
+async fn hanging_director_times_out_keeps_last_good_state_and_recovers() {
+    fault_keeps_last_good_state("hang", "no answer within", 1).await;
+}
+
+#[tokio::test]
+async fn whole_director_outage_keeps_everything() {
+    let mut h = Setup::new().start().await;
+    let good = h
+        .published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    h.fault("bad_gateway", None).await;
+    h.logs.wait_for("HTTP 502").await;
+    assert_eq!(*h.rx.borrow(), good);
+    h.fault("none", None).await;
+    h.logs.wait_for("works again").await;
+    h.control(
+        "POST",
+        "/_sim/deployments/sample-deployment/instances",
+        json!({"instance_group": "apricot"}),
+    )
+    .await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
+        .await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn malformed_manifest_keeps_last_good_services_and_spares_the_others() {
+    let mut setup = Setup::new();
+    setup.deployments.push(("other".into(), sample("other")));
+    let mut h = setup.start().await;
+    let good = h
+        .published(|l| {
+            has_instances(l, "sample-deployment", "apricot", 3)?;
+            has_instances(l, "other", "apricot", 3)
+        })
+        .await;
+    h.put_manifest("sample-deployment", "instance_groups: [unclosed\n  - {")
+        .await;
+    h.logs.wait_for("not valid YAML").await;
+    h.control(
+        "POST",
+        "/_sim/deployments/other/instances",
+        json!({"instance_group": "banana"}),
+    )
+    .await;
+    let list = h
+        .published(|l| has_instances(l, "other", "banana", 3))
+        .await;
+    assert_eq!(
+        deployment(&list, "sample-deployment").unwrap().manifest,
+        deployment(&good, "sample-deployment").unwrap().manifest
+    );
+    assert_eq!(h.logs.count("not valid YAML"), 1, "{}", h.logs.text());
+    // A fixed manifest is picked up.
+    h.put_manifest(
+        "sample-deployment",
+        &manifest(
+            "sample-deployment",
+            &[("apricot", 3, &expose("fixed", 9009))],
+        ),
+    )
+    .await;
+    h.published(
+        |l| match service_ports(l, "sample-deployment")?.as_slice() {
+            [(group, 9009)] if group == "apricot" => Ok(()),
+            other => Err(format!("services are {other:?}")),
+        },
+    )
+    .await;
+    h.logs.wait_for("works again").await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn bad_expose_ports_are_skipped_with_a_warning() {
+    let mut setup = Setup::new();
+    let bad = "    expose_ports:\n    - name: broken\n      number: 70000\n    - name: fine\n      number: 9003\n";
+    setup.deployments = vec![("mixed".into(), manifest("mixed", &[("apricot", 1, bad)]))];
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| has_instances(l, "mixed", "apricot", 1))
+        .await;
+    assert_eq!(
+        service_ports(&list, "mixed").unwrap(),
+        [("apricot".to_string(), 9003)]
+    );
+    h.logs.wait_for("expose_ports[0]").await;
+    assert_eq!(
+        h.logs.count("expose_ports[0]"),
+        1,
+        "warned once per manifest:\n{}",
+        h.logs.text()
+    );
+    h.assert_secret_never_logged();
+}
+
+/// Requests per route during `ticks` steady-state polls with `deployments` deployments.
+async fn steady_state_requests(deployments: usize) -> Value {
+    let mut setup = Setup::new();
+    setup.deployments = (0..deployments)
+        .map(|i| (format!("d{i}"), sample(&format!("d{i}"))))
+        .collect();
+    // No health refresh during the measurement: only change detection runs.
+    setup.timing.health = Duration::from_secs(3600);
+    let mut h = setup.start().await;
+    h.published(
+        |l| match l.len() == deployments && l.iter().all(|d| d.instances.len() == 5) {
+            true => Ok(()),
+            false => Err(format!("{} deployments published", l.len())),
+        },
+    )
+    .await;
+    h.control("POST", "/_sim/requests/reset", Value::Null).await;
+    let ticks = async {
+        while route_count(&h.requests().await, "GET /deployments") < 10 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, ticks)
+        .await
+        .expect("the poller keeps polling");
+    let requests = h.requests().await;
+    h.assert_secret_never_logged();
+    requests
+}
+
+#[tokio::test]
+async fn steady_state_costs_two_requests_per_tick_whatever_the_estate() {
+    for deployments in [1, 6] {
+        let requests = steady_state_requests(deployments).await;
+        let routes: Vec<&String> = requests["by_route"].as_object().unwrap().keys().collect();
+        assert_eq!(routes, ["GET /deployments", "GET /events"], "{requests}");
+        let lists = route_count(&requests, "GET /deployments");
+        let events = route_count(&requests, "GET /events");
+        assert!(lists.abs_diff(events) <= 1, "{requests}");
+    }
+}
+
+#[tokio::test]
+async fn without_events_changes_are_found_by_timer() {
+    let mut setup = Setup::new();
+    setup.sim.events = false;
+    let mut h = setup.start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    h.logs.wait_for("timer only").await;
+    h.put_manifest(
+        "sample-deployment",
+        &manifest(
+            "sample-deployment",
+            &[("apricot", 2, &expose("moved", 9100))],
+        ),
+    )
+    .await;
+    h.published(|l| {
+        has_instances(l, "sample-deployment", "apricot", 2)?;
+        match service_ports(l, "sample-deployment")?.as_slice() {
+            [(_, 9100)] => Ok(()),
+            other => Err(format!("services are {other:?}")),
+        }
+    })
+    .await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn an_unknown_ca_is_a_tls_error() {
+    let mut setup = Setup::new();
+    let other_ca = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    setup.director["ca_cert"] = json!(other_ca.cert.pem());
+    let h = setup.start().await;
+    h.logs.wait_for("TLS failure").await;
+    assert!(h.rx.borrow().is_empty());
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn skipping_verification_works_and_is_logged_loudly() {
+    let mut setup = Setup::new();
+    setup.director["insecure_skip_tls_verify"] = json!(true);
+    let mut h = setup.start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    let warnings = h
+        .logs
+        .text()
+        .lines()
+        .filter(|l| l.contains("WARN") && l.contains("DISABLED"))
+        .count();
+    assert_eq!(warnings, 1, "{}", h.logs.text());
+    h.assert_secret_never_logged();
+}
+
+#[test]
+fn poller_needs_a_ca_unless_told_to_skip_verification() {
+    let cfg: DirectorConfig =
+        serde_json::from_value(json!({"url": "https://127.0.0.1:25555", "client": "pilot"}))
+            .unwrap();
+    let err = Poller::new(&cfg, Secret::new(SECRET))
+        .err()
+        .expect("no CA is an error");
+    let text = format!("{err:#}");
+    assert!(text.contains("ca_cert"), "{text}");
+    assert!(!text.contains(SECRET));
+}
