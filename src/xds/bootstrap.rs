@@ -1,10 +1,354 @@
-//! Envoy bootstrap rendering.
+//! The Envoy bootstrap of the `bosh-envoy` sidecar: who this node is, where its admin
+//! interface listens (loopback only), and ADS to every bosh-pilot instance.
 //!
-//! SCAFFOLD: replaced by the module's real implementation.
+//! Node naming (what the pilot's logs and Envoy's config dump show):
+//! - `node.id`      = `sidecar~<ip>~<instance_group>/<instance_id>~<deployment>`, Istio's
+//!   `type~ip~id~domain` shape, unique per VM and readable in a log line;
+//! - `node.cluster` = `<deployment>/<instance_group>`;
+//! - `node.locality.zone` = the BOSH AZ;
+//! - `node.metadata` = deployment, instance_group, instance_id, index, ip, az.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Value};
+
+/// Default Envoy admin address: loopback, the port Envoy's docs use.
+pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
+/// The static cluster that carries ADS.
+pub const XDS_CLUSTER: &str = "xds_cluster";
 
 #[derive(clap::Args, Debug)]
-pub struct Args {}
+pub struct Args {
+    /// BOSH deployment name (spec.deployment).
+    #[arg(long)]
+    pub deployment: String,
+    /// BOSH instance group name (spec.name).
+    #[arg(long)]
+    pub instance_group: String,
+    /// BOSH instance id (spec.id).
+    #[arg(long)]
+    pub instance_id: String,
+    /// BOSH instance index (spec.index).
+    #[arg(long)]
+    pub index: Option<u32>,
+    /// BOSH availability zone (spec.az).
+    #[arg(long)]
+    pub az: Option<String>,
+    /// The VM's IP (spec.ip).
+    #[arg(long)]
+    pub ip: IpAddr,
+    /// A bosh-pilot xDS address, `host:port` (repeat for every instance of the link).
+    #[arg(long = "pilot", required = true)]
+    pub pilots: Vec<String>,
+    /// Envoy admin address; must be a loopback address.
+    #[arg(long, default_value = DEFAULT_ADMIN)]
+    pub admin: SocketAddr,
+    /// Write the bootstrap here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+}
 
-pub async fn run(_args: Args) -> anyhow::Result<()> {
-    anyhow::bail!("not built yet")
+/// Who this Envoy is, in BOSH terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeIdentity {
+    pub deployment: String,
+    pub instance_group: String,
+    pub instance_id: String,
+    pub index: Option<u32>,
+    pub az: Option<String>,
+    pub ip: IpAddr,
+}
+
+impl NodeIdentity {
+    pub fn node_id(&self) -> String {
+        format!(
+            "sidecar~{}~{}/{}~{}",
+            self.ip, self.instance_group, self.instance_id, self.deployment
+        )
+    }
+
+    pub fn node_cluster(&self) -> String {
+        format!("{}/{}", self.deployment, self.instance_group)
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    let node = NodeIdentity {
+        deployment: args.deployment,
+        instance_group: args.instance_group,
+        instance_id: args.instance_id,
+        index: args.index,
+        az: args.az,
+        ip: args.ip,
+    };
+    let yaml = render(&node, &args.pilots, args.admin)?;
+    match args.output {
+        Some(path) => tokio::fs::write(&path, yaml)
+            .await
+            .with_context(|| format!("writing the Envoy bootstrap to {}", path.display())),
+        None => {
+            print!("{yaml}");
+            Ok(())
+        }
+    }
+}
+
+/// Renders the bootstrap YAML. `pilots` are `host:port` (IP or DNS name; `[v6]:port`).
+/// Fails on an admin address that is not loopback (the admin API can reconfigure and stop
+/// Envoy), on no pilots, and on a malformed pilot address.
+pub fn render(node: &NodeIdentity, pilots: &[String], admin: SocketAddr) -> Result<String> {
+    if !admin.ip().is_loopback() {
+        bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
+    }
+    if pilots.is_empty() {
+        bail!("no bosh-pilot address given: Envoy would have no xDS server");
+    }
+    let pilots = pilots
+        .iter()
+        .map(|p| parse_host_port(p))
+        .collect::<Result<Vec<_>>>()?;
+    // IP literals need no resolver; names (e.g. bosh-dns link addresses) are re-resolved.
+    let discovery = if pilots
+        .iter()
+        .all(|(host, _)| host.parse::<IpAddr>().is_ok())
+    {
+        "STATIC"
+    } else {
+        "STRICT_DNS"
+    };
+    let endpoints: Vec<Value> = pilots
+        .iter()
+        .map(|(host, port)| {
+            json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
+        })
+        .collect();
+    let mut metadata = json!({
+        "deployment": node.deployment,
+        "instance_group": node.instance_group,
+        "instance_id": node.instance_id,
+        "ip": node.ip.to_string(),
+    });
+    if let Some(index) = node.index {
+        metadata["index"] = json!(index);
+    }
+    if let Some(az) = &node.az {
+        metadata["az"] = json!(az);
+    }
+    let ads = json!({"ads": {}, "resource_api_version": "V3"});
+    let bootstrap = json!({
+        "node": {
+            "id": node.node_id(),
+            "cluster": node.node_cluster(),
+            "locality": {"zone": node.az.clone().unwrap_or_default()},
+            "metadata": metadata,
+        },
+        "admin": {
+            "address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}},
+        },
+        "dynamic_resources": {
+            "ads_config": {
+                "api_type": "GRPC",
+                "transport_api_version": "V3",
+                "set_node_on_first_message_only": true,
+                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
+            },
+            "cds_config": ads,
+            "lds_config": ads,
+        },
+        "static_resources": {
+            "clusters": [{
+                "name": XDS_CLUSTER,
+                "type": discovery,
+                "connect_timeout": "1s",
+                "typed_extension_protocol_options": {
+                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+                        "explicit_http_config": {
+                            "http2_protocol_options": {
+                                // Notice a dead pilot (VM gone, network cut) and move the
+                                // stream to another one.
+                                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
+                            },
+                        },
+                    },
+                },
+                "load_assignment": {
+                    "cluster_name": XDS_CLUSTER,
+                    "endpoints": [{"lb_endpoints": endpoints}],
+                },
+            }],
+        },
+    });
+    Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
+}
+
+/// `host:port` or `[v6]:port` → (host, port).
+fn parse_host_port(address: &str) -> Result<(String, u16)> {
+    let (host, port) = address
+        .rsplit_once(':')
+        .with_context(|| format!("bosh-pilot address `{address}` is not host:port"))?;
+    let (host, bracketed) = match host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
+        Some(inner) => (inner, true),
+        None => (host, false),
+    };
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .with_context(|| format!("bosh-pilot address `{address}`: port must be 1..65535"))?;
+    // An unbracketed IPv6 address is ambiguous (is the last group the port?).
+    let host_ok = if bracketed {
+        host.parse::<std::net::Ipv6Addr>().is_ok()
+    } else {
+        !host.is_empty() && !host.contains(':')
+    };
+    if !host_ok {
+        bail!("bosh-pilot address `{address}`: the host is empty or malformed (IPv6 needs [brackets])");
+    }
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node() -> NodeIdentity {
+        NodeIdentity {
+            deployment: "sample-deployment".into(),
+            instance_group: "apricot".into(),
+            instance_id: "6d0e0b4c-1111".into(),
+            index: Some(3),
+            az: Some("z1".into()),
+            ip: "10.244.0.7".parse().unwrap(),
+        }
+    }
+
+    fn parsed(pilots: &[&str]) -> Value {
+        let pilots: Vec<String> = pilots.iter().map(|p| p.to_string()).collect();
+        let yaml = render(&node(), &pilots, DEFAULT_ADMIN.parse().unwrap()).unwrap();
+        serde_yaml::from_str(&yaml).unwrap()
+    }
+
+    #[test]
+    fn node_carries_the_bosh_identity() {
+        let b = parsed(&["10.0.0.5:15010"]);
+        assert_eq!(
+            b["node"]["id"],
+            "sidecar~10.244.0.7~apricot/6d0e0b4c-1111~sample-deployment"
+        );
+        assert_eq!(b["node"]["cluster"], "sample-deployment/apricot");
+        assert_eq!(b["node"]["locality"]["zone"], "z1");
+        assert_eq!(
+            b["node"]["metadata"],
+            json!({"deployment": "sample-deployment", "instance_group": "apricot",
+                   "instance_id": "6d0e0b4c-1111", "index": 3, "ip": "10.244.0.7", "az": "z1"})
+        );
+    }
+
+    #[test]
+    fn ads_points_at_every_pilot_over_http2() {
+        let b = parsed(&["10.0.0.5:15010", "10.0.0.6:15010"]);
+        let ads = &b["dynamic_resources"]["ads_config"];
+        assert_eq!(ads["api_type"], "GRPC");
+        assert_eq!(ads["transport_api_version"], "V3");
+        assert_eq!(
+            ads["grpc_services"][0]["envoy_grpc"]["cluster_name"],
+            XDS_CLUSTER
+        );
+        for source in ["cds_config", "lds_config"] {
+            assert_eq!(
+                b["dynamic_resources"][source],
+                json!({"ads": {}, "resource_api_version": "V3"})
+            );
+        }
+        let cluster = &b["static_resources"]["clusters"][0];
+        assert_eq!(cluster["name"], XDS_CLUSTER);
+        assert_eq!(cluster["type"], "STATIC");
+        assert_eq!(cluster["connect_timeout"], "1s");
+        assert!(cluster["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            ["http2_protocol_options"]
+            .is_object());
+        let addresses: Vec<String> = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                let s = &e["endpoint"]["address"]["socket_address"];
+                format!("{}:{}", s["address"].as_str().unwrap(), s["port_value"])
+            })
+            .collect();
+        assert_eq!(addresses, ["10.0.0.5:15010", "10.0.0.6:15010"]);
+    }
+
+    #[test]
+    fn pilot_names_are_resolved_by_dns_and_ipv6_needs_brackets() {
+        let b = parsed(&[
+            "q-s0.bosh-pilot.default.bosh-istio.bosh:15010",
+            "[fd00::1]:15010",
+        ]);
+        let cluster = &b["static_resources"]["clusters"][0];
+        assert_eq!(cluster["type"], "STRICT_DNS");
+        assert_eq!(
+            cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][1]["endpoint"]["address"]
+                ["socket_address"]["address"],
+            "fd00::1"
+        );
+        assert_eq!(
+            parsed(&["[::1]:15010"])["static_resources"]["clusters"][0]["type"],
+            "STATIC"
+        );
+    }
+
+    #[test]
+    fn admin_listens_on_loopback_only() {
+        let b = parsed(&["10.0.0.5:15010"]);
+        assert_eq!(
+            b["admin"]["address"]["socket_address"],
+            json!({"address": "127.0.0.1", "port_value": 8001})
+        );
+        let pilots = vec!["10.0.0.5:15010".to_string()];
+        for admin in ["0.0.0.0:8001", "10.244.0.7:8001", "[::]:8001"] {
+            let err = render(&node(), &pilots, admin.parse().unwrap()).unwrap_err();
+            assert!(err.to_string().contains("not a loopback"), "{admin}: {err}");
+        }
+        assert!(render(&node(), &pilots, "[::1]:8001".parse().unwrap()).is_ok());
+    }
+
+    #[test]
+    fn bad_pilot_lists_are_rejected_with_the_culprit_named() {
+        let admin = DEFAULT_ADMIN.parse().unwrap();
+        assert!(render(&node(), &[], admin).is_err());
+        for bad in [
+            "10.0.0.5",
+            "10.0.0.5:0",
+            "10.0.0.5:99999",
+            ":15010",
+            "fd00::1:15010",
+        ] {
+            let err = render(&node(), &[bad.to_string()], admin).unwrap_err();
+            assert!(err.to_string().contains(bad), "{bad}: {err}");
+        }
+    }
+
+    #[test]
+    fn az_and_index_are_optional() {
+        let node = NodeIdentity {
+            az: None,
+            index: None,
+            ..node()
+        };
+        let yaml = render(
+            &node,
+            &["127.0.0.1:15010".to_string()],
+            DEFAULT_ADMIN.parse().unwrap(),
+        )
+        .unwrap();
+        let b: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(b["node"]["locality"]["zone"], "");
+        assert!(b["node"]["metadata"].get("index").is_none());
+        assert!(b["node"]["metadata"].get("az").is_none());
+    }
 }

@@ -1,0 +1,226 @@
+//! The snapshot cache: resources are built and encoded once per catalog version and shared,
+//! behind an `Arc`, by every ADS stream (go-control-plane's "build once, serve many").
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use super::resources::{self, content_version, NamedResource, ResourceType, Resources};
+use crate::catalog::model::Catalog;
+
+/// The resources of one catalog version.
+#[derive(Debug)]
+pub struct Snapshot {
+    resources: Resources,
+    /// Version of each type's full resource set, for wildcard subscribers.
+    full_versions: [String; 4],
+}
+
+/// What one subscriber gets for one type: the resources it asked for and the
+/// `version_info` of that set.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    /// Derived from the (name, version) pairs only: the same content gives the same version
+    /// on every replica and after a restart, so a reconnecting Envoy that is up to date gets
+    /// nothing re-sent.
+    pub version: String,
+    pub resources: Vec<&'a NamedResource>,
+}
+
+impl Snapshot {
+    pub fn from_catalog(catalog: &Catalog) -> Self {
+        let resources = resources::build(catalog);
+        let full_versions =
+            ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
+        Snapshot {
+            resources,
+            full_versions,
+        }
+    }
+
+    /// The catalog version this snapshot was built from.
+    pub fn version(&self) -> u64 {
+        self.resources.version
+    }
+
+    pub fn resources(&self) -> &Resources {
+        &self.resources
+    }
+
+    /// `names == None` is a wildcard subscription (everything of that type); names the
+    /// snapshot does not have are skipped.
+    pub fn select(
+        &self,
+        resource_type: ResourceType,
+        names: Option<&BTreeSet<String>>,
+    ) -> Selection<'_> {
+        match names {
+            None => {
+                let position = ResourceType::PUSH_ORDER
+                    .iter()
+                    .position(|t| *t == resource_type)
+                    .expect("every type is in PUSH_ORDER");
+                Selection {
+                    version: self.full_versions[position].clone(),
+                    resources: self.resources.of_type(resource_type).iter().collect(),
+                }
+            }
+            Some(names) => {
+                let resources: Vec<&NamedResource> = names
+                    .iter()
+                    .filter_map(|name| self.resources.get(resource_type, name))
+                    .collect();
+                Selection {
+                    version: set_version(resources.iter().copied()),
+                    resources,
+                }
+            }
+        }
+    }
+}
+
+/// Version 0 is the empty default catalog (see [`follow`]); any other version is built
+/// once.
+fn should_publish(catalog_version: u64, published: Option<u64>) -> bool {
+    catalog_version != 0 && published != Some(catalog_version)
+}
+
+fn set_version<'a>(resources: impl Iterator<Item = &'a NamedResource>) -> String {
+    let parts: Vec<&[u8]> = resources
+        .flat_map(|r| [r.name.as_bytes(), r.version.as_bytes()])
+        .collect();
+    content_version(&parts)
+}
+
+/// Follows the catalog and publishes one snapshot per catalog version.
+///
+/// A catalog with version 0 (`Catalog::default()`, what the pilot holds before its first
+/// successful director poll) is never published: serving it would wipe every reconnecting
+/// Envoy's configuration after a control-plane restart. Streams wait for `Some`.
+pub fn follow(
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    let (snapshots_tx, snapshots_rx) = watch::channel(None);
+    tokio::spawn(async move {
+        let mut published: Option<u64> = None;
+        loop {
+            let current = catalog.borrow_and_update().clone();
+            if should_publish(current.version, published) {
+                // Building is CPU work proportional to the estate: keep it off the reactor.
+                let built = tokio::task::spawn_blocking(move || Snapshot::from_catalog(&current))
+                    .await
+                    .expect("snapshot build does not panic");
+                tracing::info!(version = built.version(), "xDS snapshot built");
+                published = Some(built.version());
+                if snapshots_tx.send(Some(Arc::new(built))).is_err() {
+                    return; // the server is gone
+                }
+            }
+            if catalog.changed().await.is_err() {
+                // The catalog's producer is gone: keep serving the last snapshot.
+                return;
+            }
+        }
+    });
+    snapshots_rx
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Endpoint, Protocol, Service, ServiceKey, ServicePort};
+
+    fn catalog(version: u64, healthy: bool) -> Catalog {
+        let ports = |number| ServicePort {
+            name: format!("http-{number}"),
+            number,
+            protocol: Protocol::Http,
+        };
+        Catalog {
+            version,
+            tld: "boshy".into(),
+            services: vec![Service {
+                key: ServiceKey {
+                    deployment: "d".into(),
+                    instance_group: "g".into(),
+                    job: "j".into(),
+                },
+                hostname: "j.g.d.boshy".into(),
+                vip: "169.254.255.2".parse().unwrap(),
+                ports: vec![ports(80), ports(81)],
+                endpoints: vec![Endpoint {
+                    address: "10.0.0.1".parse().unwrap(),
+                    az: None,
+                    instance: "i".into(),
+                    index: Some(0),
+                    healthy,
+                }],
+            }],
+        }
+    }
+
+    #[test]
+    fn a_selection_version_depends_on_the_selected_content_only() {
+        let a = Snapshot::from_catalog(&catalog(1, true));
+        let b = Snapshot::from_catalog(&catalog(2, false));
+        let one: BTreeSet<String> = ["outbound|80||j.g.d.boshy".to_string()].into();
+        let both: BTreeSet<String> = [
+            "outbound|80||j.g.d.boshy".to_string(),
+            "outbound|81||j.g.d.boshy".to_string(),
+        ]
+        .into();
+        let eds = ResourceType::Endpoint;
+        assert_eq!(a.select(eds, Some(&one)).resources.len(), 1);
+        assert_ne!(
+            a.select(eds, Some(&one)).version,
+            a.select(eds, Some(&both)).version
+        );
+        assert_ne!(
+            a.select(eds, Some(&one)).version,
+            b.select(eds, Some(&one)).version
+        );
+        assert_eq!(
+            a.select(eds, Some(&both)).version,
+            a.select(eds, None).version,
+            "asking for every name is the same set as the wildcard"
+        );
+        // Clusters do not depend on endpoint health.
+        assert_eq!(
+            a.select(ResourceType::Cluster, None).version,
+            b.select(ResourceType::Cluster, None).version
+        );
+        let unknown: BTreeSet<String> = ["nope".to_string()].into();
+        assert!(a.select(eds, Some(&unknown)).resources.is_empty());
+    }
+
+    #[test]
+    fn the_empty_default_and_already_published_versions_are_not_rebuilt() {
+        assert!(!should_publish(0, None));
+        assert!(!should_publish(0, Some(7)));
+        assert!(!should_publish(7, Some(7)));
+        assert!(should_publish(7, None));
+        assert!(should_publish(8, Some(7)));
+    }
+
+    #[tokio::test]
+    async fn follow_publishes_each_new_catalog_and_ends_with_it() {
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog::default()));
+        let mut snapshots = follow(catalog_rx);
+
+        catalog_tx.send(Arc::new(catalog(7, true))).unwrap();
+        snapshots.changed().await.unwrap();
+        let first = snapshots.borrow_and_update().clone().unwrap();
+        assert_eq!(first.version(), 7);
+
+        catalog_tx.send(Arc::new(catalog(8, false))).unwrap();
+        snapshots.changed().await.unwrap();
+        assert_eq!(snapshots.borrow_and_update().as_ref().unwrap().version(), 8);
+
+        drop(catalog_tx);
+        assert!(
+            snapshots.changed().await.is_err(),
+            "follower ends with the catalog"
+        );
+    }
+}

@@ -1,0 +1,737 @@
+//! Pure translation of a [`Catalog`] into Envoy v3 resources (LDS, CDS, EDS, RDS).
+//!
+//! Everything here is built and encoded once per catalog version; the ADS streams only pick
+//! and clone the encoded resources (see `cache` and `stream`).
+//!
+//! Shapes:
+//! - one listener `outbound` on 127.0.0.1:15001, where the DNAT rule lands. The
+//!   `original_dst` listener filter restores the VIP:port the application dialled, and one
+//!   filter chain per (VIP, port) picks `tcp_proxy` or the HTTP connection manager. There is
+//!   deliberately no default filter chain: a VIP:port nobody exposes is closed at once.
+//! - one EDS cluster per service port, named Istio-style `outbound|<port>||<hostname>`.
+//! - one `ClusterLoadAssignment` per cluster with the healthy endpoints, one locality per AZ.
+//! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{
+    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion, CidrRange,
+    ConfigSource, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
+};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::listener::v3::{
+    filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
+};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
+    VirtualHost,
+};
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
+};
+use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+    http_protocol_options, HttpProtocolOptions,
+};
+use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
+use envoy_types::util::pack_any;
+use sha2::{Digest, Sha256};
+
+use crate::catalog::model::{Catalog, Endpoint, Service, ServicePort};
+
+/// Name of the one outbound listener.
+pub const OUTBOUND_LISTENER: &str = "outbound";
+/// Where the DNAT rule sends VIP traffic (DESIGN.md §6).
+pub const OUTBOUND_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
+pub const OUTBOUND_PORT: u16 = 15001;
+
+/// Upstream connect timeout: instances are on the same BOSH network, so a second is plenty
+/// and a dead instance is given up on quickly.
+const CONNECT_TIMEOUT: Duration = Duration {
+    seconds: 1,
+    nanos: 0,
+};
+
+/// The four xDS resource types we serve, in the order Envoy wants updates pushed
+/// (clusters before their endpoints, listeners before their routes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ResourceType {
+    Cluster,
+    Endpoint,
+    Listener,
+    Route,
+}
+
+impl ResourceType {
+    pub const PUSH_ORDER: [ResourceType; 4] = [
+        ResourceType::Cluster,
+        ResourceType::Endpoint,
+        ResourceType::Listener,
+        ResourceType::Route,
+    ];
+
+    pub fn type_url(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            ResourceType::Endpoint => {
+                "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+            }
+            ResourceType::Listener => "type.googleapis.com/envoy.config.listener.v3.Listener",
+            ResourceType::Route => "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        }
+    }
+
+    pub fn from_type_url(type_url: &str) -> Option<Self> {
+        Self::PUSH_ORDER
+            .into_iter()
+            .find(|t| t.type_url() == type_url)
+    }
+
+    /// Listeners and clusters are always sent whole (wildcard subscription); endpoints and
+    /// routes only for the names Envoy asked for.
+    pub fn is_wildcard(self) -> bool {
+        matches!(self, ResourceType::Cluster | ResourceType::Listener)
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// One encoded resource with its own content version (for delta xDS and for cheap
+/// "did anything change" checks).
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedResource {
+    pub name: String,
+    /// Hex of the first 8 bytes of SHA-256 over the encoded resource.
+    pub version: String,
+    pub resource: Any,
+}
+
+impl NamedResource {
+    fn new(name: String, resource: Any) -> Self {
+        NamedResource {
+            version: content_version(&[&resource.value]),
+            name,
+            resource,
+        }
+    }
+}
+
+/// All resources of one catalog version, per type, each list sorted by name.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resources {
+    /// The catalog version these were built from.
+    pub version: u64,
+    by_type: [Vec<NamedResource>; 4],
+}
+
+impl Resources {
+    /// All resources of one type, sorted by name.
+    pub fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
+        &self.by_type[resource_type.index()]
+    }
+
+    pub fn get(&self, resource_type: ResourceType, name: &str) -> Option<&NamedResource> {
+        let list = self.of_type(resource_type);
+        list.binary_search_by(|r| r.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &list[i])
+    }
+}
+
+/// A short, stable content hash: equal inputs give equal versions on every replica.
+pub fn content_version(parts: &[&[u8]]) -> String {
+    let mut hasher = Sha256::new();
+    for part in parts {
+        // Length-prefix each part so that ("ab", "c") and ("a", "bc") differ.
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
+    }
+    hasher.finalize()[..8]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Istio's outbound cluster name; also used for the route configuration and filter chain.
+pub fn cluster_name(hostname: &str, port: u16) -> String {
+    format!("outbound|{port}||{hostname}")
+}
+
+pub fn build(catalog: &Catalog) -> Resources {
+    let mut clusters = Vec::new();
+    let mut endpoints = Vec::new();
+    let mut routes = Vec::new();
+    let mut filter_chains = Vec::new();
+    for service in &catalog.services {
+        for port in &service.ports {
+            let name = cluster_name(&service.hostname, port.number);
+            clusters.push(NamedResource::new(
+                name.clone(),
+                pack_any(eds_cluster(&name, port)),
+            ));
+            endpoints.push(NamedResource::new(
+                name.clone(),
+                pack_any(load_assignment(&name, port.number, &service.endpoints)),
+            ));
+            if port.protocol.is_http() {
+                routes.push(NamedResource::new(
+                    name.clone(),
+                    pack_any(route_configuration(&name, service, port)),
+                ));
+            }
+            filter_chains.push(filter_chain(&name, service, port));
+        }
+    }
+    let listeners = vec![NamedResource::new(
+        OUTBOUND_LISTENER.to_string(),
+        pack_any(outbound_listener(filter_chains)),
+    )];
+    let mut by_type = [clusters, endpoints, listeners, routes];
+    for list in &mut by_type {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+    }
+    Resources {
+        version: catalog.version,
+        by_type,
+    }
+}
+
+fn ads_config_source() -> ConfigSource {
+    ConfigSource {
+        config_source_specifier: Some(config_source::ConfigSourceSpecifier::Ads(
+            AggregatedConfigSource {},
+        )),
+        resource_api_version: ApiVersion::V3 as i32,
+        ..Default::default()
+    }
+}
+
+fn socket_address(ip: IpAddr, port: u16) -> Address {
+    Address {
+        address: Some(address::Address::SocketAddress(SocketAddress {
+            address: ip.to_string(),
+            port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
+            ..Default::default()
+        })),
+    }
+}
+
+fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {
+    let mut typed_extension_protocol_options = std::collections::HashMap::new();
+    if port.protocol.is_http2() {
+        let options = HttpProtocolOptions {
+            upstream_protocol_options: Some(
+                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    http_protocol_options::ExplicitHttpConfig {
+                        protocol_config: Some(
+                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
+                                Http2ProtocolOptions::default(),
+                            ),
+                        ),
+                    },
+                ),
+            ),
+            ..Default::default()
+        };
+        typed_extension_protocol_options.insert(
+            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+            pack_any(options),
+        );
+    }
+    Cluster {
+        name: name.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+            cluster::DiscoveryType::Eds as i32,
+        )),
+        eds_cluster_config: Some(cluster::EdsClusterConfig {
+            eds_config: Some(ads_config_source()),
+            service_name: String::new(),
+        }),
+        connect_timeout: Some(CONNECT_TIMEOUT),
+        typed_extension_protocol_options,
+        ..Default::default()
+    }
+}
+
+/// Healthy endpoints only, one locality per AZ (AZ-less instances share the empty zone).
+fn load_assignment(name: &str, port: u16, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+    let mut by_az: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
+    for endpoint in endpoints.iter().filter(|e| e.healthy) {
+        by_az
+            .entry(endpoint.az.as_deref().unwrap_or(""))
+            .or_default()
+            .push(LbEndpoint {
+                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(socket_address(endpoint.address, port)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            });
+    }
+    ClusterLoadAssignment {
+        cluster_name: name.to_string(),
+        endpoints: by_az
+            .into_iter()
+            .map(|(az, lb_endpoints)| LocalityLbEndpoints {
+                locality: Some(Locality {
+                    zone: az.to_string(),
+                    ..Default::default()
+                }),
+                lb_endpoints,
+                ..Default::default()
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn route_configuration(name: &str, service: &Service, port: &ServicePort) -> RouteConfiguration {
+    let host_port = format!("{}:{}", service.hostname, port.number);
+    RouteConfiguration {
+        name: name.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: host_port,
+            // The filter chain was already picked by VIP:port, so any Host header is this
+            // service (clients may dial the VIP directly).
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        name.to_string(),
+                    )),
+                    // No route deadline (Envoy's default is 15 s): the mesh must not cut
+                    // long requests or gRPC streams the application did not bound (Istio
+                    // does the same).
+                    timeout: Some(Duration::default()),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+fn filter_chain(name: &str, service: &Service, port: &ServicePort) -> FilterChain {
+    let stat_prefix = format!("outbound_{}_{}", port.number, service.hostname);
+    let network_filter = if port.protocol.is_http() {
+        Filter {
+            name: "envoy.filters.network.http_connection_manager".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(
+                HttpConnectionManager {
+                    stat_prefix,
+                    route_specifier: Some(http_connection_manager::RouteSpecifier::Rds(Rds {
+                        config_source: Some(ads_config_source()),
+                        route_config_name: name.to_string(),
+                    })),
+                    http_filters: vec![HttpFilter {
+                        name: "envoy.filters.http.router".to_string(),
+                        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
+                            Router::default(),
+                        ))),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                },
+            ))),
+        }
+    } else {
+        Filter {
+            name: "envoy.filters.network.tcp_proxy".to_string(),
+            config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
+                stat_prefix,
+                cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name.to_string())),
+                ..Default::default()
+            }))),
+        }
+    };
+    FilterChain {
+        name: name.to_string(),
+        filter_chain_match: Some(FilterChainMatch {
+            prefix_ranges: vec![CidrRange {
+                address_prefix: service.vip.to_string(),
+                prefix_len: Some(UInt32Value { value: 32 }),
+            }],
+            destination_port: Some(UInt32Value {
+                value: u32::from(port.number),
+            }),
+            ..Default::default()
+        }),
+        filters: vec![network_filter],
+        ..Default::default()
+    }
+}
+
+fn outbound_listener(filter_chains: Vec<FilterChain>) -> Listener {
+    Listener {
+        name: OUTBOUND_LISTENER.to_string(),
+        stat_prefix: OUTBOUND_LISTENER.to_string(),
+        address: Some(socket_address(IpAddr::V4(OUTBOUND_ADDRESS), OUTBOUND_PORT)),
+        traffic_direction: TrafficDirection::Outbound as i32,
+        // The DNAT rewrote the destination to 127.0.0.1:15001; this filter restores the
+        // VIP:port from SO_ORIGINAL_DST so that the filter chain match below sees it.
+        // (`use_original_dst` is not what we want: it would hand the connection to another
+        // listener bound to the VIP, and there is none.)
+        listener_filters: vec![ListenerFilter {
+            name: "envoy.filters.listener.original_dst".to_string(),
+            config_type: Some(listener_filter::ConfigType::TypedConfig(pack_any(
+                OriginalDst::default(),
+            ))),
+            ..Default::default()
+        }],
+        filter_chains,
+        ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Protocol, ServiceKey};
+    use prost::Message;
+
+    fn endpoint(last_octet: u8, az: Option<&str>, healthy: bool) -> Endpoint {
+        Endpoint {
+            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet)),
+            az: az.map(str::to_string),
+            instance: format!("instance-{last_octet}"),
+            index: Some(u32::from(last_octet)),
+            healthy,
+        }
+    }
+
+    fn service(job: &str, vip: Ipv4Addr, ports: &[(&str, u16, Protocol)]) -> Service {
+        Service {
+            key: ServiceKey {
+                deployment: "sample".into(),
+                instance_group: "banana".into(),
+                job: job.into(),
+            },
+            hostname: format!("{job}.banana.sample.boshy"),
+            vip,
+            ports: ports
+                .iter()
+                .map(|(name, number, protocol)| ServicePort {
+                    name: name.to_string(),
+                    number: *number,
+                    protocol: *protocol,
+                })
+                .collect(),
+            endpoints: vec![
+                endpoint(1, Some("z1"), true),
+                endpoint(2, Some("z2"), true),
+                endpoint(3, Some("z1"), false),
+                endpoint(4, None, true),
+            ],
+        }
+    }
+
+    fn catalog() -> Catalog {
+        Catalog {
+            version: 42,
+            tld: "boshy".into(),
+            services: vec![
+                service(
+                    "db",
+                    Ipv4Addr::new(169, 254, 255, 2),
+                    &[("tcp-db", 5432, Protocol::Tcp)],
+                ),
+                service(
+                    "web",
+                    Ipv4Addr::new(169, 254, 255, 3),
+                    &[
+                        ("grpc", 9000, Protocol::Grpc),
+                        ("http", 9002, Protocol::Http),
+                    ],
+                ),
+            ],
+        }
+    }
+
+    fn decode<M: Message + Default>(resource: &NamedResource) -> M {
+        M::decode(resource.resource.value.as_slice()).expect("decodes")
+    }
+
+    fn names(resources: &Resources, t: ResourceType) -> Vec<&str> {
+        resources
+            .of_type(t)
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect()
+    }
+
+    #[test]
+    fn names_follow_istio_conventions_and_routes_exist_only_for_http_ports() {
+        let resources = build(&catalog());
+        let clusters = [
+            "outbound|5432||db.banana.sample.boshy",
+            "outbound|9000||web.banana.sample.boshy",
+            "outbound|9002||web.banana.sample.boshy",
+        ];
+        assert_eq!(names(&resources, ResourceType::Cluster), clusters);
+        assert_eq!(names(&resources, ResourceType::Endpoint), clusters);
+        assert_eq!(names(&resources, ResourceType::Route), &clusters[1..]);
+        assert_eq!(names(&resources, ResourceType::Listener), ["outbound"]);
+        assert_eq!(resources.version, 42);
+        for t in ResourceType::PUSH_ORDER {
+            for r in resources.of_type(t) {
+                assert_eq!(r.resource.type_url, t.type_url());
+            }
+        }
+    }
+
+    #[test]
+    fn listener_matches_vip_and_port_and_picks_the_filter_by_protocol() {
+        let resources = build(&catalog());
+        let listener: Listener = decode(&resources.of_type(ResourceType::Listener)[0]);
+        assert_eq!(listener.stat_prefix, "outbound");
+        assert_eq!(
+            listener.address,
+            Some(socket_address("127.0.0.1".parse().unwrap(), 15001))
+        );
+        assert_eq!(
+            listener.listener_filters[0].name,
+            "envoy.filters.listener.original_dst"
+        );
+        assert!(listener.default_filter_chain.is_none());
+        assert_eq!(listener.filter_chains.len(), 3);
+        let chain_summary: Vec<(String, u32, u32, &str)> = listener
+            .filter_chains
+            .iter()
+            .map(|chain| {
+                let m = chain.filter_chain_match.as_ref().unwrap();
+                (
+                    m.prefix_ranges[0].address_prefix.clone(),
+                    m.prefix_ranges[0].prefix_len.unwrap().value,
+                    m.destination_port.unwrap().value,
+                    chain.filters[0].name.as_str(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            chain_summary,
+            [
+                (
+                    "169.254.255.2".into(),
+                    32,
+                    5432,
+                    "envoy.filters.network.tcp_proxy"
+                ),
+                (
+                    "169.254.255.3".into(),
+                    32,
+                    9000,
+                    "envoy.filters.network.http_connection_manager"
+                ),
+                (
+                    "169.254.255.3".into(),
+                    32,
+                    9002,
+                    "envoy.filters.network.http_connection_manager"
+                ),
+            ]
+        );
+
+        let Some(filter::ConfigType::TypedConfig(tcp)) =
+            &listener.filter_chains[0].filters[0].config_type
+        else {
+            panic!("tcp_proxy has a typed config")
+        };
+        let tcp = TcpProxy::decode(tcp.value.as_slice()).unwrap();
+        assert_eq!(
+            tcp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster(
+                "outbound|5432||db.banana.sample.boshy".into()
+            ))
+        );
+
+        let Some(filter::ConfigType::TypedConfig(hcm)) =
+            &listener.filter_chains[2].filters[0].config_type
+        else {
+            panic!("HCM has a typed config")
+        };
+        let hcm = HttpConnectionManager::decode(hcm.value.as_slice()).unwrap();
+        let Some(http_connection_manager::RouteSpecifier::Rds(rds)) = hcm.route_specifier else {
+            panic!("HCM uses RDS")
+        };
+        assert_eq!(
+            rds.route_config_name,
+            "outbound|9002||web.banana.sample.boshy"
+        );
+        assert_eq!(rds.config_source, Some(ads_config_source()));
+        assert_eq!(hcm.http_filters[0].name, "envoy.filters.http.router");
+    }
+
+    #[test]
+    fn clusters_use_eds_over_ads_and_http2_only_where_the_protocol_needs_it() {
+        let resources = build(&catalog());
+        let cluster =
+            |name: &str| -> Cluster { decode(resources.get(ResourceType::Cluster, name).unwrap()) };
+        let db = cluster("outbound|5432||db.banana.sample.boshy");
+        assert_eq!(
+            db.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32
+            ))
+        );
+        assert_eq!(
+            db.eds_cluster_config.unwrap().eds_config,
+            Some(ads_config_source())
+        );
+        assert_eq!(db.connect_timeout, Some(CONNECT_TIMEOUT));
+        assert!(db.typed_extension_protocol_options.is_empty());
+        assert!(cluster("outbound|9002||web.banana.sample.boshy")
+            .typed_extension_protocol_options
+            .is_empty());
+        let grpc = cluster("outbound|9000||web.banana.sample.boshy");
+        let options = &grpc.typed_extension_protocol_options
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"];
+        let options = HttpProtocolOptions::decode(options.value.as_slice()).unwrap();
+        assert!(matches!(
+            options.upstream_protocol_options,
+            Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(
+                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_)
+                    )
+                }
+            ))
+        ));
+    }
+
+    #[test]
+    fn endpoints_are_the_healthy_instances_grouped_by_az() {
+        let resources = build(&catalog());
+        let assignment: ClusterLoadAssignment = decode(
+            resources
+                .get(
+                    ResourceType::Endpoint,
+                    "outbound|9002||web.banana.sample.boshy",
+                )
+                .unwrap(),
+        );
+        let localities: Vec<(String, Vec<String>)> = assignment
+            .endpoints
+            .iter()
+            .map(|locality| {
+                let addresses = locality
+                    .lb_endpoints
+                    .iter()
+                    .map(|lb| {
+                        let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier
+                        else {
+                            panic!("endpoint")
+                        };
+                        let Some(address::Address::SocketAddress(s)) =
+                            &e.address.as_ref().unwrap().address
+                        else {
+                            panic!("socket address")
+                        };
+                        let Some(socket_address::PortSpecifier::PortValue(port)) = s.port_specifier
+                        else {
+                            panic!("port")
+                        };
+                        format!("{}:{port}", s.address)
+                    })
+                    .collect();
+                (locality.locality.as_ref().unwrap().zone.clone(), addresses)
+            })
+            .collect();
+        assert_eq!(
+            localities,
+            [
+                ("".to_string(), vec!["10.0.0.4:9002".to_string()]),
+                ("z1".to_string(), vec!["10.0.0.1:9002".to_string()]),
+                ("z2".to_string(), vec!["10.0.0.2:9002".to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn routes_send_everything_to_the_port_cluster_without_a_deadline() {
+        let resources = build(&catalog());
+        let config: RouteConfiguration = decode(
+            resources
+                .get(
+                    ResourceType::Route,
+                    "outbound|9002||web.banana.sample.boshy",
+                )
+                .unwrap(),
+        );
+        let host = &config.virtual_hosts[0];
+        assert_eq!(host.domains, ["*"]);
+        let route = &host.routes[0];
+        assert_eq!(
+            route.r#match.as_ref().unwrap().path_specifier,
+            Some(route_match::PathSpecifier::Prefix("/".into()))
+        );
+        let Some(route::Action::Route(action)) = &route.action else {
+            panic!("route action")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                "outbound|9002||web.banana.sample.boshy".into()
+            ))
+        );
+        assert_eq!(action.timeout, Some(Duration::default()));
+    }
+
+    #[test]
+    fn versions_are_stable_and_change_only_with_the_resource() {
+        let before = build(&catalog());
+        assert_eq!(before, build(&catalog()), "same catalog, same bytes");
+
+        let mut changed = catalog();
+        changed.version = 43;
+        changed.services[1].endpoints[0].healthy = false;
+        let after = build(&changed);
+        let version = |r: &Resources, t, name| r.get(t, name).unwrap().version.clone();
+        let web = "outbound|9002||web.banana.sample.boshy";
+        let db = "outbound|5432||db.banana.sample.boshy";
+        assert_ne!(
+            version(&before, ResourceType::Endpoint, web),
+            version(&after, ResourceType::Endpoint, web)
+        );
+        assert_eq!(
+            version(&before, ResourceType::Endpoint, db),
+            version(&after, ResourceType::Endpoint, db)
+        );
+        for t in [ResourceType::Cluster, ResourceType::Route] {
+            assert_eq!(version(&before, t, web), version(&after, t, web));
+        }
+        assert_eq!(
+            version(&before, ResourceType::Listener, "outbound"),
+            version(&after, ResourceType::Listener, "outbound")
+        );
+    }
+
+    #[test]
+    fn type_urls_round_trip() {
+        for t in ResourceType::PUSH_ORDER {
+            assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));
+        }
+        assert_eq!(ResourceType::from_type_url("type.googleapis.com/x"), None);
+        assert_eq!(
+            ResourceType::Listener.type_url(),
+            <Listener as prost::Name>::type_url()
+        );
+        assert_eq!(
+            ResourceType::Endpoint.type_url(),
+            <ClusterLoadAssignment as prost::Name>::type_url()
+        );
+    }
+}

@@ -1,0 +1,397 @@
+//! The state of one ADS stream (state of the world), free of I/O so it can be unit-tested.
+//!
+//! Per type URL we remember what Envoy subscribed to, the version and nonce we last sent,
+//! and whether that response still awaits Envoy's ACK or NACK. The rules:
+//! - a request whose `response_nonce` is not the last nonce we sent for that type is stale
+//!   (Envoy answered an older response; a newer request follows) and is ignored;
+//! - a request answering our last nonce is an ACK, or a NACK when `error_detail` is set;
+//! - we send a type only when the selection for the current subscription has a version
+//!   other than the one Envoy has or was last sent: a NACKed version is therefore not sent
+//!   again (Envoy keeps its last good config), while a newer catalog goes out normally;
+//! - on a new snapshot we push, in `ResourceType::PUSH_ORDER`, only the subscribed types
+//!   that are not waiting for an ACK; the ACK then triggers any further push.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+
+use super::cache::Snapshot;
+use super::resources::ResourceType;
+
+/// Identifies this control plane in every response (shown in Envoy's config dump).
+const CONTROL_PLANE_ID: &str = "bosh-pilot";
+
+/// What a request meant; the caller logs and counts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestKind {
+    /// The first request for a type on this stream (or one without a nonce).
+    Subscribe,
+    Ack {
+        version: String,
+    },
+    /// Envoy rejected `rejected_version`; it keeps running `kept_version`.
+    Nack {
+        rejected_version: String,
+        kept_version: String,
+        message: String,
+    },
+    /// Answers a response that has since been superseded.
+    Stale,
+    UnknownType,
+}
+
+#[derive(Debug, Default)]
+struct Subscription {
+    /// `None`: wildcard (listeners, clusters).
+    names: Option<BTreeSet<String>>,
+    /// The version Envoy has or was last sent, whichever is newer; "" for nothing yet.
+    version: String,
+    /// Nonce of our last response; "" before we sent one.
+    nonce: String,
+    awaiting_reply: bool,
+}
+
+#[derive(Debug, Default)]
+pub struct StreamState {
+    subscriptions: BTreeMap<ResourceType, Subscription>,
+    responses_sent: u64,
+}
+
+impl StreamState {
+    /// Handles one request against the current snapshot (`None` before the first catalog:
+    /// the subscription is recorded and served once a snapshot exists).
+    pub fn on_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> (RequestKind, Option<DiscoveryResponse>) {
+        let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
+            return (RequestKind::UnknownType, None);
+        };
+        let subscription = self.subscriptions.entry(resource_type).or_default();
+        let kind = if request.response_nonce.is_empty() {
+            // A fresh subscription, possibly from an Envoy reconnecting with config it
+            // already has: remember its version so that an unchanged set is not re-sent.
+            subscription.version = request.version_info.clone();
+            subscription.awaiting_reply = false;
+            RequestKind::Subscribe
+        } else if request.response_nonce != subscription.nonce {
+            return (RequestKind::Stale, None);
+        } else {
+            subscription.awaiting_reply = false;
+            match &request.error_detail {
+                Some(error) => RequestKind::Nack {
+                    rejected_version: subscription.version.clone(),
+                    kept_version: request.version_info.clone(),
+                    message: error.message.clone(),
+                },
+                None => RequestKind::Ack {
+                    version: request.version_info.clone(),
+                },
+            }
+        };
+        subscription.names = (!resource_type.is_wildcard())
+            .then(|| request.resource_names.iter().cloned().collect());
+        let response =
+            snapshot.and_then(|snapshot| self.respond_if_changed(resource_type, snapshot));
+        (kind, response)
+    }
+
+    /// Responses to push after the snapshot changed, in push order.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
+            .into_iter()
+            .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|t| self.respond_if_changed(t, snapshot))
+            .collect()
+    }
+
+    fn respond_if_changed(
+        &mut self,
+        resource_type: ResourceType,
+        snapshot: &Snapshot,
+    ) -> Option<DiscoveryResponse> {
+        let subscription = self.subscriptions.get_mut(&resource_type)?;
+        let selection = snapshot.select(resource_type, subscription.names.as_ref());
+        if selection.version == subscription.version {
+            return None;
+        }
+        self.responses_sent += 1;
+        let nonce = self.responses_sent.to_string();
+        subscription.version = selection.version.clone();
+        subscription.nonce = nonce.clone();
+        subscription.awaiting_reply = true;
+        Some(DiscoveryResponse {
+            version_info: selection.version,
+            resources: selection
+                .resources
+                .into_iter()
+                .map(|r| r.resource.clone())
+                .collect(),
+            type_url: resource_type.type_url().to_string(),
+            nonce,
+            control_plane: Some(ControlPlane {
+                identifier: CONTROL_PLANE_ID.to_string(),
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+    use envoy_types::pb::google::rpc::Status;
+
+    const CDS: ResourceType = ResourceType::Cluster;
+    const EDS: ResourceType = ResourceType::Endpoint;
+    const LDS: ResourceType = ResourceType::Listener;
+    const RDS: ResourceType = ResourceType::Route;
+
+    /// One http service per name in `jobs`, each with one endpoint per `healthy` entry.
+    fn snapshot(version: u64, jobs: &[&str], healthy: &[bool]) -> Snapshot {
+        let services = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, job)| Service {
+                key: ServiceKey {
+                    deployment: "d".into(),
+                    instance_group: "g".into(),
+                    job: job.to_string(),
+                },
+                hostname: format!("{job}.g.d.boshy"),
+                vip: format!("169.254.255.{}", i + 2).parse().unwrap(),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    number: 80,
+                    protocol: Protocol::Http,
+                }],
+                endpoints: healthy
+                    .iter()
+                    .enumerate()
+                    .map(|(n, healthy)| Endpoint {
+                        address: format!("10.0.0.{}", n + 1).parse().unwrap(),
+                        az: None,
+                        instance: n.to_string(),
+                        index: Some(n as u32),
+                        healthy: *healthy,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Snapshot::from_catalog(&Catalog {
+            version,
+            tld: "boshy".into(),
+            services,
+        })
+    }
+
+    fn request(t: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            type_url: t.type_url().into(),
+            resource_names: names.iter().map(|n| n.to_string()).collect(),
+            version_info: version.into(),
+            response_nonce: nonce.into(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(t: ResourceType, kept: &str, nonce: &str) -> DiscoveryRequest {
+        DiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "bad listener".into(),
+                ..Default::default()
+            }),
+            ..request(t, &[], kept, nonce)
+        }
+    }
+
+    fn resource_names(response: &DiscoveryResponse) -> Vec<String> {
+        use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+        use prost::Message;
+        response
+            .resources
+            .iter()
+            .map(|any| {
+                ClusterLoadAssignment::decode(any.value.as_slice())
+                    .unwrap()
+                    .cluster_name
+            })
+            .collect()
+    }
+
+    const A: &str = "outbound|80||a.g.d.boshy";
+    const B: &str = "outbound|80||b.g.d.boshy";
+
+    #[test]
+    fn first_request_is_answered_and_its_ack_sends_nothing_more() {
+        let snap = snapshot(1, &["a"], &[true]);
+        let mut state = StreamState::default();
+        let (kind, response) = state.on_request(&request(CDS, &[], "", ""), Some(&snap));
+        assert_eq!(kind, RequestKind::Subscribe);
+        let response = response.expect("initial response");
+        assert_eq!(response.type_url, CDS.type_url());
+        assert_eq!(response.resources.len(), 1);
+        assert!(!response.nonce.is_empty());
+
+        let ack = request(CDS, &[], &response.version_info, &response.nonce);
+        let (kind, again) = state.on_request(&ack, Some(&snap));
+        assert_eq!(
+            kind,
+            RequestKind::Ack {
+                version: response.version_info.clone()
+            }
+        );
+        assert!(again.is_none());
+        assert!(
+            state.on_snapshot(&snap).is_empty(),
+            "same snapshot, nothing to push"
+        );
+    }
+
+    #[test]
+    fn a_nacked_version_is_not_resent_but_a_newer_one_is() {
+        let v1 = snapshot(1, &["a"], &[true]);
+        let mut state = StreamState::default();
+        let (_, first) = state.on_request(&request(LDS, &[], "", ""), Some(&v1));
+        let first = first.unwrap();
+        state.on_request(
+            &request(LDS, &[], &first.version_info, &first.nonce),
+            Some(&v1),
+        );
+
+        let v2 = snapshot(2, &["a", "b"], &[true]);
+        let pushed = state.on_snapshot(&v2);
+        assert_eq!(pushed.len(), 1);
+        let (kind, resend) =
+            state.on_request(&nack(LDS, &first.version_info, &pushed[0].nonce), Some(&v2));
+        assert_eq!(
+            kind,
+            RequestKind::Nack {
+                rejected_version: pushed[0].version_info.clone(),
+                kept_version: first.version_info.clone(),
+                message: "bad listener".into()
+            }
+        );
+        assert!(resend.is_none(), "the rejected version is not sent again");
+        assert!(state.on_snapshot(&v2).is_empty());
+
+        let v3 = snapshot(3, &["a", "c"], &[true]);
+        let pushed = state.on_snapshot(&v3);
+        assert_eq!(pushed.len(), 1, "a newer catalog goes out after a NACK");
+        assert_ne!(pushed[0].version_info, first.version_info);
+    }
+
+    #[test]
+    fn stale_nonces_are_ignored_and_pushes_wait_for_the_ack() {
+        let v1 = snapshot(1, &["a"], &[true]);
+        let mut state = StreamState::default();
+        let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&v1));
+        let first = first.unwrap();
+
+        // Not yet ACKed: a new snapshot does not push over the pending response.
+        let v2 = snapshot(2, &["a"], &[true, true]);
+        assert!(state.on_snapshot(&v2).is_empty());
+        // The ACK of the pending response releases the newer content.
+        let (kind, second) = state.on_request(
+            &request(EDS, &[A], &first.version_info, &first.nonce),
+            Some(&v2),
+        );
+        assert!(matches!(kind, RequestKind::Ack { .. }));
+        let second = second.expect("v2 endpoints pushed after the ACK");
+        assert_ne!(second.version_info, first.version_info);
+
+        // Envoy answering the older response again (or a NACK of it) is stale.
+        let (kind, response) = state.on_request(&nack(EDS, "", &first.nonce), Some(&v2));
+        assert_eq!(kind, RequestKind::Stale);
+        assert!(response.is_none());
+    }
+
+    #[test]
+    fn endpoints_and_routes_are_sent_for_the_requested_names_only() {
+        let snap = snapshot(1, &["a", "b"], &[true]);
+        let mut state = StreamState::default();
+        let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&snap));
+        let first = first.unwrap();
+        assert_eq!(resource_names(&first), [A]);
+
+        // Envoy learns of cluster B and widens its subscription in the ACK.
+        let (_, second) = state.on_request(
+            &request(EDS, &[A, B], &first.version_info, &first.nonce),
+            Some(&snap),
+        );
+        assert_eq!(resource_names(&second.unwrap()), [A, B]);
+
+        let mut routes = StreamState::default();
+        let (_, response) = routes.on_request(&request(RDS, &[B], "", ""), Some(&snap));
+        assert_eq!(response.unwrap().resources.len(), 1);
+    }
+
+    #[test]
+    fn pushes_follow_cluster_endpoint_listener_route_order_for_subscribed_types_only() {
+        let v1 = snapshot(1, &["a"], &[true]);
+        let mut state = StreamState::default();
+        for t in [LDS, RDS, CDS] {
+            let names: &[&str] = if t == RDS { &[A] } else { &[] };
+            let (_, response) = state.on_request(&request(t, names, "", ""), Some(&v1));
+            let response = response.unwrap();
+            state.on_request(
+                &request(t, names, &response.version_info, &response.nonce),
+                Some(&v1),
+            );
+        }
+        let v2 = snapshot(2, &["a", "b"], &[false]);
+        let order: Vec<String> = state
+            .on_snapshot(&v2)
+            .into_iter()
+            .map(|r| r.type_url)
+            .collect();
+        // RDS for A is unchanged; EDS was never subscribed.
+        assert_eq!(order, [CDS.type_url(), LDS.type_url()]);
+    }
+
+    #[test]
+    fn a_reconnecting_envoy_that_is_up_to_date_gets_nothing_resent() {
+        let snap = snapshot(1, &["a"], &[true]);
+        let mut first_stream = StreamState::default();
+        let (_, response) = first_stream.on_request(&request(CDS, &[], "", ""), Some(&snap));
+        let version = response.unwrap().version_info;
+
+        let mut reconnected = StreamState::default();
+        let (kind, response) =
+            reconnected.on_request(&request(CDS, &[], &version, ""), Some(&snap));
+        assert_eq!(kind, RequestKind::Subscribe);
+        assert!(response.is_none());
+    }
+
+    #[test]
+    fn requests_before_the_first_snapshot_are_served_when_it_arrives() {
+        let mut state = StreamState::default();
+        let (kind, response) = state.on_request(&request(CDS, &[], "", ""), None);
+        assert_eq!(kind, RequestKind::Subscribe);
+        assert!(response.is_none());
+        let pushed = state.on_snapshot(&snapshot(1, &["a"], &[true]));
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(pushed[0].type_url, CDS.type_url());
+    }
+
+    #[test]
+    fn unknown_types_are_reported_and_not_answered() {
+        let mut state = StreamState::default();
+        let unknown = DiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+            ..Default::default()
+        };
+        let snap = snapshot(1, &["a"], &[true]);
+        assert_eq!(
+            state.on_request(&unknown, Some(&snap)),
+            (RequestKind::UnknownType, None)
+        );
+    }
+}
