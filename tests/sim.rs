@@ -595,6 +595,32 @@ async fn a_queued_task_has_no_timestamp_and_an_empty_result() {
         .await;
     assert_eq!(output.status(), StatusCode::OK);
     assert_eq!(output.text().await.unwrap(), "");
+    let with_context = |context: String| {
+        lab.http
+            .get(format!(
+                "{}/deployments/bosh-istio/vms?format=full",
+                lab.sim.director_url()
+            ))
+            .header("Authorization", format!("bearer {token}"))
+            .header("X-Bosh-Context-Id", context)
+            .send()
+    };
+    let response = with_context("poll-7".to_string()).await.unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    let task_id = response.headers()["location"]
+        .to_str()
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    let task = lab.get_json(&format!("/tasks/{task_id}"), &token).await;
+    assert_eq!(task["context_id"], "poll-7");
+    let too_long = with_context("x".repeat(65)).await.unwrap();
+    assert_eq!(too_long.status(), StatusCode::BAD_REQUEST);
+    let body: Value = serde_json::from_str(&too_long.text().await.unwrap()).unwrap();
+    assert_eq!(body["code"], 70010);
+
     let missing = lab.get("/tasks/999999", &token).await;
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
     assert_eq!(

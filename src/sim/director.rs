@@ -56,7 +56,9 @@ const MOUNTED: [&str; 27] = [
     "variables",
 ];
 
-/// The longest `X-Bosh-Context-Id` the director stores.
+/// The header whose value the director stores on the tasks a request creates.
+const CONTEXT_ID: &str = "x-bosh-context-id";
+/// The longest `X-Bosh-Context-Id` the director accepts.
 const MAX_CONTEXT_ID: usize = 64;
 
 pub fn router(shared: Arc<Shared>) -> Router {
@@ -211,13 +213,24 @@ async fn authenticate(
         request.extensions_mut().insert(Caller(principal));
         return next.run(request).await;
     }
-    match principal {
-        Some(principal) => {
-            request.extensions_mut().insert(principal);
-            next.run(request).await
-        }
-        None => not_authorized(&path),
+    let Some(principal) = principal else {
+        return not_authorized(&path);
+    };
+    let context_id_len = request
+        .headers()
+        .get(CONTEXT_ID)
+        .map_or(0, |value| value.as_bytes().len());
+    if context_id_len > MAX_CONTEXT_ID {
+        return director_error(
+            StatusCode::BAD_REQUEST,
+            70010,
+            &format!("X-Bosh-Context-Id cannot be more than {MAX_CONTEXT_ID} characters in length"),
+        )
+        .into_response();
     }
+    request.extensions_mut().insert(principal);
+    // The base controller sets the challenge on every response of a protected controller.
+    with_www_authenticate(next.run(request).await)
 }
 
 /// 401 with code 600000 when the scopes do not allow the call.
@@ -337,32 +350,20 @@ impl VmStateRequest {
         name: String,
         params: &HashMap<String, String>,
         headers: &HeaderMap,
-    ) -> Result<VmStateRequest, ApiError> {
-        let header_text = |name: header::HeaderName| {
+    ) -> VmStateRequest {
+        let header_text = |name: &str| {
             headers
                 .get(name)
                 .and_then(|value| value.to_str().ok())
                 .map(str::to_string)
         };
-        let context_id = headers
-            .get("x-bosh-context-id")
-            .and_then(|value| value.to_str().ok())
-            .unwrap_or("")
-            .to_string();
-        if context_id.len() > MAX_CONTEXT_ID {
-            return Err(director_error(
-                StatusCode::BAD_REQUEST,
-                40000,
-                &format!("X-Bosh-Context-Id cannot be more than {MAX_CONTEXT_ID} characters"),
-            ));
-        }
-        Ok(VmStateRequest {
+        VmStateRequest {
             principal,
             name,
             full: params.get("format").map(String::as_str) == Some("full"),
-            host: header_text(header::HOST),
-            context_id,
-        })
+            host: header_text(header::HOST.as_str()),
+            context_id: header_text(CONTEXT_ID).unwrap_or_default(),
+        }
     }
 
     /// The `format=full` answer: a `vms` task and a 302 to it, with an absolute Location
@@ -396,7 +397,7 @@ async fn instances(
     headers: HeaderMap,
 ) -> ApiResult {
     require(&shared, &principal, Permission::Read)?;
-    let request = VmStateRequest::new(principal, name, &params, &headers)?;
+    let request = VmStateRequest::new(principal, name, &params, &headers);
     if request.full {
         return request.redirect_to_task(&shared, VmStateScope::Instances);
     }
@@ -417,7 +418,7 @@ async fn vms(
     headers: HeaderMap,
 ) -> ApiResult {
     require(&shared, &principal, Permission::Read)?;
-    let request = VmStateRequest::new(principal, name, &params, &headers)?;
+    let request = VmStateRequest::new(principal, name, &params, &headers);
     if request.full {
         return request.redirect_to_task(&shared, VmStateScope::Vms);
     }
