@@ -797,3 +797,51 @@ fn poller_needs_a_ca_unless_told_to_skip_verification() {
     assert!(text.contains("ca_cert"), "{text}");
     assert!(!text.contains(SECRET));
 }
+
+#[tokio::test]
+async fn rejected_tokens_are_reported_once_and_recover() {
+    let mut h = Setup::new().start().await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    h.fault("reject_tokens", None).await;
+    h.logs.wait_for("not authorized").await;
+    let grants = route_count(&h.requests().await, "POST /oauth/token");
+    let retries = async {
+        while route_count(&h.requests().await, "POST /oauth/token") < grants + 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, retries)
+        .await
+        .expect("each rejected request renews the token once");
+    assert_eq!(h.logs.count("not authorized"), 1, "{}", h.logs.text());
+    h.fault("none", None).await;
+    h.logs.wait_for("works again").await;
+    h.control(
+        "POST",
+        "/_sim/deployments/sample-deployment/instances",
+        json!({"instance_group": "apricot"}),
+    )
+    .await;
+    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
+        .await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn a_task_past_its_deadline_is_an_error_and_services_stay() {
+    let mut setup = Setup::new();
+    setup.sim.task_delay = Duration::from_secs(600);
+    setup.director["task_timeout_seconds"] = json!(1);
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| deployment(l, "sample-deployment").map(|_| ()))
+        .await;
+    assert_eq!(service_ports(&list, "sample-deployment").unwrap().len(), 2);
+    assert!(deployment(&list, "sample-deployment")
+        .unwrap()
+        .instances
+        .is_empty());
+    h.logs.wait_for("kind=task_timeout").await;
+    h.assert_secret_never_logged();
+}

@@ -98,15 +98,15 @@ impl Poller {
     /// One poll. False when the deployment list could not be read (nothing to publish).
     async fn tick(&self, state: &mut PollState) -> bool {
         let now = Instant::now();
+        if !state.list_backoff.ready(now) {
+            return false;
+        }
         let events = match state.events {
             EventsMode::Watching { .. } if state.events_backoff.ready(now) => {
                 Some(self.client.events().await)
             }
             _ => None,
         };
-        if !state.list_backoff.ready(now) {
-            return false;
-        }
         match self.client.deployments().await {
             Ok(names) => state.list_succeeded(names),
             Err(err) => {
@@ -245,6 +245,8 @@ struct PollState {
     full_resync_due: Instant,
     /// In timer-only mode: when manifests are next re-read.
     timer_only_due: Instant,
+    /// Timer-only mode was announced (not repeated at every full resync's new look).
+    events_off_logged: bool,
     errors: ErrorLog,
 }
 
@@ -258,6 +260,7 @@ impl PollState {
             list_backoff: Backoff::default(),
             full_resync_due: now + timing.full_resync,
             timer_only_due: now + timing.health,
+            events_off_logged: false,
             errors: ErrorLog::default(),
         }
     }
@@ -308,12 +311,9 @@ impl PollState {
             Ok(events) => events,
             Err(DirectorError::Scope { description, .. }) => {
                 metrics::global().director_poll_error("scope");
-                info!(
-                    reason = %description,
-                    "the director client may not read events; detecting changes by timer \
-                     only (manifests every health interval)"
-                );
-                self.events = EventsMode::TimerOnly;
+                self.events_unusable(&format!(
+                    "the director client may not read events ({description})"
+                ));
                 return;
             }
             Err(err) => {
@@ -331,12 +331,9 @@ impl PollState {
         self.recovered(None, Part::Events);
         self.events_backoff.succeeded();
         if events.is_empty() && !self.deployments.is_empty() {
-            info!(
-                deployments = self.deployments.len(),
-                "the director records no events (director.events.record_events is off?); \
-                 detecting changes by timer only (manifests every health interval)"
+            self.events_unusable(
+                "the director records no events (is director.events.record_events off?)",
             );
-            self.events = EventsMode::TimerOnly;
             return;
         }
         let scan = scan_events(&events, last_seen);
@@ -345,8 +342,16 @@ impl PollState {
                 last_seen: Some(newest),
             };
         }
-        if scan.everything {
-            info!("more events than one page since the last poll; refreshing every deployment");
+        if self.events_off_logged && scan.newest.is_some() {
+            info!("the director records events again; detecting changes from them");
+            self.events_off_logged = false;
+        }
+        // A first look (at start, or after timer-only mode) cannot tell what changed since
+        // the deployments were last read.
+        if scan.everything || last_seen.is_none() {
+            if scan.everything {
+                info!("more events than one page since the last poll; refreshing everything");
+            }
             self.deployments
                 .values_mut()
                 .for_each(DeploymentState::mark_dirty);
@@ -359,14 +364,28 @@ impl PollState {
         }
     }
 
+    /// Falls back to timer-only change detection; logged once until events work again.
+    fn events_unusable(&mut self, reason: &str) {
+        self.events = EventsMode::TimerOnly;
+        if !self.events_off_logged {
+            self.events_off_logged = true;
+            info!(
+                deployments = self.deployments.len(),
+                "{reason}: detecting changes by timer only (manifests every health interval)"
+            );
+        }
+    }
+
     fn apply_timers(&mut self, now: Instant) {
         if now >= self.full_resync_due {
             self.full_resync_due = now + self.timing.full_resync;
             self.deployments
                 .values_mut()
                 .for_each(DeploymentState::mark_dirty);
-            // Events may have been turned on since: look again.
-            self.events = EventsMode::Watching { last_seen: None };
+            if self.events == EventsMode::TimerOnly {
+                // Events may have been turned on (or the scope granted) since: look again.
+                self.events = EventsMode::Watching { last_seen: None };
+            }
         }
         if self.events == EventsMode::TimerOnly && now >= self.timer_only_due {
             self.timer_only_due = now + self.timing.health;
