@@ -113,6 +113,7 @@ pub async fn run(args: Args) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::future::IntoFuture;
 
     #[tokio::test]
     async fn get_says_which_instance_answered() {

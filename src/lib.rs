@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod config;
 pub mod director;
 pub mod dnat;
+pub mod fsutil;
 pub mod httpbin;
 pub mod lab;
 pub mod metrics;

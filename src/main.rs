@@ -44,6 +44,7 @@ async fn main() -> Result<()> {
                 }),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     match Cli::parse().command {
         Command::Pilot(args) => pilot::run(args).await,

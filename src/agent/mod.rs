@@ -53,7 +53,7 @@ pub async fn run(args: Args) -> Result<()> {
     );
     if let Some(path) = &config.bosh_dns_handlers_path {
         let handlers = bosh_dns_handlers(&apex, config.listen);
-        table_store::write_atomically(path, handlers.as_bytes())
+        crate::fsutil::write_atomically(path, handlers.as_bytes())
             .context("writing the bosh-dns handler")?;
         info!(path = %path.display(), "bosh-dns handler written");
     }

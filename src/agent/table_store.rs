@@ -1,7 +1,7 @@
 //! The last name table on disk, so that a restarted agent answers at once even while the
 //! control plane is down; and the atomic file write it (and the bosh-dns handler) rely on.
 
-use std::io::Write;
+use crate::fsutil::write_atomically;
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -28,33 +28,6 @@ pub fn load(path: &Path) -> Result<Option<NameTable>> {
 pub fn save(path: &Path, table: &NameTable) -> Result<()> {
     let json = serde_json::to_vec_pretty(table).context("serializing the name table")?;
     write_atomically(path, &json)
-}
-
-/// Writes `bytes` to a temporary file next to `path`, fsyncs it, renames it over `path` and
-/// fsyncs the directory so the rename itself survives a power cut.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", path.display()))?;
-    let mut tmp_name = file_name.to_os_string();
-    tmp_name.push(format!(".tmp.{}", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let written = (|| -> std::io::Result<()> {
-        let mut file = std::fs::File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(dir)?.sync_all()
-    })();
-    if written.is_err() {
-        // Best effort: do not leave a stray temporary file behind.
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written.with_context(|| format!("{}: cannot write", path.display()))
 }
 
 /// How one table differs from the previous one, for the log.

@@ -65,9 +65,14 @@ pub fn ensure_bridge(bridge: &str, subnet: Ipv4Net) -> Result<()> {
     Ok(())
 }
 
+/// Deletes a link unless it is gone already (a veth vanishes with its peer's namespace).
 pub fn delete_link(name: &str) -> Result<()> {
     if link_exists(name) {
-        run("ip", &["link", "del", name])?;
+        if let Err(e) = run("ip", &["link", "del", name]) {
+            if link_exists(name) {
+                return Err(e);
+            }
+        }
     }
     Ok(())
 }
@@ -77,9 +82,10 @@ pub fn host(subnet: Ipv4Net, n: u32) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + n)
 }
 
-/// A VM: a namespace with loopback up, `eth0` on the bridge with `ip`, and a route that keeps
-/// VIP traffic inside the VM (it must be routable for `connect()` to reach the DNAT rule,
-/// and must never leave the namespace when no rule catches it).
+/// A VM: a namespace with loopback up, `eth0` on the bridge with `ip`, and a `local` route for
+/// the VIP range: `connect()` needs a route to reach the DNAT rule, and without the rule the
+/// connection is refused at once inside the VM instead of leaving it (lab VMs have no
+/// default route, unlike a real VM).
 pub fn create_vm(
     namespace: &str,
     veth_host: &str,
@@ -109,7 +115,15 @@ pub fn create_vm(
     run_in(namespace, &["ip", "link", "set", "eth0", "up"])?;
     run_in(
         namespace,
-        &["ip", "route", "add", &vip_cidr.to_string(), "dev", "lo"],
+        &[
+            "ip",
+            "route",
+            "add",
+            "local",
+            &vip_cidr.to_string(),
+            "dev",
+            "lo",
+        ],
     )?;
     if let Some(resolver) = resolver {
         // `ip netns exec` bind-mounts /etc/netns/<ns>/resolv.conf over /etc/resolv.conf: the

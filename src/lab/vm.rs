@@ -305,7 +305,21 @@ fn add_addon(layout: &Layout, vm: &mut Vm, pilots: &[Ipv4Addr]) -> Result<()> {
     vm.files.push((agent_config, agent_content));
 
     let bootstrap_path = config_path(vm, "bosh-envoy", "envoy.yaml");
-    let bootstrap: String = anyhow::bail!("WIP: waiting for xds::bootstrap::render ({pilots:?})");
+    let node = crate::xds::bootstrap::NodeIdentity {
+        deployment: vm.deployment.clone(),
+        instance_group: vm.instance_group.clone(),
+        instance_id: vm.id.clone(),
+        index: vm.index,
+        az: vm.az.clone(),
+        ip: vm.ip.into(),
+    };
+    let pilot_addrs: Vec<String> = pilots.iter().map(|ip| format!("{ip}:{XDS_PORT}")).collect();
+    let bootstrap = crate::xds::bootstrap::render(
+        &node,
+        &pilot_addrs,
+        ENVOY_ADMIN.parse().expect("valid admin address"),
+    )
+    .with_context(|| format!("envoy bootstrap for {}", vm.name()))?;
     vm.processes.push(ProcessSpec {
         name: "envoy".into(),
         argv: vec![

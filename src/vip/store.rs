@@ -4,7 +4,7 @@
 //! replica): it keeps VIPs stable across restarts of one pilot. The interface is what the
 //! director-config store will offer too: `load` once at start, `save` after every change.
 
-use std::io::Write;
+use crate::fsutil::write_atomically;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -34,7 +34,10 @@ impl VipStore {
     pub async fn save(&self, state: &VipState) -> Result<()> {
         let path = self.path.clone();
         let json = serde_json::to_vec_pretty(state).expect("VIP state always serializes");
-        run_blocking(move || write_atomically(&path, &json)).await
+        run_blocking(move || {
+            write_atomically(&path, &json).with_context(|| "VIP state file".to_string())
+        })
+        .await
     }
 }
 
@@ -68,26 +71,6 @@ fn load_file(path: &Path) -> Result<VipState> {
             path.display()
         )
     })
-}
-
-fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    let context = || format!("VIP state file {}: cannot write", path.display());
-    let mut tmp_name = path.as_os_str().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = PathBuf::from(tmp_name);
-    let mut file = std::fs::File::create(&tmp).with_context(context)?;
-    file.write_all(contents).with_context(context)?;
-    file.sync_all().with_context(context)?;
-    drop(file);
-    std::fs::rename(&tmp, path).with_context(context)?;
-    // The rename is durable only once the directory entry is.
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir,
-        _ => Path::new("."),
-    };
-    std::fs::File::open(dir)
-        .and_then(|dir| dir.sync_all())
-        .with_context(context)
 }
 
 #[cfg(test)]
