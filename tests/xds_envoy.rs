@@ -597,5 +597,36 @@ fn envoy_follows_the_catalog_and_keeps_its_config_on_nack() {
             hosts(&[("127.0.0.7:7000", "z1")]),
         );
         envoy.wait_for_clusters(&expected).await;
+
+        // v5: web's port becomes http2. Only its cluster changes (upstream protocol), so
+        // Envoy re-warms it and must not be left waiting for endpoints it already has.
+        let mut web_http2 = web();
+        web_http2.ports[0].protocol = Protocol::Http2;
+        catalog_tx
+            .send(catalog(5, vec![db(true), web_http2, api()]))
+            .unwrap();
+        expected.remove("outbound|7000||bad.banana.sample.boshy");
+        envoy
+            .wait_for("web as an active http2 cluster", "/config_dump", |v| {
+                let clusters = v["configs"].as_array()?.iter().find(|c| {
+                    c["@type"] == "type.googleapis.com/envoy.admin.v3.ClustersConfigDump"
+                })?;
+                let warming = clusters["dynamic_warming_clusters"]
+                    .as_array()
+                    .map_or(0, Vec::len);
+                let web_is_http2 =
+                    clusters["dynamic_active_clusters"]
+                        .as_array()?
+                        .iter()
+                        .any(|c| {
+                            c["cluster"]["name"] == WEB_CLUSTER
+                                && c["cluster"]["typed_extension_protocol_options"]
+                                    .get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions")
+                                    .is_some()
+                        });
+                (warming == 0 && web_is_http2).then_some(())
+            })
+            .await;
+        envoy.wait_for_clusters(&expected).await;
     });
 }

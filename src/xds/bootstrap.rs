@@ -16,6 +16,10 @@ use serde_json::{json, Value};
 
 /// Default Envoy admin address: loopback, the port Envoy's docs use.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
+/// Cap on open downstream connections (applications on this VM talking to the mesh). It
+/// keeps a runaway client from exhausting Envoy's file descriptors and silences Envoy's
+/// start-up warning about having no limit.
+pub const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
 /// The static cluster that carries ADS.
 pub const XDS_CLUSTER: &str = "xds_cluster";
 
@@ -146,6 +150,15 @@ pub fn render(node: &NodeIdentity, pilots: &[String], admin: SocketAddr) -> Resu
         },
         "admin": {
             "address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}},
+        },
+        "overload_manager": {
+            "resource_monitors": [{
+                "name": "envoy.resource_monitors.global_downstream_max_connections",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                },
+            }],
         },
         "dynamic_resources": {
             "ads_config": {
@@ -299,6 +312,20 @@ mod tests {
         assert_eq!(
             parsed(&["[::1]:15010"])["static_resources"]["clusters"][0]["type"],
             "STATIC"
+        );
+    }
+
+    #[test]
+    fn downstream_connections_are_capped() {
+        let b = parsed(&["10.0.0.5:15010"]);
+        let monitor = &b["overload_manager"]["resource_monitors"][0];
+        assert_eq!(
+            monitor["name"],
+            "envoy.resource_monitors.global_downstream_max_connections"
+        );
+        assert_eq!(
+            monitor["typed_config"]["max_active_downstream_connections"],
+            MAX_DOWNSTREAM_CONNECTIONS
         );
     }
 
