@@ -129,6 +129,22 @@ fn wait() {
     lab_ok(&["wait", "--timeout-seconds", "60"]);
 }
 
+/// Waits until the control plane's catalog satisfies `ready` (it learns health from the
+/// director on its own timer), then until every VM has converged on it.
+fn wait_for_catalog(what: &str, ready: impl Fn(&[Value]) -> bool) {
+    for _ in 0..120 {
+        if ready(&registration()) {
+            wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!(
+        "the control plane never showed {what}: {:?}",
+        registration()
+    );
+}
+
 #[test]
 fn the_mesh_end_to_end() {
     assert!(
@@ -194,7 +210,9 @@ fn the_mesh_end_to_end() {
 
     // An instance set to failing stops receiving new connections.
     lab_ok(&["director", "set-state", "banana/1", "failing"]);
-    wait();
+    wait_for_catalog("banana/1 unhealthy", |services| {
+        healthy_ips(service(services, BANANA)).len() == 2
+    });
     let failing_ip = service(&registration(), BANANA)["endpoints"]
         .as_array()
         .unwrap()
@@ -215,7 +233,9 @@ fn the_mesh_end_to_end() {
 
     // A new instance starts receiving connections.
     lab_ok(&["director", "add-instance", "sample-deployment", "banana"]);
-    wait();
+    wait_for_catalog("the new banana instance", |services| {
+        healthy_ips(service(services, BANANA)).len() == 3
+    });
     let now_healthy = healthy_ips(service(&registration(), BANANA));
     assert_eq!(
         now_healthy.len(),
