@@ -44,10 +44,6 @@ impl Snapshot {
         self.resources.version
     }
 
-    pub fn resources(&self) -> &Resources {
-        &self.resources
-    }
-
     /// `names == None` is a wildcard subscription (everything of that type); names the
     /// snapshot does not have are skipped.
     pub fn select(
