@@ -9,9 +9,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use serde::Deserialize;
 
 use super::net;
-use crate::xds::resources::cluster_name;
 use super::vm::{self, Vm};
 use super::LabState;
+use crate::xds::resources::cluster_name;
 
 /// Polls `check` every 250 ms until it says yes or `timeout` passes.
 pub async fn until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
