@@ -190,6 +190,14 @@ pub struct AgentConfig {
     /// Where to write the bosh-dns handler that delegates `<tld>.` to this agent; optional.
     #[serde(default)]
     pub bosh_dns_handlers_path: Option<PathBuf>,
+    /// Answer the common UDP query (A for a served name) from precomputed wire bytes; `false`
+    /// sends every query through hickory (the benchmark's "before", and a way to rule it out).
+    #[serde(default = "default_true")]
+    pub fast_path: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 fn default_tld() -> String {

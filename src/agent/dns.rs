@@ -4,14 +4,14 @@
 //! The agent is authoritative for `<tld>.` only. It never recurses and never forwards: a question
 //! outside the zone is REFUSED, so it cannot be used as an open resolver.
 
-use std::collections::{HashMap, HashSet};
-use std::net::Ipv4Addr;
+use std::collections::HashSet;
 
 use hickory_server::proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, NS, SOA};
 use hickory_server::proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use hickory_server::zone_handler::MessageRequest;
 
+use super::fast_path::{FastAnswers, MAX_REPLY_LEN};
 use crate::names::table::NameTable;
 
 /// The UDP payload size the agent advertises in its OPT record (the DNS Flag Day 2020 value).
@@ -32,9 +32,9 @@ pub struct Zone {
     apex: Name,
     ttl: u32,
     version: u64,
-    /// Keyed by fully-qualified name; `Name`'s `Hash`/`Eq` are case-insensitive, so the query's
-    /// name is looked up as it arrived, without lower-casing or allocating.
-    hosts: HashMap<Name, Ipv4Addr>,
+    /// The served hosts with their encoded A answers: the fast path answers from it, and the
+    /// slow path looks VIPs up in it (case-insensitively), so each name is held once.
+    hosts: FastAnswers,
     /// Names that own no record but have hosts below them (empty non-terminals, e.g.
     /// `banana.sample-deployment.boshy.`). They answer NODATA, not NXDOMAIN: a resolver that
     /// applies NXDOMAIN cuts (RFC 8020) would otherwise hide every host below them.
@@ -84,24 +84,23 @@ impl Zone {
     /// Builds the zone for `apex` from a name table. Names the zone cannot serve (not under the
     /// apex, not a DNS name) are returned so the caller can log them; they never stop the rest.
     pub fn build(apex: &Name, ttl: u32, table: &NameTable) -> (Zone, Vec<SkippedName>) {
-        let mut hosts = HashMap::with_capacity(table.names.len());
+        let mut hosts = FastAnswers::with_capacity(table.names.len());
+        let mut interior = HashSet::new();
         let mut skipped = Vec::new();
         for (hostname, vip) in &table.names {
             match host_name(apex, hostname) {
                 Ok(name) => {
-                    hosts.insert(name, *vip);
+                    hosts.insert(&name, *vip, ttl);
+                    let mut parent = name.base_name();
+                    while parent.num_labels() > apex.num_labels() && interior.insert(parent.clone())
+                    {
+                        parent = parent.base_name();
+                    }
                 }
                 Err(reason) => skipped.push(SkippedName {
                     name: hostname.clone(),
                     reason,
                 }),
-            }
-        }
-        let mut interior = HashSet::new();
-        for host in hosts.keys() {
-            let mut parent = host.base_name();
-            while parent.num_labels() > apex.num_labels() && interior.insert(parent.clone()) {
-                parent = parent.base_name();
             }
         }
         let zone = Zone {
@@ -143,6 +142,12 @@ impl Zone {
         &self.apex
     }
 
+    /// The reply to the common query (see [`super::fast_path`]), byte for byte what the slow
+    /// path would send; `None` for every other request.
+    pub fn fast_answer(&self, query: &[u8], reply: &mut [u8; MAX_REPLY_LEN]) -> Option<usize> {
+        self.hosts.answer(query, reply)
+    }
+
     /// The answer to one question.
     fn lookup(&self, name: &Name, qtype: RecordType, qclass: DNSClass) -> Lookup<'_> {
         if qclass != DNSClass::IN || !self.apex.zone_of(name) {
@@ -161,14 +166,12 @@ impl Zone {
                 _ => self.negative(ResponseCode::NoError),
             };
         }
-        if let Some(vip) = self.hosts.get(name) {
+        if let Some(vip) = self.hosts.vip(name) {
             return match qtype {
                 // The owner name is the question's, so the answer echoes its case.
-                RecordType::A => self.positive(Record::from_rdata(
-                    name.clone(),
-                    self.ttl,
-                    RData::A(A(*vip)),
-                )),
+                RecordType::A => {
+                    self.positive(Record::from_rdata(name.clone(), self.ttl, RData::A(A(vip))))
+                }
                 _ => self.negative(ResponseCode::NoError),
             };
         }
@@ -300,6 +303,7 @@ mod tests {
     use hickory_server::net::xfer::Protocol;
     use hickory_server::proto::op::{Message, MessageType, Query};
     use hickory_server::server::Request;
+    use std::net::Ipv4Addr;
 
     fn table() -> NameTable {
         NameTable {

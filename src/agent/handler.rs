@@ -1,19 +1,34 @@
 //! The I/O edge of the agent's DNS: hickory's request handler around the pure [`dns::reply`],
 //! the current zone it reads, and the UDP + TCP server.
+//!
+//! TCP is hickory's server. UDP is our own receive loop: the common query is answered by the
+//! [fast path](super::fast_path) and everything else by the same handler, encoded the way
+//! hickory's UDP server encodes it, so the bytes on the wire do not depend on the path taken.
 
-use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
-use hickory_server::net::runtime::Time;
-use hickory_server::proto::op::{Header, HeaderCounts, Metadata, ResponseCode};
+use hickory_server::net::runtime::{Time, TokioTime};
+use hickory_server::net::xfer::Protocol;
+use hickory_server::net::NetError;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::Record;
+use hickory_server::proto::serialize::binary::{
+    BinDecodable, BinDecoder, BinEncodable, BinEncoder,
+};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
-use hickory_server::zone_handler::MessageResponseBuilder;
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use hickory_server::Server;
-use tracing::warn;
+use tokio::net::UdpSocket;
+use tokio::task::JoinHandle;
+use tracing::{error, warn};
 
 use super::dns::{self, Zone};
+use super::fast_path::MAX_REPLY_LEN;
 
 /// How long a TCP client may stay idle between queries before the connection is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -78,60 +93,185 @@ impl RequestHandler for DnsHandler {
     }
 }
 
-/// Binds UDP and TCP on `listen` and starts answering from `zone`. Binding errors name the
-/// address (a port below 1024 needs root or CAP_NET_BIND_SERVICE).
-pub async fn serve(listen: SocketAddr, zone: Arc<ZoneCell>) -> Result<Server<DnsHandler>> {
-    let udp = tokio::net::UdpSocket::bind(listen)
+/// The running DNS server: our UDP loop and hickory's TCP server.
+pub struct DnsServer {
+    udp: JoinHandle<()>,
+    tcp: Server<DnsHandler>,
+}
+
+impl DnsServer {
+    pub async fn shutdown_gracefully(&mut self) -> Result<()> {
+        // A UDP exchange is one datagram each way: there is nothing in flight to drain.
+        self.udp.abort();
+        self.tcp
+            .shutdown_gracefully()
+            .await
+            .context("DNS server shutdown")
+    }
+}
+
+/// Binds UDP and TCP on `listen` and starts answering from `zone`; `fast_path: false` sends
+/// every UDP query through hickory. Binding errors name the address (a port below 1024 needs
+/// root or CAP_NET_BIND_SERVICE).
+pub async fn serve(listen: SocketAddr, zone: Arc<ZoneCell>, fast_path: bool) -> Result<DnsServer> {
+    let udp = UdpSocket::bind(listen)
         .await
         .with_context(|| format!("DNS: cannot bind UDP {listen}"))?;
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("DNS: cannot bind TCP {listen}"))?;
-    let mut server = Server::new(DnsHandler::new(zone));
-    server.register_socket(udp);
-    server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
-    Ok(server)
+    let udp = tokio::spawn(serve_udp(udp, zone.clone(), fast_path));
+    let mut tcp_server = Server::new(DnsHandler::new(zone));
+    tcp_server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
+    Ok(DnsServer {
+        udp,
+        tcp: tcp_server,
+    })
+}
+
+/// hickory's UDP receive buffer: a longer datagram is cut here, as hickory would cut it.
+const UDP_RECEIVE_BUFFER: usize = 4096;
+
+/// One task answers every datagram in turn: the fast path is a table lookup and a copy, and the
+/// slow path never waits on anything but the send, so a task per query would only add cost.
+async fn serve_udp(socket: UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) {
+    let handler = DnsHandler::new(zone.clone());
+    let mut query = [0u8; UDP_RECEIVE_BUFFER];
+    let mut fast_reply = [0u8; MAX_REPLY_LEN];
+    loop {
+        let (len, client) = match socket.recv_from(&mut query).await {
+            Ok(received) => received,
+            Err(error) => {
+                // ICMP errors from earlier sends surface here; they concern that client only.
+                warn!(%error, "error receiving a DNS query over UDP");
+                continue;
+            }
+        };
+        if !can_answer(client) {
+            continue;
+        }
+        let query = &query[..len];
+        let fast = fast_path
+            .then(|| zone.current().fast_answer(query, &mut fast_reply))
+            .flatten();
+        let sent = match fast {
+            Some(reply_len) => socket.send_to(&fast_reply[..reply_len], client).await,
+            None => match udp_reply(&handler, query, client).await {
+                Some(reply) => socket.send_to(&reply, client).await,
+                None => continue,
+            },
+        };
+        if let Err(error) = sent {
+            warn!(%error, %client, "could not send a DNS response");
+        }
+    }
+}
+
+/// As hickory's server: never answer port 0 or an unspecified or broadcast address.
+fn can_answer(client: SocketAddr) -> bool {
+    client.port() != 0
+        && match client.ip() {
+            IpAddr::V4(v4) => !v4.is_unspecified() && !v4.is_broadcast(),
+            IpAddr::V6(v6) => !v6.is_unspecified(),
+        }
+}
+
+/// The bytes hickory's UDP server sends for `query` from `client`, or `None` when it sends
+/// nothing (shorter than a header, or a response).
+pub async fn udp_reply(handler: &DnsHandler, query: &[u8], client: SocketAddr) -> Option<Vec<u8>> {
+    let header = Header::read(&mut BinDecoder::new(query)).ok()?;
+    let capture = UdpEncoded::default();
+    match Request::from_bytes(query.to_vec(), client, Protocol::Udp) {
+        Ok(request) if request.metadata.message_type == MessageType::Response => return None,
+        Ok(request) => {
+            handler
+                .handle_request::<_, TokioTime>(&request, capture.clone())
+                .await;
+        }
+        Err(_) => {
+            // The header decoded but the rest did not: FORMERR with no question, as hickory.
+            let no_queries =
+                Queries::read(&mut BinDecoder::new(&[]), 0).expect("zero queries always decode");
+            let response = MessageResponseBuilder::new(&no_queries, None)
+                .error_msg(&header.metadata, ResponseCode::FormErr);
+            capture.clone().send_response(response).await.ok()?;
+        }
+    }
+    capture.take()
+}
+
+/// Encodes a response as hickory's UDP server does and keeps the bytes.
+#[derive(Clone, Default)]
+struct UdpEncoded(Arc<Mutex<Option<Vec<u8>>>>);
+
+impl UdpEncoded {
+    fn take(&self) -> Option<Vec<u8>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+#[async_trait::async_trait]
+impl ResponseHandler for UdpEncoded {
+    async fn send_response<'a>(
+        &mut self,
+        response: MessageResponse<
+            '_,
+            'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+            impl Iterator<Item = &'a Record> + Send + 'a,
+        >,
+    ) -> Result<ResponseInfo, NetError> {
+        let (info, bytes) = encode_for_udp(response)?;
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some(bytes);
+        Ok(info)
+    }
+}
+
+/// hickory's UDP encoding: bounded by the response's EDNS payload size (512 without EDNS,
+/// RFC 1035 §4.2.1); a response that cannot be encoded becomes a bare SERVFAIL.
+fn encode_for_udp<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> Result<(ResponseInfo, Vec<u8>), NetError> {
+    let id = response.metadata().id;
+    let max_size = response.edns().map_or(512, |edns| edns.max_payload());
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(max_size);
+    match response.destructive_emit(&mut encoder) {
+        Ok(info) => Ok((info, bytes)),
+        Err(err) => {
+            error!(error = %err, id, "could not encode a DNS response; sending SERVFAIL");
+            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+            metadata.response_code = ResponseCode::ServFail;
+            let header = Header {
+                metadata,
+                counts: HeaderCounts::default(),
+            };
+            Ok((ResponseInfo::from(header), header.to_bytes()?))
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::net::Ipv4Addr;
-    use std::sync::Mutex;
 
-    use hickory_server::net::runtime::TokioTime;
-    use hickory_server::net::xfer::Protocol;
-    use hickory_server::net::NetError;
     use hickory_server::proto::op::{Edns, Message, Query};
-    use hickory_server::proto::rr::{Name, RData, Record, RecordType};
-    use hickory_server::proto::serialize::binary::BinEncoder;
-    use hickory_server::zone_handler::MessageResponse;
+    use hickory_server::proto::rr::{Name, RData, RecordType};
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
 
     use crate::names::table::NameTable;
-
-    /// Encodes the response the way the server would and keeps the bytes.
-    #[derive(Clone, Default)]
-    struct Captured(Arc<Mutex<Vec<u8>>>);
-
-    #[async_trait::async_trait]
-    impl ResponseHandler for Captured {
-        async fn send_response<'a>(
-            &mut self,
-            response: MessageResponse<
-                '_,
-                'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-                impl Iterator<Item = &'a Record> + Send + 'a,
-            >,
-        ) -> Result<ResponseInfo, NetError> {
-            let mut bytes = Vec::new();
-            let info = response.destructive_emit(&mut BinEncoder::new(&mut bytes))?;
-            *self.0.lock().unwrap() = bytes;
-            Ok(info)
-        }
-    }
 
     fn cell(names: &[(&str, Ipv4Addr)]) -> Arc<ZoneCell> {
         let table = NameTable {
@@ -144,17 +284,13 @@ mod tests {
     }
 
     async fn exchange(cell: &Arc<ZoneCell>, query: &Message) -> Message {
-        let request = Request::from_bytes(
-            query.to_vec().unwrap(),
+        let bytes = udp_reply(
+            &DnsHandler::new(cell.clone()),
+            &query.to_vec().unwrap(),
             "127.0.0.1:5353".parse().unwrap(),
-            Protocol::Udp,
         )
-        .unwrap();
-        let captured = Captured::default();
-        DnsHandler::new(cell.clone())
-            .handle_request::<_, TokioTime>(&request, captured.clone())
-            .await;
-        let bytes = captured.0.lock().unwrap().clone();
+        .await
+        .expect("a response");
         Message::from_vec(&bytes).expect("the response decodes")
     }
 
@@ -231,5 +367,112 @@ mod tests {
             );
             assert!(decoded.is_err(), "{bytes:?}");
         }
+    }
+
+    #[tokio::test]
+    async fn undecodable_queries_get_formerr_and_responses_get_nothing() {
+        let handler = DnsHandler::new(cell(&[]));
+        let client = "127.0.0.1:5353".parse().unwrap();
+        let formerr = udp_reply(
+            &handler,
+            b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x3fabc",
+            client,
+        )
+        .await
+        .expect("FORMERR");
+        assert_eq!(&formerr[..4], &[0x12, 0x34, 0x81, 0x01]);
+        assert_eq!(udp_reply(&handler, b"\x12\x34", client).await, None);
+        let mut response = query("a.b.c.boshy.", RecordType::A);
+        response.metadata.message_type = hickory_server::proto::op::MessageType::Response;
+        assert_eq!(
+            udp_reply(&handler, &response.to_vec().unwrap(), client).await,
+            None
+        );
+    }
+
+    /// Flips `name`'s letters to upper case at random, as DNS 0x20 clients do.
+    fn random_case(rng: &mut StdRng, name: &str) -> String {
+        name.chars()
+            .map(|c| {
+                if rng.gen_bool(0.5) {
+                    c.to_ascii_uppercase()
+                } else {
+                    c
+                }
+            })
+            .collect()
+    }
+
+    /// A random query: mostly the common case, with every variation the fast path must either
+    /// answer exactly as hickory would or leave to hickory.
+    fn random_query(rng: &mut StdRng, names: &[String]) -> Vec<u8> {
+        let known = &names[rng.gen_range(0..names.len())];
+        let name = match rng.gen_range(0..10) {
+            0 => format!("nope-{}.{known}", rng.gen_range(0..100)),
+            1 => "deployment-1.boshy.".to_string(),
+            2 => "example.com.".to_string(),
+            _ => format!("{known}."),
+        };
+        let qtype = match rng.gen_range(0..10) {
+            0 => RecordType::AAAA,
+            1 => RecordType::TXT,
+            _ => RecordType::A,
+        };
+        let mut msg = Message::query();
+        msg.metadata.id = rng.gen();
+        msg.add_query(Query::query(
+            Name::from_ascii(random_case(rng, &name)).unwrap(),
+            qtype,
+        ));
+        if rng.gen_bool(0.3) {
+            let mut edns = Edns::new();
+            edns.set_max_payload(rng.gen_range(0..5000));
+            edns.set_dnssec_ok(rng.gen_bool(0.2));
+            if rng.gen_bool(0.1) {
+                edns.set_version(1);
+            }
+            msg.set_edns(edns);
+        }
+        let mut bytes = msg.to_vec().unwrap();
+        // Any header flags a client may send; opcode and QR too, now and then.
+        bytes[2] = rng.gen::<u8>() & if rng.gen_bool(0.9) { 0x07 } else { 0xff };
+        bytes[3] = rng.gen();
+        if rng.gen_bool(0.02) {
+            bytes.push(0);
+        }
+        bytes
+    }
+
+    #[tokio::test]
+    async fn fast_path_answers_byte_for_byte_as_the_slow_path() {
+        let names: Vec<String> = (0..200)
+            .map(|i| format!("svc-{i}.group-{}.deployment-{}.boshy", i % 7, i % 3))
+            .collect();
+        let entries: Vec<(&str, Ipv4Addr)> = names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.as_str(), Ipv4Addr::new(169, 254, 1, i as u8)))
+            .collect();
+        let cell = cell(&entries);
+        let handler = DnsHandler::new(cell.clone());
+        let zone = cell.current();
+        let client = "127.0.0.1:5353".parse().unwrap();
+        let mut rng = StdRng::seed_from_u64(5);
+        let (mut fast, mut with_edns) = (0, 0);
+        let mut reply = [0u8; MAX_REPLY_LEN];
+        for _ in 0..5000 {
+            let query = random_query(&mut rng, &names);
+            let slow = udp_reply(&handler, &query, client).await;
+            if let Some(len) = zone.fast_answer(&query, &mut reply) {
+                assert_eq!(Some(&reply[..len]), slow.as_deref(), "query {query:02x?}");
+                fast += 1;
+                with_edns += usize::from(query[11] == 1);
+            }
+        }
+        // Most queries are the common case: the comparison above must have run on them.
+        assert!(
+            fast > 2000 && with_edns > 500,
+            "fast path answered {fast} ({with_edns} EDNS)"
+        );
     }
 }

@@ -2,10 +2,12 @@
 //! pushes, and keeps the last table on disk so it answers at once after a restart.
 //!
 //! - [`dns`]: the pure answer logic (zone per table, reply per request).
+//! - [`fast_path`]: the common query answered from precomputed wire bytes.
 //! - [`handler`]: hickory's request handler and the UDP/TCP server.
 //! - [`table_store`]: the table on disk.
 
 pub mod dns;
+pub mod fast_path;
 pub mod handler;
 pub mod table_store;
 
@@ -36,6 +38,9 @@ pub struct Args {
 pub async fn run(args: Args) -> Result<()> {
     let config: AgentConfig = crate::config::load(&args.config)?;
     let apex = validate(&config, &args.config)?;
+    if let Some(warning) = config.check_listen(&args.config)? {
+        warn!("{warning}");
+    }
     if args.check_config {
         println!("config file {}: OK", args.config.display());
         return Ok(());
@@ -43,7 +48,7 @@ pub async fn run(args: Args) -> Result<()> {
 
     let saved = load_saved_table(&config.table_path);
     let cell = Arc::new(ZoneCell::new(build_zone(&apex, config.ttl_seconds, &saved)));
-    let mut server = handler::serve(config.listen, cell.clone()).await?;
+    let mut server = handler::serve(config.listen, cell.clone(), config.fast_path).await?;
     info!(
         listen = %config.listen,
         zone = %apex,
@@ -71,15 +76,13 @@ pub async fn run(args: Args) -> Result<()> {
 
     shutdown_signal().await?;
     info!("shutting down");
-    server
-        .shutdown_gracefully()
-        .await
-        .context("DNS server shutdown")?;
+    server.shutdown_gracefully().await?;
     Ok(())
 }
 
 /// Checks what the file format cannot: returns the zone apex. Errors name the file and the key.
 pub fn validate(config: &AgentConfig, path: &Path) -> Result<Name> {
+    config.check_listen(path)?;
     let at = |key: &str| format!("config file {}: key `{key}`", path.display());
     let apex =
         dns::apex_from_tld(&config.tld).map_err(|err| anyhow::anyhow!("{}: {err}", at("tld")))?;

@@ -100,11 +100,13 @@ mod tests {
     }
 
     #[test]
-    fn write_into_a_missing_directory_fails_clearly() {
+    fn write_where_no_directory_can_be_made_fails_clearly() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("no/such/dir/table.json");
+        // The missing directory is created, unless a file stands where it would go.
+        std::fs::write(dir.path().join("file"), b"").unwrap();
+        let path = dir.path().join("file/dir/table.json");
         let msg = format!("{:#}", save(&path, &NameTable::default()).unwrap_err());
-        assert!(msg.contains("no/such/dir/table.json"), "{msg}");
+        assert!(msg.contains("file/dir/table.json"), "{msg}");
     }
 
     #[test]
