@@ -42,10 +42,23 @@ pub struct PilotConfig {
     /// DNS TTL or client cache), unless the pool would otherwise be exhausted.
     #[serde(default = "default_vip_quarantine_seconds")]
     pub vip_quarantine_seconds: u64,
-    /// Where VIP assignments are persisted across restarts.
-    pub vip_state_path: PathBuf,
+    /// Where VIP assignments are kept: `director` (a director config shared by every
+    /// replica; the default) or `file` (`vip_state_path`; one pilot alone, for tests and tools).
+    #[serde(default)]
+    pub vip_store: VipStoreKind,
+    /// The VIP state file of `vip_store: file`.
+    #[serde(default)]
+    pub vip_state_path: Option<PathBuf>,
     #[serde(default)]
     pub listen: PilotListen,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VipStoreKind {
+    #[default]
+    Director,
+    File,
 }
 
 #[derive(Debug, Clone, Deserialize)]

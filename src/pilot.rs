@@ -14,12 +14,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::catalog::model::{Catalog, DeploymentInput};
-use crate::config::{self, PilotConfig};
-use crate::vip::{VipAllocator, VipStore};
+use crate::config::{self, PilotConfig, VipStoreKind};
+use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
 use crate::{api, catalog, director, metrics, names, xds};
-
-const PERSIST_RETRY_MIN: Duration = Duration::from_secs(1);
-const PERSIST_RETRY_MAX: Duration = Duration::from_secs(30);
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -47,9 +44,22 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
 
-    let store = VipStore::new(&cfg.vip_state_path);
-    let vip_state = store.load().await?;
-    let vips = VipAllocator::new(cfg.virtual_ip_cidr, cfg.vip_quarantine_seconds, vip_state)?;
+    let store = match cfg.vip_store {
+        VipStoreKind::Director => VipStore::Director(DirectorStore::new(poller.client(), &cfg.tld)),
+        VipStoreKind::File => {
+            let path = cfg.vip_state_path.as_ref().ok_or_else(|| {
+                anyhow!(
+                    "config file {}: key `vip_state_path`: required with `vip_store: file`",
+                    args.config.display()
+                )
+            })?;
+            VipStore::File(FileStore::new(path))
+        }
+    };
+    let vips = VipBook::new(store, cfg.virtual_ip_cidr, cfg.vip_quarantine_seconds)?;
+    // The store is re-read at the director's poll interval: how replicas adopt each other's
+    // assignments (one small `GET /configs` per interval and replica).
+    let vip_refresh = Duration::from_secs(cfg.director.poll_interval_seconds.max(1));
 
     let xds_listener = bind(cfg.listen.xds, "listen.xds").await?;
     let names_listener = bind(cfg.listen.names, "listen.names").await?;
@@ -61,17 +71,19 @@ pub async fn run(args: Args) -> Result<()> {
         tld: cfg.tld.clone(),
         services: Vec::new(),
     }));
-    tracing::info!(director = %cfg.director.url, tld = %cfg.tld, vip_cidr = %cfg.virtual_ip_cidr, "bosh-pilot starting");
+    tracing::info!(director = %cfg.director.url, tld = %cfg.tld, vip_cidr = %cfg.virtual_ip_cidr, vip_store = %vips.store(), "bosh-pilot starting");
 
     let catalogs = CatalogPublisher {
         tld: cfg.tld.clone(),
         vips,
-        store,
         tx: catalog_tx,
+        store_failure: None,
+        exhausted: BTreeSet::new(),
+        built_from: None,
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
-        result = catalogs.run(deployments_rx) => result,
+        result = catalogs.run(deployments_rx, vip_refresh) => result,
         result = xds::server::serve(xds_listener, catalog_rx.clone()) => result.context("xDS server"),
         result = names::serve(names_listener, catalog_rx.clone()) => result.context("name-table server"),
         result = api::serve(api_listener, catalog_rx) => result.context("HTTP API"),
@@ -84,76 +96,90 @@ async fn bind(address: SocketAddr, key: &str) -> Result<TcpListener> {
         .with_context(|| format!("{key}: cannot listen on {address}"))
 }
 
-/// Turns each new set of deployments into a catalog: VIPs first (persisted before they are
-/// ever served, so a restart cannot hand out different ones), then the whole catalog, which
-/// is published only when its content changed.
+/// Turns each new set of deployments into a catalog: VIPs first (committed to the shared
+/// store before they are ever served, so a restart or another replica cannot hand out
+/// different ones), then the whole catalog, which is published only when its content changed.
 struct CatalogPublisher {
     tld: String,
-    vips: VipAllocator,
-    store: VipStore,
+    vips: VipBook,
     tx: watch::Sender<Arc<Catalog>>,
+    /// The kind of the VIP store's current failure, logged once when it starts.
+    store_failure: Option<String>,
+    /// Hostnames already reported as left without a VIP.
+    exhausted: BTreeSet<String>,
+    /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
+    built_from: Option<Arc<Vec<DeploymentInput>>>,
 }
 
 impl CatalogPublisher {
     async fn run(
         mut self,
         mut deployments: watch::Receiver<Arc<Vec<DeploymentInput>>>,
+        vip_refresh: Duration,
     ) -> Result<()> {
-        // Set while the last publish could not persist VIPs: try again after this long even
-        // if the director reports nothing new.
-        let mut retry: Option<Duration> = None;
+        // Nothing is synced before the poller's first complete look: the placeholder's empty
+        // set of services would release every VIP.
+        if deployments.changed().await.is_err() {
+            return Err(anyhow!("the director poller went away"));
+        }
+        let mut refresh = tokio::time::interval(vip_refresh);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        refresh.tick().await;
         loop {
-            let changed = match retry {
-                None => deployments.changed().await,
-                Some(delay) => tokio::select! {
-                    changed = deployments.changed() => changed,
-                    () = tokio::time::sleep(delay) => Ok(()),
-                },
-            };
-            if changed.is_err() {
-                return Err(anyhow!("the director poller went away"));
-            }
             let inputs = deployments.borrow_and_update().clone();
-            retry = if self.publish(&inputs).await {
-                None
-            } else {
-                Some(retry.map_or(PERSIST_RETRY_MIN, |d| (d * 2).min(PERSIST_RETRY_MAX)))
-            };
+            self.publish(inputs).await;
+            tokio::select! {
+                changed = deployments.changed() => if changed.is_err() {
+                    return Err(anyhow!("the director poller went away"));
+                },
+                _ = refresh.tick() => {}
+            }
         }
     }
 
-    /// Returns false when the catalog could not be published and must be retried.
-    async fn publish(&mut self, inputs: &[DeploymentInput]) -> bool {
-        let wanted: BTreeSet<String> = catalog::hostnames(inputs, &self.tld)
+    /// Syncs the VIPs and publishes the catalog when it changed. When the VIP store fails,
+    /// the last assignments stay (VIPs never change on an error): services that already had
+    /// a VIP keep it and follow the director; new ones wait for the store.
+    async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>) {
+        let wanted: BTreeSet<String> = catalog::hostnames(&inputs, &self.tld)
             .into_iter()
             .map(|(_, hostname)| hostname)
             .collect();
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let mut candidate = self.vips.clone();
-        let outcome = candidate.sync(&wanted, now);
-        for hostname in &outcome.exhausted {
-            tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
+        let vips_changed = match self.vips.sync(&wanted, now).await {
+            Ok(synced) => {
+                self.store_recovered();
+                for (hostname, vip) in &synced.outcome.allocated {
+                    tracing::info!(%hostname, %vip, "VIP allocated");
+                }
+                for (hostname, vip) in &synced.outcome.released {
+                    tracing::info!(%hostname, %vip, "VIP released (quarantined before reuse)");
+                }
+                self.report_exhausted(synced.outcome.exhausted.into_iter().collect());
+                synced.assignments_changed
+            }
+            Err(err) => {
+                self.store_failed(&err);
+                false
+            }
+        };
+        let unchanged_inputs = self
+            .built_from
+            .as_ref()
+            .is_some_and(|built| Arc::ptr_eq(built, &inputs));
+        if unchanged_inputs && !vips_changed {
+            return;
         }
-        if outcome.changed() {
-            // Persist before serving: a VIP that was served but not saved could change on restart.
-            if let Err(e) = self.store.save(candidate.state()).await {
-                tracing::error!("keeping the last catalog: cannot persist VIP assignments: {e:#}");
-                return false;
-            }
-            for (hostname, vip) in &outcome.allocated {
-                tracing::info!(%hostname, %vip, "VIP allocated");
-            }
-            for (hostname, vip) in &outcome.released {
-                tracing::info!(%hostname, %vip, "VIP released (quarantined before reuse)");
-            }
-        }
-        self.vips = candidate;
-        let next = catalog::build(inputs, &self.tld, self.vips.assignments());
+        let Some(assignments) = self.vips.assignments() else {
+            return; // the store was never read: no catalog rather than one without services
+        };
+        let next = catalog::build(&inputs, &self.tld, assignments);
+        self.built_from = Some(inputs);
         let current = self.tx.borrow().clone();
         if next.version == current.version {
-            return true;
+            return;
         }
         let diff = catalog::diff(&current, &next);
         tracing::info!(version = next.version, services = next.services.len(), %diff, "catalog updated");
@@ -166,6 +192,31 @@ impl CatalogPublisher {
         );
         m.catalog_version.store(next.version, Ordering::Relaxed);
         self.tx.send_replace(Arc::new(next));
-        true
+    }
+
+    fn store_failed(&mut self, err: &anyhow::Error) {
+        let kind = err.downcast_ref::<director::DirectorError>().map_or_else(
+            || "vip_store".to_string(),
+            |e| format!("vip_store_{}", e.kind()),
+        );
+        metrics::global().director_poll_error(&kind);
+        if self.store_failure.as_ref() != Some(&kind) {
+            tracing::error!(store = %self.vips.store(), "keeping the last VIP assignments (no VIP changes until the store works again; new services wait): {err:#}");
+            self.store_failure = Some(kind);
+        }
+    }
+
+    fn store_recovered(&mut self) {
+        if self.store_failure.take().is_some() {
+            tracing::info!(store = %self.vips.store(), "the VIP store works again");
+        }
+    }
+
+    /// Logs each hostname once when it is left without a VIP, not at every sync.
+    fn report_exhausted(&mut self, exhausted: BTreeSet<String>) {
+        for hostname in exhausted.difference(&self.exhausted) {
+            tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
+        }
+        self.exhausted = exhausted;
     }
 }

@@ -74,6 +74,11 @@ impl Poller {
         Poller { timing, ..self }
     }
 
+    /// The poller's director client, to share its connection and UAA token.
+    pub fn client(&self) -> Arc<DirectorClient> {
+        self.client.clone()
+    }
+
     /// Polls forever, publishing the deployments (sorted by name) whenever they changed. The
     /// first complete look is always published, even when empty, so consumers know it ran.
     pub async fn run(self, tx: watch::Sender<Arc<Vec<DeploymentInput>>>) {

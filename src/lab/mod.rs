@@ -46,7 +46,12 @@ pub struct Args {
 #[derive(Subcommand, Debug)]
 pub enum LabCommand {
     /// Starts the director simulator, the control plane and every VM; returns when the mesh is ready.
-    Up,
+    Up {
+        /// Instances of the control plane (`bosh-pilot` in `bosh-istio`), set in the director
+        /// before any VM boots; applies to a lab that is not up yet.
+        #[arg(long, env = "BOSHY_LAB_PILOTS", default_value_t = 1)]
+        pilots: u32,
+    },
     /// Stops everything and removes every namespace, link and rule the lab made.
     Down,
     /// Lists the VMs and their processes.
@@ -254,8 +259,8 @@ impl LabState {
 pub async fn run(args: Args) -> Result<()> {
     let layout = Layout::new(&args.name, args.subnet)?;
     match args.command {
-        LabCommand::Up => {
-            up(&layout).await?;
+        LabCommand::Up { pilots } => {
+            up_with_pilots(&layout, pilots).await?;
             Ok(())
         }
         LabCommand::Down => down(&layout),
@@ -336,6 +341,10 @@ fn check_subnet_is_free(layout: &Layout) -> Result<()> {
 }
 
 async fn up(layout: &Layout) -> Result<LabState> {
+    up_with_pilots(layout, 1).await
+}
+
+async fn up_with_pilots(layout: &Layout, pilots: u32) -> Result<LabState> {
     require_root_and_tools()?;
     if !layout.envoy_bin.exists() {
         bail!("Envoy not found at {}", layout.envoy_bin.display());
@@ -347,7 +356,9 @@ async fn up(layout: &Layout) -> Result<LabState> {
         }
         _ => {
             check_subnet_is_free(layout)?;
-            start_director(layout).await?
+            let state = start_director(layout).await?;
+            scale_control_plane(&state, pilots).await?;
+            state
         }
     };
     reconcile(&mut state).await?;
@@ -440,6 +451,52 @@ async fn start_director(layout: &Layout) -> Result<LabState> {
     .await
     .with_context(|| format!("see {}", state.director.log.display()))?;
     Ok(state)
+}
+
+/// Sets the number of `bosh-pilot` instances the way an operator would: a deploy of the
+/// control-plane manifest with another `instances:` count. Done before any VM boots, so
+/// that every addon VM's agent and Envoy are configured with every control plane.
+async fn scale_control_plane(state: &LabState, pilots: u32) -> Result<()> {
+    if pilots == 0 {
+        bail!("--pilots: at least one control plane is needed");
+    }
+    let sim = state.sim()?;
+    let manifest = sim
+        .state()
+        .await?
+        .deployments
+        .into_iter()
+        .find(|d| d.name == vm::CONTROL_PLANE_DEPLOYMENT)
+        .and_then(|d| d.manifest)
+        .ok_or_else(|| {
+            anyhow!(
+                "the director has no {} manifest",
+                vm::CONTROL_PLANE_DEPLOYMENT
+            )
+        })?;
+    let mut doc: serde_yaml::Value = serde_yaml::from_str(&manifest)
+        .with_context(|| format!("the {} manifest", vm::CONTROL_PLANE_DEPLOYMENT))?;
+    let group = doc["instance_groups"]
+        .as_sequence_mut()
+        .and_then(|groups| {
+            groups
+                .iter_mut()
+                .find(|g| g["name"].as_str() == Some(vm::PILOT_JOB))
+        })
+        .ok_or_else(|| {
+            anyhow!(
+                "the {} manifest has no instance group {}",
+                vm::CONTROL_PLANE_DEPLOYMENT,
+                vm::PILOT_JOB
+            )
+        })?;
+    if group["instances"].as_u64() == Some(u64::from(pilots)) {
+        return Ok(());
+    }
+    group["instances"] = pilots.into();
+    println!("lab `{}`: {pilots} control planes", state.layout.name);
+    sim.put_manifest(vm::CONTROL_PLANE_DEPLOYMENT, serde_yaml::to_string(&doc)?)
+        .await
 }
 
 fn write_private(path: &Path, content: &str) -> Result<()> {

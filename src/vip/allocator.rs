@@ -6,15 +6,26 @@ use std::net::Ipv4Addr;
 use ipnet::Ipv4Net;
 use serde::{Deserialize, Serialize};
 
-/// What is persisted: who has which VIP, and when each freed VIP was freed.
+/// What is persisted: who has which VIP, and when and by whom each freed VIP was freed.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipState {
     /// hostname → VIP.
     pub assignments: BTreeMap<String, Ipv4Addr>,
-    /// Freed VIP → when it was freed (unix seconds); a VIP is listed here from its release
-    /// until it is assigned again.
-    pub released: BTreeMap<Ipv4Addr, u64>,
+    /// Freed VIP → its release; a VIP is listed here from its release until it is assigned
+    /// again.
+    pub released: BTreeMap<Ipv4Addr, Released>,
+}
+
+/// One freed VIP. The hostname is kept so that a service that comes back (a deployment
+/// deleted and redeployed, or one a lagging replica briefly did not see) gets its old VIP
+/// again: clients that cached the name then still reach the right service.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Released {
+    /// Unix seconds.
+    pub at: u64,
+    pub hostname: String,
 }
 
 /// A `virtual_ip_cidr` the allocator cannot use.
@@ -106,9 +117,10 @@ impl VipAllocator {
     }
 
     /// Makes the assignments match `wanted`: existing ones are kept, those of hostnames no
-    /// longer wanted are released (and quarantined), and each new hostname, in name order,
-    /// gets the lowest never-used address, else the lowest address whose quarantine is over,
-    /// else, rather than failing, the address released longest ago.
+    /// longer wanted are released (and quarantined), and each new hostname gets back the VIP
+    /// it last released if that is still free; the others, in name order, get the lowest
+    /// never-used address, else the lowest address whose quarantine is over, else, rather
+    /// than failing, the address released longest ago.
     pub fn sync(&mut self, wanted: &BTreeSet<String>, now_unix: u64) -> SyncOutcome {
         let mut outcome = SyncOutcome::default();
         let gone: Vec<String> = self
@@ -120,15 +132,27 @@ impl VipAllocator {
             .collect();
         for hostname in gone {
             if let Some(vip) = self.state.assignments.remove(&hostname) {
-                self.state.released.insert(vip, now_unix);
+                let released = Released {
+                    at: now_unix,
+                    hostname: hostname.clone(),
+                };
+                self.state.released.insert(vip, released);
                 outcome.released.push((hostname, vip));
             }
         }
 
-        let new: Vec<&String> = wanted
+        let mut new: Vec<&String> = wanted
             .iter()
             .filter(|hostname| !self.state.assignments.contains_key(*hostname))
             .collect();
+        // Returning hostnames first, so that no other new hostname takes their old VIP.
+        new.retain(|hostname| match self.released_by(hostname) {
+            Some(vip) => {
+                self.assign(hostname, vip, &mut outcome);
+                false
+            }
+            None => true,
+        });
         if new.is_empty() {
             return outcome;
         }
@@ -146,12 +170,12 @@ impl VipAllocator {
         let quarantine = self.quarantine_seconds;
         // (released_at, vip), both popped from the back: expired ones lowest address
         // first, quarantined ones longest released first.
-        let (mut expired, mut quarantined): (Vec<Released>, Vec<Released>) = self
+        let (mut expired, mut quarantined): (Vec<FreeVip>, Vec<FreeVip>) = self
             .state
             .released
             .iter()
             .rev()
-            .map(|(vip, released_at)| (*released_at, *vip))
+            .map(|(vip, released)| (released.at, *vip))
             .partition(|(released_at, _)| now_unix.saturating_sub(*released_at) >= quarantine);
         quarantined.sort_by_key(|released| std::cmp::Reverse(*released));
 
@@ -172,16 +196,30 @@ impl VipAllocator {
                 outcome.exhausted.push(hostname.clone());
                 continue;
             };
-            self.state.released.remove(&vip);
-            self.state.assignments.insert(hostname.clone(), vip);
-            outcome.allocated.push((hostname.clone(), vip));
+            self.assign(hostname, vip, &mut outcome);
         }
         outcome
+    }
+
+    /// The VIP `hostname` released last, if no one has taken it since.
+    fn released_by(&self, hostname: &str) -> Option<Ipv4Addr> {
+        self.state
+            .released
+            .iter()
+            .filter(|(_, released)| released.hostname == hostname)
+            .max_by_key(|(_, released)| released.at)
+            .map(|(vip, _)| *vip)
+    }
+
+    fn assign(&mut self, hostname: &str, vip: Ipv4Addr, outcome: &mut SyncOutcome) {
+        self.state.released.remove(&vip);
+        self.state.assignments.insert(hostname.to_string(), vip);
+        outcome.allocated.push((hostname.to_string(), vip));
     }
 }
 
 /// A released VIP: (released_at, vip).
-type Released = (u64, Ipv4Addr);
+type FreeVip = (u64, Ipv4Addr);
 
 /// Rejects pools that are not link-local, larger than a /16, or without a usable address.
 pub fn check_pool(pool: Ipv4Net) -> Result<(), PoolError> {
@@ -227,6 +265,13 @@ mod tests {
         s.parse().unwrap()
     }
 
+    fn released(at: u64, hostname: &str) -> Released {
+        Released {
+            at,
+            hostname: hostname.into(),
+        }
+    }
+
     #[test]
     fn allocates_lowest_addresses_in_name_order() {
         let mut vips = allocator("169.254.255.0/24");
@@ -255,7 +300,7 @@ mod tests {
         assert_eq!(vips.assignments()["z"], ip("169.254.255.2"));
         assert_eq!(
             vips.state().released,
-            BTreeMap::from([(ip("169.254.255.1"), 10)])
+            BTreeMap::from([(ip("169.254.255.1"), released(10, "m"))])
         );
     }
 
@@ -278,7 +323,7 @@ mod tests {
         );
         assert_eq!(
             vips.state().released,
-            BTreeMap::from([(ip("169.254.255.6"), 100)])
+            BTreeMap::from([(ip("169.254.255.6"), released(100, "f"))])
         );
     }
 
@@ -299,6 +344,26 @@ mod tests {
             ]
         );
         assert!(outcome.exhausted.is_empty());
+    }
+
+    #[test]
+    fn a_returning_hostname_gets_its_old_vip_back() {
+        let mut vips = allocator("169.254.255.0/24");
+        vips.sync(&wanted(&["a", "b", "c"]), 0);
+        vips.sync(&wanted(&["c"]), 10); // a (.1) and b (.2) released
+                                        // "0" sorts before "a" and would take .1 if a's old VIP were free for anyone.
+        let outcome = vips.sync(&wanted(&["0", "b", "c"]), 20);
+        assert_eq!(
+            outcome.allocated,
+            vec![
+                ("b".into(), ip("169.254.255.2")),
+                ("0".into(), ip("169.254.255.4"))
+            ]
+        );
+        // Even after its quarantine, as long as no one else took it.
+        let outcome = vips.sync(&wanted(&["0", "a", "b", "c"]), 20 + QUARANTINE);
+        assert_eq!(outcome.allocated, vec![("a".into(), ip("169.254.255.1"))]);
+        assert!(vips.state().released.is_empty());
     }
 
     #[test]
@@ -392,7 +457,10 @@ mod tests {
                 ("c".into(), ip("169.254.10.1")),
                 ("d".into(), ip("169.254.255.0")),
             ]),
-            released: BTreeMap::from([(ip("169.254.255.7"), 1), (ip("169.254.9.9"), 1)]),
+            released: BTreeMap::from([
+                (ip("169.254.255.7"), released(1, "x")),
+                (ip("169.254.9.9"), released(1, "y")),
+            ]),
         };
         let mut vips =
             VipAllocator::new("169.254.255.0/24".parse().unwrap(), QUARANTINE, state).unwrap();
@@ -416,7 +484,7 @@ mod tests {
         let json = serde_json::to_string(vips.state()).unwrap();
         assert_eq!(
             json,
-            r#"{"assignments":{"b":"169.254.255.2"},"released":{"169.254.255.1":7}}"#
+            r#"{"assignments":{"b":"169.254.255.2"},"released":{"169.254.255.1":{"at":7,"hostname":"a"}}}"#
         );
         let back: VipState = serde_json::from_str(&json).unwrap();
         assert_eq!(&back, vips.state());

@@ -1,12 +1,16 @@
 //! VIP allocation: one virtual IP per service hostname, stable for as long as the service
-//! exists, across restarts (the state is persisted by `store`).
+//! exists, across restarts and across pilot replicas.
 //!
 //! The allocator is pure: `VipAllocator::sync` turns the set of wanted hostnames and the
-//! current time into new assignments; the caller persists `VipAllocator::state` when
-//! `SyncOutcome::changed` says so.
+//! current time into new assignments. `VipBook` keeps one replica's assignments in step with
+//! the shared store (`VipStore`: a director config, or a file for a lone pilot).
 
 mod allocator;
+mod book;
+pub mod director_store;
 pub mod store;
 
-pub use allocator::{check_pool, PoolError, SyncOutcome, VipAllocator, VipState};
-pub use store::VipStore;
+pub use allocator::{check_pool, PoolError, Released, SyncOutcome, VipAllocator, VipState};
+pub use book::{BookSync, VipBook};
+pub use director_store::DirectorStore;
+pub use store::{FileStore, Saved, Versioned, VipStore};

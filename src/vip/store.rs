@@ -1,8 +1,9 @@
-//! Persists `VipState` in a local JSON file.
+//! Where `VipState` is kept: a director config shared by every pilot replica (the default,
+//! see `director_store`), or a local JSON file (one pilot alone: tests and tools).
 //!
-//! A stand-in for the durable store of DESIGN.md (a director config shared by every pilot
-//! replica): it keeps VIPs stable across restarts of one pilot. The interface is what the
-//! director-config store will offer too: `load` once at start, `save` after every change.
+//! Both offer the same two operations: `load` the state with its version, and `save` a new
+//! state only if the stored one is still that version. The file has a single writer, so its
+//! saves always succeed; the director answers a lost race with a conflict.
 
 use crate::fsutil::write_atomically;
 use std::path::{Path, PathBuf};
@@ -10,15 +11,74 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 
 use super::allocator::VipState;
+use super::director_store::DirectorStore;
 
-#[derive(Debug, Clone)]
-pub struct VipStore {
-    path: PathBuf,
+/// The stored state and the version it was read at.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versioned {
+    /// Opaque; for the director the config id (`"0"` when none exists yet).
+    pub version: String,
+    pub state: VipState,
+}
+
+/// What a `save` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Saved {
+    /// Stored; this is the new version.
+    Written(String),
+    /// Someone else stored a newer version first: nothing was written.
+    Conflict,
+}
+
+#[derive(Debug)]
+pub enum VipStore {
+    Director(DirectorStore),
+    File(FileStore),
 }
 
 impl VipStore {
+    pub async fn load(&self) -> Result<Versioned> {
+        match self {
+            VipStore::Director(store) => Ok(store.load().await?),
+            VipStore::File(store) => Ok(Versioned {
+                version: FILE_VERSION.into(),
+                state: store.load().await?,
+            }),
+        }
+    }
+
+    /// Stores `state` if the stored version is still `expected`.
+    pub async fn save(&self, expected: &str, state: &VipState) -> Result<Saved> {
+        match self {
+            VipStore::Director(store) => Ok(store.save(expected, state).await?),
+            VipStore::File(store) => {
+                store.save(state).await?;
+                Ok(Saved::Written(FILE_VERSION.into()))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for VipStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VipStore::Director(store) => write!(f, "{store}"),
+            VipStore::File(store) => write!(f, "VIP state file {}", store.path.display()),
+        }
+    }
+}
+
+/// The file has one writer, so its version never matters.
+const FILE_VERSION: &str = "file";
+
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    path: PathBuf,
+}
+
+impl FileStore {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        VipStore { path: path.into() }
+        FileStore { path: path.into() }
     }
 
     /// The saved state; empty when the file does not exist yet (first start). A file that
@@ -82,7 +142,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_file_is_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
-        let store = VipStore::new(dir.path().join("vips.json"));
+        let store = FileStore::new(dir.path().join("vips.json"));
         assert_eq!(store.load().await.unwrap(), VipState::default());
     }
 
@@ -96,16 +156,17 @@ mod tests {
         let mut first = VipAllocator::new(pool, 60, VipState::default()).unwrap();
         first.sync(&wanted, 0);
         first.sync(&["y", "z"].map(String::from).into(), 1);
-        VipStore::new(&path).save(first.state()).await.unwrap();
+        FileStore::new(&path).save(first.state()).await.unwrap();
 
-        let loaded = VipStore::new(&path).load().await.unwrap();
+        let loaded = FileStore::new(&path).load().await.unwrap();
         let mut restarted = VipAllocator::new(pool, 60, loaded).unwrap();
         assert_eq!(restarted.state(), first.state());
+        // x comes back and gets its old VIP: the release was saved with its hostname.
         let outcome = restarted.sync(&wanted, 2);
-        assert!(outcome
-            .allocated
-            .iter()
-            .all(|(_, vip)| vip.octets()[3] == 4));
+        assert_eq!(
+            outcome.allocated,
+            vec![("x".into(), "169.254.255.1".parse().unwrap())]
+        );
         assert_eq!(restarted.assignments()["y"], first.assignments()["y"]);
         assert!(!dir.path().join("vips.json.tmp").exists());
     }
@@ -120,7 +181,7 @@ mod tests {
             "{\"assignments\":{\"a\":\"not-an-ip\"},\"released\":{}}",
         ] {
             std::fs::write(&path, corrupt).unwrap();
-            let err = VipStore::new(&path).load().await.unwrap_err();
+            let err = FileStore::new(&path).load().await.unwrap_err();
             let msg = format!("{err:#}");
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(msg.contains("not a valid VIP state"), "{msg}");
@@ -130,8 +191,10 @@ mod tests {
     #[tokio::test]
     async fn an_unwritable_location_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("no-such-dir").join("vips.json");
-        let err = VipStore::new(&path)
+        // A directory cannot be made under a regular file.
+        std::fs::write(dir.path().join("a-file"), "").unwrap();
+        let path = dir.path().join("a-file").join("vips.json");
+        let err = FileStore::new(&path)
             .save(&VipState::default())
             .await
             .unwrap_err();
