@@ -207,6 +207,36 @@ pub struct AgentConfig {
     /// sends every query through hickory (the benchmark's "before", and a way to rule it out).
     #[serde(default = "default_true")]
     pub fast_path: bool,
+    /// A `listen` address other than loopback is refused unless this is true: the agent is
+    /// reached by bosh-dns on the same VM and must never be an open resolver for the network.
+    /// When true, every start logs a warning.
+    #[serde(default)]
+    pub allow_non_loopback_listen: bool,
+}
+
+impl AgentConfig {
+    /// Checks that `listen` is a loopback address, or that a non-loopback one was explicitly
+    /// allowed; in that case returns the warning to log at start. Errors name the file and key.
+    pub fn check_listen(&self, config_path: &Path) -> Result<Option<String>> {
+        if self.listen.ip().is_loopback() {
+            return Ok(None);
+        }
+        if !self.allow_non_loopback_listen {
+            bail!(
+                "config file {}: key `listen`: {} is not a loopback address; the agent would \
+                 answer DNS for the network (set `allow_non_loopback_listen: true` to do that \
+                 on purpose)",
+                config_path.display(),
+                self.listen
+            );
+        }
+        Ok(Some(format!(
+            "DNS listens on {}, not on loopback (allow_non_loopback_listen is set in {}): \
+             anything that reaches this address can query the agent",
+            self.listen,
+            config_path.display()
+        )))
+    }
 }
 
 fn default_true() -> bool {
@@ -288,5 +318,34 @@ mod tests {
                 .expose(),
             "hunter2"
         );
+    }
+
+    fn agent(extra: &str) -> AgentConfig {
+        let text = format!("pilots: [\"10.0.0.1:15011\"]\ntable_path: /t.json\n{extra}");
+        parse(&text, Path::new("agent.yml")).unwrap()
+    }
+
+    #[test]
+    fn the_agent_listens_on_loopback_unless_told_otherwise() {
+        let path = Path::new("/jobs/agent.yml");
+        assert_eq!(agent("").check_listen(path).unwrap(), None);
+        assert_eq!(
+            agent("listen: \"[::1]:53\"\n").check_listen(path).unwrap(),
+            None
+        );
+        for exposed in ["0.0.0.0:53", "10.244.0.2:8053", "\"[::]:53\""] {
+            let msg = agent(&format!("listen: {exposed}\n"))
+                .check_listen(path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("/jobs/agent.yml") && msg.contains("`listen`"),
+                "{msg}"
+            );
+            assert!(msg.contains("allow_non_loopback_listen"), "{msg}");
+        }
+        let allowed = agent("listen: 0.0.0.0:53\nallow_non_loopback_listen: true\n");
+        let warning = allowed.check_listen(path).unwrap().expect("a warning");
+        assert!(warning.contains("0.0.0.0:53"), "{warning}");
     }
 }

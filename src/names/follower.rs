@@ -9,7 +9,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::table::NameTable;
-use super::wire::{validate, Message, CONTENT_TYPE, IDLE_TIMEOUT, MAX_LINE_BYTES, WATCH_PATH};
+use super::wire::{parse_line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH};
 
 /// Follows every pilot in `pilots` (base URLs such as `http://10.244.0.10:15011`; a bare
 /// `host:port` means `http://host:port`) and publishes each valid table that differs from the
@@ -128,24 +128,6 @@ async fn read_stream(
     }
 }
 
-/// A table to publish, `None` for a heartbeat or an empty line, or why the line is bad.
-fn parse_line(line: &[u8]) -> anyhow::Result<Option<NameTable>> {
-    if line.trim_ascii().is_empty() {
-        return Ok(None);
-    }
-    let message: Message = serde_json::from_slice(line).map_err(|err| {
-        let start = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
-        anyhow!("bad line ({err}), starting {start:?}")
-    })?;
-    match message {
-        Message::Heartbeat(_) => Ok(None),
-        Message::Table(table) => {
-            validate(&table).map_err(|err| anyhow!("invalid table: {err}"))?;
-            Ok(Some(table))
-        }
-    }
-}
-
 fn publish(tx: &watch::Sender<Arc<NameTable>>, table: NameTable, url: &str) {
     let (version, names) = (table.version, table.names.len());
     let changed = tx.send_if_modified(|current| {
@@ -181,33 +163,6 @@ fn error_chain(err: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
-}
-
-/// Splits a byte stream into lines, refusing any line longer than `MAX_LINE_BYTES`.
-#[derive(Default)]
-struct LineBuffer {
-    pending: Vec<u8>,
-}
-
-impl LineBuffer {
-    /// The lines `chunk` completes, without their newline.
-    fn push(&mut self, chunk: &[u8]) -> anyhow::Result<Vec<Vec<u8>>> {
-        let mut lines = Vec::new();
-        for piece in chunk.split_inclusive(|b| *b == b'\n') {
-            let (body, complete) = match piece.strip_suffix(b"\n") {
-                Some(body) => (body, true),
-                None => (piece, false),
-            };
-            if self.pending.len() + body.len() > MAX_LINE_BYTES {
-                bail!("a line is longer than {MAX_LINE_BYTES} bytes");
-            }
-            self.pending.extend_from_slice(body);
-            if complete {
-                lines.push(std::mem::take(&mut self.pending));
-            }
-        }
-        Ok(lines)
-    }
 }
 
 /// Exponential backoff with jitter, so that a fleet of agents does not reconnect in step
@@ -258,62 +213,6 @@ mod tests {
         assert_eq!(
             watch_url("https://pilot:15011"),
             "https://pilot:15011/v1/names/watch"
-        );
-    }
-
-    #[test]
-    fn line_buffer_joins_chunks_and_splits_lines() {
-        let mut buffer = LineBuffer::default();
-        assert!(buffer.push(b"{\"heart").unwrap().is_empty());
-        assert_eq!(
-            buffer.push(b"beat\":1}\n{\"a\"\n\n{").unwrap(),
-            vec![
-                b"{\"heartbeat\":1}".to_vec(),
-                b"{\"a\"".to_vec(),
-                Vec::new()
-            ]
-        );
-        assert_eq!(buffer.push(b"}\n").unwrap(), vec![b"{}".to_vec()]);
-    }
-
-    #[test]
-    fn line_buffer_refuses_overlong_lines() {
-        let mut buffer = LineBuffer::default();
-        let chunk = vec![b'x'; MAX_LINE_BYTES / 2];
-        buffer.push(&chunk).unwrap();
-        buffer.push(&chunk).unwrap();
-        let err = buffer.push(b"x\n").unwrap_err();
-        assert!(err.to_string().contains("longer than"), "{err}");
-
-        let mut buffer = LineBuffer::default();
-        let mut long_line = vec![b'x'; MAX_LINE_BYTES + 1];
-        long_line.push(b'\n');
-        assert!(buffer.push(&long_line).is_err());
-    }
-
-    #[test]
-    fn parse_line_tells_heartbeats_tables_and_garbage_apart() {
-        assert_eq!(parse_line(b"{\"heartbeat\":3}").unwrap(), None);
-        assert_eq!(parse_line(b"  ").unwrap(), None);
-        let table = parse_line(
-            b"{\"table\":{\"version\":3,\"tld\":\"boshy\",\"names\":{\"a.b.c.boshy\":\"169.254.255.1\"}}}",
-        )
-        .unwrap()
-        .unwrap();
-        assert_eq!(table.version, 3);
-        let err = parse_line(b"not json at all").unwrap_err().to_string();
-        assert!(
-            err.contains("bad line") && err.contains("not json"),
-            "{err}"
-        );
-        let err = parse_line(
-            b"{\"table\":{\"version\":3,\"tld\":\"boshy\",\"names\":{\"evil.com\":\"169.254.255.1\"}}}",
-        )
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("invalid table") && err.contains("evil.com"),
-            "{err}"
         );
     }
 
