@@ -9,6 +9,7 @@
 
 mod demo;
 pub mod director;
+pub mod jobs;
 pub mod net;
 pub mod process;
 pub mod ready;
@@ -559,14 +560,7 @@ fn boot_vm(layout: &Layout, vm: &mut Vm) -> Result<()> {
         layout.vip_cidr,
         resolver,
     )?;
-    for (path, content) in &vm.files {
-        if let Some(parent) = path.parent() {
-            std::fs::create_dir_all(parent)
-                .with_context(|| format!("cannot create {}", parent.display()))?;
-        }
-        std::fs::write(path, content)
-            .with_context(|| format!("cannot write {}", path.display()))?;
-    }
+    vm::install_jobs(layout, vm)?;
     for command in &vm.pre_start {
         let args: Vec<&str> = command.iter().map(String::as_str).collect();
         net::run_in(&vm.namespace, &args).with_context(|| format!("pre-start on {}", vm.name()))?;
