@@ -76,10 +76,11 @@ pub struct JobRender {
     pub links: BTreeMap<String, Link>,
 }
 
-/// Renders every template (and `monit`) of `jobs` for one instance, in one run of the
-/// renderer. Fails with the renderer's own message: which job, template and property.
+/// Renders every template (and `monit`) of `jobs` (found in `release`/jobs) for one instance,
+/// in one run of the renderer. Fails with the renderer's own message: which job, template and
+/// property.
 pub fn render(release: &Path, spec: &InstanceSpec, jobs: &[JobRender]) -> Result<()> {
-    let renderer = release.join("scripts/lib/render-template.rb");
+    let renderer = release_dir().join("scripts/lib/render-template.rb");
     let context = serde_json::json!({ "spec": spec, "jobs": jobs });
     // The context goes through stdin: it may hold secrets (argv is visible to every user).
     let mut child = Command::new("ruby")

@@ -1,0 +1,784 @@
+//! The release's job templates, rendered the way the BOSH director renders them (by
+//! scripts/lib/render-template.rb, which follows bosh-template's EvaluationContext), with the
+//! spec defaults and with non-default values. The outputs must parse, the binaries must accept
+//! them (`boshy pilot|vip-agent --check-config`, `envoy --mode validate`), they must agree with
+//! what the Rust side renders for the same purpose, and the renderer must refuse what the
+//! director would (or, stricter, what a release should never do).
+//!
+//! Needs `ruby` (scripts/lib/prereqs.sh installs it) and Envoy (`BOSHY_ENVOY`, else `envoy` on
+//! PATH).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+
+use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use boshy::lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
+use serde_json::{json, Value};
+
+const JOBS: [&str; 5] = [
+    "bosh-pilot",
+    "bosh-envoy",
+    "virtual-ip-agent",
+    "example-httpbin",
+    "smoke-tests",
+];
+
+fn spec() -> InstanceSpec {
+    InstanceSpec {
+        deployment: "sample-deployment".into(),
+        name: "apricot".into(),
+        id: "6d0e0b4c-1111-4a4a-9b9b-000000000003".into(),
+        index: Some(3),
+        az: Some("z1".into()),
+        ip: "10.244.0.7".into(),
+        address: "10.244.0.7".into(),
+        bootstrap: false,
+    }
+}
+
+fn pilot_link(addresses: &[&str], provider_properties: Value) -> Link {
+    Link {
+        instances: addresses
+            .iter()
+            .enumerate()
+            .map(|(index, address)| LinkInstance {
+                name: "bosh-pilot".into(),
+                id: format!("pilot-{index}"),
+                index: Some(index as u32),
+                az: Some(format!("z{}", index + 1)),
+                address: address.to_string(),
+                bootstrap: index == 0,
+            })
+            .collect(),
+        address: None,
+        provider: LinkProvider {
+            job: "bosh-pilot".into(),
+            properties: provider_properties,
+        },
+    }
+}
+
+/// The job's spec as YAML.
+fn job_spec(release: &Path, job: &str) -> serde_yaml::Value {
+    let path = release.join("jobs").join(job).join("spec");
+    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// One job rendered under `<root>/jobs/<job>`, with the bosh-pilot link if the job consumes it.
+struct Rendered {
+    root: tempfile::TempDir,
+    job: String,
+}
+
+impl Rendered {
+    fn dir(&self) -> PathBuf {
+        self.root.path().join("jobs").join(&self.job)
+    }
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir().join(file)
+    }
+    fn text(&self, file: &str) -> String {
+        std::fs::read_to_string(self.path(file))
+            .unwrap_or_else(|e| panic!("{}: {e}", self.path(file).display()))
+    }
+    fn json(&self, file: &str) -> Value {
+        serde_json::from_str(&self.text(file))
+            .unwrap_or_else(|e| panic!("{} is not JSON: {e}", self.path(file).display()))
+    }
+    /// Points the rendered /var/vcap paths into this temporary root, as the lab does.
+    fn rebased(self) -> Self {
+        jobs::rebase(&self.dir(), self.root.path()).unwrap();
+        self
+    }
+}
+
+fn try_render(
+    release: &Path,
+    job: &str,
+    properties: Value,
+    spec: &InstanceSpec,
+    link: Option<Link>,
+) -> anyhow::Result<Rendered> {
+    let root = tempfile::tempdir().unwrap();
+    let links: BTreeMap<String, Link> = link
+        .into_iter()
+        .map(|l| ("bosh-pilot".to_string(), l))
+        .collect();
+    let job_render = JobRender {
+        name: job.into(),
+        output: root.path().join("jobs").join(job),
+        properties,
+        links,
+    };
+    jobs::render(release, spec, &[job_render])?;
+    Ok(Rendered {
+        root,
+        job: job.into(),
+    })
+}
+
+/// Renders one of the release's jobs; the bosh-pilot link is given when the spec consumes it.
+fn render(job: &str, properties: Value, link: Link) -> Rendered {
+    render_for(job, properties, link, &spec())
+}
+
+fn render_for(job: &str, properties: Value, link: Link, spec: &InstanceSpec) -> Rendered {
+    let release = jobs::release_dir();
+    let consumes_pilot = job_spec(&release, job)["consumes"]
+        .as_sequence()
+        .is_some_and(|c| c.iter().any(|l| l["name"] == "bosh-pilot"));
+    try_render(
+        &release,
+        job,
+        properties,
+        spec,
+        consumes_pilot.then_some(link),
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// The properties a job cannot do without (no sensible default exists).
+fn required_properties(job: &str) -> Value {
+    match job {
+        "bosh-pilot" => json!({"director": {
+            "url": "https://10.0.0.6:25555",
+            "client_secret": "hunter2",
+            "ca_cert": ca_pem(),
+        }}),
+        _ => json!({}),
+    }
+}
+
+fn default_link() -> Link {
+    pilot_link(&["10.244.0.10"], json!({}))
+}
+
+fn ca_pem() -> String {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.self_signed(&key).unwrap().pem()
+}
+
+fn boshy(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_boshy"))
+        .args(args)
+        .env_remove("BOSHY_DIRECTOR_CLIENT_SECRET")
+        .output()
+        .expect("run boshy")
+}
+
+fn assert_success(output: &Output, what: &str) {
+    assert!(
+        output.status.success(),
+        "{what} failed:\n{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn check_config(subcommand: &str, config: &Path) -> Output {
+    boshy(&[
+        subcommand,
+        "--check-config",
+        "--config",
+        config.to_str().unwrap(),
+    ])
+}
+
+fn envoy_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("BOSHY_ENVOY") {
+        return PathBuf::from(path);
+    }
+    std::env::var_os("PATH")
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("envoy"))
+                .find(|p| p.is_file())
+        })
+        .expect("no Envoy: set BOSHY_ENVOY to the envoy binary or put `envoy` on PATH")
+}
+
+fn envoy_validate(bootstrap: &Path) {
+    let output = Command::new(envoy_binary())
+        .args(["--mode", "validate", "-c", bootstrap.to_str().unwrap()])
+        .output()
+        .expect("run envoy");
+    assert_success(
+        &output,
+        &format!("envoy --mode validate -c {}", bootstrap.display()),
+    );
+}
+
+/// Every file the spec's templates (and monit) render, and how to check it.
+#[test]
+fn every_template_of_every_job_renders_with_defaults_and_parses() {
+    let release = jobs::release_dir();
+    let on_disk: Vec<String> = std::fs::read_dir(release.join("jobs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    for job in &on_disk {
+        assert!(
+            JOBS.contains(&job.as_str()),
+            "job {job} is not covered by these tests"
+        );
+    }
+    for job in JOBS {
+        let spec_yaml = job_spec(&release, job);
+        let rendered = render(job, required_properties(job), default_link());
+        let templates = spec_yaml["templates"].as_mapping().unwrap();
+        for destination in templates.values() {
+            let destination = destination.as_str().unwrap();
+            let path = rendered.path(destination);
+            let text = rendered.text(destination);
+            if destination.ends_with(".json") {
+                rendered.json(destination);
+            } else if destination.ends_with(".yml") {
+                serde_yaml::from_str::<serde_yaml::Value>(&text)
+                    .unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()));
+            } else if destination.starts_with("bin/") {
+                let syntax = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+                assert_success(&syntax, &format!("bash -n {}", path.display()));
+                let mode = std::os::unix::fs::PermissionsExt::mode(
+                    &std::fs::metadata(&path).unwrap().permissions(),
+                );
+                assert_eq!(mode & 0o111, 0o111, "{} is not executable", path.display());
+            }
+        }
+        check_bpm_and_monit(&rendered, &spec_yaml);
+    }
+}
+
+/// bpm runs executables from the job's own packages; monit starts each bpm process by name.
+fn check_bpm_and_monit(rendered: &Rendered, spec_yaml: &serde_yaml::Value) {
+    let job = &rendered.job;
+    let monit = rendered.text("monit");
+    let bpm_path = rendered.path("config/bpm.yml");
+    if !bpm_path.exists() {
+        assert!(
+            monit.trim().is_empty(),
+            "{job} has no bpm.yml but monit starts something"
+        );
+        return;
+    }
+    let packages: Vec<&str> = spec_yaml["packages"]
+        .as_sequence()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let bpm = jobs::read_bpm(&bpm_path).unwrap();
+    assert!(!bpm.processes.is_empty(), "{job}: bpm.yml has no process");
+    for process in &bpm.processes {
+        let package = process
+            .executable
+            .strip_prefix("/var/vcap/packages/")
+            .and_then(|rest| rest.split('/').next())
+            .unwrap_or_else(|| panic!("{job}: {} is not in a package", process.executable));
+        assert!(
+            packages.contains(&package),
+            "{job}: runs {} from package {package}, which its spec does not list",
+            process.executable
+        );
+        let pidfile = format!("/var/vcap/sys/run/bpm/{job}/{}.pid", process.name);
+        assert!(
+            monit.contains(&pidfile),
+            "{job}: monit does not watch {pidfile}"
+        );
+        assert!(
+            monit.contains(&format!("bpm start {job}")),
+            "{job}: monit does not start it with bpm"
+        );
+    }
+}
+
+#[test]
+fn every_property_is_used_by_a_template_or_shared_by_a_link() {
+    let release = jobs::release_dir();
+    for job in JOBS {
+        let spec_yaml = job_spec(&release, job);
+        let mut texts = String::new();
+        for entry in std::fs::read_dir(release.join("jobs").join(job).join("templates")).unwrap() {
+            texts += &std::fs::read_to_string(entry.unwrap().path()).unwrap();
+        }
+        let shared = serde_yaml::to_string(&spec_yaml["provides"]).unwrap();
+        for (name, definition) in spec_yaml["properties"].as_mapping().unwrap() {
+            let name = name.as_str().unwrap();
+            assert!(
+                definition["description"]
+                    .as_str()
+                    .is_some_and(|d| !d.is_empty()),
+                "{job}: property {name} has no description"
+            );
+            assert!(
+                texts.contains(&format!("'{name}'")) || shared.contains(name),
+                "{job}: property {name} is declared but no template uses it"
+            );
+        }
+    }
+}
+
+#[test]
+fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
+    let rendered = render(
+        "bosh-pilot",
+        required_properties("bosh-pilot"),
+        default_link(),
+    )
+    .rebased();
+    let config = rendered.path("config/pilot.yml");
+    assert_success(
+        &check_config("pilot", &config),
+        "pilot --check-config (defaults)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    assert_eq!(pilot["tld"], "boshy");
+    assert_eq!(pilot["virtual_ip_cidr"], "169.254.255.0/24");
+    assert_eq!(pilot["listen"]["xds"], "0.0.0.0:15010");
+    assert_eq!(pilot["director"]["client"], "bosh-pilot");
+    assert!(pilot["director"].get("uaa_url").is_none());
+    assert_eq!(rendered.text("config/director_client_secret"), "hunter2");
+    assert!(
+        !rendered.text("config/pilot.yml").contains("hunter2"),
+        "the secret stays out of the config file"
+    );
+
+    let other = json!({
+        "director": {
+            "url": "https://director.example:25555",
+            "uaa_url": "https://director.example:8443",
+            "client": "mesh",
+            "client_secret": "s3cret",
+            "insecure_skip_tls_verify": true,
+            "poll_interval_seconds": 2,
+            "request_timeout_seconds": 3,
+        },
+        "tld": "mesh",
+        "virtual_ip_cidr": "169.254.128.0/20",
+        "vip_quarantine_seconds": 60,
+        "vip_store": "file",
+        "ports": {"xds": 16010, "names": 16011, "api": 9080},
+        "log_level": "debug",
+    });
+    let rendered = render("bosh-pilot", other, default_link()).rebased();
+    assert_success(
+        &check_config("pilot", &rendered.path("config/pilot.yml")),
+        "pilot --check-config (other values)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    assert_eq!(
+        pilot["director"]["uaa_url"],
+        "https://director.example:8443"
+    );
+    assert_eq!(pilot["director"]["insecure_skip_tls_verify"], true);
+    assert!(pilot["director"].get("ca_cert_path").is_none());
+    assert_eq!(pilot["listen"]["api"], "0.0.0.0:9080");
+    assert_eq!(pilot["virtual_ip_cidr"], "169.254.128.0/20");
+    assert_eq!(
+        pilot["vip_state_path"],
+        rendered
+            .root
+            .path()
+            .join("data/bosh-pilot/vips.json")
+            .to_str()
+            .unwrap()
+    );
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_eq!(bpm.processes[0].env["RUST_LOG"], "debug");
+}
+
+#[test]
+fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
+    let properties = json!({"director": {"url": "https://10.0.0.6:25555", "client_secret": "x"}});
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    let output = check_config("pilot", &rendered.path("config/pilot.yml"));
+    assert!(
+        !output.status.success(),
+        "a config without CA must be refused"
+    );
+    assert!(String::from_utf8_lossy(&output.stderr).contains("ca_cert"));
+}
+
+#[test]
+fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
+    let rendered = render("virtual-ip-agent", json!({}), default_link()).rebased();
+    assert_success(
+        &check_config("vip-agent", &rendered.path("config/agent.yml")),
+        "vip-agent --check-config (defaults)",
+    );
+    let agent = rendered.json("config/agent.yml");
+    assert_eq!(agent["listen"], "127.0.0.1:8053");
+    assert_eq!(agent["tld"], "boshy");
+    assert_eq!(agent["pilots"], json!(["http://10.244.0.10:15011"]));
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_eq!(bpm.processes[0].name, "vip-agent");
+    let dnat = rendered.text("bin/dnat");
+    assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
+    assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
+
+    let link = pilot_link(
+        &["10.244.0.10", "10.244.0.11"],
+        json!({"tld": "mesh", "virtual_ip_cidr": "169.254.128.0/20", "ports": {"names": 16011}}),
+    );
+    let other = json!({
+        "dns": {"listen_address": "0.0.0.0", "allow_non_loopback_listen": true, "port": 53, "ttl_seconds": 30},
+        "dnat": {"redirect_port": 15002},
+    });
+    let rendered = render("virtual-ip-agent", other, link).rebased();
+    assert_success(
+        &check_config("vip-agent", &rendered.path("config/agent.yml")),
+        "vip-agent --check-config (other values)",
+    );
+    let agent = rendered.json("config/agent.yml");
+    assert_eq!(agent["tld"], "mesh");
+    assert_eq!(agent["listen"], "0.0.0.0:53");
+    assert_eq!(
+        agent["pilots"],
+        json!(["http://10.244.0.10:16011", "http://10.244.0.11:16011"])
+    );
+    let dnat = rendered.text("bin/dnat");
+    assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
+    assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert!(
+        rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
+        "port 53 needs the capability: {bpm:?}"
+    );
+}
+
+#[test]
+fn bosh_dns_handler_is_what_the_agent_itself_would_write() {
+    for (properties, tld, listen) in [
+        (json!({}), "boshy", "127.0.0.1:8053"),
+        (
+            json!({"dns": {"listen_address": "0.0.0.0", "allow_non_loopback_listen": true, "port": 5353}}),
+            "mesh",
+            "0.0.0.0:5353",
+        ),
+    ] {
+        let link = pilot_link(&["10.244.0.10"], json!({"tld": tld}));
+        let rendered = render("virtual-ip-agent", properties, link);
+        let apex = hickory_proto::rr::Name::from_ascii(format!("{tld}.")).unwrap();
+        let listen: SocketAddr = listen.parse().unwrap();
+        let expected: Value =
+            serde_json::from_str(&boshy::agent::bosh_dns_handlers(&apex, listen)).unwrap();
+        assert_eq!(rendered.json("dns/handlers.json"), expected);
+    }
+}
+
+#[test]
+fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
+    let rendered = render("bosh-envoy", json!({}), default_link());
+    envoy_validate(&rendered.path("config/envoy.json"));
+    let node = boshy::xds::bootstrap::NodeIdentity {
+        deployment: "sample-deployment".into(),
+        instance_group: "apricot".into(),
+        instance_id: spec().id,
+        index: Some(3),
+        az: Some("z1".into()),
+        ip: "10.244.0.7".parse().unwrap(),
+    };
+    let rust = boshy::xds::bootstrap::render(
+        &node,
+        &["10.244.0.10:15010".to_string()],
+        boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
+    )
+    .unwrap();
+    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    assert_eq!(rendered.json("config/envoy.json"), rust);
+
+    // Other values: several pilots by DNS name (bosh-dns link addresses), no AZ or index.
+    let link = pilot_link(
+        &["q-s0.bosh-pilot.default.bosh-istio.bosh", "10.244.0.11"],
+        json!({"ports": {"xds": 16010}}),
+    );
+    let mut spec = spec();
+    spec.az = None;
+    spec.index = None;
+    let other = json!({"admin_port": 9901, "concurrency": 4, "log_level": "debug", "ads": "sotw", "max_downstream_connections": 100});
+    let rendered = render_for("bosh-envoy", other, link, &spec);
+    envoy_validate(&rendered.path("config/envoy.json"));
+    let bootstrap = rendered.json("config/envoy.json");
+    let cluster = &bootstrap["static_resources"]["clusters"][0];
+    assert_eq!(cluster["type"], "STRICT_DNS");
+    let endpoints = &cluster["load_assignment"]["endpoints"][0]["lb_endpoints"];
+    assert_eq!(
+        endpoints[1]["endpoint"]["address"]["socket_address"]["port_value"],
+        16010
+    );
+    assert_eq!(
+        bootstrap["admin"]["address"]["socket_address"]["port_value"],
+        9901
+    );
+    assert_eq!(
+        bootstrap["admin"]["address"]["socket_address"]["address"],
+        "127.0.0.1"
+    );
+    assert_eq!(
+        bootstrap["dynamic_resources"]["ads_config"]["api_type"],
+        "GRPC"
+    );
+    assert!(bootstrap["node"]["metadata"].get("az").is_none());
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_eq!(
+        bpm.processes[0].args,
+        [
+            "-c",
+            "/var/vcap/jobs/bosh-envoy/config/envoy.json",
+            "--disable-hot-restart",
+            "--concurrency",
+            "4",
+            "--log-level",
+            "debug"
+        ]
+    );
+}
+
+#[test]
+fn example_httpbin_runs_with_the_instance_identity_from_spec() {
+    let rendered = render("example-httpbin", json!({"port": 9002}), default_link());
+    let args = &jobs::read_bpm(&rendered.path("config/bpm.yml"))
+        .unwrap()
+        .processes[0]
+        .args;
+    let joined = args.join(" ");
+    assert!(
+        joined.starts_with("example-httpbin --listen 0.0.0.0:9002"),
+        "{joined}"
+    );
+    for expected in [
+        "--deployment sample-deployment",
+        "--instance-group apricot",
+        "--index 3",
+        "--az z1",
+        "--ip 10.244.0.7",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "{expected} missing from {joined}"
+        );
+    }
+    let mut spec = spec();
+    spec.az = None;
+    let rendered = render_for("example-httpbin", json!({}), default_link(), &spec);
+    let args = &jobs::read_bpm(&rendered.path("config/bpm.yml"))
+        .unwrap()
+        .processes[0]
+        .args;
+    assert!(args.contains(&"0.0.0.0:8080".to_string()), "{args:?}");
+    assert!(!args.contains(&"--az".to_string()), "{args:?}");
+}
+
+/// The renderer itself, on a fixture release that exercises every helper of bosh-template.
+#[test]
+fn renderer_follows_bosh_template_semantics() {
+    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let link = Link {
+        instances: vec![LinkInstance {
+            name: "provider-group".into(),
+            id: "p-id".into(),
+            index: Some(0),
+            az: Some("z9".into()),
+            address: "10.1.1.1".into(),
+            bootstrap: true,
+        }],
+        address: Some("q-s0.provider-group.net.dep.bosh".into()),
+        provider: LinkProvider {
+            job: "provider".into(),
+            properties: json!({"nested": {"value": "v"}, "private": "p"}),
+        },
+    };
+    let probe = |properties: Value| {
+        let root = tempfile::tempdir().unwrap();
+        let job = JobRender {
+            name: "probe".into(),
+            output: root.path().join("probe"),
+            properties,
+            links: [("thing".to_string(), link.clone())].into(),
+        };
+        jobs::render(&release, &spec(), &[job]).map(|_| root)
+    };
+    let root = probe(json!({"required": "r"})).unwrap();
+    let out: Value = serde_json::from_str(
+        &std::fs::read_to_string(root.path().join("probe/config/out.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        json!({
+            "required": "r",
+            "with_default": 7,
+            "unset_or": "fallback",
+            "first_set": 7,
+            "nested": [1, 2],
+            "properties_struct": 7,
+            "spec": ["sample-deployment", "apricot", spec().id, 3, "z1", "10.244.0.7", "10.244.0.7", false, "probe", "probe", 3],
+            "link_instances": [["provider-group", "p-id", 0, "z9", "10.1.1.1", true]],
+            "link_address": "q-s0.provider-group.net.dep.bosh",
+            "link_shared": "from-default",
+            "link_nested": "v",
+            "if_unset": "else",
+            "if_both": ["r", 7],
+            "else_if": 7,
+            "absent": "absent",
+            "thing_instances": 1,
+        })
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("probe/monit")).unwrap(),
+        "check process probe-3\n",
+        "monit is a template too"
+    );
+
+    let error = |result: anyhow::Result<tempfile::TempDir>| format!("{:#}", result.unwrap_err());
+    let missing = error(probe(json!({})));
+    assert!(
+        missing.contains("`required` is not set and has no default"),
+        "{missing}"
+    );
+    let undeclared = error(probe(json!({"required": "r", "colour": "red"})));
+    assert!(
+        undeclared.contains("`colour`") && undeclared.contains("does not declare"),
+        "{undeclared}"
+    );
+    let private = error(probe(
+        json!({"required": "r", "private_link_property": true}),
+    ));
+    assert!(
+        private.contains("property `private` is not among"),
+        "{private}"
+    );
+}
+
+#[test]
+fn a_template_using_an_undeclared_property_fails_even_with_a_default() {
+    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let error = try_render(&release, "undeclared", json!({}), &spec(), None)
+        .err()
+        .expect("an undeclared property must fail the render");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("property `not.declared` is not declared") && message.contains("out.erb"),
+        "{message}"
+    );
+}
+
+#[test]
+fn a_job_given_a_link_it_does_not_consume_fails() {
+    let error = try_render(
+        &jobs::release_dir(),
+        "example-httpbin",
+        json!({}),
+        &spec(),
+        Some(default_link()),
+    )
+    .err()
+    .expect("example-httpbin consumes no link");
+    assert!(
+        format!("{error:#}").contains("does not consume it"),
+        "{error:#}"
+    );
+}
+
+/// The errand against the real control-plane API, with services that answer and one that
+/// does not (resolved by the system resolver: `localhost`).
+#[tokio::test(flavor = "multi_thread")]
+async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_answer() {
+    let answering = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let answering_port = answering.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let args = boshy::httpbin::Args {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            deployment: "d".into(),
+            instance_group: "g".into(),
+            index: Some(0),
+            instance_id: "i".into(),
+            az: String::new(),
+            ip: String::new(),
+        };
+        axum::serve(
+            answering,
+            boshy::httpbin::router(&args).into_make_service_with_connect_info::<SocketAddr>(),
+        )
+        .await
+    });
+    // A port nothing listens on: bound, then released.
+    let silent_port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let service = |deployment: &str, port: u16, protocol: Protocol| Service {
+        key: ServiceKey {
+            deployment: deployment.into(),
+            instance_group: "g".into(),
+            job: "j".into(),
+        },
+        hostname: "localhost".into(),
+        vip: "169.254.255.1".parse().unwrap(),
+        ports: vec![ServicePort {
+            name: "p".into(),
+            number: port,
+            protocol,
+        }],
+        endpoints: vec![Endpoint {
+            address: "127.0.0.1".parse().unwrap(),
+            az: None,
+            instance: "i".into(),
+            index: Some(0),
+            healthy: true,
+        }],
+    };
+    let catalog = Catalog {
+        version: 1,
+        tld: "boshy".into(),
+        services: vec![
+            service("up", answering_port, Protocol::Http),
+            service("up", answering_port, Protocol::Tcp),
+            service("down", silent_port, Protocol::Http),
+        ],
+    };
+    let (_keep, catalogs) = tokio::sync::watch::channel(Arc::new(catalog));
+    let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let api_port = api.local_addr().unwrap().port();
+    tokio::spawn(boshy::api::serve(api, catalogs));
+
+    let run = |deployments: Value| async move {
+        let link = pilot_link(&["127.0.0.1"], json!({"ports": {"api": api_port}}));
+        let properties =
+            json!({"deployments": deployments, "wait_seconds": 0, "request_timeout_seconds": 2});
+        let rendered = render("smoke-tests", properties, link);
+        let script = rendered.path("bin/run");
+        let output = tokio::process::Command::new("bash")
+            .arg(&script)
+            .output()
+            .await
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+        )
+    };
+
+    let (code, report) = run(json!(["up"])).await;
+    assert_eq!(code, Some(0), "{report}");
+    assert_eq!(report.matches("OK    localhost:").count(), 2, "{report}");
+    assert!(report.contains("2 of 2 service ports answered"), "{report}");
+
+    let (code, report) = run(json!([])).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(
+        report.contains(&format!("FAIL  localhost:{silent_port} (http)")),
+        "{report}"
+    );
+    assert!(report.contains("2 of 3 service ports answered"), "{report}");
+
+    let (code, report) = run(json!(["elsewhere"])).await;
+    assert_eq!(code, Some(1), "{report}");
+    assert!(report.contains("no service to check"), "{report}");
+}
