@@ -1,0 +1,78 @@
+//! The release's binary must run on every supported stemcell: ubuntu-jammy has glibc 2.35,
+//! ubuntu-noble 2.39, so no symbol may need a version newer than 2.35. Checked with
+//! `objdump -T` (binutils) on the binary these tests built; scripts/build-blobs makes the same
+//! check on the blob it ships.
+
+use std::path::Path;
+use std::process::Command;
+
+/// glibc of ubuntu-jammy, the oldest supported stemcell.
+const MAX_GLIBC: (u32, u32) = (2, 35);
+
+/// The highest `GLIBC_x.y[.z]` symbol version in `objdump -T` output, as (major, minor).
+fn highest_glibc(objdump: &str) -> Option<(u32, u32)> {
+    objdump
+        .split(|c: char| c.is_whitespace() || c == '(' || c == ')')
+        .filter_map(|word| word.strip_prefix("GLIBC_"))
+        .filter_map(|version| {
+            let mut parts = version.split('.').map(str::parse::<u32>);
+            Some((parts.next()?.ok()?, parts.next()?.ok()?))
+        })
+        .max()
+}
+
+fn required_glibc(binary: &Path) -> Option<(u32, u32)> {
+    let output = Command::new("objdump")
+        .arg("-T")
+        .arg(binary)
+        .output()
+        .unwrap_or_else(|e| {
+            panic!("cannot run objdump ({e}): install binutils (apt-get install binutils)")
+        });
+    assert!(
+        output.status.success(),
+        "objdump -T {} failed: {}",
+        binary.display(),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    highest_glibc(&String::from_utf8_lossy(&output.stdout))
+}
+
+fn assert_runs_on_jammy(binary: &Path) {
+    let needed = required_glibc(binary).unwrap_or_else(|| {
+        panic!(
+            "{} has no GLIBC symbol versions: not a glibc binary?",
+            binary.display()
+        )
+    });
+    assert!(
+        needed <= MAX_GLIBC,
+        "{} needs glibc {}.{}, newer than ubuntu-jammy's {}.{}: build it on an older distribution",
+        binary.display(),
+        needed.0,
+        needed.1,
+        MAX_GLIBC.0,
+        MAX_GLIBC.1
+    );
+}
+
+#[test]
+fn the_built_binary_runs_on_jammy_and_noble() {
+    assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy")));
+}
+
+#[test]
+fn highest_glibc_reads_objdump_output() {
+    let objdump = "\
+0000000000000000      DF *UND*  0000000000000000 (GLIBC_2.2.5) memcpy
+0000000000000000      DF *UND*  0000000000000000 (GLIBC_2.34) __libc_start_main
+0000000000000000      DF *UND*  0000000000000000  GLIBC_2.9   pipe2
+0000000000000000  w   D  *UND*  0000000000000000  GLIBC_PRIVATE _dl_x
+";
+    assert_eq!(highest_glibc(objdump), Some((2, 34)));
+    assert_eq!(highest_glibc("no versions here"), None);
+    assert!(
+        Some((2, 39)) > Some(MAX_GLIBC),
+        "noble's 2.39 must be refused"
+    );
+}
