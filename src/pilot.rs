@@ -18,6 +18,9 @@ use crate::config::{self, PilotConfig, VipStoreKind};
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
 use crate::{api, catalog, director, metrics, names, xds};
 
+/// Longest pause between two reads of a failing VIP store.
+const STORE_BACKOFF_CAP: Duration = Duration::from_secs(30);
+
 #[derive(clap::Args, Debug)]
 pub struct Args {
     /// The pilot's config file (YAML), as the bosh-pilot job renders it.
@@ -78,6 +81,7 @@ pub async fn run(args: Args) -> Result<()> {
         vips,
         tx: catalog_tx,
         store_failure: None,
+        store_failures: 0,
         exhausted: BTreeSet::new(),
         built_from: None,
     };
@@ -105,6 +109,8 @@ struct CatalogPublisher {
     tx: watch::Sender<Arc<Catalog>>,
     /// The kind of the VIP store's current failure, logged once when it starts.
     store_failure: Option<String>,
+    /// Failed syncs in a row.
+    store_failures: u32,
     /// Hostnames already reported as left without a VIP.
     exhausted: BTreeSet<String>,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
@@ -122,9 +128,6 @@ impl CatalogPublisher {
         if deployments.changed().await.is_err() {
             return Err(anyhow!("the director poller went away"));
         }
-        let mut refresh = tokio::time::interval(vip_refresh);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        refresh.tick().await;
         loop {
             let inputs = deployments.borrow_and_update().clone();
             self.publish(inputs).await;
@@ -132,7 +135,7 @@ impl CatalogPublisher {
                 changed = deployments.changed() => if changed.is_err() {
                     return Err(anyhow!("the director poller went away"));
                 },
-                _ = refresh.tick() => {}
+                () = tokio::time::sleep(refresh_pause(vip_refresh, self.store_failures)) => {}
             }
         }
     }
@@ -200,6 +203,7 @@ impl CatalogPublisher {
             |e| format!("vip_store_{}", e.kind()),
         );
         metrics::global().director_poll_error(&kind);
+        self.store_failures = self.store_failures.saturating_add(1);
         if self.store_failure.as_ref() != Some(&kind) {
             tracing::error!(store = %self.vips.store(), "keeping the last VIP assignments (no VIP changes until the store works again; new services wait): {err:#}");
             self.store_failure = Some(kind);
@@ -207,6 +211,7 @@ impl CatalogPublisher {
     }
 
     fn store_recovered(&mut self) {
+        self.store_failures = 0;
         if self.store_failure.take().is_some() {
             tracing::info!(store = %self.vips.store(), "the VIP store works again");
         }
@@ -218,5 +223,31 @@ impl CatalogPublisher {
             tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
         }
         self.exhausted = exhausted;
+    }
+}
+
+/// The pause before the VIP store is read again: `vip_refresh`, doubled after each failure
+/// in a row up to `STORE_BACKOFF_CAP`, so that a struggling director is not pressed harder.
+fn refresh_pause(vip_refresh: Duration, failures: u32) -> Duration {
+    let doubled = vip_refresh.saturating_mul(1 << failures.min(16));
+    doubled.min(STORE_BACKOFF_CAP.max(vip_refresh))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_store_is_read_less_and_less_often() {
+        let second = Duration::from_secs(1);
+        let pauses: Vec<u64> = (0..7).map(|n| refresh_pause(second, n).as_secs()).collect();
+        assert_eq!(pauses, [1, 2, 4, 8, 16, 30, 30]);
+        assert_eq!(refresh_pause(second, u32::MAX), STORE_BACKOFF_CAP);
+        let slow = Duration::from_secs(60);
+        assert_eq!(
+            refresh_pause(slow, 3),
+            slow,
+            "never faster than the poll interval"
+        );
     }
 }
