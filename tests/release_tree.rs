@@ -743,3 +743,33 @@ fn bosh_int_emulation_reports_what_bosh_int_would() {
     ));
     assert!(!glob_matches("boshy/*", "boshy/a/b"));
 }
+
+#[test]
+fn every_pipeline_task_and_its_script_exist() {
+    let pipeline = std::fs::read_to_string(root().join("ci/pipeline.yml")).unwrap();
+    let tasks: Vec<&str> = pipeline
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("file: repo/"))
+        .collect();
+    assert!(!tasks.is_empty(), "ci/pipeline.yml runs no task file");
+    for task in tasks {
+        let config = yaml(&root().join(task));
+        let script = config["run"]["path"].as_str().expect("run.path");
+        // Tasks run from the directory holding their inputs: `<input>/ci/tasks/x.sh`.
+        let (input, script) = script.split_once('/').unwrap();
+        assert!(
+            config["inputs"]
+                .as_sequence()
+                .unwrap()
+                .iter()
+                .any(|i| i["name"] == input),
+            "{task}: runs a script from `{input}`, which is not an input"
+        );
+        let mode = std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(root().join(script))
+                .unwrap_or_else(|e| panic!("{task}: {script}: {e}"))
+                .permissions(),
+        );
+        assert_eq!(mode & 0o111, 0o111, "{script} is not executable");
+    }
+}
