@@ -16,5 +16,6 @@ pub mod metrics;
 pub mod names;
 pub mod pilot;
 pub mod sim;
+pub mod text;
 pub mod vip;
 pub mod xds;

@@ -22,6 +22,8 @@ use serde::de::{
 };
 use serde_yaml::Value;
 
+use crate::text::clip;
+
 use super::model::{ParsedManifest, Protocol, ServiceDecl, ServiceKey, ServicePort};
 
 #[derive(Debug, thiserror::Error)]
@@ -46,7 +48,18 @@ pub enum ManifestError {
          nodes (an alias bomb?); it is not read"
     )]
     TooManyNodes { deployment: String },
+    #[error(
+        "deployment {deployment:?}: manifest opens more than {MAX_FLOW_DEPTH} `[`/`{{` without \
+         closing them; it is not read"
+    )]
+    TooDeep { deployment: String },
 }
+
+/// Deeper flow nesting than this is refused before libyaml sees it: libyaml's scanner does
+/// work proportional to the flow depth for every token, so 100 KB of `[` costs minutes of
+/// CPU, while serde_yaml refuses anything nested deeper than 128 anyway. Counted on the raw
+/// text (brackets in quoted strings too), which only ever over-counts.
+pub const MAX_FLOW_DEPTH: usize = 256;
 
 /// A manifest that expands to more YAML nodes than this, aliases replayed, is refused before
 /// it is built in memory. serde_yaml bounds alias replay only to 100 times the document's
@@ -61,6 +74,11 @@ pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestErr
         deployment: deployment.to_string(),
         source,
     };
+    if flow_depth_exceeds(yaml, MAX_FLOW_DEPTH) {
+        return Err(ManifestError::TooDeep {
+            deployment: deployment.to_string(),
+        });
+    }
     check_expanded_size(yaml).map_err(|err| match err {
         SizeCheck::TooManyNodes => ManifestError::TooManyNodes {
             deployment: deployment.to_string(),
@@ -68,8 +86,9 @@ pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestErr
         SizeCheck::Yaml(source) => yaml_error(source),
     })?;
     let mut root: Value = serde_yaml::from_str(yaml).map_err(yaml_error)?;
-    // `<<: *anchor` merge keys are common in hand-written BOSH manifests.
-    root.apply_merge().map_err(yaml_error)?;
+    // `<<: *anchor` merge keys are common in hand-written BOSH manifests. One that cannot be
+    // merged (`<<: 1`) stays a plain key: it must not hide every service of the deployment.
+    let merge_problem = root.apply_merge().err();
     let Value::Mapping(top) = &root else {
         return Err(ManifestError::NotAMapping {
             deployment: deployment.to_string(),
@@ -89,6 +108,11 @@ pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestErr
 
     let deployment = deployment.to_lowercase();
     let mut parsed = ParsedManifest::default();
+    if let Some(problem) = merge_problem {
+        parsed.warnings.push(format!(
+            "deployment {deployment:?}: a merge key (`<<`) was left unmerged: {problem}"
+        ));
+    }
     for (position, group) in groups.iter().enumerate() {
         parse_instance_group(&deployment, position, group, &mut parsed);
     }
@@ -134,8 +158,9 @@ fn parse_instance_group(
     let group_name = name.to_lowercase();
     if !parsed.instance_groups.insert(group_name.clone()) {
         parsed.warnings.push(format!(
-            "deployment {deployment:?} instance group {group_name:?}: appears twice, the \
-             second one is skipped"
+            "deployment {deployment:?} instance group {:?}: appears twice, the \
+             second one is skipped",
+            clip(&group_name)
         ));
         return;
     }
@@ -144,8 +169,9 @@ fn parse_instance_group(
         Some(Value::Sequence(jobs)) => jobs,
         Some(other) => {
             parsed.warnings.push(format!(
-                "deployment {deployment:?} instance group {group_name:?}: `jobs` must be a \
+                "deployment {deployment:?} instance group {:?}: `jobs` must be a \
                  list, found {}; its jobs are skipped",
+                clip(&group_name),
                 kind(other)
             ));
             return;
@@ -155,8 +181,9 @@ fn parse_instance_group(
     for (job_position, job) in jobs.iter().enumerate() {
         let Some(job_name) = job.get("name").and_then(Value::as_str) else {
             parsed.warnings.push(format!(
-                "deployment {deployment:?} instance group {group_name:?} jobs[{job_position}]: \
-                 no `name` string, skipped"
+                "deployment {deployment:?} instance group {:?} jobs[{job_position}]: \
+                 no `name` string, skipped",
+                clip(&group_name)
             ));
             continue;
         };
@@ -184,8 +211,9 @@ fn parse_instance_group(
             .find(|name| !is_dns_label(name))
         {
             job_warnings.push(&format!(
-                "{bad:?} is not a valid DNS label (1-63 of a-z, 0-9, '-', not starting or \
-                 ending with '-'); the service is skipped"
+                "{:?} is not a valid DNS label (1-63 of a-z, 0-9, '-', not starting or \
+                 ending with '-'); the service is skipped",
+                clip(bad)
             ));
             continue;
         }
@@ -203,7 +231,9 @@ impl JobWarnings<'_> {
     fn push(&mut self, what: &str) {
         self.out.push(format!(
             "deployment {:?} instance group {:?} job {:?}: {what}",
-            self.key.deployment, self.key.instance_group, self.key.job
+            self.key.deployment,
+            clip(&self.key.instance_group),
+            clip(&self.key.job)
         ));
     }
 }
@@ -270,8 +300,9 @@ fn parse_port(entry: &Value) -> Result<ServicePort, String> {
     };
     if !is_dns_label(&name) {
         return Err(format!(
-            "name {name:?} is not a DNS label (1-63 of a-z, 0-9, '-', not starting or ending \
-             with '-')"
+            "name {:?} is not a DNS label (1-63 of a-z, 0-9, '-', not starting or ending \
+             with '-')",
+            clip(&name)
         ));
     }
     let number = match entry.get("number") {
@@ -283,7 +314,8 @@ fn parse_port(entry: &Value) -> Result<ServicePort, String> {
             .ok_or_else(|| format!("number {n} is not in 1..65535"))?,
         Some(Value::String(s)) => {
             return Err(format!(
-                "number must be an integer in 1..65535, found the string {s:?}"
+                "number must be an integer in 1..65535, found the string {:?}",
+                clip(s)
             ))
         }
         Some(other) => {
@@ -302,7 +334,8 @@ fn parse_port(entry: &Value) -> Result<ServicePort, String> {
             "grpc" => Protocol::Grpc,
             _ => {
                 return Err(format!(
-                    "protocol {p:?} is not one of tcp, http, http2, grpc"
+                    "protocol {:?} is not one of tcp, http, http2, grpc",
+                    clip(p)
                 ))
             }
         },
@@ -318,6 +351,24 @@ fn parse_port(entry: &Value) -> Result<ServicePort, String> {
         number,
         protocol,
     })
+}
+
+/// Whether the running count of `[`/`{` minus `]`/`}` ever passes `limit`.
+fn flow_depth_exceeds(yaml: &str, limit: usize) -> bool {
+    let mut depth = 0usize;
+    for byte in yaml.bytes() {
+        match byte {
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > limit {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
 }
 
 enum SizeCheck {
@@ -845,8 +896,20 @@ instance_groups:
             "]".repeat(10_000)
         );
         let err = parse("deep", &deep).unwrap_err();
-        assert!(matches!(err, ManifestError::Yaml { .. }), "{err}");
+        assert!(matches!(err, ManifestError::TooDeep { .. }), "{err}");
+        let nested = format!("instance_groups: {}{}\n", "[".repeat(200), "]".repeat(200));
+        let err = parse("nested", &nested).unwrap_err();
         assert!(err.to_string().contains("recursion limit"), "{err}");
+        let block = format!("instance_groups:\n{}1\n", "- ".repeat(5_000));
+        let err = parse("block", &block).unwrap_err();
+        assert!(err.to_string().contains("recursion limit"), "{err}");
+    }
+
+    #[test]
+    fn balanced_brackets_anywhere_are_fine() {
+        let many = "[a], {b: c}, ".repeat(1000);
+        let yaml = format!("x: [{many}]\ninstance_groups: []\nscript: \"[[[[ ]]]]\"\n");
+        assert!(parse("d", &yaml).is_ok());
     }
 
     #[test]
@@ -857,5 +920,19 @@ instance_groups:
                     - name: b\n  jobs:\n  - {name: j, expose_ports: *ports}\n";
         let parsed = parse("d", yaml).unwrap();
         assert_eq!(parsed.services.len(), 2);
+    }
+
+    #[test]
+    fn a_bad_merge_key_elsewhere_does_not_hide_the_services() {
+        let yaml = "properties: {<<: 1}\ninstance_groups:\n- name: g\n  jobs:\n  \
+                    - {name: j, expose_ports: [{name: http, number: 80}]}\n";
+        let parsed = parse("d", yaml).unwrap();
+        assert_eq!(parsed.services.len(), 1);
+        assert_eq!(parsed.warnings.len(), 1, "{:?}", parsed.warnings);
+        assert!(
+            parsed.warnings[0].contains("merge key"),
+            "{:?}",
+            parsed.warnings
+        );
     }
 }

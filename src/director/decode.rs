@@ -4,6 +4,7 @@
 use serde::{Deserialize, Deserializer};
 
 use crate::catalog::model::Instance;
+use crate::text::clip;
 
 /// `GET /info`, reduced to how to authenticate.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -78,7 +79,7 @@ pub fn location_path(location: &str) -> Result<String, String> {
     let base = reqwest::Url::parse("http://director.invalid/").expect("valid base URL");
     let url = base
         .join(location.trim())
-        .map_err(|e| format!("Location {location:?} is not a URL: {e}"))?;
+        .map_err(|e| format!("Location {:?} is not a URL: {e}", clip(location)))?;
     Ok(url.path().to_string())
 }
 
@@ -131,8 +132,9 @@ pub fn decode_instances(ndjson: &str) -> Result<Vec<Instance>, String> {
         }
         let row: InstanceRow = serde_json::from_str(line).map_err(|e| {
             format!(
-                "task result line {}: not an instance object: {e}",
-                number + 1
+                "task result line {}: not an instance object: {}",
+                number + 1,
+                clip(&e.to_string())
             )
         })?;
         let missing = |key| format!("task result line {}: `{key}` is missing", number + 1);
@@ -173,7 +175,7 @@ fn number_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
         serde_json::Value::String(s) => s
             .trim()
             .parse()
-            .map_err(|_| serde::de::Error::custom(format!("id {s:?} is not a number"))),
+            .map_err(|_| serde::de::Error::custom(format!("id {:?} is not a number", clip(&s)))),
         other => Err(serde::de::Error::custom(format!(
             "id {other} is neither a number nor a string"
         ))),

@@ -3,7 +3,7 @@
 
 mod changes;
 mod client;
-mod decode;
+pub mod decode;
 mod error;
 mod poller;
 mod tls;

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::table::NameTable;
 use crate::catalog::manifest::is_dns_label;
+use crate::text::clip;
 
 /// The streaming endpoint on the pilot's names port.
 pub const WATCH_PATH: &str = "/v1/names/watch";
@@ -50,19 +51,24 @@ impl Message {
 /// from: names are lower-case DNS names under the table's tld, VIPs are link-local.
 pub fn validate(table: &NameTable) -> Result<(), String> {
     if !is_dns_name(&table.tld) {
-        return Err(format!("tld {:?} is not a lower-case DNS name", table.tld));
+        return Err(format!(
+            "tld {:?} is not a lower-case DNS name",
+            clip(&table.tld)
+        ));
     }
     let suffix = format!(".{}", table.tld);
     for (name, vip) in &table.names {
         if !is_dns_name(name) || !name.ends_with(&suffix) {
             return Err(format!(
-                "name {name:?} is not a lower-case DNS name under {:?}",
-                table.tld
+                "name {:?} is not a lower-case DNS name under {:?}",
+                clip(name),
+                clip(&table.tld)
             ));
         }
         if !vip.is_link_local() || *vip == Ipv4Addr::new(169, 254, 169, 254) {
             return Err(format!(
-                "name {name:?} has VIP {vip}, outside the link-local VIP range"
+                "name {:?} has VIP {vip}, outside the link-local VIP range",
+                clip(name)
             ));
         }
     }
@@ -81,7 +87,7 @@ pub fn parse_line(line: &[u8]) -> anyhow::Result<Option<NameTable>> {
     }
     let message: Message = serde_json::from_slice(line).map_err(|err| {
         let start = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
-        anyhow!("bad line ({err}), starting {start:?}")
+        anyhow!("bad line ({}), starting {start:?}", clip(&err.to_string()))
     })?;
     match message {
         Message::Heartbeat(_) => Ok(None),
