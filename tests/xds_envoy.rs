@@ -13,13 +13,13 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
 use boshy::metrics;
-use boshy::xds::bootstrap::{render, NodeIdentity};
+use boshy::xds::bootstrap::{render_with, AdsMode, NodeIdentity};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -188,9 +188,13 @@ struct Envoy {
 }
 
 impl Envoy {
-    async fn start(node: &NodeIdentity, xds: SocketAddr) -> Envoy {
+    async fn start(node: &NodeIdentity, xds: SocketAddr, mode: AdsMode) -> Envoy {
+        // Tests run in parallel: each Envoy gets its own shared-memory base id.
+        static STARTED: AtomicU64 = AtomicU64::new(0);
+        let base_id = u64::from(std::process::id()) * 16 + STARTED.fetch_add(1, Ordering::Relaxed);
         let admin = free_loopback_port().await;
-        let bootstrap = render(node, &[xds.to_string()], admin).expect("bootstrap renders");
+        let bootstrap =
+            render_with(node, &[xds.to_string()], admin, mode).expect("bootstrap renders");
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("envoy.yaml");
         std::fs::write(&config, bootstrap).expect("write bootstrap");
@@ -200,7 +204,7 @@ impl Envoy {
             .arg("-c")
             .arg(&config)
             .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--base-id", &std::process::id().to_string()])
+            .args(["--base-id", &base_id.to_string()])
             .args(["--log-level", "info"])
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log).expect("envoy log file"))
@@ -245,6 +249,16 @@ impl Envoy {
             serde_json::to_string_pretty(&last).unwrap(),
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
+    }
+
+    async fn wait_for_routes(&self, expected: &[&str]) {
+        let expected: BTreeSet<String> = expected.iter().map(|r| r.to_string()).collect();
+        self.wait_for(
+            &format!("routes {expected:?}"),
+            "/config_dump?resource=dynamic_route_configs",
+            |v| (route_config_names(v) == expected).then_some(()),
+        )
+        .await
     }
 
     async fn wait_for_clusters(&self, expected: &BTreeMap<String, BTreeSet<(String, String)>>) {
@@ -334,13 +348,14 @@ fn route_config_names(dump: &Value) -> BTreeSet<String> {
         .collect()
 }
 
-/// Answers every connection with `<name>@<ip>` (tcp) or an HTTP 200 with that body.
-async fn upstream(address: &str, name: &'static str, http: bool) {
+/// Answers every connection with `<name>@<ip>` (tcp) or an HTTP 200 with that body, until
+/// aborted (which closes the port, as when the process is killed).
+async fn upstream(address: &str, name: &'static str, http: bool) -> tokio::task::AbortHandle {
     let listener = TcpListener::bind(address)
         .await
         .unwrap_or_else(|e| panic!("bind upstream {address}: {e}"));
     let body = format!("{name}@{}", listener.local_addr().unwrap().ip());
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         loop {
             let Ok((mut connection, _)) = listener.accept().await else {
                 return;
@@ -361,6 +376,7 @@ async fn upstream(address: &str, name: &'static str, http: bool) {
             });
         }
     });
+    task.abort_handle()
 }
 
 async fn tcp_answer(address: SocketAddr) -> String {
@@ -372,8 +388,210 @@ async fn tcp_answer(address: SocketAddr) -> String {
     answer
 }
 
+/// An xDS server on a runtime of its own, so that killing it ends every stream at once, as
+/// `kill -9` of bosh-pilot would. Dropping it kills it too.
+struct KillableServer {
+    runtime: Option<tokio::runtime::Runtime>,
+}
+
+impl KillableServer {
+    fn start(address: SocketAddr, catalog: watch::Receiver<Arc<Catalog>>) -> KillableServer {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("server runtime");
+        runtime.spawn(async move {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            // The previous server's accepted connections may linger in TIME_WAIT.
+            socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+            socket
+                .bind(address)
+                .unwrap_or_else(|e| panic!("bind xDS {address}: {e}"));
+            let listener = socket.listen(1024).expect("listen");
+            boshy::xds::serve(listener, catalog).await
+        });
+        KillableServer {
+            runtime: Some(runtime),
+        }
+    }
+
+    /// Kills the server and waits until its sockets are closed.
+    async fn kill(mut self) {
+        let runtime = self.runtime.take().expect("not killed yet");
+        tokio::task::spawn_blocking(move || runtime.shutdown_timeout(Duration::from_secs(5)))
+            .await
+            .expect("server runtime shut down");
+    }
+}
+
+impl Drop for KillableServer {
+    fn drop(&mut self) {
+        // A runtime cannot be dropped on an async thread.
+        if let Some(runtime) = self.runtime.take() {
+            std::thread::spawn(move || drop(runtime));
+        }
+    }
+}
+
+/// Whether Envoy's load balancer may pick `address` in `cluster` (`None`: no such host).
+fn routable(clusters: &Value, cluster: &str, address: &str) -> Option<bool> {
+    let host = clusters["cluster_statuses"]
+        .as_array()?
+        .iter()
+        .find(|c| c["name"] == cluster)?["host_statuses"]
+        .as_array()?
+        .iter()
+        .find(|h| {
+            let socket = &h["address"]["socket_address"];
+            format!(
+                "{}:{}",
+                socket["address"].as_str().unwrap_or(""),
+                socket["port_value"]
+            ) == address
+        })?;
+    let status = &host["health_status"];
+    let failing = status.as_object()?.iter().any(|(flag, value)| {
+        (flag.starts_with("failed_") || flag.starts_with("pending_")) && *value == true
+    });
+    Some(status["eds_health_status"] == "HEALTHY" && !failing)
+}
+
+/// A client that keeps dialling a tcp and an http service through the mesh, remembering
+/// every answer and every failure.
+struct Traffic {
+    answers: Arc<Mutex<Vec<(tokio::time::Instant, String)>>>,
+    failures: Arc<Mutex<Vec<String>>>,
+    task: tokio::task::AbortHandle,
+}
+
+impl Traffic {
+    fn start(tcp: SocketAddr, http: SocketAddr) -> Traffic {
+        let answers: Arc<Mutex<Vec<(tokio::time::Instant, String)>>> = Arc::default();
+        let failures: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (answers_out, failures_out) = (answers.clone(), failures.clone());
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .expect("http client");
+        let task = tokio::spawn(async move {
+            loop {
+                let tcp_answer = async {
+                    let mut connection = TcpStream::connect(tcp).await.ok()?;
+                    let mut answer = String::new();
+                    connection.read_to_string(&mut answer).await.ok()?;
+                    Some(answer).filter(|a| !a.is_empty())
+                };
+                let http_answer = async {
+                    let response = client.get(format!("http://{http}/get")).send().await;
+                    match response {
+                        Ok(r) if r.status().is_success() => r.text().await.ok(),
+                        _ => None,
+                    }
+                };
+                for (what, answer) in [("tcp", tcp_answer.await), ("http", http_answer.await)] {
+                    match answer {
+                        Some(answer) => answers_out
+                            .lock()
+                            .unwrap()
+                            .push((tokio::time::Instant::now(), answer)),
+                        None => failures_out.lock().unwrap().push(what.to_string()),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        Traffic {
+            answers,
+            failures,
+            task: task.abort_handle(),
+        }
+    }
+
+    /// Waits until each of `from` has answered after `since`.
+    async fn wait_for_answers(&self, from: &[&str], since: tokio::time::Instant) {
+        let deadline = tokio::time::Instant::now() + CONVERGENCE_DEADLINE;
+        loop {
+            let seen: BTreeSet<String> = self
+                .answers
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(at, _)| *at >= since)
+                .map(|(_, answer)| answer.clone())
+                .collect();
+            if from.iter().all(|f| seen.contains(*f)) {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no answer from all of {from:?} through the mesh; seen {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    fn failures(&self) -> Vec<String> {
+        self.failures.lock().unwrap().clone()
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// The node of one test: its own instance id, so that tests running in parallel can each
+/// find their own lines in the shared server log.
+fn apricot(test: &str) -> NodeIdentity {
+    NodeIdentity {
+        deployment: "sample".into(),
+        instance_group: "apricot".into(),
+        instance_id: format!("0f3c-apricot-{test}"),
+        index: Some(0),
+        az: Some("z1".into()),
+        ip: "127.0.0.1".parse().unwrap(),
+    }
+}
+
+/// Sends VIP traffic to the outbound listener, as the virtual-ip-agent's DNAT does.
+fn capture_vip_traffic() {
+    run_tool(
+        "ip",
+        &["route", "add", "local", "169.254.255.0/24", "dev", "lo"],
+    );
+    run_tool(
+        "iptables",
+        &[
+            "-t",
+            "nat",
+            "-A",
+            "OUTPUT",
+            "-d",
+            "169.254.255.0/24",
+            "-p",
+            "tcp",
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+            "15001",
+        ],
+    );
+}
+
 #[test]
-fn envoy_follows_the_catalog_and_keeps_its_config_on_nack() {
+fn envoy_follows_the_catalog_and_keeps_its_config_on_nack_over_delta_ads() {
+    follows_the_catalog(AdsMode::Delta);
+}
+
+#[test]
+fn envoy_follows_the_catalog_and_keeps_its_config_on_nack_over_state_of_the_world() {
+    follows_the_catalog(AdsMode::Sotw);
+}
+
+fn follows_the_catalog(mode: AdsMode) {
     let logs = server_logs();
     in_private_netns(move || async move {
         let (catalog_tx, catalog_rx) = watch::channel(catalog(1, vec![db(true), web()]));
@@ -381,15 +599,12 @@ fn envoy_follows_the_catalog_and_keeps_its_config_on_nack() {
         let xds = xds_listener.local_addr().unwrap();
         tokio::spawn(boshy::xds::serve(xds_listener, catalog_rx));
 
-        let node = NodeIdentity {
-            deployment: "sample".into(),
-            instance_group: "apricot".into(),
-            instance_id: "0f3c-apricot-0".into(),
-            index: Some(0),
-            az: Some("z1".into()),
-            ip: "127.0.0.1".parse().unwrap(),
-        };
-        let envoy = Envoy::start(&node, xds).await;
+        let node = apricot(&format!("{mode:?}"));
+        // The upstreams listen before Envoy starts: its health checks find them up.
+        upstream("127.0.0.2:5432", "db", false).await;
+        upstream("127.0.0.3:5432", "db", false).await;
+        upstream("127.0.0.4:8080", "web", true).await;
+        let envoy = Envoy::start(&node, xds, mode).await;
 
         // v1: both clusters with their healthy endpoints, AZ localities, listener active.
         let mut expected = BTreeMap::from([
@@ -441,30 +656,7 @@ fn envoy_follows_the_catalog_and_keeps_its_config_on_nack() {
         );
 
         // Real traffic: DNAT the VIP range to the outbound listener, as the agent does.
-        run_tool(
-            "ip",
-            &["route", "add", "local", "169.254.255.0/24", "dev", "lo"],
-        );
-        run_tool(
-            "iptables",
-            &[
-                "-t",
-                "nat",
-                "-A",
-                "OUTPUT",
-                "-d",
-                "169.254.255.0/24",
-                "-p",
-                "tcp",
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                "15001",
-            ],
-        );
-        upstream("127.0.0.2:5432", "db", false).await;
-        upstream("127.0.0.3:5432", "db", false).await;
-        upstream("127.0.0.4:8080", "web", true).await;
+        capture_vip_traffic();
         let db_address = SocketAddr::new(DB_VIP.into(), 5432);
         let mut answers = BTreeSet::new();
         for _ in 0..6 {
@@ -628,5 +820,220 @@ fn envoy_follows_the_catalog_and_keeps_its_config_on_nack() {
             })
             .await;
         envoy.wait_for_clusters(&expected).await;
+    });
+}
+
+#[test]
+fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference() {
+    server_logs();
+    in_private_netns(move || async move {
+        let xds = free_loopback_port().await;
+        let (first_tx, first_rx) = watch::channel(catalog(1, vec![db(true), web()]));
+        let first = KillableServer::start(xds, first_rx);
+        let envoy = Envoy::start(&apricot("reconnect"), xds, AdsMode::Delta).await;
+        envoy
+            .wait_for_clusters(&BTreeMap::from([
+                (
+                    DB_CLUSTER.to_string(),
+                    hosts(&[("127.0.0.2:5432", "z1"), ("127.0.0.3:5432", "z2")]),
+                ),
+                (WEB_CLUSTER.to_string(), hosts(&[("127.0.0.4:8080", "z1")])),
+            ]))
+            .await;
+        envoy.wait_for_routes(&[WEB_CLUSTER]).await;
+
+        // The control plane dies; while it is down, a db instance fails, web is deleted
+        // and api is deployed. Envoy keeps its config and reconnects to the new process.
+        first.kill().await;
+        drop(first_tx);
+        let (_second_tx, second_rx) = watch::channel(catalog(2, vec![db(false), api()]));
+        let _second = KillableServer::start(xds, second_rx);
+        envoy
+            .wait_for_clusters(&BTreeMap::from([
+                (DB_CLUSTER.to_string(), hosts(&[("127.0.0.2:5432", "z1")])),
+                (API_CLUSTER.to_string(), hosts(&[("127.0.0.6:9000", "z2")])),
+            ]))
+            .await;
+        // web's route config outlives it while its filter chain drains (Envoy's drain
+        // time); what counts is the active listener and that api's route arrived.
+        envoy
+            .wait_for(
+                "the api route",
+                "/config_dump?resource=dynamic_route_configs",
+                |v| route_config_names(v).contains(API_CLUSTER).then_some(()),
+            )
+            .await;
+        envoy
+            .wait_for("the v2 filter chains", "/config_dump", |v| {
+                let chains: BTreeSet<&str> = outbound_listener(v)?["active_state"]["listener"]
+                    ["filter_chains"]
+                    .as_array()?
+                    .iter()
+                    .filter_map(|c| c["name"].as_str())
+                    .collect();
+                (chains == BTreeSet::from([DB_CLUSTER, API_CLUSTER])).then_some(())
+            })
+            .await;
+
+        // Envoy told the new server what it had (initial_resource_versions), so the only
+        // clusters that travelled are api (added) and web (removed); db's is unchanged.
+        let log = std::fs::read_to_string(&envoy.log).expect("Envoy log");
+        let cds_updates: Vec<&str> = log
+            .lines()
+            .filter_map(|l| l.split("cds: response indicates ").nth(1))
+            .collect();
+        assert_eq!(
+            cds_updates,
+            [
+                "2 added/updated cluster(s), 0 removed cluster(s); applying changes",
+                "1 added/updated cluster(s), 1 removed cluster(s); applying changes",
+            ],
+            "CDS responses Envoy received"
+        );
+    });
+}
+
+#[test]
+fn a_dead_instance_stops_getting_connections_within_seconds_and_comes_back() {
+    server_logs();
+    in_private_netns(move || async move {
+        let db_instances = [2, 3, 4];
+        let web_instances = [5, 6];
+        let mut db_servers = BTreeMap::new();
+        for n in db_instances {
+            db_servers.insert(n, upstream(&format!("127.0.0.{n}:5432"), "db", false).await);
+        }
+        let mut web_servers = BTreeMap::new();
+        for n in web_instances {
+            web_servers.insert(n, upstream(&format!("127.0.0.{n}:8080"), "web", true).await);
+        }
+        let db = service(
+            "db",
+            DB_VIP,
+            ("tcp-db", 5432, Protocol::Tcp),
+            db_instances
+                .iter()
+                .map(|n| endpoint(*n, "z1", true))
+                .collect(),
+        );
+        let web = service(
+            "web",
+            WEB_VIP,
+            ("http", 8080, Protocol::Http),
+            web_instances
+                .iter()
+                .map(|n| endpoint(*n, "z1", true))
+                .collect(),
+        );
+        // The catalog never changes: the director has not noticed anything.
+        let (_catalog_tx, catalog_rx) = watch::channel(catalog(1, vec![db, web]));
+        let xds_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
+        let xds = xds_listener.local_addr().unwrap();
+        tokio::spawn(boshy::xds::serve(xds_listener, catalog_rx));
+        capture_vip_traffic();
+        let envoy = Envoy::start(&apricot("dead"), xds, AdsMode::Delta).await;
+
+        let all: Vec<(&str, String)> = db_instances
+            .iter()
+            .map(|n| (DB_CLUSTER, format!("127.0.0.{n}:5432")))
+            .chain(
+                web_instances
+                    .iter()
+                    .map(|n| (WEB_CLUSTER, format!("127.0.0.{n}:8080"))),
+            )
+            .collect();
+        let wait_until = |cluster: &'static str, host: String, want: bool| {
+            let envoy = &envoy;
+            async move {
+                envoy
+                    .wait_for(
+                        &format!("{host} in {cluster} routable={want}"),
+                        "/clusters?format=json",
+                        |v| (routable(v, cluster, &host)? == want).then_some(()),
+                    )
+                    .await
+            }
+        };
+        for (cluster, host) in &all {
+            wait_until(cluster, host.clone(), true).await;
+        }
+        let traffic = Traffic::start(
+            SocketAddr::new(DB_VIP.into(), 5432),
+            SocketAddr::new(WEB_VIP.into(), 8080),
+        );
+        let start = tokio::time::Instant::now();
+        traffic
+            .wait_for_answers(
+                &[
+                    "db@127.0.0.2",
+                    "db@127.0.0.3",
+                    "db@127.0.0.4",
+                    "web@127.0.0.5",
+                    "web@127.0.0.6",
+                ],
+                start,
+            )
+            .await;
+
+        // 1. Processes killed: their ports refuse connections.
+        let killed_at = tokio::time::Instant::now();
+        db_servers[&3].abort();
+        web_servers[&6].abort();
+        wait_until(DB_CLUSTER, "127.0.0.3:5432".into(), false).await;
+        let db_left = killed_at.elapsed();
+        wait_until(WEB_CLUSTER, "127.0.0.6:8080".into(), false).await;
+        let web_left = killed_at.elapsed();
+        println!(
+            "killed process left Envoy's load balancing after: tcp {db_left:?}, http {web_left:?}"
+        );
+        db_servers.insert(3, upstream("127.0.0.3:5432", "db", false).await);
+        web_servers.insert(6, upstream("127.0.0.6:8080", "web", true).await);
+        let restarted_at = tokio::time::Instant::now();
+        wait_until(DB_CLUSTER, "127.0.0.3:5432".into(), true).await;
+        wait_until(WEB_CLUSTER, "127.0.0.6:8080".into(), true).await;
+        println!(
+            "restarted process back in load balancing after {:?}",
+            restarted_at.elapsed()
+        );
+        traffic
+            .wait_for_answers(&["db@127.0.0.3", "web@127.0.0.6"], restarted_at)
+            .await;
+
+        // 2. A VM cut off the network: connections to it time out.
+        let blackhole = [
+            "OUTPUT",
+            "-d",
+            "127.0.0.4",
+            "-p",
+            "tcp",
+            "--dport",
+            "5432",
+            "-j",
+            "DROP",
+        ];
+        let cut_at = tokio::time::Instant::now();
+        run_tool("iptables", &[&["-A"][..], &blackhole[..]].concat());
+        wait_until(DB_CLUSTER, "127.0.0.4:5432".into(), false).await;
+        println!(
+            "unreachable instance left Envoy's load balancing after {:?}",
+            cut_at.elapsed()
+        );
+        let left_at = tokio::time::Instant::now();
+        let reachable_again = {
+            run_tool("iptables", &[&["-D"][..], &blackhole[..]].concat());
+            tokio::time::Instant::now()
+        };
+        wait_until(DB_CLUSTER, "127.0.0.4:5432".into(), true).await;
+        println!(
+            "reachable instance back in load balancing after {:?}",
+            reachable_again.elapsed()
+        );
+        traffic
+            .wait_for_answers(&["db@127.0.0.4"], reachable_again)
+            .await;
+        assert!(left_at <= reachable_again);
+
+        // Connect retries on other hosts hid every one of those faults from the clients.
+        assert_eq!(traffic.failures(), Vec::<String>::new(), "failed requests");
     });
 }

@@ -1,5 +1,7 @@
 //! The Envoy bootstrap of the `bosh-envoy` sidecar: who this node is, where its admin
-//! interface listens (loopback only), and ADS to every bosh-pilot instance.
+//! interface listens (loopback only), and ADS to every bosh-pilot instance. ADS is delta
+//! (incremental) by default: an endpoint change then sends one `ClusterLoadAssignment`
+//! instead of every cluster's; state of the world stays available (`--ads sotw`).
 //!
 //! Node naming (what the pilot's logs and Envoy's config dump show):
 //! - `node.id`      = `sidecar~<ip>~<instance_group>/<instance_id>~<deployment>`, Istio's
@@ -22,6 +24,25 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
 pub const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
 /// The static cluster that carries ADS.
 pub const XDS_CLUSTER: &str = "xds_cluster";
+
+/// Which ADS variant Envoy speaks; bosh-pilot serves both.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AdsMode {
+    /// Incremental xDS (`DELTA_GRPC`): only changed resources and removals are sent.
+    #[default]
+    Delta,
+    /// State of the world (`GRPC`): every response carries the whole set of its type.
+    Sotw,
+}
+
+impl AdsMode {
+    fn api_type(self) -> &'static str {
+        match self {
+            AdsMode::Delta => "DELTA_GRPC",
+            AdsMode::Sotw => "GRPC",
+        }
+    }
+}
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -49,6 +70,9 @@ pub struct Args {
     /// Envoy admin address; must be a loopback address.
     #[arg(long, default_value = DEFAULT_ADMIN)]
     pub admin: SocketAddr,
+    /// ADS variant: delta (incremental) or sotw (state of the world).
+    #[arg(long, value_enum, default_value_t = AdsMode::Delta)]
+    pub ads: AdsMode,
     /// Write the bootstrap here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
@@ -87,7 +111,7 @@ pub async fn run(args: Args) -> Result<()> {
         az: args.az,
         ip: args.ip,
     };
-    let yaml = render(&node, &args.pilots, args.admin)?;
+    let yaml = render_with(&node, &args.pilots, args.admin, args.ads)?;
     match args.output {
         Some(path) => tokio::fs::write(&path, yaml)
             .await
@@ -99,10 +123,20 @@ pub async fn run(args: Args) -> Result<()> {
     }
 }
 
+/// Renders the bootstrap YAML with delta ADS, see [`render_with`].
+pub fn render(node: &NodeIdentity, pilots: &[String], admin: SocketAddr) -> Result<String> {
+    render_with(node, pilots, admin, AdsMode::default())
+}
+
 /// Renders the bootstrap YAML. `pilots` are `host:port` (IP or DNS name; `[v6]:port`).
 /// Fails on an admin address that is not loopback (the admin API can reconfigure and stop
 /// Envoy), on no pilots, and on a malformed pilot address.
-pub fn render(node: &NodeIdentity, pilots: &[String], admin: SocketAddr) -> Result<String> {
+pub fn render_with(
+    node: &NodeIdentity,
+    pilots: &[String],
+    admin: SocketAddr,
+    ads_mode: AdsMode,
+) -> Result<String> {
     if !admin.ip().is_loopback() {
         bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
     }
@@ -162,7 +196,7 @@ pub fn render(node: &NodeIdentity, pilots: &[String], admin: SocketAddr) -> Resu
         },
         "dynamic_resources": {
             "ads_config": {
-                "api_type": "GRPC",
+                "api_type": ads_mode.api_type(),
                 "transport_api_version": "V3",
                 "set_node_on_first_message_only": true,
                 "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
@@ -264,7 +298,7 @@ mod tests {
     fn ads_points_at_every_pilot_over_http2() {
         let b = parsed(&["10.0.0.5:15010", "10.0.0.6:15010"]);
         let ads = &b["dynamic_resources"]["ads_config"];
-        assert_eq!(ads["api_type"], "GRPC");
+        assert_eq!(ads["api_type"], "DELTA_GRPC", "delta by default");
         assert_eq!(ads["transport_api_version"], "V3");
         assert_eq!(
             ads["grpc_services"][0]["envoy_grpc"]["cluster_name"],
@@ -294,6 +328,19 @@ mod tests {
             })
             .collect();
         assert_eq!(addresses, ["10.0.0.5:15010", "10.0.0.6:15010"]);
+    }
+
+    #[test]
+    fn state_of_the_world_is_one_parameter_away() {
+        let pilots = vec!["10.0.0.5:15010".to_string()];
+        let admin = DEFAULT_ADMIN.parse().unwrap();
+        let yaml = render_with(&node(), &pilots, admin, AdsMode::Sotw).unwrap();
+        let b: Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(b["dynamic_resources"]["ads_config"]["api_type"], "GRPC");
+        assert_eq!(
+            render(&node(), &pilots, admin).unwrap(),
+            render_with(&node(), &pilots, admin, AdsMode::Delta).unwrap()
+        );
     }
 
     #[test]

@@ -1,5 +1,9 @@
 //! The snapshot cache: resources are built and encoded once per catalog version and shared,
 //! behind an `Arc`, by every ADS stream (go-control-plane's "build once, serve many").
+//!
+//! Each snapshot also records which resource names changed since the snapshot published
+//! before it, so that a delta stream that was in sync with that one only looks at those
+//! names: an endpoint change costs each stream a few lookups, not a walk over the estate.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -15,6 +19,9 @@ pub struct Snapshot {
     resources: Resources,
     /// Version of each type's full resource set, for wildcard subscribers.
     full_versions: [String; 4],
+    /// The catalog version of the snapshot published before this one, and per type the
+    /// names added, changed or removed since it.
+    previous: Option<(u64, [Vec<String>; 4])>,
 }
 
 /// What one subscriber gets for one type: the resources it asked for and the
@@ -30,18 +37,46 @@ pub struct Selection<'a> {
 
 impl Snapshot {
     pub fn from_catalog(catalog: &Catalog) -> Self {
+        Self::following(catalog, None)
+    }
+
+    /// Builds the snapshot of `catalog` and records what changed since `previous`.
+    pub fn following(catalog: &Catalog, previous: Option<&Snapshot>) -> Self {
         let resources = resources::build(catalog);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
+        let previous = previous.map(|previous| {
+            let changed = ResourceType::PUSH_ORDER
+                .map(|t| changed_names(previous.resources.of_type(t), resources.of_type(t)));
+            (previous.version(), changed)
+        });
         Snapshot {
             resources,
             full_versions,
+            previous,
         }
     }
 
     /// The catalog version this snapshot was built from.
     pub fn version(&self) -> u64 {
         self.resources.version
+    }
+
+    /// The resource of that type and name, if this snapshot has it.
+    pub fn get(&self, resource_type: ResourceType, name: &str) -> Option<&NamedResource> {
+        self.resources.get(resource_type, name)
+    }
+
+    /// Every resource of that type, sorted by name.
+    pub fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
+        self.resources.of_type(resource_type)
+    }
+
+    /// The names of that type added, changed or removed since the snapshot of catalog
+    /// version `since`; `None` when this snapshot does not directly follow that one.
+    pub fn changed_since(&self, resource_type: ResourceType, since: u64) -> Option<&[String]> {
+        let (previous, changed) = self.previous.as_ref()?;
+        (*previous == since).then(|| changed[position(resource_type)].as_slice())
     }
 
     /// `names == None` is a wildcard subscription (everything of that type); names the
@@ -52,16 +87,10 @@ impl Snapshot {
         names: Option<&BTreeSet<String>>,
     ) -> Selection<'_> {
         match names {
-            None => {
-                let position = ResourceType::PUSH_ORDER
-                    .iter()
-                    .position(|t| *t == resource_type)
-                    .expect("every type is in PUSH_ORDER");
-                Selection {
-                    version: self.full_versions[position].clone(),
-                    resources: self.resources.of_type(resource_type).iter().collect(),
-                }
-            }
+            None => Selection {
+                version: self.full_versions[position(resource_type)].clone(),
+                resources: self.resources.of_type(resource_type).iter().collect(),
+            },
             Some(names) => {
                 let resources: Vec<&NamedResource> = names
                     .iter()
@@ -70,6 +99,38 @@ impl Snapshot {
                 Selection {
                     version: set_version(resources.iter().copied()),
                     resources,
+                }
+            }
+        }
+    }
+}
+
+fn position(resource_type: ResourceType) -> usize {
+    ResourceType::PUSH_ORDER
+        .iter()
+        .position(|t| *t == resource_type)
+        .expect("every type is in PUSH_ORDER")
+}
+
+/// Names present in only one of two name-sorted lists, or in both with different versions.
+fn changed_names(before: &[NamedResource], after: &[NamedResource]) -> Vec<String> {
+    use std::cmp::Ordering::{Equal, Greater, Less};
+    let (mut b, mut a) = (before.iter().peekable(), after.iter().peekable());
+    let mut changed = Vec::new();
+    loop {
+        let order = match (b.peek(), a.peek()) {
+            (None, None) => return changed,
+            (Some(_), None) => Less,
+            (None, Some(_)) => Greater,
+            (Some(x), Some(y)) => x.name.cmp(&y.name),
+        };
+        match order {
+            Less => changed.push(b.next().expect("peeked").name.clone()),
+            Greater => changed.push(a.next().expect("peeked").name.clone()),
+            Equal => {
+                let (x, y) = (b.next().expect("peeked"), a.next().expect("peeked"));
+                if x.version != y.version {
+                    changed.push(y.name.clone());
                 }
             }
         }
@@ -99,17 +160,21 @@ pub fn follow(
 ) -> watch::Receiver<Option<Arc<Snapshot>>> {
     let (snapshots_tx, snapshots_rx) = watch::channel(None);
     tokio::spawn(async move {
-        let mut published: Option<u64> = None;
+        let mut published: Option<Arc<Snapshot>> = None;
         loop {
             let current = catalog.borrow_and_update().clone();
-            if should_publish(current.version, published) {
+            if should_publish(current.version, published.as_ref().map(|s| s.version())) {
                 // Building is CPU work proportional to the estate: keep it off the reactor.
-                let built = tokio::task::spawn_blocking(move || Snapshot::from_catalog(&current))
-                    .await
-                    .expect("snapshot build does not panic");
+                let previous = published.clone();
+                let built = tokio::task::spawn_blocking(move || {
+                    Snapshot::following(&current, previous.as_deref())
+                })
+                .await
+                .expect("snapshot build does not panic");
                 tracing::info!(version = built.version(), "xDS snapshot built");
-                published = Some(built.version());
-                if snapshots_tx.send(Some(Arc::new(built))).is_err() {
+                let built = Arc::new(built);
+                published = Some(built.clone());
+                if snapshots_tx.send(Some(built)).is_err() {
                     return; // the server is gone
                 }
             }
@@ -188,6 +253,36 @@ mod tests {
         );
         let unknown: BTreeSet<String> = ["nope".to_string()].into();
         assert!(a.select(eds, Some(&unknown)).resources.is_empty());
+    }
+
+    #[test]
+    fn a_snapshot_knows_what_changed_since_its_predecessor() {
+        let a = Snapshot::from_catalog(&catalog(1, true));
+        assert_eq!(a.changed_since(ResourceType::Endpoint, 0), None);
+        let b = Snapshot::following(&catalog(2, false), Some(&a));
+        let both = [
+            "outbound|80||j.g.d.boshy".to_string(),
+            "outbound|81||j.g.d.boshy".to_string(),
+        ];
+        assert_eq!(b.changed_since(ResourceType::Endpoint, 1), Some(&both[..]));
+        assert_eq!(b.changed_since(ResourceType::Cluster, 1), Some(&[][..]));
+        assert_eq!(b.changed_since(ResourceType::Endpoint, 7), None);
+
+        let mut fewer = catalog(3, false);
+        fewer.services[0].ports.pop();
+        let c = Snapshot::following(&fewer, Some(&b));
+        let removed = &both[1..];
+        for t in [
+            ResourceType::Cluster,
+            ResourceType::Endpoint,
+            ResourceType::Route,
+        ] {
+            assert_eq!(c.changed_since(t, 2), Some(removed), "{t:?}");
+        }
+        assert_eq!(
+            c.changed_since(ResourceType::Listener, 2),
+            Some(&["outbound".to_string()][..])
+        );
     }
 
     #[test]

@@ -8,17 +8,21 @@
 //!   `original_dst` listener filter restores the VIP:port the application dialled, and one
 //!   filter chain per (VIP, port) picks `tcp_proxy` or the HTTP connection manager. There is
 //!   deliberately no default filter chain: a VIP:port nobody exposes is closed at once.
-//! - one EDS cluster per service port, named Istio-style `outbound|<port>||<hostname>`.
+//! - one EDS cluster per service port, named Istio-style `outbound|<port>||<hostname>`, with
+//!   active TCP health checks and outlier detection so that a dead instance leaves within
+//!   seconds, long before the director notices (see [`health_checks`], [`outlier_detection`]).
 //! - one `ClusterLoadAssignment` per cluster with the healthy endpoints, one locality per AZ.
 //! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
+use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
 use envoy_types::pb::envoy::config::core::v3::{
-    address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion, CidrRange,
-    ConfigSource, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
+    address, config_source, health_check, socket_address, Address, AggregatedConfigSource,
+    ApiVersion, CidrRange, ConfigSource, HealthCheck, Http2ProtocolOptions, Locality,
+    SocketAddress, TrafficDirection,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -27,8 +31,8 @@ use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, Filter, FilterChain, FilterChainMatch, Listener, ListenerFilter,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match, Route, RouteAction, RouteConfiguration, RouteMatch,
-    VirtualHost,
+    retry_policy, route, route_action, route_match, RetryPolicy, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -36,9 +40,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
     http_protocol_options, HttpProtocolOptions,
 };
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::pb::google::protobuf::{Any, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use sha2::{Digest, Sha256};
@@ -53,10 +59,49 @@ pub const OUTBOUND_PORT: u16 = 15001;
 
 /// Upstream connect timeout: instances are on the same BOSH network, so a second is plenty
 /// and a dead instance is given up on quickly.
-const CONNECT_TIMEOUT: Duration = Duration {
-    seconds: 1,
-    nanos: 0,
-};
+const CONNECT_TIMEOUT: Duration = seconds(1);
+
+/// Active health checking (a TCP connect to the service port). On a cluster that carries
+/// traffic every host is probed each second and two failures mark it unhealthy, so a dead
+/// process or a VM cut off the network stops getting new connections within about
+/// 2-3 s; one success brings it back. A cluster that has never carried traffic is probed
+/// far less (healthy hosts every minute, failing ones every 5 s): every Envoy of the
+/// foundation probes every endpoint it knows, so idle probing must stay cheap.
+const HEALTH_CHECK_INTERVAL: Duration = seconds(1);
+const HEALTH_CHECK_TIMEOUT: Duration = seconds(1);
+const UNHEALTHY_THRESHOLD: u32 = 2;
+const HEALTHY_THRESHOLD: u32 = 1;
+const NO_TRAFFIC_INTERVAL: Duration = seconds(5);
+const NO_TRAFFIC_HEALTHY_INTERVAL: Duration = seconds(60);
+
+/// Passive outlier detection: connections refused, reset or timed out (local-origin
+/// failures, counted apart from the application's own HTTP errors) eject a host after two
+/// in a row, before the next health check round. At most half of a cluster is ever ejected:
+/// when every host fails at once the fault is more likely on this side (the VM's network),
+/// and ejecting all would keep the service down after the network returns. Active health
+/// checks are not bound by that cap. An ejection is short (2 s, growing with each repeat):
+/// Envoy does not end it early on a passing health check, so its length is how long a
+/// recovered instance waits to get traffic again, while a still-dead one stays out anyway
+/// because its health checks fail.
+const CONSECUTIVE_LOCAL_ORIGIN_FAILURES: u32 = 2;
+const CONSECUTIVE_GATEWAY_FAILURES: u32 = 3;
+const CONSECUTIVE_5XX: u32 = 5;
+const OUTLIER_INTERVAL: Duration = seconds(1);
+const BASE_EJECTION_TIME: Duration = seconds(2);
+const MAX_EJECTION_TIME: Duration = seconds(30);
+const MAX_EJECTION_PERCENT: u32 = 50;
+
+/// Retries of a request whose upstream connection failed before the request reached the
+/// application, always on another host. Requests the application may have seen (a reset
+/// after sending) are not retried: that could run a POST twice.
+const RETRY_ON: &str = "connect-failure,refused-stream,reset-before-request";
+const RETRIES: u32 = 2;
+/// tcp_proxy: connection attempts (on any host the load balancer picks) before giving up.
+const TCP_CONNECT_ATTEMPTS: u32 = 3;
+
+const fn seconds(seconds: i64) -> Duration {
+    Duration { seconds, nanos: 0 }
+}
 
 /// The four xDS resource types we serve, in the order Envoy wants updates pushed
 /// (clusters before their endpoints, listeners before their routes).
@@ -257,6 +302,56 @@ fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {
         }),
         connect_timeout: Some(CONNECT_TIMEOUT),
         typed_extension_protocol_options,
+        health_checks: health_checks(),
+        // Envoy would otherwise keep a host the control plane dropped (the director
+        // reports it failing, or it is gone) for as long as its health check passes.
+        ignore_health_on_host_removal: true,
+        outlier_detection: Some(outlier_detection()),
+        common_lb_config: Some(cluster::CommonLbConfig {
+            // No panic mode: Envoy's default (50%) would send traffic to every host,
+            // dead ones included, as soon as half of them fail their health checks.
+            healthy_panic_threshold: Some(Percent { value: 0.0 }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+fn health_checks() -> Vec<HealthCheck> {
+    vec![HealthCheck {
+        timeout: Some(HEALTH_CHECK_TIMEOUT),
+        interval: Some(HEALTH_CHECK_INTERVAL),
+        unhealthy_threshold: Some(UInt32Value {
+            value: UNHEALTHY_THRESHOLD,
+        }),
+        healthy_threshold: Some(UInt32Value {
+            value: HEALTHY_THRESHOLD,
+        }),
+        no_traffic_interval: Some(NO_TRAFFIC_INTERVAL),
+        no_traffic_healthy_interval: Some(NO_TRAFFIC_HEALTHY_INTERVAL),
+        // Connect only: the same path traffic takes, and no payload the application must
+        // understand.
+        health_checker: Some(health_check::HealthChecker::TcpHealthCheck(
+            health_check::TcpHealthCheck::default(),
+        )),
+        ..Default::default()
+    }]
+}
+
+fn outlier_detection() -> OutlierDetection {
+    let count = |value| Some(UInt32Value { value });
+    OutlierDetection {
+        split_external_local_origin_errors: true,
+        consecutive_local_origin_failure: count(CONSECUTIVE_LOCAL_ORIGIN_FAILURES),
+        enforcing_consecutive_local_origin_failure: count(100),
+        consecutive_gateway_failure: count(CONSECUTIVE_GATEWAY_FAILURES),
+        enforcing_consecutive_gateway_failure: count(100),
+        consecutive_5xx: count(CONSECUTIVE_5XX),
+        enforcing_consecutive_5xx: count(100),
+        interval: Some(OUTLIER_INTERVAL),
+        base_ejection_time: Some(BASE_EJECTION_TIME),
+        max_ejection_time: Some(MAX_EJECTION_TIME),
+        max_ejection_percent: count(MAX_EJECTION_PERCENT),
         ..Default::default()
     }
 }
@@ -315,12 +410,28 @@ fn route_configuration(name: &str, service: &Service, port: &ServicePort) -> Rou
                     // long requests or gRPC streams the application did not bound (Istio
                     // does the same).
                     timeout: Some(Duration::default()),
+                    retry_policy: Some(retry_policy()),
                     ..Default::default()
                 })),
                 ..Default::default()
             }],
             ..Default::default()
         }],
+        ..Default::default()
+    }
+}
+
+fn retry_policy() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: RETRY_ON.to_string(),
+        num_retries: Some(UInt32Value { value: RETRIES }),
+        retry_host_predicate: vec![retry_policy::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                pack_any(PreviousHostsPredicate {}),
+            )),
+        }],
+        host_selection_retry_max_attempts: 3,
         ..Default::default()
     }
 }
@@ -354,6 +465,9 @@ fn filter_chain(name: &str, service: &Service, port: &ServicePort) -> FilterChai
             config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
                 stat_prefix,
                 cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name.to_string())),
+                max_connect_attempts: Some(UInt32Value {
+                    value: TCP_CONNECT_ATTEMPTS,
+                }),
                 ..Default::default()
             }))),
         }
@@ -610,6 +724,87 @@ mod tests {
                 }
             ))
         ));
+    }
+
+    #[test]
+    fn every_cluster_health_checks_its_hosts_and_ejects_failing_ones_without_panic_mode() {
+        let resources = build(&catalog());
+        for named in resources.of_type(ResourceType::Cluster) {
+            let cluster: Cluster = decode(named);
+            let [check] = cluster.health_checks.as_slice() else {
+                panic!("{}: one health check", named.name)
+            };
+            assert!(matches!(
+                check.health_checker,
+                Some(health_check::HealthChecker::TcpHealthCheck(ref tcp))
+                    if tcp.send.is_none() && tcp.receive.is_empty()
+            ));
+            assert_eq!(check.interval, Some(seconds(1)));
+            assert_eq!(check.unhealthy_threshold.unwrap().value, 2);
+            assert_eq!(check.healthy_threshold.unwrap().value, 1);
+            assert!(check.no_traffic_interval.unwrap().seconds <= 5);
+            assert!(
+                check.no_traffic_healthy_interval.unwrap().seconds
+                    > check.no_traffic_interval.unwrap().seconds,
+                "idle clusters probe healthy hosts rarely"
+            );
+            let outlier = cluster.outlier_detection.expect("outlier detection");
+            assert!(cluster.ignore_health_on_host_removal);
+            assert!(outlier.split_external_local_origin_errors);
+            assert_eq!(outlier.consecutive_local_origin_failure.unwrap().value, 2);
+            assert_eq!(
+                outlier
+                    .enforcing_consecutive_local_origin_failure
+                    .unwrap()
+                    .value,
+                100
+            );
+            assert_eq!(
+                outlier.enforcing_consecutive_gateway_failure.unwrap().value,
+                100
+            );
+            assert_eq!(outlier.max_ejection_percent.unwrap().value, 50);
+            assert_eq!(outlier.base_ejection_time, Some(seconds(2)));
+            assert_eq!(
+                cluster.common_lb_config.unwrap().healthy_panic_threshold,
+                Some(Percent { value: 0.0 })
+            );
+        }
+    }
+
+    #[test]
+    fn http_routes_retry_failed_connections_on_other_hosts_and_tcp_retries_connects() {
+        let resources = build(&catalog());
+        let config: RouteConfiguration = decode(
+            resources
+                .get(
+                    ResourceType::Route,
+                    "outbound|9002||web.banana.sample.boshy",
+                )
+                .unwrap(),
+        );
+        let Some(route::Action::Route(action)) = &config.virtual_hosts[0].routes[0].action else {
+            panic!("route action")
+        };
+        let retry = action.retry_policy.as_ref().expect("retry policy");
+        assert_eq!(
+            retry.retry_on,
+            "connect-failure,refused-stream,reset-before-request"
+        );
+        assert_eq!(retry.num_retries.unwrap().value, 2);
+        assert_eq!(
+            retry.retry_host_predicate[0].name,
+            "envoy.retry_host_predicates.previous_hosts"
+        );
+
+        let listener: Listener = decode(&resources.of_type(ResourceType::Listener)[0]);
+        let Some(filter::ConfigType::TypedConfig(tcp)) =
+            &listener.filter_chains[0].filters[0].config_type
+        else {
+            panic!("tcp_proxy has a typed config")
+        };
+        let tcp = TcpProxy::decode(tcp.value.as_slice()).unwrap();
+        assert_eq!(tcp.max_connect_attempts.unwrap().value, 3);
     }
 
     #[test]

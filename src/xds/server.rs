@@ -1,5 +1,6 @@
-//! The ADS gRPC server (state of the world). All decisions live in `stream::StreamState`;
-//! this file only moves messages, logs and counts.
+//! The ADS gRPC server, state of the world and delta over the same snapshots. All decisions
+//! live in `stream::StreamState` and `delta::DeltaStreamState`; this file only moves
+//! messages, logs and counts.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -20,6 +21,7 @@ use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
 
 use super::cache::{self, Snapshot};
+use super::delta::DeltaStreamState;
 use super::stream::{RequestKind, StreamState};
 use crate::catalog::model::Catalog;
 use crate::metrics;
@@ -67,24 +69,137 @@ impl AggregatedDiscoveryService for Ads {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
+        Ok(self.start::<StreamState>(request))
+    }
+
+    async fn delta_aggregated_resources(
+        &self,
+        request: Request<Streaming<DeltaDiscoveryRequest>>,
+    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
+        Ok(self.start::<DeltaStreamState>(request))
+    }
+}
+
+impl Ads {
+    fn start<P: Protocol>(
+        &self,
+        request: Request<Streaming<P::Request>>,
+    ) -> Response<ResponseStream<P::Response>> {
         let peer = request.remote_addr();
         let (responses, receiver) = mpsc::channel(RESPONSE_QUEUE);
-        tokio::spawn(run_stream(
+        tokio::spawn(run_stream::<P>(
             request.into_inner(),
             self.snapshots.clone(),
             responses,
             peer,
         ));
-        Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
+        Response::new(Box::pin(ReceiverStream::new(receiver)))
     }
+}
 
-    async fn delta_aggregated_resources(
-        &self,
-        _request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Err(Status::unimplemented(
-            "bosh-pilot serves state-of-the-world ADS only: use ads_config api_type GRPC",
-        ))
+/// What the stream loop needs from one ADS variant.
+trait Protocol: Default + Send + 'static {
+    type Request: Send + 'static;
+    type Response: Send + 'static;
+    /// For log lines: `sotw` or `delta`.
+    const NAME: &'static str;
+    fn node_id(request: &Self::Request) -> Option<&str>;
+    fn on_request(
+        &mut self,
+        request: &Self::Request,
+        snapshot: Option<&Snapshot>,
+    ) -> (RequestKind, Option<Self::Response>);
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    fn request_summary(request: &Self::Request) -> RequestSummary<'_>;
+    fn response_summary(response: &Self::Response) -> ResponseSummary<'_>;
+}
+
+struct RequestSummary<'a> {
+    type_url: &'a str,
+    nonce: &'a str,
+    subscribed: usize,
+    unsubscribed: usize,
+}
+
+struct ResponseSummary<'a> {
+    type_url: &'a str,
+    version: &'a str,
+    nonce: &'a str,
+    resources: usize,
+    removed: usize,
+}
+
+impl Protocol for StreamState {
+    type Request = DiscoveryRequest;
+    type Response = DiscoveryResponse;
+    const NAME: &'static str = "sotw";
+
+    fn node_id(request: &DiscoveryRequest) -> Option<&str> {
+        request.node.as_ref().map(|n| n.id.as_str())
+    }
+    fn on_request(
+        &mut self,
+        request: &DiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> (RequestKind, Option<DiscoveryResponse>) {
+        StreamState::on_request(self, request, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+        StreamState::on_snapshot(self, snapshot)
+    }
+    fn request_summary(request: &DiscoveryRequest) -> RequestSummary<'_> {
+        RequestSummary {
+            type_url: &request.type_url,
+            nonce: &request.response_nonce,
+            subscribed: request.resource_names.len(),
+            unsubscribed: 0,
+        }
+    }
+    fn response_summary(response: &DiscoveryResponse) -> ResponseSummary<'_> {
+        ResponseSummary {
+            type_url: &response.type_url,
+            version: &response.version_info,
+            nonce: &response.nonce,
+            resources: response.resources.len(),
+            removed: 0,
+        }
+    }
+}
+
+impl Protocol for DeltaStreamState {
+    type Request = DeltaDiscoveryRequest;
+    type Response = DeltaDiscoveryResponse;
+    const NAME: &'static str = "delta";
+
+    fn node_id(request: &DeltaDiscoveryRequest) -> Option<&str> {
+        request.node.as_ref().map(|n| n.id.as_str())
+    }
+    fn on_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> (RequestKind, Option<DeltaDiscoveryResponse>) {
+        DeltaStreamState::on_request(self, request, snapshot)
+    }
+    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStreamState::on_snapshot(self, snapshot)
+    }
+    fn request_summary(request: &DeltaDiscoveryRequest) -> RequestSummary<'_> {
+        RequestSummary {
+            type_url: &request.type_url,
+            nonce: &request.response_nonce,
+            subscribed: request.resource_names_subscribe.len(),
+            unsubscribed: request.resource_names_unsubscribe.len(),
+        }
+    }
+    fn response_summary(response: &DeltaDiscoveryResponse) -> ResponseSummary<'_> {
+        ResponseSummary {
+            type_url: &response.type_url,
+            version: &response.system_version_info,
+            nonce: &response.nonce,
+            resources: response.resources.len(),
+            removed: response.removed_resources.len(),
+        }
     }
 }
 
@@ -108,31 +223,31 @@ impl Drop for ConnectedProxy {
     }
 }
 
-async fn run_stream(
-    mut requests: Streaming<DiscoveryRequest>,
+async fn run_stream<P: Protocol>(
+    mut requests: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    responses: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+    responses: mpsc::Sender<Result<P::Response, Status>>,
     peer: Option<SocketAddr>,
 ) {
     let _connected = ConnectedProxy::new();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     // Envoy sends its node only in the first request (set_node_on_first_message_only).
     let mut node = String::from("unknown");
-    let mut state = StreamState::default();
+    let mut state = P::default();
     let mut following_snapshots = true;
     let end = loop {
         let outgoing = tokio::select! {
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    if let Some(id) = request.node.as_ref().map(|n| &n.id) {
+                    if let Some(id) = P::node_id(&request) {
                         if node == "unknown" {
-                            node = id.clone();
-                            tracing::info!(%node, %peer, "proxy connected");
+                            node = id.to_string();
+                            tracing::info!(%node, %peer, ads = P::NAME, "proxy connected");
                         }
                     }
                     let snapshot = snapshots.borrow().clone();
                     let (kind, response) = state.on_request(&request, snapshot.as_deref());
-                    log_request(&node, &request, &kind);
+                    log_request(&node, P::request_summary(&request), &kind);
                     response.into_iter().collect::<Vec<_>>()
                 }
                 Ok(None) => break "closed by the proxy".to_string(),
@@ -150,25 +265,27 @@ async fn run_stream(
                 }
             }
         };
-        if !send_all(&node, &responses, outgoing).await {
+        if !send_all::<P>(&node, &responses, outgoing).await {
             break "response channel closed".to_string();
         }
     };
     tracing::info!(%node, %peer, reason = %end, "proxy disconnected");
 }
 
-async fn send_all(
+async fn send_all<P: Protocol>(
     node: &str,
-    responses: &mpsc::Sender<Result<DiscoveryResponse, Status>>,
-    outgoing: Vec<DiscoveryResponse>,
+    responses: &mpsc::Sender<Result<P::Response, Status>>,
+    outgoing: Vec<P::Response>,
 ) -> bool {
     for response in outgoing {
+        let summary = P::response_summary(&response);
         tracing::debug!(
             %node,
-            type_url = %response.type_url,
-            version = %response.version_info,
-            nonce = %response.nonce,
-            resources = response.resources.len(),
+            type_url = %summary.type_url,
+            version = %summary.version,
+            nonce = %summary.nonce,
+            resources = summary.resources,
+            removed = summary.removed,
             "xDS push"
         );
         if responses.send(Ok(response)).await.is_err() {
@@ -179,8 +296,8 @@ async fn send_all(
     true
 }
 
-fn log_request(node: &str, request: &DiscoveryRequest, kind: &RequestKind) {
-    let type_url = request.type_url.as_str();
+fn log_request(node: &str, request: RequestSummary<'_>, kind: &RequestKind) {
+    let type_url = request.type_url;
     match kind {
         RequestKind::Nack {
             rejected_version,
@@ -204,11 +321,12 @@ fn log_request(node: &str, request: &DiscoveryRequest, kind: &RequestKind) {
         RequestKind::Subscribe => tracing::debug!(
             %node,
             %type_url,
-            names = request.resource_names.len(),
+            subscribed = request.subscribed,
+            unsubscribed = request.unsubscribed,
             "subscribe"
         ),
         RequestKind::Stale => {
-            tracing::debug!(%node, %type_url, nonce = %request.response_nonce, "stale nonce ignored")
+            tracing::debug!(%node, %type_url, nonce = %request.nonce, "stale nonce ignored")
         }
     }
 }

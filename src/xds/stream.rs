@@ -1,4 +1,5 @@
-//! The state of one ADS stream (state of the world), free of I/O so it can be unit-tested.
+//! The state of one state-of-the-world ADS stream, free of I/O so it can be unit-tested
+//! (`delta` is its incremental sibling; both report a request as a [`RequestKind`]).
 //!
 //! Per type URL we remember what Envoy subscribed to, the version and nonce we last sent,
 //! and whether that response still awaits Envoy's ACK or NACK. The rules:
@@ -20,7 +21,7 @@ use super::cache::Snapshot;
 use super::resources::ResourceType;
 
 /// Identifies this control plane in every response (shown in Envoy's config dump).
-const CONTROL_PLANE_ID: &str = "bosh-pilot";
+pub(super) const CONTROL_PLANE_ID: &str = "bosh-pilot";
 
 /// What a request meant; the caller logs and counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,0 +1,584 @@
+//! The state of one delta (incremental) ADS stream, free of I/O so it can be unit-tested.
+//!
+//! Per type URL we remember what Envoy subscribed to (wildcard and/or explicit names), the
+//! version of every resource it has or was last sent, and our last nonce. The rules:
+//! - the first request for a type may carry `initial_resource_versions` (an Envoy that
+//!   reconnects): those are what it has, so only what differs is sent;
+//! - a first request with no names is a wildcard subscription for listeners and clusters
+//!   (Envoy's legacy wildcard); `*` subscribes to everything of any type, and
+//!   unsubscribing `*` ends that;
+//! - subscription changes apply from every request, whatever its nonce; subscribing to a
+//!   name sends it again even if Envoy was sent it before (unless it told us its version
+//!   in the same request); unsubscribed names are forgotten without a removal;
+//! - a request answering our last nonce is an ACK, or a NACK when `error_detail` is set;
+//!   one answering an older nonce is stale (a newer one follows);
+//! - a response carries the resources whose version differs from what Envoy has and, in
+//!   `removed_resources`, the names Envoy has that are gone (or that it asked for and that
+//!   do not exist). A NACKed version is not sent again (Envoy keeps its last good config);
+//!   a newer one goes out normally;
+//! - a new snapshot is pushed, in `ResourceType::PUSH_ORDER`, to the types not waiting for
+//!   an ACK; the ACK then sends whatever changed meanwhile.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::core::v3::ControlPlane;
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
+};
+
+use super::cache::Snapshot;
+use super::resources::{NamedResource, ResourceType};
+use super::stream::{RequestKind, CONTROL_PLANE_ID};
+
+/// The resource name that stands for "every resource of this type".
+const WILDCARD: &str = "*";
+
+#[derive(Debug, Default)]
+struct Subscription {
+    wildcard: bool,
+    names: BTreeSet<String>,
+    /// Name → version of what Envoy has or was last sent.
+    known: BTreeMap<String, String>,
+    /// Names subscribed since the last response: one that does not exist is reported in
+    /// `removed_resources` so that Envoy stops waiting for it.
+    unanswered: BTreeSet<String>,
+    /// The catalog version our last diff was taken against while the subscription stayed
+    /// the same: then the next snapshot only needs its changed names looked at.
+    diffed_against: Option<u64>,
+    /// Nonce of our last response; "" before we sent one.
+    nonce: String,
+    awaiting_reply: bool,
+    /// `system_version_info` of our last response and of the last one Envoy ACKed.
+    sent_version: String,
+    acked_version: String,
+}
+
+impl Subscription {
+    fn in_scope(&self, name: &str) -> bool {
+        self.wildcard || self.names.contains(name)
+    }
+
+    /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `snapshot`.
+    fn diff<'s>(
+        &self,
+        resource_type: ResourceType,
+        snapshot: &'s Snapshot,
+    ) -> (Vec<&'s NamedResource>, Vec<String>) {
+        let mut updated = Vec::new();
+        let mut removed = Vec::new();
+        let mut check = |name: &str| {
+            let current = self
+                .in_scope(name)
+                .then(|| snapshot.get(resource_type, name))
+                .flatten();
+            match (current, self.known.get(name)) {
+                (Some(resource), Some(version)) if *version == resource.version => {}
+                (Some(resource), _) => updated.push(resource),
+                (None, Some(_)) => removed.push(name.to_string()),
+                (None, None) if self.unanswered.contains(name) => removed.push(name.to_string()),
+                (None, None) => {}
+            }
+        };
+        let changed = self
+            .diffed_against
+            .and_then(|since| snapshot.changed_since(resource_type, since));
+        match changed {
+            Some(changed) => changed.iter().for_each(|name| check(name)),
+            None => {
+                let everything = snapshot.of_type(resource_type).iter();
+                let wildcard = everything
+                    .filter(|_| self.wildcard)
+                    .map(|r| r.name.as_str());
+                let candidates: BTreeSet<&str> = wildcard
+                    .chain(self.names.iter().map(String::as_str))
+                    .chain(self.known.keys().map(String::as_str))
+                    .collect();
+                candidates.into_iter().for_each(check);
+            }
+        }
+        (updated, removed)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct DeltaStreamState {
+    subscriptions: BTreeMap<ResourceType, Subscription>,
+    responses_sent: u64,
+}
+
+impl DeltaStreamState {
+    /// Handles one request against the current snapshot (`None` before the first catalog:
+    /// the subscription is recorded and served once a snapshot exists).
+    pub fn on_request(
+        &mut self,
+        request: &DeltaDiscoveryRequest,
+        snapshot: Option<&Snapshot>,
+    ) -> (RequestKind, Option<DeltaDiscoveryResponse>) {
+        let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
+            return (RequestKind::UnknownType, None);
+        };
+        let first = !self.subscriptions.contains_key(&resource_type);
+        let subscription = self.subscriptions.entry(resource_type).or_default();
+        let resubscribed = apply_subscription_changes(subscription, request, first, resource_type);
+        let kind = if request.response_nonce.is_empty() {
+            RequestKind::Subscribe
+        } else if request.response_nonce != subscription.nonce {
+            RequestKind::Stale
+        } else {
+            subscription.awaiting_reply = false;
+            match &request.error_detail {
+                Some(error) => RequestKind::Nack {
+                    rejected_version: subscription.sent_version.clone(),
+                    kept_version: subscription.acked_version.clone(),
+                    message: error.message.clone(),
+                },
+                None => {
+                    subscription.acked_version = subscription.sent_version.clone();
+                    RequestKind::Ack {
+                        version: subscription.acked_version.clone(),
+                    }
+                }
+            }
+        };
+        // A pending response is not overtaken by a push, but a subscription change is
+        // answered at once: Envoy is waiting for those resources to warm a cluster or a
+        // listener.
+        if subscription.awaiting_reply && !resubscribed {
+            return (kind, None);
+        }
+        let response = snapshot.and_then(|snapshot| self.respond(resource_type, snapshot));
+        (kind, response)
+    }
+
+    /// Responses to push after the snapshot changed, in push order.
+    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+        let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
+            .into_iter()
+            .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
+            .collect();
+        ready
+            .into_iter()
+            .filter_map(|t| self.respond(t, snapshot))
+            .collect()
+    }
+
+    fn respond(
+        &mut self,
+        resource_type: ResourceType,
+        snapshot: &Snapshot,
+    ) -> Option<DeltaDiscoveryResponse> {
+        let subscription = self.subscriptions.get_mut(&resource_type)?;
+        if subscription.diffed_against == Some(snapshot.version()) {
+            return None;
+        }
+        let (updated, removed) = subscription.diff(resource_type, snapshot);
+        subscription.diffed_against = Some(snapshot.version());
+        subscription.unanswered.clear();
+        if updated.is_empty() && removed.is_empty() {
+            return None;
+        }
+        for resource in &updated {
+            subscription
+                .known
+                .insert(resource.name.clone(), resource.version.clone());
+        }
+        for name in &removed {
+            subscription.known.remove(name);
+        }
+        self.responses_sent += 1;
+        let nonce = self.responses_sent.to_string();
+        subscription.nonce = nonce.clone();
+        subscription.awaiting_reply = true;
+        subscription.sent_version = snapshot.version().to_string();
+        Some(DeltaDiscoveryResponse {
+            system_version_info: subscription.sent_version.clone(),
+            resources: updated
+                .into_iter()
+                .map(|r| Resource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.resource.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: resource_type.type_url().to_string(),
+            removed_resources: removed,
+            nonce,
+            control_plane: Some(ControlPlane {
+                identifier: CONTROL_PLANE_ID.to_string(),
+            }),
+            ..Default::default()
+        })
+    }
+}
+
+/// Applies the request's (un)subscriptions; true when they changed what Envoy wants.
+fn apply_subscription_changes(
+    subscription: &mut Subscription,
+    request: &DeltaDiscoveryRequest,
+    first: bool,
+    resource_type: ResourceType,
+) -> bool {
+    if first {
+        subscription.known = request
+            .initial_resource_versions
+            .iter()
+            .map(|(name, version)| (name.clone(), version.clone()))
+            .collect();
+        subscription.wildcard =
+            resource_type.is_wildcard() && request.resource_names_subscribe.is_empty();
+    }
+    for name in &request.resource_names_subscribe {
+        if name == WILDCARD {
+            subscription.wildcard = true;
+            continue;
+        }
+        if !request.initial_resource_versions.contains_key(name) {
+            subscription.known.remove(name);
+        }
+        subscription.names.insert(name.clone());
+        subscription.unanswered.insert(name.clone());
+    }
+    for name in &request.resource_names_unsubscribe {
+        if name == WILDCARD {
+            subscription.wildcard = false;
+            continue;
+        }
+        subscription.names.remove(name);
+        subscription.unanswered.remove(name);
+        if !subscription.wildcard {
+            subscription.known.remove(name);
+        }
+    }
+    let changed = first
+        || !request.resource_names_subscribe.is_empty()
+        || !request.resource_names_unsubscribe.is_empty();
+    if changed {
+        subscription.diffed_against = None;
+    }
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+    use envoy_types::pb::google::rpc::Status;
+
+    const CDS: ResourceType = ResourceType::Cluster;
+    const EDS: ResourceType = ResourceType::Endpoint;
+    const LDS: ResourceType = ResourceType::Listener;
+    const RDS: ResourceType = ResourceType::Route;
+    const A: &str = "outbound|80||a.g.d.boshy";
+    const B: &str = "outbound|80||b.g.d.boshy";
+    const C: &str = "outbound|80||c.g.d.boshy";
+
+    /// One http service per `(job, healthy endpoints)`.
+    fn catalog(version: u64, jobs: &[(&str, usize)]) -> Catalog {
+        let services = jobs
+            .iter()
+            .enumerate()
+            .map(|(i, (job, endpoints))| Service {
+                key: ServiceKey {
+                    deployment: "d".into(),
+                    instance_group: "g".into(),
+                    job: job.to_string(),
+                },
+                hostname: format!("{job}.g.d.boshy"),
+                vip: format!("169.254.255.{}", i + 2).parse().unwrap(),
+                ports: vec![ServicePort {
+                    name: "http".into(),
+                    number: 80,
+                    protocol: Protocol::Http,
+                }],
+                endpoints: (0..*endpoints)
+                    .map(|n| Endpoint {
+                        address: format!("10.0.0.{}", n + 1).parse().unwrap(),
+                        az: None,
+                        instance: n.to_string(),
+                        index: Some(n as u32),
+                        healthy: true,
+                    })
+                    .collect(),
+            })
+            .collect();
+        Catalog {
+            version,
+            tld: "boshy".into(),
+            services,
+        }
+    }
+
+    fn snapshot(version: u64, jobs: &[(&str, usize)]) -> Snapshot {
+        Snapshot::from_catalog(&catalog(version, jobs))
+    }
+
+    fn next(previous: &Snapshot, version: u64, jobs: &[(&str, usize)]) -> Snapshot {
+        Snapshot::following(&catalog(version, jobs), Some(previous))
+    }
+
+    fn subscribe(t: ResourceType, names: &[&str]) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: t.type_url().into(),
+            resource_names_subscribe: names.iter().map(|n| n.to_string()).collect(),
+            ..Default::default()
+        }
+    }
+
+    fn ack(response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            type_url: response.type_url.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        }
+    }
+
+    fn nack(response: &DeltaDiscoveryResponse) -> DeltaDiscoveryRequest {
+        DeltaDiscoveryRequest {
+            error_detail: Some(Status {
+                code: 3,
+                message: "bad cluster".into(),
+                ..Default::default()
+            }),
+            ..ack(response)
+        }
+    }
+
+    fn names(response: &DeltaDiscoveryResponse) -> Vec<&str> {
+        response.resources.iter().map(|r| r.name.as_str()).collect()
+    }
+
+    /// Subscribes and ACKs the first response; returns it.
+    fn synced(
+        state: &mut DeltaStreamState,
+        t: ResourceType,
+        names: &[&str],
+        snap: &Snapshot,
+    ) -> DeltaDiscoveryResponse {
+        let (kind, response) = state.on_request(&subscribe(t, names), Some(snap));
+        assert_eq!(kind, RequestKind::Subscribe);
+        let response = response.expect("initial response");
+        let (kind, more) = state.on_request(&ack(&response), Some(snap));
+        assert!(matches!(kind, RequestKind::Ack { .. }), "{kind:?}");
+        assert!(more.is_none());
+        response
+    }
+
+    #[test]
+    fn wildcard_types_get_everything_and_the_ack_sends_nothing_more() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        let first = synced(&mut state, CDS, &[], &v1);
+        assert_eq!(names(&first), [A, B]);
+        assert!(first.removed_resources.is_empty());
+        assert_eq!(first.system_version_info, "1");
+        assert!(first.resources.iter().all(|r| !r.version.is_empty()));
+        assert!(state.on_snapshot(&v1).is_empty(), "nothing changed");
+
+        let listeners = synced(&mut state, LDS, &[WILDCARD], &v1);
+        assert_eq!(names(&listeners), ["outbound"]);
+    }
+
+    #[test]
+    fn an_endpoint_change_sends_exactly_that_cluster_load_assignment() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, CDS, &[], &v1);
+        synced(&mut state, LDS, &[], &v1);
+        synced(&mut state, EDS, &[A, B], &v1);
+        synced(&mut state, RDS, &[A, B], &v1);
+
+        let v2 = next(&v1, 2, &[("a", 1), ("b", 2)]);
+        let pushed = state.on_snapshot(&v2);
+        assert_eq!(pushed.len(), 1, "{pushed:?}");
+        assert_eq!(pushed[0].type_url, EDS.type_url());
+        assert_eq!(names(&pushed[0]), [B]);
+        assert!(pushed[0].removed_resources.is_empty());
+    }
+
+    #[test]
+    fn explicit_subscriptions_get_only_their_names_and_changes_apply_from_any_request() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1), ("c", 1)]);
+        let mut state = DeltaStreamState::default();
+        let (_, first) = state.on_request(&subscribe(EDS, &[A]), Some(&v1));
+        let first = first.unwrap();
+        assert_eq!(names(&first), [A]);
+
+        // Before ACKing, Envoy warms a new cluster and asks for its endpoints: answered at
+        // once, and only the new name.
+        let (kind, second) = state.on_request(&subscribe(EDS, &[B]), Some(&v1));
+        assert_eq!(kind, RequestKind::Subscribe);
+        assert_eq!(names(&second.unwrap()), [B]);
+        // The ACK of the first response is now stale.
+        let (kind, none) = state.on_request(&ack(&first), Some(&v1));
+        assert_eq!(kind, RequestKind::Stale);
+        assert!(none.is_none());
+
+        // Unsubscribing forgets the name without a removal; the rest stays.
+        let unsubscribe = DeltaDiscoveryRequest {
+            resource_names_unsubscribe: vec![A.into()],
+            ..subscribe(EDS, &[])
+        };
+        assert!(state.on_request(&unsubscribe, Some(&v1)).1.is_none());
+        let v2 = next(&v1, 2, &[("a", 2), ("b", 2), ("c", 2)]);
+        let pushed = state.on_snapshot(&v2);
+        assert!(pushed.is_empty(), "still waiting for the ACK of B");
+        let (_, resubscribed) = state.on_request(&subscribe(EDS, &[A]), Some(&v2));
+        let resubscribed = resubscribed.unwrap();
+        assert_eq!(names(&resubscribed), [A, B], "A again, B's new version");
+    }
+
+    #[test]
+    fn removed_resources_name_what_disappeared_or_never_existed() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, CDS, &[], &v1);
+        let routes = synced(&mut state, RDS, &[A, B, C], &v1);
+        assert_eq!(names(&routes), [A, B]);
+        assert_eq!(routes.removed_resources, [C], "C does not exist");
+
+        let v2 = next(&v1, 2, &[("a", 1)]);
+        let pushed = state.on_snapshot(&v2);
+        let by_type: Vec<(&str, Vec<&str>, Vec<String>)> = pushed
+            .iter()
+            .map(|r| (r.type_url.as_str(), names(r), r.removed_resources.clone()))
+            .collect();
+        assert_eq!(
+            by_type,
+            [
+                (CDS.type_url(), vec![], vec![B.to_string()]),
+                (RDS.type_url(), vec![], vec![B.to_string()]),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_nacked_version_is_not_resent_but_a_newer_one_is() {
+        let v1 = snapshot(1, &[("a", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, CDS, &[], &v1);
+        let v2 = next(&v1, 2, &[("a", 1), ("b", 1)]);
+        let pushed = state.on_snapshot(&v2);
+        let (kind, resend) = state.on_request(&nack(&pushed[0]), Some(&v2));
+        assert_eq!(
+            kind,
+            RequestKind::Nack {
+                rejected_version: "2".into(),
+                kept_version: "1".into(),
+                message: "bad cluster".into()
+            }
+        );
+        assert!(resend.is_none());
+        assert!(state.on_snapshot(&v2).is_empty());
+
+        let v3 = next(&v2, 3, &[("a", 1), ("c", 1)]);
+        let pushed = state.on_snapshot(&v3);
+        assert_eq!(names(&pushed[0]), [C]);
+        assert_eq!(pushed[0].removed_resources, [B]);
+    }
+
+    #[test]
+    fn pushes_wait_for_the_ack_which_then_sends_everything_that_changed_meanwhile() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        let (_, first) = state.on_request(&subscribe(EDS, &[A, B]), Some(&v1));
+        let first = first.unwrap();
+        let v2 = next(&v1, 2, &[("a", 2), ("b", 1)]);
+        assert!(state.on_snapshot(&v2).is_empty());
+        let v3 = next(&v2, 3, &[("a", 2), ("b", 2)]);
+        assert!(state.on_snapshot(&v3).is_empty());
+        let (_, after_ack) = state.on_request(&ack(&first), Some(&v3));
+        let after_ack = after_ack.unwrap();
+        assert_eq!(names(&after_ack), [A, B]);
+        assert_eq!(after_ack.system_version_info, "3");
+    }
+
+    #[test]
+    fn a_reconnecting_envoy_gets_exactly_what_differs_from_what_it_has() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut old_stream = DeltaStreamState::default();
+        let had = synced(&mut old_stream, CDS, &[], &v1);
+        let had_eds = synced(&mut old_stream, EDS, &[A, B], &v1);
+
+        // Meanwhile b lost its endpoint... and c appeared; a is unchanged.
+        let v2 = snapshot(2, &[("a", 1), ("b", 2), ("c", 1)]);
+        let versions = |response: &DeltaDiscoveryResponse| {
+            response
+                .resources
+                .iter()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect()
+        };
+        let mut reconnected = DeltaStreamState::default();
+        let (_, clusters) = reconnected.on_request(
+            &DeltaDiscoveryRequest {
+                initial_resource_versions: versions(&had),
+                ..subscribe(CDS, &[])
+            },
+            Some(&v2),
+        );
+        let clusters = clusters.unwrap();
+        assert_eq!(names(&clusters), [C]);
+        assert!(clusters.removed_resources.is_empty());
+
+        let mut stale = versions(&had_eds);
+        stale.insert("outbound|80||gone.g.d.boshy".into(), "0123".into());
+        let (_, endpoints) = reconnected.on_request(
+            &DeltaDiscoveryRequest {
+                initial_resource_versions: stale,
+                ..subscribe(EDS, &[A, B])
+            },
+            Some(&v2),
+        );
+        let endpoints = endpoints.unwrap();
+        assert_eq!(names(&endpoints), [B]);
+        assert_eq!(endpoints.removed_resources, ["outbound|80||gone.g.d.boshy"]);
+
+        let mut up_to_date = DeltaStreamState::default();
+        let (_, nothing) = up_to_date.on_request(
+            &DeltaDiscoveryRequest {
+                initial_resource_versions: versions(&had),
+                ..subscribe(CDS, &[])
+            },
+            Some(&v1),
+        );
+        assert!(nothing.is_none());
+    }
+
+    #[test]
+    fn a_lagging_stream_is_diffed_in_full_against_the_current_snapshot() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, CDS, &[], &v1);
+        let v2 = next(&v1, 2, &[("a", 1)]);
+        // v2 never reached this stream (it was busy); v3 only knows what changed since v2.
+        let v3 = next(&v2, 3, &[("a", 1), ("c", 1)]);
+        let pushed = state.on_snapshot(&v3);
+        assert_eq!(names(&pushed[0]), [C]);
+        assert_eq!(pushed[0].removed_resources, [B]);
+    }
+
+    #[test]
+    fn requests_before_the_first_snapshot_are_served_when_it_arrives() {
+        let mut state = DeltaStreamState::default();
+        let (kind, response) = state.on_request(&subscribe(CDS, &[]), None);
+        assert_eq!(kind, RequestKind::Subscribe);
+        assert!(response.is_none());
+        let pushed = state.on_snapshot(&snapshot(1, &[("a", 1)]));
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(names(&pushed[0]), [A]);
+    }
+
+    #[test]
+    fn unknown_types_are_reported_and_not_answered() {
+        let mut state = DeltaStreamState::default();
+        let request = DeltaDiscoveryRequest {
+            type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            state.on_request(&request, Some(&snapshot(1, &[("a", 1)]))),
+            (RequestKind::UnknownType, None)
+        );
+    }
+}
