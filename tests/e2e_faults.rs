@@ -17,8 +17,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-const LAB: &str = "boshy-f";
-const SUBNET: &str = "10.246.0.0/24";
+mod common;
+
+use common::{healthy_ips, service, LabCli};
+
+const LAB: LabCli = LabCli {
+    name: "boshy-f",
+    subnet: "10.246.0.0/24",
+};
 const DIRECTOR: &str = "10.246.0.6";
 const BANANA: &str = "example-httpbin.banana.sample-deployment.boshy";
 const CLIENT_VM: &str = "apricot/3";
@@ -26,28 +32,6 @@ const CLIENT_VM: &str = "apricot/3";
 const PATIENCE: Duration = Duration::from_secs(60);
 
 static ONE_LAB_AT_A_TIME: Mutex<()> = Mutex::new(());
-
-fn lab(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_boshy"))
-        .arg("lab")
-        .args(args)
-        .env("BOSHY_LAB_NAME", LAB)
-        .env("BOSHY_LAB_SUBNET", SUBNET)
-        .output()
-        .expect("run boshy lab")
-}
-
-fn lab_ok(args: &[&str]) -> String {
-    let output = lab(args);
-    assert!(
-        output.status.success(),
-        "`boshy lab {}` failed:\n{}\n{}",
-        args.join(" "),
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
 
 /// A lab with `pilots` control planes, torn down on drop (also when an assertion fails).
 struct Lab {
@@ -63,29 +47,24 @@ impl Lab {
         let guard = ONE_LAB_AT_A_TIME
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let _ = lab(&["down"]);
+        let _ = LAB.run(&["down"]);
         let lab_handle = Lab {
             _one_at_a_time: guard,
         };
-        lab_ok(&["up", "--pilots", &pilots.to_string()]);
+        LAB.ok(&["up", "--pilots", &pilots.to_string()]);
         lab_handle
     }
 }
 
 impl Drop for Lab {
     fn drop(&mut self) {
-        let _ = lab(&["down"]);
+        let _ = LAB.run(&["down"]);
     }
-}
-
-fn lab_state() -> Value {
-    let path = format!("/tmp/boshy-lab/{LAB}/lab.json");
-    serde_json::from_str(&std::fs::read_to_string(&path).expect("lab state")).expect("lab JSON")
 }
 
 /// (name, ip, namespace) of every VM.
 fn vms() -> Vec<(String, String, String)> {
-    lab_state()["vms"]
+    LAB.state()["vms"]
         .as_array()
         .unwrap()
         .iter()
@@ -128,7 +107,8 @@ fn pilots() -> Vec<(String, String)> {
 fn pilot_log(pilot: &str) -> String {
     let index = pilot.rsplit('/').next().unwrap();
     let path = format!(
-        "/tmp/boshy-lab/{LAB}/vms/{LAB}-bosh-istio-bosh-pilot-{index}/sys/log/bosh-pilot/bosh-pilot.log"
+        "/tmp/boshy-lab/{lab}/vms/{lab}-bosh-istio-bosh-pilot-{index}/sys/log/bosh-pilot/bosh-pilot.log",
+        lab = LAB.name
     );
     std::fs::read_to_string(&path).unwrap_or_default()
 }
@@ -169,12 +149,6 @@ fn vips_of(pilot_ip: &str) -> Option<BTreeMap<String, String>> {
     )
 }
 
-fn registration(pilot_ip: &str) -> Vec<Value> {
-    let body = http_get(&format!("http://{pilot_ip}:8080/v1/registration"))
-        .unwrap_or_else(|| panic!("pilot {pilot_ip}: GET /v1/registration failed"));
-    serde_json::from_str(&body).expect("registration is JSON")
-}
-
 fn catalog_version(pilot_ip: &str) -> Option<String> {
     let metrics = http_get(&format!("http://{pilot_ip}:8080/metrics"))?;
     metrics
@@ -184,13 +158,7 @@ fn catalog_version(pilot_ip: &str) -> Option<String> {
 }
 
 fn healthy_banana_ips(pilot_ip: &str) -> BTreeSet<String> {
-    registration(pilot_ip)
-        .iter()
-        .filter(|s| s["hostname"] == BANANA)
-        .flat_map(|s| s["endpoints"].as_array().unwrap().clone())
-        .filter(|e| e["healthy"] == true)
-        .map(|e| e["address"].as_str().unwrap().to_string())
-        .collect()
+    healthy_ips(service(&LAB.registration_from(pilot_ip), BANANA))
 }
 
 /// Polls `check` every 100 ms; returns how long it took, or panics after `PATIENCE`.
@@ -252,7 +220,7 @@ mod director_config {
     use boshy::vip::{DirectorStore, VipState};
 
     fn client() -> DirectorClient {
-        let dir = format!("/tmp/boshy-lab/{LAB}/director");
+        let dir = format!("/tmp/boshy-lab/{}/director", LAB.name);
         let cfg: DirectorConfig = serde_json::from_value(json!({
             "url": format!("https://{DIRECTOR}:25555"),
             "client": "pilot",
@@ -454,7 +422,7 @@ fn racing_pilots_on_a_fresh_director_agree() {
     // /configs) until all three are waiting, then released together: all three decide on the
     // same empty state and race to write it.
     for (pilot, _) in pilots() {
-        lab_ok(&["process", &pilot, "bosh-pilot", "kill"]);
+        LAB.ok(&["process", &pilot, "bosh-pilot", "kill"]);
     }
     sim_control(
         "POST",
@@ -468,7 +436,7 @@ fn racing_pilots_on_a_fresh_director_agree() {
     let (reads_before, writes_before) = (count("GET /configs"), count("POST /configs"));
     director_fault("hang", Some("/configs"));
     for (pilot, _) in pilots() {
-        lab_ok(&["process", &pilot, "bosh-pilot", "start"]);
+        LAB.ok(&["process", &pilot, "bosh-pilot", "start"]);
     }
     wait_until(
         "every pilot to wait for its first read of the VIP config",
@@ -494,7 +462,7 @@ fn racing_pilots_on_a_fresh_director_agree() {
         "race: 3 pilots released at once on an empty VIP config, 12 services: {writes} config \
          writes (one won; the others got 412, re-read and adopted), one VIP per service"
     );
-    lab_ok(&["wait", "--timeout-seconds", "60"]);
+    LAB.ok(&["wait", "--timeout-seconds", "60"]);
 }
 
 #[test]
@@ -515,21 +483,21 @@ fn killing_a_pilot_mid_push_loses_nothing() {
         .unwrap();
 
     // A director change, and the pilot dies the moment it has it, while pushing it.
-    lab_ok(&["director", "set-state", "banana/1", "failing"]);
+    LAB.ok(&["director", "set-state", "banana/1", "failing"]);
     wait_until("the pilot to learn of the change", || {
         healthy_banana_ips(&victim_ip).len() == 2
     });
-    lab_ok(&["process", &victim, "bosh-pilot", "kill"]);
+    LAB.ok(&["process", &victim, "bosh-pilot", "kill"]);
     let killed = Instant::now();
     wait_until("the surviving pilot to drop banana/1", || {
         healthy_banana_ips(&survivor_ip).len() == 2
     });
-    lab_ok(&["wait", "--timeout-seconds", "60"]);
+    LAB.ok(&["wait", "--timeout-seconds", "60"]);
     let converged = killed.elapsed();
     let report = curls.stop();
     report.assert_no_failures("curl loop while a pilot was killed mid-push");
 
-    lab_ok(&["process", &victim, "bosh-pilot", "start"]);
+    LAB.ok(&["process", &victim, "bosh-pilot", "start"]);
     let back = wait_until("the restarted pilot to serve", || {
         vips_of(&victim_ip).is_some_and(|v| v == vips)
     });
@@ -575,20 +543,23 @@ fn director_fault_case(
     change: Option<(&str, &str)>,
 ) {
     let pilot_ips: Vec<String> = pilots().into_iter().map(|(_, ip)| ip).collect();
-    let before: Vec<Vec<Value>> = pilot_ips.iter().map(|ip| registration(ip)).collect();
+    let before: Vec<Vec<Value>> = pilot_ips
+        .iter()
+        .map(|ip| LAB.registration_from(ip))
+        .collect();
     let offsets = log_offsets();
     let requests_before = director_requests();
     let curls = CurlLoop::start(CLIENT_VM, &banana_url());
     start_fault();
     if let Some((vm, job_state)) = change {
-        lab_ok(&["director", "set-state", vm, job_state]);
+        LAB.ok(&["director", "set-state", vm, job_state]);
     }
     let started = Instant::now();
     while started.elapsed() < duration {
         std::thread::sleep(Duration::from_millis(500));
         for (ip, was) in pilot_ips.iter().zip(&before) {
             assert_eq!(
-                &registration(ip),
+                &LAB.registration_from(ip),
                 was,
                 "{name}: pilot {ip} changed its catalog while the director gave no good answer"
             );
@@ -604,7 +575,7 @@ fn director_fault_case(
         }
         None => Duration::ZERO,
     };
-    lab_ok(&["wait", "--timeout-seconds", "60"]);
+    LAB.ok(&["wait", "--timeout-seconds", "60"]);
     let report = curls.stop();
     report.assert_no_failures(name);
     let problems = new_problem_lines(&offsets);
@@ -700,10 +671,10 @@ fn director_faults_leave_the_mesh_alone() {
         "invalid manifest YAML",
         Duration::from_secs(10),
         || {
-            lab_ok(&["director", "manifest", "sample-deployment", &broken]);
+            LAB.ok(&["director", "manifest", "sample-deployment", &broken]);
         },
         || {
-            lab_ok(&["director", "manifest", "sample-deployment", fixture]);
+            LAB.ok(&["director", "manifest", "sample-deployment", fixture]);
         },
         None,
     );
@@ -837,9 +808,9 @@ fn killed_processes_recover_within_seconds() {
     // The control plane: one of two dies; the other carries on, nobody notices.
     let (pilot, pilot_ip) = pilots()[0].clone();
     let curls = CurlLoop::start(CLIENT_VM, &banana_url());
-    lab_ok(&["process", &pilot, "bosh-pilot", "kill"]);
+    LAB.ok(&["process", &pilot, "bosh-pilot", "kill"]);
     std::thread::sleep(Duration::from_secs(3));
-    lab_ok(&["process", &pilot, "bosh-pilot", "start"]);
+    LAB.ok(&["process", &pilot, "bosh-pilot", "start"]);
     let back = wait_until("the restarted pilot to serve its catalog", || {
         vips_of(&pilot_ip).is_some_and(|v| v == vips)
     });
@@ -854,14 +825,14 @@ fn killed_processes_recover_within_seconds() {
     // The agent: DNS is down until it is back, but traffic to a VIP never needs it; the
     // restarted agent answers from its disk table at once.
     let curls = CurlLoop::start(CLIENT_VM, &by_vip);
-    lab_ok(&["process", CLIENT_VM, "vip-agent", "kill"]);
+    LAB.ok(&["process", CLIENT_VM, "vip-agent", "kill"]);
     std::thread::sleep(Duration::from_secs(2));
     assert_ne!(
         dig(CLIENT_VM, BANANA),
         banana_vip,
         "no DNS while the agent is dead"
     );
-    lab_ok(&["process", CLIENT_VM, "vip-agent", "start"]);
+    LAB.ok(&["process", CLIENT_VM, "vip-agent", "start"]);
     let started = Instant::now();
     let answering = wait_until("the agent to answer again", || {
         dig(CLIENT_VM, BANANA) == banana_vip
@@ -879,9 +850,9 @@ fn killed_processes_recover_within_seconds() {
     // VMs do not notice; the restarted Envoy gets exactly the current config.
     let others = CurlLoop::start("banana/0", &banana_url());
     let mine = CurlLoop::start(CLIENT_VM, &banana_url());
-    lab_ok(&["process", CLIENT_VM, "envoy", "kill"]);
+    LAB.ok(&["process", CLIENT_VM, "envoy", "kill"]);
     std::thread::sleep(Duration::from_secs(1));
-    lab_ok(&["process", CLIENT_VM, "envoy", "start"]);
+    LAB.ok(&["process", CLIENT_VM, "envoy", "start"]);
     let started = Instant::now();
     wait_until("the restarted Envoy to carry traffic", || {
         let out = in_vm(
@@ -927,7 +898,7 @@ fn killed_processes_recover_within_seconds() {
         mine.requests,
         recovered.as_secs_f64()
     ));
-    lab_ok(&["wait", "--timeout-seconds", "60"]);
+    LAB.ok(&["wait", "--timeout-seconds", "60"]);
     for line in figures {
         println!("{line}");
     }
