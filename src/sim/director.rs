@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use super::auth::{authorize, AuthMode, Permission, Principal, Verifier};
 use super::clock::unix_seconds;
 use super::configs::{ConfigError, ConfigQuery};
+use super::deployments::{Deployment, Instance};
 use super::events::EventQuery;
 use super::fault::FaultMode;
 use super::http::{json, json_as_html, observe, with_content_type, Observed};
@@ -396,18 +397,15 @@ async fn instances(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> ApiResult {
-    require(&shared, &principal, Permission::Read)?;
     let request = VmStateRequest::new(principal, name, &params, &headers);
-    if request.full {
-        return request.redirect_to_task(&shared, VmStateScope::Instances);
-    }
-    let state = shared.state();
-    let deployment = state.deployment(&request.name)?;
-    let list: Vec<_> = rows::ordered_instances(deployment)
-        .into_iter()
-        .map(|i| rows::instance_list_row(deployment, i))
-        .collect();
-    Ok(json_as_html(StatusCode::OK, &json!(list)))
+    vm_state_listing(
+        &shared,
+        request,
+        VmStateScope::Instances,
+        |deployment, instance| {
+            serde_json::to_value(rows::instance_list_row(deployment, instance)).ok()
+        },
+    )
 }
 
 async fn vms(
@@ -417,16 +415,29 @@ async fn vms(
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
 ) -> ApiResult {
-    require(&shared, &principal, Permission::Read)?;
     let request = VmStateRequest::new(principal, name, &params, &headers);
+    vm_state_listing(&shared, request, VmStateScope::Vms, |_, instance| {
+        rows::vm_list_row(instance).and_then(|row| serde_json::to_value(row).ok())
+    })
+}
+
+/// `/instances` and `/vms`: with `format=full` a task (302), otherwise the synchronous list
+/// of the rows `row` gives (instances it skips are left out).
+fn vm_state_listing(
+    shared: &Shared,
+    request: VmStateRequest,
+    scope: VmStateScope,
+    row: impl Fn(&Deployment, &Instance) -> Option<Value>,
+) -> ApiResult {
+    require(shared, &request.principal, Permission::Read)?;
     if request.full {
-        return request.redirect_to_task(&shared, VmStateScope::Vms);
+        return request.redirect_to_task(shared, scope);
     }
     let state = shared.state();
     let deployment = state.deployment(&request.name)?;
     let list: Vec<_> = rows::ordered_instances(deployment)
         .into_iter()
-        .filter_map(rows::vm_list_row)
+        .filter_map(|instance| row(deployment, instance))
         .collect();
     Ok(json_as_html(StatusCode::OK, &json!(list)))
 }
