@@ -31,6 +31,9 @@ enum Command {
     DirectorSim(sim::Args),
     /// The local lab: the whole system on one machine, one network namespace per VM.
     Lab(lab::Args),
+    /// Push fan-out benchmark: N simulated Envoys against an xDS server (scripts/bench push).
+    #[command(hide = true)]
+    XdsLoad(xds::loadgen::Args),
 }
 
 #[tokio::main]
@@ -54,5 +57,6 @@ async fn main() -> Result<()> {
         Command::ExampleHttpbin(args) => httpbin::run(args).await,
         Command::DirectorSim(args) => sim::run(args).await,
         Command::Lab(args) => lab::run(args).await,
+        Command::XdsLoad(args) => xds::loadgen::run(args).await,
     }
 }

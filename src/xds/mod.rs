@@ -9,6 +9,7 @@
 pub mod bootstrap;
 pub mod cache;
 pub mod delta;
+pub mod loadgen;
 pub mod resources;
 pub mod server;
 pub mod stream;
