@@ -45,9 +45,9 @@ pub struct FullRow {
     pub stemcell: StemcellRow,
 }
 
-/// One element of the synchronous `GET /deployments/:d/instances`.
+/// The fields the synchronous `/instances` and `/vms` lists share (director-api.md §3.4).
 #[derive(Debug, Serialize)]
-pub struct InstanceListRow {
+pub struct ListedInstance {
     pub agent_id: Option<String>,
     pub cid: Option<String>,
     pub job: String,
@@ -56,20 +56,21 @@ pub struct InstanceListRow {
     pub az: Option<String>,
     pub ips: Vec<String>,
     pub vm_created_at: Option<String>,
+}
+
+/// One element of the synchronous `GET /deployments/:d/instances`.
+#[derive(Debug, Serialize)]
+pub struct InstanceListRow {
+    #[serde(flatten)]
+    pub instance: ListedInstance,
     pub expects_vm: bool,
 }
 
 /// One element of the synchronous `GET /deployments/:d/vms`.
 #[derive(Debug, Serialize)]
 pub struct VmListRow {
-    pub agent_id: Option<String>,
-    pub cid: Option<String>,
-    pub job: String,
-    pub index: u32,
-    pub id: String,
-    pub az: Option<String>,
-    pub ips: Vec<String>,
-    pub vm_created_at: Option<String>,
+    #[serde(flatten)]
+    pub instance: ListedInstance,
     pub active: bool,
     pub permanent_nats_credentials: bool,
 }
@@ -179,10 +180,9 @@ pub fn full_row(deployment: &Deployment, instance: &Instance, now: SystemTime) -
     }
 }
 
-pub fn instance_list_row(deployment: &Deployment, instance: &Instance) -> InstanceListRow {
+fn listed_instance(instance: &Instance) -> ListedInstance {
     let vm = instance.vm.as_ref();
-    let errand = group_spec(deployment, instance).is_some_and(|g| g.errand);
-    InstanceListRow {
+    ListedInstance {
         agent_id: vm.map(|vm| vm.agent_id.clone()),
         cid: vm.map(|vm| vm.cid.clone()),
         job: instance.group.clone(),
@@ -191,6 +191,13 @@ pub fn instance_list_row(deployment: &Deployment, instance: &Instance) -> Instan
         az: instance.az.clone(),
         ips: ips(instance),
         vm_created_at: vm.map(|vm| rfc3339(vm.created_at)),
+    }
+}
+
+pub fn instance_list_row(deployment: &Deployment, instance: &Instance) -> InstanceListRow {
+    let errand = group_spec(deployment, instance).is_some_and(|g| g.errand);
+    InstanceListRow {
+        instance: listed_instance(instance),
         // `lifecycle == 'service' && state in (started, stopped)`.
         expects_vm: !errand,
     }
@@ -198,16 +205,9 @@ pub fn instance_list_row(deployment: &Deployment, instance: &Instance) -> Instan
 
 /// `None` for instances without a VM: the `/vms` list leaves them out.
 pub fn vm_list_row(instance: &Instance) -> Option<VmListRow> {
-    let vm = instance.vm.as_ref()?;
+    instance.vm.as_ref()?;
     Some(VmListRow {
-        agent_id: Some(vm.agent_id.clone()),
-        cid: Some(vm.cid.clone()),
-        job: instance.group.clone(),
-        index: instance.index,
-        id: instance.id.clone(),
-        az: instance.az.clone(),
-        ips: ips(instance),
-        vm_created_at: Some(rfc3339(vm.created_at)),
+        instance: listed_instance(instance),
         active: true,
         permanent_nats_credentials: true,
     })
