@@ -1,9 +1,13 @@
 //! DNAT: the iptables rules that send TCP connections for the VIP range into the local Envoy.
 //!
-//! Shape (nat table): a chain we own, `BOSHY_OUTPUT`, holding one rule
-//! `-p tcp -j REDIRECT --to-ports 15001`, and one jump to it at the top of OUTPUT that matches
-//! only `-d <vip cidr> -p tcp` and carries a comment naming boshy-istio. Nothing else is
-//! captured; Envoy dials real instance IPs, so its own traffic never loops back.
+//! Shape (nat table): a chain we own, `BOSHY_OUTPUT`, and one jump to it at the top of OUTPUT
+//! that matches only `-d <vip cidr> -p tcp` and carries a comment naming boshy-istio. The VIP
+//! CIDR must lie inside 169.254.0.0/16. The chain first RETURNs what must never reach Envoy even
+//! if the CIDR is wider than it should be — bosh-dns (169.254.0.0/24), the cloud metadata
+//! service (169.254.169.254) and the ports of ssh, monit and the BOSH agent, director, NATS,
+//! blobstore and registry ([`PROTECTED_PORTS`]) — then redirects the rest with
+//! `-p tcp -j REDIRECT --to-ports 15001`. Nothing else is captured; Envoy dials real instance
+//! IPs, so its own traffic never loops back.
 //!
 //! The pure part reads the current `iptables-save -t nat` and renders the `iptables-restore
 //! --noflush` input that makes the rules right — one atomic transaction, touching only our chain
@@ -20,6 +24,16 @@ use ipnet::Ipv4Net;
 pub const COMMENT: &str = "boshy-istio: VIP traffic to Envoy";
 /// The widest VIP range the design allows; a wider one would capture real traffic.
 const MIN_PREFIX_LEN: u8 = 16;
+/// VIPs are link-local: a range outside it would capture traffic for real hosts.
+const LINK_LOCAL: &str = "169.254.0.0/16";
+/// Destinations inside the link-local range that are never VIPs: bosh-dns and the cloud
+/// metadata service. RETURNed before the redirect.
+const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32"];
+/// TCP ports that are never redirected: ssh (22), monit (2822), the BOSH agent (2825, 6868),
+/// NATS (4222), the director (25555), its blobstore (25250) and registry (25777). A VIP never
+/// listens on them, so RETURNing them costs nothing and keeps a misconfigured CIDR from cutting
+/// the VM off from BOSH.
+pub const PROTECTED_PORTS: [u16; 8] = [22, 2822, 2825, 4222, 6868, 25250, 25555, 25777];
 /// iptables' limit on chain names (XT_EXTENSION_MAXNAMELEN - 1).
 const MAX_CHAIN_LEN: usize = 28;
 
@@ -75,7 +89,7 @@ impl Backend {
     }
 }
 
-/// `--vip-cidr`: an IPv4 network with no host bits set, at most a /16.
+/// `--vip-cidr`: an IPv4 network with no host bits set inside 169.254.0.0/16.
 pub fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
     let net: Ipv4Net = text
         .parse()
@@ -90,6 +104,13 @@ pub fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
         return Err(format!(
             "`{text}` is wider than a /{MIN_PREFIX_LEN}; it would capture traffic that is not \
              for a VIP"
+        ));
+    }
+    let link_local: Ipv4Net = LINK_LOCAL.parse().expect("valid CIDR");
+    if !link_local.contains(&net) {
+        return Err(format!(
+            "`{text}` is outside {LINK_LOCAL}: VIPs are link-local, and any other range would \
+             capture traffic for real hosts"
         ));
     }
     Ok(net)
@@ -141,7 +162,29 @@ impl RuleSpec {
         ])
     }
 
-    /// The only rule of our chain, in `iptables-save` form (without `-A <chain>`).
+    /// The rules of our chain, in order, in `iptables-save` form (without `-A <chain>`): the
+    /// RETURNs for what must never be captured, then the redirect.
+    pub fn chain_rules(&self) -> Vec<Vec<String>> {
+        let mut rules: Vec<Vec<String>> = PROTECTED_DESTINATIONS
+            .iter()
+            .map(|destination| words(&["-d", destination, "-j", "RETURN"]))
+            .collect();
+        let ports = PROTECTED_PORTS.map(|port| port.to_string()).join(",");
+        rules.push(words(&[
+            "-p",
+            "tcp",
+            "-m",
+            "multiport",
+            "--dports",
+            &ports,
+            "-j",
+            "RETURN",
+        ]));
+        rules.push(self.redirect());
+        rules
+    }
+
+    /// The last rule of our chain, in `iptables-save` form (without `-A <chain>`).
     pub fn redirect(&self) -> Vec<String> {
         words(&[
             "-p",
@@ -293,10 +336,11 @@ impl Status {
 
 pub fn status(spec: &RuleSpec, table: &NatTable) -> Status {
     let has_chain = table.chains.contains(&spec.chain);
-    let ours: Vec<&Rule> = table
+    let ours: Vec<&Vec<String>> = table
         .rules
         .iter()
         .filter(|r| r.chain == spec.chain)
+        .map(|r| &r.spec)
         .collect();
     let jumps: Vec<&Rule> = table
         .rules
@@ -309,10 +353,11 @@ pub fn status(spec: &RuleSpec, table: &NatTable) -> Status {
     let mut problems = Vec::new();
     if !has_chain {
         problems.push(format!("chain {} is missing", spec.chain));
-    } else if ours.len() != 1 || ours[0].spec != spec.redirect() {
+    } else if ours.iter().copied().ne(spec.chain_rules().iter()) {
         problems.push(format!(
-            "chain {} should hold only `-A {} {}`, it holds {} rule(s)",
+            "chain {} should hold {} rules ending in `-A {} {}`, it holds {} other(s)",
             spec.chain,
+            spec.chain_rules().len(),
             spec.chain,
             join_words(&spec.redirect()),
             ours.len()
@@ -364,11 +409,9 @@ pub fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String> {
     // With --noflush, declaring a chain creates it, or flushes it when it exists: only our own
     // chain is ever declared.
     lines.push(format!(":{} - [0:0]", spec.chain));
-    lines.push(format!(
-        "-A {} {}",
-        spec.chain,
-        join_words(&spec.redirect())
-    ));
+    for rule in spec.chain_rules() {
+        lines.push(format!("-A {} {}", spec.chain, join_words(&rule)));
+    }
     let mut kept_jump = false;
     for rule in table.rules.iter().filter(|r| r.jumps_to(&spec.chain)) {
         if *rule == wanted && !kept_jump {
@@ -561,6 +604,9 @@ mod tests {
 
     const CHAIN: &str = ":BOSHY_OUTPUT - [0:0]";
     const JUMP: &str = "-A OUTPUT -d 169.254.255.0/24 -p tcp -m comment --comment \"boshy-istio: VIP traffic to Envoy\" -j BOSHY_OUTPUT";
+    const RETURN_DNS: &str = "-A BOSHY_OUTPUT -d 169.254.0.0/24 -j RETURN";
+    const RETURN_METADATA: &str = "-A BOSHY_OUTPUT -d 169.254.169.254/32 -j RETURN";
+    const RETURN_PORTS: &str = "-A BOSHY_OUTPUT -p tcp -m multiport --dports 22,2822,2825,4222,6868,25250,25555,25777 -j RETURN";
     const REDIRECT: &str = "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001";
 
     fn table(ours: &[&str]) -> NatTable {
@@ -571,7 +617,14 @@ mod tests {
     fn parses_chains_and_rules_of_the_nat_table_only() {
         let text = format!(
             "*filter\n:INPUT ACCEPT [0:0]\n-A INPUT -j ACCEPT\nCOMMIT\n{}",
-            save_output(&[CHAIN, JUMP, REDIRECT])
+            save_output(&[
+                CHAIN,
+                JUMP,
+                RETURN_DNS,
+                RETURN_METADATA,
+                RETURN_PORTS,
+                REDIRECT
+            ])
         );
         let nat = parse_nat(&text).unwrap();
         assert_eq!(
@@ -585,7 +638,7 @@ mod tests {
                 "BOSHY_OUTPUT"
             ]
         );
-        assert_eq!(nat.rules.len(), 6);
+        assert_eq!(nat.rules.len(), 9);
         let jump = nat
             .rules
             .iter()
@@ -606,6 +659,9 @@ mod tests {
             input,
             "*nat\n\
              :BOSHY_OUTPUT - [0:0]\n\
+             -A BOSHY_OUTPUT -d 169.254.0.0/24 -j RETURN\n\
+             -A BOSHY_OUTPUT -d 169.254.169.254/32 -j RETURN\n\
+             -A BOSHY_OUTPUT -p tcp -m multiport --dports 22,2822,2825,4222,6868,25250,25555,25777 -j RETURN\n\
              -A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001\n\
              -I OUTPUT 1 -d 169.254.255.0/24 -p tcp -m comment --comment \"boshy-istio: VIP traffic to Envoy\" -j BOSHY_OUTPUT\n\
              COMMIT\n"
@@ -615,7 +671,14 @@ mod tests {
 
     #[test]
     fn install_when_installed_renders_nothing() {
-        let installed = table(&[CHAIN, JUMP, REDIRECT]);
+        let installed = table(&[
+            CHAIN,
+            JUMP,
+            RETURN_DNS,
+            RETURN_METADATA,
+            RETURN_PORTS,
+            REDIRECT,
+        ]);
         assert_eq!(status(&spec(), &installed), Status::Installed);
         assert_eq!(render_install(&spec(), &installed), None);
     }
@@ -634,7 +697,10 @@ mod tests {
             [
                 "*nat",
                 ":BOSHY_OUTPUT - [0:0]",
-                "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001",
+                RETURN_DNS,
+                RETURN_METADATA,
+                RETURN_PORTS,
+                REDIRECT,
                 &stale.replacen("-A", "-D", 1),
                 &JUMP.replacen("-A", "-D", 1),
                 "COMMIT",
@@ -644,7 +710,11 @@ mod tests {
 
     #[test]
     fn install_adds_the_jump_when_only_the_chain_exists() {
-        let input = render_install(&spec(), &table(&[CHAIN, REDIRECT])).unwrap();
+        let input = render_install(
+            &spec(),
+            &table(&[CHAIN, RETURN_DNS, RETURN_METADATA, RETURN_PORTS, REDIRECT]),
+        )
+        .unwrap();
         assert!(
             input.contains("\n-I OUTPUT 1 -d 169.254.255.0/24 "),
             "{input}"
@@ -655,7 +725,19 @@ mod tests {
     #[test]
     fn remove_deletes_every_jump_and_the_chain() {
         let foreign_jump = "-A PREROUTING -p tcp -j BOSHY_OUTPUT";
-        let input = render_remove(&spec(), &table(&[CHAIN, JUMP, REDIRECT, foreign_jump])).unwrap();
+        let input = render_remove(
+            &spec(),
+            &table(&[
+                CHAIN,
+                JUMP,
+                RETURN_DNS,
+                RETURN_METADATA,
+                RETURN_PORTS,
+                REDIRECT,
+                foreign_jump,
+            ]),
+        )
+        .unwrap();
         assert_eq!(
             input,
             format!(
@@ -680,7 +762,10 @@ mod tests {
 
     #[test]
     fn status_names_what_is_wrong() {
-        let Status::Partial(problems) = status(&spec(), &table(&[CHAIN, REDIRECT])) else {
+        let Status::Partial(problems) = status(
+            &spec(),
+            &table(&[CHAIN, RETURN_DNS, RETURN_METADATA, RETURN_PORTS, REDIRECT]),
+        ) else {
             panic!("partial expected");
         };
         assert_eq!(problems.len(), 1);
@@ -699,7 +784,17 @@ mod tests {
             ..spec()
         };
         assert!(matches!(
-            status(&other_port, &table(&[CHAIN, JUMP, REDIRECT])),
+            status(
+                &other_port,
+                &table(&[
+                    CHAIN,
+                    JUMP,
+                    RETURN_DNS,
+                    RETURN_METADATA,
+                    RETURN_PORTS,
+                    REDIRECT
+                ])
+            ),
             Status::Partial(_)
         ));
         assert_eq!(Status::Installed.exit_code(), 0);
@@ -714,10 +809,23 @@ mod tests {
             redirect_port: 16001,
             chain: "MESH_OUT".into(),
         };
-        let input = render_install(&custom, &table(&[CHAIN, JUMP, REDIRECT])).unwrap();
+        let input = render_install(
+            &custom,
+            &table(&[
+                CHAIN,
+                JUMP,
+                RETURN_DNS,
+                RETURN_METADATA,
+                RETURN_PORTS,
+                REDIRECT,
+            ]),
+        )
+        .unwrap();
         assert!(
-            input.contains(":MESH_OUT - [0:0]\n-A MESH_OUT -p tcp -j REDIRECT --to-ports 16001\n")
+            input.contains("\n-A MESH_OUT -p tcp -j REDIRECT --to-ports 16001\n"),
+            "{input}"
         );
+        assert!(input.contains(":MESH_OUT - [0:0]\n-A MESH_OUT -d 169.254.0.0/24 -j RETURN\n"));
         assert!(input.contains("-I OUTPUT 1 -d 169.254.0.0/16 -p tcp"));
         assert!(
             !input.contains("BOSHY_OUTPUT"),
@@ -745,6 +853,40 @@ mod tests {
             .contains("169.254.255.0/24"));
         assert!(parse_vip_cidr("0.0.0.0/0").unwrap_err().contains("wider"));
         assert!(parse_vip_cidr("fd00::/64").is_err());
+    }
+
+    #[test]
+    fn vip_cidrs_outside_link_local_are_refused() {
+        for bad in [
+            "10.0.0.0/16",
+            "169.255.0.0/24",
+            "0.0.0.0/16",
+            "169.254.0.0/15",
+        ] {
+            assert!(parse_vip_cidr(bad).is_err(), "{bad}");
+        }
+        assert!(parse_vip_cidr("10.0.0.0/24")
+            .unwrap_err()
+            .contains("outside 169.254.0.0/16"));
+        for good in ["169.254.0.0/16", "169.254.255.0/24", "169.254.200.0/22"] {
+            assert!(parse_vip_cidr(good).is_ok(), "{good}");
+        }
+    }
+
+    #[test]
+    fn the_chain_returns_protected_destinations_and_ports_before_redirecting() {
+        let rules = spec().chain_rules();
+        assert_eq!(rules.last().unwrap(), &spec().redirect());
+        let text: Vec<String> = rules.iter().map(|r| join_words(r)).collect();
+        assert!(text.contains(&"-d 169.254.0.0/24 -j RETURN".to_string()));
+        assert!(text.contains(&"-d 169.254.169.254/32 -j RETURN".to_string()));
+        let ports = text.iter().find(|r| r.contains("multiport")).unwrap();
+        for port in ["22", "2822", "2825", "6868", "25250"] {
+            assert!(
+                ports.split([' ', ',']).any(|w| w == port),
+                "{port} in {ports}"
+            );
+        }
     }
 
     #[test]
