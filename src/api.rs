@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
@@ -167,7 +167,11 @@ pub(crate) async fn serve_router(
     }
 }
 
-async fn serve_connection(stream: TcpStream, peer: SocketAddr, router: Router) {
+/// Serves one connection (plain TCP, or TLS already accepted) until it ends.
+pub(crate) async fn serve_connection<S>(stream: S, peer: SocketAddr, router: Router)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let service = hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
         request.extensions_mut().insert(ConnectInfo(peer));
         router.clone().oneshot(request)

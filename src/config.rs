@@ -51,6 +51,73 @@ pub struct PilotConfig {
     pub vip_state_path: Option<PathBuf>,
     #[serde(default)]
     pub listen: PilotListen,
+    /// Mutual TLS on the xDS and name-table ports. Required unless `insecure_plaintext`.
+    #[serde(default)]
+    pub tls: Option<ServerTls>,
+    /// Serve xDS and the name table without TLS to anyone who connects; for tests only,
+    /// logged as a warning at every start.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
+}
+
+impl PilotConfig {
+    /// Checks that the xDS and name-table ports are locked down (`tls`) or explicitly not;
+    /// in that case returns the warning to log at start.
+    pub fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
+        check_transport(self.tls.is_some(), self.insecure_plaintext, config_path)
+    }
+}
+
+/// The pilot's side of mutual TLS: PEM files as the bosh-pilot job renders them.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The mesh CA: only clients presenting a certificate it signed are served.
+    pub ca_cert_path: PathBuf,
+    /// This pilot's certificate (then any intermediates).
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+/// A client's side of mutual TLS to the pilots (the agent's, and Envoy's bootstrap).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The mesh CA: a pilot is trusted only with a certificate it signed.
+    pub ca_cert_path: PathBuf,
+    /// This client's certificate (then any intermediates), presented to the pilot.
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+    /// The DNS name the pilot's certificate must carry. Pilots are dialled by IP (link
+    /// addresses), so this fixed name is what is verified, as bosh-dns does for its health
+    /// checks.
+    pub server_name: String,
+}
+
+/// `tls` xor `insecure_plaintext`; the warning to log when plaintext was chosen.
+fn check_transport(
+    tls: bool,
+    insecure_plaintext: bool,
+    config_path: &Path,
+) -> Result<Option<String>> {
+    match (tls, insecure_plaintext) {
+        (true, false) => Ok(None),
+        (false, true) => Ok(Some(format!(
+            "mutual TLS is off (insecure_plaintext is set in {}): the control plane's xDS and \
+             name-table traffic is neither authenticated nor encrypted",
+            config_path.display()
+        ))),
+        (true, true) => bail!(
+            "config file {}: key `insecure_plaintext`: set together with `tls`; remove one",
+            config_path.display()
+        ),
+        (false, false) => bail!(
+            "config file {}: key `tls`: missing: the xDS and name-table traffic needs mutual \
+             TLS (ca_cert_path, cert_path, key_path); `insecure_plaintext: true` turns it off \
+             for tests",
+            config_path.display()
+        ),
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -212,9 +279,39 @@ pub struct AgentConfig {
     /// When true, every start logs a warning.
     #[serde(default)]
     pub allow_non_loopback_listen: bool,
+    /// Mutual TLS to the pilots. Required unless `insecure_plaintext`.
+    #[serde(default)]
+    pub tls: Option<ClientTls>,
+    /// Follow the pilots without TLS; for tests only, logged as a warning at every start.
+    #[serde(default)]
+    pub insecure_plaintext: bool,
 }
 
 impl AgentConfig {
+    /// Checks that the name-table stream is locked down (`tls`, and no `http://` pilot) or
+    /// explicitly not (`insecure_plaintext`, and no `https://` pilot); returns the warning to
+    /// log at start for plaintext. Errors name the file and the key.
+    pub fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
+        let warning = check_transport(self.tls.is_some(), self.insecure_plaintext, config_path)?;
+        let (refused, because) = if self.tls.is_some() {
+            ("http://", "`tls` is set")
+        } else {
+            ("https://", "`insecure_plaintext` is set")
+        };
+        if let Some((i, pilot)) = self
+            .pilots
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.trim().to_ascii_lowercase().starts_with(refused))
+        {
+            bail!(
+                "config file {}: key `pilots[{i}]`: `{pilot}` is {refused} but {because}",
+                config_path.display()
+            );
+        }
+        Ok(warning)
+    }
+
     /// Checks that `listen` is a loopback address, or that a non-loopback one was explicitly
     /// allowed; in that case returns the warning to log at start. Errors name the file and key.
     pub fn check_listen(&self, config_path: &Path) -> Result<Option<String>> {
@@ -318,6 +415,67 @@ mod tests {
                 .expose(),
             "hunter2"
         );
+    }
+
+    #[test]
+    fn the_control_plane_ports_need_mutual_tls_or_an_explicit_opt_out() {
+        let path = Path::new("/jobs/pilot.yml");
+        let pilot = |extra: &str| -> PilotConfig {
+            let text = format!("director:\n  url: https://x\n  client: c\n{extra}");
+            parse(&text, path).unwrap()
+        };
+        let tls = "tls:\n  ca_cert_path: /ca.pem\n  cert_path: /c.pem\n  key_path: /c.key\n";
+        assert_eq!(pilot(tls).check_transport(path).unwrap(), None);
+        let missing = pilot("").check_transport(path).unwrap_err().to_string();
+        assert!(
+            missing.contains("/jobs/pilot.yml") && missing.contains("key `tls`"),
+            "{missing}"
+        );
+        let warning = pilot("insecure_plaintext: true\n")
+            .check_transport(path)
+            .unwrap();
+        assert!(warning.expect("a warning").contains("insecure_plaintext"));
+        let both = pilot(&format!("{tls}insecure_plaintext: true\n"))
+            .check_transport(path)
+            .unwrap_err()
+            .to_string();
+        assert!(both.contains("key `insecure_plaintext`"), "{both}");
+    }
+
+    #[test]
+    fn agent_pilot_urls_must_match_the_transport() {
+        let path = Path::new("agent.yml");
+        let tls =
+            "tls: {ca_cert_path: /ca, cert_path: /c, key_path: /k, server_name: pilot.mesh}\n";
+        let with_pilots = |pilots: &str, transport: &str| -> AgentConfig {
+            parse(
+                &format!("pilots: {pilots}\ntable_path: /t\n{transport}"),
+                path,
+            )
+            .unwrap()
+        };
+        let ok = with_pilots("[\"https://10.0.0.1:15011\", \"10.0.0.2:15011\"]", tls);
+        assert_eq!(ok.check_transport(path).unwrap(), None);
+        let msg = with_pilots("[\"10.0.0.2:15011\", \"HTTP://10.0.0.1:15011\"]", tls)
+            .check_transport(path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            msg.contains("key `pilots[1]`") && msg.contains("`tls` is set"),
+            "{msg}"
+        );
+        let msg = with_pilots("[\"https://10.0.0.1:15011\"]", "insecure_plaintext: true\n")
+            .check_transport(path)
+            .unwrap_err()
+            .to_string();
+        assert!(msg.contains("key `pilots[0]`"), "{msg}");
+        let plain = with_pilots("[\"http://10.0.0.1:15011\"]", "insecure_plaintext: true\n");
+        assert!(plain.check_transport(path).unwrap().is_some());
+        let missing = with_pilots("[\"10.0.0.1:15011\"]", "")
+            .check_transport(path)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("key `tls`"), "{missing}");
     }
 
     fn agent(extra: &str) -> AgentConfig {

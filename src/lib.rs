@@ -18,4 +18,5 @@ pub mod pilot;
 pub mod sim;
 pub mod text;
 pub mod vip;
+pub mod tls;
 pub mod xds;

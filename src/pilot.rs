@@ -42,6 +42,18 @@ pub async fn run(args: Args) -> Result<()> {
     let secret = cfg.director.resolve_secret(&args.config)?;
     let poller = director::Poller::new(&cfg.director, secret)
         .with_context(|| format!("config file {}: key `director`", args.config.display()))?;
+    let plaintext_warning = cfg.check_transport(&args.config)?;
+    let tls = cfg
+        .tls
+        .as_ref()
+        .map(|tls| -> Result<_> {
+            Ok((
+                crate::tls::server_config(tls, &[crate::tls::ALPN_H2])?,
+                crate::tls::server_config(tls, &crate::tls::ALPN_HTTP)?,
+            ))
+        })
+        .transpose()
+        .with_context(|| format!("config file {}", args.config.display()))?;
     if args.check_config {
         println!("{}: OK", args.config.display());
         return Ok(());
@@ -75,6 +87,17 @@ pub async fn run(args: Args) -> Result<()> {
         services: Vec::new(),
     }));
     tracing::info!(director = %cfg.director.url, tld = %cfg.tld, vip_cidr = %cfg.virtual_ip_cidr, vip_store = %vips.store(), "bosh-pilot starting");
+    if let Some(warning) = plaintext_warning {
+        tracing::warn!("{warning}");
+    }
+    let (xds_tls, names_tls) = tls.unzip();
+    let names_catalog = catalog_rx.clone();
+    let names_server = async move {
+        match names_tls {
+            Some(tls) => names::serve_tls(names_listener, names_catalog, tls).await,
+            None => names::serve(names_listener, names_catalog).await,
+        }
+    };
 
     let catalogs = CatalogPublisher {
         tld: cfg.tld.clone(),
@@ -88,8 +111,8 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
         result = catalogs.run(deployments_rx, vip_refresh) => result,
-        result = xds::server::serve(xds_listener, catalog_rx.clone()) => result.context("xDS server"),
-        result = names::serve(names_listener, catalog_rx.clone()) => result.context("name-table server"),
+        result = xds::server::serve_with_tls(xds_listener, catalog_rx.clone(), xds_tls) => result.context("xDS server"),
+        result = names_server => result.context("name-table server"),
         result = api::serve(api_listener, catalog_rx) => result.context("HTTP API"),
     }
 }

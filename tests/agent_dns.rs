@@ -93,6 +93,7 @@ fn write_config_with_pilot(dir: &Path, port: u16, pilot: &str) {
         "listen: 127.0.0.1:{port}\n\
          ttl_seconds: {TTL}\n\
          pilots: [\"{pilot}\"]\n\
+         insecure_plaintext: true\n\
          table_path: {}\n\
          bosh_dns_handlers_path: {}\n",
         dir.join("table.json").display(),

@@ -463,7 +463,16 @@ fn bosh_int(manifest: &str, ops: &[&str]) -> Value {
         .unwrap();
     for variable in doc["variables"].as_sequence().into_iter().flatten() {
         let name = variable["name"].as_str().expect("variables[].name");
-        vars.insert(name.into(), format!("generated-{name}").into());
+        let generated: Value = match variable["type"].as_str() {
+            // A certificate interpolates as its three PEMs, as `--vars-store` generates it.
+            Some("certificate") => ["ca", "certificate", "private_key"]
+                .into_iter()
+                .map(|key| (key.into(), format!("generated-{name}-{key}").into()))
+                .collect::<Mapping>()
+                .into(),
+            _ => format!("generated-{name}").into(),
+        };
+        vars.insert(name.into(), generated);
     }
     let mut unknown = BTreeSet::new();
     let resolved = interpolate(&doc, &vars, &mut unknown);

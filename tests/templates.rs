@@ -128,6 +128,14 @@ fn render(job: &str, properties: Value, link: Link) -> Rendered {
 
 fn render_for(job: &str, properties: Value, link: Link, spec: &InstanceSpec) -> Rendered {
     let release = jobs::release_dir();
+    // The mesh certificates are required wherever xDS or the name table is spoken (no
+    // default exists); tests not about them get a valid set. tests/mtls.rs covers them.
+    let properties = match mesh_tls(job) {
+        Some(tls) if properties.get("tls").is_none() => {
+            jobs::deep_merge(&properties, &json!({ "tls": tls }))
+        }
+        _ => properties,
+    };
     let consumes_pilot = job_spec(&release, job)["consumes"]
         .as_sequence()
         .is_some_and(|c| c.iter().any(|l| l["name"] == "bosh-pilot"));
@@ -151,6 +159,25 @@ fn required_properties(job: &str) -> Value {
         }}),
         _ => json!({}),
     }
+}
+
+/// The `tls` property of the jobs that need one: the pilot's server certificate, or the
+/// addon's client certificate, from one CA per test process.
+fn mesh_tls(job: &str) -> Option<Value> {
+    static PKI: std::sync::OnceLock<(String, [boshy::lab::pki::Issued; 2])> =
+        std::sync::OnceLock::new();
+    let (ca, [server, client]) = PKI.get_or_init(|| {
+        let ca = boshy::lab::pki::Ca::new("templates test CA").unwrap();
+        let server = ca.server(boshy::lab::pki::PILOT_SERVER_NAME).unwrap();
+        let client = ca.client("templates test client").unwrap();
+        (ca.cert_pem(), [server, client])
+    });
+    let issued = match job {
+        "bosh-pilot" => server,
+        "virtual-ip-agent" | "bosh-envoy" => client,
+        _ => return None,
+    };
+    Some(json!({"ca": ca, "certificate": issued.cert_pem, "private_key": issued.key_pem}))
 }
 
 fn default_link() -> Link {
@@ -414,7 +441,7 @@ fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["listen"], "127.0.0.1:8053");
     assert_eq!(agent["tld"], "boshy");
-    assert_eq!(agent["pilots"], json!(["http://10.244.0.10:15011"]));
+    assert_eq!(agent["pilots"], json!(["https://10.244.0.10:15011"]));
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_eq!(bpm.processes[0].name, "vip-agent");
     let dnat = rendered.text("bin/dnat");
@@ -439,7 +466,7 @@ fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(agent["listen"], "0.0.0.0:53");
     assert_eq!(
         agent["pilots"],
-        json!(["http://10.244.0.10:16011", "http://10.244.0.11:16011"])
+        json!(["https://10.244.0.10:16011", "https://10.244.0.11:16011"])
     );
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
@@ -474,7 +501,6 @@ fn bosh_dns_handler_is_what_the_agent_itself_would_write() {
 #[test]
 fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
     let rendered = render("bosh-envoy", json!({}), default_link());
-    envoy_validate(&rendered.path("config/envoy.json"));
     let node = boshy::xds::bootstrap::NodeIdentity {
         deployment: "sample-deployment".into(),
         instance_group: "apricot".into(),
@@ -483,14 +509,24 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
         az: Some("z1".into()),
         ip: "10.244.0.7".parse().unwrap(),
     };
-    let rust = boshy::xds::bootstrap::render(
+    let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
+    let rust = boshy::xds::bootstrap::render_with_tls(
         &node,
         &["10.244.0.10:15010".to_string()],
         boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
+        boshy::xds::bootstrap::AdsMode::default(),
+        Some(&boshy::config::ClientTls {
+            ca_cert_path: tls("ca.pem"),
+            cert_path: tls("cert.pem"),
+            key_path: tls("key.pem"),
+            server_name: boshy::lab::pki::PILOT_SERVER_NAME.into(),
+        }),
     )
     .unwrap();
     let rust: Value = serde_yaml::from_str(&rust).unwrap();
     assert_eq!(rendered.json("config/envoy.json"), rust);
+    // Envoy reads the certificate files while validating: point them into the render.
+    envoy_validate(&rendered.rebased().path("config/envoy.json"));
 
     // Other values: several pilots by DNS name (bosh-dns link addresses), no AZ or index.
     let link = pilot_link(
@@ -502,7 +538,6 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
     spec.index = None;
     let other = json!({"admin_port": 9901, "concurrency": 4, "log_level": "debug", "ads": "sotw", "max_downstream_connections": 100});
     let rendered = render_for("bosh-envoy", other, link, &spec);
-    envoy_validate(&rendered.path("config/envoy.json"));
     let bootstrap = rendered.json("config/envoy.json");
     let cluster = &bootstrap["static_resources"]["clusters"][0];
     assert_eq!(cluster["type"], "STRICT_DNS");
@@ -537,6 +572,7 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
             "debug"
         ]
     );
+    envoy_validate(&rendered.rebased().path("config/envoy.json"));
 }
 
 #[test]

@@ -43,6 +43,15 @@ pub async fn run(args: Args) -> Result<()> {
     }
     if args.check_config {
         println!("config file {}: OK", args.config.display());
+    if let Some(warning) = config.check_transport(&args.config)? {
+        warn!("{warning}");
+    }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(crate::tls::client_config)
+        .transpose()
+        .with_context(|| format!("config file {}", args.config.display()))?;
         return Ok(());
     }
 
@@ -64,7 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     let (publisher, tables) = watch::channel(Arc::new(saved.clone()));
-    tokio::spawn(crate::names::follow(config.pilots.clone(), publisher));
+    tokio::spawn(crate::names::follow(config.pilots.clone(), tls, publisher));
     tokio::spawn(follow_tables(
         tables,
         saved,

@@ -11,6 +11,7 @@ mod demo;
 pub mod director;
 pub mod jobs;
 pub mod net;
+pub mod pki;
 pub mod process;
 pub mod ready;
 pub mod vm;
@@ -362,6 +363,8 @@ async fn up_with_pilots(layout: &Layout, pilots: u32) -> Result<LabState> {
             state
         }
     };
+    // The mesh's certificates, as CredHub would generate them from the manifests' variables.
+    pki::MeshFiles::of(layout).ensure()?;
     reconcile(&mut state).await?;
     println!("lab `{}`: waiting for the mesh to converge", layout.name);
     ready::wait(&state, Duration::from_secs(90)).await?;

@@ -349,9 +349,19 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
 }
 
 /// The director's client secret and CA go into bosh-pilot's properties only here, read from
-/// the simulator's files, so that they are never saved in the lab's state.
+/// the simulator's files, so that they are never saved in the lab's state; so do the mesh's
+/// certificates (`tls`) of the pilot and of the addon's jobs.
 fn with_lab_secrets(layout: &Layout, job: &JobRender) -> Result<JobRender> {
     let mut job = job.clone();
+    let mesh = super::pki::MeshFiles::of(layout);
+    let tls = match job.name.as_str() {
+        PILOT_JOB => Some(mesh.property("pilot")?),
+        name if ADDON_JOBS.contains(&name) => Some(mesh.property("client")?),
+        _ => None,
+    };
+    if let Some(tls) = tls {
+        job.properties = jobs::deep_merge(&job.properties, &json!({ "tls": tls }));
+    }
     if job.name == PILOT_JOB {
         let read = |path: &Path| {
             std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))

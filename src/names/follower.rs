@@ -11,15 +11,22 @@ use tokio::task::JoinSet;
 use super::table::NameTable;
 use super::wire::{parse_line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH};
 
-/// Follows every pilot in `pilots` (base URLs such as `http://10.244.0.10:15011`; a bare
-/// `host:port` means `http://host:port`) and publishes each valid table that differs from the
-/// one last published. Runs until dropped; a pilot that is down or sends garbage is retried
-/// with backoff while the others keep the table current.
+/// Follows every pilot in `pilots` (base URLs such as `https://10.244.0.10:15011`; a bare
+/// `host:port` means https with `tls`, else http) and publishes each valid table that differs
+/// from the one last published. Runs until dropped; a pilot that is down, fails the TLS
+/// handshake or sends garbage is retried with backoff while the others keep the table current.
+///
+/// With `tls` (mutual TLS, see [`crate::tls::client_config`]) a pilot is followed only if its
+/// certificate is from the mesh CA; `None` is plaintext (the config's explicit opt-out).
 ///
 /// With several pilots the table last received wins: replicas read the same director, so they
 /// disagree only between their polls, and each pilot sends a table only when it changes.
-pub async fn follow(pilots: Vec<String>, tx: watch::Sender<Arc<NameTable>>) {
-    follow_with(pilots, tx, FollowTiming::default()).await
+pub async fn follow(
+    pilots: Vec<String>,
+    tls: Option<rustls::ClientConfig>,
+    tx: watch::Sender<Arc<NameTable>>,
+) {
+    follow_with(pilots, tls, tx, FollowTiming::default()).await
 }
 
 /// How patient a follower is; shortened by the tests.
@@ -43,6 +50,7 @@ impl Default for FollowTiming {
 
 pub(crate) async fn follow_with(
     pilots: Vec<String>,
+    tls: Option<rustls::ClientConfig>,
     tx: watch::Sender<Arc<NameTable>>,
     timing: FollowTiming,
 ) {
@@ -50,11 +58,14 @@ pub(crate) async fn follow_with(
         tracing::error!("no pilot addresses configured: the name table will never change");
         return std::future::pending().await;
     }
-    let client = match reqwest::Client::builder()
+    let secure = tls.is_some();
+    let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Duration::from_secs(30))
-        .build()
-    {
+        .tcp_keepalive(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    let client = match builder.build() {
         Ok(client) => client,
         Err(err) => {
             tracing::error!("cannot build the HTTP client for the name-table stream: {err}");
@@ -64,7 +75,8 @@ pub(crate) async fn follow_with(
     let tx = Arc::new(tx);
     let mut followers = JoinSet::new();
     for pilot in pilots {
-        followers.spawn(follow_pilot(client.clone(), pilot, tx.clone(), timing));
+        let url = watch_url(&pilot, secure);
+        followers.spawn(follow_pilot(client.clone(), pilot, url, tx.clone(), timing));
     }
     // Each follower loops forever; dropping this future aborts them all.
     while followers.join_next().await.is_some() {}
@@ -73,10 +85,10 @@ pub(crate) async fn follow_with(
 async fn follow_pilot(
     client: reqwest::Client,
     pilot: String,
+    url: String,
     tx: Arc<watch::Sender<Arc<NameTable>>>,
     timing: FollowTiming,
 ) {
-    let url = watch_url(&pilot);
     let mut backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
     loop {
         let err = read_stream(&client, &url, &tx, timing.idle_timeout, &mut backoff)
@@ -142,13 +154,15 @@ fn publish(tx: &watch::Sender<Arc<NameTable>>, table: NameTable, url: &str) {
     }
 }
 
-/// The watch URL for one configured pilot address.
-fn watch_url(pilot: &str) -> String {
+/// The watch URL for one configured pilot address; a bare `host:port` gets https when the
+/// stream is `secure`.
+fn watch_url(pilot: &str, secure: bool) -> String {
     let base = pilot.trim().trim_end_matches('/');
     if base.contains("://") {
         format!("{base}{WATCH_PATH}")
     } else {
-        format!("http://{base}{WATCH_PATH}")
+        let scheme = if secure { "https" } else { "http" };
+        format!("{scheme}://{base}{WATCH_PATH}")
     }
 }
 
@@ -203,15 +217,19 @@ mod tests {
     #[test]
     fn watch_url_accepts_base_urls_and_bare_addresses() {
         assert_eq!(
-            watch_url("http://10.0.0.1:15011/"),
+            watch_url("http://10.0.0.1:15011/", false),
             "http://10.0.0.1:15011/v1/names/watch"
         );
         assert_eq!(
-            watch_url("10.0.0.1:15011"),
+            watch_url("10.0.0.1:15011", false),
             "http://10.0.0.1:15011/v1/names/watch"
         );
         assert_eq!(
-            watch_url("https://pilot:15011"),
+            watch_url("10.0.0.1:15011", true),
+            "https://10.0.0.1:15011/v1/names/watch"
+        );
+        assert_eq!(
+            watch_url("https://pilot:15011", true),
             "https://pilot:15011/v1/names/watch"
         );
     }

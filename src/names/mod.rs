@@ -2,8 +2,8 @@
 //!
 //! # Wire format
 //!
-//! The agent sends `GET /v1/names/watch` to the pilot's names port (default 15011) over plain
-//! HTTP/1.1 (or h2c). The pilot answers `200` with `content-type: application/x-ndjson` and a
+//! The agent sends `GET /v1/names/watch` to the pilot's names port (default 15011) over
+//! HTTP/1.1 or HTTP/2, in TLS. The pilot answers `200` with `content-type: application/x-ndjson` and a
 //! response that never ends: one JSON object per line, each with exactly one key:
 //!
 //! ```text
@@ -29,8 +29,11 @@
 //! other line is logged with the pilot's address and the connection is dropped and retried
 //! with backoff. A valid table is published only when it differs from the one last published.
 //!
-//! The stream carries no secret and is not authenticated; integrity on untrusted networks
-//! (mTLS with the xDS certificates) is future work.
+//! The stream runs over mutual TLS (`serve_tls`, and `follow` with a client config; see
+//! `crate::tls`): the pilot streams only to followers with a certificate from the mesh CA, and
+//! a follower takes tables only from a pilot with one. Then the bare `host:port` form means
+//! `https://host:port`. Plaintext (`serve`, `follow` without TLS) is for tests and the
+//! configs' explicit `insecure_plaintext` opt-out.
 
 mod follower;
 mod server;
@@ -38,7 +41,7 @@ pub mod table;
 pub mod wire;
 
 pub use follower::follow;
-pub use server::serve;
+pub use server::{serve, serve_tls};
 
 #[cfg(test)]
 mod tests;

@@ -5,13 +5,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use anyhow::Context;
 use axum::body::{Body, Bytes};
 use axum::extract::{ConnectInfo, State};
 use axum::http::header;
 use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
+use futures::StreamExt;
 use tokio::sync::watch;
+use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use super::table::NameTable;
@@ -27,15 +30,43 @@ pub async fn serve(
     serve_with_heartbeat(listener, catalog, HEARTBEAT_INTERVAL).await
 }
 
+/// Like [`serve`], over mutual TLS: only followers presenting a certificate that `tls`
+/// trusts get a stream; the others are refused in the handshake.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    tls: Arc<rustls::ServerConfig>,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    tracing::info!("names server listening on {local} (mutual TLS)");
+    let router = router(catalog, HEARTBEAT_INTERVAL);
+    let mut incoming = crate::tls::incoming(listener, tls, "names");
+    // The connections belong to this future, as with `serve`: dropping it closes them.
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = incoming.next() => {
+                let stream = accepted.context("the TLS accept loop stopped")??;
+                let Ok(peer) = crate::tls::peer_addr(&stream) else { continue };
+                connections.spawn(crate::api::serve_connection(stream, peer, router.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
 pub(crate) async fn serve_with_heartbeat(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
     heartbeat: Duration,
 ) -> anyhow::Result<()> {
-    let router = Router::new()
+    crate::api::serve_router(listener, router(catalog, heartbeat), "names").await
+}
+
+fn router(catalog: watch::Receiver<Arc<Catalog>>, heartbeat: Duration) -> Router {
+    Router::new()
         .route(WATCH_PATH, get(watch_names))
-        .with_state(WatchConfig { catalog, heartbeat });
-    crate::api::serve_router(listener, router, "names").await
+        .with_state(WatchConfig { catalog, heartbeat })
 }
 
 #[derive(Clone)]

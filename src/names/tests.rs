@@ -90,7 +90,7 @@ impl Pilot {
 
 fn start_follower(pilots: Vec<String>, timing: FollowTiming) -> watch::Receiver<Arc<NameTable>> {
     let (tx, rx) = watch::channel(Arc::new(NameTable::default()));
-    tokio::spawn(follow_with(pilots, tx, timing));
+    tokio::spawn(follow_with(pilots, None, tx, timing));
     rx
 }
 

@@ -76,6 +76,22 @@ pub struct Args {
     /// Write the bootstrap here instead of stdout.
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// Mutual TLS to the pilots: the mesh CA's PEM file (with --tls-cert, --tls-key and
+    /// --tls-server-name). Required unless --insecure-plaintext.
+    #[arg(long, required_unless_present = "insecure_plaintext", requires_all = ["tls_cert", "tls_key", "tls_server_name"])]
+    pub tls_ca: Option<PathBuf>,
+    /// This Envoy's client certificate (PEM file).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_cert: Option<PathBuf>,
+    /// The key of --tls-cert (PEM file).
+    #[arg(long, requires = "tls_ca")]
+    pub tls_key: Option<PathBuf>,
+    /// The DNS name in the pilots' certificate.
+    #[arg(long, requires = "tls_ca")]
+    pub tls_server_name: Option<String>,
+    /// Talk to the pilots without TLS (tests only).
+    #[arg(long, conflicts_with = "tls_ca")]
+    pub insecure_plaintext: bool,
 }
 
 /// Who this Envoy is, in BOSH terms.
@@ -111,7 +127,23 @@ pub async fn run(args: Args) -> Result<()> {
         az: args.az,
         ip: args.ip,
     };
-    let yaml = render_with(&node, &args.pilots, args.admin, args.ads)?;
+    let tls = match (
+        args.tls_ca,
+        args.tls_cert,
+        args.tls_key,
+        args.tls_server_name,
+    ) {
+        (Some(ca_cert_path), Some(cert_path), Some(key_path), Some(server_name)) => {
+            Some(crate::config::ClientTls {
+                ca_cert_path,
+                cert_path,
+                key_path,
+                server_name,
+            })
+        }
+        _ => None, // --insecure-plaintext; clap enforces all or none
+    };
+    let yaml = render_with_tls(&node, &args.pilots, args.admin, args.ads, tls.as_ref())?;
     match args.output {
         Some(path) => tokio::fs::write(&path, yaml)
             .await
@@ -136,6 +168,18 @@ pub fn render_with(
     pilots: &[String],
     admin: SocketAddr,
     ads_mode: AdsMode,
+) -> Result<String> {
+    render_with_tls(node, pilots, admin, ads_mode, None)
+}
+
+/// Like [`render_with`]; with `tls`, the ADS connection is mutual TLS
+/// (`crate::tls::envoy_transport_socket`), as the bosh-envoy job always renders it.
+pub fn render_with_tls(
+    node: &NodeIdentity,
+    pilots: &[String],
+    admin: SocketAddr,
+    ads_mode: AdsMode,
+    tls: Option<&crate::config::ClientTls>,
 ) -> Result<String> {
     if !admin.ip().is_loopback() {
         bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
@@ -175,7 +219,7 @@ pub fn render_with(
         metadata["az"] = json!(az);
     }
     let ads = json!({"ads": {}, "resource_api_version": "V3"});
-    let bootstrap = json!({
+    let mut bootstrap = json!({
         "node": {
             "id": node.node_id(),
             "cluster": node.node_cluster(),
@@ -228,6 +272,10 @@ pub fn render_with(
             }],
         },
     });
+    if let Some(tls) = tls {
+        bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
+            crate::tls::envoy_transport_socket(tls);
+    }
     Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
 }
 

@@ -40,18 +40,37 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
 ) -> anyhow::Result<()> {
+    serve_with_tls(listener, catalog, None).await
+}
+
+/// Like [`serve`]; with `tls` (mutual TLS, see `crate::tls::server_config`) only clients
+/// with a certificate from the mesh CA get past the handshake.
+pub async fn serve_with_tls(
+    listener: tokio::net::TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let address = listener.local_addr().context("xDS listener address")?;
     let ads = Ads {
         snapshots: cache::follow(catalog),
     };
-    tracing::info!(%address, "xDS (ADS) server listening");
-    tonic::transport::Server::builder()
+    tracing::info!(%address, mutual_tls = tls.is_some(), "xDS (ADS) server listening");
+    let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads))
-        .serve_with_incoming(TcpListenerStream::new(listener))
-        .await
-        .with_context(|| format!("xDS server on {address}"))
+        .add_service(AggregatedDiscoveryServiceServer::new(ads));
+    let served = match tls {
+        None => {
+            router
+                .serve_with_incoming(TcpListenerStream::new(listener))
+                .await
+        }
+        Some(tls) => {
+            let incoming = crate::tls::incoming(listener, tls, "xDS");
+            router.serve_with_incoming(incoming).await
+        }
+    };
+    served.with_context(|| format!("xDS server on {address}"))
 }
 
 struct Ads {

@@ -1,0 +1,192 @@
+//! The mesh's certificates, as the director's CredHub generates them from the manifests'
+//! `variables:` (manifests/bosh-istio.yml and runtime-config.yml): one CA (`/boshy_istio_ca`),
+//! a server certificate for bosh-pilot whose SAN is the fixed name clients verify, and a
+//! client certificate for the addon's agent and Envoy. The lab generates them once at
+//! `lab up` into `<lab>/mesh-tls/` (keys mode 0600) and hands them to the jobs as properties
+//! at render time only, like the director's client secret.
+//!
+//! ECDSA P-256 keys (rcgen's ring backend generates no RSA; CredHub's are RSA 2048, which
+//! the same code loads).
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use rcgen::{
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose,
+};
+use serde_json::{json, Value};
+
+use super::Layout;
+
+/// The name in bosh-pilot's certificate that every client verifies: the bosh-pilot job's
+/// `tls_server_name` default, and the common name the manifests generate the certificate for.
+pub const PILOT_SERVER_NAME: &str = "bosh-pilot.boshy-istio";
+
+/// A CA that signs leaf certificates.
+pub struct Ca {
+    key: KeyPair,
+    cert: Certificate,
+}
+
+/// A certificate and its key, PEM.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl Ca {
+    pub fn new(common_name: &str) -> Result<Ca> {
+        let key = KeyPair::generate().context("generating a CA key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params
+            .self_signed(&key)
+            .with_context(|| format!("self-signing the CA {common_name}"))?;
+        Ok(Ca { key, cert })
+    }
+
+    pub fn cert_pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server certificate for the DNS name `name` (common name and SAN).
+    pub fn server(&self, name: &str) -> Result<Issued> {
+        self.issue(
+            name,
+            vec![name.to_string()],
+            ExtendedKeyUsagePurpose::ServerAuth,
+        )
+    }
+
+    /// A client certificate (no SAN: the pilot checks only that the mesh CA signed it).
+    pub fn client(&self, common_name: &str) -> Result<Issued> {
+        self.issue(common_name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+    }
+
+    fn issue(
+        &self,
+        common_name: &str,
+        dns_names: Vec<String>,
+        usage: ExtendedKeyUsagePurpose,
+    ) -> Result<Issued> {
+        let key = KeyPair::generate().context("generating a certificate key")?;
+        let mut params = CertificateParams::new(dns_names)?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![usage];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .with_context(|| format!("signing the certificate {common_name}"))?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// The lab's mesh certificate files.
+pub struct MeshFiles {
+    dir: PathBuf,
+}
+
+impl MeshFiles {
+    pub fn of(layout: &Layout) -> MeshFiles {
+        MeshFiles {
+            dir: layout.dir.join("mesh-tls"),
+        }
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+    fn cert(&self, who: &str) -> PathBuf {
+        self.dir.join(format!("{who}.pem"))
+    }
+    fn key(&self, who: &str) -> PathBuf {
+        self.dir.join(format!("{who}.key"))
+    }
+
+    /// Generates the CA, the pilot's and the clients' certificates unless they exist.
+    pub fn ensure(&self) -> Result<()> {
+        let all = [
+            self.ca(),
+            self.cert("pilot"),
+            self.key("pilot"),
+            self.cert("client"),
+            self.key("client"),
+        ];
+        if all.iter().all(|path| path.exists()) {
+            return Ok(());
+        }
+        std::fs::create_dir_all(&self.dir)
+            .with_context(|| format!("cannot create {}", self.dir.display()))?;
+        let ca = Ca::new("boshy-istio lab CA")?;
+        for (who, issued) in [
+            ("pilot", ca.server(PILOT_SERVER_NAME)?),
+            ("client", ca.client("boshy-istio addon")?),
+        ] {
+            super::write_private(&self.key(who), &issued.key_pem)?;
+            write_public(&self.cert(who), &issued.cert_pem)?;
+        }
+        // The CA last: its presence means the set is complete.
+        write_public(&self.ca(), &ca.cert_pem())
+    }
+
+    /// A job's `tls` property as a BOSH certificate variable interpolates it: `ca`,
+    /// `certificate`, `private_key`. `who` is `pilot` or `client`.
+    pub fn property(&self, who: &str) -> Result<Value> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(json!({
+            "ca": read(&self.ca())?,
+            "certificate": read(&self.cert(who))?,
+            "private_key": read(&self.key(who))?,
+        }))
+    }
+}
+
+fn write_public(path: &Path, content: &str) -> Result<()> {
+    std::fs::write(path, content).with_context(|| format!("cannot write {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+
+    #[test]
+    fn the_lab_generates_the_set_once_with_private_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = MeshFiles {
+            dir: dir.path().join("mesh-tls"),
+        };
+        files.ensure().unwrap();
+        for who in ["pilot", "client"] {
+            let mode = std::fs::metadata(files.key(who))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{who}.key");
+        }
+        let before = files.property("pilot").unwrap();
+        files.ensure().unwrap();
+        assert_eq!(files.property("pilot").unwrap(), before, "not regenerated");
+        assert!(before["certificate"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN CERTIFICATE-----"));
+        assert_ne!(
+            before["private_key"],
+            files.property("client").unwrap()["private_key"]
+        );
+    }
+}

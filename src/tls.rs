@@ -1,0 +1,371 @@
+//! Mutual TLS between the control plane and its clients (Envoy over xDS, the agent over the
+//! name-table stream).
+//!
+//! Every party holds a certificate signed by one mesh CA (a BOSH `certificate` variable, see
+//! manifests/): the pilot serves only clients presenting such a certificate, and clients
+//! trust a pilot only with a certificate signed by that CA for the fixed `server_name` (pilots
+//! are dialled by link IP, which no generated certificate can know in advance). TLS 1.3 only:
+//! every party is ours, so nothing older needs to be spoken.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::client::WebPkiServerVerifier;
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
+use serde_json::{json, Value};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::config::{ClientTls, ServerTls};
+
+/// A client that has not finished its handshake by then is dropped, so half-open
+/// connections cannot pile up.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Peers whose last refusal is remembered (to log each kind of refusal once per peer).
+const REMEMBERED_REFUSALS: usize = 1024;
+/// ALPN of gRPC (xDS).
+pub const ALPN_H2: &[u8] = b"h2";
+/// ALPN of the name-table stream, which speaks HTTP/1.1 or HTTP/2.
+pub const ALPN_HTTP: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The pilot's TLS: its certificate, and only clients with a certificate from `ca_cert_path`.
+/// Errors name the `tls.*` key and the file.
+pub fn server_config(tls: &ServerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
+    let roots = Arc::new(read_roots(&tls.ca_cert_path, "tls.ca_cert_path")?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+        .build()
+        .context("key `tls.ca_cert_path`: cannot verify clients with this CA")?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            read_certs(&tls.cert_path, "tls.cert_path")?,
+            read_key(&tls.key_path, "tls.key_path")?,
+        )
+        .context("keys `tls.cert_path` and `tls.key_path`: the key does not fit the certificate")?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client's TLS: it presents its certificate and trusts a pilot only with a certificate
+/// signed by `ca_cert_path` for `server_name`, whatever address it dialled.
+pub fn client_config(tls: &ClientTls) -> Result<ClientConfig> {
+    let name = ServerName::try_from(tls.server_name.clone()).map_err(|_| {
+        anyhow::anyhow!(
+            "key `tls.server_name`: `{}` is not a DNS name",
+            tls.server_name
+        )
+    })?;
+    let roots = Arc::new(read_roots(&tls.ca_cert_path, "tls.ca_cert_path")?);
+    let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
+        .build()
+        .context("key `tls.ca_cert_path`: cannot verify the pilot with this CA")?;
+    ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .context("TLS 1.3")?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(PinnedName { webpki, name }))
+        .with_client_auth_cert(
+            read_certs(&tls.cert_path, "tls.cert_path")?,
+            read_key(&tls.key_path, "tls.key_path")?,
+        )
+        .context("keys `tls.cert_path` and `tls.key_path`: the key does not fit the certificate")
+}
+
+/// Envoy's `transport_socket` for the xDS cluster: the same policy as [`client_config`]
+/// (mesh CA, the pilot's fixed name as SNI and as the SAN to match, TLS 1.3, ALPN h2).
+pub fn envoy_transport_socket(tls: &ClientTls) -> Value {
+    json!({
+        "name": "envoy.transport_sockets.tls",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+            "sni": tls.server_name,
+            "common_tls_context": {
+                "tls_params": {
+                    "tls_minimum_protocol_version": "TLSv1_3",
+                    "tls_maximum_protocol_version": "TLSv1_3",
+                },
+                "alpn_protocols": ["h2"],
+                "tls_certificates": [{
+                    "certificate_chain": {"filename": tls.cert_path},
+                    "private_key": {"filename": tls.key_path},
+                }],
+                "validation_context": {
+                    "trusted_ca": {"filename": tls.ca_cert_path},
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "DNS",
+                        "matcher": {"exact": tls.server_name},
+                    }],
+                },
+            },
+        },
+    })
+}
+
+/// Verifies the chain with webpki against the fixed name instead of the dialled address.
+#[derive(Debug)]
+struct PinnedName {
+    webpki: Arc<WebPkiServerVerifier>,
+    name: ServerName<'static>,
+}
+
+impl ServerCertVerifier for PinnedName {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _dialled: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.webpki
+            .verify_server_cert(end_entity, intermediates, &self.name, ocsp_response, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.webpki.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.webpki.supported_verify_schemes()
+    }
+}
+
+fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>> {
+    std::fs::read(path).with_context(|| format!("key `{key}`: cannot read {}", path.display()))
+}
+
+fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
+    let pem = read_pem(path, key)?;
+    let certs = rustls_pemfile::certs(&mut pem.as_slice())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("key `{key}`: {} is not PEM", path.display()))?;
+    if certs.is_empty() {
+        bail!("key `{key}`: {} holds no CERTIFICATE block", path.display());
+    }
+    Ok(certs)
+}
+
+fn read_roots(path: &Path, key: &str) -> Result<RootCertStore> {
+    let mut roots = RootCertStore::empty();
+    for cert in read_certs(path, key)? {
+        roots.add(cert).with_context(|| {
+            format!(
+                "key `{key}`: {} is not a usable CA certificate",
+                path.display()
+            )
+        })?;
+    }
+    Ok(roots)
+}
+
+/// The key's content never appears in an error: only the file and what is wrong.
+fn read_key(path: &Path, key: &str) -> Result<PrivateKeyDer<'static>> {
+    let pem = read_pem(path, key)?;
+    rustls_pemfile::private_key(&mut pem.as_slice())
+        .ok()
+        .flatten()
+        .with_context(|| {
+            format!(
+                "key `{key}`: {} holds no PKCS#1, PKCS#8 or SEC1 private key",
+                path.display()
+            )
+        })
+}
+
+/// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeded,
+/// i.e. whose client presented a certificate from the mesh CA. Handshakes run concurrently
+/// with a deadline; refusals are logged, once per peer and reason. Ends when the stream is
+/// dropped. `server` names the port in log lines.
+pub fn incoming(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    server: &'static str,
+) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), server, tx));
+    ReceiverStream::new(rx)
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    server: &'static str,
+    tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+) {
+    let mut handshakes = JoinSet::new();
+    let mut refusals = Refusals::default();
+    loop {
+        tokio::select! {
+            () = tx.closed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((tcp, peer)) => {
+                    let acceptor = acceptor.clone();
+                    handshakes.spawn(async move {
+                        let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
+                        let outcome = match handshake.await {
+                            Ok(Ok(stream)) => Ok(stream),
+                            Ok(Err(err)) => Err(err.to_string()),
+                            Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
+                        };
+                        (peer, outcome)
+                    });
+                }
+                Err(err) => {
+                    // Out of file descriptors: wait rather than spin.
+                    tracing::warn!("{server} server: accept failed: {err}");
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            Some(done) = handshakes.join_next(), if !handshakes.is_empty() => {
+                let Ok((peer, outcome)) = done else { continue };
+                match outcome {
+                    Ok(stream) => {
+                        refusals.forget(peer.ip());
+                        if tx.send(Ok(stream)).await.is_err() {
+                            return;
+                        }
+                    }
+                    Err(reason) => {
+                        if refusals.is_new(peer.ip(), &reason) {
+                            tracing::warn!(%peer, "{server} server: refused a client (mutual TLS): {reason}");
+                        } else {
+                            tracing::debug!(%peer, "{server} server: refused a client (mutual TLS): {reason}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The last refusal reason per peer address, so that a misconfigured client retrying every
+/// second is logged once, not at every attempt. Bounded: forgets everything when full.
+#[derive(Default)]
+struct Refusals {
+    last: HashMap<IpAddr, String>,
+}
+
+impl Refusals {
+    /// Records `reason` for `peer`; true when it differs from the peer's last one.
+    fn is_new(&mut self, peer: IpAddr, reason: &str) -> bool {
+        if self.last.get(&peer).is_some_and(|last| last == reason) {
+            return false;
+        }
+        if self.last.len() >= REMEMBERED_REFUSALS {
+            self.last.clear();
+        }
+        self.last.insert(peer, reason.to_string());
+        true
+    }
+
+    fn forget(&mut self, peer: IpAddr) {
+        self.last.remove(&peer);
+    }
+}
+
+/// The peer of an accepted TLS connection.
+pub fn peer_addr(stream: &TlsStream<TcpStream>) -> io::Result<SocketAddr> {
+    stream.get_ref().0.peer_addr()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusal_is_logged_once_per_peer_and_reason() {
+        let mut refusals = Refusals::default();
+        let a: IpAddr = "10.0.0.1".parse().unwrap();
+        let b: IpAddr = "10.0.0.2".parse().unwrap();
+        assert!(refusals.is_new(a, "no certificate"));
+        assert!(!refusals.is_new(a, "no certificate"));
+        assert!(refusals.is_new(b, "no certificate"));
+        assert!(refusals.is_new(a, "unknown issuer"));
+        refusals.forget(a);
+        assert!(
+            refusals.is_new(a, "unknown issuer"),
+            "forgotten after a success"
+        );
+    }
+
+    #[test]
+    fn the_remembered_refusals_are_bounded() {
+        let mut refusals = Refusals::default();
+        for i in 0..=REMEMBERED_REFUSALS as u32 {
+            refusals.is_new(IpAddr::from(i.to_be_bytes()), "x");
+        }
+        assert!(refusals.last.len() <= REMEMBERED_REFUSALS);
+    }
+
+    #[test]
+    fn file_errors_name_the_key_and_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("garbage.pem");
+        std::fs::write(&garbage, "not a pem").unwrap();
+        let tls = ServerTls {
+            ca_cert_path: dir.path().join("missing.pem"),
+            cert_path: garbage.clone(),
+            key_path: garbage.clone(),
+        };
+        let msg = format!("{:#}", server_config(&tls, &[]).unwrap_err());
+        assert!(
+            msg.contains("tls.ca_cert_path") && msg.contains("missing.pem"),
+            "{msg}"
+        );
+        let msg = format!("{:#}", read_certs(&garbage, "tls.cert_path").unwrap_err());
+        assert!(
+            msg.contains("tls.cert_path") && msg.contains("no CERTIFICATE"),
+            "{msg}"
+        );
+        let msg = format!("{:#}", read_key(&garbage, "tls.key_path").unwrap_err());
+        assert!(
+            msg.contains("tls.key_path") && msg.contains("garbage.pem"),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_server_name_must_be_a_dns_name() {
+        let tls = ClientTls {
+            ca_cert_path: "/nonexistent".into(),
+            cert_path: "/nonexistent".into(),
+            key_path: "/nonexistent".into(),
+            server_name: "not a name".into(),
+        };
+        let msg = client_config(&tls).unwrap_err().to_string();
+        assert!(msg.contains("tls.server_name"), "{msg}");
+    }
+}
