@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -44,7 +44,18 @@ fn router(catalog: watch::Receiver<Arc<Catalog>>) -> Router {
         .route("/v1/registration", get(registration))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .fallback(unknown_path)
         .with_state(catalog)
+}
+
+/// The API is read-only: a write method is 405 on every path, known or not; a read of an
+/// unknown path is 404.
+async fn unknown_path(method: Method) -> StatusCode {
+    if method == Method::GET || method == Method::HEAD {
+        StatusCode::NOT_FOUND
+    } else {
+        StatusCode::METHOD_NOT_ALLOWED
+    }
 }
 
 /// One service in `/v1/registration`.
@@ -314,6 +325,10 @@ mod tests {
         }
         let (status, _, _) = call(catalog(), Method::GET, "/v1/other").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+        for path in ["/", "/v1/other", "/v1/registration/x"] {
+            let (status, _, _) = call(catalog(), Method::POST, path).await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "POST {path}");
+        }
     }
 
     #[tokio::test]

@@ -38,7 +38,7 @@ impl Agent {
         let port = free_port();
         write_table(dir.path());
         let config = format!(
-            "listen: 127.0.0.1:{port}\npilots: [\"http://127.0.0.1:9\"]\ntable_path: {}\n",
+            "listen: 127.0.0.1:{port}\npilots: [\"http://127.0.0.1:9\"]\ninsecure_plaintext: true\ntable_path: {}\n",
             dir.path().join("table.json").display()
         );
         std::fs::write(dir.path().join("agent.yml"), config).unwrap();
