@@ -35,6 +35,8 @@ use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, Se
 /// Streams connecting at once: enough to be quick, few enough not to overflow the
 /// server's accept backlog.
 const CONNECT_CONCURRENCY: usize = 200;
+/// Envoy's default HTTP/2 stream and connection windows (256 MiB).
+const ENVOY_GRPC_WINDOW: u32 = 256 * 1024 * 1024;
 /// A fleet is settled when no response arrived for this long.
 const QUIET: Duration = Duration::from_millis(500);
 /// Bounds a broken run.
@@ -176,7 +178,11 @@ impl Fleet {
         for chunk in ids.chunks(CONNECT_CONCURRENCY) {
             let channels = futures::future::join_all(chunk.iter().map(|_| {
                 let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-                    .expect("a socket address is a valid URI");
+                    .expect("a socket address is a valid URI")
+                    // Envoy's own gRPC client windows: it takes what the server sends at
+                    // once rather than leaving it queued in the server.
+                    .initial_stream_window_size(ENVOY_GRPC_WINDOW)
+                    .initial_connection_window_size(ENVOY_GRPC_WINDOW);
                 async move { endpoint.connect().await }
             }))
             .await;
@@ -500,6 +506,7 @@ pub async fn run(args: Args) -> Result<()> {
             rows.extend(measure(mode, streams, args.services, args.instances).await?);
         }
     }
+    set_references(&mut rows);
     for row in &rows {
         println!(
             "{:<62} {:>12.2} {:<3} {}",
@@ -662,6 +669,26 @@ async fn measure(
     Ok(rows)
 }
 
+/// Each delta figure is compared with the same figure over state of the world, same run.
+fn set_references(rows: &mut [Value]) {
+    let sotw: BTreeMap<String, f64> = rows
+        .iter()
+        .filter_map(|r| Some((r["figure"].as_str()?.to_string(), r["value"].as_f64()?)))
+        .filter(|(figure, _)| figure.starts_with("sotw,"))
+        .collect();
+    for row in rows.iter_mut() {
+        let Some(figure) = row["figure"].as_str() else {
+            continue;
+        };
+        let Some(delta) = figure.strip_prefix("delta,") else {
+            continue;
+        };
+        if let Some(value) = sotw.get(&format!("sotw,{delta}")) {
+            row["reference"] = json!({"label": "state of the world, same run", "value": value});
+        }
+    }
+}
+
 fn goal(mut row: Value, goal: &str, met: bool) -> Value {
     row["goal"] = json!(goal);
     row["met"] = json!(met);
@@ -706,5 +733,18 @@ mod tests {
             Change::endpoint_cluster(),
             "outbound|8080||svc00000.group.load.boshy"
         );
+    }
+
+    #[test]
+    fn delta_figures_are_compared_with_the_same_sotw_figure() {
+        let mut rows = vec![
+            row("delta, 5 streams: x".into(), 1.0, "s"),
+            row("sotw, 5 streams: x".into(), 4.0, "s"),
+            row("delta, 5 streams: only delta".into(), 2.0, "s"),
+        ];
+        set_references(&mut rows);
+        assert_eq!(rows[0]["reference"]["value"], 4.0);
+        assert!(rows[1].get("reference").is_none());
+        assert!(rows[2].get("reference").is_none());
     }
 }
