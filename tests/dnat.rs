@@ -14,121 +14,26 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
+
+#[allow(dead_code)] // shared by several test crates; each uses a part
+#[path = "support/netns.rs"]
+mod netns;
+
+use netns::{check, Netns};
 use std::time::Duration;
 
 const BACKENDS: [(&str, &str); 2] = [("nft", "iptables-nft"), ("legacy", "iptables-legacy")];
 
-/// A network namespace that exists for as long as this value.
-struct Netns {
-    name: String,
+/// `boshy dnat ...` inside the namespace.
+trait Dnat {
+    fn dnat(&self, args: &[&str]) -> Output;
 }
 
-impl Netns {
-    fn new() -> Netns {
-        let name = format!("boshy-test-{:08x}", rand::random::<u32>());
-        check(&run("ip", &["netns", "add", &name]), "ip netns add");
-        let netns = Netns { name };
-        check(
-            &netns.exec("ip", &["link", "set", "lo", "up"]),
-            "ip link set lo up",
-        );
-        netns
-    }
-
-    fn exec(&self, program: &str, args: &[&str]) -> Output {
-        let mut full = vec!["netns", "exec", &self.name, program];
-        full.extend_from_slice(args);
-        run("ip", &full)
-    }
-
-    fn exec_stdin(&self, program: &str, args: &[&str], stdin: &str) -> Output {
-        use std::io::Write;
-        let mut child = Command::new("ip")
-            .args(["netns", "exec", &self.name, program])
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run `ip` ({e}); this test needs iproute2 and root"));
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        child.wait_with_output().unwrap()
-    }
-
+impl Dnat for Netns {
     fn dnat(&self, args: &[&str]) -> Output {
         let mut full = vec!["dnat"];
         full.extend_from_slice(args);
         self.exec(env!("CARGO_BIN_EXE_boshy"), &full)
-    }
-
-    /// Everything `<variant>-save` prints, without the lines that change between runs (header
-    /// comments with timestamps) and with chain counters zeroed.
-    fn saved_rules(&self, variant: &str) -> String {
-        let output = self.exec(&format!("{variant}-save"), &[]);
-        check(&output, &format!("{variant}-save"));
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .map(zero_counters)
-            .collect::<Vec<_>>()
-            .join("\n")
-    }
-
-    /// Runs `f` on a thread that has entered this namespace (a network namespace is per
-    /// thread), so the sockets it opens live in it.
-    fn within<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
-        let path = format!("/run/netns/{}", self.name);
-        std::thread::scope(|scope| {
-            scope
-                .spawn(|| {
-                    let ns = std::fs::File::open(&path).unwrap();
-                    nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
-                        .expect("setns into the test namespace (needs root)");
-                    f()
-                })
-                .join()
-                .unwrap()
-        })
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .output();
-    }
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `{program}` ({e}); this test needs iproute2 and iptables, as root")
-        })
-}
-
-fn check(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-}
-
-fn zero_counters(line: &str) -> String {
-    match (line.starts_with(':'), line.rfind('[')) {
-        (true, Some(at)) => format!("{}[0:0]", &line[..at]),
-        _ => line.to_string(),
     }
 }
 
@@ -154,7 +59,7 @@ const JUMP: &str = "-A OUTPUT -d 169.254.255.0/24 -p tcp -m comment --comment \"
 const REDIRECT: &str = "-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001";
 
 fn with_foreign_rules(variant: &str) -> Netns {
-    let netns = Netns::new();
+    let netns = Netns::new("boshy-test");
     let loaded = netns.exec_stdin(&format!("{variant}-restore"), &["--noflush"], FOREIGN_RULES);
     check(&loaded, "loading the foreign rules");
     netns

@@ -97,21 +97,8 @@ impl Host {
         self.netns.exec(env!("CARGO_BIN_EXE_boshy"), &args)
     }
 
-    /// Everything `<variant>-save` prints, every table, without the header comments (they
-    /// carry timestamps) and with chain counters zeroed.
     fn saved_rules(&self) -> String {
-        let output = self.netns.exec(&format!("{}-save", self.variant), &[]);
-        check(&output, &format!("{}-save", self.variant));
-        String::from_utf8(output.stdout)
-            .unwrap()
-            .lines()
-            .filter(|line| !line.starts_with('#'))
-            .map(|line| match (line.starts_with(':'), line.rfind('[')) {
-                (true, Some(at)) => format!("{}[0:0]", &line[..at]),
-                _ => line.to_string(),
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
+        self.netns.saved_rules(self.variant)
     }
 
     /// What a reboot does to the rules: every table of every chain flushed, user chains gone.

@@ -68,6 +68,25 @@ impl Netns {
     }
 }
 
+impl Netns {
+    /// Everything `<variant>-save` prints, every table, without the header comments (they
+    /// carry timestamps) and with chain counters zeroed.
+    pub fn saved_rules(&self, variant: &str) -> String {
+        let output = self.exec(&format!("{variant}-save"), &[]);
+        check(&output, &format!("{variant}-save"));
+        String::from_utf8(output.stdout)
+            .unwrap()
+            .lines()
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| match (line.starts_with(':'), line.rfind('[')) {
+                (true, Some(at)) => format!("{}[0:0]", &line[..at]),
+                _ => line.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+}
+
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip")
