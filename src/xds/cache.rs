@@ -22,6 +22,17 @@ pub struct Snapshot {
     /// The catalog version of the snapshot published before this one, and per type the
     /// names added, changed or removed since it.
     previous: Option<(u64, [Vec<String>; 4])>,
+    /// Per type, parallel to `resources.of_type`: each resource's name and version as
+    /// shared strings. Delta streams remember what every Envoy has by cloning these, so
+    /// thousands of streams hold pointers to one copy instead of a copy each.
+    shared: [Vec<SharedKey>; 4],
+}
+
+/// A resource's name and version, shared by every stream that remembers them.
+#[derive(Debug, Clone)]
+pub struct SharedKey {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
 }
 
 /// What one subscriber gets for one type: the resources it asked for and the
@@ -45,6 +56,8 @@ impl Snapshot {
         let resources = resources::build(catalog);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
+        let shared = ResourceType::PUSH_ORDER
+            .map(|t| shared_keys(resources.of_type(t), previous.map(|p| p.of_shared(t))));
         let previous = previous.map(|previous| {
             let changed = ResourceType::PUSH_ORDER
                 .map(|t| changed_names(previous.resources.of_type(t), resources.of_type(t)));
@@ -54,7 +67,27 @@ impl Snapshot {
             resources,
             full_versions,
             previous,
+            shared,
         }
+    }
+
+    /// The shared name and version of the resource of that type and name, if this snapshot
+    /// has it.
+    pub fn shared_key(&self, resource_type: ResourceType, name: &str) -> Option<&SharedKey> {
+        let keys = self.of_shared(resource_type);
+        keys.binary_search_by(|k| (*k.name).cmp(name))
+            .ok()
+            .map(|i| &keys[i])
+    }
+
+    /// `name` as a shared string: this snapshot's copy when it has such a resource.
+    pub fn shared_name(&self, resource_type: ResourceType, name: &str) -> Arc<str> {
+        self.shared_key(resource_type, name)
+            .map_or_else(|| Arc::from(name), |k| k.name.clone())
+    }
+
+    fn of_shared(&self, resource_type: ResourceType) -> &[SharedKey] {
+        &self.shared[position(resource_type)]
     }
 
     /// The catalog version this snapshot was built from.
@@ -135,6 +168,27 @@ fn changed_names(before: &[NamedResource], after: &[NamedResource]) -> Vec<Strin
             }
         }
     }
+}
+
+/// The shared keys of name-sorted `resources`, reusing the previous snapshot's strings for
+/// equal names and versions so that streams still holding those stay deduplicated.
+fn shared_keys(resources: &[NamedResource], previous: Option<&[SharedKey]>) -> Vec<SharedKey> {
+    let previous = previous.unwrap_or_default();
+    resources
+        .iter()
+        .map(|r| {
+            let before = previous
+                .binary_search_by(|k| (*k.name).cmp(&r.name))
+                .ok()
+                .map(|i| &previous[i]);
+            SharedKey {
+                name: before.map_or_else(|| Arc::from(r.name.as_str()), |k| k.name.clone()),
+                version: before
+                    .filter(|k| *k.version == r.version)
+                    .map_or_else(|| Arc::from(r.version.as_str()), |k| k.version.clone()),
+            }
+        })
+        .collect()
 }
 
 /// Version 0 is the empty default catalog (see [`follow`]); any other version is built
@@ -283,6 +337,34 @@ mod tests {
             c.changed_since(ResourceType::Listener, 2),
             Some(&["outbound".to_string()][..])
         );
+    }
+
+    #[test]
+    fn names_and_unchanged_versions_are_shared_with_the_previous_snapshot() {
+        let a = Snapshot::from_catalog(&catalog(1, true));
+        let b = Snapshot::following(&catalog(2, false), Some(&a));
+        let name = "outbound|80||j.g.d.boshy";
+        let key = |s: &Snapshot, t| s.shared_key(t, name).expect("resource exists").clone();
+        let (eds_a, eds_b) = (
+            key(&a, ResourceType::Endpoint),
+            key(&b, ResourceType::Endpoint),
+        );
+        assert!(Arc::ptr_eq(&eds_a.name, &eds_b.name));
+        assert_ne!(eds_a.version, eds_b.version, "endpoint health changed");
+        let (cds_a, cds_b) = (
+            key(&a, ResourceType::Cluster),
+            key(&b, ResourceType::Cluster),
+        );
+        assert!(Arc::ptr_eq(&cds_a.version, &cds_b.version));
+        assert_eq!(
+            *cds_b.version,
+            b.get(ResourceType::Cluster, name).unwrap().version
+        );
+        assert!(Arc::ptr_eq(
+            &b.shared_name(ResourceType::Cluster, name),
+            &cds_b.name
+        ));
+        assert_eq!(&*b.shared_name(ResourceType::Cluster, "absent"), "absent");
     }
 
     #[test]

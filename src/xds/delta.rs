@@ -20,6 +20,7 @@
 //!   an ACK; the ACK then sends whatever changed meanwhile.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{
@@ -36,12 +37,15 @@ const WILDCARD: &str = "*";
 #[derive(Debug, Default)]
 struct Subscription {
     wildcard: bool,
-    names: BTreeSet<String>,
+    /// Names and versions are the snapshot's shared strings where it has them
+    /// (`Snapshot::shared_key`): with thousands of streams, a copy per stream would be most
+    /// of the server's memory.
+    names: BTreeSet<Arc<str>>,
     /// Name → version of what Envoy has or was last sent.
-    known: BTreeMap<String, String>,
+    known: BTreeMap<Arc<str>, Arc<str>>,
     /// Names subscribed since the last response: one that does not exist is reported in
     /// `removed_resources` so that Envoy stops waiting for it.
-    unanswered: BTreeSet<String>,
+    unanswered: BTreeSet<Arc<str>>,
     /// The catalog version our last diff was taken against while the subscription stayed
     /// the same: then the next snapshot only needs its changed names looked at.
     diffed_against: Option<u64>,
@@ -72,7 +76,7 @@ impl Subscription {
                 .then(|| snapshot.get(resource_type, name))
                 .flatten();
             match (current, self.known.get(name)) {
-                (Some(resource), Some(version)) if *version == resource.version => {}
+                (Some(resource), Some(version)) if **version == resource.version => {}
                 (Some(resource), _) => updated.push(resource),
                 (None, Some(_)) => removed.push(name.to_string()),
                 (None, None) if self.unanswered.contains(name) => removed.push(name.to_string()),
@@ -90,8 +94,8 @@ impl Subscription {
                     .filter(|_| self.wildcard)
                     .map(|r| r.name.as_str());
                 let candidates: BTreeSet<&str> = wildcard
-                    .chain(self.names.iter().map(String::as_str))
-                    .chain(self.known.keys().map(String::as_str))
+                    .chain(self.names.iter().map(|n| &**n))
+                    .chain(self.known.keys().map(|n| &**n))
                     .collect();
                 candidates.into_iter().for_each(check);
             }
@@ -119,7 +123,8 @@ impl DeltaStreamState {
         };
         let first = !self.subscriptions.contains_key(&resource_type);
         let subscription = self.subscriptions.entry(resource_type).or_default();
-        let resubscribed = apply_subscription_changes(subscription, request, first, resource_type);
+        let resubscribed =
+            apply_subscription_changes(subscription, request, first, resource_type, snapshot);
         let kind = if request.response_nonce.is_empty() {
             RequestKind::Subscribe
         } else if request.response_nonce != subscription.nonce {
@@ -178,12 +183,15 @@ impl DeltaStreamState {
             return None;
         }
         for resource in &updated {
+            let key = snapshot
+                .shared_key(resource_type, &resource.name)
+                .expect("a diffed resource is in the snapshot");
             subscription
                 .known
-                .insert(resource.name.clone(), resource.version.clone());
+                .insert(key.name.clone(), key.version.clone());
         }
         for name in &removed {
-            subscription.known.remove(name);
+            subscription.known.remove(name.as_str());
         }
         self.responses_sent += 1;
         let nonce = self.responses_sent.to_string();
@@ -218,12 +226,17 @@ fn apply_subscription_changes(
     request: &DeltaDiscoveryRequest,
     first: bool,
     resource_type: ResourceType,
+    snapshot: Option<&Snapshot>,
 ) -> bool {
+    let shared_name = |name: &str| match snapshot {
+        Some(snapshot) => snapshot.shared_name(resource_type, name),
+        None => Arc::from(name),
+    };
     if first {
         subscription.known = request
             .initial_resource_versions
             .iter()
-            .map(|(name, version)| (name.clone(), version.clone()))
+            .map(|(name, version)| (shared_name(name), Arc::from(version.as_str())))
             .collect();
         subscription.wildcard =
             resource_type.is_wildcard() && request.resource_names_subscribe.is_empty();
@@ -234,20 +247,21 @@ fn apply_subscription_changes(
             continue;
         }
         if !request.initial_resource_versions.contains_key(name) {
-            subscription.known.remove(name);
+            subscription.known.remove(name.as_str());
         }
+        let name = shared_name(name);
         subscription.names.insert(name.clone());
-        subscription.unanswered.insert(name.clone());
+        subscription.unanswered.insert(name);
     }
     for name in &request.resource_names_unsubscribe {
         if name == WILDCARD {
             subscription.wildcard = false;
             continue;
         }
-        subscription.names.remove(name);
-        subscription.unanswered.remove(name);
+        subscription.names.remove(name.as_str());
+        subscription.unanswered.remove(name.as_str());
         if !subscription.wildcard {
-            subscription.known.remove(name);
+            subscription.known.remove(name.as_str());
         }
     }
     let changed = first

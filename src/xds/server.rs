@@ -15,7 +15,7 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use futures::Stream;
+use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::{Request, Response, Status, Streaming};
@@ -28,7 +28,9 @@ use crate::metrics;
 
 /// Longest NACK reason we log; Envoy's can hold a whole resource.
 const MAX_LOGGED_ERROR: usize = 1000;
-/// Responses queued per stream before the stream task waits for Envoy to read.
+/// Responses queued per stream before the stream task waits for Envoy to read. The queue
+/// holds boxes: tokio allocates its slots in blocks of 32 whatever the capacity, and 32
+/// unboxed responses are kilobytes per stream.
 const RESPONSE_QUEUE: usize = 8;
 /// HTTP/2 pings find Envoys that vanished without closing (VM deleted, network cut), so the
 /// connected-proxies gauge and the stream tasks do not leak.
@@ -105,14 +107,16 @@ impl Ads {
         request: Request<Streaming<P::Request>>,
     ) -> Response<ResponseStream<P::Response>> {
         let peer = request.remote_addr();
-        let (responses, receiver) = mpsc::channel(RESPONSE_QUEUE);
+        let (responses, receiver) = mpsc::channel::<Box<P::Response>>(RESPONSE_QUEUE);
         tokio::spawn(run_stream::<P>(
             request.into_inner(),
             self.snapshots.clone(),
             responses,
             peer,
         ));
-        Response::new(Box::pin(ReceiverStream::new(receiver)))
+        Response::new(Box::pin(
+            ReceiverStream::new(receiver).map(|response| Ok(*response)),
+        ))
     }
 }
 
@@ -245,7 +249,7 @@ impl Drop for ConnectedProxy {
 async fn run_stream<P: Protocol>(
     mut requests: Streaming<P::Request>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    responses: mpsc::Sender<Result<P::Response, Status>>,
+    responses: mpsc::Sender<Box<P::Response>>,
     peer: Option<SocketAddr>,
 ) {
     let _connected = ConnectedProxy::new();
@@ -293,7 +297,7 @@ async fn run_stream<P: Protocol>(
 
 async fn send_all<P: Protocol>(
     node: &str,
-    responses: &mpsc::Sender<Result<P::Response, Status>>,
+    responses: &mpsc::Sender<Box<P::Response>>,
     outgoing: Vec<P::Response>,
 ) -> bool {
     for response in outgoing {
@@ -307,7 +311,7 @@ async fn send_all<P: Protocol>(
             removed = summary.removed,
             "xDS push"
         );
-        if responses.send(Ok(response)).await.is_err() {
+        if responses.send(Box::new(response)).await.is_err() {
             return false;
         }
         metrics::global().xds_pushes.fetch_add(1, Ordering::Relaxed);
