@@ -5,6 +5,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod director;

@@ -1,7 +1,7 @@
 //! `boshy`: every boshy-istio process is a subcommand of this one binary.
 
 use anyhow::Result;
-use boshy::{agent, dnat, httpbin, lab, pilot, sim, xds};
+use boshy::{agent, bench, dnat, httpbin, lab, pilot, sim, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,6 +34,9 @@ enum Command {
     /// Push fan-out benchmark: N simulated Envoys against an xDS server (scripts/bench push).
     #[command(hide = true)]
     XdsLoad(xds::loadgen::Args),
+    /// The benchmarks of bench/results.md (`scripts/bench` runs them).
+    #[command(hide = true)]
+    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -58,5 +61,6 @@ async fn main() -> Result<()> {
         Command::DirectorSim(args) => sim::run(args).await,
         Command::Lab(args) => lab::run(args).await,
         Command::XdsLoad(args) => xds::loadgen::run(args).await,
+        Command::Bench(args) => bench::run(args).await,
     }
 }

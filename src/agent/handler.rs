@@ -23,12 +23,15 @@ use hickory_server::proto::serialize::binary::{
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use hickory_server::Server;
+use std::os::fd::AsRawFd;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
 use super::dns::{self, Zone};
 use super::fast_path::MAX_REPLY_LEN;
+use super::udp_batch::{self, Batch};
 
 /// How long a TCP client may stay idle between queries before the connection is closed.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -132,37 +135,59 @@ pub async fn serve(listen: SocketAddr, zone: Arc<ZoneCell>, fast_path: bool) -> 
 /// hickory's UDP receive buffer: a longer datagram is cut here, as hickory would cut it.
 const UDP_RECEIVE_BUFFER: usize = 4096;
 
-/// One task answers every datagram in turn: the fast path is a table lookup and a copy, and the
-/// slow path never waits on anything but the send, so a task per query would only add cost.
+/// One task answers every datagram in turn, a batch at a time: the fast path is a table
+/// lookup and a copy, and the slow path never waits on anything but the send, so a task per
+/// query would only add cost. Each wake-up receives every waiting query with one system call
+/// and sends their replies with one more (see [`udp_batch`]).
 async fn serve_udp(socket: UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) {
     let handler = DnsHandler::new(zone.clone());
-    let mut query = [0u8; UDP_RECEIVE_BUFFER];
-    let mut fast_reply = [0u8; MAX_REPLY_LEN];
+    let fd = socket.as_raw_fd();
+    let mut batch = Batch::<UDP_RECEIVE_BUFFER>::new();
+    let mut fast_replies = vec![[0u8; MAX_REPLY_LEN]; udp_batch::BATCH];
+    let mut slow_replies: Vec<Option<Vec<u8>>> = vec![None; udp_batch::BATCH];
     loop {
-        let (len, client) = match socket.recv_from(&mut query).await {
-            Ok(received) => received,
-            Err(error) => {
-                // ICMP errors from earlier sends surface here; they concern that client only.
-                warn!(%error, "error receiving a DNS query over UDP");
-                continue;
-            }
-        };
-        if !can_answer(client) {
+        let received = socket
+            .async_io(Interest::READABLE, || batch.receive(fd))
+            .await;
+        if let Err(error) = received {
+            // ICMP errors from earlier sends surface here; they concern that client only.
+            warn!(%error, "error receiving DNS queries over UDP");
             continue;
         }
-        let query = &query[..len];
-        let fast = fast_path
-            .then(|| zone.current().fast_answer(query, &mut fast_reply))
-            .flatten();
-        let sent = match fast {
-            Some(reply_len) => socket.send_to(&fast_reply[..reply_len], client).await,
-            None => match udp_reply(&handler, query, client).await {
-                Some(reply) => socket.send_to(&reply, client).await,
-                None => continue,
-            },
-        };
-        if let Err(error) = sent {
-            warn!(%error, %client, "could not send a DNS response");
+        let zone_now = zone.current();
+        let mut fast_lengths = [0usize; udp_batch::BATCH];
+        for i in 0..batch.len() {
+            slow_replies[i] = None;
+            let Some(client) = batch.sender(i).filter(|client| can_answer(*client)) else {
+                continue;
+            };
+            let query = batch.datagram(i);
+            match fast_path
+                .then(|| zone_now.fast_answer(query, &mut fast_replies[i]))
+                .flatten()
+            {
+                Some(len) => fast_lengths[i] = len,
+                None => slow_replies[i] = udp_reply(&handler, query, client).await,
+            }
+        }
+        let replies: Vec<(usize, &[u8])> = (0..batch.len())
+            .filter_map(|i| match &slow_replies[i] {
+                Some(reply) => Some((i, reply.as_slice())),
+                None if fast_lengths[i] > 0 => Some((i, &fast_replies[i][..fast_lengths[i]])),
+                None => None,
+            })
+            .collect();
+        let sent = socket
+            .try_io(Interest::WRITABLE, || batch.send(fd, &replies))
+            .unwrap_or(0);
+        // What did not fit in the socket buffer waits for room, one datagram at a time.
+        for (i, reply) in &replies[sent..] {
+            let Some(client) = batch.sender(*i) else {
+                continue;
+            };
+            if let Err(error) = socket.send_to(reply, client).await {
+                warn!(%error, %client, "could not send a DNS response");
+            }
         }
     }
 }

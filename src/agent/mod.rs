@@ -5,11 +5,13 @@
 //! - [`fast_path`]: the common query answered from precomputed wire bytes.
 //! - [`handler`]: hickory's request handler and the UDP/TCP server.
 //! - [`table_store`]: the table on disk.
+//! - [`udp_batch`]: receiving and answering datagrams in batches.
 
 pub mod dns;
 pub mod fast_path;
 pub mod handler;
 pub mod table_store;
+pub mod udp_batch;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -41,8 +43,6 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(warning) = config.check_listen(&args.config)? {
         warn!("{warning}");
     }
-    if args.check_config {
-        println!("config file {}: OK", args.config.display());
     if let Some(warning) = config.check_transport(&args.config)? {
         warn!("{warning}");
     }
@@ -52,10 +52,13 @@ pub async fn run(args: Args) -> Result<()> {
         .map(crate::tls::client_config)
         .transpose()
         .with_context(|| format!("config file {}", args.config.display()))?;
+    if args.check_config {
+        println!("config file {}: OK", args.config.display());
         return Ok(());
     }
 
-    let saved = load_saved_table(&config.table_path);
+    // One copy of the table, shared by the follower's channel and the table updater.
+    let saved = Arc::new(load_saved_table(&config.table_path));
     let cell = Arc::new(ZoneCell::new(build_zone(&apex, config.ttl_seconds, &saved)));
     let mut server = handler::serve(config.listen, cell.clone(), config.fast_path).await?;
     info!(
@@ -72,7 +75,7 @@ pub async fn run(args: Args) -> Result<()> {
         info!(path = %path.display(), "bosh-dns handler written");
     }
 
-    let (publisher, tables) = watch::channel(Arc::new(saved.clone()));
+    let (publisher, tables) = watch::channel(saved.clone());
     tokio::spawn(crate::names::follow(config.pilots.clone(), tls, publisher));
     tokio::spawn(follow_tables(
         tables,
@@ -183,7 +186,7 @@ fn build_zone(apex: &Name, ttl: u32, table: &NameTable) -> Zone {
 /// Applies every new table: swap the zone, persist the table, log what changed.
 async fn follow_tables(
     mut tables: watch::Receiver<Arc<NameTable>>,
-    mut current: NameTable,
+    mut current: Arc<NameTable>,
     cell: Arc<ZoneCell>,
     apex: Name,
     ttl: u32,
@@ -191,7 +194,7 @@ async fn follow_tables(
 ) {
     while tables.changed().await.is_ok() {
         let table = tables.borrow_and_update().clone();
-        if *table == current {
+        if table == current {
             continue;
         }
         cell.replace(build_zone(&apex, ttl, &table));
@@ -211,7 +214,7 @@ async fn follow_tables(
             Ok(Err(err)) => warn!("{err:#}; the agent keeps answering from memory"),
             Err(err) => warn!(%err, "saving the name table did not finish"),
         }
-        current = (*table).clone();
+        current = table;
     }
 }
 
