@@ -88,35 +88,35 @@ impl Row {
     }
 }
 
-/// The sections of the results file: (rows file name, title, how to produce it).
-pub const SECTIONS: [(&str, &str, &str); 6] = [
+/// The sections of the results file: (rows file names, title, how to produce them).
+pub const SECTIONS: [(&[&str], &str, &str); 6] = [
     (
-        "dns",
+        &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
         "scripts/bench dns",
     ),
     (
-        "build",
+        &["build"],
         "Control plane: build cost of synthetic estates",
         "scripts/bench build",
     ),
     (
-        "push",
+        &["push"],
         "Push fan-out and delta xDS (items 4 and 5)",
         "scripts/bench push (added with delta xDS)",
     ),
     (
-        "convergence",
+        &["convergence"],
         "Convergence: director change → every Envoy (lab)",
         "scripts/bench lab",
     ),
     (
-        "steady",
+        &["steady"],
         "Steady-state director requests (lab, idle)",
         "scripts/bench lab",
     ),
     (
-        "dataplane",
+        &["dataplane", "envoy-memory"],
         "Data plane cost (lab) and Envoy memory",
         "scripts/bench lab envoy-memory",
     ),
@@ -233,14 +233,22 @@ pub fn render(machine: &Machine, rows: &BTreeMap<String, Vec<Row>>, notes: Optio
         "- machine: {} CPUs, {}\n- kernel: {}\n- date: {}\n- commit: {}\n",
         machine.cpus, machine.cpu_model, machine.kernel, machine.date, machine.commit
     );
-    let known: Vec<&str> = SECTIONS.iter().map(|(name, _, _)| *name).collect();
-    for (name, title, how) in SECTIONS {
+    let known: Vec<&str> = SECTIONS
+        .iter()
+        .flat_map(|(names, _, _)| names.iter().copied())
+        .collect();
+    for (names, title, how) in SECTIONS {
         let _ = writeln!(out, "## {title}\n");
-        match rows.get(name) {
-            Some(rows) => out.push_str(&table(rows)),
-            None => {
-                let _ = writeln!(out, "Not measured yet: `{how}` adds it.");
-            }
+        let section: Vec<Row> = names
+            .iter()
+            .filter_map(|name| rows.get(*name))
+            .flatten()
+            .cloned()
+            .collect();
+        if section.is_empty() {
+            let _ = writeln!(out, "Not measured yet: `{how}` adds it.");
+        } else {
+            out.push_str(&table(&section));
         }
         out.push('\n');
     }
@@ -339,6 +347,10 @@ mod tests {
         let mut rows = BTreeMap::new();
         rows.insert("dns".to_string(), vec![Row::new("dns", "qps", 1.0, "q/s")]);
         rows.insert("extra".to_string(), vec![Row::new("extra", "x", 2.5, "ms")]);
+        rows.insert(
+            "envoy-memory".to_string(),
+            vec![Row::new("envoy-memory", "rss", 50.0, "MB")],
+        );
         let text = render(&machine(), &rows, Some("## Notes\n\nprofiled"));
         assert!(text.contains("- commit: abc1234"));
         assert!(text.contains("2 CPUs, AMD EPYC"));
@@ -347,6 +359,9 @@ mod tests {
             text.contains("Not measured yet: `scripts/bench push (added with delta xDS)` adds it.")
         );
         assert!(text.contains("## extra\n\n| figure"));
+        let data_plane = &text[text.find("## Data plane").unwrap()..];
+        assert!(data_plane.contains("| rss | 50 MB |"), "{text}");
+        assert!(!text.contains("## envoy-memory"));
         assert!(text.ends_with("profiled\n"));
     }
 
