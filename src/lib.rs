@@ -18,6 +18,6 @@ pub mod names;
 pub mod pilot;
 pub mod sim;
 pub mod text;
-pub mod vip;
 pub mod tls;
+pub mod vip;
 pub mod xds;

@@ -73,10 +73,10 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let vips = VipBook::new(store, cfg.virtual_ip_cidr, cfg.vip_quarantine_seconds)?;
     // The store is read on every change of the wanted services (a replica that allocates
-    // second meets the first one's write as a 412, re-reads and adopts it), and besides on the
-    // slower health timer, as a safety net: one small `GET /configs` per health interval and
-    // replica, so that a topology check in steady state stays at /events + /deployments.
-    let vip_refresh = Duration::from_secs(cfg.director.health_interval_seconds.max(1));
+    // second meets the first one's write as a 412, re-reads and adopts it), and besides at
+    // every full resync, as a safety net against edits made behind the pilots' backs: a
+    // topology check in steady state stays at /events + /deployments.
+    let vip_refresh = Duration::from_secs(cfg.director.full_resync_seconds.max(1));
 
     let xds_listener = bind(cfg.listen.xds, "listen.xds").await?;
     let names_listener = bind(cfg.listen.names, "listen.names").await?;

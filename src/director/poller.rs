@@ -137,8 +137,10 @@ impl Poller {
             .buffer_unordered(MAX_TASKS_IN_FLIGHT)
             .collect()
             .await;
+        // Timed from the tick that started the refreshes, not from when they finished, so a
+        // task's own duration does not push the next health refresh a whole tick later.
         for result in results {
-            state.apply_refresh(result, Instant::now());
+            state.apply_refresh(result, now);
         }
         true
     }
@@ -445,7 +447,10 @@ impl PollState {
                 let deployment = self.deployments.get_mut(&name).expect("checked above");
                 deployment.instances = Arc::new(instances);
                 deployment.needs_instances = false;
-                deployment.health_due = now + self.timing.health;
+                // Half a poll tick early: ticks jitter, and a refresh due a hair after a tick
+                // would wait for the next one (a 2 s health interval would become 3 s).
+                deployment.health_due =
+                    now + self.timing.health.saturating_sub(self.timing.poll / 2);
             }
             Some(Err(err)) => {
                 all_ok = false;
