@@ -10,6 +10,7 @@ pub mod catalog;
 pub mod config;
 pub mod director;
 pub mod dnat;
+pub mod envoy;
 pub mod fsutil;
 pub mod httpbin;
 pub mod lab;

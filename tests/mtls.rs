@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
@@ -30,6 +30,12 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+#[allow(dead_code)] // shared by several test crates; each uses a part
+#[path = "support/envoy_tests.rs"]
+mod envoy_tests;
+
+use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
 
 /// Bounds a broken run; the checks poll, they never wait a fixed time.
 const DEADLINE: Duration = Duration::from_secs(30);
@@ -148,36 +154,8 @@ fn catalog(version: u64) -> Arc<Catalog> {
     })
 }
 
-/// Everything the servers log, to check what a refusal looks like.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn logs() -> &'static Logs {
-    static LOGS: OnceLock<Logs> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Logs::default();
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
-}
-
 fn log_lines(containing: &[&str]) -> Vec<String> {
-    let text = String::from_utf8_lossy(&logs().0.lock().unwrap()).into_owned();
+    let text = captured_logs().text();
     text.lines()
         .filter(|line| containing.iter().all(|c| line.contains(c)))
         .map(str::to_string)
@@ -233,7 +211,7 @@ async fn h2_settings_from(
 
 #[tokio::test]
 async fn xds_serves_only_clients_with_a_certificate_from_the_mesh_ca() {
-    logs();
+    captured_logs();
     let mesh = Mesh::new("mesh CA");
     let other = Mesh::new("another CA");
     let (listener, address) = loopback_listener().await;
@@ -383,45 +361,6 @@ async fn a_follower_refuses_a_pilot_it_cannot_verify() {
     }
 }
 
-/// Runs `test` on a fresh runtime inside a new network namespace with `lo` up (Envoy's
-/// outbound listener port then collides with nothing). Only this thread and what it starts
-/// enter the namespace.
-fn in_private_netns<F: std::future::Future<Output = ()>>(
-    test: impl FnOnce() -> F + Send + 'static,
-) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect(
-            "creating a network namespace failed: this test needs root (CAP_SYS_ADMIN), as in CI",
-        );
-        let lo_up = Command::new("ip")
-            .args(["link", "set", "lo", "up"])
-            .status()
-            .expect("cannot run `ip` (is iproute2 installed?)");
-        assert!(lo_up.success(), "ip link set lo up: {lo_up}");
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BOSHY_ENVOY") {
-        return PathBuf::from(path);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("envoy"))
-                .find(|p| p.is_file())
-        })
-        .expect("no Envoy: set BOSHY_ENVOY to the envoy binary or put `envoy` on PATH")
-}
-
 /// An Envoy with the TLS bootstrap, killed when dropped.
 struct Envoy {
     _process: tokio::process::Child,
@@ -508,7 +447,7 @@ impl Envoy {
 #[test]
 fn envoy_with_the_tls_bootstrap_takes_config_only_from_a_pilot_it_can_verify() {
     in_private_netns(|| async {
-        logs();
+        captured_logs();
         let mesh = Mesh::new("mesh CA");
         let (_catalogs, catalog_rx) = watch::channel(catalog(1));
         let serve = |listener, tls: &ServerTls| {

@@ -218,16 +218,7 @@ fn check_config(subcommand: &str, config: &Path) -> Output {
 }
 
 fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BOSHY_ENVOY") {
-        return PathBuf::from(path);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| {
-            std::env::split_paths(&paths)
-                .map(|dir| dir.join("envoy"))
-                .find(|p| p.is_file())
-        })
-        .expect("no Envoy: set BOSHY_ENVOY to the envoy binary or put `envoy` on PATH")
+    boshy::envoy::binary().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn envoy_validate(bootstrap: &Path) {

