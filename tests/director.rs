@@ -254,6 +254,22 @@ impl Harness {
     }
 
     /// Asserts the secret appears in no log line (call at the end of every test).
+    /// Clears the fault, waits for the recovery log line, and checks that a change at the
+    /// director (a fourth apricot) is published again; the secret was never logged.
+    async fn clear_fault_and_follow_the_director(&mut self) {
+        self.fault("none", None).await;
+        self.logs.wait_for("works again").await;
+        self.control(
+            "POST",
+            "/_sim/deployments/sample-deployment/instances",
+            json!({"instance_group": "apricot"}),
+        )
+        .await;
+        self.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
+            .await;
+        self.assert_secret_never_logged();
+    }
+
     fn assert_secret_never_logged(&self) {
         let logs = self.logs.text();
         assert!(!logs.is_empty(), "the poller logged nothing at all");
@@ -604,17 +620,7 @@ async fn whole_director_outage_keeps_everything() {
     h.fault("bad_gateway", None).await;
     h.logs.wait_for("HTTP 502").await;
     assert_eq!(*h.rx.borrow(), good);
-    h.fault("none", None).await;
-    h.logs.wait_for("works again").await;
-    h.control(
-        "POST",
-        "/_sim/deployments/sample-deployment/instances",
-        json!({"instance_group": "apricot"}),
-    )
-    .await;
-    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
-        .await;
-    h.assert_secret_never_logged();
+    h.clear_fault_and_follow_the_director().await;
 }
 
 #[tokio::test]
@@ -815,17 +821,7 @@ async fn rejected_tokens_are_reported_once_and_recover() {
         .await
         .expect("each rejected request renews the token once");
     assert_eq!(h.logs.count("not authorized"), 1, "{}", h.logs.text());
-    h.fault("none", None).await;
-    h.logs.wait_for("works again").await;
-    h.control(
-        "POST",
-        "/_sim/deployments/sample-deployment/instances",
-        json!({"instance_group": "apricot"}),
-    )
-    .await;
-    h.published(|l| has_instances(l, "sample-deployment", "apricot", 4))
-        .await;
-    h.assert_secret_never_logged();
+    h.clear_fault_and_follow_the_director().await;
 }
 
 #[tokio::test]
