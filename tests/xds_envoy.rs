@@ -34,6 +34,9 @@ const DB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 2);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 3);
 const API_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 4);
 const BAD_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 5);
+const DB_LISTENER: &str = "169.254.255.2_5432";
+const WEB_LISTENER: &str = "169.254.255.3_8080";
+const API_LISTENER: &str = "169.254.255.4_9000";
 const DB_CLUSTER: &str = "outbound|5432||db.banana.sample.boshy";
 const WEB_CLUSTER: &str = "outbound|8080||web.banana.sample.boshy";
 const API_CLUSTER: &str = "outbound|9000||api.banana.sample.boshy";
@@ -205,6 +208,21 @@ impl Envoy {
         .await
     }
 
+    /// Waits until the active VIP listeners are `expected`, under an LDS version other than
+    /// `not_version`; returns that version.
+    async fn wait_for_listeners(&self, expected: &[&str], not_version: Option<&str>) -> String {
+        let expected: BTreeSet<String> = expected.iter().map(|l| l.to_string()).collect();
+        self.wait_for(
+            &format!("active listeners {expected:?}"),
+            "/config_dump",
+            |v| {
+                let (version, active) = active_vip_listeners(v)?;
+                (active == expected && Some(version.as_str()) != not_version).then_some(version)
+            },
+        )
+        .await
+    }
+
     async fn wait_for_clusters(&self, expected: &BTreeMap<String, BTreeSet<(String, String)>>) {
         self.wait_for(
             &format!("clusters {expected:?}"),
@@ -264,23 +282,17 @@ fn listeners_dump(dump: &Value) -> Option<&Value> {
         .find(|c| c["@type"] == "type.googleapis.com/envoy.admin.v3.ListenersConfigDump")
 }
 
-/// The outbound listener's entry among the dynamic listeners.
-fn outbound_listener(dump: &Value) -> Option<&Value> {
-    listeners_dump(dump)?["dynamic_listeners"]
+/// (last accepted LDS version, names of the active listeners other than `outbound`).
+fn active_vip_listeners(dump: &Value) -> Option<(String, BTreeSet<String>)> {
+    let listeners = listeners_dump(dump)?;
+    let version = listeners["version_info"].as_str()?.to_string();
+    let active = listeners["dynamic_listeners"]
         .as_array()?
         .iter()
-        .find(|l| l["name"] == "outbound")
-}
-
-/// (last accepted LDS version, filter chains of the active outbound listener). The
-/// listener's own `version_info` is not used: Envoy keeps the version it was created with
-/// across in-place filter chain updates.
-fn active_outbound(dump: &Value) -> Option<(String, usize)> {
-    let version = listeners_dump(dump)?["version_info"].as_str()?.to_string();
-    let chains = outbound_listener(dump)?["active_state"]["listener"]["filter_chains"]
-        .as_array()?
-        .len();
-    Some((version, chains))
+        .filter(|l| l["name"] != "outbound" && l["active_state"].is_object())
+        .filter_map(|l| l["name"].as_str().map(str::to_string))
+        .collect();
+    Some((version, active))
 }
 
 fn route_config_names(dump: &Value) -> BTreeSet<String> {
@@ -559,14 +571,9 @@ fn follows_the_catalog(mode: AdsMode) {
             (WEB_CLUSTER.to_string(), hosts(&[("127.0.0.4:8080", "z1")])),
         ]);
         envoy.wait_for_clusters(&expected).await;
-        let (v1, chains) = envoy
-            .wait_for(
-                "the active outbound listener",
-                "/config_dump",
-                active_outbound,
-            )
+        let v1 = envoy
+            .wait_for_listeners(&[DB_LISTENER, WEB_LISTENER], None)
             .await;
-        assert_eq!(chains, 2);
         envoy
             .wait_for("outbound bound on 15001", "/listeners?format=json", |v| {
                 v["listener_statuses"]
@@ -638,12 +645,9 @@ fn follows_the_catalog(mode: AdsMode) {
         expected.insert(DB_CLUSTER.to_string(), hosts(&[("127.0.0.2:5432", "z1")]));
         expected.insert(API_CLUSTER.to_string(), hosts(&[("127.0.0.6:9000", "z2")]));
         envoy.wait_for_clusters(&expected).await;
-        let (v2, chains) = envoy
-            .wait_for("the v2 listener", "/config_dump", |v| {
-                active_outbound(v).filter(|(version, _)| *version != v1)
-            })
+        let v2 = envoy
+            .wait_for_listeners(&[DB_LISTENER, WEB_LISTENER, API_LISTENER], Some(&v1))
             .await;
-        assert_eq!(chains, 3);
         envoy
             .wait_for(
                 "the api route",
@@ -663,13 +667,14 @@ fn follows_the_catalog(mode: AdsMode) {
             );
         }
 
-        // v3: a service with port 0 (the catalog never builds one) makes Envoy reject the
-        // listener: NACK logged and counted, Envoy keeps serving v2.
+        // v3: a service claiming the outbound listener's own address (the catalog never
+        // builds one: VIPs come from 169.254.0.0/16) makes Envoy reject its listener: NACK
+        // logged and counted, Envoy keeps serving v2.
         let nacks_before = metrics::global().xds_nacks.load(Ordering::Relaxed);
         let bad = service(
             "bad",
-            BAD_VIP,
-            ("tcp-bad", 0, Protocol::Tcp),
+            Ipv4Addr::LOCALHOST,
+            ("tcp-bad", 15001, Protocol::Tcp),
             vec![endpoint(7, "z1", true)],
         );
         catalog_tx
@@ -684,9 +689,12 @@ fn follows_the_catalog(mode: AdsMode) {
             .await;
         let dump = envoy.get("/config_dump").await.unwrap();
         assert_eq!(
-            active_outbound(&dump),
-            Some((v2.clone(), 3)),
-            "the last accepted listener stays"
+            active_vip_listeners(&dump),
+            Some((
+                v2.clone(),
+                BTreeSet::from([DB_LISTENER, WEB_LISTENER, API_LISTENER].map(String::from))
+            )),
+            "the last accepted listeners stay"
         );
         assert!(metrics::global().xds_nacks.load(Ordering::Relaxed) > nacks_before);
         let log_text = logs.text();
@@ -698,7 +706,7 @@ fn follows_the_catalog(mode: AdsMode) {
             });
         assert!(nack_line.contains("WARN"), "{nack_line}");
         assert!(
-            nack_line.contains("DestinationPort: value must be inside range"),
+            nack_line.contains("duplicate address '127.0.0.1:15001'"),
             "the warning carries Envoy's reason on one line: {nack_line}"
         );
         assert_eq!(
@@ -717,12 +725,17 @@ fn follows_the_catalog(mode: AdsMode) {
         catalog_tx
             .send(catalog(4, vec![db(true), web(), api(), fixed]))
             .unwrap();
-        let (v4, chains) = envoy
-            .wait_for("the v4 listener", "/config_dump", |v| {
-                active_outbound(v).filter(|(version, _)| *version != v2)
-            })
+        let v4 = envoy
+            .wait_for_listeners(
+                &[
+                    DB_LISTENER,
+                    WEB_LISTENER,
+                    API_LISTENER,
+                    "169.254.255.5_7000",
+                ],
+                Some(&v2),
+            )
             .await;
-        assert_eq!(chains, 4);
         assert_ne!(v4, v1);
         expected.insert(
             DB_CLUSTER.to_string(),
@@ -798,8 +811,8 @@ fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference(
                 (API_CLUSTER.to_string(), hosts(&[("127.0.0.6:9000", "z2")])),
             ]))
             .await;
-        // web's route config outlives it while its filter chain drains (Envoy's drain
-        // time); what counts is the active listener and that api's route arrived.
+        // web's route config outlives it while its listener drains (Envoy's drain time);
+        // what counts is the active listeners and that api's route arrived.
         envoy
             .wait_for(
                 "the api route",
@@ -808,15 +821,7 @@ fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference(
             )
             .await;
         envoy
-            .wait_for("the v2 filter chains", "/config_dump", |v| {
-                let chains: BTreeSet<&str> = outbound_listener(v)?["active_state"]["listener"]
-                    ["filter_chains"]
-                    .as_array()?
-                    .iter()
-                    .filter_map(|c| c["name"].as_str())
-                    .collect();
-                (chains == BTreeSet::from([DB_CLUSTER, API_CLUSTER])).then_some(())
-            })
+            .wait_for_listeners(&[DB_LISTENER, API_LISTENER], None)
             .await;
 
         // Envoy told the new server what it had (initial_resource_versions), so the only

@@ -335,7 +335,8 @@ mod tests {
         }
         assert_eq!(
             c.changed_since(ResourceType::Listener, 2),
-            Some(&["outbound".to_string()][..])
+            Some(&["169.254.255.2_81".to_string()][..]),
+            "only the removed port's listener"
         );
     }
 

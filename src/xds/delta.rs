@@ -390,7 +390,10 @@ mod tests {
         assert!(state.on_snapshot(&v1).is_empty(), "nothing changed");
 
         let listeners = synced(&mut state, LDS, &[WILDCARD], &v1);
-        assert_eq!(names(&listeners), ["outbound"]);
+        assert_eq!(
+            names(&listeners),
+            ["169.254.255.2_80", "169.254.255.3_80", "outbound"]
+        );
     }
 
     #[test]
