@@ -63,7 +63,8 @@ fn assert_whole_estate(initial: &[Received]) {
         };
         assert_eq!(count(ResourceType::Cluster), SERVICES, "{responses:?}");
         assert_eq!(count(ResourceType::Endpoint), SERVICES, "{responses:?}");
-        assert_eq!(count(ResourceType::Listener), 1, "{responses:?}");
+        // One per VIP:port, and `outbound`.
+        assert_eq!(count(ResourceType::Listener), SERVICES + 1, "{responses:?}");
         assert_eq!(count(ResourceType::Route), SERVICES, "{responses:?}");
     }
 }
@@ -87,7 +88,7 @@ async fn delta_an_endpoint_change_sends_each_stream_exactly_one_cluster_load_ass
 }
 
 #[tokio::test]
-async fn delta_a_new_service_sends_only_its_resources_and_the_listener() {
+async fn delta_a_new_service_sends_only_its_own_four_resources() {
     let (catalog_tx, fleet, _) = synced_fleet(AdsMode::Delta).await;
     let changed = Change::Service.apply(&catalog_tx.borrow(), INSTANCES);
     let at = Instant::now();

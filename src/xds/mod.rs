@@ -3,12 +3,13 @@
 //! `resources` (pure) turns a catalog into encoded Envoy resources; `cache` builds them once
 //! per catalog version; `stream` (pure) is one state-of-the-world ADS stream's
 //! ACK/NACK/nonce bookkeeping and `delta` (pure) the same for incremental ADS; `server` is
-//! the tonic service; `bootstrap` renders the Envoy bootstrap that points at it; `loadgen`
+//! the ADS service (tonic's HTTP/2 server, gRPC framing by hand in `grpc`); `bootstrap` renders the Envoy bootstrap that points at it; `loadgen`
 //! is the push fan-out benchmark client.
 
 pub mod bootstrap;
 pub mod cache;
 pub mod delta;
+pub mod grpc;
 pub mod loadgen;
 pub mod resources;
 pub mod server;

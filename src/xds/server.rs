@@ -2,36 +2,40 @@
 //! live in `stream::StreamState` and `delta::DeltaStreamState`; this file only moves
 //! messages, logs and counts.
 
+use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
-use anyhow::Context;
-use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::{
-    AggregatedDiscoveryService, AggregatedDiscoveryServiceServer,
-};
+use anyhow::Context as _;
+use bytes::Bytes;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
-use futures::{Stream, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
-use tonic::{Request, Response, Status, Streaming};
+use tonic::body::Body;
+use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+use tonic::Status;
 
 use super::cache::{self, Snapshot};
 use super::delta::DeltaStreamState;
+use super::grpc::{self, Requests};
 use super::stream::{RequestKind, StreamState};
 use crate::catalog::model::Catalog;
 use crate::metrics;
 
 /// Longest NACK reason we log; Envoy's can hold a whole resource.
 const MAX_LOGGED_ERROR: usize = 1000;
-/// Responses queued per stream before the stream task waits for Envoy to read. The queue
-/// holds boxes: tokio allocates its slots in blocks of 32 whatever the capacity, and 32
-/// unboxed responses are kilobytes per stream.
+/// Encoded responses queued per stream before the stream task waits for Envoy to read.
 const RESPONSE_QUEUE: usize = 8;
+const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+const SOTW_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
+const DELTA_PATH: &str =
+    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// HTTP/2 pings find Envoys that vanished without closing (VM deleted, network cut), so the
 /// connected-proxies gauge and the stream tasks do not leak.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -60,7 +64,7 @@ pub async fn serve_with_tls(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
-        .add_service(AggregatedDiscoveryServiceServer::new(ads));
+        .add_service(ads);
     let served = match tls {
         None => {
             router
@@ -75,55 +79,62 @@ pub async fn serve_with_tls(
     served.with_context(|| format!("xDS server on {address}"))
 }
 
+/// The AggregatedDiscoveryService: both methods, each stream run by [`run_stream`].
+#[derive(Clone)]
 struct Ads {
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
 }
 
-type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+impl tonic::server::NamedService for Ads {
+    const NAME: &'static str = SERVICE;
+}
 
-#[tonic::async_trait]
-impl AggregatedDiscoveryService for Ads {
-    type StreamAggregatedResourcesStream = ResponseStream<DiscoveryResponse>;
-    type DeltaAggregatedResourcesStream = ResponseStream<DeltaDiscoveryResponse>;
+impl tower::Service<http::Request<Body>> for Ads {
+    type Response = http::Response<Body>;
+    type Error = Infallible;
+    type Future = std::future::Ready<Result<http::Response<Body>, Infallible>>;
 
-    async fn stream_aggregated_resources(
-        &self,
-        request: Request<Streaming<DiscoveryRequest>>,
-    ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        Ok(self.start::<StreamState>(request))
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
 
-    async fn delta_aggregated_resources(
-        &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
-    ) -> Result<Response<Self::DeltaAggregatedResourcesStream>, Status> {
-        Ok(self.start::<DeltaStreamState>(request))
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        std::future::ready(Ok(match request.uri().path() {
+            SOTW_PATH => self.start::<StreamState>(request),
+            DELTA_PATH => self.start::<DeltaStreamState>(request),
+            other => grpc::status_only(&Status::unimplemented(format!(
+                "bosh-pilot serves only ADS, not {other}"
+            ))),
+        }))
     }
 }
 
 impl Ads {
-    fn start<P: Protocol>(
-        &self,
-        request: Request<Streaming<P::Request>>,
-    ) -> Response<ResponseStream<P::Response>> {
-        let peer = request.remote_addr();
-        let (responses, receiver) = mpsc::channel::<Box<P::Response>>(RESPONSE_QUEUE);
+    fn start<P: Protocol>(&self, request: http::Request<Body>) -> http::Response<Body> {
+        let extensions = request.extensions();
+        let peer = extensions
+            .get::<TcpConnectInfo>()
+            .or_else(|| {
+                extensions
+                    .get::<TlsConnectInfo<TcpConnectInfo>>()
+                    .map(TlsConnectInfo::get_ref)
+            })
+            .and_then(TcpConnectInfo::remote_addr);
+        let (responses, receiver) = mpsc::channel::<Bytes>(RESPONSE_QUEUE);
         tokio::spawn(run_stream::<P>(
-            request.into_inner(),
+            Requests::new(request.into_body()),
             self.snapshots.clone(),
             responses,
             peer,
         ));
-        Response::new(Box::pin(
-            ReceiverStream::new(receiver).map(|response| Ok(*response)),
-        ))
+        grpc::response(ReceiverStream::new(receiver))
     }
 }
 
 /// What the stream loop needs from one ADS variant.
 trait Protocol: Default + Send + 'static {
-    type Request: Send + 'static;
-    type Response: Send + 'static;
+    type Request: prost::Message + Default + Send + 'static;
+    type Response: prost::Message + Send + 'static;
     /// For log lines: `sotw` or `delta`.
     const NAME: &'static str;
     fn node_id(request: &Self::Request) -> Option<&str>;
@@ -247,9 +258,9 @@ impl Drop for ConnectedProxy {
 }
 
 async fn run_stream<P: Protocol>(
-    mut requests: Streaming<P::Request>,
+    mut requests: Requests<P::Request>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    responses: mpsc::Sender<Box<P::Response>>,
+    responses: mpsc::Sender<Bytes>,
     peer: Option<SocketAddr>,
 ) {
     let _connected = ConnectedProxy::new();
@@ -297,7 +308,7 @@ async fn run_stream<P: Protocol>(
 
 async fn send_all<P: Protocol>(
     node: &str,
-    responses: &mpsc::Sender<Box<P::Response>>,
+    responses: &mpsc::Sender<Bytes>,
     outgoing: Vec<P::Response>,
 ) -> bool {
     for response in outgoing {
@@ -311,7 +322,7 @@ async fn send_all<P: Protocol>(
             removed = summary.removed,
             "xDS push"
         );
-        if responses.send(Box::new(response)).await.is_err() {
+        if responses.send(grpc::frame(&response)).await.is_err() {
             return false;
         }
         metrics::global().xds_pushes.fetch_add(1, Ordering::Relaxed);
