@@ -14,6 +14,7 @@ pub mod envoy;
 pub mod fsutil;
 pub mod httpbin;
 pub mod lab;
+pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pilot;

@@ -19,7 +19,8 @@ struct Cli {
 enum Command {
     /// The control plane: polls the BOSH director, serves xDS, the name table and the API.
     Pilot(pilot::Args),
-    /// The per-VM DNS agent: answers `*.<tld>` from the name table pushed by bosh-pilot.
+    /// The per-VM DNS agent: answers `*.<tld>` from the name table pushed by bosh-pilot
+    /// (the release runs the same agent from its own, smaller binary, `boshy-vip-agent`).
     VipAgent(agent::Args),
     /// Installs, removes or shows the iptables DNAT rules that send VIP traffic to Envoy.
     Dnat(dnat::Args),
@@ -41,17 +42,7 @@ enum Command {
 
 #[tokio::main]
 async fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // hickory logs every DNS query at info; that would flood the agent's log.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("info,hickory_server::server=warn")
-                }),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    boshy::logging::init();
     match Cli::parse().command {
         Command::Pilot(args) => pilot::run(args).await,
         Command::VipAgent(args) => agent::run(args).await,

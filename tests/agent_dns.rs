@@ -1,4 +1,4 @@
-//! The real `boshy vip-agent` binary on a loopback port, queried with `dig` over UDP and TCP.
+//! The real `boshy-vip-agent` binary (what the release runs) on a loopback port, queried with `dig` over UDP and TCP.
 //! The pilots in its config are unreachable (a closed loopback port), so every answer comes from
 //! the table on disk — which is exactly the restart-while-the-control-plane-is-down case.
 
@@ -14,6 +14,19 @@ use boshy::catalog::model::{Catalog, Service, ServiceKey};
 const VIP: &str = "169.254.255.7";
 const HOST: &str = "example-httpbin.banana.sample-deployment.boshy";
 const TTL: u32 = 7;
+
+/// The agent's two command lines: its own binary, which the release runs, and the multi-tool
+/// `boshy vip-agent`; both take the same arguments (`boshy::agent::Args`).
+const AGENT_COMMANDS: [&[&str]; 2] = [
+    &[env!("CARGO_BIN_EXE_boshy-vip-agent")],
+    &[env!("CARGO_BIN_EXE_boshy"), "vip-agent"],
+];
+
+fn agent_command(command: &[&str]) -> Command {
+    let mut agent = Command::new(command[0]);
+    agent.args(&command[1..]);
+    agent
+}
 
 /// The agent process; killed when the test ends, however it ends.
 struct Agent {
@@ -32,13 +45,13 @@ impl Drop for Agent {
 impl Agent {
     fn start(dir: &Path, port: u16) -> Agent {
         let log = dir.join(format!("agent-{}.log", rand_suffix()));
-        let child = Command::new(env!("CARGO_BIN_EXE_boshy"))
-            .args(["vip-agent", "--config"])
+        let child = agent_command(AGENT_COMMANDS[0])
+            .arg("--config")
             .arg(dir.join("agent.yml"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start boshy vip-agent");
+            .expect("start boshy-vip-agent");
         let mut agent = Agent { child, port, log };
         agent.wait_until_answering();
         agent
@@ -392,28 +405,30 @@ fn a_corrupt_table_is_reported_and_the_agent_starts_empty() {
 fn check_config_accepts_a_good_file_and_names_the_key_of_a_bad_one() {
     let dir = tempfile::tempdir().unwrap();
     write_config(dir.path(), 8053);
-    let good = Command::new(env!("CARGO_BIN_EXE_boshy"))
-        .args(["vip-agent", "--check-config", "--config"])
-        .arg(dir.path().join("agent.yml"))
-        .output()
-        .unwrap();
-    assert!(good.status.success(), "{good:?}");
-
     let bad_path = dir.path().join("bad.yml");
     std::fs::write(
         &bad_path,
         "tld: \"no spaces\"\npilots: [\"http://a\"]\ntable_path: /t\n",
     )
     .unwrap();
-    let bad = Command::new(env!("CARGO_BIN_EXE_boshy"))
-        .args(["vip-agent", "--check-config", "--config"])
-        .arg(&bad_path)
-        .output()
-        .unwrap();
-    assert!(!bad.status.success());
-    let stderr = String::from_utf8_lossy(&bad.stderr);
-    assert!(
-        stderr.contains("bad.yml") && stderr.contains("`tld`"),
-        "{stderr}"
-    );
+    for command in AGENT_COMMANDS {
+        let good = agent_command(command)
+            .args(["--check-config", "--config"])
+            .arg(dir.path().join("agent.yml"))
+            .output()
+            .unwrap();
+        assert!(good.status.success(), "{command:?}: {good:?}");
+
+        let bad = agent_command(command)
+            .args(["--check-config", "--config"])
+            .arg(&bad_path)
+            .output()
+            .unwrap();
+        assert!(!bad.status.success(), "{command:?}");
+        let stderr = String::from_utf8_lossy(&bad.stderr);
+        assert!(
+            stderr.contains("bad.yml") && stderr.contains("`tld`"),
+            "{command:?}: {stderr}"
+        );
+    }
 }

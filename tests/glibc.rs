@@ -1,7 +1,7 @@
-//! The release's binary must run on every supported stemcell: ubuntu-jammy has glibc 2.35,
+//! The release's binaries must run on every supported stemcell: ubuntu-jammy has glibc 2.35,
 //! ubuntu-noble 2.39, so no symbol may need a version newer than 2.35. Checked with
-//! `objdump -T` (binutils) on the binary these tests built; scripts/build-blobs makes the same
-//! check on the blob it ships.
+//! `objdump -T` (binutils) on the binaries these tests built; scripts/build-blobs makes the same
+//! check on the blobs it ships.
 
 use std::path::Path;
 use std::process::Command;
@@ -57,8 +57,9 @@ fn assert_runs_on_jammy(binary: &Path) {
 }
 
 #[test]
-fn the_built_binary_runs_on_jammy_and_noble() {
+fn the_built_binaries_run_on_jammy_and_noble() {
     assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy")));
+    assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy-vip-agent")));
 }
 
 #[test]

@@ -202,6 +202,15 @@ fn every_package_is_complete_and_its_files_exist() {
                 "packages/{package}: `{pattern}` matches nothing in config/blobs.yml or src/ \
                  (run scripts/build-blobs)"
             );
+            // The packaging scripts install each blob glob to one file: one blob per pattern.
+            let blobs: Vec<&String> = blob_paths
+                .iter()
+                .filter(|p| glob_matches(&pattern, p))
+                .collect();
+            assert!(
+                blobs.len() <= 1,
+                "packages/{package}: `{pattern}` matches several blobs: {blobs:?}"
+            );
         }
         let packaging = std::fs::read_to_string(dir.join("packaging")).unwrap();
         for network_tool in ["curl ", "wget ", "pip ", "cargo ", "git clone"] {

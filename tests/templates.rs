@@ -208,6 +208,41 @@ fn assert_success(output: &Output, what: &str) {
     );
 }
 
+/// Runs a rendered bpm process as the VM would, with `--check-config` added. Its executable is
+/// `/var/vcap/packages/boshy/bin/<file>` (rebased), which packages/boshy/packaging must install;
+/// here that file is the binary cargo built under the same name.
+fn check_bpm_process(process: &jobs::BpmProcess) -> Output {
+    let file = Path::new(&process.executable)
+        .file_name()
+        .and_then(|f| f.to_str())
+        .unwrap_or_else(|| panic!("bpm executable `{}`", process.executable));
+    assert!(
+        process
+            .executable
+            .ends_with(&format!("/packages/boshy/bin/{file}")),
+        "bpm runs `{}`, not a binary of the boshy package",
+        process.executable
+    );
+    let packaging = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("packages/boshy/packaging"),
+    )
+    .unwrap();
+    assert!(
+        packaging.contains(&format!("\"${{BOSH_INSTALL_TARGET}}/bin/{file}\"")),
+        "packages/boshy/packaging does not install bin/{file}:\n{packaging}"
+    );
+    let built = match file {
+        "boshy" => env!("CARGO_BIN_EXE_boshy"),
+        "boshy-vip-agent" => env!("CARGO_BIN_EXE_boshy-vip-agent"),
+        other => panic!("bpm runs bin/{other}, which this crate does not build"),
+    };
+    Command::new(built)
+        .args(&process.args)
+        .arg("--check-config")
+        .output()
+        .unwrap_or_else(|e| panic!("run {built}: {e}"))
+}
+
 fn check_config(subcommand: &str, config: &Path) -> Output {
     boshy(&[
         subcommand,
@@ -425,16 +460,22 @@ fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
 #[test]
 fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let rendered = render("virtual-ip-agent", json!({}), default_link()).rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_eq!(bpm.processes[0].name, "vip-agent");
+    assert!(
+        bpm.processes[0]
+            .executable
+            .ends_with("/bin/boshy-vip-agent"),
+        "the agent runs from its own binary: {bpm:?}"
+    );
     assert_success(
-        &check_config("vip-agent", &rendered.path("config/agent.yml")),
-        "vip-agent --check-config (defaults)",
+        &check_bpm_process(&bpm.processes[0]),
+        "boshy-vip-agent --check-config (defaults)",
     );
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["listen"], "127.0.0.1:8053");
     assert_eq!(agent["tld"], "boshy");
     assert_eq!(agent["pilots"], json!(["https://10.244.0.10:15011"]));
-    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
-    assert_eq!(bpm.processes[0].name, "vip-agent");
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
@@ -448,9 +489,10 @@ fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "dnat": {"redirect_port": 15002},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_success(
-        &check_config("vip-agent", &rendered.path("config/agent.yml")),
-        "vip-agent --check-config (other values)",
+        &check_bpm_process(&bpm.processes[0]),
+        "boshy-vip-agent --check-config (other values)",
     );
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["tld"], "mesh");
@@ -462,7 +504,6 @@ fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
-    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert!(
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"

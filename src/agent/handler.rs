@@ -23,10 +23,9 @@ use hickory_server::proto::serialize::binary::{
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Queries};
 use hickory_server::Server;
+use std::io;
 use std::os::fd::AsRawFd;
-use tokio::io::Interest;
-use tokio::net::UdpSocket;
-use tokio::task::JoinHandle;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::{error, warn};
 
 use super::dns::{self, Zone};
@@ -98,14 +97,14 @@ impl RequestHandler for DnsHandler {
 
 /// The running DNS server: our UDP loop and hickory's TCP server.
 pub struct DnsServer {
-    udp: JoinHandle<()>,
+    udp: UdpThread,
     tcp: Server<DnsHandler>,
 }
 
 impl DnsServer {
     pub async fn shutdown_gracefully(&mut self) -> Result<()> {
         // A UDP exchange is one datagram each way: there is nothing in flight to drain.
-        self.udp.abort();
+        self.udp.stop();
         self.tcp
             .shutdown_gracefully()
             .await
@@ -115,15 +114,15 @@ impl DnsServer {
 
 /// Binds UDP and TCP on `listen` and starts answering from `zone`; `fast_path: false` sends
 /// every UDP query through hickory. Binding errors name the address (a port below 1024 needs
-/// root or CAP_NET_BIND_SERVICE).
+/// root or CAP_NET_BIND_SERVICE). Must run inside a tokio runtime: TCP is served on it, and
+/// the UDP thread asks hickory through it.
 pub async fn serve(listen: SocketAddr, zone: Arc<ZoneCell>, fast_path: bool) -> Result<DnsServer> {
-    let udp = UdpSocket::bind(listen)
-        .await
+    let udp = std::net::UdpSocket::bind(listen)
         .with_context(|| format!("DNS: cannot bind UDP {listen}"))?;
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("DNS: cannot bind TCP {listen}"))?;
-    let udp = tokio::spawn(serve_udp(udp, zone.clone(), fast_path));
+    let udp = UdpThread::start(udp, zone.clone(), fast_path)?;
     let mut tcp_server = Server::new(DnsHandler::new(zone));
     tcp_server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     Ok(DnsServer {
@@ -134,25 +133,77 @@ pub async fn serve(listen: SocketAddr, zone: Arc<ZoneCell>, fast_path: bool) -> 
 
 /// hickory's UDP receive buffer: a longer datagram is cut here, as hickory would cut it.
 const UDP_RECEIVE_BUFFER: usize = 4096;
+/// How often an idle UDP thread looks whether it should stop.
+const UDP_STOP_CHECK: Duration = Duration::from_millis(500);
 
-/// One task answers every datagram in turn, a batch at a time: the fast path is a table
-/// lookup and a copy, and the slow path never waits on anything but the send, so a task per
-/// query would only add cost. Each wake-up receives every waiting query with one system call
-/// and sends their replies with one more (see [`udp_batch`]).
-async fn serve_udp(socket: UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) {
+/// The thread that answers UDP; it stops within [`UDP_STOP_CHECK`] of `stop` or of being
+/// dropped.
+struct UdpThread {
+    stopping: Arc<AtomicBool>,
+}
+
+impl UdpThread {
+    fn start(socket: std::net::UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) -> Result<Self> {
+        socket
+            .set_read_timeout(Some(UDP_STOP_CHECK))
+            .context("DNS: setting the UDP receive timeout")?;
+        let stopping = Arc::new(AtomicBool::new(false));
+        let runtime = tokio::runtime::Handle::current();
+        let stop = stopping.clone();
+        std::thread::Builder::new()
+            .name("dns-udp".into())
+            .spawn(move || serve_udp(&socket, zone, fast_path, &runtime, &stop))
+            .context("DNS: starting the UDP thread")?;
+        Ok(UdpThread { stopping })
+    }
+
+    fn stop(&self) {
+        self.stopping.store(true, Ordering::Relaxed);
+    }
+}
+
+impl Drop for UdpThread {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// One thread answers every datagram, a batch at a time, with blocking system calls: each
+/// `recvmmsg` waits for the first query and takes every other one already waiting, and one
+/// `sendmmsg` sends their replies (see [`udp_batch`]). That is two system calls per batch; an
+/// async loop adds an `epoll_wait` and a `recvmmsg` that finds nothing per batch, which costs
+/// more than answering once the fast path has made the answer a lookup and a copy. The slow path
+/// never waits on anything, so asking hickory on the runtime from here does not block for long.
+fn serve_udp(
+    socket: &std::net::UdpSocket,
+    zone: Arc<ZoneCell>,
+    fast_path: bool,
+    runtime: &tokio::runtime::Handle,
+    stopping: &AtomicBool,
+) {
     let handler = DnsHandler::new(zone.clone());
     let fd = socket.as_raw_fd();
     let mut batch = Batch::<UDP_RECEIVE_BUFFER>::new();
     let mut fast_replies = vec![[0u8; MAX_REPLY_LEN]; udp_batch::BATCH];
     let mut slow_replies: Vec<Option<Vec<u8>>> = vec![None; udp_batch::BATCH];
-    loop {
-        let received = socket
-            .async_io(Interest::READABLE, || batch.receive(fd))
-            .await;
-        if let Err(error) = received {
-            // ICMP errors from earlier sends surface here; they concern that client only.
-            warn!(%error, "error receiving DNS queries over UDP");
-            continue;
+    while !stopping.load(Ordering::Relaxed) {
+        match batch.receive(fd) {
+            Ok(_) => {}
+            Err(error)
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::WouldBlock
+                        | io::ErrorKind::TimedOut
+                        | io::ErrorKind::Interrupted
+                ) =>
+            {
+                continue
+            }
+            Err(error) => {
+                // ICMP errors from earlier sends surface here; they concern that client only.
+                warn!(%error, "error receiving DNS queries over UDP");
+                continue;
+            }
         }
         let zone_now = zone.current();
         let mut fast_lengths = [0usize; udp_batch::BATCH];
@@ -167,7 +218,7 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) {
                 .flatten()
             {
                 Some(len) => fast_lengths[i] = len,
-                None => slow_replies[i] = udp_reply(&handler, query, client).await,
+                None => slow_replies[i] = runtime.block_on(udp_reply(&handler, query, client)),
             }
         }
         let replies: Vec<(usize, &[u8])> = (0..batch.len())
@@ -177,15 +228,13 @@ async fn serve_udp(socket: UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) {
                 None => None,
             })
             .collect();
-        let sent = socket
-            .try_io(Interest::WRITABLE, || batch.send(fd, &replies))
-            .unwrap_or(0);
-        // What did not fit in the socket buffer waits for room, one datagram at a time.
+        let sent = batch.send(fd, &replies).unwrap_or(0);
+        // What sendmmsg did not take (an error on one datagram stops it there) goes one by one.
         for (i, reply) in &replies[sent..] {
             let Some(client) = batch.sender(*i) else {
                 continue;
             };
-            if let Err(error) = socket.send_to(reply, client).await {
+            if let Err(error) = socket.send_to(reply, client) {
                 warn!(%error, %client, "could not send a DNS response");
             }
         }

@@ -3,7 +3,9 @@
 //! this divides the per-query system-call cost, which is most of what answering costs once the
 //! fast path has made the answer itself a lookup and a copy.
 //!
-//! Non-blocking only: both return `WouldBlock` as the socket does, for tokio's readiness loop.
+//! For a blocking socket on a thread of its own: `receive` waits for the first datagram
+//! (`MSG_WAITFORONE`) and takes the others already waiting; on a non-blocking socket it returns
+//! `WouldBlock` when there is none, as the socket does.
 
 use std::io;
 use std::mem::{size_of, zeroed};
@@ -37,7 +39,8 @@ impl<const SIZE: usize> Batch<SIZE> {
         }
     }
 
-    /// Receives up to [`BATCH`] datagrams; returns how many.
+    /// Waits for a datagram and receives it with every other one waiting, up to [`BATCH`];
+    /// returns how many.
     pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.buffers[i].as_mut_ptr().cast(),
@@ -58,7 +61,7 @@ impl<const SIZE: usize> Batch<SIZE> {
                 fd,
                 headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
+                libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
         };
@@ -92,44 +95,33 @@ impl<const SIZE: usize> Batch<SIZE> {
         socket_addr(&self.addresses[i])
     }
 
-    /// Sends `replies` (datagram index, bytes) to their senders in one call; returns how many
-    /// went out, in order (the caller sends the rest one by one).
+    /// Sends `replies` (datagram index, bytes; at most [`BATCH`]) to their senders in one call;
+    /// returns how many went out, in order (the caller sends the rest one by one).
     pub fn send(&self, fd: RawFd, replies: &[(usize, &[u8])]) -> io::Result<usize> {
         if replies.is_empty() {
             return Ok(0);
         }
-        let mut iovecs: Vec<libc::iovec> = replies
-            .iter()
-            .map(|(_, bytes)| libc::iovec {
+        let count = replies.len().min(BATCH);
+        // SAFETY: plain old data; every pointer used is set below.
+        let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
+        // SAFETY: as above.
+        let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
+        for (k, (i, bytes)) in replies.iter().take(count).enumerate() {
+            iovecs[k] = libc::iovec {
                 iov_base: bytes.as_ptr() as *mut libc::c_void,
                 iov_len: bytes.len(),
-            })
-            .collect();
-        let mut headers: Vec<libc::mmsghdr> = replies
-            .iter()
-            .zip(iovecs.iter_mut())
-            .map(|((i, _), iovec)| {
-                // SAFETY: plain old data; every pointer is set here.
-                let mut header: libc::mmsghdr = unsafe { zeroed() };
-                header.msg_hdr.msg_name = (&self.addresses[*i] as *const libc::sockaddr_storage
-                    as *mut libc::sockaddr_storage)
-                    .cast();
-                header.msg_hdr.msg_namelen = self.address_lengths[*i];
-                header.msg_hdr.msg_iov = iovec;
-                header.msg_hdr.msg_iovlen = 1;
-                header
-            })
-            .collect();
-        // SAFETY: every header points at live memory for the duration of the call; sendmmsg
-        // only reads it (the kernel writes msg_len, which is ours).
-        let sent = unsafe {
-            libc::sendmmsg(
-                fd,
-                headers.as_mut_ptr(),
-                headers.len() as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
+            };
+            let header = &mut headers[k].msg_hdr;
+            header.msg_name = (&self.addresses[*i] as *const libc::sockaddr_storage
+                as *mut libc::sockaddr_storage)
+                .cast();
+            header.msg_namelen = self.address_lengths[*i];
+            header.msg_iov = &mut iovecs[k];
+            header.msg_iovlen = 1;
+        }
+        // SAFETY: the first `count` headers point at live memory for the duration of the call;
+        // sendmmsg only reads it (the kernel writes msg_len, which is ours).
+        let sent = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), count as libc::c_uint, 0) };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }

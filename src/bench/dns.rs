@@ -1,5 +1,7 @@
-//! DNS: dnsperf against the virtual-ip-agent (fast path on, and off = hickory only, the
-//! "before") and against dnsmasq, serving the same names from the same query file, in one run.
+//! DNS: dnsperf against the virtual-ip-agent (its own binary, `boshy-vip-agent`, as the release
+//! runs it; fast path on, and off = hickory only, the "before") and against dnsmasq, serving the
+//! same names from the same query file, in one run. Then the agent's RSS from its own binary
+//! against the multi-tool `boshy vip-agent` (before/after), one at a time under the same load.
 //! Every server is pinned to one CPU and dnsperf to another; each listens on 127.0.0.1 on its
 //! own port. Rounds are interleaved (agent, agent without fast path, dnsmasq, again) so drift on
 //! a noisy machine hits all three alike; figures are the median over rounds.
@@ -223,12 +225,36 @@ fn pinned(cpu: usize, program: &Path) -> Command {
     command
 }
 
+/// Which binary runs the agent: its own (what the release runs) or the multi-tool `boshy`
+/// (`boshy vip-agent`, what the release ran before: the "before" of the RSS row).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AgentBinary {
+    Own,
+    MultiTool,
+}
+
+fn agent_command(binary: AgentBinary, cpu: Option<usize>) -> Result<Command> {
+    let boshy = super::boshy_binary()?;
+    let (program, subcommand) = match binary {
+        AgentBinary::Own => (crate::agent::binary_beside(&boshy)?, None),
+        AgentBinary::MultiTool => (boshy, Some("vip-agent")),
+    };
+    let mut command = match cpu {
+        Some(cpu) => pinned(cpu, &program),
+        None => Command::new(&program),
+    };
+    command.args(subcommand);
+    Ok(command)
+}
+
+/// Starts an agent answering from `dir/table.json`, pinned to `cpu` unless `None`.
 fn start_agent(
     label: &'static str,
     dir: &Path,
     port: u16,
-    cpu: usize,
+    cpu: Option<usize>,
     fast_path: bool,
+    binary: AgentBinary,
 ) -> Result<Server> {
     let config = dir.join(format!("{label}.yml"));
     let yaml = format!(
@@ -243,14 +269,14 @@ fn start_agent(
     );
     std::fs::write(&config, yaml)?;
     let log = std::fs::File::create(dir.join(format!("{label}.log")))?;
-    let child = pinned(cpu, &super::boshy_binary()?)
-        .args(["vip-agent", "--config"])
+    let child = agent_command(binary, cpu)?
+        .arg("--config")
         .arg(&config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
-        .context("starting the virtual-ip-agent")?;
+        .with_context(|| format!("starting the virtual-ip-agent ({label})"))?;
     Ok(Server { label, port, child })
 }
 
@@ -382,14 +408,16 @@ fn measure_all(args: &Args) -> Result<Vec<Row>> {
         .context("no names to serve")?
         .clone();
 
+    let cpu = Some(args.server_cpu);
     let mut servers = vec![
-        start_agent("agent", dir, args.port, args.server_cpu, true)?,
+        start_agent("agent", dir, args.port, cpu, true, AgentBinary::Own)?,
         start_agent(
             "agent-hickory-only",
             dir,
             args.port + 1,
-            args.server_cpu,
+            cpu,
             false,
+            AgentBinary::Own,
         )?,
         start_dnsmasq(dir, args.port + 2, args.server_cpu)?,
     ];
@@ -418,48 +446,32 @@ fn measure_all(args: &Args) -> Result<Vec<Row>> {
         .map(|s| Ok((s.label, ProcMemory::of(s.pid())?)))
         .collect::<Result<_>>()?;
     drop(servers);
-    let unpinned = unpinned_agent_memory(dir, args.port + 3, &probe, &queries, args.client_cpu)?;
-    Ok(rows(args, &measured, &memory, unpinned))
-}
-
-/// The agent without `taskset`: the runtime starts a worker per CPU, as on a real VM.
-fn unpinned_agent_memory(
-    dir: &Path,
-    port: u16,
-    probe: &str,
-    queries: &Path,
-    client_cpu: usize,
-) -> Result<ProcMemory> {
-    let config = dir.join("agent-unpinned.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "listen: 127.0.0.1:{port}\npilots: [\"127.0.0.1:1\"]\ninsecure_plaintext: true\ntable_path: {}\nttl_seconds: 30\n",
-            dir.join("table.json").display()
-        ),
-    )?;
-    let child = Command::new(super::boshy_binary()?)
-        .args(["vip-agent", "--config"])
-        .arg(&config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let mut server = Server {
-        label: "agent-unpinned",
-        port,
-        child,
-    };
-    server.wait_until_answering(probe)?;
-    dnsperf(client_cpu, port, queries, &["-l".into(), "2".into()])?;
-    ProcMemory::of(server.pid())
+    // RSS under one and the same short load, one agent at a time: the agent's own binary
+    // against the multi-tool one (before/after), and unpinned (a worker per CPU, as on a VM).
+    let mut after_load = BTreeMap::new();
+    for (label, binary, cpu) in [
+        ("agent-own-binary", AgentBinary::Own, cpu),
+        ("agent-multi-tool", AgentBinary::MultiTool, cpu),
+        ("agent-unpinned", AgentBinary::Own, None),
+    ] {
+        let mut server = start_agent(label, dir, args.port + 3, cpu, true, binary)?;
+        server.wait_until_answering(&probe)?;
+        dnsperf(
+            args.client_cpu,
+            server.port,
+            &queries,
+            &["-l".into(), "2".into()],
+        )?;
+        after_load.insert(label, ProcMemory::of(server.pid())?);
+    }
+    Ok(rows(args, &measured, &memory, &after_load))
 }
 
 fn rows(
     args: &Args,
     measured: &BTreeMap<&str, Measured>,
     memory: &BTreeMap<&str, ProcMemory>,
-    unpinned: ProcMemory,
+    after_load: &BTreeMap<&str, ProcMemory>,
 ) -> Vec<Row> {
     let figure = |label: &str, pick: fn(&Measured) -> &Vec<f64>| {
         measured
@@ -565,6 +577,30 @@ fn rows(
             rss.anon_kb, rss.file_kb, rss.hwm_kb, rss.threads
         )),
     );
+    let split = |memory: &ProcMemory| {
+        format!(
+            "{} kB anonymous + {} kB file-backed",
+            memory.anon_kb, memory.file_kb
+        )
+    };
+    let own = after_load["agent-own-binary"];
+    let multi_tool = after_load["agent-multi-tool"];
+    rows.push(
+        Row::new(
+            BENCHMARK,
+            "agent RSS: own binary vs the multi-tool boshy (after)",
+            own.rss_mb(),
+            "MB",
+        )
+        .against("boshy vip-agent (before)", multi_tool.rss_mb())
+        .goal("< 10 MB", own.rss_mb() < 10.0)
+        .note(format!(
+            "same table and load (dnsperf 2 s), pinned: boshy-vip-agent {}; boshy vip-agent {}",
+            split(&own),
+            split(&multi_tool)
+        )),
+    );
+    let unpinned = after_load["agent-unpinned"];
     rows.push(
         Row::new(
             BENCHMARK,
@@ -572,12 +608,9 @@ fn rows(
             unpinned.rss_mb(),
             "MB",
         )
-        .against(format!("pinned ({} threads)", rss.threads), rss.rss_mb())
+        .against(format!("pinned ({} threads)", own.threads), own.rss_mb())
         .goal("< 10 MB", unpinned.rss_mb() < 10.0)
-        .note(format!(
-            "{} kB anonymous + {} kB file-backed",
-            unpinned.anon_kb, unpinned.file_kb
-        )),
+        .note(split(&unpinned)),
     );
     rows
 }

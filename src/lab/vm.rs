@@ -310,8 +310,18 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
     jobs::render(&jobs::release_dir(), &vm.instance_spec(), &with_secrets)
         .with_context(|| format!("installing the jobs of {}", vm.name()))?;
     jobs::rebase(&jobs_dir, &vm.root)?;
-    link_package(&vm.root, "boshy", &layout.boshy_bin)?;
-    link_package(&vm.root, "envoy", &layout.envoy_bin)?;
+    // The package holds both binaries; the virtual-ip-agent job runs the agent's own.
+    let vip_agent = crate::agent::binary_beside(&layout.boshy_bin)
+        .context("the lab runs the virtual-ip-agent from it")?;
+    link_package(
+        &vm.root,
+        "boshy",
+        &[
+            ("boshy", &layout.boshy_bin),
+            (crate::agent::BINARY, &vip_agent),
+        ],
+    )?;
+    link_package(&vm.root, "envoy", &[("envoy", &layout.envoy_bin)])?;
 
     vm.pre_start.clear();
     vm.processes.clear();
@@ -375,17 +385,20 @@ fn with_lab_secrets(layout: &Layout, job: &JobRender) -> Result<JobRender> {
     Ok(job)
 }
 
-/// `<root>/packages/<name>/bin/<name>` → the binary, as the compiled package would hold it.
-fn link_package(root: &Path, name: &str, binary: &Path) -> Result<()> {
-    let bin = root.join("packages").join(name).join("bin");
+/// `<root>/packages/<package>/bin/<file>` → each binary, as the compiled package would hold it.
+fn link_package(root: &Path, package: &str, binaries: &[(&str, &Path)]) -> Result<()> {
+    let bin = root.join("packages").join(package).join("bin");
     std::fs::create_dir_all(&bin).with_context(|| format!("cannot create {}", bin.display()))?;
-    let link = bin.join(name);
-    if link.symlink_metadata().is_ok() {
-        std::fs::remove_file(&link)
-            .with_context(|| format!("cannot replace {}", link.display()))?;
+    for (file, binary) in binaries {
+        let link = bin.join(file);
+        if link.symlink_metadata().is_ok() {
+            std::fs::remove_file(&link)
+                .with_context(|| format!("cannot replace {}", link.display()))?;
+        }
+        std::os::unix::fs::symlink(binary, &link)
+            .with_context(|| format!("cannot link {} to {}", link.display(), binary.display()))?;
     }
-    std::os::unix::fs::symlink(binary, &link)
-        .with_context(|| format!("cannot link {} to {}", link.display(), binary.display()))
+    Ok(())
 }
 
 #[cfg(test)]
