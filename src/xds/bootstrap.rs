@@ -24,6 +24,22 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
 pub const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
 /// The static cluster that carries ADS.
 pub const XDS_CLUSTER: &str = "xds_cluster";
+/// The stats Envoy keeps: its own health, the managers, the xDS connection and the
+/// connections to VIP:ports nobody exposes. Per-service stats (a few hundred per cluster
+/// and listener) are left out: every Envoy of the foundation would keep them for every
+/// service, and they were most of Envoy's memory beyond its binary. What an operator needs
+/// per instance is still in `/clusters` (per-host counters and health flags).
+pub const STATS_PREFIXES: [&str; 9] = [
+    "server.",
+    "cluster_manager.",
+    "listener_manager.",
+    "control_plane.",
+    "cluster.xds_cluster.",
+    "overload.",
+    "runtime.",
+    "http.admin.",
+    "tcp.outbound_unexposed.",
+];
 
 /// Which ADS variant Envoy speaks; bosh-pilot serves both.
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -238,6 +254,13 @@ pub fn render_with_tls(
                 },
             }],
         },
+        "stats_config": {
+            "stats_matcher": {
+                "inclusion_list": {
+                    "patterns": STATS_PREFIXES.map(|prefix| json!({"prefix": prefix})),
+                },
+            },
+        },
         "dynamic_resources": {
             "ads_config": {
                 "api_type": ads_mode.api_type(),
@@ -340,6 +363,36 @@ mod tests {
             json!({"deployment": "sample-deployment", "instance_group": "apricot",
                    "instance_id": "6d0e0b4c-1111", "index": 3, "ip": "10.244.0.7", "az": "z1"})
         );
+    }
+
+    #[test]
+    fn envoy_keeps_its_own_and_the_xds_stats_but_no_per_service_ones() {
+        let b = parsed(&["10.0.0.5:15010"]);
+        let kept: Vec<&str> = b["stats_config"]["stats_matcher"]["inclusion_list"]["patterns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["prefix"].as_str().unwrap())
+            .collect();
+        let is_kept = |stat: &str| kept.iter().any(|prefix| stat.starts_with(prefix));
+        for stat in [
+            "server.memory_allocated",
+            "cluster_manager.cds.update_success",
+            "listener_manager.lds.update_rejected",
+            "control_plane.connected_state",
+            "cluster.xds_cluster.upstream_cx_active",
+            "tcp.outbound_unexposed.downstream_cx_no_route",
+        ] {
+            assert!(is_kept(stat), "{stat}");
+        }
+        for stat in [
+            "cluster.outbound|9002||web.banana.sample.boshy.upstream_rq_total",
+            "listener.169.254.255.2_9002.downstream_cx_total",
+            "http.outbound_9002_web.banana.sample.boshy.downstream_rq_total",
+            "tcp.outbound_5432_db.banana.sample.boshy.downstream_cx_total",
+        ] {
+            assert!(!is_kept(stat), "{stat}");
+        }
     }
 
     #[test]
