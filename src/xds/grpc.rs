@@ -123,10 +123,11 @@ impl<M: Message + Default> Requests<M> {
 
 /// A gRPC response: the framed messages of `responses`, then `grpc-status: 0`.
 pub fn response(responses: impl Stream<Item = Bytes> + Send + 'static) -> http::Response<Body> {
-    let ok = status_headers(&Status::ok(""));
     let frames = responses
         .map(Frame::data)
-        .chain(futures::stream::once(async move { Frame::trailers(ok) }))
+        .chain(futures::stream::once(async {
+            Frame::trailers(status_headers(&Status::ok("")))
+        }))
         .map(Ok::<_, Infallible>);
     grpc_response(Body::new(StreamBody::new(frames)))
 }
