@@ -42,7 +42,7 @@ struct Subscription {
     /// of the server's memory.
     names: BTreeSet<Arc<str>>,
     /// Name → version of what Envoy has or was last sent.
-    known: BTreeMap<Arc<str>, Arc<str>>,
+    known: Known,
     /// Names subscribed since the last response: one that does not exist is reported in
     /// `removed_resources` so that Envoy stops waiting for it.
     unanswered: BTreeSet<Arc<str>>,
@@ -55,6 +55,112 @@ struct Subscription {
     /// `system_version_info` of our last response and of the last one Envoy ACKed.
     sent_version: String,
     acked_version: String,
+}
+
+/// What Envoy has of one type, name → version: the resources of `base`, except where
+/// `overrides` says otherwise (another version, or `None`: not had). Right after a response
+/// Envoy has exactly the snapshot it was diffed against, so the usual state is a `base` and
+/// no overrides: one pointer per stream rather than a map of every name (which was a third
+/// of the server's memory per connected Envoy).
+#[derive(Debug, Default)]
+struct Known {
+    base: Option<Arc<Snapshot>>,
+    overrides: BTreeMap<Arc<str>, Option<Arc<str>>>,
+}
+
+impl Known {
+    fn from_versions(versions: impl Iterator<Item = (Arc<str>, Arc<str>)>) -> Self {
+        Known {
+            base: None,
+            overrides: versions
+                .map(|(name, version)| (name, Some(version)))
+                .collect(),
+        }
+    }
+
+    fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Arc<str>> {
+        match self.overrides.get(name) {
+            Some(version) => version.as_ref(),
+            None => self
+                .base
+                .as_ref()?
+                .shared_key(resource_type, name)
+                .map(|key| &key.version),
+        }
+    }
+
+    fn set(&mut self, name: Arc<str>, version: Option<Arc<str>>) {
+        self.overrides.insert(name, version);
+    }
+
+    /// Every name Envoy has.
+    fn names(&self, resource_type: ResourceType) -> BTreeSet<&str> {
+        let from_base = self
+            .base
+            .iter()
+            .flat_map(|base| base.of_type(resource_type))
+            .map(|r| r.name.as_str())
+            .filter(|name| !matches!(self.overrides.get(*name), Some(None)));
+        let overridden = self
+            .overrides
+            .iter()
+            .filter(|(_, version)| version.is_some())
+            .map(|(name, _)| &**name);
+        from_base.chain(overridden).collect()
+    }
+
+    /// Re-expresses the same knowledge against `snapshot`, keeping as overrides only the
+    /// names where Envoy's version differs from it. When the old base is the snapshot's
+    /// predecessor only its overrides and the names that changed in between can differ.
+    fn rebase(&mut self, resource_type: ResourceType, snapshot: &Arc<Snapshot>) {
+        if self
+            .base
+            .as_ref()
+            .is_some_and(|base| Arc::ptr_eq(base, snapshot))
+        {
+            self.overrides.retain(|name, version| {
+                snapshot_version(snapshot, resource_type, name) != version.as_ref()
+            });
+            return;
+        }
+        let changed = self
+            .base
+            .as_ref()
+            .and_then(|base| snapshot.changed_since(resource_type, base.version()));
+        let candidates: BTreeSet<&str> = match changed {
+            Some(changed) => changed
+                .iter()
+                .map(String::as_str)
+                .chain(self.overrides.keys().map(|n| &**n))
+                .collect(),
+            None => snapshot
+                .of_type(resource_type)
+                .iter()
+                .map(|r| r.name.as_str())
+                .chain(self.names(resource_type))
+                .collect(),
+        };
+        let overrides = candidates
+            .into_iter()
+            .filter_map(|name| {
+                let had = self.get(resource_type, name);
+                (snapshot_version(snapshot, resource_type, name) != had)
+                    .then(|| (snapshot.shared_name(resource_type, name), had.cloned()))
+            })
+            .collect();
+        self.base = Some(snapshot.clone());
+        self.overrides = overrides;
+    }
+}
+
+fn snapshot_version<'s>(
+    snapshot: &'s Snapshot,
+    resource_type: ResourceType,
+    name: &str,
+) -> Option<&'s Arc<str>> {
+    snapshot
+        .shared_key(resource_type, name)
+        .map(|key| &key.version)
 }
 
 impl Subscription {
@@ -75,7 +181,7 @@ impl Subscription {
                 .in_scope(name)
                 .then(|| snapshot.get(resource_type, name))
                 .flatten();
-            match (current, self.known.get(name)) {
+            match (current, self.known.get(resource_type, name)) {
                 (Some(resource), Some(version)) if **version == resource.version => {}
                 (Some(resource), _) => updated.push(resource),
                 (None, Some(_)) => removed.push(name.to_string()),
@@ -95,7 +201,7 @@ impl Subscription {
                     .map(|r| r.name.as_str());
                 let candidates: BTreeSet<&str> = wildcard
                     .chain(self.names.iter().map(|n| &**n))
-                    .chain(self.known.keys().map(|n| &**n))
+                    .chain(self.known.names(resource_type))
                     .collect();
                 candidates.into_iter().for_each(check);
             }
@@ -116,7 +222,7 @@ impl DeltaStreamState {
     pub fn on_request(
         &mut self,
         request: &DeltaDiscoveryRequest,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DeltaDiscoveryResponse>) {
         let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
             return (RequestKind::UnknownType, None);
@@ -156,7 +262,7 @@ impl DeltaStreamState {
     }
 
     /// Responses to push after the snapshot changed, in push order.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    pub fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
@@ -170,7 +276,7 @@ impl DeltaStreamState {
     fn respond(
         &mut self,
         resource_type: ResourceType,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
     ) -> Option<DeltaDiscoveryResponse> {
         let subscription = self.subscriptions.get_mut(&resource_type)?;
         if subscription.diffed_against == Some(snapshot.version()) {
@@ -179,19 +285,22 @@ impl DeltaStreamState {
         let (updated, removed) = subscription.diff(resource_type, snapshot);
         subscription.diffed_against = Some(snapshot.version());
         subscription.unanswered.clear();
-        if updated.is_empty() && removed.is_empty() {
-            return None;
-        }
         for resource in &updated {
             let key = snapshot
                 .shared_key(resource_type, &resource.name)
                 .expect("a diffed resource is in the snapshot");
             subscription
                 .known
-                .insert(key.name.clone(), key.version.clone());
+                .set(key.name.clone(), Some(key.version.clone()));
         }
         for name in &removed {
-            subscription.known.remove(name.as_str());
+            subscription
+                .known
+                .set(snapshot.shared_name(resource_type, name), None);
+        }
+        subscription.known.rebase(resource_type, snapshot);
+        if updated.is_empty() && removed.is_empty() {
+            return None;
         }
         self.responses_sent += 1;
         let nonce = self.responses_sent.to_string();
@@ -226,18 +335,19 @@ fn apply_subscription_changes(
     request: &DeltaDiscoveryRequest,
     first: bool,
     resource_type: ResourceType,
-    snapshot: Option<&Snapshot>,
+    snapshot: Option<&Arc<Snapshot>>,
 ) -> bool {
     let shared_name = |name: &str| match snapshot {
         Some(snapshot) => snapshot.shared_name(resource_type, name),
         None => Arc::from(name),
     };
     if first {
-        subscription.known = request
-            .initial_resource_versions
-            .iter()
-            .map(|(name, version)| (shared_name(name), Arc::from(version.as_str())))
-            .collect();
+        subscription.known = Known::from_versions(
+            request
+                .initial_resource_versions
+                .iter()
+                .map(|(name, version)| (shared_name(name), Arc::from(version.as_str()))),
+        );
         subscription.wildcard =
             resource_type.is_wildcard() && request.resource_names_subscribe.is_empty();
     }
@@ -246,10 +356,10 @@ fn apply_subscription_changes(
             subscription.wildcard = true;
             continue;
         }
-        if !request.initial_resource_versions.contains_key(name) {
-            subscription.known.remove(name.as_str());
-        }
         let name = shared_name(name);
+        if !request.initial_resource_versions.contains_key(&*name) {
+            subscription.known.set(name.clone(), None);
+        }
         subscription.names.insert(name.clone());
         subscription.unanswered.insert(name);
     }
@@ -261,7 +371,7 @@ fn apply_subscription_changes(
         subscription.names.remove(name.as_str());
         subscription.unanswered.remove(name.as_str());
         if !subscription.wildcard {
-            subscription.known.remove(name.as_str());
+            subscription.known.set(shared_name(name), None);
         }
     }
     let changed = first
@@ -323,12 +433,12 @@ mod tests {
         }
     }
 
-    fn snapshot(version: u64, jobs: &[(&str, usize)]) -> Snapshot {
-        Snapshot::from_catalog(&catalog(version, jobs))
+    fn snapshot(version: u64, jobs: &[(&str, usize)]) -> Arc<Snapshot> {
+        Arc::new(Snapshot::from_catalog(&catalog(version, jobs)))
     }
 
-    fn next(previous: &Snapshot, version: u64, jobs: &[(&str, usize)]) -> Snapshot {
-        Snapshot::following(&catalog(version, jobs), Some(previous))
+    fn next(previous: &Snapshot, version: u64, jobs: &[(&str, usize)]) -> Arc<Snapshot> {
+        Arc::new(Snapshot::following(&catalog(version, jobs), Some(previous)))
     }
 
     fn subscribe(t: ResourceType, names: &[&str]) -> DeltaDiscoveryRequest {
@@ -367,7 +477,7 @@ mod tests {
         state: &mut DeltaStreamState,
         t: ResourceType,
         names: &[&str],
-        snap: &Snapshot,
+        snap: &Arc<Snapshot>,
     ) -> DeltaDiscoveryResponse {
         let (kind, response) = state.on_request(&subscribe(t, names), Some(snap));
         assert_eq!(kind, RequestKind::Subscribe);
@@ -394,6 +504,41 @@ mod tests {
             names(&listeners),
             ["169.254.255.2_80", "169.254.255.3_80", "outbound"]
         );
+    }
+
+    #[test]
+    fn a_stream_in_sync_remembers_what_envoy_has_as_one_pointer_to_the_snapshot() {
+        let in_sync_with = |state: &DeltaStreamState, t: ResourceType, snap: &Arc<Snapshot>| {
+            let known = &state.subscriptions[&t].known;
+            known.overrides.is_empty() && known.base.as_ref().is_some_and(|b| Arc::ptr_eq(b, snap))
+        };
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, CDS, &[], &v1);
+        synced(&mut state, EDS, &[A, B], &v1);
+        assert!(in_sync_with(&state, CDS, &v1));
+        assert!(in_sync_with(&state, EDS, &v1));
+
+        let v2 = next(&v1, 2, &[("a", 2), ("b", 1)]);
+        let [pushed] = state.on_snapshot(&v2).try_into().unwrap();
+        assert_eq!(names(&pushed), [A]);
+        assert!(
+            in_sync_with(&state, EDS, &v2),
+            "rebased on the changed names only"
+        );
+
+        // Envoy unsubscribes from b: what it has is the snapshot minus b.
+        state.on_request(
+            &DeltaDiscoveryRequest {
+                type_url: EDS.type_url().into(),
+                resource_names_unsubscribe: vec![B.into()],
+                ..ack(&pushed)
+            },
+            Some(&v2),
+        );
+        let known = &state.subscriptions[&EDS].known;
+        assert_eq!(known.names(EDS), BTreeSet::from([A]));
+        assert_eq!(known.get(EDS, B), None);
     }
 
     #[test]

@@ -141,9 +141,9 @@ trait Protocol: Default + Send + 'static {
     fn on_request(
         &mut self,
         request: &Self::Request,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<Self::Response>);
-    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<Self::Response>;
+    fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Self::Response>;
     fn request_summary(request: &Self::Request) -> RequestSummary<'_>;
     fn response_summary(response: &Self::Response) -> ResponseSummary<'_>;
 }
@@ -174,11 +174,11 @@ impl Protocol for StreamState {
     fn on_request(
         &mut self,
         request: &DiscoveryRequest,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DiscoveryResponse>) {
-        StreamState::on_request(self, request, snapshot)
+        StreamState::on_request(self, request, snapshot.map(|s| &**s))
     }
-    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         StreamState::on_snapshot(self, snapshot)
     }
     fn request_summary(request: &DiscoveryRequest) -> RequestSummary<'_> {
@@ -211,11 +211,11 @@ impl Protocol for DeltaStreamState {
     fn on_request(
         &mut self,
         request: &DeltaDiscoveryRequest,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DeltaDiscoveryResponse>) {
         DeltaStreamState::on_request(self, request, snapshot)
     }
-    fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DeltaDiscoveryResponse> {
+    fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         DeltaStreamState::on_snapshot(self, snapshot)
     }
     fn request_summary(request: &DeltaDiscoveryRequest) -> RequestSummary<'_> {
@@ -280,7 +280,7 @@ async fn run_stream<P: Protocol>(
                         }
                     }
                     let snapshot = snapshots.borrow().clone();
-                    let (kind, response) = state.on_request(&request, snapshot.as_deref());
+                    let (kind, response) = state.on_request(&request, snapshot.as_ref());
                     log_request(&node, P::request_summary(&request), &kind);
                     response.into_iter().collect::<Vec<_>>()
                 }
