@@ -635,6 +635,7 @@ async fn measure(
     ));
     for change in [Change::Endpoint, Change::Service] {
         let (cpu_before, _, _) = process_usage(pid)?;
+        let (client_cpu_before, _, _) = process_usage(std::process::id())?;
         let at = Instant::now();
         control
             .write_all(format!("{}\n", change.word()).as_bytes())
@@ -643,6 +644,7 @@ async fn measure(
         let pushed = fleet.settle(at, 1).await?;
         let took = last_ack(&pushed, at).as_secs_f64();
         let (cpu_after, _, _) = process_usage(pid)?;
+        let (client_cpu_after, _, _) = process_usage(std::process::id())?;
         let resources: usize = pushed
             .iter()
             .map(|r| r.resources.len() + r.removed.len())
@@ -653,11 +655,13 @@ async fn measure(
             "s",
         );
         r["note"] = json!(format!(
-            "{} responses, {:.1} resources and {:.1} kB per stream; server CPU {:.2} s",
+            "{} responses, {:.1} resources and {:.1} kB per stream; server CPU {:.2} s, \
+             load client CPU {:.2} s (the {streams} emulated Envoys, same machine)",
             pushed.len(),
             resources as f64 / streams as f64,
             bytes(&pushed) as f64 / streams as f64 / 1e3,
-            cpu_after - cpu_before
+            cpu_after - cpu_before,
+            client_cpu_after - client_cpu_before
         ));
         rows.push(goal(r, &format!("< {GOAL_SECONDS} s"), took < GOAL_SECONDS));
     }
