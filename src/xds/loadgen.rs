@@ -276,17 +276,15 @@ fn route_names(listener: &Listener) -> Vec<String> {
 
 /// The names a response makes this Envoy want of the dependent type (clusters → their
 /// endpoints, listeners → their routes), as Envoy derives them.
-fn wanted(
+/// Only the iterator of the response's type is read.
+fn wanted<'a>(
     resource_type: ResourceType,
-    names: &[String],
-    listeners: &[Listener],
-) -> Option<(ResourceType, Vec<String>)> {
+    clusters: impl Iterator<Item = &'a String>,
+    routes: impl Iterator<Item = &'a String>,
+) -> Option<(ResourceType, BTreeSet<String>)> {
     match resource_type {
-        ResourceType::Cluster => Some((ResourceType::Endpoint, names.to_vec())),
-        ResourceType::Listener => Some((
-            ResourceType::Route,
-            listeners.iter().flat_map(route_names).collect(),
-        )),
+        ResourceType::Cluster => Some((ResourceType::Endpoint, clusters.cloned().collect())),
+        ResourceType::Listener => Some((ResourceType::Route, routes.cloned().collect())),
         _ => None,
     }
 }
@@ -327,7 +325,8 @@ async fn run_delta(
         .into_inner();
     // What this Envoy has of each type, to subscribe and unsubscribe like Envoy does.
     let mut have: BTreeMap<ResourceType, BTreeSet<String>> = BTreeMap::new();
-    let mut listeners: BTreeMap<String, Listener> = BTreeMap::new();
+    // Per listener, the route names of its HTTP connection managers, decoded once.
+    let mut routes_of: BTreeMap<String, Vec<String>> = BTreeMap::new();
     while let Some(response) = responses.next().await {
         let response = response?;
         let resource_type = ResourceType::from_type_url(&response.type_url)
@@ -356,22 +355,20 @@ async fn run_delta(
         );
         if resource_type == ResourceType::Listener {
             for r in &response.resources {
-                if let Some(l) = r
-                    .resource
-                    .as_ref()
-                    .and_then(|a| Listener::decode(a.value.as_slice()).ok())
-                {
-                    listeners.insert(r.name.clone(), l);
-                }
+                let routes = decode_listeners(r.resource.iter())
+                    .iter()
+                    .flat_map(route_names)
+                    .collect();
+                routes_of.insert(r.name.clone(), routes);
             }
             for name in &response.removed_resources {
-                listeners.remove(name);
+                routes_of.remove(name);
             }
         }
-        let all: Vec<String> = have[&resource_type].iter().cloned().collect();
-        let current: Vec<Listener> = listeners.values().cloned().collect();
-        if let Some((dependent, want)) = wanted(resource_type, &all, &current) {
-            let want: BTreeSet<String> = want.into_iter().collect();
+        let clusters = have.get(&ResourceType::Cluster).into_iter().flatten();
+        if let Some((dependent, want)) =
+            wanted(resource_type, clusters, routes_of.values().flatten())
+        {
             let subscribed = have.entry(dependent).or_default();
             let subscribe: Vec<String> = want.difference(subscribed).cloned().collect();
             let unsubscribe: Vec<String> = subscribed.difference(&want).cloned().collect();
@@ -446,12 +443,16 @@ async fn run_sotw(
                 acked_at: Instant::now(),
             },
         );
-        let listeners = match resource_type {
-            ResourceType::Listener => decode_listeners(response.resources.iter()),
+        let routes: Vec<String> = match resource_type {
+            ResourceType::Listener => decode_listeners(response.resources.iter())
+                .iter()
+                .flat_map(route_names)
+                .collect(),
             _ => Vec::new(),
         };
-        if let Some((dependent, mut want)) = wanted(resource_type, &resource_names, &listeners) {
-            want.sort();
+        if let Some((dependent, want)) = wanted(resource_type, resource_names.iter(), routes.iter())
+        {
+            let want: Vec<String> = want.into_iter().collect();
             if names.get(&dependent) != Some(&want) {
                 names.insert(dependent, want.clone());
                 let (version, nonce) = last.get(&dependent).cloned().unwrap_or_default();
