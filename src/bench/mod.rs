@@ -43,6 +43,8 @@ pub enum BenchCommand {
     Load(load::Args),
     /// Renders every rows file of a directory into the results file.
     Report(report::Args),
+    /// Records when and at which commit rows files were just measured.
+    Stamp(report::StampArgs),
 }
 
 pub async fn run(args: Args) -> Result<()> {
@@ -53,6 +55,7 @@ pub async fn run(args: Args) -> Result<()> {
         BenchCommand::Lab(args) => lab::run(args).await,
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Report(args) => report::run(args),
+        BenchCommand::Stamp(args) => report::stamp(args),
     }
 }
 

@@ -219,8 +219,18 @@ pub fn table(rows: &[Row]) -> String {
     out
 }
 
+/// When and at which commit each rows file was measured (`<name>.measured`, written by
+/// `boshy bench stamp`), keyed by name. Rows files are re-measured one benchmark at a time, so
+/// the results file says this per section rather than once.
+pub type Measured = BTreeMap<String, String>;
+
 /// The whole results file.
-pub fn render(machine: &Machine, rows: &BTreeMap<String, Vec<Row>>, notes: Option<&str>) -> String {
+pub fn render(
+    machine: &Machine,
+    rows: &BTreeMap<String, Vec<Row>>,
+    measured: &Measured,
+    notes: Option<&str>,
+) -> String {
     let mut out = String::from("# Benchmark results\n\n");
     let _ = writeln!(
         out,
@@ -230,7 +240,8 @@ pub fn render(machine: &Machine, rows: &BTreeMap<String, Vec<Row>>, notes: Optio
     );
     let _ = writeln!(
         out,
-        "- machine: {} CPUs, {}\n- kernel: {}\n- date: {}\n- commit: {}\n",
+        "- machine: {} CPUs, {}\n- kernel: {}\n- rendered: {}, commit {}; when each section was \
+         measured is under its title\n",
         machine.cpus, machine.cpu_model, machine.kernel, machine.date, machine.commit
     );
     let known: Vec<&str> = SECTIONS
@@ -248,6 +259,15 @@ pub fn render(machine: &Machine, rows: &BTreeMap<String, Vec<Row>>, notes: Optio
         if section.is_empty() {
             let _ = writeln!(out, "Not measured yet: `{how}` adds it.");
         } else {
+            let when: Vec<String> = names
+                .iter()
+                .filter(|name| rows.contains_key(**name))
+                .map(|name| {
+                    let at = measured.get(*name).map_or("not recorded", String::as_str);
+                    format!("{name}: {at}")
+                })
+                .collect();
+            let _ = writeln!(out, "Measured ({}).\n", when.join("; "));
             out.push_str(&table(&section));
         }
         out.push('\n');
@@ -265,6 +285,47 @@ pub fn render(machine: &Machine, rows: &BTreeMap<String, Vec<Row>>, notes: Optio
         out.push('\n');
     }
     out
+}
+
+/// Every `<name>.measured` stamp of `dir`.
+pub fn read_measured(dir: &Path) -> Result<Measured> {
+    let mut all = Measured::new();
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("reading the rows directory {}", dir.display()))?;
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().and_then(|e| e.to_str()) != Some("measured") {
+            continue;
+        }
+        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+            continue;
+        };
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        all.insert(name.to_string(), text.trim().to_string());
+    }
+    Ok(all)
+}
+
+#[derive(clap::Args, Debug)]
+pub struct StampArgs {
+    /// The directory of rows files.
+    #[arg(long, default_value = "bench/rows")]
+    pub rows: PathBuf,
+    /// The rows files (benchmark names) just measured.
+    #[arg(required = true)]
+    pub names: Vec<String>,
+}
+
+/// Writes `<name>.measured` (date and commit, from [`Machine::current`]) for each name.
+pub fn stamp(args: StampArgs) -> Result<()> {
+    let machine = Machine::current();
+    for name in &args.names {
+        let path = args.rows.join(format!("{name}.measured"));
+        let text = format!("{}, commit {}\n", machine.date, machine.commit);
+        crate::fsutil::write_atomically(&path, text.as_bytes())?;
+    }
+    Ok(())
 }
 
 /// Every `<name>.json` rows file of `dir`, keyed by name.
@@ -304,8 +365,9 @@ pub struct Args {
 
 pub fn run(args: Args) -> Result<()> {
     let rows = read_rows(&args.rows)?;
+    let measured = read_measured(&args.rows)?;
     let notes = std::fs::read_to_string(&args.notes).ok();
-    let text = render(&Machine::current(), &rows, notes.as_deref());
+    let text = render(&Machine::current(), &rows, &measured, notes.as_deref());
     crate::fsutil::write_atomically(&args.out, text.as_bytes())?;
     println!("{}: written", args.out.display());
     Ok(())
@@ -351,8 +413,17 @@ mod tests {
             "envoy-memory".to_string(),
             vec![Row::new("envoy-memory", "rss", 50.0, "MB")],
         );
-        let text = render(&machine(), &rows, Some("## Notes\n\nprofiled"));
-        assert!(text.contains("- commit: abc1234"));
+        let measured = Measured::from([(
+            "dns".to_string(),
+            "2026-01-01 00:00 UTC, commit abc1234".to_string(),
+        )]);
+        let text = render(&machine(), &rows, &measured, Some("## Notes\n\nprofiled"));
+        assert!(text.contains("- rendered: 2026-01-01 00:00 UTC, commit abc1234"));
+        assert!(text.contains("Measured (dns: 2026-01-01 00:00 UTC, commit abc1234).\n\n| figure"));
+        assert!(
+            text.contains("Measured (envoy-memory: not recorded)."),
+            "a section lists only the rows files it has: {text}"
+        );
         assert!(text.contains("2 CPUs, AMD EPYC"));
         assert!(text.contains("| qps | 1 q/s |"));
         assert!(
@@ -363,6 +434,28 @@ mod tests {
         assert!(data_plane.contains("| rss | 50 MB |"), "{text}");
         assert!(!text.contains("## envoy-memory"));
         assert!(text.ends_with("profiled\n"));
+    }
+
+    #[test]
+    fn stamps_record_date_and_commit_per_rows_file() {
+        let dir = tempfile::tempdir().unwrap();
+        stamp(StampArgs {
+            rows: dir.path().to_path_buf(),
+            names: vec!["convergence".into(), "steady".into()],
+        })
+        .unwrap();
+        let measured = read_measured(dir.path()).unwrap();
+        assert_eq!(
+            measured.keys().collect::<Vec<_>>(),
+            ["convergence", "steady"]
+        );
+        // The date may have moved on a minute since; the commit has not.
+        let commit = Machine::current().commit;
+        assert!(
+            measured["steady"].ends_with(&format!(" UTC, commit {commit}")),
+            "{}",
+            measured["steady"]
+        );
     }
 
     #[test]
