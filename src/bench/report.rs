@@ -144,7 +144,18 @@ impl Machine {
                 .map(|out| String::from_utf8_lossy(&out.stdout).trim().to_string())
                 .unwrap_or_else(|| "unknown".into())
         };
-        let dirty = command("git", &["status", "--porcelain", "--untracked-files=no"]);
+        // The benchmarks' own outputs (bench/) do not make the measured code "uncommitted".
+        let dirty = command(
+            "git",
+            &[
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                ".",
+                ":(exclude)bench",
+            ],
+        );
         let commit = command("git", &["rev-parse", "--short", "HEAD"]);
         Machine {
             cpus: cpuinfo
