@@ -23,7 +23,11 @@ use tonic::Status;
 const PREFIX: usize = 5;
 /// Largest request accepted (tonic's default limit too). Envoy's biggest is the first one
 /// after a reconnect, with every resource it has.
-pub const MAX_REQUEST: usize = 4 << 20;
+const MAX_REQUEST: usize = 4 << 20;
+
+/// What a stream sends: a framed message, or the status that ends the stream (boxed: a
+/// `Status` is large, and every slot of a stream's queue is as large as this type).
+pub type Outgoing = Result<Bytes, Box<Status>>;
 
 /// `message` framed for a gRPC stream, in a buffer of exactly its size.
 pub fn frame(message: &impl Message) -> Bytes {
@@ -121,14 +125,18 @@ impl<M: Message + Default> Requests<M> {
     }
 }
 
-/// A gRPC response: the framed messages of `responses`, then `grpc-status: 0`.
-pub fn response(responses: impl Stream<Item = Bytes> + Send + 'static) -> http::Response<Body> {
-    let frames = responses
-        .map(Frame::data)
-        .chain(futures::stream::once(async {
-            Frame::trailers(status_headers(&Status::ok("")))
-        }))
-        .map(Ok::<_, Infallible>);
+/// A gRPC response: the framed messages of `responses`, then, in the trailers, the status
+/// that ended it (`grpc-status: 0` when `responses` simply ends).
+pub fn response(responses: impl Stream<Item = Outgoing> + Send + 'static) -> http::Response<Body> {
+    let frames = futures::stream::unfold(Some(Box::pin(responses)), |responses| async move {
+        let mut responses = responses?;
+        Some(match responses.next().await {
+            Some(Ok(message)) => (Frame::data(message), Some(responses)),
+            Some(Err(status)) => (Frame::trailers(status_headers(&status)), None),
+            None => (Frame::trailers(status_headers(&Status::ok(""))), None),
+        })
+    })
+    .map(Ok::<_, Infallible>);
     grpc_response(Body::new(StreamBody::new(frames)))
 }
 
@@ -240,7 +248,7 @@ mod tests {
     #[tokio::test]
     async fn a_response_body_is_the_frames_then_an_ok_status() {
         let frames = vec![frame(&request("a")), frame(&request("b"))];
-        let body = response(futures::stream::iter(frames.clone())).into_body();
+        let body = response(futures::stream::iter(frames.clone()).map(Ok)).into_body();
         let collected = body.collect().await.unwrap();
         let trailers = collected.trailers().cloned().expect("trailers");
         assert_eq!(trailers["grpc-status"], "0");
@@ -248,6 +256,24 @@ mod tests {
             collected.to_bytes(),
             [&frames[0][..], &frames[1][..]].concat()
         );
+    }
+
+    #[tokio::test]
+    async fn a_failed_stream_ends_with_its_status_and_nothing_after_it() {
+        let outgoing: Vec<Outgoing> = vec![
+            Ok(frame(&request("a"))),
+            Err(Box::new(Status::invalid_argument("malformed request: x"))),
+            Ok(frame(&request("never sent"))),
+        ];
+        let collected = response(futures::stream::iter(outgoing))
+            .into_body()
+            .collect()
+            .await
+            .unwrap();
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(trailers["grpc-status"], "3");
+        assert_eq!(trailers["grpc-message"], "malformed%20request:%20x");
+        assert_eq!(collected.to_bytes(), frame(&request("a")));
     }
 
     #[test]

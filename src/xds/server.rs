@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use anyhow::Context as _;
-use bytes::Bytes;
+use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
@@ -22,7 +22,7 @@ use tonic::Status;
 
 use super::cache::{self, Snapshot};
 use super::delta::DeltaStreamState;
-use super::grpc::{self, Requests};
+use super::grpc::{self, Outgoing, Requests};
 use super::stream::{RequestKind, StreamState};
 use crate::catalog::model::Catalog;
 use crate::metrics;
@@ -31,11 +31,6 @@ use crate::metrics;
 const MAX_LOGGED_ERROR: usize = 1000;
 /// Encoded responses queued per stream before the stream task waits for Envoy to read.
 const RESPONSE_QUEUE: usize = 8;
-const SERVICE: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
-const SOTW_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources";
-const DELTA_PATH: &str =
-    "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources";
 /// HTTP/2 pings find Envoys that vanished without closing (VM deleted, network cut), so the
 /// connected-proxies gauge and the stream tasks do not leak.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -86,7 +81,7 @@ struct Ads {
 }
 
 impl tonic::server::NamedService for Ads {
-    const NAME: &'static str = SERVICE;
+    const NAME: &'static str = SERVICE_NAME;
 }
 
 impl tower::Service<http::Request<Body>> for Ads {
@@ -99,11 +94,14 @@ impl tower::Service<http::Request<Body>> for Ads {
     }
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        std::future::ready(Ok(match request.uri().path() {
-            SOTW_PATH => self.start::<StreamState>(request),
-            DELTA_PATH => self.start::<DeltaStreamState>(request),
-            other => grpc::status_only(&Status::unimplemented(format!(
-                "bosh-pilot serves only ADS, not {other}"
+        // Paths are `/<service>/<method>`; tonic routed this one here by its service.
+        let path = request.uri().path();
+        let method = path.rsplit_once('/').map_or("", |(_, method)| method);
+        std::future::ready(Ok(match method {
+            "StreamAggregatedResources" => self.start::<StreamState>(request),
+            "DeltaAggregatedResources" => self.start::<DeltaStreamState>(request),
+            _ => grpc::status_only(&Status::unimplemented(format!(
+                "bosh-pilot serves only ADS, not {path}"
             ))),
         }))
     }
@@ -120,7 +118,7 @@ impl Ads {
                     .map(TlsConnectInfo::get_ref)
             })
             .and_then(TcpConnectInfo::remote_addr);
-        let (responses, receiver) = mpsc::channel::<Bytes>(RESPONSE_QUEUE);
+        let (responses, receiver) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
         tokio::spawn(run_stream::<P>(
             Requests::new(request.into_body()),
             self.snapshots.clone(),
@@ -260,7 +258,7 @@ impl Drop for ConnectedProxy {
 async fn run_stream<P: Protocol>(
     mut requests: Requests<P::Request>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
-    responses: mpsc::Sender<Bytes>,
+    responses: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
 ) {
     let _connected = ConnectedProxy::new();
@@ -285,7 +283,12 @@ async fn run_stream<P: Protocol>(
                     response.into_iter().collect::<Vec<_>>()
                 }
                 Ok(None) => break "closed by the proxy".to_string(),
-                Err(status) => break format!("stream error: {}", status.message()),
+                Err(status) => {
+                    let reason = format!("stream error: {}", status.message());
+                    // Tell the proxy why, in the stream's status, if it still listens.
+                    let _ = responses.send(Err(Box::new(status))).await;
+                    break reason;
+                }
             },
             changed = snapshots.changed(), if following_snapshots => {
                 if changed.is_err() {
@@ -308,7 +311,7 @@ async fn run_stream<P: Protocol>(
 
 async fn send_all<P: Protocol>(
     node: &str,
-    responses: &mpsc::Sender<Bytes>,
+    responses: &mpsc::Sender<Outgoing>,
     outgoing: Vec<P::Response>,
 ) -> bool {
     for response in outgoing {
@@ -322,7 +325,7 @@ async fn send_all<P: Protocol>(
             removed = summary.removed,
             "xDS push"
         );
-        if responses.send(grpc::frame(&response)).await.is_err() {
+        if responses.send(Ok(grpc::frame(&response))).await.is_err() {
             return false;
         }
         metrics::global().xds_pushes.fetch_add(1, Ordering::Relaxed);
