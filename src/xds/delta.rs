@@ -81,11 +81,7 @@ impl Known {
     fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Arc<str>> {
         match self.overrides.get(name) {
             Some(version) => version.as_ref(),
-            None => self
-                .base
-                .as_ref()?
-                .shared_key(resource_type, name)
-                .map(|key| &key.version),
+            None => snapshot_version(self.base.as_ref()?, resource_type, name),
         }
     }
 
@@ -110,23 +106,15 @@ impl Known {
     }
 
     /// Re-expresses the same knowledge against `snapshot`, keeping as overrides only the
-    /// names where Envoy's version differs from it. When the old base is the snapshot's
-    /// predecessor only its overrides and the names that changed in between can differ.
+    /// names where Envoy's version differs from it. When the old base is the snapshot itself
+    /// or its predecessor, only the overrides and the names that changed in between can
+    /// differ.
     fn rebase(&mut self, resource_type: ResourceType, snapshot: &Arc<Snapshot>) {
-        if self
-            .base
-            .as_ref()
-            .is_some_and(|base| Arc::ptr_eq(base, snapshot))
-        {
-            self.overrides.retain(|name, version| {
-                snapshot_version(snapshot, resource_type, name) != version.as_ref()
-            });
-            return;
-        }
-        let changed = self
-            .base
-            .as_ref()
-            .and_then(|base| snapshot.changed_since(resource_type, base.version()));
+        let changed = match &self.base {
+            Some(base) if Arc::ptr_eq(base, snapshot) => Some(&[][..]),
+            Some(base) => snapshot.changed_since(resource_type, base.version()),
+            None => None,
+        };
         let candidates: BTreeSet<&str> = match changed {
             Some(changed) => changed
                 .iter()
