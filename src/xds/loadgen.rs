@@ -289,11 +289,13 @@ fn wanted<'a>(
     }
 }
 
-fn decode_listeners<'a>(
-    resources: impl Iterator<Item = &'a envoy_types::pb::google::protobuf::Any>,
-) -> Vec<Listener> {
-    resources
+/// RDS names of the HTTP connection managers of encoded listeners.
+fn listener_route_names<'a>(
+    listeners: impl Iterator<Item = &'a envoy_types::pb::google::protobuf::Any>,
+) -> Vec<String> {
+    listeners
         .filter_map(|any| Listener::decode(any.value.as_slice()).ok())
+        .flat_map(|listener| route_names(&listener))
         .collect()
 }
 
@@ -355,11 +357,7 @@ async fn run_delta(
         );
         if resource_type == ResourceType::Listener {
             for r in &response.resources {
-                let routes = decode_listeners(r.resource.iter())
-                    .iter()
-                    .flat_map(route_names)
-                    .collect();
-                routes_of.insert(r.name.clone(), routes);
+                routes_of.insert(r.name.clone(), listener_route_names(r.resource.iter()));
             }
             for name in &response.removed_resources {
                 routes_of.remove(name);
@@ -444,10 +442,7 @@ async fn run_sotw(
             },
         );
         let routes: Vec<String> = match resource_type {
-            ResourceType::Listener => decode_listeners(response.resources.iter())
-                .iter()
-                .flat_map(route_names)
-                .collect(),
+            ResourceType::Listener => listener_route_names(response.resources.iter()),
             _ => Vec::new(),
         };
         if let Some((dependent, want)) = wanted(resource_type, resource_names.iter(), routes.iter())
