@@ -300,22 +300,32 @@ pub fn render(
 
 /// Every `<name>.measured` stamp of `dir`.
 pub fn read_measured(dir: &Path) -> Result<Measured> {
-    let mut all = Measured::new();
+    files_ending_in(dir, "measured")?
+        .into_iter()
+        .map(|(name, path)| {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("reading {}", path.display()))?;
+            Ok((name, text.trim().to_string()))
+        })
+        .collect()
+}
+
+/// `(stem, path)` of every `<stem>.<extension>` file of the rows directory `dir` (stems that
+/// are not UTF-8 are skipped).
+fn files_ending_in(dir: &Path, extension: &str) -> Result<Vec<(String, PathBuf)>> {
     let entries = std::fs::read_dir(dir)
         .with_context(|| format!("reading the rows directory {}", dir.display()))?;
+    let mut files = Vec::new();
     for entry in entries {
         let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("measured") {
+        if path.extension().and_then(|e| e.to_str()) != Some(extension) {
             continue;
         }
-        let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
-            continue;
-        };
-        let text = std::fs::read_to_string(&path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        all.insert(name.to_string(), text.trim().to_string());
+        if let Some(stem) = path.file_stem().and_then(|s| s.to_str()) {
+            files.push((stem.to_string(), path));
+        }
     }
-    Ok(all)
+    Ok(files)
 }
 
 #[derive(clap::Args, Debug)]
@@ -341,25 +351,16 @@ pub fn stamp(args: StampArgs) -> Result<()> {
 
 /// Every `<name>.json` rows file of `dir`, keyed by name.
 pub fn read_rows(dir: &Path) -> Result<BTreeMap<String, Vec<Row>>> {
-    let mut all = BTreeMap::new();
-    let entries = std::fs::read_dir(dir)
-        .with_context(|| format!("reading the rows directory {}", dir.display()))?;
-    for entry in entries {
-        let path = entry?.path();
-        if path.extension().and_then(|e| e.to_str()) != Some("json") {
-            continue;
-        }
-        let name = path
-            .file_stem()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default()
-            .to_string();
-        let text = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
-        let rows: Vec<Row> = serde_json::from_slice(&text)
-            .with_context(|| format!("{}: not a list of benchmark rows", path.display()))?;
-        all.insert(name, rows);
-    }
-    Ok(all)
+    files_ending_in(dir, "json")?
+        .into_iter()
+        .map(|(name, path)| {
+            let text =
+                std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+            let rows: Vec<Row> = serde_json::from_slice(&text)
+                .with_context(|| format!("{}: not a list of benchmark rows", path.display()))?;
+            Ok((name, rows))
+        })
+        .collect()
 }
 
 #[derive(clap::Args, Debug)]
