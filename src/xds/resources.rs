@@ -579,6 +579,15 @@ mod tests {
         M::decode(resource.resource.value.as_slice()).expect("decodes")
     }
 
+    /// The resource of that type and name, decoded.
+    fn resource<M: Message + Default>(resources: &Resources, t: ResourceType, name: &str) -> M {
+        decode(
+            resources
+                .get(t, name)
+                .unwrap_or_else(|| panic!("no {t:?} named {name}")),
+        )
+    }
+
     fn typed_config<M: Message + Default>(filter: &Filter) -> M {
         let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
             panic!("{}: no typed config", filter.name)
@@ -630,7 +639,7 @@ mod tests {
     #[test]
     fn outbound_hands_connections_to_one_listener_per_vip_and_port_by_protocol() {
         let resources = build(&catalog());
-        let outbound: Listener = decode(resources.get(ResourceType::Listener, "outbound").unwrap());
+        let outbound: Listener = resource(&resources, ResourceType::Listener, "outbound");
         assert_eq!(outbound.stat_prefix, "outbound");
         assert_eq!(
             outbound.address,
@@ -728,8 +737,7 @@ mod tests {
     #[test]
     fn clusters_use_eds_over_ads_and_http2_only_where_the_protocol_needs_it() {
         let resources = build(&catalog());
-        let cluster =
-            |name: &str| -> Cluster { decode(resources.get(ResourceType::Cluster, name).unwrap()) };
+        let cluster = |name: &str| -> Cluster { resource(&resources, ResourceType::Cluster, name) };
         let db = cluster("outbound|5432||db.banana.sample.boshy");
         assert_eq!(
             db.cluster_discovery_type,
@@ -798,13 +806,10 @@ mod tests {
     #[test]
     fn http_routes_retry_failed_connections_on_other_hosts_and_tcp_retries_connects() {
         let resources = build(&catalog());
-        let config: RouteConfiguration = decode(
-            resources
-                .get(
-                    ResourceType::Route,
-                    "outbound|9002||web.banana.sample.boshy",
-                )
-                .unwrap(),
+        let config: RouteConfiguration = resource(
+            &resources,
+            ResourceType::Route,
+            "outbound|9002||web.banana.sample.boshy",
         );
         let Some(route::Action::Route(action)) = &config.virtual_hosts[0].routes[0].action else {
             panic!("route action")
@@ -820,11 +825,7 @@ mod tests {
             "envoy.retry_host_predicates.previous_hosts"
         );
 
-        let db: Listener = decode(
-            resources
-                .get(ResourceType::Listener, "169.254.255.2_5432")
-                .unwrap(),
-        );
+        let db: Listener = resource(&resources, ResourceType::Listener, "169.254.255.2_5432");
         let tcp: TcpProxy = network_filter(&db);
         assert_eq!(tcp.max_connect_attempts.unwrap().value, 3);
     }
@@ -832,13 +833,10 @@ mod tests {
     #[test]
     fn endpoints_are_the_healthy_instances_grouped_by_az() {
         let resources = build(&catalog());
-        let assignment: ClusterLoadAssignment = decode(
-            resources
-                .get(
-                    ResourceType::Endpoint,
-                    "outbound|9002||web.banana.sample.boshy",
-                )
-                .unwrap(),
+        let assignment: ClusterLoadAssignment = resource(
+            &resources,
+            ResourceType::Endpoint,
+            "outbound|9002||web.banana.sample.boshy",
         );
         let localities: Vec<(String, Vec<String>)> = assignment
             .endpoints
@@ -880,13 +878,10 @@ mod tests {
     #[test]
     fn routes_send_everything_to_the_port_cluster_without_a_deadline() {
         let resources = build(&catalog());
-        let config: RouteConfiguration = decode(
-            resources
-                .get(
-                    ResourceType::Route,
-                    "outbound|9002||web.banana.sample.boshy",
-                )
-                .unwrap(),
+        let config: RouteConfiguration = resource(
+            &resources,
+            ResourceType::Route,
+            "outbound|9002||web.banana.sample.boshy",
         );
         let host = &config.virtual_hosts[0];
         assert_eq!(host.domains, ["*"]);
