@@ -299,6 +299,28 @@ fn listener_route_names<'a>(
         .collect()
 }
 
+/// A stream's request queue, holding what Envoy sends first: wildcard CDS, then LDS, its node
+/// on the first request only.
+fn opening_requests<R>(
+    id: usize,
+    request: impl Fn(Option<Node>, ResourceType) -> R,
+) -> (
+    mpsc::UnboundedSender<R>,
+    tokio_stream::wrappers::UnboundedReceiverStream<R>,
+) {
+    let (requests, outgoing) = mpsc::unbounded_channel();
+    for (i, t) in [ResourceType::Cluster, ResourceType::Listener]
+        .into_iter()
+        .enumerate()
+    {
+        let _ = requests.send(request((i == 0).then(|| node(id)), t));
+    }
+    (
+        requests,
+        tokio_stream::wrappers::UnboundedReceiverStream::new(outgoing),
+    )
+}
+
 fn record(received: &Mutex<Vec<Received>>, entry: Received) {
     received.lock().expect("received lock").push(entry);
 }
@@ -308,21 +330,13 @@ async fn run_delta(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     received: Arc<Mutex<Vec<Received>>>,
 ) -> Result<()> {
-    let (requests, outgoing) = mpsc::unbounded_channel();
-    for (i, t) in [ResourceType::Cluster, ResourceType::Listener]
-        .into_iter()
-        .enumerate()
-    {
-        let _ = requests.send(DeltaDiscoveryRequest {
-            node: (i == 0).then(|| node(id)),
-            type_url: t.type_url().into(),
-            ..Default::default()
-        });
-    }
+    let (requests, outgoing) = opening_requests(id, |node, t| DeltaDiscoveryRequest {
+        node,
+        type_url: t.type_url().into(),
+        ..Default::default()
+    });
     let mut responses = client
-        .delta_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            outgoing,
-        ))
+        .delta_aggregated_resources(outgoing)
         .await?
         .into_inner();
     // What this Envoy has of each type, to subscribe and unsubscribe like Envoy does.
@@ -389,21 +403,13 @@ async fn run_sotw(
     mut client: AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
     received: Arc<Mutex<Vec<Received>>>,
 ) -> Result<()> {
-    let (requests, outgoing) = mpsc::unbounded_channel();
-    for (i, t) in [ResourceType::Cluster, ResourceType::Listener]
-        .into_iter()
-        .enumerate()
-    {
-        let _ = requests.send(DiscoveryRequest {
-            node: (i == 0).then(|| node(id)),
-            type_url: t.type_url().into(),
-            ..Default::default()
-        });
-    }
+    let (requests, outgoing) = opening_requests(id, |node, t| DiscoveryRequest {
+        node,
+        type_url: t.type_url().into(),
+        ..Default::default()
+    });
     let mut responses = client
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(
-            outgoing,
-        ))
+        .stream_aggregated_resources(outgoing)
         .await?
         .into_inner();
     // Per type: (version, nonce, names) of the last response, as Envoy keeps them.
