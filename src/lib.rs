@@ -5,20 +5,16 @@
 
 pub mod agent;
 pub mod api;
-pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod director;
 pub mod dnat;
-pub mod envoy;
 pub mod fsutil;
 pub mod httpbin;
-pub mod lab;
 pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pilot;
-pub mod sim;
 pub mod text;
 pub mod tls;
 pub mod vip;

@@ -1,7 +1,10 @@
-//! `boshy`: every boshy-istio process is a subcommand of this one binary.
+//! `boshy`: every boshy-istio process that runs on a VM or in the control plane is a
+//! subcommand of this one binary (the virtual-ip-agent also has a smaller binary of its own).
+//! The tools that exercise it (director simulator, lab, benchmarks) are binaries of their own
+//! crates under `tools/`.
 
 use anyhow::Result;
-use boshy::{agent, bench, dnat, httpbin, lab, pilot, sim, xds};
+use boshy::{agent, dnat, httpbin, pilot, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -28,16 +31,6 @@ enum Command {
     EnvoyBootstrap(xds::bootstrap::Args),
     /// The sample workload: a small HTTP server that says which instance answered.
     ExampleHttpbin(httpbin::Args),
-    /// A BOSH director + UAA simulator (HTTPS) for the lab and the tests.
-    DirectorSim(sim::Args),
-    /// The local lab: the whole system on one machine, one network namespace per VM.
-    Lab(lab::Args),
-    /// Push fan-out benchmark: N simulated Envoys against an xDS server (scripts/bench push).
-    #[command(hide = true)]
-    XdsLoad(xds::loadgen::Args),
-    /// The benchmarks of bench/results.md (`scripts/bench` runs them).
-    #[command(hide = true)]
-    Bench(bench::Args),
 }
 
 #[tokio::main]
@@ -49,9 +42,5 @@ async fn main() -> Result<()> {
         Command::Dnat(args) => dnat::run(args).await,
         Command::EnvoyBootstrap(args) => xds::bootstrap::run(args).await,
         Command::ExampleHttpbin(args) => httpbin::run(args).await,
-        Command::DirectorSim(args) => sim::run(args).await,
-        Command::Lab(args) => lab::run(args).await,
-        Command::XdsLoad(args) => xds::loadgen::run(args).await,
-        Command::Bench(args) => bench::run(args).await,
     }
 }

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use boshy::xds::bootstrap::AdsMode;
-use boshy::xds::loadgen::{estate, Fleet};
 use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
+use {boshy_xds_fleet::estate::estate, boshy_xds_fleet::fleet::Fleet};
 
 const ADS: &str = "/envoy.service.discovery.v3.AggregatedDiscoveryService";
 

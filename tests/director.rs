@@ -7,7 +7,7 @@ use std::time::Duration;
 use boshy::catalog::model::DeploymentInput;
 use boshy::config::{DirectorConfig, Secret};
 use boshy::director::{PollTiming, Poller};
-use boshy::sim::{self, AuthMode, SimHandle, SimOptions};
+use boshy_director_sim::{self as sim, AuthMode, SimHandle, SimOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::instrument::WithSubscriber as _;

@@ -15,9 +15,7 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/netns.rs"]
-mod netns;
+use boshy_test_support::netns;
 
 use netns::{check, Netns};
 use std::time::Duration;

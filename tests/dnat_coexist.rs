@@ -10,9 +10,7 @@
 //!   captured, even with the widest VIP range allowed (169.254.0.0/16): checked with real
 //!   connections. A VIP range outside 169.254.0.0/16 is refused without touching iptables.
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/netns.rs"]
-mod netns;
+use boshy_test_support::netns;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};

@@ -5,7 +5,7 @@
 //!
 //! Needs root (CI runs as root) and Envoy (`scripts/test` installs it).
 
-mod common;
+use boshy_test_support::lab as common;
 
 use std::collections::BTreeSet;
 

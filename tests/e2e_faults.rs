@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-mod common;
+use boshy_test_support::lab as common;
 
 use common::{healthy_ips, service, LabCli};
 

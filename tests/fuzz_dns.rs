@@ -11,9 +11,7 @@
 //!
 //! Each test prints how many cases it ran (`cargo test --test fuzz_dns -- --nocapture`).
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/agent.rs"]
-mod agent;
+use boshy_test_support::dns_agent as agent;
 
 use std::cell::Cell;
 use std::collections::BTreeMap;

@@ -20,20 +20,18 @@ use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
 use boshy::config::{ClientTls, ServerTls};
-use boshy::lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
-use boshy::lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy::names::table::NameTable;
 use boshy::tls;
 use boshy::xds::bootstrap::{render_with_tls, AdsMode, NodeIdentity};
+use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
+use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/envoy_tests.rs"]
-mod envoy_tests;
+use boshy_test_support::envoy as envoy_tests;
 
 use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
 

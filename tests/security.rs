@@ -12,13 +12,6 @@
 //!
 //! Needs root (namespaces, setpriv), iproute2 and curl-free loopback HTTP.
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/agent.rs"]
-mod agent;
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/netns.rs"]
-mod netns;
-
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -27,11 +20,14 @@ use std::thread::sleep;
 use std::time::Duration;
 
 use base64::Engine;
+use boshy_lab::binaries::DIRECTOR_SIM;
+use boshy_test_support::dns_agent::{
+    free_port, query, tcp_exchange, udp_exchange, udp_socket, Agent,
+};
+use boshy_test_support::netns::{check, Netns};
+use boshy_test_support::{dns_agent as agent, netns, workspace_binary};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
-
-use agent::{free_port, query, tcp_exchange, udp_exchange, udp_socket, Agent};
-use netns::{check, Netns};
 
 const BOSHY: &str = env!("CARGO_BIN_EXE_boshy");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/director");
@@ -147,15 +143,9 @@ fn start_director(dir: &Path, secret: &str) -> Director {
     let secret_file = dir.join("director-secret");
     std::fs::write(&secret_file, secret).unwrap();
     let (api, uaa, control) = (free_port(), free_port(), free_port());
-    let mut command = Command::new(BOSHY);
+    let mut command = Command::new(workspace_binary(DIRECTOR_SIM));
     command
-        .args([
-            "director-sim",
-            "--fixtures",
-            FIXTURES,
-            "--task-delay-ms",
-            "10",
-        ])
+        .args(["--fixtures", FIXTURES, "--task-delay-ms", "10"])
         .arg("--listen")
         .arg(format!("127.0.0.1:{api}"))
         .arg("--uaa-listen")
@@ -471,15 +461,10 @@ fn pilot_and_agent_run_as_nobody_without_capabilities_on_their_default_ports() {
     std::fs::write(dir.path().join("director-secret"), &secret).unwrap();
 
     // The director simulator (a stand-in, run as root) on its default ports in the namespace.
-    let mut director = netns.command(BOSHY);
+    let director_sim = workspace_binary(DIRECTOR_SIM);
+    let mut director = netns.command(director_sim.to_str().expect("a UTF-8 path"));
     director
-        .args([
-            "director-sim",
-            "--fixtures",
-            FIXTURES,
-            "--task-delay-ms",
-            "10",
-        ])
+        .args(["--fixtures", FIXTURES, "--task-delay-ms", "10"])
         .arg("--state-dir")
         .arg(dir.path())
         .arg("--client-secret-file")

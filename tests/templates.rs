@@ -15,7 +15,7 @@ use std::process::{Command, Output};
 use std::sync::Arc;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
-use boshy::lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
+use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
 use serde_json::{json, Value};
 
 const JOBS: [&str; 5] = [
@@ -164,11 +164,11 @@ fn required_properties(job: &str) -> Value {
 /// The `tls` property of the jobs that need one: the pilot's server certificate, or the
 /// addon's client certificate, from one CA per test process.
 fn mesh_tls(job: &str) -> Option<Value> {
-    static PKI: std::sync::OnceLock<(String, [boshy::lab::pki::Issued; 2])> =
+    static PKI: std::sync::OnceLock<(String, [boshy_lab::pki::Issued; 2])> =
         std::sync::OnceLock::new();
     let (ca, [server, client]) = PKI.get_or_init(|| {
-        let ca = boshy::lab::pki::Ca::new("templates test CA").unwrap();
-        let server = ca.server(boshy::lab::pki::PILOT_SERVER_NAME).unwrap();
+        let ca = boshy_lab::pki::Ca::new("templates test CA").unwrap();
+        let server = ca.server(boshy_lab::pki::PILOT_SERVER_NAME).unwrap();
         let client = ca.client("templates test client").unwrap();
         (ca.cert_pem(), [server, client])
     });
@@ -253,7 +253,7 @@ fn check_config(subcommand: &str, config: &Path) -> Output {
 }
 
 fn envoy_binary() -> PathBuf {
-    boshy::envoy::binary().unwrap_or_else(|e| panic!("{e:#}"))
+    boshy_lab::binaries::envoy().unwrap_or_else(|e| panic!("{e:#}"))
 }
 
 fn envoy_validate(bootstrap: &Path) {
@@ -551,7 +551,7 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
             ca_cert_path: tls("ca.pem"),
             cert_path: tls("cert.pem"),
             key_path: tls("key.pem"),
-            server_name: boshy::lab::pki::PILOT_SERVER_NAME.into(),
+            server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
         }),
     )
     .unwrap();

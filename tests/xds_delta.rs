@@ -7,10 +7,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use boshy::xds::bootstrap::AdsMode;
-use boshy::xds::loadgen::{estate, Change, Fleet, Received};
 use boshy::xds::resources::ResourceType;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
+use {
+    boshy_xds_fleet::estate::{estate, Change},
+    boshy_xds_fleet::fleet::{Fleet, Received},
+};
 
 const STREAMS: usize = 20;
 const SERVICES: usize = 30;

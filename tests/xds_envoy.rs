@@ -24,9 +24,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-#[allow(dead_code)] // shared by several test crates; each uses a part
-#[path = "support/envoy_tests.rs"]
-mod envoy_tests;
+use boshy_test_support::envoy as envoy_tests;
 
 use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
 

@@ -266,8 +266,8 @@ mod tests {
     mod against_the_simulator {
         use super::*;
         use crate::config::{DirectorConfig, Secret};
-        use crate::sim::{self, SimOptions};
         use crate::vip::{VipBook, VipStore};
+        use boshy_director_sim::{self as sim, SimOptions};
         use std::collections::BTreeSet;
         use std::net::Ipv4Addr;
 

@@ -10,7 +10,6 @@ pub mod bootstrap;
 pub mod cache;
 pub mod delta;
 pub mod grpc;
-pub mod loadgen;
 pub mod resources;
 pub mod server;
 pub mod stream;

@@ -1,0 +1,229 @@
+//! Envoy's memory with a large mesh: our xDS server serves a synthetic catalog of N services to
+//! one real Envoy (concurrency 1, as the bosh-envoy job runs it in the lab) and, once Envoy has
+//! every cluster, its RSS is read from /proc. The reference is the same Envoy, same run, with a
+//! catalog of one service.
+//!
+//! Envoy binds the outbound listener's fixed port, so each Envoy runs in a network namespace of
+//! its own: the benchmark re-runs itself under `unshare --net` (`--inside`).
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use super::report::Row;
+use super::{require_tool, ProcMemory, ScratchDir};
+use boshy::catalog::model::Catalog;
+use boshy::xds::bootstrap::{self, NodeIdentity};
+
+const BENCHMARK: &str = "envoy-memory";
+const XDS_PORT: u16 = 15010;
+const ADMIN: &str = "127.0.0.1:8001";
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Services in the large catalog (one HTTP and one TCP port each).
+    #[arg(long, default_value_t = 1000)]
+    pub services: usize,
+    /// Instances (endpoints) per service.
+    #[arg(long, default_value_t = 10)]
+    pub instances: usize,
+    /// Measure one catalog size inside an isolated namespace and print JSON (used by the parent).
+    #[arg(long, hide = true)]
+    pub inside: Option<usize>,
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EnvoyFigures {
+    pub services: usize,
+    pub clusters: u64,
+    pub rss_kb: u64,
+    pub hwm_kb: u64,
+    pub anon_kb: u64,
+    pub file_kb: u64,
+    pub seconds_to_config: f64,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    if let Some(services) = args.inside {
+        let figures = measure_inside(services, args.instances).await?;
+        println!("{}", serde_json::to_string(&figures)?);
+        return Ok(());
+    }
+    require_tool("unshare", "util-linux")?;
+    let mb = |kb: u64| kb as f64 / 1024.0;
+    let reference = measure_isolated(1, args.instances)?;
+    let mut rows = Vec::new();
+    // The goal's estate, then the same clusters without endpoints (what the clusters and the
+    // listener cost alone), then a smaller estate that Envoy survives if the goal's does not.
+    let smaller = (args.services * 2 / 5).max(1);
+    for (services, instances) in [
+        (args.services, args.instances),
+        (args.services, 0),
+        (smaller, args.instances),
+    ] {
+        let figure =
+            format!("Envoy RSS with {services} services × {instances} instances in its config");
+        let row = match measure_isolated(services, instances) {
+            Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
+                "{} clusters (HTTP + TCP port per service); {} kB anonymous + {} kB \
+                 file-backed; peak {:.1} MB; configured {:.1} s after start",
+                large.clusters,
+                large.anon_kb,
+                large.file_kb,
+                mb(large.hwm_kb),
+                large.seconds_to_config
+            )),
+            Err(err) => Row::new(BENCHMARK, figure, f64::NAN, "MB")
+                .note(format!("{err:#}").replace('\n', " ")),
+        };
+        let row = row.against("same Envoy, 1 service", mb(reference.rss_kb));
+        let met = row.value < 60.0;
+        rows.push(
+            if services == args.services && instances == args.instances {
+                row.goal("< 60 MB", met)
+            } else {
+                row
+            },
+        );
+    }
+    super::emit(&rows, args.out.as_deref())
+}
+
+fn measure_isolated(services: usize, instances: usize) -> Result<EnvoyFigures> {
+    eprintln!("envoy-memory: {services} services");
+    let output = Command::new("unshare")
+        .arg("--net")
+        .arg(super::bench_binary()?)
+        .args(["envoy-memory", "--inside", &services.to_string()])
+        .args(["--instances", &instances.to_string()])
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .context("running `unshare --net boshy-bench envoy-memory`")?;
+    if !output.status.success() {
+        bail!(
+            "{services} services × {instances} instances: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("decoding the Envoy memory figures")
+}
+
+/// `cluster_manager.active_clusters` from Envoy's admin `/stats`.
+pub fn parse_active_clusters(stats: &str) -> Option<u64> {
+    stats
+        .lines()
+        .find_map(|line| line.strip_prefix("cluster_manager.active_clusters: "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+async fn measure_inside(services: usize, instances: usize) -> Result<EnvoyFigures> {
+    let up = Command::new("ip")
+        .args(["link", "set", "lo", "up"])
+        .status()
+        .context("running ip")?;
+    if !up.success() {
+        bail!("cannot bring loopback up in the benchmark's namespace");
+    }
+    let catalog: Catalog = super::build::synthetic_catalog(services, instances)?;
+    let expected_clusters: u64 = catalog.services.iter().map(|s| s.ports.len() as u64).sum();
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", XDS_PORT))
+        .await
+        .context("binding the xDS port")?;
+    let (_catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog));
+    tokio::spawn(boshy::xds::server::serve(listener, catalog_rx));
+
+    let scratch = ScratchDir::new(BENCHMARK)?;
+    let node = NodeIdentity {
+        deployment: "bench".into(),
+        instance_group: "client".into(),
+        instance_id: "00000000-0000-0000-0000-000000000001".into(),
+        index: Some(0),
+        az: Some("z1".into()),
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let admin: SocketAddr = ADMIN.parse().expect("valid");
+    let config = scratch.path().join("envoy.yaml");
+    std::fs::write(
+        &config,
+        bootstrap::render(&node, &[format!("127.0.0.1:{XDS_PORT}")], admin)?,
+    )?;
+    let started = Instant::now();
+    let mut envoy = Command::new(boshy_lab::binaries::envoy()?)
+        .arg("--config-path")
+        .arg(&config)
+        .args([
+            "--disable-hot-restart",
+            "--concurrency",
+            "1",
+            "--log-level",
+            "warning",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting Envoy (set BOSHY_ENVOY or put envoy on PATH)")?;
+    let pid = envoy.id();
+    let result = async {
+        let client = reqwest::Client::new();
+        let deadline = started + Duration::from_secs(60);
+        loop {
+            if let Some(status) = envoy.try_wait()? {
+                bail!("Envoy exited with {status}");
+            }
+            let stats = client
+                .get(format!(
+                    "http://{ADMIN}/stats?filter=cluster_manager.active_clusters"
+                ))
+                .send()
+                .await;
+            if let Ok(response) = stats {
+                let text = response.text().await.unwrap_or_default();
+                if parse_active_clusters(&text).is_some_and(|n| n >= expected_clusters) {
+                    break;
+                }
+            }
+            if Instant::now() > deadline {
+                bail!("Envoy did not get {expected_clusters} clusters within 60 s");
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let seconds_to_config = started.elapsed().as_secs_f64();
+        // Let the first burst of allocations settle (stats flush, init) before reading RSS.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let memory = ProcMemory::of(pid)?;
+        Ok(EnvoyFigures {
+            services,
+            clusters: expected_clusters,
+            rss_kb: memory.rss_kb,
+            hwm_kb: memory.hwm_kb,
+            anon_kb: memory.anon_kb,
+            file_kb: memory.file_kb,
+            seconds_to_config,
+        })
+    }
+    .await;
+    let _ = envoy.kill();
+    let _ = envoy.wait();
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn active_clusters_are_read_from_stats() {
+        let stats = "cluster_manager.active_clusters: 2001\ncluster_manager.warming_clusters: 0\n";
+        assert_eq!(parse_active_clusters(stats), Some(2001));
+        assert_eq!(parse_active_clusters("nothing"), None);
+    }
+}

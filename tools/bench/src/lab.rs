@@ -1,0 +1,582 @@
+//! The lab benchmarks, in a lab of their own (`BOSHY_LAB_NAME`/`BOSHY_LAB_SUBNET`, default
+//! `boshy-b` on 10.247.0.0/24), brought up and torn down here:
+//!
+//! - steady state: director requests over a fixed idle window, by route, from the simulator's
+//!   counters: topology-check requests per poll tick and health-refresh tasks per minute;
+//! - convergence: from a change at the director (an instance added; an instance failing) to
+//!   every Envoy in the lab having it, read from each Envoy's admin `/clusters` by one poller
+//!   thread per VM inside the VM's network namespace;
+//! - data plane: a fixed-rate HTTP load from an apricot VM to banana through the mesh (by name)
+//!   and directly (an instance IP), same run, with the client Envoy's CPU and RSS.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use boshy_lab::binaries;
+
+use super::load::LoadResult;
+use super::report::Row;
+use super::{cpu_seconds, percentile, ProcMemory};
+use boshy::xds::resources::cluster_name;
+use boshy_lab::director::SimControl;
+use boshy_lab::vm::Vm;
+use boshy_lab::LabState;
+
+const DEPLOYMENT: &str = "sample-deployment";
+const SERVICE_GROUP: &str = "banana";
+const CLIENT_GROUP: &str = "apricot";
+const HOSTNAME: &str = "example-httpbin.banana.sample-deployment.boshy";
+const PORT: u16 = 9002;
+/// The lab's director polling (src/lab/vm.rs renders the pilot with these).
+const POLL_INTERVAL_SECONDS: f64 = 1.0;
+const HEALTH_INTERVAL_SECONDS: f64 = 2.0;
+const ENVOY_ADMIN_PORT: u16 = 8001;
+const CONVERGENCE_TIMEOUT: Duration = Duration::from_secs(20);
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, env = "BOSHY_LAB_NAME", default_value = "boshy-b")]
+    pub lab: String,
+    #[arg(long, env = "BOSHY_LAB_SUBNET", default_value = "10.247.0.0/24")]
+    pub subnet: String,
+    /// Trials per kind of change.
+    #[arg(long, default_value_t = 20)]
+    pub trials: usize,
+    /// The idle window over which director requests are counted.
+    #[arg(long, default_value_t = 30)]
+    pub steady_seconds: u64,
+    /// Seconds of each fixed-rate load run.
+    #[arg(long, default_value_t = 20)]
+    pub load_seconds: u64,
+    #[arg(long, default_value_t = 1000)]
+    pub load_rate: u64,
+    /// Where the rows files go (convergence.json, steady.json, dataplane.json).
+    #[arg(long, default_value = "bench/rows")]
+    pub out_dir: PathBuf,
+}
+
+struct Lab<'a> {
+    args: &'a Args,
+}
+
+impl Lab<'_> {
+    fn command(&self, lab_args: &[&str]) -> Result<String> {
+        let output = Command::new(binaries::workspace(binaries::LAB)?)
+            .args(lab_args)
+            .env("BOSHY_LAB_NAME", &self.args.lab)
+            .env("BOSHY_LAB_SUBNET", &self.args.subnet)
+            .output()
+            .context("running boshy-lab")?;
+        if !output.status.success() {
+            bail!(
+                "`boshy-lab {}` failed:\n{}{}",
+                lab_args.join(" "),
+                String::from_utf8_lossy(&output.stdout),
+                String::from_utf8_lossy(&output.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    }
+
+    fn state(&self) -> Result<LabState> {
+        let path = Path::new("/tmp/boshy-lab")
+            .join(&self.args.lab)
+            .join("lab.json");
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading the lab state {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("{}: not a lab state", path.display()))
+    }
+}
+
+impl Drop for Lab<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.command(&["down"]) {
+            eprintln!("bench lab: tearing the lab down failed: {err:#}");
+        }
+    }
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    tokio::task::spawn_blocking(move || run_blocking(&args))
+        .await
+        .context("the lab benchmark panicked")?
+}
+
+fn run_blocking(args: &Args) -> Result<()> {
+    let lab = Lab { args };
+    eprintln!("bench lab: bringing up lab {} ({})", args.lab, args.subnet);
+    lab.command(&["up"])?;
+    lab.command(&["wait", "--timeout-seconds", "120"])?;
+    let state = lab.state()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let sim = SimControl::new(state.layout.control_url())?;
+
+    let steady = runtime.block_on(steady_state(&sim, args.steady_seconds))?;
+    super::emit(&steady, Some(&args.out_dir.join("steady.json")))?;
+
+    let envoys: Vec<&Vm> = state.vms.iter().filter(|vm| vm.runs_addon()).collect();
+    let convergence = convergence(&runtime, &sim, &envoys, args.trials)?;
+    super::emit(&convergence, Some(&args.out_dir.join("convergence.json")))?;
+
+    let dataplane = data_plane(args, &state)?;
+    super::emit(&dataplane, Some(&args.out_dir.join("dataplane.json")))?;
+    Ok(())
+}
+
+/// Which part of the poller a director route belongs to.
+pub fn route_kind(route: &str) -> &'static str {
+    if route.contains("/oauth/token") {
+        "auth"
+    } else if route.contains("/instances") || route.contains("/tasks") {
+        "health refresh"
+    } else {
+        "topology check"
+    }
+}
+
+/// Per-route request counts between two `GET /_sim/requests` answers.
+pub fn request_delta(before: &Value, after: &Value) -> BTreeMap<String, u64> {
+    let count = |v: &Value, route: &str| v["by_route"][route].as_u64().unwrap_or(0);
+    after["by_route"]
+        .as_object()
+        .map(|routes| {
+            routes
+                .keys()
+                .map(|route| (route.clone(), count(after, route) - count(before, route)))
+                .filter(|(_, n)| *n > 0)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+async fn steady_state(sim: &SimControl, seconds: u64) -> Result<Vec<Row>> {
+    eprintln!("bench lab: counting director requests over {seconds} s idle");
+    let before = sim.requests().await?;
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    let after = sim.requests().await?;
+    let delta = request_delta(&before, &after);
+    let mut by_kind: BTreeMap<&str, u64> = BTreeMap::new();
+    for (route, n) in &delta {
+        *by_kind.entry(route_kind(route)).or_default() += n;
+    }
+    let ticks = seconds as f64 / POLL_INTERVAL_SECONDS;
+    let minutes = seconds as f64 / 60.0;
+    let topology = by_kind.get("topology check").copied().unwrap_or(0) as f64 / ticks;
+    let task_creations = delta
+        .iter()
+        .filter(|(route, _)| route.ends_with("/instances"))
+        .map(|(_, n)| *n)
+        .sum::<u64>() as f64
+        / minutes;
+    let state = sim.state().await?;
+    let with_ports = state
+        .deployments
+        .iter()
+        .filter(|d| {
+            d.manifest
+                .as_deref()
+                .is_some_and(|m| m.contains("expose_ports"))
+        })
+        .count();
+    let breakdown = delta
+        .iter()
+        .map(|(route, n)| format!("{route}: {n}"))
+        .collect::<Vec<_>>()
+        .join("; ");
+    Ok(vec![
+        Row::new("steady", "topology-check requests per poll tick", topology, "requests")
+            .goal("≤ 2", topology <= 2.0)
+            .note(format!("{seconds} s idle, poll every {POLL_INTERVAL_SECONDS} s; {breakdown}")),
+        Row::new("steady", "health-refresh tasks per minute", task_creations, "tasks/min")
+            .against(
+                format!(
+                    "{with_ports} deployment(s) with exposed ports × one task per {HEALTH_INTERVAL_SECONDS} s"
+                ),
+                with_ports as f64 * 60.0 / HEALTH_INTERVAL_SECONDS,
+            ),
+        Row::new(
+            "steady",
+            "all director requests per minute",
+            delta.values().sum::<u64>() as f64 / minutes,
+            "requests/min",
+        ),
+    ])
+}
+
+/// GET /clusters from Envoy's admin on loopback of the calling thread's namespace (Envoy's
+/// admin speaks HTTP/1.1 only and answers in chunks).
+fn envoy_clusters() -> std::io::Result<String> {
+    let mut stream = TcpStream::connect(("127.0.0.1", ENVOY_ADMIN_PORT))?;
+    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
+    stream.write_all(b"GET /clusters HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    http_body(&response)
+        .ok_or_else(|| std::io::Error::other("not a 200 response from Envoy's admin"))
+}
+
+/// The body of an HTTP/1.1 200 response, de-chunked when it came in chunks.
+pub fn http_body(response: &str) -> Option<String> {
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    if !head.starts_with("HTTP/1.1 200") {
+        return None;
+    }
+    if !head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        return Some(body.to_string());
+    }
+    let mut rest = body;
+    let mut out = String::new();
+    loop {
+        let (size, after) = rest.split_once("\r\n")?;
+        let size = usize::from_str_radix(size.split(';').next()?.trim(), 16).ok()?;
+        if size == 0 {
+            return Some(out);
+        }
+        out.push_str(after.get(..size)?);
+        rest = after.get(size..)?.strip_prefix("\r\n")?;
+    }
+}
+
+/// Every endpoint (`ip:port`) of `cluster` in Envoy's `/clusters` text with its health flags,
+/// whatever they are: an endpoint the director just added has no VM in this benchmark, so
+/// Envoy's active health check fails it, but Envoy has it — which is what convergence is about.
+/// (EDS carries only the endpoints the director reports running.)
+pub fn endpoint_flags(clusters: &str, cluster: &str) -> BTreeMap<String, String> {
+    let prefix = format!("{cluster}::");
+    clusters
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (endpoint, flags) = rest.split_once("::health_flags::")?;
+            Some((endpoint.to_string(), flags.to_string()))
+        })
+        .collect()
+}
+
+/// Seconds from `changed` until every VM's Envoy satisfies `has_it` for the banana cluster.
+fn time_until_every_envoy(
+    envoys: &[&Vm],
+    changed: Instant,
+    has_it: impl Fn(&BTreeMap<String, String>) -> bool + Sync,
+) -> Result<f64> {
+    let cluster = cluster_name(HOSTNAME, PORT);
+    std::thread::scope(|scope| {
+        let pollers: Vec<_> = envoys
+            .iter()
+            .map(|vm| {
+                let (cluster, has_it) = (&cluster, &has_it);
+                scope.spawn(move || -> Result<f64> {
+                    let netns = std::fs::File::open(Path::new("/run/netns").join(&vm.namespace))
+                        .with_context(|| {
+                            format!("opening the network namespace of {}", vm.name())
+                        })?;
+                    nix::sched::setns(netns, nix::sched::CloneFlags::CLONE_NEWNET).with_context(
+                        || format!("entering the network namespace of {}", vm.name()),
+                    )?;
+                    loop {
+                        if let Ok(text) = envoy_clusters() {
+                            if has_it(&endpoint_flags(&text, cluster)) {
+                                return Ok(changed.elapsed().as_secs_f64());
+                            }
+                        }
+                        if changed.elapsed() > CONVERGENCE_TIMEOUT {
+                            bail!(
+                                "{}: Envoy did not converge within {CONVERGENCE_TIMEOUT:?}",
+                                vm.name()
+                            );
+                        }
+                        std::thread::sleep(Duration::from_millis(10));
+                    }
+                })
+            })
+            .collect();
+        let mut slowest: f64 = 0.0;
+        for poller in pollers {
+            let seconds = poller.join().expect("a poller thread panicked")?;
+            slowest = slowest.max(seconds);
+        }
+        Ok(slowest)
+    })
+}
+
+fn convergence(
+    runtime: &tokio::runtime::Runtime,
+    sim: &SimControl,
+    envoys: &[&Vm],
+    trials: usize,
+) -> Result<Vec<Row>> {
+    let mut times: BTreeMap<&str, Vec<f64>> = BTreeMap::new();
+    let state = runtime.block_on(sim.state())?;
+    let banana = state
+        .deployments
+        .iter()
+        .find(|d| d.name == DEPLOYMENT)
+        .and_then(|d| {
+            d.instances
+                .iter()
+                .find(|i| i.job_name == SERVICE_GROUP && i.index == Some(1))
+        })
+        .context("no banana/1 in the lab's director")?
+        .clone();
+    let banana_endpoint = format!(
+        "{}:{PORT}",
+        banana.ips.first().context("banana/1 has no IP")?
+    );
+    for trial in 0..trials {
+        eprintln!("bench lab: convergence trial {} of {trials}", trial + 1);
+        let added = runtime.block_on(sim.add_instance(DEPLOYMENT, SERVICE_GROUP, None))?;
+        let changed = Instant::now();
+        let id = added["id"]
+            .as_str()
+            .context("the added instance has no id")?
+            .to_string();
+        let endpoint = format!(
+            "{}:{PORT}",
+            added["ips"][0]
+                .as_str()
+                .context("the added instance has no IP")?
+        );
+        times
+            .entry("added")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                e.contains_key(&endpoint)
+            })?);
+        runtime.block_on(sim.remove_instance(DEPLOYMENT, &id))?;
+        let changed = Instant::now();
+        times
+            .entry("removed")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                !e.contains_key(&endpoint)
+            })?);
+
+        runtime.block_on(sim.set_job_state(DEPLOYMENT, &banana.id, "failing"))?;
+        let changed = Instant::now();
+        times
+            .entry("failing")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                !e.contains_key(&banana_endpoint)
+            })?);
+        runtime.block_on(sim.set_job_state(DEPLOYMENT, &banana.id, "running"))?;
+        let changed = Instant::now();
+        times
+            .entry("running again")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                e.contains_key(&banana_endpoint)
+            })?);
+    }
+    let mut rows = Vec::new();
+    for (change, interval, what) in [
+        ("added", POLL_INTERVAL_SECONDS, "poll interval"),
+        ("removed", POLL_INTERVAL_SECONDS, "poll interval"),
+        ("failing", HEALTH_INTERVAL_SECONDS, "health interval"),
+        ("running again", HEALTH_INTERVAL_SECONDS, "health interval"),
+    ] {
+        let mut sorted = times.remove(change).unwrap_or_default();
+        sorted.sort_by(f64::total_cmp);
+        let p50 = percentile(&sorted, 0.5).unwrap_or(f64::NAN);
+        let p99 = percentile(&sorted, 0.99).unwrap_or(f64::NAN);
+        let goal = interval + 0.5;
+        rows.push(
+            Row::new(
+                "convergence",
+                format!("instance {change}: p99 to every Envoy"),
+                p99,
+                "s",
+            )
+            .against(format!("{what} {interval} s"), interval)
+            .goal(format!("< {goal} s"), p99 < goal)
+            .note(format!(
+                "p50 {p50:.2} s over {} trials, {} Envoys",
+                sorted.len(),
+                envoys.len()
+            )),
+        );
+    }
+    Ok(rows)
+}
+
+/// The Envoy process running in `namespace` (matched by network namespace inode).
+fn envoy_pid(namespace: &str) -> Result<u32> {
+    use std::os::unix::fs::MetadataExt;
+    let inode = std::fs::metadata(Path::new("/run/netns").join(namespace))?.ino();
+    let wanted = format!("net:[{inode}]");
+    for entry in std::fs::read_dir("/proc")? {
+        let Ok(pid) = entry?.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        let netns = std::fs::read_link(format!("/proc/{pid}/ns/net")).unwrap_or_default();
+        if comm.trim() == "envoy" && netns.to_string_lossy() == wanted {
+            return Ok(pid);
+        }
+    }
+    bail!("no Envoy process in namespace {namespace}")
+}
+
+fn load(args: &Args, vm: &Vm, url: &str) -> Result<LoadResult> {
+    eprintln!(
+        "bench lab: {} req/s for {} s from {} to {url}",
+        args.load_rate,
+        args.load_seconds,
+        vm.name()
+    );
+    let output = Command::new("ip")
+        .args(["netns", "exec", &vm.namespace])
+        .arg(super::bench_binary()?)
+        .args(["load", "--url", url])
+        .args(["--rate", &args.load_rate.to_string()])
+        .args(["--seconds", &args.load_seconds.to_string()])
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("running the load generator in the client VM")?;
+    if !output.status.success() {
+        bail!(
+            "load to {url} failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    serde_json::from_slice(&output.stdout).context("decoding the load generator's figures")
+}
+
+fn data_plane(args: &Args, state: &LabState) -> Result<Vec<Row>> {
+    let in_group = |group: &str| {
+        state
+            .vms
+            .iter()
+            .find(|vm| vm.deployment == DEPLOYMENT && vm.instance_group == group)
+            .with_context(|| format!("no {group} VM in the lab"))
+    };
+    let client = in_group(CLIENT_GROUP)?;
+    let server = in_group(SERVICE_GROUP)?;
+    let envoy = envoy_pid(&client.namespace)?;
+    let cpu_before = cpu_seconds(envoy)?;
+    let started = Instant::now();
+    let mesh = load(args, client, &format!("http://{HOSTNAME}:{PORT}/get"))?;
+    let cpu_share = (cpu_seconds(envoy)? - cpu_before) / started.elapsed().as_secs_f64();
+    let memory = ProcMemory::of(envoy)?;
+    let direct = load(args, client, &format!("http://{}:{PORT}/get", server.ip))?;
+    let errors = format!(
+        "{} + {} errors of {} + {} requests",
+        mesh.errors, direct.errors, mesh.sent, direct.sent
+    );
+    let added_p99 = mesh.p99_ms - direct.p99_ms;
+    Ok(vec![
+        Row::new(
+            "dataplane",
+            "added p99 latency through the mesh",
+            added_p99,
+            "ms",
+        )
+        .goal("< 0.3 ms (Istio: 0.298 ms, two proxies)", added_p99 < 0.3)
+        .note(format!(
+            "mesh p99 {:.3} ms − direct p99 {:.3} ms at {} req/s; {errors}",
+            mesh.p99_ms, direct.p99_ms, args.load_rate
+        )),
+        Row::new(
+            "dataplane",
+            "added p50 latency through the mesh",
+            mesh.p50_ms - direct.p50_ms,
+            "ms",
+        )
+        .note(format!(
+            "mesh p50 {:.3} ms − direct p50 {:.3} ms",
+            mesh.p50_ms, direct.p50_ms
+        )),
+        Row::new(
+            "dataplane",
+            "p99 latency by name through the mesh",
+            mesh.p99_ms,
+            "ms",
+        )
+        .against("direct to an instance IP", direct.p99_ms),
+        Row::new(
+            "dataplane",
+            "client Envoy CPU under load",
+            cpu_share * 100.0,
+            "% of a core",
+        )
+        .note(format!("during the mesh run, {} req/s", args.load_rate)),
+        Row::new(
+            "dataplane",
+            "client Envoy RSS (lab catalog)",
+            memory.rss_mb(),
+            "MB",
+        )
+        .goal("< 60 MB", memory.rss_mb() < 60.0)
+        .note(format!(
+            "{} kB anonymous + {} kB file-backed (Envoy's binary); peak {:.1} MB",
+            memory.anon_kb,
+            memory.file_kb,
+            memory.hwm_kb as f64 / 1024.0
+        )),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn chunked_bodies_are_reassembled() {
+        let response = "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nab\ncd\r\n3\r\nef\n\r\n0\r\n\r\n";
+        assert_eq!(http_body(response).as_deref(), Some("ab\ncdef\n"));
+        let plain = "HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+        assert_eq!(http_body(plain).as_deref(), Some("ok"));
+        assert_eq!(http_body("HTTP/1.1 426 Upgrade Required\r\n\r\nx"), None);
+    }
+
+    #[test]
+    fn endpoint_flags_keep_every_endpoint_of_the_cluster() {
+        let text = "outbound|9002||a.boshy::10.0.0.2:9002::health_flags::healthy\n\
+            outbound|9002||a.boshy::10.0.0.3:9002::health_flags::/failed_active_hc/failed_eds_health\n\
+            outbound|9002||a.boshy::10.0.0.2:9002::cx_active::0\n\
+            outbound|80||b.boshy::10.0.0.4:80::health_flags::healthy\n";
+        let flags = endpoint_flags(text, "outbound|9002||a.boshy");
+        assert_eq!(flags.len(), 2);
+        assert_eq!(flags["10.0.0.2:9002"], "healthy");
+        assert_eq!(
+            flags["10.0.0.3:9002"],
+            "/failed_active_hc/failed_eds_health"
+        );
+    }
+
+    #[test]
+    fn routes_are_classified_and_deltas_taken_per_route() {
+        assert_eq!(route_kind("GET /deployments"), "topology check");
+        assert_eq!(route_kind("GET /events"), "topology check");
+        assert_eq!(
+            route_kind("GET /deployments/:d/instances"),
+            "health refresh"
+        );
+        assert_eq!(route_kind("GET /tasks/:id/output"), "health refresh");
+        assert_eq!(route_kind("POST /oauth/token"), "auth");
+        let before = json!({"by_route": {"GET /events": 3, "GET /deployments": 1}});
+        let after =
+            json!({"by_route": {"GET /events": 9, "GET /deployments": 1, "GET /tasks/:id": 4}});
+        let delta = request_delta(&before, &after);
+        assert_eq!(
+            delta,
+            BTreeMap::from([
+                ("GET /events".to_string(), 6),
+                ("GET /tasks/:id".to_string(), 4)
+            ])
+        );
+    }
+}

@@ -1,0 +1,195 @@
+//! Every benchmark harness of `scripts/bench`, run at tiny sizes so it cannot rot: each must
+//! finish and write rows that the report renders. The figures themselves are not checked (they
+//! are benchmark results, not behaviour); the rows' presence and shape are.
+//!
+//! Needs root (namespaces, the lab), dnsperf, dnsmasq, taskset, unshare and Envoy
+//! (`BOSHY_ENVOY` or `envoy` on PATH), as `scripts/test` provides.
+
+use std::path::Path;
+use std::process::Command;
+
+use boshy_bench::report::{read_rows, Row};
+
+fn bench(args: &[&str]) {
+    let output = Command::new(env!("CARGO_BIN_EXE_boshy-bench"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run boshy-bench");
+    assert!(
+        output.status.success(),
+        "`boshy-bench {}` failed:\n{}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+fn rows(path: &Path) -> Vec<Row> {
+    serde_json::from_slice(&std::fs::read(path).expect("a rows file")).expect("rows JSON")
+}
+
+fn figures(rows: &[Row]) -> Vec<&str> {
+    rows.iter().map(|r| r.figure.as_str()).collect()
+}
+
+#[test]
+fn build_harness_writes_rows_for_every_size() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("build.json");
+    bench(&[
+        "build",
+        "--sizes",
+        "10,30",
+        "--repeat",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let names = figures(&rows);
+    assert!(
+        names.contains(&"10 services: VIPs + catalog + xDS, cold"),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"30 services: build time per service"),
+        "{names:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r.value.is_finite() && r.value > 0.0),
+        "{rows:?}"
+    );
+}
+
+#[test]
+fn dns_harness_measures_the_agent_and_dnsmasq() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("dns.json");
+    bench(&[
+        "dns",
+        "--names",
+        "200",
+        "--seconds",
+        "1",
+        "--latency-seconds",
+        "1",
+        "--latency-qps",
+        "500",
+        "--rounds",
+        "1",
+        "--port",
+        "18253",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let qps = rows
+        .iter()
+        .find(|r| r.figure == "agent queries/s measured (fast path)")
+        .expect("the agent's queries/s");
+    assert!(
+        qps.value > 0.0 && qps.reference.as_ref().unwrap().value > 0.0,
+        "{qps:?}"
+    );
+    assert!(figures(&rows).contains(&"agent RSS with 200 names"));
+}
+
+#[test]
+fn envoy_memory_harness_reads_a_configured_envoys_rss() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("envoy-memory.json");
+    bench(&[
+        "envoy-memory",
+        "--services",
+        "5",
+        "--instances",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    assert_eq!(
+        figures(&rows),
+        [
+            "Envoy RSS with 5 services × 2 instances in its config",
+            "Envoy RSS with 5 services × 0 instances in its config",
+            "Envoy RSS with 2 services × 2 instances in its config",
+        ]
+    );
+    assert!(rows.iter().all(|r| r.value > 1.0), "{rows:?}");
+}
+
+#[test]
+fn push_harness_measures_delta_beside_state_of_the_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("push.json");
+    bench(&[
+        "push",
+        "--streams",
+        "3",
+        "--ads",
+        "delta,sotw",
+        "--services",
+        "4",
+        "--instances",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let change = rows
+        .iter()
+        .find(|r| r.figure == "delta, 3 streams, 4 services × 2: service change → last ACK")
+        .unwrap_or_else(|| panic!("no delta service-change row: {:?}", figures(&rows)));
+    let reference = change
+        .reference
+        .as_ref()
+        .expect("the same figure over SotW");
+    assert!(change.value > 0.0 && reference.value > 0.0, "{change:?}");
+}
+
+/// The lab harness in a lab of its own, as short as it goes: one trial of each change, a
+/// two-second idle window and one second of load.
+#[test]
+fn lab_harness_measures_convergence_requests_and_the_data_plane() {
+    let dir = tempfile::tempdir().unwrap();
+    bench(&[
+        "lab",
+        "--lab",
+        "boshy-bs",
+        "--subnet",
+        "10.248.0.0/24",
+        "--trials",
+        "1",
+        "--steady-seconds",
+        "2",
+        "--load-seconds",
+        "1",
+        "--load-rate",
+        "50",
+        "--out-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let all = read_rows(dir.path()).unwrap();
+    assert!(figures(&all["convergence"]).contains(&"instance added: p99 to every Envoy"));
+    assert!(figures(&all["steady"]).contains(&"topology-check requests per poll tick"));
+    assert!(figures(&all["dataplane"]).contains(&"added p99 latency through the mesh"));
+
+    let results = dir.path().join("results.md");
+    bench(&[
+        "report",
+        "--rows",
+        dir.path().to_str().unwrap(),
+        "--notes",
+        "/nonexistent",
+        "--out",
+        results.to_str().unwrap(),
+    ]);
+    let text = std::fs::read_to_string(results).unwrap();
+    assert!(text.contains("## Convergence"), "{text}");
+    assert!(
+        text.contains("Not measured yet"),
+        "DNS was not run here: {text}"
+    );
+}

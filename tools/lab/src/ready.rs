@@ -1,0 +1,214 @@
+//! Knowing when the lab's mesh has converged: every addon VM resolves every service to its
+//! VIP, and every Envoy has exactly the healthy endpoints the control plane lists.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+use serde::Deserialize;
+
+use super::net;
+use super::vm::{self, Vm};
+use super::LabState;
+use boshy::xds::resources::cluster_name;
+
+/// Polls `check` every 250 ms until it says yes or `timeout` passes.
+pub async fn until<F, Fut>(timeout: Duration, what: &str, mut check: F) -> Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<bool>>,
+{
+    let deadline = Instant::now() + timeout;
+    let mut last_error = None;
+    loop {
+        match check().await {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_error = Some(e),
+        }
+        if Instant::now() >= deadline {
+            let detail = last_error.map(|e| format!(": {e:#}")).unwrap_or_default();
+            bail!("timed out after {timeout:?} waiting for {what}{detail}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisteredPort {
+    pub name: String,
+    pub number: u16,
+    pub protocol: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct RegisteredEndpoint {
+    pub address: String,
+    pub az: Option<String>,
+    pub instance: String,
+    pub index: Option<u32>,
+    pub healthy: bool,
+}
+
+/// One entry of the control plane's `/v1/registration`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Registration {
+    pub hostname: String,
+    pub vip: String,
+    pub deployment: String,
+    pub instance_group: String,
+    pub job: String,
+    pub ports: Vec<RegisteredPort>,
+    pub endpoints: Vec<RegisteredEndpoint>,
+}
+
+/// Reads `/v1/registration` from the first control-plane VM that answers.
+pub async fn registration(state: &LabState) -> Result<Vec<Registration>> {
+    let mut errors = Vec::new();
+    for pilot in pilots(state) {
+        let url = format!("http://{}:{}/v1/registration", pilot.ip, vm::API_PORT);
+        let response = reqwest::Client::new()
+            .get(&url)
+            .timeout(Duration::from_secs(3))
+            .send()
+            .await;
+        match response {
+            Ok(r) if r.status().is_success() => {
+                return r.json().await.with_context(|| format!("decode {url}"));
+            }
+            Ok(r) => errors.push(format!("{url}: {}", r.status())),
+            Err(e) => errors.push(format!("{url}: {e}")),
+        }
+    }
+    Err(anyhow!("no control plane answered: {}", errors.join("; ")))
+}
+
+pub fn pilots(state: &LabState) -> impl Iterator<Item = &Vm> {
+    state
+        .vms
+        .iter()
+        .filter(|vm| vm.processes.iter().any(|p| p.name == vm::PILOT_JOB))
+}
+
+/// What a VM's DNS agent answers for `name` (empty when it has no A record).
+pub fn resolve(vm: &Vm, name: &str) -> Result<Vec<String>> {
+    let output = net::run_in(
+        &vm.namespace,
+        &[
+            "dig",
+            "+short",
+            "+time=1",
+            "+tries=1",
+            "@127.0.0.1",
+            name,
+            "A",
+        ],
+    )?;
+    Ok(String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with(';'))
+        .map(str::to_string)
+        .collect())
+}
+
+/// The endpoints (`ip:port`) Envoy on `vm` considers healthy in `cluster`.
+pub fn envoy_healthy_endpoints(vm: &Vm, cluster: &str) -> Result<BTreeSet<String>> {
+    let url = format!("http://{}/clusters", vm::ENVOY_ADMIN);
+    let output = net::run_in(&vm.namespace, &["curl", "-sf", "--max-time", "2", &url])?;
+    Ok(parse_healthy_endpoints(
+        &String::from_utf8_lossy(&output.stdout),
+        cluster,
+    ))
+}
+
+/// Parses Envoy's `/clusters` text: `<cluster>::<ip:port>::health_flags::healthy`.
+pub fn parse_healthy_endpoints(clusters: &str, cluster: &str) -> BTreeSet<String> {
+    let prefix = format!("{cluster}::");
+    clusters
+        .lines()
+        .filter_map(|line| line.strip_prefix(&prefix))
+        .filter_map(|rest| {
+            let (endpoint, stat) = rest.split_once("::")?;
+            (stat == "health_flags::healthy").then(|| endpoint.to_string())
+        })
+        .collect()
+}
+
+/// What still differs between the control plane's registration and one VM.
+fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
+    let mut lag = Vec::new();
+    for service in services {
+        let answers = resolve(vm, &service.hostname)?;
+        if answers != [service.vip.clone()] {
+            lag.push(format!(
+                "{}: {} resolves to {answers:?}, not {}",
+                vm.name(),
+                service.hostname,
+                service.vip
+            ));
+        }
+        for port in &service.ports {
+            let want: BTreeSet<String> = service
+                .endpoints
+                .iter()
+                .filter(|e| e.healthy)
+                .map(|e| format!("{}:{}", e.address, port.number))
+                .collect();
+            let cluster = cluster_name(&service.hostname, port.number);
+            let have = envoy_healthy_endpoints(vm, &cluster)?;
+            if have != want {
+                lag.push(format!(
+                    "{}: Envoy {cluster} has {have:?}, want {want:?}",
+                    vm.name()
+                ));
+            }
+        }
+    }
+    Ok(lag)
+}
+
+/// Waits until every running addon VM agrees with the control plane.
+pub async fn wait(state: &LabState, timeout: Duration) -> Result<()> {
+    let last_lag = std::sync::Mutex::new(Vec::new());
+    let result = until(timeout, "the mesh to converge", || {
+        let last_lag = &last_lag;
+        async move {
+            let services = registration(state).await?;
+            if services.is_empty() {
+                bail!("the control plane lists no services yet");
+            }
+            let mut all = Vec::new();
+            for vm in state.vms.iter().filter(|vm| vm.runs_addon()) {
+                all.extend(vm_lag(vm, &services)?);
+            }
+            let converged = all.is_empty();
+            *last_lag.lock().expect("lag lock") = all;
+            Ok(converged)
+        }
+    })
+    .await;
+    result.map_err(|e| {
+        let lag = last_lag.lock().expect("lag lock");
+        let shown: Vec<&String> = lag.iter().take(5).collect();
+        anyhow!("{e:#}; still different: {shown:?}")
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_only_healthy_endpoints_of_the_cluster() {
+        let text = "\
+outbound|9002||a.boshy::10.244.0.12:9002::health_flags::healthy
+outbound|9002||a.boshy::10.244.0.13:9002::health_flags::/failed_eds_health
+outbound|9002||a.boshy::10.244.0.12:9002::cx_active::0
+outbound|9001||a.boshy::10.244.0.20:9001::health_flags::healthy
+";
+        let healthy = parse_healthy_endpoints(text, "outbound|9002||a.boshy");
+        assert_eq!(healthy, BTreeSet::from(["10.244.0.12:9002".to_string()]));
+    }
+}

@@ -1,0 +1,153 @@
+//! What the lab-based tests share: driving `boshy-lab` for a lab of the test's own (name and
+//! subnet), and reading the control plane's registration.
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+
+use boshy_lab::binaries::LAB;
+use serde_json::Value;
+
+/// One lab, named so that it never collides with another test's or a person's.
+#[derive(Clone, Copy)]
+pub struct LabCli {
+    pub name: &'static str,
+    pub subnet: &'static str,
+}
+
+impl LabCli {
+    pub fn run(&self, args: &[&str]) -> Output {
+        Command::new(crate::workspace_binary(LAB))
+            .args(args)
+            .env("BOSHY_LAB_NAME", self.name)
+            .env("BOSHY_LAB_SUBNET", self.subnet)
+            .output()
+            .expect("run boshy-lab")
+    }
+
+    /// Runs a lab command that must succeed; returns its stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let output = self.run(args);
+        assert!(
+            output.status.success(),
+            "`boshy-lab {}` failed:\n{}\n{}",
+            args.join(" "),
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The lab's state file, as `boshy-lab` keeps it.
+    pub fn state(&self) -> Value {
+        let path = format!("/tmp/boshy-lab/{}/lab.json", self.name);
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).expect("lab state is JSON")
+    }
+
+    /// IPs of the control-plane VMs.
+    pub fn pilot_ips(&self) -> Vec<String> {
+        self.state()["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .filter(|vm| vm["deployment"] == "bosh-istio")
+            .map(|vm| vm["ip"].as_str().expect("ip").to_string())
+            .collect()
+    }
+
+    /// `/v1/registration` of the control plane at `pilot_ip`.
+    pub fn registration_from(&self, pilot_ip: &str) -> Vec<Value> {
+        let url = format!("http://{pilot_ip}:8080/v1/registration");
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", &url])
+            .output()
+            .expect("run curl");
+        assert!(out.status.success(), "GET {url} failed");
+        serde_json::from_slice(&out.stdout).expect("registration is JSON")
+    }
+
+    /// `/v1/registration` of the first control plane.
+    pub fn registration(&self) -> Vec<Value> {
+        let pilots = self.pilot_ips();
+        self.registration_from(pilots.first().expect("a bosh-istio VM"))
+    }
+
+    /// What `vm`'s resolver answers for `name` (empty for no A record).
+    pub fn dig(&self, vm: &str, name: &str) -> String {
+        self.ok(&[
+            "ssh", vm, "--", "dig", "+short", "+time=1", "+tries=2", name,
+        ])
+        .trim()
+        .to_string()
+    }
+
+    /// curls `url` from `vm` `n` times; returns the IPs of the instances that answered.
+    pub fn curl_instances(&self, vm: &str, url: &str, n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| {
+                let body = self.ok(&["ssh", vm, "--", "curl", "-sS", "--max-time", "5", url]);
+                let json: Value = serde_json::from_str(&body).unwrap_or_else(|e| {
+                    panic!("request {i} to {url} from {vm}: not JSON ({e}): {body}")
+                });
+                json["instance"]["ip"]
+                    .as_str()
+                    .expect("instance ip")
+                    .to_string()
+            })
+            .collect()
+    }
+
+    /// Waits until every VM has converged on the control plane's catalog.
+    pub fn wait(&self) {
+        self.ok(&["wait", "--timeout-seconds", "60"]);
+    }
+
+    /// Waits until the control plane's catalog satisfies `ready` (it learns health from the
+    /// director on its own timer), then until every VM has converged on it.
+    pub fn wait_for_catalog(&self, what: &str, ready: impl Fn(&[Value]) -> bool) {
+        for _ in 0..240 {
+            if ready(&self.registration()) {
+                self.wait();
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(250));
+        }
+        panic!(
+            "the control plane never showed {what}: {:?}",
+            self.registration()
+        );
+    }
+}
+
+pub fn service<'a>(services: &'a [Value], hostname: &str) -> &'a Value {
+    services
+        .iter()
+        .find(|s| s["hostname"] == hostname)
+        .unwrap_or_else(|| panic!("{hostname} not in /v1/registration: {services:?}"))
+}
+
+pub fn healthy_ips(service: &Value) -> BTreeSet<String> {
+    service["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .filter(|e| e["healthy"] == true)
+        .map(|e| e["address"].as_str().expect("address").to_string())
+        .collect()
+}
+
+/// `ip netns list` and the rules of `iptables-save` (without counters and the generation
+/// comments, which change on their own).
+pub fn host_snapshot() -> (String, String) {
+    let run = |program: &str, args: &[&str]| {
+        let out = Command::new(program).args(args).output().expect(program);
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let netns = run("ip", &["netns", "list"]);
+    let rules: String = run("iptables-save", &[])
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| l.split(" [").next().unwrap_or(l).to_string() + "\n")
+        .collect();
+    (netns, rules)
+}

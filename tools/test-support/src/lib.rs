@@ -1,0 +1,21 @@
+//! What boshy-istio's integration and end-to-end tests share, one helper per setup (as
+//! linkerd2-proxy keeps its test support in a crate of its own): the tests depend on this
+//! crate instead of including files by path.
+//!
+//! - [`lab`]: drives `boshy-lab` for a lab of the test's own.
+//! - [`netns`]: a network namespace of the test's own.
+//! - [`dns_agent`]: a real virtual-ip-agent process answering from a table on disk.
+//! - [`envoy`]: a real Envoy beside an in-process server, in a private network namespace.
+
+pub mod dns_agent;
+pub mod envoy;
+pub mod lab;
+pub mod netns;
+
+use std::path::PathBuf;
+
+/// The workspace binary `name` (see `boshy_lab::binaries::workspace`); panics with the reason
+/// when it is not built.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    boshy_lab::binaries::workspace(name).unwrap_or_else(|e| panic!("{e:#}"))
+}
