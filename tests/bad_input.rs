@@ -7,8 +7,8 @@ use std::cell::Cell;
 use std::path::Path;
 use std::process::Command;
 
+use boshy_test_support::fuzz::runner;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde_yaml::{Mapping, Value};
 
 use boshy::config::{self, AgentConfig, PilotConfig};
@@ -150,14 +150,6 @@ fn broken_config(
             };
             (serde_yaml::to_string(&root).unwrap(), named)
         })
-}
-
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
 }
 
 /// What `boshy pilot` checks before it touches the network.

@@ -15,9 +15,8 @@ use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::{Command, Output};
 
-use boshy_test_support::netns;
-
-use netns::{check, Netns};
+use boshy_test_support::netns::Netns;
+use boshy_test_support::process::{check, exit_code};
 use std::time::Duration;
 
 const BACKENDS: [(&str, &str); 2] = [("nft", "iptables-nft"), ("legacy", "iptables-legacy")];
@@ -61,10 +60,6 @@ fn with_foreign_rules(variant: &str) -> Netns {
     let loaded = netns.exec_stdin(&format!("{variant}-restore"), &["--noflush"], FOREIGN_RULES);
     check(&loaded, "loading the foreign rules");
     netns
-}
-
-fn exit_code(output: &Output) -> i32 {
-    output.status.code().expect("exited normally")
 }
 
 #[test]

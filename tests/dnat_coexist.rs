@@ -10,14 +10,13 @@
 //!   captured, even with the widest VIP range allowed (169.254.0.0/16): checked with real
 //!   connections. A VIP range outside 169.254.0.0/16 is refused without touching iptables.
 
-use boshy_test_support::netns;
-
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::process::Output;
 use std::time::Duration;
 
-use netns::{check, Netns};
+use boshy_test_support::netns::Netns;
+use boshy_test_support::process::{check, exit_code};
 
 const BACKENDS: [(&str, &str); 2] = [("nft", "iptables-nft"), ("legacy", "iptables-legacy")];
 
@@ -55,10 +54,6 @@ COMMIT
 -A OUTPUT -p tcp -m tcp --dport 5432 -j MARK --set-xmark 0x1/0xffffffff
 COMMIT
 ";
-
-fn exit_code(output: &Output) -> i32 {
-    output.status.code().expect("exited normally")
-}
 
 struct Host {
     netns: Netns,

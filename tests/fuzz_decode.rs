@@ -8,21 +8,13 @@
 
 use std::cell::Cell;
 
+use boshy_test_support::fuzz::runner;
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestRunner};
 use serde_yaml::{Mapping, Value};
 
 use boshy::catalog::manifest::{self, is_dns_label, ManifestError};
 use boshy::director::decode;
 use boshy::names::wire::{self, LineBuffer, Message, MAX_LINE_BYTES};
-
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
 
 // ---------------------------------------------------------------- manifests
 

@@ -19,6 +19,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
+use boshy_test_support::fuzz::runner;
 use hickory_proto::op::{Edns, Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::opt::EdnsOption;
 use hickory_proto::rr::{DNSClass, Name, RecordType};
@@ -26,7 +27,6 @@ use hickory_server::net::xfer::Protocol;
 use hickory_server::server::Request;
 use proptest::prelude::*;
 use proptest::sample::Index;
-use proptest::test_runner::{Config, TestRunner};
 
 use agent::{a_records, query, read_tcp_message, tcp_exchange, tcp_frame, udp_exchange, Agent};
 use agent::{HOST, VIP};
@@ -152,15 +152,6 @@ fn zone() -> Zone {
         names: BTreeMap::from([(HOST.to_string(), VIP)]),
     };
     Zone::build(&apex_from_tld("boshy").unwrap(), 5, &table).0
-}
-
-fn runner(cases: u32) -> TestRunner {
-    TestRunner::new(Config {
-        cases,
-        // Failures are reproduced from the printed input; no regression files in the tree.
-        failure_persistence: None,
-        ..Config::default()
-    })
 }
 
 #[test]

@@ -16,7 +16,6 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
-use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
 use boshy::config::{ClientTls, ServerTls};
@@ -28,15 +27,12 @@ use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use boshy_test_support::envoy as envoy_tests;
-
-use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
-
-/// Bounds a broken run; the checks poll, they never wait a fixed time.
-const DEADLINE: Duration = Duration::from_secs(30);
+use boshy_test_support::envoy::{
+    captured_logs, in_private_netns, loopback_listener, Envoy, DEADLINE,
+};
 
 /// A CA with a pilot certificate (for the pilots' fixed name) and a client certificate, as
 /// PEM files.
@@ -158,12 +154,6 @@ fn log_lines(containing: &[&str]) -> Vec<String> {
         .filter(|line| containing.iter().all(|c| line.contains(c)))
         .map(str::to_string)
         .collect()
-}
-
-async fn loopback_listener() -> (TcpListener, SocketAddr) {
-    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
-    let address = listener.local_addr().unwrap();
-    (listener, address)
 }
 
 /// Connects with TLS and speaks the HTTP/2 client preface; Ok when the server answers with its
@@ -359,87 +349,26 @@ async fn a_follower_refuses_a_pilot_it_cannot_verify() {
     }
 }
 
-/// An Envoy with the TLS bootstrap, killed when dropped.
-struct Envoy {
-    _process: tokio::process::Child,
-    admin: SocketAddr,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Envoy {
-    async fn start(name: &str, pilot: SocketAddr, tls: &ClientTls, base_id: u32) -> Envoy {
-        let admin = loopback_listener().await.1;
-        let node = NodeIdentity {
-            deployment: "sample".into(),
-            instance_group: "apricot".into(),
-            instance_id: name.into(),
-            index: Some(0),
-            az: Some("z1".into()),
-            ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
-        };
-        let bootstrap = render_with_tls(
-            &node,
-            &[pilot.to_string()],
-            admin,
-            AdsMode::Delta,
-            Some(tls),
-        )
-        .expect("bootstrap renders");
-        let dir = tempfile::tempdir().unwrap();
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, bootstrap).unwrap();
-        let log = dir.path().join("envoy.log");
-        let binary = envoy_binary();
-        let process = tokio::process::Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--base-id", &(std::process::id() * 4 + base_id).to_string()])
-            .args(["--log-level", "info"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", binary.display()));
-        Envoy {
-            _process: process,
-            admin,
-            log,
-            _dir: dir,
-        }
-    }
-
-    async fn stat(&self, name: &str) -> Option<u64> {
-        let url = format!(
-            "http://{}/stats?format=json&filter=^{}$",
-            self.admin,
-            name.replace('.', "\\.")
-        );
-        let stats: Value = reqwest::get(url).await.ok()?.json().await.ok()?;
-        stats["stats"]
-            .as_array()?
-            .iter()
-            .find(|s| s["name"] == name)?["value"]
-            .as_u64()
-    }
-
-    /// Polls the stat until `check` holds; fails with the last value and Envoy's log.
-    async fn wait_for_stat(&self, name: &str, check: impl Fn(u64) -> bool) -> u64 {
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            last = self.stat(name).await;
-            if last.is_some_and(&check) {
-                return last.unwrap_or_default();
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!(
-            "Envoy stat {name} is {last:?}\n--- envoy log\n{}",
-            std::fs::read_to_string(&self.log).unwrap_or_default()
-        );
-    }
+/// Starts a real Envoy for apricot instance `name`, with ADS at `pilot` over mutual TLS.
+async fn start_envoy(name: &str, pilot: SocketAddr, tls: &ClientTls) -> Envoy {
+    let admin = loopback_listener().await.1;
+    let node = NodeIdentity {
+        deployment: "sample".into(),
+        instance_group: "apricot".into(),
+        instance_id: name.into(),
+        index: Some(0),
+        az: Some("z1".into()),
+        ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+    };
+    let bootstrap = render_with_tls(
+        &node,
+        &[pilot.to_string()],
+        admin,
+        AdsMode::Delta,
+        Some(tls),
+    )
+    .expect("bootstrap renders");
+    Envoy::start(&bootstrap, admin)
 }
 
 #[test]
@@ -461,8 +390,8 @@ fn envoy_with_the_tls_bootstrap_takes_config_only_from_a_pilot_it_can_verify() {
         let (listener, impostor) = loopback_listener().await;
         let _impostor = serve(listener, &mesh.server_for("impostor.boshy-istio"));
 
-        let envoy = Envoy::start("verified", pilot, &mesh.client(), 0).await;
-        let fooled = Envoy::start("fooled", impostor, &mesh.client(), 1).await;
+        let envoy = start_envoy("verified", pilot, &mesh.client()).await;
+        let fooled = start_envoy("fooled", impostor, &mesh.client()).await;
 
         // Accepted the pushed clusters and listeners (and so ACKed them) over mutual TLS.
         envoy

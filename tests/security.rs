@@ -24,8 +24,9 @@ use boshy_lab::binaries::DIRECTOR_SIM;
 use boshy_test_support::dns_agent::{
     free_port, query, tcp_exchange, udp_exchange, udp_socket, Agent,
 };
-use boshy_test_support::netns::{check, Netns};
-use boshy_test_support::{dns_agent as agent, netns, workspace_binary};
+use boshy_test_support::netns::Netns;
+use boshy_test_support::process::{self, check};
+use boshy_test_support::{dns_agent as agent, workspace_binary};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
 
@@ -490,7 +491,7 @@ fn pilot_and_agent_run_as_nobody_without_capabilities_on_their_default_ports() {
     for file in ["pilot-secret", "pilot.yml", "agent.yml"] {
         let path = dir.path().join(file);
         check(
-            &netns::run("chown", &["65534:65534", path.to_str().unwrap()]),
+            &process::run("chown", &["65534:65534", path.to_str().unwrap()]),
             "chown",
         );
     }

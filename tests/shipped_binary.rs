@@ -6,7 +6,10 @@
 use std::path::Path;
 use std::process::Command;
 
-const SHIPPED: [&str; 2] = [env!("CARGO_BIN_EXE_boshy"), env!("CARGO_BIN_EXE_boshy-vip-agent")];
+const SHIPPED: [&str; 2] = [
+    env!("CARGO_BIN_EXE_boshy"),
+    env!("CARGO_BIN_EXE_boshy-vip-agent"),
+];
 
 /// Strings only the tools hold: the simulator's control API, the lab's state file and binary,
 /// the benchmarks' load tool and binary.
@@ -31,7 +34,13 @@ fn boshy_has_only_the_products_subcommands() {
     let help = String::from_utf8_lossy(&output.stdout);
     assert_eq!(
         subcommands(&help),
-        ["pilot", "vip-agent", "dnat", "envoy-bootstrap", "example-httpbin"],
+        [
+            "pilot",
+            "vip-agent",
+            "dnat",
+            "envoy-bootstrap",
+            "example-httpbin"
+        ],
         "{help}"
     );
 }

@@ -10,9 +10,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::PathBuf;
 use std::process::Command;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,9 +23,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use boshy_test_support::envoy as envoy_tests;
-
-use envoy_tests::{captured_logs, envoy_binary, in_private_netns};
+use boshy_test_support::envoy::{
+    captured_logs, in_private_netns, loopback_listener, Envoy, DEADLINE,
+};
 
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 2);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 3);
@@ -38,9 +37,6 @@ const API_LISTENER: &str = "169.254.255.4_9000";
 const DB_CLUSTER: &str = "outbound|5432||db.banana.sample.boshy";
 const WEB_CLUSTER: &str = "outbound|8080||web.banana.sample.boshy";
 const API_CLUSTER: &str = "outbound|9000||api.banana.sample.boshy";
-/// How long Envoy gets to converge before a check fails (the checks poll, they do not sleep
-/// a fixed time; this only bounds a broken run).
-const CONVERGENCE_DEADLINE: Duration = Duration::from_secs(30);
 
 fn endpoint(last_octet: u8, az: &str, healthy: bool) -> Endpoint {
     Endpoint {
@@ -123,79 +119,21 @@ fn run_tool(tool: &str, args: &[&str]) {
     );
 }
 
-struct Envoy {
-    /// Killed when dropped.
-    _process: tokio::process::Child,
-    admin: SocketAddr,
-    log: PathBuf,
-    http: reqwest::Client,
-    _dir: tempfile::TempDir,
+/// Starts a real Envoy for `node` with ADS at `xds`.
+async fn start_envoy(node: &NodeIdentity, xds: SocketAddr, mode: AdsMode) -> Envoy {
+    let admin = loopback_listener().await.1;
+    let bootstrap = render_with(node, &[xds.to_string()], admin, mode).expect("bootstrap renders");
+    Envoy::start(&bootstrap, admin)
 }
 
-impl Envoy {
-    async fn start(node: &NodeIdentity, xds: SocketAddr, mode: AdsMode) -> Envoy {
-        // Tests run in parallel: each Envoy gets its own shared-memory base id.
-        static STARTED: AtomicU64 = AtomicU64::new(0);
-        let base_id = u64::from(std::process::id()) * 16 + STARTED.fetch_add(1, Ordering::Relaxed);
-        let admin = free_loopback_port().await;
-        let bootstrap =
-            render_with(node, &[xds.to_string()], admin, mode).expect("bootstrap renders");
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("envoy.yaml");
-        std::fs::write(&config, bootstrap).expect("write bootstrap");
-        let log = dir.path().join("envoy.log");
-        let binary = envoy_binary();
-        let process = tokio::process::Command::new(&binary)
-            .arg("-c")
-            .arg(&config)
-            .args(["--disable-hot-restart", "--concurrency", "1"])
-            .args(["--base-id", &base_id.to_string()])
-            .args(["--log-level", "info"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("envoy log file"))
-            .kill_on_drop(true)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", binary.display()));
-        Envoy {
-            _process: process,
-            admin,
-            log,
-            http: reqwest::Client::builder()
-                .no_proxy()
-                .build()
-                .expect("http client"),
-            _dir: dir,
-        }
-    }
+/// What these tests wait for in an Envoy's admin API.
+trait Converges {
+    async fn wait_for_routes(&self, expected: &[&str]);
+    async fn wait_for_listeners(&self, expected: &[&str], not_version: Option<&str>) -> String;
+    async fn wait_for_clusters(&self, expected: &BTreeMap<String, BTreeSet<(String, String)>>);
+}
 
-    async fn get(&self, path: &str) -> Option<Value> {
-        let url = format!("http://{}{path}", self.admin);
-        let response = self.http.get(url).send().await.ok()?;
-        response.json().await.ok()
-    }
-
-    /// Polls an admin endpoint until `check` holds; fails with what was last seen.
-    async fn wait_for<T>(&self, what: &str, path: &str, check: impl Fn(&Value) -> Option<T>) -> T {
-        let deadline = tokio::time::Instant::now() + CONVERGENCE_DEADLINE;
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            if let Some(value) = self.get(path).await {
-                if let Some(found) = check(&value) {
-                    return found;
-                }
-                last = Some(value);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let tail: Vec<&str> = log.lines().rev().take(40).collect();
-        panic!(
-            "Envoy never showed {what} at {path}; last answer:\n{}\nEnvoy log tail:\n{}",
-            serde_json::to_string_pretty(&last).unwrap(),
-            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-        );
-    }
-
+impl Converges for Envoy {
     async fn wait_for_routes(&self, expected: &[&str]) {
         let expected: BTreeSet<String> = expected.iter().map(|r| r.to_string()).collect();
         self.wait_for(
@@ -229,11 +167,6 @@ impl Envoy {
         )
         .await
     }
-}
-
-async fn free_loopback_port() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
-    listener.local_addr().expect("address")
 }
 
 /// EDS clusters from `/clusters?format=json`: name → {(address:port, zone)}.
@@ -465,7 +398,7 @@ impl Traffic {
 
     /// Waits until each of `from` has answered after `since`.
     async fn wait_for_answers(&self, from: &[&str], since: tokio::time::Instant) {
-        let deadline = tokio::time::Instant::now() + CONVERGENCE_DEADLINE;
+        let deadline = tokio::time::Instant::now() + DEADLINE;
         loop {
             let seen: BTreeSet<String> = self
                 .answers
@@ -558,7 +491,7 @@ fn follows_the_catalog(mode: AdsMode) {
         upstream("127.0.0.2:5432", "db", false).await;
         upstream("127.0.0.3:5432", "db", false).await;
         upstream("127.0.0.4:8080", "web", true).await;
-        let envoy = Envoy::start(&node, xds, mode).await;
+        let envoy = start_envoy(&node, xds, mode).await;
 
         // v1: both clusters with their healthy endpoints, AZ localities, listener active.
         let mut expected = BTreeMap::from([
@@ -615,9 +548,9 @@ fn follows_the_catalog(mode: AdsMode) {
             answers,
             BTreeSet::from(["db@127.0.0.2".to_string(), "db@127.0.0.3".to_string()])
         );
+        let http = reqwest::Client::builder().no_proxy().build().unwrap();
         for _ in 0..3 {
-            let body = envoy
-                .http
+            let body = http
                 .get(format!("http://{WEB_VIP}:8080/get"))
                 .send()
                 .await
@@ -782,10 +715,10 @@ fn follows_the_catalog(mode: AdsMode) {
 fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference() {
     captured_logs();
     in_private_netns(move || async move {
-        let xds = free_loopback_port().await;
+        let xds = loopback_listener().await.1;
         let (first_tx, first_rx) = watch::channel(catalog(1, vec![db(true), web()]));
         let first = KillableServer::start(xds, first_rx);
-        let envoy = Envoy::start(&apricot("reconnect"), xds, AdsMode::Delta).await;
+        let envoy = start_envoy(&apricot("reconnect"), xds, AdsMode::Delta).await;
         envoy
             .wait_for_clusters(&BTreeMap::from([
                 (
@@ -824,7 +757,7 @@ fn a_reconnecting_envoy_gets_exactly_the_current_config_and_only_the_difference(
 
         // Envoy told the new server what it had (initial_resource_versions), so the only
         // clusters that travelled are api (added) and web (removed); db's is unchanged.
-        let log = std::fs::read_to_string(&envoy.log).expect("Envoy log");
+        let log = envoy.log_text();
         let cds_updates: Vec<&str> = log
             .lines()
             .filter_map(|l| l.split("cds: response indicates ").nth(1))
@@ -878,7 +811,7 @@ fn a_dead_instance_stops_getting_connections_within_seconds_and_comes_back() {
         let xds = xds_listener.local_addr().unwrap();
         tokio::spawn(boshy::xds::serve(xds_listener, catalog_rx));
         capture_vip_traffic();
-        let envoy = Envoy::start(&apricot("dead"), xds, AdsMode::Delta).await;
+        let envoy = start_envoy(&apricot("dead"), xds, AdsMode::Delta).await;
 
         let all: Vec<(&str, String)> = db_instances
             .iter()

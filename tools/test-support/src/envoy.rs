@@ -1,10 +1,22 @@
 //! What the tests that run a real Envoy against an in-process server share: a private network
-//! namespace (Envoy's outbound port then collides with nothing) and the server's log lines.
+//! namespace (Envoy's outbound port then collides with nothing), the server's log lines, and
+//! the one way they start Envoy and read its admin API.
 
 use std::future::Future;
 use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::net::TcpListener;
+
+/// How long a test waits for Envoy to show what it expects (the checks poll, they do not
+/// sleep a fixed time; this only bounds a broken run).
+pub const DEADLINE: Duration = Duration::from_secs(30);
 
 /// Runs `test` on a fresh runtime inside a new network namespace with `lo` up. Only this
 /// thread (and the threads and processes it starts) enter the namespace.
@@ -67,6 +79,127 @@ pub fn captured_logs() -> &'static CapturedLogs {
 }
 
 /// The Envoy binary the tests run (the lab's, see `boshy_lab::binaries::envoy`).
-pub fn envoy_binary() -> std::path::PathBuf {
+pub fn envoy_binary() -> PathBuf {
     boshy_lab::binaries::envoy().unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+/// A loopback listener on a free port, and its address.
+pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
+    let listener = TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind 127.0.0.1:0");
+    let address = listener.local_addr().expect("a bound listener's address");
+    (listener, address)
+}
+
+/// A real Envoy, killed when dropped, whose log is kept for failure messages.
+pub struct Envoy {
+    _process: tokio::process::Child,
+    admin: SocketAddr,
+    log: PathBuf,
+    http: reqwest::Client,
+    _dir: tempfile::TempDir,
+}
+
+impl Envoy {
+    /// Starts Envoy on `bootstrap`, whose admin listener is `admin` (free it before: Envoy
+    /// binds it).
+    pub fn start(bootstrap: &str, admin: SocketAddr) -> Envoy {
+        // Tests run in parallel: each Envoy gets its own shared-memory base id.
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let base_id = std::process::id() * 16 + STARTED.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let config = dir.path().join("envoy.yaml");
+        std::fs::write(&config, bootstrap).expect("write the bootstrap");
+        let log = dir.path().join("envoy.log");
+        let binary = envoy_binary();
+        let process = tokio::process::Command::new(&binary)
+            .arg("-c")
+            .arg(&config)
+            .args(["--disable-hot-restart", "--concurrency", "1"])
+            .args(["--base-id", &base_id.to_string()])
+            .args(["--log-level", "info"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("create Envoy's log file"))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start Envoy {}: {e}", binary.display()));
+        Envoy {
+            _process: process,
+            admin,
+            log,
+            http: reqwest::Client::builder()
+                .no_proxy()
+                .build()
+                .expect("an HTTP client"),
+            _dir: dir,
+        }
+    }
+
+    /// Everything Envoy logged so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// An admin endpoint's JSON answer; `None` while Envoy is not answering.
+    pub async fn get(&self, path: &str) -> Option<Value> {
+        let url = format!("http://{}{path}", self.admin);
+        let response = self.http.get(url).send().await.ok()?;
+        response.json().await.ok()
+    }
+
+    /// A counter or gauge from `/stats`; `None` until Envoy has it.
+    pub async fn stat(&self, name: &str) -> Option<u64> {
+        stat_in(&self.get(&stat_path(name)).await?, name)
+    }
+
+    /// Polls an admin endpoint until `check` finds what it wants; fails with what was last
+    /// seen and the tail of Envoy's log.
+    pub async fn wait_for<T>(
+        &self,
+        what: &str,
+        path: &str,
+        check: impl Fn(&Value) -> Option<T>,
+    ) -> T {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Some(value) = self.get(path).await {
+                if let Some(found) = check(&value) {
+                    return found;
+                }
+                last = Some(value);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let log = self.log_text();
+        let tail: Vec<&str> = log.lines().rev().take(40).collect();
+        panic!(
+            "Envoy never showed {what} at {path}; last answer:\n{}\nEnvoy log tail:\n{}",
+            serde_json::to_string_pretty(&last).unwrap_or_default(),
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        );
+    }
+
+    /// Polls a stat until `check` holds; returns its value.
+    pub async fn wait_for_stat(&self, name: &str, check: impl Fn(u64) -> bool) -> u64 {
+        self.wait_for(&format!("stat {name}"), &stat_path(name), |stats| {
+            stat_in(stats, name).filter(|value| check(*value))
+        })
+        .await
+    }
+}
+
+/// The `/stats` query for exactly one stat.
+fn stat_path(name: &str) -> String {
+    format!("/stats?format=json&filter=^{}$", name.replace('.', "\\."))
+}
+
+/// The value of stat `name` in a `/stats?format=json` answer.
+fn stat_in(stats: &Value, name: &str) -> Option<u64> {
+    stats["stats"]
+        .as_array()?
+        .iter()
+        .find(|s| s["name"] == name)?["value"]
+        .as_u64()
 }

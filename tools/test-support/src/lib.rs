@@ -6,11 +6,15 @@
 //! - [`netns`]: a network namespace of the test's own.
 //! - [`dns_agent`]: a real virtual-ip-agent process answering from a table on disk.
 //! - [`envoy`]: a real Envoy beside an in-process server, in a private network namespace.
+//! - [`process`]: running a command and reading how it ended.
+//! - [`fuzz`]: the property-based fuzzers' runner.
 
 pub mod dns_agent;
 pub mod envoy;
+pub mod fuzz;
 pub mod lab;
 pub mod netns;
+pub mod process;
 
 use std::path::PathBuf;
 

@@ -4,6 +4,8 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
+use crate::process::{check, run};
+
 pub struct Netns {
     pub name: String,
 }
@@ -93,23 +95,4 @@ impl Drop for Netns {
             .args(["netns", "del", &self.name])
             .output();
     }
-}
-
-pub fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| {
-            panic!("cannot run `{program}` ({e}); this test needs iproute2 and iptables, as root")
-        })
-}
-
-pub fn check(output: &Output, what: &str) {
-    assert!(
-        output.status.success(),
-        "{what} failed ({}): {}{}",
-        output.status,
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
 }
