@@ -198,45 +198,27 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::ServiceKey;
+    use crate::catalog::testing::{self, endpoint, service};
     use axum::body::Body;
     use axum::http::{Method, Request};
 
     fn catalog() -> Catalog {
-        Catalog {
-            version: 42,
-            tld: "boshy".into(),
-            services: vec![Service {
-                key: ServiceKey {
-                    deployment: "d".into(),
-                    instance_group: "g".into(),
-                    job: "j".into(),
-                },
-                hostname: "j.g.d.boshy".into(),
-                vip: Ipv4Addr::new(169, 254, 255, 1),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    number: 80,
-                    protocol: Protocol::Http,
-                }],
-                endpoints: vec![
-                    Endpoint {
-                        address: "10.0.0.1".parse().unwrap(),
-                        az: Some("z1".into()),
-                        instance: "uuid-1".into(),
-                        index: Some(0),
-                        healthy: true,
-                    },
-                    Endpoint {
-                        address: "10.0.0.2".parse().unwrap(),
-                        az: None,
-                        instance: "uuid-2".into(),
-                        index: None,
-                        healthy: false,
-                    },
-                ],
-            }],
-        }
+        testing::catalog(
+            42,
+            [service("d", "g", "j")
+                .port("http", 80, Protocol::Http)
+                .endpoint(Endpoint {
+                    az: Some("z1".into()),
+                    instance: "uuid-1".into(),
+                    index: Some(0),
+                    ..endpoint("10.0.0.1")
+                })
+                .endpoint(Endpoint {
+                    instance: "uuid-2".into(),
+                    healthy: false,
+                    ..endpoint("10.0.0.2")
+                })],
+        )
     }
 
     async fn call(

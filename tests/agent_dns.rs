@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::thread::sleep;
 use std::time::Duration;
 
-use boshy::catalog::model::{Catalog, Service, ServiceKey};
+use boshy::catalog::model::Catalog;
+use boshy::catalog::testing;
 
 const VIP: &str = "169.254.255.7";
 const HOST: &str = "example-httpbin.banana.sample-deployment.boshy";
@@ -297,28 +298,11 @@ fn answers_every_case_over_udp_and_tcp_and_survives_a_restart() {
 
 /// A pilot's name-table stream (the real `names::serve`) for a catalog holding `names`.
 fn catalog(version: u64, names: &[(&str, [u8; 4])]) -> Arc<Catalog> {
-    let services = names
-        .iter()
-        .map(|(hostname, vip)| {
-            let labels: Vec<&str> = hostname.split('.').collect();
-            Service {
-                key: ServiceKey {
-                    deployment: labels[2].into(),
-                    instance_group: labels[1].into(),
-                    job: labels[0].into(),
-                },
-                hostname: hostname.to_string(),
-                vip: Ipv4Addr::from(*vip),
-                ports: vec![],
-                endpoints: vec![],
-            }
-        })
-        .collect();
-    Arc::new(Catalog {
-        version,
-        tld: "boshy".into(),
-        services,
-    })
+    let services = names.iter().map(|(hostname, vip)| {
+        let labels: Vec<&str> = hostname.split('.').collect();
+        testing::service(labels[2], labels[1], labels[0]).vip(*vip)
+    });
+    Arc::new(testing::catalog(version, services))
 }
 
 fn answer_of(port: u16, name: &str) -> Option<String> {

@@ -17,7 +17,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use boshy::catalog::model::{Catalog, Endpoint, Protocol};
+use boshy::catalog::testing::{self, endpoint, service};
 use boshy::config::{ClientTls, ServerTls};
 use boshy::names::table::NameTable;
 use boshy::tls;
@@ -121,31 +122,17 @@ impl Mesh {
 }
 
 fn catalog(version: u64) -> Arc<Catalog> {
-    Arc::new(Catalog {
+    Arc::new(testing::catalog(
         version,
-        tld: "boshy".into(),
-        services: vec![Service {
-            key: ServiceKey {
-                deployment: "sample".into(),
-                instance_group: "banana".into(),
-                job: "web".into(),
-            },
-            hostname: "web.banana.sample.boshy".into(),
-            vip: Ipv4Addr::new(169, 254, 255, 3),
-            ports: vec![ServicePort {
-                name: "http".into(),
-                number: 8080,
-                protocol: Protocol::Http,
-            }],
-            endpoints: vec![Endpoint {
-                address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, 7)),
+        [service("sample", "banana", "web")
+            .vip([169, 254, 255, 3])
+            .port("http", 8080, Protocol::Http)
+            .endpoint(Endpoint {
                 az: Some("z1".into()),
-                instance: "instance-7".into(),
                 index: Some(0),
-                healthy: true,
-            }],
-        }],
-    })
+                ..endpoint("127.0.0.7")
+            })],
+    ))
 }
 
 fn log_lines(containing: &[&str]) -> Vec<String> {

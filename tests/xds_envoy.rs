@@ -9,13 +9,14 @@
 //! Envoy comes from env `BOSHY_ENVOY`, else `envoy` on PATH.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service};
+use boshy::catalog::testing;
 use boshy::metrics;
 use boshy::xds::bootstrap::{render_with, AdsMode, NodeIdentity};
 use serde_json::Value;
@@ -40,44 +41,32 @@ const API_CLUSTER: &str = "outbound|9000||api.banana.sample.boshy";
 
 fn endpoint(last_octet: u8, az: &str, healthy: bool) -> Endpoint {
     Endpoint {
-        address: IpAddr::V4(Ipv4Addr::new(127, 0, 0, last_octet)),
         az: Some(az.to_string()),
-        instance: format!("instance-{last_octet}"),
         index: Some(u32::from(last_octet)),
         healthy,
+        ..testing::endpoint(&format!("127.0.0.{last_octet}"))
     }
 }
 
 fn service(
     job: &str,
     vip: Ipv4Addr,
-    port: (&str, u16, Protocol),
+    (name, number, protocol): (&str, u16, Protocol),
     endpoints: Vec<Endpoint>,
 ) -> Service {
-    Service {
-        key: ServiceKey {
-            deployment: "sample".into(),
-            instance_group: "banana".into(),
-            job: job.into(),
-        },
-        hostname: format!("{job}.banana.sample.boshy"),
-        vip,
-        ports: vec![ServicePort {
-            name: port.0.into(),
-            number: port.1,
-            protocol: port.2,
-        }],
-        endpoints,
-    }
+    endpoints
+        .into_iter()
+        .fold(
+            testing::service("sample", "banana", job)
+                .vip(vip)
+                .port(name, number, protocol),
+            |service, e| service.endpoint(e),
+        )
+        .build()
 }
 
-fn catalog(version: u64, mut services: Vec<Service>) -> Arc<Catalog> {
-    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
-    Arc::new(Catalog {
-        version,
-        tld: "boshy".into(),
-        services,
-    })
+fn catalog(version: u64, services: Vec<Service>) -> Arc<Catalog> {
+    Arc::new(testing::catalog(version, services))
 }
 
 fn db(second_healthy: bool) -> Service {

@@ -3,5 +3,7 @@
 mod build;
 pub mod manifest;
 pub mod model;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use build::{build, diff, hostnames, CatalogDiff};

@@ -14,7 +14,8 @@ use tokio::task::JoinHandle;
 use super::follower::{follow_with, FollowTiming};
 use super::server::serve_with_heartbeat;
 use super::table::NameTable;
-use crate::catalog::model::{Catalog, Service, ServiceKey};
+use crate::catalog::model::Catalog;
+use crate::catalog::testing::{self, service};
 
 /// Far longer than anything here should take; only a broken implementation waits this long.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -27,26 +28,12 @@ const FAST: FollowTiming = FollowTiming {
 
 /// A catalog with one service per name, VIPs 169.254.255.1, .2, ...
 fn catalog(version: u64, jobs: &[&str]) -> Catalog {
-    let services = jobs
-        .iter()
-        .zip(1u8..)
-        .map(|(job, host)| Service {
-            key: ServiceKey {
-                deployment: "d".into(),
-                instance_group: "g".into(),
-                job: job.to_string(),
-            },
-            hostname: format!("{job}.g.d.boshy"),
-            vip: Ipv4Addr::new(169, 254, 255, host),
-            ports: Vec::new(),
-            endpoints: Vec::new(),
-        })
-        .collect();
-    Catalog {
+    testing::catalog(
         version,
-        tld: "boshy".into(),
-        services,
-    }
+        jobs.iter()
+            .zip(1u8..)
+            .map(|(job, host)| service("d", "g", job).vip([169, 254, 255, host])),
+    )
 }
 
 struct Pilot {

@@ -244,35 +244,21 @@ pub fn follow(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::{Endpoint, Protocol, Service, ServiceKey, ServicePort};
+    use crate::catalog::model::{Endpoint, Protocol};
+    use crate::catalog::testing::{self, endpoint, service};
 
     fn catalog(version: u64, healthy: bool) -> Catalog {
-        let ports = |number| ServicePort {
-            name: format!("http-{number}"),
-            number,
-            protocol: Protocol::Http,
-        };
-        Catalog {
+        testing::catalog(
             version,
-            tld: "boshy".into(),
-            services: vec![Service {
-                key: ServiceKey {
-                    deployment: "d".into(),
-                    instance_group: "g".into(),
-                    job: "j".into(),
-                },
-                hostname: "j.g.d.boshy".into(),
-                vip: "169.254.255.2".parse().unwrap(),
-                ports: vec![ports(80), ports(81)],
-                endpoints: vec![Endpoint {
-                    address: "10.0.0.1".parse().unwrap(),
-                    az: None,
-                    instance: "i".into(),
-                    index: Some(0),
+            [service("d", "g", "j")
+                .vip([169, 254, 255, 2])
+                .port("http-80", 80, Protocol::Http)
+                .port("http-81", 81, Protocol::Http)
+                .endpoint(Endpoint {
                     healthy,
-                }],
-            }],
-        }
+                    ..endpoint("10.0.0.1")
+                })],
+        )
     }
 
     #[test]

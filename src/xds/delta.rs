@@ -374,7 +374,8 @@ fn apply_subscription_changes(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+    use crate::catalog::model::{Catalog, Protocol};
+    use crate::catalog::testing::{self, endpoint, service};
     use envoy_types::pb::google::rpc::Status;
 
     const CDS: ResourceType = ResourceType::Cluster;
@@ -387,38 +388,19 @@ mod tests {
 
     /// One http service per `(job, healthy endpoints)`.
     fn catalog(version: u64, jobs: &[(&str, usize)]) -> Catalog {
-        let services = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, (job, endpoints))| Service {
-                key: ServiceKey {
-                    deployment: "d".into(),
-                    instance_group: "g".into(),
-                    job: job.to_string(),
-                },
-                hostname: format!("{job}.g.d.boshy"),
-                vip: format!("169.254.255.{}", i + 2).parse().unwrap(),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    number: 80,
-                    protocol: Protocol::Http,
-                }],
-                endpoints: (0..*endpoints)
-                    .map(|n| Endpoint {
-                        address: format!("10.0.0.{}", n + 1).parse().unwrap(),
-                        az: None,
-                        instance: n.to_string(),
-                        index: Some(n as u32),
-                        healthy: true,
-                    })
-                    .collect(),
-            })
-            .collect();
-        Catalog {
+        testing::catalog(
             version,
-            tld: "boshy".into(),
-            services,
-        }
+            jobs.iter().zip(2u8..).map(|((job, endpoints), host)| {
+                (1..=*endpoints).fold(
+                    service("d", "g", job).vip([169, 254, 255, host]).port(
+                        "http",
+                        80,
+                        Protocol::Http,
+                    ),
+                    |service, n| service.endpoint(endpoint(&format!("10.0.0.{n}"))),
+                )
+            }),
+        )
     }
 
     fn snapshot(version: u64, jobs: &[(&str, usize)]) -> Arc<Snapshot> {

@@ -514,50 +514,42 @@ fn outbound_listener() -> Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::{Protocol, ServiceKey};
+    use crate::catalog::model::Protocol;
+    use crate::catalog::testing;
     use prost::Message;
 
     fn endpoint(last_octet: u8, az: Option<&str>, healthy: bool) -> Endpoint {
         Endpoint {
-            address: IpAddr::V4(Ipv4Addr::new(10, 0, 0, last_octet)),
             az: az.map(str::to_string),
-            instance: format!("instance-{last_octet}"),
             index: Some(u32::from(last_octet)),
             healthy,
+            ..testing::endpoint(&format!("10.0.0.{last_octet}"))
         }
     }
 
+    /// A banana service with `ports` and four endpoints: two healthy in z1 and z2, one failing
+    /// in z1, one healthy without an AZ.
     fn service(job: &str, vip: Ipv4Addr, ports: &[(&str, u16, Protocol)]) -> Service {
-        Service {
-            key: ServiceKey {
-                deployment: "sample".into(),
-                instance_group: "banana".into(),
-                job: job.into(),
-            },
-            hostname: format!("{job}.banana.sample.boshy"),
-            vip,
-            ports: ports
-                .iter()
-                .map(|(name, number, protocol)| ServicePort {
-                    name: name.to_string(),
-                    number: *number,
-                    protocol: *protocol,
-                })
-                .collect(),
-            endpoints: vec![
-                endpoint(1, Some("z1"), true),
-                endpoint(2, Some("z2"), true),
-                endpoint(3, Some("z1"), false),
-                endpoint(4, None, true),
-            ],
-        }
+        let endpoints = [
+            endpoint(1, Some("z1"), true),
+            endpoint(2, Some("z2"), true),
+            endpoint(3, Some("z1"), false),
+            endpoint(4, None, true),
+        ];
+        let service = ports.iter().fold(
+            testing::service("sample", "banana", job).vip(vip),
+            |service, (name, number, protocol)| service.port(name, *number, *protocol),
+        );
+        endpoints
+            .into_iter()
+            .fold(service, |service, e| service.endpoint(e))
+            .build()
     }
 
     fn catalog() -> Catalog {
-        Catalog {
-            version: 42,
-            tld: "boshy".into(),
-            services: vec![
+        testing::catalog(
+            42,
+            [
                 service(
                     "db",
                     Ipv4Addr::new(169, 254, 255, 2),
@@ -572,7 +564,7 @@ mod tests {
                     ],
                 ),
             ],
-        }
+        )
     }
 
     fn decode<M: Message + Default>(resource: &NamedResource) -> M {

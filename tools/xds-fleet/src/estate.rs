@@ -4,46 +4,34 @@
 
 use std::net::Ipv4Addr;
 
-use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service};
+use boshy::catalog::testing::{self, endpoint};
 use boshy::xds::resources::cluster_name;
 
 /// A synthetic estate: `services` http services of `instances` healthy instances each.
 pub fn estate(version: u64, services: usize, instances: usize) -> Catalog {
-    Catalog {
-        version,
-        tld: "boshy".into(),
-        services: (0..services).map(|i| service(i, instances)).collect(),
-    }
+    testing::catalog(version, (0..services).map(|i| service(i, instances)))
 }
 
 fn service(i: usize, instances: usize) -> Service {
     let job = format!("svc{i:05}");
-    Service {
-        key: ServiceKey {
-            deployment: "load".into(),
-            instance_group: "group".into(),
-            job: job.clone(),
-        },
-        hostname: format!("{job}.group.load.boshy"),
-        vip: Ipv4Addr::from(u32::from(Ipv4Addr::new(169, 254, 1, 0)) + i as u32),
-        ports: vec![ServicePort {
-            name: "http".into(),
-            number: 8080,
-            protocol: Protocol::Http,
-        }],
-        endpoints: (0..instances)
-            .map(|n| Endpoint {
-                address: Ipv4Addr::from(
-                    u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i * instances + n) as u32,
-                )
-                .into(),
-                az: Some(format!("z{}", n % 3 + 1)),
-                instance: format!("{job}-{n}"),
-                index: Some(n as u32),
-                healthy: true,
-            })
-            .collect(),
-    }
+    let first_address = u32::from(Ipv4Addr::new(10, 0, 0, 0)) + (i * instances) as u32;
+    (0..instances)
+        .map(|n| Endpoint {
+            az: Some(format!("z{}", n % 3 + 1)),
+            instance: format!("{job}-{n}"),
+            index: Some(n as u32),
+            ..endpoint(&Ipv4Addr::from(first_address + n as u32).to_string())
+        })
+        .fold(
+            testing::service("load", "group", &job)
+                .vip(Ipv4Addr::from(
+                    u32::from(Ipv4Addr::new(169, 254, 1, 0)) + i as u32,
+                ))
+                .port("http", 8080, Protocol::Http),
+            |service, e| service.endpoint(e),
+        )
+        .build()
 }
 
 /// The catalog changes the benchmark makes, one per stdin line of the server.
