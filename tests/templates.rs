@@ -642,10 +642,46 @@ fn example_httpbin_runs_with_the_instance_identity_from_spec() {
     assert!(!args.contains(&"--az".to_string()), "{args:?}");
 }
 
+/// A release whose jobs exercise the renderer rather than the mesh.
+fn fixture_release() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release")
+}
+
+/// Binding as the director binds at deploy time: each declared name walked out of the
+/// manifest as written (a `((variable))` stays a string), defaults for the rest, and the
+/// director's error for a value in the way of a dotted name.
+#[test]
+fn binding_follows_the_director_before_variables_are_resolved() {
+    let release = fixture_release();
+    let written = json!({"required": "((secret))", "nested": {"deep": {"value": "((list))"}}});
+    assert_eq!(
+        jobs::bind(&release, "probe", &written).unwrap(),
+        json!({
+            "required": "((secret))",
+            "with_default": 7,
+            "unset": null,
+            "nested": {"deep": {"value": "((list))"}},
+            "private_link_property": false,
+        })
+    );
+    for (written, received) in [
+        (json!({"nested": "((nested))"}), "String"),
+        (json!({"nested": {"deep": 1}}), "Integer"),
+    ] {
+        let error = format!("{:#}", jobs::bind(&release, "probe", &written).unwrap_err());
+        assert!(
+            error.contains(&format!(
+                "job `probe`: Property 'nested.deep.value' expects a hash, but received '{received}'"
+            )),
+            "{written}: {error}"
+        );
+    }
+}
+
 /// The renderer itself, on a fixture release that exercises every helper of bosh-template.
 #[test]
 fn renderer_follows_bosh_template_semantics() {
-    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let release = fixture_release();
     let link = Link {
         instances: vec![LinkInstance {
             name: "provider-group".into(),
@@ -725,7 +761,7 @@ fn renderer_follows_bosh_template_semantics() {
 
 #[test]
 fn a_template_using_an_undeclared_property_fails_even_with_a_default() {
-    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let release = fixture_release();
     let error = try_render(&release, "undeclared", json!({}), &spec(), None)
         .err()
         .expect("an undeclared property must fail the render");
