@@ -5,7 +5,8 @@
 //!   packaging, dependencies and files (from config/blobs.yml or src/); config/final.yml;
 //!   config/blobs.yml (and the local blobs, when present, against it); releases/ index and
 //!   manifests; .gitignore for what the CLI writes.
-//! - the manifests in manifests/: each parses, every ops-file applies to the manifest it names,
+//! - the manifests in manifests/: each file (manifest, ops-file, vars file) is one YAML
+//!   document, as the bosh CLI reads only the first; every ops-file applies to the manifest it names,
 //!   every `((variable))` resolves from `variables:` (generated) or manifests/example-vars.yml
 //!   (any other is an error, as with --var-errs), and the jobs, properties and links they name
 //!   exist in the job specs: the runtime config's addon consumes `bosh-pilot` from deployment
@@ -14,6 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
@@ -324,6 +326,61 @@ fn gitignore_covers_what_the_bosh_cli_writes() {
 }
 
 // ---- manifests: bosh int emulation ------------------------------------------------------
+
+/// The document the bosh CLI reads from a file it is handed (`bosh deploy`,
+/// `update-runtime-config`, `update-config`, `-o` ops-files, `-l` vars files): like `bosh int`,
+/// it keeps the first YAML document of the file and silently drops every other, so a second
+/// document is an error here.
+fn the_only_document(text: &str) -> Result<Value, String> {
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let first = documents.next().ok_or("no YAML document")?;
+    let first = Value::deserialize(first).map_err(|e| format!("not YAML: {e}"))?;
+    let dropped = documents.count();
+    if dropped > 0 {
+        return Err(format!(
+            "{} YAML documents: the bosh CLI (like `bosh int`) would keep the first and drop \
+             everything after the first document",
+            dropped + 1
+        ));
+    }
+    Ok(first)
+}
+
+#[test]
+fn every_file_for_the_bosh_cli_is_one_yaml_document() {
+    let mut files = Vec::new();
+    files_under(&root().join("manifests"), "manifests/", &mut files);
+    files.retain(|f| f.ends_with(".yml") || f.ends_with(".yaml"));
+    assert!(
+        files.iter().any(|f| f.starts_with("manifests/ops/")),
+        "manifests/ has no ops-files: {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        if let Err(e) = the_only_document(&text) {
+            panic!("{file}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_second_yaml_document_is_refused() {
+    assert_eq!(
+        the_only_document("---\n# one document\na: 1\n").unwrap()["a"],
+        1
+    );
+    for two in [
+        "a: 1\n---\nb: 2\n",
+        "---\n- type: remove\n  path: /x\n---\n- type: remove\n  path: /y\n",
+    ] {
+        let error = the_only_document(two).unwrap_err();
+        assert!(
+            error.contains("2 YAML documents")
+                && error.contains("drop everything after the first document"),
+            "{error}"
+        );
+    }
+}
 
 /// A subset of go-patch (what `bosh int -o` applies): `replace` and `remove`, with path
 /// segments `key`, `name=value`, an index, `-` (append) and `?` (create what is missing).
