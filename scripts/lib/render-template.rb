@@ -9,15 +9,25 @@
 #   link(name).instances[].name/id/index/az/address/bootstrap, link(name).address,
 #   link(name).p(...) / .if_p(...), if_link(name) { |link| } .else { }
 #
-# Properties are built as the director builds them: every property the job's spec declares,
-# from the manifest when set there, else the spec's default; anything else is dropped. A link's
-# properties are the provider job's properties filtered to what its `provides` entry lists.
+# Properties are bound as the director binds them (bosh-template's PropertyHelper#copy_property,
+# run by the director's bind_properties on the manifest as written, before any ((variable)) is
+# resolved): every property the job's spec declares, walked out of the manifest's nested hashes
+# by its dotted name, else the spec's default; anything else is dropped. A value in the way of
+# a dotted name is the director's error (`tls: ((cert))` for a spec declaring `tls.ca`: "Property
+# 'tls.ca' expects a hash, but received 'String'"), which is why a certificate variable is one
+# property in the spec. A link's properties are the provider job's properties filtered to what
+# its `provides` entry lists. p() walks into a property's value (`p('tls.certificate')` of a
+# declared `tls`), as it walks the hash the director renders with.
 #
 # Stricter than BOSH on purpose (a lint, since this is how the release is tested): using a
 # property the spec does not declare is an error even with a default, a link the spec does not
 # consume is an error, and a manifest property the spec does not declare is an error.
 #
 # Usage: render-template.rb RELEASE_DIR < CONTEXT.json
+#        render-template.rb --bind RELEASE_DIR < {"job": "bosh-pilot", "properties": {...}}
+#
+# --bind only binds one job's manifest properties to its spec and prints the result as JSON:
+# what the director does at deploy time, before it resolves variables and renders.
 #
 #   {"spec": {"deployment": "d", "name": "ig", "id": "uuid", "index": 0, "az": "z1",
 #             "ip": "10.0.0.5", "address": "10.0.0.5", "bootstrap": true},
@@ -50,6 +60,18 @@ module PropertyLookup
 
       node[key]
     end
+  end
+
+  # bosh-template's copy_property: `name` walked out of `src` into `dst`, else `default`.
+  def self.copy(dst, src, name, default)
+    value = src
+    name.split('.').each do |key|
+      raise RenderError, "Property '#{name}' expects a hash, but received '#{value.class}'" unless value.is_a?(Hash)
+
+      value = value[key]
+      break if value.nil?
+    end
+    store(dst, name, value.nil? ? Marshal.load(Marshal.dump(default)) : value)
   end
 
   def self.store(hash, name, value)
@@ -86,23 +108,26 @@ class JobSpec
     @provides = spec['provides'] || []
   end
 
+  # A declared property, or a key inside one's value (`tls.certificate` of a declared `tls`).
   def declared?(name)
-    @properties.key?(name)
+    parts = name.split('.')
+    (1..parts.length).any? { |n| @properties.key?(parts.first(n).join('.')) }
   end
 
   # The director's view of this job's properties: declared names only, defaults filled in.
   def resolve(manifest_properties, names = @properties.keys)
     manifest_properties ||= {}
+    bound = names.each_with_object({}) do |name, resolved|
+      PropertyLookup.copy(resolved, manifest_properties, name, @properties.dig(name, 'default'))
+    rescue RenderError => e
+      raise RenderError, "job `#{@name}`: #{e.message}"
+    end
     extra = PropertyLookup.undeclared(manifest_properties, @properties.keys)
     unless extra.empty?
       raise RenderError, "job `#{@name}`: the manifest sets #{extra.map { |e| "`#{e}`" }.join(', ')}, " \
                          'which its spec does not declare'
     end
-    names.each_with_object({}) do |name, resolved|
-      value = PropertyLookup.lookup(manifest_properties, name)
-      value = Marshal.load(Marshal.dump(@properties.dig(name, 'default'))) if value.nil?
-      PropertyLookup.store(resolved, name, value)
-    end
+    bound
   end
 end
 
@@ -316,8 +341,16 @@ class Renderer
 end
 
 begin
-  release_dir = ARGV.fetch(0) { raise RenderError, 'usage: render-template.rb RELEASE_DIR < CONTEXT.json' }
-  Renderer.new(release_dir).render_all(JSON.parse($stdin.read))
+  bind_only = ARGV.first == '--bind'
+  release_dir = ARGV.fetch(bind_only ? 1 : 0) do
+    raise RenderError, 'usage: render-template.rb [--bind] RELEASE_DIR < CONTEXT.json'
+  end
+  input = JSON.parse($stdin.read)
+  if bind_only
+    puts JSON.generate(JobSpec.new(release_dir, input.fetch('job')).resolve(input['properties']))
+  else
+    Renderer.new(release_dir).render_all(input)
+  end
 rescue RenderError, KeyError, JSON::ParserError => e
   warn "render-template: #{e.message}"
   exit 1

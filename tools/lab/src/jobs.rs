@@ -86,14 +86,42 @@ pub struct JobRender {
 /// in one run of the renderer. Fails with the renderer's own message: which job, template and
 /// property.
 pub fn render(release: &Path, spec: &InstanceSpec, jobs: &[JobRender]) -> Result<()> {
-    let renderer = release_dir().join("scripts/lib/render-template.rb");
     let context = serde_json::json!({ "spec": spec, "jobs": jobs });
-    // The context goes through stdin: it may hold secrets (argv is visible to every user).
+    run_renderer(&[release.as_os_str()], &context).with_context(|| {
+        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+        format!(
+            "rendering {} for {}/{}",
+            names.join(", "),
+            spec.name,
+            spec.id
+        )
+    })?;
+    Ok(())
+}
+
+/// The properties the director binds to `job` at deploy time, from the job's `properties` as
+/// the manifest writes them (`((variables))` still strings; they are resolved only when the
+/// templates are rendered): each property its spec declares, walked out of the manifest by its
+/// dotted name, else its default. Fails with the director's own message when a value is in the
+/// way of a dotted name ("Property 'tls.ca' expects a hash, but received 'String'").
+pub fn bind(release: &Path, job: &str, manifest_properties: &Value) -> Result<Value> {
+    let input = serde_json::json!({ "job": job, "properties": manifest_properties });
+    let output = run_renderer(&["--bind".as_ref(), release.as_os_str()], &input)
+        .with_context(|| format!("binding the properties of job {job} to its spec"))?;
+    serde_json::from_slice(&output)
+        .with_context(|| format!("the renderer's bound properties of job {job} are not JSON"))
+}
+
+/// Runs scripts/lib/render-template.rb with `args`, `input` as JSON on stdin; its stdout, or
+/// its own error message.
+fn run_renderer(args: &[&std::ffi::OsStr], input: &Value) -> Result<Vec<u8>> {
+    let renderer = release_dir().join("scripts/lib/render-template.rb");
+    // The input goes through stdin: it may hold secrets (argv is visible to every user).
     let mut child = Command::new("ruby")
         .arg(&renderer)
-        .arg(release)
+        .args(args)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot run `ruby` to render the job templates (apt-get install ruby)")?;
@@ -101,22 +129,15 @@ pub fn render(release: &Path, spec: &InstanceSpec, jobs: &[JobRender]) -> Result
         .stdin
         .take()
         .expect("stdin is piped")
-        .write_all(context.to_string().as_bytes())
+        .write_all(input.to_string().as_bytes())
         .context("cannot send the render context to the renderer")?;
     let output = child
         .wait_with_output()
         .context("the template renderer did not finish")?;
     if !output.status.success() {
-        let names: Vec<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-        bail!(
-            "rendering {} for {}/{}: {}",
-            names.join(", "),
-            spec.name,
-            spec.id,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
+        bail!("{}", String::from_utf8_lossy(&output.stderr).trim());
     }
-    Ok(())
+    Ok(output.stdout)
 }
 
 /// `/var/vcap/...` → `<root>/...` in one rendered file's text.

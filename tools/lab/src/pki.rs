@@ -55,6 +55,11 @@ impl Ca {
         self.cert.pem()
     }
 
+    /// The CA's own key: the `private_key` of a CA certificate variable, as CredHub gives it.
+    pub fn key_pem(&self) -> String {
+        self.key.serialize_pem()
+    }
+
     /// A server certificate for the DNS name `name` (common name and SAN).
     pub fn server(&self, name: &str) -> Result<Issued> {
         self.issue(
