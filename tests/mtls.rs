@@ -1,4 +1,4 @@
-//! Mutual TLS between the control plane and its clients (issue 4, "locked down by default").
+//! Mutual TLS between the control plane and its clients, part of being locked down by default.
 //!
 //! - The pilot's xDS and name-table servers refuse a client without a certificate and one
 //!   with a certificate from another CA, and serve one with a mesh certificate.

@@ -104,7 +104,7 @@ fn every_job_is_complete() {
         ]
         .map(String::from)
         .into(),
-        "the jobs DESIGN.md names"
+        "the jobs docs/ARCHITECTURE.md names"
     );
     for job in &jobs {
         let dir = root().join("jobs").join(job);
@@ -173,7 +173,7 @@ fn every_package_is_complete_and_its_files_exist() {
     assert_eq!(
         packages,
         ["boshy", "envoy"].map(String::from).into(),
-        "the packages DESIGN.md names"
+        "the packages docs/ARCHITECTURE.md names"
     );
     for package in &packages {
         let dir = root().join("packages").join(package);

@@ -1,4 +1,4 @@
-//! Locked down by default (issue 4, item 7, everything but mTLS), checked on the real binaries:
+//! Locked down by default (mutual TLS aside: tests/mtls.rs), checked on the real binaries:
 //!
 //! - the director's client secret is never in a process's argv (`ps`), in the pilot's log at
 //!   trace level, in `/v1/registration` or `/metrics`, nor in the errors a wrong director URL,

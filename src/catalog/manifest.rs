@@ -1,4 +1,4 @@
-//! Manifest → service declarations (DESIGN.md "The manifest contract").
+//! Manifest → service declarations (docs/ARCHITECTURE.md, "The manifest contract").
 //!
 //! The input is the raw manifest the operator uploaded, as the director returns it: YAML with
 //! anchors and aliases, comments, and `((variables))` that are never resolved here. A release

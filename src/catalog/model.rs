@@ -92,7 +92,7 @@ pub struct Catalog {
 }
 
 /// One row of the director's `instances?format=full` task result, reduced to what the
-/// catalog needs (director-api.md §3.3). Decoded by `director`, consumed by `catalog`.
+/// catalog needs (docs/director-api.md §3.3). Decoded by `director`, consumed by `catalog`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// The director's `id` (uuid): the stable identity.

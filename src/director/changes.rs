@@ -1,5 +1,5 @@
 //! Pure bookkeeping of the poller: which deployments events mark dirty, backoff of a failing
-//! part, and de-duplication of error logs (director-api.md §8).
+//! part, and de-duplication of error logs (docs/director-api.md §8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};

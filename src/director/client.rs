@@ -1,4 +1,4 @@
-//! HTTPS client for the BOSH director and its UAA (director-api.md §0–§5).
+//! HTTPS client for the BOSH director and its UAA (docs/director-api.md §0–§5).
 //!
 //! Redirects are never followed automatically: the only redirect the pilot meets is the
 //! `format=full` 302 to a task, and it is handled by hand with only the Location's path.

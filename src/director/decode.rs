@@ -1,4 +1,4 @@
-//! Pure decoding of director responses (director-api.md §1, §3, §4, §5), with every quirk
+//! Pure decoding of director responses (docs/director-api.md §1, §3, §4, §5), with every quirk
 //! the contract lists: NDJSON task results, string event ids, redirects to absolute URLs.
 
 use serde::{Deserialize, Deserializer};
@@ -56,7 +56,7 @@ pub struct Task {
     pub result: Option<String>,
 }
 
-/// Where a task stands (director-api.md §3.3, §4.1).
+/// Where a task stands (docs/director-api.md §3.3, §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TaskProgress {
     Running,
@@ -186,7 +186,7 @@ fn number_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::E
 mod tests {
     use super::*;
 
-    /// The pretty-printed row of director-api.md §3.3, on one line.
+    /// The pretty-printed row of docs/director-api.md §3.3, on one line.
     const FULL_ROW: &str = r#"{"vm_cid":"3f0c5f44","active":true,"vm_created_at":"2024-05-01T12:34:56Z","cloud_properties":{},"disk_cid":null,"disk_cids":[],"ips":["10.244.0.2"],"agent_id":"b0d2c5a1","job_name":"apricot","index":0,"job_state":"running","state":"started","vm_type":"minimal","vitals":{"cpu":{"sys":"0.5"},"load":["0.12"],"uptime":{"secs":86400}},"processes":[{"name":"example-httpbin","state":"running","uptime":{},"mem":{"percent":0.5},"cpu":{"total":0.3}}],"az":"z1","id":"6a8e4f2c","bootstrap":true,"ignore":false,"stemcell":{"name":"s","version":"1.423","api_version":3}}"#;
 
     #[test]

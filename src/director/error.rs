@@ -71,7 +71,7 @@ impl DirectorError {
 /// Longest server body quoted in an error.
 const QUOTED_BODY_CHARS: usize = 200;
 
-/// Classifies a non-success answer (director-api.md §1.3, §2): a 401 with JSON code 600000 is
+/// Classifies a non-success answer (docs/director-api.md §1.3, §2): a 401 with JSON code 600000 is
 /// a missing scope, any other 401 a rejected credential; a 404 carries the director's
 /// description; everything else keeps its status.
 pub fn classify_status(what: &str, status: u16, body: &[u8]) -> DirectorError {

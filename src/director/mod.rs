@@ -1,5 +1,5 @@
 //! The BOSH director + UAA client and the poller that turns the director's state into
-//! `DeploymentInput`s for the catalog (director-api.md is the contract).
+//! `DeploymentInput`s for the catalog (docs/director-api.md is the contract).
 
 mod changes;
 mod client;

@@ -1,5 +1,5 @@
 //! The poller: keeps every deployment's parsed manifest and instances up to date at a small,
-//! constant cost per tick when nothing changes (director-api.md §8), and publishes the whole
+//! constant cost per tick when nothing changes (docs/director-api.md §8), and publishes the whole
 //! list whenever something did.
 //!
 //! Each tick costs `GET /events` + `GET /deployments`. Only deployments that events mark dirty

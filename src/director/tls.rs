@@ -1,6 +1,6 @@
 //! The rustls configuration for the director and UAA: the operator's CA only (they are
 //! signed by bosh-deployment's `default_ca` with IP SANs), TLS 1.2 allowed because the
-//! director's nginx speaks nothing newer (director-api.md §0).
+//! director's nginx speaks nothing newer (docs/director-api.md §0).
 
 use std::sync::Arc;
 

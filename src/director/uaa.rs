@@ -1,4 +1,4 @@
-//! UAA client-credentials tokens and when to renew them (director-api.md §1.2).
+//! UAA client-credentials tokens and when to renew them (docs/director-api.md §1.2).
 //!
 //! client_credentials grants carry no refresh token: renewing is running the grant again.
 //! The director allows no clock skew, so a token is renewed a little before it expires

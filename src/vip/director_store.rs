@@ -1,4 +1,4 @@
-//! The shared, durable VIP store: a director config (director-api.md §6) of type
+//! The shared, durable VIP store: a director config (docs/director-api.md §6) of type
 //! `boshy-vips`, named after the tld, whose YAML content is the `VipState`.
 //!
 //! Every pilot replica reads it with `GET /configs?type=boshy-vips&name=<tld>&latest=true`

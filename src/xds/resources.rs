@@ -59,7 +59,7 @@ use crate::catalog::model::{Catalog, Endpoint, Service, ServicePort};
 
 /// Name of the one outbound listener.
 pub const OUTBOUND_LISTENER: &str = "outbound";
-/// Where the DNAT rule sends VIP traffic (DESIGN.md §6).
+/// Where DNAT sends VIP traffic (docs/ARCHITECTURE.md, "From a connection to an instance").
 pub const OUTBOUND_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
 pub const OUTBOUND_PORT: u16 = 15001;
 

@@ -1,4 +1,4 @@
-//! Director configs with optimistic concurrency (director-api.md §6). bosh-pilot keeps its
+//! Director configs with optimistic concurrency (docs/director-api.md §6). bosh-pilot keeps its
 //! VIP table here, so the 412 behaviour matters as much as the happy path.
 
 use std::time::SystemTime;

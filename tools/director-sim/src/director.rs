@@ -1,4 +1,4 @@
-//! The director API routes (director-api.md §1–§6).
+//! The director API routes (docs/director-api.md §1–§6).
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,4 @@
-//! The director's event log (director-api.md §5).
+//! The director's event log (docs/director-api.md §5).
 
 use serde::Serialize;
 use serde_json::Value;

@@ -1,5 +1,5 @@
 //! The BOSH director + UAA simulator: serves the director API and a UAA token endpoint over
-//! HTTPS with its own CA, field by field as `director-api.md` describes, from fixture
+//! HTTPS with its own CA, field by field as `docs/director-api.md` describes, from fixture
 //! manifests; and a plain-HTTP control API (`/_sim/...`) that lets the lab and tests change
 //! the estate and inject faults.
 //!

@@ -1,4 +1,4 @@
-//! The JSON shapes instances are shown in: the `format=full` task rows (director-api.md §3.3),
+//! The JSON shapes instances are shown in: the `format=full` task rows (docs/director-api.md §3.3),
 //! the synchronous `/instances` and `/vms` lists (§3.4, §3.5).
 
 use std::time::SystemTime;
@@ -45,7 +45,7 @@ pub struct FullRow {
     pub stemcell: StemcellRow,
 }
 
-/// The fields the synchronous `/instances` and `/vms` lists share (director-api.md §3.4).
+/// The fields the synchronous `/instances` and `/vms` lists share (docs/director-api.md §3.4).
 #[derive(Debug, Serialize)]
 pub struct ListedInstance {
     pub agent_id: Option<String>,

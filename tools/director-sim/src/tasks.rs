@@ -1,5 +1,5 @@
 //! Director tasks: ids, the queued → processing → done timeline, and their output
-//! (director-api.md §4).
+//! (docs/director-api.md §4).
 
 use std::time::{Duration, SystemTime};
 

@@ -1,4 +1,4 @@
-//! UAA's `POST /oauth/token` for the client_credentials grant (director-api.md §1.2).
+//! UAA's `POST /oauth/token` for the client_credentials grant (docs/director-api.md §1.2).
 
 use std::collections::HashMap;
 use std::sync::Arc;

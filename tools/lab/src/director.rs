@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-/// One instance row as the simulator's `GET /_sim/state` shows it (director-api.md §3.3).
+/// One instance row as the simulator's `GET /_sim/state` shows it (docs/director-api.md §3.3).
 #[derive(Debug, Clone, Deserialize)]
 pub struct SimInstance {
     pub id: String,

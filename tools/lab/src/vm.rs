@@ -131,7 +131,7 @@ fn manifest_jobs(manifest: &str, instance_group: &str) -> Vec<ManifestJob> {
         .collect()
 }
 
-/// The first usable IPv4 of an instance (director-api.md §7.7: entries may be CIDR or IPv6).
+/// The first usable IPv4 of an instance (docs/director-api.md §7.7: entries may be CIDR or IPv6).
 fn instance_ip(instance: &SimInstance) -> Option<Ipv4Addr> {
     instance
         .ips
