@@ -23,7 +23,7 @@ use boshy::config::{ClientTls, ServerTls};
 use boshy::names::table::NameTable;
 use boshy::tls;
 use boshy::xds::bootstrap::{render_with_tls, AdsMode, NodeIdentity};
-use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
+use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use rustls::pki_types::ServerName;
 use serde_json::{json, Value};
@@ -34,6 +34,7 @@ use tokio::sync::watch;
 use boshy_test_support::envoy::{
     captured_logs, in_private_netns, loopback_listener, Envoy, DEADLINE,
 };
+use boshy_test_support::jobs::pilot_link;
 
 /// A CA with a pilot certificate (for the pilots' fixed name) and a client certificate, as
 /// PEM files.
@@ -419,24 +420,6 @@ fn instance_spec() -> InstanceSpec {
     }
 }
 
-fn pilot_link(provider_properties: Value) -> Link {
-    Link {
-        instances: vec![LinkInstance {
-            name: "bosh-pilot".into(),
-            id: "pilot-0".into(),
-            index: Some(0),
-            az: Some("z1".into()),
-            address: "10.244.0.10".into(),
-            bootstrap: true,
-        }],
-        address: None,
-        provider: LinkProvider {
-            job: "bosh-pilot".into(),
-            properties: provider_properties,
-        },
-    }
-}
-
 /// Renders `job` with `properties` (and the bosh-pilot link for the addon's jobs) into `root`.
 fn render_job(root: &Path, job: &str, properties: Value, link: Link) -> anyhow::Result<PathBuf> {
     let output = root.join("jobs").join(job);
@@ -471,7 +454,12 @@ fn the_jobs_need_the_mesh_certificates_and_render_mutual_tls_configs() {
         "client_secret": "s",
         "insecure_skip_tls_verify": true,
     }});
-    let link = || pilot_link(json!({"tls_server_name": "pilot.mesh.internal"}));
+    let link = || {
+        pilot_link(
+            &["10.244.0.10"],
+            json!({"tls_server_name": "pilot.mesh.internal"}),
+        )
+    };
     for (job, properties) in [
         ("bosh-pilot", pilot_properties.clone()),
         ("virtual-ip-agent", json!({})),

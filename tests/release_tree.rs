@@ -19,7 +19,7 @@ use serde::Deserialize;
 use serde_yaml::{Mapping, Value};
 use sha2::{Digest, Sha256};
 
-use boshy_test_support::manifests;
+use boshy_test_support::{jobs, manifests};
 
 use manifests::{interpolate, release_jobs, yaml, MANIFESTS, RELEASE_NAME};
 
@@ -45,8 +45,8 @@ fn strings(value: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-fn job_spec(job: &str) -> Value {
-    yaml(&root().join("jobs").join(job).join("spec"))
+fn job_spec(job: &str) -> serde_yaml::Value {
+    jobs::job_spec(&root(), job)
 }
 
 /// `*` in a package's `files` glob matches within one path segment, as in the bosh CLI.

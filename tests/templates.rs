@@ -19,6 +19,7 @@ use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, Se
 use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
 use serde_json::{json, Value};
 
+use boshy_test_support::jobs::{job_spec, pilot_link};
 use boshy_test_support::manifests;
 
 const JOBS: [&str; 5] = [
@@ -40,35 +41,6 @@ fn spec() -> InstanceSpec {
         address: "10.244.0.7".into(),
         bootstrap: false,
     }
-}
-
-fn pilot_link(addresses: &[&str], provider_properties: Value) -> Link {
-    Link {
-        instances: addresses
-            .iter()
-            .enumerate()
-            .map(|(index, address)| LinkInstance {
-                name: "bosh-pilot".into(),
-                id: format!("pilot-{index}"),
-                index: Some(index as u32),
-                az: Some(format!("z{}", index + 1)),
-                address: address.to_string(),
-                bootstrap: index == 0,
-            })
-            .collect(),
-        address: None,
-        provider: LinkProvider {
-            job: "bosh-pilot".into(),
-            properties: provider_properties,
-        },
-    }
-}
-
-/// The job's spec as YAML.
-fn job_spec(release: &Path, job: &str) -> serde_yaml::Value {
-    let path = release.join("jobs").join(job).join("spec");
-    serde_yaml::from_str(&std::fs::read_to_string(&path).unwrap())
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// One job rendered under `<root>/jobs/<job>`, with the bosh-pilot link if the job consumes it.

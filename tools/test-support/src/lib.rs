@@ -6,6 +6,7 @@
 //! - [`netns`]: a network namespace of the test's own.
 //! - [`dns_agent`]: a real virtual-ip-agent process answering from a table on disk.
 //! - [`envoy`]: a real Envoy beside an in-process server, in a private network namespace.
+//! - [`jobs`]: this release's job specs and the `bosh-pilot` link, as tests render jobs.
 //! - [`manifests`]: this release's manifests as the bosh CLI and the director see them.
 //! - [`process`]: running a command and reading how it ended.
 //! - [`fuzz`]: the property-based fuzzers' runner.
@@ -13,6 +14,7 @@
 pub mod dns_agent;
 pub mod envoy;
 pub mod fuzz;
+pub mod jobs;
 pub mod lab;
 pub mod manifests;
 pub mod netns;
