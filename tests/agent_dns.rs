@@ -4,13 +4,14 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::sync::Arc;
 use std::thread::sleep;
 use std::time::Duration;
 
 use boshy::catalog::model::Catalog;
 use boshy::catalog::testing;
+use boshy_test_support::process::KilledOnDrop;
 
 const VIP: &str = "169.254.255.7";
 const HOST: &str = "example-httpbin.banana.sample-deployment.boshy";
@@ -31,16 +32,9 @@ fn agent_command(command: &[&str]) -> Command {
 
 /// The agent process; killed when the test ends, however it ends.
 struct Agent {
-    child: Child,
+    child: KilledOnDrop,
     port: u16,
     log: PathBuf,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Agent {
@@ -53,7 +47,11 @@ impl Agent {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .expect("start boshy-vip-agent");
-        let mut agent = Agent { child, port, log };
+        let mut agent = Agent {
+            child: KilledOnDrop(child),
+            port,
+            log,
+        };
         agent.wait_until_answering();
         agent
     }

@@ -15,7 +15,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::thread::sleep;
 use std::time::Duration;
 
@@ -25,7 +25,7 @@ use boshy_test_support::dns_agent::{
     free_port, query, tcp_exchange, udp_exchange, udp_socket, Agent,
 };
 use boshy_test_support::netns::Netns;
-use boshy_test_support::process::{self, check};
+use boshy_test_support::process::{self, check, KilledOnDrop};
 use boshy_test_support::{dns_agent as agent, workspace_binary};
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::RecordType;
@@ -35,15 +35,8 @@ const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/director")
 
 /// A process killed when the value is dropped, with its stderr in a file.
 struct Process {
-    child: Child,
+    child: KilledOnDrop,
     log: PathBuf,
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 impl Process {
@@ -53,7 +46,10 @@ impl Process {
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
             .unwrap_or_else(|e| panic!("spawning {command:?}: {e}"));
-        Process { child, log }
+        Process {
+            child: KilledOnDrop(child),
+            log,
+        }
     }
 
     fn log_text(&self) -> String {

@@ -8,12 +8,10 @@ use std::time::Instant;
 
 use boshy::xds::bootstrap::AdsMode;
 use boshy::xds::resources::ResourceType;
+use boshy_xds_fleet::estate::{estate, Change};
+use boshy_xds_fleet::fleet::{Fleet, Received};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use {
-    boshy_xds_fleet::estate::{estate, Change},
-    boshy_xds_fleet::fleet::{Fleet, Received},
-};
 
 const STREAMS: usize = 20;
 const SERVICES: usize = 30;
@@ -38,6 +36,20 @@ async fn synced_fleet(
         .expect("streams connect");
     let initial = fleet.settle(started, 4).await.expect("initial sync");
     (catalog_tx, fleet, initial)
+}
+
+/// Makes `change` to the catalog; returns what the fleet received once every stream got
+/// responses of `types` resource types.
+async fn push(
+    catalog_tx: &watch::Sender<Arc<boshy::catalog::model::Catalog>>,
+    fleet: &Fleet,
+    change: Change,
+    types: usize,
+) -> Vec<Received> {
+    let changed = change.apply(&catalog_tx.borrow(), INSTANCES);
+    let at = Instant::now();
+    catalog_tx.send_replace(Arc::new(changed));
+    fleet.settle(at, types).await.expect("every stream updated")
 }
 
 /// Per stream: (type, resources, removed) of every response, in arrival order.
@@ -77,10 +89,7 @@ async fn delta_an_endpoint_change_sends_each_stream_exactly_one_cluster_load_ass
     let (catalog_tx, fleet, initial) = synced_fleet(AdsMode::Delta).await;
     assert_whole_estate(&initial);
 
-    let changed = Change::Endpoint.apply(&catalog_tx.borrow(), INSTANCES);
-    let at = Instant::now();
-    catalog_tx.send_replace(Arc::new(changed));
-    let pushed = fleet.settle(at, 1).await.expect("every stream updated");
+    let pushed = push(&catalog_tx, &fleet, Change::Endpoint, 1).await;
 
     assert_eq!(pushed.len(), STREAMS, "one response per stream: {pushed:?}");
     for response in &pushed {
@@ -93,10 +102,7 @@ async fn delta_an_endpoint_change_sends_each_stream_exactly_one_cluster_load_ass
 #[tokio::test]
 async fn delta_a_new_service_sends_only_its_own_four_resources() {
     let (catalog_tx, fleet, _) = synced_fleet(AdsMode::Delta).await;
-    let changed = Change::Service.apply(&catalog_tx.borrow(), INSTANCES);
-    let at = Instant::now();
-    catalog_tx.send_replace(Arc::new(changed));
-    let pushed = fleet.settle(at, 4).await.expect("every stream updated");
+    let pushed = push(&catalog_tx, &fleet, Change::Service, 4).await;
     for (stream, mut responses) in by_stream(&pushed) {
         responses.sort();
         assert_eq!(
@@ -117,10 +123,7 @@ async fn state_of_the_world_an_endpoint_change_resends_every_cluster_load_assign
     let (catalog_tx, fleet, initial) = synced_fleet(AdsMode::Sotw).await;
     assert_whole_estate(&initial);
 
-    let changed = Change::Endpoint.apply(&catalog_tx.borrow(), INSTANCES);
-    let at = Instant::now();
-    catalog_tx.send_replace(Arc::new(changed));
-    let pushed = fleet.settle(at, 1).await.expect("every stream updated");
+    let pushed = push(&catalog_tx, &fleet, Change::Endpoint, 1).await;
 
     assert_eq!(pushed.len(), STREAMS, "one response per stream: {pushed:?}");
     for response in &pushed {

@@ -4,32 +4,26 @@
 
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use boshy_lab::binaries::BOSHY;
+
+use crate::process::KilledOnDrop;
 use hickory_proto::op::{Message, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 
 pub const HOST: &str = "example-httpbin.banana.sample-deployment.boshy";
 pub const VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 7);
 
-/// The agent process; killed when this value is dropped, however the test ends.
+/// The agent process; killed when this value is dropped, however the test ends (its child is
+/// behind a lock so that checks can take `&self` inside proptest's `Fn` closures).
 pub struct Agent {
-    /// Behind a lock so that checks can take `&self` inside proptest's `Fn` closures.
-    child: Mutex<Child>,
+    child: Mutex<KilledOnDrop>,
     pub listen: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let child = self.child.get_mut().unwrap_or_else(|e| e.into_inner());
-        let _ = child.kill();
-        let _ = child.wait();
-    }
 }
 
 impl Agent {
@@ -52,7 +46,7 @@ impl Agent {
             .spawn()
             .expect("start boshy vip-agent");
         let agent = Agent {
-            child: Mutex::new(child),
+            child: Mutex::new(KilledOnDrop(child)),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
             log,
             _dir: dir,

@@ -27,3 +27,27 @@ pub fn check(output: &Output, what: &str) {
 pub fn exit_code(output: &Output) -> i32 {
     output.status.code().expect("exited normally")
 }
+
+/// A child process that is killed and reaped when dropped, however the test ends (a failed
+/// assertion unwinds through it too).
+pub struct KilledOnDrop(pub std::process::Child);
+
+impl Drop for KilledOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl std::ops::Deref for KilledOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KilledOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
