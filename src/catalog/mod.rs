@@ -3,5 +3,6 @@
 mod build;
 pub mod manifest;
 pub mod model;
+mod yaml_limits;
 
 pub use build::{build, diff, hostnames, CatalogDiff};
