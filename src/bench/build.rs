@@ -121,6 +121,7 @@ pub fn synthetic_catalog(services: usize, instances_per_service: usize) -> Resul
 
 fn wanted_hostnames(inputs: &[DeploymentInput]) -> BTreeSet<String> {
     catalog::hostnames(inputs, TLD)
+        .services
         .into_iter()
         .map(|(_, hostname)| hostname)
         .collect()

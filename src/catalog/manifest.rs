@@ -1,4 +1,4 @@
-//! Manifest → service declarations (DESIGN.md "The manifest contract").
+//! Manifest → service declarations: the manifest contract (docs/ARCHITECTURE.md).
 //!
 //! The input is the raw manifest the operator uploaded, as the director returns it: YAML with
 //! anchors and aliases, comments, and `((variables))` that are never resolved here. A release
@@ -8,8 +8,12 @@
 //! job when `expose_ports` is not a list) and leaves one warning line naming
 //! deployment/instance group/job.
 //!
-//! Names (deployment, instance group, job, port) are lower-cased; a deployment, instance
-//! group or job name that is not a DNS label skips the services it would name.
+//! Deployment, instance group and job names are kept as BOSH spells them: they identify the
+//! service, and the director reports instances under them. The service's DNS name is made of
+//! their canonical forms, the ones bosh-dns answers for (see [`canonicalize`]); a name whose
+//! canonical form is not a DNS label skips the services it would name. Names that share a
+//! canonical form are caught where every deployment is seen (`catalog::hostnames`). Port
+//! names are lower-cased and must be DNS labels as they are.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -90,7 +94,6 @@ pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestErr
         }
     };
 
-    let deployment = deployment.to_lowercase();
     let mut parsed = ParsedManifest::default();
     if let Some(problem) = merge_problem {
         parsed.warnings.push(format!(
@@ -98,10 +101,27 @@ pub fn parse(deployment: &str, yaml: &str) -> Result<ParsedManifest, ManifestErr
         ));
     }
     for (position, group) in groups.iter().enumerate() {
-        parse_instance_group(&deployment, position, group, &mut parsed);
+        parse_instance_group(deployment, position, group, &mut parsed);
     }
     parsed.services.sort_by(|a, b| a.key.cmp(&b.key));
     Ok(parsed)
+}
+
+/// The canonical DNS form of a deployment, instance group or job name, made the way the BOSH
+/// director makes it for bosh-dns (bosh-director's `Canonicalizer.canonicalize`; bosh-dns
+/// answers `q-s0.diego-cell.default.cf.bosh` for instance group `diego_cell`): lower-cased,
+/// `_` turned into `-`, and every other character outside `[a-z0-9-]` dropped. The result may
+/// still not be a DNS label (empty, longer than 63, or starting or ending with `-`; BOSH
+/// refuses the last two too): check it with [`is_dns_label`].
+pub(crate) fn canonicalize(name: &str) -> String {
+    name.to_lowercase()
+        .chars()
+        .filter_map(|c| match c {
+            '_' => Some('-'),
+            'a'..='z' | '0'..='9' | '-' => Some(c),
+            _ => None,
+        })
+        .collect()
 }
 
 /// Whether `name` is one DNS label: 1..=63 of `[a-z0-9-]`, not starting or ending with `-`.
@@ -139,7 +159,7 @@ fn parse_instance_group(
         ));
         return;
     };
-    let group_name = name.to_lowercase();
+    let group_name = name.to_string();
     if !parsed.instance_groups.insert(group_name.clone()) {
         parsed.warnings.push(format!(
             "deployment {deployment:?} instance group {:?}: appears twice, the \
@@ -174,7 +194,7 @@ fn parse_instance_group(
         let key = ServiceKey {
             deployment: deployment.to_string(),
             instance_group: group_name.clone(),
-            job: job_name.to_lowercase(),
+            job: job_name.to_string(),
         };
         let mut job_warnings = JobWarnings {
             key: &key,
@@ -190,19 +210,43 @@ fn parse_instance_group(
         if ports.is_empty() {
             continue;
         }
-        if let Some(bad) = [&key.deployment, &key.instance_group, &key.job]
-            .into_iter()
-            .find(|name| !is_dns_label(name))
-        {
-            job_warnings.push(&format!(
-                "{:?} is not a valid DNS label (1-63 of a-z, 0-9, '-', not starting or \
-                 ending with '-'); the service is skipped",
-                clip(bad)
-            ));
-            continue;
-        }
-        parsed.services.push(ServiceDecl { key, ports });
+        let dns_name = match dns_name(&key) {
+            Ok(dns_name) => dns_name,
+            Err(problem) => {
+                job_warnings.push(&format!("{problem}; the service is skipped"));
+                continue;
+            }
+        };
+        parsed.services.push(ServiceDecl {
+            key,
+            dns_name,
+            ports,
+        });
     }
+}
+
+/// `<job>.<instance_group>.<deployment>` of `key` in canonical form, or which name has no
+/// canonical form that is a DNS label. The warning prefix already quotes the name itself.
+fn dns_name(key: &ServiceKey) -> Result<String, String> {
+    let names = [
+        ("job", &key.job),
+        ("instance group", &key.instance_group),
+        ("deployment", &key.deployment),
+    ];
+    let mut labels = Vec::with_capacity(names.len());
+    for (what, name) in names {
+        let label = canonicalize(name);
+        if !is_dns_label(&label) {
+            return Err(format!(
+                "the {what} name has no DNS form: canonicalized (lower-case, '_' as '-', \
+                 other characters than a-z, 0-9 and '-' dropped) it is {:?}, not a DNS label \
+                 (1-63 characters, not starting or ending with '-')",
+                clip(&label)
+            ));
+        }
+        labels.push(label);
+    }
+    Ok(labels.join("."))
 }
 
 /// Collects warnings about one job, each prefixed with deployment/instance group/job.
@@ -213,12 +257,7 @@ struct JobWarnings<'a> {
 
 impl JobWarnings<'_> {
     fn push(&mut self, what: &str) {
-        self.out.push(format!(
-            "deployment {:?} instance group {:?} job {:?}: {what}",
-            self.key.deployment,
-            clip(&self.key.instance_group),
-            clip(&self.key.job)
-        ));
+        self.out.push(format!("{}: {what}", self.key));
     }
 }
 
@@ -417,10 +456,12 @@ instance_groups:
             vec![
                 ServiceDecl {
                     key: key("sample-deployment", "apricot", "example-httpbin"),
+                    dns_name: "example-httpbin.apricot.sample-deployment".into(),
                     ports: vec![port("http", 9001, Protocol::Http)],
                 },
                 ServiceDecl {
                     key: key("sample-deployment", "banana", "example-httpbin"),
+                    dns_name: "example-httpbin.banana.sample-deployment".into(),
                     ports: vec![
                         port("grpc-api", 9000, Protocol::Grpc),
                         port("other-http", 9002, Protocol::Http),
@@ -499,19 +540,74 @@ instance_groups:
     }
 
     #[test]
-    fn names_are_lower_cased() {
+    fn canonical_names_follow_bosh() {
+        // (BOSH name, canonical form, whether that is a DNS label)
+        for (name, canonical, valid) in [
+            ("diego_cell", "diego-cell", true),
+            ("Diego_Cell", "diego-cell", true),
+            ("UAA", "uaa", true),
+            ("web-2", "web-2", true),
+            ("2web", "2web", true),
+            ("0", "0", true),
+            ("bad.job", "badjob", true),
+            ("my_dep.v2", "my-depv2", true),
+            ("a b\tc!@#$%", "abc", true),
+            ("a__b", "a--b", true),
+            ("ünïcödé", "ncd", true),
+            ("_cell", "-cell", false),
+            ("cell_", "cell-", false),
+            ("-cell", "-cell", false),
+            ("_", "-", false),
+            ("._.", "-", false),
+            ("é_x", "-x", false),
+            ("...", "", false),
+            ("", "", false),
+        ] {
+            assert_eq!(canonicalize(name), canonical, "{name:?}");
+            assert_eq!(is_dns_label(canonical), valid, "{name:?}");
+        }
+        // Length counts after canonicalizing: dropped characters do not count, `_` does.
+        let a62 = "a".repeat(62);
+        assert!(is_dns_label(&canonicalize(&format!("{a62}.!b"))));
+        assert!(!is_dns_label(&canonicalize(&format!("{a62}_b"))));
+    }
+
+    #[test]
+    fn names_keep_their_bosh_spelling_and_get_a_canonical_dns_name() {
         let yaml = r#"
 instance_groups:
-- name: Banana
+- name: Diego_Cell
   jobs:
-  - name: Example-Httpbin
+  - name: Rep.Server
     expose_ports: [{name: HTTP, number: 80}]
+- name: diego_cell
+  jobs:
+  - name: rep
+    expose_ports: [{name: http, number: 1801}]
 "#;
-        let parsed = parse("Sample", yaml).unwrap();
-        assert!(parsed.instance_groups.contains("banana"));
+        let parsed = parse("My_CF", yaml).unwrap();
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
         assert_eq!(
-            parsed.services[0].key,
-            key("sample", "banana", "example-httpbin")
+            parsed.instance_groups,
+            ["Diego_Cell", "diego_cell"]
+                .map(String::from)
+                .into_iter()
+                .collect()
+        );
+        let names: Vec<(&ServiceKey, &str)> = parsed
+            .services
+            .iter()
+            .map(|s| (&s.key, s.dns_name.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (
+                    &key("My_CF", "Diego_Cell", "Rep.Server"),
+                    "repserver.diego-cell.my-cf"
+                ),
+                (&key("My_CF", "diego_cell", "rep"), "rep.diego-cell.my-cf"),
+            ]
         );
         assert_eq!(
             parsed.services[0].ports,
@@ -614,16 +710,18 @@ instance_groups:
     }
 
     #[test]
-    fn invalid_dns_names_skip_the_service() {
+    fn names_without_a_dns_form_skip_the_service() {
         let yaml = r#"
 instance_groups:
-- name: diego_cell
+- name: _cell
   jobs:
   - name: rep
     expose_ports: [{name: p, number: 1}]
 - name: good
   jobs:
-  - name: bad.job
+  - name: job_
+    expose_ports: [{name: p, number: 1}]
+  - name: "!!!"
     expose_ports: [{name: p, number: 1}]
   - name: fine
     expose_ports: [{name: p, number: 1}]
@@ -631,15 +729,39 @@ instance_groups:
         let parsed = parse("d", yaml).unwrap();
         assert_eq!(parsed.services.len(), 1);
         assert_eq!(parsed.services[0].key, key("d", "good", "fine"));
-        assert!(parsed.instance_groups.contains("diego_cell"));
-        assert_eq!(parsed.warnings.len(), 2, "{:?}", parsed.warnings);
-        assert!(parsed.warnings[0].contains("\"diego_cell\" is not a valid DNS label"));
-        assert!(parsed.warnings[1].contains("\"bad.job\" is not a valid DNS label"));
+        assert!(parsed.instance_groups.contains("_cell"));
+        assert_eq!(
+            parsed.warnings,
+            vec![
+                "deployment \"d\" instance group \"_cell\" job \"rep\": the instance group name \
+                 has no DNS form: canonicalized (lower-case, '_' as '-', other characters than \
+                 a-z, 0-9 and '-' dropped) it is \"-cell\", not a DNS label (1-63 characters, not \
+                 starting or ending with '-'); the service is skipped",
+                "deployment \"d\" instance group \"good\" job \"job_\": the job name has no DNS \
+                 form: canonicalized (lower-case, '_' as '-', other characters than a-z, 0-9 and \
+                 '-' dropped) it is \"job-\", not a DNS label (1-63 characters, not starting or \
+                 ending with '-'); the service is skipped",
+                "deployment \"d\" instance group \"good\" job \"!!!\": the job name has no DNS \
+                 form: canonicalized (lower-case, '_' as '-', other characters than a-z, 0-9 and \
+                 '-' dropped) it is \"\", not a DNS label (1-63 characters, not starting or ending \
+                 with '-'); the service is skipped",
+            ]
+        );
 
-        let parsed = parse("my_deployment", yaml).unwrap();
+        let parsed = parse("_d", yaml).unwrap();
         assert!(parsed.services.is_empty());
         assert_eq!(parsed.instance_groups.len(), 2);
-        assert_eq!(parsed.warnings.len(), 3, "{:?}", parsed.warnings);
+        assert_eq!(parsed.warnings.len(), 4, "{:?}", parsed.warnings);
+        assert!(
+            parsed.warnings[3].ends_with(
+                "job \"fine\": the deployment name has no DNS form: \
+                 canonicalized (lower-case, '_' as '-', other characters than a-z, 0-9 and '-' \
+                 dropped) it is \"-d\", not a DNS label (1-63 characters, not starting or ending \
+                 with '-'); the service is skipped"
+            ),
+            "{:?}",
+            parsed.warnings
+        );
     }
 
     #[test]

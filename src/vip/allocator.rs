@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipState {
-    /// hostname → VIP.
+    /// hostname → VIP. Keyed by the service's hostname (made of the canonical DNS forms of its
+    /// BOSH names, see `catalog::hostnames`), not by the BOSH names: a VIP is the answer for
+    /// that name, which clients resolve and cache, so it follows the name. Names that were
+    /// DNS labels already are their own canonical form, so their keys are the same as before
+    /// names were canonicalized; and renaming instance group `diego_cell` to `diego-cell`
+    /// keeps its services' VIPs.
     pub assignments: BTreeMap<String, Ipv4Addr>,
     /// Freed VIP → its release; a VIP is listed here from its release until it is assigned
     /// again.
