@@ -109,6 +109,7 @@ pub async fn run(args: Args) -> Result<()> {
         store_failures: 0,
         naming_warnings: Reported::default(),
         exhausted: Reported::default(),
+        unaddressed: Reported::default(),
         built_from: None,
     };
     tokio::select! {
@@ -141,6 +142,8 @@ struct CatalogPublisher {
     naming_warnings: Reported,
     /// Hostnames left without a VIP.
     exhausted: Reported,
+    /// Instances the last catalog built could not make endpoints of.
+    unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
     built_from: Option<Arc<Vec<DeploymentInput>>>,
 }
@@ -213,7 +216,11 @@ impl CatalogPublisher {
         let Some(assignments) = self.vips.assignments() else {
             return; // the store was never read: no catalog rather than one without services
         };
-        let next = catalog::build(&inputs, &self.tld, assignments);
+        let built = catalog::build(&inputs, &self.tld, assignments);
+        for line in self.unaddressed.fresh(built.unaddressed) {
+            tracing::debug!("{line}");
+        }
+        let next = built.catalog;
         self.built_from = Some(inputs);
         let current = self.tx.borrow().clone();
         if next.version == current.version {

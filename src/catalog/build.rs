@@ -7,6 +7,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use sha2::{Digest, Sha256};
 
 use super::model::{Catalog, DeploymentInput, Endpoint, Instance, Service, ServiceKey};
+use crate::text::clip;
 
 /// The longest DNS name (RFC 1035), without the trailing dot.
 const MAX_HOSTNAME_LEN: usize = 253;
@@ -58,10 +59,19 @@ pub fn hostnames(inputs: &[DeploymentInput], tld: &str) -> Hostnames {
     Hostnames { services, warnings }
 }
 
+/// A catalog, and the instances it could not make endpoints of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub catalog: Catalog,
+    /// One line per instance of a served instance group that has a VM but no usable IPv4
+    /// address, for the caller to log at debug level: an IPv6-only instance is no mistake.
+    pub unaddressed: Vec<String>,
+}
+
 /// Builds the whole catalog from the services `hostnames` gives (its warnings are for the
 /// caller of `hostnames` to report). A service whose hostname has no VIP in `vips` (the pool
 /// is exhausted) is left out; the caller, which knows why, logs it.
-pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4Addr>) -> Catalog {
+pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4Addr>) -> Built {
     let declared: BTreeMap<&ServiceKey, _> = inputs
         .iter()
         .flat_map(|input| {
@@ -73,31 +83,43 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
         })
         .collect();
     let mut services = Vec::new();
+    let mut unaddressed = Vec::new();
     for (key, hostname) in hostnames(inputs, tld).services {
         let Some(&vip) = vips.get(&hostname) else {
             continue;
         };
         let (input, ports) = declared[&key];
         services.push(Service {
-            endpoints: endpoints(input, &key.instance_group),
+            endpoints: endpoints(input, &key.instance_group, &mut unaddressed),
             key,
             hostname,
             vip,
             ports: ports.clone(),
         });
     }
+    // An instance group's instances are looked at once per served job.
+    unaddressed.sort_unstable();
+    unaddressed.dedup();
     let tld = tld.trim_matches('.').to_lowercase();
-    Catalog {
-        version: content_version(&tld, &services),
-        tld,
-        services,
+    Built {
+        catalog: Catalog {
+            version: content_version(&tld, &services),
+            tld,
+            services,
+        },
+        unaddressed,
     }
 }
 
 /// The instances of `instance_group` (its BOSH name, as the director reports it) that can
-/// take traffic, sorted by (index, instance). Only instance groups named in the manifest
-/// count: the director may still report instances of a group the latest manifest removed.
-fn endpoints(input: &DeploymentInput, instance_group: &str) -> Vec<Endpoint> {
+/// take traffic, sorted by (index, instance); those with a VM but no usable address are
+/// described in `unaddressed`. Only instance groups named in the manifest count: the
+/// director may still report instances of a group the latest manifest removed.
+fn endpoints(
+    input: &DeploymentInput,
+    instance_group: &str,
+    unaddressed: &mut Vec<String>,
+) -> Vec<Endpoint> {
     if !input.manifest.instance_groups.contains(instance_group) {
         return Vec::new();
     }
@@ -107,7 +129,17 @@ fn endpoints(input: &DeploymentInput, instance_group: &str) -> Vec<Endpoint> {
         .filter(|instance| instance.instance_group == instance_group)
         .filter(|instance| instance.vm_cid.is_some())
         .filter_map(|instance| {
-            let address = endpoint_address(instance)?;
+            let Some(address) = endpoint_address(instance) else {
+                unaddressed.push(format!(
+                    "deployment {:?} instance {}/{} has no usable IPv4 address (ips {:?}); \
+                     not an endpoint",
+                    input.name,
+                    clip(&instance.instance_group),
+                    clip(&instance.id),
+                    instance.ips
+                ));
+                return None;
+            };
             Some(Endpoint {
                 address: IpAddr::V4(address),
                 az: instance.az.clone(),
@@ -130,7 +162,7 @@ fn endpoint_address(instance: &Instance) -> Option<Ipv4Addr> {
     let usable = |ip: &Ipv4Addr| {
         !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
     };
-    let address = instance
+    instance
         .ips
         .iter()
         .filter_map(|entry| {
@@ -138,17 +170,7 @@ fn endpoint_address(instance: &Instance) -> Option<Ipv4Addr> {
             let ip = entry.split_once('/').map_or(entry, |(ip, _prefix)| ip);
             ip.parse::<Ipv4Addr>().ok()
         })
-        .find(usable);
-    if address.is_none() {
-        tracing::debug!(
-            instance = %instance.id,
-            ips = ?instance.ips,
-            "instance {}/{} has no usable IPv4 address; not an endpoint",
-            instance.instance_group,
-            instance.id
-        );
-    }
-    address
+        .find(usable)
 }
 
 /// First 8 bytes of the SHA-256 of the serialized content: equal catalogs get equal versions
@@ -311,7 +333,7 @@ instance_groups:
             vec![(key.clone(), "rep.diego-cell.cf.boshy".to_string())]
         );
 
-        let catalog = build(&inputs, "boshy", &vips(&["rep.diego-cell.cf.boshy"]));
+        let catalog = build(&inputs, "boshy", &vips(&["rep.diego-cell.cf.boshy"])).catalog;
         let service = &catalog.services[0];
         assert_eq!(service.key, key);
         let instances: Vec<&str> = service
@@ -350,7 +372,7 @@ instance_groups:
                  \"rep.diego-cell.cf.boshy\"; none of them is served until all but one are renamed",
             ]
         );
-        let catalog = build(&inputs, "boshy", &vips(&served(&names)));
+        let catalog = build(&inputs, "boshy", &vips(&served(&names))).catalog;
         assert_eq!(catalog.services.len(), 2);
     }
 
@@ -393,7 +415,17 @@ instance_groups:
             instance("removed-group", "r-0", 0, &["10.0.0.20"], Some("running")),
             instance("apricot", "a-0", 0, &["10.0.0.1"], Some("running")),
         ]);
-        let catalog = build(&inputs, "boshy", &vips(&[APRICOT, BANANA]));
+        let built = build(&inputs, "boshy", &vips(&[APRICOT, BANANA]));
+        assert_eq!(
+            built.unaddressed,
+            [
+                "deployment \"sample-deployment\" instance banana/b-3 has no usable IPv4 address \
+                 (ips [\"fd00::3\"]); not an endpoint",
+                "deployment \"sample-deployment\" instance banana/b-5 has no usable IPv4 address \
+                 (ips []); not an endpoint",
+            ]
+        );
+        let catalog = built.catalog;
         assert_eq!(catalog.services.len(), 2);
         let banana = &catalog.services[1];
         assert_eq!(banana.hostname, BANANA);
@@ -420,7 +452,7 @@ instance_groups:
 
     #[test]
     fn services_without_a_vip_are_left_out() {
-        let catalog = build(&sample(Vec::new()), "boshy", &vips(&[BANANA]));
+        let catalog = build(&sample(Vec::new()), "boshy", &vips(&[BANANA])).catalog;
         let names: Vec<&str> = catalog
             .services
             .iter()
@@ -439,22 +471,23 @@ instance_groups:
         let mut reversed = instances.clone();
         reversed.reverse();
         let v = vips(&[APRICOT, BANANA]);
-        let one = build(&sample(instances.clone()), "boshy", &v);
-        let same = build(&sample(reversed), "boshy", &v);
+        let one = build(&sample(instances.clone()), "boshy", &v).catalog;
+        let same = build(&sample(reversed), "boshy", &v).catalog;
         assert_eq!(one, same);
         assert_ne!(one.version, 0);
 
         let mut unhealthy = instances.clone();
         unhealthy[1].job_state = Some("failing".into());
-        assert_ne!(build(&sample(unhealthy), "boshy", &v).version, one.version);
-        assert_ne!(build(&sample(instances), "mesh", &v).version, one.version);
-        assert_ne!(build(&[], "boshy", &v).version, 0);
+        let version = |inputs: &[DeploymentInput], tld| build(inputs, tld, &v).catalog.version;
+        assert_ne!(version(&sample(unhealthy), "boshy"), one.version);
+        assert_ne!(version(&sample(instances), "mesh"), one.version);
+        assert_ne!(version(&[], "boshy"), 0);
     }
 
     #[test]
     fn diff_names_added_removed_and_changed_hostnames() {
         let v = vips(&[APRICOT, BANANA]);
-        let before = build(&sample(Vec::new()), "boshy", &vips(&[APRICOT]));
+        let before = build(&sample(Vec::new()), "boshy", &vips(&[APRICOT])).catalog;
         let after = build(
             &sample(vec![instance(
                 "apricot",
@@ -465,7 +498,8 @@ instance_groups:
             )]),
             "boshy",
             &v,
-        );
+        )
+        .catalog;
         let d = diff(&before, &after);
         assert_eq!(
             d,

@@ -5,4 +5,4 @@ pub mod manifest;
 pub mod model;
 mod yaml_limits;
 
-pub use build::{build, diff, hostnames, CatalogDiff, Hostnames};
+pub use build::{build, diff, hostnames, Built, CatalogDiff, Hostnames};
