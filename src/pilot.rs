@@ -109,6 +109,7 @@ pub async fn run(args: Args) -> Result<()> {
         store_failures: 0,
         naming_warnings: Reported::default(),
         exhausted: Reported::default(),
+        vip_warnings: Reported::default(),
         unaddressed: Reported::default(),
         built_from: None,
     };
@@ -142,6 +143,8 @@ struct CatalogPublisher {
     naming_warnings: Reported,
     /// Hostnames left without a VIP.
     exhausted: Reported,
+    /// What the VIP allocator found wrong in the stored state or had to do against its rules.
+    vip_warnings: Reported,
     /// Instances the last catalog built could not make endpoints of.
     unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
@@ -198,6 +201,13 @@ impl CatalogPublisher {
                 }
                 for hostname in self.exhausted.fresh(synced.outcome.exhausted) {
                     tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
+                }
+                let warnings = synced
+                    .load_warnings
+                    .into_iter()
+                    .chain(synced.outcome.warnings);
+                for warning in self.vip_warnings.fresh(warnings) {
+                    tracing::warn!(store = %self.vips.store(), "{warning}");
                 }
                 synced.assignments_changed
             }
