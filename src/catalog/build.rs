@@ -17,7 +17,8 @@ const MAX_HOSTNAME_LEN: usize = 253;
 pub struct Hostnames {
     /// Each service with its hostname `<ServiceDecl::dns_name>.<tld>`, sorted by hostname.
     pub services: Vec<(ServiceKey, String)>,
-    /// One line per service left out, for the caller to log.
+    /// For the caller to log: one line per service left out for a hostname too long, and
+    /// one per hostname several services share, naming each.
     pub warnings: Vec<String>,
 }
 
@@ -49,8 +50,8 @@ pub fn hostnames(inputs: &[DeploymentInput], tld: &str) -> Hostnames {
             _ => {
                 let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
                 warnings.push(format!(
-                    "{} all have the hostname {hostname:?}; none of them is served until \
-                     all but one are renamed",
+                    "{} share the hostname {hostname:?}; none of them is served until all \
+                     but one are renamed",
                     names.join(" and ")
                 ));
             }
@@ -365,10 +366,10 @@ instance_groups:
             names.warnings,
             [
                 "deployment \"my-dep\" instance group \"g\" job \"j\" and deployment \"my_dep\" \
-                 instance group \"g\" job \"j\" all have the hostname \"j.g.my-dep.boshy\"; none of \
+                 instance group \"g\" job \"j\" share the hostname \"j.g.my-dep.boshy\"; none of \
                  them is served until all but one are renamed",
                 "deployment \"cf\" instance group \"diego-cell\" job \"rep\" and deployment \"cf\" \
-                 instance group \"diego_cell\" job \"rep\" all have the hostname \
+                 instance group \"diego_cell\" job \"rep\" share the hostname \
                  \"rep.diego-cell.cf.boshy\"; none of them is served until all but one are renamed",
             ]
         );
