@@ -58,7 +58,9 @@ async fn unknown_path(method: Method) -> StatusCode {
     }
 }
 
-/// One service in `/v1/registration`.
+/// One service in `/v1/registration`. `deployment`, `instance_group` and `job` are the
+/// names BOSH knows the service by (`diego_cell`); `hostname` is made of their canonical DNS
+/// forms (`rep.diego-cell.cf.boshy`).
 #[derive(Serialize)]
 struct Registration<'a> {
     hostname: &'a str,

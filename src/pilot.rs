@@ -107,7 +107,10 @@ pub async fn run(args: Args) -> Result<()> {
         tx: catalog_tx,
         store_failure: None,
         store_failures: 0,
-        exhausted: BTreeSet::new(),
+        naming_warnings: Reported::default(),
+        exhausted: Reported::default(),
+        vip_warnings: Reported::default(),
+        unaddressed: Reported::default(),
         built_from: None,
     };
     tokio::select! {
@@ -136,8 +139,14 @@ struct CatalogPublisher {
     store_failure: Option<String>,
     /// Failed syncs in a row.
     store_failures: u32,
-    /// Hostnames already reported as left without a VIP.
-    exhausted: BTreeSet<String>,
+    /// Services `catalog::hostnames` leaves without a hostname.
+    naming_warnings: Reported,
+    /// Hostnames left without a VIP.
+    exhausted: Reported,
+    /// What the VIP allocator found wrong in the stored state or had to do against its rules.
+    vip_warnings: Reported,
+    /// Instances the last catalog built could not make endpoints of.
+    unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
     built_from: Option<Arc<Vec<DeploymentInput>>>,
 }
@@ -169,7 +178,12 @@ impl CatalogPublisher {
     /// the last assignments stay (VIPs never change on an error): services that already had
     /// a VIP keep it and follow the director; new ones wait for the store.
     async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>) {
-        let wanted: BTreeSet<String> = catalog::hostnames(&inputs, &self.tld)
+        let hostnames = catalog::hostnames(&inputs, &self.tld);
+        for warning in self.naming_warnings.fresh(hostnames.warnings) {
+            tracing::warn!("{warning}");
+        }
+        let wanted: BTreeSet<String> = hostnames
+            .services
             .into_iter()
             .map(|(_, hostname)| hostname)
             .collect();
@@ -185,7 +199,16 @@ impl CatalogPublisher {
                 for (hostname, vip) in &synced.outcome.released {
                     tracing::info!(%hostname, %vip, "VIP released (quarantined before reuse)");
                 }
-                self.report_exhausted(synced.outcome.exhausted.into_iter().collect());
+                for hostname in self.exhausted.fresh(synced.outcome.exhausted) {
+                    tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
+                }
+                let warnings = synced
+                    .load_warnings
+                    .into_iter()
+                    .chain(synced.outcome.warnings);
+                for warning in self.vip_warnings.fresh(warnings) {
+                    tracing::warn!(store = %self.vips.store(), "{warning}");
+                }
                 synced.assignments_changed
             }
             Err(err) => {
@@ -203,7 +226,11 @@ impl CatalogPublisher {
         let Some(assignments) = self.vips.assignments() else {
             return; // the store was never read: no catalog rather than one without services
         };
-        let next = catalog::build(&inputs, &self.tld, assignments);
+        let built = catalog::build(&inputs, &self.tld, assignments);
+        for line in self.unaddressed.fresh(built.unaddressed) {
+            tracing::debug!("{line}");
+        }
+        let next = built.catalog;
         self.built_from = Some(inputs);
         let current = self.tx.borrow().clone();
         if next.version == current.version {
@@ -241,13 +268,20 @@ impl CatalogPublisher {
             tracing::info!(store = %self.vips.store(), "the VIP store works again");
         }
     }
+}
 
-    /// Logs each hostname once when it is left without a VIP, not at every sync.
-    fn report_exhausted(&mut self, exhausted: BTreeSet<String>) {
-        for hostname in exhausted.difference(&self.exhausted) {
-            tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
-        }
-        self.exhausted = exhausted;
+/// What a check that runs at every publish reported last time, so that each line is logged
+/// once when it appears, not at every publish for as long as it holds.
+#[derive(Default)]
+struct Reported(BTreeSet<String>);
+
+impl Reported {
+    /// The lines of `current` that were not reported last time; `current` replaces those.
+    fn fresh(&mut self, current: impl IntoIterator<Item = String>) -> Vec<String> {
+        let current: BTreeSet<String> = current.into_iter().collect();
+        let fresh = current.difference(&self.0).cloned().collect();
+        self.0 = current;
+        fresh
     }
 }
 
@@ -274,5 +308,15 @@ mod tests {
             slow,
             "never faster than the refresh interval"
         );
+    }
+
+    #[test]
+    fn a_line_is_reported_when_it_appears_and_again_only_after_it_went_away() {
+        let lines = |items: &[&str]| items.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let mut reported = Reported::default();
+        assert_eq!(reported.fresh(lines(&["a", "b"])), lines(&["a", "b"]));
+        assert_eq!(reported.fresh(lines(&["b", "a", "c"])), lines(&["c"]));
+        assert!(reported.fresh(lines(&["c"])).is_empty());
+        assert_eq!(reported.fresh(lines(&["a", "c"])), lines(&["a"]));
     }
 }

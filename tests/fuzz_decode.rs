@@ -142,9 +142,16 @@ fn yaml_soup() -> impl Strategy<Value = String> {
 /// What every successful parse guarantees, whatever the input.
 fn check_parsed(parsed: &boshy::catalog::model::ParsedManifest) -> Result<(), TestCaseError> {
     for service in &parsed.services {
-        let key = &service.key;
-        for label in [&key.deployment, &key.instance_group, &key.job] {
-            prop_assert!(is_dns_label(label), "{label:?} in {key:?}");
+        let labels: Vec<&str> = service.dns_name.split('.').collect();
+        prop_assert_eq!(
+            labels.len(),
+            3,
+            "{:?} of {:?}",
+            service.dns_name,
+            service.key
+        );
+        for label in labels {
+            prop_assert!(is_dns_label(label), "{label:?} of {:?}", service.key);
         }
         prop_assert!(!service.ports.is_empty());
         let mut names: Vec<_> = service.ports.iter().map(|p| p.name.as_str()).collect();

@@ -7,43 +7,72 @@ use std::net::{IpAddr, Ipv4Addr};
 use sha2::{Digest, Sha256};
 
 use super::model::{Catalog, DeploymentInput, Endpoint, Instance, Service, ServiceKey};
+use crate::text::clip;
 
 /// The longest DNS name (RFC 1035), without the trailing dot.
 const MAX_HOSTNAME_LEN: usize = 253;
 
-/// Every declared service with its hostname `<job>.<instance_group>.<deployment>.<tld>`,
-/// sorted by hostname. This is what needs a VIP; services whose name would be too long for
-/// DNS are left out (with a warning).
-pub fn hostnames(inputs: &[DeploymentInput], tld: &str) -> Vec<(ServiceKey, String)> {
-    let tld = tld.trim_matches('.').to_lowercase();
-    let mut by_hostname = BTreeMap::new();
-    for decl in inputs.iter().flat_map(|input| &input.manifest.services) {
-        let key = &decl.key;
-        let hostname = format!(
-            "{}.{}.{}.{tld}",
-            key.job, key.instance_group, key.deployment
-        );
-        if hostname.len() > MAX_HOSTNAME_LEN {
-            tracing::warn!(
-                "deployment {:?} instance group {:?} job {:?}: hostname {hostname:?} is longer \
-                 than {MAX_HOSTNAME_LEN} characters; the service is skipped",
-                key.deployment,
-                key.instance_group,
-                key.job
-            );
-            continue;
-        }
-        by_hostname.entry(hostname).or_insert_with(|| key.clone());
-    }
-    by_hostname
-        .into_iter()
-        .map(|(hostname, key)| (key, hostname))
-        .collect()
+/// The services that get a hostname, and why others get none.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Hostnames {
+    /// Each service with its hostname `<ServiceDecl::dns_name>.<tld>`, sorted by hostname.
+    pub services: Vec<(ServiceKey, String)>,
+    /// For the caller to log: one line per service left out for a hostname too long, and
+    /// one per hostname several services share, naming each.
+    pub warnings: Vec<String>,
 }
 
-/// Builds the whole catalog. A service whose hostname has no VIP in `vips` (the pool is
-/// exhausted) is left out; the caller, which knows why, logs it.
-pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4Addr>) -> Catalog {
+/// Every declared service that can have a hostname: this is what needs a VIP. Left out, with
+/// a warning, are services whose hostname would be too long for DNS, and every service of a
+/// hostname that several share: BOSH names that differ only in what canonicalizing erases
+/// (`diego_cell` and `diego-cell`, or deployments `my_dep` and `my-dep`) would make one name
+/// for two services, and serving either would route the other's clients to it.
+pub fn hostnames(inputs: &[DeploymentInput], tld: &str) -> Hostnames {
+    let tld = tld.trim_matches('.').to_lowercase();
+    let mut warnings = Vec::new();
+    let mut by_hostname: BTreeMap<String, Vec<&ServiceKey>> = BTreeMap::new();
+    for decl in inputs.iter().flat_map(|input| &input.manifest.services) {
+        let hostname = format!("{}.{tld}", decl.dns_name);
+        if hostname.len() > MAX_HOSTNAME_LEN {
+            warnings.push(format!(
+                "{}: hostname {hostname:?} is longer than {MAX_HOSTNAME_LEN} characters; the \
+                 service is skipped",
+                decl.key
+            ));
+            continue;
+        }
+        by_hostname.entry(hostname).or_default().push(&decl.key);
+    }
+    let mut services = Vec::new();
+    for (hostname, keys) in by_hostname {
+        match keys.as_slice() {
+            [key] => services.push(((*key).clone(), hostname)),
+            _ => {
+                let names: Vec<String> = keys.iter().map(ToString::to_string).collect();
+                warnings.push(format!(
+                    "{} share the hostname {hostname:?}; none of them is served until all \
+                     but one are renamed",
+                    names.join(" and ")
+                ));
+            }
+        }
+    }
+    Hostnames { services, warnings }
+}
+
+/// A catalog, and the instances it could not make endpoints of.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Built {
+    pub catalog: Catalog,
+    /// One line per instance of a served instance group that has a VM but no usable IPv4
+    /// address, for the caller to log at debug level: an IPv6-only instance is no mistake.
+    pub unaddressed: Vec<String>,
+}
+
+/// Builds the whole catalog from the services `hostnames` gives (its warnings are for the
+/// caller of `hostnames` to report). A service whose hostname has no VIP in `vips` (the pool
+/// is exhausted) is left out; the caller, which knows why, logs it.
+pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4Addr>) -> Built {
     let declared: BTreeMap<&ServiceKey, _> = inputs
         .iter()
         .flat_map(|input| {
@@ -55,41 +84,63 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
         })
         .collect();
     let mut services = Vec::new();
-    for (key, hostname) in hostnames(inputs, tld) {
+    let mut unaddressed = Vec::new();
+    for (key, hostname) in hostnames(inputs, tld).services {
         let Some(&vip) = vips.get(&hostname) else {
             continue;
         };
         let (input, ports) = declared[&key];
         services.push(Service {
-            endpoints: endpoints(input, &key.instance_group),
+            endpoints: endpoints(input, &key.instance_group, &mut unaddressed),
             key,
             hostname,
             vip,
             ports: ports.clone(),
         });
     }
+    // An instance group's instances are looked at once per served job.
+    unaddressed.sort_unstable();
+    unaddressed.dedup();
     let tld = tld.trim_matches('.').to_lowercase();
-    Catalog {
-        version: content_version(&tld, &services),
-        tld,
-        services,
+    Built {
+        catalog: Catalog {
+            version: content_version(&tld, &services),
+            tld,
+            services,
+        },
+        unaddressed,
     }
 }
 
-/// The instances of `instance_group` that can take traffic, sorted by (index, instance).
-/// Only instance groups named in the manifest count: the director may still report
-/// instances of a group the latest manifest removed.
-fn endpoints(input: &DeploymentInput, instance_group: &str) -> Vec<Endpoint> {
+/// The instances of `instance_group` (its BOSH name, as the director reports it) that can
+/// take traffic, sorted by (index, instance); those with a VM but no usable address are
+/// described in `unaddressed`. Only instance groups named in the manifest count: the
+/// director may still report instances of a group the latest manifest removed.
+fn endpoints(
+    input: &DeploymentInput,
+    instance_group: &str,
+    unaddressed: &mut Vec<String>,
+) -> Vec<Endpoint> {
     if !input.manifest.instance_groups.contains(instance_group) {
         return Vec::new();
     }
     let mut endpoints: Vec<Endpoint> = input
         .instances
         .iter()
-        .filter(|instance| instance.instance_group.to_lowercase() == instance_group)
+        .filter(|instance| instance.instance_group == instance_group)
         .filter(|instance| instance.vm_cid.is_some())
         .filter_map(|instance| {
-            let address = endpoint_address(instance)?;
+            let Some(address) = endpoint_address(instance) else {
+                unaddressed.push(format!(
+                    "deployment {:?} instance {}/{} has no usable IPv4 address (ips {:?}); \
+                     not an endpoint",
+                    input.name,
+                    clip(&instance.instance_group),
+                    clip(&instance.id),
+                    instance.ips
+                ));
+                return None;
+            };
             Some(Endpoint {
                 address: IpAddr::V4(address),
                 az: instance.az.clone(),
@@ -112,7 +163,7 @@ fn endpoint_address(instance: &Instance) -> Option<Ipv4Addr> {
     let usable = |ip: &Ipv4Addr| {
         !(ip.is_unspecified() || ip.is_loopback() || ip.is_multicast() || ip.is_broadcast())
     };
-    let address = instance
+    instance
         .ips
         .iter()
         .filter_map(|entry| {
@@ -120,17 +171,7 @@ fn endpoint_address(instance: &Instance) -> Option<Ipv4Addr> {
             let ip = entry.split_once('/').map_or(entry, |(ip, _prefix)| ip);
             ip.parse::<Ipv4Addr>().ok()
         })
-        .find(usable);
-    if address.is_none() {
-        tracing::debug!(
-            instance = %instance.id,
-            ips = ?instance.ips,
-            "instance {}/{} has no usable IPv4 address; not an endpoint",
-            instance.instance_group,
-            instance.id
-        );
-    }
-    address
+        .find(usable)
 }
 
 /// First 8 bytes of the SHA-256 of the serialized content: equal catalogs get equal versions
@@ -250,11 +291,90 @@ instance_groups:
     const APRICOT: &str = "example-httpbin.apricot.sample-deployment.boshy";
     const BANANA: &str = "example-httpbin.banana.sample-deployment.boshy";
 
+    fn served(names: &Hostnames) -> Vec<&str> {
+        names.services.iter().map(|(_, h)| h.as_str()).collect()
+    }
+
     #[test]
     fn hostnames_are_job_group_deployment_tld_sorted() {
         let names = hostnames(&sample(Vec::new()), "Boshy.");
-        let names: Vec<&str> = names.iter().map(|(_, h)| h.as_str()).collect();
-        assert_eq!(names, vec![APRICOT, BANANA]);
+        assert_eq!(served(&names), vec![APRICOT, BANANA]);
+        assert!(names.warnings.is_empty(), "{:?}", names.warnings);
+    }
+
+    /// One instance group `group` with one job `job` exposing port 80.
+    fn one_job(group: &str, job: &str) -> String {
+        format!(
+            "instance_groups:\n- name: {group}\n  jobs:\n  - name: {job}\n    \
+             expose_ports: [{{name: http, number: 80}}]\n"
+        )
+    }
+
+    #[test]
+    fn underscore_names_are_served_under_their_canonical_hostname() {
+        let inputs = vec![input(
+            "cf",
+            &one_job("diego_cell", "rep"),
+            vec![
+                // The director reports the instance group by its BOSH name.
+                instance("diego_cell", "c-1", 1, &["10.0.0.2"], Some("running")),
+                instance("diego_cell", "c-0", 0, &["10.0.0.1"], Some("running")),
+                instance("diego-cell", "other", 2, &["10.0.0.3"], Some("running")),
+            ],
+        )];
+        let names = hostnames(&inputs, "boshy");
+        assert!(names.warnings.is_empty(), "{:?}", names.warnings);
+        let key = ServiceKey {
+            deployment: "cf".into(),
+            instance_group: "diego_cell".into(),
+            job: "rep".into(),
+        };
+        assert_eq!(
+            names.services,
+            vec![(key.clone(), "rep.diego-cell.cf.boshy".to_string())]
+        );
+
+        let catalog = build(&inputs, "boshy", &vips(&["rep.diego-cell.cf.boshy"])).catalog;
+        let service = &catalog.services[0];
+        assert_eq!(service.key, key);
+        let instances: Vec<&str> = service
+            .endpoints
+            .iter()
+            .map(|e| e.instance.as_str())
+            .collect();
+        assert_eq!(instances, ["c-0", "c-1"]);
+    }
+
+    #[test]
+    fn a_hostname_several_services_share_serves_none_of_them() {
+        let groups = "instance_groups:\n\
+                      - {name: diego_cell, jobs: [{name: rep, expose_ports: [{name: p, number: 1}]}]}\n\
+                      - {name: diego-cell, jobs: [{name: rep, expose_ports: [{name: p, number: 1}]}]}\n\
+                      - {name: Diego-Cell, jobs: [{name: other, expose_ports: [{name: p, number: 1}]}]}\n";
+        let inputs = vec![
+            input("cf", groups, Vec::new()),
+            input("my-dep", &one_job("g", "j"), Vec::new()),
+            input("my_dep", &one_job("g", "j"), Vec::new()),
+            input("other", &one_job("g", "j"), Vec::new()),
+        ];
+        let names = hostnames(&inputs, "boshy");
+        assert_eq!(
+            served(&names),
+            ["j.g.other.boshy", "other.diego-cell.cf.boshy"]
+        );
+        assert_eq!(
+            names.warnings,
+            [
+                "deployment \"my-dep\" instance group \"g\" job \"j\" and deployment \"my_dep\" \
+                 instance group \"g\" job \"j\" share the hostname \"j.g.my-dep.boshy\"; none of \
+                 them is served until all but one are renamed",
+                "deployment \"cf\" instance group \"diego-cell\" job \"rep\" and deployment \"cf\" \
+                 instance group \"diego_cell\" job \"rep\" share the hostname \
+                 \"rep.diego-cell.cf.boshy\"; none of them is served until all but one are renamed",
+            ]
+        );
+        let catalog = build(&inputs, "boshy", &vips(&served(&names))).catalog;
+        assert_eq!(catalog.services.len(), 2);
     }
 
     #[test]
@@ -264,8 +384,15 @@ instance_groups:
             "instance_groups:\n- name: {long}\n  jobs:\n  - name: {long}\n    expose_ports: [{{name: p, number: 1}}]\n"
         );
         let inputs = vec![input(&long, &yaml, Vec::new())];
-        assert_eq!(hostnames(&inputs, "boshy").len(), 1);
-        assert!(hostnames(&inputs, &"t".repeat(62)).is_empty());
+        assert_eq!(hostnames(&inputs, "boshy").services.len(), 1);
+        let too_long = hostnames(&inputs, &"t".repeat(62));
+        assert!(too_long.services.is_empty());
+        assert_eq!(too_long.warnings.len(), 1);
+        assert!(
+            too_long.warnings[0].contains("is longer than 253 characters; the service is skipped"),
+            "{:?}",
+            too_long.warnings
+        );
     }
 
     #[test]
@@ -283,11 +410,23 @@ instance_groups:
                 Some("running"),
             ),
             instance("banana", "b-5", 5, &[], Some("running")),
-            instance("Banana", "b-6", 6, &["10.0.0.16"], Some("running")),
+            instance("banana", "b-6", 6, &["10.0.0.16"], Some("running")),
+            // Not the BOSH name of the group: not its instance.
+            instance("Banana", "b-7", 7, &["10.0.0.17"], Some("running")),
             instance("removed-group", "r-0", 0, &["10.0.0.20"], Some("running")),
             instance("apricot", "a-0", 0, &["10.0.0.1"], Some("running")),
         ]);
-        let catalog = build(&inputs, "boshy", &vips(&[APRICOT, BANANA]));
+        let built = build(&inputs, "boshy", &vips(&[APRICOT, BANANA]));
+        assert_eq!(
+            built.unaddressed,
+            [
+                "deployment \"sample-deployment\" instance banana/b-3 has no usable IPv4 address \
+                 (ips [\"fd00::3\"]); not an endpoint",
+                "deployment \"sample-deployment\" instance banana/b-5 has no usable IPv4 address \
+                 (ips []); not an endpoint",
+            ]
+        );
+        let catalog = built.catalog;
         assert_eq!(catalog.services.len(), 2);
         let banana = &catalog.services[1];
         assert_eq!(banana.hostname, BANANA);
@@ -314,7 +453,7 @@ instance_groups:
 
     #[test]
     fn services_without_a_vip_are_left_out() {
-        let catalog = build(&sample(Vec::new()), "boshy", &vips(&[BANANA]));
+        let catalog = build(&sample(Vec::new()), "boshy", &vips(&[BANANA])).catalog;
         let names: Vec<&str> = catalog
             .services
             .iter()
@@ -333,22 +472,23 @@ instance_groups:
         let mut reversed = instances.clone();
         reversed.reverse();
         let v = vips(&[APRICOT, BANANA]);
-        let one = build(&sample(instances.clone()), "boshy", &v);
-        let same = build(&sample(reversed), "boshy", &v);
+        let one = build(&sample(instances.clone()), "boshy", &v).catalog;
+        let same = build(&sample(reversed), "boshy", &v).catalog;
         assert_eq!(one, same);
         assert_ne!(one.version, 0);
 
         let mut unhealthy = instances.clone();
         unhealthy[1].job_state = Some("failing".into());
-        assert_ne!(build(&sample(unhealthy), "boshy", &v).version, one.version);
-        assert_ne!(build(&sample(instances), "mesh", &v).version, one.version);
-        assert_ne!(build(&[], "boshy", &v).version, 0);
+        let version = |inputs: &[DeploymentInput], tld| build(inputs, tld, &v).catalog.version;
+        assert_ne!(version(&sample(unhealthy), "boshy"), one.version);
+        assert_ne!(version(&sample(instances), "mesh"), one.version);
+        assert_ne!(version(&[], "boshy"), 0);
     }
 
     #[test]
     fn diff_names_added_removed_and_changed_hostnames() {
         let v = vips(&[APRICOT, BANANA]);
-        let before = build(&sample(Vec::new()), "boshy", &vips(&[APRICOT]));
+        let before = build(&sample(Vec::new()), "boshy", &vips(&[APRICOT])).catalog;
         let after = build(
             &sample(vec![instance(
                 "apricot",
@@ -359,7 +499,8 @@ instance_groups:
             )]),
             "boshy",
             &v,
-        );
+        )
+        .catalog;
         let d = diff(&before, &after);
         assert_eq!(
             d,

@@ -4,9 +4,12 @@
 //! A `Catalog` is immutable once built; a new one is built whole and published through a
 //! `tokio::sync::watch` channel as `Arc<Catalog>`. Consumers diff or rebuild from it.
 
+use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
+
+use crate::text::clip;
 
 /// What an `expose_ports` entry speaks. Decides the Envoy filter chain (tcp_proxy or HTTP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -47,12 +50,29 @@ pub struct ServicePort {
     pub protocol: Protocol,
 }
 
-/// Identity of a service: one (deployment, instance group, job) with exposed ports.
+/// Identity of a service: one (deployment, instance group, job) with exposed ports, by the
+/// names BOSH knows them by, exactly as the manifest spells them (`diego_cell`): the director
+/// reports instances under these names, and operators look for them. The service's hostname
+/// is made of their canonical DNS forms instead (see `ServiceDecl::dns_name`).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ServiceKey {
     pub deployment: String,
     pub instance_group: String,
     pub job: String,
+}
+
+impl fmt::Display for ServiceKey {
+    /// `deployment "cf" instance group "diego_cell" job "rep"`, for warnings. Names are
+    /// clipped: a manifest's names can be long, even ones that canonicalize to short labels.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "deployment {:?} instance group {:?} job {:?}",
+            clip(&self.deployment),
+            clip(&self.instance_group),
+            clip(&self.job)
+        )
+    }
 }
 
 /// One instance of the service's instance group that has a VM and an address.
@@ -71,7 +91,9 @@ pub struct Endpoint {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Service {
     pub key: ServiceKey,
-    /// `<job>.<instance_group>.<deployment>.<tld>`, lower-case, no trailing dot.
+    /// `<ServiceDecl::dns_name>.<tld>`, lower-case, no trailing dot:
+    /// `rep.diego-cell.cf.boshy` for job `rep` of instance group `diego_cell` of deployment
+    /// `cf`.
     pub hostname: String,
     pub vip: Ipv4Addr,
     /// Sorted by number.
@@ -97,7 +119,8 @@ pub struct Catalog {
 pub struct Instance {
     /// The director's `id` (uuid): the stable identity.
     pub id: String,
-    /// The director's `job_name`, which is the instance group (quirk §7.5).
+    /// The director's `job_name`, which is the instance group (docs/director-api.md quirk
+    /// §7.5), spelled as in the manifest (`diego_cell`).
     pub instance_group: String,
     pub index: Option<u32>,
     pub az: Option<String>,
@@ -113,6 +136,9 @@ pub struct Instance {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceDecl {
     pub key: ServiceKey,
+    /// `<job>.<instance_group>.<deployment>`, each name in the canonical DNS form BOSH gives
+    /// it (`manifest::canonicalize`), without the TLD: `rep.diego-cell.cf`.
+    pub dns_name: String,
     /// Sorted by number; at least one entry.
     pub ports: Vec<ServicePort>,
 }
@@ -120,7 +146,8 @@ pub struct ServiceDecl {
 /// What the catalog needs from one deployment's manifest, parsed once per manifest change.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ParsedManifest {
-    /// Every instance group in the manifest: only their instances can be endpoints.
+    /// Every instance group in the manifest, by its BOSH name: only their instances can be
+    /// endpoints.
     pub instance_groups: std::collections::BTreeSet<String>,
     pub services: Vec<ServiceDecl>,
     /// One line per skipped entry or job, naming deployment/instance group/job.

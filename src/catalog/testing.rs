@@ -14,6 +14,7 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
+use super::manifest::canonicalize;
 use super::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
 
 /// The tld of hand-built catalogs, as the pilot's default.
@@ -30,8 +31,9 @@ pub fn catalog(version: u64, services: impl IntoIterator<Item = impl Into<Servic
     }
 }
 
-/// A service `job.instance_group.deployment.boshy` with VIP 169.254.255.1, no ports and no
-/// endpoints until the builder adds them.
+/// A service `job.instance_group.deployment.boshy` (each name in its DNS form, as a built
+/// catalog has it) with VIP 169.254.255.1, no ports and no endpoints until the builder adds
+/// them.
 pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuilder {
     ServiceBuilder(Service {
         key: ServiceKey {
@@ -39,7 +41,9 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
             instance_group: instance_group.into(),
             job: job.into(),
         },
-        hostname: format!("{job}.{instance_group}.{deployment}.{TLD}").to_lowercase(),
+        hostname: [job, instance_group, deployment, TLD]
+            .map(canonicalize)
+            .join("."),
         vip: Ipv4Addr::new(169, 254, 255, 1),
         ports: Vec::new(),
         endpoints: Vec::new(),
@@ -112,6 +116,7 @@ mod tests {
                     .port("http", 9002, Protocol::Http)
                     .port("grpc", 9000, Protocol::Grpc),
                 service("d", "g", "db").vip([169, 254, 255, 9]),
+                service("cf", "diego_cell", "rep"),
             ],
         );
         assert_eq!(catalog.version, 7);
@@ -121,9 +126,12 @@ mod tests {
             .iter()
             .map(|s| s.hostname.as_str())
             .collect();
-        assert_eq!(hostnames, ["db.g.d.boshy", "web.g.d.boshy"]);
+        assert_eq!(
+            hostnames,
+            ["db.g.d.boshy", "rep.diego-cell.cf.boshy", "web.g.d.boshy"]
+        );
         assert_eq!(catalog.services[0].vip, Ipv4Addr::new(169, 254, 255, 9));
-        let ports: Vec<u16> = catalog.services[1].ports.iter().map(|p| p.number).collect();
+        let ports: Vec<u16> = catalog.services[2].ports.iter().map(|p| p.number).collect();
         assert_eq!(ports, [9000, 9002]);
     }
 

@@ -10,7 +10,12 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct VipState {
-    /// hostname → VIP.
+    /// hostname → VIP. Keyed by the service's hostname (made of the canonical DNS forms of its
+    /// BOSH names, see `catalog::hostnames`), not by the BOSH names: a VIP is the answer for
+    /// that name, which clients resolve and cache, so it follows the name. Names that were
+    /// DNS labels already are their own canonical form, so their keys are the same as before
+    /// names were canonicalized; and renaming instance group `diego_cell` to `diego-cell`
+    /// keeps its services' VIPs.
     pub assignments: BTreeMap<String, Ipv4Addr>,
     /// Freed VIP → its release; a VIP is listed here from its release until it is assigned
     /// again.
@@ -55,6 +60,10 @@ pub struct SyncOutcome {
     /// New hostnames that got no VIP: the pool is full. They stay without one (and out of
     /// the catalog) until a later sync finds room.
     pub exhausted: Vec<String>,
+    /// One line per new hostname that got a VIP still in quarantine (the pool had no other),
+    /// for the caller to log: clients with a cached answer for the VIP's old hostname reach
+    /// the new one.
+    pub warnings: Vec<String>,
 }
 
 impl SyncOutcome {
@@ -69,28 +78,31 @@ pub struct VipAllocator {
     pool: Ipv4Net,
     quarantine_seconds: u64,
     state: VipState,
+    /// What `new` dropped from the state it was given, one line each.
+    load_warnings: Vec<String>,
 }
 
 impl VipAllocator {
     /// An allocator over `pool` continuing from `state` (as loaded at start). Assignments
-    /// that are outside the pool (the CIDR was changed) or duplicate another one are dropped
-    /// with a warning: their hostnames get a new VIP at the next sync.
+    /// that are outside the pool (the CIDR was changed) or duplicate another one are dropped,
+    /// each with a line in `load_warnings`: their hostnames get a new VIP at the next sync.
     pub fn new(pool: Ipv4Net, quarantine_seconds: u64, state: VipState) -> Result<Self, PoolError> {
         check_pool(pool)?;
         let pool = pool.trunc();
         let mut kept = VipState::default();
+        let mut load_warnings = Vec::new();
         let mut taken = HashSet::new();
         for (hostname, vip) in state.assignments {
             if !is_usable(pool, vip) {
-                tracing::warn!(
+                load_warnings.push(format!(
                     "VIP {vip} of {hostname} is not usable in the pool {pool}; {hostname} \
                      gets a new VIP"
-                );
+                ));
             } else if !taken.insert(vip) {
-                tracing::warn!(
+                load_warnings.push(format!(
                     "VIP {vip} of {hostname} is also assigned to another hostname; \
                      {hostname} gets a new VIP"
-                );
+                ));
             } else {
                 kept.assignments.insert(hostname, vip);
             }
@@ -104,11 +116,18 @@ impl VipAllocator {
             pool,
             quarantine_seconds,
             state: kept,
+            load_warnings,
         })
     }
 
     pub fn state(&self) -> &VipState {
         &self.state
+    }
+
+    /// The assignments `new` dropped from the state it was given, one line each, for the
+    /// caller to log.
+    pub fn load_warnings(&self) -> &[String] {
+        &self.load_warnings
     }
 
     /// hostname → VIP, as `catalog::build` takes it.
@@ -185,12 +204,12 @@ impl VipAllocator {
             } else if let Some((_, vip)) = expired.pop() {
                 vip
             } else if let Some((released_at, vip)) = quarantined.pop() {
-                tracing::warn!(
+                outcome.warnings.push(format!(
                     "VIP pool {pool} is full: {hostname} gets {vip}, released only {}s ago \
                      (quarantine is {quarantine}s); clients with a cached answer for the \
                      old name may reach {hostname}",
                     now_unix.saturating_sub(released_at)
-                );
+                ));
                 vip
             } else {
                 outcome.exhausted.push(hostname.clone());
@@ -344,6 +363,15 @@ mod tests {
             ]
         );
         assert!(outcome.exhausted.is_empty());
+        assert_eq!(
+            outcome.warnings,
+            [
+                "VIP pool 169.254.255.0/29 is full: x gets 169.254.255.5, released only 30s ago \
+                 (quarantine is 3600s); clients with a cached answer for the old name may reach x",
+                "VIP pool 169.254.255.0/29 is full: y gets 169.254.255.1, released only 20s ago \
+                 (quarantine is 3600s); clients with a cached answer for the old name may reach y",
+            ]
+        );
     }
 
     #[test]
@@ -442,6 +470,7 @@ mod tests {
         let mut after =
             VipAllocator::new("169.254.255.0/24".parse().unwrap(), QUARANTINE, state).unwrap();
         assert_eq!(after.state(), before.state());
+        assert!(after.load_warnings().is_empty());
         let outcome = after.sync(&wanted(&["a", "c", "d"]), 6);
         assert_eq!(outcome.allocated, vec![("d".into(), ip("169.254.255.4"))]);
         assert_eq!(after.assignments()["a"], before.assignments()["a"]);
@@ -470,6 +499,16 @@ mod tests {
                 assignments: BTreeMap::from([("a".into(), ip("169.254.255.7"))]),
                 released: BTreeMap::new(),
             }
+        );
+        assert_eq!(
+            vips.load_warnings(),
+            [
+                "VIP 169.254.255.7 of b is also assigned to another hostname; b gets a new VIP",
+                "VIP 169.254.10.1 of c is not usable in the pool 169.254.255.0/24; c gets a new \
+                 VIP",
+                "VIP 169.254.255.0 of d is not usable in the pool 169.254.255.0/24; d gets a new \
+                 VIP",
+            ]
         );
         let outcome = vips.sync(&wanted(&["a", "b", "c", "d"]), 0);
         assert_eq!(outcome.allocated.len(), 3);

@@ -39,6 +39,10 @@ pub struct BookSync {
     /// Whether the assignments differ from the ones held before (by this replica's own
     /// changes or by adopting other replicas').
     pub assignments_changed: bool,
+    /// Assignments read from the store that the allocator could not keep (see
+    /// `VipAllocator::load_warnings`), one line each, for the caller to log. They stay in the
+    /// store until a write replaces them, so the same lines may come back at every sync.
+    pub load_warnings: Vec<String>,
 }
 
 pub struct VipBook {
@@ -94,11 +98,13 @@ impl VipBook {
                 }
             }
             let assignments_changed = self.assignments() != Some(next.assignments());
+            let load_warnings = next.load_warnings().to_vec();
             self.current = Some(next);
             self.known = Some(wanted.clone());
             return Ok(BookSync {
                 outcome,
                 assignments_changed,
+                load_warnings,
             });
         }
         bail!(
@@ -217,6 +223,26 @@ mod tests {
         assert!(synced.assignments_changed);
         assert_eq!(first.assignments(), second.assignments());
         assert_eq!(first.assignments().unwrap().len(), 2);
+    }
+
+    #[tokio::test]
+    async fn stored_assignments_the_allocator_drops_are_reported() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("vips.json");
+        std::fs::write(
+            &path,
+            r#"{"assignments":{"a":"169.254.9.9"},"released":{}}"#,
+        )
+        .unwrap();
+        let synced = book(&path).sync(&set(&["a"]), 0).await.unwrap();
+        assert_eq!(
+            synced.load_warnings,
+            ["VIP 169.254.9.9 of a is not usable in the pool 169.254.255.0/24; a gets a new VIP"]
+        );
+        assert_eq!(
+            synced.outcome.allocated,
+            vec![("a".into(), Ipv4Addr::new(169, 254, 255, 1))]
+        );
     }
 
     #[tokio::test]

@@ -116,11 +116,12 @@ pub fn synthetic_catalog(services: usize, instances_per_service: usize) -> Resul
         VipState::default(),
     )?;
     vips.sync(&wanted_hostnames(&inputs), 0);
-    Ok(catalog::build(&inputs, TLD, vips.assignments()))
+    Ok(catalog::build(&inputs, TLD, vips.assignments()).catalog)
 }
 
 fn wanted_hostnames(inputs: &[DeploymentInput]) -> BTreeSet<String> {
     catalog::hostnames(inputs, TLD)
+        .services
         .into_iter()
         .map(|(_, hostname)| hostname)
         .collect()
@@ -162,7 +163,7 @@ pub fn measure(services: usize, repeat: usize) -> Result<SizeFigures> {
         vips.sync(&wanted_hostnames(inputs), 0);
         let vips_ms = millis(start);
         let start = Instant::now();
-        let catalog = catalog::build(inputs, TLD, vips.assignments());
+        let catalog = catalog::build(inputs, TLD, vips.assignments()).catalog;
         let catalog_ms = millis(start);
         let start = Instant::now();
         let snapshot = Snapshot::from_catalog(&catalog);
