@@ -1,6 +1,7 @@
 //! The director client and poller against the in-process director simulator: auth and token
 //! renewal, faults, malformed manifests, instance changes, steady-state cost, secrecy.
 
+use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -361,6 +362,38 @@ async fn publishes_services_and_instances_sorted_by_deployment() {
         "{apricot:?}"
     );
     h.assert_secret_never_logged();
+}
+
+/// BOSH names are canonicalized for DNS as the director does for bosh-dns: instance group
+/// `diego_cell` (as the director reports its instances) is served as `diego-cell`, with its
+/// instances as endpoints.
+#[tokio::test]
+async fn an_instance_group_with_an_underscore_is_served_under_its_dns_name() {
+    let mut setup = Setup::new();
+    setup.deployments = vec![(
+        "cf".into(),
+        manifest("cf", &[("diego_cell", 2, &expose("http", 8080))]),
+    )];
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| has_instances(l, "cf", "diego_cell", 2))
+        .await;
+    let hostnames = boshy::catalog::hostnames(&list, "boshy");
+    assert!(hostnames.warnings.is_empty(), "{:?}", hostnames.warnings);
+    let vips = hostnames
+        .services
+        .iter()
+        .zip(1u8..)
+        .map(|((_, hostname), host)| (hostname.clone(), Ipv4Addr::new(169, 254, 255, host)))
+        .collect();
+    let catalog = boshy::catalog::build(&list, "boshy", &vips).catalog;
+    let service = catalog
+        .services
+        .iter()
+        .find(|s| s.hostname == "example-httpbin.diego-cell.cf.boshy")
+        .unwrap_or_else(|| panic!("not served: {:?}", catalog.services));
+    assert_eq!(service.key.instance_group, "diego_cell");
+    assert_eq!(service.endpoints.len(), 2, "{service:?}");
 }
 
 #[tokio::test]
