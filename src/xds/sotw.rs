@@ -54,12 +54,12 @@ struct Subscription {
 }
 
 #[derive(Debug, Default)]
-pub struct StreamState {
+pub struct SotwStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
 }
 
-impl StreamState {
+impl SotwStreamState {
     /// Handles one request against the current snapshot (`None` before the first catalog:
     /// the subscription is recorded and served once a snapshot exists).
     pub fn on_request(
@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn first_request_is_answered_and_its_ack_sends_nothing_more() {
         let snap = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (kind, response) = state.on_request(&request(CDS, &[], "", ""), Some(&snap));
         assert_eq!(kind, RequestKind::Subscribe);
         let response = response.expect("initial response");
@@ -259,7 +259,7 @@ mod tests {
     #[test]
     fn a_nacked_version_is_not_resent_but_a_newer_one_is() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(LDS, &[], "", ""), Some(&v1));
         let first = first.unwrap();
         state.on_request(
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn stale_nonces_are_ignored_and_pushes_wait_for_the_ack() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&v1));
         let first = first.unwrap();
 
@@ -317,7 +317,7 @@ mod tests {
     #[test]
     fn endpoints_and_routes_are_sent_for_the_requested_names_only() {
         let snap = snapshot(1, &["a", "b"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&snap));
         let first = first.unwrap();
         assert_eq!(resource_names(&first), [A]);
@@ -329,7 +329,7 @@ mod tests {
         );
         assert_eq!(resource_names(&second.unwrap()), [A, B]);
 
-        let mut routes = StreamState::default();
+        let mut routes = SotwStreamState::default();
         let (_, response) = routes.on_request(&request(RDS, &[B], "", ""), Some(&snap));
         assert_eq!(response.unwrap().resources.len(), 1);
     }
@@ -337,7 +337,7 @@ mod tests {
     #[test]
     fn pushes_follow_cluster_endpoint_listener_route_order_for_subscribed_types_only() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         for t in [LDS, RDS, CDS] {
             let names: &[&str] = if t == RDS { &[A] } else { &[] };
             let (_, response) = state.on_request(&request(t, names, "", ""), Some(&v1));
@@ -360,11 +360,11 @@ mod tests {
     #[test]
     fn a_reconnecting_envoy_that_is_up_to_date_gets_nothing_resent() {
         let snap = snapshot(1, &["a"], &[true]);
-        let mut first_stream = StreamState::default();
+        let mut first_stream = SotwStreamState::default();
         let (_, response) = first_stream.on_request(&request(CDS, &[], "", ""), Some(&snap));
         let version = response.unwrap().version_info;
 
-        let mut reconnected = StreamState::default();
+        let mut reconnected = SotwStreamState::default();
         let (kind, response) =
             reconnected.on_request(&request(CDS, &[], &version, ""), Some(&snap));
         assert_eq!(kind, RequestKind::Subscribe);
@@ -373,7 +373,7 @@ mod tests {
 
     #[test]
     fn requests_before_the_first_snapshot_are_served_when_it_arrives() {
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (kind, response) = state.on_request(&request(CDS, &[], "", ""), None);
         assert_eq!(kind, RequestKind::Subscribe);
         assert!(response.is_none());
@@ -384,7 +384,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_reported_and_not_answered() {
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let unknown = DiscoveryRequest {
             type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
             ..Default::default()
