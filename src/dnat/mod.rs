@@ -4,9 +4,9 @@
 //! Three layers, outermost first:
 //! - this file: the command line (the checks of `--vip-cidr` and `--chain`) and [`run`], which
 //!   reads the nat table, renders what to change and applies it;
-//! - [`rules`]: the pure part, from `iptables-save` text to `iptables-restore` text (the shape
+//! - `rules`: the pure part, from `iptables-save` text to `iptables-restore` text (the shape
 //!   of the rules is described there);
-//! - [`iptables`]: running `iptables-save` and `iptables-restore` of the chosen backend.
+//! - `iptables`: running `iptables-save` and `iptables-restore` of the chosen backend.
 
 mod iptables;
 mod rules;
