@@ -13,10 +13,10 @@ use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::RawFd;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
 /// Receive buffers and their senders' addresses, reused for every batch.
-pub struct Batch<const SIZE: usize> {
+pub(crate) struct Batch<const SIZE: usize> {
     buffers: Box<[[u8; SIZE]; BATCH]>,
     lengths: [usize; BATCH],
     addresses: [libc::sockaddr_storage; BATCH],
@@ -25,7 +25,7 @@ pub struct Batch<const SIZE: usize> {
 }
 
 impl<const SIZE: usize> Batch<SIZE> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Batch {
             buffers: vec![[0u8; SIZE]; BATCH]
                 .into_boxed_slice()
@@ -41,7 +41,7 @@ impl<const SIZE: usize> Batch<SIZE> {
 
     /// Waits for a datagram and receives it with every other one waiting, up to [`BATCH`];
     /// returns how many.
-    pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.buffers[i].as_mut_ptr().cast(),
             iov_len: SIZE,
@@ -77,27 +77,23 @@ impl<const SIZE: usize> Batch<SIZE> {
         Ok(self.len)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Datagram `i` of the last batch (cut at `SIZE`, as a single receive would cut it).
-    pub fn datagram(&self, i: usize) -> &[u8] {
+    pub(crate) fn datagram(&self, i: usize) -> &[u8] {
         &self.buffers[i][..self.lengths[i].min(SIZE)]
     }
 
     /// Who sent datagram `i`; `None` for an address family other than IPv4 or IPv6.
-    pub fn sender(&self, i: usize) -> Option<SocketAddr> {
+    pub(crate) fn sender(&self, i: usize) -> Option<SocketAddr> {
         socket_addr(&self.addresses[i])
     }
 
     /// Sends `replies` (datagram index, bytes; at most [`BATCH`]) to their senders in one call;
     /// returns how many went out, in order (the caller sends the rest one by one).
-    pub fn send(&self, fd: RawFd, replies: &[(usize, &[u8])]) -> io::Result<usize> {
+    pub(crate) fn send(&self, fd: RawFd, replies: &[(usize, &[u8])]) -> io::Result<usize> {
         if replies.is_empty() {
             return Ok(0);
         }
@@ -126,12 +122,6 @@ impl<const SIZE: usize> Batch<SIZE> {
             return Err(io::Error::last_os_error());
         }
         Ok(sent as usize)
-    }
-}
-
-impl<const SIZE: usize> Default for Batch<SIZE> {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
