@@ -1,5 +1,8 @@
 //! `boshy`: every boshy-istio process is a subcommand of this one binary.
 
+// A binary is a crate of its own: the library's deny does not reach it.
+#![deny(unsafe_code)]
+
 use anyhow::Result;
 use boshy::{agent, bench, dnat, httpbin, lab, pilot, sim, xds};
 use clap::{Parser, Subcommand};

@@ -8,11 +8,13 @@
 //! else by [`udp_reply`], encoded the way hickory's UDP server encodes it, so the bytes on the
 //! wire do not depend on the path taken.
 
+// The crate denies unsafe code; this module alone may use it, for the libc calls of recvmmsg
+// and sendmmsg (std has neither), behind a safe interface.
+#[allow(unsafe_code)]
 mod udp_batch;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,12 +123,11 @@ fn serve_udp(
     stopping: &AtomicBool,
 ) {
     let handler = DnsHandler::new(zone.clone());
-    let fd = socket.as_raw_fd();
     let mut batch = Batch::<UDP_RECEIVE_BUFFER>::new();
     let mut fast_replies = vec![[0u8; MAX_REPLY_LEN]; udp_batch::BATCH];
     let mut slow_replies: Vec<Option<Vec<u8>>> = vec![None; udp_batch::BATCH];
     while !stopping.load(Ordering::Relaxed) {
-        match batch.receive(fd) {
+        match batch.receive(socket) {
             Ok(_) => {}
             Err(error)
                 if matches!(
@@ -167,7 +168,7 @@ fn serve_udp(
                 None => None,
             })
             .collect();
-        let sent = batch.send(fd, &replies).unwrap_or(0);
+        let sent = batch.send(socket, &replies).unwrap_or(0);
         // What sendmmsg did not take (an error on one datagram stops it there) goes one by one.
         for (i, reply) in &replies[sent..] {
             let Some(client) = batch.sender(*i) else {
