@@ -3,6 +3,10 @@
 //! Pure logic (catalog, VIP allocation, xDS resources, DNS answers, rule rendering) has no I/O;
 //! I/O lives at the edges (director client, servers, iptables, the lab).
 
+// The one exception, the agent's batched UDP system calls (`agent::transport::udp_batch`), is
+// allowed where that module is declared.
+#![deny(unsafe_code)]
+
 pub mod agent;
 pub mod api;
 pub mod catalog;

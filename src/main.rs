@@ -3,6 +3,9 @@
 //! The tools that exercise it (director simulator, lab, benchmarks) are binaries of their own
 //! crates under `tools/`.
 
+// A binary is a crate of its own: the library's deny does not reach it.
+#![deny(unsafe_code)]
+
 use anyhow::Result;
 use boshy::{agent, dnat, httpbin, pilot, xds};
 use clap::{Parser, Subcommand};

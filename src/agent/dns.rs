@@ -142,9 +142,13 @@ impl Zone {
         &self.apex
     }
 
-    /// The reply to the common query (see [`super::fast_path`]), byte for byte what the slow
+    /// The reply to the common query (see `fast_path`), byte for byte what the slow
     /// path would send; `None` for every other request.
-    pub fn fast_answer(&self, query: &[u8], reply: &mut [u8; MAX_REPLY_LEN]) -> Option<usize> {
+    pub(crate) fn fast_answer(
+        &self,
+        query: &[u8],
+        reply: &mut [u8; MAX_REPLY_LEN],
+    ) -> Option<usize> {
         self.hosts.answer(query, reply)
     }
 

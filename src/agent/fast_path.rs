@@ -7,7 +7,7 @@
 //! the response flags patched in, the request's question copied as it came (so the client's
 //! letter case, including DNS 0x20 randomisation, is echoed), the answer's owner name — the
 //! question's name again, uncompressed, because that is what hickory 0.26 writes — that record
-//! and, when the request had one, our OPT. Anything else returns `false` and goes to hickory; the
+//! and, when the request had one, our OPT. Anything else returns `None` and goes to hickory; the
 //! bytes are the ones hickory would send (see the equivalence tests in `handler.rs`).
 
 use std::collections::HashMap;
@@ -29,7 +29,7 @@ const CLASS_IN: u16 = 1;
 const ANSWER_LEN: usize = 14;
 const OPT_LEN: usize = 11;
 /// The longest reply: header, the longest question, the answer and an OPT.
-pub const MAX_REPLY_LEN: usize =
+pub(crate) const MAX_REPLY_LEN: usize =
     HEADER_LEN + MAX_NAME_LEN + 4 + MAX_NAME_LEN + ANSWER_LEN + OPT_LEN;
 
 // Header flag bits (RFC 1035 §4.1.1, RFC 4035 §3.2.2).
@@ -44,7 +44,7 @@ type Answer = [u8; ANSWER_LEN];
 
 /// The served names, keyed by lower-cased wire-format name, with their encoded answers.
 #[derive(Debug, Default)]
-pub struct FastAnswers {
+pub(crate) struct FastAnswers {
     answers: HashMap<Box<[u8]>, Answer, BuildHasherDefault<NameHasher>>,
 }
 
@@ -53,7 +53,7 @@ pub struct FastAnswers {
 /// only the control plane's names are inserted; a query can only look up, and a lookup of any
 /// name probes the same short chains.
 #[derive(Default)]
-pub struct NameHasher(u64);
+struct NameHasher(u64);
 
 impl NameHasher {
     const SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
@@ -84,14 +84,14 @@ impl Hasher for NameHasher {
 }
 
 impl FastAnswers {
-    pub fn with_capacity(capacity: usize) -> Self {
+    pub(crate) fn with_capacity(capacity: usize) -> Self {
         FastAnswers {
             answers: HashMap::with_capacity_and_hasher(capacity, Default::default()),
         }
     }
 
     /// Serves `name` (fully qualified) as `vip` with `ttl`; the last insert of a name wins.
-    pub fn insert(&mut self, name: &Name, vip: Ipv4Addr, ttl: u32) {
+    pub(crate) fn insert(&mut self, name: &Name, vip: Ipv4Addr, ttl: u32) {
         let mut answer = [0u8; ANSWER_LEN];
         answer[..2].copy_from_slice(&TYPE_A.to_be_bytes());
         answer[2..4].copy_from_slice(&CLASS_IN.to_be_bytes());
@@ -102,7 +102,7 @@ impl FastAnswers {
     }
 
     /// The VIP of `name`, matched case-insensitively.
-    pub fn vip(&self, name: &Name) -> Option<Ipv4Addr> {
+    pub(crate) fn vip(&self, name: &Name) -> Option<Ipv4Addr> {
         self.answers.get(&lower_wire_name(name)).map(|answer| {
             let [a, b, c, d] = answer[10..] else {
                 unreachable!("an answer ends with 4 address bytes")
@@ -111,17 +111,17 @@ impl FastAnswers {
         })
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.answers.len()
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.answers.is_empty()
     }
 
     /// Writes the reply to `query` into `reply` and returns its length, or `None` when the query
     /// is not the common case (the caller then asks hickory). Pure: no I/O, no allocation.
-    pub fn answer(&self, query: &[u8], reply: &mut [u8; MAX_REPLY_LEN]) -> Option<usize> {
+    pub(crate) fn answer(&self, query: &[u8], reply: &mut [u8; MAX_REPLY_LEN]) -> Option<usize> {
         let request = CommonQuery::parse(query)?;
         let answer = self.answers.get(&request.lower_name[..request.name_len])?;
 

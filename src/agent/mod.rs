@@ -1,17 +1,23 @@
 //! virtual-ip-agent: answers DNS for `*.<tld>` on every VM from the name table that bosh-pilot
 //! pushes, and keeps the last table on disk so it answers at once after a restart.
 //!
+//! Request handling, with no sockets:
 //! - [`dns`]: the pure answer logic (zone per table, reply per request).
-//! - [`fast_path`]: the common query answered from precomputed wire bytes.
-//! - [`handler`]: hickory's request handler and the UDP/TCP server.
-//! - [`table_store`]: the table on disk.
-//! - [`udp_batch`]: receiving and answering datagrams in batches.
+//! - `fast_path`: the common query answered from precomputed wire bytes.
+//! - `handler`: hickory's request handler around [`dns::reply`], the zone being served, and
+//!   the bytes hickory's UDP server would send.
+//!
+//! Serving it:
+//! - `transport`: the UDP and TCP sockets (our batched UDP loop, hickory's TCP server).
+//!
+//! And this file: the command line, the config, and following the name table (`table_store`
+//! keeps it on disk).
 
 pub mod dns;
-pub mod fast_path;
-pub mod handler;
-pub mod table_store;
-pub mod udp_batch;
+mod fast_path;
+mod handler;
+mod table_store;
+mod transport;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -91,7 +97,7 @@ pub async fn run(args: Args) -> Result<()> {
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
     let cell = Arc::new(ZoneCell::new(build_zone(&apex, config.ttl_seconds, &saved)));
-    let mut server = handler::serve(config.listen, cell.clone(), config.fast_path).await?;
+    let mut server = transport::serve(config.listen, cell.clone(), config.fast_path).await?;
     info!(
         listen = %config.listen,
         zone = %apex,

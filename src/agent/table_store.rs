@@ -1,16 +1,16 @@
 //! The last name table on disk, so that a restarted agent answers at once even while the
-//! control plane is down; and the atomic file write it (and the bosh-dns handler) rely on.
+//! control plane is down.
 
-use crate::fsutil::write_atomically;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 
+use crate::fsutil::write_atomically;
 use crate::names::table::NameTable;
 
 /// Reads the saved table. `Ok(None)` when there is none yet; an error (naming the file) when it
 /// cannot be read or is not a name table — the caller starts empty rather than crash.
-pub fn load(path: &Path) -> Result<Option<NameTable>> {
+pub(crate) fn load(path: &Path) -> Result<Option<NameTable>> {
     let bytes = match std::fs::read(path) {
         Ok(bytes) => bytes,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(None),
@@ -25,21 +25,21 @@ pub fn load(path: &Path) -> Result<Option<NameTable>> {
 
 /// Saves the table atomically: a reader (or a crash) sees the old file or the new one, never a
 /// torn one.
-pub fn save(path: &Path, table: &NameTable) -> Result<()> {
+pub(crate) fn save(path: &Path, table: &NameTable) -> Result<()> {
     let json = serde_json::to_vec_pretty(table).context("serializing the name table")?;
     write_atomically(path, &json)
 }
 
 /// How one table differs from the previous one, for the log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct TableChanges {
-    pub added: usize,
-    pub removed: usize,
+pub(crate) struct TableChanges {
+    pub(crate) added: usize,
+    pub(crate) removed: usize,
     /// Names whose VIP changed.
-    pub changed: usize,
+    pub(crate) changed: usize,
 }
 
-pub fn changes(old: &NameTable, new: &NameTable) -> TableChanges {
+pub(crate) fn changes(old: &NameTable, new: &NameTable) -> TableChanges {
     let mut counts = TableChanges::default();
     for (name, vip) in &new.names {
         match old.names.get(name) {

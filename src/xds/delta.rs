@@ -29,7 +29,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 
 use super::cache::Snapshot;
 use super::resources::{NamedResource, ResourceType};
-use super::stream::{RequestKind, CONTROL_PLANE_ID};
+use super::sotw::{RequestKind, CONTROL_PLANE_ID};
 
 /// The resource name that stands for "every resource of this type".
 const WILDCARD: &str = "*";

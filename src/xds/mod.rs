@@ -1,17 +1,17 @@
 //! xDS: resource generation, snapshot cache, ADS server.
 //!
 //! `resources` (pure) turns a catalog into encoded Envoy resources; `cache` builds them once
-//! per catalog version; `stream` (pure) is one state-of-the-world ADS stream's
+//! per catalog version; `sotw` (pure) is one state-of-the-world ADS stream's
 //! ACK/NACK/nonce bookkeeping and `delta` (pure) the same for incremental ADS; `server` is
 //! the ADS service (tonic's HTTP/2 server, gRPC framing by hand in `grpc`); `bootstrap` renders the Envoy bootstrap that points at it; `loadgen`
 //! is the push fan-out benchmark client.
 
 pub mod bootstrap;
 pub mod cache;
-pub mod delta;
+pub(crate) mod delta;
 pub mod grpc;
 pub mod resources;
 pub mod server;
-pub mod stream;
+pub(crate) mod sotw;
 
 pub use server::serve;

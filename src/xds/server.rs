@@ -1,5 +1,5 @@
 //! The ADS gRPC server, state of the world and delta over the same snapshots. All decisions
-//! live in `stream::StreamState` and `delta::DeltaStreamState`; this file only moves
+//! live in `sotw::SotwStreamState` and `delta::DeltaStreamState`; this file only moves
 //! messages, logs and counts.
 
 use std::convert::Infallible;
@@ -23,7 +23,7 @@ use tonic::Status;
 use super::cache::{self, Snapshot};
 use super::delta::DeltaStreamState;
 use super::grpc::{self, Outgoing, Requests};
-use super::stream::{RequestKind, StreamState};
+use super::sotw::{RequestKind, SotwStreamState};
 use crate::catalog::model::Catalog;
 use crate::metrics;
 
@@ -98,7 +98,7 @@ impl tower::Service<http::Request<Body>> for Ads {
         let path = request.uri().path();
         let method = path.rsplit_once('/').map_or("", |(_, method)| method);
         std::future::ready(Ok(match method {
-            "StreamAggregatedResources" => self.start::<StreamState>(request),
+            "StreamAggregatedResources" => self.start::<SotwStreamState>(request),
             "DeltaAggregatedResources" => self.start::<DeltaStreamState>(request),
             _ => grpc::status_only(&Status::unimplemented(format!(
                 "bosh-pilot serves only ADS, not {path}"
@@ -161,7 +161,7 @@ struct ResponseSummary<'a> {
     removed: usize,
 }
 
-impl Protocol for StreamState {
+impl Protocol for SotwStreamState {
     type Request = DiscoveryRequest;
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
@@ -174,10 +174,10 @@ impl Protocol for StreamState {
         request: &DiscoveryRequest,
         snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DiscoveryResponse>) {
-        StreamState::on_request(self, request, snapshot.map(|s| &**s))
+        SotwStreamState::on_request(self, request, snapshot.map(|s| &**s))
     }
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DiscoveryResponse> {
-        StreamState::on_snapshot(self, snapshot)
+        SotwStreamState::on_snapshot(self, snapshot)
     }
     fn request_summary(request: &DiscoveryRequest) -> RequestSummary<'_> {
         RequestSummary {

@@ -1,31 +1,24 @@
-//! DNAT: the iptables rules that send TCP connections for the VIP range into the local Envoy.
+//! The rules themselves, as text: what `iptables-restore --noflush` input makes the nat table
+//! right, read from what `iptables-save -t nat` printed. Pure: no process is run here, so every
+//! case is unit-tested on saved tables.
 //!
-//! Shape (nat table): a chain we own, `BOSHY_OUTPUT`, and one jump to it at the top of OUTPUT
-//! that matches only `-d <vip cidr> -p tcp` and carries a comment naming boshy-istio. The VIP
-//! CIDR must lie inside 169.254.0.0/16. The chain first RETURNs what must never reach Envoy even
-//! if the CIDR is wider than it should be — bosh-dns (169.254.0.0/24), the cloud metadata
-//! service (169.254.169.254) and the ports of ssh, monit and the BOSH agent, director, NATS,
-//! blobstore and registry ([`PROTECTED_PORTS`]) — then redirects the rest with
-//! `-p tcp -j REDIRECT --to-ports 15001`. Nothing else is captured; Envoy dials real instance
-//! IPs, so its own traffic never loops back.
+//! Shape (nat table): a chain we own, `BOSHY_OUTPUT` by default, and one jump to it at the top
+//! of OUTPUT that matches only `-d <vip cidr> -p tcp` and carries [`COMMENT`]. The chain first
+//! RETURNs what must never reach Envoy even if the CIDR is wider than it should be — bosh-dns
+//! (169.254.0.0/24), the cloud metadata service (169.254.169.254) and the ports of ssh, monit
+//! and the BOSH agent, director, NATS, blobstore and registry ([`PROTECTED_PORTS`]) — then
+//! redirects the rest with `-p tcp -j REDIRECT --to-ports <redirect port>`. Nothing else is
+//! captured; Envoy dials real instance IPs, so its own traffic never loops back.
 //!
-//! The pure part reads the current `iptables-save -t nat` and renders the `iptables-restore
-//! --noflush` input that makes the rules right — one atomic transaction, touching only our chain
-//! and the jumps to it, never flushing or reordering anything else. Install when already
-//! installed renders nothing; remove deletes exactly what install added.
-
-use std::io::Write;
-use std::process::{Command, Stdio};
+//! The rendered input is one atomic transaction that touches only our chain and the jumps to
+//! it, never flushing or reordering anything else. Install when already installed renders
+//! nothing; remove deletes exactly what install added.
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 
 /// Marks the jump as ours in `iptables-save` output.
-pub const COMMENT: &str = "boshy-istio: VIP traffic to Envoy";
-/// The widest VIP range the design allows; a wider one would capture real traffic.
-const MIN_PREFIX_LEN: u8 = 16;
-/// VIPs are link-local: a range outside it would capture traffic for real hosts.
-const LINK_LOCAL: &str = "169.254.0.0/16";
+const COMMENT: &str = "boshy-istio: VIP traffic to Envoy";
 /// Destinations inside the link-local range that are never VIPs: bosh-dns and the cloud
 /// metadata service. RETURNed before the redirect.
 const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32"];
@@ -34,120 +27,18 @@ const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32
 /// listens on them, so RETURNing them costs nothing and keeps a misconfigured CIDR from cutting
 /// the VM off from BOSH.
 pub const PROTECTED_PORTS: [u16; 8] = [22, 2822, 2825, 4222, 6868, 25250, 25555, 25777];
-/// iptables' limit on chain names (XT_EXTENSION_MAXNAMELEN - 1).
-const MAX_CHAIN_LEN: usize = 28;
-
-#[derive(clap::Args, Debug)]
-pub struct Args {
-    /// install: add the rules (idempotent); remove: delete them exactly; status: exit 0 when
-    /// installed, 3 when not installed, 1 when partially installed or wrong.
-    #[arg(value_enum)]
-    pub action: Action,
-    /// The VIP range whose TCP traffic is redirected (at most a /16).
-    #[arg(long, default_value = "169.254.255.0/24", value_parser = parse_vip_cidr)]
-    pub vip_cidr: Ipv4Net,
-    /// Where Envoy's outbound listener accepts the redirected connections.
-    #[arg(long, default_value_t = 15001)]
-    pub redirect_port: u16,
-    /// The nat chain boshy-istio owns.
-    #[arg(long, default_value = "BOSHY_OUTPUT", value_parser = parse_chain)]
-    pub chain: String,
-    /// auto: whatever `iptables` is on this machine; nft / legacy: that variant explicitly.
-    #[arg(long, value_enum, default_value_t = Backend::Auto)]
-    pub backend: Backend,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Action {
-    Install,
-    Remove,
-    Status,
-}
-
-#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Backend {
-    Auto,
-    Nft,
-    Legacy,
-}
-
-impl Backend {
-    pub fn save_binary(self) -> &'static str {
-        match self {
-            Backend::Auto => "iptables-save",
-            Backend::Nft => "iptables-nft-save",
-            Backend::Legacy => "iptables-legacy-save",
-        }
-    }
-
-    pub fn restore_binary(self) -> &'static str {
-        match self {
-            Backend::Auto => "iptables-restore",
-            Backend::Nft => "iptables-nft-restore",
-            Backend::Legacy => "iptables-legacy-restore",
-        }
-    }
-}
-
-/// `--vip-cidr`: an IPv4 network with no host bits set inside 169.254.0.0/16.
-pub fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
-    let net: Ipv4Net = text
-        .parse()
-        .map_err(|_| format!("`{text}` is not an IPv4 CIDR like 169.254.255.0/24"))?;
-    if net.network() != net.addr() {
-        return Err(format!(
-            "`{text}` has host bits set; did you mean {}?",
-            net.trunc()
-        ));
-    }
-    if net.prefix_len() < MIN_PREFIX_LEN {
-        return Err(format!(
-            "`{text}` is wider than a /{MIN_PREFIX_LEN}; it would capture traffic that is not \
-             for a VIP"
-        ));
-    }
-    let link_local: Ipv4Net = LINK_LOCAL.parse().expect("valid CIDR");
-    if !link_local.contains(&net) {
-        return Err(format!(
-            "`{text}` is outside {LINK_LOCAL}: VIPs are link-local, and any other range would \
-             capture traffic for real hosts"
-        ));
-    }
-    Ok(net)
-}
-
-/// `--chain`: a name iptables accepts for a user chain.
-pub fn parse_chain(text: &str) -> Result<String, String> {
-    let valid = !text.is_empty()
-        && text.len() <= MAX_CHAIN_LEN
-        && !text.starts_with('-')
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-');
-    if !valid {
-        return Err(format!(
-            "`{text}` is not a usable chain name (1-{MAX_CHAIN_LEN} letters, digits, `_` or `-`)"
-        ));
-    }
-    if ["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING", "FORWARD"].contains(&text) {
-        return Err(format!(
-            "`{text}` is a built-in chain, not one boshy-istio can own"
-        ));
-    }
-    Ok(text.to_string())
-}
 
 /// What the rules should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RuleSpec {
-    pub vip_cidr: Ipv4Net,
-    pub redirect_port: u16,
-    pub chain: String,
+pub(crate) struct RuleSpec {
+    pub(crate) vip_cidr: Ipv4Net,
+    pub(crate) redirect_port: u16,
+    pub(crate) chain: String,
 }
 
 impl RuleSpec {
     /// The jump from OUTPUT, in the exact form `iptables-save` prints it (without `-A OUTPUT`).
-    pub fn jump(&self) -> Vec<String> {
+    fn jump(&self) -> Vec<String> {
         words(&[
             "-d",
             &self.vip_cidr.to_string(),
@@ -164,7 +55,7 @@ impl RuleSpec {
 
     /// The rules of our chain, in order, in `iptables-save` form (without `-A <chain>`): the
     /// RETURNs for what must never be captured, then the redirect.
-    pub fn chain_rules(&self) -> Vec<Vec<String>> {
+    fn chain_rules(&self) -> Vec<Vec<String>> {
         let mut rules: Vec<Vec<String>> = PROTECTED_DESTINATIONS
             .iter()
             .map(|destination| words(&["-d", destination, "-j", "RETURN"]))
@@ -185,7 +76,7 @@ impl RuleSpec {
     }
 
     /// The last rule of our chain, in `iptables-save` form (without `-A <chain>`).
-    pub fn redirect(&self) -> Vec<String> {
+    fn redirect(&self) -> Vec<String> {
         words(&[
             "-p",
             "tcp",
@@ -203,9 +94,9 @@ fn words(items: &[&str]) -> Vec<String> {
 
 /// One `-A <chain> <spec...>` line of `iptables-save`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rule {
-    pub chain: String,
-    pub spec: Vec<String>,
+struct Rule {
+    chain: String,
+    spec: Vec<String>,
 }
 
 impl Rule {
@@ -218,14 +109,14 @@ impl Rule {
 
 /// The nat table as `iptables-save -t nat` printed it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct NatTable {
-    pub chains: Vec<String>,
-    pub rules: Vec<Rule>,
+pub(crate) struct NatTable {
+    chains: Vec<String>,
+    rules: Vec<Rule>,
 }
 
 /// Parses the `*nat` section of `iptables-save` output; comments, counters and other tables
 /// are ignored.
-pub fn parse_nat(save_output: &str) -> Result<NatTable> {
+pub(crate) fn parse_nat(save_output: &str) -> Result<NatTable> {
     let mut table = NatTable::default();
     let mut in_nat = false;
     for (number, line) in save_output.lines().enumerate() {
@@ -316,7 +207,7 @@ fn join_words(words: &[String]) -> String {
 
 /// How the current rules compare with the wanted ones.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Installed,
     NotInstalled,
     /// Some of it is there, or something of ours is wrong: each entry says what.
@@ -325,7 +216,7 @@ pub enum Status {
 
 impl Status {
     /// The exit code of `boshy dnat status`.
-    pub fn exit_code(&self) -> i32 {
+    pub(crate) fn exit_code(&self) -> i32 {
         match self {
             Status::Installed => 0,
             Status::Partial(_) => 1,
@@ -334,7 +225,8 @@ impl Status {
     }
 }
 
-pub fn status(spec: &RuleSpec, table: &NatTable) -> Status {
+/// How `table` compares with what `spec` wants.
+pub(crate) fn status(spec: &RuleSpec, table: &NatTable) -> Status {
     let has_chain = table.chains.contains(&spec.chain);
     let ours: Vec<&Vec<String>> = table
         .rules
@@ -397,7 +289,7 @@ pub fn status(spec: &RuleSpec, table: &NatTable) -> Status {
 
 /// The `iptables-restore --noflush` input that installs the rules, or `None` when they are
 /// already exactly right.
-pub fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String> {
+pub(crate) fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String> {
     if status(spec, table) == Status::Installed {
         return None;
     }
@@ -431,7 +323,7 @@ pub fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String> {
 
 /// The `iptables-restore --noflush` input that removes every jump to our chain and the chain
 /// itself, or `None` when nothing of ours is there.
-pub fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String> {
+pub(crate) fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String> {
     if status(spec, table) == Status::NotInstalled {
         return None;
     }
@@ -445,120 +337,6 @@ pub fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String> {
     }
     lines.push("COMMIT".into());
     Some(lines.join("\n") + "\n")
-}
-
-pub async fn run(args: Args) -> Result<()> {
-    let spec = RuleSpec {
-        vip_cidr: args.vip_cidr,
-        redirect_port: args.redirect_port,
-        chain: args.chain,
-    };
-    let backend = args.backend;
-    let action = args.action;
-    // iptables is a blocking subprocess; keep it off the async workers.
-    tokio::task::spawn_blocking(move || apply(action, &spec, backend))
-        .await
-        .context("the iptables task did not finish")?
-}
-
-fn apply(action: Action, spec: &RuleSpec, backend: Backend) -> Result<()> {
-    let table = parse_nat(&save_nat(backend)?)?;
-    match action {
-        Action::Install => match render_install(spec, &table) {
-            None => println!("already installed: {}", describe(spec)),
-            Some(input) => {
-                restore(backend, &input)?;
-                println!("installed: {}", describe(spec));
-            }
-        },
-        Action::Remove => match render_remove(spec, &table) {
-            None => println!("not installed: nothing to remove"),
-            Some(input) => {
-                restore(backend, &input)?;
-                println!("removed chain {} and its jumps", spec.chain);
-            }
-        },
-        Action::Status => {
-            let status = status(spec, &table);
-            match &status {
-                Status::Installed => println!("installed: {}", describe(spec)),
-                Status::NotInstalled => println!("not installed"),
-                Status::Partial(problems) => {
-                    println!("partially installed:");
-                    for problem in problems {
-                        println!("  - {problem}");
-                    }
-                }
-            }
-            if status != Status::Installed {
-                std::io::stdout().flush().ok();
-                std::process::exit(status.exit_code());
-            }
-        }
-    }
-    Ok(())
-}
-
-fn describe(spec: &RuleSpec) -> String {
-    format!(
-        "TCP to {} -> {} -> REDIRECT :{}",
-        spec.vip_cidr, spec.chain, spec.redirect_port
-    )
-}
-
-fn save_nat(backend: Backend) -> Result<String> {
-    let binary = backend.save_binary();
-    let output = Command::new(binary)
-        .args(["-t", "nat"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|err| spawn_error(binary, err))?;
-    if !output.status.success() {
-        bail!(
-            "`{binary} -t nat` failed ({}): {}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    String::from_utf8(output.stdout)
-        .with_context(|| format!("`{binary} -t nat`: output is not UTF-8"))
-}
-
-fn restore(backend: Backend, input: &str) -> Result<()> {
-    let binary = backend.restore_binary();
-    let mut child = Command::new(binary)
-        // --wait: queue behind other users of the xtables lock instead of failing.
-        .args(["--noflush", "--wait"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|err| spawn_error(binary, err))?;
-    child
-        .stdin
-        .take()
-        .expect("stdin is piped")
-        .write_all(input.as_bytes())
-        .with_context(|| format!("writing the rules to {binary}"))?;
-    let output = child
-        .wait_with_output()
-        .with_context(|| format!("waiting for {binary}"))?;
-    if !output.status.success() {
-        bail!(
-            "`{binary} --noflush` rejected the rules ({}): {}\nthe input was:\n{input}",
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn spawn_error(binary: &str, err: std::io::Error) -> anyhow::Error {
-    if err.kind() == std::io::ErrorKind::NotFound {
-        anyhow::anyhow!("`{binary}` not found on PATH: install the iptables package")
-    } else {
-        anyhow::anyhow!("cannot run `{binary}`: {err}")
-    }
 }
 
 #[cfg(test)]
@@ -843,37 +621,6 @@ mod tests {
     }
 
     #[test]
-    fn bad_cidrs_are_rejected_clearly() {
-        assert_eq!(parse_vip_cidr("169.254.255.0/24").unwrap().prefix_len(), 24);
-        assert!(parse_vip_cidr("nope")
-            .unwrap_err()
-            .contains("not an IPv4 CIDR"));
-        assert!(parse_vip_cidr("169.254.255.7/24")
-            .unwrap_err()
-            .contains("169.254.255.0/24"));
-        assert!(parse_vip_cidr("0.0.0.0/0").unwrap_err().contains("wider"));
-        assert!(parse_vip_cidr("fd00::/64").is_err());
-    }
-
-    #[test]
-    fn vip_cidrs_outside_link_local_are_refused() {
-        for bad in [
-            "10.0.0.0/16",
-            "169.255.0.0/24",
-            "0.0.0.0/16",
-            "169.254.0.0/15",
-        ] {
-            assert!(parse_vip_cidr(bad).is_err(), "{bad}");
-        }
-        assert!(parse_vip_cidr("10.0.0.0/24")
-            .unwrap_err()
-            .contains("outside 169.254.0.0/16"));
-        for good in ["169.254.0.0/16", "169.254.255.0/24", "169.254.200.0/22"] {
-            assert!(parse_vip_cidr(good).is_ok(), "{good}");
-        }
-    }
-
-    #[test]
     fn the_chain_returns_protected_destinations_and_ports_before_redirecting() {
         let rules = spec().chain_rules();
         assert_eq!(rules.last().unwrap(), &spec().redirect());
@@ -886,14 +633,6 @@ mod tests {
                 ports.split([' ', ',']).any(|w| w == port),
                 "{port} in {ports}"
             );
-        }
-    }
-
-    #[test]
-    fn bad_chain_names_are_rejected() {
-        assert!(parse_chain("BOSHY_OUTPUT").is_ok());
-        for bad in ["", "OUTPUT", "-x", "has space", &"C".repeat(29)] {
-            assert!(parse_chain(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -6,17 +6,22 @@
 //! For a blocking socket on a thread of its own: `receive` waits for the first datagram
 //! (`MSG_WAITFORONE`) and takes the others already waiting; on a non-blocking socket it returns
 //! `WouldBlock` when there is none, as the socket does.
+//!
+//! This is the crate's only `unsafe` code (the crate denies it elsewhere): the two system calls
+//! and the reading of the addresses they fill in, each with the argument for its soundness.
+//! What the module hands out is safe: it works on a `UdpSocket` it borrows, and on buffers it
+//! owns.
 
 use std::io;
 use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
-use std::os::fd::RawFd;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
 
 /// Datagrams per system call.
-pub const BATCH: usize = 32;
+pub(crate) const BATCH: usize = 32;
 
 /// Receive buffers and their senders' addresses, reused for every batch.
-pub struct Batch<const SIZE: usize> {
+pub(crate) struct Batch<const SIZE: usize> {
     buffers: Box<[[u8; SIZE]; BATCH]>,
     lengths: [usize; BATCH],
     addresses: [libc::sockaddr_storage; BATCH],
@@ -25,7 +30,7 @@ pub struct Batch<const SIZE: usize> {
 }
 
 impl<const SIZE: usize> Batch<SIZE> {
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Batch {
             buffers: vec![[0u8; SIZE]; BATCH]
                 .into_boxed_slice()
@@ -41,12 +46,13 @@ impl<const SIZE: usize> Batch<SIZE> {
 
     /// Waits for a datagram and receives it with every other one waiting, up to [`BATCH`];
     /// returns how many.
-    pub fn receive(&mut self, fd: RawFd) -> io::Result<usize> {
+    pub(crate) fn receive(&mut self, socket: &UdpSocket) -> io::Result<usize> {
         let mut iovecs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
             iov_base: self.buffers[i].as_mut_ptr().cast(),
             iov_len: SIZE,
         });
-        // SAFETY: mmsghdr is plain old data; zeroes are valid and every pointer is set below.
+        // SAFETY: mmsghdr is plain old data (integers and raw pointers), for which all zeroes is
+        // a valid value; every pointer the call reads is set below.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for (i, header) in headers.iter_mut().enumerate() {
             header.msg_hdr.msg_name =
@@ -55,10 +61,13 @@ impl<const SIZE: usize> Batch<SIZE> {
             header.msg_hdr.msg_iov = &mut iovecs[i];
             header.msg_hdr.msg_iovlen = 1;
         }
-        // SAFETY: every header points at a live buffer of the length it declares, for the call.
+        // SAFETY: the socket is borrowed, so its descriptor stays open for the call. Each of the
+        // BATCH headers points at one iovec (alive until the end of this function) for a buffer
+        // of `self` of exactly SIZE bytes, and at an address buffer of `self` of the length it
+        // declares; the kernel writes only there and into the headers. The timeout may be null.
         let received = unsafe {
             libc::recvmmsg(
-                fd,
+                socket.as_raw_fd(),
                 headers.as_mut_ptr(),
                 BATCH as libc::c_uint,
                 libc::MSG_WAITFORONE,
@@ -77,34 +86,31 @@ impl<const SIZE: usize> Batch<SIZE> {
         Ok(self.len)
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
     /// Datagram `i` of the last batch (cut at `SIZE`, as a single receive would cut it).
-    pub fn datagram(&self, i: usize) -> &[u8] {
+    pub(crate) fn datagram(&self, i: usize) -> &[u8] {
         &self.buffers[i][..self.lengths[i].min(SIZE)]
     }
 
     /// Who sent datagram `i`; `None` for an address family other than IPv4 or IPv6.
-    pub fn sender(&self, i: usize) -> Option<SocketAddr> {
+    pub(crate) fn sender(&self, i: usize) -> Option<SocketAddr> {
         socket_addr(&self.addresses[i])
     }
 
     /// Sends `replies` (datagram index, bytes; at most [`BATCH`]) to their senders in one call;
     /// returns how many went out, in order (the caller sends the rest one by one).
-    pub fn send(&self, fd: RawFd, replies: &[(usize, &[u8])]) -> io::Result<usize> {
+    pub(crate) fn send(&self, socket: &UdpSocket, replies: &[(usize, &[u8])]) -> io::Result<usize> {
         if replies.is_empty() {
             return Ok(0);
         }
         let count = replies.len().min(BATCH);
-        // SAFETY: plain old data; every pointer used is set below.
+        // SAFETY: iovec is a raw pointer and a length, for which all zeroes is a valid value; the
+        // call reads only the first `count`, set below.
         let mut iovecs: [libc::iovec; BATCH] = unsafe { zeroed() };
-        // SAFETY: as above.
+        // SAFETY: mmsghdr is plain old data, as in `receive`; the first `count` are set below.
         let mut headers: [libc::mmsghdr; BATCH] = unsafe { zeroed() };
         for (k, (i, bytes)) in replies.iter().take(count).enumerate() {
             iovecs[k] = libc::iovec {
@@ -119,9 +125,19 @@ impl<const SIZE: usize> Batch<SIZE> {
             header.msg_iov = &mut iovecs[k];
             header.msg_iovlen = 1;
         }
-        // SAFETY: the first `count` headers point at live memory for the duration of the call;
-        // sendmmsg only reads it (the kernel writes msg_len, which is ours).
-        let sent = unsafe { libc::sendmmsg(fd, headers.as_mut_ptr(), count as libc::c_uint, 0) };
+        // SAFETY: the socket is borrowed, so its descriptor stays open for the call. The first
+        // `count` headers point at iovecs for `replies` and at addresses of `self`, with their
+        // lengths, all alive until the end of this function; the kernel only reads them (the
+        // address is cast to *mut for the C type, never written) and writes each header's
+        // msg_len.
+        let sent = unsafe {
+            libc::sendmmsg(
+                socket.as_raw_fd(),
+                headers.as_mut_ptr(),
+                count as libc::c_uint,
+                0,
+            )
+        };
         if sent < 0 {
             return Err(io::Error::last_os_error());
         }
@@ -129,16 +145,12 @@ impl<const SIZE: usize> Batch<SIZE> {
     }
 }
 
-impl<const SIZE: usize> Default for Batch<SIZE> {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(storage.ss_family) {
         libc::AF_INET => {
-            // SAFETY: the family says this storage holds a sockaddr_in, which it is large enough for.
+            // SAFETY: sockaddr_storage is large enough and aligned for every socket address
+            // type, the family says the kernel wrote a sockaddr_in, and any bytes are a valid
+            // sockaddr_in (integers only); the reference lives no longer than `storage`.
             let v4 =
                 unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
             Some(SocketAddr::V4(SocketAddrV4::new(
@@ -147,7 +159,7 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
             )))
         }
         libc::AF_INET6 => {
-            // SAFETY: as above, for sockaddr_in6.
+            // SAFETY: as for sockaddr_in above: size, alignment, family and integers only.
             let v6 = unsafe {
                 &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>()
             };
@@ -165,7 +177,6 @@ fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::os::fd::AsRawFd;
 
     #[test]
     fn a_batch_receives_every_waiting_datagram_and_answers_each_sender() {
@@ -182,7 +193,7 @@ mod tests {
         let mut batch = Batch::<16>::new();
         let mut received = 0;
         for _ in 0..100 {
-            match batch.receive(server.as_raw_fd()) {
+            match batch.receive(&server) {
                 Ok(n) => {
                     received = n;
                     if n == 3 {
@@ -199,7 +210,7 @@ mod tests {
             .collect();
         let borrowed: Vec<(usize, &[u8])> =
             replies.iter().map(|(i, r)| (*i, r.as_slice())).collect();
-        assert_eq!(batch.send(server.as_raw_fd(), &borrowed).unwrap(), 3);
+        assert_eq!(batch.send(&server, &borrowed).unwrap(), 3);
         for client in &clients {
             let mut buf = [0u8; 16];
             let (len, from) = client.recv_from(&mut buf).unwrap();
@@ -209,7 +220,7 @@ mod tests {
             assert_eq!(&buf[..len], [b"re:".as_slice(), &[i as u8; 5]].concat());
         }
         let mut empty = Batch::<16>::new();
-        let err = empty.receive(server.as_raw_fd()).unwrap_err();
+        let err = empty.receive(&server).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     }
 }

@@ -54,12 +54,12 @@ struct Subscription {
 }
 
 #[derive(Debug, Default)]
-pub struct StreamState {
+pub struct SotwStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
 }
 
-impl StreamState {
+impl SotwStreamState {
     /// Handles one request against the current snapshot (`None` before the first catalog:
     /// the subscription is recorded and served once a snapshot exists).
     pub fn on_request(
@@ -146,7 +146,8 @@ impl StreamState {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+    use crate::catalog::model::{Endpoint, Protocol};
+    use crate::catalog::testing::{self, endpoint, service};
     use envoy_types::pb::google::rpc::Status;
 
     const CDS: ResourceType = ResourceType::Cluster;
@@ -156,40 +157,20 @@ mod tests {
 
     /// One http service per name in `jobs`, each with one endpoint per `healthy` entry.
     fn snapshot(version: u64, jobs: &[&str], healthy: &[bool]) -> Snapshot {
-        let services = jobs
-            .iter()
-            .enumerate()
-            .map(|(i, job)| Service {
-                key: ServiceKey {
-                    deployment: "d".into(),
-                    instance_group: "g".into(),
-                    job: job.to_string(),
-                },
-                hostname: format!("{job}.g.d.boshy"),
-                vip: format!("169.254.255.{}", i + 2).parse().unwrap(),
-                ports: vec![ServicePort {
-                    name: "http".into(),
-                    number: 80,
-                    protocol: Protocol::Http,
-                }],
-                endpoints: healthy
-                    .iter()
-                    .enumerate()
-                    .map(|(n, healthy)| Endpoint {
-                        address: format!("10.0.0.{}", n + 1).parse().unwrap(),
-                        az: None,
-                        instance: n.to_string(),
-                        index: Some(n as u32),
+        let services = jobs.iter().zip(2u8..).map(|(job, host)| {
+            healthy.iter().zip(1u8..).fold(
+                service("d", "g", job)
+                    .vip([169, 254, 255, host])
+                    .port("http", 80, Protocol::Http),
+                |service, (healthy, n)| {
+                    service.endpoint(Endpoint {
                         healthy: *healthy,
+                        ..endpoint(&format!("10.0.0.{n}"))
                     })
-                    .collect(),
-            })
-            .collect();
-        Snapshot::from_catalog(&Catalog {
-            version,
-            tld: "boshy".into(),
-            services,
-        })
+                },
+            )
+        });
+        Snapshot::from_catalog(&testing::catalog(version, services))
     }
 
     fn request(t: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -233,7 +214,7 @@ mod tests {
     #[test]
     fn first_request_is_answered_and_its_ack_sends_nothing_more() {
         let snap = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (kind, response) = state.on_request(&request(CDS, &[], "", ""), Some(&snap));
         assert_eq!(kind, RequestKind::Subscribe);
         let response = response.expect("initial response");
@@ -259,7 +240,7 @@ mod tests {
     #[test]
     fn a_nacked_version_is_not_resent_but_a_newer_one_is() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(LDS, &[], "", ""), Some(&v1));
         let first = first.unwrap();
         state.on_request(
@@ -292,7 +273,7 @@ mod tests {
     #[test]
     fn stale_nonces_are_ignored_and_pushes_wait_for_the_ack() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&v1));
         let first = first.unwrap();
 
@@ -317,7 +298,7 @@ mod tests {
     #[test]
     fn endpoints_and_routes_are_sent_for_the_requested_names_only() {
         let snap = snapshot(1, &["a", "b"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (_, first) = state.on_request(&request(EDS, &[A], "", ""), Some(&snap));
         let first = first.unwrap();
         assert_eq!(resource_names(&first), [A]);
@@ -329,7 +310,7 @@ mod tests {
         );
         assert_eq!(resource_names(&second.unwrap()), [A, B]);
 
-        let mut routes = StreamState::default();
+        let mut routes = SotwStreamState::default();
         let (_, response) = routes.on_request(&request(RDS, &[B], "", ""), Some(&snap));
         assert_eq!(response.unwrap().resources.len(), 1);
     }
@@ -337,7 +318,7 @@ mod tests {
     #[test]
     fn pushes_follow_cluster_endpoint_listener_route_order_for_subscribed_types_only() {
         let v1 = snapshot(1, &["a"], &[true]);
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         for t in [LDS, RDS, CDS] {
             let names: &[&str] = if t == RDS { &[A] } else { &[] };
             let (_, response) = state.on_request(&request(t, names, "", ""), Some(&v1));
@@ -360,11 +341,11 @@ mod tests {
     #[test]
     fn a_reconnecting_envoy_that_is_up_to_date_gets_nothing_resent() {
         let snap = snapshot(1, &["a"], &[true]);
-        let mut first_stream = StreamState::default();
+        let mut first_stream = SotwStreamState::default();
         let (_, response) = first_stream.on_request(&request(CDS, &[], "", ""), Some(&snap));
         let version = response.unwrap().version_info;
 
-        let mut reconnected = StreamState::default();
+        let mut reconnected = SotwStreamState::default();
         let (kind, response) =
             reconnected.on_request(&request(CDS, &[], &version, ""), Some(&snap));
         assert_eq!(kind, RequestKind::Subscribe);
@@ -373,7 +354,7 @@ mod tests {
 
     #[test]
     fn requests_before_the_first_snapshot_are_served_when_it_arrives() {
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let (kind, response) = state.on_request(&request(CDS, &[], "", ""), None);
         assert_eq!(kind, RequestKind::Subscribe);
         assert!(response.is_none());
@@ -384,7 +365,7 @@ mod tests {
 
     #[test]
     fn unknown_types_are_reported_and_not_answered() {
-        let mut state = StreamState::default();
+        let mut state = SotwStreamState::default();
         let unknown = DiscoveryRequest {
             type_url: "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret".into(),
             ..Default::default()
