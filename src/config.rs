@@ -251,7 +251,7 @@ impl std::fmt::Debug for Secret {
     }
 }
 
-/// `boshy vip-agent` (the virtual-ip-agent job).
+/// `boshy virtual-ip-agent` (the virtual-ip-agent job).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentConfig {

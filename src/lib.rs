@@ -1,13 +1,12 @@
 //! boshy-istio: an Envoy service mesh for every BOSH-deployed VM.
 //!
 //! Pure logic (catalog, VIP allocation, xDS resources, DNS answers, rule rendering) has no I/O;
-//! I/O lives at the edges (director client, servers, iptables, the lab).
+//! I/O lives at the edges (director client, servers, iptables).
 
-// The one exception, the agent's batched UDP system calls (`agent::transport::udp_batch`), is
+// The one exception, the agent's batched UDP system calls (`virtual_ip_agent::transport::udp_batch`), is
 // allowed where that module is declared.
 #![deny(unsafe_code)]
 
-pub mod agent;
 pub mod api;
 pub mod catalog;
 pub mod config;
@@ -22,4 +21,5 @@ pub mod pilot;
 pub mod text;
 pub mod tls;
 pub mod vip;
+pub mod virtual_ip_agent;
 pub mod xds;

@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 use anyhow::Result;
-use boshy::{agent, dnat, httpbin, pilot, xds};
+use boshy::{dnat, httpbin, pilot, virtual_ip_agent, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,8 +26,8 @@ enum Command {
     /// The control plane: polls the BOSH director, serves xDS, the name table and the API.
     Pilot(pilot::Args),
     /// The per-VM DNS agent: answers `*.<tld>` from the name table pushed by bosh-pilot
-    /// (the release runs the same agent from its own, smaller binary, `boshy-vip-agent`).
-    VipAgent(agent::Args),
+    /// (the release runs the same agent from its own, smaller binary, `virtual-ip-agent`).
+    VirtualIpAgent(virtual_ip_agent::Args),
     /// Installs, removes or shows the iptables DNAT rules that send VIP traffic to Envoy.
     Dnat(dnat::Args),
     /// Prints an Envoy bootstrap that points ADS at the bosh-pilot instances.
@@ -41,7 +41,7 @@ async fn main() -> Result<()> {
     boshy::logging::init();
     match Cli::parse().command {
         Command::Pilot(args) => pilot::run(args).await,
-        Command::VipAgent(args) => agent::run(args).await,
+        Command::VirtualIpAgent(args) => virtual_ip_agent::run(args).await,
         Command::Dnat(args) => dnat::run(args).await,
         Command::EnvoyBootstrap(args) => xds::bootstrap::run(args).await,
         Command::ExampleHttpbin(args) => httpbin::run(args).await,

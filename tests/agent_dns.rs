@@ -1,4 +1,4 @@
-//! The real `boshy-vip-agent` binary (what the release runs) on a loopback port, queried with `dig` over UDP and TCP.
+//! The real `virtual-ip-agent` binary (what the release runs) on a loopback port, queried with `dig` over UDP and TCP.
 //! The pilots in its config are unreachable (a closed loopback port), so every answer comes from
 //! the table on disk — which is exactly the restart-while-the-control-plane-is-down case.
 
@@ -18,10 +18,10 @@ const HOST: &str = "example-httpbin.banana.sample-deployment.boshy";
 const TTL: u32 = 7;
 
 /// The agent's two command lines: its own binary, which the release runs, and the multi-tool
-/// `boshy vip-agent`; both take the same arguments (`boshy::agent::Args`).
+/// `boshy virtual-ip-agent`; both take the same arguments (`boshy::virtual_ip_agent::Args`).
 const AGENT_COMMANDS: [&[&str]; 2] = [
-    &[env!("CARGO_BIN_EXE_boshy-vip-agent")],
-    &[env!("CARGO_BIN_EXE_boshy"), "vip-agent"],
+    &[env!("CARGO_BIN_EXE_virtual-ip-agent")],
+    &[env!("CARGO_BIN_EXE_boshy"), "virtual-ip-agent"],
 ];
 
 fn agent_command(command: &[&str]) -> Command {
@@ -46,7 +46,7 @@ impl Agent {
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start boshy-vip-agent");
+            .expect("start virtual-ip-agent");
         let mut agent = Agent {
             child: KilledOnDrop(child),
             port,
@@ -60,14 +60,17 @@ impl Agent {
     fn wait_until_answering(&mut self) {
         for _ in 0..100 {
             if let Some(status) = self.child.try_wait().unwrap() {
-                panic!("vip-agent exited with {status}:\n{}", self.log_text());
+                panic!(
+                    "virtual-ip-agent exited with {status}:\n{}",
+                    self.log_text()
+                );
             }
             if dig(self.port, &["boshy", "SOA"]).status.is_some() {
                 return;
             }
             sleep(Duration::from_millis(100));
         }
-        panic!("vip-agent never answered:\n{}", self.log_text());
+        panic!("virtual-ip-agent never answered:\n{}", self.log_text());
     }
 
     fn log_text(&self) -> String {

@@ -163,11 +163,11 @@ fn pilot_errors(text: &str) -> Option<String> {
     result.err().map(|e| format!("{e:#}"))
 }
 
-/// What `boshy vip-agent --check-config` checks.
+/// What `boshy virtual-ip-agent --check-config` checks.
 fn agent_errors(text: &str) -> Option<String> {
     let path = Path::new(AGENT_FILE);
     let result = config::parse::<AgentConfig>(text, path)
-        .and_then(|cfg| boshy::agent::validate(&cfg, path).map(|_| ()));
+        .and_then(|cfg| boshy::virtual_ip_agent::validate(&cfg, path).map(|_| ()));
     result.err().map(|e| format!("{e:#}"))
 }
 
@@ -239,9 +239,9 @@ fn the_binaries_name_the_file_and_the_key() {
         ("pilot", PILOT, "director.poll_interval_seconds", "soon"),
         ("pilot", PILOT, "listen.api", "nowhere"),
         ("pilot", PILOT, "virtual_ip_cidr", "10.0.0.0/8"),
-        ("vip-agent", AGENT, "ttl_seconds", "-3"),
-        ("vip-agent", AGENT, "listen", "0.0.0.0:53"),
-        ("vip-agent", AGENT, "tld", "bad tld"),
+        ("virtual-ip-agent", AGENT, "ttl_seconds", "-3"),
+        ("virtual-ip-agent", AGENT, "listen", "0.0.0.0:53"),
+        ("virtual-ip-agent", AGENT, "tld", "bad tld"),
     ] {
         let mut root: Value = serde_yaml::from_str(base).unwrap();
         set(&mut root, key, Value::from(bad));
@@ -254,7 +254,7 @@ fn the_binaries_name_the_file_and_the_key() {
             "{subcommand} {key}: {stderr}"
         );
     }
-    for subcommand in ["pilot", "vip-agent"] {
+    for subcommand in ["pilot", "virtual-ip-agent"] {
         let missing = dir.path().join("missing.yml");
         assert!(check_config(subcommand, &missing).contains("missing.yml"));
         let garbage = dir.path().join("garbage.yml");

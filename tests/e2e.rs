@@ -139,7 +139,7 @@ fn the_mesh_end_to_end() {
         .collect();
     assert_eq!(answered, now_healthy, "with the control plane down");
     // Restarting the agent while the control plane is down still answers, from its disk table.
-    LAB.ok(&["process", "apricot/3", "vip-agent", "restart"]);
+    LAB.ok(&["process", "apricot/3", "virtual-ip-agent", "restart"]);
     let vip = service(&services, BANANA)["vip"]
         .as_str()
         .unwrap()

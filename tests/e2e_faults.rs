@@ -825,14 +825,14 @@ fn killed_processes_recover_within_seconds() {
     // The agent: DNS is down until it is back, but traffic to a VIP never needs it; the
     // restarted agent answers from its disk table at once.
     let curls = CurlLoop::start(CLIENT_VM, &by_vip);
-    LAB.ok(&["process", CLIENT_VM, "vip-agent", "kill"]);
+    LAB.ok(&["process", CLIENT_VM, "virtual-ip-agent", "kill"]);
     std::thread::sleep(Duration::from_secs(2));
     assert_ne!(
         dig(CLIENT_VM, BANANA),
         banana_vip,
         "no DNS while the agent is dead"
     );
-    LAB.ok(&["process", CLIENT_VM, "vip-agent", "start"]);
+    LAB.ok(&["process", CLIENT_VM, "virtual-ip-agent", "start"]);
     let started = Instant::now();
     let answering = wait_until("the agent to answer again", || {
         dig(CLIENT_VM, BANANA) == banana_vip
@@ -841,7 +841,7 @@ fn killed_processes_recover_within_seconds() {
     report.assert_no_failures("curl loop by VIP while the agent was killed");
     assert!(started.elapsed() >= answering);
     figures.push(format!(
-        "vip-agent kill -9: {} requests by VIP, 0 failed; answering names {:.2}s after start",
+        "virtual-ip-agent kill -9: {} requests by VIP, 0 failed; answering names {:.2}s after start",
         report.requests,
         answering.as_secs_f64()
     ));

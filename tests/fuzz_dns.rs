@@ -1,9 +1,9 @@
 //! Bad input on the agent's DNS request path, fuzzed with proptest (it runs on stable inside
 //! `cargo test`; cargo-fuzz would need a nightly toolchain). Two layers:
 //!
-//! - the pure [`boshy::agent::dns::reply`] on everything hickory decodes from random and
+//! - the pure [`boshy::virtual_ip_agent::dns::reply`] on everything hickory decodes from random and
 //!   mutated packets: never a panic, the id echoed, names outside the zone REFUSED;
-//! - the real `boshy vip-agent` binary on a loopback port, over UDP and TCP: random bytes,
+//! - the real `boshy virtual-ip-agent` binary on a loopback port, over UDP and TCP: random bytes,
 //!   mutated queries, hostile hand-made packets (oversized names, compression pointer loops,
 //!   ANY/AXFR/IXFR, a hundred questions, EDNS with a 64 KiB UDP size and unknown options),
 //!   truncated TCP frames and several queries pipelined on one connection. Every response
@@ -30,8 +30,8 @@ use proptest::sample::Index;
 
 use agent::{a_records, query, read_tcp_message, tcp_exchange, tcp_frame, udp_exchange, Agent};
 use agent::{HOST, VIP};
-use boshy::agent::dns::{apex_from_tld, reply, Zone};
 use boshy::names::table::NameTable;
+use boshy::virtual_ip_agent::dns::{apex_from_tld, reply, Zone};
 
 const QTYPES: [RecordType; 10] = [
     RecordType::A,

@@ -59,7 +59,7 @@ fn assert_runs_on_jammy(binary: &Path) {
 #[test]
 fn the_built_binaries_run_on_jammy_and_noble() {
     assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy")));
-    assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_boshy-vip-agent")));
+    assert_runs_on_jammy(Path::new(env!("CARGO_BIN_EXE_virtual-ip-agent")));
 }
 
 /// The Envoy blob as scripts/build-blobs gets it on a fresh machine (no local Envoy): the

@@ -527,7 +527,7 @@ fn the_jobs_need_the_mesh_certificates_and_render_mutual_tls_configs() {
     jobs::rebase(&root.path().join("jobs"), root.path()).unwrap();
     for (subcommand, config) in [
         ("pilot", pilot.join("config/pilot.yml")),
-        ("vip-agent", agent.join("config/agent.yml")),
+        ("virtual-ip-agent", agent.join("config/agent.yml")),
     ] {
         let output = Command::new(env!("CARGO_BIN_EXE_boshy"))
             .args([subcommand, "--check-config", "--config"])

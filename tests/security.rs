@@ -7,7 +7,7 @@
 //!   TCP), listens on loopback by default and refuses a non-loopback `listen` unless
 //!   `allow_non_loopback_listen` says so;
 //! - the control plane's HTTP API answers 405 to every write method on every path;
-//! - `boshy pilot` and `boshy vip-agent` run as `nobody` with no capability, on their default
+//! - `boshy pilot` and `boshy virtual-ip-agent` run as `nobody` with no capability, on their default
 //!   ports, and work (the pilot reads the director, the agent answers from its table).
 //!
 //! Needs root (namespaces, setpriv), iproute2 and curl-free loopback HTTP.
@@ -391,7 +391,7 @@ fn the_agent_listen_must_be_loopback_unless_explicitly_allowed() {
         )
         .unwrap();
         Command::new(BOSHY)
-            .args(["vip-agent", "--check-config", "--config"])
+            .args(["virtual-ip-agent", "--check-config", "--config"])
             .arg(&config)
             .output()
             .unwrap()
@@ -504,7 +504,11 @@ fn pilot_and_agent_run_as_nobody_without_capabilities_on_their_default_ports() {
     let mut agent = Process::spawn(
         unprivileged(
             &netns,
-            &["vip-agent", "--config", agent_config.to_str().unwrap()],
+            &[
+                "virtual-ip-agent",
+                "--config",
+                agent_config.to_str().unwrap(),
+            ],
         ),
         dir.path().join("agent.log"),
     );
@@ -542,7 +546,7 @@ fn pilot_and_agent_run_as_nobody_without_capabilities_on_their_default_ports() {
     assert!(sockets.contains("127.0.0.1:8053"), "{sockets}");
     assert!(!sockets.contains("0.0.0.0:8053"), "{sockets}");
 
-    for (what, process) in [("pilot", &pilot), ("vip-agent", &agent)] {
+    for (what, process) in [("pilot", &pilot), ("virtual-ip-agent", &agent)] {
         let (uid, caps) = identity(process.pid());
         assert!(
             uid.split_whitespace().all(|id| id == "65534"),

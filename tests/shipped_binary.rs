@@ -8,7 +8,7 @@ use std::process::Command;
 
 const SHIPPED: [&str; 2] = [
     env!("CARGO_BIN_EXE_boshy"),
-    env!("CARGO_BIN_EXE_boshy-vip-agent"),
+    env!("CARGO_BIN_EXE_virtual-ip-agent"),
 ];
 
 /// Strings only the tools hold: the simulator's control API, the lab's state file and binary,
@@ -36,7 +36,7 @@ fn boshy_has_only_the_products_subcommands() {
         subcommands(&help),
         [
             "pilot",
-            "vip-agent",
+            "virtual-ip-agent",
             "dnat",
             "envoy-bootstrap",
             "example-httpbin"

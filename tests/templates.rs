@@ -2,7 +2,7 @@
 //! scripts/lib/render-template.rb, which follows bosh-template's EvaluationContext), with the
 //! spec defaults, with non-default values, and with the manifests in manifests/ bound to the
 //! job specs as the director binds them (before variables are resolved). The outputs must parse, the binaries must accept
-//! them (`boshy pilot|vip-agent --check-config`, `envoy --mode validate`), they must agree with
+//! them (`boshy pilot|virtual-ip-agent --check-config`, `envoy --mode validate`), they must agree with
 //! what the Rust side renders for the same purpose, and the renderer must refuse what the
 //! director would (or, stricter, what a release should never do).
 //!
@@ -211,7 +211,7 @@ fn check_bpm_process(process: &jobs::BpmProcess) -> Output {
     );
     let built = match file {
         "boshy" => env!("CARGO_BIN_EXE_boshy"),
-        "boshy-vip-agent" => env!("CARGO_BIN_EXE_boshy-vip-agent"),
+        "virtual-ip-agent" => env!("CARGO_BIN_EXE_virtual-ip-agent"),
         other => panic!("bpm runs bin/{other}, which this crate does not build"),
     };
     Command::new(built)
@@ -519,19 +519,19 @@ fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
 }
 
 #[test]
-fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
+fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let rendered = render("virtual-ip-agent", json!({}), default_link()).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
-    assert_eq!(bpm.processes[0].name, "vip-agent");
+    assert_eq!(bpm.processes[0].name, "virtual-ip-agent");
     assert!(
         bpm.processes[0]
             .executable
-            .ends_with("/bin/boshy-vip-agent"),
+            .ends_with("/bin/virtual-ip-agent"),
         "the agent runs from its own binary: {bpm:?}"
     );
     assert_success(
         &check_bpm_process(&bpm.processes[0]),
-        "boshy-vip-agent --check-config (defaults)",
+        "virtual-ip-agent --check-config (defaults)",
     );
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["listen"], "127.0.0.1:8053");
@@ -553,7 +553,7 @@ fn vip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_success(
         &check_bpm_process(&bpm.processes[0]),
-        "boshy-vip-agent --check-config (other values)",
+        "virtual-ip-agent --check-config (other values)",
     );
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["tld"], "mesh");
@@ -586,7 +586,8 @@ fn bosh_dns_handler_is_what_the_agent_itself_would_write() {
         let apex = hickory_proto::rr::Name::from_ascii(format!("{tld}.")).unwrap();
         let listen: SocketAddr = listen.parse().unwrap();
         let expected: Value =
-            serde_json::from_str(&boshy::agent::bosh_dns_handlers(&apex, listen)).unwrap();
+            serde_json::from_str(&boshy::virtual_ip_agent::bosh_dns_handlers(&apex, listen))
+                .unwrap();
         assert_eq!(rendered.json("dns/handlers.json"), expected);
     }
 }

@@ -1,7 +1,7 @@
-//! DNS: dnsperf against the virtual-ip-agent (its own binary, `boshy-vip-agent`, as the release
+//! DNS: dnsperf against the virtual-ip-agent (its own binary, `virtual-ip-agent`, as the release
 //! runs it; fast path on, and off = hickory only, the "before") and against dnsmasq, serving the
 //! same names from the same query file, in one run. Then the agent's RSS from its own binary
-//! against the multi-tool `boshy vip-agent` (before/after), one at a time under the same load.
+//! against the multi-tool `boshy virtual-ip-agent` (before/after), one at a time under the same load.
 //! Every server is pinned to one CPU and dnsperf to another; each listens on 127.0.0.1 on its
 //! own port. Rounds are interleaved (agent, agent without fast path, dnsmasq, again) so drift on
 //! a noisy machine hits all three alike; figures are the median over rounds.
@@ -228,7 +228,7 @@ fn pinned(cpu: usize, program: &Path) -> Command {
 }
 
 /// Which binary runs the agent: its own (what the release runs) or the multi-tool `boshy`
-/// (`boshy vip-agent`, what the release ran before: the "before" of the RSS row).
+/// (`boshy virtual-ip-agent`, what the release ran before: the "before" of the RSS row).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AgentBinary {
     Own,
@@ -237,8 +237,11 @@ enum AgentBinary {
 
 fn agent_command(binary: AgentBinary, cpu: Option<usize>) -> Result<Command> {
     let (program, subcommand) = match binary {
-        AgentBinary::Own => (binaries::workspace(binaries::VIP_AGENT)?, None),
-        AgentBinary::MultiTool => (binaries::workspace(binaries::BOSHY)?, Some("vip-agent")),
+        AgentBinary::Own => (binaries::workspace(binaries::VIRTUAL_IP_AGENT)?, None),
+        AgentBinary::MultiTool => (
+            binaries::workspace(binaries::BOSHY)?,
+            Some("virtual-ip-agent"),
+        ),
     };
     let mut command = match cpu {
         Some(cpu) => pinned(cpu, &program),
@@ -587,10 +590,10 @@ fn rows(
             own.rss_mb(),
             "MB",
         )
-        .against("boshy vip-agent (before)", multi_tool.rss_mb())
+        .against("boshy virtual-ip-agent (before)", multi_tool.rss_mb())
         .goal("< 10 MB", own.rss_mb() < 10.0)
         .note(format!(
-            "same table and load (dnsperf 2 s), pinned: boshy-vip-agent {}; boshy vip-agent {}",
+            "same table and load (dnsperf 2 s), pinned: virtual-ip-agent {}; boshy virtual-ip-agent {}",
             split(&own),
             split(&multi_tool)
         )),

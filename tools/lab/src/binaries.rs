@@ -1,6 +1,6 @@
 //! Where the binaries are that the lab, the benchmarks and the tests run: one answer for all.
 //!
-//! The workspace's own binaries (the product's `boshy` and `boshy-vip-agent`, the tools'
+//! The workspace's own binaries (the product's `boshy` and `virtual-ip-agent`, the tools'
 //! `boshy-director-sim`, `boshy-bench`, `boshy-lab`) are wherever cargo put the running
 //! executable: `cargo build` writes every binary of the workspace into one directory, and a
 //! test executable runs from its `deps/` subdirectory. Envoy comes from outside the workspace.
@@ -15,7 +15,7 @@ pub const BIN_DIR_ENV: &str = "BOSHY_BIN_DIR";
 /// The product's multi-tool binary.
 pub const BOSHY: &str = "boshy";
 /// The product's virtual-ip-agent binary.
-pub const VIP_AGENT: &str = "boshy-vip-agent";
+pub const VIRTUAL_IP_AGENT: &str = "virtual-ip-agent";
 /// The director simulator's binary.
 pub const DIRECTOR_SIM: &str = "boshy-director-sim";
 /// The benchmarks' binary.

@@ -76,7 +76,7 @@ pub enum LabCommand {
     /// Starts, stops or kills one process of a VM.
     Process {
         vm: String,
-        /// e.g. envoy, vip-agent, bosh-pilot, example-httpbin
+        /// e.g. envoy, virtual-ip-agent, bosh-pilot, example-httpbin
         process: String,
         #[arg(value_enum)]
         action: ProcessAction,
@@ -136,7 +136,7 @@ pub struct Layout {
     pub vip_cidr: Ipv4Net,
     pub tld: String,
     pub boshy_bin: PathBuf,
-    pub vip_agent_bin: PathBuf,
+    pub virtual_ip_agent_bin: PathBuf,
     pub director_sim_bin: PathBuf,
     pub envoy_bin: PathBuf,
 }
@@ -153,7 +153,7 @@ impl Layout {
             vip_cidr: "169.254.255.0/24".parse().expect("valid"),
             tld: "boshy".into(),
             boshy_bin: binaries::workspace(BOSHY)?,
-            vip_agent_bin: binaries::workspace(binaries::VIP_AGENT)?,
+            virtual_ip_agent_bin: binaries::workspace(binaries::VIRTUAL_IP_AGENT)?,
             director_sim_bin: binaries::workspace(binaries::DIRECTOR_SIM)?,
             envoy_bin: binaries::envoy()?,
         })

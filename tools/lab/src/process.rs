@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 /// How to start one process of a VM, as a bpm config would say it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProcessSpec {
-    /// The process name, e.g. `envoy`, `vip-agent`, `bosh-pilot`, `example-httpbin`.
+    /// The process name, e.g. `envoy`, `virtual-ip-agent`, `bosh-pilot`, `example-httpbin`.
     pub name: String,
     pub argv: Vec<String>,
     #[serde(default)]

@@ -317,7 +317,7 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
         "boshy",
         &[
             (binaries::BOSHY, &layout.boshy_bin),
-            (binaries::VIP_AGENT, &layout.vip_agent_bin),
+            (binaries::VIRTUAL_IP_AGENT, &layout.virtual_ip_agent_bin),
         ],
     )?;
     link_package(&vm.root, "envoy", &[("envoy", &layout.envoy_bin)])?;
@@ -413,7 +413,7 @@ mod tests {
             vip_cidr: "169.254.255.0/24".parse().unwrap(),
             tld: "boshy".into(),
             boshy_bin: "/bin/boshy".into(),
-            vip_agent_bin: "/bin/boshy-vip-agent".into(),
+            virtual_ip_agent_bin: "/bin/virtual-ip-agent".into(),
             director_sim_bin: "/bin/boshy-director-sim".into(),
             envoy_bin: "/bin/envoy".into(),
         }
@@ -501,11 +501,11 @@ mod tests {
         let httpbin = &apricot.jobs[0];
         assert!(httpbin.links.is_empty());
         assert_eq!(httpbin.properties["port"], 9001);
-        let vip_agent = apricot
+        let virtual_ip_agent = apricot
             .jobs
             .iter()
             .find(|j| j.name == "virtual-ip-agent")
             .unwrap();
-        assert_eq!(vip_agent.properties["dns"]["port"], 53);
+        assert_eq!(virtual_ip_agent.properties["dns"]["port"], 53);
     }
 }

@@ -1,4 +1,4 @@
-//! A real `boshy vip-agent` process answering from a table on disk, and the DNS wire helpers the
+//! A real `boshy virtual-ip-agent` process answering from a table on disk, and the DNS wire helpers the
 //! bad-input and security tests share. The agent's pilot is a closed loopback port, so every
 //! answer comes from the table it was started with.
 
@@ -39,12 +39,12 @@ impl Agent {
         std::fs::write(dir.path().join("agent.yml"), config).unwrap();
         let log = dir.path().join("agent.log");
         let child = Command::new(crate::workspace_binary(BOSHY))
-            .args(["vip-agent", "--config"])
+            .args(["virtual-ip-agent", "--config"])
             .arg(dir.path().join("agent.yml"))
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap())
             .spawn()
-            .expect("start boshy vip-agent");
+            .expect("start boshy virtual-ip-agent");
         let agent = Agent {
             child: Mutex::new(KilledOnDrop(child)),
             listen: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
@@ -63,7 +63,7 @@ impl Agent {
                 return;
             }
         }
-        panic!("vip-agent never answered:\n{}", self.log_text());
+        panic!("virtual-ip-agent never answered:\n{}", self.log_text());
     }
 
     pub fn log_text(&self) -> String {
@@ -74,7 +74,10 @@ impl Agent {
     pub fn assert_running(&self) {
         let status = self.child.lock().unwrap().try_wait().unwrap();
         if let Some(status) = status {
-            panic!("vip-agent exited with {status}:\n{}", self.log_text());
+            panic!(
+                "virtual-ip-agent exited with {status}:\n{}",
+                self.log_text()
+            );
         }
     }
 

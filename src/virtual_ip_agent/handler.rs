@@ -185,8 +185,8 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::{Rng, SeedableRng};
 
-    use crate::agent::fast_path::MAX_REPLY_LEN;
     use crate::names::table::NameTable;
+    use crate::virtual_ip_agent::fast_path::MAX_REPLY_LEN;
 
     fn cell(names: &[(&str, Ipv4Addr)]) -> Arc<ZoneCell> {
         let table = NameTable {

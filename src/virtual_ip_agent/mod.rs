@@ -43,35 +43,18 @@ pub struct Args {
     pub check_config: bool,
 }
 
-/// The command line of the agent's own binary, `boshy-vip-agent` (src/bin/): the release runs
+/// The command line of the agent's own binary, `virtual-ip-agent` (src/bin/): the release runs
 /// the agent from it because a process maps the pages of its binary's text that it touches, and
 /// the multi-tool `boshy` holds the control plane, Envoy's protobufs and the lab as well.
 #[derive(clap::Parser, Debug)]
 #[command(
-    name = "boshy-vip-agent",
+    name = "virtual-ip-agent",
     version,
     about = "The per-VM DNS agent of boshy-istio: answers `*.<tld>` from the name table pushed by bosh-pilot"
 )]
 pub struct Cli {
     #[command(flatten)]
     pub args: Args,
-}
-
-/// The file name of the agent's own binary.
-pub const BINARY: &str = "boshy-vip-agent";
-
-/// The agent's own binary beside the multi-tool `boshy` at `boshy`: cargo builds every binary of
-/// the crate into one directory (`cargo build`, `cargo test`, `--release` alike), and the
-/// release's package installs both into one `bin/`.
-pub fn binary_beside(boshy: &Path) -> Result<PathBuf> {
-    let agent = boshy.with_file_name(BINARY);
-    if !agent.is_file() {
-        bail!(
-            "{} is missing: build every binary of the crate (`cargo build`, not `cargo build --bin boshy`)",
-            agent.display()
-        );
-    }
-    Ok(agent)
 }
 
 pub async fn run(args: Args) -> Result<()> {
