@@ -63,7 +63,7 @@ pub struct PilotConfig {
 impl PilotConfig {
     /// Checks that the xDS and name-table ports are locked down (`tls`) or explicitly not;
     /// in that case returns the warning to log at start.
-    pub fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
+    pub(crate) fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
         check_transport(self.tls.is_some(), self.insecure_plaintext, config_path)
     }
 }
@@ -192,7 +192,7 @@ pub const CLIENT_SECRET_ENV: &str = "BOSHY_DIRECTOR_CLIENT_SECRET";
 
 impl DirectorConfig {
     /// Resolves the client secret from exactly one source. Never logs or echoes it.
-    pub fn resolve_secret(&self, config_path: &Path) -> Result<Secret> {
+    pub(crate) fn resolve_secret(&self, config_path: &Path) -> Result<Secret> {
         let from_env = std::env::var(CLIENT_SECRET_ENV)
             .ok()
             .filter(|s| !s.is_empty());
@@ -291,7 +291,7 @@ impl AgentConfig {
     /// Checks that the name-table stream is locked down (`tls`, and no `http://` pilot) or
     /// explicitly not (`insecure_plaintext`, and no `https://` pilot); returns the warning to
     /// log at start for plaintext. Errors name the file and the key.
-    pub fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
+    pub(crate) fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
         let warning = check_transport(self.tls.is_some(), self.insecure_plaintext, config_path)?;
         let (refused, because) = if self.tls.is_some() {
             ("http://", "`tls` is set")
@@ -314,7 +314,7 @@ impl AgentConfig {
 
     /// Checks that `listen` is a loopback address, or that a non-loopback one was explicitly
     /// allowed; in that case returns the warning to log at start. Errors name the file and key.
-    pub fn check_listen(&self, config_path: &Path) -> Result<Option<String>> {
+    pub(crate) fn check_listen(&self, config_path: &Path) -> Result<Option<String>> {
         if self.listen.ip().is_loopback() {
             return Ok(None);
         }

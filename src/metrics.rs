@@ -25,7 +25,7 @@ pub fn global() -> &'static Metrics {
 }
 
 impl Metrics {
-    pub fn director_poll_error(&self, kind: &str) {
+    pub(crate) fn director_poll_error(&self, kind: &str) {
         let mut errors = self.director_poll_errors.lock().expect("metrics lock");
         *errors.entry(kind.to_string()).or_default() += 1;
     }

@@ -1,12 +1,12 @@
 //! Quoting untrusted input in error messages.
 
 /// How much of a value from the network an error message quotes.
-pub const MAX_QUOTED_CHARS: usize = 160;
+pub(crate) const MAX_QUOTED_CHARS: usize = 160;
 
 /// `text` cut to [`MAX_QUOTED_CHARS`] characters, with the number of bytes left out: an error
 /// that quotes what a peer sent must say what was wrong without turning a hostile megabyte
 /// value into a megabyte log line.
-pub fn clip(text: &str) -> String {
+pub(crate) fn clip(text: &str) -> String {
     match text.char_indices().nth(MAX_QUOTED_CHARS) {
         None => text.to_string(),
         Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),

@@ -92,7 +92,7 @@ pub fn client_config(tls: &ClientTls) -> Result<ClientConfig> {
 
 /// Envoy's `transport_socket` for the xDS cluster: the same policy as [`client_config`]
 /// (mesh CA, the pilot's fixed name as SNI and as the SAN to match, TLS 1.3, ALPN h2).
-pub fn envoy_transport_socket(tls: &ClientTls) -> Value {
+pub(crate) fn envoy_transport_socket(tls: &ClientTls) -> Value {
     json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
@@ -209,7 +209,7 @@ fn read_key(path: &Path, key: &str) -> Result<PrivateKeyDer<'static>> {
 /// i.e. whose client presented a certificate from the mesh CA. Handshakes run concurrently
 /// with a deadline; refusals are logged, once per peer and reason. Ends when the stream is
 /// dropped. `server` names the port in log lines.
-pub fn incoming(
+pub(crate) fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     server: &'static str,
@@ -297,7 +297,7 @@ impl Refusals {
 }
 
 /// The peer of an accepted TLS connection.
-pub fn peer_addr(stream: &TlsStream<TcpStream>) -> io::Result<SocketAddr> {
+pub(crate) fn peer_addr(stream: &TlsStream<TcpStream>) -> io::Result<SocketAddr> {
     stream.get_ref().0.peer_addr()
 }
 

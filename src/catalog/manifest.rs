@@ -136,7 +136,7 @@ pub fn is_dns_label(name: &str) -> bool {
 }
 
 /// The protocol Istio would infer from a port name when none is given.
-pub fn infer_protocol(port_name: &str) -> Protocol {
+pub(crate) fn infer_protocol(port_name: &str) -> Protocol {
     match port_name {
         "http" => Protocol::Http,
         "http2" => Protocol::Http2,

@@ -23,12 +23,12 @@ pub enum Protocol {
 
 impl Protocol {
     /// Whether Envoy should terminate this port with the HTTP connection manager.
-    pub fn is_http(self) -> bool {
+    pub(crate) fn is_http(self) -> bool {
         !matches!(self, Protocol::Tcp)
     }
 
     /// Whether the upstream connection must speak HTTP/2.
-    pub fn is_http2(self) -> bool {
+    pub(crate) fn is_http2(self) -> bool {
         matches!(self, Protocol::Http2 | Protocol::Grpc)
     }
 

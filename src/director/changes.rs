@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use super::decode::Event;
 
 /// `GET /events` returns at most this many events, newest first, with no `after_id` (§5).
-pub const EVENTS_PAGE: usize = 200;
+pub(crate) const EVENTS_PAGE: usize = 200;
 
 /// What a page of events says has changed since `last_seen`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct EventScan {
+pub(crate) struct EventScan {
     /// The newest id in the page; `None` for an empty page.
     pub newest: Option<u64>,
     /// Deployments named by new, relevant events.
@@ -22,7 +22,7 @@ pub struct EventScan {
 
 /// Scans a page of events. With no `last_seen` (first look) nothing is dirty: the caller
 /// refreshes everything at start anyway and only needs a baseline.
-pub fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan {
+pub(crate) fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan {
     let newest = events.iter().map(|e| e.id).max();
     let (Some(last_seen), Some(newest_id)) = (last_seen, newest) else {
         return EventScan {
@@ -67,7 +67,7 @@ fn dirty_deployment(event: &Event) -> Option<&str> {
 
 /// Exponential backoff for one failing part: `base`, `2·base`, `4·base` … up to `cap`.
 #[derive(Debug, Clone, Default)]
-pub struct Backoff {
+pub(crate) struct Backoff {
     failures: u32,
     not_before: Option<Instant>,
 }
@@ -93,7 +93,7 @@ impl Backoff {
 
 /// Which call of the poll failed; with the deployment, the key of a logged error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum Part {
+pub(crate) enum Part {
     Events,
     DeploymentList,
     ManifestFetch,
@@ -102,7 +102,7 @@ pub enum Part {
 }
 
 impl Part {
-    pub fn describe(self) -> &'static str {
+    pub(crate) fn describe(self) -> &'static str {
         match self {
             Part::Events => "event check",
             Part::DeploymentList => "deployment list",
@@ -116,7 +116,7 @@ impl Part {
 /// Remembers which errors are being reported, so that each (deployment, kind) is logged once
 /// when it starts and once when it ends, not at every poll nor once per failing call.
 #[derive(Debug, Default)]
-pub struct ErrorLog {
+pub(crate) struct ErrorLog {
     /// (deployment or `None` for the director as a whole, kind) → the parts failing so.
     failing: BTreeMap<(Option<String>, String), BTreeSet<Part>>,
 }
@@ -148,7 +148,7 @@ impl ErrorLog {
     }
 
     /// Forgets every error of a deployment that no longer exists.
-    pub fn forget(&mut self, deployment: &str) {
+    pub(crate) fn forget(&mut self, deployment: &str) {
         self.failing
             .retain(|(name, _), _| name.as_deref() != Some(deployment));
     }

@@ -29,7 +29,7 @@ pub struct AuthOptions {
 
 /// `POST /oauth/token` success.
 #[derive(Deserialize)]
-pub struct TokenResponse {
+pub(crate) struct TokenResponse {
     pub access_token: String,
     #[serde(default)]
     pub expires_in: Option<u64>,
@@ -58,13 +58,13 @@ pub struct Task {
 
 /// Where a task stands (docs/director-api.md §3.3, §4.1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TaskProgress {
+pub(crate) enum TaskProgress {
     Running,
     Done,
     Failed,
 }
 
-pub fn task_progress(state: &str) -> TaskProgress {
+pub(crate) fn task_progress(state: &str) -> TaskProgress {
     match state {
         "queued" | "processing" | "cancelling" => TaskProgress::Running,
         "done" => TaskProgress::Done,

@@ -74,7 +74,7 @@ const QUOTED_BODY_CHARS: usize = 200;
 /// Classifies a non-success answer (docs/director-api.md §1.3, §2): a 401 with JSON code 600000 is
 /// a missing scope, any other 401 a rejected credential; a 404 carries the director's
 /// description; everything else keeps its status.
-pub fn classify_status(what: &str, status: u16, body: &[u8]) -> DirectorError {
+pub(crate) fn classify_status(what: &str, status: u16, body: &[u8]) -> DirectorError {
     let envelope: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     let code = envelope
         .as_ref()
@@ -117,7 +117,11 @@ fn quote_body(body: &[u8]) -> String {
 
 /// Classifies a transport failure: a timeout, a TLS failure (anywhere in the source chain,
 /// including rustls errors wrapped in `io::Error`), or any other connection problem.
-pub fn classify_transport(what: &str, err: &reqwest::Error, timeout: Duration) -> DirectorError {
+pub(crate) fn classify_transport(
+    what: &str,
+    err: &reqwest::Error,
+    timeout: Duration,
+) -> DirectorError {
     let what = what.to_string();
     if err.is_timeout() {
         return DirectorError::Timeout {

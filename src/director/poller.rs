@@ -47,7 +47,7 @@ pub struct PollTiming {
 }
 
 impl PollTiming {
-    pub fn from_config(cfg: &DirectorConfig) -> PollTiming {
+    pub(crate) fn from_config(cfg: &DirectorConfig) -> PollTiming {
         PollTiming {
             poll: Duration::from_secs(cfg.poll_interval_seconds.max(1)),
             health: Duration::from_secs(cfg.health_interval_seconds.max(1)),

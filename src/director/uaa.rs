@@ -23,14 +23,14 @@ pub struct Token {
 }
 
 impl Token {
-    pub fn refresh_due(&self, now: Instant) -> bool {
+    pub(crate) fn refresh_due(&self, now: Instant) -> bool {
         self.lifetime
             .is_some_and(|lifetime| refresh_due(self.obtained, lifetime, now))
     }
 }
 
 /// `now >= obtained + expires_in - min(60 s, expires_in / 10)`.
-pub fn refresh_due(obtained: Instant, lifetime: Duration, now: Instant) -> bool {
+pub(crate) fn refresh_due(obtained: Instant, lifetime: Duration, now: Instant) -> bool {
     let margin = MAX_REFRESH_MARGIN.min(lifetime / 10);
     now >= obtained + (lifetime - margin)
 }

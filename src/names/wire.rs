@@ -11,7 +11,7 @@ use crate::catalog::manifest::is_dns_label;
 use crate::text::clip;
 
 /// The streaming endpoint on the pilot's names port.
-pub const WATCH_PATH: &str = "/v1/names/watch";
+pub(crate) const WATCH_PATH: &str = "/v1/names/watch";
 
 /// Newline-delimited JSON.
 pub const CONTENT_TYPE: &str = "application/x-ndjson";
@@ -22,11 +22,11 @@ pub const CONTENT_TYPE: &str = "application/x-ndjson";
 pub const MAX_LINE_BYTES: usize = 16 * 1024 * 1024;
 
 /// The pilot sends a heartbeat when it has sent nothing else for this long...
-pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
+pub(crate) const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(10);
 
 /// ...and the follower gives up on a stream that has been silent for this long (three
 /// missed heartbeats), then reconnects.
-pub const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// One line of the stream: a JSON object with exactly one key.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -126,7 +126,7 @@ impl VipAllocator {
 
     /// The assignments `new` dropped from the state it was given, one line each, for the
     /// caller to log.
-    pub fn load_warnings(&self) -> &[String] {
+    pub(crate) fn load_warnings(&self) -> &[String] {
         &self.load_warnings
     }
 

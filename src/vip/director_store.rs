@@ -19,7 +19,7 @@ use super::allocator::VipState;
 use super::store::{Saved, Versioned};
 use crate::director::{DirectorClient, DirectorError};
 
-pub const CONFIG_TYPE: &str = "boshy-vips";
+pub(crate) const CONFIG_TYPE: &str = "boshy-vips";
 
 /// The id the director reports for a config that does not exist yet.
 const NO_CONFIG_ID: &str = "0";

@@ -7,7 +7,7 @@
 
 mod allocator;
 mod book;
-pub mod director_store;
+pub(crate) mod director_store;
 pub mod store;
 
 pub use allocator::{check_pool, PoolError, Released, SyncOutcome, VipAllocator, VipState};

@@ -16,7 +16,7 @@ use crate::names::table::NameTable;
 
 /// The UDP payload size the agent advertises in its OPT record (the DNS Flag Day 2020 value).
 /// Its answers are a few hundred bytes at most, so it never needs more.
-pub const EDNS_PAYLOAD: u16 = 1232;
+pub(crate) const EDNS_PAYLOAD: u16 = 1232;
 
 /// SOA timers. Nothing transfers this zone, so refresh/retry/expire only need to be plausible;
 /// the SOA minimum (the negative-caching TTL) is the zone's TTL so that a name that appears is

@@ -21,15 +21,15 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
 /// Cap on open downstream connections (applications on this VM talking to the mesh). It
 /// keeps a runaway client from exhausting Envoy's file descriptors and silences Envoy's
 /// start-up warning about having no limit.
-pub const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
+pub(crate) const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
 /// The static cluster that carries ADS.
-pub const XDS_CLUSTER: &str = "xds_cluster";
+pub(crate) const XDS_CLUSTER: &str = "xds_cluster";
 /// The stats Envoy keeps: its own health, the managers, the xDS connection and the
 /// connections to VIP:ports nobody exposes. Per-service stats (a few hundred per cluster
 /// and listener) are left out: every Envoy of the foundation would keep them for every
 /// service, and they were most of Envoy's memory beyond its binary. What an operator needs
 /// per instance is still in `/clusters` (per-host counters and health flags).
-pub const STATS_PREFIXES: [&str; 9] = [
+pub(crate) const STATS_PREFIXES: [&str; 9] = [
     "server.",
     "cluster_manager.",
     "listener_manager.",
@@ -129,7 +129,7 @@ impl NodeIdentity {
         )
     }
 
-    pub fn node_cluster(&self) -> String {
+    pub(crate) fn node_cluster(&self) -> String {
         format!("{}/{}", self.deployment, self.instance_group)
     }
 }

@@ -30,7 +30,7 @@ pub struct Snapshot {
 
 /// A resource's name and version, shared by every stream that remembers them.
 #[derive(Debug, Clone)]
-pub struct SharedKey {
+pub(crate) struct SharedKey {
     pub name: Arc<str>,
     pub version: Arc<str>,
 }
@@ -52,7 +52,7 @@ impl Snapshot {
     }
 
     /// Builds the snapshot of `catalog` and records what changed since `previous`.
-    pub fn following(catalog: &Catalog, previous: Option<&Snapshot>) -> Self {
+    pub(crate) fn following(catalog: &Catalog, previous: Option<&Snapshot>) -> Self {
         let resources = resources::build(catalog);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
@@ -73,7 +73,7 @@ impl Snapshot {
 
     /// The shared name and version of the resource of that type and name, if this snapshot
     /// has it.
-    pub fn shared_key(&self, resource_type: ResourceType, name: &str) -> Option<&SharedKey> {
+    pub(crate) fn shared_key(&self, resource_type: ResourceType, name: &str) -> Option<&SharedKey> {
         let keys = self.of_shared(resource_type);
         keys.binary_search_by(|k| (*k.name).cmp(name))
             .ok()
@@ -81,7 +81,7 @@ impl Snapshot {
     }
 
     /// `name` as a shared string: this snapshot's copy when it has such a resource.
-    pub fn shared_name(&self, resource_type: ResourceType, name: &str) -> Arc<str> {
+    pub(crate) fn shared_name(&self, resource_type: ResourceType, name: &str) -> Arc<str> {
         self.shared_key(resource_type, name)
             .map_or_else(|| Arc::from(name), |k| k.name.clone())
     }
@@ -101,13 +101,17 @@ impl Snapshot {
     }
 
     /// Every resource of that type, sorted by name.
-    pub fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
+    pub(crate) fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
         self.resources.of_type(resource_type)
     }
 
     /// The names of that type added, changed or removed since the snapshot of catalog
     /// version `since`; `None` when this snapshot does not directly follow that one.
-    pub fn changed_since(&self, resource_type: ResourceType, since: u64) -> Option<&[String]> {
+    pub(crate) fn changed_since(
+        &self,
+        resource_type: ResourceType,
+        since: u64,
+    ) -> Option<&[String]> {
         let (previous, changed) = self.previous.as_ref()?;
         (*previous == since).then(|| changed[position(resource_type)].as_slice())
     }

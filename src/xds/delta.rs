@@ -199,7 +199,7 @@ impl Subscription {
 }
 
 #[derive(Debug, Default)]
-pub struct DeltaStreamState {
+pub(crate) struct DeltaStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
 }
@@ -207,7 +207,7 @@ pub struct DeltaStreamState {
 impl DeltaStreamState {
     /// Handles one request against the current snapshot (`None` before the first catalog:
     /// the subscription is recorded and served once a snapshot exists).
-    pub fn on_request(
+    pub(crate) fn on_request(
         &mut self,
         request: &DeltaDiscoveryRequest,
         snapshot: Option<&Arc<Snapshot>>,
@@ -250,7 +250,7 @@ impl DeltaStreamState {
     }
 
     /// Responses to push after the snapshot changed, in push order.
-    pub fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
+    pub(crate) fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))

@@ -27,7 +27,7 @@ const MAX_REQUEST: usize = 4 << 20;
 
 /// What a stream sends: a framed message, or the status that ends the stream (boxed: a
 /// `Status` is large, and every slot of a stream's queue is as large as this type).
-pub type Outgoing = Result<Bytes, Box<Status>>;
+pub(crate) type Outgoing = Result<Bytes, Box<Status>>;
 
 /// `message` framed for a gRPC stream, in a buffer of exactly its size.
 pub fn frame(message: &impl Message) -> Bytes {
@@ -43,7 +43,7 @@ pub fn frame(message: &impl Message) -> Bytes {
 
 /// Splits a byte stream into gRPC messages. Holds only the bytes of an incomplete message.
 #[derive(Debug, Default)]
-pub struct Deframer {
+pub(crate) struct Deframer {
     pending: BytesMut,
 }
 
@@ -53,7 +53,7 @@ impl Deframer {
     }
 
     /// The next complete message, if one has arrived.
-    pub fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
+    pub(crate) fn next_message<M: Message + Default>(&mut self) -> Result<Option<M>, Status> {
         if self.pending.len() < PREFIX {
             return Ok(None);
         }
@@ -142,7 +142,7 @@ pub fn response(responses: impl Stream<Item = Outgoing> + Send + 'static) -> htt
 
 /// A response that carries only a status (gRPC's "Trailers-Only"), e.g. for an unknown
 /// method.
-pub fn status_only(status: &Status) -> http::Response<Body> {
+pub(crate) fn status_only(status: &Status) -> http::Response<Body> {
     let mut response = grpc_response(Body::empty());
     response.headers_mut().extend(status_headers(status));
     response

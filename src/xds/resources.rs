@@ -58,10 +58,10 @@ use sha2::{Digest, Sha256};
 use crate::catalog::model::{Catalog, Endpoint, Service, ServicePort};
 
 /// Name of the one outbound listener.
-pub const OUTBOUND_LISTENER: &str = "outbound";
+pub(crate) const OUTBOUND_LISTENER: &str = "outbound";
 /// Where DNAT sends VIP traffic (docs/ARCHITECTURE.md, "From a connection to an instance").
-pub const OUTBOUND_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
-pub const OUTBOUND_PORT: u16 = 15001;
+pub(crate) const OUTBOUND_ADDRESS: Ipv4Addr = Ipv4Addr::LOCALHOST;
+pub(crate) const OUTBOUND_PORT: u16 = 15001;
 
 /// Upstream connect timeout: instances are on the same BOSH network, so a second is plenty
 /// and a dead instance is given up on quickly.
@@ -137,7 +137,7 @@ impl ResourceType {
 
     /// Listeners and clusters are always sent whole (wildcard subscription); endpoints and
     /// routes only for the names Envoy asked for.
-    pub fn is_wildcard(self) -> bool {
+    pub(crate) fn is_wildcard(self) -> bool {
         matches!(self, ResourceType::Cluster | ResourceType::Listener)
     }
 
@@ -176,7 +176,7 @@ pub struct Resources {
 
 impl Resources {
     /// All resources of one type, sorted by name.
-    pub fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
+    pub(crate) fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
         &self.by_type[resource_type.index()]
     }
 
@@ -189,7 +189,7 @@ impl Resources {
 }
 
 /// A short, stable content hash: equal inputs give equal versions on every replica.
-pub fn content_version(parts: &[&[u8]]) -> String {
+pub(crate) fn content_version(parts: &[&[u8]]) -> String {
     let mut hasher = Sha256::new();
     for part in parts {
         // Length-prefix each part so that ("ab", "c") and ("a", "bc") differ.
@@ -203,7 +203,7 @@ pub fn content_version(parts: &[&[u8]]) -> String {
 }
 
 /// Istio's name for the listener of one VIP:port.
-pub fn listener_name(vip: Ipv4Addr, port: u16) -> String {
+pub(crate) fn listener_name(vip: Ipv4Addr, port: u16) -> String {
     format!("{vip}_{port}")
 }
 

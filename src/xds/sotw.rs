@@ -25,7 +25,7 @@ pub(super) const CONTROL_PLANE_ID: &str = "bosh-pilot";
 
 /// What a request meant; the caller logs and counts it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum RequestKind {
+pub(crate) enum RequestKind {
     /// The first request for a type on this stream (or one without a nonce).
     Subscribe,
     Ack {
@@ -54,7 +54,7 @@ struct Subscription {
 }
 
 #[derive(Debug, Default)]
-pub struct SotwStreamState {
+pub(crate) struct SotwStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
 }
@@ -62,7 +62,7 @@ pub struct SotwStreamState {
 impl SotwStreamState {
     /// Handles one request against the current snapshot (`None` before the first catalog:
     /// the subscription is recorded and served once a snapshot exists).
-    pub fn on_request(
+    pub(crate) fn on_request(
         &mut self,
         request: &DiscoveryRequest,
         snapshot: Option<&Snapshot>,
@@ -100,7 +100,7 @@ impl SotwStreamState {
     }
 
     /// Responses to push after the snapshot changed, in push order.
-    pub fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    pub(crate) fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
