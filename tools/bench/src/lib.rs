@@ -11,6 +11,8 @@
 //! - [`load`]: the fixed-rate HTTP load generator the data-plane benchmark runs in a VM.
 //! - [`push`]: xDS push fan-out to N emulated Envoys, delta against state of the world.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod dns;
 pub mod envoy_memory;

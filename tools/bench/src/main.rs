@@ -1,5 +1,7 @@
 //! `boshy-bench`: the benchmarks of bench/results.md (`scripts/bench` runs them).
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 #[derive(Parser)]

@@ -8,6 +8,8 @@
 //! `state` with `deployments`, `tasks`, `events`, `configs` (the pure model), `rows` (JSON
 //! shapes of instances), `ipam`, `manifest`, `fault`, `requests`, `clock`.
 
+#![forbid(unsafe_code)]
+
 mod auth;
 mod clock;
 mod configs;

@@ -1,5 +1,7 @@
 //! `boshy-director-sim`: the BOSH director + UAA simulator (HTTPS) for the lab and the tests.
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 #[derive(Parser)]

@@ -7,6 +7,8 @@
 //! tools and calls this. Everything binds to loopback or to addresses inside namespaces the
 //! lab created.
 
+#![forbid(unsafe_code)]
+
 pub mod binaries;
 mod demo;
 pub mod director;

@@ -1,6 +1,8 @@
 //! `boshy-lab`: the local lab, the whole mesh on one machine, one network namespace per VM
 //! (`scripts/lab` builds the workspace and runs this).
 
+#![forbid(unsafe_code)]
+
 use clap::Parser;
 
 #[derive(Parser)]

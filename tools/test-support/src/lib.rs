@@ -11,6 +11,8 @@
 //! - [`process`]: running a command and reading how it ended.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 
+#![forbid(unsafe_code)]
+
 pub mod dns_agent;
 pub mod envoy;
 pub mod fuzz;

@@ -4,5 +4,7 @@
 //! Envoy against an xDS server. The push benchmark (`boshy-bench push`) and the xDS
 //! integration tests use both.
 
+#![forbid(unsafe_code)]
+
 pub mod estate;
 pub mod fleet;
