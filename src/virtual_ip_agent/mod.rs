@@ -45,7 +45,7 @@ pub struct Args {
 
 /// The command line of the agent's own binary, `virtual-ip-agent` (src/bin/): the release runs
 /// the agent from it because a process maps the pages of its binary's text that it touches, and
-/// the multi-tool `boshy` holds the control plane, Envoy's protobufs and the lab as well.
+/// the multi-tool `boshy` holds the control plane and Envoy's protobufs as well.
 #[derive(clap::Parser, Debug)]
 #[command(
     name = "virtual-ip-agent",

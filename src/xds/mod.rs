@@ -3,8 +3,9 @@
 //! `resources` (pure) turns a catalog into encoded Envoy resources; `cache` builds them once
 //! per catalog version; `sotw` (pure) is one state-of-the-world ADS stream's
 //! ACK/NACK/nonce bookkeeping and `delta` (pure) the same for incremental ADS; `server` is
-//! the ADS service (tonic's HTTP/2 server, gRPC framing by hand in `grpc`); `bootstrap` renders the Envoy bootstrap that points at it; `loadgen`
-//! is the push fan-out benchmark client.
+//! the ADS service (tonic's HTTP/2 server, gRPC framing by hand in `grpc`); `bootstrap`
+//! renders the Envoy bootstrap that points at it. The emulated Envoys that load it in the
+//! benchmarks and tests live outside the product, in `tools/xds-fleet`.
 
 pub mod bootstrap;
 pub mod cache;

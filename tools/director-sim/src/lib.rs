@@ -295,7 +295,7 @@ pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
     })
 }
 
-/// `boshy director-sim`: starts the simulator and serves until SIGINT or SIGTERM.
+/// `boshy-director-sim`: starts the simulator and serves until SIGINT or SIGTERM.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let client_secret = std::fs::read_to_string(&args.client_secret_file)
         .with_context(|| {

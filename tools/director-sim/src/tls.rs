@@ -33,7 +33,7 @@ pub fn generate(ips: &[IpAddr]) -> anyhow::Result<Pki> {
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
         .distinguished_name
-        .push(DnType::CommonName, "boshy director-sim CA");
+        .push(DnType::CommonName, "boshy-director-sim CA");
     ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
     let ca = ca_params

@@ -1,4 +1,4 @@
-//! `boshy lab demo`: the prototype's tire-kicking story, end to end, with what a person
+//! `boshy-lab demo`: the prototype's tire-kicking story, end to end, with what a person
 //! wants to see printed.
 
 use std::collections::BTreeMap;

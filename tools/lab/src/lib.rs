@@ -3,7 +3,7 @@
 //! BOSH would put there: the control plane on `bosh-istio` VMs; the workload plus the addon
 //! (virtual-ip-agent with its DNAT rules, and Envoy) everywhere else.
 //!
-//! `boshy lab up|down|status|wait|ssh|process|director|demo`; `scripts/lab` installs the
+//! `boshy-lab up|down|status|wait|ssh|process|director|demo`; `scripts/lab` installs the
 //! tools and calls this. Everything binds to loopback or to addresses inside namespaces the
 //! lab created.
 

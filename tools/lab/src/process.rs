@@ -1,5 +1,5 @@
 //! Long-running lab processes: started inside a VM's namespace in their own session (they
-//! outlive `boshy lab up`), logging to a file, stopped by pid.
+//! outlive `boshy-lab up`), logging to a file, stopped by pid.
 
 use std::fs::OpenOptions;
 use std::os::unix::process::CommandExt;
