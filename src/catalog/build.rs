@@ -265,6 +265,7 @@ instance_groups:
             ips: ips.iter().map(|s| s.to_string()).collect(),
             job_state: state.map(String::from),
             vm_cid: state.map(|_| format!("vm-{id}")),
+            bootstrap: Some(index == 0),
         }
     }
 

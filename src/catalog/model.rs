@@ -130,6 +130,10 @@ pub struct Instance {
     pub job_state: Option<String>,
     /// `vm_cid`; `None` when the instance has no VM.
     pub vm_cid: Option<String>,
+    /// The director's `bootstrap`: true on the one instance of its group the director picks
+    /// for one-off work (`spec.bootstrap` in job templates). `None` when the row does not
+    /// say (the synchronous `/instances` form has no such field).
+    pub bootstrap: Option<bool>,
 }
 
 /// A service as declared in a manifest, before endpoints and VIP are attached.
