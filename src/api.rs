@@ -29,7 +29,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::catalog::model::{Catalog, Endpoint, Protocol, Service, ServicePort};
+use crate::catalog::model::{Catalog, Endpoint, Labels, Protocol, Service, ServicePort};
 
 /// Serves the API on `listener` until it is dropped.
 pub async fn serve(
@@ -79,6 +79,7 @@ struct RegisteredPort<'a> {
     protocol: Protocol,
 }
 
+/// `labels` is always there, `{}` when the endpoint has none, sorted by key.
 #[derive(Serialize)]
 struct RegisteredEndpoint<'a> {
     address: IpAddr,
@@ -86,6 +87,7 @@ struct RegisteredEndpoint<'a> {
     instance: &'a str,
     index: Option<u32>,
     healthy: bool,
+    labels: &'a Labels,
 }
 
 impl<'a> From<&'a Service> for Registration<'a> {
@@ -124,6 +126,7 @@ impl<'a> From<&'a Endpoint> for RegisteredEndpoint<'a> {
             instance: &endpoint.instance,
             index: endpoint.index,
             healthy: endpoint.healthy,
+            labels: &endpoint.labels,
         }
     }
 }
@@ -200,7 +203,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::testing::{self, endpoint, service};
+    use crate::catalog::testing::{self, endpoint, labels, service};
     use axum::body::Body;
     use axum::http::{Method, Request};
 
@@ -213,6 +216,7 @@ mod tests {
                     az: Some("z1".into()),
                     instance: "uuid-1".into(),
                     index: Some(0),
+                    labels: labels([("version", "v2"), ("bosh.io/az", "z1")]),
                     ..endpoint("10.0.0.1")
                 })
                 .endpoint(Endpoint {
@@ -270,8 +274,10 @@ mod tests {
                 "job": "j",
                 "ports": [{"name": "http", "number": 80, "protocol": "http"}],
                 "endpoints": [
-                    {"address": "10.0.0.1", "az": "z1", "instance": "uuid-1", "index": 0, "healthy": true},
-                    {"address": "10.0.0.2", "az": null, "instance": "uuid-2", "index": null, "healthy": false}
+                    {"address": "10.0.0.1", "az": "z1", "instance": "uuid-1", "index": 0, "healthy": true,
+                     "labels": {"bosh.io/az": "z1", "version": "v2"}},
+                    {"address": "10.0.0.2", "az": null, "instance": "uuid-2", "index": null, "healthy": false,
+                     "labels": {}}
                 ]
             }])
         );

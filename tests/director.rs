@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boshy::catalog::model::DeploymentInput;
+use boshy::catalog::model::{DeploymentInput, Labels, Service};
 use boshy::config::{DirectorConfig, Secret};
 use boshy::director::{PollTiming, Poller};
 use boshy_director_sim::{self as sim, AuthMode, SimHandle, SimOptions};
@@ -378,7 +378,15 @@ async fn an_instance_group_with_an_underscore_is_served_under_its_dns_name() {
     let list = h
         .published(|l| has_instances(l, "cf", "diego_cell", 2))
         .await;
-    let hostnames = boshy::catalog::hostnames(&list, "boshy");
+    let service = served(&list, "example-httpbin.diego-cell.cf.boshy");
+    assert_eq!(service.key.instance_group, "diego_cell");
+    assert_eq!(service.endpoints.len(), 2, "{service:?}");
+}
+
+/// The service of `hostname` in the catalog the pilot would build from `list`, every
+/// hostname given a VIP.
+fn served(list: &[DeploymentInput], hostname: &str) -> Service {
+    let hostnames = boshy::catalog::hostnames(list, "boshy");
     assert!(hostnames.warnings.is_empty(), "{:?}", hostnames.warnings);
     let vips = hostnames
         .services
@@ -386,14 +394,69 @@ async fn an_instance_group_with_an_underscore_is_served_under_its_dns_name() {
         .zip(1u8..)
         .map(|((_, hostname), host)| (hostname.clone(), Ipv4Addr::new(169, 254, 255, host)))
         .collect();
-    let catalog = boshy::catalog::build(&list, "boshy", &vips).catalog;
-    let service = catalog
+    let catalog = boshy::catalog::build(list, "boshy", &vips).catalog;
+    catalog
         .services
+        .into_iter()
+        .find(|s| s.hostname == hostname)
+        .unwrap_or_else(|| panic!("{hostname} is not served"))
+}
+
+/// What the director says about each instance, and the labels the release author wrote
+/// beside `expose_ports`, are on every endpoint; an author label under the director's
+/// prefix is refused with a warning.
+#[tokio::test]
+async fn endpoints_carry_the_directors_and_the_authors_labels() {
+    let mut setup = Setup::new();
+    let exposed = format!(
+        "{}    expose_labels:\n      version: v2\n      bosh.io/az: fake\n",
+        expose("http", 9080)
+    );
+    setup.deployments = vec![(
+        "bookinfo".into(),
+        manifest("bookinfo", &[("reviews", 3, &exposed)]),
+    )];
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| has_instances(l, "bookinfo", "reviews", 3))
+        .await;
+    let service = served(&list, "example-httpbin.reviews.bookinfo.boshy");
+    assert_eq!(service.endpoints.len(), 3, "{service:?}");
+    let instances = &deployment(&list, "bookinfo").unwrap().instances;
+    for endpoint in &service.endpoints {
+        let instance = instances
+            .iter()
+            .find(|i| i.id == endpoint.instance)
+            .expect("an endpoint is an instance");
+        let az = instance
+            .az
+            .clone()
+            .expect("the simulator places instances in AZs");
+        let index = instance.index.expect("the simulator indexes instances");
+        let bootstrap = instance.bootstrap.expect("format=full rows say it");
+        let expected: Labels = [
+            ("bosh.io/deployment", "bookinfo".to_string()),
+            ("bosh.io/instance-group", "reviews".to_string()),
+            ("bosh.io/job", "example-httpbin".to_string()),
+            ("bosh.io/az", az),
+            ("bosh.io/index", index.to_string()),
+            ("bosh.io/id", instance.id.clone()),
+            ("bosh.io/bootstrap", bootstrap.to_string()),
+            ("version", "v2".to_string()),
+        ]
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value))
+        .collect();
+        assert_eq!(endpoint.labels, expected);
+    }
+    let bootstraps = service
+        .endpoints
         .iter()
-        .find(|s| s.hostname == "example-httpbin.diego-cell.cf.boshy")
-        .unwrap_or_else(|| panic!("not served: {:?}", catalog.services));
-    assert_eq!(service.key.instance_group, "diego_cell");
-    assert_eq!(service.endpoints.len(), 2, "{service:?}");
+        .filter(|e| e.labels["bosh.io/bootstrap"] == "true")
+        .count();
+    assert_eq!(bootstraps, 1, "one bootstrap instance per group");
+    h.logs.wait_for("is under bosh.io/").await;
+    h.assert_secret_never_logged();
 }
 
 #[tokio::test]

@@ -898,6 +898,7 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
             instance: "i".into(),
             index: Some(0),
             healthy: true,
+            labels: Default::default(),
         }],
     };
     let catalog = Catalog {

@@ -6,7 +6,10 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use sha2::{Digest, Sha256};
 
-use super::model::{Catalog, DeploymentInput, Endpoint, Instance, Service, ServiceKey};
+use super::labels::{self, director_labels};
+use super::model::{
+    Catalog, DeploymentInput, Endpoint, Instance, Labels, Service, ServiceDecl, ServiceKey,
+};
 use crate::text::clip;
 
 /// The longest DNS name (RFC 1035), without the trailing dot.
@@ -80,7 +83,7 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
                 .manifest
                 .services
                 .iter()
-                .map(move |decl| (&decl.key, (input, &decl.ports)))
+                .map(move |decl| (&decl.key, (input, decl)))
         })
         .collect();
     let mut services = Vec::new();
@@ -89,13 +92,13 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
         let Some(&vip) = vips.get(&hostname) else {
             continue;
         };
-        let (input, ports) = declared[&key];
+        let (input, decl) = declared[&key];
         services.push(Service {
-            endpoints: endpoints(input, &key.instance_group, &mut unaddressed),
+            endpoints: endpoints(input, decl, &mut unaddressed),
             key,
             hostname,
             vip,
-            ports: ports.clone(),
+            ports: decl.ports.clone(),
         });
     }
     // An instance group's instances are looked at once per served job.
@@ -112,15 +115,16 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
     }
 }
 
-/// The instances of `instance_group` (its BOSH name, as the director reports it) that can
-/// take traffic, sorted by (index, instance); those with a VM but no usable address are
-/// described in `unaddressed`. Only instance groups named in the manifest count: the
-/// director may still report instances of a group the latest manifest removed.
+/// The instances of the service's instance group (by its BOSH name, as the director reports
+/// it) that can take traffic, sorted by (index, instance); those with a VM but no usable
+/// address are described in `unaddressed`. Only instance groups named in the manifest count:
+/// the director may still report instances of a group the latest manifest removed.
 fn endpoints(
     input: &DeploymentInput,
-    instance_group: &str,
+    service: &ServiceDecl,
     unaddressed: &mut Vec<String>,
 ) -> Vec<Endpoint> {
+    let instance_group = service.key.instance_group.as_str();
     if !input.manifest.instance_groups.contains(instance_group) {
         return Vec::new();
     }
@@ -147,11 +151,27 @@ fn endpoints(
                 instance: instance.id.clone(),
                 index: instance.index,
                 healthy: instance.job_state.as_deref() == Some("running"),
+                labels: endpoint_labels(service, instance),
             })
         })
         .collect();
     endpoints.sort_by(|a, b| (a.index, &a.instance).cmp(&(b.index, &b.instance)));
     endpoints
+}
+
+/// The author's labels of the service and the director's labels of the instance. The
+/// director's prefix is the director's alone, even when a service declaration was not parsed
+/// from a manifest (which refuses such keys with a warning): an author label under it is
+/// dropped, so that a director label the instance lacks (no AZ) cannot be faked either.
+fn endpoint_labels(service: &ServiceDecl, instance: &Instance) -> Labels {
+    let mut merged: Labels = service
+        .labels
+        .iter()
+        .filter(|(key, _)| !labels::is_reserved(key))
+        .map(|(key, value)| (key.clone(), value.clone()))
+        .collect();
+    merged.extend(director_labels(&service.key, instance));
+    merged
 }
 
 /// The address Envoy dials for an instance: the first `ips` entry, in the director's order,
@@ -241,6 +261,7 @@ pub fn diff(old: &Catalog, new: &Catalog) -> CatalogDiff {
 mod tests {
     use super::*;
     use crate::catalog::manifest;
+    use crate::catalog::testing::labels;
     use std::sync::Arc;
 
     const MANIFEST: &str = r#"
@@ -265,6 +286,7 @@ instance_groups:
             ips: ips.iter().map(|s| s.to_string()).collect(),
             job_state: state.map(String::from),
             vm_cid: state.map(|_| format!("vm-{id}")),
+            bootstrap: Some(index == 0),
         }
     }
 
@@ -452,6 +474,108 @@ instance_groups:
     }
 
     #[test]
+    fn every_endpoint_has_the_directors_labels() {
+        let built = build(
+            &sample(vec![
+                instance("banana", "b-1", 1, &["10.0.0.11"], Some("failing")),
+                instance("banana", "b-0", 0, &["10.0.0.10"], Some("running")),
+                instance("apricot", "a-0", 0, &["10.0.0.1"], Some("running")),
+            ]),
+            "boshy",
+            &vips(&[APRICOT, BANANA]),
+        );
+        let [apricot, banana] = &built.catalog.services[..] else {
+            panic!("two services: {:?}", built.catalog.services)
+        };
+        assert_eq!(
+            banana.endpoints[1].labels,
+            labels([
+                ("bosh.io/az", "z1"),
+                ("bosh.io/bootstrap", "false"),
+                ("bosh.io/deployment", "sample-deployment"),
+                ("bosh.io/id", "b-1"),
+                ("bosh.io/index", "1"),
+                ("bosh.io/instance-group", "banana"),
+                ("bosh.io/job", "example-httpbin"),
+            ])
+        );
+        assert_eq!(banana.endpoints[0].labels["bosh.io/bootstrap"], "true");
+        assert_eq!(banana.endpoints[0].labels["bosh.io/id"], "b-0");
+        assert_eq!(
+            apricot.endpoints[0].labels["bosh.io/instance-group"],
+            "apricot"
+        );
+        for endpoint in apricot.endpoints.iter().chain(&banana.endpoints) {
+            assert_eq!(endpoint.labels.len(), 7, "{endpoint:?}");
+        }
+    }
+
+    /// `banana` exposes a port with the author labels `labels_yaml`.
+    fn labelled(labels_yaml: &str, instances: Vec<Instance>) -> Vec<DeploymentInput> {
+        let yaml = format!(
+            "instance_groups:\n- name: banana\n  jobs:\n  - name: example-httpbin\n    \
+             expose_ports: [{{name: http, number: 80}}]\n    expose_labels: {labels_yaml}\n"
+        );
+        vec![input("sample-deployment", &yaml, instances)]
+    }
+
+    #[test]
+    fn author_labels_are_on_every_endpoint_beside_the_directors() {
+        let inputs = labelled(
+            "{version: v2, app.kubernetes.io/name: reviews}",
+            vec![
+                instance("banana", "b-0", 0, &["10.0.0.10"], Some("running")),
+                instance("banana", "b-1", 1, &["10.0.0.11"], Some("running")),
+            ],
+        );
+        let catalog = build(&inputs, "boshy", &vips(&[BANANA])).catalog;
+        let endpoints = &catalog.services[0].endpoints;
+        assert_eq!(endpoints.len(), 2);
+        for endpoint in endpoints {
+            assert_eq!(endpoint.labels["version"], "v2");
+            assert_eq!(endpoint.labels["app.kubernetes.io/name"], "reviews");
+            assert_eq!(endpoint.labels["bosh.io/job"], "example-httpbin");
+            assert_eq!(endpoint.labels.len(), 9, "{endpoint:?}");
+        }
+    }
+
+    #[test]
+    fn author_labels_cannot_stand_for_the_directors() {
+        // A manifest cannot give them (it is refused with a warning)...
+        let inputs = labelled(
+            "{bosh.io/az: fake, bosh.io/index: \"9\", version: v2}",
+            vec![instance(
+                "banana",
+                "b-0",
+                0,
+                &["10.0.0.10"],
+                Some("running"),
+            )],
+        );
+        assert_eq!(inputs[0].manifest.warnings.len(), 2);
+        // ...nor can a declaration made some other way.
+        let mut manifest = (*inputs[0].manifest).clone();
+        manifest.services[0].labels.extend([
+            ("bosh.io/az".to_string(), "fake".to_string()),
+            ("bosh.io/bootstrap".to_string(), "false".to_string()),
+            ("zone.bosh.io/x".to_string(), "fake".to_string()),
+        ]);
+        let mut no_az = instance("banana", "b-0", 0, &["10.0.0.10"], Some("running"));
+        no_az.az = None;
+        let inputs = vec![DeploymentInput {
+            manifest: Arc::new(manifest),
+            instances: Arc::new(vec![no_az]),
+            ..inputs[0].clone()
+        }];
+        let catalog = build(&inputs, "boshy", &vips(&[BANANA])).catalog;
+        let labels = &catalog.services[0].endpoints[0].labels;
+        assert_eq!(labels["bosh.io/bootstrap"], "true", "the director's");
+        assert!(!labels.contains_key("bosh.io/az"), "{labels:?}");
+        assert!(!labels.contains_key("zone.bosh.io/x"), "{labels:?}");
+        assert_eq!(labels["version"], "v2");
+    }
+
+    #[test]
     fn services_without_a_vip_are_left_out() {
         let catalog = build(&sample(Vec::new()), "boshy", &vips(&[BANANA])).catalog;
         let names: Vec<&str> = catalog
@@ -481,8 +605,19 @@ instance_groups:
         unhealthy[1].job_state = Some("failing".into());
         let version = |inputs: &[DeploymentInput], tld| build(inputs, tld, &v).catalog.version;
         assert_ne!(version(&sample(unhealthy), "boshy"), one.version);
-        assert_ne!(version(&sample(instances), "mesh"), one.version);
+        assert_ne!(version(&sample(instances.clone()), "mesh"), one.version);
         assert_ne!(version(&[], "boshy"), 0);
+
+        let v2 = version(&labelled("{version: v2}", instances.clone()), "boshy");
+        let v3 = version(&labelled("{version: v3}", instances.clone()), "boshy");
+        assert_ne!(v2, v3, "labels are content");
+        let mut bootstrap_moved = instances;
+        bootstrap_moved[0].bootstrap = Some(false);
+        bootstrap_moved[1].bootstrap = Some(true);
+        assert_ne!(
+            version(&labelled("{version: v2}", bootstrap_moved), "boshy"),
+            v2
+        );
     }
 
     #[test]

@@ -14,6 +14,10 @@
 //! canonical form is not a DNS label skips the services it would name. Names that share a
 //! canonical form are caught where every deployment is seen (`catalog::hostnames`). Port
 //! names are lower-cased and must be DNS labels as they are.
+//!
+//! A job's `expose_labels` (beside `expose_ports`) are labels for every endpoint of its
+//! service. They are never worth the service: a bad one skips only itself, and a mapping that
+//! is not one leaves the service without labels of its own.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,7 +26,8 @@ use serde_yaml::Value;
 
 use crate::text::clip;
 
-use super::model::{ParsedManifest, Protocol, ServiceDecl, ServiceKey, ServicePort};
+use super::labels;
+use super::model::{Labels, ParsedManifest, Protocol, ServiceDecl, ServiceKey, ServicePort};
 use super::yaml_limits::{
     check_expanded_size, flow_depth_exceeds, SizeCheck, MAX_FLOW_DEPTH, MAX_MANIFEST_NODES,
 };
@@ -205,6 +210,12 @@ fn parse_instance_group(
             continue;
         }
         let Some(ports) = parse_expose_ports(job.get("expose_ports"), &mut job_warnings) else {
+            if is_absent(job.get("expose_ports")) && !is_absent(job.get("expose_labels")) {
+                job_warnings.push(
+                    "expose_labels without expose_ports: the job is no service, so its labels \
+                     apply to nothing",
+                );
+            }
             continue;
         };
         if ports.is_empty() {
@@ -217,10 +228,12 @@ fn parse_instance_group(
                 continue;
             }
         };
+        let labels = parse_expose_labels(job.get("expose_labels"), &mut job_warnings);
         parsed.services.push(ServiceDecl {
             key,
             dns_name,
             ports,
+            labels,
         });
     }
 }
@@ -311,6 +324,68 @@ fn parse_expose_ports(
     Some(by_number.into_values().collect())
 }
 
+/// The valid labels of a job's `expose_labels`, a mapping of label key to value; none when
+/// it is absent or not a mapping. Keys under the director's `bosh.io/` are refused: those
+/// labels say what the director reports, and a rule selecting by them must be able to trust
+/// them.
+fn parse_expose_labels(expose_labels: Option<&Value>, warnings: &mut JobWarnings) -> Labels {
+    let entries = match expose_labels {
+        None | Some(Value::Null) => return Labels::new(),
+        Some(Value::Mapping(entries)) => entries,
+        Some(other) => {
+            warnings.push(&format!(
+                "expose_labels must be a mapping of label to value, found {}; the service has \
+                 no labels of its own",
+                kind(other)
+            ));
+            return Labels::new();
+        }
+    };
+    let mut labels = Labels::new();
+    for (key, value) in entries {
+        match parse_label(key, value) {
+            Ok((key, value)) => {
+                labels.insert(key, value);
+            }
+            Err(problem) => {
+                warnings.push(&format!("expose_labels: {problem}; the label is skipped"))
+            }
+        }
+    }
+    labels
+}
+
+/// One `expose_labels` entry, or what is wrong with it.
+fn parse_label(key: &Value, value: &Value) -> Result<(String, String), String> {
+    let Value::String(key) = key else {
+        return Err(format!("a key must be a string, found {}", kind(key)));
+    };
+    labels::check_key(key)?;
+    if labels::is_reserved(key) {
+        return Err(format!(
+            "key {:?} is under {}/, whose labels only the director gives",
+            clip(key),
+            labels::DIRECTOR_DOMAIN
+        ));
+    }
+    // YAML reads `version: 1.10` as the number 1.1 and `canary: true` as a boolean: turning
+    // them back into text could silently change the value the author meant.
+    let Value::String(value) = value else {
+        return Err(format!(
+            "the value of key {:?} must be a string, found {}; quote it",
+            clip(key),
+            kind(value)
+        ));
+    };
+    labels::check_value(value).map_err(|problem| format!("key {:?}: {problem}", clip(key)))?;
+    Ok((key.clone(), value.clone()))
+}
+
+/// Whether a job's key is absent or null: not written, as far as the job is concerned.
+fn is_absent(value: Option<&Value>) -> bool {
+    matches!(value, None | Some(Value::Null))
+}
+
 /// One `expose_ports` entry, or what is wrong with it.
 fn parse_port(entry: &Value) -> Result<ServicePort, String> {
     if !entry.is_mapping() {
@@ -392,6 +467,7 @@ fn kind(value: &Value) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::catalog::testing::labels;
 
     fn port(name: &str, number: u16, protocol: Protocol) -> ServicePort {
         ServicePort {
@@ -458,6 +534,7 @@ instance_groups:
                     key: key("sample-deployment", "apricot", "example-httpbin"),
                     dns_name: "example-httpbin.apricot.sample-deployment".into(),
                     ports: vec![port("http", 9001, Protocol::Http)],
+                    labels: Labels::new(),
                 },
                 ServiceDecl {
                     key: key("sample-deployment", "banana", "example-httpbin"),
@@ -466,6 +543,7 @@ instance_groups:
                         port("grpc-api", 9000, Protocol::Grpc),
                         port("other-http", 9002, Protocol::Http),
                     ],
+                    labels: Labels::new(),
                 },
             ]
         );
@@ -863,6 +941,168 @@ instance_groups:
             parsed.warnings[0].contains("merge key"),
             "{:?}",
             parsed.warnings
+        );
+    }
+
+    /// Parses a manifest with job `j` (exposing port 1) in group `g` of deployment `d` whose
+    /// `expose_labels` is `labels_yaml`, beside job `ok` without labels.
+    fn parse_labels(labels_yaml: &str) -> ParsedManifest {
+        let yaml = format!(
+            "instance_groups:\n- name: g\n  jobs:\n  - name: j\n    expose_ports: [{{name: p, number: 1}}]\n    expose_labels: {labels_yaml}\n  - name: ok\n    expose_ports: [{{name: p, number: 1}}]\n"
+        );
+        parse("d", &yaml).unwrap()
+    }
+
+    #[test]
+    fn expose_labels_are_the_services_labels() {
+        let parsed = parse_labels(
+            r#"
+      version: v2
+      app.kubernetes.io/name: reviews
+      Canary_Track.1: "1.10"
+      empty: ""
+"#,
+        );
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        assert_eq!(
+            parsed.services[0].labels,
+            labels([
+                ("Canary_Track.1", "1.10"),
+                ("app.kubernetes.io/name", "reviews"),
+                ("empty", ""),
+                ("version", "v2"),
+            ])
+        );
+        assert!(parsed.services[1].labels.is_empty());
+    }
+
+    #[test]
+    fn expose_labels_can_be_shared_with_an_anchor() {
+        let yaml = r#"
+instance_groups:
+- name: a
+  jobs:
+  - name: web
+    expose_ports: [{name: http, number: 80}]
+    expose_labels: &team {team: payments}
+- name: b
+  jobs:
+  - name: web
+    expose_ports: [{name: http, number: 80}]
+    expose_labels:
+      <<: *team
+      version: v2
+"#;
+        let parsed = parse("d", yaml).unwrap();
+        assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+        assert_eq!(parsed.services[0].labels, labels([("team", "payments")]));
+        assert_eq!(
+            parsed.services[1].labels,
+            labels([("team", "payments"), ("version", "v2")])
+        );
+    }
+
+    #[test]
+    fn bad_labels_are_skipped_with_one_warning_each() {
+        let parsed = parse_labels(
+            r#"
+      good: "yes"
+      -dash: v
+      Bad.Prefix/x: v
+      example.com/: v
+      two words: v
+      ? aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa
+      : v
+      spaces: two words
+      long: vvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvvv
+      unresolved: ((version))
+      number: 1.10
+      boolean: true
+      nothing:
+      nested: {a: b}
+      7: seven
+      bosh.io/az: fake
+      zone.bosh.io/x: v
+      also-good: v1
+"#,
+        );
+        assert_eq!(parsed.services.len(), 2, "the service stays");
+        assert_eq!(
+            parsed.services[0].labels,
+            labels([("also-good", "v1"), ("good", "yes")])
+        );
+        assert_eq!(parsed.warnings.len(), 15, "{:#?}", parsed.warnings);
+        for warning in &parsed.warnings {
+            assert!(
+                warning
+                    .starts_with(r#"deployment "d" instance group "g" job "j": expose_labels: "#)
+                    && warning.ends_with("; the label is skipped"),
+                "{warning}"
+            );
+        }
+        let all = parsed.warnings.join("\n");
+        for expected in [
+            r#"key "-dash": the name is not 1-63 characters"#,
+            r#"key "Bad.Prefix/x": the prefix before '/' is not a DNS subdomain"#,
+            r#"key "example.com/": the name after '/' is not"#,
+            r#"key "two words": the name is not"#,
+            r#"key "spaces": value "two words" is not empty nor 1-63 characters"#,
+            r#"key "unresolved": value "((version))" is not"#,
+            r#"the value of key "number" must be a string, found a number; quote it"#,
+            r#"the value of key "boolean" must be a string, found a boolean"#,
+            r#"the value of key "nothing" must be a string, found null"#,
+            r#"the value of key "nested" must be a string, found a mapping"#,
+            "a key must be a string, found a number",
+            r#"key "bosh.io/az" is under bosh.io/, whose labels only the director gives"#,
+            r#"key "zone.bosh.io/x" is under bosh.io/"#,
+        ] {
+            assert!(all.contains(expected), "missing {expected:?} in\n{all}");
+        }
+    }
+
+    #[test]
+    fn expose_labels_not_a_mapping_leaves_the_service_without_labels() {
+        for garbage in [
+            "[version, v2]",
+            "[{version: v2}]",
+            "v2",
+            "42",
+            "\"((labels))\"",
+        ] {
+            let parsed = parse_labels(garbage);
+            assert_eq!(parsed.services.len(), 2, "{garbage}");
+            assert!(parsed.services[0].labels.is_empty(), "{garbage}");
+            assert_eq!(parsed.warnings.len(), 1, "{garbage}: {:?}", parsed.warnings);
+            assert!(
+                parsed.warnings[0].starts_with(
+                    r#"deployment "d" instance group "g" job "j": expose_labels must be a mapping"#
+                ),
+                "{}",
+                parsed.warnings[0]
+            );
+        }
+        for nothing in ["null", "~", "{}"] {
+            let parsed = parse_labels(nothing);
+            assert!(parsed.services[0].labels.is_empty(), "{nothing}");
+            assert!(
+                parsed.warnings.is_empty(),
+                "{nothing}: {:?}",
+                parsed.warnings
+            );
+        }
+    }
+
+    #[test]
+    fn expose_labels_without_expose_ports_is_warned() {
+        let yaml = "instance_groups:\n- name: g\n  jobs:\n  - {name: j, expose_labels: {version: v2}}\n  - {name: k, expose_labels: null}\n";
+        let parsed = parse("d", yaml).unwrap();
+        assert!(parsed.services.is_empty());
+        assert_eq!(
+            parsed.warnings,
+            [
+                "deployment \"d\" instance group \"g\" job \"j\": expose_labels without \
+              expose_ports: the job is no service, so its labels apply to nothing"
+            ]
         );
     }
 }

@@ -4,6 +4,7 @@
 //! A `Catalog` is immutable once built; a new one is built whole and published through a
 //! `tokio::sync::watch` channel as `Arc<Catalog>`. Consumers diff or rebuild from it.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
 
@@ -75,6 +76,10 @@ impl fmt::Display for ServiceKey {
     }
 }
 
+/// Label key → value, in the Kubernetes label syntax that Istio's selectors match
+/// (docs/ARCHITECTURE.md, "The manifest contract").
+pub type Labels = BTreeMap<String, String>;
+
 /// One instance of the service's instance group that has a VM and an address.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -85,6 +90,10 @@ pub struct Endpoint {
     pub index: Option<u32>,
     /// `job_state == "running"` at the director's last health report.
     pub healthy: bool,
+    /// What the director says about the instance (under `bosh.io/`), and the release
+    /// author's `expose_labels` of the service's job. For rules that select instances; xDS and
+    /// the name table do not depend on them.
+    pub labels: Labels,
 }
 
 /// A service as every consumer sees it.
@@ -130,6 +139,10 @@ pub struct Instance {
     pub job_state: Option<String>,
     /// `vm_cid`; `None` when the instance has no VM.
     pub vm_cid: Option<String>,
+    /// The director's `bootstrap`: true on the one instance of its group the director picks
+    /// for one-off work (`spec.bootstrap` in job templates). `None` when the row does not
+    /// say (the synchronous `/instances` form has no such field).
+    pub bootstrap: Option<bool>,
 }
 
 /// A service as declared in a manifest, before endpoints and VIP are attached.
@@ -141,6 +154,9 @@ pub struct ServiceDecl {
     pub dns_name: String,
     /// Sorted by number; at least one entry.
     pub ports: Vec<ServicePort>,
+    /// The job's valid `expose_labels`, none under the director's `bosh.io/`: given to every
+    /// endpoint of the service.
+    pub labels: Labels,
 }
 
 /// What the catalog needs from one deployment's manifest, parsed once per manifest change.

@@ -8,14 +8,15 @@
 //!     .vip([169, 254, 255, 3])
 //!     .port("http", 8080, Protocol::Http)
 //!     .endpoint(endpoint("10.0.0.4"))
-//!     .endpoint(Endpoint { healthy: false, ..endpoint("10.0.0.5") });
+//!     .endpoint(Endpoint { healthy: false, ..endpoint("10.0.0.5") })
+//!     .endpoint(Endpoint { labels: labels([("version", "v2")]), ..endpoint("10.0.0.6") });
 //! let catalog = catalog(1, [web]);
 //! ```
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::manifest::canonicalize;
-use super::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use super::model::{Catalog, Endpoint, Labels, Protocol, Service, ServiceKey, ServicePort};
 
 /// The tld of hand-built catalogs, as the pilot's default.
 pub const TLD: &str = "boshy";
@@ -51,7 +52,8 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
 }
 
 /// A healthy endpoint at `address` (an IP) with no AZ, whose instance id is derived from the
-/// address and whose index is unset; change fields with struct update syntax.
+/// address, whose index is unset and which has no labels (not even the director's: it belongs
+/// to no service yet); change fields with struct update syntax.
 pub fn endpoint(address: &str) -> Endpoint {
     let address: IpAddr = address
         .parse()
@@ -62,7 +64,17 @@ pub fn endpoint(address: &str) -> Endpoint {
         instance: format!("instance-{address}"),
         index: None,
         healthy: true,
+        labels: Labels::new(),
     }
+}
+
+/// Labels from `(key, value)` pairs, unchecked: a test may want labels no manifest would
+/// give.
+pub fn labels<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> Labels {
+    pairs
+        .into_iter()
+        .map(|(key, value)| (key.to_string(), value.to_string()))
+        .collect()
 }
 
 /// A [`Service`] under construction; `Into<Service>` ends it.
@@ -141,5 +153,12 @@ mod tests {
         assert!(e.healthy);
         assert_eq!(e.instance, "instance-10.0.0.4");
         assert_eq!((e.az, e.index), (None, None));
+        assert!(e.labels.is_empty());
+        let labelled = Endpoint {
+            labels: labels([("version", "v2"), ("app", "web")]),
+            ..endpoint("10.0.0.4")
+        };
+        assert_eq!(labelled.labels["version"], "v2");
+        assert_eq!(labelled.labels.len(), 2);
     }
 }

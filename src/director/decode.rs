@@ -109,6 +109,9 @@ struct InstanceRow {
     /// The synchronous form calls it `cid`.
     #[serde(default, alias = "cid")]
     vm_cid: Option<String>,
+    /// Absent from the synchronous form.
+    #[serde(default, deserialize_with = "bool_or_none")]
+    bootstrap: Option<bool>,
 }
 
 /// `ips` as strings; `null` is empty and non-string entries are dropped.
@@ -119,6 +122,12 @@ fn strings_skipping_others<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String
         .into_iter()
         .filter_map(|v| v.as_str().map(str::to_string))
         .collect())
+}
+
+/// A boolean, or `None` for anything else: `bootstrap` only labels endpoints, so a director
+/// that sent something odd there must not cost the deployment its instances.
+fn bool_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<bool>, D::Error> {
+    Ok(Option::<serde_json::Value>::deserialize(d)?.and_then(|v| v.as_bool()))
 }
 
 /// Decodes a `type=result` task output: NDJSON, one instance per line, any order, empty for
@@ -146,6 +155,7 @@ pub fn decode_instances(ndjson: &str) -> Result<Vec<Instance>, String> {
             ips: row.ips,
             job_state: row.job_state,
             vm_cid: row.vm_cid,
+            bootstrap: row.bootstrap,
         });
     }
     instances.sort_by(|a, b| {
@@ -202,6 +212,7 @@ mod tests {
                 ips: vec!["10.244.0.2".into()],
                 job_state: Some("running".into()),
                 vm_cid: Some("3f0c5f44".into()),
+                bootstrap: Some(true),
             }]
         );
     }
@@ -226,6 +237,7 @@ mod tests {
                 ips: vec![],
                 job_state: None,
                 vm_cid: None,
+                bootstrap: Some(false),
             }]
         );
     }
@@ -260,6 +272,25 @@ mod tests {
         let got = decode_instances(row).unwrap();
         assert_eq!(got[0].instance_group, "apricot");
         assert_eq!(got[0].vm_cid.as_deref(), Some("vm-1"));
+        assert_eq!(got[0].bootstrap, None, "the synchronous form does not say");
+    }
+
+    #[test]
+    fn bootstrap_is_a_boolean_or_unknown() {
+        let rows = [
+            r#"{"id":"a","job_name":"g","bootstrap":true}"#,
+            r#"{"id":"b","job_name":"g","bootstrap":false}"#,
+            r#"{"id":"c","job_name":"g","bootstrap":null}"#,
+            r#"{"id":"d","job_name":"g","bootstrap":"true"}"#,
+            r#"{"id":"e","job_name":"g"}"#,
+        ]
+        .join("\n");
+        let bootstrap: Vec<Option<bool>> = decode_instances(&rows)
+            .unwrap()
+            .into_iter()
+            .map(|i| i.bootstrap)
+            .collect();
+        assert_eq!(bootstrap, [Some(true), Some(false), None, None, None]);
     }
 
     #[test]

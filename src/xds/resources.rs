@@ -924,6 +924,17 @@ mod tests {
     }
 
     #[test]
+    fn labels_change_no_resource() {
+        let mut labelled = catalog();
+        let endpoints = labelled.services.iter_mut().flat_map(|s| &mut s.endpoints);
+        for (n, endpoint) in endpoints.enumerate() {
+            let index = n.to_string();
+            endpoint.labels = testing::labels([("version", "v2"), ("bosh.io/index", &index)]);
+        }
+        assert_eq!(build(&labelled), build(&catalog()), "byte for byte");
+    }
+
+    #[test]
     fn type_urls_round_trip() {
         for t in ResourceType::PUSH_ORDER {
             assert_eq!(ResourceType::from_type_url(t.type_url()), Some(t));

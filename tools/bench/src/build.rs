@@ -81,6 +81,7 @@ pub fn synthetic_estate(services: usize, instances_per_service: usize) -> Vec<Di
                         ips: vec![ip.to_string()],
                         job_state: Some("running".into()),
                         vm_cid: Some(format!("vm-{host}")),
+                        bootstrap: Some(index == 0),
                     });
                 }
             }
