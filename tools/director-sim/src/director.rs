@@ -195,7 +195,8 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let fault = shared.fault.borrow().clone();
-    let rejected = fault.mode == FaultMode::RejectTokens && fault.applies_to(&path, true);
+    let rejected = fault.mode == FaultMode::RejectTokens
+        && fault.applies_to(request.method().as_str(), &path, true);
     let principal = if rejected {
         None
     } else {
