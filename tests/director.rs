@@ -518,13 +518,8 @@ async fn a_failing_configs_read_keeps_the_last_good_rule_configs() {
         .update_config(RULES, "reviews", "kind: VirtualService\n")
         .await;
     let good = h.published_rules(rules_are(&[("reviews", &reviews)])).await;
-    // Reads fail; writes (and their events) still go through.
-    h.control(
-        "PUT",
-        "/_sim/fault",
-        json!({"mode": "http_500", "path_prefix": "/configs", "method": "GET"}),
-    )
-    .await;
+    // Reads fail; writes (`POST /configs`, no query) and their events still go through.
+    h.fault("http_500", Some("/configs?type=boshy-istio")).await;
     let ratings = h
         .update_config(RULES, "ratings", "kind: DestinationRule\n")
         .await;

@@ -195,8 +195,11 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let fault = shared.fault.borrow().clone();
-    let rejected = fault.mode == FaultMode::RejectTokens
-        && fault.applies_to(request.method().as_str(), &path, true);
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(path.as_str(), |target| target.as_str());
+    let rejected = fault.mode == FaultMode::RejectTokens && fault.applies_to(target, true);
     let principal = if rejected {
         None
     } else {

@@ -21,12 +21,11 @@ pub enum FaultMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     pub mode: FaultMode,
+    /// A prefix of the request's path and query: `/deployments/x`, or
+    /// `/configs?type=boshy-vips` to break the reads of one config type while writes
+    /// (`POST /configs`, no query) and other types still work.
     #[serde(default)]
     pub path_prefix: Option<String>,
-    /// Only requests of this method (`GET`), so that a test can break a read and still
-    /// write through the same path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub method: Option<String>,
 }
 
 /// The page nginx serves when its upstream is gone.
@@ -35,16 +34,12 @@ pub const NGINX_BAD_GATEWAY: &str = "<html>\r\n<head><title>502 Bad Gateway</tit
 
 impl Fault {
     /// Without a prefix a fault hits the director only (so a client can still get tokens and
-    /// see the director fail); with one it hits whichever server serves matching paths, which
-    /// lets a test break UAA with `/oauth`. A method, when given, must match too.
-    pub fn applies_to(&self, method: &str, path: &str, is_director: bool) -> bool {
+    /// see the director fail); with one it hits whichever server serves matching requests,
+    /// which lets a test break UAA with `/oauth`. `target` is the path and query.
+    pub fn applies_to(&self, target: &str, is_director: bool) -> bool {
         self.mode != FaultMode::None
-            && self
-                .method
-                .as_deref()
-                .is_none_or(|m| m.eq_ignore_ascii_case(method))
             && match &self.path_prefix {
-                Some(prefix) => path.starts_with(prefix.as_str()),
+                Some(prefix) => target.starts_with(prefix.as_str()),
                 None => is_director,
             }
     }
@@ -58,30 +53,31 @@ mod tests {
     fn scope_follows_the_prefix_or_defaults_to_the_director() {
         let everywhere = Fault {
             mode: FaultMode::Http500,
-            ..Fault::default()
+            path_prefix: None,
         };
-        assert!(everywhere.applies_to("GET", "/deployments", true));
-        assert!(!everywhere.applies_to("POST", "/oauth/token", false));
+        assert!(everywhere.applies_to("/deployments", true));
+        assert!(!everywhere.applies_to("/oauth/token", false));
         let uaa = Fault {
             mode: FaultMode::Hang,
             path_prefix: Some("/oauth".into()),
-            ..Fault::default()
         };
-        assert!(uaa.applies_to("POST", "/oauth/token", false));
-        assert!(!uaa.applies_to("GET", "/deployments", true));
-        assert!(!Fault::default().applies_to("GET", "/deployments", true));
+        assert!(uaa.applies_to("/oauth/token", false));
+        assert!(!uaa.applies_to("/deployments", true));
+        assert!(!Fault::default().applies_to("/deployments", true));
     }
 
     #[test]
-    fn a_method_narrows_the_fault_to_that_method() {
-        let reads = Fault {
+    fn a_prefix_with_a_query_breaks_only_those_reads() {
+        let vip_reads = Fault {
             mode: FaultMode::Http500,
-            path_prefix: Some("/configs".into()),
-            method: Some("GET".into()),
+            path_prefix: Some("/configs?type=boshy-vips".into()),
         };
-        assert!(reads.applies_to("GET", "/configs", true));
-        assert!(!reads.applies_to("POST", "/configs", true));
-        assert!(!reads.applies_to("GET", "/events", true));
+        assert!(vip_reads.applies_to("/configs?type=boshy-vips&name=boshy&latest=true", true));
+        assert!(!vip_reads.applies_to("/configs?type=boshy-istio&latest=true", true));
+        assert!(
+            !vip_reads.applies_to("/configs", true),
+            "a POST has no query"
+        );
     }
 
     #[test]
@@ -91,7 +87,6 @@ mod tests {
                 .unwrap();
         assert_eq!(fault.mode, FaultMode::RejectTokens);
         assert_eq!(fault.path_prefix.as_deref(), Some("/deployments/x"));
-        assert_eq!(fault.method, None);
         let http_500: Fault = serde_json::from_str(r#"{"mode":"http_500"}"#).unwrap();
         assert_eq!(http_500.mode, FaultMode::Http500);
         assert!(serde_json::from_str::<Fault>(r#"{"mode":"explode"}"#).is_err());
