@@ -150,7 +150,8 @@ impl Poller {
             .map(|job| refresh(&self.client, job))
             .buffer_unordered(MAX_TASKS_IN_FLIGHT)
             .collect::<Vec<RefreshResult>>();
-        // Beside the refreshes, not after them: a slow task must not hold up the rules.
+        // Beside the refreshes, not after them: a slow task must not hold up the rules. (A
+        // hung read holds up this tick like any of its requests: at most the request timeout.)
         let read_rule_configs = state.rule_configs_due(now);
         let rule_configs = async {
             match read_rule_configs {
