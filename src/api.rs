@@ -8,6 +8,12 @@
 //!   that would tell them there are no services. After the first catalog the pilot stays
 //!   healthy through director outages: it keeps serving the last good catalog, which is
 //!   what clients should get.
+//! - `GET /v1/rules`: the rule configs read from the director (configs of type
+//!   `boshy-istio`), one entry per name sorted by name: `name`, `id`, `created_at`, and the
+//!   content's `content_bytes` and `content_sha256`, never the content itself, so that nothing
+//!   an operator put in a config is echoed to whoever can reach the API. `503` until the
+//!   director's configs were read once. It says what the pilot holds, not whether the rules
+//!   are valid.
 //! - `GET /metrics`: Prometheus text format.
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
@@ -24,28 +30,43 @@ use axum::{Json, Router};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use serde::Serialize;
+use sha2::{Digest as _, Sha256};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
 use crate::catalog::model::{Catalog, Endpoint, Labels, Protocol, Service, ServicePort};
+use crate::director::{PublishedRuleConfigs, RuleConfig};
+
+/// What the API shows: the pilot's current catalog and rule configs.
+#[derive(Clone)]
+struct Sources {
+    catalog: watch::Receiver<Arc<Catalog>>,
+    rule_configs: watch::Receiver<PublishedRuleConfigs>,
+}
 
 /// Serves the API on `listener` until it is dropped.
 pub async fn serve(
     listener: TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
+    rule_configs: watch::Receiver<PublishedRuleConfigs>,
 ) -> anyhow::Result<()> {
-    serve_router(listener, router(catalog), "api").await
+    let sources = Sources {
+        catalog,
+        rule_configs,
+    };
+    serve_router(listener, router(sources), "api").await
 }
 
-fn router(catalog: watch::Receiver<Arc<Catalog>>) -> Router {
+fn router(sources: Sources) -> Router {
     Router::new()
         .route("/v1/registration", get(registration))
+        .route("/v1/rules", get(rules))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
-        .with_state(catalog)
+        .with_state(sources)
 }
 
 /// The API is read-only: a write method is 405 on every path, known or not; a read of an
@@ -131,14 +152,55 @@ impl<'a> From<&'a Endpoint> for RegisteredEndpoint<'a> {
     }
 }
 
-async fn registration(State(catalog): State<watch::Receiver<Arc<Catalog>>>) -> impl IntoResponse {
-    let catalog = catalog.borrow().clone();
+/// One rule config in `/v1/rules`: which version the pilot holds, and a fingerprint of its
+/// content to compare with `bosh config --type boshy-istio --name <name>`.
+#[derive(Serialize)]
+struct ListedRuleConfig<'a> {
+    name: &'a str,
+    id: &'a str,
+    created_at: Option<&'a str>,
+    content_bytes: usize,
+    /// SHA-256 of the content, lower-case hex.
+    content_sha256: String,
+}
+
+impl<'a> From<&'a RuleConfig> for ListedRuleConfig<'a> {
+    fn from(config: &'a RuleConfig) -> Self {
+        let digest = Sha256::digest(config.content.as_bytes());
+        ListedRuleConfig {
+            name: &config.name,
+            id: &config.id,
+            created_at: config.created_at.as_deref(),
+            content_bytes: config.content.len(),
+            content_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+        }
+    }
+}
+
+async fn registration(State(sources): State<Sources>) -> impl IntoResponse {
+    let catalog = sources.catalog.borrow().clone();
     let services: Vec<Registration> = catalog.services.iter().map(Registration::from).collect();
     Json(services).into_response()
 }
 
-async fn healthz(State(catalog): State<watch::Receiver<Arc<Catalog>>>) -> impl IntoResponse {
-    if catalog.borrow().version == 0 {
+async fn rules(State(sources): State<Sources>) -> impl IntoResponse {
+    let Some(rule_configs) = sources.rule_configs.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the rule configs have not been read from the director yet\n",
+        )
+            .into_response();
+    };
+    let listed: Vec<ListedRuleConfig> = rule_configs
+        .configs
+        .iter()
+        .map(ListedRuleConfig::from)
+        .collect();
+    Json(listed).into_response()
+}
+
+async fn healthz(State(sources): State<Sources>) -> impl IntoResponse {
+    if sources.catalog.borrow().version == 0 {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             "waiting for the first catalog from the director\n",
@@ -204,6 +266,7 @@ where
 mod tests {
     use super::*;
     use crate::catalog::testing::{self, endpoint, labels, service};
+    use crate::director::RuleConfigs;
     use axum::body::Body;
     use axum::http::{Method, Request};
 
@@ -227,13 +290,40 @@ mod tests {
         )
     }
 
+    fn rule_configs() -> RuleConfigs {
+        let config = |id: &str, name: &str, content: &str| RuleConfig {
+            id: id.into(),
+            name: name.into(),
+            content: content.into(),
+            created_at: Some("2024-05-01 12:34:56 UTC".into()),
+        };
+        RuleConfigs {
+            configs: vec![
+                config("7", "ratings", "{}\n"),
+                config("9", "reviews", "password: hunter2-in-a-rule\n"),
+            ],
+        }
+    }
+
     async fn call(
         catalog: Catalog,
         method: Method,
         path: &str,
     ) -> (StatusCode, Option<String>, String) {
-        let (_tx, rx) = watch::channel(Arc::new(catalog));
-        let response = router(rx)
+        call_with_rules(catalog, Some(rule_configs()), method, path).await
+    }
+
+    async fn call_with_rules(
+        catalog: Catalog,
+        rule_configs: Option<RuleConfigs>,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let sources = Sources {
+            catalog: watch::channel(Arc::new(catalog)).1,
+            rule_configs: watch::channel(rule_configs.map(Arc::new)).1,
+        };
+        let response = router(sources)
             .oneshot(
                 Request::builder()
                     .method(method)
@@ -286,6 +376,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn rules_list_each_config_read_with_a_fingerprint_but_never_its_content() {
+        let (status, content_type, body) = call(catalog(), Method::GET, "/v1/rules").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!([
+                {"name": "ratings", "id": "7", "created_at": "2024-05-01 12:34:56 UTC",
+                 "content_bytes": 3,
+                 "content_sha256": "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356"},
+                {"name": "reviews", "id": "9", "created_at": "2024-05-01 12:34:56 UTC",
+                 "content_bytes": 28,
+                 "content_sha256": "02ae9b3f84597f8a89fb9afa6147411aa80f23686c72143b4ed31c44dccb75d6"}
+            ])
+        );
+        assert!(!body.contains("hunter2"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn rules_are_503_until_the_configs_were_read_and_empty_when_there_are_none() {
+        let (status, _, body) = call_with_rules(catalog(), None, Method::GET, "/v1/rules").await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("not been read"), "{body}");
+        let none = Some(RuleConfigs::default());
+        let (status, _, body) = call_with_rules(catalog(), none, Method::GET, "/v1/rules").await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "[]"));
+    }
+
+    #[tokio::test]
     async fn healthz_is_503_until_the_first_director_catalog() {
         let (status, _, body) = call(Catalog::default(), Method::GET, "/healthz").await;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -307,7 +427,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_api_is_read_only() {
-        for path in ["/v1/registration", "/healthz", "/metrics"] {
+        for path in ["/v1/registration", "/v1/rules", "/healthz", "/metrics"] {
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 let (status, _, _) = call(catalog(), method.clone(), path).await;
                 assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -326,7 +446,8 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
-        let server = tokio::spawn(serve(listener, rx));
+        let (_rules_tx, rules_rx) = watch::channel(None);
+        let server = tokio::spawn(serve(listener, rx, rules_rx));
         let client = reqwest::Client::new();
         let healthz = format!("http://{address}/healthz");
         let status = client.get(&healthz).send().await.unwrap().status();

@@ -1,6 +1,7 @@
 //! bosh-pilot: the control plane. Wires the director poller to the catalog (with VIPs from
 //! the allocator) and publishes each new catalog to the xDS server, the name-table stream and
-//! the HTTP API, which all read it from one `watch` channel.
+//! the HTTP API, which all read it from one `watch` channel. The rule configs the poller reads
+//! come on a `watch` channel of their own; for now only the API shows them.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -83,6 +84,8 @@ pub async fn run(args: Args) -> Result<()> {
     let api_listener = bind(cfg.listen.api, "listen.api").await?;
 
     let (deployments_tx, deployments_rx) = watch::channel(Arc::new(Vec::new()));
+    // The latest rule configs, for the API now and for rule compilation to follow.
+    let rule_configs = poller.rule_configs();
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog {
         version: 0,
         tld: cfg.tld.clone(),
@@ -118,7 +121,7 @@ pub async fn run(args: Args) -> Result<()> {
         result = catalogs.run(deployments_rx, vip_refresh) => result,
         result = xds::server::serve_with_tls(xds_listener, catalog_rx.clone(), xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
-        result = api::serve(api_listener, catalog_rx) => result.context("HTTP API"),
+        result = api::serve(api_listener, catalog_rx, rule_configs) => result.context("HTTP API"),
     }
 }
 

@@ -1,5 +1,6 @@
 //! The director client and poller against the in-process director simulator: auth and token
-//! renewal, faults, malformed manifests, instance changes, steady-state cost, secrecy.
+//! renewal, faults, malformed manifests, instance changes, rule configs, steady-state cost,
+//! secrecy.
 
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
@@ -7,7 +8,7 @@ use std::time::Duration;
 
 use boshy::catalog::model::{DeploymentInput, Labels, Service};
 use boshy::config::{DirectorConfig, Secret};
-use boshy::director::{PollTiming, Poller};
+use boshy::director::{DirectorClient, PollTiming, Poller, PublishedRuleConfigs, RuleConfigs};
 use boshy_director_sim::{self as sim, AuthMode, SimHandle, SimOptions};
 use serde_json::{json, Value};
 use tokio::sync::watch;
@@ -99,8 +100,11 @@ fn fast_timing() -> PollTiming {
 struct Harness {
     sim: SimHandle,
     http: reqwest::Client,
+    /// The director API as an operator's `bosh` would use it, with the pilot's credentials.
+    director: DirectorClient,
     logs: Logs,
     rx: watch::Receiver<Arc<Vec<DeploymentInput>>>,
+    rule_configs: watch::Receiver<PublishedRuleConfigs>,
     poller: tokio::task::JoinHandle<()>,
 }
 
@@ -160,12 +164,16 @@ impl Setup {
             tracing::dispatcher::with_default(&dispatch, || Poller::new(&cfg, Secret::new(SECRET)))
                 .expect("poller builds")
                 .with_timing(self.timing);
+        let rule_configs = poller.rule_configs();
         let poller = tokio::spawn(poller.run(tx).with_subscriber(dispatch));
+        let director = DirectorClient::new(&cfg, Secret::new(SECRET)).expect("client builds");
         Harness {
             sim,
             http,
+            director,
             logs,
             rx,
+            rule_configs,
             poller,
         }
     }
@@ -254,6 +262,76 @@ impl Harness {
         }
     }
 
+    /// `bosh update-config --type <kind> --name <name>`: the new config's id.
+    async fn update_config(&self, kind: &str, name: &str, content: &str) -> String {
+        let body = json!({"type": kind, "name": name, "content": content});
+        let response = self
+            .director
+            .send(reqwest::Method::POST, "/configs", Some(&body))
+            .await
+            .expect("POST /configs answers");
+        let text = String::from_utf8_lossy(&response.body);
+        assert_eq!(response.status, 201, "POST /configs: {text}");
+        let created: Value = serde_json::from_str(&text).unwrap();
+        created["id"].as_str().expect("a string id").to_string()
+    }
+
+    /// `bosh delete-config --type <kind> --name <name>`.
+    async fn delete_config(&self, kind: &str, name: &str) {
+        let path = format!("/configs?type={kind}&name={name}");
+        let response = self
+            .director
+            .send(reqwest::Method::DELETE, &path, None)
+            .await
+            .expect("DELETE /configs answers");
+        assert_eq!(response.status, 204, "DELETE {path}");
+    }
+
+    /// Waits until the published rule configs satisfy `check`, which explains what it still
+    /// misses.
+    async fn published_rules(
+        &mut self,
+        check: impl Fn(&RuleConfigs) -> Result<(), String>,
+    ) -> Arc<RuleConfigs> {
+        let rx = &mut self.rule_configs;
+        let matches = |published: &PublishedRuleConfigs| match published {
+            Some(rules) => check(rules),
+            None => Err("no rule configs published yet".to_string()),
+        };
+        let wait = async {
+            loop {
+                let current = rx.borrow_and_update().clone();
+                if matches(&current).is_ok() {
+                    return current.expect("checked");
+                }
+                rx.changed().await.expect("poller keeps running");
+            }
+        };
+        match tokio::time::timeout(PATIENCE, wait).await {
+            Ok(rules) => rules,
+            Err(_) => {
+                let why = matches(&self.rule_configs.borrow()).unwrap_err();
+                panic!(
+                    "never published the expected rule configs: {why}; logs:\n{}",
+                    self.logs.text()
+                );
+            }
+        }
+    }
+
+    /// Waits for `ticks` more polls (each reads `GET /events`).
+    async fn ticks(&self, ticks: u64) {
+        let start = route_count(&self.requests().await, "GET /events");
+        let polled = async {
+            while route_count(&self.requests().await, "GET /events") < start + ticks {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        };
+        tokio::time::timeout(PATIENCE, polled)
+            .await
+            .expect("the poller keeps polling");
+    }
+
     /// Asserts the secret appears in no log line (call at the end of every test).
     /// Clears the fault, waits for the recovery log line, and checks that a change at the
     /// director (a fourth apricot) is published again; the secret was never logged.
@@ -332,6 +410,141 @@ fn has_instances(
 
 fn route_count(requests: &Value, route: &str) -> u64 {
     requests["by_route"][route].as_u64().unwrap_or(0)
+}
+
+const RULES: &str = "boshy-istio";
+
+/// The published rule configs are exactly these `(name, id)`.
+fn rules_are(expected: &[(&str, &str)]) -> impl Fn(&RuleConfigs) -> Result<(), String> {
+    let expected: Vec<(String, String)> = expected
+        .iter()
+        .map(|(name, id)| (name.to_string(), id.to_string()))
+        .collect();
+    move |rules| {
+        let published: Vec<(String, String)> = rules
+            .configs
+            .iter()
+            .map(|c| (c.name.clone(), c.id.clone()))
+            .collect();
+        match published == expected {
+            true => Ok(()),
+            false => Err(format!("published {published:?}, not {expected:?}")),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_posted_rule_config_is_published_from_its_event_not_the_resync() {
+    // The full resync is an hour away (`fast_timing`): only the event can explain a read.
+    let mut h = Setup::new().start().await;
+    h.published_rules(rules_are(&[])).await;
+    let reviews = "kind: VirtualService\nmetadata: {name: reviews}\n";
+    let id = h.update_config(RULES, "reviews", reviews).await;
+    let rules = h.published_rules(rules_are(&[("reviews", &id)])).await;
+    assert_eq!(rules.configs[0].content, reviews);
+    assert!(rules.configs[0]
+        .created_at
+        .as_deref()
+        .is_some_and(|t| t.ends_with(" UTC")));
+    let requests = h.requests().await;
+    assert_eq!(
+        route_count(&requests, "GET /configs"),
+        2,
+        "one read at start, one after the event: {requests}"
+    );
+    h.logs
+        .wait_for("rule configs (director configs of type boshy-istio) changed")
+        .await;
+    // A new version, and a second name beside the first.
+    let newer = h
+        .update_config(RULES, "reviews", "kind: VirtualService\n")
+        .await;
+    let ratings = h
+        .update_config(RULES, "ratings", "kind: DestinationRule\n")
+        .await;
+    h.published_rules(rules_are(&[("ratings", &ratings), ("reviews", &newer)]))
+        .await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn vip_store_configs_are_never_rules_nor_a_reason_to_read_them() {
+    let mut h = Setup::new().start().await;
+    h.published_rules(rules_are(&[])).await;
+    let reads = route_count(&h.requests().await, "GET /configs");
+    assert_eq!(reads, 1, "read once at start");
+    // What every pilot writes at each VIP change.
+    h.update_config(
+        "boshy-vips",
+        "boshy",
+        "assignments: {a.boshy: 169.254.255.1}\n",
+    )
+    .await;
+    h.ticks(3).await;
+    assert_eq!(route_count(&h.requests().await, "GET /configs"), reads);
+    let id = h
+        .update_config(RULES, "reviews", "kind: VirtualService\n")
+        .await;
+    let rules = h.published_rules(rules_are(&[("reviews", &id)])).await;
+    assert_eq!(rules.configs.len(), 1, "{rules:?}");
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn a_deleted_rule_config_is_dropped_at_the_next_full_resync() {
+    let mut setup = Setup::new();
+    // A delete writes no event: only the full resync sees it.
+    setup.timing.full_resync = Duration::from_millis(500);
+    let mut h = setup.start().await;
+    h.published_rules(rules_are(&[])).await;
+    let reviews = h
+        .update_config(RULES, "reviews", "kind: VirtualService\n")
+        .await;
+    let ratings = h
+        .update_config(RULES, "ratings", "kind: DestinationRule\n")
+        .await;
+    h.published_rules(rules_are(&[("ratings", &ratings), ("reviews", &reviews)]))
+        .await;
+    h.delete_config(RULES, "reviews").await;
+    h.published_rules(rules_are(&[("ratings", &ratings)])).await;
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn a_failing_configs_read_keeps_the_last_good_rule_configs() {
+    let mut h = Setup::new().start().await;
+    h.published_rules(rules_are(&[])).await;
+    let reviews = h
+        .update_config(RULES, "reviews", "kind: VirtualService\n")
+        .await;
+    let good = h.published_rules(rules_are(&[("reviews", &reviews)])).await;
+    // Reads fail; writes (`POST /configs`, no query) and their events still go through.
+    h.fault("http_500", Some("/configs?type=boshy-istio")).await;
+    let ratings = h
+        .update_config(RULES, "ratings", "kind: DestinationRule\n")
+        .await;
+    h.logs.wait_for("rule configs read failed").await;
+    let failed_reads = route_count(&h.requests().await, "GET /configs");
+    let retries = async {
+        while route_count(&h.requests().await, "GET /configs") < failed_reads + 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, retries)
+        .await
+        .expect("the read is retried");
+    assert_eq!(h.rule_configs.borrow().as_deref(), Some(&*good));
+    assert_eq!(
+        h.logs.count("rule configs read failed"),
+        1,
+        "logged once:\n{}",
+        h.logs.text()
+    );
+    h.fault("none", None).await;
+    h.published_rules(rules_are(&[("ratings", &ratings), ("reviews", &reviews)]))
+        .await;
+    h.logs.wait_for("rule configs read works again").await;
+    h.assert_secret_never_logged();
 }
 
 #[tokio::test]
@@ -806,6 +1019,8 @@ async fn steady_state_requests(deployments: usize) -> Value {
         },
     )
     .await;
+    let reads = route_count(&h.requests().await, "GET /configs");
+    assert_eq!(reads, 1, "the rule configs are read once at start");
     h.control("POST", "/_sim/requests/reset", Value::Null).await;
     let ticks = async {
         while route_count(&h.requests().await, "GET /deployments") < 10 {
@@ -824,6 +1039,7 @@ async fn steady_state_requests(deployments: usize) -> Value {
 async fn steady_state_costs_two_requests_per_tick_whatever_the_estate() {
     for deployments in [1, 6] {
         let requests = steady_state_requests(deployments).await;
+        // Not even `GET /configs`: the rule configs are read again only after an event.
         let routes: Vec<&String> = requests["by_route"].as_object().unwrap().keys().collect();
         assert_eq!(routes, ["GET /deployments", "GET /events"], "{requests}");
         let lists = route_count(&requests, "GET /deployments");

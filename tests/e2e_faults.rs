@@ -419,8 +419,8 @@ fn racing_pilots_on_a_fresh_director_agree() {
 
     // All three stop; the director forgets every VIP and gains ten services; all three
     // start at once. Their first reads of the VIP config are held (the director hangs on
-    // /configs) until all three are waiting, then released together: all three decide on the
-    // same empty state and race to write it.
+    // reads of boshy-vips configs) until all three are waiting, then released together: all
+    // three decide on the same empty state and race to write it.
     for (pilot, _) in pilots() {
         LAB.ok(&["process", &pilot, "bosh-pilot", "kill"]);
     }
@@ -434,13 +434,14 @@ fn racing_pilots_on_a_fresh_director_agree() {
     director_config::delete();
     let count = |route: &str| director_requests()[route].as_u64().unwrap_or(0);
     let (reads_before, writes_before) = (count("GET /configs"), count("POST /configs"));
-    director_fault("hang", Some("/configs"));
+    director_fault("hang", Some("/configs?type=boshy-vips"));
     for (pilot, _) in pilots() {
         LAB.ok(&["process", &pilot, "bosh-pilot", "start"]);
     }
+    // Each pilot reads the rule configs once at start (not held), then the VIP config.
     wait_until(
         "every pilot to wait for its first read of the VIP config",
-        || count("GET /configs") >= reads_before + 3,
+        || count("GET /configs") >= reads_before + 2 * 3,
     );
     director_fault("none", None);
     wait_for_all_pilots("every pilot to serve 12 services", |ip| {

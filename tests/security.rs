@@ -1,8 +1,8 @@
 //! Locked down by default (mutual TLS aside: tests/mtls.rs), checked on the real binaries:
 //!
 //! - the director's client secret is never in a process's argv (`ps`), in the pilot's log at
-//!   trace level, in `/v1/registration` or `/metrics`, nor in the errors a wrong director URL,
-//!   an untrusted CA or a rejected client (401) produce;
+//!   trace level, in `/v1/registration`, `/v1/rules` or `/metrics`, nor in the errors a wrong
+//!   director URL, an untrusted CA or a rejected client (401) produce;
 //! - the agent answers only names under its tld (everything else is REFUSED, over UDP and
 //!   TCP), listens on loopback by default and refuses a non-loopback `listen` unless
 //!   `allow_non_loopback_listen` says so;
@@ -233,7 +233,7 @@ fn the_director_secret_never_leaks_into_argv_logs_or_the_api() {
     }
     let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
     assert_no_secret("ps", &String::from_utf8_lossy(&ps.stdout), &forms);
-    for path in ["/v1/registration", "/metrics", "/healthz"] {
+    for path in ["/v1/registration", "/v1/rules", "/metrics", "/healthz"] {
         let (status, body) = http(api, "GET", path);
         assert_eq!(status, 200, "{path}");
         assert_no_secret(path, &body, &forms);
@@ -321,6 +321,7 @@ fn the_http_api_answers_405_to_every_write_method_on_every_path() {
     let paths = [
         "/",
         "/v1/registration",
+        "/v1/rules",
         "/healthz",
         "/metrics",
         "/v1/names/watch",

@@ -913,7 +913,8 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
     let (_keep, catalogs) = tokio::sync::watch::channel(Arc::new(catalog));
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_port = api.local_addr().unwrap().port();
-    tokio::spawn(boshy::api::serve(api, catalogs));
+    let (_keep_rules, rule_configs) = tokio::sync::watch::channel(None);
+    tokio::spawn(boshy::api::serve(api, catalogs, rule_configs));
 
     let run = |deployments: Value| async move {
         let link = pilot_link(&["127.0.0.1"], json!({"ports": {"api": api_port}}));

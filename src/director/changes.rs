@@ -1,10 +1,12 @@
-//! Pure bookkeeping of the poller: which deployments events mark dirty, backoff of a failing
-//! part, and de-duplication of error logs (docs/director-api.md §8).
+//! Pure bookkeeping of the poller: which deployments (and whether the rule configs) events
+//! mark dirty, backoff of a failing part, and de-duplication of error logs
+//! (docs/director-api.md §8).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use super::decode::Event;
+use super::rule_configs::RULES_CONFIG_TYPE;
 
 /// `GET /events` returns at most this many events, newest first, with no `after_id` (§5).
 pub(crate) const EVENTS_PAGE: usize = 200;
@@ -16,6 +18,8 @@ pub(crate) struct EventScan {
     pub newest: Option<u64>,
     /// Deployments named by new, relevant events.
     pub dirty: BTreeSet<String>,
+    /// A new event says a rule config was written.
+    pub rule_configs: bool,
     /// Events may have been missed (the page is all new, or ids went backwards): refresh all.
     pub everything: bool,
 }
@@ -34,12 +38,13 @@ pub(crate) fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan
         // The director's event log was reset (a rebuilt director): nothing can be trusted.
         return EventScan {
             newest,
-            dirty: BTreeSet::new(),
             everything: true,
+            ..EventScan::default()
         };
     }
     let fresh: Vec<&Event> = events.iter().filter(|e| e.id > last_seen).collect();
     let everything = fresh.len() >= EVENTS_PAGE && fresh.len() == events.len();
+    let rule_configs = fresh.iter().any(|e| is_rule_config_event(e));
     let dirty = fresh
         .into_iter()
         .filter_map(dirty_deployment)
@@ -48,8 +53,20 @@ pub(crate) fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan
     EventScan {
         newest,
         dirty,
+        rule_configs,
         everything,
     }
+}
+
+/// `POST /configs` of type `boshy-istio`, accepted or refused: the director writes
+/// `config/<type>` (§5). Deleting a config writes no event at all. The VIP store's own
+/// writes (`config/boshy-vips`, at every VIP change) are not rules.
+fn is_rule_config_event(event: &Event) -> bool {
+    event
+        .object_type
+        .as_deref()
+        .and_then(|t| t.strip_prefix("config/"))
+        == Some(RULES_CONFIG_TYPE)
 }
 
 /// The deployment an event may have changed. Config events (`config/<type>`, `cloud-config`,
@@ -99,6 +116,7 @@ pub(crate) enum Part {
     ManifestFetch,
     ManifestParse,
     Instances,
+    RuleConfigs,
 }
 
 impl Part {
@@ -109,6 +127,7 @@ impl Part {
             Part::ManifestFetch => "manifest fetch",
             Part::ManifestParse => "manifest",
             Part::Instances => "instance health",
+            Part::RuleConfigs => "rule configs read",
         }
     }
 }
@@ -214,6 +233,29 @@ mod tests {
         ];
         let scan = scan_events(&events, Some(19));
         assert_eq!(scan.dirty, BTreeSet::from(["d".into()]));
+    }
+
+    #[test]
+    fn only_new_boshy_istio_config_events_mark_the_rule_configs() {
+        let scan = |events: &[Event]| scan_events(events, Some(19));
+        assert!(scan(&[event(20, "config/boshy-istio", "reviews", None)]).rule_configs);
+        for object_type in [
+            "config/boshy-vips",
+            "config/boshy-istio-extra",
+            "config/",
+            "config/runtime",
+            "runtime-config",
+            "deployment",
+        ] {
+            let events = [event(20, object_type, "reviews", None)];
+            assert!(!scan(&events).rule_configs, "{object_type}");
+        }
+        let seen = [event(19, "config/boshy-istio", "reviews", None)];
+        assert!(!scan(&seen).rule_configs, "an event already seen");
+        assert!(
+            !scan_events(&seen, None).rule_configs,
+            "the first look is a baseline"
+        );
     }
 
     #[test]

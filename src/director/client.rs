@@ -1,4 +1,4 @@
-//! HTTPS client for the BOSH director and its UAA (docs/director-api.md §0–§5).
+//! HTTPS client for the BOSH director and its UAA (docs/director-api.md §0–§6).
 //!
 //! Redirects are never followed automatically: the only redirect the pilot meets is the
 //! `format=full` 302 to a task, and it is handled by hand with only the Location's path.
@@ -14,7 +14,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, OnceCell};
 use tracing::{debug, info, warn};
 
-use super::decode::{self, DeploymentManifest, DeploymentName, Event, Info, Task, TaskProgress};
+use super::decode::{
+    self, Config, DeploymentManifest, DeploymentName, Event, Info, Task, TaskProgress,
+};
 use super::error::{classify_status, classify_transport, DirectorError};
 use super::uaa::Token;
 use crate::catalog::model::Instance;
@@ -160,7 +162,7 @@ impl DirectorClient {
 
     /// The raw manifest text; `None` until the deployment's first deploy succeeded (§3.2).
     pub async fn manifest(&self, deployment: &str) -> Result<Option<String>, DirectorError> {
-        let path = format!("/deployments/{}", path_segment(deployment));
+        let path = format!("/deployments/{}", percent_encode(deployment));
         Ok(self.get_json::<DeploymentManifest>(&path).await?.manifest)
     }
 
@@ -169,12 +171,26 @@ impl DirectorClient {
         self.get_json("/events").await
     }
 
+    /// The latest config of each name of type `kind`, or of the one `name` (§6). Deleted
+    /// configs are not listed.
+    pub async fn latest_configs(
+        &self,
+        kind: &str,
+        name: Option<&str>,
+    ) -> Result<Vec<Config>, DirectorError> {
+        let mut path = format!("/configs?type={}&latest=true", percent_encode(kind));
+        if let Some(name) = name {
+            path.push_str(&format!("&name={}", percent_encode(name)));
+        }
+        self.get_json(&path).await
+    }
+
     /// Every instance with live health: `instances?format=full`, its 302 to a task, the task
     /// polled until it ends or `task_timeout_seconds` pass, then its NDJSON result (§3.3).
     pub async fn instances(&self, deployment: &str) -> Result<Vec<Instance>, DirectorError> {
         let path = format!(
             "/deployments/{}/instances?format=full",
-            path_segment(deployment)
+            percent_encode(deployment)
         );
         let what = format!("GET {path}");
         let response = self.send(Method::GET, &path, None).await?;
@@ -397,8 +413,9 @@ fn auth_mode_from_info(info: &Info) -> Result<AuthMode, String> {
     }
 }
 
-/// Percent-encodes a deployment name for use as one path segment.
-fn path_segment(name: &str) -> String {
+/// Percent-encodes a name for use as one path segment or one query value: everything but
+/// the unreserved characters.
+fn percent_encode(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     for byte in name.bytes() {
         if byte.is_ascii_alphanumeric() || b"-._~".contains(&byte) {
@@ -437,12 +454,13 @@ mod tests {
     }
 
     #[test]
-    fn deployment_names_are_one_path_segment() {
+    fn names_are_one_path_segment_or_query_value() {
         assert_eq!(
-            path_segment("sample-deployment_1.2"),
+            percent_encode("sample-deployment_1.2"),
             "sample-deployment_1.2"
         );
-        assert_eq!(path_segment("a/b c"), "a%2Fb%20c");
+        assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
+        assert_eq!(percent_encode("a b&c=d"), "a%20b%26c%3Dd");
     }
 
     #[test]

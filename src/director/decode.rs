@@ -1,5 +1,6 @@
-//! Pure decoding of director responses (docs/director-api.md §1, §3, §4, §5), with every quirk
-//! the contract lists: NDJSON task results, string event ids, redirects to absolute URLs.
+//! Pure decoding of director responses (docs/director-api.md §1, §3–§6), with every quirk
+//! the contract lists: NDJSON task results, string event and config ids, redirects to absolute
+//! URLs.
 
 use serde::{Deserialize, Deserializer};
 
@@ -175,6 +176,31 @@ pub struct Event {
     pub object_name: Option<String>,
     #[serde(default)]
     pub deployment: Option<String>,
+}
+
+/// One element of `GET /configs` (§6), the keys the pilot reads.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Config {
+    /// Opaque to clients: a string, though directors before `id.to_s` sent a number.
+    #[serde(deserialize_with = "string_or_number")]
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub name: String,
+    pub content: String,
+    /// Ruby's `Time#to_s` (`2024-05-01 12:34:56 UTC`); older directors leave it out.
+    #[serde(default)]
+    pub created_at: Option<String>,
+}
+
+fn string_or_number<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    match serde_json::Value::deserialize(d)? {
+        serde_json::Value::String(s) => Ok(s),
+        serde_json::Value::Number(n) => Ok(n.to_string()),
+        other => Err(serde::de::Error::custom(format!(
+            "id {other} is neither a string nor a number"
+        ))),
+    }
 }
 
 fn number_or_numeric_string<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
@@ -356,6 +382,33 @@ mod tests {
         assert_eq!(events[1].id, 17);
         assert_eq!(events[1].deployment, None);
         assert!(serde_json::from_str::<Event>(r#"{"id":"x"}"#).is_err());
+    }
+
+    #[test]
+    fn configs_have_string_ids_or_older_numeric_ones() {
+        let configs: Vec<Config> = serde_json::from_str(
+            r#"[{"content":"a: 1\n","id":"42","type":"boshy-istio","name":"reviews","team":null,"created_at":"2024-05-01 12:34:56 UTC","current":true},
+                {"content":"b: 2","id":7,"type":"boshy-istio","name":"old"}]"#,
+        )
+        .unwrap();
+        assert_eq!(
+            configs[0],
+            Config {
+                id: "42".into(),
+                kind: "boshy-istio".into(),
+                name: "reviews".into(),
+                content: "a: 1\n".into(),
+                created_at: Some("2024-05-01 12:34:56 UTC".into()),
+            }
+        );
+        assert_eq!(
+            (configs[1].id.as_str(), configs[1].created_at.as_deref()),
+            ("7", None)
+        );
+        assert!(serde_json::from_str::<Config>(
+            r#"{"id":null,"type":"t","name":"n","content":""}"#
+        )
+        .is_err());
     }
 
     #[test]

@@ -1,12 +1,13 @@
-//! The poller: keeps every deployment's parsed manifest and instances up to date at a small,
-//! constant cost per tick when nothing changes (docs/director-api.md §8), and publishes the whole
-//! list whenever something did.
+//! The poller: keeps every deployment's parsed manifest and instances, and the rule configs,
+//! up to date at a small, constant cost per tick when nothing changes (docs/director-api.md
+//! §8), and publishes each whenever it changed.
 //!
 //! Each tick costs `GET /events` + `GET /deployments`. Only deployments that events mark dirty
 //! (or that appear, or whose health is due, or all of them at a full resync) cost more:
 //! their manifest and an `instances?format=full` task, at most two at a time because each
-//! task takes one of the director's few shared workers. Any failure keeps the last good state
-//! of what it concerns and backs off.
+//! task takes one of the director's few shared workers. The rule configs cost one
+//! `GET /configs` at start, after a `config/boshy-istio` event, and at a full resync. Any
+//! failure keeps the last good state of what it concerns and backs off.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,8 +21,9 @@ use tracing::{info, warn};
 
 use super::changes::{scan_events, Backoff, ErrorLog, Part};
 use super::client::DirectorClient;
-use super::decode::Event;
+use super::decode::{Config, Event};
 use super::error::DirectorError;
+use super::rule_configs::{RuleConfigs, RULES_CONFIG_TYPE};
 use crate::catalog::manifest;
 use crate::catalog::model::{DeploymentInput, Instance, ParsedManifest};
 use crate::config::{DirectorConfig, Secret};
@@ -57,9 +59,14 @@ impl PollTiming {
     }
 }
 
+/// The rule configs as the poller publishes them: `None` until the director's configs were
+/// read once, then the last good read.
+pub type PublishedRuleConfigs = Option<Arc<RuleConfigs>>;
+
 pub struct Poller {
     client: Arc<DirectorClient>,
     timing: PollTiming,
+    rule_configs: watch::Sender<PublishedRuleConfigs>,
 }
 
 impl Poller {
@@ -67,6 +74,7 @@ impl Poller {
         Ok(Poller {
             client: Arc::new(DirectorClient::new(cfg, secret)?),
             timing: PollTiming::from_config(cfg),
+            rule_configs: watch::Sender::new(None),
         })
     }
 
@@ -77,6 +85,12 @@ impl Poller {
     /// The poller's director client, to share its connection and UAA token.
     pub fn client(&self) -> Arc<DirectorClient> {
         self.client.clone()
+    }
+
+    /// The rule configs, sent again only when they changed; a failed read keeps the last good
+    /// ones.
+    pub fn rule_configs(&self) -> watch::Receiver<PublishedRuleConfigs> {
+        self.rule_configs.subscribe()
     }
 
     /// Polls forever, publishing the deployments (sorted by name) whenever they changed. The
@@ -132,11 +146,25 @@ impl Poller {
         }
         state.apply_timers(now);
         let jobs = state.due_jobs(now);
-        let results: Vec<RefreshResult> = futures::stream::iter(jobs)
+        let refreshes = futures::stream::iter(jobs)
             .map(|job| refresh(&self.client, job))
             .buffer_unordered(MAX_TASKS_IN_FLIGHT)
-            .collect()
-            .await;
+            .collect::<Vec<RefreshResult>>();
+        // Beside the refreshes, not after them: a slow task must not hold up the rules. (A
+        // hung read holds up this tick like any of its requests: at most the request timeout.)
+        let read_rule_configs = state.rule_configs_due(now);
+        let rule_configs = async {
+            match read_rule_configs {
+                true => Some(self.client.latest_configs(RULES_CONFIG_TYPE, None).await),
+                false => None,
+            }
+        };
+        let (results, rule_configs) = tokio::join!(refreshes, rule_configs);
+        if let Some(read) = rule_configs {
+            if let Some(changed) = state.apply_rule_configs(read, now) {
+                self.rule_configs.send_replace(Some(changed));
+            }
+        }
         // Timed from the tick that started the refreshes, not from when they finished, so a
         // task's own duration does not push the next health refresh a whole tick later.
         for result in results {
@@ -255,6 +283,12 @@ struct PollState {
     /// Timer-only mode was announced (not repeated at every full resync's new look).
     events_off_logged: bool,
     errors: ErrorLog,
+    /// The last good rule configs; `None` before the first read succeeded.
+    rule_configs: Option<Arc<RuleConfigs>>,
+    /// Read the rule configs at the next tick: at start, after a `config/boshy-istio` event,
+    /// at a full resync, every health interval in timer-only mode, and until a read succeeds.
+    rule_configs_stale: bool,
+    rule_configs_backoff: Backoff,
 }
 
 impl PollState {
@@ -269,6 +303,9 @@ impl PollState {
             timer_only_due: now + timing.health,
             events_off_logged: false,
             errors: ErrorLog::default(),
+            rule_configs: None,
+            rule_configs_stale: true,
+            rule_configs_backoff: Backoff::default(),
         }
     }
 
@@ -354,7 +391,7 @@ impl PollState {
             self.events_off_logged = false;
         }
         // A first look (at start, or after timer-only mode) cannot tell what changed since
-        // the deployments were last read.
+        // the deployments and the rule configs were last read.
         if scan.everything || last_seen.is_none() {
             if scan.everything {
                 info!("more events than one page since the last poll; refreshing everything");
@@ -362,7 +399,11 @@ impl PollState {
             self.deployments
                 .values_mut()
                 .for_each(DeploymentState::mark_dirty);
+            self.rule_configs_stale = true;
             return;
+        }
+        if scan.rule_configs {
+            self.rule_configs_stale = true;
         }
         for name in scan.dirty {
             if let Some(deployment) = self.deployments.get_mut(&name) {
@@ -389,6 +430,8 @@ impl PollState {
             self.deployments
                 .values_mut()
                 .for_each(DeploymentState::mark_dirty);
+            // Also the only way a deleted rule config is noticed: deletes write no event.
+            self.rule_configs_stale = true;
             if self.events == EventsMode::TimerOnly {
                 // Events may have been turned on (or the scope granted) since: look again.
                 self.events = EventsMode::Watching { last_seen: None };
@@ -399,7 +442,49 @@ impl PollState {
             for deployment in self.deployments.values_mut() {
                 deployment.needs_manifest = true;
             }
+            self.rule_configs_stale = true;
         }
+    }
+
+    fn rule_configs_due(&self, now: Instant) -> bool {
+        self.rule_configs_stale && self.rule_configs_backoff.ready(now)
+    }
+
+    /// Keeps a good read; returns it when it differs from the last one (publish it). A failed
+    /// read keeps the last good rule configs and is tried again after a backoff.
+    fn apply_rule_configs(
+        &mut self,
+        read: Result<Vec<Config>, DirectorError>,
+        now: Instant,
+    ) -> Option<Arc<RuleConfigs>> {
+        let listed = match read {
+            Ok(listed) => listed,
+            Err(err) => {
+                let consequence = match self.rule_configs {
+                    Some(_) => "keeping the last good rule configs",
+                    None => "no rule configs until they can be read",
+                };
+                self.failed(None, Part::RuleConfigs, &err, consequence);
+                self.rule_configs_backoff
+                    .failed(now, self.timing.poll, self.timing.backoff_cap);
+                return None;
+            }
+        };
+        self.recovered(None, Part::RuleConfigs);
+        self.rule_configs_backoff.succeeded();
+        self.rule_configs_stale = false;
+        let read = RuleConfigs::from_listed(listed);
+        if self.rule_configs.as_deref() == Some(&read) {
+            return None;
+        }
+        let names: Vec<&str> = read.configs.iter().map(|c| c.name.as_str()).collect();
+        info!(
+            configs = read.configs.len(),
+            "rule configs (director configs of type {RULES_CONFIG_TYPE}) changed: {names:?}"
+        );
+        let read = Arc::new(read);
+        self.rule_configs = Some(read.clone());
+        Some(read)
     }
 
     fn due_jobs(&self, now: Instant) -> Vec<RefreshJob> {

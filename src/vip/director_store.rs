@@ -17,6 +17,7 @@ use serde_json::json;
 
 use super::allocator::VipState;
 use super::store::{Saved, Versioned};
+use crate::director::decode::Config;
 use crate::director::{DirectorClient, DirectorError};
 
 pub(crate) const CONFIG_TYPE: &str = "boshy-vips";
@@ -49,16 +50,6 @@ impl std::fmt::Display for DirectorStore {
     }
 }
 
-/// One element of `GET /configs` (only the keys used here).
-#[derive(Debug, Deserialize)]
-struct ConfigElement {
-    id: String,
-    #[serde(rename = "type")]
-    kind: String,
-    name: String,
-    content: String,
-}
-
 #[derive(Debug, Deserialize)]
 struct CreatedConfig {
     id: String,
@@ -76,13 +67,12 @@ impl DirectorStore {
 
     /// One small request. The state is empty (version `"0"`) when the config does not exist.
     pub async fn load(&self) -> Result<Versioned, DirectorError> {
-        let path = format!(
-            "/configs?type={CONFIG_TYPE}&name={}&latest=true",
-            query_value(&self.name)
-        );
-        let configs: Vec<ConfigElement> = self.client.get_json(&path).await?;
+        let configs = self
+            .client
+            .latest_configs(CONFIG_TYPE, Some(&self.name))
+            .await?;
         latest_state(&configs, &self.name)
-            .map_err(|detail| DirectorError::decode(&format!("GET {path}"), detail))
+            .map_err(|detail| DirectorError::decode(&format!("GET /configs ({self})"), detail))
     }
 
     /// Writes `state` if the latest config id is still `expected`.
@@ -114,7 +104,7 @@ fn encode(state: &VipState) -> String {
 /// The state in the `GET /configs` answer. A config that is not a valid VIP state is an error,
 /// never a silent reset: a reset would give every service a new VIP under clients that
 /// cached the old ones.
-fn latest_state(configs: &[ConfigElement], name: &str) -> Result<Versioned, String> {
+fn latest_state(configs: &[Config], name: &str) -> Result<Versioned, String> {
     let Some(config) = configs
         .iter()
         .find(|c| c.kind == CONFIG_TYPE && c.name == name)
@@ -165,31 +155,19 @@ fn quote(body: &[u8]) -> String {
     }
 }
 
-/// Percent-encodes a query value (a tld is plain already; this keeps any name safe).
-fn query_value(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::vip::{Released, VipAllocator};
     use std::collections::BTreeMap;
 
-    fn element(id: &str, name: &str, content: &str) -> ConfigElement {
-        ConfigElement {
+    fn element(id: &str, name: &str, content: &str) -> Config {
+        Config {
             id: id.into(),
             kind: CONFIG_TYPE.into(),
             name: name.into(),
             content: content.into(),
+            created_at: None,
         }
     }
 
@@ -338,11 +316,5 @@ mod tests {
             let distinct: BTreeSet<Ipv4Addr> = stored.assignments.values().copied().collect();
             assert_eq!(distinct.len(), wanted.len(), "no VIP twice");
         }
-    }
-
-    #[test]
-    fn query_values_are_encoded() {
-        assert_eq!(query_value("boshy"), "boshy");
-        assert_eq!(query_value("a b&c"), "a%20b%26c");
     }
 }

@@ -29,6 +29,47 @@ pub enum ConfigError {
     LatestIdMismatch { latest_id: String, expected: String },
 }
 
+impl ConfigError {
+    /// The description of a body the director refused (the errors its `parse_config` raises
+    /// and records in an event); `None` for the other errors.
+    pub fn refusal(&self) -> Option<&str> {
+        match self {
+            ConfigError::BadRequest(text) | ConfigError::BadConfig(text) => Some(text),
+            ConfigError::NotFound(_) | ConfigError::LatestIdMismatch { .. } => None,
+        }
+    }
+}
+
+/// The event a `POST /configs` writes (the configs controller's `create_event`): action
+/// `create`, object type `config/<type>`, for a new version and, with `error`, for a body the
+/// director refused. Deleting a config writes none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigEvent {
+    pub user: String,
+    pub object_type: String,
+    pub object_name: String,
+    pub error: Option<String>,
+}
+
+impl ConfigEvent {
+    pub fn created(user: &str, body: &Value) -> ConfigEvent {
+        ConfigEvent {
+            user: user.to_string(),
+            object_type: format!("config/{}", event_text(body, "type")),
+            object_name: event_text(body, "name"),
+            error: None,
+        }
+    }
+
+    /// `body` is `null` when it was not JSON: the event names no type and no name.
+    pub fn refused(user: &str, body: &Value, error: &str) -> ConfigEvent {
+        ConfigEvent {
+            error: Some(error.to_string()),
+            ..ConfigEvent::created(user, body)
+        }
+    }
+}
+
 /// `GET /configs` parameters as they came in (strings, validated here).
 #[derive(Debug, Default)]
 pub struct ConfigQuery {
@@ -51,12 +92,25 @@ pub struct ConfigStore {
     last_id: u64,
 }
 
+/// `type` and `name` of a `POST /configs` body, checked as the director does (`check`, then
+/// `is_a?(String)`).
 fn required_string(body: &Value, key: &str) -> Result<String, ConfigError> {
     match body.get(key) {
         Some(Value::String(text)) if !text.is_empty() => Ok(text.clone()),
-        _ => Err(ConfigError::BadRequest(format!(
-            "'{key}' is required and must be a non-empty string"
-        ))),
+        None | Some(Value::Null) | Some(Value::String(_)) => {
+            Err(ConfigError::BadRequest(format!("'{key}' is required")))
+        }
+        Some(_) => Err(ConfigError::BadRequest(format!("'{key}' must be a string"))),
+    }
+}
+
+/// How the director writes a body's `type` or `name` into an event (Ruby string
+/// interpolation): absent is empty.
+fn event_text(body: &Value, key: &str) -> String {
+    match body.get(key) {
+        Some(Value::String(text)) => text.clone(),
+        Some(Value::Number(number)) => number.to_string(),
+        _ => String::new(),
     }
 }
 
@@ -91,7 +145,25 @@ impl ConfigStore {
             .ok_or(ConfigError::NotFound(id))
     }
 
+    /// `GET /configs`: the newest `limit` versions of each (type, name); `limit` defaults to 1
+    /// (`latest=true`, the default) or to all of them (`latest=false`), and wins over `latest`.
     pub fn list(&self, query: &ConfigQuery) -> Result<Vec<Value>, ConfigError> {
+        let limit = match &query.limit {
+            None => None,
+            Some(text) => match text.parse::<i64>() {
+                Ok(n) if n >= 1 => Some(n as usize),
+                Ok(_) => {
+                    return Err(ConfigError::BadRequest(
+                        "'limit' must be larger than zero".to_string(),
+                    ))
+                }
+                Err(_) => {
+                    return Err(ConfigError::BadRequest(
+                        "'limit' must be a number".to_string(),
+                    ))
+                }
+            },
+        };
         let latest = match query.latest.as_deref() {
             None | Some("true") => true,
             Some("false") => false,
@@ -101,29 +173,14 @@ impl ConfigStore {
                 ))
             }
         };
-        let limit = match &query.limit {
-            None => usize::MAX,
-            Some(text) => match text.parse::<i64>() {
-                Ok(n) if n >= 1 => n as usize,
-                Ok(_) => {
-                    return Err(ConfigError::BadRequest(
-                        "'limit' must be larger than zero".to_string(),
-                    ))
-                }
-                Err(_) => {
-                    return Err(ConfigError::BadRequest(format!(
-                        "'limit' is invalid: '{text}' is not an integer"
-                    )))
-                }
-            },
-        };
+        let per_name = limit.unwrap_or(if latest { 1 } else { usize::MAX });
         let mut selected: Vec<&Config> = self
             .configs
             .iter()
             .filter(|c| !c.deleted)
             .filter(|c| query.kind.as_ref().is_none_or(|k| &c.kind == k))
             .filter(|c| query.name.as_ref().is_none_or(|n| &c.name == n))
-            .filter(|c| !latest || self.current(&c.kind, &c.name).map(|l| l.id) == Some(c.id))
+            .filter(|c| self.newer_versions(c) < per_name)
             .collect();
         selected.sort_by(|a, b| {
             (
@@ -139,11 +196,16 @@ impl ConfigStore {
                     std::cmp::Reverse(b.id),
                 ))
         });
-        Ok(selected
-            .into_iter()
-            .take(limit)
-            .map(|c| self.to_json(c))
-            .collect())
+        Ok(selected.into_iter().map(|c| self.to_json(c)).collect())
+    }
+
+    /// How many versions of the same (type, name) are newer than `config`.
+    fn newer_versions(&self, config: &Config) -> usize {
+        self.configs
+            .iter()
+            .filter(|c| !c.deleted && c.kind == config.kind && c.name == config.name)
+            .filter(|c| c.id > config.id)
+            .count()
     }
 
     /// `POST /configs`: the `expected_latest_id` check comes before anything is written.
@@ -153,18 +215,14 @@ impl ConfigStore {
         let content = match body.get("content") {
             Some(Value::String(text)) => text.clone(),
             _ => {
-                return Err(ConfigError::BadRequest(
-                    "'content' is required and must be a string".to_string(),
+                return Err(ConfigError::BadConfig(
+                    "Config must be valid YAML: 'content' is not a string".to_string(),
                 ))
             }
         };
         match serde_yaml::from_str::<serde_yaml::Value>(&content) {
             Ok(serde_yaml::Value::Mapping(_)) => {}
-            Ok(_) => {
-                return Err(ConfigError::BadConfig(
-                    "Config must be valid YAML: expected a hash".to_string(),
-                ))
-            }
+            Ok(_) => return Err(ConfigError::BadConfig("YAML hash expected".to_string())),
             Err(err) => {
                 return Err(ConfigError::BadConfig(format!(
                     "Config must be valid YAML: {err}"
@@ -212,15 +270,15 @@ impl ConfigStore {
         })
     }
 
-    /// Deletes one config; returns its (type, name) for the event.
-    pub fn delete_id(&mut self, id: u64) -> Result<(String, String), ConfigError> {
+    /// Deletes one version: the one before it, if any, is the latest again.
+    pub fn delete_id(&mut self, id: u64) -> Result<(), ConfigError> {
         let config = self
             .configs
             .iter_mut()
             .find(|c| c.id == id && !c.deleted)
             .ok_or(ConfigError::NotFound(id))?;
         config.deleted = true;
-        Ok((config.kind.clone(), config.name.clone()))
+        Ok(())
     }
 
     /// Deletes every version of (type, name); `false` when there was none.
@@ -339,5 +397,64 @@ mod tests {
         assert_eq!(ids(&store, zeta), ["1"]);
         assert!(store.delete_named("runtime", "zeta"));
         assert!(!store.delete_named("runtime", "zeta"));
+    }
+
+    #[test]
+    fn limit_counts_versions_per_name_and_wins_over_latest() {
+        let mut store = ConfigStore::default();
+        for (name, content) in [("a", "v: 1"), ("b", "v: 1"), ("a", "v: 2"), ("a", "v: 3")] {
+            post(
+                &mut store,
+                json!({"type": "boshy-istio", "name": name, "content": content}),
+            )
+            .ok()
+            .unwrap();
+        }
+        let ids = |store: &ConfigStore, latest: Option<&str>, limit: Option<&str>| -> Vec<String> {
+            let query = ConfigQuery {
+                latest: latest.map(str::to_string),
+                limit: limit.map(str::to_string),
+                ..Default::default()
+            };
+            store
+                .list(&query)
+                .unwrap()
+                .iter()
+                .map(|c| c["id"].as_str().unwrap().to_string())
+                .collect()
+        };
+        assert_eq!(ids(&store, None, None), ["4", "2"]);
+        assert_eq!(ids(&store, Some("false"), None), ["4", "3", "1", "2"]);
+        assert_eq!(ids(&store, Some("true"), Some("2")), ["4", "3", "2"]);
+        // Deleting the latest version by id makes the one before it the latest again.
+        store.delete_id(4).unwrap();
+        assert_eq!(ids(&store, None, None), ["3", "2"]);
+    }
+
+    #[test]
+    fn refusals_say_what_the_director_says() {
+        let mut store = ConfigStore::default();
+        let refused = |store: &mut ConfigStore, body: Value| post(store, body).err().unwrap();
+        assert_eq!(
+            refused(&mut store, json!({"name": "n", "content": "a: 1"})),
+            ConfigError::BadRequest("'type' is required".into())
+        );
+        assert_eq!(
+            refused(
+                &mut store,
+                json!({"type": "t", "name": 5, "content": "a: 1"})
+            ),
+            ConfigError::BadRequest("'name' must be a string".into())
+        );
+        assert_eq!(
+            refused(
+                &mut store,
+                json!({"type": "t", "name": "n", "content": "just text"})
+            ),
+            ConfigError::BadConfig("YAML hash expected".into())
+        );
+        assert_eq!(event_text(&json!({"type": "t"}), "type"), "t");
+        assert_eq!(event_text(&json!({"type": 5}), "type"), "5");
+        assert_eq!(event_text(&json!({}), "name"), "");
     }
 }

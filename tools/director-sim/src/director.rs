@@ -15,7 +15,7 @@ use serde_json::{json, Value};
 
 use super::auth::{authorize, AuthMode, Permission, Principal, Verifier};
 use super::clock::unix_seconds;
-use super::configs::{ConfigError, ConfigQuery};
+use super::configs::{ConfigError, ConfigEvent, ConfigQuery};
 use super::deployments::{Deployment, Instance};
 use super::events::EventQuery;
 use super::fault::FaultMode;
@@ -195,7 +195,11 @@ async fn authenticate(
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok());
     let fault = shared.fault.borrow().clone();
-    let rejected = fault.mode == FaultMode::RejectTokens && fault.applies_to(&path, true);
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or(path.as_str(), |target| target.as_str());
+    let rejected = fault.mode == FaultMode::RejectTokens && fault.applies_to(target, true);
     let principal = if rejected {
         None
     } else {
@@ -641,28 +645,39 @@ async fn create_config(
         ));
     }
     require(&shared, &principal, Permission::Admin)?;
-    let body: Value = serde_json::from_slice(&body).map_err(|err| {
-        director_error(
-            StatusCode::BAD_REQUEST,
-            710001,
-            &format!("Invalid JSON request body: {err}"),
-        )
-    })?;
     let now = SystemTime::now();
+    let body: Value = match serde_json::from_slice(&body) {
+        Ok(body) => body,
+        Err(err) => {
+            let description = format!("Invalid JSON request body: {err}");
+            let event = ConfigEvent::refused(&principal.user, &Value::Null, &description);
+            shared.state().record_config_event(event, now);
+            return Err(director_error(
+                StatusCode::BAD_REQUEST,
+                710001,
+                &description,
+            ));
+        }
+    };
     let mut state = shared.state();
-    let posted = state.configs.post(&body, now)?;
-    if posted.created {
-        let kind = posted.config["type"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        let name = posted.config["name"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
-        state.record_config_event(&principal.user, "create", (&kind, &name), now);
+    match state.configs.post(&body, now) {
+        Ok(posted) => {
+            // Identical content is no new version and writes no event.
+            if posted.created {
+                let event = ConfigEvent::created(&principal.user, &body);
+                state.record_config_event(event, now);
+            }
+            Ok(json_as_html(StatusCode::CREATED, &posted.config))
+        }
+        Err(err) => {
+            // A refused body is recorded; a lost race (412) is not.
+            if let Some(refusal) = err.refusal() {
+                let event = ConfigEvent::refused(&principal.user, &body, refusal);
+                state.record_config_event(event, now);
+            }
+            Err(err.into())
+        }
     }
-    Ok(json_as_html(StatusCode::CREATED, &posted.config))
 }
 
 async fn delete_config(
@@ -672,9 +687,8 @@ async fn delete_config(
 ) -> ApiResult {
     require(&shared, &principal, Permission::Admin)?;
     let id = config_id(&id)?;
-    let mut state = shared.state();
-    let (kind, name) = state.configs.delete_id(id)?;
-    state.record_config_event(&principal.user, "delete", (&kind, &name), SystemTime::now());
+    // Like the director, deleting writes no event.
+    shared.state().configs.delete_id(id)?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -684,17 +698,22 @@ async fn delete_named_config(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     require(&shared, &principal, Permission::Admin)?;
-    let (Some(kind), Some(name)) = (params.get("type"), params.get("name")) else {
-        return Err(director_error(
-            StatusCode::BAD_REQUEST,
-            440010,
-            "'type' and 'name' are required",
-        ));
+    let required = |key: &str| {
+        params
+            .get(key)
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| {
+                director_error(
+                    StatusCode::BAD_REQUEST,
+                    440010,
+                    &format!("'{key}' is required"),
+                )
+            })
     };
-    let mut state = shared.state();
-    if !state.configs.delete_named(kind, name) {
-        return Ok(StatusCode::NOT_FOUND.into_response());
+    let (kind, name) = (required("type")?, required("name")?);
+    // Like the director, deleting writes no event.
+    match shared.state().configs.delete_named(kind, name) {
+        true => Ok(StatusCode::NO_CONTENT.into_response()),
+        false => Ok(StatusCode::NOT_FOUND.into_response()),
     }
-    state.record_config_event(&principal.user, "delete", (kind, name), SystemTime::now());
-    Ok(StatusCode::NO_CONTENT.into_response())
 }

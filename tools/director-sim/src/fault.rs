@@ -21,6 +21,9 @@ pub enum FaultMode {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fault {
     pub mode: FaultMode,
+    /// A prefix of the request's path and query: `/deployments/x`, or
+    /// `/configs?type=boshy-vips` to break the reads of one config type while writes
+    /// (`POST /configs`, no query) and other types still work.
     #[serde(default)]
     pub path_prefix: Option<String>,
 }
@@ -31,12 +34,12 @@ pub const NGINX_BAD_GATEWAY: &str = "<html>\r\n<head><title>502 Bad Gateway</tit
 
 impl Fault {
     /// Without a prefix a fault hits the director only (so a client can still get tokens and
-    /// see the director fail); with one it hits whichever server serves matching paths, which
-    /// lets a test break UAA with `/oauth`.
-    pub fn applies_to(&self, path: &str, is_director: bool) -> bool {
+    /// see the director fail); with one it hits whichever server serves matching requests,
+    /// which lets a test break UAA with `/oauth`. `target` is the path and query.
+    pub fn applies_to(&self, target: &str, is_director: bool) -> bool {
         self.mode != FaultMode::None
             && match &self.path_prefix {
-                Some(prefix) => path.starts_with(prefix.as_str()),
+                Some(prefix) => target.starts_with(prefix.as_str()),
                 None => is_director,
             }
     }
@@ -61,6 +64,20 @@ mod tests {
         assert!(uaa.applies_to("/oauth/token", false));
         assert!(!uaa.applies_to("/deployments", true));
         assert!(!Fault::default().applies_to("/deployments", true));
+    }
+
+    #[test]
+    fn a_prefix_with_a_query_breaks_only_those_reads() {
+        let vip_reads = Fault {
+            mode: FaultMode::Http500,
+            path_prefix: Some("/configs?type=boshy-vips".into()),
+        };
+        assert!(vip_reads.applies_to("/configs?type=boshy-vips&name=boshy&latest=true", true));
+        assert!(!vip_reads.applies_to("/configs?type=boshy-istio&latest=true", true));
+        assert!(
+            !vip_reads.applies_to("/configs", true),
+            "a POST has no query"
+        );
     }
 
     #[test]

@@ -20,10 +20,15 @@ pub struct Observed {
     pub is_director: bool,
 }
 
-/// Counts the request, then plays the current fault if it applies to this path. A hang
+/// Counts the request, then plays the current fault if it applies to this request (its path
+/// and query). A hang
 /// waits for the fault to change, so clearing it releases every hung request.
 pub async fn observe(State(observed): State<Observed>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
+    let target = request
+        .uri()
+        .path_and_query()
+        .map_or_else(|| path.clone(), |target| target.as_str().to_string());
     observed
         .shared
         .state()
@@ -32,7 +37,7 @@ pub async fn observe(State(observed): State<Observed>, request: Request, next: N
     let mut faults = observed.shared.fault.subscribe();
     loop {
         let fault = faults.borrow_and_update().clone();
-        if !fault.applies_to(&path, observed.is_director) {
+        if !fault.applies_to(&target, observed.is_director) {
             break;
         }
         match fault.mode {

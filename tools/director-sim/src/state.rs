@@ -9,7 +9,7 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Value};
 
 use super::clock::unix_seconds;
-use super::configs::ConfigStore;
+use super::configs::{ConfigEvent, ConfigStore};
 use super::deployments::{Change, Deployment, PlacementError};
 use super::events::{Event, EventLog};
 use super::ipam::IpPool;
@@ -161,26 +161,20 @@ impl SimState {
         self.events_enabled.then(|| self.events.record(event))
     }
 
-    /// `POST`/`DELETE /configs` write `config/<type>` events.
-    pub fn record_config_event(
-        &mut self,
-        user: &str,
-        action: &str,
-        (kind, name): (&str, &str),
-        now: SystemTime,
-    ) {
+    /// What `POST /configs` records (`configs::ConfigEvent`).
+    pub fn record_config_event(&mut self, event: ConfigEvent, now: SystemTime) {
         self.record_event(Event {
             id: 0,
             parent_id: None,
             timestamp: unix_seconds(now),
-            user: user.to_string(),
-            action: action.to_string(),
-            object_type: format!("config/{kind}"),
-            object_name: name.to_string(),
+            user: event.user,
+            action: "create".to_string(),
+            object_type: event.object_type,
+            object_name: event.object_name,
             task: None,
             deployment: None,
             instance: None,
-            error: None,
+            error: event.error,
             context: json!({}),
         });
     }

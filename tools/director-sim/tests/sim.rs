@@ -981,10 +981,209 @@ async fn configs_enforce_expected_latest_id_with_412() {
     let events = lab
         .get_json("/events?object_type=config/boshy", &token)
         .await;
+    let errors: Vec<&Value> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| &e["error"])
+        .collect();
     assert_eq!(
-        events.as_array().unwrap().len(),
-        2,
-        "one event per new config version"
+        errors,
+        [&json!("YAML hash expected"), &Value::Null, &Value::Null],
+        "one event per new config version and one per refused body, none for the 412 \
+         nor for identical content: {events}"
+    );
+}
+
+impl Lab {
+    /// `POST /configs` as bosh-cli sends it; the status and the body read as JSON.
+    async fn post_config(&self, token: &str, body: String) -> (StatusCode, Value) {
+        let response = self
+            .http
+            .post(format!("{}/configs", self.sim.director_url()))
+            .header("Authorization", format!("bearer {token}"))
+            .header("Content-Type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    async fn delete(&self, path: &str, token: &str) -> (StatusCode, String) {
+        let response = self
+            .http
+            .delete(format!("{}{path}", self.sim.director_url()))
+            .header("Authorization", format!("bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        (response.status(), response.text().await.unwrap())
+    }
+
+    /// `(action, object_type, object_name, error)` of every event, oldest first.
+    async fn config_events(&self, token: &str) -> Vec<(String, String, String, String)> {
+        let text = |event: &Value, key: &str| event[key].as_str().unwrap_or_default().to_string();
+        let events = self.get_json("/events", token).await;
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .rev()
+            .filter(|e| text(e, "object_type").starts_with("config"))
+            .map(|e| {
+                let field = |key| text(e, key);
+                (
+                    field("action"),
+                    field("object_type"),
+                    field("object_name"),
+                    field("error"),
+                )
+            })
+            .collect()
+    }
+}
+
+fn config_body(kind: &str, name: &str, content: &str) -> String {
+    json!({"type": kind, "name": name, "content": content}).to_string()
+}
+
+#[tokio::test]
+async fn configs_of_any_type_are_listed_latest_per_name_and_written_like_the_director() {
+    let lab = Lab::start(options()).await;
+    let token = lab.token().await;
+    for (kind, name, content) in [
+        ("boshy-istio", "reviews", "kind: VirtualService\n"),
+        ("boshy-istio", "ratings", "kind: DestinationRule\n"),
+        ("boshy-vips", "boshy", "assignments: {}\n"),
+        ("boshy-istio", "reviews", "kind: VirtualService\nv: 2\n"),
+    ] {
+        let (status, created) = lab
+            .post_config(&token, config_body(kind, name, content))
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+        assert_eq!(
+            (created["type"].as_str(), created["content"].as_str()),
+            (Some(kind), Some(content))
+        );
+    }
+    let latest = lab
+        .get_json("/configs?type=boshy-istio&latest=true", &token)
+        .await;
+    let summary = |list: &Value| -> Vec<(String, String)> {
+        list.as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                assert_eq!(c["type"], "boshy-istio", "{c}");
+                (
+                    c["name"].as_str().unwrap().into(),
+                    c["id"].as_str().unwrap().into(),
+                )
+            })
+            .collect()
+    };
+    let pair = |name: &str, id: &str| (name.to_string(), id.to_string());
+    assert_eq!(
+        summary(&latest),
+        [pair("ratings", "2"), pair("reviews", "4")]
+    );
+    let every = lab
+        .get_json("/configs?type=boshy-istio&latest=false", &token)
+        .await;
+    assert_eq!(
+        summary(&every),
+        [
+            pair("ratings", "2"),
+            pair("reviews", "4"),
+            pair("reviews", "1")
+        ]
+    );
+
+    // The director refuses content that is not a YAML hash, and records the refusal.
+    let (status, refused) = lab
+        .post_config(&token, config_body("boshy-istio", "reviews", "- a list"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused,
+        json!({"code": 440011, "description": "YAML hash expected"})
+    );
+    let (status, refused) = lab
+        .post_config(&token, config_body("boshy-istio", "reviews", "a: [1"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(refused["code"], 440011);
+    let yaml_error = refused["description"].as_str().unwrap().to_string();
+    assert!(
+        yaml_error.starts_with("Config must be valid YAML: "),
+        "{yaml_error}"
+    );
+    let (status, refused) = lab.post_config(&token, "{not json".into()).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (StatusCode::BAD_REQUEST, &json!(710001))
+    );
+    let json_error = refused["description"].as_str().unwrap().to_string();
+    assert!(
+        json_error.starts_with("Invalid JSON request body: "),
+        "{json_error}"
+    );
+    let (status, refused) = lab
+        .post_config(
+            &token,
+            json!({"type": "boshy-istio", "content": "a: 1"}).to_string(),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        refused,
+        json!({"code": 440010, "description": "'name' is required"})
+    );
+
+    // Deleting writes no event; deleting every version of a name hides it.
+    let (status, _) = lab
+        .delete("/configs?type=boshy-istio&name=reviews", &token)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (status, _) = lab
+        .delete("/configs?type=boshy-istio&name=reviews", &token)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, body) = lab.delete("/configs?type=boshy-istio", &token).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(body.contains("'name' is required"), "{body}");
+    let (status, _) = lab.delete("/configs/2", &token).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(
+        lab.get_json("/configs?type=boshy-istio", &token).await,
+        json!([])
+    );
+    let vips = lab.get_json("/configs?type=boshy-vips", &token).await;
+    assert_eq!(vips.as_array().unwrap().len(), 1);
+
+    let event = |object_type: &str, name: &str, error: &str| {
+        (
+            "create".to_string(),
+            object_type.to_string(),
+            name.to_string(),
+            error.to_string(),
+        )
+    };
+    assert_eq!(
+        lab.config_events(&token).await,
+        [
+            event("config/boshy-istio", "reviews", ""),
+            event("config/boshy-istio", "ratings", ""),
+            event("config/boshy-vips", "boshy", ""),
+            event("config/boshy-istio", "reviews", ""),
+            event("config/boshy-istio", "reviews", "YAML hash expected"),
+            event("config/boshy-istio", "reviews", &yaml_error),
+            event("config/", "", &json_error),
+            event("config/boshy-istio", "", "'name' is required"),
+        ]
     );
 }
 

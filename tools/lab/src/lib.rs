@@ -3,7 +3,7 @@
 //! BOSH would put there: the control plane on `bosh-istio` VMs; the workload plus the addon
 //! (virtual-ip-agent with its DNAT rules, and Envoy) everywhere else.
 //!
-//! `boshy-lab up|down|status|wait|ssh|process|director|demo`; `scripts/lab` installs the
+//! `boshy-lab up|down|status|wait|ssh|process|director|rules|demo`; `scripts/lab` installs the
 //! tools and calls this. Everything binds to loopback or to addresses inside namespaces the
 //! lab created.
 
@@ -17,6 +17,7 @@ pub mod net;
 pub mod pki;
 pub mod process;
 pub mod ready;
+mod rules;
 pub mod vm;
 
 use std::net::Ipv4Addr;
@@ -88,6 +89,12 @@ pub enum LabCommand {
         #[command(subcommand)]
         command: DirectorCommand,
     },
+    /// Traffic rules kept in the director as configs of type boshy-istio, as `bosh
+    /// update-config`, `bosh configs` and `bosh delete-config` handle them.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
     /// Brings the lab up (if needed) and runs the tire-kicking story.
     Demo,
 }
@@ -127,6 +134,22 @@ pub enum DirectorCommand {
     Manifest { deployment: String, file: PathBuf },
     /// Prints the director's request counters.
     Requests,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RulesCommand {
+    /// `bosh update-config --type boshy-istio --name NAME FILE`: the first YAML document of
+    /// FILE becomes the latest config of that name.
+    Apply {
+        file: PathBuf,
+        /// The config's name; by default FILE's name without its extension.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// `bosh configs --type boshy-istio`: the latest config of every name.
+    List,
+    /// `bosh delete-config --type boshy-istio --name NAME`.
+    Delete { name: String },
 }
 
 /// Where the lab puts things; derived from its name and subnet.
@@ -281,6 +304,14 @@ pub async fn run(args: Args) -> Result<()> {
             state.save()
         }
         LabCommand::Director { command } => director_command(&layout, command).await,
+        LabCommand::Rules { command } => {
+            let cli = rules::RulesCli::of_lab(&require_state(&layout)?.layout)?;
+            match command {
+                RulesCommand::Apply { file, name } => cli.apply(&file, name).await,
+                RulesCommand::List => cli.list().await,
+                RulesCommand::Delete { name } => cli.delete(&name).await,
+            }
+        }
         LabCommand::Demo => demo::run(&layout).await,
     }
 }
