@@ -19,6 +19,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pilot;
+pub mod rules;
 pub mod text;
 pub mod tls;
 pub mod vip;
