@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod names;
 pub mod pilot;
 pub mod rules;
+pub mod rules_check;
 pub mod text;
 pub mod tls;
 pub mod vip;

@@ -23,7 +23,7 @@ mod finding;
 mod mesh;
 pub mod model;
 mod parse;
-mod validate;
+pub(crate) mod validate;
 mod values;
 
 pub use bosh_cli::{first_document, FirstDocument};
