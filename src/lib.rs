@@ -1,8 +1,7 @@
 //! boshy-istio: an Envoy service mesh for every BOSH-deployed VM.
 //!
 //! Pure logic (catalog, traffic rules, VIP allocation, xDS resources, DNS answers, rule
-//! rendering) has no I/O;
-//! I/O lives at the edges (director client, servers, iptables, the lab).
+//! rendering) has no I/O; I/O lives at the edges (director client, servers, iptables, the lab).
 
 // The one exception, the agent's batched UDP system calls (`agent::transport::udp_batch`), is
 // allowed where that module is declared.
