@@ -1,7 +1,7 @@
 //! boshy-istio: an Envoy service mesh for every BOSH-deployed VM.
 //!
-//! Pure logic (catalog, VIP allocation, xDS resources, DNS answers, rule rendering) has no I/O;
-//! I/O lives at the edges (director client, servers, iptables).
+//! Pure logic (catalog, traffic rules, VIP allocation, xDS resources, DNS answers, rule
+//! rendering) has no I/O; I/O lives at the edges (director client, servers, iptables).
 
 // The one exception, the agent's batched UDP system calls (`virtual_ip_agent::transport::udp_batch`), is
 // allowed where that module is declared.
@@ -18,6 +18,8 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pilot;
+pub mod rules;
+pub mod rules_check;
 pub mod text;
 pub mod tls;
 pub mod vip;

@@ -6,8 +6,14 @@ pub(crate) const MAX_QUOTED_CHARS: usize = 160;
 /// `text` cut to [`MAX_QUOTED_CHARS`] characters, with the number of bytes left out: an error
 /// that quotes what a peer sent must say what was wrong without turning a hostile megabyte
 /// value into a megabyte log line.
-pub(crate) fn clip(text: &str) -> String {
-    match text.char_indices().nth(MAX_QUOTED_CHARS) {
+pub fn clip(text: &str) -> String {
+    clip_to(text, MAX_QUOTED_CHARS)
+}
+
+/// `text` cut to `max_chars` characters, with the number of bytes left out: for a whole
+/// message that quotes input (a parser's error), which may say more than one quoted value.
+pub fn clip_to(text: &str, max_chars: usize) -> String {
+    match text.char_indices().nth(max_chars) {
         None => text.to_string(),
         Some((cut, _)) => format!("{}… ({} more bytes)", &text[..cut], text.len() - cut),
     }

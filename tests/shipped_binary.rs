@@ -1,5 +1,6 @@
 //! The binaries the BOSH package ships (`packages/boshy`) hold the product and nothing else:
-//! `boshy` has exactly the subcommands that run on a VM or in the control plane, and neither
+//! `boshy` has exactly the subcommands that run on a VM or in the control plane (and the
+//! operator's offline check of traffic rules, which checks them as the pilot does), and neither
 //! binary carries the director simulator, the lab, the benchmarks or the build machine's
 //! checkout path (a binary that bakes the path in works only where it was built).
 
@@ -39,7 +40,8 @@ fn boshy_has_only_the_products_subcommands() {
             "virtual-ip-agent",
             "dnat",
             "envoy-bootstrap",
-            "example-httpbin"
+            "example-httpbin",
+            "rules"
         ],
         "{help}"
     );

@@ -6,6 +6,6 @@ pub mod manifest;
 pub mod model;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
-mod yaml_limits;
+pub(crate) mod yaml_limits;
 
 pub use build::{build, diff, hostnames, Built, CatalogDiff, Hostnames};

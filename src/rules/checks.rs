@@ -1,0 +1,1006 @@
+//! The checks one resource passes alone, once serde has read it: what Istio's own validation
+//! refuses (a weight sum, a route with neither destinations nor redirect) and what
+//! boshy-istio cannot serve (short or wildcard hosts, gateways). Each problem names its field.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+use crate::catalog::manifest::is_dns_label;
+use crate::text::clip;
+
+use super::model::{
+    ConnectionPool, ConsistentHash, Destination, DestinationRule, HeaderOperations, Headers,
+    HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, Resolution, ServiceEntry, Spec, TcpRoute,
+    TrafficPolicy, VirtualService,
+};
+use super::values::StringMatch;
+
+/// Problems found in one resource: (field path, message).
+#[derive(Debug, Default)]
+pub(crate) struct Problems {
+    pub(crate) errors: Vec<(String, String)>,
+    pub(crate) warnings: Vec<(String, String)>,
+}
+
+impl Problems {
+    pub(crate) fn error(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push((field.into(), message.into()));
+    }
+
+    pub(crate) fn warn(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.warnings.push((field.into(), message.into()));
+    }
+}
+
+pub(crate) fn check(spec: &Spec) -> Problems {
+    let mut problems = Problems::default();
+    match spec {
+        Spec::VirtualService(vs) => virtual_service(vs, &mut problems),
+        Spec::DestinationRule(dr) => destination_rule(dr, &mut problems),
+        Spec::ServiceEntry(se) => service_entry(se, &mut problems),
+    }
+    problems
+}
+
+/// What is wrong with `host` as a host of a rule, if anything. Hosts are full names, taken
+/// as written: there are no namespaces to complete a short one.
+pub(crate) fn host_problem(host: &str) -> Option<String> {
+    let quoted = format!("{:?}", clip(host));
+    if host.contains('*') {
+        Some(format!(
+            "{quoted}: wildcard hosts are not supported; name each host"
+        ))
+    } else if host.parse::<IpAddr>().is_ok() {
+        Some(format!("{quoted} is an IP address, not a host name"))
+    } else if !host.contains('.') {
+        Some(format!(
+            "{quoted} is a short name: write the full name (such as \
+             reviews.reviews.bookinfo.boshy); there are no namespaces to complete it"
+        ))
+    } else if !is_dns_name(host) {
+        Some(format!(
+            "{quoted} is not a host name: lower-case letters, digits and '-' in labels \
+             separated by '.', at most 253 characters, no final '.'"
+        ))
+    } else {
+        None
+    }
+}
+
+/// Dot-separated DNS labels (lower-case), at most 253 characters.
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+fn hosts(field: &str, hosts: &[String], problems: &mut Problems) {
+    if hosts.is_empty() {
+        problems.error(field, "at least one host is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (at, host) in hosts.iter().enumerate() {
+        let field = format!("{field}[{at}]");
+        if let Some(problem) = host_problem(host) {
+            problems.error(&field, problem);
+        } else if !seen.insert(host) {
+            problems.error(&field, format!("{host} is listed twice"));
+        }
+    }
+}
+
+fn export_to(export_to: &[String], problems: &mut Problems) {
+    if export_to.iter().any(|namespace| namespace != "*") {
+        problems.warn(
+            "spec.exportTo",
+            "ignored: boshy-istio has no namespaces, every rule applies to the whole mesh",
+        );
+    }
+}
+
+// ------------------------------------------------------------------------ VirtualService
+
+fn virtual_service(vs: &VirtualService, problems: &mut Problems) {
+    hosts("spec.hosts", &vs.hosts, problems);
+    for (at, gateway) in vs.gateways.iter().enumerate() {
+        if gateway != "mesh" {
+            problems.error(
+                format!("spec.gateways[{at}]"),
+                format!(
+                    "gateway {:?} is not supported: only `mesh` (every Envoy of the mesh, the \
+                     default) is",
+                    clip(gateway)
+                ),
+            );
+        }
+    }
+    export_to(&vs.export_to, problems);
+    if vs.http.is_empty() && vs.tcp.is_empty() {
+        problems.error("spec", "nothing to route: give `http` or `tcp` routes");
+    }
+    for (at, route) in vs.http.iter().enumerate() {
+        http_route(&format!("spec.http[{at}]"), route, problems);
+    }
+    for (at, route) in vs.tcp.iter().enumerate() {
+        tcp_route(&format!("spec.tcp[{at}]"), route, problems);
+    }
+}
+
+fn http_route(field: &str, route: &HttpRoute, problems: &mut Problems) {
+    for (at, http_match) in route.matches.iter().enumerate() {
+        match_conditions(&format!("{field}.match[{at}]"), http_match, problems);
+    }
+    match (route.route.is_empty(), &route.redirect) {
+        (true, None) => problems.error(
+            field,
+            "a route needs `route` (its destinations) or `redirect`",
+        ),
+        (false, Some(_)) => problems.error(
+            format!("{field}.redirect"),
+            "`redirect` and `route` exclude each other",
+        ),
+        (false, None) => {
+            let destinations = route.route.iter().map(|d| (&d.destination, d.weight));
+            weighted_destinations(&format!("{field}.route"), destinations, problems);
+            for (at, destination) in route.route.iter().enumerate() {
+                header_changes(
+                    &format!("{field}.route[{at}].headers"),
+                    destination.headers.as_ref(),
+                    problems,
+                );
+            }
+        }
+        (true, Some(redirect)) => {
+            if redirect.uri.is_none() && redirect.authority.is_none() {
+                problems.error(
+                    format!("{field}.redirect"),
+                    "a redirect sets `uri`, `authority` or both",
+                );
+            }
+            if let Some(code) = redirect.redirect_code {
+                if ![301, 302, 303, 307, 308].contains(&code) {
+                    problems.error(
+                        format!("{field}.redirect.redirectCode"),
+                        format!("{code} is not a redirect: 301, 302, 303, 307 or 308"),
+                    );
+                }
+            }
+            if route.rewrite.is_some() {
+                problems.error(
+                    format!("{field}.rewrite"),
+                    "`rewrite` and `redirect` exclude each other",
+                );
+            }
+        }
+    }
+    if let Some(rewrite) = &route.rewrite {
+        if rewrite.uri.is_none() && rewrite.authority.is_none() {
+            problems.error(
+                format!("{field}.rewrite"),
+                "a rewrite sets `uri`, `authority` or both",
+            );
+        }
+    }
+    if let Some(retries) = &route.retries {
+        at_least_a_millisecond(
+            &format!("{field}.retries.perTryTimeout"),
+            retries.per_try_timeout,
+            problems,
+        );
+        if let Some(retry_on) = &retries.retry_on {
+            retry_conditions(&format!("{field}.retries.retryOn"), retry_on, problems);
+        }
+    }
+    if let Some(fault) = &route.fault {
+        fault_injection(&format!("{field}.fault"), fault, problems);
+    }
+    match (&route.mirror, route.mirror_percentage) {
+        (Some(mirror), _) => destination(&format!("{field}.mirror"), mirror, problems),
+        (None, Some(_)) => problems.error(
+            format!("{field}.mirrorPercentage"),
+            "a mirror percentage without a `mirror`",
+        ),
+        (None, None) => {}
+    }
+    header_changes(
+        &format!("{field}.headers"),
+        route.headers.as_ref(),
+        problems,
+    );
+}
+
+fn match_conditions(field: &str, conditions: &HttpMatch, problems: &mut Problems) {
+    for (name, headers) in [
+        ("headers", &conditions.headers),
+        ("withoutHeaders", &conditions.without_headers),
+    ] {
+        for header in headers.keys() {
+            if let Some(problem) = header_name_problem(header) {
+                problems.error(format!("{field}.{name}"), problem);
+            }
+        }
+    }
+    for (name, value) in &conditions.query_params {
+        if name.is_empty() {
+            problems.error(
+                format!("{field}.queryParams"),
+                "a query parameter has a name",
+            );
+        }
+        if matches!(value, StringMatch::Prefix(_)) {
+            problems.error(
+                format!("{field}.queryParams.{}", clip(name)),
+                "`prefix` is not supported for query parameters (nor by Istio): use `exact` \
+                 or `regex`",
+            );
+        }
+    }
+    if conditions.port == Some(0) {
+        problems.error(format!("{field}.port"), "a port is from 1 to 65535");
+    }
+}
+
+/// Envoy's retry conditions (`x-envoy-retry-on` and `x-envoy-retry-grpc-on`), which Istio's
+/// `retryOn` passes through; an HTTP status code is also accepted, as in Istio.
+const RETRY_CONDITIONS: [&str; 16] = [
+    "5xx",
+    "gateway-error",
+    "reset",
+    "reset-before-request",
+    "connect-failure",
+    "envoy-ratelimited",
+    "retriable-4xx",
+    "refused-stream",
+    "retriable-status-codes",
+    "retriable-headers",
+    "http3-post-connect-failure",
+    "cancelled",
+    "deadline-exceeded",
+    "internal",
+    "resource-exhausted",
+    "unavailable",
+];
+
+fn retry_conditions(field: &str, retry_on: &str, problems: &mut Problems) {
+    for condition in retry_on.split(',').map(str::trim) {
+        let is_status = condition.len() == 3
+            && condition
+                .parse::<u16>()
+                .is_ok_and(|code| (100..=599).contains(&code));
+        if !is_status && !RETRY_CONDITIONS.contains(&condition) {
+            problems.error(
+                field,
+                format!(
+                    "{:?} is not a retry condition: {} or an HTTP status code",
+                    clip(condition),
+                    RETRY_CONDITIONS.join(", ")
+                ),
+            );
+        }
+    }
+}
+
+fn fault_injection(field: &str, fault: &super::model::HttpFault, problems: &mut Problems) {
+    if fault.delay.is_none() && fault.abort.is_none() {
+        problems.error(field, "a fault has a `delay`, an `abort` or both");
+    }
+    if let Some(delay) = &fault.delay {
+        at_least_a_millisecond(
+            &format!("{field}.delay.fixedDelay"),
+            Some(delay.fixed_delay),
+            problems,
+        );
+        if delay.percentage.is_none() {
+            problems.warn(
+                format!("{field}.delay"),
+                "no `percentage`: as in Istio, no request is delayed",
+            );
+        }
+    }
+    if let Some(abort) = &fault.abort {
+        if !(200..=599).contains(&abort.http_status) {
+            problems.error(
+                format!("{field}.abort.httpStatus"),
+                format!(
+                    "{} is not an HTTP status from 200 to 599",
+                    abort.http_status
+                ),
+            );
+        }
+        if abort.percentage.is_none() {
+            problems.warn(
+                format!("{field}.abort"),
+                "no `percentage`: as in Istio, no request is aborted",
+            );
+        }
+    }
+}
+
+fn tcp_route(field: &str, route: &TcpRoute, problems: &mut Problems) {
+    for (at, l4_match) in route.matches.iter().enumerate() {
+        if l4_match.port == Some(0) {
+            problems.error(
+                format!("{field}.match[{at}].port"),
+                "a port is from 1 to 65535",
+            );
+        }
+    }
+    let destinations = route.route.iter().map(|d| (&d.destination, d.weight));
+    weighted_destinations(&format!("{field}.route"), destinations, problems);
+}
+
+/// The destinations of one route and their weights: the only destination gets all the
+/// traffic (its weight, if written, is 100); several share it by weights that add up to 100
+/// (an absent weight is 0, as in Istio).
+fn weighted_destinations<'a>(
+    field: &str,
+    destinations: impl Iterator<Item = (&'a Destination, Option<u32>)>,
+    problems: &mut Problems,
+) {
+    let destinations: Vec<_> = destinations.collect();
+    for (at, (target, _)) in destinations.iter().enumerate() {
+        destination(&format!("{field}[{at}].destination"), target, problems);
+    }
+    match destinations.as_slice() {
+        [] => problems.error(field, "at least one destination is required"),
+        [(_, Some(weight))] if *weight != 100 => problems.error(
+            format!("{field}[0].weight"),
+            format!(
+                "the only destination gets all the traffic: its weight is 100 or absent, not \
+                 {weight}"
+            ),
+        ),
+        [_] => {}
+        several => {
+            let sum: u64 = several
+                .iter()
+                .map(|(_, weight)| u64::from(weight.unwrap_or(0)))
+                .sum();
+            if sum != 100 {
+                problems.error(
+                    field,
+                    format!(
+                        "the weights of its {} destinations add up to {sum}, not 100 (an \
+                         absent weight is 0)",
+                        several.len()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+fn destination(field: &str, destination: &Destination, problems: &mut Problems) {
+    if let Some(problem) = host_problem(&destination.host) {
+        problems.error(format!("{field}.host"), problem);
+    }
+    if let Some(subset) = &destination.subset {
+        if !is_dns_label(subset) {
+            problems.error(
+                format!("{field}.subset"),
+                format!("{:?} is not a subset name", clip(subset)),
+            );
+        }
+    }
+    if destination.port.is_some_and(|port| port.number == 0) {
+        problems.error(format!("{field}.port.number"), "a port is from 1 to 65535");
+    }
+}
+
+/// What is wrong with `name` as the name of a header to match or change, if anything.
+fn header_name_problem(name: &str) -> Option<String> {
+    let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if name.is_empty() || !name.chars().all(is_token_char) {
+        Some(format!("{:?} is not a header name", clip(name)))
+    } else {
+        None
+    }
+}
+
+fn header_changes(field: &str, headers: Option<&Headers>, problems: &mut Problems) {
+    let Some(headers) = headers else { return };
+    for (direction, operations) in [
+        ("request", &headers.request),
+        ("response", &headers.response),
+    ] {
+        let Some(HeaderOperations { set, add, remove }) = operations else {
+            continue;
+        };
+        let names = set.keys().chain(add.keys()).chain(remove);
+        for name in names {
+            let problem = header_name_problem(name).or_else(|| {
+                name.eq_ignore_ascii_case("host").then(|| {
+                    "the host header is not changed here: use `rewrite.authority`".to_string()
+                })
+            });
+            if let Some(problem) = problem {
+                problems.error(format!("{field}.{direction}"), problem);
+            }
+        }
+    }
+}
+
+fn at_least_a_millisecond(field: &str, duration: Option<Duration>, problems: &mut Problems) {
+    if duration.is_some_and(|duration| duration < Duration::from_millis(1)) {
+        problems.error(field, "must be at least 1ms");
+    }
+}
+
+// ----------------------------------------------------------------------- DestinationRule
+
+fn destination_rule(dr: &DestinationRule, problems: &mut Problems) {
+    if let Some(problem) = host_problem(&dr.host) {
+        problems.error("spec.host", problem);
+    }
+    export_to(&dr.export_to, problems);
+    if let Some(policy) = &dr.traffic_policy {
+        traffic_policy("spec.trafficPolicy", policy, problems);
+    }
+    let mut names = BTreeSet::new();
+    for (at, subset) in dr.subsets.iter().enumerate() {
+        let field = format!("spec.subsets[{at}]");
+        if !is_dns_label(&subset.name) {
+            problems.error(
+                format!("{field}.name"),
+                format!(
+                    "{:?} is not a subset name: a DNS label (lower-case letters, digits, '-')",
+                    clip(&subset.name)
+                ),
+            );
+        } else if !names.insert(&subset.name) {
+            problems.error(
+                format!("{field}.name"),
+                format!("subset {} is defined twice", subset.name),
+            );
+        }
+        if let Some(policy) = &subset.traffic_policy {
+            traffic_policy(&format!("{field}.trafficPolicy"), policy, problems);
+        }
+    }
+}
+
+fn traffic_policy(field: &str, policy: &TrafficPolicy, problems: &mut Problems) {
+    port_policies(
+        field,
+        policy.load_balancer.as_ref(),
+        policy.connection_pool.as_ref(),
+        policy.outlier_detection.as_ref(),
+        problems,
+    );
+    let mut ports = BTreeSet::new();
+    for (at, port_policy) in policy.port_level_settings.iter().enumerate() {
+        let field = format!("{field}.portLevelSettings[{at}]");
+        let number = port_policy.port.number;
+        if number == 0 {
+            problems.error(format!("{field}.port.number"), "a port is from 1 to 65535");
+        } else if !ports.insert(number) {
+            problems.error(
+                format!("{field}.port.number"),
+                format!("port {number} has settings twice"),
+            );
+        }
+        port_policies(
+            &field,
+            port_policy.load_balancer.as_ref(),
+            port_policy.connection_pool.as_ref(),
+            port_policy.outlier_detection.as_ref(),
+            problems,
+        );
+    }
+}
+
+/// The policies a traffic policy and each of its port-level settings share.
+fn port_policies(
+    field: &str,
+    load_balancer: Option<&LoadBalancer>,
+    connection_pool: Option<&ConnectionPool>,
+    outlier_detection: Option<&OutlierDetection>,
+    problems: &mut Problems,
+) {
+    if let Some(load_balancer) = load_balancer {
+        load_balancing(&format!("{field}.loadBalancer"), load_balancer, problems);
+    }
+    if let Some(tcp) = connection_pool.and_then(|pool| pool.tcp.as_ref()) {
+        at_least_a_millisecond(
+            &format!("{field}.connectionPool.tcp.connectTimeout"),
+            tcp.connect_timeout,
+            problems,
+        );
+    }
+    if let Some(outlier) = outlier_detection {
+        let field = format!("{field}.outlierDetection");
+        at_least_a_millisecond(&format!("{field}.interval"), outlier.interval, problems);
+        at_least_a_millisecond(
+            &format!("{field}.baseEjectionTime"),
+            outlier.base_ejection_time,
+            problems,
+        );
+        if outlier
+            .max_ejection_percent
+            .is_some_and(|percent| percent > 100)
+        {
+            problems.error(
+                format!("{field}.maxEjectionPercent"),
+                "a percentage is from 0 to 100",
+            );
+        }
+    }
+}
+
+fn load_balancing(field: &str, load_balancer: &LoadBalancer, problems: &mut Problems) {
+    if load_balancer.simple.is_some() && load_balancer.consistent_hash.is_some() {
+        problems.error(field, "`simple` and `consistentHash` exclude each other");
+    }
+    match &load_balancer.consistent_hash {
+        Some(ConsistentHash::HttpHeaderName(name)) => {
+            if let Some(problem) = header_name_problem(name) {
+                problems.error(format!("{field}.consistentHash.httpHeaderName"), problem);
+            }
+        }
+        Some(ConsistentHash::HttpCookie(cookie)) if cookie.name.is_empty() => {
+            problems.error(
+                format!("{field}.consistentHash.httpCookie.name"),
+                "a cookie has a name",
+            );
+        }
+        _ => {}
+    }
+    let Some(locality) = &load_balancer.locality_lb_setting else {
+        return;
+    };
+    let field = format!("{field}.localityLbSetting");
+    if !locality.distribute.is_empty() && !locality.failover.is_empty() {
+        problems.error(&field, "`distribute` and `failover` exclude each other");
+    }
+    for (at, distribute) in locality.distribute.iter().enumerate() {
+        let field = format!("{field}.distribute[{at}]");
+        if distribute.from.is_empty() {
+            problems.error(format!("{field}.from"), "a locality is required");
+        }
+        let sum: u64 = distribute
+            .to
+            .values()
+            .map(|weight| u64::from(*weight))
+            .sum();
+        if sum != 100 {
+            problems.error(
+                format!("{field}.to"),
+                format!("the weights add up to {sum}, not 100"),
+            );
+        }
+    }
+    for (at, failover) in locality.failover.iter().enumerate() {
+        if failover.from.is_empty() || failover.to.is_empty() || failover.from == failover.to {
+            problems.error(
+                format!("{field}.failover[{at}]"),
+                "a failover goes from one region to another",
+            );
+        }
+    }
+}
+
+// -------------------------------------------------------------------------- ServiceEntry
+
+fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
+    hosts("spec.hosts", &se.hosts, problems);
+    export_to(&se.export_to, problems);
+    let mut any_address = false;
+    for (at, address) in se.addresses.iter().enumerate() {
+        if address.parse::<IpAddr>().is_err() && address.parse::<IpNet>().is_err() {
+            problems.error(
+                format!("spec.addresses[{at}]"),
+                format!("{:?} is not an IP address or CIDR", clip(address)),
+            );
+        }
+        any_address = true;
+    }
+    if any_address {
+        problems.warn(
+            "spec.addresses",
+            "ignored: every host of a ServiceEntry gets a VIP of its own from the pilot",
+        );
+    }
+    if se.ports.is_empty() {
+        problems.error("spec.ports", "at least one port is required");
+    }
+    let (mut numbers, mut names) = (BTreeSet::new(), BTreeSet::new());
+    for (at, port) in se.ports.iter().enumerate() {
+        let field = format!("spec.ports[{at}]");
+        if port.number == 0 {
+            problems.error(format!("{field}.number"), "a port is from 1 to 65535");
+        } else if !numbers.insert(port.number) {
+            problems.error(
+                format!("{field}.number"),
+                format!("port {} is listed twice", port.number),
+            );
+        }
+        let name = port.name.to_ascii_lowercase();
+        if !is_dns_label(&name) {
+            problems.error(
+                format!("{field}.name"),
+                format!("{:?} is not a port name (a DNS label)", clip(&port.name)),
+            );
+        } else if !names.insert(name) {
+            problems.error(
+                format!("{field}.name"),
+                format!("port name {} is used twice", port.name),
+            );
+        }
+        if port.target_port == Some(0) {
+            problems.error(format!("{field}.targetPort"), "a port is from 1 to 65535");
+        }
+    }
+    match (&se.workload_selector, se.endpoints.is_empty()) {
+        (Some(_), false) => problems.error(
+            "spec.workloadSelector",
+            "`workloadSelector` and `endpoints` exclude each other",
+        ),
+        (Some(selector), true) => {
+            if se.resolution != Resolution::Static {
+                problems.error(
+                    "spec.resolution",
+                    "a `workloadSelector` takes resolution STATIC: the instances' addresses are \
+                     known",
+                );
+            }
+            if selector.labels.is_empty() {
+                problems.error(
+                    "spec.workloadSelector.labels",
+                    "at least one label is required: an empty selector would select every \
+                     instance of the mesh",
+                );
+            }
+        }
+        (None, true) => {
+            if se.resolution == Resolution::Static {
+                problems.error(
+                    "spec.resolution",
+                    "STATIC takes `endpoints` or a `workloadSelector`",
+                );
+            }
+        }
+        (None, false) => {
+            for (at, endpoint) in se.endpoints.iter().enumerate() {
+                let field = format!("spec.endpoints[{at}]");
+                let is_ip = endpoint.address.parse::<IpAddr>().is_ok();
+                if se.resolution == Resolution::Static && !is_ip {
+                    problems.error(
+                        format!("{field}.address"),
+                        format!(
+                            "{:?} is not an IP address, which resolution STATIC takes",
+                            clip(&endpoint.address)
+                        ),
+                    );
+                } else if !is_ip && !is_dns_name(&endpoint.address) {
+                    problems.error(
+                        format!("{field}.address"),
+                        format!(
+                            "{:?} is neither an IP address nor a DNS name",
+                            clip(&endpoint.address)
+                        ),
+                    );
+                }
+                for (name, number) in &endpoint.ports {
+                    if !se.ports.iter().any(|port| &port.name == name) {
+                        problems.error(
+                            format!("{field}.ports"),
+                            format!("no port is named {:?} in spec.ports", clip(name)),
+                        );
+                    } else if *number == 0 {
+                        problems.error(format!("{field}.ports"), "a port is from 1 to 65535");
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse::parse_config;
+
+    /// The errors (field: message) of a resource of kind `kind` with this `spec`.
+    fn errors_of(kind: &str, spec: &str) -> Vec<String> {
+        findings_of(kind, spec).0
+    }
+
+    fn findings_of(kind: &str, spec: &str) -> (Vec<String>, Vec<String>) {
+        let spec = spec.trim_end().replace('\n', "\n  ");
+        let content = format!(
+            "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: r}}\nspec:\n  {spec}\n"
+        );
+        let parsed = parse_config("c", &content);
+        let lines = |findings: &[super::super::Finding]| {
+            findings
+                .iter()
+                .map(|f| format!("{}: {}", f.field.as_deref().unwrap_or(""), f.message))
+                .collect()
+        };
+        (lines(&parsed.errors), lines(&parsed.warnings))
+    }
+
+    fn assert_one_error(kind: &str, spec: &str, expected: &str) {
+        let errors = errors_of(kind, spec);
+        assert!(
+            errors.len() == 1 && errors[0].contains(expected),
+            "expected one error containing {expected:?}, got {errors:?}\nin {spec}"
+        );
+    }
+
+    const H: &str = "reviews.reviews.bookinfo.boshy";
+
+    #[test]
+    fn weights_of_several_destinations_add_up_to_100() {
+        let route = |weights: &[Option<u32>]| {
+            let mut spec = format!("hosts: [{H}]\nhttp:\n- route:\n");
+            for weight in weights {
+                spec.push_str(&format!("  - destination: {{host: {H}}}\n"));
+                if let Some(weight) = weight {
+                    spec.push_str(&format!("    weight: {weight}\n"));
+                }
+            }
+            errors_of("VirtualService", &spec)
+        };
+        assert!(route(&[None]).is_empty());
+        assert!(route(&[Some(100)]).is_empty());
+        assert!(route(&[Some(50), Some(50)]).is_empty());
+        assert!(route(&[Some(100), Some(0)]).is_empty());
+        assert!(route(&[Some(100), None]).is_empty());
+        assert_eq!(
+            route(&[Some(50)]),
+            [
+                "spec.http[0].route[0].weight: the only destination gets all the traffic: its \
+              weight is 100 or absent, not 50"
+            ]
+        );
+        assert_eq!(
+            route(&[Some(50), Some(30)]),
+            [
+                "spec.http[0].route: the weights of its 2 destinations add up to 80, not 100 (an \
+              absent weight is 0)"
+            ]
+        );
+        assert!(route(&[None, None])[0].contains("add up to 0"));
+        assert!(route(&[Some(u32::MAX), Some(u32::MAX)])[0].contains("add up to 8589934590"));
+        let tcp = format!(
+            "hosts: [{H}]\ntcp:\n- route:\n  - destination: {{host: {H}}}\n    weight: 60\n  \
+             - destination: {{host: {H}}}\n    weight: 60\n"
+        );
+        assert_one_error("VirtualService", &tcp, "spec.tcp[0].route: the weights");
+    }
+
+    #[test]
+    fn hosts_are_full_lower_case_names() {
+        for (host, expected) in [
+            ("reviews", "is a short name"),
+            ("*.bookinfo.boshy", "wildcard"),
+            ("10.0.0.1", "IP address"),
+            ("Reviews.bookinfo.boshy", "not a host name"),
+            ("reviews.bookinfo.boshy.", "not a host name"),
+            ("a_b.bookinfo.boshy", "not a host name"),
+        ] {
+            let spec =
+                format!("hosts: [\"{host}\"]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n");
+            assert_one_error("VirtualService", &spec, expected);
+            let spec = format!("host: \"{host}\"\n");
+            assert_one_error("DestinationRule", &spec, expected);
+        }
+        let twice = format!("hosts: [{H}, {H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n");
+        assert_one_error(
+            "VirtualService",
+            &twice,
+            "spec.hosts[1]: reviews.reviews.bookinfo.boshy is listed twice",
+        );
+        let none = format!("hosts: []\nhttp:\n- route:\n  - destination: {{host: {H}}}\n");
+        assert_one_error("VirtualService", &none, "spec.hosts: at least one host");
+    }
+
+    #[test]
+    fn virtual_service_shapes_istio_refuses_too() {
+        let base = format!("hosts: [{H}]\n");
+        for (rest, expected) in [
+            ("gateways: [bookinfo-gateway]\nhttp:\n- route:\n  - destination: {host: H}\n", "spec.gateways[0]: gateway \"bookinfo-gateway\" is not supported"),
+            ("gateways: [mesh]\n", "spec: nothing to route"),
+            ("http:\n- match: [{uri: {prefix: /}}]\n", "spec.http[0]: a route needs `route`"),
+            ("http:\n- redirect: {uri: /x}\n  route:\n  - destination: {host: H}\n", "spec.http[0].redirect: `redirect` and `route` exclude"),
+            ("http:\n- redirect: {uri: /x}\n  rewrite: {uri: /y}\n", "spec.http[0].rewrite: `rewrite` and `redirect` exclude"),
+            ("http:\n- redirect: {redirectCode: 301}\n", "a redirect sets `uri`, `authority` or both"),
+            ("http:\n- redirect: {uri: /x, redirectCode: 200}\n", "redirectCode: 200 is not a redirect"),
+            ("http:\n- rewrite: {}\n  route:\n  - destination: {host: H}\n", "spec.http[0].rewrite: a rewrite sets"),
+            ("http:\n- route:\n  - destination: {host: H}\n  retries: {attempts: 3, retryOn: \"5xx,bogus\"}\n", "spec.http[0].retries.retryOn: \"bogus\" is not a retry condition"),
+            ("http:\n- route:\n  - destination: {host: H}\n  retries: {attempts: 3, perTryTimeout: 0s}\n", "perTryTimeout: must be at least 1ms"),
+            ("http:\n- route:\n  - destination: {host: H}\n  fault: {}\n", "spec.http[0].fault: a fault has"),
+            ("http:\n- route:\n  - destination: {host: H}\n  fault: {abort: {httpStatus: 700, percentage: {value: 1}}}\n", "httpStatus: 700 is not an HTTP status"),
+            ("http:\n- route:\n  - destination: {host: H}\n  mirrorPercentage: {value: 5}\n", "spec.http[0].mirrorPercentage: a mirror percentage without"),
+            ("http:\n- route:\n  - destination: {host: H, subset: V1}\n", "spec.http[0].route[0].destination.subset"),
+            ("http:\n- route:\n  - destination: {host: H, port: {number: 0}}\n", "destination.port.number: a port is from 1"),
+            ("http:\n- match: [{queryParams: {q: {prefix: a}}}]\n  route:\n  - destination: {host: H}\n", "spec.http[0].match[0].queryParams.q: `prefix` is not supported"),
+            ("http:\n- match: [{headers: {\"bad header\": {exact: a}}}]\n  route:\n  - destination: {host: H}\n", "spec.http[0].match[0].headers: \"bad header\" is not a header name"),
+            ("http:\n- route:\n  - destination: {host: H}\n    headers: {request: {set: {host: x}}}\n", "spec.http[0].route[0].headers.request: the host header"),
+            ("tcp:\n- match: [{port: 0}]\n  route:\n  - destination: {host: H}\n", "spec.tcp[0].match[0].port"),
+            ("tcp:\n- route: []\n", "spec.tcp[0].route: at least one destination"),
+        ] {
+            let spec = format!("{base}{}", rest.replace("host: H", &format!("host: {H}")));
+            assert_one_error("VirtualService", &spec, expected);
+        }
+    }
+
+    #[test]
+    fn faults_without_a_percentage_are_warned_about() {
+        let spec = format!(
+            "hosts: [{H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n  fault:\n    delay: {{fixedDelay: 7s}}\n    abort: {{httpStatus: 500}}\n"
+        );
+        let (errors, warnings) = findings_of("VirtualService", &spec);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            warnings,
+            [
+                "spec.http[0].fault.delay: no `percentage`: as in Istio, no request is delayed",
+                "spec.http[0].fault.abort: no `percentage`: as in Istio, no request is aborted"
+            ]
+        );
+    }
+
+    #[test]
+    fn destination_rule_shapes_istio_refuses_too() {
+        for (rest, expected) in [
+            ("subsets: [{name: v1}, {name: v1}]", "spec.subsets[1].name: subset v1 is defined twice"),
+            ("subsets: [{name: V1}]", "spec.subsets[0].name: \"V1\" is not a subset name"),
+            ("trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}", "spec.trafficPolicy.loadBalancer: `simple` and `consistentHash` exclude"),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: z1, to: {z1: 80, z2: 10}}]}}}", "distribute[0].to: the weights add up to 90"),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: z1, to: {z1: 100}}], failover: [{from: a, to: b}]}}}", "`distribute` and `failover` exclude"),
+            ("trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}", "maxEjectionPercent: a percentage"),
+            ("trafficPolicy: {outlierDetection: {interval: 0s}}", "outlierDetection.interval: must be at least 1ms"),
+            ("trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0.1ms}}}", "connectTimeout: must be at least 1ms"),
+            ("trafficPolicy: {portLevelSettings: [{port: {number: 80}}, {port: {number: 80}}]}", "portLevelSettings[1].port.number: port 80 has settings twice"),
+            ("subsets: [{name: v1, trafficPolicy: {loadBalancer: {consistentHash: {httpCookie: {name: \"\"}}}}}]", "spec.subsets[0].trafficPolicy.loadBalancer.consistentHash.httpCookie.name"),
+        ] {
+            let spec = format!("host: {H}\n{rest}\n");
+            assert_one_error("DestinationRule", &spec, expected);
+        }
+    }
+
+    #[test]
+    fn service_entry_shapes_istio_refuses_too() {
+        let ports = "ports: [{number: 9080, name: http, protocol: HTTP}]\n";
+        for (rest, expected) in [
+            ("resolution: STATIC\n", "spec.resolution: STATIC takes `endpoints` or a `workloadSelector`"),
+            ("resolution: DNS\nworkloadSelector: {labels: {app: reviews}}\n", "spec.resolution: a `workloadSelector` takes resolution STATIC"),
+            ("resolution: STATIC\nworkloadSelector: {labels: {}}\n", "spec.workloadSelector.labels: at least one label"),
+            ("resolution: STATIC\nworkloadSelector: {labels: {a: b}}\nendpoints: [{address: 10.0.0.1}]\n", "`workloadSelector` and `endpoints` exclude"),
+            ("resolution: STATIC\nendpoints: [{address: db.example.com}]\n", "spec.endpoints[0].address: \"db.example.com\" is not an IP address"),
+            ("resolution: DNS\nendpoints: [{address: \"not a name\"}]\n", "neither an IP address nor a DNS name"),
+            ("resolution: DNS\nendpoints: [{address: db.example.com, ports: {https: 443}}]\n", "spec.endpoints[0].ports: no port is named \"https\""),
+            ("resolution: DNS\naddresses: [not-an-ip]\n", "spec.addresses[0]: \"not-an-ip\" is not an IP address or CIDR"),
+        ] {
+            let spec = format!("hosts: [db.example.com]\n{ports}{rest}");
+            assert_one_error("ServiceEntry", &spec, expected);
+        }
+        let twice = "hosts: [db.example.com]\nresolution: DNS\nports: [{number: 80, name: http}, {number: 80, name: Http}]\n";
+        let errors = errors_of("ServiceEntry", twice);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        let (errors, warnings) = findings_of(
+            "ServiceEntry",
+            &format!("hosts: [db.example.com]\n{ports}resolution: DNS\naddresses: [10.1.0.0/16]\n"),
+        );
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!(
+            warnings[0].starts_with("spec.addresses: ignored"),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn refused_istio_fields_and_values_are_named() {
+        for (kind, spec, expected) in [
+            ("VirtualService", format!("hosts: [{H}]\ntls: []\n"), "spec.tls: this Istio field is not supported"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n  fault: {{delay: {{exponentialDelay: 1s}}}}\n"), "spec.http[0].fault.delay.exponentialDelay: this Istio field is not supported"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n  timeout: 10\n"), "spec.http[0].timeout: invalid type: integer `10`, expected a string"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n  timeout: 10 s\n"), "spec.http[0].timeout: \"10 s\" is not a duration"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- match: [{{uri: {{regex: \"(\"}}}}]\n  route:\n  - destination: {{host: {H}}}\n"), "spec.http[0].match[0].uri: regex \"(\" is not valid"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- match: [{{uri: {{exact: /a, prefix: /b}}}}]\n  route:\n  - destination: {{host: {H}}}\n"), "spec.http[0].match[0].uri: a string match has exactly one"),
+            ("VirtualService", format!("hosts: [{H}]\nhttp:\n- route:\n  - destination: {{host: {H}}}\n  fault: {{abort: {{httpStatus: 500, percentage: {{value: 101}}}}}}\n"), "spec.http[0].fault.abort.percentage: a percentage is from 0 to 100, found 101"),
+            ("DestinationRule", format!("host: {H}\ntrafficPolicy: {{tls: {{mode: ISTIO_MUTUAL}}}}\n"), "spec.trafficPolicy.tls: TLS settings (mutual TLS, TLS origination) are not supported yet"),
+            ("DestinationRule", format!("host: {H}\nsubsets:\n- name: v1\n  trafficPolicy:\n    portLevelSettings: [{{port: {{number: 80}}, tls: {{}}}}]\n"), "spec.subsets[0].trafficPolicy.portLevelSettings[0].tls: TLS settings"),
+            ("DestinationRule", format!("host: {H}\ntrafficPolicy: {{loadBalancer: {{simple: PASSTHROUGH}}}}\n"), "spec.trafficPolicy.loadBalancer.simple: PASSTHROUGH is not supported"),
+            ("DestinationRule", format!("host: {H}\ntrafficPolicy: {{loadBalancer: {{consistentHash: {{useSourceIp: false}}}}}}\n"), "consistentHash: a consistent hash has exactly one"),
+            ("DestinationRule", format!("host: {H}\ntrafficPolicy: {{loadBalancer: {{consistentHash: {{maglev: {{}}}}}}}}\n"), "consistentHash.maglev: this Istio field is not supported"),
+            ("ServiceEntry", "hosts: [a.example.com]\nports: [{number: 443, name: https, protocol: HTTPS}]\nresolution: DNS\n".to_string(), "spec.ports[0].protocol: HTTPS is not supported"),
+            ("ServiceEntry", "hosts: [a.example.com]\nports: [{number: 80, name: http}]\nresolution: NONE\n".to_string(), "spec.resolution: NONE is not supported"),
+            ("ServiceEntry", "hosts: [a.example.com]\nports: [{number: 80, name: http}]\n".to_string(), "missing field `resolution`"),
+        ] {
+            assert_one_error(kind, &spec, expected);
+        }
+    }
+
+    #[test]
+    fn everything_supported_at_once_is_accepted() {
+        let vs = format!(
+            "hosts: [{H}]
+gateways: [mesh]
+exportTo: ['*']
+http:
+- name: jason
+  match:
+  - name: m
+    uri: {{prefix: /reviews}}
+    method: {{exact: GET}}
+    headers: {{end-user: {{exact: jason}}}}
+    withoutHeaders: {{x-canary: {{regex: \"^no$\"}}}}
+    queryParams: {{v: {{exact: '2'}}}}
+    port: 9080
+    sourceLabels: {{app: productpage}}
+    ignoreUriCase: true
+  route:
+  - destination: {{host: {H}, subset: v2, port: {{number: 9080}}}}
+    weight: 90
+    headers: {{request: {{set: {{x-a: b}}, add: {{x-c: d}}, remove: [x-e]}}}}
+  - destination: {{host: {H}, subset: v3}}
+    weight: 10
+  rewrite: {{uri: /v2/reviews, authority: reviews.example}}
+  timeout: 1.5s
+  retries: {{attempts: 3, perTryTimeout: 500ms, retryOn: 'gateway-error,connect-failure,503'}}
+  fault:
+    delay: {{fixedDelay: 7s, percentage: {{value: 100}}}}
+    abort: {{httpStatus: 500, percentage: {{value: 0.1}}}}
+  mirror: {{host: {H}, subset: v3}}
+  mirrorPercentage: {{value: 5}}
+  headers: {{response: {{set: {{x-served-by: mesh}}}}}}
+- redirect: {{uri: /new, authority: other.example, redirectCode: 308}}
+tcp:
+- match: [{{port: 9090, sourceLabels: {{app: x}}}}]
+  route:
+  - destination: {{host: {H}}}
+"
+        );
+        let (errors, warnings) = findings_of("VirtualService", &vs);
+        assert!(
+            errors.is_empty() && warnings.is_empty(),
+            "{errors:?} {warnings:?}"
+        );
+        let dr = format!(
+            "host: {H}
+exportTo: ['*']
+trafficPolicy:
+  loadBalancer:
+    consistentHash: {{httpCookie: {{name: user, path: /, ttl: 0s}}}}
+    localityLbSetting:
+      enabled: true
+      distribute: [{{from: z1, to: {{z1: 80, z2: 20}}}}]
+  connectionPool:
+    tcp: {{maxConnections: 100, connectTimeout: 30ms}}
+    http: {{http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10, maxRetries: 3}}
+  outlierDetection: {{consecutive5xxErrors: 7, consecutiveGatewayErrors: 5, interval: 5m, baseEjectionTime: 15m, maxEjectionPercent: 50}}
+  portLevelSettings:
+  - port: {{number: 9080}}
+    loadBalancer: {{simple: LEAST_REQUEST}}
+subsets:
+- name: v1
+  labels: {{version: v1}}
+  trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
+- name: v2
+  labels: {{version: v2}}
+  trafficPolicy: {{loadBalancer: {{localityLbSetting: {{failover: [{{from: us-east, to: us-west}}]}}}}}}
+"
+        );
+        let (errors, warnings) = findings_of("DestinationRule", &dr);
+        assert!(
+            errors.is_empty() && warnings.is_empty(),
+            "{errors:?} {warnings:?}"
+        );
+        let se = "hosts: [db.example.com]
+location: MESH_EXTERNAL
+ports: [{number: 5432, name: tcp-postgres, protocol: tcp, targetPort: 15432}]
+resolution: DNS
+endpoints:
+- {address: db1.example.com, ports: {tcp-postgres: 5433}, labels: {role: primary}, locality: z1, weight: 3}
+- {address: 10.0.0.9}
+";
+        let (errors, warnings) = findings_of("ServiceEntry", se);
+        assert!(
+            errors.is_empty() && warnings.is_empty(),
+            "{errors:?} {warnings:?}"
+        );
+    }
+}

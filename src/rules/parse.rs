@@ -1,0 +1,597 @@
+//! One director config of type `boshy-istio` → the Istio resources it holds.
+//!
+//! The director keeps a config's content only if it is a YAML hash, and the bosh CLI sends
+//! only the first YAML document of a file, so a config holds one resource, or several as a
+//! Kubernetes `List` (`apiVersion: v1`, `kind: List`, `items:`). Content that cannot be read
+//! at all (not YAML, not a mapping, beyond the YAML limits, a List that is not one) is an
+//! error for the whole config; otherwise each resource stands or falls alone: one that is
+//! refused leaves a finding naming it and the field, and the others are kept.
+
+use serde::de::{DeserializeOwned, IgnoredAny};
+use serde::Deserialize;
+use serde_yaml::{Mapping, Value};
+
+use crate::catalog::manifest::is_dns_label;
+use crate::catalog::yaml_limits::{
+    check_expanded_size, flow_depth_exceeds, SizeCheck, MAX_FLOW_DEPTH, MAX_MANIFEST_NODES,
+};
+use crate::text::clip;
+
+use super::checks;
+use super::finding::{Finding, ResourceRef};
+use super::model::{DestinationRule, Kind, Labels, ServiceEntry, Spec, VirtualService};
+
+/// The API versions of `networking.istio.io` accepted, alike: the three carry the same
+/// fields for the kinds boshy-istio takes.
+pub const API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// What one config holds: the resources that passed every check a resource can pass alone,
+/// and the findings about the others. Checks across resources come later
+/// ([`super::validate`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParsedConfig {
+    pub name: String,
+    pub resources: Vec<Resource>,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+}
+
+/// One resource of a config, read and checked on its own.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resource {
+    /// `metadata.name`.
+    pub name: String,
+    /// Its index in the config's `List`, if the config is one.
+    pub item: Option<usize>,
+    pub spec: Spec,
+}
+
+impl Resource {
+    pub fn reference(&self) -> ResourceRef {
+        ResourceRef::new(Some(self.spec.kind().as_str()), Some(&self.name), self.item)
+    }
+}
+
+/// Parses the content of the director config named `config`.
+pub fn parse_config(config: &str, content: &str) -> ParsedConfig {
+    let mut parsed = ParsedConfig {
+        name: config.to_string(),
+        resources: Vec::new(),
+        errors: Vec::new(),
+        warnings: Vec::new(),
+    };
+    match items(content) {
+        Ok(items) => {
+            if items.is_empty() {
+                parsed.warnings.push(Finding::new(
+                    config,
+                    None,
+                    Some("items"),
+                    "the List has no items",
+                ));
+            }
+            for (item, value) in items {
+                parse_resource(&mut parsed, item, value);
+            }
+        }
+        Err((field, message)) => {
+            parsed
+                .errors
+                .push(Finding::new(config, None, field.as_deref(), message));
+        }
+    }
+    parsed
+}
+
+/// What a config-wide error names: the field (of a List) and the reason.
+type ConfigError = (Option<String>, String);
+
+/// The config's resources, each with its index when the config is a List.
+fn items(content: &str) -> Result<Vec<(Option<usize>, Value)>, ConfigError> {
+    if flow_depth_exceeds(content, MAX_FLOW_DEPTH) {
+        return Err((
+            None,
+            format!(
+                "opens more than {MAX_FLOW_DEPTH} `[`/`{{` without closing them; it is not read"
+            ),
+        ));
+    }
+    check_expanded_size(content).map_err(|err| match err {
+        SizeCheck::TooManyNodes => (
+            None,
+            format!(
+                "expands to more than {MAX_MANIFEST_NODES} YAML nodes (an alias bomb?); it is \
+                 not read"
+            ),
+        ),
+        SizeCheck::Yaml(err) => (None, format!("not valid YAML: {err}")),
+    })?;
+    let mut root: Value =
+        serde_yaml::from_str(content).map_err(|err| (None, format!("not valid YAML: {err}")))?;
+    root.apply_merge()
+        .map_err(|err| (None, format!("a merge key (`<<`) cannot be merged: {err}")))?;
+    let Value::Mapping(top) = root else {
+        return Err((
+            None,
+            format!(
+                "the content must be a YAML mapping (one Istio resource, or a `kind: List` \
+                 with `items`), found {}",
+                value_kind(&root)
+            ),
+        ));
+    };
+    if top.get("kind").and_then(Value::as_str) == Some("List") {
+        list_items(top)
+    } else {
+        Ok(vec![(None, Value::Mapping(top))])
+    }
+}
+
+/// The `items` of a Kubernetes `List`. Its `metadata` (which `kubectl get -o yaml` writes) is
+/// ignored.
+fn list_items(list: Mapping) -> Result<Vec<(Option<usize>, Value)>, ConfigError> {
+    let mut items = Vec::new();
+    for (key, value) in list {
+        match key.as_str() {
+            Some("apiVersion") if value.as_str() == Some("v1") => {}
+            Some("apiVersion") => {
+                return Err((
+                    Some("apiVersion".into()),
+                    format!("a List is apiVersion v1, found {}", clip(&describe(&value))),
+                ))
+            }
+            Some("kind" | "metadata") => {}
+            Some("items") => match value {
+                Value::Null => {}
+                Value::Sequence(values) => {
+                    items = values
+                        .into_iter()
+                        .enumerate()
+                        .map(|(at, item)| (Some(at), item))
+                        .collect()
+                }
+                other => {
+                    return Err((
+                        Some("items".into()),
+                        format!("must be a list, found {}", value_kind(&other)),
+                    ))
+                }
+            },
+            _ => {
+                return Err((
+                    None,
+                    format!(
+                        "unknown field {} in a List (it has `apiVersion`, `kind`, `items` and \
+                         `metadata`)",
+                        clip(&describe(&key))
+                    ),
+                ))
+            }
+        }
+    }
+    Ok(items)
+}
+
+/// The fields every resource has around its `spec`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct Envelope<S> {
+    // Checked before, from the raw value, so that every finding can name the resource.
+    #[allow(dead_code)]
+    api_version: IgnoredAny,
+    #[allow(dead_code)]
+    kind: IgnoredAny,
+    metadata: Metadata,
+    spec: S,
+}
+
+/// Kubernetes object metadata: only `name` matters. Labels and annotations are accepted
+/// and unused; `namespace` is accepted and ignored (boshy-istio has no namespaces).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Metadata {
+    #[allow(dead_code)]
+    name: String,
+    namespace: Option<String>,
+    #[allow(dead_code)]
+    labels: Option<Labels>,
+    #[allow(dead_code)]
+    annotations: Option<Labels>,
+}
+
+fn parse_resource(parsed: &mut ParsedConfig, item: Option<usize>, value: Value) {
+    let config = parsed.name.clone();
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let name = value
+        .get("metadata")
+        .and_then(|metadata| metadata.get("name"))
+        .and_then(Value::as_str)
+        .map(str::to_string);
+    let reference = ResourceRef::new(kind.as_deref(), name.as_deref(), item);
+    let finding = |field: Option<&str>, message: String| {
+        Finding::new(&config, Some(&reference), field, message)
+    };
+    let refused = match envelope_problem(&value, kind.as_deref(), name.as_deref()) {
+        Some((field, message)) => Err(finding(field, message)),
+        None => typed(value).map_err(|(field, message)| finding(field.as_deref(), message)),
+    };
+    let (namespace, spec) = match refused {
+        Ok(read) => read,
+        Err(error) => return parsed.errors.push(error),
+    };
+    if let Some(namespace) = namespace.filter(|namespace| namespace != "default") {
+        parsed.warnings.push(finding(
+            Some("metadata.namespace"),
+            format!(
+                "namespace {:?} is ignored: boshy-istio has no namespaces, so names are unique \
+                 per kind across every config",
+                clip(&namespace)
+            ),
+        ));
+    }
+    let problems = checks::check(&spec);
+    for (field, message) in problems.warnings {
+        parsed.warnings.push(finding(Some(&field), message));
+    }
+    if problems.errors.is_empty() {
+        parsed.resources.push(Resource {
+            // Checked by `envelope_problem`.
+            name: name.unwrap_or_default(),
+            item,
+            spec,
+        });
+    } else {
+        for (field, message) in problems.errors {
+            parsed.errors.push(finding(Some(&field), message));
+        }
+    }
+}
+
+/// What is wrong with the fields that say what a resource is, read from the raw value.
+fn envelope_problem(
+    value: &Value,
+    kind: Option<&str>,
+    name: Option<&str>,
+) -> Option<(Option<&'static str>, String)> {
+    if !value.is_mapping() {
+        return Some((
+            None,
+            format!("a resource is a mapping, found {}", value_kind(value)),
+        ));
+    }
+    match value.get("apiVersion") {
+        Some(Value::String(version)) if API_VERSIONS.contains(&version.as_str()) => {}
+        None => return Some((Some("apiVersion"), "missing".into())),
+        Some(other) => {
+            return Some((
+                Some("apiVersion"),
+                format!(
+                    "{} is not supported: boshy-istio takes {}",
+                    clip(&describe(other)),
+                    API_VERSIONS.join(", ")
+                ),
+            ))
+        }
+    }
+    let supported = || {
+        format!(
+            "boshy-istio takes {}",
+            Kind::ALL.map(|kind| kind.as_str()).join(", ")
+        )
+    };
+    match (value.get("kind"), kind.and_then(Kind::from_name)) {
+        (_, Some(_)) => {}
+        (None, _) => return Some((Some("kind"), format!("missing: {}", supported()))),
+        (Some(other), None) => {
+            return Some((
+                Some("kind"),
+                format!(
+                    "{} is not supported: {}",
+                    clip(&describe(other)),
+                    supported()
+                ),
+            ))
+        }
+    }
+    let raw_name = value
+        .get("metadata")
+        .and_then(|metadata| metadata.get("name"));
+    match name {
+        None if raw_name.is_some_and(|raw| !raw.is_null()) => Some((
+            Some("metadata.name"),
+            format!("a name is a string, found {}", value_kind(raw_name?)),
+        )),
+        None => Some((
+            Some("metadata.name"),
+            "missing: every resource has a name".into(),
+        )),
+        Some(name) if !is_resource_name(name) => Some((
+            Some("metadata.name"),
+            format!(
+                "{:?} is not a resource name: lower-case letters, digits, '-' and '.', at most \
+                 253 characters",
+                clip(name)
+            ),
+        )),
+        Some(_) => None,
+    }
+}
+
+/// Reads the resource into its kind's types. An error names the field's path.
+fn typed(value: Value) -> Result<(Option<String>, Spec), (Option<String>, String)> {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .and_then(Kind::from_name);
+    match kind {
+        Some(Kind::VirtualService) => envelope::<VirtualService>(value, Spec::VirtualService),
+        Some(Kind::DestinationRule) => envelope::<DestinationRule>(value, Spec::DestinationRule),
+        Some(Kind::ServiceEntry) => envelope::<ServiceEntry>(value, Spec::ServiceEntry),
+        None => Err((Some("kind".into()), "not a supported kind".into())),
+    }
+}
+
+fn envelope<S: DeserializeOwned>(
+    value: Value,
+    spec: fn(S) -> Spec,
+) -> Result<(Option<String>, Spec), (Option<String>, String)> {
+    match serde_path_to_error::deserialize::<_, Envelope<S>>(value) {
+        Ok(envelope) => Ok((envelope.metadata.namespace, spec(envelope.spec))),
+        Err(err) => {
+            let path = err.path().to_string();
+            let field = (path != ".").then_some(path);
+            Err((field, err.into_inner().to_string()))
+        }
+    }
+}
+
+/// Whether `name` is a Kubernetes resource name (a DNS subdomain): dot-separated DNS labels,
+/// at most 253 characters.
+pub(crate) fn is_resource_name(name: &str) -> bool {
+    name.len() <= 253 && name.split('.').all(is_dns_label)
+}
+
+fn value_kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "nothing",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Sequence(_) => "a list",
+        Value::Mapping(_) => "a mapping",
+        Value::Tagged(_) => "a tagged value",
+    }
+}
+
+/// A scalar as written, or what kind of value it is.
+fn describe(value: &Value) -> String {
+    match value {
+        Value::String(text) => text.clone(),
+        Value::Number(number) => number.to_string(),
+        Value::Bool(flag) => flag.to_string(),
+        other => value_kind(other).to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn one(content: &str) -> ParsedConfig {
+        parse_config("reviews", content)
+    }
+
+    fn errors(parsed: &ParsedConfig) -> Vec<String> {
+        parsed.errors.iter().map(ToString::to_string).collect()
+    }
+
+    const ROUTE: &str = "apiVersion: networking.istio.io/v1
+kind: VirtualService
+metadata:
+  name: reviews
+spec:
+  hosts: [reviews.reviews.bookinfo.boshy]
+  http:
+  - route:
+    - destination: {host: reviews.reviews.bookinfo.boshy, subset: v1}
+      weight: 50
+    - destination: {host: reviews.reviews.bookinfo.boshy, subset: v2}
+      weight: 50
+";
+
+    #[test]
+    fn one_resource_is_read_into_its_kind() {
+        let parsed = one(ROUTE);
+        assert_eq!(errors(&parsed), Vec::<String>::new());
+        assert_eq!(parsed.resources.len(), 1);
+        let resource = &parsed.resources[0];
+        assert_eq!((resource.name.as_str(), resource.item), ("reviews", None));
+        let Spec::VirtualService(vs) = &resource.spec else {
+            panic!("{resource:?}")
+        };
+        assert_eq!(vs.http[0].route[1].weight, Some(50));
+        assert_eq!(
+            vs.http[0].route[1].destination.subset.as_deref(),
+            Some("v2")
+        );
+    }
+
+    #[test]
+    fn every_api_version_of_networking_is_accepted_alike() {
+        for version in API_VERSIONS {
+            let content = ROUTE.replace("networking.istio.io/v1", version);
+            assert!(one(&content).errors.is_empty(), "{version}");
+        }
+    }
+
+    #[test]
+    fn a_type_error_names_config_resource_and_field() {
+        let parsed = one(&ROUTE.replacen("weight: 50", "weight: fifty", 2));
+        assert!(parsed.resources.is_empty());
+        assert_eq!(
+            errors(&parsed),
+            [
+                "config \"reviews\": VirtualService \"reviews\": spec.http[0].route[0].weight: \
+              invalid type: string \"fifty\", expected u32"
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_and_refused_fields_are_named() {
+        let parsed = one(&ROUTE.replace("  - route:", "  - corsPolicy: {}\n    route:"));
+        let [error] = &errors(&parsed)[..] else {
+            panic!("{parsed:?}")
+        };
+        assert!(
+            error.contains("spec.http[0].corsPolicy: this Istio field is not supported"),
+            "{error}"
+        );
+        let parsed = one(&ROUTE.replace("  - route:", "  - rout: []\n    route:"));
+        let error = &errors(&parsed)[0];
+        assert!(error.contains("unknown field `rout`"), "{error}");
+        assert!(error.contains("spec.http[0]"), "{error}");
+        let parsed = one(&ROUTE.replace("spec:", "status: {}\nspec:"));
+        assert!(errors(&parsed)[0].contains("unknown field `status`"));
+    }
+
+    #[test]
+    fn other_kinds_and_api_groups_are_refused_by_name() {
+        let gateway = ROUTE.replace("kind: VirtualService", "kind: Gateway");
+        assert_eq!(
+            errors(&one(&gateway)),
+            [
+                "config \"reviews\": Gateway \"reviews\": kind: Gateway is not supported: \
+              boshy-istio takes ServiceEntry, DestinationRule, VirtualService"
+            ]
+        );
+        let security = ROUTE
+            .replace("networking.istio.io/v1", "security.istio.io/v1")
+            .replace("VirtualService", "AuthorizationPolicy");
+        let error = &errors(&one(&security))[0];
+        assert!(
+            error.starts_with(
+                "config \"reviews\": AuthorizationPolicy \"reviews\": apiVersion: \
+                 security.istio.io/v1 is not supported"
+            ),
+            "{error}"
+        );
+        let unnamed = ROUTE.replace("  name: reviews\n", "  labels: {app: reviews}\n");
+        assert_eq!(
+            errors(&one(&unnamed)),
+            [
+                "config \"reviews\": VirtualService (no metadata.name): metadata.name: missing: \
+              every resource has a name"
+            ]
+        );
+        let bad_name = ROUTE.replace("name: reviews", "name: Reviews_1");
+        assert!(errors(&one(&bad_name))[0].contains("is not a resource name"));
+    }
+
+    #[test]
+    fn a_list_keeps_its_good_items_and_names_the_bad_ones() {
+        let item = ROUTE.replace('\n', "\n    ");
+        let list = format!(
+            "apiVersion: v1\nkind: List\nmetadata: {{resourceVersion: \"\"}}\nitems:\n  - {}\n  - {}\n  - 42\n",
+            item.trim_end(),
+            item.replace("name: reviews", "name: broken")
+                .replace("weight: 50", "weight: -1")
+                .trim_end(),
+        );
+        let parsed = one(&list);
+        assert_eq!(parsed.resources.len(), 1, "{parsed:?}");
+        assert_eq!(parsed.resources[0].item, Some(0));
+        let errors = errors(&parsed);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].starts_with(
+                "config \"reviews\": VirtualService \"broken\": spec.http[0].route[0].weight: \
+                 invalid value: integer `-1`"
+            ),
+            "{errors:?}"
+        );
+        assert_eq!(
+            errors[1],
+            "config \"reviews\": resource items[2]: a resource is a mapping, found a number"
+        );
+    }
+
+    #[test]
+    fn content_that_is_not_a_resource_or_a_list_is_a_config_error() {
+        for (content, expected) in [
+            ("[1, 2]", "must be a YAML mapping"),
+            ("a: [", "not valid YAML"),
+            ("a: 1\n---\nb: 2\n", "not valid YAML"),
+            (
+                "apiVersion: v2\nkind: List\nitems: []\n",
+                "a List is apiVersion v1",
+            ),
+            ("apiVersion: v1\nkind: List\nitems: {}\n", "must be a list"),
+            (
+                "apiVersion: v1\nkind: List\nextra: 1\n",
+                "unknown field extra",
+            ),
+            (&format!("a: {}", "[".repeat(300)), "without closing them"),
+        ] {
+            let parsed = one(content);
+            assert!(parsed.resources.is_empty());
+            let errors = errors(&parsed);
+            assert!(errors[0].contains(expected), "{content:?}: {errors:?}");
+        }
+        let empty = one("apiVersion: v1\nkind: List\nitems: []\n");
+        assert!(empty.errors.is_empty());
+        assert_eq!(
+            empty.warnings[0].to_string(),
+            "config \"reviews\": items: the List has no items"
+        );
+    }
+
+    #[test]
+    fn anchors_and_merge_keys_work_as_in_manifests() {
+        let content = "apiVersion: networking.istio.io/v1
+kind: DestinationRule
+metadata: {name: reviews}
+spec:
+  host: reviews.bookinfo.boshy
+  subsets:
+  - name: v1
+    labels: &v1 {app: reviews, version: v1}
+  - name: v1-again
+    labels:
+      <<: *v1
+";
+        let parsed = one(content);
+        assert!(parsed.errors.is_empty(), "{parsed:?}");
+    }
+
+    #[test]
+    fn a_namespace_is_accepted_with_a_warning_unless_default() {
+        let content = ROUTE.replace(
+            "  name: reviews\n",
+            "  name: reviews\n  namespace: default\n",
+        );
+        assert!(one(&content).warnings.is_empty());
+        let content = ROUTE.replace("  name: reviews\n", "  name: reviews\n  namespace: prod\n");
+        let parsed = one(&content);
+        assert_eq!(parsed.resources.len(), 1);
+        assert!(parsed.warnings[0]
+            .to_string()
+            .contains("metadata.namespace: namespace \"prod\" is ignored"));
+    }
+
+    #[test]
+    fn resource_names_are_dns_subdomains() {
+        assert!(is_resource_name("reviews"));
+        assert!(is_resource_name("reviews.v1-route"));
+        for bad in ["", "Reviews", "a_b", "-a", "a.", &"a".repeat(254)] {
+            assert!(!is_resource_name(bad), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,906 @@
+//! Checks across resources, and against the mesh: which of the parsed resources form the
+//! rule set.
+//!
+//! Resources are taken kind by kind, ServiceEntries first (they define hosts), then
+//! DestinationRules (they define subsets), then VirtualServices (they use both), and within a
+//! kind in the order of config name, then resource name. A resource that fails a check is
+//! rejected alone; what depends on it then fails its own checks (a route to a subset of a
+//! rejected DestinationRule names a subset nobody defines). When two resources claim the same
+//! thing (a kind and name, a VirtualService or DestinationRule for a host, a ServiceEntry's
+//! host), the first in that order keeps it and the later one is rejected, naming the first.
+//!
+//! Without a mesh view, host existence and instance selection cannot be checked and are
+//! skipped (the result says so); everything else is checked all the same.
+
+use std::collections::BTreeMap;
+
+use crate::catalog::model::Protocol;
+
+use super::checks::Problems;
+use super::finding::{Finding, ResourceRef};
+use super::mesh::{selects, MeshView};
+use super::model::{
+    Destination, DestinationRule, Kind, Labels, ServiceEntry, Spec, TrafficPolicy, VirtualService,
+};
+use super::parse::{ParsedConfig, Resource};
+
+/// What one config came to: the resources it contributed to the rule set, and every finding
+/// about it. Each error rejected a resource (or, without a resource, the whole config).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigVerdict {
+    pub config: String,
+    pub accepted: Vec<ResourceRef>,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+}
+
+impl ConfigVerdict {
+    /// The resources rejected, each once (`None`: the config could not be read at all).
+    pub fn rejected(&self) -> Vec<Option<&ResourceRef>> {
+        let mut rejected: Vec<_> = self.errors.iter().map(|e| e.resource.as_ref()).collect();
+        rejected.dedup();
+        rejected
+    }
+}
+
+/// An accepted resource.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule<S> {
+    pub config: String,
+    pub name: String,
+    pub spec: S,
+}
+
+/// The accepted resources, each kind in the order they were checked (config name, then
+/// resource name). No two VirtualServices share a host, nor two DestinationRules, nor two
+/// ServiceEntries.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RuleSet {
+    pub service_entries: Vec<Rule<ServiceEntry>>,
+    pub destination_rules: Vec<Rule<DestinationRule>>,
+    pub virtual_services: Vec<Rule<VirtualService>>,
+}
+
+impl RuleSet {
+    pub fn is_empty(&self) -> bool {
+        self.service_entries.is_empty()
+            && self.destination_rules.is_empty()
+            && self.virtual_services.is_empty()
+    }
+
+    pub fn virtual_service(&self, host: &str) -> Option<&Rule<VirtualService>> {
+        self.virtual_services
+            .iter()
+            .find(|rule| rule.spec.hosts.iter().any(|h| h == host))
+    }
+
+    pub fn destination_rule(&self, host: &str) -> Option<&Rule<DestinationRule>> {
+        self.destination_rules
+            .iter()
+            .find(|rule| rule.spec.host == host)
+    }
+
+    pub fn service_entry(&self, host: &str) -> Option<&Rule<ServiceEntry>> {
+        self.service_entries
+            .iter()
+            .find(|rule| rule.spec.hosts.iter().any(|h| h == host))
+    }
+}
+
+/// The rule set and the verdict on each config.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Validated {
+    pub rules: RuleSet,
+    /// One per config, in the order given.
+    pub verdicts: Vec<ConfigVerdict>,
+    /// The checks that could not be made for lack of a mesh view or of instance labels.
+    pub skipped_checks: Vec<&'static str>,
+}
+
+impl Validated {
+    pub fn errors(&self) -> impl Iterator<Item = &Finding> {
+        self.verdicts.iter().flat_map(|verdict| &verdict.errors)
+    }
+}
+
+pub(crate) const NO_MESH_VIEW: &str = "without a mesh view, hosts were not checked against the \
+     services of the mesh, nor subsets and workload selectors against its instances";
+pub(crate) const NO_LABELS: &str = "the mesh view has no instance labels: subsets and workload \
+     selectors were not checked against instances";
+
+/// Checks the parsed configs together, against `mesh` when there is one.
+pub fn validate(configs: &[ParsedConfig], mesh: Option<&MeshView>) -> Validated {
+    let mut candidates: Vec<(&str, &Resource)> = configs
+        .iter()
+        .flat_map(|config| config.resources.iter().map(|r| (config.name.as_str(), r)))
+        .collect();
+    candidates.sort_by(|(config_a, a), (config_b, b)| {
+        (a.spec.kind(), config_a, &a.name).cmp(&(b.spec.kind(), config_b, &b.name))
+    });
+    let mut state = State {
+        mesh,
+        names: BTreeMap::new(),
+        entries: BTreeMap::new(),
+        destination_rules: BTreeMap::new(),
+        routed: BTreeMap::new(),
+        rules: RuleSet::default(),
+    };
+    let mut outcomes: BTreeMap<&str, Vec<(ResourceRef, Problems)>> = BTreeMap::new();
+    for (config, resource) in candidates {
+        let problems = state.check(resource);
+        if problems.errors.is_empty() {
+            state.accept(config, resource);
+        }
+        outcomes
+            .entry(config)
+            .or_default()
+            .push((resource.reference(), problems));
+    }
+
+    let verdicts = configs
+        .iter()
+        .map(|config| {
+            let mut verdict = ConfigVerdict {
+                config: config.name.clone(),
+                accepted: Vec::new(),
+                errors: config.errors.clone(),
+                warnings: config.warnings.clone(),
+            };
+            for (reference, problems) in outcomes.remove(config.name.as_str()).unwrap_or_default() {
+                let finding = |(field, message): (String, String)| {
+                    Finding::new(&config.name, Some(&reference), Some(&field), message)
+                };
+                if problems.errors.is_empty() {
+                    verdict.accepted.push(reference.clone());
+                }
+                verdict
+                    .errors
+                    .extend(problems.errors.into_iter().map(finding));
+                verdict
+                    .warnings
+                    .extend(problems.warnings.into_iter().map(finding));
+            }
+            verdict.errors.sort();
+            verdict
+        })
+        .collect();
+
+    let skipped_checks = match mesh {
+        None => vec![NO_MESH_VIEW],
+        Some(mesh) if !mesh.labels_known => vec![NO_LABELS],
+        Some(_) => Vec::new(),
+    };
+    Validated {
+        rules: state.rules,
+        verdicts,
+        skipped_checks,
+    }
+}
+
+/// Where an accepted resource came from, to name it in a conflict.
+#[derive(Clone)]
+struct Origin {
+    config: String,
+    name: String,
+}
+
+impl Origin {
+    fn describe(&self, kind: Kind) -> String {
+        format!("{} {} (config {})", kind.as_str(), self.name, self.config)
+    }
+}
+
+/// A host a ServiceEntry defines.
+struct EntryHost {
+    origin: Origin,
+    ports: Vec<(u16, Protocol)>,
+    /// The labels of its endpoints, or of the instances it selects; `None` when they cannot
+    /// be known (a workload selector without instance labels).
+    instances: Option<Vec<Labels>>,
+}
+
+struct DefinedSubsets {
+    origin: Origin,
+    subsets: Vec<String>,
+}
+
+/// What the accepted resources claimed so far.
+struct State<'m> {
+    mesh: Option<&'m MeshView>,
+    names: BTreeMap<(Kind, String), String>,
+    entries: BTreeMap<String, EntryHost>,
+    destination_rules: BTreeMap<String, DefinedSubsets>,
+    routed: BTreeMap<String, Origin>,
+    rules: RuleSet,
+}
+
+/// What is known of a host.
+enum HostInfo<'a> {
+    /// A service of the mesh, or a host of an accepted ServiceEntry: its ports, and the
+    /// labels of its instances when known.
+    Known {
+        ports: Vec<(u16, Protocol)>,
+        instances: Option<Vec<&'a Labels>>,
+    },
+    /// Neither, and there is a mesh view: nobody serves it.
+    Missing,
+    /// Not a ServiceEntry's, and there is no mesh view to tell.
+    Unknown,
+}
+
+impl State<'_> {
+    fn host(&self, host: &str) -> HostInfo<'_> {
+        if let Some(entry) = self.entries.get(host) {
+            return HostInfo::Known {
+                ports: entry.ports.clone(),
+                instances: entry.instances.as_ref().map(|all| all.iter().collect()),
+            };
+        }
+        let Some(mesh) = self.mesh else {
+            return HostInfo::Unknown;
+        };
+        match mesh.hosts.get(host) {
+            None => HostInfo::Missing,
+            Some(service) => HostInfo::Known {
+                ports: service
+                    .ports
+                    .iter()
+                    .map(|port| (port.number, port.protocol))
+                    .collect(),
+                instances: mesh
+                    .labels_known
+                    .then(|| service.instances.iter().map(|i| &i.labels).collect()),
+            },
+        }
+    }
+
+    fn check(&self, resource: &Resource) -> Problems {
+        let mut problems = Problems::default();
+        let kind = resource.spec.kind();
+        if let Some(first) = self.names.get(&(kind, resource.name.clone())) {
+            problems.error(
+                "metadata.name",
+                format!(
+                    "{} {} is already defined in config {first}: names are unique per kind \
+                     across every config",
+                    kind.as_str(),
+                    resource.name
+                ),
+            );
+        }
+        match &resource.spec {
+            Spec::ServiceEntry(se) => self.service_entry(se, &mut problems),
+            Spec::DestinationRule(dr) => self.destination_rule(dr, &mut problems),
+            Spec::VirtualService(vs) => self.virtual_service(vs, &mut problems),
+        }
+        problems
+    }
+
+    fn accept(&mut self, config: &str, resource: &Resource) {
+        let origin = Origin {
+            config: config.to_string(),
+            name: resource.name.clone(),
+        };
+        self.names.insert(
+            (resource.spec.kind(), resource.name.clone()),
+            config.to_string(),
+        );
+        match &resource.spec {
+            Spec::ServiceEntry(se) => {
+                let instances = self.entry_instances(se);
+                for host in &se.hosts {
+                    let ports = se.ports.iter().map(|p| (p.number, p.protocol())).collect();
+                    let entry = EntryHost {
+                        origin: origin.clone(),
+                        ports,
+                        instances: instances.clone(),
+                    };
+                    self.entries.insert(host.clone(), entry);
+                }
+                self.rules.service_entries.push(rule(origin, se));
+            }
+            Spec::DestinationRule(dr) => {
+                let subsets = dr.subsets.iter().map(|s| s.name.clone()).collect();
+                let defined = DefinedSubsets {
+                    origin: origin.clone(),
+                    subsets,
+                };
+                self.destination_rules.insert(dr.host.clone(), defined);
+                self.rules.destination_rules.push(rule(origin, dr));
+            }
+            Spec::VirtualService(vs) => {
+                for host in &vs.hosts {
+                    self.routed.insert(host.clone(), origin.clone());
+                }
+                self.rules.virtual_services.push(rule(origin, vs));
+            }
+        }
+    }
+
+    /// The labels of the endpoints behind a ServiceEntry's hosts: its listed endpoints, the
+    /// instances it selects, or (resolved through DNS) one endpoint without labels.
+    fn entry_instances(&self, se: &ServiceEntry) -> Option<Vec<Labels>> {
+        match &se.workload_selector {
+            Some(selector) => {
+                let mesh = self.mesh.filter(|mesh| mesh.labels_known)?;
+                let selection = mesh.select(&selector.labels);
+                Some(selection.instances.into_values().cloned().collect())
+            }
+            None if se.endpoints.is_empty() => Some(vec![Labels::new()]),
+            None => Some(se.endpoints.iter().map(|e| e.labels.clone()).collect()),
+        }
+    }
+
+    fn service_entry(&self, se: &ServiceEntry, problems: &mut Problems) {
+        for (at, host) in se.hosts.iter().enumerate() {
+            let field = format!("spec.hosts[{at}]");
+            if let Some(entry) = self.entries.get(host) {
+                problems.error(
+                    field,
+                    format!(
+                        "{host} is already defined by {}",
+                        entry.origin.describe(Kind::ServiceEntry)
+                    ),
+                );
+            } else if self.mesh.is_some_and(|mesh| mesh.hosts.contains_key(host)) {
+                problems.error(
+                    field,
+                    format!(
+                        "{host} is already a service of the mesh (a job exposes it): a \
+                         ServiceEntry adds new names only"
+                    ),
+                );
+            }
+        }
+        let (Some(selector), Some(mesh)) = (&se.workload_selector, self.mesh) else {
+            return;
+        };
+        if !mesh.labels_known {
+            return;
+        }
+        let selection = mesh.select(&selector.labels);
+        if selection.instances.is_empty() {
+            problems.error(
+                "spec.workloadSelector.labels",
+                "selects no instance of the mesh",
+            );
+            return;
+        }
+        for (at, port) in se.ports.iter().enumerate() {
+            let target = port.target_port();
+            if !selection.ports.contains(&target) {
+                problems.warn(
+                    format!("spec.ports[{at}]"),
+                    format!(
+                        "none of the {} instances it selects exposes port {target}",
+                        selection.instances.len()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn destination_rule(&self, dr: &DestinationRule, problems: &mut Problems) {
+        let host = &dr.host;
+        if let Some(first) = self.destination_rules.get(host) {
+            problems.error(
+                "spec.host",
+                format!(
+                    "{host} already has {}: one DestinationRule per host",
+                    first.origin.describe(Kind::DestinationRule)
+                ),
+            );
+        }
+        let (ports, instances) = match self.host(host) {
+            HostInfo::Known { ports, instances } => (ports, instances),
+            HostInfo::Missing => {
+                problems.error("spec.host", not_served(host));
+                return;
+            }
+            HostInfo::Unknown => return,
+        };
+        let port_numbers: Vec<u16> = ports.iter().map(|(number, _)| *number).collect();
+        let mut policies: Vec<(String, &TrafficPolicy)> = Vec::new();
+        if let Some(policy) = &dr.traffic_policy {
+            policies.push(("spec.trafficPolicy".into(), policy));
+        }
+        for (at, subset) in dr.subsets.iter().enumerate() {
+            if let Some(policy) = &subset.traffic_policy {
+                policies.push((format!("spec.subsets[{at}].trafficPolicy"), policy));
+            }
+        }
+        for (field, policy) in policies {
+            for (at, port_policy) in policy.port_level_settings.iter().enumerate() {
+                let number = port_policy.port.number;
+                if !port_numbers.contains(&number) {
+                    problems.error(
+                        format!("{field}.portLevelSettings[{at}].port.number"),
+                        no_such_port(host, number, &port_numbers),
+                    );
+                }
+            }
+        }
+        let Some(instances) = instances else { return };
+        for (at, subset) in dr.subsets.iter().enumerate() {
+            if !instances
+                .iter()
+                .any(|labels| selects(&subset.labels, labels))
+            {
+                problems.error(
+                    format!("spec.subsets[{at}].labels"),
+                    format!(
+                        "subset {} selects none of the {} instances of {host}",
+                        subset.name,
+                        instances.len()
+                    ),
+                );
+            }
+        }
+    }
+
+    fn virtual_service(&self, vs: &VirtualService, problems: &mut Problems) {
+        for (at, host) in vs.hosts.iter().enumerate() {
+            let field = format!("spec.hosts[{at}]");
+            if let Some(first) = self.routed.get(host) {
+                problems.error(
+                    &field,
+                    format!(
+                        "{host} is already routed by {}: one VirtualService per host",
+                        first.describe(Kind::VirtualService)
+                    ),
+                );
+            }
+            match self.host(host) {
+                HostInfo::Missing => problems.error(&field, not_served(host)),
+                HostInfo::Known { ports, .. } => {
+                    let has = |http: bool| ports.iter().any(|(_, p)| p.is_http() == http);
+                    if !vs.http.is_empty() && !has(true) {
+                        problems.warn(
+                            "spec.http",
+                            format!("{host} has no http port: these routes apply to none of its traffic"),
+                        );
+                    }
+                    if !vs.tcp.is_empty() && !has(false) {
+                        problems.warn(
+                            "spec.tcp",
+                            format!(
+                                "{host} has no tcp port: these routes apply to none of its traffic"
+                            ),
+                        );
+                    }
+                }
+                HostInfo::Unknown => {}
+            }
+        }
+        for (field, destination) in destinations(vs) {
+            self.destination(&field, destination, problems);
+        }
+    }
+
+    fn destination(&self, field: &str, destination: &Destination, problems: &mut Problems) {
+        let host = &destination.host;
+        match self.host(host) {
+            HostInfo::Missing => problems.error(format!("{field}.host"), not_served(host)),
+            HostInfo::Known { ports, .. } => {
+                let numbers: Vec<u16> = ports.iter().map(|(number, _)| *number).collect();
+                if let Some(port) = destination.port {
+                    if !numbers.contains(&port.number) {
+                        problems.error(
+                            format!("{field}.port.number"),
+                            no_such_port(host, port.number, &numbers),
+                        );
+                    }
+                }
+            }
+            HostInfo::Unknown => {}
+        }
+        let Some(subset) = &destination.subset else {
+            return;
+        };
+        match self.destination_rules.get(host) {
+            None => problems.error(
+                format!("{field}.subset"),
+                format!(
+                    "subset {subset} of {host} is not defined: no DestinationRule for {host} \
+                     was accepted"
+                ),
+            ),
+            Some(defined) if !defined.subsets.contains(subset) => problems.error(
+                format!("{field}.subset"),
+                format!(
+                    "{} has no subset {subset} (it has: {})",
+                    defined.origin.describe(Kind::DestinationRule),
+                    if defined.subsets.is_empty() {
+                        "none".to_string()
+                    } else {
+                        defined.subsets.join(", ")
+                    }
+                ),
+            ),
+            Some(_) => {}
+        }
+    }
+}
+
+/// Every destination of a VirtualService with its field path: routes and mirrors.
+pub(crate) fn destinations(vs: &VirtualService) -> Vec<(String, &Destination)> {
+    let mut all = Vec::new();
+    for (at, route) in vs.http.iter().enumerate() {
+        for (to, destination) in route.route.iter().enumerate() {
+            all.push((
+                format!("spec.http[{at}].route[{to}].destination"),
+                &destination.destination,
+            ));
+        }
+        if let Some(mirror) = &route.mirror {
+            all.push((format!("spec.http[{at}].mirror"), mirror));
+        }
+    }
+    for (at, route) in vs.tcp.iter().enumerate() {
+        for (to, destination) in route.route.iter().enumerate() {
+            all.push((
+                format!("spec.tcp[{at}].route[{to}].destination"),
+                &destination.destination,
+            ));
+        }
+    }
+    all
+}
+
+fn rule<S: Clone>(origin: Origin, spec: &S) -> Rule<S> {
+    Rule {
+        config: origin.config,
+        name: origin.name,
+        spec: spec.clone(),
+    }
+}
+
+fn not_served(host: &str) -> String {
+    format!("{host}: no job of the mesh exposes it and no ServiceEntry defines it")
+}
+
+fn no_such_port(host: &str, number: u16, ports: &[u16]) -> String {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{host} has no port {number} (it has: {})",
+        if ports.is_empty() {
+            "none".to_string()
+        } else {
+            ports.join(", ")
+        }
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::mesh::{MeshHost, MeshInstance, MeshPort};
+    use super::super::parse::parse_config;
+    use super::*;
+
+    fn mesh() -> MeshView {
+        let instance = |id: &str, version: &str| MeshInstance {
+            id: id.into(),
+            labels: [
+                ("app".to_string(), "reviews".to_string()),
+                ("version".to_string(), version.to_string()),
+            ]
+            .into(),
+        };
+        let http = |number| MeshPort {
+            number,
+            protocol: Protocol::Http,
+        };
+        let mut view = MeshView {
+            labels_known: true,
+            ..MeshView::default()
+        };
+        view.hosts.insert(
+            "reviews.reviews.bookinfo.boshy".into(),
+            MeshHost {
+                ports: vec![http(9080)],
+                instances: vec![instance("a", "v1"), instance("b", "v2")],
+            },
+        );
+        view.hosts.insert(
+            "redis.cache.bookinfo.boshy".into(),
+            MeshHost {
+                ports: vec![MeshPort {
+                    number: 6379,
+                    protocol: Protocol::Tcp,
+                }],
+                instances: vec![],
+            },
+        );
+        view
+    }
+
+    fn resource(kind: &str, name: &str, spec: &str) -> String {
+        format!(
+            "- apiVersion: networking.istio.io/v1\n  kind: {kind}\n  metadata: {{name: {name}}}\n  spec:\n    {}\n",
+            spec.trim_end().replace('\n', "\n    ")
+        )
+    }
+
+    fn config(name: &str, resources: &[String]) -> ParsedConfig {
+        let content = format!("apiVersion: v1\nkind: List\nitems:\n{}", resources.concat());
+        let parsed = parse_config(name, &content);
+        assert!(parsed.errors.is_empty(), "{:?}", parsed.errors);
+        parsed
+    }
+
+    const REVIEWS: &str = "reviews.reviews.bookinfo.boshy";
+
+    fn subsets_rule(name: &str, subsets: &[&str]) -> String {
+        let mut spec = format!("host: {REVIEWS}\nsubsets:\n");
+        for subset in subsets {
+            spec.push_str(&format!(
+                "- {{name: {subset}, labels: {{version: {subset}}}}}\n"
+            ));
+        }
+        resource("DestinationRule", name, &spec)
+    }
+
+    fn route_to(name: &str, host: &str, subset: &str) -> String {
+        resource(
+            "VirtualService",
+            name,
+            &format!("hosts: [{host}]\nhttp:\n- route:\n  - destination: {{host: {host}, subset: {subset}}}\n"),
+        )
+    }
+
+    fn error_lines(validated: &Validated) -> Vec<String> {
+        validated.errors().map(ToString::to_string).collect()
+    }
+
+    #[test]
+    fn routes_to_defined_subsets_of_mesh_hosts_are_accepted() {
+        let configs = [config(
+            "reviews",
+            &[
+                subsets_rule("reviews", &["v1", "v2"]),
+                route_to("reviews", REVIEWS, "v2"),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(validated.verdicts[0].accepted.len(), 2);
+        assert!(validated.skipped_checks.is_empty());
+        assert_eq!(
+            validated.rules.virtual_service(REVIEWS).unwrap().name,
+            "reviews"
+        );
+        assert_eq!(
+            validated
+                .rules
+                .destination_rule(REVIEWS)
+                .unwrap()
+                .spec
+                .subsets
+                .len(),
+            2
+        );
+        assert!(validated.rules.virtual_service("other.g.d.boshy").is_none());
+    }
+
+    #[test]
+    fn an_undefined_subset_or_host_rejects_the_route_and_nothing_else() {
+        let configs = [config(
+            "reviews",
+            &[
+                subsets_rule("reviews", &["v1"]),
+                route_to("to-v3", REVIEWS, "v3"),
+                route_to("nowhere", "ratings.ratings.bookinfo.boshy", "v1"),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            [
+                "config \"reviews\": VirtualService \"nowhere\": spec.hosts[0]: \
+                 ratings.ratings.bookinfo.boshy: no job of the mesh exposes it and no \
+                 ServiceEntry defines it",
+                "config \"reviews\": VirtualService \"nowhere\": \
+                 spec.http[0].route[0].destination.host: ratings.ratings.bookinfo.boshy: no \
+                 job of the mesh exposes it and no ServiceEntry defines it",
+                "config \"reviews\": VirtualService \"nowhere\": \
+                 spec.http[0].route[0].destination.subset: subset v1 of \
+                 ratings.ratings.bookinfo.boshy is not defined: no DestinationRule for \
+                 ratings.ratings.bookinfo.boshy was accepted",
+                "config \"reviews\": VirtualService \"to-v3\": \
+                 spec.http[0].route[0].destination.subset: DestinationRule reviews (config \
+                 reviews) has no subset v3 (it has: v1)",
+            ]
+        );
+        assert_eq!(validated.rules.destination_rules.len(), 1);
+        assert!(validated.rules.virtual_services.is_empty());
+        assert_eq!(validated.verdicts[0].rejected().len(), 2);
+    }
+
+    #[test]
+    fn a_subset_that_selects_no_instance_rejects_its_rule_and_the_routes_to_it() {
+        let configs = [config(
+            "reviews",
+            &[
+                subsets_rule("reviews", &["v1", "v9"]),
+                route_to("reviews", REVIEWS, "v1"),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        let errors = error_lines(&validated);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains(
+            "DestinationRule \"reviews\": spec.subsets[1].labels: subset v9 selects none of \
+             the 2 instances of reviews.reviews.bookinfo.boshy"
+        ));
+        assert!(errors[1].contains("no DestinationRule for reviews.reviews.bookinfo.boshy"));
+        // Without instance labels, the subset cannot be checked and the rule stands.
+        let blind = MeshView {
+            labels_known: false,
+            ..mesh()
+        };
+        let validated = validate(&configs, Some(&blind));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(validated.skipped_checks, [NO_LABELS]);
+    }
+
+    #[test]
+    fn the_first_claim_on_a_host_wins_by_config_then_resource_name() {
+        let configs = [
+            config("b-later", &[route_to("a", REVIEWS, "v1")]),
+            config(
+                "a-first",
+                &[
+                    subsets_rule("reviews", &["v1"]),
+                    route_to("z", REVIEWS, "v1"),
+                ],
+            ),
+            config(
+                "c",
+                &[
+                    subsets_rule("again", &["v1"]),
+                    subsets_rule("reviews", &["v1"]),
+                ],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            [
+                "config \"b-later\": VirtualService \"a\": spec.hosts[0]: \
+                 reviews.reviews.bookinfo.boshy is already routed by VirtualService z \
+                 (config a-first): one VirtualService per host",
+                "config \"c\": DestinationRule \"again\": spec.host: \
+                 reviews.reviews.bookinfo.boshy already has DestinationRule reviews (config \
+                 a-first): one DestinationRule per host",
+                "config \"c\": DestinationRule \"reviews\": metadata.name: DestinationRule \
+                 reviews is already defined in config a-first: names are unique per kind \
+                 across every config",
+                "config \"c\": DestinationRule \"reviews\": spec.host: \
+                 reviews.reviews.bookinfo.boshy already has DestinationRule reviews (config \
+                 a-first): one DestinationRule per host",
+            ]
+        );
+        // Verdicts come in the order the configs were given.
+        let names: Vec<&str> = validated
+            .verdicts
+            .iter()
+            .map(|v| v.config.as_str())
+            .collect();
+        assert_eq!(names, ["b-later", "a-first", "c"]);
+    }
+
+    #[test]
+    fn a_service_entry_defines_a_host_across_instance_groups() {
+        let entry = resource(
+            "ServiceEntry",
+            "reviews",
+            "hosts: [reviews.bookinfo.boshy]\nports: [{number: 9080, name: http}]\nresolution: STATIC\nworkloadSelector: {labels: {app: reviews}}\n",
+        );
+        let rule = resource(
+            "DestinationRule",
+            "reviews",
+            "host: reviews.bookinfo.boshy\nsubsets: [{name: v1, labels: {version: v1}}, {name: v2, labels: {version: v2}}]\n",
+        );
+        let route = route_to("reviews", "reviews.bookinfo.boshy", "v2");
+        let configs = [config(
+            "reviews",
+            &[entry.clone(), rule.clone(), route.clone()],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert!(validated
+            .rules
+            .service_entry("reviews.bookinfo.boshy")
+            .is_some());
+
+        // The same without a mesh view: the entry still defines the host, subsets unchecked.
+        let validated = validate(&configs, None);
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(validated.skipped_checks, [NO_MESH_VIEW]);
+
+        let nobody = entry.replace("app: reviews", "app: nobody");
+        let validated = validate(&[config("reviews", &[nobody, rule, route])], Some(&mesh()));
+        let errors = error_lines(&validated);
+        assert!(
+            errors
+                .iter()
+                .any(|e| e.contains("spec.workloadSelector.labels: selects no instance")),
+            "{errors:?}"
+        );
+        // The rule (host) and the route (host, destination host, subset) fall with it.
+        assert_eq!(errors.len(), 5, "{errors:?}");
+        assert!(validated.rules.is_empty());
+    }
+
+    #[test]
+    fn a_service_entry_does_not_redefine_a_mesh_host_or_another_entry() {
+        let entry = |name: &str, host: &str| {
+            resource(
+                "ServiceEntry",
+                name,
+                &format!("hosts: [{host}]\nports: [{{number: 80, name: http}}]\nresolution: DNS\n"),
+            )
+        };
+        let configs = [config(
+            "entries",
+            &[
+                entry("mine", REVIEWS),
+                entry("db", "db.example.com"),
+                entry("db2", "db.example.com"),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        let errors = error_lines(&validated);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("ServiceEntry \"db2\": spec.hosts[0]: db.example.com is already defined by ServiceEntry db (config entries)"));
+        assert!(errors[1].contains("ServiceEntry \"mine\": spec.hosts[0]: reviews.reviews.bookinfo.boshy is already a service of the mesh"));
+    }
+
+    #[test]
+    fn ports_named_by_a_rule_exist_on_its_host() {
+        let route = resource(
+            "VirtualService",
+            "r",
+            &format!("hosts: [{REVIEWS}]\nhttp:\n- route:\n  - destination: {{host: {REVIEWS}, port: {{number: 9090}}}}\n"),
+        );
+        let policy = resource(
+            "DestinationRule",
+            "d",
+            &format!("host: {REVIEWS}\ntrafficPolicy: {{portLevelSettings: [{{port: {{number: 80}}}}]}}\n"),
+        );
+        let validated = validate(&[config("c", &[route, policy])], Some(&mesh()));
+        let errors = error_lines(&validated);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("DestinationRule \"d\": spec.trafficPolicy.portLevelSettings[0].port.number: reviews.reviews.bookinfo.boshy has no port 80 (it has: 9080)"));
+        assert!(errors[1].contains("VirtualService \"r\": spec.http[0].route[0].destination.port.number: reviews.reviews.bookinfo.boshy has no port 9090 (it has: 9080)"));
+    }
+
+    #[test]
+    fn routes_of_a_protocol_the_host_lacks_are_warned_about() {
+        let route = resource(
+            "VirtualService",
+            "r",
+            "hosts: [redis.cache.bookinfo.boshy]\nhttp:\n- route:\n  - destination: {host: redis.cache.bookinfo.boshy}\n",
+        );
+        let validated = validate(&[config("c", &[route])], Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            validated.verdicts[0].warnings[0].to_string(),
+            "config \"c\": VirtualService \"r\": spec.http: redis.cache.bookinfo.boshy has no \
+             http port: these routes apply to none of its traffic"
+        );
+    }
+
+    #[test]
+    fn config_errors_and_parse_errors_are_in_the_verdict() {
+        let broken = parse_config("broken", "not: [valid");
+        let bad_resource = parse_config(
+            "bad",
+            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {}\n",
+        );
+        let validated = validate(&[broken, bad_resource], Some(&mesh()));
+        assert_eq!(validated.verdicts[0].rejected(), [None]);
+        assert_eq!(validated.verdicts[1].errors.len(), 1);
+        assert!(validated.rules.is_empty());
+    }
+}
