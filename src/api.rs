@@ -38,12 +38,15 @@ use tower::ServiceExt;
 
 use crate::catalog::model::{Catalog, Endpoint, Labels, Protocol, Service, ServicePort};
 use crate::director::{PublishedRuleConfigs, RuleConfig};
+use crate::rule_status::{PublishedRuleStatus, RuleStatus};
+use crate::rules::ConfigVerdict;
 
-/// What the API shows: the pilot's current catalog and rule configs.
+/// What the API shows: the pilot's current catalog, rule configs and their verdicts.
 #[derive(Clone)]
 struct Sources {
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
+    rule_status: watch::Receiver<PublishedRuleStatus>,
 }
 
 /// Serves the API on `listener` until it is dropped.
@@ -51,10 +54,12 @@ pub async fn serve(
     listener: TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
+    rule_status: watch::Receiver<PublishedRuleStatus>,
 ) -> anyhow::Result<()> {
     let sources = Sources {
         catalog,
         rule_configs,
+        rule_status,
     };
     serve_router(listener, router(sources), "api").await
 }
@@ -162,17 +167,58 @@ struct ListedRuleConfig<'a> {
     content_bytes: usize,
     /// SHA-256 of the content, lower-case hex.
     content_sha256: String,
+    /// The pilot's verdict on this version of the config; `None` while it is being judged
+    /// (the configs were just read, or no catalog has been built yet).
+    verdict: Option<Verdict>,
 }
 
-impl<'a> From<&'a RuleConfig> for ListedRuleConfig<'a> {
-    fn from(config: &'a RuleConfig) -> Self {
+/// What the pilot decided about one rule config, every finding naming resource and field.
+#[derive(Serialize)]
+struct Verdict {
+    /// `accepted` (every resource), `rejected` (none) or `partly accepted`.
+    status: &'static str,
+    /// The resources accepted, e.g. `VirtualService reviews`.
+    accepted: Vec<String>,
+    errors: Vec<String>,
+    warnings: Vec<String>,
+}
+
+impl From<&ConfigVerdict> for Verdict {
+    fn from(verdict: &ConfigVerdict) -> Self {
+        let status = match (verdict.errors.is_empty(), verdict.accepted.is_empty()) {
+            (true, _) => "accepted",
+            (false, true) => "rejected",
+            (false, false) => "partly accepted",
+        };
+        Verdict {
+            status,
+            accepted: verdict.accepted.iter().map(|r| r.plain()).collect(),
+            errors: verdict.errors.iter().map(ToString::to_string).collect(),
+            warnings: verdict.warnings.iter().map(ToString::to_string).collect(),
+        }
+    }
+}
+
+impl<'a> ListedRuleConfig<'a> {
+    fn new(config: &'a RuleConfig, status: Option<&RuleStatus>) -> Self {
         let digest = Sha256::digest(config.content.as_bytes());
+        let verdict = status
+            .filter(|status| status.judged.get(&config.name) == Some(&config.id))
+            .and_then(|status| {
+                status
+                    .validated
+                    .verdicts
+                    .iter()
+                    .find(|v| v.config == config.name)
+            })
+            .map(Verdict::from);
         ListedRuleConfig {
             name: &config.name,
             id: &config.id,
             created_at: config.created_at.as_deref(),
             content_bytes: config.content.len(),
             content_sha256: digest.iter().map(|b| format!("{b:02x}")).collect(),
+            verdict,
         }
     }
 }
@@ -191,10 +237,11 @@ async fn rules(State(sources): State<Sources>) -> impl IntoResponse {
         )
             .into_response();
     };
+    let status = sources.rule_status.borrow().clone();
     let listed: Vec<ListedRuleConfig> = rule_configs
         .configs
         .iter()
-        .map(ListedRuleConfig::from)
+        .map(|config| ListedRuleConfig::new(config, status.as_deref()))
         .collect();
     Json(listed).into_response()
 }
@@ -319,9 +366,20 @@ mod tests {
         method: Method,
         path: &str,
     ) -> (StatusCode, Option<String>, String) {
+        call_with_status(catalog, rule_configs, None, method, path).await
+    }
+
+    async fn call_with_status(
+        catalog: Catalog,
+        rule_configs: Option<RuleConfigs>,
+        rule_status: Option<RuleStatus>,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
         let sources = Sources {
             catalog: watch::channel(Arc::new(catalog)).1,
             rule_configs: watch::channel(rule_configs.map(Arc::new)).1,
+            rule_status: watch::channel(rule_status.map(Arc::new)).1,
         };
         let response = router(sources)
             .oneshot(
@@ -386,13 +444,59 @@ mod tests {
             serde_json::json!([
                 {"name": "ratings", "id": "7", "created_at": "2024-05-01 12:34:56 UTC",
                  "content_bytes": 3,
-                 "content_sha256": "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356"},
+                 "content_sha256": "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356",
+                 "verdict": null},
                 {"name": "reviews", "id": "9", "created_at": "2024-05-01 12:34:56 UTC",
                  "content_bytes": 28,
-                 "content_sha256": "02ae9b3f84597f8a89fb9afa6147411aa80f23686c72143b4ed31c44dccb75d6"}
+                 "content_sha256": "02ae9b3f84597f8a89fb9afa6147411aa80f23686c72143b4ed31c44dccb75d6",
+                 "verdict": null}
             ])
         );
         assert!(!body.contains("hunter2"), "{body}");
+    }
+
+    /// A verdict is shown beside the version of the config it judged, never beside a newer
+    /// one that is still being judged.
+    #[tokio::test]
+    async fn rules_show_the_verdict_on_the_version_judged() {
+        let good = "apiVersion: networking.istio.io/v1beta1\nkind: DestinationRule\nmetadata:\n  name: j\nspec:\n  host: j.g.d.boshy\n";
+        let configs = RuleConfigs {
+            configs: vec![
+                RuleConfig {
+                    content: good.into(),
+                    ..rule_configs().configs[0].clone()
+                },
+                rule_configs().configs[1].clone(),
+            ],
+        };
+        let parsed: Vec<_> = configs
+            .configs
+            .iter()
+            .map(|c| crate::rules::parse_config(&c.name, &c.content))
+            .collect();
+        let judged_status = RuleStatus {
+            // reviews was judged at an older version than the one now held.
+            judged: [("ratings", "7"), ("reviews", "8")]
+                .map(|(n, id)| (n.to_string(), id.to_string()))
+                .into(),
+            validated: crate::rules::validate(&parsed, None),
+        };
+        let (status, _, body) = call_with_status(
+            catalog(),
+            Some(configs),
+            Some(judged_status),
+            Method::GET,
+            "/v1/rules",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            json[0]["verdict"],
+            serde_json::json!({"status": "accepted", "accepted": ["DestinationRule j"],
+                               "errors": [], "warnings": []})
+        );
+        assert_eq!(json[1]["verdict"], serde_json::Value::Null, "{body}");
     }
 
     #[tokio::test]
@@ -447,7 +551,8 @@ mod tests {
         let address = listener.local_addr().unwrap();
         let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
         let (_rules_tx, rules_rx) = watch::channel(None);
-        let server = tokio::spawn(serve(listener, rx, rules_rx));
+        let (_status_tx, status_rx) = watch::channel(None);
+        let server = tokio::spawn(serve(listener, rx, rules_rx, status_rx));
         let client = reqwest::Client::new();
         let healthz = format!("http://{address}/healthz");
         let status = client.get(&healthz).send().await.unwrap().status();

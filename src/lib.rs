@@ -18,6 +18,7 @@ pub mod logging;
 pub mod metrics;
 pub mod names;
 pub mod pilot;
+pub mod rule_status;
 pub mod rules;
 pub mod rules_check;
 pub mod text;

@@ -15,6 +15,9 @@ pub struct Metrics {
     pub xds_nacks: AtomicU64,
     pub names_streams: AtomicU64,
     pub director_requests: AtomicU64,
+    /// Rule configs with every resource accepted, and with at least one refused.
+    pub rule_configs_accepted: AtomicU64,
+    pub rule_configs_rejected: AtomicU64,
     /// Director poll errors by kind (e.g. `http_500`, `timeout`, `manifest_yaml`).
     director_poll_errors: Mutex<BTreeMap<String, u64>>,
 }
@@ -57,6 +60,16 @@ impl Metrics {
                 "boshy_names_streams",
                 "Name-table streams open now",
                 &self.names_streams,
+            ),
+            (
+                "boshy_rule_configs_accepted",
+                "Rule configs (director configs of type boshy-istio) with every resource accepted",
+                &self.rule_configs_accepted,
+            ),
+            (
+                "boshy_rule_configs_rejected",
+                "Rule configs with at least one resource refused (GET /v1/rules says why)",
+                &self.rule_configs_rejected,
             ),
         ];
         for (name, help, value) in gauges {

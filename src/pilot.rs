@@ -1,7 +1,8 @@
 //! bosh-pilot: the control plane. Wires the director poller to the catalog (with VIPs from
 //! the allocator) and publishes each new catalog to the xDS server, the name-table stream and
 //! the HTTP API, which all read it from one `watch` channel. The rule configs the poller reads
-//! come on a `watch` channel of their own; for now only the API shows them.
+//! come on a `watch` channel of their own; `rule_status` judges them against the catalog and
+//! the API shows the verdicts.
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use tokio::sync::watch;
 use crate::catalog::model::{Catalog, DeploymentInput};
 use crate::config::{self, PilotConfig, VipStoreKind};
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
-use crate::{api, catalog, director, metrics, names, xds};
+use crate::{api, catalog, director, metrics, names, rule_status, xds};
 
 /// Longest pause between two reads of a failing VIP store.
 const STORE_BACKOFF_CAP: Duration = Duration::from_secs(30);
@@ -84,8 +85,10 @@ pub async fn run(args: Args) -> Result<()> {
     let api_listener = bind(cfg.listen.api, "listen.api").await?;
 
     let (deployments_tx, deployments_rx) = watch::channel(Arc::new(Vec::new()));
-    // The latest rule configs, for the API now and for rule compilation to follow.
+    // The latest rule configs, judged against the catalog for the API (and, to follow, for
+    // compiling the accepted rules into Envoy's routes).
     let rule_configs = poller.rule_configs();
+    let (rule_status_tx, rule_status_rx) = watch::channel(None);
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(Catalog {
         version: 0,
         tld: cfg.tld.clone(),
@@ -121,7 +124,8 @@ pub async fn run(args: Args) -> Result<()> {
         result = catalogs.run(deployments_rx, vip_refresh) => result,
         result = xds::server::serve_with_tls(xds_listener, catalog_rx.clone(), xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
-        result = api::serve(api_listener, catalog_rx, rule_configs) => result.context("HTTP API"),
+        result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx) => result.context("rule validation"),
+        result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),
     }
 }
 
@@ -276,11 +280,11 @@ impl CatalogPublisher {
 /// What a check that runs at every publish reported last time, so that each line is logged
 /// once when it appears, not at every publish for as long as it holds.
 #[derive(Default)]
-struct Reported(BTreeSet<String>);
+pub(crate) struct Reported(BTreeSet<String>);
 
 impl Reported {
     /// The lines of `current` that were not reported last time; `current` replaces those.
-    fn fresh(&mut self, current: impl IntoIterator<Item = String>) -> Vec<String> {
+    pub(crate) fn fresh(&mut self, current: impl IntoIterator<Item = String>) -> Vec<String> {
         let current: BTreeSet<String> = current.into_iter().collect();
         let fresh = current.difference(&self.0).cloned().collect();
         self.0 = current;

@@ -914,7 +914,8 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
     let api = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api_port = api.local_addr().unwrap().port();
     let (_keep_rules, rule_configs) = tokio::sync::watch::channel(None);
-    tokio::spawn(boshy::api::serve(api, catalogs, rule_configs));
+    let (_keep_status, rule_status) = tokio::sync::watch::channel(None);
+    tokio::spawn(boshy::api::serve(api, catalogs, rule_configs, rule_status));
 
     let run = |deployments: Value| async move {
         let link = pilot_link(&["127.0.0.1"], json!({"ports": {"api": api_port}}));

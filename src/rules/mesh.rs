@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde::Deserialize;
 
-use crate::catalog::model::Protocol;
+use crate::catalog::model::{Catalog, Protocol};
 
 use super::model::Labels;
 
@@ -70,6 +70,40 @@ impl MeshView {
             }
         }
         selection
+    }
+
+    /// The mesh as the pilot's catalog has it: every service with its ports and the labels of
+    /// its endpoints (the catalog always carries labels).
+    pub fn from_catalog(catalog: &Catalog) -> MeshView {
+        let hosts = catalog
+            .services
+            .iter()
+            .map(|service| {
+                let host = MeshHost {
+                    ports: service
+                        .ports
+                        .iter()
+                        .map(|port| MeshPort {
+                            number: port.number,
+                            protocol: port.protocol,
+                        })
+                        .collect(),
+                    instances: service
+                        .endpoints
+                        .iter()
+                        .map(|endpoint| MeshInstance {
+                            id: endpoint.instance.clone(),
+                            labels: endpoint.labels.clone(),
+                        })
+                        .collect(),
+                };
+                (service.hostname.clone(), host)
+            })
+            .collect();
+        MeshView {
+            hosts,
+            labels_known: true,
+        }
     }
 
     /// Reads a saved answer of the pilot's `GET /v1/registration` (`api.rs` has its shape).
