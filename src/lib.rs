@@ -20,6 +20,7 @@ pub mod names;
 pub mod pilot;
 pub mod text;
 pub mod tls;
+pub mod traffic;
 pub mod vip;
 pub mod virtual_ip_agent;
 pub mod xds;
