@@ -1733,6 +1733,205 @@ mod tests {
             assert_eq!(grpc.virtual_hosts[0].routes.len(), 1);
         }
 
+        fn ip(lb: &LbEndpoint) -> IpAddr {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                panic!("endpoint")
+            };
+            let Some(address::Address::SocketAddress(s)) = &e.address.as_ref().unwrap().address
+            else {
+                panic!("socket address")
+            };
+            s.address.parse().unwrap()
+        }
+
+        /// The figures behind choosing subset clusters over Envoy's subset load balancer
+        /// (docs/ARCHITECTURE.md, "The traffic model"): 1,000 services of six instances, two
+        /// per AZ, each with three subsets of two instances, as `build` makes them and as the
+        /// subset load balancer would have them (one cluster per service with
+        /// `lb_subset_config`, each endpoint's subset in its metadata). Prints them:
+        /// `cargo test --lib subset_clusters_against -- --nocapture`.
+        #[test]
+        fn subset_clusters_against_envoys_subset_load_balancer_at_1000_services() {
+            const SERVICES: u32 = 1000;
+            const SUBSETS: [&str; 3] = ["v1", "v2", "v3"];
+            let estate = |first_healthy: bool| {
+                testing::catalog(
+                    1,
+                    (0..SERVICES).map(|i| {
+                        (0..6u32).fold(
+                            testing::service("load", "group", &format!("svc{i:04}"))
+                                .vip(Ipv4Addr::from(u32::from(Ipv4Addr::new(169, 254, 1, 0)) + i))
+                                .port("http", 8080, Protocol::Http),
+                            |service, n| {
+                                let address = Ipv4Addr::from(
+                                    u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 8 + n,
+                                );
+                                service.endpoint(Endpoint {
+                                    az: Some(format!("z{}", n % 3 + 1)),
+                                    healthy: first_healthy || i > 0 || n > 0,
+                                    ..testing::endpoint(&address.to_string())
+                                })
+                            },
+                        )
+                    }),
+                )
+            };
+            let catalog = estate(true);
+            let subset_of = |n: usize| SUBSETS[n / 2];
+            let rules = TrafficRules {
+                services: catalog
+                    .services
+                    .iter()
+                    .map(|service| {
+                        let subsets = SUBSETS
+                            .iter()
+                            .map(|name| {
+                                let members = (0..6).filter(|n| subset_of(*n) == *name);
+                                let subset = Subset {
+                                    endpoints: members
+                                        .map(|n| service.endpoints[n].address)
+                                        .collect(),
+                                    policy: PortPolicies::default(),
+                                };
+                                (name.to_string(), subset)
+                            })
+                            .collect();
+                        (
+                            service.hostname.clone(),
+                            ServiceRules {
+                                subsets,
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .collect(),
+            };
+            let bytes = |resources: &[NamedResource]| {
+                resources
+                    .iter()
+                    .map(|r| r.resource.value.len())
+                    .sum::<usize>()
+            };
+
+            // Subset clusters, as built.
+            let built = build(Inputs {
+                catalog: &catalog,
+                traffic: &rules,
+            });
+            let clusters = built.of_type(ResourceType::Cluster);
+            let assignments = built.of_type(ResourceType::Endpoint);
+            // The first instance of svc0000 (in v1) fails: what a delta stream sends.
+            let failed = build(Inputs {
+                catalog: &estate(false),
+                traffic: &rules,
+            });
+            let pushed: Vec<&NamedResource> = failed
+                .of_type(ResourceType::Endpoint)
+                .iter()
+                .filter(|r| {
+                    built
+                        .get(ResourceType::Endpoint, &r.name)
+                        .map(|b| &b.version)
+                        != Some(&r.version)
+                })
+                .collect();
+            let pushed_bytes: usize = pushed.iter().map(|r| r.resource.value.len()).sum();
+
+            // The subset load balancer.
+            let subset_metadata = |name: &str| envoy_types::pb::envoy::config::core::v3::Metadata {
+                filter_metadata: std::collections::HashMap::from([(
+                    "envoy.lb".to_string(),
+                    envoy_types::pb::google::protobuf::Struct {
+                        fields: std::collections::HashMap::from([(
+                            "subset".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(
+                                    envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                        name.to_string(),
+                                    ),
+                                ),
+                            },
+                        )]),
+                    },
+                )]),
+                ..Default::default()
+            };
+            let one_cluster_per_service =
+                |catalog: &Catalog| -> Vec<(Cluster, ClusterLoadAssignment)> {
+                    catalog
+                        .services
+                        .iter()
+                        .map(|service| {
+                            let port = &service.ports[0];
+                            let name = cluster_name(&service.hostname, port.number);
+                            let mut cluster = eds_cluster(&name, port, &TrafficPolicy::default());
+                            cluster.lb_subset_config = Some(cluster::LbSubsetConfig {
+                                subset_selectors: vec![
+                                    cluster::lb_subset_config::LbSubsetSelector {
+                                        keys: vec!["subset".to_string()],
+                                        ..Default::default()
+                                    },
+                                ],
+                                ..Default::default()
+                            });
+                            let mut assignment =
+                                load_assignment(&name, port.number, service.endpoints.iter(), None);
+                            for lb in assignment
+                                .endpoints
+                                .iter_mut()
+                                .flat_map(|l| &mut l.lb_endpoints)
+                            {
+                                let n = service
+                                    .endpoints
+                                    .iter()
+                                    .position(|e| e.address == ip(lb))
+                                    .unwrap();
+                                lb.metadata = Some(subset_metadata(subset_of(n)));
+                            }
+                            (cluster, assignment)
+                        })
+                        .collect()
+                };
+            let alternative = one_cluster_per_service(&catalog);
+            let alternative_cluster_bytes: usize =
+                alternative.iter().map(|(c, _)| c.encoded_len()).sum();
+            let alternative_assignment_bytes: usize =
+                alternative.iter().map(|(_, a)| a.encoded_len()).sum();
+            let alternative_pushed = one_cluster_per_service(&estate(false))[0].1.encoded_len();
+
+            println!("1000 services × 6 instances × 3 subsets of 2 | subset clusters | subset load balancer");
+            println!(
+                "clusters | {} ({} kB) | {} ({} kB)",
+                clusters.len(),
+                bytes(clusters) / 1000,
+                alternative.len(),
+                alternative_cluster_bytes / 1000
+            );
+            println!(
+                "load assignments | {} ({} kB) | {} ({} kB)",
+                assignments.len(),
+                bytes(assignments) / 1000,
+                alternative.len(),
+                alternative_assignment_bytes / 1000
+            );
+            println!(
+                "an instance fails: EDS pushed | {} ({} B) | 1 ({} B)",
+                pushed.len(),
+                pushed_bytes,
+                alternative_pushed
+            );
+
+            assert_eq!(clusters.len(), 4000, "the service's and its three subsets'");
+            assert_eq!(assignments.len(), 4000);
+            assert_eq!(
+                pushed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                [
+                    "outbound|8080|v1|svc0000.group.load.boshy",
+                    "outbound|8080||svc0000.group.load.boshy"
+                ]
+            );
+        }
+
         #[test]
         fn tcp_routes_split_connections_by_weight() {
             let db = "db.banana.sample.boshy";
