@@ -308,6 +308,7 @@ pub enum PathRewrite {
     },
 }
 
+/// Retries of a request, each on an endpoint not tried yet for it (as the mesh's own).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Retries {
     /// Retries after the first attempt; 0 is none at all (not even the mesh's).

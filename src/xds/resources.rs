@@ -251,6 +251,7 @@ pub(super) fn weighted_clusters(destinations: &[WeightedDestination]) -> Vec<(St
         .collect()
 }
 
+/// The protobuf form of a duration (one beyond `i64::MAX` seconds is cut there).
 pub(super) fn duration(duration: std::time::Duration) -> Duration {
     Duration {
         seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
@@ -490,22 +491,26 @@ fn upstream_http_options(
 /// Envoy's circuit breakers with the pool's limits; the limits it does not set keep Envoy's
 /// defaults. `None` when it sets none.
 fn circuit_breakers(pool: &ConnectionPool) -> Option<CircuitBreakers> {
-    let limit = |value: Option<u32>| value.map(|value| UInt32Value { value });
-    let thresholds = circuit_breakers::Thresholds {
-        priority: RoutingPriority::Default as i32,
-        max_connections: limit(pool.max_connections),
-        max_pending_requests: limit(pool.max_pending_requests),
-        max_requests: limit(pool.max_requests),
-        max_retries: limit(pool.max_retries),
-        ..Default::default()
-    };
-    let limits_nothing = thresholds
-        == circuit_breakers::Thresholds {
-            priority: thresholds.priority,
+    let limits = [
+        pool.max_connections,
+        pool.max_pending_requests,
+        pool.max_requests,
+        pool.max_retries,
+    ];
+    if limits.iter().all(Option::is_none) {
+        return None;
+    }
+    let [max_connections, max_pending_requests, max_requests, max_retries] =
+        limits.map(|limit| limit.map(|value| UInt32Value { value }));
+    Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            priority: RoutingPriority::Default as i32,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
             ..Default::default()
-        };
-    (!limits_nothing).then(|| CircuitBreakers {
-        thresholds: vec![thresholds],
+        }],
         ..Default::default()
     })
 }
@@ -1334,19 +1339,7 @@ mod tests {
                     let addresses = locality
                         .lb_endpoints
                         .iter()
-                        .map(|lb| {
-                            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) =
-                                &lb.host_identifier
-                            else {
-                                panic!("endpoint")
-                            };
-                            let Some(address::Address::SocketAddress(s)) =
-                                &e.address.as_ref().unwrap().address
-                            else {
-                                panic!("socket address")
-                            };
-                            s.address.clone()
-                        })
+                        .map(|lb| ip(lb).to_string())
                         .collect();
                     (
                         locality.locality.as_ref().unwrap().zone.clone(),
