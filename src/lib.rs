@@ -23,6 +23,7 @@ pub mod rules;
 pub mod rules_check;
 pub mod text;
 pub mod tls;
+pub mod traffic;
 pub mod vip;
 pub mod virtual_ip_agent;
 pub mod xds;

@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::catalog::model::{Catalog, DeploymentInput};
 use crate::config::{self, PilotConfig, VipStoreKind};
+use crate::traffic::TrafficRules;
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
 use crate::{api, catalog, director, metrics, names, rule_status, xds};
 
@@ -98,6 +99,14 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(warning) = plaintext_warning {
         tracing::warn!("{warning}");
     }
+    // Nothing compiles traffic rules yet: xDS follows an empty traffic model, which serves
+    // what the mesh served before the model existed. The rules compiler will publish on
+    // this channel.
+    let (_traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
+    let xds_sources = xds::cache::Sources {
+        catalog: catalog_rx.clone(),
+        traffic: traffic_rx,
+    };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
     let names_server = async move {
@@ -122,7 +131,7 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
         result = catalogs.run(deployments_rx, vip_refresh) => result,
-        result = xds::server::serve_with_tls(xds_listener, catalog_rx.clone(), xds_tls) => result.context("xDS server"),
+        result = xds::server::serve_with_tls(xds_listener, xds_sources, xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx) => result.context("rule validation"),
         result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),

@@ -18,14 +18,15 @@ use std::time::Duration;
 use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service};
 use boshy::catalog::testing;
 use boshy::metrics;
-use boshy::xds::bootstrap::{render_with, AdsMode, NodeIdentity};
+use boshy::xds::bootstrap::{AdsMode, NodeIdentity};
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use boshy_test_support::envoy::{
-    captured_logs, in_private_netns, loopback_listener, Envoy, DEADLINE,
+    capture_vip_traffic, captured_logs, in_private_netns, loopback_listener, start_envoy, Envoy,
+    DEADLINE,
 };
 
 const DB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 2);
@@ -106,13 +107,6 @@ fn run_tool(tool: &str, args: &[&str]) {
         "`{tool} {}` failed: {status}",
         args.join(" ")
     );
-}
-
-/// Starts a real Envoy for `node` with ADS at `xds`.
-async fn start_envoy(node: &NodeIdentity, xds: SocketAddr, mode: AdsMode) -> Envoy {
-    let admin = loopback_listener().await.1;
-    let bootstrap = render_with(node, &[xds.to_string()], admin, mode).expect("bootstrap renders");
-    Envoy::start(&bootstrap, admin)
 }
 
 /// What these tests wait for in an Envoy's admin API.
@@ -430,31 +424,6 @@ fn apricot(test: &str) -> NodeIdentity {
         az: Some("z1".into()),
         ip: "127.0.0.1".parse().unwrap(),
     }
-}
-
-/// Sends VIP traffic to the outbound listener, as the virtual-ip-agent's DNAT does.
-fn capture_vip_traffic() {
-    run_tool(
-        "ip",
-        &["route", "add", "local", "169.254.255.0/24", "dev", "lo"],
-    );
-    run_tool(
-        "iptables",
-        &[
-            "-t",
-            "nat",
-            "-A",
-            "OUTPUT",
-            "-d",
-            "169.254.255.0/24",
-            "-p",
-            "tcp",
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-            "15001",
-        ],
-    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
-//! The snapshot cache: resources are built and encoded once per catalog version and shared,
-//! behind an `Arc`, by every ADS stream (go-control-plane's "build once, serve many").
+//! The snapshot cache: resources are built and encoded once per version of the inputs (the
+//! catalog and the traffic model) and shared, behind an `Arc`, by every ADS stream
+//! (go-control-plane's "build once, serve many").
 //!
 //! Each snapshot also records which resource names changed since the snapshot published
 //! before it, so that a delta stream that was in sync with that one only looks at those
@@ -10,17 +11,18 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::resources::{self, content_version, NamedResource, ResourceType, Resources};
+use super::resources::{self, content_version, Inputs, NamedResource, ResourceType, Resources};
 use crate::catalog::model::Catalog;
+use crate::traffic::TrafficRules;
 
-/// The resources of one catalog version.
+/// The resources of one version of the inputs.
 #[derive(Debug)]
 pub struct Snapshot {
     resources: Resources,
     /// Version of each type's full resource set, for wildcard subscribers.
     full_versions: [String; 4],
-    /// The catalog version of the snapshot published before this one, and per type the
-    /// names added, changed or removed since it.
+    /// The version of the snapshot published before this one, and per type the names added,
+    /// changed or removed since it.
     previous: Option<(u64, [Vec<String>; 4])>,
     /// Per type, parallel to `resources.of_type`: each resource's name and version as
     /// shared strings. Delta streams remember what every Envoy has by cloning these, so
@@ -47,13 +49,21 @@ pub struct Selection<'a> {
 }
 
 impl Snapshot {
+    /// The snapshot of a catalog without traffic rules.
     pub fn from_catalog(catalog: &Catalog) -> Self {
-        Self::following(catalog, None)
+        Self::build(catalog)
     }
 
-    /// Builds the snapshot of `catalog` and records what changed since `previous`.
-    pub(crate) fn following(catalog: &Catalog, previous: Option<&Snapshot>) -> Self {
-        let resources = resources::build(catalog);
+    pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Self {
+        Self::following(inputs, None)
+    }
+
+    /// Builds the snapshot of `inputs` and records what changed since `previous`.
+    pub(crate) fn following<'a>(
+        inputs: impl Into<Inputs<'a>>,
+        previous: Option<&Snapshot>,
+    ) -> Self {
+        let resources = resources::build(inputs);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
         let shared = ResourceType::PUSH_ORDER
@@ -90,7 +100,8 @@ impl Snapshot {
         &self.shared[position(resource_type)]
     }
 
-    /// The catalog version this snapshot was built from.
+    /// The version of the inputs this snapshot was built from ([`Inputs::version`]: the
+    /// catalog's own when there are no traffic rules).
     pub fn version(&self) -> u64 {
         self.resources.version
     }
@@ -105,8 +116,8 @@ impl Snapshot {
         self.resources.of_type(resource_type)
     }
 
-    /// The names of that type added, changed or removed since the snapshot of catalog
-    /// version `since`; `None` when this snapshot does not directly follow that one.
+    /// The names of that type added, changed or removed since the snapshot of version
+    /// `since`; `None` when this snapshot does not directly follow that one.
     pub(crate) fn changed_since(
         &self,
         resource_type: ResourceType,
@@ -195,10 +206,10 @@ fn shared_keys(resources: &[NamedResource], previous: Option<&[SharedKey]>) -> V
         .collect()
 }
 
-/// Version 0 is the empty default catalog (see [`follow`]); any other version is built
-/// once.
-fn should_publish(catalog_version: u64, published: Option<u64>) -> bool {
-    catalog_version != 0 && published != Some(catalog_version)
+/// Version 0 is the empty default catalog, whatever the traffic rules (see [`follow`] and
+/// [`Inputs::version`]); any other version is built once.
+fn should_publish(version: u64, published: Option<u64>) -> bool {
+    version != 0 && published != Some(version)
 }
 
 fn set_version<'a>(resources: impl Iterator<Item = &'a NamedResource>) -> String {
@@ -208,24 +219,53 @@ fn set_version<'a>(resources: impl Iterator<Item = &'a NamedResource>) -> String
     content_version(&parts)
 }
 
-/// Follows the catalog and publishes one snapshot per catalog version.
+/// What the snapshots follow: the catalog, and the traffic model compiled from the rules.
+/// A catalog alone (`From`) is a mesh without traffic rules.
+pub struct Sources {
+    pub catalog: watch::Receiver<Arc<Catalog>>,
+    pub traffic: watch::Receiver<Arc<TrafficRules>>,
+}
+
+impl From<watch::Receiver<Arc<Catalog>>> for Sources {
+    fn from(catalog: watch::Receiver<Arc<Catalog>>) -> Self {
+        // No sender: the one value, no rules, never changes.
+        let (_, traffic) = watch::channel(Arc::new(TrafficRules::default()));
+        Sources { catalog, traffic }
+    }
+}
+
+/// Follows the catalog and the traffic model and publishes one snapshot per version of the
+/// two.
 ///
 /// A catalog with version 0 (`Catalog::default()`, what the pilot holds before its first
 /// successful director poll) is never published: serving it would wipe every reconnecting
 /// Envoy's configuration after a control-plane restart. Streams wait for `Some`.
-pub fn follow(
-    mut catalog: watch::Receiver<Arc<Catalog>>,
-) -> watch::Receiver<Option<Arc<Snapshot>>> {
+pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapshot>>> {
+    let Sources {
+        mut catalog,
+        mut traffic,
+    } = sources.into();
     let (snapshots_tx, snapshots_rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut published: Option<Arc<Snapshot>> = None;
+        let mut traffic_followed = true;
         loop {
-            let current = catalog.borrow_and_update().clone();
-            if should_publish(current.version, published.as_ref().map(|s| s.version())) {
+            let current_catalog = catalog.borrow_and_update().clone();
+            let current_traffic = traffic.borrow_and_update().clone();
+            let version = Inputs {
+                catalog: &current_catalog,
+                traffic: &current_traffic,
+            }
+            .version();
+            if should_publish(version, published.as_ref().map(|s| s.version())) {
                 // Building is CPU work proportional to the estate: keep it off the reactor.
                 let previous = published.clone();
                 let built = tokio::task::spawn_blocking(move || {
-                    Snapshot::following(&current, previous.as_deref())
+                    let inputs = Inputs {
+                        catalog: &current_catalog,
+                        traffic: &current_traffic,
+                    };
+                    Snapshot::following(inputs, previous.as_deref())
                 })
                 .await
                 .expect("snapshot build does not panic");
@@ -236,9 +276,15 @@ pub fn follow(
                     return; // the server is gone
                 }
             }
-            if catalog.changed().await.is_err() {
-                // The catalog's producer is gone: keep serving the last snapshot.
-                return;
+            tokio::select! {
+                changed = catalog.changed() => if changed.is_err() {
+                    // The catalog's producer is gone: keep serving the last snapshot.
+                    return;
+                },
+                changed = traffic.changed(), if traffic_followed => if changed.is_err() {
+                    // The traffic model's producer is gone: its last rules stay.
+                    traffic_followed = false;
+                },
             }
         }
     });
@@ -247,9 +293,15 @@ pub fn follow(
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
     use crate::catalog::model::{Endpoint, Protocol};
     use crate::catalog::testing::{self, endpoint, service};
+    use crate::traffic::{
+        Destination, Forward, HttpAction, HttpRoute, LoadBalancer, PortPolicies, ServiceRules,
+        Subset, TrafficPolicy, WeightedDestination,
+    };
 
     fn catalog(version: u64, healthy: bool) -> Catalog {
         testing::catalog(
@@ -358,6 +410,125 @@ mod tests {
         assert_eq!(&*b.shared_name(ResourceType::Cluster, "absent"), "absent");
     }
 
+    /// web and api, each with an http and a tcp port, two endpoints and rules: subsets v1 and
+    /// v2, a weighted split between them on the http port. `v2_of_web` are the addresses of
+    /// web's v2, `web_v1_weight` the weight of v1 in web's split and `web_lb` web's load
+    /// balancer on port 80.
+    fn with_rules(
+        v2_of_web: &[&str],
+        web_v1_weight: u32,
+        web_lb: LoadBalancer,
+    ) -> (Catalog, TrafficRules) {
+        let service = |job: &str, vip: [u8; 4]| {
+            service("d", "g", job)
+                .vip(vip)
+                .port("http", 80, Protocol::Http)
+                .port("tcp", 8080, Protocol::Tcp)
+                .endpoint(endpoint("10.0.0.1"))
+                .endpoint(endpoint("10.0.0.2"))
+        };
+        let catalog = testing::catalog(
+            1,
+            [
+                service("web", [169, 254, 255, 2]),
+                service("api", [169, 254, 255, 3]),
+            ],
+        );
+        let rules = |host: &str, v2: &[&str], v1_weight: u32, lb: LoadBalancer| {
+            let subset = |addresses: &[&str]| Subset {
+                endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                policy: PortPolicies::default(),
+            };
+            let to = |subset: &str, weight| WeightedDestination {
+                destination: Destination {
+                    host: host.to_string(),
+                    port: 80,
+                    subset: Some(subset.to_string()),
+                },
+                weight,
+            };
+            let split = HttpRoute {
+                name: "split".to_string(),
+                matches: Vec::new(),
+                action: HttpAction::Forward(Forward {
+                    destinations: vec![to("v1", v1_weight), to("v2", 100 - v1_weight)],
+                    ..Default::default()
+                }),
+                fault: None,
+                headers: Default::default(),
+            };
+            ServiceRules {
+                http_routes: BTreeMap::from([(80, vec![split])]),
+                subsets: BTreeMap::from([
+                    ("v1".to_string(), subset(&["10.0.0.1"])),
+                    ("v2".to_string(), subset(v2)),
+                ]),
+                policy: PortPolicies {
+                    all_ports: TrafficPolicy::default(),
+                    by_port: BTreeMap::from([(
+                        80,
+                        TrafficPolicy {
+                            load_balancer: Some(lb),
+                            ..Default::default()
+                        },
+                    )]),
+                },
+                ..Default::default()
+            }
+        };
+        let traffic = TrafficRules {
+            services: BTreeMap::from([
+                (
+                    "web.g.d.boshy".to_string(),
+                    rules("web.g.d.boshy", v2_of_web, web_v1_weight, web_lb),
+                ),
+                (
+                    "api.g.d.boshy".to_string(),
+                    rules("api.g.d.boshy", &["10.0.0.2"], 90, LoadBalancer::Random),
+                ),
+            ]),
+        };
+        (catalog, traffic)
+    }
+
+    #[test]
+    fn a_change_of_one_services_rules_changes_only_that_services_resources() {
+        let snapshot = |(catalog, traffic): &(Catalog, TrafficRules), previous| {
+            Snapshot::following(Inputs { catalog, traffic }, previous)
+        };
+        let before = snapshot(&with_rules(&["10.0.0.2"], 90, LoadBalancer::Random), None);
+        // web: v2 gains an endpoint, the split moves, port 80 balances otherwise.
+        let after = snapshot(
+            &with_rules(&["10.0.0.1", "10.0.0.2"], 50, LoadBalancer::LeastRequest),
+            Some(&before),
+        );
+        assert_ne!(
+            after.version(),
+            before.version(),
+            "same catalog, other rules"
+        );
+        let changed = |t| after.changed_since(t, before.version()).expect("follows");
+        assert_eq!(
+            changed(ResourceType::Cluster),
+            [
+                "outbound|80|v1|web.g.d.boshy",
+                "outbound|80|v2|web.g.d.boshy",
+                "outbound|80||web.g.d.boshy",
+            ],
+            "port 80's clusters, whose load balancer changed"
+        );
+        assert_eq!(
+            changed(ResourceType::Endpoint),
+            [
+                "outbound|8080|v2|web.g.d.boshy",
+                "outbound|80|v2|web.g.d.boshy"
+            ],
+            "v2's endpoints on both ports"
+        );
+        assert_eq!(changed(ResourceType::Route), ["outbound|80||web.g.d.boshy"]);
+        assert_eq!(changed(ResourceType::Listener), [] as [&str; 0]);
+    }
+
     #[test]
     fn the_empty_default_and_already_published_versions_are_not_rebuilt() {
         assert!(!should_publish(0, None));
@@ -385,6 +556,51 @@ mod tests {
         assert!(
             snapshots.changed().await.is_err(),
             "follower ends with the catalog"
+        );
+    }
+
+    #[tokio::test]
+    async fn follow_rebuilds_when_the_rules_change_and_keeps_them_when_their_producer_is_gone() {
+        let (catalog, rules) = with_rules(&["10.0.0.2"], 90, LoadBalancer::Random);
+        let (catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog.clone()));
+        let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
+        let mut snapshots = follow(Sources {
+            catalog: catalog_rx,
+            traffic: traffic_rx,
+        });
+        snapshots.changed().await.unwrap();
+        let without = snapshots.borrow_and_update().clone().unwrap();
+        assert_eq!(
+            without.version(),
+            catalog.version,
+            "no rules: the catalog's version"
+        );
+
+        traffic_tx.send(Arc::new(rules.clone())).unwrap();
+        snapshots.changed().await.unwrap();
+        let with = snapshots.borrow_and_update().clone().unwrap();
+        let route = "outbound|80||web.g.d.boshy";
+        assert_ne!(with.version(), without.version());
+        assert_ne!(
+            with.get(ResourceType::Route, route).unwrap().version,
+            without.get(ResourceType::Route, route).unwrap().version
+        );
+
+        drop(traffic_tx);
+        let mut next = catalog.clone();
+        next.version = 2;
+        next.services.pop();
+        catalog_tx.send(Arc::new(next.clone())).unwrap();
+        snapshots.changed().await.unwrap();
+        let last = snapshots.borrow_and_update().clone().unwrap();
+        assert_eq!(
+            last.version(),
+            Inputs {
+                catalog: &next,
+                traffic: &rules
+            }
+            .version(),
+            "built with the last rules"
         );
     }
 }

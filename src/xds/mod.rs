@@ -12,6 +12,7 @@ pub mod cache;
 pub(crate) mod delta;
 pub mod grpc;
 pub mod resources;
+pub(crate) mod routes;
 pub mod server;
 pub(crate) mod sotw;
 

@@ -18,17 +18,27 @@
 //! - one EDS cluster per service port, named Istio-style `outbound|<port>||<hostname>`, with
 //!   outlier detection and connect retries so that a dead instance stops getting requests
 //!   at its first failures, long before the director notices (see [`outlier_detection`]).
-//! - one `ClusterLoadAssignment` per cluster with the healthy endpoints, one locality per AZ.
-//! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster.
+//!   And one per port of each subset of the traffic model, `outbound|<port>|<subset>|<hostname>`.
+//! - one `ClusterLoadAssignment` per cluster with the healthy endpoints (of the subset), one
+//!   locality per AZ.
+//! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster: the traffic
+//!   model's routes of that port (see `routes`), then the default route to the whole service.
+//!
+//! The traffic model (`crate::traffic`) changes only what it names: without rules, every
+//! resource is what it would be without the model, byte for byte.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
-use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{
+    circuit_breakers, cluster, CircuitBreakers, Cluster,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
-    ConfigSource, Http2ProtocolOptions, Locality, SocketAddress, TrafficDirection,
+    ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions,
+    HttpProtocolOptions as CommonHttpProtocolOptions, Locality, RoutingPriority, SocketAddress,
+    TrafficDirection,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -40,6 +50,7 @@ use envoy_types::pb::envoy::config::route::v3::{
     retry_policy, route, route_action, route_match, RetryPolicy, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
@@ -55,7 +66,12 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use sha2::{Digest, Sha256};
 
+use super::routes;
 use crate::catalog::model::{Catalog, Endpoint, Service, ServicePort};
+use crate::traffic::{
+    self, ConnectionPool, Destination, LoadBalancer, LocalityLoadBalancing, ServiceRules,
+    TrafficPolicy, TrafficRules, WeightedDestination,
+};
 
 /// Name of the one outbound listener.
 pub(crate) const OUTBOUND_LISTENER: &str = "outbound";
@@ -166,10 +182,10 @@ impl NamedResource {
     }
 }
 
-/// All resources of one catalog version, per type, each list sorted by name.
+/// All resources built from one version of the inputs, per type, each list sorted by name.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Resources {
-    /// The catalog version these were built from.
+    /// The version of the inputs these were built from ([`Inputs::version`]).
     pub version: u64,
     by_type: [Vec<NamedResource>; 4],
 }
@@ -212,7 +228,78 @@ pub fn cluster_name(hostname: &str, port: u16) -> String {
     format!("outbound|{port}||{hostname}")
 }
 
-pub fn build(catalog: &Catalog) -> Resources {
+/// Istio's name for the cluster of one subset of a service port.
+pub fn subset_cluster_name(hostname: &str, port: u16, subset: &str) -> String {
+    format!("outbound|{port}|{subset}|{hostname}")
+}
+
+/// The cluster a traffic-model destination names. It may not exist (a host the catalog does
+/// not have, an unknown subset): Envoy then answers the requests routed there with a 503.
+pub(super) fn destination_cluster(destination: &Destination) -> String {
+    match &destination.subset {
+        None => cluster_name(&destination.host, destination.port),
+        Some(subset) => subset_cluster_name(&destination.host, destination.port, subset),
+    }
+}
+
+/// The clusters of the destinations that get traffic, with their weights.
+pub(super) fn weighted_clusters(destinations: &[WeightedDestination]) -> Vec<(String, u32)> {
+    destinations
+        .iter()
+        .filter(|d| d.weight > 0)
+        .map(|d| (destination_cluster(&d.destination), d.weight))
+        .collect()
+}
+
+/// The protobuf form of a duration (one beyond `i64::MAX` seconds is cut there).
+pub(super) fn duration(duration: std::time::Duration) -> Duration {
+    Duration {
+        seconds: i64::try_from(duration.as_secs()).unwrap_or(i64::MAX),
+        nanos: i32::try_from(duration.subsec_nanos()).expect("below a billion"),
+    }
+}
+
+/// What the resources are built from: the catalog and the traffic model. A catalog alone
+/// (`From<&Catalog>`) has no traffic rules.
+#[derive(Debug, Clone, Copy)]
+pub struct Inputs<'a> {
+    pub catalog: &'a Catalog,
+    pub traffic: &'a TrafficRules,
+}
+
+impl<'a> From<&'a Catalog> for Inputs<'a> {
+    fn from(catalog: &'a Catalog) -> Self {
+        static NO_RULES: TrafficRules = TrafficRules {
+            services: BTreeMap::new(),
+        };
+        Inputs {
+            catalog,
+            traffic: &NO_RULES,
+        }
+    }
+}
+
+impl Inputs<'_> {
+    /// The version of what these inputs build: the catalog's own version without traffic
+    /// rules (a mesh without rules serves exactly what it did before the traffic model, versions
+    /// included), else a hash of the catalog's version and the rules, so that a change of
+    /// the rules alone is a new version. The empty default catalog's 0 stays 0 whatever the
+    /// rules (it is never served, see `cache::follow`).
+    pub fn version(&self) -> u64 {
+        if self.catalog.version == 0 || self.traffic.services.is_empty() {
+            return self.catalog.version;
+        }
+        let rules = serde_json::to_vec(self.traffic).expect("the traffic model serializes");
+        let digest = Sha256::new()
+            .chain_update(self.catalog.version.to_be_bytes())
+            .chain_update(rules)
+            .finalize();
+        u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
+    }
+}
+
+pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
+    let inputs = inputs.into();
     let mut clusters = Vec::new();
     let mut endpoints = Vec::new();
     let mut routes = Vec::new();
@@ -220,26 +307,41 @@ pub fn build(catalog: &Catalog) -> Resources {
         OUTBOUND_LISTENER.to_string(),
         pack_any(outbound_listener()),
     )];
-    for service in &catalog.services {
+    for service in &inputs.catalog.services {
+        let rules = inputs.traffic.services.get(&service.hostname);
         for port in &service.ports {
             let name = cluster_name(&service.hostname, port.number);
-            clusters.push(NamedResource::new(
-                name.clone(),
-                pack_any(eds_cluster(&name, port)),
-            ));
-            endpoints.push(NamedResource::new(
-                name.clone(),
-                pack_any(load_assignment(&name, port.number, &service.endpoints)),
-            ));
+            let policy = |subset| {
+                rules
+                    .map(|r| r.policy(port.number, subset))
+                    .unwrap_or_default()
+            };
+            let (cluster, assignment) =
+                cluster_with_endpoints(&name, port, &policy(None), service.endpoints.iter());
+            clusters.push(cluster);
+            endpoints.push(assignment);
+            for (subset_name, subset) in rules.iter().flat_map(|r| &r.subsets) {
+                let (cluster, assignment) = cluster_with_endpoints(
+                    &subset_cluster_name(&service.hostname, port.number, subset_name),
+                    port,
+                    &policy(Some(subset_name)),
+                    service
+                        .endpoints
+                        .iter()
+                        .filter(|e| subset.endpoints.contains(&e.address)),
+                );
+                clusters.push(cluster);
+                endpoints.push(assignment);
+            }
             if port.protocol.is_http() {
                 routes.push(NamedResource::new(
                     name.clone(),
-                    pack_any(route_configuration(&name, service, port)),
+                    pack_any(route_configuration(&name, service, port, inputs.traffic)),
                 ));
             }
             listeners.push(NamedResource::new(
                 listener_name(service.vip, port.number),
-                pack_any(vip_listener(&name, service, port)),
+                pack_any(vip_listener(&name, service, port, rules)),
             ));
         }
     }
@@ -248,9 +350,30 @@ pub fn build(catalog: &Catalog) -> Resources {
         list.sort_by(|a, b| a.name.cmp(&b.name));
     }
     Resources {
-        version: catalog.version,
+        version: inputs.version(),
         by_type,
     }
+}
+
+/// A cluster of `port` and its load assignment, which Envoy asks for by the cluster's name.
+fn cluster_with_endpoints<'a>(
+    name: &str,
+    port: &ServicePort,
+    policy: &TrafficPolicy,
+    endpoints: impl Iterator<Item = &'a Endpoint>,
+) -> (NamedResource, NamedResource) {
+    (
+        NamedResource::new(name.to_string(), pack_any(eds_cluster(name, port, policy))),
+        NamedResource::new(
+            name.to_string(),
+            pack_any(load_assignment(
+                name,
+                port.number,
+                endpoints,
+                policy.locality.as_ref(),
+            )),
+        ),
+    )
 }
 
 fn ads_config_source() -> ConfigSource {
@@ -273,28 +396,33 @@ fn socket_address(ip: IpAddr, port: u16) -> Address {
     }
 }
 
-fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {
+/// An EDS cluster with the mesh's defaults, changed where `policy` says (see
+/// `crate::traffic::TrafficPolicy`).
+fn eds_cluster(name: &str, port: &ServicePort, policy: &TrafficPolicy) -> Cluster {
+    let pool = policy.connection_pool.as_ref();
     let mut typed_extension_protocol_options = std::collections::HashMap::new();
-    if port.protocol.is_http2() {
-        let options = HttpProtocolOptions {
-            upstream_protocol_options: Some(
-                http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                    http_protocol_options::ExplicitHttpConfig {
-                        protocol_config: Some(
-                            http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                                Http2ProtocolOptions::default(),
-                            ),
-                        ),
-                    },
-                ),
-            ),
-            ..Default::default()
-        };
+    if let Some(options) = upstream_http_options(port, pool) {
         typed_extension_protocol_options.insert(
             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
             pack_any(options),
         );
     }
+    let lb_policy = match policy.load_balancer {
+        None | Some(LoadBalancer::RoundRobin) => cluster::LbPolicy::RoundRobin,
+        Some(LoadBalancer::LeastRequest) => cluster::LbPolicy::LeastRequest,
+        Some(LoadBalancer::Random) => cluster::LbPolicy::Random,
+        // The hash is computed on each route that sends here (`routes::hash_policy`).
+        Some(LoadBalancer::RingHash(_)) => cluster::LbPolicy::RingHash,
+    };
+    let locality_config_specifier = match policy.locality {
+        Some(LocalityLoadBalancing::Distribute(_)) => Some(
+            cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(
+                cluster::common_lb_config::LocalityWeightedLbConfig {},
+            ),
+        ),
+        // Failover is in the load assignment's priorities alone.
+        Some(LocalityLoadBalancing::Failover(_)) | None => None,
+    };
     Cluster {
         name: name.to_string(),
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
@@ -304,22 +432,94 @@ fn eds_cluster(name: &str, port: &ServicePort) -> Cluster {
             eds_config: Some(ads_config_source()),
             service_name: String::new(),
         }),
-        connect_timeout: Some(CONNECT_TIMEOUT),
+        connect_timeout: Some(
+            pool.and_then(|p| p.connect_timeout)
+                .map_or(CONNECT_TIMEOUT, duration),
+        ),
+        lb_policy: lb_policy as i32,
+        circuit_breakers: pool.and_then(circuit_breakers),
         typed_extension_protocol_options,
-        outlier_detection: Some(outlier_detection()),
+        outlier_detection: Some(outlier_detection(policy.outlier_detection.as_ref())),
         common_lb_config: Some(cluster::CommonLbConfig {
             // No panic mode: Envoy's default (50%) would send traffic to every host,
             // ejected ones included, as soon as half of them are ejected.
             healthy_panic_threshold: Some(Percent { value: 0.0 }),
+            locality_config_specifier,
             ..Default::default()
         }),
         ..Default::default()
     }
 }
 
-fn outlier_detection() -> OutlierDetection {
+/// HTTP/2 upstream where the port's protocol needs it, and the requests allowed per upstream
+/// connection where the connection pool limits them; `None` (Envoy's defaults, HTTP/1.1)
+/// otherwise.
+fn upstream_http_options(
+    port: &ServicePort,
+    pool: Option<&ConnectionPool>,
+) -> Option<HttpProtocolOptions> {
+    use http_protocol_options::explicit_http_config::ProtocolConfig;
+    let max_requests_per_connection = pool
+        .and_then(|p| p.max_requests_per_connection)
+        .filter(|_| port.protocol.is_http());
+    let protocol_config = if port.protocol.is_http2() {
+        ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())
+    } else if max_requests_per_connection.is_some() {
+        // Envoy wants the upstream protocol said whenever these options are given.
+        ProtocolConfig::HttpProtocolOptions(Http1ProtocolOptions::default())
+    } else {
+        return None;
+    };
+    Some(HttpProtocolOptions {
+        common_http_protocol_options: max_requests_per_connection.map(|value| {
+            CommonHttpProtocolOptions {
+                max_requests_per_connection: Some(UInt32Value { value }),
+                ..Default::default()
+            }
+        }),
+        upstream_protocol_options: Some(
+            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                http_protocol_options::ExplicitHttpConfig {
+                    protocol_config: Some(protocol_config),
+                },
+            ),
+        ),
+        ..Default::default()
+    })
+}
+
+/// Envoy's circuit breakers with the pool's limits; the limits it does not set keep Envoy's
+/// defaults. `None` when it sets none.
+fn circuit_breakers(pool: &ConnectionPool) -> Option<CircuitBreakers> {
+    let limits = [
+        pool.max_connections,
+        pool.max_pending_requests,
+        pool.max_requests,
+        pool.max_retries,
+    ];
+    if limits.iter().all(Option::is_none) {
+        return None;
+    }
+    let [max_connections, max_pending_requests, max_requests, max_retries] =
+        limits.map(|limit| limit.map(|value| UInt32Value { value }));
+    Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            priority: RoutingPriority::Default as i32,
+            max_connections,
+            max_pending_requests,
+            max_requests,
+            max_retries,
+            ..Default::default()
+        }],
+        ..Default::default()
+    })
+}
+
+/// The mesh's outlier detection, with the traffic model's `changes`. Local-origin failures
+/// (refused, reset, timed out) always eject: the mesh's failover depends on it.
+fn outlier_detection(changes: Option<&traffic::OutlierDetection>) -> OutlierDetection {
     let count = |value| Some(UInt32Value { value });
-    OutlierDetection {
+    let mut detection = OutlierDetection {
         split_external_local_origin_errors: true,
         consecutive_local_origin_failure: count(CONSECUTIVE_LOCAL_ORIGIN_FAILURES),
         enforcing_consecutive_local_origin_failure: count(100),
@@ -332,13 +532,60 @@ fn outlier_detection() -> OutlierDetection {
         max_ejection_time: Some(MAX_EJECTION_TIME),
         max_ejection_percent: count(MAX_EJECTION_PERCENT),
         ..Default::default()
+    };
+    let Some(changes) = changes else {
+        return detection;
+    };
+    // A count of 0 turns that detection off: Envoy's own way is not enforcing it.
+    let consecutive =
+        |changed: Option<u32>,
+         (threshold, enforcing): (&mut Option<UInt32Value>, &mut Option<UInt32Value>)| {
+            match changed {
+                Some(0) => *enforcing = count(0),
+                Some(n) => *threshold = count(n),
+                None => {}
+            }
+        };
+    consecutive(
+        changes.consecutive_5xx,
+        (
+            &mut detection.consecutive_5xx,
+            &mut detection.enforcing_consecutive_5xx,
+        ),
+    );
+    consecutive(
+        changes.consecutive_gateway_errors,
+        (
+            &mut detection.consecutive_gateway_failure,
+            &mut detection.enforcing_consecutive_gateway_failure,
+        ),
+    );
+    if let Some(interval) = changes.interval {
+        detection.interval = Some(duration(interval));
     }
+    if let Some(base) = changes.base_ejection_time {
+        detection.base_ejection_time = Some(duration(base));
+        // Envoy refuses a cluster whose longest ejection is shorter than its first.
+        let longest = std::time::Duration::from_secs(MAX_EJECTION_TIME.seconds.unsigned_abs());
+        detection.max_ejection_time = Some(duration(base.max(longest)));
+    }
+    if let Some(percent) = changes.max_ejection_percent {
+        // Above 100 Envoy refuses the cluster; it means all anyway.
+        detection.max_ejection_percent = count(percent.min(100));
+    }
+    detection
 }
 
-/// Healthy endpoints only, one locality per AZ (AZ-less instances share the empty zone).
-fn load_assignment(name: &str, port: u16, endpoints: &[Endpoint]) -> ClusterLoadAssignment {
+/// Healthy endpoints only, one locality per AZ (AZ-less instances share the empty zone),
+/// weighted or prioritized by AZ as `locality` says.
+fn load_assignment<'a>(
+    name: &str,
+    port: u16,
+    endpoints: impl Iterator<Item = &'a Endpoint>,
+    locality: Option<&LocalityLoadBalancing>,
+) -> ClusterLoadAssignment {
     let mut by_az: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    for endpoint in endpoints.iter().filter(|e| e.healthy) {
+    for endpoint in endpoints.filter(|e| e.healthy) {
         by_az
             .entry(endpoint.az.as_deref().unwrap_or(""))
             .or_default()
@@ -350,6 +597,11 @@ fn load_assignment(name: &str, port: u16, endpoints: &[Endpoint]) -> ClusterLoad
                 ..Default::default()
             });
     }
+    let priorities = match locality {
+        Some(LocalityLoadBalancing::Failover(order)) => failover_priorities(order, &by_az),
+        _ => BTreeMap::new(),
+    };
+    let listed_priorities = u32::try_from(priorities.len()).expect("fewer AZs than u32::MAX");
     ClusterLoadAssignment {
         cluster_name: name.to_string(),
         endpoints: by_az
@@ -360,6 +612,20 @@ fn load_assignment(name: &str, port: u16, endpoints: &[Endpoint]) -> ClusterLoad
                     ..Default::default()
                 }),
                 lb_endpoints,
+                load_balancing_weight: match locality {
+                    // Envoy wants a weight of at least 1; an AZ without one gets no traffic.
+                    Some(LocalityLoadBalancing::Distribute(weights)) => weights
+                        .get(az)
+                        .filter(|weight| **weight > 0)
+                        .map(|&value| UInt32Value { value }),
+                    _ => None,
+                },
+                priority: match locality {
+                    Some(LocalityLoadBalancing::Failover(_)) => {
+                        priorities.get(az).copied().unwrap_or(listed_priorities)
+                    }
+                    _ => 0,
+                },
                 ..Default::default()
             })
             .collect(),
@@ -367,8 +633,55 @@ fn load_assignment(name: &str, port: u16, endpoints: &[Endpoint]) -> ClusterLoad
     }
 }
 
-fn route_configuration(name: &str, service: &Service, port: &ServicePort) -> RouteConfiguration {
+/// The priority of each listed AZ that has endpoints, in the order listed. Envoy wants
+/// priorities without gaps, so an AZ without endpoints takes no number; unlisted AZs all get
+/// the next one.
+fn failover_priorities<'a, T>(
+    order: &'a [String],
+    by_az: &BTreeMap<&str, T>,
+) -> BTreeMap<&'a str, u32> {
+    let mut priorities = BTreeMap::new();
+    for az in order {
+        if by_az.contains_key(az.as_str()) && !priorities.contains_key(az.as_str()) {
+            let next = u32::try_from(priorities.len()).expect("fewer AZs than u32::MAX");
+            priorities.insert(az.as_str(), next);
+        }
+    }
+    priorities
+}
+
+/// The traffic model's routes of the port, in order, then the default route: everything to
+/// the whole service.
+fn route_configuration(
+    name: &str,
+    service: &Service,
+    port: &ServicePort,
+    traffic: &TrafficRules,
+) -> RouteConfiguration {
     let host_port = format!("{}:{}", service.hostname, port.number);
+    let mut routes: Vec<Route> = http_routes(traffic.services.get(&service.hostname), port)
+        .iter()
+        .flat_map(|route| routes::envoy_routes(route, traffic))
+        .collect();
+    routes.push(Route {
+        r#match: Some(RouteMatch {
+            path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
+            ..Default::default()
+        }),
+        action: Some(route::Action::Route(RouteAction {
+            cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(name.to_string())),
+            // No route deadline (Envoy's default is 15 s): the mesh must not cut
+            // long requests or gRPC streams the application did not bound (Istio
+            // does the same).
+            timeout: Some(Duration::default()),
+            retry_policy: Some(mesh_retry_policy()),
+            hash_policy: routes::hash_policy(traffic, &service.hostname, port.number, None)
+                .into_iter()
+                .collect(),
+            ..Default::default()
+        })),
+        ..Default::default()
+    });
     RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -376,31 +689,25 @@ fn route_configuration(name: &str, service: &Service, port: &ServicePort) -> Rou
             // The filter chain was already picked by VIP:port, so any Host header is this
             // service (clients may dial the VIP directly).
             domains: vec!["*".to_string()],
-            routes: vec![Route {
-                r#match: Some(RouteMatch {
-                    path_specifier: Some(route_match::PathSpecifier::Prefix("/".to_string())),
-                    ..Default::default()
-                }),
-                action: Some(route::Action::Route(RouteAction {
-                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
-                        name.to_string(),
-                    )),
-                    // No route deadline (Envoy's default is 15 s): the mesh must not cut
-                    // long requests or gRPC streams the application did not bound (Istio
-                    // does the same).
-                    timeout: Some(Duration::default()),
-                    retry_policy: Some(retry_policy()),
-                    ..Default::default()
-                })),
-                ..Default::default()
-            }],
+            routes,
             ..Default::default()
         }],
         ..Default::default()
     }
 }
 
-fn retry_policy() -> RetryPolicy {
+/// The traffic model's HTTP routes of a service port; empty without.
+fn http_routes<'a>(
+    rules: Option<&'a ServiceRules>,
+    port: &ServicePort,
+) -> &'a [traffic::HttpRoute] {
+    rules
+        .and_then(|rules| rules.http_routes.get(&port.number))
+        .map_or(&[], Vec::as_slice)
+}
+
+/// The mesh's retries, on every route the traffic model does not give retries of its own.
+pub(super) fn mesh_retry_policy() -> RetryPolicy {
     RetryPolicy {
         retry_on: RETRY_ON.to_string(),
         num_retries: Some(UInt32Value { value: RETRIES }),
@@ -415,9 +722,24 @@ fn retry_policy() -> RetryPolicy {
     }
 }
 
-fn vip_listener(name: &str, service: &Service, port: &ServicePort) -> Listener {
+fn vip_listener(
+    name: &str,
+    service: &Service,
+    port: &ServicePort,
+    rules: Option<&ServiceRules>,
+) -> Listener {
     let stat_prefix = format!("outbound_{}_{}", port.number, service.hostname);
     let network_filter = if port.protocol.is_http() {
+        let http_filter = |name: &str, config: Any| HttpFilter {
+            name: name.to_string(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(config)),
+            ..Default::default()
+        };
+        // The fault filter is there as soon as the port has routes of the traffic model, not
+        // only while one injects a fault: a listener change drains its connections, so
+        // adding and removing faults is better done in the route configuration alone.
+        let fault = (!http_routes(rules, port).is_empty())
+            .then(|| http_filter(routes::FAULT_FILTER, pack_any(HttpFault::default())));
         Filter {
             name: "envoy.filters.network.http_connection_manager".to_string(),
             config_type: Some(filter::ConfigType::TypedConfig(pack_any(
@@ -427,13 +749,13 @@ fn vip_listener(name: &str, service: &Service, port: &ServicePort) -> Listener {
                         config_source: Some(ads_config_source()),
                         route_config_name: name.to_string(),
                     })),
-                    http_filters: vec![HttpFilter {
-                        name: "envoy.filters.http.router".to_string(),
-                        config_type: Some(http_filter::ConfigType::TypedConfig(pack_any(
-                            Router::default(),
-                        ))),
-                        ..Default::default()
-                    }],
+                    http_filters: fault
+                        .into_iter()
+                        .chain([http_filter(
+                            "envoy.filters.http.router",
+                            pack_any(Router::default()),
+                        )])
+                        .collect(),
                     ..Default::default()
                 },
             ))),
@@ -441,7 +763,7 @@ fn vip_listener(name: &str, service: &Service, port: &ServicePort) -> Listener {
     } else {
         tcp_proxy_filter(TcpProxy {
             stat_prefix,
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(name.to_string())),
+            cluster_specifier: Some(tcp_cluster_specifier(name, rules, port)),
             max_connect_attempts: Some(UInt32Value {
                 value: TCP_CONNECT_ATTEMPTS,
             }),
@@ -456,6 +778,33 @@ fn vip_listener(name: &str, service: &Service, port: &ServicePort) -> Listener {
         traffic_direction: TrafficDirection::Outbound as i32,
         filter_chains: vec![only_filter_chain(name, network_filter)],
         ..Default::default()
+    }
+}
+
+/// Where a tcp port's connections go: the traffic model's destinations, else the whole
+/// service.
+fn tcp_cluster_specifier(
+    name: &str,
+    rules: Option<&ServiceRules>,
+    port: &ServicePort,
+) -> tcp_proxy::ClusterSpecifier {
+    let destinations = rules.and_then(|rules| rules.tcp_routes.get(&port.number));
+    let clusters = weighted_clusters(destinations.map_or(&[], Vec::as_slice));
+    match clusters.as_slice() {
+        [] => tcp_proxy::ClusterSpecifier::Cluster(name.to_string()),
+        [(only, _)] => tcp_proxy::ClusterSpecifier::Cluster(only.clone()),
+        several => tcp_proxy::ClusterSpecifier::WeightedClusters(tcp_proxy::WeightedCluster {
+            clusters: several
+                .iter()
+                .map(
+                    |(name, weight)| tcp_proxy::weighted_cluster::ClusterWeight {
+                        name: name.clone(),
+                        weight: *weight,
+                        metadata_match: None,
+                    },
+                )
+                .collect(),
+        }),
     }
 }
 
@@ -921,6 +1270,703 @@ mod tests {
             version(&before, ResourceType::Listener, "outbound"),
             version(&after, ResourceType::Listener, "outbound")
         );
+    }
+
+    mod with_traffic_rules {
+        use std::collections::{BTreeMap, BTreeSet};
+        use std::time::Duration as StdDuration;
+
+        use super::*;
+        use crate::traffic::{Forward, HashKey, HttpAction, HttpRoute, PortPolicies, Subset};
+
+        const WEB: &str = "web.banana.sample.boshy";
+
+        fn traffic(rules: impl IntoIterator<Item = (&'static str, ServiceRules)>) -> TrafficRules {
+            TrafficRules {
+                services: rules
+                    .into_iter()
+                    .map(|(host, rules)| (host.to_string(), rules))
+                    .collect(),
+            }
+        }
+
+        fn built(traffic: &TrafficRules) -> Resources {
+            build(Inputs {
+                catalog: &catalog(),
+                traffic,
+            })
+        }
+
+        fn subset(addresses: &[&str], policy: PortPolicies) -> Subset {
+            Subset {
+                endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                policy,
+            }
+        }
+
+        fn to(host: &str, port: u16, subset: Option<&str>, weight: u32) -> WeightedDestination {
+            WeightedDestination {
+                destination: Destination {
+                    host: host.to_string(),
+                    port,
+                    subset: subset.map(str::to_string),
+                },
+                weight,
+            }
+        }
+
+        fn forward_everything_to(subset: &str) -> HttpRoute {
+            HttpRoute {
+                name: format!("to-{subset}"),
+                matches: Vec::new(),
+                action: HttpAction::Forward(Forward {
+                    destinations: vec![to(WEB, 9002, Some(subset), 1)],
+                    ..Default::default()
+                }),
+                fault: None,
+                headers: Default::default(),
+            }
+        }
+
+        /// (zone, priority, weight, addresses) of each locality.
+        fn localities(
+            assignment: &ClusterLoadAssignment,
+        ) -> Vec<(String, u32, Option<u32>, Vec<String>)> {
+            assignment
+                .endpoints
+                .iter()
+                .map(|locality| {
+                    let addresses = locality
+                        .lb_endpoints
+                        .iter()
+                        .map(|lb| ip(lb).to_string())
+                        .collect();
+                    (
+                        locality.locality.as_ref().unwrap().zone.clone(),
+                        locality.priority,
+                        locality.load_balancing_weight.map(|w| w.value),
+                        addresses,
+                    )
+                })
+                .collect()
+        }
+
+        fn http_filter_names(resources: &Resources, listener: &str) -> Vec<String> {
+            let listener: Listener = resource(resources, ResourceType::Listener, listener);
+            let hcm: HttpConnectionManager = network_filter(&listener);
+            hcm.http_filters.into_iter().map(|f| f.name).collect()
+        }
+
+        #[test]
+        fn rules_that_say_nothing_change_no_byte() {
+            let without = build(&catalog());
+            let with = built(&traffic([
+                (WEB, ServiceRules::default()),
+                (
+                    "ghost.banana.sample.boshy",
+                    ServiceRules {
+                        http_routes: BTreeMap::from([(9002, vec![forward_everything_to("v1")])]),
+                        subsets: BTreeMap::from([(
+                            "v1".to_string(),
+                            subset(&["10.0.0.1"], PortPolicies::default()),
+                        )]),
+                        ..Default::default()
+                    },
+                ),
+            ]));
+            for t in ResourceType::PUSH_ORDER {
+                assert_eq!(with.of_type(t), without.of_type(t), "{t:?}");
+            }
+            assert_ne!(
+                with.version, without.version,
+                "other inputs, another version"
+            );
+            assert_eq!(
+                built(&TrafficRules::default()).version,
+                42,
+                "without rules, the catalog's version"
+            );
+        }
+
+        #[test]
+        fn subsets_are_clusters_of_their_own_with_their_endpoints_and_policies() {
+            let pool = ConnectionPool {
+                max_connections: Some(10),
+                connect_timeout: Some(StdDuration::from_millis(250)),
+                max_requests_per_connection: Some(1),
+                ..Default::default()
+            };
+            let v2_on_9002 = TrafficPolicy {
+                outlier_detection: Some(traffic::OutlierDetection {
+                    consecutive_5xx: Some(0),
+                    consecutive_gateway_errors: Some(7),
+                    base_ejection_time: Some(StdDuration::from_secs(60)),
+                    max_ejection_percent: Some(150),
+                    ..Default::default()
+                }),
+                load_balancer: Some(LoadBalancer::RingHash(HashKey::Header("x-user".into()))),
+                ..Default::default()
+            };
+            let rules = ServiceRules {
+                policy: PortPolicies {
+                    all_ports: TrafficPolicy {
+                        load_balancer: Some(LoadBalancer::LeastRequest),
+                        connection_pool: Some(pool),
+                        ..Default::default()
+                    },
+                    by_port: BTreeMap::new(),
+                },
+                subsets: BTreeMap::from([
+                    (
+                        "v1".to_string(),
+                        subset(&["10.0.0.1", "10.0.0.3"], PortPolicies::default()),
+                    ),
+                    (
+                        "v2".to_string(),
+                        subset(
+                            &["10.0.0.2", "10.0.0.4", "10.9.9.9"],
+                            PortPolicies {
+                                all_ports: TrafficPolicy::default(),
+                                by_port: BTreeMap::from([(9002, v2_on_9002)]),
+                            },
+                        ),
+                    ),
+                ]),
+                ..Default::default()
+            };
+            let resources = built(&traffic([(WEB, rules)]));
+            let web_clusters = [
+                "outbound|9000|v1|web.banana.sample.boshy",
+                "outbound|9000|v2|web.banana.sample.boshy",
+                "outbound|9000||web.banana.sample.boshy",
+                "outbound|9002|v1|web.banana.sample.boshy",
+                "outbound|9002|v2|web.banana.sample.boshy",
+                "outbound|9002||web.banana.sample.boshy",
+            ];
+            let mut expected = vec!["outbound|5432||db.banana.sample.boshy"];
+            expected.extend(web_clusters);
+            assert_eq!(names(&resources, ResourceType::Cluster), expected);
+            assert_eq!(names(&resources, ResourceType::Endpoint), expected);
+
+            let members = |name: &str| -> Vec<String> {
+                let assignment: ClusterLoadAssignment =
+                    resource(&resources, ResourceType::Endpoint, name);
+                assert_eq!(assignment.cluster_name, name);
+                localities(&assignment)
+                    .into_iter()
+                    .flat_map(|(.., a)| a)
+                    .collect()
+            };
+            assert_eq!(
+                members("outbound|9002|v1|web.banana.sample.boshy"),
+                ["10.0.0.1"],
+                "the unhealthy 10.0.0.3 stays out"
+            );
+            assert_eq!(
+                members("outbound|9000|v2|web.banana.sample.boshy"),
+                ["10.0.0.4", "10.0.0.2"],
+                "10.9.9.9 is not the service's"
+            );
+            assert_eq!(
+                members("outbound|9002||web.banana.sample.boshy"),
+                ["10.0.0.4", "10.0.0.1", "10.0.0.2"]
+            );
+
+            let cluster =
+                |name: &str| -> Cluster { resource(&resources, ResourceType::Cluster, name) };
+            for name in web_clusters {
+                let c = cluster(name);
+                assert_eq!(
+                    c.connect_timeout,
+                    Some(Duration {
+                        seconds: 0,
+                        nanos: 250_000_000
+                    }),
+                    "{name}"
+                );
+                let thresholds = &c
+                    .circuit_breakers
+                    .as_ref()
+                    .expect("circuit breakers")
+                    .thresholds;
+                assert_eq!(
+                    thresholds[0].max_connections,
+                    Some(UInt32Value { value: 10 }),
+                    "{name}"
+                );
+                assert_eq!(thresholds[0].max_requests, None, "Envoy's default");
+                let options = HttpProtocolOptions::decode(
+                    c.typed_extension_protocol_options
+                        ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                        .value
+                        .as_slice(),
+                )
+                .unwrap();
+                assert_eq!(
+                    options
+                        .common_http_protocol_options
+                        .unwrap()
+                        .max_requests_per_connection,
+                    Some(UInt32Value { value: 1 })
+                );
+                let Some(http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
+                    explicit,
+                )) = options.upstream_protocol_options
+                else {
+                    panic!("explicit upstream protocol")
+                };
+                assert_eq!(
+                    matches!(
+                        explicit.protocol_config,
+                        Some(http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(_))
+                    ),
+                    name.starts_with("outbound|9000|"),
+                    "{name}: HTTP/2 for grpc, HTTP/1.1 said explicitly for http"
+                );
+            }
+            let lb = |name: &str| cluster(name).lb_policy;
+            assert_eq!(
+                lb("outbound|9002||web.banana.sample.boshy"),
+                cluster::LbPolicy::LeastRequest as i32
+            );
+            assert_eq!(
+                lb("outbound|9000|v2|web.banana.sample.boshy"),
+                cluster::LbPolicy::LeastRequest as i32
+            );
+            assert_eq!(
+                lb("outbound|9002|v2|web.banana.sample.boshy"),
+                cluster::LbPolicy::RingHash as i32
+            );
+            let db = cluster("outbound|5432||db.banana.sample.boshy");
+            assert_eq!(
+                (db.lb_policy, db.circuit_breakers),
+                (0, None),
+                "another service's clusters keep the defaults"
+            );
+
+            let mesh = outlier_detection(None);
+            assert_eq!(
+                cluster("outbound|9002|v1|web.banana.sample.boshy").outlier_detection,
+                Some(mesh.clone())
+            );
+            let changed = cluster("outbound|9002|v2|web.banana.sample.boshy")
+                .outlier_detection
+                .unwrap();
+            assert_eq!(
+                (changed.consecutive_5xx, changed.enforcing_consecutive_5xx),
+                (mesh.consecutive_5xx, Some(UInt32Value { value: 0 })),
+                "0 turns 5xx detection off"
+            );
+            assert_eq!(
+                changed.consecutive_gateway_failure,
+                Some(UInt32Value { value: 7 })
+            );
+            assert_eq!(changed.base_ejection_time, Some(seconds(60)));
+            assert_eq!(
+                changed.max_ejection_time,
+                Some(seconds(60)),
+                "never shorter than the first"
+            );
+            assert_eq!(
+                changed.max_ejection_percent,
+                Some(UInt32Value { value: 100 })
+            );
+            assert_eq!(
+                changed.consecutive_local_origin_failure, mesh.consecutive_local_origin_failure,
+                "refused connections still eject"
+            );
+            let tcp = cluster("outbound|5432||db.banana.sample.boshy");
+            assert!(tcp.typed_extension_protocol_options.is_empty());
+        }
+
+        #[test]
+        fn locality_preferences_weigh_or_order_the_azs() {
+            let locality = |locality| PortPolicies {
+                all_ports: TrafficPolicy {
+                    locality: Some(locality),
+                    ..Default::default()
+                },
+                by_port: BTreeMap::new(),
+            };
+            let rules = ServiceRules {
+                policy: locality(LocalityLoadBalancing::Distribute(BTreeMap::from([
+                    ("z1".to_string(), 80),
+                    ("z2".to_string(), 20),
+                    ("z3".to_string(), 0),
+                ]))),
+                subsets: BTreeMap::from([(
+                    "all".to_string(),
+                    subset(
+                        &["10.0.0.1", "10.0.0.2", "10.0.0.4"],
+                        locality(LocalityLoadBalancing::Failover(vec![
+                            "z9".to_string(),
+                            "z2".to_string(),
+                            "z1".to_string(),
+                            "z2".to_string(),
+                        ])),
+                    ),
+                )]),
+                ..Default::default()
+            };
+            let resources = built(&traffic([(WEB, rules)]));
+            let assignment = |name| -> ClusterLoadAssignment {
+                resource(&resources, ResourceType::Endpoint, name)
+            };
+            let summary = |name| -> Vec<(String, u32, Option<u32>)> {
+                localities(&assignment(name))
+                    .into_iter()
+                    .map(|(zone, priority, weight, _)| (zone, priority, weight))
+                    .collect()
+            };
+            assert_eq!(
+                summary("outbound|9002||web.banana.sample.boshy"),
+                [
+                    ("".into(), 0, None),
+                    ("z1".into(), 0, Some(80)),
+                    ("z2".into(), 0, Some(20))
+                ],
+                "an AZ without a weight gets no traffic"
+            );
+            let weighted: Cluster = resource(
+                &resources,
+                ResourceType::Cluster,
+                "outbound|9002||web.banana.sample.boshy",
+            );
+            assert!(matches!(
+                weighted.common_lb_config.unwrap().locality_config_specifier,
+                Some(
+                    cluster::common_lb_config::LocalityConfigSpecifier::LocalityWeightedLbConfig(_)
+                )
+            ));
+            assert_eq!(
+                summary("outbound|9002|all|web.banana.sample.boshy"),
+                [
+                    ("".into(), 2, None),
+                    ("z1".into(), 1, None),
+                    ("z2".into(), 0, None)
+                ],
+                "listed AZs in order without gaps, the rest last"
+            );
+            let failover: Cluster = resource(
+                &resources,
+                ResourceType::Cluster,
+                "outbound|9002|all|web.banana.sample.boshy",
+            );
+            assert_eq!(
+                failover.common_lb_config.unwrap().locality_config_specifier,
+                None
+            );
+        }
+
+        #[test]
+        fn a_port_with_routes_gets_them_before_the_default_route_and_the_fault_filter() {
+            let ring = TrafficPolicy {
+                load_balancer: Some(LoadBalancer::RingHash(HashKey::Header("x-user".into()))),
+                ..Default::default()
+            };
+            let rules = ServiceRules {
+                http_routes: BTreeMap::from([(9002, vec![forward_everything_to("v1")])]),
+                subsets: BTreeMap::from([(
+                    "v1".to_string(),
+                    subset(&["10.0.0.1"], PortPolicies::default()),
+                )]),
+                policy: PortPolicies {
+                    all_ports: ring,
+                    by_port: BTreeMap::new(),
+                },
+                ..Default::default()
+            };
+            let resources = built(&traffic([(WEB, rules)]));
+            assert_eq!(
+                http_filter_names(&resources, "169.254.255.3_9002"),
+                ["envoy.filters.http.fault", "envoy.filters.http.router"]
+            );
+            assert_eq!(
+                http_filter_names(&resources, "169.254.255.3_9000"),
+                ["envoy.filters.http.router"],
+                "a port without routes keeps its listener"
+            );
+            let config: RouteConfiguration = resource(
+                &resources,
+                ResourceType::Route,
+                "outbound|9002||web.banana.sample.boshy",
+            );
+            let routes = &config.virtual_hosts[0].routes;
+            let targets: Vec<(&str, &route_action::ClusterSpecifier, usize)> = routes
+                .iter()
+                .map(|r| {
+                    let Some(route::Action::Route(action)) = &r.action else {
+                        panic!("route")
+                    };
+                    (
+                        r.name.as_str(),
+                        action.cluster_specifier.as_ref().unwrap(),
+                        action.hash_policy.len(),
+                    )
+                })
+                .collect();
+            let cluster = |name: &str| route_action::ClusterSpecifier::Cluster(name.into());
+            assert_eq!(
+                targets,
+                [
+                    (
+                        "to-v1",
+                        &cluster("outbound|9002|v1|web.banana.sample.boshy"),
+                        1
+                    ),
+                    ("", &cluster("outbound|9002||web.banana.sample.boshy"), 1),
+                ],
+                "the model's route, then the default; both hash as the ring hash cluster wants"
+            );
+            let grpc: RouteConfiguration = resource(
+                &resources,
+                ResourceType::Route,
+                "outbound|9000||web.banana.sample.boshy",
+            );
+            assert_eq!(grpc.virtual_hosts[0].routes.len(), 1);
+        }
+
+        fn ip(lb: &LbEndpoint) -> IpAddr {
+            let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                panic!("endpoint")
+            };
+            let Some(address::Address::SocketAddress(s)) = &e.address.as_ref().unwrap().address
+            else {
+                panic!("socket address")
+            };
+            s.address.parse().unwrap()
+        }
+
+        /// The figures behind choosing subset clusters over Envoy's subset load balancer
+        /// (docs/ARCHITECTURE.md, "The traffic model"): 1,000 services of six instances, two
+        /// per AZ, each with three subsets of two instances, as `build` makes them and as the
+        /// subset load balancer would have them (one cluster per service with
+        /// `lb_subset_config`, each endpoint's subset in its metadata). Prints them:
+        /// `cargo test --lib subset_clusters_against -- --nocapture`.
+        #[test]
+        fn subset_clusters_against_envoys_subset_load_balancer_at_1000_services() {
+            const SERVICES: u32 = 1000;
+            const SUBSETS: [&str; 3] = ["v1", "v2", "v3"];
+            let estate = |first_healthy: bool| {
+                testing::catalog(
+                    1,
+                    (0..SERVICES).map(|i| {
+                        (0..6u32).fold(
+                            testing::service("load", "group", &format!("svc{i:04}"))
+                                .vip(Ipv4Addr::from(u32::from(Ipv4Addr::new(169, 254, 1, 0)) + i))
+                                .port("http", 8080, Protocol::Http),
+                            |service, n| {
+                                let address = Ipv4Addr::from(
+                                    u32::from(Ipv4Addr::new(10, 0, 0, 0)) + i * 8 + n,
+                                );
+                                service.endpoint(Endpoint {
+                                    az: Some(format!("z{}", n % 3 + 1)),
+                                    healthy: first_healthy || i > 0 || n > 0,
+                                    ..testing::endpoint(&address.to_string())
+                                })
+                            },
+                        )
+                    }),
+                )
+            };
+            let catalog = estate(true);
+            let subset_of = |n: usize| SUBSETS[n / 2];
+            let rules = TrafficRules {
+                services: catalog
+                    .services
+                    .iter()
+                    .map(|service| {
+                        let subsets = SUBSETS
+                            .iter()
+                            .map(|name| {
+                                let members = (0..6).filter(|n| subset_of(*n) == *name);
+                                let subset = Subset {
+                                    endpoints: members
+                                        .map(|n| service.endpoints[n].address)
+                                        .collect(),
+                                    policy: PortPolicies::default(),
+                                };
+                                (name.to_string(), subset)
+                            })
+                            .collect();
+                        (
+                            service.hostname.clone(),
+                            ServiceRules {
+                                subsets,
+                                ..Default::default()
+                            },
+                        )
+                    })
+                    .collect(),
+            };
+            let bytes = |resources: &[NamedResource]| {
+                resources
+                    .iter()
+                    .map(|r| r.resource.value.len())
+                    .sum::<usize>()
+            };
+
+            // Subset clusters, as built.
+            let built = build(Inputs {
+                catalog: &catalog,
+                traffic: &rules,
+            });
+            let clusters = built.of_type(ResourceType::Cluster);
+            let assignments = built.of_type(ResourceType::Endpoint);
+            // The first instance of svc0000 (in v1) fails: what a delta stream sends.
+            let failed = build(Inputs {
+                catalog: &estate(false),
+                traffic: &rules,
+            });
+            let pushed: Vec<&NamedResource> = failed
+                .of_type(ResourceType::Endpoint)
+                .iter()
+                .filter(|r| {
+                    built
+                        .get(ResourceType::Endpoint, &r.name)
+                        .map(|b| &b.version)
+                        != Some(&r.version)
+                })
+                .collect();
+            let pushed_bytes: usize = pushed.iter().map(|r| r.resource.value.len()).sum();
+
+            // The subset load balancer.
+            let subset_metadata = |name: &str| envoy_types::pb::envoy::config::core::v3::Metadata {
+                filter_metadata: std::collections::HashMap::from([(
+                    "envoy.lb".to_string(),
+                    envoy_types::pb::google::protobuf::Struct {
+                        fields: std::collections::HashMap::from([(
+                            "subset".to_string(),
+                            envoy_types::pb::google::protobuf::Value {
+                                kind: Some(
+                                    envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                                        name.to_string(),
+                                    ),
+                                ),
+                            },
+                        )]),
+                    },
+                )]),
+                ..Default::default()
+            };
+            let one_cluster_per_service =
+                |catalog: &Catalog| -> Vec<(Cluster, ClusterLoadAssignment)> {
+                    catalog
+                        .services
+                        .iter()
+                        .map(|service| {
+                            let port = &service.ports[0];
+                            let name = cluster_name(&service.hostname, port.number);
+                            let mut cluster = eds_cluster(&name, port, &TrafficPolicy::default());
+                            cluster.lb_subset_config = Some(cluster::LbSubsetConfig {
+                                subset_selectors: vec![
+                                    cluster::lb_subset_config::LbSubsetSelector {
+                                        keys: vec!["subset".to_string()],
+                                        ..Default::default()
+                                    },
+                                ],
+                                ..Default::default()
+                            });
+                            let mut assignment =
+                                load_assignment(&name, port.number, service.endpoints.iter(), None);
+                            for lb in assignment
+                                .endpoints
+                                .iter_mut()
+                                .flat_map(|l| &mut l.lb_endpoints)
+                            {
+                                let n = service
+                                    .endpoints
+                                    .iter()
+                                    .position(|e| e.address == ip(lb))
+                                    .unwrap();
+                                lb.metadata = Some(subset_metadata(subset_of(n)));
+                            }
+                            (cluster, assignment)
+                        })
+                        .collect()
+                };
+            let alternative = one_cluster_per_service(&catalog);
+            let alternative_cluster_bytes: usize =
+                alternative.iter().map(|(c, _)| c.encoded_len()).sum();
+            let alternative_assignment_bytes: usize =
+                alternative.iter().map(|(_, a)| a.encoded_len()).sum();
+            let alternative_pushed = one_cluster_per_service(&estate(false))[0].1.encoded_len();
+
+            println!("1000 services × 6 instances × 3 subsets of 2 | subset clusters | subset load balancer");
+            println!(
+                "clusters | {} ({} kB) | {} ({} kB)",
+                clusters.len(),
+                bytes(clusters) / 1000,
+                alternative.len(),
+                alternative_cluster_bytes / 1000
+            );
+            println!(
+                "load assignments | {} ({} kB) | {} ({} kB)",
+                assignments.len(),
+                bytes(assignments) / 1000,
+                alternative.len(),
+                alternative_assignment_bytes / 1000
+            );
+            println!(
+                "an instance fails: EDS pushed | {} ({} B) | 1 ({} B)",
+                pushed.len(),
+                pushed_bytes,
+                alternative_pushed
+            );
+
+            assert_eq!(clusters.len(), 4000, "the service's and its three subsets'");
+            assert_eq!(assignments.len(), 4000);
+            assert_eq!(
+                pushed.iter().map(|r| r.name.as_str()).collect::<Vec<_>>(),
+                [
+                    "outbound|8080|v1|svc0000.group.load.boshy",
+                    "outbound|8080||svc0000.group.load.boshy"
+                ]
+            );
+        }
+
+        #[test]
+        fn tcp_routes_split_connections_by_weight() {
+            let db = "db.banana.sample.boshy";
+            let resources = built(&traffic([(
+                db,
+                ServiceRules {
+                    tcp_routes: BTreeMap::from([(
+                        5432,
+                        vec![
+                            to(db, 5432, Some("primary"), 9),
+                            to(db, 5432, Some("replica"), 1),
+                        ],
+                    )]),
+                    ..Default::default()
+                },
+            )]));
+            let listener: Listener =
+                resource(&resources, ResourceType::Listener, "169.254.255.2_5432");
+            let tcp: TcpProxy = network_filter(&listener);
+            let Some(tcp_proxy::ClusterSpecifier::WeightedClusters(split)) = tcp.cluster_specifier
+            else {
+                panic!("weighted clusters")
+            };
+            let weights: BTreeSet<(String, u32)> = split
+                .clusters
+                .into_iter()
+                .map(|c| (c.name, c.weight))
+                .collect();
+            assert_eq!(
+                weights,
+                BTreeSet::from([
+                    (
+                        "outbound|5432|primary|db.banana.sample.boshy".to_string(),
+                        9
+                    ),
+                    (
+                        "outbound|5432|replica|db.banana.sample.boshy".to_string(),
+                        1
+                    )
+                ])
+            );
+        }
     }
 
     #[test]

@@ -20,11 +20,10 @@ use tonic::body::Body;
 use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
-use super::cache::{self, Snapshot};
+use super::cache::{self, Snapshot, Sources};
 use super::delta::DeltaStreamState;
 use super::grpc::{self, Outgoing, Requests};
 use super::sotw::{RequestKind, SotwStreamState};
-use crate::catalog::model::Catalog;
 use crate::metrics;
 
 /// Longest NACK reason we log; Envoy's can hold a whole resource.
@@ -36,24 +35,25 @@ const RESPONSE_QUEUE: usize = 8;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Serves ADS on an already-bound listener until the listener fails.
+/// Serves ADS on an already-bound listener until the listener fails, from the snapshots of
+/// `sources` (a catalog channel alone is a mesh without traffic rules).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    catalog: watch::Receiver<Arc<Catalog>>,
+    sources: impl Into<Sources>,
 ) -> anyhow::Result<()> {
-    serve_with_tls(listener, catalog, None).await
+    serve_with_tls(listener, sources, None).await
 }
 
 /// Like [`serve`]; with `tls` (mutual TLS, see `crate::tls::server_config`) only clients
 /// with a certificate from the mesh CA get past the handshake.
 pub async fn serve_with_tls(
     listener: tokio::net::TcpListener,
-    catalog: watch::Receiver<Arc<Catalog>>,
+    sources: impl Into<Sources>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().context("xDS listener address")?;
     let ads = Ads {
-        snapshots: cache::follow(catalog),
+        snapshots: cache::follow(sources),
     };
     tracing::info!(%address, mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     let router = tonic::transport::Server::builder()

@@ -3,6 +3,10 @@
 //! every cluster, its RSS is read from /proc. The reference is the same Envoy, same run, with a
 //! catalog of one service.
 //!
+//! With `--subsets N`, one more row: the goal's estate with every service's instances dealt
+//! into N subsets of the traffic model, each a cluster of its own per port (what a
+//! `DestinationRule` with N subsets on every service costs every Envoy).
+//!
 //! Envoy binds the outbound listener's fixed port, so each Envoy runs in a network namespace of
 //! its own: the benchmark re-runs itself under `unshare --net` (`--inside`).
 
@@ -19,7 +23,9 @@ use tokio::sync::watch;
 use super::report::Row;
 use super::{require_tool, ProcMemory, ScratchDir};
 use boshy::catalog::model::Catalog;
+use boshy::traffic::{ServiceRules, Subset, TrafficRules};
 use boshy::xds::bootstrap::{self, NodeIdentity};
+use boshy::xds::cache::Sources;
 
 const BENCHMARK: &str = "envoy-memory";
 const XDS_PORT: u16 = 15010;
@@ -33,6 +39,9 @@ pub struct Args {
     /// Instances (endpoints) per service.
     #[arg(long, default_value_t = 10)]
     pub instances: usize,
+    /// Subsets per service in one more row (0: no such row).
+    #[arg(long, default_value_t = 0)]
+    pub subsets: usize,
     /// Measure one catalog size inside an isolated namespace and print JSON (used by the parent).
     #[arg(long, hide = true)]
     pub inside: Option<usize>,
@@ -53,13 +62,13 @@ pub struct EnvoyFigures {
 
 pub async fn run(args: Args) -> Result<()> {
     if let Some(services) = args.inside {
-        let figures = measure_inside(services, args.instances).await?;
+        let figures = measure_inside(services, args.instances, args.subsets).await?;
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
     require_tool("unshare", "util-linux")?;
     let mb = |kb: u64| kb as f64 / 1024.0;
-    let reference = measure_isolated(1, args.instances)?;
+    let reference = measure_isolated(1, args.instances, 0)?;
     let mut rows = Vec::new();
     // The goal's estate, then the same clusters without endpoints (what the clusters and the
     // listener cost alone), then a smaller estate that Envoy survives if the goal's does not.
@@ -71,7 +80,7 @@ pub async fn run(args: Args) -> Result<()> {
     ] {
         let figure =
             format!("Envoy RSS with {services} services × {instances} instances in its config");
-        let row = match measure_isolated(services, instances) {
+        let row = match measure_isolated(services, instances, 0) {
             Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
                 "{} clusters (HTTP + TCP port per service); {} kB anonymous + {} kB \
                  file-backed; peak {:.1} MB; configured {:.1} s after start",
@@ -94,16 +103,38 @@ pub async fn run(args: Args) -> Result<()> {
             },
         );
     }
+    if args.subsets > 0 {
+        let (services, instances, subsets) = (args.services, args.instances, args.subsets);
+        let without = rows[0].value;
+        let figure = format!(
+            "Envoy RSS with {services} services × {instances} instances × {subsets} subsets"
+        );
+        let row = match measure_isolated(services, instances, subsets) {
+            Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
+                "{} clusters (each subset a cluster per port); {} kB anonymous + {} kB \
+                 file-backed; peak {:.1} MB; configured {:.1} s after start",
+                large.clusters,
+                large.anon_kb,
+                large.file_kb,
+                mb(large.hwm_kb),
+                large.seconds_to_config
+            )),
+            Err(err) => Row::new(BENCHMARK, figure, f64::NAN, "MB")
+                .note(format!("{err:#}").replace('\n', " ")),
+        };
+        rows.push(row.against("same estate without subsets", without));
+    }
     super::emit(&rows, args.out.as_deref())
 }
 
-fn measure_isolated(services: usize, instances: usize) -> Result<EnvoyFigures> {
-    eprintln!("envoy-memory: {services} services");
+fn measure_isolated(services: usize, instances: usize, subsets: usize) -> Result<EnvoyFigures> {
+    eprintln!("envoy-memory: {services} services, {subsets} subsets each");
     let output = Command::new("unshare")
         .arg("--net")
         .arg(super::bench_binary()?)
         .args(["envoy-memory", "--inside", &services.to_string()])
         .args(["--instances", &instances.to_string()])
+        .args(["--subsets", &subsets.to_string()])
         .env("RUST_LOG", "warn")
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -125,7 +156,37 @@ pub fn parse_active_clusters(stats: &str) -> Option<u64> {
         .and_then(|n| n.trim().parse().ok())
 }
 
-async fn measure_inside(services: usize, instances: usize) -> Result<EnvoyFigures> {
+/// Every service's instances dealt round robin into `subsets` subsets, `s0`, `s1`, ….
+fn dealt_into_subsets(catalog: &Catalog, subsets: usize) -> TrafficRules {
+    if subsets == 0 {
+        return TrafficRules::default();
+    }
+    TrafficRules {
+        services: catalog
+            .services
+            .iter()
+            .map(|service| {
+                let subsets = (0..subsets)
+                    .map(|k| {
+                        let endpoints = service.endpoints.iter().skip(k).step_by(subsets);
+                        let subset = Subset {
+                            endpoints: endpoints.map(|e| e.address).collect(),
+                            policy: Default::default(),
+                        };
+                        (format!("s{k}"), subset)
+                    })
+                    .collect();
+                let rules = ServiceRules {
+                    subsets,
+                    ..Default::default()
+                };
+                (service.hostname.clone(), rules)
+            })
+            .collect(),
+    }
+}
+
+async fn measure_inside(services: usize, instances: usize, subsets: usize) -> Result<EnvoyFigures> {
     let up = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
@@ -134,12 +195,23 @@ async fn measure_inside(services: usize, instances: usize) -> Result<EnvoyFigure
         bail!("cannot bring loopback up in the benchmark's namespace");
     }
     let catalog: Catalog = super::build::synthetic_catalog(services, instances)?;
-    let expected_clusters: u64 = catalog.services.iter().map(|s| s.ports.len() as u64).sum();
+    let clusters_per_port = 1 + subsets as u64;
+    let expected_clusters: u64 = catalog
+        .services
+        .iter()
+        .map(|s| s.ports.len() as u64 * clusters_per_port)
+        .sum();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", XDS_PORT))
         .await
         .context("binding the xDS port")?;
+    let traffic = dealt_into_subsets(&catalog, subsets);
     let (_catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog));
-    tokio::spawn(boshy::xds::server::serve(listener, catalog_rx));
+    let (_traffic_tx, traffic_rx) = watch::channel(Arc::new(traffic));
+    let sources = Sources {
+        catalog: catalog_rx,
+        traffic: traffic_rx,
+    };
+    tokio::spawn(boshy::xds::server::serve(listener, sources));
 
     let scratch = ScratchDir::new(BENCHMARK)?;
     let node = NodeIdentity {

@@ -1,6 +1,7 @@
 //! What the tests that run a real Envoy against an in-process server share: a private network
-//! namespace (Envoy's outbound port then collides with nothing), the server's log lines, and
-//! the one way they start Envoy and read its admin API.
+//! namespace (Envoy's outbound port then collides with nothing), the DNAT that sends VIP
+//! traffic to Envoy there, the server's log lines, and the one way they start Envoy and read
+//! its admin API.
 
 use std::future::Future;
 use std::io::Write;
@@ -11,8 +12,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use boshy::xds::bootstrap::{render_with, AdsMode, NodeIdentity};
 use serde_json::Value;
 use tokio::net::TcpListener;
+
+use crate::process::{check, run};
 
 /// How long a test waits for Envoy to show what it expects (the checks poll, they do not
 /// sleep a fixed time; this only bounds a broken run).
@@ -39,6 +43,32 @@ pub fn in_private_netns<F: Future<Output = ()>>(test: impl FnOnce() -> F + Send 
     })
     .join()
     .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+}
+
+/// Sends TCP connections to the VIPs of the tests' catalogs (169.254.255.0/24) to Envoy's
+/// outbound listener, as the virtual-ip-agent's DNAT does. Only inside a private namespace
+/// ([`in_private_netns`]): it changes the namespace's routes and nat table.
+pub fn capture_vip_traffic() {
+    let vips = "169.254.255.0/24";
+    check(
+        &run("ip", &["route", "add", "local", vips, "dev", "lo"]),
+        "ip route add local",
+    );
+    let redirect = [
+        "-t",
+        "nat",
+        "-A",
+        "OUTPUT",
+        "-d",
+        vips,
+        "-p",
+        "tcp",
+        "-j",
+        "REDIRECT",
+        "--to-ports",
+        "15001",
+    ];
+    check(&run("iptables", &redirect), "iptables REDIRECT");
 }
 
 /// Everything this test process logs through tracing (at info), kept for assertions and
@@ -90,6 +120,13 @@ pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
         .expect("bind 127.0.0.1:0");
     let address = listener.local_addr().expect("a bound listener's address");
     (listener, address)
+}
+
+/// Starts a real Envoy for `node` with ADS at `xds`.
+pub async fn start_envoy(node: &NodeIdentity, xds: SocketAddr, mode: AdsMode) -> Envoy {
+    let admin = loopback_listener().await.1;
+    let bootstrap = render_with(node, &[xds.to_string()], admin, mode).expect("bootstrap renders");
+    Envoy::start(&bootstrap, admin)
 }
 
 /// A real Envoy, killed when dropped, whose log is kept for failure messages.
