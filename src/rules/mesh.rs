@@ -41,6 +41,23 @@ pub struct MeshInstance {
     pub labels: Labels,
 }
 
+impl MeshHost {
+    /// A host with these `(number, protocol)` ports and `(instance id, labels)` instances.
+    fn new(
+        ports: impl Iterator<Item = (u16, Protocol)>,
+        instances: impl Iterator<Item = (String, Labels)>,
+    ) -> MeshHost {
+        MeshHost {
+            ports: ports
+                .map(|(number, protocol)| MeshPort { number, protocol })
+                .collect(),
+            instances: instances
+                .map(|(id, labels)| MeshInstance { id, labels })
+                .collect(),
+        }
+    }
+}
+
 /// Whether `labels` has every label of `selector` (an empty selector selects everything).
 pub(crate) fn selects(selector: &Labels, labels: &Labels) -> bool {
     selector
@@ -79,24 +96,16 @@ impl MeshView {
             .services
             .iter()
             .map(|service| {
-                let host = MeshHost {
-                    ports: service
+                let host = MeshHost::new(
+                    service
                         .ports
                         .iter()
-                        .map(|port| MeshPort {
-                            number: port.number,
-                            protocol: port.protocol,
-                        })
-                        .collect(),
-                    instances: service
+                        .map(|port| (port.number, port.protocol)),
+                    service
                         .endpoints
                         .iter()
-                        .map(|endpoint| MeshInstance {
-                            id: endpoint.instance.clone(),
-                            labels: endpoint.labels.clone(),
-                        })
-                        .collect(),
-                };
+                        .map(|endpoint| (endpoint.instance.clone(), endpoint.labels.clone())),
+                );
                 (service.hostname.clone(), host)
             })
             .collect();
@@ -123,24 +132,16 @@ impl MeshView {
         let mut view = MeshView::default();
         for service in services {
             view.labels_known |= service.endpoints.iter().any(|e| e.labels.is_some());
-            let host = MeshHost {
-                ports: service
+            let host = MeshHost::new(
+                service
                     .ports
                     .iter()
-                    .map(|port| MeshPort {
-                        number: port.number,
-                        protocol: port.protocol,
-                    })
-                    .collect(),
-                instances: service
+                    .map(|port| (port.number, port.protocol)),
+                service
                     .endpoints
                     .into_iter()
-                    .map(|endpoint| MeshInstance {
-                        id: endpoint.instance,
-                        labels: endpoint.labels.unwrap_or_default(),
-                    })
-                    .collect(),
-            };
+                    .map(|endpoint| (endpoint.instance, endpoint.labels.unwrap_or_default())),
+            );
             view.hosts.insert(service.hostname, host);
         }
         Ok(view)
