@@ -67,11 +67,23 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let zone = self.zone.current();
-        let reply = dns::reply(&zone, request);
-        let builder = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref());
-        let response = builder.build(reply.metadata, reply.answer.iter(), reply.soa, [], []);
-        match response_handle.send_response(response).await {
+        // hickory echoes the question as the client sent it. A compression pointer there
+        // points into the request's header, which the response changes (the QR bit): the
+        // echo would be a name no client can decode. No resolver compresses the question, so
+        // such a request is FORMERR, with no question, like one that does not decode.
+        let sent = if is_self_contained(request.queries.as_bytes()) {
+            let zone = self.zone.current();
+            let reply = dns::reply(&zone, request);
+            let builder = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref());
+            let response = builder.build(reply.metadata, reply.answer.iter(), reply.soa, [], []);
+            response_handle.send_response(response).await
+        } else {
+            let no_queries = no_queries();
+            let response = MessageResponseBuilder::new(&no_queries, None)
+                .error_msg(&request.metadata, ResponseCode::FormErr);
+            response_handle.send_response(response).await
+        };
+        match sent {
             Ok(info) => info,
             Err(error) => {
                 warn!(%error, client = %request.src(), "could not send a DNS response");
@@ -104,14 +116,40 @@ pub(crate) async fn udp_reply(
         }
         Err(_) => {
             // The header decoded but the rest did not: FORMERR with no question, as hickory.
-            let no_queries =
-                Queries::read(&mut BinDecoder::new(&[]), 0).expect("zero queries always decode");
+            let no_queries = no_queries();
             let response = MessageResponseBuilder::new(&no_queries, None)
                 .error_msg(&header.metadata, ResponseCode::FormErr);
             capture.clone().send_response(response).await.ok()?;
         }
     }
     capture.take()
+}
+
+/// An empty question section.
+fn no_queries() -> Queries {
+    Queries::read(&mut BinDecoder::new(&[]), 0).expect("zero queries always decode")
+}
+
+/// Whether a question section, as the client sent it, names everything itself: no label is
+/// a compression pointer (or another extended label type) that refers outside it.
+fn is_self_contained(questions: &[u8]) -> bool {
+    let mut at = 0;
+    while at < questions.len() {
+        loop {
+            let Some(&length) = questions.get(at) else {
+                return false;
+            };
+            if length & 0xC0 != 0 {
+                return false;
+            }
+            at += 1 + usize::from(length);
+            if length == 0 {
+                break;
+            }
+        }
+        at += 4; // type and class
+    }
+    at == questions.len()
 }
 
 /// Encodes a response as hickory's UDP server does and keeps the bytes.
@@ -213,6 +251,44 @@ mod tests {
         let mut msg = Message::query();
         msg.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
         msg
+    }
+
+    /// A question whose name is a compression pointer into the header: hickory decodes it,
+    /// and would echo it into a response where it points at other bytes.
+    #[tokio::test]
+    async fn a_compressed_question_is_formerr_with_a_response_that_decodes() {
+        let cell = cell(&[("a.b.c.boshy", Ipv4Addr::new(169, 254, 255, 3))]);
+        // id 0x0001, flags RD (0x0100: the byte at offset 2 is 0x01, a one-byte label),
+        // one question: a 1-byte label "b" then a pointer to offset 2, type A, class IN.
+        let query = [
+            0x00, 0x01, 0x01, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+            0x01, b'b', 0xC0, 0x02, 0x00, 0x01, 0x00, 0x01,
+        ];
+        assert!(
+            Message::from_vec(&query).is_ok(),
+            "the request itself decodes"
+        );
+        let bytes = udp_reply(
+            &DnsHandler::new(cell),
+            &query,
+            "127.0.0.1:5353".parse().unwrap(),
+        )
+        .await
+        .expect("a response");
+        let response = Message::from_vec(&bytes).expect("the response decodes");
+        assert_eq!(response.metadata.id, 1);
+        assert_eq!(response.metadata.response_code, ResponseCode::FormErr);
+        assert!(response.queries.is_empty());
+    }
+
+    #[test]
+    fn self_contained_questions_have_no_pointer_and_end_where_they_should() {
+        let plain = [1, b'a', 0, 0, 1, 0, 1];
+        assert!(is_self_contained(&plain));
+        assert!(is_self_contained(&[]));
+        assert!(!is_self_contained(&[1, b'a', 0xC0, 0x0C, 0, 1, 0, 1]));
+        assert!(!is_self_contained(&[0x40, 0, 0, 1, 0, 1]));
+        assert!(!is_self_contained(&[1, b'a', 0, 0, 1]), "cut short");
     }
 
     #[tokio::test]
