@@ -161,7 +161,11 @@ pub struct Layout {
     pub vip_cidr: Ipv4Net,
     pub tld: String,
     pub boshy_bin: PathBuf,
+    // A lab brought up by an older build has no record of these: `down` must still be able
+    // to take it apart after the checkout moved on.
+    #[serde(default)]
     pub virtual_ip_agent_bin: PathBuf,
+    #[serde(default)]
     pub director_sim_bin: PathBuf,
     pub envoy_bin: PathBuf,
 }
@@ -765,4 +769,23 @@ async fn director_command(layout: &Layout, command: DirectorCommand) -> Result<(
         }
     }
     reconcile(&mut state).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `down` reads the layout a lab was brought up with, maybe by an older build of the lab
+    /// that recorded fewer binaries.
+    #[test]
+    fn a_layout_recorded_by_an_older_lab_still_loads() {
+        let older = serde_json::json!({
+            "name": "boshy", "subnet": "10.244.0.0/24", "dir": "/tmp/boshy-lab/boshy",
+            "vip_cidr": "169.254.255.0/24", "tld": "boshy",
+            "boshy_bin": "/work/target/debug/boshy", "envoy_bin": "/usr/bin/envoy"
+        });
+        let layout: Layout = serde_json::from_value(older).expect("an older layout loads");
+        assert_eq!(layout.boshy_bin, Path::new("/work/target/debug/boshy"));
+        assert_eq!(layout.director_sim_bin, PathBuf::new());
+    }
 }
