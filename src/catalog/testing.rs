@@ -3,7 +3,7 @@
 //! changes one place. Compiled for `cfg(test)` and the `testing` feature only; the release build
 //! never enables it.
 //!
-//! ```ignore
+//! ```text
 //! let web = service("sample", "banana", "web")
 //!     .vip([169, 254, 255, 3])
 //!     .port("http", 8080, Protocol::Http)
