@@ -67,7 +67,6 @@ pub async fn run(args: Args) -> Result<()> {
         return Ok(());
     }
     require_tool("unshare", "util-linux")?;
-    let mb = |kb: u64| kb as f64 / 1024.0;
     let reference = measure_isolated(1, args.instances, 0)?;
     let mut rows = Vec::new();
     // The goal's estate, then the same clusters without endpoints (what the clusters and the
@@ -80,19 +79,11 @@ pub async fn run(args: Args) -> Result<()> {
     ] {
         let figure =
             format!("Envoy RSS with {services} services × {instances} instances in its config");
-        let row = match measure_isolated(services, instances, 0) {
-            Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
-                "{} clusters (HTTP + TCP port per service); {} kB anonymous + {} kB \
-                 file-backed; peak {:.1} MB; configured {:.1} s after start",
-                large.clusters,
-                large.anon_kb,
-                large.file_kb,
-                mb(large.hwm_kb),
-                large.seconds_to_config
-            )),
-            Err(err) => Row::new(BENCHMARK, figure, f64::NAN, "MB")
-                .note(format!("{err:#}").replace('\n', " ")),
-        };
+        let row = rss_row(
+            figure,
+            measure_isolated(services, instances, 0),
+            "HTTP + TCP port per service",
+        );
         let row = row.against("same Envoy, 1 service", mb(reference.rss_kb));
         let met = row.value < 60.0;
         rows.push(
@@ -109,22 +100,37 @@ pub async fn run(args: Args) -> Result<()> {
         let figure = format!(
             "Envoy RSS with {services} services × {instances} instances × {subsets} subsets"
         );
-        let row = match measure_isolated(services, instances, subsets) {
-            Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
-                "{} clusters (each subset a cluster per port); {} kB anonymous + {} kB \
-                 file-backed; peak {:.1} MB; configured {:.1} s after start",
-                large.clusters,
-                large.anon_kb,
-                large.file_kb,
-                mb(large.hwm_kb),
-                large.seconds_to_config
-            )),
-            Err(err) => Row::new(BENCHMARK, figure, f64::NAN, "MB")
-                .note(format!("{err:#}").replace('\n', " ")),
-        };
+        let row = rss_row(
+            figure,
+            measure_isolated(services, instances, subsets),
+            "each subset a cluster per port",
+        );
         rows.push(row.against("same estate without subsets", without));
     }
     super::emit(&rows, args.out.as_deref())
+}
+
+fn mb(kb: u64) -> f64 {
+    kb as f64 / 1024.0
+}
+
+/// The RSS row of one measured Envoy (`clusters_are` says what its clusters are), or a row
+/// saying why it could not be measured.
+fn rss_row(figure: String, measured: Result<EnvoyFigures>, clusters_are: &str) -> Row {
+    match measured {
+        Ok(large) => Row::new(BENCHMARK, figure, mb(large.rss_kb), "MB").note(format!(
+            "{} clusters ({clusters_are}); {} kB anonymous + {} kB file-backed; peak {:.1} MB; \
+             configured {:.1} s after start",
+            large.clusters,
+            large.anon_kb,
+            large.file_kb,
+            mb(large.hwm_kb),
+            large.seconds_to_config
+        )),
+        Err(err) => {
+            Row::new(BENCHMARK, figure, f64::NAN, "MB").note(format!("{err:#}").replace('\n', " "))
+        }
+    }
 }
 
 fn measure_isolated(services: usize, instances: usize, subsets: usize) -> Result<EnvoyFigures> {
