@@ -96,6 +96,10 @@ struct Registration<'a> {
     job: &'a str,
     ports: Vec<RegisteredPort<'a>>,
     endpoints: Vec<RegisteredEndpoint<'a>>,
+    /// Only for a service a ServiceEntry defines (`<config>/<name>`); its deployment,
+    /// instance group and job are then empty.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    service_entry: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -130,6 +134,7 @@ impl<'a> From<&'a Service> for Registration<'a> {
                 .iter()
                 .map(RegisteredEndpoint::from)
                 .collect(),
+            service_entry: service.service_entry.as_deref(),
         }
     }
 }
@@ -480,6 +485,7 @@ mod tests {
                 .map(|(n, id)| (n.to_string(), id.to_string()))
                 .into(),
             validated: crate::rules::validate(&parsed, None),
+            traffic: Default::default(),
         };
         let (status, _, body) = call_with_status(
             catalog(),

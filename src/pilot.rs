@@ -4,8 +4,8 @@
 //! come on a `watch` channel of their own; `rule_status` judges them against the catalog and
 //! the API shows the verdicts.
 
-use std::collections::BTreeSet;
-use std::net::SocketAddr;
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -17,6 +17,9 @@ use tokio::sync::watch;
 
 use crate::catalog::model::{Catalog, DeploymentInput};
 use crate::config::{self, PilotConfig, VipStoreKind};
+use crate::director::PublishedRuleConfigs;
+use crate::rule_status::ParsedConfigs;
+use crate::rules::{self, MeshView, RuleSet};
 use crate::traffic::TrafficRules;
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
 use crate::{api, catalog, director, metrics, names, rule_status, xds};
@@ -99,10 +102,9 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(warning) = plaintext_warning {
         tracing::warn!("{warning}");
     }
-    // Nothing compiles traffic rules yet: xDS follows an empty traffic model, which serves
-    // what the mesh served before the model existed. The rules compiler will publish on
-    // this channel.
-    let (_traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
+    // The traffic model compiled from the accepted rules (`rule_status::follow`); until the
+    // first one, xDS serves the mesh without rules.
+    let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
     let xds_sources = xds::cache::Sources {
         catalog: catalog_rx.clone(),
         traffic: traffic_rx,
@@ -120,6 +122,8 @@ pub async fn run(args: Args) -> Result<()> {
         tld: cfg.tld.clone(),
         vips,
         tx: catalog_tx,
+        rule_configs: rule_configs.clone(),
+        parsed: ParsedConfigs::default(),
         store_failure: None,
         store_failures: 0,
         naming_warnings: Reported::default(),
@@ -133,7 +137,7 @@ pub async fn run(args: Args) -> Result<()> {
         result = catalogs.run(deployments_rx, vip_refresh) => result,
         result = xds::server::serve_with_tls(xds_listener, xds_sources, xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
-        result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx) => result.context("rule validation"),
+        result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
         result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),
     }
 }
@@ -151,6 +155,9 @@ struct CatalogPublisher {
     tld: String,
     vips: VipBook,
     tx: watch::Sender<Arc<Catalog>>,
+    /// The rule configs: their ServiceEntries define services of the catalog.
+    rule_configs: watch::Receiver<PublishedRuleConfigs>,
+    parsed: ParsedConfigs,
     /// The kind of the VIP store's current failure, logged once when it starts.
     store_failure: Option<String>,
     /// Failed syncs in a row.
@@ -164,8 +171,13 @@ struct CatalogPublisher {
     /// Instances the last catalog built could not make endpoints of.
     unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
-    built_from: Option<Arc<Vec<DeploymentInput>>>,
+    built_from: Option<(Arc<Vec<DeploymentInput>>, PublishedRuleConfigs)>,
 }
+
+/// How long the first catalog waits for the rule configs once the deployments are in: their
+/// ServiceEntries hold VIPs, which a catalog built without them would release. A director
+/// that cannot list configs gets a mesh without them rather than none.
+const FIRST_RULE_CONFIGS_WAIT: Duration = Duration::from_secs(10);
 
 impl CatalogPublisher {
     async fn run(
@@ -178,13 +190,24 @@ impl CatalogPublisher {
         if deployments.changed().await.is_err() {
             return Err(anyhow!("the director poller went away"));
         }
+        let mut configs = self.rule_configs.clone();
+        let first_configs = configs.wait_for(Option::is_some);
+        if tokio::time::timeout(FIRST_RULE_CONFIGS_WAIT, first_configs)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the rule configs could not be read yet: the catalog is built without their ServiceEntries until they are");
+        }
+        let mut configs_followed = true;
         loop {
             let inputs = deployments.borrow_and_update().clone();
-            self.publish(inputs).await;
+            let rule_configs = configs.borrow_and_update().clone();
+            self.publish(inputs, rule_configs).await;
             tokio::select! {
                 changed = deployments.changed() => if changed.is_err() {
                     return Err(anyhow!("the director poller went away"));
                 },
+                changed = configs.changed(), if configs_followed => configs_followed = changed.is_ok(),
                 () = tokio::time::sleep(refresh_pause(vip_refresh, self.store_failures)) => {}
             }
         }
@@ -193,16 +216,33 @@ impl CatalogPublisher {
     /// Syncs the VIPs and publishes the catalog when it changed. When the VIP store fails,
     /// the last assignments stay (VIPs never change on an error): services that already had
     /// a VIP keep it and follow the director; new ones wait for the store.
-    async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>) {
+    async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>, configs: PublishedRuleConfigs) {
         let hostnames = catalog::hostnames(&inputs, &self.tld);
         for warning in self.naming_warnings.fresh(hostnames.warnings) {
             tracing::warn!("{warning}");
         }
-        let wanted: BTreeSet<String> = hostnames
+        let mut wanted: BTreeSet<String> = hostnames
             .services
             .into_iter()
             .map(|(_, hostname)| hostname)
             .collect();
+        // Which ServiceEntries are accepted depends on the jobs' services only (their labels
+        // and ports, not their VIPs): judged against the catalog of the jobs alone.
+        let tld = self.tld.clone();
+        let job_services = |vips: &BTreeMap<String, Ipv4Addr>| catalog::build(&inputs, &tld, vips);
+        let entries = match &configs {
+            Some(configs) if !configs.configs.is_empty() => {
+                let placeholders = wanted
+                    .iter()
+                    .map(|h| (h.clone(), Ipv4Addr::UNSPECIFIED))
+                    .collect();
+                let jobs = job_services(&placeholders).catalog;
+                let parsed = self.parsed.update(configs);
+                rules::validate(&parsed, Some(&MeshView::from_catalog(&jobs))).rules
+            }
+            _ => RuleSet::default(),
+        };
+        wanted.extend(rules::entry_hosts(&entries));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
@@ -232,22 +272,24 @@ impl CatalogPublisher {
                 false
             }
         };
-        let unchanged_inputs = self
-            .built_from
-            .as_ref()
-            .is_some_and(|built| Arc::ptr_eq(built, &inputs));
+        let unchanged_inputs = self.built_from.as_ref().is_some_and(|(built, rules)| {
+            Arc::ptr_eq(built, &inputs) && same_configs(rules, &configs)
+        });
         if unchanged_inputs && !vips_changed {
             return;
         }
         let Some(assignments) = self.vips.assignments() else {
             return; // the store was never read: no catalog rather than one without services
         };
-        let built = catalog::build(&inputs, &self.tld, assignments);
+        let built = job_services(assignments);
         for line in self.unaddressed.fresh(built.unaddressed) {
             tracing::debug!("{line}");
         }
-        let next = built.catalog;
-        self.built_from = Some(inputs);
+        let services = rules::entry_services(&entries, &built.catalog, |host| {
+            assignments.get(host).copied()
+        });
+        let next = catalog::with_entries(built.catalog, services);
+        self.built_from = Some((inputs, configs));
         let current = self.tx.borrow().clone();
         if next.version == current.version {
             return;
@@ -283,6 +325,21 @@ impl CatalogPublisher {
         if self.store_failure.take().is_some() {
             tracing::info!(store = %self.vips.store(), "the VIP store works again");
         }
+    }
+}
+
+/// Whether two sets of rule configs are the same versions (the director's ids).
+fn same_configs(a: &PublishedRuleConfigs, b: &PublishedRuleConfigs) -> bool {
+    match (a, b) {
+        (Some(a), Some(b)) => {
+            Arc::ptr_eq(a, b)
+                || a.configs
+                    .iter()
+                    .map(|c| &c.id)
+                    .eq(b.configs.iter().map(|c| &c.id))
+        }
+        (None, None) => true,
+        _ => false,
     }
 }
 

@@ -1,8 +1,8 @@
 //! The rule configs the director holds, judged against the mesh: each config is parsed once
 //! per content (`rules::parse_config`), and all of them are validated together against the
 //! current catalog (`rules::validate`) whenever the configs or the catalog change. The result
-//! is published for the API (`/v1/rules`) and, later, for compiling the accepted rules into
-//! Envoy's routes; each finding is logged once, when it appears, and the verdicts are counted
+//! is published for the API (`/v1/rules`), and the accepted rules compiled into the traffic
+//! model xDS follows (`rules::compile`); each finding is logged once, when it appears, and the verdicts are counted
 //! in `/metrics`.
 
 use std::collections::BTreeMap;
@@ -17,13 +17,18 @@ use crate::director::{PublishedRuleConfigs, RuleConfigs};
 use crate::metrics;
 use crate::pilot::Reported;
 use crate::rules::{self, MeshView, ParsedConfig, Validated};
+use crate::traffic::TrafficRules;
 
 /// The verdicts on one set of rule configs, and which version of each config they judged.
 #[derive(Debug)]
 pub struct RuleStatus {
     /// Config name → the director's id of the version validated.
     pub judged: BTreeMap<String, String>,
+    /// With the compiler's warnings (what of an accepted rule Envoy is not given) in the
+    /// verdicts of their configs.
     pub validated: Validated,
+    /// The accepted rules, compiled.
+    pub traffic: Arc<TrafficRules>,
 }
 
 /// What [`follow`] publishes: `None` until the rule configs and a first catalog are in.
@@ -31,11 +36,11 @@ pub type PublishedRuleStatus = Option<Arc<RuleStatus>>;
 
 /// Each config's content and what it parsed to, so an unchanged config is not parsed again.
 #[derive(Default)]
-struct ParsedConfigs(BTreeMap<String, (String, ParsedConfig)>);
+pub(crate) struct ParsedConfigs(BTreeMap<String, (String, ParsedConfig)>);
 
 impl ParsedConfigs {
     /// The configs parsed, in the director's order (by name), reusing unchanged ones.
-    fn update(&mut self, configs: &RuleConfigs) -> Vec<ParsedConfig> {
+    pub(crate) fn update(&mut self, configs: &RuleConfigs) -> Vec<ParsedConfig> {
         self.0
             .retain(|name, _| configs.configs.iter().any(|c| &c.name == name));
         configs
@@ -59,10 +64,20 @@ impl ParsedConfigs {
 
 /// Judges `configs` against `catalog`.
 fn judge(parsed: &mut ParsedConfigs, configs: &RuleConfigs, catalog: &Catalog) -> RuleStatus {
-    let validated = rules::validate(
+    let mut validated = rules::validate(
         &parsed.update(configs),
         Some(&MeshView::from_catalog(catalog)),
     );
+    let compiled = rules::compile(&validated.rules, catalog);
+    for warning in compiled.warnings {
+        if let Some(verdict) = validated
+            .verdicts
+            .iter_mut()
+            .find(|verdict| verdict.config == warning.config)
+        {
+            verdict.warnings.push(warning);
+        }
+    }
     RuleStatus {
         judged: configs
             .configs
@@ -70,6 +85,7 @@ fn judge(parsed: &mut ParsedConfigs, configs: &RuleConfigs, catalog: &Catalog) -
             .map(|c| (c.name.clone(), c.id.clone()))
             .collect(),
         validated,
+        traffic: Arc::new(compiled.traffic),
     }
 }
 
@@ -95,6 +111,7 @@ pub async fn follow(
     mut configs: watch::Receiver<PublishedRuleConfigs>,
     mut catalog: watch::Receiver<Arc<Catalog>>,
     status: watch::Sender<PublishedRuleStatus>,
+    traffic: watch::Sender<Arc<TrafficRules>>,
 ) -> Result<()> {
     let mut parsed = ParsedConfigs::default();
     let mut logged = Reported::default();
@@ -119,6 +136,14 @@ pub async fn follow(
                 .store(rejected as u64, Ordering::Relaxed);
             m.rule_configs_accepted
                 .store((verdicts.len() - rejected) as u64, Ordering::Relaxed);
+            // Sent only when it changed: xDS builds a snapshot per model it is sent.
+            traffic.send_if_modified(|current| {
+                let changed = *current != judged.traffic;
+                if changed {
+                    *current = judged.traffic.clone();
+                }
+                changed
+            });
             status.send_replace(Some(Arc::new(judged)));
         }
         tokio::select! {
@@ -187,6 +212,39 @@ mod tests {
         );
         assert_eq!(status.validated.rules.destination_rules.len(), 1);
         assert_eq!(status.judged["b-bad"], "1");
+    }
+
+    #[test]
+    fn accepted_rules_are_compiled_and_the_compilers_warnings_are_in_their_verdicts() {
+        let mut parsed = ParsedConfigs::default();
+        let status = judge(&mut parsed, &configs(&[("a-good", GOOD)]), &catalog());
+        let ratings = &status.traffic.services["ratings.ratings.bookinfo.boshy"];
+        assert_eq!(
+            ratings.subsets["v1"].endpoints,
+            ["10.0.0.1".parse().unwrap()].into()
+        );
+        let two_ports = testing::catalog(
+            4,
+            [
+                service("bookinfo", "ratings", "ratings")
+                    .port("http", 9080, Protocol::Http)
+                    .endpoint(endpoint("10.0.0.1")),
+                service("bookinfo", "db", "db")
+                    .port("a", 1, Protocol::Tcp)
+                    .port("b", 2, Protocol::Tcp),
+            ],
+        );
+        const TO_DB: &str = "apiVersion: networking.istio.io/v1\nkind: VirtualService\nmetadata:\n  name: r\nspec:\n  hosts: [ratings.ratings.bookinfo.boshy]\n  http:\n  - route:\n    - destination: {host: db.db.bookinfo.boshy}\n";
+        let status = judge(&mut parsed, &configs(&[("to-db", TO_DB)]), &two_ports);
+        let verdict = &status.validated.verdicts[0];
+        assert!(verdict.errors.is_empty(), "{verdict:?}");
+        assert!(
+            verdict.warnings[0]
+                .to_string()
+                .contains("has several ports"),
+            "{verdict:?}"
+        );
+        assert!(status.traffic.services.is_empty());
     }
 
     #[test]

@@ -37,6 +37,10 @@ struct CheckArgs {
     /// and instances, to check hosts and subsets against. Without it those checks are skipped.
     #[arg(long, value_name = "FILE")]
     registration: Option<PathBuf>,
+    /// The mesh's domain (the pilot's `tld`), under which a ServiceEntry's hosts must be;
+    /// checked with `--registration`.
+    #[arg(long, default_value = "boshy")]
+    tld: String,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -78,7 +82,11 @@ fn check(args: CheckArgs) -> Result<()> {
         .registration
         .as_deref()
         .map(read_registration)
-        .transpose()?;
+        .transpose()?
+        .map(|mesh| MeshView {
+            tld: Some(args.tld.trim_matches('.').to_lowercase()),
+            ..mesh
+        });
     let files = args
         .files
         .iter()

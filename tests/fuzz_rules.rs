@@ -31,12 +31,12 @@ items:
   kind: ServiceEntry
   metadata: {name: db}
   spec:
-    hosts: [db.example.com]
+    hosts: [db.external.boshy]
     addresses: []
     ports: [{number: 5432, name: tcp-postgres, protocol: TCP}]
-    resolution: DNS
+    resolution: STATIC
     endpoints:
-    - {address: db1.example.com, ports: {tcp-postgres: 5433}, labels: {role: primary}, locality: z1, weight: 3}
+    - {address: 192.0.2.10, ports: {tcp-postgres: 5432}, labels: {role: primary}, locality: z1}
 - apiVersion: networking.istio.io/v1alpha3
   kind: DestinationRule
   metadata: {name: reviews}
@@ -45,7 +45,7 @@ items:
     trafficPolicy:
       loadBalancer:
         consistentHash: {httpCookie: {name: user, path: /, ttl: 0s}}
-        localityLbSetting: {enabled: true, distribute: [{from: z1, to: {z1: 80, z2: 20}}]}
+        localityLbSetting: {enabled: true, distribute: [{from: '*', to: {z1: 80, z2/*: 20}}]}
       connectionPool:
         tcp: {maxConnections: 100, connectTimeout: 30ms}
         http: {http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10, maxRetries: 3}
@@ -72,12 +72,10 @@ items:
         withoutHeaders: {x-canary: {regex: '^no$'}}
         queryParams: {v: {exact: '2'}}
         port: 9080
-        sourceLabels: {app: productpage}
         ignoreUriCase: true
       route:
       - destination: {host: reviews.bookinfo.boshy, subset: v2, port: {number: 9080}}
         weight: 90
-        headers: {request: {set: {x-a: b}, add: {x-c: d}, remove: [x-e]}}
       - destination: {host: reviews.bookinfo.boshy, subset: v3}
         weight: 10
       rewrite: {uri: /v2/reviews}
@@ -89,21 +87,23 @@ items:
       mirror: {host: reviews.bookinfo.boshy, subset: v1}
       mirrorPercentage: {value: 5}
       headers: {response: {set: {x-served-by: mesh}}}
+    - route:
+      - destination: {host: reviews.bookinfo.boshy, subset: v1}
+        headers: {request: {set: {x-a: b}, add: {x-c: d}, remove: [x-e]}}
     - redirect: {uri: /new, authority: other.example, redirectCode: 308}
     tcp:
-    - match: [{port: 9090, sourceLabels: {app: x}}]
+    - match: [{port: 9090}]
       route:
-      - destination: {host: db.example.com}
+      - destination: {host: db.external.boshy}
 ";
 
 /// The fields under which any key is a value, not a field name.
-const FREE_FORM: [&str; 10] = [
+const FREE_FORM: [&str; 9] = [
     "labels",
     "annotations",
     "headers",
     "withoutHeaders",
     "queryParams",
-    "sourceLabels",
     "set",
     "add",
     "to",

@@ -15,7 +15,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 
-use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service, ServiceKey, ServicePort};
+use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service};
+use boshy::catalog::testing;
 use boshy_lab::jobs::{self, InstanceSpec, JobRender, Link, LinkInstance, LinkProvider};
 use serde_json::{json, Value};
 
@@ -879,27 +880,17 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
         .local_addr()
         .unwrap()
         .port();
+    // The hostname is `localhost`: Envoy's bootstrap-only config resolves nothing else.
     let service = |deployment: &str, port: u16, protocol: Protocol| Service {
-        key: ServiceKey {
-            deployment: deployment.into(),
-            instance_group: "g".into(),
-            job: "j".into(),
-        },
         hostname: "localhost".into(),
-        vip: "169.254.255.1".parse().unwrap(),
-        ports: vec![ServicePort {
-            name: "p".into(),
-            number: port,
-            protocol,
-        }],
-        endpoints: vec![Endpoint {
-            address: "127.0.0.1".parse().unwrap(),
-            az: None,
-            instance: "i".into(),
-            index: Some(0),
-            healthy: true,
-            labels: Default::default(),
-        }],
+        ..testing::service(deployment, "g", "j")
+            .port("p", port, protocol)
+            .endpoint(Endpoint {
+                instance: "i".into(),
+                index: Some(0),
+                ..testing::endpoint("127.0.0.1")
+            })
+            .build()
     };
     let catalog = Catalog {
         version: 1,

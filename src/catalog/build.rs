@@ -99,6 +99,7 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
             hostname,
             vip,
             ports: decl.ports.clone(),
+            service_entry: None,
         });
     }
     // An instance group's instances are looked at once per served job.
@@ -112,6 +113,22 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
             services,
         },
         unaddressed,
+    }
+}
+
+/// `catalog` with `entries` (services ServiceEntries define, whose hostnames no job's
+/// service has) added in hostname order, and its version computed again.
+pub fn with_entries(catalog: Catalog, entries: Vec<Service>) -> Catalog {
+    if entries.is_empty() {
+        return catalog;
+    }
+    let mut services = catalog.services;
+    services.extend(entries);
+    services.sort_by(|a, b| a.hostname.cmp(&b.hostname));
+    Catalog {
+        version: content_version(&catalog.tld, &services),
+        tld: catalog.tld,
+        services,
     }
 }
 

@@ -110,6 +110,10 @@ pub struct Service {
     /// Sorted by (index, instance). Unhealthy endpoints are kept (with `healthy: false`) so
     /// that `/v1/registration` can show them; xDS only sends the healthy ones.
     pub endpoints: Vec<Endpoint>,
+    /// For a service an Istio ServiceEntry defines rather than a job exposes: that entry, as
+    /// `<config>/<resource name>`. Its `key` then names no job (every name is empty).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_entry: Option<String>,
 }
 
 /// Everything the control plane knows, at one moment.

@@ -48,6 +48,7 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
         vip: Ipv4Addr::new(169, 254, 255, 1),
         ports: Vec::new(),
         endpoints: Vec::new(),
+        service_entry: None,
     })
 }
 

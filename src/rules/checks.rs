@@ -144,11 +144,15 @@ fn http_route(field: &str, route: &HttpRoute, problems: &mut Problems) {
             let destinations = route.route.iter().map(|d| (&d.destination, d.weight));
             weighted_destinations(&format!("{field}.route"), destinations, problems);
             for (at, destination) in route.route.iter().enumerate() {
-                header_changes(
-                    &format!("{field}.route[{at}].headers"),
-                    destination.headers.as_ref(),
-                    problems,
-                );
+                let headers_field = format!("{field}.route[{at}].headers");
+                header_changes(&headers_field, destination.headers.as_ref(), problems);
+                if destination.headers.is_some() && route.route.len() > 1 {
+                    problems.error(
+                        headers_field,
+                        "header changes per destination are supported on a route with one \
+                         destination only; with several, use the route's `headers`",
+                    );
+                }
             }
         }
         (true, Some(redirect)) => {
@@ -236,6 +240,7 @@ fn match_conditions(field: &str, conditions: &HttpMatch, problems: &mut Problems
             );
         }
     }
+    source_labels(field, &conditions.source_labels, problems);
     if conditions.port == Some(0) {
         problems.error(format!("{field}.port"), "a port is from 1 to 65535");
     }
@@ -261,6 +266,18 @@ const RETRY_CONDITIONS: [&str; 16] = [
     "resource-exhausted",
     "unavailable",
 ];
+
+/// Every Envoy of the mesh gets the same routes today, so a route cannot be limited to the
+/// clients with some labels: refused rather than applied to every client.
+fn source_labels(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
+    if !labels.is_empty() {
+        problems.error(
+            format!("{field}.sourceLabels"),
+            "not supported yet: every VM's Envoy gets the same routes, so a route cannot be \
+             limited to some clients",
+        );
+    }
+}
 
 fn retry_conditions(field: &str, retry_on: &str, problems: &mut Problems) {
     for condition in retry_on.split(',').map(str::trim) {
@@ -319,6 +336,11 @@ fn fault_injection(field: &str, fault: &super::model::HttpFault, problems: &mut 
 
 fn tcp_route(field: &str, route: &TcpRoute, problems: &mut Problems) {
     for (at, l4_match) in route.matches.iter().enumerate() {
+        source_labels(
+            &format!("{field}.match[{at}]"),
+            &l4_match.source_labels,
+            problems,
+        );
         if l4_match.port == Some(0) {
             problems.error(
                 format!("{field}.match[{at}].port"),
@@ -550,13 +572,42 @@ fn load_balancing(field: &str, load_balancer: &LoadBalancer, problems: &mut Prob
         return;
     };
     let field = format!("{field}.localityLbSetting");
-    if !locality.distribute.is_empty() && !locality.failover.is_empty() {
-        problems.error(&field, "`distribute` and `failover` exclude each other");
+    if !locality.failover.is_empty() {
+        problems.error(
+            format!("{field}.failover"),
+            "not supported yet: failover by the client's AZ needs endpoints assigned per \
+             client AZ; use `distribute` from \"*\"",
+        );
+    }
+    if locality.distribute.len() > 1 {
+        problems.error(
+            format!("{field}.distribute"),
+            "one entry, from \"*\": every client gets the same shares",
+        );
     }
     for (at, distribute) in locality.distribute.iter().enumerate() {
         let field = format!("{field}.distribute[{at}]");
-        if distribute.from.is_empty() {
-            problems.error(format!("{field}.from"), "a locality is required");
+        if distribute.from != "*" {
+            problems.error(
+                format!("{field}.from"),
+                format!(
+                    "{:?}: only \"*\" (every client) is supported: shares by the client's AZ \
+                     need endpoints assigned per client AZ",
+                    clip(&distribute.from)
+                ),
+            );
+        }
+        for to in distribute.to.keys() {
+            let az = to.strip_suffix("/*").unwrap_or(to);
+            if az.is_empty() || az.contains('/') || az.contains('*') {
+                problems.error(
+                    format!("{field}.to"),
+                    format!(
+                        "{:?}: a locality here is a BOSH AZ, written `z1` or `z1/*`",
+                        clip(to)
+                    ),
+                );
+            }
         }
         let sum: u64 = distribute
             .to
@@ -567,14 +618,6 @@ fn load_balancing(field: &str, load_balancer: &LoadBalancer, problems: &mut Prob
             problems.error(
                 format!("{field}.to"),
                 format!("the weights add up to {sum}, not 100"),
-            );
-        }
-    }
-    for (at, failover) in locality.failover.iter().enumerate() {
-        if failover.from.is_empty() || failover.to.is_empty() || failover.from == failover.to {
-            problems.error(
-                format!("{field}.failover[{at}]"),
-                "a failover goes from one region to another",
             );
         }
     }
@@ -627,9 +670,22 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
                 format!("port name {} is used twice", port.name),
             );
         }
-        if port.target_port == Some(0) {
-            problems.error(format!("{field}.targetPort"), "a port is from 1 to 65535");
+        match port.target_port {
+            Some(0) => problems.error(format!("{field}.targetPort"), "a port is from 1 to 65535"),
+            Some(target) if target != port.number => problems.error(
+                format!("{field}.targetPort"),
+                "not supported yet: the instances' port is the service port; leave \
+                 `targetPort` out or make it equal `number`",
+            ),
+            _ => {}
         }
+    }
+    if se.resolution != Resolution::Static {
+        problems.error(
+            "spec.resolution",
+            "not supported yet: Envoy is given addresses only; list the endpoints' IP \
+             addresses with resolution STATIC",
+        );
     }
     match (&se.workload_selector, se.endpoints.is_empty()) {
         (Some(_), false) => problems.error(
@@ -637,13 +693,6 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
             "`workloadSelector` and `endpoints` exclude each other",
         ),
         (Some(selector), true) => {
-            if se.resolution != Resolution::Static {
-                problems.error(
-                    "spec.resolution",
-                    "a `workloadSelector` takes resolution STATIC: the instances' addresses are \
-                     known",
-                );
-            }
             if selector.labels.is_empty() {
                 problems.error(
                     "spec.workloadSelector.labels",
@@ -664,7 +713,7 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
             for (at, endpoint) in se.endpoints.iter().enumerate() {
                 let field = format!("spec.endpoints[{at}]");
                 let is_ip = endpoint.address.parse::<IpAddr>().is_ok();
-                if se.resolution == Resolution::Static && !is_ip {
+                if !is_ip {
                     problems.error(
                         format!("{field}.address"),
                         format!(
@@ -681,14 +730,27 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
                         ),
                     );
                 }
+                if endpoint.weight.is_some() {
+                    problems.error(
+                        format!("{field}.weight"),
+                        "not supported yet: every endpoint of a service gets the same share",
+                    );
+                }
                 for (name, number) in &endpoint.ports {
-                    if !se.ports.iter().any(|port| &port.name == name) {
-                        problems.error(
+                    match se.ports.iter().find(|port| &port.name == name) {
+                        None => problems.error(
                             format!("{field}.ports"),
                             format!("no port is named {:?} in spec.ports", clip(name)),
-                        );
-                    } else if *number == 0 {
-                        problems.error(format!("{field}.ports"), "a port is from 1 to 65535");
+                        ),
+                        Some(port) if *number != port.number => problems.error(
+                            format!("{field}.ports"),
+                            format!(
+                                "{name}: {number}: not supported yet: an endpoint's port is \
+                                 the service port ({})",
+                                port.number
+                            ),
+                        ),
+                        Some(_) => {}
                     }
                 }
             }
@@ -848,8 +910,10 @@ mod tests {
             ("subsets: [{name: v1}, {name: v1}]", "spec.subsets[1].name: subset v1 is defined twice"),
             ("subsets: [{name: V1}]", "spec.subsets[0].name: \"V1\" is not a subset name"),
             ("trafficPolicy: {loadBalancer: {simple: RANDOM, consistentHash: {useSourceIp: true}}}", "spec.trafficPolicy.loadBalancer: `simple` and `consistentHash` exclude"),
-            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: z1, to: {z1: 80, z2: 10}}]}}}", "distribute[0].to: the weights add up to 90"),
-            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: z1, to: {z1: 100}}], failover: [{from: a, to: b}]}}}", "`distribute` and `failover` exclude"),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: '*', to: {z1: 80, z2: 10}}]}}}", "distribute[0].to: the weights add up to 90"),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: z1, to: {z1: 100}}]}}}", "distribute[0].from: \"z1\": only \"*\""),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {distribute: [{from: '*', to: {z1/a/b: 100}}]}}}", "distribute[0].to: \"z1/a/b\": a locality here is a BOSH AZ"),
+            ("trafficPolicy: {loadBalancer: {localityLbSetting: {failover: [{from: a, to: b}]}}}", "localityLbSetting.failover: not supported yet"),
             ("trafficPolicy: {outlierDetection: {maxEjectionPercent: 101}}", "maxEjectionPercent: a percentage"),
             ("trafficPolicy: {outlierDetection: {interval: 0s}}", "outlierDetection.interval: must be at least 1ms"),
             ("trafficPolicy: {connectionPool: {tcp: {connectTimeout: 0.1ms}}}", "connectTimeout: must be at least 1ms"),
@@ -866,23 +930,29 @@ mod tests {
         let ports = "ports: [{number: 9080, name: http, protocol: HTTP}]\n";
         for (rest, expected) in [
             ("resolution: STATIC\n", "spec.resolution: STATIC takes `endpoints` or a `workloadSelector`"),
-            ("resolution: DNS\nworkloadSelector: {labels: {app: reviews}}\n", "spec.resolution: a `workloadSelector` takes resolution STATIC"),
+            ("resolution: DNS\nworkloadSelector: {labels: {app: reviews}}\n", "spec.resolution: not supported yet"),
             ("resolution: STATIC\nworkloadSelector: {labels: {}}\n", "spec.workloadSelector.labels: at least one label"),
             ("resolution: STATIC\nworkloadSelector: {labels: {a: b}}\nendpoints: [{address: 10.0.0.1}]\n", "`workloadSelector` and `endpoints` exclude"),
             ("resolution: STATIC\nendpoints: [{address: db.example.com}]\n", "spec.endpoints[0].address: \"db.example.com\" is not an IP address"),
-            ("resolution: DNS\nendpoints: [{address: \"not a name\"}]\n", "neither an IP address nor a DNS name"),
-            ("resolution: DNS\nendpoints: [{address: db.example.com, ports: {https: 443}}]\n", "spec.endpoints[0].ports: no port is named \"https\""),
-            ("resolution: DNS\naddresses: [not-an-ip]\n", "spec.addresses[0]: \"not-an-ip\" is not an IP address or CIDR"),
+            ("resolution: STATIC\nendpoints: [{address: 10.0.0.1, ports: {https: 443}}]\n", "spec.endpoints[0].ports: no port is named \"https\""),
+            ("resolution: STATIC\nendpoints: [{address: 10.0.0.1, ports: {http: 9081}}]\n", "spec.endpoints[0].ports: http: 9081: not supported yet"),
+            ("resolution: STATIC\nendpoints: [{address: 10.0.0.1, weight: 2}]\n", "spec.endpoints[0].weight: not supported yet"),
+            ("resolution: STATIC\nendpoints: [{address: 10.0.0.1}]\naddresses: [not-an-ip]\n", "spec.addresses[0]: \"not-an-ip\" is not an IP address or CIDR"),
         ] {
             let spec = format!("hosts: [db.example.com]\n{ports}{rest}");
             assert_one_error("ServiceEntry", &spec, expected);
         }
-        let twice = "hosts: [db.example.com]\nresolution: DNS\nports: [{number: 80, name: http}, {number: 80, name: Http}]\n";
+        assert_one_error(
+            "ServiceEntry",
+            "hosts: [db.example.com]\nresolution: STATIC\nendpoints: [{address: 10.0.0.1}]\nports: [{number: 80, name: http, targetPort: 8080}]\n",
+            "spec.ports[0].targetPort: not supported yet",
+        );
+        let twice = "hosts: [db.example.com]\nresolution: STATIC\nendpoints: [{address: 10.0.0.1}]\nports: [{number: 80, name: http}, {number: 80, name: Http}]\n";
         let errors = errors_of("ServiceEntry", twice);
         assert_eq!(errors.len(), 2, "{errors:?}");
         let (errors, warnings) = findings_of(
             "ServiceEntry",
-            &format!("hosts: [db.example.com]\n{ports}resolution: DNS\naddresses: [10.1.0.0/16]\n"),
+            &format!("hosts: [db.example.com]\n{ports}resolution: STATIC\nendpoints: [{{address: 10.0.0.1}}]\naddresses: [10.1.0.0/16]\n"),
         );
         assert!(errors.is_empty(), "{errors:?}");
         assert!(
@@ -930,12 +1000,10 @@ http:
     withoutHeaders: {{x-canary: {{regex: \"^no$\"}}}}
     queryParams: {{v: {{exact: '2'}}}}
     port: 9080
-    sourceLabels: {{app: productpage}}
     ignoreUriCase: true
   route:
   - destination: {{host: {H}, subset: v2, port: {{number: 9080}}}}
     weight: 90
-    headers: {{request: {{set: {{x-a: b}}, add: {{x-c: d}}, remove: [x-e]}}}}
   - destination: {{host: {H}, subset: v3}}
     weight: 10
   rewrite: {{uri: /v2/reviews, authority: reviews.example}}
@@ -947,9 +1015,12 @@ http:
   mirror: {{host: {H}, subset: v3}}
   mirrorPercentage: {{value: 5}}
   headers: {{response: {{set: {{x-served-by: mesh}}}}}}
+- route:
+  - destination: {{host: {H}}}
+    headers: {{request: {{set: {{x-a: b}}, add: {{x-c: d}}, remove: [x-e]}}}}
 - redirect: {{uri: /new, authority: other.example, redirectCode: 308}}
 tcp:
-- match: [{{port: 9090, sourceLabels: {{app: x}}}}]
+- match: [{{port: 9090}}]
   route:
   - destination: {{host: {H}}}
 "
@@ -967,7 +1038,7 @@ trafficPolicy:
     consistentHash: {{httpCookie: {{name: user, path: /, ttl: 0s}}}}
     localityLbSetting:
       enabled: true
-      distribute: [{{from: z1, to: {{z1: 80, z2: 20}}}}]
+      distribute: [{{from: '*', to: {{z1: 80, z2/*: 20}}}}]
   connectionPool:
     tcp: {{maxConnections: 100, connectTimeout: 30ms}}
     http: {{http1MaxPendingRequests: 10, http2MaxRequests: 1000, maxRequestsPerConnection: 10, maxRetries: 3}}
@@ -981,7 +1052,7 @@ subsets:
   trafficPolicy: {{loadBalancer: {{simple: ROUND_ROBIN}}}}
 - name: v2
   labels: {{version: v2}}
-  trafficPolicy: {{loadBalancer: {{localityLbSetting: {{failover: [{{from: us-east, to: us-west}}]}}}}}}
+  trafficPolicy: {{loadBalancer: {{localityLbSetting: {{enabled: false}}}}}}
 "
         );
         let (errors, warnings) = findings_of("DestinationRule", &dr);
@@ -991,10 +1062,10 @@ subsets:
         );
         let se = "hosts: [db.example.com]
 location: MESH_EXTERNAL
-ports: [{number: 5432, name: tcp-postgres, protocol: tcp, targetPort: 15432}]
-resolution: DNS
+ports: [{number: 5432, name: tcp-postgres, protocol: tcp, targetPort: 5432}]
+resolution: STATIC
 endpoints:
-- {address: db1.example.com, ports: {tcp-postgres: 5433}, labels: {role: primary}, locality: z1, weight: 3}
+- {address: 10.0.0.8, ports: {tcp-postgres: 5432}, labels: {role: primary}, locality: z1}
 - {address: 10.0.0.9}
 ";
         let (errors, warnings) = findings_of("ServiceEntry", se);

@@ -18,6 +18,9 @@ pub struct MeshView {
     /// before instances had labels), subsets and workload selectors are not checked against
     /// instances: every one would select nothing.
     pub labels_known: bool,
+    /// The mesh's domain (`boshy`): the hosts a ServiceEntry defines are under it, since the
+    /// VMs' resolver answers for it alone. `None`: not known, not checked.
+    pub tld: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -89,12 +92,14 @@ impl MeshView {
         selection
     }
 
-    /// The mesh as the pilot's catalog has it: every service with its ports and the labels of
-    /// its endpoints (the catalog always carries labels).
+    /// The mesh as the pilot's catalog has it: every service a job exposes with its ports and
+    /// the labels of its endpoints (the catalog always carries labels). The services
+    /// ServiceEntries define are left out: the rules define them again as they are checked.
     pub fn from_catalog(catalog: &Catalog) -> MeshView {
         let hosts = catalog
             .services
             .iter()
+            .filter(|service| service.service_entry.is_none())
             .map(|service| {
                 let host = MeshHost::new(
                     service
@@ -112,6 +117,7 @@ impl MeshView {
         MeshView {
             hosts,
             labels_known: true,
+            tld: Some(catalog.tld.clone()),
         }
     }
 
@@ -130,7 +136,9 @@ impl MeshView {
                 )
             })?;
         let mut view = MeshView::default();
-        for service in services {
+        // The services ServiceEntries define are the rules' own, defined again as they are
+        // checked (as `from_catalog` leaves them out).
+        for service in services.into_iter().filter(|s| s.service_entry.is_none()) {
             view.labels_known |= service.endpoints.iter().any(|e| e.labels.is_some());
             let host = MeshHost::new(
                 service
@@ -151,6 +159,8 @@ impl MeshView {
 #[derive(Deserialize)]
 struct RegisteredService {
     hostname: String,
+    #[serde(default)]
+    service_entry: Option<String>,
     ports: Vec<RegisteredPort>,
     #[serde(default)]
     endpoints: Vec<RegisteredEndpoint>,

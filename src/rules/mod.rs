@@ -19,6 +19,8 @@
 
 mod bosh_cli;
 mod checks;
+mod compile;
+mod entries;
 mod finding;
 mod mesh;
 pub mod model;
@@ -27,6 +29,8 @@ pub(crate) mod validate;
 mod values;
 
 pub use bosh_cli::{first_document, FirstDocument};
+pub use compile::{compile, Compiled};
+pub use entries::{entry_hosts, entry_services};
 pub use finding::{Finding, ResourceRef};
 pub use mesh::{MeshHost, MeshInstance, MeshPort, MeshView};
 pub use model::{Kind, Labels, Spec};

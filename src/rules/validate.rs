@@ -48,6 +48,8 @@ impl ConfigVerdict {
 pub struct Rule<S> {
     pub config: String,
     pub name: String,
+    /// How findings name it (with its place in a `List`).
+    pub reference: ResourceRef,
     pub spec: S,
 }
 
@@ -297,7 +299,7 @@ impl State<'_> {
                     };
                     self.entries.insert(host.clone(), entry);
                 }
-                self.rules.service_entries.push(rule(origin, se));
+                self.rules.service_entries.push(rule(origin, resource, se));
             }
             Spec::DestinationRule(dr) => {
                 let subsets = dr.subsets.iter().map(|s| s.name.clone()).collect();
@@ -306,13 +308,15 @@ impl State<'_> {
                     subsets,
                 };
                 self.destination_rules.insert(dr.host.clone(), defined);
-                self.rules.destination_rules.push(rule(origin, dr));
+                self.rules
+                    .destination_rules
+                    .push(rule(origin, resource, dr));
             }
             Spec::VirtualService(vs) => {
                 for host in &vs.hosts {
                     self.routed.insert(host.clone(), origin.clone());
                 }
-                self.rules.virtual_services.push(rule(origin, vs));
+                self.rules.virtual_services.push(rule(origin, resource, vs));
             }
         }
     }
@@ -334,12 +338,21 @@ impl State<'_> {
     fn service_entry(&self, se: &ServiceEntry, problems: &mut Problems) {
         for (at, host) in se.hosts.iter().enumerate() {
             let field = format!("spec.hosts[{at}]");
+            let tld = self.mesh.and_then(|mesh| mesh.tld.as_deref());
             if let Some(entry) = self.entries.get(host) {
                 problems.error(
                     field,
                     format!(
                         "{host} is already defined by {}",
                         entry.origin.describe(Kind::ServiceEntry)
+                    ),
+                );
+            } else if let Some(tld) = tld.filter(|tld| !host.ends_with(&format!(".{tld}"))) {
+                problems.error(
+                    field,
+                    format!(
+                        "{host} is not under the mesh's domain .{tld}: the VMs' resolver \
+                         answers for .{tld} alone, so no VM could resolve it"
                     ),
                 );
             } else if self.mesh.is_some_and(|mesh| mesh.hosts.contains_key(host)) {
@@ -547,10 +560,11 @@ pub(crate) fn destinations(vs: &VirtualService) -> Vec<(String, &Destination)> {
     all
 }
 
-fn rule<S: Clone>(origin: Origin, spec: &S) -> Rule<S> {
+fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
     Rule {
         config: origin.config,
         name: origin.name,
+        reference: resource.reference(),
         spec: spec.clone(),
     }
 }
@@ -592,6 +606,7 @@ mod tests {
         };
         let mut view = MeshView {
             labels_known: true,
+            tld: Some("boshy".into()),
             ..MeshView::default()
         };
         view.hosts.insert(
@@ -838,22 +853,26 @@ mod tests {
             resource(
                 "ServiceEntry",
                 name,
-                &format!("hosts: [{host}]\nports: [{{number: 80, name: http}}]\nresolution: DNS\n"),
+                &format!(
+                    "hosts: [{host}]\nports: [{{number: 80, name: http}}]\nresolution: STATIC\nendpoints: [{{address: 10.9.0.1}}]\n"
+                ),
             )
         };
         let configs = [config(
             "entries",
             &[
                 entry("mine", REVIEWS),
-                entry("db", "db.example.com"),
-                entry("db2", "db.example.com"),
+                entry("db", "db.external.boshy"),
+                entry("db2", "db.external.boshy"),
+                entry("elsewhere", "db.example.com"),
             ],
         )];
         let validated = validate(&configs, Some(&mesh()));
         let errors = error_lines(&validated);
-        assert_eq!(errors.len(), 2, "{errors:?}");
-        assert!(errors[0].contains("ServiceEntry \"db2\": spec.hosts[0]: db.example.com is already defined by ServiceEntry db (config entries)"));
-        assert!(errors[1].contains("ServiceEntry \"mine\": spec.hosts[0]: reviews.reviews.bookinfo.boshy is already a service of the mesh"));
+        assert_eq!(errors.len(), 3, "{errors:?}");
+        assert!(errors[0].contains("ServiceEntry \"db2\": spec.hosts[0]: db.external.boshy is already defined by ServiceEntry db (config entries)"));
+        assert!(errors[1].contains("ServiceEntry \"elsewhere\": spec.hosts[0]: db.example.com is not under the mesh's domain .boshy"), "{errors:?}");
+        assert!(errors[2].contains("ServiceEntry \"mine\": spec.hosts[0]: reviews.reviews.bookinfo.boshy is already a service of the mesh"));
     }
 
     #[test]

@@ -1,0 +1,218 @@
+//! The services ServiceEntries define, as catalog services: each host of an accepted entry
+//! becomes a service of its own with a VIP, a DNS name and Envoy clusters like a job's, made
+//! of the BOSH instances its `workloadSelector` picks (from any instance group of any
+//! deployment) or of its listed endpoints. Pure; the pilot gives them VIPs and adds them to
+//! the catalog (`catalog::with_entries`).
+
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
+
+use crate::catalog::model::{Catalog, Endpoint, Service, ServiceKey, ServicePort};
+
+use super::mesh::selects;
+use super::model::ServiceEntry;
+use super::validate::{Rule, RuleSet};
+
+/// The hosts the accepted ServiceEntries of `rules` define, each once: the VIPs they need.
+pub fn entry_hosts(rules: &RuleSet) -> BTreeSet<String> {
+    rules
+        .service_entries
+        .iter()
+        .flat_map(|rule| rule.spec.hosts.iter().cloned())
+        .collect()
+}
+
+/// The services of the accepted ServiceEntries of `rules`, their endpoints drawn from the
+/// job services of `jobs` (a catalog without entries), with the VIP `vip` gives each host.
+/// A host without a VIP (the pool is exhausted) is left out, as a job's service would be.
+pub fn entry_services(
+    rules: &RuleSet,
+    jobs: &Catalog,
+    vip: impl Fn(&str) -> Option<Ipv4Addr>,
+) -> Vec<Service> {
+    let mut services = Vec::new();
+    for rule in &rules.service_entries {
+        let endpoints = endpoints(rule, jobs);
+        let mut ports: Vec<ServicePort> = rule
+            .spec
+            .ports
+            .iter()
+            .map(|port| ServicePort {
+                name: port.name.to_ascii_lowercase(),
+                number: port.number,
+                protocol: port.protocol(),
+            })
+            .collect();
+        ports.sort_by_key(|port| port.number);
+        for host in &rule.spec.hosts {
+            let Some(vip) = vip(host) else { continue };
+            services.push(Service {
+                key: ServiceKey {
+                    deployment: String::new(),
+                    instance_group: String::new(),
+                    job: String::new(),
+                },
+                hostname: host.clone(),
+                vip,
+                ports: ports.clone(),
+                endpoints: endpoints.clone(),
+                service_entry: Some(format!("{}/{}", rule.config, rule.name)),
+            });
+        }
+    }
+    services
+}
+
+/// The instances the entry selects (each once, however many of its jobs are services), or
+/// its listed endpoints (IP addresses: resolution STATIC is the only one accepted), sorted
+/// as a service's endpoints are.
+fn endpoints(rule: &Rule<ServiceEntry>, jobs: &Catalog) -> Vec<Endpoint> {
+    let se = &rule.spec;
+    let mut endpoints: Vec<Endpoint> = match &se.workload_selector {
+        Some(selector) => {
+            let mut seen = BTreeSet::new();
+            jobs.services
+                .iter()
+                .filter(|service| service.service_entry.is_none())
+                .flat_map(|service| &service.endpoints)
+                .filter(|endpoint| selects(&selector.labels, &endpoint.labels))
+                .filter(|endpoint| seen.insert(endpoint.instance.clone()))
+                .cloned()
+                .collect()
+        }
+        None => se
+            .endpoints
+            .iter()
+            .enumerate()
+            .filter_map(|(at, entry)| {
+                let address: IpAddr = entry.address.parse().ok()?;
+                Some(Endpoint {
+                    address,
+                    az: entry.locality.clone(),
+                    // Stable for as long as the entry lists it at the same place.
+                    instance: format!("{}/{}/{at}", rule.config, rule.name),
+                    index: Some(at as u32),
+                    healthy: true,
+                    labels: entry.labels.clone(),
+                })
+            })
+            .collect(),
+    };
+    endpoints.sort_by(|a, b| (a.index, &a.instance).cmp(&(b.index, &b.instance)));
+    endpoints
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::Protocol;
+    use crate::catalog::testing::{self, endpoint, labels, service};
+    use crate::rules::{parse_config, validate, MeshView};
+
+    fn jobs() -> Catalog {
+        let reviews = |group: &str, address: &str, version: &str| {
+            service("bookinfo", group, "bookinfo")
+                .port("http", 9080, Protocol::Http)
+                .endpoint(Endpoint {
+                    labels: labels([("app", "reviews"), ("version", version)]),
+                    instance: format!("{group}-0"),
+                    index: Some(0),
+                    ..endpoint(address)
+                })
+        };
+        testing::catalog(
+            1,
+            [
+                reviews("reviews-v1", "10.0.0.1", "v1"),
+                reviews("reviews-v2", "10.0.0.2", "v2"),
+                reviews("reviews-v3", "10.0.0.3", "v3"),
+                service("bookinfo", "ratings", "bookinfo")
+                    .port("http", 9080, Protocol::Http)
+                    .endpoint(endpoint("10.0.0.4")),
+            ],
+        )
+    }
+
+    fn accepted(config: &str, jobs: &Catalog) -> RuleSet {
+        let validated = validate(
+            &[parse_config("entries", config)],
+            Some(&MeshView::from_catalog(jobs)),
+        );
+        let errors: Vec<String> = validated.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        validated.rules
+    }
+
+    const REVIEWS: &str = "apiVersion: networking.istio.io/v1
+kind: ServiceEntry
+metadata: {name: reviews}
+spec:
+  hosts: [reviews.bookinfo.boshy]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{number: 9080, name: HTTP, protocol: HTTP}]
+  workloadSelector: {labels: {app: reviews}}
+";
+
+    #[test]
+    fn a_selector_makes_one_service_of_instances_of_several_groups() {
+        let jobs = jobs();
+        let rules = accepted(REVIEWS, &jobs);
+        assert_eq!(
+            entry_hosts(&rules),
+            BTreeSet::from(["reviews.bookinfo.boshy".to_string()])
+        );
+        let services = entry_services(&rules, &jobs, |_| Some(Ipv4Addr::new(169, 254, 255, 9)));
+        let [reviews] = services.as_slice() else {
+            panic!("{services:?}")
+        };
+        assert_eq!(reviews.hostname, "reviews.bookinfo.boshy");
+        assert_eq!(reviews.service_entry.as_deref(), Some("entries/reviews"));
+        assert_eq!(reviews.ports[0].name, "http");
+        assert_eq!(reviews.ports[0].protocol, Protocol::Http);
+        let addresses: Vec<String> = reviews
+            .endpoints
+            .iter()
+            .map(|e| e.address.to_string())
+            .collect();
+        assert_eq!(addresses, ["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
+        assert_eq!(reviews.endpoints[1].labels["version"], "v2");
+        let with_it = crate::catalog::with_entries(jobs.clone(), services);
+        assert_ne!(with_it.version, jobs.version);
+        assert_eq!(
+            MeshView::from_catalog(&with_it),
+            MeshView::from_catalog(&jobs),
+            "the rules define their own hosts again when checked"
+        );
+        assert!(
+            entry_services(&rules, &jobs, |_| None).is_empty(),
+            "no VIP, no service"
+        );
+    }
+
+    #[test]
+    fn listed_addresses_are_the_endpoints_of_an_entry_without_selector() {
+        let jobs = jobs();
+        let rules = accepted(
+            "apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {name: db}
+spec:
+  hosts: [db.external.boshy]
+  resolution: STATIC
+  ports: [{number: 5432, name: tcp-postgres}]
+  endpoints:
+  - {address: 192.0.2.10, locality: z2, labels: {role: primary}}
+  - {address: 192.0.2.11}
+",
+            &jobs,
+        );
+        let services = entry_services(&rules, &jobs, |_| Some(Ipv4Addr::new(169, 254, 255, 8)));
+        let db = &services[0];
+        assert_eq!(db.ports[0].protocol, Protocol::Tcp);
+        assert_eq!(db.endpoints.len(), 2);
+        assert_eq!(db.endpoints[0].az.as_deref(), Some("z2"));
+        assert_eq!(db.endpoints[0].labels["role"], "primary");
+        assert!(db.endpoints.iter().all(|e| e.healthy));
+    }
+}
