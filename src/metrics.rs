@@ -20,6 +20,8 @@ pub struct Metrics {
     pub rule_configs_rejected: AtomicU64,
     /// Director poll errors by kind (e.g. `http_500`, `timeout`, `manifest_yaml`).
     director_poll_errors: Mutex<BTreeMap<String, u64>>,
+    /// NACKs of resources built from a rule config, by config name.
+    rule_config_nacks: Mutex<BTreeMap<String, u64>>,
 }
 
 pub fn global() -> &'static Metrics {
@@ -29,8 +31,11 @@ pub fn global() -> &'static Metrics {
 
 impl Metrics {
     pub(crate) fn director_poll_error(&self, kind: &str) {
-        let mut errors = self.director_poll_errors.lock().expect("metrics lock");
-        *errors.entry(kind.to_string()).or_default() += 1;
+        count(&self.director_poll_errors, kind);
+    }
+
+    pub(crate) fn rule_config_nack(&self, config: &str) {
+        count(&self.rule_config_nacks, config);
     }
 
     pub fn render(&self) -> String {
@@ -103,19 +108,63 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
-        let name = "boshy_director_poll_errors_total";
-        let _ = writeln!(
-            out,
-            "# HELP {name} Director poll errors by kind\n# TYPE {name} counter"
+        labelled_counter(
+            &mut out,
+            (
+                "boshy_director_poll_errors_total",
+                "Director poll errors by kind",
+            ),
+            "kind",
+            &self.director_poll_errors,
         );
-        for (kind, count) in self
-            .director_poll_errors
-            .lock()
-            .expect("metrics lock")
-            .iter()
-        {
-            let _ = writeln!(out, "{name}{{kind=\"{kind}\"}} {count}");
-        }
+        labelled_counter(
+            &mut out,
+            (
+                "boshy_xds_rule_config_nacks_total",
+                "xDS NACKs of resources built from a rule config, by config",
+            ),
+            "config",
+            &self.rule_config_nacks,
+        );
         out
+    }
+}
+
+fn count(counts: &Mutex<BTreeMap<String, u64>>, label: &str) {
+    let mut counts = counts.lock().expect("metrics lock");
+    *counts.entry(label.to_string()).or_default() += 1;
+}
+
+/// A counter with one label, each value a line; values are escaped as the text format
+/// requires (a config name is the director's, not ours).
+fn labelled_counter(
+    out: &mut String,
+    (name, help): (&str, &str),
+    label: &str,
+    counts: &Mutex<BTreeMap<String, u64>>,
+) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+    for (value, count) in counts.lock().expect("metrics lock").iter() {
+        let escaped = value
+            .replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n");
+        let _ = writeln!(out, "{name}{{{label}=\"{escaped}\"}} {count}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn label_values_are_escaped_as_the_text_format_requires() {
+        let counts = Mutex::new(BTreeMap::from([("a\"b\\c\nd".to_string(), 2)]));
+        let mut out = String::new();
+        labelled_counter(&mut out, ("m_total", "help"), "config", &counts);
+        assert!(
+            out.ends_with("m_total{config=\"a\\\"b\\\\c\\nd\"} 2\n"),
+            "{out}"
+        );
     }
 }

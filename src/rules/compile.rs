@@ -105,6 +105,7 @@ impl Compiler<'_> {
         }
         let policy = dr.traffic_policy.as_ref().map(port_policies);
         let rules = self.rules_of(&dr.host);
+        rules.configs.insert(rule.config.clone());
         rules.subsets = subsets;
         rules.policy = policy.unwrap_or_default();
     }
@@ -118,15 +119,21 @@ impl Compiler<'_> {
             let Some(service) = self.services.get(host.as_str()).copied() else {
                 continue;
             };
+            let mut routed = false;
             for port in &service.ports {
                 if port.protocol.is_http() {
                     let routes = self.http_routes(&at, &rule.spec, service, port.number);
                     if !routes.is_empty() {
                         self.rules_of(host).http_routes.insert(port.number, routes);
+                        routed = true;
                     }
                 } else if let Some(route) = self.tcp_route(&at, &rule.spec, service, port.number) {
                     self.rules_of(host).tcp_routes.insert(port.number, route);
+                    routed = true;
                 }
+            }
+            if routed {
+                self.rules_of(host).configs.insert(rule.config.clone());
             }
         }
     }

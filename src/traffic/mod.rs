@@ -49,6 +49,9 @@ pub struct ServiceRules {
     pub subsets: BTreeMap<String, Subset>,
     /// The policy of the whole service's clusters, and what its subsets' policies refine.
     pub policy: PortPolicies,
+    /// The rule configs these rules come from: an Envoy that rejects this service's
+    /// resources names them.
+    pub configs: BTreeSet<String>,
 }
 
 impl ServiceRules {

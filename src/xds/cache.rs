@@ -6,7 +6,7 @@
 //! before it, so that a delta stream that was in sync with that one only looks at those
 //! names: an endpoint change costs each stream a few lookups, not a walk over the estate.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -28,6 +28,8 @@ pub struct Snapshot {
     /// shared strings. Delta streams remember what every Envoy has by cloning these, so
     /// thousands of streams hold pointers to one copy instead of a copy each.
     shared: [Vec<SharedKey>; 4],
+    /// Hostname → the rule configs of its traffic rules, to name them behind a NACK.
+    rule_configs: BTreeMap<String, BTreeSet<String>>,
 }
 
 /// A resource's name and version, shared by every stream that remembers them.
@@ -63,6 +65,13 @@ impl Snapshot {
         inputs: impl Into<Inputs<'a>>,
         previous: Option<&Snapshot>,
     ) -> Self {
+        let inputs = inputs.into();
+        let rule_configs = inputs
+            .traffic
+            .services
+            .iter()
+            .map(|(hostname, rules)| (hostname.clone(), rules.configs.clone()))
+            .collect();
         let resources = resources::build(inputs);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
@@ -78,6 +87,31 @@ impl Snapshot {
             full_versions,
             previous,
             shared,
+            rule_configs,
+        }
+    }
+
+    /// The rule configs that may have caused an Envoy's NACK `message`: those of the services
+    /// it names (a resource's name carries its service's hostname), or, when it names none
+    /// (Envoy's messages for route configurations quote only the reason), every config with
+    /// rules in this snapshot. Each once.
+    pub(crate) fn rule_configs_behind(&self, message: &str) -> BTreeSet<&str> {
+        fn configs_of<'s>(
+            hosts: impl Iterator<Item = (&'s String, &'s BTreeSet<String>)>,
+        ) -> BTreeSet<&'s str> {
+            hosts
+                .flat_map(|(_, configs)| configs.iter().map(String::as_str))
+                .collect()
+        }
+        let all = self.rule_configs.iter();
+        let named = configs_of(
+            all.clone()
+                .filter(|(hostname, _)| message.contains(hostname.as_str())),
+        );
+        if named.is_empty() {
+            configs_of(all)
+        } else {
+            named
         }
     }
 
@@ -293,8 +327,6 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
-
     use super::*;
     use crate::catalog::model::{Endpoint, Protocol};
     use crate::catalog::testing::{self, endpoint, service};
@@ -302,6 +334,39 @@ mod tests {
         Destination, Forward, HttpAction, HttpRoute, LoadBalancer, PortPolicies, ServiceRules,
         Subset, TrafficPolicy, WeightedDestination,
     };
+
+    #[test]
+    fn a_nack_is_put_down_to_the_rule_configs_of_the_services_it_names_or_to_every_one() {
+        let catalog = catalog(1, true);
+        let configs = |names: &[&str]| ServiceRules {
+            configs: names.iter().map(|n| n.to_string()).collect(),
+            ..ServiceRules::default()
+        };
+        let traffic = TrafficRules {
+            services: BTreeMap::from([
+                ("j.g.d.boshy".to_string(), configs(&["a", "b"])),
+                ("k.g.d.boshy".to_string(), configs(&["c"])),
+            ]),
+        };
+        let snapshot = Snapshot::build(Inputs {
+            catalog: &catalog,
+            traffic: &traffic,
+        });
+        let behind = |message| {
+            snapshot
+                .rule_configs_behind(message)
+                .into_iter()
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            behind("Error adding/updating cluster(s) outbound|80|v1|j.g.d.boshy: bad"),
+            ["a", "b"]
+        );
+        assert_eq!(behind("invalid perl operator: (?="), ["a", "b", "c"]);
+        assert!(Snapshot::from_catalog(&catalog)
+            .rule_configs_behind("anything")
+            .is_empty());
+    }
 
     fn catalog(version: u64, healthy: bool) -> Catalog {
         testing::catalog(

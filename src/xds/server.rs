@@ -279,7 +279,7 @@ async fn run_stream<P: Protocol>(
                     }
                     let snapshot = snapshots.borrow().clone();
                     let (kind, response) = state.on_request(&request, snapshot.as_ref());
-                    log_request(&node, P::request_summary(&request), &kind);
+                    log_request(&node, P::request_summary(&request), &kind, snapshot.as_deref());
                     response.into_iter().collect::<Vec<_>>()
                 }
                 Ok(None) => break "closed by the proxy".to_string(),
@@ -333,7 +333,12 @@ async fn send_all<P: Protocol>(
     true
 }
 
-fn log_request(node: &str, request: RequestSummary<'_>, kind: &RequestKind) {
+fn log_request(
+    node: &str,
+    request: RequestSummary<'_>,
+    kind: &RequestKind,
+    snapshot: Option<&Snapshot>,
+) {
     let type_url = request.type_url;
     match kind {
         RequestKind::Nack {
@@ -341,12 +346,21 @@ fn log_request(node: &str, request: RequestSummary<'_>, kind: &RequestKind) {
             kept_version,
             message,
         } => {
-            metrics::global().xds_nacks.fetch_add(1, Ordering::Relaxed);
+            let m = metrics::global();
+            m.xds_nacks.fetch_add(1, Ordering::Relaxed);
+            // The rule configs to look at (`/v1/rules` has their verdicts), so that the
+            // operator need not decode Envoy's message.
+            let rule_configs = snapshot.map(|s| s.rule_configs_behind(message));
+            let rule_configs: Vec<&str> = rule_configs.into_iter().flatten().collect();
+            for config in &rule_configs {
+                m.rule_config_nack(config);
+            }
             tracing::warn!(
                 %node,
                 %type_url,
                 %rejected_version,
                 %kept_version,
+                rule_configs = %rule_configs.join(","),
                 error = %one_line(message),
                 "proxy rejected (NACK) xDS update; it keeps its last accepted config"
             );
