@@ -175,6 +175,9 @@ fn vip_connection_reaches_envoy_port(netns: &Netns) -> bool {
             Ok(stream) => {
                 let (accepted, peer) = listener.accept().unwrap();
                 assert_eq!(peer, stream.local_addr().unwrap());
+                // The client closes first, so that the TIME_WAIT is its own and not on
+                // 127.0.0.1:15001, which the next check binds again.
+                drop(stream);
                 drop(accepted);
                 true
             }
