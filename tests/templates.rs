@@ -860,12 +860,13 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
     tokio::spawn(async move {
         let args = boshy::httpbin::Args {
             listen: "127.0.0.1:0".parse().unwrap(),
-            deployment: "d".into(),
-            instance_group: "g".into(),
-            index: Some(0),
-            instance_id: "i".into(),
-            az: String::new(),
-            ip: String::new(),
+            instance: boshy::workload::Instance {
+                deployment: "d".into(),
+                instance_group: "g".into(),
+                index: Some(0),
+                instance_id: "i".into(),
+                ..Default::default()
+            },
         };
         axum::serve(
             answering,
