@@ -4,42 +4,22 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Serialize;
 
+use crate::workload::{self, Instance};
+
 #[derive(clap::Args, Debug, Clone)]
 pub struct Args {
     /// Address to listen on.
     #[arg(long, default_value = "0.0.0.0:9000")]
     pub listen: SocketAddr,
-    #[arg(long, default_value = "")]
-    pub deployment: String,
-    #[arg(long, default_value = "")]
-    pub instance_group: String,
-    #[arg(long)]
-    pub index: Option<u32>,
-    #[arg(long, default_value = "")]
-    pub instance_id: String,
-    #[arg(long, default_value = "")]
-    pub az: String,
-    /// The instance's own IP, as BOSH's `spec.ip` gives it.
-    #[arg(long, default_value = "")]
-    pub ip: String,
-}
-
-/// Who answered: the part of every response that shows the load balancing.
-#[derive(Debug, Clone, Serialize)]
-struct InstanceIdentity {
-    deployment: String,
-    instance_group: String,
-    index: Option<u32>,
-    id: String,
-    az: String,
-    ip: String,
+    #[command(flatten)]
+    pub instance: Instance,
 }
 
 #[derive(Serialize)]
@@ -48,27 +28,19 @@ struct GetResponse<'a> {
     headers: BTreeMap<String, String>,
     origin: String,
     url: String,
-    instance: &'a InstanceIdentity,
+    instance: &'a Instance,
 }
 
 pub fn router(args: &Args) -> Router {
-    let identity = InstanceIdentity {
-        deployment: args.deployment.clone(),
-        instance_group: args.instance_group.clone(),
-        index: args.index,
-        id: args.instance_id.clone(),
-        az: args.az.clone(),
-        ip: args.ip.clone(),
-    };
     Router::new()
         .route("/get", get(get_handler))
         .route("/status/{code}", get(status_handler))
         .route("/healthz", get(|| async { "ok\n" }))
-        .with_state(identity)
+        .with_state(args.instance.clone())
 }
 
 async fn get_handler(
-    State(identity): State<InstanceIdentity>,
+    State(identity): State<Instance>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(args): Query<BTreeMap<String, String>>,
     headers: HeaderMap,
@@ -98,43 +70,35 @@ async fn status_handler(Path(code): Path<u16>) -> StatusCode {
 }
 
 pub async fn run(args: Args) -> Result<()> {
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("example-httpbin: cannot listen on {}", args.listen))?;
-    tracing::info!(listen = %args.listen, instance_group = %args.instance_group, index = ?args.index, "example-httpbin serving");
-    axum::serve(
-        listener,
-        router(&args).into_make_service_with_connect_info::<SocketAddr>(),
+    workload::listen_and_serve(
+        "example-httpbin",
+        args.listen,
+        &args.instance,
+        router(&args),
     )
     .await
-    .context("example-httpbin: server failed")
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::future::IntoFuture;
 
     #[tokio::test]
     async fn get_says_which_instance_answered() {
         let args = Args {
             listen: "127.0.0.1:0".parse().unwrap(),
-            deployment: "sample-deployment".into(),
-            instance_group: "banana".into(),
-            index: Some(2),
-            instance_id: "abc".into(),
-            az: "z3".into(),
-            ip: "10.244.0.12".into(),
+            instance: Instance {
+                deployment: "sample-deployment".into(),
+                instance_group: "banana".into(),
+                index: Some(2),
+                instance_id: "abc".into(),
+                az: "z3".into(),
+                ip: "10.244.0.12".into(),
+            },
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        tokio::spawn(
-            axum::serve(
-                listener,
-                router(&args).into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .into_future(),
-        );
+        tokio::spawn(workload::serve(listener, router(&args)));
         let body: serde_json::Value = reqwest::get(format!("http://{addr}/get?x=1"))
             .await
             .unwrap()

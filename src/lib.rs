@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod bookinfo;
 pub mod catalog;
 pub mod config;
 pub mod director;
@@ -26,4 +27,5 @@ pub mod tls;
 pub mod traffic;
 pub mod vip;
 pub mod virtual_ip_agent;
+pub mod workload;
 pub mod xds;

@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 use anyhow::Result;
-use boshy::{dnat, httpbin, pilot, rules_check, virtual_ip_agent, xds};
+use boshy::{bookinfo, dnat, httpbin, pilot, rules_check, virtual_ip_agent, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -34,6 +34,9 @@ enum Command {
     EnvoyBootstrap(xds::bootstrap::Args),
     /// The sample workload: a small HTTP server that says which instance answered.
     ExampleHttpbin(httpbin::Args),
+    /// The bookinfo demo workload: plays one part of Istio's bookinfo (productpage, details,
+    /// ratings, reviews v1/v2/v3), for the traffic rules of Istio's bookinfo tasks.
+    ExampleBookinfo(bookinfo::Args),
     /// Traffic rules (Istio YAML kept as `boshy-istio` director configs): `check` them
     /// offline before `bosh update-config`.
     Rules(rules_check::Args),
@@ -48,6 +51,7 @@ async fn main() -> Result<()> {
         Command::Dnat(args) => dnat::run(args).await,
         Command::EnvoyBootstrap(args) => xds::bootstrap::run(args).await,
         Command::ExampleHttpbin(args) => httpbin::run(args).await,
+        Command::ExampleBookinfo(args) => bookinfo::run(args).await,
         Command::Rules(args) => rules_check::run(args),
     }
 }

@@ -415,7 +415,12 @@ fn wait_for_all_pilots(what: &str, check: impl Fn(&str) -> bool) -> Duration {
 fn racing_pilots_on_a_fresh_director_agree() {
     let _lab = Lab::up(3);
     let before = assert_one_truth();
-    assert_eq!(before.len(), 2, "apricot and banana: {before:?}");
+    assert_eq!(
+        before.len(),
+        8,
+        "sample-deployment's apricot and banana, bookinfo's six instance groups: {before:?}"
+    );
+    let with_race = before.len() + 10;
 
     // All three stop; the director forgets every VIP and gains ten services; all three
     // start at once. Their first reads of the VIP config are held (the director hangs on
@@ -444,9 +449,10 @@ fn racing_pilots_on_a_fresh_director_agree() {
         || count("GET /configs") >= reads_before + 2 * 3,
     );
     director_fault("none", None);
-    wait_for_all_pilots("every pilot to serve 12 services", |ip| {
-        vips_of(ip).is_some_and(|vips| vips.len() == 12)
-    });
+    wait_for_all_pilots(
+        &format!("every pilot to serve {with_race} services"),
+        |ip| vips_of(ip).is_some_and(|vips| vips.len() == with_race),
+    );
     // Replicas adopt each other's assignments at their next refresh.
     wait_until("the pilots to agree", || {
         let served: BTreeSet<_> = pilots().iter().map(|(_, ip)| vips_of(ip)).collect();
@@ -458,9 +464,9 @@ fn racing_pilots_on_a_fresh_director_agree() {
         "the pilots did not race: {writes} config writes"
     );
     let stored = assert_one_truth();
-    assert_eq!(stored.len(), 12);
+    assert_eq!(stored.len(), with_race);
     println!(
-        "race: 3 pilots released at once on an empty VIP config, 12 services: {writes} config \
+        "race: 3 pilots released at once on an empty VIP config, {with_race} services: {writes} config \
          writes (one won; the others got 412, re-read and adopted), one VIP per service"
     );
     LAB.ok(&["wait", "--timeout-seconds", "60"]);
@@ -697,16 +703,16 @@ fn director_faults_leave_the_mesh_alone() {
         Some(json!({"name": "vanishing", "manifest": manifest})),
     );
     wait_for_all_pilots("the new deployment", |ip| {
-        vips_of(ip).is_some_and(|v| v.len() == 5)
+        vips_of(ip).is_some_and(|v| v.len() == vips.len() + 3)
     });
     let with_vanishing = assert_one_truth();
     let curls = CurlLoop::start(CLIENT_VM, &banana_url());
     sim_control("DELETE", "/_sim/deployments/vanishing", None);
     let gone = wait_for_all_pilots("the deployment to leave every catalog", |ip| {
-        vips_of(ip).is_some_and(|v| v.len() == 2)
+        vips_of(ip).is_some_and(|v| v.len() == vips.len())
     });
     let quarantined = director_config::read();
-    assert_eq!(quarantined.assignments.len(), 2);
+    assert_eq!(quarantined.assignments.len(), vips.len());
     assert_eq!(
         quarantined.released.len(),
         3,
@@ -718,7 +724,7 @@ fn director_faults_leave_the_mesh_alone() {
         Some(json!({"name": "vanishing", "manifest": manifest})),
     );
     let back = wait_for_all_pilots("the deployment to come back", |ip| {
-        vips_of(ip).is_some_and(|v| v.len() == 5)
+        vips_of(ip).is_some_and(|v| v.len() == vips.len() + 3)
     });
     assert_eq!(
         assert_one_truth(),

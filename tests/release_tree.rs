@@ -96,6 +96,7 @@ fn every_job_is_complete() {
     assert_eq!(
         jobs,
         [
+            "bookinfo",
             "bosh-envoy",
             "bosh-pilot",
             "example-httpbin",

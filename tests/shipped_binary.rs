@@ -41,6 +41,7 @@ fn boshy_has_only_the_products_subcommands() {
             "dnat",
             "envoy-bootstrap",
             "example-httpbin",
+            "example-bookinfo",
             "rules"
         ],
         "{help}"

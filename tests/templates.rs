@@ -23,11 +23,12 @@ use serde_json::{json, Value};
 use boshy_test_support::jobs::{job_spec, pilot_link};
 use boshy_test_support::manifests;
 
-const JOBS: [&str; 5] = [
+const JOBS: [&str; 6] = [
     "bosh-pilot",
     "bosh-envoy",
     "virtual-ip-agent",
     "example-httpbin",
+    "bookinfo",
     "smoke-tests",
 ];
 
@@ -136,6 +137,7 @@ fn required_properties(job: &str) -> Value {
             "client_secret": "hunter2",
             "ca_cert": ca_pem(),
         }}),
+        "bookinfo" => json!({"part": "productpage"}),
         _ => json!({}),
     }
 }
@@ -705,6 +707,164 @@ fn example_httpbin_runs_with_the_instance_identity_from_spec() {
     assert!(!args.contains(&"--az".to_string()), "{args:?}");
 }
 
+fn bpm_args(rendered: &Rendered) -> Vec<String> {
+    jobs::read_bpm(&rendered.path("config/bpm.yml"))
+        .unwrap()
+        .processes[0]
+        .args
+        .clone()
+}
+
+/// The value after `flag` in a process's arguments.
+fn arg<'a>(args: &'a [String], flag: &str) -> &'a str {
+    let at = args
+        .iter()
+        .position(|a| a == flag)
+        .unwrap_or_else(|| panic!("no {flag} in {args:?}"));
+    &args[at + 1]
+}
+
+#[test]
+fn bookinfo_runs_its_part_with_the_instance_identity_from_spec() {
+    let rendered = render(
+        "bookinfo",
+        json!({"part": "reviews", "version": "v2"}),
+        default_link(),
+    );
+    let args = bpm_args(&rendered);
+    let joined = args.join(" ");
+    assert!(
+        joined.starts_with("example-bookinfo --part reviews --version v2 --listen 0.0.0.0:9080"),
+        "{joined}"
+    );
+    for expected in [
+        "--deployment sample-deployment",
+        "--instance-group apricot",
+        "--instance-id 6d0e0b4c-1111-4a4a-9b9b-000000000003",
+        "--index 3",
+        "--az z1",
+        "--ip 10.244.0.7",
+        "--details-url http://bookinfo.details.bookinfo.boshy:9080",
+        "--reviews-url http://reviews.bookinfo.boshy:9080",
+        "--ratings-url http://bookinfo.ratings.bookinfo.boshy:9080",
+    ] {
+        assert!(
+            joined.contains(expected),
+            "{expected} missing from {joined}"
+        );
+    }
+    assert!(!joined.contains("--upstream-timeout-ms"), "{joined}");
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_success(&check_bpm_process(&bpm.processes[0]), "bookinfo reviews v2");
+
+    let other = json!({
+        "part": "productpage",
+        "port": 80,
+        "upstream_timeout_ms": 1500,
+        "reviews_url": "http://bookinfo.reviews-v3.bookinfo.boshy:9080",
+    });
+    let rendered = render("bookinfo", other, default_link());
+    let args = bpm_args(&rendered);
+    assert_eq!(arg(&args, "--listen"), "0.0.0.0:80");
+    assert_eq!(arg(&args, "--version"), "v1");
+    assert_eq!(arg(&args, "--upstream-timeout-ms"), "1500");
+    assert_eq!(
+        arg(&args, "--reviews-url"),
+        "http://bookinfo.reviews-v3.bookinfo.boshy:9080"
+    );
+    assert!(
+        rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
+        "port 80 needs the capability"
+    );
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_success(
+        &check_bpm_process(&bpm.processes[0]),
+        "bookinfo productpage",
+    );
+
+    for (properties, message) in [
+        (
+            json!({}),
+            "bookinfo: property `part` must be one of productpage, details, ratings, reviews, \
+             not nil",
+        ),
+        (
+            json!({"part": "ingress"}),
+            "bookinfo: property `part` must be one of productpage, details, ratings, reviews, \
+             not \"ingress\"",
+        ),
+        (
+            json!({"part": "reviews", "version": "v4"}),
+            "bookinfo: property `version` must be one of v1, v2, v3, not \"v4\"",
+        ),
+    ] {
+        let error = try_render(
+            &jobs::release_dir(),
+            "bookinfo",
+            properties.clone(),
+            &spec(),
+            None,
+        )
+        .err()
+        .unwrap_or_else(|| panic!("{properties} must fail the render"));
+        assert!(
+            format!("{error:#}").contains(message),
+            "{properties}: {error:#}"
+        );
+    }
+}
+
+/// The lab's bookinfo deployment (fixtures/director/bookinfo.yml), each instance group's job
+/// rendered with its manifest properties as the lab renders it: the binary accepts the
+/// arguments, listens on the port the job exposes, and plays the part and version its labels
+/// name (the rules select instances by those labels).
+#[test]
+fn the_bookinfo_lab_deployment_plays_each_part_where_its_labels_say() {
+    let doc = manifests::yaml(&jobs::release_dir().join("fixtures/director/bookinfo.yml"));
+    assert_eq!(doc["name"], "bookinfo");
+    let mut played = BTreeSet::new();
+    for (group, job) in manifests::release_jobs(&doc) {
+        assert_eq!(job["name"], "bookinfo", "{group}");
+        let mut spec = spec();
+        spec.deployment = "bookinfo".into();
+        spec.name = group.into();
+        let properties = serde_json::to_value(&job["properties"]).unwrap();
+        let rendered = render_for("bookinfo", properties, default_link(), &spec);
+        let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+        assert_success(&check_bpm_process(&bpm.processes[0]), group);
+        let args = &bpm.processes[0].args;
+        let port: u64 = arg(args, "--listen")
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(&job["expose_ports"]).unwrap(),
+            json!([{"name": "http", "number": port}]),
+            "{group}"
+        );
+        let labels = &job["expose_labels"];
+        let (part, version) = (arg(args, "--part"), arg(args, "--version"));
+        assert_eq!(labels["app"].as_str(), Some(part), "{group}");
+        assert_eq!(labels["version"].as_str(), Some(version), "{group}");
+        played.insert(format!("{part} {version}"));
+    }
+    assert_eq!(
+        played,
+        [
+            "details v1",
+            "productpage v1",
+            "ratings v1",
+            "reviews v1",
+            "reviews v2",
+            "reviews v3"
+        ]
+        .map(String::from)
+        .into()
+    );
+}
+
 /// A release whose jobs exercise the renderer rather than the mesh.
 fn fixture_release() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/release")
@@ -861,12 +1021,13 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
     tokio::spawn(async move {
         let args = boshy::httpbin::Args {
             listen: "127.0.0.1:0".parse().unwrap(),
-            deployment: "d".into(),
-            instance_group: "g".into(),
-            index: Some(0),
-            instance_id: "i".into(),
-            az: String::new(),
-            ip: String::new(),
+            instance: boshy::workload::Instance {
+                deployment: "d".into(),
+                instance_group: "g".into(),
+                index: Some(0),
+                instance_id: "i".into(),
+                ..Default::default()
+            },
         };
         axum::serve(
             answering,

@@ -422,20 +422,20 @@ async fn deployments_and_manifests_read_like_the_director() {
         .iter()
         .map(|d| d["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["bosh-istio", "sample-deployment"]);
+    assert_eq!(names, ["bookinfo", "bosh-istio", "sample-deployment"]);
     assert_eq!(
-        list[1]["releases"],
+        list[2]["releases"],
         json!([{"name": "boshy-istio", "version": "0+dev.1"}])
     );
-    assert_eq!(list[1]["locked"], false);
-    assert_eq!(list[1]["teams"], json!([]));
+    assert_eq!(list[2]["locked"], false);
+    assert_eq!(list[2]["teams"], json!([]));
     let cheap = lab
         .get_json(
             "/deployments?exclude_configs=true&exclude_releases=true&exclude_stemcells=true&exclude_lock=true",
             &token,
         )
         .await;
-    assert_eq!(cheap[0], json!({"name": "bosh-istio", "teams": []}));
+    assert_eq!(cheap[1], json!({"name": "bosh-istio", "teams": []}));
 
     let manifest = lab.get_json("/deployments/sample-deployment", &token).await;
     assert_eq!(manifest.as_object().unwrap().len(), 1);
@@ -463,8 +463,10 @@ async fn deployments_and_manifests_read_like_the_director() {
     assert_eq!(instances[0]["job"], "apricot");
     assert_eq!(instances[0]["expects_vm"], true);
     assert!(instances[0]["cid"].is_string() && instances[0].get("job_state").is_none());
+    // Fixtures deploy in name order and take the lowest free address: bookinfo's seven
+    // instances come first (.10 to .16).
     let vms = lab.get_json("/deployments/bosh-istio/vms", &token).await;
-    assert_eq!(vms[0]["ips"], json!(["10.244.0.10"]));
+    assert_eq!(vms[0]["ips"], json!(["10.244.0.17"]));
     assert_eq!(vms[0]["active"], true);
 }
 
@@ -525,13 +527,13 @@ async fn format_full_is_a_task_whose_result_has_every_instance_in_random_order()
         .map(|i| {
             (
                 ("apricot".to_string(), i),
-                (format!("10.244.0.{}", 11 + i), format!("z{}", i % 3 + 1)),
+                (format!("10.244.0.{}", 18 + i), format!("z{}", i % 3 + 1)),
             )
         })
         .chain((0..3).map(|i| {
             (
                 ("banana".to_string(), i),
-                (format!("10.244.0.{}", 16 + i), format!("z{}", i % 3 + 1)),
+                (format!("10.244.0.{}", 23 + i), format!("z{}", i % 3 + 1)),
             )
         }))
         .collect();
@@ -641,7 +643,7 @@ async fn control_api_changes_instances_and_the_director_shows_it() {
             Some(json!({"instance_group": "banana", "az": "z2"})),
         )
         .await;
-    assert_eq!(added["ips"], json!(["10.244.0.19"]));
+    assert_eq!(added["ips"], json!(["10.244.0.26"]));
     assert_eq!(added["az"], "z2");
     assert_eq!(added["index"], 3);
     let id = added["id"].as_str().unwrap().to_string();
@@ -676,7 +678,7 @@ async fn control_api_changes_instances_and_the_director_shows_it() {
     let back = lab
         .control(Method::PUT, &path, Some(json!({"has_vm": true})))
         .await;
-    assert_eq!(back["ips"], json!(["10.244.0.19"]));
+    assert_eq!(back["ips"], json!(["10.244.0.26"]));
 
     lab.control(Method::DELETE, &path, None).await;
     let state = lab.control(Method::GET, "/_sim/state", None).await;
@@ -1218,7 +1220,10 @@ async fn events_can_be_off_and_requests_are_counted_per_route() {
     let first = events.as_array().unwrap().last().unwrap();
     assert_eq!(first["action"], "create");
     assert_eq!(first["object_type"], "deployment");
-    assert_eq!(first["object_name"], "bosh-istio");
+    assert_eq!(
+        first["object_name"], "bookinfo",
+        "fixtures deploy in name order"
+    );
     assert_eq!(first["id"], "1");
 }
 

@@ -381,6 +381,7 @@ async fn up_with_pilots(layout: &Layout, pilots: u32) -> Result<LabState> {
             check_subnet_is_free(layout)?;
             let state = start_director(layout).await?;
             scale_control_plane(&state, pilots).await?;
+            apply_lab_rules(layout).await?;
             state
         }
     };
@@ -395,7 +396,30 @@ async fn up_with_pilots(layout: &Layout, pilots: u32) -> Result<LabState> {
         state.vms.len(),
         layout.tld
     );
+    println!(
+        "lab `{}`: bookinfo: `scripts/lab ssh bookinfo/productpage/0 -- curl -s http://bookinfo.productpage.bookinfo.{}:9080/productpage?u=jason` (docs/bookinfo.md)",
+        layout.name, layout.tld
+    );
     Ok(state)
+}
+
+/// The rule configs the lab's deployments stand on from the start, as `lab rules apply
+/// --name NAME FILE` applies them: the ServiceEntry that makes one name of bookinfo's three
+/// reviews instance groups, `reviews.bookinfo.boshy`, which productpage calls. Applied before
+/// any VM boots, so that the pilots read it with their first configs.
+const LAB_RULES: [(&str, &str); 1] = [(
+    "bookinfo-reviews",
+    "fixtures/rules/bookinfo/reviews-service.yml",
+)];
+
+async fn apply_lab_rules(layout: &Layout) -> Result<()> {
+    let cli = rules::RulesCli::of_lab(layout)?;
+    for (name, file) in LAB_RULES {
+        cli.apply(&release_dir().join(file), Some(name.to_string()))
+            .await
+            .with_context(|| format!("applying the lab's rule config {name}"))?;
+    }
+    Ok(())
 }
 
 async fn start_director(layout: &Layout) -> Result<LabState> {
