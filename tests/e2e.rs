@@ -1,11 +1,15 @@
 //! End to end, in a lab of its own (`boshy-e2e`, 10.245.0.0/24): the real control plane
 //! against the director simulator, one network namespace per VM with the real
-//! virtual-ip-agent, iptables DNAT rules, Envoy and example-httpbin; checked with dig and
-//! curl as an operator would from `bosh ssh`.
+//! virtual-ip-agent, iptables DNAT rules, Envoy and the sample workloads (example-httpbin,
+//! bookinfo); checked with dig and curl as an operator would from `bosh ssh`. The bookinfo
+//! traffic tasks (`e2e/bookinfo.rs`) run in the same lab.
 //!
 //! Needs root (CI runs as root) and Envoy (`scripts/test` installs it).
 
 use boshy_test_support::lab as common;
+
+#[path = "e2e/bookinfo.rs"]
+mod bookinfo;
 
 use std::collections::BTreeSet;
 
@@ -130,6 +134,9 @@ fn the_mesh_end_to_end() {
         .into_iter()
         .collect();
     assert_eq!(answered, now_healthy, "the new instance answers too");
+
+    // Istio's traffic tasks on the bookinfo deployment, in this same lab.
+    bookinfo::bookinfo_plays_istios_traffic_tasks();
 
     // Stopping the control plane breaks neither Envoy's config nor name resolution.
     LAB.ok(&["process", "bosh-istio/bosh-pilot/0", "bosh-pilot", "stop"]);
