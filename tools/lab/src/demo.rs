@@ -1,11 +1,15 @@
 //! `boshy-lab demo`: the prototype's tire-kicking story, end to end, with what a person
-//! wants to see printed.
+//! wants to see printed, then traffic rules routing bookinfo.
 
 use std::collections::BTreeMap;
 
+use std::time::{Duration, Instant};
+
 use anyhow::{bail, Context, Result};
 
-use super::{net, ready, up, Layout};
+use super::jobs::release_dir;
+use super::rules::RulesCli;
+use super::{net, ready, up, LabState, Layout};
 
 const CLIENT_VM: &str = "apricot/3";
 const SERVICE: &str = "example-httpbin.banana.sample-deployment";
@@ -80,8 +84,77 @@ pub async fn run(layout: &Layout) -> Result<()> {
             answered_by.len()
         );
     }
+    traffic_rules(layout, &state).await?;
     println!(
-        "\nNext: `scripts/lab director set-state banana/1 failing`, then curl again; `scripts/lab down` when done."
+        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab director set-state banana/1 failing`, then curl again; `scripts/lab down` when done."
+    );
+    Ok(())
+}
+
+const PRODUCTPAGE_VM: &str = "bookinfo/productpage/0";
+const PAGES: usize = 6;
+/// How long the demo waits for the Envoys to route by a rule just applied (one poll of the
+/// pilot, then a push): a bound for a broken lab, not a pause.
+const ROUTED_WITHIN: Duration = Duration::from_secs(30);
+
+/// Istio's request-routing task on the bookinfo deployment: reviews in turn over its three
+/// versions, then, by rules kept in the director, jason to v2 and everyone else to v1.
+async fn traffic_rules(layout: &Layout, state: &LabState) -> Result<()> {
+    let vm = &state.vms[state.find_vm(PRODUCTPAGE_VM)?];
+    let page = |user: &str| {
+        format!(
+            "http://bookinfo.productpage.bookinfo.{}:9080/productpage?u={user}",
+            layout.tld
+        )
+    };
+    let versions = |user: &str| -> Result<Vec<String>> {
+        (0..PAGES)
+            .map(|_| {
+                let url = page(user);
+                let output =
+                    net::run_in(&vm.namespace, &["curl", "-sS", "--max-time", "10", &url])?;
+                let body: serde_json::Value = serde_json::from_slice(&output.stdout)
+                    .with_context(|| format!("curl {url} did not return JSON"))?;
+                Ok(body["reviews"]["version"]
+                    .as_str()
+                    .unwrap_or("error")
+                    .to_string())
+            })
+            .collect()
+    };
+    println!(
+        "\n== Traffic rules: Istio's bookinfo on BOSH instance groups (docs/bookinfo.md)\n  \
+         reviews.bookinfo.boshy is one name for instance groups reviews-v1, -v2 and -v3 \
+         (a ServiceEntry the lab applied)\n  On {}: the reviews version of {PAGES} product pages, no rules yet: {}",
+        vm.name(),
+        versions("jason")?.join(" ")
+    );
+    let rules = RulesCli::of_lab(layout)?;
+    let fixtures = release_dir().join("fixtures/rules/bookinfo");
+    for (name, file) in [
+        ("bookinfo-subsets", "destination-rules.yml"),
+        ("bookinfo-routes", "reviews-jason-v2.yml"),
+    ] {
+        println!("  scripts/lab rules apply --name {name} fixtures/rules/bookinfo/{file}   # bosh update-config --type boshy-istio");
+        rules
+            .apply(&fixtures.join(file), Some(name.to_string()))
+            .await?;
+    }
+    let deadline = Instant::now() + ROUTED_WITHIN;
+    loop {
+        let jason = versions("jason")?;
+        if jason.iter().all(|v| v == "v2") {
+            println!("  pages for jason:   {}", jason.join(" "));
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the Envoys never routed jason to reviews v2: {jason:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!(
+        "  pages for someone else: {}",
+        versions("someone")?.join(" ")
     );
     Ok(())
 }
