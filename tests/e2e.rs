@@ -138,6 +138,46 @@ fn the_mesh_end_to_end() {
     // Istio's traffic tasks on the bookinfo deployment, in this same lab.
     bookinfo::bookinfo_plays_istios_traffic_tasks();
 
+    // A service outside BOSH, by a ServiceEntry with static addresses (played here by banana's
+    // instances): a VIP and a name of its own, reached through Envoy like any other.
+    let outside: Vec<String> = healthy_ips(service(&LAB.registration(), BANANA))
+        .into_iter()
+        .take(2)
+        .collect();
+    let entry = format!(
+        "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata: {{name: legacy}}\nspec:\n  hosts: [legacy.external.boshy]\n  location: MESH_EXTERNAL\n  resolution: STATIC\n  ports: [{{number: 9002, name: http}}]\n  endpoints: [{{address: {}}}, {{address: {}}}]\n",
+        outside[0], outside[1]
+    );
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), entry).unwrap();
+    LAB.ok(&[
+        "rules",
+        "apply",
+        "--name",
+        "external-legacy",
+        file.path().to_str().unwrap(),
+    ]);
+    LAB.wait_for_catalog("legacy.external.boshy", |services| {
+        services
+            .iter()
+            .any(|s| s["hostname"] == "legacy.external.boshy")
+    });
+    let legacy = service(&LAB.registration(), "legacy.external.boshy").clone();
+    assert_eq!(legacy["service_entry"], "external-legacy/legacy");
+    assert_eq!(
+        LAB.dig("apricot/3", "legacy.external.boshy"),
+        legacy["vip"].as_str().unwrap()
+    );
+    let answered: BTreeSet<String> = LAB
+        .curl_instances("apricot/3", "http://legacy.external.boshy:9002/get", 8)
+        .into_iter()
+        .collect();
+    assert_eq!(
+        answered,
+        outside.into_iter().collect(),
+        "the listed addresses answer"
+    );
+
     // Stopping the control plane breaks neither Envoy's config nor name resolution.
     LAB.ok(&["process", "bosh-istio/bosh-pilot/0", "bosh-pilot", "stop"]);
     let answered: BTreeSet<String> = LAB

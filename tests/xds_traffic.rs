@@ -487,6 +487,33 @@ fn http_filter_names(listener: &Value) -> Vec<&str> {
         .collect()
 }
 
+/// The senders an xDS server of a test follows: the catalog's, which must live as long as the
+/// test (a server whose catalog producer is gone stops following), and the traffic model's.
+struct Published {
+    _catalog: watch::Sender<Arc<Catalog>>,
+    traffic: watch::Sender<Arc<TrafficRules>>,
+}
+
+/// An xDS server in this test's namespace, serving `catalog` and `traffic` to begin with; its
+/// address.
+async fn serve_xds(catalog: Arc<Catalog>, traffic: TrafficRules) -> (Published, SocketAddr) {
+    let (catalog_tx, catalog_rx) = watch::channel(catalog);
+    let (traffic_tx, traffic_rx) = watch::channel(Arc::new(traffic));
+    let (xds_listener, xds) = loopback_listener().await;
+    tokio::spawn(boshy::xds::serve(
+        xds_listener,
+        Sources {
+            catalog: catalog_rx,
+            traffic: traffic_rx,
+        },
+    ));
+    let published = Published {
+        _catalog: catalog_tx,
+        traffic: traffic_tx,
+    };
+    (published, xds)
+}
+
 /// The node of one test: its own instance id, so that tests running in parallel can each
 /// find their own lines in the shared server log.
 fn node(mode: AdsMode) -> NodeIdentity {
@@ -520,16 +547,7 @@ fn accepts_and_applies_every_rule(mode: AdsMode) {
         tcp_upstream("127.0.0.2:5432", "db").await;
         tcp_upstream("127.0.0.3:5432", "db").await;
 
-        let (_catalog_tx, catalog_rx) = watch::channel(catalog());
-        let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
-        let (xds_listener, xds) = loopback_listener().await;
-        tokio::spawn(boshy::xds::serve(
-            xds_listener,
-            Sources {
-                catalog: catalog_rx,
-                traffic: traffic_rx,
-            },
-        ));
+        let (published, xds) = serve_xds(catalog(), TrafficRules::default()).await;
         capture_vip_traffic();
         let envoy = start_envoy(&node(mode), xds, mode).await;
         let hosts = |last_octets: &[u8]| -> BTreeSet<String> {
@@ -552,7 +570,7 @@ fn accepts_and_applies_every_rule(mode: AdsMode) {
             .await;
 
         // The rules arrive.
-        traffic_tx.send(Arc::new(every_rule())).unwrap();
+        published.traffic.send(Arc::new(every_rule())).unwrap();
         let expected_clusters = BTreeMap::from([
             (WEB_CLUSTER.to_string(), hosts(&[4, 5, 6])),
             (
@@ -1019,16 +1037,7 @@ fn envoy_accepts_every_generated_rule_set_the_validation_accepts() {
     in_private_netns(move || async move {
         let catalog = catalog();
         let mesh = boshy::rules::MeshView::from_catalog(&catalog);
-        let (_catalog_tx, catalog_rx) = watch::channel(catalog.clone());
-        let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
-        let (xds_listener, xds) = loopback_listener().await;
-        tokio::spawn(boshy::xds::serve(
-            xds_listener,
-            Sources {
-                catalog: catalog_rx,
-                traffic: traffic_rx,
-            },
-        ));
+        let (published, xds) = serve_xds(catalog.clone(), TrafficRules::default()).await;
         let mode = AdsMode::Delta;
         let node = NodeIdentity {
             instance_id: "0f3c-apricot-generated".into(),
@@ -1048,7 +1057,7 @@ fn envoy_accepts_every_generated_rule_set_the_validation_accepts() {
                 "case {case}: {:?}",
                 compiled.warnings
             );
-            traffic_tx.send(Arc::new(compiled.traffic)).unwrap();
+            published.traffic.send(Arc::new(compiled.traffic)).unwrap();
             let first_route = format!("g{case}-r0");
             envoy
                 .wait_for(
@@ -1084,7 +1093,6 @@ fn envoy_accepts_every_generated_rule_set_the_validation_accepts() {
 fn a_nack_of_a_resource_built_from_rules_names_its_rule_config() {
     let logs = captured_logs();
     in_private_netns(move || async move {
-        let (_catalog_tx, catalog_rx) = watch::channel(catalog());
         let mut rules = ServiceRules {
             configs: BTreeSet::from(["bad-web-rules".to_string()]),
             ..ServiceRules::default()
@@ -1102,15 +1110,7 @@ fn a_nack_of_a_resource_built_from_rules_names_its_rule_config() {
         let traffic = TrafficRules {
             services: BTreeMap::from([(WEB.to_string(), rules)]),
         };
-        let (_traffic_tx, traffic_rx) = watch::channel(Arc::new(traffic));
-        let (xds_listener, xds) = loopback_listener().await;
-        tokio::spawn(boshy::xds::serve(
-            xds_listener,
-            Sources {
-                catalog: catalog_rx,
-                traffic: traffic_rx,
-            },
-        ));
+        let (_published, xds) = serve_xds(catalog(), traffic).await;
         let mode = AdsMode::Delta;
         let node = NodeIdentity {
             instance_id: "0f3c-apricot-nack".into(),

@@ -194,15 +194,8 @@ impl Compiler<'_> {
         service: &Service,
         port: u16,
     ) -> Option<traffic::Forward> {
-        let mut destinations = Vec::new();
-        for (to, weighted) in route.route.iter().enumerate() {
-            let field = format!("{field}.route[{to}].destination");
-            let destination = self.destination(at, &field, &weighted.destination, service, port)?;
-            destinations.push(traffic::WeightedDestination {
-                destination,
-                weight: weight_of(weighted.weight, route.route.len()),
-            });
-        }
+        let weighted = route.route.iter().map(|d| (&d.destination, d.weight));
+        let destinations = self.weighted(at, field, weighted, service, port)?;
         let mut mirrors = Vec::new();
         if let Some(mirror) = &route.mirror {
             let field = format!("{field}.mirror");
@@ -242,16 +235,31 @@ impl Compiler<'_> {
                     .iter()
                     .any(|m| m.port.is_none_or(|p| p == port))
         })?;
-        let mut destinations = Vec::new();
-        for (to, weighted) in route.route.iter().enumerate() {
-            let field = format!("spec.tcp[{index}].route[{to}].destination");
-            let destination = self.destination(at, &field, &weighted.destination, service, port)?;
-            destinations.push(traffic::WeightedDestination {
-                destination,
-                weight: weight_of(weighted.weight, route.route.len()),
-            });
-        }
-        Some(destinations)
+        let weighted = route.route.iter().map(|d| (&d.destination, d.weight));
+        self.weighted(at, &format!("spec.tcp[{index}]"), weighted, service, port)
+    }
+
+    /// A route's destinations (`<field>.route[n]`) with their weights; `None` when the port of
+    /// one cannot be told (warned about).
+    fn weighted<'d>(
+        &mut self,
+        at: &At,
+        field: &str,
+        destinations: impl ExactSizeIterator<Item = (&'d istio::Destination, Option<u32>)>,
+        service: &Service,
+        port: u16,
+    ) -> Option<Vec<traffic::WeightedDestination>> {
+        let count = destinations.len();
+        destinations
+            .enumerate()
+            .map(|(to, (destination, weight))| {
+                let field = format!("{field}.route[{to}].destination");
+                Some(traffic::WeightedDestination {
+                    destination: self.destination(at, &field, destination, service, port)?,
+                    weight: weight_of(weight, count),
+                })
+            })
+            .collect()
     }
 
     /// The catalog port of `destination`, or a warning when it cannot be told (the route is
