@@ -178,6 +178,9 @@ fn the_mesh_end_to_end() {
         "the listed addresses answer"
     );
 
+    // A ServiceEntry's VIP, kept across the control plane's restart below like a job's.
+    let reviews_vip = service(&LAB.registration(), "reviews.bookinfo.boshy")["vip"].clone();
+
     // Stopping the control plane breaks neither Envoy's config nor name resolution.
     LAB.ok(&["process", "bosh-istio/bosh-pilot/0", "bosh-pilot", "stop"]);
     let answered: BTreeSet<String> = LAB
@@ -211,6 +214,11 @@ fn the_mesh_end_to_end() {
             .unwrap(),
         vip,
         "VIP stable across a restart"
+    );
+    assert_eq!(
+        service(&LAB.registration(), "reviews.bookinfo.boshy")["vip"],
+        reviews_vip,
+        "a ServiceEntry's VIP stable across a restart"
     );
 
     // `lab down` leaves the machine as it was.
