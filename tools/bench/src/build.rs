@@ -25,7 +25,7 @@ use boshy::xds::cache::Snapshot;
 
 const BENCHMARK: &str = "build";
 const TLD: &str = "boshy";
-const INSTANCES_PER_SERVICE: usize = 10;
+pub const INSTANCES_PER_SERVICE: usize = 10;
 const SERVICES_PER_DEPLOYMENT: usize = 10;
 /// A /16: room for every service of the largest estate.
 const VIP_POOL: &str = "169.254.0.0/16";
@@ -111,13 +111,37 @@ pub fn deployment_inputs(estate: &[DirectorDeployment]) -> Result<Vec<Deployment
 /// The catalog of a synthetic estate of `services` services, VIPs included.
 pub fn synthetic_catalog(services: usize, instances_per_service: usize) -> Result<Catalog> {
     let inputs = deployment_inputs(&synthetic_estate(services, instances_per_service))?;
-    let mut vips = VipAllocator::new(
+    let mut vips = vip_allocator()?;
+    vips.sync(&wanted_hostnames(&inputs), 0);
+    Ok(catalog::build(&inputs, TLD, vips.assignments()).catalog)
+}
+
+/// A VIP allocator with no VIP assigned yet, its pool large enough for every estate.
+pub fn vip_allocator() -> Result<VipAllocator> {
+    Ok(VipAllocator::new(
         VIP_POOL.parse().expect("valid pool"),
         3600,
         VipState::default(),
-    )?;
-    vips.sync(&wanted_hostnames(&inputs), 0);
-    Ok(catalog::build(&inputs, TLD, vips.assignments()).catalog)
+    )?)
+}
+
+/// What the control plane builds from director data without rules: VIPs, the catalog and the
+/// xDS snapshot, with each stage's time in ms (VIP allocation, catalog, xDS snapshot), the
+/// profile of where a build goes.
+pub fn timed_build(
+    inputs: &[DeploymentInput],
+    vips: &mut VipAllocator,
+) -> (Catalog, Snapshot, [f64; 3]) {
+    let start = Instant::now();
+    vips.sync(&wanted_hostnames(inputs), 0);
+    let vips_ms = millis(start);
+    let start = Instant::now();
+    let catalog = catalog::build(inputs, TLD, vips.assignments()).catalog;
+    let catalog_ms = millis(start);
+    let start = Instant::now();
+    let snapshot = Snapshot::from_catalog(&catalog);
+    let xds_ms = millis(start);
+    (catalog, snapshot, [vips_ms, catalog_ms, xds_ms])
 }
 
 fn wanted_hostnames(inputs: &[DeploymentInput]) -> BTreeSet<String> {
@@ -145,7 +169,7 @@ pub struct SizeFigures {
     pub resources: usize,
 }
 
-fn millis(start: Instant) -> f64 {
+pub fn millis(start: Instant) -> f64 {
     start.elapsed().as_secs_f64() * 1000.0
 }
 
@@ -156,28 +180,13 @@ pub fn measure(services: usize, repeat: usize) -> Result<SizeFigures> {
     let start = Instant::now();
     let mut inputs = deployment_inputs(&estate)?;
     let parse_ms = millis(start);
-    let pool = VIP_POOL.parse().expect("valid pool");
-
-    // Each stage timed on its own: the profile of where a build goes.
-    let build = |inputs: &[DeploymentInput], vips: &mut VipAllocator| {
-        let start = Instant::now();
-        vips.sync(&wanted_hostnames(inputs), 0);
-        let vips_ms = millis(start);
-        let start = Instant::now();
-        let catalog = catalog::build(inputs, TLD, vips.assignments()).catalog;
-        let catalog_ms = millis(start);
-        let start = Instant::now();
-        let snapshot = Snapshot::from_catalog(&catalog);
-        let xds_ms = millis(start);
-        (catalog, snapshot, [vips_ms, catalog_ms, xds_ms])
-    };
     let mut cold = Vec::new();
     let mut stages: [Vec<f64>; 3] = Default::default();
     let mut last = None;
     for _ in 0..repeat.max(1) {
-        let mut vips = VipAllocator::new(pool, 3600, VipState::default())?;
+        let mut vips = vip_allocator()?;
         let start = Instant::now();
-        let (catalog, _, stage_ms) = build(&inputs, &mut vips);
+        let (catalog, _, stage_ms) = timed_build(&inputs, &mut vips);
         cold.push(millis(start));
         for (times, ms) in stages.iter_mut().zip(stage_ms) {
             times.push(ms);
@@ -200,7 +209,7 @@ pub fn measure(services: usize, repeat: usize) -> Result<SizeFigures> {
     let mut resources = 0;
     for _ in 0..repeat.max(1) {
         let start = Instant::now();
-        let (_, snapshot, _) = build(&inputs, &mut vips);
+        let (_, snapshot, _) = timed_build(&inputs, &mut vips);
         warm.push(millis(start));
         resources = boshy::xds::resources::ResourceType::PUSH_ORDER
             .iter()

@@ -10,6 +10,7 @@
 //! - [`lab`]: convergence, steady-state director requests and data-plane cost in a lab.
 //! - [`load`]: the fixed-rate HTTP load generator the data-plane benchmark runs in a VM.
 //! - [`push`]: xDS push fan-out to N emulated Envoys, delta against state of the world.
+//! - [`rules`]: traffic rules for every service of an estate: parse, validate, compile, xDS.
 
 #![forbid(unsafe_code)]
 
@@ -20,6 +21,7 @@ pub mod lab;
 pub mod load;
 pub mod push;
 pub mod report;
+pub mod rules;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -47,6 +49,8 @@ pub enum BenchCommand {
     Load(load::Args),
     /// xDS push fan-out: N emulated Envoys against an xDS server, delta and state of the world.
     Push(push::Args),
+    /// Traffic rules for every service of an estate: parse, validate, compile, xDS snapshot.
+    Rules(rules::Args),
     /// Renders every rows file of a directory into the results file.
     Report(report::Args),
     /// Records when and at which commit rows files were just measured.
@@ -62,6 +66,7 @@ pub async fn run(args: Args) -> Result<()> {
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Push(args) => push::run(args).await,
         BenchCommand::Report(args) => report::run(args),
+        BenchCommand::Rules(args) => rules::run(args).await,
         BenchCommand::Stamp(args) => report::stamp(args),
     }
 }

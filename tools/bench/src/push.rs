@@ -2,24 +2,34 @@
 //! against a bosh-pilot xDS server in a child process, so that the server's CPU and memory can
 //! be read from `/proc` apart from the client's.
 //!
-//! For each (ADS mode, stream count) it measures the initial sync, then an endpoint-only
-//! change (one instance of one service fails) and a service being added: time from the
-//! catalog change to the last ACK, bytes the clients received, the server's CPU time and
-//! RSS. Rows go to `bench/rows/push.json` in the format of `boshy-bench report`.
+//! Every service of the estate has rules (`rules::service_config`: subsets v1 and v2, a
+//! weighted split, faults, retries), as a mesh that uses them has. For each (ADS mode, stream
+//! count) it measures the initial sync, then an endpoint-only change (one instance of one
+//! service fails), a service being added and a rule change (one service's split moves): time
+//! from the change to the last ACK, resources and bytes the clients received against what
+//! the snapshots say changed, the server's CPU time and RSS. Rows go to
+//! `bench/rows/push.json` in the format of `boshy-bench report`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
+use boshy::catalog::model::Catalog;
+use boshy::rules::ParsedConfig;
+use boshy::traffic::TrafficRules;
 use boshy::xds::bootstrap::AdsMode;
+use boshy::xds::cache::{Snapshot, Sources};
+use boshy::xds::resources::ResourceType;
 use boshy_xds_fleet::estate::{estate, Change};
 use boshy_xds_fleet::fleet::{Fleet, Received};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use tokio::sync::watch;
+
+use super::rules;
 
 const GOAL_SECONDS: f64 = 1.0;
 const GOAL_RSS_MB: f64 = 200.0;
@@ -41,7 +51,7 @@ pub struct Args {
     /// Write the rows (JSON) here as well as printing the table.
     #[arg(long)]
     pub out: Option<PathBuf>,
-    /// Internal: be the xDS server on this address; each stdin line is a catalog change.
+    /// Internal: be the xDS server on this address; each stdin line is a change's word.
     #[arg(long, hide = true)]
     pub serve: Option<SocketAddr>,
 }
@@ -82,28 +92,166 @@ pub(crate) async fn run(args: Args) -> Result<()> {
     Ok(())
 }
 
-/// The child process: an xDS server whose catalog changes on each stdin line.
+/// A change the benchmark makes, named by a word on the server's stdin: of the catalog, or of
+/// the first service's rules.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum PushChange {
+    Catalog(Change),
+    /// The first service's VirtualService moves its split between v1 and v2 (90/10 ↔ 50/50).
+    Rule,
+}
+
+impl PushChange {
+    /// In the order the benchmark makes them.
+    const ALL: [PushChange; 3] = [
+        PushChange::Catalog(Change::Endpoint),
+        PushChange::Catalog(Change::Service),
+        PushChange::Rule,
+    ];
+
+    fn word(self) -> &'static str {
+        match self {
+            PushChange::Catalog(change) => change.word(),
+            PushChange::Rule => "rule",
+        }
+    }
+
+    fn from_word(word: &str) -> Option<PushChange> {
+        PushChange::ALL.into_iter().find(|c| c.word() == word)
+    }
+}
+
+/// What the server serves: the synthetic estate, its instances labelled by version, and one
+/// rule config per service. The client keeps a copy and makes the same changes to it, to know
+/// which resources each change should send.
+struct Estate {
+    instances: usize,
+    catalog: Catalog,
+    /// Parallel to the first services of the catalog (a service added later has none).
+    parsed: Vec<ParsedConfig>,
+    /// v1's share of the first service's split, in percent.
+    first_split: u32,
+    traffic: TrafficRules,
+}
+
+impl Estate {
+    fn new(services: usize, instances: usize) -> Result<Estate> {
+        let mut catalog = estate(1, services, instances);
+        rules::label_versions(&mut catalog);
+        let parsed = rules::parse(&rules::service_configs(&catalog));
+        let (traffic, _) = rules::validate_and_compile(&parsed, &catalog)?;
+        Ok(Estate {
+            instances,
+            catalog,
+            parsed,
+            first_split: rules::SPLIT_V1,
+            traffic,
+        })
+    }
+
+    /// A rule change is what the pilot does on `bosh update-config`: the one config parsed
+    /// again, every config validated against the catalog and compiled.
+    fn apply(&mut self, change: PushChange) -> Result<()> {
+        match change {
+            PushChange::Catalog(change) => {
+                self.catalog = change.apply(&self.catalog, self.instances);
+            }
+            PushChange::Rule => {
+                self.first_split = match self.first_split {
+                    rules::SPLIT_V1 => rules::CHANGED_SPLIT_V1,
+                    _ => rules::SPLIT_V1,
+                };
+                let host = &self.catalog.services[0].hostname;
+                self.parsed[0] =
+                    rules::parse(&[rules::service_config(host, self.first_split)]).remove(0);
+                (self.traffic, _) = rules::validate_and_compile(&self.parsed, &self.catalog)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Snapshot {
+        rules::snapshot(&self.catalog, &self.traffic)
+    }
+}
+
+/// The child process: an xDS server whose catalog or rules change on each stdin line.
 async fn serve(address: SocketAddr, services: usize, instances: usize) -> Result<()> {
-    let mut catalog = estate(1, services, instances);
-    let (catalog_tx, catalog_rx) = watch::channel(Arc::new(catalog.clone()));
+    let mut estate = Estate::new(services, instances)?;
+    let (catalog_tx, catalog) = watch::channel(Arc::new(estate.catalog.clone()));
+    let (traffic_tx, traffic) = watch::channel(Arc::new(estate.traffic.clone()));
     let socket = tokio::net::TcpSocket::new_v4()?;
     socket
         .bind(address)
         .with_context(|| format!("binding {address}"))?;
     let listener = socket.listen(4096)?;
-    tokio::spawn(boshy::xds::serve(listener, catalog_rx));
+    tokio::spawn(boshy::xds::serve(listener, Sources { catalog, traffic }));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
-        let Some(change) = Change::from_word(line.trim()) else {
+        let Some(change) = PushChange::from_word(line.trim()) else {
             bail!(
-                "push benchmark server: unknown change `{}` (endpoint, service)",
+                "push benchmark server: unknown change `{}` (endpoint, service, rule)",
                 line.trim()
             );
         };
-        catalog = change.apply(&catalog, instances);
-        catalog_tx.send_replace(Arc::new(catalog.clone()));
+        estate.apply(change)?;
+        match change {
+            PushChange::Catalog(_) => {
+                catalog_tx.send_replace(Arc::new(estate.catalog.clone()));
+            }
+            PushChange::Rule => {
+                traffic_tx.send_replace(Arc::new(estate.traffic.clone()));
+            }
+        }
     }
     Ok(())
+}
+
+/// The (type, name) of every resource added, changed or removed from `before` to `after`:
+/// what a delta stream subscribed to everything should be sent.
+fn changed_resources(before: &Snapshot, after: &Snapshot) -> BTreeSet<(ResourceType, String)> {
+    let versions = |snapshot: &Snapshot, t: ResourceType| -> BTreeSet<(String, String)> {
+        let selection = snapshot.select(t, None);
+        selection
+            .resources
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect()
+    };
+    ResourceType::PUSH_ORDER
+        .into_iter()
+        .flat_map(|t| {
+            let (old, new) = (versions(before, t), versions(after, t));
+            let names: BTreeSet<String> = old
+                .symmetric_difference(&new)
+                .map(|(name, _)| name.clone())
+                .collect();
+            names.into_iter().map(move |name| (t, name))
+        })
+        .collect()
+}
+
+/// Per stream that got any, the (type, name) of the resources it received or was told were
+/// removed.
+fn received_by_stream(pushed: &[Received]) -> BTreeMap<usize, BTreeSet<(ResourceType, String)>> {
+    let mut by_stream: BTreeMap<usize, BTreeSet<_>> = BTreeMap::new();
+    for response in pushed {
+        let names = response.resources.iter().chain(&response.removed);
+        by_stream
+            .entry(response.stream)
+            .or_default()
+            .extend(names.map(|name| (response.resource_type, name.clone())));
+    }
+    by_stream
+}
+
+fn type_name(resource_type: ResourceType) -> &'static str {
+    match resource_type {
+        ResourceType::Cluster => "CDS",
+        ResourceType::Endpoint => "EDS",
+        ResourceType::Listener => "LDS",
+        ResourceType::Route => "RDS",
+    }
 }
 
 /// CPU seconds (user + system) and RSS/peak RSS in MB of a process, from `/proc`.
@@ -166,7 +314,8 @@ async fn measure(
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let label = format!("{mode_name}, {streams} streams, {services} services × {instances}");
+    let label =
+        format!("{mode_name}, {streams} streams, {services} services × {instances} with rules");
     let started = Instant::now();
     let (cpu_before, _, _) = process_usage(pid)?;
     let fleet = Fleet::connect(address, streams, mode).await?;
@@ -193,7 +342,11 @@ async fn measure(
         &format!("< {GOAL_RSS_MB} MB"),
         rss_synced < GOAL_RSS_MB,
     ));
-    for change in [Change::Endpoint, Change::Service] {
+    let mut mirror = Estate::new(services, instances)?;
+    for change in PushChange::ALL {
+        let before = mirror.snapshot();
+        mirror.apply(change)?;
+        let expected = changed_resources(&before, &mirror.snapshot());
         let (cpu_before, _, _) = process_usage(pid)?;
         let (client_cpu_before, _, _) = process_usage(std::process::id())?;
         let at = Instant::now();
@@ -214,7 +367,7 @@ async fn measure(
             took,
             "s",
         );
-        r["note"] = json!(format!(
+        let mut note = format!(
             "{} responses, {:.1} resources and {:.1} kB per stream; server CPU {:.2} s, \
              load client CPU {:.2} s (the {streams} emulated Envoys, same machine)",
             pushed.len(),
@@ -222,7 +375,26 @@ async fn measure(
             bytes(&pushed) as f64 / streams as f64 / 1e3,
             cpu_after - cpu_before,
             client_cpu_after - client_cpu_before
-        ));
+        );
+        // Delta sends what changed, and the snapshots say what that is; state of the world
+        // sends every resource of each changed type.
+        if mode == AdsMode::Delta {
+            let exact = received_by_stream(&pushed)
+                .values()
+                .filter(|received| **received == expected)
+                .count();
+            let names: Vec<String> = expected
+                .iter()
+                .map(|(t, name)| format!("{} {name}", type_name(*t)))
+                .collect();
+            note.push_str(&format!(
+                "; what changed in the snapshot, {} per stream: {}; {exact} of {streams} \
+                 streams got exactly that",
+                expected.len(),
+                names.join(", ")
+            ));
+        }
+        r["note"] = json!(note);
         rows.push(goal(r, &format!("< {GOAL_SECONDS} s"), took < GOAL_SECONDS));
     }
     let (_, _, peak) = process_usage(pid)?;
@@ -286,5 +458,49 @@ mod tests {
         assert_eq!(rows[0]["reference"]["value"], 4.0);
         assert!(rows[1].get("reference").is_none());
         assert!(rows[2].get("reference").is_none());
+    }
+
+    #[test]
+    fn every_change_is_named_by_its_word() {
+        for change in PushChange::ALL {
+            assert_eq!(PushChange::from_word(change.word()), Some(change));
+        }
+        assert_eq!(PushChange::from_word("nothing"), None);
+    }
+
+    /// What each change should send a delta stream, from the snapshots: a rule change only
+    /// the first service's route configuration (the split is in its routes; its subsets and
+    /// their clusters stay), and back again.
+    #[test]
+    fn a_rule_change_changes_only_that_services_route_configuration() {
+        let mut estate = Estate::new(3, 2).unwrap();
+        let mut changes = Vec::new();
+        for change in PushChange::ALL.into_iter().chain([PushChange::Rule]) {
+            let before = estate.snapshot();
+            estate.apply(change).unwrap();
+            changes.push(changed_resources(&before, &estate.snapshot()));
+        }
+        let first = |t, subset: &str| {
+            (
+                t,
+                format!("outbound|8080|{subset}|svc00000.group.load.boshy"),
+            )
+        };
+        assert_eq!(
+            changes[0],
+            BTreeSet::from([
+                first(ResourceType::Endpoint, ""),
+                first(ResourceType::Endpoint, "v1")
+            ]),
+            "the failing instance is a v1: the service's and v1's load assignments"
+        );
+        assert_eq!(
+            changes[1].len(),
+            4,
+            "a cluster, its endpoints, a listener, a route"
+        );
+        assert_eq!(changes[2], BTreeSet::from([first(ResourceType::Route, "")]));
+        assert_eq!(changes[3], changes[2]);
+        assert_eq!(estate.first_split, rules::SPLIT_V1);
     }
 }

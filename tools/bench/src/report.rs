@@ -89,7 +89,7 @@ impl Row {
 }
 
 /// The sections of the results file: (rows file names, title, how to produce them).
-pub const SECTIONS: [(&[&str], &str, &str); 6] = [
+pub const SECTIONS: [(&[&str], &str, &str); 7] = [
     (
         &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
@@ -99,6 +99,11 @@ pub const SECTIONS: [(&[&str], &str, &str); 6] = [
         &["build"],
         "Control plane: build cost of synthetic estates",
         "scripts/bench build",
+    ),
+    (
+        &["rules"],
+        "Traffic rules: a VirtualService and a DestinationRule for every service",
+        "scripts/bench rules",
     ),
     (
         &["push"],

@@ -138,15 +138,40 @@ fn push_harness_measures_delta_beside_state_of_the_world() {
         out.to_str().unwrap(),
     ]);
     let rows = rows(&out);
-    let change = rows
-        .iter()
-        .find(|r| r.figure == "delta, 3 streams, 4 services × 2: service change → last ACK")
-        .unwrap_or_else(|| panic!("no delta service-change row: {:?}", figures(&rows)));
-    let reference = change
-        .reference
-        .as_ref()
-        .expect("the same figure over SotW");
-    assert!(change.value > 0.0 && reference.value > 0.0, "{change:?}");
+    for change in ["service", "rule"] {
+        let figure =
+            format!("delta, 3 streams, 4 services × 2 with rules: {change} change → last ACK");
+        let row = rows
+            .iter()
+            .find(|r| r.figure == figure)
+            .unwrap_or_else(|| panic!("no {figure:?} row: {:?}", figures(&rows)));
+        let reference = row.reference.as_ref().expect("the same figure over SotW");
+        assert!(row.value > 0.0 && reference.value > 0.0, "{row:?}");
+    }
+}
+
+#[test]
+fn rules_harness_measures_rules_beside_the_build_without_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rules.json");
+    bench(&[
+        "rules",
+        "--services",
+        "20",
+        "--repeat",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    assert!(
+        figures(&rows).contains(&"20 services: parse + validate + compile every service's rules"),
+        "{rows:?}"
+    );
+    assert!(
+        rows.iter().all(|r| r.value > 0.0 && r.ratio().is_some()),
+        "{rows:?}"
+    );
 }
 
 /// The lab harness in a lab of its own, as short as it goes: one trial of each change, a
