@@ -417,8 +417,9 @@ fn racing_pilots_on_a_fresh_director_agree() {
     let before = assert_one_truth();
     assert_eq!(
         before.len(),
-        8,
-        "sample-deployment's apricot and banana, bookinfo's six instance groups: {before:?}"
+        9,
+        "sample-deployment's apricot and banana, bookinfo's six instance groups and the \
+         reviews ServiceEntry the lab applies: {before:?}"
     );
     let with_race = before.len() + 10;
 
