@@ -131,6 +131,7 @@ pub async fn run(args: Args) -> Result<()> {
         vip_warnings: Reported::default(),
         unaddressed: Reported::default(),
         built_from: None,
+        entries: None,
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
@@ -172,6 +173,16 @@ struct CatalogPublisher {
     unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
     built_from: Option<(Arc<Vec<DeploymentInput>>, PublishedRuleConfigs)>,
+    /// The ServiceEntries last accepted, and what they were judged from.
+    entries: Option<JudgedEntries>,
+}
+
+/// The accepted ServiceEntries (a rule set of nothing else) of one set of deployments and
+/// rule configs.
+struct JudgedEntries {
+    inputs: Arc<Vec<DeploymentInput>>,
+    configs: PublishedRuleConfigs,
+    rules: RuleSet,
 }
 
 /// How long the first catalog waits for the rule configs once the deployments are in: their
@@ -226,22 +237,36 @@ impl CatalogPublisher {
             .into_iter()
             .map(|(_, hostname)| hostname)
             .collect();
-        // Which ServiceEntries are accepted depends on the jobs' services only (their labels
-        // and ports, not their VIPs): judged against the catalog of the jobs alone.
         let tld = self.tld.clone();
         let job_services = |vips: &BTreeMap<String, Ipv4Addr>| catalog::build(&inputs, &tld, vips);
-        let entries = match &configs {
-            Some(configs) if !configs.configs.is_empty() => {
+        // Which ServiceEntries are accepted depends on the jobs' services only (their labels
+        // and ports, not their VIPs): judged against the catalog of the jobs alone, once per
+        // change of the deployments or the configs, not at every refresh of the VIP store.
+        let judged = self.entries.as_ref().filter(|judged| {
+            Arc::ptr_eq(&judged.inputs, &inputs) && same_configs(&judged.configs, &configs)
+        });
+        let entries = match (judged, &configs) {
+            (Some(judged), _) => judged.rules.clone(),
+            (None, Some(rule_configs)) if !rule_configs.configs.is_empty() => {
                 let placeholders = wanted
                     .iter()
                     .map(|h| (h.clone(), Ipv4Addr::UNSPECIFIED))
                     .collect();
                 let jobs = job_services(&placeholders).catalog;
-                let parsed = self.parsed.update(configs);
-                rules::validate(&parsed, Some(&MeshView::from_catalog(&jobs))).rules
+                let parsed = self.parsed.update(rule_configs);
+                let validated = rules::validate(&parsed, Some(&MeshView::from_catalog(&jobs)));
+                RuleSet {
+                    service_entries: validated.rules.service_entries,
+                    ..RuleSet::default()
+                }
             }
-            _ => RuleSet::default(),
+            (None, _) => RuleSet::default(),
         };
+        self.entries = Some(JudgedEntries {
+            inputs: inputs.clone(),
+            configs: configs.clone(),
+            rules: entries.clone(),
+        });
         wanted.extend(rules::entry_hosts(&entries));
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
