@@ -17,9 +17,10 @@ use std::time::Duration;
 
 use boshy::catalog::model::{Catalog, Endpoint, Protocol};
 use boshy::catalog::testing::{self, service};
+use boshy::traffic::testing::to;
 use boshy::traffic::{
-    ConnectionPool, Destination, Fault, FaultAbort, FaultDelay, Forward, HashKey, HeaderCondition,
-    HeaderMatch, HttpAction, HttpMatch, HttpRoute, LoadBalancer, LocalityLoadBalancing, Mirror,
+    ConnectionPool, Fault, FaultAbort, FaultDelay, Forward, HashKey, HeaderCondition, HeaderMatch,
+    HttpAction, HttpMatch, HttpRoute, LoadBalancer, LocalityLoadBalancing, Mirror,
     OutlierDetection, PathRewrite, Percentage, PortPolicies, QueryParamMatch, Redirect,
     RedirectCode, Retries, Rewrite, ServiceRules, StringMatch, Subset, TrafficPolicy, TrafficRules,
     WeightedDestination,
@@ -80,17 +81,6 @@ fn catalog() -> Arc<Catalog> {
                 .endpoint(at(3, "z2")),
         ],
     ))
-}
-
-fn to(host: &str, port: u16, subset: Option<&str>, weight: u32) -> WeightedDestination {
-    WeightedDestination {
-        destination: Destination {
-            host: host.to_string(),
-            port,
-            subset: subset.map(str::to_string),
-        },
-        weight,
-    }
 }
 
 fn web(subset: &str, weight: u32) -> WeightedDestination {

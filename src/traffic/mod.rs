@@ -25,6 +25,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+
 /// The rules of every service that has some, by the service's catalog hostname
 /// (`web.banana.sample.boshy`). Rules for a hostname the catalog does not have are ignored.
 ///

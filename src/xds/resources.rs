@@ -1277,6 +1277,7 @@ mod tests {
         use std::time::Duration as StdDuration;
 
         use super::*;
+        use crate::traffic::testing::to;
         use crate::traffic::{Forward, HashKey, HttpAction, HttpRoute, PortPolicies, Subset};
 
         const WEB: &str = "web.banana.sample.boshy";
@@ -1301,17 +1302,6 @@ mod tests {
             Subset {
                 endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
                 policy,
-            }
-        }
-
-        fn to(host: &str, port: u16, subset: Option<&str>, weight: u32) -> WeightedDestination {
-            WeightedDestination {
-                destination: Destination {
-                    host: host.to_string(),
-                    port,
-                    subset: subset.map(str::to_string),
-                },
-                weight,
             }
         }
 

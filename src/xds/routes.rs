@@ -395,23 +395,13 @@ mod tests {
     use prost::Message;
 
     use super::*;
+    use crate::traffic::testing::to;
     use crate::traffic::{
-        Destination, FaultAbort as ModelAbort, FaultDelay as ModelDelay, HeaderMatch,
-        HeaderOperations, PortPolicies, Rewrite, ServiceRules, TrafficPolicy, WeightedDestination,
+        FaultAbort as ModelAbort, FaultDelay as ModelDelay, HeaderMatch, HeaderOperations,
+        PortPolicies, Rewrite, ServiceRules, TrafficPolicy, WeightedDestination,
     };
 
     const WEB: &str = "web.banana.sample.boshy";
-
-    fn to(host: &str, port: u16, subset: Option<&str>, weight: u32) -> WeightedDestination {
-        WeightedDestination {
-            destination: Destination {
-                host: host.to_string(),
-                port,
-                subset: subset.map(str::to_string),
-            },
-            weight,
-        }
-    }
 
     fn forward(destinations: Vec<WeightedDestination>) -> Forward {
         Forward {
