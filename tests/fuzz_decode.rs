@@ -8,7 +8,7 @@
 
 use std::cell::Cell;
 
-use boshy_test_support::fuzz::runner;
+use boshy_test_support::fuzz::{self, runner, yaml_scalar};
 use proptest::prelude::*;
 use serde_yaml::{Mapping, Value};
 
@@ -32,14 +32,10 @@ fn key() -> impl Strategy<Value = Value> {
     ]
 }
 
-fn scalar() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        prop::sample::select(vec![0i64, 1, 80, 9002, 65535, 65536, -1, i64::MAX])
-            .prop_map(|n| Value::Number(n.into())),
-        any::<f64>().prop_map(|f| Value::Number(f.into())),
-        prop::sample::select(vec![
+fn scalar() -> impl Strategy<Value = Value> + Clone {
+    yaml_scalar(
+        vec![0, 1, 80, 9002, 65535, 65536, -1, i64::MAX],
+        vec![
             "http",
             "http-api",
             "grpc",
@@ -54,10 +50,9 @@ fn scalar() -> impl Strategy<Value = Value> {
             "",
             "a.b",
             "8080",
-        ])
-        .prop_map(|s| Value::String(s.to_string())),
-        "\\PC{0,70}".prop_map(Value::String),
-    ]
+        ],
+        70,
+    )
 }
 
 /// Random YAML trees biased towards the manifest's shape. Tags go on scalars only: serde_yaml
@@ -99,44 +94,15 @@ fn manifest_with_a_good_job() -> impl Strategy<Value = (String, usize)> {
 
 /// YAML-significant characters in any order: anchors, aliases, merges, flow, block, tags.
 fn yaml_soup() -> impl Strategy<Value = String> {
-    let token = prop::sample::select(vec![
+    let words = [
         "instance_groups:",
         "jobs:",
         "expose_ports:",
-        "- ",
         "name: ",
         "number: ",
-        "&a ",
-        "*a",
-        "&b ",
-        "*b",
-        "<<: ",
-        "[",
-        "]",
-        "{",
-        "}",
-        ", ",
-        ": ",
-        "\n",
-        "\n  ",
-        "\n    ",
-        "!tag ",
-        "'",
-        "\"",
-        "|",
-        ">",
-        "#",
-        "? ",
-        "%YAML 1.2\n",
-        "---\n",
-        "...\n",
         "9002",
-        "x",
-        "\t",
-        "\u{feff}",
-        "\u{0}",
-    ]);
-    prop::collection::vec(token, 0..60).prop_map(|tokens| tokens.concat())
+    ];
+    fuzz::yaml_soup(&words, 60)
 }
 
 /// What every successful parse guarantees, whatever the input.

@@ -9,7 +9,7 @@
 use std::cell::Cell;
 
 use boshy::rules::{parse_config, validate, Finding, MeshView, ParsedConfig};
-use boshy_test_support::fuzz::runner;
+use boshy_test_support::fuzz::{self, runner, yaml_scalar};
 use proptest::prelude::*;
 use serde_yaml::{Mapping, Value};
 
@@ -171,24 +171,10 @@ fn spec_paths(root: &Value) -> Vec<(usize, Vec<Step>)> {
     all
 }
 
-fn scalar() -> impl Strategy<Value = Value> {
-    prop_oneof![
-        Just(Value::Null),
-        any::<bool>().prop_map(Value::Bool),
-        prop::sample::select(vec![
-            0i64,
-            1,
-            -1,
-            100,
-            101,
-            65535,
-            65536,
-            i64::MAX,
-            i64::MIN
-        ])
-        .prop_map(|n| Value::Number(n.into())),
-        any::<f64>().prop_map(|f| Value::Number(f.into())),
-        prop::sample::select(vec![
+fn scalar() -> impl Strategy<Value = Value> + Clone {
+    yaml_scalar(
+        vec![0i64, 1, -1, 100, 101, 65535, 65536, i64::MAX, i64::MIN],
+        vec![
             "",
             "7s",
             "fifty",
@@ -208,10 +194,9 @@ fn scalar() -> impl Strategy<Value = Value> {
             "1h30m",
             "-1s",
             "jason",
-        ])
-        .prop_map(|s| Value::String(s.to_string())),
-        "\\PC{0,40}".prop_map(Value::String),
-    ]
+        ],
+        40,
+    )
 }
 
 fn tree() -> impl Strategy<Value = Value> {
@@ -367,7 +352,7 @@ fn unknown_field_names_inside_resources_are_refused_by_name() {
 
 /// YAML-significant tokens and resource words in any order.
 fn yaml_soup() -> impl Strategy<Value = String> {
-    let token = prop::sample::select(vec![
+    let words = [
         "apiVersion: networking.istio.io/v1\n",
         "apiVersion: v1\n",
         "kind: List\n",
@@ -381,33 +366,10 @@ fn yaml_soup() -> impl Strategy<Value = String> {
         "  http:\n",
         "  - route:\n",
         "    - destination: {host: a.b.boshy}\n",
-        "- ",
-        "  ",
-        "&a ",
-        "*a",
-        "<<: ",
-        "[",
-        "]",
-        "{",
-        "}",
-        ", ",
-        ": ",
-        "\n",
-        "!tag ",
-        "'",
-        "\"",
-        "|",
-        "#",
-        "? ",
-        "---\n",
-        "...\n",
         "weight: ",
         "50",
-        "\t",
-        "\u{feff}",
-        "\u{0}",
-    ]);
-    prop::collection::vec(token, 0..80).prop_map(|tokens| tokens.concat())
+    ];
+    fuzz::yaml_soup(&words, 80)
 }
 
 #[test]
