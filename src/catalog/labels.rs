@@ -34,24 +34,41 @@ const MAX_PREFIX_LEN: usize = 253;
 /// The director's labels of `instance` as an endpoint of the service `key`. A label whose
 /// value the director does not give (no AZ, no index, a row without `bootstrap`) is absent.
 pub(crate) fn director_labels(key: &ServiceKey, instance: &Instance) -> Labels {
+    let mut labels = instance_labels(
+        &key.deployment,
+        &key.instance_group,
+        &instance.id,
+        instance.az.as_deref(),
+        instance.index,
+    );
+    let job = name_value(&key.job).map(|job| (JOB.to_string(), job));
+    let bootstrap = instance
+        .bootstrap
+        .map(|bootstrap| (BOOTSTRAP.to_string(), bootstrap.to_string()));
+    labels.extend(job.into_iter().chain(bootstrap));
+    labels
+}
+
+/// The director's labels of one instance whatever jobs it runs: its deployment, instance
+/// group, id, and AZ and index where known. The labels of a client VM that exposes no job
+/// (`xds::client`), and the part of every endpoint's labels that is the instance's.
+pub(crate) fn instance_labels(
+    deployment: &str,
+    instance_group: &str,
+    id: &str,
+    az: Option<&str>,
+    index: Option<u32>,
+) -> Labels {
     let names = [
-        (DEPLOYMENT, Some(key.deployment.as_str())),
-        (INSTANCE_GROUP, Some(key.instance_group.as_str())),
-        (JOB, Some(key.job.as_str())),
-        (AZ, instance.az.as_deref()),
-        (ID, Some(instance.id.as_str())),
-    ];
-    let facts = [
-        (INDEX, instance.index.map(|index| index.to_string())),
-        (
-            BOOTSTRAP,
-            instance.bootstrap.map(|bootstrap| bootstrap.to_string()),
-        ),
+        (DEPLOYMENT, Some(deployment)),
+        (INSTANCE_GROUP, Some(instance_group)),
+        (AZ, az),
+        (ID, Some(id)),
     ];
     names
         .into_iter()
         .map(|(label, name)| (label, name.and_then(name_value)))
-        .chain(facts)
+        .chain([(INDEX, index.map(|index| index.to_string()))])
         .filter_map(|(label, value)| Some((label.to_string(), value?)))
         .collect()
 }
@@ -66,6 +83,12 @@ fn name_value(name: &str) -> Option<String> {
         return Some(name.to_string());
     }
     Some(canonicalize(name)).filter(|canonical| is_dns_label(canonical))
+}
+
+/// Whether `key` is one of the director's labels that every instance has, whatever jobs it
+/// runs ([`instance_labels`]).
+pub(crate) fn is_instance_label(key: &str) -> bool {
+    [DEPLOYMENT, INSTANCE_GROUP, AZ, ID, INDEX].contains(&key)
 }
 
 /// Whether `key` is the director's: its prefix is [`DIRECTOR_DOMAIN`] or a subdomain of it.

@@ -1,7 +1,7 @@
 //! The catalog: services, ports, endpoints and VIPs; pure data.
 
 mod build;
-mod labels;
+pub(crate) mod labels;
 pub mod manifest;
 pub mod model;
 #[cfg(any(test, feature = "testing"))]

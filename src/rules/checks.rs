@@ -8,8 +8,10 @@ use std::time::Duration;
 
 use ipnet::IpNet;
 
+use crate::catalog::labels::{check_key, check_value};
 use crate::catalog::manifest::is_dns_label;
 use crate::text::clip;
+use crate::traffic::MAX_SOURCE_SELECTORS;
 
 use super::model::{
     ConnectionPool, ConsistentHash, Destination, DestinationRule, HeaderOperations, Headers,
@@ -125,6 +127,7 @@ fn virtual_service(vs: &VirtualService, problems: &mut Problems) {
     for (at, route) in vs.tcp.iter().enumerate() {
         tcp_route(&format!("spec.tcp[{at}]"), route, problems);
     }
+    source_selector_count(vs, problems);
 }
 
 fn http_route(field: &str, route: &HttpRoute, problems: &mut Problems) {
@@ -267,15 +270,39 @@ const RETRY_CONDITIONS: [&str; 16] = [
     "unavailable",
 ];
 
-/// Every Envoy of the mesh gets the same routes today, so a route cannot be limited to the
-/// clients with some labels: refused rather than applied to every client.
+/// An HTTP match's `sourceLabels`: a label selector like any other.
 fn source_labels(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
-    if !labels.is_empty() {
-        problems.error(
-            format!("{field}.sourceLabels"),
-            "not supported yet: every VM's Envoy gets the same routes, so a route cannot be \
-             limited to some clients",
-        );
+    for (key, value) in labels {
+        if let Err(problem) = check_key(key).and_then(|()| check_value(value)) {
+            problems.error(format!("{field}.sourceLabels"), problem);
+        }
+    }
+}
+
+/// The distinct `sourceLabels` of a VirtualService's HTTP routes: at most
+/// [`MAX_SOURCE_SELECTORS`], since every combination a client satisfies is a route
+/// configuration of its own.
+fn source_selector_count(vs: &VirtualService, problems: &mut Problems) {
+    let mut distinct = BTreeSet::new();
+    for (at, route) in vs.http.iter().enumerate() {
+        for (m, conditions) in route.matches.iter().enumerate() {
+            let labels = &conditions.source_labels;
+            if labels.is_empty() || distinct.contains(labels) {
+                continue;
+            }
+            if distinct.len() == MAX_SOURCE_SELECTORS {
+                problems.error(
+                    format!("spec.http[{at}].match[{m}].sourceLabels"),
+                    format!(
+                        "at most {MAX_SOURCE_SELECTORS} distinct sourceLabels per \
+                         VirtualService: each combination of them that a client satisfies is \
+                         a route configuration of its own"
+                    ),
+                );
+                return;
+            }
+            distinct.insert(labels);
+        }
     }
 }
 
@@ -336,11 +363,13 @@ fn fault_injection(field: &str, fault: &super::model::HttpFault, problems: &mut 
 
 fn tcp_route(field: &str, route: &TcpRoute, problems: &mut Problems) {
     for (at, l4_match) in route.matches.iter().enumerate() {
-        source_labels(
-            &format!("{field}.match[{at}]"),
-            &l4_match.source_labels,
-            problems,
-        );
+        if !l4_match.source_labels.is_empty() {
+            problems.error(
+                format!("{field}.match[{at}].sourceLabels"),
+                "not supported yet for tcp routes: they are part of the VIP:port's listener, \
+                 which every VM shares; limit HTTP routes by sourceLabels instead",
+            );
+        }
         if l4_match.port == Some(0) {
             problems.error(
                 format!("{field}.match[{at}].port"),
@@ -882,6 +911,9 @@ mod tests {
             ("http:\n- route:\n  - destination: {host: H}\n    headers: {request: {set: {host: x}}}\n", "spec.http[0].route[0].headers.request: the host header"),
             ("tcp:\n- match: [{port: 0}]\n  route:\n  - destination: {host: H}\n", "spec.tcp[0].match[0].port"),
             ("tcp:\n- route: []\n", "spec.tcp[0].route: at least one destination"),
+            ("tcp:\n- match: [{sourceLabels: {app: a}}]\n  route:\n  - destination: {host: H}\n", "spec.tcp[0].match[0].sourceLabels: not supported yet for tcp routes"),
+            ("http:\n- match: [{sourceLabels: {\"-x\": a}}]\n  route:\n  - destination: {host: H}\n", "spec.http[0].match[0].sourceLabels: key \"-x\""),
+            ("http:\n- match: [{sourceLabels: {a: x1}}, {sourceLabels: {a: x2}}, {sourceLabels: {a: x1}}]\n  route:\n  - destination: {host: H}\n- match: [{sourceLabels: {a: x3}}, {sourceLabels: {a: x4}}, {sourceLabels: {a: x5}}]\n  route:\n  - destination: {host: H}\n", "spec.http[1].match[2].sourceLabels: at most 4 distinct sourceLabels"),
         ] {
             let spec = format!("{base}{}", rest.replace("host: H", &format!("host: {H}")));
             assert_one_error("VirtualService", &spec, expected);

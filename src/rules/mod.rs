@@ -22,7 +22,7 @@ mod checks;
 mod compile;
 mod entries;
 mod finding;
-mod mesh;
+pub(crate) mod mesh;
 pub mod model;
 mod parse;
 pub(crate) mod validate;

@@ -14,6 +14,7 @@
 
 use std::collections::BTreeMap;
 
+use crate::catalog::labels;
 use crate::catalog::model::Protocol;
 
 use super::checks::Problems;
@@ -488,6 +489,32 @@ impl State<'_> {
         for (field, destination) in destinations(vs) {
             self.destination(&field, destination, problems);
         }
+        self.source_labels(vs, problems);
+    }
+
+    /// A `sourceLabels` that no instance of the mesh has matches no client, unless it names
+    /// only what the director says of every instance (a VM that exposes no job is known to
+    /// the pilot only when its Envoy connects).
+    fn source_labels(&self, vs: &VirtualService, problems: &mut Problems) {
+        let Some(mesh) = self.mesh.filter(|mesh| mesh.labels_known) else {
+            return;
+        };
+        for (at, route) in vs.http.iter().enumerate() {
+            for (m, conditions) in route.matches.iter().enumerate() {
+                let selector = &conditions.source_labels;
+                let of_any_instance = selector.keys().all(|key| labels::is_instance_label(key));
+                if selector.is_empty() || of_any_instance {
+                    continue;
+                }
+                if mesh.select(selector).instances.is_empty() {
+                    problems.warn(
+                        format!("spec.http[{at}].match[{m}].sourceLabels"),
+                        "no instance of the mesh has these labels: the match holds for no \
+                         client",
+                    );
+                }
+            }
+        }
     }
 
     fn destination(&self, field: &str, destination: &Destination, problems: &mut Problems) {
@@ -802,6 +829,42 @@ mod tests {
             .map(|v| v.config.as_str())
             .collect();
         assert_eq!(names, ["b-later", "a-first", "c"]);
+    }
+
+    #[test]
+    fn source_labels_no_instance_has_are_warned_about_unless_every_instance_has_such_labels() {
+        let limited_to = |selector: &str| {
+            resource(
+                "VirtualService",
+                "reviews",
+                &format!("hosts: [{REVIEWS}]\nhttp:\n- match: [{{sourceLabels: {selector}}}]\n  route:\n  - destination: {{host: {REVIEWS}}}\n"),
+            )
+        };
+        let warnings = |selector: &str| -> Vec<String> {
+            let validated = validate(&[config("c", &[limited_to(selector)])], Some(&mesh()));
+            assert_eq!(error_lines(&validated), Vec::<String>::new());
+            validated.verdicts[0]
+                .warnings
+                .iter()
+                .map(ToString::to_string)
+                .collect()
+        };
+        assert_eq!(
+            warnings("{app: reviews, version: v2}"),
+            Vec::<String>::new()
+        );
+        assert_eq!(
+            warnings("{version: v9}"),
+            [
+                "config \"c\": VirtualService \"reviews\": spec.http[0].match[0].sourceLabels: no \
+              instance of the mesh has these labels: the match holds for no client"
+            ]
+        );
+        assert_eq!(
+            warnings("{bosh.io/instance-group: apricot}"),
+            Vec::<String>::new(),
+            "an instance that exposes nothing has its instance group"
+        );
     }
 
     #[test]

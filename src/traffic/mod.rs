@@ -203,6 +203,10 @@ pub struct HttpRoute {
     pub headers: HeaderOperations,
 }
 
+/// The most distinct `source_labels` the routes of one service may use: each combination of
+/// them a client satisfies is a route configuration of its own (2^n per port).
+pub const MAX_SOURCE_SELECTORS: usize = 4;
+
 /// Conditions on a request, all of which must hold.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct HttpMatch {
@@ -213,10 +217,12 @@ pub struct HttpMatch {
     pub headers: Vec<HeaderMatch>,
     pub method: Option<StringMatch>,
     pub query_params: Vec<QueryParamMatch>,
-    /// Labels of the client VMs the match is limited to; empty is every client. A hook for
-    /// Istio's `sourceLabels`: every Envoy gets the same routes today, so a match limited to
-    /// some clients is left out of them (it matches no request) until route configurations
-    /// are built per group of clients.
+    /// Istio's `sourceLabels`: the labels a client VM must have for the match to hold; empty
+    /// is every client. A client has the labels of each job it exposes (one endpoint's
+    /// labels), or the director's labels of its instance when it exposes none; the match
+    /// holds when one of those has every label. The clients differ in nothing a request
+    /// carries, so xDS builds one route configuration per combination of the selectors a
+    /// client satisfies (at most [`MAX_SOURCE_SELECTORS`] per service).
     pub source_labels: BTreeMap<String, String>,
 }
 

@@ -11,7 +11,10 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use super::resources::{self, content_version, Inputs, NamedResource, ResourceType, Resources};
+use super::client::{Client, SourceClass, SourceSelectors};
+use super::resources::{
+    self, content_version, Inputs, NamedResource, ResourceType, Resources, RouteVariants,
+};
 use crate::catalog::model::Catalog;
 use crate::traffic::TrafficRules;
 
@@ -30,6 +33,9 @@ pub struct Snapshot {
     shared: [Vec<SharedKey>; 4],
     /// Hostname → the rule configs of its traffic rules, to name them behind a NACK.
     rule_configs: BTreeMap<String, BTreeSet<String>>,
+    /// The `sourceLabels` of the traffic model and the instances' labels to judge the
+    /// clients by: which route configurations each client gets.
+    sources: SourceSelectors,
 }
 
 /// A resource's name and version, shared by every stream that remembers them.
@@ -73,13 +79,22 @@ impl Snapshot {
             .map(|(hostname, rules)| (hostname.clone(), rules.configs.clone()))
             .collect();
         let resources = resources::build(inputs);
+        let sources = SourceSelectors::new(resources.source_selectors.clone(), inputs.catalog);
         let full_versions =
             ResourceType::PUSH_ORDER.map(|t| set_version(resources.of_type(t).iter()));
         let shared = ResourceType::PUSH_ORDER
             .map(|t| shared_keys(resources.of_type(t), previous.map(|p| p.of_shared(t))));
         let previous = previous.map(|previous| {
-            let changed = ResourceType::PUSH_ORDER
-                .map(|t| changed_names(previous.resources.of_type(t), resources.of_type(t)));
+            let changed = ResourceType::PUSH_ORDER.map(|t| {
+                let mut changed =
+                    changed_names(previous.resources.of_type(t), resources.of_type(t));
+                if t == ResourceType::Route {
+                    changed.extend(changed_variants(&previous.resources, &resources));
+                    changed.sort();
+                    changed.dedup();
+                }
+                changed
+            });
             (previous.version(), changed)
         });
         Snapshot {
@@ -88,7 +103,14 @@ impl Snapshot {
             previous,
             shared,
             rule_configs,
+            sources,
         }
+    }
+
+    /// Which route configurations `client` gets: the selectors of this snapshot's traffic
+    /// model it satisfies.
+    pub(crate) fn source_class(&self, client: Option<&Client>) -> SourceClass {
+        self.sources.class_of(client)
     }
 
     /// The rule configs that may have caused an Envoy's NACK `message`: those of the services
@@ -145,6 +167,16 @@ impl Snapshot {
         self.resources.get(resource_type, name)
     }
 
+    /// The resource of that type and name as the client of `class` gets it.
+    pub(crate) fn get_for(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+        class: &SourceClass,
+    ) -> Option<&NamedResource> {
+        self.resources.get_for(resource_type, name, class)
+    }
+
     /// Every resource of that type, sorted by name.
     pub(crate) fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
         self.resources.of_type(resource_type)
@@ -162,11 +194,21 @@ impl Snapshot {
     }
 
     /// `names == None` is a wildcard subscription (everything of that type); names the
-    /// snapshot does not have are skipped.
+    /// snapshot does not have are skipped. For a client that satisfies no `sourceLabels`.
     pub fn select(
         &self,
         resource_type: ResourceType,
         names: Option<&BTreeSet<String>>,
+    ) -> Selection<'_> {
+        self.select_for(resource_type, names, &SourceClass::default())
+    }
+
+    /// [`Snapshot::select`] for the client of `class`.
+    pub(crate) fn select_for(
+        &self,
+        resource_type: ResourceType,
+        names: Option<&BTreeSet<String>>,
+        class: &SourceClass,
     ) -> Selection<'_> {
         match names {
             None => Selection {
@@ -176,7 +218,7 @@ impl Snapshot {
             Some(names) => {
                 let resources: Vec<&NamedResource> = names
                     .iter()
-                    .filter_map(|name| self.resources.get(resource_type, name))
+                    .filter_map(|name| self.resources.get_for(resource_type, name, class))
                     .collect();
                 Selection {
                     version: set_version(resources.iter().copied()),
@@ -217,6 +259,25 @@ fn changed_names(before: &[NamedResource], after: &[NamedResource]) -> Vec<Strin
             }
         }
     }
+}
+
+/// The names of the route configurations whose variants per client differ between two
+/// builds (their configuration for clients that satisfy no selector is `changed_names`').
+fn changed_variants<'a>(before: &'a Resources, after: &'a Resources) -> Vec<String> {
+    let (before, after) = (before.route_variants(), after.route_variants());
+    fn versions(variants: Option<&RouteVariants>) -> Vec<&str> {
+        variants
+            .into_iter()
+            .flat_map(|v| v.resources())
+            .map(|r| r.version.as_str())
+            .collect()
+    }
+    before
+        .keys()
+        .chain(after.keys())
+        .filter(|name| versions(before.get(*name)) != versions(after.get(*name)))
+        .cloned()
+        .collect()
 }
 
 /// The shared keys of name-sorted `resources`, reusing the previous snapshot's strings for

@@ -28,6 +28,7 @@ use envoy_types::pb::envoy::service::discovery::v3::{
 };
 
 use super::cache::Snapshot;
+use super::client::{Client, SourceClass};
 use super::resources::{NamedResource, ResourceType};
 use super::sotw::{RequestKind, CONTROL_PLANE_ID};
 
@@ -156,18 +157,20 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
-    /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `snapshot`.
+    /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `snapshot` as
+    /// the client of `class` gets it.
     fn diff<'s>(
         &self,
         resource_type: ResourceType,
         snapshot: &'s Snapshot,
+        class: &SourceClass,
     ) -> (Vec<&'s NamedResource>, Vec<String>) {
         let mut updated = Vec::new();
         let mut removed = Vec::new();
         let mut check = |name: &str| {
             let current = self
                 .in_scope(name)
-                .then(|| snapshot.get(resource_type, name))
+                .then(|| snapshot.get_for(resource_type, name, class))
                 .flatten();
             match (current, self.known.get(resource_type, name)) {
                 (Some(resource), Some(version)) if **version == resource.version => {}
@@ -202,6 +205,10 @@ impl Subscription {
 pub(crate) struct DeltaStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
+    /// The BOSH instance of the Envoy, from the first request's node, and the `sourceLabels`
+    /// selectors it satisfied at the last diff: which route configurations it gets.
+    client: Option<Client>,
+    class: SourceClass,
 }
 
 impl DeltaStreamState {
@@ -215,6 +222,9 @@ impl DeltaStreamState {
         let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
             return (RequestKind::UnknownType, None);
         };
+        if self.client.is_none() {
+            self.client = request.node.as_ref().and_then(Client::from_node);
+        }
         let first = !self.subscriptions.contains_key(&resource_type);
         let subscription = self.subscriptions.entry(resource_type).or_default();
         let resubscribed =
@@ -245,12 +255,16 @@ impl DeltaStreamState {
         if subscription.awaiting_reply && !resubscribed {
             return (kind, None);
         }
-        let response = snapshot.and_then(|snapshot| self.respond(resource_type, snapshot));
+        let response = snapshot.and_then(|snapshot| {
+            self.follow_class(snapshot);
+            self.respond(resource_type, snapshot)
+        });
         (kind, response)
     }
 
     /// Responses to push after the snapshot changed, in push order.
     pub(crate) fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
+        self.follow_class(snapshot);
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
@@ -259,6 +273,19 @@ impl DeltaStreamState {
             .into_iter()
             .filter_map(|t| self.respond(t, snapshot))
             .collect()
+    }
+
+    /// Takes the selectors the client satisfies in `snapshot`. When they changed (its labels
+    /// or the rules did), any route configuration may differ for it, whatever changed in the
+    /// snapshot: the next diff of routes looks at every name.
+    fn follow_class(&mut self, snapshot: &Snapshot) {
+        let class = snapshot.source_class(self.client.as_ref());
+        if class != self.class {
+            self.class = class;
+            if let Some(routes) = self.subscriptions.get_mut(&ResourceType::Route) {
+                routes.diffed_against = None;
+            }
+        }
     }
 
     fn respond(
@@ -270,16 +297,20 @@ impl DeltaStreamState {
         if subscription.diffed_against == Some(snapshot.version()) {
             return None;
         }
-        let (updated, removed) = subscription.diff(resource_type, snapshot);
+        let (updated, removed) = subscription.diff(resource_type, snapshot, &self.class);
         subscription.diffed_against = Some(snapshot.version());
         subscription.unanswered.clear();
         for resource in &updated {
             let key = snapshot
                 .shared_key(resource_type, &resource.name)
                 .expect("a diffed resource is in the snapshot");
-            subscription
-                .known
-                .set(key.name.clone(), Some(key.version.clone()));
+            // A client's own variant of a route configuration is not the shared one.
+            let version = if *key.version == resource.version {
+                key.version.clone()
+            } else {
+                Arc::from(resource.version.as_str())
+            };
+            subscription.known.set(key.name.clone(), Some(version));
         }
         for name in &removed {
             subscription
@@ -699,6 +730,54 @@ mod tests {
         let pushed = state.on_snapshot(&snapshot(1, &[("a", 1)]));
         assert_eq!(pushed.len(), 1);
         assert_eq!(names(&pushed[0]), [A]);
+    }
+
+    #[test]
+    fn a_client_gets_the_routes_of_its_labels_and_new_ones_when_its_labels_change() {
+        use crate::xds::client::testing::{node, route_names, source_routed, ROUTES};
+        use crate::xds::resources::Inputs;
+        let built = |version, app, previous: Option<&Snapshot>| {
+            let (catalog, traffic) = source_routed(version, app);
+            let inputs = Inputs {
+                catalog: &catalog,
+                traffic: &traffic,
+            };
+            Arc::new(Snapshot::following(inputs, previous))
+        };
+        let productpage = built(1, "productpage", None);
+        let sent = |response: &DeltaDiscoveryResponse| {
+            let [resource] = &response.resources[..] else {
+                panic!("one route configuration: {response:?}")
+            };
+            route_names(resource.resource.as_ref().unwrap())
+        };
+
+        let mut client = DeltaStreamState::default();
+        let first = DeltaDiscoveryRequest {
+            node: Some(node()),
+            ..subscribe(RDS, &[ROUTES])
+        };
+        let (_, response) = client.on_request(&first, Some(&productpage));
+        let response = response.expect("the routes");
+        assert_eq!(sent(&response), ["from-productpage", ""]);
+        let mut anonymous = DeltaStreamState::default();
+        let theirs = synced(&mut anonymous, RDS, &[ROUTES], &productpage);
+        assert_eq!(sent(&theirs), [""], "an Envoy that names no instance");
+        client.on_request(&ack(&response), Some(&productpage));
+
+        // The instance's labels change: the rules did not, and only its variant did.
+        let reviews = built(2, "reviews", Some(&productpage));
+        let [pushed] = &client.on_snapshot(&reviews)[..] else {
+            panic!("one push")
+        };
+        assert_eq!(sent(pushed), [""]);
+        assert!(anonymous.on_snapshot(&reviews).is_empty());
+        client.on_request(&ack(pushed), Some(&reviews));
+        let back = built(3, "productpage", Some(&reviews));
+        let [pushed] = &client.on_snapshot(&back)[..] else {
+            panic!("one push")
+        };
+        assert_eq!(sent(pushed), ["from-productpage", ""]);
     }
 
     #[test]

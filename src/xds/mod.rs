@@ -9,6 +9,7 @@
 
 pub mod bootstrap;
 pub mod cache;
+pub(crate) mod client;
 pub(crate) mod delta;
 pub mod grpc;
 pub mod resources;

@@ -23,11 +23,15 @@
 //!   locality per AZ.
 //! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster: the traffic
 //!   model's routes of that port (see `routes`), then the default route to the whole service.
+//!   Where those routes have matches limited by `sourceLabels`, the configuration served to a
+//!   client depends on the selectors it satisfies: the one among the resources is for clients
+//!   that satisfy none, and [`RouteVariants`] holds the others (Istio builds routes per
+//!   sidecar for the same reason).
 //!
 //! The traffic model (`crate::traffic`) changes only what it names: without rules, every
 //! resource is what it would be without the model, byte for byte.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
@@ -66,8 +70,9 @@ use envoy_types::pb::google::protobuf::{Any, BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 use sha2::{Digest, Sha256};
 
+use super::client::SourceClass;
 use super::routes;
-use crate::catalog::model::{Catalog, Endpoint, Service, ServicePort};
+use crate::catalog::model::{Catalog, Endpoint, Labels, Service, ServicePort};
 use crate::traffic::{
     self, ConnectionPool, Destination, LoadBalancer, LocalityLoadBalancing, ServiceRules,
     TrafficPolicy, TrafficRules, WeightedDestination,
@@ -188,6 +193,30 @@ pub struct Resources {
     /// The version of the inputs these were built from ([`Inputs::version`]).
     pub version: u64,
     by_type: [Vec<NamedResource>; 4],
+    /// The distinct `sourceLabels` of the traffic model, numbered: what [`SourceClass`]
+    /// indexes.
+    pub(crate) source_selectors: Vec<Labels>,
+    /// By route configuration name: the configurations for clients that satisfy some of its
+    /// selectors.
+    route_variants: BTreeMap<String, RouteVariants>,
+}
+
+/// The route configurations of one VIP:port for the clients that satisfy some of the
+/// `sourceLabels` its routes use.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RouteVariants {
+    /// The selectors its routes use, as indexes into `Resources::source_selectors`; at most
+    /// `traffic::MAX_SOURCE_SELECTORS`.
+    selectors: Vec<usize>,
+    /// By the bit mask of the selectors a client satisfies (bit i: `selectors[i]`), from
+    /// mask 1 at index 0: mask 0 is the configuration among the resources.
+    by_mask: Vec<NamedResource>,
+}
+
+impl RouteVariants {
+    pub(crate) fn resources(&self) -> &[NamedResource] {
+        &self.by_mask
+    }
 }
 
 impl Resources {
@@ -201,6 +230,35 @@ impl Resources {
         list.binary_search_by(|r| r.name.as_str().cmp(name))
             .ok()
             .map(|i| &list[i])
+    }
+
+    /// The resource of that type and name as the client of `class` gets it.
+    pub(crate) fn get_for(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+        class: &SourceClass,
+    ) -> Option<&NamedResource> {
+        let variants = (resource_type == ResourceType::Route)
+            .then(|| self.route_variants.get(name))
+            .flatten();
+        if let Some(variants) = variants {
+            let mask = variants
+                .selectors
+                .iter()
+                .enumerate()
+                .filter(|(_, selector)| class.satisfies(**selector))
+                .fold(0, |mask, (bit, _)| mask | 1 << bit);
+            if mask > 0 {
+                return Some(&variants.by_mask[mask - 1]);
+            }
+        }
+        self.get(resource_type, name)
+    }
+
+    /// The route configurations that have variants per client, by name.
+    pub(crate) fn route_variants(&self) -> &BTreeMap<String, RouteVariants> {
+        &self.route_variants
     }
 }
 
@@ -300,6 +358,8 @@ impl Inputs<'_> {
 
 pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
     let inputs = inputs.into();
+    let source_selectors = source_selectors(inputs.traffic);
+    let mut route_variants = BTreeMap::new();
     let mut clusters = Vec::new();
     let mut endpoints = Vec::new();
     let mut routes = Vec::new();
@@ -334,10 +394,33 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                 endpoints.push(assignment);
             }
             if port.protocol.is_http() {
-                routes.push(NamedResource::new(
-                    name.clone(),
-                    pack_any(route_configuration(&name, service, port, inputs.traffic)),
-                ));
+                let http_routes = http_routes(rules, port);
+                let used: Vec<usize> = source_selectors
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, selector)| uses(http_routes, selector))
+                    .map(|(at, _)| at)
+                    .collect();
+                let for_mask = |mask: usize| {
+                    let satisfied: Vec<&Labels> = used
+                        .iter()
+                        .enumerate()
+                        .filter(|(bit, _)| mask & 1 << bit != 0)
+                        .map(|(_, at)| &source_selectors[*at])
+                        .collect();
+                    let config =
+                        route_configuration(&name, service, port, inputs.traffic, &satisfied);
+                    NamedResource::new(name.clone(), pack_any(config))
+                };
+                routes.push(for_mask(0));
+                if !used.is_empty() {
+                    let by_mask = (1..1 << used.len()).map(for_mask).collect();
+                    let variants = RouteVariants {
+                        selectors: used,
+                        by_mask,
+                    };
+                    route_variants.insert(name.clone(), variants);
+                }
             }
             listeners.push(NamedResource::new(
                 listener_name(service.vip, port.number),
@@ -352,7 +435,30 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
     Resources {
         version: inputs.version(),
         by_type,
+        source_selectors,
+        route_variants,
     }
+}
+
+/// The distinct `sourceLabels` of every HTTP route of `traffic`, sorted.
+fn source_selectors(traffic: &TrafficRules) -> Vec<Labels> {
+    let all = traffic
+        .services
+        .values()
+        .flat_map(|rules| rules.http_routes.values().flatten())
+        .flat_map(|route| &route.matches)
+        .map(|m| &m.source_labels)
+        .filter(|labels| !labels.is_empty());
+    let distinct: BTreeSet<&Labels> = all.collect();
+    distinct.into_iter().cloned().collect()
+}
+
+/// Whether one of `routes` has a match limited to the clients `selector` selects.
+fn uses(routes: &[traffic::HttpRoute], selector: &Labels) -> bool {
+    routes
+        .iter()
+        .flat_map(|route| &route.matches)
+        .any(|m| m.source_labels == *selector)
 }
 
 /// A cluster of `port` and its load assignment, which Envoy asks for by the cluster's name.
@@ -651,17 +757,19 @@ fn failover_priorities<'a, T>(
 }
 
 /// The traffic model's routes of the port, in order, then the default route: everything to
-/// the whole service.
+/// the whole service. For a client that satisfies the `sourceLabels` in `satisfied` and no
+/// others.
 fn route_configuration(
     name: &str,
     service: &Service,
     port: &ServicePort,
     traffic: &TrafficRules,
+    satisfied: &[&Labels],
 ) -> RouteConfiguration {
     let host_port = format!("{}:{}", service.hostname, port.number);
     let mut routes: Vec<Route> = http_routes(traffic.services.get(&service.hostname), port)
         .iter()
-        .flat_map(|route| routes::envoy_routes(route, traffic))
+        .flat_map(|route| routes::envoy_routes(route, traffic, satisfied))
         .collect();
     routes.push(Route {
         r#match: Some(RouteMatch {
@@ -1278,7 +1386,9 @@ mod tests {
 
         use super::*;
         use crate::traffic::testing::to;
-        use crate::traffic::{Forward, HashKey, HttpAction, HttpRoute, PortPolicies, Subset};
+        use crate::traffic::{
+            Forward, HashKey, HttpAction, HttpMatch, HttpRoute, PortPolicies, Subset,
+        };
 
         const WEB: &str = "web.banana.sample.boshy";
 
@@ -1714,6 +1824,74 @@ mod tests {
                 "outbound|9000||web.banana.sample.boshy",
             );
             assert_eq!(grpc.virtual_hosts[0].routes.len(), 1);
+        }
+
+        #[test]
+        fn routes_limited_by_source_labels_vary_by_the_selectors_a_client_satisfies() {
+            let limited_to = |app: &str| HttpRoute {
+                name: format!("from-{app}"),
+                matches: vec![HttpMatch {
+                    source_labels: testing::labels([("app", app)]),
+                    ..Default::default()
+                }],
+                ..forward_everything_to("v1")
+            };
+            let rules = ServiceRules {
+                http_routes: BTreeMap::from([(
+                    9002,
+                    vec![
+                        limited_to("y"),
+                        limited_to("x"),
+                        forward_everything_to("v1"),
+                    ],
+                )]),
+                subsets: BTreeMap::from([(
+                    "v1".to_string(),
+                    subset(&["10.0.0.1"], PortPolicies::default()),
+                )]),
+                ..Default::default()
+            };
+            let resources = built(&traffic([(WEB, rules)]));
+            assert_eq!(
+                resources.source_selectors,
+                [
+                    testing::labels([("app", "x")]),
+                    testing::labels([("app", "y")])
+                ]
+            );
+            let name = "outbound|9002||web.banana.sample.boshy";
+            let route_names = |class: Vec<usize>| -> Vec<String> {
+                let resource = resources
+                    .get_for(ResourceType::Route, name, &SourceClass(class))
+                    .expect("the route configuration");
+                assert_eq!(resource.name, name, "every variant has the one name");
+                let config: RouteConfiguration = decode(resource);
+                config.virtual_hosts[0]
+                    .routes
+                    .iter()
+                    .map(|r| r.name.clone())
+                    .collect()
+            };
+            assert_eq!(route_names(vec![]), ["to-v1", ""]);
+            assert_eq!(
+                resources.get_for(ResourceType::Route, name, &SourceClass::default()),
+                resources.get(ResourceType::Route, name),
+                "a client that satisfies no selector gets the shared configuration"
+            );
+            assert_eq!(route_names(vec![0]), ["from-x", "to-v1", ""]);
+            assert_eq!(route_names(vec![1]), ["from-y", "to-v1", ""]);
+            assert_eq!(route_names(vec![0, 1]), ["from-y", "from-x", "to-v1", ""]);
+            let grpc = "outbound|9000||web.banana.sample.boshy";
+            assert_eq!(
+                resources.get_for(ResourceType::Route, grpc, &SourceClass(vec![0, 1])),
+                resources.get(ResourceType::Route, grpc),
+                "a port whose routes use no selector has one configuration"
+            );
+            assert_eq!(
+                resources.get_for(ResourceType::Cluster, name, &SourceClass(vec![0])),
+                resources.get(ResourceType::Cluster, name),
+                "only route configurations vary"
+            );
         }
 
         fn ip(lb: &LbEndpoint) -> IpAddr {

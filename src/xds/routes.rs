@@ -38,6 +38,7 @@ use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::resources::{destination_cluster, duration, mesh_retry_policy, weighted_clusters};
+use crate::catalog::model::Labels;
 use crate::traffic::{
     Fault, Forward, HashKey, HeaderCondition, HeaderEdits, HttpAction, HttpMatch, HttpRoute,
     LoadBalancer, Mirror, PathRewrite, Percentage, QueryParamMatch, Redirect, RedirectCode,
@@ -48,9 +49,14 @@ use crate::traffic::{
 /// traffic model, configured by each route that injects a fault.
 pub(super) const FAULT_FILTER: &str = "envoy.filters.http.fault";
 
-/// The Envoy routes of one model route: one per match that applies to every client, none when
-/// the route has nowhere to send requests (see `HttpMatch::source_labels`, `Forward`).
-pub(super) fn envoy_routes(route: &HttpRoute, traffic: &TrafficRules) -> Vec<Route> {
+/// The Envoy routes of one model route for a client that satisfies the `sourceLabels` in
+/// `satisfied` and no others: one per match that holds for that client, none when the route
+/// has nowhere to send requests (see `Forward`).
+pub(super) fn envoy_routes(
+    route: &HttpRoute,
+    traffic: &TrafficRules,
+    satisfied: &[&Labels],
+) -> Vec<Route> {
     let action = match &route.action {
         HttpAction::Forward(forward) => match forward_action(forward, traffic) {
             Some(action) => route::Action::Route(action),
@@ -64,7 +70,7 @@ pub(super) fn envoy_routes(route: &HttpRoute, traffic: &TrafficRules) -> Vec<Rou
         route
             .matches
             .iter()
-            .filter(|m| m.source_labels.is_empty())
+            .filter(|m| m.source_labels.is_empty() || satisfied.contains(&&m.source_labels))
             .map(route_match)
             .collect()
     };
@@ -426,7 +432,7 @@ mod tests {
 
     /// The one Envoy route of a model route with at most one match.
     fn only(route: &HttpRoute, traffic: &TrafficRules) -> Route {
-        let [only] = envoy_routes(route, traffic)
+        let [only] = envoy_routes(route, traffic, &[])
             .try_into()
             .expect("one Envoy route");
         only
@@ -444,7 +450,7 @@ mod tests {
     }
 
     #[test]
-    fn each_match_is_a_route_with_the_same_action_and_source_limited_ones_are_left_out() {
+    fn each_match_is_a_route_with_the_same_action_and_source_limited_ones_hold_for_their_clients() {
         let matches = vec![
             HttpMatch {
                 path: path("/a"),
@@ -464,13 +470,15 @@ mod tests {
             matches,
             HttpAction::Forward(forward(vec![to(WEB, 80, None, 1)])),
         );
-        let routes = envoy_routes(&model, &TrafficRules::default());
-        let paths: Vec<_> = routes
-            .iter()
-            .map(|r| r.r#match.as_ref().unwrap().path_specifier.clone().unwrap())
-            .collect();
+        let paths = |routes: &[Route]| -> Vec<_> {
+            routes
+                .iter()
+                .map(|r| r.r#match.as_ref().unwrap().path_specifier.clone().unwrap())
+                .collect()
+        };
+        let routes = envoy_routes(&model, &TrafficRules::default(), &[]);
         assert_eq!(
-            paths,
+            paths(&routes),
             [
                 route_match::PathSpecifier::Prefix("/a".into()),
                 route_match::PathSpecifier::Path("/c".into()),
@@ -478,6 +486,19 @@ mod tests {
         );
         assert_eq!(routes[0].action, routes[1].action);
         assert!(routes.iter().all(|r| r.name == "r"));
+        let app_x = BTreeMap::from([("app".to_string(), "x".to_string())]);
+        let app_y = BTreeMap::from([("app".to_string(), "y".to_string())]);
+        let for_app_x = envoy_routes(&model, &TrafficRules::default(), &[&app_y, &app_x]);
+        assert_eq!(
+            paths(&for_app_x),
+            [
+                route_match::PathSpecifier::Prefix("/a".into()),
+                route_match::PathSpecifier::Prefix("/b".into()),
+                route_match::PathSpecifier::Path("/c".into()),
+            ],
+            "a client of app x has the match, in its place"
+        );
+        assert!(for_app_x[1].r#match.as_ref().unwrap().headers.is_empty());
 
         let only_limited = route(
             vec![HttpMatch {
@@ -487,7 +508,7 @@ mod tests {
             HttpAction::Forward(forward(vec![to(WEB, 80, None, 1)])),
         );
         assert_eq!(
-            envoy_routes(&only_limited, &TrafficRules::default()),
+            envoy_routes(&only_limited, &TrafficRules::default(), &[&app_y]),
             [],
             "not a catch-all: a route whose every match is limited to some clients is gone"
         );
@@ -632,7 +653,8 @@ mod tests {
         assert_eq!(
             envoy_routes(
                 &forward_route(forward(vec![to(WEB, 80, None, 0)])),
-                &no_rules
+                &no_rules,
+                &[]
             ),
             [],
             "nowhere to send: left out"

@@ -18,6 +18,7 @@ use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
 use super::cache::Snapshot;
+use super::client::Client;
 use super::resources::ResourceType;
 
 /// Identifies this control plane in every response (shown in Envoy's config dump).
@@ -57,6 +58,9 @@ struct Subscription {
 pub(crate) struct SotwStreamState {
     subscriptions: BTreeMap<ResourceType, Subscription>,
     responses_sent: u64,
+    /// The BOSH instance of the Envoy, from the first request's node: which route
+    /// configurations it gets where routes depend on `sourceLabels`.
+    client: Option<Client>,
 }
 
 impl SotwStreamState {
@@ -70,6 +74,9 @@ impl SotwStreamState {
         let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
             return (RequestKind::UnknownType, None);
         };
+        if self.client.is_none() {
+            self.client = request.node.as_ref().and_then(Client::from_node);
+        }
         let subscription = self.subscriptions.entry(resource_type).or_default();
         let kind = if request.response_nonce.is_empty() {
             // A fresh subscription, possibly from an Envoy reconnecting with config it
@@ -117,7 +124,8 @@ impl SotwStreamState {
         snapshot: &Snapshot,
     ) -> Option<DiscoveryResponse> {
         let subscription = self.subscriptions.get_mut(&resource_type)?;
-        let selection = snapshot.select(resource_type, subscription.names.as_ref());
+        let class = snapshot.source_class(self.client.as_ref());
+        let selection = snapshot.select_for(resource_type, subscription.names.as_ref(), &class);
         if selection.version == subscription.version {
             return None;
         }
@@ -361,6 +369,47 @@ mod tests {
         let pushed = state.on_snapshot(&snapshot(1, &["a"], &[true]));
         assert_eq!(pushed.len(), 1);
         assert_eq!(pushed[0].type_url, CDS.type_url());
+    }
+
+    #[test]
+    fn a_client_gets_the_routes_of_its_labels_and_new_ones_when_its_labels_change() {
+        use crate::xds::client::testing::{node, route_names, source_routed, ROUTES};
+        use crate::xds::resources::Inputs;
+        let built = |version, app| {
+            let (catalog, traffic) = source_routed(version, app);
+            Snapshot::build(Inputs {
+                catalog: &catalog,
+                traffic: &traffic,
+            })
+        };
+        let sent = |response: &DiscoveryResponse| {
+            let [resource] = &response.resources[..] else {
+                panic!("one route configuration: {response:?}")
+            };
+            route_names(resource)
+        };
+        let productpage = built(1, "productpage");
+        let mut client = SotwStreamState::default();
+        let first = DiscoveryRequest {
+            node: Some(node()),
+            ..request(RDS, &[ROUTES], "", "")
+        };
+        let (_, response) = client.on_request(&first, Some(&productpage));
+        let response = response.expect("the routes");
+        assert_eq!(sent(&response), ["from-productpage", ""]);
+        let mut anonymous = SotwStreamState::default();
+        let (_, theirs) =
+            anonymous.on_request(&request(RDS, &[ROUTES], "", ""), Some(&productpage));
+        assert_eq!(sent(&theirs.expect("the routes")), [""]);
+        let acked = request(RDS, &[ROUTES], &response.version_info, &response.nonce);
+        client.on_request(&acked, Some(&productpage));
+
+        let reviews = built(2, "reviews");
+        let [pushed] = &client.on_snapshot(&reviews)[..] else {
+            panic!("one push")
+        };
+        assert_eq!(sent(pushed), [""]);
+        assert_ne!(pushed.version_info, response.version_info);
     }
 
     #[test]
