@@ -242,7 +242,30 @@ fn web_routes() -> Vec<HttpRoute> {
         vec![prefix("/split")],
         forward(vec![web("v1", 75), web("v2", 25)]),
     );
-    vec![canary, abort, delay, moved, rewrite, items, split]
+    // Routes by the caller: this test's Envoy is an instance of apricot (`node`), which
+    // exposes nothing, so it has the director's labels of its instance and gets the first
+    // route alone.
+    let from = |group: &str| {
+        route(
+            &format!("from-{group}"),
+            vec![HttpMatch {
+                source_labels: testing::labels([("bosh.io/instance-group", group)]),
+                ..prefix("/from-caller")
+            }],
+            forward(vec![web("v2", 1)]),
+        )
+    };
+    vec![
+        from("apricot"),
+        from("cherry"),
+        canary,
+        abort,
+        delay,
+        moved,
+        rewrite,
+        items,
+        split,
+    ]
 }
 
 /// Every feature of the traffic model at once.
@@ -601,7 +624,15 @@ fn accepts_and_applies_every_rule(mode: AdsMode) {
                 "/config_dump?resource=dynamic_route_configs",
                 |v| {
                     let expected = [
-                        "canary", "abort", "delay", "moved", "moved", "rewrite", "items", "split",
+                        "from-apricot",
+                        "canary",
+                        "abort",
+                        "delay",
+                        "moved",
+                        "moved",
+                        "rewrite",
+                        "items",
+                        "split",
                         "",
                     ];
                     (route_names(v, WEB_CLUSTER)? == expected).then_some(())
@@ -674,6 +705,13 @@ fn accepts_and_applies_every_rule(mode: AdsMode) {
                 "the header picks v2"
             );
         }
+
+        let from_apricot = get("/from-caller").send().await.unwrap();
+        assert_eq!(
+            from_apricot.text().await.unwrap(),
+            "web@127.0.0.5",
+            "the caller's route picks v2"
+        );
 
         let aborted = get("/fault/abort").send().await.unwrap();
         assert_eq!(aborted.status(), 500);
@@ -913,6 +951,17 @@ fn generated_rules(case: u64, dice: &mut Dice) -> String {
             }
             if dice.chance(30) {
                 conditions.push("ignoreUriCase: true".into());
+            }
+            if dice.chance(30) {
+                // Labels this test's Envoy has (`node`): its routes are then a variant of
+                // their own, which must show the route like the shared configuration would.
+                conditions.push(format!(
+                    "sourceLabels: {}",
+                    dice.pick(&[
+                        "{bosh.io/instance-group: apricot}",
+                        "{bosh.io/deployment: sample, bosh.io/az: z1}",
+                    ])
+                ));
             }
             route.push(format!("match: [{{{}}}]", conditions.join(", ")));
         }

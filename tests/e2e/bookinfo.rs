@@ -12,7 +12,8 @@
 //! - each step of Istio's traffic tasks routes as it says, counted over real requests: all to
 //!   v1; jason to v2 and everyone else to v1; 50/50 between v2 and v3; a 7 s delay for jason
 //!   on ratings (measured, and productpage's 3 s timeout firing); an abort with 500 for jason;
-//!   a flaky details instance seen on pages until retries hide it;
+//!   an abort for the calls from reviews v3 alone (`sourceLabels`, a route configuration per
+//!   caller); a flaky details instance seen on pages until retries hide it;
 //! - the pilot accepts every step; only someone on the VM can make an instance flaky.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -23,6 +24,7 @@ use serde_json::Value;
 use super::LAB;
 
 const PAGE: &str = "http://bookinfo.productpage.bookinfo.boshy:9080/productpage?u=jason";
+const ANONYMOUS_PAGE: &str = "http://bookinfo.productpage.bookinfo.boshy:9080/productpage";
 const CLIENT: &str = "bookinfo/productpage/0";
 
 /// `curl -s URL` (with `extra` curl arguments) on `vm`, as JSON.
@@ -127,7 +129,7 @@ fn reviews_versions(user: Option<&str>, n: usize) -> BTreeMap<String, usize> {
         Some(user) => {
             format!("http://bookinfo.productpage.bookinfo.boshy:9080/productpage?u={user}")
         }
-        None => "http://bookinfo.productpage.bookinfo.boshy:9080/productpage".to_string(),
+        None => ANONYMOUS_PAGE.to_string(),
     };
     let mut counts = BTreeMap::new();
     for page in curl_many(CLIENT, "", &url, n) {
@@ -300,6 +302,46 @@ pub fn bookinfo_plays_istios_traffic_tasks() {
         5,
         "everyone else's ratings calls pass"
     );
+
+    // Routing by the caller (sourceLabels): ratings aborts the calls that come from reviews
+    // v3's VM, whose Envoy alone has that route; v2's calls and productpage's pass.
+    let statuses_from = |vm: &str, n| -> Vec<u64> {
+        curl_many(vm, "", ratings, n)
+            .iter()
+            .map(|answer| answer["http_status"].as_u64().unwrap())
+            .collect()
+    };
+    step(
+        "bookinfo-routes",
+        "ratings-abort-from-reviews-v3.yml",
+        || {
+            statuses_from("bookinfo/reviews-v3/0", 1) == [503]
+                && statuses_from("bookinfo/reviews-v2/0", 1) == [200]
+        },
+    );
+    assert_eq!(statuses_from("bookinfo/reviews-v3/0", 5), [503; 5]);
+    assert_eq!(statuses_from("bookinfo/reviews-v2/0", 5), [200; 5]);
+    assert_eq!(
+        statuses_from(CLIENT, 5),
+        [200; 5],
+        "nor productpage's calls"
+    );
+    let mut versions = BTreeSet::new();
+    for page in curl_many(CLIENT, "", ANONYMOUS_PAGE, 20) {
+        let version = reviews_version(&page);
+        match version.as_str() {
+            "v2" => assert_eq!(page["reviews"]["stars"], "black", "{page}"),
+            "v3" => assert!(
+                page["reviews"]["ratings_error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("503")),
+                "{page}"
+            ),
+            _ => panic!("reviews split between v2 and v3: {page}"),
+        }
+        versions.insert(version);
+    }
+    assert_eq!(versions.len(), 2, "20 pages showed both v2 and v3");
 
     // A flaky details instance, made so from its own VM (not from another), shows on some
     // pages until retries hide it.
