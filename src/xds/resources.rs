@@ -29,7 +29,8 @@
 //!   sidecar for the same reason).
 //!
 //! The traffic model (`crate::traffic`) changes only what it names: without rules, every
-//! resource is what it would be without the model, byte for byte.
+//! resource is what it would be without the model, byte for byte. HTTP routes change route
+//! configurations only, never a listener (see [`vip_listener`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{IpAddr, Ipv4Addr};
@@ -843,11 +844,13 @@ fn vip_listener(
             config_type: Some(http_filter::ConfigType::TypedConfig(config)),
             ..Default::default()
         };
-        // The fault filter is there as soon as the port has routes of the traffic model, not
-        // only while one injects a fault: a listener change drains its connections, so
-        // adding and removing faults is better done in the route configuration alone.
-        let fault = (!http_routes(rules, port).is_empty())
-            .then(|| http_filter(routes::FAULT_FILTER, pack_any(HttpFault::default())));
+        // The fault filter is in every http listener, rules or not (as in Istio's sidecars),
+        // so that no rule ever changes a listener: a changed listener keeps serving the
+        // connections it already has with its old filters until they close or Envoy's drain
+        // time ends (minutes), and an application's keep-alive connection opened before a
+        // fault rule would never see the fault. Without a route that injects one, it does
+        // nothing.
+        let fault = http_filter(routes::FAULT_FILTER, pack_any(HttpFault::default()));
         Filter {
             name: "envoy.filters.network.http_connection_manager".to_string(),
             config_type: Some(filter::ConfigType::TypedConfig(pack_any(
@@ -857,13 +860,10 @@ fn vip_listener(
                         config_source: Some(ads_config_source()),
                         route_config_name: name.to_string(),
                     })),
-                    http_filters: fault
-                        .into_iter()
-                        .chain([http_filter(
-                            "envoy.filters.http.router",
-                            pack_any(Router::default()),
-                        )])
-                        .collect(),
+                    http_filters: vec![
+                        fault,
+                        http_filter("envoy.filters.http.router", pack_any(Router::default())),
+                    ],
                     ..Default::default()
                 },
             ))),
@@ -1180,7 +1180,12 @@ mod tests {
             "outbound|9002||web.banana.sample.boshy"
         );
         assert_eq!(rds.config_source, Some(ads_config_source()));
-        assert_eq!(hcm.http_filters[0].name, "envoy.filters.http.router");
+        let filters: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            filters,
+            ["envoy.filters.http.fault", "envoy.filters.http.router"],
+            "the fault filter, idle without rules, so that rules never change a listener"
+        );
     }
 
     #[test]
@@ -1782,9 +1787,10 @@ mod tests {
                 ["envoy.filters.http.fault", "envoy.filters.http.router"]
             );
             assert_eq!(
-                http_filter_names(&resources, "169.254.255.3_9000"),
-                ["envoy.filters.http.router"],
-                "a port without routes keeps its listener"
+                resources.get(ResourceType::Listener, "169.254.255.3_9002"),
+                build(&catalog()).get(ResourceType::Listener, "169.254.255.3_9002"),
+                "routes leave the listener as it is without rules: a changed listener would \
+                 keep its open connections on its old filters"
             );
             let config: RouteConfiguration = resource(
                 &resources,
