@@ -184,7 +184,15 @@ impl Subscription {
             .diffed_against
             .and_then(|since| snapshot.changed_since(resource_type, since));
         match changed {
-            Some(changed) => changed.iter().for_each(|name| check(name)),
+            // What changed since the last diff, and the names subscribed since: an Envoy
+            // that subscribes to one new cluster's endpoints costs a lookup of that name, not
+            // of the hundreds it already has.
+            Some(changed) => {
+                let subscribed = self.unanswered.iter().map(|n| &**n);
+                let candidates: BTreeSet<&str> =
+                    changed.iter().map(String::as_str).chain(subscribed).collect();
+                candidates.into_iter().for_each(check);
+            }
             None => {
                 let everything = snapshot.of_type(resource_type).iter();
                 let wildcard = everything
@@ -294,7 +302,9 @@ impl DeltaStreamState {
         snapshot: &Arc<Snapshot>,
     ) -> Option<DeltaDiscoveryResponse> {
         let subscription = self.subscriptions.get_mut(&resource_type)?;
-        if subscription.diffed_against == Some(snapshot.version()) {
+        if subscription.diffed_against == Some(snapshot.version())
+            && subscription.unanswered.is_empty()
+        {
             return None;
         }
         let (updated, removed) = subscription.diff(resource_type, snapshot, &self.class);
@@ -360,6 +370,7 @@ fn apply_subscription_changes(
         Some(snapshot) => snapshot.shared_name(resource_type, name),
         None => Arc::from(name),
     };
+    let was_wildcard = subscription.wildcard;
     if first {
         subscription.known = Known::from_versions(
             request
@@ -393,13 +404,14 @@ fn apply_subscription_changes(
             subscription.known.set(shared_name(name), None);
         }
     }
-    let changed = first
-        || !request.resource_names_subscribe.is_empty()
-        || !request.resource_names_unsubscribe.is_empty();
-    if changed {
+    // New names are diffed as `unanswered` and dropped ones are forgotten, so only a new
+    // subscription or a change of the wildcard needs a diff of everything.
+    if first || subscription.wildcard != was_wildcard {
         subscription.diffed_against = None;
     }
-    changed
+    first
+        || !request.resource_names_subscribe.is_empty()
+        || !request.resource_names_unsubscribe.is_empty()
 }
 
 #[cfg(test)]
