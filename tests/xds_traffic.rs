@@ -121,6 +121,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, action: HttpAction) -> HttpRoute {
 fn subset(addresses: &[&str], policy: TrafficPolicy) -> Subset {
     Subset {
         endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        dns_endpoints: Default::default(),
         policy: PortPolicies {
             all_ports: policy,
             by_port: BTreeMap::new(),
