@@ -528,10 +528,10 @@ fn cluster_with_endpoints(
 /// update that sets them).
 const DNS_CLUSTER_TYPE: &str = "envoy.cluster.dns";
 
-/// How often a name is resolved again when its answer gives no TTL (Envoy's default), and
-/// how soon after a failed resolution (doubling up to ten times that): the VM's own resolver
-/// (bosh-dns) answers, and caches what it recurses for, so asking it often is cheap, and a
-/// name that changes is followed within seconds.
+/// How often a name is resolved again when its answer gives no TTL (Envoy's default), and how
+/// soon after a failed resolution (backing off up to the refresh rate): the VM's own resolver
+/// answers, and caches what it recurses for, so asking it often is cheap, and a name that
+/// moves (a recreated VM) is followed within seconds.
 const DNS_REFRESH_RATE: Duration = seconds(5);
 const DNS_FAILURE_REFRESH_RATE: Duration = seconds(1);
 
