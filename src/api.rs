@@ -36,7 +36,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
-use crate::catalog::model::{Catalog, Endpoint, Labels, Protocol, Service, ServicePort};
+use crate::catalog::model::{
+    Catalog, DnsEndpoints, Endpoint, Labels, Protocol, Service, ServicePort,
+};
 use crate::director::{PublishedRuleConfigs, RuleConfig};
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
@@ -100,6 +102,12 @@ struct Registration<'a> {
     /// instance group and job are then empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     service_entry: Option<&'a str>,
+    /// Only for a service whose endpoints are DNS names each Envoy resolves (a ServiceEntry
+    /// with resolution `DNS` or `DNS_ROUND_ROBIN`): `{"resolution": "DNS", "endpoints":
+    /// [{"address": "db.example.com", "az": null, "labels": {}}]}`. Its `endpoints` is then
+    /// empty: the addresses are Envoy's to find.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    dns: Option<&'a DnsEndpoints>,
 }
 
 #[derive(Serialize)]
@@ -135,6 +143,7 @@ impl<'a> From<&'a Service> for Registration<'a> {
                 .map(RegisteredEndpoint::from)
                 .collect(),
             service_entry: service.service_entry.as_deref(),
+            dns: service.dns.as_ref(),
         }
     }
 }
@@ -436,6 +445,49 @@ mod tests {
         );
         let (_, _, empty) = call(Catalog::default(), Method::GET, "/v1/registration").await;
         assert_eq!(empty, "[]");
+    }
+
+    #[tokio::test]
+    async fn registration_shows_the_names_envoy_resolves_for_a_service_resolved_through_dns() {
+        use crate::catalog::model::{DnsEndpoint, DnsResolution};
+        let db = Service {
+            service_entry: Some("external/db".into()),
+            ..service("", "", "")
+                .port("tcp-postgres", 5432, Protocol::Tcp)
+                .dns(
+                    DnsResolution::Dns,
+                    [
+                        DnsEndpoint {
+                            az: Some("z1".into()),
+                            labels: labels([("role", "primary")]),
+                            ..testing::dns_endpoint("primary.db.example.com")
+                        },
+                        testing::dns_endpoint("192.0.2.7"),
+                    ],
+                )
+                .build()
+        };
+        let (status, _, body) =
+            call(testing::catalog(1, [db]), Method::GET, "/v1/registration").await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json[0]["endpoints"], serde_json::json!([]));
+        assert_eq!(json[0]["service_entry"], "external/db");
+        assert_eq!(
+            json[0]["dns"],
+            serde_json::json!({
+                "resolution": "DNS",
+                "endpoints": [
+                    {"address": "primary.db.example.com", "az": "z1", "labels": {"role": "primary"}},
+                    {"address": "192.0.2.7", "az": null, "labels": {}}
+                ]
+            })
+        );
+        let mesh = crate::rules::MeshView::from_registration_json(&body).unwrap();
+        assert!(
+            mesh.hosts.is_empty(),
+            "`boshy rules check` reads it, and leaves the entry's services to the rules"
+        );
     }
 
     #[tokio::test]

@@ -178,6 +178,65 @@ fn the_mesh_end_to_end() {
         "the listed addresses answer"
     );
 
+    // A service outside the mesh by a DNS name of its own (played by banana/0, by the name
+    // bosh-dns gives it on a real VM, which the lab's VMs resolve from their /etc/hosts):
+    // each Envoy resolves the name itself, with the VM's resolver, and the service still has a
+    // VIP and a mesh name every VM resolves.
+    let banana0 = LAB.vm("sample-deployment/banana/0");
+    let outside = banana0["ip"].as_str().unwrap().to_string();
+    let name = format!(
+        "{}.banana.default.sample-deployment.bosh",
+        banana0["id"].as_str().unwrap()
+    );
+    let entry = |entry: &str, resolution: &str| {
+        format!(
+            "- apiVersion: networking.istio.io/v1\n  kind: ServiceEntry\n  metadata: {{name: {entry}}}\n  spec:\n    hosts: [{entry}.external.boshy]\n    resolution: {resolution}\n    ports: [{{number: 9002, name: http}}]\n    endpoints: [{{address: {name}}}]\n"
+        )
+    };
+    let entries = format!(
+        "apiVersion: v1\nkind: List\nitems:\n{}{}",
+        entry("legacy-dns", "DNS"),
+        entry("legacy-dns-rr", "DNS_ROUND_ROBIN")
+    );
+    std::fs::write(file.path(), entries).unwrap();
+    LAB.ok(&[
+        "rules",
+        "apply",
+        "--name",
+        "external-legacy-dns",
+        file.path().to_str().unwrap(),
+    ]);
+    LAB.wait_for_catalog("legacy-dns.external.boshy", |services| {
+        ["legacy-dns", "legacy-dns-rr"].iter().all(|entry| {
+            let hostname = format!("{entry}.external.boshy");
+            services.iter().any(|s| s["hostname"] == hostname.as_str())
+        })
+    });
+    for (entry, resolution) in [("legacy-dns", "DNS"), ("legacy-dns-rr", "DNS_ROUND_ROBIN")] {
+        let hostname = format!("{entry}.external.boshy");
+        let legacy = service(&LAB.registration(), &hostname).clone();
+        assert_eq!(
+            legacy["service_entry"],
+            format!("external-legacy-dns/{entry}")
+        );
+        assert_eq!(legacy["endpoints"], serde_json::json!([]));
+        assert_eq!(legacy["dns"]["resolution"], resolution);
+        assert_eq!(legacy["dns"]["endpoints"][0]["address"], name.as_str());
+        assert_eq!(
+            LAB.dig("apricot/3", &hostname),
+            legacy["vip"].as_str().unwrap()
+        );
+        let answered: BTreeSet<String> = LAB
+            .curl_instances("apricot/3", &format!("http://{hostname}:9002/get"), 4)
+            .into_iter()
+            .collect();
+        assert_eq!(
+            answered,
+            BTreeSet::from([outside.clone()]),
+            "{hostname}: the instance its name resolves to answers"
+        );
+    }
+
     // A ServiceEntry's VIP, kept across the control plane's restart below like a job's.
     let reviews_vip = service(&LAB.registration(), "reviews.bookinfo.boshy")["vip"].clone();
 
@@ -226,4 +285,9 @@ fn the_mesh_end_to_end() {
     let after = host_snapshot();
     assert_eq!(before.0, after.0, "ip netns list after lab down");
     assert_eq!(before.1, after.1, "iptables-save after lab down");
+    assert_eq!(
+        LAB.netns_configs(),
+        Vec::<String>::new(),
+        "/etc/netns after lab down"
+    );
 }

@@ -37,6 +37,16 @@ items:
     resolution: STATIC
     endpoints:
     - {address: 192.0.2.10, ports: {tcp-postgres: 5432}, labels: {role: primary}, locality: z1}
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: cache}
+  spec:
+    hosts: [cache.external.boshy]
+    ports: [{number: 6379, name: tcp-redis}]
+    resolution: DNS
+    endpoints:
+    - {address: primary.cache.example.com, ports: {tcp-redis: 6379}, labels: {role: primary}, locality: z1}
+    - {address: 192.0.2.11, labels: {role: replica}}
 - apiVersion: networking.istio.io/v1alpha3
   kind: DestinationRule
   metadata: {name: reviews}
@@ -259,7 +269,7 @@ fn the_fixture_is_valid_as_it_is() {
         .map(ToString::to_string)
         .collect();
     assert_eq!(findings, Vec::<String>::new());
-    assert_eq!(validated.verdicts[0].accepted.len(), 4);
+    assert_eq!(validated.verdicts[0].accepted.len(), 5);
 }
 
 #[test]

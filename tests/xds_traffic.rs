@@ -121,6 +121,7 @@ fn route(name: &str, matches: Vec<HttpMatch>, action: HttpAction) -> HttpRoute {
 fn subset(addresses: &[&str], policy: TrafficPolicy) -> Subset {
     Subset {
         endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+        dns_endpoints: Default::default(),
         policy: PortPolicies {
             all_ports: policy,
             by_port: BTreeMap::new(),
@@ -1121,6 +1122,178 @@ fn envoy_accepts_every_generated_rule_set_the_validation_accepts() {
                 .lines()
                 .any(|l| l.contains("NACK") && l.contains(&node_id)),
             "a NACK was logged"
+        );
+    });
+}
+
+/// ServiceEntries resolved through DNS, through the pilot's own path (checked, made catalog
+/// services with VIPs, compiled): Envoy accepts their DNS clusters, resolves their names with
+/// the machine's resolver (`localhost` from /etc/hosts, as c-ares reads it before asking a
+/// nameserver; an IP address resolves to itself), applies the DestinationRule's policy and
+/// subset to them, and carries requests and connections through their VIPs.
+#[test]
+fn envoy_resolves_the_endpoints_of_service_entries_resolved_through_dns() {
+    const EXT: &str = "ext.external.boshy";
+    const ONE: &str = "one.external.boshy";
+    const EXT_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 20);
+    const ONE_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 21);
+    let rules = "apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: ext}
+  spec:
+    hosts: [ext.external.boshy]
+    ports: [{number: 8080, name: http}]
+    resolution: DNS
+    endpoints:
+    - {address: localhost, labels: {site: named}, locality: z1}
+    - {address: 127.0.0.9, labels: {site: literal}}
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: one}
+  spec:
+    hosts: [one.external.boshy]
+    ports: [{number: 5433, name: tcp}]
+    resolution: DNS_ROUND_ROBIN
+    endpoints: [{address: localhost}]
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: ext}
+  spec:
+    host: ext.external.boshy
+    trafficPolicy:
+      loadBalancer: {simple: LEAST_REQUEST}
+      outlierDetection: {consecutive5xxErrors: 4}
+    subsets: [{name: literal, labels: {site: literal}}]
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {name: ext}
+  spec:
+    hosts: [ext.external.boshy]
+    http:
+    - match: [{headers: {x-site: {exact: literal}}}]
+      route: [{destination: {host: ext.external.boshy, subset: literal}}]
+    - route: [{destination: {host: ext.external.boshy}}]
+";
+    let logs = captured_logs();
+    in_private_netns(move || async move {
+        let jobs = catalog();
+        let parsed = boshy::rules::parse_config("external", rules);
+        let mesh = boshy::rules::MeshView::from_catalog(&jobs);
+        let validated = boshy::rules::validate(&[parsed], Some(&mesh));
+        let errors: Vec<String> = validated.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let vips = |host: &str| Some(if host == EXT { EXT_VIP } else { ONE_VIP });
+        let entries = boshy::rules::entry_services(&validated.rules, &jobs, vips);
+        let catalog = Arc::new(boshy::catalog::with_entries((*jobs).clone(), entries));
+        let compiled = boshy::rules::compile(&validated.rules, &catalog);
+        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+
+        http_upstream("127.0.0.1:8080", "ext").await;
+        http_upstream("127.0.0.9:8080", "ext").await;
+        tcp_upstream("127.0.0.1:5433", "one").await;
+        let (_published, xds) = serve_xds(catalog, compiled.traffic).await;
+        capture_vip_traffic();
+        let mode = AdsMode::Delta;
+        let node = NodeIdentity {
+            instance_id: "0f3c-apricot-dns".into(),
+            ..node(mode)
+        };
+        let envoy = start_envoy(&node, xds, mode).await;
+
+        let ext = format!("outbound|8080||{EXT}");
+        let literal = format!("outbound|8080|literal|{EXT}");
+        let one = format!("outbound|5433||{ONE}");
+        let resolved = |addresses: &[&str]| -> BTreeSet<String> {
+            addresses.iter().map(|a| a.to_string()).collect()
+        };
+        envoy
+            .wait_for(
+                "the DNS clusters with the addresses of their names",
+                "/clusters?format=json",
+                |v| {
+                    let hosts = cluster_hosts(v);
+                    (hosts.get(&ext)? == &resolved(&["127.0.0.1", "127.0.0.9"])
+                        && hosts.get(&literal)? == &resolved(&["127.0.0.9"])
+                        && hosts.get(&one)? == &resolved(&["127.0.0.1"]))
+                        .then_some(())
+                },
+            )
+            .await;
+        let dump = envoy.get("/config_dump").await.expect("a config dump");
+        for name in [&ext, &literal, &one] {
+            let cluster = active_cluster(&dump, name).expect(name);
+            assert_eq!(
+                cluster["cluster_type"]["name"], "envoy.cluster.dns",
+                "{name}"
+            );
+            let dns = &cluster["cluster_type"]["typed_config"];
+            assert_eq!(dns["dns_lookup_family"], "V4_ONLY", "{name}");
+            assert_eq!(dns["respect_dns_ttl"], true, "{name}");
+        }
+        let logical = &active_cluster(&dump, &one).unwrap()["cluster_type"]["typed_config"];
+        assert_eq!(logical["all_addresses_in_single_endpoint"], true);
+        for name in [&ext, &literal] {
+            let cluster = active_cluster(&dump, name).unwrap();
+            assert_eq!(cluster["lb_policy"], "LEAST_REQUEST", "{name}");
+            assert_eq!(cluster["outlier_detection"]["consecutive_5xx"], 4, "{name}");
+        }
+
+        for manager in ["cluster_manager.cds", "listener_manager.lds"] {
+            let stat = format!("{manager}.update_rejected");
+            assert_eq!(envoy.stat(&stat).await, Some(0), "{stat}");
+        }
+        let node_id = node.node_id();
+        assert!(
+            !logs
+                .text()
+                .lines()
+                .any(|l| l.contains("NACK") && l.contains(&node_id)),
+            "a NACK was logged"
+        );
+        assert!(
+            !envoy
+                .log_text()
+                .contains("deprecated option 'envoy.config.cluster"),
+            "no deprecated cluster field:\n{}",
+            envoy.log_text()
+        );
+
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let get = |site: Option<&str>| {
+            let request = client.get(format!("http://{EXT_VIP}:8080/"));
+            match site {
+                Some(site) => request.header("x-site", site),
+                None => request,
+            }
+        };
+        let mut answers = BTreeSet::new();
+        for _ in 0..20 {
+            answers.insert(get(None).send().await.unwrap().text().await.unwrap());
+        }
+        assert_eq!(
+            answers,
+            resolved(&["ext@127.0.0.1", "ext@127.0.0.9"]),
+            "both names answer through the VIP"
+        );
+        for _ in 0..5 {
+            let answer = get(Some("literal")).send().await.unwrap().text().await;
+            assert_eq!(answer.unwrap(), "ext@127.0.0.9", "the subset's name alone");
+        }
+        let mut connection = TcpStream::connect(SocketAddr::new(ONE_VIP.into(), 5433))
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        let _ = connection.read_to_string(&mut answer).await;
+        assert_eq!(
+            answer, "one@127.0.0.1",
+            "the logical DNS cluster's one name"
         );
     });
 }

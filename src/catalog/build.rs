@@ -100,6 +100,7 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
             vip,
             ports: decl.ports.clone(),
             service_entry: None,
+            dns: None,
         });
     }
     // An instance group's instances are looked at once per served job.

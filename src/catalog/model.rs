@@ -114,6 +114,43 @@ pub struct Service {
     /// `<config>/<resource name>`. Its `key` then names no job (every name is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_entry: Option<String>,
+    /// For a service whose endpoints are DNS names that each Envoy resolves (a ServiceEntry
+    /// with `resolution: DNS` or `DNS_ROUND_ROBIN`): those names. `endpoints` is then empty:
+    /// the addresses are Envoy's to find, with the VM's own resolver, and may change between
+    /// two catalogs without the pilot knowing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<DnsEndpoints>,
+}
+
+/// The endpoints of a service that Envoy finds through DNS.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DnsEndpoints {
+    pub resolution: DnsResolution,
+    /// In the order the ServiceEntry lists them; at least one, exactly one for
+    /// `DnsRoundRobin`.
+    pub endpoints: Vec<DnsEndpoint>,
+}
+
+/// How the names become addresses: Istio's ServiceEntry resolutions, by Istio's words.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum DnsResolution {
+    /// Every address each name resolves to is an endpoint of its own, balanced across and
+    /// ejected alone (Envoy's strict DNS).
+    Dns,
+    /// One name; each new connection goes to the first address it resolves to at that time
+    /// (Envoy's logical DNS): for a name whose addresses are many and change often.
+    DnsRoundRobin,
+}
+
+/// One name a DNS service's endpoints are found by.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct DnsEndpoint {
+    /// A DNS name (lower-case), or an IPv4 address, which resolves to itself.
+    pub address: String,
+    pub az: Option<String>,
+    /// The ServiceEntry endpoint's labels, for DestinationRule subsets.
+    pub labels: Labels,
 }
 
 /// Everything the control plane knows, at one moment.

@@ -16,7 +16,10 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use super::manifest::canonicalize;
-use super::model::{Catalog, Endpoint, Labels, Protocol, Service, ServiceKey, ServicePort};
+use super::model::{
+    Catalog, DnsEndpoint, DnsEndpoints, DnsResolution, Endpoint, Labels, Protocol, Service,
+    ServiceKey, ServicePort,
+};
 
 /// The tld of hand-built catalogs, as the pilot's default.
 pub const TLD: &str = "boshy";
@@ -49,6 +52,7 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
         ports: Vec::new(),
         endpoints: Vec::new(),
         service_entry: None,
+        dns: None,
     })
 }
 
@@ -65,6 +69,16 @@ pub fn endpoint(address: &str) -> Endpoint {
         instance: format!("instance-{address}"),
         index: None,
         healthy: true,
+        labels: Labels::new(),
+    }
+}
+
+/// A DNS endpoint at `address` (a name or an IP) with no AZ and no labels; change fields with
+/// struct update syntax.
+pub fn dns_endpoint(address: &str) -> DnsEndpoint {
+    DnsEndpoint {
+        address: address.into(),
+        az: None,
         labels: Labels::new(),
     }
 }
@@ -102,6 +116,21 @@ impl ServiceBuilder {
     /// Adds an endpoint, in the order given.
     pub fn endpoint(mut self, endpoint: Endpoint) -> Self {
         self.0.endpoints.push(endpoint);
+        self
+    }
+
+    /// Makes the service one whose endpoints Envoy finds through DNS, by these names: as a
+    /// ServiceEntry with that resolution makes it (it has no other endpoints).
+    pub fn dns(
+        mut self,
+        resolution: DnsResolution,
+        endpoints: impl IntoIterator<Item = DnsEndpoint>,
+    ) -> Self {
+        self.0.endpoints.clear();
+        self.0.dns = Some(DnsEndpoints {
+            resolution,
+            endpoints: endpoints.into_iter().collect(),
+        });
         self
     }
 

@@ -709,14 +709,13 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
             _ => {}
         }
     }
-    if se.resolution != Resolution::Static {
-        problems.error(
-            "spec.resolution",
-            "not supported yet: Envoy is given addresses only; list the endpoints' IP \
-             addresses with resolution STATIC",
-        );
-    }
+    let dns = se.resolution != Resolution::Static;
     match (&se.workload_selector, se.endpoints.is_empty()) {
+        (Some(_), _) if dns => problems.error(
+            "spec.workloadSelector",
+            "not with resolution DNS or DNS_ROUND_ROBIN (Istio refuses it too): the instances \
+             a selector picks have addresses already; use resolution STATIC",
+        ),
         (Some(_), false) => problems.error(
             "spec.workloadSelector",
             "`workloadSelector` and `endpoints` exclude each other",
@@ -730,34 +729,33 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
                 );
             }
         }
-        (None, true) => {
-            if se.resolution == Resolution::Static {
+        (None, true) if dns => problems.error(
+            "spec.endpoints",
+            "resolution DNS and DNS_ROUND_ROBIN resolve the endpoints' addresses, and there \
+             are none: the hosts themselves are names of the mesh, which resolve to their own \
+             VIP, not to the service; list the service's DNS names (or IP addresses) as \
+             endpoints",
+        ),
+        (None, true) => problems.error(
+            "spec.resolution",
+            "STATIC takes `endpoints` or a `workloadSelector`",
+        ),
+        (None, false) => {
+            if se.resolution == Resolution::DnsRoundRobin && se.endpoints.len() > 1 {
                 problems.error(
-                    "spec.resolution",
-                    "STATIC takes `endpoints` or a `workloadSelector`",
+                    "spec.endpoints",
+                    format!(
+                        "resolution DNS_ROUND_ROBIN takes one endpoint, not {}: every \
+                         connection goes to the first address of one name (Envoy's logical \
+                         DNS cluster has a single host); use resolution DNS for several",
+                        se.endpoints.len()
+                    ),
                 );
             }
-        }
-        (None, false) => {
             for (at, endpoint) in se.endpoints.iter().enumerate() {
                 let field = format!("spec.endpoints[{at}]");
-                let is_ip = endpoint.address.parse::<IpAddr>().is_ok();
-                if !is_ip {
-                    problems.error(
-                        format!("{field}.address"),
-                        format!(
-                            "{:?} is not an IP address, which resolution STATIC takes",
-                            clip(&endpoint.address)
-                        ),
-                    );
-                } else if !is_ip && !is_dns_name(&endpoint.address) {
-                    problems.error(
-                        format!("{field}.address"),
-                        format!(
-                            "{:?} is neither an IP address nor a DNS name",
-                            clip(&endpoint.address)
-                        ),
-                    );
+                if let Some(problem) = endpoint_address_problem(&endpoint.address, dns) {
+                    problems.error(format!("{field}.address"), problem);
                 }
                 if endpoint.weight.is_some() {
                     problems.error(
@@ -784,6 +782,29 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
                 }
             }
         }
+    }
+}
+
+/// What is wrong with a ServiceEntry endpoint's `address`, if anything: an IP address for
+/// resolution STATIC; for `dns` (DNS, DNS_ROUND_ROBIN), a DNS name (any case) or an IPv4
+/// address. Envoy looks names up for IPv4 alone: the mesh is IPv4.
+fn endpoint_address_problem(address: &str, dns: bool) -> Option<String> {
+    let quoted = format!("{:?}", clip(address));
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V6(_)) if dns => Some(format!(
+            "{quoted} is an IPv6 address: the mesh is IPv4, and Envoy looks DNS endpoints up \
+             for IPv4 alone"
+        )),
+        Ok(_) => None,
+        Err(_) if !dns => Some(format!(
+            "{quoted} is not an IP address, which resolution STATIC takes (use resolution DNS \
+             for a name)"
+        )),
+        Err(_) if !is_dns_name(&address.to_ascii_lowercase()) => Some(format!(
+            "{quoted} is neither an IP address nor a DNS name (labels of letters, digits and \
+             '-' separated by '.', at most 253 characters, no final '.')"
+        )),
+        Err(_) => None,
     }
 }
 
@@ -962,7 +983,15 @@ mod tests {
         let ports = "ports: [{number: 9080, name: http, protocol: HTTP}]\n";
         for (rest, expected) in [
             ("resolution: STATIC\n", "spec.resolution: STATIC takes `endpoints` or a `workloadSelector`"),
-            ("resolution: DNS\nworkloadSelector: {labels: {app: reviews}}\n", "spec.resolution: not supported yet"),
+            ("resolution: DNS\nworkloadSelector: {labels: {app: reviews}}\n", "spec.workloadSelector: not with resolution DNS or DNS_ROUND_ROBIN"),
+            ("resolution: DNS_ROUND_ROBIN\nworkloadSelector: {labels: {app: reviews}}\n", "spec.workloadSelector: not with resolution DNS or DNS_ROUND_ROBIN"),
+            ("resolution: DNS\n", "spec.endpoints: resolution DNS and DNS_ROUND_ROBIN resolve the endpoints' addresses, and there are none: the hosts themselves are names of the mesh"),
+            ("resolution: DNS_ROUND_ROBIN\nendpoints: [{address: a.example.com}, {address: b.example.com}]\n", "spec.endpoints: resolution DNS_ROUND_ROBIN takes one endpoint, not 2"),
+            ("resolution: DNS\nendpoints: [{address: a.example.com}, {address: db_1.example.com}]\n", "spec.endpoints[1].address: \"db_1.example.com\" is neither an IP address nor a DNS name"),
+            ("resolution: DNS\nendpoints: [{address: db.example.com.}]\n", "spec.endpoints[0].address: \"db.example.com.\" is neither"),
+            ("resolution: DNS\nendpoints: [{address: \"2001:db8::1\"}]\n", "spec.endpoints[0].address: \"2001:db8::1\" is an IPv6 address: the mesh is IPv4"),
+            ("resolution: DNS\nendpoints: [{address: db.example.com, weight: 2}]\n", "spec.endpoints[0].weight: not supported yet"),
+            ("resolution: DNS\nendpoints: [{address: db.example.com, ports: {http: 9081}}]\n", "spec.endpoints[0].ports: http: 9081: not supported yet"),
             ("resolution: STATIC\nworkloadSelector: {labels: {}}\n", "spec.workloadSelector.labels: at least one label"),
             ("resolution: STATIC\nworkloadSelector: {labels: {a: b}}\nendpoints: [{address: 10.0.0.1}]\n", "`workloadSelector` and `endpoints` exclude"),
             ("resolution: STATIC\nendpoints: [{address: db.example.com}]\n", "spec.endpoints[0].address: \"db.example.com\" is not an IP address"),
@@ -1105,5 +1134,25 @@ endpoints:
             errors.is_empty() && warnings.is_empty(),
             "{errors:?} {warnings:?}"
         );
+        for se in [
+            "hosts: [db.example.com]
+ports: [{number: 5432, name: tcp-postgres}]
+resolution: DNS
+endpoints:
+- {address: Primary.DB.example.com, ports: {tcp-postgres: 5432}, labels: {role: primary}, locality: z1}
+- {address: 10.0.0.9, labels: {role: replica}}
+",
+            "hosts: [db.example.com]
+ports: [{number: 5432, name: tcp-postgres}]
+resolution: DNS_ROUND_ROBIN
+endpoints: [{address: db.example.com}]
+",
+        ] {
+            let (errors, warnings) = findings_of("ServiceEntry", se);
+            assert!(
+                errors.is_empty() && warnings.is_empty(),
+                "{errors:?} {warnings:?}"
+            );
+        }
     }
 }

@@ -7,7 +7,8 @@
 //! - a destination without `port` goes to the port the request was sent to when it is the
 //!   routed host itself or has that port too, else to its only port;
 //! - a route applies to a port of its host when one of its matches has that `port` or none;
-//! - a subset is the set of addresses of the host's endpoints that carry its labels;
+//! - a subset is the set of addresses (or, for a host resolved through DNS, names) of the
+//!   host's endpoints that carry its labels;
 //! - Istio's default retry conditions (`connect-failure,refused-stream,unavailable,
 //!   cancelled,retriable-status-codes` with 503) apply to `retries` without `retryOn`.
 
@@ -96,12 +97,24 @@ impl Compiler<'_> {
                 .filter(|endpoint| selects(&subset.labels, &endpoint.labels))
                 .map(|endpoint| endpoint.address)
                 .collect();
+            let dns_endpoints = service
+                .dns
+                .iter()
+                .flat_map(|dns| &dns.endpoints)
+                .filter(|endpoint| selects(&subset.labels, &endpoint.labels))
+                .map(|endpoint| endpoint.address.clone())
+                .collect();
             let policy = subset
                 .traffic_policy
                 .as_ref()
                 .map(port_policies)
                 .unwrap_or_default();
-            subsets.insert(subset.name.clone(), traffic::Subset { endpoints, policy });
+            let subset_model = traffic::Subset {
+                endpoints,
+                dns_endpoints,
+                policy,
+            };
+            subsets.insert(subset.name.clone(), subset_model);
         }
         let policy = dr.traffic_policy.as_ref().map(port_policies);
         let rules = self.rules_of(&dr.host);
@@ -606,6 +619,53 @@ mod tests {
 
     fn list(items: &str) -> String {
         format!("apiVersion: v1\nkind: List\nitems:\n{items}")
+    }
+
+    #[test]
+    fn subsets_of_a_host_resolved_through_dns_are_the_names_their_labels_select() {
+        let jobs = bookinfo();
+        let config = list(
+            "- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: db}
+  spec:
+    hosts: [db.external.boshy]
+    resolution: DNS
+    ports: [{number: 5432, name: tcp-postgres}]
+    endpoints:
+    - {address: primary.db.example.com, labels: {role: primary}}
+    - {address: replica.db.example.com, labels: {role: replica}}
+- apiVersion: networking.istio.io/v1
+  kind: DestinationRule
+  metadata: {name: db}
+  spec:
+    host: db.external.boshy
+    trafficPolicy: {loadBalancer: {simple: RANDOM}}
+    subsets: [{name: primary, labels: {role: primary}}]
+",
+        );
+        let validated = validate(
+            &[parse_config("rules", &config)],
+            Some(&MeshView::from_catalog(&jobs)),
+        );
+        let errors: Vec<String> = validated.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        let vip = |_: &str| Some(std::net::Ipv4Addr::new(169, 254, 255, 5));
+        let entries = crate::rules::entry_services(&validated.rules, &jobs, vip);
+        let catalog = crate::catalog::with_entries(jobs, entries);
+        let compiled = compile(&validated.rules, &catalog);
+        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        let db = &compiled.traffic.services["db.external.boshy"];
+        let primary = &db.subsets["primary"];
+        assert_eq!(
+            primary.dns_endpoints,
+            BTreeSet::from(["primary.db.example.com".to_string()])
+        );
+        assert!(primary.endpoints.is_empty());
+        assert_eq!(
+            db.policy(5432, Some("primary")).load_balancer,
+            Some(traffic::LoadBalancer::Random)
+        );
     }
 
     #[test]

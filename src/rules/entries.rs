@@ -1,16 +1,19 @@
 //! The services ServiceEntries define, as catalog services: each host of an accepted entry
 //! becomes a service of its own with a VIP, a DNS name and Envoy clusters like a job's, made
 //! of the BOSH instances its `workloadSelector` picks (from any instance group of any
-//! deployment) or of its listed endpoints. Pure; the pilot gives them VIPs and adds them to
+//! deployment), of its listed endpoints, or of the DNS names it lists, which each Envoy
+//! resolves (resolution DNS and DNS_ROUND_ROBIN). Pure; the pilot gives them VIPs and adds them to
 //! the catalog (`catalog::with_entries`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::catalog::model::{Catalog, Endpoint, Service, ServiceKey, ServicePort};
+use crate::catalog::model::{
+    Catalog, DnsEndpoint, DnsEndpoints, DnsResolution, Endpoint, Service, ServiceKey, ServicePort,
+};
 
 use super::mesh::selects;
-use super::model::ServiceEntry;
+use super::model::{Resolution, ServiceEntry};
 use super::validate::{Rule, RuleSet};
 
 /// The hosts the accepted ServiceEntries of `rules` define, each once: the VIPs they need.
@@ -32,7 +35,12 @@ pub fn entry_services(
 ) -> Vec<Service> {
     let mut services = Vec::new();
     for rule in &rules.service_entries {
-        let endpoints = endpoints(rule, jobs);
+        let dns = dns_endpoints(&rule.spec);
+        let endpoints = if dns.is_some() {
+            Vec::new()
+        } else {
+            endpoints(rule, jobs)
+        };
         let mut ports: Vec<ServicePort> = rule
             .spec
             .ports
@@ -57,15 +65,40 @@ pub fn entry_services(
                 ports: ports.clone(),
                 endpoints: endpoints.clone(),
                 service_entry: Some(format!("{}/{}", rule.config, rule.name)),
+                dns: dns.clone(),
             });
         }
     }
     services
 }
 
-/// The instances the entry selects (each once, however many of its jobs are services), or
-/// its listed endpoints (IP addresses: resolution STATIC is the only one accepted), sorted
-/// as a service's endpoints are.
+/// The names Envoy resolves for an entry with resolution DNS or DNS_ROUND_ROBIN (the
+/// checks saw to it that there are some, each a name or an IPv4 address), in its order;
+/// `None` for STATIC.
+fn dns_endpoints(se: &ServiceEntry) -> Option<DnsEndpoints> {
+    let resolution = match se.resolution {
+        Resolution::Static => return None,
+        Resolution::Dns => DnsResolution::Dns,
+        Resolution::DnsRoundRobin => DnsResolution::DnsRoundRobin,
+    };
+    let endpoints = se
+        .endpoints
+        .iter()
+        .map(|entry| DnsEndpoint {
+            // DNS names are case-insensitive; the catalog's are lower-case.
+            address: entry.address.to_ascii_lowercase(),
+            az: entry.locality.clone(),
+            labels: entry.labels.clone(),
+        })
+        .collect();
+    Some(DnsEndpoints {
+        resolution,
+        endpoints,
+    })
+}
+
+/// The instances a STATIC entry selects (each once, however many of its jobs are services),
+/// or its listed endpoints (IP addresses), sorted as a service's endpoints are.
 fn endpoints(rule: &Rule<ServiceEntry>, jobs: &Catalog) -> Vec<Endpoint> {
     let se = &rule.spec;
     let mut endpoints: Vec<Endpoint> = match &se.workload_selector {
@@ -214,5 +247,60 @@ spec:
         assert_eq!(db.endpoints[0].az.as_deref(), Some("z2"));
         assert_eq!(db.endpoints[0].labels["role"], "primary");
         assert!(db.endpoints.iter().all(|e| e.healthy));
+        assert_eq!(db.dns, None);
+    }
+
+    #[test]
+    fn listed_names_are_what_envoy_resolves_for_an_entry_resolved_through_dns() {
+        let jobs = jobs();
+        let rules = accepted(
+            "apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: db}
+  spec:
+    hosts: [db.external.boshy, db-too.external.boshy]
+    resolution: DNS
+    ports: [{number: 5432, name: tcp-postgres}]
+    endpoints:
+    - {address: Primary.DB.example.com, locality: z2, labels: {role: primary}}
+    - {address: 192.0.2.11}
+- apiVersion: networking.istio.io/v1
+  kind: ServiceEntry
+  metadata: {name: cache}
+  spec:
+    hosts: [cache.external.boshy]
+    resolution: DNS_ROUND_ROBIN
+    ports: [{number: 6379, name: tcp-redis}]
+    endpoints: [{address: cache.example.com}]
+",
+            &jobs,
+        );
+        assert_eq!(entry_hosts(&rules).len(), 3, "each host gets a VIP");
+        let services = entry_services(&rules, &jobs, |_| Some(Ipv4Addr::new(169, 254, 255, 7)));
+        let [cache, db, db_too] = services.as_slice() else {
+            panic!("{services:?}")
+        };
+        assert_eq!(db_too.hostname, "db-too.external.boshy");
+        assert_eq!(db.dns, db_too.dns);
+        let dns = db.dns.as_ref().expect("resolved through DNS");
+        assert_eq!(dns.resolution, DnsResolution::Dns);
+        assert_eq!(
+            dns.endpoints,
+            [
+                DnsEndpoint {
+                    address: "primary.db.example.com".into(),
+                    az: Some("z2".into()),
+                    labels: crate::catalog::testing::labels([("role", "primary")]),
+                },
+                crate::catalog::testing::dns_endpoint("192.0.2.11"),
+            ]
+        );
+        assert!(db.endpoints.is_empty(), "no address is the pilot's to know");
+        let cache_dns = cache.dns.as_ref().expect("resolved through DNS");
+        assert_eq!(cache_dns.resolution, DnsResolution::DnsRoundRobin);
+        assert_eq!(cache_dns.endpoints.len(), 1);
     }
 }

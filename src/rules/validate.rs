@@ -21,7 +21,8 @@ use super::checks::Problems;
 use super::finding::{Finding, ResourceRef};
 use super::mesh::{selects, MeshView};
 use super::model::{
-    Destination, DestinationRule, Kind, Labels, ServiceEntry, Spec, TrafficPolicy, VirtualService,
+    Destination, DestinationRule, Kind, Labels, Resolution, ServiceEntry, Spec, TrafficPolicy,
+    VirtualService,
 };
 use super::parse::{ParsedConfig, Resource};
 
@@ -322,8 +323,8 @@ impl State<'_> {
         }
     }
 
-    /// The labels of the endpoints behind a ServiceEntry's hosts: its listed endpoints, the
-    /// instances it selects, or (resolved through DNS) one endpoint without labels.
+    /// The labels of the endpoints behind a ServiceEntry's hosts: the instances it selects,
+    /// or its listed endpoints (addresses or, resolved through DNS, names).
     fn entry_instances(&self, se: &ServiceEntry) -> Option<Vec<Labels>> {
         match &se.workload_selector {
             Some(selector) => {
@@ -331,15 +332,29 @@ impl State<'_> {
                 let selection = mesh.select(&selector.labels);
                 Some(selection.instances.into_values().cloned().collect())
             }
-            None if se.endpoints.is_empty() => Some(vec![Labels::new()]),
             None => Some(se.endpoints.iter().map(|e| e.labels.clone()).collect()),
         }
     }
 
     fn service_entry(&self, se: &ServiceEntry, problems: &mut Problems) {
+        let tld = self.mesh.and_then(|mesh| mesh.tld.as_deref());
+        if let Some(tld) = tld.filter(|_| se.resolution != Resolution::Static) {
+            for (at, endpoint) in se.endpoints.iter().enumerate() {
+                let name = endpoint.address.to_ascii_lowercase();
+                if name == tld || name.ends_with(&format!(".{tld}")) {
+                    problems.error(
+                        format!("spec.endpoints[{at}].address"),
+                        format!(
+                            "{name} is a name of the mesh (under .{tld}): it resolves to a VIP, \
+                             which Envoy would send back into the mesh; route to it with a \
+                             VirtualService instead"
+                        ),
+                    );
+                }
+            }
+        }
         for (at, host) in se.hosts.iter().enumerate() {
             let field = format!("spec.hosts[{at}]");
-            let tld = self.mesh.and_then(|mesh| mesh.tld.as_deref());
             if let Some(entry) = self.entries.get(host) {
                 problems.error(
                     field,
@@ -936,6 +951,40 @@ mod tests {
         assert!(errors[0].contains("ServiceEntry \"db2\": spec.hosts[0]: db.external.boshy is already defined by ServiceEntry db (config entries)"));
         assert!(errors[1].contains("ServiceEntry \"elsewhere\": spec.hosts[0]: db.example.com is not under the mesh's domain .boshy"), "{errors:?}");
         assert!(errors[2].contains("ServiceEntry \"mine\": spec.hosts[0]: reviews.reviews.bookinfo.boshy is already a service of the mesh"));
+    }
+
+    #[test]
+    fn a_service_entry_resolved_through_dns_names_outside_the_mesh_with_labels_for_subsets() {
+        let entry = |endpoints: &str| {
+            resource(
+                "ServiceEntry",
+                "db",
+                &format!(
+                    "hosts: [db.external.boshy]\nports: [{{number: 5432, name: tcp-postgres}}]\nresolution: DNS\nendpoints: {endpoints}\n"
+                ),
+            )
+        };
+        let subsets = resource(
+            "DestinationRule",
+            "db",
+            "host: db.external.boshy\nsubsets: [{name: primary, labels: {role: primary}}, {name: old, labels: {role: old}}]\n",
+        );
+        let listed = "[{address: primary.db.example.com, labels: {role: primary}}, {address: replica.db.example.com}]";
+        let validated = validate(
+            &[config("db", &[entry(listed), subsets.clone()])],
+            Some(&mesh()),
+        );
+        assert_eq!(
+            error_lines(&validated),
+            ["config \"db\": DestinationRule \"db\": spec.subsets[1].labels: subset old selects none of the 2 instances of db.external.boshy"],
+            "subsets select among the listed names by their labels"
+        );
+        let into_the_mesh = "[{address: Reviews.Reviews.Bookinfo.boshy}]";
+        let validated = validate(&[config("db", &[entry(into_the_mesh)])], Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            ["config \"db\": ServiceEntry \"db\": spec.endpoints[0].address: reviews.reviews.bookinfo.boshy is a name of the mesh (under .boshy): it resolves to a VIP, which Envoy would send back into the mesh; route to it with a VirtualService instead"]
+        );
     }
 
     #[test]

@@ -79,6 +79,11 @@ pub struct Subset {
     /// Addresses of the service's endpoints that belong to the subset. An address the service
     /// has no endpoint at is ignored; unhealthy endpoints stay out of it as out of the service.
     pub endpoints: BTreeSet<IpAddr>,
+    /// For a service whose endpoints Envoy finds through DNS (`catalog::model::Service::dns`):
+    /// the names (as the catalog writes them) of those that belong to the subset. A name the
+    /// service does not list is ignored.
+    #[serde(skip_serializing_if = "BTreeSet::is_empty")]
+    pub dns_endpoints: BTreeSet<String>,
     pub policy: PortPolicies,
 }
 
@@ -460,6 +465,7 @@ mod tests {
                 "v2".to_string(),
                 Subset {
                     endpoints: BTreeSet::new(),
+                    dns_endpoints: Default::default(),
                     policy: PortPolicies {
                         all_ports: TrafficPolicy {
                             load_balancer: Some(LoadBalancer::Random),

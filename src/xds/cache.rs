@@ -563,6 +563,7 @@ mod tests {
         let rules = |host: &str, v2: &[&str], v1_weight: u32, lb: LoadBalancer| {
             let subset = |addresses: &[&str]| Subset {
                 endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                dns_endpoints: Default::default(),
                 policy: PortPolicies::default(),
             };
             let to = |subset: &str, weight| WeightedDestination {

@@ -21,6 +21,9 @@
 //!   And one per port of each subset of the traffic model, `outbound|<port>|<subset>|<hostname>`.
 //! - one `ClusterLoadAssignment` per cluster with the healthy endpoints (of the subset), one
 //!   locality per AZ.
+//! - for a service whose endpoints are DNS names (a ServiceEntry resolved through DNS), a DNS
+//!   cluster instead, with the same names and policies: it carries its names in its own
+//!   load assignment, and Envoy resolves them with the VM's resolver (see [`dns_discovery`]).
 //! - one `RouteConfiguration` per HTTP-ish service port, named like its cluster: the traffic
 //!   model's routes of that port (see `routes`), then the default route to the whole service.
 //!   Where those routes have matches limited by `sourceLabels`, the configuration served to a
@@ -55,6 +58,8 @@ use envoy_types::pb::envoy::config::route::v3::{
     retry_policy, route, route_action, route_match, RetryPolicy, Route, RouteAction,
     RouteConfiguration, RouteMatch, VirtualHost,
 };
+use envoy_types::pb::envoy::extensions::clusters::common::dns::v3::DnsLookupFamily;
+use envoy_types::pb::envoy::extensions::clusters::dns::v3::{dns_cluster, DnsCluster};
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
 use envoy_types::pb::envoy::extensions::filters::listener::original_dst::v3::OriginalDst;
@@ -73,7 +78,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::SourceClass;
 use super::routes;
-use crate::catalog::model::{Catalog, Endpoint, Labels, Service, ServicePort};
+use crate::catalog::model::{Catalog, DnsResolution, Labels, Service, ServicePort};
 use crate::traffic::{
     self, ConnectionPool, Destination, LoadBalancer, LocalityLoadBalancing, ServiceRules,
     TrafficPolicy, TrafficRules, WeightedDestination,
@@ -378,21 +383,19 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                     .unwrap_or_default()
             };
             let (cluster, assignment) =
-                cluster_with_endpoints(&name, port, &policy(None), service.endpoints.iter());
+                cluster_with_endpoints(&name, service, port, &policy(None), None);
             clusters.push(cluster);
-            endpoints.push(assignment);
+            endpoints.extend(assignment);
             for (subset_name, subset) in rules.iter().flat_map(|r| &r.subsets) {
                 let (cluster, assignment) = cluster_with_endpoints(
                     &subset_cluster_name(&service.hostname, port.number, subset_name),
+                    service,
                     port,
                     &policy(Some(subset_name)),
-                    service
-                        .endpoints
-                        .iter()
-                        .filter(|e| subset.endpoints.contains(&e.address)),
+                    Some(subset),
                 );
                 clusters.push(cluster);
-                endpoints.push(assignment);
+                endpoints.extend(assignment);
             }
             if port.protocol.is_http() {
                 let http_routes = http_routes(rules, port);
@@ -462,25 +465,92 @@ fn uses(routes: &[traffic::HttpRoute], selector: &Labels) -> bool {
         .any(|m| m.source_labels == *selector)
 }
 
-/// A cluster of `port` and its load assignment, which Envoy asks for by the cluster's name.
-fn cluster_with_endpoints<'a>(
+/// The cluster of `port` of `service` (of `subset`, or of the whole service) and its
+/// endpoints: an EDS cluster and the load assignment Envoy asks for by the cluster's name or,
+/// for a service resolved through DNS, a DNS cluster that carries its names itself (a DNS
+/// cluster takes no EDS; Envoy resolves the names).
+fn cluster_with_endpoints(
     name: &str,
+    service: &Service,
     port: &ServicePort,
     policy: &TrafficPolicy,
-    endpoints: impl Iterator<Item = &'a Endpoint>,
-) -> (NamedResource, NamedResource) {
-    (
-        NamedResource::new(name.to_string(), pack_any(eds_cluster(name, port, policy))),
-        NamedResource::new(
-            name.to_string(),
-            pack_any(load_assignment(
-                name,
-                port.number,
-                endpoints,
-                policy.locality.as_ref(),
+    subset: Option<&traffic::Subset>,
+) -> (NamedResource, Option<NamedResource>) {
+    let locality = policy.locality.as_ref();
+    let Some(dns) = &service.dns else {
+        let endpoints = service
+            .endpoints
+            .iter()
+            .filter(|e| e.healthy)
+            .filter(|e| subset.is_none_or(|subset| subset.endpoints.contains(&e.address)))
+            .map(|e| (e.az.as_deref(), socket_address(e.address, port.number)));
+        let cluster = Cluster {
+            cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Eds as i32,
             )),
-        ),
+            eds_cluster_config: Some(cluster::EdsClusterConfig {
+                eds_config: Some(ads_config_source()),
+                service_name: String::new(),
+            }),
+            ..cluster_with_policy(name, port, policy)
+        };
+        return (
+            NamedResource::new(name.to_string(), pack_any(cluster)),
+            Some(NamedResource::new(
+                name.to_string(),
+                pack_any(load_assignment(name, endpoints, locality)),
+            )),
+        );
+    };
+    let endpoints = dns
+        .endpoints
+        .iter()
+        .filter(|e| subset.is_none_or(|subset| subset.dns_endpoints.contains(&e.address)))
+        .map(|e| (e.az.as_deref(), socket_address(&e.address, port.number)));
+    let cluster = Cluster {
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
+            cluster::CustomClusterType {
+                name: DNS_CLUSTER_TYPE.to_string(),
+                typed_config: Some(pack_any(dns_discovery(dns.resolution))),
+            },
+        )),
+        load_assignment: Some(load_assignment(name, endpoints, locality)),
+        ..cluster_with_policy(name, port, policy)
+    };
+    (
+        NamedResource::new(name.to_string(), pack_any(cluster)),
+        None,
     )
+}
+
+/// Envoy's DNS cluster: what `STRICT_DNS` and `LOGICAL_DNS` are since Envoy 1.3x, whose own
+/// fields for the refresh rate and the TTL are deprecated on `Cluster` (Envoy warns at every
+/// update that sets them).
+const DNS_CLUSTER_TYPE: &str = "envoy.cluster.dns";
+
+/// How often a name is resolved again when its answer gives no TTL (Envoy's default), and how
+/// soon after a failed resolution (backing off up to the refresh rate): the VM's own resolver
+/// answers, and caches what it recurses for, so asking it often is cheap, and a name that
+/// moves (a recreated VM) is followed within seconds.
+const DNS_REFRESH_RATE: Duration = seconds(5);
+const DNS_FAILURE_REFRESH_RATE: Duration = seconds(1);
+
+/// Istio's mapping: `DNS` is strict DNS (every address of every name an endpoint of its own),
+/// `DNS_ROUND_ROBIN` logical DNS (one endpoint, connecting to the name's first address at
+/// the time). Names are resolved with the VM's resolver (/etc/resolv.conf: bosh-dns on a BOSH
+/// VM), for IPv4 alone since the mesh is IPv4, and again as their TTL runs out.
+fn dns_discovery(resolution: DnsResolution) -> DnsCluster {
+    DnsCluster {
+        dns_refresh_rate: Some(DNS_REFRESH_RATE),
+        dns_failure_refresh_rate: Some(dns_cluster::RefreshRate {
+            base_interval: Some(DNS_FAILURE_REFRESH_RATE),
+            max_interval: Some(DNS_REFRESH_RATE),
+        }),
+        respect_dns_ttl: true,
+        dns_lookup_family: DnsLookupFamily::V4Only as i32,
+        all_addresses_in_single_endpoint: resolution == DnsResolution::DnsRoundRobin,
+        ..Default::default()
+    }
 }
 
 fn ads_config_source() -> ConfigSource {
@@ -493,19 +563,21 @@ fn ads_config_source() -> ConfigSource {
     }
 }
 
-fn socket_address(ip: IpAddr, port: u16) -> Address {
+/// An IP address, or a DNS name for a DNS cluster to resolve, and a port.
+fn socket_address(address: impl std::fmt::Display, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
-            address: ip.to_string(),
+            address: address.to_string(),
             port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(port))),
             ..Default::default()
         })),
     }
 }
 
-/// An EDS cluster with the mesh's defaults, changed where `policy` says (see
-/// `crate::traffic::TrafficPolicy`).
-fn eds_cluster(name: &str, port: &ServicePort, policy: &TrafficPolicy) -> Cluster {
+/// A cluster with the mesh's defaults, changed where `policy` says (see
+/// `crate::traffic::TrafficPolicy`), without its endpoints: the caller says how they are
+/// discovered.
+fn cluster_with_policy(name: &str, port: &ServicePort, policy: &TrafficPolicy) -> Cluster {
     let pool = policy.connection_pool.as_ref();
     let mut typed_extension_protocol_options = std::collections::HashMap::new();
     if let Some(options) = upstream_http_options(port, pool) {
@@ -532,13 +604,6 @@ fn eds_cluster(name: &str, port: &ServicePort, policy: &TrafficPolicy) -> Cluste
     };
     Cluster {
         name: name.to_string(),
-        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
-            cluster::DiscoveryType::Eds as i32,
-        )),
-        eds_cluster_config: Some(cluster::EdsClusterConfig {
-            eds_config: Some(ads_config_source()),
-            service_name: String::new(),
-        }),
         connect_timeout: Some(
             pool.and_then(|p| p.connect_timeout)
                 .map_or(CONNECT_TIMEOUT, duration),
@@ -683,26 +748,22 @@ fn outlier_detection(changes: Option<&traffic::OutlierDetection>) -> OutlierDete
     detection
 }
 
-/// Healthy endpoints only, one locality per AZ (AZ-less instances share the empty zone),
-/// weighted or prioritized by AZ as `locality` says.
+/// The `(AZ, address)` endpoints given, one locality per AZ (AZ-less endpoints share the
+/// empty zone), weighted or prioritized by AZ as `locality` says.
 fn load_assignment<'a>(
     name: &str,
-    port: u16,
-    endpoints: impl Iterator<Item = &'a Endpoint>,
+    endpoints: impl Iterator<Item = (Option<&'a str>, Address)>,
     locality: Option<&LocalityLoadBalancing>,
 ) -> ClusterLoadAssignment {
     let mut by_az: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    for endpoint in endpoints.filter(|e| e.healthy) {
-        by_az
-            .entry(endpoint.az.as_deref().unwrap_or(""))
-            .or_default()
-            .push(LbEndpoint {
-                host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
-                    address: Some(socket_address(endpoint.address, port)),
-                    ..Default::default()
-                })),
+    for (az, address) in endpoints {
+        by_az.entry(az.unwrap_or("")).or_default().push(LbEndpoint {
+            host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                address: Some(address),
                 ..Default::default()
-            });
+            })),
+            ..Default::default()
+        });
     }
     let priorities = match locality {
         Some(LocalityLoadBalancing::Failover(order)) => failover_priorities(order, &by_az),
@@ -971,7 +1032,7 @@ fn outbound_listener() -> Listener {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::catalog::model::Protocol;
+    use crate::catalog::model::{Endpoint, Protocol};
     use crate::catalog::testing;
     use prost::Message;
 
@@ -1090,10 +1151,7 @@ mod tests {
         let resources = build(&catalog());
         let outbound: Listener = resource(&resources, ResourceType::Listener, "outbound");
         assert_eq!(outbound.stat_prefix, "outbound");
-        assert_eq!(
-            outbound.address,
-            Some(socket_address("127.0.0.1".parse().unwrap(), 15001))
-        );
+        assert_eq!(outbound.address, Some(socket_address("127.0.0.1", 15001)));
         assert_eq!(
             outbound.listener_filters[0].name,
             "envoy.filters.listener.original_dst"
@@ -1138,7 +1196,7 @@ mod tests {
                 )
             })
             .collect();
-        let vip = |ip: &str, port| Some(socket_address(ip.parse().unwrap(), port));
+        let vip = |ip: &str, port| Some(socket_address(ip, port));
         let unbound = Some(BoolValue { value: false });
         assert_eq!(
             summary,
@@ -1416,6 +1474,7 @@ mod tests {
         fn subset(addresses: &[&str], policy: PortPolicies) -> Subset {
             Subset {
                 endpoints: addresses.iter().map(|a| a.parse().unwrap()).collect(),
+                dns_endpoints: Default::default(),
                 policy,
             }
         }
@@ -1901,6 +1960,11 @@ mod tests {
         }
 
         fn ip(lb: &LbEndpoint) -> IpAddr {
+            host(lb).parse().unwrap()
+        }
+
+        /// The address (an IP, or a name to resolve) of an endpoint.
+        fn host(lb: &LbEndpoint) -> String {
             let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
                 panic!("endpoint")
             };
@@ -1908,7 +1972,7 @@ mod tests {
             else {
                 panic!("socket address")
             };
-            s.address.parse().unwrap()
+            s.address.clone()
         }
 
         /// The figures behind choosing subset clusters over Envoy's subset load balancer
@@ -1958,6 +2022,7 @@ mod tests {
                                     endpoints: members
                                         .map(|n| service.endpoints[n].address)
                                         .collect(),
+                                    dns_endpoints: Default::default(),
                                     policy: PortPolicies::default(),
                                 };
                                 (name.to_string(), subset)
@@ -2031,7 +2096,19 @@ mod tests {
                         .map(|service| {
                             let port = &service.ports[0];
                             let name = cluster_name(&service.hostname, port.number);
-                            let mut cluster = eds_cluster(&name, port, &TrafficPolicy::default());
+                            let (cluster, assignment) = cluster_with_endpoints(
+                                &name,
+                                service,
+                                port,
+                                &TrafficPolicy::default(),
+                                None,
+                            );
+                            let mut cluster = Cluster::decode(cluster.resource.value.as_slice())
+                                .expect("a cluster");
+                            let mut assignment = ClusterLoadAssignment::decode(
+                                assignment.expect("EDS").resource.value.as_slice(),
+                            )
+                            .expect("a load assignment");
                             cluster.lb_subset_config = Some(cluster::LbSubsetConfig {
                                 subset_selectors: vec![
                                     cluster::lb_subset_config::LbSubsetSelector {
@@ -2041,8 +2118,6 @@ mod tests {
                                 ],
                                 ..Default::default()
                             });
-                            let mut assignment =
-                                load_assignment(&name, port.number, service.endpoints.iter(), None);
                             for lb in assignment
                                 .endpoints
                                 .iter_mut()
@@ -2139,6 +2214,169 @@ mod tests {
                         1
                     )
                 ])
+            );
+        }
+
+        #[test]
+        fn services_resolved_through_dns_are_dns_clusters_that_carry_their_names() {
+            use crate::catalog::model::DnsEndpoint;
+            use crate::catalog::testing::{dns_endpoint, labels};
+
+            let db = testing::service("external", "db", "postgres")
+                .port("tcp-postgres", 5432, Protocol::Tcp)
+                .dns(
+                    DnsResolution::Dns,
+                    [
+                        DnsEndpoint {
+                            az: Some("z1".into()),
+                            labels: labels([("role", "primary")]),
+                            ..dns_endpoint("primary.db.example.com")
+                        },
+                        dns_endpoint("replica.db.example.com"),
+                        dns_endpoint("192.0.2.7"),
+                    ],
+                )
+                .build();
+            let cache = testing::service("external", "cache", "redis")
+                .vip([169, 254, 255, 9])
+                .port("tcp-redis", 6379, Protocol::Tcp)
+                .dns(
+                    DnsResolution::DnsRoundRobin,
+                    [dns_endpoint("cache.example.com")],
+                )
+                .build();
+            let (db_host, cache_host) = (db.hostname.clone(), cache.hostname.clone());
+            let rules = ServiceRules {
+                policy: PortPolicies {
+                    all_ports: TrafficPolicy {
+                        load_balancer: Some(LoadBalancer::LeastRequest),
+                        outlier_detection: Some(traffic::OutlierDetection {
+                            consecutive_gateway_errors: Some(9),
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    },
+                    by_port: BTreeMap::new(),
+                },
+                subsets: BTreeMap::from([(
+                    "primary".to_string(),
+                    Subset {
+                        dns_endpoints: BTreeSet::from(["primary.db.example.com".to_string()]),
+                        ..Default::default()
+                    },
+                )]),
+                ..Default::default()
+            };
+            let catalog = testing::catalog(7, [db, cache]);
+            let traffic = TrafficRules {
+                services: BTreeMap::from([(db_host.clone(), rules)]),
+            };
+            let resources = build(Inputs {
+                catalog: &catalog,
+                traffic: &traffic,
+            });
+            let whole = cluster_name(&db_host, 5432);
+            let primary = subset_cluster_name(&db_host, 5432, "primary");
+            let logical = cluster_name(&cache_host, 6379);
+            assert_eq!(
+                names(&resources, ResourceType::Cluster),
+                [&primary, &whole, &logical]
+            );
+            assert!(
+                names(&resources, ResourceType::Endpoint).is_empty(),
+                "a DNS cluster takes no EDS"
+            );
+
+            let dns_cluster = |name: &str| -> (Cluster, DnsCluster, Vec<(String, String)>) {
+                let cluster: Cluster = resource(&resources, ResourceType::Cluster, name);
+                let Some(cluster::ClusterDiscoveryType::ClusterType(custom)) =
+                    &cluster.cluster_discovery_type
+                else {
+                    panic!("{name}: {:?}", cluster.cluster_discovery_type)
+                };
+                assert_eq!(custom.name, "envoy.cluster.dns");
+                let any = custom.typed_config.as_ref().expect("typed config");
+                assert_eq!(any.type_url, <DnsCluster as prost::Name>::type_url());
+                let dns = DnsCluster::decode(any.value.as_slice()).unwrap();
+                let assignment = cluster.load_assignment.as_ref().expect("inline endpoints");
+                assert_eq!(assignment.cluster_name, name);
+                let hosts = assignment
+                    .endpoints
+                    .iter()
+                    .flat_map(|locality| {
+                        let zone = locality.locality.as_ref().unwrap().zone.clone();
+                        locality
+                            .lb_endpoints
+                            .iter()
+                            .map(move |lb| (zone.clone(), host(lb)))
+                    })
+                    .collect();
+                (cluster, dns, hosts)
+            };
+
+            let (cluster, dns, hosts) = dns_cluster(&whole);
+            assert!(!dns.all_addresses_in_single_endpoint, "strict DNS");
+            assert_eq!(dns.dns_lookup_family, DnsLookupFamily::V4Only as i32);
+            assert!(dns.respect_dns_ttl);
+            assert_eq!(dns.dns_refresh_rate, Some(seconds(5)));
+            let failure = dns.dns_failure_refresh_rate.unwrap();
+            assert_eq!(failure.base_interval, Some(seconds(1)));
+            assert_eq!(failure.max_interval, Some(seconds(5)));
+            assert!(dns.typed_dns_resolver_config.is_none(), "the VM's resolver");
+            assert_eq!(
+                hosts,
+                [
+                    ("".to_string(), "replica.db.example.com".to_string()),
+                    ("".to_string(), "192.0.2.7".to_string()),
+                    ("z1".to_string(), "primary.db.example.com".to_string()),
+                ]
+            );
+            let port = |cluster: &Cluster| {
+                let lb = &cluster.load_assignment.as_ref().unwrap().endpoints[0].lb_endpoints[0];
+                let Some(lb_endpoint::HostIdentifier::Endpoint(e)) = &lb.host_identifier else {
+                    panic!("endpoint")
+                };
+                let Some(address::Address::SocketAddress(s)) = &e.address.as_ref().unwrap().address
+                else {
+                    panic!("socket address")
+                };
+                s.port_specifier.clone()
+            };
+            assert_eq!(
+                port(&cluster),
+                Some(socket_address::PortSpecifier::PortValue(5432))
+            );
+            assert!(cluster.eds_cluster_config.is_none());
+            assert_eq!(cluster.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+            assert_eq!(
+                cluster
+                    .outlier_detection
+                    .unwrap()
+                    .consecutive_gateway_failure,
+                Some(UInt32Value { value: 9 }),
+                "the DestinationRule's policy, as for an EDS cluster"
+            );
+
+            let (subset, _, hosts) = dns_cluster(&primary);
+            assert_eq!(
+                hosts,
+                [("z1".to_string(), "primary.db.example.com".to_string())]
+            );
+            assert_eq!(subset.lb_policy, cluster::LbPolicy::LeastRequest as i32);
+
+            let (_, dns, hosts) = dns_cluster(&logical);
+            assert!(dns.all_addresses_in_single_endpoint, "logical DNS");
+            assert_eq!(hosts, [("".to_string(), "cache.example.com".to_string())]);
+            let listener: Listener = resource(
+                &resources,
+                ResourceType::Listener,
+                &listener_name(Ipv4Addr::new(169, 254, 255, 9), 6379),
+            );
+            let proxy: TcpProxy = network_filter(&listener);
+            assert_eq!(
+                proxy.cluster_specifier,
+                Some(tcp_proxy::ClusterSpecifier::Cluster(logical.clone())),
+                "the service's VIP goes to its DNS cluster like to any other"
             );
         }
     }

@@ -875,6 +875,7 @@ mod tests {
             "v1".to_string(),
             crate::traffic::Subset {
                 endpoints: Default::default(),
+                dns_endpoints: Default::default(),
                 policy: PortPolicies {
                     all_ports: ring(HashKey::Cookie {
                         name: "session".to_string(),

@@ -177,6 +177,7 @@ fn dealt_into_subsets(catalog: &Catalog, subsets: usize) -> TrafficRules {
                         let endpoints = service.endpoints.iter().skip(k).step_by(subsets);
                         let subset = Subset {
                             endpoints: endpoints.map(|e| e.address).collect(),
+                            dns_endpoints: Default::default(),
                             policy: Default::default(),
                         };
                         (format!("s{k}"), subset)

@@ -579,6 +579,11 @@ async fn reconcile(state: &mut LabState) -> Result<()> {
         state.vms.retain(|v| v.namespace != vm.namespace);
         state.save()?;
     }
+    // Every VM knows every other one by its bosh-dns name, those that boot now included.
+    let hosts = vm::hosts_file(&planned);
+    for vm in &state.vms {
+        net::write_hosts(&vm.namespace, &hosts)?;
+    }
     for mut vm in planned {
         if state.vms.iter().any(|v| v.namespace == vm.namespace) {
             continue;
@@ -589,14 +594,14 @@ async fn reconcile(state: &mut LabState) -> Result<()> {
             vm.name(),
             vm.ip
         );
-        boot_vm(&state.layout, &mut vm)?;
+        boot_vm(&state.layout, &mut vm, &hosts)?;
         state.vms.push(vm);
         state.save()?;
     }
     Ok(())
 }
 
-fn boot_vm(layout: &Layout, vm: &mut Vm) -> Result<()> {
+fn boot_vm(layout: &Layout, vm: &mut Vm, hosts: &str) -> Result<()> {
     let resolver = vm.runs_addon().then_some("127.0.0.1");
     net::create_vm(
         &vm.namespace,
@@ -607,6 +612,8 @@ fn boot_vm(layout: &Layout, vm: &mut Vm) -> Result<()> {
         layout.vip_cidr,
         resolver,
     )?;
+    // Before any process starts: `ip netns exec` bind-mounts it only if it exists then.
+    net::write_hosts(&vm.namespace, hosts)?;
     vm::install_jobs(layout, vm)?;
     for command in &vm.pre_start {
         let args: Vec<&str> = command.iter().map(String::as_str).collect();

@@ -140,7 +140,18 @@ pub fn create_vm(
     Ok(())
 }
 
-/// Kills every process left in the namespace, then deletes it and its resolver config.
+/// Writes the VM's /etc/hosts (`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over
+/// /etc/hosts for the processes it starts). In place, not by rename: the processes already
+/// running hold the bind mount of the file itself, and see its new content only so.
+pub(crate) fn write_hosts(namespace: &str, hosts: &str) -> Result<()> {
+    let dir = Path::new("/etc/netns").join(namespace);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("hosts");
+    std::fs::write(&path, hosts).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Kills every process left in the namespace, then deletes it and its configs (resolver,
+/// hosts).
 pub fn delete_vm(namespace: &str, veth_host: &str) -> Result<()> {
     if namespaces()?.iter().any(|n| n == namespace) {
         if let Ok(output) = run("ip", &["netns", "pids", namespace]) {

@@ -1,5 +1,6 @@
 //! Knowing when the lab's mesh has converged: every addon VM resolves every service to its
-//! VIP, and every Envoy has exactly the healthy endpoints the control plane lists.
+//! VIP, and every Envoy has exactly the healthy endpoints the control plane lists (or, for a
+//! service whose endpoints Envoy finds through DNS, the service's clusters).
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -11,6 +12,7 @@ use serde::Deserialize;
 use super::net;
 use super::vm::{self, Vm};
 use super::LabState;
+use boshy::catalog::model::DnsEndpoints;
 use boshy::xds::resources::cluster_name;
 
 /// Polls `check` every 250 ms until it says yes or `timeout` passes.
@@ -61,6 +63,9 @@ pub struct Registration {
     pub job: String,
     pub ports: Vec<RegisteredPort>,
     pub endpoints: Vec<RegisteredEndpoint>,
+    /// A ServiceEntry's service resolved through DNS: the names Envoy resolves.
+    #[serde(default)]
+    pub dns: Option<DnsEndpoints>,
 }
 
 /// Reads `/v1/registration` from the first control-plane VM that answers.
@@ -113,14 +118,23 @@ pub fn resolve(vm: &Vm, name: &str) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The endpoints (`ip:port`) Envoy on `vm` considers healthy in `cluster`.
-pub fn envoy_healthy_endpoints(vm: &Vm, cluster: &str) -> Result<BTreeSet<String>> {
+/// Envoy's `/clusters` text on `vm`.
+fn envoy_clusters(vm: &Vm) -> Result<String> {
     let url = format!("http://{}/clusters", vm::ENVOY_ADMIN);
     let output = net::run_in(&vm.namespace, &["curl", "-sf", "--max-time", "2", &url])?;
-    Ok(parse_healthy_endpoints(
-        &String::from_utf8_lossy(&output.stdout),
-        cluster,
-    ))
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}
+
+/// The endpoints (`ip:port`) Envoy on `vm` considers healthy in `cluster`.
+pub fn envoy_healthy_endpoints(vm: &Vm, cluster: &str) -> Result<BTreeSet<String>> {
+    Ok(parse_healthy_endpoints(&envoy_clusters(vm)?, cluster))
+}
+
+/// Whether Envoy's `/clusters` text lists `cluster`, hosts or not: Envoy lists a cluster once
+/// it is warm, which for a DNS cluster is after its names were first looked up.
+fn lists_cluster(clusters: &str, cluster: &str) -> bool {
+    let prefix = format!("{cluster}::");
+    clusters.lines().any(|line| line.starts_with(&prefix))
 }
 
 /// Parses Envoy's `/clusters` text: `<cluster>::<ip:port>::health_flags::healthy`.
@@ -150,13 +164,20 @@ fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
             ));
         }
         for port in &service.ports {
+            let cluster = cluster_name(&service.hostname, port.number);
+            if service.dns.is_some() {
+                // Envoy finds the endpoints itself: it has converged once it has the cluster.
+                if !lists_cluster(&envoy_clusters(vm)?, &cluster) {
+                    lag.push(format!("{}: Envoy has no cluster {cluster}", vm.name()));
+                }
+                continue;
+            }
             let want: BTreeSet<String> = service
                 .endpoints
                 .iter()
                 .filter(|e| e.healthy)
                 .map(|e| format!("{}:{}", e.address, port.number))
                 .collect();
-            let cluster = cluster_name(&service.hostname, port.number);
             let have = envoy_healthy_endpoints(vm, &cluster)?;
             if have != want {
                 lag.push(format!(
@@ -210,5 +231,17 @@ outbound|9001||a.boshy::10.244.0.20:9001::health_flags::healthy
 ";
         let healthy = parse_healthy_endpoints(text, "outbound|9002||a.boshy");
         assert_eq!(healthy, BTreeSet::from(["10.244.0.12:9002".to_string()]));
+    }
+
+    #[test]
+    fn a_cluster_is_listed_with_or_without_hosts() {
+        let text = "\
+outbound|5432||db.external.boshy::observability_name::outbound|5432||db.external.boshy
+outbound|5432||db.external.boshy::default_priority::max_connections::1024
+outbound|9002||a.boshy::10.244.0.12:9002::health_flags::healthy
+";
+        assert!(lists_cluster(text, "outbound|5432||db.external.boshy"));
+        assert!(lists_cluster(text, "outbound|9002||a.boshy"));
+        assert!(!lists_cluster(text, "outbound|9002||b.boshy"));
     }
 }

@@ -66,6 +66,16 @@ impl Vm {
         )
     }
 
+    /// The name bosh-dns gives this instance on a real BOSH VM,
+    /// `<instance id>.<instance group>.<network>.<deployment>.bosh` (the fixtures' names are
+    /// DNS labels already, and every lab VM is on their one network, `default`).
+    fn bosh_dns_name(&self) -> String {
+        format!(
+            "{}.{}.default.{}.bosh",
+            self.id, self.instance_group, self.deployment
+        )
+    }
+
     pub fn runs_addon(&self) -> bool {
         self.deployment != CONTROL_PLANE_DEPLOYMENT
     }
@@ -165,6 +175,20 @@ fn lab_addon_properties(job: &str) -> Value {
         "bosh-envoy" => json!({"concurrency": 1, "log_level": "warning"}),
         _ => json!({}),
     }
+}
+
+/// The /etc/hosts of every lab VM (`ip netns exec` bind-mounts /etc/netns/<ns>/hosts over
+/// it): localhost, and the bosh-dns instance name of each of `vms`. No bosh-dns runs in the
+/// lab (each VM's nameserver is its virtual-ip-agent, which answers for the mesh's tld alone);
+/// glibc and c-ares, Envoy's resolver, read /etc/hosts before asking a nameserver, so these
+/// names resolve as bosh-dns would resolve them: what a ServiceEntry resolved through DNS
+/// names, a service outside the mesh by its own DNS name.
+pub(crate) fn hosts_file(vms: &[Vm]) -> String {
+    let mut hosts = String::from("127.0.0.1 localhost\n");
+    for vm in vms {
+        hosts.push_str(&format!("{} {}\n", vm.ip, vm.bosh_dns_name()));
+    }
+    hosts
 }
 
 /// Every VM the simulated director says exists (instances with a VM and an IPv4).
@@ -507,5 +531,16 @@ mod tests {
             .find(|j| j.name == "virtual-ip-agent")
             .unwrap();
         assert_eq!(virtual_ip_agent.properties["dns"]["port"], 53);
+    }
+
+    #[test]
+    fn every_vm_resolves_every_vms_bosh_dns_name_from_its_hosts_file() {
+        let vms = plan(&layout(), &state()).unwrap();
+        assert_eq!(
+            hosts_file(&vms),
+            "127.0.0.1 localhost\n\
+             10.9.0.10 bosh-pilot-0-id.bosh-pilot.default.bosh-istio.bosh\n\
+             10.9.0.20 apricot-0-id.apricot.default.sample.bosh\n"
+        );
     }
 }

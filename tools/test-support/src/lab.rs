@@ -72,6 +72,33 @@ impl LabCli {
         self.registration_from(pilots.first().expect("a bosh-istio VM"))
     }
 
+    /// The lab VM `deployment/instance_group/index`, as the lab's state records it.
+    pub fn vm(&self, name: &str) -> Value {
+        let text = |value: &Value| value.as_str().unwrap_or_default().to_string();
+        self.state()["vms"]
+            .as_array()
+            .expect("vms")
+            .iter()
+            .find(|vm| {
+                let group = [text(&vm["deployment"]), text(&vm["instance_group"])].join("/");
+                format!("{group}/{}", vm["index"]) == name
+            })
+            .unwrap_or_else(|| panic!("no lab VM {name}"))
+            .clone()
+    }
+
+    /// What this lab keeps in /etc/netns (one directory per VM namespace, `<lab>-...`).
+    pub fn netns_configs(&self) -> Vec<String> {
+        let prefix = format!("{}-", self.name);
+        std::fs::read_dir("/etc/netns")
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|entry| entry.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.starts_with(&prefix))
+            .collect()
+    }
+
     /// What `vm`'s resolver answers for `name` (empty for no A record).
     pub fn dig(&self, vm: &str, name: &str) -> String {
         self.ok(&[
