@@ -29,6 +29,7 @@ use boshy::xds::bootstrap::{AdsMode, NodeIdentity};
 use boshy::xds::cache::Sources;
 use boshy_test_support::envoy::{
     capture_vip_traffic, captured_logs, in_private_netns, loopback_listener, start_envoy,
+    CapturedLogs, Envoy,
 };
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -528,6 +529,23 @@ async fn serve_xds(catalog: Arc<Catalog>, traffic: TrafficRules) -> (Published, 
     (published, xds)
 }
 
+/// Neither CDS nor LDS rejected an update of `envoy` (the bootstrap keeps no per-service
+/// stats, so RDS and EDS have no such counter), and the server logged no NACK of any type
+/// from `node`.
+async fn assert_nothing_rejected(envoy: &Envoy, logs: &CapturedLogs, node: &NodeIdentity) {
+    for manager in ["cluster_manager.cds", "listener_manager.lds"] {
+        let stat = format!("{manager}.update_rejected");
+        assert_eq!(envoy.stat(&stat).await, Some(0), "{stat}");
+    }
+    let node_id = node.node_id();
+    let log = logs.text();
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("NACK") && l.contains(&node_id)),
+        "a NACK was logged:\n{log}"
+    );
+}
+
 /// The node of one test: its own instance id, so that tests running in parallel can each
 /// find their own lines in the shared server log.
 fn node(mode: AdsMode) -> NodeIdentity {
@@ -663,21 +681,9 @@ fn accepts_and_applies_every_rule(mode: AdsMode) {
         assert_eq!(whole["outlier_detection"]["consecutive_5xx"], 3);
         assert!(whole["common_lb_config"]["locality_weighted_lb_config"].is_object());
 
-        // Accepted: no update of any type was rejected, and the server saw no NACK.
-        // Accepted: neither CDS nor LDS rejected an update (the bootstrap keeps no
-        // per-service stats, so RDS and EDS have no such counter: their acceptance is the
-        // route names and endpoints above), and the server saw no NACK of any type.
-        for manager in ["cluster_manager.cds", "listener_manager.lds"] {
-            let stat = format!("{manager}.update_rejected");
-            assert_eq!(envoy.stat(&stat).await, Some(0), "{stat}");
-        }
-        let node_id = node(mode).node_id();
-        let log = logs.text();
-        assert!(
-            !log.lines()
-                .any(|l| l.contains("NACK") && l.contains(&node_id)),
-            "a NACK was logged:\n{log}"
-        );
+        // Accepted (RDS and EDS have no rejection counter: their acceptance is the route
+        // names and endpoints above).
+        assert_nothing_rejected(&envoy, logs, &node(mode)).await;
 
         // Real requests, on connections opened after the listener changed.
         let client = reqwest::Client::builder()
@@ -1111,18 +1117,7 @@ fn envoy_accepts_every_generated_rule_set_the_validation_accepts() {
                 )
                 .await;
         }
-        for manager in ["cluster_manager.cds", "listener_manager.lds"] {
-            let stat = format!("{manager}.update_rejected");
-            assert_eq!(envoy.stat(&stat).await, Some(0), "{stat}");
-        }
-        let node_id = node.node_id();
-        assert!(
-            !logs
-                .text()
-                .lines()
-                .any(|l| l.contains("NACK") && l.contains(&node_id)),
-            "a NACK was logged"
-        );
+        assert_nothing_rejected(&envoy, logs, &node).await;
     });
 }
 
@@ -1241,18 +1236,7 @@ items:
             assert_eq!(cluster["outlier_detection"]["consecutive_5xx"], 4, "{name}");
         }
 
-        for manager in ["cluster_manager.cds", "listener_manager.lds"] {
-            let stat = format!("{manager}.update_rejected");
-            assert_eq!(envoy.stat(&stat).await, Some(0), "{stat}");
-        }
-        let node_id = node.node_id();
-        assert!(
-            !logs
-                .text()
-                .lines()
-                .any(|l| l.contains("NACK") && l.contains(&node_id)),
-            "a NACK was logged"
-        );
+        assert_nothing_rejected(&envoy, logs, &node).await;
         assert!(
             !envoy
                 .log_text()

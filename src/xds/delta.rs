@@ -167,7 +167,7 @@ impl Subscription {
     ) -> (Vec<&'s NamedResource>, Vec<String>) {
         let mut updated = Vec::new();
         let mut removed = Vec::new();
-        let mut check = |name: &str| {
+        let check = |name: &str| {
             let current = self
                 .in_scope(name)
                 .then(|| snapshot.get_for(resource_type, name, class))
@@ -189,8 +189,11 @@ impl Subscription {
             // of the hundreds it already has.
             Some(changed) => {
                 let subscribed = self.unanswered.iter().map(|n| &**n);
-                let candidates: BTreeSet<&str> =
-                    changed.iter().map(String::as_str).chain(subscribed).collect();
+                let candidates: BTreeSet<&str> = changed
+                    .iter()
+                    .map(String::as_str)
+                    .chain(subscribed)
+                    .collect();
                 candidates.into_iter().for_each(check);
             }
             None => {
