@@ -32,12 +32,13 @@ const BASE: [(&str, &str); 2] = [
 ];
 
 /// The steps, in the walkthrough's order, each applied as config `bookinfo-routes`.
-const STEPS: [&str; 6] = [
+const STEPS: [&str; 7] = [
     "all-v1.yml",
     "reviews-jason-v2.yml",
     "reviews-v2-v3-50-50.yml",
     "ratings-delay-jason.yml",
     "ratings-abort-jason.yml",
+    "ratings-abort-from-reviews-v3.yml",
     "details-retries.yml",
 ];
 
