@@ -21,13 +21,27 @@ use crate::rules::mesh::selects;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Client {
     deployment: String,
-    instance_group: String,
     instance_id: String,
-    az: Option<String>,
-    index: Option<u32>,
+    /// The director's labels of the instance, what it has when it exposes no job: derived
+    /// once per stream, not at every snapshot.
+    instance_labels: Labels,
 }
 
 impl Client {
+    fn new(
+        deployment: &str,
+        instance_group: &str,
+        instance_id: &str,
+        az: Option<&str>,
+        index: Option<u32>,
+    ) -> Client {
+        Client {
+            deployment: deployment.to_string(),
+            instance_id: instance_id.to_string(),
+            instance_labels: instance_labels(deployment, instance_group, instance_id, az, index),
+        }
+    }
+
     /// `None` for a node without the metadata of a BOSH instance (an Envoy not started by
     /// the bosh-envoy job): it satisfies no selector.
     pub(crate) fn from_node(node: &Node) -> Option<Client> {
@@ -37,13 +51,13 @@ impl Client {
             Kind::NumberValue(number) => Some(number.to_string()),
             _ => None,
         };
-        Some(Client {
-            deployment: field("deployment")?,
-            instance_group: field("instance_group")?,
-            instance_id: field("instance_id")?,
-            az: field("az").filter(|az| !az.is_empty()),
-            index: field("index").and_then(|index| index.parse().ok()),
-        })
+        Some(Client::new(
+            &field("deployment")?,
+            &field("instance_group")?,
+            &field("instance_id")?,
+            field("az").filter(|az| !az.is_empty()).as_deref(),
+            field("index").and_then(|index| index.parse().ok()),
+        ))
     }
 }
 
@@ -52,8 +66,9 @@ impl Client {
 #[derive(Debug, Default)]
 pub(crate) struct SourceSelectors {
     selectors: Vec<Labels>,
-    /// (deployment, instance id) → the labels of each job the instance exposes.
-    exposed: HashMap<(String, String), Vec<Labels>>,
+    /// Deployment → instance id → the labels of each job the instance exposes (nested, so
+    /// that each stream looks its instance up at each snapshot without allocating).
+    exposed: HashMap<String, HashMap<String, Vec<Labels>>>,
 }
 
 /// The selectors one client satisfies: indexes into [`SourceSelectors`], ascending. The
@@ -71,17 +86,17 @@ impl SourceSelectors {
     /// `selectors` as numbered by `xds::resources`, judged against the instances of
     /// `catalog`'s job services.
     pub(crate) fn new(selectors: Vec<Labels>, catalog: &Catalog) -> Self {
-        let mut exposed: HashMap<(String, String), Vec<Labels>> = HashMap::new();
+        let mut exposed: HashMap<String, HashMap<String, Vec<Labels>>> = HashMap::new();
         if !selectors.is_empty() {
             let jobs = catalog
                 .services
                 .iter()
                 .filter(|s| s.service_entry.is_none());
             for service in jobs {
+                let instances = exposed.entry(service.key.deployment.clone()).or_default();
                 for endpoint in &service.endpoints {
-                    let instance = (service.key.deployment.clone(), endpoint.instance.clone());
-                    exposed
-                        .entry(instance)
+                    instances
+                        .entry(endpoint.instance.clone())
                         .or_default()
                         .push(endpoint.labels.clone());
                 }
@@ -96,21 +111,11 @@ impl SourceSelectors {
         let Some(client) = client.filter(|_| !self.selectors.is_empty()) else {
             return SourceClass::default();
         };
-        let key = (client.deployment.clone(), client.instance_id.clone());
-        let own;
-        let label_sets = match self.exposed.get(&key) {
-            Some(sets) => sets.as_slice(),
-            None => {
-                own = [instance_labels(
-                    &client.deployment,
-                    &client.instance_group,
-                    &client.instance_id,
-                    client.az.as_deref(),
-                    client.index,
-                )];
-                &own[..]
-            }
-        };
+        let label_sets = self
+            .exposed
+            .get(&client.deployment)
+            .and_then(|instances| instances.get(&client.instance_id))
+            .map_or(std::slice::from_ref(&client.instance_labels), Vec::as_slice);
         SourceClass(
             self.selectors
                 .iter()
@@ -236,15 +241,16 @@ mod tests {
             ("az", text("")),
         ]))
         .expect("a BOSH node");
+        assert_eq!(client, Client::new("shop", "web", "abc", None, Some(2)));
         assert_eq!(
-            client,
-            Client {
-                deployment: "shop".into(),
-                instance_group: "web".into(),
-                instance_id: "abc".into(),
-                az: None,
-                index: Some(2),
-            }
+            client.instance_labels,
+            labels([
+                ("bosh.io/deployment", "shop"),
+                ("bosh.io/instance-group", "web"),
+                ("bosh.io/id", "abc"),
+                ("bosh.io/index", "2"),
+            ]),
+            "an empty AZ is none"
         );
         let without_metadata = Node {
             id: "sidecar~10.0.0.9~web/abc~shop".to_string(),
@@ -286,13 +292,7 @@ mod tests {
             ],
             &catalog,
         );
-        let client = |deployment: &str, id: &str| Client {
-            deployment: deployment.into(),
-            instance_group: "web".into(),
-            instance_id: id.into(),
-            az: None,
-            index: None,
-        };
+        let client = |deployment: &str, id: &str| Client::new(deployment, "web", id, None, None);
         // Each job's labels alone: no selector mixes labels of two jobs.
         assert_eq!(
             selectors.class_of(Some(&client("shop", "inst-2"))),
