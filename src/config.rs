@@ -285,6 +285,22 @@ pub struct AgentConfig {
     /// Follow the pilots without TLS; for tests only, logged as a warning at every start.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// The BOSH instance the agent runs on. With it, the agent probes the instance's exposed
+    /// ports and reports their health to the pilots (docs/health.md); without it, it only
+    /// answers DNS.
+    #[serde(default)]
+    pub instance: Option<AgentInstance>,
+    /// How often the exposed ports are probed; also each probe's timeout.
+    #[serde(default = "default_probe_interval_ms")]
+    pub probe_interval_ms: u64,
+}
+
+/// `spec.deployment` and `spec.id` of the VM's jobs.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentInstance {
+    pub deployment: String,
+    pub id: String,
 }
 
 impl AgentConfig {
@@ -364,6 +380,10 @@ fn default_dns_listen() -> SocketAddr {
 fn default_dns_ttl() -> u32 {
     5
 }
+fn default_probe_interval_ms() -> u64 {
+    500
+}
+
 fn default_poll_interval() -> u64 {
     5
 }

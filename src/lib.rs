@@ -14,6 +14,7 @@ pub mod config;
 pub mod director;
 pub mod dnat;
 pub mod fsutil;
+pub mod health;
 pub mod httpbin;
 pub mod logging;
 pub mod metrics;

@@ -14,12 +14,17 @@ pub struct Metrics {
     pub xds_pushes: AtomicU64,
     pub xds_nacks: AtomicU64,
     pub names_streams: AtomicU64,
+    /// Instances whose health a connected virtual-ip-agent reports.
+    pub agents_reporting: AtomicU64,
+    pub agent_reports: AtomicU64,
     pub director_requests: AtomicU64,
     /// Rule configs with every resource accepted, and with at least one refused.
     pub rule_configs_accepted: AtomicU64,
     pub rule_configs_rejected: AtomicU64,
     /// Director poll errors by kind (e.g. `http_500`, `timeout`, `manifest_yaml`).
     director_poll_errors: Mutex<BTreeMap<String, u64>>,
+    /// Agent reports and stream identities refused, by reason.
+    agent_refusals: Mutex<BTreeMap<String, u64>>,
     /// NACKs of resources built from a rule config, by config name.
     rule_config_nacks: Mutex<BTreeMap<String, u64>>,
 }
@@ -32,6 +37,10 @@ pub fn global() -> &'static Metrics {
 impl Metrics {
     pub(crate) fn director_poll_error(&self, kind: &str) {
         count(&self.director_poll_errors, kind);
+    }
+
+    pub(crate) fn agent_refusal(&self, reason: &str) {
+        count(&self.agent_refusals, reason);
     }
 
     pub(crate) fn rule_config_nack(&self, config: &str) {
@@ -67,6 +76,11 @@ impl Metrics {
                 &self.names_streams,
             ),
             (
+                "boshy_agents_reporting",
+                "Instances whose health a connected virtual-ip-agent reports (the director's job_state is the fallback for the others)",
+                &self.agents_reporting,
+            ),
+            (
                 "boshy_rule_configs_accepted",
                 "Rule configs (director configs of type boshy-istio) with every resource accepted",
                 &self.rule_configs_accepted,
@@ -100,6 +114,11 @@ impl Metrics {
                 "HTTP requests sent to the director and UAA",
                 &self.director_requests,
             ),
+            (
+                "boshy_agent_reports_total",
+                "Health reports taken from virtual-ip-agents",
+                &self.agent_reports,
+            ),
         ];
         for (name, help, value) in counters {
             let _ = writeln!(
@@ -116,6 +135,15 @@ impl Metrics {
             ),
             "kind",
             &self.director_poll_errors,
+        );
+        labelled_counter(
+            &mut out,
+            (
+                "boshy_agent_refusals_total",
+                "Agent health reports and instance claims refused, by reason",
+            ),
+            "reason",
+            &self.agent_refusals,
         );
         labelled_counter(
             &mut out,

@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use crate::catalog::model::{Catalog, DeploymentInput};
 use crate::config::{self, PilotConfig, VipStoreKind};
 use crate::director::PublishedRuleConfigs;
+use crate::health::{self, AgentHealth, AgentRegistry};
 use crate::rule_status::ParsedConfigs;
 use crate::rules::{self, MeshView, RuleSet};
 use crate::traffic::TrafficRules;
@@ -111,10 +112,13 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
+    // The agents connected to this pilot and the health they report (docs/health.md).
+    let agents = Arc::new(AgentRegistry::default());
+    let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {
-            Some(tls) => names::serve_tls(names_listener, names_catalog, tls).await,
-            None => names::serve(names_listener, names_catalog).await,
+            Some(tls) => names::serve_tls(names_listener, names_catalog, names_agents, tls).await,
+            None => names::serve(names_listener, names_catalog, names_agents).await,
         }
     };
 
@@ -132,6 +136,9 @@ pub async fn run(args: Args) -> Result<()> {
         unaddressed: Reported::default(),
         built_from: None,
         entries: None,
+        health: agents.health(),
+        agents,
+        built: None,
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
@@ -175,6 +182,13 @@ struct CatalogPublisher {
     built_from: Option<(Arc<Vec<DeploymentInput>>, PublishedRuleConfigs)>,
     /// The ServiceEntries last accepted, and what they were judged from.
     entries: Option<JudgedEntries>,
+    /// The connected agents: instances the director no longer lists are forgotten.
+    agents: Arc<AgentRegistry>,
+    /// The health the agents report, applied to every catalog published.
+    health: watch::Receiver<Arc<AgentHealth>>,
+    /// The last catalog built, before the agents' health was applied: applied again alone
+    /// when only the health changed.
+    built: Option<Catalog>,
 }
 
 /// The accepted ServiceEntries (a rule set of nothing else) of one set of deployments and
@@ -220,6 +234,13 @@ impl CatalogPublisher {
                 },
                 changed = configs.changed(), if configs_followed => configs_followed = changed.is_ok(),
                 () = tokio::time::sleep(refresh_pause(vip_refresh, self.store_failures)) => {}
+                Ok(()) = self.health.changed() => {
+                    if let Some(built) = &self.built {
+                        let next = health::apply(built, &self.health.borrow_and_update());
+                        self.send(next);
+                    }
+                    continue;
+                }
             }
         }
     }
@@ -315,6 +336,24 @@ impl CatalogPublisher {
         });
         let next = catalog::with_entries(built.catalog, services);
         self.built_from = Some((inputs, configs));
+        let listed: BTreeSet<(&str, &str)> = next
+            .services
+            .iter()
+            .flat_map(|s| {
+                s.endpoints
+                    .iter()
+                    .map(|e| (s.key.deployment.as_str(), e.instance.as_str()))
+            })
+            .collect();
+        self.agents
+            .retain_listed(|i| listed.contains(&(i.deployment.as_str(), i.instance_id.as_str())));
+        let applied = health::apply(&next, &self.health.borrow_and_update());
+        self.built = Some(next);
+        self.send(applied);
+    }
+
+    /// Publishes `next` when it differs from the current catalog.
+    fn send(&mut self, next: Catalog) {
         let current = self.tx.borrow().clone();
         if next.version == current.version {
             return;

@@ -265,7 +265,12 @@ async fn the_name_table_streams_only_to_followers_with_a_mesh_certificate() {
     let (listener, address) = loopback_listener().await;
     let (_catalogs, catalog_rx) = watch::channel(catalog(7));
     let server_config = tls::server_config(&mesh.server(), &tls::ALPN_HTTP).unwrap();
-    let server = tokio::spawn(boshy::names::serve_tls(listener, catalog_rx, server_config));
+    let server = tokio::spawn(boshy::names::serve_tls(
+        listener,
+        catalog_rx,
+        Default::default(),
+        server_config,
+    ));
 
     let refused = watch_once(address, mesh.client_without_certificate()).await;
     let reason = refused.expect_err("a follower without a certificate is refused");
@@ -287,6 +292,7 @@ async fn the_name_table_streams_only_to_followers_with_a_mesh_certificate() {
         vec![address.to_string()],
         Some(tls::client_config(&mesh.client()).unwrap()),
         tx,
+        None,
     ));
     tokio::time::timeout(DEADLINE, tables.wait_for(|t| t.version == 7))
         .await
@@ -329,7 +335,12 @@ async fn a_follower_refuses_a_pilot_it_cannot_verify() {
         let (listener, address) = loopback_listener().await;
         let (_catalogs, catalog_rx) = watch::channel(catalog(3));
         let config = tls::server_config(&impostor, &tls::ALPN_HTTP).unwrap();
-        let server = tokio::spawn(boshy::names::serve_tls(listener, catalog_rx, config));
+        let server = tokio::spawn(boshy::names::serve_tls(
+            listener,
+            catalog_rx,
+            Default::default(),
+            config,
+        ));
         let refused = watch_once(address, tls::client_config(&mesh.client()).unwrap()).await;
         let error = refused.expect_err(what);
         assert!(error.contains(reason), "{what}: {error}");

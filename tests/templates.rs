@@ -540,6 +540,12 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(agent["listen"], "127.0.0.1:8053");
     assert_eq!(agent["tld"], "boshy");
     assert_eq!(agent["pilots"], json!(["https://10.244.0.10:15011"]));
+    assert_eq!(
+        agent["instance"],
+        json!({"deployment": "sample-deployment", "id": "6d0e0b4c-1111-4a4a-9b9b-000000000003"}),
+        "the agent reports the health of the instance it runs on"
+    );
+    assert_eq!(agent["probe_interval_ms"], 500);
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
@@ -551,6 +557,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let other = json!({
         "dns": {"listen_address": "0.0.0.0", "allow_non_loopback_listen": true, "port": 53, "ttl_seconds": 30},
         "dnat": {"redirect_port": 15002},
+        "health": {"probe_interval_ms": 2000},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -561,6 +568,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["tld"], "mesh");
     assert_eq!(agent["listen"], "0.0.0.0:53");
+    assert_eq!(agent["probe_interval_ms"], 2000);
     assert_eq!(
         agent["pilots"],
         json!(["https://10.244.0.10:16011", "https://10.244.0.11:16011"])

@@ -133,6 +133,15 @@ pub fn with_entries(catalog: Catalog, entries: Vec<Service>) -> Catalog {
     }
 }
 
+/// `catalog` with its version computed again, after its services were changed in place
+/// (the agents' health applied to its endpoints).
+pub fn rehash(catalog: Catalog) -> Catalog {
+    Catalog {
+        version: content_version(&catalog.tld, &catalog.services),
+        ..catalog
+    }
+}
+
 /// The instances of the service's instance group (by its BOSH name, as the director reports
 /// it) that can take traffic, sorted by (index, instance); those with a VM but no usable
 /// address are described in `unaddressed`. Only instance groups named in the manifest count:

@@ -8,4 +8,4 @@ pub mod model;
 pub mod testing;
 pub(crate) mod yaml_limits;
 
-pub use build::{build, diff, hostnames, with_entries, Built, CatalogDiff, Hostnames};
+pub use build::{build, diff, hostnames, rehash, with_entries, Built, CatalogDiff, Hostnames};

@@ -218,3 +218,10 @@ pub struct DeploymentInput {
     pub manifest: std::sync::Arc<ParsedManifest>,
     pub instances: std::sync::Arc<Vec<Instance>>,
 }
+
+/// One BOSH instance, by its deployment and the director's stable instance id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceRef {
+    pub deployment: String,
+    pub instance_id: String,
+}

@@ -9,7 +9,26 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::table::NameTable;
-use super::wire::{parse_line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH};
+use super::wire::{parse_line, Line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH};
+use crate::catalog::model::InstanceRef;
+use crate::health::report::REPORT_PATH;
+use crate::health::{AgentReport, ProbeSet};
+
+/// How long a pilot may take to take a health report before the follower gives up on it (and
+/// on the stream, which it then opens again).
+const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What a follower does for its agent's health reports: it names the instance on every
+/// stream, publishes the probes the pilots send back, and sends every pilot the agent's
+/// current report, again on every new stream.
+#[derive(Debug, Clone)]
+pub struct AgentLink {
+    pub instance: InstanceRef,
+    /// The probes from the pilots (the latest from any of them: they read the same director).
+    pub probes: Arc<watch::Sender<Option<ProbeSet>>>,
+    /// The agent's report; `None` until it has probed once.
+    pub reports: watch::Receiver<Option<AgentReport>>,
+}
 
 /// Follows every pilot in `pilots` (base URLs such as `https://10.244.0.10:15011`; a bare
 /// `host:port` means https with `tls`, else http) and publishes each valid table that differs
@@ -21,12 +40,15 @@ use super::wire::{parse_line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH
 ///
 /// With several pilots the table last received wins: replicas read the same director, so they
 /// disagree only between their polls, and each pilot sends a table only when it changes.
+///
+/// With `agent`, every stream names the agent's instance and carries its health reports.
 pub async fn follow(
     pilots: Vec<String>,
     tls: Option<rustls::ClientConfig>,
     tx: watch::Sender<Arc<NameTable>>,
+    agent: Option<AgentLink>,
 ) {
-    follow_with(pilots, tls, tx, FollowTiming::default()).await
+    follow_with(pilots, tls, tx, agent, FollowTiming::default()).await
 }
 
 /// How patient a follower is; shortened by the tests.
@@ -52,6 +74,7 @@ pub(crate) async fn follow_with(
     pilots: Vec<String>,
     tls: Option<rustls::ClientConfig>,
     tx: watch::Sender<Arc<NameTable>>,
+    agent: Option<AgentLink>,
     timing: FollowTiming,
 ) {
     if pilots.is_empty() {
@@ -75,68 +98,142 @@ pub(crate) async fn follow_with(
     let tx = Arc::new(tx);
     let mut followers = JoinSet::new();
     for pilot in pilots {
-        let url = watch_url(&pilot, secure);
-        followers.spawn(follow_pilot(client.clone(), pilot, url, tx.clone(), timing));
+        let stream = PilotStream {
+            client: client.clone(),
+            base: base_url(&pilot, secure),
+            pilot,
+            tx: tx.clone(),
+            agent: agent.clone(),
+            idle_timeout: timing.idle_timeout,
+        };
+        followers.spawn(follow_pilot(stream, timing));
     }
     // Each follower loops forever; dropping this future aborts them all.
     while followers.join_next().await.is_some() {}
 }
 
-async fn follow_pilot(
-    client: reqwest::Client,
-    pilot: String,
-    url: String,
-    tx: Arc<watch::Sender<Arc<NameTable>>>,
-    timing: FollowTiming,
-) {
+async fn follow_pilot(mut stream: PilotStream, timing: FollowTiming) {
     let mut backoff = Backoff::new(timing.backoff_min, timing.backoff_max);
     loop {
-        let err = read_stream(&client, &url, &tx, timing.idle_timeout, &mut backoff)
-            .await
-            .unwrap_err();
+        let err = stream.read(&mut backoff).await.unwrap_err();
         let delay = backoff.next_delay();
         tracing::warn!(
-            pilot = %pilot,
-            "name-table stream from {url}: {err:#}; reconnecting in {delay:?}"
+            pilot = %stream.pilot,
+            "name-table stream from {}: {err:#}; reconnecting in {delay:?}",
+            stream.base
         );
         tokio::time::sleep(delay).await;
     }
 }
 
-/// Reads one connection until it fails; never returns `Ok`. A valid line resets `backoff`.
-async fn read_stream(
-    client: &reqwest::Client,
-    url: &str,
-    tx: &watch::Sender<Arc<NameTable>>,
-    idle_timeout: Duration,
-    backoff: &mut Backoff,
-) -> anyhow::Result<std::convert::Infallible> {
-    let request = client
-        .get(url)
-        .header(reqwest::header::ACCEPT, CONTENT_TYPE)
-        .send();
-    let mut response = tokio::time::timeout(idle_timeout, request)
-        .await
-        .map_err(|_| anyhow!("no response within {idle_timeout:?}"))?
-        .map_err(|err| anyhow!(error_chain(&err)))
-        .context("cannot connect")?;
-    if !response.status().is_success() {
-        bail!("the pilot answered {}", response.status());
+/// Whether the agent's report changed; pending while there is none to send.
+async fn report_changed(
+    reports: Option<&mut watch::Receiver<Option<AgentReport>>>,
+    reporting: bool,
+) -> bool {
+    match reports {
+        Some(reports) if reporting => reports.changed().await.is_ok(),
+        _ => std::future::pending().await,
     }
-    let mut lines = LineBuffer::default();
-    loop {
-        let chunk = match tokio::time::timeout(idle_timeout, response.chunk()).await {
-            Err(_) => bail!("no data (not even a heartbeat) for {idle_timeout:?}"),
-            Ok(Err(err)) => bail!("reading the stream: {}", error_chain(&err)),
-            Ok(Ok(None)) => bail!("the pilot closed the stream"),
-            Ok(Ok(Some(chunk))) => chunk,
-        };
-        for line in lines.push(&chunk)? {
-            if let Some(table) = parse_line(&line)? {
-                publish(tx, table, url);
-            }
-            backoff.reset();
+}
+
+/// One pilot followed.
+struct PilotStream {
+    client: reqwest::Client,
+    /// As configured, for the log.
+    pilot: String,
+    /// `scheme://host:port`, without a trailing slash.
+    base: String,
+    tx: Arc<watch::Sender<Arc<NameTable>>>,
+    agent: Option<AgentLink>,
+    idle_timeout: Duration,
+}
+
+impl PilotStream {
+    /// Reads one connection until it fails; never returns `Ok`. A valid line resets
+    /// `backoff`.
+    async fn read(&mut self, backoff: &mut Backoff) -> anyhow::Result<std::convert::Infallible> {
+        let idle_timeout = self.idle_timeout;
+        let url = format!("{}{WATCH_PATH}", self.base);
+        let mut request = self
+            .client
+            .get(&url)
+            .header(reqwest::header::ACCEPT, CONTENT_TYPE);
+        if let Some(agent) = &self.agent {
+            request = request.query(&[
+                ("deployment", agent.instance.deployment.as_str()),
+                ("instance", agent.instance.instance_id.as_str()),
+            ]);
         }
+        let mut response = tokio::time::timeout(idle_timeout, request.send())
+            .await
+            .map_err(|_| anyhow!("no response within {idle_timeout:?}"))?
+            .map_err(|err| anyhow!(error_chain(&err)))
+            .context("cannot connect")?;
+        if !response.status().is_success() {
+            bail!("the pilot answered {}", response.status());
+        }
+        // Reports go to this pilot once it has verified the claim (it sent probes), then at
+        // every change.
+        let mut reporting = false;
+        let mut reports = self.agent.as_ref().map(|a| a.reports.clone());
+        let mut lines = LineBuffer::default();
+        loop {
+            let chunk = tokio::select! {
+                chunk = tokio::time::timeout(idle_timeout, response.chunk()) => chunk,
+                true = report_changed(reports.as_mut(), reporting) => {
+                    self.send_report(reports.as_mut()).await?;
+                    continue;
+                }
+            };
+            let chunk = match chunk {
+                Err(_) => bail!("no data (not even a heartbeat) for {idle_timeout:?}"),
+                Ok(Err(err)) => bail!("reading the stream: {}", error_chain(&err)),
+                Ok(Ok(None)) => bail!("the pilot closed the stream"),
+                Ok(Ok(Some(chunk))) => chunk,
+            };
+            for line in lines.push(&chunk)? {
+                match parse_line(&line)? {
+                    Line::Table(table) => publish(&self.tx, table, &url),
+                    Line::Probes(probes) => {
+                        if let Some(agent) = &self.agent {
+                            agent.probes.send_replace(Some(probes));
+                            reporting = true;
+                            self.send_report(reports.as_mut()).await?;
+                        }
+                    }
+                    Line::Nothing => {}
+                }
+                backoff.reset();
+            }
+        }
+    }
+
+    /// Sends the agent's current report, if it has one yet. A pilot that does not take it
+    /// fails the stream, which is opened again: the new stream sends the report again.
+    async fn send_report(
+        &self,
+        reports: Option<&mut watch::Receiver<Option<AgentReport>>>,
+    ) -> anyhow::Result<()> {
+        let Some(report) = reports.and_then(|r| r.borrow_and_update().clone()) else {
+            return Ok(());
+        };
+        let url = format!("{}{REPORT_PATH}", self.base);
+        let sent = self.client.post(&url).json(&report).send();
+        let response = tokio::time::timeout(REPORT_TIMEOUT, sent)
+            .await
+            .map_err(|_| anyhow!("the health report was not taken within {REPORT_TIMEOUT:?}"))?
+            .map_err(|err| anyhow!("sending the health report: {}", error_chain(&err)))?;
+        if !response.status().is_success() {
+            let status = response.status();
+            let reason = response.text().await.unwrap_or_default();
+            bail!(
+                "the pilot refused the health report ({status}): {}",
+                crate::text::clip(&reason)
+            );
+        }
+        tracing::info!(pilot = %self.pilot, failing_ports = ?report.failing_ports, leaving = report.leaving, "health reported");
+        Ok(())
     }
 }
 
@@ -154,15 +251,15 @@ fn publish(tx: &watch::Sender<Arc<NameTable>>, table: NameTable, url: &str) {
     }
 }
 
-/// The watch URL for one configured pilot address; a bare `host:port` gets https when the
+/// The base URL of one configured pilot address; a bare `host:port` gets https when the
 /// stream is `secure`.
-fn watch_url(pilot: &str, secure: bool) -> String {
+fn base_url(pilot: &str, secure: bool) -> String {
     let base = pilot.trim().trim_end_matches('/');
     if base.contains("://") {
-        format!("{base}{WATCH_PATH}")
+        base.to_string()
     } else {
         let scheme = if secure { "https" } else { "http" };
-        format!("{scheme}://{base}{WATCH_PATH}")
+        format!("{scheme}://{base}")
     }
 }
 
@@ -215,23 +312,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn watch_url_accepts_base_urls_and_bare_addresses() {
+    fn base_url_accepts_base_urls_and_bare_addresses() {
         assert_eq!(
-            watch_url("http://10.0.0.1:15011/", false),
-            "http://10.0.0.1:15011/v1/names/watch"
+            base_url("http://10.0.0.1:15011/", false),
+            "http://10.0.0.1:15011"
         );
-        assert_eq!(
-            watch_url("10.0.0.1:15011", false),
-            "http://10.0.0.1:15011/v1/names/watch"
-        );
-        assert_eq!(
-            watch_url("10.0.0.1:15011", true),
-            "https://10.0.0.1:15011/v1/names/watch"
-        );
-        assert_eq!(
-            watch_url("https://pilot:15011", true),
-            "https://pilot:15011/v1/names/watch"
-        );
+        assert_eq!(base_url("10.0.0.1:15011", false), "http://10.0.0.1:15011");
+        assert_eq!(base_url("10.0.0.1:15011", true), "https://10.0.0.1:15011");
+        assert_eq!(base_url("https://pilot:15011", true), "https://pilot:15011");
     }
 
     #[test]

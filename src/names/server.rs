@@ -7,11 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
-use axum::extract::{ConnectInfo, State};
-use axum::http::header;
-use axum::response::Response;
-use axum::routing::get;
-use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
 use futures::StreamExt;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -19,15 +19,24 @@ use tokio::time::Instant;
 
 use super::table::NameTable;
 use super::wire::{Message, CONTENT_TYPE, HEARTBEAT_INTERVAL, WATCH_PATH};
-use crate::catalog::model::Catalog;
+use crate::catalog::model::{Catalog, InstanceRef};
+use crate::health::registry::AgentStream;
+use crate::health::report::REPORT_PATH;
+use crate::health::{probes_for, AgentRegistry, AgentReport, ProbeSet};
+use crate::metrics;
+use crate::text::clip;
+
+/// An agent's report is a few ports: anything bigger is not one.
+const MAX_REPORT_BYTES: usize = 64 * 1024;
 
 /// Serves `GET /v1/names/watch` until the listener fails. Dropping the future closes every
 /// open stream too, so followers notice at once and reconnect elsewhere.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
 ) -> anyhow::Result<()> {
-    serve_with_heartbeat(listener, catalog, HEARTBEAT_INTERVAL).await
+    serve_with_heartbeat(listener, catalog, agents, HEARTBEAT_INTERVAL).await
 }
 
 /// Like [`serve`], over mutual TLS: only followers presenting a certificate that `tls`
@@ -35,11 +44,12 @@ pub async fn serve(
 pub async fn serve_tls(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
     tls: Arc<rustls::ServerConfig>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!("names server listening on {local} (mutual TLS)");
-    let router = router(catalog, HEARTBEAT_INTERVAL);
+    let router = router(catalog, agents, HEARTBEAT_INTERVAL);
     let mut incoming = crate::tls::incoming(listener, tls, "names");
     // The connections belong to this future, as with `serve`: dropping it closes them.
     let mut connections = JoinSet::new();
@@ -58,31 +68,66 @@ pub async fn serve_tls(
 pub(crate) async fn serve_with_heartbeat(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
     heartbeat: Duration,
 ) -> anyhow::Result<()> {
-    crate::api::serve_router(listener, router(catalog, heartbeat), "names").await
+    crate::api::serve_router(listener, router(catalog, agents, heartbeat), "names").await
 }
 
-fn router(catalog: watch::Receiver<Arc<Catalog>>, heartbeat: Duration) -> Router {
+fn router(
+    catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
+    heartbeat: Duration,
+) -> Router {
     Router::new()
         .route(WATCH_PATH, get(watch_names))
-        .with_state(WatchConfig { catalog, heartbeat })
+        .route(REPORT_PATH, post(take_report))
+        .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
+        .with_state(WatchConfig {
+            catalog,
+            agents,
+            heartbeat,
+        })
 }
 
 #[derive(Clone)]
 struct WatchConfig {
     catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
     heartbeat: Duration,
+}
+
+/// The instance a follower says it runs on: `?deployment=<name>&instance=<id>`, sent by
+/// agents that report health. Absent for followers that only want the table.
+#[derive(Debug, serde::Deserialize)]
+struct Claim {
+    deployment: Option<String>,
+    instance: Option<String>,
 }
 
 async fn watch_names(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(claim): Query<Claim>,
 ) -> Response {
+    let agent = match (claim.deployment, claim.instance) {
+        (Some(deployment), Some(instance_id)) => Some(AgentClaim {
+            instance: InstanceRef {
+                deployment,
+                instance_id,
+            },
+            registry: config.agents.clone(),
+            open: None,
+            probes: None,
+            refusal: None,
+        }),
+        _ => None,
+    };
     let stream = NameStream {
         catalog: config.catalog,
         heartbeat: config.heartbeat,
         sent: None,
+        agent,
         _open: OpenStream::new(peer),
     };
     let lines = futures::stream::unfold(stream, |mut stream| async move {
@@ -102,7 +147,53 @@ struct NameStream {
     heartbeat: Duration,
     /// The last table sent; `None` until the pilot has a catalog from the director.
     sent: Option<NameTable>,
+    /// The follower's agent, when it named its instance.
+    agent: Option<AgentClaim>,
     _open: OpenStream,
+}
+
+/// The instance an agent's stream claims, and what came of the claim.
+struct AgentClaim {
+    instance: InstanceRef,
+    registry: Arc<AgentRegistry>,
+    /// Held while the claim is verified: the agent's reports count until it drops.
+    open: Option<AgentStream>,
+    /// The probes last sent.
+    probes: Option<ProbeSet>,
+    /// Why the claim was last refused, logged once per reason.
+    refusal: Option<String>,
+}
+
+impl AgentClaim {
+    /// Checks the claim against `catalog` (the instance is an endpoint, listed at `peer`);
+    /// returns the probes to send when they changed.
+    fn follow(&mut self, catalog: &Catalog, peer: SocketAddr) -> Option<ProbeSet> {
+        match probes_for(catalog, &self.instance, peer.ip()) {
+            Ok(probes) => {
+                self.refusal = None;
+                if self.open.is_none() {
+                    self.open = Some(self.registry.open(self.instance.clone()));
+                }
+                if self.probes.as_ref() == Some(&probes) {
+                    return None;
+                }
+                self.probes = Some(probes.clone());
+                Some(probes)
+            }
+            Err(unverified) => {
+                // Its reports no longer count; the director's view takes over.
+                self.open = None;
+                self.probes = None;
+                let reason = unverified.to_string();
+                if self.refusal.as_ref() != Some(&reason) {
+                    metrics::global().agent_refusal("claim");
+                    tracing::warn!(%peer, deployment = %clip(&self.instance.deployment), instance = %clip(&self.instance.instance_id), "an agent's health is not taken: {reason}");
+                    self.refusal = Some(reason);
+                }
+                None
+            }
+        }
+    }
 }
 
 impl NameStream {
@@ -123,6 +214,14 @@ impl NameStream {
                 self.sent = table;
                 return Some(Message::Table(self.sent.clone()?).to_line());
             }
+            // Probes follow the first table: before it, the catalog is the placeholder.
+            if self.sent.is_some() {
+                let peer = self._open.peer;
+                let catalog = self.catalog.borrow().clone();
+                if let Some(probes) = self.agent.as_mut().and_then(|a| a.follow(&catalog, peer)) {
+                    return Some(Message::Probes(probes).to_line());
+                }
+            }
             tokio::select! {
                 changed = self.catalog.changed() => changed.ok()?,
                 () = tokio::time::sleep_until(deadline) => {
@@ -131,6 +230,37 @@ impl NameStream {
                 }
             }
         }
+    }
+}
+
+/// `POST /v1/names/health`: an agent's report, taken when the director lists its instance at
+/// the address it comes from and that instance's stream is open here.
+async fn take_report(
+    State(config): State<WatchConfig>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(report): Json<AgentReport>,
+) -> Response {
+    let instance = report.instance_ref();
+    let catalog = config.catalog.borrow().clone();
+    let refused = |status: StatusCode, kind: &str, reason: String| {
+        metrics::global().agent_refusal(kind);
+        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "health report refused: {reason}");
+        (status, reason).into_response()
+    };
+    if let Err(unverified) = probes_for(&catalog, &instance, peer.ip()) {
+        return refused(StatusCode::FORBIDDEN, "claim", unverified.to_string());
+    }
+    let failing = report.failing_ports.clone();
+    let leaving = report.leaving;
+    match config.agents.report(report) {
+        Ok(()) => {
+            metrics::global()
+                .agent_reports
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(%peer, ?failing, leaving, "health report");
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(err) => refused(StatusCode::CONFLICT, "no_stream", err.to_string()),
     }
 }
 

@@ -11,11 +11,13 @@ use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::follower::AgentLink;
 use super::follower::{follow_with, FollowTiming};
 use super::server::serve_with_heartbeat;
 use super::table::NameTable;
-use crate::catalog::model::Catalog;
-use crate::catalog::testing::{self, service};
+use crate::catalog::model::{Catalog, Endpoint, InstanceRef, Protocol};
+use crate::catalog::testing::{self, endpoint, service};
+use crate::health::{AgentRegistry, AgentReport, ProbeSet};
 
 /// Far longer than anything here should take; only a broken implementation waits this long.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -39,6 +41,7 @@ fn catalog(version: u64, jobs: &[&str]) -> Catalog {
 struct Pilot {
     address: SocketAddr,
     catalog: watch::Sender<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
     server: JoinHandle<anyhow::Result<()>>,
 }
 
@@ -51,14 +54,17 @@ impl Pilot {
     fn start_on(listener: TcpListener, initial: Catalog) -> Pilot {
         let address = listener.local_addr().unwrap();
         let (catalog, rx) = watch::channel(Arc::new(initial));
+        let agents = Arc::new(AgentRegistry::default());
         let server = tokio::spawn(serve_with_heartbeat(
             listener,
             rx,
+            agents.clone(),
             Duration::from_millis(100),
         ));
         Pilot {
             address,
             catalog,
+            agents,
             server,
         }
     }
@@ -77,7 +83,7 @@ impl Pilot {
 
 fn start_follower(pilots: Vec<String>, timing: FollowTiming) -> watch::Receiver<Arc<NameTable>> {
     let (tx, rx) = watch::channel(Arc::new(NameTable::default()));
-    tokio::spawn(follow_with(pilots, None, tx, timing));
+    tokio::spawn(follow_with(pilots, None, tx, None, timing));
     rx
 }
 
@@ -283,4 +289,160 @@ async fn an_invalid_table_is_not_published() {
     assert!(!table.names.contains_key("bank.example.com"));
     assert_eq!(accepted.recv().await, Some(0));
     assert_eq!(accepted.recv().await, Some(1));
+}
+
+/// A catalog where instance `a` of deployment `d` serves job `web` on port 8080 at
+/// `address`.
+fn agent_catalog(version: u64, address: &str) -> Catalog {
+    let web = service("d", "g", "web")
+        .vip([169, 254, 255, 1])
+        .port("http", 8080, Protocol::Http)
+        .endpoint(Endpoint {
+            instance: "a".into(),
+            ..endpoint(address)
+        });
+    testing::catalog(version, [web])
+}
+
+/// A follower for instance `a` of `d`, whose agent's report is whatever the test sends.
+struct FollowingAgent {
+    probes: watch::Receiver<Option<ProbeSet>>,
+    reports: watch::Sender<Option<AgentReport>>,
+}
+
+fn start_agent(pilots: Vec<String>) -> FollowingAgent {
+    let (tables, _) = watch::channel(Arc::new(NameTable::default()));
+    let (probes_tx, probes) = watch::channel(None);
+    let (reports, reports_rx) = watch::channel(None);
+    let link = AgentLink {
+        instance: InstanceRef {
+            deployment: "d".into(),
+            instance_id: "a".into(),
+        },
+        probes: Arc::new(probes_tx),
+        reports: reports_rx,
+    };
+    tokio::spawn(follow_with(pilots, None, tables, Some(link), FAST));
+    FollowingAgent { probes, reports }
+}
+
+fn report(failing: &[u16]) -> Option<AgentReport> {
+    Some(AgentReport {
+        deployment: "d".into(),
+        instance: "a".into(),
+        failing_ports: failing.iter().copied().collect(),
+        leaving: false,
+    })
+}
+
+async fn wait_for_failing(pilot: &Pilot, failing: &[u16]) {
+    let mut health = pilot.agents.health();
+    let wanted: std::collections::BTreeSet<u16> = failing.iter().copied().collect();
+    tokio::time::timeout(
+        PATIENCE,
+        health.wait_for(|h| h.get("d", "a").is_some_and(|a| a.failing_ports == wanted)),
+    )
+    .await
+    .unwrap_or_else(|_| panic!("the pilot never saw failing ports {failing:?}"))
+    .unwrap();
+}
+
+#[tokio::test]
+async fn an_agent_gets_its_probes_and_every_pilot_gets_its_reports_again_after_a_restart() {
+    let first = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
+    let second = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
+    let mut agent = start_agent(vec![first.url(), second.url()]);
+    let probes = tokio::time::timeout(PATIENCE, agent.probes.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        probes,
+        Some(ProbeSet {
+            address: [127, 0, 0, 1].into(),
+            ports: vec![8080]
+        })
+    );
+    agent.reports.send_replace(report(&[8080]));
+    wait_for_failing(&first, &[8080]).await;
+    wait_for_failing(&second, &[8080]).await;
+    agent.reports.send_replace(report(&[]));
+    wait_for_failing(&first, &[]).await;
+
+    // A restarted pilot knows nothing: the agent's new stream brings its state back.
+    let address = first.stop().await;
+    let restarted = Pilot::start_on(
+        TcpListener::bind(address).await.unwrap(),
+        agent_catalog(1, "127.0.0.1"),
+    );
+    wait_for_failing(&restarted, &[]).await;
+    assert_eq!(restarted.agents.covered().borrow().len(), 1);
+}
+
+#[tokio::test]
+async fn a_claim_from_another_address_gets_no_probes_and_its_reports_are_refused() {
+    let pilot = Pilot::start(agent_catalog(1, "10.9.9.9")).await;
+    let mut agent = start_agent(vec![pilot.url()]);
+    agent.reports.send_replace(report(&[8080]));
+    // The table arrives, probes never do.
+    let mut tables = start_follower(vec![pilot.url()], FAST);
+    wait_for_version(&mut tables, 1).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), agent.probes.changed())
+            .await
+            .is_err(),
+        "no probes for a stream from 127.0.0.1 claiming the instance listed at 10.9.9.9"
+    );
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/names/health", pilot.url()))
+        .json(&report(&[]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::FORBIDDEN);
+    assert!(refused.text().await.unwrap().contains("10.9.9.9"));
+    assert!(pilot.agents.health().borrow().is_empty());
+
+    // Listed at this address now, but a report without the instance's stream open here is
+    // not taken either.
+    let listed = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
+    let refused = reqwest::Client::new()
+        .post(format!("{}/v1/names/health", listed.url()))
+        .json(&report(&[]).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), reqwest::StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn when_the_agent_goes_away_its_report_no_longer_counts() {
+    let pilot = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
+    let (tables, _) = watch::channel(Arc::new(NameTable::default()));
+    let (probes_tx, _probes) = watch::channel(None);
+    let (reports, reports_rx) = watch::channel(report(&[8080]));
+    let link = AgentLink {
+        instance: InstanceRef {
+            deployment: "d".into(),
+            instance_id: "a".into(),
+        },
+        probes: Arc::new(probes_tx),
+        reports: reports_rx,
+    };
+    let follower = tokio::spawn(follow_with(
+        vec![pilot.url()],
+        None,
+        tables,
+        Some(link),
+        FAST,
+    ));
+    wait_for_failing(&pilot, &[8080]).await;
+    follower.abort();
+    drop(reports);
+    let mut health = pilot.agents.health();
+    tokio::time::timeout(PATIENCE, health.wait_for(|h| h.is_empty()))
+        .await
+        .expect("the stream's end takes the report out")
+        .unwrap();
 }

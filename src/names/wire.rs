@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::table::NameTable;
 use crate::catalog::manifest::is_dns_label;
+use crate::health::ProbeSet;
 use crate::text::clip;
 
 /// The streaming endpoint on the pilot's names port.
@@ -36,6 +37,11 @@ pub enum Message {
     Table(NameTable),
     /// `{"heartbeat": 123}`: the version of the last table sent on this stream, 0 before any.
     Heartbeat(u64),
+    /// `{"probes": {"address": "10.0.0.5", "ports": [8080]}}`: what the follower's agent
+    /// probes, sent only on a stream whose follower named its instance (so followers that do
+    /// not know this line never get one), first when the claim is verified and again when the
+    /// instance's exposed ports change.
+    Probes(ProbeSet),
 }
 
 impl Message {
@@ -80,21 +86,33 @@ fn is_dns_name(name: &str) -> bool {
     name.len() <= 253 && name.split('.').all(is_dns_label)
 }
 
-/// A table to publish, `None` for a heartbeat or an empty line, or why the line is bad.
-pub fn parse_line(line: &[u8]) -> anyhow::Result<Option<NameTable>> {
+/// What a valid line asks of the follower.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Line {
+    /// A table to publish.
+    Table(NameTable),
+    /// The probes of the follower's agent.
+    Probes(ProbeSet),
+    /// A heartbeat or an empty line.
+    Nothing,
+}
+
+/// What a line asks of the follower, or why the line is bad.
+pub fn parse_line(line: &[u8]) -> anyhow::Result<Line> {
     if line.trim_ascii().is_empty() {
-        return Ok(None);
+        return Ok(Line::Nothing);
     }
     let message: Message = serde_json::from_slice(line).map_err(|err| {
         let start = String::from_utf8_lossy(&line[..line.len().min(80)]).into_owned();
         anyhow!("bad line ({}), starting {start:?}", clip(&err.to_string()))
     })?;
     match message {
-        Message::Heartbeat(_) => Ok(None),
+        Message::Heartbeat(_) => Ok(Line::Nothing),
         Message::Table(table) => {
             validate(&table).map_err(|err| anyhow!("invalid table: {err}"))?;
-            Ok(Some(table))
+            Ok(Line::Table(table))
         }
+        Message::Probes(probes) => Ok(Line::Probes(probes)),
     }
 }
 
@@ -225,14 +243,22 @@ mod tests {
 
     #[test]
     fn parse_line_tells_heartbeats_tables_and_garbage_apart() {
-        assert_eq!(parse_line(b"{\"heartbeat\":3}").unwrap(), None);
-        assert_eq!(parse_line(b"  ").unwrap(), None);
-        let table = parse_line(
+        assert_eq!(parse_line(b"{\"heartbeat\":3}").unwrap(), Line::Nothing);
+        assert_eq!(parse_line(b"  ").unwrap(), Line::Nothing);
+        let Line::Table(table) = parse_line(
             b"{\"table\":{\"version\":3,\"tld\":\"boshy\",\"names\":{\"a.b.c.boshy\":\"169.254.255.1\"}}}",
         )
-        .unwrap()
-        .unwrap();
+        .unwrap() else {
+            panic!("a table")
+        };
         assert_eq!(table.version, 3);
+        assert_eq!(
+            parse_line(b"{\"probes\":{\"address\":\"10.0.0.5\",\"ports\":[80,8080]}}").unwrap(),
+            Line::Probes(ProbeSet {
+                address: [10, 0, 0, 5].into(),
+                ports: vec![80, 8080]
+            })
+        );
         let err = parse_line(b"not json at all").unwrap_err().to_string();
         assert!(
             err.contains("bad line") && err.contains("not json"),

@@ -22,14 +22,17 @@ mod transport;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use hickory_server::proto::rr::Name;
 use tokio::sync::watch;
 use tracing::{info, warn};
 
+use crate::catalog::model::InstanceRef;
 use crate::config::AgentConfig;
 use crate::names::table::NameTable;
+use crate::names::AgentLink;
 use dns::{SkippedName, Zone};
 use handler::ZoneCell;
 
@@ -96,7 +99,36 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     let (publisher, tables) = watch::channel(saved.clone());
-    tokio::spawn(crate::names::follow(config.pilots.clone(), tls, publisher));
+    // Set by the drain (see `drain`), carried in every report.
+    let (_leaving_tx, leaving) = watch::channel(false);
+    let agent = config.instance.as_ref().map(|instance| {
+        let instance = InstanceRef {
+            deployment: instance.deployment.clone(),
+            instance_id: instance.id.clone(),
+        };
+        let (probes_tx, probes_rx) = watch::channel(None);
+        let (reports_tx, reports_rx) = watch::channel(None);
+        let interval = Duration::from_millis(config.probe_interval_ms);
+        tokio::spawn(crate::health::prober::run(
+            instance.clone(),
+            probes_rx,
+            leaving.clone(),
+            reports_tx,
+            interval,
+        ));
+        info!(deployment = %instance.deployment, instance = %instance.instance_id, ?interval, "reporting this instance's health to the pilots");
+        AgentLink {
+            instance,
+            probes: Arc::new(probes_tx),
+            reports: reports_rx,
+        }
+    });
+    tokio::spawn(crate::names::follow(
+        config.pilots.clone(),
+        tls,
+        publisher,
+        agent,
+    ));
     tokio::spawn(follow_tables(
         tables,
         saved,
@@ -146,6 +178,13 @@ pub fn validate(config: &AgentConfig, path: &Path) -> Result<Name> {
             "{}: {} is above 2147483647",
             at("ttl_seconds"),
             config.ttl_seconds
+        );
+    }
+    if !(100..=60_000).contains(&config.probe_interval_ms) {
+        bail!(
+            "{}: {} is outside 100..=60000 (milliseconds)",
+            at("probe_interval_ms"),
+            config.probe_interval_ms
         );
     }
     if config.table_path.file_name().is_none() {
@@ -279,6 +318,11 @@ mod tests {
                 "`pilots[1]`",
             ),
             (format!("{GOOD}ttl_seconds: 4294967295\n"), "`ttl_seconds`"),
+            (
+                format!("{GOOD}probe_interval_ms: 0\n"),
+                "`probe_interval_ms`",
+            ),
+            (format!("{GOOD}instance: {{deployment: d}}\n"), "instance"),
             (format!("{GOOD}listen: nowhere\n"), "listen"),
             ("table_path: /t\n".to_string(), "pilots"),
         ] {

@@ -1,0 +1,232 @@
+//! Pure: the agents' health applied to a catalog, and what one instance's agent probes.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use super::registry::AgentHealth;
+use super::report::ProbeSet;
+use crate::catalog::model::{Catalog, InstanceRef};
+
+/// `catalog` with the health the agents report: an endpoint whose instance has a connected
+/// agent is healthy when none of its service's ports fails that agent's probe and the
+/// instance is not leaving; an instance leaving is out even once its agent is gone (its jobs
+/// are stopping). Every other endpoint keeps the director's view. The version is computed
+/// again only when an endpoint changed.
+pub fn apply(catalog: &Catalog, health: &AgentHealth) -> Catalog {
+    let mut next = catalog.clone();
+    if health.is_empty() {
+        return next;
+    }
+    let mut changed = false;
+    for service in &mut next.services {
+        if service.service_entry.is_some() {
+            continue;
+        }
+        for endpoint in &mut service.endpoints {
+            let Some(reported) = health.get(&service.key.deployment, &endpoint.instance) else {
+                continue;
+            };
+            let healthy = !reported.leaving
+                && !service
+                    .ports
+                    .iter()
+                    .any(|p| reported.failing_ports.contains(&p.number));
+            changed |= endpoint.healthy != healthy;
+            endpoint.healthy = healthy;
+        }
+    }
+    if changed {
+        next = crate::catalog::rehash(next);
+    }
+    next
+}
+
+/// Why a stream's claim to be an instance is not taken.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unverified {
+    /// The director lists the instance, but not at the address the stream comes from.
+    ElsewhereListed { listed: IpAddr },
+    /// The instance is no endpoint of any service: it exposes nothing to probe (or the
+    /// director does not list it at all).
+    NothingExposed,
+}
+
+impl std::fmt::Display for Unverified {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Unverified::ElsewhereListed { listed } => write!(
+                f,
+                "the director lists this instance at {listed}, not at the address the agent connects from"
+            ),
+            Unverified::NothingExposed => {
+                write!(f, "the instance is no endpoint of any service of the mesh")
+            }
+        }
+    }
+}
+
+/// The probes of `instance`'s agent, whose stream comes from `peer`: the ports of every
+/// service the instance is an endpoint of, at its listed address. A stream from any other
+/// address than the director's for that instance gets none, so an agent cannot report for
+/// another VM (the mesh client certificate is shared by every VM).
+pub fn probes_for(
+    catalog: &Catalog,
+    instance: &InstanceRef,
+    peer: IpAddr,
+) -> Result<ProbeSet, Unverified> {
+    let peer = peer.to_canonical();
+    let mut address = None;
+    let mut ports = BTreeSet::new();
+    for service in &catalog.services {
+        if service.key.deployment != instance.deployment || service.service_entry.is_some() {
+            continue;
+        }
+        for endpoint in &service.endpoints {
+            if endpoint.instance != instance.instance_id {
+                continue;
+            }
+            if endpoint.address != peer {
+                return Err(Unverified::ElsewhereListed {
+                    listed: endpoint.address,
+                });
+            }
+            address = Some(endpoint.address);
+            ports.extend(service.ports.iter().map(|p| p.number));
+        }
+    }
+    let address = address.ok_or(Unverified::NothingExposed)?;
+    Ok(ProbeSet {
+        address,
+        ports: ports.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Endpoint, Protocol};
+    use crate::catalog::testing::{self, endpoint, service};
+    use crate::health::registry::RegistryState;
+    use crate::health::report::AgentReport;
+
+    fn banana(id: &str, address: &str) -> Endpoint {
+        Endpoint {
+            instance: id.into(),
+            ..endpoint(address)
+        }
+    }
+
+    fn mesh() -> Catalog {
+        let web = service("d", "banana", "web")
+            .vip([169, 254, 255, 1])
+            .port("http", 8080, Protocol::Http)
+            .endpoint(banana("b-0", "10.0.0.10"))
+            .endpoint(banana("b-1", "10.0.0.11"));
+        let admin = service("d", "banana", "admin")
+            .vip([169, 254, 255, 2])
+            .port("admin", 9090, Protocol::Http)
+            .endpoint(banana("b-0", "10.0.0.10"))
+            .endpoint(banana("b-1", "10.0.0.11"));
+        testing::catalog(1, [web, admin])
+    }
+
+    fn instance(id: &str) -> InstanceRef {
+        InstanceRef {
+            deployment: "d".into(),
+            instance_id: id.into(),
+        }
+    }
+
+    fn health_of(catalog: &Catalog, host_prefix: &str) -> Vec<(String, bool)> {
+        let service = catalog
+            .services
+            .iter()
+            .find(|s| s.hostname.starts_with(host_prefix))
+            .unwrap();
+        service
+            .endpoints
+            .iter()
+            .map(|e| (e.instance.clone(), e.healthy))
+            .collect()
+    }
+
+    fn report(id: &str, failing: &[u16], leaving: bool) -> AgentReport {
+        AgentReport {
+            deployment: "d".into(),
+            instance: id.into(),
+            failing_ports: failing.iter().copied().collect(),
+            leaving,
+        }
+    }
+
+    #[test]
+    fn a_failing_port_takes_its_service_out_and_leaves_the_others() {
+        let catalog = mesh();
+        let mut state = RegistryState::default();
+        state.open(&instance("b-0"));
+        state.report(report("b-0", &[9090], false)).unwrap();
+        let applied = apply(&catalog, &state.health());
+        assert_eq!(
+            health_of(&applied, "web."),
+            [("b-0".into(), true), ("b-1".into(), true)]
+        );
+        assert_eq!(
+            health_of(&applied, "admin."),
+            [("b-0".into(), false), ("b-1".into(), true)]
+        );
+        assert_ne!(applied.version, catalog.version);
+        assert_eq!(
+            apply(&catalog, &AgentHealth::default()),
+            catalog,
+            "no agent: the director's view"
+        );
+    }
+
+    #[test]
+    fn an_agent_that_probes_well_overrides_the_director_and_leaving_takes_every_service_out() {
+        let mut catalog = mesh();
+        catalog.services[0].endpoints[1].healthy = false; // the director says failing
+        let mut state = RegistryState::default();
+        state.open(&instance("b-1"));
+        state.report(report("b-1", &[], false)).unwrap();
+        let applied = apply(&catalog, &state.health());
+        assert!(applied.services[0].endpoints[1].healthy);
+
+        state.report(report("b-1", &[], true)).unwrap();
+        let leaving = apply(&catalog, &state.health());
+        assert!(leaving
+            .services
+            .iter()
+            .all(|s| !s.endpoints[1].healthy && s.endpoints[0].healthy));
+    }
+
+    #[test]
+    fn probes_are_the_ports_of_every_service_of_the_instance_at_its_listed_address() {
+        let catalog = mesh();
+        let probes = probes_for(&catalog, &instance("b-1"), [10, 0, 0, 11].into()).unwrap();
+        assert_eq!(
+            probes,
+            ProbeSet {
+                address: [10, 0, 0, 11].into(),
+                ports: vec![8080, 9090]
+            }
+        );
+        let mapped: IpAddr = "::ffff:10.0.0.11".parse().unwrap();
+        assert_eq!(
+            probes_for(&catalog, &instance("b-1"), mapped),
+            Ok(probes),
+            "an IPv4 peer seen on a dual-stack socket"
+        );
+        assert_eq!(
+            probes_for(&catalog, &instance("b-1"), [10, 0, 0, 10].into()),
+            Err(Unverified::ElsewhereListed {
+                listed: [10, 0, 0, 11].into()
+            }),
+            "b-0 claiming to be b-1"
+        );
+        assert_eq!(
+            probes_for(&catalog, &instance("nope"), [10, 0, 0, 10].into()),
+            Err(Unverified::NothingExposed)
+        );
+    }
+}

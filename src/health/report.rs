@@ -1,0 +1,45 @@
+//! What travels between an agent and a pilot about its instance's health.
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::model::InstanceRef;
+
+/// Where the agent reports: `POST` with an [`AgentReport`] as JSON, on the names port.
+pub(crate) const REPORT_PATH: &str = "/v1/names/health";
+
+/// What one instance's agent probes: its exposed ports at its own address, sorted and
+/// distinct. Sent by the pilot on the name-table stream of an agent that named its instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeSet {
+    /// The instance's address, as the director lists it: the one its jobs serve on.
+    pub address: IpAddr,
+    pub ports: Vec<u16>,
+}
+
+/// One agent's report of its instance: sent when it changes, and again on every new stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentReport {
+    pub deployment: String,
+    /// The director's instance id.
+    pub instance: String,
+    /// The probed ports that did not accept a connection at the last probe.
+    #[serde(default)]
+    pub failing_ports: BTreeSet<u16>,
+    /// The instance's drain script ran: BOSH is about to stop its jobs.
+    #[serde(default)]
+    pub leaving: bool,
+}
+
+impl AgentReport {
+    pub fn instance_ref(&self) -> InstanceRef {
+        InstanceRef {
+            deployment: self.deployment.clone(),
+            instance_id: self.instance.clone(),
+        }
+    }
+}
