@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use crate::catalog::model::{Catalog, DeploymentInput};
 use crate::config::{self, PilotConfig, VipStoreKind};
 use crate::director::PublishedRuleConfigs;
-use crate::health::{self, AgentHealth, AgentRegistry};
+use crate::health::{self, AgentHealth, AgentRegistry, XdsView};
 use crate::rule_status::ParsedConfigs;
 use crate::rules::{self, MeshView, RuleSet};
 use crate::traffic::TrafficRules;
@@ -112,8 +112,14 @@ pub async fn run(args: Args) -> Result<()> {
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
-    // The agents connected to this pilot and the health they report (docs/health.md).
-    let agents = Arc::new(AgentRegistry::default());
+    // The agents connected to this pilot and the health they report (docs/health.md); their
+    // drains wait for this pilot's Envoys to take the snapshots.
+    let snapshots = xds::cache::follow(xds_sources);
+    let board = Arc::new(xds::sync::SyncBoard::default());
+    let agents = Arc::new(AgentRegistry::with_xds(XdsView {
+        snapshots: snapshots.clone(),
+        board: board.clone(),
+    }));
     let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {
@@ -143,7 +149,7 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
         result = catalogs.run(deployments_rx, vip_refresh) => result,
-        result = xds::server::serve_with_tls(xds_listener, xds_sources, xds_tls) => result.context("xDS server"),
+        result = xds::server::serve_snapshots(xds_listener, snapshots, board, xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
         result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),

@@ -22,6 +22,23 @@ const LAB: LabCli = LabCli {
 const BANANA: &str = "example-httpbin.banana.sample-deployment.boshy";
 const APRICOT: &str = "example-httpbin.apricot.sample-deployment.boshy";
 
+/// Waits until the instance at `ip` is out of banana's healthy endpoints, then checks that
+/// apricot/3's Envoy sends it nothing.
+fn assert_instance_out(banana_url: &str, ip: &str, why: &str) {
+    LAB.wait_for_catalog(why, |services| {
+        let healthy = healthy_ips(service(services, BANANA));
+        healthy.len() == 2 && !healthy.contains(ip)
+    });
+    let answered: BTreeSet<String> = LAB
+        .curl_instances("apricot/3", banana_url, 20)
+        .into_iter()
+        .collect();
+    assert!(
+        !answered.contains(ip) && answered.len() == 2,
+        "{why}: {ip} still answered: {answered:?}"
+    );
+}
+
 /// Tears the lab down even when an assertion fails half-way.
 struct LabGuard;
 impl Drop for LabGuard {
@@ -94,43 +111,63 @@ fn the_mesh_end_to_end() {
         "every apricot instance answers over tcp_proxy"
     );
 
-    // An instance set to failing stops receiving new connections.
-    LAB.ok(&["director", "set-state", "banana/1", "failing"]);
-    LAB.wait_for_catalog("banana/1 unhealthy", |services| {
-        healthy_ips(service(services, BANANA)).len() == 2
-    });
-    let failing_ip = service(&LAB.registration(), BANANA)["endpoints"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["index"] == 1)
-        .unwrap()["address"]
+    // A process killed on a VM: its agent's probe of the exposed port fails, and the instance
+    // stops receiving new connections, with no help from the director (every task fails
+    // meanwhile, so its job_state cannot be what took the instance out).
+    LAB.ok(&["director", "fault", "http_500", "--path-prefix", "/tasks"]);
+    LAB.ok(&["process", "banana/1", "example-httpbin", "kill"]);
+    let banana1_ip = LAB.vm("sample-deployment/banana/1")["ip"]
         .as_str()
         .unwrap()
         .to_string();
-    let answered: BTreeSet<String> = LAB
-        .curl_instances("apricot/3", &banana_url, 20)
-        .into_iter()
-        .collect();
-    assert!(
-        !answered.contains(&failing_ip),
-        "failing banana/1 ({failing_ip}) still answered: {answered:?}"
+    assert_instance_out(&banana_url, &banana1_ip, "banana/1's process killed");
+    LAB.ok(&["process", "banana/1", "example-httpbin", "start"]);
+    LAB.wait_for_catalog("banana/1 back once its process runs", |services| {
+        healthy_ips(service(services, BANANA)).len() == 3
+    });
+    LAB.ok(&["director", "fault", "none"]);
+
+    // With no agent on the VM, the director's job_state decides.
+    LAB.ok(&["process", "banana/1", "virtual-ip-agent", "stop"]);
+    LAB.ok(&["director", "set-state", "banana/1", "failing"]);
+    assert_instance_out(&banana_url, &banana1_ip, "banana/1 failing at the director");
+    LAB.ok(&["director", "set-state", "banana/1", "running"]);
+    LAB.ok(&["process", "banana/1", "virtual-ip-agent", "start"]);
+    LAB.wait_for_catalog("banana/1 back", |services| {
+        healthy_ips(service(services, BANANA)).len() == 3
+    });
+
+    // An instance the director says is failing while its agent reports every port healthy:
+    // the agent, which probes what Envoy connects to, decides.
+    LAB.ok(&["director", "set-state", "banana/2", "failing"]);
+    LAB.ok(&["process", "banana/0", "example-httpbin", "kill"]);
+    LAB.wait_for_catalog("banana/0 out", |services| {
+        healthy_ips(service(services, BANANA)).len() == 2
+    });
+    assert_eq!(
+        healthy_ips(service(&LAB.registration(), BANANA)).len(),
+        2,
+        "banana/2 stays in: its agent reports it healthy"
     );
-    assert_eq!(answered.len(), 2);
+    LAB.ok(&["director", "set-state", "banana/2", "running"]);
+    LAB.ok(&["process", "banana/0", "example-httpbin", "start"]);
+    LAB.wait_for_catalog("every banana back", |services| {
+        healthy_ips(service(services, BANANA)).len() == 3
+    });
 
     // A new instance starts receiving connections.
     LAB.ok(&["director", "add-instance", "sample-deployment", "banana"]);
     LAB.wait_for_catalog("the new banana instance", |services| {
-        healthy_ips(service(services, BANANA)).len() == 3
+        healthy_ips(service(services, BANANA)).len() == 4
     });
     let now_healthy = healthy_ips(service(&LAB.registration(), BANANA));
     assert_eq!(
         now_healthy.len(),
-        3,
-        "two old + one new healthy banana: {now_healthy:?}"
+        4,
+        "three old + one new healthy banana: {now_healthy:?}"
     );
     let answered: BTreeSet<String> = LAB
-        .curl_instances("apricot/3", &banana_url, 30)
+        .curl_instances("apricot/3", &banana_url, 40)
         .into_iter()
         .collect();
     assert_eq!(answered, now_healthy, "the new instance answers too");

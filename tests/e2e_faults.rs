@@ -473,9 +473,16 @@ fn racing_pilots_on_a_fresh_director_agree() {
     LAB.ok(&["wait", "--timeout-seconds", "60"]);
 }
 
+/// Stops the virtual-ip-agent of `vm`, so that its health is the director's `job_state`
+/// (the agent's report, while it runs, overrides it): these tests change the director.
+fn health_from_the_director(vm: &str) {
+    LAB.ok(&["process", vm, "virtual-ip-agent", "stop"]);
+}
+
 #[test]
 fn killing_a_pilot_mid_push_loses_nothing() {
     let _lab = Lab::up(2);
+    health_from_the_director("banana/1");
     let vips = assert_one_truth();
     let curls = CurlLoop::start(CLIENT_VM, &banana_url());
     // The pilot the client VM's Envoy is connected to.
@@ -626,6 +633,7 @@ fn director_fault_case(
 #[test]
 fn director_faults_leave_the_mesh_alone() {
     let _lab = Lab::up(2);
+    health_from_the_director("banana/1");
     let vips = assert_one_truth();
 
     // A minute of 500s from the director, with an instance failing meanwhile: nothing

@@ -21,6 +21,6 @@ pub mod prober;
 pub mod registry;
 pub mod report;
 
-pub use overlay::{apply, probes_for};
-pub use registry::{AgentHealth, AgentRegistry, InstanceHealth};
+pub use overlay::{apply, instance_out, probes_for};
+pub use registry::{AgentHealth, AgentRegistry, InstanceHealth, XdsView};
 pub use report::{AgentReport, ProbeSet};

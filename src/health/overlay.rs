@@ -41,6 +41,17 @@ pub fn apply(catalog: &Catalog, health: &AgentHealth) -> Catalog {
     next
 }
 
+/// Whether no service of `catalog` sends `instance` traffic: each of its endpoints is
+/// unhealthy.
+pub fn instance_out(catalog: &Catalog, instance: &InstanceRef) -> bool {
+    catalog
+        .services
+        .iter()
+        .filter(|s| s.key.deployment == instance.deployment && s.service_entry.is_none())
+        .flat_map(|s| &s.endpoints)
+        .all(|e| e.instance != instance.instance_id || !e.healthy)
+}
+
 /// Why a stream's claim to be an instance is not taken.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unverified {
@@ -192,12 +203,15 @@ mod tests {
         let applied = apply(&catalog, &state.health());
         assert!(applied.services[0].endpoints[1].healthy);
 
+        assert!(!instance_out(&applied, &instance("b-1")));
         state.report(report("b-1", &[], true)).unwrap();
         let leaving = apply(&catalog, &state.health());
         assert!(leaving
             .services
             .iter()
             .all(|s| !s.endpoints[1].healthy && s.endpoints[0].healthy));
+        assert!(instance_out(&leaving, &instance("b-1")));
+        assert!(!instance_out(&leaving, &instance("b-0")));
     }
 
     #[test]

@@ -14,6 +14,8 @@ use tokio::sync::watch;
 use super::report::AgentReport;
 use crate::catalog::model::InstanceRef;
 use crate::metrics;
+use crate::xds::cache::Snapshot;
+use crate::xds::sync::SyncBoard;
 
 /// What the agents say about one instance.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -153,6 +155,15 @@ pub struct AgentRegistry {
     state: Mutex<RegistryState>,
     health: watch::Sender<Arc<AgentHealth>>,
     covered: watch::Sender<Arc<BTreeSet<InstanceRef>>>,
+    /// What a drain waits on: this pilot's Envoys taking the snapshot without the instance.
+    xds: Option<XdsView>,
+}
+
+/// This pilot's xDS snapshots, and which one each of its streams has taken.
+#[derive(Clone)]
+pub struct XdsView {
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub board: Arc<SyncBoard>,
 }
 
 impl Default for AgentRegistry {
@@ -161,11 +172,24 @@ impl Default for AgentRegistry {
             state: Mutex::default(),
             health: watch::Sender::new(Arc::default()),
             covered: watch::Sender::new(Arc::default()),
+            xds: None,
         }
     }
 }
 
 impl AgentRegistry {
+    /// A registry whose drains wait for the Envoys of `xds`.
+    pub fn with_xds(xds: XdsView) -> Self {
+        AgentRegistry {
+            xds: Some(xds),
+            ..AgentRegistry::default()
+        }
+    }
+
+    pub(crate) fn xds(&self) -> Option<&XdsView> {
+        self.xds.as_ref()
+    }
+
     /// The health the agents report, sent again whenever it changes.
     pub fn health(&self) -> watch::Receiver<Arc<AgentHealth>> {
         self.health.subscribe()

@@ -10,6 +10,10 @@ use crate::catalog::model::InstanceRef;
 /// Where the agent reports: `POST` with an [`AgentReport`] as JSON, on the names port.
 pub(crate) const REPORT_PATH: &str = "/v1/names/health";
 
+/// Where a drain waits until no Envoy sends the instance new requests: `GET` with
+/// `?deployment=&instance=&timeout_seconds=`, on the names port.
+pub(crate) const DRAINED_PATH: &str = "/v1/names/drained";
+
 /// What one instance's agent probes: its exposed ports at its own address, sorted and
 /// distinct. Sent by the pilot on the name-table stream of an agent that named its instance.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

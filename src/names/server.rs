@@ -21,8 +21,8 @@ use super::table::NameTable;
 use super::wire::{Message, CONTENT_TYPE, HEARTBEAT_INTERVAL, WATCH_PATH};
 use crate::catalog::model::{Catalog, InstanceRef};
 use crate::health::registry::AgentStream;
-use crate::health::report::REPORT_PATH;
-use crate::health::{probes_for, AgentRegistry, AgentReport, ProbeSet};
+use crate::health::report::{DRAINED_PATH, REPORT_PATH};
+use crate::health::{instance_out, probes_for, AgentRegistry, AgentReport, ProbeSet};
 use crate::metrics;
 use crate::text::clip;
 
@@ -82,6 +82,7 @@ fn router(
     Router::new()
         .route(WATCH_PATH, get(watch_names))
         .route(REPORT_PATH, post(take_report))
+        .route(DRAINED_PATH, get(wait_drained))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
             catalog,
@@ -210,7 +211,14 @@ impl NameStream {
                 let catalog = self.catalog.borrow_and_update();
                 (catalog.version != 0).then(|| NameTable::from_catalog(&catalog))
             };
-            if table.is_some() && table != self.sent {
+            // The version is the catalog's, which endpoint health changes too: a table with the
+            // same names and VIPs is not sent again.
+            let same_names = |a: &NameTable, b: &NameTable| a.tld == b.tld && a.names == b.names;
+            let changed = match (&table, &self.sent) {
+                (Some(table), Some(sent)) => !same_names(table, sent),
+                (table, _) => table.is_some(),
+            };
+            if changed {
                 self.sent = table;
                 return Some(Message::Table(self.sent.clone()?).to_line());
             }
@@ -262,6 +270,92 @@ async fn take_report(
         }
         Err(err) => refused(StatusCode::CONFLICT, "no_stream", err.to_string()),
     }
+}
+
+/// `GET /v1/names/drained?deployment=&instance=&timeout_seconds=`: answers once no Envoy
+/// connected to this pilot sends the instance new requests: the catalog has every endpoint
+/// of the instance out (its agent reported it leaving), and every xDS stream here has taken
+/// a snapshot built from such a catalog. `504` when that takes longer than the timeout.
+async fn wait_drained(
+    State(config): State<WatchConfig>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Query(query): Query<DrainQuery>,
+) -> Response {
+    let instance = InstanceRef {
+        deployment: query.deployment,
+        instance_id: query.instance,
+    };
+    let catalog = config.catalog.borrow().clone();
+    if let Err(unverified) = probes_for(&catalog, &instance, peer.ip()) {
+        metrics::global().agent_refusal("claim");
+        return (StatusCode::FORBIDDEN, unverified.to_string()).into_response();
+    }
+    let Some(xds) = config.agents.xds().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
+    };
+    let timeout = Duration::from_secs(query.timeout_seconds.clamp(1, MAX_DRAIN_SECONDS));
+    let started = Instant::now();
+    let deadline = started + timeout;
+    let mut catalogs = config.catalog.clone();
+    let mut snapshots = xds.snapshots.clone();
+    // The first snapshot built from a catalog without the instance.
+    let target = loop {
+        let catalog = catalogs.borrow_and_update().clone();
+        let snapshot = snapshots.borrow_and_update().clone();
+        if let Some(snapshot) = snapshot {
+            if instance_out(&catalog, &instance) && snapshot.catalog_version() == catalog.version {
+                break snapshot.seq();
+            }
+        }
+        let changed = tokio::time::timeout_at(deadline, async {
+            tokio::select! {
+                _ = catalogs.changed() => {}
+                _ = snapshots.changed() => {}
+            }
+        });
+        if changed.await.is_err() {
+            return drain_timed_out(&instance, "the instance is still in the catalog", timeout);
+        }
+    };
+    let left = deadline.saturating_duration_since(Instant::now());
+    match xds.board.wait_synced(target, left).await {
+        Ok(()) => {
+            let waited = started.elapsed();
+            tracing::info!(deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), ?waited, "drained: no Envoy connected here sends the instance new requests");
+            Json(serde_json::json!({"drained": true, "waited_ms": waited.as_millis() as u64}))
+                .into_response()
+        }
+        Err(lagging) => drain_timed_out(
+            &instance,
+            &format!("{lagging} Envoys have not taken the configuration without it"),
+            timeout,
+        ),
+    }
+}
+
+/// A drain waits this long at most, whatever it asks for: BOSH's own drain has no limit,
+/// and a stuck pilot must not hold a deploy forever.
+const MAX_DRAIN_SECONDS: u64 = 300;
+
+#[derive(Debug, serde::Deserialize)]
+struct DrainQuery {
+    deployment: String,
+    instance: String,
+    #[serde(default = "default_drain_seconds")]
+    timeout_seconds: u64,
+}
+
+fn default_drain_seconds() -> u64 {
+    30
+}
+
+fn drain_timed_out(instance: &InstanceRef, why: &str, timeout: Duration) -> Response {
+    tracing::warn!(deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "drain not complete after {timeout:?}: {why}");
+    (
+        StatusCode::GATEWAY_TIMEOUT,
+        format!("not drained after {timeout:?}: {why}"),
+    )
+        .into_response()
 }
 
 /// Counts the stream in `boshy_names_streams` while it is open and logs its end.

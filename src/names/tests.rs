@@ -118,6 +118,26 @@ async fn catalog_changes_reach_the_follower() {
 }
 
 #[tokio::test]
+async fn a_catalog_change_that_keeps_every_name_and_vip_sends_no_table() {
+    let pilot = Pilot::start(catalog(1, &["a"])).await;
+    let mut rx = start_follower(vec![pilot.url()], FAST);
+    wait_for_version(&mut rx, 1).await;
+    // An endpoint's health changed: a new catalog version, the same names.
+    pilot.catalog.send(Arc::new(catalog(2, &["a"]))).unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), rx.changed())
+            .await
+            .is_err(),
+        "no table for the same names"
+    );
+    pilot
+        .catalog
+        .send(Arc::new(catalog(3, &["a", "b"])))
+        .unwrap();
+    assert_eq!(wait_for_version(&mut rx, 3).await.names.len(), 2);
+}
+
+#[tokio::test]
 async fn one_dead_pilot_does_not_stop_following_the_other() {
     let pilot = Pilot::start(catalog(1, &["a"])).await;
     let mut rx = start_follower(vec![dead_address().await, pilot.url()], FAST);

@@ -36,6 +36,10 @@ pub struct Snapshot {
     /// The `sourceLabels` of the traffic model and the instances' labels to judge the
     /// clients by: which route configurations each client gets.
     sources: SourceSelectors,
+    /// The version of the catalog it was built from.
+    catalog_version: u64,
+    /// Its place in the order [`follow`] published snapshots in (0 for one built alone).
+    seq: u64,
 }
 
 /// A resource's name and version, shared by every stream that remembers them.
@@ -78,6 +82,7 @@ impl Snapshot {
             .iter()
             .map(|(hostname, rules)| (hostname.clone(), rules.configs.clone()))
             .collect();
+        let catalog_version = inputs.catalog.version;
         let resources = resources::build(inputs);
         let sources = SourceSelectors::new(resources.source_selectors.clone(), inputs.catalog);
         let full_versions =
@@ -104,7 +109,20 @@ impl Snapshot {
             shared,
             rule_configs,
             sources,
+            catalog_version,
+            seq: 0,
         }
+    }
+
+    /// The version of the catalog this snapshot was built from.
+    pub fn catalog_version(&self) -> u64 {
+        self.catalog_version
+    }
+
+    /// Its place in the order [`follow`] published snapshots in: a later snapshot has a
+    /// greater one.
+    pub fn seq(&self) -> u64 {
+        self.seq
     }
 
     /// Which route configurations `client` gets: the selectors of this snapshot's traffic
@@ -343,6 +361,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
     let (snapshots_tx, snapshots_rx) = watch::channel(None);
     tokio::spawn(async move {
         let mut published: Option<Arc<Snapshot>> = None;
+        let mut seq = 0;
         let mut traffic_followed = true;
         loop {
             let current_catalog = catalog.borrow_and_update().clone();
@@ -364,8 +383,9 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                 })
                 .await
                 .expect("snapshot build does not panic");
-                tracing::info!(version = built.version(), "xDS snapshot built");
-                let built = Arc::new(built);
+                seq += 1;
+                let built = Arc::new(Snapshot { seq, ..built });
+                tracing::info!(version = built.version(), seq, "xDS snapshot built");
                 published = Some(built.clone());
                 if snapshots_tx.send(Some(built)).is_err() {
                     return; // the server is gone

@@ -16,5 +16,6 @@ pub mod resources;
 pub(crate) mod routes;
 pub mod server;
 pub(crate) mod sotw;
+pub mod sync;
 
 pub use server::serve;

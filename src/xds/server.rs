@@ -24,6 +24,7 @@ use super::cache::{self, Snapshot, Sources};
 use super::delta::DeltaStreamState;
 use super::grpc::{self, Outgoing, Requests};
 use super::sotw::{RequestKind, SotwStreamState};
+use super::sync::{StreamSync, SyncBoard};
 use crate::metrics;
 
 /// Longest NACK reason we log; Envoy's can hold a whole resource.
@@ -51,10 +52,20 @@ pub async fn serve_with_tls(
     sources: impl Into<Sources>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
+    let board = Arc::new(SyncBoard::default());
+    serve_snapshots(listener, cache::follow(sources), board, tls).await
+}
+
+/// Like [`serve_with_tls`], from snapshots already followed ([`cache::follow`]), keeping on
+/// `board` which snapshot each stream has taken.
+pub async fn serve_snapshots(
+    listener: tokio::net::TcpListener,
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    board: Arc<SyncBoard>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) -> anyhow::Result<()> {
     let address = listener.local_addr().context("xDS listener address")?;
-    let ads = Ads {
-        snapshots: cache::follow(sources),
-    };
+    let ads = Ads { snapshots, board };
     tracing::info!(%address, mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -78,6 +89,7 @@ pub async fn serve_with_tls(
 #[derive(Clone)]
 struct Ads {
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    board: Arc<SyncBoard>,
 }
 
 impl tonic::server::NamedService for Ads {
@@ -119,11 +131,13 @@ impl Ads {
             })
             .and_then(TcpConnectInfo::remote_addr);
         let (responses, receiver) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
+        let seq = self.snapshots.borrow().as_ref().map_or(0, |s| s.seq());
         tokio::spawn(run_stream::<P>(
             Requests::new(request.into_body()),
             self.snapshots.clone(),
             responses,
             peer,
+            self.board.join(seq),
         ));
         grpc::response(ReceiverStream::new(receiver))
     }
@@ -260,6 +274,7 @@ async fn run_stream<P: Protocol>(
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     responses: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
+    mut sync: StreamSync,
 ) {
     let _connected = ConnectedProxy::new();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
@@ -278,6 +293,7 @@ async fn run_stream<P: Protocol>(
                         }
                     }
                     let snapshot = snapshots.borrow().clone();
+                    sync.answered(P::request_summary(&request).nonce);
                     let (kind, response) = state.on_request(&request, snapshot.as_ref());
                     log_request(&node, P::request_summary(&request), &kind, snapshot.as_deref());
                     response.into_iter().collect::<Vec<_>>()
@@ -297,14 +313,18 @@ async fn run_stream<P: Protocol>(
                     continue;
                 }
                 match snapshots.borrow_and_update().clone() {
-                    Some(snapshot) => state.on_snapshot(&snapshot),
+                    Some(snapshot) => {
+                        sync.saw_snapshot(snapshot.seq());
+                        state.on_snapshot(&snapshot)
+                    }
                     None => Vec::new(),
                 }
             }
         };
-        if !send_all::<P>(&node, &responses, outgoing).await {
+        if !send_all::<P>(&node, &responses, outgoing, &mut sync).await {
             break "response channel closed".to_string();
         }
+        sync.publish();
     };
     tracing::info!(%node, %peer, reason = %end, "proxy disconnected");
 }
@@ -313,9 +333,11 @@ async fn send_all<P: Protocol>(
     node: &str,
     responses: &mpsc::Sender<Outgoing>,
     outgoing: Vec<P::Response>,
+    sync: &mut StreamSync,
 ) -> bool {
     for response in outgoing {
         let summary = P::response_summary(&response);
+        sync.sent(summary.nonce);
         tracing::debug!(
             %node,
             type_url = %summary.type_url,

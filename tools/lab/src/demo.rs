@@ -86,7 +86,7 @@ pub async fn run(layout: &Layout) -> Result<()> {
     }
     traffic_rules(layout, &state).await?;
     println!(
-        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab director set-state banana/1 failing`, then curl again; `scripts/lab down` when done."
+        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab process banana/1 example-httpbin kill` (its agent reports the port failing), then curl again; `scripts/lab down` when done."
     );
     Ok(())
 }

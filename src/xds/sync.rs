@@ -1,0 +1,173 @@
+//! Which snapshot each connected Envoy has taken: the board a drain waits on.
+//!
+//! Every snapshot gets a sequence number when it is published. A stream is synced to the
+//! latest snapshot it has seen once every response it sent has been answered (ACK or NACK:
+//! either way Envoy has stopped using what it had before for those resources). A drain
+//! waits until every stream on this pilot is synced to a snapshot at least as new as the
+//! one without its instance: from then on no Envoy connected here sends it new requests.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+/// The synced snapshot of every open stream, by stream.
+#[derive(Debug)]
+pub struct SyncBoard {
+    streams: Mutex<HashMap<u64, u64>>,
+    next_stream: AtomicU64,
+    /// Bumped at every change, to wake the waiters.
+    changed: watch::Sender<u64>,
+}
+
+impl Default for SyncBoard {
+    fn default() -> Self {
+        SyncBoard {
+            streams: Mutex::default(),
+            next_stream: AtomicU64::new(0),
+            changed: watch::Sender::new(0),
+        }
+    }
+}
+
+impl SyncBoard {
+    /// A new stream, synced to `seq` (what it would be sent first is the latest snapshot).
+    pub(crate) fn join(self: &Arc<Self>, seq: u64) -> StreamSync {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        self.streams
+            .lock()
+            .expect("sync board lock")
+            .insert(id, seq);
+        self.changed.send_modify(|n| *n += 1);
+        StreamSync {
+            board: self.clone(),
+            id,
+            seq,
+            unanswered: BTreeSet::new(),
+        }
+    }
+
+    /// Streams synced to a snapshot older than `seq`.
+    pub fn lagging(&self, seq: u64) -> usize {
+        let streams = self.streams.lock().expect("sync board lock");
+        streams.values().filter(|synced| **synced < seq).count()
+    }
+
+    /// Waits until no stream lags behind `seq`, at most `timeout`; the number still lagging
+    /// then.
+    pub async fn wait_synced(&self, seq: u64, timeout: Duration) -> Result<(), usize> {
+        let mut changed = self.changed.subscribe();
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                changed.borrow_and_update();
+                if self.lagging(seq) == 0 {
+                    return;
+                }
+                if changed.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        })
+        .await;
+        waited.map_err(|_| self.lagging(seq))
+    }
+
+    fn set(&self, id: u64, seq: u64) {
+        let previous = self
+            .streams
+            .lock()
+            .expect("sync board lock")
+            .insert(id, seq);
+        if previous != Some(seq) {
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn leave(&self, id: u64) {
+        self.streams.lock().expect("sync board lock").remove(&id);
+        self.changed.send_modify(|n| *n += 1);
+    }
+}
+
+/// One stream's place on the board: what it has sent and not yet heard back about.
+#[derive(Debug)]
+pub(crate) struct StreamSync {
+    board: Arc<SyncBoard>,
+    id: u64,
+    /// The latest snapshot this stream has seen.
+    seq: u64,
+    /// Nonces of responses sent and not yet answered.
+    unanswered: BTreeSet<String>,
+}
+
+impl StreamSync {
+    pub(crate) fn saw_snapshot(&mut self, seq: u64) {
+        self.seq = seq;
+    }
+
+    pub(crate) fn sent(&mut self, nonce: &str) {
+        self.unanswered.insert(nonce.to_string());
+    }
+
+    /// A request naming `nonce` answers that response, whatever else it asks.
+    pub(crate) fn answered(&mut self, nonce: &str) {
+        self.unanswered.remove(nonce);
+    }
+
+    /// After each round (a request, or a snapshot, and what was sent for it): synced when
+    /// nothing is left unanswered.
+    pub(crate) fn publish(&self) {
+        if self.unanswered.is_empty() {
+            self.board.set(self.id, self.seq);
+        }
+    }
+}
+
+impl Drop for StreamSync {
+    fn drop(&mut self) {
+        self.board.leave(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_stream_is_synced_once_every_response_it_sent_is_answered() {
+        let board = Arc::new(SyncBoard::default());
+        let mut first = board.join(1);
+        let mut second = board.join(1);
+        assert_eq!(board.lagging(2), 2);
+
+        first.saw_snapshot(2);
+        first.sent("a");
+        first.publish();
+        second.saw_snapshot(2); // nothing to send it
+        second.publish();
+        assert_eq!(board.lagging(2), 1, "first has not answered");
+        first.answered("b");
+        first.publish();
+        assert_eq!(board.lagging(2), 1, "not the nonce it was sent");
+
+        let waiting = {
+            let board = board.clone();
+            tokio::spawn(async move { board.wait_synced(2, Duration::from_secs(10)).await })
+        };
+        first.answered("a");
+        first.publish();
+        assert_eq!(waiting.await.unwrap(), Ok(()));
+        assert_eq!(
+            board.wait_synced(3, Duration::from_millis(50)).await,
+            Err(2)
+        );
+        drop(first);
+        drop(second);
+        assert_eq!(
+            board.wait_synced(3, Duration::from_millis(50)).await,
+            Ok(())
+        );
+    }
+}
