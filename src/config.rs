@@ -293,6 +293,10 @@ pub struct AgentConfig {
     /// How often the exposed ports are probed; also each probe's timeout.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// How long the drain waits for the pilots to say no Envoy sends the instance new
+    /// requests.
+    #[serde(default = "default_drain_timeout")]
+    pub drain_timeout_seconds: u64,
 }
 
 /// `spec.deployment` and `spec.id` of the VM's jobs.
@@ -380,6 +384,10 @@ fn default_dns_listen() -> SocketAddr {
 fn default_dns_ttl() -> u32 {
     5
 }
+fn default_drain_timeout() -> u64 {
+    30
+}
+
 fn default_probe_interval_ms() -> u64 {
     500
 }

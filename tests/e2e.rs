@@ -13,6 +13,7 @@ mod bookinfo;
 
 use std::collections::BTreeSet;
 
+use boshy_lab::ready::parse_healthy_endpoints;
 use common::{healthy_ips, host_snapshot, service, LabCli};
 
 const LAB: LabCli = LabCli {
@@ -37,6 +38,18 @@ fn assert_instance_out(banana_url: &str, ip: &str, why: &str) {
         !answered.contains(ip) && answered.len() == 2,
         "{why}: {ip} still answered: {answered:?}"
     );
+}
+
+/// The log of the lab's one bosh-pilot.
+fn pilot_log() -> String {
+    let vms = format!("/tmp/boshy-lab/{}/vms", LAB.name);
+    let pilot = std::fs::read_dir(&vms)
+        .unwrap_or_else(|e| panic!("{vms}: {e}"))
+        .flatten()
+        .find(|entry| entry.file_name().to_string_lossy().contains("bosh-pilot"))
+        .expect("the bosh-pilot VM");
+    std::fs::read_to_string(pilot.path().join("sys/log/bosh-pilot/bosh-pilot.log"))
+        .expect("the pilot's log")
 }
 
 /// Tears the lab down even when an assertion fails half-way.
@@ -152,6 +165,52 @@ fn the_mesh_end_to_end() {
     LAB.ok(&["director", "set-state", "banana/2", "running"]);
     LAB.ok(&["process", "banana/0", "example-httpbin", "start"]);
     LAB.wait_for_catalog("every banana back", |services| {
+        healthy_ips(service(services, BANANA)).len() == 3
+    });
+
+    // A rolling update of banana (BOSH's order: drain, jobs stopped, started, one instance at a
+    // time) under a steady 50 requests a second from apricot: none fails, because each drain
+    // returned only once no Envoy sent its instance new requests.
+    // A drain returns only once no Envoy sends the instance new requests: right after
+    // banana/0's, no VM's Envoy has it among banana's endpoints.
+    let banana0 = format!(
+        "{}:9002",
+        LAB.vm("sample-deployment/banana/0")["ip"].as_str().unwrap()
+    );
+    LAB.ok(&["drain", "banana/0"]);
+    for vm in &addon_vms {
+        let clusters = LAB.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/clusters"]);
+        let healthy = parse_healthy_endpoints(&clusters, &format!("outbound|9002||{BANANA}"));
+        assert!(
+            healthy.len() == 2 && !healthy.contains(&banana0),
+            "{vm}'s Envoy right after banana/0's drain: {healthy:?}"
+        );
+    }
+    let drains_before = pilot_log().matches("drained: no Envoy").count();
+    let load = LAB.steady_load("apricot/3", &banana_url, 50);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let update = LAB.ok(&["update", "banana"]);
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let outcomes = load.stop();
+    let failed: Vec<&String> = outcomes.iter().filter(|o| !o.starts_with("200 ")).collect();
+    assert!(
+        outcomes.len() > 200,
+        "a steady load through the update: {} requests",
+        outcomes.len()
+    );
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed during the rolling update: {:?}\n{update}",
+        failed.len(),
+        outcomes.len(),
+        &failed[..failed.len().min(5)]
+    );
+    assert_eq!(
+        pilot_log().matches("drained: no Envoy").count() - drains_before,
+        3,
+        "the pilot drained each banana instance before its jobs stopped:\n{update}"
+    );
+    LAB.wait_for_catalog("every banana back after the update", |services| {
         healthy_ips(service(services, BANANA)).len() == 3
     });
 

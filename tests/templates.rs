@@ -546,6 +546,12 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "the agent reports the health of the instance it runs on"
     );
     assert_eq!(agent["probe_interval_ms"], 500);
+    assert_eq!(agent["drain_timeout_seconds"], 30);
+    let drain = rendered.text("bin/drain");
+    assert!(
+        drain.contains("--drain") && drain.contains("config/agent.yml"),
+        "{drain}"
+    );
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");

@@ -11,7 +11,7 @@ use tokio::task::JoinSet;
 use super::table::NameTable;
 use super::wire::{parse_line, Line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATCH_PATH};
 use crate::catalog::model::InstanceRef;
-use crate::health::report::REPORT_PATH;
+use crate::health::report::{DRAINED_PATH, REPORT_PATH};
 use crate::health::{AgentReport, ProbeSet};
 
 /// How long a pilot may take to take a health report before the follower gives up on it (and
@@ -82,13 +82,7 @@ pub(crate) async fn follow_with(
         return std::future::pending().await;
     }
     let secure = tls.is_some();
-    let mut builder = reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Duration::from_secs(30));
-    if let Some(tls) = tls {
-        builder = builder.use_preconfigured_tls(tls);
-    }
-    let client = match builder.build() {
+    let client = match http_client(tls) {
         Ok(client) => client,
         Err(err) => {
             tracing::error!("cannot build the HTTP client for the name-table stream: {err}");
@@ -124,6 +118,70 @@ async fn follow_pilot(mut stream: PilotStream, timing: FollowTiming) {
         );
         tokio::time::sleep(delay).await;
     }
+}
+
+/// The client of every request to the pilots; with `tls`, mutual TLS.
+fn http_client(tls: Option<rustls::ClientConfig>) -> reqwest::Result<reqwest::Client> {
+    let mut builder = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Duration::from_secs(30));
+    if let Some(tls) = tls {
+        builder = builder.use_preconfigured_tls(tls);
+    }
+    builder.build()
+}
+
+/// Asks every pilot at once to answer when none of its Envoys sends `instance` new requests
+/// any more (`GET /v1/names/drained`), waiting at most `timeout` for each; what each said.
+pub async fn wait_drained(
+    pilots: &[String],
+    tls: Option<rustls::ClientConfig>,
+    instance: &InstanceRef,
+    timeout: Duration,
+) -> Vec<(String, anyhow::Result<String>)> {
+    let secure = tls.is_some();
+    let client = match http_client(tls) {
+        Ok(client) => client,
+        Err(err) => {
+            let err = error_chain(&err);
+            return pilots
+                .iter()
+                .map(|p| {
+                    (
+                        p.clone(),
+                        Err(anyhow!("cannot build the HTTP client: {err}")),
+                    )
+                })
+                .collect();
+        }
+    };
+    let asks = pilots.iter().map(|pilot| {
+        let request = client
+            .get(format!("{}{DRAINED_PATH}", base_url(pilot, secure)))
+            .query(&[
+                ("deployment", instance.deployment.as_str()),
+                ("instance", instance.instance_id.as_str()),
+                ("timeout_seconds", &timeout.as_secs().max(1).to_string()),
+            ])
+            // The pilot answers within the timeout; a little more for the answer to arrive.
+            .timeout(timeout + Duration::from_secs(5));
+        async move {
+            let answer = async {
+                let response = request
+                    .send()
+                    .await
+                    .map_err(|err| anyhow!(error_chain(&err)))?;
+                let status = response.status();
+                let text = response.text().await.unwrap_or_default();
+                if !status.is_success() {
+                    bail!("{status}: {}", crate::text::clip(&text));
+                }
+                Ok(text)
+            };
+            (pilot.clone(), answer.await)
+        }
+    });
+    futures::future::join_all(asks).await
 }
 
 /// Whether the agent's report changed; pending while there is none to send.

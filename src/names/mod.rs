@@ -40,7 +40,7 @@ mod server;
 pub mod table;
 pub mod wire;
 
-pub use follower::{follow, AgentLink};
+pub use follower::{follow, wait_drained, AgentLink};
 pub use server::{serve, serve_tls};
 
 #[cfg(test)]

@@ -44,6 +44,11 @@ pub struct Args {
     /// Only validate the config file: exit 0 when it is valid, else print what is wrong.
     #[arg(long)]
     pub check_config: bool,
+    /// Run as the job's BOSH drain script: mark the instance leaving (the running agent
+    /// reports it to the pilots), wait until every pilot says none of its Envoys sends the
+    /// instance new requests (at most `drain_timeout_seconds`), then print `0` for BOSH.
+    #[arg(long, conflicts_with = "check_config")]
+    pub drain: bool,
 }
 
 /// The command line of the agent's own binary, `virtual-ip-agent` (src/bin/): the release runs
@@ -79,6 +84,9 @@ pub async fn run(args: Args) -> Result<()> {
         println!("config file {}: OK", args.config.display());
         return Ok(());
     }
+    if args.drain {
+        return drain(&config, tls).await;
+    }
 
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
@@ -99,8 +107,23 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     let (publisher, tables) = watch::channel(saved.clone());
-    // Set by the drain (see `drain`), carried in every report.
-    let (_leaving_tx, leaving) = watch::channel(false);
+    // Set by the drain (`--drain`, another process) through a file beside the table: this
+    // process starting means the jobs are starting, so the file of a previous drain goes.
+    let leaving_flag = leaving_flag(&config);
+    match std::fs::remove_file(&leaving_flag) {
+        Ok(()) => info!(path = %leaving_flag.display(), "the previous drain's mark removed"),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => {
+            warn!(path = %leaving_flag.display(), "cannot remove the previous drain's mark: {err}")
+        }
+    }
+    let (leaving_tx, leaving) = watch::channel(false);
+    let probe_interval = Duration::from_millis(config.probe_interval_ms);
+    tokio::spawn(follow_leaving_flag(
+        leaving_flag,
+        leaving_tx,
+        probe_interval,
+    ));
     let agent = config.instance.as_ref().map(|instance| {
         let instance = InstanceRef {
             deployment: instance.deployment.clone(),
@@ -108,15 +131,14 @@ pub async fn run(args: Args) -> Result<()> {
         };
         let (probes_tx, probes_rx) = watch::channel(None);
         let (reports_tx, reports_rx) = watch::channel(None);
-        let interval = Duration::from_millis(config.probe_interval_ms);
         tokio::spawn(crate::health::prober::run(
             instance.clone(),
             probes_rx,
             leaving.clone(),
             reports_tx,
-            interval,
+            probe_interval,
         ));
-        info!(deployment = %instance.deployment, instance = %instance.instance_id, ?interval, "reporting this instance's health to the pilots");
+        info!(deployment = %instance.deployment, instance = %instance.instance_id, interval = ?probe_interval, "reporting this instance's health to the pilots");
         AgentLink {
             instance,
             probes: Arc::new(probes_tx),
@@ -141,6 +163,59 @@ pub async fn run(args: Args) -> Result<()> {
     shutdown_signal().await?;
     info!("shutting down");
     server.shutdown_gracefully().await?;
+    Ok(())
+}
+
+/// The file a drain creates to tell the running agent its instance is leaving.
+fn leaving_flag(config: &AgentConfig) -> PathBuf {
+    config.table_path.with_file_name("leaving")
+}
+
+/// Publishes whether the drain's file exists, checked every `interval`.
+async fn follow_leaving_flag(path: PathBuf, leaving: watch::Sender<bool>, interval: Duration) {
+    let mut ticker = tokio::time::interval(interval);
+    loop {
+        ticker.tick().await;
+        let exists = tokio::fs::try_exists(&path).await.unwrap_or(false);
+        if leaving.send_if_modified(|current| std::mem::replace(current, exists) != exists) {
+            info!(
+                leaving = exists,
+                "the drain's mark {}",
+                if exists {
+                    "appeared: reporting this instance as leaving"
+                } else {
+                    "is gone"
+                }
+            );
+        }
+    }
+}
+
+/// `--drain`: BOSH runs this before it stops the instance's jobs and waits for it; it prints
+/// the seconds BOSH should still wait (always 0: it returns once drained, or once
+/// `drain_timeout_seconds` passed, since a drain that never ends would hold the deploy).
+async fn drain(config: &AgentConfig, tls: Option<rustls::ClientConfig>) -> Result<()> {
+    if let Some(instance) = &config.instance {
+        let flag = leaving_flag(config);
+        // A drain that fails fails the deploy: whatever goes wrong is logged, and BOSH goes on.
+        if let Err(err) = crate::fsutil::write_atomically(&flag, b"leaving\n") {
+            warn!(path = %flag.display(), "cannot mark the instance leaving, so its Envoys are not drained first: {err:#}");
+        }
+        let instance = InstanceRef {
+            deployment: instance.deployment.clone(),
+            instance_id: instance.id.clone(),
+        };
+        let timeout = Duration::from_secs(config.drain_timeout_seconds);
+        for (pilot, answer) in
+            crate::names::wait_drained(&config.pilots, tls, &instance, timeout).await
+        {
+            match answer {
+                Ok(answer) => info!(%pilot, "drained: {}", answer.trim()),
+                Err(err) => warn!(%pilot, "not known to be drained: {err:#}"),
+            }
+        }
+    }
+    println!("0");
     Ok(())
 }
 
@@ -178,6 +253,13 @@ pub fn validate(config: &AgentConfig, path: &Path) -> Result<Name> {
             "{}: {} is above 2147483647",
             at("ttl_seconds"),
             config.ttl_seconds
+        );
+    }
+    if !(1..=300).contains(&config.drain_timeout_seconds) {
+        bail!(
+            "{}: {} is outside 1..=300",
+            at("drain_timeout_seconds"),
+            config.drain_timeout_seconds
         );
     }
     if !(100..=60_000).contains(&config.probe_interval_ms) {

@@ -18,6 +18,7 @@ pub mod pki;
 pub mod process;
 pub mod ready;
 mod rules;
+mod update;
 pub mod vm;
 
 use std::net::Ipv4Addr;
@@ -84,6 +85,14 @@ pub enum LabCommand {
         #[arg(value_enum)]
         action: ProcessAction,
     },
+    /// Plays BOSH updating an instance group (`bosh deploy` of a changed job): one instance at
+    /// a time, each job's drain, the jobs stopped, post-stop, pre-start, the jobs started.
+    Update {
+        /// `instance_group` (in sample-deployment) or `deployment/instance_group`.
+        group: String,
+    },
+    /// Runs a VM's drain scripts, as BOSH does before it stops its jobs (`update` does it too).
+    Drain { vm: String },
     /// Changes the simulated director's state (and creates or deletes the VMs that follow).
     Director {
         #[command(subcommand)]
@@ -306,6 +315,14 @@ pub async fn run(args: Args) -> Result<()> {
             let index = state.find_vm(&vm)?;
             control_process(&mut state.vms[index], &process, action)?;
             state.save()
+        }
+        LabCommand::Update { group } => {
+            let mut state = require_state(&layout)?;
+            update::rolling_update(&mut state, &group)
+        }
+        LabCommand::Drain { vm } => {
+            let state = require_state(&layout)?;
+            update::drain(&state.vms[state.find_vm(&vm)?])
         }
         LabCommand::Director { command } => director_command(&layout, command).await,
         LabCommand::Rules { command } => {

@@ -50,6 +50,13 @@ pub struct Vm {
     /// One-shot commands run before the processes (each job's bin/pre-start); set by
     /// [`install_jobs`].
     pub pre_start: Vec<Vec<String>>,
+    /// Each job's bin/drain, run before the processes stop in an update; set by
+    /// [`install_jobs`].
+    #[serde(default)]
+    pub drain: Vec<Vec<String>>,
+    /// Each job's bin/post-stop, run once the processes stopped; set by [`install_jobs`].
+    #[serde(default)]
+    pub post_stop: Vec<Vec<String>>,
     /// Every process of every job's bpm.yml; set by [`install_jobs`].
     pub processes: Vec<ProcessSpec>,
 }
@@ -313,14 +320,17 @@ fn plan_vm(
         root,
         jobs,
         pre_start: Vec::new(),
+        drain: Vec::new(),
+        post_stop: Vec::new(),
         processes: Vec::new(),
     }
 }
 
 /// Installs the VM's jobs as a BOSH agent would: renders every template into
 /// `<root>/jobs/<job>/` (paths rebased from /var/vcap to the VM's root), links the packages,
-/// creates each job's data and log directories, and reads back what to run: bin/pre-start
-/// into `pre_start`, every bpm.yml process into `processes`.
+/// creates each job's data and log directories, and reads back what to run: bin/pre-start,
+/// bin/drain and bin/post-stop into `pre_start`, `drain` and `post_stop`, every bpm.yml process
+/// into `processes`.
 pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
     let jobs_dir = vm.root.join("jobs");
     if jobs_dir.exists() {
@@ -347,6 +357,8 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
     link_package(&vm.root, "envoy", &[("envoy", &layout.envoy_bin)])?;
 
     vm.pre_start.clear();
+    vm.drain.clear();
+    vm.post_stop.clear();
     vm.processes.clear();
     for job in &vm.jobs {
         for dir in [
@@ -356,9 +368,15 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
             std::fs::create_dir_all(&dir)
                 .with_context(|| format!("cannot create {}", dir.display()))?;
         }
-        let pre_start = job.output.join("bin/pre-start");
-        if pre_start.exists() {
-            vm.pre_start.push(vec![pre_start.display().to_string()]);
+        for (script, commands) in [
+            ("bin/pre-start", &mut vm.pre_start),
+            ("bin/drain", &mut vm.drain),
+            ("bin/post-stop", &mut vm.post_stop),
+        ] {
+            let path = job.output.join(script);
+            if path.exists() {
+                commands.push(vec![path.display().to_string()]);
+            }
         }
         let bpm = job.output.join("config/bpm.yml");
         if !bpm.exists() {

@@ -124,6 +124,31 @@ impl LabCli {
             .collect()
     }
 
+    /// Starts requesting `url` from `vm` at `per_second` requests a second, over kept-alive
+    /// connections, as a client of the mesh does, until [`SteadyLoad::stop`].
+    pub fn steady_load(&self, vm: &str, url: &str, per_second: u32) -> SteadyLoad {
+        let namespace = self.vm(&qualified(vm))["namespace"]
+            .as_str()
+            .expect("namespace")
+            .to_string();
+        // At most ten minutes of requests: curl asks for each URL of its command line in
+        // turn, at the rate, and keeps going past failures.
+        let count = per_second as usize * 600;
+        let mut command = Command::new("ip");
+        // Line-buffered, so that every finished request is in the output when curl is stopped.
+        command
+            .args(["netns", "exec", &namespace, "stdbuf", "-oL", "curl", "-sS"])
+            .args(["--rate", &format!("{per_second}/s")])
+            .args(["--max-time", "3"])
+            .args(["-w", "%{http_code} %{errormsg}\\n"])
+            .args(std::iter::repeat_n(["-o", "/dev/null", url], count).flatten())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null());
+        SteadyLoad {
+            child: command.spawn().expect("run curl in the VM"),
+        }
+    }
+
     /// Waits until every VM has converged on the control plane's catalog.
     pub fn wait(&self) {
         self.ok(&["wait", "--timeout-seconds", "60"]);
@@ -143,6 +168,34 @@ impl LabCli {
             "the control plane never showed {what}: {:?}",
             self.registration()
         );
+    }
+}
+
+/// `banana/1` is sample-deployment's; `deployment/group/index` is as given.
+fn qualified(vm: &str) -> String {
+    if vm.matches('/').count() == 1 {
+        format!("sample-deployment/{vm}")
+    } else {
+        vm.to_string()
+    }
+}
+
+/// Requests at a steady rate from one VM (`LabCli::steady_load`).
+pub struct SteadyLoad {
+    child: std::process::Child,
+}
+
+impl SteadyLoad {
+    /// Stops the requests; the outcome of each that finished: `200 ` for a success, else the
+    /// status (`000` when there was no response) and curl's error.
+    pub fn stop(self) -> Vec<String> {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let output = self.child.wait_with_output().expect("curl's output");
+        String::from_utf8_lossy(&output.stdout)
+            .lines()
+            .map(str::to_string)
+            .collect()
     }
 }
 
