@@ -293,6 +293,7 @@ pub(crate) async fn serve_router(
         tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    close_when_unacknowledged(&stream);
                     connections.spawn(serve_connection(stream, peer, router.clone()));
                 }
                 Err(err) => {
@@ -303,6 +304,22 @@ pub(crate) async fn serve_router(
             },
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
+    }
+}
+
+/// How long data sent on a connection may stay unacknowledged before the kernel closes it.
+const UNACKNOWLEDGED_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A peer that vanished without closing (its VM deleted, the network cut) never answers: the
+/// kernel would retransmit for many minutes before it gave up. The name-table stream writes a
+/// heartbeat every 10 s, so with this its end is noticed within `UNACKNOWLEDGED_TIMEOUT` and
+/// the agent's health report stops counting (docs/health.md).
+pub(crate) fn close_when_unacknowledged(stream: &tokio::net::TcpStream) {
+    let millis = UNACKNOWLEDGED_TIMEOUT.as_millis() as u32;
+    if let Err(err) =
+        nix::sys::socket::setsockopt(stream, nix::sys::socket::sockopt::TcpUserTimeout, &millis)
+    {
+        tracing::debug!("cannot set TCP_USER_TIMEOUT: {err}");
     }
 }
 
@@ -330,6 +347,20 @@ mod tests {
     use crate::director::RuleConfigs;
     use axum::body::Body;
     use axum::http::{Method, Request};
+
+    #[tokio::test]
+    async fn accepted_connections_are_closed_when_their_data_stays_unacknowledged() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = tokio::net::TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (accepted, _) = listener.accept().await.unwrap();
+        close_when_unacknowledged(&accepted);
+        let set =
+            nix::sys::socket::getsockopt(&accepted, nix::sys::socket::sockopt::TcpUserTimeout)
+                .unwrap();
+        assert_eq!(u128::from(set), UNACKNOWLEDGED_TIMEOUT.as_millis());
+    }
 
     fn catalog() -> Catalog {
         testing::catalog(

@@ -232,6 +232,7 @@ async fn accept_loop(
             () = tx.closed() => return,
             accepted = listener.accept() => match accepted {
                 Ok((tcp, peer)) => {
+                    crate::api::close_when_unacknowledged(&tcp);
                     let acceptor = acceptor.clone();
                     handshakes.spawn(async move {
                         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));

@@ -2,6 +2,7 @@
 //! subnet), and reading the control plane's registration.
 
 use std::collections::BTreeSet;
+use std::io::Write as _;
 use std::process::{Command, Output};
 
 use boshy_lab::binaries::LAB;
@@ -131,9 +132,12 @@ impl LabCli {
             .as_str()
             .expect("namespace")
             .to_string();
-        // At most ten minutes of requests: curl asks for each URL of its command line in
-        // turn, at the rate, and keeps going past failures.
-        let count = per_second as usize * 600;
+        // At most two minutes of requests: curl asks for each URL of its config in turn, at
+        // the rate, and keeps going past failures.
+        let mut config = tempfile::NamedTempFile::new().expect("a curl config file");
+        for _ in 0..per_second as usize * 120 {
+            writeln!(config, "url = \"{url}\"\noutput = \"/dev/null\"").expect("write");
+        }
         let mut command = Command::new("ip");
         // Line-buffered, so that every finished request is in the output when curl is stopped.
         command
@@ -141,11 +145,13 @@ impl LabCli {
             .args(["--rate", &format!("{per_second}/s")])
             .args(["--max-time", "3"])
             .args(["-w", "%{http_code} %{errormsg}\\n"])
-            .args(std::iter::repeat_n(["-o", "/dev/null", url], count).flatten())
+            .arg("-K")
+            .arg(config.path())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null());
         SteadyLoad {
             child: command.spawn().expect("run curl in the VM"),
+            _config: config,
         }
     }
 
@@ -183,6 +189,7 @@ fn qualified(vm: &str) -> String {
 /// Requests at a steady rate from one VM (`LabCli::steady_load`).
 pub struct SteadyLoad {
     child: std::process::Child,
+    _config: tempfile::NamedTempFile,
 }
 
 impl SteadyLoad {
