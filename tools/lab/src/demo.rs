@@ -9,7 +9,7 @@ use anyhow::{bail, Context, Result};
 
 use super::jobs::release_dir;
 use super::rules::RulesCli;
-use super::{net, ready, up, LabState, Layout};
+use super::{net, ready, up, LabState, Layout, ProcessAction};
 
 const CLIENT_VM: &str = "apricot/3";
 const SERVICE: &str = "example-httpbin.banana.sample-deployment";
@@ -84,11 +84,86 @@ pub async fn run(layout: &Layout) -> Result<()> {
             answered_by.len()
         );
     }
+    let mut state = state;
+    health_from_the_vm(&mut state, &url).await?;
     traffic_rules(layout, &state).await?;
     println!(
-        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab process banana/1 example-httpbin kill` (its agent reports the port failing), then curl again; `scripts/lab down` when done."
+        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab update banana` (a rolling deploy, drained: docs/health.md); `scripts/lab down` when done."
     );
     Ok(())
+}
+
+const FAILING_VM: &str = "banana/1";
+
+/// Waits until the catalog has banana's endpoint at `ip` as `healthy`.
+async fn catalog_shows(state: &LabState, ip: &str, healthy: bool) -> Result<()> {
+    ready::until(
+        ROUTED_WITHIN,
+        "the catalog to follow the agent",
+        || async move {
+            Ok(ready::registration(state).await?.iter().any(|s| {
+                s.hostname.starts_with(SERVICE)
+                    && s.endpoints
+                        .iter()
+                        .any(|e| e.address == ip && e.healthy == healthy)
+            }))
+        },
+    )
+    .await
+}
+
+/// Health from the VM itself (docs/health.md): the workload on banana/1 is killed, its agent's
+/// probe fails, and banana/1 is out of every Envoy without the director; then it comes back.
+async fn health_from_the_vm(state: &mut LabState, url: &str) -> Result<()> {
+    let index = state.find_vm(FAILING_VM)?;
+    let ip = state.vms[index].ip.to_string();
+    println!("\n== Health from the VM: example-httpbin on {FAILING_VM} ({ip}) killed");
+    let killed = Instant::now();
+    super::control_process(
+        &mut state.vms[index],
+        "example-httpbin",
+        ProcessAction::Kill,
+    )?;
+    catalog_shows(state, &ip, false).await?;
+    println!(
+        "  its agent reported port 9002 failing: out of the catalog after {} ms, no director task involved",
+        killed.elapsed().as_millis()
+    );
+    let vm = &state.vms[state.find_vm(CLIENT_VM)?];
+    let cluster =
+        boshy::xds::resources::cluster_name(&format!("{SERVICE}.{}", state.layout.tld), 9002);
+    let endpoint = format!("{ip}:9002");
+    ready::until(ROUTED_WITHIN, "apricot/3's Envoy to drop it", || {
+        let (cluster, endpoint) = (&cluster, &endpoint);
+        async move { Ok(!ready::envoy_healthy_endpoints(vm, cluster)?.contains(endpoint)) }
+    })
+    .await?;
+    println!(
+        "  out of {CLIENT_VM}'s Envoy after {} ms (the lab checks every 250 ms)",
+        killed.elapsed().as_millis()
+    );
+    ready::wait(state, ROUTED_WITHIN).await?;
+    println!("  and out of every VM's Envoy");
+    let mut answered = std::collections::BTreeSet::new();
+    for _ in 0..CURLS {
+        let output = net::run_in(&vm.namespace, &["curl", "-sS", "--max-time", "5", url])?;
+        let body: serde_json::Value = serde_json::from_slice(&output.stdout)
+            .with_context(|| format!("curl {url} did not return JSON"))?;
+        answered.insert(body["instance"]["ip"].as_str().unwrap_or("?").to_string());
+    }
+    println!("  {CURLS} curls from {CLIENT_VM} answered by {answered:?}");
+    if answered.contains(&ip) {
+        bail!("{FAILING_VM} still answered after its process was killed");
+    }
+    super::control_process(
+        &mut state.vms[index],
+        "example-httpbin",
+        ProcessAction::Start,
+    )?;
+    catalog_shows(state, &ip, true).await?;
+    ready::wait(state, ROUTED_WITHIN).await?;
+    println!("  started again: back in every Envoy");
+    state.save()
 }
 
 const PRODUCTPAGE_VM: &str = "bookinfo/productpage/0";
