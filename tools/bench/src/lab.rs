@@ -33,6 +33,11 @@ const DEPLOYMENT: &str = "sample-deployment";
 const SERVICE_GROUP: &str = "banana";
 const CLIENT_GROUP: &str = "apricot";
 const HOSTNAME: &str = "example-httpbin.banana.sample-deployment.boshy";
+/// The instance whose health the convergence trials change, and its workload.
+const BANANA_VM: &str = "banana/1";
+const WORKLOAD: &str = "example-httpbin";
+/// The rolling update's steady load (the figure).
+const UPDATE_RATE: u64 = 50;
 const PORT: u16 = 9002;
 /// The lab's director polling (src/lab/vm.rs renders the pilot with these).
 const POLL_INTERVAL_SECONDS: f64 = 1.0;
@@ -57,6 +62,9 @@ pub struct Args {
     pub load_seconds: u64,
     #[arg(long, default_value_t = 1000)]
     pub load_rate: u64,
+    /// Seconds of steady load through the rolling update of banana (it takes about 10).
+    #[arg(long, default_value_t = 25)]
+    pub update_seconds: u64,
     /// Where the rows files go (convergence.json, steady.json, dataplane.json).
     #[arg(long, default_value = "bench/rows")]
     pub out_dir: PathBuf,
@@ -124,7 +132,8 @@ fn run_blocking(args: &Args) -> Result<()> {
     super::emit(&steady, Some(&args.out_dir.join("steady.json")))?;
 
     let envoys: Vec<&Vm> = state.vms.iter().filter(|vm| vm.runs_addon()).collect();
-    let convergence = convergence(&runtime, &sim, &envoys, args.trials)?;
+    let mut convergence = convergence(&lab, &runtime, &sim, &envoys, args.trials)?;
+    convergence.push(rolling_update(&lab, &state, args.update_seconds)?);
     super::emit(&convergence, Some(&args.out_dir.join("convergence.json")))?;
 
     let dataplane = data_plane(args, &state)?;
@@ -312,6 +321,7 @@ fn time_until_every_envoy(
 }
 
 fn convergence(
+    lab: &Lab,
     runtime: &tokio::runtime::Runtime,
     sim: &SimControl,
     envoys: &[&Vm],
@@ -363,6 +373,26 @@ fn convergence(
                 !e.contains_key(&endpoint)
             })?);
 
+        // Health from the VM: the workload killed, its agent's probe fails.
+        lab.command(&["process", BANANA_VM, WORKLOAD, "kill"])?;
+        let changed = Instant::now();
+        times
+            .entry("process killed (agent)")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                !e.contains_key(&banana_endpoint)
+            })?);
+        lab.command(&["process", BANANA_VM, WORKLOAD, "start"])?;
+        let changed = Instant::now();
+        times
+            .entry("process started (agent)")
+            .or_default()
+            .push(time_until_every_envoy(envoys, changed, |e| {
+                e.get(&banana_endpoint).is_some_and(|f| f == "healthy")
+            })?);
+
+        // The director's view, which decides for an instance without a connected agent.
+        lab.command(&["process", BANANA_VM, "virtual-ip-agent", "stop"])?;
         runtime.block_on(sim.set_job_state(DEPLOYMENT, &banana.id, "failing"))?;
         let changed = Instant::now();
         times
@@ -379,13 +409,44 @@ fn convergence(
             .push(time_until_every_envoy(envoys, changed, |e| {
                 e.contains_key(&banana_endpoint)
             })?);
+        lab.command(&["process", BANANA_VM, "virtual-ip-agent", "start"])?;
     }
     let mut rows = Vec::new();
+    let director_p99 = {
+        let mut sorted = times.get("failing").cloned().unwrap_or_default();
+        sorted.sort_by(f64::total_cmp);
+        percentile(&sorted, 0.99).unwrap_or(f64::NAN)
+    };
+    for change in ["process killed (agent)", "process started (agent)"] {
+        let mut sorted = times.remove(change).unwrap_or_default();
+        sorted.sort_by(f64::total_cmp);
+        let p50 = percentile(&sorted, 0.5).unwrap_or(f64::NAN);
+        let p99 = percentile(&sorted, 0.99).unwrap_or(f64::NAN);
+        rows.push(
+            Row::new(
+                "convergence",
+                format!("{change}: p99 to every Envoy"),
+                p99,
+                "s",
+            )
+            .against(
+                "instance failing at the director, no agent (same run)",
+                director_p99,
+            )
+            .goal("< 2 s", p99 < 2.0)
+            .note(format!(
+                "p50 {p50:.2} s over {} trials, {} Envoys; probe interval 500 ms; no director task",
+                sorted.len(),
+                envoys.len()
+            )),
+        );
+    }
     for (change, interval, what) in [
         ("added", POLL_INTERVAL_SECONDS, "poll interval"),
         ("removed", POLL_INTERVAL_SECONDS, "poll interval"),
         ("failing", HEALTH_INTERVAL_SECONDS, "health interval"),
         ("running again", HEALTH_INTERVAL_SECONDS, "health interval"),
+        // (the instance's agent stopped: the director decides)
     ] {
         let mut sorted = times.remove(change).unwrap_or_default();
         sorted.sort_by(f64::total_cmp);
@@ -411,6 +472,41 @@ fn convergence(
     Ok(rows)
 }
 
+/// A rolling update of banana (`lab update banana`: drain, stop, start, one instance at a
+/// time) under a steady load from an apricot VM: the requests that failed.
+fn rolling_update(lab: &Lab, state: &LabState, seconds: u64) -> Result<Row> {
+    let client = state
+        .vms
+        .iter()
+        .find(|vm| vm.deployment == DEPLOYMENT && vm.instance_group == CLIENT_GROUP)
+        .context("no apricot VM in the lab")?;
+    let url = format!("http://{HOSTNAME}:{PORT}/get");
+    let (result, update) = std::thread::scope(|scope| {
+        let load = scope.spawn(|| load(client, &url, UPDATE_RATE, seconds));
+        std::thread::sleep(Duration::from_secs(2));
+        let started = Instant::now();
+        let update = lab
+            .command(&["update", SERVICE_GROUP])
+            .map(|_| started.elapsed());
+        (load.join().expect("the load thread panicked"), update)
+    });
+    let (result, took) = (result?, update?);
+    Ok(Row::new(
+        "convergence",
+        format!("failed requests during a rolling update of banana, {UPDATE_RATE} req/s"),
+        result.errors as f64,
+        "requests",
+    )
+    .goal("0", result.errors == 0)
+    .note(format!(
+        "{} of {} requests answered; the update of 3 instances took {:.1} s (drain, stop, start, 2 s watch each); p99 {:.1} ms",
+        result.ok,
+        result.sent,
+        took.as_secs_f64(),
+        result.p99_ms
+    )))
+}
+
 /// The Envoy process running in `namespace` (matched by network namespace inode).
 fn envoy_pid(namespace: &str) -> Result<u32> {
     use std::os::unix::fs::MetadataExt;
@@ -429,19 +525,17 @@ fn envoy_pid(namespace: &str) -> Result<u32> {
     bail!("no Envoy process in namespace {namespace}")
 }
 
-fn load(args: &Args, vm: &Vm, url: &str) -> Result<LoadResult> {
+fn load(vm: &Vm, url: &str, rate: u64, seconds: u64) -> Result<LoadResult> {
     eprintln!(
-        "bench lab: {} req/s for {} s from {} to {url}",
-        args.load_rate,
-        args.load_seconds,
+        "bench lab: {rate} req/s for {seconds} s from {} to {url}",
         vm.name()
     );
     let output = Command::new("ip")
         .args(["netns", "exec", &vm.namespace])
         .arg(super::bench_binary()?)
         .args(["load", "--url", url])
-        .args(["--rate", &args.load_rate.to_string()])
-        .args(["--seconds", &args.load_seconds.to_string()])
+        .args(["--rate", &rate.to_string()])
+        .args(["--seconds", &seconds.to_string()])
         .env("RUST_LOG", "warn")
         .output()
         .context("running the load generator in the client VM")?;
@@ -467,10 +561,21 @@ fn data_plane(args: &Args, state: &LabState) -> Result<Vec<Row>> {
     let envoy = envoy_pid(&client.namespace)?;
     let cpu_before = cpu_seconds(envoy)?;
     let started = Instant::now();
-    let mesh = load(args, client, &format!("http://{HOSTNAME}:{PORT}/get"))?;
+    let (rate, seconds) = (args.load_rate, args.load_seconds);
+    let mesh = load(
+        client,
+        &format!("http://{HOSTNAME}:{PORT}/get"),
+        rate,
+        seconds,
+    )?;
     let cpu_share = (cpu_seconds(envoy)? - cpu_before) / started.elapsed().as_secs_f64();
     let memory = ProcMemory::of(envoy)?;
-    let direct = load(args, client, &format!("http://{}:{PORT}/get", server.ip))?;
+    let direct = load(
+        client,
+        &format!("http://{}:{PORT}/get", server.ip),
+        rate,
+        seconds,
+    )?;
     let errors = format!(
         "{} + {} errors of {} + {} requests",
         mesh.errors, direct.errors, mesh.sent, direct.sent

@@ -193,11 +193,20 @@ fn lab_harness_measures_convergence_requests_and_the_data_plane() {
         "1",
         "--load-rate",
         "50",
+        "--update-seconds",
+        "14",
         "--out-dir",
         dir.path().to_str().unwrap(),
     ]);
     let all = read_rows(dir.path()).unwrap();
-    assert!(figures(&all["convergence"]).contains(&"instance added: p99 to every Envoy"));
+    let convergence = figures(&all["convergence"]);
+    for figure in [
+        "instance added: p99 to every Envoy",
+        "process killed (agent): p99 to every Envoy",
+        "failed requests during a rolling update of banana, 50 req/s",
+    ] {
+        assert!(convergence.contains(&figure), "{figure} in {convergence:?}");
+    }
     assert!(figures(&all["steady"]).contains(&"topology-check requests per poll tick"));
     assert!(figures(&all["dataplane"]).contains(&"added p99 latency through the mesh"));
 
