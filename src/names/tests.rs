@@ -17,7 +17,8 @@ use super::server::serve_with_heartbeat;
 use super::table::NameTable;
 use crate::catalog::model::{Catalog, Endpoint, InstanceRef, Protocol};
 use crate::catalog::testing::{self, endpoint, service};
-use crate::health::{AgentRegistry, AgentReport, ProbeSet};
+use crate::health::{AgentRegistry, AgentReport, ProbeSet, XdsView};
+use crate::xds::sync::SyncBoard;
 
 /// Far longer than anything here should take; only a broken implementation waits this long.
 const PATIENCE: Duration = Duration::from_secs(20);
@@ -52,9 +53,29 @@ impl Pilot {
     }
 
     fn start_on(listener: TcpListener, initial: Catalog) -> Pilot {
-        let address = listener.local_addr().unwrap();
         let (catalog, rx) = watch::channel(Arc::new(initial));
-        let agents = Arc::new(AgentRegistry::default());
+        Pilot::serving(listener, catalog, rx, AgentRegistry::default())
+    }
+
+    /// A pilot whose drains wait on `board` for the snapshots of its catalog.
+    async fn start_with_xds(initial: Catalog, board: Arc<SyncBoard>) -> Pilot {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let (catalog, rx) = watch::channel(Arc::new(initial));
+        let xds = XdsView {
+            snapshots: crate::xds::cache::follow(rx.clone()),
+            board,
+        };
+        Pilot::serving(listener, catalog, rx, AgentRegistry::with_xds(xds))
+    }
+
+    fn serving(
+        listener: TcpListener,
+        catalog: watch::Sender<Arc<Catalog>>,
+        rx: watch::Receiver<Arc<Catalog>>,
+        agents: AgentRegistry,
+    ) -> Pilot {
+        let address = listener.local_addr().unwrap();
+        let agents = Arc::new(agents);
         let server = tokio::spawn(serve_with_heartbeat(
             listener,
             rx,
@@ -465,4 +486,57 @@ async fn when_the_agent_goes_away_its_report_no_longer_counts() {
         .await
         .expect("the stream's end takes the report out")
         .unwrap();
+}
+
+#[tokio::test]
+async fn a_drain_is_answered_once_every_envoy_took_the_snapshot_without_the_instance() {
+    let board = Arc::new(SyncBoard::default());
+    let pilot = Pilot::start_with_xds(agent_catalog(1, "127.0.0.1"), board.clone()).await;
+    let drained = |timeout: u64| {
+        let url = format!(
+            "{}/v1/names/drained?deployment=d&instance=a&timeout_seconds={timeout}",
+            pilot.url()
+        );
+        async move {
+            let response = reqwest::get(url).await.unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    // An Envoy connected, holding the first snapshot.
+    let mut envoy = board.join(1);
+    envoy.publish();
+    let (status, text) = drained(1).await;
+    assert_eq!(status, reqwest::StatusCode::GATEWAY_TIMEOUT);
+    assert!(text.contains("still in the catalog"), "{text}");
+
+    // The agent reported leaving: a catalog without the instance, built into snapshot 2.
+    let mut leaving = agent_catalog(2, "127.0.0.1");
+    leaving.services[0].endpoints[0].healthy = false;
+    pilot.catalog.send_replace(Arc::new(leaving));
+    let waiting = tokio::spawn(drained(10));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!waiting.is_finished(), "the Envoy has not taken snapshot 2");
+    envoy.saw_snapshot(2);
+    envoy.sent("n1");
+    envoy.publish();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!waiting.is_finished(), "sent, not yet ACKed");
+    envoy.answered("n1");
+    envoy.publish();
+    let (status, text) = tokio::time::timeout(PATIENCE, waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK, "{text}");
+    assert!(text.contains("\"drained\":true"), "{text}");
+
+    // Only the instance's own VM may ask.
+    let elsewhere = Pilot::start_with_xds(agent_catalog(1, "10.9.9.9"), board).await;
+    let response = reqwest::get(format!(
+        "{}/v1/names/drained?deployment=d&instance=a",
+        elsewhere.url()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
 }
