@@ -24,3 +24,27 @@ pub mod report;
 pub use overlay::{apply, instance_out, probes_for};
 pub use registry::{AgentHealth, AgentRegistry, InstanceHealth, XdsView};
 pub use report::{AgentReport, ProbeSet};
+
+#[cfg(test)]
+pub(crate) mod testing {
+    //! What the health tests share: instance `id` of deployment `d`, and its agent's reports.
+
+    use super::AgentReport;
+    use crate::catalog::model::InstanceRef;
+
+    pub(crate) fn instance(id: &str) -> InstanceRef {
+        InstanceRef {
+            deployment: "d".into(),
+            instance_id: id.into(),
+        }
+    }
+
+    pub(crate) fn report(id: &str, failing: &[u16], leaving: bool) -> AgentReport {
+        AgentReport {
+            deployment: "d".into(),
+            instance: id.into(),
+            failing_ports: failing.iter().copied().collect(),
+            leaving,
+        }
+    }
+}

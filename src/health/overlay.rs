@@ -118,7 +118,7 @@ mod tests {
     use crate::catalog::model::{Endpoint, Protocol};
     use crate::catalog::testing::{self, endpoint, service};
     use crate::health::registry::RegistryState;
-    use crate::health::report::AgentReport;
+    use crate::health::testing::{instance, report};
 
     fn banana(id: &str, address: &str) -> Endpoint {
         Endpoint {
@@ -141,13 +141,6 @@ mod tests {
         testing::catalog(1, [web, admin])
     }
 
-    fn instance(id: &str) -> InstanceRef {
-        InstanceRef {
-            deployment: "d".into(),
-            instance_id: id.into(),
-        }
-    }
-
     fn health_of(catalog: &Catalog, host_prefix: &str) -> Vec<(String, bool)> {
         let service = catalog
             .services
@@ -159,15 +152,6 @@ mod tests {
             .iter()
             .map(|e| (e.instance.clone(), e.healthy))
             .collect()
-    }
-
-    fn report(id: &str, failing: &[u16], leaving: bool) -> AgentReport {
-        AgentReport {
-            deployment: "d".into(),
-            instance: id.into(),
-            failing_ports: failing.iter().copied().collect(),
-            leaving,
-        }
     }
 
     #[test]

@@ -259,22 +259,7 @@ impl Drop for AgentStream {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn instance(id: &str) -> InstanceRef {
-        InstanceRef {
-            deployment: "d".into(),
-            instance_id: id.into(),
-        }
-    }
-
-    fn report(id: &str, failing: &[u16], leaving: bool) -> AgentReport {
-        AgentReport {
-            deployment: "d".into(),
-            instance: id.into(),
-            failing_ports: failing.iter().copied().collect(),
-            leaving,
-        }
-    }
+    use crate::health::testing::{instance, report};
 
     fn reported(state: &RegistryState, id: &str) -> Option<InstanceHealth> {
         state.health().get("d", id).cloned()

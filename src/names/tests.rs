@@ -15,8 +15,9 @@ use super::follower::AgentLink;
 use super::follower::{follow_with, FollowTiming};
 use super::server::serve_with_heartbeat;
 use super::table::NameTable;
-use crate::catalog::model::{Catalog, Endpoint, InstanceRef, Protocol};
+use crate::catalog::model::{Catalog, Endpoint, Protocol};
 use crate::catalog::testing::{self, endpoint, service};
+use crate::health::testing::{instance, report as testing_report};
 use crate::health::{AgentRegistry, AgentReport, ProbeSet, XdsView};
 use crate::xds::sync::SyncBoard;
 
@@ -349,31 +350,28 @@ fn agent_catalog(version: u64, address: &str) -> Catalog {
 struct FollowingAgent {
     probes: watch::Receiver<Option<ProbeSet>>,
     reports: watch::Sender<Option<AgentReport>>,
+    follower: JoinHandle<()>,
 }
 
-fn start_agent(pilots: Vec<String>) -> FollowingAgent {
+fn start_agent(pilots: Vec<String>, first_report: Option<AgentReport>) -> FollowingAgent {
     let (tables, _) = watch::channel(Arc::new(NameTable::default()));
     let (probes_tx, probes) = watch::channel(None);
-    let (reports, reports_rx) = watch::channel(None);
+    let (reports, reports_rx) = watch::channel(first_report);
     let link = AgentLink {
-        instance: InstanceRef {
-            deployment: "d".into(),
-            instance_id: "a".into(),
-        },
+        instance: instance("a"),
         probes: Arc::new(probes_tx),
         reports: reports_rx,
     };
-    tokio::spawn(follow_with(pilots, None, tables, Some(link), FAST));
-    FollowingAgent { probes, reports }
+    let follower = tokio::spawn(follow_with(pilots, None, tables, Some(link), FAST));
+    FollowingAgent {
+        probes,
+        reports,
+        follower,
+    }
 }
 
 fn report(failing: &[u16]) -> Option<AgentReport> {
-    Some(AgentReport {
-        deployment: "d".into(),
-        instance: "a".into(),
-        failing_ports: failing.iter().copied().collect(),
-        leaving: false,
-    })
+    Some(testing_report("a", failing, false))
 }
 
 async fn wait_for_failing(pilot: &Pilot, failing: &[u16]) {
@@ -392,7 +390,7 @@ async fn wait_for_failing(pilot: &Pilot, failing: &[u16]) {
 async fn an_agent_gets_its_probes_and_every_pilot_gets_its_reports_again_after_a_restart() {
     let first = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
     let second = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
-    let mut agent = start_agent(vec![first.url(), second.url()]);
+    let mut agent = start_agent(vec![first.url(), second.url()], None);
     let probes = tokio::time::timeout(PATIENCE, agent.probes.wait_for(Option::is_some))
         .await
         .unwrap()
@@ -424,7 +422,7 @@ async fn an_agent_gets_its_probes_and_every_pilot_gets_its_reports_again_after_a
 #[tokio::test]
 async fn a_claim_from_another_address_gets_no_probes_and_its_reports_are_refused() {
     let pilot = Pilot::start(agent_catalog(1, "10.9.9.9")).await;
-    let mut agent = start_agent(vec![pilot.url()]);
+    let mut agent = start_agent(vec![pilot.url()], None);
     agent.reports.send_replace(report(&[8080]));
     // The table arrives, probes never do.
     let mut tables = start_follower(vec![pilot.url()], FAST);
@@ -460,27 +458,10 @@ async fn a_claim_from_another_address_gets_no_probes_and_its_reports_are_refused
 #[tokio::test]
 async fn when_the_agent_goes_away_its_report_no_longer_counts() {
     let pilot = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
-    let (tables, _) = watch::channel(Arc::new(NameTable::default()));
-    let (probes_tx, _probes) = watch::channel(None);
-    let (reports, reports_rx) = watch::channel(report(&[8080]));
-    let link = AgentLink {
-        instance: InstanceRef {
-            deployment: "d".into(),
-            instance_id: "a".into(),
-        },
-        probes: Arc::new(probes_tx),
-        reports: reports_rx,
-    };
-    let follower = tokio::spawn(follow_with(
-        vec![pilot.url()],
-        None,
-        tables,
-        Some(link),
-        FAST,
-    ));
+    let agent = start_agent(vec![pilot.url()], report(&[8080]));
     wait_for_failing(&pilot, &[8080]).await;
-    follower.abort();
-    drop(reports);
+    agent.follower.abort();
+    drop(agent.reports);
     let mut health = pilot.agents.health();
     tokio::time::timeout(PATIENCE, health.wait_for(|h| h.is_empty()))
         .await
