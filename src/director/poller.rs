@@ -36,7 +36,7 @@ use crate::catalog::model::{DeploymentInput, Instance, InstanceRef, ParsedManife
 use crate::config::{DirectorConfig, Secret};
 use crate::metrics;
 
-/// `format=full` tasks in flight at once (§8.5), whatever the budget allows: when tasks queue
+/// `format=full` tasks in flight at once (§8.3), whatever the budget allows: when tasks queue
 /// behind deploys, more would only wait in the director's queue.
 const MAX_TASKS_IN_FLIGHT: usize = 2;
 /// Synchronous refreshes (manifest, instance list) at once. The director answers them from its
