@@ -86,11 +86,13 @@ pub struct Poller {
     agent_reports: Option<watch::Receiver<AgentReports>>,
 }
 
-/// The health readings in flight, each with its deployment and when it was asked for.
-type Readings = (
-    JoinSet<Result<Vec<Instance>, DirectorError>>,
-    HashMap<Id, (String, Instant)>,
-);
+/// The health readings in flight: their tasks, and each one's deployment and when it was
+/// asked for.
+#[derive(Default)]
+struct Readings {
+    tasks: JoinSet<Result<Vec<Instance>, DirectorError>>,
+    asked: HashMap<Id, (String, Instant)>,
+}
 
 impl Poller {
     pub fn new(cfg: &DirectorConfig, secret: Secret) -> Result<Poller> {
@@ -140,7 +142,7 @@ impl Poller {
         }
         let mut ticker = tokio::time::interval(self.timing.poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut readings: Readings = (JoinSet::new(), HashMap::new());
+        let mut readings = Readings::default();
         let mut published: Option<Arc<Vec<DeploymentInput>>> = None;
         loop {
             let wake = state.next_health_wake(Instant::now());
@@ -150,12 +152,12 @@ impl Poller {
                         state.looked = true;
                     }
                 }
-                Some(joined) = readings.0.join_next_with_id(), if !readings.0.is_empty() => {
+                Some(joined) = readings.tasks.join_next_with_id(), if !readings.tasks.is_empty() => {
                     let (id, read) = match joined {
                         Ok((id, read)) => (id, Some(read)),
                         Err(err) => (err.id(), None),
                     };
-                    if let Some((name, asked_at)) = readings.1.remove(&id) {
+                    if let Some((name, asked_at)) = readings.asked.remove(&id) {
                         state.apply_health(&name, asked_at, read, Instant::now());
                     }
                 }
@@ -182,7 +184,7 @@ impl Poller {
     }
 
     /// Starts every health reading the budget allows now.
-    fn ask_for_health(&self, state: &mut PollState, (tasks, asked): &mut Readings) {
+    fn ask_for_health(&self, state: &mut PollState, readings: &mut Readings) {
         let now = Instant::now();
         while let Some(name) = state.next_health_reading(now) {
             metrics::global()
@@ -191,8 +193,8 @@ impl Poller {
             let client = self.client.clone();
             let deployment = name.clone();
             let read = async move { client.instance_health(&deployment).await };
-            let task = tasks.spawn(read.with_current_subscriber());
-            asked.insert(task.id(), (name, now));
+            let task = readings.tasks.spawn(read.with_current_subscriber());
+            readings.asked.insert(task.id(), (name, now));
         }
     }
 
