@@ -176,8 +176,15 @@ pub struct DirectorConfig {
     pub insecure_skip_tls_verify: bool,
     #[serde(default = "default_poll_interval")]
     pub poll_interval_seconds: u64,
+    /// How often each deployment's health is wanted: its reading older than this is due.
     #[serde(default = "default_health_interval")]
     pub health_interval_seconds: u64,
+    /// The whole pilot's budget of health readings (`instances?format=full` tasks, each
+    /// taking one of the director's few workers), whatever the number of deployments; at
+    /// least one. Too small a budget for the estate and the interval is logged
+    /// (docs/director-api.md §8.3).
+    #[serde(default = "default_health_tasks_per_minute")]
+    pub health_tasks_per_minute: u32,
     #[serde(default = "default_full_resync")]
     pub full_resync_seconds: u64,
     /// Deadline for one `format=full` task (queued + processing).
@@ -397,6 +404,9 @@ fn default_poll_interval() -> u64 {
 }
 fn default_health_interval() -> u64 {
     15
+}
+fn default_health_tasks_per_minute() -> u32 {
+    6
 }
 fn default_full_resync() -> u64 {
     300

@@ -18,6 +18,12 @@ pub struct Metrics {
     pub agents_reporting: AtomicU64,
     pub agent_reports: AtomicU64,
     pub director_requests: AtomicU64,
+    /// Health readings (`instances?format=full` tasks) asked of the director.
+    pub director_health_tasks: AtomicU64,
+    /// In milliseconds: the age of the oldest health reading among deployments that need one,
+    /// and the longest time between a deployment's last two readings.
+    pub director_health_age_ms: AtomicU64,
+    pub director_health_cycle_ms: AtomicU64,
     /// Rule configs with every resource accepted, and with at least one refused.
     pub rule_configs_accepted: AtomicU64,
     pub rule_configs_rejected: AtomicU64,
@@ -98,6 +104,25 @@ impl Metrics {
                 value.load(Ordering::Relaxed)
             );
         }
+        let seconds_gauges = [
+            (
+                "boshy_director_health_age_seconds",
+                "Age of the oldest health reading among deployments that need one",
+                &self.director_health_age_ms,
+            ),
+            (
+                "boshy_director_health_cycle_seconds",
+                "Longest time between a deployment's last two health readings (the cycle achieved)",
+                &self.director_health_cycle_ms,
+            ),
+        ];
+        for (name, help, millis) in seconds_gauges {
+            let seconds = millis.load(Ordering::Relaxed) as f64 / 1000.0;
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {seconds:.3}"
+            );
+        }
         let counters = [
             (
                 "boshy_xds_pushes_total",
@@ -118,6 +143,11 @@ impl Metrics {
                 "boshy_agent_reports_total",
                 "Health reports taken from virtual-ip-agents",
                 &self.agent_reports,
+            ),
+            (
+                "boshy_director_health_tasks_total",
+                "Health readings (instances?format=full tasks) asked of the director",
+                &self.director_health_tasks,
             ),
         ];
         for (name, help, value) in counters {

@@ -120,6 +120,8 @@ pub async fn run(args: Args) -> Result<()> {
         snapshots: snapshots.clone(),
         board: board.clone(),
     }));
+    // Deployments whose every instance an agent reports on cost the director no health task.
+    let poller = poller.with_agent_reports(agents.covered());
     let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {

@@ -23,6 +23,7 @@ const PILOT: &str = "director:
   client_secret: x
   ca_cert_path: /var/vcap/jobs/bosh-pilot/config/director_ca.pem
   poll_interval_seconds: 5
+  health_tasks_per_minute: 6
   insecure_skip_tls_verify: false
 tld: boshy
 virtual_ip_cidr: 169.254.255.0/24
@@ -60,6 +61,7 @@ const PILOT_KEYS: &[(&str, Kind)] = &[
     ("director.url", Kind::Text),
     ("director.client", Kind::Text),
     ("director.poll_interval_seconds", Kind::Number),
+    ("director.health_tasks_per_minute", Kind::Number),
     ("director.insecure_skip_tls_verify", Kind::Flag),
     ("tld", Kind::Text),
     ("virtual_ip_cidr", Kind::Cidr),

@@ -1,12 +1,13 @@
 //! The director client and poller against the in-process director simulator: auth and token
 //! renewal, faults, malformed manifests, instance changes, rule configs, steady-state cost,
-//! secrecy.
+//! the health budget, secrecy.
 
+use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use boshy::catalog::model::{DeploymentInput, Labels, Service};
+use boshy::catalog::model::{DeploymentInput, InstanceRef, Labels, Service};
 use boshy::config::{DirectorConfig, Secret};
 use boshy::director::{DirectorClient, PollTiming, Poller, PublishedRuleConfigs, RuleConfigs};
 use boshy_director_sim::{self as sim, AuthMode, SimHandle, SimOptions};
@@ -92,6 +93,8 @@ fn fast_timing() -> PollTiming {
     PollTiming {
         poll: Duration::from_millis(100),
         health: Duration::from_millis(400),
+        // 20 health tasks a second: a budget that keeps a few deployments within 400 ms.
+        health_task_spacing: Duration::from_millis(50),
         full_resync: Duration::from_secs(3600),
         backoff_cap: Duration::from_millis(400),
     }
@@ -120,6 +123,8 @@ struct Setup {
     deployments: Vec<(String, String)>,
     director: Value,
     timing: PollTiming,
+    /// The instances agents report on, when the test plays the agents.
+    agent_reports: Option<watch::Receiver<Arc<BTreeSet<InstanceRef>>>>,
 }
 
 impl Setup {
@@ -129,6 +134,7 @@ impl Setup {
             deployments: vec![("sample-deployment".into(), sample("sample-deployment"))],
             director: json!({"client": "pilot", "request_timeout_seconds": 2, "task_timeout_seconds": 10}),
             timing: fast_timing(),
+            agent_reports: None,
         }
     }
 
@@ -160,10 +166,13 @@ impl Setup {
             .finish();
         let dispatch = tracing::Dispatch::new(subscriber);
         let (tx, rx) = watch::channel(Arc::new(Vec::new()));
-        let poller =
+        let mut poller =
             tracing::dispatcher::with_default(&dispatch, || Poller::new(&cfg, Secret::new(SECRET)))
                 .expect("poller builds")
                 .with_timing(self.timing);
+        if let Some(reports) = self.agent_reports {
+            poller = poller.with_agent_reports(reports);
+        }
         let rule_configs = poller.rule_configs();
         let poller = tokio::spawn(poller.run(tx).with_subscriber(dispatch));
         let director = DirectorClient::new(&cfg, Secret::new(SECRET)).expect("client builds");
@@ -408,6 +417,23 @@ fn has_instances(
     }
 }
 
+/// Every instance of `name` with a VM has had its health read (only a reading says
+/// `bootstrap`), so no first reading can change what is published.
+fn health_read(list: &[DeploymentInput], name: &str) -> Result<(), String> {
+    let unread = deployment(list, name)?
+        .instances
+        .iter()
+        .filter(|i| i.vm_cid.is_some() && i.bootstrap.is_none())
+        .count();
+    match unread {
+        0 => Ok(()),
+        _ => Err(format!("{name}: {unread} instances not read yet")),
+    }
+}
+
+/// `instances?format=full` requests: health tasks created.
+const HEALTH_TASKS: &str = "GET /deployments/:d/instances?format=full";
+
 fn route_count(requests: &Value, route: &str) -> u64 {
     requests["by_route"][route].as_u64().unwrap_or(0)
 }
@@ -631,7 +657,10 @@ async fn endpoints_carry_the_directors_and_the_authors_labels() {
     )];
     let mut h = setup.start().await;
     let list = h
-        .published(|l| has_instances(l, "bookinfo", "reviews", 3))
+        .published(|l| {
+            has_instances(l, "bookinfo", "reviews", 3)?;
+            health_read(l, "bookinfo")
+        })
         .await;
     let service = served(&list, "example-httpbin.reviews.bookinfo.boshy");
     assert_eq!(service.endpoints.len(), 3, "{service:?}");
@@ -646,7 +675,7 @@ async fn endpoints_carry_the_directors_and_the_authors_labels() {
             .clone()
             .expect("the simulator places instances in AZs");
         let index = instance.index.expect("the simulator indexes instances");
-        let bootstrap = instance.bootstrap.expect("format=full rows say it");
+        let bootstrap = instance.bootstrap.expect("a health reading says it");
         let expected: Labels = [
             ("bosh.io/deployment", "bookinfo".to_string()),
             ("bosh.io/instance-group", "reviews".to_string()),
@@ -855,7 +884,8 @@ async fn fault_keeps_last_good_state(mode: &str, logged: &str, request_timeout_s
     let good = h
         .published(|l| {
             has_instances(l, "sample-deployment", "apricot", 3)?;
-            has_instances(l, "other", "apricot", 3)
+            has_instances(l, "other", "apricot", 3)?;
+            health_read(l, "sample-deployment")
         })
         .await;
     h.fault(mode, Some("/deployments/sample-deployment")).await;
@@ -924,7 +954,10 @@ async fn hanging_director_times_out_keeps_last_good_state_and_recovers() {
 async fn whole_director_outage_keeps_everything() {
     let mut h = Setup::new().start().await;
     let good = h
-        .published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .published(|l| {
+            has_instances(l, "sample-deployment", "apricot", 3)?;
+            health_read(l, "sample-deployment")
+        })
         .await;
     h.fault("bad_gateway", None).await;
     h.logs.wait_for("HTTP 502").await;
@@ -1009,12 +1042,13 @@ async fn steady_state_requests(deployments: usize) -> Value {
     setup.deployments = (0..deployments)
         .map(|i| (format!("d{i}"), sample(&format!("d{i}"))))
         .collect();
-    // No health refresh during the measurement: only change detection runs.
+    // No health refresh during the measurement (each deployment is read once at start):
+    // only change detection runs.
     setup.timing.health = Duration::from_secs(3600);
     let mut h = setup.start().await;
     h.published(
         |l| match l.len() == deployments && l.iter().all(|d| d.instances.len() == 5) {
-            true => Ok(()),
+            true => l.iter().try_for_each(|d| health_read(l, &d.name)),
             false => Err(format!("{} deployments published", l.len())),
         },
     )
@@ -1118,9 +1152,15 @@ fn poller_needs_a_ca_unless_told_to_skip_verification() {
 
 #[tokio::test]
 async fn rejected_tokens_are_reported_once_and_recover() {
-    let mut h = Setup::new().start().await;
-    h.published(|l| has_instances(l, "sample-deployment", "apricot", 3))
-        .await;
+    let mut setup = Setup::new();
+    // The one reading at start, then none: no reading is in flight when the tokens go bad.
+    setup.timing.health = Duration::from_secs(3600);
+    let mut h = setup.start().await;
+    h.published(|l| {
+        has_instances(l, "sample-deployment", "apricot", 3)?;
+        health_read(l, "sample-deployment")
+    })
+    .await;
     h.fault("reject_tokens", None).await;
     h.logs.wait_for("not authorized").await;
     let grants = route_count(&h.requests().await, "POST /oauth/token");
@@ -1137,7 +1177,7 @@ async fn rejected_tokens_are_reported_once_and_recover() {
 }
 
 #[tokio::test]
-async fn a_task_past_its_deadline_is_an_error_and_services_stay() {
+async fn a_task_past_its_deadline_is_an_error_and_services_and_instances_stay() {
     let mut setup = Setup::new();
     setup.sim.task_delay = Duration::from_secs(600);
     setup.director["task_timeout_seconds"] = json!(1);
@@ -1146,10 +1186,248 @@ async fn a_task_past_its_deadline_is_an_error_and_services_stay() {
         .published(|l| deployment(l, "sample-deployment").map(|_| ()))
         .await;
     assert_eq!(service_ports(&list, "sample-deployment").unwrap().len(), 2);
-    assert!(deployment(&list, "sample-deployment")
-        .unwrap()
-        .instances
-        .is_empty());
     h.logs.wait_for("kind=task_timeout").await;
+    // The instances come from the instance list, not the task; there at the first look, they
+    // are presumed running while no reading succeeds.
+    let list = h.rx.borrow().clone();
+    let instances = &deployment(&list, "sample-deployment").unwrap().instances;
+    assert_eq!(instances.len(), 5, "{instances:?}");
+    assert!(
+        instances
+            .iter()
+            .all(|i| i.job_state.as_deref() == Some("running")),
+        "{instances:?}"
+    );
+    h.assert_secret_never_logged();
+}
+
+/// Deployments `d0`…`d{n-1}`, each the sample (five instances, two services).
+fn samples(n: usize) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("d{i:02}"), sample(&format!("d{i:02}"))))
+        .collect()
+}
+
+#[tokio::test]
+async fn the_first_catalog_waits_for_no_task() {
+    let mut setup = Setup::new();
+    setup.deployments = samples(50);
+    setup.sim.instance_network = "10.244.0.0/20".parse().unwrap();
+    // No task ever ends: whatever is published comes from synchronous requests.
+    setup.sim.task_delay = Duration::from_secs(600);
+    setup.director["task_timeout_seconds"] = json!(600);
+    let started = std::time::Instant::now();
+    let mut h = setup.start().await;
+    let list = h
+        .published(
+            |l| match l.len() == 50 && l.iter().all(|d| d.instances.len() == 5) {
+                true => Ok(()),
+                false => Err(format!("{} deployments published", l.len())),
+            },
+        )
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed < Duration::from_secs(10),
+        "first catalog after {elapsed:?}"
+    );
+    // Every VM was there at the first look: presumed running, with no reading.
+    for d in list.iter() {
+        for instance in d.instances.iter() {
+            assert_eq!(
+                instance.job_state.as_deref(),
+                Some("running"),
+                "{instance:?}"
+            );
+            assert_eq!(instance.bootstrap, None, "no reading: {instance:?}");
+        }
+    }
+    let requests = h.requests().await;
+    assert_eq!(
+        route_count(&requests, "GET /tasks/:id/output"),
+        0,
+        "{requests}"
+    );
+    assert_eq!(
+        route_count(&requests, "GET /deployments/:d/instances"),
+        50,
+        "{requests}"
+    );
+    h.assert_secret_never_logged();
+}
+
+/// Health tasks per second over `window` once every deployment was read once, with
+/// `deployments` deployments, a budget of one task per 250 ms and every deployment due at
+/// every slot (interval shorter than the spacing).
+async fn health_tasks_per_second(deployments: usize, window: Duration) -> f64 {
+    let mut setup = Setup::new();
+    setup.deployments = samples(deployments);
+    setup.sim.task_delay = Duration::from_millis(20);
+    setup.timing.health = Duration::from_millis(100);
+    setup.timing.health_task_spacing = Duration::from_millis(250);
+    let mut h = setup.start().await;
+    h.published(|l| match l.len() == deployments {
+        true => l.iter().try_for_each(|d| health_read(l, &d.name)),
+        false => Err(format!("{} deployments published", l.len())),
+    })
+    .await;
+    let before = route_count(&h.requests().await, HEALTH_TASKS);
+    tokio::time::sleep(window).await;
+    let tasks = route_count(&h.requests().await, HEALTH_TASKS) - before;
+    h.assert_secret_never_logged();
+    tasks as f64 / window.as_secs_f64()
+}
+
+#[tokio::test]
+async fn health_tasks_stay_within_the_budget_for_one_deployment_or_many() {
+    let window = Duration::from_secs(3);
+    let one = health_tasks_per_second(1, window).await;
+    let many = health_tasks_per_second(12, window).await;
+    // Four a second at most (plus the one a window's edge may catch).
+    let ceiling = 4.0 + 1.0 / window.as_secs_f64();
+    for rate in [one, many] {
+        assert!(rate <= ceiling, "{rate} tasks/s (one: {one}, many: {many})");
+        assert!(
+            rate >= 2.5,
+            "the budget is spent: {rate} tasks/s (one: {one}, many: {many})"
+        );
+    }
+    assert!(
+        (one - many).abs() <= 1.0,
+        "the same for 1 and 12 deployments: {one} vs {many} tasks/s"
+    );
+}
+
+#[tokio::test]
+async fn a_failing_instance_is_seen_within_its_deployments_turn() {
+    let mut setup = Setup::new();
+    setup.deployments = samples(4);
+    setup.sim.task_delay = Duration::from_millis(20);
+    setup.timing.health = Duration::from_millis(100);
+    setup.timing.health_task_spacing = Duration::from_millis(100);
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| match l.len() == 4 {
+            true => l.iter().try_for_each(|d| health_read(l, &d.name)),
+            false => Err(format!("{} deployments published", l.len())),
+        })
+        .await;
+    let victim = deployment(&list, "d02").unwrap().instances[0].id.clone();
+    let before = route_count(&h.requests().await, HEALTH_TASKS);
+    h.control(
+        "PUT",
+        &format!("/_sim/deployments/d02/instances/{victim}"),
+        json!({"job_state": "failing"}),
+    )
+    .await;
+    h.published(|l| {
+        let failing = deployment(l, "d02")?
+            .instances
+            .iter()
+            .any(|i| i.id == victim && i.job_state.as_deref() == Some("failing"));
+        match failing {
+            true => Ok(()),
+            false => Err(format!("{victim} is not failing yet")),
+        }
+    })
+    .await;
+    // Round robin over four deployments, two tasks at most in flight: d02's turn came
+    // within one round.
+    let tasks = route_count(&h.requests().await, HEALTH_TASKS) - before;
+    assert!(
+        tasks <= 4 + 2,
+        "{tasks} health tasks before the failure was seen"
+    );
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn a_budget_that_cannot_keep_up_is_logged_once_with_what_it_achieves() {
+    let mut setup = Setup::new();
+    // Six deployments at one task per 100 ms: each read every 600 ms, not every 200 ms.
+    setup.deployments = samples(6);
+    setup.timing.health = Duration::from_millis(200);
+    setup.timing.health_task_spacing = Duration::from_millis(100);
+    let mut h = setup.start().await;
+    h.published(|l| match l.len() == 6 {
+        true => Ok(()),
+        false => Err(format!("{} deployments published", l.len())),
+    })
+    .await;
+    h.logs.wait_for("health readings cannot keep up").await;
+    let warning = h
+        .logs
+        .text()
+        .lines()
+        .find(|l| l.contains("cannot keep up"))
+        .unwrap()
+        .to_string();
+    assert!(warning.contains("WARN"), "{warning}");
+    assert!(
+        warning.contains("6 deployments need one")
+            && warning.contains("about every 600ms, not every 200ms")
+            && warning.contains("1800 tasks a minute would be needed"),
+        "{warning}"
+    );
+    let metrics = boshy::metrics::global().render();
+    for name in [
+        "boshy_director_health_age_seconds",
+        "boshy_director_health_cycle_seconds",
+        "boshy_director_health_tasks_total",
+    ] {
+        assert!(metrics.contains(&format!("\n{name} ")), "{name}: {metrics}");
+    }
+    // Four deployments go: two are read every 200 ms, within the interval.
+    for i in 2..6 {
+        h.control("DELETE", &format!("/_sim/deployments/d{i:02}"), Value::Null)
+            .await;
+    }
+    h.logs.wait_for("health readings keep up again").await;
+    assert_eq!(h.logs.count("cannot keep up"), 1, "{}", h.logs.text());
+    h.assert_secret_never_logged();
+}
+
+#[tokio::test]
+async fn deployments_agents_report_on_cost_no_task_until_an_agent_leaves() {
+    let everyone = |list: &[DeploymentInput]| -> BTreeSet<InstanceRef> {
+        list.iter()
+            .flat_map(|d| {
+                d.instances.iter().map(|i| InstanceRef {
+                    deployment: d.name.clone(),
+                    instance_id: i.id.clone(),
+                })
+            })
+            .collect()
+    };
+    let (agents, reports) = watch::channel(Arc::new(BTreeSet::new()));
+    let mut setup = Setup::new();
+    setup.agent_reports = Some(reports);
+    let mut h = setup.start().await;
+    let list = h
+        .published(|l| has_instances(l, "sample-deployment", "apricot", 3))
+        .await;
+    let all = everyone(&list);
+    agents.send_replace(Arc::new(all.clone()));
+    // Readings already asked for end; none is asked after.
+    h.ticks(3).await;
+    let before = route_count(&h.requests().await, HEALTH_TASKS);
+    h.ticks(10).await;
+    assert_eq!(
+        route_count(&h.requests().await, HEALTH_TASKS),
+        before,
+        "every instance is reported on by its agent"
+    );
+    // One agent disconnects: the director's view of its deployment is read again.
+    let mut fewer = all.clone();
+    fewer.pop_first();
+    agents.send_replace(Arc::new(fewer));
+    let read = async {
+        while route_count(&h.requests().await, HEALTH_TASKS) == before {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    tokio::time::timeout(PATIENCE, read)
+        .await
+        .expect("a reading once an agent is gone");
     h.assert_secret_never_logged();
 }

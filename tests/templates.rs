@@ -458,6 +458,7 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(pilot["virtual_ip_cidr"], "169.254.255.0/24");
     assert_eq!(pilot["listen"]["xds"], "0.0.0.0:15010");
     assert_eq!(pilot["director"]["client"], "bosh-pilot");
+    assert_eq!(pilot["director"]["health_tasks_per_minute"], 6);
     assert!(pilot["director"].get("uaa_url").is_none());
     assert_eq!(rendered.text("config/director_client_secret"), "hunter2");
     assert!(
@@ -473,6 +474,7 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
             "client_secret": "s3cret",
             "insecure_skip_tls_verify": true,
             "poll_interval_seconds": 2,
+            "health_tasks_per_minute": 30,
             "request_timeout_seconds": 3,
         },
         "tld": "mesh",
@@ -493,6 +495,7 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
         "https://director.example:8443"
     );
     assert_eq!(pilot["director"]["insecure_skip_tls_verify"], true);
+    assert_eq!(pilot["director"]["health_tasks_per_minute"], 30);
     assert!(pilot["director"].get("ca_cert_path").is_none());
     assert_eq!(pilot["listen"]["api"], "0.0.0.0:9080");
     assert_eq!(pilot["virtual_ip_cidr"], "169.254.128.0/20");

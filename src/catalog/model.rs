@@ -163,8 +163,10 @@ pub struct Catalog {
     pub services: Vec<Service>,
 }
 
-/// One row of the director's `instances?format=full` task result, reduced to what the
-/// catalog needs (docs/director-api.md §3.3). Decoded by `director`, consumed by `catalog`.
+/// One instance as the director reports it, reduced to what the catalog needs: its topology
+/// from the synchronous instance list (docs/director-api.md §3.4), its health from the last
+/// `instances?format=full` reading (§3.3, §8.3). Decoded and merged by `director`, consumed by
+/// `catalog`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Instance {
     /// The director's `id` (uuid): the stable identity.
@@ -176,14 +178,24 @@ pub struct Instance {
     pub az: Option<String>,
     /// Raw `ips` entries as the director sent them (may be IPv6 or CIDR, quirk §7.7).
     pub ips: Vec<String>,
-    /// `job_state` ("Process State"); `None` when the instance has no VM.
+    /// `job_state` ("Process State") of the last reading of this VM; `running` presumed for a
+    /// VM already there at the pilot's first look and not read yet; `None` without a VM or for
+    /// a newer VM not read yet (docs/director-api.md §8.3).
     pub job_state: Option<String>,
     /// `vm_cid`; `None` when the instance has no VM.
     pub vm_cid: Option<String>,
     /// The director's `bootstrap`: true on the one instance of its group the director picks
-    /// for one-off work (`spec.bootstrap` in job templates). `None` when the row does not
-    /// say (the synchronous `/instances` form has no such field).
+    /// for one-off work (`spec.bootstrap` in job templates). `None` until a health reading
+    /// says (the synchronous `/instances` form has no such field).
     pub bootstrap: Option<bool>,
+}
+
+/// One BOSH instance, by its deployment and the director's `id`: how the poller is told
+/// which instances a connected agent reports the health of.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceRef {
+    pub deployment: String,
+    pub instance_id: String,
 }
 
 /// A service as declared in a manifest, before endpoints and VIP are attached.
@@ -217,11 +229,4 @@ pub struct DeploymentInput {
     pub name: String,
     pub manifest: std::sync::Arc<ParsedManifest>,
     pub instances: std::sync::Arc<Vec<Instance>>,
-}
-
-/// One BOSH instance, by its deployment and the director's stable instance id.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceRef {
-    pub deployment: String,
-    pub instance_id: String,
 }

@@ -115,6 +115,7 @@ pub(crate) enum Part {
     DeploymentList,
     ManifestFetch,
     ManifestParse,
+    InstanceList,
     Instances,
     RuleConfigs,
 }
@@ -126,6 +127,7 @@ impl Part {
             Part::DeploymentList => "deployment list",
             Part::ManifestFetch => "manifest fetch",
             Part::ManifestParse => "manifest",
+            Part::InstanceList => "instance list",
             Part::Instances => "instance health",
             Part::RuleConfigs => "rule configs read",
         }

@@ -185,9 +185,18 @@ impl DirectorClient {
         self.get_json(&path).await
     }
 
+    /// Every instance, with or without a VM, from the director's database at once: no task,
+    /// no health (§3.4).
+    pub async fn instance_list(&self, deployment: &str) -> Result<Vec<Instance>, DirectorError> {
+        let path = format!("/deployments/{}/instances", percent_encode(deployment));
+        let rows: Vec<serde_json::Value> = self.get_json(&path).await?;
+        decode::decode_instance_list(rows)
+            .map_err(|e| DirectorError::decode(&format!("GET {path}"), e))
+    }
+
     /// Every instance with live health: `instances?format=full`, its 302 to a task, the task
     /// polled until it ends or `task_timeout_seconds` pass, then its NDJSON result (§3.3).
-    pub async fn instances(&self, deployment: &str) -> Result<Vec<Instance>, DirectorError> {
+    pub async fn instance_health(&self, deployment: &str) -> Result<Vec<Instance>, DirectorError> {
         let path = format!(
             "/deployments/{}/instances?format=full",
             percent_encode(deployment)

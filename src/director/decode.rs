@@ -147,22 +147,51 @@ pub fn decode_instances(ndjson: &str) -> Result<Vec<Instance>, String> {
                 clip(&e.to_string())
             )
         })?;
-        let missing = |key| format!("task result line {}: `{key}` is missing", number + 1);
-        instances.push(Instance {
-            id: row.id.ok_or_else(|| missing("id"))?,
-            instance_group: row.job_name.ok_or_else(|| missing("job_name"))?,
-            index: row.index,
-            az: row.az,
-            ips: row.ips,
-            job_state: row.job_state,
-            vm_cid: row.vm_cid,
-            bootstrap: row.bootstrap,
-        });
+        instances.push(row.into_instance(&format!("task result line {}", number + 1))?);
     }
+    sort_instances(&mut instances);
+    Ok(instances)
+}
+
+/// Decodes the synchronous instance list (§3.4): a JSON array of rows named differently from
+/// the task's, with no health. Sorted like `decode_instances`.
+pub fn decode_instance_list(rows: Vec<serde_json::Value>) -> Result<Vec<Instance>, String> {
+    let mut instances = Vec::new();
+    for (number, value) in rows.into_iter().enumerate() {
+        let row: InstanceRow = serde_json::from_value(value).map_err(|e| {
+            format!(
+                "instance {}: not an instance object: {}",
+                number + 1,
+                clip(&e.to_string())
+            )
+        })?;
+        instances.push(row.into_instance(&format!("instance {}", number + 1))?);
+    }
+    sort_instances(&mut instances);
+    Ok(instances)
+}
+
+impl InstanceRow {
+    /// `at` names the row in errors.
+    fn into_instance(self, at: &str) -> Result<Instance, String> {
+        let missing = |key| format!("{at}: `{key}` is missing");
+        Ok(Instance {
+            id: self.id.ok_or_else(|| missing("id"))?,
+            instance_group: self.job_name.ok_or_else(|| missing("job_name"))?,
+            index: self.index,
+            az: self.az,
+            ips: self.ips,
+            job_state: self.job_state,
+            vm_cid: self.vm_cid,
+            bootstrap: self.bootstrap,
+        })
+    }
+}
+
+fn sort_instances(instances: &mut [Instance]) {
     instances.sort_by(|a, b| {
         (&a.instance_group, a.index, &a.id).cmp(&(&b.instance_group, b.index, &b.id))
     });
-    Ok(instances)
 }
 
 /// One element of `GET /events`. Ids are strings (§5), compared numerically.
@@ -299,6 +328,47 @@ mod tests {
         assert_eq!(got[0].instance_group, "apricot");
         assert_eq!(got[0].vm_cid.as_deref(), Some("vm-1"));
         assert_eq!(got[0].bootstrap, None, "the synchronous form does not say");
+    }
+
+    #[test]
+    fn the_synchronous_list_decodes_to_instances_without_health() {
+        let rows: Vec<serde_json::Value> = serde_json::from_str(
+            r#"[{"agent_id":"a","cid":"vm-2","job":"banana","index":1,"id":"i2","az":"z2","ips":["10.0.0.2"],"vm_created_at":"2024-05-01T12:34:56Z","expects_vm":true},
+                {"agent_id":null,"cid":null,"job":"apricot","index":0,"id":"i1","az":null,"ips":[],"vm_created_at":null,"expects_vm":false}]"#,
+        )
+        .unwrap();
+        let got = decode_instance_list(rows).unwrap();
+        assert_eq!(
+            got,
+            vec![
+                Instance {
+                    id: "i1".into(),
+                    instance_group: "apricot".into(),
+                    index: Some(0),
+                    az: None,
+                    ips: vec![],
+                    job_state: None,
+                    vm_cid: None,
+                    bootstrap: None,
+                },
+                Instance {
+                    id: "i2".into(),
+                    instance_group: "banana".into(),
+                    index: Some(1),
+                    az: Some("z2".into()),
+                    ips: vec!["10.0.0.2".into()],
+                    job_state: None,
+                    vm_cid: Some("vm-2".into()),
+                    bootstrap: None,
+                },
+            ]
+        );
+        let err = decode_instance_list(vec![serde_json::json!({"id": "x"})]).unwrap_err();
+        assert!(
+            err.contains("instance 1") && err.contains("`job_name`"),
+            "{err}"
+        );
+        assert!(decode_instance_list(vec![serde_json::json!(7)]).is_err());
     }
 
     #[test]

@@ -6,6 +6,8 @@ mod changes;
 mod client;
 pub mod decode;
 mod error;
+mod health;
+mod health_budget;
 mod poller;
 mod rule_configs;
 mod tls;

@@ -3,13 +3,16 @@
 //! §8), and publishes each whenever it changed.
 //!
 //! Each tick costs `GET /events` + `GET /deployments`. Only deployments that events mark dirty
-//! (or that appear, or whose health is due, or all of them at a full resync) cost more:
-//! their manifest and an `instances?format=full` task, at most two at a time because each
-//! task takes one of the director's few shared workers. The rule configs cost one
+//! (or that appear, or all of them at a full resync) cost more: their manifest and their
+//! synchronous instance list, which give the topology at once, without a task. Health comes
+//! from `instances?format=full` tasks, each taking one of the director's few shared workers,
+//! under one budget for the whole pilot (`health_budget.rs`), read beside the ticks and merged
+//! into the topology by instance and VM (`health.rs`). The rule configs cost one
 //! `GET /configs` at start, after a `config/boshy-istio` event, and at a full resync. Any
 //! failure keeps the last good state of what it concerns and backs off.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -17,20 +20,28 @@ use anyhow::Result;
 use futures::StreamExt as _;
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
+use tokio::task::{Id, JoinSet};
+use tracing::instrument::WithSubscriber as _;
 use tracing::{info, warn};
 
 use super::changes::{scan_events, Backoff, ErrorLog, Part};
 use super::client::DirectorClient;
 use super::decode::{Config, Event};
 use super::error::DirectorError;
+use super::health::{self, HealthReading, VmKey};
+use super::health_budget::{AgentReports, HealthBudget, LagChange};
 use super::rule_configs::{RuleConfigs, RULES_CONFIG_TYPE};
 use crate::catalog::manifest;
-use crate::catalog::model::{DeploymentInput, Instance, ParsedManifest};
+use crate::catalog::model::{DeploymentInput, Instance, InstanceRef, ParsedManifest};
 use crate::config::{DirectorConfig, Secret};
 use crate::metrics;
 
-/// `format=full` tasks in flight at once (§8.5).
+/// `format=full` tasks in flight at once (§8.3), whatever the budget allows: when tasks queue
+/// behind deploys, more would only wait in the director's queue.
 const MAX_TASKS_IN_FLIGHT: usize = 2;
+/// Synchronous refreshes (manifest, instance list) at once. The director answers them from its
+/// database, with no worker; a few at once keep a first look at many deployments short.
+const SYNC_REFRESHES_IN_FLIGHT: usize = 4;
 /// Longest wait before retrying a failing part.
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
 
@@ -40,8 +51,12 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub struct PollTiming {
     /// One cheap change check (events + deployment list).
     pub poll: Duration,
-    /// Live health (`instances?format=full`) of deployments that declare services.
+    /// Each deployment that declares services wants its health (`instances?format=full`)
+    /// read this often.
     pub health: Duration,
+    /// The health budget: at most one `instances?format=full` task starts per this time, for
+    /// the whole pilot (a minute divided by `health_tasks_per_minute`).
+    pub health_task_spacing: Duration,
     /// Everything is refetched this often, whatever the events say.
     pub full_resync: Duration,
     /// Longest backoff of a failing part; the first retry waits `poll`.
@@ -53,6 +68,7 @@ impl PollTiming {
         PollTiming {
             poll: Duration::from_secs(cfg.poll_interval_seconds.max(1)),
             health: Duration::from_secs(cfg.health_interval_seconds.max(1)),
+            health_task_spacing: Duration::from_secs(60) / cfg.health_tasks_per_minute.max(1),
             full_resync: Duration::from_secs(cfg.full_resync_seconds.max(1)),
             backoff_cap: BACKOFF_CAP,
         }
@@ -67,6 +83,15 @@ pub struct Poller {
     client: Arc<DirectorClient>,
     timing: PollTiming,
     rule_configs: watch::Sender<PublishedRuleConfigs>,
+    agent_reports: Option<watch::Receiver<AgentReports>>,
+}
+
+/// The health readings in flight: their tasks, and each one's deployment and when it was
+/// asked for.
+#[derive(Default)]
+struct Readings {
+    tasks: JoinSet<Result<Vec<Instance>, DirectorError>>,
+    asked: HashMap<Id, (String, Instant)>,
 }
 
 impl Poller {
@@ -75,11 +100,25 @@ impl Poller {
             client: Arc::new(DirectorClient::new(cfg, secret)?),
             timing: PollTiming::from_config(cfg),
             rule_configs: watch::Sender::new(None),
+            agent_reports: None,
         })
     }
 
     pub fn with_timing(self, timing: PollTiming) -> Poller {
         Poller { timing, ..self }
+    }
+
+    /// The instances whose health a connected agent reports: a deployment all of whose VMs
+    /// (in instance groups that declare services) are in the set costs no health task, and
+    /// one whose instance leaves it is read first. Without it the set is empty.
+    pub fn with_agent_reports(
+        self,
+        reports: watch::Receiver<Arc<BTreeSet<InstanceRef>>>,
+    ) -> Poller {
+        Poller {
+            agent_reports: Some(reports),
+            ..self
+        }
     }
 
     /// The poller's director client, to share its connection and UAA token.
@@ -95,22 +134,67 @@ impl Poller {
 
     /// Polls forever, publishing the deployments (sorted by name) whenever they changed. The
     /// first complete look is always published, even when empty, so consumers know it ran.
-    pub async fn run(self, tx: watch::Sender<Arc<Vec<DeploymentInput>>>) {
+    pub async fn run(mut self, tx: watch::Sender<Arc<Vec<DeploymentInput>>>) {
         let mut state = PollState::new(Instant::now(), self.timing);
+        if let Some(reports) = &mut self.agent_reports {
+            let reports = reports.borrow_and_update().clone();
+            state.budget.set_agent_reports(reports, Instant::now());
+        }
         let mut ticker = tokio::time::interval(self.timing.poll);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut readings = Readings::default();
         let mut published: Option<Arc<Vec<DeploymentInput>>> = None;
         loop {
-            ticker.tick().await;
-            if !self.tick(&mut state).await {
-                continue;
+            let wake = state.next_health_wake(Instant::now());
+            tokio::select! {
+                _ = ticker.tick() => {
+                    if self.tick(&mut state).await {
+                        state.looked = true;
+                    }
+                }
+                Some(joined) = readings.tasks.join_next_with_id(), if !readings.tasks.is_empty() => {
+                    let (id, read) = match joined {
+                        Ok((id, read)) => (id, Some(read)),
+                        Err(err) => (err.id(), None),
+                    };
+                    if let Some((name, asked_at)) = readings.asked.remove(&id) {
+                        state.apply_health(&name, asked_at, read, Instant::now());
+                    }
+                }
+                () = sleep_until(wake) => {}
+                reports = agent_reports_changed(&mut self.agent_reports) => match reports {
+                    Some(reports) => state.budget.set_agent_reports(reports, Instant::now()),
+                    // The sender is gone: the last set stays.
+                    None => self.agent_reports = None,
+                },
             }
-            let snapshot = state.snapshot();
-            if published.as_deref() != Some(&snapshot) {
-                let snapshot = Arc::new(snapshot);
-                published = Some(snapshot.clone());
-                tx.send_replace(snapshot);
+            // What the topology and the readings so far say goes out before any new reading
+            // is asked for: the first look waits for no task.
+            if state.looked {
+                let snapshot = state.snapshot();
+                if published.as_deref() != Some(&snapshot) {
+                    let snapshot = Arc::new(snapshot);
+                    published = Some(snapshot.clone());
+                    tx.send_replace(snapshot);
+                }
             }
+            self.ask_for_health(&mut state, &mut readings);
+            state.report_health(Instant::now());
+        }
+    }
+
+    /// Starts every health reading the budget allows now.
+    fn ask_for_health(&self, state: &mut PollState, readings: &mut Readings) {
+        let now = Instant::now();
+        while let Some(name) = state.next_health_reading(now) {
+            metrics::global()
+                .director_health_tasks
+                .fetch_add(1, Ordering::Relaxed);
+            let client = self.client.clone();
+            let deployment = name.clone();
+            let read = async move { client.instance_health(&deployment).await };
+            let task = readings.tasks.spawn(read.with_current_subscriber());
+            readings.asked.insert(task.id(), (name, now));
         }
     }
 
@@ -129,6 +213,7 @@ impl Poller {
         match self.client.deployments().await {
             Ok(names) => state.list_succeeded(names),
             Err(err) => {
+                state.list_works = false;
                 state.failed(
                     None,
                     Part::DeploymentList,
@@ -148,7 +233,7 @@ impl Poller {
         let jobs = state.due_jobs(now);
         let refreshes = futures::stream::iter(jobs)
             .map(|job| refresh(&self.client, job))
-            .buffer_unordered(MAX_TASKS_IN_FLIGHT)
+            .buffer_unordered(SYNC_REFRESHES_IN_FLIGHT)
             .collect::<Vec<RefreshResult>>();
         // Beside the refreshes, not after them: a slow task must not hold up the rules. (A
         // hung read holds up this tick like any of its requests: at most the request timeout.)
@@ -165,13 +250,38 @@ impl Poller {
                 self.rule_configs.send_replace(Some(changed));
             }
         }
-        // Timed from the tick that started the refreshes, not from when they finished, so a
-        // task's own duration does not push the next health refresh a whole tick later.
         for result in results {
             state.apply_refresh(result, now);
         }
         true
     }
+}
+
+/// Sleeps until `wake`, or forever without one.
+async fn sleep_until(wake: Option<Instant>) {
+    match wake {
+        Some(wake) => tokio::time::sleep_until(wake.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The next set of instances agents report on; `None` once the sender is gone. Never ends
+/// without a receiver.
+async fn agent_reports_changed(
+    reports: &mut Option<watch::Receiver<AgentReports>>,
+) -> Option<AgentReports> {
+    let Some(reports) = reports else {
+        return std::future::pending().await;
+    };
+    reports.changed().await.ok()?;
+    Some(reports.borrow_and_update().clone())
+}
+
+/// Whether a deployment's health reading is not backing off after a failure.
+fn health_ready(deployments: &BTreeMap<String, DeploymentState>, name: &str, now: Instant) -> bool {
+    deployments
+        .get(name)
+        .is_some_and(|d| d.health_backoff.ready(now))
 }
 
 /// Whether `GET /events` can tell which deployments changed.
@@ -205,35 +315,45 @@ struct DeploymentState {
     manifest: Option<Arc<ParsedManifest>>,
     /// The last manifest text fetched, parsed or not: unchanged text is not parsed again.
     seen: Option<ManifestSeen>,
+    /// The last synchronous instance list: which instances exist, their VMs and addresses.
+    topology: Vec<Instance>,
+    /// The last health reading.
+    reading: HealthReading,
+    /// VMs presumed running until the first reading (§8.3).
+    presumed: BTreeSet<VmKey>,
+    /// Listed at the pilot's first look and no instance list read yet: the VMs of the first
+    /// one are presumed running.
+    presume_first_list: bool,
+    /// The topology with its health: what is published.
     instances: Arc<Vec<Instance>>,
     needs_manifest: bool,
-    needs_instances: bool,
-    health_due: Instant,
+    needs_topology: bool,
+    /// Of the synchronous refreshes.
     backoff: Backoff,
+    /// Of the health readings.
+    health_backoff: Backoff,
 }
 
 impl DeploymentState {
-    fn new(now: Instant) -> DeploymentState {
+    fn new(presume_first_list: bool) -> DeploymentState {
         DeploymentState {
             manifest: None,
             seen: None,
+            topology: Vec::new(),
+            reading: HealthReading::default(),
+            presumed: BTreeSet::new(),
+            presume_first_list,
             instances: Arc::new(Vec::new()),
             needs_manifest: true,
-            needs_instances: true,
-            health_due: now,
+            needs_topology: true,
             backoff: Backoff::default(),
+            health_backoff: Backoff::default(),
         }
-    }
-
-    fn declares_services(&self) -> bool {
-        self.manifest
-            .as_ref()
-            .is_some_and(|m| !m.services.is_empty())
     }
 
     fn mark_dirty(&mut self) {
         self.needs_manifest = true;
-        self.needs_instances = true;
+        self.needs_topology = true;
     }
 }
 
@@ -241,18 +361,18 @@ impl DeploymentState {
 struct RefreshJob {
     name: String,
     fetch_manifest: bool,
-    /// Fetch instances even if the manifest is unchanged.
-    fetch_instances: bool,
+    /// Fetch the instance list even if the manifest is unchanged.
+    fetch_topology: bool,
     known: Option<ManifestSeen>,
 }
 
 struct RefreshResult {
     name: String,
     manifest: Option<Result<Option<String>, DirectorError>>,
-    instances: Option<Result<Vec<Instance>, DirectorError>>,
+    topology: Option<Result<Vec<Instance>, DirectorError>>,
 }
 
-/// Fetches what `job` asks for; instances also when the manifest text changed.
+/// Fetches what `job` asks for; the instance list also when the manifest text changed.
 async fn refresh(client: &DirectorClient, job: RefreshJob) -> RefreshResult {
     let manifest = match job.fetch_manifest {
         true => Some(client.manifest(&job.name).await),
@@ -260,14 +380,14 @@ async fn refresh(client: &DirectorClient, job: RefreshJob) -> RefreshResult {
     };
     let manifest_changed =
         matches!(&manifest, Some(Ok(text)) if Some(seen(text.as_deref())) != job.known);
-    let instances = match job.fetch_instances || manifest_changed {
-        true => Some(client.instances(&job.name).await),
+    let topology = match job.fetch_topology || manifest_changed {
+        true => Some(client.instance_list(&job.name).await),
         false => None,
     };
     RefreshResult {
         name: job.name,
         manifest,
-        instances,
+        topology,
     }
 }
 
@@ -289,11 +409,30 @@ struct PollState {
     /// at a full resync, every health interval in timer-only mode, and until a read succeeds.
     rule_configs_stale: bool,
     rule_configs_backoff: Backoff,
+    /// Which deployment's health to read next.
+    budget: HealthBudget,
+    /// A deployment list was read at least once: the next list is not the first look.
+    listed: bool,
+    /// The last deployment list was read. While it fails (the director is down, or refuses
+    /// the pilot), no health reading is asked for: each would fail too, and be logged per
+    /// deployment.
+    list_works: bool,
+    /// A tick completed: there is something to publish.
+    looked: bool,
 }
 
 impl PollState {
     fn new(now: Instant, timing: PollTiming) -> PollState {
         PollState {
+            budget: HealthBudget::new(
+                now,
+                timing.health,
+                timing.health_task_spacing,
+                MAX_TASKS_IN_FLIGHT,
+            ),
+            listed: false,
+            list_works: false,
+            looked: false,
             timing,
             deployments: BTreeMap::new(),
             events: EventsMode::Watching { last_seen: None },
@@ -324,10 +463,12 @@ impl PollState {
     }
 
     /// Adds new deployments (dirty) and drops vanished ones: only a successful list removes.
+    /// The VMs of deployments in the first list are presumed running until read.
     fn list_succeeded(&mut self, names: Vec<String>) {
         self.recovered(None, Part::DeploymentList);
         self.list_backoff.succeeded();
-        let now = Instant::now();
+        self.list_works = true;
+        let first_look = !std::mem::replace(&mut self.listed, true);
         let listed: std::collections::BTreeSet<String> = names.into_iter().collect();
         let vanished: Vec<String> = self
             .deployments
@@ -338,12 +479,13 @@ impl PollState {
         for name in vanished {
             info!(deployment = %name, "deployment is gone from the director; removing it");
             self.deployments.remove(&name);
+            self.budget.forget(&name);
             self.errors.forget(&name);
         }
         for name in listed {
             self.deployments
                 .entry(name)
-                .or_insert_with(|| DeploymentState::new(now));
+                .or_insert_with(|| DeploymentState::new(first_look));
         }
     }
 
@@ -405,9 +547,11 @@ impl PollState {
         if scan.rule_configs {
             self.rule_configs_stale = true;
         }
+        // What an event changed may be health too (a deploy restarts jobs): read it first.
         for name in scan.dirty {
             if let Some(deployment) = self.deployments.get_mut(&name) {
                 deployment.mark_dirty();
+                self.budget.urgent(&name, now);
             }
         }
     }
@@ -439,9 +583,9 @@ impl PollState {
         }
         if self.events == EventsMode::TimerOnly && now >= self.timer_only_due {
             self.timer_only_due = now + self.timing.health;
-            for deployment in self.deployments.values_mut() {
-                deployment.needs_manifest = true;
-            }
+            self.deployments
+                .values_mut()
+                .for_each(DeploymentState::mark_dirty);
             self.rule_configs_stale = true;
         }
     }
@@ -490,16 +634,12 @@ impl PollState {
     fn due_jobs(&self, now: Instant) -> Vec<RefreshJob> {
         self.deployments
             .iter()
-            .filter(|(_, d)| d.backoff.ready(now))
-            .filter_map(|(name, d)| {
-                let health_due = d.declares_services() && now >= d.health_due;
-                let fetch_instances = d.needs_instances || health_due;
-                (d.needs_manifest || fetch_instances).then(|| RefreshJob {
-                    name: name.clone(),
-                    fetch_manifest: d.needs_manifest,
-                    fetch_instances,
-                    known: d.seen,
-                })
+            .filter(|(_, d)| d.backoff.ready(now) && (d.needs_manifest || d.needs_topology))
+            .map(|(name, d)| RefreshJob {
+                name: name.clone(),
+                fetch_manifest: d.needs_manifest,
+                fetch_topology: d.needs_topology,
+                known: d.seen,
             })
             .collect()
     }
@@ -526,28 +666,28 @@ impl PollState {
             }
             None => {}
         }
-        match result.instances {
-            Some(Ok(instances)) => {
-                self.recovered(Some(&name), Part::Instances);
+        match result.topology {
+            Some(Ok(topology)) => {
+                self.recovered(Some(&name), Part::InstanceList);
                 let deployment = self.deployments.get_mut(&name).expect("checked above");
-                deployment.instances = Arc::new(instances);
-                deployment.needs_instances = false;
-                // Half a poll tick early: ticks jitter, and a refresh due a hair after a tick
-                // would wait for the next one (a 2 s health interval would become 3 s).
-                deployment.health_due =
-                    now + self.timing.health.saturating_sub(self.timing.poll / 2);
+                if std::mem::take(&mut deployment.presume_first_list) {
+                    deployment.presumed = health::vms(&topology);
+                }
+                deployment.topology = topology;
+                deployment.needs_topology = false;
             }
             Some(Err(err)) => {
                 all_ok = false;
                 self.failed(
                     Some(&name),
-                    Part::Instances,
+                    Part::InstanceList,
                     &err,
                     "keeping its last good instances",
                 );
             }
             None => {}
         }
+        self.merge_health(&name, now);
         let deployment = self.deployments.get_mut(&name).expect("checked above");
         match all_ok {
             true => deployment.backoff.succeeded(),
@@ -556,6 +696,126 @@ impl PollState {
                     .backoff
                     .failed(now, self.timing.poll, self.timing.backoff_cap);
             }
+        }
+    }
+
+    /// When the next health reading may start, if one is to be read.
+    fn next_health_wake(&self, now: Instant) -> Option<Instant> {
+        if !self.list_works {
+            return None;
+        }
+        let deployments = &self.deployments;
+        self.budget
+            .next_wake(now, |name| health_ready(deployments, name, now))
+    }
+
+    /// The deployment whose health to read now, if the budget allows one.
+    fn next_health_reading(&mut self, now: Instant) -> Option<String> {
+        if !self.list_works {
+            return None;
+        }
+        let deployments = &self.deployments;
+        self.budget
+            .start_next(now, |name| health_ready(deployments, name, now))
+    }
+
+    /// A health reading asked for at `asked_at` ended; `None` if its task died.
+    fn apply_health(
+        &mut self,
+        name: &str,
+        asked_at: Instant,
+        read: Option<Result<Vec<Instance>, DirectorError>>,
+        now: Instant,
+    ) {
+        let succeeded = matches!(read, Some(Ok(_)));
+        self.budget.finished(name, asked_at, succeeded);
+        if !self.deployments.contains_key(name) {
+            return;
+        }
+        let err = match read {
+            Some(Ok(rows)) => {
+                self.recovered(Some(name), Part::Instances);
+                let deployment = self.deployments.get_mut(name).expect("checked above");
+                deployment.health_backoff.succeeded();
+                deployment.reading = HealthReading::new(rows);
+                // The director's word replaces every presumption.
+                deployment.presumed.clear();
+                if health::reading_is_newer(&deployment.topology, &deployment.reading) {
+                    deployment.needs_topology = true;
+                }
+                self.merge_health(name, now);
+                return;
+            }
+            Some(Err(err)) => err,
+            None => DirectorError::decode(
+                &format!("health reading of {name:?}"),
+                "the reading's task ended without an answer",
+            ),
+        };
+        self.failed(
+            Some(name),
+            Part::Instances,
+            &err,
+            "keeping its last health reading",
+        );
+        let deployment = self.deployments.get_mut(name).expect("checked above");
+        deployment
+            .health_backoff
+            .failed(now, self.timing.poll, self.timing.backoff_cap);
+    }
+
+    /// Publishes the topology with its health, and tells the budget which instances a reading
+    /// is for; a VM with no health yet makes the reading urgent.
+    fn merge_health(&mut self, name: &str, now: Instant) {
+        let deployment = self.deployments.get_mut(name).expect("caller checked");
+        let merged = health::merge(
+            &deployment.topology,
+            &deployment.reading,
+            &deployment.presumed,
+        );
+        let subjects = match &deployment.manifest {
+            Some(manifest) => health::subjects(manifest, &deployment.topology),
+            None => BTreeSet::new(),
+        };
+        let awaits_reading = health::awaits_reading(&merged, &subjects);
+        if *deployment.instances != merged {
+            deployment.instances = Arc::new(merged);
+        }
+        self.budget.track(name, subjects, now);
+        if awaits_reading {
+            self.budget.urgent(name, now);
+        }
+    }
+
+    /// Sets the freshness gauges, and logs once when the budget starts or stops keeping every
+    /// deployment within the health interval.
+    fn report_health(&mut self, now: Instant) {
+        let freshness = self.budget.freshness(now);
+        let metrics = metrics::global();
+        let millis = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        metrics
+            .director_health_age_ms
+            .store(millis(freshness.oldest_age), Ordering::Relaxed);
+        metrics
+            .director_health_cycle_ms
+            .store(millis(freshness.cycle), Ordering::Relaxed);
+        let interval = self.timing.health;
+        let budget = 60.0 / self.timing.health_task_spacing.as_secs_f64();
+        match self.budget.lag_change() {
+            Some(LagChange::Started(lag)) => warn!(
+                deployments = lag.deployments,
+                "health readings cannot keep up: {} deployments need one, and at {budget:.1} \
+                 tasks a minute (director.health_tasks_per_minute) each is read about every \
+                 {:?}, not every {interval:?} (health_interval_seconds); {} tasks a minute would \
+                 be needed, or a longer interval",
+                lag.deployments,
+                lag.achieved,
+                lag.needed_per_minute
+            ),
+            Some(LagChange::Ended) => {
+                info!("health readings keep up again: every deployment is read within {interval:?}")
+            }
+            None => {}
         }
     }
 
@@ -570,7 +830,7 @@ impl PollState {
         }
         deployment.seen = Some(now_seen);
         // The instance groups may differ: refresh the instances too.
-        deployment.needs_instances = true;
+        deployment.needs_topology = true;
         let parsed = match text {
             None => Ok(ParsedManifest::default()),
             Some(text) => manifest::parse(name, text),

@@ -141,11 +141,12 @@ fn run_blocking(args: &Args) -> Result<()> {
     Ok(())
 }
 
-/// Which part of the poller a director route belongs to.
+/// Which part of the poller a director route belongs to: a `format=full` task and its
+/// polling are health; the synchronous instance list is topology.
 pub fn route_kind(route: &str) -> &'static str {
     if route.contains("/oauth/token") {
         "auth"
-    } else if route.contains("/instances") || route.contains("/tasks") {
+    } else if route.ends_with("?format=full") || route.contains("/tasks") {
         "health refresh"
     } else {
         "topology check"
@@ -182,7 +183,7 @@ async fn steady_state(sim: &SimControl, seconds: u64) -> Result<Vec<Row>> {
     let topology = by_kind.get("topology check").copied().unwrap_or(0) as f64 / ticks;
     let task_creations = delta
         .iter()
-        .filter(|(route, _)| route.ends_with("/instances"))
+        .filter(|(route, _)| route.ends_with("/instances?format=full"))
         .map(|(_, n)| *n)
         .sum::<u64>() as f64
         / minutes;
@@ -667,8 +668,12 @@ mod tests {
         assert_eq!(route_kind("GET /deployments"), "topology check");
         assert_eq!(route_kind("GET /events"), "topology check");
         assert_eq!(
-            route_kind("GET /deployments/:d/instances"),
+            route_kind("GET /deployments/:d/instances?format=full"),
             "health refresh"
+        );
+        assert_eq!(
+            route_kind("GET /deployments/:d/instances"),
+            "topology check"
         );
         assert_eq!(route_kind("GET /tasks/:id/output"), "health refresh");
         assert_eq!(route_kind("POST /oauth/token"), "auth");

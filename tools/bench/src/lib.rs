@@ -6,6 +6,8 @@
 //!
 //! - [`dns`]: the virtual-ip-agent against dnsmasq with dnsperf.
 //! - [`build`]: control-plane build cost for synthetic estates.
+//! - [`director`]: the poller against a large foundation on a busy simulated director: first
+//!   catalog, health tasks a minute, health freshness.
 //! - [`envoy_memory`]: Envoy's RSS with a synthetic catalog served to it.
 //! - [`lab`]: convergence, steady-state director requests and data-plane cost in a lab.
 //! - [`load`]: the fixed-rate HTTP load generator the data-plane benchmark runs in a VM.
@@ -15,6 +17,7 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod director;
 pub mod dns;
 pub mod envoy_memory;
 pub mod lab;
@@ -41,6 +44,8 @@ pub enum BenchCommand {
     Dns(dns::Args),
     /// Control plane: catalog + VIPs + xDS resources for synthetic estates, time and RSS.
     Build(build::Args),
+    /// The poller against a large foundation on a busy director: first catalog, health budget.
+    Director(director::Args),
     /// Envoy's RSS with a synthetic catalog of N services served to it over ADS.
     EnvoyMemory(envoy_memory::Args),
     /// In a lab: convergence, steady-state director requests, data-plane cost.
@@ -61,6 +66,7 @@ pub async fn run(args: Args) -> Result<()> {
     match args.command {
         BenchCommand::Dns(args) => dns::run(args).await,
         BenchCommand::Build(args) => build::run(args).await,
+        BenchCommand::Director(args) => director::run(args).await,
         BenchCommand::EnvoyMemory(args) => envoy_memory::run(args).await,
         BenchCommand::Lab(args) => lab::run(args).await,
         BenchCommand::Load(args) => load::run(args).await,

@@ -89,7 +89,7 @@ impl Row {
 }
 
 /// The sections of the results file: (rows file names, title, how to produce them).
-pub const SECTIONS: [(&[&str], &str, &str); 7] = [
+pub const SECTIONS: [(&[&str], &str, &str); 8] = [
     (
         &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
@@ -119,6 +119,11 @@ pub const SECTIONS: [(&[&str], &str, &str); 7] = [
         &["steady"],
         "Steady-state director requests (lab, idle)",
         "scripts/bench lab",
+    ),
+    (
+        &["director"],
+        "Director load: first catalog and health budget (large foundation, busy director)",
+        "scripts/bench director",
     ),
     (
         &["dataplane", "envoy-memory"],

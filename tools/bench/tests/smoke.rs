@@ -121,6 +121,38 @@ fn envoy_memory_harness_reads_a_configured_envoys_rss() {
 }
 
 #[test]
+fn director_harness_measures_the_first_catalog_and_the_health_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("director.json");
+    bench(&[
+        "director",
+        "--deployments",
+        "3",
+        "--groups",
+        "2",
+        "--instances",
+        "2",
+        "--task-delay-ms",
+        "20",
+        "--steady-seconds",
+        "2",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let first = rows
+        .iter()
+        .find(|r| r.figure == "first catalog, 3 deployments")
+        .unwrap_or_else(|| panic!("no first catalog row: {:?}", figures(&rows)));
+    assert!(first.value > 0.0 && first.reference.is_some(), "{first:?}");
+    assert!(
+        figures(&rows).contains(&"health tasks a minute, 1 deployment"),
+        "{:?}",
+        figures(&rows)
+    );
+}
+
+#[test]
 fn push_harness_measures_delta_beside_state_of_the_world() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("push.json");

@@ -11,6 +11,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::Value;
 
 use super::fault::{FaultMode, NGINX_BAD_GATEWAY};
+use super::requests::counted_path;
 use super::Shared;
 
 /// Which server a request reached.
@@ -29,11 +30,10 @@ pub async fn observe(State(observed): State<Observed>, request: Request, next: N
         .uri()
         .path_and_query()
         .map_or_else(|| path.clone(), |target| target.as_str().to_string());
-    observed
-        .shared
-        .state()
-        .requests
-        .count(request.method().as_str(), &path);
+    observed.shared.state().requests.count(
+        request.method().as_str(),
+        &counted_path(&path, request.uri().query()),
+    );
     let mut faults = observed.shared.fault.subscribe();
     loop {
         let fault = faults.borrow_and_update().clone();

@@ -83,9 +83,14 @@ pub struct Args {
     /// Record events (`director.events.record_events`); off means `GET /events` is `[]`.
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     pub events: bool,
-    /// Time a `format=full` task spends queued plus processing.
+    /// Time a `format=full` task spends queued plus processing; with `--workers`, the time
+    /// it holds a worker.
     #[arg(long, default_value_t = 200)]
     pub task_delay_ms: u64,
+    /// Director workers (`director.workers`, 3 in a real director) shared by the tasks: a
+    /// task waits queued for a free one. Unlimited when absent.
+    #[arg(long)]
+    pub workers: Option<usize>,
 }
 
 /// Everything `start` needs; `SimOptions::new` gives loopback on random ports.
@@ -104,6 +109,8 @@ pub struct SimOptions {
     pub auth: AuthMode,
     pub events: bool,
     pub task_delay: Duration,
+    /// See `Args::workers`.
+    pub workers: Option<usize>,
 }
 
 impl SimOptions {
@@ -124,6 +131,7 @@ impl SimOptions {
             auth: AuthMode::Uaa,
             events: true,
             task_delay: Duration::from_millis(200),
+            workers: None,
         }
     }
 }
@@ -231,7 +239,12 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 /// Loads the fixtures, binds the three servers and starts serving.
 pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
-    let mut state = SimState::new(opts.instance_network, opts.events, opts.task_delay)?;
+    let mut state = SimState::new(
+        opts.instance_network,
+        opts.events,
+        opts.task_delay,
+        opts.workers,
+    )?;
     if let Some(dir) = &opts.fixtures {
         for (name, manifest) in read_fixtures(dir)? {
             state.deploy(&name, Some(manifest), SystemTime::now());
@@ -321,6 +334,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         auth: args.auth,
         events: args.events,
         task_delay: Duration::from_millis(args.task_delay_ms),
+        workers: args.workers,
     })
     .await?;
     tracing::info!(

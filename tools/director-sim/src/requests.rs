@@ -26,6 +26,16 @@ pub fn route_key(method: &str, path: &str) -> String {
     format!("{method} /{}", normalized.join("/"))
 }
 
+/// The path a request is counted under: a `format=full` request (a task, §3.3) apart from the
+/// synchronous form of the same path.
+pub fn counted_path(path: &str, query: Option<&str>) -> String {
+    let full = query.is_some_and(|q| q.split('&').any(|pair| pair == "format=full"));
+    match full {
+        true => format!("{path}?format=full"),
+        false => path.to_string(),
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct RequestCounts {
     total: u64,
@@ -70,6 +80,17 @@ mod tests {
                 "/deployments/d/instances/6a8e4f2c-4d5b-4f1e-8a9b-0c1d2e3f4a5b"
             ),
             "GET /deployments/:d/instances/:id"
+        );
+    }
+
+    #[test]
+    fn format_full_requests_are_counted_apart() {
+        let key = |query| route_key("GET", &counted_path("/deployments/d/instances", query));
+        assert_eq!(key(None), "GET /deployments/:d/instances");
+        assert_eq!(key(Some("x=1")), "GET /deployments/:d/instances");
+        assert_eq!(
+            key(Some("x=1&format=full")),
+            "GET /deployments/:d/instances?format=full"
         );
     }
 

@@ -141,12 +141,13 @@ impl SimState {
         instance_network: Ipv4Net,
         events_enabled: bool,
         task_duration: Duration,
+        workers: Option<usize>,
     ) -> anyhow::Result<SimState> {
         Ok(SimState {
             director_uuid: uuid::Uuid::new_v4().to_string(),
             deployments: BTreeMap::new(),
             pool: IpPool::new(instance_network)?,
-            tasks: TaskList::default(),
+            tasks: workers.map_or_else(TaskList::default, TaskList::with_workers),
             events: EventLog::default(),
             configs: ConfigStore::default(),
             requests: RequestCounts::default(),
@@ -494,7 +495,13 @@ mod tests {
         instance_groups:\n- {name: web, instances: 2, azs: [z1], jobs: [{name: j}]}\n";
 
     fn state(events: bool) -> SimState {
-        SimState::new("10.244.0.0/24".parse().unwrap(), events, Duration::ZERO).unwrap()
+        SimState::new(
+            "10.244.0.0/24".parse().unwrap(),
+            events,
+            Duration::ZERO,
+            None,
+        )
+        .unwrap()
     }
 
     fn actions(state: &SimState) -> Vec<String> {

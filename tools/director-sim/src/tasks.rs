@@ -38,26 +38,18 @@ pub struct Task {
     pub deployment: Option<String>,
     pub user: String,
     pub context_id: String,
-    pub queued_at: SystemTime,
-    /// Time spent queued plus processing; half each.
-    pub duration: Duration,
+    /// When a worker takes the task (`processing`); `queued` before.
+    pub started_at: SystemTime,
+    pub finished_at: SystemTime,
     /// Result lines, already in the order the worker threads happened to write them.
     pub result_lines: Vec<String>,
 }
 
 impl Task {
-    fn started_at(&self) -> SystemTime {
-        self.queued_at + self.duration / 2
-    }
-
-    fn finished_at(&self) -> SystemTime {
-        self.queued_at + self.duration
-    }
-
     pub fn state_at(&self, now: SystemTime) -> TaskState {
-        if now >= self.finished_at() {
+        if now >= self.finished_at {
             TaskState::Done
-        } else if now >= self.started_at() {
+        } else if now >= self.started_at {
             TaskState::Processing
         } else {
             TaskState::Queued
@@ -71,8 +63,8 @@ impl Task {
             "id": self.id,
             "state": state.as_str(),
             "description": self.description,
-            "timestamp": (state == TaskState::Done).then(|| unix_seconds(self.finished_at())),
-            "started_at": (state != TaskState::Queued).then(|| unix_seconds(self.started_at())),
+            "timestamp": (state == TaskState::Done).then(|| unix_seconds(self.finished_at)),
+            "started_at": (state != TaskState::Queued).then(|| unix_seconds(self.started_at)),
             "result": "",
             "user": self.user,
             "deployment": self.deployment,
@@ -109,6 +101,9 @@ pub struct TaskQuery {
 pub struct TaskList {
     tasks: Vec<Task>,
     last_id: u64,
+    /// With a worker limit (the director's `workers`, 3 by default), when each worker is
+    /// next free; empty without one.
+    workers_free_at: Vec<SystemTime>,
 }
 
 /// A task about to be recorded; the list gives it its id.
@@ -118,12 +113,36 @@ pub struct NewTask {
     pub deployment: Option<String>,
     pub user: String,
     pub context_id: String,
+    /// Without a worker limit, time spent queued plus processing, half each; with one, time
+    /// spent processing on a worker, after waiting queued for a free one.
     pub duration: Duration,
     pub result_lines: Vec<String>,
 }
 
 impl TaskList {
+    /// A list whose tasks share `workers` workers: a task waits queued until one is free.
+    pub fn with_workers(workers: usize) -> TaskList {
+        TaskList {
+            workers_free_at: vec![SystemTime::UNIX_EPOCH; workers],
+            ..TaskList::default()
+        }
+    }
+
+    /// When a task of `duration` created at `now` starts and ends; it takes a worker, if the
+    /// list has a limit, for that whole time. The simulator's deploys are instantaneous
+    /// (`Duration::ZERO`) and take none.
+    fn schedule(&mut self, duration: Duration, now: SystemTime) -> (SystemTime, SystemTime) {
+        let worker = self.workers_free_at.iter_mut().min();
+        let Some(worker) = worker.filter(|_| !duration.is_zero()) else {
+            return (now + duration / 2, now + duration);
+        };
+        let started = (*worker).max(now);
+        *worker = started + duration;
+        (started, *worker)
+    }
+
     pub fn create(&mut self, new: NewTask, now: SystemTime) -> u64 {
+        let (started_at, finished_at) = self.schedule(new.duration, now);
         self.last_id += 1;
         self.tasks.push(Task {
             id: self.last_id,
@@ -132,8 +151,8 @@ impl TaskList {
             deployment: new.deployment,
             user: new.user,
             context_id: new.context_id,
-            queued_at: now,
-            duration: new.duration,
+            started_at,
+            finished_at,
             result_lines: new.result_lines,
         });
         let of_kind = self.tasks.iter().filter(|t| t.kind == new.kind).count();
@@ -245,6 +264,26 @@ mod tests {
         assert_eq!(done["timestamp"], 1010);
         assert_eq!(done["id"], json!(id));
         assert_eq!(task.result_output(end), "a\nb\nc\nd\n");
+    }
+
+    #[test]
+    fn with_a_worker_limit_a_task_waits_queued_for_a_free_worker() {
+        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1000);
+        let mut list = TaskList::with_workers(2);
+        let ids: Vec<u64> = (0..3).map(|_| vms_task(&mut list, t0)).collect();
+        let state = |id: u64, at: u64| {
+            let task = list.get(id).unwrap();
+            task.state_at(t0 + Duration::from_secs(at)).as_str()
+        };
+        // Two workers take the first two at once, for the whole 10 s.
+        assert_eq!(
+            (state(ids[0], 0), state(ids[1], 0)),
+            ("processing", "processing")
+        );
+        assert_eq!(state(ids[2], 9), "queued");
+        assert_eq!(state(ids[2], 10), "processing");
+        assert_eq!(state(ids[2], 20), "done");
+        assert_eq!(state(ids[0], 10), "done");
     }
 
     #[test]

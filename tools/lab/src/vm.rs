@@ -165,6 +165,9 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
             "client": super::DIRECTOR_CLIENT,
             "poll_interval_seconds": 1,
             "health_interval_seconds": 2,
+            // One reading per 200 ms: each of the lab's deployments within its 2 s, and a
+            // new VM or a job flipped to failing seen as quickly as before the budget.
+            "health_tasks_per_minute": 300,
             "task_timeout_seconds": 20,
             "request_timeout_seconds": 5,
         },
@@ -522,6 +525,7 @@ mod tests {
         let pilot = &vms[0].jobs[0].properties;
         assert_eq!(pilot["director"]["url"], "https://10.9.0.6:25555");
         assert_eq!(pilot["director"]["poll_interval_seconds"], 1);
+        assert_eq!(pilot["director"]["health_tasks_per_minute"], 300);
         assert_eq!(pilot["ports"]["xds"], 1234, "the manifest's value stays");
         assert_eq!(pilot["tld"], "boshy", "the lab's tld wins");
         assert!(pilot["director"].get("client_secret").is_none());
