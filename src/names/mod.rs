@@ -23,6 +23,19 @@
 //! - A pilot that has not yet read the director (catalog version 0) sends only heartbeats:
 //!   a restarting pilot must not wipe every agent's table with an empty one.
 //!
+//! An agent that reports its instance's health (docs/health.md) names the instance:
+//! `GET /v1/names/watch?deployment=<name>&instance=<id>`. When the director lists that instance
+//! at the address the stream comes from, the pilot also sends, after the first table and again
+//! whenever they change, what the agent probes:
+//!
+//! ```text
+//! {"probes":{"address":"10.244.0.24","ports":[9002]}}
+//! ```
+//!
+//! Followers that name no instance never get such a line. The agent's reports
+//! (`POST /v1/names/health`) and its drain (`GET /v1/names/drained`) are requests of their own
+//! on the same port, and count only while its stream is open.
+//!
 //! A follower keeps one stream open to every configured pilot at once, so losing a pilot
 //! costs nothing. Each line must be valid JSON of the shape above, at most 16 MiB, and a
 //! table must pass `wire::validate` (lower-case names under the tld, link-local VIPs); any

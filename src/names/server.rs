@@ -29,7 +29,8 @@ use crate::text::clip;
 /// An agent's report is a few ports: anything bigger is not one.
 const MAX_REPORT_BYTES: usize = 64 * 1024;
 
-/// Serves `GET /v1/names/watch` until the listener fails. Dropping the future closes every
+/// Serves `GET /v1/names/watch`, and the agents' `POST /v1/names/health` and
+/// `GET /v1/names/drained` (docs/health.md), until the listener fails. Dropping the future closes every
 /// open stream too, so followers notice at once and reconnect elsewhere.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -129,7 +130,7 @@ async fn watch_names(
         heartbeat: config.heartbeat,
         sent: None,
         agent,
-        _open: OpenStream::new(peer),
+        counted: OpenStream::new(peer),
     };
     let lines = futures::stream::unfold(stream, |mut stream| async move {
         let line = stream.next_line().await?;
@@ -150,7 +151,7 @@ struct NameStream {
     sent: Option<NameTable>,
     /// The follower's agent, when it named its instance.
     agent: Option<AgentClaim>,
-    _open: OpenStream,
+    counted: OpenStream,
 }
 
 /// The instance an agent's stream claims, and what came of the claim.
@@ -224,7 +225,7 @@ impl NameStream {
             }
             // Probes follow the first table: before it, the catalog is the placeholder.
             if self.sent.is_some() {
-                let peer = self._open.peer;
+                let peer = self.counted.peer;
                 let catalog = self.catalog.borrow().clone();
                 if let Some(probes) = self.agent.as_mut().and_then(|a| a.follow(&catalog, peer)) {
                     return Some(Message::Probes(probes).to_line());
