@@ -495,6 +495,7 @@ async fn start_director(layout: &Layout) -> Result<LabState> {
         env: vec![("RUST_LOG".into(), "info".into())],
         log: layout.dir.join("director/director-sim.log"),
         pid: None,
+        started: None,
     };
     director.start(&namespace)?;
     println!(

@@ -24,6 +24,10 @@ pub struct ProcessSpec {
     /// Set while running.
     #[serde(default)]
     pub pid: Option<u32>,
+    /// When that pid started (clock ticks after boot, `/proc/<pid>/stat`): a pid of a process
+    /// that died is reused by the kernel, and the lab must never signal someone else's.
+    #[serde(default)]
+    pub started: Option<u64>,
 }
 
 impl ProcessSpec {
@@ -52,25 +56,33 @@ impl ProcessSpec {
             .spawn()
             .with_context(|| format!("cannot start {} in {namespace}", self.name))?;
         self.pid = Some(child.id());
+        self.started = start_time(child.id());
         Ok(())
     }
 
+    /// Whether the process the lab started still runs: its pid is alive, not a zombie, and
+    /// started when ours did.
     pub fn is_running(&self) -> bool {
-        self.pid
-            .is_some_and(|pid| kill(Pid::from_raw(pid as i32), None).is_ok() && !is_zombie(pid))
+        self.pid.is_some_and(|pid| {
+            kill(Pid::from_raw(pid as i32), None).is_ok()
+                && !is_zombie(pid)
+                && self
+                    .started
+                    .is_none_or(|started| start_time(pid) == Some(started))
+        })
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.
     pub fn stop(&mut self, grace: Duration) {
         self.signal_and_wait(Signal::SIGTERM, grace);
         self.signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
-        self.pid = None;
+        (self.pid, self.started) = (None, None);
     }
 
     /// `kill -9`, as a crash would.
     pub fn kill(&mut self) {
         self.signal_and_wait(Signal::SIGKILL, Duration::from_secs(5));
-        self.pid = None;
+        (self.pid, self.started) = (None, None);
     }
 
     fn signal_and_wait(&self, signal: Signal, wait: Duration) {
@@ -86,6 +98,13 @@ impl ProcessSpec {
     }
 }
 
+/// Field 22 of `/proc/<pid>/stat`, after the command name (which may hold spaces).
+fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
 /// A child of ours that exited but was not reaped still answers kill(0).
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
@@ -94,4 +113,28 @@ fn is_zombie(pid: u32) -> bool {
                 .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
         })
         .unwrap_or(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reused_pid_is_not_the_process_the_lab_started() {
+        let me = std::process::id();
+        let started = start_time(me).expect("this process's start time");
+        let spec = |started| ProcessSpec {
+            name: "test".into(),
+            argv: Vec::new(),
+            env: Vec::new(),
+            log: PathBuf::from("/dev/null"),
+            pid: Some(me),
+            started,
+        };
+        assert!(spec(Some(started)).is_running());
+        assert!(
+            !spec(Some(started + 1)).is_running(),
+            "the same pid, started at another time: someone else's process"
+        );
+    }
 }

@@ -396,6 +396,7 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
                 env: process.env.into_iter().collect(),
                 name: process.name,
                 pid: None,
+                started: None,
             });
         }
     }
