@@ -13,7 +13,7 @@
 //! - [`registry`]: the pilot's record of connected agents and their reports (a pure state
 //!   behind a mutex), published as [`AgentHealth`] and the set of instances it covers.
 //! - [`overlay`]: pure: a catalog with the agents' health applied to its endpoints, and the
-//!   probes of one instance.
+//!   index of what each instance probes.
 //! - [`prober`]: the agent side: probing the ports, I/O.
 
 pub mod overlay;
@@ -21,7 +21,7 @@ pub mod prober;
 pub mod registry;
 pub mod report;
 
-pub use overlay::{apply, instance_out, probes_for};
+pub use overlay::{apply, instance_out, ProbeIndex};
 pub use registry::{AgentHealth, AgentRegistry, InstanceHealth, XdsView};
 pub use report::{AgentReport, ProbeSet};
 

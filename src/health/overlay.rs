@@ -1,6 +1,6 @@
 //! Pure: the agents' health applied to a catalog, and what one instance's agent probes.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::registry::AgentHealth;
@@ -76,40 +76,59 @@ impl std::fmt::Display for Unverified {
     }
 }
 
-/// The probes of `instance`'s agent, whose stream comes from `peer`: the ports of every
-/// service the instance is an endpoint of, at its listed address. A stream from any other
-/// address than the director's for that instance gets none, so an agent cannot report for
-/// another VM (the mesh client certificate is shared by every VM).
-pub fn probes_for(
-    catalog: &Catalog,
-    instance: &InstanceRef,
-    peer: IpAddr,
-) -> Result<ProbeSet, Unverified> {
-    let peer = peer.to_canonical();
-    let mut address = None;
-    let mut ports = BTreeSet::new();
-    for service in &catalog.services {
-        if service.key.deployment != instance.deployment || service.service_entry.is_some() {
-            continue;
-        }
-        for endpoint in &service.endpoints {
-            if endpoint.instance != instance.instance_id {
-                continue;
+/// Every instance that is an endpoint of a service, with its listed address and the ports of
+/// its services: built once per catalog, looked up by every agent's stream.
+#[derive(Debug, Default)]
+pub struct ProbeIndex(HashMap<String, HashMap<String, Listed>>);
+
+#[derive(Debug)]
+struct Listed {
+    address: IpAddr,
+    ports: BTreeSet<u16>,
+}
+
+impl ProbeIndex {
+    pub fn of(catalog: &Catalog) -> ProbeIndex {
+        let mut index: HashMap<String, HashMap<String, Listed>> = HashMap::new();
+        for service in catalog
+            .services
+            .iter()
+            .filter(|s| s.service_entry.is_none())
+        {
+            let instances = index.entry(service.key.deployment.clone()).or_default();
+            for endpoint in &service.endpoints {
+                let listed = instances
+                    .entry(endpoint.instance.clone())
+                    .or_insert_with(|| Listed {
+                        address: endpoint.address,
+                        ports: BTreeSet::new(),
+                    });
+                listed.ports.extend(service.ports.iter().map(|p| p.number));
             }
-            if endpoint.address != peer {
-                return Err(Unverified::ElsewhereListed {
-                    listed: endpoint.address,
-                });
-            }
-            address = Some(endpoint.address);
-            ports.extend(service.ports.iter().map(|p| p.number));
         }
+        ProbeIndex(index)
     }
-    let address = address.ok_or(Unverified::NothingExposed)?;
-    Ok(ProbeSet {
-        address,
-        ports: ports.into_iter().collect(),
-    })
+
+    /// The probes of `instance`'s agent, whose stream comes from `peer`: the ports of every
+    /// service the instance is an endpoint of, at its listed address. A stream from any other
+    /// address than the director's for that instance gets none, so an agent cannot report for
+    /// another VM (the mesh client certificate is shared by every VM).
+    pub fn probes_for(&self, instance: &InstanceRef, peer: IpAddr) -> Result<ProbeSet, Unverified> {
+        let listed = self
+            .0
+            .get(&instance.deployment)
+            .and_then(|instances| instances.get(&instance.instance_id))
+            .ok_or(Unverified::NothingExposed)?;
+        if listed.address != peer.to_canonical() {
+            return Err(Unverified::ElsewhereListed {
+                listed: listed.address,
+            });
+        }
+        Ok(ProbeSet {
+            address: listed.address,
+            ports: listed.ports.iter().copied().collect(),
+        })
+    }
 }
 
 #[cfg(test)]
@@ -201,7 +220,9 @@ mod tests {
     #[test]
     fn probes_are_the_ports_of_every_service_of_the_instance_at_its_listed_address() {
         let catalog = mesh();
-        let probes = probes_for(&catalog, &instance("b-1"), [10, 0, 0, 11].into()).unwrap();
+        let probes = ProbeIndex::of(&catalog)
+            .probes_for(&instance("b-1"), [10, 0, 0, 11].into())
+            .unwrap();
         assert_eq!(
             probes,
             ProbeSet {
@@ -211,19 +232,19 @@ mod tests {
         );
         let mapped: IpAddr = "::ffff:10.0.0.11".parse().unwrap();
         assert_eq!(
-            probes_for(&catalog, &instance("b-1"), mapped),
+            ProbeIndex::of(&catalog).probes_for(&instance("b-1"), mapped),
             Ok(probes),
             "an IPv4 peer seen on a dual-stack socket"
         );
         assert_eq!(
-            probes_for(&catalog, &instance("b-1"), [10, 0, 0, 10].into()),
+            ProbeIndex::of(&catalog).probes_for(&instance("b-1"), [10, 0, 0, 10].into()),
             Err(Unverified::ElsewhereListed {
                 listed: [10, 0, 0, 11].into()
             }),
             "b-0 claiming to be b-1"
         );
         assert_eq!(
-            probes_for(&catalog, &instance("nope"), [10, 0, 0, 10].into()),
+            ProbeIndex::of(&catalog).probes_for(&instance("nope"), [10, 0, 0, 10].into()),
             Err(Unverified::NothingExposed)
         );
     }

@@ -22,7 +22,7 @@ use super::wire::{Message, CONTENT_TYPE, HEARTBEAT_INTERVAL, WATCH_PATH};
 use crate::catalog::model::{Catalog, InstanceRef};
 use crate::health::registry::AgentStream;
 use crate::health::report::{DRAINED_PATH, REPORT_PATH};
-use crate::health::{instance_out, probes_for, AgentRegistry, AgentReport, ProbeSet};
+use crate::health::{instance_out, AgentRegistry, AgentReport, ProbeIndex, ProbeSet};
 use crate::metrics;
 use crate::text::clip;
 
@@ -86,6 +86,7 @@ fn router(
         .route(DRAINED_PATH, get(wait_drained))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
+            views: follow_views(catalog.clone()),
             catalog,
             agents,
             heartbeat,
@@ -95,8 +96,60 @@ fn router(
 #[derive(Clone)]
 struct WatchConfig {
     catalog: watch::Receiver<Arc<Catalog>>,
+    views: watch::Receiver<Arc<NamesView>>,
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
+}
+
+/// What every stream reads of a catalog, derived once per catalog rather than once per stream
+/// (thousands of agents follow one pilot, and an endpoint's health changes the catalog).
+#[derive(Debug, Default)]
+struct NamesView {
+    /// `None` for the placeholder catalog. The same `Arc` as the previous view's while the
+    /// names and VIPs stay the same, so a stream tells a new table by pointer.
+    table: Option<Arc<SharedTable>>,
+    probes: ProbeIndex,
+}
+
+/// A table and its line, encoded once for every stream.
+#[derive(Debug)]
+struct SharedTable {
+    table: NameTable,
+    line: Bytes,
+}
+
+/// The views of the catalogs `catalog` publishes.
+fn follow_views(mut catalog: watch::Receiver<Arc<Catalog>>) -> watch::Receiver<Arc<NamesView>> {
+    let (tx, rx) = watch::channel(Arc::new(NamesView::default()));
+    tokio::spawn(async move {
+        loop {
+            let current = catalog.borrow_and_update().clone();
+            let previous = tx.borrow().table.clone();
+            let table = (current.version != 0).then(|| {
+                let table = NameTable::from_catalog(&current);
+                match previous {
+                    Some(previous)
+                        if previous.table.tld == table.tld
+                            && previous.table.names == table.names =>
+                    {
+                        previous
+                    }
+                    _ => Arc::new(SharedTable {
+                        line: Bytes::from(Message::Table(table.clone()).to_line()),
+                        table,
+                    }),
+                }
+            });
+            let view = NamesView {
+                table,
+                probes: ProbeIndex::of(&current),
+            };
+            if tx.send(Arc::new(view)).is_err() || catalog.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    rx
 }
 
 /// The instance a follower says it runs on: `?deployment=<name>&instance=<id>`, sent by
@@ -126,7 +179,7 @@ async fn watch_names(
         _ => None,
     };
     let stream = NameStream {
-        catalog: config.catalog,
+        views: config.views,
         heartbeat: config.heartbeat,
         sent: None,
         agent,
@@ -134,7 +187,7 @@ async fn watch_names(
     };
     let lines = futures::stream::unfold(stream, |mut stream| async move {
         let line = stream.next_line().await?;
-        Some((Ok::<_, std::convert::Infallible>(Bytes::from(line)), stream))
+        Some((Ok::<_, std::convert::Infallible>(line), stream))
     });
     Response::builder()
         .header(header::CONTENT_TYPE, CONTENT_TYPE)
@@ -145,10 +198,10 @@ async fn watch_names(
 
 /// One follower's stream: what it has been sent, and when to send next.
 struct NameStream {
-    catalog: watch::Receiver<Arc<Catalog>>,
+    views: watch::Receiver<Arc<NamesView>>,
     heartbeat: Duration,
     /// The last table sent; `None` until the pilot has a catalog from the director.
-    sent: Option<NameTable>,
+    sent: Option<Arc<SharedTable>>,
     /// The follower's agent, when it named its instance.
     agent: Option<AgentClaim>,
     counted: OpenStream,
@@ -167,10 +220,10 @@ struct AgentClaim {
 }
 
 impl AgentClaim {
-    /// Checks the claim against `catalog` (the instance is an endpoint, listed at `peer`);
-    /// returns the probes to send when they changed.
-    fn follow(&mut self, catalog: &Catalog, peer: SocketAddr) -> Option<ProbeSet> {
-        match probes_for(catalog, &self.instance, peer.ip()) {
+    /// Checks the claim against the catalog's `index` (the instance is an endpoint, listed at
+    /// `peer`); returns the probes to send when they changed.
+    fn follow(&mut self, index: &ProbeIndex, peer: SocketAddr) -> Option<ProbeSet> {
+        match index.probes_for(&self.instance, peer.ip()) {
             Ok(probes) => {
                 self.refusal = None;
                 if self.open.is_none() {
@@ -205,37 +258,34 @@ impl NameStream {
     /// Catalog version 0 is the pilot's placeholder before its first director poll: it is
     /// never sent as a table, because followers would replace a good table with an empty one
     /// every time a pilot restarts. Heartbeats keep the stream alive meanwhile.
-    async fn next_line(&mut self) -> Option<Vec<u8>> {
+    async fn next_line(&mut self) -> Option<Bytes> {
         let deadline = Instant::now() + self.heartbeat;
         loop {
-            let table = {
-                let catalog = self.catalog.borrow_and_update();
-                (catalog.version != 0).then(|| NameTable::from_catalog(&catalog))
-            };
-            // The version is the catalog's, which endpoint health changes too: a table with the
-            // same names and VIPs is not sent again.
-            let same_names = |a: &NameTable, b: &NameTable| a.tld == b.tld && a.names == b.names;
-            let changed = match (&table, &self.sent) {
-                (Some(table), Some(sent)) => !same_names(table, sent),
+            let view = self.views.borrow_and_update().clone();
+            let changed = match (&view.table, &self.sent) {
+                (Some(table), Some(sent)) => !Arc::ptr_eq(table, sent),
                 (table, _) => table.is_some(),
             };
             if changed {
-                self.sent = table;
-                return Some(Message::Table(self.sent.clone()?).to_line());
+                self.sent = view.table.clone();
+                return Some(view.table.as_ref()?.line.clone());
             }
             // Probes follow the first table: before it, the catalog is the placeholder.
             if self.sent.is_some() {
                 let peer = self.counted.peer;
-                let catalog = self.catalog.borrow().clone();
-                if let Some(probes) = self.agent.as_mut().and_then(|a| a.follow(&catalog, peer)) {
-                    return Some(Message::Probes(probes).to_line());
+                if let Some(probes) = self
+                    .agent
+                    .as_mut()
+                    .and_then(|a| a.follow(&view.probes, peer))
+                {
+                    return Some(Bytes::from(Message::Probes(probes).to_line()));
                 }
             }
             tokio::select! {
-                changed = self.catalog.changed() => changed.ok()?,
+                changed = self.views.changed() => changed.ok()?,
                 () = tokio::time::sleep_until(deadline) => {
-                    let version = self.sent.as_ref().map_or(0, |t| t.version);
-                    return Some(Message::Heartbeat(version).to_line());
+                    let version = self.sent.as_ref().map_or(0, |t| t.table.version);
+                    return Some(Bytes::from(Message::Heartbeat(version).to_line()));
                 }
             }
         }
@@ -250,13 +300,13 @@ async fn take_report(
     Json(report): Json<AgentReport>,
 ) -> Response {
     let instance = report.instance_ref();
-    let catalog = config.catalog.borrow().clone();
+    let view = config.views.borrow().clone();
     let refused = |status: StatusCode, kind: &str, reason: String| {
         metrics::global().agent_refusal(kind);
         tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "health report refused: {reason}");
         (status, reason).into_response()
     };
-    if let Err(unverified) = probes_for(&catalog, &instance, peer.ip()) {
+    if let Err(unverified) = view.probes.probes_for(&instance, peer.ip()) {
         return refused(StatusCode::FORBIDDEN, "claim", unverified.to_string());
     }
     let failing = report.failing_ports.clone();
@@ -286,8 +336,8 @@ async fn wait_drained(
         deployment: query.deployment,
         instance_id: query.instance,
     };
-    let catalog = config.catalog.borrow().clone();
-    if let Err(unverified) = probes_for(&catalog, &instance, peer.ip()) {
+    let view = config.views.borrow().clone();
+    if let Err(unverified) = view.probes.probes_for(&instance, peer.ip()) {
         metrics::global().agent_refusal("claim");
         return (StatusCode::FORBIDDEN, unverified.to_string()).into_response();
     }
