@@ -236,7 +236,8 @@ impl Snapshot {
     }
 }
 
-fn position(resource_type: ResourceType) -> usize {
+/// Where that type is in [`ResourceType::PUSH_ORDER`], which arrays of one item per type follow.
+pub(crate) fn position(resource_type: ResourceType) -> usize {
     ResourceType::PUSH_ORDER
         .iter()
         .position(|t| *t == resource_type)
