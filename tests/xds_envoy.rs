@@ -19,6 +19,8 @@ use boshy::catalog::model::{Catalog, Endpoint, Protocol, Service};
 use boshy::catalog::testing;
 use boshy::metrics;
 use boshy::xds::bootstrap::{AdsMode, NodeIdentity};
+use boshy::xds::cache::Snapshot;
+use boshy::xds::resources::ResourceType;
 use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -666,6 +668,55 @@ fn follows_the_catalog(mode: AdsMode) {
             })
             .await;
         envoy.wait_for_clusters(&expected).await;
+    });
+}
+
+/// The server's HTTP/2 settings (`src/xds/server.rs`) bound what Envoy sends it, never what
+/// it pushes: a whole estate of 1,000 services × 100 instances, its load assignments a response
+/// of megabytes, reaches a real Envoy in one sync, over both ADS variants.
+#[test]
+fn envoy_takes_a_thousand_services_in_responses_of_megabytes() {
+    captured_logs();
+    in_private_netns(move || async move {
+        let estate = boshy_xds_fleet::estate::estate(1, 1000, 100);
+        let snapshot = Snapshot::from_catalog(&estate);
+        let bytes = |t| -> usize {
+            let selection = snapshot.select(t, None);
+            selection
+                .resources
+                .iter()
+                .map(|r| r.resource.value.len())
+                .sum()
+        };
+        let endpoints = bytes(ResourceType::Endpoint);
+        assert!(endpoints > 2_000_000, "EDS {endpoints} bytes: megabytes");
+        let (_catalog_tx, catalog_rx) = watch::channel(Arc::new(estate));
+        for (mode, test) in [
+            (AdsMode::Delta, "estate-delta"),
+            (AdsMode::Sotw, "estate-sotw"),
+        ] {
+            let xds = loopback_listener().await.1;
+            let _server = KillableServer::start(xds, catalog_rx.clone());
+            let envoy = start_envoy(&apricot(test), xds, mode).await;
+            // A cluster is active once its endpoints arrived, a listener once its routes did.
+            envoy
+                .wait_for_stat("cluster_manager.active_clusters", |n| n > 1000)
+                .await;
+            envoy
+                .wait_for_stat("cluster_manager.warming_clusters", |n| n == 0)
+                .await;
+            envoy
+                .wait_for_stat("listener_manager.total_listeners_active", |n| n > 1000)
+                .await;
+            assert_eq!(
+                envoy.stat("cluster_manager.cds.update_rejected").await,
+                Some(0)
+            );
+            assert_eq!(
+                envoy.stat("listener_manager.lds.update_rejected").await,
+                Some(0)
+            );
+        }
     });
 }
 

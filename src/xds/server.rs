@@ -36,6 +36,24 @@ const RESPONSE_QUEUE: usize = 8;
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 
+// HTTP/2 settings. What we push is paced by Envoy's windows (256 MiB by default), not by
+// these: a full snapshot of megabytes goes out at once whatever they are. They bound what each
+// connection may make the server hold for what Envoy sends (ACKs and subscriptions, a few kB;
+// the largest, after a reconnect, names every resource it has). Measured (bench/notes.md): a
+// connected Envoy costs about 33 kB of h2/hyper/tonic heap before any ADS state, mostly h2's
+// fixed buffers (16 kB write, 8 kB read, 4 kB HPACK), which no setting changes.
+/// Request data a stream or a connection may have in flight unread: 64 KiB (the protocol's
+/// default) holds any usual request at once; a larger one waits for window updates, which a
+/// stream sends as it reads. hyper's 1 MiB would let each of thousands of Envoys park a
+/// megabyte in the server while a stream is busy.
+const RECEIVE_WINDOW: u32 = 64 * 1024;
+/// The largest frame Envoy may send us, the protocol's minimum: each connection's read
+/// buffer grows to the largest frame it received and keeps that size.
+const MAX_FRAME: u32 = 16 * 1024;
+/// An Envoy opens one ADS stream on its connection; a few more cover a stream being replaced,
+/// and the limit bounds the stream tasks (each with its ADS state) one connection can start.
+const MAX_STREAMS_PER_CONNECTION: u32 = 8;
+
 /// Serves ADS on an already-bound listener until the listener fails, from the snapshots of
 /// `sources` (a catalog channel alone is a mesh without traffic rules).
 pub async fn serve(
@@ -70,6 +88,13 @@ pub async fn serve_snapshots(
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .initial_stream_window_size(RECEIVE_WINDOW)
+        .initial_connection_window_size(RECEIVE_WINDOW)
+        // Growing the windows by measuring round trips (BDP pings) is for bulk uploads;
+        // requests are small.
+        .http2_adaptive_window(Some(false))
+        .max_frame_size(MAX_FRAME)
+        .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
         .add_service(ads);
     let served = match tls {
         None => {
