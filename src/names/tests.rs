@@ -521,3 +521,38 @@ async fn a_drain_is_answered_once_every_envoy_took_the_snapshot_without_the_inst
     .unwrap();
     assert_eq!(response.status(), reqwest::StatusCode::FORBIDDEN);
 }
+
+#[tokio::test]
+async fn a_garbage_report_or_drain_request_is_refused_and_the_agent_still_counts() {
+    let pilot = Pilot::start(agent_catalog(1, "127.0.0.1")).await;
+    let agent = start_agent(vec![pilot.url()], report(&[8080]));
+    wait_for_failing(&pilot, &[8080]).await;
+    let client = reqwest::Client::new();
+    for body in [
+        "not json",
+        "{\"deployment\":\"d\"}",
+        "{\"deployment\":\"d\",\"instance\":\"a\",\"extra\":1}",
+    ] {
+        let response = client
+            .post(format!("{}/v1/names/health", pilot.url()))
+            .header("content-type", "application/json")
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert!(
+            response.status().is_client_error(),
+            "{body}: {}",
+            response.status()
+        );
+    }
+    let response = client
+        .get(format!("{}/v1/names/drained?deployment=d", pilot.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.status().is_client_error(), "{}", response.status());
+    // The agent's report still stands.
+    wait_for_failing(&pilot, &[8080]).await;
+    drop(agent);
+}

@@ -405,6 +405,14 @@ mod tests {
                 "`probe_interval_ms`",
             ),
             (format!("{GOOD}instance: {{deployment: d}}\n"), "instance"),
+            (
+                format!("{GOOD}drain_timeout_seconds: 0\n"),
+                "`drain_timeout_seconds`",
+            ),
+            (
+                format!("{GOOD}drain_timeout_seconds: soon\n"),
+                "drain_timeout_seconds",
+            ),
             (format!("{GOOD}listen: nowhere\n"), "listen"),
             ("table_path: /t\n".to_string(), "pilots"),
         ] {
