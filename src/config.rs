@@ -304,6 +304,10 @@ pub struct AgentConfig {
     /// requests.
     #[serde(default = "default_drain_timeout")]
     pub drain_timeout_seconds: u64,
+    /// With `instance`: a name not asked for this long leaves the VM's scope, so its Envoy
+    /// drops that service's configuration (docs/scope.md).
+    #[serde(default = "default_scope_idle")]
+    pub scope_idle_seconds: u64,
 }
 
 /// `spec.deployment` and `spec.id` of the VM's jobs.
@@ -393,6 +397,9 @@ fn default_dns_ttl() -> u32 {
 }
 fn default_drain_timeout() -> u64 {
     30
+}
+fn default_scope_idle() -> u64 {
+    24 * 3600
 }
 
 fn default_probe_interval_ms() -> u64 {

@@ -23,6 +23,7 @@ pub mod pilot;
 pub mod rule_status;
 pub mod rules;
 pub mod rules_check;
+pub mod scope;
 pub mod text;
 pub mod tls;
 pub mod traffic;

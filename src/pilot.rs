@@ -21,6 +21,7 @@ use crate::director::PublishedRuleConfigs;
 use crate::health::{self, AgentHealth, AgentRegistry, XdsView};
 use crate::rule_status::ParsedConfigs;
 use crate::rules::{self, MeshView, RuleSet};
+use crate::scope::{ListedInstances, ScopeRegistry};
 use crate::traffic::TrafficRules;
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
 use crate::{api, catalog, director, metrics, names, rule_status, xds};
@@ -116,9 +117,12 @@ pub async fn run(args: Args) -> Result<()> {
     // drains wait for this pilot's Envoys to take the snapshots.
     let snapshots = xds::cache::follow(xds_sources);
     let board = Arc::new(xds::sync::SyncBoard::default());
+    // What each VM's agent put in its scope: its Envoy gets only that (docs/scope.md).
+    let scopes = Arc::new(ScopeRegistry::default());
     let agents = Arc::new(AgentRegistry::with_xds(XdsView {
         snapshots: snapshots.clone(),
         board: board.clone(),
+        scopes: scopes.clone(),
     }));
     // Deployments whose every instance an agent reports on cost the director no health task.
     let poller = poller.with_agent_reports(agents.covered());
@@ -147,11 +151,13 @@ pub async fn run(args: Args) -> Result<()> {
         health: agents.health(),
         agents,
         built: None,
+        scopes: scopes.clone(),
+        listed_from: None,
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
         result = catalogs.run(deployments_rx, vip_refresh) => result,
-        result = xds::server::serve_snapshots(xds_listener, snapshots, board, xds_tls) => result.context("xDS server"),
+        result = xds::server::serve_snapshots(xds_listener, snapshots, board, Some(scopes), xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
         result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),
@@ -197,6 +203,10 @@ struct CatalogPublisher {
     /// The last catalog built, before the agents' health was applied: applied again alone
     /// when only the health changed.
     built: Option<Catalog>,
+    /// The VMs' scopes, told which instances the director lists where.
+    scopes: Arc<ScopeRegistry>,
+    /// The deployments the scopes were last told about.
+    listed_from: Option<Arc<Vec<DeploymentInput>>>,
 }
 
 /// The accepted ServiceEntries (a rule set of nothing else) of one set of deployments and
@@ -257,6 +267,14 @@ impl CatalogPublisher {
     /// the last assignments stay (VIPs never change on an error): services that already had
     /// a VIP keep it and follow the director; new ones wait for the store.
     async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>, configs: PublishedRuleConfigs) {
+        if !self
+            .listed_from
+            .as_ref()
+            .is_some_and(|listed| Arc::ptr_eq(listed, &inputs))
+        {
+            self.scopes.set_listed(ListedInstances::of(&inputs));
+            self.listed_from = Some(inputs.clone());
+        }
         let hostnames = catalog::hostnames(&inputs, &self.tld);
         for warning in self.naming_warnings.fresh(hostnames.warnings) {
             tracing::warn!("{warning}");

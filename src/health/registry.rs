@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use super::report::AgentReport;
 use crate::catalog::model::InstanceRef;
 use crate::metrics;
+use crate::scope::ScopeRegistry;
 use crate::xds::cache::Snapshot;
 use crate::xds::sync::SyncBoard;
 
@@ -164,6 +165,8 @@ pub struct AgentRegistry {
 pub struct XdsView {
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub board: Arc<SyncBoard>,
+    /// The scope of every VM (docs/scope.md), which its agent changes through the names port.
+    pub scopes: Arc<ScopeRegistry>,
 }
 
 impl Default for AgentRegistry {

@@ -13,6 +13,7 @@ use super::wire::{parse_line, Line, LineBuffer, CONTENT_TYPE, IDLE_TIMEOUT, WATC
 use crate::catalog::model::InstanceRef;
 use crate::health::report::{DRAINED_PATH, REPORT_PATH};
 use crate::health::{AgentReport, ProbeSet};
+use crate::scope::admission::Admission;
 
 /// How long a pilot may take to take a health report before the follower gives up on it (and
 /// on the stream, which it then opens again).
@@ -28,6 +29,8 @@ pub struct AgentLink {
     pub probes: Arc<watch::Sender<Option<ProbeSet>>>,
     /// The agent's report; `None` until it has probed once.
     pub reports: watch::Receiver<Option<AgentReport>>,
+    /// The VM's scope (docs/scope.md), sent whole to each pilot on every new stream.
+    pub scope: Option<Arc<Admission>>,
 }
 
 /// Follows every pilot in `pilots` (base URLs such as `https://10.244.0.10:15011`; a bare
@@ -121,7 +124,7 @@ async fn follow_pilot(mut stream: PilotStream, timing: FollowTiming) {
 }
 
 /// The client of every request to the pilots; with `tls`, mutual TLS.
-fn http_client(tls: Option<rustls::ClientConfig>) -> reqwest::Result<reqwest::Client> {
+pub(crate) fn http_client(tls: Option<rustls::ClientConfig>) -> reqwest::Result<reqwest::Client> {
     let mut builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(5))
         .tcp_keepalive(Duration::from_secs(30));
@@ -235,6 +238,9 @@ impl PilotStream {
         // every change.
         let mut reporting = false;
         let mut reports = self.agent.as_ref().map(|a| a.reports.clone());
+        // The scope goes to this pilot once per stream, after its first table: a pilot that
+        // restarted knows no scope until then, and its ADS streams of this VM wait for it.
+        let mut scope_sent = false;
         let mut lines = LineBuffer::default();
         loop {
             let chunk = tokio::select! {
@@ -252,7 +258,13 @@ impl PilotStream {
             };
             for line in lines.push(&chunk)? {
                 match parse_line(&line)? {
-                    Line::Table(table) => publish(&self.tx, table, &url),
+                    Line::Table(table) => {
+                        publish(&self.tx, table, &url);
+                        if !scope_sent {
+                            scope_sent = true;
+                            self.send_scope().await;
+                        }
+                    }
                     Line::Probes(probes) => {
                         if let Some(agent) = &self.agent {
                             agent.probes.send_replace(Some(probes));
@@ -264,6 +276,18 @@ impl PilotStream {
                 }
                 backoff.reset();
             }
+        }
+    }
+
+    /// Sends the VM's whole scope, if the agent keeps one. A pilot that does not take it is
+    /// logged: its Envoys of this VM get the whole mesh after a while instead.
+    async fn send_scope(&self) {
+        let Some(scope) = self.agent.as_ref().and_then(|a| a.scope.as_ref()) else {
+            return;
+        };
+        match scope.send_scope(&self.base).await {
+            Ok(()) => tracing::debug!(pilot = %self.pilot, "scope sent"),
+            Err(err) => tracing::warn!(pilot = %self.pilot, "scope: {err:#}"),
         }
     }
 
@@ -311,7 +335,7 @@ fn publish(tx: &watch::Sender<Arc<NameTable>>, table: NameTable, url: &str) {
 
 /// The base URL of one configured pilot address; a bare `host:port` gets https when the
 /// stream is `secure`.
-fn base_url(pilot: &str, secure: bool) -> String {
+pub(crate) fn base_url(pilot: &str, secure: bool) -> String {
     let base = pilot.trim().trim_end_matches('/');
     if base.contains("://") {
         base.to_string()
@@ -323,7 +347,7 @@ fn base_url(pilot: &str, secure: bool) -> String {
 
 /// reqwest's Display names only the outermost error ("error sending request"); the cause
 /// (connection refused, reset, ...) is what an operator needs.
-fn error_chain(err: &dyn std::error::Error) -> String {
+pub(crate) fn error_chain(err: &dyn std::error::Error) -> String {
     let mut text = err.to_string();
     let mut source = err.source();
     while let Some(cause) = source {

@@ -53,6 +53,7 @@ mod server;
 pub mod table;
 pub mod wire;
 
+pub(crate) use follower::{base_url, error_chain, http_client};
 pub use follower::{follow, wait_drained, AgentLink};
 pub use server::{serve, serve_tls};
 

@@ -24,6 +24,8 @@ use crate::health::registry::AgentStream;
 use crate::health::report::{DRAINED_PATH, REPORT_PATH};
 use crate::health::{instance_out, AgentRegistry, AgentReport, ProbeIndex, ProbeSet};
 use crate::metrics;
+use crate::scope::wire::SCOPE_PATH;
+use crate::scope::{ScopeAnswer, ScopeChange, ScopeRequest};
 use crate::text::clip;
 
 /// An agent's report is a few ports: anything bigger is not one.
@@ -84,6 +86,7 @@ fn router(
         .route(WATCH_PATH, get(watch_names))
         .route(REPORT_PATH, post(take_report))
         .route(DRAINED_PATH, get(wait_drained))
+        .route(SCOPE_PATH, post(take_scope))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
             views: follow_views(catalog.clone()),
@@ -382,6 +385,57 @@ async fn wait_drained(
             timeout,
         ),
     }
+}
+
+/// How long an `add` waits at most for this pilot's Envoys of the instance to hold the new
+/// scope: the agent gives up after 2 s anyway.
+const SCOPE_WAIT: Duration = Duration::from_secs(3);
+
+/// `POST /v1/names/scope`: an agent changes its VM's scope (docs/scope.md); taken when the
+/// director lists its instance at the address the request comes from. An `add` is answered
+/// once every ADS stream of the instance on this pilot has had its Envoy acknowledge the
+/// resources of the new scope (or after [`SCOPE_WAIT`]); a `set` at once.
+async fn take_scope(
+    State(config): State<WatchConfig>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(request): Json<ScopeRequest>,
+) -> Response {
+    let instance = request.instance_ref();
+    let refused = |status: StatusCode, kind: &str, reason: String| {
+        metrics::global().agent_refusal(kind);
+        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "scope refused: {reason}");
+        (status, reason).into_response()
+    };
+    let Some(xds) = config.agents.xds().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
+    };
+    let change = match request.change() {
+        Ok(change) => change,
+        Err(reason) => return refused(StatusCode::BAD_REQUEST, "scope_request", reason),
+    };
+    if let Err(unverified) = xds.scopes.verify(&instance, peer.ip()) {
+        return refused(StatusCode::FORBIDDEN, "claim", unverified.to_string());
+    }
+    let generation = xds.scopes.change(&instance, &change);
+    let answer = match change {
+        ScopeChange::Add(hosts) => {
+            let started = Instant::now();
+            let answer = xds
+                .board
+                .wait_scope(&instance, generation, SCOPE_WAIT)
+                .await;
+            tracing::debug!(%peer, ?hosts, streams = answer.streams, synced = answer.synced, waited = ?started.elapsed(), "scope added");
+            answer
+        }
+        ScopeChange::Set(hosts) => {
+            tracing::debug!(%peer, names = hosts.len(), "scope set");
+            ScopeAnswer {
+                streams: 0,
+                synced: false,
+            }
+        }
+    };
+    Json(answer).into_response()
 }
 
 /// A drain waits this long at most, whatever it asks for: BOSH's own drain has no limit,

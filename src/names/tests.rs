@@ -65,6 +65,7 @@ impl Pilot {
         let xds = XdsView {
             snapshots: crate::xds::cache::follow(rx.clone()),
             board,
+            scopes: Arc::default(),
         };
         Pilot::serving(listener, catalog, rx, AgentRegistry::with_xds(xds))
     }
@@ -361,6 +362,7 @@ fn start_agent(pilots: Vec<String>, first_report: Option<AgentReport>) -> Follow
         instance: instance("a"),
         probes: Arc::new(probes_tx),
         reports: reports_rx,
+        scope: None,
     };
     let follower = tokio::spawn(follow_with(pilots, None, tables, Some(link), FAST));
     FollowingAgent {

@@ -5,6 +5,7 @@
 //! outside the zone is REFUSED, so it cannot be used as an open resolver.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use hickory_server::proto::op::{Edns, Metadata, OpCode, ResponseCode};
 use hickory_server::proto::rr::rdata::{A, NS, SOA};
@@ -13,6 +14,7 @@ use hickory_server::zone_handler::MessageRequest;
 
 use super::fast_path::{FastAnswers, MAX_REPLY_LEN};
 use crate::names::table::NameTable;
+use crate::scope::{Gate, Slot};
 
 /// The UDP payload size the agent advertises in its OPT record (the DNS Flag Day 2020 value).
 /// Its answers are a few hundred bytes at most, so it never needs more.
@@ -81,16 +83,27 @@ fn is_hostname_label(label: &str) -> bool {
 }
 
 impl Zone {
-    /// Builds the zone for `apex` from a name table. Names the zone cannot serve (not under the
-    /// apex, not a DNS name) are returned so the caller can log them; they never stop the rest.
+    /// Builds the zone for `apex` from a name table, every name answered at once (no scope).
+    /// Names the zone cannot serve (not under the apex, not a DNS name) are returned so the
+    /// caller can log them; they never stop the rest.
     pub fn build(apex: &Name, ttl: u32, table: &NameTable) -> (Zone, Vec<SkippedName>) {
+        Zone::build_gated(apex, ttl, table, &Gate::open())
+    }
+
+    /// [`Zone::build`], each name answered at once only while `gate` has it in the VM's scope.
+    pub fn build_gated(
+        apex: &Name,
+        ttl: u32,
+        table: &NameTable,
+        gate: &Gate,
+    ) -> (Zone, Vec<SkippedName>) {
         let mut hosts = FastAnswers::with_capacity(table.names.len());
         let mut interior = HashSet::new();
         let mut skipped = Vec::new();
         for (hostname, vip) in &table.names {
             match host_name(apex, hostname) {
                 Ok(name) => {
-                    hosts.insert(&name, *vip, ttl);
+                    hosts.insert(&name, *vip, ttl, gate.slot(hostname));
                     let mut parent = name.base_name();
                     while parent.num_labels() > apex.num_labels() && interior.insert(parent.clone())
                     {
@@ -152,6 +165,17 @@ impl Zone {
         self.hosts.answer(query, reply)
     }
 
+    /// The slot of a served name the query asks about that is not in the VM's scope yet.
+    pub(crate) fn pending(&self, query: &[u8]) -> Option<&Arc<Slot>> {
+        self.hosts.pending(query)
+    }
+
+    /// The slot of `name` when it is served and not in the VM's scope yet.
+    pub(crate) fn pending_name(&self, name: &Name) -> Option<&Arc<Slot>> {
+        let (_, slot) = self.hosts.vip(name)?;
+        (!slot.in_scope()).then_some(slot)
+    }
+
     /// The answer to one question.
     fn lookup(&self, name: &Name, qtype: RecordType, qclass: DNSClass) -> Lookup<'_> {
         if qclass != DNSClass::IN || !self.apex.zone_of(name) {
@@ -170,7 +194,8 @@ impl Zone {
                 _ => self.negative(ResponseCode::NoError),
             };
         }
-        if let Some(vip) = self.hosts.vip(name) {
+        if let Some((vip, slot)) = self.hosts.vip(name) {
+            slot.mark_asked();
             return match qtype {
                 // The owner name is the question's, so the answer echoes its case.
                 RecordType::A => {

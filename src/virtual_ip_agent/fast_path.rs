@@ -13,10 +13,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 
 use hickory_server::proto::rr::Name;
 
 use super::dns::EDNS_PAYLOAD;
+use crate::scope::Slot;
 
 const HEADER_LEN: usize = 12;
 /// The longest wire-format name (RFC 1035 §3.1).
@@ -42,11 +44,15 @@ const FLAG_CD: u8 = 0x10;
 /// An encoded A record without its owner name.
 type Answer = [u8; ANSWER_LEN];
 
-/// The served names, keyed by lower-cased wire-format name, with their encoded answers.
+/// The served names, keyed by lower-cased wire-format name, with their encoded answers and
+/// their slots in the VM's scope (`crate::scope::gate`).
 #[derive(Debug, Default)]
 pub(crate) struct FastAnswers {
-    answers: HashMap<Box<[u8]>, Answer, BuildHasherDefault<NameHasher>>,
+    answers: HashMap<Box<[u8]>, Entry, BuildHasherDefault<NameHasher>>,
 }
+
+/// A served name's answer and its slot in the VM's scope.
+type Entry = (Answer, Arc<Slot>);
 
 /// A word-at-a-time multiplicative hash (the one rustc uses for its own tables, "FxHash"):
 /// a few cycles per name where the default SipHash costs tens. It needs no secret key because
@@ -90,25 +96,40 @@ impl FastAnswers {
         }
     }
 
-    /// Serves `name` (fully qualified) as `vip` with `ttl`; the last insert of a name wins.
-    pub(crate) fn insert(&mut self, name: &Name, vip: Ipv4Addr, ttl: u32) {
+    /// Serves `name` (fully qualified) as `vip` with `ttl`, answered at once while `slot` is in
+    /// scope; the last insert of a name wins.
+    pub(crate) fn insert(&mut self, name: &Name, vip: Ipv4Addr, ttl: u32, slot: Arc<Slot>) {
         let mut answer = [0u8; ANSWER_LEN];
         answer[..2].copy_from_slice(&TYPE_A.to_be_bytes());
         answer[2..4].copy_from_slice(&CLASS_IN.to_be_bytes());
         answer[4..8].copy_from_slice(&ttl.to_be_bytes());
         answer[8..10].copy_from_slice(&4u16.to_be_bytes());
         answer[10..].copy_from_slice(&vip.octets());
-        self.answers.insert(lower_wire_name(name), answer);
+        self.answers.insert(lower_wire_name(name), (answer, slot));
     }
 
-    /// The VIP of `name`, matched case-insensitively.
-    pub(crate) fn vip(&self, name: &Name) -> Option<Ipv4Addr> {
-        self.answers.get(&lower_wire_name(name)).map(|answer| {
-            let [a, b, c, d] = answer[10..] else {
-                unreachable!("an answer ends with 4 address bytes")
-            };
-            Ipv4Addr::new(a, b, c, d)
-        })
+    /// The VIP of `name`, matched case-insensitively, and its slot.
+    pub(crate) fn vip(&self, name: &Name) -> Option<(Ipv4Addr, &Arc<Slot>)> {
+        self.answers
+            .get(&lower_wire_name(name))
+            .map(|(answer, slot)| {
+                let [a, b, c, d] = answer[10..] else {
+                    unreachable!("an answer ends with 4 address bytes")
+                };
+                (Ipv4Addr::new(a, b, c, d), slot)
+            })
+    }
+
+    /// The slot of the name `query` asks about (whatever the type), when that name is served
+    /// and not in scope: the query waits for the scope. Pure, no allocation.
+    pub(crate) fn pending(&self, query: &[u8]) -> Option<&Arc<Slot>> {
+        let header = query.get(..HEADER_LEN)?;
+        if u16::from_be_bytes([header[4], header[5]]) != 1 {
+            return None;
+        }
+        let (lower_name, name_len, _) = lower_question_name(query)?;
+        let (_, slot) = self.answers.get(&lower_name[..name_len])?;
+        (!slot.in_scope()).then_some(slot)
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -123,7 +144,11 @@ impl FastAnswers {
     /// is not the common case (the caller then asks hickory). Pure: no I/O, no allocation.
     pub(crate) fn answer(&self, query: &[u8], reply: &mut [u8; MAX_REPLY_LEN]) -> Option<usize> {
         let request = CommonQuery::parse(query)?;
-        let answer = self.answers.get(&request.lower_name[..request.name_len])?;
+        let (answer, slot) = self.answers.get(&request.lower_name[..request.name_len])?;
+        if !slot.in_scope() {
+            return None;
+        }
+        slot.mark_asked();
 
         let question = &query[HEADER_LEN..request.question_end];
         let mut at = 0;
@@ -172,25 +197,7 @@ impl CommonQuery {
             return None;
         }
 
-        let mut lower_name = [0u8; MAX_NAME_LEN];
-        let mut name_len = 0;
-        let mut at = HEADER_LEN;
-        loop {
-            let label_len = usize::from(*query.get(at)?);
-            // Compression pointers and extended label types never start a question we serve.
-            if label_len > MAX_LABEL_LEN || name_len + 1 + label_len > MAX_NAME_LEN {
-                return None;
-            }
-            let label = query.get(at..at + 1 + label_len)?;
-            for (to, from) in lower_name[name_len..].iter_mut().zip(label) {
-                *to = from.to_ascii_lowercase();
-            }
-            name_len += label.len();
-            at += label.len();
-            if label_len == 0 {
-                break;
-            }
-        }
+        let (lower_name, name_len, at) = lower_question_name(query)?;
         let field = |at: usize| -> Option<u16> {
             Some(u16::from_be_bytes(query.get(at..at + 2)?.try_into().ok()?))
         };
@@ -227,6 +234,29 @@ impl CommonQuery {
     }
 }
 
+/// The first question's name, ASCII lower-cased, its length, and the offset just past it.
+fn lower_question_name(query: &[u8]) -> Option<([u8; MAX_NAME_LEN], usize, usize)> {
+    let mut lower_name = [0u8; MAX_NAME_LEN];
+    let mut name_len = 0;
+    let mut at = HEADER_LEN;
+    loop {
+        let label_len = usize::from(*query.get(at)?);
+        // Compression pointers and extended label types never start a question we serve.
+        if label_len > MAX_LABEL_LEN || name_len + 1 + label_len > MAX_NAME_LEN {
+            return None;
+        }
+        let label = query.get(at..at + 1 + label_len)?;
+        for (to, from) in lower_name[name_len..].iter_mut().zip(label) {
+            *to = from.to_ascii_lowercase();
+        }
+        name_len += label.len();
+        at += label.len();
+        if label_len == 0 {
+            return Some((lower_name, name_len, at));
+        }
+    }
+}
+
 /// `name` in wire format (length-prefixed labels ending with the root), ASCII lower-cased.
 fn lower_wire_name(name: &Name) -> Box<[u8]> {
     let mut wire = Vec::with_capacity(name.len() + 1);
@@ -243,13 +273,46 @@ mod tests {
     use super::*;
 
     fn table() -> FastAnswers {
+        gated_table(&crate::scope::Gate::open())
+    }
+
+    fn gated_table(gate: &crate::scope::Gate) -> FastAnswers {
         let mut answers = FastAnswers::default();
         answers.insert(
             &Name::from_ascii("a.b.c.boshy.").unwrap(),
             Ipv4Addr::new(169, 254, 255, 3),
             30,
+            gate.slot("a.b.c.boshy"),
         );
         answers
+    }
+
+    #[test]
+    fn a_name_out_of_scope_is_left_pending_whatever_the_type_and_answered_once_admitted() {
+        let gate = crate::scope::Gate::scoped();
+        let table = gated_table(&gate);
+        let a = query([0x01, 0x00]);
+        assert_eq!(answer(&table, &a), None);
+        assert_eq!(table.pending(&a).map(|s| s.hostname()), Some("a.b.c.boshy"));
+        let mut aaaa = a.clone();
+        let at = aaaa.len() - 3;
+        aaaa[at] = 28; // AAAA
+        assert!(
+            table.pending(&aaaa).is_some(),
+            "every type waits: getaddrinfo asks both"
+        );
+        let mut other = a.clone();
+        other[13] = b'X';
+        assert!(table.pending(&other).is_none(), "a name not served");
+
+        gate.admit(["a.b.c.boshy"], 0);
+        assert!(table.pending(&a).is_none());
+        assert!(answer(&table, &a).is_some());
+        assert_eq!(
+            gate.sweep(10, 5),
+            Vec::<String>::new(),
+            "the answer marked it asked"
+        );
     }
 
     /// A query for `a.b.c.boshy.` A with the given header flag bytes.
@@ -289,10 +352,14 @@ mod tests {
     fn vip_lookup_ignores_case() {
         let table = table();
         assert_eq!(
-            table.vip(&Name::from_ascii("A.B.c.BOSHY.").unwrap()),
+            table
+                .vip(&Name::from_ascii("A.B.c.BOSHY.").unwrap())
+                .map(|(vip, _)| vip),
             Some(Ipv4Addr::new(169, 254, 255, 3))
         );
-        assert_eq!(table.vip(&Name::from_ascii("b.c.boshy.").unwrap()), None);
+        assert!(table
+            .vip(&Name::from_ascii("b.c.boshy.").unwrap())
+            .is_none());
     }
 
     #[test]

@@ -27,6 +27,7 @@ use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder, Quer
 use tracing::{error, warn};
 
 use super::dns::{self, Zone};
+use crate::scope::admission::Admission;
 
 /// The zone being served. Readers take the read lock only long enough to clone an `Arc`; a new
 /// table is built outside the lock and swapped in whole, so a query sees the old zone or the new
@@ -49,14 +50,40 @@ impl ZoneCell {
     }
 }
 
-/// Answers every request from the current zone.
+/// Answers every request from the current zone; with an admission, a request for a name not
+/// in the VM's scope yet first waits for it to be (docs/scope.md).
 pub(crate) struct DnsHandler {
     zone: Arc<ZoneCell>,
+    admission: Option<Arc<Admission>>,
 }
 
 impl DnsHandler {
+    #[cfg(test)]
     pub(crate) fn new(zone: Arc<ZoneCell>) -> Self {
-        DnsHandler { zone }
+        Self::with_admission(zone, None)
+    }
+
+    pub(crate) fn with_admission(zone: Arc<ZoneCell>, admission: Option<Arc<Admission>>) -> Self {
+        DnsHandler { zone, admission }
+    }
+
+    /// Waits until the name `request` asks about is in the VM's scope, when it is a served
+    /// name that is not.
+    async fn admit(&self, request: &Request) {
+        let Some(admission) = &self.admission else {
+            return;
+        };
+        let pending = match request.queries.queries() {
+            [query] => self
+                .zone
+                .current()
+                .pending_name(query.original().name())
+                .cloned(),
+            _ => None,
+        };
+        if let Some(slot) = pending {
+            admission.admit(slot).await;
+        }
     }
 }
 
@@ -72,6 +99,7 @@ impl RequestHandler for DnsHandler {
         // echo would be a name no client can decode. No resolver compresses the question, so
         // such a request is FORMERR, with no question, like one that does not decode.
         let sent = if is_self_contained(request.queries.as_bytes()) {
+            self.admit(request).await;
             let zone = self.zone.current();
             let reply = dns::reply(&zone, request);
             let builder = MessageResponseBuilder::new(&request.queries, reply.edns.as_ref());

@@ -33,6 +33,8 @@ use crate::catalog::model::InstanceRef;
 use crate::config::AgentConfig;
 use crate::names::table::NameTable;
 use crate::names::AgentLink;
+use crate::scope::admission::Admission;
+use crate::scope::Gate;
 use dns::{SkippedName, Zone};
 use handler::ZoneCell;
 
@@ -88,10 +90,39 @@ pub async fn run(args: Args) -> Result<()> {
         return drain(&config, tls).await;
     }
 
+    // With an instance, the VM's Envoy holds only the services the VM asked for
+    // (docs/scope.md): a name asked for the first time is answered once the Envoy has it.
+    let instance = config.instance.as_ref().map(|instance| InstanceRef {
+        deployment: instance.deployment.clone(),
+        instance_id: instance.id.clone(),
+    });
+    let gate = Arc::new(match instance {
+        Some(_) => Gate::scoped(),
+        None => Gate::open(),
+    });
+    let scope = instance
+        .clone()
+        .map(|instance| {
+            Admission::new(
+                instance,
+                gate.clone(),
+                &config.pilots,
+                tls.clone(),
+                config.table_path.with_file_name("scope.json"),
+            )
+            .map(Arc::new)
+        })
+        .transpose()?;
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
-    let cell = Arc::new(ZoneCell::new(build_zone(&apex, config.ttl_seconds, &saved)));
-    let mut server = transport::serve(config.listen, cell.clone(), config.fast_path).await?;
+    let cell = Arc::new(ZoneCell::new(build_zone(
+        &apex,
+        config.ttl_seconds,
+        &saved,
+        &gate,
+    )));
+    let mut server =
+        transport::serve(config.listen, cell.clone(), config.fast_path, scope.clone()).await?;
     info!(
         listen = %config.listen,
         zone = %apex,
@@ -124,11 +155,11 @@ pub async fn run(args: Args) -> Result<()> {
         leaving_tx,
         probe_interval,
     ));
-    let agent = config.instance.as_ref().map(|instance| {
-        let instance = InstanceRef {
-            deployment: instance.deployment.clone(),
-            instance_id: instance.id.clone(),
-        };
+    if let Some(scope) = &scope {
+        let idle = Duration::from_secs(config.scope_idle_seconds);
+        tokio::spawn(scope.clone().expire(idle));
+    }
+    let agent = instance.map(|instance| {
         let (probes_tx, probes_rx) = watch::channel(None);
         let (reports_tx, reports_rx) = watch::channel(None);
         tokio::spawn(crate::health::prober::run(
@@ -143,6 +174,7 @@ pub async fn run(args: Args) -> Result<()> {
             instance,
             probes: Arc::new(probes_tx),
             reports: reports_rx,
+            scope: scope.clone(),
         }
     });
     tokio::spawn(crate::names::follow(
@@ -158,6 +190,7 @@ pub async fn run(args: Args) -> Result<()> {
         apex,
         config.ttl_seconds,
         config.table_path.clone(),
+        gate,
     ));
 
     shutdown_signal().await?;
@@ -269,6 +302,13 @@ pub fn validate(config: &AgentConfig, path: &Path) -> Result<Name> {
             config.probe_interval_ms
         );
     }
+    if config.scope_idle_seconds < 60 {
+        bail!(
+            "{}: {} is below 60 (seconds)",
+            at("scope_idle_seconds"),
+            config.scope_idle_seconds
+        );
+    }
     if config.table_path.file_name().is_none() {
         bail!(
             "{}: `{}` is not a file path",
@@ -316,8 +356,8 @@ fn load_saved_table(path: &Path) -> NameTable {
     }
 }
 
-fn build_zone(apex: &Name, ttl: u32, table: &NameTable) -> Zone {
-    let (zone, skipped) = Zone::build(apex, ttl, table);
+fn build_zone(apex: &Name, ttl: u32, table: &NameTable, gate: &Gate) -> Zone {
+    let (zone, skipped) = Zone::build_gated(apex, ttl, table, gate);
     for SkippedName { name, reason } in skipped {
         warn!(%name, version = table.version, "name not served: {reason}");
     }
@@ -332,13 +372,14 @@ async fn follow_tables(
     apex: Name,
     ttl: u32,
     table_path: PathBuf,
+    gate: Arc<Gate>,
 ) {
     while tables.changed().await.is_ok() {
         let table = tables.borrow_and_update().clone();
         if table == current {
             continue;
         }
-        cell.replace(build_zone(&apex, ttl, &table));
+        cell.replace(build_zone(&apex, ttl, &table, &gate));
         let changes = table_store::changes(&current, &table);
         info!(
             version = table.version,

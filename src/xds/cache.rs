@@ -16,6 +16,7 @@ use super::resources::{
     self, content_version, Inputs, NamedResource, ResourceType, Resources, RouteVariants,
 };
 use crate::catalog::model::Catalog;
+use crate::scope::filter::ServiceIndex;
 use crate::traffic::TrafficRules;
 
 /// The resources of one version of the inputs.
@@ -40,6 +41,8 @@ pub struct Snapshot {
     catalog_version: u64,
     /// Its place in the order [`follow`] published snapshots in (0 for one built alone).
     seq: u64,
+    /// The service of each resource, for the streams of VMs with a scope.
+    services: ServiceIndex,
 }
 
 /// A resource's name and version, shared by every stream that remembers them.
@@ -83,6 +86,7 @@ impl Snapshot {
             .map(|(hostname, rules)| (hostname.clone(), rules.configs.clone()))
             .collect();
         let catalog_version = inputs.catalog.version;
+        let services = ServiceIndex::new(inputs.catalog, inputs.traffic);
         let resources = resources::build(inputs);
         let sources = SourceSelectors::new(resources.source_selectors.clone(), inputs.catalog);
         let full_versions =
@@ -111,7 +115,13 @@ impl Snapshot {
             sources,
             catalog_version,
             seq: 0,
+            services,
         }
+    }
+
+    /// The service each resource belongs to.
+    pub(crate) fn services(&self) -> &ServiceIndex {
+        &self.services
     }
 
     /// The version of the catalog this snapshot was built from.

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
 
 use crate::catalog::labels::instance_labels;
-use crate::catalog::model::{Catalog, Labels};
+use crate::catalog::model::{Catalog, InstanceRef, Labels};
 use crate::rules::mesh::selects;
 
 /// The BOSH instance an Envoy runs on, as its node's metadata names it.
@@ -39,6 +39,14 @@ impl Client {
             deployment: deployment.to_string(),
             instance_id: instance_id.to_string(),
             instance_labels: instance_labels(deployment, instance_group, instance_id, az, index),
+        }
+    }
+
+    /// The instance, by deployment and id.
+    pub(crate) fn instance(&self) -> InstanceRef {
+        InstanceRef {
+            deployment: self.deployment.clone(),
+            instance_id: self.instance_id.clone(),
         }
     }
 

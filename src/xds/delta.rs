@@ -27,10 +27,11 @@ use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource,
 };
 
-use super::cache::{position, Snapshot};
+use super::cache::{position, SharedKey, Snapshot};
 use super::client::{Client, SourceClass};
 use super::resources::{NamedResource, ResourceType};
 use super::sotw::{RequestKind, CONTROL_PLANE_ID};
+use crate::scope::filter::ScopeFilter;
 
 /// The resource name that stands for "every resource of this type".
 const WILDCARD: &str = "*";
@@ -65,8 +66,51 @@ struct Subscription {
 /// of the server's memory per connected Envoy).
 #[derive(Debug, Default)]
 struct Known {
-    base: Option<Arc<Snapshot>>,
+    base: Option<View>,
     overrides: BTreeMap<Arc<str>, Option<Arc<str>>>,
+}
+
+/// A snapshot as one stream's Envoy gets it: every resource, or those its VM's scope admits.
+/// What a scoped Envoy has is then still one pointer, not the hundreds of names of the mesh it
+/// does not have.
+#[derive(Debug, Clone)]
+struct View {
+    snapshot: Arc<Snapshot>,
+    filter: Option<Arc<ScopeFilter>>,
+}
+
+impl View {
+    fn admits(&self, resource_type: ResourceType, name: &str) -> bool {
+        self.filter
+            .as_ref()
+            .is_none_or(|f| f.admits(self.snapshot.services(), resource_type, name))
+    }
+
+    /// The snapshot's shared key of that resource, if the view has it.
+    fn key(&self, resource_type: ResourceType, name: &str) -> Option<&SharedKey> {
+        self.snapshot
+            .shared_key(resource_type, name)
+            .filter(|_| self.admits(resource_type, name))
+    }
+
+    /// The names of that type the view has.
+    fn names(&self, resource_type: ResourceType) -> impl Iterator<Item = &str> {
+        self.snapshot
+            .of_type(resource_type)
+            .iter()
+            .map(|r| r.name.as_str())
+            .filter(move |name| self.admits(resource_type, name))
+    }
+
+    /// Whether `other` filters the same way (the same filter, by pointer: a stream replaces
+    /// its filter only when it changed).
+    fn same_filter(&self, other: &View) -> bool {
+        match (&self.filter, &other.filter) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
 }
 
 /// The names Envoy subscribed to, kept like [`Known`]: the names of `base`, except where
@@ -76,7 +120,7 @@ struct Known {
 /// stream with 300 load assignments, a quarter of the server's memory per connected Envoy.
 #[derive(Debug, Default)]
 struct Names {
-    base: Option<Arc<Snapshot>>,
+    base: Option<View>,
     overrides: BTreeMap<Arc<str>, bool>,
 }
 
@@ -87,7 +131,7 @@ impl Names {
             None => self
                 .base
                 .as_ref()
-                .is_some_and(|base| base.shared_key(resource_type, name).is_some()),
+                .is_some_and(|base| base.key(resource_type, name).is_some()),
         }
     }
 
@@ -100,8 +144,7 @@ impl Names {
         let from_base = self
             .base
             .iter()
-            .flat_map(|base| base.of_type(resource_type))
-            .map(|r| r.name.as_str())
+            .flat_map(|base| base.names(resource_type))
             .filter(|name| self.overrides.get(*name) != Some(&false));
         let added = self
             .overrides
@@ -113,14 +156,14 @@ impl Names {
 
     /// The same names against `snapshot`, as [`Known::rebase`]; none stay none (a wildcard
     /// subscription names nothing, and against a snapshot it would deny every name).
-    fn rebase(&mut self, resource_type: ResourceType, snapshot: &Arc<Snapshot>) {
+    fn rebase(&mut self, resource_type: ResourceType, view: &View) {
         if self.base.is_none() && self.overrides.is_empty() {
             return;
         }
         let candidates = rebase_candidates(
             resource_type,
-            self.base.as_deref(),
-            snapshot,
+            self.base.as_ref(),
+            view,
             self.overrides.keys(),
             || self.all(resource_type),
         );
@@ -128,27 +171,32 @@ impl Names {
             .into_iter()
             .filter_map(|name| {
                 let subscribed = self.contains(resource_type, name);
-                let in_snapshot = snapshot.shared_key(resource_type, name).is_some();
-                (subscribed != in_snapshot)
-                    .then(|| (snapshot.shared_name(resource_type, name), subscribed))
+                let in_view = view.key(resource_type, name).is_some();
+                (subscribed != in_view)
+                    .then(|| (view.snapshot.shared_name(resource_type, name), subscribed))
             })
             .collect();
-        self.base = Some(snapshot.clone());
+        self.base = Some(view.clone());
         self.overrides = overrides;
     }
 }
 
 /// The names whose value may differ between a stream's memory expressed against `base` and
-/// the same against `snapshot`: when `base` is the snapshot itself or its predecessor, only the
-/// overrides and the names that changed in between; otherwise every name of either.
+/// the same against `view`: when `base` is the view's snapshot itself or its predecessor,
+/// filtered the same way, only the overrides and the names that changed in between; otherwise
+/// every name of either.
 fn rebase_candidates<'a>(
     resource_type: ResourceType,
-    base: Option<&Snapshot>,
-    snapshot: &'a Snapshot,
+    base: Option<&View>,
+    view: &'a View,
     overrides: impl Iterator<Item = &'a Arc<str>>,
     every_name: impl FnOnce() -> BTreeSet<&'a str>,
 ) -> BTreeSet<&'a str> {
-    match base.and_then(|base| snapshot.changed_since(resource_type, base.version())) {
+    let snapshot = &view.snapshot;
+    let changed = base
+        .filter(|base| base.same_filter(view))
+        .and_then(|base| snapshot.changed_since(resource_type, base.snapshot.version()));
+    match changed {
         Some(changed) => changed
             .iter()
             .map(String::as_str)
@@ -156,12 +204,7 @@ fn rebase_candidates<'a>(
             .collect(),
         None => {
             let mut names = every_name();
-            names.extend(
-                snapshot
-                    .of_type(resource_type)
-                    .iter()
-                    .map(|r| r.name.as_str()),
-            );
+            names.extend(view.names(resource_type));
             names
         }
     }
@@ -180,7 +223,11 @@ impl Known {
     fn get(&self, resource_type: ResourceType, name: &str) -> Option<&Arc<str>> {
         match self.overrides.get(name) {
             Some(version) => version.as_ref(),
-            None => snapshot_version(self.base.as_ref()?, resource_type, name),
+            None => self
+                .base
+                .as_ref()?
+                .key(resource_type, name)
+                .map(|key| &key.version),
         }
     }
 
@@ -193,8 +240,7 @@ impl Known {
         let from_base = self
             .base
             .iter()
-            .flat_map(|base| base.of_type(resource_type))
-            .map(|r| r.name.as_str())
+            .flat_map(|base| base.names(resource_type))
             .filter(|name| !matches!(self.overrides.get(*name), Some(None)));
         let overridden = self
             .overrides
@@ -204,14 +250,14 @@ impl Known {
         from_base.chain(overridden).collect()
     }
 
-    /// Re-expresses the same knowledge against `snapshot`, keeping as overrides only the
-    /// names where Envoy's version differs from it ([`rebase_candidates`] are the names that
-    /// can differ).
-    fn rebase(&mut self, resource_type: ResourceType, snapshot: &Arc<Snapshot>) {
+    /// Re-expresses the same knowledge against `view`, keeping as overrides only the names
+    /// where Envoy's version differs from it ([`rebase_candidates`] are the names that can
+    /// differ).
+    fn rebase(&mut self, resource_type: ResourceType, view: &View) {
         let candidates = rebase_candidates(
             resource_type,
-            self.base.as_deref(),
-            snapshot,
+            self.base.as_ref(),
+            view,
             self.overrides.keys(),
             || self.names(resource_type),
         );
@@ -219,43 +265,39 @@ impl Known {
             .into_iter()
             .filter_map(|name| {
                 let had = self.get(resource_type, name);
-                (snapshot_version(snapshot, resource_type, name) != had)
-                    .then(|| (snapshot.shared_name(resource_type, name), had.cloned()))
+                let in_view = view.key(resource_type, name).map(|key| &key.version);
+                (in_view != had)
+                    .then(|| (view.snapshot.shared_name(resource_type, name), had.cloned()))
             })
             .collect();
-        self.base = Some(snapshot.clone());
+        self.base = Some(view.clone());
         self.overrides = overrides;
     }
 }
 
-fn snapshot_version<'s>(
-    snapshot: &'s Snapshot,
-    resource_type: ResourceType,
-    name: &str,
-) -> Option<&'s Arc<str>> {
-    snapshot
-        .shared_key(resource_type, name)
-        .map(|key| &key.version)
-}
-
 impl Subscription {
-    fn in_scope(&self, resource_type: ResourceType, name: &str) -> bool {
-        self.wildcard || self.names.contains(resource_type, name)
+    /// Whether Envoy should have that resource: it subscribed to it, or to every resource of
+    /// the type and its VM's scope admits this one (a scope never holds back what Envoy names:
+    /// it names only what its clusters and listeners need).
+    fn wants(&self, resource_type: ResourceType, name: &str, view: &View) -> bool {
+        (self.wildcard && view.admits(resource_type, name))
+            || self.names.contains(resource_type, name)
     }
 
-    /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `snapshot` as
-    /// the client of `class` gets it.
+    /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `view` as the
+    /// client of `class` gets it.
     fn diff<'s>(
         &self,
         resource_type: ResourceType,
-        snapshot: &'s Snapshot,
+        view: &'s View,
         class: &SourceClass,
     ) -> (Vec<&'s NamedResource>, Vec<String>) {
+        let snapshot = &*view.snapshot;
         let mut updated = Vec::new();
         let mut removed = Vec::new();
         let check = |name: &str| {
             let current = self
-                .in_scope(resource_type, name)
+                .wants(resource_type, name, view)
                 .then(|| snapshot.get_for(resource_type, name, class))
                 .flatten();
             match (current, self.known.get(resource_type, name)) {
@@ -283,10 +325,7 @@ impl Subscription {
                 candidates.into_iter().for_each(check);
             }
             None => {
-                let everything = snapshot.of_type(resource_type).iter();
-                let wildcard = everything
-                    .filter(|_| self.wildcard)
-                    .map(|r| r.name.as_str());
+                let wildcard = view.names(resource_type).filter(|_| self.wildcard);
                 let candidates: BTreeSet<&str> = wildcard
                     .chain(self.names.all(resource_type))
                     .chain(self.known.names(resource_type))
@@ -326,6 +365,27 @@ pub(crate) struct DeltaStreamState {
     /// selectors it satisfied at the last diff: which route configurations it gets.
     client: Option<Client>,
     class: SourceClass,
+    scope: StreamScope,
+}
+
+/// Which services the stream's Envoy gets (docs/scope.md).
+#[derive(Debug, Default)]
+pub(crate) enum StreamScope {
+    /// The whole mesh: a client that names no BOSH instance, or whose agent did not tell its
+    /// scope in time.
+    #[default]
+    Full,
+    /// The scope is not known yet (the pilot just started and the VM's agent has not
+    /// reconnected): listeners and clusters wait, so that Envoy keeps what it has rather than
+    /// getting the whole mesh and losing most of it again a moment later.
+    Waiting,
+    /// What the VM's agent asked for, at a generation of the pilot's scope registry.
+    Scoped {
+        generation: u64,
+        asked: Arc<BTreeSet<String>>,
+        /// `asked` against the latest snapshot: replaced only when it changes.
+        filter: Option<Arc<ScopeFilter>>,
+    },
 }
 
 impl DeltaStreamState {
@@ -374,6 +434,7 @@ impl DeltaStreamState {
         }
         let response = snapshot.and_then(|snapshot| {
             self.follow_class(snapshot);
+            self.follow_scope(snapshot);
             self.respond(resource_type, snapshot)
         });
         (kind, response)
@@ -382,6 +443,92 @@ impl DeltaStreamState {
     /// Responses to push after the snapshot changed, in push order.
     pub(crate) fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         self.follow_class(snapshot);
+        self.follow_scope(snapshot);
+        self.push(snapshot)
+    }
+
+    /// Takes a new scope for the stream; what to push for it when there is a snapshot.
+    pub(crate) fn on_scope(
+        &mut self,
+        scope: StreamScope,
+        snapshot: Option<&Arc<Snapshot>>,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        self.scope = scope;
+        self.forget_diffs();
+        match snapshot {
+            Some(snapshot) => {
+                self.follow_scope(snapshot);
+                self.push(snapshot)
+            }
+            None => Vec::new(),
+        }
+    }
+
+    /// The scope generation whose resources the Envoy holds, every response answered: every
+    /// listener, cluster, load assignment and route configuration its scope admits in
+    /// `snapshot` sent to it (the load assignments and route configurations only after Envoy
+    /// subscribed to them, so once its clusters and listeners can warm), and nothing of ours
+    /// left unanswered. `None` while it does not, and for a stream without a scope.
+    pub(crate) fn scope_held(&self, snapshot: &Arc<Snapshot>) -> Option<u64> {
+        let StreamScope::Scoped {
+            generation, filter, ..
+        } = &self.scope
+        else {
+            return None;
+        };
+        let view = View {
+            snapshot: snapshot.clone(),
+            filter: filter.clone(),
+        };
+        let held = ResourceType::PUSH_ORDER.into_iter().all(|t| {
+            let Some(subscription) = self.subscriptions.get(t) else {
+                // Envoy subscribes to load assignments and route configurations only once it
+                // has clusters and listeners that need them.
+                return view.names(t).next().is_none();
+            };
+            !subscription.awaiting_reply
+                && subscription.unanswered.is_empty()
+                && subscription.diffed_against == Some(snapshot.version())
+                && view
+                    .names(t)
+                    .all(|name| subscription.known.get(t, name).is_some())
+        });
+        held.then_some(*generation)
+    }
+
+    /// Recomputes the scope's filter against `snapshot` (its services and rules decide what
+    /// a hostname brings in); a changed filter makes every next diff a full one.
+    fn follow_scope(&mut self, snapshot: &Snapshot) {
+        let StreamScope::Scoped { asked, filter, .. } = &mut self.scope else {
+            return;
+        };
+        let next = ScopeFilter::new(snapshot.services(), asked.iter().map(String::as_str));
+        if filter.as_deref() != Some(&next) {
+            *filter = Some(Arc::new(next));
+            self.forget_diffs();
+        }
+    }
+
+    fn forget_diffs(&mut self) {
+        for subscription in self.subscriptions.0.iter_mut().flatten() {
+            subscription.diffed_against = None;
+        }
+    }
+
+    /// The snapshot as this stream's Envoy gets it.
+    fn view(&self, snapshot: &Arc<Snapshot>) -> View {
+        let filter = match &self.scope {
+            StreamScope::Scoped { filter, .. } => filter.clone(),
+            StreamScope::Full | StreamScope::Waiting => None,
+        };
+        View {
+            snapshot: snapshot.clone(),
+            filter,
+        }
+    }
+
+    /// Responses for every type not waiting for an ACK, in push order.
+    fn push(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| {
@@ -414,13 +561,18 @@ impl DeltaStreamState {
         resource_type: ResourceType,
         snapshot: &Arc<Snapshot>,
     ) -> Option<DeltaDiscoveryResponse> {
+        // Until the scope is known, listeners and clusters wait (see `StreamScope::Waiting`).
+        if matches!(self.scope, StreamScope::Waiting) && resource_type.is_wildcard() {
+            return None;
+        }
+        let view = self.view(snapshot);
         let subscription = self.subscriptions.get_mut(resource_type)?;
         if subscription.diffed_against == Some(snapshot.version())
             && subscription.unanswered.is_empty()
         {
             return None;
         }
-        let (updated, removed) = subscription.diff(resource_type, snapshot, &self.class);
+        let (updated, removed) = subscription.diff(resource_type, &view, &self.class);
         subscription.diffed_against = Some(snapshot.version());
         subscription.unanswered.clear();
         for resource in &updated {
@@ -440,8 +592,8 @@ impl DeltaStreamState {
                 .known
                 .set(snapshot.shared_name(resource_type, name), None);
         }
-        subscription.known.rebase(resource_type, snapshot);
-        subscription.names.rebase(resource_type, snapshot);
+        subscription.known.rebase(resource_type, &view);
+        subscription.names.rebase(resource_type, &view);
         if updated.is_empty() && removed.is_empty() {
             return None;
         }
@@ -616,6 +768,122 @@ mod tests {
         response
     }
 
+    fn scoped(generation: u64, hosts: &[&str]) -> StreamScope {
+        StreamScope::Scoped {
+            generation,
+            asked: Arc::new(hosts.iter().map(|h| h.to_string()).collect()),
+            filter: None,
+        }
+    }
+
+    #[test]
+    fn a_scoped_envoy_gets_its_services_and_holds_a_new_one_once_it_has_every_resource() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1), ("c", 1)]);
+        let mut state = DeltaStreamState::default();
+        state.on_scope(scoped(1, &["a.g.d.boshy"]), None);
+        assert_eq!(names(&synced(&mut state, CDS, &[], &v1)), [A]);
+        let listeners = synced(&mut state, LDS, &[], &v1);
+        assert_eq!(names(&listeners), ["169.254.255.2_80", "outbound"]);
+        assert_eq!(
+            state.scope_held(&v1),
+            None,
+            "Envoy has not asked for a's endpoints yet"
+        );
+        synced(&mut state, EDS, &[A], &v1);
+        assert_eq!(state.scope_held(&v1), None, "nor for its routes");
+        synced(&mut state, RDS, &[A], &v1);
+        assert_eq!(state.scope_held(&v1), Some(1));
+        let known = &state.subscriptions.get(CDS).unwrap().known;
+        assert!(
+            known.overrides.is_empty(),
+            "what a scoped Envoy has is one pointer"
+        );
+
+        // The VM asks for b: its cluster and listener go out, nothing is removed.
+        let pushed = state.on_scope(scoped(2, &["a.g.d.boshy", "b.g.d.boshy"]), Some(&v1));
+        let pushed: Vec<(&str, Vec<&str>)> = pushed
+            .iter()
+            .map(|r| (r.type_url.as_str(), names(r)))
+            .collect();
+        assert_eq!(
+            pushed,
+            [
+                (CDS.type_url(), vec![B]),
+                (LDS.type_url(), vec!["169.254.255.3_80"])
+            ]
+        );
+        assert_eq!(state.scope_held(&v1), None, "not acknowledged yet");
+        let cds = state.on_request(&subscribe(CDS, &[]), Some(&v1)); // stale: no nonce
+        assert!(cds.1.is_none());
+        for t in [CDS, LDS] {
+            let nonce = state.subscriptions.get(t).unwrap().nonce.clone();
+            let ack = DeltaDiscoveryRequest {
+                type_url: t.type_url().into(),
+                response_nonce: nonce,
+                ..Default::default()
+            };
+            assert!(state.on_request(&ack, Some(&v1)).1.is_none());
+        }
+        assert_eq!(
+            state.scope_held(&v1),
+            None,
+            "b's endpoints and routes not asked for"
+        );
+        synced(&mut state, EDS, &[B], &v1);
+        synced(&mut state, RDS, &[B], &v1);
+        assert_eq!(state.scope_held(&v1), Some(2));
+
+        // A catalog change reaches only what the scope admits.
+        let v2 = next(&v1, 2, &[("a", 1), ("b", 1), ("c", 2)]);
+        assert!(state.on_snapshot(&v2).is_empty(), "c is not in scope");
+        let v3 = next(&v2, 3, &[("a", 2), ("b", 1), ("c", 2)]);
+        let pushed = state.on_snapshot(&v3);
+        assert_eq!(pushed.len(), 1);
+        assert_eq!(names(&pushed[0]), [A]);
+
+        // Names leave the scope: their clusters and listeners are removed.
+        let pushed = state.on_scope(scoped(3, &[]), Some(&v3));
+        let removed: Vec<(&str, &[String])> = pushed
+            .iter()
+            .map(|r| (r.type_url.as_str(), r.removed_resources.as_slice()))
+            .collect();
+        assert_eq!(
+            removed,
+            [
+                (CDS.type_url(), &[A.to_string(), B.to_string()][..]),
+                (
+                    LDS.type_url(),
+                    &[
+                        "169.254.255.2_80".to_string(),
+                        "169.254.255.3_80".to_string()
+                    ][..]
+                )
+            ],
+            "the load assignment of a, pushed with v3, awaits its ACK"
+        );
+    }
+
+    #[test]
+    fn a_waiting_stream_holds_back_listeners_and_clusters_until_the_scope_or_the_whole_mesh() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        state.on_scope(StreamScope::Waiting, None);
+        let (_, response) = state.on_request(&subscribe(CDS, &[]), Some(&v1));
+        assert!(response.is_none(), "clusters wait for the scope");
+        let (_, response) = state.on_request(&subscribe(EDS, &[A]), Some(&v1));
+        assert_eq!(
+            names(&response.unwrap()),
+            [A],
+            "what Envoy names is answered"
+        );
+        let pushed = state.on_scope(StreamScope::Full, Some(&v1));
+        assert_eq!(
+            names(&pushed[0]),
+            [A, B],
+            "no scope in time: the whole mesh"
+        );
+    }
+
     #[test]
     fn wildcard_types_get_everything_and_the_ack_sends_nothing_more() {
         let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
@@ -638,8 +906,10 @@ mod tests {
     fn a_stream_in_sync_remembers_what_envoy_has_as_one_pointer_to_the_snapshot() {
         let in_sync_with = |state: &DeltaStreamState, t: ResourceType, snap: &Arc<Snapshot>| {
             let Subscription { known, names, .. } = &state.subscriptions.get(t).unwrap();
-            let on =
-                |base: &Option<Arc<Snapshot>>| base.as_ref().is_some_and(|b| Arc::ptr_eq(b, snap));
+            let on = |base: &Option<View>| {
+                base.as_ref()
+                    .is_some_and(|b| Arc::ptr_eq(&b.snapshot, snap))
+            };
             // A wildcard subscription names nothing.
             let names_in_sync = match t {
                 CDS => names.base.is_none(),

@@ -21,11 +21,14 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
 use tonic::Status;
 
 use super::cache::{self, Snapshot, Sources};
-use super::delta::DeltaStreamState;
+use super::client::Client;
+use super::delta::{DeltaStreamState, StreamScope};
 use super::grpc::{self, Outgoing, Requests};
 use super::sotw::{RequestKind, SotwStreamState};
 use super::sync::{StreamSync, SyncBoard};
+use crate::catalog::model::InstanceRef;
 use crate::metrics;
+use crate::scope::{InstanceScope, ScopeRegistry};
 
 /// Longest NACK reason we log; Envoy's can hold a whole resource.
 const MAX_LOGGED_ERROR: usize = 1000;
@@ -71,19 +74,26 @@ pub async fn serve_with_tls(
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
     let board = Arc::new(SyncBoard::default());
-    serve_snapshots(listener, cache::follow(sources), board, tls).await
+    serve_snapshots(listener, cache::follow(sources), board, None, tls).await
 }
 
 /// Like [`serve_with_tls`], from snapshots already followed ([`cache::follow`]), keeping on
-/// `board` which snapshot each stream has taken.
+/// `board` which snapshot each stream has taken. With `scopes`, the delta streams of BOSH
+/// instances get only their VM's scope (docs/scope.md); without, every stream gets the whole
+/// mesh.
 pub async fn serve_snapshots(
     listener: tokio::net::TcpListener,
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     board: Arc<SyncBoard>,
+    scopes: Option<Arc<ScopeRegistry>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
     let address = listener.local_addr().context("xDS listener address")?;
-    let ads = Ads { snapshots, board };
+    let ads = Ads {
+        snapshots,
+        board,
+        scopes,
+    };
     tracing::info!(%address, mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
@@ -115,6 +125,7 @@ pub async fn serve_snapshots(
 struct Ads {
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     board: Arc<SyncBoard>,
+    scopes: Option<Arc<ScopeRegistry>>,
 }
 
 impl tonic::server::NamedService for Ads {
@@ -163,6 +174,7 @@ impl Ads {
             responses,
             peer,
             self.board.join(seq),
+            self.scopes.clone(),
         ));
         grpc::response(ReceiverStream::new(receiver))
     }
@@ -181,6 +193,21 @@ trait Protocol: Default + Send + 'static {
         snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<Self::Response>);
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<Self::Response>;
+    /// The BOSH instance whose VM's scope the stream serves, from the request's node; `None`
+    /// for a variant that serves the whole mesh to everyone.
+    fn scoped_instance(_request: &Self::Request) -> Option<InstanceRef> {
+        None
+    }
+    fn on_scope(
+        &mut self,
+        _scope: StreamScope,
+        _snapshot: Option<&Arc<Snapshot>>,
+    ) -> Vec<Self::Response> {
+        Vec::new()
+    }
+    fn scope_held(&self, _snapshot: &Arc<Snapshot>) -> Option<u64> {
+        None
+    }
     fn request_summary(request: &Self::Request) -> RequestSummary<'_>;
     fn response_summary(response: &Self::Response) -> ResponseSummary<'_>;
 }
@@ -255,6 +282,20 @@ impl Protocol for DeltaStreamState {
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         DeltaStreamState::on_snapshot(self, snapshot)
     }
+    fn scoped_instance(request: &DeltaDiscoveryRequest) -> Option<InstanceRef> {
+        let client = Client::from_node(request.node.as_ref()?)?;
+        Some(client.instance())
+    }
+    fn on_scope(
+        &mut self,
+        scope: StreamScope,
+        snapshot: Option<&Arc<Snapshot>>,
+    ) -> Vec<DeltaDiscoveryResponse> {
+        DeltaStreamState::on_scope(self, scope, snapshot)
+    }
+    fn scope_held(&self, snapshot: &Arc<Snapshot>) -> Option<u64> {
+        DeltaStreamState::scope_held(self, snapshot)
+    }
     fn request_summary(request: &DeltaDiscoveryRequest) -> RequestSummary<'_> {
         RequestSummary {
             type_url: &request.type_url,
@@ -300,8 +341,10 @@ async fn run_stream<P: Protocol>(
     responses: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
     mut sync: StreamSync,
+    scopes: Option<Arc<ScopeRegistry>>,
 ) {
     let _connected = ConnectedProxy::new();
+    let mut scope = ScopeFollower::default();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     // Envoy sends its node only in the first request (set_node_on_first_message_only).
     let mut node = String::from("unknown");
@@ -319,6 +362,12 @@ async fn run_stream<P: Protocol>(
                     }
                     let snapshot = snapshots.borrow().clone();
                     sync.answered(P::request_summary(&request).nonce);
+                    if let Some(scopes) = scopes.as_ref().filter(|_| scope.instance.is_none()) {
+                        if let Some(instance) = P::scoped_instance(&request) {
+                            let initial = scope.follow(scopes, instance);
+                            state.on_scope(initial, None);
+                        }
+                    }
                     let (kind, response) = state.on_request(&request, snapshot.as_ref());
                     log_request(&node, P::request_summary(&request), &kind, snapshot.as_deref());
                     response.into_iter().collect::<Vec<_>>()
@@ -345,13 +394,116 @@ async fn run_stream<P: Protocol>(
                     None => Vec::new(),
                 }
             }
+            next = scope.next() => {
+                let snapshot = snapshots.borrow().clone();
+                match next {
+                    Some(next) => {
+                        if matches!(next, StreamScope::Full) {
+                            tracing::warn!(%node, %peer, "no scope from this VM's agent after {SCOPE_WAIT:?}: serving it the whole mesh");
+                        }
+                        state.on_scope(next, snapshot.as_ref())
+                    }
+                    None => Vec::new(),
+                }
+            }
         };
         if !send_all::<P>(&node, &responses, outgoing, &mut sync).await {
             break "response channel closed".to_string();
         }
         sync.publish();
+        if let Some(instance) = &scope.instance {
+            let held = snapshots
+                .borrow()
+                .as_ref()
+                .filter(|_| scope.may_wait())
+                .and_then(|s| state.scope_held(s));
+            if let Some(held) = held {
+                scope.held = held;
+            }
+            sync.publish_scope(instance, held);
+        }
     };
     tracing::info!(%node, %peer, reason = %end, "proxy disconnected");
+}
+
+/// How long a new stream of a VM whose scope this pilot does not know yet holds back
+/// listeners and clusters for its agent to tell the scope (after a pilot restart, agents and
+/// Envoys reconnect together); then it gets the whole mesh.
+const SCOPE_WAIT: Duration = Duration::from_secs(15);
+
+/// What one stream follows of its VM's scope.
+#[derive(Default)]
+struct ScopeFollower {
+    instance: Option<InstanceRef>,
+    scopes: Option<watch::Receiver<InstanceScope>>,
+    /// While the scope is unknown: when to give up waiting for it.
+    deadline: Option<tokio::time::Instant>,
+    /// The generation last known to be held by the Envoy, and the current one.
+    held: u64,
+    current: u64,
+}
+
+impl ScopeFollower {
+    /// Starts following `instance`'s scope; the stream's scope now.
+    fn follow(&mut self, scopes: &ScopeRegistry, instance: InstanceRef) -> StreamScope {
+        let mut receiver = scopes.watch(&instance);
+        let scope = receiver.borrow_and_update().clone();
+        self.instance = Some(instance);
+        self.scopes = Some(receiver);
+        match self.stream_scope(scope) {
+            Some(scope) => scope,
+            None => {
+                self.deadline = Some(tokio::time::Instant::now() + SCOPE_WAIT);
+                StreamScope::Waiting
+            }
+        }
+    }
+
+    fn stream_scope(&mut self, scope: InstanceScope) -> Option<StreamScope> {
+        let asked = scope.asked?;
+        self.current = scope.generation;
+        self.deadline = None;
+        Some(StreamScope::Scoped {
+            generation: scope.generation,
+            asked,
+            filter: None,
+        })
+    }
+
+    /// Whether an agent may be waiting for the Envoy to hold a newer generation.
+    fn may_wait(&self) -> bool {
+        self.held < self.current
+    }
+
+    /// The stream's next scope: the agent told a new one, or it did not tell any in time
+    /// (`Full`). Pending while neither happens; `None` for a change that changes nothing.
+    async fn next(&mut self) -> Option<StreamScope> {
+        let deadline = self.deadline;
+        let Some(scopes) = self.scopes.as_mut() else {
+            return std::future::pending().await;
+        };
+        tokio::select! {
+            changed = scopes.changed() => {
+                if changed.is_err() {
+                    self.scopes = None;
+                    return None;
+                }
+                let scope = scopes.borrow_and_update().clone();
+                self.stream_scope(scope)
+            }
+            () = sleep_until_some(deadline) => {
+                self.deadline = None;
+                Some(StreamScope::Full)
+            }
+        }
+    }
+}
+
+async fn sleep_until_some(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
+    }
 }
 
 async fn send_all<P: Protocol>(

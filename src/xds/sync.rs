@@ -5,6 +5,9 @@
 //! either way Envoy has stopped using what it had before for those resources). A drain
 //! waits until every stream on this pilot is synced to a snapshot at least as new as the
 //! one without its instance: from then on no Envoy connected here sends it new requests.
+//!
+//! A stream of a VM with a scope (docs/scope.md) also has the scope generation whose resources
+//! its Envoy holds on the board: an agent's first query for a name waits on that.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,10 +16,16 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
+use crate::catalog::model::InstanceRef;
+use crate::scope::ScopeAnswer;
+
 /// The synced snapshot of every open stream, by stream.
 #[derive(Debug)]
 pub struct SyncBoard {
     streams: Mutex<HashMap<u64, u64>>,
+    /// The instance of each stream of a VM with a scope, and the scope generation its Envoy
+    /// holds (0 before any).
+    scopes: Mutex<HashMap<u64, (InstanceRef, u64)>>,
     next_stream: AtomicU64,
     /// Bumped at every change, to wake the waiters.
     changed: watch::Sender<u64>,
@@ -26,6 +35,7 @@ impl Default for SyncBoard {
     fn default() -> Self {
         SyncBoard {
             streams: Mutex::default(),
+            scopes: Mutex::default(),
             next_stream: AtomicU64::new(0),
             changed: watch::Sender::new(0),
         }
@@ -74,6 +84,57 @@ impl SyncBoard {
         waited.map_err(|_| self.lagging(seq))
     }
 
+    /// Waits until every stream of `instance` here holds scope `generation`, at most
+    /// `timeout`: how many streams it has, and whether they all hold it (`false` without any).
+    pub async fn wait_scope(
+        &self,
+        instance: &InstanceRef,
+        generation: u64,
+        timeout: Duration,
+    ) -> ScopeAnswer {
+        let mut changed = self.changed.subscribe();
+        let check = || {
+            let scopes = self.scopes.lock().expect("sync board lock");
+            let of_instance = scopes.values().filter(|(i, _)| i == instance);
+            let streams = of_instance.clone().count();
+            let synced = streams > 0 && { of_instance }.all(|(_, held)| *held >= generation);
+            ScopeAnswer { streams, synced }
+        };
+        let waited = tokio::time::timeout(timeout, async {
+            loop {
+                changed.borrow_and_update();
+                let answer = check();
+                if answer.synced || answer.streams == 0 {
+                    return answer;
+                }
+                if changed.changed().await.is_err() {
+                    return std::future::pending().await;
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| check())
+    }
+
+    fn set_scope(&self, id: u64, instance: &InstanceRef, held: u64) {
+        let mut scopes = self.scopes.lock().expect("sync board lock");
+        let entry = scopes.entry(id).or_insert_with(|| (instance.clone(), 0));
+        if entry.1 != held {
+            entry.1 = held;
+            drop(scopes);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
+    fn set_scope_if_absent(&self, id: u64, instance: &InstanceRef) {
+        let mut scopes = self.scopes.lock().expect("sync board lock");
+        if let std::collections::hash_map::Entry::Vacant(entry) = scopes.entry(id) {
+            entry.insert((instance.clone(), 0));
+            drop(scopes);
+            self.changed.send_modify(|n| *n += 1);
+        }
+    }
+
     fn set(&self, id: u64, seq: u64) {
         let previous = self
             .streams
@@ -87,6 +148,7 @@ impl SyncBoard {
 
     fn leave(&self, id: u64) {
         self.streams.lock().expect("sync board lock").remove(&id);
+        self.scopes.lock().expect("sync board lock").remove(&id);
         self.changed.send_modify(|n| *n += 1);
     }
 }
@@ -121,6 +183,15 @@ impl StreamSync {
     pub(crate) fn publish(&self) {
         if self.unanswered.is_empty() {
             self.board.set(self.id, self.seq);
+        }
+    }
+
+    /// After each round, for a stream of `instance`'s VM with a scope: the generation its
+    /// Envoy holds, if it holds the current one (what it held before stays otherwise).
+    pub(crate) fn publish_scope(&self, instance: &InstanceRef, held: Option<u64>) {
+        match held {
+            Some(generation) => self.board.set_scope(self.id, instance, generation),
+            None => self.board.set_scope_if_absent(self.id, instance),
         }
     }
 }
@@ -169,5 +240,59 @@ mod tests {
             board.wait_synced(3, Duration::from_millis(50)).await,
             Ok(())
         );
+    }
+
+    #[tokio::test]
+    async fn a_scope_is_held_once_every_stream_of_the_instance_holds_its_generation() {
+        use crate::health::testing::instance;
+        let board = Arc::new(SyncBoard::default());
+        let wait = |generation| {
+            let board = board.clone();
+            tokio::spawn(async move {
+                board
+                    .wait_scope(&instance("a"), generation, Duration::from_secs(10))
+                    .await
+            })
+        };
+        assert_eq!(
+            wait(1).await.unwrap(),
+            ScopeAnswer {
+                streams: 0,
+                synced: false
+            },
+            "no stream of it here: at once"
+        );
+        let first = board.join(1);
+        let second = board.join(1);
+        let other = board.join(1);
+        first.publish_scope(&instance("a"), None);
+        second.publish_scope(&instance("a"), Some(3));
+        other.publish_scope(&instance("b"), Some(9));
+        let waiting = wait(3);
+        first.publish_scope(&instance("a"), Some(2));
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished());
+        first.publish_scope(&instance("a"), Some(3));
+        assert_eq!(
+            waiting.await.unwrap(),
+            ScopeAnswer {
+                streams: 2,
+                synced: true
+            }
+        );
+        second.publish_scope(&instance("a"), None);
+        assert_eq!(
+            board
+                .wait_scope(&instance("a"), 4, Duration::from_millis(20))
+                .await,
+            ScopeAnswer {
+                streams: 2,
+                synced: false
+            },
+            "what a stream held stays until it holds more; the timeout answers what is"
+        );
+        drop(first);
+        drop(second);
+        assert_eq!(wait(4).await.unwrap().streams, 0);
     }
 }

@@ -25,6 +25,7 @@ use tracing::warn;
 
 use super::fast_path::MAX_REPLY_LEN;
 use super::handler::{udp_reply, DnsHandler, ZoneCell};
+use crate::scope::admission::Admission;
 use udp_batch::Batch;
 
 /// How long a TCP client may stay idle between queries before the connection is closed.
@@ -50,21 +51,23 @@ impl DnsServer {
 }
 
 /// Binds UDP and TCP on `listen` and starts answering from `zone`; `fast_path: false` sends
-/// every UDP query through hickory. Binding errors name the address (a port below 1024 needs
+/// every UDP query through hickory. With `admission`, a query for a name not in the VM's
+/// scope is answered once it is (docs/scope.md), without holding up the others. Binding errors name the address (a port below 1024 needs
 /// root or CAP_NET_BIND_SERVICE). Must run inside a tokio runtime: TCP is served on it, and
 /// the UDP thread asks hickory through it.
 pub(crate) async fn serve(
     listen: SocketAddr,
     zone: Arc<ZoneCell>,
     fast_path: bool,
+    admission: Option<Arc<Admission>>,
 ) -> Result<DnsServer> {
     let udp = std::net::UdpSocket::bind(listen)
         .with_context(|| format!("DNS: cannot bind UDP {listen}"))?;
     let tcp = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("DNS: cannot bind TCP {listen}"))?;
-    let udp = UdpThread::start(udp, zone.clone(), fast_path)?;
-    let mut tcp_server = Server::new(DnsHandler::new(zone));
+    let udp = UdpThread::start(udp, zone.clone(), fast_path, admission.clone())?;
+    let mut tcp_server = Server::new(DnsHandler::with_admission(zone, admission));
     tcp_server.register_listener(tcp, TCP_IDLE_TIMEOUT, TCP_RESPONSE_BUFFER);
     Ok(DnsServer {
         udp,
@@ -84,7 +87,12 @@ struct UdpThread {
 }
 
 impl UdpThread {
-    fn start(socket: std::net::UdpSocket, zone: Arc<ZoneCell>, fast_path: bool) -> Result<Self> {
+    fn start(
+        socket: std::net::UdpSocket,
+        zone: Arc<ZoneCell>,
+        fast_path: bool,
+        admission: Option<Arc<Admission>>,
+    ) -> Result<Self> {
         socket
             .set_read_timeout(Some(UDP_STOP_CHECK))
             .context("DNS: setting the UDP receive timeout")?;
@@ -93,7 +101,16 @@ impl UdpThread {
         let stop = stopping.clone();
         std::thread::Builder::new()
             .name("dns-udp".into())
-            .spawn(move || serve_udp(&socket, zone, fast_path, &runtime, &stop))
+            .spawn(move || {
+                serve_udp(
+                    &Arc::new(socket),
+                    zone,
+                    fast_path,
+                    admission,
+                    &runtime,
+                    &stop,
+                )
+            })
             .context("DNS: starting the UDP thread")?;
         Ok(UdpThread { stopping })
     }
@@ -114,15 +131,17 @@ impl Drop for UdpThread {
 /// `sendmmsg` sends their replies (see [`udp_batch`]). That is two system calls per batch; an
 /// async loop adds an `epoll_wait` and a `recvmmsg` that finds nothing per batch, which costs
 /// more than answering once the fast path has made the answer a lookup and a copy. The slow path
-/// never waits on anything, so asking hickory on the runtime from here does not block for long.
+/// never waits on anything, so asking hickory on the runtime from here does not block for long;
+/// a query that must wait for the VM's scope is handed to a task that answers it on its own.
 fn serve_udp(
-    socket: &std::net::UdpSocket,
+    socket: &Arc<std::net::UdpSocket>,
     zone: Arc<ZoneCell>,
     fast_path: bool,
+    admission: Option<Arc<Admission>>,
     runtime: &tokio::runtime::Handle,
     stopping: &AtomicBool,
 ) {
-    let handler = DnsHandler::new(zone.clone());
+    let handler = Arc::new(DnsHandler::with_admission(zone.clone(), admission.clone()));
     let mut batch = Batch::<UDP_RECEIVE_BUFFER>::new();
     let mut fast_replies = vec![[0u8; MAX_REPLY_LEN]; udp_batch::BATCH];
     let mut slow_replies: Vec<Option<Vec<u8>>> = vec![None; udp_batch::BATCH];
@@ -153,6 +172,20 @@ fn serve_udp(
                 continue;
             };
             let query = batch.datagram(i);
+            let pending = admission.as_ref().zip(zone_now.pending(query));
+            if let Some((admission, slot)) = pending {
+                let (admission, slot, handler) = (admission.clone(), slot.clone(), handler.clone());
+                let (socket, query) = (socket.clone(), query.to_vec());
+                runtime.spawn(async move {
+                    admission.admit(slot).await;
+                    if let Some(reply) = udp_reply(&handler, &query, client).await {
+                        if let Err(error) = socket.send_to(&reply, client) {
+                            warn!(%error, %client, "could not send a DNS response");
+                        }
+                    }
+                });
+                continue;
+            }
             match fast_path
                 .then(|| zone_now.fast_answer(query, &mut fast_replies[i]))
                 .flatten()
