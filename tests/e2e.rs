@@ -40,6 +40,17 @@ fn assert_instance_out(banana_url: &str, ip: &str, why: &str) {
     );
 }
 
+/// The mesh's clusters (`outbound|...`) the Envoy on `vm` has.
+fn mesh_clusters(vm: &str) -> BTreeSet<String> {
+    let clusters = LAB.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/clusters"]);
+    clusters
+        .lines()
+        .filter_map(|line| line.split("::").next())
+        .filter(|cluster| cluster.starts_with("outbound|"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The log of the lab's one bosh-pilot.
 fn pilot_log() -> String {
     let vms = format!("/tmp/boshy-lab/{}/vms", LAB.name);
@@ -71,8 +82,57 @@ fn the_mesh_end_to_end() {
     let guard = LabGuard;
     LAB.ok(&["up"]);
 
-    // Every exposed service has a VIP in the CIDR and resolves to it from every VM.
+    // Each Envoy holds only what its VM asked for (docs/scope.md). Nothing has asked anything
+    // on apricot/3 yet: its Envoy has no service of the mesh. The first request by name to a
+    // service new to the VM succeeds (the DNS answer waited until Envoy had the listener and
+    // cluster), over HTTP and over TCP; then Envoy holds those two services and nothing else.
     let services = LAB.registration();
+    assert!(services.len() > 2, "the lab's mesh: {services:?}");
+    assert_eq!(
+        mesh_clusters("apricot/3"),
+        BTreeSet::new(),
+        "nothing asked yet"
+    );
+    let first = LAB.ok(&[
+        "ssh",
+        "apricot/3",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{BANANA}:9002/get"),
+    ]);
+    assert_eq!(first.trim(), "200", "the first request to a name new to the VM");
+    let first = LAB.ok(&[
+        "ssh",
+        "apricot/3",
+        "--",
+        "curl",
+        "-sS",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{APRICOT}:9001/get"),
+    ]);
+    assert_eq!(first.trim(), "200", "over tcp_proxy too");
+    assert_eq!(
+        mesh_clusters("apricot/3"),
+        BTreeSet::from([
+            format!("outbound|9001||{APRICOT}"),
+            format!("outbound|9002||{BANANA}")
+        ]),
+        "apricot/3's Envoy holds what apricot/3 resolved"
+    );
+    assert!(
+        mesh_clusters("banana/0").is_empty(),
+        "another VM's scope is its own"
+    );
+
+    // Every exposed service has a VIP in the CIDR and resolves to it from every VM.
     let vip_cidr: ipnet::Ipv4Net = "169.254.255.0/24".parse().unwrap();
     for hostname in [BANANA, APRICOT] {
         let vip: std::net::Ipv4Addr = service(&services, hostname)["vip"]

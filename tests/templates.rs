@@ -550,6 +550,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     );
     assert_eq!(agent["probe_interval_ms"], 500);
     assert_eq!(agent["drain_timeout_seconds"], 30);
+    assert_eq!(agent["scope_idle_seconds"], 24 * 3600);
     let drain = rendered.text("bin/drain");
     assert!(
         drain.contains("--drain") && drain.contains("config/agent.yml"),
@@ -567,6 +568,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "dns": {"listen_address": "0.0.0.0", "allow_non_loopback_listen": true, "port": 53, "ttl_seconds": 30},
         "dnat": {"redirect_port": 15002},
         "health": {"probe_interval_ms": 2000},
+        "scope": {"idle_hours": 0.5},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -578,6 +580,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(agent["tld"], "mesh");
     assert_eq!(agent["listen"], "0.0.0.0:53");
     assert_eq!(agent["probe_interval_ms"], 2000);
+    assert_eq!(agent["scope_idle_seconds"], 1800);
     assert_eq!(
         agent["pilots"],
         json!(["https://10.244.0.10:16011", "https://10.244.0.11:16011"])

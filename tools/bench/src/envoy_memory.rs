@@ -22,7 +22,9 @@ use tokio::sync::watch;
 
 use super::report::Row;
 use super::{require_tool, ProcMemory, ScratchDir};
-use boshy::catalog::model::Catalog;
+use boshy::catalog::model::{Catalog, InstanceRef};
+use boshy::scope::{ScopeChange, ScopeRegistry};
+use boshy::xds::sync::SyncBoard;
 use boshy::traffic::{ServiceRules, Subset, TrafficRules};
 use boshy::xds::bootstrap::{self, NodeIdentity};
 use boshy::xds::cache::Sources;
@@ -42,6 +44,14 @@ pub struct Args {
     /// Subsets per service in one more row (0: no such row).
     #[arg(long, default_value_t = 0)]
     pub subsets: usize,
+    /// Two more rows: a VM whose scope holds this many services (docs/scope.md), in the large
+    /// mesh and in a mesh of 10 services (0: no such rows).
+    #[arg(long, default_value_t = 5)]
+    pub scoped: usize,
+    /// With `--inside`: the scope of the measured Envoy's VM, that many services (0: none, the
+    /// whole mesh).
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub scope: usize,
     /// Measure one catalog size inside an isolated namespace and print JSON (used by the parent).
     #[arg(long, hide = true)]
     pub inside: Option<usize>,
@@ -62,12 +72,12 @@ pub struct EnvoyFigures {
 
 pub async fn run(args: Args) -> Result<()> {
     if let Some(services) = args.inside {
-        let figures = measure_inside(services, args.instances, args.subsets).await?;
+        let figures = measure_inside(services, args.instances, args.subsets, args.scope).await?;
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
     require_tool("unshare", "util-linux")?;
-    let reference = measure_isolated(1, args.instances, 0)?;
+    let reference = measure_isolated(1, args.instances, 0, 0)?;
     let mut rows = Vec::new();
     // The goal's estate, then the same clusters without endpoints (what the clusters and the
     // listener cost alone), then a smaller estate that Envoy survives if the goal's does not.
@@ -81,7 +91,7 @@ pub async fn run(args: Args) -> Result<()> {
             format!("Envoy RSS with {services} services × {instances} instances in its config");
         let row = rss_row(
             figure,
-            measure_isolated(services, instances, 0),
+            measure_isolated(services, instances, 0, 0),
             "HTTP + TCP port per service",
         );
         let row = row.against("same Envoy, 1 service", mb(reference.rss_kb));
@@ -102,12 +112,56 @@ pub async fn run(args: Args) -> Result<()> {
         );
         let row = rss_row(
             figure,
-            measure_isolated(services, instances, subsets),
+            measure_isolated(services, instances, subsets, 0),
             "each subset a cluster per port",
         );
         rows.push(row.against("same estate without subsets", without));
     }
+    if args.scoped > 0 {
+        rows.extend(scoped_rows(&args));
+    }
     super::emit(&rows, args.out.as_deref())
+}
+
+/// A VM that asked for `--scoped` services, its Envoy scoped by the pilot: in the large mesh,
+/// against the same VM in a mesh of 10 services. The goal is on anonymous memory (what
+/// configuration costs); the binary's resident text is file-backed and the same in both.
+fn scoped_rows(args: &Args) -> Vec<Row> {
+    const SMALL_MESH: usize = 10;
+    let (services, instances, scoped) = (args.services, args.instances, args.scoped);
+    let small = measure_isolated(SMALL_MESH.max(scoped), instances, 0, scoped);
+    let large = measure_isolated(services, instances, 0, scoped);
+    let figure = format!(
+        "Envoy anonymous memory, mesh of {services} services × {instances}, VM using {scoped}"
+    );
+    match (large, small) {
+        (Ok(large), Ok(small)) => {
+            let (value, reference) = (mb(large.anon_kb), mb(small.anon_kb));
+            let met = value < 20.0 && value <= reference * 1.1;
+            vec![Row::new(BENCHMARK, figure, value, "MB")
+                .note(format!(
+                    "{} clusters; RSS {:.1} MB, of which {:.1} MB file-backed (the binary's text);                      configured {:.1} s after start",
+                    large.clusters,
+                    mb(large.rss_kb),
+                    mb(large.file_kb),
+                    large.seconds_to_config
+                ))
+                .against(
+                    &format!("same VM in a {SMALL_MESH}-service mesh"),
+                    reference,
+                )
+                .goal("< 20 MB, within 10% of the small mesh", met)]
+        }
+        (large, small) => {
+            let why = [large.err(), small.err()]
+                .into_iter()
+                .flatten()
+                .map(|e| format!("{e:#}").replace('\n', " "))
+                .collect::<Vec<_>>()
+                .join("; ");
+            vec![Row::new(BENCHMARK, figure, f64::NAN, "MB").note(why)]
+        }
+    }
 }
 
 fn mb(kb: u64) -> f64 {
@@ -133,14 +187,20 @@ fn rss_row(figure: String, measured: Result<EnvoyFigures>, clusters_are: &str) -
     }
 }
 
-fn measure_isolated(services: usize, instances: usize, subsets: usize) -> Result<EnvoyFigures> {
-    eprintln!("envoy-memory: {services} services, {subsets} subsets each");
+fn measure_isolated(
+    services: usize,
+    instances: usize,
+    subsets: usize,
+    scope: usize,
+) -> Result<EnvoyFigures> {
+    eprintln!("envoy-memory: {services} services, {subsets} subsets each, scope {scope}");
     let output = Command::new("unshare")
         .arg("--net")
         .arg(super::bench_binary()?)
         .args(["envoy-memory", "--inside", &services.to_string()])
         .args(["--instances", &instances.to_string()])
         .args(["--subsets", &subsets.to_string()])
+        .args(["--scoped", "0", "--scope", &scope.to_string()])
         .env("RUST_LOG", "warn")
         .env("RUST_BACKTRACE", "0")
         .output()
@@ -193,7 +253,12 @@ fn dealt_into_subsets(catalog: &Catalog, subsets: usize) -> TrafficRules {
     }
 }
 
-async fn measure_inside(services: usize, instances: usize, subsets: usize) -> Result<EnvoyFigures> {
+async fn measure_inside(
+    services: usize,
+    instances: usize,
+    subsets: usize,
+    scope: usize,
+) -> Result<EnvoyFigures> {
     let up = Command::new("ip")
         .args(["link", "set", "lo", "up"])
         .status()
@@ -203,11 +268,19 @@ async fn measure_inside(services: usize, instances: usize, subsets: usize) -> Re
     }
     let catalog: Catalog = super::build::synthetic_catalog(services, instances)?;
     let clusters_per_port = 1 + subsets as u64;
+    let in_scope = if scope > 0 { scope } else { services };
     let expected_clusters: u64 = catalog
         .services
         .iter()
+        .take(in_scope)
         .map(|s| s.ports.len() as u64 * clusters_per_port)
         .sum();
+    let scope_hosts: Vec<String> = catalog
+        .services
+        .iter()
+        .take(scope)
+        .map(|s| s.hostname.clone())
+        .collect();
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", XDS_PORT))
         .await
         .context("binding the xDS port")?;
@@ -218,9 +291,6 @@ async fn measure_inside(services: usize, instances: usize, subsets: usize) -> Re
         catalog: catalog_rx,
         traffic: traffic_rx,
     };
-    tokio::spawn(boshy::xds::server::serve(listener, sources));
-
-    let scratch = ScratchDir::new(BENCHMARK)?;
     let node = NodeIdentity {
         deployment: "bench".into(),
         instance_group: "client".into(),
@@ -229,6 +299,26 @@ async fn measure_inside(services: usize, instances: usize, subsets: usize) -> Re
         az: Some("z1".into()),
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
     };
+    // The VM's scope, as its agent would have told the pilot before Envoy connects.
+    let scopes = (scope > 0).then(|| {
+        let scopes = Arc::new(ScopeRegistry::default());
+        let instance = InstanceRef {
+            deployment: node.deployment.clone(),
+            instance_id: node.instance_id.clone(),
+        };
+        scopes.change(&instance, &ScopeChange::Set(scope_hosts));
+        scopes
+    });
+    let board = Arc::new(SyncBoard::default());
+    tokio::spawn(boshy::xds::server::serve_snapshots(
+        listener,
+        boshy::xds::cache::follow(sources),
+        board,
+        scopes,
+        None,
+    ));
+
+    let scratch = ScratchDir::new(BENCHMARK)?;
     let admin: SocketAddr = ADMIN.parse().expect("valid");
     let config = scratch.path().join("envoy.yaml");
     std::fs::write(

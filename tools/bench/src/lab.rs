@@ -128,6 +128,10 @@ fn run_blocking(args: &Args) -> Result<()> {
         .build()?;
     let sim = SimControl::new(state.layout.control_url())?;
 
+    // First, before anything else asks the VMs for names: every answer is then a first one.
+    let scope = first_lookups(&state)?;
+    super::emit(&scope, Some(&args.out_dir.join("scope.json")))?;
+
     let steady = runtime.block_on(steady_state(&sim, args.steady_seconds))?;
     super::emit(&steady, Some(&args.out_dir.join("steady.json")))?;
 
@@ -139,6 +143,65 @@ fn run_blocking(args: &Args) -> Result<()> {
     let dataplane = data_plane(args, &state)?;
     super::emit(&dataplane, Some(&args.out_dir.join("dataplane.json")))?;
     Ok(())
+}
+
+/// How long a VM's DNS agent takes to answer `name`, as dig measures it (milliseconds).
+fn dig_time(vm: &Vm, name: &str) -> Result<f64> {
+    let output = boshy_lab::net::run_in(
+        &vm.namespace,
+        &["dig", "+tries=1", "+time=5", "@127.0.0.1", name, "A"],
+    )?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    if !text.contains("status: NOERROR") || !text.contains("ANSWER: 1") {
+        bail!("{}: no answer for {name}: {text}", vm.name());
+    }
+    text.lines()
+        .find_map(|line| line.strip_prefix(";; Query time: "))
+        .and_then(|rest| rest.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{}: no query time in dig's output for {name}", vm.name()))
+}
+
+/// The first answer for a name not yet in a VM's scope (docs/scope.md: it waits until the VM's
+/// Envoy holds the service), from every addon VM for every mesh name, beside the answer to the
+/// same names once in scope, same run.
+fn first_lookups(state: &LabState) -> Result<Vec<Row>> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let services = runtime.block_on(boshy_lab::ready::registration(state))?;
+    let vms: Vec<&Vm> = state.vms.iter().filter(|vm| vm.runs_addon()).collect();
+    let (mut first, mut again) = (Vec::new(), Vec::new());
+    for vm in &vms {
+        let scope = boshy_lab::ready::agent_scope(vm);
+        // The names the agent answers (a ServiceEntry's outside name is not one of them).
+        let table = boshy_lab::ready::agent_table(vm);
+        let new = services
+            .iter()
+            .filter(|s| table.contains_key(&s.hostname) && !scope.contains(&s.hostname));
+        for service in new {
+            first.push(dig_time(vm, &service.hostname)?);
+            again.push(dig_time(vm, &service.hostname)?);
+        }
+    }
+    first.sort_by(f64::total_cmp);
+    again.sort_by(f64::total_cmp);
+    let samples = first.len();
+    let figure = |q: f64, of: &[f64]| percentile(of, q).unwrap_or(f64::NAN);
+    let note = format!(
+        "{samples} names new to their VM ({} VMs × the mesh's names), each answered once the          VM's Envoy held its listener, cluster, endpoints and routes; dig's query time (ms          resolution)",
+        vms.len()
+    );
+    let (p50, p99) = (figure(0.5, &first), figure(0.99, &first));
+    Ok(vec![
+        Row::new("scope", "first DNS answer for a name not yet in scope, p50", p50, "ms")
+            .note(note.clone())
+            .against("same names once in scope, p50", figure(0.5, &again))
+            .goal("< 20 ms", p50 < 20.0),
+        Row::new("scope", "first DNS answer for a name not yet in scope, p99", p99, "ms")
+            .note(note)
+            .against("same names once in scope, p99", figure(0.99, &again))
+            .goal("< 100 ms", p99 < 100.0),
+    ])
 }
 
 /// Which part of the poller a director route belongs to: a `format=full` task and its

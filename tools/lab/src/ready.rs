@@ -2,7 +2,7 @@
 //! VIP, and every Envoy has exactly the healthy endpoints the control plane lists (or, for a
 //! service whose endpoints Envoy finds through DNS, the service's clusters).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -150,7 +150,36 @@ pub fn parse_healthy_endpoints(clusters: &str, cluster: &str) -> BTreeSet<String
         .collect()
 }
 
-/// What still differs between the control plane's registration and one VM.
+/// The agent's files on `vm` (its table_path's directory).
+fn agent_file(vm: &Vm, name: &str) -> std::path::PathBuf {
+    vm.root.join("data/virtual-ip-agent").join(name)
+}
+
+/// The name table the agent on `vm` last took (hostname → VIP), as it saved it.
+pub fn agent_table(vm: &Vm) -> BTreeMap<String, String> {
+    let Ok(bytes) = std::fs::read(agent_file(vm, "names.json")) else {
+        return BTreeMap::new();
+    };
+    let table: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+    table["names"]
+        .as_object()
+        .into_iter()
+        .flatten()
+        .map(|(name, vip)| (name.clone(), vip.as_str().unwrap_or_default().to_string()))
+        .collect()
+}
+
+/// The hostnames in the VM's scope (what its Envoy holds), as its agent saved them.
+pub fn agent_scope(vm: &Vm) -> BTreeSet<String> {
+    std::fs::read(agent_file(vm, "scope.json"))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default()
+}
+
+/// What still differs between the control plane's registration and one VM: every name in the
+/// agent's table, and for the names in the VM's scope (docs/scope.md) the DNS answer and
+/// Envoy's endpoints. A name out of scope is not asked: asking would bring it into the scope.
 fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
     let mut lag = Vec::new();
     // A process stopped on purpose (`lab process ... stop`) is not waited for.
@@ -160,11 +189,15 @@ fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
             .any(|p| p.name == name && p.is_running())
     };
     let (answers_dns, runs_envoy) = (running("virtual-ip-agent"), running("envoy"));
+    let (table, scope) = (agent_table(vm), agent_scope(vm));
     for service in services {
-        let answers = if answers_dns {
+        let in_scope = scope.contains(&service.hostname);
+        let answers = if !answers_dns {
+            vec![service.vip.clone()]
+        } else if in_scope {
             resolve(vm, &service.hostname)?
         } else {
-            vec![service.vip.clone()]
+            table.get(&service.hostname).cloned().into_iter().collect()
         };
         if answers != [service.vip.clone()] {
             lag.push(format!(
@@ -174,7 +207,7 @@ fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
                 service.vip
             ));
         }
-        if !runs_envoy {
+        if !runs_envoy || !in_scope {
             continue;
         }
         for port in &service.ports {
