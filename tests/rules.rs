@@ -268,7 +268,7 @@ spec:
          string \"fifty\", expected u32"
             .to_string(),
         "Error [routes] Gateway ingress: kind: Gateway is not supported: boshy-istio takes \
-         ServiceEntry, DestinationRule, VirtualService"
+         ServiceEntry, DestinationRule, VirtualService, Sidecar"
             .to_string(),
         "Error [two] VirtualService split: spec.http[0].route[1].destination.subset: \
          DestinationRule reviews (config destination-rule-all) has no subset v9 (it has: v1, \

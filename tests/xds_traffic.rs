@@ -353,6 +353,7 @@ fn every_rule() -> TrafficRules {
     };
     TrafficRules {
         services: BTreeMap::from([(WEB.into(), web_rules), (DB.into(), db_rules)]),
+        scope_pins: Vec::new(),
     }
 }
 
@@ -1305,6 +1306,7 @@ fn a_nack_of_a_resource_built_from_rules_names_its_rule_config() {
         rules.http_routes.insert(8080, vec![bad]);
         let traffic = TrafficRules {
             services: BTreeMap::from([(WEB.to_string(), rules)]),
+            scope_pins: Vec::new(),
         };
         let (_published, xds) = serve_xds(catalog(), traffic).await;
         let mode = AdsMode::Delta;

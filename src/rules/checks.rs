@@ -11,12 +11,12 @@ use ipnet::IpNet;
 use crate::catalog::labels::{check_key, check_value};
 use crate::catalog::manifest::is_dns_label;
 use crate::text::clip;
-use crate::traffic::MAX_SOURCE_SELECTORS;
+use crate::traffic::{HostPattern, MAX_SOURCE_SELECTORS};
 
 use super::model::{
     ConnectionPool, ConsistentHash, Destination, DestinationRule, HeaderOperations, Headers,
-    HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, Resolution, ServiceEntry, Spec, TcpRoute,
-    TrafficPolicy, VirtualService,
+    HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, Resolution, ServiceEntry, Sidecar, Spec,
+    TcpRoute, TrafficPolicy, VirtualService,
 };
 use super::values::StringMatch;
 
@@ -43,6 +43,7 @@ pub(crate) fn check(spec: &Spec) -> Problems {
         Spec::VirtualService(vs) => virtual_service(vs, &mut problems),
         Spec::DestinationRule(dr) => destination_rule(dr, &mut problems),
         Spec::ServiceEntry(se) => service_entry(se, &mut problems),
+        Spec::Sidecar(sidecar) => sidecar_scope(sidecar, &mut problems),
     }
     problems
 }
@@ -272,9 +273,15 @@ const RETRY_CONDITIONS: [&str; 16] = [
 
 /// An HTTP match's `sourceLabels`: a label selector like any other.
 fn source_labels(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
+    label_syntax(&format!("{field}.sourceLabels"), labels, problems);
+}
+
+/// Each key and value of a label selector in the label syntax (a selector that breaks it
+/// selects nothing).
+fn label_syntax(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
     for (key, value) in labels {
         if let Err(problem) = check_key(key).and_then(|()| check_value(value)) {
-            problems.error(format!("{field}.sourceLabels"), problem);
+            problems.error(field, problem);
         }
     }
 }
@@ -808,6 +815,116 @@ fn endpoint_address_problem(address: &str, dns: bool) -> Option<String> {
     }
 }
 
+// ------------------------------------------------------------------------------- Sidecar
+
+fn sidecar_scope(sidecar: &Sidecar, problems: &mut Problems) {
+    if let Some(selector) = &sidecar.workload_selector {
+        if selector.labels.is_empty() {
+            problems.error(
+                "spec.workloadSelector.labels",
+                "at least one label is required: leave `workloadSelector` out for a Sidecar \
+                 that applies to every VM of the mesh",
+            );
+        }
+        label_syntax("spec.workloadSelector.labels", &selector.labels, problems);
+    }
+    match sidecar.egress.as_slice() {
+        [] => problems.error(
+            "spec.egress",
+            "an egress listener with `hosts` is required: they are what a Sidecar pins",
+        ),
+        [egress, more @ ..] => {
+            egress_hosts("spec.egress[0].hosts", &egress.hosts, problems);
+            if !more.is_empty() {
+                problems.error(
+                    "spec.egress[1]",
+                    "one egress listener only: Istio takes one without `port` (the \
+                     catch-all), and boshy-istio takes no `port`; list every host in \
+                     spec.egress[0].hosts",
+                );
+            }
+        }
+    }
+}
+
+fn egress_hosts(field: &str, hosts: &[String], problems: &mut Problems) {
+    if hosts.is_empty() {
+        problems.error(field, "at least one host is required");
+    }
+    let mut seen = BTreeSet::new();
+    for (at, host) in hosts.iter().enumerate() {
+        let field = format!("{field}[{at}]");
+        match egress_host(host) {
+            Err(problem) => problems.error(field, problem),
+            Ok(pattern) => {
+                if !seen.insert(pattern) {
+                    problems.warn(field, format!("{:?} is listed twice", clip(host)));
+                }
+            }
+        }
+    }
+    if seen.contains(&HostPattern::Any) && seen.len() > 1 {
+        problems.warn(
+            field,
+            "`*/*` pins every service of the mesh: the other hosts add nothing",
+        );
+    }
+}
+
+/// A Sidecar's egress host, Istio's `namespace/dnsName`, as the names it pins. The namespace
+/// is `*` or `.`: both mean any, since boshy-istio has no namespaces. The name is a full
+/// hostname (as a rule's host), `*` (every service) or `*.<domain>` (every service under it).
+pub(crate) fn egress_host(host: &str) -> Result<HostPattern, String> {
+    let quoted = format!("{:?}", clip(host));
+    let Some((namespace, name)) = host.split_once('/') else {
+        return Err(format!(
+            "{quoted}: write it as Istio does, `namespace/dnsName` (such as \
+             */reviews.bookinfo.boshy), with the namespace `*` or `.`: boshy-istio has no \
+             namespaces"
+        ));
+    };
+    match namespace {
+        "*" | "." => {}
+        "~" => {
+            return Err(format!(
+                "{quoted}: the namespace `~` (no service) is not supported: a Sidecar pins \
+                 services, and leaving a host out of it does not keep the host out of a VM's \
+                 scope"
+            ))
+        }
+        other => {
+            return Err(format!(
+                "{quoted}: namespace {:?} is not supported: boshy-istio has no namespaces; \
+                 write `*/` or `./` (both mean any) before the name",
+                clip(other)
+            ))
+        }
+    }
+    if name == "*" {
+        return Ok(HostPattern::Any);
+    }
+    if let Some(domain) = name.strip_prefix("*.") {
+        if !is_dns_name(domain) {
+            return Err(format!(
+                "{quoted}: {:?} is not a domain: lower-case letters, digits and '-' in labels \
+                 separated by '.', no final '.'",
+                clip(domain)
+            ));
+        }
+        return Ok(HostPattern::Suffix(format!(".{domain}")));
+    }
+    if name.contains('*') {
+        return Err(format!(
+            "{quoted}: a wildcard is the whole name (`*/*`) or its first label \
+             (`*/*.bookinfo.boshy`)"
+        ));
+    }
+    match host_problem(name) {
+        Some(problem) => Err(problem),
+        None => Ok(HostPattern::Exact(name.to_string())),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::super::parse::parse_config;
@@ -1043,6 +1160,105 @@ mod tests {
         ] {
             assert_one_error(kind, &spec, expected);
         }
+    }
+
+    /// A Sidecar's spec with these egress hosts (YAML flow items) and `rest`.
+    fn sidecar(hosts: &str, rest: &str) -> String {
+        format!("egress:\n- hosts: [{hosts}]\n{rest}")
+    }
+
+    #[test]
+    fn sidecar_fields_istio_has_and_boshy_does_not_are_refused_by_name() {
+        for (spec, expected) in [
+            (sidecar("'*/*'", "ingress: [{port: {number: 9080, protocol: HTTP, name: http}, defaultEndpoint: '127.0.0.1:8080'}]\n"), "spec.ingress: this Istio field is not supported"),
+            (sidecar("'*/*'", "inboundConnectionPool: {http: {http1MaxPendingRequests: 1}}\n"), "spec.inboundConnectionPool: this Istio field is not supported"),
+            (sidecar("'*/*'", "outboundTrafficPolicy: {mode: REGISTRY_ONLY}\n"), "spec.outboundTrafficPolicy: not supported: a Sidecar only adds to the scope of the VMs it selects, it never restricts it; a name of the mesh outside its hosts still joins a VM's scope when the VM resolves it"),
+            ("egress:\n- hosts: ['*/*']\n  port: {number: 9080, protocol: HTTP, name: http}\n".to_string(), "spec.egress[0].port: this Istio field is not supported"),
+            ("egress:\n- hosts: ['*/*']\n  bind: 127.0.0.1\n".to_string(), "spec.egress[0].bind: this Istio field is not supported"),
+            ("egress:\n- hosts: ['*/*']\n  captureMode: NONE\n".to_string(), "spec.egress[0].captureMode: this Istio field is not supported"),
+            ("egress:\n- hosts: ['*/*']\n  hostz: []\n".to_string(), "spec.egress[0].hostz: unknown field `hostz`"),
+            ("egress:\n- port: {number: 80}\n".to_string(), "spec.egress[0].port: this Istio field is not supported"),
+            ("egress:\n- {}\n".to_string(), "spec.egress[0]: missing field `hosts`"),
+        ] {
+            assert_one_error("Sidecar", &spec, expected);
+        }
+        // The finding names the config, the resource and the field.
+        let content = "apiVersion: networking.istio.io/v1beta1\nkind: Sidecar\nmetadata: {name: pins}\nspec:\n  egress: [{hosts: ['*/*'], captureMode: NONE}]\n";
+        let parsed = parse_config("scope", content);
+        assert_eq!(
+            parsed.errors[0].to_string(),
+            "config \"scope\": Sidecar \"pins\": spec.egress[0].captureMode: this Istio field is \
+             not supported by boshy-istio (docs/rules.md lists those that are)"
+        );
+    }
+
+    #[test]
+    fn sidecar_shapes_it_cannot_pin_are_refused() {
+        for (spec, expected) in [
+            (String::new(), "spec.egress: an egress listener with `hosts` is required"),
+            ("egress: []\n".to_string(), "spec.egress: an egress listener with `hosts` is required"),
+            (sidecar("", ""), "spec.egress[0].hosts: at least one host is required"),
+            ("egress:\n- hosts: ['*/*']\n- hosts: ['*/a.b.boshy']\n".to_string(), "spec.egress[1]: one egress listener only"),
+            (sidecar("'*/*'", "workloadSelector: {labels: {}}\n"), "spec.workloadSelector.labels: at least one label is required: leave `workloadSelector` out"),
+            (sidecar("'*/*'", "workloadSelector: {labels: {'-app': x}}\n"), "spec.workloadSelector.labels: key \"-app\""),
+            (sidecar("'*/*'", "workloadSelector: {matchLabels: {app: x}}\n"), "spec.workloadSelector.matchLabels: unknown field `matchLabels`"),
+        ] {
+            assert_one_error("Sidecar", &spec, expected);
+        }
+    }
+
+    #[test]
+    fn sidecar_hosts_are_namespace_slash_name_with_any_namespace() {
+        use crate::traffic::HostPattern;
+        let exact = || Ok(HostPattern::Exact(H.to_string()));
+        assert_eq!(super::egress_host(&format!("*/{H}")), exact());
+        assert_eq!(super::egress_host(&format!("./{H}")), exact());
+        assert_eq!(super::egress_host("*/*"), Ok(HostPattern::Any));
+        assert_eq!(super::egress_host("./*"), Ok(HostPattern::Any));
+        assert_eq!(
+            super::egress_host("*/*.bookinfo.boshy"),
+            Ok(HostPattern::Suffix(".bookinfo.boshy".into()))
+        );
+        for (host, expected) in [
+            (H.to_string(), "write it as Istio does, `namespace/dnsName`"),
+            (format!("~/{H}"), "the namespace `~` (no service) is not supported"),
+            ("~/*".to_string(), "the namespace `~`"),
+            (format!("prod/{H}"), "namespace \"prod\" is not supported: boshy-istio has no namespaces; write `*/` or `./`"),
+            (format!("/{H}"), "namespace \"\" is not supported"),
+            ("*/reviews".to_string(), "is a short name"),
+            ("*/Reviews.bookinfo.boshy".to_string(), "is not a host name"),
+            ("*/10.0.0.1".to_string(), "is an IP address"),
+            ("*/*.Bookinfo.boshy".to_string(), "\"Bookinfo.boshy\" is not a domain"),
+            ("*/*.".to_string(), "\"\" is not a domain"),
+            ("*/reviews.*.boshy".to_string(), "a wildcard is the whole name (`*/*`) or its first label"),
+            ("*/*reviews.boshy".to_string(), "a wildcard is the whole name"),
+            ("*/**".to_string(), "a wildcard is the whole name"),
+        ] {
+            let spec = sidecar(&format!("'{host}'"), "");
+            let errors = errors_of("Sidecar", &spec);
+            assert!(
+                errors.len() == 1
+                    && errors[0].starts_with("spec.egress[0].hosts[0]: ")
+                    && errors[0].contains(expected),
+                "{host}: expected {expected:?}, got {errors:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn sidecar_hosts_listed_twice_or_beside_every_host_are_warned_about() {
+        let (errors, warnings) =
+            findings_of("Sidecar", &sidecar(&format!("'*/{H}', './{H}', '*/*'"), ""));
+        assert!(errors.is_empty(), "{errors:?}");
+        assert_eq!(
+            warnings,
+            [
+                format!("spec.egress[0].hosts[1]: \"./{H}\" is listed twice"),
+                "spec.egress[0].hosts: `*/*` pins every service of the mesh: the other hosts add \
+                 nothing"
+                    .to_string(),
+            ]
+        );
     }
 
     #[test]

@@ -10,16 +10,22 @@
 //! - a subset is the set of addresses (or, for a host resolved through DNS, names) of the
 //!   host's endpoints that carry its labels;
 //! - Istio's default retry conditions (`connect-failure,refused-stream,unavailable,
-//!   cancelled,retriable-status-codes` with 503) apply to `retries` without `retryOn`.
+//!   cancelled,retriable-status-codes` with 503) apply to `retries` without `retryOn`;
+//! - a Sidecar is a scope pin: its selector and its egress hosts as patterns (a name, a
+//!   domain's names, every name), matched against the mesh's hostnames per VM
+//!   (`TrafficRules::pinned_hosts`), so that a pinned service that comes later is pinned.
 
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::model::{Catalog, Service};
-use crate::traffic::{self, Percentage, ServiceRules, TrafficRules};
+use crate::traffic::{self, Percentage, ScopePin, ServiceRules, TrafficRules};
 
+use super::checks::egress_host;
 use super::finding::{Finding, ResourceRef};
 use super::mesh::selects;
-use super::model::{self as istio, ConsistentHash, DestinationRule, SimpleLb, VirtualService};
+use super::model::{
+    self as istio, ConsistentHash, DestinationRule, Sidecar, SimpleLb, VirtualService,
+};
 use super::validate::{Rule, RuleSet};
 use super::values::{Percent, StringMatch};
 
@@ -52,7 +58,30 @@ pub fn compile(rules: &RuleSet, catalog: &Catalog) -> Compiled {
     for rule in &rules.virtual_services {
         compiler.virtual_service(rule);
     }
+    compiler.compiled.traffic.scope_pins = rules.sidecars.iter().map(scope_pin).collect();
     compiler.compiled
+}
+
+/// A Sidecar's pin: its hosts once each, in the order written.
+fn scope_pin(rule: &Rule<Sidecar>) -> ScopePin {
+    let mut hosts = Vec::new();
+    let written = rule.spec.egress.iter().flat_map(|egress| &egress.hosts);
+    // Every host passed the checks: none fails here.
+    for pattern in written.filter_map(|host| egress_host(host).ok()) {
+        if !hosts.contains(&pattern) {
+            hosts.push(pattern);
+        }
+    }
+    ScopePin {
+        selector: rule
+            .spec
+            .workload_selector
+            .as_ref()
+            .map(|selector| selector.labels.clone()),
+        hosts,
+        config: rule.config.clone(),
+        name: rule.name.clone(),
+    }
 }
 
 struct Compiler<'c> {
@@ -819,6 +848,90 @@ spec:
                 && warning.contains("spec.http[0].route[0].destination.port")
                 && warning.contains("several ports"),
             "{warning}"
+        );
+    }
+
+    #[test]
+    fn sidecars_become_scope_pins_that_pin_the_hosts_of_the_vms_they_select() {
+        let pins = list(
+            "- apiVersion: networking.istio.io/v1
+  kind: Sidecar
+  metadata: {name: reviews}
+  spec:
+    workloadSelector: {labels: {app: reviews}}
+    egress:
+    - hosts: ['*/mysql.db.bookinfo.boshy', './mysql.db.bookinfo.boshy', '*/*.later.boshy']
+- apiVersion: networking.istio.io/v1alpha3
+  kind: Sidecar
+  metadata: {name: everyone}
+  spec:
+    egress:
+    - hosts: ['./reviews.reviews.bookinfo.boshy']
+- apiVersion: networking.istio.io/v1beta1
+  kind: Sidecar
+  metadata: {name: v3-sees-all}
+  spec:
+    workloadSelector: {labels: {app: reviews, version: v3}}
+    egress:
+    - hosts: ['*/*']
+",
+        );
+        let compiled = compiled(&pins);
+        assert!(compiled.warnings.is_empty(), "{:?}", compiled.warnings);
+        assert!(compiled.traffic.services.is_empty());
+        let names: Vec<&str> = compiled
+            .traffic
+            .scope_pins
+            .iter()
+            .map(|pin| pin.name.as_str())
+            .collect();
+        assert_eq!(
+            names,
+            ["everyone", "reviews", "v3-sees-all"],
+            "by resource name"
+        );
+        let reviews = &compiled.traffic.scope_pins[1];
+        assert_eq!(
+            reviews,
+            &ScopePin {
+                selector: Some(labels([("app", "reviews")])),
+                hosts: vec![
+                    traffic::HostPattern::Exact(DB.into()),
+                    traffic::HostPattern::Suffix(".later.boshy".into()),
+                ],
+                config: "rules".into(),
+                name: "reviews".into(),
+            },
+            "each host once"
+        );
+        assert_eq!(compiled.traffic.scope_pins[0].selector, None);
+
+        let catalog = bookinfo();
+        let mut hostnames: Vec<&str> = catalog
+            .services
+            .iter()
+            .map(|s| s.hostname.as_str())
+            .collect();
+        hostnames.push("cache.later.boshy");
+        let pinned = |label_sets: &[crate::catalog::model::Labels]| -> Vec<String> {
+            let hosts = compiled
+                .traffic
+                .pinned_hosts(label_sets, hostnames.iter().copied());
+            hosts.into_iter().collect()
+        };
+        let v1 = labels([("app", "reviews"), ("version", "v1")]);
+        assert_eq!(pinned(&[v1]), ["cache.later.boshy", DB, REVIEWS]);
+        let v3 = labels([("app", "reviews"), ("version", "v3")]);
+        assert_eq!(
+            pinned(&[v3]).len(),
+            hostnames.len(),
+            "`*/*` pins every host"
+        );
+        let ratings = labels([("app", "ratings")]);
+        assert_eq!(
+            pinned(&[ratings]),
+            [REVIEWS],
+            "the Sidecar without a selector"
         );
     }
 

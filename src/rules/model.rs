@@ -14,7 +14,9 @@ use serde::Deserialize;
 
 use crate::catalog::model::Protocol;
 
-use super::values::{duration, optional_duration, refuse, refuse_tls, word, Refused};
+use super::values::{
+    duration, optional_duration, refuse, refuse_outbound_traffic_policy, refuse_tls, word, Refused,
+};
 pub use super::values::{Percent, StringMatch};
 
 /// Label names to values: instance labels, subset labels, selectors.
@@ -26,13 +28,15 @@ pub enum Kind {
     ServiceEntry,
     DestinationRule,
     VirtualService,
+    Sidecar,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [
+    pub const ALL: [Kind; 4] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
+        Kind::Sidecar,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -40,6 +44,7 @@ impl Kind {
             Kind::ServiceEntry => "ServiceEntry",
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
+            Kind::Sidecar => "Sidecar",
         }
     }
 
@@ -54,6 +59,7 @@ pub enum Spec {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     ServiceEntry(ServiceEntry),
+    Sidecar(Sidecar),
 }
 
 impl Spec {
@@ -62,6 +68,7 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::Sidecar(_) => Kind::Sidecar,
         }
     }
 }
@@ -735,4 +742,45 @@ pub struct WorkloadEntry {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSelector {
     pub labels: Labels,
+}
+
+// ------------------------------------------------------------------------------- Sidecar
+
+/// Services pinned into the scope of the VMs it selects: their Envoys always have the hosts of
+/// its `egress`. Unlike Istio's Sidecar it restricts nothing: a name of the mesh outside the
+/// pins still joins a VM's scope when the VM resolves it (docs/rules.md, "Sidecar").
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Sidecar {
+    /// The VMs it applies to, by instance labels; absent: every VM of the mesh (Istio's
+    /// Sidecar without a selector in the root namespace).
+    pub workload_selector: Option<WorkloadSelector>,
+    /// Exactly one (Istio takes one listener without `port`, and boshy-istio takes no `port`).
+    #[serde(default)]
+    pub egress: Vec<EgressListener>,
+    #[serde(default, rename = "ingress", deserialize_with = "refuse")]
+    _ingress: Refused,
+    #[serde(default, rename = "inboundConnectionPool", deserialize_with = "refuse")]
+    _inbound_connection_pool: Refused,
+    #[serde(
+        default,
+        rename = "outboundTrafficPolicy",
+        deserialize_with = "refuse_outbound_traffic_policy"
+    )]
+    _outbound_traffic_policy: Refused,
+}
+
+/// Istio's `IstioEgressListener`, without a port: the hosts pinned, every port of each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct EgressListener {
+    /// `namespace/dnsName`: the namespace `*` or `.` (boshy-istio has no namespaces), the
+    /// name a full hostname, `*` or `*.<domain>`.
+    pub hosts: Vec<String>,
+    #[serde(default, rename = "port", deserialize_with = "refuse")]
+    _port: Refused,
+    #[serde(default, rename = "bind", deserialize_with = "refuse")]
+    _bind: Refused,
+    #[serde(default, rename = "captureMode", deserialize_with = "refuse")]
+    _capture_mode: Refused,
 }

@@ -19,7 +19,7 @@ use crate::text::clip;
 
 use super::checks;
 use super::finding::{Finding, ResourceRef};
-use super::model::{DestinationRule, Kind, Labels, ServiceEntry, Spec, VirtualService};
+use super::model::{DestinationRule, Kind, Labels, ServiceEntry, Sidecar, Spec, VirtualService};
 
 /// The API versions of `networking.istio.io` accepted, alike: the three carry the same
 /// fields for the kinds boshy-istio takes.
@@ -334,6 +334,7 @@ fn typed(value: Value) -> Result<(Option<String>, Spec), (Option<String>, String
         Some(Kind::VirtualService) => envelope::<VirtualService>(value, Spec::VirtualService),
         Some(Kind::DestinationRule) => envelope::<DestinationRule>(value, Spec::DestinationRule),
         Some(Kind::ServiceEntry) => envelope::<ServiceEntry>(value, Spec::ServiceEntry),
+        Some(Kind::Sidecar) => envelope::<Sidecar>(value, Spec::Sidecar),
         None => Err((Some("kind".into()), "not a supported kind".into())),
     }
 }
@@ -440,6 +441,33 @@ spec:
     }
 
     #[test]
+    fn a_sidecar_is_read_in_every_api_version() {
+        let sidecar = "apiVersion: networking.istio.io/v1
+kind: Sidecar
+metadata: {name: reviews-pins, namespace: istio-system}
+spec:
+  workloadSelector:
+    labels: {app: reviews}
+  egress:
+  - hosts: ['*/ratings.ratings.bookinfo.boshy', './*.external.boshy']
+";
+        for version in API_VERSIONS {
+            let parsed = one(&sidecar.replace("networking.istio.io/v1", version));
+            assert_eq!(errors(&parsed), Vec::<String>::new(), "{version}");
+            let [resource] = &parsed.resources[..] else {
+                panic!("{parsed:?}")
+            };
+            assert_eq!(resource.reference().plain(), "Sidecar reviews-pins");
+            let Spec::Sidecar(sidecar) = &resource.spec else {
+                panic!("{resource:?}")
+            };
+            let selector = sidecar.workload_selector.as_ref().unwrap();
+            assert_eq!(selector.labels["app"], "reviews");
+            assert_eq!(sidecar.egress[0].hosts.len(), 2);
+        }
+    }
+
+    #[test]
     fn a_type_error_names_config_resource_and_field() {
         let parsed = one(&ROUTE.replacen("weight: 50", "weight: fifty", 2));
         assert!(parsed.resources.is_empty());
@@ -477,7 +505,7 @@ spec:
             errors(&one(&gateway)),
             [
                 "config \"reviews\": Gateway \"reviews\": kind: Gateway is not supported: \
-              boshy-istio takes ServiceEntry, DestinationRule, VirtualService"
+              boshy-istio takes ServiceEntry, DestinationRule, VirtualService, Sidecar"
             ]
         );
         let security = ROUTE

@@ -2,8 +2,9 @@
 //! rule set.
 //!
 //! Resources are taken kind by kind, ServiceEntries first (they define hosts), then
-//! DestinationRules (they define subsets), then VirtualServices (they use both), and within a
-//! kind in the order of config name, then resource name. A resource that fails a check is
+//! DestinationRules (they define subsets), then VirtualServices (they use both), then Sidecars
+//! (they pin hosts, and claim nothing), and within a kind in the order of config name, then
+//! resource name. A resource that fails a check is
 //! rejected alone; what depends on it then fails its own checks (a route to a subset of a
 //! rejected DestinationRule names a subset nobody defines). When two resources claim the same
 //! thing (a kind and name, a VirtualService or DestinationRule for a host, a ServiceEntry's
@@ -17,12 +18,14 @@ use std::collections::BTreeMap;
 use crate::catalog::labels;
 use crate::catalog::model::Protocol;
 
-use super::checks::Problems;
+use crate::traffic::HostPattern;
+
+use super::checks::{egress_host, Problems};
 use super::finding::{Finding, ResourceRef};
 use super::mesh::{selects, MeshView};
 use super::model::{
-    Destination, DestinationRule, Kind, Labels, Resolution, ServiceEntry, Spec, TrafficPolicy,
-    VirtualService,
+    Destination, DestinationRule, Kind, Labels, Resolution, ServiceEntry, Sidecar, Spec,
+    TrafficPolicy, VirtualService,
 };
 use super::parse::{ParsedConfig, Resource};
 
@@ -57,12 +60,13 @@ pub struct Rule<S> {
 
 /// The accepted resources, each kind in the order they were checked (config name, then
 /// resource name). No two VirtualServices share a host, nor two DestinationRules, nor two
-/// ServiceEntries.
+/// ServiceEntries. Sidecars claim nothing: several may select one VM, and their hosts add up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuleSet {
     pub service_entries: Vec<Rule<ServiceEntry>>,
     pub destination_rules: Vec<Rule<DestinationRule>>,
     pub virtual_services: Vec<Rule<VirtualService>>,
+    pub sidecars: Vec<Rule<Sidecar>>,
 }
 
 impl RuleSet {
@@ -70,6 +74,7 @@ impl RuleSet {
         self.service_entries.is_empty()
             && self.destination_rules.is_empty()
             && self.virtual_services.is_empty()
+            && self.sidecars.is_empty()
     }
 
     pub fn virtual_service(&self, host: &str) -> Option<&Rule<VirtualService>> {
@@ -276,6 +281,12 @@ impl State<'_> {
             Spec::ServiceEntry(se) => self.service_entry(se, &mut problems),
             Spec::DestinationRule(dr) => self.destination_rule(dr, &mut problems),
             Spec::VirtualService(vs) => self.virtual_service(vs, &mut problems),
+            Spec::Sidecar(sidecar) => {
+                self.sidecar(sidecar, &mut problems);
+                if problems.errors.is_empty() {
+                    problems.warn("spec.egress", SIDECAR_ONLY_ADDS);
+                }
+            }
         }
         problems
     }
@@ -320,6 +331,7 @@ impl State<'_> {
                 }
                 self.rules.virtual_services.push(rule(origin, resource, vs));
             }
+            Spec::Sidecar(sidecar) => self.rules.sidecars.push(rule(origin, resource, sidecar)),
         }
     }
 
@@ -507,6 +519,56 @@ impl State<'_> {
         self.source_labels(vs, problems);
     }
 
+    /// A Sidecar's hosts and selector, against the mesh: what it pins or selects that does
+    /// not exist now is warned about, not refused (a pin takes the service once it comes).
+    fn sidecar(&self, sidecar: &Sidecar, problems: &mut Problems) {
+        let hosts = sidecar.egress.first().map_or(&[][..], |e| &e.hosts[..]);
+        for (at, host) in hosts.iter().enumerate() {
+            let field = format!("spec.egress[0].hosts[{at}]");
+            match egress_host(host) {
+                Ok(HostPattern::Exact(name)) => {
+                    if let HostInfo::Missing = self.host(&name) {
+                        problems.warn(
+                            field,
+                            format!("{}: it is pinned once one does", not_served(&name)),
+                        );
+                    }
+                }
+                Ok(pattern @ HostPattern::Suffix(_)) => {
+                    let Some(mesh) = self.mesh else { continue };
+                    let mut names = mesh.hosts.keys().chain(self.entries.keys());
+                    if !names.any(|name| pattern.matches(name)) {
+                        problems.warn(
+                            field,
+                            format!(
+                                "{host}: no job of the mesh exposes such a name and no \
+                                 ServiceEntry defines one: those that come are pinned"
+                            ),
+                        );
+                    }
+                }
+                // `*/*` pins whatever the mesh has; a host that is none was refused alone.
+                Ok(HostPattern::Any) | Err(_) => {}
+            }
+        }
+        let Some(selector) = &sidecar.workload_selector else {
+            return;
+        };
+        let Some(mesh) = self.mesh.filter(|mesh| mesh.labels_known) else {
+            return;
+        };
+        let of_any_instance = selector
+            .labels
+            .keys()
+            .all(|key| labels::is_instance_label(key));
+        if !of_any_instance && mesh.select(&selector.labels).instances.is_empty() {
+            problems.warn(
+                "spec.workloadSelector.labels",
+                "no instance of the mesh has these labels: it applies to no VM",
+            );
+        }
+    }
+
     /// A `sourceLabels` that no instance of the mesh has matches no client, unless it names
     /// only what the director says of every instance (a VM that exposes no job is known to
     /// the pilot only when its Envoy connects).
@@ -610,6 +672,11 @@ fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
         spec: spec.clone(),
     }
 }
+
+/// The warning on every accepted Sidecar: what it does differs from Istio's.
+pub(crate) const SIDECAR_ONLY_ADDS: &str = "unlike Istio's Sidecar, this one only adds: its \
+     hosts are always in the Envoy config of the VMs it selects, and any other name of the \
+     mesh still joins a VM's config when the VM resolves it (Istio's would leave it out)";
 
 fn not_served(host: &str) -> String {
     format!("{host}: no job of the mesh exposes it and no ServiceEntry defines it")
@@ -1022,12 +1089,152 @@ mod tests {
         );
     }
 
+    fn sidecar(name: &str, selector: Option<&str>, hosts: &[&str]) -> String {
+        let hosts: Vec<String> = hosts.iter().map(|host| format!("'{host}'")).collect();
+        let mut spec = format!("egress:\n- hosts: [{}]\n", hosts.join(", "));
+        if let Some(selector) = selector {
+            spec.push_str(&format!("workloadSelector: {{labels: {selector}}}\n"));
+        }
+        resource("Sidecar", name, &spec)
+    }
+
+    fn warning_lines(validated: &Validated) -> Vec<String> {
+        validated
+            .verdicts
+            .iter()
+            .flat_map(|verdict| &verdict.warnings)
+            .map(|finding| {
+                let field = finding.field.as_deref().unwrap_or("");
+                format!("{field}: {}", finding.message)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_sidecar_warns_of_the_hosts_the_mesh_lacks_and_of_what_it_does_unlike_istio() {
+        let entry = resource(
+            "ServiceEntry",
+            "db",
+            "hosts: [db.external.boshy]\nports: [{number: 5432, name: tcp}]\nresolution: STATIC\nendpoints: [{address: 10.9.0.1}]\n",
+        );
+        let pins = sidecar(
+            "reviews",
+            Some("{app: reviews}"),
+            &[
+                "*/reviews.reviews.bookinfo.boshy",
+                "./db.external.boshy",
+                "*/ratings.ratings.bookinfo.boshy",
+                "*/*.cache.bookinfo.boshy",
+                "*/*.nowhere.boshy",
+                "*/*",
+            ],
+        );
+        let configs = [config("pins", &[entry, pins])];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            warning_lines(&validated),
+            [
+                "spec.egress[0].hosts: `*/*` pins every service of the mesh: the other hosts \
+                 add nothing",
+                "spec.egress[0].hosts[2]: ratings.ratings.bookinfo.boshy: no job of the mesh \
+                 exposes it and no ServiceEntry defines it: it is pinned once one does",
+                "spec.egress[0].hosts[4]: */*.nowhere.boshy: no job of the mesh exposes such a \
+                 name and no ServiceEntry defines one: those that come are pinned",
+                &format!("spec.egress: {SIDECAR_ONLY_ADDS}"),
+            ]
+        );
+        assert_eq!(validated.verdicts[0].accepted.len(), 2);
+        let [pins] = &validated.rules.sidecars[..] else {
+            panic!("{:?}", validated.rules)
+        };
+        assert_eq!(
+            (pins.config.as_str(), pins.name.as_str()),
+            ("pins", "reviews")
+        );
+        assert!(!validated.rules.is_empty());
+
+        // Without a mesh view, hosts are not checked; what it does unlike Istio is said all the
+        // same, which `boshy rules check` shows.
+        let validated = validate(&configs, None);
+        assert_eq!(
+            warning_lines(&validated)[1..],
+            [format!("spec.egress: {SIDECAR_ONLY_ADDS}")]
+        );
+    }
+
+    #[test]
+    fn a_sidecar_whose_selector_no_instance_has_is_warned_about() {
+        let warnings = |selector: &str| {
+            let configs = [config(
+                "c",
+                &[sidecar(
+                    "s",
+                    Some(selector),
+                    &["*/reviews.reviews.bookinfo.boshy"],
+                )],
+            )];
+            let validated = validate(&configs, Some(&mesh()));
+            assert_eq!(error_lines(&validated), Vec::<String>::new());
+            warning_lines(&validated)
+        };
+        let only_adds = format!("spec.egress: {SIDECAR_ONLY_ADDS}");
+        assert_eq!(warnings("{version: v2}"), std::slice::from_ref(&only_adds));
+        assert_eq!(
+            warnings("{version: v9}"),
+            [
+                "spec.workloadSelector.labels: no instance of the mesh has these labels: it \
+                 applies to no VM"
+                    .to_string(),
+                only_adds.clone()
+            ]
+        );
+        assert_eq!(
+            warnings("{bosh.io/instance-group: apricot}"),
+            [only_adds],
+            "an instance that exposes nothing has its instance group"
+        );
+    }
+
+    #[test]
+    fn sidecars_that_select_one_vm_are_all_accepted_and_their_names_are_unique() {
+        let configs = [
+            config(
+                "a",
+                &[
+                    sidecar("everyone", None, &["*/redis.cache.bookinfo.boshy"]),
+                    sidecar("reviews", Some("{app: reviews}"), &["*/*"]),
+                ],
+            ),
+            config("b", &[sidecar("reviews", None, &["*/*"])]),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            [
+                "config \"b\": Sidecar \"reviews\": metadata.name: Sidecar reviews is already \
+              defined in config a: names are unique per kind across every config"
+            ]
+        );
+        let names: Vec<&str> = validated
+            .rules
+            .sidecars
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(names, ["everyone", "reviews"]);
+        assert!(
+            validated.verdicts[1].warnings.is_empty(),
+            "a refused Sidecar is not said to pin anything"
+        );
+    }
+
     #[test]
     fn config_errors_and_parse_errors_are_in_the_verdict() {
         let broken = parse_config("broken", "not: [valid");
         let bad_resource = parse_config(
             "bad",
-            "apiVersion: networking.istio.io/v1\nkind: Sidecar\nmetadata: {name: s}\nspec: {}\n",
+            "apiVersion: networking.istio.io/v1\nkind: Gateway\nmetadata: {name: s}\nspec: {}\n",
         );
         let validated = validate(&[broken, bad_resource], Some(&mesh()));
         assert_eq!(validated.verdicts[0].rejected(), [None]);

@@ -254,6 +254,17 @@ pub(crate) fn refuse_tls<'de, D: Deserializer<'de>>(_: D) -> Result<Refused, D::
     ))
 }
 
+/// serde's `deserialize_with` for a Sidecar's `outboundTrafficPolicy`.
+pub(crate) fn refuse_outbound_traffic_policy<'de, D: Deserializer<'de>>(
+    _: D,
+) -> Result<Refused, D::Error> {
+    Err(D::Error::custom(
+        "not supported: a Sidecar only adds to the scope of the VMs it selects, it never \
+         restricts it; a name of the mesh outside its hosts still joins a VM's scope when the \
+         VM resolves it, and names outside the mesh are not the mesh's to allow or block",
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,7 +4,7 @@
 //! and no Istio resource appears here.
 //!
 //! ```text
-//! Istio rules (VirtualService, DestinationRule) ──compiler──▶ TrafficRules ──┐
+//! Istio rules (VirtualService, DestinationRule, Sidecar) ──compiler──▶ TrafficRules ──┐
 //!                                                      Catalog ─────────────┴─▶ xds::resources
 //! ```
 //!
@@ -35,6 +35,98 @@ pub mod testing;
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct TrafficRules {
     pub services: BTreeMap<String, ServiceRules>,
+    /// Hosts pinned into the scope of the VMs each pin selects (Istio's `Sidecar`), in the
+    /// order of their rules (config name, then resource name); see [`Self::pinned_hosts`].
+    /// Left out of the serialized model when empty, so that rules without Sidecars serialize
+    /// (and version xDS) exactly as before pins existed.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub scope_pins: Vec<ScopePin>,
+}
+
+impl TrafficRules {
+    /// The hostnames, among `hostnames` (the mesh's), that the pins put in the scope of a VM
+    /// whose label sets are `client_label_sets`: one set per job the VM exposes, or its
+    /// instance's own labels when it exposes none, as `sourceLabels` judges clients
+    /// (`xds::client::SourceSelectors::class_of`). Several pins that select the VM add up.
+    /// Empty, without reading `hostnames`, when no pin selects the VM.
+    pub fn pinned_hosts<'a>(
+        &self,
+        client_label_sets: &[Labels],
+        hostnames: impl IntoIterator<Item = &'a str>,
+    ) -> BTreeSet<String> {
+        let patterns: Vec<&HostPattern> = self
+            .scope_pins
+            .iter()
+            .filter(|pin| pin.selects(client_label_sets))
+            .flat_map(|pin| &pin.hosts)
+            .collect();
+        if patterns.is_empty() {
+            return BTreeSet::new();
+        }
+        hostnames
+            .into_iter()
+            .filter(|hostname| patterns.iter().any(|pattern| pattern.matches(hostname)))
+            .map(str::to_string)
+            .collect()
+    }
+}
+
+/// Label names to values, as the catalog gives them to instances.
+pub type Labels = BTreeMap<String, String>;
+
+/// Hosts that are always in the Envoy config of the VMs a selector picks, whether or not the
+/// VM resolved them (Istio's `Sidecar` `egress.hosts`). A pin only adds: names outside every
+/// pin still join a VM's scope when the VM resolves them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ScopePin {
+    /// The VMs it applies to: those with a label set that has every one of these labels.
+    /// `None`: every VM of the mesh.
+    pub selector: Option<Labels>,
+    pub hosts: Vec<HostPattern>,
+    /// The rule config it comes from, and the Sidecar's name in it.
+    pub config: String,
+    pub name: String,
+}
+
+impl ScopePin {
+    /// Whether it applies to a VM with these label sets: any of them has every label of the
+    /// selector (the matching of `sourceLabels` and of workload selectors). Without a
+    /// selector, every VM, even one whose labels are not known.
+    pub fn selects(&self, client_label_sets: &[Labels]) -> bool {
+        let Some(selector) = &self.selector else {
+            return true;
+        };
+        client_label_sets.iter().any(|labels| {
+            selector
+                .iter()
+                .all(|(name, value)| labels.get(name) == Some(value))
+        })
+    }
+}
+
+/// Which hostnames a pin names.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+pub enum HostPattern {
+    /// Every hostname of the mesh (Istio's `*/*`).
+    Any,
+    /// This hostname (`reviews.bookinfo.boshy`).
+    Exact(String),
+    /// Every hostname that ends with this suffix, which starts with its dot: Istio's
+    /// `*/*.bookinfo.boshy` is `Suffix(".bookinfo.boshy")`, which takes
+    /// `reviews.bookinfo.boshy` and `a.b.bookinfo.boshy`, not `bookinfo.boshy`.
+    Suffix(String),
+}
+
+impl HostPattern {
+    pub fn matches(&self, hostname: &str) -> bool {
+        match self {
+            HostPattern::Any => true,
+            HostPattern::Exact(host) => hostname == host,
+            HostPattern::Suffix(suffix) => {
+                hostname.len() > suffix.len() && hostname.ends_with(suffix.as_str())
+            }
+        }
+    }
 }
 
 /// What is decided about one service: how requests and connections to it are routed, and the
@@ -521,6 +613,129 @@ mod tests {
             ServiceRules::default().policy(80, Some("v1")),
             TrafficPolicy::default()
         );
+    }
+
+    fn labels(pairs: &[(&str, &str)]) -> Labels {
+        pairs
+            .iter()
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect()
+    }
+
+    fn pin(selector: Option<Labels>, hosts: Vec<HostPattern>) -> ScopePin {
+        ScopePin {
+            selector,
+            hosts,
+            config: "pins".into(),
+            name: "pin".into(),
+        }
+    }
+
+    const HOSTS: [&str; 4] = [
+        "reviews.bookinfo.boshy",
+        "ratings.ratings.bookinfo.boshy",
+        "db.external.boshy",
+        "bookinfo.boshy",
+    ];
+
+    fn pinned(rules: &TrafficRules, label_sets: &[Labels]) -> Vec<String> {
+        rules.pinned_hosts(label_sets, HOSTS).into_iter().collect()
+    }
+
+    #[test]
+    fn host_patterns_match_a_name_a_domain_or_everything() {
+        let exact = HostPattern::Exact("reviews.bookinfo.boshy".into());
+        assert!(exact.matches("reviews.bookinfo.boshy"));
+        assert!(!exact.matches("x.reviews.bookinfo.boshy"));
+        let suffix = HostPattern::Suffix(".bookinfo.boshy".into());
+        assert!(suffix.matches("reviews.bookinfo.boshy"));
+        assert!(suffix.matches("ratings.ratings.bookinfo.boshy"));
+        assert!(!suffix.matches("bookinfo.boshy"));
+        assert!(!suffix.matches(".bookinfo.boshy"));
+        assert!(!suffix.matches("xbookinfo.boshy"));
+        assert!(HostPattern::Any.matches("db.external.boshy"));
+    }
+
+    #[test]
+    fn pins_select_vms_by_any_of_their_label_sets_and_add_up() {
+        let reviews = labels(&[("app", "reviews"), ("version", "v2")]);
+        let metrics = labels(&[("app", "metrics")]);
+        let rules = TrafficRules {
+            scope_pins: vec![
+                pin(
+                    Some(labels(&[("app", "reviews")])),
+                    vec![HostPattern::Exact("ratings.ratings.bookinfo.boshy".into())],
+                ),
+                pin(
+                    Some(labels(&[("app", "reviews"), ("version", "v2")])),
+                    vec![
+                        HostPattern::Suffix(".external.boshy".into()),
+                        HostPattern::Exact("not.in.the.mesh.boshy".into()),
+                    ],
+                ),
+                pin(None, vec![HostPattern::Exact("bookinfo.boshy".into())]),
+            ],
+            ..TrafficRules::default()
+        };
+        assert_eq!(
+            pinned(&rules, &[metrics.clone(), reviews.clone()]),
+            [
+                "bookinfo.boshy",
+                "db.external.boshy",
+                "ratings.ratings.bookinfo.boshy"
+            ],
+            "one label set of the VM is enough; a pinned name the mesh lacks is no host"
+        );
+        assert_eq!(
+            pinned(&rules, &[labels(&[("app", "reviews"), ("version", "v1")])]),
+            ["bookinfo.boshy", "ratings.ratings.bookinfo.boshy"]
+        );
+        assert_eq!(
+            pinned(&rules, &[metrics]),
+            ["bookinfo.boshy"],
+            "a pin without a selector is for every VM"
+        );
+        assert_eq!(pinned(&rules, &[]), ["bookinfo.boshy"]);
+        let a_selector_of_labels_split_across_two_sets = pinned(
+            &rules,
+            &[labels(&[("app", "reviews")]), labels(&[("version", "v2")])],
+        );
+        assert!(!a_selector_of_labels_split_across_two_sets.contains(&"db.external.boshy".into()));
+    }
+
+    #[test]
+    fn any_pins_every_host_and_no_pin_pins_none() {
+        let everything = TrafficRules {
+            scope_pins: vec![pin(
+                Some(labels(&[("app", "reviews")])),
+                vec![HostPattern::Any],
+            )],
+            ..TrafficRules::default()
+        };
+        assert_eq!(
+            pinned(&everything, &[labels(&[("app", "reviews")])]).len(),
+            HOSTS.len()
+        );
+        assert!(pinned(&everything, &[labels(&[("app", "x")])]).is_empty());
+        assert!(pinned(&TrafficRules::default(), &[]).is_empty());
+    }
+
+    #[test]
+    fn rules_without_pins_serialize_as_before_pins() {
+        let rules = TrafficRules {
+            services: BTreeMap::from([("a.b.boshy".to_string(), ServiceRules::default())]),
+            ..TrafficRules::default()
+        };
+        let json = serde_json::to_string(&rules).unwrap();
+        assert!(json.starts_with("{\"services\":{\"a.b.boshy\":"), "{json}");
+        assert!(!json.contains("scope_pins"), "{json}");
+        let pinned = TrafficRules {
+            scope_pins: vec![pin(None, vec![HostPattern::Any])],
+            ..rules
+        };
+        assert!(serde_json::to_string(&pinned)
+            .unwrap()
+            .contains("\"scope_pins\":[{\"selector\":null,\"hosts\":[\"Any\"]"));
     }
 
     #[test]

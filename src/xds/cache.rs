@@ -446,6 +446,7 @@ mod tests {
                 ("j.g.d.boshy".to_string(), configs(&["a", "b"])),
                 ("k.g.d.boshy".to_string(), configs(&["c"])),
             ]),
+            scope_pins: Vec::new(),
         };
         let snapshot = Snapshot::build(Inputs {
             catalog: &catalog,
@@ -653,6 +654,7 @@ mod tests {
                     rules("api.g.d.boshy", &["10.0.0.2"], 90, LoadBalancer::Random),
                 ),
             ]),
+            scope_pins: Vec::new(),
         };
         (catalog, traffic)
     }

@@ -213,6 +213,7 @@ pub(super) mod testing {
         };
         let traffic = TrafficRules {
             services: [("a.g.d.boshy".to_string(), rules)].into(),
+            scope_pins: Vec::new(),
         };
         (catalog, traffic)
     }

@@ -335,6 +335,7 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
     fn from(catalog: &'a Catalog) -> Self {
         static NO_RULES: TrafficRules = TrafficRules {
             services: BTreeMap::new(),
+            scope_pins: Vec::new(),
         };
         Inputs {
             catalog,
@@ -1461,6 +1462,7 @@ mod tests {
                     .into_iter()
                     .map(|(host, rules)| (host.to_string(), rules))
                     .collect(),
+                scope_pins: Vec::new(),
             }
         }
 
@@ -2037,6 +2039,7 @@ mod tests {
                         )
                     })
                     .collect(),
+                scope_pins: Vec::new(),
             };
             let bytes = |resources: &[NamedResource]| {
                 resources
@@ -2270,6 +2273,7 @@ mod tests {
             let catalog = testing::catalog(7, [db, cache]);
             let traffic = TrafficRules {
                 services: BTreeMap::from([(db_host.clone(), rules)]),
+                scope_pins: Vec::new(),
             };
             let resources = build(Inputs {
                 catalog: &catalog,

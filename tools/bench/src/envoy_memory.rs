@@ -250,6 +250,7 @@ fn dealt_into_subsets(catalog: &Catalog, subsets: usize) -> TrafficRules {
                 (service.hostname.clone(), rules)
             })
             .collect(),
+        scope_pins: Vec::new(),
     }
 }
 
