@@ -105,7 +105,11 @@ fn the_mesh_end_to_end() {
         "%{http_code}",
         &format!("http://{BANANA}:9002/get"),
     ]);
-    assert_eq!(first.trim(), "200", "the first request to a name new to the VM");
+    assert_eq!(
+        first.trim(),
+        "200",
+        "the first request to a name new to the VM"
+    );
     let first = LAB.ok(&[
         "ssh",
         "apricot/3",

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use crate::catalog::model::Catalog;
 use crate::traffic::{HttpAction, TrafficRules};
+use crate::xds::client::{Client, ExposedLabels};
 use crate::xds::resources::{listener_name, ResourceType};
 
 /// What a snapshot's resource names say about services: the service of each listener (named
@@ -19,6 +20,11 @@ pub(crate) struct ServiceIndex {
     dns_suffix: String,
     listener_hosts: HashMap<String, Arc<str>>,
     destinations: HashMap<Arc<str>, BTreeSet<Arc<str>>>,
+    /// The Sidecars' pins, the mesh's hostnames they may name, and what clients are judged
+    /// by; empty without Sidecars.
+    pins: TrafficRules,
+    hostnames: Vec<String>,
+    exposed: ExposedLabels,
 }
 
 impl ServiceIndex {
@@ -55,11 +61,37 @@ impl ServiceIndex {
                 destinations.insert(Arc::from(hostname.as_str()), hosts);
             }
         }
+        let pinning = !traffic.scope_pins.is_empty();
         ServiceIndex {
             dns_suffix: format!(".{}", catalog.tld),
             listener_hosts,
             destinations,
+            pins: TrafficRules {
+                services: Default::default(),
+                scope_pins: traffic.scope_pins.clone(),
+            },
+            hostnames: match pinning {
+                true => catalog
+                    .services
+                    .iter()
+                    .map(|s| s.hostname.clone())
+                    .collect(),
+                false => Vec::new(),
+            },
+            exposed: match pinning {
+                true => ExposedLabels::new(catalog),
+                false => ExposedLabels::default(),
+            },
         }
+    }
+
+    /// The hostnames the Sidecars pin into `client`'s scope.
+    pub(crate) fn pinned(&self, client: Option<&Client>) -> BTreeSet<String> {
+        let Some(client) = client.filter(|_| !self.pins.scope_pins.is_empty()) else {
+            return BTreeSet::new();
+        };
+        let hostnames = self.hostnames.iter().map(String::as_str);
+        self.pins.pinned_hosts(self.exposed.of(client), hostnames)
     }
 
     /// The service a resource belongs to; `None` for one that belongs to none (the
@@ -163,6 +195,7 @@ mod tests {
         };
         TrafficRules {
             services: [(WEB.to_string(), rules)].into(),
+            scope_pins: Vec::new(),
         }
     }
 
@@ -214,5 +247,40 @@ mod tests {
         let nothing = ScopeFilter::new(&index, []);
         assert!(!nothing.admits(&index, ResourceType::Listener, "169.254.255.1_8080"));
         assert!(!nothing.admits_host(DB) && nothing.admits_host("api.example.com"));
+    }
+
+    #[test]
+    fn sidecars_pin_their_hosts_into_the_scopes_of_the_vms_they_select() {
+        use crate::traffic::{HostPattern, ScopePin};
+        let pin = |selector: Option<(&str, &str)>, host: &str| ScopePin {
+            selector: selector.map(|(k, v)| [(k.to_string(), v.to_string())].into()),
+            hosts: vec![HostPattern::Exact(host.into())],
+            config: "pins".into(),
+            name: "pin".into(),
+        };
+        let rules = TrafficRules {
+            scope_pins: vec![
+                pin(None, DB),
+                pin(Some(("bosh.io/deployment", "elsewhere")), API),
+            ],
+            ..web_to_api()
+        };
+        let index = ServiceIndex::new(&mesh(), &rules);
+        let client = Client::from_node(&crate::xds::client::testing::node()).unwrap();
+        let pinned = index.pinned(Some(&client));
+        assert_eq!(
+            pinned,
+            BTreeSet::from([DB.to_string()]),
+            "not the other deployment's pin"
+        );
+        assert!(
+            index.pinned(None).is_empty(),
+            "an Envoy that names no instance gets everything"
+        );
+        let filter = ScopeFilter::new(&index, pinned.iter().map(String::as_str));
+        assert!(filter.admits(&index, ResourceType::Cluster, "outbound|5432||db.g.d.boshy"));
+        assert!(ServiceIndex::new(&mesh(), &web_to_api())
+            .pinned(Some(&client))
+            .is_empty());
     }
 }

@@ -74,9 +74,42 @@ impl Client {
 #[derive(Debug, Default)]
 pub(crate) struct SourceSelectors {
     selectors: Vec<Labels>,
-    /// Deployment → instance id → the labels of each job the instance exposes (nested, so
-    /// that each stream looks its instance up at each snapshot without allocating).
-    exposed: HashMap<String, HashMap<String, Vec<Labels>>>,
+    exposed: ExposedLabels,
+}
+
+/// Deployment → instance id → the labels of each job the instance exposes (nested, so that
+/// each stream looks its instance up at each snapshot without allocating): what a client is
+/// judged by, for `sourceLabels` and for the Sidecars that pin services into scopes.
+#[derive(Debug, Default)]
+pub(crate) struct ExposedLabels(HashMap<String, HashMap<String, Vec<Labels>>>);
+
+impl ExposedLabels {
+    pub(crate) fn new(catalog: &Catalog) -> Self {
+        let mut exposed: HashMap<String, HashMap<String, Vec<Labels>>> = HashMap::new();
+        let jobs = catalog
+            .services
+            .iter()
+            .filter(|s| s.service_entry.is_none());
+        for service in jobs {
+            let instances = exposed.entry(service.key.deployment.clone()).or_default();
+            for endpoint in &service.endpoints {
+                instances
+                    .entry(endpoint.instance.clone())
+                    .or_default()
+                    .push(endpoint.labels.clone());
+            }
+        }
+        ExposedLabels(exposed)
+    }
+
+    /// The label sets `client` is judged by: those of each job it exposes, or, for an
+    /// instance that exposes none, its instance's own labels.
+    pub(crate) fn of<'a>(&'a self, client: &'a Client) -> &'a [Labels] {
+        self.0
+            .get(&client.deployment)
+            .and_then(|instances| instances.get(&client.instance_id))
+            .map_or(std::slice::from_ref(&client.instance_labels), Vec::as_slice)
+    }
 }
 
 /// The selectors one client satisfies: indexes into [`SourceSelectors`], ascending. The
@@ -94,22 +127,11 @@ impl SourceSelectors {
     /// `selectors` as numbered by `xds::resources`, judged against the instances of
     /// `catalog`'s job services.
     pub(crate) fn new(selectors: Vec<Labels>, catalog: &Catalog) -> Self {
-        let mut exposed: HashMap<String, HashMap<String, Vec<Labels>>> = HashMap::new();
-        if !selectors.is_empty() {
-            let jobs = catalog
-                .services
-                .iter()
-                .filter(|s| s.service_entry.is_none());
-            for service in jobs {
-                let instances = exposed.entry(service.key.deployment.clone()).or_default();
-                for endpoint in &service.endpoints {
-                    instances
-                        .entry(endpoint.instance.clone())
-                        .or_default()
-                        .push(endpoint.labels.clone());
-                }
-            }
-        }
+        let exposed = if selectors.is_empty() {
+            ExposedLabels::default()
+        } else {
+            ExposedLabels::new(catalog)
+        };
         SourceSelectors { selectors, exposed }
     }
 
@@ -119,11 +141,7 @@ impl SourceSelectors {
         let Some(client) = client.filter(|_| !self.selectors.is_empty()) else {
             return SourceClass::default();
         };
-        let label_sets = self
-            .exposed
-            .get(&client.deployment)
-            .and_then(|instances| instances.get(&client.instance_id))
-            .map_or(std::slice::from_ref(&client.instance_labels), Vec::as_slice);
+        let label_sets = self.exposed.of(client);
         SourceClass(
             self.selectors
                 .iter()
@@ -137,7 +155,7 @@ impl SourceSelectors {
 
 /// The client of a one-service mesh that routes by `sourceLabels`, for the stream tests.
 #[cfg(test)]
-pub(super) mod testing {
+pub(crate) mod testing {
     use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use envoy_types::pb::google::protobuf::{Any, Struct, Value};
     use prost::Message;
@@ -170,7 +188,7 @@ pub(super) mod testing {
 
     /// The node of the Envoy on instance `client` of `g` of `d`, the one instance of
     /// [`source_routed`]'s service.
-    pub(in crate::xds) fn node() -> Node {
+    pub(crate) fn node() -> Node {
         let text = |value: &str| Kind::StringValue(value.to_string());
         node_with(&[
             ("deployment", text("d")),

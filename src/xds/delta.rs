@@ -502,7 +502,9 @@ impl DeltaStreamState {
         let StreamScope::Scoped { asked, filter, .. } = &mut self.scope else {
             return;
         };
-        let next = ScopeFilter::new(snapshot.services(), asked.iter().map(String::as_str));
+        let pinned = snapshot.services().pinned(self.client.as_ref());
+        let hosts = asked.iter().chain(&pinned).map(String::as_str);
+        let next = ScopeFilter::new(snapshot.services(), hosts);
         if filter.as_deref() != Some(&next) {
             *filter = Some(Arc::new(next));
             self.forget_diffs();

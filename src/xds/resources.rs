@@ -351,7 +351,9 @@ impl Inputs<'_> {
     /// the rules alone is a new version. The empty default catalog's 0 stays 0 whatever the
     /// rules (it is never served, see `cache::follow`).
     pub fn version(&self) -> u64 {
-        if self.catalog.version == 0 || self.traffic.services.is_empty() {
+        // The Sidecars' pins change what scoped streams get, not any resource: they count too.
+        let no_rules = self.traffic.services.is_empty() && self.traffic.scope_pins.is_empty();
+        if self.catalog.version == 0 || no_rules {
             return self.catalog.version;
         }
         let rules = serde_json::to_vec(self.traffic).expect("the traffic model serializes");

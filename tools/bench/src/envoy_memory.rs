@@ -24,10 +24,10 @@ use super::report::Row;
 use super::{require_tool, ProcMemory, ScratchDir};
 use boshy::catalog::model::{Catalog, InstanceRef};
 use boshy::scope::{ScopeChange, ScopeRegistry};
-use boshy::xds::sync::SyncBoard;
 use boshy::traffic::{ServiceRules, Subset, TrafficRules};
 use boshy::xds::bootstrap::{self, NodeIdentity};
 use boshy::xds::cache::Sources;
+use boshy::xds::sync::SyncBoard;
 
 const BENCHMARK: &str = "envoy-memory";
 const XDS_PORT: u16 = 15010;
