@@ -140,16 +140,14 @@ fn scoped_rows(args: &Args) -> Vec<Row> {
             let met = value < 20.0 && value <= reference * 1.1;
             vec![Row::new(BENCHMARK, figure, value, "MB")
                 .note(format!(
-                    "{} clusters; RSS {:.1} MB, of which {:.1} MB file-backed (the binary's text);                      configured {:.1} s after start",
+                    "{} clusters; RSS {:.1} MB, of which {:.1} MB file-backed (the binary's text); \
+                     configured {:.1} s after start",
                     large.clusters,
                     mb(large.rss_kb),
                     mb(large.file_kb),
                     large.seconds_to_config
                 ))
-                .against(
-                    &format!("same VM in a {SMALL_MESH}-service mesh"),
-                    reference,
-                )
+                .against(format!("same VM in a {SMALL_MESH}-service mesh"), reference)
                 .goal("< 20 MB, within 10% of the small mesh", met)]
         }
         (large, small) => {
