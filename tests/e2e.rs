@@ -40,17 +40,6 @@ fn assert_instance_out(banana_url: &str, ip: &str, why: &str) {
     );
 }
 
-/// The mesh's clusters (`outbound|...`) the Envoy on `vm` has.
-fn mesh_clusters(vm: &str) -> BTreeSet<String> {
-    let clusters = LAB.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/clusters"]);
-    clusters
-        .lines()
-        .filter_map(|line| line.split("::").next())
-        .filter(|cluster| cluster.starts_with("outbound|"))
-        .map(str::to_string)
-        .collect()
-}
-
 /// The log of the lab's one bosh-pilot.
 fn pilot_log() -> String {
     let vms = format!("/tmp/boshy-lab/{}/vms", LAB.name);
@@ -89,7 +78,7 @@ fn the_mesh_end_to_end() {
     let services = LAB.registration();
     assert!(services.len() > 2, "the lab's mesh: {services:?}");
     assert_eq!(
-        mesh_clusters("apricot/3"),
+        LAB.mesh_clusters("apricot/3"),
         BTreeSet::new(),
         "nothing asked yet"
     );
@@ -124,7 +113,7 @@ fn the_mesh_end_to_end() {
     ]);
     assert_eq!(first.trim(), "200", "over tcp_proxy too");
     assert_eq!(
-        mesh_clusters("apricot/3"),
+        LAB.mesh_clusters("apricot/3"),
         BTreeSet::from([
             format!("outbound|9001||{APRICOT}"),
             format!("outbound|9002||{BANANA}")
@@ -132,7 +121,7 @@ fn the_mesh_end_to_end() {
         "apricot/3's Envoy holds what apricot/3 resolved"
     );
     assert!(
-        mesh_clusters("banana/0").is_empty(),
+        LAB.mesh_clusters("banana/0").is_empty(),
         "another VM's scope is its own"
     );
 

@@ -522,6 +522,34 @@ fn killing_a_pilot_mid_push_loses_nothing() {
     wait_until("the restarted pilot to read banana/1 failing", || {
         healthy_banana_ips(&victim_ip).len() == 2
     });
+    // The restarted pilot learned the client VM's scope from its agent reconnecting
+    // (docs/scope.md): when the client's Envoy moves to it, it gets that scope, not the whole
+    // mesh, and the name it uses keeps working.
+    let scope_before = LAB.mesh_clusters(CLIENT_VM);
+    assert!(
+        !scope_before.is_empty() && scope_before.iter().all(|c| c.ends_with(BANANA)),
+        "the client VM resolved banana only: {scope_before:?}"
+    );
+    let (survivor, _) = pilots()
+        .into_iter()
+        .find(|(_, ip)| ip == &survivor_ip)
+        .unwrap();
+    LAB.ok(&["process", &survivor, "bosh-pilot", "kill"]);
+    wait_until("the client's Envoy to move to the restarted pilot", || {
+        let clusters = in_vm(CLIENT_VM, &["curl", "-s", "127.0.0.1:8001/clusters"]);
+        String::from_utf8_lossy(&clusters.stdout)
+            .contains(&format!("xds_cluster::{victim_ip}:15010::cx_active::1"))
+    });
+    let moved = CurlLoop::start(CLIENT_VM, &banana_url());
+    std::thread::sleep(Duration::from_secs(2));
+    moved
+        .stop()
+        .assert_no_failures("the client VM's Envoy on the restarted pilot");
+    assert_eq!(
+        LAB.mesh_clusters(CLIENT_VM),
+        scope_before,
+        "the restarted pilot served the client's scope, not the whole mesh"
+    );
     println!(
         "pilot kill -9 mid-push: {} requests, 0 failed; every VM converged on the other pilot \
          {:.1}s after the kill; the restarted pilot served the same VIPs {:.1}s after start",

@@ -558,3 +558,80 @@ async fn a_garbage_report_or_drain_request_is_refused_and_the_agent_still_counts
     wait_for_failing(&pilot, &[8080]).await;
     drop(agent);
 }
+
+#[tokio::test]
+async fn an_agent_changes_only_its_own_scope_and_an_add_waits_for_its_envoys() {
+    use crate::scope::registry::testing::listed;
+    use crate::scope::ScopeAnswer;
+    let board = Arc::new(SyncBoard::default());
+    let pilot = Pilot::start_with_xds(agent_catalog(1, "127.0.0.1"), board.clone()).await;
+    let scopes = pilot.agents.xds().unwrap().scopes.clone();
+    scopes.set_listed(listed("a", &["127.0.0.1"]));
+    let post = |body: serde_json::Value| {
+        let url = format!("{}/v1/names/scope", pilot.url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+
+    let (status, body) =
+        post(serde_json::json!({"deployment": "d", "instance": "a", "set": ["x.boshy"]})).await;
+    assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    let answer: ScopeAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer,
+        ScopeAnswer {
+            streams: 0,
+            synced: false
+        }
+    );
+    let mut scope = scopes.watch(&instance("a"));
+    let asked = scope.borrow_and_update().asked.clone().unwrap();
+    assert_eq!(asked.iter().collect::<Vec<_>>(), ["x.boshy"]);
+
+    let (status, body) =
+        post(serde_json::json!({"deployment": "d", "instance": "b", "set": []})).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "not listed: {body}");
+    scopes.set_listed(listed("a", &["10.9.9.9"]));
+    let (status, body) =
+        post(serde_json::json!({"deployment": "d", "instance": "a", "set": []})).await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "{body}");
+    assert!(body.contains("another address"), "{body}");
+    scopes.set_listed(listed("a", &["127.0.0.1"]));
+    let (status, body) = post(serde_json::json!({"deployment": "d", "instance": "a"})).await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert!(body.contains("exactly one of `add` and `set`"), "{body}");
+    assert_eq!(
+        scope.borrow_and_update().asked.as_deref().map(|a| a.len()),
+        Some(1),
+        "refused requests change nothing"
+    );
+
+    // An add waits until the instance's one stream here holds the new generation.
+    let stream = board.join(0);
+    stream.publish_scope(&instance("a"), Some(0));
+    let adding = tokio::spawn(post(
+        serde_json::json!({"deployment": "d", "instance": "a", "add": ["y.boshy"]}),
+    ));
+    scope.changed().await.unwrap();
+    let generation = scope.borrow_and_update().generation;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(!adding.is_finished(), "Envoy does not hold it yet");
+    stream.publish_scope(&instance("a"), Some(generation));
+    let (status, body) = adding.await.unwrap();
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let answer: ScopeAnswer = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        answer,
+        ScopeAnswer {
+            streams: 1,
+            synced: true
+        }
+    );
+}

@@ -153,6 +153,33 @@ impl ScopeRegistry {
 }
 
 #[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use super::ListedInstances;
+    use crate::catalog::model::{DeploymentInput, Instance};
+
+    /// The director's list: instance `id` of deployment `d`, at `ips`.
+    pub(crate) fn listed(id: &str, ips: &[&str]) -> ListedInstances {
+        let instance = Instance {
+            id: id.into(),
+            instance_group: "g".into(),
+            index: Some(0),
+            az: None,
+            ips: ips.iter().map(|s| s.to_string()).collect(),
+            job_state: None,
+            vm_cid: Some("vm".into()),
+            bootstrap: None,
+        };
+        ListedInstances::of(&[DeploymentInput {
+            name: "d".into(),
+            manifest: Default::default(),
+            instances: Arc::new(vec![instance]),
+        }])
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::health::testing::instance;
@@ -197,31 +224,13 @@ mod tests {
 
     #[test]
     fn only_the_listed_address_changes_an_instance_scope_and_unlisted_scopes_are_forgotten() {
-        use crate::catalog::model::{DeploymentInput, Instance};
         let registry = ScopeRegistry::default();
         let address: IpAddr = "10.0.0.5".parse().unwrap();
         assert_eq!(
             registry.verify(&instance("a-1"), address),
             Err(ScopeRefused::NotListed)
         );
-        let listed_at = |ips: &[&str]| {
-            let instance = Instance {
-                id: "a-1".into(),
-                instance_group: "g".into(),
-                index: Some(0),
-                az: None,
-                ips: ips.iter().map(|s| s.to_string()).collect(),
-                job_state: None,
-                vm_cid: Some("vm".into()),
-                bootstrap: None,
-            };
-            ListedInstances::of(&[DeploymentInput {
-                name: "d".into(),
-                manifest: Default::default(),
-                instances: Arc::new(vec![instance]),
-            }])
-        };
-        registry.set_listed(listed_at(&["10.0.0.5"]));
+        registry.set_listed(testing::listed("a-1", &["10.0.0.5"]));
         assert_eq!(registry.verify(&instance("a-1"), address), Ok(()));
         let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
         assert_eq!(
@@ -238,7 +247,7 @@ mod tests {
         registry.change(&instance("gone"), &ScopeChange::Set(vec![]));
         let followed = registry.watch(&instance("gone-but-followed"));
         registry.change(&instance("gone-but-followed"), &ScopeChange::Set(vec![]));
-        registry.set_listed(listed_at(&["10.0.0.5"]));
+        registry.set_listed(testing::listed("a-1", &["10.0.0.5"]));
         assert_eq!(registry.known(), 2, "a-1 and the one a stream follows");
         drop(followed);
     }

@@ -25,6 +25,18 @@ impl LabCli {
             .expect("run boshy-lab")
     }
 
+    /// The mesh's clusters (`outbound|...`) the Envoy on `vm` has: what its VM's scope
+    /// holds (docs/scope.md).
+    pub fn mesh_clusters(&self, vm: &str) -> BTreeSet<String> {
+        let clusters = self.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/clusters"]);
+        clusters
+            .lines()
+            .filter_map(|line| line.split("::").next())
+            .filter(|cluster| cluster.starts_with("outbound|"))
+            .map(str::to_string)
+            .collect()
+    }
+
     /// Runs a lab command that must succeed; returns its stdout.
     pub fn ok(&self, args: &[&str]) -> String {
         let output = self.run(args);
