@@ -188,7 +188,9 @@ fn first_lookups(state: &LabState) -> Result<Vec<Row>> {
     let samples = first.len();
     let figure = |q: f64, of: &[f64]| percentile(of, q).unwrap_or(f64::NAN);
     let note = format!(
-        "{samples} names new to their VM ({} VMs × the mesh's names), each answered once the          VM's Envoy held its listener, cluster, endpoints and routes; dig's query time (ms          resolution)",
+        "{samples} names new to their VM ({} VMs × the mesh's names), each answered once the \
+         VM's Envoy held its listener, cluster, endpoints and routes; dig's query time (ms \
+         resolution)",
         vms.len()
     );
     let (p50, p99) = (figure(0.5, &first), figure(0.99, &first));
