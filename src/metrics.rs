@@ -17,6 +17,9 @@ pub struct Metrics {
     /// Instances whose health a connected virtual-ip-agent reports.
     pub agents_reporting: AtomicU64,
     pub agent_reports: AtomicU64,
+    /// ADS streams serving their VM's scope (docs/scope.md), and names added to scopes.
+    pub xds_scoped_streams: AtomicU64,
+    pub scope_adds: AtomicU64,
     pub director_requests: AtomicU64,
     /// Health readings (`instances?format=full` tasks) asked of the director.
     pub director_health_tasks: AtomicU64,
@@ -82,6 +85,11 @@ impl Metrics {
                 &self.names_streams,
             ),
             (
+                "boshy_xds_scoped_streams",
+                "ADS streams that serve only their VM's scope (the others serve the whole mesh)",
+                &self.xds_scoped_streams,
+            ),
+            (
                 "boshy_agents_reporting",
                 "Instances whose health a connected virtual-ip-agent reports (the director's job_state is the fallback for the others)",
                 &self.agents_reporting,
@@ -138,6 +146,11 @@ impl Metrics {
                 "boshy_director_requests_total",
                 "HTTP requests sent to the director and UAA",
                 &self.director_requests,
+            ),
+            (
+                "boshy_scope_adds_total",
+                "Names a virtual-ip-agent put into its VM's scope (first lookups)",
+                &self.scope_adds,
             ),
             (
                 "boshy_agent_reports_total",

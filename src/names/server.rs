@@ -419,6 +419,9 @@ async fn take_scope(
     let generation = xds.scopes.change(&instance, &change);
     let answer = match change {
         ScopeChange::Add(hosts) => {
+            metrics::global()
+                .scope_adds
+                .fetch_add(hosts.len() as u64, Ordering::Relaxed);
             let started = Instant::now();
             let answer = xds
                 .board

@@ -431,7 +431,8 @@ async fn run_stream<P: Protocol>(
 /// Envoys reconnect together); then it gets the whole mesh.
 const SCOPE_WAIT: Duration = Duration::from_secs(15);
 
-/// What one stream follows of its VM's scope.
+/// What one stream follows of its VM's scope; counted in `boshy_xds_scoped_streams` while it
+/// follows one.
 #[derive(Default)]
 struct ScopeFollower {
     instance: Option<InstanceRef>,
@@ -448,6 +449,9 @@ impl ScopeFollower {
     fn follow(&mut self, scopes: &ScopeRegistry, instance: InstanceRef) -> StreamScope {
         let mut receiver = scopes.watch(&instance);
         let scope = receiver.borrow_and_update().clone();
+        metrics::global()
+            .xds_scoped_streams
+            .fetch_add(1, Ordering::Relaxed);
         self.instance = Some(instance);
         self.scopes = Some(receiver);
         match self.stream_scope(scope) {
@@ -495,6 +499,16 @@ impl ScopeFollower {
                 self.deadline = None;
                 Some(StreamScope::Full)
             }
+        }
+    }
+}
+
+impl Drop for ScopeFollower {
+    fn drop(&mut self) {
+        if self.instance.is_some() {
+            metrics::global()
+                .xds_scoped_streams
+                .fetch_sub(1, Ordering::Relaxed);
         }
     }
 }
