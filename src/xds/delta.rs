@@ -385,6 +385,8 @@ pub(crate) enum StreamScope {
         asked: Arc<BTreeSet<String>>,
         /// `asked` against the latest snapshot: replaced only when it changes.
         filter: Option<Arc<ScopeFilter>>,
+        /// The version of the snapshot `filter` was computed against.
+        filtered_at: Option<u64>,
     },
 }
 
@@ -499,9 +501,19 @@ impl DeltaStreamState {
     /// Recomputes the scope's filter against `snapshot` (its services and rules decide what
     /// a hostname brings in); a changed filter makes every next diff a full one.
     fn follow_scope(&mut self, snapshot: &Snapshot) {
-        let StreamScope::Scoped { asked, filter, .. } = &mut self.scope else {
+        let StreamScope::Scoped {
+            asked,
+            filter,
+            filtered_at,
+            ..
+        } = &mut self.scope
+        else {
             return;
         };
+        if *filtered_at == Some(snapshot.version()) {
+            return;
+        }
+        *filtered_at = Some(snapshot.version());
         let pinned = snapshot.services().pinned(self.client.as_ref());
         let hosts = asked.iter().chain(&pinned).map(String::as_str);
         let next = ScopeFilter::new(snapshot.services(), hosts);
@@ -775,6 +787,7 @@ mod tests {
             generation,
             asked: Arc::new(hosts.iter().map(|h| h.to_string()).collect()),
             filter: None,
+            filtered_at: None,
         }
     }
 

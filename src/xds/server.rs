@@ -471,6 +471,7 @@ impl ScopeFollower {
             generation: scope.generation,
             asked,
             filter: None,
+            filtered_at: None,
         })
     }
 
