@@ -15,7 +15,8 @@ use std::sync::{Arc, Mutex};
 /// One hostname the agent answers.
 #[derive(Debug)]
 pub struct Slot {
-    hostname: Box<str>,
+    /// Shared with the gate's keys: at 10,000 names every copy is a quarter of a megabyte.
+    hostname: Arc<str>,
     in_scope: AtomicBool,
     asked: AtomicBool,
 }
@@ -42,23 +43,24 @@ impl Slot {
 /// Every slot, and when each hostname in scope was last asked for.
 #[derive(Debug)]
 pub struct Gate {
-    /// `false`: no scoping (an agent that names no instance), every slot is in scope for good.
-    scoped: bool,
+    /// `Some`: no scoping (an agent that names no instance): every name shares this one slot,
+    /// in scope for good, so answering without a scope costs no memory per name.
+    open: Option<Arc<Slot>>,
     state: Mutex<GateState>,
 }
 
 #[derive(Debug, Default)]
 struct GateState {
-    slots: HashMap<Box<str>, Arc<Slot>>,
+    slots: HashMap<Arc<str>, Arc<Slot>>,
     /// Hostname in scope → the time (seconds) it was last seen asked for.
-    last_asked: HashMap<Box<str>, u64>,
+    last_asked: HashMap<Arc<str>, u64>,
 }
 
 impl Gate {
     /// A gate that scopes: every hostname out of scope until admitted.
     pub fn scoped() -> Self {
         Gate {
-            scoped: true,
+            open: None,
             state: Mutex::default(),
         }
     }
@@ -66,39 +68,47 @@ impl Gate {
     /// No scoping: every name is answered at once (the Envoy gets the whole mesh).
     pub fn open() -> Self {
         Gate {
-            scoped: false,
+            open: Some(Arc::new(Slot {
+                hostname: Arc::from(""),
+                in_scope: AtomicBool::new(true),
+                asked: AtomicBool::new(false),
+            })),
             state: Mutex::default(),
         }
     }
 
     pub fn is_scoped(&self) -> bool {
-        self.scoped
+        self.open.is_none()
     }
 
-    /// The slot of `hostname`, made (out of scope, unless the gate is open) when new.
+    /// The slot of `hostname`, made (out of scope) when new; the one shared slot of an open
+    /// gate.
     pub fn slot(&self, hostname: &str) -> Arc<Slot> {
+        if let Some(open) = &self.open {
+            return open.clone();
+        }
         let mut state = self.lock();
-        state
-            .slots
-            .entry(Box::from(hostname))
-            .or_insert_with(|| {
-                Arc::new(Slot {
-                    hostname: Box::from(hostname),
-                    in_scope: AtomicBool::new(!self.scoped),
-                    asked: AtomicBool::new(false),
-                })
-            })
-            .clone()
+        if let Some(slot) = state.slots.get(hostname) {
+            return slot.clone();
+        }
+        let hostname: Arc<str> = Arc::from(hostname);
+        let slot = Arc::new(Slot {
+            hostname: hostname.clone(),
+            in_scope: AtomicBool::new(false),
+            asked: AtomicBool::new(false),
+        });
+        state.slots.insert(hostname, slot.clone());
+        slot
     }
 
     /// Puts `hostnames` in scope, asked at `now`: after the pilots took them, or at start
     /// from the scope saved before a restart. True when any was not in scope.
     pub fn admit<'a>(&self, hostnames: impl IntoIterator<Item = &'a str>, now: u64) -> bool {
         let mut added = false;
-        for hostname in hostnames {
+        for hostname in hostnames.into_iter().filter(|_| self.is_scoped()) {
             let slot = self.slot(hostname);
             added |= !slot.in_scope.swap(true, Ordering::AcqRel);
-            self.lock().last_asked.insert(Box::from(hostname), now);
+            self.lock().last_asked.insert(slot.hostname.clone(), now);
         }
         added
     }
