@@ -620,6 +620,13 @@ async fn reconcile(state: &mut LabState) -> Result<()> {
 }
 
 fn boot_vm(layout: &Layout, vm: &mut Vm, hosts: &str) -> Result<()> {
+    // A new VM's ephemeral disk is empty: nothing a previous lab's VM of the same name kept
+    // (the agent's saved table and scope) may carry over.
+    let data = vm.root.join("data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)
+            .with_context(|| format!("cannot clear {}", data.display()))?;
+    }
     let resolver = vm.runs_addon().then_some("127.0.0.1");
     net::create_vm(
         &vm.namespace,
