@@ -18,11 +18,14 @@
 //! key ids cannot make the pilot hammer UAA. Tokens are never logged.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use tokio::sync::Mutex;
+
+use crate::director::DirectorClient;
 
 /// How often, at most, an unknown `kid` makes the pilot fetch UAA's keys again.
 pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
@@ -181,6 +184,30 @@ pub fn bearer_token(authorization: &str) -> Result<&str, Refusal> {
     }
 }
 
+/// The token's header, if it is one signed with an algorithm UAA's public keys verify.
+fn header_of(token: &str) -> Result<jsonwebtoken::Header, Refusal> {
+    let header = jsonwebtoken::decode_header(token).map_err(|err| match err.kind() {
+        // `alg: none`, and every name jsonwebtoken does not know, in a header that is JSON.
+        jsonwebtoken::errors::ErrorKind::Json(_) if names_an_algorithm(token) => Refusal::Algorithm,
+        _ => Refusal::Malformed,
+    })?;
+    if !ALGORITHMS.contains(&header.alg) {
+        return Err(Refusal::Algorithm);
+    }
+    Ok(header)
+}
+
+/// Whether the token's first segment is a JSON object with an `alg`.
+fn names_an_algorithm(token: &str) -> bool {
+    use base64::Engine as _;
+    let segment = token.split('.').next().unwrap_or_default();
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(segment)
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .is_some_and(|header| header.get("alg").is_some())
+}
+
 /// Checks `token` against `keys` (see the module's documentation). `director_uuid` adds the
 /// UUID-qualified scopes.
 pub fn verify(
@@ -188,14 +215,7 @@ pub fn verify(
     keys: &KeySet,
     director_uuid: Option<&str>,
 ) -> Result<TokenCaller, Refusal> {
-    let header = jsonwebtoken::decode_header(token).map_err(|err| match err.kind() {
-        // `alg: none` and every name jsonwebtoken does not know.
-        jsonwebtoken::errors::ErrorKind::Json(_) => Refusal::Algorithm,
-        _ => Refusal::Malformed,
-    })?;
-    if !ALGORITHMS.contains(&header.alg) {
-        return Err(Refusal::Algorithm);
-    }
+    let header = header_of(token)?;
     let key = keys
         .keys
         .get(header.kid.as_deref().unwrap_or_default())
@@ -243,10 +263,15 @@ pub fn verify(
 /// most once every `KEY_REFRESH_INTERVAL`).
 pub struct UaaKeys {
     http: reqwest::Client,
-    /// `<uaa>/token_keys`.
-    url: String,
+    uaa: UaaLocation,
     director_uuid: Option<String>,
     held: Mutex<Held>,
+}
+
+/// Where UAA is: a URL, or wherever the director's `GET /info` says.
+enum UaaLocation {
+    Url(String),
+    Director(Arc<DirectorClient>),
 }
 
 #[derive(Default)]
@@ -261,16 +286,35 @@ impl UaaKeys {
     pub fn new(http: reqwest::Client, uaa_url: &str, director_uuid: Option<String>) -> UaaKeys {
         UaaKeys {
             http,
-            url: format!("{}/token_keys", uaa_url.trim_end_matches('/')),
+            uaa: UaaLocation::Url(uaa_url.to_string()),
             director_uuid,
             held: Mutex::new(Held::default()),
         }
     }
 
+    /// The UAA the director names (docs/director-api.md §1.1), reached with the director
+    /// client's TLS trust.
+    pub fn of_director(director: Arc<DirectorClient>) -> UaaKeys {
+        UaaKeys {
+            http: director.http(),
+            uaa: UaaLocation::Director(director),
+            director_uuid: None,
+            held: Mutex::new(Held::default()),
+        }
+    }
+
     async fn fetch(&self) -> anyhow::Result<KeySet> {
+        let uaa = match &self.uaa {
+            UaaLocation::Url(url) => url.clone(),
+            UaaLocation::Director(director) => director
+                .uaa_url()
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("the director has no UAA (local users)"))?,
+        };
+        let url = format!("{}/token_keys", uaa.trim_end_matches('/'));
         let response = self
             .http
-            .get(&self.url)
+            .get(&url)
             .header(http::header::ACCEPT, "application/json")
             .timeout(Duration::from_secs(10))
             .send()
@@ -291,7 +335,7 @@ impl UaaKeys {
             match self.fetch().await {
                 Ok(keys) => held.keys = Some(keys),
                 Err(err) => {
-                    tracing::warn!("cannot fetch UAA's token keys from {}: {err:#}", self.url)
+                    tracing::warn!("cannot fetch UAA's token keys: {err:#}")
                 }
             }
         }
@@ -301,6 +345,8 @@ impl UaaKeys {
     /// Checks the value of an `Authorization` header.
     pub async fn check(&self, authorization: &str) -> Result<TokenCaller, Refusal> {
         let token = bearer_token(authorization)?;
+        // What can be refused without UAA's keys is refused before they are fetched.
+        header_of(token)?;
         let uuid = self.director_uuid.as_deref();
         match verify(token, &self.keys(false).await?, uuid) {
             Err(Refusal::UnknownKey) => verify(token, &self.keys(true).await?, uuid),
@@ -315,7 +361,6 @@ mod tests {
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::{json, Value};
     use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::Arc;
 
     const KEY_1: &str = include_str!("../fixtures/uaa/key-1.pem");
     const KEY_2: &str = include_str!("../fixtures/uaa/key-2.pem");
@@ -492,8 +537,8 @@ mod tests {
         let mut no_jti = claims(&["bosh.admin"]);
         no_jti.as_object_mut().unwrap().remove("jti");
         assert_eq!(check(&sign(&no_jti)), Err(Refusal::NotAccessToken));
-        for garbage in ["", "a.b", "a.b.c", "not a token"] {
-            assert!(check(garbage).is_err(), "{garbage}");
+        for garbage in ["", "a.b", "a.b.c", "not a token", "not.a.token"] {
+            assert_eq!(check(garbage), Err(Refusal::Malformed), "{garbage}");
         }
     }
 
