@@ -17,6 +17,10 @@
 //! - `GET /metrics`: Prometheus text format.
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
+//!
+//! The pilot serves it over HTTPS (`serve_tls`): everything but `/healthz` wants a mesh client
+//! certificate or a UAA token with a BOSH read scope, and is refused `401`/`403` with no data
+//! otherwise (docs/api.md). `serve` is the open, plain-HTTP form (`api.insecure_open`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
@@ -36,6 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tower::ServiceExt;
 
+use crate::api_auth::{Refusal, UaaKeys};
 use crate::catalog::model::{
     Catalog, DnsEndpoints, Endpoint, Labels, Protocol, Service, ServicePort,
 };
@@ -64,6 +69,114 @@ pub async fn serve(
         rule_status,
     };
     serve_router(listener, router(sources), "api").await
+}
+
+/// Who may read the API (docs/api.md): a caller whose TLS connection presented a mesh
+/// client certificate, or one with a UAA token of `bosh.admin` or `bosh.read`. `/healthz`
+/// is open.
+pub struct Access {
+    /// Checks bearer tokens; `None` (a director without UAA) accepts none.
+    pub tokens: Option<Arc<UaaKeys>>,
+}
+
+/// Set on each request of a TLS connection whose client presented a certificate the mesh CA
+/// signed (the handshake verified it).
+#[derive(Clone, Copy)]
+struct MeshClient(bool);
+
+const REALM: &str = "Bearer realm=\"bosh-pilot\"";
+
+/// Serves the API over TLS (`tls` lets clients in with or without a certificate), every path
+/// but `/healthz` behind `access`.
+pub async fn serve_tls(
+    listener: TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    rule_configs: watch::Receiver<PublishedRuleConfigs>,
+    rule_status: watch::Receiver<PublishedRuleStatus>,
+    tls: Arc<rustls::ServerConfig>,
+    access: Access,
+) -> anyhow::Result<()> {
+    use tokio_stream::StreamExt as _;
+    let sources = Sources {
+        catalog,
+        rule_configs,
+        rule_status,
+    };
+    let router = guarded(router(sources), Arc::new(access));
+    tracing::info!("api server listening on {} (HTTPS)", listener.local_addr()?);
+    let mut incoming = crate::tls::incoming(listener, tls, "api");
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            next = incoming.next() => match next {
+                Some(Ok(stream)) => {
+                    let Ok(peer) = crate::tls::peer_addr(&stream) else { continue };
+                    let mesh = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let router = router.clone().layer(axum::Extension(MeshClient(mesh)));
+                    connections.spawn(serve_connection(stream, peer, router));
+                }
+                Some(Err(err)) => tracing::debug!("api server: {err}"),
+                None => anyhow::bail!("the api server's listener stopped"),
+            },
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+}
+
+fn guarded(router: Router, access: Arc<Access>) -> Router {
+    router.layer(axum::middleware::from_fn_with_state(access, authorize))
+}
+
+async fn authorize(
+    State(access): State<Arc<Access>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path() == "/healthz"
+        || request
+            .extensions()
+            .get::<MeshClient>()
+            .is_some_and(|mesh| mesh.0)
+    {
+        return next.run(request).await;
+    }
+    let checked = match request.headers().get(header::AUTHORIZATION) {
+        None => Err(Refusal::Missing),
+        Some(value) => match (value.to_str(), &access.tokens) {
+            (Err(_), _) => Err(Refusal::NotBearer),
+            (Ok(value), Some(tokens)) => tokens.check(value).await.map(drop),
+            (Ok(value), None) => crate::api_auth::bearer_token(value).and(Err(Refusal::UnknownKey)),
+        },
+    };
+    match checked {
+        Ok(()) => next.run(request).await,
+        Err(refusal) => refuse(
+            &refusal,
+            request.headers().contains_key(header::AUTHORIZATION),
+        ),
+    }
+}
+
+/// The refusal's status with a one-line reason and no data.
+fn refuse(refusal: &Refusal, sent_credentials: bool) -> axum::response::Response {
+    crate::metrics::global().api_refusal(refusal.label());
+    let status = refusal.status();
+    let challenge = match refusal {
+        Refusal::Scope => Some(format!(
+            "{REALM}, error=\"insufficient_scope\", scope=\"bosh.admin bosh.read\""
+        )),
+        Refusal::KeysUnavailable => None,
+        _ if sent_credentials => Some(format!("{REALM}, error=\"invalid_token\"")),
+        _ => Some(REALM.to_string()),
+    };
+    let mut response = (status, format!("{refusal}\n")).into_response();
+    if let Some(challenge) = challenge {
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_str(&challenge).expect("an ASCII challenge"),
+        );
+    }
+    response
 }
 
 fn router(sources: Sources) -> Router {

@@ -58,9 +58,41 @@ pub struct PilotConfig {
     /// logged as a warning at every start.
     #[serde(default)]
     pub insecure_plaintext: bool,
+    /// Who may read the HTTP API (docs/api.md).
+    #[serde(default)]
+    pub api: ApiConfig,
+}
+
+/// The HTTP API's access control (docs/api.md).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Serve the API over plain HTTP to anyone, without authentication; logged as a warning
+    /// at every start. Required when `tls` is absent.
+    #[serde(default)]
+    pub insecure_open: bool,
 }
 
 impl PilotConfig {
+    /// Checks that the API is served over HTTPS with authentication, or explicitly open; in
+    /// that case returns the warning to log at every start.
+    pub(crate) fn check_api(&self, config_path: &Path) -> Result<Option<String>> {
+        match (self.tls.is_some(), self.api.insecure_open) {
+            (true, false) => Ok(None),
+            (_, true) => Ok(Some(format!(
+                "the HTTP API is open (api.insecure_open is set in {}): anyone who reaches \
+                 listen.api reads the mesh's registration, rules and metrics over plain HTTP",
+                config_path.display()
+            ))),
+            (false, false) => bail!(
+                "config file {}: key `api.insecure_open`: the HTTP API is served over HTTPS \
+                 with the `tls` certificate, which is missing (`insecure_plaintext`); set \
+                 `api: {{insecure_open: true}}` to serve it open over plain HTTP",
+                config_path.display()
+            ),
+        }
+    }
+
     /// Checks that the xDS and name-table ports are locked down (`tls`) or explicitly not;
     /// in that case returns the warning to log at start.
     pub(crate) fn check_transport(&self, config_path: &Path) -> Result<Option<String>> {
@@ -485,6 +517,41 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(both.contains("key `insecure_plaintext`"), "{both}");
+    }
+
+    #[test]
+    fn the_api_is_https_with_authentication_unless_explicitly_open() {
+        let path = Path::new("/jobs/pilot.yml");
+        let pilot = |extra: &str| -> PilotConfig {
+            let text = format!("director:\n  url: https://x\n  client: c\n{extra}");
+            parse(&text, path).unwrap()
+        };
+        let tls = "tls:\n  ca_cert_path: /ca.pem\n  cert_path: /c.pem\n  key_path: /c.key\n";
+        assert_eq!(pilot(tls).check_api(path).unwrap(), None);
+        let open = "api:\n  insecure_open: true\n";
+        for config in [
+            format!("{tls}{open}"),
+            format!("insecure_plaintext: true\n{open}"),
+        ] {
+            let warning = pilot(&config).check_api(path).unwrap();
+            assert!(
+                warning.expect("a warning").contains("api.insecure_open"),
+                "{config}"
+            );
+        }
+        let plaintext = pilot("insecure_plaintext: true\n")
+            .check_api(path)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            plaintext.contains("/jobs/pilot.yml") && plaintext.contains("key `api.insecure_open`"),
+            "{plaintext}"
+        );
+        let text = "director:\n  url: https://x\n  client: c\napi:\n  open: true\n";
+        assert!(
+            parse::<PilotConfig>(text, path).is_err(),
+            "unknown api keys"
+        );
     }
 
     #[test]

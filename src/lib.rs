@@ -8,6 +8,7 @@
 #![deny(unsafe_code)]
 
 pub mod api;
+pub mod api_auth;
 pub mod bookinfo;
 pub mod catalog;
 pub mod config;

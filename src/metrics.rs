@@ -34,6 +34,8 @@ pub struct Metrics {
     director_poll_errors: Mutex<BTreeMap<String, u64>>,
     /// Agent reports and stream identities refused, by reason.
     agent_refusals: Mutex<BTreeMap<String, u64>>,
+    /// Requests the HTTP API refused, by reason (docs/api.md).
+    api_refusals: Mutex<BTreeMap<String, u64>>,
     /// NACKs of resources built from a rule config, by config name.
     rule_config_nacks: Mutex<BTreeMap<String, u64>>,
 }
@@ -50,6 +52,10 @@ impl Metrics {
 
     pub(crate) fn agent_refusal(&self, reason: &str) {
         count(&self.agent_refusals, reason);
+    }
+
+    pub(crate) fn api_refusal(&self, reason: &str) {
+        count(&self.api_refusals, reason);
     }
 
     pub(crate) fn rule_config_nack(&self, config: &str) {
@@ -187,6 +193,15 @@ impl Metrics {
             ),
             "reason",
             &self.agent_refusals,
+        );
+        labelled_counter(
+            &mut out,
+            (
+                "boshy_api_refusals_total",
+                "Requests the HTTP API refused (401, 403, 503), by reason",
+            ),
+            "reason",
+            &self.api_refusals,
         );
         labelled_counter(
             &mut out,

@@ -51,6 +51,15 @@ pub async fn run(args: Args) -> Result<()> {
     let poller = director::Poller::new(&cfg.director, secret)
         .with_context(|| format!("config file {}: key `director`", args.config.display()))?;
     let plaintext_warning = cfg.check_transport(&args.config)?;
+    let open_api_warning = cfg.check_api(&args.config)?;
+    // The API over HTTPS unless explicitly open (docs/api.md).
+    let api_tls = match (&cfg.tls, cfg.api.insecure_open) {
+        (Some(tls), false) => Some(
+            crate::tls::api_server_config(tls)
+                .with_context(|| format!("config file {}", args.config.display()))?,
+        ),
+        _ => None,
+    };
     let tls = cfg
         .tls
         .as_ref()
@@ -104,6 +113,32 @@ pub async fn run(args: Args) -> Result<()> {
     if let Some(warning) = plaintext_warning {
         tracing::warn!("{warning}");
     }
+    if let Some(warning) = open_api_warning {
+        tracing::warn!("{warning}");
+    }
+    let api_access = api::Access {
+        tokens: Some(Arc::new(crate::api_auth::UaaKeys::of_director(
+            poller.client(),
+        ))),
+    };
+    let api_catalog = catalog_rx.clone();
+    let api_rule_configs = rule_configs.clone();
+    let api_server = async move {
+        match api_tls {
+            Some(tls) => {
+                api::serve_tls(
+                    api_listener,
+                    api_catalog,
+                    api_rule_configs,
+                    rule_status_rx,
+                    tls,
+                    api_access,
+                )
+                .await
+            }
+            None => api::serve(api_listener, api_catalog, api_rule_configs, rule_status_rx).await,
+        }
+    };
     // The traffic model compiled from the accepted rules (`rule_status::follow`); until the
     // first one, xDS serves the mesh without rules.
     let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
@@ -160,7 +195,7 @@ pub async fn run(args: Args) -> Result<()> {
         result = xds::server::serve_snapshots(xds_listener, snapshots, board, Some(scopes), xds_tls) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
-        result = api::serve(api_listener, catalog_rx, rule_configs, rule_status_rx) => result.context("HTTP API"),
+        result = api_server => result.context("HTTP API"),
     }
 }
 

@@ -48,8 +48,27 @@ fn provider() -> Arc<CryptoProvider> {
 /// The pilot's TLS: its certificate, and only clients with a certificate from `ca_cert_path`.
 /// Errors name the `tls.*` key and the file.
 pub fn server_config(tls: &ServerTls, alpn: &[&[u8]]) -> Result<Arc<ServerConfig>> {
+    server_config_with(tls, alpn, true)
+}
+
+/// The HTTP API's TLS (docs/api.md): the pilot's certificate; a client certificate is
+/// optional, but one that is presented must come from the mesh CA. Whether the client
+/// presented one decides, after the handshake, what the request needs besides.
+pub fn api_server_config(tls: &ServerTls) -> Result<Arc<ServerConfig>> {
+    server_config_with(tls, &ALPN_HTTP, false)
+}
+
+fn server_config_with(
+    tls: &ServerTls,
+    alpn: &[&[u8]],
+    client_certificate_required: bool,
+) -> Result<Arc<ServerConfig>> {
     let roots = Arc::new(read_roots(&tls.ca_cert_path, "tls.ca_cert_path")?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider())
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider());
+    if !client_certificate_required {
+        builder = builder.allow_unauthenticated();
+    }
+    let verifier = builder
         .build()
         .context("key `tls.ca_cert_path`: cannot verify clients with this CA")?;
     let mut config = ServerConfig::builder_with_provider(provider())

@@ -31,6 +31,8 @@ vip_quarantine_seconds: 3600
 vip_store: file
 vip_state_path: /var/vcap/store/bosh-pilot/vips.json
 insecure_plaintext: true
+api:
+  insecure_open: true
 listen:
   xds: 0.0.0.0:15010
   api: 0.0.0.0:8080

@@ -77,6 +77,42 @@ fn the_mesh_end_to_end() {
     // cluster), over HTTP and over TCP; then Envoy holds those two services and nothing else.
     let services = LAB.registration();
     assert!(services.len() > 2, "the lab's mesh: {services:?}");
+    // The pilot's API wants a mesh client certificate or a UAA token (docs/api.md): without
+    // either it is a 401 with no data, and plain HTTP gets nothing; `/healthz` stays open;
+    // `boshy-lab api` presents the lab's certificate.
+    let pilot = LAB.pilot_ips().into_iter().next().expect("a bosh-pilot VM");
+    let name = boshy_lab::pki::PILOT_SERVER_NAME;
+    let anonymous = |path: &str| {
+        let out = std::process::Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["--resolve", &format!("{name}:8080:{pilot}"), "--cacert"])
+            .arg(format!("/tmp/boshy-lab/{}/mesh-tls/ca.pem", LAB.name))
+            .arg(format!("https://{name}:8080{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    for path in ["/v1/registration", "/v1/rules", "/metrics"] {
+        assert_eq!(anonymous(path), "401", "{path} without credentials");
+    }
+    assert_eq!(anonymous("/healthz"), "200");
+    let plain = std::process::Command::new("curl")
+        .args(["-sf", "--max-time", "5"])
+        .arg(format!("http://{pilot}:8080/v1/registration"))
+        .output()
+        .expect("run curl");
+    assert!(!plain.status.success(), "plain HTTP is not served");
+    let rules: serde_json::Value =
+        serde_json::from_str(&LAB.ok(&["api", "/v1/rules"])).expect("`boshy-lab api` prints JSON");
+    assert!(rules.is_array(), "{rules}");
     assert_eq!(
         LAB.mesh_clusters("apricot/3"),
         BTreeSet::new(),

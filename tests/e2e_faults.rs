@@ -134,7 +134,7 @@ fn in_vm(vm: &str, args: &[&str]) -> Output {
 
 /// hostname → VIP as one pilot serves it.
 fn vips_of(pilot_ip: &str) -> Option<BTreeMap<String, String>> {
-    let body = http_get(&format!("http://{pilot_ip}:8080/v1/registration"))?;
+    let body = LAB.api_get(pilot_ip, "/v1/registration")?;
     let services: Vec<Value> = serde_json::from_str(&body).ok()?;
     Some(
         services
@@ -150,7 +150,7 @@ fn vips_of(pilot_ip: &str) -> Option<BTreeMap<String, String>> {
 }
 
 fn catalog_version(pilot_ip: &str) -> Option<String> {
-    let metrics = http_get(&format!("http://{pilot_ip}:8080/metrics"))?;
+    let metrics = LAB.api_get(pilot_ip, "/metrics")?;
     metrics
         .lines()
         .find_map(|l| l.strip_prefix("boshy_catalog_version "))

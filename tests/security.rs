@@ -172,6 +172,7 @@ fn pilot_config(dir: &Path, director_url: &str, ca: &Path, secret: &str) -> (Pat
         "director:\n  url: {director_url}\n  client: pilot\n  client_secret_file: {}\n  \
          ca_cert_path: {}\n  poll_interval_seconds: 1\n  request_timeout_seconds: 3\n\
          vip_store: file\nvip_state_path: {}\ninsecure_plaintext: true\n\
+         api:\n  insecure_open: true\n\
          listen:\n  api: {api}\n  xds: 127.0.0.1:{}\n  names: 127.0.0.1:{}\n",
         secret_file.display(),
         ca.display(),
@@ -474,7 +475,7 @@ fn pilot_and_agent_run_as_nobody_without_capabilities_on_their_default_ports() {
     let pilot_config = format!(
         "director:\n  url: https://127.0.0.1:25555\n  client: pilot\n  client_secret_file: {}\n  \
          ca_cert_path: {}\n  poll_interval_seconds: 1\nvip_store: file\nvip_state_path: {}\n\
-         insecure_plaintext: true\n",
+         insecure_plaintext: true\napi:\n  insecure_open: true\n",
         dir.path().join("pilot-secret").display(),
         dir.path().join("ca.pem").display(),
         dir.path().join("vips.json").display(),

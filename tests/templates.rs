@@ -457,6 +457,10 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(pilot["tld"], "boshy");
     assert_eq!(pilot["virtual_ip_cidr"], "169.254.255.0/24");
     assert_eq!(pilot["listen"]["xds"], "0.0.0.0:15010");
+    assert_eq!(
+        pilot["api"]["insecure_open"], false,
+        "the API is locked down"
+    );
     assert_eq!(pilot["director"]["client"], "bosh-pilot");
     assert_eq!(pilot["director"]["health_tasks_per_minute"], 6);
     assert!(pilot["director"].get("uaa_url").is_none());
@@ -482,6 +486,7 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
         "vip_quarantine_seconds": 60,
         "vip_store": "file",
         "ports": {"xds": 16010, "names": 16011, "api": 9080},
+        "api": {"insecure_open": true},
         "log_level": "debug",
     });
     let rendered = render("bosh-pilot", other, default_link()).rebased();
@@ -498,6 +503,7 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(pilot["director"]["health_tasks_per_minute"], 30);
     assert!(pilot["director"].get("ca_cert_path").is_none());
     assert_eq!(pilot["listen"]["api"], "0.0.0.0:9080");
+    assert_eq!(pilot["api"]["insecure_open"], true);
     assert_eq!(pilot["virtual_ip_cidr"], "169.254.128.0/20");
     assert_eq!(
         pilot["vip_state_path"],

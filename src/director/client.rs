@@ -282,6 +282,25 @@ impl DirectorClient {
             .await
     }
 
+    /// UAA's base URL (`director.uaa_url`, or learnt from `GET /info`); `None` when the
+    /// director has local users instead.
+    pub async fn uaa_url(&self) -> Result<Option<String>, DirectorError> {
+        Ok(match self.auth_mode().await? {
+            AuthMode::Uaa { token_url } => Some(
+                token_url
+                    .strip_suffix("/oauth/token")
+                    .unwrap_or(token_url)
+                    .to_string(),
+            ),
+            AuthMode::Basic => None,
+        })
+    }
+
+    /// The HTTP client, trusting the director's CA (which signed UAA's certificate too).
+    pub fn http(&self) -> reqwest::Client {
+        self.http.clone()
+    }
+
     /// The credential for the next request. With UAA, a cached token is reused until it is
     /// due for renewal or until it is the one a 401 rejected (`rejected` generation).
     async fn credential(

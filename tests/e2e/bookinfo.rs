@@ -50,14 +50,10 @@ fn answered_by(answer: &Value) -> String {
 /// version when `None`).
 fn verdict(name: &str, id: Option<&str>) -> Value {
     let pilot = LAB.pilot_ips().into_iter().next().expect("a bosh-pilot VM");
-    let url = format!("http://{pilot}:8080/v1/rules");
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let out = std::process::Command::new("curl")
-            .args(["-sf", "--max-time", "5", &url])
-            .output()
-            .expect("run curl");
-        let configs: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let body = LAB.api_get(&pilot, "/v1/rules").unwrap_or_default();
+        let configs: Vec<Value> = serde_json::from_str(&body).unwrap_or_default();
         let judged = configs.iter().find(|c| {
             c["name"] == name && id.is_none_or(|id| c["id"] == id) && !c["verdict"].is_null()
         });

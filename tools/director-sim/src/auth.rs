@@ -138,7 +138,7 @@ mod tests {
     const NOW: i64 = 1_000_000;
 
     fn check(mode: AuthMode, revoked: &HashSet<String>, header: &str) -> Option<Principal> {
-        let signer = Signer::new(b"key".to_vec(), "kid");
+        let signer = Signer::uaa();
         Verifier {
             mode,
             signer: &signer,
@@ -151,7 +151,7 @@ mod tests {
     }
 
     fn token(claims: Value) -> String {
-        Signer::new(b"key".to_vec(), "kid").sign(&claims)
+        Signer::uaa().sign(&claims)
     }
 
     fn good_claims() -> Value {

@@ -35,6 +35,7 @@ pub async fn serve(
         )
         .route("/_sim/fault", put(set_fault))
         .route("/_sim/tokens/expire", post(expire_tokens))
+        .route("/_sim/tokens/issue", post(issue_token))
         .route("/_sim/requests", get(requests))
         .route("/_sim/requests/reset", post(reset_requests))
         .with_state(shared);
@@ -220,6 +221,25 @@ async fn set_fault(State(shared): State<Arc<Shared>>, body: String) -> Response 
 async fn expire_tokens(State(shared): State<Arc<Shared>>) -> Json<Value> {
     let expired = shared.state().tokens.expire_all();
     Json(json!({"expired": expired}))
+}
+
+/// `{"scopes": ["bosh.teams.x.read"], "ttl_seconds": 600}`: a token UAA would sign for the
+/// client, with the chosen scopes and lifetime (negative: already expired). Tests use it to
+/// present tokens the configured client would never get; it does not count as a UAA request.
+#[derive(Deserialize)]
+struct IssueToken {
+    scopes: Vec<String>,
+    ttl_seconds: i64,
+}
+
+async fn issue_token(State(shared): State<Arc<Shared>>, body: String) -> Response {
+    match parse_body::<IssueToken>(&body) {
+        Ok(request) => {
+            let (token, jti) = super::uaa::issue(&shared, &request.scopes, request.ttl_seconds);
+            Json(json!({"access_token": token, "jti": jti})).into_response()
+        }
+        Err(response) => *response,
+    }
 }
 
 async fn requests(State(shared): State<Arc<Shared>>) -> Json<Value> {

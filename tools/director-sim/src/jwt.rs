@@ -1,44 +1,23 @@
-//! HS256 JSON Web Tokens, the way UAA signs them with a symmetric key and the director checks
-//! them locally (cf-uaa-lib `token_coder.rb`).
+//! RS256 JSON Web Tokens, the way UAA signs them with its RSA key and the director checks
+//! them locally (cf-uaa-lib `token_coder.rb`), and UAA's `GET /token_keys` that publishes the
+//! public half (docs/director-api.md §1.2).
+//!
+//! The key is a fixed test key (`fixtures/uaa/key-1.pem`, published as `key-1`): rcgen cannot
+//! make RSA keys with ring, and a simulator's key protects nothing.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
-use serde_json::{json, Map, Value};
-use sha2::{Digest, Sha256};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use serde_json::{Map, Value};
 
-const SHA256_BLOCK: usize = 64;
-
-/// HMAC-SHA256 (RFC 2104), built on `sha2` so the crate needs no extra dependency.
-pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
-    let mut block = [0u8; SHA256_BLOCK];
-    if key.len() > SHA256_BLOCK {
-        block[..32].copy_from_slice(&Sha256::digest(key));
-    } else {
-        block[..key.len()].copy_from_slice(key);
-    }
-    let pad = |byte: u8| block.iter().map(|b| b ^ byte).collect::<Vec<u8>>();
-    let inner = Sha256::new()
-        .chain_update(pad(0x36))
-        .chain_update(message)
-        .finalize();
-    Sha256::new()
-        .chain_update(pad(0x5c))
-        .chain_update(inner)
-        .finalize()
-        .into()
-}
-
-/// Compares in time independent of where the first difference is, so signature checks leak nothing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
+const KEY_PEM: &str = include_str!("../../../fixtures/uaa/key-1.pem");
+const TOKEN_KEYS: &str = include_str!("../../../fixtures/uaa/token_keys.json");
+const KEY_ID: &str = "key-1";
 
 /// Why a token was refused. The director answers every one of these with the same 401 text.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
     #[error("token is not three dot-separated base64url segments")]
     Malformed,
-    #[error("token header is not HS256")]
+    #[error("token header is not RS256 with the simulator's key id")]
     WrongAlgorithm,
     #[error("token signature does not match")]
     BadSignature,
@@ -46,62 +25,65 @@ pub enum TokenError {
     BadClaims,
 }
 
-/// Signs and verifies tokens with one symmetric key.
+/// Signs and verifies tokens with UAA's one RSA key.
 #[derive(Clone)]
 pub struct Signer {
-    key: Vec<u8>,
-    key_id: String,
+    encoding: EncodingKey,
+    decoding: DecodingKey,
+    token_keys: Value,
 }
 
 impl Signer {
-    pub fn new(key: Vec<u8>, key_id: &str) -> Signer {
+    /// The simulator's UAA key.
+    pub fn uaa() -> Signer {
+        let token_keys: Value = serde_json::from_str(TOKEN_KEYS).expect("a JSON fixture");
+        let public = &token_keys["keys"][0];
+        let component = |name: &str| public[name].as_str().expect("an RSA JWK");
         Signer {
-            key,
-            key_id: key_id.to_string(),
+            encoding: EncodingKey::from_rsa_pem(KEY_PEM.as_bytes()).expect("a PEM fixture"),
+            decoding: DecodingKey::from_rsa_components(component("n"), component("e"))
+                .expect("an RSA JWK"),
+            token_keys,
         }
     }
 
-    pub fn random() -> Signer {
-        let key: [u8; 32] = rand::random();
-        Signer::new(key.to_vec(), "director-sim-key")
+    /// `GET /token_keys` as UAA answers it: `{"keys": [{"kty": "RSA", "e", "use": "sig",
+    /// "kid", "alg": "RS256", "value": "<PEM public key>", "n"}]}`.
+    pub fn token_keys(&self) -> &Value {
+        &self.token_keys
     }
 
     pub fn sign(&self, claims: &Value) -> String {
-        let header = json!({"alg": "HS256", "kid": self.key_id, "typ": "JWT"});
-        let signing_input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let signature = hmac_sha256(&self.key, signing_input.as_bytes());
-        format!("{signing_input}.{}", URL_SAFE_NO_PAD.encode(signature))
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(KEY_ID.to_string());
+        jsonwebtoken::encode(&header, claims, &self.encoding).expect("RS256 signing")
     }
 
-    /// Checks shape, algorithm and signature; returns the claims. Expiry and `jti` are the
-    /// caller's business because the director checks them separately from the signature.
+    /// Checks shape, algorithm, key id and signature; returns the claims. Expiry and `jti`
+    /// are the caller's business because the director checks them separately from the
+    /// signature.
     pub fn verify(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
-        let segments: Vec<&str> = token.split('.').collect();
-        let [header, claims, signature] = segments[..] else {
-            return Err(TokenError::Malformed);
-        };
-        let decode = |segment: &str| {
-            URL_SAFE_NO_PAD
-                .decode(segment)
-                .map_err(|_| TokenError::Malformed)
-        };
-        let header: Value =
-            serde_json::from_slice(&decode(header)?).map_err(|_| TokenError::Malformed)?;
-        if header.get("alg").and_then(Value::as_str) != Some("HS256") {
+        let header = jsonwebtoken::decode_header(token).map_err(|err| match err.kind() {
+            jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::WrongAlgorithm,
+            _ => TokenError::Malformed,
+        })?;
+        if header.alg != Algorithm::RS256 || header.kid.as_deref() != Some(KEY_ID) {
             return Err(TokenError::WrongAlgorithm);
         }
-        let signing_input_len = token.len() - signature.len() - 1;
-        let expected = hmac_sha256(&self.key, &token.as_bytes()[..signing_input_len]);
-        if !constant_time_eq(&expected, &decode(signature)?) {
-            return Err(TokenError::BadSignature);
-        }
-        match serde_json::from_slice(&decode(claims)?) {
-            Ok(Value::Object(map)) => Ok(map),
-            _ => Err(TokenError::BadClaims),
+        let mut validation = Validation::new(Algorithm::RS256);
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        validation.required_spec_claims.clear();
+        match jsonwebtoken::decode::<Value>(token, &self.decoding, &validation) {
+            Ok(data) => match data.claims {
+                Value::Object(map) => Ok(map),
+                _ => Err(TokenError::BadClaims),
+            },
+            Err(err) => Err(match err.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidSignature => TokenError::BadSignature,
+                jsonwebtoken::errors::ErrorKind::Json(_) => TokenError::BadClaims,
+                _ => TokenError::Malformed,
+            }),
         }
     }
 }
@@ -109,41 +91,22 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn hex(bytes: &[u8]) -> String {
-        bytes.iter().map(|b| format!("{b:02x}")).collect()
-    }
-
-    #[test]
-    fn hmac_matches_rfc4231_vectors() {
-        // Test case 1.
-        assert_eq!(
-            hex(&hmac_sha256(&[0x0b; 20], b"Hi There")),
-            "b0344c61d8db38535ca8afceaf0bf12b881dc200c9833da726e9376c2e32cff7"
-        );
-        // Test case 6: a key longer than the block size.
-        assert_eq!(
-            hex(&hmac_sha256(
-                &[0xaa; 131],
-                b"Test Using Larger Than Block-Size Key - Hash Key First"
-            )),
-            "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54"
-        );
-    }
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine;
+    use serde_json::json;
 
     #[test]
     fn signed_tokens_verify_and_tampering_is_caught() {
-        let signer = Signer::new(b"k".to_vec(), "kid");
+        let signer = Signer::uaa();
         let token = signer.sign(&json!({"jti": "abc", "exp": 5}));
         assert_eq!(token.split('.').count(), 3);
         let claims = signer.verify(&token).unwrap();
         assert_eq!(claims["jti"], "abc");
 
-        let other = Signer::new(b"other".to_vec(), "kid");
-        assert_eq!(other.verify(&token), Err(TokenError::BadSignature));
-        let mut tampered = token.clone();
-        tampered.push('A');
-        assert!(signer.verify(&tampered).is_err());
+        let segments: Vec<&str> = token.split('.').collect();
+        let forged_claims = URL_SAFE_NO_PAD.encode(json!({"jti": "xyz", "exp": 5}).to_string());
+        let forged = format!("{}.{forged_claims}.{}", segments[0], segments[2]);
+        assert_eq!(signer.verify(&forged), Err(TokenError::BadSignature));
         assert_eq!(signer.verify("a.b"), Err(TokenError::Malformed));
     }
 
@@ -151,10 +114,34 @@ mod tests {
     fn other_algorithms_are_refused() {
         let none_header = URL_SAFE_NO_PAD.encode(r#"{"alg":"none"}"#);
         let claims = URL_SAFE_NO_PAD.encode(r#"{"jti":"x"}"#);
-        let signer = Signer::new(b"k".to_vec(), "kid");
+        let signer = Signer::uaa();
         assert_eq!(
             signer.verify(&format!("{none_header}.{claims}.")),
             Err(TokenError::WrongAlgorithm)
         );
+        let hs256 = jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &json!({"jti": "x"}),
+            &EncodingKey::from_secret(b"k"),
+        )
+        .unwrap();
+        assert_eq!(signer.verify(&hs256), Err(TokenError::WrongAlgorithm));
+    }
+
+    #[test]
+    fn token_keys_publish_the_signing_key_in_uaa_s_shape() {
+        let keys = Signer::uaa().token_keys().clone();
+        let key = &keys["keys"][0];
+        for field in ["kty", "e", "use", "kid", "alg", "value", "n"] {
+            assert!(key[field].is_string(), "{field}");
+        }
+        assert_eq!(
+            (key["kty"].as_str(), key["alg"].as_str()),
+            (Some("RSA"), Some("RS256"))
+        );
+        assert!(key["value"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----"));
     }
 }

@@ -269,7 +269,7 @@ pub async fn start(opts: SimOptions) -> anyhow::Result<SimHandle> {
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         fault: watch::Sender::new(Fault::default()),
-        signer: Signer::random(),
+        signer: Signer::uaa(),
         client: opts.client,
         client_secret: opts.client_secret,
         auth: opts.auth,

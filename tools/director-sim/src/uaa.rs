@@ -1,4 +1,5 @@
-//! UAA's `POST /oauth/token` for the client_credentials grant (docs/director-api.md §1.2).
+//! UAA's `POST /oauth/token` for the client_credentials grant and `GET /token_keys`, the
+//! public key its tokens are signed with (docs/director-api.md §1.2).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -8,7 +9,7 @@ use axum::extract::rejection::FormRejection;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use axum::routing::post;
+use axum::routing::{get, post};
 use axum::{Form, Router};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -21,6 +22,7 @@ use super::Shared;
 pub fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/oauth/token", post(token))
+        .route("/token_keys", get(token_keys))
         .with_state(shared.clone())
         .layer(axum::middleware::from_fn_with_state(
             Observed {
@@ -116,27 +118,8 @@ async fn token(
             )
         }
     }
-    let issued_at = unix_seconds(SystemTime::now());
     let ttl = shared.token_ttl.as_secs() as i64;
-    let jti = uuid::Uuid::new_v4().simple().to_string();
-    let claims = json!({
-        "jti": jti,
-        "sub": shared.client,
-        "authorities": shared.token_scopes,
-        "scope": shared.token_scopes,
-        "client_id": shared.client,
-        "cid": shared.client,
-        "azp": shared.client,
-        "grant_type": "client_credentials",
-        "rev_sig": format!("{:08x}", rand::random::<u32>()),
-        "iat": issued_at,
-        "exp": issued_at + ttl,
-        "iss": format!("{}/oauth/token", shared.uaa_url),
-        "zid": "uaa",
-        "aud": audiences(&shared.token_scopes, &shared.client),
-    });
-    let access_token = shared.signer.sign(&claims);
-    shared.state().tokens.issued(jti.clone());
+    let (access_token, jti) = issue(&shared, &shared.token_scopes, ttl);
     let body: Value = json!({
         "access_token": access_token,
         "token_type": "bearer",
@@ -154,6 +137,37 @@ async fn token(
         HeaderValue::from_static("application/json;charset=UTF-8"),
     );
     response
+}
+
+/// Signs a token for the client with `scopes`, valid for `ttl` seconds from now (a negative
+/// `ttl` gives a token that has already expired), and records its `jti`.
+pub(crate) fn issue(shared: &Shared, scopes: &[String], ttl: i64) -> (String, String) {
+    let issued_at = unix_seconds(SystemTime::now());
+    let jti = uuid::Uuid::new_v4().simple().to_string();
+    let claims = json!({
+        "jti": jti,
+        "sub": shared.client,
+        "authorities": scopes,
+        "scope": scopes,
+        "client_id": shared.client,
+        "cid": shared.client,
+        "azp": shared.client,
+        "grant_type": "client_credentials",
+        "rev_sig": format!("{:08x}", rand::random::<u32>()),
+        "iat": issued_at,
+        "exp": issued_at + ttl,
+        "iss": format!("{}/oauth/token", shared.uaa_url),
+        "zid": "uaa",
+        "aud": audiences(scopes, &shared.client),
+    });
+    let access_token = shared.signer.sign(&claims);
+    shared.state().tokens.issued(jti.clone());
+    (access_token, jti)
+}
+
+/// UAA serves its public keys to anyone (no authentication).
+async fn token_keys(State(shared): State<Arc<Shared>>) -> Response {
+    json(StatusCode::OK, shared.signer.token_keys())
 }
 
 #[cfg(test)]

@@ -1265,3 +1265,75 @@ async fn basic_auth_mode_takes_client_credentials_on_every_request() {
         .unwrap();
     assert_eq!(wrong.status(), StatusCode::UNAUTHORIZED);
 }
+
+/// UAA publishes the key its tokens are signed with, in the shape UAA documents, to anyone;
+/// the control API issues tokens of chosen scopes and lifetimes, signed the same way.
+#[tokio::test]
+async fn token_keys_verify_the_tokens_and_the_control_api_issues_chosen_ones() {
+    let lab = Lab::start(options()).await;
+    let response = lab
+        .http
+        .get(format!("{}/token_keys", lab.sim.uaa_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let keys: Value = response.json().await.unwrap();
+    let key = &keys["keys"][0];
+    assert_eq!(
+        (
+            key["kty"].as_str(),
+            key["alg"].as_str(),
+            key["use"].as_str()
+        ),
+        (Some("RSA"), Some("RS256"), Some("sig"))
+    );
+    let decoding = jsonwebtoken::DecodingKey::from_rsa_components(
+        key["n"].as_str().unwrap(),
+        key["e"].as_str().unwrap(),
+    )
+    .unwrap();
+    let verify = |token: &str| {
+        let header = jsonwebtoken::decode_header(token).unwrap();
+        assert_eq!(header.kid.as_deref(), key["kid"].as_str());
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.validate_aud = false;
+        validation.leeway = 0;
+        jsonwebtoken::decode::<Value>(token, &decoding, &validation).map(|data| data.claims)
+    };
+    let token = lab.token().await;
+    assert_eq!(verify(&token).unwrap()["scope"], json!(["bosh.admin"]));
+
+    let issued = lab
+        .control(
+            reqwest::Method::POST,
+            "/_sim/tokens/issue",
+            Some(json!({"scopes": ["bosh.teams.x.read"], "ttl_seconds": 600})),
+        )
+        .await;
+    let scoped = issued["access_token"].as_str().unwrap();
+    assert_eq!(
+        verify(scoped).unwrap()["scope"],
+        json!(["bosh.teams.x.read"])
+    );
+    let response = lab.get("/deployments", scoped).await;
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.text().await.unwrap().contains("600000"));
+
+    let issued = lab
+        .control(
+            reqwest::Method::POST,
+            "/_sim/tokens/issue",
+            Some(json!({"scopes": ["bosh.admin"], "ttl_seconds": -60})),
+        )
+        .await;
+    let expired = issued["access_token"].as_str().unwrap();
+    assert_eq!(
+        verify(expired).unwrap_err().kind(),
+        &jsonwebtoken::errors::ErrorKind::ExpiredSignature
+    );
+    assert_eq!(
+        lab.get("/deployments", expired).await.status(),
+        StatusCode::UNAUTHORIZED
+    );
+}

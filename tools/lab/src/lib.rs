@@ -3,7 +3,7 @@
 //! BOSH would put there: the control plane on `bosh-istio` VMs; the workload plus the addon
 //! (virtual-ip-agent with its DNAT rules, and Envoy) everywhere else.
 //!
-//! `boshy-lab up|down|status|wait|ssh|process|director|rules|demo`; `scripts/lab` installs the
+//! `boshy-lab up|down|status|wait|ssh|process|director|rules|demo|api`; `scripts/lab` installs the
 //! tools and calls this. Everything binds to loopback or to addresses inside namespaces the
 //! lab created.
 
@@ -106,6 +106,12 @@ pub enum LabCommand {
     },
     /// Brings the lab up (if needed) and runs the tire-kicking story.
     Demo,
+    /// `GET` of the control plane's HTTPS API (`/v1/registration`, `/v1/rules`, `/metrics`,
+    /// `/healthz`) with the lab's mesh client certificate (docs/api.md); prints the body.
+    Api {
+        /// e.g. /v1/rules
+        path: String,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +295,11 @@ pub async fn run(args: Args) -> Result<()> {
         }
         LabCommand::Down => down(&layout),
         LabCommand::Status => status(&require_state(&layout)?),
+        LabCommand::Api { path } => {
+            let body = ready::api_get(&require_state(&layout)?, &path).await?;
+            print!("{body}");
+            Ok(())
+        }
         LabCommand::Wait { timeout_seconds } => {
             ready::wait(
                 &require_state(&layout)?,

@@ -112,6 +112,14 @@ impl MeshFiles {
     pub fn ca(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
+    /// The client certificate and key the addon's agents and Envoys present, which the
+    /// lab's own tooling presents to the pilot's API too (docs/api.md).
+    pub fn client_cert(&self) -> PathBuf {
+        self.cert("client")
+    }
+    pub fn client_key(&self) -> PathBuf {
+        self.key("client")
+    }
     fn cert(&self, who: &str) -> PathBuf {
         self.dir.join(format!("{who}.pem"))
     }

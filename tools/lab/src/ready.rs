@@ -70,20 +70,49 @@ pub struct Registration {
 
 /// Reads `/v1/registration` from the first control-plane VM that answers.
 pub async fn registration(state: &LabState) -> Result<Vec<Registration>> {
+    let body = api_get(state, "/v1/registration").await?;
+    serde_json::from_str(&body).context("decode /v1/registration")
+}
+
+/// An HTTPS client of the pilots' API that presents the lab's mesh client certificate
+/// (docs/api.md) and reaches `pilot` under the name its certificate carries.
+fn api_client(state: &LabState, pilot: &Vm) -> Result<reqwest::Client> {
+    let files = crate::pki::MeshFiles::of(&state.layout);
+    let read = |path: std::path::PathBuf| {
+        std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let mut identity = read(files.client_cert())?;
+    identity.extend(read(files.client_key())?);
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(&read(files.ca())?)?)
+        .identity(reqwest::Identity::from_pem(&identity)?)
+        .resolve(
+            crate::pki::PILOT_SERVER_NAME,
+            std::net::SocketAddr::new(pilot.ip.into(), vm::API_PORT),
+        )
+        .timeout(Duration::from_secs(3))
+        .build()
+        .context("the API's HTTPS client")
+}
+
+/// `GET <path>` of the pilots' API from the first control-plane VM that answers 2xx: its body.
+pub async fn api_get(state: &LabState, path: &str) -> Result<String> {
     let mut errors = Vec::new();
     for pilot in pilots(state) {
-        let url = format!("http://{}:{}/v1/registration", pilot.ip, vm::API_PORT);
-        let response = reqwest::Client::new()
-            .get(&url)
-            .timeout(Duration::from_secs(3))
-            .send()
-            .await;
+        let url = format!(
+            "https://{}:{}{path}",
+            crate::pki::PILOT_SERVER_NAME,
+            vm::API_PORT
+        );
+        let response = api_client(state, pilot)?.get(&url).send().await;
         match response {
             Ok(r) if r.status().is_success() => {
-                return r.json().await.with_context(|| format!("decode {url}"));
+                return r.text().await.with_context(|| format!("read {url}"));
             }
-            Ok(r) => errors.push(format!("{url}: {}", r.status())),
-            Err(e) => errors.push(format!("{url}: {e}")),
+            Ok(r) => errors.push(format!("{} {url}: {}", pilot.ip, r.status())),
+            Err(e) => errors.push(format!("{} {url}: {e}", pilot.ip)),
         }
     }
     Err(anyhow!("no control plane answered: {}", errors.join("; ")))

@@ -68,15 +68,35 @@ impl LabCli {
             .collect()
     }
 
+    /// `GET <path>` of the API of the control plane at `pilot_ip`, over HTTPS with the lab's
+    /// mesh client certificate, as every caller of the API must (docs/api.md); `None` on any
+    /// failure.
+    pub fn api_get(&self, pilot_ip: &str, path: &str) -> Option<String> {
+        let name = boshy_lab::pki::PILOT_SERVER_NAME;
+        let tls = format!("/tmp/boshy-lab/{}/mesh-tls", self.name);
+        let out = Command::new("curl")
+            .args(["-sf", "--max-time", "5", "--resolve"])
+            .arg(format!("{name}:8080:{pilot_ip}"))
+            .arg("--cacert")
+            .arg(format!("{tls}/ca.pem"))
+            .arg("--cert")
+            .arg(format!("{tls}/client.pem"))
+            .arg("--key")
+            .arg(format!("{tls}/client.key"))
+            .arg(format!("https://{name}:8080{path}"))
+            .output()
+            .ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
     /// `/v1/registration` of the control plane at `pilot_ip`.
     pub fn registration_from(&self, pilot_ip: &str) -> Vec<Value> {
-        let url = format!("http://{pilot_ip}:8080/v1/registration");
-        let out = Command::new("curl")
-            .args(["-sf", "--max-time", "5", &url])
-            .output()
-            .expect("run curl");
-        assert!(out.status.success(), "GET {url} failed");
-        serde_json::from_slice(&out.stdout).expect("registration is JSON")
+        let body = self
+            .api_get(pilot_ip, "/v1/registration")
+            .unwrap_or_else(|| panic!("GET /v1/registration of {pilot_ip} failed"));
+        serde_json::from_str(&body).expect("registration is JSON")
     }
 
     /// `/v1/registration` of the first control plane.
