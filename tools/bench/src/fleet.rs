@@ -850,12 +850,26 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
     let steady = Duration::from_secs(args.steady_seconds);
-    let reference = measure(&setup, &all, args.reference, steady, scratch.path()).await?;
-    let many = measure(&setup, &all, args.clients, steady, scratch.path()).await?;
+    let reference = measure(&setup, &all, args.reference, steady, scratch.path())
+        .await
+        .with_context(|| log_tail(scratch.path(), args.reference))?;
+    let many = measure(&setup, &all, args.clients, steady, scratch.path())
+        .await
+        .with_context(|| log_tail(scratch.path(), args.clients))?;
     drop(sim);
     super::emit(
         &rows(&many, &reference, &estate, &args),
         args.out.as_deref(),
+    )
+}
+
+/// The end of the pilot's log of a failed size: the scratch directory goes with the run.
+fn log_tail(dir: &Path, clients: usize) -> String {
+    let log = std::fs::read_to_string(dir.join(format!("pilot-{clients}.log"))).unwrap_or_default();
+    let lines: Vec<&str> = log.lines().collect();
+    format!(
+        "{clients} clients; the pilot's log ends:\n{}",
+        lines[lines.len().saturating_sub(30)..].join("\n")
     )
 }
 

@@ -153,6 +153,46 @@ fn director_harness_measures_the_first_catalog_and_the_health_budget() {
 }
 
 #[test]
+fn fleet_harness_measures_a_pilot_with_agents_and_envoys_through_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fleet.json");
+    bench(&[
+        "fleet",
+        "--clients",
+        "6",
+        "--reference",
+        "3",
+        "--deployments",
+        "2",
+        "--groups",
+        "2",
+        "--instances",
+        "2",
+        "--steady-seconds",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let names = figures(&rows);
+    for figure in [
+        "pilot RSS, 6 agents + 6 Envoys connected (steady)",
+        "mass reconnect after kill -9: last of 6 Envoys fully synced",
+        "mass reconnect after kill -9: all 6 agents report again",
+    ] {
+        assert!(names.contains(&figure), "{figure}: {names:?}");
+    }
+    let timed: Vec<&Row> = rows.iter().filter(|r| r.unit == "s").collect();
+    assert!(
+        timed
+            .iter()
+            .filter(|r| !r.figure.starts_with("pilot CPU"))
+            .all(|r| r.value > 0.0 && r.reference.is_some()),
+        "{rows:?}"
+    );
+}
+
+#[test]
 fn push_harness_measures_delta_beside_state_of_the_world() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("push.json");
