@@ -49,6 +49,8 @@ const BENCHMARK: &str = "fleet";
 const SECRET: &str = "bench-fleet-secret";
 const GOAL_RSS_MB: f64 = 1024.0;
 const GOAL_RECONNECT_SECONDS: f64 = 30.0;
+/// The agents and Envoys (as many of each) the goals are set for.
+const GOAL_CLIENTS: usize = 10_000;
 /// The instances' addresses: the range set aside for network benchmarks (RFC 2544), made
 /// local on lo for the run ([`LocalRange`]). Loopback itself would do for the sockets, but
 /// the catalog rightly takes no loopback address as an endpoint.
@@ -873,6 +875,17 @@ fn log_tail(dir: &Path, clients: usize) -> String {
     )
 }
 
+/// The figure at the goal's size, [`GOAL_CLIENTS`]: measured when `many` has that many
+/// clients, else on the line through the two sizes (an optimistic bound: the measured costs
+/// grow faster than linearly).
+fn at_goal_size(reference: (usize, f64), many: (usize, f64)) -> f64 {
+    let ((r, at_r), (n, at_n)) = (reference, many);
+    if n >= GOAL_CLIENTS || n == r {
+        return at_n;
+    }
+    at_n + (GOAL_CLIENTS - n) as f64 * (at_n - at_r) / (n - r) as f64
+}
+
 fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec<Row> {
     let n = many.clients;
     let against = format!(
@@ -882,9 +895,26 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
     let seconds = |d: Duration| d.as_secs_f64();
     let connected = |m: &Measured| seconds(m.connected_agents.max(m.connected_envoys));
     let reconnected = |m: &Measured| seconds(m.reconnected_agents.max(m.reconnected_envoys));
+    let extrapolate = |of: &dyn Fn(&Measured) -> f64| {
+        at_goal_size((reference.clients, of(reference)), (n, of(many)))
+    };
+    let rss_at_goal = extrapolate(&|m| m.steady_rss_mb);
+    let peak_at_goal = extrapolate(&|m| m.reconnect_peak_mb);
+    let reconnect_at_goal = extrapolate(&|m| seconds(m.reconnected_envoys));
+    let scope = if n >= GOAL_CLIENTS {
+        format!("measured at {n}")
+    } else {
+        format!(
+            "the goal is for {GOAL_CLIENTS} of each, which this machine cannot hold: \
+             RLIMIT_NOFILE is 20,000 and not raisable here (no CAP_SYS_RESOURCE) while the \
+             pilot needs a descriptor per agent and per Envoy, and 5,000 of each did not sync \
+             within the emulated fleet's 300 s (see bench/notes.md); the verdict is taken at \
+             {GOAL_CLIENTS} on the line through the two sizes"
+        )
+    };
     let method = "the release's `boshy pilot` process over mutual TLS (names and xDS), the \
-                  director simulator, the agents and Envoys emulated in one process on the \
-                  same 2 cores";
+                  director simulator and the agents in the benchmark's process, the Envoys in \
+                  child processes, all on the same 2 cores";
     vec![
         Row::new(
             BENCHMARK,
@@ -894,11 +924,12 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
         )
         .against(&against, reference.steady_rss_mb)
         .goal(
-            format!("reported; < {GOAL_RSS_MB:.0} MB"),
-            many.steady_rss_mb < GOAL_RSS_MB,
+            format!("reported; < {GOAL_RSS_MB:.0} MB at {GOAL_CLIENTS} + {GOAL_CLIENTS}"),
+            rss_at_goal < GOAL_RSS_MB,
         )
         .note(format!(
-            "{estate}; every agent reporting, every Envoy synced (delta ADS); {} threads; {method}",
+            "{estate}; every agent reporting, every Envoy synced (delta ADS); {} threads; \
+             at {GOAL_CLIENTS} + {GOAL_CLIENTS}: {rss_at_goal:.0} MB; {scope}; {method}",
             many.steady_threads
         )),
         Row::new(
@@ -914,7 +945,7 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
         .goal("reported", true)
         .note(format!(
             "user + system seconds of the pilot process (/proc/<pid>/stat): heartbeats, \
-             keepalives, director polls; {:.1}% of one core",
+             keepalives, director polls and the catalog changes they bring; {:.1}% of one core",
             many.steady_cpu * 100.0 / args.steady_seconds as f64
         )),
         Row::new(
@@ -940,13 +971,14 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
         )
         .against(&against, seconds(reference.reconnected_envoys))
         .goal(
-            format!("< {GOAL_RECONNECT_SECONDS:.0} s"),
-            seconds(many.reconnected_envoys) < GOAL_RECONNECT_SECONDS,
+            format!("< {GOAL_RECONNECT_SECONDS:.0} s at {GOAL_CLIENTS}"),
+            reconnect_at_goal < GOAL_RECONNECT_SECONDS,
         )
         .note(format!(
             "from the kill; the pilot started again at once on the same ports and listened \
              after {:.2} s; every Envoy reconnects on its jittered backoff (500 ms base), so \
-             all within a second of each other; last ACK of the four types",
+             all within a second of each other; last ACK of the four types; at \
+             {GOAL_CLIENTS}: {reconnect_at_goal:.0} s; {scope}",
             seconds(many.up_again)
         )),
         Row::new(
@@ -971,10 +1003,13 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
         )
         .against(&against, reference.reconnect_peak_mb)
         .goal(
-            format!("< {GOAL_RSS_MB:.0} MB"),
-            many.reconnect_peak_mb < GOAL_RSS_MB,
+            format!("< {GOAL_RSS_MB:.0} MB at {GOAL_CLIENTS} + {GOAL_CLIENTS}"),
+            peak_at_goal < GOAL_RSS_MB,
         )
-        .note("VmHWM of the new pilot process once every client is back"),
+        .note(format!(
+            "VmHWM of the new pilot process once every client is back; at {GOAL_CLIENTS} + \
+             {GOAL_CLIENTS}: {peak_at_goal:.0} MB"
+        )),
     ]
 }
 
@@ -988,6 +1023,13 @@ mod tests {
                     boshy_agents_reporting_other 7\n";
         assert_eq!(metric_value(text, "boshy_agents_reporting"), Some(42.0));
         assert_eq!(metric_value(text, "boshy_names_streams"), None);
+    }
+
+    #[test]
+    fn a_goal_is_judged_at_its_size_on_the_line_through_the_two_sizes() {
+        assert_eq!(at_goal_size((1000, 100.0), (2000, 200.0)), 1000.0);
+        assert_eq!(at_goal_size((1000, 100.0), (10_000, 640.0)), 640.0);
+        assert_eq!(at_goal_size((5, 1.0), (5, 2.0)), 2.0);
     }
 
     #[test]
