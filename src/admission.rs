@@ -25,14 +25,16 @@ use tokio::time::Instant;
 
 /// Connections in their handshake and first exchange at once, per port. Enough to keep the
 /// cores busy while clients answer (the round trips of a first xDS exchange), few enough
-/// that each gets a fair share of the cores and its handshake is not starved.
-pub const PERMITS: usize = 128;
+/// that the run queue stays short and no admitted handshake is starved past
+/// `tls::HANDSHAKE_TIMEOUT` (with 128 permits held 250 ms at most, admission outran two
+/// shared cores and 12 of 2,500 Envoys lost their handshake; bench/notes.md, fleet).
+pub const PERMITS: usize = 64;
 /// A connection this long without a byte read or written has finished its first exchange.
 pub const QUIET: Duration = Duration::from_millis(20);
-/// The longest a connection holds its permit, quiet or not: with [`PERMITS`], at least 512
-/// connections a second are admitted, more than two cores sync (a first try at 2 s made the
-/// permits the limit: 32 Envoys a second, the pilot mostly idle; bench/notes.md, fleet).
-pub const HOLD_MAX: Duration = Duration::from_millis(250);
+/// The longest a connection holds its permit, quiet or not. On two shared cores a first xDS
+/// exchange among 64 takes a second or two, so this bounds the work in progress rather than
+/// the rate; a slow client cannot hold a permit longer.
+pub const HOLD_MAX: Duration = Duration::from_secs(2);
 
 /// The permits of one port.
 #[derive(Clone)]
