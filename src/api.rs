@@ -111,7 +111,7 @@ pub async fn serve_tls(
             next = incoming.next() => match next {
                 Some(Ok(stream)) => {
                     let Ok(peer) = crate::tls::peer_addr(&stream) else { continue };
-                    let mesh = stream.get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
+                    let mesh = stream.get_ref().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
                     let router = router.clone().layer(axum::Extension(MeshClient(mesh)));
                     connections.spawn(serve_connection(stream, peer, router));
                 }

@@ -7,6 +7,7 @@
 // allowed where that module is declared.
 #![deny(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod api_auth;
 pub mod bookinfo;

@@ -188,6 +188,7 @@ pub async fn run(args: Args) -> Result<()> {
         built: None,
         scopes: scopes.clone(),
         listed_from: None,
+        health_applied_at: tokio::time::Instant::now(),
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
@@ -242,7 +243,16 @@ struct CatalogPublisher {
     scopes: Arc<ScopeRegistry>,
     /// The deployments the scopes were last told about.
     listed_from: Option<Arc<Vec<DeploymentInput>>>,
+    /// When a change of the health alone was last applied.
+    health_applied_at: tokio::time::Instant,
 }
+
+/// How often at most a change of the agents' health alone is applied to the catalog. A
+/// failing port reaches the Envoys at most this much later; thousands of reports in a burst
+/// cost a few passes over the catalog, not one each. The agents' health is read by reference
+/// (the `Arc` cloned out of the channel) so that the registry, patching it in place, never
+/// waits for a pass.
+const HEALTH_COALESCE: Duration = Duration::from_millis(100);
 
 /// The accepted ServiceEntries (a rule set of nothing else) of one set of deployments and
 /// rule configs.
@@ -288,9 +298,16 @@ impl CatalogPublisher {
                 changed = configs.changed(), if configs_followed => configs_followed = changed.is_ok(),
                 () = tokio::time::sleep(refresh_pause(vip_refresh, self.store_failures)) => {}
                 Ok(()) = self.health.changed() => {
+                    // Reports come in bursts (every agent at once after a restart): the
+                    // health is applied at most every HEALTH_COALESCE, the latest of it.
+                    tokio::time::sleep_until(self.health_applied_at + HEALTH_COALESCE).await;
+                    self.health_applied_at = tokio::time::Instant::now();
+                    let health = self.health.borrow_and_update().clone();
                     if let Some(built) = &self.built {
-                        let next = health::apply(built, &self.health.borrow_and_update());
-                        self.send(next);
+                        let published = self.tx.borrow().clone();
+                        if let Some(next) = health::apply_if_changed(built, &health, &published) {
+                            self.send(next);
+                        }
                     }
                     continue;
                 }
@@ -408,7 +425,8 @@ impl CatalogPublisher {
             .collect();
         self.agents
             .retain_listed(|i| listed.contains(&(i.deployment.as_str(), i.instance_id.as_str())));
-        let applied = health::apply(&next, &self.health.borrow_and_update());
+        let health = self.health.borrow_and_update().clone();
+        let applied = health::apply(&next, &health);
         self.built = Some(next);
         self.send(applied);
     }

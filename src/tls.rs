@@ -29,6 +29,7 @@ use tokio_rustls::server::TlsStream;
 use tokio_rustls::TlsAcceptor;
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::admission::{Admission, Admitted};
 use crate::config::{ClientTls, ServerTls};
 
 /// A client that has not finished its handshake by then is dropped, so half-open
@@ -224,25 +225,37 @@ fn read_key(path: &Path, key: &str) -> Result<PrivateKeyDer<'static>> {
         })
 }
 
+/// An accepted connection: TLS, admitted ([`crate::admission`]).
+pub(crate) type Accepted = Admitted<TlsStream<TcpStream>>;
+
 /// Accepts TCP connections on `listener` and yields those whose TLS handshake succeeded,
-/// i.e. whose client presented a certificate from the mesh CA. Handshakes run concurrently
-/// with a deadline; refusals are logged, once per peer and reason. Ends when the stream is
-/// dropped. `server` names the port in log lines.
+/// i.e. whose client presented a certificate from the mesh CA. Handshakes run concurrently,
+/// as many as [`Admission`] lets through at once (the others wait their turn, in order),
+/// each with a deadline; refusals are logged, once per peer and reason. Ends when the stream
+/// is dropped. `server` names the port in log lines.
 pub(crate) fn incoming(
     listener: TcpListener,
     config: Arc<ServerConfig>,
     server: &'static str,
-) -> ReceiverStream<io::Result<TlsStream<TcpStream>>> {
+) -> ReceiverStream<io::Result<Accepted>> {
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(accept_loop(listener, TlsAcceptor::from(config), server, tx));
+    let acceptor = TlsAcceptor::from(config);
+    tokio::spawn(accept_loop(
+        listener,
+        acceptor,
+        Admission::default(),
+        server,
+        tx,
+    ));
     ReceiverStream::new(rx)
 }
 
 async fn accept_loop(
     listener: TcpListener,
     acceptor: TlsAcceptor,
+    admission: Admission,
     server: &'static str,
-    tx: mpsc::Sender<io::Result<TlsStream<TcpStream>>>,
+    tx: mpsc::Sender<io::Result<Accepted>>,
 ) {
     let mut handshakes = JoinSet::new();
     let mut refusals = Refusals::default();
@@ -253,10 +266,12 @@ async fn accept_loop(
                 Ok((tcp, peer)) => {
                     crate::api::close_when_unacknowledged(&tcp);
                     let acceptor = acceptor.clone();
+                    let admission = admission.clone();
                     handshakes.spawn(async move {
+                        let ticket = admission.admit().await;
                         let handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp));
                         let outcome = match handshake.await {
-                            Ok(Ok(stream)) => Ok(stream),
+                            Ok(Ok(stream)) => Ok(ticket.wrap(stream)),
                             Ok(Err(err)) => Err(err.to_string()),
                             Err(_) => Err(format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}")),
                         };
@@ -317,8 +332,8 @@ impl Refusals {
 }
 
 /// The peer of an accepted TLS connection.
-pub(crate) fn peer_addr(stream: &TlsStream<TcpStream>) -> io::Result<SocketAddr> {
-    stream.get_ref().0.peer_addr()
+pub(crate) fn peer_addr(stream: &Accepted) -> io::Result<SocketAddr> {
+    stream.get_ref().get_ref().0.peer_addr()
 }
 
 #[cfg(test)]

@@ -516,6 +516,15 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     );
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_eq!(bpm.processes[0].env["RUST_LOG"], "debug");
+    // 10,000 VMs: a descriptor per Envoy and up to two per agent, with room to spare.
+    let raw: serde_yaml::Value =
+        serde_yaml::from_str(&std::fs::read_to_string(rendered.path("config/bpm.yml")).unwrap())
+            .unwrap();
+    let open_files = raw["processes"][0]["limits"]["open_files"].as_u64();
+    assert!(
+        open_files.is_some_and(|n| n >= 30_000),
+        "the pilot's open-file limit fits 10,000 agents and Envoys: {open_files:?}"
+    );
 }
 
 #[test]

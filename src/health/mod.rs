@@ -21,7 +21,7 @@ pub mod prober;
 pub mod registry;
 pub mod report;
 
-pub use overlay::{apply, instance_out, ProbeIndex};
+pub use overlay::{apply, apply_if_changed, instance_out, ProbeIndex};
 pub use registry::{AgentHealth, AgentRegistry, InstanceHealth, XdsView};
 pub use report::{AgentReport, ProbeSet};
 

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use super::registry::AgentHealth;
 use super::report::ProbeSet;
-use crate::catalog::model::{Catalog, InstanceRef};
+use crate::catalog::model::{Catalog, Endpoint, InstanceRef, Service};
 
 /// `catalog` with the health the agents report: an endpoint whose instance has a connected
 /// agent is healthy when none of its service's ports fails that agent's probe and the
@@ -19,26 +19,76 @@ pub fn apply(catalog: &Catalog, health: &AgentHealth) -> Catalog {
     }
     let mut changed = false;
     for service in &mut next.services {
-        if service.service_entry.is_some() {
-            continue;
-        }
-        for endpoint in &mut service.endpoints {
-            let Some(reported) = health.get(&service.key.deployment, &endpoint.instance) else {
-                continue;
-            };
-            let healthy = !reported.leaving
-                && !service
-                    .ports
-                    .iter()
-                    .any(|p| reported.failing_ports.contains(&p.number));
+        let mut endpoints = std::mem::take(&mut service.endpoints);
+        for endpoint in &mut endpoints {
+            let healthy = healthy(service, endpoint, health);
             changed |= endpoint.healthy != healthy;
             endpoint.healthy = healthy;
         }
+        service.endpoints = endpoints;
     }
     if changed {
         next = crate::catalog::rehash(next);
     }
     next
+}
+
+/// Like [`apply`], for a new `health` when `published` is `built` with an earlier health
+/// applied: `None` when the endpoints would be what `published` has, without cloning the
+/// catalog (a mass reconnect of agents reporting what the director already says changes the
+/// health thousands of times, and the catalog not once).
+pub fn apply_if_changed(
+    built: &Catalog,
+    health: &AgentHealth,
+    published: &Catalog,
+) -> Option<Catalog> {
+    let same_shape = built.services.len() == published.services.len()
+        && built
+            .services
+            .iter()
+            .zip(&published.services)
+            .all(|(b, p)| {
+                b.key == p.key
+                    && b.endpoints.len() == p.endpoints.len()
+                    && b.endpoints
+                        .iter()
+                        .zip(&p.endpoints)
+                        .all(|(b, p)| b.instance == p.instance)
+            });
+    if !same_shape {
+        return Some(apply(built, health));
+    }
+    let unchanged = built
+        .services
+        .iter()
+        .zip(&published.services)
+        .all(|(service, published)| {
+            service
+                .endpoints
+                .iter()
+                .zip(&published.endpoints)
+                .all(|(endpoint, published)| {
+                    healthy(service, endpoint, health) == published.healthy
+                })
+        });
+    (!unchanged).then(|| apply(built, health))
+}
+
+/// An endpoint's health with the agents' `health` applied.
+fn healthy(service: &Service, endpoint: &Endpoint, health: &AgentHealth) -> bool {
+    if service.service_entry.is_some() {
+        return endpoint.healthy;
+    }
+    match health.get(&service.key.deployment, &endpoint.instance) {
+        Some(reported) => {
+            !reported.leaving
+                && !service
+                    .ports
+                    .iter()
+                    .any(|p| reported.failing_ports.contains(&p.number))
+        }
+        None => endpoint.healthy,
+    }
 }
 
 /// Whether no service of `catalog` sends `instance` traffic: each of its endpoints is
@@ -215,6 +265,42 @@ mod tests {
             .all(|s| !s.endpoints[1].healthy && s.endpoints[0].healthy));
         assert!(instance_out(&leaving, &instance("b-1")));
         assert!(!instance_out(&leaving, &instance("b-0")));
+    }
+
+    #[test]
+    fn a_new_health_is_applied_only_when_it_changes_an_endpoint_of_the_published_catalog() {
+        let built = mesh();
+        let mut state = RegistryState::default();
+        state.open(&instance("b-0"));
+        state.open(&instance("b-1"));
+        // Agents reporting what the director says: nothing to publish.
+        state.report(report("b-0", &[], false)).unwrap();
+        assert_eq!(apply_if_changed(&built, &state.health(), &built), None);
+        state.report(report("b-1", &[], false)).unwrap();
+        assert_eq!(apply_if_changed(&built, &state.health(), &built), None);
+        // A failing port: the same catalog `apply` gives.
+        state.report(report("b-1", &[8080], false)).unwrap();
+        let failing = apply_if_changed(&built, &state.health(), &built).unwrap();
+        assert_eq!(failing, apply(&built, &state.health()));
+        assert_eq!(apply_if_changed(&built, &state.health(), &failing), None);
+        // Back: the published catalog has it out, so the director's view comes back.
+        state.report(report("b-1", &[], false)).unwrap();
+        assert_eq!(
+            apply_if_changed(&built, &state.health(), &failing),
+            Some(built.clone())
+        );
+        // The agent gone while its endpoint is out: the director's view again.
+        state.close(&instance("b-1"));
+        assert_eq!(
+            apply_if_changed(&built, &state.health(), &failing),
+            Some(built.clone())
+        );
+        // A published catalog of another shape is never trusted.
+        let other = testing::catalog(2, Vec::<Service>::new());
+        assert_eq!(
+            apply_if_changed(&built, &state.health(), &other),
+            Some(apply(&built, &state.health()))
+        );
     }
 
     #[test]

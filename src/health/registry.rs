@@ -8,8 +8,10 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::watch;
+use tokio::time::Instant;
 
 use super::report::AgentReport;
 use crate::catalog::model::InstanceRef;
@@ -44,6 +46,22 @@ impl AgentHealth {
             .entry(instance.deployment.clone())
             .or_default()
             .insert(instance.instance_id.clone(), health);
+    }
+
+    /// Sets one instance's health (`None`: no agent reports on it), leaving no empty
+    /// deployment behind, so that the map equals one built from scratch.
+    fn set(&mut self, instance: &InstanceRef, health: Option<InstanceHealth>) {
+        match health {
+            Some(health) => self.insert(instance, health),
+            None => {
+                if let Some(instances) = self.0.get_mut(&instance.deployment) {
+                    instances.remove(&instance.instance_id);
+                    if instances.is_empty() {
+                        self.0.remove(&instance.deployment);
+                    }
+                }
+            }
+        }
     }
 }
 
@@ -115,11 +133,49 @@ impl RegistryState {
         Ok(())
     }
 
-    /// Forgets the leaving instances `listed` says the director no longer lists.
-    pub(crate) fn retain_listed(&mut self, listed: impl Fn(&InstanceRef) -> bool) {
-        self.leaving.retain(listed);
+    /// Forgets the leaving instances `listed` says the director no longer lists; returns them.
+    pub(crate) fn retain_listed(
+        &mut self,
+        listed: impl Fn(&InstanceRef) -> bool,
+    ) -> Vec<InstanceRef> {
+        let gone: Vec<InstanceRef> = self
+            .leaving
+            .iter()
+            .filter(|i| !listed(i))
+            .cloned()
+            .collect();
+        for instance in &gone {
+            self.leaving.remove(instance);
+        }
+        gone
     }
 
+    /// One instance's entry of [`RegistryState::health`]: a leaving instance is out whatever
+    /// its agent last said.
+    pub(crate) fn health_of(&self, instance: &InstanceRef) -> Option<InstanceHealth> {
+        if self.leaving.contains(instance) {
+            return Some(InstanceHealth {
+                leaving: true,
+                ..InstanceHealth::default()
+            });
+        }
+        let report = self.agents.get(instance)?.report.as_ref()?;
+        Some(InstanceHealth {
+            failing_ports: report.failing_ports.clone(),
+            leaving: report.leaving,
+        })
+    }
+
+    /// Whether `instance` is in [`RegistryState::covered`].
+    pub(crate) fn covers(&self, instance: &InstanceRef) -> bool {
+        self.agents
+            .get(instance)
+            .is_some_and(|agent| agent.report.is_some())
+    }
+
+    /// The whole health map, built from scratch: what [`AgentRegistry`] keeps up to date
+    /// change by change (the tests compare the two).
+    #[cfg(test)]
     pub(crate) fn health(&self) -> AgentHealth {
         let mut health = AgentHealth::default();
         for (instance, agent) in &self.agents {
@@ -141,7 +197,8 @@ impl RegistryState {
         health
     }
 
-    /// The instances whose health a connected agent reports.
+    /// The instances whose health a connected agent reports, built from scratch.
+    #[cfg(test)]
     pub(crate) fn covered(&self) -> BTreeSet<InstanceRef> {
         self.agents
             .iter()
@@ -151,13 +208,38 @@ impl RegistryState {
     }
 }
 
-/// [`RegistryState`] shared by the names server's handlers, publishing every change.
+/// How often at most the set of covered instances is published: its reader (the director
+/// poller) only schedules health tasks with it, and a whole set is cloned per publish, which
+/// at every open, close and report would cost O(agents²) over a mass reconnect.
+const COVERED_INTERVAL: Duration = Duration::from_millis(500);
+
+/// [`RegistryState`] shared by the names server's handlers, publishing every change. Each
+/// change costs O(log agents), not a rebuild: only the instances it touched are looked at
+/// again, the health map is patched in place (cloned only while a reader holds the previous
+/// one), and the covered set goes out at most every [`COVERED_INTERVAL`].
 pub struct AgentRegistry {
-    state: Mutex<RegistryState>,
-    health: watch::Sender<Arc<AgentHealth>>,
-    covered: watch::Sender<Arc<BTreeSet<InstanceRef>>>,
+    shared: Arc<Shared>,
     /// What a drain waits on: this pilot's Envoys taking the snapshot without the instance.
     xds: Option<XdsView>,
+}
+
+struct Shared {
+    state: Mutex<Tracked>,
+    health: watch::Sender<Arc<AgentHealth>>,
+    covered: watch::Sender<Arc<BTreeSet<InstanceRef>>>,
+}
+
+/// The state, and what of it is published.
+#[derive(Default)]
+struct Tracked {
+    state: RegistryState,
+    /// [`RegistryState::covered`], kept up to date with each change.
+    covered: BTreeSet<InstanceRef>,
+    /// `covered` differs from what was last published.
+    covered_dirty: bool,
+    covered_published_at: Option<Instant>,
+    /// A task publishes `covered` once [`COVERED_INTERVAL`] has passed.
+    flush_scheduled: bool,
 }
 
 /// This pilot's xDS snapshots, and which one each of its streams has taken.
@@ -172,9 +254,11 @@ pub struct XdsView {
 impl Default for AgentRegistry {
     fn default() -> Self {
         AgentRegistry {
-            state: Mutex::default(),
-            health: watch::Sender::new(Arc::default()),
-            covered: watch::Sender::new(Arc::default()),
+            shared: Arc::new(Shared {
+                state: Mutex::default(),
+                health: watch::Sender::new(Arc::default()),
+                covered: watch::Sender::new(Arc::default()),
+            }),
             xds: None,
         }
     }
@@ -195,17 +279,21 @@ impl AgentRegistry {
 
     /// The health the agents report, sent again whenever it changes.
     pub fn health(&self) -> watch::Receiver<Arc<AgentHealth>> {
-        self.health.subscribe()
+        self.shared.health.subscribe()
     }
 
-    /// The instances whose health a connected agent reports.
+    /// The instances whose health a connected agent reports, sent again when it changes
+    /// (at most every [`COVERED_INTERVAL`]).
     pub fn covered(&self) -> watch::Receiver<Arc<BTreeSet<InstanceRef>>> {
-        self.covered.subscribe()
+        self.shared.covered.subscribe()
     }
 
     /// A verified stream of `instance`'s agent opened; it counts until the guard drops.
     pub(crate) fn open(self: &Arc<Self>, instance: InstanceRef) -> AgentStream {
-        self.update(|state| state.open(&instance));
+        self.shared.update(|state| {
+            state.open(&instance);
+            ((), vec![instance.clone()])
+        });
         AgentStream {
             registry: self.clone(),
             instance,
@@ -213,37 +301,81 @@ impl AgentRegistry {
     }
 
     pub(crate) fn report(&self, report: AgentReport) -> Result<(), ReportRefused> {
-        self.update(|state| state.report(report))
+        let instance = report.instance_ref();
+        self.shared
+            .update(|state| (state.report(report), vec![instance]))
     }
 
     pub(crate) fn retain_listed(&self, listed: impl Fn(&InstanceRef) -> bool) {
-        self.update(|state| state.retain_listed(listed));
+        self.shared
+            .update(|state| ((), state.retain_listed(listed)));
     }
+}
 
-    fn update<T>(&self, change: impl FnOnce(&mut RegistryState) -> T) -> T {
-        let mut state = self.state.lock().expect("agent registry lock");
-        let result = change(&mut state);
-        let health = state.health();
-        let covered = state.covered();
-        drop(state);
+impl Shared {
+    /// Applies `change`, which returns the instances it touched, and publishes what changed
+    /// of theirs.
+    fn update<T>(
+        self: &Arc<Self>,
+        change: impl FnOnce(&mut RegistryState) -> (T, Vec<InstanceRef>),
+    ) -> T {
+        let mut tracked = self.state.lock().expect("agent registry lock");
+        let (result, touched) = change(&mut tracked.state);
+        for instance in &touched {
+            let health = tracked.state.health_of(instance);
+            self.health.send_if_modified(|current| {
+                if current.get(&instance.deployment, &instance.instance_id) == health.as_ref() {
+                    return false;
+                }
+                Arc::make_mut(current).set(instance, health);
+                true
+            });
+            let covered = if tracked.state.covers(instance) {
+                tracked.covered.insert(instance.clone())
+            } else {
+                tracked.covered.remove(instance)
+            };
+            tracked.covered_dirty |= covered;
+        }
         metrics::global()
             .agents_reporting
-            .store(covered.len() as u64, Ordering::Relaxed);
-        self.health.send_if_modified(|current| {
-            let differs = **current != health;
-            if differs {
-                *current = Arc::new(health);
+            .store(tracked.covered.len() as u64, Ordering::Relaxed);
+        if tracked.covered_dirty && !tracked.flush_scheduled {
+            let now = Instant::now();
+            let due = tracked
+                .covered_published_at
+                .map_or(now, |at| at + COVERED_INTERVAL);
+            match tokio::runtime::Handle::try_current() {
+                Ok(runtime) if due > now => {
+                    tracked.flush_scheduled = true;
+                    let shared = self.clone();
+                    runtime.spawn(async move {
+                        tokio::time::sleep_until(due).await;
+                        let mut tracked = shared.state.lock().expect("agent registry lock");
+                        tracked.flush_scheduled = false;
+                        shared.publish_covered(&mut tracked);
+                    });
+                }
+                _ => self.publish_covered(&mut tracked),
             }
-            differs
-        });
-        self.covered.send_if_modified(|current| {
-            let differs = **current != covered;
-            if differs {
-                *current = Arc::new(covered);
-            }
-            differs
-        });
+        }
         result
+    }
+
+    fn publish_covered(&self, tracked: &mut Tracked) {
+        if !tracked.covered_dirty {
+            return;
+        }
+        tracked.covered_dirty = false;
+        tracked.covered_published_at = Some(Instant::now());
+        let covered = &tracked.covered;
+        self.covered.send_if_modified(|current| {
+            let differs = **current != *covered;
+            if differs {
+                *current = Arc::new(covered.clone());
+            }
+            differs
+        });
     }
 }
 
@@ -255,7 +387,11 @@ pub(crate) struct AgentStream {
 
 impl Drop for AgentStream {
     fn drop(&mut self) {
-        self.registry.update(|state| state.close(&self.instance));
+        let instance = &self.instance;
+        self.registry.shared.update(|state| {
+            state.close(instance);
+            ((), vec![instance.clone()])
+        });
     }
 }
 
@@ -340,6 +476,81 @@ mod tests {
         assert_eq!(covered.borrow().len(), 1);
         drop(stream);
         assert!(health.borrow_and_update().is_empty());
-        assert!(covered.borrow().is_empty());
+        let mut covered = covered;
+        tokio::time::timeout(COVERED_INTERVAL * 4, covered.wait_for(|c| c.is_empty()))
+            .await
+            .expect("the covered set goes out within its interval")
+            .unwrap();
+    }
+
+    /// A small deterministic generator, so that the sequences below are the same every run.
+    struct Draws(u64);
+
+    impl Draws {
+        fn below(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incremental_publishes_equal_the_state_rebuilt_from_scratch() {
+        // Opens, closes, reports (failing, leaving, fine), refused reports and directors
+        // forgetting leaving instances, over a few instances: after each, the published
+        // health equals `RegistryState::health` rebuilt whole, and the covered set does once
+        // its interval has passed.
+        let registry = Arc::new(AgentRegistry::default());
+        let health = registry.health();
+        let mut covered = registry.covered();
+        let ids = ["a", "b", "c", "d", "e"];
+        let mut streams: Vec<(usize, AgentStream)> = Vec::new();
+        let mut draws = Draws(0x9e37_79b9_7f4a_7c15);
+        for step in 0..2_000 {
+            let id = draws.below(ids.len() as u64) as usize;
+            match draws.below(6) {
+                0 | 1 => streams.push((id, registry.open(instance(ids[id])))),
+                2 => {
+                    if let Some(at) = streams.iter().position(|(i, _)| *i == id) {
+                        streams.remove(at);
+                    }
+                }
+                3 => {
+                    let failing: &[u16] = if draws.below(2) == 0 { &[] } else { &[80, 443] };
+                    let _ = registry.report(report(ids[id], failing, false));
+                }
+                4 => {
+                    let _ = registry.report(report(ids[id], &[], true));
+                }
+                _ => registry.retain_listed(|i| i.instance_id != ids[id]),
+            }
+            let rebuilt = registry.shared.state.lock().unwrap().state.health();
+            assert_eq!(**health.borrow(), rebuilt, "step {step}");
+            if step % 100 == 99 {
+                tokio::time::sleep(COVERED_INTERVAL * 2).await;
+                let rebuilt = registry.shared.state.lock().unwrap().state.covered();
+                assert_eq!(**covered.borrow_and_update(), rebuilt, "step {step}");
+            }
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn covered_goes_out_at_once_then_at_most_every_interval_with_the_latest_set() {
+        let registry = Arc::new(AgentRegistry::default());
+        let mut covered = registry.covered();
+        let _a = registry.open(instance("a"));
+        let _b = registry.open(instance("b"));
+        registry.report(report("a", &[], false)).unwrap();
+        assert!(
+            covered.has_changed().unwrap(),
+            "the first change goes out at once"
+        );
+        assert_eq!(covered.borrow_and_update().len(), 1);
+        registry.report(report("b", &[], false)).unwrap();
+        assert!(!covered.has_changed().unwrap(), "coalesced");
+        tokio::time::sleep(COVERED_INTERVAL * 2).await;
+        assert!(covered.has_changed().unwrap());
+        assert_eq!(covered.borrow_and_update().len(), 2);
     }
 }

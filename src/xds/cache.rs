@@ -168,10 +168,9 @@ impl Snapshot {
     /// The shared name and version of the resource of that type and name, if this snapshot
     /// has it.
     pub(crate) fn shared_key(&self, resource_type: ResourceType, name: &str) -> Option<&SharedKey> {
-        let keys = self.of_shared(resource_type);
-        keys.binary_search_by(|k| (*k.name).cmp(name))
-            .ok()
-            .map(|i| &keys[i])
+        // Parallel to the resources: their index finds it.
+        let i = self.resources.position(resource_type, name)?;
+        self.of_shared(resource_type).get(i)
     }
 
     /// `name` as a shared string: this snapshot's copy when it has such a resource.

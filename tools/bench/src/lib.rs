@@ -9,6 +9,8 @@
 //! - [`director`]: the poller against a large foundation on a busy simulated director: first
 //!   catalog, health tasks a minute, health freshness.
 //! - [`envoy_memory`]: Envoy's RSS with a synthetic catalog served to it.
+//! - [`fleet`]: a pilot process with N agents and N Envoys connected: RSS, CPU, and a mass
+//!   reconnect after it is killed.
 //! - [`lab`]: convergence, steady-state director requests and data-plane cost in a lab.
 //! - [`load`]: the fixed-rate HTTP load generator the data-plane benchmark runs in a VM.
 //! - [`push`]: xDS push fan-out to N emulated Envoys, delta against state of the world.
@@ -20,6 +22,7 @@ pub mod build;
 pub mod director;
 pub mod dns;
 pub mod envoy_memory;
+pub mod fleet;
 pub mod lab;
 pub mod load;
 pub mod push;
@@ -48,6 +51,8 @@ pub enum BenchCommand {
     Director(director::Args),
     /// Envoy's RSS with a synthetic catalog of N services served to it over ADS.
     EnvoyMemory(envoy_memory::Args),
+    /// A pilot process with N agents and N Envoys: RSS, CPU, mass reconnect after kill -9.
+    Fleet(fleet::Args),
     /// In a lab: convergence, steady-state director requests, data-plane cost.
     Lab(lab::Args),
     /// A fixed-rate HTTP load; prints latency percentiles as JSON.
@@ -68,6 +73,7 @@ pub async fn run(args: Args) -> Result<()> {
         BenchCommand::Build(args) => build::run(args).await,
         BenchCommand::Director(args) => director::run(args).await,
         BenchCommand::EnvoyMemory(args) => envoy_memory::run(args).await,
+        BenchCommand::Fleet(args) => fleet::run(args).await,
         BenchCommand::Lab(args) => lab::run(args).await,
         BenchCommand::Load(args) => load::run(args).await,
         BenchCommand::Push(args) => push::run(args).await,

@@ -89,7 +89,7 @@ impl Row {
 }
 
 /// The sections of the results file: (rows file names, title, how to produce them).
-pub const SECTIONS: [(&[&str], &str, &str); 8] = [
+pub const SECTIONS: [(&[&str], &str, &str); 9] = [
     (
         &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
@@ -124,6 +124,11 @@ pub const SECTIONS: [(&[&str], &str, &str); 8] = [
         &["director"],
         "Director load: first catalog and health budget (large foundation, busy director)",
         "scripts/bench director",
+    ),
+    (
+        &["fleet"],
+        "A fleet on one pilot: agents and Envoys connected, mass reconnect after kill -9",
+        "scripts/bench fleet",
     ),
     (
         &["dataplane", "envoy-memory"],

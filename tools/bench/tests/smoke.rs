@@ -105,6 +105,8 @@ fn envoy_memory_harness_reads_a_configured_envoys_rss() {
         "5",
         "--instances",
         "2",
+        "--scoped",
+        "2",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -115,7 +117,21 @@ fn envoy_memory_harness_reads_a_configured_envoys_rss() {
             "Envoy RSS with 5 services × 2 instances in its config",
             "Envoy RSS with 5 services × 0 instances in its config",
             "Envoy RSS with 2 services × 2 instances in its config",
+            "Envoy anonymous memory, mesh of 5 services × 2, VM using 2",
         ]
+    );
+    let scoped = &rows[3];
+    assert!(
+        scoped.reference.as_ref().is_some_and(|r| r.value > 0.0),
+        "the same VM in a small mesh beside it: {scoped:?}"
+    );
+    assert!(
+        scoped
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("4 clusters"),
+        "the scope's 2 services, 2 ports each: {scoped:?}"
     );
     assert!(rows.iter().all(|r| r.value > 1.0), "{rows:?}");
 }
@@ -149,6 +165,46 @@ fn director_harness_measures_the_first_catalog_and_the_health_budget() {
         figures(&rows).contains(&"health tasks a minute, 1 deployment"),
         "{:?}",
         figures(&rows)
+    );
+}
+
+#[test]
+fn fleet_harness_measures_a_pilot_with_agents_and_envoys_through_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("fleet.json");
+    bench(&[
+        "fleet",
+        "--clients",
+        "6",
+        "--reference",
+        "3",
+        "--deployments",
+        "2",
+        "--groups",
+        "2",
+        "--instances",
+        "2",
+        "--steady-seconds",
+        "1",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let names = figures(&rows);
+    for figure in [
+        "pilot RSS, 6 agents + 6 Envoys connected (steady)",
+        "mass reconnect after kill -9: last of 6 Envoys fully synced",
+        "mass reconnect after kill -9: all 6 agents report again",
+    ] {
+        assert!(names.contains(&figure), "{figure}: {names:?}");
+    }
+    let timed: Vec<&Row> = rows.iter().filter(|r| r.unit == "s").collect();
+    assert!(
+        timed
+            .iter()
+            .filter(|r| !r.figure.starts_with("pilot CPU"))
+            .all(|r| r.value > 0.0 && r.reference.is_some()),
+        "{rows:?}"
     );
 }
 
