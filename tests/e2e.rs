@@ -118,36 +118,28 @@ fn the_mesh_end_to_end() {
         BTreeSet::new(),
         "nothing asked yet"
     );
-    let first = LAB.ok(&[
-        "ssh",
-        "apricot/3",
-        "--",
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://{BANANA}:9002/get"),
-    ]);
-    assert_eq!(
-        first.trim(),
-        "200",
-        "the first request to a name new to the VM"
-    );
-    let first = LAB.ok(&[
-        "ssh",
-        "apricot/3",
-        "--",
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        &format!("http://{APRICOT}:9001/get"),
-    ]);
-    assert_eq!(first.trim(), "200", "over tcp_proxy too");
+    for (url, over) in [
+        (format!("http://{BANANA}:9002/get"), "over HTTP"),
+        (format!("http://{APRICOT}:9001/get"), "over tcp_proxy"),
+    ] {
+        let first = LAB.ok(&[
+            "ssh",
+            "apricot/3",
+            "--",
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &url,
+        ]);
+        assert_eq!(
+            first.trim(),
+            "200",
+            "the first request to a name new to the VM, {over}"
+        );
+    }
     assert_eq!(
         LAB.mesh_clusters("apricot/3"),
         BTreeSet::from([
