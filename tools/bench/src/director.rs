@@ -58,17 +58,22 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-/// A deployment's manifest: `groups` groups of `instances`, the even ones exposing an HTTP
-/// and a TCP port (as the build benchmark's), the odd ones nothing.
-fn manifest(name: &str, groups: usize, instances: usize) -> String {
+/// A deployment's manifest: `groups` groups of `instances`, those `exposes` says exposing an
+/// HTTP and a TCP port (as the build benchmark's), the others nothing.
+pub(crate) fn manifest(
+    name: &str,
+    groups: usize,
+    instances: usize,
+    exposes: impl Fn(usize) -> bool,
+) -> String {
     let mut text = format!(
         "name: {name}\nreleases:\n- name: app\n  version: latest\nstemcells:\n\
          - alias: default\n  os: ubuntu-jammy\n  version: latest\ninstance_groups:\n"
     );
     for g in 0..groups {
-        let expose = match g % 2 {
-            0 => "    expose_ports:\n    - {name: http, number: 8080}\n    - {name: db, number: 5432}\n",
-            _ => "",
+        let expose = match exposes(g) {
+            true => "    expose_ports:\n    - {name: http, number: 8080}\n    - {name: db, number: 5432}\n",
+            false => "",
         };
         text.push_str(&format!(
             "- name: group-{g}\n  instances: {instances}\n  azs: [z1, z2, z3]\n  jobs:\n  \
@@ -86,7 +91,8 @@ async fn director(args: &Args, deployments: usize, scratch: &ScratchDir) -> Resu
         let name = format!("deployment-{d:02}");
         std::fs::write(
             fixtures.join(format!("{name}.yml")),
-            manifest(&name, args.groups, args.instances),
+            // The even groups expose ports, the odd ones nothing.
+            manifest(&name, args.groups, args.instances, |g| g % 2 == 0),
         )?;
     }
     sim::start(SimOptions {

@@ -42,6 +42,7 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
+use super::director::manifest;
 use super::report::Row;
 use super::{cpu_seconds, ProcMemory, ScratchDir};
 
@@ -95,23 +96,6 @@ pub struct Args {
     pub envoys_for: Option<SocketAddr>,
 }
 
-/// A deployment's manifest: `groups` groups of `instances`, each exposing an HTTP and a TCP
-/// port (the director benchmark's ports), so that every instance is an endpoint.
-fn manifest(name: &str, groups: usize, instances: usize) -> String {
-    let mut text = format!(
-        "name: {name}\nreleases:\n- name: app\n  version: latest\nstemcells:\n\
-         - alias: default\n  os: ubuntu-jammy\n  version: latest\ninstance_groups:\n"
-    );
-    for g in 0..groups {
-        text.push_str(&format!(
-            "- name: group-{g}\n  instances: {instances}\n  azs: [z1, z2, z3]\n  jobs:\n  \
-             - name: svc\n    release: app\n    expose_ports:\n    \
-             - {{name: http, number: 8080}}\n    - {{name: db, number: 5432}}\n"
-        ));
-    }
-    text
-}
-
 async fn director(args: &Args, scratch: &ScratchDir) -> Result<SimHandle> {
     let fixtures = scratch.path().join("fixtures");
     std::fs::create_dir_all(&fixtures)?;
@@ -119,7 +103,8 @@ async fn director(args: &Args, scratch: &ScratchDir) -> Result<SimHandle> {
         let name = format!("deployment-{d:02}");
         std::fs::write(
             fixtures.join(format!("{name}.yml")),
-            manifest(&name, args.groups, args.instances),
+            // Every group exposes its ports, so that every instance is an endpoint.
+            manifest(&name, args.groups, args.instances, |_| true),
         )?;
     }
     sim::start(SimOptions {
@@ -1097,7 +1082,7 @@ mod tests {
 
     #[test]
     fn every_instance_of_the_estate_is_an_endpoint() {
-        let text = manifest("d", 3, 4);
+        let text = manifest("d", 3, 4, |_| true);
         assert_eq!(text.matches("expose_ports").count(), 3);
         assert_eq!(text.matches("instances: 4").count(), 3);
     }
