@@ -92,7 +92,7 @@ impl Metrics {
             ),
             (
                 "boshy_xds_scoped_streams",
-                "ADS streams that serve only their VM's scope (the others serve the whole mesh)",
+                "ADS streams of BOSH instances, following their VM's scope (one waiting for it, or given the whole mesh after the wait, counts too)",
                 &self.xds_scoped_streams,
             ),
             (
