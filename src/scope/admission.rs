@@ -222,3 +222,21 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_saved_scope_that_is_not_a_list_of_names_is_taken_as_empty() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scope.json");
+        assert!(load(&path).is_empty(), "no file yet");
+        std::fs::write(&path, b"{\"not\": \"a list\"}").unwrap();
+        assert!(load(&path).is_empty());
+        std::fs::write(&path, [0xff, 0x00, 0x13]).unwrap();
+        assert!(load(&path).is_empty());
+        std::fs::write(&path, br#"["web.g.d.boshy"]"#).unwrap();
+        assert_eq!(load(&path), ["web.g.d.boshy"]);
+    }
+}

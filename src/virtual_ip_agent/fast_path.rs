@@ -305,6 +305,17 @@ mod tests {
         other[13] = b'X';
         assert!(table.pending(&other).is_none(), "a name not served");
 
+        // Cut or garbage datagrams name nothing that waits: they go the usual way.
+        for cut in 0..a.len() - 4 {
+            assert!(table.pending(&a[..cut]).is_none(), "cut at {cut}");
+        }
+        let mut pointer = a.clone();
+        pointer[12] = 0xc0; // a compression pointer where the name starts
+        assert!(table.pending(&pointer).is_none());
+        let mut two = a.clone();
+        two[5] = 2; // two questions
+        assert!(table.pending(&two).is_none());
+
         gate.admit(["a.b.c.boshy"], 0);
         assert!(table.pending(&a).is_none());
         assert!(answer(&table, &a).is_some());

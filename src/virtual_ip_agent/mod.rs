@@ -455,6 +455,14 @@ mod tests {
                 "drain_timeout_seconds",
             ),
             (format!("{GOOD}listen: nowhere\n"), "listen"),
+            (
+                format!("{GOOD}scope_idle_seconds: 59\n"),
+                "`scope_idle_seconds`",
+            ),
+            (
+                format!("{GOOD}scope_idle_seconds: -1\n"),
+                "scope_idle_seconds",
+            ),
             ("table_path: /t\n".to_string(), "pilots"),
         ] {
             let msg = format!("{:#}", parse(&text).unwrap_err());
