@@ -43,8 +43,26 @@ pub async fn run(layout: &Layout) -> Result<()> {
         "\n== On {} (like `bosh ssh {CLIENT_VM}`): dig {hostname}",
         vm.name()
     );
+    // Each Envoy holds only what its VM asked for (docs/scope.md): the first answer for a name
+    // waits until the VM's Envoy has that service.
+    let before = ready::envoy_mesh_clusters(vm)?;
+    let asked = Instant::now();
     let answers = ready::resolve(vm, &hostname)?;
+    let waited = asked.elapsed();
     println!("  {hostname} -> {}", answers.join(", "));
+    let after = ready::envoy_mesh_clusters(vm)?;
+    match before.is_empty() {
+        true => println!(
+            "  its Envoy held no service of the mesh before; dig took {} ms, its answer waiting until \
+             Envoy had {}",
+            waited.as_millis(),
+            after.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+        false => println!(
+            "  its Envoy holds what this VM asked for: {}",
+            after.iter().cloned().collect::<Vec<_>>().join(", ")
+        ),
+    }
     let url = format!("http://{hostname}:9002/get");
     println!(
         "\n== On {}: curl {url}, {CURLS} times (more if an instance has not answered yet)",

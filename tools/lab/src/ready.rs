@@ -154,6 +154,22 @@ fn envoy_clusters(vm: &Vm) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+/// The mesh's clusters (`outbound|...`) the Envoy on `vm` has: what its VM's scope holds
+/// (docs/scope.md).
+pub fn envoy_mesh_clusters(vm: &Vm) -> Result<BTreeSet<String>> {
+    Ok(mesh_clusters(&envoy_clusters(vm)?))
+}
+
+/// The mesh's clusters named in Envoy's `/clusters` text.
+pub fn mesh_clusters(clusters: &str) -> BTreeSet<String> {
+    clusters
+        .lines()
+        .filter_map(|line| line.split("::").next())
+        .filter(|cluster| cluster.starts_with("outbound|"))
+        .map(str::to_string)
+        .collect()
+}
+
 /// The endpoints (`ip:port`) Envoy on `vm` considers healthy in `cluster`.
 pub fn envoy_healthy_endpoints(vm: &Vm, cluster: &str) -> Result<BTreeSet<String>> {
     Ok(parse_healthy_endpoints(&envoy_clusters(vm)?, cluster))

@@ -29,12 +29,7 @@ impl LabCli {
     /// holds (docs/scope.md).
     pub fn mesh_clusters(&self, vm: &str) -> BTreeSet<String> {
         let clusters = self.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/clusters"]);
-        clusters
-            .lines()
-            .filter_map(|line| line.split("::").next())
-            .filter(|cluster| cluster.starts_with("outbound|"))
-            .map(str::to_string)
-            .collect()
+        boshy_lab::ready::mesh_clusters(&clusters)
     }
 
     /// Runs a lab command that must succeed; returns its stdout.
