@@ -18,6 +18,7 @@ pub mod dnat;
 pub mod fsutil;
 pub mod health;
 pub mod httpbin;
+pub mod identity;
 pub mod logging;
 pub mod metrics;
 pub mod names;

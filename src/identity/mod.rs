@@ -1,0 +1,4 @@
+//! Workload identities from BOSH (docs/security.md): the SPIFFE ID of every instance group,
+//! the certificates that carry it, and the names Envoy asks for them by over SDS.
+
+pub mod spiffe;
