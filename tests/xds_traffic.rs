@@ -354,6 +354,7 @@ fn every_rule() -> TrafficRules {
     TrafficRules {
         services: BTreeMap::from([(WEB.into(), web_rules), (DB.into(), db_rules)]),
         scope_pins: Vec::new(),
+        security: Default::default(),
     }
 }
 
@@ -1307,6 +1308,7 @@ fn a_nack_of_a_resource_built_from_rules_names_its_rule_config() {
         let traffic = TrafficRules {
             services: BTreeMap::from([(WEB.to_string(), rules)]),
             scope_pins: Vec::new(),
+            security: Default::default(),
         };
         let (_published, xds) = serve_xds(catalog(), traffic).await;
         let mode = AdsMode::Delta;

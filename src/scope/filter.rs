@@ -69,6 +69,7 @@ impl ServiceIndex {
             pins: TrafficRules {
                 services: Default::default(),
                 scope_pins: traffic.scope_pins.clone(),
+                security: Default::default(),
             },
             hostnames: match pinning {
                 true => catalog
@@ -196,6 +197,7 @@ mod tests {
         TrafficRules {
             services: [(WEB.to_string(), rules)].into(),
             scope_pins: Vec::new(),
+            security: Default::default(),
         }
     }
 

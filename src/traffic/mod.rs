@@ -25,6 +25,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
+pub mod security;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 
@@ -41,6 +42,10 @@ pub struct TrafficRules {
     /// (and version xDS) exactly as before pins existed.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub scope_pins: Vec<ScopePin>,
+    /// Mutual TLS and authorization (Istio's `PeerAuthentication` and `AuthorizationPolicy`),
+    /// left out of the serialized model when there are none, as the pins are.
+    #[serde(skip_serializing_if = "security::SecurityRules::is_empty")]
+    pub security: security::SecurityRules,
 }
 
 impl TrafficRules {

@@ -446,6 +446,7 @@ mod tests {
                 ("k.g.d.boshy".to_string(), configs(&["c"])),
             ]),
             scope_pins: Vec::new(),
+            security: Default::default(),
         };
         let snapshot = Snapshot::build(Inputs {
             catalog: &catalog,
@@ -654,6 +655,7 @@ mod tests {
                 ),
             ]),
             scope_pins: Vec::new(),
+            security: Default::default(),
         };
         (catalog, traffic)
     }

@@ -232,6 +232,7 @@ pub(crate) mod testing {
         let traffic = TrafficRules {
             services: [("a.g.d.boshy".to_string(), rules)].into(),
             scope_pins: Vec::new(),
+            security: Default::default(),
         };
         (catalog, traffic)
     }

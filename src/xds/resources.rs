@@ -79,6 +79,7 @@ use sha2::{Digest, Sha256};
 use super::client::SourceClass;
 use super::routes;
 use crate::catalog::model::{Catalog, DnsResolution, Labels, Service, ServicePort};
+use crate::traffic::security::{MtlsMode, SecurityRules};
 use crate::traffic::{
     self, ConnectionPool, Destination, LoadBalancer, LocalityLoadBalancing, ServiceRules,
     TrafficPolicy, TrafficRules, WeightedDestination,
@@ -359,6 +360,10 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
         static NO_RULES: TrafficRules = TrafficRules {
             services: BTreeMap::new(),
             scope_pins: Vec::new(),
+            security: SecurityRules {
+                mesh_mtls: MtlsMode::Permissive,
+                workloads: BTreeMap::new(),
+            },
         };
         Inputs {
             catalog,
@@ -1490,6 +1495,7 @@ mod tests {
                     .map(|(host, rules)| (host.to_string(), rules))
                     .collect(),
                 scope_pins: Vec::new(),
+                security: Default::default(),
             }
         }
 
@@ -2067,6 +2073,7 @@ mod tests {
                     })
                     .collect(),
                 scope_pins: Vec::new(),
+                security: Default::default(),
             };
             let bytes = |resources: &[NamedResource]| {
                 resources
@@ -2301,6 +2308,7 @@ mod tests {
             let traffic = TrafficRules {
                 services: BTreeMap::from([(db_host.clone(), rules)]),
                 scope_pins: Vec::new(),
+                security: Default::default(),
             };
             let resources = build(Inputs {
                 catalog: &catalog,

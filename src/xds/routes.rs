@@ -889,6 +889,7 @@ mod tests {
         let traffic = TrafficRules {
             services: BTreeMap::from([(WEB.to_string(), rules)]),
             scope_pins: Vec::new(),
+            security: Default::default(),
         };
         let hashes = |destinations| {
             route_action(&only(&forward_route(forward(destinations)), &traffic))

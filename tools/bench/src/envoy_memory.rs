@@ -249,6 +249,7 @@ fn dealt_into_subsets(catalog: &Catalog, subsets: usize) -> TrafficRules {
             })
             .collect(),
         scope_pins: Vec::new(),
+        security: Default::default(),
     }
 }
 
