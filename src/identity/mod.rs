@@ -2,3 +2,4 @@
 //! the certificates that carry it, and the names Envoy asks for them by over SDS.
 
 pub mod spiffe;
+pub mod wire;
