@@ -62,8 +62,19 @@ pub struct SecurityRules {
     /// policy's, else PERMISSIVE.
     pub mesh_mtls: MtlsMode,
     /// Workloads that some rule selects; any other has `mesh_mtls` and no policies.
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    /// Serialized as a list of `[workload, security]` pairs: JSON map keys are strings only.
+    #[serde(
+        skip_serializing_if = "BTreeMap::is_empty",
+        serialize_with = "serialize_entries"
+    )]
     pub workloads: BTreeMap<WorkloadKey, WorkloadSecurity>,
+}
+
+fn serialize_entries<S: serde::Serializer>(
+    workloads: &BTreeMap<WorkloadKey, WorkloadSecurity>,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.collect_seq(workloads)
 }
 
 impl SecurityRules {
@@ -243,6 +254,9 @@ mod tests {
             },
         );
         assert_eq!(rules.of(&key).mtls_of(9002), MtlsMode::Disable);
+        let json = serde_json::to_value(&rules).expect("the rules serialize (xDS versions them)");
+        assert_eq!(json["workloads"][0][0]["instance_group"], "g");
+        assert_eq!(json["workloads"][0][1]["port_mtls"]["9002"], "Disable");
         assert_eq!(rules.of(&key).mtls_of(80), MtlsMode::Permissive);
         assert!(SecurityRules::default().is_empty());
     }

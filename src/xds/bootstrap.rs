@@ -28,8 +28,9 @@ pub(crate) const XDS_CLUSTER: &str = "xds_cluster";
 /// connections to VIP:ports nobody exposes. Per-service stats (a few hundred per cluster
 /// and listener) are left out: every Envoy of the foundation would keep them for every
 /// service, and they were most of Envoy's memory beyond its binary. What an operator needs
-/// per instance is still in `/clusters` (per-host counters and health flags).
-pub(crate) const STATS_PREFIXES: [&str; 9] = [
+/// per instance is still in `/clusters` (per-host counters and health flags). A VM's own
+/// inbound ports (`xds::inbound`) are few: their stats stay, RBAC's denials among them.
+pub(crate) const STATS_PREFIXES: [&str; 11] = [
     "server.",
     "cluster_manager.",
     "listener_manager.",
@@ -39,6 +40,8 @@ pub(crate) const STATS_PREFIXES: [&str; 9] = [
     "runtime.",
     "http.admin.",
     "tcp.outbound_unexposed.",
+    "http.inbound_",
+    "tcp.inbound_",
 ];
 
 /// Which ADS variant Envoy speaks; bosh-pilot serves both.

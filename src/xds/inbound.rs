@@ -204,18 +204,23 @@ pub(super) fn listener(
 
 /// Matches a connection to any port but `ports`.
 fn not_one_of(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
-    let one_of = ListenerFilterChainMatchPredicate {
-        rule: Some(predicate::Rule::OrMatch(predicate::MatchSet {
-            rules: ports
-                .iter()
-                .map(|&port| ListenerFilterChainMatchPredicate {
-                    rule: Some(predicate::Rule::DestinationPortRange(Int32Range {
-                        start: i32::from(port),
-                        end: i32::from(port) + 1,
-                    })),
-                })
-                .collect(),
-        })),
+    let mut each: Vec<ListenerFilterChainMatchPredicate> = ports
+        .iter()
+        .map(|&port| ListenerFilterChainMatchPredicate {
+            rule: Some(predicate::Rule::DestinationPortRange(Int32Range {
+                start: i32::from(port),
+                end: i32::from(port) + 1,
+            })),
+        })
+        .collect();
+    // Envoy wants two rules at least in an `or_match`.
+    let one_of = match each.len() {
+        1 => each.remove(0),
+        _ => ListenerFilterChainMatchPredicate {
+            rule: Some(predicate::Rule::OrMatch(predicate::MatchSet {
+                rules: each,
+            })),
+        },
     };
     ListenerFilterChainMatchPredicate {
         rule: Some(predicate::Rule::NotMatch(Box::new(one_of))),
@@ -230,7 +235,7 @@ fn port_filters(port: &ServicePort, security: &WorkloadSecurity) -> Vec<Filter> 
         false => PASSTHROUGH_CLUSTER,
     };
     if !port.protocol.is_http() {
-        let mut filters = rbac::network_filters(&security.policies, &format!("tcp.{stat_prefix}."));
+        let mut filters = rbac::network_filters(&security.policies, &format!("tcp.{stat_prefix}"));
         filters.push(tcp_proxy(&stat_prefix, cluster));
         return filters;
     }

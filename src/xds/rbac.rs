@@ -84,7 +84,7 @@ pub(super) enum PortKind {
 }
 
 /// The HTTP RBAC filters of an HTTP port (none without policies). Their counters are the
-/// connection manager's `http.<stat prefix>.rbac.<deny_|allow_>{allowed,denied}`.
+/// connection manager's `http.<stat prefix>.rbac.<deny|allow>.{allowed,denied}`.
 pub(super) fn http_filters(policies: &[AuthzPolicy]) -> Vec<HttpFilter> {
     filters_by_action(policies, PortKind::Http)
         .map(|(action, rules)| HttpFilter {
@@ -104,7 +104,7 @@ pub(super) fn http_filters(policies: &[AuthzPolicy]) -> Vec<HttpFilter> {
 }
 
 /// The network RBAC filters of a TCP port (none without policies), counting in
-/// `<stat_prefix><deny_|allow_>rbac.{allowed,denied}`.
+/// `<stat_prefix>.<deny|allow>.rbac.{allowed,denied}`.
 pub(super) fn network_filters(policies: &[AuthzPolicy], stat_prefix: &str) -> Vec<Filter> {
     filters_by_action(policies, PortKind::Tcp)
         .map(|(action, rules)| Filter {
@@ -114,7 +114,7 @@ pub(super) fn network_filters(policies: &[AuthzPolicy], stat_prefix: &str) -> Ve
                     .to_string(),
                 value: NetworkRbac {
                     rules: Some(rules),
-                    stat_prefix: format!("{stat_prefix}{}", stat_word(action)),
+                    stat_prefix: format!("{stat_prefix}.{}.", stat_word(action)),
                 }
                 .encode_to_vec(),
             })),
@@ -124,8 +124,8 @@ pub(super) fn network_filters(policies: &[AuthzPolicy], stat_prefix: &str) -> Ve
 
 fn stat_word(action: AuthzAction) -> &'static str {
     match action {
-        AuthzAction::Deny => "deny_",
-        AuthzAction::Allow => "allow_",
+        AuthzAction::Deny => "deny",
+        AuthzAction::Allow => "allow",
     }
 }
 
