@@ -251,6 +251,30 @@ pub(crate) mod testing {
         (catalog, traffic)
     }
 
+    /// The inbound listeners of [`identified_mesh`]: [`node`]'s group's and another's.
+    pub(in crate::xds) const OWN_INBOUND: &str = "inbound|d|g";
+    pub(in crate::xds) const OTHER_INBOUND: &str = "inbound|d|h";
+
+    /// A mesh of two instance groups of `d` with one http service each, `a.g.d.boshy` (`g` is
+    /// [`node`]'s group) and `b.h.d.boshy`, built with workload identities on.
+    pub(in crate::xds) fn identified_mesh() -> crate::xds::cache::Snapshot {
+        let catalog = testing::catalog(
+            1,
+            [("g", "a", 2), ("h", "b", 3)].map(|(group, job, host)| {
+                service("d", group, job)
+                    .vip([169, 254, 255, host])
+                    .port("http", 80, Protocol::Http)
+                    .endpoint(endpoint(&format!("10.0.0.{host}")))
+            }),
+        );
+        let trust_domain = crate::identity::spiffe::TrustDomain::default();
+        crate::xds::cache::Snapshot::build(crate::xds::resources::Inputs {
+            catalog: &catalog,
+            traffic: &TrafficRules::default(),
+            identity: Some(&trust_domain),
+        })
+    }
+
     /// The names of the routes of an encoded route configuration, in order.
     pub(in crate::xds) fn route_names(resource: &Any) -> Vec<String> {
         let config = RouteConfiguration::decode(resource.value.as_slice()).expect("routes");

@@ -715,6 +715,7 @@ mod tests {
     use super::*;
     use crate::catalog::model::{Catalog, Protocol};
     use crate::catalog::testing::{self, endpoint, service};
+    use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::google::rpc::Status;
 
     const CDS: ResourceType = ResourceType::Cluster;
@@ -890,6 +891,55 @@ mod tests {
                 )
             ],
             "the load assignment of a, pushed with v3, awaits its ACK"
+        );
+    }
+
+    #[test]
+    fn an_envoy_gets_its_own_groups_inbound_listener_alone_whatever_its_scope() {
+        use crate::xds::client::testing::{identified_mesh, node, OTHER_INBOUND, OWN_INBOUND};
+        let mesh = Arc::new(identified_mesh());
+        let listeners = |scope: Option<StreamScope>, node: Option<Node>| {
+            let mut state = DeltaStreamState::default();
+            if let Some(scope) = scope {
+                state.on_scope(scope, None);
+            }
+            let request = DeltaDiscoveryRequest {
+                node,
+                ..subscribe(LDS, &[])
+            };
+            let (_, response) = state.on_request(&request, Some(&mesh));
+            let response = response.expect("listeners");
+            let names: Vec<String> = names(&response).into_iter().map(String::from).collect();
+            assert!(!names.iter().any(|n| n == OTHER_INBOUND), "{names:?}");
+            let (_, more) = state.on_request(&ack(&response), Some(&mesh));
+            assert!(more.is_none());
+            assert!(
+                state.on_snapshot(&mesh).is_empty(),
+                "nothing more for the same snapshot"
+            );
+            names
+        };
+        let whole_mesh = listeners(None, Some(node()));
+        assert_eq!(
+            whole_mesh,
+            [
+                "169.254.255.2_80",
+                "169.254.255.3_80",
+                OWN_INBOUND,
+                "outbound"
+            ]
+        );
+        let scoped_to_b = listeners(Some(scoped(1, &["b.h.d.boshy"])), Some(node()));
+        assert_eq!(
+            scoped_to_b,
+            ["169.254.255.3_80", OWN_INBOUND, "outbound"],
+            "a scope is about the services it calls, not its own inbound side"
+        );
+        let no_instance = listeners(None, None);
+        assert_eq!(
+            no_instance,
+            ["169.254.255.2_80", "169.254.255.3_80", "outbound"],
+            "an Envoy of no BOSH instance gets no inbound listener"
         );
     }
 

@@ -350,3 +350,293 @@ pub(super) fn passthrough_clusters() -> [Cluster; 2] {
         },
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::Protocol;
+    use crate::catalog::testing::{self, endpoint, service};
+    use crate::traffic::security::{AuthzAction, AuthzPolicy, AuthzRule};
+    use crate::xds::bootstrap::STATS_PREFIXES;
+    use crate::xds::mtls::tests::tls_context;
+    use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
+    use prost::Message;
+
+    fn key(group: &str) -> WorkloadKey {
+        WorkloadKey {
+            deployment: "d".into(),
+            instance_group: group.into(),
+        }
+    }
+
+    fn port(number: u16, protocol: Protocol) -> ServicePort {
+        ServicePort {
+            name: format!("p{number}"),
+            number,
+            protocol,
+        }
+    }
+
+    fn typed<M: Message + Default>(filter: &Filter) -> M {
+        let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+            panic!("{}: typed config", filter.name)
+        };
+        M::decode(any.value.as_slice()).expect("decodes")
+    }
+
+    /// Each chain: its name, the port it matches, its transport protocol and ALPN match, and
+    /// whether it terminates TLS.
+    fn chains(listener: &Listener) -> Vec<(&str, u32, &str, Vec<&str>, bool)> {
+        listener
+            .filter_chains
+            .iter()
+            .map(|chain| {
+                let matching = chain.filter_chain_match.as_ref().expect("a match");
+                (
+                    chain.name.as_str(),
+                    matching.destination_port.expect("a port").value,
+                    matching.transport_protocol.as_str(),
+                    matching
+                        .application_protocols
+                        .iter()
+                        .map(String::as_str)
+                        .collect(),
+                    chain.transport_socket.is_some(),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_workload_is_an_instance_group_with_its_ports_once_and_no_service_entry() {
+        let mut entry = service("d", "outside", "api")
+            .port("https", 443, Protocol::Tcp)
+            .build();
+        entry.service_entry = Some("entries".into());
+        let catalog = testing::catalog(
+            1,
+            [
+                service("d", "g", "web")
+                    .port("http", 8080, Protocol::Http)
+                    .port("admin", 9000, Protocol::Http)
+                    .endpoint(endpoint("10.0.0.1"))
+                    .build(),
+                service("d", "g", "db")
+                    .port("tcp", 5432, Protocol::Tcp)
+                    .port("admin", 9000, Protocol::Http)
+                    .build(),
+                service("e", "g", "web")
+                    .port("http", 80, Protocol::Http)
+                    .build(),
+                entry,
+            ],
+        );
+        let found: Vec<(String, String, Vec<u16>)> = workloads(&catalog)
+            .into_iter()
+            .map(|(key, ports)| {
+                (
+                    key.deployment,
+                    key.instance_group,
+                    ports.iter().map(|p| p.number).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            found,
+            [
+                ("d".into(), "g".into(), vec![5432, 8080, 9000]),
+                ("e".into(), "g".into(), vec![80]),
+            ]
+        );
+        assert_eq!(listener_name(&key("g")), "inbound|d|g");
+    }
+
+    #[test]
+    fn each_mode_gets_its_chains_and_the_inspector_runs_for_permissive_ports_alone() {
+        let ports = [
+            port(5432, Protocol::Tcp),
+            port(8080, Protocol::Http),
+            port(9000, Protocol::Grpc),
+        ];
+        let security = WorkloadSecurity {
+            mtls: MtlsMode::Permissive,
+            port_mtls: BTreeMap::from([(8080, MtlsMode::Strict), (9000, MtlsMode::Disable)]),
+            policies: Vec::new(),
+        };
+        let listener = listener(
+            &key("g"),
+            &ports.iter().collect::<Vec<_>>(),
+            &security,
+            true,
+        );
+        assert_eq!(listener.name, "inbound|d|g");
+        assert_eq!(
+            listener.address,
+            Some(socket_address(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 15006))
+        );
+        assert_eq!(
+            chains(&listener),
+            [
+                ("inbound|5432|mtls", 5432, "tls", vec!["boshy-mtls"], true),
+                ("inbound|5432|plaintext", 5432, "", vec![], false),
+                // STRICT matches the port alone: plaintext fails the handshake rather than
+                // falling through to the passthrough chain.
+                ("inbound|8080|mtls", 8080, "", vec![], true),
+                ("inbound|9000|plaintext", 9000, "", vec![], false),
+            ]
+        );
+        let server: DownstreamTlsContext =
+            tls_context(listener.filter_chains[2].transport_socket.as_ref().unwrap());
+        assert_eq!(
+            server.require_client_certificate,
+            Some(BoolValue { value: true })
+        );
+
+        let filters: Vec<&str> = listener
+            .listener_filters
+            .iter()
+            .map(|f| f.name.as_str())
+            .collect();
+        assert_eq!(
+            filters,
+            [
+                "envoy.filters.listener.original_dst",
+                "envoy.filters.listener.tls_inspector"
+            ]
+        );
+        let disabled = listener.listener_filters[1]
+            .filter_disabled
+            .clone()
+            .unwrap();
+        let Some(predicate::Rule::NotMatch(one_of)) = disabled.rule else {
+            panic!("disabled for every port but the permissive ones")
+        };
+        assert_eq!(
+            one_of.rule,
+            Some(predicate::Rule::DestinationPortRange(Int32Range {
+                start: 5432,
+                end: 5433
+            }))
+        );
+        assert!(listener.continue_on_listener_filters_timeout);
+
+        let passthrough = listener.default_filter_chain.as_ref().unwrap();
+        let tcp: TcpProxy = typed(&passthrough.filters[0]);
+        assert_eq!(
+            tcp.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster(
+                PASSTHROUGH_CLUSTER.into()
+            ))
+        );
+    }
+
+    #[test]
+    fn without_an_identity_every_port_is_plaintext_and_nothing_inspects_tls() {
+        let ports = [port(8080, Protocol::Http)];
+        let strict = WorkloadSecurity {
+            mtls: MtlsMode::Strict,
+            ..Default::default()
+        };
+        let listener = listener(&key("g"), &ports.iter().collect::<Vec<_>>(), &strict, false);
+        assert_eq!(
+            chains(&listener),
+            [("inbound|8080|plaintext", 8080, "", vec![], false)]
+        );
+        assert_eq!(listener.listener_filters.len(), 1, "original_dst alone");
+    }
+
+    #[test]
+    fn http_ports_set_the_callers_identity_check_normalized_paths_and_keep_their_stats() {
+        let ports = [port(8080, Protocol::Http), port(9000, Protocol::Grpc)];
+        let allow_all = AuthzPolicy {
+            config: "c".into(),
+            name: "all".into(),
+            action: AuthzAction::Allow,
+            rules: vec![AuthzRule::default()],
+        };
+        let security = WorkloadSecurity {
+            policies: vec![allow_all],
+            ..Default::default()
+        };
+        let listener = listener(
+            &key("g"),
+            &ports.iter().collect::<Vec<_>>(),
+            &security,
+            true,
+        );
+        let hcm: HttpConnectionManager = typed(&listener.filter_chains[0].filters[0]);
+        assert_eq!(hcm.stat_prefix, "inbound_8080");
+        assert_eq!(
+            hcm.forward_client_cert_details,
+            http_connection_manager::ForwardClientCertDetails::SanitizeSet as i32
+        );
+        assert!(hcm.set_current_client_cert_details.unwrap().uri);
+        assert_eq!(hcm.normalize_path, Some(BoolValue { value: true }));
+        let names: Vec<&str> = hcm.http_filters.iter().map(|f| f.name.as_str()).collect();
+        assert_eq!(
+            names,
+            ["envoy.filters.http.rbac", "envoy.filters.http.router"]
+        );
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) =
+            hcm.route_specifier
+        else {
+            panic!("an inline route")
+        };
+        let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!("a route action")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                PASSTHROUGH_CLUSTER.into()
+            ))
+        );
+        let grpc: HttpConnectionManager = typed(&listener.filter_chains[2].filters[0]);
+        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) =
+            grpc.route_specifier
+        else {
+            panic!("an inline route")
+        };
+        let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
+            panic!("a route action")
+        };
+        assert_eq!(
+            action.cluster_specifier,
+            Some(route_action::ClusterSpecifier::Cluster(
+                PASSTHROUGH_CLUSTER_HTTP2.into()
+            )),
+            "HTTP/2 to a gRPC workload"
+        );
+        // The bootstrap's stats trimming keeps RBAC's counters of every inbound port.
+        for stat in [
+            "http.inbound_8080.rbac.allow.denied",
+            "tcp.inbound_5432.deny.rbac.denied",
+            "tcp.inbound_passthrough.downstream_cx_total",
+        ] {
+            assert!(
+                STATS_PREFIXES.iter().any(|prefix| stat.starts_with(prefix)),
+                "{stat} is trimmed"
+            );
+        }
+    }
+
+    #[test]
+    fn passthrough_clusters_connect_to_the_original_destination_from_127_0_0_6() {
+        let [plain, http2] = passthrough_clusters();
+        for cluster in [&plain, &http2] {
+            assert_eq!(
+                cluster.cluster_discovery_type,
+                Some(cluster::ClusterDiscoveryType::Type(
+                    cluster::DiscoveryType::OriginalDst as i32
+                ))
+            );
+            assert_eq!(cluster.lb_policy, cluster::LbPolicy::ClusterProvided as i32);
+            let source = cluster.upstream_bind_config.as_ref().unwrap();
+            assert_eq!(source.source_address.as_ref().unwrap().address, "127.0.0.6");
+        }
+        assert_eq!(plain.name, PASSTHROUGH_CLUSTER);
+        assert!(plain.typed_extension_protocol_options.is_empty());
+        assert_eq!(http2.name, PASSTHROUGH_CLUSTER_HTTP2);
+        assert_eq!(http2.typed_extension_protocol_options.len(), 1);
+    }
+}

@@ -537,3 +537,305 @@ fn permission_of(rule: &AuthzRule) -> Permission {
     }
     and_permissions(all)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as EnvoyHttpRbac;
+    use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as EnvoyNetworkRbac;
+
+    fn policy(name: &str, action: AuthzAction, rules: Vec<AuthzRule>) -> AuthzPolicy {
+        AuthzPolicy {
+            config: "c".into(),
+            name: name.into(),
+            action,
+            rules,
+        }
+    }
+
+    fn matches(values: &[&str]) -> Vec<AuthzMatch> {
+        values.iter().map(|v| AuthzMatch::parse(v)).collect()
+    }
+
+    /// The HTTP filters of `policies` decoded with Envoy's own types: action and policies.
+    fn http(policies: &[AuthzPolicy]) -> Vec<(i32, BTreeMap<String, Policy>)> {
+        http_filters(policies)
+            .iter()
+            .map(|filter| {
+                assert_eq!(filter.name, "envoy.filters.http.rbac");
+                let Some(http_filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+                    panic!("typed")
+                };
+                assert_eq!(
+                    any.type_url,
+                    "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+                );
+                let rules = EnvoyHttpRbac::decode(any.value.as_slice())
+                    .expect("Envoy's type decodes it")
+                    .rules
+                    .unwrap();
+                (rules.action, rules.policies.into_iter().collect())
+            })
+            .collect()
+    }
+
+    /// The network filters of `policies` decoded with Envoy's own types: stat prefix and
+    /// policies.
+    fn tcp(policies: &[AuthzPolicy]) -> Vec<(String, BTreeMap<String, Policy>)> {
+        network_filters(policies, "tcp.inbound_5432")
+            .iter()
+            .map(|filter| {
+                let Some(filter::ConfigType::TypedConfig(any)) = &filter.config_type else {
+                    panic!("typed")
+                };
+                let rbac = EnvoyNetworkRbac::decode(any.value.as_slice()).unwrap();
+                let rules = rbac.rules.unwrap();
+                (rbac.stat_prefix, rules.policies.into_iter().collect())
+            })
+            .collect()
+    }
+
+    fn exact(value: &str) -> StringMatcher {
+        StringMatcher {
+            match_pattern: Some(string_matcher::MatchPattern::Exact(value.into())),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn no_policy_no_filter_and_deny_comes_before_allow() {
+        assert!(http(&[]).is_empty());
+        let allow = policy("allow", AuthzAction::Allow, vec![AuthzRule::default()]);
+        let deny = policy("deny", AuthzAction::Deny, vec![]);
+        let filters = http(&[allow.clone(), deny.clone()]);
+        let actions: Vec<i32> = filters.iter().map(|(action, _)| *action).collect();
+        assert_eq!(
+            actions,
+            [rbac::Action::Deny as i32, rbac::Action::Allow as i32]
+        );
+        // A DENY policy without rules denies nothing; `rules: [{}]` allows anything.
+        assert!(filters[0].1.is_empty());
+        let everything = &filters[1].1["c/allow/rule-0"];
+        assert_eq!(everything.permissions, [any_permission()]);
+        assert_eq!(everything.principals, [any_principal()]);
+        // An ALLOW policy without rules allows nothing: its filter has no policy.
+        let nothing = http(&[policy("none", AuthzAction::Allow, vec![])]);
+        assert_eq!(nothing, [(rbac::Action::Allow as i32, BTreeMap::new())]);
+        let stats: Vec<String> = tcp(&[allow, deny]).into_iter().map(|(s, _)| s).collect();
+        assert_eq!(stats, ["tcp.inbound_5432.deny.", "tcp.inbound_5432.allow."]);
+    }
+
+    #[test]
+    fn the_encoding_is_the_same_at_every_build() {
+        let rules: Vec<AuthzRule> = (0..20)
+            .map(|n| AuthzRule {
+                to: vec![AuthzOperation {
+                    ports: vec![n],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            })
+            .collect();
+        let policies = [policy("many", AuthzAction::Allow, rules)];
+        let bytes = |filter: &HttpFilter| match &filter.config_type {
+            Some(http_filter::ConfigType::TypedConfig(any)) => any.value.clone(),
+            _ => panic!("typed"),
+        };
+        let first = bytes(&http_filters(&policies)[0]);
+        assert_eq!(first, bytes(&http_filters(&policies)[0]));
+        // Envoy's own type, with its map, would not promise that.
+        let decoded = EnvoyHttpRbac::decode(first.as_slice()).unwrap();
+        assert_eq!(decoded.rules.unwrap().policies.len(), 20);
+    }
+
+    #[test]
+    fn sources_are_peer_identities_deployments_and_addresses() {
+        let source = AuthzSource {
+            principals: matches(&[
+                "boshy/deployment/d/instance_group/g",
+                "boshy/deployment/e/*",
+            ]),
+            not_principals: matches(&["*/instance_group/evil"]),
+            deployments: matches(&["other.dep-1*"]),
+            ip_blocks: vec!["10.0.0.0/8".parse().unwrap()],
+            ..Default::default()
+        };
+        let principal = source_principal(&source);
+        let Some(principal::Identifier::AndIds(all)) = principal.identifier else {
+            panic!("every field set must match: {principal:?}")
+        };
+        let [ids, not_ids, deployments, addresses] = all.ids.as_slice() else {
+            panic!("four fields: {all:?}")
+        };
+        assert_eq!(
+            *ids,
+            or_principals(vec![
+                authenticated(exact("spiffe://boshy/deployment/d/instance_group/g")),
+                authenticated(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::Prefix(
+                        "spiffe://boshy/deployment/e/".into()
+                    )),
+                    ..Default::default()
+                }),
+            ])
+        );
+        assert_eq!(
+            *not_ids,
+            not_principal(authenticated(StringMatcher {
+                match_pattern: Some(string_matcher::MatchPattern::Suffix(
+                    "/instance_group/evil".into()
+                )),
+                ..Default::default()
+            }))
+        );
+        let Some(principal::Identifier::Authenticated(principal::Authenticated {
+            principal_name:
+                Some(StringMatcher {
+                    match_pattern: Some(string_matcher::MatchPattern::SafeRegex(regex)),
+                    ..
+                }),
+        })) = &deployments.identifier
+        else {
+            panic!("a regex over the SPIFFE ID: {deployments:?}")
+        };
+        let re = regex::Regex::new(&format!("^(?:{})$", regex.regex)).unwrap();
+        assert!(re.is_match("spiffe://boshy/deployment/other.dep-12/instance_group/g"));
+        assert!(
+            !re.is_match("spiffe://boshy/deployment/otherXdep-1/instance_group/g"),
+            "the dot is escaped"
+        );
+        assert!(!re.is_match("spiffe://boshy/deployment/d/instance_group/other.dep-1"));
+        assert_eq!(
+            addresses.identifier,
+            Some(principal::Identifier::DirectRemoteIp(CidrRange {
+                address_prefix: "10.0.0.0".into(),
+                prefix_len: Some(UInt32Value { value: 8 }),
+            }))
+        );
+        assert_eq!(source_principal(&AuthzSource::default()), any_principal());
+    }
+
+    #[test]
+    fn operations_and_conditions_check_the_request() {
+        let rule = AuthzRule {
+            to: vec![AuthzOperation {
+                methods: matches(&["GET"]),
+                not_paths: matches(&["/admin*"]),
+                ports: vec![8080],
+                ..Default::default()
+            }],
+            when: vec![
+                AuthzCondition {
+                    key: ConditionKey::RequestHeader("x-team".into()),
+                    values: matches(&["*"]),
+                    not_values: matches(&["ops"]),
+                },
+                AuthzCondition {
+                    key: ConditionKey::SourceIp,
+                    values: matches(&["10.1.2.3", "not an address"]),
+                    not_values: Vec::new(),
+                },
+            ],
+            ..Default::default()
+        };
+        let Some(permission::Rule::AndRules(all)) = permission_of(&rule).rule else {
+            panic!("the operation and the header condition")
+        };
+        let [operation, header_present, header_not_ops] = all.rules.as_slice() else {
+            panic!("{all:?}")
+        };
+        let Some(permission::Rule::AndRules(fields)) = &operation.rule else {
+            panic!("{operation:?}")
+        };
+        assert_eq!(
+            fields.rules,
+            [
+                header(":method", &AuthzMatch::Exact("GET".into())),
+                not_permission(Permission {
+                    rule: Some(permission::Rule::UrlPath(PathMatcher {
+                        rule: Some(path_matcher::Rule::Path(StringMatcher {
+                            match_pattern: Some(string_matcher::MatchPattern::Prefix(
+                                "/admin".into()
+                            )),
+                            ..Default::default()
+                        })),
+                    })),
+                }),
+                port(8080),
+            ]
+        );
+        let Some(permission::Rule::Header(present)) = &header_present.rule else {
+            panic!("{header_present:?}")
+        };
+        assert_eq!(
+            present.header_match_specifier,
+            Some(header_matcher::HeaderMatchSpecifier::PresentMatch(true))
+        );
+        assert!(matches!(
+            header_not_ops.rule,
+            Some(permission::Rule::NotRule(_))
+        ));
+        assert_eq!(
+            principal_of(&rule),
+            or_principals(vec![
+                peer_address(&"10.1.2.3/32".parse().unwrap()),
+                no_principal(),
+            ]),
+            "an address that is none matches no peer"
+        );
+    }
+
+    #[test]
+    fn tcp_ports_drop_http_only_rules_from_allow_and_http_only_fields_from_deny() {
+        let http_only = AuthzRule {
+            to: vec![AuthzOperation {
+                methods: matches(&["POST"]),
+                ports: vec![5432],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let by_header = AuthzRule {
+            when: vec![AuthzCondition {
+                key: ConditionKey::RequestHeader("x-a".into()),
+                values: matches(&["1"]),
+                not_values: Vec::new(),
+            }],
+            ..Default::default()
+        };
+        let plain = AuthzRule {
+            to: vec![AuthzOperation {
+                ports: vec![5432],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let allow = policy(
+            "allow",
+            AuthzAction::Allow,
+            vec![http_only.clone(), by_header.clone(), plain.clone()],
+        );
+        let [(_, allowed)] = tcp(std::slice::from_ref(&allow)).try_into().unwrap();
+        assert_eq!(
+            allowed.keys().collect::<Vec<_>>(),
+            ["c/allow/rule-2"],
+            "rules with HTTP fields allow nothing on a TCP port"
+        );
+        assert_eq!(http(&[allow])[0].1.len(), 3, "an HTTP port checks them all");
+
+        let deny = policy("deny", AuthzAction::Deny, vec![http_only, by_header]);
+        let [(_, denied)] = tcp(&[deny]).try_into().unwrap();
+        assert_eq!(
+            denied["c/deny/rule-0"].permissions,
+            [port(5432)],
+            "the method is dropped: every connection to the port is denied"
+        );
+        assert_eq!(
+            denied["c/deny/rule-1"].permissions,
+            [any_permission()],
+            "the header condition is dropped: every connection is denied"
+        );
+    }
+}

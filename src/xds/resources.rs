@@ -2536,6 +2536,216 @@ mod tests {
         }
     }
 
+    mod with_identity {
+        use std::collections::BTreeMap;
+
+        use super::*;
+        use crate::identity::spiffe::TrustDomain;
+        use crate::traffic::security::WorkloadSecurity;
+        use crate::traffic::{ServiceRules, Subset};
+        use crate::xds::mtls::tests::tls_context;
+        use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
+            common_tls_context, UpstreamTlsContext,
+        };
+        use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher;
+
+        const WEB_HTTP: &str = "outbound|9002||web.banana.sample.boshy";
+        const WEB_GRPC: &str = "outbound|9000||web.banana.sample.boshy";
+
+        /// The test catalog, a ServiceEntry's service, and a group whose deployment name
+        /// cannot be a SPIFFE ID path segment.
+        fn mesh() -> Catalog {
+            let mut services = catalog().services;
+            let mut entry = testing::service("sample", "entries", "api")
+                .vip(Ipv4Addr::new(169, 254, 255, 9))
+                .port("https", 443, Protocol::Tcp)
+                .build();
+            entry.service_entry = Some("outside".into());
+            entry.hostname = "api.example.com".into();
+            services.push(entry);
+            services.push(
+                testing::service("odd deployment", "g", "x")
+                    .vip(Ipv4Addr::new(169, 254, 255, 10))
+                    .port("http", 80, Protocol::Http)
+                    .build(),
+            );
+            testing::catalog(42, services)
+        }
+
+        /// banana's gRPC port DISABLE, a subset of web.
+        fn traffic() -> TrafficRules {
+            let banana = WorkloadKey {
+                deployment: "sample".into(),
+                instance_group: "banana".into(),
+            };
+            let mut rules = TrafficRules::default();
+            rules.security.workloads.insert(
+                banana,
+                WorkloadSecurity {
+                    port_mtls: BTreeMap::from([(9000, MtlsMode::Disable)]),
+                    ..Default::default()
+                },
+            );
+            rules.services.insert(
+                "web.banana.sample.boshy".into(),
+                ServiceRules {
+                    subsets: BTreeMap::from([("v1".to_string(), Subset::default())]),
+                    ..Default::default()
+                },
+            );
+            rules
+        }
+
+        fn built(identity: Option<&TrustDomain>) -> Resources {
+            build(Inputs {
+                catalog: &mesh(),
+                traffic: &traffic(),
+                identity,
+            })
+        }
+
+        /// The exact SPIFFE ID a cluster's TLS context wants, `None` without TLS.
+        fn server_id(resources: &Resources, name: &str) -> Option<String> {
+            let cluster: Cluster = resource(resources, ResourceType::Cluster, name);
+            let tls: UpstreamTlsContext = tls_context(cluster.transport_socket.as_ref()?);
+            let Some(common_tls_context::ValidationContextType::CombinedValidationContext(
+                combined,
+            )) = tls.common_tls_context?.validation_context_type
+            else {
+                panic!("{name}: a combined validation context")
+            };
+            let san = &combined
+                .default_validation_context?
+                .match_typed_subject_alt_names[0];
+            match &san.matcher.as_ref()?.match_pattern {
+                Some(string_matcher::MatchPattern::Exact(id)) => Some(id.clone()),
+                other => panic!("{name}: an exact SAN, not {other:?}"),
+            }
+        }
+
+        #[test]
+        fn each_group_gets_its_inbound_listener_only_its_own_envoys_get() {
+            let trust_domain = TrustDomain::default();
+            let resources = built(Some(&trust_domain));
+            let inbound: Vec<&str> = names(&resources, ResourceType::Listener)
+                .into_iter()
+                .filter(|name| name.starts_with("inbound|"))
+                .collect();
+            assert_eq!(
+                inbound,
+                ["inbound|odd deployment|g", "inbound|sample|banana"]
+            );
+            let banana = WorkloadKey {
+                deployment: "sample".into(),
+                instance_group: "banana".into(),
+            };
+            let cherry = WorkloadKey {
+                instance_group: "cherry".into(),
+                ..banana.clone()
+            };
+            let listener = ResourceType::Listener;
+            assert_eq!(
+                resources.owner(listener, "inbound|sample|banana"),
+                Some(&banana)
+            );
+            assert!(resources.is_for(Some(&banana), listener, "inbound|sample|banana"));
+            assert!(!resources.is_for(Some(&cherry), listener, "inbound|sample|banana"));
+            assert!(!resources.is_for(None, listener, "inbound|sample|banana"));
+            assert!(resources.is_for(None, listener, "outbound"));
+            assert!(resources.is_for(Some(&cherry), ResourceType::Cluster, WEB_HTTP));
+            for cluster in [
+                "InboundPassthroughCluster",
+                "InboundPassthroughClusterHttp2",
+            ] {
+                assert!(resources.get(ResourceType::Cluster, cluster).is_some());
+            }
+            assert_ne!(
+                resources.version,
+                built(None).version,
+                "identities change what is built"
+            );
+        }
+
+        #[test]
+        fn clients_want_the_servers_identity_except_on_disable_ports_and_outside_the_mesh() {
+            let trust_domain = TrustDomain::default();
+            let resources = built(Some(&trust_domain));
+            let banana = "spiffe://boshy/deployment/sample/instance_group/banana";
+            assert_eq!(server_id(&resources, WEB_HTTP).as_deref(), Some(banana));
+            assert_eq!(
+                server_id(&resources, "outbound|9002|v1|web.banana.sample.boshy").as_deref(),
+                Some(banana),
+                "subsets too"
+            );
+            assert_eq!(
+                server_id(&resources, "outbound|5432||db.banana.sample.boshy").as_deref(),
+                Some(banana)
+            );
+            assert_eq!(server_id(&resources, WEB_GRPC), None, "DISABLE");
+            assert_eq!(
+                server_id(&resources, "outbound|443||api.example.com"),
+                None,
+                "a ServiceEntry's endpoints are outside the mesh"
+            );
+        }
+
+        #[test]
+        fn a_group_that_cannot_have_an_identity_stays_plaintext_and_says_why() {
+            let trust_domain = TrustDomain::default();
+            let resources = built(Some(&trust_domain));
+            assert_eq!(
+                server_id(&resources, "outbound|80||x.g.odddeployment.boshy"),
+                None
+            );
+            let odd: Listener = resource(
+                &resources,
+                ResourceType::Listener,
+                "inbound|odd deployment|g",
+            );
+            assert!(odd
+                .filter_chains
+                .iter()
+                .all(|c| c.transport_socket.is_none()));
+            let [warning] = resources.warnings() else {
+                panic!("one warning: {:?}", resources.warnings())
+            };
+            assert!(
+                warning.contains("\"odd deployment\"") && warning.contains("plaintext"),
+                "{warning}"
+            );
+        }
+
+        #[test]
+        fn without_identities_nothing_changes_and_security_rules_alone_version_nothing_new() {
+            let plain = build(&mesh());
+            assert!(plain.warnings().is_empty());
+            assert!(names(&plain, ResourceType::Listener)
+                .iter()
+                .all(|name| !name.starts_with("inbound|")));
+            assert!(plain
+                .of_type(ResourceType::Cluster)
+                .iter()
+                .all(|c| decode::<Cluster>(c).transport_socket.is_none()));
+            let security_only = TrafficRules {
+                security: traffic().security,
+                ..TrafficRules::default()
+            };
+            let with_security = build(Inputs {
+                catalog: &mesh(),
+                traffic: &security_only,
+                identity: None,
+            });
+            assert_ne!(
+                with_security.version, plain.version,
+                "the security rules are part of the version"
+            );
+            assert_eq!(
+                with_security.by_type, plain.by_type,
+                "but build nothing without identities"
+            );
+        }
+    }
+
     #[test]
     fn labels_change_no_resource() {
         let mut labelled = catalog();

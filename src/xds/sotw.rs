@@ -416,6 +416,54 @@ mod tests {
     }
 
     #[test]
+    fn an_envoy_gets_its_own_groups_inbound_listener_alone() {
+        use crate::xds::client::testing::{identified_mesh, node, OTHER_INBOUND, OWN_INBOUND};
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        use prost::Message;
+        let mesh = identified_mesh();
+        let listeners = |node| {
+            let mut state = SotwStreamState::default();
+            let first = DiscoveryRequest {
+                node,
+                ..request(LDS, &[], "", "")
+            };
+            let (_, response) = state.on_request(&first, Some(&mesh));
+            let response = response.expect("listeners");
+            let names: Vec<String> = response
+                .resources
+                .iter()
+                .map(|any| Listener::decode(any.value.as_slice()).unwrap().name)
+                .collect();
+            let (_, more) = state.on_request(
+                &request(LDS, &[], &response.version_info, &response.nonce),
+                Some(&mesh),
+            );
+            assert!(
+                more.is_none(),
+                "the ACK of its own selection sends nothing more"
+            );
+            (names, response.version_info)
+        };
+        let (own, own_version) = listeners(Some(node()));
+        assert_eq!(
+            own,
+            [
+                "169.254.255.2_80",
+                "169.254.255.3_80",
+                OWN_INBOUND,
+                "outbound"
+            ]
+        );
+        assert!(!own.iter().any(|n| n == OTHER_INBOUND));
+        let (none, none_version) = listeners(None);
+        assert_eq!(none, ["169.254.255.2_80", "169.254.255.3_80", "outbound"]);
+        assert_ne!(
+            own_version, none_version,
+            "each selection has its own version"
+        );
+    }
+
+    #[test]
     fn unknown_types_are_reported_and_not_answered() {
         let mut state = SotwStreamState::default();
         let unknown = DiscoveryRequest {
