@@ -9,8 +9,9 @@
 //! certificate and trust bundle from a small SDS server of the test's own. A request through
 //! a VIP crosses mutual TLS and reaches the workload with the caller's SPIFFE ID in
 //! `x-forwarded-client-cert`; a DENY policy answers 403 and is counted in a stat the
-//! bootstrap keeps; a plaintext connection to a STRICT port is refused, and to a PERMISSIVE TCP
-//! port that only identities may call is closed.
+//! bootstrap keeps; a plaintext connection to a STRICT port is refused, one to a PERMISSIVE HTTP
+//! port cannot forge `x-forwarded-client-cert`, and one to a PERMISSIVE TCP port that only
+//! identities may call is closed.
 //!
 //! Needs root and Envoy (env `BOSHY_ENVOY`, else `envoy` on PATH).
 
@@ -66,6 +67,7 @@ fn catalog() -> Arc<Catalog> {
                 .vip(BANANA_VIP)
                 .port("http", 8080, Protocol::Http)
                 .port("grpc", 9000, Protocol::Grpc)
+                .port("http-open", 8081, Protocol::Http)
                 .endpoint(at(BANANA_IP)),
             service("sample", "banana", "db")
                 .vip([169, 254, 255, 4])
@@ -169,14 +171,22 @@ fn security() -> SecurityRules {
                 ],
             },
             AuthzRule {
-                when: vec![condition(ConditionKey::DestinationPort, &["9000"], &[])],
+                when: vec![condition(
+                    ConditionKey::DestinationPort,
+                    &["9000", "8081"],
+                    &[],
+                )],
                 ..Default::default()
             },
         ],
     };
     let banana = WorkloadSecurity {
         mtls: MtlsMode::Strict,
-        port_mtls: BTreeMap::from([(5432, MtlsMode::Permissive), (9000, MtlsMode::Disable)]),
+        port_mtls: BTreeMap::from([
+            (5432, MtlsMode::Permissive),
+            (8081, MtlsMode::Permissive),
+            (9000, MtlsMode::Disable),
+        ]),
         policies: vec![deny, allow],
     };
     SecurityRules {
@@ -608,6 +618,7 @@ async fn plaintext_exchange(address: &str) -> Option<Vec<u8>> {
 fn requests_cross_mutual_tls_carry_the_callers_identity_and_meet_the_policies() {
     in_private_netns(|| async {
         xfcc_echo(&format!("{BANANA_IP}:8080")).await;
+        xfcc_echo(&format!("{BANANA_IP}:8081")).await;
         tcp_echo(&format!("{BANANA_IP}:5432")).await;
         let sds = serve_sds(&pki()).await;
         let (_published, xds) = serve_xds(traffic()).await;
@@ -663,6 +674,19 @@ fn requests_cross_mutual_tls_carry_the_callers_identity_and_meet_the_policies() 
         assert!(
             strict.is_err(),
             "a STRICT port takes no plaintext: {strict:?}"
+        );
+        // …a PERMISSIVE HTTP port takes it, and no caller forges an identity there…
+        let forged = http
+            .get(format!("http://{BANANA_IP}:8081/"))
+            .header("x-forwarded-client-cert", "URI=spiffe://boshy/forged")
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(forged.status().as_u16(), 200);
+        assert_eq!(
+            forged.text().await.unwrap(),
+            "none",
+            "the header is removed"
         );
         // …a PERMISSIVE TCP port takes it, but the policies allow identities alone there.
         assert_eq!(plaintext_exchange(&format!("{BANANA_IP}:5432")).await, None);
