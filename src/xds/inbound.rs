@@ -50,16 +50,14 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_connection_manager, http_filter, HttpConnectionManager, HttpFilter,
 };
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
-use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options, HttpProtocolOptions,
-};
+use envoy_types::pb::envoy::extensions::upstreams::http::v3::http_protocol_options::explicit_http_config::ProtocolConfig;
 use envoy_types::pb::envoy::r#type::v3::Int32Range;
 use envoy_types::pb::google::protobuf::{BoolValue, Duration, UInt32Value};
 use envoy_types::util::pack_any;
 
 use super::mtls::{self, MESH_ALPN};
 use super::rbac;
-use super::resources::{protocol_options, socket_address, CONNECT_TIMEOUT};
+use super::resources::{explicit_upstream, protocol_options, socket_address, CONNECT_TIMEOUT};
 use crate::catalog::model::{Catalog, ServicePort};
 use crate::traffic::security::{MtlsMode, WorkloadKey, WorkloadSecurity};
 
@@ -328,20 +326,9 @@ pub(super) fn passthrough_clusters() -> [Cluster; 2] {
         }),
         ..Default::default()
     };
-    let http2 = HttpProtocolOptions {
-        upstream_protocol_options: Some(
-            http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
-                http_protocol_options::ExplicitHttpConfig {
-                    protocol_config: Some(
-                        http_protocol_options::explicit_http_config::ProtocolConfig::Http2ProtocolOptions(
-                            Http2ProtocolOptions::default(),
-                        ),
-                    ),
-                },
-            ),
-        ),
-        ..Default::default()
-    };
+    let http2 = explicit_upstream(ProtocolConfig::Http2ProtocolOptions(
+        Http2ProtocolOptions::default(),
+    ));
     [
         cluster(PASSTHROUGH_CLUSTER),
         Cluster {

@@ -30,6 +30,12 @@
 //!   client depends on the selectors it satisfies: the one among the resources is for clients
 //!   that satisfy none, and [`RouteVariants`] holds the others (Istio builds routes per
 //!   sidecar for the same reason).
+//! - with workload identities on ([`Inputs::identity`]): one inbound listener per instance
+//!   group, which only that group's Envoys get ([`Resources::owner`]), and the passthrough
+//!   clusters behind them (see `inbound`, with the security model's authorization in `rbac`);
+//!   the clusters of BOSH services originate mutual TLS and check the server's SPIFFE ID, on
+//!   every port the server does not DISABLE (see `mtls`). A group whose names cannot form a
+//!   SPIFFE ID stays plaintext, with a warning ([`Resources::warnings`]).
 //!
 //! The traffic model (`crate::traffic`) changes only what it names: without rules, every
 //! resource is what it would be without the model, byte for byte. HTTP routes change route
@@ -37,7 +43,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
-use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -211,7 +216,7 @@ pub struct Resources {
     route_variants: BTreeMap<String, RouteVariants>,
     /// The workload of each resource only its own Envoys get (`xds::inbound`): by listener
     /// name. Empty without workload identities.
-    owners: HashMap<Box<str>, Arc<WorkloadKey>>,
+    owners: HashMap<Box<str>, WorkloadKey>,
     /// What the inputs asked that the resources cannot carry, for the log.
     warnings: Vec<String>,
     /// Per type, each name's place in `by_type`: every delta stream looks names up, thousands
@@ -305,7 +310,7 @@ impl Resources {
         if resource_type != ResourceType::Listener || self.owners.is_empty() {
             return None;
         }
-        self.owners.get(name).map(|owner| &**owner)
+        self.owners.get(name)
     }
 
     /// Whether the Envoys of `workload` (`None`: an Envoy of no BOSH instance) get the resource
@@ -529,7 +534,7 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
             let security = inputs.traffic.security.of(&workload);
             let listener = inbound::listener(&workload, &ports, &security, id.is_ok());
             let name = inbound::listener_name(&workload);
-            owners.insert(Box::from(name.as_str()), Arc::new(workload));
+            owners.insert(Box::from(name.as_str()), workload);
             listeners.push(NamedResource::new(name, pack_any(listener)));
         }
         clusters.extend(
@@ -793,6 +798,15 @@ fn upstream_http_options(
                 ..Default::default()
             }
         }),
+        ..explicit_upstream(protocol_config)
+    })
+}
+
+/// Upstream HTTP options that say which protocol the upstream speaks.
+pub(super) fn explicit_upstream(
+    protocol_config: http_protocol_options::explicit_http_config::ProtocolConfig,
+) -> HttpProtocolOptions {
+    HttpProtocolOptions {
         upstream_protocol_options: Some(
             http_protocol_options::UpstreamProtocolOptions::ExplicitHttpConfig(
                 http_protocol_options::ExplicitHttpConfig {
@@ -801,7 +815,7 @@ fn upstream_http_options(
             ),
         ),
         ..Default::default()
-    })
+    }
 }
 
 /// Envoy's circuit breakers with the pool's limits; the limits it does not set keep Envoy's
