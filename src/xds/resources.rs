@@ -418,9 +418,10 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
 
 impl Inputs<'_> {
     /// The version of what these inputs build: the catalog's own version without traffic
-    /// rules (a mesh without rules serves exactly what it did before the traffic model, versions
-    /// included), else a hash of the catalog's version and the rules, so that a change of
-    /// the rules alone is a new version. The empty default catalog's 0 stays 0 whatever the
+    /// rules and identities (a mesh without them serves exactly what it did before the traffic
+    /// model, versions included), else a hash of the catalog's version, the rules (security
+    /// rules included) and the trust domain, so that a change of the rules alone is a new
+    /// version. The empty default catalog's 0 stays 0 whatever the
     /// rules (it is never served, see `cache::follow`).
     pub fn version(&self) -> u64 {
         // The Sidecars' pins change what scoped streams get, not any resource: they count too.
