@@ -574,6 +574,34 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
+    // The inbound capture follows the ports file the agent writes beside its name table.
+    let table_dir = Path::new(agent["table_path"].as_str().unwrap())
+        .parent()
+        .unwrap();
+    let ports_file = table_dir.join("inbound_ports.json");
+    assert!(
+        dnat.contains(&format!("--inbound-ports-file {}", ports_file.display())),
+        "{dnat}"
+    );
+    assert!(dnat.contains("--inbound-redirect-port '15006'"), "{dnat}");
+    let monit = rendered.text("monit");
+    let capture = rendered.text("bin/inbound_capture");
+    // Monit watches the pidfile the start program writes.
+    let run_dir = rendered.root.path().join("sys/run/virtual-ip-agent");
+    let pidfile = run_dir.join("inbound-capture.pid");
+    assert!(
+        monit.contains(&format!("with pidfile {}", pidfile.display())),
+        "{monit}"
+    );
+    assert!(
+        capture.contains("PIDFILE=$RUN_DIR/inbound-capture.pid"),
+        "{capture}"
+    );
+    assert!(
+        capture.contains(&format!("RUN_DIR={}", run_dir.display())),
+        "{capture}"
+    );
+    assert!(capture.contains("bin/dnat follow"), "{capture}");
 
     let link = pilot_link(
         &["10.244.0.10", "10.244.0.11"],
@@ -584,6 +612,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "dnat": {"redirect_port": 15002},
         "health": {"probe_interval_ms": 2000},
         "scope": {"idle_hours": 0.5},
+        "inbound": {"capture": false},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -603,6 +632,11 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
+    assert!(!dnat.contains("--inbound"), "inbound capture off: {dnat}");
+    assert!(
+        !rendered.text("monit").contains("inbound-capture"),
+        "inbound capture off: no follower"
+    );
     assert!(
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"
