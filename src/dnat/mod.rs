@@ -24,6 +24,10 @@ use iptables::Backend;
 pub use rules::PROTECTED_PORTS;
 use rules::{parse_nat, render_install, render_remove, status, InboundSpec, RuleSpec, Status};
 
+/// The source address of Envoy's inbound connections to the local jobs (Istio's choice), and
+/// of the agent's health probes: the inbound capture lets connections from it through.
+pub const INBOUND_HOP_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
 /// How often `follow` looks at the ports file.
 const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// How often `follow` checks the table even when the file has not changed: a flushed or

@@ -43,8 +43,6 @@ pub const PROTECTED_PORTS: [u16; 8] = [22, 2822, 2825, 4222, 6868, 25250, 25555,
 /// outbound and inbound listeners (15001, 15006), the pilot's xDS, names and API ports
 /// (15010, 15011, 15014).
 const MESH_PORTS: [u16; 6] = [53, 15001, 15006, 15010, 15011, 15014];
-/// The source address of Envoy's inbound connections to the local process (Istio's choice).
-pub(crate) const INBOUND_SOURCE: &str = "127.0.0.6/32";
 /// iptables' multiport match takes at most 15 ports.
 const MULTIPORT_MAX: usize = 15;
 
@@ -127,7 +125,8 @@ impl InboundSpec {
             .map(|word| word.to_string())
             .collect(),
         };
-        let mut rules = vec![words(&["-s", INBOUND_SOURCE, "-j", "RETURN"])];
+        let source = format!("{}/32", super::INBOUND_HOP_SOURCE);
+        let mut rules = vec![words(&["-s", &source, "-j", "RETURN"])];
         let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
         for chunk in ports.chunks(MULTIPORT_MAX) {
             rules.push(words(&[
