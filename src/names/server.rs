@@ -509,9 +509,9 @@ async fn take_csr(
             let label = refusal.reason.label();
             metrics::global().identity_refusal(label);
             if refusals.is_new(peer.ip(), label) {
-                tracing::warn!(%peer, reason = label, "certificate request refused: {}", refusal.message);
+                tracing::warn!(%peer, reason = %label, "certificate request refused: {}", refusal.message);
             } else {
-                tracing::debug!(%peer, reason = label, "certificate request refused: {}", refusal.message);
+                tracing::debug!(%peer, reason = %label, "certificate request refused: {}", refusal.message);
             }
             let status = StatusCode::from_u16(refusal.reason.status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
