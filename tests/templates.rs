@@ -527,6 +527,82 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     );
 }
 
+/// Workload identity: off without `identity.ca` (no `identity` in the config, empty CA
+/// files); with it, the workload CA's certificate and the CA above it in one file, its key in
+/// another (never in the config), the TTL in seconds, and `--check-config` loads the CA.
+#[test]
+fn bosh_pilot_renders_the_workload_ca_only_when_identity_ca_is_set() {
+    let rendered = render(
+        "bosh-pilot",
+        required_properties("bosh-pilot"),
+        default_link(),
+    )
+    .rebased();
+    let pilot = rendered.json("config/pilot.yml");
+    assert!(
+        pilot.get("identity").is_none(),
+        "identity is off by default"
+    );
+    assert_eq!(rendered.text("config/identity/ca.pem").trim(), "");
+    assert_eq!(rendered.text("config/identity/ca_key.pem").trim(), "");
+
+    let mesh = boshy_lab::pki::Ca::new("mesh ca").unwrap();
+    let workload = boshy_lab::pki::Ca::new("workload ca").unwrap();
+    let properties = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {
+            "trust_domain": "corp.example",
+            "certificate_ttl_hours": 12,
+            "ca": {
+                "certificate": workload.cert_pem(),
+                "private_key": workload.key_pem(),
+                "ca": mesh.cert_pem(),
+            },
+        }}),
+    );
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    assert_success(
+        &check_config("pilot", &rendered.path("config/pilot.yml")),
+        "pilot --check-config (identity)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    assert_eq!(pilot["identity"]["trust_domain"], "corp.example");
+    assert_eq!(pilot["identity"]["certificate_ttl_seconds"], 12 * 3600);
+    assert!(pilot["identity"]["ca"].get("trust_bundle").is_none());
+    let certificates = rendered.text("config/identity/ca.pem");
+    assert_eq!(
+        certificates.trim(),
+        format!("{}\n{}", workload.cert_pem().trim(), mesh.cert_pem().trim()),
+        "the workload CA first, then the CA above it"
+    );
+    assert_eq!(
+        rendered.text("config/identity/ca_key.pem").trim(),
+        workload.key_pem().trim()
+    );
+    let key_body = workload.key_pem().lines().nth(1).unwrap().to_string();
+    assert!(
+        !rendered.text("config/pilot.yml").contains(&key_body),
+        "the key stays out of the config file"
+    );
+
+    let too_long = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {"certificate_ttl_hours": 721, "ca": {
+            "certificate": workload.cert_pem(),
+            "private_key": workload.key_pem(),
+            "ca": mesh.cert_pem(),
+        }}}),
+    );
+    let rendered = render("bosh-pilot", too_long, default_link()).rebased();
+    let output = check_config("pilot", &rendered.path("config/pilot.yml"));
+    assert!(!output.status.success(), "721 hours is more than 30 days");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("identity.certificate_ttl_seconds"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
     let properties = json!({"director": {"url": "https://10.0.0.6:25555", "client_secret": "x"}});
