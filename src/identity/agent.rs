@@ -14,6 +14,7 @@
 //! pilots.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -21,9 +22,10 @@ use anyhow::{anyhow, bail, Context};
 use rand::Rng;
 use tokio::sync::watch;
 
+use super::spiffe::workload_id;
 use super::wire::{CsrAnswer, CsrRequest, CSR_PATH};
 use crate::catalog::model::InstanceRef;
-use crate::config::Secret;
+use crate::config::{AgentConfig, Secret};
 use crate::director::Backoff;
 use crate::names::{base_url, error_chain, http_client};
 
@@ -209,7 +211,7 @@ impl FailureLog {
             return FailureNote::New { previous_repeats };
         }
         self.repeats += 1;
-        if self.repeats % SUMMARY_EVERY == 0 {
+        if self.repeats.is_multiple_of(SUMMARY_EVERY) {
             FailureNote::Summary {
                 repeats: self.repeats,
             }
@@ -350,6 +352,68 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// The workload the agent's config asks a certificate for, and its SDS socket; `None` when
+/// the config has no `identity`. Errors name the file and the key.
+pub(crate) fn from_config(
+    config: &AgentConfig,
+    config_path: &Path,
+) -> anyhow::Result<Option<(Workload, PathBuf)>> {
+    let Some(identity) = &config.identity else {
+        return Ok(None);
+    };
+    let at = |key: &str| format!("config file {}: key `{key}`", config_path.display());
+    let Some(instance) = &config.instance else {
+        bail!(
+            "{}: a workload identity needs the instance it belongs to",
+            at("instance")
+        );
+    };
+    let Some(group) = &instance.instance_group else {
+        bail!(
+            "{}: a workload identity needs the instance group (spec.name)",
+            at("instance.instance_group")
+        );
+    };
+    let spiffe_id = workload_id(&identity.trust_domain, &instance.deployment, group)
+        .map_err(|err| anyhow!("{}: {err}", at("instance")))?;
+    if identity.sds_socket.file_name().is_none() {
+        bail!(
+            "{}: `{}` is not a file path",
+            at("identity.sds_socket"),
+            identity.sds_socket.display()
+        );
+    }
+    let workload = Workload {
+        instance: InstanceRef {
+            deployment: instance.deployment.clone(),
+            instance_id: instance.id.clone(),
+        },
+        spiffe_id,
+    };
+    Ok(Some((workload, identity.sds_socket.clone())))
+}
+
+/// Starts the workload identity of the agent: binds the SDS socket at `socket` (an error
+/// here stops the agent), then keeps a certificate signed by the pilots and serves it.
+pub(crate) fn start(
+    workload: Workload,
+    socket: PathBuf,
+    pilots: &[String],
+    tls: Option<rustls::ClientConfig>,
+) -> anyhow::Result<()> {
+    let signer = PilotSigner::new(pilots, tls)?;
+    let listener = super::sds::bind(&socket)?;
+    let (certificates, served) = watch::channel(None);
+    tracing::info!(spiffe_id = %workload.spiffe_id, socket = %socket.display(), "workload identity: asking the pilots for a certificate");
+    tokio::spawn(keep_certified(workload, signer, certificates));
+    tokio::spawn(async move {
+        if let Err(err) = super::sds::serve(listener, socket, served).await {
+            tracing::error!("{err:#}: Envoy gets no new certificate");
+        }
+    });
+    Ok(())
+}
+
 /// The pilots, on their names port with the agent's mutual-TLS client: tried in turn until
 /// one signs.
 #[derive(Debug, Clone)]
@@ -442,6 +506,68 @@ mod tests {
     fn a_spiffe_id_that_is_no_uri_is_refused_by_name() {
         let err = new_request("spiffe://boshy/é").err().unwrap().to_string();
         assert!(err.contains("spiffe://boshy/é"), "{err}");
+    }
+
+    fn config(extra: &str) -> AgentConfig {
+        let text = format!("pilots: [\"10.0.0.1:15011\"]\ntable_path: /t.json\n{extra}");
+        crate::config::parse(&text, Path::new("agent.yml")).unwrap()
+    }
+
+    #[test]
+    fn the_config_names_the_workload_or_what_is_missing() {
+        let path = Path::new("/jobs/agent.yml");
+        assert!(from_config(&config(""), path).unwrap().is_none());
+        let (workload, socket) = from_config(
+            &config(
+                "instance: {deployment: sample, id: i-1, instance_group: banana}\n\
+                 identity: {trust_domain: corp.example, sds_socket: /run/sds.sock}\n",
+            ),
+            path,
+        )
+        .unwrap()
+        .expect("identity on");
+        assert_eq!(
+            workload.spiffe_id,
+            "spiffe://corp.example/deployment/sample/instance_group/banana"
+        );
+        assert_eq!(workload.instance.instance_id, "i-1");
+        assert_eq!(socket, Path::new("/run/sds.sock"));
+        let default_domain = from_config(
+            &config(
+                "instance: {deployment: sample, id: i-1, instance_group: banana}\n\
+                 identity: {sds_socket: /run/sds.sock}\n",
+            ),
+            path,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(default_domain.0.spiffe_id.starts_with("spiffe://boshy/"));
+        for (extra, key) in [
+            ("identity: {sds_socket: /s}\n", "key `instance`"),
+            (
+                "instance: {deployment: d, id: i}\nidentity: {sds_socket: /s}\n",
+                "key `instance.instance_group`",
+            ),
+            (
+                "instance: {deployment: d, id: i, instance_group: \"a b\"}\nidentity: {sds_socket: /s}\n",
+                "key `instance`",
+            ),
+            (
+                "instance: {deployment: d, id: i, instance_group: g}\nidentity: {sds_socket: /}\n",
+                "key `identity.sds_socket`",
+            ),
+        ] {
+            let err = from_config(&config(extra), path).err().unwrap().to_string();
+            assert!(err.contains("/jobs/agent.yml") && err.contains(key), "{extra}: {err}");
+        }
+        let parse = crate::config::parse::<AgentConfig>(
+            "pilots: []\ntable_path: /t\nidentity: {trust_domain: Bad, sds_socket: /s}\n",
+            path,
+        );
+        assert!(parse
+            .unwrap_err()
+            .to_string()
+            .contains("identity.trust_domain"));
     }
 
     #[test]
