@@ -389,14 +389,33 @@ pub struct AgentConfig {
     /// drops that service's configuration (docs/scope.md).
     #[serde(default = "default_scope_idle")]
     pub scope_idle_seconds: u64,
+    /// With `instance` (and its `instance_group`): the agent holds the VM's workload key and
+    /// serves its certificate to Envoy over SDS (docs/security.md); without it, identity is
+    /// off.
+    #[serde(default)]
+    pub identity: Option<AgentIdentity>,
 }
 
-/// `spec.deployment` and `spec.id` of the VM's jobs.
+/// `spec.deployment`, `spec.id` and `spec.name` of the VM's jobs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentInstance {
     pub deployment: String,
     pub id: String,
+    /// The instance group: whose SPIFFE ID the VM's certificate carries.
+    #[serde(default)]
+    pub instance_group: Option<String>,
+}
+
+/// The agent's workload identity: the mesh's trust domain, and where Envoy asks for the
+/// certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdentity {
+    #[serde(default)]
+    pub trust_domain: crate::identity::spiffe::TrustDomain,
+    /// The SDS Unix socket, in a directory shared with Envoy alone.
+    pub sds_socket: PathBuf,
 }
 
 impl AgentConfig {

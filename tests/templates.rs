@@ -636,8 +636,18 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(agent["pilots"], json!(["https://10.244.0.10:15011"]));
     assert_eq!(
         agent["instance"],
-        json!({"deployment": "sample-deployment", "id": "6d0e0b4c-1111-4a4a-9b9b-000000000003"}),
+        json!({"deployment": "sample-deployment", "id": "6d0e0b4c-1111-4a4a-9b9b-000000000003", "instance_group": "apricot"}),
         "the agent reports the health of the instance it runs on"
+    );
+    assert!(
+        agent.get("identity").is_none(),
+        "identity is off by default"
+    );
+    assert!(
+        !rendered
+            .text("config/bpm.yml")
+            .contains("additional_volumes"),
+        "no SDS volume without identity"
     );
     assert_eq!(agent["probe_interval_ms"], 500);
     assert_eq!(agent["drain_timeout_seconds"], 30);
@@ -717,6 +727,83 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"
     );
+}
+
+/// The directory of the SDS socket: the bpm volume the agent and Envoy share.
+const SDS_SOCKET: &str = "/var/vcap/data/boshy-identity/sds.sock";
+
+/// The bpm `additional_volumes` of a rendered job's only process.
+fn bpm_volumes(rendered: &Rendered) -> Value {
+    let bpm: Value = serde_yaml::from_str(&rendered.text("config/bpm.yml")).unwrap();
+    bpm["processes"][0]["additional_volumes"].clone()
+}
+
+#[test]
+fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
+    let properties = json!({"identity": {"enabled": true, "trust_domain": "corp.example"}});
+    let rendered = render("virtual-ip-agent", properties, default_link()).rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_success(
+        &check_bpm_process(&bpm.processes[0]),
+        "virtual-ip-agent --check-config (identity)",
+    );
+    let agent = rendered.json("config/agent.yml");
+    assert_eq!(agent["identity"]["trust_domain"], "corp.example");
+    assert!(
+        agent["identity"]["sds_socket"]
+            .as_str()
+            .unwrap()
+            .ends_with("/data/boshy-identity/sds.sock"),
+        "{agent}"
+    );
+    let volume_dir = Path::new(SDS_SOCKET).parent().unwrap().to_str().unwrap();
+    let rendered = render(
+        "virtual-ip-agent",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    assert_eq!(
+        bpm_volumes(&rendered),
+        json!([{"path": volume_dir, "writable": true}])
+    );
+    assert_eq!(
+        rendered.json("config/agent.yml")["identity"]["sds_socket"],
+        SDS_SOCKET
+    );
+    let envoy = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    assert_eq!(
+        bpm_volumes(&envoy),
+        json!([{"path": volume_dir, "writable": false}]),
+        "Envoy connects to the socket and writes nothing there"
+    );
+    // No other job of the release mounts the directory holding the key's socket.
+    for job in JOBS {
+        if job != "virtual-ip-agent" && job != "bosh-envoy" {
+            let rendered = render(job, required_properties(job), default_link());
+            let bpm = rendered.path("config/bpm.yml");
+            if bpm.exists() {
+                let text = std::fs::read_to_string(bpm).unwrap();
+                assert!(!text.contains(volume_dir), "{job} mounts {volume_dir}");
+            }
+        }
+    }
+
+    // A trust domain that cannot be one is refused by --check-config, naming the key.
+    let rendered = render(
+        "virtual-ip-agent",
+        json!({"identity": {"enabled": true, "trust_domain": "Corp"}}),
+        default_link(),
+    )
+    .rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    let refused = check_bpm_process(&bpm.processes[0]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("identity.trust_domain"), "{said}");
 }
 
 #[test]
@@ -813,6 +900,46 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
             "--log-level",
             "debug"
         ]
+    );
+    envoy_validate(&rendered.rebased().path("config/envoy.json"));
+}
+
+#[test]
+fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
+    let rendered = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    let node = boshy::xds::bootstrap::NodeIdentity {
+        deployment: "sample-deployment".into(),
+        instance_group: "apricot".into(),
+        instance_id: spec().id,
+        index: Some(3),
+        az: Some("z1".into()),
+        ip: "10.244.0.7".parse().unwrap(),
+    };
+    let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
+    let rust = boshy::xds::bootstrap::render_with_sds(
+        &node,
+        &["10.244.0.10:15010".to_string()],
+        boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
+        boshy::xds::bootstrap::AdsMode::default(),
+        Some(&boshy::config::ClientTls {
+            ca_cert_path: tls("ca.pem"),
+            cert_path: tls("cert.pem"),
+            key_path: tls("key.pem"),
+            server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
+        }),
+        Some(Path::new(SDS_SOCKET)),
+    )
+    .unwrap();
+    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    let bootstrap = rendered.json("config/envoy.json");
+    assert_eq!(bootstrap, rust);
+    assert_eq!(
+        bootstrap["static_resources"]["clusters"][1]["name"],
+        "sds-grpc"
     );
     envoy_validate(&rendered.rebased().path("config/envoy.json"));
 }

@@ -82,6 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
         .map(crate::tls::client_config)
         .transpose()
         .with_context(|| format!("config file {}", args.config.display()))?;
+    let identity = crate::identity::agent::from_config(&config, &args.config)?;
     if args.check_config {
         println!("config file {}: OK", args.config.display());
         return Ok(());
@@ -113,6 +114,9 @@ pub async fn run(args: Args) -> Result<()> {
             .map(Arc::new)
         })
         .transpose()?;
+    if let Some((workload, sds_socket)) = identity {
+        crate::identity::agent::start(workload, sds_socket, &config.pilots, tls.clone())?;
+    }
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
     let cell = Arc::new(ZoneCell::new(build_zone(

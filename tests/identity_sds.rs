@@ -1,0 +1,321 @@
+//! The agent's workload identity end to end on one machine, without a pilot: a test CA signs
+//! the agent's certificate requests directly; a tonic SDS client on the agent's Unix socket
+//! receives `default` and `ROOTCA`, nothing before the first certificate, and the renewed
+//! certificate pushed on the same open stream. The agent's log never holds a key.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use boshy::catalog::model::InstanceRef;
+use boshy::identity::agent::{keep_certified, Signer, Workload};
+use boshy::identity::sds;
+use boshy::identity::spiffe::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
+use boshy::identity::wire::{CsrAnswer, CsrRequest};
+use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
+use prost::Message;
+use rcgen::PublicKeyData;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::transport::{Channel, Endpoint};
+
+const SPIFFE_ID: &str = "spiffe://corp.example/deployment/sample/instance_group/banana";
+const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
+/// The test CA's certificates live this long: renewed two seconds after they are received.
+const LIFETIME_S: u64 = 4;
+
+/// A CA that signs every request but the first `refuse_first` ones, recording the public key
+/// of each request it signed.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+    refuse_first: usize,
+    seen: Mutex<Vec<CsrRequest>>,
+    signed_keys: Mutex<Vec<Vec<u8>>>,
+}
+
+impl TestCa {
+    fn new(refuse_first: usize) -> Self {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let cert = params.self_signed(&key).unwrap();
+        TestCa {
+            cert,
+            key,
+            refuse_first,
+            seen: Mutex::default(),
+            signed_keys: Mutex::default(),
+        }
+    }
+}
+
+/// The CA as the agent holds it, shared with the test's checks.
+#[derive(Clone)]
+struct SharedCa(Arc<TestCa>);
+
+impl Signer for SharedCa {
+    async fn sign(&self, request: &CsrRequest) -> anyhow::Result<CsrAnswer> {
+        let ca = &self.0;
+        let attempt = {
+            let mut seen = ca.seen.lock().unwrap();
+            seen.push(request.clone());
+            seen.len()
+        };
+        if attempt <= ca.refuse_first {
+            anyhow::bail!("test CA: refusing attempt {attempt}");
+        }
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr)?;
+        ca.signed_keys
+            .lock()
+            .unwrap()
+            .push(csr.public_key.der_bytes().to_vec());
+        let cert = csr.signed_by(&ca.cert, &ca.key)?;
+        Ok(CsrAnswer {
+            certificate_chain: cert.pem(),
+            trust_bundle: ca.cert.pem(),
+            not_after: unix_now() + LIFETIME_S,
+        })
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Everything the process logs, for the check that no key is in it.
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl LogBuffer {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+async fn sds_client(socket: PathBuf) -> SecretDiscoveryServiceClient<Channel> {
+    // The URI is a placeholder: every connection goes to the socket.
+    let channel = Endpoint::from_static("http://sds.invalid")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .expect("the SDS socket accepts connections");
+    SecretDiscoveryServiceClient::new(channel)
+}
+
+fn request(nonce: &str, version: &str) -> DiscoveryRequest {
+    DiscoveryRequest {
+        resource_names: vec![WORKLOAD_SECRET.into(), TRUST_BUNDLE_SECRET.into()],
+        type_url: SECRET_TYPE.into(),
+        response_nonce: nonce.into(),
+        version_info: version.into(),
+        ..Default::default()
+    }
+}
+
+fn inline(source: &Option<DataSource>) -> String {
+    match source.as_ref().and_then(|s| s.specifier.as_ref()) {
+        Some(data_source::Specifier::InlineString(text)) => text.clone(),
+        other => panic!("not an inline string: {other:?}"),
+    }
+}
+
+/// The workload chain and key, and the trust bundle, of one response.
+fn secrets(response: &DiscoveryResponse) -> (String, String, String) {
+    let (mut workload, mut bundle) = (None, None);
+    for any in &response.resources {
+        assert_eq!(any.type_url, SECRET_TYPE);
+        let secret = Secret::decode(any.value.as_slice()).unwrap();
+        match (secret.name.as_str(), secret.r#type) {
+            (WORKLOAD_SECRET, Some(secret::Type::TlsCertificate(tls))) => {
+                workload = Some((inline(&tls.certificate_chain), inline(&tls.private_key)))
+            }
+            (TRUST_BUNDLE_SECRET, Some(secret::Type::ValidationContext(validation))) => {
+                bundle = Some(inline(&validation.trusted_ca))
+            }
+            (name, other) => panic!("unexpected secret {name}: {other:?}"),
+        }
+    }
+    let (chain, key) = workload.expect("the workload secret");
+    (chain, key, bundle.expect("the trust bundle"))
+}
+
+fn san_of(chain: &str) -> Vec<rcgen::SanType> {
+    rcgen::CertificateParams::from_ca_cert_pem(chain)
+        .unwrap()
+        .subject_alt_names
+}
+
+fn public_key_of(key_pem: &str) -> Vec<u8> {
+    rcgen::KeyPair::from_pem(key_pem)
+        .unwrap()
+        .public_key_raw()
+        .to_vec()
+}
+
+async fn next(
+    responses: &mut tonic::Streaming<DiscoveryResponse>,
+    within: Duration,
+) -> Option<DiscoveryResponse> {
+    match tokio::time::timeout(within, responses.message()).await {
+        Err(_) => None,
+        Ok(message) => Some(message.expect("a response").expect("the stream stays open")),
+    }
+}
+
+fn stale_file(path: &Path) {
+    std::fs::write(path, b"left by a previous run").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644)).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
+    let logs = LogBuffer::default();
+    let writer = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("boshy=debug")
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("sds.sock");
+    stale_file(&socket);
+    let listener = sds::bind(&socket).expect("the stale socket is replaced");
+    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "only the agent's user opens the socket"
+    );
+
+    let (certificates, served) = watch::channel(None);
+    tokio::spawn(sds::serve(listener, socket.clone(), served));
+
+    // Nothing is answered before the first certificate: the CA refuses the first request.
+    let mut client = sds_client(socket.clone()).await;
+    let fetched = client.fetch_secrets(request("", "")).await.unwrap_err();
+    assert_eq!(fetched.code(), tonic::Code::Unavailable, "{fetched}");
+    let (requests, outgoing) = mpsc::channel(4);
+    requests.send(request("", "")).await.unwrap();
+    let mut responses = client
+        .stream_secrets(ReceiverStream::new(outgoing))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        next(&mut responses, Duration::from_millis(300))
+            .await
+            .is_none(),
+        "no answer without a certificate"
+    );
+
+    let ca = Arc::new(TestCa::new(1));
+    let workload = Workload {
+        instance: InstanceRef {
+            deployment: "sample".into(),
+            instance_id: "i-1".into(),
+        },
+        spiffe_id: SPIFFE_ID.into(),
+    };
+    let started = unix_now();
+    tokio::spawn(keep_certified(workload, SharedCa(ca.clone()), certificates));
+
+    let first = next(&mut responses, Duration::from_secs(5))
+        .await
+        .expect("the first certificate, after one retry");
+    let (chain, key, bundle) = secrets(&first);
+    assert_eq!(bundle, ca.cert.pem());
+    assert_eq!(
+        san_of(&chain),
+        [rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(SPIFFE_ID).unwrap()
+        )]
+    );
+    assert_eq!(
+        ca.signed_keys.lock().unwrap()[0],
+        public_key_of(&key),
+        "the key served is the one the CSR was signed with"
+    );
+    {
+        let seen = ca.seen.lock().unwrap();
+        assert_eq!(seen.len(), 2, "refused once, then signed");
+        for request in seen.iter() {
+            assert_eq!(
+                (request.deployment.as_str(), request.instance.as_str()),
+                ("sample", "i-1")
+            );
+            assert!(
+                request.nonce.len() >= 32 && request.nonce.chars().all(|c| c.is_ascii_hexdigit())
+            );
+            assert!(request.issued_at >= started && request.issued_at <= unix_now());
+        }
+        assert_ne!(seen[0].nonce, seen[1].nonce, "a fresh nonce each time");
+    }
+    let fetched = client
+        .fetch_secrets(request("", ""))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(fetched.version_info, first.version_info);
+    requests
+        .send(request(&first.nonce, &first.version_info))
+        .await
+        .unwrap();
+
+    // Renewed at half the lifetime, pushed on the open stream with a new key.
+    let renewed = next(&mut responses, Duration::from_secs(LIFETIME_S))
+        .await
+        .expect("the renewal pushed on the open stream");
+    assert_ne!(renewed.version_info, first.version_info);
+    assert_ne!(renewed.nonce, first.nonce);
+    let (new_chain, new_key, _) = secrets(&renewed);
+    assert_ne!(new_chain, chain);
+    assert_ne!(
+        public_key_of(&new_key),
+        public_key_of(&key),
+        "a new key per renewal"
+    );
+    requests
+        .send(request(&renewed.nonce, &renewed.version_info))
+        .await
+        .unwrap();
+
+    let log = logs.text();
+    assert!(
+        log.contains("test CA: refusing attempt 1") && log.contains("no certificate yet"),
+        "the refusal is logged with what it means: {log}"
+    );
+    assert!(log.contains("SDS ACK"), "{log}");
+    for secret in [&key, &new_key] {
+        let body = secret
+            .lines()
+            .find(|line| !line.starts_with("-----"))
+            .unwrap();
+        assert!(!log.contains(body), "a key in the log");
+    }
+    assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
