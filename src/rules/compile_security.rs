@@ -55,7 +55,7 @@ pub(crate) fn security_rules(rules: &RuleSet, catalog: &Catalog) -> SecurityRule
                 let ports = rule.spec.port_level_mtls.iter();
                 ports
                     .filter(|(_, port)| port.mode != PeerMtlsMode::Unset)
-                    .map(|(number, port)| (*number, resolve(Some(port.mode), mtls)))
+                    .map(|(number, port)| (number.0, resolve(Some(port.mode), mtls)))
                     .collect()
             })
             .unwrap_or_default();
@@ -211,4 +211,305 @@ fn authz_condition(condition: &Condition) -> Option<AuthzCondition> {
         not_values: values(&condition.not_values),
         key,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Endpoint, Protocol};
+    use crate::catalog::testing::{self, endpoint, labels, service};
+    use crate::rules::{parse_config, validate, MeshView, ParsedConfig};
+    use ipnet::IpNet;
+
+    /// bookinfo's `reviews` (jobs `reviews` and `metrics`) and `ratings`, and a `web`
+    /// group in `shop`; endpoints labelled as the director and the manifests would.
+    fn estate() -> Catalog {
+        let labelled =
+            |address: &str, deployment: &str, group: &str, job: &str, app: &str| Endpoint {
+                labels: labels([
+                    ("bosh.io/deployment", deployment),
+                    ("bosh.io/instance-group", group),
+                    ("bosh.io/job", job),
+                    ("bosh.io/id", address),
+                    (
+                        "bosh.io/az",
+                        if address.ends_with('1') { "z1" } else { "z2" },
+                    ),
+                    ("app", app),
+                ]),
+                ..endpoint(address)
+            };
+        testing::catalog(
+            1,
+            [
+                service("bookinfo", "reviews", "reviews")
+                    .port("http", 9080, Protocol::Http)
+                    .endpoint(labelled(
+                        "10.0.0.1", "bookinfo", "reviews", "reviews", "reviews",
+                    ))
+                    .endpoint(labelled(
+                        "10.0.0.2", "bookinfo", "reviews", "reviews", "reviews",
+                    )),
+                service("bookinfo", "reviews", "metrics")
+                    .port("metrics", 9100, Protocol::Tcp)
+                    .endpoint(labelled(
+                        "10.0.0.1", "bookinfo", "reviews", "metrics", "metrics",
+                    ))
+                    .endpoint(labelled(
+                        "10.0.0.2", "bookinfo", "reviews", "metrics", "metrics",
+                    )),
+                service("bookinfo", "ratings", "ratings")
+                    .port("http", 9080, Protocol::Http)
+                    .endpoint(labelled(
+                        "10.0.0.3", "bookinfo", "ratings", "ratings", "ratings",
+                    )),
+                service("shop", "web", "web")
+                    .port("http", 8080, Protocol::Http)
+                    .endpoint(labelled("10.0.1.1", "shop", "web", "web", "web")),
+            ],
+        )
+    }
+
+    fn key(deployment: &str, instance_group: &str) -> WorkloadKey {
+        WorkloadKey {
+            deployment: deployment.into(),
+            instance_group: instance_group.into(),
+        }
+    }
+
+    /// The security model of `configs` (name, director id, List items), which must be
+    /// accepted without error.
+    fn security_of(configs: &[(&str, u64, &str)]) -> SecurityRules {
+        let catalog = estate();
+        let parsed: Vec<ParsedConfig> = configs
+            .iter()
+            .map(|(name, id, items)| ParsedConfig {
+                director_id: Some(*id),
+                ..parse_config(
+                    name,
+                    &format!("apiVersion: v1\nkind: List\nitems:\n{items}"),
+                )
+            })
+            .collect();
+        let validated = validate(&parsed, Some(&MeshView::from_catalog(&catalog)));
+        let errors: Vec<String> = validated.errors().map(ToString::to_string).collect();
+        assert!(errors.is_empty(), "{errors:?}");
+        crate::rules::compile(&validated.rules, &catalog)
+            .traffic
+            .security
+    }
+
+    fn peer(name: &str, namespace: &str, spec: &str) -> String {
+        format!(
+            "- {{apiVersion: security.istio.io/v1beta1, kind: PeerAuthentication, metadata: {{name: {name}, namespace: {namespace}}}, spec: {spec}}}\n"
+        )
+    }
+
+    fn authz(name: &str, namespace: &str, spec: &str) -> String {
+        format!(
+            "- {{apiVersion: security.istio.io/v1, kind: AuthorizationPolicy, metadata: {{name: {name}, namespace: {namespace}}}, spec: {spec}}}\n"
+        )
+    }
+
+    #[test]
+    fn no_policy_is_the_empty_model() {
+        assert!(security_of(&[]).is_empty());
+    }
+
+    #[test]
+    fn mtls_is_the_selecting_policy_over_the_deployment_over_the_mesh_unset_inheriting() {
+        let items = [
+            peer("mesh", "istio-system", "{mtls: {mode: STRICT}}"),
+            peer("bookinfo", "bookinfo", "{mtls: {mode: PERMISSIVE}}"),
+            peer(
+                "reviews",
+                "bookinfo",
+                "{selector: {matchLabels: {app: reviews}}, mtls: {mode: UNSET}, portLevelMtls: {9080: {mode: DISABLE}, 9100: {mode: UNSET}}}",
+            ),
+        ]
+        .concat();
+        let security = security_of(&[("mtls", 1, &items)]);
+        assert_eq!(security.mesh_mtls, MtlsMode::Strict);
+        let reviews = &security.workloads[&key("bookinfo", "reviews")];
+        assert_eq!(
+            reviews.mtls,
+            MtlsMode::Permissive,
+            "UNSET: the deployment's"
+        );
+        assert_eq!(
+            reviews.port_mtls,
+            BTreeMap::from([(9080, MtlsMode::Disable)])
+        );
+        assert_eq!(reviews.mtls_of(9100), MtlsMode::Permissive);
+        let ratings = &security.workloads[&key("bookinfo", "ratings")];
+        assert_eq!(ratings.mtls, MtlsMode::Permissive);
+        assert!(ratings.port_mtls.is_empty());
+        assert!(
+            !security.workloads.contains_key(&key("shop", "web")),
+            "no policy touches it: it has the mesh's mode"
+        );
+        assert_eq!(security.of(&key("shop", "web")).mtls, MtlsMode::Strict);
+
+        // An UNSET deployment-wide policy inherits the mesh's; no mesh policy is PERMISSIVE.
+        let items = [
+            peer("bookinfo", "bookinfo", "{mtls: {mode: UNSET}}"),
+            peer(
+                "web",
+                "istio-system",
+                "{selector: {matchLabels: {bosh.io/instance-group: web}}, mtls: {mode: DISABLE}}",
+            ),
+        ]
+        .concat();
+        let security = security_of(&[("mtls", 1, &items)]);
+        assert_eq!(security.mesh_mtls, MtlsMode::Permissive);
+        assert_eq!(
+            security.workloads[&key("bookinfo", "ratings")].mtls,
+            MtlsMode::Permissive
+        );
+        assert_eq!(
+            security.workloads[&key("shop", "web")].mtls,
+            MtlsMode::Disable
+        );
+    }
+
+    #[test]
+    fn of_policies_that_select_one_group_the_oldest_applies() {
+        let newer = peer(
+            "newer",
+            "bookinfo",
+            "{selector: {matchLabels: {bosh.io/job: metrics}}, mtls: {mode: DISABLE}}",
+        );
+        let older = peer(
+            "older",
+            "bookinfo",
+            "{selector: {matchLabels: {app: reviews}}, mtls: {mode: STRICT}}",
+        );
+        let security = security_of(&[("a", 8, &newer), ("b", 4, &older)]);
+        assert_eq!(
+            security.workloads[&key("bookinfo", "reviews")].mtls,
+            MtlsMode::Strict
+        );
+        let security = security_of(&[("a", 4, &newer), ("b", 8, &older)]);
+        assert_eq!(
+            security.workloads[&key("bookinfo", "reviews")].mtls,
+            MtlsMode::Disable,
+            "the group's second job has the label: the group is selected"
+        );
+        assert_eq!(security.workloads.len(), 1);
+    }
+
+    #[test]
+    fn authorization_policies_apply_to_their_deployment_and_selection_and_add_up() {
+        let items = [
+            authz(
+                "deny-delete",
+                "istio-system",
+                "{action: DENY, rules: [{to: [{operation: {methods: [DELETE]}}]}]}",
+            ),
+            authz("lockout", "shop", "{}"),
+            authz(
+                "open",
+                "bookinfo",
+                "{selector: {matchLabels: {app: ratings}}, rules: [{}]}",
+            ),
+        ]
+        .concat();
+        let security = security_of(&[("authz", 1, &items)]);
+        let names = |workload: &WorkloadKey| -> Vec<(String, AuthzAction, usize)> {
+            security.workloads[workload]
+                .policies
+                .iter()
+                .map(|p| (p.name.clone(), p.action, p.rules.len()))
+                .collect()
+        };
+        assert_eq!(
+            names(&key("bookinfo", "reviews")),
+            [("deny-delete".into(), AuthzAction::Deny, 1)]
+        );
+        assert_eq!(
+            names(&key("bookinfo", "ratings")),
+            [
+                ("deny-delete".into(), AuthzAction::Deny, 1),
+                ("open".into(), AuthzAction::Allow, 1)
+            ]
+        );
+        assert_eq!(
+            names(&key("shop", "web")),
+            [
+                ("deny-delete".into(), AuthzAction::Deny, 1),
+                ("lockout".into(), AuthzAction::Allow, 0)
+            ],
+            "`spec: {{}}` is an ALLOW policy without rules: it denies everything"
+        );
+        let open = &security.workloads[&key("bookinfo", "ratings")].policies[1];
+        assert_eq!(
+            open.rules,
+            [AuthzRule::default()],
+            "`rules: [{{}}]` allows everything"
+        );
+        assert_eq!(open.config, "authz");
+        for workload in security.workloads.values() {
+            assert_eq!(workload.mtls, MtlsMode::Permissive);
+        }
+    }
+
+    #[test]
+    fn every_field_of_a_rule_reaches_the_model() {
+        let spec = "{rules: [{from: [{source: {principals: ['boshy/deployment/bookinfo/instance_group/productpage'], notPrincipals: ['*/instance_group/evil'], namespaces: [bookinfo], notNamespaces: ['test-*'], ipBlocks: [10.0.0.0/8, 192.168.1.1], notIpBlocks: ['10.9.0.0/16']}}], to: [{operation: {methods: [GET, 'HEAD'], notMethods: [DELETE], paths: ['/api/*'], notPaths: ['*/admin'], ports: ['9080'], notPorts: [9100]}}], when: [{key: 'request.headers[X-User]', values: [jason]}, {key: source.ip, values: [10.1.2.3], notValues: [10.1.0.0/16]}, {key: destination.port, values: ['9080']}, {key: source.principal, notValues: ['*']}, {key: source.namespace, values: [bookinfo]}]}]}";
+        let security = security_of(&[("authz", 1, &authz("all", "bookinfo", spec))]);
+        let [policy] = &security.workloads[&key("bookinfo", "reviews")].policies[..] else {
+            panic!("{security:?}")
+        };
+        let exact = |s: &str| AuthzMatch::Exact(s.into());
+        let net = |s: &str| s.parse::<IpNet>().unwrap();
+        let expected = AuthzRule {
+            from: vec![AuthzSource {
+                principals: vec![exact(
+                    "boshy/deployment/bookinfo/instance_group/productpage",
+                )],
+                not_principals: vec![AuthzMatch::Suffix("/instance_group/evil".into())],
+                deployments: vec![exact("bookinfo")],
+                not_deployments: vec![AuthzMatch::Prefix("test-".into())],
+                ip_blocks: vec![net("10.0.0.0/8"), net("192.168.1.1/32")],
+                not_ip_blocks: vec![net("10.9.0.0/16")],
+            }],
+            to: vec![AuthzOperation {
+                methods: vec![exact("GET"), exact("HEAD")],
+                not_methods: vec![exact("DELETE")],
+                paths: vec![AuthzMatch::Prefix("/api/".into())],
+                not_paths: vec![AuthzMatch::Suffix("/admin".into())],
+                ports: vec![9080],
+                not_ports: vec![9100],
+            }],
+            when: vec![
+                AuthzCondition {
+                    key: ConditionKey::RequestHeader("x-user".into()),
+                    values: vec![exact("jason")],
+                    not_values: vec![],
+                },
+                AuthzCondition {
+                    key: ConditionKey::SourceIp,
+                    values: vec![exact("10.1.2.3/32")],
+                    not_values: vec![exact("10.1.0.0/16")],
+                },
+                AuthzCondition {
+                    key: ConditionKey::DestinationPort,
+                    values: vec![exact("9080")],
+                    not_values: vec![],
+                },
+                AuthzCondition {
+                    key: ConditionKey::SourcePrincipal,
+                    values: vec![],
+                    not_values: vec![AuthzMatch::Any],
+                },
+                AuthzCondition {
+                    key: ConditionKey::SourceDeployment,
+                    values: vec![exact("bookinfo")],
+                    not_values: vec![],
+                },
+            ],
+        };
+        assert_eq!(policy.rules, [expected]);
+        assert_eq!(policy.action, AuthzAction::Allow);
+    }
 }

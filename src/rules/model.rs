@@ -843,9 +843,10 @@ pub struct PeerAuthentication {
     pub selector: Option<PolicySelector>,
     /// Absent: `UNSET`, inherited.
     pub mtls: Option<PeerMtls>,
-    /// By the port a job listens on; only with a `selector`.
+    /// By the port a job listens on (a YAML number, or a string as in Istio's JSON); only
+    /// with a `selector`.
     #[serde(default)]
-    pub port_level_mtls: BTreeMap<u16, PeerMtls>,
+    pub port_level_mtls: BTreeMap<PolicyPort, PeerMtls>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -39,9 +39,6 @@ pub(crate) fn peer_authentication(pa: &PeerAuthentication, problems: &mut Proble
              one applies to every instance group of its deployment or of the mesh",
         );
     }
-    if pa.port_level_mtls.contains_key(&0) {
-        problems.error("spec.portLevelMtls.0", "port 0 is not a port (1 to 65535)");
-    }
 }
 
 pub(crate) fn authorization_policy(ap: &AuthorizationPolicy, problems: &mut Problems) {
@@ -405,8 +402,8 @@ mod tests {
         let cases = [
             ("mtls: {mode: MUTUAL}\n", "spec.mtls.mode: unknown value \"MUTUAL\", expected one of UNSET, PERMISSIVE, STRICT, DISABLE"),
             ("portLevelMtls: {9080: {mode: DISABLE}}\n", "spec.portLevelMtls: only with a `selector`, as Istio requires"),
-            ("selector: {matchLabels: {app: x}}\nportLevelMtls: {0: {mode: DISABLE}}\n", "spec.portLevelMtls.0: port 0 is not a port"),
-            ("selector: {matchLabels: {app: x}}\nportLevelMtls: {http: {mode: DISABLE}}\n", "spec.portLevelMtls.?: invalid type: string \"http\", expected u16"),
+            ("selector: {matchLabels: {app: x}}\nportLevelMtls: {0: {mode: DISABLE}}\n", "spec.portLevelMtls.0: 0 is not a port number (1 to 65535)"),
+            ("selector: {matchLabels: {app: x}}\nportLevelMtls: {http: {mode: DISABLE}}\n", "spec.portLevelMtls.http: \"http\" is not a port number (1 to 65535)"),
             ("selector: {matchLabels: {}}\n", "spec.selector.matchLabels: at least one label is required"),
             ("selector: {matchLabels: {'-app': x}}\n", "spec.selector.matchLabels: key \"-app\""),
             ("selector: {labels: {app: x}}\n", "spec.selector.labels: unknown field `labels`, expected `matchLabels`"),
@@ -414,14 +411,14 @@ mod tests {
             ("selector: {matchLabels: {bosh.io/id: x, app: y}}\n", "spec.selector.matchLabels.bosh.io/id: bosh.io/id differs"),
             ("selector: {matchLabels: {bosh.io/index: '0'}}\n", "spec.selector.matchLabels.bosh.io/index: bosh.io/index differs"),
             ("selector: {matchLabels: {bosh.io/bootstrap: 'true'}}\n", "spec.selector.matchLabels.bosh.io/bootstrap: bosh.io/bootstrap differs"),
-            ("targetRef: {kind: Service, name: x}\n", "spec: unknown field `targetRef`"),
+            ("targetRef: {kind: Service, name: x}\n", "spec.targetRef: unknown field `targetRef`, expected one of `selector`, `mtls`, `portLevelMtls`"),
         ];
         for (spec, expected) in cases {
             assert_one_error("PeerAuthentication", spec, expected);
         }
         let (errors, warnings) = findings_of(
             "PeerAuthentication",
-            "selector: {matchLabels: {bosh.io/instance-group: web, app: web}}\nmtls: {mode: STRICT}\nportLevelMtls: {8080: {mode: DISABLE}, 9090: {}}\n",
+            "selector: {matchLabels: {bosh.io/instance-group: web, app: web}}\nmtls: {mode: STRICT}\nportLevelMtls: {8080: {mode: DISABLE}, '9090': {}}\n",
         );
         assert_eq!((errors, warnings), (vec![], vec![]));
     }

@@ -31,6 +31,7 @@ use super::model::{
     PolicySelector, Resolution, ServiceEntry, Sidecar, Spec, TrafficPolicy, VirtualService,
 };
 use super::parse::{ParsedConfig, Resource};
+use super::values::PolicyPort;
 use crate::traffic::security::WorkloadKey;
 
 /// What one config came to: the resources it contributed to the rule set, and every finding
@@ -683,7 +684,7 @@ impl State<'_> {
         if selected.is_empty() {
             return;
         }
-        for port in pa.port_level_mtls.keys() {
+        for PolicyPort(port) in pa.port_level_mtls.keys() {
             if !selected.values().any(|ports| ports.contains(port)) {
                 problems.warn(
                     format!("spec.portLevelMtls.{port}"),
@@ -1412,6 +1413,231 @@ mod tests {
             validated.verdicts[1].warnings.is_empty(),
             "a refused Sidecar is not said to pin anything"
         );
+    }
+
+    /// A security policy of `kind` in `namespace` (`None`: none written) with `spec`.
+    fn policy(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+        let namespace = namespace.map_or(String::new(), |ns| format!(", namespace: {ns}"));
+        format!(
+            "- apiVersion: security.istio.io/v1\n  kind: {kind}\n  metadata: {{name: {name}{namespace}}}\n  spec:\n    {}\n",
+            spec.trim_end().replace('\n', "\n    ")
+        )
+    }
+
+    /// `config(name, resources)` as the director's version `id`.
+    fn config_with_id(name: &str, id: u64, resources: &[String]) -> ParsedConfig {
+        ParsedConfig {
+            director_id: Some(id),
+            ..config(name, resources)
+        }
+    }
+
+    #[test]
+    fn security_policies_warn_of_deployments_and_groups_the_mesh_lacks() {
+        let configs = [config(
+            "authz",
+            &[
+                policy("AuthorizationPolicy", "nowhere", Some("nowhere"), "{}"),
+                policy(
+                    "AuthorizationPolicy",
+                    "nobody",
+                    None,
+                    "selector: {matchLabels: {app: nobody}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "other-deployment",
+                    Some("cache"),
+                    "selector: {matchLabels: {app: reviews}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "reviews",
+                    Some("bookinfo"),
+                    "selector: {matchLabels: {app: reviews}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "everyone",
+                    Some("istio-system"),
+                    "rules: [{}]\n",
+                ),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            warning_lines(&validated),
+            [
+                // What a policy says alone comes first, from the parse.
+                "spec.rules: an ALLOW policy without rules allows nothing: every request to the \
+                 instance groups it applies to is denied (Istio's meaning; `rules: [{}]` allows \
+                 every request)",
+                "spec.selector.matchLabels: no instance group of the mesh has these labels: the \
+                 policy applies to none until one has",
+                "metadata.namespace: namespace \"nowhere\" names no deployment of the mesh (no \
+                 job of a deployment \"nowhere\" is exposed): the policy applies to none of its \
+                 instance groups until one is",
+                "metadata.namespace: namespace \"cache\" names no deployment of the mesh (no job \
+                 of a deployment \"cache\" is exposed): the policy applies to none of its \
+                 instance groups until one is",
+                "spec.selector.matchLabels: no instance group of the mesh has these labels: the \
+                 policy applies to none until one has",
+            ]
+        );
+        let accepted: Vec<(&str, Option<&str>)> = validated
+            .rules
+            .authorization_policies
+            .iter()
+            .map(|rule| (rule.name.as_str(), rule.deployment.as_deref()))
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                ("everyone", None),
+                ("nobody", None),
+                ("nowhere", Some("nowhere")),
+                ("other-deployment", Some("cache")),
+                ("reviews", Some("bookinfo")),
+            ]
+        );
+        // Without a mesh view, nothing is said of the mesh.
+        let validated = validate(&configs, None);
+        assert_eq!(warning_lines(&validated).len(), 1);
+    }
+
+    #[test]
+    fn the_oldest_peer_authentication_of_a_level_applies_and_later_ones_are_ignored() {
+        let mode = |mode: &str| format!("mtls: {{mode: {mode}}}\n");
+        let configs = [
+            config_with_id(
+                "a-newer",
+                7,
+                &[
+                    policy("PeerAuthentication", "mesh", None, &mode("DISABLE")),
+                    policy(
+                        "PeerAuthentication",
+                        "bookinfo",
+                        Some("bookinfo"),
+                        &mode("STRICT"),
+                    ),
+                ],
+            ),
+            config_with_id(
+                "b-older",
+                3,
+                &[
+                    policy(
+                        "PeerAuthentication",
+                        "default",
+                        Some("istio-system"),
+                        &mode("STRICT"),
+                    ),
+                    policy(
+                        "PeerAuthentication",
+                        "bookinfo-too",
+                        Some("bookinfo"),
+                        &mode("PERMISSIVE"),
+                    ),
+                ],
+            ),
+            config(
+                "c-no-id",
+                &[policy("PeerAuthentication", "last", None, &mode("UNSET"))],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        let warnings: Vec<String> = validated
+            .verdicts
+            .iter()
+            .flat_map(|v| &v.warnings)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "config \"a-newer\": PeerAuthentication \"bookinfo\": spec: ignored: \
+                 PeerAuthentication bookinfo-too (config b-older) is the policy of deployment \
+                 bookinfo without selector, and older (the oldest config wins, as in Istio)",
+                "config \"a-newer\": PeerAuthentication \"mesh\": spec: ignored: \
+                 PeerAuthentication default (config b-older) is the policy of the mesh without \
+                 selector, and older (the oldest config wins, as in Istio)",
+                "config \"c-no-id\": PeerAuthentication \"last\": spec: ignored: \
+                 PeerAuthentication default (config b-older) is the policy of the mesh without \
+                 selector, and older (the oldest config wins, as in Istio)",
+            ]
+        );
+        let kept: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(kept, ["bookinfo-too", "default"]);
+        // Without ids, the first by config name is the oldest.
+        let unnumbered: Vec<ParsedConfig> = configs
+            .into_iter()
+            .map(|c| ParsedConfig {
+                director_id: None,
+                ..c
+            })
+            .collect();
+        let validated = validate(&unnumbered, Some(&mesh()));
+        let kept: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(kept, ["bookinfo", "mesh"]);
+    }
+
+    #[test]
+    fn peer_authentications_that_select_one_group_apply_oldest_first_and_ports_are_checked() {
+        let selecting = |name: &str, labels: &str, ports: &str| {
+            policy(
+                "PeerAuthentication",
+                name,
+                None,
+                &format!("selector: {{matchLabels: {labels}}}\nmtls: {{mode: STRICT}}\nportLevelMtls: {ports}\n"),
+            )
+        };
+        let configs = [
+            config_with_id(
+                "newer",
+                9,
+                &[selecting("v1", "{version: v1}", "{9080: {mode: DISABLE}}")],
+            ),
+            config_with_id(
+                "older",
+                2,
+                &[selecting(
+                    "reviews",
+                    "{app: reviews}",
+                    "{9080: {mode: PERMISSIVE}, 8080: {mode: DISABLE}}",
+                )],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            warning_lines(&validated),
+            [
+                "spec.selector.matchLabels: PeerAuthentication reviews (config older) selects \
+                 bookinfo/reviews too and is older: it applies there, this one does not (the \
+                 oldest config wins, as in Istio)",
+                "spec.portLevelMtls.8080: none of the instance groups it selects \
+                 (bookinfo/reviews) exposes port 8080",
+            ]
+        );
+        let order: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(order, ["reviews", "v1"], "oldest first");
     }
 
     #[test]

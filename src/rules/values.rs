@@ -275,7 +275,7 @@ pub(crate) fn refuse_target_ref<'de, D: Deserializer<'de>>(_: D) -> Result<Refus
 
 /// A port number of an AuthorizationPolicy: Istio writes them as strings (`"9080"`), and a
 /// YAML number is taken too.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct PolicyPort(pub u16);
 
 impl<'de> Deserialize<'de> for PolicyPort {
