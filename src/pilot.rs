@@ -159,6 +159,9 @@ pub async fn run(args: Args) -> Result<()> {
     let xds_sources = xds::cache::Sources {
         catalog: catalog_rx.clone(),
         traffic: traffic_rx,
+        // Workload identities (issue 12) are turned on from the pilot's config once it has
+        // them.
+        identity: None,
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
