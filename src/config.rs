@@ -68,7 +68,7 @@ pub struct PilotConfig {
 }
 
 /// The shortest and longest workload certificate lifetimes a pilot accepts.
-pub const MIN_CERTIFICATE_TTL_SECONDS: u64 = 600;
+pub const MIN_CERTIFICATE_TTL_SECONDS: u64 = 60;
 pub const MAX_CERTIFICATE_TTL_SECONDS: u64 = 30 * 24 * 3600;
 
 /// `identity`: who signs the workload certificates, for which trust domain, for how long.
@@ -135,7 +135,7 @@ impl PilotConfig {
         if !(MIN_CERTIFICATE_TTL_SECONDS..=MAX_CERTIFICATE_TTL_SECONDS).contains(&ttl) {
             bail!(
                 "config file {}: key `identity.certificate_ttl_seconds`: {ttl} is not between \
-                 {MIN_CERTIFICATE_TTL_SECONDS} (10 minutes) and {MAX_CERTIFICATE_TTL_SECONDS} (30 days)",
+                 {MIN_CERTIFICATE_TTL_SECONDS} (a minute) and {MAX_CERTIFICATE_TTL_SECONDS} (30 days)",
                 config_path.display()
             );
         }
@@ -640,7 +640,7 @@ mod tests {
         assert_eq!(identity.certificate_ttl_seconds, 86400);
         assert_eq!(identity.ca.trust_bundle, None);
         defaults.check_identity(path).unwrap();
-        for ttl in [599, 30 * 24 * 3600 + 1] {
+        for ttl in [59, 30 * 24 * 3600 + 1] {
             let msg = pilot(&format!("{ca}  certificate_ttl_seconds: {ttl}\n"))
                 .check_identity(path)
                 .unwrap_err()
@@ -652,7 +652,7 @@ mod tests {
                 "{msg}"
             );
         }
-        for ttl in [600, 30 * 24 * 3600] {
+        for ttl in [60, 30 * 24 * 3600] {
             pilot(&format!("{ca}  certificate_ttl_seconds: {ttl}\n"))
                 .check_identity(path)
                 .unwrap();

@@ -159,9 +159,11 @@ pub async fn run(args: Args) -> Result<()> {
     let xds_sources = xds::cache::Sources {
         catalog: catalog_rx.clone(),
         traffic: traffic_rx,
-        // Workload identities (issue 12) are turned on from the pilot's config once it has
-        // them.
-        identity: None,
+        // Workload identities: with a workload CA, Envoys are configured for mutual TLS.
+        identity: cfg
+            .identity
+            .as_ref()
+            .map(|identity| identity.trust_domain.clone()),
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
