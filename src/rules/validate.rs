@@ -721,9 +721,10 @@ impl State<'_> {
                 problems.warn(
                     "metadata.namespace",
                     format!(
-                        "namespace {deployment:?} names no deployment of the mesh (no job of a \
-                         deployment {deployment:?} is exposed): the policy applies to none of \
-                         its instance groups until one is"
+                        "namespace {quoted} names no deployment of the mesh (no job of a \
+                         deployment {quoted} is exposed): the policy applies to none of its \
+                         instance groups until one is",
+                        quoted = format!("{:?}", crate::text::clip(deployment))
                     ),
                 );
             }
