@@ -251,6 +251,38 @@ mod tests {
     }
 
     #[test]
+    fn the_oldest_config_by_director_id_holds_the_mesh_wide_peer_authentication() {
+        let mesh_wide = |mode: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n")
+        };
+        let (strict, disable) = (mesh_wide("STRICT"), mesh_wide("DISABLE"));
+        let mut rules = configs(&[("a", &strict), ("b", &disable)]);
+        let mut parsed = ParsedConfigs::default();
+        let mesh_mtls = |parsed: &mut ParsedConfigs, rules: &RuleConfigs| {
+            let status = judge(parsed, rules, &catalog());
+            let ignored: Vec<String> = status
+                .validated
+                .verdicts
+                .iter()
+                .flat_map(|v| &v.warnings)
+                .map(|w| w.to_string())
+                .collect();
+            (status.traffic.security.mesh_mtls, ignored)
+        };
+        let (mode, ignored) = mesh_mtls(&mut parsed, &rules);
+        assert_eq!(mode, crate::traffic::security::MtlsMode::Strict);
+        assert!(
+            ignored[0].starts_with("config \"b\": PeerAuthentication \"default\": spec: ignored"),
+            "{ignored:?}"
+        );
+        // `a` written again after `b`: `b` is now the older config.
+        rules.configs[0].id = "7".into();
+        let (mode, ignored) = mesh_mtls(&mut parsed, &rules);
+        assert_eq!(mode, crate::traffic::security::MtlsMode::Disable);
+        assert!(ignored[0].starts_with("config \"a\""), "{ignored:?}");
+    }
+
+    #[test]
     fn a_config_is_parsed_again_only_when_its_content_changes_and_gone_ones_are_dropped() {
         let mut parsed = ParsedConfigs::default();
         parsed.update(&configs(&[("a", GOOD), ("b", NO_INSTANCE)]));

@@ -16,9 +16,9 @@ use crate::catalog::model::Protocol;
 
 use super::values::{
     duration, optional_duration, refuse, refuse_outbound_traffic_policy, refuse_target_ref,
-    refuse_tls, word, PolicyPort, Refused,
+    refuse_tls, word, Refused,
 };
-pub use super::values::{Percent, StringMatch};
+pub use super::values::{Percent, PolicyPort, StringMatch};
 
 /// Label names to values: instance labels, subset labels, selectors.
 pub type Labels = BTreeMap<String, String>;

@@ -26,7 +26,7 @@ use super::model::{
 
 /// The namespace Istio reads as the whole mesh's (its root namespace): a security policy
 /// there, or without a namespace, is mesh-wide.
-pub const MESH_NAMESPACE: &str = "istio-system";
+pub(crate) const MESH_NAMESPACE: &str = "istio-system";
 
 /// Every API version accepted: each kind takes those of its group ([`Kind::api_versions`]).
 pub const API_VERSIONS: [&str; 5] = [

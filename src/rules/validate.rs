@@ -16,7 +16,7 @@
 //! Without a mesh view, host existence and instance selection cannot be checked and are
 //! skipped (the result says so); everything else is checked all the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::labels;
 use crate::catalog::model::Protocol;
@@ -32,6 +32,7 @@ use super::model::{
 };
 use super::parse::{ParsedConfig, Resource};
 use super::values::PolicyPort;
+use crate::text::clip;
 use crate::traffic::security::WorkloadKey;
 
 /// What one config came to: the resources it contributed to the rule set, and every finding
@@ -646,7 +647,7 @@ impl State<'_> {
         if pa.selector.is_none() {
             if let Some(older) = self.mtls_levels.get(&deployment.map(str::to_string)) {
                 let level = match deployment {
-                    Some(deployment) => format!("deployment {deployment}"),
+                    Some(deployment) => format!("deployment {}", clip(deployment)),
                     None => "the mesh".to_string(),
                 };
                 problems.warn(
@@ -664,10 +665,7 @@ impl State<'_> {
         let mut older: BTreeMap<&Origin, Vec<String>> = BTreeMap::new();
         for workload in selected.keys() {
             if let Some(origin) = self.selected_mtls.get(*workload) {
-                older.entry(origin).or_default().push(format!(
-                    "{}/{}",
-                    workload.deployment, workload.instance_group
-                ));
+                older.entry(origin).or_default().push(group_name(workload));
             }
         }
         for (origin, groups) in older {
@@ -692,7 +690,7 @@ impl State<'_> {
                         "none of the instance groups it selects ({}) exposes port {port}",
                         selected
                             .keys()
-                            .map(|w| format!("{}/{}", w.deployment, w.instance_group))
+                            .map(|workload| group_name(workload))
                             .collect::<Vec<_>>()
                             .join(", ")
                     ),
@@ -710,7 +708,7 @@ impl State<'_> {
         deployment: Option<&str>,
         selector: Option<&PolicySelector>,
         problems: &mut Problems,
-    ) -> Option<BTreeMap<&WorkloadKey, std::collections::BTreeSet<u16>>> {
+    ) -> Option<BTreeMap<&WorkloadKey, BTreeSet<u16>>> {
         let mesh = self.mesh?;
         let knows_workloads = mesh.hosts.values().any(|host| host.workload.is_some());
         if !knows_workloads {
@@ -721,9 +719,10 @@ impl State<'_> {
                 problems.warn(
                     "metadata.namespace",
                     format!(
-                        "namespace {deployment:?} names no deployment of the mesh (no job of a \
-                         deployment {deployment:?} is exposed): the policy applies to none of \
-                         its instance groups until one is"
+                        "namespace {quoted} names no deployment of the mesh (no job of a \
+                         deployment {quoted} is exposed): the policy applies to none of its \
+                         instance groups until one is",
+                        quoted = format!("{:?}", clip(deployment))
                     ),
                 );
             }
@@ -854,6 +853,11 @@ fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
 pub(crate) const SIDECAR_ONLY_ADDS: &str = "unlike Istio's Sidecar, this one only adds: its \
      hosts are always in the Envoy config of the VMs it selects, and any other name of the \
      mesh still joins a VM's config when the VM resolves it (Istio's would leave it out)";
+
+/// An instance group as findings name it: `deployment/instance group`.
+fn group_name(workload: &WorkloadKey) -> String {
+    format!("{}/{}", workload.deployment, workload.instance_group)
+}
 
 fn not_served(host: &str) -> String {
     format!("{host}: no job of the mesh exposes it and no ServiceEntry defines it")
