@@ -6,20 +6,23 @@
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boshy::catalog::model::InstanceRef;
 use boshy::identity::agent::{keep_certified, Signer, Workload};
 use boshy::identity::sds;
 use boshy::identity::spiffe::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
 use boshy::identity::wire::{CsrAnswer, CsrRequest};
+use boshy::xds::bootstrap::{render_with_sds, AdsMode, NodeIdentity};
+use boshy_test_support::envoy::{loopback_listener, Envoy};
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_client::SecretDiscoveryServiceClient;
 use prost::Message;
 use rcgen::PublicKeyData;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Channel, Endpoint};
@@ -111,6 +114,22 @@ impl LogBuffer {
     }
 }
 
+/// The process's log, captured once for every test of this file.
+fn logs() -> LogBuffer {
+    static LOGS: OnceLock<LogBuffer> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let writer = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("boshy=debug")
+            .with_writer(move || writer.clone())
+            .with_ansi(false)
+            .init();
+        logs
+    })
+    .clone()
+}
+
 async fn sds_client(socket: PathBuf) -> SecretDiscoveryServiceClient<Channel> {
     // The URI is a placeholder: every connection goes to the socket.
     let channel = Endpoint::from_static("http://sds.invalid")
@@ -193,18 +212,13 @@ fn stale_file(path: &Path) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
-    let logs = LogBuffer::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("boshy=debug")
-        .with_writer(move || writer.clone())
-        .with_ansi(false)
-        .init();
+    let logs = logs();
 
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("sds.sock");
-    stale_file(&socket);
-    let listener = sds::bind(&socket).expect("the stale socket is replaced");
+    stale_file(&dir.path().join("sds.sock"));
+    let started = unix_now();
+    // The CA refuses the first request: the next comes a second later.
+    let (ca, socket) = start_agent(dir.path(), 1);
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
     assert_eq!(
         mode & 0o777,
@@ -212,10 +226,7 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
         "only the agent's user opens the socket"
     );
 
-    let (certificates, served) = watch::channel(None);
-    tokio::spawn(sds::serve(listener, socket.clone(), served));
-
-    // Nothing is answered before the first certificate: the CA refuses the first request.
+    // Nothing is answered before the first certificate.
     let mut client = sds_client(socket.clone()).await;
     let fetched = client.fetch_secrets(request("", "")).await.unwrap_err();
     assert_eq!(fetched.code(), tonic::Code::Unavailable, "{fetched}");
@@ -232,17 +243,6 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
             .is_none(),
         "no answer without a certificate"
     );
-
-    let ca = Arc::new(TestCa::new(1));
-    let workload = Workload {
-        instance: InstanceRef {
-            deployment: "sample".into(),
-            instance_id: "i-1".into(),
-        },
-        spiffe_id: SPIFFE_ID.into(),
-    };
-    let started = unix_now();
-    tokio::spawn(keep_certified(workload, SharedCa(ca.clone()), certificates));
 
     let first = next(&mut responses, Duration::from_secs(5))
         .await
@@ -318,4 +318,133 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
         assert!(!log.contains(body), "a key in the log");
     }
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// A workload on a test CA that refuses the first `refuse_first` requests, its certificates
+/// served on `sds.sock` in `dir`.
+fn start_agent(dir: &Path, refuse_first: usize) -> (Arc<TestCa>, PathBuf) {
+    let socket = dir.join("sds.sock");
+    let listener = sds::bind(&socket).unwrap();
+    let (certificates, served) = watch::channel(None);
+    tokio::spawn(sds::serve(listener, socket.clone(), served));
+    let ca = Arc::new(TestCa::new(refuse_first));
+    let workload = Workload {
+        instance: InstanceRef {
+            deployment: "sample".into(),
+            instance_id: "i-1".into(),
+        },
+        spiffe_id: SPIFFE_ID.into(),
+    };
+    tokio::spawn(keep_certified(workload, SharedCa(ca.clone()), certificates));
+    (ca, socket)
+}
+
+/// The serial number of the workload certificate Envoy holds, if it holds ours.
+fn workload_serial(certs: &Value) -> Option<String> {
+    certs["certificates"].as_array()?.iter().find_map(|entry| {
+        let leaf = &entry["cert_chain"][0];
+        let ours = leaf["subject_alt_names"]
+            .as_array()?
+            .iter()
+            .any(|san| san["uri"] == SPIFFE_ID);
+        ours.then(|| leaf["serial_number"].as_str().map(str::to_string))?
+    })
+}
+
+/// A real Envoy, bootstrapped as `boshy envoy-bootstrap --sds-socket` renders it, takes the
+/// certificate through the `sds-grpc` cluster for a listener that names `default` and
+/// `ROOTCA` the way xDS resources do, and takes the renewal.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_takes_the_certificate_and_its_renewal_through_sds_grpc() {
+    let _logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let (_ca, socket) = start_agent(dir.path(), 0);
+
+    let admin = loopback_listener().await.1;
+    let probe_port = loopback_listener().await.1.port();
+    let node = NodeIdentity {
+        deployment: "sample".into(),
+        instance_group: "banana".into(),
+        instance_id: "i-1".into(),
+        index: None,
+        az: None,
+        ip: "127.0.0.1".parse().unwrap(),
+    };
+    let yaml = render_with_sds(
+        &node,
+        &["127.0.0.1:1".to_string()],
+        admin,
+        AdsMode::default(),
+        None,
+        Some(&socket),
+    )
+    .unwrap();
+    let mut bootstrap: Value = serde_yaml::from_str(&yaml).unwrap();
+    // No pilot here: the listener that needs the secrets is static instead of from ADS.
+    bootstrap
+        .as_object_mut()
+        .unwrap()
+        .remove("dynamic_resources");
+    let sds_config = json!({
+        "api_config_source": {
+            "api_type": "GRPC",
+            "grpc_services": [{"envoy_grpc": {"cluster_name": "sds-grpc"}}],
+            "transport_api_version": "V3",
+        },
+        "resource_api_version": "V3",
+    });
+    bootstrap["static_resources"]["listeners"] = json!([{
+        "name": "inbound_mtls",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": probe_port}},
+        "filter_chains": [{
+            "filters": [{
+                "name": "envoy.filters.network.tcp_proxy",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+                    "stat_prefix": "inbound_mtls",
+                    "cluster": "sds-grpc",
+                },
+            }],
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_certificate_sds_secret_configs": [{"name": WORKLOAD_SECRET, "sds_config": sds_config}],
+                        "validation_context_sds_secret_config": {"name": TRUST_BUNDLE_SECRET, "sds_config": sds_config},
+                    },
+                },
+            },
+        }],
+    }]);
+    let envoy = Envoy::start(&serde_json::to_string(&bootstrap).unwrap(), admin);
+
+    let first = envoy
+        .wait_for("the workload certificate", "/certs", workload_serial)
+        .await;
+    let held_after = started.elapsed();
+    envoy
+        .wait_for(
+            "the listener warmed",
+            "/listeners?format=json",
+            |listeners| listeners.to_string().contains("inbound_mtls").then_some(()),
+        )
+        .await;
+    eprintln!(
+        "Envoy held the workload certificate {} ms after the agent started",
+        held_after.as_millis()
+    );
+    let renewed = envoy
+        .wait_for("the renewed certificate", "/certs", |certs| {
+            workload_serial(certs).filter(|serial| *serial != first)
+        })
+        .await;
+    assert_ne!(renewed, first);
+    assert!(
+        !envoy.log_text().contains("rejected"),
+        "Envoy refused an update:\n{}",
+        envoy.log_text()
+    );
 }
