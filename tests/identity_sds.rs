@@ -71,7 +71,7 @@ impl Signer for SharedCa {
             seen.len()
         };
         if attempt <= ca.refuse_first {
-            anyhow::bail!("test CA: refusing attempt {attempt}");
+            anyhow::bail!("test CA: refusing the request");
         }
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr)?;
         ca.signed_keys
@@ -215,16 +215,23 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
     let logs = logs();
 
     let dir = tempfile::tempdir().unwrap();
-    stale_file(&dir.path().join("sds.sock"));
+    let volume = dir.path().join("boshy-identity");
+    std::fs::create_dir(&volume).unwrap();
+    stale_file(&volume.join("sds.sock"));
     let started = unix_now();
-    // The CA refuses the first request: the next comes a second later.
-    let (ca, socket) = start_agent(dir.path(), 1);
-    let mode = std::fs::metadata(&socket).unwrap().permissions().mode();
+    // The CA refuses the first two requests: the third comes three seconds later (1 s, then
+    // 2 s of backoff), time enough to see nothing answered before.
+    let (ca, socket) = start_agent(&volume, 2);
+    let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(
-        mode & 0o777,
+        mode(&socket),
         0o600,
         "only the agent's user opens the socket"
     );
+    // Where bpm made no directory, the agent makes it for its user alone.
+    let (_, made) = start_agent(&dir.path().join("made/by/agent"), 0);
+    assert_eq!(mode(made.parent().unwrap()), 0o700);
+    assert_eq!(mode(&made), 0o600);
 
     // Nothing is answered before the first certificate.
     let mut client = sds_client(socket.clone()).await;
@@ -244,9 +251,9 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
         "no answer without a certificate"
     );
 
-    let first = next(&mut responses, Duration::from_secs(5))
+    let first = next(&mut responses, Duration::from_secs(10))
         .await
-        .expect("the first certificate, after one retry");
+        .expect("the first certificate, after two retries");
     let (chain, key, bundle) = secrets(&first);
     assert_eq!(bundle, ca.cert.pem());
     assert_eq!(
@@ -262,7 +269,7 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
     );
     {
         let seen = ca.seen.lock().unwrap();
-        assert_eq!(seen.len(), 2, "refused once, then signed");
+        assert_eq!(seen.len(), 3, "refused twice, then signed");
         for request in seen.iter() {
             assert_eq!(
                 (request.deployment.as_str(), request.instance.as_str()),
@@ -273,7 +280,10 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
             );
             assert!(request.issued_at >= started && request.issued_at <= unix_now());
         }
-        assert_ne!(seen[0].nonce, seen[1].nonce, "a fresh nonce each time");
+        assert!(
+            seen[0].nonce != seen[1].nonce && seen[1].nonce != seen[2].nonce,
+            "a fresh nonce each time"
+        );
     }
     let fetched = client
         .fetch_secrets(request("", ""))
@@ -306,8 +316,12 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
 
     let log = logs.text();
     assert!(
-        log.contains("test CA: refusing attempt 1") && log.contains("no certificate yet"),
+        log.contains("test CA: refusing the request") && log.contains("no certificate yet"),
         "the refusal is logged with what it means: {log}"
+    );
+    assert!(
+        log.matches("test CA: refusing the request").count() == 1,
+        "a repeated failure is not logged again: {log}"
     );
     assert!(log.contains("SDS ACK"), "{log}");
     for secret in [&key, &new_key] {
