@@ -10,10 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use boshy::catalog::model::InstanceRef;
-use boshy::identity::agent::{keep_certified, Signer, Workload};
+use boshy::identity::agent::{keep_certified, PilotSigner, Signer, Workload};
 use boshy::identity::sds;
 use boshy::identity::spiffe::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
-use boshy::identity::wire::{CsrAnswer, CsrRequest};
+use boshy::identity::wire::{CsrAnswer, CsrRequest, CSR_PATH};
 use boshy::xds::bootstrap::{render_with_sds, AdsMode, NodeIdentity};
 use boshy_test_support::envoy::{loopback_listener, Envoy};
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
@@ -460,5 +460,74 @@ async fn a_real_envoy_takes_the_certificate_and_its_renewal_through_sds_grpc() {
         !envoy.log_text().contains("rejected"),
         "Envoy refused an update:\n{}",
         envoy.log_text()
+    );
+}
+
+/// A pilot of the test: `POST /v1/identity/csr` signed by `ca`, on plain HTTP.
+async fn pilot(ca: Arc<TestCa>) -> String {
+    let signer = SharedCa(ca);
+    let app = axum::Router::new().route(
+        CSR_PATH,
+        axum::routing::post(
+            move |axum::Json(request): axum::Json<CsrRequest>| async move {
+                match signer.sign(&request).await {
+                    Ok(answer) => Ok(axum::Json(answer)),
+                    Err(err) => Err((axum::http::StatusCode::FORBIDDEN, err.to_string())),
+                }
+            },
+        ),
+    );
+    let (listener, address) = loopback_listener().await;
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    address.to_string()
+}
+
+/// The agent asks the pilots in turn: one that is down and one that refuses are passed over
+/// for the one that signs, and the wire's JSON goes both ways.
+#[tokio::test]
+async fn the_pilots_are_asked_in_turn_until_one_signs() {
+    let down = loopback_listener().await.1.to_string(); // closed once the listener drops
+    let refusing = pilot(Arc::new(TestCa::new(usize::MAX))).await;
+    let signing_ca = Arc::new(TestCa::new(0));
+    let signing = pilot(signing_ca.clone()).await;
+    let signer =
+        PilotSigner::new(&[down.clone(), refusing.clone(), signing.clone()], None).unwrap();
+    let (certificates, mut served) = watch::channel(None);
+    let workload = Workload {
+        instance: InstanceRef {
+            deployment: "sample".into(),
+            instance_id: "i-1".into(),
+        },
+        spiffe_id: SPIFFE_ID.into(),
+    };
+    tokio::spawn(keep_certified(workload, signer, certificates));
+    let certificate =
+        tokio::time::timeout(Duration::from_secs(10), served.wait_for(|c| c.is_some()))
+            .await
+            .expect("signed in time")
+            .unwrap()
+            .clone()
+            .unwrap();
+    assert_eq!(certificate.spiffe_id, SPIFFE_ID);
+    assert_eq!(certificate.trust_bundle, signing_ca.cert.pem());
+    assert_eq!(
+        signing_ca.seen.lock().unwrap().len(),
+        1,
+        "one request signed"
+    );
+    assert_eq!(
+        san_of(&certificate.certificate_chain),
+        [rcgen::SanType::URI(
+            rcgen::Ia5String::try_from(SPIFFE_ID).unwrap()
+        )]
+    );
+
+    // With every pilot failing, the error names each.
+    let none = PilotSigner::new(&[down.clone(), refusing.clone()], None).unwrap();
+    let request = signing_ca.seen.lock().unwrap()[0].clone();
+    let err = none.sign(&request).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&down) && err.contains(&refusing) && err.contains("403"),
+        "{err}"
     );
 }

@@ -67,7 +67,7 @@ impl WorkloadCertificate {
 
     /// The SDS version of the secrets: changes with the certificate or the bundle, the same
     /// after an agent restart that got the same ones (never, in practice: a new key each time).
-    pub fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         use sha2::{Digest, Sha256};
         let digest = Sha256::new()
             .chain_update(&self.certificate_chain)
