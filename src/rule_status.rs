@@ -39,7 +39,8 @@ pub type PublishedRuleStatus = Option<Arc<RuleStatus>>;
 pub(crate) struct ParsedConfigs(BTreeMap<String, (String, ParsedConfig)>);
 
 impl ParsedConfigs {
-    /// The configs parsed, in the director's order (by name), reusing unchanged ones.
+    /// The configs parsed, in the director's order (by name), reusing unchanged ones, each
+    /// with the director's id of its version (its age, for the security policies).
     pub(crate) fn update(&mut self, configs: &RuleConfigs) -> Vec<ParsedConfig> {
         self.0
             .retain(|name, _| configs.configs.iter().any(|c| &c.name == name));
@@ -56,7 +57,9 @@ impl ParsedConfigs {
                     self.0
                         .insert(config.name.clone(), (config.content.clone(), parsed));
                 }
-                self.0[&config.name].1.clone()
+                let mut parsed = self.0[&config.name].1.clone();
+                parsed.director_id = config.id.parse().ok();
+                parsed
             })
             .collect()
     }

@@ -527,6 +527,82 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     );
 }
 
+/// Workload identity: off without `identity.ca` (no `identity` in the config, empty CA
+/// files); with it, the workload CA's certificate and the CA above it in one file, its key in
+/// another (never in the config), the TTL in seconds, and `--check-config` loads the CA.
+#[test]
+fn bosh_pilot_renders_the_workload_ca_only_when_identity_ca_is_set() {
+    let rendered = render(
+        "bosh-pilot",
+        required_properties("bosh-pilot"),
+        default_link(),
+    )
+    .rebased();
+    let pilot = rendered.json("config/pilot.yml");
+    assert!(
+        pilot.get("identity").is_none(),
+        "identity is off by default"
+    );
+    assert_eq!(rendered.text("config/identity/ca.pem").trim(), "");
+    assert_eq!(rendered.text("config/identity/ca_key.pem").trim(), "");
+
+    let mesh = boshy_lab::pki::Ca::new("mesh ca").unwrap();
+    let workload = boshy_lab::pki::Ca::new("workload ca").unwrap();
+    let properties = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {
+            "trust_domain": "corp.example",
+            "certificate_ttl_hours": 12,
+            "ca": {
+                "certificate": workload.cert_pem(),
+                "private_key": workload.key_pem(),
+                "ca": mesh.cert_pem(),
+            },
+        }}),
+    );
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    assert_success(
+        &check_config("pilot", &rendered.path("config/pilot.yml")),
+        "pilot --check-config (identity)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    assert_eq!(pilot["identity"]["trust_domain"], "corp.example");
+    assert_eq!(pilot["identity"]["certificate_ttl_seconds"], 12 * 3600);
+    assert!(pilot["identity"]["ca"].get("trust_bundle").is_none());
+    let certificates = rendered.text("config/identity/ca.pem");
+    assert_eq!(
+        certificates.trim(),
+        format!("{}\n{}", workload.cert_pem().trim(), mesh.cert_pem().trim()),
+        "the workload CA first, then the CA above it"
+    );
+    assert_eq!(
+        rendered.text("config/identity/ca_key.pem").trim(),
+        workload.key_pem().trim()
+    );
+    let key_body = workload.key_pem().lines().nth(1).unwrap().to_string();
+    assert!(
+        !rendered.text("config/pilot.yml").contains(&key_body),
+        "the key stays out of the config file"
+    );
+
+    let too_long = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {"certificate_ttl_hours": 721, "ca": {
+            "certificate": workload.cert_pem(),
+            "private_key": workload.key_pem(),
+            "ca": mesh.cert_pem(),
+        }}}),
+    );
+    let rendered = render("bosh-pilot", too_long, default_link()).rebased();
+    let output = check_config("pilot", &rendered.path("config/pilot.yml"));
+    assert!(!output.status.success(), "721 hours is more than 30 days");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("identity.certificate_ttl_seconds"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
     let properties = json!({"director": {"url": "https://10.0.0.6:25555", "client_secret": "x"}});
@@ -584,6 +660,34 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
+    // The inbound capture follows the ports file the agent writes beside its name table.
+    let table_dir = Path::new(agent["table_path"].as_str().unwrap())
+        .parent()
+        .unwrap();
+    let ports_file = table_dir.join("inbound_ports.json");
+    assert!(
+        dnat.contains(&format!("--inbound-ports-file {}", ports_file.display())),
+        "{dnat}"
+    );
+    assert!(dnat.contains("--inbound-redirect-port '15006'"), "{dnat}");
+    let monit = rendered.text("monit");
+    let capture = rendered.text("bin/inbound_capture");
+    // Monit watches the pidfile the start program writes.
+    let run_dir = rendered.root.path().join("sys/run/virtual-ip-agent");
+    let pidfile = run_dir.join("inbound-capture.pid");
+    assert!(
+        monit.contains(&format!("with pidfile {}", pidfile.display())),
+        "{monit}"
+    );
+    assert!(
+        capture.contains("PIDFILE=$RUN_DIR/inbound-capture.pid"),
+        "{capture}"
+    );
+    assert!(
+        capture.contains(&format!("RUN_DIR={}", run_dir.display())),
+        "{capture}"
+    );
+    assert!(capture.contains("bin/dnat follow"), "{capture}");
 
     let link = pilot_link(
         &["10.244.0.10", "10.244.0.11"],
@@ -594,6 +698,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "dnat": {"redirect_port": 15002},
         "health": {"probe_interval_ms": 2000},
         "scope": {"idle_hours": 0.5},
+        "inbound": {"capture": false},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -613,6 +718,11 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
+    assert!(!dnat.contains("--inbound"), "inbound capture off: {dnat}");
+    assert!(
+        !rendered.text("monit").contains("inbound-capture"),
+        "inbound capture off: no follower"
+    );
     assert!(
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"
@@ -630,8 +740,12 @@ fn bpm_volumes(rendered: &Rendered) -> Value {
 
 #[test]
 fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
-    let properties = json!({"identity": {"enabled": true, "trust_domain": "corp.example"}});
-    let rendered = render("virtual-ip-agent", properties, default_link()).rebased();
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "corp.example"}}),
+    );
+    let properties = json!({"identity": {"enabled": true}});
+    let rendered = render("virtual-ip-agent", properties.clone(), link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_success(
         &check_bpm_process(&bpm.processes[0]),
@@ -660,6 +774,11 @@ fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
         rendered.json("config/agent.yml")["identity"]["sds_socket"],
         SDS_SOCKET
     );
+    assert_eq!(
+        rendered.json("config/agent.yml")["identity"]["trust_domain"],
+        "boshy",
+        "the pilots' default trust domain"
+    );
     let envoy = render(
         "bosh-envoy",
         json!({"identity": {"enabled": true}}),
@@ -683,12 +802,11 @@ fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
     }
 
     // A trust domain that cannot be one is refused by --check-config, naming the key.
-    let rendered = render(
-        "virtual-ip-agent",
-        json!({"identity": {"enabled": true, "trust_domain": "Corp"}}),
-        default_link(),
-    )
-    .rebased();
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "Corp"}}),
+    );
+    let rendered = render("virtual-ip-agent", properties, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     let refused = check_bpm_process(&bpm.processes[0]);
     assert!(!refused.status.success());

@@ -522,6 +522,7 @@ async fn serve_xds(catalog: Arc<Catalog>, traffic: TrafficRules) -> (Published, 
         Sources {
             catalog: catalog_rx,
             traffic: traffic_rx,
+            identity: None,
         },
     ));
     let published = Published {

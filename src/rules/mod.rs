@@ -20,11 +20,13 @@
 mod bosh_cli;
 mod checks;
 mod compile;
+mod compile_security;
 mod entries;
 mod finding;
 pub(crate) mod mesh;
 pub mod model;
 mod parse;
+mod security_checks;
 pub(crate) mod validate;
 mod values;
 

@@ -16,7 +16,9 @@ use super::resources::{
     self, content_version, Inputs, NamedResource, ResourceType, Resources, RouteVariants,
 };
 use crate::catalog::model::Catalog;
+use crate::identity::spiffe::TrustDomain;
 use crate::scope::filter::ServiceIndex;
+use crate::traffic::security::WorkloadKey;
 use crate::traffic::TrafficRules;
 
 /// The resources of one version of the inputs.
@@ -204,6 +206,17 @@ impl Snapshot {
         self.resources.get_for(resource_type, name, class)
     }
 
+    /// Whether the Envoys of `workload` (`None`: of no BOSH instance) get the resource of that
+    /// type and name (see `Resources::owner`).
+    pub(crate) fn is_for(
+        &self,
+        workload: Option<&WorkloadKey>,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        self.resources.is_for(workload, resource_type, name)
+    }
+
     /// Every resource of that type, sorted by name.
     pub(crate) fn of_type(&self, resource_type: ResourceType) -> &[NamedResource] {
         self.resources.of_type(resource_type)
@@ -228,30 +241,45 @@ impl Snapshot {
     }
 
     /// `names == None` is a wildcard subscription (everything of that type); names the
-    /// snapshot does not have are skipped. For a client that satisfies no `sourceLabels`.
+    /// snapshot does not have are skipped. For a client of no BOSH instance, which satisfies
+    /// no `sourceLabels` and gets no workload's own resources.
     pub fn select(
         &self,
         resource_type: ResourceType,
         names: Option<&BTreeSet<String>>,
     ) -> Selection<'_> {
-        self.select_for(resource_type, names, &SourceClass::default())
+        self.select_for(resource_type, names, &SourceClass::default(), None)
     }
 
-    /// [`Snapshot::select`] for the client of `class`.
+    /// [`Snapshot::select`] for the client of `class` on an instance of `workload`.
     pub(crate) fn select_for(
         &self,
         resource_type: ResourceType,
         names: Option<&BTreeSet<String>>,
         class: &SourceClass,
+        workload: Option<&WorkloadKey>,
     ) -> Selection<'_> {
+        let is_for = |name: &str| self.is_for(workload, resource_type, name);
         match names {
-            None => Selection {
+            None if self.of_type(resource_type).iter().all(|r| is_for(&r.name)) => Selection {
                 version: self.full_versions[position(resource_type)].clone(),
                 resources: self.resources.of_type(resource_type).iter().collect(),
             },
+            None => {
+                let resources: Vec<&NamedResource> = self
+                    .of_type(resource_type)
+                    .iter()
+                    .filter(|r| is_for(&r.name))
+                    .collect();
+                Selection {
+                    version: set_version(resources.iter().copied()),
+                    resources,
+                }
+            }
             Some(names) => {
                 let resources: Vec<&NamedResource> = names
                     .iter()
+                    .filter(|name| is_for(name))
                     .filter_map(|name| self.resources.get_for(resource_type, name, class))
                     .collect();
                 Selection {
@@ -354,13 +382,19 @@ fn set_version<'a>(resources: impl Iterator<Item = &'a NamedResource>) -> String
 pub struct Sources {
     pub catalog: watch::Receiver<Arc<Catalog>>,
     pub traffic: watch::Receiver<Arc<TrafficRules>>,
+    /// The trust domain when workload identities are on (`Inputs::identity`).
+    pub identity: Option<TrustDomain>,
 }
 
 impl From<watch::Receiver<Arc<Catalog>>> for Sources {
     fn from(catalog: watch::Receiver<Arc<Catalog>>) -> Self {
         // No sender: the one value, no rules, never changes.
         let (_, traffic) = watch::channel(Arc::new(TrafficRules::default()));
-        Sources { catalog, traffic }
+        Sources {
+            catalog,
+            traffic,
+            identity: None,
+        }
     }
 }
 
@@ -374,6 +408,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
     let Sources {
         mut catalog,
         mut traffic,
+        identity,
     } = sources.into();
     let (snapshots_tx, snapshots_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -386,15 +421,18 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
             let version = Inputs {
                 catalog: &current_catalog,
                 traffic: &current_traffic,
+                identity: identity.as_ref(),
             }
             .version();
             if should_publish(version, published.as_ref().map(|s| s.version())) {
                 // Building is CPU work proportional to the estate: keep it off the reactor.
                 let previous = published.clone();
+                let identity = identity.clone();
                 let built = tokio::task::spawn_blocking(move || {
                     let inputs = Inputs {
                         catalog: &current_catalog,
                         traffic: &current_traffic,
+                        identity: identity.as_ref(),
                     };
                     Snapshot::following(inputs, previous.as_deref())
                 })
@@ -403,6 +441,12 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                 seq += 1;
                 let built = Arc::new(Snapshot { seq, ..built });
                 tracing::info!(version = built.version(), seq, "xDS snapshot built");
+                let warned_before = published.as_ref().map(|p| p.resources.warnings());
+                for warning in built.resources.warnings() {
+                    if !warned_before.is_some_and(|before| before.contains(warning)) {
+                        tracing::warn!("xDS: {warning}");
+                    }
+                }
                 published = Some(built.clone());
                 if snapshots_tx.send(Some(built)).is_err() {
                     return; // the server is gone
@@ -451,6 +495,7 @@ mod tests {
         let snapshot = Snapshot::build(Inputs {
             catalog: &catalog,
             traffic: &traffic,
+            identity: None,
         });
         let behind = |message| {
             snapshot
@@ -663,7 +708,12 @@ mod tests {
     #[test]
     fn a_change_of_one_services_rules_changes_only_that_services_resources() {
         let snapshot = |(catalog, traffic): &(Catalog, TrafficRules), previous| {
-            Snapshot::following(Inputs { catalog, traffic }, previous)
+            let inputs = Inputs {
+                catalog,
+                traffic,
+                identity: None,
+            };
+            Snapshot::following(inputs, previous)
         };
         let before = snapshot(&with_rules(&["10.0.0.2"], 90, LoadBalancer::Random), None);
         // web: v2 gains an endpoint, the split moves, port 80 balances otherwise.
@@ -736,6 +786,7 @@ mod tests {
         let mut snapshots = follow(Sources {
             catalog: catalog_rx,
             traffic: traffic_rx,
+            identity: None,
         });
         snapshots.changed().await.unwrap();
         let without = snapshots.borrow_and_update().clone().unwrap();
@@ -766,7 +817,8 @@ mod tests {
             last.version(),
             Inputs {
                 catalog: &next,
-                traffic: &rules
+                traffic: &rules,
+                identity: None,
             }
             .version(),
             "built with the last rules"

@@ -9,6 +9,7 @@
 //! that instance is.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::value::Kind;
@@ -16,12 +17,15 @@ use envoy_types::pb::google::protobuf::value::Kind;
 use crate::catalog::labels::instance_labels;
 use crate::catalog::model::{Catalog, InstanceRef, Labels};
 use crate::rules::mesh::selects;
+use crate::traffic::security::WorkloadKey;
 
 /// The BOSH instance an Envoy runs on, as its node's metadata names it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Client {
     deployment: String,
     instance_id: String,
+    /// Its instance group: the workload whose inbound listener it gets (`xds::inbound`).
+    workload: Arc<WorkloadKey>,
     /// The director's labels of the instance, what it has when it exposes no job: derived
     /// once per stream, not at every snapshot.
     instance_labels: Labels,
@@ -38,6 +42,10 @@ impl Client {
         Client {
             deployment: deployment.to_string(),
             instance_id: instance_id.to_string(),
+            workload: Arc::new(WorkloadKey {
+                deployment: deployment.to_string(),
+                instance_group: instance_group.to_string(),
+            }),
             instance_labels: instance_labels(deployment, instance_group, instance_id, az, index),
         }
     }
@@ -48,6 +56,12 @@ impl Client {
             deployment: self.deployment.clone(),
             instance_id: self.instance_id.clone(),
         }
+    }
+
+    /// The instance group the instance belongs to (shared, so that a stream's views of the
+    /// snapshots hold it by pointer).
+    pub(crate) fn workload(&self) -> &Arc<WorkloadKey> {
+        &self.workload
     }
 
     /// `None` for a node without the metadata of a BOSH instance (an Envoy not started by
@@ -270,6 +284,13 @@ mod tests {
         ]))
         .expect("a BOSH node");
         assert_eq!(client, Client::new("shop", "web", "abc", None, Some(2)));
+        assert_eq!(
+            **client.workload(),
+            WorkloadKey {
+                deployment: "shop".into(),
+                instance_group: "web".into(),
+            }
+        );
         assert_eq!(
             client.instance_labels,
             labels([

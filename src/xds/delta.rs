@@ -32,6 +32,7 @@ use super::client::{Client, SourceClass};
 use super::resources::{NamedResource, ResourceType};
 use super::sotw::{RequestKind, CONTROL_PLANE_ID};
 use crate::scope::filter::ScopeFilter;
+use crate::traffic::security::WorkloadKey;
 
 /// The resource name that stands for "every resource of this type".
 const WILDCARD: &str = "*";
@@ -70,20 +71,26 @@ struct Known {
     overrides: BTreeMap<Arc<str>, Option<Arc<str>>>,
 }
 
-/// A snapshot as one stream's Envoy gets it: every resource, or those its VM's scope admits.
-/// What a scoped Envoy has is then still one pointer, not the hundreds of names of the mesh it
-/// does not have.
+/// A snapshot as one stream's Envoy gets it: every resource, or those its VM's scope admits,
+/// but of the workloads' own resources (inbound listeners) only its instance group's. What a
+/// scoped Envoy has is then still one pointer, not the hundreds of names of the mesh it does
+/// not have.
 #[derive(Debug, Clone)]
 struct View {
     snapshot: Arc<Snapshot>,
     filter: Option<Arc<ScopeFilter>>,
+    /// The instance group of the stream's Envoy; `None` for an Envoy of no BOSH instance.
+    workload: Option<Arc<WorkloadKey>>,
 }
 
 impl View {
     fn admits(&self, resource_type: ResourceType, name: &str) -> bool {
-        self.filter
-            .as_ref()
-            .is_none_or(|f| f.admits(self.snapshot.services(), resource_type, name))
+        self.snapshot
+            .is_for(self.workload.as_deref(), resource_type, name)
+            && self
+                .filter
+                .as_ref()
+                .is_none_or(|f| f.admits(self.snapshot.services(), resource_type, name))
     }
 
     /// The snapshot's shared key of that resource, if the view has it.
@@ -105,11 +112,12 @@ impl View {
     /// Whether `other` filters the same way (the same filter, by pointer: a stream replaces
     /// its filter only when it changed).
     fn same_filter(&self, other: &View) -> bool {
-        match (&self.filter, &other.filter) {
+        let same_scope = match (&self.filter, &other.filter) {
             (None, None) => true,
             (Some(a), Some(b)) => Arc::ptr_eq(a, b),
             _ => false,
-        }
+        };
+        same_scope && self.workload == other.workload
     }
 }
 
@@ -481,6 +489,7 @@ impl DeltaStreamState {
         let view = View {
             snapshot: snapshot.clone(),
             filter: filter.clone(),
+            workload: self.workload(),
         };
         let held = ResourceType::PUSH_ORDER.into_iter().all(|t| {
             let Some(subscription) = self.subscriptions.get(t) else {
@@ -538,7 +547,13 @@ impl DeltaStreamState {
         View {
             snapshot: snapshot.clone(),
             filter,
+            workload: self.workload(),
         }
+    }
+
+    /// The instance group of the stream's Envoy.
+    fn workload(&self) -> Option<Arc<WorkloadKey>> {
+        self.client.as_ref().map(|client| client.workload().clone())
     }
 
     /// Responses for every type not waiting for an ACK, in push order.
@@ -1166,6 +1181,7 @@ mod tests {
             let inputs = Inputs {
                 catalog: &catalog,
                 traffic: &traffic,
+                identity: None,
             };
             Arc::new(Snapshot::following(inputs, previous))
         };

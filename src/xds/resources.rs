@@ -37,6 +37,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::OutlierDetection;
 use envoy_types::pb::envoy::config::cluster::v3::{
@@ -46,7 +47,7 @@ use envoy_types::pb::envoy::config::core::v3::{
     address, config_source, socket_address, Address, AggregatedConfigSource, ApiVersion,
     ConfigSource, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpProtocolOptions, Locality, RoutingPriority, SocketAddress,
-    TrafficDirection,
+    TrafficDirection, TransportSocket,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint as EnvoyEndpoint, LbEndpoint, LocalityLbEndpoints,
@@ -78,8 +79,10 @@ use sha2::{Digest, Sha256};
 
 use super::client::SourceClass;
 use super::routes;
+use super::{inbound, mtls};
 use crate::catalog::model::{Catalog, DnsResolution, Labels, Service, ServicePort};
-use crate::traffic::security::{MtlsMode, SecurityRules};
+use crate::identity::spiffe::{workload_id, TrustDomain};
+use crate::traffic::security::{MtlsMode, SecurityRules, WorkloadKey, WorkloadSecurity};
 use crate::traffic::{
     self, ConnectionPool, Destination, LoadBalancer, LocalityLoadBalancing, ServiceRules,
     TrafficPolicy, TrafficRules, WeightedDestination,
@@ -93,7 +96,7 @@ pub(crate) const OUTBOUND_PORT: u16 = 15001;
 
 /// Upstream connect timeout: instances are on the same BOSH network, so a second is plenty
 /// and a dead instance is given up on quickly.
-const CONNECT_TIMEOUT: Duration = seconds(1);
+pub(super) const CONNECT_TIMEOUT: Duration = seconds(1);
 
 /// Passive outlier detection instead of active health checks. Every Envoy of the
 /// foundation would probe every endpoint it knows (N VMs × M endpoints of probes, 20,000
@@ -206,6 +209,11 @@ pub struct Resources {
     /// By route configuration name: the configurations for clients that satisfy some of its
     /// selectors.
     route_variants: BTreeMap<String, RouteVariants>,
+    /// The workload of each resource only its own Envoys get (`xds::inbound`): by listener
+    /// name. Empty without workload identities.
+    owners: HashMap<Box<str>, Arc<WorkloadKey>>,
+    /// What the inputs asked that the resources cannot carry, for the log.
+    warnings: Vec<String>,
     /// Per type, each name's place in `by_type`: every delta stream looks names up, thousands
     /// of times per Envoy that connects, and a binary search over names sharing long prefixes
     /// was a quarter of the pilot's CPU in a mass reconnect (bench/notes.md, fleet).
@@ -290,6 +298,32 @@ impl Resources {
     pub(crate) fn route_variants(&self) -> &BTreeMap<String, RouteVariants> {
         &self.route_variants
     }
+
+    /// The workload whose Envoys alone get the resource of that type and name; `None` for a
+    /// resource every Envoy gets.
+    pub(crate) fn owner(&self, resource_type: ResourceType, name: &str) -> Option<&WorkloadKey> {
+        if resource_type != ResourceType::Listener || self.owners.is_empty() {
+            return None;
+        }
+        self.owners.get(name).map(|owner| &**owner)
+    }
+
+    /// Whether the Envoys of `workload` (`None`: an Envoy of no BOSH instance) get the resource
+    /// of that type and name.
+    pub(crate) fn is_for(
+        &self,
+        workload: Option<&WorkloadKey>,
+        resource_type: ResourceType,
+        name: &str,
+    ) -> bool {
+        self.owner(resource_type, name)
+            .is_none_or(|owner| workload == Some(owner))
+    }
+
+    /// What the inputs asked that these resources cannot carry.
+    pub(crate) fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
 }
 
 /// A short, stable content hash: equal inputs give equal versions on every replica.
@@ -347,12 +381,16 @@ pub(super) fn duration(duration: std::time::Duration) -> Duration {
     }
 }
 
-/// What the resources are built from: the catalog and the traffic model. A catalog alone
-/// (`From<&Catalog>`) has no traffic rules.
+/// What the resources are built from: the catalog, the traffic model, and the trust domain
+/// when workload identities are on. A catalog alone (`From<&Catalog>`) has no traffic rules
+/// and no identities.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     pub catalog: &'a Catalog,
     pub traffic: &'a TrafficRules,
+    /// `None`: the plaintext mesh without inbound listeners, every resource what it was
+    /// before identities; `Some`: inbound listeners and mutual TLS (`xds::inbound`).
+    pub identity: Option<&'a TrustDomain>,
 }
 
 impl<'a> From<&'a Catalog> for Inputs<'a> {
@@ -368,6 +406,7 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
         Inputs {
             catalog,
             traffic: &NO_RULES,
+            identity: None,
         }
     }
 }
@@ -380,15 +419,21 @@ impl Inputs<'_> {
     /// rules (it is never served, see `cache::follow`).
     pub fn version(&self) -> u64 {
         // The Sidecars' pins change what scoped streams get, not any resource: they count too.
-        let no_rules = self.traffic.services.is_empty() && self.traffic.scope_pins.is_empty();
+        let no_rules = self.traffic.services.is_empty()
+            && self.traffic.scope_pins.is_empty()
+            && self.traffic.security.is_empty()
+            && self.identity.is_none();
         if self.catalog.version == 0 || no_rules {
             return self.catalog.version;
         }
         let rules = serde_json::to_vec(self.traffic).expect("the traffic model serializes");
-        let digest = Sha256::new()
+        let mut digest = Sha256::new()
             .chain_update(self.catalog.version.to_be_bytes())
-            .chain_update(rules)
-            .finalize();
+            .chain_update(rules);
+        if let Some(trust_domain) = self.identity {
+            digest.update(trust_domain.as_str());
+        }
+        let digest = digest.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
     }
 }
@@ -406,6 +451,7 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
     )];
     for service in &inputs.catalog.services {
         let rules = inputs.traffic.services.get(&service.hostname);
+        let server_id = server_identity(&inputs, service);
         for port in &service.ports {
             let name = cluster_name(&service.hostname, port.number);
             let policy = |subset| {
@@ -413,8 +459,12 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                     .map(|r| r.policy(port.number, subset))
                     .unwrap_or_default()
             };
+            let tls = server_id
+                .as_ref()
+                .filter(|(_, security)| security.mtls_of(port.number) != MtlsMode::Disable)
+                .map(|(id, _)| mtls::client_transport_socket(port, id));
             let (cluster, assignment) =
-                cluster_with_endpoints(&name, service, port, &policy(None), None);
+                cluster_with_endpoints(&name, service, port, &policy(None), None, tls.as_ref());
             clusters.push(cluster);
             endpoints.extend(assignment);
             for (subset_name, subset) in rules.iter().flat_map(|r| &r.subsets) {
@@ -424,6 +474,7 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                     port,
                     &policy(Some(subset_name)),
                     Some(subset),
+                    tls.as_ref(),
                 );
                 clusters.push(cluster);
                 endpoints.extend(assignment);
@@ -463,6 +514,29 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
             ));
         }
     }
+    let mut owners = HashMap::new();
+    let mut warnings = Vec::new();
+    if let Some(trust_domain) = inputs.identity {
+        for (workload, ports) in inbound::workloads(inputs.catalog) {
+            let id = workload_id(trust_domain, &workload.deployment, &workload.instance_group);
+            if let Err(why) = &id {
+                warnings.push(format!(
+                    "instance group {:?} of deployment {:?} has no workload identity, its \
+                     inbound ports stay plaintext: {why}",
+                    workload.instance_group, workload.deployment
+                ));
+            }
+            let security = inputs.traffic.security.of(&workload);
+            let listener = inbound::listener(&workload, &ports, &security, id.is_ok());
+            let name = inbound::listener_name(&workload);
+            owners.insert(Box::from(name.as_str()), Arc::new(workload));
+            listeners.push(NamedResource::new(name, pack_any(listener)));
+        }
+        clusters.extend(
+            inbound::passthrough_clusters()
+                .map(|cluster| NamedResource::new(cluster.name.clone(), pack_any(cluster))),
+        );
+    }
     let mut by_type = [clusters, endpoints, listeners, routes];
     for list in &mut by_type {
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -473,8 +547,34 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
         by_type,
         source_selectors,
         route_variants,
+        owners,
+        warnings,
         positions,
     }
+}
+
+/// The SPIFFE ID the instances of `service` prove, and what the security rules say about
+/// them, when its clients are to check it: identities on, a BOSH job (a ServiceEntry's
+/// endpoints are outside the mesh), and names that can form a SPIFFE ID (see `build`'s
+/// warning).
+fn server_identity<'a>(
+    inputs: &Inputs<'a>,
+    service: &Service,
+) -> Option<(String, std::borrow::Cow<'a, WorkloadSecurity>)> {
+    let trust_domain = inputs
+        .identity
+        .filter(|_| service.service_entry.is_none())?;
+    let id = workload_id(
+        trust_domain,
+        &service.key.deployment,
+        &service.key.instance_group,
+    )
+    .ok()?;
+    let workload = WorkloadKey {
+        deployment: service.key.deployment.clone(),
+        instance_group: service.key.instance_group.clone(),
+    };
+    Some((id, inputs.traffic.security.of(&workload)))
 }
 
 /// The distinct `sourceLabels` of every HTTP route of `traffic`, sorted.
@@ -508,6 +608,7 @@ fn cluster_with_endpoints(
     port: &ServicePort,
     policy: &TrafficPolicy,
     subset: Option<&traffic::Subset>,
+    tls: Option<&TransportSocket>,
 ) -> (NamedResource, Option<NamedResource>) {
     let locality = policy.locality.as_ref();
     let Some(dns) = &service.dns else {
@@ -525,7 +626,7 @@ fn cluster_with_endpoints(
                 eds_config: Some(ads_config_source()),
                 service_name: String::new(),
             }),
-            ..cluster_with_policy(name, port, policy)
+            ..cluster_with_policy(name, port, policy, tls)
         };
         return (
             NamedResource::new(name.to_string(), pack_any(cluster)),
@@ -548,7 +649,7 @@ fn cluster_with_endpoints(
             },
         )),
         load_assignment: Some(load_assignment(name, endpoints, locality)),
-        ..cluster_with_policy(name, port, policy)
+        ..cluster_with_policy(name, port, policy, tls)
     };
     (
         NamedResource::new(name.to_string(), pack_any(cluster)),
@@ -597,7 +698,7 @@ fn ads_config_source() -> ConfigSource {
 }
 
 /// An IP address, or a DNS name for a DNS cluster to resolve, and a port.
-fn socket_address(address: impl std::fmt::Display, port: u16) -> Address {
+pub(super) fn socket_address(address: impl std::fmt::Display, port: u16) -> Address {
     Address {
         address: Some(address::Address::SocketAddress(SocketAddress {
             address: address.to_string(),
@@ -608,17 +709,18 @@ fn socket_address(address: impl std::fmt::Display, port: u16) -> Address {
 }
 
 /// A cluster with the mesh's defaults, changed where `policy` says (see
-/// `crate::traffic::TrafficPolicy`), without its endpoints: the caller says how they are
-/// discovered.
-fn cluster_with_policy(name: &str, port: &ServicePort, policy: &TrafficPolicy) -> Cluster {
+/// `crate::traffic::TrafficPolicy`), over mutual TLS with `tls`, without its endpoints: the
+/// caller says how they are discovered.
+fn cluster_with_policy(
+    name: &str,
+    port: &ServicePort,
+    policy: &TrafficPolicy,
+    tls: Option<&TransportSocket>,
+) -> Cluster {
     let pool = policy.connection_pool.as_ref();
-    let mut typed_extension_protocol_options = std::collections::HashMap::new();
-    if let Some(options) = upstream_http_options(port, pool) {
-        typed_extension_protocol_options.insert(
-            "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
-            pack_any(options),
-        );
-    }
+    let typed_extension_protocol_options = upstream_http_options(port, pool)
+        .map(protocol_options)
+        .unwrap_or_default();
     let lb_policy = match policy.load_balancer {
         None | Some(LoadBalancer::RoundRobin) => cluster::LbPolicy::RoundRobin,
         Some(LoadBalancer::LeastRequest) => cluster::LbPolicy::LeastRequest,
@@ -652,8 +754,17 @@ fn cluster_with_policy(name: &str, port: &ServicePort, policy: &TrafficPolicy) -
             locality_config_specifier,
             ..Default::default()
         }),
+        transport_socket: tls.cloned(),
         ..Default::default()
     }
+}
+
+/// A cluster's `typed_extension_protocol_options` with `options`.
+pub(super) fn protocol_options(options: HttpProtocolOptions) -> HashMap<String, Any> {
+    HashMap::from([(
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_string(),
+        pack_any(options),
+    )])
 }
 
 /// HTTP/2 upstream where the port's protocol needs it, and the requests allowed per upstream
@@ -1503,6 +1614,7 @@ mod tests {
             build(Inputs {
                 catalog: &catalog(),
                 traffic,
+                identity: None,
             })
         }
 
@@ -2086,6 +2198,7 @@ mod tests {
             let built = build(Inputs {
                 catalog: &catalog,
                 traffic: &rules,
+                identity: None,
             });
             let clusters = built.of_type(ResourceType::Cluster);
             let assignments = built.of_type(ResourceType::Endpoint);
@@ -2093,6 +2206,7 @@ mod tests {
             let failed = build(Inputs {
                 catalog: &estate(false),
                 traffic: &rules,
+                identity: None,
             });
             let pushed: Vec<&NamedResource> = failed
                 .of_type(ResourceType::Endpoint)
@@ -2138,6 +2252,7 @@ mod tests {
                                 service,
                                 port,
                                 &TrafficPolicy::default(),
+                                None,
                                 None,
                             );
                             let mut cluster = Cluster::decode(cluster.resource.value.as_slice())
@@ -2313,6 +2428,7 @@ mod tests {
             let resources = build(Inputs {
                 catalog: &catalog,
                 traffic: &traffic,
+                identity: None,
             });
             let whole = cluster_name(&db_host, 5432);
             let primary = subset_cluster_name(&db_host, 5432, "primary");

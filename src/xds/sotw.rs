@@ -125,7 +125,9 @@ impl SotwStreamState {
     ) -> Option<DiscoveryResponse> {
         let subscription = self.subscriptions.get_mut(&resource_type)?;
         let class = snapshot.source_class(self.client.as_ref());
-        let selection = snapshot.select_for(resource_type, subscription.names.as_ref(), &class);
+        let workload = self.client.as_ref().map(|client| &**client.workload());
+        let selection =
+            snapshot.select_for(resource_type, subscription.names.as_ref(), &class, workload);
         if selection.version == subscription.version {
             return None;
         }
@@ -380,6 +382,7 @@ mod tests {
             Snapshot::build(Inputs {
                 catalog: &catalog,
                 traffic: &traffic,
+                identity: None,
             })
         };
         let sent = |response: &DiscoveryResponse| {

@@ -290,6 +290,7 @@ async fn measure_inside(
     let sources = Sources {
         catalog: catalog_rx,
         traffic: traffic_rx,
+        identity: None,
     };
     let node = NodeIdentity {
         deployment: "bench".into(),

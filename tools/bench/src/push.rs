@@ -185,7 +185,14 @@ async fn serve(address: SocketAddr, services: usize, instances: usize) -> Result
         .bind(address)
         .with_context(|| format!("binding {address}"))?;
     let listener = socket.listen(4096)?;
-    tokio::spawn(boshy::xds::serve(listener, Sources { catalog, traffic }));
+    tokio::spawn(boshy::xds::serve(
+        listener,
+        Sources {
+            catalog,
+            traffic,
+            identity: None,
+        },
+    ));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
     while let Some(line) = lines.next_line().await? {
         let Some(change) = PushChange::from_word(line.trim()) else {

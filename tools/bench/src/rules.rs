@@ -188,7 +188,11 @@ pub fn validate_and_compile(
 
 /// The xDS snapshot of `catalog` with `traffic`.
 pub fn snapshot(catalog: &Catalog, traffic: &TrafficRules) -> Snapshot {
-    Snapshot::build(Inputs { catalog, traffic })
+    Snapshot::build(Inputs {
+        catalog,
+        traffic,
+        identity: None,
+    })
 }
 
 /// Resources of every type in `snapshot`, and their encoded bytes.

@@ -1,7 +1,8 @@
 //! The mesh's certificates, as the director's CredHub generates them from the manifests'
 //! `variables:` (manifests/bosh-istio.yml and runtime-config.yml): one CA (`/boshy_istio_ca`),
-//! a server certificate for bosh-pilot whose SAN is the fixed name clients verify, and a
-//! client certificate for the addon's agent and Envoy. The lab generates them once at
+//! a server certificate for bosh-pilot whose SAN is the fixed name clients verify, a
+//! client certificate for the addon's agent and Envoy, and the workload CA, an intermediate
+//! under the mesh CA with which bosh-pilot signs the VMs' workload certificates. The lab generates them once at
 //! `lab up` into `<lab>/mesh-tls/` (keys mode 0600) and hands them to the jobs as properties
 //! at render time only, like the director's client secret.
 //!
@@ -22,6 +23,9 @@ use super::Layout;
 /// The name in bosh-pilot's certificate that every client verifies: the bosh-pilot job's
 /// `tls_server_name` default, and the common name the manifests generate the certificate for.
 pub const PILOT_SERVER_NAME: &str = "bosh-pilot.boshy-istio";
+
+/// The file name of the workload CA.
+const WORKLOAD_CA: &str = "workload-ca";
 
 /// A CA that signs leaf certificates.
 pub struct Ca {
@@ -48,6 +52,25 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .with_context(|| format!("self-signing the CA {common_name}"))?;
+        Ok(Ca { key, cert })
+    }
+
+    /// An intermediate CA under this one (CredHub's `is_ca: true` with `ca:` another CA).
+    pub fn intermediate(&self, common_name: &str) -> Result<Ca> {
+        let key = KeyPair::generate().context("generating an intermediate CA key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .with_context(|| format!("signing the intermediate CA {common_name}"))?;
         Ok(Ca { key, cert })
     }
 
@@ -127,7 +150,8 @@ impl MeshFiles {
         self.dir.join(format!("{who}.key"))
     }
 
-    /// Generates the CA, the pilot's and the clients' certificates unless they exist.
+    /// Generates the CA, the pilot's and the clients' certificates and the workload CA unless
+    /// they exist.
     pub fn ensure(&self) -> Result<()> {
         let all = [
             self.ca(),
@@ -135,6 +159,8 @@ impl MeshFiles {
             self.key("pilot"),
             self.cert("client"),
             self.key("client"),
+            self.cert(WORKLOAD_CA),
+            self.key(WORKLOAD_CA),
         ];
         if all.iter().all(|path| path.exists()) {
             return Ok(());
@@ -149,8 +175,17 @@ impl MeshFiles {
             super::write_private(&self.key(who), &issued.key_pem)?;
             write_public(&self.cert(who), &issued.cert_pem)?;
         }
+        let workload = ca.intermediate("boshy-istio lab workload CA")?;
+        super::write_private(&self.key(WORKLOAD_CA), &workload.key_pem())?;
+        write_public(&self.cert(WORKLOAD_CA), &workload.cert_pem())?;
         // The CA last: its presence means the set is complete.
         write_public(&self.ca(), &ca.cert_pem())
+    }
+
+    /// The pilot's `identity.ca` property: the workload CA as a BOSH certificate variable
+    /// interpolates it (its `ca` is the mesh CA that signed it).
+    pub fn workload_ca_property(&self) -> Result<Value> {
+        self.property(WORKLOAD_CA)
     }
 
     /// A job's `tls` property as a BOSH certificate variable interpolates it: `ca`,
@@ -201,5 +236,10 @@ mod tests {
             before["private_key"],
             files.property("client").unwrap()["private_key"]
         );
+        // The workload CA is a CA under the mesh CA.
+        let workload = files.workload_ca_property().unwrap();
+        assert_eq!(workload["ca"], before["ca"]);
+        assert_ne!(workload["certificate"], workload["ca"]);
+        assert_ne!(workload["private_key"], before["private_key"]);
     }
 }
