@@ -143,6 +143,19 @@ impl SecretDiscoveryService for Sds {
     }
 }
 
+/// The names among `names` this server has no secret for.
+fn unserved(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !is_served(name))
+        .collect()
+}
+
+fn is_served(name: &str) -> bool {
+    name == WORKLOAD_SECRET || name == TRUST_BUNDLE_SECRET
+}
+
 fn unknown_names(names: &[String]) -> String {
     format!(
         "no secret named {names:?}: only `{WORKLOAD_SECRET}` and `{TRUST_BUNDLE_SECRET}` are served"
@@ -196,7 +209,11 @@ fn log_request(node: &str, request: &DiscoveryRequest, kind: RequestKind) {
     let version = &request.version_info;
     match kind {
         RequestKind::Subscribe => {
-            tracing::info!(%node, names = ?request.resource_names, "SDS subscription")
+            tracing::info!(%node, names = ?request.resource_names, "SDS subscription");
+            let unserved = unserved(&request.resource_names);
+            if !unserved.is_empty() {
+                tracing::warn!(%node, ?unserved, "Envoy asks for secrets this agent does not serve (only `{WORKLOAD_SECRET}` and `{TRUST_BUNDLE_SECRET}`): they never come");
+            }
         }
         RequestKind::Ack => tracing::debug!(%node, %version, "SDS ACK"),
         RequestKind::Nack => {
@@ -267,7 +284,7 @@ impl SdsStream {
         let served: Vec<String> = self
             .names
             .iter()
-            .filter(|name| [WORKLOAD_SECRET, TRUST_BUNDLE_SECRET].contains(&name.as_str()))
+            .filter(|name| is_served(name))
             .cloned()
             .collect();
         if served.is_empty() {
@@ -360,6 +377,8 @@ mod tests {
         assert_eq!(stream.respond(&certificate("c1")), None);
         stream.on_request(&request(&["other"], "", false));
         assert_eq!(stream.respond(&certificate("c1")), None);
+        let names = ["other", WORKLOAD_SECRET, "x"].map(String::from);
+        assert_eq!(unserved(&names), ["other", "x"]);
     }
 
     #[test]
