@@ -32,18 +32,23 @@ const SECRET_TYPE: &str = "type.googleapis.com/envoy.extensions.transport_socket
 /// The test CA's certificates live this long: renewed two seconds after they are received.
 const LIFETIME_S: u64 = 4;
 
-/// A CA that signs every request but the first `refuse_first` ones, recording the public key
+/// A CA that signs every request but those `refuses` (given the attempt, from 1), recording the public key
 /// of each request it signed.
 struct TestCa {
     cert: rcgen::Certificate,
     key: rcgen::KeyPair,
-    refuse_first: usize,
+    refuses: fn(usize) -> bool,
     seen: Mutex<Vec<CsrRequest>>,
     signed_keys: Mutex<Vec<Vec<u8>>>,
 }
 
 impl TestCa {
-    fn new(refuse_first: usize) -> Self {
+    /// What this CA says when it refuses: its own words, since the tests share one log.
+    fn refusal(&self) -> String {
+        format!("test CA {:p}: refusing the request", self)
+    }
+
+    fn new(refuses: fn(usize) -> bool) -> Self {
         let key = rcgen::KeyPair::generate().unwrap();
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
@@ -51,7 +56,7 @@ impl TestCa {
         TestCa {
             cert,
             key,
-            refuse_first,
+            refuses,
             seen: Mutex::default(),
             signed_keys: Mutex::default(),
         }
@@ -70,8 +75,8 @@ impl Signer for SharedCa {
             seen.push(request.clone());
             seen.len()
         };
-        if attempt <= ca.refuse_first {
-            anyhow::bail!("test CA: refusing the request");
+        if (ca.refuses)(attempt) {
+            anyhow::bail!(ca.refusal());
         }
         let csr = rcgen::CertificateSigningRequestParams::from_pem(&request.csr)?;
         ca.signed_keys
@@ -221,7 +226,7 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
     let started = unix_now();
     // The CA refuses the first two requests: the third comes three seconds later (1 s, then
     // 2 s of backoff), time enough to see nothing answered before.
-    let (ca, socket) = start_agent(&volume, 2);
+    let (ca, socket) = start_agent(&volume, |attempt| attempt <= 2);
     let mode = |path: &Path| std::fs::metadata(path).unwrap().permissions().mode() & 0o777;
     assert_eq!(
         mode(&socket),
@@ -229,7 +234,7 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
         "only the agent's user opens the socket"
     );
     // Where bpm made no directory, the agent makes it for its user alone.
-    let (_, made) = start_agent(&dir.path().join("made/by/agent"), 0);
+    let (_, made) = start_agent(&dir.path().join("made/by/agent"), |_| false);
     assert_eq!(mode(made.parent().unwrap()), 0o700);
     assert_eq!(mode(&made), 0o600);
 
@@ -316,11 +321,11 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
 
     let log = logs.text();
     assert!(
-        log.contains("test CA: refusing the request") && log.contains("no certificate yet"),
+        log.contains(&ca.refusal()) && log.contains("no certificate yet"),
         "the refusal is logged with what it means: {log}"
     );
     assert!(
-        log.matches("test CA: refusing the request").count() == 1,
+        log.matches(&ca.refusal()).count() == 1,
         "a repeated failure is not logged again: {log}"
     );
     assert!(log.contains("SDS ACK"), "{log}");
@@ -334,14 +339,14 @@ async fn the_agent_serves_its_certificate_over_sds_and_pushes_each_renewal() {
     assert!(!log.contains("PRIVATE KEY"), "{log}");
 }
 
-/// A workload on a test CA that refuses the first `refuse_first` requests, its certificates
+/// A workload on a test CA that refuses the attempts `refuses` says, its certificates
 /// served on `sds.sock` in `dir`.
-fn start_agent(dir: &Path, refuse_first: usize) -> (Arc<TestCa>, PathBuf) {
+fn start_agent(dir: &Path, refuses: fn(usize) -> bool) -> (Arc<TestCa>, PathBuf) {
     let socket = dir.join("sds.sock");
     let listener = sds::bind(&socket).unwrap();
     let (certificates, served) = watch::channel(None);
     tokio::spawn(sds::serve(listener, socket.clone(), served));
-    let ca = Arc::new(TestCa::new(refuse_first));
+    let ca = Arc::new(TestCa::new(refuses));
     let workload = Workload {
         instance: InstanceRef {
             deployment: "sample".into(),
@@ -373,7 +378,7 @@ async fn a_real_envoy_takes_the_certificate_and_its_renewal_through_sds_grpc() {
     let _logs = logs();
     let dir = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let (_ca, socket) = start_agent(dir.path(), 0);
+    let (_ca, socket) = start_agent(dir.path(), |_| false);
 
     let admin = loopback_listener().await.1;
     let probe_port = loopback_listener().await.1.port();
@@ -487,8 +492,8 @@ async fn pilot(ca: Arc<TestCa>) -> String {
 #[tokio::test]
 async fn the_pilots_are_asked_in_turn_until_one_signs() {
     let down = loopback_listener().await.1.to_string(); // closed once the listener drops
-    let refusing = pilot(Arc::new(TestCa::new(usize::MAX))).await;
-    let signing_ca = Arc::new(TestCa::new(0));
+    let refusing = pilot(Arc::new(TestCa::new(|_| true))).await;
+    let signing_ca = Arc::new(TestCa::new(|_| false));
     let signing = pilot(signing_ca.clone()).await;
     let signer =
         PilotSigner::new(&[down.clone(), refusing.clone(), signing.clone()], None).unwrap();
@@ -529,5 +534,53 @@ async fn the_pilots_are_asked_in_turn_until_one_signs() {
     assert!(
         err.contains(&down) && err.contains(&refusing) && err.contains("403"),
         "{err}"
+    );
+}
+
+/// With the pilots down after the first certificate, SDS keeps serving it until it expires,
+/// then withdraws it (an error in the log): an Envoy that connects then gets nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_pilots_down_the_certificate_is_served_until_it_expires() {
+    let logs = logs();
+    let dir = tempfile::tempdir().unwrap();
+    let (_ca, socket) = start_agent(dir.path(), |attempt| attempt > 1);
+    let mut client = sds_client(socket).await;
+    let fetch = |client: &mut SecretDiscoveryServiceClient<Channel>| {
+        let mut client = client.clone();
+        async move { client.fetch_secrets(request("", "")).await }
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let first = loop {
+        match fetch(&mut client).await {
+            Ok(response) => break response.into_inner(),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(status) => panic!("no first certificate: {status}"),
+        }
+    };
+    let expires = unix_now() + LIFETIME_S;
+    // The renewal at half the lifetime fails, and so do the retries.
+    tokio::time::sleep(Duration::from_secs(LIFETIME_S / 2 + 1)).await;
+    if unix_now() + 1 < expires {
+        let still = fetch(&mut client).await.expect("served while valid");
+        assert_eq!(still.into_inner().version_info, first.version_info);
+    }
+    let deadline = Instant::now() + Duration::from_secs(LIFETIME_S + 65);
+    loop {
+        match fetch(&mut client).await {
+            Err(status) if status.code() == tonic::Code::Unavailable => break,
+            Ok(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(200)).await
+            }
+            other => panic!("the expired certificate is still served: {other:?}"),
+        }
+    }
+    assert!(unix_now() >= expires, "withdrawn only once expired");
+    let log = logs.text();
+    assert!(log.contains("expired unrenewed"), "{log}");
+    assert!(
+        log.contains("s left"),
+        "the failures say how long is left: {log}"
     );
 }
