@@ -740,8 +740,12 @@ fn bpm_volumes(rendered: &Rendered) -> Value {
 
 #[test]
 fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
-    let properties = json!({"identity": {"enabled": true, "trust_domain": "corp.example"}});
-    let rendered = render("virtual-ip-agent", properties, default_link()).rebased();
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "corp.example"}}),
+    );
+    let properties = json!({"identity": {"enabled": true}});
+    let rendered = render("virtual-ip-agent", properties.clone(), link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     assert_success(
         &check_bpm_process(&bpm.processes[0]),
@@ -770,6 +774,11 @@ fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
         rendered.json("config/agent.yml")["identity"]["sds_socket"],
         SDS_SOCKET
     );
+    assert_eq!(
+        rendered.json("config/agent.yml")["identity"]["trust_domain"],
+        "boshy",
+        "the pilots' default trust domain"
+    );
     let envoy = render(
         "bosh-envoy",
         json!({"identity": {"enabled": true}}),
@@ -793,12 +802,11 @@ fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
     }
 
     // A trust domain that cannot be one is refused by --check-config, naming the key.
-    let rendered = render(
-        "virtual-ip-agent",
-        json!({"identity": {"enabled": true, "trust_domain": "Corp"}}),
-        default_link(),
-    )
-    .rebased();
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "Corp"}}),
+    );
+    let rendered = render("virtual-ip-agent", properties, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
     let refused = check_bpm_process(&bpm.processes[0]);
     assert!(!refused.status.success());

@@ -67,7 +67,7 @@ impl WorkloadCertificate {
 
     /// The SDS version of the secrets: changes with the certificate or the bundle, the same
     /// after an agent restart that got the same ones (never, in practice: a new key each time).
-    pub fn version(&self) -> String {
+    pub(crate) fn version(&self) -> String {
         use sha2::{Digest, Sha256};
         let digest = Sha256::new()
             .chain_update(&self.certificate_chain)
@@ -265,7 +265,8 @@ pub async fn keep_certified(
                     "workload certificate signed"
                 );
                 certificates.send_replace(Some(Arc::new(certificate)));
-                sleep_until_unix(next).await;
+                // Even a certificate of a second or two is not asked for in a busy loop.
+                tokio::time::sleep(until_unix(next).max(RETRY_MIN)).await;
             }
             Err(err) => {
                 let error = format!("{err:#}");
@@ -337,13 +338,11 @@ fn note_failure(note: FailureNote, error: &str, left: Validity) {
     }
 }
 
-/// Sleeps until the UNIX second `at` (at once when it is past).
-async fn sleep_until_unix(at: u64) {
-    let wait = UNIX_EPOCH + Duration::from_secs(at);
-    let delay = wait
+/// How long until the UNIX second `at` (zero when it is past).
+fn until_unix(at: u64) -> Duration {
+    (UNIX_EPOCH + Duration::from_secs(at))
         .duration_since(SystemTime::now())
-        .unwrap_or(Duration::ZERO);
-    tokio::time::sleep(delay).await;
+        .unwrap_or(Duration::ZERO)
 }
 
 fn unix_now() -> u64 {

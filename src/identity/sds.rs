@@ -12,7 +12,7 @@
 //!
 //! The decisions of one stream are [`SdsStream`]'s (pure); the rest moves messages.
 
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -43,9 +43,10 @@ const RESPONSE_QUEUE: usize = 4;
 /// Longest NACK reason logged.
 const MAX_LOGGED_ERROR: usize = 500;
 
-/// Binds the SDS socket at `path`: a socket left by a previous run is replaced, and the new
-/// one is readable and writable by this user alone before it appears under its name (bound
-/// under a temporary name, its mode set, then renamed over `path`).
+/// Binds the SDS socket at `path` (making its directory, mode 0700, if there is none): a
+/// socket left by a previous run is replaced, and the new one is readable and writable by this
+/// user alone before it appears under its name (bound under a temporary name, its mode set,
+/// then renamed over `path`).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let at = || format!("the SDS socket {}", path.display());
     let file_name = path
@@ -54,14 +55,20 @@ pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     let mut temporary_name = file_name.to_os_string();
     temporary_name.push(format!(".tmp.{}", std::process::id()));
     let temporary = path.with_file_name(temporary_name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // bpm makes the directory (the volume shared with Envoy); elsewhere (the lab, a test)
+        // the agent makes it, for its user alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(at)?;
+    }
     remove_stale(&temporary).with_context(at)?;
     let listener = UnixListener::bind(&temporary).with_context(at)?;
     std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
         .and_then(|()| std::fs::rename(&temporary, path))
         .with_context(at)?;
-    if let Some(dir) = path.parent() {
-        warn_if_shared(dir);
-    }
     Ok(listener)
 }
 
@@ -69,19 +76,6 @@ fn remove_stale(path: &Path) -> std::io::Result<()> {
     match std::fs::remove_file(path) {
         Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
         _ => Ok(()),
-    }
-}
-
-/// The socket's mode keeps other users out; a directory others may enter is still worth a
-/// word, since the job's volume is meant to be the agent's and Envoy's alone.
-fn warn_if_shared(dir: &Path) {
-    match std::fs::metadata(dir) {
-        Ok(meta) if meta.permissions().mode() & 0o077 != 0 => tracing::warn!(
-            dir = %dir.display(),
-            mode = format!("{:o}", meta.permissions().mode() & 0o777),
-            "the SDS socket's directory is open to other users (the socket itself is 0600)"
-        ),
-        _ => {}
     }
 }
 
@@ -149,6 +143,19 @@ impl SecretDiscoveryService for Sds {
     }
 }
 
+/// The names among `names` this server has no secret for.
+fn unserved(names: &[String]) -> Vec<&str> {
+    names
+        .iter()
+        .map(String::as_str)
+        .filter(|name| !is_served(name))
+        .collect()
+}
+
+fn is_served(name: &str) -> bool {
+    name == WORKLOAD_SECRET || name == TRUST_BUNDLE_SECRET
+}
+
 fn unknown_names(names: &[String]) -> String {
     format!(
         "no secret named {names:?}: only `{WORKLOAD_SECRET}` and `{TRUST_BUNDLE_SECRET}` are served"
@@ -202,7 +209,11 @@ fn log_request(node: &str, request: &DiscoveryRequest, kind: RequestKind) {
     let version = &request.version_info;
     match kind {
         RequestKind::Subscribe => {
-            tracing::info!(%node, names = ?request.resource_names, "SDS subscription")
+            tracing::info!(%node, names = ?request.resource_names, "SDS subscription");
+            let unserved = unserved(&request.resource_names);
+            if !unserved.is_empty() {
+                tracing::warn!(%node, ?unserved, "Envoy asks for secrets this agent does not serve (only `{WORKLOAD_SECRET}` and `{TRUST_BUNDLE_SECRET}`): they never come");
+            }
         }
         RequestKind::Ack => tracing::debug!(%node, %version, "SDS ACK"),
         RequestKind::Nack => {
@@ -273,7 +284,7 @@ impl SdsStream {
         let served: Vec<String> = self
             .names
             .iter()
-            .filter(|name| [WORKLOAD_SECRET, TRUST_BUNDLE_SECRET].contains(&name.as_str()))
+            .filter(|name| is_served(name))
             .cloned()
             .collect();
         if served.is_empty() {
@@ -366,6 +377,8 @@ mod tests {
         assert_eq!(stream.respond(&certificate("c1")), None);
         stream.on_request(&request(&["other"], "", false));
         assert_eq!(stream.respond(&certificate("c1")), None);
+        let names = ["other", WORKLOAD_SECRET, "x"].map(String::from);
+        assert_eq!(unserved(&names), ["other", "x"]);
     }
 
     #[test]
