@@ -61,6 +61,39 @@ pub struct PilotConfig {
     /// Who may read the HTTP API (docs/api.md).
     #[serde(default)]
     pub api: ApiConfig,
+    /// Workload identities (docs/security.md): the pilot signs the VMs' certificate requests.
+    /// Absent: workload identity is off.
+    #[serde(default)]
+    pub identity: Option<IdentityConfig>,
+}
+
+/// The shortest and longest workload certificate lifetimes a pilot accepts.
+pub const MIN_CERTIFICATE_TTL_SECONDS: u64 = 60;
+pub const MAX_CERTIFICATE_TTL_SECONDS: u64 = 30 * 24 * 3600;
+
+/// `identity`: who signs the workload certificates, for which trust domain, for how long.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityConfig {
+    #[serde(default)]
+    pub trust_domain: crate::identity::spiffe::TrustDomain,
+    pub ca: IdentityCa,
+    /// 600 s to 30 days.
+    #[serde(default = "default_certificate_ttl")]
+    pub certificate_ttl_seconds: u64,
+}
+
+/// `identity.ca`: PEM files, read once at start.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityCa {
+    /// The signing CA certificate, then the CAs above it.
+    pub certificate: PathBuf,
+    pub private_key: PathBuf,
+    /// The CAs Envoys trust; default every certificate of `certificate`. During a CA
+    /// rotation, the old and the new.
+    #[serde(default)]
+    pub trust_bundle: Option<PathBuf>,
 }
 
 /// The HTTP API's access control (docs/api.md).
@@ -91,6 +124,22 @@ impl PilotConfig {
                 config_path.display()
             ),
         }
+    }
+
+    /// Checks `identity.certificate_ttl_seconds`; errors name the file and the key.
+    pub(crate) fn check_identity(&self, config_path: &Path) -> Result<()> {
+        let Some(identity) = &self.identity else {
+            return Ok(());
+        };
+        let ttl = identity.certificate_ttl_seconds;
+        if !(MIN_CERTIFICATE_TTL_SECONDS..=MAX_CERTIFICATE_TTL_SECONDS).contains(&ttl) {
+            bail!(
+                "config file {}: key `identity.certificate_ttl_seconds`: {ttl} is not between \
+                 {MIN_CERTIFICATE_TTL_SECONDS} (a minute) and {MAX_CERTIFICATE_TTL_SECONDS} (30 days)",
+                config_path.display()
+            );
+        }
+        Ok(())
     }
 
     /// Checks that the xDS and name-table ports are locked down (`tls`) or explicitly not;
@@ -340,14 +389,33 @@ pub struct AgentConfig {
     /// drops that service's configuration (docs/scope.md).
     #[serde(default = "default_scope_idle")]
     pub scope_idle_seconds: u64,
+    /// With `instance` (and its `instance_group`): the agent holds the VM's workload key and
+    /// serves its certificate to Envoy over SDS (docs/security.md); without it, identity is
+    /// off.
+    #[serde(default)]
+    pub identity: Option<AgentIdentity>,
 }
 
-/// `spec.deployment` and `spec.id` of the VM's jobs.
+/// `spec.deployment`, `spec.id` and `spec.name` of the VM's jobs.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AgentInstance {
     pub deployment: String,
     pub id: String,
+    /// The instance group: whose SPIFFE ID the VM's certificate carries.
+    #[serde(default)]
+    pub instance_group: Option<String>,
+}
+
+/// The agent's workload identity: the mesh's trust domain, and where Envoy asks for the
+/// certificate.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentIdentity {
+    #[serde(default)]
+    pub trust_domain: crate::identity::spiffe::TrustDomain,
+    /// The SDS Unix socket, in a directory shared with Envoy alone.
+    pub sds_socket: PathBuf,
 }
 
 impl AgentConfig {
@@ -429,6 +497,9 @@ fn default_dns_ttl() -> u32 {
 }
 fn default_drain_timeout() -> u64 {
     30
+}
+fn default_certificate_ttl() -> u64 {
+    24 * 3600
 }
 fn default_scope_idle() -> u64 {
     24 * 3600
@@ -552,6 +623,43 @@ mod tests {
             parse::<PilotConfig>(text, path).is_err(),
             "unknown api keys"
         );
+    }
+
+    #[test]
+    fn identity_is_off_by_default_and_its_ttl_is_bounded() {
+        let path = Path::new("/jobs/pilot.yml");
+        let pilot = |extra: &str| -> PilotConfig {
+            let text = format!("director:\n  url: https://x\n  client: c\n{extra}");
+            parse(&text, path).unwrap()
+        };
+        assert!(pilot("").identity.is_none());
+        let ca = "identity:\n  ca: {certificate: /ca.pem, private_key: /ca.key}\n";
+        let defaults = pilot(ca);
+        let identity = defaults.identity.as_ref().unwrap();
+        assert_eq!(identity.trust_domain.as_str(), "boshy");
+        assert_eq!(identity.certificate_ttl_seconds, 86400);
+        assert_eq!(identity.ca.trust_bundle, None);
+        defaults.check_identity(path).unwrap();
+        for ttl in [59, 30 * 24 * 3600 + 1] {
+            let msg = pilot(&format!("{ca}  certificate_ttl_seconds: {ttl}\n"))
+                .check_identity(path)
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("/jobs/pilot.yml")
+                    && msg.contains("identity.certificate_ttl_seconds")
+                    && msg.contains(&ttl.to_string()),
+                "{msg}"
+            );
+        }
+        for ttl in [60, 30 * 24 * 3600] {
+            pilot(&format!("{ca}  certificate_ttl_seconds: {ttl}\n"))
+                .check_identity(path)
+                .unwrap();
+        }
+        let text = "director: {url: https://x, client: c}\nidentity:\n  trust_domain: Bad\n  ca: {certificate: /c, private_key: /k}\n";
+        let msg = parse::<PilotConfig>(text, path).unwrap_err().to_string();
+        assert!(msg.contains("identity.trust_domain"), "{msg}");
     }
 
     #[test]

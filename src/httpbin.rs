@@ -1,5 +1,7 @@
 //! example-httpbin: the sample workload. A small HTTP server whose answers say which BOSH
-//! instance served them, so a curl through the mesh shows the load balancing.
+//! instance served them, so a curl through the mesh shows the load balancing, and who called:
+//! the caller's SPIFFE ID that its Envoy verified (`x-forwarded-client-cert`), also printed
+//! on the workload's log line for each request.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,7 +9,7 @@ use std::net::SocketAddr;
 use anyhow::Result;
 use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Serialize;
 
@@ -29,11 +31,25 @@ struct GetResponse<'a> {
     origin: String,
     url: String,
     instance: &'a Instance,
+    /// The caller's identity as the VM's Envoy verified it, when it came over mutual TLS.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    caller: Option<String>,
+}
+
+/// The SPIFFE ID of the caller in Envoy's `x-forwarded-client-cert` header: the `URI=` of the
+/// last element (Envoy appends the peer it verified; earlier elements are earlier hops').
+fn caller(headers: &HeaderMap) -> Option<String> {
+    let xfcc = headers.get("x-forwarded-client-cert")?.to_str().ok()?;
+    let last = xfcc.rsplit(',').next()?;
+    last.split(';')
+        .find_map(|field| field.trim().strip_prefix("URI="))
+        .map(|uri| uri.trim_matches('"').to_string())
 }
 
 pub fn router(args: &Args) -> Router {
     Router::new()
         .route("/get", get(get_handler))
+        .route("/post", post(get_handler))
         .route("/status/{code}", get(status_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .with_state(args.instance.clone())
@@ -46,6 +62,7 @@ async fn get_handler(
     headers: HeaderMap,
     uri: Uri,
 ) -> Json<serde_json::Value> {
+    let caller = caller(&headers);
     let headers = headers
         .iter()
         .map(|(name, value)| {
@@ -55,12 +72,19 @@ async fn get_handler(
             )
         })
         .collect();
+    tracing::info!(
+        path = %uri.path(),
+        peer = %peer,
+        caller = caller.as_deref().unwrap_or("-"),
+        "request"
+    );
     let response = GetResponse {
         args,
         headers,
         origin: peer.ip().to_string(),
         url: uri.to_string(),
         instance: &identity,
+        caller,
     };
     Json(serde_json::to_value(response).expect("response serializes"))
 }
@@ -110,6 +134,28 @@ mod tests {
         assert_eq!(body["instance"]["ip"], "10.244.0.12");
         assert_eq!(body["args"]["x"], "1");
         assert_eq!(body["origin"], "127.0.0.1");
+        assert!(
+            body.get("caller").is_none(),
+            "no mutual TLS, no caller: {body}"
+        );
+        let client = reqwest::Client::new();
+        let body: serde_json::Value = client
+            .post(format!("http://{addr}/post"))
+            .header(
+                "x-forwarded-client-cert",
+                "By=spiffe://boshy/deployment/d/instance_group/banana;Hash=ab;\
+                 URI=spiffe://boshy/deployment/d/instance_group/apricot",
+            )
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(
+            body["caller"],
+            "spiffe://boshy/deployment/d/instance_group/apricot"
+        );
         let status = reqwest::get(format!("http://{addr}/status/503"))
             .await
             .unwrap()

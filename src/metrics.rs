@@ -30,12 +30,16 @@ pub struct Metrics {
     /// Rule configs with every resource accepted, and with at least one refused.
     pub rule_configs_accepted: AtomicU64,
     pub rule_configs_rejected: AtomicU64,
+    /// Workload certificates the pilot signed (docs/security.md).
+    pub identity_certificates_issued: AtomicU64,
     /// Director poll errors by kind (e.g. `http_500`, `timeout`, `manifest_yaml`).
     director_poll_errors: Mutex<BTreeMap<String, u64>>,
     /// Agent reports and stream identities refused, by reason.
     agent_refusals: Mutex<BTreeMap<String, u64>>,
     /// Requests the HTTP API refused, by reason (docs/api.md).
     api_refusals: Mutex<BTreeMap<String, u64>>,
+    /// Certificate requests refused, by reason.
+    identity_refusals: Mutex<BTreeMap<String, u64>>,
     /// NACKs of resources built from a rule config, by config name.
     rule_config_nacks: Mutex<BTreeMap<String, u64>>,
 }
@@ -56,6 +60,10 @@ impl Metrics {
 
     pub(crate) fn api_refusal(&self, reason: &str) {
         count(&self.api_refusals, reason);
+    }
+
+    pub(crate) fn identity_refusal(&self, reason: &str) {
+        count(&self.identity_refusals, reason);
     }
 
     pub(crate) fn rule_config_nack(&self, config: &str) {
@@ -164,6 +172,11 @@ impl Metrics {
                 &self.agent_reports,
             ),
             (
+                "boshy_identity_certificates_issued_total",
+                "Workload certificates signed for the VMs' certificate requests",
+                &self.identity_certificates_issued,
+            ),
+            (
                 "boshy_director_health_tasks_total",
                 "Health readings (instances?format=full tasks) asked of the director",
                 &self.director_health_tasks,
@@ -202,6 +215,15 @@ impl Metrics {
             ),
             "reason",
             &self.api_refusals,
+        );
+        labelled_counter(
+            &mut out,
+            (
+                "boshy_identity_refusals_total",
+                "Workload certificate requests refused, by reason",
+            ),
+            "reason",
+            &self.identity_refusals,
         );
         labelled_counter(
             &mut out,

@@ -51,6 +51,20 @@ pub async fn run(args: Args) -> Result<()> {
     let poller = director::Poller::new(&cfg.director, secret)
         .with_context(|| format!("config file {}: key `director`", args.config.display()))?;
     let plaintext_warning = cfg.check_transport(&args.config)?;
+    cfg.check_identity(&args.config)?;
+    // The workload CA is read once, here: a bad file stops the pilot (and `--check-config`).
+    let identity = cfg
+        .identity
+        .as_ref()
+        .map(|identity| -> Result<_> {
+            let ca = crate::identity::ca::WorkloadCa::load(identity)?;
+            Ok(crate::identity::issuer::Issuer::new(
+                ca,
+                identity.trust_domain.clone(),
+            ))
+        })
+        .transpose()
+        .with_context(|| format!("config file {}", args.config.display()))?;
     let open_api_warning = cfg.check_api(&args.config)?;
     // The API over HTTPS unless explicitly open (docs/api.md).
     let api_tls = match (&cfg.tls, cfg.api.insecure_open) {
@@ -145,9 +159,11 @@ pub async fn run(args: Args) -> Result<()> {
     let xds_sources = xds::cache::Sources {
         catalog: catalog_rx.clone(),
         traffic: traffic_rx,
-        // Workload identities (issue 12) are turned on from the pilot's config once it has
-        // them.
-        identity: None,
+        // Workload identities: with a workload CA, Envoys are configured for mutual TLS.
+        identity: cfg
+            .identity
+            .as_ref()
+            .map(|identity| identity.trust_domain.clone()),
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();
@@ -167,8 +183,10 @@ pub async fn run(args: Args) -> Result<()> {
     let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {
-            Some(tls) => names::serve_tls(names_listener, names_catalog, names_agents, tls).await,
-            None => names::serve(names_listener, names_catalog, names_agents).await,
+            Some(tls) => {
+                names::serve_tls(names_listener, names_catalog, names_agents, tls, identity).await
+            }
+            None => names::serve(names_listener, names_catalog, names_agents, identity).await,
         }
     };
 

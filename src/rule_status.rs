@@ -39,7 +39,8 @@ pub type PublishedRuleStatus = Option<Arc<RuleStatus>>;
 pub(crate) struct ParsedConfigs(BTreeMap<String, (String, ParsedConfig)>);
 
 impl ParsedConfigs {
-    /// The configs parsed, in the director's order (by name), reusing unchanged ones.
+    /// The configs parsed, in the director's order (by name), reusing unchanged ones, each
+    /// with the director's id of its version (its age, for the security policies).
     pub(crate) fn update(&mut self, configs: &RuleConfigs) -> Vec<ParsedConfig> {
         self.0
             .retain(|name, _| configs.configs.iter().any(|c| &c.name == name));
@@ -56,7 +57,9 @@ impl ParsedConfigs {
                     self.0
                         .insert(config.name.clone(), (config.content.clone(), parsed));
                 }
-                self.0[&config.name].1.clone()
+                let mut parsed = self.0[&config.name].1.clone();
+                parsed.director_id = config.id.parse().ok();
+                parsed
             })
             .collect()
     }
@@ -245,6 +248,38 @@ mod tests {
             "{verdict:?}"
         );
         assert!(status.traffic.services.is_empty());
+    }
+
+    #[test]
+    fn the_oldest_config_by_director_id_holds_the_mesh_wide_peer_authentication() {
+        let mesh_wide = |mode: &str| {
+            format!("apiVersion: security.istio.io/v1\nkind: PeerAuthentication\nmetadata: {{name: default, namespace: istio-system}}\nspec: {{mtls: {{mode: {mode}}}}}\n")
+        };
+        let (strict, disable) = (mesh_wide("STRICT"), mesh_wide("DISABLE"));
+        let mut rules = configs(&[("a", &strict), ("b", &disable)]);
+        let mut parsed = ParsedConfigs::default();
+        let mesh_mtls = |parsed: &mut ParsedConfigs, rules: &RuleConfigs| {
+            let status = judge(parsed, rules, &catalog());
+            let ignored: Vec<String> = status
+                .validated
+                .verdicts
+                .iter()
+                .flat_map(|v| &v.warnings)
+                .map(|w| w.to_string())
+                .collect();
+            (status.traffic.security.mesh_mtls, ignored)
+        };
+        let (mode, ignored) = mesh_mtls(&mut parsed, &rules);
+        assert_eq!(mode, crate::traffic::security::MtlsMode::Strict);
+        assert!(
+            ignored[0].starts_with("config \"b\": PeerAuthentication \"default\": spec: ignored"),
+            "{ignored:?}"
+        );
+        // `a` written again after `b`: `b` is now the older config.
+        rules.configs[0].id = "7".into();
+        let (mode, ignored) = mesh_mtls(&mut parsed, &rules);
+        assert_eq!(mode, crate::traffic::security::MtlsMode::Disable);
+        assert!(ignored[0].starts_with("config \"a\""), "{ignored:?}");
     }
 
     #[test]

@@ -307,15 +307,16 @@ async fn accept_loop(
 }
 
 /// The last refusal reason per peer address, so that a misconfigured client retrying every
-/// second is logged once, not at every attempt. Bounded: forgets everything when full.
+/// second is logged once, not at every attempt. Bounded: forgets everything when full. Also
+/// the names port's certificate requests' (`names::server`).
 #[derive(Default)]
-struct Refusals {
+pub(crate) struct Refusals {
     last: HashMap<IpAddr, String>,
 }
 
 impl Refusals {
     /// Records `reason` for `peer`; true when it differs from the peer's last one.
-    fn is_new(&mut self, peer: IpAddr, reason: &str) -> bool {
+    pub(crate) fn is_new(&mut self, peer: IpAddr, reason: &str) -> bool {
         if self.last.get(&peer).is_some_and(|last| last == reason) {
             return false;
         }
@@ -326,7 +327,7 @@ impl Refusals {
         true
     }
 
-    fn forget(&mut self, peer: IpAddr) {
+    pub(crate) fn forget(&mut self, peer: IpAddr) {
         self.last.remove(&peer);
     }
 }

@@ -338,7 +338,12 @@ fn follows_the_pilot_saves_each_table_and_answers_from_disk_once_the_pilot_is_go
         .block_on(tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
         .unwrap();
     let pilot_url = format!("http://{}", pilot.local_addr().unwrap());
-    runtime.spawn(boshy::names::serve(pilot, catalog_rx, Default::default()));
+    runtime.spawn(boshy::names::serve(
+        pilot,
+        catalog_rx,
+        Default::default(),
+        None,
+    ));
     write_config_with_pilot(dir.path(), port, &pilot_url);
     write_table(dir.path());
 

@@ -235,3 +235,197 @@ fn a_bad_cidr_is_rejected_before_touching_iptables() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("169.254.255.0/24"), "{stderr}");
 }
+
+/// Where a connection landed: the port of the listener that accepted it.
+fn landed_on(
+    from: &Netns,
+    source: Option<&str>,
+    to: &str,
+    listeners: &[std::sync::Arc<TcpListener>],
+) -> Option<u16> {
+    let to: SocketAddr = to.parse().unwrap();
+    let connected = from.within(|| {
+        let socket = client_socket(source);
+        socket.connect_timeout(&to.into(), Duration::from_secs(5))
+    });
+    if let Err(err) = connected {
+        assert_eq!(err.kind(), ErrorKind::ConnectionRefused, "{err}");
+        return None;
+    }
+    listeners.iter().find_map(|listener| {
+        listener.set_nonblocking(true).unwrap();
+        (0..100).find_map(|_| match listener.accept() {
+            Ok(_) => Some(listener.local_addr().unwrap().port()),
+            Err(_) => {
+                std::thread::sleep(Duration::from_millis(5));
+                None
+            }
+        })
+    })
+}
+
+/// A TCP socket, bound to `source` when given (Envoy's inbound hop binds 127.0.0.6).
+fn client_socket(source: Option<&str>) -> socket2::Socket {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if let Some(source) = source {
+        let address: SocketAddr = format!("{source}:0").parse().unwrap();
+        socket.bind(&address.into()).unwrap();
+    }
+    socket
+}
+
+#[test]
+fn inbound_capture_takes_exposed_ports_only_and_never_envoys_own_hop() {
+    const VM: &str = "10.77.0.2";
+    const PEER: &str = "10.77.0.1";
+    let vm = with_foreign_rules("iptables");
+    let peer = Netns::new("boshy-test");
+    check(
+        &run_ip(&[
+            "link", "add", "vm0", "netns", &vm.name, "type", "veth", "peer", "name", "peer0",
+            "netns", &peer.name,
+        ]),
+        "veth pair",
+    );
+    for (netns, device, address) in [(&vm, "vm0", VM), (&peer, "peer0", PEER)] {
+        check(
+            &netns.exec(
+                "ip",
+                &["addr", "add", &format!("{address}/24"), "dev", device],
+            ),
+            "address",
+        );
+        check(&netns.exec("ip", &["link", "set", device, "up"]), "link up");
+    }
+    let ports_file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(ports_file.path(), r#"{"ports": [9002, 22]}"#).unwrap();
+    let path = ports_file.path().to_str().unwrap();
+    let install = vm.dnat(&["install", "--inbound-ports-file", path]);
+    check(&install, "install with inbound");
+    assert!(
+        String::from_utf8_lossy(&install.stderr).contains("port 22 is exposed but never captured"),
+        "{install:?}"
+    );
+    let status = vm.dnat(&["status", "--inbound-ports-file", path]);
+    assert_eq!(
+        exit_code(&status),
+        0,
+        "iptables-save prints what we render: {status:?}"
+    );
+
+    // Envoy's inbound listener, the job on 9002, an unexposed job on 9003, sshd on 22.
+    let listeners: Vec<std::sync::Arc<TcpListener>> = vm.within(|| {
+        [15006, 9002, 9003, 22]
+            .map(|port| std::sync::Arc::new(TcpListener::bind(("0.0.0.0", port)).unwrap()))
+            .to_vec()
+    });
+    let vm_port = |port: u16| format!("{VM}:{port}");
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(9002), &listeners),
+        Some(15006),
+        "from the network"
+    );
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(9003), &listeners),
+        Some(9003),
+        "not exposed"
+    );
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(22), &listeners),
+        Some(22),
+        "ssh is never captured"
+    );
+    assert_eq!(
+        landed_on(&vm, None, &vm_port(9002), &listeners),
+        Some(15006),
+        "from the VM itself"
+    );
+    assert_eq!(
+        landed_on(&vm, Some("127.0.0.6"), &vm_port(9002), &listeners),
+        Some(9002),
+        "Envoy's own hop to the job never loops back"
+    );
+    assert_eq!(
+        landed_on(&vm, None, "127.0.0.1:9002", &listeners),
+        Some(9002),
+        "loopback is never captured"
+    );
+
+    // The exposed ports change: install (as `follow` does) rewrites the capture.
+    std::fs::write(ports_file.path(), r#"{"ports": [9003]}"#).unwrap();
+    check(
+        &vm.dnat(&["install", "--inbound-ports-file", path]),
+        "install again",
+    );
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(9002), &listeners),
+        Some(9002)
+    );
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(9003), &listeners),
+        Some(15006)
+    );
+
+    // A bad ports file is an error naming the file, and changes nothing.
+    let before = vm.saved_rules("iptables");
+    std::fs::write(ports_file.path(), "ports: 9002").unwrap();
+    let bad = vm.dnat(&["install", "--inbound-ports-file", path]);
+    assert_ne!(exit_code(&bad), 0);
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains(path),
+        "{bad:?}"
+    );
+    assert_eq!(vm.saved_rules("iptables"), before);
+
+    check(&vm.dnat(&["remove"]), "remove");
+    assert_eq!(
+        landed_on(&peer, None, &vm_port(9003), &listeners),
+        Some(9003)
+    );
+    assert!(
+        !vm.saved_rules("iptables").contains("BOSHY"),
+        "remove is exact"
+    );
+}
+
+fn run_ip(args: &[&str]) -> Output {
+    Command::new("ip").args(args).output().unwrap()
+}
+
+#[test]
+fn inbound_install_is_idempotent_and_remove_is_exact_on_both_backends() {
+    let ports_file = tempfile::NamedTempFile::new().unwrap();
+    let ports: Vec<String> = (9000..9020).map(|port| port.to_string()).collect();
+    std::fs::write(
+        ports_file.path(),
+        format!(r#"{{"ports": [{}]}}"#, ports.join(",")),
+    )
+    .unwrap();
+    let path = ports_file.path().to_str().unwrap();
+    for (backend, variant) in BACKENDS {
+        let netns = with_foreign_rules(variant);
+        let before = netns.saved_rules(variant);
+        let args = ["--backend", backend, "--inbound-ports-file", path];
+        check(&netns.dnat(&[&["install"][..], &args].concat()), "install");
+        let once = netns.saved_rules(variant);
+        assert!(once.contains(":BOSHY_INBOUND - [0:0]"), "{once}");
+        check(
+            &netns.dnat(&[&["install"][..], &args].concat()),
+            "install again",
+        );
+        assert_eq!(
+            netns.saved_rules(variant),
+            once,
+            "{backend}: install 2x = install once"
+        );
+        let status = netns.dnat(&[&["status"][..], &args].concat());
+        assert_eq!(exit_code(&status), 0, "{backend}: {status:?}");
+        // `remove` without the ports file still removes the inbound capture.
+        check(&netns.dnat(&["remove", "--backend", backend]), "remove");
+        assert_eq!(
+            netns.saved_rules(variant),
+            before,
+            "{backend}: remove is exact"
+        );
+    }
+}

@@ -113,10 +113,36 @@ items:
     workloadSelector: {labels: {app: reviews}}
     egress:
     - hosts: ['*/db.external.boshy', './*.bookinfo.boshy']
+- apiVersion: security.istio.io/v1beta1
+  kind: PeerAuthentication
+  metadata: {name: reviews, namespace: bookinfo}
+  spec:
+    selector: {matchLabels: {app: reviews}}
+    mtls: {mode: STRICT}
+    portLevelMtls: {9090: {mode: DISABLE}, '9080': {mode: UNSET}}
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: reviews, namespace: istio-system}
+  spec:
+    selector: {matchLabels: {app: reviews}}
+    action: DENY
+    rules:
+    - from:
+      - source: {principals: [boshy/deployment/bookinfo/instance_group/productpage], notPrincipals: ['*/instance_group/evil'], namespaces: [bookinfo], notNamespaces: ['test-*'], ipBlocks: [10.0.0.0/8], notIpBlocks: [10.9.0.1]}
+      to:
+      - operation: {methods: [DELETE], notMethods: [GET], paths: ['/admin*'], notPaths: ['*.css'], ports: ['9080'], notPorts: [9090]}
+      when:
+      - {key: 'request.headers[x-user]', values: [jason], notValues: ['*']}
+      - {key: source.ip, values: [10.0.0.1]}
+      - {key: source.principal, values: ['*']}
+      - {key: source.namespace, notValues: [test]}
+      - {key: destination.port, values: ['9080']}
 ";
 
 /// The fields under which any key is a value, not a field name.
-const FREE_FORM: [&str; 9] = [
+const FREE_FORM: [&str; 11] = [
+    "matchLabels",
+    "portLevelMtls",
     "labels",
     "annotations",
     "headers",
@@ -236,7 +262,7 @@ fn tree() -> impl Strategy<Value = Value> {
 /// A mesh view that knows the hosts of `EVERYTHING`, so that validation runs every check.
 fn mesh() -> MeshView {
     MeshView::from_registration_json(
-        r#"[{"hostname": "reviews.reviews-v1.bookinfo.boshy", "ports": [{"name": "http", "number": 9080, "protocol": "http"}, {"name": "tcp", "number": 9090, "protocol": "tcp"}],
+        r#"[{"hostname": "reviews.reviews-v1.bookinfo.boshy", "deployment": "bookinfo", "instance_group": "reviews-v1", "ports": [{"name": "http", "number": 9080, "protocol": "http"}, {"name": "tcp", "number": 9090, "protocol": "tcp"}],
              "endpoints": [{"instance": "a", "labels": {"app": "reviews", "version": "v1"}},
                            {"instance": "b", "labels": {"app": "reviews", "version": "v2"}},
                            {"instance": "c", "labels": {"app": "reviews", "version": "v3"}}]}]"#,
@@ -284,7 +310,7 @@ fn the_fixture_is_valid_as_it_is() {
         only_adds.starts_with("config \"c\": Sidecar \"reviews\": spec.egress: unlike Istio's"),
         "{only_adds}"
     );
-    assert_eq!(validated.verdicts[0].accepted.len(), 6);
+    assert_eq!(validated.verdicts[0].accepted.len(), 8);
 }
 
 #[test]
@@ -385,6 +411,12 @@ fn yaml_soup() -> impl Strategy<Value = String> {
         "kind: DestinationRule\n",
         "kind: ServiceEntry\n",
         "kind: Sidecar\n",
+        "apiVersion: security.istio.io/v1\n",
+        "kind: PeerAuthentication\n",
+        "kind: AuthorizationPolicy\n",
+        "  selector: {matchLabels: {app: a}}\n",
+        "  rules: [{}]\n",
+        "  portLevelMtls: {80: {mode: STRICT}}\n",
         "metadata: {name: r}\n",
         "items:\n",
         "spec:\n",

@@ -270,6 +270,7 @@ async fn the_name_table_streams_only_to_followers_with_a_mesh_certificate() {
         catalog_rx,
         Default::default(),
         server_config,
+        None,
     ));
 
     let refused = watch_once(address, mesh.client_without_certificate()).await;
@@ -340,6 +341,7 @@ async fn a_follower_refuses_a_pilot_it_cannot_verify() {
             catalog_rx,
             Default::default(),
             config,
+            None,
         ));
         let refused = watch_once(address, tls::client_config(&mesh.client()).unwrap()).await;
         let error = refused.expect_err(what);

@@ -2,7 +2,8 @@
 //! director configs, with mesh names for hosts; `tests/fixtures/rules/bookinfo/`) parse and
 //! validate against a mesh view of a bookinfo deployment, through the library and through
 //! `boshy rules check`; bad files are rejected with one line per finding naming config,
-//! resource and field, and exit status 1.
+//! resource and field, and exit status 1. The security policies' examples of docs/rules.md
+//! are accepted against the same mesh, and `boshy rules check` judges security policies too.
 //!
 //! The bookinfo deployment of the fixtures: instance groups `productpage`, `details`,
 //! `ratings` (one job each, of the same name) and `reviews-v1`, `reviews-v2`, `reviews-v3`
@@ -268,7 +269,8 @@ spec:
          string \"fifty\", expected u32"
             .to_string(),
         "Error [routes] Gateway ingress: kind: Gateway is not supported: boshy-istio takes \
-         ServiceEntry, DestinationRule, VirtualService, Sidecar"
+         ServiceEntry, DestinationRule, VirtualService, Sidecar, PeerAuthentication, \
+         AuthorizationPolicy"
             .to_string(),
         "Error [two] VirtualService split: spec.http[0].route[1].destination.subset: \
          DestinationRule reviews (config destination-rule-all) has no subset v9 (it has: v1, \
@@ -313,4 +315,156 @@ fn rules_check_refuses_what_it_cannot_read() {
     ]);
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("not a /v1/registration answer"));
+}
+
+/// The YAML examples of docs/rules.md that are security policies.
+fn security_examples() -> Vec<String> {
+    let guide =
+        std::fs::read_to_string(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("docs/rules.md"))
+            .unwrap();
+    guide
+        .split("```yaml\n")
+        .skip(1)
+        .filter_map(|block| block.split_once("```").map(|(yaml, _)| yaml.to_string()))
+        .filter(|yaml| yaml.contains("security.istio.io"))
+        .collect()
+}
+
+#[test]
+fn the_security_examples_of_the_guide_are_accepted_against_the_bookinfo_mesh() {
+    let examples = security_examples();
+    assert_eq!(
+        examples.len(),
+        2,
+        "the PeerAuthentication and AuthorizationPolicy examples"
+    );
+    let configs: Vec<ParsedConfig> = examples
+        .iter()
+        .enumerate()
+        .map(|(at, yaml)| parse_config(&format!("example-{at}"), yaml))
+        .collect();
+    let validated = validate(&configs, Some(&bookinfo_mesh()));
+    let errors: Vec<String> = validated.errors().map(ToString::to_string).collect();
+    assert_eq!(errors, Vec::<String>::new());
+    let warnings: Vec<String> = validated
+        .verdicts
+        .iter()
+        .flat_map(|v| &v.warnings)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        warnings,
+        [
+            "config \"example-1\": AuthorizationPolicy \"details-closed\": spec.rules: an ALLOW \
+          policy without rules allows nothing: every request to the instance groups it applies \
+          to is denied (Istio's meaning; `rules: [{}]` allows every request)"
+        ],
+        "the guide says the policy without rules is warned about, and nothing else is"
+    );
+    let rules = &validated.rules;
+    assert_eq!(rules.peer_authentications.len(), 2);
+    let closed = rules
+        .authorization_policies
+        .iter()
+        .find(|rule| rule.name == "details-closed")
+        .unwrap();
+    assert_eq!(closed.deployment.as_deref(), Some("bookinfo"));
+    assert!(closed.spec.rules.is_empty());
+    let no_deletes = rules
+        .authorization_policies
+        .iter()
+        .find(|rule| rule.name == "no-deletes")
+        .unwrap();
+    assert_eq!(no_deletes.deployment, None, "no namespace: mesh-wide");
+}
+
+#[test]
+fn rules_check_judges_security_policies() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        path.display().to_string()
+    };
+    let mtls = write(
+        "mtls.yml",
+        "apiVersion: v1
+kind: List
+items:
+- apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: default, namespace: istio-system}
+  spec: {mtls: {mode: STRICT}}
+- apiVersion: security.istio.io/v1beta1
+  kind: PeerAuthentication
+  metadata: {name: lenient}
+  spec: {mtls: {mode: PERMISSIVE}}
+- apiVersion: security.istio.io/v1
+  kind: PeerAuthentication
+  metadata: {name: ratings, namespace: bookinfo}
+  spec:
+    selector: {matchLabels: {bosh.io/index: '0'}}
+    mtls: {mode: DISABLE}
+",
+    );
+    let authz = write(
+        "authz.yml",
+        "apiVersion: v1
+kind: List
+items:
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: audit}
+  spec: {action: AUDIT}
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: elsewhere, namespace: shop}
+  spec:
+    rules:
+    - from: [{source: {principals: [spiffe://boshy/deployment/bookinfo/instance_group/productpage]}}]
+- apiVersion: security.istio.io/v1
+  kind: AuthorizationPolicy
+  metadata: {name: headers}
+  spec:
+    rules: [{when: [{key: 'request.auth.claims[iss]', values: [me]}]}]
+",
+    );
+    let registration = fixture("registration.json").display().to_string();
+    let output = rules_check(&[&mtls, &authz, "--registration", &registration]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    // Each file's errors, then its warnings.
+    let expected = [
+        "Error [mtls] PeerAuthentication ratings: spec.selector.matchLabels.bosh.io/index: \
+         bosh.io/index differs between the instances of a group, and a policy applies to whole \
+         instance groups (they share one identity and one inbound configuration): select by \
+         bosh.io/deployment, bosh.io/instance-group, bosh.io/job or the jobs' expose_labels"
+            .to_string(),
+        "Warning [mtls] PeerAuthentication lenient: spec: ignored: PeerAuthentication default \
+         (config mtls) is the policy of the mesh without selector, and older (the oldest \
+         config wins, as in Istio)"
+            .to_string(),
+        "Error [authz] AuthorizationPolicy audit: spec.action: AUDIT is not supported: the mesh \
+         has no audit log for Envoy to write to"
+            .to_string(),
+        "Error [authz] AuthorizationPolicy headers: spec.rules[0].when[0].key: condition key \
+         \"request.auth.claims[iss]\" is not supported: boshy-istio takes \
+         request.headers[<name>], source.ip, source.principal, source.namespace, \
+         destination.port"
+            .to_string(),
+        "Warning [authz] AuthorizationPolicy elsewhere: \
+         spec.rules[0].from[0].source.principals[0]: \
+         \"spiffe://boshy/deployment/bookinfo/instance_group/productpage\" is not of the shape \
+         of the mesh's identities, \
+         `<trust domain>/deployment/<deployment>/instance_group/<instance group>` (without \
+         `spiffe://`, as Istio writes principals): it matches no peer"
+            .to_string(),
+        "Warning [authz] AuthorizationPolicy elsewhere: metadata.namespace: namespace \"shop\" \
+         names no deployment of the mesh (no job of a deployment \"shop\" is exposed): the \
+         policy applies to none of its instance groups until one is"
+            .to_string(),
+        format!("[mtls] {mtls}: 2 accepted, 1 rejected"),
+        format!("[authz] {authz}: 1 accepted, 2 rejected"),
+    ];
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
 }

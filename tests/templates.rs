@@ -527,6 +527,82 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     );
 }
 
+/// Workload identity: off without `identity.ca` (no `identity` in the config, empty CA
+/// files); with it, the workload CA's certificate and the CA above it in one file, its key in
+/// another (never in the config), the TTL in seconds, and `--check-config` loads the CA.
+#[test]
+fn bosh_pilot_renders_the_workload_ca_only_when_identity_ca_is_set() {
+    let rendered = render(
+        "bosh-pilot",
+        required_properties("bosh-pilot"),
+        default_link(),
+    )
+    .rebased();
+    let pilot = rendered.json("config/pilot.yml");
+    assert!(
+        pilot.get("identity").is_none(),
+        "identity is off by default"
+    );
+    assert_eq!(rendered.text("config/identity/ca.pem").trim(), "");
+    assert_eq!(rendered.text("config/identity/ca_key.pem").trim(), "");
+
+    let mesh = boshy_lab::pki::Ca::new("mesh ca").unwrap();
+    let workload = boshy_lab::pki::Ca::new("workload ca").unwrap();
+    let properties = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {
+            "trust_domain": "corp.example",
+            "certificate_ttl_hours": 12,
+            "ca": {
+                "certificate": workload.cert_pem(),
+                "private_key": workload.key_pem(),
+                "ca": mesh.cert_pem(),
+            },
+        }}),
+    );
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    assert_success(
+        &check_config("pilot", &rendered.path("config/pilot.yml")),
+        "pilot --check-config (identity)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    assert_eq!(pilot["identity"]["trust_domain"], "corp.example");
+    assert_eq!(pilot["identity"]["certificate_ttl_seconds"], 12 * 3600);
+    assert!(pilot["identity"]["ca"].get("trust_bundle").is_none());
+    let certificates = rendered.text("config/identity/ca.pem");
+    assert_eq!(
+        certificates.trim(),
+        format!("{}\n{}", workload.cert_pem().trim(), mesh.cert_pem().trim()),
+        "the workload CA first, then the CA above it"
+    );
+    assert_eq!(
+        rendered.text("config/identity/ca_key.pem").trim(),
+        workload.key_pem().trim()
+    );
+    let key_body = workload.key_pem().lines().nth(1).unwrap().to_string();
+    assert!(
+        !rendered.text("config/pilot.yml").contains(&key_body),
+        "the key stays out of the config file"
+    );
+
+    let too_long = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"identity": {"certificate_ttl_hours": 721, "ca": {
+            "certificate": workload.cert_pem(),
+            "private_key": workload.key_pem(),
+            "ca": mesh.cert_pem(),
+        }}}),
+    );
+    let rendered = render("bosh-pilot", too_long, default_link()).rebased();
+    let output = check_config("pilot", &rendered.path("config/pilot.yml"));
+    assert!(!output.status.success(), "721 hours is more than 30 days");
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("identity.certificate_ttl_seconds"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
 #[test]
 fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
     let properties = json!({"director": {"url": "https://10.0.0.6:25555", "client_secret": "x"}});
@@ -560,8 +636,18 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(agent["pilots"], json!(["https://10.244.0.10:15011"]));
     assert_eq!(
         agent["instance"],
-        json!({"deployment": "sample-deployment", "id": "6d0e0b4c-1111-4a4a-9b9b-000000000003"}),
+        json!({"deployment": "sample-deployment", "id": "6d0e0b4c-1111-4a4a-9b9b-000000000003", "instance_group": "apricot"}),
         "the agent reports the health of the instance it runs on"
+    );
+    assert!(
+        agent.get("identity").is_none(),
+        "identity is off by default"
+    );
+    assert!(
+        !rendered
+            .text("config/bpm.yml")
+            .contains("additional_volumes"),
+        "no SDS volume without identity"
     );
     assert_eq!(agent["probe_interval_ms"], 500);
     assert_eq!(agent["drain_timeout_seconds"], 30);
@@ -574,6 +660,34 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
+    // The inbound capture follows the ports file the agent writes beside its name table.
+    let table_dir = Path::new(agent["table_path"].as_str().unwrap())
+        .parent()
+        .unwrap();
+    let ports_file = table_dir.join("inbound_ports.json");
+    assert!(
+        dnat.contains(&format!("--inbound-ports-file {}", ports_file.display())),
+        "{dnat}"
+    );
+    assert!(dnat.contains("--inbound-redirect-port '15006'"), "{dnat}");
+    let monit = rendered.text("monit");
+    let capture = rendered.text("bin/inbound_capture");
+    // Monit watches the pidfile the start program writes.
+    let run_dir = rendered.root.path().join("sys/run/virtual-ip-agent");
+    let pidfile = run_dir.join("inbound-capture.pid");
+    assert!(
+        monit.contains(&format!("with pidfile {}", pidfile.display())),
+        "{monit}"
+    );
+    assert!(
+        capture.contains("PIDFILE=$RUN_DIR/inbound-capture.pid"),
+        "{capture}"
+    );
+    assert!(
+        capture.contains(&format!("RUN_DIR={}", run_dir.display())),
+        "{capture}"
+    );
+    assert!(capture.contains("bin/dnat follow"), "{capture}");
 
     let link = pilot_link(
         &["10.244.0.10", "10.244.0.11"],
@@ -584,6 +698,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "dnat": {"redirect_port": 15002},
         "health": {"probe_interval_ms": 2000},
         "scope": {"idle_hours": 0.5},
+        "inbound": {"capture": false},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -603,10 +718,100 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
+    assert!(!dnat.contains("--inbound"), "inbound capture off: {dnat}");
+    assert!(
+        !rendered.text("monit").contains("inbound-capture"),
+        "inbound capture off: no follower"
+    );
     assert!(
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"
     );
+}
+
+/// The directory of the SDS socket: the bpm volume the agent and Envoy share.
+const SDS_SOCKET: &str = "/var/vcap/data/boshy-identity/sds.sock";
+
+/// The bpm `additional_volumes` of a rendered job's only process.
+fn bpm_volumes(rendered: &Rendered) -> Value {
+    let bpm: Value = serde_yaml::from_str(&rendered.text("config/bpm.yml")).unwrap();
+    bpm["processes"][0]["additional_volumes"].clone()
+}
+
+#[test]
+fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "corp.example"}}),
+    );
+    let properties = json!({"identity": {"enabled": true}});
+    let rendered = render("virtual-ip-agent", properties.clone(), link).rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    assert_success(
+        &check_bpm_process(&bpm.processes[0]),
+        "virtual-ip-agent --check-config (identity)",
+    );
+    let agent = rendered.json("config/agent.yml");
+    assert_eq!(agent["identity"]["trust_domain"], "corp.example");
+    assert!(
+        agent["identity"]["sds_socket"]
+            .as_str()
+            .unwrap()
+            .ends_with("/data/boshy-identity/sds.sock"),
+        "{agent}"
+    );
+    let volume_dir = Path::new(SDS_SOCKET).parent().unwrap().to_str().unwrap();
+    let rendered = render(
+        "virtual-ip-agent",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    assert_eq!(
+        bpm_volumes(&rendered),
+        json!([{"path": volume_dir, "writable": true}])
+    );
+    assert_eq!(
+        rendered.json("config/agent.yml")["identity"]["sds_socket"],
+        SDS_SOCKET
+    );
+    assert_eq!(
+        rendered.json("config/agent.yml")["identity"]["trust_domain"],
+        "boshy",
+        "the pilots' default trust domain"
+    );
+    let envoy = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    assert_eq!(
+        bpm_volumes(&envoy),
+        json!([{"path": volume_dir, "writable": false}]),
+        "Envoy connects to the socket and writes nothing there"
+    );
+    // No other job of the release mounts the directory holding the key's socket.
+    for job in JOBS {
+        if job != "virtual-ip-agent" && job != "bosh-envoy" {
+            let rendered = render(job, required_properties(job), default_link());
+            let bpm = rendered.path("config/bpm.yml");
+            if bpm.exists() {
+                let text = std::fs::read_to_string(bpm).unwrap();
+                assert!(!text.contains(volume_dir), "{job} mounts {volume_dir}");
+            }
+        }
+    }
+
+    // A trust domain that cannot be one is refused by --check-config, naming the key.
+    let link = pilot_link(
+        &["10.244.0.10"],
+        json!({"identity": {"trust_domain": "Corp"}}),
+    );
+    let rendered = render("virtual-ip-agent", properties, link).rebased();
+    let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
+    let refused = check_bpm_process(&bpm.processes[0]);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(said.contains("identity.trust_domain"), "{said}");
 }
 
 #[test]
@@ -703,6 +908,46 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
             "--log-level",
             "debug"
         ]
+    );
+    envoy_validate(&rendered.rebased().path("config/envoy.json"));
+}
+
+#[test]
+fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
+    let rendered = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    let node = boshy::xds::bootstrap::NodeIdentity {
+        deployment: "sample-deployment".into(),
+        instance_group: "apricot".into(),
+        instance_id: spec().id,
+        index: Some(3),
+        az: Some("z1".into()),
+        ip: "10.244.0.7".parse().unwrap(),
+    };
+    let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
+    let rust = boshy::xds::bootstrap::render_with_sds(
+        &node,
+        &["10.244.0.10:15010".to_string()],
+        boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
+        boshy::xds::bootstrap::AdsMode::default(),
+        Some(&boshy::config::ClientTls {
+            ca_cert_path: tls("ca.pem"),
+            cert_path: tls("cert.pem"),
+            key_path: tls("key.pem"),
+            server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
+        }),
+        Some(Path::new(SDS_SOCKET)),
+    )
+    .unwrap();
+    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    let bootstrap = rendered.json("config/envoy.json");
+    assert_eq!(bootstrap, rust);
+    assert_eq!(
+        bootstrap["static_resources"]["clusters"][1]["name"],
+        "sds-grpc"
     );
     envoy_validate(&rendered.rebased().path("config/envoy.json"));
 }

@@ -13,6 +13,8 @@ mod rule_configs;
 mod tls;
 mod uaa;
 
+// The backoff is shared with the agent's certificate requests (identity::agent).
+pub(crate) use changes::Backoff;
 pub use client::{DirectorClient, RawResponse};
 pub use error::DirectorError;
 pub use poller::{PollTiming, Poller, PublishedRuleConfigs};

@@ -1,5 +1,7 @@
 //! `boshy dnat`: installs, removes or shows the iptables rules that send TCP connections for the
-//! VIP range into the local Envoy.
+//! VIP range into the local Envoy and, with `--inbound-ports-file`, connections to the VM's
+//! exposed ports into its inbound listener; `follow` keeps the inbound capture in step with
+//! that file, which the virtual-ip-agent writes from what the pilot says the VM exposes.
 //!
 //! Three layers, outermost first:
 //! - this file: the command line (the checks of `--vip-cidr` and `--chain`) and [`run`], which
@@ -12,13 +14,25 @@ mod iptables;
 mod rules;
 
 use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 
 use iptables::Backend;
 pub use rules::PROTECTED_PORTS;
-use rules::{parse_nat, render_install, render_remove, status, RuleSpec, Status};
+use rules::{parse_nat, render_install, render_remove, status, InboundSpec, RuleSpec, Status};
+
+/// The source address of Envoy's inbound connections to the local jobs (Istio's choice), and
+/// of the agent's health probes: the inbound capture lets connections from it through.
+pub const INBOUND_HOP_SOURCE: std::net::Ipv4Addr = std::net::Ipv4Addr::new(127, 0, 0, 6);
+
+/// How often `follow` looks at the ports file.
+const FOLLOW_POLL: Duration = Duration::from_secs(1);
+/// How often `follow` checks the table even when the file has not changed: a flushed or
+/// edited nat table is repaired within this.
+const FOLLOW_RECHECK: Duration = Duration::from_secs(30);
 
 /// The widest VIP range accepted; a wider one would capture real traffic.
 const MIN_PREFIX_LEN: u8 = 16;
@@ -45,6 +59,17 @@ pub struct Args {
     /// auto: whatever `iptables` is on this machine; nft / legacy: that variant explicitly.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
     backend: Backend,
+    /// The VM's exposed ports, `{"ports": [...]}`, written by the virtual-ip-agent: with it,
+    /// connections to those ports go to Envoy's inbound listener. A missing file is no ports.
+    #[arg(long)]
+    inbound_ports_file: Option<PathBuf>,
+    /// Where Envoy's inbound listener accepts the captured connections.
+    #[arg(long, default_value_t = 15006)]
+    inbound_redirect_port: u16,
+    /// The nat chain of the inbound capture; `remove` deletes it whether or not
+    /// `--inbound-ports-file` is given.
+    #[arg(long, default_value = "BOSHY_INBOUND", value_parser = parse_chain)]
+    inbound_chain: String,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +77,39 @@ enum Action {
     Install,
     Remove,
     Status,
+    /// Install, then keep the inbound capture in step with `--inbound-ports-file` (checked
+    /// every second, the whole table every 30 s) until stopped; the rules stay when it stops.
+    Follow,
+}
+
+/// The ports file the agent writes.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PortsFile {
+    ports: Vec<u16>,
+}
+
+/// The exposed ports in `path`: none when it does not exist.
+pub(crate) fn read_ports_file(path: &Path) -> Result<Vec<u16>> {
+    match std::fs::read(path) {
+        Ok(bytes) => {
+            let file: PortsFile = serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{}: not a ports file (`{{\"ports\": [9002, ...]}}`)",
+                    path.display()
+                )
+            })?;
+            Ok(file.ports)
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// Writes the ports file `dnat` reads (the agent's side).
+pub fn write_ports_file(path: &Path, ports: &std::collections::BTreeSet<u16>) -> Result<()> {
+    let body = serde_json::json!({ "ports": ports });
+    crate::fsutil::write_atomically(path, body.to_string().as_bytes())
 }
 
 /// `--vip-cidr`: an IPv4 network with no host bits set inside 169.254.0.0/16.
@@ -104,34 +162,108 @@ fn parse_chain(text: &str) -> Result<String, String> {
 
 /// `boshy dnat <action>`. `status` exits with its own code (see [`Args`]) unless installed.
 pub async fn run(args: Args) -> Result<()> {
-    let spec = RuleSpec {
+    // iptables is a blocking subprocess; keep it off the async workers.
+    tokio::task::spawn_blocking(move || match args.action {
+        Action::Follow => follow(&args),
+        action => apply(action, &spec_of(&args, action)?, args.backend),
+    })
+    .await
+    .context("the iptables task did not finish")?
+}
+
+/// The rules `args` ask for. `remove` always names the inbound chain, so that it is deleted
+/// even when the ports file is not given.
+fn spec_of(args: &Args, action: Action) -> Result<RuleSpec> {
+    let ports = match (&args.inbound_ports_file, action) {
+        (_, Action::Remove) => Some(Vec::new()),
+        (Some(path), _) => Some(read_ports_file(path)?),
+        (None, _) => None,
+    };
+    let inbound = ports.map(|ports| {
+        let (inbound, warnings) = InboundSpec::new(
+            args.inbound_chain.clone(),
+            args.inbound_redirect_port,
+            ports,
+        );
+        for warning in warnings {
+            eprintln!("warning: {warning}");
+        }
+        inbound
+    });
+    Ok(RuleSpec {
         vip_cidr: args.vip_cidr,
         redirect_port: args.redirect_port,
-        chain: args.chain,
+        chain: args.chain.clone(),
+        inbound,
+    })
+}
+
+/// `follow`: applies the rules whenever the ports file changes, and every [`FOLLOW_RECHECK`].
+/// A ports file that cannot be read keeps the rules as they are, with its error printed once.
+fn follow(args: &Args) -> Result<()> {
+    let Some(path) = &args.inbound_ports_file else {
+        anyhow::bail!("`dnat follow` needs --inbound-ports-file: it follows that file");
     };
-    let backend = args.backend;
-    let action = args.action;
-    // iptables is a blocking subprocess; keep it off the async workers.
-    tokio::task::spawn_blocking(move || apply(action, &spec, backend))
-        .await
-        .context("the iptables task did not finish")?
+    let stamp = |path: &Path| -> Option<(SystemTime, u64)> {
+        let meta = std::fs::metadata(path).ok()?;
+        Some((meta.modified().ok()?, meta.len()))
+    };
+    let mut applied: Option<(Option<(SystemTime, u64)>, std::time::Instant)> = None;
+    let mut last_error = None;
+    loop {
+        let seen = stamp(path);
+        let due = applied
+            .as_ref()
+            .is_none_or(|(stamp, at)| *stamp != seen || at.elapsed() >= FOLLOW_RECHECK);
+        if due {
+            let outcome = spec_of(args, Action::Follow).and_then(|spec| {
+                let table = parse_nat(&iptables::save_nat(args.backend)?)?;
+                install(&spec, args.backend, &table)
+            });
+            match outcome {
+                Ok(done) => {
+                    if let Some(done) = done {
+                        println!("{done}");
+                    }
+                    last_error = None;
+                    applied = Some((seen, std::time::Instant::now()));
+                }
+                Err(err) => {
+                    let message = format!("{err:#}");
+                    if last_error.as_ref() != Some(&message) {
+                        eprintln!("error: {message}; the rules stay as they are");
+                    }
+                    last_error = Some(message);
+                }
+            }
+        }
+        std::thread::sleep(FOLLOW_POLL);
+    }
+}
+
+/// Installs the rules; says what it did when it changed something (`follow` prints only that).
+fn install(spec: &RuleSpec, backend: Backend, table: &rules::NatTable) -> Result<Option<String>> {
+    match render_install(spec, table) {
+        None => Ok(None),
+        Some(input) => {
+            iptables::restore(backend, &input)?;
+            Ok(Some(format!("installed: {}", describe(spec))))
+        }
+    }
 }
 
 fn apply(action: Action, spec: &RuleSpec, backend: Backend) -> Result<()> {
     let table = parse_nat(&iptables::save_nat(backend)?)?;
     match action {
-        Action::Install => match render_install(spec, &table) {
+        Action::Install | Action::Follow => match install(spec, backend, &table)? {
             None => println!("already installed: {}", describe(spec)),
-            Some(input) => {
-                iptables::restore(backend, &input)?;
-                println!("installed: {}", describe(spec));
-            }
+            Some(done) => println!("{done}"),
         },
         Action::Remove => match render_remove(spec, &table) {
             None => println!("not installed: nothing to remove"),
             Some(input) => {
                 iptables::restore(backend, &input)?;
-                println!("removed chain {} and its jumps", spec.chain);
+                println!("removed the chains of boshy-istio and their jumps");
             }
         },
         Action::Status => {
@@ -156,10 +288,19 @@ fn apply(action: Action, spec: &RuleSpec, backend: Backend) -> Result<()> {
 }
 
 fn describe(spec: &RuleSpec) -> String {
-    format!(
+    let outbound = format!(
         "TCP to {} -> {} -> REDIRECT :{}",
         spec.vip_cidr, spec.chain, spec.redirect_port
-    )
+    );
+    match &spec.inbound {
+        None => outbound,
+        Some(inbound) => format!(
+            "{outbound}; inbound TCP to ports {:?} -> {} -> REDIRECT :{}",
+            inbound.ports(),
+            inbound.chain,
+            inbound.redirect_port
+        ),
+    }
 }
 
 #[cfg(test)]

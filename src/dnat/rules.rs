@@ -2,23 +2,35 @@
 //! right, read from what `iptables-save -t nat` printed. Pure: no process is run here, so every
 //! case is unit-tested on saved tables.
 //!
-//! Shape (nat table): a chain we own, `BOSHY_OUTPUT` by default, and one jump to it at the top
-//! of OUTPUT that matches only `-d <vip cidr> -p tcp` and carries [`COMMENT`]. The chain first
-//! RETURNs what must never reach Envoy even if the CIDR is wider than it should be — bosh-dns
-//! (169.254.0.0/24), the cloud metadata service (169.254.169.254) and the ports of ssh, monit
-//! and the BOSH agent, director, NATS, blobstore and registry ([`PROTECTED_PORTS`]) — then
-//! redirects the rest with `-p tcp -j REDIRECT --to-ports <redirect port>`. Nothing else is
-//! captured; Envoy dials real instance IPs, so its own traffic never loops back.
+//! Outbound (nat table): a chain we own, `BOSHY_OUTPUT` by default, and one jump to it at the
+//! top of OUTPUT that matches only `-d <vip cidr> -p tcp` and carries [`COMMENT`]. The chain
+//! first RETURNs what must never reach Envoy even if the CIDR is wider than it should be —
+//! bosh-dns (169.254.0.0/24), the cloud metadata service (169.254.169.254) and the ports of
+//! ssh, monit and the BOSH agent, director, NATS, blobstore and registry ([`PROTECTED_PORTS`])
+//! — then redirects the rest with `-p tcp -j REDIRECT --to-ports <redirect port>`. Envoy dials
+//! real instance IPs, so its own outbound traffic never loops back.
 //!
-//! The rendered input is one atomic transaction that touches only our chain and the jumps to
-//! it, never flushing or reordering anything else. Install when already installed renders
+//! Inbound (optional, [`InboundSpec`]): a second chain, `BOSHY_INBOUND` by default, reached
+//! from PREROUTING (connections arriving from the network) and from OUTPUT for connections
+//! from this VM to one of its own addresses other than loopback (`-o lo ! -d 127.0.0.0/8`:
+//! a client Envoy whose endpoint is its own VM). It RETURNs connections from `127.0.0.6`,
+//! the address Envoy's inbound listener dials the local process from, so that hop never loops
+//! back, then redirects the exposed ports, and only those, to Envoy's inbound listener.
+//! Connections to 127.0.0.1 are never captured.
+//!
+//! The rendered input is one atomic transaction that touches only our chains and the jumps to
+//! them, never flushing or reordering anything else. Install when already installed renders
 //! nothing; remove deletes exactly what install added.
+
+use std::collections::BTreeSet;
 
 use anyhow::{bail, Context, Result};
 use ipnet::Ipv4Net;
 
 /// Marks the jump as ours in `iptables-save` output.
 const COMMENT: &str = "boshy-istio: VIP traffic to Envoy";
+/// Marks the inbound jumps as ours.
+const INBOUND_COMMENT: &str = "boshy-istio: inbound to Envoy";
 /// Destinations inside the link-local range that are never VIPs: bosh-dns and the cloud
 /// metadata service. RETURNed before the redirect.
 const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32"];
@@ -27,6 +39,12 @@ const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32
 /// listens on them, so RETURNing them costs nothing and keeps a misconfigured CIDR from cutting
 /// the VM off from BOSH.
 pub const PROTECTED_PORTS: [u16; 8] = [22, 2822, 2825, 4222, 6868, 25250, 25555, 25777];
+/// The mesh's own ports, never captured inbound even if a job claims one: DNS (53), Envoy's
+/// outbound and inbound listeners (15001, 15006), the pilot's xDS, names and API ports
+/// (15010, 15011, 15014).
+const MESH_PORTS: [u16; 6] = [53, 15001, 15006, 15010, 15011, 15014];
+/// iptables' multiport match takes at most 15 ports.
+const MULTIPORT_MAX: usize = 15;
 
 /// What the rules should be.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -34,9 +52,130 @@ pub(crate) struct RuleSpec {
     pub(crate) vip_cidr: Ipv4Net,
     pub(crate) redirect_port: u16,
     pub(crate) chain: String,
+    /// The inbound capture, when the VM's exposed ports are known.
+    pub(crate) inbound: Option<InboundSpec>,
+}
+
+/// The inbound capture: which ports, to which Envoy port, through which chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct InboundSpec {
+    pub(crate) chain: String,
+    pub(crate) redirect_port: u16,
+    /// Never a protected or mesh port: see [`InboundSpec::new`].
+    ports: BTreeSet<u16>,
+}
+
+impl InboundSpec {
+    /// The capture of `exposed` ports, leaving out (with a warning each) those that must never
+    /// be captured: BOSH's own ports, the mesh's, and Envoy's inbound port itself.
+    pub(crate) fn new(
+        chain: String,
+        redirect_port: u16,
+        exposed: impl IntoIterator<Item = u16>,
+    ) -> (InboundSpec, Vec<String>) {
+        let mut warnings = Vec::new();
+        let ports = exposed
+            .into_iter()
+            .filter(|port| {
+                let refused = PROTECTED_PORTS.contains(port)
+                    || MESH_PORTS.contains(port)
+                    || *port == redirect_port
+                    || *port == 0;
+                if refused {
+                    warnings.push(format!(
+                        "port {port} is exposed but never captured inbound: it belongs to BOSH \
+                         or to the mesh itself"
+                    ));
+                }
+                !refused
+            })
+            .collect();
+        (
+            InboundSpec {
+                chain,
+                redirect_port,
+                ports,
+            },
+            warnings,
+        )
+    }
+
+    pub(crate) fn ports(&self) -> &BTreeSet<u16> {
+        &self.ports
+    }
+
+    fn owned_chain(&self) -> OwnedChain {
+        let jump_from = |builtin: &str, matches: &[&str]| Rule {
+            chain: builtin.to_string(),
+            spec: [
+                matches,
+                &[
+                    "-p",
+                    "tcp",
+                    "-m",
+                    "comment",
+                    "--comment",
+                    INBOUND_COMMENT,
+                    "-j",
+                ],
+                &[self.chain.as_str()],
+            ]
+            .concat()
+            .iter()
+            .map(|word| word.to_string())
+            .collect(),
+        };
+        let source = format!("{}/32", super::INBOUND_HOP_SOURCE);
+        let mut rules = vec![words(&["-s", &source, "-j", "RETURN"])];
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        for chunk in ports.chunks(MULTIPORT_MAX) {
+            rules.push(words(&[
+                "-p",
+                "tcp",
+                "-m",
+                "multiport",
+                "--dports",
+                &chunk.join(","),
+                "-j",
+                "REDIRECT",
+                "--to-ports",
+                &self.redirect_port.to_string(),
+            ]));
+        }
+        OwnedChain {
+            name: self.chain.clone(),
+            rules,
+            jumps: vec![
+                jump_from("PREROUTING", &[]),
+                jump_from("OUTPUT", &["!", "-d", "127.0.0.0/8", "-o", "lo"]),
+            ],
+        }
+    }
+}
+
+/// One chain we own: its rules in order and the jumps into it, each in `iptables-save` form.
+struct OwnedChain {
+    name: String,
+    rules: Vec<Vec<String>>,
+    jumps: Vec<Rule>,
 }
 
 impl RuleSpec {
+    /// Every chain we own with its jumps: the outbound one, then the inbound one if any.
+    fn owned_chains(&self) -> Vec<OwnedChain> {
+        let outbound = OwnedChain {
+            name: self.chain.clone(),
+            rules: self.chain_rules(),
+            jumps: vec![Rule {
+                chain: "OUTPUT".into(),
+                spec: self.jump(),
+            }],
+        };
+        std::iter::once(outbound)
+            .chain(self.inbound.as_ref().map(InboundSpec::owned_chain))
+            .collect()
+    }
+
     /// The jump from OUTPUT, in the exact form `iptables-save` prints it (without `-A OUTPUT`).
     fn jump(&self) -> Vec<String> {
         words(&[
@@ -227,64 +366,77 @@ impl Status {
 
 /// How `table` compares with what `spec` wants.
 pub(crate) fn status(spec: &RuleSpec, table: &NatTable) -> Status {
-    let has_chain = table.chains.contains(&spec.chain);
-    let ours: Vec<&Vec<String>> = table
-        .rules
-        .iter()
-        .filter(|r| r.chain == spec.chain)
-        .map(|r| &r.spec)
-        .collect();
-    let jumps: Vec<&Rule> = table
-        .rules
-        .iter()
-        .filter(|r| r.jumps_to(&spec.chain))
-        .collect();
-    if !has_chain && jumps.is_empty() {
+    let chains = spec.owned_chains();
+    let nothing_of_ours = chains.iter().all(|owned| {
+        !table.chains.contains(&owned.name) && !table.rules.iter().any(|r| r.jumps_to(&owned.name))
+    });
+    if nothing_of_ours {
         return Status::NotInstalled;
     }
-    let mut problems = Vec::new();
-    if !has_chain {
-        problems.push(format!("chain {} is missing", spec.chain));
-    } else if ours.iter().copied().ne(spec.chain_rules().iter()) {
-        problems.push(format!(
-            "chain {} should hold {} rules ending in `-A {} {}`, it holds {} other(s)",
-            spec.chain,
-            spec.chain_rules().len(),
-            spec.chain,
-            join_words(&spec.redirect()),
-            ours.len()
-        ));
-    }
-    let wanted = Rule {
-        chain: "OUTPUT".into(),
-        spec: spec.jump(),
-    };
-    let good_jumps = jumps.iter().filter(|r| ***r == wanted).count();
-    if good_jumps == 0 {
-        problems.push(format!(
-            "the jump `-A OUTPUT {}` is missing",
-            join_words(&wanted.spec)
-        ));
-    }
-    if good_jumps > 1 {
-        problems.push(format!(
-            "{} duplicate jump(s) to {}",
-            good_jumps - 1,
-            spec.chain
-        ));
-    }
-    let other_jumps = jumps.len() - good_jumps;
-    if other_jumps > 0 {
-        problems.push(format!(
-            "{other_jumps} other jump(s) to {} (another CIDR, or from another chain)",
-            spec.chain
-        ));
-    }
+    let problems: Vec<String> = chains
+        .iter()
+        .flat_map(|owned| chain_problems(owned, table))
+        .collect();
     if problems.is_empty() {
         Status::Installed
     } else {
         Status::Partial(problems)
     }
+}
+
+/// What is wrong with one chain of ours and its jumps.
+fn chain_problems(owned: &OwnedChain, table: &NatTable) -> Vec<String> {
+    let mut problems = Vec::new();
+    let ours: Vec<&Vec<String>> = table
+        .rules
+        .iter()
+        .filter(|r| r.chain == owned.name)
+        .map(|r| &r.spec)
+        .collect();
+    if !table.chains.contains(&owned.name) {
+        problems.push(format!("chain {} is missing", owned.name));
+    } else if ours.iter().copied().ne(owned.rules.iter()) {
+        let last = owned.rules.last().expect("every chain of ours has rules");
+        problems.push(format!(
+            "chain {} should hold {} rules ending in `-A {} {}`, it holds {} other(s)",
+            owned.name,
+            owned.rules.len(),
+            owned.name,
+            join_words(last),
+            ours.len()
+        ));
+    }
+    let jumps: Vec<&Rule> = table
+        .rules
+        .iter()
+        .filter(|r| r.jumps_to(&owned.name))
+        .collect();
+    for wanted in &owned.jumps {
+        let good = jumps.iter().filter(|r| **r == wanted).count();
+        if good == 0 {
+            problems.push(format!(
+                "the jump `-A {} {}` is missing",
+                wanted.chain,
+                join_words(&wanted.spec)
+            ));
+        }
+        if good > 1 {
+            problems.push(format!(
+                "{} duplicate jump(s) to {} from {}",
+                good - 1,
+                owned.name,
+                wanted.chain
+            ));
+        }
+    }
+    let other_jumps = jumps.iter().filter(|r| !owned.jumps.contains(r)).count();
+    if other_jumps > 0 {
+        problems.push(format!(
+            "{other_jumps} other jump(s) to {} (another CIDR, or from another chain)",
+            owned.name
+        ));
+    }
+    problems
 }
 
 /// The `iptables-restore --noflush` input that installs the rules, or `None` when they are
@@ -293,47 +445,54 @@ pub(crate) fn render_install(spec: &RuleSpec, table: &NatTable) -> Option<String
     if status(spec, table) == Status::Installed {
         return None;
     }
-    let wanted = Rule {
-        chain: "OUTPUT".into(),
-        spec: spec.jump(),
-    };
     let mut lines = vec!["*nat".to_string()];
-    // With --noflush, declaring a chain creates it, or flushes it when it exists: only our own
-    // chain is ever declared.
-    lines.push(format!(":{} - [0:0]", spec.chain));
-    for rule in spec.chain_rules() {
-        lines.push(format!("-A {} {}", spec.chain, join_words(&rule)));
-    }
-    let mut kept_jump = false;
-    for rule in table.rules.iter().filter(|r| r.jumps_to(&spec.chain)) {
-        if *rule == wanted && !kept_jump {
-            kept_jump = true;
-        } else {
-            lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
+    for owned in spec.owned_chains() {
+        // With --noflush, declaring a chain creates it, or flushes it when it exists: only our
+        // own chains are ever declared.
+        lines.push(format!(":{} - [0:0]", owned.name));
+        for rule in &owned.rules {
+            lines.push(format!("-A {} {}", owned.name, join_words(rule)));
         }
-    }
-    if !kept_jump {
-        // At the top, so no earlier rule in OUTPUT can divert VIP traffic; the relative order
-        // of everyone else's rules is unchanged.
-        lines.push(format!("-I OUTPUT 1 {}", join_words(&wanted.spec)));
+        let mut kept = vec![false; owned.jumps.len()];
+        for rule in table.rules.iter().filter(|r| r.jumps_to(&owned.name)) {
+            match owned.jumps.iter().position(|wanted| wanted == rule) {
+                Some(at) if !kept[at] => kept[at] = true,
+                _ => lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec))),
+            }
+        }
+        for (wanted, _) in owned.jumps.iter().zip(kept).filter(|(_, kept)| !kept) {
+            // At the top, so no earlier rule can divert the traffic; the relative order of
+            // everyone else's rules is unchanged.
+            lines.push(format!(
+                "-I {} 1 {}",
+                wanted.chain,
+                join_words(&wanted.spec)
+            ));
+        }
     }
     lines.push("COMMIT".into());
     Some(lines.join("\n") + "\n")
 }
 
-/// The `iptables-restore --noflush` input that removes every jump to our chain and the chain
-/// itself, or `None` when nothing of ours is there.
+/// The `iptables-restore --noflush` input that removes every jump to our chains and the chains
+/// themselves, or `None` when nothing of ours is there.
 pub(crate) fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String> {
     if status(spec, table) == Status::NotInstalled {
         return None;
     }
     let mut lines = vec!["*nat".to_string()];
-    for rule in table.rules.iter().filter(|r| r.jumps_to(&spec.chain)) {
-        lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
+    let chains = spec.owned_chains();
+    for owned in &chains {
+        for rule in table.rules.iter().filter(|r| r.jumps_to(&owned.name)) {
+            lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
+        }
     }
-    if table.chains.contains(&spec.chain) {
-        lines.push(format!("-F {}", spec.chain));
-        lines.push(format!("-X {}", spec.chain));
+    for owned in chains
+        .iter()
+        .filter(|owned| table.chains.contains(&owned.name))
+    {
+        lines.push(format!("-F {}", owned.name));
+        lines.push(format!("-X {}", owned.name));
     }
     lines.push("COMMIT".into());
     Some(lines.join("\n") + "\n")
@@ -348,6 +507,7 @@ mod tests {
             vip_cidr: "169.254.255.0/24".parse().unwrap(),
             redirect_port: 15001,
             chain: "BOSHY_OUTPUT".into(),
+            inbound: None,
         }
     }
 
@@ -586,6 +746,7 @@ mod tests {
             vip_cidr: "169.254.0.0/16".parse().unwrap(),
             redirect_port: 16001,
             chain: "MESH_OUT".into(),
+            inbound: None,
         };
         let input = render_install(
             &custom,
@@ -640,5 +801,130 @@ mod tests {
     fn unexpected_lines_are_errors_with_line_numbers() {
         let err = parse_nat("*nat\n:OUTPUT ACCEPT [0:0]\n-Z what\nCOMMIT\n").unwrap_err();
         assert!(err.to_string().contains("line 3"), "{err}");
+    }
+
+    fn with_inbound(ports: &[u16]) -> RuleSpec {
+        let (inbound, warnings) = InboundSpec::new("BOSHY_INBOUND".into(), 15006, ports.to_vec());
+        assert!(warnings.is_empty(), "{warnings:?}");
+        RuleSpec {
+            inbound: Some(inbound),
+            ..spec()
+        }
+    }
+
+    /// The lines `iptables-save` prints for `spec`'s rules, as install leaves them.
+    fn installed_lines(spec: &RuleSpec) -> Vec<String> {
+        let mut lines = Vec::new();
+        for owned in spec.owned_chains() {
+            lines.push(format!(":{} - [0:0]", owned.name));
+            for jump in &owned.jumps {
+                lines.push(format!("-A {} {}", jump.chain, join_words(&jump.spec)));
+            }
+            for rule in &owned.rules {
+                lines.push(format!("-A {} {}", owned.name, join_words(rule)));
+            }
+        }
+        lines
+    }
+
+    fn table_of(spec: &RuleSpec) -> NatTable {
+        let lines = installed_lines(spec);
+        table(&lines.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    const INBOUND_PREROUTING: &str = "-A PREROUTING -p tcp -m comment --comment \"boshy-istio: inbound to Envoy\" -j BOSHY_INBOUND";
+    const INBOUND_OUTPUT: &str = "-A OUTPUT ! -d 127.0.0.0/8 -o lo -p tcp -m comment --comment \"boshy-istio: inbound to Envoy\" -j BOSHY_INBOUND";
+
+    #[test]
+    fn inbound_captures_exposed_ports_from_the_network_and_from_the_vm_itself_but_not_envoys_own_hop(
+    ) {
+        let spec = with_inbound(&[9002, 8080]);
+        let input = render_install(&spec, &table(&[])).unwrap();
+        assert!(
+            input.contains(
+                ":BOSHY_INBOUND - [0:0]\n\
+                 -A BOSHY_INBOUND -s 127.0.0.6/32 -j RETURN\n\
+                 -A BOSHY_INBOUND -p tcp -m multiport --dports 8080,9002 -j REDIRECT --to-ports 15006\n"
+            ),
+            "{input}"
+        );
+        assert!(input.contains(&INBOUND_PREROUTING.replace("-A PREROUTING", "-I PREROUTING 1")));
+        assert!(input.contains(&INBOUND_OUTPUT.replace("-A OUTPUT", "-I OUTPUT 1")));
+        let installed = table_of(&spec);
+        assert!(installed_lines(&spec).contains(&INBOUND_PREROUTING.to_string()));
+        assert!(installed_lines(&spec).contains(&INBOUND_OUTPUT.to_string()));
+        assert_eq!(status(&spec, &installed), Status::Installed);
+        assert_eq!(render_install(&spec, &installed), None);
+    }
+
+    #[test]
+    fn a_change_of_exposed_ports_rewrites_only_the_inbound_chain() {
+        let before = table_of(&with_inbound(&[9002]));
+        let after = with_inbound(&[9002, 9003]);
+        let Status::Partial(problems) = status(&after, &before) else {
+            panic!("a port more is a change");
+        };
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(problems[0].contains("BOSHY_INBOUND"), "{problems:?}");
+        let input = render_install(&after, &before).unwrap();
+        assert!(input.contains("--dports 9002,9003 -j REDIRECT"), "{input}");
+        assert!(
+            !input.contains("-D "),
+            "the jumps are right and stay: {input}"
+        );
+        assert!(!input.contains("-I "), "{input}");
+    }
+
+    #[test]
+    fn remove_deletes_both_chains_and_every_jump() {
+        let spec = with_inbound(&[9002]);
+        let input = render_remove(&spec, &table_of(&spec)).unwrap();
+        for line in [JUMP, INBOUND_PREROUTING, INBOUND_OUTPUT] {
+            assert!(
+                input.contains(&line.replacen("-A", "-D", 1)),
+                "{line} in {input}"
+            );
+        }
+        for chain in ["BOSHY_OUTPUT", "BOSHY_INBOUND"] {
+            assert!(
+                input.contains(&format!("-F {chain}\n-X {chain}\n")),
+                "{input}"
+            );
+        }
+        // Only the inbound chain left over (an older install): still removed, still exact.
+        let only_inbound = with_inbound(&[]);
+        let leftover = table(&[
+            ":BOSHY_INBOUND - [0:0]",
+            INBOUND_PREROUTING,
+            "-A BOSHY_INBOUND -s 127.0.0.6/32 -j RETURN",
+        ]);
+        let input = render_remove(&only_inbound, &leftover).unwrap();
+        assert!(input.contains("-X BOSHY_INBOUND"), "{input}");
+        assert!(!input.contains("BOSHY_OUTPUT"), "{input}");
+    }
+
+    #[test]
+    fn bosh_and_mesh_ports_are_never_captured_inbound() {
+        let (inbound, warnings) = InboundSpec::new(
+            "BOSHY_INBOUND".into(),
+            15006,
+            [22, 53, 9002, 15006, 15001, 2822, 0],
+        );
+        assert_eq!(inbound.ports().iter().copied().collect::<Vec<_>>(), [9002]);
+        assert_eq!(warnings.len(), 6, "{warnings:?}");
+        assert!(
+            warnings.iter().any(|w| w.contains("port 22 ")),
+            "{warnings:?}"
+        );
+    }
+
+    #[test]
+    fn more_than_fifteen_ports_take_several_multiport_rules() {
+        let ports: Vec<u16> = (9000..9020).collect();
+        let owned = with_inbound(&ports).inbound.unwrap().owned_chain();
+        let redirects: Vec<String> = owned.rules[1..].iter().map(|r| join_words(r)).collect();
+        assert_eq!(redirects.len(), 2, "{redirects:?}");
+        assert!(redirects[0].contains("9000,9001") && redirects[0].contains(",9014 "));
+        assert!(redirects[1].contains("--dports 9015,9016,9017,9018,9019 "));
     }
 }

@@ -65,11 +65,27 @@ pub async fn run(
     }
 }
 
+/// A probe's connection. Over IPv4 it comes from the address of Envoy's own hop to the jobs
+/// (`dnat::INBOUND_HOP_SOURCE`), which the inbound capture lets through: the probe reaches the
+/// job itself, not the VM's Envoy, which accepts whether or not the job is up.
+async fn connect(address: std::net::IpAddr, port: u16) -> std::io::Result<TcpStream> {
+    match address {
+        std::net::IpAddr::V4(_) => {
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.bind((crate::dnat::INBOUND_HOP_SOURCE, 0).into())?;
+            socket.connect((address, port).into()).await
+        }
+        std::net::IpAddr::V6(_) => TcpStream::connect((address, port)).await,
+    }
+}
+
 /// The ports of `set` that do not accept a TCP connection within `timeout`, probed at once.
 async fn failing(set: &ProbeSet, timeout: Duration) -> BTreeSet<u16> {
     let probes = set.ports.iter().map(|&port| async move {
-        let connect = TcpStream::connect((set.address, port));
-        let open = matches!(tokio::time::timeout(timeout, connect).await, Ok(Ok(_)));
+        let open = matches!(
+            tokio::time::timeout(timeout, connect(set.address, port)).await,
+            Ok(Ok(_))
+        );
         (port, open)
     });
     futures::future::join_all(probes)

@@ -1,9 +1,10 @@
-//! The pilot side of the name-table stream.
+//! The pilot side of the name-table stream, and the agents' other requests on the names
+//! port: health reports, drains, scope changes, certificate requests.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context;
 use axum::body::{Body, Bytes};
@@ -23,6 +24,8 @@ use crate::catalog::model::{Catalog, InstanceRef};
 use crate::health::registry::AgentStream;
 use crate::health::report::{DRAINED_PATH, REPORT_PATH};
 use crate::health::{instance_out, AgentRegistry, AgentReport, ProbeIndex, ProbeSet};
+use crate::identity::issuer::Issuer;
+use crate::identity::wire::CSR_PATH;
 use crate::metrics;
 use crate::scope::wire::SCOPE_PATH;
 use crate::scope::{ScopeAnswer, ScopeChange, ScopeRequest};
@@ -33,13 +36,15 @@ const MAX_REPORT_BYTES: usize = 64 * 1024;
 
 /// Serves `GET /v1/names/watch`, and the agents' `POST /v1/names/health` and
 /// `GET /v1/names/drained` (docs/health.md), until the listener fails. Dropping the future closes every
-/// open stream too, so followers notice at once and reconnect elsewhere.
+/// open stream too, so followers notice at once and reconnect elsewhere. With `identity`, also
+/// `POST /v1/identity/csr` (docs/security.md); without, that answers 404.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
     agents: Arc<AgentRegistry>,
+    identity: Option<Issuer>,
 ) -> anyhow::Result<()> {
-    serve_with_heartbeat(listener, catalog, agents, HEARTBEAT_INTERVAL).await
+    serve_with_heartbeat(listener, catalog, agents, HEARTBEAT_INTERVAL, identity).await
 }
 
 /// Like [`serve`], over mutual TLS: only followers presenting a certificate that `tls`
@@ -49,10 +54,11 @@ pub async fn serve_tls(
     catalog: watch::Receiver<Arc<Catalog>>,
     agents: Arc<AgentRegistry>,
     tls: Arc<rustls::ServerConfig>,
+    identity: Option<Issuer>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!("names server listening on {local} (mutual TLS)");
-    let router = router(catalog, agents, HEARTBEAT_INTERVAL);
+    let router = router(catalog, agents, HEARTBEAT_INTERVAL, identity);
     let mut incoming = crate::tls::incoming(listener, tls, "names");
     // The connections belong to this future, as with `serve`: dropping it closes them.
     let mut connections = JoinSet::new();
@@ -73,26 +79,36 @@ pub(crate) async fn serve_with_heartbeat(
     catalog: watch::Receiver<Arc<Catalog>>,
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
+    identity: Option<Issuer>,
 ) -> anyhow::Result<()> {
-    crate::api::serve_router(listener, router(catalog, agents, heartbeat), "names").await
+    let router = router(catalog, agents, heartbeat, identity);
+    crate::api::serve_router(listener, router, "names").await
 }
 
 fn router(
     catalog: watch::Receiver<Arc<Catalog>>,
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
+    identity: Option<Issuer>,
 ) -> Router {
     Router::new()
         .route(WATCH_PATH, get(watch_names))
         .route(REPORT_PATH, post(take_report))
         .route(DRAINED_PATH, get(wait_drained))
         .route(SCOPE_PATH, post(take_scope))
+        .route(CSR_PATH, post(take_csr))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
             views: follow_views(catalog.clone()),
             catalog,
             agents,
             heartbeat,
+            identity: identity.map(|issuer| {
+                Arc::new(IdentityEndpoint {
+                    issuer,
+                    refusals: Mutex::default(),
+                })
+            }),
         })
 }
 
@@ -102,6 +118,14 @@ struct WatchConfig {
     views: watch::Receiver<Arc<NamesView>>,
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
+    /// `None` when workload identity is off.
+    identity: Option<Arc<IdentityEndpoint>>,
+}
+
+/// The certificate requests' issuer, and the refusals logged, once per peer and reason.
+struct IdentityEndpoint {
+    issuer: Issuer,
+    refusals: Mutex<crate::tls::Refusals>,
 }
 
 /// What every stream reads of a catalog, derived once per catalog rather than once per stream
@@ -439,6 +463,61 @@ async fn take_scope(
         }
     };
     Json(answer).into_response()
+}
+
+/// `POST /v1/identity/csr`: an agent asks for its VM's workload certificate
+/// (`identity::wire`); signed when the director lists the instance it names at the address it
+/// comes from and the CSR asks for that instance group's identity (`identity::issuer`).
+async fn take_csr(
+    State(config): State<WatchConfig>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    body: Bytes,
+) -> Response {
+    let Some(identity) = config.identity.clone() else {
+        return (
+            StatusCode::NOT_FOUND,
+            "workload identity is not configured on this pilot (no `identity` in its config)",
+        )
+            .into_response();
+    };
+    let Some(xds) = config.agents.xds().cloned() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
+    };
+    // Checking and signing cost a millisecond or more of CPU: off the async workers.
+    let endpoint = identity.clone();
+    let issued = tokio::task::spawn_blocking(move || {
+        endpoint
+            .issuer
+            .issue(&body, peer.ip(), &xds.scopes, SystemTime::now())
+    })
+    .await;
+    let Ok(issued) = issued else {
+        return (StatusCode::INTERNAL_SERVER_ERROR, "the signing task failed").into_response();
+    };
+    let mut refusals = identity.refusals.lock().expect("refusals lock");
+    match issued {
+        Ok(issued) => {
+            refusals.forget(peer.ip());
+            drop(refusals);
+            metrics::global()
+                .identity_certificates_issued
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::info!(%peer, id = %issued.id, not_after = issued.answer.not_after, "workload certificate issued");
+            Json(issued.answer).into_response()
+        }
+        Err(refusal) => {
+            let label = refusal.reason.label();
+            metrics::global().identity_refusal(label);
+            if refusals.is_new(peer.ip(), label) {
+                tracing::warn!(%peer, reason = %label, "certificate request refused: {}", refusal.message);
+            } else {
+                tracing::debug!(%peer, reason = %label, "certificate request refused: {}", refusal.message);
+            }
+            let status = StatusCode::from_u16(refusal.reason.status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+            (status, refusal.message).into_response()
+        }
+    }
 }
 
 /// A drain waits this long at most, whatever it asks for: BOSH's own drain has no limit,

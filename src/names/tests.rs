@@ -83,6 +83,7 @@ impl Pilot {
             rx,
             agents.clone(),
             Duration::from_millis(100),
+            None,
         ));
         Pilot {
             address,

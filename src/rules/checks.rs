@@ -18,6 +18,7 @@ use super::model::{
     HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, Resolution, ServiceEntry, Sidecar, Spec,
     TcpRoute, TrafficPolicy, VirtualService,
 };
+use super::security_checks;
 use super::values::StringMatch;
 
 /// Problems found in one resource: (field path, message).
@@ -44,6 +45,8 @@ pub(crate) fn check(spec: &Spec) -> Problems {
         Spec::DestinationRule(dr) => destination_rule(dr, &mut problems),
         Spec::ServiceEntry(se) => service_entry(se, &mut problems),
         Spec::Sidecar(sidecar) => sidecar_scope(sidecar, &mut problems),
+        Spec::PeerAuthentication(pa) => security_checks::peer_authentication(pa, &mut problems),
+        Spec::AuthorizationPolicy(ap) => security_checks::authorization_policy(ap, &mut problems),
     }
     problems
 }
@@ -278,7 +281,7 @@ fn source_labels(field: &str, labels: &super::model::Labels, problems: &mut Prob
 
 /// Each key and value of a label selector in the label syntax (a selector that breaks it
 /// selects nothing).
-fn label_syntax(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
+pub(crate) fn label_syntax(field: &str, labels: &super::model::Labels, problems: &mut Problems) {
     for (key, value) in labels {
         if let Err(problem) = check_key(key).and_then(|()| check_value(value)) {
             problems.error(field, problem);
@@ -447,7 +450,7 @@ fn destination(field: &str, destination: &Destination, problems: &mut Problems) 
 }
 
 /// What is wrong with `name` as the name of a header to match or change, if anything.
-fn header_name_problem(name: &str) -> Option<String> {
+pub(crate) fn header_name_problem(name: &str) -> Option<String> {
     let is_token_char = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
     if name.is_empty() || !name.chars().all(is_token_char) {
         Some(format!("{:?} is not a header name", clip(name)))

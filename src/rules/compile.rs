@@ -13,7 +13,9 @@
 //!   cancelled,retriable-status-codes` with 503) apply to `retries` without `retryOn`;
 //! - a Sidecar is a scope pin: its selector and its egress hosts as patterns (a name, a
 //!   domain's names, every name), matched against the mesh's hostnames per VM
-//!   (`TrafficRules::pinned_hosts`), so that a pinned service that comes later is pinned.
+//!   (`TrafficRules::pinned_hosts`), so that a pinned service that comes later is pinned;
+//! - the security policies become the security model per instance group
+//!   (`compile_security.rs`).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -21,6 +23,7 @@ use crate::catalog::model::{Catalog, Service};
 use crate::traffic::{self, Percentage, ScopePin, ServiceRules, TrafficRules};
 
 use super::checks::egress_host;
+use super::compile_security;
 use super::finding::{Finding, ResourceRef};
 use super::mesh::selects;
 use super::model::{
@@ -59,6 +62,7 @@ pub fn compile(rules: &RuleSet, catalog: &Catalog) -> Compiled {
         compiler.virtual_service(rule);
     }
     compiler.compiled.traffic.scope_pins = rules.sidecars.iter().map(scope_pin).collect();
+    compiler.compiled.traffic.security = compile_security::security_rules(rules, catalog);
     compiler.compiled
 }
 

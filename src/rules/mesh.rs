@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use serde::Deserialize;
 
 use crate::catalog::model::{Catalog, Protocol};
+use crate::traffic::security::WorkloadKey;
 
 use super::model::Labels;
 
@@ -27,6 +28,9 @@ pub struct MeshView {
 pub struct MeshHost {
     pub ports: Vec<MeshPort>,
     pub instances: Vec<MeshInstance>,
+    /// The deployment and instance group of the job behind it (what a security policy
+    /// applies to); `None` when not known (a registration that does not say).
+    pub workload: Option<WorkloadKey>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,10 +51,12 @@ pub struct MeshInstance {
 impl MeshHost {
     /// A host with these `(number, protocol)` ports and `(instance id, labels)` instances.
     fn new(
+        workload: Option<WorkloadKey>,
         ports: impl Iterator<Item = (u16, Protocol)>,
         instances: impl Iterator<Item = (String, Labels)>,
     ) -> MeshHost {
         MeshHost {
+            workload,
             ports: ports
                 .map(|(number, protocol)| MeshPort { number, protocol })
                 .collect(),
@@ -92,6 +98,37 @@ impl MeshView {
         selection
     }
 
+    /// The instance groups (of `deployment`, when given) with a job whose instances have the
+    /// labels of `selector` (`None`: every group), each with the ports of all its jobs:
+    /// what a security policy applies to. Groups the view cannot name are left out.
+    pub(crate) fn workloads(
+        &self,
+        deployment: Option<&str>,
+        selector: Option<&Labels>,
+    ) -> BTreeMap<&WorkloadKey, BTreeSet<u16>> {
+        let in_scope = |workload: &WorkloadKey| deployment.is_none_or(|d| d == workload.deployment);
+        let selected: BTreeSet<&WorkloadKey> = self
+            .hosts
+            .values()
+            .filter(|host| {
+                selector.is_none_or(|selector| {
+                    let has = |i: &MeshInstance| selects(selector, &i.labels);
+                    host.instances.iter().any(has)
+                })
+            })
+            .filter_map(|host| host.workload.as_ref())
+            .filter(|workload| in_scope(workload))
+            .collect();
+        let mut workloads: BTreeMap<&WorkloadKey, BTreeSet<u16>> = BTreeMap::new();
+        for host in self.hosts.values() {
+            if let Some(workload) = host.workload.as_ref().filter(|w| selected.contains(w)) {
+                let ports = host.ports.iter().map(|port| port.number);
+                workloads.entry(workload).or_default().extend(ports);
+            }
+        }
+        workloads
+    }
+
     /// The mesh as the pilot's catalog has it: every service a job exposes with its ports and
     /// the labels of its endpoints (the catalog always carries labels). The services
     /// ServiceEntries define are left out: the rules define them again as they are checked.
@@ -101,7 +138,12 @@ impl MeshView {
             .iter()
             .filter(|service| service.service_entry.is_none())
             .map(|service| {
+                let workload = WorkloadKey {
+                    deployment: service.key.deployment.clone(),
+                    instance_group: service.key.instance_group.clone(),
+                };
                 let host = MeshHost::new(
+                    Some(workload),
                     service
                         .ports
                         .iter()
@@ -140,7 +182,15 @@ impl MeshView {
         // checked (as `from_catalog` leaves them out).
         for service in services.into_iter().filter(|s| s.service_entry.is_none()) {
             view.labels_known |= service.endpoints.iter().any(|e| e.labels.is_some());
+            let workload = match (service.deployment, service.instance_group) {
+                (Some(deployment), Some(instance_group)) => Some(WorkloadKey {
+                    deployment,
+                    instance_group,
+                }),
+                _ => None,
+            };
             let host = MeshHost::new(
+                workload,
                 service
                     .ports
                     .iter()
@@ -159,6 +209,10 @@ impl MeshView {
 #[derive(Deserialize)]
 struct RegisteredService {
     hostname: String,
+    #[serde(default)]
+    deployment: Option<String>,
+    #[serde(default)]
+    instance_group: Option<String>,
     #[serde(default)]
     service_entry: Option<String>,
     ports: Vec<RegisteredPort>,
@@ -208,6 +262,14 @@ mod tests {
             }]
         );
         assert_eq!(reviews.instances[0].labels["version"], "v1");
+        let workload = reviews.workload.as_ref().unwrap();
+        assert_eq!(
+            (
+                workload.deployment.as_str(),
+                workload.instance_group.as_str()
+            ),
+            ("bookinfo", "reviews-v1")
+        );
         let selection = view.select(&[("app".into(), "reviews".into())].into());
         assert_eq!(
             selection.instances.len(),
@@ -228,6 +290,7 @@ mod tests {
         let view = MeshView::from_registration_json(json).unwrap();
         assert!(!view.labels_known);
         assert!(view.hosts["j.g.d.boshy"].instances[0].labels.is_empty());
+        assert_eq!(view.hosts["j.g.d.boshy"].workload, None);
     }
 
     #[test]

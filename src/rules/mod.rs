@@ -1,5 +1,6 @@
 //! Traffic rules in Istio's own YAML (`networking.istio.io`: VirtualService, DestinationRule,
-//! ServiceEntry), kept as BOSH director configs of type `boshy-istio`; pure: no I/O, no
+//! ServiceEntry, Sidecar; `security.istio.io`: PeerAuthentication, AuthorizationPolicy), kept
+//! as BOSH director configs of type `boshy-istio`; pure: no I/O, no
 //! logging, every problem returned as a [`Finding`]. The operator's guide, with the exact
 //! list of supported and refused fields, is docs/rules.md.
 //!
@@ -20,11 +21,13 @@
 mod bosh_cli;
 mod checks;
 mod compile;
+mod compile_security;
 mod entries;
 mod finding;
 pub(crate) mod mesh;
 pub mod model;
 mod parse;
+mod security_checks;
 pub(crate) mod validate;
 mod values;
 

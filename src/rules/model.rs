@@ -15,28 +15,34 @@ use serde::Deserialize;
 use crate::catalog::model::Protocol;
 
 use super::values::{
-    duration, optional_duration, refuse, refuse_outbound_traffic_policy, refuse_tls, word, Refused,
+    duration, optional_duration, refuse, refuse_outbound_traffic_policy, refuse_target_ref,
+    refuse_tls, word, Refused,
 };
-pub use super::values::{Percent, StringMatch};
+pub use super::values::{Percent, PolicyPort, StringMatch};
 
 /// Label names to values: instance labels, subset labels, selectors.
 pub type Labels = BTreeMap<String, String>;
 
-/// The kinds of resource boshy-istio takes (all in `networking.istio.io`).
+/// The kinds of resource boshy-istio takes: traffic rules (`networking.istio.io`) and
+/// security policies (`security.istio.io`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     ServiceEntry,
     DestinationRule,
     VirtualService,
     Sidecar,
+    PeerAuthentication,
+    AuthorizationPolicy,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
+    pub const ALL: [Kind; 6] = [
         Kind::ServiceEntry,
         Kind::DestinationRule,
         Kind::VirtualService,
         Kind::Sidecar,
+        Kind::PeerAuthentication,
+        Kind::AuthorizationPolicy,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -45,13 +51,41 @@ impl Kind {
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
             Kind::Sidecar => "Sidecar",
+            Kind::PeerAuthentication => "PeerAuthentication",
+            Kind::AuthorizationPolicy => "AuthorizationPolicy",
         }
+    }
+
+    /// The `apiVersion`s of its API group, accepted alike.
+    pub fn api_versions(self) -> &'static [&'static str] {
+        if self.is_security_policy() {
+            &SECURITY_API_VERSIONS
+        } else {
+            &NETWORKING_API_VERSIONS
+        }
+    }
+
+    /// Whether it is of `security.istio.io`, whose `metadata.namespace` means something: the
+    /// deployment the policy is for (docs/rules.md, "Security policies").
+    pub fn is_security_policy(self) -> bool {
+        matches!(self, Kind::PeerAuthentication | Kind::AuthorizationPolicy)
     }
 
     pub fn from_name(name: &str) -> Option<Kind> {
         Kind::ALL.into_iter().find(|kind| kind.as_str() == name)
     }
 }
+
+/// The API versions of `networking.istio.io` accepted, alike: the three carry the same
+/// fields for the kinds boshy-istio takes.
+pub const NETWORKING_API_VERSIONS: [&str; 3] = [
+    "networking.istio.io/v1",
+    "networking.istio.io/v1beta1",
+    "networking.istio.io/v1alpha3",
+];
+
+/// The API versions of `security.istio.io` accepted, alike (the same fields).
+pub const SECURITY_API_VERSIONS: [&str; 2] = ["security.istio.io/v1", "security.istio.io/v1beta1"];
 
 /// A resource's `spec`, by kind.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +94,8 @@ pub enum Spec {
     DestinationRule(DestinationRule),
     ServiceEntry(ServiceEntry),
     Sidecar(Sidecar),
+    PeerAuthentication(PeerAuthentication),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 impl Spec {
@@ -69,6 +105,8 @@ impl Spec {
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
             Spec::Sidecar(_) => Kind::Sidecar,
+            Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
+            Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
         }
     }
 }
@@ -783,4 +821,218 @@ pub struct EgressListener {
     _bind: Refused,
     #[serde(default, rename = "captureMode", deserialize_with = "refuse")]
     _capture_mode: Refused,
+}
+
+// ------------------------------------------------------------------- security.istio.io
+
+/// The instance groups a security policy applies to: those with a job whose labels, shared by
+/// every instance of the group, include every one of these (Istio's `WorkloadSelector`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PolicySelector {
+    #[serde(default)]
+    pub match_labels: Labels,
+}
+
+/// Mutual TLS on the inbound side of the instance groups it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PeerAuthentication {
+    /// Absent: every instance group of its scope (the deployment its namespace names, or
+    /// the mesh).
+    pub selector: Option<PolicySelector>,
+    /// Absent: `UNSET`, inherited.
+    pub mtls: Option<PeerMtls>,
+    /// By the port a job listens on (a YAML number, or a string as in Istio's JSON); only
+    /// with a `selector`.
+    #[serde(default)]
+    pub port_level_mtls: BTreeMap<PolicyPort, PeerMtls>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerMtls {
+    #[serde(default)]
+    pub mode: PeerMtlsMode,
+}
+
+/// Istio's `PeerAuthentication.MutualTLS.Mode`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PeerMtlsMode {
+    /// Inherited from the policy of the level above.
+    #[default]
+    Unset,
+    Permissive,
+    Strict,
+    Disable,
+}
+
+impl TryFrom<String> for PeerMtlsMode {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        word(
+            &text,
+            &[
+                ("UNSET", PeerMtlsMode::Unset),
+                ("PERMISSIVE", PeerMtlsMode::Permissive),
+                ("STRICT", PeerMtlsMode::Strict),
+                ("DISABLE", PeerMtlsMode::Disable),
+            ],
+            &[],
+        )
+    }
+}
+
+/// Who may call the instance groups it applies to.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPolicy {
+    /// Absent: every instance group of its scope.
+    pub selector: Option<PolicySelector>,
+    /// Absent: `ALLOW`.
+    #[serde(default)]
+    pub action: PolicyAction,
+    /// None: an ALLOW policy allows nothing, so it denies every request (Istio's meaning).
+    #[serde(default)]
+    pub rules: Vec<PolicyRule>,
+    #[serde(default, rename = "targetRef", deserialize_with = "refuse_target_ref")]
+    _target_ref: Refused,
+    #[serde(default, rename = "targetRefs", deserialize_with = "refuse_target_ref")]
+    _target_refs: Refused,
+    #[serde(default, rename = "provider", deserialize_with = "refuse")]
+    _provider: Refused,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum PolicyAction {
+    #[default]
+    Allow,
+    Deny,
+}
+
+impl TryFrom<String> for PolicyAction {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        word(
+            &text,
+            &[("ALLOW", PolicyAction::Allow), ("DENY", PolicyAction::Deny)],
+            &[
+                ("AUDIT", "the mesh has no audit log for Envoy to write to"),
+                (
+                    "CUSTOM",
+                    "the mesh has no external authorization providers (Istio's \
+                     `extensionProviders`)",
+                ),
+            ],
+        )
+    }
+}
+
+/// Istio's `Rule`: it matches a request when one of its sources, one of its operations and
+/// every condition match (an empty list matches anything).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRule {
+    #[serde(default)]
+    pub from: Vec<RuleFrom>,
+    #[serde(default)]
+    pub to: Vec<RuleTo>,
+    #[serde(default)]
+    pub when: Vec<Condition>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFrom {
+    /// Required (checked, so that its absence is named).
+    pub source: Option<Source>,
+}
+
+/// The peer of a request: every field set must match; within a field, any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Source {
+    #[serde(default)]
+    pub principals: Vec<String>,
+    #[serde(default)]
+    pub not_principals: Vec<String>,
+    /// Deployments: the mesh has no namespaces.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub not_namespaces: Vec<String>,
+    #[serde(default)]
+    pub ip_blocks: Vec<String>,
+    #[serde(default)]
+    pub not_ip_blocks: Vec<String>,
+    #[serde(default, rename = "requestPrincipals", deserialize_with = "refuse")]
+    _request_principals: Refused,
+    #[serde(default, rename = "notRequestPrincipals", deserialize_with = "refuse")]
+    _not_request_principals: Refused,
+    #[serde(default, rename = "remoteIpBlocks", deserialize_with = "refuse")]
+    _remote_ip_blocks: Refused,
+    #[serde(default, rename = "notRemoteIpBlocks", deserialize_with = "refuse")]
+    _not_remote_ip_blocks: Refused,
+    #[serde(default, rename = "serviceAccounts", deserialize_with = "refuse")]
+    _service_accounts: Refused,
+    #[serde(default, rename = "notServiceAccounts", deserialize_with = "refuse")]
+    _not_service_accounts: Refused,
+}
+
+impl Source {
+    /// Whether it sets no field (Istio refuses such a source).
+    pub fn is_empty(&self) -> bool {
+        *self == Source::default()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleTo {
+    /// Required (checked, so that its absence is named).
+    pub operation: Option<Operation>,
+}
+
+/// The request: every field set must match; within a field, any value.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Operation {
+    #[serde(default)]
+    pub methods: Vec<String>,
+    #[serde(default)]
+    pub not_methods: Vec<String>,
+    #[serde(default)]
+    pub paths: Vec<String>,
+    #[serde(default)]
+    pub not_paths: Vec<String>,
+    /// Istio writes them as strings (`"9080"`); numbers are taken too.
+    #[serde(default)]
+    pub ports: Vec<PolicyPort>,
+    #[serde(default)]
+    pub not_ports: Vec<PolicyPort>,
+    #[serde(default, rename = "hosts", deserialize_with = "refuse")]
+    _hosts: Refused,
+    #[serde(default, rename = "notHosts", deserialize_with = "refuse")]
+    _not_hosts: Refused,
+}
+
+impl Operation {
+    /// Whether it sets no field (Istio refuses such an operation).
+    pub fn is_empty(&self) -> bool {
+        *self == Operation::default()
+    }
+}
+
+/// Istio's `Condition`: `key` is checked (`checks_security.rs`), at least one of `values`
+/// and `notValues`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Condition {
+    pub key: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+    #[serde(default)]
+    pub not_values: Vec<String>,
 }

@@ -19,14 +19,22 @@ use crate::text::clip;
 
 use super::checks;
 use super::finding::{Finding, ResourceRef};
-use super::model::{DestinationRule, Kind, Labels, ServiceEntry, Sidecar, Spec, VirtualService};
+use super::model::{
+    AuthorizationPolicy, DestinationRule, Kind, Labels, PeerAuthentication, ServiceEntry, Sidecar,
+    Spec, VirtualService, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS,
+};
 
-/// The API versions of `networking.istio.io` accepted, alike: the three carry the same
-/// fields for the kinds boshy-istio takes.
-pub const API_VERSIONS: [&str; 3] = [
-    "networking.istio.io/v1",
-    "networking.istio.io/v1beta1",
-    "networking.istio.io/v1alpha3",
+/// The namespace Istio reads as the whole mesh's (its root namespace): a security policy
+/// there, or without a namespace, is mesh-wide.
+pub(crate) const MESH_NAMESPACE: &str = "istio-system";
+
+/// Every API version accepted: each kind takes those of its group ([`Kind::api_versions`]).
+pub const API_VERSIONS: [&str; 5] = [
+    NETWORKING_API_VERSIONS[0],
+    NETWORKING_API_VERSIONS[1],
+    NETWORKING_API_VERSIONS[2],
+    SECURITY_API_VERSIONS[0],
+    SECURITY_API_VERSIONS[1],
 ];
 
 /// What one config holds: the resources that passed every check a resource can pass alone,
@@ -35,6 +43,11 @@ pub const API_VERSIONS: [&str; 3] = [
 #[derive(Debug, Clone, PartialEq)]
 pub struct ParsedConfig {
     pub name: String,
+    /// The director's id of the config's current version. The director numbers versions as
+    /// it stores them, so a smaller id is an older config: between security policies of one
+    /// level, the oldest wins, as Istio takes the oldest by creation time. `None` (a file
+    /// that `boshy rules check` reads): after every config with an id, by name.
+    pub director_id: Option<u64>,
     pub resources: Vec<Resource>,
     pub errors: Vec<Finding>,
     pub warnings: Vec<Finding>,
@@ -47,6 +60,10 @@ pub struct Resource {
     pub name: String,
     /// Its index in the config's `List`, if the config is one.
     pub item: Option<usize>,
+    /// For a security policy, the deployment its `metadata.namespace` names (Istio's
+    /// namespace-wide policy); `None`: mesh-wide (no namespace, or `istio-system`). Always
+    /// `None` for the other kinds, where the namespace is ignored.
+    pub deployment: Option<String>,
     pub spec: Spec,
 }
 
@@ -60,6 +77,7 @@ impl Resource {
 pub fn parse_config(config: &str, content: &str) -> ParsedConfig {
     let mut parsed = ParsedConfig {
         name: config.to_string(),
+        director_id: None,
         resources: Vec::new(),
         errors: Vec::new(),
         warnings: Vec::new(),
@@ -189,8 +207,9 @@ struct Envelope<S> {
     spec: S,
 }
 
-/// Kubernetes object metadata: only `name` matters. Labels and annotations are accepted
-/// and unused; `namespace` is accepted and ignored (boshy-istio has no namespaces).
+/// Kubernetes object metadata: `name`, and for a security policy `namespace` (the deployment
+/// it is for). Labels and annotations are accepted and unused; the other kinds' `namespace` is
+/// accepted and ignored (boshy-istio has no namespaces).
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Metadata {
@@ -226,7 +245,13 @@ fn parse_resource(parsed: &mut ParsedConfig, item: Option<usize>, value: Value) 
         Ok(read) => read,
         Err(error) => return parsed.errors.push(error),
     };
-    if let Some(namespace) = namespace.filter(|namespace| namespace != "default") {
+    let kind = spec.kind();
+    let deployment = namespace
+        .clone()
+        .filter(|namespace| kind.is_security_policy() && namespace != MESH_NAMESPACE);
+    let ignored =
+        namespace.filter(|namespace| !kind.is_security_policy() && namespace != "default");
+    if let Some(namespace) = ignored {
         parsed.warnings.push(finding(
             Some("metadata.namespace"),
             format!(
@@ -245,6 +270,7 @@ fn parse_resource(parsed: &mut ParsedConfig, item: Option<usize>, value: Value) 
             // Checked by `envelope_problem`.
             name: name.unwrap_or_default(),
             item,
+            deployment,
             spec,
         });
     } else {
@@ -266,8 +292,8 @@ fn envelope_problem(
             format!("a resource is a mapping, found {}", value_kind(value)),
         ));
     }
-    match value.get("apiVersion") {
-        Some(Value::String(version)) if API_VERSIONS.contains(&version.as_str()) => {}
+    let version = match value.get("apiVersion") {
+        Some(Value::String(version)) if API_VERSIONS.contains(&version.as_str()) => version,
         None => return Some((Some("apiVersion"), "missing".into())),
         Some(other) => {
             return Some((
@@ -279,7 +305,7 @@ fn envelope_problem(
                 ),
             ))
         }
-    }
+    };
     let supported = || {
         format!(
             "boshy-istio takes {}",
@@ -287,6 +313,16 @@ fn envelope_problem(
         )
     };
     match (value.get("kind"), kind.and_then(Kind::from_name)) {
+        (_, Some(kind)) if !kind.api_versions().contains(&version.as_str()) => {
+            return Some((
+                Some("apiVersion"),
+                format!(
+                    "{version} is not the API group of {}: it is {}",
+                    kind.as_str(),
+                    kind.api_versions().join(", ")
+                ),
+            ))
+        }
         (_, Some(_)) => {}
         (None, _) => return Some((Some("kind"), format!("missing: {}", supported()))),
         (Some(other), None) => {
@@ -335,6 +371,12 @@ fn typed(value: Value) -> Result<(Option<String>, Spec), (Option<String>, String
         Some(Kind::DestinationRule) => envelope::<DestinationRule>(value, Spec::DestinationRule),
         Some(Kind::ServiceEntry) => envelope::<ServiceEntry>(value, Spec::ServiceEntry),
         Some(Kind::Sidecar) => envelope::<Sidecar>(value, Spec::Sidecar),
+        Some(Kind::PeerAuthentication) => {
+            envelope::<PeerAuthentication>(value, Spec::PeerAuthentication)
+        }
+        Some(Kind::AuthorizationPolicy) => {
+            envelope::<AuthorizationPolicy>(value, Spec::AuthorizationPolicy)
+        }
         None => Err((Some("kind".into()), "not a supported kind".into())),
     }
 }
@@ -391,6 +433,7 @@ fn describe(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::model::{PeerMtlsMode, PolicyAction};
     use super::*;
 
     fn one(content: &str) -> ParsedConfig {
@@ -434,7 +477,7 @@ spec:
 
     #[test]
     fn every_api_version_of_networking_is_accepted_alike() {
-        for version in API_VERSIONS {
+        for version in NETWORKING_API_VERSIONS {
             let content = ROUTE.replace("networking.istio.io/v1", version);
             assert!(one(&content).errors.is_empty(), "{version}");
         }
@@ -451,7 +494,7 @@ spec:
   egress:
   - hosts: ['*/ratings.ratings.bookinfo.boshy', './*.external.boshy']
 ";
-        for version in API_VERSIONS {
+        for version in NETWORKING_API_VERSIONS {
             let parsed = one(&sidecar.replace("networking.istio.io/v1", version));
             assert_eq!(errors(&parsed), Vec::<String>::new(), "{version}");
             let [resource] = &parsed.resources[..] else {
@@ -505,19 +548,31 @@ spec:
             errors(&one(&gateway)),
             [
                 "config \"reviews\": Gateway \"reviews\": kind: Gateway is not supported: \
-              boshy-istio takes ServiceEntry, DestinationRule, VirtualService, Sidecar"
+              boshy-istio takes ServiceEntry, DestinationRule, VirtualService, Sidecar, \
+              PeerAuthentication, AuthorizationPolicy"
             ]
         );
-        let security = ROUTE
-            .replace("networking.istio.io/v1", "security.istio.io/v1")
-            .replace("VirtualService", "AuthorizationPolicy");
-        let error = &errors(&one(&security))[0];
+        let extensions = ROUTE
+            .replace("networking.istio.io/v1", "extensions.istio.io/v1alpha1")
+            .replace("VirtualService", "WasmPlugin");
+        let error = &errors(&one(&extensions))[0];
         assert!(
             error.starts_with(
-                "config \"reviews\": AuthorizationPolicy \"reviews\": apiVersion: \
-                 security.istio.io/v1 is not supported"
+                "config \"reviews\": WasmPlugin \"reviews\": apiVersion: \
+                 extensions.istio.io/v1alpha1 is not supported: boshy-istio takes \
+                 networking.istio.io/v1, networking.istio.io/v1beta1, \
+                 networking.istio.io/v1alpha3, security.istio.io/v1, security.istio.io/v1beta1"
             ),
             "{error}"
+        );
+        let crossed = ROUTE.replace("networking.istio.io/v1", "security.istio.io/v1beta1");
+        assert_eq!(
+            errors(&one(&crossed)),
+            [
+                "config \"reviews\": VirtualService \"reviews\": apiVersion: \
+                 security.istio.io/v1beta1 is not the API group of VirtualService: it is \
+                 networking.istio.io/v1, networking.istio.io/v1beta1, networking.istio.io/v1alpha3"
+            ]
         );
         let unnamed = ROUTE.replace("  name: reviews\n", "  labels: {app: reviews}\n");
         assert_eq!(
@@ -620,6 +675,66 @@ spec:
         assert!(parsed.warnings[0]
             .to_string()
             .contains("metadata.namespace: namespace \"prod\" is ignored"));
+    }
+
+    #[test]
+    fn a_security_policy_is_read_in_both_versions_its_namespace_naming_its_deployment() {
+        let policy = |version: &str, namespace: &str| {
+            format!(
+                "apiVersion: {version}
+kind: List
+items:
+- apiVersion: {version}
+  kind: PeerAuthentication
+  metadata: {{name: strict{namespace}}}
+  spec:
+    mtls: {{mode: STRICT}}
+- apiVersion: {version}
+  kind: AuthorizationPolicy
+  metadata: {{name: deny{namespace}}}
+  spec:
+    selector: {{matchLabels: {{app: reviews}}}}
+    action: DENY
+    rules: [{{to: [{{operation: {{methods: [DELETE], ports: ['9080']}}}}]}}]
+"
+            )
+            .replacen(
+                &format!("apiVersion: {version}\nkind: List"),
+                "apiVersion: v1\nkind: List",
+                1,
+            )
+        };
+        for version in SECURITY_API_VERSIONS {
+            for (namespace, deployment) in [
+                ("", None),
+                (", namespace: istio-system", None),
+                (", namespace: bookinfo", Some("bookinfo")),
+            ] {
+                let parsed = one(&policy(version, namespace));
+                assert_eq!(errors(&parsed), Vec::<String>::new(), "{version}");
+                assert!(parsed.warnings.is_empty(), "{:?}", parsed.warnings);
+                let [strict, deny] = &parsed.resources[..] else {
+                    panic!("{parsed:?}")
+                };
+                assert_eq!(strict.deployment.as_deref(), deployment);
+                assert_eq!(deny.deployment.as_deref(), deployment);
+                let Spec::PeerAuthentication(strict) = &strict.spec else {
+                    panic!("{strict:?}")
+                };
+                assert_eq!(strict.mtls.unwrap().mode, PeerMtlsMode::Strict);
+                let Spec::AuthorizationPolicy(deny) = &deny.spec else {
+                    panic!("{deny:?}")
+                };
+                assert_eq!(deny.action, PolicyAction::Deny);
+                let operation = deny.rules[0].to[0].operation.as_ref().unwrap();
+                assert_eq!(operation.ports[0].0, 9080);
+            }
+        }
+        let traffic_rule = ROUTE.replace(
+            "  name: reviews\n",
+            "  name: reviews\n  namespace: bookinfo\n",
+        );
+        assert_eq!(one(&traffic_rule).resources[0].deployment, None);
     }
 
     #[test]

@@ -3,8 +3,11 @@
 //!
 //! Resources are taken kind by kind, ServiceEntries first (they define hosts), then
 //! DestinationRules (they define subsets), then VirtualServices (they use both), then Sidecars
-//! (they pin hosts, and claim nothing), and within a kind in the order of config name, then
-//! resource name. A resource that fails a check is
+//! (they pin hosts, and claim nothing), then the security policies (they depend on no other
+//! kind), and within a kind in the order of config name, then resource name; but
+//! PeerAuthentications oldest config first (the director's id of its version), since the
+//! oldest of one level wins as in Istio, and a later one of the same level is warned about as
+//! ignored. A resource that fails a check is
 //! rejected alone; what depends on it then fails its own checks (a route to a subset of a
 //! rejected DestinationRule names a subset nobody defines). When two resources claim the same
 //! thing (a kind and name, a VirtualService or DestinationRule for a host, a ServiceEntry's
@@ -13,7 +16,7 @@
 //! Without a mesh view, host existence and instance selection cannot be checked and are
 //! skipped (the result says so); everything else is checked all the same.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use crate::catalog::labels;
 use crate::catalog::model::Protocol;
@@ -24,10 +27,13 @@ use super::checks::{egress_host, Problems};
 use super::finding::{Finding, ResourceRef};
 use super::mesh::{selects, MeshView};
 use super::model::{
-    Destination, DestinationRule, Kind, Labels, Resolution, ServiceEntry, Sidecar, Spec,
-    TrafficPolicy, VirtualService,
+    AuthorizationPolicy, Destination, DestinationRule, Kind, Labels, PeerAuthentication,
+    PolicySelector, Resolution, ServiceEntry, Sidecar, Spec, TrafficPolicy, VirtualService,
 };
 use super::parse::{ParsedConfig, Resource};
+use super::values::PolicyPort;
+use crate::text::clip;
+use crate::traffic::security::WorkloadKey;
 
 /// What one config came to: the resources it contributed to the rule set, and every finding
 /// about it. Each error rejected a resource (or, without a resource, the whole config).
@@ -55,6 +61,8 @@ pub struct Rule<S> {
     pub name: String,
     /// How findings name it (with its place in a `List`).
     pub reference: ResourceRef,
+    /// A security policy's deployment (`Resource::deployment`); `None` for the other kinds.
+    pub deployment: Option<String>,
     pub spec: S,
 }
 
@@ -67,6 +75,12 @@ pub struct RuleSet {
     pub destination_rules: Vec<Rule<DestinationRule>>,
     pub virtual_services: Vec<Rule<VirtualService>>,
     pub sidecars: Vec<Rule<Sidecar>>,
+    /// Oldest config first: of those that select one instance group, the first applies
+    /// there. At most one without a selector per deployment and one for the whole mesh (an
+    /// older one of the same level leaves a later one out, with a warning).
+    pub peer_authentications: Vec<Rule<PeerAuthentication>>,
+    /// They add up: every policy that applies to an instance group is checked there.
+    pub authorization_policies: Vec<Rule<AuthorizationPolicy>>,
 }
 
 impl RuleSet {
@@ -75,6 +89,8 @@ impl RuleSet {
             && self.destination_rules.is_empty()
             && self.virtual_services.is_empty()
             && self.sidecars.is_empty()
+            && self.peer_authentications.is_empty()
+            && self.authorization_policies.is_empty()
     }
 
     pub fn virtual_service(&self, host: &str) -> Option<&Rule<VirtualService>> {
@@ -119,12 +135,17 @@ pub(crate) const NO_LABELS: &str = "the mesh view has no instance labels: subset
 
 /// Checks the parsed configs together, against `mesh` when there is one.
 pub fn validate(configs: &[ParsedConfig], mesh: Option<&MeshView>) -> Validated {
-    let mut candidates: Vec<(&str, &Resource)> = configs
+    let mut candidates: Vec<(&ParsedConfig, &Resource)> = configs
         .iter()
-        .flat_map(|config| config.resources.iter().map(|r| (config.name.as_str(), r)))
+        .flat_map(|config| config.resources.iter().map(move |r| (config, r)))
         .collect();
-    candidates.sort_by(|(config_a, a), (config_b, b)| {
-        (a.spec.kind(), config_a, &a.name).cmp(&(b.spec.kind(), config_b, &b.name))
+    candidates.sort_by_key(|(config, resource)| {
+        let kind = resource.spec.kind();
+        let age = match kind {
+            Kind::PeerAuthentication => config.director_id.unwrap_or(u64::MAX),
+            _ => 0,
+        };
+        (kind, age, config.name.as_str(), resource.name.as_str())
     });
     let mut state = State {
         mesh,
@@ -132,10 +153,13 @@ pub fn validate(configs: &[ParsedConfig], mesh: Option<&MeshView>) -> Validated 
         entries: BTreeMap::new(),
         destination_rules: BTreeMap::new(),
         routed: BTreeMap::new(),
+        mtls_levels: BTreeMap::new(),
+        selected_mtls: BTreeMap::new(),
         rules: RuleSet::default(),
     };
     let mut outcomes: BTreeMap<&str, Vec<(ResourceRef, Problems)>> = BTreeMap::new();
     for (config, resource) in candidates {
+        let config = config.name.as_str();
         let problems = state.check(resource);
         if problems.errors.is_empty() {
             state.accept(config, resource);
@@ -187,7 +211,7 @@ pub fn validate(configs: &[ParsedConfig], mesh: Option<&MeshView>) -> Validated 
 }
 
 /// Where an accepted resource came from, to name it in a conflict.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Origin {
     config: String,
     name: String,
@@ -220,6 +244,10 @@ struct State<'m> {
     entries: BTreeMap<String, EntryHost>,
     destination_rules: BTreeMap<String, DefinedSubsets>,
     routed: BTreeMap<String, Origin>,
+    /// The PeerAuthentication without selector of each deployment (`None`: the mesh's).
+    mtls_levels: BTreeMap<Option<String>, Origin>,
+    /// The PeerAuthentication with a selector that applies to each instance group.
+    selected_mtls: BTreeMap<WorkloadKey, Origin>,
     rules: RuleSet,
 }
 
@@ -287,6 +315,13 @@ impl State<'_> {
                     problems.warn("spec.egress", SIDECAR_ONLY_ADDS);
                 }
             }
+            Spec::PeerAuthentication(pa) => {
+                self.peer_authentication(resource.deployment.as_deref(), pa, &mut problems)
+            }
+            Spec::AuthorizationPolicy(ap) => {
+                let deployment = resource.deployment.as_deref();
+                self.policy_scope(deployment, ap.selector.as_ref(), &mut problems);
+            }
         }
         problems
     }
@@ -332,6 +367,36 @@ impl State<'_> {
                 self.rules.virtual_services.push(rule(origin, resource, vs));
             }
             Spec::Sidecar(sidecar) => self.rules.sidecars.push(rule(origin, resource, sidecar)),
+            Spec::PeerAuthentication(pa) => {
+                match &pa.selector {
+                    None => {
+                        let level = resource.deployment.clone();
+                        if self.mtls_levels.contains_key(&level) {
+                            // Ignored: an older one holds its level (warned by `check`).
+                            return;
+                        }
+                        self.mtls_levels.insert(level, origin.clone());
+                    }
+                    Some(selector) => {
+                        let deployment = resource.deployment.as_deref();
+                        let selected = self
+                            .mesh
+                            .map(|mesh| mesh.workloads(deployment, Some(&selector.match_labels)));
+                        for workload in selected.unwrap_or_default().into_keys() {
+                            self.selected_mtls
+                                .entry(workload.clone())
+                                .or_insert_with(|| origin.clone());
+                        }
+                    }
+                }
+                self.rules
+                    .peer_authentications
+                    .push(rule(origin, resource, pa));
+            }
+            Spec::AuthorizationPolicy(ap) => self
+                .rules
+                .authorization_policies
+                .push(rule(origin, resource, ap)),
         }
     }
 
@@ -569,6 +634,116 @@ impl State<'_> {
         }
     }
 
+    /// A PeerAuthentication against the mesh and the older ones: what it applies to (see
+    /// [`State::policy_scope`]), the ports it names that none of those groups exposes, and
+    /// which older policy of its level or for its groups takes precedence over it.
+    fn peer_authentication(
+        &self,
+        deployment: Option<&str>,
+        pa: &PeerAuthentication,
+        problems: &mut Problems,
+    ) {
+        let selected = self.policy_scope(deployment, pa.selector.as_ref(), problems);
+        if pa.selector.is_none() {
+            if let Some(older) = self.mtls_levels.get(&deployment.map(str::to_string)) {
+                let level = match deployment {
+                    Some(deployment) => format!("deployment {}", clip(deployment)),
+                    None => "the mesh".to_string(),
+                };
+                problems.warn(
+                    "spec",
+                    format!(
+                        "ignored: {} is the policy of {level} without selector, and older (the \
+                         oldest config wins, as in Istio)",
+                        older.describe(Kind::PeerAuthentication)
+                    ),
+                );
+            }
+            return;
+        }
+        let Some(selected) = selected else { return };
+        let mut older: BTreeMap<&Origin, Vec<String>> = BTreeMap::new();
+        for workload in selected.keys() {
+            if let Some(origin) = self.selected_mtls.get(*workload) {
+                older.entry(origin).or_default().push(group_name(workload));
+            }
+        }
+        for (origin, groups) in older {
+            problems.warn(
+                "spec.selector.matchLabels",
+                format!(
+                    "{} selects {} too and is older: it applies there, this one does not (the \
+                     oldest config wins, as in Istio)",
+                    origin.describe(Kind::PeerAuthentication),
+                    groups.join(", ")
+                ),
+            );
+        }
+        if selected.is_empty() {
+            return;
+        }
+        for PolicyPort(port) in pa.port_level_mtls.keys() {
+            if !selected.values().any(|ports| ports.contains(port)) {
+                problems.warn(
+                    format!("spec.portLevelMtls.{port}"),
+                    format!(
+                        "none of the instance groups it selects ({}) exposes port {port}",
+                        selected
+                            .keys()
+                            .map(|workload| group_name(workload))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                );
+            }
+        }
+    }
+
+    /// The instance groups a security policy applies to now, with their ports; `None` when
+    /// the mesh view cannot tell. A namespace that names no deployment of the mesh, and a
+    /// selector that selects no instance group, are warned about, not refused: the policy
+    /// applies once they come.
+    fn policy_scope(
+        &self,
+        deployment: Option<&str>,
+        selector: Option<&PolicySelector>,
+        problems: &mut Problems,
+    ) -> Option<BTreeMap<&WorkloadKey, BTreeSet<u16>>> {
+        let mesh = self.mesh?;
+        let knows_workloads = mesh.hosts.values().any(|host| host.workload.is_some());
+        if !knows_workloads {
+            return None;
+        }
+        if let Some(deployment) = deployment {
+            if mesh.workloads(Some(deployment), None).is_empty() {
+                problems.warn(
+                    "metadata.namespace",
+                    format!(
+                        "namespace {quoted} names no deployment of the mesh (no job of a \
+                         deployment {quoted} is exposed): the policy applies to none of its \
+                         instance groups until one is",
+                        quoted = format!("{:?}", clip(deployment))
+                    ),
+                );
+            }
+        }
+        let Some(selector) = selector else {
+            return Some(mesh.workloads(deployment, None));
+        };
+        if !mesh.labels_known {
+            return None;
+        }
+        let selected = mesh.workloads(deployment, Some(&selector.match_labels));
+        if selected.is_empty() {
+            problems.warn(
+                "spec.selector.matchLabels",
+                "no instance group of the mesh has these labels: the policy applies to none \
+                 until one has",
+            );
+        }
+        Some(selected)
+    }
+
     /// A `sourceLabels` that no instance of the mesh has matches no client, unless it names
     /// only what the director says of every instance (a VM that exposes no job is known to
     /// the pilot only when its Envoy connects).
@@ -669,6 +844,7 @@ fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
         config: origin.config,
         name: origin.name,
         reference: resource.reference(),
+        deployment: resource.deployment.clone(),
         spec: spec.clone(),
     }
 }
@@ -677,6 +853,11 @@ fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
 pub(crate) const SIDECAR_ONLY_ADDS: &str = "unlike Istio's Sidecar, this one only adds: its \
      hosts are always in the Envoy config of the VMs it selects, and any other name of the \
      mesh still joins a VM's config when the VM resolves it (Istio's would leave it out)";
+
+/// An instance group as findings name it: `deployment/instance group`.
+fn group_name(workload: &WorkloadKey) -> String {
+    format!("{}/{}", workload.deployment, workload.instance_group)
+}
 
 fn not_served(host: &str) -> String {
     format!("{host}: no job of the mesh exposes it and no ServiceEntry defines it")
@@ -723,6 +904,7 @@ mod tests {
             MeshHost {
                 ports: vec![http(9080)],
                 instances: vec![instance("a", "v1"), instance("b", "v2")],
+                workload: Some(workload("bookinfo", "reviews")),
             },
         );
         view.hosts.insert(
@@ -733,9 +915,17 @@ mod tests {
                     protocol: Protocol::Tcp,
                 }],
                 instances: vec![],
+                workload: Some(workload("bookinfo", "cache")),
             },
         );
         view
+    }
+
+    fn workload(deployment: &str, instance_group: &str) -> WorkloadKey {
+        WorkloadKey {
+            deployment: deployment.into(),
+            instance_group: instance_group.into(),
+        }
     }
 
     fn resource(kind: &str, name: &str, spec: &str) -> String {
@@ -1227,6 +1417,231 @@ mod tests {
             validated.verdicts[1].warnings.is_empty(),
             "a refused Sidecar is not said to pin anything"
         );
+    }
+
+    /// A security policy of `kind` in `namespace` (`None`: none written) with `spec`.
+    fn policy(kind: &str, name: &str, namespace: Option<&str>, spec: &str) -> String {
+        let namespace = namespace.map_or(String::new(), |ns| format!(", namespace: {ns}"));
+        format!(
+            "- apiVersion: security.istio.io/v1\n  kind: {kind}\n  metadata: {{name: {name}{namespace}}}\n  spec:\n    {}\n",
+            spec.trim_end().replace('\n', "\n    ")
+        )
+    }
+
+    /// `config(name, resources)` as the director's version `id`.
+    fn config_with_id(name: &str, id: u64, resources: &[String]) -> ParsedConfig {
+        ParsedConfig {
+            director_id: Some(id),
+            ..config(name, resources)
+        }
+    }
+
+    #[test]
+    fn security_policies_warn_of_deployments_and_groups_the_mesh_lacks() {
+        let configs = [config(
+            "authz",
+            &[
+                policy("AuthorizationPolicy", "nowhere", Some("nowhere"), "{}"),
+                policy(
+                    "AuthorizationPolicy",
+                    "nobody",
+                    None,
+                    "selector: {matchLabels: {app: nobody}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "other-deployment",
+                    Some("cache"),
+                    "selector: {matchLabels: {app: reviews}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "reviews",
+                    Some("bookinfo"),
+                    "selector: {matchLabels: {app: reviews}}\nrules: [{}]\n",
+                ),
+                policy(
+                    "AuthorizationPolicy",
+                    "everyone",
+                    Some("istio-system"),
+                    "rules: [{}]\n",
+                ),
+            ],
+        )];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            warning_lines(&validated),
+            [
+                // What a policy says alone comes first, from the parse.
+                "spec.rules: an ALLOW policy without rules allows nothing: every request to the \
+                 instance groups it applies to is denied (Istio's meaning; `rules: [{}]` allows \
+                 every request)",
+                "spec.selector.matchLabels: no instance group of the mesh has these labels: the \
+                 policy applies to none until one has",
+                "metadata.namespace: namespace \"nowhere\" names no deployment of the mesh (no \
+                 job of a deployment \"nowhere\" is exposed): the policy applies to none of its \
+                 instance groups until one is",
+                "metadata.namespace: namespace \"cache\" names no deployment of the mesh (no job \
+                 of a deployment \"cache\" is exposed): the policy applies to none of its \
+                 instance groups until one is",
+                "spec.selector.matchLabels: no instance group of the mesh has these labels: the \
+                 policy applies to none until one has",
+            ]
+        );
+        let accepted: Vec<(&str, Option<&str>)> = validated
+            .rules
+            .authorization_policies
+            .iter()
+            .map(|rule| (rule.name.as_str(), rule.deployment.as_deref()))
+            .collect();
+        assert_eq!(
+            accepted,
+            [
+                ("everyone", None),
+                ("nobody", None),
+                ("nowhere", Some("nowhere")),
+                ("other-deployment", Some("cache")),
+                ("reviews", Some("bookinfo")),
+            ]
+        );
+        // Without a mesh view, nothing is said of the mesh.
+        let validated = validate(&configs, None);
+        assert_eq!(warning_lines(&validated).len(), 1);
+    }
+
+    #[test]
+    fn the_oldest_peer_authentication_of_a_level_applies_and_later_ones_are_ignored() {
+        let mode = |mode: &str| format!("mtls: {{mode: {mode}}}\n");
+        let configs = [
+            config_with_id(
+                "a-newer",
+                7,
+                &[
+                    policy("PeerAuthentication", "mesh", None, &mode("DISABLE")),
+                    policy(
+                        "PeerAuthentication",
+                        "bookinfo",
+                        Some("bookinfo"),
+                        &mode("STRICT"),
+                    ),
+                ],
+            ),
+            config_with_id(
+                "b-older",
+                3,
+                &[
+                    policy(
+                        "PeerAuthentication",
+                        "default",
+                        Some("istio-system"),
+                        &mode("STRICT"),
+                    ),
+                    policy(
+                        "PeerAuthentication",
+                        "bookinfo-too",
+                        Some("bookinfo"),
+                        &mode("PERMISSIVE"),
+                    ),
+                ],
+            ),
+            config(
+                "c-no-id",
+                &[policy("PeerAuthentication", "last", None, &mode("UNSET"))],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        let warnings: Vec<String> = validated
+            .verdicts
+            .iter()
+            .flat_map(|v| &v.warnings)
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            warnings,
+            [
+                "config \"a-newer\": PeerAuthentication \"bookinfo\": spec: ignored: \
+                 PeerAuthentication bookinfo-too (config b-older) is the policy of deployment \
+                 bookinfo without selector, and older (the oldest config wins, as in Istio)",
+                "config \"a-newer\": PeerAuthentication \"mesh\": spec: ignored: \
+                 PeerAuthentication default (config b-older) is the policy of the mesh without \
+                 selector, and older (the oldest config wins, as in Istio)",
+                "config \"c-no-id\": PeerAuthentication \"last\": spec: ignored: \
+                 PeerAuthentication default (config b-older) is the policy of the mesh without \
+                 selector, and older (the oldest config wins, as in Istio)",
+            ]
+        );
+        let kept: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(kept, ["bookinfo-too", "default"]);
+        // Without ids, the first by config name is the oldest.
+        let unnumbered: Vec<ParsedConfig> = configs
+            .into_iter()
+            .map(|c| ParsedConfig {
+                director_id: None,
+                ..c
+            })
+            .collect();
+        let validated = validate(&unnumbered, Some(&mesh()));
+        let kept: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(kept, ["bookinfo", "mesh"]);
+    }
+
+    #[test]
+    fn peer_authentications_that_select_one_group_apply_oldest_first_and_ports_are_checked() {
+        let selecting = |name: &str, labels: &str, ports: &str| {
+            policy(
+                "PeerAuthentication",
+                name,
+                None,
+                &format!("selector: {{matchLabels: {labels}}}\nmtls: {{mode: STRICT}}\nportLevelMtls: {ports}\n"),
+            )
+        };
+        let configs = [
+            config_with_id(
+                "newer",
+                9,
+                &[selecting("v1", "{version: v1}", "{9080: {mode: DISABLE}}")],
+            ),
+            config_with_id(
+                "older",
+                2,
+                &[selecting(
+                    "reviews",
+                    "{app: reviews}",
+                    "{9080: {mode: PERMISSIVE}, 8080: {mode: DISABLE}}",
+                )],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            warning_lines(&validated),
+            [
+                "spec.selector.matchLabels: PeerAuthentication reviews (config older) selects \
+                 bookinfo/reviews too and is older: it applies there, this one does not (the \
+                 oldest config wins, as in Istio)",
+                "spec.portLevelMtls.8080: none of the instance groups it selects \
+                 (bookinfo/reviews) exposes port 8080",
+            ]
+        );
+        let order: Vec<&str> = validated
+            .rules
+            .peer_authentications
+            .iter()
+            .map(|rule| rule.name.as_str())
+            .collect();
+        assert_eq!(order, ["reviews", "v1"], "oldest first");
     }
 
     #[test]

@@ -265,6 +265,54 @@ pub(crate) fn refuse_outbound_traffic_policy<'de, D: Deserializer<'de>>(
     ))
 }
 
+/// serde's `deserialize_with` for an AuthorizationPolicy's `targetRef` and `targetRefs`.
+pub(crate) fn refuse_target_ref<'de, D: Deserializer<'de>>(_: D) -> Result<Refused, D::Error> {
+    Err(D::Error::custom(
+        "not supported: there are no Gateway API resources to target in a BOSH mesh; a \
+         policy applies to instance groups by `selector`",
+    ))
+}
+
+/// A port number of an AuthorizationPolicy: Istio writes them as strings (`"9080"`), and a
+/// YAML number is taken too.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct PolicyPort(pub u16);
+
+impl<'de> Deserialize<'de> for PolicyPort {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortVisitor;
+        impl serde::de::Visitor<'_> for PortVisitor {
+            type Value = PolicyPort;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a port number from 1 to 65535, as a string or a number")
+            }
+            fn visit_u64<E: serde::de::Error>(self, number: u64) -> Result<PolicyPort, E> {
+                match u16::try_from(number) {
+                    Ok(port) if port > 0 => Ok(PolicyPort(port)),
+                    _ => Err(E::custom(format!(
+                        "{number} is not a port number (1 to 65535)"
+                    ))),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, number: i64) -> Result<PolicyPort, E> {
+                u64::try_from(number)
+                    .map_err(|_| E::custom(format!("{number} is not a port number (1 to 65535)")))
+                    .and_then(|number| self.visit_u64(number))
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<PolicyPort, E> {
+                match text.parse::<u64>() {
+                    Ok(number) if !text.starts_with('+') => self.visit_u64(number),
+                    _ => Err(E::custom(format!(
+                        "{:?} is not a port number (1 to 65535)",
+                        crate::text::clip(text)
+                    ))),
+                }
+            }
+        }
+        deserializer.deserialize_any(PortVisitor)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -324,6 +372,19 @@ mod tests {
             .contains("at most"));
         let err = check_regex("a{1000}{1000}").unwrap_err();
         assert!(err.contains("size limit"), "{err}");
+    }
+
+    #[test]
+    fn policy_ports_are_strings_or_numbers_from_1_to_65535() {
+        let port = |yaml: &str| serde_yaml::from_str::<PolicyPort>(yaml).map(|p| p.0);
+        assert_eq!(port("'9080'").unwrap(), 9080);
+        assert_eq!(port("9080").unwrap(), 9080);
+        for bad in [
+            "0", "'0'", "65536", "-1", "'http'", "'+80'", "''", "1.5", "[80]",
+        ] {
+            let err = port(bad).unwrap_err().to_string();
+            assert!(err.contains("port number"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -31,9 +31,15 @@ pub struct ScopeRegistry {
     listed: RwLock<Arc<ListedInstances>>,
 }
 
-/// The addresses the director lists for each instance.
+/// The addresses the director lists for each instance, and its instance group.
 #[derive(Debug, Default, PartialEq, Eq)]
-pub struct ListedInstances(HashMap<InstanceRef, Vec<IpAddr>>);
+pub struct ListedInstances(HashMap<InstanceRef, Listed>);
+
+#[derive(Debug, PartialEq, Eq)]
+struct Listed {
+    addresses: Vec<IpAddr>,
+    instance_group: String,
+}
 
 impl ListedInstances {
     /// Every instance of `deployments` with its parseable addresses (the director's `ips`).
@@ -51,7 +57,10 @@ impl ListedInstances {
                         deployment: deployment.name.clone(),
                         instance_id: instance.id.clone(),
                     },
-                    addresses,
+                    Listed {
+                        addresses,
+                        instance_group: instance.instance_group.clone(),
+                    },
                 );
             }
         }
@@ -91,10 +100,20 @@ impl ScopeRegistry {
     /// Whether a request from `peer` may change `instance`'s scope: the director lists the
     /// instance at that address (the mesh's client certificate is shared by every VM).
     pub fn verify(&self, instance: &InstanceRef, peer: IpAddr) -> Result<(), ScopeRefused> {
+        self.instance_group(instance, peer).map(drop)
+    }
+
+    /// The instance group of `instance`, when a request from `peer` may speak for it (as
+    /// [`Self::verify`]): what its workload identity is made of.
+    pub fn instance_group(
+        &self,
+        instance: &InstanceRef,
+        peer: IpAddr,
+    ) -> Result<String, ScopeRefused> {
         let listed = self.listed.read().expect("listed lock").clone();
-        let addresses = listed.0.get(instance).ok_or(ScopeRefused::NotListed)?;
-        if addresses.contains(&peer.to_canonical()) {
-            Ok(())
+        let entry = listed.0.get(instance).ok_or(ScopeRefused::NotListed)?;
+        if entry.addresses.contains(&peer.to_canonical()) {
+            Ok(entry.instance_group.clone())
         } else {
             Err(ScopeRefused::ElsewhereListed)
         }
@@ -232,6 +251,15 @@ mod tests {
         );
         registry.set_listed(testing::listed("a-1", &["10.0.0.5"]));
         assert_eq!(registry.verify(&instance("a-1"), address), Ok(()));
+        assert_eq!(
+            registry.instance_group(&instance("a-1"), address),
+            Ok("g".to_string()),
+            "the director's instance group"
+        );
+        assert_eq!(
+            registry.instance_group(&instance("a-1"), "10.0.0.6".parse().unwrap()),
+            Err(ScopeRefused::ElsewhereListed)
+        );
         let mapped: IpAddr = "::ffff:10.0.0.5".parse().unwrap();
         assert_eq!(
             registry.verify(&instance("a-1"), mapped),

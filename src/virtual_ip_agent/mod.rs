@@ -82,6 +82,7 @@ pub async fn run(args: Args) -> Result<()> {
         .map(crate::tls::client_config)
         .transpose()
         .with_context(|| format!("config file {}", args.config.display()))?;
+    let identity = crate::identity::agent::from_config(&config, &args.config)?;
     if args.check_config {
         println!("config file {}: OK", args.config.display());
         return Ok(());
@@ -113,6 +114,9 @@ pub async fn run(args: Args) -> Result<()> {
             .map(Arc::new)
         })
         .transpose()?;
+    if let Some((workload, sds_socket)) = identity {
+        crate::identity::agent::start(workload, sds_socket, &config.pilots, tls.clone())?;
+    }
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
     let cell = Arc::new(ZoneCell::new(build_zone(
@@ -170,6 +174,10 @@ pub async fn run(args: Args) -> Result<()> {
             probe_interval,
         ));
         info!(deployment = %instance.deployment, instance = %instance.instance_id, interval = ?probe_interval, "reporting this instance's health to the pilots");
+        tokio::spawn(follow_exposed_ports(
+            probes_tx.subscribe(),
+            exposed_ports_path(&config),
+        ));
         AgentLink {
             instance,
             probes: Arc::new(probes_tx),
@@ -202,6 +210,41 @@ pub async fn run(args: Args) -> Result<()> {
 /// The file a drain creates to tell the running agent its instance is leaving.
 fn leaving_flag(config: &AgentConfig) -> PathBuf {
     config.table_path.with_file_name("leaving")
+}
+
+/// The ports this instance exposes, as the pilots last said, for `boshy dnat` (run as root)
+/// to capture inbound: beside the table, so a reboot re-applies the capture before any pilot
+/// answers.
+fn exposed_ports_path(config: &AgentConfig) -> PathBuf {
+    config.table_path.with_file_name("inbound_ports.json")
+}
+
+/// Writes the exposed ports whenever the pilots' probes change them.
+async fn follow_exposed_ports(
+    mut probes: watch::Receiver<Option<crate::health::ProbeSet>>,
+    path: PathBuf,
+) {
+    let mut written = None;
+    loop {
+        let ports: Option<std::collections::BTreeSet<u16>> = probes
+            .borrow_and_update()
+            .as_ref()
+            .map(|set| set.ports.iter().copied().collect());
+        if let Some(ports) = ports.filter(|ports| written.as_ref() != Some(ports)) {
+            match crate::dnat::write_ports_file(&path, &ports) {
+                Ok(()) => {
+                    info!(path = %path.display(), ?ports, "the exposed ports to capture inbound");
+                    written = Some(ports);
+                }
+                Err(err) => {
+                    warn!(path = %path.display(), "cannot write the exposed ports: {err:#}")
+                }
+            }
+        }
+        if probes.changed().await.is_err() {
+            return;
+        }
+    }
 }
 
 /// Publishes whether the drain's file exists, checked every `interval`.

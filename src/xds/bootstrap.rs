@@ -11,7 +11,7 @@
 //! - `node.metadata` = deployment, instance_group, instance_id, index, ip, az.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -24,6 +24,10 @@ pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
 pub(crate) const MAX_DOWNSTREAM_CONNECTIONS: u32 = 50_000;
 /// The static cluster that carries ADS.
 pub(crate) const XDS_CLUSTER: &str = "xds_cluster";
+/// The static cluster to the virtual-ip-agent's SDS socket (`--sds-socket`): xDS resources
+/// name their secrets with `sds_config` through it (`api_type: GRPC`, `envoy_grpc` with this
+/// cluster name, V3), Istio's name for it.
+pub(crate) const SDS_CLUSTER: &str = "sds-grpc";
 /// The stats Envoy keeps: its own health, the managers, the xDS connection and the
 /// connections to VIP:ports nobody exposes. Per-service stats (a few hundred per cluster
 /// and listener) are left out: every Envoy of the foundation would keep them for every
@@ -111,6 +115,10 @@ pub struct Args {
     /// Talk to the pilots without TLS (tests only).
     #[arg(long, conflicts_with = "tls_ca")]
     pub insecure_plaintext: bool,
+    /// The virtual-ip-agent's SDS Unix socket: adds the static cluster `sds-grpc` to it, which
+    /// the workload certificate's secrets are fetched through (docs/security.md).
+    #[arg(long)]
+    pub sds_socket: Option<PathBuf>,
 }
 
 /// Who this Envoy is, in BOSH terms.
@@ -162,7 +170,14 @@ pub async fn run(args: Args) -> Result<()> {
         }
         _ => None, // --insecure-plaintext; clap enforces all or none
     };
-    let yaml = render_with_tls(&node, &args.pilots, args.admin, args.ads, tls.as_ref())?;
+    let yaml = render_with_sds(
+        &node,
+        &args.pilots,
+        args.admin,
+        args.ads,
+        tls.as_ref(),
+        args.sds_socket.as_deref(),
+    )?;
     match args.output {
         Some(path) => tokio::fs::write(&path, yaml)
             .await
@@ -199,6 +214,19 @@ pub fn render_with_tls(
     admin: SocketAddr,
     ads_mode: AdsMode,
     tls: Option<&crate::config::ClientTls>,
+) -> Result<String> {
+    render_with_sds(node, pilots, admin, ads_mode, tls, None)
+}
+
+/// Like [`render_with_tls`]; with `sds_socket`, a static cluster [`SDS_CLUSTER`] to the
+/// virtual-ip-agent's SDS server on that Unix socket.
+pub fn render_with_sds(
+    node: &NodeIdentity,
+    pilots: &[String],
+    admin: SocketAddr,
+    ads_mode: AdsMode,
+    tls: Option<&crate::config::ClientTls>,
+    sds_socket: Option<&Path>,
 ) -> Result<String> {
     if !admin.ip().is_loopback() {
         bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
@@ -279,18 +307,11 @@ pub fn render_with_tls(
                 "name": XDS_CLUSTER,
                 "type": discovery,
                 "connect_timeout": "1s",
-                "typed_extension_protocol_options": {
-                    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-                        "explicit_http_config": {
-                            "http2_protocol_options": {
-                                // Notice a dead pilot (VM gone, network cut) and move the
-                                // stream to another one.
-                                "connection_keepalive": {"interval": "30s", "timeout": "5s"},
-                            },
-                        },
-                    },
-                },
+                // Keepalives notice a dead pilot (VM gone, network cut) and move the stream
+                // to another one.
+                "typed_extension_protocol_options": http2_only(
+                    json!({"connection_keepalive": {"interval": "30s", "timeout": "5s"}}),
+                ),
                 "load_assignment": {
                     "cluster_name": XDS_CLUSTER,
                     "endpoints": [{"lb_endpoints": endpoints}],
@@ -302,7 +323,40 @@ pub fn render_with_tls(
         bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
             crate::tls::envoy_transport_socket(tls);
     }
+    if let Some(socket) = sds_socket {
+        let socket = socket
+            .to_str()
+            .with_context(|| format!("the SDS socket path {socket:?} is not UTF-8"))?;
+        bootstrap["static_resources"]["clusters"]
+            .as_array_mut()
+            .expect("the clusters are a list")
+            .push(sds_cluster(socket));
+    }
     Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
+}
+
+/// The `typed_extension_protocol_options` of a gRPC cluster: HTTP/2 with `http2_options`.
+fn http2_only(http2_options: Value) -> Value {
+    json!({
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": http2_options},
+        },
+    })
+}
+
+/// The static cluster to the agent's SDS server on the Unix socket `socket`.
+fn sds_cluster(socket: &str) -> Value {
+    json!({
+        "name": SDS_CLUSTER,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "typed_extension_protocol_options": http2_only(json!({})),
+        "load_assignment": {
+            "cluster_name": SDS_CLUSTER,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}],
+        },
+    })
 }
 
 /// `host:port` or `[v6]:port` → (host, port).
@@ -509,6 +563,45 @@ mod tests {
             let err = render(&node(), &[bad.to_string()], admin).unwrap_err();
             assert!(err.to_string().contains(bad), "{bad}: {err}");
         }
+    }
+
+    #[test]
+    fn an_sds_socket_adds_the_sds_cluster_over_http2() {
+        let pilots = vec!["10.0.0.5:15010".to_string()];
+        let admin = DEFAULT_ADMIN.parse().unwrap();
+        let socket = Path::new("/var/vcap/data/boshy-identity/sds.sock");
+        let with = |sds: Option<&Path>| -> Value {
+            let yaml = render_with_sds(&node(), &pilots, admin, AdsMode::Delta, None, sds).unwrap();
+            serde_yaml::from_str(&yaml).unwrap()
+        };
+        assert_eq!(
+            with(None)["static_resources"]["clusters"]
+                .as_array()
+                .unwrap()
+                .len(),
+            1
+        );
+        let b = with(Some(socket));
+        let clusters = b["static_resources"]["clusters"].as_array().unwrap();
+        assert_eq!(clusters[0]["name"], XDS_CLUSTER);
+        let sds = &clusters[1];
+        assert_eq!(sds["name"], SDS_CLUSTER);
+        assert_eq!(sds["type"], "STATIC");
+        assert_eq!(
+            sds["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"],
+            json!({"pipe": {"path": "/var/vcap/data/boshy-identity/sds.sock"}})
+        );
+        assert!(sds["typed_extension_protocol_options"]
+            ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+            ["http2_protocol_options"]
+            .is_object());
+        assert_eq!(
+            clusters[0]["typed_extension_protocol_options"]
+                ["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["explicit_http_config"]
+                ["http2_protocol_options"]["connection_keepalive"]["interval"],
+            "30s",
+            "the xDS cluster keeps its keepalives"
+        );
     }
 
     #[test]

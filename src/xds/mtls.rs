@@ -24,12 +24,9 @@ use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher}
 use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
 
+use super::bootstrap::SDS_CLUSTER;
 use crate::catalog::model::ServicePort;
 use crate::identity::spiffe::{TRUST_BUNDLE_SECRET, WORKLOAD_SECRET};
-
-/// The bootstrap's static cluster of the SDS server (the virtual-ip-agent on the VM).
-// The bootstrap that defines it is another change's; it becomes `xds::bootstrap::SDS_CLUSTER`.
-pub(crate) const SDS_CLUSTER: &str = "sds-grpc";
 
 /// The ALPN protocol that marks a connection as the mesh's mutual TLS.
 pub(crate) const MESH_ALPN: &str = "boshy-mtls";

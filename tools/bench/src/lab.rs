@@ -6,8 +6,10 @@
 //! - convergence: from a change at the director (an instance added; an instance failing) to
 //!   every Envoy in the lab having it, read from each Envoy's admin `/clusters` by one poller
 //!   thread per VM inside the VM's network namespace;
-//! - data plane: a fixed-rate HTTP load from an apricot VM to banana through the mesh (by name)
-//!   and directly (an instance IP), same run, with the client Envoy's CPU and RSS.
+//! - data plane: a fixed-rate HTTP load from an apricot VM to banana through the mesh (by name:
+//!   the client's Envoy, mutual TLS, the server's Envoy), through the mesh in plaintext (a
+//!   mesh-wide PeerAuthentication DISABLE), and directly (the same workload on the server VM
+//!   on a port nothing captures), same run, with the client Envoy's CPU and RSS.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -140,7 +142,7 @@ fn run_blocking(args: &Args) -> Result<()> {
     convergence.push(rolling_update(&lab, &state, args.update_seconds)?);
     super::emit(&convergence, Some(&args.out_dir.join("convergence.json")))?;
 
-    let dataplane = data_plane(args, &state)?;
+    let dataplane = data_plane(&lab, args, &state)?;
     super::emit(&dataplane, Some(&args.out_dir.join("dataplane.json")))?;
     Ok(())
 }
@@ -624,7 +626,88 @@ fn load(vm: &Vm, url: &str, rate: u64, seconds: u64) -> Result<LoadResult> {
     serde_json::from_slice(&output.stdout).context("decoding the load generator's figures")
 }
 
-fn data_plane(args: &Args, state: &LabState) -> Result<Vec<Row>> {
+/// A mesh-wide PeerAuthentication turning mutual TLS off: the plaintext comparison.
+const PLAINTEXT_RULE: &str = "apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata:
+  name: bench-plaintext
+  namespace: istio-system
+spec:
+  mtls:
+    mode: DISABLE
+";
+const PLAINTEXT_CONFIG: &str = "bench-plaintext";
+/// The reference workload's port on the server VM: not exposed, so not captured, so a
+/// request to it meets no Envoy (the direct path).
+const DIRECT_PORT: u16 = PORT + 10_000;
+
+/// What one run through the mesh measured on the client's Envoy.
+struct MeshRun {
+    load: LoadResult,
+    cpu_share: f64,
+    memory: ProcMemory,
+}
+
+/// Restarts the client's Envoy (so that every run's RSS is that of an Envoy of the same age
+/// that carried the same load), waits for the mesh, and loads the service by name.
+fn mesh_run(lab: &Lab, client: &Vm, rate: u64, seconds: u64) -> Result<MeshRun> {
+    lab.command(&["process", &client.name(), "envoy", "restart"])?;
+    lab.command(&["wait", "--timeout-seconds", "120"])?;
+    let envoy = envoy_pid(&client.namespace)?;
+    let cpu_before = cpu_seconds(envoy)?;
+    let started = Instant::now();
+    let load = load(
+        client,
+        &format!("http://{HOSTNAME}:{PORT}/get"),
+        rate,
+        seconds,
+    )?;
+    let cpu_share = (cpu_seconds(envoy)? - cpu_before) / started.elapsed().as_secs_f64();
+    Ok(MeshRun {
+        load,
+        cpu_share,
+        memory: ProcMemory::of(envoy)?,
+    })
+}
+
+/// The reference: the same workload on the server VM, on a port nothing captures.
+struct DirectWorkload(std::process::Child);
+
+impl DirectWorkload {
+    fn start(state: &LabState, server: &Vm) -> Result<DirectWorkload> {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &server.namespace])
+            .arg(&state.layout.boshy_bin)
+            .args(["example-httpbin", "--listen"])
+            .arg(format!("0.0.0.0:{DIRECT_PORT}"))
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .context("starting the reference workload on the server VM")?;
+        let address = format!("{}:{DIRECT_PORT}", server.ip);
+        for _ in 0..100 {
+            if boshy_lab::net::run_in(
+                &server.namespace,
+                &["curl", "-sf", &format!("http://{address}/healthz")],
+            )
+            .is_ok()
+            {
+                return Ok(DirectWorkload(child));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        bail!("the reference workload never answered on {address}")
+    }
+}
+
+impl Drop for DirectWorkload {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn data_plane(lab: &Lab, args: &Args, state: &LabState) -> Result<Vec<Row>> {
     let in_group = |group: &str| {
         state
             .vms
@@ -634,44 +717,64 @@ fn data_plane(args: &Args, state: &LabState) -> Result<Vec<Row>> {
     };
     let client = in_group(CLIENT_GROUP)?;
     let server = in_group(SERVICE_GROUP)?;
-    let envoy = envoy_pid(&client.namespace)?;
-    let cpu_before = cpu_seconds(envoy)?;
-    let started = Instant::now();
     let (rate, seconds) = (args.load_rate, args.load_seconds);
-    let mesh = load(
-        client,
-        &format!("http://{HOSTNAME}:{PORT}/get"),
-        rate,
-        seconds,
-    )?;
-    let cpu_share = (cpu_seconds(envoy)? - cpu_before) / started.elapsed().as_secs_f64();
-    let memory = ProcMemory::of(envoy)?;
-    let direct = load(
-        client,
-        &format!("http://{}:{PORT}/get", server.ip),
-        rate,
-        seconds,
-    )?;
+    let mtls = mesh_run(lab, client, rate, seconds)?;
+    let direct = {
+        let _workload = DirectWorkload::start(state, server)?;
+        load(
+            client,
+            &format!("http://{}:{DIRECT_PORT}/get", server.ip),
+            rate,
+            seconds,
+        )?
+    };
+    let rule = std::env::temp_dir().join(format!("{PLAINTEXT_CONFIG}-{}.yml", std::process::id()));
+    std::fs::write(&rule, PLAINTEXT_RULE)?;
+    lab.command(&[
+        "rules",
+        "apply",
+        &rule.display().to_string(),
+        "--name",
+        PLAINTEXT_CONFIG,
+    ])?;
+    let plaintext = mesh_run(lab, client, rate, seconds);
+    lab.command(&["rules", "delete", PLAINTEXT_CONFIG])?;
+    std::fs::remove_file(&rule).ok();
+    let plaintext = plaintext?;
+    let (mesh, memory) = (&mtls.load, &mtls.memory);
     let errors = format!(
         "{} + {} errors of {} + {} requests",
         mesh.errors, direct.errors, mesh.sent, direct.sent
     );
     let added_p99 = mesh.p99_ms - direct.p99_ms;
+    let memory_note = |memory: &ProcMemory| {
+        format!(
+            "{} kB anonymous + {} kB file-backed (Envoy's binary); peak {:.1} MB; after {} s at {} req/s",
+            memory.anon_kb,
+            memory.file_kb,
+            memory.hwm_kb as f64 / 1024.0,
+            seconds,
+            rate
+        )
+    };
     Ok(vec![
         Row::new(
             "dataplane",
-            "added p99 latency through the mesh",
+            "added p99 latency through the mesh (two Envoys, mutual TLS)",
             added_p99,
             "ms",
         )
-        .goal("< 0.3 ms (Istio: 0.298 ms, two proxies)", added_p99 < 0.3)
+        .goal(
+            "< 0.3 ms (Istio: 0.298 ms, two proxies with mTLS)",
+            added_p99 < 0.3,
+        )
         .note(format!(
-            "mesh p99 {:.3} ms − direct p99 {:.3} ms at {} req/s; {errors}",
-            mesh.p99_ms, direct.p99_ms, args.load_rate
+            "mesh p99 {:.3} ms − direct p99 {:.3} ms at {rate} req/s; {errors}",
+            mesh.p99_ms, direct.p99_ms
         )),
         Row::new(
             "dataplane",
-            "added p50 latency through the mesh",
+            "added p50 latency through the mesh (two Envoys, mutual TLS)",
             mesh.p50_ms - direct.p50_ms,
             "ms",
         )
@@ -681,31 +784,39 @@ fn data_plane(args: &Args, state: &LabState) -> Result<Vec<Row>> {
         )),
         Row::new(
             "dataplane",
-            "p99 latency by name through the mesh",
+            "p99 latency by name through the mesh (two Envoys, mutual TLS)",
             mesh.p99_ms,
             "ms",
         )
-        .against("direct to an instance IP", direct.p99_ms),
+        .against("direct to the workload on the server VM", direct.p99_ms),
         Row::new(
             "dataplane",
-            "client Envoy CPU under load",
-            cpu_share * 100.0,
+            "p99 latency through the mesh, mutual TLS",
+            mesh.p99_ms,
+            "ms",
+        )
+        .against("plaintext between the Envoys", plaintext.load.p99_ms)
+        .note(format!(
+            "plaintext: a mesh-wide PeerAuthentication DISABLE, same two Envoys; {} errors of {}",
+            plaintext.load.errors, plaintext.load.sent
+        )),
+        Row::new(
+            "dataplane",
+            "client Envoy CPU under load, mutual TLS",
+            mtls.cpu_share * 100.0,
             "% of a core",
         )
-        .note(format!("during the mesh run, {} req/s", args.load_rate)),
+        .against("plaintext", plaintext.cpu_share * 100.0)
+        .note(format!("during the mesh runs, {rate} req/s")),
         Row::new(
             "dataplane",
-            "client Envoy RSS (lab catalog)",
+            "client Envoy RSS (lab catalog), mutual TLS",
             memory.rss_mb(),
             "MB",
         )
+        .against("plaintext", plaintext.memory.rss_mb())
         .goal("< 60 MB", memory.rss_mb() < 60.0)
-        .note(format!(
-            "{} kB anonymous + {} kB file-backed (Envoy's binary); peak {:.1} MB",
-            memory.anon_kb,
-            memory.file_kb,
-            memory.hwm_kb as f64 / 1024.0
-        )),
+        .note(memory_note(memory)),
     ])
 }
 

@@ -106,6 +106,12 @@ pub enum LabCommand {
     },
     /// Brings the lab up (if needed) and runs the tire-kicking story.
     Demo,
+    /// Rotates the workload CA the pilots sign with, one step at a time (docs/security.md,
+    /// "Certificate authority"); `update bosh-istio/bosh-pilot` then deploys the step.
+    CaRotate {
+        #[arg(value_enum)]
+        step: pki::RotationStep,
+    },
     /// `GET` of the control plane's HTTPS API (`/v1/registration`, `/v1/rules`, `/metrics`,
     /// `/healthz`) with the lab's mesh client certificate (docs/api.md); prints the body.
     Api {
@@ -295,6 +301,13 @@ pub async fn run(args: Args) -> Result<()> {
         }
         LabCommand::Down => down(&layout),
         LabCommand::Status => status(&require_state(&layout)?),
+        LabCommand::CaRotate { step } => {
+            pki::MeshFiles::of(&layout).rotate_workload_ca(step)?;
+            println!(
+                "workload CA rotation: {step:?}; deploy it with `update bosh-istio/bosh-pilot`"
+            );
+            Ok(())
+        }
         LabCommand::Api { path } => {
             let body = ready::api_get(&require_state(&layout)?, &path).await?;
             print!("{body}");

@@ -1,7 +1,8 @@
 //! The mesh's certificates, as the director's CredHub generates them from the manifests'
 //! `variables:` (manifests/bosh-istio.yml and runtime-config.yml): one CA (`/boshy_istio_ca`),
-//! a server certificate for bosh-pilot whose SAN is the fixed name clients verify, and a
-//! client certificate for the addon's agent and Envoy. The lab generates them once at
+//! a server certificate for bosh-pilot whose SAN is the fixed name clients verify, a
+//! client certificate for the addon's agent and Envoy, and the workload CA, an intermediate
+//! under the mesh CA with which bosh-pilot signs the VMs' workload certificates. The lab generates them once at
 //! `lab up` into `<lab>/mesh-tls/` (keys mode 0600) and hands them to the jobs as properties
 //! at render time only, like the director's client secret.
 //!
@@ -22,6 +23,40 @@ use super::Layout;
 /// The name in bosh-pilot's certificate that every client verifies: the bosh-pilot job's
 /// `tls_server_name` default, and the common name the manifests generate the certificate for.
 pub const PILOT_SERVER_NAME: &str = "bosh-pilot.boshy-istio";
+
+/// The file name of the workload CA.
+const WORKLOAD_CA: &str = "workload-ca";
+/// The file name of the workload CA that replaces it in a rotation.
+const NEXT_WORKLOAD_CA: &str = "workload-ca-next";
+
+/// The steps of a workload CA rotation (docs/security.md, "Certificate authority").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum RotationStep {
+    Begin,
+    Switch,
+    Finish,
+}
+
+impl RotationStep {
+    fn as_str(self) -> &'static str {
+        match self {
+            RotationStep::Begin => "begin",
+            RotationStep::Switch => "switch",
+            RotationStep::Finish => "finish",
+        }
+    }
+
+    fn parse(text: &str) -> Result<RotationStep> {
+        [
+            RotationStep::Begin,
+            RotationStep::Switch,
+            RotationStep::Finish,
+        ]
+        .into_iter()
+        .find(|step| step.as_str() == text)
+        .with_context(|| format!("`{text}` is not a step of the workload CA's rotation"))
+    }
+}
 
 /// A CA that signs leaf certificates.
 pub struct Ca {
@@ -48,6 +83,25 @@ impl Ca {
         let cert = params
             .self_signed(&key)
             .with_context(|| format!("self-signing the CA {common_name}"))?;
+        Ok(Ca { key, cert })
+    }
+
+    /// An intermediate CA under this one (CredHub's `is_ca: true` with `ca:` another CA).
+    pub fn intermediate(&self, common_name: &str) -> Result<Ca> {
+        let key = KeyPair::generate().context("generating an intermediate CA key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, common_name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params
+            .signed_by(&key, &self.cert, &self.key)
+            .with_context(|| format!("signing the intermediate CA {common_name}"))?;
         Ok(Ca { key, cert })
     }
 
@@ -127,7 +181,8 @@ impl MeshFiles {
         self.dir.join(format!("{who}.key"))
     }
 
-    /// Generates the CA, the pilot's and the clients' certificates unless they exist.
+    /// Generates the CA, the pilot's and the clients' certificates and the workload CA unless
+    /// they exist.
     pub fn ensure(&self) -> Result<()> {
         let all = [
             self.ca(),
@@ -135,6 +190,8 @@ impl MeshFiles {
             self.key("pilot"),
             self.cert("client"),
             self.key("client"),
+            self.cert(WORKLOAD_CA),
+            self.key(WORKLOAD_CA),
         ];
         if all.iter().all(|path| path.exists()) {
             return Ok(());
@@ -149,8 +206,61 @@ impl MeshFiles {
             super::write_private(&self.key(who), &issued.key_pem)?;
             write_public(&self.cert(who), &issued.cert_pem)?;
         }
+        let workload = ca.intermediate("boshy-istio lab workload CA")?;
+        super::write_private(&self.key(WORKLOAD_CA), &workload.key_pem())?;
+        write_public(&self.cert(WORKLOAD_CA), &workload.cert_pem())?;
         // The CA last: its presence means the set is complete.
         write_public(&self.ca(), &ca.cert_pem())
+    }
+
+    /// The pilot's `identity.ca` property: the workload CA as a BOSH certificate variable
+    /// interpolates it (its `ca` is the mesh CA that signed it), or, during a rotation
+    /// ([`Self::rotate_workload_ca`]), as the CredHub procedure of docs/security.md has it at
+    /// that step.
+    pub fn workload_ca_property(&self) -> Result<Value> {
+        let step = match std::fs::read_to_string(self.rotation_step_path()) {
+            Ok(step) => RotationStep::parse(step.trim())?,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return self.property(WORKLOAD_CA)
+            }
+            Err(err) => return Err(err).context("reading the lab's CA rotation step"),
+        };
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        let (mesh_ca, next) = (read(&self.ca())?, read(&self.cert(NEXT_WORKLOAD_CA))?);
+        let both = format!("{}\n{}", mesh_ca.trim_end(), next.trim_end());
+        let (who, ca) = match step {
+            // The new CA is trusted everywhere; the old one still signs.
+            RotationStep::Begin => (WORKLOAD_CA, both),
+            // The new CA signs; the old one is still trusted.
+            RotationStep::Switch => (NEXT_WORKLOAD_CA, both),
+            // The old CA is gone.
+            RotationStep::Finish => (NEXT_WORKLOAD_CA, next),
+        };
+        Ok(json!({
+            "ca": ca,
+            "certificate": read(&self.cert(who))?,
+            "private_key": read(&self.key(who))?,
+        }))
+    }
+
+    /// Moves the workload CA's rotation to `step`: `begin` makes the new CA (a root of its
+    /// own) and adds it to what every VM trusts, `switch` signs with it, `finish` stops
+    /// trusting the old one. The pilots read it when they are next updated.
+    pub fn rotate_workload_ca(&self, step: RotationStep) -> Result<()> {
+        if step == RotationStep::Begin {
+            let next = Ca::new("boshy-istio lab workload CA (rotated)")?;
+            super::write_private(&self.key(NEXT_WORKLOAD_CA), &next.key_pem())?;
+            write_public(&self.cert(NEXT_WORKLOAD_CA), &next.cert_pem())?;
+        } else if !self.cert(NEXT_WORKLOAD_CA).exists() {
+            anyhow::bail!("the workload CA's rotation has not begun (`lab ca rotate begin`)");
+        }
+        write_public(&self.rotation_step_path(), step.as_str())
+    }
+
+    fn rotation_step_path(&self) -> PathBuf {
+        self.dir.join("workload-ca-rotation")
     }
 
     /// A job's `tls` property as a BOSH certificate variable interpolates it: `ca`,
@@ -201,5 +311,35 @@ mod tests {
             before["private_key"],
             files.property("client").unwrap()["private_key"]
         );
+        // The workload CA is a CA under the mesh CA.
+        let workload = files.workload_ca_property().unwrap();
+        assert_eq!(workload["ca"], before["ca"]);
+        assert_ne!(workload["certificate"], workload["ca"]);
+        assert_ne!(workload["private_key"], before["private_key"]);
+
+        // A rotation: the new CA trusted, then signing, then alone.
+        assert!(
+            files.rotate_workload_ca(RotationStep::Switch).is_err(),
+            "not begun"
+        );
+        files.rotate_workload_ca(RotationStep::Begin).unwrap();
+        let begun = files.workload_ca_property().unwrap();
+        assert_eq!(
+            begun["certificate"], workload["certificate"],
+            "the old CA signs"
+        );
+        let mesh_ca = before["ca"].as_str().unwrap().trim_end().to_string();
+        let trusted = begun["ca"].as_str().unwrap();
+        assert!(trusted.starts_with(&mesh_ca) && trusted.len() > mesh_ca.len() + 100);
+        files.rotate_workload_ca(RotationStep::Switch).unwrap();
+        let switched = files.workload_ca_property().unwrap();
+        assert_ne!(
+            switched["certificate"], workload["certificate"],
+            "the new CA signs"
+        );
+        assert_eq!(switched["ca"], begun["ca"], "both still trusted");
+        files.rotate_workload_ca(RotationStep::Finish).unwrap();
+        let finished = files.workload_ca_property().unwrap();
+        assert_eq!(finished["ca"], finished["certificate"], "the new CA alone");
     }
 }

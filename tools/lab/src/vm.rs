@@ -173,16 +173,24 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
         },
         "tld": layout.tld,
         "virtual_ip_cidr": layout.vip_cidr.to_string(),
+        // Workload certificates live 72 s (renewed every 36 s): the lab shows rotation
+        // under traffic all the time, not once a day.
+        "identity": {"certificate_ttl_hours": LAB_CERTIFICATE_TTL_HOURS},
     })
 }
+
+/// The lab's workload certificate lifetime (72 s).
+const LAB_CERTIFICATE_TTL_HOURS: f64 = 0.02;
 
 /// The addon's properties in the lab, as runtime-config.yml would set them. No bosh-dns runs
 /// in the lab, so the agent is the VM's resolver on port 53 (its netns resolv.conf points
 /// at 127.0.0.1); one Envoy worker per VM is plenty for a lab.
 fn lab_addon_properties(job: &str) -> Value {
     match job {
-        "virtual-ip-agent" => json!({"dns": {"port": 53}}),
-        "bosh-envoy" => json!({"concurrency": 1, "log_level": "warning"}),
+        "virtual-ip-agent" => json!({"dns": {"port": 53}, "identity": {"enabled": true}}),
+        "bosh-envoy" => {
+            json!({"concurrency": 1, "log_level": "warning", "identity": {"enabled": true}})
+        }
         _ => json!({}),
     }
 }
@@ -359,6 +367,17 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
     )?;
     link_package(&vm.root, "envoy", &[("envoy", &layout.envoy_bin)])?;
 
+    // The SDS socket's directory, which bpm creates as a volume of the virtual-ip-agent and
+    // bosh-envoy jobs alone (the lab plays bpm).
+    let identity_dir = vm.root.join("data/boshy-identity");
+    std::fs::create_dir_all(&identity_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(
+                &identity_dir,
+                std::os::unix::fs::PermissionsExt::from_mode(0o700),
+            )
+        })
+        .with_context(|| format!("cannot create {}", identity_dir.display()))?;
     vm.pre_start.clear();
     vm.drain.clear();
     vm.post_stop.clear();
@@ -380,6 +399,27 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
             if path.exists() {
                 commands.push(vec![path.display().to_string()]);
             }
+        }
+        // The one process monit runs outside bpm: `dnat follow` (as root), which keeps the
+        // inbound capture in step with the ports the agent writes. Its start program only
+        // backgrounds `bin/dnat follow`, which the lab runs in the foreground instead.
+        let inbound_capture = job.output.join("bin/inbound_capture");
+        if inbound_capture.exists() {
+            vm.processes.push(ProcessSpec {
+                log: vm
+                    .root
+                    .join("sys/log")
+                    .join(&job.name)
+                    .join("inbound-capture.log"),
+                argv: vec![
+                    job.output.join("bin/dnat").display().to_string(),
+                    "follow".into(),
+                ],
+                env: Vec::new(),
+                name: "inbound-capture".into(),
+                pid: None,
+                started: None,
+            });
         }
         let bpm = job.output.join("config/bpm.yml");
         if !bpm.exists() {
@@ -416,6 +456,10 @@ fn with_lab_secrets(layout: &Layout, job: &JobRender) -> Result<JobRender> {
     };
     if let Some(tls) = tls {
         job.properties = jobs::deep_merge(&job.properties, &json!({ "tls": tls }));
+    }
+    if job.name == PILOT_JOB {
+        let identity = json!({"identity": {"ca": mesh.workload_ca_property()?}});
+        job.properties = jobs::deep_merge(&job.properties, &identity);
     }
     if job.name == PILOT_JOB {
         let read = |path: &Path| {
