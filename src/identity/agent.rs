@@ -282,7 +282,8 @@ pub async fn keep_certified(
                         );
                     }
                 }
-                tokio::time::sleep(backoff.failed(Instant::now(), RETRY_MIN, RETRY_MAX)).await;
+                let backoff = backoff.failed(Instant::now(), RETRY_MIN, RETRY_MAX);
+                tokio::time::sleep(retry_delay(backoff, left)).await;
             }
         }
     }
@@ -335,6 +336,17 @@ fn note_failure(note: FailureNote, error: &str, left: Validity) {
             "workload certificate requests still fail as logged; {left}"
         ),
         FailureNote::Quiet => {}
+    }
+}
+
+/// How long to wait before the next attempt after a failure: the backoff, but never more
+/// than an eighth of what the current certificate has left, so that a pilot back after an
+/// outage is asked again well before the certificate in hand expires (with short-lived
+/// certificates the backoff alone would sleep past the expiry).
+fn retry_delay(backoff: Duration, left: Validity) -> Duration {
+    match left {
+        Validity::Left(seconds) => backoff.min(Duration::from_secs(seconds / 8).max(RETRY_MIN)),
+        Validity::Nothing | Validity::Expired(_) => backoff,
     }
 }
 
@@ -701,5 +713,18 @@ mod tests {
         assert_ne!(base.version(), renewed.version());
         assert_ne!(base.version(), rotated_ca.version());
         assert_eq!(base.version().len(), 16);
+    }
+
+    #[test]
+    fn retries_come_well_before_the_certificate_in_hand_expires() {
+        let minute = Duration::from_secs(60);
+        assert_eq!(
+            retry_delay(minute, Validity::Left(36)),
+            Duration::from_secs(4)
+        );
+        assert_eq!(retry_delay(minute, Validity::Left(3)), RETRY_MIN);
+        assert_eq!(retry_delay(minute, Validity::Left(43_200)), minute);
+        assert_eq!(retry_delay(minute, Validity::Nothing), minute);
+        assert_eq!(retry_delay(minute, Validity::Expired(5)), minute);
     }
 }
