@@ -149,7 +149,12 @@ pub fn resolve(vm: &Vm, name: &str) -> Result<Vec<String>> {
 
 /// Envoy's `/clusters` text on `vm`.
 fn envoy_clusters(vm: &Vm) -> Result<String> {
-    let url = format!("http://{}/clusters", vm::ENVOY_ADMIN);
+    envoy_admin(vm, "clusters")
+}
+
+/// `GET /<path>` of the Envoy admin on `vm`.
+fn envoy_admin(vm: &Vm, path: &str) -> Result<String> {
+    let url = format!("http://{}/{path}", vm::ENVOY_ADMIN);
     let output = net::run_in(&vm.namespace, &["curl", "-sf", "--max-time", "2", &url])?;
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
@@ -278,6 +283,18 @@ fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
                 ));
             }
         }
+    }
+    // A VM that serves some service takes connections only once its Envoy's inbound listener
+    // is active: the capture sends its exposed ports there (docs/security.md).
+    let address = vm.ip.to_string();
+    let serves = services
+        .iter()
+        .any(|service| service.endpoints.iter().any(|e| e.address == address));
+    if runs_envoy && serves && !envoy_admin(vm, "listeners")?.contains("inbound|") {
+        lag.push(format!(
+            "{}: Envoy has no active inbound listener",
+            vm.name()
+        ));
     }
     Ok(lag)
 }
