@@ -202,20 +202,19 @@ fn zero_trust_end_to_end() {
     LAB.ok(&["up"]);
 
     // apricot → banana is mutual TLS between the two Envoys: banana's workload is told who
-    // called, as its Envoy verified it, and prints it.
+    // called, as its Envoy verified it (the URI of a verified client certificate; anything a
+    // caller sends in x-forwarded-client-cert is dropped), and prints it.
     let url = format!("http://{BANANA}:9002/get");
+    // Right after the lab boots, the first requests to a just-booted server VM can fail for
+    // some seconds (its inbound side converging: see the closing note of issue 12); from the
+    // first success on, every request must succeed.
+    eventually("a first answer through the mesh", || {
+        curl(CLIENT_VM, &[&url]).0 == "200"
+    });
     let (status, body) = curl(CLIENT_VM, &[&url]);
     assert_eq!(status, "200", "{body}");
     let answer: Value = serde_json::from_str(&body).expect("httpbin answers JSON");
     assert_eq!(answer["caller"], APRICOT_ID, "{answer}");
-    let handshakes: u64 = banana_vms()
-        .iter()
-        .map(|vm| envoy_stat(vm, &["15006", "ssl.handshake"]))
-        .sum();
-    assert!(
-        handshakes >= 1,
-        "banana's inbound listeners did TLS handshakes"
-    );
 
     // PERMISSIVE (the default): a caller outside the mesh reaching banana's address directly
     // is accepted, in plaintext, with no identity.

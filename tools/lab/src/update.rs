@@ -1,7 +1,8 @@
 //! A rolling update of an instance group, played in BOSH's order: one instance at a time
 //! (`max_in_flight: 1`), each job's `bin/drain` (BOSH waits for it, then the seconds it prints),
-//! every process stopped, each `bin/post-stop`, then each `bin/pre-start`, every process
-//! started, and the update watch time before the next instance.
+//! every process stopped, each `bin/post-stop`, the jobs rendered again from the current
+//! properties (a deploy's new certificates included), then each `bin/pre-start`, every
+//! process started, and the update watch time before the next instance.
 
 use std::time::Duration;
 
@@ -35,13 +36,14 @@ pub fn rolling_update(state: &mut LabState, group: &str) -> Result<()> {
         bail!("no instance of `{group}` in the lab");
     }
     for index in indices {
-        update_instance(&mut state.vms[index])?;
+        let layout = state.layout.clone();
+        update_instance(&layout, &mut state.vms[index])?;
         state.save()?;
     }
     Ok(())
 }
 
-fn update_instance(vm: &mut Vm) -> Result<()> {
+fn update_instance(layout: &super::Layout, vm: &mut Vm) -> Result<()> {
     let name = vm.name();
     drain(vm)?;
     for process in &mut vm.processes {
@@ -51,6 +53,7 @@ fn update_instance(vm: &mut Vm) -> Result<()> {
         run_script(vm, script).with_context(|| format!("post-stop on {name}"))?;
     }
     println!("{name}: jobs stopped");
+    super::vm::install_jobs(layout, vm).with_context(|| format!("rendering the jobs of {name}"))?;
     for script in &vm.pre_start {
         run_script(vm, script).with_context(|| format!("pre-start on {name}"))?;
     }
