@@ -7,7 +7,7 @@
 //! are dialled by link IP, which no generated certificate can know in advance). TLS 1.3 only:
 //! every party is ours, so nothing older needs to be spoken.
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -35,7 +35,7 @@ use crate::config::{ClientTls, ServerTls};
 /// A client that has not finished its handshake by then is dropped, so half-open
 /// connections cannot pile up.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// Peers whose last refusal is remembered (to log each kind of refusal once per peer).
+/// Refusals remembered (to log each kind of refusal once per peer).
 const REMEMBERED_REFUSALS: usize = 1024;
 /// ALPN of gRPC (xDS).
 pub const ALPN_H2: &[u8] = b"h2";
@@ -306,29 +306,34 @@ async fn accept_loop(
     }
 }
 
-/// The last refusal reason per peer address, so that a misconfigured client retrying every
-/// second is logged once, not at every attempt. Bounded: forgets everything when full. Also
-/// the names port's certificate requests' (`names::server`).
+/// The refusals already logged, per peer address and reason, so that a misconfigured client
+/// retrying every second is logged once, not at every attempt. Bounded: forgets everything
+/// when full. Also the names port's certificate requests' (`names::server`).
 #[derive(Default)]
 pub(crate) struct Refusals {
-    last: HashMap<IpAddr, String>,
+    seen: HashSet<(IpAddr, String)>,
 }
 
 impl Refusals {
-    /// Records `reason` for `peer`; true when it differs from the peer's last one.
+    /// Records `reason` for `peer`; true the first time since the peer's last success.
     pub(crate) fn is_new(&mut self, peer: IpAddr, reason: &str) -> bool {
-        if self.last.get(&peer).is_some_and(|last| last == reason) {
+        let key = (peer, reason.to_string());
+        if self.seen.contains(&key) {
             return false;
         }
-        if self.last.len() >= REMEMBERED_REFUSALS {
-            self.last.clear();
+        if self.seen.len() >= REMEMBERED_REFUSALS {
+            self.seen.clear();
         }
-        self.last.insert(peer, reason.to_string());
+        self.seen.insert(key);
         true
     }
 
+    /// After a success: the peer's next refusal is news again.
     pub(crate) fn forget(&mut self, peer: IpAddr) {
-        self.last.remove(&peer);
+        // Every accepted connection comes here: nothing to scan in the usual case.
+        if !self.seen.is_empty() {
+            self.seen.retain(|(address, _)| *address != peer);
+        }
     }
 }
 
@@ -350,6 +355,10 @@ mod tests {
         assert!(!refusals.is_new(a, "no certificate"));
         assert!(refusals.is_new(b, "no certificate"));
         assert!(refusals.is_new(a, "unknown issuer"));
+        assert!(
+            !refusals.is_new(a, "no certificate"),
+            "alternating reasons are each logged once"
+        );
         refusals.forget(a);
         assert!(
             refusals.is_new(a, "unknown issuer"),
@@ -363,7 +372,7 @@ mod tests {
         for i in 0..=REMEMBERED_REFUSALS as u32 {
             refusals.is_new(IpAddr::from(i.to_be_bytes()), "x");
         }
-        assert!(refusals.last.len() <= REMEMBERED_REFUSALS);
+        assert!(refusals.seen.len() <= REMEMBERED_REFUSALS);
     }
 
     #[test]

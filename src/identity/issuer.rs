@@ -19,7 +19,7 @@ use crate::text::clip;
 
 /// Why a certificate request is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reason {
+pub(crate) enum Reason {
     /// The body is not a `CsrRequest` (or its nonce is not hex).
     BadRequest,
     /// The CSR does not parse, its signature does not verify, or its key is refused.
@@ -38,7 +38,7 @@ pub enum Reason {
 
 impl Reason {
     /// The label of `boshy_identity_refusals_total`.
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             Reason::BadRequest => "bad_request",
             Reason::BadCsr => "bad_csr",
@@ -51,7 +51,7 @@ impl Reason {
         }
     }
 
-    pub fn status(self) -> u16 {
+    pub(crate) fn status(self) -> u16 {
         match self {
             Reason::BadRequest | Reason::BadCsr => 400,
             Reason::Identity | Reason::NotListed | Reason::Replay | Reason::Clock => 403,
@@ -63,9 +63,9 @@ impl Reason {
 
 /// A refused request: the reason, and a message saying what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refusal {
-    pub reason: Reason,
-    pub message: String,
+pub(crate) struct Refusal {
+    pub(crate) reason: Reason,
+    pub(crate) message: String,
 }
 
 impl Refusal {
@@ -79,9 +79,9 @@ impl Refusal {
 
 /// A certificate issued: the answer, and the identity it carries (for the log).
 #[derive(Debug)]
-pub struct Issued {
-    pub answer: CsrAnswer,
-    pub id: String,
+pub(crate) struct Issued {
+    pub(crate) answer: CsrAnswer,
+    pub(crate) id: String,
 }
 
 /// What answers certificate requests: the CA, the trust domain and the nonces seen.
@@ -103,7 +103,7 @@ impl Issuer {
 
     /// Answers `body`, a request from `peer`, at `now`, checking the instance it names
     /// against the director's list in `listed`.
-    pub fn issue(
+    pub(crate) fn issue(
         &self,
         body: &[u8],
         peer: IpAddr,

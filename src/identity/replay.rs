@@ -8,17 +8,18 @@ use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashSet};
 
 /// How far a request's `issued_at` may be from the pilot's clock, either way.
-pub const WINDOW_SECONDS: u64 = 300;
+pub(crate) const WINDOW_SECONDS: u64 = 300;
 /// The fewest hex digits of a nonce (16 random bytes), and the most a pilot reads.
 const MIN_NONCE_HEX: usize = 32;
 const MAX_NONCE_HEX: usize = 128;
 /// Nonces remembered at most: a VM asks once a certificate lifetime, so a window of requests
-/// from the largest estate fits many times over (about 100 bytes each).
+/// from the largest estate fits many times over (about 60 bytes each, a nonce being kept as
+/// 128 bits of its SHA-256).
 const DEFAULT_CAPACITY: usize = 200_000;
 
 /// Why a request's freshness is refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Stale {
+pub(crate) enum Stale {
     /// The nonce is not 32 to 128 hex digits: the request is malformed.
     BadNonce,
     /// `issued_at` is more than the window away from the pilot's clock.
@@ -52,11 +53,21 @@ impl std::fmt::Display for Stale {
 
 /// The nonces of the current window.
 #[derive(Debug)]
-pub struct ReplayGuard {
-    seen: HashSet<String>,
+pub(crate) struct ReplayGuard {
+    seen: HashSet<u128>,
     /// When each nonce may be forgotten (its `issued_at` plus the window), soonest first.
-    expiries: BinaryHeap<Reverse<(u64, String)>>,
+    expiries: BinaryHeap<Reverse<(u64, u128)>>,
     capacity: usize,
+}
+
+/// What is kept of a nonce: the first 128 bits of the SHA-256 of its lower-case hex (hex
+/// digits in either case are the same bytes). A collision would refuse one request.
+fn digest(nonce: &str) -> u128 {
+    use sha2::Digest;
+    let hash = sha2::Sha256::digest(nonce.to_ascii_lowercase().as_bytes());
+    let mut first = [0; 16];
+    first.copy_from_slice(&hash[..16]);
+    u128::from_be_bytes(first)
 }
 
 impl Default for ReplayGuard {
@@ -76,7 +87,7 @@ impl ReplayGuard {
 
     /// Takes a request's `nonce` and `issued_at` (UNIX seconds) at `now`, or says why not. A
     /// taken nonce is refused from then on, for as long as its `issued_at` is in the window.
-    pub fn admit(&mut self, nonce: &str, issued_at: u64, now: u64) -> Result<(), Stale> {
+    pub(crate) fn admit(&mut self, nonce: &str, issued_at: u64, now: u64) -> Result<(), Stale> {
         let hex = nonce.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex || !(MIN_NONCE_HEX..=MAX_NONCE_HEX).contains(&nonce.len()) {
             return Err(Stale::BadNonce);
@@ -85,15 +96,14 @@ impl ReplayGuard {
             return Err(Stale::Clock { issued_at, now });
         }
         self.forget_before(now);
-        // Hex digits in either case are the same bytes.
-        let nonce = nonce.to_ascii_lowercase();
+        let nonce = digest(nonce);
         if self.seen.contains(&nonce) {
             return Err(Stale::Replayed);
         }
         if self.seen.len() >= self.capacity {
             return Err(Stale::Full);
         }
-        self.seen.insert(nonce.clone());
+        self.seen.insert(nonce);
         self.expiries
             .push(Reverse((issued_at.saturating_add(WINDOW_SECONDS), nonce)));
         Ok(())

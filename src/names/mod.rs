@@ -34,7 +34,9 @@
 //!
 //! Followers that name no instance never get such a line. The agent's reports
 //! (`POST /v1/names/health`) and its drain (`GET /v1/names/drained`) are requests of their own
-//! on the same port, and count only while its stream is open.
+//! on the same port, and count only while its stream is open. So is its request for the VM's
+//! workload certificate (`POST /v1/identity/csr`, `identity::wire`; docs/security.md), which
+//! needs no stream: 404 on a pilot without `identity`.
 //!
 //! A follower keeps one stream open to every configured pilot at once, so losing a pilot
 //! costs nothing. Each line must be valid JSON of the shape above, at most 16 MiB, and a

@@ -43,8 +43,9 @@ use tokio::process::{Child, Command};
 use tokio::task::JoinSet;
 
 use super::director::manifest;
+use super::pilot::{free_port, Pilot};
 use super::report::Row;
-use super::{cpu_seconds, ProcMemory, ScratchDir};
+use super::ScratchDir;
 
 const BENCHMARK: &str = "fleet";
 const SECRET: &str = "bench-fleet-secret";
@@ -164,12 +165,6 @@ fn client_tls_files(dir: &Path) -> ClientTls {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 fn setup(sim: &SimHandle, dir: &Path) -> Result<Setup> {
     let write = |name: &str, text: &str| -> Result<PathBuf> {
         let path = dir.join(name);
@@ -216,47 +211,6 @@ fn setup(sim: &SimHandle, dir: &Path) -> Result<Setup> {
         names,
         client_tls,
     })
-}
-
-/// The pilot process, as the bosh-pilot job runs it (its log in the scratch directory).
-struct Pilot {
-    child: Child,
-    pid: u32,
-}
-
-impl Pilot {
-    fn start(setup: &Setup, log: &Path) -> Result<Pilot> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .with_context(|| format!("opening {}", log.display()))?;
-        let child = Command::new(boshy_lab::binaries::workspace(boshy_lab::binaries::BOSHY)?)
-            .args(["pilot", "--config"])
-            .arg(&setup.config)
-            .env("RUST_LOG", "info")
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .context("starting boshy pilot")?;
-        let pid = child.id().context("the pilot's pid")?;
-        Ok(Pilot { child, pid })
-    }
-
-    fn memory(&self) -> Result<ProcMemory> {
-        ProcMemory::of(self.pid)
-    }
-
-    fn cpu(&self) -> Result<f64> {
-        cpu_seconds(self.pid)
-    }
-
-    async fn kill(mut self) -> Result<()> {
-        self.child.start_kill()?;
-        self.child.wait().await?;
-        Ok(())
-    }
 }
 
 /// The pilot's HTTP API, over HTTPS with the mesh's client certificate.
@@ -729,7 +683,7 @@ async fn measure(
     scratch: &Path,
 ) -> Result<Measured> {
     let log = scratch.join(format!("pilot-{clients}.log"));
-    let pilot = Pilot::start(setup, &log)?;
+    let pilot = Pilot::start(&setup.config, &log)?;
     instances(&setup.api).await?;
     let mut envoys = Envoys::start(setup.xds, clients, scratch)?;
     let mut agents = JoinSet::new();
@@ -762,7 +716,7 @@ async fn measure(
     pilot.kill().await?;
     let broke = Instant::now();
     envoys.tell("broke").await?;
-    let pilot = Pilot::start(setup, &log)?;
+    let pilot = Pilot::start(&setup.config, &log)?;
     let cpu_before = pilot.cpu()?;
     let up_again = listening(setup.xds, broke).await?;
     envoys.tell(&format!("up {}", up_again.as_millis())).await?;
@@ -851,7 +805,7 @@ pub async fn run(args: Args) -> Result<()> {
     let setup = setup(&sim, scratch.path())?;
     // The instances, from a first pilot's catalog (its VIPs are kept for the others).
     let all = {
-        let pilot = Pilot::start(&setup, &scratch.path().join("pilot-catalog.log"))?;
+        let pilot = Pilot::start(&setup.config, &scratch.path().join("pilot-catalog.log"))?;
         let all = instances(&setup.api).await?;
         pilot.kill().await?;
         all

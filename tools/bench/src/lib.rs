@@ -6,6 +6,7 @@
 //!
 //! - [`dns`]: the virtual-ip-agent against dnsmasq with dnsperf.
 //! - [`build`]: control-plane build cost for synthetic estates.
+//! - [`csr`]: workload certificates one pilot signs over its names port.
 //! - [`director`]: the poller against a large foundation on a busy simulated director: first
 //!   catalog, health tasks a minute, health freshness.
 //! - [`envoy_memory`]: Envoy's RSS with a synthetic catalog served to it.
@@ -19,12 +20,14 @@
 #![forbid(unsafe_code)]
 
 pub mod build;
+pub mod csr;
 pub mod director;
 pub mod dns;
 pub mod envoy_memory;
 pub mod fleet;
 pub mod lab;
 pub mod load;
+mod pilot;
 pub mod push;
 pub mod report;
 pub mod rules;
@@ -47,6 +50,8 @@ pub enum BenchCommand {
     Dns(dns::Args),
     /// Control plane: catalog + VIPs + xDS resources for synthetic estates, time and RSS.
     Build(build::Args),
+    /// Workload certificates: CSRs one pilot signs a second, and a burst of requests at once.
+    Csr(csr::Args),
     /// The poller against a large foundation on a busy director: first catalog, health budget.
     Director(director::Args),
     /// Envoy's RSS with a synthetic catalog of N services served to it over ADS.
@@ -71,6 +76,7 @@ pub async fn run(args: Args) -> Result<()> {
     match args.command {
         BenchCommand::Dns(args) => dns::run(args).await,
         BenchCommand::Build(args) => build::run(args).await,
+        BenchCommand::Csr(args) => csr::run(args).await,
         BenchCommand::Director(args) => director::run(args).await,
         BenchCommand::EnvoyMemory(args) => envoy_memory::run(args).await,
         BenchCommand::Fleet(args) => fleet::run(args).await,

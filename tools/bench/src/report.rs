@@ -89,7 +89,7 @@ impl Row {
 }
 
 /// The sections of the results file: (rows file names, title, how to produce them).
-pub const SECTIONS: [(&[&str], &str, &str); 9] = [
+pub const SECTIONS: [(&[&str], &str, &str); 10] = [
     (
         &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
@@ -129,6 +129,11 @@ pub const SECTIONS: [(&[&str], &str, &str); 9] = [
         &["fleet"],
         "A fleet on one pilot: agents and Envoys connected, mass reconnect after kill -9",
         "scripts/bench fleet",
+    ),
+    (
+        &["csr"],
+        "Workload certificates: CSRs signed by one pilot",
+        "scripts/bench csr",
     ),
     (
         &["dataplane", "envoy-memory"],

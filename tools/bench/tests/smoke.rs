@@ -169,6 +169,39 @@ fn director_harness_measures_the_first_catalog_and_the_health_budget() {
 }
 
 #[test]
+fn csr_harness_measures_signing_over_the_names_port_and_a_burst() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("csr.json");
+    bench(&[
+        "csr",
+        "--clients",
+        "1,2",
+        "--seconds",
+        "1",
+        "--burst",
+        "20",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    assert_eq!(
+        figures(&rows),
+        [
+            "signing alone, one core",
+            "signed a second, 1 client",
+            "signed a second, 2 clients",
+            "20 requests at once: the last certificate",
+        ]
+    );
+    assert!(
+        rows.iter().all(|r| r.value.is_finite() && r.value > 0.0),
+        "{rows:?}"
+    );
+    let burst = &rows[3];
+    assert_eq!(burst.met, Some(true), "every request answered: {burst:?}");
+}
+
+#[test]
 fn fleet_harness_measures_a_pilot_with_agents_and_envoys_through_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("fleet.json");
