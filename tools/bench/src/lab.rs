@@ -67,6 +67,9 @@ pub struct Args {
     /// Seconds of steady load through the rolling update of banana (it takes about 10).
     #[arg(long, default_value_t = 25)]
     pub update_seconds: u64,
+    /// Measure the data plane alone (dataplane.json), leaving the other rows as they are.
+    #[arg(long)]
+    pub dataplane_only: bool,
     /// Where the rows files go (convergence.json, steady.json, dataplane.json).
     #[arg(long, default_value = "bench/rows")]
     pub out_dir: PathBuf,
@@ -130,6 +133,10 @@ fn run_blocking(args: &Args) -> Result<()> {
         .build()?;
     let sim = SimControl::new(state.layout.control_url())?;
 
+    if args.dataplane_only {
+        let dataplane = data_plane(&lab, args, &state)?;
+        return super::emit(&dataplane, Some(&args.out_dir.join("dataplane.json")));
+    }
     // First, before anything else asks the VMs for names: every answer is then a first one.
     let scope = first_lookups(&state)?;
     super::emit(&scope, Some(&args.out_dir.join("scope.json")))?;

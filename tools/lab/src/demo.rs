@@ -77,8 +77,14 @@ pub async fn run(layout: &Layout) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
         let output = net::run_in(&vm.namespace, &["curl", "-sS", "--max-time", "5", &url])?;
-        let body: serde_json::Value = serde_json::from_slice(&output.stdout)
-            .with_context(|| format!("curl {url} did not return JSON"))?;
+        // A VM that has just booted may not take connections for a moment (its inbound side
+        // converging): such an answer is shown and the next curl tried.
+        let Ok(body) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
+            let text = String::from_utf8_lossy(&output.stdout);
+            println!("  not yet: {}", text.lines().next().unwrap_or_default());
+            tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            continue;
+        };
         let instance = &body["instance"];
         let who = format!(
             "{}/{} ({})",
@@ -86,7 +92,9 @@ pub async fn run(layout: &Layout) -> Result<()> {
             instance["index"],
             instance["ip"].as_str().unwrap_or("?")
         );
-        println!("  answered by {who}");
+        // The caller's identity as banana's Envoy verified it (mutual TLS, docs/security.md).
+        let caller = body["caller"].as_str().unwrap_or("none (plaintext)");
+        println!("  answered by {who}; the caller, as its Envoy verified it: {caller}");
         *answered_by.entry(who).or_default() += 1;
     }
     println!(
