@@ -94,15 +94,30 @@ fn eventually(what: &str, mut check: impl FnMut() -> bool) {
     panic!("never happened: {what}");
 }
 
-/// The serial numbers of the workload certificates the Envoy on `vm` holds (admin `/certs`).
-fn workload_serials(vm: &str) -> BTreeSet<String> {
+/// The certificates of one kind (`cert_chain` or `ca_cert`) in the Envoy on `vm`'s admin
+/// `/certs`, every context's.
+fn envoy_certs(vm: &str, kind: &str) -> Vec<Value> {
     let certs = LAB.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/certs"]);
     let certs: Value = serde_json::from_str(&certs).expect("/certs is JSON");
     certs["certificates"]
         .as_array()
         .into_iter()
         .flatten()
-        .flat_map(|entry| entry["cert_chain"].as_array().into_iter().flatten())
+        .flat_map(|entry| entry[kind].as_array().cloned().unwrap_or_default())
+        .collect()
+}
+
+fn serial(cert: &Value) -> String {
+    cert["serial_number"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The serial numbers of the workload certificates the Envoy on `vm` holds.
+fn workload_serials(vm: &str) -> BTreeSet<String> {
+    envoy_certs(vm, "cert_chain")
+        .iter()
         .filter(|cert| {
             cert["subject_alt_names"]
                 .as_array()
@@ -114,12 +129,7 @@ fn workload_serials(vm: &str) -> BTreeSet<String> {
                         .is_some_and(|uri| uri.starts_with("spiffe://"))
                 })
         })
-        .map(|cert| {
-            cert["serial_number"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string()
-        })
+        .map(serial)
         .collect()
 }
 
@@ -139,15 +149,10 @@ fn agent_log(vm: &str) -> String {
 /// The serial numbers of the CAs the Envoy on `vm` trusts for workload certificates (the
 /// inline `ROOTCA` from the agent, beside the mesh CA file of its xDS connection).
 fn trusted_workload_cas(vm: &str) -> BTreeSet<String> {
-    let certs = LAB.ok(&["ssh", vm, "--", "curl", "-sS", "127.0.0.1:8001/certs"]);
-    let certs: Value = serde_json::from_str(&certs).expect("/certs is JSON");
-    certs["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|entry| entry["ca_cert"].as_array().into_iter().flatten())
+    envoy_certs(vm, "ca_cert")
+        .iter()
         .filter(|ca| ca["path"] == "<inline>")
-        .map(|ca| ca["serial_number"].as_str().unwrap_or_default().to_string())
+        .map(serial)
         .collect()
 }
 
@@ -389,5 +394,60 @@ spec:
         "the new CA alone is trusted"
     );
 
+    // Keys never in logs or process arguments: neither the workload CAs' (the pilot's) nor a
+    // line of any PEM private key.
+    let tls = format!("/tmp/boshy-lab/{}/mesh-tls", LAB.name);
+    let key_lines: Vec<String> = ["workload-ca.key", "workload-ca-next.key"]
+        .iter()
+        .flat_map(|file| {
+            let path = format!("{tls}/{file}");
+            std::fs::read_to_string(&path)
+                .unwrap_or_else(|e| panic!("{path}: {e}"))
+                .lines()
+                .filter(|line| !line.starts_with("-----"))
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(!key_lines.is_empty());
+    let mut logs = Vec::new();
+    collect_logs(
+        std::path::Path::new(&format!("/tmp/boshy-lab/{}/vms", LAB.name)),
+        &mut logs,
+    );
+    assert!(logs.len() > 20, "the lab's logs: {logs:?}");
+    for log in &logs {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        assert!(
+            !text.contains("PRIVATE KEY"),
+            "{} holds a private key",
+            log.display()
+        );
+        for line in &key_lines {
+            assert!(
+                !text.contains(line.as_str()),
+                "{} holds a CA key line",
+                log.display()
+            );
+        }
+    }
+    let ps = Command::new("ps")
+        .args(["-eo", "args"])
+        .output()
+        .expect("ps");
+    assert!(!String::from_utf8_lossy(&ps.stdout).contains("PRIVATE KEY"));
+
     drop(guard);
+}
+
+/// Every `*.log` file below `dir`.
+fn collect_logs(dir: &std::path::Path, logs: &mut Vec<std::path::PathBuf>) {
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            collect_logs(&path, logs);
+        } else if path.extension().is_some_and(|extension| extension == "log") {
+            logs.push(path);
+        }
+    }
 }

@@ -127,20 +127,13 @@ impl InboundSpec {
         };
         let source = format!("{}/32", super::INBOUND_HOP_SOURCE);
         let mut rules = vec![words(&["-s", &source, "-j", "RETURN"])];
-        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        let ports: Vec<u16> = self.ports.iter().copied().collect();
+        let redirect_port = self.redirect_port.to_string();
         for chunk in ports.chunks(MULTIPORT_MAX) {
-            rules.push(words(&[
-                "-p",
-                "tcp",
-                "-m",
-                "multiport",
-                "--dports",
-                &chunk.join(","),
-                "-j",
-                "REDIRECT",
-                "--to-ports",
-                &self.redirect_port.to_string(),
-            ]));
+            rules.push(tcp_ports_rule(
+                chunk,
+                &["REDIRECT", "--to-ports", &redirect_port],
+            ));
         }
         OwnedChain {
             name: self.chain.clone(),
@@ -199,17 +192,7 @@ impl RuleSpec {
             .iter()
             .map(|destination| words(&["-d", destination, "-j", "RETURN"]))
             .collect();
-        let ports = PROTECTED_PORTS.map(|port| port.to_string()).join(",");
-        rules.push(words(&[
-            "-p",
-            "tcp",
-            "-m",
-            "multiport",
-            "--dports",
-            &ports,
-            "-j",
-            "RETURN",
-        ]));
+        rules.push(tcp_ports_rule(&PROTECTED_PORTS, &["RETURN"]));
         rules.push(self.redirect());
         rules
     }
@@ -225,6 +208,15 @@ impl RuleSpec {
             &self.redirect_port.to_string(),
         ])
     }
+}
+
+/// `-p tcp -m multiport --dports <ports> -j <target...>` (at most [`MULTIPORT_MAX`] ports).
+fn tcp_ports_rule(ports: &[u16], target: &[&str]) -> Vec<String> {
+    let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let ports = ports.join(",");
+    let mut rule = words(&["-p", "tcp", "-m", "multiport", "--dports", &ports, "-j"]);
+    rule.extend(words(target));
+    rule
 }
 
 fn words(items: &[&str]) -> Vec<String> {

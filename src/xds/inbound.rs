@@ -564,31 +564,28 @@ mod tests {
             names,
             ["envoy.filters.http.rbac", "envoy.filters.http.router"]
         );
-        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) =
-            hcm.route_specifier
-        else {
-            panic!("an inline route")
-        };
-        let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
-            panic!("a route action")
-        };
+        /// The one cluster an inbound connection manager's inline route sends to.
+        fn routed_cluster(hcm: HttpConnectionManager) -> Option<route_action::ClusterSpecifier> {
+            let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) =
+                hcm.route_specifier
+            else {
+                panic!("an inline route")
+            };
+            let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action
+            else {
+                panic!("a route action")
+            };
+            action.cluster_specifier.clone()
+        }
         assert_eq!(
-            action.cluster_specifier,
+            routed_cluster(hcm),
             Some(route_action::ClusterSpecifier::Cluster(
                 PASSTHROUGH_CLUSTER.into()
             ))
         );
         let grpc: HttpConnectionManager = typed(&listener.filter_chains[2].filters[0]);
-        let Some(http_connection_manager::RouteSpecifier::RouteConfig(routes)) =
-            grpc.route_specifier
-        else {
-            panic!("an inline route")
-        };
-        let Some(route::Action::Route(action)) = &routes.virtual_hosts[0].routes[0].action else {
-            panic!("a route action")
-        };
         assert_eq!(
-            action.cluster_specifier,
+            routed_cluster(grpc),
             Some(route_action::ClusterSpecifier::Cluster(
                 PASSTHROUGH_CLUSTER_HTTP2.into()
             )),
