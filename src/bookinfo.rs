@@ -521,11 +521,13 @@ struct FlakyQuery {
     status: Option<u16>,
 }
 
-/// Whether the admin path takes a request from `peer`: only from the VM itself. Clients on
-/// other VMs reach this server from their own address (the mesh intercepts outbound traffic
-/// only; nothing proxies inbound), so a loopback peer is someone on this VM (`bosh ssh`).
+/// Whether the admin path takes a request from `peer`: only from the VM itself. Callers on
+/// other VMs arrive through this VM's Envoy, from the address of its inbound hop
+/// (`dnat::INBOUND_HOP_SOURCE`, 127.0.0.6), or from their own address when the inbound
+/// capture is off; any other loopback peer is someone on this VM (`bosh ssh`).
 pub fn admin_allowed(peer: SocketAddr) -> bool {
-    peer.ip().to_canonical().is_loopback()
+    let ip = peer.ip().to_canonical();
+    ip.is_loopback() && ip != std::net::IpAddr::V4(crate::dnat::INBOUND_HOP_SOURCE)
 }
 
 async fn set_flaky(
@@ -693,6 +695,7 @@ mod tests {
             "169.254.255.3:80",
             "[::ffff:10.0.0.1]:1",
             "[fe80::1]:1",
+            "127.0.0.6:41000",
         ] {
             assert!(!admin_allowed(peer.parse().unwrap()), "{peer}");
         }

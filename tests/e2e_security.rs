@@ -1,4 +1,4 @@
-//! Zero trust end to end, in a lab of its own (`boshy-z`, 10.248.0.0/24): every VM's Envoy
+//! Zero trust end to end, in a lab of its own (`boshy-z`, 10.250.0.0/24): every VM's Envoy
 //! holds a workload certificate for its instance group's SPIFFE ID, signed by the pilot from a
 //! CSR its agent made, served over SDS; calls between VMs are mutual TLS between the two
 //! Envoys; the VMs' exposed ports are captured into their Envoy's inbound listener; Istio's
@@ -19,7 +19,7 @@ use serde_json::Value;
 
 const LAB: LabCli = LabCli {
     name: "boshy-z",
-    subnet: "10.248.0.0/24",
+    subnet: "10.250.0.0/24",
 };
 const BANANA: &str = "example-httpbin.banana.sample-deployment.boshy";
 /// apricot's example-httpbin port is TCP by its name (`some-port`).

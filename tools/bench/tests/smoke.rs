@@ -329,7 +329,8 @@ fn lab_harness_measures_convergence_requests_and_the_data_plane() {
         assert!(convergence.contains(&figure), "{figure} in {convergence:?}");
     }
     assert!(figures(&all["steady"]).contains(&"topology-check requests per poll tick"));
-    assert!(figures(&all["dataplane"]).contains(&"added p99 latency through the mesh"));
+    assert!(figures(&all["dataplane"])
+        .contains(&"added p99 latency through the mesh (two Envoys, mutual TLS)"));
 
     let results = dir.path().join("results.md");
     bench(&[
