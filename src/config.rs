@@ -381,6 +381,11 @@ pub struct AgentConfig {
     /// How often the exposed ports are probed; also each probe's timeout.
     #[serde(default = "default_probe_interval_ms")]
     pub probe_interval_ms: u64,
+    /// With `instance`, when the VM captures its exposed ports inbound (`inbound.capture`): the
+    /// port of Envoy's inbound listener they go to. An exposed port is then healthy only once
+    /// it is captured and that listener takes connections (docs/health.md).
+    #[serde(default)]
+    pub inbound_capture_port: Option<u16>,
     /// How long the drain waits for the pilots to say no Envoy sends the instance new
     /// requests.
     #[serde(default = "default_drain_timeout")]

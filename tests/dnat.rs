@@ -297,15 +297,22 @@ fn inbound_capture_takes_exposed_ports_only_and_never_envoys_own_hop() {
         );
         check(&netns.exec("ip", &["link", "set", device, "up"]), "link up");
     }
-    let ports_file = tempfile::NamedTempFile::new().unwrap();
-    std::fs::write(ports_file.path(), r#"{"ports": [9002, 22]}"#).unwrap();
-    let path = ports_file.path().to_str().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ports_file = dir.path().join("inbound_ports.json");
+    // What the agent waits for before it reports a port healthy: the ports captured now.
+    let captured = || {
+        std::fs::read_to_string(boshy::dnat::captured_ports_path(&ports_file))
+            .unwrap_or_else(|err| format!("{err}"))
+    };
+    std::fs::write(&ports_file, r#"{"ports": [9002, 22]}"#).unwrap();
+    let path = ports_file.to_str().unwrap();
     let install = vm.dnat(&["install", "--inbound-ports-file", path]);
     check(&install, "install with inbound");
     assert!(
         String::from_utf8_lossy(&install.stderr).contains("port 22 is exposed but never captured"),
         "{install:?}"
     );
+    assert_eq!(captured(), r#"{"ports":[9002]}"#, "ssh is never captured");
     let status = vm.dnat(&["status", "--inbound-ports-file", path]);
     assert_eq!(
         exit_code(&status),
@@ -352,11 +359,12 @@ fn inbound_capture_takes_exposed_ports_only_and_never_envoys_own_hop() {
     );
 
     // The exposed ports change: install (as `follow` does) rewrites the capture.
-    std::fs::write(ports_file.path(), r#"{"ports": [9003]}"#).unwrap();
+    std::fs::write(&ports_file, r#"{"ports": [9003]}"#).unwrap();
     check(
         &vm.dnat(&["install", "--inbound-ports-file", path]),
         "install again",
     );
+    assert_eq!(captured(), r#"{"ports":[9003]}"#);
     assert_eq!(
         landed_on(&peer, None, &vm_port(9002), &listeners),
         Some(9002)
@@ -368,7 +376,7 @@ fn inbound_capture_takes_exposed_ports_only_and_never_envoys_own_hop() {
 
     // A bad ports file is an error naming the file, and changes nothing.
     let before = vm.saved_rules("iptables");
-    std::fs::write(ports_file.path(), "ports: 9002").unwrap();
+    std::fs::write(&ports_file, "ports: 9002").unwrap();
     let bad = vm.dnat(&["install", "--inbound-ports-file", path]);
     assert_ne!(exit_code(&bad), 0);
     assert!(
@@ -376,8 +384,17 @@ fn inbound_capture_takes_exposed_ports_only_and_never_envoys_own_hop() {
         "{bad:?}"
     );
     assert_eq!(vm.saved_rules("iptables"), before);
+    assert_eq!(captured(), r#"{"ports":[9003]}"#);
 
-    check(&vm.dnat(&["remove"]), "remove");
+    check(
+        &vm.dnat(&["remove", "--inbound-ports-file", path]),
+        "remove",
+    );
+    assert!(
+        !boshy::dnat::captured_ports_path(&ports_file).exists(),
+        "nothing captured: {}",
+        captured()
+    );
     assert_eq!(
         landed_on(&peer, None, &vm_port(9003), &listeners),
         Some(9003)

@@ -615,6 +615,52 @@ fn bosh_pilot_check_config_refuses_a_director_without_ca_or_opt_out() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("ca_cert"));
 }
 
+/// Without capture, the dnat script installs no inbound rule, monit runs no follower and the
+/// agent's readiness waits for no capture.
+fn assert_no_inbound_capture(rendered: &Rendered, agent: &Value, why: &str) {
+    let dnat = rendered.text("bin/dnat");
+    assert!(!dnat.contains("--inbound"), "{why}: {dnat}");
+    assert!(
+        !rendered.text("monit").contains("inbound-capture"),
+        "{why}: no follower"
+    );
+    assert!(agent["inbound_capture_port"].is_null(), "{why}: {agent}");
+}
+
+/// With capture, the dnat script follows the ports file the agent writes beside its name
+/// table, monit runs the follower, and the agent counts a port ready only once it is captured.
+fn assert_inbound_capture(rendered: &Rendered, agent: &Value) {
+    let dnat = rendered.text("bin/dnat");
+    let table_dir = Path::new(agent["table_path"].as_str().unwrap())
+        .parent()
+        .unwrap();
+    let ports_file = table_dir.join("inbound_ports.json");
+    assert!(
+        dnat.contains(&format!("--inbound-ports-file {}", ports_file.display())),
+        "{dnat}"
+    );
+    assert!(dnat.contains("--inbound-redirect-port '15006'"), "{dnat}");
+    let monit = rendered.text("monit");
+    let capture = rendered.text("bin/inbound_capture");
+    // Monit watches the pidfile the start program writes.
+    let run_dir = rendered.root.path().join("sys/run/virtual-ip-agent");
+    let pidfile = run_dir.join("inbound-capture.pid");
+    assert!(
+        monit.contains(&format!("with pidfile {}", pidfile.display())),
+        "{monit}"
+    );
+    assert!(
+        capture.contains("PIDFILE=$RUN_DIR/inbound-capture.pid"),
+        "{capture}"
+    );
+    assert!(
+        capture.contains(&format!("RUN_DIR={}", run_dir.display())),
+        "{capture}"
+    );
+    assert!(capture.contains("bin/dnat follow"), "{capture}");
+    assert_eq!(agent["inbound_capture_port"], 15006, "{agent}");
+}
+
 #[test]
 fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let rendered = render("virtual-ip-agent", json!({}), default_link()).rebased();
@@ -660,34 +706,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.255.0/24'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15001'"), "{dnat}");
-    // The inbound capture follows the ports file the agent writes beside its name table.
-    let table_dir = Path::new(agent["table_path"].as_str().unwrap())
-        .parent()
-        .unwrap();
-    let ports_file = table_dir.join("inbound_ports.json");
-    assert!(
-        dnat.contains(&format!("--inbound-ports-file {}", ports_file.display())),
-        "{dnat}"
-    );
-    assert!(dnat.contains("--inbound-redirect-port '15006'"), "{dnat}");
-    let monit = rendered.text("monit");
-    let capture = rendered.text("bin/inbound_capture");
-    // Monit watches the pidfile the start program writes.
-    let run_dir = rendered.root.path().join("sys/run/virtual-ip-agent");
-    let pidfile = run_dir.join("inbound-capture.pid");
-    assert!(
-        monit.contains(&format!("with pidfile {}", pidfile.display())),
-        "{monit}"
-    );
-    assert!(
-        capture.contains("PIDFILE=$RUN_DIR/inbound-capture.pid"),
-        "{capture}"
-    );
-    assert!(
-        capture.contains(&format!("RUN_DIR={}", run_dir.display())),
-        "{capture}"
-    );
-    assert!(capture.contains("bin/dnat follow"), "{capture}");
+    assert_no_inbound_capture(&rendered, &agent, "identity is off by default");
 
     let link = pilot_link(
         &["10.244.0.10", "10.244.0.11"],
@@ -699,6 +718,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
         "health": {"probe_interval_ms": 2000},
         "scope": {"idle_hours": 0.5},
         "inbound": {"capture": false},
+        "identity": {"enabled": true},
     });
     let rendered = render("virtual-ip-agent", other, link).rebased();
     let bpm = jobs::read_bpm(&rendered.path("config/bpm.yml")).unwrap();
@@ -718,11 +738,7 @@ fn virtual_ip_agent_config_is_accepted_with_defaults_and_with_other_values() {
     let dnat = rendered.text("bin/dnat");
     assert!(dnat.contains("--vip-cidr '169.254.128.0/20'"), "{dnat}");
     assert!(dnat.contains("--redirect-port '15002'"), "{dnat}");
-    assert!(!dnat.contains("--inbound"), "inbound capture off: {dnat}");
-    assert!(
-        !rendered.text("monit").contains("inbound-capture"),
-        "inbound capture off: no follower"
-    );
+    assert_no_inbound_capture(&rendered, &agent, "inbound capture turned off");
     assert!(
         rendered.text("config/bpm.yml").contains("NET_BIND_SERVICE"),
         "port 53 needs the capability: {bpm:?}"
@@ -753,6 +769,7 @@ fn with_identity_the_agent_serves_sds_on_a_socket_only_envoy_shares() {
     );
     let agent = rendered.json("config/agent.yml");
     assert_eq!(agent["identity"]["trust_domain"], "corp.example");
+    assert_inbound_capture(&rendered, &agent);
     assert!(
         agent["identity"]["sds_socket"]
             .as_str()

@@ -21,7 +21,7 @@ use anyhow::{Context, Result};
 use ipnet::Ipv4Net;
 
 use iptables::Backend;
-pub use rules::PROTECTED_PORTS;
+pub use rules::{never_captured, PROTECTED_PORTS};
 use rules::{parse_nat, render_install, render_remove, status, InboundSpec, RuleSpec, Status};
 
 /// The source address of Envoy's inbound connections to the local jobs (Istio's choice), and
@@ -89,18 +89,21 @@ struct PortsFile {
     ports: Vec<u16>,
 }
 
+/// The exposed ports in `bytes`, read from `path` (named in the error).
+pub(crate) fn parse_ports_file(path: &Path, bytes: &[u8]) -> Result<Vec<u16>> {
+    let file: PortsFile = serde_json::from_slice(bytes).with_context(|| {
+        format!(
+            "{}: not a ports file (`{{\"ports\": [9002, ...]}}`)",
+            path.display()
+        )
+    })?;
+    Ok(file.ports)
+}
+
 /// The exposed ports in `path`: none when it does not exist.
 pub(crate) fn read_ports_file(path: &Path) -> Result<Vec<u16>> {
     match std::fs::read(path) {
-        Ok(bytes) => {
-            let file: PortsFile = serde_json::from_slice(&bytes).with_context(|| {
-                format!(
-                    "{}: not a ports file (`{{\"ports\": [9002, ...]}}`)",
-                    path.display()
-                )
-            })?;
-            Ok(file.ports)
-        }
+        Ok(bytes) => parse_ports_file(path, &bytes),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
         Err(err) => Err(err).with_context(|| format!("reading {}", path.display())),
     }
@@ -110,6 +113,28 @@ pub(crate) fn read_ports_file(path: &Path) -> Result<Vec<u16>> {
 pub fn write_ports_file(path: &Path, ports: &std::collections::BTreeSet<u16>) -> Result<()> {
     let body = serde_json::json!({ "ports": ports });
     crate::fsutil::write_atomically(path, body.to_string().as_bytes())
+}
+
+/// Where `dnat` records the ports that `ports_file` asked for and the nat table now captures
+/// (the same format), beside it: `inbound_ports.json` → `inbound_ports.captured.json`. The
+/// agent reports an exposed port healthy only once it is captured, so no mesh client reaches
+/// it before the VM's Envoy does (docs/health.md).
+pub fn captured_ports_path(ports_file: &Path) -> PathBuf {
+    ports_file.with_extension("captured.json")
+}
+
+/// After an install with `--inbound-ports-file`: records the ports the capture now takes,
+/// unless the record already says so.
+fn record_captured(args: &Args, spec: &RuleSpec) -> Result<()> {
+    let (Some(file), Some(inbound)) = (&args.inbound_ports_file, &spec.inbound) else {
+        return Ok(());
+    };
+    let path = captured_ports_path(file);
+    let ports = inbound.ports();
+    if path.exists() && read_ports_file(&path).is_ok_and(|recorded| recorded.iter().eq(ports)) {
+        return Ok(());
+    }
+    write_ports_file(&path, ports)
 }
 
 /// `--vip-cidr`: an IPv4 network with no host bits set inside 169.254.0.0/16.
@@ -165,7 +190,7 @@ pub async fn run(args: Args) -> Result<()> {
     // iptables is a blocking subprocess; keep it off the async workers.
     tokio::task::spawn_blocking(move || match args.action {
         Action::Follow => follow(&args),
-        action => apply(action, &spec_of(&args, action)?, args.backend),
+        action => apply(&args, action, &spec_of(&args, action)?),
     })
     .await
     .context("the iptables task did not finish")?
@@ -218,7 +243,9 @@ fn follow(args: &Args) -> Result<()> {
         if due {
             let outcome = spec_of(args, Action::Follow).and_then(|spec| {
                 let table = parse_nat(&iptables::save_nat(args.backend)?)?;
-                install(&spec, args.backend, &table)
+                let done = install(&spec, args.backend, &table)?;
+                record_captured(args, &spec)?;
+                Ok(done)
             });
             match outcome {
                 Ok(done) => {
@@ -252,20 +279,35 @@ fn install(spec: &RuleSpec, backend: Backend, table: &rules::NatTable) -> Result
     }
 }
 
-fn apply(action: Action, spec: &RuleSpec, backend: Backend) -> Result<()> {
+fn apply(args: &Args, action: Action, spec: &RuleSpec) -> Result<()> {
+    let backend = args.backend;
     let table = parse_nat(&iptables::save_nat(backend)?)?;
     match action {
-        Action::Install | Action::Follow => match install(spec, backend, &table)? {
-            None => println!("already installed: {}", describe(spec)),
-            Some(done) => println!("{done}"),
-        },
-        Action::Remove => match render_remove(spec, &table) {
-            None => println!("not installed: nothing to remove"),
-            Some(input) => {
-                iptables::restore(backend, &input)?;
-                println!("removed the chains of boshy-istio and their jumps");
+        Action::Install | Action::Follow => {
+            match install(spec, backend, &table)? {
+                None => println!("already installed: {}", describe(spec)),
+                Some(done) => println!("{done}"),
             }
-        },
+            record_captured(args, spec)?;
+        }
+        Action::Remove => {
+            match render_remove(spec, &table) {
+                None => println!("not installed: nothing to remove"),
+                Some(input) => {
+                    iptables::restore(backend, &input)?;
+                    println!("removed the chains of boshy-istio and their jumps");
+                }
+            }
+            if let Some(file) = &args.inbound_ports_file {
+                let captured = captured_ports_path(file);
+                match std::fs::remove_file(&captured) {
+                    Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                        return Err(err).with_context(|| format!("removing {}", captured.display()))
+                    }
+                    _ => {}
+                }
+            }
+        }
         Action::Status => {
             let status = status(spec, &table);
             match &status {

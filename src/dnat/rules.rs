@@ -39,6 +39,15 @@ const PROTECTED_DESTINATIONS: [&str; 2] = ["169.254.0.0/24", "169.254.169.254/32
 /// listens on them, so RETURNing them costs nothing and keeps a misconfigured CIDR from cutting
 /// the VM off from BOSH.
 pub const PROTECTED_PORTS: [u16; 8] = [22, 2822, 2825, 4222, 6868, 25250, 25555, 25777];
+
+/// Whether the inbound capture leaves `port` alone even when it is exposed: BOSH's ports, the
+/// mesh's own, and Envoy's inbound listener (`redirect_port`).
+pub fn never_captured(port: u16, redirect_port: u16) -> bool {
+    PROTECTED_PORTS.contains(&port)
+        || MESH_PORTS.contains(&port)
+        || port == redirect_port
+        || port == 0
+}
 /// The mesh's own ports, never captured inbound even if a job claims one: DNS (53), Envoy's
 /// outbound and inbound listeners (15001, 15006), the pilot's xDS, names and API ports
 /// (15010, 15011, 15014).
@@ -77,10 +86,7 @@ impl InboundSpec {
         let ports = exposed
             .into_iter()
             .filter(|port| {
-                let refused = PROTECTED_PORTS.contains(port)
-                    || MESH_PORTS.contains(port)
-                    || *port == redirect_port
-                    || *port == 0;
+                let refused = never_captured(*port, redirect_port);
                 if refused {
                     warnings.push(format!(
                         "port {port} is exposed but never captured inbound: it belongs to BOSH \

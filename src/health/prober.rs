@@ -6,8 +6,15 @@
 //! view of the processes would need the BOSH agent's monit credentials (root's). One failed
 //! probe takes the port out and one good one brings it back: a refused connection is a
 //! certain answer, and the pilot hears of a change within one interval.
+//!
+//! With the inbound capture on, the port must also be on the way the mesh reaches it: a mesh
+//! client speaks mutual TLS to the VM's Envoy, so a port the capture does not take yet (the VM
+//! just booted and `dnat follow` has not applied the pilots' list) or whose Envoy's inbound
+//! listener does not take connections (Envoy starting or down) would fail every mesh request.
+//! Such a port is reported failing too, with its reason in the log.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::net::TcpStream;
@@ -15,6 +22,26 @@ use tokio::sync::watch;
 
 use super::report::{AgentReport, ProbeSet};
 use crate::catalog::model::InstanceRef;
+
+/// The VM's inbound capture, as the agent checks it.
+#[derive(Debug, Clone)]
+pub struct InboundCapture {
+    /// Envoy's inbound listener, where the capture sends the exposed ports.
+    pub envoy_port: u16,
+    /// What `dnat` records as captured (`dnat::captured_ports_path`).
+    pub captured_file: PathBuf,
+}
+
+/// Why an exposed port is reported failing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum NotReady {
+    /// The job refuses connections (or does not answer within the interval).
+    JobRefuses,
+    /// The inbound capture does not take the port yet.
+    NotCaptured,
+    /// Envoy's inbound listener does not take connections.
+    EnvoyInboundDown,
+}
 
 /// Probes the latest probe set every `interval` and publishes the report whenever it changes
 /// (`leaving` is the drain's flag, carried in every report). Runs until `reports` has no
@@ -25,10 +52,11 @@ pub async fn run(
     mut leaving: watch::Receiver<bool>,
     reports: watch::Sender<Option<AgentReport>>,
     interval: Duration,
+    capture: Option<InboundCapture>,
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut logged: Option<BTreeSet<u16>> = None;
+    let mut logged: Option<BTreeMap<u16, NotReady>> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -40,19 +68,19 @@ pub async fn run(
         let Some(set) = probes.borrow_and_update().clone() else {
             continue;
         };
-        let failing_ports = failing(&set, interval).await;
-        if logged.as_ref() != Some(&failing_ports) {
-            if failing_ports.is_empty() {
+        let not_ready = not_ready(&set, interval, capture.as_ref()).await;
+        if logged.as_ref() != Some(&not_ready) {
+            if not_ready.is_empty() {
                 tracing::info!(address = %set.address, ports = ?set.ports, "every exposed port accepts connections");
             } else {
-                tracing::warn!(address = %set.address, failing = ?failing_ports, "exposed ports refuse connections: reported as failing");
+                tracing::warn!(address = %set.address, failing = ?not_ready, "exposed ports not ready: reported as failing");
             }
-            logged = Some(failing_ports.clone());
+            logged = Some(not_ready.clone());
         }
         let report = AgentReport {
             deployment: instance.deployment.clone(),
             instance: instance.instance_id.clone(),
-            failing_ports,
+            failing_ports: not_ready.into_keys().collect(),
             leaving: *leaving.borrow_and_update(),
         };
         reports.send_if_modified(|current| {
@@ -79,21 +107,60 @@ async fn connect(address: std::net::IpAddr, port: u16) -> std::io::Result<TcpStr
     }
 }
 
-/// The ports of `set` that do not accept a TCP connection within `timeout`, probed at once.
-async fn failing(set: &ProbeSet, timeout: Duration) -> BTreeSet<u16> {
-    let probes = set.ports.iter().map(|&port| async move {
-        let open = matches!(
-            tokio::time::timeout(timeout, connect(set.address, port)).await,
-            Ok(Ok(_))
-        );
-        (port, open)
-    });
-    futures::future::join_all(probes)
+/// Whether a TCP connection to `port` of `address` opens within `timeout`.
+async fn opens(address: std::net::IpAddr, port: u16, timeout: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(timeout, connect(address, port)).await,
+        Ok(Ok(_))
+    )
+}
+
+/// The ports of `set` that are not ready, and why: the job's, probed at once, then with
+/// `capture` the capture's and its Envoy's. A port the capture never takes
+/// (`dnat::never_captured`) does not wait for it.
+async fn not_ready(
+    set: &ProbeSet,
+    timeout: Duration,
+    capture: Option<&InboundCapture>,
+) -> BTreeMap<u16, NotReady> {
+    let probes = set
+        .ports
+        .iter()
+        .map(|&port| async move { (port, opens(set.address, port, timeout).await) });
+    let mut not_ready: BTreeMap<u16, NotReady> = futures::future::join_all(probes)
         .await
         .into_iter()
         .filter(|(_, open)| !open)
-        .map(|(port, _)| port)
-        .collect()
+        .map(|(port, _)| (port, NotReady::JobRefuses))
+        .collect();
+    let Some(capture) = capture else {
+        return not_ready;
+    };
+    let captured: BTreeSet<u16> = match tokio::fs::read(&capture.captured_file).await {
+        Ok(bytes) => crate::dnat::parse_ports_file(&capture.captured_file, &bytes)
+            .map(|ports| ports.into_iter().collect())
+            .unwrap_or_default(),
+        Err(_) => BTreeSet::new(),
+    };
+    let envoy_up = opens(
+        std::net::Ipv4Addr::LOCALHOST.into(),
+        capture.envoy_port,
+        timeout,
+    )
+    .await;
+    for &port in &set.ports {
+        let reason = if crate::dnat::never_captured(port, capture.envoy_port) {
+            continue;
+        } else if !captured.contains(&port) {
+            NotReady::NotCaptured
+        } else if !envoy_up {
+            NotReady::EnvoyInboundDown
+        } else {
+            continue;
+        };
+        not_ready.entry(port).or_insert(reason);
+    }
+    not_ready
 }
 
 #[cfg(test)]
@@ -120,6 +187,7 @@ mod tests {
             leaving_rx,
             reports_tx,
             Duration::from_millis(50),
+            None,
         ));
         let mut ports = vec![open_port, closed_port];
         ports.sort();
@@ -155,5 +223,39 @@ mod tests {
             .await
             .unwrap();
         assert!(report.as_ref().unwrap().leaving);
+    }
+
+    #[tokio::test]
+    async fn with_the_capture_a_port_waits_for_its_capture_and_for_envoys_inbound_listener() {
+        let job = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = job.local_addr().unwrap().port();
+        let envoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let capture = InboundCapture {
+            envoy_port: envoy.local_addr().unwrap().port(),
+            captured_file: dir.path().join("inbound_ports.captured.json"),
+        };
+        let set = ProbeSet {
+            address: [127, 0, 0, 1].into(),
+            ports: vec![port],
+        };
+        let timeout = Duration::from_millis(500);
+        let check = |capture| not_ready(&set, timeout, capture);
+        let failing = |reason| BTreeMap::from([(port, reason)]);
+
+        assert_eq!(check(Some(&capture)).await, failing(NotReady::NotCaptured));
+        // Without the capture, the job alone counts.
+        assert_eq!(check(None).await, BTreeMap::new());
+        std::fs::write(&capture.captured_file, "not json").unwrap();
+        assert_eq!(check(Some(&capture)).await, failing(NotReady::NotCaptured));
+        crate::dnat::write_ports_file(&capture.captured_file, &BTreeSet::from([port])).unwrap();
+        assert_eq!(check(Some(&capture)).await, BTreeMap::new());
+        drop(envoy);
+        assert_eq!(
+            check(Some(&capture)).await,
+            failing(NotReady::EnvoyInboundDown)
+        );
+        drop(job);
+        assert_eq!(check(Some(&capture)).await, failing(NotReady::JobRefuses));
     }
 }

@@ -172,6 +172,12 @@ pub async fn run(args: Args) -> Result<()> {
             leaving.clone(),
             reports_tx,
             probe_interval,
+            config
+                .inbound_capture_port
+                .map(|envoy_port| crate::health::prober::InboundCapture {
+                    envoy_port,
+                    captured_file: crate::dnat::captured_ports_path(&exposed_ports_path(&config)),
+                }),
         ));
         info!(deployment = %instance.deployment, instance = %instance.instance_id, interval = ?probe_interval, "reporting this instance's health to the pilots");
         tokio::spawn(follow_exposed_ports(

@@ -18,7 +18,8 @@
 //!   (`xds::rbac`) and an HTTP connection manager (HTTP ports: the caller's SPIFFE ID in
 //!   `x-forwarded-client-cert`, paths normalized before RBAC looks at them) or `tcp_proxy`.
 //! - a default chain for any other port: `tcp_proxy` to the original destination, untouched
-//!   (Istio's `InboundPassthrough`).
+//!   (Istio's `InboundPassthrough`); but a connection to 15006 itself is closed (Istio's
+//!   `virtualInbound-blackhole`): passed through, it would loop back into the listener.
 //! - two shared clusters, [`PASSTHROUGH_CLUSTER`] and [`PASSTHROUGH_CLUSTER_HTTP2`] (for ports
 //!   whose protocol is HTTP/2), `ORIGINAL_DST`, connecting to the local process from
 //!   [`LOCAL_SOURCE`]: the VM's capture rules let traffic from that address through, so Envoy's
@@ -57,7 +58,9 @@ use envoy_types::util::pack_any;
 
 use super::mtls::{self, MESH_ALPN};
 use super::rbac;
-use super::resources::{explicit_upstream, protocol_options, socket_address, CONNECT_TIMEOUT};
+use super::resources::{
+    explicit_upstream, protocol_options, socket_address, BLACKHOLE_CLUSTER, CONNECT_TIMEOUT,
+};
 use crate::catalog::model::{Catalog, ServicePort};
 use crate::traffic::security::{MtlsMode, WorkloadKey, WorkloadSecurity};
 
@@ -158,6 +161,20 @@ pub(super) fn listener(
             });
         }
     }
+    // A connection made to the listener's own port (not sent by the capture) would have that
+    // port as its original destination: passed through, it would come back here, again and
+    // again. It is closed at once, and counted (`tcp.inbound_direct.downstream_cx_no_route`).
+    filter_chains.push(FilterChain {
+        name: "inbound|direct".to_string(),
+        filter_chain_match: Some(FilterChainMatch {
+            destination_port: Some(UInt32Value {
+                value: u32::from(INBOUND_PORT),
+            }),
+            ..Default::default()
+        }),
+        filters: vec![tcp_proxy("inbound_direct", BLACKHOLE_CLUSTER)],
+        ..Default::default()
+    });
     let permissive: Vec<u16> = ports
         .iter()
         .filter(|port| mode(port) == MtlsMode::Permissive)
@@ -470,6 +487,7 @@ mod tests {
                 // falling through to the passthrough chain.
                 ("inbound|8080|mtls", 8080, "", vec![], true),
                 ("inbound|9000|plaintext", 9000, "", vec![], false),
+                ("inbound|direct", 15006, "", vec![], false),
             ]
         );
         let server: DownstreamTlsContext =
@@ -527,9 +545,21 @@ mod tests {
         let listener = listener(&key("g"), &ports.iter().collect::<Vec<_>>(), &strict, false);
         assert_eq!(
             chains(&listener),
-            [("inbound|8080|plaintext", 8080, "", vec![], false)]
+            [
+                ("inbound|8080|plaintext", 8080, "", vec![], false),
+                ("inbound|direct", 15006, "", vec![], false),
+            ]
         );
         assert_eq!(listener.listener_filters.len(), 1, "original_dst alone");
+        // A connection made to 15006 itself keeps 15006 as its original destination: passed
+        // through, it would come straight back to this listener, forever.
+        let direct: TcpProxy = typed(&listener.filter_chains[1].filters[0]);
+        assert_eq!(
+            direct.cluster_specifier,
+            Some(tcp_proxy::ClusterSpecifier::Cluster(
+                BLACKHOLE_CLUSTER.into()
+            ))
+        );
     }
 
     #[test]

@@ -1154,7 +1154,7 @@ fn only_filter_chain(name: &str, filter: Filter) -> FilterChain {
 /// Where connections to a VIP:port that no listener claims go: a cluster that never exists,
 /// so `tcp_proxy` closes them at once and counts them
 /// (`tcp.outbound_unexposed.downstream_cx_no_route`).
-const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
+pub(super) const BLACKHOLE_CLUSTER: &str = "BlackHoleCluster";
 
 fn outbound_listener() -> Listener {
     Listener {

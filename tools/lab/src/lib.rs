@@ -287,7 +287,7 @@ impl LabState {
         }
     }
 
-    fn sim(&self) -> Result<SimControl> {
+    pub(crate) fn sim(&self) -> Result<SimControl> {
         SimControl::new(self.layout.control_url())
     }
 }

@@ -230,7 +230,8 @@ pub fn agent_scope(vm: &Vm) -> BTreeSet<String> {
 /// What still differs between the control plane's registration and one VM: every name in the
 /// agent's table, and for the names in the VM's scope (docs/scope.md) the DNS answer and
 /// Envoy's endpoints. A name out of scope is not asked: asking would bring it into the scope.
-fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
+/// `director_running`: the director lists the VM's instance with `job_state` running.
+fn vm_lag(vm: &Vm, services: &[Registration], director_running: bool) -> Result<Vec<String>> {
     let mut lag = Vec::new();
     // A process stopped on purpose (`lab process ... stop`) is not waited for.
     let running = |name: &str| {
@@ -296,6 +297,24 @@ fn vm_lag(vm: &Vm, services: &[Registration]) -> Result<Vec<String>> {
             vm.name()
         ));
     }
+    // Its agent reports its ports healthy once its inbound side takes connections (captured,
+    // and Envoy's inbound listener up: docs/health.md); until then every Envoy agrees that it
+    // has no endpoint there, but a first request to it would fail. A VM with every process
+    // running, that the director says runs and that is not draining, is waited for.
+    let draining = vm.root.join("data/virtual-ip-agent/leaving").exists();
+    if serves && director_running && !draining && vm.processes.iter().all(|p| p.is_running()) {
+        let unhealthy = services
+            .iter()
+            .flat_map(|service| &service.endpoints)
+            .filter(|e| e.address == address && !e.healthy);
+        if let Some(endpoint) = unhealthy.into_iter().next() {
+            lag.push(format!(
+                "{}: the control plane lists its endpoint {} as unhealthy",
+                vm.name(),
+                endpoint.address
+            ));
+        }
+    }
     Ok(lag)
 }
 
@@ -309,9 +328,19 @@ pub async fn wait(state: &LabState, timeout: Duration) -> Result<()> {
             if services.is_empty() {
                 bail!("the control plane lists no services yet");
             }
+            let running: BTreeSet<String> = state
+                .sim()?
+                .state()
+                .await?
+                .deployments
+                .into_iter()
+                .flat_map(|d| d.instances)
+                .filter(|i| i.job_state.as_deref() == Some("running"))
+                .map(|i| i.id)
+                .collect();
             let mut all = Vec::new();
             for vm in state.vms.iter().filter(|vm| vm.runs_addon()) {
-                all.extend(vm_lag(vm, &services)?);
+                all.extend(vm_lag(vm, &services, running.contains(&vm.id))?);
             }
             let converged = all.is_empty();
             *last_lag.lock().expect("lag lock") = all;
