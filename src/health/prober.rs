@@ -30,6 +30,10 @@ pub struct InboundCapture {
     pub envoy_port: u16,
     /// What `dnat` records as captured (`dnat::captured_ports_path`).
     pub captured_file: PathBuf,
+    /// The workload certificate the agent holds. None: the pilots sign none (no mesh CA yet),
+    /// so no caller sends mutual TLS and the capture does not apply (the agent writes no
+    /// ports to capture until it holds one).
+    pub certificates: crate::identity::agent::Certificates,
 }
 
 /// Why an exposed port is reported failing.
@@ -133,7 +137,7 @@ async fn not_ready(
         .filter(|(_, open)| !open)
         .map(|(port, _)| (port, NotReady::JobRefuses))
         .collect();
-    let Some(capture) = capture else {
+    let Some(capture) = capture.filter(|c| c.certificates.borrow().is_some()) else {
         return not_ready;
     };
     let captured: BTreeSet<u16> = match tokio::fs::read(&capture.captured_file).await {
@@ -231,9 +235,11 @@ mod tests {
         let port = job.local_addr().unwrap().port();
         let envoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let dir = tempfile::tempdir().unwrap();
+        let (certificate, certificates) = watch::channel(None);
         let capture = InboundCapture {
             envoy_port: envoy.local_addr().unwrap().port(),
             captured_file: dir.path().join("inbound_ports.captured.json"),
+            certificates,
         };
         let set = ProbeSet {
             address: [127, 0, 0, 1].into(),
@@ -243,6 +249,11 @@ mod tests {
         let check = |capture| not_ready(&set, timeout, capture);
         let failing = |reason| BTreeMap::from([(port, reason)]);
 
+        // No certificate yet: callers send plaintext, straight to the job.
+        assert_eq!(check(Some(&capture)).await, BTreeMap::new());
+        certificate.send_replace(Some(std::sync::Arc::new(
+            crate::identity::agent::WorkloadCertificate::for_tests("chain", "bundle", "key"),
+        )));
         assert_eq!(check(Some(&capture)).await, failing(NotReady::NotCaptured));
         // Without the capture, the job alone counts.
         assert_eq!(check(None).await, BTreeMap::new());

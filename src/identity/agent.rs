@@ -406,23 +406,25 @@ pub(crate) fn from_config(
 
 /// Starts the workload identity of the agent: binds the SDS socket at `socket` (an error
 /// here stops the agent), then keeps a certificate signed by the pilots and serves it.
+/// Returns the certificate as served: none until the pilots sign one.
 pub(crate) fn start(
     workload: Workload,
     socket: PathBuf,
     pilots: &[String],
     tls: Option<rustls::ClientConfig>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<Certificates> {
     let signer = PilotSigner::new(pilots, tls)?;
     let listener = super::sds::bind(&socket)?;
     let (certificates, served) = watch::channel(None);
     tracing::info!(spiffe_id = %workload.spiffe_id, socket = %socket.display(), "workload identity: asking the pilots for a certificate");
     tokio::spawn(keep_certified(workload, signer, certificates));
+    let held = served.clone();
     tokio::spawn(async move {
         if let Err(err) = super::sds::serve(listener, socket, served).await {
             tracing::error!("{err:#}: Envoy gets no new certificate");
         }
     });
-    Ok(())
+    Ok(held)
 }
 
 /// The pilots, on their names port with the agent's mutual-TLS client: tried in turn until

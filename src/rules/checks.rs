@@ -938,18 +938,7 @@ mod tests {
     }
 
     fn findings_of(kind: &str, spec: &str) -> (Vec<String>, Vec<String>) {
-        let spec = spec.trim_end().replace('\n', "\n  ");
-        let content = format!(
-            "apiVersion: networking.istio.io/v1\nkind: {kind}\nmetadata: {{name: r}}\nspec:\n  {spec}\n"
-        );
-        let parsed = parse_config("c", &content);
-        let lines = |findings: &[super::super::Finding]| {
-            findings
-                .iter()
-                .map(|f| format!("{}: {}", f.field.as_deref().unwrap_or(""), f.message))
-                .collect()
-        };
-        (lines(&parsed.errors), lines(&parsed.warnings))
+        super::super::test_support::findings_of("networking.istio.io/v1", kind, spec)
     }
 
     fn assert_one_error(kind: &str, spec: &str, expected: &str) {

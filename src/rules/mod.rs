@@ -28,6 +28,8 @@ pub(crate) mod mesh;
 pub mod model;
 mod parse;
 mod security_checks;
+#[cfg(test)]
+mod test_support;
 pub(crate) mod validate;
 mod values;
 

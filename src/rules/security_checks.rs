@@ -369,23 +369,11 @@ pub(crate) fn could_be_principal(value: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::super::parse::parse_config;
     use super::*;
 
     /// The errors and warnings (field: message) of a resource of kind `kind` with `spec`.
     fn findings_of(kind: &str, spec: &str) -> (Vec<String>, Vec<String>) {
-        let spec = spec.trim_end().replace('\n', "\n  ");
-        let content = format!(
-            "apiVersion: security.istio.io/v1\nkind: {kind}\nmetadata: {{name: p}}\nspec:\n  {spec}\n"
-        );
-        let parsed = parse_config("c", &content);
-        let lines = |findings: &[super::super::Finding]| {
-            findings
-                .iter()
-                .map(|f| format!("{}: {}", f.field.as_deref().unwrap_or(""), f.message))
-                .collect()
-        };
-        (lines(&parsed.errors), lines(&parsed.warnings))
+        super::super::test_support::findings_of("security.istio.io/v1", kind, spec)
     }
 
     fn assert_one_error(kind: &str, spec: &str, expected: &str) {

@@ -114,9 +114,24 @@ pub async fn run(args: Args) -> Result<()> {
             .map(Arc::new)
         })
         .transpose()?;
-    if let Some((workload, sds_socket)) = identity {
-        crate::identity::agent::start(workload, sds_socket, &config.pilots, tls.clone())?;
-    }
+    let certificates = identity
+        .map(|(workload, sds_socket)| {
+            crate::identity::agent::start(workload, sds_socket, &config.pilots, tls.clone())
+        })
+        .transpose()?;
+    // The capture applies once the pilots sign a certificate: before, they have no mesh CA,
+    // callers send plaintext, and capturing would send it to an Envoy with no inbound listener.
+    let capture =
+        config
+            .inbound_capture_port
+            .zip(certificates)
+            .map(
+                |(envoy_port, certificates)| crate::health::prober::InboundCapture {
+                    envoy_port,
+                    captured_file: crate::dnat::captured_ports_path(&exposed_ports_path(&config)),
+                    certificates,
+                },
+            );
     // One copy of the table, shared by the follower's channel and the table updater.
     let saved = Arc::new(load_saved_table(&config.table_path));
     let cell = Arc::new(ZoneCell::new(build_zone(
@@ -172,17 +187,13 @@ pub async fn run(args: Args) -> Result<()> {
             leaving.clone(),
             reports_tx,
             probe_interval,
-            config
-                .inbound_capture_port
-                .map(|envoy_port| crate::health::prober::InboundCapture {
-                    envoy_port,
-                    captured_file: crate::dnat::captured_ports_path(&exposed_ports_path(&config)),
-                }),
+            capture.clone(),
         ));
         info!(deployment = %instance.deployment, instance = %instance.instance_id, interval = ?probe_interval, "reporting this instance's health to the pilots");
         tokio::spawn(follow_exposed_ports(
             probes_tx.subscribe(),
             exposed_ports_path(&config),
+            capture.map(|capture| capture.certificates),
         ));
         AgentLink {
             instance,
@@ -225,11 +236,18 @@ fn exposed_ports_path(config: &AgentConfig) -> PathBuf {
     config.table_path.with_file_name("inbound_ports.json")
 }
 
-/// Writes the exposed ports whenever the pilots' probes change them.
+/// Writes the exposed ports whenever the pilots' probes change them; with `certificates`,
+/// once the agent holds one (a ports file left by an earlier run stays until then).
 async fn follow_exposed_ports(
     mut probes: watch::Receiver<Option<crate::health::ProbeSet>>,
     path: PathBuf,
+    certificates: Option<crate::identity::agent::Certificates>,
 ) {
+    if let Some(mut certificates) = certificates {
+        if certificates.wait_for(Option::is_some).await.is_err() {
+            return;
+        }
+    }
     let mut written = None;
     loop {
         let ports: Option<std::collections::BTreeSet<u16>> = probes
