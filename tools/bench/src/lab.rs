@@ -660,8 +660,8 @@ struct MeshRun {
 fn mesh_run(lab: &Lab, client: &Vm, rate: u64, seconds: u64) -> Result<MeshRun> {
     lab.command(&["process", &client.name(), "envoy", "restart"])?;
     lab.command(&["wait", "--timeout-seconds", "120"])?;
-    // A restarted Envoy's first requests can fail for some seconds (the known defect of
-    // issue 12's note): the measured run starts once one has succeeded.
+    // The measured run starts once a request has succeeded: it measures a steady state, not
+    // the restarted Envoy's first connections (their TLS handshakes).
     let url = format!("http://{HOSTNAME}:{PORT}/get");
     let answered = (0..60).any(|_| {
         let ok = boshy_lab::net::run_in(

@@ -77,11 +77,11 @@ pub async fn run(layout: &Layout) -> Result<()> {
             tokio::time::sleep(std::time::Duration::from_millis(300)).await;
         }
         let output = net::run_in(&vm.namespace, &["curl", "-sS", "--max-time", "5", &url])?;
-        // A VM that has just booted may not take connections for a moment (its inbound side
-        // converging): such an answer is shown and the next curl tried.
+        // `lab up` returns once every serving VM is ready, so this is not expected; a failed
+        // answer is shown, not hidden, and the next curl tried.
         let Ok(body) = serde_json::from_slice::<serde_json::Value>(&output.stdout) else {
             let text = String::from_utf8_lossy(&output.stdout);
-            println!("  not yet: {}", text.lines().next().unwrap_or_default());
+            println!("  failed: {}", text.lines().next().unwrap_or_default());
             tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             continue;
         };
