@@ -21,7 +21,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use boshy::catalog::model::{Catalog, Protocol};
+use boshy::catalog::model::{Catalog, Endpoint, Protocol};
 use boshy::catalog::testing::{self, service};
 use boshy::identity::spiffe::TrustDomain;
 use boshy::traffic::security::{
@@ -73,10 +73,14 @@ fn catalog() -> Arc<Catalog> {
                 .vip([169, 254, 255, 4])
                 .port("tcp-db", 5432, Protocol::Tcp)
                 .endpoint(at(BANANA_IP)),
+            // Its agent says it takes no mutual TLS yet (not captured or not certified).
             service("sample", "cherry", "web")
                 .vip([169, 254, 255, 3])
                 .port("http", 8080, Protocol::Http)
-                .endpoint(at(CHERRY_IP)),
+                .endpoint(Endpoint {
+                    plaintext: true,
+                    ..at(CHERRY_IP)
+                }),
         ],
     ))
 }
@@ -619,6 +623,7 @@ fn requests_cross_mutual_tls_carry_the_callers_identity_and_meet_the_policies() 
     in_private_netns(|| async {
         xfcc_echo(&format!("{BANANA_IP}:8080")).await;
         xfcc_echo(&format!("{BANANA_IP}:8081")).await;
+        xfcc_echo(&format!("{CHERRY_IP}:8080")).await;
         tcp_echo(&format!("{BANANA_IP}:5432")).await;
         let sds = serve_sds(&pki()).await;
         let (_published, xds) = serve_xds(traffic()).await;
@@ -698,6 +703,15 @@ fn requests_cross_mutual_tls_carry_the_callers_identity_and_meet_the_policies() 
             plaintext_exchange("169.254.255.4:5432").await.as_deref(),
             Some(&b"hello"[..])
         );
+        // cherry's cluster originates mutual TLS, but its one endpoint is labelled plaintext:
+        // the request reaches its uncaptured workload in plaintext, with no identity.
+        let cherry = http
+            .get("http://169.254.255.3:8080/")
+            .send()
+            .await
+            .expect("an answer");
+        assert_eq!(cherry.status().as_u16(), 200);
+        assert_eq!(cherry.text().await.unwrap(), "none");
     });
 }
 

@@ -178,6 +178,7 @@ fn endpoints(
                 instance: instance.id.clone(),
                 index: instance.index,
                 healthy: instance.job_state.as_deref() == Some("running"),
+                plaintext: false,
                 labels: endpoint_labels(service, instance),
             })
         })

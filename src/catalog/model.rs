@@ -90,6 +90,10 @@ pub struct Endpoint {
     pub index: Option<u32>,
     /// `job_state == "running"` at the director's last health report.
     pub healthy: bool,
+    /// Its agent says its Envoy takes no mutual TLS yet (`health::AgentReport::plaintext`):
+    /// clients call it in plaintext even where the mesh's mode is mutual TLS.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub plaintext: bool,
     /// What the director says about the instance (under `bosh.io/`), and the release
     /// author's `expose_labels` of the service's job. For rules that select instances; xDS and
     /// the name table do not depend on them.

@@ -69,6 +69,7 @@ pub fn endpoint(address: &str) -> Endpoint {
         instance: format!("instance-{address}"),
         index: None,
         healthy: true,
+        plaintext: false,
         labels: Labels::new(),
     }
 }

@@ -45,6 +45,7 @@ pub(crate) mod testing {
             instance: id.into(),
             failing_ports: failing.iter().copied().collect(),
             leaving,
+            plaintext: false,
         }
     }
 }

@@ -21,9 +21,10 @@ pub fn apply(catalog: &Catalog, health: &AgentHealth) -> Catalog {
     for service in &mut next.services {
         let mut endpoints = std::mem::take(&mut service.endpoints);
         for endpoint in &mut endpoints {
-            let healthy = healthy(service, endpoint, health);
-            changed |= endpoint.healthy != healthy;
+            let (healthy, plaintext) = reported(service, endpoint, health);
+            changed |= (endpoint.healthy, endpoint.plaintext) != (healthy, plaintext);
             endpoint.healthy = healthy;
+            endpoint.plaintext = plaintext;
         }
         service.endpoints = endpoints;
     }
@@ -68,26 +69,29 @@ pub fn apply_if_changed(
                 .iter()
                 .zip(&published.endpoints)
                 .all(|(endpoint, published)| {
-                    healthy(service, endpoint, health) == published.healthy
+                    reported(service, endpoint, health) == (published.healthy, published.plaintext)
                 })
         });
     (!unchanged).then(|| apply(built, health))
 }
 
-/// An endpoint's health with the agents' `health` applied.
-fn healthy(service: &Service, endpoint: &Endpoint, health: &AgentHealth) -> bool {
+/// An endpoint's health, and whether clients call it in plaintext, with the agents' `health`
+/// applied.
+fn reported(service: &Service, endpoint: &Endpoint, health: &AgentHealth) -> (bool, bool) {
+    let unreported = (endpoint.healthy, endpoint.plaintext);
     if service.service_entry.is_some() {
-        return endpoint.healthy;
+        return unreported;
     }
     match health.get(&service.key.deployment, &endpoint.instance) {
         Some(reported) => {
-            !reported.leaving
+            let healthy = !reported.leaving
                 && !service
                     .ports
                     .iter()
-                    .any(|p| reported.failing_ports.contains(&p.number))
+                    .any(|p| reported.failing_ports.contains(&p.number));
+            (healthy, reported.plaintext)
         }
-        None => endpoint.healthy,
+        None => unreported,
     }
 }
 
@@ -265,6 +269,32 @@ mod tests {
             .all(|s| !s.endpoints[1].healthy && s.endpoints[0].healthy));
         assert!(instance_out(&leaving, &instance("b-1")));
         assert!(!instance_out(&leaving, &instance("b-0")));
+    }
+
+    #[test]
+    fn an_agent_saying_plaintext_marks_its_endpoints_and_that_alone_is_a_change() {
+        let built = mesh();
+        let mut state = RegistryState::default();
+        state.open(&instance("b-0"));
+        let mut plaintext = report("b-0", &[], false);
+        plaintext.plaintext = true;
+        state.report(plaintext).unwrap();
+        let applied = apply_if_changed(&built, &state.health(), &built).unwrap();
+        for service in &applied.services {
+            let marked: Vec<(bool, bool)> = service
+                .endpoints
+                .iter()
+                .map(|e| (e.healthy, e.plaintext))
+                .collect();
+            assert_eq!(marked, [(true, true), (true, false)]);
+        }
+        assert_ne!(applied.version, built.version);
+        // Mutual TLS again: the director's view (no mark) is what the agent says.
+        state.report(report("b-0", &[], false)).unwrap();
+        assert_eq!(
+            apply_if_changed(&built, &state.health(), &applied),
+            Some(built)
+        );
     }
 
     #[test]

@@ -7,11 +7,18 @@
 //! probe takes the port out and one good one brings it back: a refused connection is a
 //! certain answer, and the pilot hears of a change within one interval.
 //!
-//! With the inbound capture on, the port must also be on the way the mesh reaches it: a mesh
-//! client speaks mutual TLS to the VM's Envoy, so a port the capture does not take yet (the VM
-//! just booted and `dnat follow` has not applied the pilots' list) or whose Envoy's inbound
-//! listener does not take connections (Envoy starting or down) would fail every mesh request.
-//! Such a port is reported failing too, with its reason in the log.
+//! With the inbound capture on, the agent also says whether mesh clients may speak mutual TLS
+//! to the instance. Until it holds a workload certificate (the pilots have no mesh CA yet, or
+//! have not signed), the report says `plaintext`, and clients call the instance in plaintext,
+//! straight to its jobs, as Istio's do an endpoint without `tlsMode: istio`. Once it holds
+//! one, a port is ready only when it is captured (`dnat follow` applied the pilots' list) and
+//! its Envoy's inbound listener takes connections; before, it is reported failing, so no
+//! client sends TLS to a job that cannot read it. Going out and back in also makes every
+//! client Envoy drop its pooled plaintext connections to the instance (a host removed from a
+//! load assignment has its connection pools drained), which a mere change of the `tlsMode`
+//! label would not. A captured port whose Envoy's inbound listener does not take connections
+//! (Envoy starting or down) refuses every caller: it is reported failing too. Reasons are in
+//! the log.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -39,12 +46,30 @@ pub struct InboundCapture {
 /// Why an exposed port is reported failing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum NotReady {
-    /// The job refuses connections (or does not answer within the interval).
+    /// The job does not accept connections.
     JobRefuses,
-    /// The inbound capture does not take the port yet.
+    /// The agent holds a certificate, so mesh clients will speak mutual TLS, and the capture
+    /// does not take the port yet.
     NotCaptured,
-    /// Envoy's inbound listener does not take connections.
+    /// The port is captured, and Envoy's inbound listener does not take connections.
     EnvoyInboundDown,
+}
+
+/// Why mesh clients are told to call the instance in plaintext.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Plaintext {
+    /// No inbound capture is configured (identity or capture off on this VM).
+    NoCapture,
+    /// The pilots have signed no workload certificate yet.
+    NoCertificate,
+}
+
+/// One probe round's findings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Readiness {
+    failing: BTreeMap<u16, NotReady>,
+    /// None: mutual TLS.
+    plaintext: Option<Plaintext>,
 }
 
 /// Probes the latest probe set every `interval` and publishes the report whenever it changes
@@ -60,7 +85,7 @@ pub async fn run(
 ) {
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut logged: Option<BTreeMap<u16, NotReady>> = None;
+    let mut logged: Option<Readiness> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -72,20 +97,17 @@ pub async fn run(
         let Some(set) = probes.borrow_and_update().clone() else {
             continue;
         };
-        let not_ready = not_ready(&set, interval, capture.as_ref()).await;
-        if logged.as_ref() != Some(&not_ready) {
-            if not_ready.is_empty() {
-                tracing::info!(address = %set.address, ports = ?set.ports, "every exposed port accepts connections");
-            } else {
-                tracing::warn!(address = %set.address, failing = ?not_ready, "exposed ports not ready: reported as failing");
-            }
-            logged = Some(not_ready.clone());
+        let readiness = readiness(&set, interval, capture.as_ref()).await;
+        if logged.as_ref() != Some(&readiness) {
+            log(&set, &readiness);
+            logged = Some(readiness.clone());
         }
         let report = AgentReport {
             deployment: instance.deployment.clone(),
             instance: instance.instance_id.clone(),
-            failing_ports: not_ready.into_keys().collect(),
+            failing_ports: readiness.failing.into_keys().collect(),
             leaving: *leaving.borrow_and_update(),
+            plaintext: readiness.plaintext.is_some(),
         };
         reports.send_if_modified(|current| {
             let differs = current.as_ref() != Some(&report);
@@ -119,26 +141,40 @@ async fn opens(address: std::net::IpAddr, port: u16, timeout: Duration) -> bool 
     )
 }
 
-/// The ports of `set` that are not ready, and why: the job's, probed at once, then with
-/// `capture` the capture's and its Envoy's. A port the capture never takes
-/// (`dnat::never_captured`) does not wait for it.
-async fn not_ready(
+fn log(set: &ProbeSet, readiness: &Readiness) {
+    let plaintext = readiness.plaintext;
+    if !readiness.failing.is_empty() {
+        tracing::warn!(address = %set.address, failing = ?readiness.failing, ?plaintext, "exposed ports not ready: reported as failing");
+    } else if let Some(why) = plaintext {
+        tracing::info!(address = %set.address, ports = ?set.ports, plaintext = ?why, "every exposed port accepts connections; mesh clients call them in plaintext");
+    } else {
+        tracing::info!(address = %set.address, ports = ?set.ports, "every exposed port accepts connections, mutual TLS through the inbound capture");
+    }
+}
+
+/// What one round finds: the ports of `set` whose job refuses, probed at once; then with
+/// `capture`, whether the capture and its Envoy take them. A port the capture never takes
+/// (`dnat::never_captured`) counts on its job alone.
+async fn readiness(
     set: &ProbeSet,
     timeout: Duration,
     capture: Option<&InboundCapture>,
-) -> BTreeMap<u16, NotReady> {
+) -> Readiness {
     let probes = set
         .ports
         .iter()
         .map(|&port| async move { (port, opens(set.address, port, timeout).await) });
-    let mut not_ready: BTreeMap<u16, NotReady> = futures::future::join_all(probes)
+    let mut failing: BTreeMap<u16, NotReady> = futures::future::join_all(probes)
         .await
         .into_iter()
         .filter(|(_, open)| !open)
         .map(|(port, _)| (port, NotReady::JobRefuses))
         .collect();
-    let Some(capture) = capture.filter(|c| c.certificates.borrow().is_some()) else {
-        return not_ready;
+    let Some(capture) = capture else {
+        return Readiness {
+            failing,
+            plaintext: Some(Plaintext::NoCapture),
+        };
     };
     let captured: BTreeSet<u16> = match tokio::fs::read(&capture.captured_file).await {
         Ok(bytes) => crate::dnat::parse_ports_file(&capture.captured_file, &bytes)
@@ -152,19 +188,26 @@ async fn not_ready(
         timeout,
     )
     .await;
+    let certified = capture.certificates.borrow().is_some();
     for &port in &set.ports {
-        let reason = if crate::dnat::never_captured(port, capture.envoy_port) {
+        if crate::dnat::never_captured(port, capture.envoy_port) {
             continue;
-        } else if !captured.contains(&port) {
+        }
+        let captured = captured.contains(&port);
+        let reason = if certified && !captured {
             NotReady::NotCaptured
-        } else if !envoy_up {
+        } else if captured && !envoy_up {
+            // Every caller, plaintext or not, is sent to the listener that is down.
             NotReady::EnvoyInboundDown
         } else {
             continue;
         };
-        not_ready.entry(port).or_insert(reason);
+        failing.entry(port).or_insert(reason);
     }
-    not_ready
+    Readiness {
+        failing,
+        plaintext: (!certified).then_some(Plaintext::NoCertificate),
+    }
 }
 
 #[cfg(test)]
@@ -230,7 +273,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn with_the_capture_a_port_waits_for_its_capture_and_for_envoys_inbound_listener() {
+    async fn plaintext_until_certified_then_a_port_waits_for_its_capture_and_envoys_listener() {
         let job = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = job.local_addr().unwrap().port();
         let envoy = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -246,27 +289,45 @@ mod tests {
             ports: vec![port],
         };
         let timeout = Duration::from_millis(500);
-        let check = |capture| not_ready(&set, timeout, capture);
-        let failing = |reason| BTreeMap::from([(port, reason)]);
+        let check = |capture| readiness(&set, timeout, capture);
+        let ready = |plaintext| Readiness {
+            failing: BTreeMap::new(),
+            plaintext,
+        };
 
+        // Without the capture, the job alone counts, in plaintext.
+        assert_eq!(check(None).await, ready(Some(Plaintext::NoCapture)));
         // No certificate yet: callers send plaintext, straight to the job.
-        assert_eq!(check(Some(&capture)).await, BTreeMap::new());
+        assert_eq!(
+            check(Some(&capture)).await,
+            ready(Some(Plaintext::NoCertificate))
+        );
         certificate.send_replace(Some(std::sync::Arc::new(
             crate::identity::agent::WorkloadCertificate::for_tests("chain", "bundle", "key"),
         )));
-        assert_eq!(check(Some(&capture)).await, failing(NotReady::NotCaptured));
-        // Without the capture, the job alone counts.
-        assert_eq!(check(None).await, BTreeMap::new());
+        // Certified: clients will speak mutual TLS, so the port waits for its capture.
+        let not_captured = Readiness {
+            failing: BTreeMap::from([(port, NotReady::NotCaptured)]),
+            plaintext: None,
+        };
+        assert_eq!(check(Some(&capture)).await, not_captured);
         std::fs::write(&capture.captured_file, "not json").unwrap();
-        assert_eq!(check(Some(&capture)).await, failing(NotReady::NotCaptured));
+        assert_eq!(check(Some(&capture)).await, not_captured);
         crate::dnat::write_ports_file(&capture.captured_file, &BTreeSet::from([port])).unwrap();
-        assert_eq!(check(Some(&capture)).await, BTreeMap::new());
+        assert_eq!(check(Some(&capture)).await, ready(None));
+        // Captured, Envoy down: every caller is refused.
         drop(envoy);
         assert_eq!(
             check(Some(&capture)).await,
-            failing(NotReady::EnvoyInboundDown)
+            Readiness {
+                failing: BTreeMap::from([(port, NotReady::EnvoyInboundDown)]),
+                plaintext: None,
+            }
         );
         drop(job);
-        assert_eq!(check(Some(&capture)).await, failing(NotReady::JobRefuses));
+        assert_eq!(
+            check(Some(&capture)).await.failing,
+            BTreeMap::from([(port, NotReady::JobRefuses)])
+        );
     }
 }

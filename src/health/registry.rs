@@ -25,6 +25,8 @@ use crate::xds::sync::SyncBoard;
 pub struct InstanceHealth {
     pub failing_ports: BTreeSet<u16>,
     pub leaving: bool,
+    /// Mesh clients call it in plaintext (`AgentReport::plaintext`).
+    pub plaintext: bool,
 }
 
 /// The health of every instance an agent reports on, by deployment then instance id (looked
@@ -163,6 +165,7 @@ impl RegistryState {
         Some(InstanceHealth {
             failing_ports: report.failing_ports.clone(),
             leaving: report.leaving,
+            plaintext: report.plaintext,
         })
     }
 
@@ -183,6 +186,7 @@ impl RegistryState {
                 let reported = InstanceHealth {
                     failing_ports: report.failing_ports.clone(),
                     leaving: report.leaving,
+                    plaintext: report.plaintext,
                 };
                 health.insert(instance, reported);
             }

@@ -37,6 +37,12 @@ pub struct AgentReport {
     /// The instance's drain script ran: BOSH is about to stop its jobs.
     #[serde(default)]
     pub leaving: bool,
+    /// The instance's Envoy does not take mutual TLS on its exposed ports (yet): no workload
+    /// certificate, no inbound capture configured, or a port not captured yet. Mesh clients
+    /// call it in plaintext, as Istio's clients do an endpoint without `tlsMode: istio`.
+    /// Absent (an agent of an earlier release): false, mutual TLS as the pilots' CA says.
+    #[serde(default)]
+    pub plaintext: bool,
 }
 
 impl AgentReport {

@@ -126,6 +126,7 @@ fn endpoints(rule: &Rule<ServiceEntry>, jobs: &Catalog) -> Vec<Endpoint> {
                     instance: format!("{}/{}/{at}", rule.config, rule.name),
                     index: Some(at as u32),
                     healthy: true,
+                    plaintext: false,
                     labels: entry.labels.clone(),
                 })
             })

@@ -193,7 +193,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokio::spawn(follow_exposed_ports(
             probes_tx.subscribe(),
             exposed_ports_path(&config),
-            capture.map(|capture| capture.certificates),
+            capture,
         ));
         AgentLink {
             instance,
@@ -236,16 +236,27 @@ fn exposed_ports_path(config: &AgentConfig) -> PathBuf {
     config.table_path.with_file_name("inbound_ports.json")
 }
 
-/// Writes the exposed ports whenever the pilots' probes change them; with `certificates`,
-/// once the agent holds one (a ports file left by an earlier run stays until then).
+/// Writes the exposed ports whenever the pilots' probes change them; with `capture`, once the
+/// agent holds a certificate and Envoy's inbound listener takes connections, so that the
+/// capture never sends a caller to a listener that is not there (a ports file left by an
+/// earlier run stays applied until then).
 async fn follow_exposed_ports(
     mut probes: watch::Receiver<Option<crate::health::ProbeSet>>,
     path: PathBuf,
-    certificates: Option<crate::identity::agent::Certificates>,
+    capture: Option<crate::health::prober::InboundCapture>,
 ) {
-    if let Some(mut certificates) = certificates {
-        if certificates.wait_for(Option::is_some).await.is_err() {
+    if let Some(mut capture) = capture {
+        if capture
+            .certificates
+            .wait_for(Option::is_some)
+            .await
+            .is_err()
+        {
             return;
+        }
+        let envoy = (std::net::Ipv4Addr::LOCALHOST, capture.envoy_port);
+        while tokio::net::TcpStream::connect(envoy).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
     let mut written = None;

@@ -11,18 +11,22 @@
 //! passes through untouched); the server never selects it, so the HTTP protocol the server
 //! selects is the one its connection manager then speaks, as without mutual TLS.
 
+use envoy_types::pb::envoy::config::cluster::v3::cluster::TransportSocketMatch;
+use envoy_types::pb::envoy::config::core::v3::Metadata;
 use envoy_types::pb::envoy::config::core::v3::{
     api_config_source, config_source, grpc_service, transport_socket, ApiConfigSource, ApiVersion,
     ConfigSource, GrpcService, TransportSocket,
 };
+use envoy_types::pb::envoy::extensions::transport_sockets::raw_buffer::v3::RawBuffer;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
     common_tls_context, subject_alt_name_matcher, CertificateValidationContext, CommonTlsContext,
     DownstreamTlsContext, SdsSecretConfig, SubjectAltNameMatcher, TlsParameters,
     UpstreamTlsContext,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher, StringMatcher};
-use envoy_types::pb::google::protobuf::BoolValue;
+use envoy_types::pb::google::protobuf::{value, BoolValue, Struct, Value};
 use envoy_types::util::pack_any;
+use std::collections::HashMap;
 
 use super::bootstrap::SDS_CLUSTER;
 use crate::catalog::model::ServicePort;
@@ -144,6 +148,49 @@ pub(super) fn client_transport_socket(port: &ServicePort, server_id: &str) -> Tr
         common_tls_context: Some(common_tls_context(validation, alpn)),
         ..Default::default()
     }))
+}
+
+/// The key of endpoint metadata Envoy matches a cluster's `transport_socket_matches` on.
+const TRANSPORT_SOCKET_MATCH: &str = "envoy.transport_socket_match";
+
+/// The label an endpoint taking no mutual TLS carries, as Istio's `tlsMode` label says.
+const TLS_MODE: (&str, &str) = ("tlsMode", "disabled");
+
+fn tls_mode_disabled() -> Struct {
+    Struct {
+        fields: HashMap::from([(
+            TLS_MODE.0.to_string(),
+            Value {
+                kind: Some(value::Kind::StringValue(TLS_MODE.1.to_string())),
+            },
+        )]),
+    }
+}
+
+/// The metadata of an endpoint whose agent says its Envoy takes no mutual TLS yet
+/// (`Endpoint::plaintext`): a cluster that originates mutual TLS calls it in plaintext.
+pub(super) fn plaintext_endpoint_metadata() -> Metadata {
+    Metadata {
+        filter_metadata: HashMap::from([(TRANSPORT_SOCKET_MATCH.to_string(), tls_mode_disabled())]),
+        ..Default::default()
+    }
+}
+
+/// The socket match of a cluster that originates mutual TLS: plaintext to the endpoints that
+/// carry [`plaintext_endpoint_metadata`]. Every other endpoint gets the cluster's own
+/// transport socket (Envoy falls back to it when no match applies), so an endpoint no agent
+/// reports on keeps mutual TLS.
+pub(super) fn plaintext_socket_match() -> TransportSocketMatch {
+    TransportSocketMatch {
+        name: "tlsMode-disabled".to_string(),
+        r#match: Some(tls_mode_disabled()),
+        transport_socket: Some(TransportSocket {
+            name: "envoy.transport_sockets.raw_buffer".to_string(),
+            config_type: Some(transport_socket::ConfigType::TypedConfig(pack_any(
+                RawBuffer {},
+            ))),
+        }),
+    }
 }
 
 #[cfg(test)]

@@ -623,7 +623,10 @@ fn cluster_with_endpoints(
             .iter()
             .filter(|e| e.healthy)
             .filter(|e| subset.is_none_or(|subset| subset.endpoints.contains(&e.address)))
-            .map(|e| (e.az.as_deref(), socket_address(e.address, port.number)));
+            .map(|e| {
+                let address = socket_address(e.address, port.number);
+                (e.az.as_deref(), address, e.plaintext)
+            });
         let cluster = Cluster {
             cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(
                 cluster::DiscoveryType::Eds as i32,
@@ -646,7 +649,13 @@ fn cluster_with_endpoints(
         .endpoints
         .iter()
         .filter(|e| subset.is_none_or(|subset| subset.dns_endpoints.contains(&e.address)))
-        .map(|e| (e.az.as_deref(), socket_address(&e.address, port.number)));
+        .map(|e| {
+            (
+                e.az.as_deref(),
+                socket_address(&e.address, port.number),
+                false,
+            )
+        });
     let cluster = Cluster {
         cluster_discovery_type: Some(cluster::ClusterDiscoveryType::ClusterType(
             cluster::CustomClusterType {
@@ -761,6 +770,9 @@ fn cluster_with_policy(
             ..Default::default()
         }),
         transport_socket: tls.cloned(),
+        transport_socket_matches: tls
+            .map(|_| vec![mtls::plaintext_socket_match()])
+            .unwrap_or_default(),
         ..Default::default()
     }
 }
@@ -907,20 +919,22 @@ fn outlier_detection(changes: Option<&traffic::OutlierDetection>) -> OutlierDete
     detection
 }
 
-/// The `(AZ, address)` endpoints given, one locality per AZ (AZ-less endpoints share the
-/// empty zone), weighted or prioritized by AZ as `locality` says.
+/// The `(AZ, address, plaintext)` endpoints given, one locality per AZ (AZ-less endpoints
+/// share the empty zone), weighted or prioritized by AZ as `locality` says; a plaintext one
+/// labelled for the cluster's socket match (`mtls::plaintext_socket_match`).
 fn load_assignment<'a>(
     name: &str,
-    endpoints: impl Iterator<Item = (Option<&'a str>, Address)>,
+    endpoints: impl Iterator<Item = (Option<&'a str>, Address, bool)>,
     locality: Option<&LocalityLoadBalancing>,
 ) -> ClusterLoadAssignment {
     let mut by_az: BTreeMap<&str, Vec<LbEndpoint>> = BTreeMap::new();
-    for (az, address) in endpoints {
+    for (az, address, plaintext) in endpoints {
         by_az.entry(az.unwrap_or("")).or_default().push(LbEndpoint {
             host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
                 address: Some(address),
                 ..Default::default()
             })),
+            metadata: plaintext.then(mtls::plaintext_endpoint_metadata),
             ..Default::default()
         });
     }
@@ -2702,6 +2716,67 @@ mod tests {
                 None,
                 "a ServiceEntry's endpoints are outside the mesh"
             );
+        }
+
+        #[test]
+        fn an_endpoint_its_agent_calls_plaintext_is_called_in_plaintext_the_others_in_mutual_tls() {
+            let trust_domain = TrustDomain::default();
+            let mut catalog = mesh();
+            let web = catalog
+                .services
+                .iter_mut()
+                .find(|s| s.hostname == "web.banana.sample.boshy")
+                .unwrap();
+            web.endpoints[0].plaintext = true;
+            let plaintext_address = socket_address(web.endpoints[0].address, 9002);
+            let resources = build(Inputs {
+                catalog: &catalog,
+                traffic: &traffic(),
+                identity: Some(&trust_domain),
+            });
+            let cluster: Cluster = resource(&resources, ResourceType::Cluster, WEB_HTTP);
+            let [socket_match] = &cluster.transport_socket_matches[..] else {
+                panic!("one socket match: {:?}", cluster.transport_socket_matches)
+            };
+            assert_eq!(
+                socket_match.r#match,
+                mtls::plaintext_endpoint_metadata()
+                    .filter_metadata
+                    .get("envoy.transport_socket_match")
+                    .cloned()
+            );
+            assert_eq!(
+                socket_match.transport_socket.as_ref().unwrap().name,
+                "envoy.transport_sockets.raw_buffer"
+            );
+            // The cluster's own socket, for every endpoint without the label, is mutual TLS.
+            assert!(server_id(&resources, WEB_HTTP).is_some());
+            let assignment: ClusterLoadAssignment =
+                resource(&resources, ResourceType::Endpoint, WEB_HTTP);
+            let (labelled, others): (Vec<&LbEndpoint>, Vec<&LbEndpoint>) = assignment
+                .endpoints
+                .iter()
+                .flat_map(|l| &l.lb_endpoints)
+                .partition(|e| e.metadata == Some(mtls::plaintext_endpoint_metadata()));
+            let [labelled] = labelled[..] else {
+                panic!("one labelled endpoint: {labelled:?}")
+            };
+            assert_eq!(
+                labelled.host_identifier,
+                Some(lb_endpoint::HostIdentifier::Endpoint(EnvoyEndpoint {
+                    address: Some(plaintext_address),
+                    ..Default::default()
+                }))
+            );
+            assert!(!others.is_empty() && others.iter().all(|e| e.metadata.is_none()));
+            // A DISABLE port needs no match; without identities nothing has one.
+            let grpc: Cluster = resource(&resources, ResourceType::Cluster, WEB_GRPC);
+            assert!(grpc.transport_socket_matches.is_empty());
+            let plain = build(&catalog);
+            assert!(plain
+                .of_type(ResourceType::Cluster)
+                .iter()
+                .all(|c| decode::<Cluster>(c).transport_socket_matches.is_empty()));
         }
 
         #[test]
