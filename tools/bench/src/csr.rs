@@ -9,7 +9,10 @@
 //! Figures: certificates a second with N clients each sending one request after another on
 //! its own connection, and the time until the last of `--burst` requests sent at once (each
 //! on a new connection, as after a pilot restart) is answered; references in the same run:
-//! the same checks and signatures in this process on one core, without HTTP or TLS.
+//! the same checks and signatures in this process on one core, without HTTP or TLS. Whether
+//! signing starves xDS: the time `--xds-streams` new Envoys (emulated, delta ADS over mutual
+//! TLS) take to get and ACK their whole configuration while the burst is being signed,
+//! against the same with the pilot idle.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -25,7 +28,11 @@ use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use serde_json::Value;
 use tokio::task::JoinSet;
 
+use boshy::xds::bootstrap::AdsMode;
+use boshy_xds_fleet::fleet::Fleet;
+
 use super::director::manifest;
+use super::fleet::{last_ack, xds_proxy};
 use super::pilot::{free_port, Pilot};
 use super::report::Row;
 use super::{percentile, ScratchDir};
@@ -56,6 +63,9 @@ pub struct Args {
     /// Requests sent at once, one per VM, each on a new connection.
     #[arg(long, default_value_t = 5000)]
     pub burst: usize,
+    /// New Envoys connecting while the burst is signed (and, the reference, while idle).
+    #[arg(long, default_value_t = 100)]
+    pub xds_streams: usize,
     #[arg(long)]
     pub out: Option<PathBuf>,
 }
@@ -110,8 +120,16 @@ pub async fn run(args: Args) -> Result<()> {
         );
     }
 
+    let mut proxy_tasks = JoinSet::new();
+    let proxy = xds_proxy(setup.xds, setup.client_tls.clone(), &mut proxy_tasks).await?;
+    let xds_idle = envoys_synced(proxy, args.xds_streams).await?;
     let memory_before = pilot.memory()?;
-    let (elapsed, latencies, failed) = burst(&setup, &vms[..args.burst]).await?;
+    let ((elapsed, latencies, failed), xds_during) =
+        tokio::try_join!(burst(&setup, &vms[..args.burst]), async {
+            // Once the burst's connections are being accepted and signed.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            envoys_synced(proxy, args.xds_streams).await
+        })?;
     let peak = pilot.memory()?;
     let alone_seconds = args.burst as f64 / alone;
     rows.push(
@@ -139,8 +157,35 @@ pub async fn run(args: Args) -> Result<()> {
             peak.hwm_kb as f64 / 1024.0,
         )),
     );
+    rows.push(
+        Row::new(
+            BENCHMARK,
+            format!(
+                "{} new Envoys' whole configuration during the burst",
+                args.xds_streams
+            ),
+            xds_during.as_secs_f64() * 1000.0,
+            "ms",
+        )
+        .against("same, the pilot idle", xds_idle.as_secs_f64() * 1000.0)
+        .note(format!(
+            "delta ADS over mutual TLS, each on its own connection, from their connection to \
+             the last ACK; they connected 0.2 s into the burst of {} requests, which took \
+             {:.2} s",
+            args.burst,
+            elapsed.as_secs_f64()
+        )),
+    );
     pilot.kill().await?;
     super::emit(&rows, args.out.as_deref())
+}
+
+/// How long `streams` new Envoys take, from connecting through `proxy` to the last ACK of
+/// their whole configuration.
+async fn envoys_synced(proxy: SocketAddr, streams: usize) -> Result<Duration> {
+    let since = Instant::now();
+    let fleet = Fleet::connect(proxy, streams, AdsMode::Delta).await?;
+    Ok(last_ack(&fleet.settle(since, 1).await?, since))
 }
 
 /// A director with one deployment of `instances` instances at loopback addresses.
@@ -169,6 +214,7 @@ struct Setup {
     config: PathBuf,
     api: SocketAddr,
     names: SocketAddr,
+    xds: SocketAddr,
     client_tls: rustls::ClientConfig,
 }
 
@@ -189,12 +235,13 @@ fn setup(sim: &SimHandle, dir: &Path) -> Result<Setup> {
     })?;
     let api = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let names = SocketAddr::from(([127, 0, 0, 1], free_port()?));
+    let xds = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let config = format!(
         "director:\n  url: {url}\n  client: pilot\n  client_secret_file: {secret}\n  \
          ca_cert_path: {director_ca}\nvip_store: file\nvip_state_path: {vips}\n\
          tls:\n  ca_cert_path: {ca}\n  cert_path: {cert}\n  key_path: {key}\n\
          api:\n  insecure_open: true\n\
-         listen:\n  api: {api}\n  xds: 127.0.0.1:{xds}\n  names: {names}\n\
+         listen:\n  api: {api}\n  xds: {xds}\n  names: {names}\n\
          identity:\n  certificate_ttl_seconds: {TTL_SECONDS}\n  ca:\n    \
          certificate: {ca_certificate}\n    private_key: {ca_key}\n",
         url = sim.director_url(),
@@ -204,7 +251,6 @@ fn setup(sim: &SimHandle, dir: &Path) -> Result<Setup> {
         ca = dir.join("ca.pem").display(),
         cert = write("pilot.pem", &server.cert_pem)?.display(),
         key = write("pilot.key", &server.key_pem)?.display(),
-        xds = free_port()?,
         ca_certificate = write("workload-ca.pem", CA_CERTIFICATE)?.display(),
         ca_key = write("workload-ca.key", CA_KEY)?.display(),
     );
@@ -212,6 +258,7 @@ fn setup(sim: &SimHandle, dir: &Path) -> Result<Setup> {
         config: write("pilot.yml", &config)?,
         api,
         names,
+        xds,
         client_tls,
     })
 }

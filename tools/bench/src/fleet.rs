@@ -428,7 +428,7 @@ async fn report(client: &reqwest::Client, base: &str, instance: &Instance) -> Re
 /// Carries every plaintext connection accepted on the returned address to the pilot's xDS
 /// port over mutual TLS (ALPN h2), as Envoy's own connection would be. A connection ends
 /// when either side does: the pilot dying ends the Envoy's stream.
-async fn xds_proxy(
+pub(crate) async fn xds_proxy(
     pilot: SocketAddr,
     tls: rustls::ClientConfig,
     tasks: &mut JoinSet<()>,
@@ -466,7 +466,7 @@ async fn xds_proxy(
 }
 
 /// When the last response of `received` was ACKed, after `since`.
-fn last_ack(received: &[Received], since: Instant) -> Duration {
+pub(crate) fn last_ack(received: &[Received], since: Instant) -> Duration {
     received
         .iter()
         .map(|r| r.acked_at.saturating_duration_since(since))
