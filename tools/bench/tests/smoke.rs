@@ -169,7 +169,7 @@ fn director_harness_measures_the_first_catalog_and_the_health_budget() {
 }
 
 #[test]
-fn csr_harness_measures_signing_over_the_names_port_and_a_burst() {
+fn csr_harness_measures_signing_over_the_names_port_a_burst_and_xds_meanwhile() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("csr.json");
     bench(&[
@@ -180,6 +180,8 @@ fn csr_harness_measures_signing_over_the_names_port_and_a_burst() {
         "1",
         "--burst",
         "20",
+        "--xds-streams",
+        "3",
         "--out",
         out.to_str().unwrap(),
     ]);
@@ -191,7 +193,13 @@ fn csr_harness_measures_signing_over_the_names_port_and_a_burst() {
             "signed a second, 1 client",
             "signed a second, 2 clients",
             "20 requests at once: the last certificate",
+            "3 new Envoys' whole configuration during the burst",
         ]
+    );
+    assert!(
+        rows[4].reference.is_some(),
+        "the same Envoys with the pilot idle: {:?}",
+        rows[4]
     );
     assert!(
         rows.iter().all(|r| r.value.is_finite() && r.value > 0.0),
