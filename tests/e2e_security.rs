@@ -182,18 +182,30 @@ fn envoy_stat(vm: &str, parts: &[&str]) -> u64 {
         .sum()
 }
 
-fn banana_ips() -> Vec<String> {
+/// banana's VMs as the lab lists them.
+fn bananas() -> Vec<Value> {
     LAB.state()["vms"]
         .as_array()
         .expect("vms")
         .iter()
         .filter(|vm| vm["instance_group"] == "banana")
+        .cloned()
+        .collect()
+}
+
+fn banana_ips() -> Vec<String> {
+    bananas()
+        .iter()
         .map(|vm| vm["ip"].as_str().expect("ip").to_string())
         .collect()
 }
 
+/// banana's VMs by the names `lab ssh` takes (`banana/<index>`).
 fn banana_vms() -> Vec<String> {
-    (0..3).map(|index| format!("banana/{index}")).collect()
+    bananas()
+        .iter()
+        .map(|vm| format!("banana/{}", vm["index"].as_u64().expect("an index")))
+        .collect()
 }
 
 #[test]
