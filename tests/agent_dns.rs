@@ -356,9 +356,19 @@ fn follows_the_pilot_saves_each_table_and_answers_from_disk_once_the_pilot_is_go
         .send(catalog(14, &[(HOST, [169, 254, 255, 77])]))
         .unwrap();
     wait_for_answer(&agent, HOST, "169.254.255.77");
-    let saved: serde_json::Value =
+    // The agent answers from the new table first, then saves it (off the answering path).
+    let read_saved = || -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("table.json")).unwrap())
-            .unwrap();
+            .unwrap()
+    };
+    let mut saved = read_saved();
+    for _ in 0..100 {
+        if saved["version"] == 14 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        saved = read_saved();
+    }
     assert_eq!(saved["version"], 14, "{saved}");
     assert_eq!(saved["names"][HOST], "169.254.255.77", "{saved}");
 
