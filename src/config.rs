@@ -65,6 +65,27 @@ pub struct PilotConfig {
     /// Absent: workload identity is off.
     #[serde(default)]
     pub identity: Option<IdentityConfig>,
+    /// What Envoys report for the request metrics (docs/telemetry.md).
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+}
+
+/// The pilot's side of the request metrics (docs/telemetry.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetryConfig {
+    /// Every Envoy logs each request and connection to its VM's agent, which serves them as
+    /// metrics labelled with BOSH identities. On unless turned off.
+    #[serde(default = "default_true")]
+    pub request_metrics: bool,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        TelemetryConfig {
+            request_metrics: true,
+        }
+    }
 }
 
 /// The shortest and longest workload certificate lifetimes a pilot accepts.
@@ -399,6 +420,33 @@ pub struct AgentConfig {
     /// off.
     #[serde(default)]
     pub identity: Option<AgentIdentity>,
+    /// Request metrics (docs/telemetry.md): the agent takes Envoy's access log entries and
+    /// serves them as Prometheus metrics; absent, it does not.
+    #[serde(default)]
+    pub telemetry: Option<AgentTelemetry>,
+}
+
+/// Where the agent takes Envoy's access logs and serves the request metrics.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentTelemetry {
+    /// The access log Unix socket, in a directory shared with Envoy alone.
+    pub access_log_socket: PathBuf,
+    /// `/metrics`, on loopback only: Envoy's metrics listener serves it to the network
+    /// behind mutual TLS.
+    #[serde(default = "default_metrics_listen")]
+    pub metrics_listen: SocketAddr,
+    /// Most label sets kept; entries that would make more are dropped and counted.
+    #[serde(default = "default_max_series")]
+    pub max_series: usize,
+}
+
+fn default_metrics_listen() -> SocketAddr {
+    "127.0.0.1:15020".parse().expect("valid")
+}
+
+fn default_max_series() -> usize {
+    10_000
 }
 
 /// `spec.deployment`, `spec.id` and `spec.name` of the VM's jobs.
@@ -451,6 +499,18 @@ impl AgentConfig {
     /// Checks that `listen` is a loopback address, or that a non-loopback one was explicitly
     /// allowed; in that case returns the warning to log at start. Errors name the file and key.
     pub(crate) fn check_listen(&self, config_path: &Path) -> Result<Option<String>> {
+        if let Some(telemetry) = self
+            .telemetry
+            .as_ref()
+            .filter(|telemetry| !telemetry.metrics_listen.ip().is_loopback())
+        {
+            bail!(
+                "config file {}: key `telemetry.metrics_listen`: {} is not a loopback address; \
+                 the metrics are served to the network by Envoy, behind mutual TLS",
+                config_path.display(),
+                telemetry.metrics_listen
+            );
+        }
         if self.listen.ip().is_loopback() {
             return Ok(None);
         }

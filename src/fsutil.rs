@@ -2,6 +2,7 @@
 //! must never be found torn.
 
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -32,6 +33,42 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
     }
     written.with_context(|| format!("{}: cannot write", path.display()))
+}
+
+/// Binds a Unix socket at `path` (making its directory, mode 0700, if there is none): a
+/// socket left by a previous run is replaced, and the new one is readable and writable by this
+/// user alone before it appears under its name (bound under a temporary name, its mode set,
+/// then renamed over `path`).
+pub fn bind_private_socket(path: &Path, what: &str) -> Result<tokio::net::UnixListener> {
+    let at = || format!("{what} {}", path.display());
+    let file_name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", at()))?;
+    let mut temporary_name = file_name.to_os_string();
+    temporary_name.push(format!(".tmp.{}", std::process::id()));
+    let temporary = path.with_file_name(temporary_name);
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // bpm makes the directory (a volume shared with Envoy); elsewhere (the lab, a test)
+        // the agent makes it, for its user alone.
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(at)?;
+    }
+    remove_stale(&temporary).with_context(at)?;
+    let listener = tokio::net::UnixListener::bind(&temporary).with_context(at)?;
+    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
+        .and_then(|()| std::fs::rename(&temporary, path))
+        .with_context(at)?;
+    Ok(listener)
+}
+
+fn remove_stale(path: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]

@@ -27,6 +27,7 @@ pub mod rule_status;
 pub mod rules;
 pub mod rules_check;
 pub mod scope;
+pub mod telemetry;
 pub mod text;
 pub mod tls;
 pub mod traffic;

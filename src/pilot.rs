@@ -164,6 +164,7 @@ pub async fn run(args: Args) -> Result<()> {
             .identity
             .as_ref()
             .map(|identity| identity.trust_domain.clone()),
+        telemetry: cfg.telemetry.request_metrics,
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();

@@ -150,6 +150,7 @@ fn zone() -> Zone {
         version: 3,
         tld: "boshy".into(),
         names: BTreeMap::from([(HOST.to_string(), VIP)]),
+        origins: Default::default(),
     };
     Zone::build(&apex_from_tld("boshy").unwrap(), 5, &table).0
 }

@@ -969,6 +969,92 @@ fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
     envoy_validate(&rendered.rebased().path("config/envoy.json"));
 }
 
+/// The access log socket: in the bpm volume the agent and Envoy share for the metrics.
+const ACCESS_LOG_SOCKET: &str = "/var/vcap/data/boshy-metrics/als.sock";
+
+#[test]
+fn with_metrics_envoy_logs_to_the_agent_and_serves_metrics_over_mutual_tls() {
+    let metrics = json!({"identity": {"enabled": true}, "metrics": {"enabled": true}});
+    let rendered = render("bosh-envoy", metrics.clone(), default_link());
+    let node = boshy::xds::bootstrap::NodeIdentity {
+        deployment: "sample-deployment".into(),
+        instance_group: "apricot".into(),
+        instance_id: spec().id,
+        index: Some(3),
+        az: Some("z1".into()),
+        ip: "10.244.0.7".parse().unwrap(),
+    };
+    let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
+    let telemetry = boshy::xds::bootstrap::Telemetry {
+        access_log_socket: ACCESS_LOG_SOCKET.into(),
+        metrics: Some(boshy::xds::bootstrap::MetricsListener {
+            listen: "0.0.0.0:15090".parse().unwrap(),
+            agent: boshy::xds::bootstrap::DEFAULT_AGENT_METRICS
+                .parse()
+                .unwrap(),
+        }),
+    };
+    let rust = boshy::xds::bootstrap::render_sidecar(
+        &node,
+        &["10.244.0.10:15010".to_string()],
+        boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
+        boshy::xds::bootstrap::AdsMode::default(),
+        Some(&boshy::config::ClientTls {
+            ca_cert_path: tls("ca.pem"),
+            cert_path: tls("cert.pem"),
+            key_path: tls("key.pem"),
+            server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
+        }),
+        Some(Path::new(SDS_SOCKET)),
+        Some(&telemetry),
+    )
+    .unwrap();
+    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    let bootstrap = rendered.json("config/envoy.json");
+    assert_eq!(bootstrap, rust);
+    assert_eq!(
+        bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]["port_value"],
+        15090
+    );
+    let volume = |writable: bool| {
+        json!([
+            {"path": "/var/vcap/data/boshy-identity", "writable": writable},
+            {"path": "/var/vcap/data/boshy-metrics", "writable": writable},
+        ])
+    };
+    assert_eq!(bpm_volumes(&rendered), volume(false));
+    envoy_validate(&rendered.rebased().path("config/envoy.json"));
+
+    let agent = render("virtual-ip-agent", metrics, default_link());
+    assert_eq!(bpm_volumes(&agent), volume(true));
+    assert_eq!(
+        agent.json("config/agent.yml")["telemetry"],
+        json!({
+            "access_log_socket": ACCESS_LOG_SOCKET,
+            "metrics_listen": "127.0.0.1:15020",
+            "max_series": 10000,
+        })
+    );
+    let agent = agent.rebased();
+    let bpm = jobs::read_bpm(&agent.path("config/bpm.yml")).unwrap();
+    assert_success(
+        &check_bpm_process(&bpm.processes[0]),
+        "virtual-ip-agent --check-config (metrics)",
+    );
+
+    // Off by default: no access log cluster, no listener, no volume.
+    let rendered = render("bosh-envoy", json!({}), default_link());
+    let bootstrap = rendered.json("config/envoy.json");
+    assert!(bootstrap["static_resources"].get("listeners").is_none());
+    assert!(!rendered
+        .text("config/envoy.json")
+        .contains("boshy-telemetry"));
+    assert!(render("virtual-ip-agent", json!({}), default_link())
+        .json("config/agent.yml")
+        .get("telemetry")
+        .is_none());
+}
+
 #[test]
 fn example_httpbin_runs_with_the_instance_identity_from_spec() {
     let rendered = render("example-httpbin", json!({"port": 9002}), default_link());

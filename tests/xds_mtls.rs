@@ -394,6 +394,7 @@ async fn serve_xds(
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: Some(TrustDomain::default()),
+            telemetry: false,
         },
     ));
     ((catalog_tx, traffic_tx), xds)

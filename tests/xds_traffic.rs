@@ -523,6 +523,7 @@ async fn serve_xds(catalog: Arc<Catalog>, traffic: TrafficRules) -> (Published, 
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: None,
+            telemetry: false,
         },
     ));
     let published = Published {

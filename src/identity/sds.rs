@@ -12,7 +12,6 @@
 //!
 //! The decisions of one stream are [`SdsStream`]'s (pure); the rest moves messages.
 
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
@@ -43,40 +42,9 @@ const RESPONSE_QUEUE: usize = 4;
 /// Longest NACK reason logged.
 const MAX_LOGGED_ERROR: usize = 500;
 
-/// Binds the SDS socket at `path` (making its directory, mode 0700, if there is none): a
-/// socket left by a previous run is replaced, and the new one is readable and writable by this
-/// user alone before it appears under its name (bound under a temporary name, its mode set,
-/// then renamed over `path`).
+/// Binds the SDS socket at `path`, for this user alone (`fsutil::bind_private_socket`).
 pub fn bind(path: &Path) -> anyhow::Result<UnixListener> {
-    let at = || format!("the SDS socket {}", path.display());
-    let file_name = path
-        .file_name()
-        .with_context(|| format!("{}: not a file path", at()))?;
-    let mut temporary_name = file_name.to_os_string();
-    temporary_name.push(format!(".tmp.{}", std::process::id()));
-    let temporary = path.with_file_name(temporary_name);
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // bpm makes the directory (the volume shared with Envoy); elsewhere (the lab, a test)
-        // the agent makes it, for its user alone.
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(at)?;
-    }
-    remove_stale(&temporary).with_context(at)?;
-    let listener = UnixListener::bind(&temporary).with_context(at)?;
-    std::fs::set_permissions(&temporary, std::fs::Permissions::from_mode(0o600))
-        .and_then(|()| std::fs::rename(&temporary, path))
-        .with_context(at)?;
-    Ok(listener)
-}
-
-fn remove_stale(path: &Path) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    }
+    crate::fsutil::bind_private_socket(path, "the SDS socket")
 }
 
 /// Serves SDS on `listener` (from [`bind`], whose path is `socket` for the log) from

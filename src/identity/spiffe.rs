@@ -118,9 +118,45 @@ pub fn principal(id: &str) -> &str {
     id.strip_prefix("spiffe://").unwrap_or(id)
 }
 
+/// The (deployment, instance group) an identity of [`workload_id`]'s shape names, whatever
+/// its trust domain; `None` for any other URI.
+pub fn workload_of(id: &str) -> Option<(&str, &str)> {
+    let path = id.strip_prefix("spiffe://")?;
+    let mut segments = path.split('/');
+    let (_trust_domain, deployment_key, deployment, group_key, group) = (
+        segments.next()?,
+        segments.next()?,
+        segments.next()?,
+        segments.next()?,
+        segments.next()?,
+    );
+    let well_formed = deployment_key == "deployment"
+        && group_key == "instance_group"
+        && segments.next().is_none()
+        && is_path_segment(deployment)
+        && is_path_segment(group);
+    well_formed.then_some((deployment, group))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_workload_id_names_its_deployment_and_instance_group_back() {
+        let domain = TrustDomain::new("corp.example").unwrap();
+        let id = workload_id(&domain, "sample-deployment", "banana").unwrap();
+        assert_eq!(workload_of(&id), Some(("sample-deployment", "banana")));
+        for other in [
+            "spiffe://corp.example/ns/default/sa/banana",
+            "spiffe://corp.example/deployment/d/instance_group/g/extra",
+            "spiffe://corp.example/deployment/../instance_group/g",
+            "https://corp.example/deployment/d/instance_group/g",
+            "spiffe://corp.example/deployment/d",
+        ] {
+            assert_eq!(workload_of(other), None, "{other}");
+        }
+    }
 
     #[test]
     fn an_instance_group_has_one_identity_under_the_trust_domain() {

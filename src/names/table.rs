@@ -12,6 +12,20 @@ pub struct NameTable {
     pub version: u64,
     pub tld: String,
     pub names: BTreeMap<String, Ipv4Addr>,
+    /// hostname → the BOSH names of the service and its ports, for the agent's request
+    /// metrics (docs/telemetry.md). A pilot older than this field sends none; the agent then
+    /// labels requests by hostname alone.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub origins: BTreeMap<String, ServiceOrigin>,
+}
+
+/// Who serves a name, as BOSH names it: empty names for a ServiceEntry's.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceOrigin {
+    pub deployment: String,
+    pub instance_group: String,
+    pub job: String,
+    pub ports: Vec<u16>,
 }
 
 impl NameTable {
@@ -23,6 +37,19 @@ impl NameTable {
                 .services
                 .iter()
                 .map(|s| (s.hostname.clone(), s.vip))
+                .collect(),
+            origins: catalog
+                .services
+                .iter()
+                .map(|s| {
+                    let origin = ServiceOrigin {
+                        deployment: s.key.deployment.clone(),
+                        instance_group: s.key.instance_group.clone(),
+                        job: s.key.job.clone(),
+                        ports: s.ports.iter().map(|port| port.number).collect(),
+                    };
+                    (s.hostname.clone(), origin)
+                })
                 .collect(),
         }
     }

@@ -78,6 +78,16 @@ pub fn validate(table: &NameTable) -> Result<(), String> {
             ));
         }
     }
+    if let Some(name) = table
+        .origins
+        .keys()
+        .find(|name| !table.names.contains_key(*name))
+    {
+        return Err(format!(
+            "origin of {:?}, a name the table does not have",
+            clip(name)
+        ));
+    }
     Ok(())
 }
 
@@ -155,6 +165,7 @@ mod tests {
                 .iter()
                 .map(|(n, ip)| (n.to_string(), Ipv4Addr::from(*ip)))
                 .collect(),
+            origins: Default::default(),
         }
     }
 

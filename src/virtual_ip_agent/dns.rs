@@ -350,6 +350,7 @@ mod tests {
             ]
             .into_iter()
             .collect(),
+            origins: Default::default(),
         }
     }
 
@@ -607,6 +608,7 @@ mod tests {
             )]
             .into_iter()
             .collect(),
+            origins: Default::default(),
         };
         let (zone, _) = Zone::build(&apex, 5, &table);
         assert_eq!(

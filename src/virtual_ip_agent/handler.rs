@@ -259,6 +259,7 @@ mod tests {
             version: 1,
             tld: "boshy".into(),
             names: names.iter().map(|(n, ip)| (n.to_string(), *ip)).collect(),
+            origins: Default::default(),
         };
         let apex = dns::apex_from_tld("boshy").unwrap();
         Arc::new(ZoneCell::new(Zone::build(&apex, 30, &table).0))
@@ -362,6 +363,7 @@ mod tests {
             names: [("n.i.d.boshy".to_string(), Ipv4Addr::new(169, 254, 255, 4))]
                 .into_iter()
                 .collect(),
+            origins: Default::default(),
         };
         cell.replace(Zone::build(&apex, 5, &table).0);
         let response = exchange(&cell, &query("n.i.d.boshy.", RecordType::A)).await;

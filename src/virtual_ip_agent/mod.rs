@@ -157,6 +157,23 @@ pub async fn run(args: Args) -> Result<()> {
     }
 
     let (publisher, tables) = watch::channel(saved.clone());
+    if let Some(telemetry) = &config.telemetry {
+        let own = config.instance.as_ref().and_then(|instance| {
+            instance
+                .instance_group
+                .clone()
+                .map(|instance_group| crate::telemetry::view::Workload {
+                    deployment: instance.deployment.clone(),
+                    instance_group,
+                })
+        });
+        let settings = crate::telemetry::Settings {
+            access_log_socket: telemetry.access_log_socket.clone(),
+            metrics_listen: telemetry.metrics_listen,
+            max_series: telemetry.max_series,
+        };
+        crate::telemetry::start(settings, own, publisher.subscribe()).await?;
+    }
     // Set by the drain (`--drain`, another process) through a file beside the table: this
     // process starting means the jobs are starting, so the file of a previous drain goes.
     let leaving_flag = leaving_flag(&config);

@@ -69,6 +69,7 @@ mod tests {
                 .iter()
                 .map(|(n, last)| (n.to_string(), Ipv4Addr::new(169, 254, 255, *last)))
                 .collect(),
+            origins: Default::default(),
         }
     }
 

@@ -18,6 +18,12 @@ use serde_json::{json, Value};
 
 /// Default Envoy admin address: loopback, the port Envoy's docs use.
 pub const DEFAULT_ADMIN: &str = "127.0.0.1:8001";
+/// Default address of the agent's request metrics (`AgentTelemetry::metrics_listen`).
+pub const DEFAULT_AGENT_METRICS: &str = "127.0.0.1:15020";
+/// The static cluster to the agent's `/metrics`.
+const AGENT_METRICS_CLUSTER: &str = "boshy-agent-metrics";
+/// The static cluster to Envoy's own admin, for `/stats/prometheus` alone.
+const ADMIN_CLUSTER: &str = "envoy-admin";
 /// Cap on open downstream connections (applications on this VM talking to the mesh). It
 /// keeps a runaway client from exhausting Envoy's file descriptors and silences Envoy's
 /// start-up warning about having no limit.
@@ -119,6 +125,36 @@ pub struct Args {
     /// the workload certificate's secrets are fetched through (docs/security.md).
     #[arg(long)]
     pub sds_socket: Option<PathBuf>,
+    /// The virtual-ip-agent's access log Unix socket: adds the static cluster
+    /// `boshy-telemetry` to it, which every request and connection is logged through for the
+    /// request metrics (docs/telemetry.md).
+    #[arg(long)]
+    pub access_log_socket: Option<PathBuf>,
+    /// Serve the metrics to the network on this address: `/metrics` (the agent's request
+    /// metrics, from --agent-metrics) and `/stats/prometheus` (Envoy's own), over mutual TLS
+    /// with the --tls-* certificate, to clients whose certificate the mesh CA signed.
+    #[arg(long, requires_all = ["access_log_socket", "tls_ca"])]
+    pub metrics_listen: Option<SocketAddr>,
+    /// The agent's loopback `/metrics` endpoint.
+    #[arg(long, default_value = DEFAULT_AGENT_METRICS)]
+    pub agent_metrics: SocketAddr,
+}
+
+/// Where the request metrics come from and where Envoy serves them (docs/telemetry.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Telemetry {
+    /// The agent's access log socket (static cluster `xds::telemetry::TELEMETRY_CLUSTER`).
+    pub access_log_socket: PathBuf,
+    /// Envoy's metrics listener, if it has one.
+    pub metrics: Option<MetricsListener>,
+}
+
+/// Envoy's listener that serves the metrics to scrapers holding a mesh certificate.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsListener {
+    pub listen: SocketAddr,
+    /// The agent's `/metrics`, on loopback.
+    pub agent: SocketAddr,
 }
 
 /// Who this Envoy is, in BOSH terms.
@@ -170,13 +206,21 @@ pub async fn run(args: Args) -> Result<()> {
         }
         _ => None, // --insecure-plaintext; clap enforces all or none
     };
-    let yaml = render_with_sds(
+    let telemetry = args.access_log_socket.map(|access_log_socket| Telemetry {
+        access_log_socket,
+        metrics: args.metrics_listen.map(|listen| MetricsListener {
+            listen,
+            agent: args.agent_metrics,
+        }),
+    });
+    let yaml = render_sidecar(
         &node,
         &args.pilots,
         args.admin,
         args.ads,
         tls.as_ref(),
         args.sds_socket.as_deref(),
+        telemetry.as_ref(),
     )?;
     match args.output {
         Some(path) => tokio::fs::write(&path, yaml)
@@ -227,6 +271,21 @@ pub fn render_with_sds(
     ads_mode: AdsMode,
     tls: Option<&crate::config::ClientTls>,
     sds_socket: Option<&Path>,
+) -> Result<String> {
+    render_sidecar(node, pilots, admin, ads_mode, tls, sds_socket, None)
+}
+
+/// Like [`render_with_sds`]; with `telemetry`, the static cluster to the agent's access log
+/// server and, with its `metrics`, the metrics listener (which needs `tls`: it serves only
+/// over mutual TLS).
+pub fn render_sidecar(
+    node: &NodeIdentity,
+    pilots: &[String],
+    admin: SocketAddr,
+    ads_mode: AdsMode,
+    tls: Option<&crate::config::ClientTls>,
+    sds_socket: Option<&Path>,
+    telemetry: Option<&Telemetry>,
 ) -> Result<String> {
     if !admin.ip().is_loopback() {
         bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
@@ -332,7 +391,125 @@ pub fn render_with_sds(
             .expect("the clusters are a list")
             .push(sds_cluster(socket));
     }
+    if let Some(telemetry) = telemetry {
+        add_telemetry(&mut bootstrap, telemetry, tls, admin)?;
+    }
     Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
+}
+
+/// The access log cluster, and the metrics listener with its two clusters.
+fn add_telemetry(
+    bootstrap: &mut Value,
+    telemetry: &Telemetry,
+    tls: Option<&crate::config::ClientTls>,
+    admin: SocketAddr,
+) -> Result<()> {
+    let socket = telemetry.access_log_socket.to_str().with_context(|| {
+        format!(
+            "the access log socket path {:?} is not UTF-8",
+            telemetry.access_log_socket
+        )
+    })?;
+    let clusters = bootstrap["static_resources"]["clusters"]
+        .as_array_mut()
+        .expect("the clusters are a list");
+    clusters.push(unix_grpc_cluster(
+        crate::xds::telemetry::TELEMETRY_CLUSTER,
+        socket,
+    ));
+    let Some(metrics) = &telemetry.metrics else {
+        return Ok(());
+    };
+    let Some(tls) = tls else {
+        bail!("the metrics listener serves only over mutual TLS: it needs the mesh certificate (--tls-ca, --tls-cert, --tls-key)");
+    };
+    if !metrics.agent.ip().is_loopback() {
+        bail!(
+            "the agent's metrics address {} is not a loopback address",
+            metrics.agent
+        );
+    }
+    clusters.push(loopback_cluster(AGENT_METRICS_CLUSTER, metrics.agent));
+    clusters.push(loopback_cluster(ADMIN_CLUSTER, admin));
+    bootstrap["static_resources"]["listeners"] = json!([metrics_listener(metrics.listen, tls)]);
+    Ok(())
+}
+
+/// A plain HTTP/1.1 cluster to one loopback address.
+fn loopback_cluster(name: &str, address: SocketAddr) -> Value {
+    json!({
+        "name": name,
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": name,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {
+                "address": address.ip().to_string(), "port_value": address.port(),
+            }}}}]}],
+        },
+    })
+}
+
+/// Serves `GET /metrics` (the agent's) and `GET /stats/prometheus` (Envoy's, and nothing else
+/// of the admin API) over TLS 1.3 to clients with a certificate the mesh CA signed; anything
+/// else is a 404.
+fn metrics_listener(listen: SocketAddr, tls: &crate::config::ClientTls) -> Value {
+    let get = |path: &str, cluster: &str| {
+        json!({
+            "match": {
+                "path": path,
+                "headers": [{"name": ":method", "string_match": {"exact": "GET"}}],
+            },
+            "route": {"cluster": cluster},
+        })
+    };
+    json!({
+        "name": "metrics",
+        "address": {"socket_address": {"address": listen.ip().to_string(), "port_value": listen.port()}},
+        "filter_chains": [{
+            "transport_socket": {
+                "name": "envoy.transport_sockets.tls",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext",
+                    "require_client_certificate": true,
+                    "common_tls_context": {
+                        "tls_params": {
+                            "tls_minimum_protocol_version": "TLSv1_3",
+                            "tls_maximum_protocol_version": "TLSv1_3",
+                        },
+                        "tls_certificates": [{
+                            "certificate_chain": {"filename": tls.cert_path},
+                            "private_key": {"filename": tls.key_path},
+                        }],
+                        "validation_context": {"trusted_ca": {"filename": tls.ca_cert_path}},
+                    },
+                },
+            },
+            "filters": [{
+                "name": "envoy.filters.network.http_connection_manager",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+                    "stat_prefix": "metrics",
+                    "route_config": {
+                        "name": "metrics",
+                        "virtual_hosts": [{
+                            "name": "metrics",
+                            "domains": ["*"],
+                            "routes": [
+                                get("/metrics", AGENT_METRICS_CLUSTER),
+                                get("/stats/prometheus", ADMIN_CLUSTER),
+                                {"match": {"prefix": "/"}, "direct_response": {"status": 404}},
+                            ],
+                        }],
+                    },
+                    "http_filters": [{
+                        "name": "envoy.filters.http.router",
+                        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+                    }],
+                },
+            }],
+        }],
+    })
 }
 
 /// The `typed_extension_protocol_options` of a gRPC cluster: HTTP/2 with `http2_options`.
@@ -347,13 +524,18 @@ fn http2_only(http2_options: Value) -> Value {
 
 /// The static cluster to the agent's SDS server on the Unix socket `socket`.
 fn sds_cluster(socket: &str) -> Value {
+    unix_grpc_cluster(SDS_CLUSTER, socket)
+}
+
+/// A static gRPC (HTTP/2) cluster to one of the agent's Unix sockets.
+fn unix_grpc_cluster(name: &str, socket: &str) -> Value {
     json!({
-        "name": SDS_CLUSTER,
+        "name": name,
         "type": "STATIC",
         "connect_timeout": "1s",
         "typed_extension_protocol_options": http2_only(json!({})),
         "load_assignment": {
-            "cluster_name": SDS_CLUSTER,
+            "cluster_name": name,
             "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": socket}}}}]}],
         },
     })

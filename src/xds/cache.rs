@@ -384,6 +384,8 @@ pub struct Sources {
     pub traffic: watch::Receiver<Arc<TrafficRules>>,
     /// The trust domain when workload identities are on (`Inputs::identity`).
     pub identity: Option<TrustDomain>,
+    /// Envoys report every request and connection to their agent (`Inputs::telemetry`).
+    pub telemetry: bool,
 }
 
 impl From<watch::Receiver<Arc<Catalog>>> for Sources {
@@ -394,6 +396,7 @@ impl From<watch::Receiver<Arc<Catalog>>> for Sources {
             catalog,
             traffic,
             identity: None,
+            telemetry: false,
         }
     }
 }
@@ -409,6 +412,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
         mut catalog,
         mut traffic,
         identity,
+        telemetry,
     } = sources.into();
     let (snapshots_tx, snapshots_rx) = watch::channel(None);
     tokio::spawn(async move {
@@ -422,6 +426,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                 catalog: &current_catalog,
                 traffic: &current_traffic,
                 identity: identity.as_ref(),
+                telemetry,
             }
             .version();
             if should_publish(version, published.as_ref().map(|s| s.version())) {
@@ -433,6 +438,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                         catalog: &current_catalog,
                         traffic: &current_traffic,
                         identity: identity.as_ref(),
+                        telemetry,
                     };
                     Snapshot::following(inputs, previous.as_deref())
                 })
@@ -496,6 +502,7 @@ mod tests {
             catalog: &catalog,
             traffic: &traffic,
             identity: None,
+            telemetry: false,
         });
         let behind = |message| {
             snapshot
@@ -712,6 +719,7 @@ mod tests {
                 catalog,
                 traffic,
                 identity: None,
+                telemetry: false,
             };
             Snapshot::following(inputs, previous)
         };
@@ -787,6 +795,7 @@ mod tests {
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: None,
+            telemetry: false,
         });
         snapshots.changed().await.unwrap();
         let without = snapshots.borrow_and_update().clone().unwrap();
@@ -819,6 +828,7 @@ mod tests {
                 catalog: &next,
                 traffic: &rules,
                 identity: None,
+                telemetry: false,
             }
             .version(),
             "built with the last rules"

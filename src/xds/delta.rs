@@ -1232,6 +1232,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
+                telemetry: false,
             };
             Arc::new(Snapshot::following(inputs, previous))
         };

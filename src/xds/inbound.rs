@@ -59,8 +59,10 @@ use envoy_types::util::pack_any;
 use super::mtls::{self, MESH_ALPN};
 use super::rbac;
 use super::resources::{
-    explicit_upstream, protocol_options, socket_address, BLACKHOLE_CLUSTER, CONNECT_TIMEOUT,
+    explicit_upstream, protocol_options, socket_address, tcp_proxy_filter, BLACKHOLE_CLUSTER,
+    CONNECT_TIMEOUT,
 };
+use super::telemetry;
 use crate::catalog::model::{Catalog, ServicePort};
 use crate::traffic::security::{MtlsMode, WorkloadKey, WorkloadSecurity};
 
@@ -110,12 +112,15 @@ pub(super) fn workloads(catalog: &Catalog) -> BTreeMap<WorkloadKey, Vec<&Service
 }
 
 /// The inbound listener of `workload`, which exposes `ports`. Without an identity
-/// (`with_identity` false: its names cannot form a SPIFFE ID) every port is plaintext.
+/// (`with_identity` false: its names cannot form a SPIFFE ID) every port is plaintext. With
+/// `with_telemetry`, each port's requests and connections are logged to the agent
+/// (`xds::telemetry`).
 pub(super) fn listener(
     workload: &WorkloadKey,
     ports: &[&ServicePort],
     security: &WorkloadSecurity,
     with_identity: bool,
+    with_telemetry: bool,
 ) -> Listener {
     let mode = |port: &ServicePort| match with_identity {
         true => security.mtls_of(port.number),
@@ -142,7 +147,7 @@ pub(super) fn listener(
                     application_protocols,
                     ..Default::default()
                 }),
-                filters: port_filters(port, security),
+                filters: port_filters(port, security, with_telemetry),
                 transport_socket: Some(mtls::server_transport_socket(port)),
                 ..Default::default()
             });
@@ -156,7 +161,7 @@ pub(super) fn listener(
                     }),
                     ..Default::default()
                 }),
-                filters: port_filters(port, security),
+                filters: port_filters(port, security, with_telemetry),
                 ..Default::default()
             });
         }
@@ -243,7 +248,11 @@ fn not_one_of(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
 }
 
 /// The network filters of one port's chain: the RBAC filters and the proxy.
-fn port_filters(port: &ServicePort, security: &WorkloadSecurity) -> Vec<Filter> {
+fn port_filters(
+    port: &ServicePort,
+    security: &WorkloadSecurity,
+    with_telemetry: bool,
+) -> Vec<Filter> {
     let stat_prefix = format!("inbound_{}", port.number);
     let cluster = match port.protocol.is_http2() {
         true => PASSTHROUGH_CLUSTER_HTTP2,
@@ -251,7 +260,9 @@ fn port_filters(port: &ServicePort, security: &WorkloadSecurity) -> Vec<Filter> 
     };
     if !port.protocol.is_http() {
         let mut filters = rbac::network_filters(&security.policies, &format!("tcp.{stat_prefix}"));
-        filters.push(tcp_proxy(&stat_prefix, cluster));
+        let mut proxy = tcp_proxy_config(&stat_prefix, cluster);
+        telemetry::log_connections(&mut proxy, with_telemetry);
+        filters.push(tcp_proxy_filter(proxy));
         return filters;
     }
     let route_name = format!("inbound|{}", port.number);
@@ -304,6 +315,7 @@ fn port_filters(port: &ServicePort, security: &WorkloadSecurity) -> Vec<Filter> 
         // RBAC's paths are checked on the normalized path (`/a/../admin` is `/admin`), which
         // is also what the workload gets.
         normalize_path: Some(BoolValue { value: true }),
+        access_log: telemetry::http_access_logs(with_telemetry),
         ..Default::default()
     };
     vec![Filter {
@@ -313,13 +325,14 @@ fn port_filters(port: &ServicePort, security: &WorkloadSecurity) -> Vec<Filter> 
 }
 
 fn tcp_proxy(stat_prefix: &str, cluster: &str) -> Filter {
-    Filter {
-        name: "envoy.filters.network.tcp_proxy".to_string(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(TcpProxy {
-            stat_prefix: stat_prefix.to_string(),
-            cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
-            ..Default::default()
-        }))),
+    tcp_proxy_filter(tcp_proxy_config(stat_prefix, cluster))
+}
+
+fn tcp_proxy_config(stat_prefix: &str, cluster: &str) -> TcpProxy {
+    TcpProxy {
+        stat_prefix: stat_prefix.to_string(),
+        cluster_specifier: Some(tcp_proxy::ClusterSpecifier::Cluster(cluster.to_string())),
+        ..Default::default()
     }
 }
 
@@ -472,6 +485,7 @@ mod tests {
             &ports.iter().collect::<Vec<_>>(),
             &security,
             true,
+            false,
         );
         assert_eq!(listener.name, "inbound|d|g");
         assert_eq!(
@@ -542,7 +556,13 @@ mod tests {
             mtls: MtlsMode::Strict,
             ..Default::default()
         };
-        let listener = listener(&key("g"), &ports.iter().collect::<Vec<_>>(), &strict, false);
+        let listener = listener(
+            &key("g"),
+            &ports.iter().collect::<Vec<_>>(),
+            &strict,
+            false,
+            false,
+        );
         assert_eq!(
             chains(&listener),
             [
@@ -580,6 +600,7 @@ mod tests {
             &ports.iter().collect::<Vec<_>>(),
             &security,
             true,
+            false,
         );
         let hcm: HttpConnectionManager = typed(&listener.filter_chains[0].filters[0]);
         assert_eq!(hcm.stat_prefix, "inbound_8080");

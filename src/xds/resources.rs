@@ -84,7 +84,7 @@ use sha2::{Digest, Sha256};
 
 use super::client::SourceClass;
 use super::routes;
-use super::{inbound, mtls};
+use super::{inbound, mtls, telemetry};
 use crate::catalog::model::{Catalog, DnsResolution, Labels, Service, ServicePort};
 use crate::identity::spiffe::{workload_id, TrustDomain};
 use crate::traffic::security::{MtlsMode, SecurityRules, WorkloadKey, WorkloadSecurity};
@@ -386,9 +386,9 @@ pub(super) fn duration(duration: std::time::Duration) -> Duration {
     }
 }
 
-/// What the resources are built from: the catalog, the traffic model, and the trust domain
-/// when workload identities are on. A catalog alone (`From<&Catalog>`) has no traffic rules
-/// and no identities.
+/// What the resources are built from: the catalog, the traffic model, the trust domain
+/// when workload identities are on, and whether Envoys report requests. A catalog alone
+/// (`From<&Catalog>`) has no traffic rules, no identities and no telemetry.
 #[derive(Debug, Clone, Copy)]
 pub struct Inputs<'a> {
     pub catalog: &'a Catalog,
@@ -396,6 +396,10 @@ pub struct Inputs<'a> {
     /// `None`: the plaintext mesh without inbound listeners, every resource what it was
     /// before identities; `Some`: inbound listeners and mutual TLS (`xds::inbound`).
     pub identity: Option<&'a TrustDomain>,
+    /// Whether every HTTP connection manager and `tcp_proxy` sends an access log entry per
+    /// request and per connection to the VM's agent, which turns them into request metrics
+    /// with BOSH identities (`xds::telemetry`, docs/telemetry.md).
+    pub telemetry: bool,
 }
 
 impl<'a> From<&'a Catalog> for Inputs<'a> {
@@ -412,6 +416,7 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
             catalog,
             traffic: &NO_RULES,
             identity: None,
+            telemetry: false,
         }
     }
 }
@@ -428,7 +433,8 @@ impl Inputs<'_> {
         let no_rules = self.traffic.services.is_empty()
             && self.traffic.scope_pins.is_empty()
             && self.traffic.security.is_empty()
-            && self.identity.is_none();
+            && self.identity.is_none()
+            && !self.telemetry;
         if self.catalog.version == 0 || no_rules {
             return self.catalog.version;
         }
@@ -438,6 +444,9 @@ impl Inputs<'_> {
             .chain_update(rules);
         if let Some(trust_domain) = self.identity {
             digest.update(trust_domain.as_str());
+        }
+        if self.telemetry {
+            digest.update(b"telemetry");
         }
         let digest = digest.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
@@ -516,7 +525,7 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
             }
             listeners.push(NamedResource::new(
                 listener_name(service.vip, port.number),
-                pack_any(vip_listener(&name, service, port, rules)),
+                pack_any(vip_listener(&name, service, port, rules, inputs.telemetry)),
             ));
         }
     }
@@ -533,7 +542,8 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                 ));
             }
             let security = inputs.traffic.security.of(&workload);
-            let listener = inbound::listener(&workload, &ports, &security, id.is_ok());
+            let listener =
+                inbound::listener(&workload, &ports, &security, id.is_ok(), inputs.telemetry);
             let name = inbound::listener_name(&workload);
             owners.insert(Box::from(name.as_str()), workload);
             listeners.push(NamedResource::new(name, pack_any(listener)));
@@ -1070,6 +1080,7 @@ fn vip_listener(
     service: &Service,
     port: &ServicePort,
     rules: Option<&ServiceRules>,
+    with_telemetry: bool,
 ) -> Listener {
     let stat_prefix = format!("outbound_{}_{}", port.number, service.hostname);
     let network_filter = if port.protocol.is_http() {
@@ -1098,19 +1109,22 @@ fn vip_listener(
                         fault,
                         http_filter("envoy.filters.http.router", pack_any(Router::default())),
                     ],
+                    access_log: telemetry::http_access_logs(with_telemetry),
                     ..Default::default()
                 },
             ))),
         }
     } else {
-        tcp_proxy_filter(TcpProxy {
+        let mut proxy = TcpProxy {
             stat_prefix,
             cluster_specifier: Some(tcp_cluster_specifier(name, rules, port)),
             max_connect_attempts: Some(UInt32Value {
                 value: TCP_CONNECT_ATTEMPTS,
             }),
             ..Default::default()
-        })
+        };
+        telemetry::log_connections(&mut proxy, with_telemetry);
+        tcp_proxy_filter(proxy)
     };
     Listener {
         name: listener_name(service.vip, port.number),
@@ -1150,7 +1164,7 @@ fn tcp_cluster_specifier(
     }
 }
 
-fn tcp_proxy_filter(config: TcpProxy) -> Filter {
+pub(super) fn tcp_proxy_filter(config: TcpProxy) -> Filter {
     Filter {
         name: "envoy.filters.network.tcp_proxy".to_string(),
         config_type: Some(filter::ConfigType::TypedConfig(pack_any(config))),
@@ -1644,6 +1658,7 @@ mod tests {
                 catalog: &catalog(),
                 traffic,
                 identity: None,
+                telemetry: false,
             })
         }
 
@@ -2228,6 +2243,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &rules,
                 identity: None,
+                telemetry: false,
             });
             let clusters = built.of_type(ResourceType::Cluster);
             let assignments = built.of_type(ResourceType::Endpoint);
@@ -2236,6 +2252,7 @@ mod tests {
                 catalog: &estate(false),
                 traffic: &rules,
                 identity: None,
+                telemetry: false,
             });
             let pushed: Vec<&NamedResource> = failed
                 .of_type(ResourceType::Endpoint)
@@ -2458,6 +2475,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
+                telemetry: false,
             });
             let whole = cluster_name(&db_host, 5432);
             let primary = subset_cluster_name(&db_host, 5432, "primary");
@@ -2630,6 +2648,7 @@ mod tests {
                 catalog: &mesh(),
                 traffic: &traffic(),
                 identity,
+                telemetry: false,
             })
         }
 
@@ -2733,6 +2752,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic(),
                 identity: Some(&trust_domain),
+                telemetry: false,
             });
             let cluster: Cluster = resource(&resources, ResourceType::Cluster, WEB_HTTP);
             let [socket_match] = &cluster.transport_socket_matches[..] else {
@@ -2824,6 +2844,7 @@ mod tests {
                 catalog: &mesh(),
                 traffic: &security_only,
                 identity: None,
+                telemetry: false,
             });
             assert_ne!(
                 with_security.version, plain.version,

@@ -383,6 +383,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
+                telemetry: false,
             })
         };
         let sent = |response: &DiscoveryResponse| {

@@ -83,6 +83,7 @@ pub fn synthetic_table(names: usize) -> NameTable {
                 (name, vip)
             })
             .collect(),
+        origins: Default::default(),
     }
 }
 

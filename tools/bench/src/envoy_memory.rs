@@ -291,6 +291,7 @@ async fn measure_inside(
         catalog: catalog_rx,
         traffic: traffic_rx,
         identity: None,
+        telemetry: false,
     };
     let node = NodeIdentity {
         deployment: "bench".into(),

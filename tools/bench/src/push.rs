@@ -191,6 +191,7 @@ async fn serve(address: SocketAddr, services: usize, instances: usize) -> Result
             catalog,
             traffic,
             identity: None,
+            telemetry: false,
         },
     ));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

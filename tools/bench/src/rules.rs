@@ -192,6 +192,7 @@ pub fn snapshot(catalog: &Catalog, traffic: &TrafficRules) -> Snapshot {
         catalog,
         traffic,
         identity: None,
+        telemetry: false,
     })
 }
 

@@ -26,6 +26,11 @@ pub const PILOT_SERVER_NAME: &str = "bosh-pilot.boshy-istio";
 
 /// The file name of the workload CA.
 const WORKLOAD_CA: &str = "workload-ca";
+/// The name Envoy's metrics listener is verified by: the addon certificate's DNS SAN.
+pub const ADDON_SERVER_NAME: &str = "addon.boshy-istio";
+/// The certificate the lab gives Prometheus to scrape with: a client certificate of the mesh
+/// CA, as an operator would issue one for prometheus-boshrelease.
+const SCRAPER: &str = "prometheus";
 /// The file name of the workload CA that replaces it in a rotation.
 const NEXT_WORKLOAD_CA: &str = "workload-ca-next";
 
@@ -119,20 +124,38 @@ impl Ca {
         self.issue(
             name,
             vec![name.to_string()],
-            ExtendedKeyUsagePurpose::ServerAuth,
+            vec![ExtendedKeyUsagePurpose::ServerAuth],
         )
     }
 
     /// A client certificate (no SAN: the pilot checks only that the mesh CA signed it).
     pub fn client(&self, common_name: &str) -> Result<Issued> {
-        self.issue(common_name, Vec::new(), ExtendedKeyUsagePurpose::ClientAuth)
+        self.issue(
+            common_name,
+            Vec::new(),
+            vec![ExtendedKeyUsagePurpose::ClientAuth],
+        )
+    }
+
+    /// The addon's certificate, as manifests/runtime-config.yml declares
+    /// `/boshy_istio_addon_tls`: a client certificate to the pilots, and the server
+    /// certificate of Envoy's metrics listener, named [`ADDON_SERVER_NAME`].
+    pub fn addon(&self) -> Result<Issued> {
+        self.issue(
+            "boshy-istio addon",
+            vec![ADDON_SERVER_NAME.to_string()],
+            vec![
+                ExtendedKeyUsagePurpose::ClientAuth,
+                ExtendedKeyUsagePurpose::ServerAuth,
+            ],
+        )
     }
 
     fn issue(
         &self,
         common_name: &str,
         dns_names: Vec<String>,
-        usage: ExtendedKeyUsagePurpose,
+        usages: Vec<ExtendedKeyUsagePurpose>,
     ) -> Result<Issued> {
         let key = KeyPair::generate().context("generating a certificate key")?;
         let mut params = CertificateParams::new(dns_names)?;
@@ -140,7 +163,7 @@ impl Ca {
             .distinguished_name
             .push(DnType::CommonName, common_name);
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![usage];
+        params.extended_key_usages = usages;
         let cert = params
             .signed_by(&key, &self.cert, &self.key)
             .with_context(|| format!("signing the certificate {common_name}"))?;
@@ -174,6 +197,13 @@ impl MeshFiles {
     pub fn client_key(&self) -> PathBuf {
         self.key("client")
     }
+    /// Prometheus's client certificate and key.
+    pub fn scraper_cert(&self) -> PathBuf {
+        self.cert(SCRAPER)
+    }
+    pub fn scraper_key(&self) -> PathBuf {
+        self.key(SCRAPER)
+    }
     fn cert(&self, who: &str) -> PathBuf {
         self.dir.join(format!("{who}.pem"))
     }
@@ -190,6 +220,8 @@ impl MeshFiles {
             self.key("pilot"),
             self.cert("client"),
             self.key("client"),
+            self.cert(SCRAPER),
+            self.key(SCRAPER),
             self.cert(WORKLOAD_CA),
             self.key(WORKLOAD_CA),
         ];
@@ -201,7 +233,8 @@ impl MeshFiles {
         let ca = Ca::new("boshy-istio lab CA")?;
         for (who, issued) in [
             ("pilot", ca.server(PILOT_SERVER_NAME)?),
-            ("client", ca.client("boshy-istio addon")?),
+            ("client", ca.addon()?),
+            (SCRAPER, ca.client("prometheus")?),
         ] {
             super::write_private(&self.key(who), &issued.key_pem)?;
             write_public(&self.cert(who), &issued.cert_pem)?;

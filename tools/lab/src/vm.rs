@@ -187,10 +187,17 @@ const LAB_CERTIFICATE_TTL_HOURS: f64 = 0.02;
 /// at 127.0.0.1); one Envoy worker per VM is plenty for a lab.
 fn lab_addon_properties(job: &str) -> Value {
     match job {
-        "virtual-ip-agent" => json!({"dns": {"port": 53}, "identity": {"enabled": true}}),
-        "bosh-envoy" => {
-            json!({"concurrency": 1, "log_level": "warning", "identity": {"enabled": true}})
-        }
+        "virtual-ip-agent" => json!({
+            "dns": {"port": 53},
+            "identity": {"enabled": true},
+            "metrics": {"enabled": true},
+        }),
+        "bosh-envoy" => json!({
+            "concurrency": 1,
+            "log_level": "warning",
+            "identity": {"enabled": true},
+            "metrics": {"enabled": true},
+        }),
         _ => json!({}),
     }
 }
@@ -367,17 +374,16 @@ pub fn install_jobs(layout: &Layout, vm: &mut Vm) -> Result<()> {
     )?;
     link_package(&vm.root, "envoy", &[("envoy", &layout.envoy_bin)])?;
 
-    // The SDS socket's directory, which bpm creates as a volume of the virtual-ip-agent and
-    // bosh-envoy jobs alone (the lab plays bpm).
-    let identity_dir = vm.root.join("data/boshy-identity");
-    std::fs::create_dir_all(&identity_dir)
-        .and_then(|()| {
-            std::fs::set_permissions(
-                &identity_dir,
-                std::os::unix::fs::PermissionsExt::from_mode(0o700),
-            )
-        })
-        .with_context(|| format!("cannot create {}", identity_dir.display()))?;
+    // The SDS and access log sockets' directories, which bpm creates as volumes of the
+    // virtual-ip-agent and bosh-envoy jobs alone (the lab plays bpm).
+    for shared in ["data/boshy-identity", "data/boshy-metrics"] {
+        let dir = vm.root.join(shared);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| {
+                std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            })
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+    }
     vm.pre_start.clear();
     vm.drain.clear();
     vm.post_stop.clear();
