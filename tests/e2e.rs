@@ -10,6 +10,8 @@ use boshy_test_support::lab as common;
 
 #[path = "e2e/bookinfo.rs"]
 mod bookinfo;
+#[path = "e2e/metrics.rs"]
+mod metrics;
 
 use std::collections::BTreeSet;
 
@@ -204,6 +206,9 @@ fn the_mesh_end_to_end() {
         answered, apricot_ips,
         "every apricot instance answers over tcp_proxy"
     );
+
+    // Request metrics, scraped by a real Prometheus (docs/telemetry.md).
+    metrics::prometheus_counts_requests_with_bosh_names();
 
     // A process killed on a VM: its agent's probe of the exposed port fails, and the instance
     // stops receiving new connections, with no help from the director (every task fails

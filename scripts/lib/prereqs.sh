@@ -17,6 +17,8 @@ boshy_missing_debian_packages() {
   command -v ruby >/dev/null || missing+=(ruby)
   # tests/glibc.rs and scripts/build-blobs read symbol versions with objdump.
   command -v objdump >/dev/null || missing+=(binutils)
+  # The end-to-end test scrapes the lab with a real Prometheus (docs/telemetry.md).
+  command -v prometheus >/dev/null || missing+=(prometheus)
   printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '
 }
 

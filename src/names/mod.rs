@@ -11,12 +11,14 @@
 //! {"heartbeat":1234}
 //! ```
 //!
-//! - `table` is the whole `NameTable` (hostname → VIP, derived from the catalog). It is sent
-//!   first, as soon as the pilot has a catalog from the director, and again whenever the
-//!   table changes (pushed when the catalog is swapped, not polled). A catalog change that
-//!   does not change any name or VIP (endpoints, ports) sends nothing: the table would be
-//!   the same. Tables are small (tens of bytes per service), so every update is whole and
-//!   the follower needs no merge logic.
+//! - `table` is the whole `NameTable` (hostname → VIP, derived from the catalog, and under
+//!   `origins` each name's deployment, instance group, job and ports, which the agent labels
+//!   request metrics with; docs/telemetry.md). It is sent first, as soon as the pilot has a
+//!   catalog from the director, and again whenever the table changes (pushed when the catalog
+//!   is swapped, not polled). A catalog change that changes no name, VIP, origin or port
+//!   (endpoints, health) sends nothing: the table would be the same. Tables are small (about
+//!   a hundred bytes per service), so every update is whole and the follower needs no merge
+//!   logic.
 //! - `heartbeat` carries the version of the last table sent on this stream (0 before the
 //!   first) and is sent after 10 s without any other line, so a follower can tell a quiet
 //!   pilot from a dead connection: after 30 s without a byte it reconnects.

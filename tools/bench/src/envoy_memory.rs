@@ -52,6 +52,13 @@ pub struct Args {
     /// whole mesh).
     #[arg(long, hide = true, default_value_t = 0)]
     pub scope: usize,
+    /// Two more rows: Envoy with request metrics on (every listener logging to the agent,
+    /// docs/telemetry.md) beside off, in a mesh the lab's size and in the large one.
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub metrics_rows: bool,
+    /// With `--inside`: request metrics on.
+    #[arg(long, hide = true)]
+    pub metrics: bool,
     /// Measure one catalog size inside an isolated namespace and print JSON (used by the parent).
     #[arg(long, hide = true)]
     pub inside: Option<usize>,
@@ -72,12 +79,19 @@ pub struct EnvoyFigures {
 
 pub async fn run(args: Args) -> Result<()> {
     if let Some(services) = args.inside {
-        let figures = measure_inside(services, args.instances, args.subsets, args.scope).await?;
+        let figures = measure_inside(
+            services,
+            args.instances,
+            args.subsets,
+            args.scope,
+            args.metrics,
+        )
+        .await?;
         println!("{}", serde_json::to_string(&figures)?);
         return Ok(());
     }
     require_tool("unshare", "util-linux")?;
-    let reference = measure_isolated(1, args.instances, 0, 0)?;
+    let reference = measure_isolated(1, args.instances, 0, 0, false)?;
     let mut rows = Vec::new();
     // The goal's estate, then the same clusters without endpoints (what the clusters and the
     // listener cost alone), then a smaller estate that Envoy survives if the goal's does not.
@@ -91,7 +105,7 @@ pub async fn run(args: Args) -> Result<()> {
             format!("Envoy RSS with {services} services × {instances} instances in its config");
         let row = rss_row(
             figure,
-            measure_isolated(services, instances, 0, 0),
+            measure_isolated(services, instances, 0, 0, false),
             "HTTP + TCP port per service",
         );
         let row = row.against("same Envoy, 1 service", mb(reference.rss_kb));
@@ -112,13 +126,16 @@ pub async fn run(args: Args) -> Result<()> {
         );
         let row = rss_row(
             figure,
-            measure_isolated(services, instances, subsets, 0),
+            measure_isolated(services, instances, subsets, 0, false),
             "each subset a cluster per port",
         );
         rows.push(row.against("same estate without subsets", without));
     }
     if args.scoped > 0 {
         rows.extend(scoped_rows(&args));
+    }
+    if args.metrics_rows {
+        rows.extend(metrics_rows(&args));
     }
     super::emit(&rows, args.out.as_deref())
 }
@@ -129,8 +146,8 @@ pub async fn run(args: Args) -> Result<()> {
 fn scoped_rows(args: &Args) -> Vec<Row> {
     const SMALL_MESH: usize = 10;
     let (services, instances, scoped) = (args.services, args.instances, args.scoped);
-    let small = measure_isolated(SMALL_MESH.max(scoped), instances, 0, scoped);
-    let large = measure_isolated(services, instances, 0, scoped);
+    let small = measure_isolated(SMALL_MESH.max(scoped), instances, 0, scoped, false);
+    let large = measure_isolated(services, instances, 0, scoped, false);
     let figure = format!(
         "Envoy anonymous memory, mesh of {services} services × {instances}, VM using {scoped}"
     );
@@ -162,6 +179,32 @@ fn scoped_rows(args: &Args) -> Vec<Row> {
     }
 }
 
+/// Envoy with request metrics on beside off, same run: in a mesh the size of the lab's and in
+/// the large one. No traffic flows: what is measured is the configuration (an access log on
+/// every listener); the one stream per worker to the agent opens with the first request.
+fn metrics_rows(args: &Args) -> Vec<Row> {
+    const LAB_MESH: usize = 10;
+    let instances = args.instances;
+    [LAB_MESH, args.services]
+        .into_iter()
+        .map(|services| {
+            let figure = format!(
+                "Envoy RSS with request metrics on, {services} services × {instances} instances"
+            );
+            let off = measure_isolated(services, instances, 0, 0, false);
+            let on = rss_row(
+                figure.clone(),
+                measure_isolated(services, instances, 0, 0, true),
+                "every listener logging to the agent",
+            );
+            match off {
+                Ok(off) => on.against("same Envoy, metrics off", mb(off.rss_kb)),
+                Err(err) => on.note(format!("metrics off not measured: {err:#}")),
+            }
+        })
+        .collect()
+}
+
 fn mb(kb: u64) -> f64 {
     kb as f64 / 1024.0
 }
@@ -190,12 +233,16 @@ fn measure_isolated(
     instances: usize,
     subsets: usize,
     scope: usize,
+    metrics: bool,
 ) -> Result<EnvoyFigures> {
-    eprintln!("envoy-memory: {services} services, {subsets} subsets each, scope {scope}");
+    eprintln!(
+        "envoy-memory: {services} services, {subsets} subsets each, scope {scope}, metrics {metrics}"
+    );
     let output = Command::new("unshare")
         .arg("--net")
         .arg(super::bench_binary()?)
         .args(["envoy-memory", "--inside", &services.to_string()])
+        .args(metrics.then_some("--metrics"))
         .args(["--instances", &instances.to_string()])
         .args(["--subsets", &subsets.to_string()])
         .args(["--scoped", "0", "--scope", &scope.to_string()])
@@ -258,6 +305,7 @@ async fn measure_inside(
     instances: usize,
     subsets: usize,
     scope: usize,
+    metrics: bool,
 ) -> Result<EnvoyFigures> {
     let up = Command::new("ip")
         .args(["link", "set", "lo", "up"])
@@ -291,7 +339,7 @@ async fn measure_inside(
         catalog: catalog_rx,
         traffic: traffic_rx,
         identity: None,
-        telemetry: false,
+        telemetry: metrics,
     };
     let node = NodeIdentity {
         deployment: "bench".into(),
@@ -323,9 +371,21 @@ async fn measure_inside(
     let scratch = ScratchDir::new(BENCHMARK)?;
     let admin: SocketAddr = ADMIN.parse().expect("valid");
     let config = scratch.path().join("envoy.yaml");
+    let telemetry = metrics.then(|| bootstrap::Telemetry {
+        access_log_socket: scratch.path().join("als.sock"),
+        metrics: None,
+    });
     std::fs::write(
         &config,
-        bootstrap::render(&node, &[format!("127.0.0.1:{XDS_PORT}")], admin)?,
+        bootstrap::render_sidecar(
+            &node,
+            &[format!("127.0.0.1:{XDS_PORT}")],
+            admin,
+            bootstrap::AdsMode::default(),
+            None,
+            None,
+            telemetry.as_ref(),
+        )?,
     )?;
     let started = Instant::now();
     let mut envoy = Command::new(boshy_lab::binaries::envoy()?)

@@ -16,6 +16,7 @@ pub mod jobs;
 pub mod net;
 pub mod pki;
 pub mod process;
+pub mod prometheus;
 pub mod ready;
 mod rules;
 mod update;
@@ -117,6 +118,12 @@ pub enum LabCommand {
     Api {
         /// e.g. /v1/rules
         path: String,
+    },
+    /// Prints a Prometheus scrape configuration for the lab (docs/telemetry.md): the pilots'
+    /// `/metrics` and every VM's Envoy metrics listener, with the lab's scraper certificate.
+    PrometheusConfig {
+        #[arg(long, default_value_t = 5)]
+        scrape_interval_seconds: u32,
     },
 }
 
@@ -311,6 +318,15 @@ pub async fn run(args: Args) -> Result<()> {
         LabCommand::Api { path } => {
             let body = ready::api_get(&require_state(&layout)?, &path).await?;
             print!("{body}");
+            Ok(())
+        }
+        LabCommand::PrometheusConfig {
+            scrape_interval_seconds,
+        } => {
+            print!(
+                "{}",
+                prometheus::config(&require_state(&layout)?, scrape_interval_seconds)
+            );
             Ok(())
         }
         LabCommand::Wait { timeout_seconds } => {

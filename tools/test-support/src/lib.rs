@@ -9,6 +9,7 @@
 //! - [`jobs`]: this release's job specs and the `bosh-pilot` link, as tests render jobs.
 //! - [`manifests`]: this release's manifests as the bosh CLI and the director see them.
 //! - [`process`]: running a command and reading how it ended.
+//! - [`prometheus`]: a real Prometheus scraping a lab, and its query API.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 
 #![forbid(unsafe_code)]
@@ -21,6 +22,7 @@ pub mod lab;
 pub mod manifests;
 pub mod netns;
 pub mod process;
+pub mod prometheus;
 
 use std::path::PathBuf;
 
