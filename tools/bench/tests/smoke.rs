@@ -118,8 +118,16 @@ fn envoy_memory_harness_reads_a_configured_envoys_rss() {
             "Envoy RSS with 5 services × 0 instances in its config",
             "Envoy RSS with 2 services × 2 instances in its config",
             "Envoy anonymous memory, mesh of 5 services × 2, VM using 2",
+            "Envoy RSS with request metrics on, 10 services × 2 instances",
+            "Envoy RSS with request metrics on, 5 services × 2 instances",
         ]
     );
+    for metrics in &rows[4..] {
+        assert!(
+            metrics.value > 0.0 && metrics.reference.as_ref().is_some_and(|r| r.value > 0.0),
+            "metrics on, beside off: {metrics:?}"
+        );
+    }
     let scoped = &rows[3];
     assert!(
         scoped.reference.as_ref().is_some_and(|r| r.value > 0.0),
