@@ -78,13 +78,87 @@ pub struct TelemetryConfig {
     /// metrics labelled with BOSH identities. On unless turned off.
     #[serde(default = "default_true")]
     pub request_metrics: bool,
+    /// Zipkin tracing on every Envoy; absent, none.
+    #[serde(default)]
+    pub tracing: Option<TracingConfig>,
 }
 
 impl Default for TelemetryConfig {
     fn default() -> Self {
         TelemetryConfig {
             request_metrics: true,
+            tracing: None,
         }
+    }
+}
+
+/// Where Envoys send spans, and how many requests they trace (docs/telemetry.md, "Tracing").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingConfig {
+    /// `host:port` of a collector's Zipkin v2 HTTP API.
+    pub zipkin_collector: String,
+    #[serde(default = "default_zipkin_path")]
+    pub collector_path: String,
+    /// Percent of the requests no caller decided for (0 to 100).
+    #[serde(default = "default_sampling_percent")]
+    pub sampling_percent: f64,
+}
+
+fn default_zipkin_path() -> String {
+    "/api/v2/spans".to_string()
+}
+
+fn default_sampling_percent() -> f64 {
+    1.0
+}
+
+impl TelemetryConfig {
+    /// What Envoys report, or which key of `config_path` is wrong.
+    pub(crate) fn resolve(&self, config_path: &Path) -> Result<crate::xds::telemetry::Telemetry> {
+        let tracing = match &self.tracing {
+            None => None,
+            Some(tracing) => {
+                let at = |key: &str| {
+                    format!(
+                        "config file {}: key `telemetry.tracing.{key}`",
+                        config_path.display()
+                    )
+                };
+                let port = tracing
+                    .zipkin_collector
+                    .rsplit_once(':')
+                    .filter(|(host, _)| !host.is_empty())
+                    .and_then(|(_, port)| port.parse::<u16>().ok())
+                    .filter(|port| *port != 0);
+                if port.is_none() {
+                    bail!(
+                        "{}: {:?} is not host:port",
+                        at("zipkin_collector"),
+                        crate::text::clip(&tracing.zipkin_collector)
+                    );
+                }
+                if !(0.0..=100.0).contains(&tracing.sampling_percent) {
+                    bail!(
+                        "{}: {} is not a percentage (0 to 100)",
+                        at("sampling_percent"),
+                        tracing.sampling_percent
+                    );
+                }
+                if !tracing.collector_path.starts_with('/') {
+                    bail!("{}: a path starts with /", at("collector_path"));
+                }
+                Some(crate::xds::telemetry::Tracing {
+                    collector: tracing.zipkin_collector.clone(),
+                    collector_path: tracing.collector_path.clone(),
+                    sampling_percent: tracing.sampling_percent,
+                })
+            }
+        };
+        Ok(crate::xds::telemetry::Telemetry {
+            request_metrics: self.request_metrics,
+            tracing,
+        })
     }
 }
 

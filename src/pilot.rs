@@ -52,6 +52,7 @@ pub async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("config file {}: key `director`", args.config.display()))?;
     let plaintext_warning = cfg.check_transport(&args.config)?;
     cfg.check_identity(&args.config)?;
+    let telemetry = cfg.telemetry.resolve(&args.config)?;
     // The workload CA is read once, here: a bad file stops the pilot (and `--check-config`).
     let identity = cfg
         .identity
@@ -164,7 +165,7 @@ pub async fn run(args: Args) -> Result<()> {
             .identity
             .as_ref()
             .map(|identity| identity.trust_domain.clone()),
-        telemetry: cfg.telemetry.request_metrics,
+        telemetry,
     };
     let (xds_tls, names_tls) = tls.unzip();
     let names_catalog = catalog_rx.clone();

@@ -15,6 +15,7 @@
 //!
 //! Needs root and Envoy (env `BOSHY_ENVOY`, else `envoy` on PATH).
 
+use boshy::xds::telemetry::Telemetry;
 use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::pin::Pin;
@@ -394,7 +395,7 @@ async fn serve_xds(
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: Some(TrustDomain::default()),
-            telemetry: false,
+            telemetry: Telemetry::OFF,
         },
     ));
     ((catalog_tx, traffic_tx), xds)

@@ -10,6 +10,7 @@
 //!
 //! Needs root and Envoy (env `BOSHY_ENVOY`, else `envoy` on PATH).
 
+use boshy::xds::telemetry::Telemetry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
@@ -523,7 +524,7 @@ async fn serve_xds(catalog: Arc<Catalog>, traffic: TrafficRules) -> (Published, 
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: None,
-            telemetry: false,
+            telemetry: Telemetry::OFF,
         },
     ));
     let published = Published {

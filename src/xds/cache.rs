@@ -20,6 +20,7 @@ use crate::identity::spiffe::TrustDomain;
 use crate::scope::filter::ServiceIndex;
 use crate::traffic::security::WorkloadKey;
 use crate::traffic::TrafficRules;
+use crate::xds::telemetry::Telemetry;
 
 /// The resources of one version of the inputs.
 #[derive(Debug)]
@@ -384,8 +385,8 @@ pub struct Sources {
     pub traffic: watch::Receiver<Arc<TrafficRules>>,
     /// The trust domain when workload identities are on (`Inputs::identity`).
     pub identity: Option<TrustDomain>,
-    /// Envoys report every request and connection to their agent (`Inputs::telemetry`).
-    pub telemetry: bool,
+    /// What Envoys report (`Inputs::telemetry`).
+    pub telemetry: Telemetry,
 }
 
 impl From<watch::Receiver<Arc<Catalog>>> for Sources {
@@ -396,7 +397,7 @@ impl From<watch::Receiver<Arc<Catalog>>> for Sources {
             catalog,
             traffic,
             identity: None,
-            telemetry: false,
+            telemetry: Telemetry::OFF,
         }
     }
 }
@@ -426,19 +427,20 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                 catalog: &current_catalog,
                 traffic: &current_traffic,
                 identity: identity.as_ref(),
-                telemetry,
+                telemetry: &telemetry,
             }
             .version();
             if should_publish(version, published.as_ref().map(|s| s.version())) {
                 // Building is CPU work proportional to the estate: keep it off the reactor.
                 let previous = published.clone();
                 let identity = identity.clone();
+                let telemetry = telemetry.clone();
                 let built = tokio::task::spawn_blocking(move || {
                     let inputs = Inputs {
                         catalog: &current_catalog,
                         traffic: &current_traffic,
                         identity: identity.as_ref(),
-                        telemetry,
+                        telemetry: &telemetry,
                     };
                     Snapshot::following(inputs, previous.as_deref())
                 })
@@ -502,7 +504,7 @@ mod tests {
             catalog: &catalog,
             traffic: &traffic,
             identity: None,
-            telemetry: false,
+            telemetry: &Telemetry::OFF,
         });
         let behind = |message| {
             snapshot
@@ -719,7 +721,7 @@ mod tests {
                 catalog,
                 traffic,
                 identity: None,
-                telemetry: false,
+                telemetry: &Telemetry::OFF,
             };
             Snapshot::following(inputs, previous)
         };
@@ -795,7 +797,7 @@ mod tests {
             catalog: catalog_rx,
             traffic: traffic_rx,
             identity: None,
-            telemetry: false,
+            telemetry: Telemetry::OFF,
         });
         snapshots.changed().await.unwrap();
         let without = snapshots.borrow_and_update().clone().unwrap();
@@ -828,7 +830,7 @@ mod tests {
                 catalog: &next,
                 traffic: &rules,
                 identity: None,
-                telemetry: false,
+                telemetry: &Telemetry::OFF,
             }
             .version(),
             "built with the last rules"

@@ -272,7 +272,7 @@ pub(crate) mod testing {
             catalog: &catalog,
             traffic: &TrafficRules::default(),
             identity: Some(&trust_domain),
-            telemetry: false,
+            telemetry: &crate::xds::telemetry::Telemetry::OFF,
         })
     }
 

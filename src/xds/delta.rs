@@ -1232,7 +1232,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             };
             Arc::new(Snapshot::following(inputs, previous))
         };

@@ -62,7 +62,7 @@ use super::resources::{
     explicit_upstream, protocol_options, socket_address, tcp_proxy_filter, BLACKHOLE_CLUSTER,
     CONNECT_TIMEOUT,
 };
-use super::telemetry;
+use super::telemetry::{self, Tag, Telemetry};
 use crate::catalog::model::{Catalog, ServicePort};
 use crate::traffic::security::{MtlsMode, WorkloadKey, WorkloadSecurity};
 
@@ -113,14 +113,14 @@ pub(super) fn workloads(catalog: &Catalog) -> BTreeMap<WorkloadKey, Vec<&Service
 
 /// The inbound listener of `workload`, which exposes `ports`. Without an identity
 /// (`with_identity` false: its names cannot form a SPIFFE ID) every port is plaintext. With
-/// `with_telemetry`, each port's requests and connections are logged to the agent
-/// (`xds::telemetry`).
+/// `telemetry`, each port's requests and connections are logged to the agent, and its HTTP
+/// requests traced (`xds::telemetry`).
 pub(super) fn listener(
     workload: &WorkloadKey,
     ports: &[&ServicePort],
     security: &WorkloadSecurity,
     with_identity: bool,
-    with_telemetry: bool,
+    telemetry: &Telemetry,
 ) -> Listener {
     let mode = |port: &ServicePort| match with_identity {
         true => security.mtls_of(port.number),
@@ -147,7 +147,7 @@ pub(super) fn listener(
                     application_protocols,
                     ..Default::default()
                 }),
-                filters: port_filters(port, security, with_telemetry),
+                filters: port_filters(port, security, telemetry),
                 transport_socket: Some(mtls::server_transport_socket(port)),
                 ..Default::default()
             });
@@ -161,7 +161,7 @@ pub(super) fn listener(
                     }),
                     ..Default::default()
                 }),
-                filters: port_filters(port, security, with_telemetry),
+                filters: port_filters(port, security, telemetry),
                 ..Default::default()
             });
         }
@@ -251,7 +251,7 @@ fn not_one_of(ports: &[u16]) -> ListenerFilterChainMatchPredicate {
 fn port_filters(
     port: &ServicePort,
     security: &WorkloadSecurity,
-    with_telemetry: bool,
+    telemetry: &Telemetry,
 ) -> Vec<Filter> {
     let stat_prefix = format!("inbound_{}", port.number);
     let cluster = match port.protocol.is_http2() {
@@ -261,7 +261,7 @@ fn port_filters(
     if !port.protocol.is_http() {
         let mut filters = rbac::network_filters(&security.policies, &format!("tcp.{stat_prefix}"));
         let mut proxy = tcp_proxy_config(&stat_prefix, cluster);
-        telemetry::log_connections(&mut proxy, with_telemetry);
+        telemetry::log_connections(&mut proxy, telemetry.request_metrics);
         filters.push(tcp_proxy_filter(proxy));
         return filters;
     }
@@ -315,7 +315,15 @@ fn port_filters(
         // RBAC's paths are checked on the normalized path (`/a/../admin` is `/admin`), which
         // is also what the workload gets.
         normalize_path: Some(BoolValue { value: true }),
-        access_log: telemetry::http_access_logs(with_telemetry),
+        access_log: telemetry::http_access_logs(telemetry.request_metrics),
+        // The server span names the caller as its Envoy verified it.
+        tracing: telemetry::http_tracing(
+            telemetry,
+            vec![Tag::RequestHeader(
+                "boshy.source.identity",
+                "x-forwarded-client-cert",
+            )],
+        ),
         ..Default::default()
     };
     vec![Filter {
@@ -485,7 +493,7 @@ mod tests {
             &ports.iter().collect::<Vec<_>>(),
             &security,
             true,
-            false,
+            &Telemetry::OFF,
         );
         assert_eq!(listener.name, "inbound|d|g");
         assert_eq!(
@@ -561,7 +569,7 @@ mod tests {
             &ports.iter().collect::<Vec<_>>(),
             &strict,
             false,
-            false,
+            &Telemetry::OFF,
         );
         assert_eq!(
             chains(&listener),
@@ -600,7 +608,7 @@ mod tests {
             &ports.iter().collect::<Vec<_>>(),
             &security,
             true,
-            false,
+            &Telemetry::OFF,
         );
         let hcm: HttpConnectionManager = typed(&listener.filter_chains[0].filters[0]);
         assert_eq!(hcm.stat_prefix, "inbound_8080");

@@ -22,6 +22,6 @@ pub(crate) mod routes;
 pub mod server;
 pub(crate) mod sotw;
 pub mod sync;
-pub(crate) mod telemetry;
+pub mod telemetry;
 
 pub use server::serve;

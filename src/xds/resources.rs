@@ -84,7 +84,8 @@ use sha2::{Digest, Sha256};
 
 use super::client::SourceClass;
 use super::routes;
-use super::{inbound, mtls, telemetry};
+use super::telemetry::{self, Tag, Telemetry};
+use super::{inbound, mtls};
 use crate::catalog::model::{Catalog, DnsResolution, Labels, Service, ServicePort};
 use crate::identity::spiffe::{workload_id, TrustDomain};
 use crate::traffic::security::{MtlsMode, SecurityRules, WorkloadKey, WorkloadSecurity};
@@ -396,10 +397,10 @@ pub struct Inputs<'a> {
     /// `None`: the plaintext mesh without inbound listeners, every resource what it was
     /// before identities; `Some`: inbound listeners and mutual TLS (`xds::inbound`).
     pub identity: Option<&'a TrustDomain>,
-    /// Whether every HTTP connection manager and `tcp_proxy` sends an access log entry per
-    /// request and per connection to the VM's agent, which turns them into request metrics
-    /// with BOSH identities (`xds::telemetry`, docs/telemetry.md).
-    pub telemetry: bool,
+    /// What Envoys report: an access log entry per request and per connection to the VM's
+    /// agent, which turns them into request metrics with BOSH identities, and spans to a
+    /// Zipkin collector (`xds::telemetry`, docs/telemetry.md).
+    pub telemetry: &'a Telemetry,
 }
 
 impl<'a> From<&'a Catalog> for Inputs<'a> {
@@ -416,7 +417,7 @@ impl<'a> From<&'a Catalog> for Inputs<'a> {
             catalog,
             traffic: &NO_RULES,
             identity: None,
-            telemetry: false,
+            telemetry: &Telemetry::OFF,
         }
     }
 }
@@ -434,7 +435,7 @@ impl Inputs<'_> {
             && self.traffic.scope_pins.is_empty()
             && self.traffic.security.is_empty()
             && self.identity.is_none()
-            && !self.telemetry;
+            && *self.telemetry == Telemetry::OFF;
         if self.catalog.version == 0 || no_rules {
             return self.catalog.version;
         }
@@ -445,8 +446,8 @@ impl Inputs<'_> {
         if let Some(trust_domain) = self.identity {
             digest.update(trust_domain.as_str());
         }
-        if self.telemetry {
-            digest.update(b"telemetry");
+        if *self.telemetry != Telemetry::OFF {
+            digest.update(serde_json::to_vec(self.telemetry).expect("telemetry serializes"));
         }
         let digest = digest.finalize();
         u64::from_be_bytes(digest[..8].try_into().expect("8 bytes")).max(1)
@@ -553,6 +554,10 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
                 .map(|cluster| NamedResource::new(cluster.name.clone(), pack_any(cluster))),
         );
     }
+    clusters.extend(
+        telemetry::zipkin_cluster(inputs.telemetry)
+            .map(|cluster| NamedResource::new(cluster.name.clone(), pack_any(cluster))),
+    );
     let mut by_type = [clusters, endpoints, listeners, routes];
     for list in &mut by_type {
         list.sort_by(|a, b| a.name.cmp(&b.name));
@@ -1080,7 +1085,7 @@ fn vip_listener(
     service: &Service,
     port: &ServicePort,
     rules: Option<&ServiceRules>,
-    with_telemetry: bool,
+    telemetry: &Telemetry,
 ) -> Listener {
     let stat_prefix = format!("outbound_{}_{}", port.number, service.hostname);
     let network_filter = if port.protocol.is_http() {
@@ -1109,7 +1114,8 @@ fn vip_listener(
                         fault,
                         http_filter("envoy.filters.http.router", pack_any(Router::default())),
                     ],
-                    access_log: telemetry::http_access_logs(with_telemetry),
+                    access_log: telemetry::http_access_logs(telemetry.request_metrics),
+                    tracing: telemetry::http_tracing(telemetry, destination_tags(service)),
                     ..Default::default()
                 },
             ))),
@@ -1123,7 +1129,7 @@ fn vip_listener(
             }),
             ..Default::default()
         };
-        telemetry::log_connections(&mut proxy, with_telemetry);
+        telemetry::log_connections(&mut proxy, telemetry.request_metrics);
         tcp_proxy_filter(proxy)
     };
     Listener {
@@ -1135,6 +1141,22 @@ fn vip_listener(
         filter_chains: vec![only_filter_chain(name, network_filter)],
         ..Default::default()
     }
+}
+
+/// The span tags naming the service called, by its BOSH names.
+pub(super) fn destination_tags(service: &Service) -> Vec<Tag> {
+    vec![
+        Tag::Literal("boshy.destination.service", service.hostname.clone()),
+        Tag::Literal(
+            "boshy.destination.deployment",
+            service.key.deployment.clone(),
+        ),
+        Tag::Literal(
+            "boshy.destination.instance_group",
+            service.key.instance_group.clone(),
+        ),
+        Tag::Literal("boshy.destination.job", service.key.job.clone()),
+    ]
 }
 
 /// Where a tcp port's connections go: the traffic model's destinations, else the whole
@@ -1658,7 +1680,7 @@ mod tests {
                 catalog: &catalog(),
                 traffic,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             })
         }
 
@@ -2243,7 +2265,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &rules,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             });
             let clusters = built.of_type(ResourceType::Cluster);
             let assignments = built.of_type(ResourceType::Endpoint);
@@ -2252,7 +2274,7 @@ mod tests {
                 catalog: &estate(false),
                 traffic: &rules,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             });
             let pushed: Vec<&NamedResource> = failed
                 .of_type(ResourceType::Endpoint)
@@ -2475,7 +2497,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             });
             let whole = cluster_name(&db_host, 5432);
             let primary = subset_cluster_name(&db_host, 5432, "primary");
@@ -2648,7 +2670,7 @@ mod tests {
                 catalog: &mesh(),
                 traffic: &traffic(),
                 identity,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             })
         }
 
@@ -2752,7 +2774,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic(),
                 identity: Some(&trust_domain),
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             });
             let cluster: Cluster = resource(&resources, ResourceType::Cluster, WEB_HTTP);
             let [socket_match] = &cluster.transport_socket_matches[..] else {
@@ -2844,7 +2866,7 @@ mod tests {
                 catalog: &mesh(),
                 traffic: &security_only,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             });
             assert_ne!(
                 with_security.version, plain.version,

@@ -383,7 +383,7 @@ mod tests {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
-                telemetry: false,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
             })
         };
         let sent = |response: &DiscoveryResponse| {

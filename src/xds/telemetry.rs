@@ -14,14 +14,63 @@
 //!
 //! An Envoy whose bootstrap has no such cluster (an addon older than its pilot) accepts the
 //! configuration and drops the entries.
+//!
+//! Tracing: with a Zipkin collector configured, every HTTP connection manager traces with
+//! Envoy's Zipkin tracer (B3 headers, 128-bit trace ids) into the cluster [`ZIPKIN_CLUSTER`],
+//! which every Envoy gets over CDS. Spans carry the BOSH names of both sides: the local
+//! service is the Envoy's node cluster (`<deployment>/<instance group>`, `xds::bootstrap`),
+//! and tags name the service called and, inbound, the caller's verified identity.
 
 use envoy_types::pb::envoy::config::accesslog::v3::{access_log, AccessLog};
+use envoy_types::pb::envoy::config::cluster::v3::{cluster, Cluster};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address, Address, SocketAddress};
 use envoy_types::pb::envoy::config::core::v3::{grpc_service, ApiVersion, GrpcService};
+use envoy_types::pb::envoy::config::endpoint::v3::{
+    lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
+};
+use envoy_types::pb::envoy::config::trace::v3::{tracing as trace, zipkin_config, ZipkinConfig};
 use envoy_types::pb::envoy::extensions::access_loggers::grpc::v3::{
     CommonGrpcAccessLogConfig, HttpGrpcAccessLogConfig, TcpGrpcAccessLogConfig,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_proxy, TcpProxy};
+use envoy_types::pb::envoy::r#type::tracing::v3::{custom_tag, CustomTag};
+use envoy_types::pb::envoy::r#type::v3::Percent;
+use envoy_types::pb::google::protobuf::BoolValue;
 use envoy_types::util::pack_any;
+use serde::Serialize;
+
+/// What every Envoy of the mesh reports (the pilot's `telemetry` config; docs/telemetry.md).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Telemetry {
+    /// Access logs to the VM's agent, for the request metrics.
+    pub request_metrics: bool,
+    pub tracing: Option<Tracing>,
+}
+
+impl Telemetry {
+    /// Nothing reported.
+    pub const OFF: Telemetry = Telemetry {
+        request_metrics: false,
+        tracing: None,
+    };
+}
+
+/// Zipkin tracing (docs/telemetry.md, "Tracing").
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Tracing {
+    /// `host:port` of the collector's Zipkin v2 HTTP API (Zipkin, Jaeger's or an OpenTelemetry
+    /// collector's Zipkin receiver); an IP literal or a DNS name.
+    pub collector: String,
+    /// The path spans are posted to.
+    pub collector_path: String,
+    /// Requests traced when no caller decided (a B3 `x-b3-sampled` header decides for its
+    /// request), in percent.
+    pub sampling_percent: f64,
+}
+
+/// The cluster to the Zipkin collector.
+pub(crate) const ZIPKIN_CLUSTER: &str = "zipkin";
 
 /// The bootstrap's static cluster to the agent's access log server (`bootstrap`).
 pub(crate) const TELEMETRY_CLUSTER: &str = "boshy-telemetry";
@@ -96,6 +145,99 @@ fn tcp_access_log_options() -> tcp_proxy::TcpAccessLogOptions {
     }
 }
 
+/// A span tag: a literal value, or the value of a request header.
+pub(crate) enum Tag {
+    Literal(&'static str, String),
+    RequestHeader(&'static str, &'static str),
+}
+
+/// The tracing of an HTTP connection manager, with `tags` on its spans; `None` without a
+/// collector.
+pub(crate) fn http_tracing(
+    telemetry: &Telemetry,
+    tags: Vec<Tag>,
+) -> Option<http_connection_manager::Tracing> {
+    let tracing = telemetry.tracing.as_ref()?;
+    let zipkin = ZipkinConfig {
+        collector_cluster: ZIPKIN_CLUSTER.to_string(),
+        collector_endpoint: tracing.collector_path.clone(),
+        collector_endpoint_version: zipkin_config::CollectorEndpointVersion::HttpJson as i32,
+        trace_id_128bit: true,
+        // Client and server spans of one hop have their own ids (B3's single-host spans).
+        shared_span_context: Some(BoolValue { value: false }),
+        collector_hostname: tracing.collector.clone(),
+        ..Default::default()
+    };
+    let custom_tags = tags
+        .into_iter()
+        .map(|tag| match tag {
+            Tag::Literal(name, value) => CustomTag {
+                tag: name.to_string(),
+                r#type: Some(custom_tag::Type::Literal(custom_tag::Literal { value })),
+            },
+            Tag::RequestHeader(name, header) => CustomTag {
+                tag: name.to_string(),
+                r#type: Some(custom_tag::Type::RequestHeader(custom_tag::Header {
+                    name: header.to_string(),
+                    ..Default::default()
+                })),
+            },
+        })
+        .collect();
+    Some(http_connection_manager::Tracing {
+        random_sampling: Some(Percent {
+            value: tracing.sampling_percent,
+        }),
+        custom_tags,
+        provider: Some(trace::Http {
+            name: "envoy.tracers.zipkin".to_string(),
+            config_type: Some(trace::http::ConfigType::TypedConfig(pack_any(zipkin))),
+        }),
+        ..Default::default()
+    })
+}
+
+/// The cluster to the Zipkin collector, when tracing is on: every Envoy gets it (it names no
+/// service, so no scope leaves it out).
+pub(crate) fn zipkin_cluster(telemetry: &Telemetry) -> Option<Cluster> {
+    let tracing = telemetry.tracing.as_ref()?;
+    let (host, port) = tracing.collector.rsplit_once(':')?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port: u32 = port.parse().ok()?;
+    // An IP literal needs no resolver; a name is re-resolved.
+    let discovery = match host.parse::<std::net::IpAddr>() {
+        Ok(_) => cluster::DiscoveryType::Static,
+        Err(_) => cluster::DiscoveryType::StrictDns,
+    };
+    let endpoint = LbEndpoint {
+        host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+            address: Some(Address {
+                address: Some(address::Address::SocketAddress(SocketAddress {
+                    address: host.to_string(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    ..Default::default()
+                })),
+            }),
+            ..Default::default()
+        })),
+        ..Default::default()
+    };
+    Some(Cluster {
+        name: ZIPKIN_CLUSTER.to_string(),
+        cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(discovery as i32)),
+        connect_timeout: Some(super::resources::CONNECT_TIMEOUT),
+        load_assignment: Some(ClusterLoadAssignment {
+            cluster_name: ZIPKIN_CLUSTER.to_string(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![endpoint],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,6 +266,63 @@ mod tests {
         assert_eq!(http.log_name, LOG_NAME);
         assert_eq!(http.transport_api_version, ApiVersion::V3 as i32);
         assert!(tcp_access_log_options().flush_access_log_on_start);
+    }
+
+    fn tracing(collector: &str) -> Telemetry {
+        Telemetry {
+            request_metrics: false,
+            tracing: Some(Tracing {
+                collector: collector.into(),
+                collector_path: "/api/v2/spans".into(),
+                sampling_percent: 1.0,
+            }),
+        }
+    }
+
+    #[test]
+    fn spans_go_to_the_collector_in_zipkin_v2_json_with_their_tags() {
+        let on = tracing("10.0.0.9:9411");
+        let traced = http_tracing(
+            &on,
+            vec![
+                Tag::Literal("boshy.destination.deployment", "d".into()),
+                Tag::RequestHeader("boshy.source", "x-forwarded-client-cert"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(traced.random_sampling, Some(Percent { value: 1.0 }));
+        assert_eq!(traced.custom_tags.len(), 2);
+        assert_eq!(traced.custom_tags[0].tag, "boshy.destination.deployment");
+        let provider = traced.provider.unwrap();
+        assert_eq!(provider.name, "envoy.tracers.zipkin");
+        let Some(trace::http::ConfigType::TypedConfig(zipkin)) = provider.config_type else {
+            panic!("typed config")
+        };
+        let zipkin = ZipkinConfig::decode(zipkin.value.as_slice()).unwrap();
+        assert_eq!(zipkin.collector_cluster, ZIPKIN_CLUSTER);
+        assert_eq!(zipkin.collector_endpoint, "/api/v2/spans");
+        assert_eq!(
+            zipkin.collector_endpoint_version,
+            zipkin_config::CollectorEndpointVersion::HttpJson as i32
+        );
+        assert!(zipkin.trace_id_128bit);
+
+        let cluster = zipkin_cluster(&on).unwrap();
+        assert_eq!(
+            cluster.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::Static as i32
+            ))
+        );
+        let by_name = zipkin_cluster(&tracing("zipkin.example.com:9411")).unwrap();
+        assert_eq!(
+            by_name.cluster_discovery_type,
+            Some(cluster::ClusterDiscoveryType::Type(
+                cluster::DiscoveryType::StrictDns as i32
+            ))
+        );
+        assert!(http_tracing(&Telemetry::OFF, Vec::new()).is_none());
+        assert!(zipkin_cluster(&Telemetry::OFF).is_none());
     }
 
     #[test]

@@ -28,6 +28,7 @@ use boshy::traffic::{ServiceRules, Subset, TrafficRules};
 use boshy::xds::bootstrap::{self, NodeIdentity};
 use boshy::xds::cache::Sources;
 use boshy::xds::sync::SyncBoard;
+use boshy::xds::telemetry::Telemetry;
 
 const BENCHMARK: &str = "envoy-memory";
 const XDS_PORT: u16 = 15010;
@@ -339,7 +340,10 @@ async fn measure_inside(
         catalog: catalog_rx,
         traffic: traffic_rx,
         identity: None,
-        telemetry: metrics,
+        telemetry: Telemetry {
+            request_metrics: metrics,
+            tracing: None,
+        },
     };
     let node = NodeIdentity {
         deployment: "bench".into(),

@@ -10,6 +10,7 @@
 //! the snapshots say changed, the server's CPU time and RSS. Rows go to
 //! `bench/rows/push.json` in the format of `boshy-bench report`.
 
+use boshy::xds::telemetry::Telemetry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -191,7 +192,7 @@ async fn serve(address: SocketAddr, services: usize, instances: usize) -> Result
             catalog,
             traffic,
             identity: None,
-            telemetry: false,
+            telemetry: Telemetry::OFF,
         },
     ));
     let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();

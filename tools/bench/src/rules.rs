@@ -12,6 +12,7 @@
 //! The rules and the version labels they select by are shared with the push benchmark, whose
 //! estate has them too and whose `rule` change edits one service's config.
 
+use boshy::xds::telemetry::Telemetry;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -192,7 +193,7 @@ pub fn snapshot(catalog: &Catalog, traffic: &TrafficRules) -> Snapshot {
         catalog,
         traffic,
         identity: None,
-        telemetry: false,
+        telemetry: &Telemetry::OFF,
     })
 }
 

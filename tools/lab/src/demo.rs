@@ -110,12 +110,61 @@ pub async fn run(layout: &Layout) -> Result<()> {
             answered_by.len()
         );
     }
+    request_metrics(&state).await?;
     let mut state = state;
     health_from_the_vm(&mut state, &url).await?;
     traffic_rules(layout, &state).await?;
     println!(
         "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab update banana` (a rolling deploy, drained: docs/health.md); `scripts/lab down` when done."
     );
+    Ok(())
+}
+
+/// What the curls above left in the request metrics of both sides (docs/telemetry.md).
+async fn request_metrics(state: &LabState) -> Result<()> {
+    println!(
+        "\n== Request metrics, as Prometheus scrapes them (GET https://<VM>:15090/metrics, mutual TLS; docs/telemetry.md)"
+    );
+    // Envoys send their access logs every second.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let banana = format!("{SERVICE}.{}", state.layout.tld);
+    let client = &state.vms[state.find_vm(CLIENT_VM)?];
+    let servers = state
+        .vms
+        .iter()
+        .filter(|vm| vm.deployment == "sample-deployment" && vm.instance_group == "banana");
+    for vm in std::iter::once(client).chain(servers) {
+        let text = ready::vm_metrics(state, vm).await?;
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|line| line.starts_with("boshy_requests_total{") && line.contains(&banana))
+            .collect();
+        if lines.is_empty() {
+            println!("  on {:<22} no request to {banana} counted yet", vm.name());
+        }
+        for line in lines {
+            let label = |name: &str| {
+                line.split(&format!("{name}=\""))
+                    .nth(1)
+                    .and_then(|rest| rest.split('"').next())
+                    .unwrap_or("?")
+                    .to_string()
+            };
+            println!(
+                "  on {:<22} reporter={:<12} {}/{} -> {}/{} job {} :{} {} : {}",
+                vm.name(),
+                label("reporter"),
+                label("source_deployment"),
+                label("source_instance_group"),
+                label("destination_deployment"),
+                label("destination_instance_group"),
+                label("destination_job"),
+                label("destination_port"),
+                label("response_code"),
+                line.rsplit(' ').next().unwrap_or("?")
+            );
+        }
+    }
     Ok(())
 }
 

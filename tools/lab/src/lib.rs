@@ -22,6 +22,9 @@ mod rules;
 mod update;
 pub mod vm;
 
+/// The Zipkin collector's port on the host (`Layout::zipkin_collector`).
+pub const ZIPKIN_PORT: u16 = 9411;
+
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -221,6 +224,15 @@ impl Layout {
     }
     pub fn director_ip(&self) -> Ipv4Addr {
         net::host(self.subnet, DIRECTOR_HOST)
+    }
+    /// The host's address on the lab's bridge: what the VMs reach the host by.
+    pub fn gateway_ip(&self) -> Ipv4Addr {
+        net::host(self.subnet, 1)
+    }
+    /// Where the lab's pilots tell Envoys to send spans (docs/telemetry.md): a Zipkin
+    /// collector on the host, when one runs (`lab` starts none; the end-to-end test does).
+    pub fn zipkin_collector(&self) -> std::net::SocketAddr {
+        std::net::SocketAddr::new(self.gateway_ip().into(), ZIPKIN_PORT)
     }
     fn director_namespace(&self) -> String {
         format!("{}-director", self.name)

@@ -81,23 +81,61 @@ pub async fn registration(state: &LabState) -> Result<Vec<Registration>> {
 /// (docs/api.md) and reaches `pilot` under the name its certificate carries.
 fn api_client(state: &LabState, pilot: &Vm) -> Result<reqwest::Client> {
     let files = crate::pki::MeshFiles::of(&state.layout);
+    mesh_client(
+        &files,
+        (files.client_cert(), files.client_key()),
+        crate::pki::PILOT_SERVER_NAME,
+        std::net::SocketAddr::new(pilot.ip.into(), vm::API_PORT),
+    )
+}
+
+/// An HTTPS client of the lab's mesh CA presenting `certificate` (certificate and key files),
+/// which reaches `server_name` at `address`.
+fn mesh_client(
+    files: &crate::pki::MeshFiles,
+    (cert, key): (std::path::PathBuf, std::path::PathBuf),
+    server_name: &str,
+    address: std::net::SocketAddr,
+) -> Result<reqwest::Client> {
     let read = |path: std::path::PathBuf| {
         std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
     };
-    let mut identity = read(files.client_cert())?;
-    identity.extend(read(files.client_key())?);
+    let mut identity = read(cert)?;
+    identity.extend(read(key)?);
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
         .add_root_certificate(reqwest::Certificate::from_pem(&read(files.ca())?)?)
         .identity(reqwest::Identity::from_pem(&identity)?)
-        .resolve(
-            crate::pki::PILOT_SERVER_NAME,
-            std::net::SocketAddr::new(pilot.ip.into(), vm::API_PORT),
-        )
+        .resolve(server_name, address)
         .timeout(Duration::from_secs(3))
         .build()
-        .context("the API's HTTPS client")
+        .with_context(|| format!("the HTTPS client of {server_name}"))
+}
+
+/// A VM's request metrics, as Prometheus scrapes them from its Envoy's metrics listener
+/// (mutual TLS with the lab's scraper certificate; docs/telemetry.md).
+pub async fn vm_metrics(state: &LabState, vm: &Vm) -> Result<String> {
+    let files = crate::pki::MeshFiles::of(&state.layout);
+    let address = std::net::SocketAddr::new(vm.ip.into(), crate::prometheus::METRICS_PORT);
+    let client = mesh_client(
+        &files,
+        (files.scraper_cert(), files.scraper_key()),
+        crate::pki::ADDON_SERVER_NAME,
+        address,
+    )?;
+    let url = format!(
+        "https://{}:{}/metrics",
+        crate::pki::ADDON_SERVER_NAME,
+        crate::prometheus::METRICS_PORT
+    );
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .and_then(|r| r.error_for_status())
+        .with_context(|| format!("{} {url}", vm.name()))?;
+    response.text().await.with_context(|| format!("read {url}"))
 }
 
 /// `GET <path>` of the pilots' API from the first control-plane VM that answers 2xx: its body.

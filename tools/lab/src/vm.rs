@@ -176,6 +176,9 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
         // Workload certificates live 72 s (renewed every 36 s): the lab shows rotation
         // under traffic all the time, not once a day.
         "identity": {"certificate_ttl_hours": LAB_CERTIFICATE_TTL_HOURS},
+        // Spans go to a collector on the host, if one runs there; 1% of requests, or those a
+        // caller marks with B3's `x-b3-sampled: 1`.
+        "tracing": {"zipkin_collector": layout.zipkin_collector().to_string()},
     })
 }
 
