@@ -14,7 +14,7 @@
 //!   an operator put in a config is echoed to whoever can reach the API. `503` until the
 //!   director's configs were read once. It says what the pilot holds, not whether the rules
 //!   are valid.
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /metrics`: OpenMetrics text (docs/metrics.md).
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
 //!
@@ -386,7 +386,7 @@ async fn healthz(State(sources): State<Sources>) -> impl IntoResponse {
 
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::global().render(),
     )
 }
@@ -724,7 +724,7 @@ mod tests {
     async fn metrics_are_prometheus_text() {
         let (status, content_type, body) = call(catalog(), Method::GET, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+        assert_eq!(content_type.as_deref(), Some(crate::metrics::CONTENT_TYPE));
         assert!(
             body.contains("# TYPE boshy_catalog_services gauge"),
             "{body}"

@@ -400,6 +400,14 @@ impl CatalogPublisher {
                 for (hostname, vip) in &synced.outcome.released {
                     tracing::info!(%hostname, %vip, "VIP released (quarantined before reuse)");
                 }
+                let m = metrics::global();
+                m.vip_pool_size.store(synced.pool.size, Ordering::Relaxed);
+                m.vip_pool_used.store(synced.pool.used, Ordering::Relaxed);
+                m.vip_pool_quarantined
+                    .store(synced.pool.quarantined, Ordering::Relaxed);
+                if !synced.outcome.exhausted.is_empty() {
+                    m.vip_pool_exhausted.fetch_add(1, Ordering::Relaxed);
+                }
                 for hostname in self.exhausted.fresh(synced.outcome.exhausted) {
                     tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");
                 }

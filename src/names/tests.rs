@@ -500,7 +500,7 @@ async fn a_drain_is_answered_once_every_envoy_took_the_snapshot_without_the_inst
     let waiting = tokio::spawn(drained(10));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the Envoy has not taken snapshot 2");
-    envoy.saw_snapshot(2);
+    envoy.saw_snapshot(2, std::time::Instant::now());
     envoy.sent("n1");
     envoy.publish();
     tokio::time::sleep(Duration::from_millis(100)).await;

@@ -24,6 +24,7 @@ use super::cache::{self, Snapshot, Sources};
 use super::client::Client;
 use super::delta::{DeltaStreamState, StreamScope};
 use super::grpc::{self, Outgoing, Requests};
+use super::resources::ResourceType;
 use super::sotw::{RequestKind, SotwStreamState};
 use super::sync::{StreamSync, SyncBoard};
 use crate::catalog::model::InstanceRef;
@@ -388,7 +389,7 @@ async fn run_stream<P: Protocol>(
                 }
                 match snapshots.borrow_and_update().clone() {
                     Some(snapshot) => {
-                        sync.saw_snapshot(snapshot.seq());
+                        sync.saw_snapshot(snapshot.seq(), snapshot.inputs_changed());
                         state.on_snapshot(&snapshot)
                     }
                     None => Vec::new(),
@@ -542,7 +543,7 @@ async fn send_all<P: Protocol>(
         if responses.send(Ok(grpc::frame(&response))).await.is_err() {
             return false;
         }
-        metrics::global().xds_pushes.fetch_add(1, Ordering::Relaxed);
+        metrics::global().xds_push(type_label(summary.type_url));
     }
     true
 }
@@ -561,7 +562,9 @@ fn log_request(
             message,
         } => {
             let m = metrics::global();
-            m.xds_nacks.fetch_add(1, Ordering::Relaxed);
+            let rejected = ResourceType::from_type_url(type_url)
+                .and_then(|t| snapshot.and_then(|snapshot| snapshot.rejected_resource(t, message)));
+            m.xds_nack(type_label(type_url), rejected);
             // The rule configs to look at (`/v1/rules` has their verdicts), so that the
             // operator need not decode Envoy's message.
             let rule_configs = snapshot.map(|s| s.rule_configs_behind(message));
@@ -574,6 +577,7 @@ fn log_request(
                 %type_url,
                 %rejected_version,
                 %kept_version,
+                resource = rejected.unwrap_or(""),
                 rule_configs = %rule_configs.join(","),
                 error = %one_line(message),
                 "proxy rejected (NACK) xDS update; it keeps its last accepted config"
@@ -582,7 +586,10 @@ fn log_request(
         RequestKind::UnknownType => {
             tracing::warn!(%node, %type_url, "proxy asked for a resource type bosh-pilot does not serve")
         }
-        RequestKind::Ack { version } => tracing::debug!(%node, %type_url, %version, "ACK"),
+        RequestKind::Ack { version } => {
+            metrics::global().xds_ack(type_label(type_url));
+            tracing::debug!(%node, %type_url, %version, "ACK")
+        }
         RequestKind::Subscribe => tracing::debug!(
             %node,
             %type_url,
@@ -594,6 +601,12 @@ fn log_request(
             tracing::debug!(%node, %type_url, nonce = %request.nonce, "stale nonce ignored")
         }
     }
+}
+
+/// The metrics' name of an xDS type: `cds`, `eds`, `lds`, `rds`; `unknown` for a type we do
+/// not serve.
+fn type_label(type_url: &str) -> &'static str {
+    ResourceType::from_type_url(type_url).map_or("unknown", ResourceType::short_name)
 }
 
 /// Envoy's NACK message may embed the whole rejected resource as multi-line proto text

@@ -8,11 +8,14 @@
 //!
 //! A stream of a VM with a scope (docs/scope.md) also has the scope generation whose resources
 //! its Envoy holds on the board: an agent's first query for a name waits on that.
+//!
+//! The board also times convergence: from a snapshot's inputs changing to every stream open
+//! here being synced to it or a later one (`boshy_xds_convergence_seconds`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
@@ -29,6 +32,7 @@ pub struct SyncBoard {
     next_stream: AtomicU64,
     /// Bumped at every change, to wake the waiters.
     changed: watch::Sender<u64>,
+    convergence: Mutex<Convergence>,
 }
 
 impl Default for SyncBoard {
@@ -36,6 +40,7 @@ impl Default for SyncBoard {
         SyncBoard {
             streams: Mutex::default(),
             scopes: Mutex::default(),
+            convergence: Mutex::default(),
             next_stream: AtomicU64::new(0),
             changed: watch::Sender::new(0),
         }
@@ -136,20 +141,94 @@ impl SyncBoard {
     }
 
     fn set(&self, id: u64, seq: u64) {
-        let previous = self
-            .streams
-            .lock()
-            .expect("sync board lock")
-            .insert(id, seq);
+        let mut streams = self.streams.lock().expect("sync board lock");
+        let previous = streams.insert(id, seq);
         if previous != Some(seq) {
+            self.converge(&streams);
+            drop(streams);
             self.changed.send_modify(|n| *n += 1);
         }
     }
 
     fn leave(&self, id: u64) {
-        self.streams.lock().expect("sync board lock").remove(&id);
+        let mut streams = self.streams.lock().expect("sync board lock");
+        streams.remove(&id);
+        self.converge(&streams);
+        drop(streams);
         self.scopes.lock().expect("sync board lock").remove(&id);
         self.changed.send_modify(|n| *n += 1);
+    }
+
+    /// A stream saw snapshot `seq`, whose inputs changed at `inputs_changed`: its convergence
+    /// is timed from then.
+    fn published(&self, seq: u64, inputs_changed: Instant) {
+        self.convergence
+            .lock()
+            .expect("sync board lock")
+            .published(seq, inputs_changed);
+    }
+
+    /// Observes the convergence of the snapshots every stream in `streams` is synced to.
+    fn converge(&self, streams: &HashMap<u64, u64>) {
+        let synced_by_all = streams.values().min().copied();
+        let converged = self
+            .convergence
+            .lock()
+            .expect("sync board lock")
+            .synced_by_all(synced_by_all, Instant::now());
+        for elapsed in converged {
+            crate::metrics::global().xds_converged(elapsed);
+        }
+    }
+}
+
+/// Snapshots published and not yet synced by every stream, oldest first. Pure: the caller
+/// passes the time and observes what converged.
+#[derive(Debug, Default)]
+struct Convergence {
+    /// seq → when its inputs changed.
+    pending: BTreeMap<u64, Instant>,
+    /// The newest snapshot that converged (or was given up): a stream seeing it late does not
+    /// start it again.
+    done_through: u64,
+}
+
+/// Snapshots timed at once; a stream that never answers would otherwise keep them all.
+const MAX_PENDING_SNAPSHOTS: usize = 64;
+
+impl Convergence {
+    fn published(&mut self, seq: u64, inputs_changed: Instant) {
+        if seq <= self.done_through {
+            return;
+        }
+        self.pending.entry(seq).or_insert(inputs_changed);
+        while self.pending.len() > MAX_PENDING_SNAPSHOTS {
+            if let Some((oldest, _)) = self.pending.pop_first() {
+                self.done_through = self.done_through.max(oldest);
+            }
+        }
+    }
+
+    /// Every stream is synced to `synced_by_all` or later (`None`: no stream is left, so no
+    /// one will answer what is pending: it is dropped unobserved). The time each snapshot
+    /// took to converge, for those that now have.
+    fn synced_by_all(&mut self, synced_by_all: Option<u64>, now: Instant) -> Vec<Duration> {
+        let Some(synced) = synced_by_all else {
+            if let Some((&newest, _)) = self.pending.last_key_value() {
+                self.done_through = newest;
+            }
+            self.pending.clear();
+            return Vec::new();
+        };
+        let still_pending = self.pending.split_off(&synced.saturating_add(1));
+        let converged = std::mem::replace(&mut self.pending, still_pending);
+        if let Some((&newest, _)) = converged.last_key_value() {
+            self.done_through = self.done_through.max(newest);
+        }
+        converged
+            .into_values()
+            .map(|inputs_changed| now.saturating_duration_since(inputs_changed))
+            .collect()
     }
 }
 
@@ -165,8 +244,10 @@ pub(crate) struct StreamSync {
 }
 
 impl StreamSync {
-    pub(crate) fn saw_snapshot(&mut self, seq: u64) {
+    /// The stream saw snapshot `seq`, whose inputs changed at `inputs_changed`.
+    pub(crate) fn saw_snapshot(&mut self, seq: u64, inputs_changed: Instant) {
         self.seq = seq;
+        self.board.published(seq, inputs_changed);
     }
 
     pub(crate) fn sent(&mut self, nonce: &str) {
@@ -213,10 +294,10 @@ mod tests {
         let mut second = board.join(1);
         assert_eq!(board.lagging(2), 2);
 
-        first.saw_snapshot(2);
+        first.saw_snapshot(2, Instant::now());
         first.sent("a");
         first.publish();
-        second.saw_snapshot(2); // nothing to send it
+        second.saw_snapshot(2, Instant::now()); // nothing to send it
         second.publish();
         assert_eq!(board.lagging(2), 1, "first has not answered");
         first.answered("b");
@@ -239,6 +320,53 @@ mod tests {
         assert_eq!(
             board.wait_synced(3, Duration::from_millis(50)).await,
             Ok(())
+        );
+    }
+
+    #[test]
+    fn a_snapshot_converges_when_every_stream_is_synced_to_it_or_a_later_one() {
+        let start = Instant::now();
+        let at = |ms| start + Duration::from_millis(ms);
+        let none: Vec<Duration> = Vec::new();
+        let mut convergence = Convergence::default();
+        convergence.published(2, at(0));
+        convergence.published(3, at(100));
+        convergence.published(3, at(150)); // a second stream seeing it: still from 100
+        assert_eq!(convergence.synced_by_all(Some(1), at(200)), none);
+        assert_eq!(
+            convergence.synced_by_all(Some(2), at(300)),
+            [Duration::from_millis(300)]
+        );
+        assert_eq!(
+            convergence.synced_by_all(Some(4), at(400)),
+            [Duration::from_millis(300)],
+            "synced past it"
+        );
+        convergence.published(3, at(500));
+        assert_eq!(
+            convergence.synced_by_all(Some(4), at(600)),
+            none,
+            "a stream seeing a converged snapshot late starts nothing"
+        );
+        convergence.published(5, at(700));
+        assert_eq!(
+            convergence.synced_by_all(None, at(800)),
+            none,
+            "no stream left"
+        );
+        assert_eq!(convergence.synced_by_all(Some(5), at(900)), none);
+    }
+
+    #[test]
+    fn pending_snapshots_are_bounded() {
+        let now = Instant::now();
+        let mut convergence = Convergence::default();
+        for seq in 1..=(MAX_PENDING_SNAPSHOTS as u64 + 10) {
+            convergence.published(seq, now);
+        }
+        assert_eq!(
+            convergence.synced_by_all(Some(u64::MAX - 1), now).len(),
+            MAX_PENDING_SNAPSHOTS
         );
     }
 
