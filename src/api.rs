@@ -14,6 +14,9 @@
 //!   an operator put in a config is echoed to whoever can reach the API. `503` until the
 //!   director's configs were read once. It says what the pilot holds, not whether the rules
 //!   are valid.
+//! - `GET /v1/proxies`: every Envoy connected to this pilot's xDS server, what it was sent
+//!   and answered per xDS type, and how far behind the current snapshot it is
+//!   (`xds::proxy_status::ProxiesReport`; `boshy mesh status` reads it).
 //! - `GET /metrics`: OpenMetrics text (docs/metrics.md).
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
@@ -47,13 +50,46 @@ use crate::catalog::model::{
 use crate::director::{PublishedRuleConfigs, RuleConfig};
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
+use crate::xds::cache::Snapshot;
+use crate::xds::proxy_status::{ProxiesReport, SnapshotRef};
+use crate::xds::sync::SyncBoard;
 
-/// What the API shows: the pilot's current catalog, rule configs and their verdicts.
+/// What the API shows: the pilot's current catalog, rule configs and their verdicts, and its
+/// Envoys.
 #[derive(Clone)]
 struct Sources {
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
+}
+
+/// The Envoys connected to the pilot's xDS server and the snapshot it serves.
+#[derive(Clone)]
+pub struct Proxies {
+    pub board: Arc<SyncBoard>,
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+}
+
+impl Proxies {
+    /// An API served without an xDS server: it has no Envoys.
+    pub fn none() -> Self {
+        Proxies {
+            board: Arc::default(),
+            snapshots: watch::channel(None).1,
+        }
+    }
+
+    fn report(&self) -> ProxiesReport {
+        let snapshot = self.snapshots.borrow().as_ref().map(|s| SnapshotRef {
+            seq: s.seq(),
+            version: s.version(),
+        });
+        ProxiesReport {
+            snapshot,
+            proxies: self.board.proxies(snapshot.map(|s| s.seq)),
+        }
+    }
 }
 
 /// Serves the API on `listener` until it is dropped.
@@ -62,11 +98,13 @@ pub async fn serve(
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
 ) -> anyhow::Result<()> {
     let sources = Sources {
         catalog,
         rule_configs,
         rule_status,
+        proxies,
     };
     serve_router(listener, router(sources), "api").await
 }
@@ -93,6 +131,7 @@ pub async fn serve_tls(
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
     tls: Arc<rustls::ServerConfig>,
     access: Access,
 ) -> anyhow::Result<()> {
@@ -101,6 +140,7 @@ pub async fn serve_tls(
         catalog,
         rule_configs,
         rule_status,
+        proxies,
     };
     let router = guarded(router(sources), Arc::new(access));
     tracing::info!("api server listening on {} (HTTPS)", listener.local_addr()?);
@@ -183,6 +223,7 @@ fn router(sources: Sources) -> Router {
     Router::new()
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
+        .route("/v1/proxies", get(proxies))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
@@ -384,6 +425,10 @@ async fn healthz(State(sources): State<Sources>) -> impl IntoResponse {
     }
 }
 
+async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
+    Json(sources.proxies.report())
+}
+
 async fn metrics() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
@@ -538,8 +583,17 @@ mod tests {
             catalog: watch::channel(Arc::new(catalog)).1,
             rule_configs: watch::channel(rule_configs.map(Arc::new)).1,
             rule_status: watch::channel(rule_status.map(Arc::new)).1,
+            proxies: Proxies::none(),
         };
-        let response = router(sources)
+        send(router(sources), method, path).await
+    }
+
+    async fn send(
+        router: Router,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let response = router
             .oneshot(
                 Request::builder()
                     .method(method)
@@ -732,8 +786,62 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn proxies_are_every_stream_on_the_board() {
+        let board = Arc::new(SyncBoard::default());
+        let stream = board.join_anonymous(0);
+        stream.status().node = "apricot/0".into();
+        let sources = Sources {
+            catalog: watch::channel(Arc::new(catalog())).1,
+            rule_configs: watch::channel(None).1,
+            rule_status: watch::channel(None).1,
+            proxies: Proxies {
+                board,
+                snapshots: watch::channel(None).1,
+            },
+        };
+        let (status, content_type, body) = send(router(sources), Method::GET, "/v1/proxies").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let report: ProxiesReport = serde_json::from_str(&body).unwrap();
+        assert_eq!(report.snapshot, None);
+        assert_eq!(report.proxies.len(), 1);
+        assert_eq!(report.proxies[0].node, "apricot/0");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let keys: Vec<&str> = json["proxies"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "address",
+                "ads",
+                "connected_at",
+                "deployment",
+                "index",
+                "instance_group",
+                "instance_id",
+                "last_sync",
+                "node",
+                "snapshots_behind",
+                "synced_snapshot",
+                "types"
+            ],
+            "the shape is a contract of boshy mesh status"
+        );
+    }
+
+    #[tokio::test]
     async fn the_api_is_read_only() {
-        for path in ["/v1/registration", "/v1/rules", "/healthz", "/metrics"] {
+        for path in [
+            "/v1/registration",
+            "/v1/rules",
+            "/v1/proxies",
+            "/healthz",
+            "/metrics",
+        ] {
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 let (status, _, _) = call(catalog(), method.clone(), path).await;
                 assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -754,7 +862,7 @@ mod tests {
         let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
         let (_rules_tx, rules_rx) = watch::channel(None);
         let (_status_tx, status_rx) = watch::channel(None);
-        let server = tokio::spawn(serve(listener, rx, rules_rx, status_rx));
+        let server = tokio::spawn(serve(listener, rx, rules_rx, status_rx, Proxies::none()));
         let client = reqwest::Client::new();
         let healthz = format!("http://{address}/healthz");
         let status = client.get(&healthz).send().await.unwrap().status();

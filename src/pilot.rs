@@ -135,24 +135,6 @@ pub async fn run(args: Args) -> Result<()> {
             poller.client(),
         ))),
     };
-    let api_catalog = catalog_rx.clone();
-    let api_rule_configs = rule_configs.clone();
-    let api_server = async move {
-        match api_tls {
-            Some(tls) => {
-                api::serve_tls(
-                    api_listener,
-                    api_catalog,
-                    api_rule_configs,
-                    rule_status_rx,
-                    tls,
-                    api_access,
-                )
-                .await
-            }
-            None => api::serve(api_listener, api_catalog, api_rule_configs, rule_status_rx).await,
-        }
-    };
     // The traffic model compiled from the accepted rules (`rule_status::follow`); until the
     // first one, xDS serves the mesh without rules.
     let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
@@ -171,6 +153,38 @@ pub async fn run(args: Args) -> Result<()> {
     // drains wait for this pilot's Envoys to take the snapshots.
     let snapshots = xds::cache::follow(xds_sources);
     let board = Arc::new(xds::sync::SyncBoard::default());
+    let api_proxies = api::Proxies {
+        board: board.clone(),
+        snapshots: snapshots.clone(),
+    };
+    let api_catalog = catalog_rx.clone();
+    let api_rule_configs = rule_configs.clone();
+    let api_server = async move {
+        match api_tls {
+            Some(tls) => {
+                api::serve_tls(
+                    api_listener,
+                    api_catalog,
+                    api_rule_configs,
+                    rule_status_rx,
+                    api_proxies,
+                    tls,
+                    api_access,
+                )
+                .await
+            }
+            None => {
+                api::serve(
+                    api_listener,
+                    api_catalog,
+                    api_rule_configs,
+                    rule_status_rx,
+                    api_proxies,
+                )
+                .await
+            }
+        }
+    };
     // What each VM's agent put in its scope: its Envoy gets only that (docs/scope.md).
     let scopes = Arc::new(ScopeRegistry::default());
     let agents = Arc::new(AgentRegistry::with_xds(XdsView {

@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SECRET: &str = "pilot-secret";
-const DATA_PATHS: [&str; 3] = ["/v1/registration", "/v1/rules", "/metrics"];
+const DATA_PATHS: [&str; 4] = ["/v1/registration", "/v1/rules", "/v1/proxies", "/metrics"];
 
 /// A mesh CA with the pilot's certificate and a client certificate, as PEM files.
 struct Mesh {
@@ -197,7 +197,13 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(
-        listener, catalog_rx, rules_rx, status_rx, tls, access,
+        listener,
+        catalog_rx,
+        rules_rx,
+        status_rx,
+        api::Proxies::none(),
+        tls,
+        access,
     ));
 
     let anonymous = api_client(&mesh, api, None);
@@ -318,7 +324,13 @@ async fn an_unreachable_uaa_refuses_tokens_with_503_and_certificates_still_work(
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(
-        listener, catalog_rx, rules_rx, status_rx, tls, access,
+        listener,
+        catalog_rx,
+        rules_rx,
+        status_rx,
+        api::Proxies::none(),
+        tls,
+        access,
     ));
     let anonymous = api_client(&mesh, api, None);
     let answer = get(&anonymous, api, "/v1/registration", Some("a.b.c")).await;

@@ -7,9 +7,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -24,6 +25,7 @@ use super::cache::{self, Snapshot, Sources};
 use super::client::Client;
 use super::delta::{DeltaStreamState, StreamScope};
 use super::grpc::{self, Outgoing, Requests};
+use super::proxy_status::{one_line, ProxyStatus};
 use super::resources::ResourceType;
 use super::sotw::{RequestKind, SotwStreamState};
 use super::sync::{StreamSync, SyncBoard};
@@ -31,8 +33,6 @@ use crate::catalog::model::InstanceRef;
 use crate::metrics;
 use crate::scope::{InstanceScope, ScopeRegistry};
 
-/// Longest NACK reason we log; Envoy's can hold a whole resource.
-const MAX_LOGGED_ERROR: usize = 1000;
 /// Encoded responses queued per stream before the stream task waits for Envoy to read.
 const RESPONSE_QUEUE: usize = 8;
 /// HTTP/2 pings find Envoys that vanished without closing (VM deleted, network cut), so the
@@ -174,7 +174,10 @@ impl Ads {
             self.snapshots.clone(),
             responses,
             peer,
-            self.board.join(seq),
+            self.board.join(
+                seq,
+                ProxyStatus::connected(P::NAME, peer, SystemTime::now()),
+            ),
             self.scopes.clone(),
         ));
         grpc::response(ReceiverStream::new(receiver))
@@ -187,7 +190,7 @@ trait Protocol: Default + Send + 'static {
     type Response: prost::Message + Send + 'static;
     /// For log lines: `sotw` or `delta`.
     const NAME: &'static str;
-    fn node_id(request: &Self::Request) -> Option<&str>;
+    fn node(request: &Self::Request) -> Option<&Node>;
     fn on_request(
         &mut self,
         request: &Self::Request,
@@ -233,8 +236,8 @@ impl Protocol for SotwStreamState {
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
 
-    fn node_id(request: &DiscoveryRequest) -> Option<&str> {
-        request.node.as_ref().map(|n| n.id.as_str())
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -270,8 +273,8 @@ impl Protocol for DeltaStreamState {
     type Response = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
 
-    fn node_id(request: &DeltaDiscoveryRequest) -> Option<&str> {
-        request.node.as_ref().map(|n| n.id.as_str())
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -355,9 +358,10 @@ async fn run_stream<P: Protocol>(
         let outgoing = tokio::select! {
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    if let Some(id) = P::node_id(&request) {
+                    if let Some(announced) = P::node(&request) {
                         if node == "unknown" {
-                            node = id.to_string();
+                            node = announced.id.clone();
+                            sync.status().identify(announced);
                             tracing::info!(%node, %peer, ads = P::NAME, "proxy connected");
                         }
                     }
@@ -370,7 +374,18 @@ async fn run_stream<P: Protocol>(
                         }
                     }
                     let (kind, response) = state.on_request(&request, snapshot.as_ref());
-                    log_request(&node, P::request_summary(&request), &kind, snapshot.as_deref());
+                    let summary = P::request_summary(&request);
+                    let resource_type = ResourceType::from_type_url(summary.type_url);
+                    let rejected = match (&kind, resource_type, snapshot.as_deref()) {
+                        (RequestKind::Nack { message, .. }, Some(t), Some(snapshot)) => {
+                            snapshot.rejected_resource(t, message)
+                        }
+                        _ => None,
+                    };
+                    if let Some(resource_type) = resource_type {
+                        sync.status().requested(resource_type, &kind, rejected, SystemTime::now());
+                    }
+                    log_request(&node, summary, &kind, rejected, snapshot.as_deref());
                     response.into_iter().collect::<Vec<_>>()
                 }
                 Ok(None) => break "closed by the proxy".to_string(),
@@ -531,6 +546,10 @@ async fn send_all<P: Protocol>(
     for response in outgoing {
         let summary = P::response_summary(&response);
         sync.sent(summary.nonce);
+        if let Some(resource_type) = ResourceType::from_type_url(summary.type_url) {
+            sync.status()
+                .sent(resource_type, summary.version, summary.nonce);
+        }
         tracing::debug!(
             %node,
             type_url = %summary.type_url,
@@ -552,6 +571,7 @@ fn log_request(
     node: &str,
     request: RequestSummary<'_>,
     kind: &RequestKind,
+    rejected: Option<&str>,
     snapshot: Option<&Snapshot>,
 ) {
     let type_url = request.type_url;
@@ -562,8 +582,6 @@ fn log_request(
             message,
         } => {
             let m = metrics::global();
-            let rejected = ResourceType::from_type_url(type_url)
-                .and_then(|t| snapshot.and_then(|snapshot| snapshot.rejected_resource(t, message)));
             m.xds_nack(type_label(type_url), rejected);
             // The rule configs to look at (`/v1/rules` has their verdicts), so that the
             // operator need not decode Envoy's message.
@@ -607,41 +625,4 @@ fn log_request(
 /// not serve.
 fn type_label(type_url: &str) -> &'static str {
     ResourceType::from_type_url(type_url).map_or("unknown", ResourceType::short_name)
-}
-
-/// Envoy's NACK message may embed the whole rejected resource as multi-line proto text
-/// before the reason; one log line gets the first and last lines (the last one carries the
-/// reason), at most `MAX_LOGGED_ERROR` characters.
-fn one_line(message: &str) -> String {
-    let lines: Vec<&str> = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let summary = match lines.as_slice() {
-        [] => String::new(),
-        [only] => only.to_string(),
-        [first, .., last] => format!("{first} … {last}"),
-    };
-    summary.chars().take(MAX_LOGGED_ERROR).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nack_messages_are_logged_on_one_line_with_the_reason() {
-        let envoy = "goo.gle/debugonly \nname: \"outbound\"\nfilter_chains {\n  x: 1\n}\n: Proto constraint validation failed (port out of range)";
-        assert_eq!(
-            one_line(envoy),
-            "goo.gle/debugonly … : Proto constraint validation failed (port out of range)"
-        );
-        assert_eq!(one_line("duplicate filter chain"), "duplicate filter chain");
-        assert_eq!(one_line(""), "");
-        assert_eq!(
-            one_line(&"é".repeat(5000)).chars().count(),
-            MAX_LOGGED_ERROR
-        );
-    }
 }

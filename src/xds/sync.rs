@@ -14,11 +14,12 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
+use super::proxy_status::ProxyStatus;
 use crate::catalog::model::InstanceRef;
 use crate::scope::ScopeAnswer;
 
@@ -33,6 +34,9 @@ pub struct SyncBoard {
     /// Bumped at every change, to wake the waiters.
     changed: watch::Sender<u64>,
     convergence: Mutex<Convergence>,
+    /// What each stream's Envoy was sent and answered (`GET /v1/proxies`), each behind a lock
+    /// of its own so that streams updating theirs never wait on one another.
+    statuses: Mutex<HashMap<u64, Arc<Mutex<ProxyStatus>>>>,
 }
 
 impl Default for SyncBoard {
@@ -41,6 +45,7 @@ impl Default for SyncBoard {
             streams: Mutex::default(),
             scopes: Mutex::default(),
             convergence: Mutex::default(),
+            statuses: Mutex::default(),
             next_stream: AtomicU64::new(0),
             changed: watch::Sender::new(0),
         }
@@ -48,20 +53,57 @@ impl Default for SyncBoard {
 }
 
 impl SyncBoard {
-    /// A new stream, synced to `seq` (what it would be sent first is the latest snapshot).
-    pub(crate) fn join(self: &Arc<Self>, seq: u64) -> StreamSync {
+    /// A new stream, synced to `seq` (what it would be sent first is the latest snapshot),
+    /// its status so far `status`.
+    pub(crate) fn join(self: &Arc<Self>, seq: u64, status: ProxyStatus) -> StreamSync {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         self.streams
             .lock()
             .expect("sync board lock")
             .insert(id, seq);
+        let status = Arc::new(Mutex::new(status));
+        self.statuses
+            .lock()
+            .expect("sync board lock")
+            .insert(id, status.clone());
         self.changed.send_modify(|n| *n += 1);
         StreamSync {
             board: self.clone(),
             id,
             seq,
             unanswered: BTreeSet::new(),
+            status,
         }
+    }
+
+    /// A stream of an Envoy that has not said who it is, for the tests of what waits on the
+    /// board.
+    #[cfg(test)]
+    pub(crate) fn join_anonymous(self: &Arc<Self>, seq: u64) -> StreamSync {
+        let status = ProxyStatus::connected("sotw", None, std::time::SystemTime::now());
+        self.join(seq, status)
+    }
+
+    /// The status of every open stream, with how far each is behind snapshot `current`,
+    /// oldest stream first.
+    pub fn proxies(&self, current: Option<u64>) -> Vec<ProxyStatus> {
+        let statuses: Vec<(u64, Arc<Mutex<ProxyStatus>>)> = {
+            let statuses = self.statuses.lock().expect("sync board lock");
+            statuses.iter().map(|(id, s)| (*id, s.clone())).collect()
+        };
+        let synced: HashMap<u64, u64> = self.streams.lock().expect("sync board lock").clone();
+        let mut proxies: Vec<(u64, ProxyStatus)> = statuses
+            .into_iter()
+            .map(|(id, status)| {
+                let seq = synced.get(&id).copied().unwrap_or_default();
+                (
+                    id,
+                    status.lock().expect("proxy status lock").at(seq, current),
+                )
+            })
+            .collect();
+        proxies.sort_by_key(|(id, _)| *id);
+        proxies.into_iter().map(|(_, status)| status).collect()
     }
 
     /// Streams synced to a snapshot older than `seq`.
@@ -156,6 +198,7 @@ impl SyncBoard {
         self.converge(&streams);
         drop(streams);
         self.scopes.lock().expect("sync board lock").remove(&id);
+        self.statuses.lock().expect("sync board lock").remove(&id);
         self.changed.send_modify(|n| *n += 1);
     }
 
@@ -241,9 +284,15 @@ pub(crate) struct StreamSync {
     seq: u64,
     /// Nonces of responses sent and not yet answered.
     unanswered: BTreeSet<String>,
+    status: Arc<Mutex<ProxyStatus>>,
 }
 
 impl StreamSync {
+    /// What its Envoy was sent and answered, to update.
+    pub(crate) fn status(&self) -> MutexGuard<'_, ProxyStatus> {
+        self.status.lock().expect("proxy status lock")
+    }
+
     /// The stream saw snapshot `seq`, whose inputs changed at `inputs_changed`.
     pub(crate) fn saw_snapshot(&mut self, seq: u64, inputs_changed: Instant) {
         self.seq = seq;
@@ -290,8 +339,8 @@ mod tests {
     #[tokio::test]
     async fn a_stream_is_synced_once_every_response_it_sent_is_answered() {
         let board = Arc::new(SyncBoard::default());
-        let mut first = board.join(1);
-        let mut second = board.join(1);
+        let mut first = board.join_anonymous(1);
+        let mut second = board.join_anonymous(1);
         assert_eq!(board.lagging(2), 2);
 
         first.saw_snapshot(2, Instant::now());
@@ -370,6 +419,33 @@ mod tests {
         );
     }
 
+    #[test]
+    fn the_proxies_show_how_far_each_stream_is_behind() {
+        let board = Arc::new(SyncBoard::default());
+        let mut first = board.join_anonymous(1);
+        let second = board.join_anonymous(1);
+        first.saw_snapshot(2, Instant::now());
+        first.sent("a");
+        first.status().node = "first".into();
+        first.publish();
+        let behind = |board: &SyncBoard| {
+            let proxies = board.proxies(Some(2));
+            proxies
+                .iter()
+                .map(|p| (p.node.clone(), p.synced_snapshot, p.snapshots_behind))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            behind(&board),
+            [("first".to_string(), 1, 1), (String::new(), 1, 1)]
+        );
+        first.answered("a");
+        first.publish();
+        assert_eq!(behind(&board)[0], ("first".to_string(), 2, 0));
+        drop(second);
+        assert_eq!(behind(&board).len(), 1, "a closed stream is gone");
+    }
+
     #[tokio::test]
     async fn a_scope_is_held_once_every_stream_of_the_instance_holds_its_generation() {
         use crate::health::testing::instance;
@@ -390,9 +466,9 @@ mod tests {
             },
             "no stream of it here: at once"
         );
-        let first = board.join(1);
-        let second = board.join(1);
-        let other = board.join(1);
+        let first = board.join_anonymous(1);
+        let second = board.join_anonymous(1);
+        let other = board.join_anonymous(1);
         first.publish_scope(&instance("a"), None);
         second.publish_scope(&instance("a"), Some(3));
         other.publish_scope(&instance("b"), Some(9));

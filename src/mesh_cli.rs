@@ -1,0 +1,344 @@
+//! `boshy mesh status`: what `istioctl proxy-status` is to Istio. Reads one pilot's
+//! `GET /v1/proxies` (docs/api.md) and prints a row per connected Envoy, each xDS type
+//! `SYNCED`, `STALE`, `NACK` or `NOT SENT`, with the errors of the NACKs below the table; or
+//! the JSON as the pilot answered it (`--json`).
+//!
+//! Credentials never go on the command line: a client certificate is read from files, a UAA
+//! token from the environment variable `--token-env` names (docs/observability.md).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use reqwest::header::AUTHORIZATION;
+
+use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SyncState};
+
+/// How long the pilot has to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The xDS types the table shows, in its column order.
+const COLUMNS: [&str; 4] = ["cds", "lds", "eds", "rds"];
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: MeshCommand,
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Every Envoy connected to a pilot: what each xDS type of its configuration stands at
+    /// (SYNCED, STALE, NACK, NOT SENT), when it last answered, and the errors it rejected
+    /// configuration with.
+    Status(StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to reach one pilot's HTTP API and be let in (docs/api.md).
+#[derive(clap::Args)]
+struct PilotConnection {
+    /// The pilot's API: `https://<pilot IP>:8080` (`http://` for a pilot with
+    /// `api.insecure_open`).
+    #[arg(long, value_name = "URL")]
+    pilot: String,
+    /// The mesh CA (PEM) the pilot's certificate is checked against.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// The name the pilot's certificate is for (`tls_server_name`), whatever address is
+    /// dialled.
+    #[arg(long, value_name = "NAME", default_value = "bosh-pilot.boshy-istio")]
+    server_name: String,
+    /// A mesh client certificate (PEM) to present, with `--key`.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Without `--cert`: the environment variable holding a UAA token with `bosh.read` or
+    /// `bosh.admin` (never the token itself: a command line is visible to every user).
+    #[arg(long, value_name = "VAR", default_value = "BOSH_PILOT_TOKEN")]
+    token_env: String,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    match args.command {
+        MeshCommand::Status(args) => {
+            let body = args.pilot.get("/v1/proxies").await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                let report: ProxiesReport = serde_json::from_str(&body)
+                    .context("the pilot's /v1/proxies is not what this boshy reads")?;
+                print!("{}", status_table(&report, unix_now()));
+            }
+            Ok(())
+        }
+    }
+}
+
+impl PilotConnection {
+    /// The body of `GET <pilot><path>`; an error with the pilot's one-line reason otherwise.
+    async fn get(&self, path: &str) -> Result<String> {
+        let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if self.pilot.starts_with("https://") {
+            let Some(ca) = &self.ca else {
+                bail!("--ca: an https pilot needs the mesh CA to be checked against");
+            };
+            let identity = self.cert.as_deref().zip(self.key.as_deref());
+            let tls = crate::tls::api_client_config(ca, &self.server_name, identity)?;
+            client = client.use_preconfigured_tls(tls);
+        } else if !self.pilot.starts_with("http://") {
+            bail!("--pilot {}: not an http:// or https:// URL", self.pilot);
+        }
+        let client = client.build().context("HTTP client")?;
+        let url = format!("{}{path}", self.pilot.trim_end_matches('/'));
+        let mut request = client.get(&url);
+        if self.cert.is_none() {
+            if let Some(token) = std::env::var(&self.token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+            {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("bearer {token}"))
+                    .with_context(|| format!("${}: not a token", self.token_env))?;
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !status.is_success() {
+            bail!("GET {url}: {status}: {}", body.trim());
+        }
+        Ok(body)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The table for people: a row per Envoy, sorted by deployment and name, then each standing
+/// NACK with its resource and error. `now` (Unix seconds) gives the ages.
+pub fn status_table(report: &ProxiesReport, now: u64) -> String {
+    let mut proxies: Vec<&ProxyStatus> = report.proxies.iter().collect();
+    proxies.sort_by_key(|p| (p.deployment.clone(), name(p)));
+    let header = [
+        "NAME",
+        "DEPLOYMENT",
+        "CDS",
+        "LDS",
+        "EDS",
+        "RDS",
+        "LAST SYNC",
+        "BEHIND",
+    ];
+    let rows: Vec<[String; 8]> = proxies
+        .iter()
+        .map(|p| {
+            let state = |t: &str| p.types.get(t).map_or(SyncState::NotSent, |s| s.state);
+            [
+                name(p),
+                p.deployment.clone().unwrap_or_else(|| "-".into()),
+                state(COLUMNS[0]).label().to_string(),
+                state(COLUMNS[1]).label().to_string(),
+                state(COLUMNS[2]).label().to_string(),
+                state(COLUMNS[3]).label().to_string(),
+                p.last_sync
+                    .map_or("never".into(), |at| age(now.saturating_sub(at))),
+                p.snapshots_behind.to_string(),
+            ]
+        })
+        .collect();
+    let mut widths = header.map(str::len);
+    for row in &rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: &[&str]| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = match report.snapshot {
+        Some(snapshot) => format!(
+            "pilot snapshot {} (catalog and rules version {}), {} Envoys\n",
+            snapshot.seq,
+            snapshot.version,
+            proxies.len()
+        ),
+        None => "pilot has no snapshot yet (no catalog from the director)\n".to_string(),
+    };
+    out.push_str(&line(&header));
+    for row in &rows {
+        out.push_str(&line(&row.each_ref().map(String::as_str)));
+    }
+    let nacks: Vec<String> = proxies
+        .iter()
+        .flat_map(|p| {
+            p.types.iter().filter_map(move |(xds_type, status)| {
+                let nack = status.last_nack.as_ref()?;
+                (status.state == SyncState::Nack).then(|| {
+                    let resource = nack
+                        .resource
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(" {r}"));
+                    format!(
+                        "{} {}{resource} (version {}): {}\n",
+                        name(p),
+                        xds_type.to_uppercase(),
+                        nack.version,
+                        nack.error
+                    )
+                })
+            })
+        })
+        .collect();
+    if !nacks.is_empty() {
+        out.push_str("\nNACK (the Envoy runs what it accepted before):\n");
+        out.extend(nacks);
+    }
+    out
+}
+
+/// `<instance group>/<index>` as `bosh instances` says it, else the instance id, else the
+/// node id.
+fn name(proxy: &ProxyStatus) -> String {
+    match (&proxy.instance_group, proxy.index, &proxy.instance_id) {
+        (Some(group), Some(index), _) => format!("{group}/{index}"),
+        (Some(group), None, Some(id)) => format!("{group}/{id}"),
+        _ if proxy.node.is_empty() => "(no node yet)".into(),
+        _ => proxy.node.clone(),
+    }
+}
+
+/// An age as the table shows it: `42s`, `5m`, `3h`, `2d`.
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::proxy_status::{Nack, SnapshotRef, TypeStatus};
+    use std::collections::BTreeMap;
+
+    fn proxy(group: &str, index: Option<u32>, types: &[(&str, SyncState)]) -> ProxyStatus {
+        ProxyStatus {
+            node: format!("{group}-node"),
+            ads: "delta".into(),
+            address: Some("10.0.0.5".into()),
+            deployment: Some("banana".into()),
+            instance_group: Some(group.into()),
+            instance_id: Some("6f1c".into()),
+            index,
+            connected_at: 900,
+            last_sync: Some(958),
+            synced_snapshot: 7,
+            snapshots_behind: 0,
+            types: types
+                .iter()
+                .map(|(t, state)| {
+                    let status = TypeStatus {
+                        state: *state,
+                        ..TypeStatus::default()
+                    };
+                    (t.to_string(), status)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_envoy_and_the_nacks_below() {
+        use SyncState::{Stale, Synced};
+        let mut web = proxy(
+            "web",
+            Some(0),
+            &[
+                ("cds", Synced),
+                ("eds", Synced),
+                ("lds", SyncState::Nack),
+                ("rds", Stale),
+            ],
+        );
+        web.types.get_mut("lds").unwrap().last_nack = Some(Nack {
+            version: "abc".into(),
+            resource: Some("169.254.255.2_80".into()),
+            error: "duplicate address".into(),
+            at: 950,
+        });
+        let mut old = proxy("api", None, &[("cds", Synced)]);
+        old.last_sync = None;
+        old.snapshots_behind = 2;
+        // A NACK since overcome is not shown.
+        old.types.get_mut("cds").unwrap().last_nack = web.types["lds"].last_nack.clone();
+        let report = ProxiesReport {
+            snapshot: Some(SnapshotRef {
+                seq: 9,
+                version: 42,
+            }),
+            proxies: vec![web, old],
+        };
+        assert_eq!(
+            status_table(&report, 1000),
+            "pilot snapshot 9 (catalog and rules version 42), 2 Envoys\n\
+             NAME      DEPLOYMENT  CDS     LDS       EDS       RDS       LAST SYNC  BEHIND\n\
+             api/6f1c  banana      SYNCED  NOT SENT  NOT SENT  NOT SENT  never      2\n\
+             web/0     banana      SYNCED  NACK      SYNCED    STALE     42s        0\n\
+             \n\
+             NACK (the Envoy runs what it accepted before):\n\
+             web/0 LDS 169.254.255.2_80 (version abc): duplicate address\n"
+        );
+    }
+
+    #[test]
+    fn a_pilot_without_a_snapshot_says_so() {
+        let report = ProxiesReport {
+            snapshot: None,
+            proxies: Vec::new(),
+        };
+        assert!(status_table(&report, 0).starts_with("pilot has no snapshot yet"));
+    }
+
+    #[test]
+    fn names_are_bosh_instance_names_when_the_node_says_them() {
+        let mut p = proxy("web", Some(3), &[]);
+        assert_eq!(name(&p), "web/3");
+        p.index = None;
+        assert_eq!(name(&p), "web/6f1c");
+        p.instance_group = None;
+        assert_eq!(name(&p), "web-node");
+        p.node.clear();
+        assert_eq!(name(&p), "(no node yet)");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        let ages = [0, 59, 60, 3599, 3600, 86_399, 86_400].map(age);
+        assert_eq!(ages, ["0s", "59s", "1m", "59m", "1h", "23h", "1d"]);
+    }
+}
