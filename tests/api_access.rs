@@ -3,6 +3,7 @@
 //! with an expired token (401), with a token of a scope that does not read BOSH (403), and
 //! serves one with a `bosh.admin` or `bosh.read` token or a mesh client certificate. A
 //! refusal carries `WWW-Authenticate` and none of the data, and is counted in `/metrics`.
+//! `boshy mesh status` gets in with a token from the environment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -295,6 +296,36 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
         !metrics.contains(&admin) && !metrics.contains(&team_reader),
         "no token in the metrics"
     );
+
+    // `boshy mesh status` takes its token from the environment variable it is told: let in
+    // with `bosh.read`, refused with a team scope, the token in none of its output.
+    let mesh_status = |token: String| {
+        let ca = mesh.path("ca.pem");
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_boshy"))
+                .args(["mesh", "status", "--pilot", &format!("https://{api}")])
+                .arg("--ca")
+                .arg(ca)
+                .args(["--token-env", "PILOT_TOKEN_OF_TEST", "--json"])
+                .env("PILOT_TOKEN_OF_TEST", &token)
+                .output()
+                .await
+                .unwrap();
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+            assert!(
+                !stdout.contains(&token) && !stderr.contains(&token),
+                "{stdout}{stderr}"
+            );
+            (output.status.success(), stdout, stderr)
+        }
+    };
+    let (ok, stdout, stderr) = mesh_status(reader.clone()).await;
+    assert!(ok, "{stderr}");
+    let proxies: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(proxies["proxies"], json!([]), "{stdout}");
+    let (ok, _, stderr) = mesh_status(team_reader.clone()).await;
+    assert!(!ok && stderr.contains("403"), "{stderr}");
 
     // A certificate from another CA fails the handshake: no answer at all.
     let stranger = Mesh::new("another CA");
