@@ -48,6 +48,7 @@ use crate::catalog::model::{
     Catalog, DnsEndpoints, Endpoint, Labels, Protocol, Service, ServicePort,
 };
 use crate::director::{PublishedRuleConfigs, RuleConfig};
+use crate::names::stream_status::NameStreams;
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
 use crate::xds::cache::Snapshot;
@@ -64,19 +65,22 @@ struct Sources {
     proxies: Proxies,
 }
 
-/// The Envoys connected to the pilot's xDS server and the snapshot it serves.
+/// The Envoys connected to the pilot's xDS server and the snapshot it serves, and the
+/// name-table streams of its names server.
 #[derive(Clone)]
 pub struct Proxies {
     pub board: Arc<SyncBoard>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub name_streams: Arc<NameStreams>,
 }
 
 impl Proxies {
-    /// An API served without an xDS server: it has no Envoys.
+    /// An API served without xDS and names servers: it has no Envoys and no agents.
     pub fn none() -> Self {
         Proxies {
             board: Arc::default(),
             snapshots: watch::channel(None).1,
+            name_streams: Arc::default(),
         }
     }
 
@@ -88,6 +92,7 @@ impl Proxies {
         ProxiesReport {
             snapshot,
             proxies: self.board.proxies(snapshot.map(|s| s.seq)),
+            agents: self.name_streams.list(),
         }
     }
 }
@@ -797,6 +802,7 @@ mod tests {
             proxies: Proxies {
                 board,
                 snapshots: watch::channel(None).1,
+                name_streams: Arc::default(),
             },
         };
         let (status, content_type, body) = send(router(sources), Method::GET, "/v1/proxies").await;

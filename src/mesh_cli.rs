@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use reqwest::header::AUTHORIZATION;
 
+use crate::names::stream_status::AgentStatus;
 use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SyncState};
 
 /// How long the pilot has to answer.
@@ -147,37 +148,20 @@ pub fn status_table(report: &ProxiesReport, now: u64) -> String {
         "LAST SYNC",
         "BEHIND",
     ];
-    let rows: Vec<[String; 8]> = proxies
+    let rows: Vec<Vec<String>> = proxies
         .iter()
         .map(|p| {
             let state = |t: &str| p.types.get(t).map_or(SyncState::NotSent, |s| s.state);
-            [
-                name(p),
-                p.deployment.clone().unwrap_or_else(|| "-".into()),
-                state(COLUMNS[0]).label().to_string(),
-                state(COLUMNS[1]).label().to_string(),
-                state(COLUMNS[2]).label().to_string(),
-                state(COLUMNS[3]).label().to_string(),
+            let mut row = vec![name(p), p.deployment.clone().unwrap_or_else(|| "-".into())];
+            row.extend(COLUMNS.map(|t| state(t).label().to_string()));
+            row.push(
                 p.last_sync
                     .map_or("never".into(), |at| age(now.saturating_sub(at))),
-                p.snapshots_behind.to_string(),
-            ]
+            );
+            row.push(p.snapshots_behind.to_string());
+            row
         })
         .collect();
-    let mut widths = header.map(str::len);
-    for row in &rows {
-        for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
-        }
-    }
-    let line = |cells: &[&str]| {
-        let padded: Vec<String> = cells
-            .iter()
-            .zip(widths)
-            .map(|(cell, width)| format!("{cell:width$}"))
-            .collect();
-        format!("{}\n", padded.join("  ").trim_end())
-    };
     let mut out = match report.snapshot {
         Some(snapshot) => format!(
             "pilot snapshot {} (catalog and rules version {}), {} Envoys\n",
@@ -187,10 +171,7 @@ pub fn status_table(report: &ProxiesReport, now: u64) -> String {
         ),
         None => "pilot has no snapshot yet (no catalog from the director)\n".to_string(),
     };
-    out.push_str(&line(&header));
-    for row in &rows {
-        out.push_str(&line(&row.each_ref().map(String::as_str)));
-    }
+    out.push_str(&aligned(&header, &rows));
     let nacks: Vec<String> = proxies
         .iter()
         .flat_map(|p| {
@@ -215,6 +196,57 @@ pub fn status_table(report: &ProxiesReport, now: u64) -> String {
     if !nacks.is_empty() {
         out.push_str("\nNACK (the Envoy runs what it accepted before):\n");
         out.extend(nacks);
+    }
+    if !report.agents.is_empty() {
+        let rows: Vec<Vec<String>> = report.agents.iter().map(agent_row).collect();
+        out.push('\n');
+        out.push_str(&aligned(
+            &["AGENT", "ADDRESS", "TABLE", "HEALTH CLAIM"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// A name-table stream's row: the instance it claims, its address, whether it has the
+/// table served now, and whether its health reports count.
+fn agent_row(agent: &AgentStatus) -> Vec<String> {
+    let instance = match (&agent.deployment, &agent.instance_id) {
+        (Some(deployment), Some(id)) => format!("{deployment}/{id}"),
+        _ => "(no instance claimed)".into(),
+    };
+    let table = match agent.table_version {
+        _ if agent.table_current => "current".to_string(),
+        Some(version) => format!("OLD ({version})"),
+        None => "NONE".to_string(),
+    };
+    let claim = match (&agent.refusal, agent.verified) {
+        (Some(refusal), _) => format!("REFUSED: {refusal}"),
+        (None, true) => "verified".into(),
+        (None, false) => "-".into(),
+    };
+    vec![instance, agent.address.clone(), table, claim]
+}
+
+/// `header` and `rows` in columns two spaces apart.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
 }
@@ -296,12 +328,33 @@ mod tests {
         old.snapshots_behind = 2;
         // A NACK since overcome is not shown.
         old.types.get_mut("cds").unwrap().last_nack = web.types["lds"].last_nack.clone();
+        let agent = |id: Option<&str>, version, current, refusal: Option<&str>| AgentStatus {
+            address: "10.0.0.5".into(),
+            deployment: id.map(|_| "banana".to_string()),
+            instance_id: id.map(str::to_string),
+            verified: id.is_some() && refusal.is_none(),
+            refusal: refusal.map(str::to_string),
+            connected_at: 0,
+            table_version: version,
+            table_sent_at: None,
+            table_current: current,
+        };
         let report = ProxiesReport {
             snapshot: Some(SnapshotRef {
                 seq: 9,
                 version: 42,
             }),
             proxies: vec![web, old],
+            agents: vec![
+                agent(Some("6f1c"), Some(42), true, None),
+                agent(
+                    Some("77aa"),
+                    Some(41),
+                    false,
+                    Some("not listed at 10.0.0.5"),
+                ),
+                agent(None, None, false, None),
+            ],
         };
         assert_eq!(
             status_table(&report, 1000),
@@ -311,7 +364,12 @@ mod tests {
              web/0     banana      SYNCED  NACK      SYNCED    STALE     42s        0\n\
              \n\
              NACK (the Envoy runs what it accepted before):\n\
-             web/0 LDS 169.254.255.2_80 (version abc): duplicate address\n"
+             web/0 LDS 169.254.255.2_80 (version abc): duplicate address\n\
+             \n\
+             AGENT                  ADDRESS   TABLE     HEALTH CLAIM\n\
+             banana/6f1c            10.0.0.5  current   verified\n\
+             banana/77aa            10.0.0.5  OLD (41)  REFUSED: not listed at 10.0.0.5\n\
+             (no instance claimed)  10.0.0.5  NONE      -\n"
         );
     }
 
@@ -320,6 +378,7 @@ mod tests {
         let report = ProxiesReport {
             snapshot: None,
             proxies: Vec::new(),
+            agents: Vec::new(),
         };
         assert!(status_table(&report, 0).starts_with("pilot has no snapshot yet"));
     }

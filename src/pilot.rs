@@ -153,9 +153,19 @@ pub async fn run(args: Args) -> Result<()> {
     // drains wait for this pilot's Envoys to take the snapshots.
     let snapshots = xds::cache::follow(xds_sources);
     let board = Arc::new(xds::sync::SyncBoard::default());
+    // What each VM's agent put in its scope: its Envoy gets only that (docs/scope.md).
+    let scopes = Arc::new(ScopeRegistry::default());
+    let agents = Arc::new(AgentRegistry::with_xds(XdsView {
+        snapshots: snapshots.clone(),
+        board: board.clone(),
+        scopes: scopes.clone(),
+    }));
+    // Deployments whose every instance an agent reports on cost the director no health task.
+    let poller = poller.with_agent_reports(agents.covered());
     let api_proxies = api::Proxies {
         board: board.clone(),
         snapshots: snapshots.clone(),
+        name_streams: agents.name_streams().clone(),
     };
     let api_catalog = catalog_rx.clone();
     let api_rule_configs = rule_configs.clone();
@@ -185,15 +195,6 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
     };
-    // What each VM's agent put in its scope: its Envoy gets only that (docs/scope.md).
-    let scopes = Arc::new(ScopeRegistry::default());
-    let agents = Arc::new(AgentRegistry::with_xds(XdsView {
-        snapshots: snapshots.clone(),
-        board: board.clone(),
-        scopes: scopes.clone(),
-    }));
-    // Deployments whose every instance an agent reports on cost the director no health task.
-    let poller = poller.with_agent_reports(agents.covered());
     let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {

@@ -109,7 +109,11 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             catalog_rx,
             watch::channel(None).1,
             watch::channel(None).1,
-            Proxies { board, snapshots },
+            Proxies {
+                board,
+                snapshots,
+                name_streams: Arc::default(),
+            },
             tls,
             Access { tokens: None },
         ));

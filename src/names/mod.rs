@@ -52,6 +52,7 @@
 
 mod follower;
 mod server;
+pub mod stream_status;
 pub mod table;
 pub mod wire;
 

@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use super::client::node_field;
 use super::resources::ResourceType;
 use super::sotw::RequestKind;
+use crate::names::stream_status::AgentStatus;
 
 /// Longest NACK error kept and logged; Envoy's can hold a whole resource.
 const MAX_ERROR: usize = 1000;
@@ -31,12 +32,14 @@ impl ResourceType {
     }
 }
 
-/// `GET /v1/proxies`: the snapshot the pilot serves now and every Envoy connected to it.
+/// `GET /v1/proxies`: the snapshot the pilot serves now, every Envoy connected to it, and
+/// every name-table stream (each virtual-ip-agent).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ProxiesReport {
     /// `None` before the first snapshot.
     pub snapshot: Option<SnapshotRef>,
     pub proxies: Vec<ProxyStatus>,
+    pub agents: Vec<AgentStatus>,
 }
 
 /// A snapshot: its place in the order the pilot published them, and its content version.
@@ -215,7 +218,8 @@ impl ProxyStatus {
     }
 }
 
-fn unix(time: SystemTime) -> u64 {
+/// `time` in Unix seconds, as the status reports say times.
+pub(crate) fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
