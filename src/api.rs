@@ -17,6 +17,9 @@
 //! - `GET /v1/proxies`: every Envoy connected to this pilot's xDS server, what it was sent
 //!   and answered per xDS type, and how far behind the current snapshot it is
 //!   (`xds::proxy_status::ProxiesReport`; `boshy mesh status` reads it).
+//! - `GET /v1/services/<hostname>`: one service as `/v1/registration` shows it, with the
+//!   rule configs that have traffic rules for it (`boshy mesh describe` reads it); `404` for a
+//!   hostname the catalog does not have.
 //! - `GET /metrics`: OpenMetrics text (docs/metrics.md).
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
@@ -229,6 +232,7 @@ fn router(sources: Sources) -> Router {
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/services/{hostname}", get(described_service))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
@@ -428,6 +432,34 @@ async fn healthz(State(sources): State<Sources>) -> impl IntoResponse {
     } else {
         (StatusCode::OK, "ok\n")
     }
+}
+
+/// `/v1/services/<hostname>`: the service and what applies to it.
+#[derive(Serialize)]
+struct DescribedService<'a> {
+    service: Registration<'a>,
+    /// The rule configs whose traffic rules the pilot serves for it (their verdicts are in
+    /// `/v1/rules`).
+    rule_configs: Vec<&'a str>,
+}
+
+async fn described_service(
+    State(sources): State<Sources>,
+    axum::extract::Path(hostname): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let catalog = sources.catalog.borrow().clone();
+    let Some(service) = catalog.services.iter().find(|s| s.hostname == hostname) else {
+        return (StatusCode::NOT_FOUND, "no such service in the catalog\n").into_response();
+    };
+    let snapshot = sources.proxies.snapshots.borrow().clone();
+    let rule_configs = snapshot
+        .as_deref()
+        .map_or_else(Vec::new, |snapshot| snapshot.rule_configs_of(&hostname));
+    Json(DescribedService {
+        service: Registration::from(service),
+        rule_configs,
+    })
+    .into_response()
 }
 
 async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
@@ -840,11 +872,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_service_is_described_with_its_rule_configs() {
+        let catalog = catalog();
+        let snapshot = Arc::new(Snapshot::from_catalog(&catalog));
+        let sources = Sources {
+            catalog: watch::channel(Arc::new(catalog)).1,
+            rule_configs: watch::channel(None).1,
+            rule_status: watch::channel(None).1,
+            proxies: Proxies {
+                snapshots: watch::channel(Some(snapshot)).1,
+                ..Proxies::none()
+            },
+        };
+        let (status, _, body) = send(
+            router(sources.clone()),
+            Method::GET,
+            "/v1/services/j.g.d.boshy",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (_, _, registration) = call(
+            sources.catalog.borrow().as_ref().clone(),
+            Method::GET,
+            "/v1/registration",
+        )
+        .await;
+        let registration: serde_json::Value = serde_json::from_str(&registration).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"service": registration[0], "rule_configs": []})
+        );
+        let (status, _, _) = send(router(sources), Method::GET, "/v1/services/x.g.d.boshy").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn the_api_is_read_only() {
         for path in [
             "/v1/registration",
             "/v1/rules",
             "/v1/proxies",
+            "/v1/services/j.g.d.boshy",
             "/healthz",
             "/metrics",
         ] {

@@ -1,7 +1,9 @@
 //! `boshy mesh status`: what `istioctl proxy-status` is to Istio. Reads one pilot's
 //! `GET /v1/proxies` (docs/api.md) and prints a row per connected Envoy, each xDS type
 //! `SYNCED`, `STALE`, `NACK` or `NOT SENT`, with the errors of the NACKs below the table; or
-//! the JSON as the pilot answered it (`--json`).
+//! the JSON as the pilot answered it (`--json`). `boshy mesh describe <hostname>` prints one
+//! service from `GET /v1/services/<hostname>`: VIP, ports, endpoints and their health, and
+//! the rule configs that have rules for it.
 //!
 //! Credentials never go on the command line: a client certificate is read from files, a UAA
 //! token from the environment variable `--token-env` names (docs/observability.md).
@@ -12,6 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
 use reqwest::header::AUTHORIZATION;
+use serde::Deserialize;
 
 use crate::names::stream_status::AgentStatus;
 use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SyncState};
@@ -33,6 +36,20 @@ enum MeshCommand {
     /// (SYNCED, STALE, NACK, NOT SENT), when it last answered, and the errors it rejected
     /// configuration with.
     Status(StatusArgs),
+    /// One service: its VIP, ports, endpoints and their health, and the rule configs with
+    /// traffic rules for it.
+    Describe(DescribeArgs),
+}
+
+#[derive(clap::Args)]
+struct DescribeArgs {
+    /// The service's hostname (`example-httpbin.banana.sample-deployment.boshy`).
+    hostname: String,
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -83,7 +100,143 @@ pub async fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
+        MeshCommand::Describe(args) => {
+            if !args
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                bail!("{}: not a hostname of the mesh", args.hostname);
+            }
+            let body = args
+                .pilot
+                .get(&format!("/v1/services/{}", args.hostname))
+                .await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                let described: DescribedService = serde_json::from_str(&body)
+                    .context("the pilot's /v1/services is not what this boshy reads")?;
+                print!("{}", service_text(&described));
+            }
+            Ok(())
+        }
     }
+}
+
+/// `GET /v1/services/<hostname>`, the parts the text shows.
+#[derive(Debug, Deserialize)]
+pub struct DescribedService {
+    service: RegisteredService,
+    rule_configs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredService {
+    hostname: String,
+    vip: String,
+    deployment: String,
+    instance_group: String,
+    job: String,
+    ports: Vec<RegisteredPort>,
+    endpoints: Vec<RegisteredEndpoint>,
+    service_entry: Option<String>,
+    dns: Option<DnsEndpoints>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredPort {
+    name: String,
+    number: u16,
+    protocol: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredEndpoint {
+    address: String,
+    az: Option<String>,
+    instance: String,
+    index: Option<u32>,
+    healthy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct DnsEndpoints {
+    resolution: String,
+    endpoints: Vec<DnsEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DnsEndpoint {
+    address: String,
+}
+
+/// The text of one service for people.
+pub fn service_text(described: &DescribedService) -> String {
+    let service = &described.service;
+    let source = match &service.service_entry {
+        Some(entry) => format!("ServiceEntry {entry}"),
+        None => format!(
+            "deployment {}, instance group {}, job {}",
+            service.deployment, service.instance_group, service.job
+        ),
+    };
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|p| format!("{} {} ({})", p.name, p.number, p.protocol))
+        .collect();
+    let rules = if described.rule_configs.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{} (their verdicts: GET /v1/rules)",
+            described.rule_configs.join(", ")
+        )
+    };
+    let mut out = format!(
+        "{}\nVIP        {}\nSOURCE     {source}\nPORTS      {}\nRULES      {rules}\n",
+        service.hostname,
+        service.vip,
+        ports.join(", ")
+    );
+    if let Some(dns) = &service.dns {
+        let names: Vec<&str> = dns.endpoints.iter().map(|e| e.address.as_str()).collect();
+        out.push_str(&format!(
+            "ENDPOINTS  resolved by each Envoy ({}): {}\n",
+            dns.resolution,
+            names.join(", ")
+        ));
+        return out;
+    }
+    let healthy = service.endpoints.iter().filter(|e| e.healthy).count();
+    out.push_str(&format!(
+        "ENDPOINTS  {healthy} of {} healthy\n",
+        service.endpoints.len()
+    ));
+    if !service.endpoints.is_empty() {
+        let rows: Vec<Vec<String>> = service
+            .endpoints
+            .iter()
+            .map(|e| {
+                let instance = match e.index {
+                    Some(index) => format!("{}/{index} ({})", service.instance_group, e.instance),
+                    None => e.instance.clone(),
+                };
+                let health = if e.healthy { "healthy" } else { "UNHEALTHY" };
+                vec![
+                    e.address.clone(),
+                    e.az.clone().unwrap_or_else(|| "-".into()),
+                    instance,
+                    health.to_string(),
+                ]
+            })
+            .collect();
+        for line in aligned(&["ADDRESS", "AZ", "INSTANCE", "HEALTH"], &rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
 }
 
 impl PilotConnection {
@@ -370,6 +523,67 @@ mod tests {
              banana/6f1c            10.0.0.5  current   verified\n\
              banana/77aa            10.0.0.5  OLD (41)  REFUSED: not listed at 10.0.0.5\n\
              (no instance claimed)  10.0.0.5  NONE      -\n"
+        );
+    }
+
+    #[test]
+    fn a_service_is_described_with_its_endpoints_and_rules() {
+        let json = serde_json::json!({
+            "service": {
+                "hostname": "web.banana.sample.boshy",
+                "vip": "169.254.255.3",
+                "deployment": "sample",
+                "instance_group": "banana",
+                "job": "web",
+                "ports": [{"name": "http", "number": 8080, "protocol": "http"}],
+                "endpoints": [
+                    {"address": "10.0.0.4", "az": "z1", "instance": "6f1c", "index": 0,
+                     "healthy": true, "labels": {}},
+                    {"address": "10.0.0.5", "az": null, "instance": "77aa", "index": null,
+                     "healthy": false, "labels": {}}
+                ]
+            },
+            "rule_configs": ["reviews", "web-retries"]
+        });
+        let described: DescribedService = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            service_text(&described),
+            "web.banana.sample.boshy\n\
+             VIP        169.254.255.3\n\
+             SOURCE     deployment sample, instance group banana, job web\n\
+             PORTS      http 8080 (http)\n\
+             RULES      reviews, web-retries (their verdicts: GET /v1/rules)\n\
+             ENDPOINTS  1 of 2 healthy\n\
+             \x20 ADDRESS   AZ  INSTANCE         HEALTH\n\
+             \x20 10.0.0.4  z1  banana/0 (6f1c)  healthy\n\
+             \x20 10.0.0.5  -   77aa             UNHEALTHY\n"
+        );
+    }
+
+    #[test]
+    fn a_service_resolved_by_dns_lists_its_names() {
+        let json = serde_json::json!({
+            "service": {
+                "hostname": "db.example.com",
+                "vip": "169.254.255.9",
+                "deployment": "", "instance_group": "", "job": "",
+                "ports": [{"name": "tcp", "number": 5432, "protocol": "tcp"}],
+                "endpoints": [],
+                "service_entry": "db/external-db",
+                "dns": {"resolution": "DNS", "endpoints": [{"address": "db.example.com", "az": null, "labels": {}}]}
+            },
+            "rule_configs": []
+        });
+        let described: DescribedService = serde_json::from_value(json).unwrap();
+        let text = service_text(&described);
+        assert!(
+            text.contains("SOURCE     ServiceEntry db/external-db\n"),
+            "{text}"
+        );
+        assert!(text.contains("RULES      none\n"), "{text}");
+        assert!(
+            text.ends_with("ENDPOINTS  resolved by each Envoy (DNS): db.example.com\n"),
+            "{text}"
         );
     }
 

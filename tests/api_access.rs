@@ -24,7 +24,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SECRET: &str = "pilot-secret";
-const DATA_PATHS: [&str; 4] = ["/v1/registration", "/v1/rules", "/v1/proxies", "/metrics"];
+const DATA_PATHS: [&str; 5] = [
+    "/v1/registration",
+    "/v1/rules",
+    "/v1/proxies",
+    "/v1/services/web.banana.sample.boshy",
+    "/metrics",
+];
 
 /// A mesh CA with the pilot's certificate and a client certificate, as PEM files.
 struct Mesh {

@@ -1,7 +1,8 @@
 //! `boshy mesh status` against a real pilot xDS server, its HTTPS API and a real Envoy made
 //! to NACK: `GET /v1/proxies` and the table name that Envoy, its listeners' NACK and Envoy's
-//! error, while its clusters stay SYNCED. As root, in a private network namespace (Envoy binds
-//! 127.0.0.1:15001).
+//! error, while its clusters stay SYNCED; an agent's name-table stream with its instance and
+//! table; and `boshy mesh describe` of one of its services. As root, in a private network
+//! namespace (Envoy binds 127.0.0.1:15001).
 
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use boshy::api::{Access, Proxies};
 use boshy::catalog::model::{Catalog, Protocol, Service};
 use boshy::catalog::testing;
 use boshy::config::ServerTls;
+use boshy::health::AgentRegistry;
 use boshy::xds::bootstrap::{AdsMode, NodeIdentity};
 use boshy::xds::proxy_status::{ProxiesReport, SyncState};
 use boshy::xds::sync::SyncBoard;
@@ -23,12 +25,14 @@ const DB_LISTENER: &str = "169.254.255.2_5432";
 /// A service on the outbound listener's own address (the catalog never builds one: VIPs are
 /// link-local): Envoy refuses its listener.
 const BAD_LISTENER: &str = "127.0.0.1_15001";
+/// The instance of the catalog's endpoint, 127.0.0.1 (`testing::endpoint`'s name).
+const AGENT_INSTANCE: &str = "instance-127.0.0.1";
 
 fn service(job: &str, vip: Ipv4Addr, port: u16) -> Service {
     testing::service("sample", "banana", job)
         .vip(vip)
         .port("tcp", port, Protocol::Tcp)
-        .endpoint(testing::endpoint("127.0.0.2"))
+        .endpoint(testing::endpoint("127.0.0.1"))
         .build()
 }
 
@@ -63,10 +67,12 @@ impl Pki {
     }
 }
 
-/// `boshy mesh status` with `args` after `--pilot <api>`: exit success, stdout, stderr.
-async fn mesh_status(api: &str, args: &[&str]) -> (bool, String, String) {
+/// `boshy mesh <command> --pilot <api> <args>`: exit success, stdout, stderr.
+async fn mesh(command: &[&str], api: &str, args: &[&str]) -> (bool, String, String) {
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_boshy"))
-        .args(["mesh", "status", "--pilot", api])
+        .arg("mesh")
+        .args(command)
+        .args(["--pilot", api])
         .args(args)
         .env_remove("BOSH_PILOT_TOKEN")
         .output()
@@ -96,6 +102,15 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             None,
             None,
         ));
+        // The names server, where agents follow the table (this one is the test's).
+        let agents = Arc::new(AgentRegistry::default());
+        let (names_listener, names) = loopback_listener().await;
+        tokio::spawn(boshy::names::serve(
+            names_listener,
+            catalog_rx.clone(),
+            agents.clone(),
+            None,
+        ));
         let pki = Pki::new();
         let (api_listener, api) = loopback_listener().await;
         let tls = boshy::tls::api_server_config(&ServerTls {
@@ -112,7 +127,7 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             Proxies {
                 board,
                 snapshots,
-                name_streams: Arc::default(),
+                name_streams: agents.name_streams().clone(),
             },
             tls,
             Access { tokens: None },
@@ -157,8 +172,12 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
         // The JSON: the Envoy by its BOSH instance, LDS rejected naming the listener.
         let deadline = tokio::time::Instant::now() + DEADLINE;
         let report = loop {
-            let (ok, stdout, stderr) =
-                mesh_status(&api, &[&with_certificate[..], &["--json"]].concat()).await;
+            let (ok, stdout, stderr) = mesh(
+                &["status"],
+                &api,
+                &[&with_certificate[..], &["--json"]].concat(),
+            )
+            .await;
             assert!(ok, "{stderr}");
             let report: ProxiesReport = serde_json::from_str(&stdout).expect("the API's JSON");
             let lds = report.proxies.first().and_then(|p| p.types.get("lds"));
@@ -199,8 +218,42 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
         assert!(proxy.last_sync.is_some());
         assert_eq!(report.snapshot.map(|s| s.seq), Some(2));
 
+        // An agent follows the table, naming its instance (listed at its address).
+        let mut agent = reqwest::get(format!(
+            "http://{names}/v1/names/watch?deployment=sample&instance={AGENT_INSTANCE}"
+        ))
+        .await
+        .unwrap();
+        assert!(agent.chunk().await.unwrap().is_some(), "the table");
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        let agents = loop {
+            let (ok, stdout, stderr) = mesh(
+                &["status"],
+                &api,
+                &[&with_certificate[..], &["--json"]].concat(),
+            )
+            .await;
+            assert!(ok, "{stderr}");
+            let report: ProxiesReport = serde_json::from_str(&stdout).unwrap();
+            if report.agents.iter().any(|a| a.verified && a.table_current) {
+                break report.agents;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{stdout}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert_eq!(agents.len(), 1, "{agents:?}");
+        assert_eq!(
+            (
+                agents[0].deployment.as_deref(),
+                agents[0].instance_id.as_deref(),
+                agents[0].address.as_str(),
+                agents[0].table_version
+            ),
+            (Some("sample"), Some(AGENT_INSTANCE), "127.0.0.1", Some(2))
+        );
+
         // The table.
-        let (ok, table, stderr) = mesh_status(&api, &with_certificate).await;
+        let (ok, table, stderr) = mesh(&["status"], &api, &with_certificate).await;
         assert!(ok, "{stderr}");
         let row = table
             .lines()
@@ -218,9 +271,37 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             .find(|l| l.starts_with(&format!("apricot/3 LDS {BAD_LISTENER} ")))
             .unwrap_or_else(|| panic!("no NACK line:\n{table}"));
         assert!(error.contains("duplicate address"), "{error}");
+        let agent_row = format!("sample/{AGENT_INSTANCE}  127.0.0.1  current  verified");
+        assert!(
+            table.lines().any(|l| l == agent_row),
+            "no {agent_row:?} in\n{table}"
+        );
+        drop(agent);
+
+        // The service: its VIP, port and endpoint.
+        let (ok, text, stderr) = mesh(
+            &["describe", "db.banana.sample.boshy"],
+            &api,
+            &with_certificate,
+        )
+        .await;
+        assert!(ok, "{stderr}");
+        assert!(
+            text.starts_with("db.banana.sample.boshy\nVIP        169.254.255.2\n"),
+            "{text}"
+        );
+        assert!(text.contains("PORTS      tcp 5432 (tcp)\n"), "{text}");
+        assert!(text.contains("ENDPOINTS  1 of 1 healthy\n"), "{text}");
+        let (ok, _, stderr) = mesh(
+            &["describe", "nothing.banana.sample.boshy"],
+            &api,
+            &with_certificate,
+        )
+        .await;
+        assert!(!ok && stderr.contains("404"), "{stderr}");
 
         // No credentials: the pilot's refusal, and no data.
-        let (ok, stdout, stderr) = mesh_status(&api, &["--ca", &ca]).await;
+        let (ok, stdout, stderr) = mesh(&["status"], &api, &["--ca", &ca]).await;
         assert!(!ok && stdout.is_empty(), "{stdout}");
         assert!(stderr.contains("401"), "{stderr}");
     });

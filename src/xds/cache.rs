@@ -177,6 +177,15 @@ impl Snapshot {
         }
     }
 
+    /// The rule configs with traffic rules for `hostname`, sorted.
+    pub fn rule_configs_of(&self, hostname: &str) -> Vec<&str> {
+        self.rule_configs
+            .get(hostname)
+            .map_or_else(Vec::new, |configs| {
+                configs.iter().map(String::as_str).collect()
+            })
+    }
+
     /// The resource of `resource_type` that an Envoy's NACK `message` names: the longest name
     /// of this snapshot's resources of that type the message contains (a cluster's name is a
     /// prefix of its subsets'). `None` when it names none (Envoy quotes only the reason for
@@ -563,6 +572,8 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(behind("invalid perl operator: (?="), ["a", "b", "c"]);
+        assert_eq!(snapshot.rule_configs_of("j.g.d.boshy"), ["a", "b"]);
+        assert!(snapshot.rule_configs_of("x.g.d.boshy").is_empty());
         assert!(Snapshot::from_catalog(&catalog)
             .rule_configs_behind("anything")
             .is_empty());
