@@ -26,7 +26,7 @@ use crate::scope::ScopeAnswer;
 /// The synced snapshot of every open stream, by stream.
 #[derive(Debug)]
 pub struct SyncBoard {
-    streams: Mutex<HashMap<u64, u64>>,
+    streams: Mutex<SyncedStreams>,
     /// The instance of each stream of a VM with a scope, and the scope generation its Envoy
     /// holds (0 before any).
     scopes: Mutex<HashMap<u64, (InstanceRef, u64)>>,
@@ -57,10 +57,7 @@ impl SyncBoard {
     /// its status so far `status`.
     pub(crate) fn join(self: &Arc<Self>, seq: u64, status: ProxyStatus) -> StreamSync {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        self.streams
-            .lock()
-            .expect("sync board lock")
-            .insert(id, seq);
+        self.streams.lock().expect("sync board lock").set(id, seq);
         let status = Arc::new(Mutex::new(status));
         self.statuses
             .lock()
@@ -91,7 +88,7 @@ impl SyncBoard {
             let statuses = self.statuses.lock().expect("sync board lock");
             statuses.iter().map(|(id, s)| (*id, s.clone())).collect()
         };
-        let synced: HashMap<u64, u64> = self.streams.lock().expect("sync board lock").clone();
+        let synced: HashMap<u64, u64> = self.streams.lock().expect("sync board lock").by_id.clone();
         let mut proxies: Vec<(u64, ProxyStatus)> = statuses
             .into_iter()
             .map(|(id, status)| {
@@ -108,8 +105,7 @@ impl SyncBoard {
 
     /// Streams synced to a snapshot older than `seq`.
     pub fn lagging(&self, seq: u64) -> usize {
-        let streams = self.streams.lock().expect("sync board lock");
-        streams.values().filter(|synced| **synced < seq).count()
+        self.streams.lock().expect("sync board lock").lagging(seq)
     }
 
     /// Waits until no stream lags behind `seq`, at most `timeout`; the number still lagging
@@ -184,7 +180,7 @@ impl SyncBoard {
 
     fn set(&self, id: u64, seq: u64) {
         let mut streams = self.streams.lock().expect("sync board lock");
-        let previous = streams.insert(id, seq);
+        let previous = streams.set(id, seq);
         if previous != Some(seq) {
             self.converge(&streams);
             drop(streams);
@@ -194,7 +190,7 @@ impl SyncBoard {
 
     fn leave(&self, id: u64) {
         let mut streams = self.streams.lock().expect("sync board lock");
-        streams.remove(&id);
+        streams.remove(id);
         self.converge(&streams);
         drop(streams);
         self.scopes.lock().expect("sync board lock").remove(&id);
@@ -212,8 +208,8 @@ impl SyncBoard {
     }
 
     /// Observes the convergence of the snapshots every stream in `streams` is synced to.
-    fn converge(&self, streams: &HashMap<u64, u64>) {
-        let synced_by_all = streams.values().min().copied();
+    fn converge(&self, streams: &SyncedStreams) {
+        let synced_by_all = streams.synced_by_all();
         let converged = self
             .convergence
             .lock()
@@ -222,6 +218,55 @@ impl SyncBoard {
         for elapsed in converged {
             crate::metrics::global().xds_converged(elapsed);
         }
+    }
+}
+
+/// The snapshot each stream is synced to, and how many streams are synced to each: the
+/// oldest one and the lagging streams are found without walking thousands of streams at every
+/// answer.
+#[derive(Debug, Default)]
+struct SyncedStreams {
+    by_id: HashMap<u64, u64>,
+    /// seq → streams synced to it (never 0).
+    at_seq: BTreeMap<u64, usize>,
+}
+
+impl SyncedStreams {
+    /// Stream `id` is synced to `seq`; what it was synced to before.
+    fn set(&mut self, id: u64, seq: u64) -> Option<u64> {
+        let previous = self.by_id.insert(id, seq);
+        if previous != Some(seq) {
+            if let Some(previous) = previous {
+                self.forget(previous);
+            }
+            *self.at_seq.entry(seq).or_default() += 1;
+        }
+        previous
+    }
+
+    fn remove(&mut self, id: u64) {
+        if let Some(seq) = self.by_id.remove(&id) {
+            self.forget(seq);
+        }
+    }
+
+    fn forget(&mut self, seq: u64) {
+        if let std::collections::btree_map::Entry::Occupied(mut count) = self.at_seq.entry(seq) {
+            *count.get_mut() -= 1;
+            if *count.get() == 0 {
+                count.remove();
+            }
+        }
+    }
+
+    /// Streams synced to a snapshot older than `seq`.
+    fn lagging(&self, seq: u64) -> usize {
+        self.at_seq.range(..seq).map(|(_, count)| count).sum()
+    }
+
+    /// The snapshot every stream is synced to (or a later one); `None` without streams.
+    fn synced_by_all(&self) -> Option<u64> {
+        self.at_seq.keys().next().copied()
     }
 }
 
@@ -404,6 +449,24 @@ mod tests {
             "no stream left"
         );
         assert_eq!(convergence.synced_by_all(Some(5), at(900)), none);
+    }
+
+    #[test]
+    fn synced_streams_are_counted_by_snapshot() {
+        let mut streams = SyncedStreams::default();
+        assert_eq!(streams.synced_by_all(), None);
+        assert_eq!(streams.set(1, 3), None);
+        assert_eq!(streams.set(2, 5), None);
+        assert_eq!(streams.set(3, 5), None);
+        assert_eq!((streams.synced_by_all(), streams.lagging(5)), (Some(3), 1));
+        assert_eq!(streams.set(1, 6), Some(3));
+        assert_eq!(streams.set(1, 6), Some(6), "unchanged");
+        assert_eq!((streams.synced_by_all(), streams.lagging(6)), (Some(5), 2));
+        streams.remove(2);
+        streams.remove(3);
+        streams.remove(9);
+        assert_eq!((streams.synced_by_all(), streams.lagging(7)), (Some(6), 1));
+        assert_eq!(streams.at_seq, BTreeMap::from([(6, 1)]));
     }
 
     #[test]
