@@ -1,6 +1,7 @@
 //! The ADS gRPC server, state of the world and delta over the same snapshots. All decisions
 //! live in `sotw::SotwStreamState` and `delta::DeltaStreamState`; this file only moves
-//! messages, logs and counts.
+//! messages, logs, counts, and tells each stream's `proxy_status::ProxyStatus` (on the sync
+//! board) what was sent and answered.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
