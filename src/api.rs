@@ -14,7 +14,13 @@
 //!   an operator put in a config is echoed to whoever can reach the API. `503` until the
 //!   director's configs were read once. It says what the pilot holds, not whether the rules
 //!   are valid.
-//! - `GET /metrics`: Prometheus text format.
+//! - `GET /v1/proxies`: every Envoy connected to this pilot's xDS server, what it was sent
+//!   and answered per xDS type, and how far behind the current snapshot it is
+//!   (`xds::proxy_status::ProxiesReport`; `boshy mesh status` reads it).
+//! - `GET /v1/services/<hostname>`: one service as `/v1/registration` shows it, with the
+//!   rule configs that have traffic rules for it (`boshy mesh describe` reads it); `404` for a
+//!   hostname the catalog does not have.
+//! - `GET /metrics`: OpenMetrics text (docs/metrics.md).
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
 //!
@@ -45,15 +51,53 @@ use crate::catalog::model::{
     Catalog, DnsEndpoints, Endpoint, Labels, Protocol, Service, ServicePort,
 };
 use crate::director::{PublishedRuleConfigs, RuleConfig};
+use crate::names::stream_status::NameStreams;
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
+use crate::xds::cache::Snapshot;
+use crate::xds::proxy_status::{ProxiesReport, SnapshotRef};
+use crate::xds::sync::SyncBoard;
 
-/// What the API shows: the pilot's current catalog, rule configs and their verdicts.
+/// What the API shows: the pilot's current catalog, rule configs and their verdicts, and its
+/// Envoys.
 #[derive(Clone)]
 struct Sources {
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
+}
+
+/// The Envoys connected to the pilot's xDS server and the snapshot it serves, and the
+/// name-table streams of its names server.
+#[derive(Clone)]
+pub struct Proxies {
+    pub board: Arc<SyncBoard>,
+    pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    pub name_streams: Arc<NameStreams>,
+}
+
+impl Proxies {
+    /// An API served without xDS and names servers: it has no Envoys and no agents.
+    pub fn none() -> Self {
+        Proxies {
+            board: Arc::default(),
+            snapshots: watch::channel(None).1,
+            name_streams: Arc::default(),
+        }
+    }
+
+    fn report(&self) -> ProxiesReport {
+        let snapshot = self.snapshots.borrow().as_ref().map(|s| SnapshotRef {
+            seq: s.seq(),
+            version: s.version(),
+        });
+        ProxiesReport {
+            snapshot,
+            proxies: self.board.proxies(snapshot.map(|s| s.seq)),
+            agents: self.name_streams.list(),
+        }
+    }
 }
 
 /// Serves the API on `listener` until it is dropped.
@@ -62,11 +106,13 @@ pub async fn serve(
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
 ) -> anyhow::Result<()> {
     let sources = Sources {
         catalog,
         rule_configs,
         rule_status,
+        proxies,
     };
     serve_router(listener, router(sources), "api").await
 }
@@ -93,6 +139,7 @@ pub async fn serve_tls(
     catalog: watch::Receiver<Arc<Catalog>>,
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     rule_status: watch::Receiver<PublishedRuleStatus>,
+    proxies: Proxies,
     tls: Arc<rustls::ServerConfig>,
     access: Access,
 ) -> anyhow::Result<()> {
@@ -101,6 +148,7 @@ pub async fn serve_tls(
         catalog,
         rule_configs,
         rule_status,
+        proxies,
     };
     let router = guarded(router(sources), Arc::new(access));
     tracing::info!("api server listening on {} (HTTPS)", listener.local_addr()?);
@@ -183,6 +231,8 @@ fn router(sources: Sources) -> Router {
     Router::new()
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
+        .route("/v1/proxies", get(proxies))
+        .route("/v1/services/{hostname}", get(described_service))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
@@ -384,9 +434,41 @@ async fn healthz(State(sources): State<Sources>) -> impl IntoResponse {
     }
 }
 
+/// `/v1/services/<hostname>`: the service and what applies to it.
+#[derive(Serialize)]
+struct DescribedService<'a> {
+    service: Registration<'a>,
+    /// The rule configs whose traffic rules the pilot serves for it (their verdicts are in
+    /// `/v1/rules`).
+    rule_configs: Vec<&'a str>,
+}
+
+async fn described_service(
+    State(sources): State<Sources>,
+    axum::extract::Path(hostname): axum::extract::Path<String>,
+) -> axum::response::Response {
+    let catalog = sources.catalog.borrow().clone();
+    let Some(service) = catalog.services.iter().find(|s| s.hostname == hostname) else {
+        return (StatusCode::NOT_FOUND, "no such service in the catalog\n").into_response();
+    };
+    let snapshot = sources.proxies.snapshots.borrow().clone();
+    let rule_configs = snapshot
+        .as_deref()
+        .map_or_else(Vec::new, |snapshot| snapshot.rule_configs_of(&hostname));
+    Json(DescribedService {
+        service: Registration::from(service),
+        rule_configs,
+    })
+    .into_response()
+}
+
+async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
+    Json(sources.proxies.report())
+}
+
 async fn metrics() -> impl IntoResponse {
     (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        [(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)],
         crate::metrics::global().render(),
     )
 }
@@ -538,8 +620,17 @@ mod tests {
             catalog: watch::channel(Arc::new(catalog)).1,
             rule_configs: watch::channel(rule_configs.map(Arc::new)).1,
             rule_status: watch::channel(rule_status.map(Arc::new)).1,
+            proxies: Proxies::none(),
         };
-        let response = router(sources)
+        send(router(sources), method, path).await
+    }
+
+    async fn send(
+        router: Router,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let response = router
             .oneshot(
                 Request::builder()
                     .method(method)
@@ -724,7 +815,7 @@ mod tests {
     async fn metrics_are_prometheus_text() {
         let (status, content_type, body) = call(catalog(), Method::GET, "/metrics").await;
         assert_eq!(status, StatusCode::OK);
-        assert_eq!(content_type.as_deref(), Some("text/plain; version=0.0.4"));
+        assert_eq!(content_type.as_deref(), Some(crate::metrics::CONTENT_TYPE));
         assert!(
             body.contains("# TYPE boshy_catalog_services gauge"),
             "{body}"
@@ -732,8 +823,100 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn proxies_are_every_stream_on_the_board() {
+        let board = Arc::new(SyncBoard::default());
+        let stream = board.join_anonymous(0);
+        stream.status().node = "apricot/0".into();
+        let sources = Sources {
+            catalog: watch::channel(Arc::new(catalog())).1,
+            rule_configs: watch::channel(None).1,
+            rule_status: watch::channel(None).1,
+            proxies: Proxies {
+                board,
+                snapshots: watch::channel(None).1,
+                name_streams: Arc::default(),
+            },
+        };
+        let (status, content_type, body) = send(router(sources), Method::GET, "/v1/proxies").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let report: ProxiesReport = serde_json::from_str(&body).unwrap();
+        assert_eq!(report.snapshot, None);
+        assert_eq!(report.proxies.len(), 1);
+        assert_eq!(report.proxies[0].node, "apricot/0");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let keys: Vec<&str> = json["proxies"][0]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            keys,
+            [
+                "address",
+                "ads",
+                "connected_at",
+                "deployment",
+                "index",
+                "instance_group",
+                "instance_id",
+                "last_sync",
+                "node",
+                "snapshots_behind",
+                "synced_snapshot",
+                "types"
+            ],
+            "the shape is a contract of boshy mesh status"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_service_is_described_with_its_rule_configs() {
+        let catalog = catalog();
+        let snapshot = Arc::new(Snapshot::from_catalog(&catalog));
+        let sources = Sources {
+            catalog: watch::channel(Arc::new(catalog)).1,
+            rule_configs: watch::channel(None).1,
+            rule_status: watch::channel(None).1,
+            proxies: Proxies {
+                snapshots: watch::channel(Some(snapshot)).1,
+                ..Proxies::none()
+            },
+        };
+        let (status, _, body) = send(
+            router(sources.clone()),
+            Method::GET,
+            "/v1/services/j.g.d.boshy",
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let (_, _, registration) = call(
+            sources.catalog.borrow().as_ref().clone(),
+            Method::GET,
+            "/v1/registration",
+        )
+        .await;
+        let registration: serde_json::Value = serde_json::from_str(&registration).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({"service": registration[0], "rule_configs": []})
+        );
+        let (status, _, _) = send(router(sources), Method::GET, "/v1/services/x.g.d.boshy").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
     async fn the_api_is_read_only() {
-        for path in ["/v1/registration", "/v1/rules", "/healthz", "/metrics"] {
+        for path in [
+            "/v1/registration",
+            "/v1/rules",
+            "/v1/proxies",
+            "/v1/services/j.g.d.boshy",
+            "/healthz",
+            "/metrics",
+        ] {
             for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
                 let (status, _, _) = call(catalog(), method.clone(), path).await;
                 assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{method} {path}");
@@ -754,7 +937,7 @@ mod tests {
         let (tx, rx) = watch::channel(Arc::new(Catalog::default()));
         let (_rules_tx, rules_rx) = watch::channel(None);
         let (_status_tx, status_rx) = watch::channel(None);
-        let server = tokio::spawn(serve(listener, rx, rules_rx, status_rx));
+        let server = tokio::spawn(serve(listener, rx, rules_rx, status_rx, Proxies::none()));
         let client = reqwest::Client::new();
         let healthz = format!("http://{address}/healthz");
         let status = client.get(&healthz).send().await.unwrap().status();

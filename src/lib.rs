@@ -20,6 +20,7 @@ pub mod health;
 pub mod httpbin;
 pub mod identity;
 pub mod logging;
+pub mod mesh_cli;
 pub mod metrics;
 pub mod names;
 pub mod pilot;

@@ -7,7 +7,7 @@
 #![deny(unsafe_code)]
 
 use anyhow::Result;
-use boshy::{bookinfo, dnat, httpbin, pilot, rules_check, virtual_ip_agent, xds};
+use boshy::{bookinfo, dnat, httpbin, mesh_cli, pilot, rules_check, virtual_ip_agent, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,6 +40,9 @@ enum Command {
     /// Traffic rules (Istio YAML kept as `boshy-istio` director configs): `check` them
     /// offline before `bosh update-config`.
     Rules(rules_check::Args),
+    /// The mesh as a pilot sees it: `status` shows every connected Envoy's configuration
+    /// (SYNCED, STALE, NACK) from the pilot's API.
+    Mesh(mesh_cli::Args),
 }
 
 #[tokio::main]
@@ -53,5 +56,6 @@ async fn main() -> Result<()> {
         Command::ExampleHttpbin(args) => httpbin::run(args).await,
         Command::ExampleBookinfo(args) => bookinfo::run(args).await,
         Command::Rules(args) => rules_check::run(args),
+        Command::Mesh(args) => mesh_cli::run(args).await,
     }
 }

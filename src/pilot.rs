@@ -136,24 +136,6 @@ pub async fn run(args: Args) -> Result<()> {
             poller.client(),
         ))),
     };
-    let api_catalog = catalog_rx.clone();
-    let api_rule_configs = rule_configs.clone();
-    let api_server = async move {
-        match api_tls {
-            Some(tls) => {
-                api::serve_tls(
-                    api_listener,
-                    api_catalog,
-                    api_rule_configs,
-                    rule_status_rx,
-                    tls,
-                    api_access,
-                )
-                .await
-            }
-            None => api::serve(api_listener, api_catalog, api_rule_configs, rule_status_rx).await,
-        }
-    };
     // The traffic model compiled from the accepted rules (`rule_status::follow`); until the
     // first one, xDS serves the mesh without rules.
     let (traffic_tx, traffic_rx) = watch::channel(Arc::new(TrafficRules::default()));
@@ -182,6 +164,39 @@ pub async fn run(args: Args) -> Result<()> {
     }));
     // Deployments whose every instance an agent reports on cost the director no health task.
     let poller = poller.with_agent_reports(agents.covered());
+    let api_proxies = api::Proxies {
+        board: board.clone(),
+        snapshots: snapshots.clone(),
+        name_streams: agents.name_streams().clone(),
+    };
+    let api_catalog = catalog_rx.clone();
+    let api_rule_configs = rule_configs.clone();
+    let api_server = async move {
+        match api_tls {
+            Some(tls) => {
+                api::serve_tls(
+                    api_listener,
+                    api_catalog,
+                    api_rule_configs,
+                    rule_status_rx,
+                    api_proxies,
+                    tls,
+                    api_access,
+                )
+                .await
+            }
+            None => {
+                api::serve(
+                    api_listener,
+                    api_catalog,
+                    api_rule_configs,
+                    rule_status_rx,
+                    api_proxies,
+                )
+                .await
+            }
+        }
+    };
     let names_agents = agents.clone();
     let names_server = async move {
         match names_tls {
@@ -401,6 +416,14 @@ impl CatalogPublisher {
                 }
                 for (hostname, vip) in &synced.outcome.released {
                     tracing::info!(%hostname, %vip, "VIP released (quarantined before reuse)");
+                }
+                let m = metrics::global();
+                m.vip_pool_size.store(synced.pool.size, Ordering::Relaxed);
+                m.vip_pool_used.store(synced.pool.used, Ordering::Relaxed);
+                m.vip_pool_quarantined
+                    .store(synced.pool.quarantined, Ordering::Relaxed);
+                if !synced.outcome.exhausted.is_empty() {
+                    m.vip_pool_exhausted.fetch_add(1, Ordering::Relaxed);
                 }
                 for hostname in self.exhausted.fresh(synced.outcome.exhausted) {
                     tracing::error!(%hostname, "no free VIP left in the pool: this service stays unreachable until one is freed");

@@ -88,26 +88,53 @@ fn server_config_with(
 /// A client's TLS: it presents its certificate and trusts a pilot only with a certificate
 /// signed by `ca_cert_path` for `server_name`, whatever address it dialled.
 pub fn client_config(tls: &ClientTls) -> Result<ClientConfig> {
-    let name = ServerName::try_from(tls.server_name.clone()).map_err(|_| {
-        anyhow::anyhow!(
-            "key `tls.server_name`: `{}` is not a DNS name",
-            tls.server_name
-        )
-    })?;
-    let roots = Arc::new(read_roots(&tls.ca_cert_path, "tls.ca_cert_path")?);
+    pinned(
+        (&tls.ca_cert_path, "tls.ca_cert_path"),
+        (&tls.server_name, "tls.server_name"),
+    )?
+    .with_client_auth_cert(
+        read_certs(&tls.cert_path, "tls.cert_path")?,
+        read_key(&tls.key_path, "tls.key_path")?,
+    )
+    .context("keys `tls.cert_path` and `tls.key_path`: the key does not fit the certificate")
+}
+
+/// The TLS of an operator's client of the pilot's HTTP API (`boshy mesh`): the same trust as
+/// [`client_config`], presenting `client` (certificate and key files) when given, else no
+/// certificate (the request then carries a UAA token). Errors name the flags.
+pub fn api_client_config(
+    ca_cert_path: &Path,
+    server_name: &str,
+    client: Option<(&Path, &Path)>,
+) -> Result<ClientConfig> {
+    let builder = pinned((ca_cert_path, "--ca"), (server_name, "--server-name"))?;
+    let mut config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => builder
+            .with_client_auth_cert(read_certs(cert, "--cert")?, read_key(key, "--key")?)
+            .context("--cert and --key: the key does not fit the certificate")?,
+    };
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// TLS 1.3, trusting a certificate signed by the CA in `ca_cert_path` for `server_name`;
+/// each with the key (or flag) that gave it, for the errors.
+fn pinned(
+    (ca_cert_path, ca_key): (&Path, &str),
+    (server_name, name_key): (&str, &str),
+) -> Result<rustls::ConfigBuilder<ClientConfig, rustls::client::WantsClientCert>> {
+    let name = ServerName::try_from(server_name.to_string())
+        .map_err(|_| anyhow::anyhow!("key `{name_key}`: `{server_name}` is not a DNS name"))?;
+    let roots = Arc::new(read_roots(ca_cert_path, ca_key)?);
     let webpki = WebPkiServerVerifier::builder_with_provider(roots, provider())
         .build()
-        .context("key `tls.ca_cert_path`: cannot verify the pilot with this CA")?;
-    ClientConfig::builder_with_provider(provider())
+        .with_context(|| format!("key `{ca_key}`: cannot verify the pilot with this CA"))?;
+    Ok(ClientConfig::builder_with_provider(provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .context("TLS 1.3")?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(PinnedName { webpki, name }))
-        .with_client_auth_cert(
-            read_certs(&tls.cert_path, "tls.cert_path")?,
-            read_key(&tls.key_path, "tls.key_path")?,
-        )
-        .context("keys `tls.cert_path` and `tls.key_path`: the key does not fit the certificate")
+        .with_custom_certificate_verifier(Arc::new(PinnedName { webpki, name })))
 }
 
 /// Envoy's `transport_socket` for the xDS cluster: the same policy as [`client_config`]

@@ -3,6 +3,7 @@
 //! with an expired token (401), with a token of a scope that does not read BOSH (403), and
 //! serves one with a `bosh.admin` or `bosh.read` token or a mesh client certificate. A
 //! refusal carries `WWW-Authenticate` and none of the data, and is counted in `/metrics`.
+//! `boshy mesh status` gets in with a token from the environment.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -23,7 +24,13 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SECRET: &str = "pilot-secret";
-const DATA_PATHS: [&str; 3] = ["/v1/registration", "/v1/rules", "/metrics"];
+const DATA_PATHS: [&str; 5] = [
+    "/v1/registration",
+    "/v1/rules",
+    "/v1/proxies",
+    "/v1/services/web.banana.sample.boshy",
+    "/metrics",
+];
 
 /// A mesh CA with the pilot's certificate and a client certificate, as PEM files.
 struct Mesh {
@@ -197,7 +204,13 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(
-        listener, catalog_rx, rules_rx, status_rx, tls, access,
+        listener,
+        catalog_rx,
+        rules_rx,
+        status_rx,
+        api::Proxies::none(),
+        tls,
+        access,
     ));
 
     let anonymous = api_client(&mesh, api, None);
@@ -290,6 +303,36 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
         "no token in the metrics"
     );
 
+    // `boshy mesh status` takes its token from the environment variable it is told: let in
+    // with `bosh.read`, refused with a team scope, the token in none of its output.
+    let mesh_status = |token: String| {
+        let ca = mesh.path("ca.pem");
+        async move {
+            let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_boshy"))
+                .args(["mesh", "status", "--pilot", &format!("https://{api}")])
+                .arg("--ca")
+                .arg(ca)
+                .args(["--token-env", "PILOT_TOKEN_OF_TEST", "--json"])
+                .env("PILOT_TOKEN_OF_TEST", &token)
+                .output()
+                .await
+                .unwrap();
+            let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+            let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+            assert!(
+                !stdout.contains(&token) && !stderr.contains(&token),
+                "{stdout}{stderr}"
+            );
+            (output.status.success(), stdout, stderr)
+        }
+    };
+    let (ok, stdout, stderr) = mesh_status(reader.clone()).await;
+    assert!(ok, "{stderr}");
+    let proxies: Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(proxies["proxies"], json!([]), "{stdout}");
+    let (ok, _, stderr) = mesh_status(team_reader.clone()).await;
+    assert!(!ok && stderr.contains("403"), "{stderr}");
+
     // A certificate from another CA fails the handshake: no answer at all.
     let stranger = Mesh::new("another CA");
     let foreign = api_client(&mesh, api, Some(&stranger));
@@ -318,7 +361,13 @@ async fn an_unreachable_uaa_refuses_tokens_with_503_and_certificates_still_work(
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(
-        listener, catalog_rx, rules_rx, status_rx, tls, access,
+        listener,
+        catalog_rx,
+        rules_rx,
+        status_rx,
+        api::Proxies::none(),
+        tls,
+        access,
     ));
     let anonymous = api_client(&mesh, api, None);
     let answer = get(&anonymous, api, "/v1/registration", Some("a.b.c")).await;

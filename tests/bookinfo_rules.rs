@@ -94,6 +94,7 @@ async fn bookinfo_registration() -> String {
         catalogs,
         rule_configs,
         rule_status,
+        boshy::api::Proxies::none(),
     ));
     let registration = reqwest::get(format!("http://{api}/v1/registration"))
         .await

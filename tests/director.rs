@@ -876,7 +876,13 @@ async fn missing_scope_is_reported_once_and_never_renews_the_token() {
 
 /// A fault on one deployment's routes keeps its last good state, leaves the others alone,
 /// is logged once, and the poller catches up once it is cleared.
-async fn fault_keeps_last_good_state(mode: &str, logged: &str, request_timeout_seconds: u64) {
+/// `result` is the `result` label `boshy_director_requests_total` gives the failed requests.
+async fn fault_keeps_last_good_state(
+    mode: &str,
+    logged: &str,
+    result: &str,
+    request_timeout_seconds: u64,
+) {
     let mut setup = Setup::new();
     setup.deployments.push(("other".into(), sample("other")));
     setup.director["request_timeout_seconds"] = json!(request_timeout_seconds);
@@ -910,6 +916,12 @@ async fn fault_keeps_last_good_state(mode: &str, logged: &str, request_timeout_s
         "the faulty deployment kept its last good state"
     );
     h.logs.wait_for(logged).await;
+    let metrics = boshy::metrics::global().render();
+    let failed = metrics.lines().find(|l| {
+        l.starts_with("boshy_director_requests_total{method=\"GET\",route=\"/deployments/:name")
+            && l.contains(&format!("result=\"{result}\""))
+    });
+    assert!(failed.is_some(), "no {result} counted: {metrics}");
     // Several retries later it is still logged once.
     let failed_calls = route_count(&h.requests().await, "GET /deployments/:d");
     let retries = async {
@@ -942,12 +954,12 @@ async fn fault_keeps_last_good_state(mode: &str, logged: &str, request_timeout_s
 
 #[tokio::test]
 async fn server_error_keeps_last_good_state_and_recovers() {
-    fault_keeps_last_good_state("http_500", "HTTP 500", 2).await;
+    fault_keeps_last_good_state("http_500", "HTTP 500", "http_500", 2).await;
 }
 
 #[tokio::test]
 async fn hanging_director_times_out_keeps_last_good_state_and_recovers() {
-    fault_keeps_last_good_state("hang", "no answer within", 1).await;
+    fault_keeps_last_good_state("hang", "no answer within", "timeout", 1).await;
 }
 
 #[tokio::test]
@@ -1374,6 +1386,9 @@ async fn a_budget_that_cannot_keep_up_is_logged_once_with_what_it_achieves() {
         "boshy_director_health_age_seconds",
         "boshy_director_health_cycle_seconds",
         "boshy_director_health_tasks_total",
+        "boshy_director_tasks_started_total",
+        "boshy_director_requests_total{method=\"GET\",route=\"/tasks/:id\",result=\"ok\"}",
+        "boshy_director_request_duration_seconds_count{method=\"GET\",route=\"/deployments/:name/instances?format=full\"}",
     ] {
         assert!(metrics.contains(&format!("\n{name} ")), "{name}: {metrics}");
     }

@@ -1,6 +1,7 @@
 //! The binaries the BOSH package ships (`packages/boshy`) hold the product and nothing else:
 //! `boshy` has exactly the subcommands that run on a VM or in the control plane (and the
-//! operator's offline check of traffic rules, which checks them as the pilot does), and neither
+//! operator's tools: the offline check of traffic rules, which checks them as the pilot does,
+//! and `mesh status`, which reads a pilot's API), and neither
 //! binary carries the director simulator, the lab, the benchmarks or the build machine's
 //! checkout path (a binary that bakes the path in works only where it was built).
 
@@ -42,7 +43,8 @@ fn boshy_has_only_the_products_subcommands() {
             "envoy-bootstrap",
             "example-httpbin",
             "example-bookinfo",
-            "rules"
+            "rules",
+            "mesh"
         ],
         "{help}"
     );

@@ -1450,7 +1450,13 @@ async fn smoke_tests_errand_reports_every_service_and_fails_when_one_does_not_an
     let api_port = api.local_addr().unwrap().port();
     let (_keep_rules, rule_configs) = tokio::sync::watch::channel(None);
     let (_keep_status, rule_status) = tokio::sync::watch::channel(None);
-    tokio::spawn(boshy::api::serve(api, catalogs, rule_configs, rule_status));
+    tokio::spawn(boshy::api::serve(
+        api,
+        catalogs,
+        rule_configs,
+        rule_status,
+        boshy::api::Proxies::none(),
+    ));
 
     let run = |deployments: Value| async move {
         let link = pilot_link(&["127.0.0.1"], json!({"ports": {"api": api_port}}));

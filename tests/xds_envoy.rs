@@ -561,7 +561,15 @@ fn follows_the_catalog(mode: AdsMode) {
         // v3: a service claiming the outbound listener's own address (the catalog never
         // builds one: VIPs come from 169.254.0.0/16) makes Envoy reject its listener: NACK
         // logged and counted, Envoy keeps serving v2.
-        let nacks_before = metrics::global().xds_nacks.load(Ordering::Relaxed);
+        let lds_nacks = || {
+            let metrics = metrics::global().render();
+            metrics
+                .lines()
+                .filter(|l| l.starts_with("boshy_xds_nacks_total{type=\"lds\","))
+                .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+                .sum::<f64>()
+        };
+        let nacks_before = lds_nacks();
         let bad = service(
             "bad",
             Ipv4Addr::LOCALHOST,
@@ -587,7 +595,7 @@ fn follows_the_catalog(mode: AdsMode) {
             )),
             "the last accepted listeners stay"
         );
-        assert!(metrics::global().xds_nacks.load(Ordering::Relaxed) > nacks_before);
+        assert!(lds_nacks() > nacks_before);
         let log_text = logs.text();
         let nack_line = log_text
             .lines()

@@ -21,7 +21,7 @@ use super::error::{classify_status, classify_transport, DirectorError};
 use super::uaa::Token;
 use crate::catalog::model::Instance;
 use crate::config::{DirectorConfig, Secret};
-use crate::metrics;
+use crate::metrics::{self, DirectorResult};
 
 /// First and longest pause between two `GET /tasks/:id` while a task runs.
 const TASK_POLL_FIRST: Duration = Duration::from_millis(100);
@@ -124,7 +124,9 @@ impl DirectorClient {
             if let Some(body) = json_body {
                 request = request.json(body);
             }
-            let response = self.execute(&what, request, Some(&credential)).await?;
+            let response = self
+                .execute(&method, path, request, Some(&credential))
+                .await?;
             if response.status != reqwest::StatusCode::UNAUTHORIZED {
                 return Ok(response);
             }
@@ -216,6 +218,9 @@ impl DirectorClient {
         let task_path =
             decode::location_path(&location).map_err(|e| DirectorError::decode(&what, e))?;
         let task = decode::task_id(&task_path).map_err(|e| DirectorError::decode(&what, e))?;
+        metrics::global()
+            .director_tasks_started
+            .fetch_add(1, Ordering::Relaxed);
         self.wait_for_task(&what, &task_path, task).await?;
         let output_path = format!("{task_path}/output?type=result");
         let output = self.send(Method::GET, &output_path, None).await?;
@@ -271,7 +276,7 @@ impl DirectorClient {
                     });
                 }
                 let request = self.http.get(format!("{}/info", self.base));
-                let response = self.execute("GET /info", request, None).await?;
+                let response = self.execute(&Method::GET, "/info", request, None).await?;
                 expect_ok("/info", &response)?;
                 let info: Info = serde_json::from_slice(&response.body)
                     .map_err(|e| DirectorError::decode("GET /info", format!("not the expected JSON: {e}")))?;
@@ -336,7 +341,9 @@ impl DirectorClient {
             .header(AUTHORIZATION, self.basic_authorization())
             .body("grant_type=client_credentials");
         let obtained = Instant::now();
-        let response = self.execute(what, request, None).await?;
+        let response = self
+            .execute(&Method::POST, "/oauth/token", request, None)
+            .await?;
         if !response.status.is_success() {
             return Err(classify_status(
                 what,
@@ -361,10 +368,11 @@ impl DirectorClient {
         sensitive_header(&format!("Basic {encoded}"))
     }
 
-    /// Sends one request (counted in metrics) and reads the whole body.
+    /// Sends one request (counted and timed in metrics) and reads the whole body.
     async fn execute(
         &self,
-        what: &str,
+        method: &Method,
+        path: &str,
         mut request: reqwest::RequestBuilder,
         credential: Option<&Credential>,
     ) -> Result<RawResponse, DirectorError> {
@@ -377,9 +385,28 @@ impl DirectorClient {
             ),
             None => request,
         };
-        metrics::global()
-            .director_requests
-            .fetch_add(1, Ordering::Relaxed);
+        let what = format!("{method} {path}");
+        let started = Instant::now();
+        let answered = self.answer(&what, request).await;
+        let result = match &answered {
+            Ok(response) => DirectorResult::Answered(response.status.as_u16()),
+            Err(DirectorError::Timeout { .. }) => DirectorResult::Timeout,
+            Err(_) => DirectorResult::Error,
+        };
+        metrics::global().director_request(
+            method_label(method),
+            route_template(path),
+            result,
+            started.elapsed(),
+        );
+        answered
+    }
+
+    async fn answer(
+        &self,
+        what: &str,
+        request: reqwest::RequestBuilder,
+    ) -> Result<RawResponse, DirectorError> {
         let transport = |e: reqwest::Error| classify_transport(what, &e, self.request_timeout);
         let response = request.send().await.map_err(transport)?;
         let status = response.status();
@@ -395,6 +422,40 @@ impl DirectorClient {
             location,
             body,
         })
+    }
+}
+
+/// The `method` label of a director request.
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        _ => "OTHER",
+    }
+}
+
+/// The `route` label of a request to `path` (query included): the director API's route
+/// with `:name` and `:id` for the deployment and the task, so that the label's values stay
+/// few whatever the estate. A task's request (`instances?format=full`) is a route of its
+/// own: it answers a 302 at once where the list is a database read.
+fn route_template(path: &str) -> &'static str {
+    let (path, query) = path.split_once('?').unwrap_or((path, ""));
+    let segments: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let task = query.split('&').any(|pair| pair == "format=full");
+    match segments.as_slice() {
+        ["info"] => "/info",
+        ["oauth", "token"] => "/oauth/token",
+        ["deployments"] => "/deployments",
+        ["deployments", _] => "/deployments/:name",
+        ["deployments", _, "instances"] if task => "/deployments/:name/instances?format=full",
+        ["deployments", _, "instances"] => "/deployments/:name/instances",
+        ["events"] => "/events",
+        ["configs"] => "/configs",
+        ["tasks", _] => "/tasks/:id",
+        ["tasks", _, "output"] => "/tasks/:id/output",
+        _ => "other",
     }
 }
 
@@ -489,6 +550,35 @@ mod tests {
         );
         assert_eq!(percent_encode("a/b c"), "a%2Fb%20c");
         assert_eq!(percent_encode("a b&c=d"), "a%20b%26c%3Dd");
+    }
+
+    #[test]
+    fn routes_name_no_deployment_or_task() {
+        let cases = [
+            ("/info", "/info"),
+            ("/oauth/token", "/oauth/token"),
+            (
+                "/deployments?exclude_configs=true&exclude_releases=true",
+                "/deployments",
+            ),
+            ("/deployments/cf", "/deployments/:name"),
+            ("/deployments/cf/instances", "/deployments/:name/instances"),
+            (
+                "/deployments/c%2Ff/instances?format=full",
+                "/deployments/:name/instances?format=full",
+            ),
+            ("/events", "/events"),
+            ("/configs?type=boshy-istio&latest=true", "/configs"),
+            ("/tasks/123", "/tasks/:id"),
+            ("/tasks/123/output?type=result", "/tasks/:id/output"),
+            ("/deployments/cf/vms", "other"),
+            ("/", "other"),
+        ];
+        for (path, route) in cases {
+            assert_eq!(route_template(path), route, "{path}");
+        }
+        assert_eq!(method_label(&Method::GET), "GET");
+        assert_eq!(method_label(&Method::PATCH), "OTHER");
     }
 
     #[test]

@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::report::AgentReport;
 use crate::catalog::model::InstanceRef;
 use crate::metrics;
+use crate::names::stream_status::NameStreams;
 use crate::scope::ScopeRegistry;
 use crate::xds::cache::Snapshot;
 use crate::xds::sync::SyncBoard;
@@ -225,6 +226,8 @@ pub struct AgentRegistry {
     shared: Arc<Shared>,
     /// What a drain waits on: this pilot's Envoys taking the snapshot without the instance.
     xds: Option<XdsView>,
+    /// Every name-table stream open here, agent or not (`GET /v1/proxies`).
+    name_streams: Arc<NameStreams>,
 }
 
 struct Shared {
@@ -264,6 +267,7 @@ impl Default for AgentRegistry {
                 covered: watch::Sender::new(Arc::default()),
             }),
             xds: None,
+            name_streams: Arc::default(),
         }
     }
 }
@@ -279,6 +283,11 @@ impl AgentRegistry {
 
     pub(crate) fn xds(&self) -> Option<&XdsView> {
         self.xds.as_ref()
+    }
+
+    /// The name-table streams open on this pilot.
+    pub fn name_streams(&self) -> &Arc<NameStreams> {
+        &self.name_streams
     }
 
     /// The health the agents report, sent again whenever it changes.

@@ -54,6 +54,7 @@
 
 mod follower;
 mod server;
+pub mod stream_status;
 pub mod table;
 pub mod wire;
 

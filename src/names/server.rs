@@ -18,6 +18,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
+use super::stream_status::{AgentStatus, NameStreamEntry, NameStreams};
 use super::table::NameTable;
 use super::wire::{Message, CONTENT_TYPE, HEARTBEAT_INTERVAL, WATCH_PATH};
 use crate::catalog::model::{Catalog, InstanceRef};
@@ -99,7 +100,7 @@ fn router(
         .route(CSR_PATH, post(take_csr))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
-            views: follow_views(catalog.clone()),
+            views: follow_views(catalog.clone(), agents.name_streams().clone()),
             catalog,
             agents,
             heartbeat,
@@ -146,7 +147,11 @@ struct SharedTable {
 }
 
 /// The views of the catalogs `catalog` publishes.
-fn follow_views(mut catalog: watch::Receiver<Arc<Catalog>>) -> watch::Receiver<Arc<NamesView>> {
+/// Tells `streams` which table is served.
+fn follow_views(
+    mut catalog: watch::Receiver<Arc<Catalog>>,
+    streams: Arc<NameStreams>,
+) -> watch::Receiver<Arc<NamesView>> {
     let (tx, rx) = watch::channel(Arc::new(NamesView::default()));
     tokio::spawn(async move {
         loop {
@@ -167,6 +172,9 @@ fn follow_views(mut catalog: watch::Receiver<Arc<Catalog>>) -> watch::Receiver<A
                     }),
                 }
             });
+            if let Some(table) = &table {
+                streams.serving(table.table.version);
+            }
             let view = NamesView {
                 table,
                 probes: ProbeIndex::of(&current),
@@ -192,6 +200,15 @@ async fn watch_names(
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     Query(claim): Query<Claim>,
 ) -> Response {
+    let claimed = match (&claim.deployment, &claim.instance) {
+        (Some(deployment), Some(instance_id)) => Some(InstanceRef {
+            deployment: deployment.clone(),
+            instance_id: instance_id.clone(),
+        }),
+        _ => None,
+    };
+    let status = AgentStatus::connected(peer, claimed.as_ref(), SystemTime::now());
+    let entry = config.agents.name_streams().open(status);
     let agent = match (claim.deployment, claim.instance) {
         (Some(deployment), Some(instance_id)) => Some(AgentClaim {
             instance: InstanceRef {
@@ -210,7 +227,7 @@ async fn watch_names(
         heartbeat: config.heartbeat,
         sent: None,
         agent,
-        counted: OpenStream::new(peer),
+        counted: OpenStream::new(peer, entry),
     };
     let lines = futures::stream::unfold(stream, |mut stream| async move {
         let line = stream.next_line().await?;
@@ -295,17 +312,23 @@ impl NameStream {
             };
             if changed {
                 self.sent = view.table.clone();
-                return Some(view.table.as_ref()?.line.clone());
+                let table = view.table.as_ref()?;
+                self.counted
+                    .entry
+                    .status()
+                    .table_sent(table.table.version, SystemTime::now());
+                return Some(table.line.clone());
             }
             // Probes follow the first table: before it, the catalog is the placeholder.
             if self.sent.is_some() {
                 let peer = self.counted.peer;
-                if let Some(probes) = self
-                    .agent
-                    .as_mut()
-                    .and_then(|a| a.follow(&view.probes, peer))
-                {
-                    return Some(Bytes::from(Message::Probes(probes).to_line()));
+                if let Some(agent) = self.agent.as_mut() {
+                    let probes = agent.follow(&view.probes, peer);
+                    let refusal = agent.refusal.as_deref();
+                    self.counted.entry.status().claim_checked(refusal);
+                    if let Some(probes) = probes {
+                        return Some(Bytes::from(Message::Probes(probes).to_line()));
+                    }
                 }
             }
             tokio::select! {
@@ -545,16 +568,18 @@ fn drain_timed_out(instance: &InstanceRef, why: &str, timeout: Duration) -> Resp
         .into_response()
 }
 
-/// Counts the stream in `boshy_names_streams` while it is open and logs its end.
+/// Counts the stream in `boshy_names_streams` and keeps its entry in the registry's
+/// `NameStreams` while it is open, and logs its end.
 struct OpenStream {
     peer: SocketAddr,
+    entry: NameStreamEntry,
 }
 
 impl OpenStream {
-    fn new(peer: SocketAddr) -> Self {
+    fn new(peer: SocketAddr, entry: NameStreamEntry) -> Self {
         Self::gauge().fetch_add(1, Ordering::Relaxed);
         tracing::info!(%peer, "name-table stream opened");
-        OpenStream { peer }
+        OpenStream { peer, entry }
     }
 
     fn gauge() -> &'static std::sync::atomic::AtomicU64 {

@@ -487,7 +487,7 @@ async fn a_drain_is_answered_once_every_envoy_took_the_snapshot_without_the_inst
         }
     };
     // An Envoy connected, holding the first snapshot.
-    let mut envoy = board.join(1);
+    let mut envoy = board.join_anonymous(1);
     envoy.publish();
     let (status, text) = drained(1).await;
     assert_eq!(status, reqwest::StatusCode::GATEWAY_TIMEOUT);
@@ -500,7 +500,7 @@ async fn a_drain_is_answered_once_every_envoy_took_the_snapshot_without_the_inst
     let waiting = tokio::spawn(drained(10));
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "the Envoy has not taken snapshot 2");
-    envoy.saw_snapshot(2);
+    envoy.saw_snapshot(2, std::time::Instant::now());
     envoy.sent("n1");
     envoy.publish();
     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -615,7 +615,7 @@ async fn an_agent_changes_only_its_own_scope_and_an_add_waits_for_its_envoys() {
     );
 
     // An add waits until the instance's one stream here holds the new generation.
-    let stream = board.join(0);
+    let stream = board.join_anonymous(0);
     stream.publish_scope(&instance("a"), Some(0));
     let adding = tokio::spawn(post(
         serde_json::json!({"deployment": "d", "instance": "a", "add": ["y.boshy"]}),

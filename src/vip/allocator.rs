@@ -73,6 +73,17 @@ impl SyncOutcome {
     }
 }
 
+/// How full the pool is, for the metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolUsage {
+    /// Addresses that may be VIPs.
+    pub size: u64,
+    /// Assigned to a hostname.
+    pub used: u64,
+    /// Released and still in quarantine.
+    pub quarantined: u64,
+}
+
 #[derive(Debug, Clone)]
 pub struct VipAllocator {
     pool: Ipv4Net,
@@ -220,6 +231,22 @@ impl VipAllocator {
         outcome
     }
 
+    /// How full the pool is at `now_unix`.
+    pub fn usage(&self, now_unix: u64) -> PoolUsage {
+        let pool = self.pool;
+        let quarantined = self
+            .state
+            .released
+            .values()
+            .filter(|released| now_unix.saturating_sub(released.at) < self.quarantine_seconds)
+            .count();
+        PoolUsage {
+            size: pool.hosts().filter(|vip| is_usable(pool, *vip)).count() as u64,
+            used: self.state.assignments.len() as u64,
+            quarantined: quarantined as u64,
+        }
+    }
+
     /// The VIP `hostname` released last, if no one has taken it since.
     fn released_by(&self, hostname: &str) -> Option<Ipv4Addr> {
         self.state
@@ -289,6 +316,28 @@ mod tests {
             at,
             hostname: hostname.into(),
         }
+    }
+
+    #[test]
+    fn usage_counts_usable_assigned_and_quarantined_addresses() {
+        // A /24 has 254 hosts; 169.254.0.0/24 is bosh-dns's, so a /23 around it loses 256.
+        let mut vips = allocator("169.254.255.0/24");
+        vips.sync(&wanted(&["a", "b", "c"]), 0);
+        vips.sync(&wanted(&["a"]), 100);
+        assert_eq!(
+            vips.usage(100 + QUARANTINE - 1),
+            PoolUsage {
+                size: 254,
+                used: 1,
+                quarantined: 2
+            }
+        );
+        assert_eq!(
+            vips.usage(100 + QUARANTINE).quarantined,
+            0,
+            "quarantine over"
+        );
+        assert_eq!(allocator("169.254.0.0/23").usage(0).size, 255);
     }
 
     #[test]

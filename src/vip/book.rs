@@ -21,7 +21,7 @@ use anyhow::{anyhow, bail, Result};
 use ipnet::Ipv4Net;
 use rand::Rng as _;
 
-use super::allocator::{SyncOutcome, VipAllocator};
+use super::allocator::{PoolUsage, SyncOutcome, VipAllocator};
 use super::store::{Saved, VipStore};
 
 /// Writes tried before a sync gives up (each lost race means another replica made progress).
@@ -43,6 +43,8 @@ pub struct BookSync {
     /// `VipAllocator::load_warnings`), one line each, for the caller to log. They stay in the
     /// store until a write replaces them, so the same lines may come back at every sync.
     pub load_warnings: Vec<String>,
+    /// How full the pool is after the sync.
+    pub pool: PoolUsage,
 }
 
 pub struct VipBook {
@@ -99,12 +101,14 @@ impl VipBook {
             }
             let assignments_changed = self.assignments() != Some(next.assignments());
             let load_warnings = next.load_warnings().to_vec();
+            let pool = next.usage(now_unix);
             self.current = Some(next);
             self.known = Some(wanted.clone());
             return Ok(BookSync {
                 outcome,
                 assignments_changed,
                 load_warnings,
+                pool,
             });
         }
         bail!(
@@ -203,7 +207,18 @@ mod tests {
         assert!(synced.outcome.released.is_empty() && synced.assignments_changed);
         assert_eq!(second.assignments(), first.assignments());
         let synced = second.sync(&set(&["a", "b", "c"]), 2).await.unwrap();
-        assert_eq!(synced, BookSync::default());
+        let pool = PoolUsage {
+            size: 254,
+            used: 3,
+            quarantined: 0,
+        };
+        assert_eq!(
+            synced,
+            BookSync {
+                pool,
+                ..BookSync::default()
+            }
+        );
 
         // The first replica sees b go and releases it. The second still sees b (it lags):
         // b gets its old VIP back, so its clients see no change.

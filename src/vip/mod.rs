@@ -10,7 +10,9 @@ mod book;
 pub(crate) mod director_store;
 pub mod store;
 
-pub use allocator::{check_pool, PoolError, Released, SyncOutcome, VipAllocator, VipState};
+pub use allocator::{
+    check_pool, PoolError, PoolUsage, Released, SyncOutcome, VipAllocator, VipState,
+};
 pub use book::{BookSync, VipBook};
 pub use director_store::DirectorStore;
 pub use store::{FileStore, Saved, Versioned, VipStore};

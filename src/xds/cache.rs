@@ -8,6 +8,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::time::Instant;
 
 use tokio::sync::watch;
 
@@ -46,6 +47,9 @@ pub struct Snapshot {
     seq: u64,
     /// The service of each resource, for the streams of VMs with a scope.
     services: ServiceIndex,
+    /// When the inputs it was built from were seen to change (when it was built, for one
+    /// built alone): where the time to every Envoy having it starts.
+    inputs_changed: Instant,
 }
 
 /// A resource's name and version, shared by every stream that remembers them.
@@ -119,7 +123,13 @@ impl Snapshot {
             catalog_version,
             seq: 0,
             services,
+            inputs_changed: Instant::now(),
         }
+    }
+
+    /// When the inputs of this snapshot were seen to change.
+    pub fn inputs_changed(&self) -> Instant {
+        self.inputs_changed
     }
 
     /// The service each resource belongs to.
@@ -166,6 +176,32 @@ impl Snapshot {
         } else {
             named
         }
+    }
+
+    /// The rule configs with traffic rules for `hostname`, sorted.
+    pub fn rule_configs_of(&self, hostname: &str) -> Vec<&str> {
+        self.rule_configs
+            .get(hostname)
+            .map_or_else(Vec::new, |configs| {
+                configs.iter().map(String::as_str).collect()
+            })
+    }
+
+    /// The resource of `resource_type` that an Envoy's NACK `message` names: the longest name
+    /// of this snapshot's resources of that type the message contains (a cluster's name is a
+    /// prefix of its subsets'). `None` when it names none (Envoy quotes only the reason for
+    /// route configurations, for one).
+    pub(crate) fn rejected_resource(
+        &self,
+        resource_type: ResourceType,
+        message: &str,
+    ) -> Option<&str> {
+        self.resources
+            .of_type(resource_type)
+            .iter()
+            .map(|resource| resource.name.as_str())
+            .filter(|name| message.contains(name))
+            .max_by_key(|name| name.len())
     }
 
     /// The shared name and version of the resource of that type and name, if this snapshot
@@ -421,6 +457,7 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
         let mut seq = 0;
         let mut traffic_followed = true;
         loop {
+            let inputs_changed = Instant::now();
             let current_catalog = catalog.borrow_and_update().clone();
             let current_traffic = traffic.borrow_and_update().clone();
             let version = Inputs {
@@ -447,7 +484,11 @@ pub fn follow(sources: impl Into<Sources>) -> watch::Receiver<Option<Arc<Snapsho
                 .await
                 .expect("snapshot build does not panic");
                 seq += 1;
-                let built = Arc::new(Snapshot { seq, ..built });
+                let built = Arc::new(Snapshot {
+                    seq,
+                    inputs_changed,
+                    ..built
+                });
                 tracing::info!(version = built.version(), seq, "xDS snapshot built");
                 let warned_before = published.as_ref().map(|p| p.resources.warnings());
                 for warning in built.resources.warnings() {
@@ -486,6 +527,29 @@ mod tests {
     };
 
     #[test]
+    fn a_nack_names_the_resource_its_message_quotes_the_longest_name_first() {
+        let snapshot = Snapshot::from_catalog(&catalog(1, true));
+        let cluster = "outbound|80||j.g.d.boshy";
+        assert!(
+            snapshot.get(ResourceType::Cluster, cluster).is_some(),
+            "{:?}",
+            snapshot.resources.of_type(ResourceType::Cluster)
+        );
+        let rejected = |t, message| snapshot.rejected_resource(t, message);
+        assert_eq!(
+            rejected(
+                ResourceType::Cluster,
+                "Error adding/updating cluster(s) outbound|80||j.g.d.boshy: bad"
+            ),
+            Some(cluster)
+        );
+        assert_eq!(
+            rejected(ResourceType::Route, "invalid perl operator: (?="),
+            None
+        );
+    }
+
+    #[test]
     fn a_nack_is_put_down_to_the_rule_configs_of_the_services_it_names_or_to_every_one() {
         let catalog = catalog(1, true);
         let configs = |names: &[&str]| ServiceRules {
@@ -517,6 +581,8 @@ mod tests {
             ["a", "b"]
         );
         assert_eq!(behind("invalid perl operator: (?="), ["a", "b", "c"]);
+        assert_eq!(snapshot.rule_configs_of("j.g.d.boshy"), ["a", "b"]);
+        assert!(snapshot.rule_configs_of("x.g.d.boshy").is_empty());
         assert!(Snapshot::from_catalog(&catalog)
             .rule_configs_behind("anything")
             .is_empty());

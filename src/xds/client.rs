@@ -67,12 +67,7 @@ impl Client {
     /// `None` for a node without the metadata of a BOSH instance (an Envoy not started by
     /// the bosh-envoy job): it satisfies no selector.
     pub(crate) fn from_node(node: &Node) -> Option<Client> {
-        let metadata = &node.metadata.as_ref()?.fields;
-        let field = |name: &str| match metadata.get(name)?.kind.as_ref()? {
-            Kind::StringValue(value) => Some(value.clone()),
-            Kind::NumberValue(number) => Some(number.to_string()),
-            _ => None,
-        };
+        let field = |name: &str| node_field(node, name);
         Some(Client::new(
             &field("deployment")?,
             &field("instance_group")?,
@@ -80,6 +75,15 @@ impl Client {
             field("az").filter(|az| !az.is_empty()).as_deref(),
             field("index").and_then(|index| index.parse().ok()),
         ))
+    }
+}
+
+/// A text or number field of the node's metadata (what `xds::bootstrap` writes there).
+pub(crate) fn node_field(node: &Node, name: &str) -> Option<String> {
+    match node.metadata.as_ref()?.fields.get(name)?.kind.as_ref()? {
+        Kind::StringValue(value) => Some(value.clone()),
+        Kind::NumberValue(number) => Some(number.to_string()),
+        _ => None,
     }
 }
 

@@ -16,6 +16,7 @@ pub(crate) mod delta;
 pub mod grpc;
 pub(crate) mod inbound;
 pub(crate) mod mtls;
+pub mod proxy_status;
 pub(crate) mod rbac;
 pub mod resources;
 pub(crate) mod routes;

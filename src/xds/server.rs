@@ -1,15 +1,17 @@
 //! The ADS gRPC server, state of the world and delta over the same snapshots. All decisions
 //! live in `sotw::SotwStreamState` and `delta::DeltaStreamState`; this file only moves
-//! messages, logs and counts.
+//! messages, logs, counts, and tells each stream's `proxy_status::ProxyStatus` (on the sync
+//! board) what was sent and answered.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
+use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::SERVICE_NAME;
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
@@ -24,14 +26,14 @@ use super::cache::{self, Snapshot, Sources};
 use super::client::Client;
 use super::delta::{DeltaStreamState, StreamScope};
 use super::grpc::{self, Outgoing, Requests};
+use super::proxy_status::{one_line, ProxyStatus};
+use super::resources::ResourceType;
 use super::sotw::{RequestKind, SotwStreamState};
 use super::sync::{StreamSync, SyncBoard};
 use crate::catalog::model::InstanceRef;
 use crate::metrics;
 use crate::scope::{InstanceScope, ScopeRegistry};
 
-/// Longest NACK reason we log; Envoy's can hold a whole resource.
-const MAX_LOGGED_ERROR: usize = 1000;
 /// Encoded responses queued per stream before the stream task waits for Envoy to read.
 const RESPONSE_QUEUE: usize = 8;
 /// HTTP/2 pings find Envoys that vanished without closing (VM deleted, network cut), so the
@@ -173,7 +175,10 @@ impl Ads {
             self.snapshots.clone(),
             responses,
             peer,
-            self.board.join(seq),
+            self.board.join(
+                seq,
+                ProxyStatus::connected(P::NAME, peer, SystemTime::now()),
+            ),
             self.scopes.clone(),
         ));
         grpc::response(ReceiverStream::new(receiver))
@@ -186,7 +191,7 @@ trait Protocol: Default + Send + 'static {
     type Response: prost::Message + Send + 'static;
     /// For log lines: `sotw` or `delta`.
     const NAME: &'static str;
-    fn node_id(request: &Self::Request) -> Option<&str>;
+    fn node(request: &Self::Request) -> Option<&Node>;
     fn on_request(
         &mut self,
         request: &Self::Request,
@@ -232,8 +237,8 @@ impl Protocol for SotwStreamState {
     type Response = DiscoveryResponse;
     const NAME: &'static str = "sotw";
 
-    fn node_id(request: &DiscoveryRequest) -> Option<&str> {
-        request.node.as_ref().map(|n| n.id.as_str())
+    fn node(request: &DiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -269,8 +274,8 @@ impl Protocol for DeltaStreamState {
     type Response = DeltaDiscoveryResponse;
     const NAME: &'static str = "delta";
 
-    fn node_id(request: &DeltaDiscoveryRequest) -> Option<&str> {
-        request.node.as_ref().map(|n| n.id.as_str())
+    fn node(request: &DeltaDiscoveryRequest) -> Option<&Node> {
+        request.node.as_ref()
     }
     fn on_request(
         &mut self,
@@ -354,9 +359,10 @@ async fn run_stream<P: Protocol>(
         let outgoing = tokio::select! {
             request = requests.message() => match request {
                 Ok(Some(request)) => {
-                    if let Some(id) = P::node_id(&request) {
+                    if let Some(announced) = P::node(&request) {
                         if node == "unknown" {
-                            node = id.to_string();
+                            node = announced.id.clone();
+                            sync.status().identify(announced);
                             tracing::info!(%node, %peer, ads = P::NAME, "proxy connected");
                         }
                     }
@@ -369,7 +375,18 @@ async fn run_stream<P: Protocol>(
                         }
                     }
                     let (kind, response) = state.on_request(&request, snapshot.as_ref());
-                    log_request(&node, P::request_summary(&request), &kind, snapshot.as_deref());
+                    let summary = P::request_summary(&request);
+                    let resource_type = ResourceType::from_type_url(summary.type_url);
+                    let rejected = match (&kind, resource_type, snapshot.as_deref()) {
+                        (RequestKind::Nack { message, .. }, Some(t), Some(snapshot)) => {
+                            snapshot.rejected_resource(t, message)
+                        }
+                        _ => None,
+                    };
+                    if let Some(resource_type) = resource_type {
+                        sync.status().requested(resource_type, &kind, rejected, SystemTime::now());
+                    }
+                    log_request(&node, summary, &kind, rejected, snapshot.as_deref());
                     response.into_iter().collect::<Vec<_>>()
                 }
                 Ok(None) => break "closed by the proxy".to_string(),
@@ -388,7 +405,7 @@ async fn run_stream<P: Protocol>(
                 }
                 match snapshots.borrow_and_update().clone() {
                     Some(snapshot) => {
-                        sync.saw_snapshot(snapshot.seq());
+                        sync.saw_snapshot(snapshot.seq(), snapshot.inputs_changed());
                         state.on_snapshot(&snapshot)
                     }
                     None => Vec::new(),
@@ -530,6 +547,10 @@ async fn send_all<P: Protocol>(
     for response in outgoing {
         let summary = P::response_summary(&response);
         sync.sent(summary.nonce);
+        if let Some(resource_type) = ResourceType::from_type_url(summary.type_url) {
+            sync.status()
+                .sent(resource_type, summary.version, summary.nonce);
+        }
         tracing::debug!(
             %node,
             type_url = %summary.type_url,
@@ -542,7 +563,7 @@ async fn send_all<P: Protocol>(
         if responses.send(Ok(grpc::frame(&response))).await.is_err() {
             return false;
         }
-        metrics::global().xds_pushes.fetch_add(1, Ordering::Relaxed);
+        metrics::global().xds_push(type_label(summary.type_url));
     }
     true
 }
@@ -551,6 +572,7 @@ fn log_request(
     node: &str,
     request: RequestSummary<'_>,
     kind: &RequestKind,
+    rejected: Option<&str>,
     snapshot: Option<&Snapshot>,
 ) {
     let type_url = request.type_url;
@@ -561,7 +583,7 @@ fn log_request(
             message,
         } => {
             let m = metrics::global();
-            m.xds_nacks.fetch_add(1, Ordering::Relaxed);
+            m.xds_nack(type_label(type_url), rejected);
             // The rule configs to look at (`/v1/rules` has their verdicts), so that the
             // operator need not decode Envoy's message.
             let rule_configs = snapshot.map(|s| s.rule_configs_behind(message));
@@ -574,6 +596,7 @@ fn log_request(
                 %type_url,
                 %rejected_version,
                 %kept_version,
+                resource = rejected.unwrap_or(""),
                 rule_configs = %rule_configs.join(","),
                 error = %one_line(message),
                 "proxy rejected (NACK) xDS update; it keeps its last accepted config"
@@ -582,7 +605,10 @@ fn log_request(
         RequestKind::UnknownType => {
             tracing::warn!(%node, %type_url, "proxy asked for a resource type bosh-pilot does not serve")
         }
-        RequestKind::Ack { version } => tracing::debug!(%node, %type_url, %version, "ACK"),
+        RequestKind::Ack { version } => {
+            metrics::global().xds_ack(type_label(type_url));
+            tracing::debug!(%node, %type_url, %version, "ACK")
+        }
         RequestKind::Subscribe => tracing::debug!(
             %node,
             %type_url,
@@ -596,39 +622,8 @@ fn log_request(
     }
 }
 
-/// Envoy's NACK message may embed the whole rejected resource as multi-line proto text
-/// before the reason; one log line gets the first and last lines (the last one carries the
-/// reason), at most `MAX_LOGGED_ERROR` characters.
-fn one_line(message: &str) -> String {
-    let lines: Vec<&str> = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect();
-    let summary = match lines.as_slice() {
-        [] => String::new(),
-        [only] => only.to_string(),
-        [first, .., last] => format!("{first} … {last}"),
-    };
-    summary.chars().take(MAX_LOGGED_ERROR).collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn nack_messages_are_logged_on_one_line_with_the_reason() {
-        let envoy = "goo.gle/debugonly \nname: \"outbound\"\nfilter_chains {\n  x: 1\n}\n: Proto constraint validation failed (port out of range)";
-        assert_eq!(
-            one_line(envoy),
-            "goo.gle/debugonly … : Proto constraint validation failed (port out of range)"
-        );
-        assert_eq!(one_line("duplicate filter chain"), "duplicate filter chain");
-        assert_eq!(one_line(""), "");
-        assert_eq!(
-            one_line(&"é".repeat(5000)).chars().count(),
-            MAX_LOGGED_ERROR
-        );
-    }
+/// The metrics' name of an xDS type: `cds`, `eds`, `lds`, `rds`; `unknown` for a type we do
+/// not serve.
+fn type_label(type_url: &str) -> &'static str {
+    ResourceType::from_type_url(type_url).map_or("unknown", ResourceType::short_name)
 }

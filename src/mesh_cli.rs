@@ -1,0 +1,617 @@
+//! `boshy mesh status`: what `istioctl proxy-status` is to Istio. Reads one pilot's
+//! `GET /v1/proxies` (docs/api.md) and prints a row per connected Envoy, each xDS type
+//! `SYNCED`, `STALE`, `NACK` or `NOT SENT`, with the errors of the NACKs below the table; or
+//! the JSON as the pilot answered it (`--json`). `boshy mesh describe <hostname>` prints one
+//! service from `GET /v1/services/<hostname>`: VIP, ports, endpoints and their health, and
+//! the rule configs that have rules for it.
+//!
+//! Credentials never go on the command line: a client certificate is read from files, a UAA
+//! token from the environment variable `--token-env` names (docs/observability.md).
+
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use reqwest::header::AUTHORIZATION;
+use serde::Deserialize;
+
+use crate::names::stream_status::AgentStatus;
+use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SyncState};
+
+/// How long the pilot has to answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// The xDS types the table shows, in its column order.
+const COLUMNS: [&str; 4] = ["cds", "lds", "eds", "rds"];
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(subcommand)]
+    command: MeshCommand,
+}
+
+#[derive(Subcommand)]
+enum MeshCommand {
+    /// Every Envoy connected to a pilot: what each xDS type of its configuration stands at
+    /// (SYNCED, STALE, NACK, NOT SENT), when it last answered, and the errors it rejected
+    /// configuration with.
+    Status(StatusArgs),
+    /// One service: its VIP, ports, endpoints and their health, and the rule configs with
+    /// traffic rules for it.
+    Describe(DescribeArgs),
+}
+
+#[derive(clap::Args)]
+struct DescribeArgs {
+    /// The service's hostname (`example-httpbin.banana.sample-deployment.boshy`).
+    hostname: String,
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct StatusArgs {
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
+}
+
+/// How to reach one pilot's HTTP API and be let in (docs/api.md).
+#[derive(clap::Args)]
+struct PilotConnection {
+    /// The pilot's API: `https://<pilot IP>:8080` (`http://` for a pilot with
+    /// `api.insecure_open`).
+    #[arg(long, value_name = "URL")]
+    pilot: String,
+    /// The mesh CA (PEM) the pilot's certificate is checked against.
+    #[arg(long, value_name = "PEM")]
+    ca: Option<PathBuf>,
+    /// The name the pilot's certificate is for (`tls_server_name`), whatever address is
+    /// dialled.
+    #[arg(long, value_name = "NAME", default_value = "bosh-pilot.boshy-istio")]
+    server_name: String,
+    /// A mesh client certificate (PEM) to present, with `--key`.
+    #[arg(long, value_name = "PEM", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The key of `--cert` (PEM).
+    #[arg(long, value_name = "PEM", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Without `--cert`: the environment variable holding a UAA token with `bosh.read` or
+    /// `bosh.admin` (never the token itself: a command line is visible to every user).
+    #[arg(long, value_name = "VAR", default_value = "BOSH_PILOT_TOKEN")]
+    token_env: String,
+}
+
+pub async fn run(args: Args) -> Result<()> {
+    match args.command {
+        MeshCommand::Status(args) => {
+            let body = args.pilot.get("/v1/proxies").await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                let report: ProxiesReport = serde_json::from_str(&body)
+                    .context("the pilot's /v1/proxies is not what this boshy reads")?;
+                print!("{}", status_table(&report, unix_now()));
+            }
+            Ok(())
+        }
+        MeshCommand::Describe(args) => {
+            if !args
+                .hostname
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+            {
+                bail!("{}: not a hostname of the mesh", args.hostname);
+            }
+            let body = args
+                .pilot
+                .get(&format!("/v1/services/{}", args.hostname))
+                .await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                let described: DescribedService = serde_json::from_str(&body)
+                    .context("the pilot's /v1/services is not what this boshy reads")?;
+                print!("{}", service_text(&described));
+            }
+            Ok(())
+        }
+    }
+}
+
+/// `GET /v1/services/<hostname>`, the parts the text shows.
+#[derive(Debug, Deserialize)]
+pub struct DescribedService {
+    service: RegisteredService,
+    rule_configs: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredService {
+    hostname: String,
+    vip: String,
+    deployment: String,
+    instance_group: String,
+    job: String,
+    ports: Vec<RegisteredPort>,
+    endpoints: Vec<RegisteredEndpoint>,
+    service_entry: Option<String>,
+    dns: Option<DnsEndpoints>,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredPort {
+    name: String,
+    number: u16,
+    protocol: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct RegisteredEndpoint {
+    address: String,
+    az: Option<String>,
+    instance: String,
+    index: Option<u32>,
+    healthy: bool,
+}
+
+#[derive(Debug, Deserialize)]
+struct DnsEndpoints {
+    resolution: String,
+    endpoints: Vec<DnsEndpoint>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DnsEndpoint {
+    address: String,
+}
+
+/// The text of one service for people.
+pub fn service_text(described: &DescribedService) -> String {
+    let service = &described.service;
+    let source = match &service.service_entry {
+        Some(entry) => format!("ServiceEntry {entry}"),
+        None => format!(
+            "deployment {}, instance group {}, job {}",
+            service.deployment, service.instance_group, service.job
+        ),
+    };
+    let ports: Vec<String> = service
+        .ports
+        .iter()
+        .map(|p| format!("{} {} ({})", p.name, p.number, p.protocol))
+        .collect();
+    let rules = if described.rule_configs.is_empty() {
+        "none".to_string()
+    } else {
+        format!(
+            "{} (their verdicts: GET /v1/rules)",
+            described.rule_configs.join(", ")
+        )
+    };
+    let mut out = format!(
+        "{}\nVIP        {}\nSOURCE     {source}\nPORTS      {}\nRULES      {rules}\n",
+        service.hostname,
+        service.vip,
+        ports.join(", ")
+    );
+    if let Some(dns) = &service.dns {
+        let names: Vec<&str> = dns.endpoints.iter().map(|e| e.address.as_str()).collect();
+        out.push_str(&format!(
+            "ENDPOINTS  resolved by each Envoy ({}): {}\n",
+            dns.resolution,
+            names.join(", ")
+        ));
+        return out;
+    }
+    let healthy = service.endpoints.iter().filter(|e| e.healthy).count();
+    out.push_str(&format!(
+        "ENDPOINTS  {healthy} of {} healthy\n",
+        service.endpoints.len()
+    ));
+    if !service.endpoints.is_empty() {
+        let rows: Vec<Vec<String>> = service
+            .endpoints
+            .iter()
+            .map(|e| {
+                let instance = match e.index {
+                    Some(index) => format!("{}/{index} ({})", service.instance_group, e.instance),
+                    None => e.instance.clone(),
+                };
+                let health = if e.healthy { "healthy" } else { "UNHEALTHY" };
+                vec![
+                    e.address.clone(),
+                    e.az.clone().unwrap_or_else(|| "-".into()),
+                    instance,
+                    health.to_string(),
+                ]
+            })
+            .collect();
+        for line in aligned(&["ADDRESS", "AZ", "INSTANCE", "HEALTH"], &rows).lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+    }
+    out
+}
+
+impl PilotConnection {
+    /// The body of `GET <pilot><path>`; an error with the pilot's one-line reason otherwise.
+    async fn get(&self, path: &str) -> Result<String> {
+        let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if self.pilot.starts_with("https://") {
+            let Some(ca) = &self.ca else {
+                bail!("--ca: an https pilot needs the mesh CA to be checked against");
+            };
+            let identity = self.cert.as_deref().zip(self.key.as_deref());
+            let tls = crate::tls::api_client_config(ca, &self.server_name, identity)?;
+            client = client.use_preconfigured_tls(tls);
+        } else if !self.pilot.starts_with("http://") {
+            bail!("--pilot {}: not an http:// or https:// URL", self.pilot);
+        }
+        let client = client.build().context("HTTP client")?;
+        let url = format!("{}{path}", self.pilot.trim_end_matches('/'));
+        let mut request = client.get(&url);
+        if self.cert.is_none() {
+            if let Some(token) = std::env::var(&self.token_env)
+                .ok()
+                .filter(|t| !t.is_empty())
+            {
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("bearer {token}"))
+                    .with_context(|| format!("${}: not a token", self.token_env))?;
+                value.set_sensitive(true);
+                request = request.header(AUTHORIZATION, value);
+            }
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("GET {url}"))?;
+        if !status.is_success() {
+            bail!("GET {url}: {status}: {}", body.trim());
+        }
+        Ok(body)
+    }
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The table for people: a row per Envoy, sorted by deployment and name, then each standing
+/// NACK with its resource and error. `now` (Unix seconds) gives the ages.
+pub fn status_table(report: &ProxiesReport, now: u64) -> String {
+    let mut proxies: Vec<&ProxyStatus> = report.proxies.iter().collect();
+    proxies.sort_by_key(|p| (p.deployment.clone(), name(p)));
+    let header = [
+        "NAME",
+        "DEPLOYMENT",
+        "CDS",
+        "LDS",
+        "EDS",
+        "RDS",
+        "LAST SYNC",
+        "BEHIND",
+    ];
+    let rows: Vec<Vec<String>> = proxies
+        .iter()
+        .map(|p| {
+            let state = |t: &str| p.types.get(t).map_or(SyncState::NotSent, |s| s.state);
+            let mut row = vec![name(p), p.deployment.clone().unwrap_or_else(|| "-".into())];
+            row.extend(COLUMNS.map(|t| state(t).label().to_string()));
+            row.push(
+                p.last_sync
+                    .map_or("never".into(), |at| age(now.saturating_sub(at))),
+            );
+            row.push(p.snapshots_behind.to_string());
+            row
+        })
+        .collect();
+    let mut out = match report.snapshot {
+        Some(snapshot) => format!(
+            "pilot snapshot {} (catalog and rules version {}), {} Envoys\n",
+            snapshot.seq,
+            snapshot.version,
+            proxies.len()
+        ),
+        None => "pilot has no snapshot yet (no catalog from the director)\n".to_string(),
+    };
+    out.push_str(&aligned(&header, &rows));
+    let nacks: Vec<String> = proxies
+        .iter()
+        .flat_map(|p| {
+            p.types.iter().filter_map(move |(xds_type, status)| {
+                let nack = status.last_nack.as_ref()?;
+                (status.state == SyncState::Nack).then(|| {
+                    let resource = nack
+                        .resource
+                        .as_deref()
+                        .map_or(String::new(), |r| format!(" {r}"));
+                    format!(
+                        "{} {}{resource} (version {}): {}\n",
+                        name(p),
+                        xds_type.to_uppercase(),
+                        nack.version,
+                        nack.error
+                    )
+                })
+            })
+        })
+        .collect();
+    if !nacks.is_empty() {
+        out.push_str("\nNACK (the Envoy runs what it accepted before):\n");
+        out.extend(nacks);
+    }
+    if !report.agents.is_empty() {
+        let rows: Vec<Vec<String>> = report.agents.iter().map(agent_row).collect();
+        out.push('\n');
+        out.push_str(&aligned(
+            &["AGENT", "ADDRESS", "TABLE", "HEALTH CLAIM"],
+            &rows,
+        ));
+    }
+    out
+}
+
+/// A name-table stream's row: the instance it claims, its address, whether it has the
+/// table served now, and whether its health reports count.
+fn agent_row(agent: &AgentStatus) -> Vec<String> {
+    let instance = match (&agent.deployment, &agent.instance_id) {
+        (Some(deployment), Some(id)) => format!("{deployment}/{id}"),
+        _ => "(no instance claimed)".into(),
+    };
+    let table = match agent.table_version {
+        _ if agent.table_current => "current".to_string(),
+        Some(version) => format!("OLD ({version})"),
+        None => "NONE".to_string(),
+    };
+    let claim = match (&agent.refusal, agent.verified) {
+        (Some(refusal), _) => format!("REFUSED: {refusal}"),
+        (None, true) => "verified".into(),
+        (None, false) => "-".into(),
+    };
+    vec![instance, agent.address.clone(), table, claim]
+}
+
+/// `header` and `rows` in columns two spaces apart.
+fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let padded: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        format!("{}\n", padded.join("  ").trim_end())
+    };
+    let mut out = line(header.to_vec());
+    for row in rows {
+        out.push_str(&line(row.iter().map(String::as_str).collect()));
+    }
+    out
+}
+
+/// `<instance group>/<index>` as `bosh instances` says it, else the instance id, else the
+/// node id.
+fn name(proxy: &ProxyStatus) -> String {
+    match (&proxy.instance_group, proxy.index, &proxy.instance_id) {
+        (Some(group), Some(index), _) => format!("{group}/{index}"),
+        (Some(group), None, Some(id)) => format!("{group}/{id}"),
+        _ if proxy.node.is_empty() => "(no node yet)".into(),
+        _ => proxy.node.clone(),
+    }
+}
+
+/// An age as the table shows it: `42s`, `5m`, `3h`, `2d`.
+fn age(seconds: u64) -> String {
+    match seconds {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86_400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86_400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::xds::proxy_status::{Nack, SnapshotRef, TypeStatus};
+    use std::collections::BTreeMap;
+
+    fn proxy(group: &str, index: Option<u32>, types: &[(&str, SyncState)]) -> ProxyStatus {
+        ProxyStatus {
+            node: format!("{group}-node"),
+            ads: "delta".into(),
+            address: Some("10.0.0.5".into()),
+            deployment: Some("banana".into()),
+            instance_group: Some(group.into()),
+            instance_id: Some("6f1c".into()),
+            index,
+            connected_at: 900,
+            last_sync: Some(958),
+            synced_snapshot: 7,
+            snapshots_behind: 0,
+            types: types
+                .iter()
+                .map(|(t, state)| {
+                    let status = TypeStatus {
+                        state: *state,
+                        ..TypeStatus::default()
+                    };
+                    (t.to_string(), status)
+                })
+                .collect::<BTreeMap<_, _>>(),
+        }
+    }
+
+    #[test]
+    fn the_table_has_a_row_per_envoy_and_the_nacks_below() {
+        use SyncState::{Stale, Synced};
+        let mut web = proxy(
+            "web",
+            Some(0),
+            &[
+                ("cds", Synced),
+                ("eds", Synced),
+                ("lds", SyncState::Nack),
+                ("rds", Stale),
+            ],
+        );
+        web.types.get_mut("lds").unwrap().last_nack = Some(Nack {
+            version: "abc".into(),
+            resource: Some("169.254.255.2_80".into()),
+            error: "duplicate address".into(),
+            at: 950,
+        });
+        let mut old = proxy("api", None, &[("cds", Synced)]);
+        old.last_sync = None;
+        old.snapshots_behind = 2;
+        // A NACK since overcome is not shown.
+        old.types.get_mut("cds").unwrap().last_nack = web.types["lds"].last_nack.clone();
+        let agent = |id: Option<&str>, version, current, refusal: Option<&str>| AgentStatus {
+            address: "10.0.0.5".into(),
+            deployment: id.map(|_| "banana".to_string()),
+            instance_id: id.map(str::to_string),
+            verified: id.is_some() && refusal.is_none(),
+            refusal: refusal.map(str::to_string),
+            connected_at: 0,
+            table_version: version,
+            table_sent_at: None,
+            table_current: current,
+        };
+        let report = ProxiesReport {
+            snapshot: Some(SnapshotRef {
+                seq: 9,
+                version: 42,
+            }),
+            proxies: vec![web, old],
+            agents: vec![
+                agent(Some("6f1c"), Some(42), true, None),
+                agent(
+                    Some("77aa"),
+                    Some(41),
+                    false,
+                    Some("not listed at 10.0.0.5"),
+                ),
+                agent(None, None, false, None),
+            ],
+        };
+        assert_eq!(
+            status_table(&report, 1000),
+            "pilot snapshot 9 (catalog and rules version 42), 2 Envoys\n\
+             NAME      DEPLOYMENT  CDS     LDS       EDS       RDS       LAST SYNC  BEHIND\n\
+             api/6f1c  banana      SYNCED  NOT SENT  NOT SENT  NOT SENT  never      2\n\
+             web/0     banana      SYNCED  NACK      SYNCED    STALE     42s        0\n\
+             \n\
+             NACK (the Envoy runs what it accepted before):\n\
+             web/0 LDS 169.254.255.2_80 (version abc): duplicate address\n\
+             \n\
+             AGENT                  ADDRESS   TABLE     HEALTH CLAIM\n\
+             banana/6f1c            10.0.0.5  current   verified\n\
+             banana/77aa            10.0.0.5  OLD (41)  REFUSED: not listed at 10.0.0.5\n\
+             (no instance claimed)  10.0.0.5  NONE      -\n"
+        );
+    }
+
+    #[test]
+    fn a_service_is_described_with_its_endpoints_and_rules() {
+        let json = serde_json::json!({
+            "service": {
+                "hostname": "web.banana.sample.boshy",
+                "vip": "169.254.255.3",
+                "deployment": "sample",
+                "instance_group": "banana",
+                "job": "web",
+                "ports": [{"name": "http", "number": 8080, "protocol": "http"}],
+                "endpoints": [
+                    {"address": "10.0.0.4", "az": "z1", "instance": "6f1c", "index": 0,
+                     "healthy": true, "labels": {}},
+                    {"address": "10.0.0.5", "az": null, "instance": "77aa", "index": null,
+                     "healthy": false, "labels": {}}
+                ]
+            },
+            "rule_configs": ["reviews", "web-retries"]
+        });
+        let described: DescribedService = serde_json::from_value(json).unwrap();
+        assert_eq!(
+            service_text(&described),
+            "web.banana.sample.boshy\n\
+             VIP        169.254.255.3\n\
+             SOURCE     deployment sample, instance group banana, job web\n\
+             PORTS      http 8080 (http)\n\
+             RULES      reviews, web-retries (their verdicts: GET /v1/rules)\n\
+             ENDPOINTS  1 of 2 healthy\n\
+             \x20 ADDRESS   AZ  INSTANCE         HEALTH\n\
+             \x20 10.0.0.4  z1  banana/0 (6f1c)  healthy\n\
+             \x20 10.0.0.5  -   77aa             UNHEALTHY\n"
+        );
+    }
+
+    #[test]
+    fn a_service_resolved_by_dns_lists_its_names() {
+        let json = serde_json::json!({
+            "service": {
+                "hostname": "db.example.com",
+                "vip": "169.254.255.9",
+                "deployment": "", "instance_group": "", "job": "",
+                "ports": [{"name": "tcp", "number": 5432, "protocol": "tcp"}],
+                "endpoints": [],
+                "service_entry": "db/external-db",
+                "dns": {"resolution": "DNS", "endpoints": [{"address": "db.example.com", "az": null, "labels": {}}]}
+            },
+            "rule_configs": []
+        });
+        let described: DescribedService = serde_json::from_value(json).unwrap();
+        let text = service_text(&described);
+        assert!(
+            text.contains("SOURCE     ServiceEntry db/external-db\n"),
+            "{text}"
+        );
+        assert!(text.contains("RULES      none\n"), "{text}");
+        assert!(
+            text.ends_with("ENDPOINTS  resolved by each Envoy (DNS): db.example.com\n"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_pilot_without_a_snapshot_says_so() {
+        let report = ProxiesReport {
+            snapshot: None,
+            proxies: Vec::new(),
+            agents: Vec::new(),
+        };
+        assert!(status_table(&report, 0).starts_with("pilot has no snapshot yet"));
+    }
+
+    #[test]
+    fn names_are_bosh_instance_names_when_the_node_says_them() {
+        let mut p = proxy("web", Some(3), &[]);
+        assert_eq!(name(&p), "web/3");
+        p.index = None;
+        assert_eq!(name(&p), "web/6f1c");
+        p.instance_group = None;
+        assert_eq!(name(&p), "web-node");
+        p.node.clear();
+        assert_eq!(name(&p), "(no node yet)");
+    }
+
+    #[test]
+    fn ages_are_short() {
+        let ages = [0, 59, 60, 3599, 3600, 86_399, 86_400].map(age);
+        assert_eq!(ages, ["0s", "59s", "1m", "59m", "1h", "23h", "1d"]);
+    }
+}
