@@ -681,6 +681,60 @@ mod tests {
     }
 
     #[test]
+    fn tracing_is_off_by_default_and_a_bad_collector_or_percentage_names_its_key() {
+        let base = "director:\n  url: https://x\n  client: c\n";
+        let at = Path::new("/etc/pilot.yml");
+        let cfg: PilotConfig = parse(base, at).unwrap();
+        let telemetry = cfg.telemetry.resolve(at).unwrap();
+        assert!(
+            telemetry.request_metrics,
+            "request metrics are on by default"
+        );
+        assert_eq!(telemetry.tracing, None);
+
+        let with = |tracing: &str| {
+            let text = format!("{base}telemetry:\n  tracing: {tracing}\n");
+            parse::<PilotConfig>(&text, at)
+                .unwrap()
+                .telemetry
+                .resolve(at)
+        };
+        let tracing = with("{zipkin_collector: 'zipkin.example.com:9411'}")
+            .unwrap()
+            .tracing
+            .unwrap();
+        assert_eq!(tracing.collector, "zipkin.example.com:9411");
+        assert_eq!(tracing.collector_path, "/api/v2/spans");
+        assert_eq!(tracing.sampling_percent, 1.0);
+        for (bad, key) in [
+            (
+                "{zipkin_collector: 'zipkin.example.com'}",
+                "zipkin_collector",
+            ),
+            ("{zipkin_collector: ':9411'}", "zipkin_collector"),
+            ("{zipkin_collector: 'z:0'}", "zipkin_collector"),
+            (
+                "{zipkin_collector: 'z:9411', sampling_percent: 101}",
+                "sampling_percent",
+            ),
+            (
+                "{zipkin_collector: 'z:9411', sampling_percent: -1}",
+                "sampling_percent",
+            ),
+            (
+                "{zipkin_collector: 'z:9411', collector_path: 'spans'}",
+                "collector_path",
+            ),
+        ] {
+            let msg = with(bad).unwrap_err().to_string();
+            assert!(
+                msg.contains("/etc/pilot.yml") && msg.contains(&format!("telemetry.tracing.{key}")),
+                "{bad}: {msg}"
+            );
+        }
+    }
+
+    #[test]
     fn unknown_key_is_an_error() {
         let text =
             "director:\n  url: https://x\n  client: c\n  colour: red\nvip_state_path: /tmp/v\n";

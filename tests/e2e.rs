@@ -12,6 +12,8 @@ use boshy_test_support::lab as common;
 mod bookinfo;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/tracing.rs"]
+mod tracing;
 
 use std::collections::BTreeSet;
 
@@ -124,20 +126,8 @@ fn the_mesh_end_to_end() {
         (format!("http://{BANANA}:9002/get"), "over HTTP"),
         (format!("http://{APRICOT}:9001/get"), "over tcp_proxy"),
     ] {
-        let first = LAB.ok(&[
-            "ssh",
-            "apricot/3",
-            "--",
-            "curl",
-            "-sS",
-            "-o",
-            "/dev/null",
-            "-w",
-            "%{http_code}",
-            &url,
-        ]);
         assert_eq!(
-            first.trim(),
+            LAB.http_status("apricot/3", &url, &[]),
             "200",
             "the first request to a name new to the VM, {over}"
         );
@@ -209,6 +199,8 @@ fn the_mesh_end_to_end() {
 
     // Request metrics, scraped by a real Prometheus (docs/telemetry.md).
     metrics::prometheus_counts_requests_with_bosh_names();
+    // One request traced through the services it crosses (docs/telemetry.md).
+    tracing::a_request_is_one_trace_through_every_service_it_crosses();
 
     // A process killed on a VM: its agent's probe of the exposed port fails, and the instance
     // stops receiving new connections, with no help from the director (every task fails

@@ -85,6 +85,30 @@ async fn mesh(command: &[&str], api: &str, args: &[&str]) -> (bool, String, Stri
     )
 }
 
+/// `boshy mesh status --json` until `done` holds of the report (at most `DEADLINE`).
+async fn status_until(
+    api: &str,
+    credentials: &[&str],
+    what: &str,
+    done: impl Fn(&ProxiesReport) -> bool,
+) -> ProxiesReport {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        let (ok, stdout, stderr) =
+            mesh(&["status"], api, &[credentials, &["--json"]].concat()).await;
+        assert!(ok, "{stderr}");
+        let report: ProxiesReport = serde_json::from_str(&stdout).expect("the API's JSON");
+        if done(&report) {
+            return report;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no {what} in {stdout}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[test]
 fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
     in_private_netns(|| async {
@@ -170,26 +194,11 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             .await;
 
         // The JSON: the Envoy by its BOSH instance, LDS rejected naming the listener.
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let report = loop {
-            let (ok, stdout, stderr) = mesh(
-                &["status"],
-                &api,
-                &[&with_certificate[..], &["--json"]].concat(),
-            )
-            .await;
-            assert!(ok, "{stderr}");
-            let report: ProxiesReport = serde_json::from_str(&stdout).expect("the API's JSON");
+        let report = status_until(&api, &with_certificate, "a NACK", |report| {
             let lds = report.proxies.first().and_then(|p| p.types.get("lds"));
-            if lds.is_some_and(|lds| lds.state == SyncState::Nack) {
-                break report;
-            }
-            assert!(
-                tokio::time::Instant::now() < deadline,
-                "no NACK in {stdout}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+            lds.is_some_and(|lds| lds.state == SyncState::Nack)
+        })
+        .await;
         assert_eq!(report.proxies.len(), 1, "{report:?}");
         let proxy = &report.proxies[0];
         assert_eq!(proxy.node, node.node_id());
@@ -225,22 +234,11 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
         .await
         .unwrap();
         assert!(agent.chunk().await.unwrap().is_some(), "the table");
-        let deadline = tokio::time::Instant::now() + DEADLINE;
-        let agents = loop {
-            let (ok, stdout, stderr) = mesh(
-                &["status"],
-                &api,
-                &[&with_certificate[..], &["--json"]].concat(),
-            )
-            .await;
-            assert!(ok, "{stderr}");
-            let report: ProxiesReport = serde_json::from_str(&stdout).unwrap();
-            if report.agents.iter().any(|a| a.verified && a.table_current) {
-                break report.agents;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{stdout}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        };
+        let agents = status_until(&api, &with_certificate, "a verified agent", |report| {
+            report.agents.iter().any(|a| a.verified && a.table_current)
+        })
+        .await
+        .agents;
         assert_eq!(agents.len(), 1, "{agents:?}");
         assert_eq!(
             (

@@ -464,6 +464,11 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     assert_eq!(pilot["director"]["client"], "bosh-pilot");
     assert_eq!(pilot["director"]["health_tasks_per_minute"], 6);
     assert!(pilot["director"].get("uaa_url").is_none());
+    assert_eq!(
+        pilot["telemetry"],
+        json!({"request_metrics": true}),
+        "request metrics on, no tracing without a collector"
+    );
     assert_eq!(rendered.text("config/director_client_secret"), "hunter2");
     assert!(
         !rendered.text("config/pilot.yml").contains("hunter2"),
@@ -487,6 +492,8 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
         "vip_store": "file",
         "ports": {"xds": 16010, "names": 16011, "api": 9080},
         "api": {"insecure_open": true},
+        "telemetry": {"request_metrics": false},
+        "tracing": {"zipkin_collector": "zipkin.example.com:9411", "sampling_percent": 2.5},
         "log_level": "debug",
     });
     let rendered = render("bosh-pilot", other, default_link()).rebased();
@@ -504,6 +511,17 @@ fn bosh_pilot_config_is_accepted_with_defaults_and_with_other_values() {
     assert!(pilot["director"].get("ca_cert_path").is_none());
     assert_eq!(pilot["listen"]["api"], "0.0.0.0:9080");
     assert_eq!(pilot["api"]["insecure_open"], true);
+    assert_eq!(
+        pilot["telemetry"],
+        json!({
+            "request_metrics": false,
+            "tracing": {
+                "zipkin_collector": "zipkin.example.com:9411",
+                "collector_path": "/api/v2/spans",
+                "sampling_percent": 2.5,
+            },
+        })
+    );
     assert_eq!(pilot["virtual_ip_cidr"], "169.254.128.0/20");
     assert_eq!(
         pilot["vip_state_path"],
@@ -929,13 +947,9 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
     envoy_validate(&rendered.rebased().path("config/envoy.json"));
 }
 
-#[test]
-fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
-    let rendered = render(
-        "bosh-envoy",
-        json!({"identity": {"enabled": true}}),
-        default_link(),
-    );
+/// The bootstrap `xds::bootstrap` renders for the spec's instance with identity on (the SDS
+/// socket) and `telemetry`, as the bosh-envoy job's defaults and link would have it.
+fn rust_sidecar_bootstrap(telemetry: Option<&boshy::xds::bootstrap::Telemetry>) -> Value {
     let node = boshy::xds::bootstrap::NodeIdentity {
         deployment: "sample-deployment".into(),
         instance_group: "apricot".into(),
@@ -945,7 +959,7 @@ fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
         ip: "10.244.0.7".parse().unwrap(),
     };
     let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
-    let rust = boshy::xds::bootstrap::render_with_sds(
+    let yaml = boshy::xds::bootstrap::render_sidecar(
         &node,
         &["10.244.0.10:15010".to_string()],
         boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
@@ -957,9 +971,20 @@ fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
             server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
         }),
         Some(Path::new(SDS_SOCKET)),
+        telemetry,
     )
     .unwrap();
-    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    serde_yaml::from_str(&yaml).unwrap()
+}
+
+#[test]
+fn with_identity_envoy_has_the_sds_cluster_and_accepts_it() {
+    let rendered = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}}),
+        default_link(),
+    );
+    let rust = rust_sidecar_bootstrap(None);
     let bootstrap = rendered.json("config/envoy.json");
     assert_eq!(bootstrap, rust);
     assert_eq!(
@@ -976,15 +1001,6 @@ const ACCESS_LOG_SOCKET: &str = "/var/vcap/data/boshy-metrics/als.sock";
 fn with_metrics_envoy_logs_to_the_agent_and_serves_metrics_over_mutual_tls() {
     let metrics = json!({"identity": {"enabled": true}, "metrics": {"enabled": true}});
     let rendered = render("bosh-envoy", metrics.clone(), default_link());
-    let node = boshy::xds::bootstrap::NodeIdentity {
-        deployment: "sample-deployment".into(),
-        instance_group: "apricot".into(),
-        instance_id: spec().id,
-        index: Some(3),
-        az: Some("z1".into()),
-        ip: "10.244.0.7".parse().unwrap(),
-    };
-    let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
     let telemetry = boshy::xds::bootstrap::Telemetry {
         access_log_socket: ACCESS_LOG_SOCKET.into(),
         metrics: Some(boshy::xds::bootstrap::MetricsListener {
@@ -994,22 +1010,7 @@ fn with_metrics_envoy_logs_to_the_agent_and_serves_metrics_over_mutual_tls() {
                 .unwrap(),
         }),
     };
-    let rust = boshy::xds::bootstrap::render_sidecar(
-        &node,
-        &["10.244.0.10:15010".to_string()],
-        boshy::xds::bootstrap::DEFAULT_ADMIN.parse().unwrap(),
-        boshy::xds::bootstrap::AdsMode::default(),
-        Some(&boshy::config::ClientTls {
-            ca_cert_path: tls("ca.pem"),
-            cert_path: tls("cert.pem"),
-            key_path: tls("key.pem"),
-            server_name: boshy_lab::pki::PILOT_SERVER_NAME.into(),
-        }),
-        Some(Path::new(SDS_SOCKET)),
-        Some(&telemetry),
-    )
-    .unwrap();
-    let rust: Value = serde_yaml::from_str(&rust).unwrap();
+    let rust = rust_sidecar_bootstrap(Some(&telemetry));
     let bootstrap = rendered.json("config/envoy.json");
     assert_eq!(bootstrap, rust);
     assert_eq!(

@@ -37,7 +37,7 @@ const FOLLOW_RECHECK: Duration = Duration::from_secs(30);
 /// The widest VIP range accepted; a wider one would capture real traffic.
 const MIN_PREFIX_LEN: u8 = 16;
 /// VIPs are link-local: a range outside it would capture traffic for real hosts.
-const LINK_LOCAL: &str = "169.254.0.0/16";
+pub(crate) const LINK_LOCAL: &str = "169.254.0.0/16";
 /// iptables' limit on chain names (XT_EXTENSION_MAXNAMELEN - 1).
 const MAX_CHAIN_LEN: usize = 28;
 

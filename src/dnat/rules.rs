@@ -15,8 +15,11 @@
 //! from this VM to one of its own addresses other than loopback (`-o lo ! -d 127.0.0.0/8`:
 //! a client Envoy whose endpoint is its own VM). It RETURNs connections from `127.0.0.6`,
 //! the address Envoy's inbound listener dials the local process from, so that hop never loops
-//! back, then redirects the exposed ports, and only those, to Envoy's inbound listener.
-//! Connections to 127.0.0.1 are never captured.
+//! back, and connections to link-local addresses (VIPs: where the VIP range is routed through
+//! `lo`, a call from this VM to a service on one of its own exposed port numbers would
+//! otherwise be taken for inbound before the outbound chain sees it), then redirects the
+//! exposed ports, and only those, to Envoy's inbound listener. Connections to 127.0.0.1 are
+//! never captured.
 //!
 //! The rendered input is one atomic transaction that touches only our chains and the jumps to
 //! them, never flushing or reordering anything else. Install when already installed renders
@@ -132,7 +135,10 @@ impl InboundSpec {
             .collect(),
         };
         let source = format!("{}/32", super::INBOUND_HOP_SOURCE);
-        let mut rules = vec![words(&["-s", &source, "-j", "RETURN"])];
+        let mut rules = vec![
+            words(&["-s", &source, "-j", "RETURN"]),
+            words(&["-d", super::LINK_LOCAL, "-j", "RETURN"]),
+        ];
         let ports: Vec<u16> = self.ports.iter().copied().collect();
         let redirect_port = self.redirect_port.to_string();
         for chunk in ports.chunks(MULTIPORT_MAX) {
@@ -842,6 +848,7 @@ mod tests {
             input.contains(
                 ":BOSHY_INBOUND - [0:0]\n\
                  -A BOSHY_INBOUND -s 127.0.0.6/32 -j RETURN\n\
+                 -A BOSHY_INBOUND -d 169.254.0.0/16 -j RETURN\n\
                  -A BOSHY_INBOUND -p tcp -m multiport --dports 8080,9002 -j REDIRECT --to-ports 15006\n"
             ),
             "{input}"
@@ -920,7 +927,7 @@ mod tests {
     fn more_than_fifteen_ports_take_several_multiport_rules() {
         let ports: Vec<u16> = (9000..9020).collect();
         let owned = with_inbound(&ports).inbound.unwrap().owned_chain();
-        let redirects: Vec<String> = owned.rules[1..].iter().map(|r| join_words(r)).collect();
+        let redirects: Vec<String> = owned.rules[2..].iter().map(|r| join_words(r)).collect();
         assert_eq!(redirects.len(), 2, "{redirects:?}");
         assert!(redirects[0].contains("9000,9001") && redirects[0].contains(",9014 "));
         assert!(redirects[1].contains("--dports 9015,9016,9017,9018,9019 "));

@@ -345,7 +345,9 @@ mod tests {
     use envoy_types::pb::google::protobuf::{Duration, UInt32Value};
     use std::collections::BTreeMap;
 
-    fn view() -> MeshView {
+    /// The view of a VM of sample group `own` of deployment `d`, in a mesh of one service:
+    /// banana's httpbin on 9002.
+    fn view_of(own: &str) -> MeshView {
         let table = NameTable {
             version: 1,
             tld: "boshy".into(),
@@ -365,9 +367,13 @@ mod tests {
         };
         let own = Workload {
             deployment: "d".into(),
-            instance_group: "apricot".into(),
+            instance_group: own.into(),
         };
         MeshView::new(Some(own), &table)
+    }
+
+    fn view() -> MeshView {
+        view_of("apricot")
     }
 
     fn common(to: &str, port: u32) -> AccessLogCommon {
@@ -473,27 +479,7 @@ mod tests {
             }),
             ..Default::default()
         });
-        let own = Workload {
-            deployment: "d".into(),
-            instance_group: "banana".into(),
-        };
-        let table_view = {
-            let mut table = NameTable::default();
-            table.names.insert(
-                "example-httpbin.banana.d.boshy".into(),
-                "169.254.0.1".parse().unwrap(),
-            );
-            table.origins.insert(
-                "example-httpbin.banana.d.boshy".into(),
-                ServiceOrigin {
-                    deployment: "d".into(),
-                    instance_group: "banana".into(),
-                    job: "example-httpbin".into(),
-                    ports: vec![9002],
-                },
-            );
-            MeshView::new(Some(own), &table)
-        };
+        let table_view = view_of("banana");
         metrics.record_http(&table_view, &request(403, inbound));
         let inbound_labels = OUTBOUND.replace(r#"reporter="source""#, r#"reporter="destination""#);
         assert_eq!(

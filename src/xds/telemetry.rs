@@ -168,8 +168,10 @@ pub(crate) fn http_tracing(
         collector_hostname: tracing.collector.clone(),
         ..Default::default()
     };
+    // Envoy refuses an empty literal (a ServiceEntry's service has no BOSH names).
     let custom_tags = tags
         .into_iter()
+        .filter(|tag| !matches!(tag, Tag::Literal(_, value) if value.is_empty()))
         .map(|tag| match tag {
             Tag::Literal(name, value) => CustomTag {
                 tag: name.to_string(),
@@ -320,6 +322,19 @@ mod tests {
             Some(cluster::ClusterDiscoveryType::Type(
                 cluster::DiscoveryType::StrictDns as i32
             ))
+        );
+        let service_entry = http_tracing(
+            &on,
+            vec![
+                Tag::Literal("boshy.destination.service", "reviews.bookinfo.boshy".into()),
+                Tag::Literal("boshy.destination.deployment", String::new()),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            service_entry.custom_tags.len(),
+            1,
+            "an empty literal is refused by Envoy: left out"
         );
         assert!(http_tracing(&Telemetry::OFF, Vec::new()).is_none());
         assert!(zipkin_cluster(&Telemetry::OFF).is_none());

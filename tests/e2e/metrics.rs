@@ -16,22 +16,6 @@ fn total(samples: &[Sample]) -> f64 {
     samples.iter().map(|sample| sample.value).sum()
 }
 
-/// `curl` on `vm`, printing the status code only.
-fn status(vm: &str, url: &str) -> String {
-    LAB.ok(&[
-        "ssh",
-        vm,
-        "--",
-        "curl",
-        "-sS",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code}",
-        url,
-    ])
-}
-
 /// Prometheus's `bosh_instance` target label of a VM of sample-deployment.
 fn bosh_instance(vm: &str) -> String {
     let vm = LAB.vm(&format!("sample-deployment/{vm}"));
@@ -65,8 +49,12 @@ pub(crate) fn prometheus_counts_requests_with_bosh_names() {
     // for, from apricot/2.
     let requests = 7;
     for _ in 0..requests {
-        let code = status("apricot/2", &format!("http://{BANANA}:9002/status/418"));
-        assert_eq!(code.trim(), "418");
+        let code = LAB.http_status(
+            "apricot/2",
+            &format!("http://{BANANA}:9002/status/418"),
+            &[],
+        );
+        assert_eq!(code, "418");
     }
     let caller = bosh_instance("apricot/2");
     let outbound = r#"boshy_requests_total{reporter="source",response_code="418"}"#;
@@ -126,8 +114,8 @@ pub(crate) fn prometheus_counts_requests_with_bosh_names() {
     let before = [&opened, &closed].map(|promql| total(&prometheus.query(promql)));
     let connections = 3;
     for _ in 0..connections {
-        let code = status("banana/2", &format!("http://{APRICOT}:9001/get"));
-        assert_eq!(code.trim(), "200");
+        let code = LAB.http_status("banana/2", &format!("http://{APRICOT}:9001/get"), &[]);
+        assert_eq!(code, "200");
     }
     for (promql, already) in [&opened, &closed].into_iter().zip(before) {
         prometheus.wait_for("TCP connections", promql, SCRAPED, |samples| {

@@ -122,6 +122,12 @@ pub enum LabCommand {
         /// e.g. /v1/rules
         path: String,
     },
+    /// `boshy mesh <command>` against the lab's first pilot, with the lab's mesh client
+    /// certificate (docs/observability.md): `lab mesh status`, `lab mesh describe <hostname>`.
+    Mesh {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        args: Vec<String>,
+    },
     /// Prints a Prometheus scrape configuration for the lab (docs/telemetry.md): the pilots'
     /// `/metrics` and every VM's Envoy metrics listener, with the lab's scraper certificate.
     PrometheusConfig {
@@ -331,6 +337,28 @@ pub async fn run(args: Args) -> Result<()> {
             let body = ready::api_get(&require_state(&layout)?, &path).await?;
             print!("{body}");
             Ok(())
+        }
+        LabCommand::Mesh { args } => {
+            let state = require_state(&layout)?;
+            let pilot = ready::pilots(&state)
+                .next()
+                .context("the lab has no bosh-pilot VM")?;
+            let files = pki::MeshFiles::of(&layout);
+            let (command, options) = args.split_first().context("a mesh command")?;
+            let status = std::process::Command::new(&layout.boshy_bin)
+                .args(["mesh", command])
+                .args(options)
+                .arg("--pilot")
+                .arg(format!("https://{}:{}", pilot.ip, vm::API_PORT))
+                .arg("--ca")
+                .arg(files.ca())
+                .arg("--cert")
+                .arg(files.client_cert())
+                .arg("--key")
+                .arg(files.client_key())
+                .status()
+                .context("cannot run `boshy mesh`")?;
+            std::process::exit(status.code().unwrap_or(1));
         }
         LabCommand::PrometheusConfig {
             scrape_interval_seconds,

@@ -136,6 +136,26 @@ impl LabCli {
         .to_string()
     }
 
+    /// The HTTP status of one `curl` of `url` from `vm`, with `headers` (`name: value`).
+    pub fn http_status(&self, vm: &str, url: &str, headers: &[&str]) -> String {
+        let mut args = vec![
+            "ssh",
+            vm,
+            "--",
+            "curl",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ];
+        for header in headers {
+            args.extend(["-H", header]);
+        }
+        args.push(url);
+        self.ok(&args).trim().to_string()
+    }
+
     /// curls `url` from `vm` `n` times; returns the IPs of the instances that answered.
     pub fn curl_instances(&self, vm: &str, url: &str, n: usize) -> Vec<String> {
         (0..n)

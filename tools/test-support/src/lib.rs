@@ -10,6 +10,7 @@
 //! - [`manifests`]: this release's manifests as the bosh CLI and the director see them.
 //! - [`process`]: running a command and reading how it ended.
 //! - [`prometheus`]: a real Prometheus scraping a lab, and its query API.
+//! - [`zipkin`]: a collector taking spans on the Zipkin v2 HTTP API.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 
 #![forbid(unsafe_code)]
@@ -23,6 +24,7 @@ pub mod manifests;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod zipkin;
 
 use std::path::PathBuf;
 
