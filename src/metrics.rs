@@ -431,7 +431,7 @@ fn count(family: &CounterFamily<1>, label: &'static str, value: &str) {
 /// `value` escaped as the text format requires: prometheus-client writes label values as
 /// they are, and some come from outside (a rule config's name, a resource name in Envoy's
 /// message).
-fn escaped(value: &str) -> Cow<'static, str> {
+pub(crate) fn escaped(value: &str) -> Cow<'static, str> {
     value
         .replace('\\', "\\\\")
         .replace('"', "\\\"")

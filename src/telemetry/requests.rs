@@ -256,25 +256,28 @@ fn socket_address(address: &Address) -> Option<(IpAddr, u16)> {
     }
 }
 
+/// The labels naming both sides. Names come from the director's manifests: escaped, as
+/// prometheus-client writes label values as they are.
 fn party_labels(parties: &Parties) -> Labels {
     let destination = &parties.destination;
+    let name = |value: &str| crate::metrics::escaped(value).into_owned();
     vec![
         ("reporter", parties.reporter.as_str().to_string()),
-        ("source_deployment", parties.source.deployment.clone()),
+        ("source_deployment", name(&parties.source.deployment)),
         (
             "source_instance_group",
-            parties.source.instance_group.clone(),
+            name(&parties.source.instance_group),
         ),
         (
             "destination_deployment",
-            destination.workload.deployment.clone(),
+            name(&destination.workload.deployment),
         ),
         (
             "destination_instance_group",
-            destination.workload.instance_group.clone(),
+            name(&destination.workload.instance_group),
         ),
-        ("destination_job", destination.job.clone()),
-        ("destination_service", destination.service.clone()),
+        ("destination_job", name(&destination.job)),
+        ("destination_service", name(&destination.service)),
         ("destination_port", destination.port.to_string()),
     ]
 }
@@ -547,6 +550,33 @@ mod tests {
                 r#"{reason="no_destination"} 1"#,
                 r#"{reason="series_limit"} 1"#
             ]
+        );
+    }
+
+    #[test]
+    fn names_from_the_manifest_are_escaped_in_the_text() {
+        let mut table = NameTable::default();
+        table
+            .names
+            .insert("odd.g.d.boshy".into(), "169.254.0.7".parse().unwrap());
+        table.origins.insert(
+            "odd.g.d.boshy".into(),
+            ServiceOrigin {
+                deployment: "d\"quoted\\".into(),
+                instance_group: "g".into(),
+                job: "j\nk".into(),
+                ports: vec![80],
+            },
+        );
+        let mut metrics = RequestMetrics::new(10);
+        metrics.record_http(
+            &MeshView::new(None, &table),
+            &request(200, common("169.254.0.7", 80)),
+        );
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"destination_deployment="d\"quoted\\",destination_instance_group="g",destination_job="j\nk""#),
+            "{text}"
         );
     }
 
