@@ -26,6 +26,59 @@ fn bosh_instance(vm: &str) -> String {
     )
 }
 
+/// Envoy's metrics listener on a VM: nothing without a client certificate the mesh CA signed,
+/// and with one, `GET /metrics` and `GET /stats/prometheus` alone (the admin API stays on
+/// loopback).
+fn only_the_metrics_and_only_to_a_mesh_certificate() {
+    let ip = LAB.vm("sample-deployment/banana/0")["ip"]
+        .as_str()
+        .expect("ip")
+        .to_string();
+    let tls = format!("/tmp/boshy-lab/{}/mesh-tls", LAB.name);
+    let name = boshy_lab::pki::ADDON_SERVER_NAME;
+    let port = boshy_lab::prometheus::METRICS_PORT;
+    let curl = |certificate: bool, method: &str, path: &str| {
+        let mut command = std::process::Command::new("curl");
+        command
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "5",
+            ])
+            .args(["-X", method, "--cacert", &format!("{tls}/ca.pem")])
+            .args(["--resolve", &format!("{name}:{port}:{ip}")]);
+        if certificate {
+            command
+                .args(["--cert", &format!("{tls}/prometheus.pem")])
+                .args(["--key", &format!("{tls}/prometheus.key")]);
+        }
+        let out = command
+            .arg(format!("https://{name}:{port}{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        curl(false, "GET", "/metrics"),
+        "000",
+        "no handshake without a certificate"
+    );
+    assert_eq!(curl(true, "GET", "/metrics"), "200");
+    assert_eq!(curl(true, "GET", "/stats/prometheus"), "200");
+    for (method, path) in [
+        ("POST", "/quitquitquit"),
+        ("GET", "/config_dump"),
+        ("POST", "/stats/prometheus"),
+        ("GET", "/stats"),
+    ] {
+        assert_eq!(curl(true, method, path), "404", "{method} {path}");
+    }
+}
+
 pub(crate) fn prometheus_counts_requests_with_bosh_names() {
     let config = LAB.ok(&["prometheus-config", "--scrape-interval-seconds", "1"]);
     let targets = config.matches("targets:").count();
@@ -42,6 +95,7 @@ pub(crate) fn prometheus_counts_requests_with_bosh_names() {
         "the pilot's own metrics: {pilot:?}"
     );
     let vms = targets.saturating_sub(LAB.pilot_ips().len()) / 2;
+    only_the_metrics_and_only_to_a_mesh_certificate();
     let live = prometheus.query(r#"envoy_server_live{job="envoy"}"#);
     assert_eq!(live.len(), vms, "Envoy's own stats from every VM: {live:?}");
 
