@@ -441,6 +441,12 @@ struct DescribedService<'a> {
     /// The rule configs whose traffic rules the pilot serves for it (their verdicts are in
     /// `/v1/rules`).
     rule_configs: Vec<&'a str>,
+    /// Who may call its instances, as the pilot compiled the security rules
+    /// (docs/security.md): the mutual TLS mode of its instance group and of single ports, and
+    /// the authorization policies that select the group, DENY and ALLOW. Absent for a
+    /// ServiceEntry's service (outside the mesh) and until the rules were read.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    security: Option<crate::traffic::security::WorkloadSecurity>,
 }
 
 async fn described_service(
@@ -455,9 +461,22 @@ async fn described_service(
     let rule_configs = snapshot
         .as_deref()
         .map_or_else(Vec::new, |snapshot| snapshot.rule_configs_of(&hostname));
+    let security = sources
+        .rule_status
+        .borrow()
+        .clone()
+        .filter(|_| service.service_entry.is_none())
+        .map(|status| {
+            let workload = crate::traffic::security::WorkloadKey {
+                deployment: service.key.deployment.clone(),
+                instance_group: service.key.instance_group.clone(),
+            };
+            status.traffic.security.of(&workload).into_owned()
+        });
     Json(DescribedService {
         service: Registration::from(service),
         rule_configs,
+        security,
     })
     .into_response()
 }
@@ -905,6 +924,64 @@ mod tests {
         );
         let (status, _, _) = send(router(sources), Method::GET, "/v1/services/x.g.d.boshy").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_described_service_says_who_may_call_it() {
+        use crate::traffic::security::{
+            AuthzAction, AuthzMatch, AuthzPolicy, AuthzRule, AuthzSource, MtlsMode, WorkloadKey,
+            WorkloadSecurity,
+        };
+        let allow_apricot = AuthzPolicy {
+            config: "sample-rules".into(),
+            name: "only-apricot".into(),
+            action: AuthzAction::Allow,
+            rules: vec![AuthzRule {
+                from: vec![AuthzSource {
+                    principals: vec![AuthzMatch::Exact(
+                        "boshy/deployment/d/instance_group/apricot".into(),
+                    )],
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+        };
+        let mut traffic = crate::traffic::TrafficRules::default();
+        let workload = WorkloadKey {
+            deployment: "d".into(),
+            instance_group: "g".into(),
+        };
+        let security = WorkloadSecurity {
+            mtls: MtlsMode::Strict,
+            port_mtls: Default::default(),
+            policies: vec![allow_apricot],
+        };
+        traffic
+            .security
+            .workloads
+            .insert(workload, security.clone());
+        let status = RuleStatus {
+            judged: Default::default(),
+            validated: crate::rules::validate(&[], None),
+            traffic: Arc::new(traffic),
+        };
+        let (code, _, body) = call_with_status(
+            catalog(),
+            Some(RuleConfigs::default()),
+            Some(status),
+            Method::GET,
+            "/v1/services/j.g.d.boshy",
+        )
+        .await;
+        assert_eq!(code, StatusCode::OK, "{body}");
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["security"], serde_json::to_value(&security).unwrap());
+        let (_, _, before_rules) = call(catalog(), Method::GET, "/v1/services/j.g.d.boshy").await;
+        let json: serde_json::Value = serde_json::from_str(&before_rules).unwrap();
+        assert!(
+            json.get("security").is_none(),
+            "unknown before the rules are read"
+        );
     }
 
     #[tokio::test]

@@ -129,6 +129,10 @@ pub async fn run(args: Args) -> Result<()> {
 pub struct DescribedService {
     service: RegisteredService,
     rule_configs: Vec<String>,
+    /// The compiled security of the service's instance group (`traffic::security`), read
+    /// loosely: the text names the modes and policies only.
+    #[serde(default)]
+    security: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -200,6 +204,9 @@ pub fn service_text(described: &DescribedService) -> String {
         service.vip,
         ports.join(", ")
     );
+    if let Some(security) = &described.security {
+        out.push_str(&security_text(security));
+    }
     if let Some(dns) = &service.dns {
         let names: Vec<&str> = dns.endpoints.iter().map(|e| e.address.as_str()).collect();
         out.push_str(&format!(
@@ -235,6 +242,66 @@ pub fn service_text(described: &DescribedService) -> String {
         for line in aligned(&["ADDRESS", "AZ", "INSTANCE", "HEALTH"], &rows).lines() {
             out.push_str(&format!("  {line}\n"));
         }
+    }
+    out
+}
+
+/// Who may call a service: its instance group's mutual TLS modes and, per authorization
+/// policy, its action and the callers its rules name (`traffic::security` as JSON).
+fn security_text(security: &serde_json::Value) -> String {
+    let upper = |mode: &serde_json::Value| mode.as_str().unwrap_or("?").to_uppercase();
+    let mut mtls = upper(&security["mtls"]);
+    if let Some(ports) = security["port_mtls"].as_object() {
+        for (port, mode) in ports {
+            mtls.push_str(&format!(", port {port} {}", upper(mode)));
+        }
+    }
+    let policies = security["policies"]
+        .as_array()
+        .map_or(&[][..], Vec::as_slice);
+    let mut out = format!("MTLS       {mtls}\n");
+    if policies.is_empty() {
+        out.push_str("CALLERS    any caller the mTLS mode admits (no AuthorizationPolicy)\n");
+    }
+    for (i, policy) in policies.iter().enumerate() {
+        let label = if i == 0 { "CALLERS" } else { "" };
+        let rules = policy["rules"].as_array().map_or(&[][..], Vec::as_slice);
+        let callers: Vec<String> = rules
+            .iter()
+            .flat_map(|rule| rule["from"].as_array().cloned().unwrap_or_default())
+            .flat_map(|source| {
+                ["principals", "deployments", "ip_blocks"]
+                    .into_iter()
+                    .flat_map(move |key| source[key].as_array().cloned().unwrap_or_default())
+            })
+            .map(|name| match &name {
+                serde_json::Value::String(any) if any == "Any" => "*".to_string(),
+                serde_json::Value::String(block) => block.clone(),
+                serde_json::Value::Object(matched) => match matched.iter().next() {
+                    Some((kind, value)) => {
+                        let value = value.as_str().unwrap_or("?");
+                        match kind.as_str() {
+                            "Prefix" => format!("{value}*"),
+                            "Suffix" => format!("*{value}"),
+                            _ => value.to_string(),
+                        }
+                    }
+                    None => "?".to_string(),
+                },
+                other => other.to_string(),
+            })
+            .collect();
+        let from = match (rules.is_empty(), callers.is_empty()) {
+            (true, _) => "no rules: matches nothing".to_string(),
+            (false, true) => "from anyone".to_string(),
+            (false, false) => format!("from {}", callers.join(", ")),
+        };
+        out.push_str(&format!(
+            "{label:<10} {} {}/{}: {from}\n",
+            upper(&policy["action"]),
+            policy["config"].as_str().unwrap_or("?"),
+            policy["name"].as_str().unwrap_or("?"),
+        ));
     }
     out
 }
@@ -543,7 +610,20 @@ mod tests {
                      "healthy": false, "labels": {}}
                 ]
             },
-            "rule_configs": ["reviews", "web-retries"]
+            "rule_configs": ["reviews", "web-retries"],
+            "security": {
+                "mtls": "Strict",
+                "port_mtls": {"8443": "Permissive"},
+                "policies": [
+                    {"config": "sample-rules", "name": "no-posts", "action": "Deny",
+                     "rules": [{"from": [], "to": [{"methods": [{"Exact": "POST"}]}], "when": []}]},
+                    {"config": "sample-rules", "name": "apricot-only", "action": "Allow",
+                     "rules": [{"from": [{"principals": [{"Exact": "boshy/deployment/sample/instance_group/apricot"}],
+                                          "deployments": [{"Prefix": "cf-"}], "ip_blocks": []}],
+                                "to": [], "when": []}]},
+                    {"config": "lockdown", "name": "nothing", "action": "Allow", "rules": []}
+                ]
+            }
         });
         let described: DescribedService = serde_json::from_value(json).unwrap();
         assert_eq!(
@@ -553,6 +633,10 @@ mod tests {
              SOURCE     deployment sample, instance group banana, job web\n\
              PORTS      http 8080 (http)\n\
              RULES      reviews, web-retries (their verdicts: GET /v1/rules)\n\
+             MTLS       STRICT, port 8443 PERMISSIVE\n\
+             CALLERS    DENY sample-rules/no-posts: from anyone\n\
+             \x20          ALLOW sample-rules/apricot-only: from boshy/deployment/sample/instance_group/apricot, cf-*\n\
+             \x20          ALLOW lockdown/nothing: no rules: matches nothing\n\
              ENDPOINTS  1 of 2 healthy\n\
              \x20 ADDRESS   AZ  INSTANCE         HEALTH\n\
              \x20 10.0.0.4  z1  banana/0 (6f1c)  healthy\n\
