@@ -919,4 +919,47 @@ mod tests {
         let warning = allowed.check_listen(path).unwrap().expect("a warning");
         assert!(warning.contains("0.0.0.0:53"), "{warning}");
     }
+
+    #[test]
+    fn the_agents_metrics_stay_on_loopback_and_bad_telemetry_keys_are_named() {
+        let path = Path::new("/jobs/agent.yml");
+        let telemetry = |listen: &str| {
+            agent(&format!(
+                "telemetry: {{access_log_socket: /s/als.sock, metrics_listen: \"{listen}\"}}\n"
+            ))
+        };
+        assert_eq!(
+            telemetry("127.0.0.1:15020").check_listen(path).unwrap(),
+            None
+        );
+        // Not even allow_non_loopback_listen (the DNS port's opt-out) opens the metrics.
+        for exposed in ["0.0.0.0:15020", "10.244.0.2:15020"] {
+            let mut config = telemetry(exposed);
+            config.allow_non_loopback_listen = true;
+            let msg = config.check_listen(path).unwrap_err().to_string();
+            assert!(
+                msg.contains("/jobs/agent.yml") && msg.contains("`telemetry.metrics_listen`"),
+                "{msg}"
+            );
+        }
+        let defaults = agent("telemetry: {access_log_socket: /s/als.sock}\n");
+        let defaults = defaults.telemetry.expect("telemetry");
+        assert_eq!(defaults.metrics_listen, "127.0.0.1:15020".parse().unwrap());
+        assert_eq!(defaults.max_series, 10_000);
+        for garbage in [
+            "telemetry: {metrics_listen: \"127.0.0.1:15020\"}\n",
+            "telemetry: {access_log_socket: /s, colour: red}\n",
+            "telemetry: {access_log_socket: /s, max_series: many}\n",
+            "telemetry: {access_log_socket: /s, metrics_listen: nowhere}\n",
+        ] {
+            let text = format!("pilots: [\"10.0.0.1:15011\"]\ntable_path: /t.json\n{garbage}");
+            let msg = parse::<AgentConfig>(&text, Path::new("/jobs/agent.yml"))
+                .unwrap_err()
+                .to_string();
+            assert!(
+                msg.contains("/jobs/agent.yml") && msg.contains("telemetry"),
+                "{garbage}: {msg}"
+            );
+        }
+    }
 }
