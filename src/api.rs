@@ -20,6 +20,10 @@
 //! - `GET /v1/services/<hostname>`: one service as `/v1/registration` shows it, with the
 //!   rule configs that have traffic rules for it (`boshy mesh describe` reads it); `404` for a
 //!   hostname the catalog does not have.
+//! - `GET /v1/graph`: the service graph: every service by instance group and deployment with
+//!   its endpoints' health, and the calls the agents reported as edges with request rate,
+//!   error ratio and p99 (`console::graph`).
+//! - `GET /console/`: the live web console, a page that reads the paths above (docs/console.md).
 //! - `GET /metrics`: OpenMetrics text (docs/metrics.md).
 //!
 //! Any other method on these paths is `405`; other paths are `404`.
@@ -34,7 +38,7 @@ use std::time::Duration;
 
 use axum::extract::{ConnectInfo, State};
 use axum::http::{header, Method, StatusCode};
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Redirect};
 use axum::routing::get;
 use axum::{Json, Router};
 use hyper::body::Incoming;
@@ -50,6 +54,7 @@ use crate::api_auth::{Refusal, UaaKeys};
 use crate::catalog::model::{
     Catalog, DnsEndpoints, Endpoint, Labels, Protocol, Service, ServicePort,
 };
+use crate::console::TrafficBoard;
 use crate::director::{PublishedRuleConfigs, RuleConfig};
 use crate::names::stream_status::NameStreams;
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
@@ -75,6 +80,8 @@ pub struct Proxies {
     pub board: Arc<SyncBoard>,
     pub snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     pub name_streams: Arc<NameStreams>,
+    /// The calls the agents report, for the graph.
+    pub traffic: Arc<TrafficBoard>,
 }
 
 impl Proxies {
@@ -84,6 +91,7 @@ impl Proxies {
             board: Arc::default(),
             snapshots: watch::channel(None).1,
             name_streams: Arc::default(),
+            traffic: Arc::default(),
         }
     }
 
@@ -233,6 +241,13 @@ fn router(sources: Sources) -> Router {
         .route("/v1/rules", get(rules))
         .route("/v1/proxies", get(proxies))
         .route("/v1/services/{hostname}", get(described_service))
+        .route("/v1/graph", get(graph))
+        .route(
+            "/console",
+            get(|| async { Redirect::permanent("console/") }),
+        )
+        .route("/console/", get(console_asset))
+        .route("/console/{asset}", get(console_asset))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
@@ -481,6 +496,35 @@ async fn described_service(
     .into_response()
 }
 
+async fn graph(State(sources): State<Sources>) -> axum::response::Response {
+    let catalog = sources.catalog.borrow().clone();
+    let windows = sources.proxies.traffic.current(std::time::Instant::now());
+    Json(crate::console::graph::build(&catalog, &windows)).into_response()
+}
+
+/// One of the console's files, with headers that keep the page to its own scripts and out of
+/// other sites' frames: it shows everything the API does.
+async fn console_asset(asset: Option<axum::extract::Path<String>>) -> axum::response::Response {
+    let name = asset.as_ref().map_or("", |path| path.as_str());
+    let Some((content_type, body)) = crate::console::asset(name) else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (
+                header::CONTENT_SECURITY_POLICY,
+                "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
+            ),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+            (header::REFERRER_POLICY, "no-referrer"),
+            (header::CACHE_CONTROL, "no-store"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
 async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
     Json(sources.proxies.report())
 }
@@ -635,21 +679,25 @@ mod tests {
         method: Method,
         path: &str,
     ) -> (StatusCode, Option<String>, String) {
-        let sources = Sources {
+        let sources = sources_of(catalog, rule_configs, rule_status);
+        send(router(sources), method, path).await
+    }
+
+    fn sources_of(
+        catalog: Catalog,
+        rule_configs: Option<RuleConfigs>,
+        rule_status: Option<RuleStatus>,
+    ) -> Sources {
+        Sources {
             catalog: watch::channel(Arc::new(catalog)).1,
             rule_configs: watch::channel(rule_configs.map(Arc::new)).1,
             rule_status: watch::channel(rule_status.map(Arc::new)).1,
             proxies: Proxies::none(),
-        };
-        send(router(sources), method, path).await
+        }
     }
 
-    async fn send(
-        router: Router,
-        method: Method,
-        path: &str,
-    ) -> (StatusCode, Option<String>, String) {
-        let response = router
+    async fn response(router: Router, method: Method, path: &str) -> axum::response::Response {
+        router
             .oneshot(
                 Request::builder()
                     .method(method)
@@ -658,7 +706,15 @@ mod tests {
                     .unwrap(),
             )
             .await
-            .unwrap();
+            .unwrap()
+    }
+
+    async fn send(
+        router: Router,
+        method: Method,
+        path: &str,
+    ) -> (StatusCode, Option<String>, String) {
+        let response = response(router, method, path).await;
         let status = response.status();
         let content_type = response
             .headers()
@@ -852,8 +908,7 @@ mod tests {
             rule_status: watch::channel(None).1,
             proxies: Proxies {
                 board,
-                snapshots: watch::channel(None).1,
-                name_streams: Arc::default(),
+                ..Proxies::none()
             },
         };
         let (status, content_type, body) = send(router(sources), Method::GET, "/v1/proxies").await;
@@ -985,12 +1040,79 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_graph_shows_the_catalog_with_the_calls_the_agents_report() {
+        let traffic = Arc::new(TrafficBoard::default());
+        let report = crate::console::wire::TrafficReport {
+            deployment: "d".into(),
+            instance: "caller-0".into(),
+            window_ms: 10_000,
+            calls: vec![crate::console::wire::Calls {
+                destination: "j.g.d.boshy".into(),
+                requests: 20,
+                ..Default::default()
+            }],
+        };
+        traffic.take("caller".into(), report, std::time::Instant::now());
+        let sources = Sources {
+            proxies: Proxies {
+                traffic,
+                ..Proxies::none()
+            },
+            ..sources_of(catalog(), None, None)
+        };
+        let (status, content_type, body) = send(router(sources), Method::GET, "/v1/graph").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(content_type.as_deref(), Some("application/json"));
+        let graph: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let groups: Vec<&str> = graph["deployments"][0]["instance_groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|g| g["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(groups, ["caller", "g"], "{body}");
+        assert_eq!(graph["edges"][0]["source"]["instance_group"], "caller");
+        assert_eq!(graph["edges"][0]["destination"], "j.g.d.boshy");
+        assert_eq!(graph["edges"][0]["requests_per_second"], 2.0);
+    }
+
+    #[tokio::test]
+    async fn the_console_is_served_with_a_policy_that_keeps_it_to_its_own_scripts() {
+        for (path, kind) in [
+            ("/console/", "text/html; charset=utf-8"),
+            ("/console/index.html", "text/html; charset=utf-8"),
+            ("/console/console.js", "text/javascript; charset=utf-8"),
+            ("/console/console.css", "text/css; charset=utf-8"),
+        ] {
+            let sources = sources_of(catalog(), None, None);
+            let response = response(router(sources), Method::GET, path).await;
+            assert_eq!(response.status(), StatusCode::OK, "{path}");
+            let headers = response.headers();
+            assert_eq!(headers[header::CONTENT_TYPE], kind, "{path}");
+            assert!(headers[header::CONTENT_SECURITY_POLICY]
+                .to_str()
+                .unwrap()
+                .starts_with("default-src 'self'; frame-ancestors 'none'"));
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        }
+        let (status, _, _) = call(catalog(), Method::GET, "/console/other.js").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let sources = sources_of(catalog(), None, None);
+        let response = response(router(sources), Method::GET, "/console").await;
+        assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
+        assert_eq!(response.headers()[header::LOCATION], "console/");
+    }
+
+    #[tokio::test]
     async fn the_api_is_read_only() {
         for path in [
             "/v1/registration",
             "/v1/rules",
             "/v1/proxies",
             "/v1/services/j.g.d.boshy",
+            "/v1/graph",
+            "/console/",
+            "/console/console.js",
             "/healthz",
             "/metrics",
         ] {

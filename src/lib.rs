@@ -13,6 +13,7 @@ pub mod api_auth;
 pub mod bookinfo;
 pub mod catalog;
 pub mod config;
+pub mod console;
 pub mod director;
 pub mod dnat;
 pub mod fsutil;

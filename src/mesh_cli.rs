@@ -39,6 +39,9 @@ enum MeshCommand {
     /// One service: its VIP, ports, endpoints and their health, and the rule configs with
     /// traffic rules for it.
     Describe(DescribeArgs),
+    /// The pilot's live web console in your browser: serves it on a loopback address, adding
+    /// your credentials to what it forwards to the pilot, and prints the URL to open.
+    Console(crate::console::local::ConsoleArgs),
 }
 
 #[derive(clap::Args)]
@@ -63,11 +66,11 @@ struct StatusArgs {
 
 /// How to reach one pilot's HTTP API and be let in (docs/api.md).
 #[derive(clap::Args)]
-struct PilotConnection {
+pub(crate) struct PilotConnection {
     /// The pilot's API: `https://<pilot IP>:8080` (`http://` for a pilot with
     /// `api.insecure_open`).
     #[arg(long, value_name = "URL")]
-    pilot: String,
+    pub(crate) pilot: String,
     /// The mesh CA (PEM) the pilot's certificate is checked against.
     #[arg(long, value_name = "PEM")]
     ca: Option<PathBuf>,
@@ -121,6 +124,7 @@ pub async fn run(args: Args) -> Result<()> {
             }
             Ok(())
         }
+        MeshCommand::Console(args) => crate::console::local::run(args).await,
     }
 }
 
@@ -307,8 +311,8 @@ fn security_text(security: &serde_json::Value) -> String {
 }
 
 impl PilotConnection {
-    /// The body of `GET <pilot><path>`; an error with the pilot's one-line reason otherwise.
-    async fn get(&self, path: &str) -> Result<String> {
+    /// A client of the pilot with the operator's credentials.
+    pub(crate) fn client(&self) -> Result<PilotClient> {
         let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
         if self.pilot.starts_with("https://") {
             let Some(ca) = &self.ca else {
@@ -320,21 +324,28 @@ impl PilotConnection {
         } else if !self.pilot.starts_with("http://") {
             bail!("--pilot {}: not an http:// or https:// URL", self.pilot);
         }
-        let client = client.build().context("HTTP client")?;
-        let url = format!("{}{path}", self.pilot.trim_end_matches('/'));
-        let mut request = client.get(&url);
+        let mut token = None;
         if self.cert.is_none() {
-            if let Some(token) = std::env::var(&self.token_env)
+            if let Some(value) = std::env::var(&self.token_env)
                 .ok()
                 .filter(|t| !t.is_empty())
             {
-                let mut value = reqwest::header::HeaderValue::from_str(&format!("bearer {token}"))
+                let mut value = reqwest::header::HeaderValue::from_str(&format!("bearer {value}"))
                     .with_context(|| format!("${}: not a token", self.token_env))?;
                 value.set_sensitive(true);
-                request = request.header(AUTHORIZATION, value);
+                token = Some(value);
             }
         }
-        let response = request.send().await.with_context(|| format!("GET {url}"))?;
+        Ok(PilotClient {
+            client: client.build().context("HTTP client")?,
+            base: self.pilot.trim_end_matches('/').to_string(),
+            token,
+        })
+    }
+
+    /// The body of `GET <pilot><path>`; an error with the pilot's one-line reason otherwise.
+    async fn get(&self, path: &str) -> Result<String> {
+        let (url, response) = self.client()?.get(path).await?;
         let status = response.status();
         let body = response
             .text()
@@ -344,6 +355,43 @@ impl PilotConnection {
             bail!("GET {url}: {status}: {}", body.trim());
         }
         Ok(body)
+    }
+}
+
+#[cfg(test)]
+impl PilotConnection {
+    /// A pilot with `api.insecure_open`, at `pilot` (`http://...`), asked without credentials.
+    pub(crate) fn plain(pilot: &str) -> PilotConnection {
+        PilotConnection {
+            pilot: pilot.to_string(),
+            ca: None,
+            server_name: String::new(),
+            cert: None,
+            key: None,
+            token_env: "BOSHY_TEST_UNSET_TOKEN".to_string(),
+        }
+    }
+}
+
+/// Requests to one pilot's API with the operator's credentials.
+pub(crate) struct PilotClient {
+    client: reqwest::Client,
+    /// `scheme://host:port`, no trailing slash.
+    base: String,
+    /// `bearer <token>`, when the credential is a token.
+    token: Option<reqwest::header::HeaderValue>,
+}
+
+impl PilotClient {
+    /// `GET <pilot><path>`: the URL asked and the response, whatever its status.
+    pub(crate) async fn get(&self, path: &str) -> Result<(String, reqwest::Response)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.get(&url);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        let response = request.send().await.with_context(|| format!("GET {url}"))?;
+        Ok((url, response))
     }
 }
 

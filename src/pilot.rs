@@ -168,6 +168,7 @@ pub async fn run(args: Args) -> Result<()> {
         board: board.clone(),
         snapshots: snapshots.clone(),
         name_streams: agents.name_streams().clone(),
+        traffic: agents.traffic().clone(),
     };
     let api_catalog = catalog_rx.clone();
     let api_rule_configs = rule_configs.clone();

@@ -24,11 +24,15 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 const SECRET: &str = "pilot-secret";
-const DATA_PATHS: [&str; 5] = [
+const DATA_PATHS: [&str; 9] = [
     "/v1/registration",
     "/v1/rules",
     "/v1/proxies",
     "/v1/services/web.banana.sample.boshy",
+    "/v1/graph",
+    "/console/",
+    "/console/console.js",
+    "/console/console.css",
     "/metrics",
 ];
 

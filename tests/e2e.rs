@@ -10,6 +10,8 @@ use boshy_test_support::lab as common;
 
 #[path = "e2e/bookinfo.rs"]
 mod bookinfo;
+#[path = "e2e/console.rs"]
+mod console;
 #[path = "e2e/metrics.rs"]
 mod metrics;
 #[path = "e2e/tracing.rs"]
@@ -104,7 +106,13 @@ fn the_mesh_end_to_end() {
             .expect("run curl");
         String::from_utf8_lossy(&out.stdout).into_owned()
     };
-    for path in ["/v1/registration", "/v1/rules", "/metrics"] {
+    for path in [
+        "/v1/registration",
+        "/v1/rules",
+        "/v1/graph",
+        "/console/",
+        "/metrics",
+    ] {
         assert_eq!(anonymous(path), "401", "{path} without credentials");
     }
     assert_eq!(anonymous("/healthz"), "200");
@@ -201,6 +209,8 @@ fn the_mesh_end_to_end() {
     metrics::prometheus_counts_requests_with_bosh_names();
     // One request traced through the services it crosses (docs/telemetry.md).
     tracing::a_request_is_one_trace_through_every_service_it_crosses();
+    // The live web console, in a real headless Chromium (docs/console.md).
+    console::chromium_draws_the_lab_in_the_console();
 
     // A process killed on a VM: its agent's probe of the exposed port fails, and the instance
     // stops receiving new connections, with no help from the director (every task fails

@@ -152,6 +152,7 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
                 board,
                 snapshots,
                 name_streams: agents.name_streams().clone(),
+                traffic: agents.traffic().clone(),
             },
             tls,
             Access { tokens: None },

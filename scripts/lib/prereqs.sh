@@ -19,6 +19,8 @@ boshy_missing_debian_packages() {
   command -v objdump >/dev/null || missing+=(binutils)
   # The end-to-end test scrapes the lab with a real Prometheus (docs/telemetry.md).
   command -v prometheus >/dev/null || missing+=(prometheus)
+  # The end-to-end test renders the web console in a real headless Chromium (docs/console.md).
+  command -v chromium >/dev/null || missing+=(chromium)
   printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '
 }
 

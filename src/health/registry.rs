@@ -15,6 +15,7 @@ use tokio::time::Instant;
 
 use super::report::AgentReport;
 use crate::catalog::model::InstanceRef;
+use crate::console::TrafficBoard;
 use crate::metrics;
 use crate::names::stream_status::NameStreams;
 use crate::scope::ScopeRegistry;
@@ -228,6 +229,8 @@ pub struct AgentRegistry {
     xds: Option<XdsView>,
     /// Every name-table stream open here, agent or not (`GET /v1/proxies`).
     name_streams: Arc<NameStreams>,
+    /// The calls each agent reports, for the console (`GET /v1/graph`).
+    traffic: Arc<TrafficBoard>,
 }
 
 struct Shared {
@@ -268,6 +271,7 @@ impl Default for AgentRegistry {
             }),
             xds: None,
             name_streams: Arc::default(),
+            traffic: Arc::default(),
         }
     }
 }
@@ -288,6 +292,11 @@ impl AgentRegistry {
     /// The name-table streams open on this pilot.
     pub fn name_streams(&self) -> &Arc<NameStreams> {
         &self.name_streams
+    }
+
+    /// The calls the agents report.
+    pub fn traffic(&self) -> &Arc<TrafficBoard> {
+        &self.traffic
     }
 
     /// The health the agents report, sent again whenever it changes.

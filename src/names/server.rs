@@ -22,6 +22,7 @@ use super::stream_status::{AgentStatus, NameStreamEntry, NameStreams};
 use super::table::NameTable;
 use super::wire::{Message, CONTENT_TYPE, HEARTBEAT_INTERVAL, WATCH_PATH};
 use crate::catalog::model::{Catalog, InstanceRef};
+use crate::console::wire::{TrafficReport, TRAFFIC_PATH};
 use crate::health::registry::AgentStream;
 use crate::health::report::{DRAINED_PATH, REPORT_PATH};
 use crate::health::{instance_out, AgentRegistry, AgentReport, ProbeIndex, ProbeSet};
@@ -38,6 +39,38 @@ const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Serves `GET /v1/names/watch`, and the agents' `POST /v1/names/health` and
 /// `GET /v1/names/drained` (docs/health.md), until the listener fails. Dropping the future closes every
 /// open stream too, so followers notice at once and reconnect elsewhere. With `identity`, also
+/// `POST /v1/names/traffic`: an agent's last window of its VM's calls, for the console; taken
+/// when the director lists its instance at the address the request comes from, and kept under
+/// the instance group the director lists it in.
+async fn take_traffic(
+    State(config): State<WatchConfig>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Json(report): Json<TrafficReport>,
+) -> Response {
+    let instance = report.instance_ref();
+    let refused = |status: StatusCode, kind: &str, reason: String| {
+        metrics::global().agent_refusal(kind);
+        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "calls report refused: {reason}");
+        (status, reason).into_response()
+    };
+    let Some(xds) = config.agents.xds() else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
+    };
+    if let Err(reason) = report.check() {
+        return refused(StatusCode::BAD_REQUEST, "calls_report", reason);
+    }
+    match xds.scopes.instance_group(&instance, peer.ip()) {
+        Ok(group) => {
+            config
+                .agents
+                .traffic()
+                .take(group, report, std::time::Instant::now());
+            StatusCode::NO_CONTENT.into_response()
+        }
+        Err(unverified) => refused(StatusCode::FORBIDDEN, "claim", unverified.to_string()),
+    }
+}
+
 /// `POST /v1/identity/csr` (docs/security.md); without, that answers 404.
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -97,6 +130,7 @@ fn router(
         .route(REPORT_PATH, post(take_report))
         .route(DRAINED_PATH, get(wait_drained))
         .route(SCOPE_PATH, post(take_scope))
+        .route(TRAFFIC_PATH, post(take_traffic))
         .route(CSR_PATH, post(take_csr))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {

@@ -636,3 +636,52 @@ async fn an_agent_changes_only_its_own_scope_and_an_add_waits_for_its_envoys() {
         }
     );
 }
+
+#[tokio::test]
+async fn an_agent_reports_calls_for_its_own_instance_only_and_they_are_kept_under_its_group() {
+    use crate::scope::registry::testing::listed;
+    let pilot = Pilot::start_with_xds(agent_catalog(1, "127.0.0.1"), Arc::default()).await;
+    pilot
+        .agents
+        .xds()
+        .unwrap()
+        .scopes
+        .set_listed(listed("a", &["127.0.0.1"]));
+    let post = |body: serde_json::Value| {
+        let url = format!("{}/v1/names/traffic", pilot.url());
+        async move {
+            let response = reqwest::Client::new()
+                .post(url)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (response.status(), response.text().await.unwrap())
+        }
+    };
+    let calls = serde_json::json!([{"destination": "x.g.d.boshy", "requests": 5, "errors": 1}]);
+    let current = || pilot.agents.traffic().current(std::time::Instant::now());
+
+    let (status, body) = post(
+        serde_json::json!({"deployment": "d", "instance": "b", "window_ms": 10000, "calls": calls}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::FORBIDDEN, "not listed: {body}");
+    let (status, body) = post(
+        serde_json::json!({"deployment": "d", "instance": "a", "window_ms": 0, "calls": calls}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::BAD_REQUEST);
+    assert!(body.contains("window_ms 0"), "{body}");
+    assert_eq!(current(), vec![], "refused reports are not kept");
+
+    let (status, body) = post(
+        serde_json::json!({"deployment": "d", "instance": "a", "window_ms": 10000, "calls": calls}),
+    )
+    .await;
+    assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
+    let windows = current();
+    assert_eq!(windows.len(), 1);
+    assert_eq!(windows[0].instance_group, "g", "the director's group");
+    assert_eq!(windows[0].report.calls[0].requests, 5);
+}

@@ -15,17 +15,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use super::view::{MeshView, Parties};
+use super::calls::CallWindow;
+use super::view::{MeshView, Parties, Reporter};
+use crate::console::wire::{Calls, DURATION_BUCKETS_MS};
 
 /// A label set: keys are this module's constants, values from the entry.
 type Labels = Vec<(&'static str, String)>;
-
-/// Istio's request duration buckets, in milliseconds, so that dashboards built for Istio's
-/// `istio_request_duration_milliseconds` read ours the same way.
-const DURATION_BUCKETS_MS: [f64; 19] = [
-    0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0, 5000.0, 10000.0, 30000.0,
-    60000.0, 300000.0, 600000.0, 1800000.0, 3600000.0,
-];
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS_MS)
@@ -52,6 +47,8 @@ pub(crate) struct RequestMetrics {
     /// callers or codes cannot grow the agent without bound.
     seen: HashSet<Labels>,
     max_series: usize,
+    /// This VM's calls since the last report, for the console.
+    calls: CallWindow,
 }
 
 impl RequestMetrics {
@@ -124,6 +121,7 @@ impl RequestMetrics {
             dropped,
             seen: HashSet::new(),
             max_series,
+            calls: CallWindow::default(),
         }
     }
 
@@ -140,6 +138,14 @@ impl RequestMetrics {
             .as_ref()
             .and_then(|response| response.response_code)
             .map_or(0, |code| code.value);
+        let duration_ms = common
+            .duration
+            .or(common.time_to_last_downstream_tx_byte)
+            .map(|d| d.seconds as f64 * 1e3 + f64::from(d.nanos) / 1e6);
+        if parties.reporter == Reporter::Source {
+            self.calls
+                .request(&parties.destination.service, code, duration_ms);
+        }
         let mut by_class = party_labels(&parties);
         by_class.push(("response_code_class", code_class(code)));
         let mut labels = by_class.clone();
@@ -149,8 +155,7 @@ impl RequestMetrics {
             return;
         }
         self.requests.get_or_create(&labels).inc();
-        if let Some(duration) = common.duration.or(common.time_to_last_downstream_tx_byte) {
-            let ms = duration.seconds as f64 * 1e3 + f64::from(duration.nanos) / 1e6;
+        if let Some(ms) = duration_ms {
             self.duration.get_or_create(&by_class).observe(ms);
         }
         let request = entry.request.as_ref().map_or(0, |r| r.request_body_bytes);
@@ -170,14 +175,25 @@ impl RequestMetrics {
             return self.drop_entry(DROPPED_NO_DESTINATION);
         };
         let labels = party_labels(&parties);
+        let outbound = parties.reporter == Reporter::Source;
+        let destination = &parties.destination.service;
         match AccessLogType::try_from(common.access_log_type) {
-            Ok(AccessLogType::TcpConnectionStart) if self.admit(&labels) => {
-                self.connections_opened.get_or_create(&labels).inc();
+            Ok(AccessLogType::TcpConnectionStart) => {
+                if outbound {
+                    self.calls.connection_opened(destination);
+                }
+                if self.admit(&labels) {
+                    self.connections_opened.get_or_create(&labels).inc();
+                }
             }
             // An Envoy that does not say is one that logs connections when they end.
             Ok(AccessLogType::TcpConnectionEnd | AccessLogType::NotSet) => {
+                let flags = flags(common.response_flags.as_ref());
+                if outbound {
+                    self.calls.connection_closed(destination, &flags);
+                }
                 let mut closed = labels.clone();
-                closed.push(("response_flags", flags(common.response_flags.as_ref())));
+                closed.push(("response_flags", flags));
                 if !self.admit(&closed) {
                     return;
                 }
@@ -211,6 +227,11 @@ impl RequestMetrics {
         self.dropped
             .get_or_create(&vec![("reason", reason.to_string())])
             .inc();
+    }
+
+    /// This VM's calls since the last time they were taken, by destination.
+    pub(crate) fn take_calls(&mut self) -> Vec<Calls> {
+        self.calls.take()
     }
 
     /// The metrics in the OpenMetrics text format Prometheus scrapes.
@@ -465,6 +486,28 @@ mod tests {
             ]
         );
         assert!(text.ends_with("# EOF\n"), "OpenMetrics text: {text}");
+    }
+
+    #[test]
+    fn the_console_gets_the_outbound_calls_only_even_beyond_the_series_limit() {
+        let mut metrics = RequestMetrics::new(0);
+        metrics.record_http(&view(), &request(200, common("169.254.0.1", 9002)));
+        metrics.record_http(&view(), &request(503, common("169.254.0.1", 9002)));
+        // The same call as banana's Envoy logs it: inbound, counted by the caller already.
+        metrics.record_http(&view_of("banana"), &request(200, common("10.0.0.5", 9002)));
+        let mut buckets = vec![0; DURATION_BUCKETS_MS.len() + 1];
+        buckets[2] = 2; // 3 ms, in (1, 5]
+        assert_eq!(
+            metrics.take_calls(),
+            vec![Calls {
+                destination: "example-httpbin.banana.d.boshy".into(),
+                requests: 2,
+                errors: 1,
+                duration_buckets: buckets,
+                ..Calls::default()
+            }]
+        );
+        assert_eq!(metrics.take_calls(), vec![]);
     }
 
     #[test]

@@ -172,7 +172,14 @@ pub async fn run(args: Args) -> Result<()> {
             metrics_listen: telemetry.metrics_listen,
             max_series: telemetry.max_series,
         };
-        crate::telemetry::start(settings, own, publisher.subscribe()).await?;
+        let reporting = instance
+            .clone()
+            .map(|instance| crate::telemetry::CallsReporting {
+                instance,
+                pilots: config.pilots.clone(),
+                tls: tls.clone(),
+            });
+        crate::telemetry::start(settings, own, publisher.subscribe(), reporting).await?;
     }
     // Set by the drain (`--drain`, another process) through a file beside the table: this
     // process starting means the jobs are starting, so the file of a previous drain goes.

@@ -111,11 +111,12 @@ pub async fn run(layout: &Layout) -> Result<()> {
         );
     }
     request_metrics(&state).await?;
+    service_graph(&state).await?;
     let mut state = state;
     health_from_the_vm(&mut state, &url).await?;
     traffic_rules(layout, &state).await?;
     println!(
-        "\nNext: every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab update banana` (a rolling deploy, drained: docs/health.md); `scripts/lab down` when done."
+        "\nNext: the live web console, `scripts/lab mesh console` (docs/console.md); every step of Istio's bookinfo tasks in docs/bookinfo.md; `scripts/lab update banana` (a rolling deploy, drained: docs/health.md); `scripts/lab down` when done."
     );
     Ok(())
 }
@@ -165,6 +166,46 @@ async fn request_metrics(state: &LabState) -> Result<()> {
             );
         }
     }
+    Ok(())
+}
+
+/// The calls above as the console's service graph has them (docs/console.md): the callers'
+/// agents report a window every 10 s.
+async fn service_graph(state: &LabState) -> Result<()> {
+    println!("\n== The service graph of the live web console (GET /v1/graph; docs/console.md)");
+    let banana = format!("{SERVICE}.{}", state.layout.tld);
+    let graph = || async {
+        let text = ready::api_get(state, "/v1/graph").await?;
+        let graph: serde_json::Value = serde_json::from_str(&text)?;
+        anyhow::Ok(graph["edges"].as_array().cloned().unwrap_or_default())
+    };
+    ready::until(
+        Duration::from_secs(30),
+        "the callers' agents to report their calls",
+        || async {
+            let edges = graph().await?;
+            Ok(edges
+                .iter()
+                .any(|edge| edge["destination"] == banana.as_str()))
+        },
+    )
+    .await?;
+    let edges = graph().await?;
+    for edge in edges {
+        let p99 = edge["p99_ms"]
+            .as_f64()
+            .map_or("-".to_string(), |ms| format!("{ms:.1} ms"));
+        println!(
+            "  {}/{} -> {}: {} req/s, {:.1}% errors, p99 {p99}, {} conn/s",
+            edge["source"]["deployment"].as_str().unwrap_or("?"),
+            edge["source"]["instance_group"].as_str().unwrap_or("?"),
+            edge["destination"].as_str().unwrap_or("?"),
+            edge["requests_per_second"],
+            edge["error_ratio"].as_f64().unwrap_or(0.0) * 100.0,
+            edge["connections_per_second"],
+        );
+    }
+    println!("  open the console: scripts/lab mesh console (prints the URL to open in a browser)");
     Ok(())
 }
 

@@ -16,12 +16,24 @@ pub struct LabCli {
 }
 
 impl LabCli {
-    pub fn run(&self, args: &[&str]) -> Output {
-        Command::new(crate::workspace_binary(LAB))
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(crate::workspace_binary(LAB));
+        command
             .args(args)
             .env("BOSHY_LAB_NAME", self.name)
-            .env("BOSHY_LAB_SUBNET", self.subnet)
-            .output()
+            .env("BOSHY_LAB_SUBNET", self.subnet);
+        command
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run boshy-lab")
+    }
+
+    /// Starts a lab command that keeps running (a server), its stdout piped.
+    pub fn spawn(&self, args: &[&str]) -> std::process::Child {
+        self.command(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
             .expect("run boshy-lab")
     }
 

@@ -11,10 +11,12 @@
 //! - [`process`]: running a command and reading how it ended.
 //! - [`prometheus`]: a real Prometheus scraping a lab, and its query API.
 //! - [`zipkin`]: a collector taking spans on the Zipkin v2 HTTP API.
+//! - [`chromium`]: a real headless Chromium: a page's DOM after its scripts, a screenshot.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 
 #![forbid(unsafe_code)]
 
+pub mod chromium;
 pub mod dns_agent;
 pub mod envoy;
 pub mod fuzz;
