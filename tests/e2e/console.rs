@@ -132,8 +132,8 @@ pub(crate) fn chromium_draws_the_lab_in_the_console() {
     }
     for edge in [BANANA, APRICOT] {
         let drawn =
-            format!(r#"<g class="edge bad" data-edge="sample-deployment/banana -> {edge}""#);
-        let ok = format!(r#"<g class="edge ok" data-edge="sample-deployment/banana -> {edge}""#);
+            format!(r#"<g class="edge bad" data-edge="sample-deployment/banana to {edge}""#);
+        let ok = format!(r#"<g class="edge ok" data-edge="sample-deployment/banana to {edge}""#);
         assert!(
             dom.contains(&drawn) || dom.contains(&ok),
             "the call banana -> {edge} drawn as an arrow: {dom}"
@@ -141,7 +141,7 @@ pub(crate) fn chromium_draws_the_lab_in_the_console() {
     }
     assert!(
         dom.contains(&format!(
-            r#"<g class="edge bad" data-edge="sample-deployment/banana -> {BANANA}""#
+            r#"<g class="edge bad" data-edge="sample-deployment/banana to {BANANA}""#
         )),
         "the failing calls drawn as failing: {dom}"
     );

@@ -9,7 +9,7 @@ const API = { graph: "../v1/graph", registration: "../v1/registration", proxies:
 const TYPES = ["cds", "lds", "eds", "rds"];
 
 // Layout of the graph, in pixels.
-const COLUMN = 360, GAP = 60, PAD = 12, TITLE = 24, ROW = 20, GROUP_TITLE = 22, MARGIN = 20;
+const COLUMN = 390, GAP = 170, PAD = 12, TITLE = 24, ROW = 20, GROUP_TITLE = 22, MARGIN = 20;
 
 function el(name, attrs, text) {
   const node = document.createElement(name);
@@ -123,6 +123,7 @@ function drawGraph(graph) {
     height = Math.max(height, y);
   });
   const edges = svg("g");
+  const labels = [];
   for (const edge of graph.edges) {
     const from = groupBoxes.get(groupName(edge.source));
     const to = serviceRows.get(edge.destination);
@@ -144,9 +145,11 @@ function drawGraph(graph) {
     const cls = edge.error_ratio > 0.05 || edge.failed_connection_ratio > 0.05 ? "bad"
       : edge.error_ratio > 0 || edge.failed_connection_ratio > 0 ? "some" : "ok";
     const width = 1.5 + Math.min(4, Math.log10(1 + edge.requests_per_second + edge.connections_per_second) * 2);
-    const g = svg("g", { class: `edge ${cls}`, "data-edge": `${groupName(edge.source)} -> ${edge.destination}` });
+    const g = svg("g", { class: `edge ${cls}`, "data-edge": `${groupName(edge.source)} to ${edge.destination}` });
     g.append(svg("path", { d, "stroke-width": width.toFixed(1), "marker-end": "url(#arrow)" }));
-    g.append(svg("text", { x: lx, y: ly, "text-anchor": "middle" }, edgeLabel(edge)));
+    const text = edgeLabel(edge);
+    ly = freeLine(labels, lx, ly, text.length * 6.2);
+    g.append(svg("text", { x: lx, y: ly, "text-anchor": "middle" }, text));
     edges.append(g);
   }
   const defs = svg("defs");
@@ -163,9 +166,17 @@ function drawGraph(graph) {
     const tr = row([groupName(e.source), e.destination, [rate(e.requests_per_second), "num"],
       [percent(e.error_ratio), "num"], [ms(e.p99_ms), "num"], [rate(e.connections_per_second), "num"],
       [e.reporting_instances, "num"]]);
-    tr.setAttribute("data-edge", `${groupName(e.source)} -> ${e.destination}`);
+    tr.setAttribute("data-edge", `${groupName(e.source)} to ${e.destination}`);
     return tr;
   }), "No calls reported in the last window.");
+}
+
+// The label's y moved down, a line at a time, until it overlaps no label placed before.
+function freeLine(placed, x, y, width) {
+  const overlaps = (b) => Math.abs(b.x - x) < (b.width + width) / 2 && Math.abs(b.y - y) < 14;
+  while (placed.some(overlaps)) y += 14;
+  placed.push({ x, y, width });
+  return y;
 }
 
 function drawVips(services) {
