@@ -389,6 +389,7 @@ async fn a_real_envoy_takes_the_certificate_and_its_renewal_through_sds_grpc() {
         index: None,
         az: None,
         ip: "127.0.0.1".parse().unwrap(),
+        service_name: None,
     };
     let yaml = render_with_sds(
         &node,

@@ -169,6 +169,7 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             index: Some(3),
             az: Some("z1".into()),
             ip: "127.0.0.1".parse().unwrap(),
+            service_name: None,
         };
         let envoy = start_envoy(&node, xds, AdsMode::Delta).await;
         envoy

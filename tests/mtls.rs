@@ -360,6 +360,7 @@ async fn start_envoy(name: &str, pilot: SocketAddr, tls: &ClientTls) -> Envoy {
         index: Some(0),
         az: Some("z1".into()),
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        service_name: None,
     };
     let bootstrap = render_with_tls(
         &node,

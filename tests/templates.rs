@@ -880,6 +880,7 @@ fn envoy_accepts_the_rendered_bootstrap_and_it_matches_the_rust_one() {
         index: Some(3),
         az: Some("z1".into()),
         ip: "10.244.0.7".parse().unwrap(),
+        service_name: None,
     };
     let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
     let rust = boshy::xds::bootstrap::render_with_tls(
@@ -957,6 +958,7 @@ fn rust_sidecar_bootstrap(telemetry: Option<&boshy::xds::bootstrap::Telemetry>) 
         index: Some(3),
         az: Some("z1".into()),
         ip: "10.244.0.7".parse().unwrap(),
+        service_name: None,
     };
     let tls = |file: &str| format!("/var/vcap/jobs/bosh-envoy/config/tls/{file}").into();
     let yaml = boshy::xds::bootstrap::render_sidecar(
@@ -975,6 +977,20 @@ fn rust_sidecar_bootstrap(telemetry: Option<&boshy::xds::bootstrap::Telemetry>) 
     )
     .unwrap();
     serde_yaml::from_str(&yaml).unwrap()
+}
+
+#[test]
+fn the_service_name_of_the_spans_is_the_node_cluster_and_nothing_else_changes() {
+    let named = render(
+        "bosh-envoy",
+        json!({"identity": {"enabled": true}, "tracing": {"service_name": "payments"}}),
+        default_link(),
+    );
+    let mut bootstrap = named.json("config/envoy.json");
+    assert_eq!(bootstrap["node"]["cluster"], "payments");
+    envoy_validate(&named.rebased().path("config/envoy.json"));
+    bootstrap["node"]["cluster"] = json!("sample-deployment/apricot");
+    assert_eq!(bootstrap, rust_sidecar_bootstrap(None));
 }
 
 #[test]

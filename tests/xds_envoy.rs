@@ -425,6 +425,7 @@ fn apricot(test: &str) -> NodeIdentity {
         index: Some(0),
         az: Some("z1".into()),
         ip: "127.0.0.1".parse().unwrap(),
+        service_name: None,
     }
 }
 

@@ -409,6 +409,7 @@ fn node(mode: AdsMode) -> NodeIdentity {
         index: Some(0),
         az: Some("z1".into()),
         ip: BANANA_IP.parse().unwrap(),
+        service_name: None,
     }
 }
 

@@ -561,6 +561,7 @@ fn node(mode: AdsMode) -> NodeIdentity {
         index: Some(0),
         az: Some("z1".into()),
         ip: "127.0.0.1".parse().unwrap(),
+        service_name: None,
     }
 }
 

@@ -138,6 +138,10 @@ pub struct Args {
     /// The agent's loopback `/metrics` endpoint.
     #[arg(long, default_value = DEFAULT_AGENT_METRICS)]
     pub agent_metrics: SocketAddr,
+    /// The service name of this VM's spans (docs/telemetry.md); empty or absent:
+    /// `<deployment>/<instance group>`.
+    #[arg(long)]
+    pub service_name: Option<String>,
 }
 
 /// Where the request metrics come from and where Envoy serves them (docs/telemetry.md).
@@ -166,6 +170,9 @@ pub struct NodeIdentity {
     pub index: Option<u32>,
     pub az: Option<String>,
     pub ip: IpAddr,
+    /// The name the VM's spans carry (bosh-envoy's `tracing.service_name`); `None`:
+    /// `<deployment>/<instance group>`.
+    pub service_name: Option<String>,
 }
 
 impl NodeIdentity {
@@ -176,8 +183,13 @@ impl NodeIdentity {
         )
     }
 
+    /// Envoy's `node.cluster`: the service name of the VM's spans (Envoy's Zipkin tracer names
+    /// them after it). The pilot identifies a node by its metadata, never by this.
     pub(crate) fn node_cluster(&self) -> String {
-        format!("{}/{}", self.deployment, self.instance_group)
+        match &self.service_name {
+            Some(name) => name.clone(),
+            None => format!("{}/{}", self.deployment, self.instance_group),
+        }
     }
 }
 
@@ -189,6 +201,7 @@ pub async fn run(args: Args) -> Result<()> {
         index: args.index,
         az: args.az,
         ip: args.ip,
+        service_name: args.service_name.filter(|name| !name.is_empty()),
     };
     let tls = match (
         args.tls_ca,
@@ -579,6 +592,7 @@ mod tests {
             index: Some(3),
             az: Some("z1".into()),
             ip: "10.244.0.7".parse().unwrap(),
+            service_name: None,
         }
     }
 
@@ -783,6 +797,36 @@ mod tests {
                 ["http2_protocol_options"]["connection_keepalive"]["interval"],
             "30s",
             "the xDS cluster keeps its keepalives"
+        );
+    }
+
+    #[test]
+    fn the_service_name_replaces_the_bosh_identity_as_the_node_cluster() {
+        let default = render(
+            &node(),
+            &["127.0.0.1:15010".to_string()],
+            DEFAULT_ADMIN.parse().unwrap(),
+        );
+        let named = NodeIdentity {
+            service_name: Some("payments".into()),
+            ..node()
+        };
+        let renamed = render(
+            &named,
+            &["127.0.0.1:15010".to_string()],
+            DEFAULT_ADMIN.parse().unwrap(),
+        );
+        let cluster = |yaml: anyhow::Result<String>| {
+            let b: Value = serde_yaml::from_str(&yaml.unwrap()).unwrap();
+            (b["node"]["cluster"].clone(), b["node"]["metadata"].clone())
+        };
+        let (default_cluster, default_metadata) = cluster(default);
+        let (renamed_cluster, renamed_metadata) = cluster(renamed);
+        assert_eq!(default_cluster, "sample-deployment/apricot");
+        assert_eq!(renamed_cluster, "payments");
+        assert_eq!(
+            renamed_metadata, default_metadata,
+            "the pilot's view of the node"
         );
     }
 

@@ -352,6 +352,7 @@ async fn measure_inside(
         index: Some(0),
         az: Some("z1".into()),
         ip: IpAddr::V4(Ipv4Addr::LOCALHOST),
+        service_name: None,
     };
     // The VM's scope, as its agent would have told the pilot before Envoy connects.
     let scopes = (scope > 0).then(|| {
