@@ -125,19 +125,15 @@ impl TelemetryConfig {
                         config_path.display()
                     )
                 };
-                let port = tracing
-                    .zipkin_collector
-                    .rsplit_once(':')
-                    .filter(|(host, _)| !host.is_empty())
-                    .and_then(|(_, port)| port.parse::<u16>().ok())
-                    .filter(|port| *port != 0);
-                if port.is_none() {
+                let Some(collector) =
+                    crate::xds::telemetry::Collector::parse(&tracing.zipkin_collector)
+                else {
                     bail!(
                         "{}: {:?} is not host:port",
                         at("zipkin_collector"),
                         crate::text::clip(&tracing.zipkin_collector)
                     );
-                }
+                };
                 if !(0.0..=100.0).contains(&tracing.sampling_percent) {
                     bail!(
                         "{}: {} is not a percentage (0 to 100)",
@@ -149,7 +145,7 @@ impl TelemetryConfig {
                     bail!("{}: a path starts with /", at("collector_path"));
                 }
                 Some(crate::xds::telemetry::Tracing {
-                    collector: tracing.zipkin_collector.clone(),
+                    collector,
                     collector_path: tracing.collector_path.clone(),
                     sampling_percent: tracing.sampling_percent,
                 })
@@ -703,7 +699,7 @@ mod tests {
             .unwrap()
             .tracing
             .unwrap();
-        assert_eq!(tracing.collector, "zipkin.example.com:9411");
+        assert_eq!(tracing.collector.to_string(), "zipkin.example.com:9411");
         assert_eq!(tracing.collector_path, "/api/v2/spans");
         assert_eq!(tracing.sampling_percent, 1.0);
         for (bad, key) in [

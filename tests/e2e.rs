@@ -87,24 +87,9 @@ fn the_mesh_end_to_end() {
     // either it is a 401 with no data, and plain HTTP gets nothing; `/healthz` stays open;
     // `boshy-lab api` presents the lab's certificate.
     let pilot = LAB.pilot_ips().into_iter().next().expect("a bosh-pilot VM");
-    let name = boshy_lab::pki::PILOT_SERVER_NAME;
     let anonymous = |path: &str| {
-        let out = std::process::Command::new("curl")
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(["--resolve", &format!("{name}:8080:{pilot}"), "--cacert"])
-            .arg(format!("/tmp/boshy-lab/{}/mesh-tls/ca.pem", LAB.name))
-            .arg(format!("https://{name}:8080{path}"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        let target = (boshy_lab::pki::PILOT_SERVER_NAME, pilot.as_str(), 8080);
+        LAB.https_status(target, "GET", path, None)
     };
     for path in [
         "/v1/registration",

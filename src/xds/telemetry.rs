@@ -59,14 +59,44 @@ impl Telemetry {
 /// Zipkin tracing (docs/telemetry.md, "Tracing").
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Tracing {
-    /// `host:port` of the collector's Zipkin v2 HTTP API (Zipkin, Jaeger's or an OpenTelemetry
-    /// collector's Zipkin receiver); an IP literal or a DNS name.
-    pub collector: String,
+    /// The collector's Zipkin v2 HTTP API (Zipkin, Jaeger's or an OpenTelemetry collector's
+    /// Zipkin receiver).
+    pub collector: Collector,
     /// The path spans are posted to.
     pub collector_path: String,
     /// Requests traced when no caller decided (a B3 `x-b3-sampled` header decides for its
     /// request), in percent.
     pub sampling_percent: f64,
+}
+
+/// Where spans go: an IP literal or a DNS name, and a port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Collector {
+    /// Without brackets for an IPv6 literal.
+    pub host: String,
+    pub port: u16,
+}
+
+impl Collector {
+    /// `host:port` (`[v6]:port`); `None` for anything else or port 0.
+    pub fn parse(text: &str) -> Option<Collector> {
+        let (host, port) = text.rsplit_once(':')?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = port.parse::<u16>().ok().filter(|port| *port != 0)?;
+        (!host.is_empty()).then(|| Collector {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl std::fmt::Display for Collector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.host.contains(':') {
+            true => write!(f, "[{}]:{}", self.host, self.port),
+            false => write!(f, "{}:{}", self.host, self.port),
+        }
+    }
 }
 
 /// The cluster to the Zipkin collector.
@@ -165,7 +195,7 @@ pub(crate) fn http_tracing(
         trace_id_128bit: true,
         // Client and server spans of one hop have their own ids (B3's single-host spans).
         shared_span_context: Some(BoolValue { value: false }),
-        collector_hostname: tracing.collector.clone(),
+        collector_hostname: tracing.collector.to_string(),
         ..Default::default()
     };
     // Envoy refuses an empty literal (a ServiceEntry's service has no BOSH names).
@@ -203,9 +233,7 @@ pub(crate) fn http_tracing(
 /// service, so no scope leaves it out).
 pub(crate) fn zipkin_cluster(telemetry: &Telemetry) -> Option<Cluster> {
     let tracing = telemetry.tracing.as_ref()?;
-    let (host, port) = tracing.collector.rsplit_once(':')?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    let port: u32 = port.parse().ok()?;
+    let Collector { host, port } = &tracing.collector;
     // An IP literal needs no resolver; a name is re-resolved.
     let discovery = match host.parse::<std::net::IpAddr>() {
         Ok(_) => cluster::DiscoveryType::Static,
@@ -215,8 +243,10 @@ pub(crate) fn zipkin_cluster(telemetry: &Telemetry) -> Option<Cluster> {
         host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
             address: Some(Address {
                 address: Some(address::Address::SocketAddress(SocketAddress {
-                    address: host.to_string(),
-                    port_specifier: Some(socket_address::PortSpecifier::PortValue(port)),
+                    address: host.clone(),
+                    port_specifier: Some(socket_address::PortSpecifier::PortValue(u32::from(
+                        *port,
+                    ))),
                     ..Default::default()
                 })),
             }),
@@ -270,11 +300,23 @@ mod tests {
         assert!(tcp_access_log_options().flush_access_log_on_start);
     }
 
+    #[test]
+    fn a_collector_is_host_and_port_said_back_as_given() {
+        for text in ["zipkin.example.com:9411", "10.0.0.9:9411", "[fd00::9]:9411"] {
+            let collector = Collector::parse(text).unwrap();
+            assert_eq!(collector.to_string(), text);
+        }
+        assert_eq!(Collector::parse("[fd00::9]:9411").unwrap().host, "fd00::9");
+        for bad in ["zipkin", ":9411", "z:0", "z:65536", "z:", "[]:9411"] {
+            assert_eq!(Collector::parse(bad), None, "{bad}");
+        }
+    }
+
     fn tracing(collector: &str) -> Telemetry {
         Telemetry {
             request_metrics: false,
             tracing: Some(Tracing {
-                collector: collector.into(),
+                collector: Collector::parse(collector).expect("host:port"),
                 collector_path: "/api/v2/spans".into(),
                 sampling_percent: 1.0,
             }),

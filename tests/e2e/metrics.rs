@@ -34,33 +34,13 @@ fn only_the_metrics_and_only_to_a_mesh_certificate() {
         .as_str()
         .expect("ip")
         .to_string();
-    let tls = format!("/tmp/boshy-lab/{}/mesh-tls", LAB.name);
-    let name = boshy_lab::pki::ADDON_SERVER_NAME;
-    let port = boshy_lab::prometheus::METRICS_PORT;
+    let target = (
+        boshy_lab::pki::ADDON_SERVER_NAME,
+        ip.as_str(),
+        boshy_lab::prometheus::METRICS_PORT,
+    );
     let curl = |certificate: bool, method: &str, path: &str| {
-        let mut command = std::process::Command::new("curl");
-        command
-            .args([
-                "-s",
-                "-o",
-                "/dev/null",
-                "-w",
-                "%{http_code}",
-                "--max-time",
-                "5",
-            ])
-            .args(["-X", method, "--cacert", &format!("{tls}/ca.pem")])
-            .args(["--resolve", &format!("{name}:{port}:{ip}")]);
-        if certificate {
-            command
-                .args(["--cert", &format!("{tls}/prometheus.pem")])
-                .args(["--key", &format!("{tls}/prometheus.key")]);
-        }
-        let out = command
-            .arg(format!("https://{name}:{port}{path}"))
-            .output()
-            .expect("run curl");
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        LAB.https_status(target, method, path, certificate.then_some("prometheus"))
     };
     assert_eq!(
         curl(false, "GET", "/metrics"),

@@ -168,6 +168,36 @@ impl LabCli {
         self.ok(&args).trim().to_string()
     }
 
+    /// The HTTP status of one `curl -X <method>` of `https://<server_name>:<port><path>` at
+    /// `ip`, from the host, checking the server against the lab's mesh CA and presenting the
+    /// lab's client certificate `client` (`prometheus`, `client`) if given; `000` when there was
+    /// no answer (no TLS handshake).
+    pub fn https_status(
+        &self,
+        (server_name, ip, port): (&str, &str, u16),
+        method: &str,
+        path: &str,
+        client: Option<&str>,
+    ) -> String {
+        let tls = format!("/tmp/boshy-lab/{}/mesh-tls", self.name);
+        let mut command = Command::new("curl");
+        command
+            .args(["-s", "-o", "/dev/null", "-w", "%{http_code}"])
+            .args(["--max-time", "5", "-X", method])
+            .args(["--cacert", &format!("{tls}/ca.pem")])
+            .args(["--resolve", &format!("{server_name}:{port}:{ip}")]);
+        if let Some(client) = client {
+            command
+                .args(["--cert", &format!("{tls}/{client}.pem")])
+                .args(["--key", &format!("{tls}/{client}.key")]);
+        }
+        let out = command
+            .arg(format!("https://{server_name}:{port}{path}"))
+            .output()
+            .expect("run curl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// curls `url` from `vm` `n` times; returns the IPs of the instances that answered.
     pub fn curl_instances(&self, vm: &str, url: &str, n: usize) -> Vec<String> {
         (0..n)
