@@ -56,7 +56,9 @@ use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
 use crate::xds::cache::Snapshot;
 use crate::xds::proxy_status::{ProxiesReport, SnapshotRef};
-use crate::xds::sync::SyncBoard;
+use crate::xds::resources::ResourceType;
+use crate::xds::stream_config;
+use crate::xds::sync::{Lookup, SyncBoard};
 
 /// What the API shows: the pilot's current catalog, rule configs and their verdicts, and its
 /// Envoys.
@@ -232,6 +234,7 @@ fn router(sources: Sources) -> Router {
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/proxies/{*proxy_and_view}", get(proxy_view))
         .route("/v1/services/{hostname}", get(described_service))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -483,6 +486,72 @@ async fn described_service(
 
 async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
     Json(sources.proxies.report())
+}
+
+/// `?type=` of `/v1/proxies/<instance>/config` and `/diff`.
+#[derive(serde::Deserialize)]
+struct ViewQuery {
+    r#type: Option<String>,
+}
+
+/// `/v1/proxies/<instance>/config` and `/v1/proxies/<instance>/diff`: what the pilot sends the
+/// Envoy `<instance>` names now, through that Envoy's stream (`xds::stream_config`), and how
+/// that differs from what it ACKed. `<instance>` is how the BOSH CLI names an instance
+/// (`apricot/3`, `sample/apricot/3`, `apricot/<id>`) or a node id.
+async fn proxy_view(
+    State(sources): State<Sources>,
+    axum::extract::Path(proxy_and_view): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ViewQuery>,
+) -> axum::response::Response {
+    let Some((wanted, view)) = proxy_and_view
+        .rsplit_once('/')
+        .filter(|(_, view)| ["config", "diff"].contains(view))
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let only = match query.r#type.as_deref().map(ResourceType::from_word) {
+        None => None,
+        Some(Some(only)) => Some(only),
+        Some(None) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "type: one of cds, eds, lds, rds (or clusters, endpoints, listeners, routes)\n",
+            )
+                .into_response()
+        }
+    };
+    let Some(snapshot) = sources.proxies.snapshots.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pilot has no configuration to send yet (no catalog from the director)\n",
+        )
+            .into_response();
+    };
+    let (proxy, stream) = match sources.proxies.board.find(wanted, Some(snapshot.seq())) {
+        Ok(found) => found,
+        Err(Lookup::NotFound) => {
+            let reason = format!("no Envoy connected to this pilot is {wanted}\n");
+            return (StatusCode::NOT_FOUND, reason).into_response();
+        }
+        Err(Lookup::Ambiguous(candidates)) => {
+            let reason = format!(
+                "{wanted} names {} Envoys: {}; name one as deployment/group/index\n",
+                candidates.len(),
+                candidates.join(", ")
+            );
+            return (StatusCode::CONFLICT, reason).into_response();
+        }
+    };
+    let types = stream.config(&snapshot);
+    if view == "config" {
+        Json(stream_config::config_report(proxy, &snapshot, types, only)).into_response()
+    } else {
+        let types = types
+            .into_iter()
+            .filter(|t| only.is_none_or(|only| only == t.resource_type))
+            .collect();
+        Json(stream_config::diff_report(proxy, &snapshot, types)).into_response()
+    }
 }
 
 async fn metrics() -> impl IntoResponse {
