@@ -952,6 +952,190 @@ mod tests {
         );
     }
 
+    fn resource(name: &str, summary: Summary) -> ResourceConfig {
+        ResourceConfig {
+            name: name.into(),
+            version: "0123456789abcdef".into(),
+            bytes: 312,
+            summary,
+        }
+    }
+
+    const SNAPSHOT: SnapshotRef = SnapshotRef {
+        seq: 9,
+        version: 42,
+    };
+
+    #[test]
+    fn the_config_is_a_table_per_type_with_each_resources_details_below_it() {
+        use crate::xds::stream_config::{LocalityEndpoints, TypeResources, VirtualHostRoutes};
+        let of_type = |xds_type: &str, resources| TypeResources {
+            xds_type: xds_type.into(),
+            held_back: false,
+            resources,
+        };
+        let web = "outbound|80||web.g.d.boshy";
+        let config = ProxyConfig {
+            proxy: proxy("apricot", Some(3), &[]),
+            snapshot: SNAPSHOT,
+            types: vec![
+                of_type(
+                    "cds",
+                    vec![
+                        resource(
+                            web,
+                            Summary::Cluster {
+                                discovery: "EDS".into(),
+                                lb_policy: "LEAST_REQUEST".into(),
+                                tls: true,
+                                endpoints: Some(2),
+                            },
+                        ),
+                        resource(
+                            "broken",
+                            Summary::Undecodable {
+                                error: "bad wire type".into(),
+                            },
+                        ),
+                    ],
+                ),
+                of_type(
+                    "eds",
+                    vec![resource(
+                        web,
+                        Summary::Endpoints {
+                            localities: vec![
+                                LocalityEndpoints {
+                                    zone: "z1".into(),
+                                    priority: 0,
+                                    endpoints: vec!["10.0.0.4:80 HEALTHY".into()],
+                                },
+                                LocalityEndpoints {
+                                    zone: "-".into(),
+                                    priority: 1,
+                                    endpoints: vec!["10.0.0.5:80 UNHEALTHY".into()],
+                                },
+                            ],
+                        },
+                    )],
+                ),
+                TypeResources {
+                    held_back: true,
+                    ..of_type("lds", Vec::new())
+                },
+                of_type(
+                    "rds",
+                    vec![resource(
+                        web,
+                        Summary::Routes {
+                            virtual_hosts: vec![VirtualHostRoutes {
+                                name: "web".into(),
+                                domains: vec!["web.g.d.boshy".into(), "169.254.255.2".into()],
+                                routes: vec![format!("prefix / → {web}")],
+                            }],
+                        },
+                    )],
+                ),
+            ],
+        };
+        assert_eq!(
+            config_text(&config),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42)\n\
+             \n\
+             CLUSTERS (cds): 2\n\
+             NAME                        VERSION           BYTES  TYPE  LB             TLS  ENDPOINTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    EDS   LEAST_REQUEST  yes  2\n\
+             broken                      0123456789abcdef  312    -     -              -    -\n\
+             \x20 undecodable: bad wire type\n\
+             \n\
+             ENDPOINTS (eds): 1\n\
+             NAME                        VERSION           BYTES  ENDPOINTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    2\n\
+             \x20 z1: 10.0.0.4:80 HEALTHY\n\
+             \x20 - (priority 1): 10.0.0.5:80 UNHEALTHY\n\
+             \n\
+             LISTENERS (lds): held back until the VM's scope is known (its Envoy keeps what it has)\n\
+             \n\
+             ROUTES (rds): 1\n\
+             NAME                        VERSION           BYTES  VIRTUAL HOSTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    1\n\
+             \x20 web (web.g.d.boshy, 169.254.255.2)\n\
+             \x20   prefix / → outbound|80||web.g.d.boshy\n"
+        );
+    }
+
+    #[test]
+    fn a_diff_says_what_would_change_per_type_and_the_nack_standing() {
+        use crate::xds::stream_config::{Changed, Versioned};
+        let same = |xds_type: &str| TypeDiff {
+            xds_type: xds_type.into(),
+            held_back: false,
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            nack: None,
+        };
+        let versioned = |name: &str, version: &str| Versioned {
+            name: name.into(),
+            version: version.into(),
+        };
+        let mut diff = ProxyDiff {
+            proxy: proxy("apricot", Some(3), &[]),
+            snapshot: SNAPSHOT,
+            in_sync: true,
+            types: vec![same("cds"), same("lds")],
+        };
+        assert_eq!(
+            diff_text(&diff),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42): in sync\n\
+             CDS  in sync\n\
+             LDS  in sync\n"
+        );
+        diff.in_sync = false;
+        diff.types[0] = TypeDiff {
+            added: vec![versioned("outbound|80||new.g.d.boshy", "3f2a")],
+            removed: vec![versioned("outbound|80||old.g.d.boshy", "1b2c")],
+            changed: vec![Changed {
+                name: "outbound|80||web.g.d.boshy".into(),
+                acked_version: "1b2c".into(),
+                version: "3f2a".into(),
+            }],
+            nack: Some(crate::xds::proxy_status::Nack {
+                version: "42".into(),
+                resource: Some("outbound|80||web.g.d.boshy".into()),
+                error: "bad cluster".into(),
+                at: 0,
+            }),
+            ..same("cds")
+        };
+        diff.types[1].held_back = true;
+        assert_eq!(
+            diff_text(&diff),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42): differs\n\
+             CDS  1 to add, 1 to remove, 1 changed\n\
+             \x20 + outbound|80||new.g.d.boshy 3f2a\n\
+             \x20 - outbound|80||old.g.d.boshy 1b2c\n\
+             \x20 ~ outbound|80||web.g.d.boshy 1b2c → 3f2a\n\
+             \x20 NACK of version 42 outbound|80||web.g.d.boshy: bad cluster\n\
+             LDS  held back until the VM's scope is known\n"
+        );
+    }
+
+    #[test]
+    fn an_instance_goes_in_the_path_as_it_is_and_nothing_else_does() {
+        assert_eq!(
+            proxy_path("sample/apricot/3").unwrap(),
+            "/v1/proxies/sample/apricot/3"
+        );
+        assert_eq!(
+            proxy_path("sidecar~10.0.0.5~apricot/6f1c~sample").unwrap(),
+            "/v1/proxies/sidecar~10.0.0.5~apricot/6f1c~sample"
+        );
+        for bad in ["", "apricot/3?type=x", "a b", "../x#"] {
+            assert!(proxy_path(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_pilot_without_a_snapshot_says_so() {
         let report = ProxiesReport {

@@ -830,6 +830,37 @@ mod tests {
     }
 
     #[test]
+    fn a_standing_nack_puts_a_stream_out_of_sync_and_an_overcome_one_does_not() {
+        let snapshot = Snapshot::from_catalog(&crate::catalog::model::Catalog {
+            version: 3,
+            ..Default::default()
+        });
+        let nack = Nack {
+            version: "2".into(),
+            resource: None,
+            error: "bad listener".into(),
+            at: 0,
+        };
+        let mut proxy = ProxyStatus::connected("sotw", None, std::time::UNIX_EPOCH);
+        let lds = proxy.types.entry("lds".into()).or_default();
+        lds.state = SyncState::Nack;
+        lds.last_nack = Some(nack.clone());
+        let in_sync = || TypeConfig {
+            resource_type: ResourceType::Listener,
+            wanted: Some(Vec::new()),
+            acked: BTreeMap::new(),
+        };
+        let report = diff_report(proxy.clone(), &snapshot, vec![in_sync()]);
+        assert!(!report.in_sync);
+        assert_eq!(report.types[0].nack, Some(nack));
+        assert_eq!(report.snapshot, SnapshotRef { seq: 0, version: 3 });
+        proxy.types.get_mut("lds").unwrap().state = SyncState::Synced;
+        let report = diff_report(proxy, &snapshot, vec![in_sync()]);
+        assert!(report.in_sync);
+        assert_eq!(report.types[0].nack, None);
+    }
+
+    #[test]
     fn a_diff_names_what_is_added_removed_and_changed_with_both_versions() {
         let acked: BTreeMap<String, String> = [("a", "1"), ("b", "1"), ("c", "1")]
             .map(|(n, v)| (n.to_string(), v.to_string()))
