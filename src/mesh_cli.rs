@@ -238,7 +238,7 @@ fn proxy_line(proxy: &ProxyStatus, snapshot: SnapshotRef) -> String {
 
 /// What the pilot sends one Envoy, for people: per type a table of its resources, each row
 /// followed by its details (filter chains, localities, virtual hosts and their routes).
-pub fn config_text(config: &ProxyConfig) -> String {
+pub(crate) fn config_text(config: &ProxyConfig) -> String {
     let mut out = format!("{}\n", proxy_line(&config.proxy, config.snapshot));
     for of_type in &config.types {
         let Some(resource_type) = ResourceType::from_word(&of_type.xds_type) else {
@@ -362,7 +362,7 @@ fn resource_row(resource: &ResourceConfig, columns: usize) -> (Vec<String>, Vec<
 /// What the pilot would send one Envoy against what it ACKed, for people: per type what would
 /// be added (`+`), removed (`-`) and changed (`~`, from the ACKed version to the new one),
 /// and the NACK standing, if any.
-pub fn diff_text(diff: &ProxyDiff) -> String {
+pub(crate) fn diff_text(diff: &ProxyDiff) -> String {
     let verdict = if diff.in_sync { "in sync" } else { "differs" };
     let mut out = format!("{}: {verdict}\n", proxy_line(&diff.proxy, diff.snapshot));
     for of_type in &diff.types {

@@ -33,14 +33,14 @@ impl ResourceType {
 
     /// The type a person names by its short name or its resources' plural: `cds` or
     /// `clusters`, `eds` or `endpoints`, `lds` or `listeners`, `rds` or `routes`.
-    pub fn from_word(word: &str) -> Option<ResourceType> {
+    pub(crate) fn from_word(word: &str) -> Option<ResourceType> {
         ResourceType::PUSH_ORDER
             .into_iter()
             .find(|t| word == t.short_name() || word == t.plural())
     }
 
     /// `clusters`, `endpoints`, `listeners` or `routes`.
-    pub fn plural(self) -> &'static str {
+    pub(crate) fn plural(self) -> &'static str {
         match self {
             ResourceType::Cluster => "clusters",
             ResourceType::Endpoint => "endpoints",
@@ -222,7 +222,7 @@ impl ProxyStatus {
 
     /// `<instance group>/<index>` as `bosh instances` says it, else the instance id, else the
     /// node id.
-    pub fn name(&self) -> String {
+    pub(crate) fn name(&self) -> String {
         match (&self.instance_group, self.index, &self.instance_id) {
             (Some(group), Some(index), _) => format!("{group}/{index}"),
             (Some(group), None, Some(id)) => format!("{group}/{id}"),

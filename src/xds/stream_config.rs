@@ -46,7 +46,7 @@ pub(crate) trait StreamConfig: Send + Sync {
 
 /// `GET /v1/proxies/<instance>/config`: what the pilot sends that Envoy now.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyConfig {
+pub(crate) struct ProxyConfig {
     pub proxy: ProxyStatus,
     pub snapshot: SnapshotRef,
     pub types: Vec<TypeResources>,
@@ -54,7 +54,7 @@ pub struct ProxyConfig {
 
 /// One type of [`ProxyConfig`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TypeResources {
+pub(crate) struct TypeResources {
     /// `cds`, `eds`, `lds` or `rds`.
     #[serde(rename = "type")]
     pub xds_type: String,
@@ -65,7 +65,7 @@ pub struct TypeResources {
 
 /// One resource as the stream would send it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ResourceConfig {
+pub(crate) struct ResourceConfig {
     pub name: String,
     pub version: String,
     /// Encoded size.
@@ -77,7 +77,7 @@ pub struct ResourceConfig {
 /// so this is the JSON too).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Summary {
+pub(crate) enum Summary {
     Cluster {
         /// `EDS`, `STATIC`, `ORIGINAL_DST`, … or the custom type's name (`envoy.cluster.dns`).
         discovery: String,
@@ -107,7 +107,7 @@ pub enum Summary {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct LocalityEndpoints {
+pub(crate) struct LocalityEndpoints {
     /// The zone (the BOSH AZ), `-` for none.
     pub zone: String,
     pub priority: u32,
@@ -116,7 +116,7 @@ pub struct LocalityEndpoints {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct VirtualHostRoutes {
+pub(crate) struct VirtualHostRoutes {
     pub name: String,
     pub domains: Vec<String>,
     /// `match → action`, in order.
@@ -126,7 +126,7 @@ pub struct VirtualHostRoutes {
 /// `GET /v1/proxies/<instance>/diff`: what the pilot would send now against what the Envoy
 /// ACKed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ProxyDiff {
+pub(crate) struct ProxyDiff {
     pub proxy: ProxyStatus,
     pub snapshot: SnapshotRef,
     /// Nothing to send and no NACK standing.
@@ -136,7 +136,7 @@ pub struct ProxyDiff {
 
 /// One type of [`ProxyDiff`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct TypeDiff {
+pub(crate) struct TypeDiff {
     #[serde(rename = "type")]
     pub xds_type: String,
     pub held_back: bool,
@@ -151,13 +151,13 @@ pub struct TypeDiff {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Versioned {
+pub(crate) struct Versioned {
     pub name: String,
     pub version: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Changed {
+pub(crate) struct Changed {
     pub name: String,
     pub acked_version: String,
     pub version: String,
