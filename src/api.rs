@@ -61,7 +61,9 @@ use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
 use crate::xds::cache::Snapshot;
 use crate::xds::proxy_status::{ProxiesReport, SnapshotRef};
-use crate::xds::sync::SyncBoard;
+use crate::xds::resources::ResourceType;
+use crate::xds::stream_config;
+use crate::xds::sync::{Lookup, SyncBoard};
 
 /// What the API shows: the pilot's current catalog, rule configs and their verdicts, and its
 /// Envoys.
@@ -240,6 +242,7 @@ fn router(sources: Sources) -> Router {
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
         .route("/v1/proxies", get(proxies))
+        .route("/v1/proxies/{*proxy_and_view}", get(proxy_view))
         .route("/v1/services/{hostname}", get(described_service))
         .route("/v1/graph", get(graph))
         .route(
@@ -527,6 +530,72 @@ async fn console_asset(asset: Option<axum::extract::Path<String>>) -> axum::resp
 
 async fn proxies(State(sources): State<Sources>) -> Json<ProxiesReport> {
     Json(sources.proxies.report())
+}
+
+/// `?type=` of `/v1/proxies/<instance>/config` and `/diff`.
+#[derive(serde::Deserialize)]
+struct ViewQuery {
+    r#type: Option<String>,
+}
+
+/// `/v1/proxies/<instance>/config` and `/v1/proxies/<instance>/diff`: what the pilot sends the
+/// Envoy `<instance>` names now, through that Envoy's stream (`xds::stream_config`), and how
+/// that differs from what it ACKed. `<instance>` is how the BOSH CLI names an instance
+/// (`apricot/3`, `sample/apricot/3`, `apricot/<id>`) or a node id.
+async fn proxy_view(
+    State(sources): State<Sources>,
+    axum::extract::Path(proxy_and_view): axum::extract::Path<String>,
+    axum::extract::Query(query): axum::extract::Query<ViewQuery>,
+) -> axum::response::Response {
+    let Some((wanted, view)) = proxy_and_view
+        .rsplit_once('/')
+        .filter(|(_, view)| ["config", "diff"].contains(view))
+    else {
+        return StatusCode::NOT_FOUND.into_response();
+    };
+    let only = match query.r#type.as_deref().map(ResourceType::from_word) {
+        None => None,
+        Some(Some(only)) => Some(only),
+        Some(None) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                "type: one of cds, eds, lds, rds (or clusters, endpoints, listeners, routes)\n",
+            )
+                .into_response()
+        }
+    };
+    let Some(snapshot) = sources.proxies.snapshots.borrow().clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the pilot has no configuration to send yet (no catalog from the director)\n",
+        )
+            .into_response();
+    };
+    let (proxy, stream) = match sources.proxies.board.find(wanted, Some(snapshot.seq())) {
+        Ok(found) => found,
+        Err(Lookup::NotFound) => {
+            let reason = format!("no Envoy connected to this pilot is {wanted}\n");
+            return (StatusCode::NOT_FOUND, reason).into_response();
+        }
+        Err(Lookup::Ambiguous(candidates)) => {
+            let reason = format!(
+                "{wanted} names {} Envoys: {}; name one as deployment/group/index\n",
+                candidates.len(),
+                candidates.join(", ")
+            );
+            return (StatusCode::CONFLICT, reason).into_response();
+        }
+    };
+    let types = stream.config(&snapshot);
+    if view == "config" {
+        Json(stream_config::config_report(proxy, &snapshot, types, only)).into_response()
+    } else {
+        let types = types
+            .into_iter()
+            .filter(|t| only.is_none_or(|only| only == t.resource_type))
+            .collect();
+        Json(stream_config::diff_report(proxy, &snapshot, types)).into_response()
+    }
 }
 
 async fn metrics() -> impl IntoResponse {
@@ -946,6 +1015,109 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn an_envoys_config_and_diff_are_read_through_its_stream() {
+        use crate::xds::client::testing::node;
+        use crate::xds::proxy_status::ProxyStatus;
+        use crate::xds::sotw::SotwStreamState;
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+        use std::sync::Mutex;
+
+        let catalog = catalog();
+        let snapshot = Arc::new(Snapshot::from_catalog(&catalog));
+        let board = Arc::new(SyncBoard::default());
+        let connect = |node: Node| {
+            let state = Arc::new(Mutex::new(SotwStreamState::default()));
+            let now = std::time::SystemTime::now();
+            let sync = board.join(0, ProxyStatus::connected("sotw", None, now), state.clone());
+            sync.status().identify(&node);
+            let request = DiscoveryRequest {
+                node: Some(node),
+                type_url: ResourceType::Cluster.type_url().into(),
+                ..Default::default()
+            };
+            let (_, response) = state.lock().unwrap().on_request(&request, Some(&snapshot));
+            (sync, state, response.expect("the clusters"))
+        };
+        let (_sync, state, sent) = connect(node());
+        let sources = Sources {
+            proxies: Proxies {
+                board: board.clone(),
+                snapshots: watch::channel(Some(snapshot.clone())).1,
+                ..Proxies::none()
+            },
+            ..sources_of(catalog.clone(), None, None)
+        };
+        let get = |path: &'static str| send(router(sources.clone()), Method::GET, path);
+        let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
+
+        let (status, _, body) = get("/v1/proxies/d/g/client/config").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let config = json(&body);
+        assert_eq!(config["proxy"]["instance_id"], "client");
+        assert_eq!(config["types"][0]["type"], "cds");
+        let cluster = &config["types"][0]["resources"][0];
+        assert_eq!(cluster["name"], "outbound|80||j.g.d.boshy");
+        assert_eq!(cluster["bytes"], sent.resources[0].value.len());
+        assert_eq!(cluster["summary"]["kind"], "cluster");
+        assert_eq!(cluster["summary"]["endpoints"], 1, "the healthy one");
+        let (_, _, other_type) = get("/v1/proxies/g/client/config?type=listeners").await;
+        assert_eq!(json(&other_type)["types"], serde_json::json!([]));
+
+        let (status, _, body) = get("/v1/proxies/g/client/diff").await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let diff = json(&body);
+        assert_eq!(diff["in_sync"], false, "sent, not ACKed");
+        assert_eq!(
+            diff["types"][0]["added"][0]["name"],
+            "outbound|80||j.g.d.boshy"
+        );
+        let ack = DiscoveryRequest {
+            type_url: sent.type_url.clone(),
+            version_info: sent.version_info.clone(),
+            response_nonce: sent.nonce.clone(),
+            ..Default::default()
+        };
+        state.lock().unwrap().on_request(&ack, Some(&snapshot));
+        let (_, _, body) = get("/v1/proxies/g/client/diff").await;
+        assert_eq!(json(&body)["in_sync"], true, "{body}");
+
+        let (status, _, body) = get("/v1/proxies/g/nobody/config").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert_eq!(body, "no Envoy connected to this pilot is g/nobody\n");
+        let (status, _, _) = get("/v1/proxies/g/client/config?type=secrets").await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = get("/v1/proxies/g/client/other").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+
+        // The same group and id in another deployment.
+        let mut elsewhere = node();
+        let fields = &mut elsewhere.metadata.as_mut().unwrap().fields;
+        fields.insert(
+            "deployment".into(),
+            envoy_types::pb::google::protobuf::Value {
+                kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                    "e".into(),
+                )),
+            },
+        );
+        let _other = connect(elsewhere);
+        let (status, _, body) = get("/v1/proxies/g/client/config").await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        assert_eq!(
+            body,
+            "g/client names 2 Envoys: d/g/client, e/g/client; name one as deployment/group/index\n"
+        );
+        let (status, _, _) = get("/v1/proxies/e/g/client/diff").await;
+        assert_eq!(status, StatusCode::OK);
+
+        // Behind the same access as every other path.
+        let guarded = guarded(router(sources.clone()), Arc::new(Access { tokens: None }));
+        let (status, _, _) = send(guarded, Method::GET, "/v1/proxies/d/g/client/config").await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+
+    #[tokio::test]
     async fn a_service_is_described_with_its_rule_configs() {
         let catalog = catalog();
         let snapshot = Arc::new(Snapshot::from_catalog(&catalog));
@@ -1109,6 +1281,8 @@ mod tests {
             "/v1/registration",
             "/v1/rules",
             "/v1/proxies",
+            "/v1/proxies/g/0/config",
+            "/v1/proxies/g/0/diff",
             "/v1/services/j.g.d.boshy",
             "/v1/graph",
             "/console/",

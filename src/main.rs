@@ -6,6 +6,8 @@
 // A binary is a crate of its own: the library's deny does not reach it.
 #![deny(unsafe_code)]
 
+use std::process::ExitCode;
+
 use anyhow::Result;
 use boshy::{bookinfo, dnat, httpbin, mesh_cli, pilot, rules_check, virtual_ip_agent, xds};
 use clap::{Parser, Subcommand};
@@ -46,9 +48,9 @@ enum Command {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<ExitCode> {
     boshy::logging::init();
-    match Cli::parse().command {
+    let done = match Cli::parse().command {
         Command::Pilot(args) => pilot::run(args).await,
         Command::VirtualIpAgent(args) => virtual_ip_agent::run(args).await,
         Command::Dnat(args) => dnat::run(args).await,
@@ -56,6 +58,7 @@ async fn main() -> Result<()> {
         Command::ExampleHttpbin(args) => httpbin::run(args).await,
         Command::ExampleBookinfo(args) => bookinfo::run(args).await,
         Command::Rules(args) => rules_check::run(args),
-        Command::Mesh(args) => mesh_cli::run(args).await,
-    }
+        Command::Mesh(args) => return mesh_cli::run(args).await,
+    };
+    done.map(|()| ExitCode::SUCCESS)
 }

@@ -3,12 +3,16 @@
 //! `SYNCED`, `STALE`, `NACK` or `NOT SENT`, with the errors of the NACKs below the table; or
 //! the JSON as the pilot answered it (`--json`). `boshy mesh describe <hostname>` prints one
 //! service from `GET /v1/services/<hostname>`: VIP, ports, endpoints and their health, and
-//! the rule configs that have rules for it.
+//! the rule configs that have rules for it. `boshy mesh config <instance>` prints what the
+//! pilot sends that instance's Envoy now, per type a table of its resources
+//! (`GET /v1/proxies/<instance>/config`); `boshy mesh diff <instance>` what it would send
+//! against what the Envoy ACKed (`…/diff`), exiting 1 when they differ, like `diff`.
 //!
 //! Credentials never go on the command line: a client certificate is read from files, a UAA
 //! token from the environment variable `--token-env` names (docs/observability.md).
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
@@ -17,7 +21,9 @@ use reqwest::header::AUTHORIZATION;
 use serde::Deserialize;
 
 use crate::names::stream_status::AgentStatus;
-use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SyncState};
+use crate::xds::proxy_status::{ProxiesReport, ProxyStatus, SnapshotRef, SyncState};
+use crate::xds::resources::ResourceType;
+use crate::xds::stream_config::{ProxyConfig, ProxyDiff, ResourceConfig, Summary, TypeDiff};
 
 /// How long the pilot has to answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -42,6 +48,39 @@ enum MeshCommand {
     /// The pilot's live web console in your browser: serves it on a loopback address, adding
     /// your credentials to what it forwards to the pilot, and prints the URL to open.
     Console(crate::console::local::ConsoleArgs),
+    /// What the pilot sends one instance's Envoy now: per type, each resource with its
+    /// version, size and summary.
+    Config(ConfigArgs),
+    /// What the pilot would send one instance's Envoy now against what that Envoy accepted
+    /// (ACKed); exits 0 when in sync, 1 when they differ, 2 on trouble.
+    Diff(DiffArgs),
+}
+
+#[derive(clap::Args)]
+struct ConfigArgs {
+    /// The instance, as the BOSH CLI names it: `apricot/3`, `sample/apricot/3`,
+    /// `apricot/<instance id>` (or an Envoy's node id).
+    instance: String,
+    /// Only this type: `listeners`, `clusters`, `routes` or `endpoints` (or `lds`, `cds`,
+    /// `rds`, `eds`).
+    #[arg(value_name = "TYPE")]
+    resource_type: Option<String>,
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct DiffArgs {
+    /// The instance, as for `config`.
+    instance: String,
+    #[command(flatten)]
+    pilot: PilotConnection,
+    /// Print the pilot's JSON as it answered it.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(clap::Args)]
@@ -90,8 +129,57 @@ pub(crate) struct PilotConnection {
     token_env: String,
 }
 
-pub async fn run(args: Args) -> Result<()> {
+/// Runs the command; its exit code (`diff` says whether the Envoy is in sync).
+pub async fn run(args: Args) -> Result<ExitCode> {
     match args.command {
+        MeshCommand::Config(args) => {
+            let only = args
+                .resource_type
+                .as_deref()
+                .map(|word| {
+                    ResourceType::from_word(word).with_context(|| {
+                        format!("{word}: not listeners, clusters, routes or endpoints")
+                    })
+                })
+                .transpose()?;
+            let query = only.map_or(String::new(), |t| format!("?type={}", t.short_name()));
+            let body = args
+                .pilot
+                .get(&format!("{}/config{query}", proxy_path(&args.instance)?))
+                .await?;
+            if args.json {
+                println!("{body}");
+            } else {
+                let config: ProxyConfig = serde_json::from_str(&body)
+                    .context("the pilot's /v1/proxies/…/config is not what this boshy reads")?;
+                print!("{}", config_text(&config));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        MeshCommand::Diff(args) => {
+            // Like `diff`: 1 says "they differ", so trouble is 2.
+            let asked = async {
+                let path = format!("{}/diff", proxy_path(&args.instance)?);
+                let body = args.pilot.get(&path).await?;
+                let diff: ProxyDiff = serde_json::from_str(&body)
+                    .context("the pilot's /v1/proxies/…/diff is not what this boshy reads")?;
+                anyhow::Ok((body, diff))
+            };
+            match asked.await {
+                Ok((body, diff)) => {
+                    if args.json {
+                        println!("{body}");
+                    } else {
+                        print!("{}", diff_text(&diff));
+                    }
+                    Ok(ExitCode::from(if diff.in_sync { 0 } else { 1 }))
+                }
+                Err(error) => {
+                    eprintln!("Error: {error:#}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
         MeshCommand::Status(args) => {
             let body = args.pilot.get("/v1/proxies").await?;
             if args.json {
@@ -101,7 +189,7 @@ pub async fn run(args: Args) -> Result<()> {
                     .context("the pilot's /v1/proxies is not what this boshy reads")?;
                 print!("{}", status_table(&report, unix_now()));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
         MeshCommand::Describe(args) => {
             if !args
@@ -122,10 +210,216 @@ pub async fn run(args: Args) -> Result<()> {
                     .context("the pilot's /v1/services is not what this boshy reads")?;
                 print!("{}", service_text(&described));
             }
-            Ok(())
+            Ok(ExitCode::SUCCESS)
         }
-        MeshCommand::Console(args) => crate::console::local::run(args).await,
+        MeshCommand::Console(args) => crate::console::local::run(args)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
+}
+
+/// `/v1/proxies/<instance>`, refusing what cannot be an instance's or a node's name.
+fn proxy_path(instance: &str) -> Result<String> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || "-_.~/".contains(c);
+    if instance.is_empty() || !instance.chars().all(allowed) {
+        bail!("{instance}: not an instance (group/index, deployment/group/index) or a node id");
+    }
+    Ok(format!("/v1/proxies/{instance}"))
+}
+
+/// The first line of `config` and `diff`: the instance, its ADS variant and the snapshot.
+fn proxy_line(proxy: &ProxyStatus, snapshot: SnapshotRef) -> String {
+    let deployment = proxy
+        .deployment
+        .as_deref()
+        .map_or(String::new(), |d| format!(" ({d})"));
+    format!(
+        "{}{deployment}, {} ADS, snapshot {} (catalog and rules version {})",
+        proxy.name(),
+        proxy.ads,
+        snapshot.seq,
+        snapshot.version
+    )
+}
+
+/// What the pilot sends one Envoy, for people: per type a table of its resources, each row
+/// followed by its details (filter chains, localities, virtual hosts and their routes).
+pub(crate) fn config_text(config: &ProxyConfig) -> String {
+    let mut out = format!("{}\n", proxy_line(&config.proxy, config.snapshot));
+    for of_type in &config.types {
+        let Some(resource_type) = ResourceType::from_word(&of_type.xds_type) else {
+            continue;
+        };
+        let title = format!(
+            "\n{} ({})",
+            resource_type.plural().to_uppercase(),
+            of_type.xds_type
+        );
+        if of_type.held_back {
+            out.push_str(&format!(
+                "{title}: held back until the VM's scope is known (its Envoy keeps what it has)\n"
+            ));
+            continue;
+        }
+        out.push_str(&format!("{title}: {}\n", of_type.resources.len()));
+        if of_type.resources.is_empty() {
+            continue;
+        }
+        let columns = summary_columns(resource_type);
+        let header: Vec<&str> = ["NAME", "VERSION", "BYTES"]
+            .into_iter()
+            .chain(columns.iter().copied())
+            .collect();
+        let (rows, details): (Vec<Vec<String>>, Vec<Vec<String>>) = of_type
+            .resources
+            .iter()
+            .map(|resource| resource_row(resource, columns.len()))
+            .unzip();
+        let table = aligned(&header, &rows);
+        let mut lines = table.lines();
+        out.push_str(&format!("{}\n", lines.next().unwrap_or_default()));
+        for (line, details) in lines.zip(details) {
+            out.push_str(&format!("{line}\n"));
+            for detail in details {
+                out.push_str(&format!("  {detail}\n"));
+            }
+        }
+    }
+    out
+}
+
+/// The summary columns of a type's table.
+fn summary_columns(resource_type: ResourceType) -> &'static [&'static str] {
+    match resource_type {
+        ResourceType::Cluster => &["TYPE", "LB", "TLS", "ENDPOINTS"],
+        ResourceType::Endpoint => &["ENDPOINTS"],
+        ResourceType::Listener => &["ADDRESS"],
+        ResourceType::Route => &["VIRTUAL HOSTS"],
+    }
+}
+
+/// A resource's row (name, version, bytes, then `columns` summary cells) and the lines of
+/// detail below it.
+fn resource_row(resource: &ResourceConfig, columns: usize) -> (Vec<String>, Vec<String>) {
+    let (cells, details) = match &resource.summary {
+        Summary::Cluster {
+            discovery,
+            lb_policy,
+            tls,
+            endpoints,
+        } => (
+            vec![
+                discovery.clone(),
+                lb_policy.clone(),
+                if *tls { "yes" } else { "no" }.to_string(),
+                endpoints.map_or("-".into(), |n| n.to_string()),
+            ],
+            Vec::new(),
+        ),
+        Summary::Endpoints { localities } => {
+            let total: usize = localities.iter().map(|l| l.endpoints.len()).sum();
+            let details = localities
+                .iter()
+                .map(|locality| {
+                    let priority = match locality.priority {
+                        0 => String::new(),
+                        p => format!(" (priority {p})"),
+                    };
+                    format!(
+                        "{}{priority}: {}",
+                        locality.zone,
+                        locality.endpoints.join(", ")
+                    )
+                })
+                .collect();
+            (vec![total.to_string()], details)
+        }
+        Summary::Listener {
+            address,
+            filter_chains,
+        } => (vec![address.clone()], filter_chains.clone()),
+        Summary::Routes { virtual_hosts } => {
+            let details = virtual_hosts
+                .iter()
+                .flat_map(|host| {
+                    let domains = format!("{} ({})", host.name, host.domains.join(", "));
+                    std::iter::once(domains)
+                        .chain(host.routes.iter().map(|route| format!("  {route}")))
+                })
+                .collect();
+            (vec![virtual_hosts.len().to_string()], details)
+        }
+        Summary::Undecodable { error } => (
+            vec!["-".to_string(); columns],
+            vec![format!("undecodable: {error}")],
+        ),
+    };
+    let row = [
+        resource.name.clone(),
+        resource.version.clone(),
+        resource.bytes.to_string(),
+    ]
+    .into_iter()
+    .chain(cells)
+    .collect();
+    (row, details)
+}
+
+/// What the pilot would send one Envoy against what it ACKed, for people: per type what would
+/// be added (`+`), removed (`-`) and changed (`~`, from the ACKed version to the new one),
+/// and the NACK standing, if any.
+pub(crate) fn diff_text(diff: &ProxyDiff) -> String {
+    let verdict = if diff.in_sync { "in sync" } else { "differs" };
+    let mut out = format!("{}: {verdict}\n", proxy_line(&diff.proxy, diff.snapshot));
+    for of_type in &diff.types {
+        out.push_str(&type_diff_text(of_type));
+    }
+    out
+}
+
+fn type_diff_text(diff: &TypeDiff) -> String {
+    let name = diff.xds_type.to_uppercase();
+    if diff.held_back {
+        return format!("{name}  held back until the VM's scope is known\n");
+    }
+    if diff.added.is_empty() && diff.removed.is_empty() && diff.changed.is_empty() {
+        let mut out = format!("{name}  in sync\n");
+        out.extend(nack_line(diff));
+        return out;
+    }
+    let mut out = format!(
+        "{name}  {} to add, {} to remove, {} changed\n",
+        diff.added.len(),
+        diff.removed.len(),
+        diff.changed.len()
+    );
+    for added in &diff.added {
+        out.push_str(&format!("  + {} {}\n", added.name, added.version));
+    }
+    for removed in &diff.removed {
+        out.push_str(&format!("  - {} {}\n", removed.name, removed.version));
+    }
+    for changed in &diff.changed {
+        out.push_str(&format!(
+            "  ~ {} {} → {}\n",
+            changed.name, changed.acked_version, changed.version
+        ));
+    }
+    out.extend(nack_line(diff));
+    out
+}
+
+/// The NACK standing for the type, on one line.
+fn nack_line(diff: &TypeDiff) -> Option<String> {
+    let nack = diff.nack.as_ref()?;
+    let resource = nack
+        .resource
+        .as_deref()
+        .map_or(String::new(), |r| format!(" {r}"));
+    Some(format!(
+        "  NACK of version {}{resource}: {}\n",
+        nack.version, nack.error
+    ))
 }
 
 /// `GET /v1/services/<hostname>`, the parts the text shows.
@@ -405,7 +699,7 @@ fn unix_now() -> u64 {
 /// NACK with its resource and error. `now` (Unix seconds) gives the ages.
 pub fn status_table(report: &ProxiesReport, now: u64) -> String {
     let mut proxies: Vec<&ProxyStatus> = report.proxies.iter().collect();
-    proxies.sort_by_key(|p| (p.deployment.clone(), name(p)));
+    proxies.sort_by_key(|p| (p.deployment.clone(), p.name()));
     let header = [
         "NAME",
         "DEPLOYMENT",
@@ -420,7 +714,7 @@ pub fn status_table(report: &ProxiesReport, now: u64) -> String {
         .iter()
         .map(|p| {
             let state = |t: &str| p.types.get(t).map_or(SyncState::NotSent, |s| s.state);
-            let mut row = vec![name(p), p.deployment.clone().unwrap_or_else(|| "-".into())];
+            let mut row = vec![p.name(), p.deployment.clone().unwrap_or_else(|| "-".into())];
             row.extend(COLUMNS.map(|t| state(t).label().to_string()));
             row.push(
                 p.last_sync
@@ -452,7 +746,7 @@ pub fn status_table(report: &ProxiesReport, now: u64) -> String {
                         .map_or(String::new(), |r| format!(" {r}"));
                     format!(
                         "{} {}{resource} (version {}): {}\n",
-                        name(p),
+                        p.name(),
                         xds_type.to_uppercase(),
                         nack.version,
                         nack.error
@@ -517,17 +811,6 @@ fn aligned(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(&line(row.iter().map(String::as_str).collect()));
     }
     out
-}
-
-/// `<instance group>/<index>` as `bosh instances` says it, else the instance id, else the
-/// node id.
-fn name(proxy: &ProxyStatus) -> String {
-    match (&proxy.instance_group, proxy.index, &proxy.instance_id) {
-        (Some(group), Some(index), _) => format!("{group}/{index}"),
-        (Some(group), None, Some(id)) => format!("{group}/{id}"),
-        _ if proxy.node.is_empty() => "(no node yet)".into(),
-        _ => proxy.node.clone(),
-    }
 }
 
 /// An age as the table shows it: `42s`, `5m`, `3h`, `2d`.
@@ -719,6 +1002,190 @@ mod tests {
         );
     }
 
+    fn resource(name: &str, summary: Summary) -> ResourceConfig {
+        ResourceConfig {
+            name: name.into(),
+            version: "0123456789abcdef".into(),
+            bytes: 312,
+            summary,
+        }
+    }
+
+    const SNAPSHOT: SnapshotRef = SnapshotRef {
+        seq: 9,
+        version: 42,
+    };
+
+    #[test]
+    fn the_config_is_a_table_per_type_with_each_resources_details_below_it() {
+        use crate::xds::stream_config::{LocalityEndpoints, TypeResources, VirtualHostRoutes};
+        let of_type = |xds_type: &str, resources| TypeResources {
+            xds_type: xds_type.into(),
+            held_back: false,
+            resources,
+        };
+        let web = "outbound|80||web.g.d.boshy";
+        let config = ProxyConfig {
+            proxy: proxy("apricot", Some(3), &[]),
+            snapshot: SNAPSHOT,
+            types: vec![
+                of_type(
+                    "cds",
+                    vec![
+                        resource(
+                            web,
+                            Summary::Cluster {
+                                discovery: "EDS".into(),
+                                lb_policy: "LEAST_REQUEST".into(),
+                                tls: true,
+                                endpoints: Some(2),
+                            },
+                        ),
+                        resource(
+                            "broken",
+                            Summary::Undecodable {
+                                error: "bad wire type".into(),
+                            },
+                        ),
+                    ],
+                ),
+                of_type(
+                    "eds",
+                    vec![resource(
+                        web,
+                        Summary::Endpoints {
+                            localities: vec![
+                                LocalityEndpoints {
+                                    zone: "z1".into(),
+                                    priority: 0,
+                                    endpoints: vec!["10.0.0.4:80 HEALTHY".into()],
+                                },
+                                LocalityEndpoints {
+                                    zone: "-".into(),
+                                    priority: 1,
+                                    endpoints: vec!["10.0.0.5:80 UNHEALTHY".into()],
+                                },
+                            ],
+                        },
+                    )],
+                ),
+                TypeResources {
+                    held_back: true,
+                    ..of_type("lds", Vec::new())
+                },
+                of_type(
+                    "rds",
+                    vec![resource(
+                        web,
+                        Summary::Routes {
+                            virtual_hosts: vec![VirtualHostRoutes {
+                                name: "web".into(),
+                                domains: vec!["web.g.d.boshy".into(), "169.254.255.2".into()],
+                                routes: vec![format!("prefix / → {web}")],
+                            }],
+                        },
+                    )],
+                ),
+            ],
+        };
+        assert_eq!(
+            config_text(&config),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42)\n\
+             \n\
+             CLUSTERS (cds): 2\n\
+             NAME                        VERSION           BYTES  TYPE  LB             TLS  ENDPOINTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    EDS   LEAST_REQUEST  yes  2\n\
+             broken                      0123456789abcdef  312    -     -              -    -\n\
+             \x20 undecodable: bad wire type\n\
+             \n\
+             ENDPOINTS (eds): 1\n\
+             NAME                        VERSION           BYTES  ENDPOINTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    2\n\
+             \x20 z1: 10.0.0.4:80 HEALTHY\n\
+             \x20 - (priority 1): 10.0.0.5:80 UNHEALTHY\n\
+             \n\
+             LISTENERS (lds): held back until the VM's scope is known (its Envoy keeps what it has)\n\
+             \n\
+             ROUTES (rds): 1\n\
+             NAME                        VERSION           BYTES  VIRTUAL HOSTS\n\
+             outbound|80||web.g.d.boshy  0123456789abcdef  312    1\n\
+             \x20 web (web.g.d.boshy, 169.254.255.2)\n\
+             \x20   prefix / → outbound|80||web.g.d.boshy\n"
+        );
+    }
+
+    #[test]
+    fn a_diff_says_what_would_change_per_type_and_the_nack_standing() {
+        use crate::xds::stream_config::{Changed, Versioned};
+        let same = |xds_type: &str| TypeDiff {
+            xds_type: xds_type.into(),
+            held_back: false,
+            added: Vec::new(),
+            removed: Vec::new(),
+            changed: Vec::new(),
+            nack: None,
+        };
+        let versioned = |name: &str, version: &str| Versioned {
+            name: name.into(),
+            version: version.into(),
+        };
+        let mut diff = ProxyDiff {
+            proxy: proxy("apricot", Some(3), &[]),
+            snapshot: SNAPSHOT,
+            in_sync: true,
+            types: vec![same("cds"), same("lds")],
+        };
+        assert_eq!(
+            diff_text(&diff),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42): in sync\n\
+             CDS  in sync\n\
+             LDS  in sync\n"
+        );
+        diff.in_sync = false;
+        diff.types[0] = TypeDiff {
+            added: vec![versioned("outbound|80||new.g.d.boshy", "3f2a")],
+            removed: vec![versioned("outbound|80||old.g.d.boshy", "1b2c")],
+            changed: vec![Changed {
+                name: "outbound|80||web.g.d.boshy".into(),
+                acked_version: "1b2c".into(),
+                version: "3f2a".into(),
+            }],
+            nack: Some(crate::xds::proxy_status::Nack {
+                version: "42".into(),
+                resource: Some("outbound|80||web.g.d.boshy".into()),
+                error: "bad cluster".into(),
+                at: 0,
+            }),
+            ..same("cds")
+        };
+        diff.types[1].held_back = true;
+        assert_eq!(
+            diff_text(&diff),
+            "apricot/3 (banana), delta ADS, snapshot 9 (catalog and rules version 42): differs\n\
+             CDS  1 to add, 1 to remove, 1 changed\n\
+             \x20 + outbound|80||new.g.d.boshy 3f2a\n\
+             \x20 - outbound|80||old.g.d.boshy 1b2c\n\
+             \x20 ~ outbound|80||web.g.d.boshy 1b2c → 3f2a\n\
+             \x20 NACK of version 42 outbound|80||web.g.d.boshy: bad cluster\n\
+             LDS  held back until the VM's scope is known\n"
+        );
+    }
+
+    #[test]
+    fn an_instance_goes_in_the_path_as_it_is_and_nothing_else_does() {
+        assert_eq!(
+            proxy_path("sample/apricot/3").unwrap(),
+            "/v1/proxies/sample/apricot/3"
+        );
+        assert_eq!(
+            proxy_path("sidecar~10.0.0.5~apricot/6f1c~sample").unwrap(),
+            "/v1/proxies/sidecar~10.0.0.5~apricot/6f1c~sample"
+        );
+        for bad in ["", "apricot/3?type=x", "a b", "../x#"] {
+            assert!(proxy_path(bad).is_err(), "{bad}");
+        }
+    }
+
     #[test]
     fn a_pilot_without_a_snapshot_says_so() {
         let report = ProxiesReport {
@@ -732,13 +1199,13 @@ mod tests {
     #[test]
     fn names_are_bosh_instance_names_when_the_node_says_them() {
         let mut p = proxy("web", Some(3), &[]);
-        assert_eq!(name(&p), "web/3");
+        assert_eq!(p.name(), "web/3");
         p.index = None;
-        assert_eq!(name(&p), "web/6f1c");
+        assert_eq!(p.name(), "web/6f1c");
         p.instance_group = None;
-        assert_eq!(name(&p), "web-node");
+        assert_eq!(p.name(), "web-node");
         p.node.clear();
-        assert_eq!(name(&p), "(no node yet)");
+        assert_eq!(p.name(), "(no node yet)");
     }
 
     #[test]

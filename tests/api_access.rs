@@ -285,6 +285,20 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
         }
     }
 
+    // An Envoy's config and diff: refused without credentials, a clear 404 with them for an
+    // instance no Envoy of this pilot is.
+    for path in ["/v1/proxies/apricot/3/config", "/v1/proxies/apricot/3/diff"] {
+        let none = get(&anonymous, api, path, None).await;
+        assert_eq!(none.status, StatusCode::UNAUTHORIZED, "{path}");
+        assert_no_data(path, &none);
+        let good = get(&anonymous, api, path, Some(&reader)).await;
+        assert_eq!(
+            good.status,
+            StatusCode::SERVICE_UNAVAILABLE,
+            "{path}: no snapshot yet"
+        );
+    }
+
     // The mesh client certificate alone lets Prometheus in.
     let prometheus = api_client(&mesh, api, Some(&mesh));
     for path in DATA_PATHS {

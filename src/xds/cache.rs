@@ -212,6 +212,28 @@ impl Snapshot {
         self.of_shared(resource_type).get(i)
     }
 
+    /// The shared name and version of `resource`, one of this snapshot's resources of that
+    /// type as some client gets it: a client's own variant of a route configuration has a
+    /// version of its own, not the shared one.
+    pub(crate) fn key_of(
+        &self,
+        resource_type: ResourceType,
+        resource: &NamedResource,
+    ) -> SharedKey {
+        let key = self
+            .shared_key(resource_type, &resource.name)
+            .expect("a resource of the snapshot");
+        let version = if *key.version == resource.version {
+            key.version.clone()
+        } else {
+            Arc::from(resource.version.as_str())
+        };
+        SharedKey {
+            name: key.name.clone(),
+            version,
+        }
+    }
+
     /// `name` as a shared string: this snapshot's copy when it has such a resource.
     pub(crate) fn shared_name(&self, resource_type: ResourceType, name: &str) -> Arc<str> {
         self.shared_key(resource_type, name)

@@ -31,6 +31,7 @@ use super::cache::{position, SharedKey, Snapshot};
 use super::client::{Client, SourceClass};
 use super::resources::{NamedResource, ResourceType};
 use super::sotw::{RequestKind, CONTROL_PLANE_ID};
+use super::stream_config::TypeConfig;
 use crate::scope::filter::ScopeFilter;
 use crate::traffic::security::WorkloadKey;
 
@@ -46,6 +47,10 @@ struct Subscription {
     names: Names,
     /// Name → version of what Envoy has or was last sent.
     known: Known,
+    /// Where what Envoy ACKed differs from `known`: the names sent since its last ACK (and
+    /// those it rejected, until sent again), each with the version it ACKed. Empty while in
+    /// sync, so a stream remembers no more than before to say what it has accepted.
+    unacked: BTreeMap<Arc<str>, Unacked>,
     /// Names subscribed since the last response: one that does not exist is reported in
     /// `removed_resources` so that Envoy stops waiting for it.
     unanswered: BTreeSet<Arc<str>>,
@@ -58,6 +63,14 @@ struct Subscription {
     /// `system_version_info` of our last response and of the last one Envoy ACKed.
     sent_version: String,
     acked_version: String,
+}
+
+/// The version of one resource Envoy ACKed (`None`: it had none) while another was sent.
+#[derive(Debug)]
+struct Unacked {
+    acked: Option<Arc<str>>,
+    /// Sent in a response Envoy rejected: it keeps `acked` past later ACKs.
+    rejected: bool,
 }
 
 /// What Envoy has of one type, name → version: the resources of `base`, except where
@@ -292,6 +305,80 @@ impl Subscription {
             || self.names.contains(resource_type, name)
     }
 
+    /// The resource of that name Envoy should have of `view`, as the client of `class` gets
+    /// it; `snapshot` is the view's (borrowed apart, so that the resource outlives the view).
+    fn current<'s>(
+        &self,
+        resource_type: ResourceType,
+        name: &str,
+        view: &View,
+        snapshot: &'s Snapshot,
+        class: &SourceClass,
+    ) -> Option<&'s NamedResource> {
+        debug_assert!(std::ptr::eq(&*view.snapshot, snapshot));
+        self.wants(resource_type, name, view)
+            .then(|| snapshot.get_for(resource_type, name, class))
+            .flatten()
+    }
+
+    /// The names of `view` Envoy subscribed to, by wildcard or by name.
+    fn subscribed<'s>(&'s self, resource_type: ResourceType, view: &'s View) -> BTreeSet<&'s str> {
+        let wildcard = view.names(resource_type).filter(|_| self.wildcard);
+        wildcard.chain(self.names.all(resource_type)).collect()
+    }
+
+    /// Every resource Envoy should have of `view`, by name.
+    fn wanted<'s>(
+        &self,
+        resource_type: ResourceType,
+        view: &View,
+        snapshot: &'s Snapshot,
+        class: &SourceClass,
+    ) -> Vec<&'s NamedResource> {
+        self.subscribed(resource_type, view)
+            .into_iter()
+            .filter_map(|name| self.current(resource_type, name, view, snapshot, class))
+            .collect()
+    }
+
+    /// Name → version of every resource Envoy ACKed.
+    fn acked(&self, resource_type: ResourceType) -> BTreeMap<String, String> {
+        let names: BTreeSet<&str> = self
+            .known
+            .names(resource_type)
+            .into_iter()
+            .chain(self.unacked.keys().map(|name| &**name))
+            .collect();
+        names
+            .into_iter()
+            .filter_map(|name| {
+                let version = match self.unacked.get(name) {
+                    Some(unacked) => unacked.acked.as_ref(),
+                    None => self.known.get(resource_type, name),
+                };
+                Some((name.to_string(), version?.to_string()))
+            })
+            .collect()
+    }
+
+    /// Envoy is sent `version` of `name` (`None`: its removal); what it ACKed is kept until
+    /// it accepts this.
+    fn send(&mut self, resource_type: ResourceType, name: Arc<str>, version: Option<Arc<str>>) {
+        let acked = self.known.get(resource_type, &name).cloned();
+        let unacked = self.unacked.entry(name.clone()).or_insert(Unacked {
+            acked,
+            rejected: false,
+        });
+        unacked.rejected = false;
+        self.known.set(name, version);
+    }
+
+    /// Envoy has nothing of `name` (it subscribes to it anew, or unsubscribed).
+    fn has_none(&mut self, name: Arc<str>) {
+        self.unacked.remove(&name);
+        self.known.set(name, None);
+    }
+
     /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `view` as the
     /// client of `class` gets it.
     fn diff<'s>(
@@ -303,18 +390,15 @@ impl Subscription {
         let snapshot = &*view.snapshot;
         let mut updated = Vec::new();
         let mut removed = Vec::new();
-        let check = |name: &str| {
-            let current = self
-                .wants(resource_type, name, view)
-                .then(|| snapshot.get_for(resource_type, name, class))
-                .flatten();
-            match (current, self.known.get(resource_type, name)) {
-                (Some(resource), Some(version)) if **version == resource.version => {}
-                (Some(resource), _) => updated.push(resource),
-                (None, Some(_)) => removed.push(name.to_string()),
-                (None, None) if self.unanswered.contains(name) => removed.push(name.to_string()),
-                (None, None) => {}
-            }
+        let check = |name: &str| match (
+            self.current(resource_type, name, view, snapshot, class),
+            self.known.get(resource_type, name),
+        ) {
+            (Some(resource), Some(version)) if **version == resource.version => {}
+            (Some(resource), _) => updated.push(resource),
+            (None, Some(_)) => removed.push(name.to_string()),
+            (None, None) if self.unanswered.contains(name) => removed.push(name.to_string()),
+            (None, None) => {}
         };
         let changed = self
             .diffed_against
@@ -333,11 +417,8 @@ impl Subscription {
                 candidates.into_iter().for_each(check);
             }
             None => {
-                let wildcard = view.names(resource_type).filter(|_| self.wildcard);
-                let candidates: BTreeSet<&str> = wildcard
-                    .chain(self.names.all(resource_type))
-                    .chain(self.known.names(resource_type))
-                    .collect();
+                let mut candidates = self.subscribed(resource_type, view);
+                candidates.extend(self.known.names(resource_type));
                 candidates.into_iter().for_each(check);
             }
         }
@@ -423,13 +504,19 @@ impl DeltaStreamState {
         } else {
             subscription.awaiting_reply = false;
             match &request.error_detail {
-                Some(error) => RequestKind::Nack {
-                    rejected_version: subscription.sent_version.clone(),
-                    kept_version: subscription.acked_version.clone(),
-                    message: error.message.clone(),
-                },
+                Some(error) => {
+                    for unacked in subscription.unacked.values_mut() {
+                        unacked.rejected = true;
+                    }
+                    RequestKind::Nack {
+                        rejected_version: subscription.sent_version.clone(),
+                        kept_version: subscription.acked_version.clone(),
+                        message: error.message.clone(),
+                    }
+                }
                 None => {
                     subscription.acked_version = subscription.sent_version.clone();
+                    subscription.unacked.retain(|_, unacked| unacked.rejected);
                     RequestKind::Ack {
                         version: subscription.acked_version.clone(),
                     }
@@ -523,13 +610,48 @@ impl DeltaStreamState {
             return;
         }
         *filtered_at = Some(snapshot.version());
-        let pinned = snapshot.services().pinned(self.client.as_ref());
-        let hosts = asked.iter().chain(&pinned).map(String::as_str);
-        let next = ScopeFilter::new(snapshot.services(), hosts);
+        let next = scope_filter(asked, self.client.as_ref(), snapshot);
         if filter.as_deref() != Some(&next) {
             *filter = Some(Arc::new(next));
             self.forget_diffs();
         }
+    }
+
+    /// Per subscribed type, what the stream would have its Envoy hold of `snapshot` (the
+    /// diff of its responses makes Envoy's state this) and what Envoy ACKed.
+    pub(crate) fn config<'s>(&self, snapshot: &'s Arc<Snapshot>) -> Vec<TypeConfig<'s>> {
+        let filter = match &self.scope {
+            StreamScope::Scoped {
+                filter: Some(filter),
+                filtered_at,
+                ..
+            } if *filtered_at == Some(snapshot.version()) => Some(filter.clone()),
+            StreamScope::Scoped { asked, .. } => Some(Arc::new(scope_filter(
+                asked,
+                self.client.as_ref(),
+                snapshot,
+            ))),
+            StreamScope::Full | StreamScope::Waiting => None,
+        };
+        let view = View {
+            snapshot: snapshot.clone(),
+            filter,
+            workload: self.workload(),
+        };
+        let class = snapshot.source_class(self.client.as_ref());
+        ResourceType::PUSH_ORDER
+            .into_iter()
+            .filter_map(|t| {
+                let subscription = self.subscriptions.get(t)?;
+                let held_back = matches!(self.scope, StreamScope::Waiting) && t.is_wildcard();
+                let wanted = (!held_back).then(|| subscription.wanted(t, &view, snapshot, &class));
+                Some(TypeConfig {
+                    resource_type: t,
+                    wanted,
+                    acked: subscription.acked(t),
+                })
+            })
+            .collect()
     }
 
     fn forget_diffs(&mut self) {
@@ -605,21 +727,15 @@ impl DeltaStreamState {
         subscription.diffed_against = Some(snapshot.version());
         subscription.unanswered.clear();
         for resource in &updated {
-            let key = snapshot
-                .shared_key(resource_type, &resource.name)
-                .expect("a diffed resource is in the snapshot");
-            // A client's own variant of a route configuration is not the shared one.
-            let version = if *key.version == resource.version {
-                key.version.clone()
-            } else {
-                Arc::from(resource.version.as_str())
-            };
-            subscription.known.set(key.name.clone(), Some(version));
+            let key = snapshot.key_of(resource_type, resource);
+            subscription.send(resource_type, key.name, Some(key.version));
         }
         for name in &removed {
-            subscription
-                .known
-                .set(snapshot.shared_name(resource_type, name), None);
+            subscription.send(
+                resource_type,
+                snapshot.shared_name(resource_type, name),
+                None,
+            );
         }
         subscription.known.rebase(resource_type, &view);
         subscription.names.rebase(resource_type, &view);
@@ -653,6 +769,18 @@ impl DeltaStreamState {
     }
 }
 
+/// The hosts the VM's agent `asked` for and those the client's Sidecars pin, against
+/// `snapshot` (its services and rules decide what a hostname brings in).
+fn scope_filter(
+    asked: &BTreeSet<String>,
+    client: Option<&Client>,
+    snapshot: &Snapshot,
+) -> ScopeFilter {
+    let pinned = snapshot.services().pinned(client);
+    let hosts = asked.iter().chain(&pinned).map(String::as_str);
+    ScopeFilter::new(snapshot.services(), hosts)
+}
+
 /// Applies the request's (un)subscriptions; true when they changed what Envoy wants.
 fn apply_subscription_changes(
     subscription: &mut Subscription,
@@ -673,6 +801,7 @@ fn apply_subscription_changes(
                 .iter()
                 .map(|(name, version)| (shared_name(name), Arc::from(version.as_str()))),
         );
+        subscription.unacked.clear();
         subscription.wildcard =
             resource_type.is_wildcard() && request.resource_names_subscribe.is_empty();
     }
@@ -683,7 +812,7 @@ fn apply_subscription_changes(
         }
         let name = shared_name(name);
         if !request.initial_resource_versions.contains_key(&*name) {
-            subscription.known.set(name.clone(), None);
+            subscription.has_none(name.clone());
         }
         subscription.names.set(name.clone(), true);
         subscription.unanswered.insert(name);
@@ -697,7 +826,7 @@ fn apply_subscription_changes(
         subscription.names.set(name.clone(), false);
         subscription.unanswered.remove(&*name);
         if !subscription.wildcard {
-            subscription.known.set(name, None);
+            subscription.has_none(name);
         }
     }
     // New names are diffed as `unanswered` and dropped ones are forgotten, so only a new
@@ -1030,6 +1159,99 @@ mod tests {
         let names = &state.subscriptions.get(EDS).unwrap().names;
         assert_eq!(names.all(EDS), BTreeSet::from([A]));
         assert!(!names.contains(EDS, B));
+    }
+
+    /// (name, version) pairs.
+    type Versions = Vec<(String, String)>;
+
+    /// What `config` says of type `t` against `snapshot`: the versions it would send, and
+    /// those Envoy ACKed.
+    fn versions_of(
+        state: &DeltaStreamState,
+        t: ResourceType,
+        snapshot: &Arc<Snapshot>,
+    ) -> (Versions, Versions) {
+        let config = state.config(snapshot);
+        let of_type = config.iter().find(|c| c.resource_type == t).unwrap();
+        let wanted = of_type.wanted.as_ref().unwrap();
+        let wanted = wanted
+            .iter()
+            .map(|r| (r.name.clone(), r.version.clone()))
+            .collect();
+        (wanted, of_type.acked.clone().into_iter().collect())
+    }
+
+    #[test]
+    fn what_envoy_acked_stays_apart_from_what_it_was_sent_until_it_accepts_it() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        synced(&mut state, EDS, &[A, B], &v1);
+        let (wanted, acked) = versions_of(&state, EDS, &v1);
+        assert_eq!(wanted, acked, "in sync");
+        assert!(state.subscriptions.get(EDS).unwrap().unacked.is_empty());
+        let at = |s: &Snapshot, name: &str| {
+            let version = s.get(EDS, name).unwrap().version.clone();
+            (name.to_string(), version)
+        };
+
+        let v2 = next(&v1, 2, &[("a", 1), ("b", 2)]);
+        let [pushed] = state.on_snapshot(&v2).try_into().unwrap();
+        let (wanted, acked) = versions_of(&state, EDS, &v2);
+        assert_eq!(wanted, [at(&v2, A), at(&v2, B)]);
+        assert_eq!(acked, [at(&v1, A), at(&v1, B)], "sent, not yet accepted");
+
+        state.on_request(&nack(&pushed), Some(&v2));
+        assert_eq!(versions_of(&state, EDS, &v2).1, [at(&v1, A), at(&v1, B)]);
+
+        // a changes: only a is sent (b's rejected version is not), and accepted; Envoy still
+        // runs the b it had.
+        let v3 = next(&v2, 3, &[("a", 2), ("b", 2)]);
+        let [pushed] = state.on_snapshot(&v3).try_into().unwrap();
+        assert_eq!(names(&pushed), [A]);
+        state.on_request(&ack(&pushed), Some(&v3));
+        let (wanted, acked) = versions_of(&state, EDS, &v3);
+        assert_eq!(wanted, [at(&v3, A), at(&v3, B)]);
+        assert_eq!(acked, [at(&v3, A), at(&v1, B)]);
+
+        // b changes again and is accepted: in sync, nothing left to remember.
+        let v4 = next(&v3, 4, &[("a", 2), ("b", 3)]);
+        let [pushed] = state.on_snapshot(&v4).try_into().unwrap();
+        state.on_request(&ack(&pushed), Some(&v4));
+        let (wanted, acked) = versions_of(&state, EDS, &v4);
+        assert_eq!(wanted, acked);
+        assert!(state.subscriptions.get(EDS).unwrap().unacked.is_empty());
+
+        // Unsubscribing from a: neither sent nor had any more.
+        let unsubscribe = DeltaDiscoveryRequest {
+            resource_names_unsubscribe: vec![A.into()],
+            ..subscribe(EDS, &[])
+        };
+        state.on_request(&unsubscribe, Some(&v4));
+        assert_eq!(
+            versions_of(&state, EDS, &v4),
+            (vec![at(&v4, B)], vec![at(&v4, B)])
+        );
+    }
+
+    #[test]
+    fn the_config_of_a_scoped_stream_is_its_scope_and_listeners_wait_with_it() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1), ("c", 1)]);
+        let mut state = DeltaStreamState::default();
+        state.on_scope(StreamScope::Waiting, None);
+        state.on_request(&subscribe(CDS, &[]), Some(&v1));
+        let config = state.config(&v1);
+        assert!(config[0].wanted.is_none(), "held back");
+        state.on_scope(scoped(1, &["b.g.d.boshy"]), None);
+        let config = state.config(&v1);
+        let wanted: Vec<&str> = config[0]
+            .wanted
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|r| r.name.as_str())
+            .collect();
+        assert_eq!(wanted, [B], "the scope, against a snapshot not seen yet");
+        assert!(config[0].acked.is_empty());
     }
 
     #[test]

@@ -22,6 +22,7 @@ pub mod resources;
 pub(crate) mod routes;
 pub mod server;
 pub(crate) mod sotw;
+pub(crate) mod stream_config;
 pub mod sync;
 pub mod telemetry;
 

@@ -30,6 +30,24 @@ impl ResourceType {
             ResourceType::Route => "rds",
         }
     }
+
+    /// The type a person names by its short name or its resources' plural: `cds` or
+    /// `clusters`, `eds` or `endpoints`, `lds` or `listeners`, `rds` or `routes`.
+    pub(crate) fn from_word(word: &str) -> Option<ResourceType> {
+        ResourceType::PUSH_ORDER
+            .into_iter()
+            .find(|t| word == t.short_name() || word == t.plural())
+    }
+
+    /// `clusters`, `endpoints`, `listeners` or `routes`.
+    pub(crate) fn plural(self) -> &'static str {
+        match self {
+            ResourceType::Cluster => "clusters",
+            ResourceType::Endpoint => "endpoints",
+            ResourceType::Listener => "listeners",
+            ResourceType::Route => "routes",
+        }
+    }
 }
 
 /// `GET /v1/proxies`: the snapshot the pilot serves now, every Envoy connected to it, and
@@ -202,6 +220,47 @@ impl ProxyStatus {
         }
     }
 
+    /// `<instance group>/<index>` as `bosh instances` says it, else the instance id, else the
+    /// node id.
+    pub(crate) fn name(&self) -> String {
+        match (&self.instance_group, self.index, &self.instance_id) {
+            (Some(group), Some(index), _) => format!("{group}/{index}"),
+            (Some(group), None, Some(id)) => format!("{group}/{id}"),
+            _ if self.node.is_empty() => "(no node yet)".into(),
+            _ => self.node.clone(),
+        }
+    }
+
+    /// `<deployment>/<group>/<index> (<instance id>)`, which names one instance in a mesh;
+    /// the node id for an Envoy of no BOSH instance.
+    pub(crate) fn qualified_name(&self) -> String {
+        match (&self.deployment, &self.instance_group, &self.instance_id) {
+            (Some(deployment), Some(group), Some(id)) => match self.index {
+                Some(index) => format!("{deployment}/{group}/{index} ({id})"),
+                None => format!("{deployment}/{group}/{id}"),
+            },
+            _ => self.node.clone(),
+        }
+    }
+
+    /// Whether `wanted` names this Envoy as the BOSH CLI names instances
+    /// (`<deployment>/<group>/<index or id>`, `<group>/<index or id>`), or is its node id.
+    pub(crate) fn is_named(&self, wanted: &str) -> bool {
+        let instance = |group: &str, which: &str| {
+            self.instance_group.as_deref() == Some(group)
+                && (self.index.is_some_and(|index| index.to_string() == which)
+                    || self.instance_id.as_deref() == Some(which))
+        };
+        let by_instance = match wanted.split('/').collect::<Vec<_>>()[..] {
+            [deployment, group, which] => {
+                self.deployment.as_deref() == Some(deployment) && instance(group, which)
+            }
+            [group, which] => instance(group, which),
+            _ => false,
+        };
+        by_instance || (!self.node.is_empty() && self.node == wanted)
+    }
+
     fn of(&mut self, resource_type: ResourceType) -> &mut TypeStatus {
         self.types
             .entry(resource_type.short_name().to_string())
@@ -329,6 +388,52 @@ mod tests {
         );
         assert_eq!(state(&status, LDS), SyncState::Synced);
         assert!(status.types["lds"].last_nack.is_some());
+    }
+
+    #[test]
+    fn an_envoy_is_named_as_the_bosh_cli_names_its_instance_or_by_its_node_id() {
+        let mut status = ProxyStatus::connected("delta", None, at(0));
+        status.node = "sidecar~10.0.0.5~apricot/6f1c~sample".into();
+        status.deployment = Some("sample".into());
+        status.instance_group = Some("apricot".into());
+        status.instance_id = Some("6f1c".into());
+        status.index = Some(3);
+        for name in [
+            "apricot/3",
+            "apricot/6f1c",
+            "sample/apricot/3",
+            "sample/apricot/6f1c",
+            "sidecar~10.0.0.5~apricot/6f1c~sample",
+        ] {
+            assert!(status.is_named(name), "{name}");
+        }
+        for name in [
+            "apricot/4",
+            "banana/3",
+            "other/apricot/3",
+            "apricot",
+            "3",
+            "",
+        ] {
+            assert!(!status.is_named(name), "{name}");
+        }
+        assert_eq!(status.qualified_name(), "sample/apricot/3 (6f1c)");
+        status.index = None;
+        assert_eq!(status.qualified_name(), "sample/apricot/6f1c");
+        status.deployment = None;
+        assert_eq!(
+            status.qualified_name(),
+            "sidecar~10.0.0.5~apricot/6f1c~sample"
+        );
+    }
+
+    #[test]
+    fn types_are_named_by_short_name_or_plural() {
+        for t in ResourceType::PUSH_ORDER {
+            assert_eq!(ResourceType::from_word(t.short_name()), Some(t));
+            assert_eq!(ResourceType::from_word(t.plural()), Some(t));
+        }
+        assert_eq!(ResourceType::from_word("secrets"), None);
     }
 
     #[test]

@@ -6,7 +6,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -29,6 +29,7 @@ use super::grpc::{self, Outgoing, Requests};
 use super::proxy_status::{one_line, ProxyStatus};
 use super::resources::ResourceType;
 use super::sotw::{RequestKind, SotwStreamState};
+use super::stream_config::{StreamConfig, TypeConfig};
 use super::sync::{StreamSync, SyncBoard};
 use crate::catalog::model::InstanceRef;
 use crate::metrics;
@@ -170,6 +171,7 @@ impl Ads {
             .and_then(TcpConnectInfo::remote_addr);
         let (responses, receiver) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
         let seq = self.snapshots.borrow().as_ref().map_or(0, |s| s.seq());
+        let state = Arc::new(Mutex::new(P::default()));
         tokio::spawn(run_stream::<P>(
             Requests::new(request.into_body()),
             self.snapshots.clone(),
@@ -178,7 +180,9 @@ impl Ads {
             self.board.join(
                 seq,
                 ProxyStatus::connected(P::NAME, peer, SystemTime::now()),
+                state.clone(),
             ),
+            state,
             self.scopes.clone(),
         ));
         grpc::response(ReceiverStream::new(receiver))
@@ -213,8 +217,17 @@ trait Protocol: Default + Send + 'static {
     fn scope_held(&self, _snapshot: &Arc<Snapshot>) -> Option<u64> {
         None
     }
+    /// Per subscribed type, what the stream would send of `snapshot` and what Envoy ACKed.
+    fn config<'s>(&self, snapshot: &'s Arc<Snapshot>) -> Vec<TypeConfig<'s>>;
     fn request_summary(request: &Self::Request) -> RequestSummary<'_>;
     fn response_summary(response: &Self::Response) -> ResponseSummary<'_>;
+}
+
+/// The API reads a stream's state between two of its rounds, under the stream's lock.
+impl<P: Protocol> StreamConfig for Mutex<P> {
+    fn config<'s>(&self, snapshot: &'s Arc<Snapshot>) -> Vec<TypeConfig<'s>> {
+        self.lock().expect("stream state lock").config(snapshot)
+    }
 }
 
 struct RequestSummary<'a> {
@@ -249,6 +262,9 @@ impl Protocol for SotwStreamState {
     }
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         SotwStreamState::on_snapshot(self, snapshot)
+    }
+    fn config<'s>(&self, snapshot: &'s Arc<Snapshot>) -> Vec<TypeConfig<'s>> {
+        SotwStreamState::config(self, snapshot)
     }
     fn request_summary(request: &DiscoveryRequest) -> RequestSummary<'_> {
         RequestSummary {
@@ -286,6 +302,9 @@ impl Protocol for DeltaStreamState {
     }
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DeltaDiscoveryResponse> {
         DeltaStreamState::on_snapshot(self, snapshot)
+    }
+    fn config<'s>(&self, snapshot: &'s Arc<Snapshot>) -> Vec<TypeConfig<'s>> {
+        DeltaStreamState::config(self, snapshot)
     }
     fn scoped_instance(request: &DeltaDiscoveryRequest) -> Option<InstanceRef> {
         let client = Client::from_node(request.node.as_ref()?)?;
@@ -346,6 +365,7 @@ async fn run_stream<P: Protocol>(
     responses: mpsc::Sender<Outgoing>,
     peer: Option<SocketAddr>,
     mut sync: StreamSync,
+    state: Arc<Mutex<P>>,
     scopes: Option<Arc<ScopeRegistry>>,
 ) {
     let _connected = ConnectedProxy::new();
@@ -353,7 +373,9 @@ async fn run_stream<P: Protocol>(
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     // Envoy sends its node only in the first request (set_node_on_first_message_only).
     let mut node = String::from("unknown");
-    let mut state = P::default();
+    // Locked for each round's decisions, never across an await: the API reads it between
+    // rounds.
+    let state = || state.lock().expect("stream state lock");
     let mut following_snapshots = true;
     let end = loop {
         let outgoing = tokio::select! {
@@ -371,10 +393,10 @@ async fn run_stream<P: Protocol>(
                     if let Some(scopes) = scopes.as_ref().filter(|_| scope.instance.is_none()) {
                         if let Some(instance) = P::scoped_instance(&request) {
                             let initial = scope.follow(scopes, instance);
-                            state.on_scope(initial, None);
+                            state().on_scope(initial, None);
                         }
                     }
-                    let (kind, response) = state.on_request(&request, snapshot.as_ref());
+                    let (kind, response) = state().on_request(&request, snapshot.as_ref());
                     let summary = P::request_summary(&request);
                     let resource_type = ResourceType::from_type_url(summary.type_url);
                     let rejected = match (&kind, resource_type, snapshot.as_deref()) {
@@ -406,7 +428,7 @@ async fn run_stream<P: Protocol>(
                 match snapshots.borrow_and_update().clone() {
                     Some(snapshot) => {
                         sync.saw_snapshot(snapshot.seq(), snapshot.inputs_changed());
-                        state.on_snapshot(&snapshot)
+                        state().on_snapshot(&snapshot)
                     }
                     None => Vec::new(),
                 }
@@ -418,7 +440,7 @@ async fn run_stream<P: Protocol>(
                         if matches!(next, StreamScope::Full) {
                             tracing::warn!(%node, %peer, "no scope from this VM's agent after {SCOPE_WAIT:?}: serving it the whole mesh");
                         }
-                        state.on_scope(next, snapshot.as_ref())
+                        state().on_scope(next, snapshot.as_ref())
                     }
                     None => Vec::new(),
                 }
@@ -433,7 +455,7 @@ async fn run_stream<P: Protocol>(
                 .borrow()
                 .as_ref()
                 .filter(|_| scope.may_wait())
-                .and_then(|s| state.scope_held(s));
+                .and_then(|s| state().scope_held(s));
             if let Some(held) = held {
                 scope.held = held;
             }

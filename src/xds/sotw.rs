@@ -17,9 +17,10 @@ use std::collections::{BTreeMap, BTreeSet};
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::cache::Snapshot;
+use super::cache::{SharedKey, Snapshot};
 use super::client::Client;
 use super::resources::ResourceType;
+use super::stream_config::TypeConfig;
 
 /// Identifies this control plane in every response (shown in Envoy's config dump).
 pub(super) const CONTROL_PLANE_ID: &str = "bosh-pilot";
@@ -52,6 +53,13 @@ struct Subscription {
     /// Nonce of our last response; "" before we sent one.
     nonce: String,
     awaiting_reply: bool,
+    /// The name and version of each resource of our last response, until Envoy answers it.
+    sent: Box<[SharedKey]>,
+    /// The `version_info` Envoy last ACKed (or had when it subscribed), and the name and
+    /// version of each resource of the response it ACKed: the snapshot's shared strings, so a
+    /// stream holds pointers, not copies.
+    acked_version: String,
+    acked: Box<[SharedKey]>,
 }
 
 #[derive(Debug, Default)]
@@ -82,21 +90,28 @@ impl SotwStreamState {
             // A fresh subscription, possibly from an Envoy reconnecting with config it
             // already has: remember its version so that an unchanged set is not re-sent.
             subscription.version = request.version_info.clone();
+            subscription.acked_version = request.version_info.clone();
+            subscription.acked = Box::default();
             subscription.awaiting_reply = false;
             RequestKind::Subscribe
         } else if request.response_nonce != subscription.nonce {
             return (RequestKind::Stale, None);
         } else {
             subscription.awaiting_reply = false;
+            let sent = std::mem::take(&mut subscription.sent);
             match &request.error_detail {
                 Some(error) => RequestKind::Nack {
                     rejected_version: subscription.version.clone(),
                     kept_version: request.version_info.clone(),
                     message: error.message.clone(),
                 },
-                None => RequestKind::Ack {
-                    version: request.version_info.clone(),
-                },
+                None => {
+                    subscription.acked_version = request.version_info.clone();
+                    subscription.acked = sent;
+                    RequestKind::Ack {
+                        version: request.version_info.clone(),
+                    }
+                }
             }
         };
         subscription.names = (!resource_type.is_wildcard())
@@ -118,6 +133,43 @@ impl SotwStreamState {
             .collect()
     }
 
+    /// Per subscribed type, what the stream would send of `snapshot` and what Envoy ACKed.
+    pub(crate) fn config<'s>(&self, snapshot: &'s Snapshot) -> Vec<TypeConfig<'s>> {
+        let class = snapshot.source_class(self.client.as_ref());
+        let workload = self.client.as_ref().map(|client| &**client.workload());
+        self.subscriptions
+            .iter()
+            .map(|(&resource_type, subscription)| {
+                let selection = snapshot.select_for(
+                    resource_type,
+                    subscription.names.as_ref(),
+                    &class,
+                    workload,
+                );
+                // Equal set versions are equal (name, version) sets: an Envoy that
+                // reconnected with what is served now has it, though it was never sent here.
+                let acked = if subscription.acked_version == selection.version {
+                    selection
+                        .resources
+                        .iter()
+                        .map(|r| (r.name.clone(), r.version.clone()))
+                        .collect()
+                } else {
+                    subscription
+                        .acked
+                        .iter()
+                        .map(|key| (key.name.to_string(), key.version.to_string()))
+                        .collect()
+                };
+                TypeConfig {
+                    resource_type,
+                    wanted: Some(selection.resources),
+                    acked,
+                }
+            })
+            .collect()
+    }
+
     fn respond_if_changed(
         &mut self,
         resource_type: ResourceType,
@@ -136,6 +188,11 @@ impl SotwStreamState {
         subscription.version = selection.version.clone();
         subscription.nonce = nonce.clone();
         subscription.awaiting_reply = true;
+        subscription.sent = selection
+            .resources
+            .iter()
+            .map(|r| snapshot.key_of(resource_type, r))
+            .collect();
         Some(DiscoveryResponse {
             version_info: selection.version,
             resources: selection
@@ -278,6 +335,47 @@ mod tests {
         let pushed = state.on_snapshot(&v3);
         assert_eq!(pushed.len(), 1, "a newer catalog goes out after a NACK");
         assert_ne!(pushed[0].version_info, first.version_info);
+    }
+
+    #[test]
+    fn the_config_says_what_would_be_sent_and_what_envoy_acked() {
+        let v1 = snapshot(1, &["a", "b"], &[true]);
+        let mut state = SotwStreamState::default();
+        let keys = |state: &SotwStreamState, snapshot: &Snapshot| {
+            let [config] = &state.config(snapshot)[..] else {
+                panic!("one type")
+            };
+            let wanted: Vec<(String, String)> = config
+                .wanted
+                .iter()
+                .flatten()
+                .map(|r| (r.name.clone(), r.version.clone()))
+                .collect();
+            (wanted, config.acked.clone().into_iter().collect::<Vec<_>>())
+        };
+        let (_, first) = state.on_request(&request(EDS, &[A, B], "", ""), Some(&v1));
+        let first = first.unwrap();
+        assert_eq!(keys(&state, &v1).1, [], "sent, not yet accepted");
+        state.on_request(
+            &request(EDS, &[A, B], &first.version_info, &first.nonce),
+            Some(&v1),
+        );
+        let (wanted, acked) = keys(&state, &v1);
+        assert_eq!(wanted, acked);
+
+        let v2 = snapshot(2, &["a", "b"], &[true, true]);
+        let [pushed] = state.on_snapshot(&v2).try_into().unwrap();
+        let (wanted, still) = keys(&state, &v2);
+        assert_eq!(still, acked, "not answered yet");
+        assert_ne!(wanted, acked);
+        state.on_request(&nack(EDS, &first.version_info, &pushed.nonce), Some(&v2));
+        assert_eq!(keys(&state, &v2).1, acked, "rejected: it runs what it had");
+
+        // An Envoy that reconnects with what is served now has it.
+        let mut reconnected = SotwStreamState::default();
+        reconnected.on_request(&request(EDS, &[A, B], &pushed.version_info, ""), Some(&v2));
+        let (wanted, acked) = keys(&reconnected, &v2);
+        assert_eq!(wanted, acked);
     }
 
     #[test]

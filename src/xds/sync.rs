@@ -20,8 +20,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
 use super::proxy_status::ProxyStatus;
+use super::stream_config::StreamConfig;
 use crate::catalog::model::InstanceRef;
 use crate::scope::ScopeAnswer;
+
+/// Why no single stream answers to a name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    NotFound,
+    /// The instances it could be, each `deployment/group/index (id)`.
+    Ambiguous(Vec<String>),
+}
 
 /// The synced snapshot of every open stream, by stream.
 #[derive(Debug)]
@@ -35,8 +44,24 @@ pub struct SyncBoard {
     changed: watch::Sender<u64>,
     convergence: Mutex<Convergence>,
     /// What each stream's Envoy was sent and answered (`GET /v1/proxies`), each behind a lock
-    /// of its own so that streams updating theirs never wait on one another.
-    statuses: Mutex<HashMap<u64, Arc<Mutex<ProxyStatus>>>>,
+    /// of its own so that streams updating theirs never wait on one another, and the stream's
+    /// state, to read what it would send now (`GET /v1/proxies/<instance>/config`).
+    statuses: Mutex<HashMap<u64, Listed>>,
+}
+
+/// One stream as `/v1/proxies` reads it.
+#[derive(Clone)]
+struct Listed {
+    status: Arc<Mutex<ProxyStatus>>,
+    config: Arc<dyn StreamConfig>,
+}
+
+impl std::fmt::Debug for Listed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Listed")
+            .field("status", &self.status)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for SyncBoard {
@@ -54,15 +79,24 @@ impl Default for SyncBoard {
 
 impl SyncBoard {
     /// A new stream, synced to `seq` (what it would be sent first is the latest snapshot),
-    /// its status so far `status`.
-    pub(crate) fn join(self: &Arc<Self>, seq: u64, status: ProxyStatus) -> StreamSync {
+    /// its status so far `status`, its state `config`.
+    pub(crate) fn join(
+        self: &Arc<Self>,
+        seq: u64,
+        status: ProxyStatus,
+        config: Arc<dyn StreamConfig>,
+    ) -> StreamSync {
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         self.streams.lock().expect("sync board lock").set(id, seq);
         let status = Arc::new(Mutex::new(status));
+        let listed = Listed {
+            status: status.clone(),
+            config,
+        };
         self.statuses
             .lock()
             .expect("sync board lock")
-            .insert(id, status.clone());
+            .insert(id, listed);
         self.changed.send_modify(|n| *n += 1);
         StreamSync {
             board: self.clone(),
@@ -78,29 +112,60 @@ impl SyncBoard {
     #[cfg(test)]
     pub(crate) fn join_anonymous(self: &Arc<Self>, seq: u64) -> StreamSync {
         let status = ProxyStatus::connected("sotw", None, std::time::SystemTime::now());
-        self.join(seq, status)
+        let state: Arc<Mutex<super::sotw::SotwStreamState>> = Arc::default();
+        self.join(seq, status, state)
     }
 
     /// The status of every open stream, with how far each is behind snapshot `current`,
     /// oldest stream first.
     pub fn proxies(&self, current: Option<u64>) -> Vec<ProxyStatus> {
-        let statuses: Vec<(u64, Arc<Mutex<ProxyStatus>>)> = {
-            let statuses = self.statuses.lock().expect("sync board lock");
-            statuses.iter().map(|(id, s)| (*id, s.clone())).collect()
-        };
-        let synced: HashMap<u64, u64> = self.streams.lock().expect("sync board lock").by_id.clone();
-        let mut proxies: Vec<(u64, ProxyStatus)> = statuses
+        self.listed(current)
             .into_iter()
-            .map(|(id, status)| {
-                let seq = synced.get(&id).copied().unwrap_or_default();
-                (
-                    id,
-                    status.lock().expect("proxy status lock").at(seq, current),
-                )
-            })
+            .map(|(status, _)| status)
+            .collect()
+    }
+
+    /// The stream of the Envoy `wanted` names (`ProxyStatus::is_named`): its status against
+    /// snapshot `current` and its state. Several streams of one instance (a reconnected
+    /// Envoy whose old stream has not ended yet) are that instance's newest stream.
+    pub(crate) fn find(
+        &self,
+        wanted: &str,
+        current: Option<u64>,
+    ) -> Result<(ProxyStatus, Arc<dyn StreamConfig>), Lookup> {
+        let named: Vec<(ProxyStatus, Arc<dyn StreamConfig>)> = self
+            .listed(current)
+            .into_iter()
+            .filter(|(status, _)| status.is_named(wanted))
             .collect();
-        proxies.sort_by_key(|(id, _)| *id);
-        proxies.into_iter().map(|(_, status)| status).collect()
+        let instances: BTreeSet<String> = named.iter().map(|(s, _)| s.qualified_name()).collect();
+        match instances.len() {
+            0 => Err(Lookup::NotFound),
+            1 => Ok(named.into_iter().next_back().expect("one at least")),
+            _ => Err(Lookup::Ambiguous(instances.into_iter().collect())),
+        }
+    }
+
+    /// Every open stream's status against snapshot `current`, and its state, oldest first.
+    fn listed(&self, current: Option<u64>) -> Vec<(ProxyStatus, Arc<dyn StreamConfig>)> {
+        let mut listed: Vec<(u64, Listed)> = {
+            let statuses = self.statuses.lock().expect("sync board lock");
+            statuses.iter().map(|(id, l)| (*id, l.clone())).collect()
+        };
+        listed.sort_by_key(|(id, _)| *id);
+        let synced: HashMap<u64, u64> = self.streams.lock().expect("sync board lock").by_id.clone();
+        listed
+            .into_iter()
+            .map(|(id, listed)| {
+                let seq = synced.get(&id).copied().unwrap_or_default();
+                let status = listed
+                    .status
+                    .lock()
+                    .expect("proxy status lock")
+                    .at(seq, current);
+                (status, listed.config)
+            })
+            .collect()
     }
 
     /// Streams synced to a snapshot older than `seq`.

@@ -123,7 +123,9 @@ pub enum LabCommand {
         path: String,
     },
     /// `boshy mesh <command>` against the lab's first pilot, with the lab's mesh client
-    /// certificate (docs/observability.md): `lab mesh status`, `lab mesh describe <hostname>`.
+    /// certificate (docs/observability.md): `lab mesh status`, `lab mesh describe <hostname>`,
+    /// `lab mesh config apricot/3 [listeners]`, `lab mesh diff apricot/3` (its exit code is
+    /// the command's).
     Mesh {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
