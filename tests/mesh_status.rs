@@ -1,7 +1,9 @@
 //! `boshy mesh status` against a real pilot xDS server, its HTTPS API and a real Envoy made
 //! to NACK: `GET /v1/proxies` and the table name that Envoy, its listeners' NACK and Envoy's
-//! error, while its clusters stay SYNCED; an agent's name-table stream with its instance and
-//! table; and `boshy mesh describe` of one of its services. As root, in a private network
+//! error, while its clusters stay SYNCED; `boshy mesh diff` of that Envoy (the refused
+//! listener still to be accepted, with the NACK) and `boshy mesh config` (what it is sent); an
+//! agent's name-table stream with its instance and table; and `boshy mesh describe` of one of
+//! its services. As root, in a private network
 //! namespace (Envoy binds 127.0.0.1:15001).
 
 use std::net::Ipv4Addr;
@@ -228,6 +230,62 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
         assert_eq!(proxy.types["cds"].state, SyncState::Synced, "{proxy:?}");
         assert!(proxy.last_sync.is_some());
         assert_eq!(report.snapshot.map(|s| s.seq), Some(2));
+
+        // `boshy mesh diff`: the listener that Envoy refused is still to be accepted, beside
+        // its NACK; what it accepted of the clusters is what it is sent. `--json` keeps the
+        // exit code: 1, they differ.
+        let json_with_certificate = [&with_certificate[..], &["--json"]].concat();
+        let (in_sync, diff, stderr) =
+            mesh(&["diff", "apricot/3"], &api, &json_with_certificate).await;
+        assert!(!in_sync, "{stderr}");
+        let diff: serde_json::Value = serde_json::from_str(&diff).expect("the API's JSON");
+        let of_type = |name: &str| {
+            diff["types"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|t| t["type"] == name)
+                .unwrap_or_else(|| panic!("no {name} in {diff}"))
+                .clone()
+        };
+        let lds = of_type("lds");
+        assert!(
+            lds["added"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|r| r["name"] == BAD_LISTENER),
+            "{lds}"
+        );
+        assert!(
+            lds["nack"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("duplicate address")),
+            "{lds}"
+        );
+        let cds = of_type("cds");
+        for change in ["added", "removed", "changed"] {
+            assert_eq!(cds[change], serde_json::json!([]), "{cds}");
+        }
+        // `boshy mesh config`: both listeners are what the pilot sends it.
+        let (ok, config, stderr) = mesh(
+            &["config", "apricot/3", "listeners"],
+            &api,
+            &json_with_certificate,
+        )
+        .await;
+        assert!(ok, "{stderr}");
+        let config: serde_json::Value = serde_json::from_str(&config).expect("the API's JSON");
+        let listeners: Vec<&str> = config["types"][0]["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["name"].as_str().unwrap())
+            .collect();
+        assert!(
+            listeners.contains(&DB_LISTENER) && listeners.contains(&BAD_LISTENER),
+            "{config}"
+        );
 
         // An agent follows the table, naming its instance (listed at its address).
         let mut agent = reqwest::get(format!(
