@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use boshy::api::{self, Proxies};
 use boshy::xds::resources::ResourceType;
-use boshy::xds::sync::SyncBoard;
 use boshy_xds_fleet::estate::{estate, Change};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
@@ -184,17 +183,7 @@ async fn mesh(api: SocketAddr, args: &[&str]) -> (i32, String) {
 #[tokio::test]
 async fn config_is_what_the_envoy_received_and_diff_what_it_has_not_accepted() {
     let (catalog_tx, catalog_rx) = watch::channel(Arc::new(estate(1, 2, INSTANCES)));
-    let snapshots = boshy::xds::cache::follow(catalog_rx.clone());
-    let board = Arc::new(SyncBoard::default());
-    let xds_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let xds = xds_listener.local_addr().unwrap();
-    tokio::spawn(boshy::xds::server::serve_snapshots(
-        xds_listener,
-        snapshots.clone(),
-        board.clone(),
-        None,
-        None,
-    ));
+    let (xds, snapshots, board) = boshy_test_support::envoy::serve_xds(catalog_rx.clone()).await;
     let api_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let api = api_listener.local_addr().unwrap();
     let proxies = Proxies {

@@ -18,9 +18,10 @@ use boshy::config::ServerTls;
 use boshy::health::AgentRegistry;
 use boshy::xds::bootstrap::{AdsMode, NodeIdentity};
 use boshy::xds::proxy_status::{ProxiesReport, SyncState};
-use boshy::xds::sync::SyncBoard;
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
-use boshy_test_support::envoy::{in_private_netns, loopback_listener, start_envoy, DEADLINE};
+use boshy_test_support::envoy::{
+    in_private_netns, loopback_listener, serve_xds, start_envoy, DEADLINE,
+};
 use tokio::sync::watch;
 
 const DB_LISTENER: &str = "169.254.255.2_5432";
@@ -118,16 +119,7 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
             1,
             vec![service("db", Ipv4Addr::new(169, 254, 255, 2), 5432)],
         ));
-        let (xds_listener, xds) = loopback_listener().await;
-        let snapshots = boshy::xds::cache::follow(catalog_rx.clone());
-        let board = Arc::new(SyncBoard::default());
-        tokio::spawn(boshy::xds::server::serve_snapshots(
-            xds_listener,
-            snapshots.clone(),
-            board.clone(),
-            None,
-            None,
-        ));
+        let (xds, snapshots, board) = serve_xds(catalog_rx.clone()).await;
         // The names server, where agents follow the table (this one is the test's).
         let agents = Arc::new(AgentRegistry::default());
         let (names_listener, names) = loopback_listener().await;

@@ -560,6 +560,17 @@ async fn a_garbage_report_or_drain_request_is_refused_and_the_agent_still_counts
     drop(agent);
 }
 
+/// `POST` of `body` as JSON to `url`: the status and the text of the answer.
+async fn post_json(url: String, body: serde_json::Value) -> (reqwest::StatusCode, String) {
+    let response = reqwest::Client::new()
+        .post(url)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    (response.status(), response.text().await.unwrap())
+}
+
 #[tokio::test]
 async fn an_agent_changes_only_its_own_scope_and_an_add_waits_for_its_envoys() {
     use crate::scope::registry::testing::listed;
@@ -568,18 +579,7 @@ async fn an_agent_changes_only_its_own_scope_and_an_add_waits_for_its_envoys() {
     let pilot = Pilot::start_with_xds(agent_catalog(1, "127.0.0.1"), board.clone()).await;
     let scopes = pilot.agents.xds().unwrap().scopes.clone();
     scopes.set_listed(listed("a", &["127.0.0.1"]));
-    let post = |body: serde_json::Value| {
-        let url = format!("{}/v1/names/scope", pilot.url());
-        async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (response.status(), response.text().await.unwrap())
-        }
-    };
+    let post = |body| post_json(format!("{}/v1/names/scope", pilot.url()), body);
 
     let (status, body) =
         post(serde_json::json!({"deployment": "d", "instance": "a", "set": ["x.boshy"]})).await;
@@ -647,18 +647,7 @@ async fn an_agent_reports_calls_for_its_own_instance_only_and_they_are_kept_unde
         .unwrap()
         .scopes
         .set_listed(listed("a", &["127.0.0.1"]));
-    let post = |body: serde_json::Value| {
-        let url = format!("{}/v1/names/traffic", pilot.url());
-        async move {
-            let response = reqwest::Client::new()
-                .post(url)
-                .json(&body)
-                .send()
-                .await
-                .unwrap();
-            (response.status(), response.text().await.unwrap())
-        }
-    };
+    let post = |body| post_json(format!("{}/v1/names/traffic", pilot.url()), body);
     let calls = serde_json::json!([{"destination": "x.g.d.boshy", "requests": 5, "errors": 1}]);
     let current = || pilot.agents.traffic().current(std::time::Instant::now());
 

@@ -12,9 +12,13 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
+use boshy::catalog::model::Catalog;
 use boshy::xds::bootstrap::{render_with, AdsMode, NodeIdentity};
+use boshy::xds::cache::Snapshot;
+use boshy::xds::sync::SyncBoard;
 use serde_json::Value;
 use tokio::net::TcpListener;
+use tokio::sync::watch;
 
 use crate::process::{check, run};
 
@@ -120,6 +124,28 @@ pub async fn loopback_listener() -> (TcpListener, SocketAddr) {
         .expect("bind 127.0.0.1:0");
     let address = listener.local_addr().expect("a bound listener's address");
     (listener, address)
+}
+
+/// The pilot's ADS server on a loopback port, serving the snapshots of `catalog`: its address,
+/// the snapshots and the board of its streams (what the API reads).
+pub async fn serve_xds(
+    catalog: watch::Receiver<Arc<Catalog>>,
+) -> (
+    SocketAddr,
+    watch::Receiver<Option<Arc<Snapshot>>>,
+    Arc<SyncBoard>,
+) {
+    let (listener, address) = loopback_listener().await;
+    let snapshots = boshy::xds::cache::follow(catalog);
+    let board = Arc::new(SyncBoard::default());
+    tokio::spawn(boshy::xds::server::serve_snapshots(
+        listener,
+        snapshots.clone(),
+        board.clone(),
+        None,
+        None,
+    ));
+    (address, snapshots, board)
 }
 
 /// Starts a real Envoy for `node` with ADS at `xds`.
