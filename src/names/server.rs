@@ -39,6 +39,21 @@ const MAX_REPORT_BYTES: usize = 64 * 1024;
 /// Serves `GET /v1/names/watch`, and the agents' `POST /v1/names/health` and
 /// `GET /v1/names/drained` (docs/health.md), until the listener fails. Dropping the future closes every
 /// open stream too, so followers notice at once and reconnect elsewhere. With `identity`, also
+/// An agent's request refused: counted by `kind`, logged naming `what` and the instance it
+/// claimed, answered `status` with the reason.
+fn refuse_agent(
+    what: &str,
+    peer: SocketAddr,
+    instance: &InstanceRef,
+    status: StatusCode,
+    kind: &str,
+    reason: String,
+) -> Response {
+    metrics::global().agent_refusal(kind);
+    tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "{what} refused: {reason}");
+    (status, reason).into_response()
+}
+
 /// `POST /v1/names/traffic`: an agent's last window of its VM's calls, for the console; taken
 /// when the director lists its instance at the address the request comes from, and kept under
 /// the instance group the director lists it in.
@@ -49,9 +64,7 @@ async fn take_traffic(
 ) -> Response {
     let instance = report.instance_ref();
     let refused = |status: StatusCode, kind: &str, reason: String| {
-        metrics::global().agent_refusal(kind);
-        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "calls report refused: {reason}");
-        (status, reason).into_response()
+        refuse_agent("calls report", peer, &instance, status, kind, reason)
     };
     let Some(xds) = config.agents.xds() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
@@ -386,9 +399,7 @@ async fn take_report(
     let instance = report.instance_ref();
     let view = config.views.borrow().clone();
     let refused = |status: StatusCode, kind: &str, reason: String| {
-        metrics::global().agent_refusal(kind);
-        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "health report refused: {reason}");
-        (status, reason).into_response()
+        refuse_agent("health report", peer, &instance, status, kind, reason)
     };
     if let Err(unverified) = view.probes.probes_for(&instance, peer.ip()) {
         return refused(StatusCode::FORBIDDEN, "claim", unverified.to_string());
@@ -483,9 +494,7 @@ async fn take_scope(
 ) -> Response {
     let instance = request.instance_ref();
     let refused = |status: StatusCode, kind: &str, reason: String| {
-        metrics::global().agent_refusal(kind);
-        tracing::debug!(%peer, deployment = %clip(&instance.deployment), instance = %clip(&instance.instance_id), "scope refused: {reason}");
-        (status, reason).into_response()
+        refuse_agent("scope", peer, &instance, status, kind, reason)
     };
     let Some(xds) = config.agents.xds().cloned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
