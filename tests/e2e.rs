@@ -137,6 +137,35 @@ fn the_mesh_end_to_end() {
         LAB.mesh_clusters("banana/0").is_empty(),
         "another VM's scope is its own"
     );
+    // `boshy mesh config`: what the pilot sends apricot/3's Envoy is what that Envoy holds;
+    // `boshy mesh diff`: once it has accepted all of it, in sync (exit 0).
+    let config: serde_json::Value =
+        serde_json::from_str(&LAB.ok(&["mesh", "config", "apricot/3", "clusters", "--json"]))
+            .expect("`mesh config --json` prints JSON");
+    let sent: BTreeSet<String> = config["types"][0]["resources"]
+        .as_array()
+        .expect("the clusters")
+        .iter()
+        .filter_map(|r| r["name"].as_str())
+        .filter(|name| name.starts_with("outbound|"))
+        .map(str::to_string)
+        .collect();
+    assert_eq!(sent, LAB.mesh_clusters("apricot/3"), "{config}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let diff = LAB.run(&["mesh", "diff", "apricot/3"]);
+        match diff.status.code() {
+            Some(0) => break,
+            Some(1) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(500))
+            }
+            _ => panic!(
+                "apricot/3's Envoy never in sync: {}{}",
+                String::from_utf8_lossy(&diff.stdout),
+                String::from_utf8_lossy(&diff.stderr)
+            ),
+        }
+    }
 
     // Every exposed service has a VIP in the CIDR and resolves to it from every VM.
     let vip_cidr: ipnet::Ipv4Net = "169.254.255.0/24".parse().unwrap();
