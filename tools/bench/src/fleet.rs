@@ -13,17 +13,25 @@
 //!   HTTP/1.1 as the real agent's): `GET /v1/names/watch?deployment=&instance=`, and on the
 //!   probes line a report with every port fine (`POST /v1/names/health`). A stream that ends
 //!   is followed again with the agent's backoff and jitter.
+//! - The console's calls windows: for a phase of their own, each agent also posts a window of
+//!   its VM's calls every 10 s (`POST /v1/names/traffic`), to 5 services of the catalog, as
+//!   the real agent's calls reporter does (`telemetry`): on a client of its own from the same
+//!   address, which keeps its connection between windows.
 //! - Envoys: `boshy_xds_fleet` (delta ADS, every response ACKed). The fleet speaks plaintext
 //!   gRPC, so a proxy in this process carries each of its connections over mutual TLS (ALPN
 //!   h2, the client certificate) to the pilot, which then serves xDS as it does in production.
 //!
 //! Figures, for N and for a reference of fewer clients in the same run: the time until every
 //! agent reports (the pilot's `boshy_agents_reporting`) and every Envoy took every type of
-//! the snapshot; the pilot's RSS and CPU over a steady window; then the pilot is killed
-//! (SIGKILL) and started again on the same ports, and the time until every agent reports again
-//! and the last Envoy is synced again, with the pilot's peak RSS meanwhile.
+//! the snapshot; the pilot's RSS and CPU over a steady window; the same with every agent
+//! posting its calls window, and the time of one `GET /v1/graph` then (checked to have every
+//! edge the agents report); then the pilot is killed (SIGKILL) and started again on the same
+//! ports, and the time until every agent reports again and the last Envoy is synced again,
+//! with the pilot's peak RSS meanwhile.
 
+use std::collections::hash_map::DefaultHasher;
 use std::collections::BTreeSet;
+use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,7 +44,7 @@ use boshy_director_sim::{self as sim, SimHandle, SimOptions};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy_xds_fleet::fleet::{Fleet, Received};
 use rand::Rng;
-use serde_json::Value;
+use serde_json::{json, Value};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::process::{Child, Command};
@@ -68,6 +76,15 @@ const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often Envoys due to reconnect are gathered into one connecting batch.
 const RECONNECT_TICK: Duration = Duration::from_millis(50);
+/// The real agent's calls window (`telemetry`): each agent posts one this often.
+const CALLS_WINDOW: Duration = Duration::from_secs(10);
+/// The services each instance group calls.
+const CALLED_SERVICES: usize = 5;
+/// How an agent's request durations spread over Istio's 20 buckets (`console::wire`), in
+/// percent: most between 1 and 100 ms, a tail to 2.5 s.
+const DURATION_SHAPE: [u64; 20] = [
+    0, 2, 10, 18, 25, 20, 12, 7, 3, 2, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+];
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -261,10 +278,18 @@ struct Instance {
     deployment: String,
     id: String,
     address: Ipv4Addr,
+    instance_group: String,
 }
 
-/// Every instance of the pilot's catalog, from `GET /v1/registration`, once it has one.
-async fn instances(api: &Api) -> Result<Vec<Instance>> {
+/// What the benchmark takes of the pilot's catalog.
+struct Catalog {
+    instances: Vec<Instance>,
+    /// Every service's, sorted.
+    hostnames: Vec<String>,
+}
+
+/// The pilot's catalog, from `GET /v1/registration`, once it has one.
+async fn read_catalog(api: &Api) -> Result<Catalog> {
     let deadline = Instant::now() + PHASE_DEADLINE;
     loop {
         let healthy = api.client.get(format!("{}/healthz", api.base)).send().await;
@@ -284,8 +309,11 @@ async fn instances(api: &Api) -> Result<Vec<Instance>> {
         .json()
         .await?;
     let mut found = BTreeSet::new();
+    let mut hostnames = BTreeSet::new();
     for service in &services {
         let deployment = service["deployment"].as_str().unwrap_or_default();
+        let instance_group = service["instance_group"].as_str().unwrap_or_default();
+        hostnames.extend(service["hostname"].as_str().map(str::to_string));
         for endpoint in service["endpoints"].as_array().into_iter().flatten() {
             let (Some(id), Some(address)) = (
                 endpoint["instance"].as_str(),
@@ -297,10 +325,14 @@ async fn instances(api: &Api) -> Result<Vec<Instance>> {
                 deployment: deployment.to_string(),
                 id: id.to_string(),
                 address,
+                instance_group: instance_group.to_string(),
             });
         }
     }
-    Ok(found.into_iter().collect())
+    Ok(Catalog {
+        instances: found.into_iter().collect(),
+        hostnames: hostnames.into_iter().collect(),
+    })
 }
 
 /// `count` of `all`, spread evenly over it (so over every deployment).
@@ -339,16 +371,9 @@ impl Backoff {
 /// One emulated agent: follows the name-table stream of the pilot at `base` from its
 /// instance's address, naming its instance, forever.
 async fn agent(instance: Instance, base: String, tls: rustls::ClientConfig) {
-    let client = reqwest::Client::builder()
-        .local_address(IpAddr::V4(instance.address))
-        .use_preconfigured_tls(tls)
-        .connect_timeout(Duration::from_secs(5))
-        .tcp_keepalive(Duration::from_secs(30))
-        // The real agent's report connection idles out of its pool after 90 s; closing it at
-        // once keeps the steady state (one connection per agent) within the open-file limit.
-        .pool_max_idle_per_host(0)
-        .build();
-    let client = match client {
+    // The real agent's report connection idles out of its pool after 90 s; closing it at once
+    // keeps the steady state (one connection per agent) within the open-file limit.
+    let client = match agent_client(&instance, tls, 0) {
         Ok(client) => client,
         Err(err) => {
             tracing::error!("agent {}: no HTTP client: {err}", instance.id);
@@ -364,6 +389,22 @@ async fn agent(instance: Instance, base: String, tls: rustls::ClientConfig) {
         tracing::debug!("agent {}: {err:#}; again in {delay:?}", instance.id);
         tokio::time::sleep(delay).await;
     }
+}
+
+/// An HTTP client of the agent on `instance`, from its address (mutual TLS, HTTP/1.1 as the
+/// real agent's), keeping at most `idle_connections` open between requests.
+fn agent_client(
+    instance: &Instance,
+    tls: rustls::ClientConfig,
+    idle_connections: usize,
+) -> reqwest::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .local_address(IpAddr::V4(instance.address))
+        .use_preconfigured_tls(tls)
+        .connect_timeout(Duration::from_secs(5))
+        .tcp_keepalive(Duration::from_secs(30))
+        .pool_max_idle_per_host(idle_connections)
+        .build()
 }
 
 /// One stream, until it fails: on the probes line, the report (every port fine).
@@ -406,16 +447,18 @@ async fn follow_once(
 }
 
 async fn report(client: &reqwest::Client, base: &str, instance: &Instance) -> Result<()> {
-    let body = serde_json::json!({
+    let body = json!({
         "deployment": instance.deployment,
         "instance": instance.id,
         "failing_ports": [],
         "leaving": false,
     });
-    let sent = client
-        .post(format!("{base}/v1/names/health"))
-        .json(&body)
-        .send();
+    post(client, format!("{base}/v1/names/health"), &body).await
+}
+
+/// POSTs one of the agent's reports to `url`: it must be taken within [`REPORT_TIMEOUT`].
+async fn post(client: &reqwest::Client, url: String, body: &Value) -> Result<()> {
+    let sent = client.post(url).json(body).send();
     let response = tokio::time::timeout(REPORT_TIMEOUT, sent)
         .await
         .context("the report was not taken in time")??;
@@ -423,6 +466,144 @@ async fn report(client: &reqwest::Client, base: &str, instance: &Instance) -> Re
         bail!("the pilot refused the report: {}", response.status());
     }
     Ok(())
+}
+
+/// The agent on `instance` posting a window of its VM's calls to `destinations` every
+/// [`CALLS_WINDOW`], the first after `first`, forever. As the real agent's calls reporter
+/// (`telemetry`): a client of its own, whose connection stays open between windows (its pool
+/// keeps one idle for 90 s).
+async fn report_calls(
+    instance: Instance,
+    destinations: Vec<String>,
+    base: String,
+    tls: rustls::ClientConfig,
+    first: Duration,
+) {
+    let client = match agent_client(&instance, tls, 1) {
+        Ok(client) => client,
+        Err(err) => {
+            tracing::error!("agent {}: no HTTP client for its calls: {err}", instance.id);
+            return;
+        }
+    };
+    let url = format!("{base}/v1/names/traffic");
+    let mut windows = tokio::time::interval_at(tokio::time::Instant::now() + first, CALLS_WINDOW);
+    loop {
+        windows.tick().await;
+        let window = calls_window(&instance, &destinations);
+        if let Err(err) = post(&client, url.clone(), &window).await {
+            // The graph then lacks the window, which the benchmark's check of it reports.
+            tracing::warn!("agent {}: its calls window: {err:#}", instance.id);
+        }
+    }
+}
+
+/// The services an instance group calls: [`CALLED_SERVICES`] consecutive ones of the catalog,
+/// from a place its name picks (fewer when the catalog has fewer); the same for every instance
+/// of the group, which runs the same jobs.
+fn called_services(hostnames: &[String], caller: &Instance) -> Vec<String> {
+    let mut hasher = DefaultHasher::new();
+    (&caller.deployment, &caller.instance_group).hash(&mut hasher);
+    let start = hasher.finish() as usize;
+    (0..CALLED_SERVICES.min(hostnames.len()))
+        .map(|k| hostnames[(start % hostnames.len() + k) % hostnames.len()].clone())
+        .collect()
+}
+
+/// The graph's edges for these callers and the services each calls: one per instance group
+/// and service, however many of its instances call it.
+fn graph_edges(calls: &[(Instance, Vec<String>)]) -> usize {
+    calls
+        .iter()
+        .flat_map(|(caller, destinations)| {
+            destinations
+                .iter()
+                .map(|destination| (&caller.deployment, &caller.instance_group, destination))
+        })
+        .collect::<BTreeSet<_>>()
+        .len()
+}
+
+/// One window of `instance`'s calls to each of `destinations` (`console::wire::TrafficReport`,
+/// which the pilot parses with `deny_unknown_fields`): 2 to 200 requests a second, about 1%
+/// of them errors, a few TCP connections.
+fn calls_window(instance: &Instance, destinations: &[String]) -> Value {
+    let mut rng = rand::thread_rng();
+    let calls: Vec<Value> = destinations
+        .iter()
+        .map(|destination| {
+            let requests: u64 = rng.gen_range(20..=2000);
+            let connections: u64 = rng.gen_range(0..=20);
+            json!({
+                "destination": destination,
+                "requests": requests,
+                "errors": rng.gen_range(0..=requests / 50),
+                "duration_buckets": duration_buckets(requests),
+                "connections": connections,
+                "failed_connections": rng.gen_range(0..=connections / 10),
+            })
+        })
+        .collect();
+    json!({
+        "deployment": instance.deployment,
+        "instance": instance.id,
+        "window_ms": CALLS_WINDOW.as_millis() as u64,
+        "calls": calls,
+    })
+}
+
+/// `requests` spread over the duration buckets as [`DURATION_SHAPE`] says.
+fn duration_buckets(requests: u64) -> Vec<u64> {
+    let mut buckets: Vec<u64> = DURATION_SHAPE
+        .iter()
+        .map(|percent| requests * percent / 100)
+        .collect();
+    // What rounding down left goes to the commonest duration.
+    let commonest = (0..buckets.len())
+        .max_by_key(|&i| DURATION_SHAPE[i])
+        .unwrap_or_default();
+    buckets[commonest] += requests - buckets.iter().sum::<u64>();
+    buckets
+}
+
+/// One `GET /v1/graph` with the benchmark's API client.
+struct GraphRead {
+    took: Duration,
+    bytes: usize,
+    edges: usize,
+    /// Summed over the instance groups: the instances whose window is current.
+    reporting_instances: u64,
+}
+
+async fn read_graph(api: &Api) -> Result<GraphRead> {
+    let started = Instant::now();
+    let response = api
+        .client
+        .get(format!("{}/v1/graph", api.base))
+        .send()
+        .await?
+        .error_for_status()?;
+    let body = response.bytes().await?;
+    let took = started.elapsed();
+    let graph: Value = serde_json::from_slice(&body).context("GET /v1/graph: not JSON")?;
+    let reporting_instances = graph["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|deployment| {
+            deployment["instance_groups"]
+                .as_array()
+                .into_iter()
+                .flatten()
+        })
+        .filter_map(|group| group["reporting_instances"].as_u64())
+        .sum();
+    Ok(GraphRead {
+        took,
+        bytes: body.len(),
+        edges: graph["edges"].as_array().map_or(0, Vec::len),
+        reporting_instances,
+    })
 }
 
 /// Carries every plaintext connection accepted on the returned address to the pilot's xDS
@@ -665,6 +846,13 @@ struct Measured {
     steady_rss_mb: f64,
     steady_cpu: f64,
     steady_threads: u64,
+    /// Over a window as long as the steady one, every agent posting its calls window.
+    calls_cpu: f64,
+    calls_rss_mb: f64,
+    /// With every agent's window current.
+    graph: GraphRead,
+    /// One agent's calls window, as JSON.
+    window_bytes: usize,
     up_again: Duration,
     reconnected_agents: Duration,
     reconnected_envoys: Duration,
@@ -677,14 +865,14 @@ struct Measured {
 
 async fn measure(
     setup: &Setup,
-    all: &[Instance],
+    catalog: &Catalog,
     clients: usize,
     steady: Duration,
     scratch: &Path,
 ) -> Result<Measured> {
     let log = scratch.join(format!("pilot-{clients}.log"));
     let pilot = Pilot::start(&setup.config, &log)?;
-    instances(&setup.api).await?;
+    read_catalog(&setup.api).await?;
     let mut envoys = Envoys::start(setup.xds, clients, scratch)?;
     let mut agents = JoinSet::new();
     let base = format!("https://{}", setup.names);
@@ -693,8 +881,13 @@ async fn measure(
     let cpu_before = pilot.cpu()?;
     let started = Instant::now();
     envoys.tell("connect").await?;
-    for instance in spread(all, clients) {
-        agents.spawn(agent(instance, base.clone(), setup.client_tls.clone()));
+    let on = spread(&catalog.instances, clients);
+    for instance in &on {
+        agents.spawn(agent(
+            instance.clone(),
+            base.clone(),
+            setup.client_tls.clone(),
+        ));
     }
     let (connected_agents, connected_envoys) = tokio::join!(
         agents_reporting(&setup.api, clients, started),
@@ -711,6 +904,48 @@ async fn measure(
     tokio::time::sleep(steady).await;
     let steady_cpu = pilot.cpu()? - cpu_before;
     let memory = pilot.memory()?;
+
+    eprintln!("bench fleet: every agent posting its calls window every {CALLS_WINDOW:?}");
+    let calls: Vec<(Instance, Vec<String>)> = on
+        .into_iter()
+        .map(|instance| {
+            let destinations = called_services(&catalog.hostnames, &instance);
+            (instance, destinations)
+        })
+        .collect();
+    let expected_edges = graph_edges(&calls);
+    let window_bytes = calls.first().map_or(0, |(instance, destinations)| {
+        calls_window(instance, destinations).to_string().len()
+    });
+    let mut reporters = JoinSet::new();
+    for (i, (instance, destinations)) in calls.into_iter().enumerate() {
+        // Spread over the window, as the real agents' timers are: each starts with its agent.
+        let first = CALLS_WINDOW.mul_f64(i as f64 / clients as f64);
+        reporters.spawn(report_calls(
+            instance,
+            destinations,
+            base.clone(),
+            setup.client_tls.clone(),
+            first,
+        ));
+    }
+    // Every agent's first window is in after one window and the time a pilot has to take it.
+    tokio::time::sleep(CALLS_WINDOW + REPORT_TIMEOUT).await;
+    let cpu_before = pilot.cpu()?;
+    tokio::time::sleep(steady).await;
+    let calls_cpu = pilot.cpu()? - cpu_before;
+    let calls_rss_mb = pilot.memory()?.rss_mb();
+    let graph = read_graph(&setup.api).await?;
+    // The agents' calls go no further: the reconnect below is measured as before the console.
+    reporters.shutdown().await;
+    if graph.edges != expected_edges || graph.reporting_instances != clients as u64 {
+        bail!(
+            "GET /v1/graph has {} edges and {} reporting instances; the agents' windows make \
+             {expected_edges} edges of {clients} instances",
+            graph.edges,
+            graph.reporting_instances
+        );
+    }
 
     eprintln!("bench fleet: killing the pilot and starting it again");
     pilot.kill().await?;
@@ -743,6 +978,10 @@ async fn measure(
         steady_rss_mb: memory.rss_mb(),
         steady_cpu,
         steady_threads: memory.threads,
+        calls_cpu,
+        calls_rss_mb,
+        graph,
+        window_bytes,
         up_again,
         reconnected_agents,
         reconnected_envoys,
@@ -761,18 +1000,19 @@ fn load_average() -> f64 {
 }
 
 /// Raises the open-file limit to its hard limit, for this process and the pilot it starts.
-/// The agents' process holds a connection per agent (its report goes on a connection of its
-/// own, closed after), the pilot one per agent and one per Envoy.
+/// The agents' process holds two connections per agent (the stream and the calls reports'; a
+/// health report goes on a connection of its own, closed after), the pilot those and one per
+/// Envoy.
 fn raise_file_limit(clients: usize) -> Result<()> {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).context("reading RLIMIT_NOFILE")?;
     setrlimit(Resource::RLIMIT_NOFILE, hard, hard).context("raising RLIMIT_NOFILE")?;
     let usable = usable_files()?;
-    if 2 * clients as u64 > usable {
+    if 3 * clients as u64 > usable {
         bail!(
             "RLIMIT_NOFILE is {hard} (raising it needs CAP_SYS_RESOURCE): the pilot can hold \
-             {} agents and as many Envoys, not {clients}",
-            usable / 2
+             {} agents reporting their calls and as many Envoys, not {clients}",
+            usable / 3
         );
     }
     Ok(())
@@ -803,25 +1043,26 @@ pub async fn run(args: Args) -> Result<()> {
     let _local = LocalRange::add(INSTANCE_NETWORK)?;
     let sim = director(&args, &scratch).await?;
     let setup = setup(&sim, scratch.path())?;
-    // The instances, from a first pilot's catalog (its VIPs are kept for the others).
-    let all = {
+    // The instances and services, from a first pilot's catalog (its VIPs are kept for the
+    // others).
+    let catalog = {
         let pilot = Pilot::start(&setup.config, &scratch.path().join("pilot-catalog.log"))?;
-        let all = instances(&setup.api).await?;
+        let catalog = read_catalog(&setup.api).await?;
         pilot.kill().await?;
-        all
+        catalog
     };
-    if all.len() < args.clients {
+    if catalog.instances.len() < args.clients {
         bail!(
             "the catalog has {} instances, fewer than {}",
-            all.len(),
+            catalog.instances.len(),
             args.clients
         );
     }
     let steady = Duration::from_secs(args.steady_seconds);
-    let reference = measure(&setup, &all, args.reference, steady, scratch.path())
+    let reference = measure(&setup, &catalog, args.reference, steady, scratch.path())
         .await
         .with_context(|| log_tail(scratch.path(), args.reference))?;
-    let many = measure(&setup, &all, args.clients, steady, scratch.path())
+    let many = measure(&setup, &catalog, args.clients, steady, scratch.path())
         .await
         .with_context(|| log_tail(scratch.path(), args.clients))?;
     drop(sim);
@@ -863,6 +1104,14 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
     let reconnected = |m: &Measured| seconds(m.reconnected_agents.max(m.reconnected_envoys));
     let extrapolate = |of: &dyn Fn(&Measured) -> f64| {
         at_goal_size((reference.clients, of(reference)), (n, of(many)))
+    };
+    let steady = format!("{n} + {n} steady, same pilot");
+    // What the calls windows add to the steady figures, per agent.
+    let rss_per_agent =
+        |m: &Measured| (m.calls_rss_mb - m.steady_rss_mb) * 1024.0 * 1024.0 / m.clients as f64;
+    let cpu_per_1000_agents = |m: &Measured| {
+        (m.calls_cpu - m.steady_cpu) * 100.0 / args.steady_seconds as f64 * 1000.0
+            / m.clients as f64
     };
     let rss_at_goal = extrapolate(&|m| m.steady_rss_mb);
     let peak_at_goal = extrapolate(&|m| m.reconnect_peak_mb);
@@ -913,6 +1162,77 @@ fn rows(many: &Measured, reference: &Measured, estate: &str, args: &Args) -> Vec
             "user + system seconds of the pilot process (/proc/<pid>/stat): heartbeats, \
              keepalives, director polls and the catalog changes they bring; {:.1}% of one core",
             many.steady_cpu * 100.0 / args.steady_seconds as f64
+        )),
+        Row::new(
+            BENCHMARK,
+            format!(
+                "pilot CPU over a {} s window, {n} + {n} connected, every agent posting its \
+                 calls window",
+                args.steady_seconds
+            ),
+            many.calls_cpu,
+            "s",
+        )
+        .against(&steady, many.steady_cpu)
+        .goal("reported", true)
+        .note(format!(
+            "the console's input: each agent POSTs /v1/names/traffic every {} s from its own \
+             address (its calls to {CALLED_SERVICES} services, 20 duration buckets each, \
+             {} bytes of JSON), on a connection of its own kept open between windows as the \
+             real agent's; the window starts once every agent's first is in; {:.1}% of one core",
+            CALLS_WINDOW.as_secs(),
+            many.window_bytes,
+            many.calls_cpu * 100.0 / args.steady_seconds as f64
+        )),
+        Row::new(
+            BENCHMARK,
+            format!("pilot RSS, {n} + {n} connected, with every agent's calls window"),
+            many.calls_rss_mb,
+            "MB",
+        )
+        .against(&steady, many.steady_rss_mb)
+        .goal("reported", true)
+        .note(
+            "after that window: the last window of every instance and the agents' calls \
+             connections",
+        ),
+        Row::new(
+            BENCHMARK,
+            "the console's pilot RSS per agent posting its calls window",
+            rss_per_agent(many),
+            "bytes",
+        )
+        .against(&against, rss_per_agent(reference))
+        .note("(RSS with the windows − steady RSS) / agents, each size in its own pilot"),
+        Row::new(
+            BENCHMARK,
+            "the console's pilot CPU per 1000 agents posting their calls windows",
+            cpu_per_1000_agents(many),
+            "% of a core",
+        )
+        .against(&against, cpu_per_1000_agents(reference))
+        .note(format!(
+            "(CPU seconds with the windows − steady CPU seconds) over the {} s windows, per \
+             1000 agents",
+            args.steady_seconds
+        )),
+        Row::new(
+            BENCHMARK,
+            format!("GET /v1/graph with {n} agents' calls windows current"),
+            many.graph.took.as_secs_f64() * 1000.0,
+            "ms",
+        )
+        .against(&against, reference.graph.took.as_secs_f64() * 1000.0)
+        .goal("reported", true)
+        .note(format!(
+            "one request with the benchmark's API client (mutual TLS, connection open), to the \
+             last byte of the body: {} edges (each calling instance group's to its \
+             {CALLED_SERVICES} services, as many as the agents' windows make), {} reporting \
+             instances, the whole catalog's nodes, {} kB of JSON ({} edges for the reference)",
+            many.graph.edges,
+            many.graph.reporting_instances,
+            many.graph.bytes / 1024,
+            reference.graph.edges
         )),
         Row::new(
             BENCHMARK,
@@ -1032,6 +1352,78 @@ mod tests {
         assert!(soon
             .iter()
             .all(|t| *t >= BACKOFF_MIN / 2 && *t <= BACKOFF_MIN));
+    }
+
+    fn instance(instance_group: &str, id: &str) -> Instance {
+        Instance {
+            deployment: "d".into(),
+            id: id.into(),
+            address: Ipv4Addr::new(198, 18, 0, 1),
+            instance_group: instance_group.into(),
+        }
+    }
+
+    #[test]
+    fn an_instance_group_calls_the_same_services_from_every_instance_an_edge_each() {
+        let hostnames: Vec<String> = (0..8).map(|i| format!("s{i}.boshy")).collect();
+        let calls: Vec<(Instance, Vec<String>)> = [("a", "1"), ("a", "2"), ("b", "3")]
+            .into_iter()
+            .map(|(group, id)| {
+                let caller = instance(group, id);
+                let destinations = called_services(&hostnames, &caller);
+                (caller, destinations)
+            })
+            .collect();
+        assert_eq!(calls[0].1, calls[1].1);
+        let distinct: BTreeSet<&String> = calls[0].1.iter().collect();
+        assert_eq!(distinct.len(), CALLED_SERVICES);
+        assert_eq!(graph_edges(&calls), 2 * CALLED_SERVICES, "groups a and b");
+        assert_eq!(
+            called_services(&hostnames[..3], &calls[2].0).len(),
+            3,
+            "a catalog of fewer services: each once"
+        );
+    }
+
+    #[test]
+    fn a_calls_window_is_what_the_pilot_takes() {
+        let destinations = vec!["s.boshy".to_string()];
+        let window = calls_window(&instance("g", "i"), &destinations);
+        // The pilot refuses unknown fields (`console::wire`).
+        let keys = |object: &Value| {
+            let mut keys: Vec<String> = object.as_object().unwrap().keys().cloned().collect();
+            keys.sort();
+            keys
+        };
+        assert_eq!(
+            keys(&window),
+            ["calls", "deployment", "instance", "window_ms"]
+        );
+        let calls = &window["calls"][0];
+        assert_eq!(
+            keys(calls),
+            [
+                "connections",
+                "destination",
+                "duration_buckets",
+                "errors",
+                "failed_connections",
+                "requests"
+            ]
+        );
+        let requests = calls["requests"].as_u64().unwrap();
+        let buckets: Vec<u64> = serde_json::from_value(calls["duration_buckets"].clone()).unwrap();
+        assert_eq!(buckets.len(), 20);
+        assert_eq!(buckets.iter().sum::<u64>(), requests);
+        assert!(calls["errors"].as_u64().unwrap() <= requests);
+        assert!(calls["failed_connections"].as_u64() <= calls["connections"].as_u64());
+    }
+
+    #[test]
+    fn durations_fill_the_buckets_to_the_request_count() {
+        for requests in [0, 1, 99, 2000] {
+            assert_eq!(duration_buckets(requests).iter().sum::<u64>(), requests);
+        }
     }
 
     #[test]

@@ -244,9 +244,19 @@ fn fleet_harness_measures_a_pilot_with_agents_and_envoys_through_a_restart() {
         "pilot RSS, 6 agents + 6 Envoys connected (steady)",
         "mass reconnect after kill -9: last of 6 Envoys fully synced",
         "mass reconnect after kill -9: all 6 agents report again",
+        "pilot RSS, 6 + 6 connected, with every agent's calls window",
     ] {
         assert!(names.contains(&figure), "{figure}: {names:?}");
     }
+    // The harness itself fails unless the graph has every edge of the agents' windows.
+    let graph = rows
+        .iter()
+        .find(|r| r.figure == "GET /v1/graph with 6 agents' calls windows current")
+        .expect("the graph's row");
+    assert!(
+        graph.value > 0.0 && graph.reference.as_ref().is_some_and(|r| r.value > 0.0),
+        "{graph:?}"
+    );
     let timed: Vec<&Row> = rows.iter().filter(|r| r.unit == "s").collect();
     assert!(
         timed
