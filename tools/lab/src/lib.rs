@@ -347,7 +347,10 @@ pub async fn run(args: Args) -> Result<()> {
                 .context("the lab has no bosh-pilot VM")?;
             let files = pki::MeshFiles::of(&layout);
             let (command, options) = args.split_first().context("a mesh command")?;
-            let status = std::process::Command::new(&layout.boshy_bin)
+            // exec, not a child: its exit code is `boshy mesh`'s, and stopping this process
+            // (`mesh console` runs until stopped) stops the console, leaving nothing behind.
+            use std::os::unix::process::CommandExt as _;
+            let error = std::process::Command::new(&layout.boshy_bin)
                 .args(["mesh", command])
                 .args(options)
                 .arg("--pilot")
@@ -358,9 +361,8 @@ pub async fn run(args: Args) -> Result<()> {
                 .arg(files.client_cert())
                 .arg("--key")
                 .arg(files.client_key())
-                .status()
-                .context("cannot run `boshy mesh`")?;
-            std::process::exit(status.code().unwrap_or(1));
+                .exec();
+            Err(error).context("cannot run `boshy mesh`")
         }
         LabCommand::PrometheusConfig {
             scrape_interval_seconds,
