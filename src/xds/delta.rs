@@ -47,10 +47,15 @@ struct Subscription {
     names: Names,
     /// Name → version of what Envoy has or was last sent.
     known: Known,
-    /// Where what Envoy ACKed differs from `known`: the names sent since its last ACK (and
-    /// those it rejected, until sent again), each with the version it ACKed. Empty while in
-    /// sync, so a stream remembers no more than before to say what it has accepted.
-    unacked: BTreeMap<Arc<str>, Unacked>,
+    /// What Envoy ACKed, while it may differ from `known` (a response is unanswered, or one
+    /// was rejected); `None` while Envoy accepted everything sent, so a stream in sync
+    /// remembers nothing more to say what it has accepted. It is `known` as it was when a
+    /// response left (a pointer and a few overrides), not a version per name sent: those of
+    /// an initial sync, every name of the type until Envoy answers, were +30 kB per stream at
+    /// the server's peak with 1000 streams syncing at once (bench/notes.md).
+    acked: Option<Known>,
+    /// The names of a rejected response not sent since, with the version Envoy kept.
+    rejected: BTreeMap<Arc<str>, Option<Arc<str>>>,
     /// Names subscribed since the last response: one that does not exist is reported in
     /// `removed_resources` so that Envoy stops waiting for it.
     unanswered: BTreeSet<Arc<str>>,
@@ -65,20 +70,12 @@ struct Subscription {
     acked_version: String,
 }
 
-/// The version of one resource Envoy ACKed (`None`: it had none) while another was sent.
-#[derive(Debug)]
-struct Unacked {
-    acked: Option<Arc<str>>,
-    /// Sent in a response Envoy rejected: it keeps `acked` past later ACKs.
-    rejected: bool,
-}
-
 /// What Envoy has of one type, name → version: the resources of `base`, except where
 /// `overrides` says otherwise (another version, or `None`: not had). Right after a response
 /// Envoy has exactly the snapshot it was diffed against, so the usual state is a `base` and
 /// no overrides: one pointer per stream rather than a map of every name (which was a third
 /// of the server's memory per connected Envoy).
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Known {
     base: Option<View>,
     overrides: BTreeMap<Arc<str>, Option<Arc<str>>>,
@@ -252,8 +249,20 @@ impl Known {
         }
     }
 
-    fn set(&mut self, name: Arc<str>, version: Option<Arc<str>>) {
-        self.overrides.insert(name, version);
+    /// Envoy has `version` of `name` (`None`: not that resource). Kept as an override only
+    /// where `base` says otherwise: a new subscription says "none yet" of each name it
+    /// names, which is what an empty memory says already.
+    fn set(&mut self, resource_type: ResourceType, name: Arc<str>, version: Option<Arc<str>>) {
+        let in_base = self
+            .base
+            .as_ref()
+            .and_then(|base| base.key(resource_type, &name))
+            .map(|key| &key.version);
+        if in_base == version.as_ref() {
+            self.overrides.remove(&name);
+        } else {
+            self.overrides.insert(name, version);
+        }
     }
 
     /// Every name Envoy has.
@@ -343,40 +352,72 @@ impl Subscription {
 
     /// Name → version of every resource Envoy ACKed.
     fn acked(&self, resource_type: ResourceType) -> BTreeMap<String, String> {
-        let names: BTreeSet<&str> = self
-            .known
+        let acked = self.acked.as_ref().unwrap_or(&self.known);
+        acked
             .names(resource_type)
             .into_iter()
-            .chain(self.unacked.keys().map(|name| &**name))
-            .collect();
-        names
-            .into_iter()
             .filter_map(|name| {
-                let version = match self.unacked.get(name) {
-                    Some(unacked) => unacked.acked.as_ref(),
-                    None => self.known.get(resource_type, name),
-                };
-                Some((name.to_string(), version?.to_string()))
+                let version = acked.get(resource_type, name)?;
+                Some((name.to_string(), version.to_string()))
             })
             .collect()
     }
 
-    /// Envoy is sent `version` of `name` (`None`: its removal); what it ACKed is kept until
-    /// it accepts this.
+    /// A response is about to change `known`: what Envoy ACKed is kept apart until it
+    /// answers.
+    fn sending(&mut self) {
+        if self.acked.is_none() {
+            self.acked = Some(self.known.clone());
+        }
+    }
+
+    /// Envoy is sent `version` of `name` (`None`: its removal), after [`Self::sending`].
     fn send(&mut self, resource_type: ResourceType, name: Arc<str>, version: Option<Arc<str>>) {
-        let acked = self.known.get(resource_type, &name).cloned();
-        let unacked = self.unacked.entry(name.clone()).or_insert(Unacked {
-            acked,
-            rejected: false,
-        });
-        unacked.rejected = false;
-        self.known.set(name, version);
+        self.rejected.remove(&name);
+        self.known.set(resource_type, name, version);
     }
 
     /// Envoy has nothing of `name` (it subscribes to it anew, or unsubscribed).
-    fn has_none(&mut self, name: Arc<str>) {
-        self.unacked.remove(&name);
-        self.known.set(name, None);
+    fn has_none(&mut self, resource_type: ResourceType, name: Arc<str>) {
+        self.rejected.remove(&name);
+        if let Some(acked) = &mut self.acked {
+            acked.set(resource_type, name.clone(), None);
+        }
+        self.known.set(resource_type, name, None);
+    }
+
+    /// Envoy accepted our last response: it has what it was sent, but for the names of a
+    /// rejected response not sent since.
+    fn accept(&mut self, resource_type: ResourceType) {
+        self.acked = (!self.rejected.is_empty()).then(|| {
+            let mut acked = self.known.clone();
+            for (name, version) in &self.rejected {
+                acked.set(resource_type, name.clone(), version.clone());
+            }
+            acked
+        });
+    }
+
+    /// Envoy rejected our last response: every name sent since its last ACK keeps the
+    /// version it ACKed until it is sent again and accepted.
+    fn reject(&mut self, resource_type: ResourceType) {
+        let Some(acked) = &self.acked else {
+            return;
+        };
+        let names: BTreeSet<&str> = self
+            .known
+            .names(resource_type)
+            .into_iter()
+            .chain(acked.names(resource_type))
+            .collect();
+        for name in names {
+            let kept = acked.get(resource_type, name);
+            if kept != self.known.get(resource_type, name) {
+                self.rejected
+                    .entry(Arc::from(name))
+                    .or_insert_with(|| kept.cloned());
+            }
+        }
     }
 
     /// What Envoy lacks (`updated`) and what it must drop (`removed`) to match `view` as the
@@ -505,9 +546,7 @@ impl DeltaStreamState {
             subscription.awaiting_reply = false;
             match &request.error_detail {
                 Some(error) => {
-                    for unacked in subscription.unacked.values_mut() {
-                        unacked.rejected = true;
-                    }
+                    subscription.reject(resource_type);
                     RequestKind::Nack {
                         rejected_version: subscription.sent_version.clone(),
                         kept_version: subscription.acked_version.clone(),
@@ -516,7 +555,7 @@ impl DeltaStreamState {
                 }
                 None => {
                     subscription.acked_version = subscription.sent_version.clone();
-                    subscription.unacked.retain(|_, unacked| unacked.rejected);
+                    subscription.accept(resource_type);
                     RequestKind::Ack {
                         version: subscription.acked_version.clone(),
                     }
@@ -726,6 +765,9 @@ impl DeltaStreamState {
         let (updated, removed) = subscription.diff(resource_type, &view, &self.class);
         subscription.diffed_against = Some(snapshot.version());
         subscription.unanswered.clear();
+        if !(updated.is_empty() && removed.is_empty()) {
+            subscription.sending();
+        }
         for resource in &updated {
             let key = snapshot.key_of(resource_type, resource);
             subscription.send(resource_type, key.name, Some(key.version));
@@ -801,7 +843,8 @@ fn apply_subscription_changes(
                 .iter()
                 .map(|(name, version)| (shared_name(name), Arc::from(version.as_str()))),
         );
-        subscription.unacked.clear();
+        subscription.acked = None;
+        subscription.rejected.clear();
         subscription.wildcard =
             resource_type.is_wildcard() && request.resource_names_subscribe.is_empty();
     }
@@ -812,7 +855,7 @@ fn apply_subscription_changes(
         }
         let name = shared_name(name);
         if !request.initial_resource_versions.contains_key(&*name) {
-            subscription.has_none(name.clone());
+            subscription.has_none(resource_type, name.clone());
         }
         subscription.names.set(name.clone(), true);
         subscription.unanswered.insert(name);
@@ -826,7 +869,7 @@ fn apply_subscription_changes(
         subscription.names.set(name.clone(), false);
         subscription.unanswered.remove(&*name);
         if !subscription.wildcard {
-            subscription.has_none(name);
+            subscription.has_none(resource_type, name);
         }
     }
     // New names are diffed as `unanswered` and dropped ones are forgotten, so only a new
@@ -1182,13 +1225,39 @@ mod tests {
     }
 
     #[test]
+    fn an_unanswered_response_keeps_no_version_per_name_it_sent() {
+        let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
+        let mut state = DeltaStreamState::default();
+        for t in [CDS, EDS] {
+            let subscribed: &[&str] = if t == EDS { &[A, B] } else { &[] };
+            let (_, response) = state.on_request(&subscribe(t, subscribed), Some(&v1));
+            assert_eq!(names(&response.unwrap()).len(), 2);
+            let subscription = state.subscriptions.get(t).unwrap();
+            let acked = subscription
+                .acked
+                .as_ref()
+                .expect("kept apart until answered");
+            assert!(acked.base.is_none() && acked.overrides.is_empty(), "{t:?}");
+            assert!(
+                subscription.known.overrides.is_empty(),
+                "{t:?}: the snapshot says it"
+            );
+            assert_eq!(
+                versions_of(&state, t, &v1).1,
+                [],
+                "{t:?}: nothing accepted yet"
+            );
+        }
+    }
+
+    #[test]
     fn what_envoy_acked_stays_apart_from_what_it_was_sent_until_it_accepts_it() {
         let v1 = snapshot(1, &[("a", 1), ("b", 1)]);
         let mut state = DeltaStreamState::default();
         synced(&mut state, EDS, &[A, B], &v1);
         let (wanted, acked) = versions_of(&state, EDS, &v1);
         assert_eq!(wanted, acked, "in sync");
-        assert!(state.subscriptions.get(EDS).unwrap().unacked.is_empty());
+        assert!(state.subscriptions.get(EDS).unwrap().acked.is_none());
         let at = |s: &Snapshot, name: &str| {
             let version = s.get(EDS, name).unwrap().version.clone();
             (name.to_string(), version)
@@ -1219,7 +1288,7 @@ mod tests {
         state.on_request(&ack(&pushed), Some(&v4));
         let (wanted, acked) = versions_of(&state, EDS, &v4);
         assert_eq!(wanted, acked);
-        assert!(state.subscriptions.get(EDS).unwrap().unacked.is_empty());
+        assert!(state.subscriptions.get(EDS).unwrap().acked.is_none());
 
         // Unsubscribing from a: neither sent nor had any more.
         let unsubscribe = DeltaDiscoveryRequest {

@@ -258,7 +258,7 @@ impl Protocol for SotwStreamState {
         request: &DiscoveryRequest,
         snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DiscoveryResponse>) {
-        SotwStreamState::on_request(self, request, snapshot.map(|s| &**s))
+        SotwStreamState::on_request(self, request, snapshot)
     }
     fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         SotwStreamState::on_snapshot(self, snapshot)

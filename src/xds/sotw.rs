@@ -13,11 +13,12 @@
 //!   that are not waiting for an ACK; the ACK then triggers any further push.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::ControlPlane;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 
-use super::cache::{SharedKey, Snapshot};
+use super::cache::{Selection, Snapshot};
 use super::client::Client;
 use super::resources::ResourceType;
 use super::stream_config::TypeConfig;
@@ -46,20 +47,28 @@ pub(crate) enum RequestKind {
 
 #[derive(Debug, Default)]
 struct Subscription {
-    /// `None`: wildcard (listeners, clusters).
-    names: Option<BTreeSet<String>>,
+    /// `None`: wildcard (listeners, clusters). Shared with `sent` and `acked`.
+    names: Option<Arc<BTreeSet<String>>>,
     /// The version Envoy has or was last sent, whichever is newer; "" for nothing yet.
     version: String,
     /// Nonce of our last response; "" before we sent one.
     nonce: String,
     awaiting_reply: bool,
-    /// The name and version of each resource of our last response, until Envoy answers it.
-    sent: Box<[SharedKey]>,
-    /// The `version_info` Envoy last ACKed (or had when it subscribed), and the name and
-    /// version of each resource of the response it ACKed: the snapshot's shared strings, so a
-    /// stream holds pointers, not copies.
+    /// What our last response was selected from, until Envoy answers it.
+    sent: Option<Selected>,
+    /// The `version_info` Envoy last ACKed (or had when it subscribed), and what the response
+    /// it ACKed was selected from.
     acked_version: String,
-    acked: Box<[SharedKey]>,
+    acked: Option<Selected>,
+}
+
+/// What a response was selected from: the snapshot, shared by every stream, and the names
+/// subscribed then; the selection is taken again when asked for. Two pointers, where the
+/// (name, version) of each resource was 32 B per resource per stream, twice (bench/notes.md).
+#[derive(Debug, Clone)]
+struct Selected {
+    snapshot: Arc<Snapshot>,
+    names: Option<Arc<BTreeSet<String>>>,
 }
 
 #[derive(Debug, Default)]
@@ -77,7 +86,7 @@ impl SotwStreamState {
     pub(crate) fn on_request(
         &mut self,
         request: &DiscoveryRequest,
-        snapshot: Option<&Snapshot>,
+        snapshot: Option<&Arc<Snapshot>>,
     ) -> (RequestKind, Option<DiscoveryResponse>) {
         let Some(resource_type) = ResourceType::from_type_url(&request.type_url) else {
             return (RequestKind::UnknownType, None);
@@ -91,14 +100,14 @@ impl SotwStreamState {
             // already has: remember its version so that an unchanged set is not re-sent.
             subscription.version = request.version_info.clone();
             subscription.acked_version = request.version_info.clone();
-            subscription.acked = Box::default();
+            subscription.acked = None;
             subscription.awaiting_reply = false;
             RequestKind::Subscribe
         } else if request.response_nonce != subscription.nonce {
             return (RequestKind::Stale, None);
         } else {
             subscription.awaiting_reply = false;
-            let sent = std::mem::take(&mut subscription.sent);
+            let sent = subscription.sent.take();
             match &request.error_detail {
                 Some(error) => RequestKind::Nack {
                     rejected_version: subscription.version.clone(),
@@ -115,14 +124,14 @@ impl SotwStreamState {
             }
         };
         subscription.names = (!resource_type.is_wildcard())
-            .then(|| request.resource_names.iter().cloned().collect());
+            .then(|| Arc::new(request.resource_names.iter().cloned().collect()));
         let response =
             snapshot.and_then(|snapshot| self.respond_if_changed(resource_type, snapshot));
         (kind, response)
     }
 
     /// Responses to push after the snapshot changed, in push order.
-    pub(crate) fn on_snapshot(&mut self, snapshot: &Snapshot) -> Vec<DiscoveryResponse> {
+    pub(crate) fn on_snapshot(&mut self, snapshot: &Arc<Snapshot>) -> Vec<DiscoveryResponse> {
         let ready: Vec<ResourceType> = ResourceType::PUSH_ORDER
             .into_iter()
             .filter(|t| self.subscriptions.get(t).is_some_and(|s| !s.awaiting_reply))
@@ -142,24 +151,28 @@ impl SotwStreamState {
             .map(|(&resource_type, subscription)| {
                 let selection = snapshot.select_for(
                     resource_type,
-                    subscription.names.as_ref(),
+                    subscription.names.as_deref(),
                     &class,
                     workload,
                 );
                 // Equal set versions are equal (name, version) sets: an Envoy that
                 // reconnected with what is served now has it, though it was never sent here.
-                let acked = if subscription.acked_version == selection.version {
+                let versions = |selection: &Selection| {
                     selection
                         .resources
                         .iter()
                         .map(|r| (r.name.clone(), r.version.clone()))
                         .collect()
-                } else {
-                    subscription
-                        .acked
-                        .iter()
-                        .map(|key| (key.name.to_string(), key.version.to_string()))
-                        .collect()
+                };
+                let acked = match &subscription.acked {
+                    _ if subscription.acked_version == selection.version => versions(&selection),
+                    Some(Selected { snapshot, names }) => versions(&snapshot.select_for(
+                        resource_type,
+                        names.as_deref(),
+                        &snapshot.source_class(self.client.as_ref()),
+                        workload,
+                    )),
+                    None => BTreeMap::new(),
                 };
                 TypeConfig {
                     resource_type,
@@ -173,13 +186,17 @@ impl SotwStreamState {
     fn respond_if_changed(
         &mut self,
         resource_type: ResourceType,
-        snapshot: &Snapshot,
+        snapshot: &Arc<Snapshot>,
     ) -> Option<DiscoveryResponse> {
         let subscription = self.subscriptions.get_mut(&resource_type)?;
         let class = snapshot.source_class(self.client.as_ref());
         let workload = self.client.as_ref().map(|client| &**client.workload());
-        let selection =
-            snapshot.select_for(resource_type, subscription.names.as_ref(), &class, workload);
+        let selection = snapshot.select_for(
+            resource_type,
+            subscription.names.as_deref(),
+            &class,
+            workload,
+        );
         if selection.version == subscription.version {
             return None;
         }
@@ -188,11 +205,10 @@ impl SotwStreamState {
         subscription.version = selection.version.clone();
         subscription.nonce = nonce.clone();
         subscription.awaiting_reply = true;
-        subscription.sent = selection
-            .resources
-            .iter()
-            .map(|r| snapshot.key_of(resource_type, r))
-            .collect();
+        subscription.sent = Some(Selected {
+            snapshot: snapshot.clone(),
+            names: subscription.names.clone(),
+        });
         Some(DiscoveryResponse {
             version_info: selection.version,
             resources: selection
@@ -223,7 +239,7 @@ mod tests {
     const RDS: ResourceType = ResourceType::Route;
 
     /// One http service per name in `jobs`, each with one endpoint per `healthy` entry.
-    fn snapshot(version: u64, jobs: &[&str], healthy: &[bool]) -> Snapshot {
+    fn snapshot(version: u64, jobs: &[&str], healthy: &[bool]) -> Arc<Snapshot> {
         let services = jobs.iter().zip(2u8..).map(|(job, host)| {
             healthy.iter().zip(1u8..).fold(
                 service("d", "g", job)
@@ -237,7 +253,7 @@ mod tests {
                 },
             )
         });
-        Snapshot::from_catalog(&testing::catalog(version, services))
+        Arc::new(Snapshot::from_catalog(&testing::catalog(version, services)))
     }
 
     fn request(t: ResourceType, names: &[&str], version: &str, nonce: &str) -> DiscoveryRequest {
@@ -477,12 +493,12 @@ mod tests {
         use crate::xds::resources::Inputs;
         let built = |version, app| {
             let (catalog, traffic) = source_routed(version, app);
-            Snapshot::build(Inputs {
+            Arc::new(Snapshot::build(Inputs {
                 catalog: &catalog,
                 traffic: &traffic,
                 identity: None,
                 telemetry: &crate::xds::telemetry::Telemetry::OFF,
-            })
+            }))
         };
         let sent = |response: &DiscoveryResponse| {
             let [resource] = &response.resources[..] else {
@@ -519,7 +535,7 @@ mod tests {
         use crate::xds::client::testing::{identified_mesh, node, OTHER_INBOUND, OWN_INBOUND};
         use envoy_types::pb::envoy::config::listener::v3::Listener;
         use prost::Message;
-        let mesh = identified_mesh();
+        let mesh = Arc::new(identified_mesh());
         let listeners = |node| {
             let mut state = SotwStreamState::default();
             let first = DiscoveryRequest {
