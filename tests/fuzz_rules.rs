@@ -323,7 +323,7 @@ fn the_fixture_is_valid_as_it_is() {
         only_adds.starts_with("config \"c\": Sidecar \"reviews\": spec.egress: unlike Istio's"),
         "{only_adds}"
     );
-    assert_eq!(validated.verdicts[0].accepted.len(), 8);
+    assert_eq!(validated.verdicts[0].accepted.len(), 9);
 }
 
 #[test]
