@@ -875,6 +875,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn registration_shows_a_workload_groups_service_with_its_vip_and_no_endpoints() {
+        let vms = Service {
+            workload_group: Some("legacy/reviews-vms".into()),
+            ..service("", "", "")
+                .port("http", 9080, Protocol::Http)
+                .build()
+        };
+        let (status, _, body) =
+            call(testing::catalog(1, [vms]), Method::GET, "/v1/registration").await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json[0]["workload_group"], "legacy/reviews-vms");
+        assert_eq!(json[0]["vip"], "169.254.255.1");
+        assert_eq!(json[0]["endpoints"], serde_json::json!([]));
+        assert_eq!(json[0].get("service_entry"), None);
+        let mesh = crate::rules::MeshView::from_registration_json(&body).unwrap();
+        assert!(
+            mesh.hosts.is_empty(),
+            "`boshy rules check` leaves the group's service to the rules, as the pilot does"
+        );
+    }
+
+    #[tokio::test]
     async fn rules_list_each_config_read_with_a_fingerprint_but_never_its_content() {
         let (status, content_type, body) = call(catalog(), Method::GET, "/v1/rules").await;
         assert_eq!(status, StatusCode::OK);
