@@ -283,6 +283,10 @@ struct Registration<'a> {
     /// instance group and job are then empty.
     #[serde(skip_serializing_if = "Option::is_none")]
     service_entry: Option<&'a str>,
+    /// Only for a WorkloadGroup's service (`<config>/<name>`); its deployment, instance group
+    /// and job are then empty, and its endpoints are the VMs registered into the group.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    workload_group: Option<&'a str>,
     /// Only for a service whose endpoints are DNS names each Envoy resolves (a ServiceEntry
     /// with resolution `DNS` or `DNS_ROUND_ROBIN`): `{"resolution": "DNS", "endpoints":
     /// [{"address": "db.example.com", "az": null, "labels": {}}]}`. Its `endpoints` is then
@@ -324,6 +328,7 @@ impl<'a> From<&'a Service> for Registration<'a> {
                 .map(RegisteredEndpoint::from)
                 .collect(),
             service_entry: service.service_entry.as_deref(),
+            workload_group: service.workload_group.as_deref(),
             dns: service.dns.as_ref(),
         }
     }
@@ -483,7 +488,7 @@ async fn described_service(
         .rule_status
         .borrow()
         .clone()
-        .filter(|_| service.service_entry.is_none())
+        .filter(|_| service.is_job())
         .map(|status| {
             let workload = crate::traffic::security::WorkloadKey {
                 deployment: service.key.deployment.clone(),
@@ -866,6 +871,29 @@ mod tests {
         assert!(
             mesh.hosts.is_empty(),
             "`boshy rules check` reads it, and leaves the entry's services to the rules"
+        );
+    }
+
+    #[tokio::test]
+    async fn registration_shows_a_workload_groups_service_with_its_vip_and_no_endpoints() {
+        let vms = Service {
+            workload_group: Some("legacy/reviews-vms".into()),
+            ..service("", "", "")
+                .port("http", 9080, Protocol::Http)
+                .build()
+        };
+        let (status, _, body) =
+            call(testing::catalog(1, [vms]), Method::GET, "/v1/registration").await;
+        assert_eq!(status, StatusCode::OK);
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json[0]["workload_group"], "legacy/reviews-vms");
+        assert_eq!(json[0]["vip"], "169.254.255.1");
+        assert_eq!(json[0]["endpoints"], serde_json::json!([]));
+        assert_eq!(json[0].get("service_entry"), None);
+        let mesh = crate::rules::MeshView::from_registration_json(&body).unwrap();
+        assert!(
+            mesh.hosts.is_empty(),
+            "`boshy rules check` leaves the group's service to the rules, as the pilot does"
         );
     }
 

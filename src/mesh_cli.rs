@@ -443,6 +443,7 @@ struct RegisteredService {
     ports: Vec<RegisteredPort>,
     endpoints: Vec<RegisteredEndpoint>,
     service_entry: Option<String>,
+    workload_group: Option<String>,
     dns: Option<DnsEndpoints>,
 }
 
@@ -476,9 +477,10 @@ struct DnsEndpoint {
 /// The text of one service for people.
 pub fn service_text(described: &DescribedService) -> String {
     let service = &described.service;
-    let source = match &service.service_entry {
-        Some(entry) => format!("ServiceEntry {entry}"),
-        None => format!(
+    let source = match (&service.service_entry, &service.workload_group) {
+        (Some(entry), _) => format!("ServiceEntry {entry}"),
+        (None, Some(group)) => format!("WorkloadGroup {group}"),
+        (None, None) => format!(
             "deployment {}, instance group {}, job {}",
             service.deployment, service.instance_group, service.job
         ),

@@ -252,7 +252,7 @@ struct CatalogPublisher {
     tld: String,
     vips: VipBook,
     tx: watch::Sender<Arc<Catalog>>,
-    /// The rule configs: their ServiceEntries define services of the catalog.
+    /// The rule configs: their ServiceEntries and WorkloadGroups define services of the catalog.
     rule_configs: watch::Receiver<PublishedRuleConfigs>,
     parsed: ParsedConfigs,
     /// The kind of the VIP store's current failure, logged once when it starts.
@@ -269,7 +269,7 @@ struct CatalogPublisher {
     unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
     built_from: Option<(Arc<Vec<DeploymentInput>>, PublishedRuleConfigs)>,
-    /// The ServiceEntries last accepted, and what they were judged from.
+    /// The ServiceEntries and WorkloadGroups last accepted, and what they were judged from.
     entries: Option<JudgedEntries>,
     /// The connected agents: instances the director no longer lists are forgotten.
     agents: Arc<AgentRegistry>,
@@ -293,8 +293,8 @@ struct CatalogPublisher {
 /// waits for a pass.
 const HEALTH_COALESCE: Duration = Duration::from_millis(100);
 
-/// The accepted ServiceEntries (a rule set of nothing else) of one set of deployments and
-/// rule configs.
+/// The accepted ServiceEntries and WorkloadGroups (a rule set of nothing else) of one set of
+/// deployments and rule configs.
 struct JudgedEntries {
     inputs: Arc<Vec<DeploymentInput>>,
     configs: PublishedRuleConfigs,
@@ -302,8 +302,8 @@ struct JudgedEntries {
 }
 
 /// How long the first catalog waits for the rule configs once the deployments are in: their
-/// ServiceEntries hold VIPs, which a catalog built without them would release. A director
-/// that cannot list configs gets a mesh without them rather than none.
+/// ServiceEntries and WorkloadGroups hold VIPs, which a catalog built without them would
+/// release. A director that cannot list configs gets a mesh without them rather than none.
 const FIRST_RULE_CONFIGS_WAIT: Duration = Duration::from_secs(10);
 
 impl CatalogPublisher {
@@ -377,9 +377,10 @@ impl CatalogPublisher {
             .collect();
         let tld = self.tld.clone();
         let job_services = |vips: &BTreeMap<String, Ipv4Addr>| catalog::build(&inputs, &tld, vips);
-        // Which ServiceEntries are accepted depends on the jobs' services only (their labels
-        // and ports, not their VIPs): judged against the catalog of the jobs alone, once per
-        // change of the deployments or the configs, not at every refresh of the VIP store.
+        // Which ServiceEntries and WorkloadGroups are accepted depends on the jobs' services
+        // only (their labels and ports, not their VIPs): judged against the catalog of the jobs
+        // alone, once per change of the deployments or the configs, not at every refresh of
+        // the VIP store.
         let judged = self.entries.as_ref().filter(|judged| {
             Arc::ptr_eq(&judged.inputs, &inputs) && same_configs(&judged.configs, &configs)
         });
@@ -395,6 +396,7 @@ impl CatalogPublisher {
                 let validated = rules::validate(&parsed, Some(&MeshView::from_catalog(&jobs)));
                 RuleSet {
                     service_entries: validated.rules.service_entries,
+                    workload_groups: validated.rules.workload_groups,
                     ..RuleSet::default()
                 }
             }

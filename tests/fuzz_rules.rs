@@ -48,6 +48,19 @@ items:
     endpoints:
     - {address: primary.cache.example.com, ports: {tcp-redis: 6379}, labels: {role: primary}, locality: z1}
     - {address: 192.0.2.11, labels: {role: replica}}
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: legacy}
+  spec:
+    metadata: {labels: {app: legacy}, annotations: {example.com/owner: team-a}}
+    template: {ports: {http: 8080, tcp-admin: 9900}, labels: {tier: vm}}
+    probe:
+      initialDelaySeconds: 5
+      timeoutSeconds: 3
+      periodSeconds: 4
+      successThreshold: 3
+      failureThreshold: 3
+      httpGet: {path: /health, port: http, host: 127.0.0.1, scheme: HTTPS, httpHeaders: [{name: X-Probe, value: '1'}]}
 - apiVersion: networking.istio.io/v1alpha3
   kind: DestinationRule
   metadata: {name: reviews}
@@ -310,7 +323,7 @@ fn the_fixture_is_valid_as_it_is() {
         only_adds.starts_with("config \"c\": Sidecar \"reviews\": spec.egress: unlike Istio's"),
         "{only_adds}"
     );
-    assert_eq!(validated.verdicts[0].accepted.len(), 8);
+    assert_eq!(validated.verdicts[0].accepted.len(), 9);
 }
 
 #[test]

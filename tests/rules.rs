@@ -269,8 +269,8 @@ spec:
          string \"fifty\", expected u32"
             .to_string(),
         "Error [routes] Gateway ingress: kind: Gateway is not supported: boshy-istio takes \
-         ServiceEntry, DestinationRule, VirtualService, Sidecar, PeerAuthentication, \
-         AuthorizationPolicy"
+         ServiceEntry, WorkloadGroup, DestinationRule, VirtualService, Sidecar, \
+         PeerAuthentication, AuthorizationPolicy"
             .to_string(),
         "Error [two] VirtualService split: spec.http[0].route[1].destination.subset: \
          DestinationRule reviews (config destination-rule-all) has no subset v9 (it has: v1, \
@@ -290,6 +290,56 @@ spec:
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected, "{stdout}");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("rejected: 3"), "{stderr}");
+}
+
+#[test]
+fn rules_check_judges_workload_groups_against_the_jobs_services() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("vms.yml");
+    std::fs::write(
+        &path,
+        "apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: reviews-v1}
+  spec:
+    metadata: {labels: {app: reviews}}
+    template: {ports: {http: 9080}}
+- apiVersion: networking.istio.io/v1beta1
+  kind: WorkloadGroup
+  metadata: {name: ratings-vms}
+  spec:
+    metadata: {labels: {app: ratings}}
+    template: {ports: {http: 9080}}
+    probe: {httpGet: {path: /health, port: http}}
+- apiVersion: networking.istio.io/v1
+  kind: VirtualService
+  metadata: {name: ratings-vms}
+  spec:
+    hosts: [ratings.ratings-vms.bookinfo.boshy]
+    http: [{route: [{destination: {host: ratings.ratings-vms.bookinfo.boshy}}], timeout: 2s}]
+",
+    )
+    .unwrap();
+    let registration = fixture("registration.json").display().to_string();
+    let file = format!("bookinfo={}", path.display());
+    let output = rules_check(&[&file, "--registration", &registration]);
+    assert_eq!(output.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "Error [bookinfo] WorkloadGroup reviews-v1: metadata.name: the group's service \
+             would be reviews.reviews-v1.bookinfo.boshy, which is already a service of the \
+             mesh: a job of instance group reviews-v1 of deployment bookinfo exposes it: rename \
+             the group (or its `app` label) or the config"
+                .to_string(),
+            format!("[bookinfo] {}: 2 accepted, 1 rejected", path.display()),
+        ],
+        "{stdout}"
+    );
 }
 
 #[test]

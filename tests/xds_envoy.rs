@@ -35,6 +35,8 @@ const DB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 2);
 const WEB_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 3);
 const API_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 4);
 const BAD_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 5);
+const VMS_VIP: Ipv4Addr = Ipv4Addr::new(169, 254, 255, 6);
+const VMS_CLUSTER: &str = "outbound|9080||vms.banana.sample.boshy";
 const DB_LISTENER: &str = "169.254.255.2_5432";
 const WEB_LISTENER: &str = "169.254.255.3_8080";
 const API_LISTENER: &str = "169.254.255.4_9000";
@@ -97,6 +99,14 @@ fn api() -> Service {
         ("grpc", 9000, Protocol::Grpc),
         vec![endpoint(6, "z2", true)],
     )
+}
+
+/// A WorkloadGroup's service before any VM registered into it: no endpoints.
+fn vms() -> Service {
+    Service {
+        workload_group: Some("legacy/vms".into()),
+        ..service("vms", VMS_VIP, ("http", 9080, Protocol::Http), Vec::new())
+    }
 }
 
 fn run_tool(tool: &str, args: &[&str]) {
@@ -615,7 +625,8 @@ fn follows_the_catalog(mode: AdsMode) {
             "traffic still flows"
         );
 
-        // v4: the service is fixed; the next catalog is accepted as usual.
+        // v4: the service is fixed; the next catalog is accepted as usual, with a
+        // WorkloadGroup's service that has no endpoints yet.
         let fixed = service(
             "bad",
             BAD_VIP,
@@ -623,7 +634,7 @@ fn follows_the_catalog(mode: AdsMode) {
             vec![endpoint(7, "z1", true)],
         );
         catalog_tx
-            .send(catalog(4, vec![db(true), web(), api(), fixed]))
+            .send(catalog(4, vec![db(true), web(), api(), fixed, vms()]))
             .unwrap();
         let v4 = envoy
             .wait_for_listeners(
@@ -632,6 +643,7 @@ fn follows_the_catalog(mode: AdsMode) {
                     WEB_LISTENER,
                     API_LISTENER,
                     "169.254.255.5_7000",
+                    "169.254.255.6_9080",
                 ],
                 Some(&v2),
             )
@@ -645,7 +657,19 @@ fn follows_the_catalog(mode: AdsMode) {
             "outbound|7000||bad.banana.sample.boshy".to_string(),
             hosts(&[("127.0.0.7:7000", "z1")]),
         );
+        expected.insert(VMS_CLUSTER.to_string(), BTreeSet::new());
         envoy.wait_for_clusters(&expected).await;
+        let nobody = http
+            .get(format!("http://{VMS_VIP}:9080/get"))
+            .send()
+            .await
+            .expect("HTTP through the group's VIP");
+        assert_eq!(
+            nobody.status(),
+            reqwest::StatusCode::SERVICE_UNAVAILABLE,
+            "a group nobody registered into answers 503 from the client's Envoy"
+        );
+        expected.remove(VMS_CLUSTER);
 
         // v5: web's port becomes http2. Only its cluster changes (upstream protocol), so
         // Envoy re-warms it and must not be left waiting for endpoints it already has.

@@ -100,6 +100,7 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
             vip,
             ports: decl.ports.clone(),
             service_entry: None,
+            workload_group: None,
             dns: None,
         });
     }

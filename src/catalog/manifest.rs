@@ -241,11 +241,17 @@ fn parse_instance_group(
 /// `<job>.<instance_group>.<deployment>` of `key` in canonical form, or which name has no
 /// canonical form that is a DNS label. The warning prefix already quotes the name itself.
 fn dns_name(key: &ServiceKey) -> Result<String, String> {
-    let names = [
+    canonical_dns_name(&[
         ("job", &key.job),
         ("instance group", &key.instance_group),
         ("deployment", &key.deployment),
-    ];
+    ])
+}
+
+/// The canonical forms of `names` (what each is, its name) joined by '.', or which name has
+/// no canonical form that is a DNS label: how BOSH names become a service's DNS name, for a
+/// job's service and a WorkloadGroup's alike.
+pub(crate) fn canonical_dns_name(names: &[(&str, &str)]) -> Result<String, String> {
     let mut labels = Vec::with_capacity(names.len());
     for (what, name) in names {
         let label = canonicalize(name);

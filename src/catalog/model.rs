@@ -118,12 +118,26 @@ pub struct Service {
     /// `<config>/<resource name>`. Its `key` then names no job (every name is empty).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_entry: Option<String>,
+    /// For the service of an Istio WorkloadGroup (VMs outside BOSH): that group, as
+    /// `<config>/<resource name>`. Its `key` names no job either (every name is empty); its
+    /// endpoints are the VMs registered into it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload_group: Option<String>,
     /// For a service whose endpoints are DNS names that each Envoy resolves (a ServiceEntry
     /// with `resolution: DNS` or `DNS_ROUND_ROBIN`): those names. `endpoints` is then empty:
     /// the addresses are Envoy's to find, with the VM's own resolver, and may change between
     /// two catalogs without the pilot knowing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dns: Option<DnsEndpoints>,
+}
+
+impl Service {
+    /// Whether a BOSH job exposes it, rather than rules define it (a ServiceEntry or a
+    /// WorkloadGroup): only a job's service has an instance group, instances the director
+    /// knows and a security policy of its own.
+    pub fn is_job(&self) -> bool {
+        self.service_entry.is_none() && self.workload_group.is_none()
+    }
 }
 
 /// The endpoints of a service that Envoy finds through DNS.

@@ -52,6 +52,7 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
         ports: Vec::new(),
         endpoints: Vec::new(),
         service_entry: None,
+        workload_group: None,
         dns: None,
     })
 }

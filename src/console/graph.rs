@@ -16,6 +16,9 @@ use crate::catalog::model::{Catalog, Service};
 /// deployment.
 pub(crate) const SERVICE_ENTRIES: &str = "ServiceEntry";
 
+/// Where the graph puts the services of Istio WorkloadGroups (VMs outside BOSH).
+const WORKLOAD_GROUPS: &str = "WorkloadGroup";
+
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub(crate) struct Graph {
     /// Sorted by name; the service entries' last.
@@ -164,15 +167,19 @@ pub(crate) fn build(catalog: &Catalog, windows: &[CallerWindow]) -> Graph {
     Graph { deployments, edges }
 }
 
-/// The instance group a service's node goes in: its job's, or for a ServiceEntry's service,
-/// one named after the entry.
+/// The instance group a service's node goes in: its job's, or for a ServiceEntry's or a
+/// WorkloadGroup's service, one named after the resource.
 fn group_of(service: &Service) -> GroupRef {
-    match &service.service_entry {
-        Some(entry) => GroupRef {
+    match (&service.service_entry, &service.workload_group) {
+        (Some(entry), _) => GroupRef {
             deployment: SERVICE_ENTRIES.to_string(),
             instance_group: entry.clone(),
         },
-        None => GroupRef {
+        (None, Some(group)) => GroupRef {
+            deployment: WORKLOAD_GROUPS.to_string(),
+            instance_group: group.clone(),
+        },
+        (None, None) => GroupRef {
             deployment: service.key.deployment.clone(),
             instance_group: service.key.instance_group.clone(),
         },

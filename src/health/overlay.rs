@@ -79,7 +79,7 @@ pub fn apply_if_changed(
 /// applied.
 fn reported(service: &Service, endpoint: &Endpoint, health: &AgentHealth) -> (bool, bool) {
     let unreported = (endpoint.healthy, endpoint.plaintext);
-    if service.service_entry.is_some() {
+    if !service.is_job() {
         return unreported;
     }
     match health.get(&service.key.deployment, &endpoint.instance) {
@@ -101,7 +101,7 @@ pub fn instance_out(catalog: &Catalog, instance: &InstanceRef) -> bool {
     catalog
         .services
         .iter()
-        .filter(|s| s.key.deployment == instance.deployment && s.service_entry.is_none())
+        .filter(|s| s.key.deployment == instance.deployment && s.is_job())
         .flat_map(|s| &s.endpoints)
         .all(|e| e.instance != instance.instance_id || !e.healthy)
 }
@@ -144,11 +144,7 @@ struct Listed {
 impl ProbeIndex {
     pub fn of(catalog: &Catalog) -> ProbeIndex {
         let mut index: HashMap<String, HashMap<String, Listed>> = HashMap::new();
-        for service in catalog
-            .services
-            .iter()
-            .filter(|s| s.service_entry.is_none())
-        {
+        for service in catalog.services.iter().filter(|s| s.is_job()) {
             let instances = index.entry(service.key.deployment.clone()).or_default();
             for endpoint in &service.endpoints {
                 let listed = instances

@@ -15,8 +15,8 @@ use crate::traffic::{HostPattern, MAX_SOURCE_SELECTORS};
 
 use super::model::{
     ConnectionPool, ConsistentHash, Destination, DestinationRule, HeaderOperations, Headers,
-    HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, Resolution, ServiceEntry, Sidecar, Spec,
-    TcpRoute, TrafficPolicy, VirtualService,
+    HttpMatch, HttpRoute, LoadBalancer, OutlierDetection, ProbePort, ReadinessProbe, Resolution,
+    ServiceEntry, Sidecar, Spec, TcpRoute, TrafficPolicy, VirtualService, WorkloadGroup,
 };
 use super::security_checks;
 use super::values::StringMatch;
@@ -44,6 +44,7 @@ pub(crate) fn check(spec: &Spec) -> Problems {
         Spec::VirtualService(vs) => virtual_service(vs, &mut problems),
         Spec::DestinationRule(dr) => destination_rule(dr, &mut problems),
         Spec::ServiceEntry(se) => service_entry(se, &mut problems),
+        Spec::WorkloadGroup(wg) => workload_group(wg, &mut problems),
         Spec::Sidecar(sidecar) => sidecar_scope(sidecar, &mut problems),
         Spec::PeerAuthentication(pa) => security_checks::peer_authentication(pa, &mut problems),
         Spec::AuthorizationPolicy(ap) => security_checks::authorization_policy(ap, &mut problems),
@@ -795,6 +796,137 @@ fn service_entry(se: &ServiceEntry, problems: &mut Problems) {
     }
 }
 
+// ------------------------------------------------------------------------- WorkloadGroup
+
+fn workload_group(wg: &WorkloadGroup, problems: &mut Problems) {
+    let (metadata, template) = (&wg.metadata, &wg.template);
+    label_syntax("spec.metadata.labels", &metadata.labels, problems);
+    label_syntax("spec.template.labels", &template.labels, problems);
+    for key in metadata.annotations.keys() {
+        if let Err(problem) = check_key(key) {
+            problems.error("spec.metadata.annotations", problem);
+        }
+    }
+    for (key, value) in &template.labels {
+        match metadata.labels.get(key) {
+            Some(other) if other != value => problems.error(
+                format!("spec.template.labels.{key}"),
+                format!(
+                    "{:?} against {:?} in spec.metadata.labels: every member gets both, so \
+                     they must agree",
+                    clip(value),
+                    clip(other)
+                ),
+            ),
+            _ => {}
+        }
+    }
+    if template.ports.is_empty() {
+        problems.error(
+            "spec.template.ports",
+            "at least one port is required: they are the ports of the group's service",
+        );
+    }
+    let (mut numbers, mut names) = (BTreeSet::new(), BTreeSet::new());
+    for (name, &number) in &template.ports {
+        let field = format!("spec.template.ports.{name}");
+        let lower = name.to_ascii_lowercase();
+        if !is_dns_label(&lower) {
+            problems.error(
+                &field,
+                format!("{:?} is not a port name (a DNS label)", clip(name)),
+            );
+        } else if !names.insert(lower) {
+            problems.error(&field, format!("port name {name} is used twice"));
+        }
+        if let Err(problem) = port_number(number) {
+            problems.error(&field, problem);
+        } else if !numbers.insert(number) {
+            problems.error(&field, format!("port {number} is listed twice"));
+        }
+    }
+    if let Some(probe) = &wg.probe {
+        readiness_probe(probe, wg, problems);
+    }
+}
+
+fn port_number(number: i64) -> Result<(), String> {
+    match number {
+        1..=65535 => Ok(()),
+        _ => Err(format!("a port is from 1 to 65535, not {number}")),
+    }
+}
+
+/// Kubernetes' ranges for a probe (its numbers are int32), and exactly one way to probe.
+fn readiness_probe(probe: &ReadinessProbe, wg: &WorkloadGroup, problems: &mut Problems) {
+    let numbers = [
+        ("initialDelaySeconds", probe.initial_delay_seconds, 0),
+        ("timeoutSeconds", probe.timeout_seconds, 1),
+        ("periodSeconds", probe.period_seconds, 1),
+        ("successThreshold", probe.success_threshold, 1),
+        ("failureThreshold", probe.failure_threshold, 1),
+    ];
+    for (name, value, least) in numbers {
+        if !(least..=i64::from(i32::MAX)).contains(&value) {
+            problems.error(
+                format!("spec.probe.{name}"),
+                format!("{value} is out of range: from {least} to {}", i32::MAX),
+            );
+        }
+    }
+    let port = |field: &str, port: &ProbePort, problems: &mut Problems| {
+        let problem = match port {
+            ProbePort::Number(number) => port_number(*number).err(),
+            ProbePort::Name(name) if wg.template.ports.contains_key(name) => None,
+            ProbePort::Name(name) => Some(format!(
+                "no port is named {:?} in spec.template.ports",
+                clip(name)
+            )),
+        };
+        if let Some(problem) = problem {
+            problems.error(format!("spec.probe.{field}.port"), problem);
+        }
+    };
+    let mut ways = 0;
+    if let Some(http) = &probe.http_get {
+        ways += 1;
+        port("httpGet", &http.port, problems);
+        if let Some(path) = http.path.as_ref().filter(|path| !path.starts_with('/')) {
+            problems.error(
+                "spec.probe.httpGet.path",
+                format!("{:?} is not a path: it starts with '/'", clip(path)),
+            );
+        }
+        for (at, header) in http.http_headers.iter().enumerate() {
+            if let Some(problem) = header_name_problem(&header.name) {
+                problems.error(
+                    format!("spec.probe.httpGet.httpHeaders[{at}].name"),
+                    problem,
+                );
+            }
+        }
+    }
+    if let Some(tcp) = &probe.tcp_socket {
+        ways += 1;
+        port("tcpSocket", &tcp.port, problems);
+    }
+    if let Some(exec) = &probe.exec {
+        ways += 1;
+        if exec.command.first().is_none_or(String::is_empty) {
+            problems.error(
+                "spec.probe.exec.command",
+                "a command is required: the program, then its arguments",
+            );
+        }
+    }
+    if ways != 1 {
+        problems.error(
+            "spec.probe",
+            format!("exactly one of httpGet, tcpSocket and exec is required, not {ways}"),
+        );
+    }
+}
+
 /// What is wrong with a ServiceEntry endpoint's `address`, if anything: an IP address for
 /// resolution STATIC; for `dns` (DNS, DNS_ROUND_ROBIN), a DNS name (any case) or an IPv4
 /// address. Envoy looks names up for IPv4 alone: the mesh is IPv4.
@@ -1362,5 +1494,167 @@ endpoints: [{address: db.example.com}]
                 "{errors:?} {warnings:?}"
             );
         }
+    }
+
+    /// Istio's own example (docs of WorkloadGroup), without the `serviceAccount` boshy-istio
+    /// refuses.
+    const GROUP: &str = "metadata:
+  labels: {app.kubernetes.io/name: reviews, app.kubernetes.io/version: \"1.3.4\"}
+  annotations: {example.com/owner: team-a}
+template:
+  ports: {grpc: 3550, http: 8080}
+probe:
+  initialDelaySeconds: 5
+  timeoutSeconds: 3
+  periodSeconds: 4
+  successThreshold: 3
+  failureThreshold: 3
+  httpGet:
+    path: /foo/bar
+    host: 127.0.0.1
+    port: 3100
+    scheme: HTTPS
+    httpHeaders:
+    - {name: Lit-Header, value: Im-The-Best}
+";
+
+    #[test]
+    fn istios_workload_group_example_is_accepted_with_kubernetes_defaults() {
+        assert_eq!(findings_of("WorkloadGroup", GROUP), (vec![], vec![]));
+        let bare = "template: {ports: {http: 8080}}\nprobe: {tcpSocket: {port: http}}\n";
+        assert_eq!(findings_of("WorkloadGroup", bare), (vec![], vec![]));
+        let parsed = crate::rules::parse_config(
+            "c",
+            "apiVersion: networking.istio.io/v1alpha3\nkind: WorkloadGroup\nmetadata: {name: g}\nspec: {template: {ports: {http: 8080}}, probe: {exec: {command: [/bin/true]}}}\n",
+        );
+        let crate::rules::Spec::WorkloadGroup(group) = &parsed.resources[0].spec else {
+            panic!("{parsed:?}")
+        };
+        let probe = group.probe.as_ref().expect("a probe");
+        assert_eq!(
+            (
+                probe.initial_delay_seconds,
+                probe.timeout_seconds,
+                probe.period_seconds,
+                probe.success_threshold,
+                probe.failure_threshold
+            ),
+            (0, 1, 10, 1, 3)
+        );
+    }
+
+    #[test]
+    fn template_fields_a_member_or_the_mesh_decides_are_refused_by_name() {
+        for (field, value, reason) in [
+            ("address", "10.0.0.9", "the one its registration comes from"),
+            ("serviceAccount", "default", "comes from the mesh's CA"),
+            ("network", "n1", "this Istio field is not supported"),
+            ("locality", "us/z1", "this Istio field is not supported"),
+            ("weight", "3", "this Istio field is not supported"),
+        ] {
+            let spec = format!("template: {{ports: {{http: 80}}, {field}: {value}}}\n");
+            assert_one_error("WorkloadGroup", &spec, &format!("spec.template.{field}: "));
+            assert_one_error("WorkloadGroup", &spec, reason);
+        }
+        assert_one_error(
+            "WorkloadGroup",
+            "template: {ports: {http: 80}}\nprobe: {grpc: {port: 80}}\n",
+            "spec.probe.grpc: this Istio field is not supported",
+        );
+    }
+
+    #[test]
+    fn a_workload_groups_ports_and_labels_are_checked() {
+        for (spec, expected) in [
+            ("template: {}", "spec.template.ports: at least one port is required: they are the ports of the group's service"),
+            ("template: {ports: {http: 0}}", "spec.template.ports.http: a port is from 1 to 65535, not 0"),
+            ("template: {ports: {http: 65536}}", "spec.template.ports.http: a port is from 1 to 65535, not 65536"),
+            ("template: {ports: {http: 80, tcp: 80}}", "spec.template.ports.tcp: port 80 is listed twice"),
+            ("template: {ports: {http: 80, HTTP: 81}}", "spec.template.ports.http: port name http is used twice"),
+            ("template: {ports: {web_ui: 80}}", "spec.template.ports.web_ui: \"web_ui\" is not a port name (a DNS label)"),
+            ("metadata: {labels: {app: a}}\ntemplate: {ports: {http: 80}, labels: {app: b}}", "spec.template.labels.app: \"b\" against \"a\" in spec.metadata.labels: every member gets both, so they must agree"),
+            ("metadata: {labels: {app: -a}}\ntemplate: {ports: {http: 80}}", "spec.metadata.labels: value \"-a\""),
+            ("metadata: {annotations: {a/b/c: x}}\ntemplate: {ports: {http: 80}}", "spec.metadata.annotations: key \"a/b/c\""),
+            ("metadata: {owner: me}\ntemplate: {ports: {http: 80}}", "spec.metadata.owner: unknown field `owner`, expected `labels` or `annotations`"),
+        ] {
+            assert_one_error("WorkloadGroup", spec, expected);
+        }
+    }
+
+    #[test]
+    fn a_probe_is_in_kubernetes_ranges_and_probes_one_way() {
+        let probe = |probe: &str| format!("template: {{ports: {{http: 8080}}}}\nprobe: {probe}\n");
+        for (spec, expected) in [
+            (
+                "{}",
+                "spec.probe: exactly one of httpGet, tcpSocket and exec is required, not 0",
+            ),
+            (
+                "{tcpSocket: {port: 80}, exec: {command: [/bin/true]}}",
+                "spec.probe: exactly one of httpGet, tcpSocket and exec is required, not 2",
+            ),
+            (
+                "{initialDelaySeconds: -1, tcpSocket: {port: 80}}",
+                "spec.probe.initialDelaySeconds: -1 is out of range: from 0 to 2147483647",
+            ),
+            (
+                "{timeoutSeconds: 0, tcpSocket: {port: 80}}",
+                "spec.probe.timeoutSeconds: 0 is out of range: from 1 to 2147483647",
+            ),
+            (
+                "{periodSeconds: 0, tcpSocket: {port: 80}}",
+                "spec.probe.periodSeconds: 0 is out of range: from 1 to 2147483647",
+            ),
+            (
+                "{successThreshold: 0, tcpSocket: {port: 80}}",
+                "spec.probe.successThreshold: 0 is out of range: from 1 to 2147483647",
+            ),
+            (
+                "{failureThreshold: 2147483648, tcpSocket: {port: 80}}",
+                "spec.probe.failureThreshold: 2147483648 is out of range: from 1 to 2147483647",
+            ),
+            (
+                "{tcpSocket: {port: 0}}",
+                "spec.probe.tcpSocket.port: a port is from 1 to 65535, not 0",
+            ),
+            (
+                "{httpGet: {port: 70000}}",
+                "spec.probe.httpGet.port: a port is from 1 to 65535, not 70000",
+            ),
+            (
+                "{httpGet: {port: admin}}",
+                "spec.probe.httpGet.port: no port is named \"admin\" in spec.template.ports",
+            ),
+            (
+                "{httpGet: {port: http, path: healthz}}",
+                "spec.probe.httpGet.path: \"healthz\" is not a path: it starts with '/'",
+            ),
+            (
+                "{httpGet: {port: http, scheme: FTP}}",
+                "spec.probe.httpGet.scheme: unknown value \"FTP\", expected one of HTTP, HTTPS",
+            ),
+            (
+                "{httpGet: {port: http, httpHeaders: [{name: 'a b', value: c}]}}",
+                "spec.probe.httpGet.httpHeaders[0].name: \"a b\" is not a header name",
+            ),
+            (
+                "{httpGet: {port: [80]}}",
+                "spec.probe.httpGet.port: a port number or the name of one of the group's ports",
+            ),
+            (
+                "{exec: {command: []}}",
+                "spec.probe.exec.command: a command is required: the program, then its arguments",
+            ),
+        ] {
+            assert_one_error("WorkloadGroup", &probe(spec), expected);
+        }
+        assert_eq!(
+            errors_of(
+                "WorkloadGroup",
+                &probe("{httpGet: {port: http, scheme: https}}")
+            ),
+            Vec::<String>::new(),
+            "Istio's example once wrote the scheme lower-case"
+        );
     }
 }

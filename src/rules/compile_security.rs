@@ -85,11 +85,7 @@ pub(crate) fn security_rules(rules: &RuleSet, catalog: &Catalog) -> SecurityRule
 /// no instance group's.
 fn instance_groups(catalog: &Catalog) -> BTreeMap<WorkloadKey, BTreeSet<Labels>> {
     let mut groups: BTreeMap<WorkloadKey, BTreeSet<Labels>> = BTreeMap::new();
-    for service in catalog
-        .services
-        .iter()
-        .filter(|s| s.service_entry.is_none())
-    {
+    for service in catalog.services.iter().filter(|s| s.is_job()) {
         let key = WorkloadKey {
             deployment: service.key.deployment.clone(),
             instance_group: service.key.instance_group.clone(),

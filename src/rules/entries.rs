@@ -1,32 +1,117 @@
-//! The services ServiceEntries define, as catalog services: each host of an accepted entry
-//! becomes a service of its own with a VIP, a DNS name and Envoy clusters like a job's, made
-//! of the BOSH instances its `workloadSelector` picks (from any instance group of any
-//! deployment), of its listed endpoints, or of the DNS names it lists, which each Envoy
-//! resolves (resolution DNS and DNS_ROUND_ROBIN). Pure; the pilot gives them VIPs and adds them to
-//! the catalog (`catalog::with_entries`).
+//! The services ServiceEntries and WorkloadGroups define, as catalog services: each host of
+//! an accepted entry becomes a service of its own with a VIP, a DNS name and Envoy clusters
+//! like a job's, made of the BOSH instances its `workloadSelector` picks (from any instance
+//! group of any deployment), of its listed endpoints, or of the DNS names it lists, which each
+//! Envoy resolves (resolution DNS and DNS_ROUND_ROBIN). Each accepted WorkloadGroup becomes a
+//! service named `<service>.<group>.<config>.<tld>` (docs/workloads.md) with the template's
+//! ports, whose endpoints will be the VMs registered into it: none yet. Pure; the pilot gives
+//! them VIPs and adds them to the catalog (`catalog::with_entries`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 
+use crate::catalog::manifest::{canonical_dns_name, infer_protocol};
 use crate::catalog::model::{
     Catalog, DnsEndpoint, DnsEndpoints, DnsResolution, Endpoint, Service, ServiceKey, ServicePort,
 };
 
 use super::mesh::selects;
-use super::model::{Resolution, ServiceEntry};
+use super::model::{Resolution, ServiceEntry, WorkloadGroup};
 use super::validate::{Rule, RuleSet};
 
-/// The hosts the accepted ServiceEntries of `rules` define, each once: the VIPs they need.
+/// The hosts the accepted ServiceEntries and WorkloadGroups of `rules` define, each once: the
+/// VIPs they need.
 pub fn entry_hosts(rules: &RuleSet) -> BTreeSet<String> {
-    rules
+    let entries = rules
         .service_entries
         .iter()
-        .flat_map(|rule| rule.spec.hosts.iter().cloned())
-        .collect()
+        .flat_map(|rule| rule.spec.hosts.iter().cloned());
+    let groups = rules
+        .workload_groups
+        .iter()
+        .map(|rule| rule.spec.hostname.clone());
+    entries.chain(groups).collect()
 }
 
-/// The services of the accepted ServiceEntries of `rules`, their endpoints drawn from the
-/// job services of `jobs` (a catalog without entries), with the VIP `vip` gives each host.
+/// `<service>.<group>.<config>` for a WorkloadGroup `name` in director config `config`, each
+/// in the canonical DNS form BOSH gives its names: the config plays the deployment's part,
+/// the group the instance group's, and the service is the members' `app` label (Istio's
+/// convention for the service's name), else the group's name. `Err`: the field that has no
+/// DNS form, and why.
+pub(crate) fn group_dns_name(
+    config: &str,
+    name: &str,
+    wg: &WorkloadGroup,
+) -> Result<String, (String, String)> {
+    let (metadata, template) = (&wg.metadata.labels, &wg.template.labels);
+    let service = match (metadata.get("app"), template.get("app")) {
+        (Some(app), _) => (
+            "spec.metadata.labels.app",
+            "service (label app)",
+            app.as_str(),
+        ),
+        (None, Some(app)) => (
+            "spec.template.labels.app",
+            "service (label app)",
+            app.as_str(),
+        ),
+        (None, None) => ("metadata.name", "group", name),
+    };
+    let parts = [
+        service,
+        ("metadata.name", "group", name),
+        ("metadata.name", "config", config),
+    ];
+    let mut labels = Vec::with_capacity(parts.len());
+    for (field, what, name) in parts {
+        let label = canonical_dns_name(&[(what, name)]).map_err(|e| (field.to_string(), e))?;
+        labels.push(label);
+    }
+    Ok(labels.join("."))
+}
+
+/// A WorkloadGroup's ports (the checks saw to their names and numbers), their protocol
+/// from the name as for `expose_ports`.
+pub(crate) fn group_ports(wg: &WorkloadGroup) -> impl Iterator<Item = ServicePort> + '_ {
+    wg.template.ports.iter().map(|(name, &number)| {
+        let name = name.to_ascii_lowercase();
+        let protocol = infer_protocol(&name);
+        ServicePort {
+            name,
+            number: u16::try_from(number).unwrap_or_default(),
+            protocol,
+        }
+    })
+}
+
+/// `ports` sorted by number, as a service's are.
+fn sorted(ports: impl Iterator<Item = ServicePort>) -> Vec<ServicePort> {
+    let mut ports: Vec<ServicePort> = ports.collect();
+    ports.sort_by_key(|port| port.number);
+    ports
+}
+
+/// A service the rules define: it names no job.
+fn defined_service(hostname: &str, vip: Ipv4Addr, ports: Vec<ServicePort>) -> Service {
+    Service {
+        key: ServiceKey {
+            deployment: String::new(),
+            instance_group: String::new(),
+            job: String::new(),
+        },
+        hostname: hostname.to_string(),
+        vip,
+        ports,
+        endpoints: Vec::new(),
+        service_entry: None,
+        workload_group: None,
+        dns: None,
+    }
+}
+
+/// The services of the accepted ServiceEntries and WorkloadGroups of `rules`, the entries'
+/// endpoints drawn from the job services of `jobs` (a catalog without them), with the VIP
+/// `vip` gives each host.
 /// A host without a VIP (the pool is exhausted) is left out, as a job's service would be.
 pub fn entry_services(
     rules: &RuleSet,
@@ -41,33 +126,29 @@ pub fn entry_services(
         } else {
             endpoints(rule, jobs)
         };
-        let mut ports: Vec<ServicePort> = rule
-            .spec
-            .ports
-            .iter()
-            .map(|port| ServicePort {
-                name: port.name.to_ascii_lowercase(),
-                number: port.number,
-                protocol: port.protocol(),
-            })
-            .collect();
-        ports.sort_by_key(|port| port.number);
+        let ports = sorted(rule.spec.ports.iter().map(|port| ServicePort {
+            name: port.name.to_ascii_lowercase(),
+            number: port.number,
+            protocol: port.protocol(),
+        }));
         for host in &rule.spec.hosts {
             let Some(vip) = vip(host) else { continue };
             services.push(Service {
-                key: ServiceKey {
-                    deployment: String::new(),
-                    instance_group: String::new(),
-                    job: String::new(),
-                },
-                hostname: host.clone(),
-                vip,
-                ports: ports.clone(),
                 endpoints: endpoints.clone(),
                 service_entry: Some(format!("{}/{}", rule.config, rule.name)),
                 dns: dns.clone(),
+                ..defined_service(host, vip, ports.clone())
             });
         }
+    }
+    for rule in &rules.workload_groups {
+        let hostname = &rule.spec.hostname;
+        let Some(vip) = vip(hostname) else { continue };
+        let ports = sorted(group_ports(&rule.spec.group));
+        services.push(Service {
+            workload_group: Some(format!("{}/{}", rule.config, rule.name)),
+            ..defined_service(hostname, vip, ports)
+        });
     }
     services
 }
@@ -106,7 +187,7 @@ fn endpoints(rule: &Rule<ServiceEntry>, jobs: &Catalog) -> Vec<Endpoint> {
             let mut seen = BTreeSet::new();
             jobs.services
                 .iter()
-                .filter(|service| service.service_entry.is_none())
+                .filter(|service| service.is_job())
                 .flat_map(|service| &service.endpoints)
                 .filter(|endpoint| selects(&selector.labels, &endpoint.labels))
                 .filter(|endpoint| seen.insert(endpoint.instance.clone()))
@@ -303,5 +384,73 @@ items:
         let cache_dns = cache.dns.as_ref().expect("resolved through DNS");
         assert_eq!(cache_dns.resolution, DnsResolution::DnsRoundRobin);
         assert_eq!(cache_dns.endpoints.len(), 1);
+    }
+
+    #[test]
+    fn a_workload_group_is_a_service_with_its_ports_and_no_endpoints_yet() {
+        let jobs = jobs();
+        let rules = accepted(
+            "apiVersion: networking.istio.io/v1beta1
+kind: WorkloadGroup
+metadata: {name: reviews.vms}
+spec:
+  metadata: {labels: {app: reviews}}
+  template:
+    ports: {mysql: 3306, http-web: 9080, GRPC: 7070, http2: 8443, tcp-raw: 9000, redis: 6379}
+  probe: {httpGet: {port: http-web, path: /ready}}
+",
+            &jobs,
+        );
+        assert_eq!(
+            entry_hosts(&rules),
+            BTreeSet::from(["reviews.reviewsvms.entries.boshy".to_string()])
+        );
+        let services = entry_services(&rules, &jobs, |_| Some(Ipv4Addr::new(169, 254, 255, 6)));
+        let [reviews] = services.as_slice() else {
+            panic!("{services:?}")
+        };
+        assert_eq!(reviews.hostname, "reviews.reviewsvms.entries.boshy");
+        assert_eq!(
+            reviews.workload_group.as_deref(),
+            Some("entries/reviews.vms")
+        );
+        assert_eq!(reviews.service_entry, None);
+        assert!(!reviews.is_job());
+        assert!(reviews.endpoints.is_empty(), "members register later");
+        assert_eq!(reviews.vip, Ipv4Addr::new(169, 254, 255, 6));
+        let ports: Vec<(&str, u16, Protocol)> = reviews
+            .ports
+            .iter()
+            .map(|p| (p.name.as_str(), p.number, p.protocol))
+            .collect();
+        assert_eq!(
+            ports,
+            [
+                ("mysql", 3306, Protocol::Tcp),
+                ("redis", 6379, Protocol::Tcp),
+                ("grpc", 7070, Protocol::Grpc),
+                ("http2", 8443, Protocol::Http2),
+                ("tcp-raw", 9000, Protocol::Tcp),
+                ("http-web", 9080, Protocol::Http),
+            ]
+        );
+        let probe = rules.workload_groups[0].spec.group.probe.as_ref();
+        assert_eq!(
+            probe
+                .and_then(|p| p.http_get.as_ref())
+                .and_then(|h| h.path.as_deref()),
+            Some("/ready"),
+            "the probe is kept for the members' registration"
+        );
+        let with_it = crate::catalog::with_entries(jobs.clone(), services);
+        assert_eq!(
+            MeshView::from_catalog(&with_it),
+            MeshView::from_catalog(&jobs),
+            "the rules define the group's host again when checked"
+        );
+        assert!(
+            entry_services(&rules, &jobs, |_| None).is_empty(),
+            "no VIP, no service"
+        );
     }
 }

@@ -131,12 +131,12 @@ impl MeshView {
 
     /// The mesh as the pilot's catalog has it: every service a job exposes with its ports and
     /// the labels of its endpoints (the catalog always carries labels). The services
-    /// ServiceEntries define are left out: the rules define them again as they are checked.
+    /// ServiceEntries and WorkloadGroups define are left out: the rules define them again as they are checked.
     pub fn from_catalog(catalog: &Catalog) -> MeshView {
         let hosts = catalog
             .services
             .iter()
-            .filter(|service| service.service_entry.is_none())
+            .filter(|service| service.is_job())
             .map(|service| {
                 let workload = WorkloadKey {
                     deployment: service.key.deployment.clone(),
@@ -178,9 +178,12 @@ impl MeshView {
                 )
             })?;
         let mut view = MeshView::default();
-        // The services ServiceEntries define are the rules' own, defined again as they are
-        // checked (as `from_catalog` leaves them out).
-        for service in services.into_iter().filter(|s| s.service_entry.is_none()) {
+        // The services ServiceEntries and WorkloadGroups define are the rules' own, defined
+        // again as they are checked (as `from_catalog` leaves them out).
+        let jobs = services
+            .into_iter()
+            .filter(|s| s.service_entry.is_none() && s.workload_group.is_none());
+        for service in jobs {
             view.labels_known |= service.endpoints.iter().any(|e| e.labels.is_some());
             let workload = match (service.deployment, service.instance_group) {
                 (Some(deployment), Some(instance_group)) => Some(WorkloadKey {
@@ -215,6 +218,8 @@ struct RegisteredService {
     instance_group: Option<String>,
     #[serde(default)]
     service_entry: Option<String>,
+    #[serde(default)]
+    workload_group: Option<String>,
     ports: Vec<RegisteredPort>,
     #[serde(default)]
     endpoints: Vec<RegisteredEndpoint>,

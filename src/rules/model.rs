@@ -15,8 +15,8 @@ use serde::Deserialize;
 use crate::catalog::model::Protocol;
 
 use super::values::{
-    duration, optional_duration, refuse, refuse_outbound_traffic_policy, refuse_target_ref,
-    refuse_tls, word, Refused,
+    duration, optional_duration, refuse, refuse_group_address, refuse_outbound_traffic_policy,
+    refuse_service_account, refuse_target_ref, refuse_tls, word, Refused,
 };
 pub use super::values::{Percent, PolicyPort, StringMatch};
 
@@ -28,6 +28,7 @@ pub type Labels = BTreeMap<String, String>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     ServiceEntry,
+    WorkloadGroup,
     DestinationRule,
     VirtualService,
     Sidecar,
@@ -36,8 +37,9 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 6] = [
+    pub const ALL: [Kind; 7] = [
         Kind::ServiceEntry,
+        Kind::WorkloadGroup,
         Kind::DestinationRule,
         Kind::VirtualService,
         Kind::Sidecar,
@@ -48,6 +50,7 @@ impl Kind {
     pub fn as_str(self) -> &'static str {
         match self {
             Kind::ServiceEntry => "ServiceEntry",
+            Kind::WorkloadGroup => "WorkloadGroup",
             Kind::DestinationRule => "DestinationRule",
             Kind::VirtualService => "VirtualService",
             Kind::Sidecar => "Sidecar",
@@ -93,6 +96,7 @@ pub enum Spec {
     VirtualService(VirtualService),
     DestinationRule(DestinationRule),
     ServiceEntry(ServiceEntry),
+    WorkloadGroup(WorkloadGroup),
     Sidecar(Sidecar),
     PeerAuthentication(PeerAuthentication),
     AuthorizationPolicy(AuthorizationPolicy),
@@ -104,6 +108,7 @@ impl Spec {
             Spec::VirtualService(_) => Kind::VirtualService,
             Spec::DestinationRule(_) => Kind::DestinationRule,
             Spec::ServiceEntry(_) => Kind::ServiceEntry,
+            Spec::WorkloadGroup(_) => Kind::WorkloadGroup,
             Spec::Sidecar(_) => Kind::Sidecar,
             Spec::PeerAuthentication(_) => Kind::PeerAuthentication,
             Spec::AuthorizationPolicy(_) => Kind::AuthorizationPolicy,
@@ -780,6 +785,166 @@ pub struct WorkloadEntry {
 #[serde(deny_unknown_fields)]
 pub struct WorkloadSelector {
     pub labels: Labels,
+}
+
+// ------------------------------------------------------------------------- WorkloadGroup
+
+/// VMs outside BOSH that join the mesh as one service: `<service>.<group>.<config>.<tld>`
+/// (docs/workloads.md). Its members are the VMs registered into it (a later step); until
+/// then the service has a VIP, a name and no endpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadGroup {
+    /// The labels and annotations every member gets.
+    #[serde(default)]
+    pub metadata: GroupMetadata,
+    pub template: WorkloadTemplate,
+    /// How a member's readiness is checked; nothing runs it yet (docs/workloads.md).
+    pub probe: Option<ReadinessProbe>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GroupMetadata {
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default)]
+    pub annotations: Labels,
+}
+
+/// The WorkloadEntry every member is made from: its ports and labels. What a member says of
+/// itself when it registers (its address) or what the mesh gives it (its identity) is not
+/// the template's to set.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct WorkloadTemplate {
+    /// Port name to number; the name gives the protocol, as Istio's convention does
+    /// (`http`, `http-*`, `grpc`, ...; anything else is TCP).
+    #[serde(default)]
+    pub ports: BTreeMap<String, i64>,
+    #[serde(default)]
+    pub labels: Labels,
+    #[serde(default, rename = "address", deserialize_with = "refuse_group_address")]
+    _address: Refused,
+    #[serde(
+        default,
+        rename = "serviceAccount",
+        deserialize_with = "refuse_service_account"
+    )]
+    _service_account: Refused,
+    #[serde(default, rename = "network", deserialize_with = "refuse")]
+    _network: Refused,
+    #[serde(default, rename = "locality", deserialize_with = "refuse")]
+    _locality: Refused,
+    #[serde(default, rename = "weight", deserialize_with = "refuse")]
+    _weight: Refused,
+}
+
+/// Istio's `ReadinessProbe`, with Kubernetes' defaults filled in. Numbers are read wide
+/// so that a negative or huge one is refused by the checks with the range it must be in,
+/// not by serde with a type name.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ReadinessProbe {
+    #[serde(default)]
+    pub initial_delay_seconds: i64,
+    #[serde(default = "probe_defaults::timeout_seconds")]
+    pub timeout_seconds: i64,
+    #[serde(default = "probe_defaults::period_seconds")]
+    pub period_seconds: i64,
+    #[serde(default = "probe_defaults::success_threshold")]
+    pub success_threshold: i64,
+    #[serde(default = "probe_defaults::failure_threshold")]
+    pub failure_threshold: i64,
+    /// Exactly one of `httpGet`, `tcpSocket` and `exec`.
+    pub http_get: Option<HttpProbe>,
+    pub tcp_socket: Option<TcpProbe>,
+    pub exec: Option<ExecProbe>,
+    #[serde(default, rename = "grpc", deserialize_with = "refuse")]
+    _grpc: Refused,
+}
+
+/// Kubernetes' defaults for a probe's numbers (`initialDelaySeconds` is 0).
+mod probe_defaults {
+    pub(super) fn timeout_seconds() -> i64 {
+        1
+    }
+    pub(super) fn period_seconds() -> i64 {
+        10
+    }
+    pub(super) fn success_threshold() -> i64 {
+        1
+    }
+    pub(super) fn failure_threshold() -> i64 {
+        3
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct HttpProbe {
+    /// Absent: `/`.
+    pub path: Option<String>,
+    pub port: ProbePort,
+    /// Absent: the member's own address.
+    pub host: Option<String>,
+    /// Absent: HTTP.
+    pub scheme: Option<ProbeScheme>,
+    #[serde(default)]
+    pub http_headers: Vec<ProbeHeader>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    pub name: String,
+    #[serde(default)]
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum ProbeScheme {
+    Http,
+    Https,
+}
+
+impl TryFrom<String> for ProbeScheme {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        // Istio's own example once wrote it lower-case.
+        word(
+            &text.to_ascii_uppercase(),
+            &[("HTTP", ProbeScheme::Http), ("HTTPS", ProbeScheme::Https)],
+            &[],
+        )
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpProbe {
+    /// Absent: the member's own address.
+    pub host: Option<String>,
+    pub port: ProbePort,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecProbe {
+    /// Run on the member, without a shell; ready when it exits 0.
+    pub command: Vec<String>,
+}
+
+/// A probe's port: a number, or (as Kubernetes takes) the name of one of the group's ports.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(
+    untagged,
+    expecting = "a port number or the name of one of the group's ports"
+)]
+pub enum ProbePort {
+    Number(i64),
+    Name(String),
 }
 
 // ------------------------------------------------------------------------------- Sidecar

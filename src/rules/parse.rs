@@ -21,7 +21,7 @@ use super::checks;
 use super::finding::{Finding, ResourceRef};
 use super::model::{
     AuthorizationPolicy, DestinationRule, Kind, Labels, PeerAuthentication, ServiceEntry, Sidecar,
-    Spec, VirtualService, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS,
+    Spec, VirtualService, WorkloadGroup, NETWORKING_API_VERSIONS, SECURITY_API_VERSIONS,
 };
 
 /// The namespace Istio reads as the whole mesh's (its root namespace): a security policy
@@ -370,6 +370,7 @@ fn typed(value: Value) -> Result<(Option<String>, Spec), (Option<String>, String
         Some(Kind::VirtualService) => envelope::<VirtualService>(value, Spec::VirtualService),
         Some(Kind::DestinationRule) => envelope::<DestinationRule>(value, Spec::DestinationRule),
         Some(Kind::ServiceEntry) => envelope::<ServiceEntry>(value, Spec::ServiceEntry),
+        Some(Kind::WorkloadGroup) => envelope::<WorkloadGroup>(value, Spec::WorkloadGroup),
         Some(Kind::Sidecar) => envelope::<Sidecar>(value, Spec::Sidecar),
         Some(Kind::PeerAuthentication) => {
             envelope::<PeerAuthentication>(value, Spec::PeerAuthentication)
@@ -548,8 +549,8 @@ spec:
             errors(&one(&gateway)),
             [
                 "config \"reviews\": Gateway \"reviews\": kind: Gateway is not supported: \
-              boshy-istio takes ServiceEntry, DestinationRule, VirtualService, Sidecar, \
-              PeerAuthentication, AuthorizationPolicy"
+              boshy-istio takes ServiceEntry, WorkloadGroup, DestinationRule, VirtualService, \
+              Sidecar, PeerAuthentication, AuthorizationPolicy"
             ]
         );
         let extensions = ROUTE

@@ -2,6 +2,8 @@
 //! rule set.
 //!
 //! Resources are taken kind by kind, ServiceEntries first (they define hosts), then
+//! WorkloadGroups (they define hosts too, after the entries: a group's host is derived from
+//! its name, an entry's is written out, so a clash is the group's to give way), then
 //! DestinationRules (they define subsets), then VirtualServices (they use both), then Sidecars
 //! (they pin hosts, and claim nothing), then the security policies (they depend on no other
 //! kind), and within a kind in the order of config name, then resource name; but
@@ -11,7 +13,7 @@
 //! rejected alone; what depends on it then fails its own checks (a route to a subset of a
 //! rejected DestinationRule names a subset nobody defines). When two resources claim the same
 //! thing (a kind and name, a VirtualService or DestinationRule for a host, a ServiceEntry's
-//! host), the first in that order keeps it and the later one is rejected, naming the first.
+//! or a WorkloadGroup's host), the first in that order keeps it and the later one is rejected, naming the first.
 //!
 //! Without a mesh view, host existence and instance selection cannot be checked and are
 //! skipped (the result says so); everything else is checked all the same.
@@ -24,11 +26,13 @@ use crate::catalog::model::Protocol;
 use crate::traffic::HostPattern;
 
 use super::checks::{egress_host, Problems};
+use super::entries::{group_dns_name, group_ports};
 use super::finding::{Finding, ResourceRef};
 use super::mesh::{selects, MeshView};
 use super::model::{
     AuthorizationPolicy, Destination, DestinationRule, Kind, Labels, PeerAuthentication,
     PolicySelector, Resolution, ServiceEntry, Sidecar, Spec, TrafficPolicy, VirtualService,
+    WorkloadGroup,
 };
 use super::parse::{ParsedConfig, Resource};
 use super::values::PolicyPort;
@@ -66,12 +70,22 @@ pub struct Rule<S> {
     pub spec: S,
 }
 
+/// An accepted WorkloadGroup and the hostname of its service (`<service>.<group>.<config>`
+/// and the mesh's domain; without a mesh view, which knows the domain, the name without it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupService {
+    pub hostname: String,
+    pub group: WorkloadGroup,
+}
+
 /// The accepted resources, each kind in the order they were checked (config name, then
 /// resource name). No two VirtualServices share a host, nor two DestinationRules, nor two
 /// ServiceEntries. Sidecars claim nothing: several may select one VM, and their hosts add up.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct RuleSet {
     pub service_entries: Vec<Rule<ServiceEntry>>,
+    /// No two share a hostname, with each other or with a ServiceEntry's host.
+    pub workload_groups: Vec<Rule<GroupService>>,
     pub destination_rules: Vec<Rule<DestinationRule>>,
     pub virtual_services: Vec<Rule<VirtualService>>,
     pub sidecars: Vec<Rule<Sidecar>>,
@@ -86,6 +100,7 @@ pub struct RuleSet {
 impl RuleSet {
     pub fn is_empty(&self) -> bool {
         self.service_entries.is_empty()
+            && self.workload_groups.is_empty()
             && self.destination_rules.is_empty()
             && self.virtual_services.is_empty()
             && self.sidecars.is_empty()
@@ -160,7 +175,7 @@ pub fn validate(configs: &[ParsedConfig], mesh: Option<&MeshView>) -> Validated 
     let mut outcomes: BTreeMap<&str, Vec<(ResourceRef, Problems)>> = BTreeMap::new();
     for (config, resource) in candidates {
         let config = config.name.as_str();
-        let problems = state.check(resource);
+        let problems = state.check(config, resource);
         if problems.errors.is_empty() {
             state.accept(config, resource);
         }
@@ -223,8 +238,9 @@ impl Origin {
     }
 }
 
-/// A host a ServiceEntry defines.
+/// A host a ServiceEntry or a WorkloadGroup defines.
 struct EntryHost {
+    kind: Kind,
     origin: Origin,
     ports: Vec<(u16, Protocol)>,
     /// The labels of its endpoints, or of the instances it selects; `None` when they cannot
@@ -240,7 +256,9 @@ struct DefinedSubsets {
 /// What the accepted resources claimed so far.
 struct State<'m> {
     mesh: Option<&'m MeshView>,
-    names: BTreeMap<(Kind, String), String>,
+    /// Kind, config (for a WorkloadGroup, whose name is unique in its config only: the config
+    /// plays the deployment's part), name → the config that has it.
+    names: BTreeMap<(Kind, Option<String>, String), String>,
     entries: BTreeMap<String, EntryHost>,
     destination_rules: BTreeMap<String, DefinedSubsets>,
     routed: BTreeMap<String, Origin>,
@@ -291,15 +309,18 @@ impl State<'_> {
         }
     }
 
-    fn check(&self, resource: &Resource) -> Problems {
+    fn check(&self, config: &str, resource: &Resource) -> Problems {
         let mut problems = Problems::default();
         let kind = resource.spec.kind();
-        if let Some(first) = self.names.get(&(kind, resource.name.clone())) {
+        if let Some(first) = self.names.get(&name_key(config, resource)) {
+            let scope = match kind {
+                Kind::WorkloadGroup => "group names are unique per config",
+                _ => "names are unique per kind across every config",
+            };
             problems.error(
                 "metadata.name",
                 format!(
-                    "{} {} is already defined in config {first}: names are unique per kind \
-                     across every config",
+                    "{} {} is already defined in config {first}: {scope}",
                     kind.as_str(),
                     resource.name
                 ),
@@ -307,6 +328,14 @@ impl State<'_> {
         }
         match &resource.spec {
             Spec::ServiceEntry(se) => self.service_entry(se, &mut problems),
+            Spec::WorkloadGroup(wg) => {
+                if let Err((field, problem)) = self
+                    .group_hostname(config, &resource.name, wg)
+                    .and_then(|host| self.new_host(&host))
+                {
+                    problems.error(field, problem);
+                }
+            }
             Spec::DestinationRule(dr) => self.destination_rule(dr, &mut problems),
             Spec::VirtualService(vs) => self.virtual_service(vs, &mut problems),
             Spec::Sidecar(sidecar) => {
@@ -331,16 +360,15 @@ impl State<'_> {
             config: config.to_string(),
             name: resource.name.clone(),
         };
-        self.names.insert(
-            (resource.spec.kind(), resource.name.clone()),
-            config.to_string(),
-        );
+        self.names
+            .insert(name_key(config, resource), config.to_string());
         match &resource.spec {
             Spec::ServiceEntry(se) => {
                 let instances = self.entry_instances(se);
                 for host in &se.hosts {
                     let ports = se.ports.iter().map(|p| (p.number, p.protocol())).collect();
                     let entry = EntryHost {
+                        kind: Kind::ServiceEntry,
                         origin: origin.clone(),
                         ports,
                         instances: instances.clone(),
@@ -348,6 +376,27 @@ impl State<'_> {
                     self.entries.insert(host.clone(), entry);
                 }
                 self.rules.service_entries.push(rule(origin, resource, se));
+            }
+            Spec::WorkloadGroup(wg) => {
+                let Ok(hostname) = self.group_hostname(config, &resource.name, wg) else {
+                    return; // refused by `check`
+                };
+                let entry = EntryHost {
+                    kind: Kind::WorkloadGroup,
+                    origin: origin.clone(),
+                    ports: group_ports(wg).map(|p| (p.number, p.protocol)).collect(),
+                    // Its members are the VMs that register: none is known to check a subset
+                    // against.
+                    instances: None,
+                };
+                self.entries.insert(hostname.clone(), entry);
+                let service = GroupService {
+                    hostname,
+                    group: wg.clone(),
+                };
+                self.rules
+                    .workload_groups
+                    .push(rule(origin, resource, &service));
             }
             Spec::DestinationRule(dr) => {
                 let subsets = dr.subsets.iter().map(|s| s.name.clone()).collect();
@@ -413,6 +462,46 @@ impl State<'_> {
         }
     }
 
+    /// The hostname of a WorkloadGroup's service, or the field that cannot make one and why.
+    fn group_hostname(
+        &self,
+        config: &str,
+        name: &str,
+        wg: &WorkloadGroup,
+    ) -> Result<String, (String, String)> {
+        let dns_name = group_dns_name(config, name, wg)?;
+        Ok(match self.mesh.and_then(|mesh| mesh.tld.as_deref()) {
+            Some(tld) => format!("{dns_name}.{tld}"),
+            None => dns_name,
+        })
+    }
+
+    /// `Err` (field, reason) when a WorkloadGroup's `host` is taken already: by a
+    /// ServiceEntry, another group, or a job.
+    fn new_host(&self, host: &str) -> Result<(), (String, String)> {
+        let taken = if let Some(entry) = self.entries.get(host) {
+            format!("defined by {}", entry.origin.describe(entry.kind))
+        } else if let Some(job) = self.mesh.and_then(|mesh| mesh.hosts.get(host)) {
+            match &job.workload {
+                Some(workload) => format!(
+                    "a service of the mesh: a job of instance group {} of deployment {} \
+                     exposes it",
+                    workload.instance_group, workload.deployment
+                ),
+                None => "a service of the mesh (a job exposes it)".to_string(),
+            }
+        } else {
+            return Ok(());
+        };
+        Err((
+            "metadata.name".into(),
+            format!(
+                "the group's service would be {host}, which is already {taken}: rename the \
+                 group (or its `app` label) or the config"
+            ),
+        ))
+    }
+
     fn service_entry(&self, se: &ServiceEntry, problems: &mut Problems) {
         let tld = self.mesh.and_then(|mesh| mesh.tld.as_deref());
         if let Some(tld) = tld.filter(|_| se.resolution != Resolution::Static) {
@@ -437,7 +526,7 @@ impl State<'_> {
                     field,
                     format!(
                         "{host} is already defined by {}",
-                        entry.origin.describe(Kind::ServiceEntry)
+                        entry.origin.describe(entry.kind)
                     ),
                 );
             } else if let Some(tld) = tld.filter(|tld| !host.ends_with(&format!(".{tld}"))) {
@@ -837,6 +926,14 @@ pub(crate) fn destinations(vs: &VirtualService) -> Vec<(String, &Destination)> {
         }
     }
     all
+}
+
+/// What a resource's name must be unique among: its kind's, in every config (a WorkloadGroup's
+/// in its config).
+fn name_key(config: &str, resource: &Resource) -> (Kind, Option<String>, String) {
+    let kind = resource.spec.kind();
+    let scope = (kind == Kind::WorkloadGroup).then(|| config.to_string());
+    (kind, scope, resource.name.clone())
 }
 
 fn rule<S: Clone>(origin: Origin, resource: &Resource, spec: &S) -> Rule<S> {
@@ -1655,5 +1752,135 @@ mod tests {
         assert_eq!(validated.verdicts[0].rejected(), [None]);
         assert_eq!(validated.verdicts[1].errors.len(), 1);
         assert!(validated.rules.is_empty());
+    }
+
+    fn group(name: &str, spec: &str) -> String {
+        resource("WorkloadGroup", name, spec)
+    }
+
+    #[test]
+    fn a_workload_group_names_a_service_that_rules_can_target() {
+        let orders = group(
+            "orders",
+            "template:\n  ports: {http-api: 8080}\n  labels: {app: Orders_API}\n",
+        );
+        let rule = resource(
+            "DestinationRule",
+            "orders",
+            "host: orders-api.orders.shop.boshy\nsubsets: [{name: v1, labels: {version: v1}}]\n",
+        );
+        let route = route_to("orders", "orders-api.orders.shop.boshy", "v1");
+        let validated = validate(&[config("shop", &[orders, rule, route])], Some(&mesh()));
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        let [accepted] = validated.rules.workload_groups.as_slice() else {
+            panic!("{:?}", validated.rules)
+        };
+        assert_eq!(accepted.spec.hostname, "orders-api.orders.shop.boshy");
+        assert_eq!(
+            (accepted.config.as_str(), accepted.name.as_str()),
+            ("shop", "orders")
+        );
+
+        // Without the app label, the group's name is the service's; without a mesh view, the
+        // name has no domain.
+        let plain = group("orders", "template: {ports: {http: 8080}}\n");
+        let validated = validate(&[config("Shop_1", &[plain])], None);
+        assert_eq!(error_lines(&validated), Vec::<String>::new());
+        assert_eq!(
+            validated.rules.workload_groups[0].spec.hostname,
+            "orders.orders.shop-1"
+        );
+    }
+
+    #[test]
+    fn a_workload_group_takes_no_host_a_job_an_entry_or_another_group_has() {
+        let entry = resource(
+            "ServiceEntry",
+            "db",
+            "hosts: [db.db.shop.boshy]\nports: [{number: 5432, name: tcp}]\nresolution: STATIC\nendpoints: [{address: 192.0.2.1}]\n",
+        );
+        let db = group("db", "template: {ports: {tcp: 5432}}\n");
+        let reviews = group(
+            "reviews",
+            "metadata: {labels: {app: reviews}}\ntemplate: {ports: {http: 9080}}\n",
+        );
+        let twice = group("orders", "template: {ports: {http: 80}}\n");
+        let configs = [
+            config("a-entries", &[entry]),
+            config("bookinfo", &[reviews]),
+            config("my_shop", std::slice::from_ref(&twice)),
+            config("my-shop", std::slice::from_ref(&twice)),
+            config(
+                "shop",
+                &[db, twice.clone(), twice.replace("http: 80", "http: 81")],
+            ),
+        ];
+        let validated = validate(&configs, Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            [
+                "config \"bookinfo\": WorkloadGroup \"reviews\": metadata.name: the group's \
+                 service would be reviews.reviews.bookinfo.boshy, which is already a service of \
+                 the mesh: a job of instance group reviews of deployment bookinfo exposes it: \
+                 rename the group (or its `app` label) or the config",
+                "config \"my_shop\": WorkloadGroup \"orders\": metadata.name: the group's \
+                 service would be orders.orders.my-shop.boshy, which is already defined by \
+                 WorkloadGroup orders (config my-shop): rename the group (or its `app` label) or \
+                 the config",
+                "config \"shop\": WorkloadGroup \"db\": metadata.name: the group's service would \
+                 be db.db.shop.boshy, which is already defined by ServiceEntry db (config \
+                 a-entries): rename the group (or its `app` label) or the config",
+                "config \"shop\": WorkloadGroup \"orders\": metadata.name: WorkloadGroup \
+                 orders is already defined in config shop: group names are unique per config",
+                "config \"shop\": WorkloadGroup \"orders\": metadata.name: the group's service \
+                 would be orders.orders.shop.boshy, which is already defined by WorkloadGroup \
+                 orders (config shop): rename the group (or its `app` label) or the config",
+            ]
+        );
+        let hosts: Vec<&str> = validated
+            .rules
+            .workload_groups
+            .iter()
+            .map(|rule| rule.spec.hostname.as_str())
+            .collect();
+        assert_eq!(
+            hosts,
+            ["orders.orders.my-shop.boshy", "orders.orders.shop.boshy"]
+        );
+    }
+
+    #[test]
+    fn a_workload_group_whose_names_have_no_dns_form_is_refused_naming_the_field() {
+        let bad_app = group("g", "template: {ports: {http: 80}, labels: {app: ''}}\n");
+        let validated = validate(&[config("c", &[bad_app])], Some(&mesh()));
+        assert_eq!(
+            error_lines(&validated),
+            [
+                "config \"c\": WorkloadGroup \"g\": spec.template.labels.app: the service (label \
+              app) name has no DNS form: canonicalized (lower-case, '_' as '-', other characters \
+              than a-z, 0-9 and '-' dropped) it is \"\", not a DNS label (1-63 characters, not \
+              starting or ending with '-')"
+            ]
+        );
+        // A resource name of dots drops them: two labels of 40 are one of 80.
+        let long = format!("{}.{}", "a".repeat(40), "b".repeat(40));
+        let long = group(&long, "template: {ports: {http: 80}}\n");
+        let errors = error_lines(&validate(&[config("c", &[long])], Some(&mesh())));
+        assert!(
+            errors.len() == 1
+                && errors[0].contains("metadata.name: the group name has no DNS form"),
+            "{errors:?}"
+        );
+        let fine = group("g", "template: {ports: {http: 80}}\n");
+        let validated = validate(&[config("-c", &[fine])], Some(&mesh()));
+        let errors = error_lines(&validated);
+        assert!(
+            errors.len() == 1
+                && errors[0].starts_with(
+                    "config \"-c\": WorkloadGroup \"g\": metadata.name: the config name has no \
+                     DNS form"
+                ),
+            "{errors:?}"
+        );
     }
 }

@@ -254,6 +254,21 @@ pub(crate) fn refuse_tls<'de, D: Deserializer<'de>>(_: D) -> Result<Refused, D::
     ))
 }
 
+/// serde's `deserialize_with` for a WorkloadGroup template's `address`.
+pub(crate) fn refuse_group_address<'de, D: Deserializer<'de>>(_: D) -> Result<Refused, D::Error> {
+    Err(D::Error::custom(
+        "not supported: a member's address is the one its registration comes from, not the \
+         template's",
+    ))
+}
+
+/// serde's `deserialize_with` for a WorkloadGroup template's `serviceAccount`.
+pub(crate) fn refuse_service_account<'de, D: Deserializer<'de>>(_: D) -> Result<Refused, D::Error> {
+    Err(D::Error::custom(
+        "not supported: a member's identity comes from the mesh's CA, as every VM's does",
+    ))
+}
+
 /// serde's `deserialize_with` for a Sidecar's `outboundTrafficPolicy`.
 pub(crate) fn refuse_outbound_traffic_policy<'de, D: Deserializer<'de>>(
     _: D,

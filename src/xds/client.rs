@@ -104,10 +104,7 @@ pub(crate) struct ExposedLabels(HashMap<String, HashMap<String, Vec<Labels>>>);
 impl ExposedLabels {
     pub(crate) fn new(catalog: &Catalog) -> Self {
         let mut exposed: HashMap<String, HashMap<String, Vec<Labels>>> = HashMap::new();
-        let jobs = catalog
-            .services
-            .iter()
-            .filter(|s| s.service_entry.is_none());
+        let jobs = catalog.services.iter().filter(|s| s.is_job());
         for service in jobs {
             let instances = exposed.entry(service.key.deployment.clone()).or_default();
             for endpoint in &service.endpoints {

@@ -90,14 +90,10 @@ pub(crate) fn listener_name(workload: &WorkloadKey) -> String {
 }
 
 /// The workloads that serve some service of the catalog (ServiceEntries are outside the
-/// mesh), each with its exposed ports sorted by number, each number once.
+/// mesh, WorkloadGroups are not instance groups), each with its exposed ports sorted by number, each number once.
 pub(super) fn workloads(catalog: &Catalog) -> BTreeMap<WorkloadKey, Vec<&ServicePort>> {
     let mut workloads: BTreeMap<WorkloadKey, Vec<&ServicePort>> = BTreeMap::new();
-    for service in catalog
-        .services
-        .iter()
-        .filter(|s| s.service_entry.is_none())
-    {
+    for service in catalog.services.iter().filter(|s| s.is_job()) {
         let key = WorkloadKey {
             deployment: service.key.deployment.clone(),
             instance_group: service.key.instance_group.clone(),

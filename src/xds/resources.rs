@@ -576,15 +576,13 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
 
 /// The SPIFFE ID the instances of `service` prove, and what the security rules say about
 /// them, when its clients are to check it: identities on, a BOSH job (a ServiceEntry's
-/// endpoints are outside the mesh), and names that can form a SPIFFE ID (see `build`'s
+/// endpoints are outside the mesh; a WorkloadGroup's members have none yet), and names that can form a SPIFFE ID (see `build`'s
 /// warning).
 fn server_identity<'a>(
     inputs: &Inputs<'a>,
     service: &Service,
 ) -> Option<(String, std::borrow::Cow<'a, WorkloadSecurity>)> {
-    let trust_domain = inputs
-        .identity
-        .filter(|_| service.service_entry.is_none())?;
+    let trust_domain = inputs.identity.filter(|_| service.is_job())?;
     let id = workload_id(
         trust_domain,
         &service.key.deployment,
