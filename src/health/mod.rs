@@ -46,6 +46,7 @@ pub(crate) mod testing {
             failing_ports: failing.iter().copied().collect(),
             leaving,
             plaintext: false,
+            probe: None,
         }
     }
 }

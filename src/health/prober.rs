@@ -108,6 +108,7 @@ pub async fn run(
             failing_ports: readiness.failing.into_keys().collect(),
             leaving: *leaving.borrow_and_update(),
             plaintext: readiness.plaintext.is_some(),
+            probe: None,
         };
         reports.send_if_modified(|current| {
             let differs = current.as_ref() != Some(&report);

@@ -43,6 +43,23 @@ pub struct AgentReport {
     /// Absent (an agent of an earlier release): false, mutual TLS as the pilots' CA says.
     #[serde(default)]
     pub plaintext: bool,
+    /// A VM registered into a WorkloadGroup (docs/workloads.md): the last verdict of the
+    /// group's readiness probe, run by its agent. Absent for BOSH instances, whose exposed
+    /// ports are what `failing_ports` judges.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<ProbeVerdict>,
+}
+
+/// The verdict of a WorkloadGroup's readiness probe after its thresholds: passing once it
+/// succeeded `successThreshold` times in a row, failing once it failed `failureThreshold`
+/// times in a row (and before the first verdict).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeVerdict {
+    pub passing: bool,
+    /// Why the last attempt failed (clipped), or empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub detail: String,
 }
 
 impl AgentReport {
