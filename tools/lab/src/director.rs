@@ -112,6 +112,20 @@ impl SimControl {
         Ok(())
     }
 
+    /// A token from the simulator's UAA with `scopes`, as `bosh login` would get an
+    /// operator's.
+    pub async fn issue_token(&self, scopes: &[&str], ttl_seconds: i64) -> Result<String> {
+        let url = format!("{}/_sim/tokens/issue", self.base);
+        let body = json!({ "scopes": scopes, "ttl_seconds": ttl_seconds });
+        let answer = self
+            .send(self.http.post(url).json(&body), "issue a token")
+            .await?;
+        answer["access_token"]
+            .as_str()
+            .map(str::to_string)
+            .context("director simulator: no access_token in the answer")
+    }
+
     pub async fn put_manifest(&self, deployment: &str, manifest: String) -> Result<()> {
         let url = format!("{}/_sim/deployments/{deployment}/manifest", self.base);
         self.send(self.http.put(url).body(manifest), "replace manifest")

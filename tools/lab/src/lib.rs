@@ -14,6 +14,7 @@ mod demo;
 pub mod director;
 pub mod jobs;
 pub mod net;
+pub mod outside;
 pub mod pki;
 pub mod process;
 pub mod prometheus;
@@ -129,6 +130,13 @@ pub enum LabCommand {
     Mesh {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
         args: Vec<String>,
+    },
+    /// VMs outside BOSH joining the mesh with `boshy join` (docs/workloads.md):
+    /// `lab outside create rabbit-1`, `lab outside configure legacy/rabbitmq`,
+    /// `lab outside join rabbit-1 --files <dir>`, `lab outside leave rabbit-1`.
+    Outside {
+        #[command(subcommand)]
+        command: outside::OutsideCommand,
     },
     /// Prints a Prometheus scrape configuration for the lab (docs/telemetry.md): the pilots'
     /// `/metrics` and every VM's Envoy metrics listener, with the lab's scraper certificate.
@@ -268,6 +276,9 @@ pub struct LabState {
     pub layout: Layout,
     pub director: ProcessSpec,
     pub vms: Vec<Vm>,
+    /// VMs outside BOSH (`lab outside`), which the director does not know.
+    #[serde(default)]
+    pub outside: Vec<outside::OutsideVm>,
 }
 
 impl LabState {
@@ -418,6 +429,9 @@ pub async fn run(args: Args) -> Result<()> {
             }
         }
         LabCommand::Demo => demo::run(&layout).await,
+        LabCommand::Outside { command } => {
+            outside::run(&mut require_state(&layout)?, command).await
+        }
     }
 }
 
@@ -590,6 +604,7 @@ async fn start_director(layout: &Layout) -> Result<LabState> {
         layout: layout.clone(),
         director,
         vms: Vec::new(),
+        outside: Vec::new(),
     };
     state.save()?;
     let sim = state.sim()?;
@@ -747,21 +762,28 @@ fn control_process(vm: &mut Vm, name: &str, action: ProcessAction) -> Result<()>
     let process = vm
         .process_mut(name)
         .ok_or_else(|| anyhow!("VM {vm_name} runs no process `{name}`"))?;
+    print!("{vm_name} ");
+    act_on(process, &namespace, action)
+}
+
+/// Starts, stops, kills or restarts one process of a VM in `namespace`; prints its state.
+fn act_on(process: &mut ProcessSpec, namespace: &str, action: ProcessAction) -> Result<()> {
     match action {
         ProcessAction::Start => {
             if !process.is_running() {
-                process.start(&namespace)?;
+                process.start(namespace)?;
             }
         }
         ProcessAction::Stop => process.stop(Duration::from_secs(10)),
         ProcessAction::Kill => process.kill(),
         ProcessAction::Restart => {
             process.stop(Duration::from_secs(10));
-            process.start(&namespace)?;
+            process.start(namespace)?;
         }
     }
     println!(
-        "{vm_name} {name}: {}",
+        "{}: {}",
+        process.name,
         if process.is_running() {
             "running"
         } else {
@@ -778,13 +800,17 @@ fn status(state: &LabState) -> Result<()> {
         state.layout.director_ip(),
         mark(&state.director)
     );
-    for vm in &state.vms {
-        let processes: Vec<String> = vm
-            .processes
+    let vms = state.vms.iter().map(|vm| (vm.name(), vm.ip, &vm.processes));
+    let outside = state
+        .outside
+        .iter()
+        .map(|vm| (format!("outside/{}", vm.name), vm.ip, &vm.processes));
+    for (name, ip, processes) in vms.chain(outside) {
+        let processes: Vec<String> = processes
             .iter()
             .map(|p| format!("{} {}", p.name, mark(p)))
             .collect();
-        println!("{:<40} {:<15} {}", vm.name(), vm.ip, processes.join(", "));
+        println!("{name:<40} {ip:<15} {}", processes.join(", "));
     }
     Ok(())
 }
@@ -811,6 +837,10 @@ fn down(layout: &Layout) -> Result<()> {
                 }
             }
             net::delete_vm(&vm.namespace, &vm.veth)?;
+        }
+        for vm in &mut state.outside {
+            // Not a leave: the lab goes, and the director's store with it.
+            outside::delete(vm)?;
         }
         state.director.stop(Duration::from_secs(5));
     }
