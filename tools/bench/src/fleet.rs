@@ -137,10 +137,10 @@ async fn director(args: &Args, scratch: &ScratchDir) -> Result<SimHandle> {
 /// A route making every address of a range local on lo, as 127/8 is, for as long as it is
 /// held: each agent binds its sockets to its own instance's address, and the pilot sees
 /// streams come from there.
-struct LocalRange(&'static str);
+pub(crate) struct LocalRange(&'static str);
 
 impl LocalRange {
-    fn add(range: &'static str) -> Result<LocalRange> {
+    pub(crate) fn add(range: &'static str) -> Result<LocalRange> {
         super::require_tool("ip", "iproute2")?;
         let status = std::process::Command::new("ip")
             .args(["route", "replace", "local", range, "dev", "lo"])

@@ -16,6 +16,8 @@
 //! - [`load`]: the fixed-rate HTTP load generator the data-plane benchmark runs in a VM.
 //! - [`push`]: xDS push fan-out to N emulated Envoys, delta against state of the world.
 //! - [`rules`]: traffic rules for every service of an estate: parse, validate, compile, xDS.
+//! - [`workloads`]: VMs outside BOSH registered and heartbeating: the pilot's RSS and CPU,
+//!   director writes.
 
 #![forbid(unsafe_code)]
 
@@ -31,6 +33,7 @@ mod pilot;
 pub mod push;
 pub mod report;
 pub mod rules;
+pub mod workloads;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,6 +69,9 @@ pub enum BenchCommand {
     Push(push::Args),
     /// Traffic rules for every service of an estate: parse, validate, compile, xDS snapshot.
     Rules(rules::Args),
+    /// VMs outside BOSH: N registered and heartbeating, the pilot's RSS and CPU beside none,
+    /// director writes.
+    Workloads(workloads::Args),
     /// Renders every rows file of a directory into the results file.
     Report(report::Args),
     /// Records when and at which commit rows files were just measured.
@@ -86,6 +92,7 @@ pub async fn run(args: Args) -> Result<()> {
         BenchCommand::Report(args) => report::run(args),
         BenchCommand::Rules(args) => rules::run(args).await,
         BenchCommand::Stamp(args) => report::stamp(args),
+        BenchCommand::Workloads(args) => workloads::run(args).await,
     }
 }
 

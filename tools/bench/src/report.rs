@@ -89,7 +89,7 @@ impl Row {
 }
 
 /// The sections of the results file: (rows file names, title, how to produce them).
-pub const SECTIONS: [(&[&str], &str, &str); 10] = [
+pub const SECTIONS: [(&[&str], &str, &str); 11] = [
     (
         &["dns"],
         "DNS: virtual-ip-agent vs dnsmasq (10,000 names)",
@@ -134,6 +134,11 @@ pub const SECTIONS: [(&[&str], &str, &str); 10] = [
         &["csr"],
         "Workload certificates: CSRs signed by one pilot",
         "scripts/bench csr",
+    ),
+    (
+        &["workloads"],
+        "VMs outside BOSH: registrations heartbeating on one pilot, director writes",
+        "scripts/bench workloads",
     ),
     (
         &["dataplane", "envoy-memory"],

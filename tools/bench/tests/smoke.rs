@@ -375,3 +375,43 @@ fn lab_harness_measures_convergence_requests_and_the_data_plane() {
         "DNS was not run here: {text}"
     );
 }
+
+#[test]
+fn workloads_harness_registers_vms_that_heartbeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("workloads.json");
+    bench(&[
+        "workloads",
+        "--vms",
+        "12",
+        "--burst",
+        "5",
+        "--heartbeat-seconds",
+        "1",
+        "--steady-seconds",
+        "3",
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let rows = rows(&out);
+    let names = figures(&rows);
+    for figure in [
+        "pilot RSS, 12 VMs registered and heartbeating",
+        "director writes a minute, 12 VMs heartbeating",
+        "director writes for 5 joins at once",
+    ] {
+        assert!(names.contains(&figure), "{figure}: {names:?}");
+    }
+    // The harness itself fails unless every VM joined and shows healthy; a burst costs at
+    // least one write (the registrations are in the director) and heartbeats none.
+    let writes = |figure: &str| rows.iter().find(|r| r.figure == figure).unwrap().value;
+    assert!(
+        writes("director writes for 5 joins at once") >= 1.0,
+        "{rows:?}"
+    );
+    assert_eq!(
+        writes("director writes a minute, 12 VMs heartbeating"),
+        0.0,
+        "{rows:?}"
+    );
+}
