@@ -24,6 +24,8 @@ use super::Layout;
 /// `tls_server_name` default, and the common name the manifests generate the certificate for.
 pub const PILOT_SERVER_NAME: &str = "bosh-pilot.boshy-istio";
 
+/// The mesh CA's key file (`mesh-ca.key`); its certificate is `ca.pem`.
+const MESH_CA: &str = "mesh-ca";
 /// The file name of the workload CA.
 const WORKLOAD_CA: &str = "workload-ca";
 /// The name Envoy's metrics listener is verified by: the addon certificate's DNS SAN.
@@ -216,6 +218,7 @@ impl MeshFiles {
     pub fn ensure(&self) -> Result<()> {
         let all = [
             self.ca(),
+            self.key(MESH_CA),
             self.cert("pilot"),
             self.key("pilot"),
             self.cert("client"),
@@ -239,6 +242,9 @@ impl MeshFiles {
             super::write_private(&self.key(who), &issued.key_pem)?;
             write_public(&self.cert(who), &issued.cert_pem)?;
         }
+        // Kept, as CredHub keeps a CA variable's key: the pilots sign joining VMs' mesh
+        // certificates with it (`workloads.mesh_ca`, docs/workloads.md).
+        super::write_private(&self.key(MESH_CA), &ca.key_pem())?;
         let workload = ca.intermediate("boshy-istio lab workload CA")?;
         super::write_private(&self.key(WORKLOAD_CA), &workload.key_pem())?;
         write_public(&self.cert(WORKLOAD_CA), &workload.cert_pem())?;
@@ -294,6 +300,18 @@ impl MeshFiles {
 
     fn rotation_step_path(&self) -> PathBuf {
         self.dir.join("workload-ca-rotation")
+    }
+
+    /// The pilot's `workloads.mesh_ca` property: the mesh CA itself, as `((/boshy_istio_ca))`
+    /// interpolates a CA variable (`certificate`, `private_key`).
+    pub fn mesh_ca_property(&self) -> Result<Value> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        };
+        Ok(json!({
+            "certificate": read(&self.ca())?,
+            "private_key": read(&self.key(MESH_CA))?,
+        }))
     }
 
     /// A job's `tls` property as a BOSH certificate variable interpolates it: `ca`,

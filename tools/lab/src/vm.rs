@@ -176,6 +176,13 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
         // Workload certificates live 72 s (renewed every 36 s): the lab shows rotation
         // under traffic all the time, not once a day.
         "identity": {"certificate_ttl_hours": LAB_CERTIFICATE_TTL_HOURS},
+        // VMs outside BOSH (`lab outside`): heartbeats every 2 s, out of every Envoy after 6 s
+        // of silence, deregistered after 2 minutes of it.
+        "workloads": {
+            "heartbeat_seconds": 2,
+            "ttl_seconds": 6,
+            "deregister_after_seconds": 120,
+        },
         // Spans go to a collector on the host, if one runs there; 1% of requests, or those a
         // caller marks with B3's `x-b3-sampled: 1`.
         "tracing": {"zipkin_collector": layout.zipkin_collector().to_string()},
@@ -467,7 +474,10 @@ fn with_lab_secrets(layout: &Layout, job: &JobRender) -> Result<JobRender> {
         job.properties = jobs::deep_merge(&job.properties, &json!({ "tls": tls }));
     }
     if job.name == PILOT_JOB {
-        let identity = json!({"identity": {"ca": mesh.workload_ca_property()?}});
+        let identity = json!({
+            "identity": {"ca": mesh.workload_ca_property()?},
+            "workloads": {"mesh_ca": mesh.mesh_ca_property()?},
+        });
         job.properties = jobs::deep_merge(&job.properties, &identity);
     }
     if job.name == PILOT_JOB {
