@@ -60,7 +60,9 @@ pub mod wire;
 
 pub(crate) use follower::{base_url, error_chain, http_client};
 pub use follower::{follow, wait_drained, AgentLink};
-pub use server::{serve, serve_tls};
+pub use server::{
+    serve, serve_tls, serve_tls_with, serve_with, AgentSettings, DEFAULT_WORKLOAD_HEARTBEAT_SECONDS,
+};
 
 #[cfg(test)]
 mod tests;

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::follower::AgentLink;
 use super::follower::{follow_with, FollowTiming};
-use super::server::serve_with_heartbeat;
+use super::server::{serve_with_heartbeat, AgentSettings};
 use super::table::NameTable;
 use crate::catalog::model::{Catalog, Endpoint, Protocol};
 use crate::catalog::testing::{self, endpoint, service};
@@ -84,6 +84,9 @@ impl Pilot {
             agents.clone(),
             Duration::from_millis(100),
             None,
+            AgentSettings {
+                workload_heartbeat_seconds: 1,
+            },
         ));
         Pilot {
             address,
@@ -403,7 +406,8 @@ async fn an_agent_gets_its_probes_and_every_pilot_gets_its_reports_again_after_a
         probes,
         Some(ProbeSet {
             address: [127, 0, 0, 1].into(),
-            ports: vec![8080]
+            ports: vec![8080],
+            workload: None,
         })
     );
     agent.reports.send_replace(report(&[8080]));
@@ -673,4 +677,55 @@ async fn an_agent_reports_calls_for_its_own_instance_only_and_they_are_kept_unde
     assert_eq!(windows.len(), 1);
     assert_eq!(windows[0].instance_group, "g", "the director's group");
     assert_eq!(windows[0].report.calls[0].requests, 5);
+}
+
+#[tokio::test]
+async fn a_workload_groups_member_gets_the_groups_probe_and_the_pilots_heartbeat() {
+    use crate::catalog::model::{Probe, ProbeAction, Service};
+    use crate::health::WorkloadProbe;
+    let probe = Probe {
+        initial_delay_seconds: 0,
+        timeout_seconds: 1,
+        period_seconds: 10,
+        success_threshold: 1,
+        failure_threshold: 3,
+        action: ProbeAction::Exec {
+            command: vec!["/bin/true".into()],
+        },
+    };
+    // Registration `a` of a WorkloadGroup in config `d`: instance `a` of "deployment" `d`.
+    let group = Service {
+        workload_group: Some("d/vms".into()),
+        probe: Some(probe.clone()),
+        hostname: "vms.vms.d.boshy".into(),
+        ..service("", "", "")
+            .port("http", 9080, Protocol::Http)
+            .endpoint(Endpoint {
+                instance: "a".into(),
+                ..endpoint("127.0.0.1")
+            })
+            .build()
+    };
+    let pilot = Pilot::start(testing::catalog(1, [group])).await;
+    let mut agent = start_agent(vec![pilot.url()], None);
+    let probes = tokio::time::timeout(PATIENCE, agent.probes.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        probes,
+        Some(ProbeSet {
+            address: [127, 0, 0, 1].into(),
+            ports: vec![9080],
+            workload: Some(WorkloadProbe {
+                probe: Some(probe),
+                heartbeat_seconds: 1,
+            }),
+        }),
+        "the pilot's `AgentSettings`"
+    );
+    // Its report is taken as any agent's.
+    agent.reports.send_replace(report(&[9080]));
+    wait_for_failing(&pilot, &[9080]).await;
 }
