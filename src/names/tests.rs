@@ -729,3 +729,62 @@ async fn a_workload_groups_member_gets_the_groups_probe_and_the_pilots_heartbeat
     agent.reports.send_replace(report(&[9080]));
     wait_for_failing(&pilot, &[9080]).await;
 }
+
+/// A pilot that streams a table and `probes` to every follower, then holds the stream open,
+/// and counts the health reports it takes.
+async fn counting_pilot(probes: ProbeSet) -> (String, mpsc::UnboundedReceiver<AgentReport>) {
+    use axum::routing::{get, post};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (taken, taken_rx) = mpsc::unbounded_channel();
+    let lines = [
+        table_line(1),
+        super::wire::Message::Probes(probes).to_line(),
+    ]
+    .concat();
+    let watch = move || {
+        let lines = lines.clone();
+        async move {
+            let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(lines)]);
+            axum::body::Body::from_stream(futures::StreamExt::chain(
+                first,
+                futures::stream::pending(),
+            ))
+        }
+    };
+    let report = move |axum::Json(report): axum::Json<AgentReport>| {
+        let _ = taken.send(report);
+        async { axum::http::StatusCode::NO_CONTENT }
+    };
+    let router = axum::Router::new()
+        .route(super::wire::WATCH_PATH, get(watch))
+        .route(crate::health::report::REPORT_PATH, post(report));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, taken_rx)
+}
+
+#[tokio::test]
+async fn a_report_published_again_unchanged_is_sent_again_to_every_pilot() {
+    // What the prober does at a WorkloadGroup member's heartbeat: the same report, marked
+    // changed.
+    let set = ProbeSet {
+        address: [127, 0, 0, 1].into(),
+        ports: vec![],
+        workload: None,
+    };
+    let (first, mut first_taken) = counting_pilot(set.clone()).await;
+    let (second, mut second_taken) = counting_pilot(set).await;
+    let agent = start_agent(vec![first, second], report(&[]));
+    let wanted = report(&[]).unwrap();
+    for taken in [&mut first_taken, &mut second_taken] {
+        let got = tokio::time::timeout(PATIENCE, taken.recv()).await.unwrap();
+        assert_eq!(got.as_ref(), Some(&wanted), "sent once the probes came");
+    }
+    for _ in 0..2 {
+        agent.reports.send_if_modified(|current| current.is_some());
+        for taken in [&mut first_taken, &mut second_taken] {
+            let got = tokio::time::timeout(PATIENCE, taken.recv()).await.unwrap();
+            assert_eq!(got.as_ref(), Some(&wanted), "the same report, again");
+        }
+    }
+}
