@@ -31,6 +31,7 @@ use tokio::sync::watch;
 
 use super::report::ProbeVerdict;
 use crate::catalog::model::{HttpGetProbe, Probe, ProbeAction};
+use crate::names::error_chain;
 use crate::text::clip;
 
 /// How much of an exec probe's output is kept for its detail (the rest is read and dropped,
@@ -186,42 +187,58 @@ pub(crate) fn http_request(get: &HttpGetProbe, address: IpAddr) -> HttpRequest {
     }
 }
 
-/// What runs the attempts of one probe: the HTTP client is built once per probe.
+/// What runs the attempts of one probe, with what every attempt shares made once: the
+/// HTTP request and its client.
 pub(crate) struct Prober {
-    probe: Probe,
+    action: Action,
     address: IpAddr,
-    timing: Timing,
-    /// For `httpGet` probes; `Err` why it could not be built (every attempt fails with it).
-    client: Result<reqwest::Client, String>,
+    timeout: Duration,
+}
+
+enum Action {
+    Http {
+        request: HttpRequest,
+        /// `Err`: why it could not be built; every attempt fails with it.
+        client: Result<reqwest::Client, String>,
+    },
+    Tcp {
+        host: Option<String>,
+        port: u16,
+    },
+    Exec {
+        command: Vec<String>,
+    },
 }
 
 impl Prober {
     pub(crate) fn new(probe: Probe, address: IpAddr, timing: Timing) -> Prober {
-        let client = match &probe.action {
-            ProbeAction::HttpGet(get) => http_client(get, address, timing.timeout),
-            _ => Err(String::new()),
+        let action = match probe.action {
+            ProbeAction::HttpGet(get) => Action::Http {
+                request: http_request(&get, address),
+                client: http_client(&get, address, timing.timeout),
+            },
+            ProbeAction::TcpSocket { host, port } => Action::Tcp { host, port },
+            ProbeAction::Exec { command } => Action::Exec { command },
         };
         Prober {
-            probe,
+            action,
             address,
-            timing,
-            client,
+            timeout: timing.timeout,
         }
     }
 
     /// One attempt, bounded by the probe's timeout.
     pub(crate) async fn attempt(&self) -> Attempt {
-        let timeout = self.timing.timeout;
-        match &self.probe.action {
-            ProbeAction::HttpGet(get) => {
-                let client = self.client.as_ref().map_err(Clone::clone)?;
-                let request = http_request(get, self.address);
-                bounded(timeout, http_get(client, &request)).await
+        let timeout = self.timeout;
+        match &self.action {
+            Action::Http { request, client } => {
+                let client = client.as_ref().map_err(Clone::clone)?;
+                bounded(timeout, http_get(client, request)).await
             }
-            ProbeAction::TcpSocket { host, port } => {
+            Action::Tcp { host, port } => {
                 bounded(timeout, tcp_connect(host.as_deref(), self.address, *port)).await
             }
-            ProbeAction::Exec { command } => exec(command, timeout).await,
+            Action::Exec { command } => exec(command, timeout).await,
         }
     }
 }
@@ -360,10 +377,6 @@ async fn read_capped(reader: Option<impl AsyncRead + Unpin>, kept: &mut Vec<u8>)
         let room = MAX_OUTPUT_BYTES.saturating_sub(kept.len());
         kept.extend_from_slice(&buffer[..read.min(room)]);
     }
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    crate::names::error_chain(err)
 }
 
 /// Runs `probe` against the VM at `address` and publishes its verdict on `verdicts` whenever
