@@ -398,8 +398,9 @@ pub(crate) async fn run(
     }
     let mut ticker = tokio::time::interval(timing.period);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    // The kubelet's first readiness is failing: a first failing verdict is no change.
-    let mut logged_passing = false;
+    // The first attempt's verdict is logged, passing or not: an operator looking at a member
+    // that never passes sees why once.
+    let mut logged_passing = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
@@ -410,8 +411,8 @@ pub(crate) async fn run(
             () = verdicts.closed() => return,
         };
         let verdict = thresholds.record(&attempt);
-        if verdict.passing != logged_passing {
-            logged_passing = verdict.passing;
+        if logged_passing != Some(verdict.passing) {
+            logged_passing = Some(verdict.passing);
             if verdict.passing {
                 tracing::info!(probe = %what, "the readiness probe passes: this VM takes traffic");
             } else {
