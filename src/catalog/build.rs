@@ -101,6 +101,7 @@ pub fn build(inputs: &[DeploymentInput], tld: &str, vips: &BTreeMap<String, Ipv4
             ports: decl.ports.clone(),
             service_entry: None,
             workload_group: None,
+            probe: None,
             dns: None,
         });
     }

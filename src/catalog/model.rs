@@ -123,6 +123,11 @@ pub struct Service {
     /// endpoints are the VMs registered into it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub workload_group: Option<String>,
+    /// A WorkloadGroup's readiness probe, which the agent of each VM registered into it runs
+    /// (docs/health.md). `None` for every other service, and for a group without one (its
+    /// members are ready while they report).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
     /// For a service whose endpoints are DNS names that each Envoy resolves (a ServiceEntry
     /// with `resolution: DNS` or `DNS_ROUND_ROBIN`): those names. `endpoints` is then empty:
     /// the addresses are Envoy's to find, with the VM's own resolver, and may change between
@@ -137,6 +142,70 @@ impl Service {
     /// knows and a security policy of its own.
     pub fn is_job(&self) -> bool {
         self.service_entry.is_none() && self.workload_group.is_none()
+    }
+}
+
+/// A WorkloadGroup's readiness probe as its members' agents run it: Kubernetes' defaults
+/// filled in and a named port resolved to its number against the group's ports, so that an
+/// agent needs nothing but this (it knows neither the rules nor the group). The numbers are
+/// the checked ones (`rules::checks`: at most `i32::MAX`, each at least 1 but the delay).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Probe {
+    pub initial_delay_seconds: u32,
+    pub timeout_seconds: u32,
+    pub period_seconds: u32,
+    pub success_threshold: u32,
+    pub failure_threshold: u32,
+    pub action: ProbeAction,
+}
+
+/// What one attempt of a [`Probe`] does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum ProbeAction {
+    /// `GET scheme://host:port/path`: ready on a status from 200 to 399.
+    HttpGet(HttpGetProbe),
+    /// A TCP connection to `host:port` opens.
+    TcpSocket {
+        /// `None`: the member's own address.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        host: Option<String>,
+        port: u16,
+    },
+    /// The program (then its arguments, no shell) exits 0 on the member.
+    Exec { command: Vec<String> },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpGetProbe {
+    pub https: bool,
+    /// `None`: the member's own address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub host: Option<String>,
+    pub port: u16,
+    /// Starts with `/`.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<ProbeHeader>,
+}
+
+/// A header an HTTP probe sends. Its value may be a credential: `Debug` leaves it out, and
+/// nothing logs it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProbeHeader {
+    pub name: String,
+    pub value: String,
+}
+
+impl fmt::Debug for ProbeHeader {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProbeHeader")
+            .field("name", &self.name)
+            .field("value", &"<hidden>")
+            .finish()
     }
 }
 

@@ -53,6 +53,7 @@ pub fn service(deployment: &str, instance_group: &str, job: &str) -> ServiceBuil
         endpoints: Vec::new(),
         service_entry: None,
         workload_group: None,
+        probe: None,
         dns: None,
     })
 }

@@ -14,16 +14,20 @@
 //!   behind a mutex), published as [`AgentHealth`] and the set of instances it covers.
 //! - [`overlay`]: pure: a catalog with the agents' health applied to its endpoints, and the
 //!   index of what each instance probes.
-//! - [`prober`]: the agent side: probing the ports, I/O.
+//! - [`prober`]: the agent side: probing the ports, running a WorkloadGroup member's
+//!   readiness probe, the report and its heartbeat; I/O.
+//! - [`readiness`]: a WorkloadGroup's readiness probe with Kubernetes' semantics: the
+//!   thresholds and the requests (pure), the attempts (I/O).
 
 pub mod overlay;
 pub mod prober;
+pub(crate) mod readiness;
 pub mod registry;
 pub mod report;
 
 pub use overlay::{apply, apply_if_changed, instance_out, ProbeIndex};
 pub use registry::{AgentHealth, AgentRegistry, InstanceHealth, XdsView};
-pub use report::{AgentReport, ProbeSet};
+pub use report::{AgentReport, ProbeSet, ProbeVerdict, WorkloadProbe};
 
 #[cfg(test)]
 pub(crate) mod testing {

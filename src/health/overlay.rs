@@ -4,7 +4,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 
 use super::registry::AgentHealth;
-use super::report::ProbeSet;
+use super::report::{ProbeSet, WorkloadProbe};
 use crate::catalog::model::{Catalog, Endpoint, InstanceRef, Service};
 
 /// `catalog` with the health the agents report: an endpoint whose instance has a connected
@@ -131,7 +131,9 @@ impl std::fmt::Display for Unverified {
 }
 
 /// Every instance that is an endpoint of a service, with its listed address and the ports of
-/// its services: built once per catalog, looked up by every agent's stream.
+/// its services: built once per catalog, looked up by every agent's stream. A VM registered
+/// into a WorkloadGroup is an endpoint of the group's service, as instance `<registration
+/// id>` of "deployment" `<config>` (docs/workloads.md); it also gets the group's probe.
 #[derive(Debug, Default)]
 pub struct ProbeIndex(HashMap<String, HashMap<String, Listed>>);
 
@@ -139,20 +141,40 @@ pub struct ProbeIndex(HashMap<String, HashMap<String, Listed>>);
 struct Listed {
     address: IpAddr,
     ports: BTreeSet<u16>,
+    workload: Option<WorkloadProbe>,
 }
 
 impl ProbeIndex {
-    pub fn of(catalog: &Catalog) -> ProbeIndex {
+    /// The index of `catalog`; a WorkloadGroup member's agent is told to report every
+    /// `heartbeat_seconds` (at least 1).
+    pub fn of(catalog: &Catalog, heartbeat_seconds: u32) -> ProbeIndex {
         let mut index: HashMap<String, HashMap<String, Listed>> = HashMap::new();
-        for service in catalog.services.iter().filter(|s| s.is_job()) {
-            let instances = index.entry(service.key.deployment.clone()).or_default();
+        for service in &catalog.services {
+            // A job's instances are the deployment's; a group's members are its config's
+            // (the `<config>` of `<config>/<name>`). An entry's endpoints run no agent of ours.
+            let (deployment, workload) = match &service.workload_group {
+                Some(group) => {
+                    let config = group.split_once('/').map_or(group.as_str(), |(c, _)| c);
+                    let workload = WorkloadProbe {
+                        probe: service.probe.clone(),
+                        heartbeat_seconds: heartbeat_seconds.max(1),
+                    };
+                    (config, Some(workload))
+                }
+                None if service.is_job() => (service.key.deployment.as_str(), None),
+                None => continue,
+            };
+            let instances = index.entry(deployment.to_string()).or_default();
             for endpoint in &service.endpoints {
                 let listed = instances
                     .entry(endpoint.instance.clone())
                     .or_insert_with(|| Listed {
                         address: endpoint.address,
                         ports: BTreeSet::new(),
+                        workload: workload.clone(),
                     });
+                // The group's ports too: the agent writes them for the inbound capture, and
+                // says whether the capture takes them (`prober`).
                 listed.ports.extend(service.ports.iter().map(|p| p.number));
             }
         }
@@ -177,6 +199,7 @@ impl ProbeIndex {
         Ok(ProbeSet {
             address: listed.address,
             ports: listed.ports.iter().copied().collect(),
+            workload: listed.workload.clone(),
         })
     }
 }
@@ -332,31 +355,99 @@ mod tests {
     #[test]
     fn probes_are_the_ports_of_every_service_of_the_instance_at_its_listed_address() {
         let catalog = mesh();
-        let probes = ProbeIndex::of(&catalog)
+        let probes = ProbeIndex::of(&catalog, 10)
             .probes_for(&instance("b-1"), [10, 0, 0, 11].into())
             .unwrap();
         assert_eq!(
             probes,
             ProbeSet {
                 address: [10, 0, 0, 11].into(),
-                ports: vec![8080, 9090]
+                ports: vec![8080, 9090],
+                workload: None,
             }
         );
         let mapped: IpAddr = "::ffff:10.0.0.11".parse().unwrap();
         assert_eq!(
-            ProbeIndex::of(&catalog).probes_for(&instance("b-1"), mapped),
+            ProbeIndex::of(&catalog, 10).probes_for(&instance("b-1"), mapped),
             Ok(probes),
             "an IPv4 peer seen on a dual-stack socket"
         );
         assert_eq!(
-            ProbeIndex::of(&catalog).probes_for(&instance("b-1"), [10, 0, 0, 10].into()),
+            ProbeIndex::of(&catalog, 10).probes_for(&instance("b-1"), [10, 0, 0, 10].into()),
             Err(Unverified::ElsewhereListed {
                 listed: [10, 0, 0, 11].into()
             }),
             "b-0 claiming to be b-1"
         );
         assert_eq!(
-            ProbeIndex::of(&catalog).probes_for(&instance("nope"), [10, 0, 0, 10].into()),
+            ProbeIndex::of(&catalog, 10).probes_for(&instance("nope"), [10, 0, 0, 10].into()),
+            Err(Unverified::NothingExposed)
+        );
+    }
+
+    #[test]
+    fn a_workload_groups_member_gets_the_groups_probe_and_heartbeat_as_an_instance_of_its_config() {
+        use crate::catalog::model::{Probe, ProbeAction};
+        let probe = Probe {
+            initial_delay_seconds: 0,
+            timeout_seconds: 1,
+            period_seconds: 10,
+            success_threshold: 1,
+            failure_threshold: 3,
+            action: ProbeAction::TcpSocket {
+                host: None,
+                port: 5672,
+            },
+        };
+        let group = Service {
+            workload_group: Some("legacy/rabbitmq".into()),
+            probe: Some(probe.clone()),
+            ..service("", "", "")
+                .vip([169, 254, 255, 7])
+                .port("tcp-amqp", 5672, Protocol::Tcp)
+                .endpoint(banana("6c1f-uuid", "10.249.0.30"))
+                .build()
+        };
+        // An entry's endpoints run none of our agents: never a claim's.
+        let entry = Service {
+            service_entry: Some("legacy/db".into()),
+            ..service("", "", "")
+                .vip([169, 254, 255, 8])
+                .port("tcp", 5432, Protocol::Tcp)
+                .endpoint(banana("legacy/db/0", "10.249.0.40"))
+                .build()
+        };
+        let catalog = testing::catalog(1, [group, entry]);
+        let member = InstanceRef {
+            deployment: "legacy".into(),
+            instance_id: "6c1f-uuid".into(),
+        };
+        let index = ProbeIndex::of(&catalog, 0);
+        assert_eq!(
+            index.probes_for(&member, [10, 249, 0, 30].into()),
+            Ok(ProbeSet {
+                address: [10, 249, 0, 30].into(),
+                ports: vec![5672],
+                workload: Some(WorkloadProbe {
+                    probe: Some(probe),
+                    heartbeat_seconds: 1,
+                }),
+            }),
+            "a heartbeat of 0 would be a storm: at least 1 s"
+        );
+        assert_eq!(
+            index.probes_for(&member, [10, 249, 0, 31].into()),
+            Err(Unverified::ElsewhereListed {
+                listed: [10, 249, 0, 30].into()
+            }),
+            "only from the registered address"
+        );
+        let entry_endpoint = InstanceRef {
+            deployment: "legacy".into(),
+            instance_id: "legacy/db/0".into(),
+        };
+        assert_eq!(
+            index.probes_for(&entry_endpoint, [10, 249, 0, 40].into()),
             Err(Unverified::NothingExposed)
         );
     }

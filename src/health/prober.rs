@@ -19,6 +19,14 @@
 //! label would not. A captured port whose Envoy's inbound listener does not take connections
 //! (Envoy starting or down) refuses every caller: it is reported failing too. Reasons are in
 //! the log.
+//!
+//! A VM registered into a WorkloadGroup (the pilots' probe set says `workload`) runs the
+//! group's readiness probe instead of connecting to its ports (`readiness`: Kubernetes'
+//! semantics, its own period), and its report carries the probe's verdict. Its ports still
+//! count for the capture as above. Its report is also sent every `heartbeat_seconds` even
+//! when nothing changed: the pilots take a registered VM out when its reports stop, since no
+//! director vouches for it. BOSH instances report on change only: thousands of them
+//! re-sending unchanged reports would load every pilot for nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -27,8 +35,9 @@ use std::time::Duration;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use super::report::{AgentReport, ProbeSet};
-use crate::catalog::model::InstanceRef;
+use super::readiness::{self, Timing};
+use super::report::{AgentReport, ProbeSet, ProbeVerdict, WorkloadProbe};
+use crate::catalog::model::{InstanceRef, Probe};
 
 /// The VM's inbound capture, as the agent checks it.
 #[derive(Debug, Clone)]
@@ -73,8 +82,10 @@ struct Readiness {
 }
 
 /// Probes the latest probe set every `interval` and publishes the report whenever it changes
-/// (`leaving` is the drain's flag, carried in every report). Runs until `reports` has no
-/// receiver left.
+/// (`leaving` is the drain's flag, carried in every report); for a WorkloadGroup member, also
+/// every heartbeat, unchanged or not (`watch` receivers see a send of the same value as a
+/// change: that is how the followers know to send it again, each to its pilot). Runs until
+/// `reports` has no receiver left.
 pub async fn run(
     instance: InstanceRef,
     mut probes: watch::Receiver<Option<ProbeSet>>,
@@ -86,17 +97,26 @@ pub async fn run(
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut logged: Option<Readiness> = None;
+    let mut workload: Option<Workload> = None;
     loop {
         tokio::select! {
             _ = ticker.tick() => {}
-            // New probes, or the drain: report at once rather than at the next tick.
+            // New probes, the drain or a new verdict: report at once rather than at the next
+            // tick.
             Ok(()) = probes.changed() => {}
             Ok(()) = leaving.changed() => {}
+            event = Workload::next(workload.as_mut()) => {
+                if event == WorkloadEvent::Heartbeat {
+                    reports.send_if_modified(|current| current.is_some());
+                    continue;
+                }
+            }
             () = reports.closed() => return,
         }
         let Some(set) = probes.borrow_and_update().clone() else {
             continue;
         };
+        Workload::follow(&mut workload, &set);
         let readiness = readiness(&set, interval, capture.as_ref()).await;
         if logged.as_ref() != Some(&readiness) {
             log(&set, &readiness);
@@ -108,7 +128,7 @@ pub async fn run(
             failing_ports: readiness.failing.into_keys().collect(),
             leaving: *leaving.borrow_and_update(),
             plaintext: readiness.plaintext.is_some(),
-            probe: None,
+            probe: workload.as_mut().map(Workload::verdict),
         };
         reports.send_if_modified(|current| {
             let differs = current.as_ref() != Some(&report);
@@ -120,10 +140,100 @@ pub async fn run(
     }
 }
 
+/// A WorkloadGroup member's probe, running, and its heartbeat.
+struct Workload {
+    /// What the runner probes: another probe or address starts another runner.
+    probing: (Option<Probe>, std::net::IpAddr),
+    /// The runner's verdicts; the runner stops when this is dropped. Without a probe, a
+    /// constant passing verdict (its sender dropped).
+    verdicts: watch::Receiver<ProbeVerdict>,
+    heartbeat_seconds: u32,
+    heartbeat: tokio::time::Interval,
+}
+
+impl Workload {
+    /// Starts, replaces or stops `current` as the pilots' `set` says.
+    fn follow(current: &mut Option<Workload>, set: &ProbeSet) {
+        let Some(wanted) = &set.workload else {
+            *current = None;
+            return;
+        };
+        let probing = (wanted.probe.clone(), set.address);
+        match current {
+            Some(workload) if workload.probing == probing => {
+                if workload.heartbeat_seconds != wanted.heartbeat_seconds {
+                    workload.heartbeat_seconds = wanted.heartbeat_seconds;
+                    workload.heartbeat = heartbeat(wanted);
+                }
+            }
+            _ => *current = Some(Workload::start(wanted, set.address)),
+        }
+    }
+
+    fn start(wanted: &WorkloadProbe, address: std::net::IpAddr) -> Workload {
+        let verdicts = match &wanted.probe {
+            Some(probe) => {
+                let timing = Timing::of(probe);
+                let (tx, rx) = watch::channel(readiness::Thresholds::waiting(&timing));
+                tokio::spawn(readiness::run(probe.clone(), address, timing, tx));
+                tracing::info!(%address, heartbeat_seconds = wanted.heartbeat_seconds, "a WorkloadGroup member: running the group's readiness probe");
+                rx
+            }
+            None => {
+                tracing::info!(%address, heartbeat_seconds = wanted.heartbeat_seconds, "a WorkloadGroup member whose group has no readiness probe: ready while it reports");
+                watch::channel(ProbeVerdict {
+                    passing: true,
+                    detail: String::new(),
+                })
+                .1
+            }
+        };
+        Workload {
+            probing: (wanted.probe.clone(), address),
+            verdicts,
+            heartbeat_seconds: wanted.heartbeat_seconds,
+            heartbeat: heartbeat(wanted),
+        }
+    }
+
+    fn verdict(&mut self) -> ProbeVerdict {
+        self.verdicts.borrow_and_update().clone()
+    }
+
+    /// A new verdict or the next heartbeat, whichever comes first; pending without a
+    /// workload.
+    async fn next(workload: Option<&mut Workload>) -> WorkloadEvent {
+        let Some(workload) = workload else {
+            return std::future::pending().await;
+        };
+        let verdicts = &mut workload.verdicts;
+        tokio::select! {
+            // Without a runner (no probe) the sender is gone: never a new verdict.
+            Ok(()) = verdicts.changed() => WorkloadEvent::Verdict,
+            _ = workload.heartbeat.tick() => WorkloadEvent::Heartbeat,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WorkloadEvent {
+    Verdict,
+    Heartbeat,
+}
+
+/// Ticks every `heartbeat_seconds` (at least 1), the first a period from now: a report
+/// goes out when the probe set arrives anyway.
+fn heartbeat(wanted: &WorkloadProbe) -> tokio::time::Interval {
+    let period = Duration::from_secs(u64::from(wanted.heartbeat_seconds.max(1)));
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    interval
+}
+
 /// A probe's connection. Over IPv4 it comes from the address of Envoy's own hop to the jobs
 /// (`dnat::INBOUND_HOP_SOURCE`), which the inbound capture lets through: the probe reaches the
 /// job itself, not the VM's Envoy, which accepts whether or not the job is up.
-async fn connect(address: std::net::IpAddr, port: u16) -> std::io::Result<TcpStream> {
+pub(crate) async fn connect(address: std::net::IpAddr, port: u16) -> std::io::Result<TcpStream> {
     match address {
         std::net::IpAddr::V4(_) => {
             let socket = tokio::net::TcpSocket::new_v4()?;
@@ -144,7 +254,14 @@ async fn opens(address: std::net::IpAddr, port: u16, timeout: Duration) -> bool 
 
 fn log(set: &ProbeSet, readiness: &Readiness) {
     let plaintext = readiness.plaintext;
-    if !readiness.failing.is_empty() {
+    if set.workload.is_some() {
+        // Its ports were not probed: only what the capture says is news.
+        if !readiness.failing.is_empty() {
+            tracing::warn!(address = %set.address, failing = ?readiness.failing, ?plaintext, "ports not ready for the mesh's callers: reported as failing");
+        } else {
+            tracing::info!(address = %set.address, ports = ?set.ports, ?plaintext, "the ports are ready for the mesh's callers");
+        }
+    } else if !readiness.failing.is_empty() {
         tracing::warn!(address = %set.address, failing = ?readiness.failing, ?plaintext, "exposed ports not ready: reported as failing");
     } else if let Some(why) = plaintext {
         tracing::info!(address = %set.address, ports = ?set.ports, plaintext = ?why, "every exposed port accepts connections; mesh clients call them in plaintext");
@@ -153,18 +270,18 @@ fn log(set: &ProbeSet, readiness: &Readiness) {
     }
 }
 
-/// What one round finds: the ports of `set` whose job refuses, probed at once; then with
-/// `capture`, whether the capture and its Envoy take them. A port the capture never takes
-/// (`dnat::never_captured`) counts on its job alone.
+/// What one round finds: the ports of `set` whose job refuses, probed at once (not for a
+/// WorkloadGroup member, whose group's readiness probe judges its jobs, as Kubernetes' does);
+/// then with `capture`, whether the capture and its Envoy take them. A port the capture never
+/// takes (`dnat::never_captured`) counts on its job alone.
 async fn readiness(
     set: &ProbeSet,
     timeout: Duration,
     capture: Option<&InboundCapture>,
 ) -> Readiness {
-    let probes = set
-        .ports
-        .iter()
-        .map(|&port| async move { (port, opens(set.address, port, timeout).await) });
+    let job_ports = set.ports.iter().filter(|_| set.workload.is_none());
+    let probes =
+        job_ports.map(|&port| async move { (port, opens(set.address, port, timeout).await) });
     let mut failing: BTreeMap<u16, NotReady> = futures::future::join_all(probes)
         .await
         .into_iter()
@@ -242,6 +359,7 @@ mod tests {
         probes_tx.send_replace(Some(ProbeSet {
             address: [127, 0, 0, 1].into(),
             ports,
+            workload: None,
         }));
         let report = reports
             .wait_for(Option::is_some)
@@ -265,6 +383,7 @@ mod tests {
         probes_tx.send_replace(Some(ProbeSet {
             address: [127, 0, 0, 1].into(),
             ports: vec![open_port],
+            workload: None,
         }));
         let report = reports
             .wait_for(|r| r.as_ref().is_some_and(|r| r.failing_ports.is_empty()))
@@ -288,6 +407,7 @@ mod tests {
         let set = ProbeSet {
             address: [127, 0, 0, 1].into(),
             ports: vec![port],
+            workload: None,
         };
         let timeout = Duration::from_millis(500);
         let check = |capture| readiness(&set, timeout, capture);
@@ -330,5 +450,131 @@ mod tests {
             check(Some(&capture)).await.failing,
             BTreeMap::from([(port, NotReady::JobRefuses)])
         );
+    }
+
+    /// `run` for instance `d/a` with the probe set `set`: the probe set's sender (kept, or
+    /// the prober sees no more sets), the drain's (idem) and the reports.
+    fn start(
+        set: ProbeSet,
+        interval: Duration,
+    ) -> (
+        watch::Sender<Option<ProbeSet>>,
+        watch::Sender<bool>,
+        watch::Receiver<Option<AgentReport>>,
+    ) {
+        let instance = InstanceRef {
+            deployment: "d".into(),
+            instance_id: "a".into(),
+        };
+        let (probes_tx, probes_rx) = watch::channel(Some(set));
+        let (leaving_tx, leaving_rx) = watch::channel(false);
+        let (reports_tx, reports) = watch::channel(None);
+        tokio::spawn(run(
+            instance, probes_rx, leaving_rx, reports_tx, interval, None,
+        ));
+        (probes_tx, leaving_tx, reports)
+    }
+
+    fn member(ports: Vec<u16>, probe: Option<Probe>, heartbeat_seconds: u32) -> ProbeSet {
+        ProbeSet {
+            address: [127, 0, 0, 1].into(),
+            ports,
+            workload: Some(WorkloadProbe {
+                probe,
+                heartbeat_seconds,
+            }),
+        }
+    }
+
+    // Paused time: the heartbeats come as soon as nothing else is left to do, and no I/O
+    // happens (no port, no probe), so the clock jumping ahead changes no outcome.
+    #[tokio::test(start_paused = true)]
+    async fn a_workload_member_reports_every_heartbeat_unchanged_and_a_bosh_instance_does_not() {
+        let (probes, _leaving, mut reports) =
+            start(member(vec![], None, 10), Duration::from_millis(50));
+        let first = reports
+            .wait_for(Option::is_some)
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert_eq!(
+            first.probe,
+            Some(ProbeVerdict {
+                passing: true,
+                detail: String::new()
+            }),
+            "a group without a probe: ready while it reports"
+        );
+        for _ in 0..3 {
+            reports.changed().await.unwrap();
+            assert_eq!(
+                reports.borrow_and_update().as_ref(),
+                Some(&first),
+                "the same report, again"
+            );
+        }
+        // The same instance as a BOSH one: its report, then nothing while nothing changes.
+        probes.send_replace(Some(ProbeSet {
+            workload: None,
+            ..member(vec![], None, 10)
+        }));
+        reports
+            .wait_for(|r| r.as_ref().is_some_and(|r| r.probe.is_none()))
+            .await
+            .unwrap();
+        assert!(
+            tokio::time::timeout(Duration::from_secs(600), reports.changed())
+                .await
+                .is_err(),
+            "no heartbeat for a BOSH instance"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_workload_members_report_carries_its_probes_verdict_and_its_ports_are_not_connected_to(
+    ) {
+        let job = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = job.local_addr().unwrap().port();
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let probe = Probe {
+            initial_delay_seconds: 0,
+            timeout_seconds: 1,
+            period_seconds: 1,
+            success_threshold: 1,
+            failure_threshold: 1,
+            action: crate::catalog::model::ProbeAction::TcpSocket { host: None, port },
+        };
+        let (_probes, _leaving, mut reports) = start(
+            member(vec![closed_port], Some(probe), 3600),
+            Duration::from_millis(50),
+        );
+        let passing = reports
+            .wait_for(|r| {
+                r.as_ref()
+                    .is_some_and(|r| r.probe.as_ref().is_some_and(|p| p.passing))
+            })
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        assert!(
+            passing.failing_ports.is_empty(),
+            "the probe judges the jobs, not a connection to each port"
+        );
+        drop(job);
+        let failing = reports
+            .wait_for(|r| {
+                r.as_ref()
+                    .is_some_and(|r| r.probe.as_ref().is_some_and(|p| !p.passing))
+            })
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        let detail = failing.probe.unwrap().detail;
+        assert!(detail.contains(&format!("127.0.0.1:{port}")), "{detail}");
     }
 }

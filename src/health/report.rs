@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::catalog::model::InstanceRef;
+use crate::catalog::model::{InstanceRef, Probe};
 
 /// Where the agent reports: `POST` with an [`AgentReport`] as JSON, on the names port.
 pub(crate) const REPORT_PATH: &str = "/v1/names/health";
@@ -22,6 +22,25 @@ pub struct ProbeSet {
     /// The instance's address, as the director lists it: the one its jobs serve on.
     pub address: IpAddr,
     pub ports: Vec<u16>,
+    /// The instance is a VM registered into a WorkloadGroup (docs/workloads.md): its agent
+    /// runs the group's probe, and reports every `heartbeat_seconds` even when nothing
+    /// changed. Absent for BOSH instances (and from pilots of an earlier release), which are
+    /// judged by `ports` and report on change only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workload: Option<WorkloadProbe>,
+}
+
+/// What the agent of a VM registered into a WorkloadGroup runs and how often it reports.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadProbe {
+    /// The group's readiness probe; `None` when the group has none: the member is ready
+    /// while its agent reports, as a Kubernetes container without a readiness probe is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub probe: Option<Probe>,
+    /// The heartbeat: the pilots take a member out when no report came for a while, so its
+    /// agent sends its report this often even unchanged. At least 1.
+    pub heartbeat_seconds: u32,
 }
 
 /// One agent's report of its instance: sent when it changes, and again on every new stream.

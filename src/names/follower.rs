@@ -238,6 +238,9 @@ impl PilotStream {
         // every change.
         let mut reporting = false;
         let mut reports = self.agent.as_ref().map(|a| a.reports.clone());
+        // The last report this pilot took on this stream: the same one again (a WorkloadGroup
+        // member's heartbeat) is not logged again.
+        let mut sent = None;
         // The scope goes to this pilot once per stream, after its first table: a pilot that
         // restarted knows no scope until then, and its ADS streams of this VM wait for it.
         let mut scope_sent = false;
@@ -246,7 +249,7 @@ impl PilotStream {
             let chunk = tokio::select! {
                 chunk = tokio::time::timeout(idle_timeout, response.chunk()) => chunk,
                 true = report_changed(reports.as_mut(), reporting) => {
-                    self.send_report(reports.as_mut()).await?;
+                    self.send_report(reports.as_mut(), &mut sent).await?;
                     continue;
                 }
             };
@@ -269,7 +272,7 @@ impl PilotStream {
                         if let Some(agent) = &self.agent {
                             agent.probes.send_replace(Some(probes));
                             reporting = true;
-                            self.send_report(reports.as_mut()).await?;
+                            self.send_report(reports.as_mut(), &mut sent).await?;
                         }
                     }
                     Line::Nothing => {}
@@ -293,16 +296,18 @@ impl PilotStream {
 
     /// Sends the agent's current report, if it has one yet. A pilot that does not take it
     /// fails the stream, which is opened again: the new stream sends the report again.
+    /// Logged when it differs from `sent`, the last one this stream sent, which it becomes.
     async fn send_report(
         &self,
         reports: Option<&mut watch::Receiver<Option<AgentReport>>>,
+        sent: &mut Option<AgentReport>,
     ) -> anyhow::Result<()> {
         let Some(report) = reports.and_then(|r| r.borrow_and_update().clone()) else {
             return Ok(());
         };
         let url = format!("{}{REPORT_PATH}", self.base);
-        let sent = self.client.post(&url).json(&report).send();
-        let response = tokio::time::timeout(REPORT_TIMEOUT, sent)
+        let request = self.client.post(&url).json(&report).send();
+        let response = tokio::time::timeout(REPORT_TIMEOUT, request)
             .await
             .map_err(|_| anyhow!("the health report was not taken within {REPORT_TIMEOUT:?}"))?
             .map_err(|err| anyhow!("sending the health report: {}", error_chain(&err)))?;
@@ -314,7 +319,13 @@ impl PilotStream {
                 crate::text::clip(&reason)
             );
         }
-        tracing::info!(pilot = %self.pilot, failing_ports = ?report.failing_ports, leaving = report.leaving, "health reported");
+        let probe = report.probe.as_ref().map(|p| p.passing);
+        if sent.as_ref() == Some(&report) {
+            tracing::debug!(pilot = %self.pilot, "health reported again (heartbeat)");
+        } else {
+            tracing::info!(pilot = %self.pilot, failing_ports = ?report.failing_ports, leaving = report.leaving, ?probe, "health reported");
+            *sent = Some(report);
+        }
         Ok(())
     }
 }

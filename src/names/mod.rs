@@ -34,6 +34,19 @@
 //! {"probes":{"address":"10.244.0.24","ports":[9002]}}
 //! ```
 //!
+//! A VM registered into a WorkloadGroup (docs/workloads.md) names its registration
+//! (`deployment=<config>&instance=<registration id>`); its line also says what the agent runs
+//! instead of connecting to the ports, and how often it reports even unchanged
+//! (`AgentSettings::workload_heartbeat_seconds`; docs/health.md):
+//!
+//! ```text
+//! {"probes":{"address":"10.249.0.30","ports":[5672],"workload":{"probe":{"initial_delay_seconds":0,
+//!   "timeout_seconds":1,"period_seconds":10,"success_threshold":1,"failure_threshold":3,
+//!   "action":{"tcp_socket":{"port":5672}}},"heartbeat_seconds":10}}}
+//! ```
+//!
+//! A BOSH instance's line has no `workload` key, so agents of earlier releases take it.
+//!
 //! Followers that name no instance never get such a line. The agent's reports
 //! (`POST /v1/names/health`) and its drain (`GET /v1/names/drained`) are requests of their own
 //! on the same port, and count only while its stream is open. So is its request for the VM's
@@ -60,7 +73,9 @@ pub mod wire;
 
 pub(crate) use follower::{base_url, error_chain, http_client};
 pub use follower::{follow, wait_drained, AgentLink};
-pub use server::{serve, serve_tls};
+pub use server::{
+    serve, serve_tls, serve_tls_with, serve_with, AgentSettings, DEFAULT_WORKLOAD_HEARTBEAT_SECONDS,
+};
 
 #[cfg(test)]
 mod tests;

@@ -91,7 +91,33 @@ pub async fn serve(
     agents: Arc<AgentRegistry>,
     identity: Option<Issuer>,
 ) -> anyhow::Result<()> {
-    serve_with_heartbeat(listener, catalog, agents, HEARTBEAT_INTERVAL, identity).await
+    serve_with(
+        listener,
+        catalog,
+        agents,
+        identity,
+        AgentSettings::default(),
+    )
+    .await
+}
+
+/// Like [`serve`], telling the agents `settings`.
+pub async fn serve_with(
+    listener: tokio::net::TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
+    identity: Option<Issuer>,
+    settings: AgentSettings,
+) -> anyhow::Result<()> {
+    serve_with_heartbeat(
+        listener,
+        catalog,
+        agents,
+        HEARTBEAT_INTERVAL,
+        identity,
+        settings,
+    )
+    .await
 }
 
 /// Like [`serve`], over mutual TLS: only followers presenting a certificate that `tls`
@@ -103,9 +129,29 @@ pub async fn serve_tls(
     tls: Arc<rustls::ServerConfig>,
     identity: Option<Issuer>,
 ) -> anyhow::Result<()> {
+    serve_tls_with(
+        listener,
+        catalog,
+        agents,
+        tls,
+        identity,
+        AgentSettings::default(),
+    )
+    .await
+}
+
+/// Like [`serve_tls`], telling the agents `settings`.
+pub async fn serve_tls_with(
+    listener: tokio::net::TcpListener,
+    catalog: watch::Receiver<Arc<Catalog>>,
+    agents: Arc<AgentRegistry>,
+    tls: Arc<rustls::ServerConfig>,
+    identity: Option<Issuer>,
+    settings: AgentSettings,
+) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!("names server listening on {local} (mutual TLS)");
-    let router = router(catalog, agents, HEARTBEAT_INTERVAL, identity);
+    let router = router(catalog, agents, HEARTBEAT_INTERVAL, identity, settings);
     let mut incoming = crate::tls::incoming(listener, tls, "names");
     // The connections belong to this future, as with `serve`: dropping it closes them.
     let mut connections = JoinSet::new();
@@ -127,9 +173,30 @@ pub(crate) async fn serve_with_heartbeat(
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
     identity: Option<Issuer>,
+    settings: AgentSettings,
 ) -> anyhow::Result<()> {
-    let router = router(catalog, agents, heartbeat, identity);
+    let router = router(catalog, agents, heartbeat, identity, settings);
     crate::api::serve_router(listener, router, "names").await
+}
+
+/// What the names server tells agents beyond what the catalog says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AgentSettings {
+    /// How often the agent of a VM registered into a WorkloadGroup reports even when nothing
+    /// changed (its heartbeat; the pilot's `workloads.heartbeat_seconds`). BOSH instances'
+    /// agents report on change only.
+    pub workload_heartbeat_seconds: u32,
+}
+
+/// The pilot config's default `workloads.heartbeat_seconds`.
+pub const DEFAULT_WORKLOAD_HEARTBEAT_SECONDS: u32 = 10;
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            workload_heartbeat_seconds: DEFAULT_WORKLOAD_HEARTBEAT_SECONDS,
+        }
+    }
 }
 
 fn router(
@@ -137,6 +204,7 @@ fn router(
     agents: Arc<AgentRegistry>,
     heartbeat: Duration,
     identity: Option<Issuer>,
+    settings: AgentSettings,
 ) -> Router {
     Router::new()
         .route(WATCH_PATH, get(watch_names))
@@ -147,7 +215,7 @@ fn router(
         .route(CSR_PATH, post(take_csr))
         .layer(DefaultBodyLimit::max(MAX_REPORT_BYTES))
         .with_state(WatchConfig {
-            views: follow_views(catalog.clone(), agents.name_streams().clone()),
+            views: follow_views(catalog.clone(), agents.name_streams().clone(), settings),
             catalog,
             agents,
             heartbeat,
@@ -193,11 +261,12 @@ struct SharedTable {
     line: Bytes,
 }
 
-/// The views of the catalogs `catalog` publishes.
+/// The views of the catalogs `catalog` publishes, with the probes `settings` say.
 /// Tells `streams` which table is served.
 fn follow_views(
     mut catalog: watch::Receiver<Arc<Catalog>>,
     streams: Arc<NameStreams>,
+    settings: AgentSettings,
 ) -> watch::Receiver<Arc<NamesView>> {
     let (tx, rx) = watch::channel(Arc::new(NamesView::default()));
     tokio::spawn(async move {
@@ -224,7 +293,7 @@ fn follow_views(
             }
             let view = NamesView {
                 table,
-                probes: ProbeIndex::of(&current),
+                probes: ProbeIndex::of(&current, settings.workload_heartbeat_seconds),
             };
             if tx.send(Arc::new(view)).is_err() || catalog.changed().await.is_err() {
                 return;

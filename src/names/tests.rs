@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::follower::AgentLink;
 use super::follower::{follow_with, FollowTiming};
-use super::server::serve_with_heartbeat;
+use super::server::{serve_with_heartbeat, AgentSettings};
 use super::table::NameTable;
 use crate::catalog::model::{Catalog, Endpoint, Protocol};
 use crate::catalog::testing::{self, endpoint, service};
@@ -84,6 +84,9 @@ impl Pilot {
             agents.clone(),
             Duration::from_millis(100),
             None,
+            AgentSettings {
+                workload_heartbeat_seconds: 1,
+            },
         ));
         Pilot {
             address,
@@ -403,7 +406,8 @@ async fn an_agent_gets_its_probes_and_every_pilot_gets_its_reports_again_after_a
         probes,
         Some(ProbeSet {
             address: [127, 0, 0, 1].into(),
-            ports: vec![8080]
+            ports: vec![8080],
+            workload: None,
         })
     );
     agent.reports.send_replace(report(&[8080]));
@@ -673,4 +677,114 @@ async fn an_agent_reports_calls_for_its_own_instance_only_and_they_are_kept_unde
     assert_eq!(windows.len(), 1);
     assert_eq!(windows[0].instance_group, "g", "the director's group");
     assert_eq!(windows[0].report.calls[0].requests, 5);
+}
+
+#[tokio::test]
+async fn a_workload_groups_member_gets_the_groups_probe_and_the_pilots_heartbeat() {
+    use crate::catalog::model::{Probe, ProbeAction, Service};
+    use crate::health::WorkloadProbe;
+    let probe = Probe {
+        initial_delay_seconds: 0,
+        timeout_seconds: 1,
+        period_seconds: 10,
+        success_threshold: 1,
+        failure_threshold: 3,
+        action: ProbeAction::Exec {
+            command: vec!["/bin/true".into()],
+        },
+    };
+    // Registration `a` of a WorkloadGroup in config `d`: instance `a` of "deployment" `d`.
+    let group = Service {
+        workload_group: Some("d/vms".into()),
+        probe: Some(probe.clone()),
+        hostname: "vms.vms.d.boshy".into(),
+        ..service("", "", "")
+            .port("http", 9080, Protocol::Http)
+            .endpoint(Endpoint {
+                instance: "a".into(),
+                ..endpoint("127.0.0.1")
+            })
+            .build()
+    };
+    let pilot = Pilot::start(testing::catalog(1, [group])).await;
+    let mut agent = start_agent(vec![pilot.url()], None);
+    let probes = tokio::time::timeout(PATIENCE, agent.probes.wait_for(Option::is_some))
+        .await
+        .unwrap()
+        .unwrap()
+        .clone();
+    assert_eq!(
+        probes,
+        Some(ProbeSet {
+            address: [127, 0, 0, 1].into(),
+            ports: vec![9080],
+            workload: Some(WorkloadProbe {
+                probe: Some(probe),
+                heartbeat_seconds: 1,
+            }),
+        }),
+        "the pilot's `AgentSettings`"
+    );
+    // Its report is taken as any agent's.
+    agent.reports.send_replace(report(&[9080]));
+    wait_for_failing(&pilot, &[9080]).await;
+}
+
+/// A pilot that streams a table and `probes` to every follower, then holds the stream open,
+/// and counts the health reports it takes.
+async fn counting_pilot(probes: ProbeSet) -> (String, mpsc::UnboundedReceiver<AgentReport>) {
+    use axum::routing::{get, post};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (taken, taken_rx) = mpsc::unbounded_channel();
+    let lines = [
+        table_line(1),
+        super::wire::Message::Probes(probes).to_line(),
+    ]
+    .concat();
+    let watch = move || {
+        let lines = lines.clone();
+        async move {
+            let first = futures::stream::iter([Ok::<_, std::convert::Infallible>(lines)]);
+            axum::body::Body::from_stream(futures::StreamExt::chain(
+                first,
+                futures::stream::pending(),
+            ))
+        }
+    };
+    let report = move |axum::Json(report): axum::Json<AgentReport>| {
+        let _ = taken.send(report);
+        async { axum::http::StatusCode::NO_CONTENT }
+    };
+    let router = axum::Router::new()
+        .route(super::wire::WATCH_PATH, get(watch))
+        .route(crate::health::report::REPORT_PATH, post(report));
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    (url, taken_rx)
+}
+
+#[tokio::test]
+async fn a_report_published_again_unchanged_is_sent_again_to_every_pilot() {
+    // What the prober does at a WorkloadGroup member's heartbeat: the same report, marked
+    // changed.
+    let set = ProbeSet {
+        address: [127, 0, 0, 1].into(),
+        ports: vec![],
+        workload: None,
+    };
+    let (first, mut first_taken) = counting_pilot(set.clone()).await;
+    let (second, mut second_taken) = counting_pilot(set).await;
+    let agent = start_agent(vec![first, second], report(&[]));
+    let wanted = report(&[]).unwrap();
+    for taken in [&mut first_taken, &mut second_taken] {
+        let got = tokio::time::timeout(PATIENCE, taken.recv()).await.unwrap();
+        assert_eq!(got.as_ref(), Some(&wanted), "sent once the probes came");
+    }
+    for _ in 0..2 {
+        agent.reports.send_if_modified(|current| current.is_some());
+        for taken in [&mut first_taken, &mut second_taken] {
+            let got = tokio::time::timeout(PATIENCE, taken.recv()).await.unwrap();
+            assert_eq!(got.as_ref(), Some(&wanted), "the same report, again");
+        }
+    }
 }

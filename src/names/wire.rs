@@ -267,8 +267,34 @@ mod tests {
             parse_line(b"{\"probes\":{\"address\":\"10.0.0.5\",\"ports\":[80,8080]}}").unwrap(),
             Line::Probes(ProbeSet {
                 address: [10, 0, 0, 5].into(),
-                ports: vec![80, 8080]
+                ports: vec![80, 8080],
+                workload: None,
             })
+        );
+        // A WorkloadGroup member's: its probe and heartbeat. A BOSH instance's line has no
+        // `workload` key, so agents of earlier releases (which refuse unknown keys) take it.
+        let member = ProbeSet {
+            address: [10, 0, 0, 6].into(),
+            ports: vec![5672],
+            workload: Some(crate::health::WorkloadProbe {
+                probe: None,
+                heartbeat_seconds: 10,
+            }),
+        };
+        let line = Message::Probes(member.clone()).to_line();
+        assert_eq!(
+            parse_line(line.trim_ascii_end()).unwrap(),
+            Line::Probes(member)
+        );
+        let bosh = Message::Probes(ProbeSet {
+            address: [10, 0, 0, 5].into(),
+            ports: vec![80],
+            workload: None,
+        })
+        .to_line();
+        assert!(
+            !String::from_utf8_lossy(&bosh).contains("workload"),
+            "{bosh:?}"
         );
         let err = parse_line(b"not json at all").unwrap_err().to_string();
         assert!(

@@ -12,11 +12,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use crate::catalog::manifest::{canonical_dns_name, infer_protocol};
 use crate::catalog::model::{
-    Catalog, DnsEndpoint, DnsEndpoints, DnsResolution, Endpoint, Service, ServiceKey, ServicePort,
+    Catalog, DnsEndpoint, DnsEndpoints, DnsResolution, Endpoint, HttpGetProbe, Probe, ProbeAction,
+    ProbeHeader, Service, ServiceKey, ServicePort,
 };
 
 use super::mesh::selects;
-use super::model::{Resolution, ServiceEntry, WorkloadGroup};
+use super::model::{ProbePort, ProbeScheme, Resolution, ServiceEntry, WorkloadGroup};
 use super::validate::{Rule, RuleSet};
 
 /// The hosts the accepted ServiceEntries and WorkloadGroups of `rules` define, each once: the
@@ -84,6 +85,54 @@ pub(crate) fn group_ports(wg: &WorkloadGroup) -> impl Iterator<Item = ServicePor
     })
 }
 
+/// A WorkloadGroup's probe as its members' agents run it: a port named after one of the
+/// group's ports resolved to its number, the path `/` when absent. The checks saw to the
+/// ranges and to the name, so what does not convert cannot occur (it would read 0).
+pub(crate) fn group_probe(wg: &WorkloadGroup) -> Option<Probe> {
+    let probe = wg.probe.as_ref()?;
+    let number = |n: i64| u32::try_from(n).unwrap_or_default();
+    let port = |port: &ProbePort| {
+        let number = match port {
+            ProbePort::Number(number) => *number,
+            ProbePort::Name(name) => wg.template.ports.get(name).copied().unwrap_or_default(),
+        };
+        u16::try_from(number).unwrap_or_default()
+    };
+    let action = if let Some(http) = &probe.http_get {
+        ProbeAction::HttpGet(HttpGetProbe {
+            https: http.scheme == Some(ProbeScheme::Https),
+            host: http.host.clone(),
+            port: port(&http.port),
+            path: http.path.clone().unwrap_or_else(|| "/".into()),
+            headers: http
+                .http_headers
+                .iter()
+                .map(|h| ProbeHeader {
+                    name: h.name.clone(),
+                    value: h.value.clone(),
+                })
+                .collect(),
+        })
+    } else if let Some(tcp) = &probe.tcp_socket {
+        ProbeAction::TcpSocket {
+            host: tcp.host.clone(),
+            port: port(&tcp.port),
+        }
+    } else {
+        ProbeAction::Exec {
+            command: probe.exec.as_ref()?.command.clone(),
+        }
+    };
+    Some(Probe {
+        initial_delay_seconds: number(probe.initial_delay_seconds),
+        timeout_seconds: number(probe.timeout_seconds),
+        period_seconds: number(probe.period_seconds),
+        success_threshold: number(probe.success_threshold),
+        failure_threshold: number(probe.failure_threshold),
+        action,
+    })
+}
+
 /// `ports` sorted by number, as a service's are.
 fn sorted(ports: impl Iterator<Item = ServicePort>) -> Vec<ServicePort> {
     let mut ports: Vec<ServicePort> = ports.collect();
@@ -105,6 +154,7 @@ fn defined_service(hostname: &str, vip: Ipv4Addr, ports: Vec<ServicePort>) -> Se
         endpoints: Vec::new(),
         service_entry: None,
         workload_group: None,
+        probe: None,
         dns: None,
     }
 }
@@ -147,6 +197,7 @@ pub fn entry_services(
         let ports = sorted(group_ports(&rule.spec.group));
         services.push(Service {
             workload_group: Some(format!("{}/{}", rule.config, rule.name)),
+            probe: group_probe(&rule.spec.group),
             ..defined_service(hostname, vip, ports)
         });
     }
@@ -387,6 +438,102 @@ items:
     }
 
     #[test]
+    fn a_groups_probe_reaches_its_service_with_every_field_and_its_named_port_resolved() {
+        let jobs = jobs();
+        let rules = accepted(
+            "apiVersion: v1
+kind: List
+items:
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: web}
+  spec:
+    template: {ports: {http-web: 8443}}
+    probe:
+      initialDelaySeconds: 5
+      timeoutSeconds: 2
+      periodSeconds: 3
+      successThreshold: 2
+      failureThreshold: 4
+      httpGet:
+        scheme: https
+        host: 127.0.0.1
+        port: http-web
+        httpHeaders: [{name: Authorization, value: Bearer s3cret}]
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: db}
+  spec:
+    template: {ports: {tcp-pg: 5432}}
+    probe: {tcpSocket: {port: tcp-pg}}
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: batch}
+  spec:
+    template: {ports: {tcp: 9000}}
+    probe: {exec: {command: [/usr/bin/check, --quick]}}
+- apiVersion: networking.istio.io/v1
+  kind: WorkloadGroup
+  metadata: {name: bare}
+  spec:
+    template: {ports: {tcp: 9001}}
+",
+            &jobs,
+        );
+        let services = entry_services(&rules, &jobs, |_| Some(Ipv4Addr::new(169, 254, 255, 6)));
+        let probe = |group: &str| {
+            services
+                .iter()
+                .find(|s| s.workload_group.as_deref() == Some(&format!("entries/{group}")))
+                .unwrap_or_else(|| panic!("{group}: {services:?}"))
+                .probe
+                .clone()
+        };
+        let web = probe("web").expect("a probe");
+        assert_eq!(
+            (
+                web.initial_delay_seconds,
+                web.timeout_seconds,
+                web.period_seconds,
+                web.success_threshold,
+                web.failure_threshold
+            ),
+            (5, 2, 3, 2, 4)
+        );
+        assert_eq!(
+            web.action,
+            ProbeAction::HttpGet(HttpGetProbe {
+                https: true,
+                host: Some("127.0.0.1".into()),
+                port: 8443,
+                path: "/".into(),
+                headers: vec![ProbeHeader {
+                    name: "Authorization".into(),
+                    value: "Bearer s3cret".into(),
+                }],
+            })
+        );
+        assert!(
+            !format!("{web:?}").contains("s3cret"),
+            "a header's value is never in a debug print"
+        );
+        assert_eq!(
+            probe("db").map(|p| p.action),
+            Some(ProbeAction::TcpSocket {
+                host: None,
+                port: 5432
+            })
+        );
+        assert_eq!(
+            probe("batch").map(|p| p.action),
+            Some(ProbeAction::Exec {
+                command: vec!["/usr/bin/check".into(), "--quick".into()]
+            })
+        );
+        assert_eq!(probe("bare"), None);
+    }
+
+    #[test]
     fn a_workload_group_is_a_service_with_its_ports_and_no_endpoints_yet() {
         let jobs = jobs();
         let rules = accepted(
@@ -434,13 +581,23 @@ spec:
                 ("http-web", 9080, Protocol::Http),
             ]
         );
-        let probe = rules.workload_groups[0].spec.group.probe.as_ref();
         assert_eq!(
-            probe
-                .and_then(|p| p.http_get.as_ref())
-                .and_then(|h| h.path.as_deref()),
-            Some("/ready"),
-            "the probe is kept for the members' registration"
+            reviews.probe,
+            Some(Probe {
+                initial_delay_seconds: 0,
+                timeout_seconds: 1,
+                period_seconds: 10,
+                success_threshold: 1,
+                failure_threshold: 3,
+                action: ProbeAction::HttpGet(HttpGetProbe {
+                    https: false,
+                    host: None,
+                    port: 9080,
+                    path: "/ready".into(),
+                    headers: Vec::new(),
+                }),
+            }),
+            "the probe goes to the members' agents, Kubernetes' defaults filled, its port resolved"
         );
         let with_it = crate::catalog::with_entries(jobs.clone(), services);
         assert_eq!(

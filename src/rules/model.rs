@@ -799,7 +799,7 @@ pub struct WorkloadGroup {
     #[serde(default)]
     pub metadata: GroupMetadata,
     pub template: WorkloadTemplate,
-    /// How a member's readiness is checked; nothing runs it yet (docs/workloads.md).
+    /// How a member's readiness is checked: its agent runs it (`health::readiness`, docs/health.md).
     pub probe: Option<ReadinessProbe>,
 }
 
