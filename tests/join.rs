@@ -168,9 +168,11 @@ async fn answer(
             )
         }
         "POST /v1/workloads/join" => {
-            seen.lock()
-                .unwrap()
-                .push(format!("join from {}", peer.ip()));
+            seen.lock().unwrap().push(format!(
+                "join from {} with labels {}",
+                peer.ip(),
+                asked["labels"]
+            ));
             if refuse {
                 return respond(
                     401,
@@ -311,6 +313,8 @@ impl Vm {
         self.boshy(
             &[
                 "join",
+                "--label",
+                "rack=r7",
                 "--files",
                 self.files().to_str().unwrap(),
                 "--root",
@@ -523,8 +527,8 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         pilot.seen(),
         [
             format!("tokens {}", json!({"group": GROUP, "ttl_seconds": 7200})),
-            "join from 127.0.0.1".to_string(),
-            "join from 127.0.0.1".to_string(),
+            r#"join from 127.0.0.1 with labels {"rack":"r7"}"#.to_string(),
+            r#"join from 127.0.0.1 with labels {"rack":"r7"}"#.to_string(),
             "leave with a certificate: true".to_string(),
         ]
     );

@@ -21,7 +21,8 @@ pub(crate) async fn join(args: JoinArgs) -> Result<()> {
     let files = JoinFiles {
         dir: args.files.clone(),
     };
-    let spec = files.read()?;
+    let mut spec = files.read()?;
+    spec.labels.extend(args.labels.iter().cloned());
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());

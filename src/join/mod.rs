@@ -90,6 +90,19 @@ pub struct JoinArgs {
     /// The agent's DNS address: loopback, not systemd-resolved's 127.0.0.53/54.
     #[arg(long, default_value = layout::DEFAULT_DNS_LISTEN, value_parser = layout::parse_dns_listen)]
     dns_listen: SocketAddr,
+    /// A label of this VM, `key=value` (repeat): with the group's labels, what subsets and
+    /// selectors match; added to `join.yml`'s `labels`. The pilot checks the syntax and refuses
+    /// `bosh.io/` keys.
+    #[arg(long = "label", value_name = "KEY=VALUE", value_parser = parse_label)]
+    labels: Vec<(String, String)>,
+}
+
+/// `--label key=value`.
+fn parse_label(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((key, value)) if !key.is_empty() => Ok((key.to_string(), value.to_string())),
+        _ => Err(format!("`{text}` is not key=value")),
+    }
 }
 
 /// `boshy leave`.
