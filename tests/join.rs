@@ -639,3 +639,44 @@ fn leave_without_a_pilot_still_cleans_up_and_says_the_registration_expires() {
     assert_eq!(vm.tree(), tree_before);
     assert_eq!(vm.nat(), nat_before);
 }
+
+#[test]
+fn a_bind_mounted_resolv_conf_is_edited_in_place_and_restored() {
+    // `ip netns exec` and container runtimes bind-mount a resolv.conf of their own over
+    // /etc/resolv.conf; nothing can be renamed over a mount point.
+    let vm = Vm::new();
+    let pilot = Pilot::start(&vm.netns, false);
+    vm.configure(&pilot);
+    let mounted = vm.work.path().join("netns-resolv.conf");
+    std::fs::write(&mounted, ORIGINAL_RESOLV_CONF).unwrap();
+    std::fs::write(vm.root().join("etc/resolv.conf"), "under the mount\n").unwrap();
+    let tree_before = vm.tree();
+    let (root, files, work) = (vm.root(), vm.files(), vm.work.path());
+    let boshy = env!("CARGO_BIN_EXE_boshy");
+    let script = format!(
+        "set -e\nmount --bind {m} {r}/etc/resolv.conf\n\
+         {boshy} join --files {f} --root {r} --service-manager none\n\
+         cp {r}/etc/resolv.conf {w}/after-join\n\
+         {boshy} leave --root {r} --service-manager none\n",
+        m = mounted.display(),
+        r = root.display(),
+        f = files.display(),
+        w = work.display(),
+    );
+    let output = vm.netns.exec(
+        "unshare",
+        &["--mount", "--propagation", "private", "sh", "-c", &script],
+    );
+    check(&output, "join and leave with a bind-mounted resolv.conf");
+    let after_join = std::fs::read_to_string(work.join("after-join")).unwrap();
+    let first = after_join
+        .lines()
+        .find(|l| l.starts_with("nameserver"))
+        .unwrap();
+    assert_eq!(first, "nameserver 127.0.1.53", "{after_join}");
+    assert_eq!(
+        std::fs::read_to_string(&mounted).unwrap(),
+        ORIGINAL_RESOLV_CONF
+    );
+    assert_eq!(vm.tree(), tree_before);
+}

@@ -369,7 +369,7 @@ impl Installer<'_> {
                     written: edited.clone().into_bytes(),
                     nameserver: self.listen.ip(),
                 })?;
-                crate::fsutil::write_atomically_with_mode(&path, edited.as_bytes(), mode)?;
+                state::write_resolv_conf(&path, edited.as_bytes(), mode)?;
                 println!("DNS: {} asks {} first", path.display(), self.listen.ip());
             }
         }

@@ -324,7 +324,7 @@ fn undo(change: &Change, host: &dyn Host) -> Result<Option<String>> {
                 (None, None) => remove_file(path)?,
                 _ => {
                     let mode = original.as_ref().map_or(0o644, |o| o.mode);
-                    crate::fsutil::write_atomically_with_mode(path, &bytes, mode)
+                    write_resolv_conf(path, &bytes, mode)
                         .with_context(|| format!("restoring {}", path.display()))?
                 }
             }
@@ -355,6 +355,30 @@ fn undo(change: &Change, host: &dyn Host) -> Result<Option<String>> {
             Ok(None)
         }
     }
+}
+
+/// Writes `/etc/resolv.conf`: atomically (a new file renamed over it) where it can be, in
+/// place where it is a mount point, which cannot be renamed over (EBUSY): `ip netns exec`
+/// and container runtimes bind-mount a resolv.conf of their own there.
+pub(crate) fn write_resolv_conf(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    let atomic = crate::fsutil::write_atomically_with_mode(path, bytes, mode);
+    let busy = atomic.as_ref().err().is_some_and(|err| {
+        err.chain()
+            .filter_map(|cause| cause.downcast_ref::<std::io::Error>())
+            .any(|io| io.raw_os_error() == Some(libc::EBUSY))
+    });
+    if !busy {
+        return atomic;
+    }
+    use std::io::Write;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .with_context(|| format!("{}: cannot write (a mount point)", path.display()))?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .with_context(|| format!("{}: cannot write (a mount point)", path.display()))
 }
 
 fn remove_file(path: &Path) -> Result<()> {
