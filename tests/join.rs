@@ -264,25 +264,32 @@ impl Vm {
 
     /// `boshy workload configure` against the stub, with a stand-in Envoy binary.
     fn configure(&self, pilot: &Pilot) {
+        self.configure_with(&[&pilot.url], pilot);
+    }
+
+    /// `configure` with these pilot URLs, in order (the stub's among them).
+    fn configure_with(&self, urls: &[&str], pilot: &Pilot) {
         let envoy = self.work.path().join("envoy");
         std::fs::write(&envoy, "#!/bin/sh\nexit 0\n").unwrap();
+        let mut args = vec!["workload", "configure", "--group", GROUP];
+        for url in urls {
+            args.extend(["--pilot", url]);
+        }
         let out = self.boshy(
             &[
-                "workload",
-                "configure",
-                "--group",
-                GROUP,
-                "--pilot",
-                &pilot.url,
-                "--ca",
-                pilot.ca().to_str().unwrap(),
-                "--ttl",
-                "2h",
-                "--envoy",
-                envoy.to_str().unwrap(),
-                "--out",
-                self.files().to_str().unwrap(),
-            ],
+                &args[..],
+                &[
+                    "--ca",
+                    pilot.ca().to_str().unwrap(),
+                    "--ttl",
+                    "2h",
+                    "--envoy",
+                    envoy.to_str().unwrap(),
+                    "--out",
+                    self.files().to_str().unwrap(),
+                ],
+            ]
+            .concat(),
             &[("BOSH_PILOT_TOKEN", UAA_TOKEN)],
         );
         check(&out, "boshy workload configure");
@@ -551,7 +558,8 @@ fn a_vm_with_systemd_resolved_gets_a_drop_in_and_its_symlink_is_kept() {
     .unwrap();
     std::fs::create_dir_all(vm.root().join("etc/systemd")).unwrap();
     std::fs::write(vm.root().join("etc/systemd/resolved.conf"), "[Resolve]\n").unwrap();
-    vm.configure(&pilot);
+    // A pilot that does not answer comes first: configure, join and leave go on to the next.
+    vm.configure_with(&["https://127.0.0.1:1", &pilot.url], &pilot);
     let (tree_before, nat_before) = (vm.tree(), vm.nat());
 
     check(&vm.join(), "boshy join");
@@ -564,10 +572,16 @@ fn a_vm_with_systemd_resolved_gets_a_drop_in_and_its_symlink_is_kept() {
         std::fs::read_link(vm.root().join("etc/resolv.conf")).unwrap(),
         Path::new("/run/systemd/resolve/stub-resolv.conf")
     );
+    let agent: Value = serde_yaml::from_str(&vm.read("/etc/boshy/agent.yml")).unwrap();
+    assert_eq!(agent["pilots"].as_array().unwrap().len(), 2);
 
     check(&vm.leave(), "boshy leave");
     assert_eq!(vm.tree(), tree_before);
     assert_eq!(vm.nat(), nat_before);
+    assert_eq!(
+        pilot.seen().last().map(String::as_str),
+        Some("leave with a certificate: true")
+    );
 }
 
 #[test]
