@@ -14,6 +14,9 @@ use crate::mesh_cli::PilotConnection;
 
 pub(crate) async fn configure(args: ConfigureArgs) -> Result<()> {
     check_group(&args.group)?;
+    for pilot in &args.pilots {
+        files::https_only(pilot).map_err(|err| anyhow::anyhow!("--pilot {err}"))?;
+    }
     let envoy = envoy_binary(args.envoy.as_deref())?;
     let boshy = std::env::current_exe().context("the path of this boshy binary")?;
     if std::env::var(&args.token_env)

@@ -58,8 +58,22 @@ impl JoinFiles {
                 self.join_yml().display()
             );
         }
+        for (i, pilot) in spec.pilots.iter().enumerate() {
+            https_only(pilot).map_err(|err| {
+                anyhow::anyhow!("{}: key `pilots[{i}]`: {err}", self.join_yml().display())
+            })?;
+        }
         Ok(spec)
     }
+}
+
+/// The join token is a bearer secret: it never travels in plaintext, so every pilot URL is
+/// `https://`.
+pub(crate) fn https_only(pilot: &str) -> Result<()> {
+    if !pilot.to_ascii_lowercase().starts_with("https://") {
+        bail!("`{pilot}` is not an https:// URL: the join token must not travel in plaintext");
+    }
+    Ok(())
 }
 
 /// `join.yml`.
@@ -169,6 +183,13 @@ mod tests {
         assert_eq!(mode(&files.dir), 0o700);
         assert_eq!(mode(&files.envoy()), 0o755);
         assert!(!format!("{spec:?}").contains("c2VjcmV0"));
+    }
+
+    #[test]
+    fn plaintext_pilots_are_refused() {
+        assert!(https_only("https://10.0.0.5:8080").is_ok());
+        let err = https_only("http://10.0.0.5:8080").unwrap_err().to_string();
+        assert!(err.contains("plaintext"), "{err}");
     }
 
     #[test]
