@@ -227,7 +227,12 @@ fn sign(csr: &str, ca_pem: &str, ca_key: &str) -> String {
 struct Vm {
     netns: Netns,
     work: tempfile::TempDir,
+    /// One VM at a time: each copies the boshy binary twice (join files, root), hundreds of MB
+    /// in a debug build.
+    _serial: std::sync::MutexGuard<'static, ()>,
 }
+
+static ONE_VM_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 impl Vm {
     fn new() -> Vm {
@@ -238,9 +243,13 @@ impl Vm {
                 "`{tool}` cannot run: this test needs iptables (apt-get install iptables), as root"
             );
         }
+        let serial = ONE_VM_AT_A_TIME
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let vm = Vm {
             netns: Netns::new("boshy-join"),
             work: tempfile::tempdir().unwrap(),
+            _serial: serial,
         };
         std::fs::create_dir_all(vm.root().join("etc")).unwrap();
         std::fs::create_dir_all(vm.root().join("var/lib")).unwrap();
