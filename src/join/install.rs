@@ -28,7 +28,8 @@ pub(crate) async fn join(args: JoinArgs) -> Result<()> {
         .map_or(0, |d| d.as_secs());
     if now >= spec.expires_at {
         bail!(
-            "join token {} expired (unix time {}): run `boshy workload configure` again for a              new one",
+            "join token {} expired (unix time {}): run `boshy workload configure` again for a \
+             new one",
             spec.token_id,
             spec.expires_at
         );
