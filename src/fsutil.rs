@@ -10,6 +10,17 @@ use anyhow::{Context, Result};
 /// Replaces `path` atomically (temporary file, fsync, rename, fsync of the directory),
 /// creating its directory if needed. A crash leaves the old file or the new one.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    write_atomically_inner(path, bytes, None)
+}
+
+/// [`write_atomically`] with the file's mode set on the temporary file before any byte is
+/// written to it: a key written with 0600 is never readable by others, not even for an
+/// instant, and the mode does not depend on the umask.
+pub fn write_atomically_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<()> {
+    write_atomically_inner(path, bytes, Some(mode))
+}
+
+fn write_atomically_inner(path: &Path, bytes: &[u8], mode: Option<u32>) -> Result<()> {
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
         _ => Path::new("."),
@@ -23,6 +34,9 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     let written = (|| -> std::io::Result<()> {
         std::fs::create_dir_all(dir)?;
         let mut file = std::fs::File::create(&tmp)?;
+        if let Some(mode) = mode {
+            file.set_permissions(std::fs::Permissions::from_mode(mode))?;
+        }
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
@@ -86,6 +100,18 @@ mod tests {
             std::fs::read_dir(path.parent().unwrap()).unwrap().count(),
             1
         );
+    }
+
+    #[test]
+    fn a_mode_is_set_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("key.pem");
+        write_atomically_with_mode(&path, b"secret", 0o600).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        write_atomically_with_mode(&path, b"tool", 0o755).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o755);
     }
 
     #[test]

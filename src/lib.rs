@@ -20,6 +20,7 @@ pub mod fsutil;
 pub mod health;
 pub mod httpbin;
 pub mod identity;
+pub mod join;
 pub mod logging;
 pub mod mesh_cli;
 pub mod metrics;

@@ -9,7 +9,7 @@
 use std::process::ExitCode;
 
 use anyhow::Result;
-use boshy::{bookinfo, dnat, httpbin, mesh_cli, pilot, rules_check, virtual_ip_agent, xds};
+use boshy::{bookinfo, dnat, httpbin, join, mesh_cli, pilot, rules_check, virtual_ip_agent, xds};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -45,6 +45,14 @@ enum Command {
     /// The mesh as a pilot sees it: `status` shows every connected Envoy's configuration
     /// (SYNCED, STALE, NACK) from the pilot's API.
     Mesh(mesh_cli::Args),
+    /// VMs outside BOSH in the mesh: `configure` gets a join token for a WorkloadGroup and
+    /// writes the files a VM joins with.
+    Workload(join::WorkloadArgs),
+    /// On a VM outside BOSH, as root: registers it with a pilot and installs the agent, Envoy,
+    /// their systemd units, the DNAT rules and the resolver (docs/workloads.md).
+    Join(join::JoinArgs),
+    /// Undoes `boshy join`: deregisters the VM and puts back exactly what join changed.
+    Leave(join::LeaveArgs),
 }
 
 #[tokio::main]
@@ -59,6 +67,9 @@ async fn main() -> Result<ExitCode> {
         Command::ExampleBookinfo(args) => bookinfo::run(args).await,
         Command::Rules(args) => rules_check::run(args),
         Command::Mesh(args) => return mesh_cli::run(args).await,
+        Command::Workload(args) => join::run_workload(args).await,
+        Command::Join(args) => join::run_join(args).await,
+        Command::Leave(args) => join::run_leave(args).await,
     };
     done.map(|()| ExitCode::SUCCESS)
 }

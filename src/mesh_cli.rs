@@ -607,6 +607,27 @@ fn security_text(security: &serde_json::Value) -> String {
 }
 
 impl PilotConnection {
+    /// A connection given by another command's flags (`boshy workload configure` asks every
+    /// pilot of a list in turn; `boshy join`/`leave` read theirs from files). An empty
+    /// `token_env` reads no token from the environment.
+    pub(crate) fn new(
+        pilot: &str,
+        ca: PathBuf,
+        server_name: &str,
+        client: Option<(PathBuf, PathBuf)>,
+        token_env: &str,
+    ) -> PilotConnection {
+        let (cert, key) = client.unzip();
+        PilotConnection {
+            pilot: pilot.to_string(),
+            ca: Some(ca),
+            server_name: server_name.to_string(),
+            cert,
+            key,
+            token_env: token_env.to_string(),
+        }
+    }
+
     /// A client of the pilot with the operator's credentials.
     pub(crate) fn client(&self) -> Result<PilotClient> {
         let mut client = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
@@ -621,7 +642,7 @@ impl PilotConnection {
             bail!("--pilot {}: not an http:// or https:// URL", self.pilot);
         }
         let mut token = None;
-        if self.cert.is_none() {
+        if self.cert.is_none() && !self.token_env.is_empty() {
             if let Some(value) = std::env::var(&self.token_env)
                 .ok()
                 .filter(|t| !t.is_empty())
@@ -688,6 +709,36 @@ impl PilotClient {
         }
         let response = request.send().await.with_context(|| format!("GET {url}"))?;
         Ok((url, response))
+    }
+
+    /// `POST <pilot><path>` with a JSON body: the URL asked and the response, whatever its
+    /// status (an error only when no answer came: the caller may then ask another pilot).
+    pub(crate) async fn post_json(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> Result<(String, reqwest::Response)> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.client.post(&url).json(body);
+        if let Some(token) = &self.token {
+            request = request.header(AUTHORIZATION, token.clone());
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        Ok((url, response))
+    }
+
+    /// Sends `Bearer <token>` with every request instead of the operator's credentials (a
+    /// join token). The header is marked sensitive: never logged by the HTTP stack.
+    pub(crate) fn with_bearer(mut self, token: &crate::config::Secret) -> Result<PilotClient> {
+        let mut value =
+            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.expose()))
+                .map_err(|_| anyhow::anyhow!("the token is not a valid HTTP header value"))?;
+        value.set_sensitive(true);
+        self.token = Some(value);
+        Ok(self)
     }
 }
 

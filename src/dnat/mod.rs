@@ -34,6 +34,11 @@ const FOLLOW_POLL: Duration = Duration::from_secs(1);
 /// edited nat table is repaired within this.
 const FOLLOW_RECHECK: Duration = Duration::from_secs(30);
 
+/// Envoy's outbound listener, where the VIP traffic goes.
+const DEFAULT_REDIRECT_PORT: u16 = 15001;
+/// The nat chain of the outbound rules.
+const DEFAULT_CHAIN: &str = "BOSHY_OUTPUT";
+
 /// The widest VIP range accepted; a wider one would capture real traffic.
 const MIN_PREFIX_LEN: u8 = 16;
 /// VIPs are link-local: a range outside it would capture traffic for real hosts.
@@ -51,10 +56,10 @@ pub struct Args {
     #[arg(long, default_value = "169.254.255.0/24", value_parser = parse_vip_cidr)]
     vip_cidr: Ipv4Net,
     /// Where Envoy's outbound listener accepts the redirected connections.
-    #[arg(long, default_value_t = 15001)]
+    #[arg(long, default_value_t = DEFAULT_REDIRECT_PORT)]
     redirect_port: u16,
     /// The nat chain boshy-istio owns.
-    #[arg(long, default_value = "BOSHY_OUTPUT", value_parser = parse_chain)]
+    #[arg(long, default_value = DEFAULT_CHAIN, value_parser = parse_chain)]
     chain: String,
     /// auto: whatever `iptables` is on this machine; nft / legacy: that variant explicitly.
     #[arg(long, value_enum, default_value_t = Backend::Auto)]
@@ -138,7 +143,7 @@ fn record_captured(args: &Args, spec: &RuleSpec) -> Result<()> {
 }
 
 /// `--vip-cidr`: an IPv4 network with no host bits set inside 169.254.0.0/16.
-fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
+pub(crate) fn parse_vip_cidr(text: &str) -> Result<Ipv4Net, String> {
     let net: Ipv4Net = text
         .parse()
         .map_err(|_| format!("`{text}` is not an IPv4 CIDR like 169.254.255.0/24"))?;
@@ -183,6 +188,36 @@ fn parse_chain(text: &str) -> Result<String, String> {
         ));
     }
     Ok(text.to_string())
+}
+
+/// The outbound rules for `vip_cidr` as `boshy dnat install` makes them by default (chain
+/// `BOSHY_OUTPUT`, Envoy's outbound port 15001, the system's iptables): what `boshy join`
+/// installs on a VM outside BOSH. Blocking. True when the table changed, false when the rules
+/// were already exactly there (then they are not `join`'s to remove).
+pub(crate) fn install_vip_redirect(vip_cidr: Ipv4Net) -> Result<bool> {
+    let spec = vip_redirect(vip_cidr);
+    let table = parse_nat(&iptables::save_nat(Backend::Auto)?)?;
+    Ok(install(&spec, Backend::Auto, &table)?.is_some())
+}
+
+/// Removes exactly what [`install_vip_redirect`] installed (the jump and the chain), leaving
+/// every other rule as it is. Blocking. True when the table changed.
+pub(crate) fn remove_vip_redirect(vip_cidr: Ipv4Net) -> Result<bool> {
+    let spec = vip_redirect(vip_cidr);
+    let table = parse_nat(&iptables::save_nat(Backend::Auto)?)?;
+    match render_remove(&spec, &table) {
+        None => Ok(false),
+        Some(input) => iptables::restore(Backend::Auto, &input).map(|()| true),
+    }
+}
+
+fn vip_redirect(vip_cidr: Ipv4Net) -> RuleSpec {
+    RuleSpec {
+        vip_cidr,
+        redirect_port: DEFAULT_REDIRECT_PORT,
+        chain: DEFAULT_CHAIN.to_string(),
+        inbound: None,
+    }
 }
 
 /// `boshy dnat <action>`. `status` exits with its own code (see [`Args`]) unless installed.

@@ -102,18 +102,28 @@ pub(crate) struct PendingRequest {
 /// Makes a new P-256 key and a CSR signed with it whose only subject alternative name is
 /// `spiffe_id` (no subject: SPIFFE puts the identity in the URI SAN alone).
 pub(crate) fn new_request(spiffe_id: &str) -> anyhow::Result<PendingRequest> {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
-        .context("making the workload key")?;
     let uri = rcgen::Ia5String::try_from(spiffe_id)
         .map_err(|err| anyhow!("the SPIFFE ID {spiffe_id:?} cannot be a URI SAN: {err}"))?;
+    let (key, csr_pem) = new_key_and_csr(vec![rcgen::SanType::URI(uri)])?;
+    Ok(PendingRequest { key, csr_pem })
+}
+
+/// A new P-256 key and a PEM CSR signed with it, with an empty subject and these subject
+/// alternative names: what every certificate request of a VM looks like (a workload
+/// certificate's, and a joining VM's, whose identity the pilot decides alone).
+pub(crate) fn new_key_and_csr(
+    subject_alt_names: Vec<rcgen::SanType>,
+) -> anyhow::Result<(rcgen::KeyPair, String)> {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
+        .context("making the workload key")?;
     let mut params = rcgen::CertificateParams::default();
     params.distinguished_name = rcgen::DistinguishedName::new();
-    params.subject_alt_names = vec![rcgen::SanType::URI(uri)];
+    params.subject_alt_names = subject_alt_names;
     let csr = params
         .serialize_request(&key)
         .context("signing the certificate request")?;
     let csr_pem = csr.pem().context("encoding the certificate request")?;
-    Ok(PendingRequest { key, csr_pem })
+    Ok((key, csr_pem))
 }
 
 /// A fresh nonce: [`NONCE_BYTES`] random bytes, hex.

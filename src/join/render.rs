@@ -1,0 +1,260 @@
+//! The configs `boshy join` installs, pure: the virtual-ip-agent's (`config::AgentConfig`)
+//! and Envoy's bootstrap (`xds::bootstrap`), both for the registration as if it were a BOSH
+//! instance (deployment = the director config, instance group = the WorkloadGroup, instance
+//! id = the registration id), with the VM's mesh certificate for mutual TLS to the pilots.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use super::layout::Layout;
+use super::wire::JoinAnswer;
+use crate::config::ClientTls;
+use crate::xds::bootstrap::{self, AdsMode, NodeIdentity};
+
+/// The host of each pilot API URL (`https://10.0.0.5:8080` → `10.0.0.5`, `[fd00::5]` for
+/// IPv6): the agent and Envoy reach the same pilots on their other ports.
+pub(crate) fn pilot_hosts(api_urls: &[String]) -> Result<Vec<String>> {
+    api_urls
+        .iter()
+        .map(|url| {
+            let parsed =
+                reqwest::Url::parse(url).with_context(|| format!("pilot `{url}`: not a URL"))?;
+            parsed
+                .host_str()
+                .map(str::to_string)
+                .with_context(|| format!("pilot `{url}`: no host"))
+        })
+        .collect()
+}
+
+/// The TLS of the agent and of Envoy towards the pilots: the VM's certificate.
+pub(crate) fn client_tls(layout: &Layout, server_name: &str) -> ClientTls {
+    ClientTls {
+        ca_cert_path: layout.ca(),
+        cert_path: layout.certificate(),
+        key_path: layout.key(),
+        server_name: server_name.to_string(),
+    }
+}
+
+/// The keys of `AgentConfig` join sets; the others keep their defaults. Its own type because
+/// `AgentConfig` is read-only (Deserialize); the unit test parses the output as one.
+#[derive(Serialize)]
+struct AgentYml<'a> {
+    tld: &'a str,
+    listen: SocketAddr,
+    pilots: Vec<String>,
+    table_path: &'a Path,
+    tls: TlsYml<'a>,
+    instance: InstanceYml<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    identity: Option<IdentityYml<'a>>,
+}
+
+#[derive(Serialize)]
+struct TlsYml<'a> {
+    ca_cert_path: &'a Path,
+    cert_path: &'a Path,
+    key_path: &'a Path,
+    server_name: &'a str,
+}
+
+#[derive(Serialize)]
+struct InstanceYml<'a> {
+    deployment: &'a str,
+    id: &'a str,
+    instance_group: &'a str,
+}
+
+#[derive(Serialize)]
+struct IdentityYml<'a> {
+    trust_domain: &'a str,
+    sds_socket: &'a Path,
+}
+
+/// `/etc/boshy/agent.yml`.
+pub(crate) fn agent_config(
+    layout: &Layout,
+    answer: &JoinAnswer,
+    hosts: &[String],
+    listen: SocketAddr,
+) -> String {
+    let tls = client_tls(layout, &answer.settings.server_name);
+    let sds_socket = layout.sds_socket();
+    let table_path = layout.table();
+    let yml = AgentYml {
+        tld: &answer.settings.tld,
+        listen,
+        pilots: hosts
+            .iter()
+            .map(|host| format!("https://{host}:{}", answer.settings.ports.names))
+            .collect(),
+        table_path: &table_path,
+        tls: TlsYml {
+            ca_cert_path: &tls.ca_cert_path,
+            cert_path: &tls.cert_path,
+            key_path: &tls.key_path,
+            server_name: &tls.server_name,
+        },
+        instance: InstanceYml {
+            deployment: &answer.deployment,
+            id: &answer.id,
+            instance_group: &answer.instance_group,
+        },
+        // Workload identities on: the agent gets the VM's SPIFFE certificate for Envoy, as on
+        // a BOSH VM.
+        identity: answer
+            .settings
+            .trust_domain
+            .as_deref()
+            .map(|trust_domain| IdentityYml {
+                trust_domain,
+                sds_socket: &sds_socket,
+            }),
+    };
+    serde_yaml::to_string(&yml).expect("plain data serializes")
+}
+
+/// `/etc/boshy/envoy.yaml`: delta ADS to every pilot's xDS port, mutual TLS with the VM's
+/// certificate, the SDS cluster when identities are on.
+pub(crate) fn envoy_bootstrap(
+    layout: &Layout,
+    answer: &JoinAnswer,
+    hosts: &[String],
+) -> Result<String> {
+    let node = NodeIdentity {
+        deployment: answer.deployment.clone(),
+        instance_group: answer.instance_group.clone(),
+        instance_id: answer.id.clone(),
+        index: None,
+        az: None,
+        ip: answer.address,
+        service_name: None,
+    };
+    let pilots: Vec<String> = hosts
+        .iter()
+        .map(|host| format!("{host}:{}", answer.settings.ports.xds))
+        .collect();
+    let tls = client_tls(layout, &answer.settings.server_name);
+    let sds = layout.sds_socket();
+    bootstrap::render_sidecar(
+        &node,
+        &pilots,
+        bootstrap::DEFAULT_ADMIN.parse().expect("valid"),
+        AdsMode::Delta,
+        Some(&tls),
+        answer
+            .settings
+            .trust_domain
+            .is_some()
+            .then_some(sds.as_path()),
+        None,
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::config::AgentConfig;
+
+    pub(crate) fn answer(trust_domain: Option<&str>) -> JoinAnswer {
+        let mut answer: JoinAnswer = serde_json::from_value(serde_json::json!({
+            "id": "6c1f0000-0000-4000-8000-000000000001",
+            "deployment": "legacy",
+            "instance_group": "rabbitmq",
+            "instance": "rabbitmq/6c1f0000-0000-4000-8000-000000000001",
+            "address": "10.249.0.30",
+            "certificate": "CERT",
+            "ca": "CA",
+            "settings": {"tld": "boshy", "virtual_ip_cidr": "169.254.255.0/24",
+                "server_name": "bosh-pilot.boshy-istio", "trust_domain": null,
+                "ports": {"xds": 15010, "names": 15011, "api": 8080},
+                "heartbeat_seconds": 10, "ttl_seconds": 30}
+        }))
+        .unwrap();
+        answer.settings.trust_domain = trust_domain.map(str::to_string);
+        answer
+    }
+
+    #[test]
+    fn the_agent_config_is_one_the_agent_reads_for_the_registration() {
+        let layout = Layout::new(Path::new("/vm"));
+        let hosts = pilot_hosts(&[
+            "https://10.0.0.5:8080".into(),
+            "https://[fd00::5]:8080/".into(),
+        ])
+        .unwrap();
+        let text = agent_config(
+            &layout,
+            &answer(Some("boshy.example")),
+            &hosts,
+            "127.0.1.53:53".parse().unwrap(),
+        );
+        let config: AgentConfig = crate::config::parse(&text, Path::new("agent.yml")).unwrap();
+        assert_eq!(
+            config.pilots,
+            ["https://10.0.0.5:15011", "https://[fd00::5]:15011"]
+        );
+        let instance = config.instance.as_ref().unwrap();
+        assert_eq!(instance.deployment, "legacy");
+        assert_eq!(instance.id, "6c1f0000-0000-4000-8000-000000000001");
+        assert_eq!(instance.instance_group.as_deref(), Some("rabbitmq"));
+        let tls = config.tls.as_ref().unwrap();
+        assert_eq!(tls.key_path, Path::new("/vm/etc/boshy/vm.key"));
+        assert_eq!(tls.server_name, "bosh-pilot.boshy-istio");
+        assert_eq!(config.table_path, Path::new("/vm/var/lib/boshy/names.json"));
+        assert_eq!(
+            config.identity.as_ref().unwrap().sds_socket,
+            Path::new("/vm/run/boshy/sds.sock")
+        );
+        assert!(config
+            .check_transport(Path::new("agent.yml"))
+            .unwrap()
+            .is_none());
+        assert!(config
+            .check_listen(Path::new("agent.yml"))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn no_trust_domain_no_identity() {
+        let layout = Layout::new(Path::new("/"));
+        let text = agent_config(
+            &layout,
+            &answer(None),
+            &["10.0.0.5".into()],
+            "127.0.1.53:53".parse().unwrap(),
+        );
+        let config: AgentConfig = crate::config::parse(&text, Path::new("a")).unwrap();
+        assert!(config.identity.is_none());
+        let bootstrap = envoy_bootstrap(&layout, &answer(None), &["10.0.0.5".into()]).unwrap();
+        assert!(!bootstrap.contains("sds-grpc"), "{bootstrap}");
+    }
+
+    #[test]
+    fn envoy_is_the_registration_with_the_vms_certificate() {
+        let layout = Layout::new(Path::new("/"));
+        let text = envoy_bootstrap(
+            &layout,
+            &answer(Some("boshy.example")),
+            &["10.0.0.5".into(), "10.0.0.6".into()],
+        )
+        .unwrap();
+        let yaml: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        assert_eq!(
+            yaml["node"]["id"].as_str().unwrap(),
+            "sidecar~10.249.0.30~rabbitmq/6c1f0000-0000-4000-8000-000000000001~legacy"
+        );
+        assert_eq!(
+            yaml["node"]["metadata"]["deployment"].as_str().unwrap(),
+            "legacy"
+        );
+        assert!(text.contains("port_value: 15010"), "{text}");
+        assert!(text.contains("/etc/boshy/vm.pem"), "{text}");
+        assert!(text.contains("/run/boshy/sds.sock"), "{text}");
+    }
+}
