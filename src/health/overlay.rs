@@ -144,8 +144,19 @@ struct Listed {
 impl ProbeIndex {
     pub fn of(catalog: &Catalog) -> ProbeIndex {
         let mut index: HashMap<String, HashMap<String, Listed>> = HashMap::new();
-        for service in catalog.services.iter().filter(|s| s.is_job()) {
-            let instances = index.entry(service.key.deployment.clone()).or_default();
+        // A job's instances, and the VMs registered into WorkloadGroups, whose agents report
+        // the same way (their service's deployment is empty: they are instances of their
+        // group's config, by their own registration id).
+        for service in catalog
+            .services
+            .iter()
+            .filter(|s| s.is_job() || s.workload_group.is_some())
+        {
+            let deployment = match &service.workload_group {
+                Some(group) => group.split_once('/').map_or("", |(config, _)| config),
+                None => service.key.deployment.as_str(),
+            };
+            let instances = index.entry(deployment.to_string()).or_default();
             for endpoint in &service.endpoints {
                 let listed = instances
                     .entry(endpoint.instance.clone())
