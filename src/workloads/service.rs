@@ -249,7 +249,7 @@ impl Workloads {
         // which reads the store afresh (the token may be another pilot's, just made).
         let known = self.state.borrow().clone();
         if let Some(state) = known {
-            match state.check_token(&token, &group, unix_now()) {
+            match state.check_token(&token, &group, &mesh, unix_now()) {
                 Err(JoinRefusal::UnknownToken(_)) | Ok(_) => {}
                 Err(refusal) => return Err(refusal.into()),
             }

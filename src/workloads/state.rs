@@ -107,11 +107,13 @@ pub(crate) enum Applied {
 }
 
 impl WorkloadState {
-    /// The token `token` names, if it may join `group` at `now`.
+    /// Whether `token` may join `group` at `now`: a token this state knows, authentic and
+    /// usable, for an accepted group (told only to whoever holds a valid token), its own.
     pub(crate) fn check_token(
         &self,
         token: &JoinToken,
         group: &str,
+        mesh: &MeshFacts,
         now: u64,
     ) -> Result<&TokenRecord, JoinRefusal> {
         let record = self
@@ -119,7 +121,11 @@ impl WorkloadState {
             .iter()
             .find(|t| t.id == token.id)
             .ok_or_else(|| JoinRefusal::UnknownToken(token.id.clone()))?;
-        record.admits(token, group, now)?;
+        record.authenticates(token, now)?;
+        if !mesh.groups.contains(group) {
+            return Err(JoinRefusal::UnknownGroup(group.to_string()));
+        }
+        record.is_for(group)?;
         Ok(record)
     }
 
@@ -170,10 +176,7 @@ impl WorkloadState {
     /// group is the same VM joining again (after a crash, or a reinstall), whose old
     /// registration it replaces.
     fn join(&mut self, ask: &JoinAsk, mesh: &MeshFacts, now: u64) -> Result<Applied, JoinRefusal> {
-        self.check_token(&ask.token, &ask.group, now)?;
-        if !mesh.groups.contains(&ask.group) {
-            return Err(JoinRefusal::UnknownGroup(ask.group.clone()));
-        }
+        self.check_token(&ask.token, &ask.group, mesh, now)?;
         if let Some(instance) = mesh.bosh_addresses.get(&ask.address) {
             return Err(JoinRefusal::BoshAddress {
                 address: ask.address,

@@ -105,15 +105,9 @@ impl JoinToken {
 }
 
 impl TokenRecord {
-    /// Whether `token` may join `group` at `now` with this record (same id): its secret
-    /// hashes to the record's (compared in constant time), it has not expired nor been
-    /// revoked, and it is for that group. The group's being accepted is the caller's.
-    pub(crate) fn admits(
-        &self,
-        token: &JoinToken,
-        group: &str,
-        now: u64,
-    ) -> Result<(), JoinRefusal> {
+    /// Whether `token` is this record's (same id) and usable at `now`: its secret hashes to
+    /// the record's (compared in constant time), and it has neither been revoked nor expired.
+    pub(crate) fn authenticates(&self, token: &JoinToken, now: u64) -> Result<(), JoinRefusal> {
         let presented = Sha256::digest(token.secret.as_bytes());
         if !constant_time_eq(hex(&presented).as_bytes(), self.sha256.as_bytes()) {
             return Err(JoinRefusal::Forged(self.id.clone()));
@@ -127,6 +121,11 @@ impl TokenRecord {
                 at: self.expires_at,
             });
         }
+        Ok(())
+    }
+
+    /// Whether it may join `group`: it is scoped to one.
+    pub(crate) fn is_for(&self, group: &str) -> Result<(), JoinRefusal> {
         if self.group != group {
             return Err(JoinRefusal::OtherGroup {
                 token: self.group.clone(),
@@ -213,19 +212,20 @@ mod tests {
     }
 
     #[test]
-    fn a_record_admits_its_own_token_for_its_group_until_it_expires_or_is_revoked() {
+    fn a_record_authenticates_its_own_token_until_it_expires_or_is_revoked_for_its_group_alone() {
         let token = token();
         let record = token.record("legacy/rabbitmq", 100, 60);
-        assert_eq!(record.admits(&token, "legacy/rabbitmq", 159), Ok(()));
+        assert_eq!(record.authenticates(&token, 159), Ok(()));
+        assert_eq!(record.is_for("legacy/rabbitmq"), Ok(()));
         assert_eq!(
-            record.admits(&token, "legacy/rabbitmq", 160),
+            record.authenticates(&token, 160),
             Err(JoinRefusal::Expired {
                 id: token.id.clone(),
                 at: 160
             })
         );
         assert_eq!(
-            record.admits(&token, "legacy/postgres", 120),
+            record.is_for("legacy/postgres"),
             Err(JoinRefusal::OtherGroup {
                 token: "legacy/rabbitmq".into(),
                 asked: "legacy/postgres".into()
@@ -236,14 +236,14 @@ mod tests {
             ..record.clone()
         };
         assert_eq!(
-            revoked.admits(&token, "legacy/rabbitmq", 120),
+            revoked.authenticates(&token, 120),
             Err(JoinRefusal::Revoked(token.id.clone()))
         );
         // Another secret under the same id: forged, whatever else holds.
         let mut forged = JoinToken::generate(&mut rand::rngs::StdRng::seed_from_u64(8));
         forged.id = token.id.clone();
         assert_eq!(
-            record.admits(&forged, "legacy/rabbitmq", 120),
+            record.authenticates(&forged, 120),
             Err(JoinRefusal::Forged(token.id.clone()))
         );
         assert!(record.expired(160) && !record.expired(159));
