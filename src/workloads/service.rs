@@ -609,3 +609,136 @@ fn unix_now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::workloads::state::tests::{mesh, GROUP};
+    use std::path::Path;
+
+    /// A handle and its task on a file store in `dir`, signing with a CA of the test's own.
+    fn setup(dir: &Path) -> (Arc<Workloads>, WorkloadsTask, Outputs) {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::default();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.join("ca.key"), key.serialize_pem()).unwrap();
+        let cfg: WorkloadsConfig = serde_json::from_value(serde_json::json!({
+            "mesh_ca_private_key": dir.join("ca.key"),
+        }))
+        .unwrap();
+        let tls = ServerTls {
+            ca_cert_path: dir.join("ca.pem"),
+            cert_path: dir.join("unused.pem"),
+            key_path: dir.join("unused.key"),
+        };
+        let settings = Settings {
+            tld: "boshy".into(),
+            virtual_ip_cidr: "169.254.255.0/24".into(),
+            server_name: "bosh-pilot.boshy-istio".into(),
+            trust_domain: None,
+            ports: Ports {
+                xds: 15010,
+                names: 15011,
+                api: 8080,
+            },
+            heartbeat_seconds: 10,
+            ttl_seconds: 30,
+        };
+        let store = crate::workloads::store::file_store(&dir.join("vips.json"));
+        let (_, mesh_rx) = watch::channel(Some(Arc::new(mesh())));
+        Workloads::new(&cfg, &tls, settings, store, Arc::default(), mesh_rx).unwrap()
+    }
+
+    fn csr() -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::default();
+        params.serialize_request(&key).unwrap().pem().unwrap()
+    }
+
+    #[tokio::test]
+    async fn changes_arriving_together_are_one_batch() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workloads, mut task, _) = setup(dir.path());
+        for n in 0..5 {
+            let pending = Pending {
+                change: Change::Leave(format!("r{n}")),
+                reply: None,
+            };
+            workloads.changes.send(pending).unwrap();
+        }
+        let first = task.changes.recv().await.unwrap();
+        let started = tokio::time::Instant::now();
+        assert_eq!(task.collect(first).await.len(), 5);
+        assert!(
+            started.elapsed() >= BATCH_WINDOW,
+            "waits the window for more"
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_joins_all_land_and_each_vm_gets_its_certificate() {
+        let dir = tempfile::tempdir().unwrap();
+        let (workloads, task, outputs) = setup(dir.path());
+        let (_events_tx, events) = watch::channel(0);
+        tokio::spawn(task.run(events));
+        let (token, _) = workloads.create_token(GROUP, Some(60)).await.unwrap();
+        let joins = (1..=10u8).map(|n| {
+            let workloads = workloads.clone();
+            let token = token.clone();
+            tokio::spawn(async move {
+                let address = IpAddr::from([10, 0, 2, n]);
+                workloads
+                    .join(token, GROUP.into(), address, Labels::new(), &csr())
+                    .await
+            })
+        });
+        for join in joins {
+            let joined = join.await.unwrap().map_err(|e| format!("{e:?}")).unwrap();
+            assert!(joined.certificate.contains("BEGIN CERTIFICATE"));
+        }
+        let mut state = outputs.state.clone();
+        let state = state
+            .wait_for(|s| s.as_ref().is_some_and(|s| s.registrations.len() == 10))
+            .await
+            .unwrap()
+            .clone()
+            .unwrap();
+        let listing = serde_json::to_value(workloads.listing()).unwrap();
+        assert_eq!(listing["registrations"].as_array().unwrap().len(), 10);
+        assert_eq!(listing["registrations"][0]["state"], "silent");
+        assert!(!listing.to_string().contains(&token.reveal()));
+        // A forged token is refused from the state held, before any write.
+        let mut forged = crate::workloads::state::tests::token(99);
+        forged.id = token.id.clone();
+        let refused = workloads
+            .join(
+                forged,
+                GROUP.into(),
+                [10, 0, 3, 1].into(),
+                Labels::new(),
+                &csr(),
+            )
+            .await;
+        assert!(matches!(
+            refused,
+            Err(ChangeError::Refused(JoinRefusal::Forged(_)))
+        ));
+        // A bad CSR names itself.
+        let refused = workloads
+            .join(
+                token.clone(),
+                GROUP.into(),
+                [10, 0, 3, 1].into(),
+                Labels::new(),
+                "nope",
+            )
+            .await;
+        let Err(ChangeError::Refused(JoinRefusal::BadRequest(why))) = refused else {
+            panic!("a bad request")
+        };
+        assert!(why.starts_with("csr: "), "{why}");
+        assert_eq!(state.registrations.len(), 10);
+    }
+}
