@@ -666,6 +666,30 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     let (status, body) = answer(as_vm(b.api).post(b.url("/v1/workloads/leave"))).await;
     assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
 
+    // An operator removes a registration: bosh.admin only.
+    let (_, csr) = key_and_csr();
+    let (status, body) = join(&a, &pki, other_vm, &token, RABBITMQ, &csr).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let other_id = serde_json::from_str::<Value>(&body).unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/v1/workloads/registrations/{other_id}");
+    let (status, _) = answer(client.delete(b.url(&path)).bearer_auth(&reader)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, body) = answer(client.delete(a.url(&path)).bearer_auth(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    for pilot in [&a, &b] {
+        wait_listing(
+            pilot,
+            &pki,
+            &reader,
+            "gone after an operator's delete",
+            |l| l["registrations"].as_array().is_some_and(|r| r.is_empty()),
+        )
+        .await;
+    }
+
     let metrics = answer(client.get(a.url("/metrics")).bearer_auth(&reader))
         .await
         .1;

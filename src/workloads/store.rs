@@ -207,4 +207,54 @@ mod tests {
         assert!(err.contains(FILE_NAME), "{err}");
         assert!(book.current().is_none());
     }
+
+    /// Against the in-process director simulator: real `POST /configs` races and 412s.
+    mod against_the_simulator {
+        use super::*;
+        use crate::config::{DirectorConfig, Secret};
+        use boshy_director_sim::{self as sim, SimOptions};
+
+        const SECRET: &str = "workloads-store-test-secret";
+
+        fn book(sim: &sim::SimHandle) -> WorkloadBook {
+            let cfg: DirectorConfig = serde_json::from_value(serde_json::json!({
+                "url": sim.director_url(),
+                "client": "pilot",
+                "ca_cert": sim.ca_pem(),
+            }))
+            .unwrap();
+            let client = DirectorClient::new(&cfg, Secret::new(SECRET)).unwrap();
+            WorkloadBook::new(director_store(Arc::new(client), "boshy"))
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn racing_pilots_lose_nothing_each_join_lands_once() {
+            let sim = sim::start(SimOptions::new(SECRET)).await.unwrap();
+            let create = Change::CreateToken(token(1).record(GROUP, 100, 3600));
+            book(&sim).write(&[create], &mesh(), 100).await.unwrap();
+            let mut racers = Vec::new();
+            for n in 0..3u8 {
+                let mut book = book(&sim);
+                racers.push(tokio::spawn(async move {
+                    let joins: Vec<Change> = (0..4u8)
+                        .map(|m| join(1, [10, 0, n, m], &format!("{n}-{m}")))
+                        .collect();
+                    let outcomes = book.write(&joins, &mesh(), 200).await.unwrap();
+                    assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");
+                }));
+            }
+            for racer in racers {
+                racer.await.unwrap();
+            }
+            let mut reader = book(&sim);
+            reader.reload().await.unwrap();
+            let state = reader.current().unwrap();
+            assert_eq!(
+                state.registrations.len(),
+                12,
+                "every replica's joins, once each"
+            );
+            assert_eq!(state.tokens.len(), 1);
+        }
+    }
 }
