@@ -1,4 +1,5 @@
-//! The control-plane HTTP API, read-only:
+//! The control-plane HTTP API, read-only but for the joined VMs' endpoints under
+//! `/v1/workloads` (`workloads::api`, docs/workloads.md):
 //!
 //! - `GET /v1/registration`: every service of the current catalog as JSON (the shape is
 //!   `Registration` below; the keys are a public contract).

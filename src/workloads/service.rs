@@ -72,7 +72,7 @@ pub struct Workloads {
     cfg: WorkloadsConfig,
     settings: Settings,
     /// The mesh CA: a joined VM's certificate is a mesh client certificate.
-    ca: WorkloadCa,
+    ca: Arc<WorkloadCa>,
     ca_pem: String,
     state: watch::Receiver<Option<Arc<WorkloadState>>>,
     mesh: watch::Receiver<Option<Arc<MeshFacts>>>,
@@ -146,7 +146,7 @@ impl Workloads {
         let workloads = Arc::new(Workloads {
             cfg: cfg.clone(),
             settings,
-            ca,
+            ca: Arc::new(ca),
             ca_pem,
             state: state_rx.clone(),
             mesh: mesh.clone(),
@@ -264,7 +264,13 @@ impl Workloads {
             }
             .into());
         }
-        let (csr, _asked_names) = check_csr_key(csr_pem).map_err(|problem| {
+        // Checking and signing cost a millisecond or more of CPU each: off the async
+        // workers, as the names port's certificate requests are.
+        let pem = csr_pem.to_string();
+        let checked = tokio::task::spawn_blocking(move || check_csr_key(&pem))
+            .await
+            .map_err(|_| ChangeError::Store("the CSR check failed".into()))?;
+        let (csr, _asked_names) = checked.map_err(|problem| {
             let why = match problem {
                 CsrProblem::Malformed(why) | CsrProblem::Forbidden(why) => why,
             };
@@ -294,7 +300,10 @@ impl Workloads {
             group: registration.group_name().to_string(),
             id: registration.id.clone(),
         };
-        let signed = self.ca.sign(&csr, &identity.urn(), SystemTime::now());
+        let (ca, urn) = (self.ca.clone(), identity.urn());
+        let signed = tokio::task::spawn_blocking(move || ca.sign(&csr, &urn, SystemTime::now()))
+            .await
+            .map_err(|_| ChangeError::Store("the signing task failed".into()))?;
         let answer = signed
             .map_err(|err| ChangeError::Store(format!("signing the VM's certificate: {err:#}")))?;
         metrics::global()
