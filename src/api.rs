@@ -1,4 +1,5 @@
-//! The control-plane HTTP API, read-only:
+//! The control-plane HTTP API, read-only but for the joined VMs' endpoints under
+//! `/v1/workloads` (`workloads::api`, docs/workloads.md):
 //!
 //! - `GET /v1/registration`: every service of the current catalog as JSON (the shape is
 //!   `Registration` below; the keys are a public contract).
@@ -59,6 +60,8 @@ use crate::director::{PublishedRuleConfigs, RuleConfig};
 use crate::names::stream_status::NameStreams;
 use crate::rule_status::{PublishedRuleStatus, RuleStatus};
 use crate::rules::ConfigVerdict;
+use crate::workloads::api::{need, Need};
+use crate::workloads::Peer;
 use crate::xds::cache::Snapshot;
 use crate::xds::proxy_status::{ProxiesReport, SnapshotRef};
 use crate::xds::resources::ResourceType;
@@ -124,21 +127,19 @@ pub async fn serve(
         rule_status,
         proxies,
     };
-    serve_router(listener, router(sources), "api").await
+    serve_router(listener, router(sources, None), "api").await
 }
 
 /// Who may read the API (docs/api.md): a caller whose TLS connection presented a mesh
 /// client certificate, or one with a UAA token of `bosh.admin` or `bosh.read`. `/healthz`
-/// is open.
+/// is open. The registrations' endpoints (docs/workloads.md) want more or less
+/// (`workloads::api::need`).
 pub struct Access {
     /// Checks bearer tokens; `None` (a director without UAA) accepts none.
     pub tokens: Option<Arc<UaaKeys>>,
+    /// VMs joining WorkloadGroups; `None` when the pilot has no `workloads` config.
+    pub workloads: Option<Arc<crate::workloads::Workloads>>,
 }
-
-/// Set on each request of a TLS connection whose client presented a certificate the mesh CA
-/// signed (the handshake verified it).
-#[derive(Clone, Copy)]
-struct MeshClient(bool);
 
 const REALM: &str = "Bearer realm=\"bosh-pilot\"";
 
@@ -160,7 +161,7 @@ pub async fn serve_tls(
         rule_status,
         proxies,
     };
-    let router = guarded(router(sources), Arc::new(access));
+    let router = guarded(router(sources, access.workloads.clone()), Arc::new(access));
     tracing::info!("api server listening on {} (HTTPS)", listener.local_addr()?);
     let mut incoming = crate::tls::incoming(listener, tls, "api");
     let mut connections = JoinSet::new();
@@ -169,8 +170,9 @@ pub async fn serve_tls(
             next = incoming.next() => match next {
                 Some(Ok(stream)) => {
                     let Ok(peer) = crate::tls::peer_addr(&stream) else { continue };
-                    let mesh = stream.get_ref().get_ref().1.peer_certificates().is_some_and(|c| !c.is_empty());
-                    let router = router.clone().layer(axum::Extension(MeshClient(mesh)));
+                    // Set on each request: who the handshake verified (docs/api.md).
+                    let client = Peer::of(stream.get_ref().get_ref().1.peer_certificates());
+                    let router = router.clone().layer(axum::Extension(client));
                     connections.spawn(serve_connection(stream, peer, router));
                 }
                 Some(Err(err)) => tracing::debug!("api server: {err}"),
@@ -190,22 +192,41 @@ async fn authorize(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if request.uri().path() == "/healthz"
-        || request
-            .extensions()
-            .get::<MeshClient>()
-            .is_some_and(|mesh| mesh.0)
-    {
-        return next.run(request).await;
-    }
-    let checked = match request.headers().get(header::AUTHORIZATION) {
-        None => Err(Refusal::Missing),
-        Some(value) => match (value.to_str(), &access.tokens) {
-            (Err(_), _) => Err(Refusal::NotBearer),
-            (Ok(value), Some(tokens)) => tokens.check(value).await.map(drop),
-            (Ok(value), None) => crate::api_auth::bearer_token(value).and(Err(Refusal::UnknownKey)),
-        },
+    let peer = request
+        .extensions()
+        .get::<Peer>()
+        .cloned()
+        .unwrap_or(Peer::Anonymous);
+    let need = need(request.method(), request.uri().path());
+    // A joined VM's certificate is a VM's, not an operator's: it may leave, nothing else.
+    let by_certificate = match (need, &peer) {
+        (Need::Open, _) | (Need::JoinedVm, Peer::Workload(_)) => Some(Ok(())),
+        (_, Peer::Workload(_)) => Some(Err(Refusal::WorkloadCertificate)),
+        (Need::JoinedVm, _) => Some(Err(Refusal::NotJoinedVm)),
+        (Need::Read, Peer::Mesh) => Some(Ok(())),
+        _ => None,
     };
+    let checked =
+        match by_certificate {
+            Some(decided) => decided,
+            None => match request.headers().get(header::AUTHORIZATION) {
+                // A mesh client certificate reads; it changes nothing.
+                None if need == Need::Admin && peer == Peer::Mesh => Err(Refusal::AdminScope),
+                None => Err(Refusal::Missing),
+                Some(value) => match (value.to_str(), &access.tokens) {
+                    (Err(_), _) => Err(Refusal::NotBearer),
+                    (Ok(value), Some(tokens)) => tokens.check(value).await.and_then(|caller| {
+                        match need == Need::Admin && !caller.admin {
+                            true => Err(Refusal::AdminScope),
+                            false => Ok(()),
+                        }
+                    }),
+                    (Ok(value), None) => {
+                        crate::api_auth::bearer_token(value).and(Err(Refusal::UnknownKey))
+                    }
+                },
+            },
+        };
     match checked {
         Ok(()) => next.run(request).await,
         Err(refusal) => refuse(
@@ -223,6 +244,10 @@ fn refuse(refusal: &Refusal, sent_credentials: bool) -> axum::response::Response
         Refusal::Scope => Some(format!(
             "{REALM}, error=\"insufficient_scope\", scope=\"bosh.admin bosh.read\""
         )),
+        Refusal::AdminScope => Some(format!(
+            "{REALM}, error=\"insufficient_scope\", scope=\"bosh.admin\""
+        )),
+        Refusal::WorkloadCertificate | Refusal::NotJoinedVm => None,
         Refusal::KeysUnavailable => None,
         _ if sent_credentials => Some(format!("{REALM}, error=\"invalid_token\"")),
         _ => Some(REALM.to_string()),
@@ -237,7 +262,7 @@ fn refuse(refusal: &Refusal, sent_credentials: bool) -> axum::response::Response
     response
 }
 
-fn router(sources: Sources) -> Router {
+fn router(sources: Sources, workloads: Option<Arc<crate::workloads::Workloads>>) -> Router {
     Router::new()
         .route("/v1/registration", get(registration))
         .route("/v1/rules", get(rules))
@@ -255,10 +280,11 @@ fn router(sources: Sources) -> Router {
         .route("/metrics", get(metrics))
         .fallback(unknown_path)
         .with_state(sources)
+        .merge(crate::workloads::api::router(workloads))
 }
 
-/// The API is read-only: a write method is 405 on every path, known or not; a read of an
-/// unknown path is 404.
+/// The API is read-only but for the registrations' endpoints: another write method is 405
+/// on every path, known or not; a read of an unknown path is 404.
 async fn unknown_path(method: Method) -> StatusCode {
     if method == Method::GET || method == Method::HEAD {
         StatusCode::NOT_FOUND
@@ -754,7 +780,7 @@ mod tests {
         path: &str,
     ) -> (StatusCode, Option<String>, String) {
         let sources = sources_of(catalog, rule_configs, rule_status);
-        send(router(sources), method, path).await
+        send(router(sources, None), method, path).await
     }
 
     fn sources_of(
@@ -1008,7 +1034,8 @@ mod tests {
                 ..Proxies::none()
             },
         };
-        let (status, content_type, body) = send(router(sources), Method::GET, "/v1/proxies").await;
+        let (status, content_type, body) =
+            send(router(sources, None), Method::GET, "/v1/proxies").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type.as_deref(), Some("application/json"));
         let report: ProxiesReport = serde_json::from_str(&body).unwrap();
@@ -1076,7 +1103,7 @@ mod tests {
             },
             ..sources_of(catalog.clone(), None, None)
         };
-        let get = |path: &'static str| send(router(sources.clone()), Method::GET, path);
+        let get = |path: &'static str| send(router(sources.clone(), None), Method::GET, path);
         let json = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap();
 
         let (status, _, body) = get("/v1/proxies/d/g/client/config").await;
@@ -1140,7 +1167,13 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
 
         // Behind the same access as every other path.
-        let guarded = guarded(router(sources.clone()), Arc::new(Access { tokens: None }));
+        let guarded = guarded(
+            router(sources.clone(), None),
+            Arc::new(Access {
+                tokens: None,
+                workloads: None,
+            }),
+        );
         let (status, _, _) = send(guarded, Method::GET, "/v1/proxies/d/g/client/config").await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
@@ -1159,7 +1192,7 @@ mod tests {
             },
         };
         let (status, _, body) = send(
-            router(sources.clone()),
+            router(sources.clone(), None),
             Method::GET,
             "/v1/services/j.g.d.boshy",
         )
@@ -1177,7 +1210,12 @@ mod tests {
             json,
             serde_json::json!({"service": registration[0], "rule_configs": []})
         );
-        let (status, _, _) = send(router(sources), Method::GET, "/v1/services/x.g.d.boshy").await;
+        let (status, _, _) = send(
+            router(sources, None),
+            Method::GET,
+            "/v1/services/x.g.d.boshy",
+        )
+        .await;
         assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
@@ -1260,7 +1298,8 @@ mod tests {
             },
             ..sources_of(catalog(), None, None)
         };
-        let (status, content_type, body) = send(router(sources), Method::GET, "/v1/graph").await;
+        let (status, content_type, body) =
+            send(router(sources, None), Method::GET, "/v1/graph").await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(content_type.as_deref(), Some("application/json"));
         let graph: serde_json::Value = serde_json::from_str(&body).unwrap();
@@ -1285,7 +1324,7 @@ mod tests {
             ("/console/console.css", "text/css; charset=utf-8"),
         ] {
             let sources = sources_of(catalog(), None, None);
-            let response = response(router(sources), Method::GET, path).await;
+            let response = response(router(sources, None), Method::GET, path).await;
             assert_eq!(response.status(), StatusCode::OK, "{path}");
             let headers = response.headers();
             assert_eq!(headers[header::CONTENT_TYPE], kind, "{path}");
@@ -1298,7 +1337,7 @@ mod tests {
         let (status, _, _) = call(catalog(), Method::GET, "/console/other.js").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
         let sources = sources_of(catalog(), None, None);
-        let response = response(router(sources), Method::GET, "/console").await;
+        let response = response(router(sources, None), Method::GET, "/console").await;
         assert_eq!(response.status(), StatusCode::PERMANENT_REDIRECT);
         assert_eq!(response.headers()[header::LOCATION], "console/");
     }

@@ -56,6 +56,12 @@ pub enum Refusal {
     Scope,
     #[error("UAA's token keys could not be fetched")]
     KeysUnavailable,
+    #[error("this changes the mesh's membership: it needs a UAA token with the scope bosh.admin (bosh.read and mesh client certificates only read)")]
+    AdminScope,
+    #[error("a joined VM's certificate gives access to POST /v1/workloads/leave only")]
+    WorkloadCertificate,
+    #[error("only a joined VM, with the certificate its join gave it, may leave")]
+    NotJoinedVm,
 }
 
 impl Refusal {
@@ -72,6 +78,9 @@ impl Refusal {
             Refusal::NotAccessToken => "not_access_token",
             Refusal::Scope => "scope",
             Refusal::KeysUnavailable => "keys_unavailable",
+            Refusal::AdminScope => "admin_scope",
+            Refusal::WorkloadCertificate => "workload_certificate",
+            Refusal::NotJoinedVm => "not_joined_vm",
         }
     }
 
@@ -79,14 +88,17 @@ impl Refusal {
     /// missing, `401` for everything else.
     pub fn status(&self) -> http::StatusCode {
         match self {
-            Refusal::Scope => http::StatusCode::FORBIDDEN,
+            Refusal::Scope
+            | Refusal::AdminScope
+            | Refusal::WorkloadCertificate
+            | Refusal::NotJoinedVm => http::StatusCode::FORBIDDEN,
             Refusal::KeysUnavailable => http::StatusCode::SERVICE_UNAVAILABLE,
             _ => http::StatusCode::UNAUTHORIZED,
         }
     }
 
     /// Every label, for metrics that show zeros before the first refusal.
-    pub const ALL: [Refusal; 10] = [
+    pub const ALL: [Refusal; 13] = [
         Refusal::Missing,
         Refusal::NotBearer,
         Refusal::Malformed,
@@ -97,6 +109,9 @@ impl Refusal {
         Refusal::NotAccessToken,
         Refusal::Scope,
         Refusal::KeysUnavailable,
+        Refusal::AdminScope,
+        Refusal::WorkloadCertificate,
+        Refusal::NotJoinedVm,
     ];
 }
 
@@ -105,6 +120,9 @@ impl Refusal {
 pub struct TokenCaller {
     /// `client_id` (client credentials) or `user_name` (a user's token), for the logs.
     pub name: String,
+    /// The token has an admin scope (`bosh.admin`, or `bosh.<director uuid>.admin`): it may
+    /// change the mesh's membership (join tokens, registrations).
+    pub admin: bool,
 }
 
 /// UAA's published keys, by `kid`.
@@ -239,16 +257,22 @@ pub fn verify(
     if claims.jti.as_deref().is_none_or(|jti| jti.ends_with("-r")) {
         return Err(Refusal::NotAccessToken);
     }
-    let granted = |scope: &str| {
-        matches!(scope, "bosh.admin" | "bosh.read")
-            || director_uuid.is_some_and(|uuid| {
-                scope
-                    .strip_prefix("bosh.")
-                    .and_then(|rest| rest.strip_prefix(uuid))
-                    .is_some_and(|rest| rest == ".admin" || rest == ".read")
-            })
+    // The director's scope names: `bosh.<level>` or `bosh.<director uuid>.<level>`.
+    let granted = |scope: &str, levels: &[&str]| {
+        scope.strip_prefix("bosh.").is_some_and(|rest| {
+            levels.contains(&rest)
+                || director_uuid.is_some_and(|uuid| {
+                    rest.strip_prefix(uuid)
+                        .and_then(|level| level.strip_prefix('.'))
+                        .is_some_and(|level| levels.contains(&level))
+                })
+        })
     };
-    if !claims.scope.iter().any(|scope| granted(scope)) {
+    if !claims
+        .scope
+        .iter()
+        .any(|scope| granted(scope, &["admin", "read"]))
+    {
         return Err(Refusal::Scope);
     }
     Ok(TokenCaller {
@@ -256,6 +280,7 @@ pub fn verify(
             .client_id
             .or(claims.user_name)
             .unwrap_or_else(|| "unnamed".to_string()),
+        admin: claims.scope.iter().any(|scope| granted(scope, &["admin"])),
     })
 }
 
@@ -427,7 +452,10 @@ mod tests {
             let token = sign(&claims(&["openid", &scope]));
             assert_eq!(
                 check(&token),
-                Ok(TokenCaller { name: "ops".into() }),
+                Ok(TokenCaller {
+                    name: "ops".into(),
+                    admin: scope.ends_with(".admin"),
+                }),
                 "{scope}"
             );
         }

@@ -68,6 +68,54 @@ pub struct PilotConfig {
     /// What Envoys report for the request metrics (docs/telemetry.md).
     #[serde(default)]
     pub telemetry: TelemetryConfig,
+    /// VMs outside BOSH joining WorkloadGroups (docs/workloads.md). Absent: joins are
+    /// refused (404) and no registration store is read.
+    #[serde(default)]
+    pub workloads: Option<WorkloadsConfig>,
+}
+
+/// `workloads`: join tokens, registrations and their heartbeats (docs/workloads.md).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkloadsConfig {
+    /// The private key of the mesh CA (`tls.ca_cert_path`): a joining VM's certificate is a
+    /// mesh client certificate, as every BOSH VM's is.
+    pub mesh_ca_private_key: PathBuf,
+    /// How often agents of registered VMs report (their heartbeat), as they are told.
+    #[serde(default = "default_heartbeat_seconds")]
+    pub heartbeat_seconds: u64,
+    /// No heartbeat for this long: the VM's endpoint is out of every Envoy.
+    #[serde(default = "default_workload_ttl_seconds")]
+    pub ttl_seconds: u64,
+    /// No heartbeat for this long: the registration is removed from the store.
+    #[serde(default = "default_deregister_after_seconds")]
+    pub deregister_after_seconds: u64,
+    /// The lifetime of a joined VM's certificate.
+    #[serde(default = "default_workload_certificate_ttl")]
+    pub certificate_ttl_seconds: u64,
+    /// The longest lifetime a join token may be given.
+    #[serde(default = "default_max_token_ttl")]
+    pub max_token_ttl_seconds: u64,
+}
+
+fn default_heartbeat_seconds() -> u64 {
+    10
+}
+
+fn default_workload_ttl_seconds() -> u64 {
+    30
+}
+
+fn default_deregister_after_seconds() -> u64 {
+    600
+}
+
+fn default_workload_certificate_ttl() -> u64 {
+    7 * 24 * 3600
+}
+
+fn default_max_token_ttl() -> u64 {
+    7 * 24 * 3600
 }
 
 /// The pilot's side of the request metrics (docs/telemetry.md).
@@ -228,6 +276,62 @@ impl PilotConfig {
                 "config file {}: key `identity.certificate_ttl_seconds`: {ttl} is not between \
                  {MIN_CERTIFICATE_TTL_SECONDS} (a minute) and {MAX_CERTIFICATE_TTL_SECONDS} (30 days)",
                 config_path.display()
+            );
+        }
+        Ok(())
+    }
+
+    /// Checks `workloads`: it needs the HTTPS API and mutual TLS (a joining VM gets a mesh
+    /// client certificate, and operators' tokens are checked), and its durations must be in
+    /// order (a heartbeat within the TTL, the TTL within the grace). Errors name the file and
+    /// the key.
+    pub(crate) fn check_workloads(&self, config_path: &Path) -> Result<()> {
+        let Some(workloads) = &self.workloads else {
+            return Ok(());
+        };
+        let at = |key: &str| format!("config file {}: key `{key}`", config_path.display());
+        if self.tls.is_none() || self.api.insecure_open {
+            bail!(
+                "{}: joining VMs need the HTTPS API with authentication and mutual TLS (`tls`, \
+                 without `api.insecure_open`): tokens are issued to operators and certificates \
+                 to VMs",
+                at("workloads")
+            );
+        }
+        let w = workloads;
+        if w.heartbeat_seconds == 0 {
+            bail!("{}: must be at least 1", at("workloads.heartbeat_seconds"));
+        }
+        if w.ttl_seconds <= w.heartbeat_seconds {
+            bail!(
+                "{}: {} must be longer than `workloads.heartbeat_seconds` ({}), or every \
+                 VM would be out between two heartbeats",
+                at("workloads.ttl_seconds"),
+                w.ttl_seconds,
+                w.heartbeat_seconds
+            );
+        }
+        if w.deregister_after_seconds < w.ttl_seconds {
+            bail!(
+                "{}: {} is shorter than `workloads.ttl_seconds` ({}): a VM must be out of \
+                 the Envoys before it is forgotten",
+                at("workloads.deregister_after_seconds"),
+                w.deregister_after_seconds,
+                w.ttl_seconds
+            );
+        }
+        let ttl = w.certificate_ttl_seconds;
+        if !(MIN_CERTIFICATE_TTL_SECONDS..=MAX_CERTIFICATE_TTL_SECONDS).contains(&ttl) {
+            bail!(
+                "{}: {ttl} is not between {MIN_CERTIFICATE_TTL_SECONDS} (a minute) and \
+                 {MAX_CERTIFICATE_TTL_SECONDS} (30 days)",
+                at("workloads.certificate_ttl_seconds")
+            );
+        }
+        if w.max_token_ttl_seconds == 0 {
+            bail!(
+                "{}: must be at least 1",
+                at("workloads.max_token_ttl_seconds")
             );
         }
         Ok(())
@@ -674,6 +778,67 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("/etc/pilot.yml"), "{msg}");
         assert!(msg.contains("director.poll_interval_seconds"), "{msg}");
+    }
+
+    #[test]
+    fn workloads_are_off_by_default_and_each_bad_value_names_its_key() {
+        let at = Path::new("/etc/pilot.yml");
+        let base = "director:\n  url: https://x\n  client: c\n\
+                    tls: {ca_cert_path: /ca, cert_path: /c, key_path: /k}\n";
+        let cfg: PilotConfig = parse(base, at).unwrap();
+        assert!(cfg.workloads.is_none());
+        cfg.check_workloads(at).unwrap();
+        let with = |extra: &str, workloads: &str| {
+            let text =
+                format!("{base}{extra}workloads: {{mesh_ca_private_key: /ca.key{workloads}}}\n");
+            parse::<PilotConfig>(&text, at)?.check_workloads(at)
+        };
+        let defaults: PilotConfig = parse(
+            &format!("{base}workloads: {{mesh_ca_private_key: /ca.key}}\n"),
+            at,
+        )
+        .unwrap();
+        let w = defaults.workloads.unwrap();
+        assert_eq!(
+            (
+                w.heartbeat_seconds,
+                w.ttl_seconds,
+                w.deregister_after_seconds
+            ),
+            (10, 30, 600)
+        );
+        assert_eq!(
+            (w.certificate_ttl_seconds, w.max_token_ttl_seconds),
+            (604800, 604800)
+        );
+        with("", "").unwrap();
+        for (extra, workloads, key) in [
+            ("api: {insecure_open: true}\n", "", "`workloads`"),
+            ("", ", heartbeat_seconds: 0", "workloads.heartbeat_seconds"),
+            ("", ", ttl_seconds: 10", "workloads.ttl_seconds"),
+            (
+                "",
+                ", deregister_after_seconds: 20",
+                "workloads.deregister_after_seconds",
+            ),
+            (
+                "",
+                ", certificate_ttl_seconds: 5",
+                "workloads.certificate_ttl_seconds",
+            ),
+            (
+                "",
+                ", max_token_ttl_seconds: 0",
+                "workloads.max_token_ttl_seconds",
+            ),
+            ("", ", colour: red", "workloads"),
+        ] {
+            let msg = with(extra, workloads).unwrap_err().to_string();
+            assert!(
+                msg.contains("/etc/pilot.yml") && msg.contains(key),
+                "{workloads}: {msg}"
+            );
+        }
     }
 
     #[test]

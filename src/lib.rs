@@ -37,4 +37,5 @@ pub mod traffic;
 pub mod vip;
 pub mod virtual_ip_agent;
 pub mod workload;
+pub mod workloads;
 pub mod xds;

@@ -73,6 +73,20 @@ pub struct Metrics {
     pub vip_pool_quarantined: AtomicU64,
     /// Syncs that left a new hostname without a VIP because the pool was full.
     pub vip_pool_exhausted: AtomicU64,
+    /// VMs registered into WorkloadGroups (docs/workloads.md), as this pilot last read or
+    /// wrote the store, and how many of them are healthy endpoints now.
+    pub workload_registrations: AtomicU64,
+    pub workload_registrations_healthy: AtomicU64,
+    /// Writes of the registration store this pilot made (one per batch of changes), the
+    /// races it lost (412s, each re-read and retried), and its re-reads after another
+    /// pilot's write.
+    pub workload_store_writes: AtomicU64,
+    pub workload_store_conflicts: AtomicU64,
+    pub workload_store_reads: AtomicU64,
+    /// VMs that joined (a certificate signed), left, and were deregistered for silence.
+    pub workload_joins: AtomicU64,
+    pub workload_leaves: AtomicU64,
+    pub workload_deregistrations: AtomicU64,
     /// xDS responses sent, ACKs and NACKs received, by type (and NACKs by resource).
     xds_pushes: CounterFamily<1>,
     xds_acks: CounterFamily<1>,
@@ -91,6 +105,8 @@ pub struct Metrics {
     api_refusals: CounterFamily<1>,
     /// Certificate requests refused, by reason.
     identity_refusals: CounterFamily<1>,
+    /// Joins and other changes of the registrations refused, by reason.
+    workload_refusals: CounterFamily<1>,
     /// NACKs of resources built from a rule config, by config name.
     rule_config_nacks: CounterFamily<1>,
 }
@@ -118,6 +134,14 @@ impl Default for Metrics {
             vip_pool_used: AtomicU64::default(),
             vip_pool_quarantined: AtomicU64::default(),
             vip_pool_exhausted: AtomicU64::default(),
+            workload_registrations: AtomicU64::default(),
+            workload_registrations_healthy: AtomicU64::default(),
+            workload_store_writes: AtomicU64::default(),
+            workload_store_conflicts: AtomicU64::default(),
+            workload_store_reads: AtomicU64::default(),
+            workload_joins: AtomicU64::default(),
+            workload_leaves: AtomicU64::default(),
+            workload_deregistrations: AtomicU64::default(),
             xds_pushes: Family::default(),
             xds_acks: Family::default(),
             xds_nacks: Family::default(),
@@ -129,6 +153,7 @@ impl Default for Metrics {
             agent_refusals: Family::default(),
             api_refusals: Family::default(),
             identity_refusals: Family::default(),
+            workload_refusals: Family::default(),
             rule_config_nacks: Family::default(),
         }
     }
@@ -175,6 +200,10 @@ impl Metrics {
 
     pub(crate) fn identity_refusal(&self, reason: &str) {
         count(&self.identity_refusals, "reason", reason);
+    }
+
+    pub(crate) fn workload_refusal(&self, reason: &str) {
+        count(&self.workload_refusals, "reason", reason);
     }
 
     pub(crate) fn rule_config_nack(&self, config: &str) {
@@ -295,6 +324,16 @@ impl Metrics {
                 "Released VIPs whose quarantine is not over",
                 &self.vip_pool_quarantined,
             ),
+            (
+                "boshy_workload_registrations",
+                "VMs registered into WorkloadGroups, as this pilot last read the registration store",
+                &self.workload_registrations,
+            ),
+            (
+                "boshy_workload_registrations_healthy",
+                "Registered VMs that are healthy endpoints now (a heartbeat within the TTL, probe passing)",
+                &self.workload_registrations_healthy,
+            ),
         ];
         for (name, help, value) in gauges {
             let value = i64::try_from(value.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
@@ -354,6 +393,36 @@ impl Metrics {
                 "VIP syncs that left a new hostname without a VIP: the pool was full",
                 &self.vip_pool_exhausted,
             ),
+            (
+                "boshy_workload_store_writes",
+                "Writes of the registration store (director config boshy-workloads) this pilot made, one per batch of changes; never per heartbeat",
+                &self.workload_store_writes,
+            ),
+            (
+                "boshy_workload_store_conflicts",
+                "Writes of the registration store another pilot won (412), each re-read and retried",
+                &self.workload_store_conflicts,
+            ),
+            (
+                "boshy_workload_store_reads",
+                "Reads of the registration store (at start, before each write, after another pilot's write event)",
+                &self.workload_store_reads,
+            ),
+            (
+                "boshy_workload_joins",
+                "VMs that joined a WorkloadGroup through this pilot",
+                &self.workload_joins,
+            ),
+            (
+                "boshy_workload_leaves",
+                "Registrations removed at once through this pilot (a VM leaving, or an operator)",
+                &self.workload_leaves,
+            ),
+            (
+                "boshy_workload_deregistrations",
+                "Registrations this pilot removed after the grace period without a heartbeat",
+                &self.workload_deregistrations,
+            ),
         ];
         for (name, help, value) in counters {
             registry.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));
@@ -408,6 +477,11 @@ impl Metrics {
                 "boshy_identity_refusals",
                 "Workload certificate requests refused, by reason",
                 &self.identity_refusals,
+            ),
+            (
+                "boshy_workload_refusals",
+                "Joins and other changes of the registrations refused, by reason",
+                &self.workload_refusals,
             ),
             (
                 "boshy_xds_rule_config_nacks",

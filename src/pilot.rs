@@ -24,6 +24,9 @@ use crate::rules::{self, MeshView, RuleSet};
 use crate::scope::{ListedInstances, ScopeRegistry};
 use crate::traffic::TrafficRules;
 use crate::vip::{DirectorStore, FileStore, VipBook, VipStore};
+use crate::workloads::liveness::Liveness;
+use crate::workloads::members::Members;
+use crate::workloads::state::MeshFacts;
 use crate::{api, catalog, director, metrics, names, rule_status, xds};
 
 /// Longest pause between two reads of a failing VIP store.
@@ -52,6 +55,7 @@ pub async fn run(args: Args) -> Result<()> {
         .with_context(|| format!("config file {}: key `director`", args.config.display()))?;
     let plaintext_warning = cfg.check_transport(&args.config)?;
     cfg.check_identity(&args.config)?;
+    cfg.check_workloads(&args.config)?;
     let telemetry = cfg.telemetry.resolve(&args.config)?;
     // The workload CA is read once, here: a bad file stops the pilot (and `--check-config`).
     let identity = cfg
@@ -86,10 +90,51 @@ pub async fn run(args: Args) -> Result<()> {
         })
         .transpose()
         .with_context(|| format!("config file {}", args.config.display()))?;
+    // VMs joining WorkloadGroups (docs/workloads.md): the mesh CA's key is read here, so a
+    // bad file stops the pilot (and `--check-config`).
+    let heartbeats = Arc::new(crate::workloads::Heartbeats::default());
+    let (mesh_facts_tx, mesh_facts_rx) = watch::channel(None);
+    let workloads = cfg
+        .workloads
+        .as_ref()
+        .map(|w| -> Result<_> {
+            let tls = cfg.tls.as_ref().expect("check_workloads wants tls");
+            let settings = crate::workloads::Settings {
+                tld: cfg.tld.clone(),
+                virtual_ip_cidr: cfg.virtual_ip_cidr.to_string(),
+                server_name: crate::tls::server_name(tls)?,
+                trust_domain: cfg.identity.as_ref().map(|i| i.trust_domain.to_string()),
+                ports: crate::workloads::Ports {
+                    xds: cfg.listen.xds.port(),
+                    names: cfg.listen.names.port(),
+                    api: cfg.listen.api.port(),
+                },
+                heartbeat_seconds: w.heartbeat_seconds,
+                ttl_seconds: w.ttl_seconds,
+            };
+            let store = match (cfg.vip_store, &cfg.vip_state_path) {
+                (VipStoreKind::File, Some(path)) => crate::workloads::store::file_store(path),
+                _ => crate::workloads::store::director_store(poller.client(), &cfg.tld),
+            };
+            crate::workloads::Workloads::new(
+                w,
+                tls,
+                settings,
+                store,
+                heartbeats.clone(),
+                mesh_facts_rx,
+            )
+        })
+        .transpose()
+        .with_context(|| format!("config file {}", args.config.display()))?;
     if args.check_config {
         println!("{}: OK", args.config.display());
         return Ok(());
     }
+    let (workloads, workloads_task, workloads_out) = match workloads {
+        Some((handle, task, outputs)) => (Some(handle), Some(task), Some(outputs)),
+        None => (None, None, None),
+    };
 
     let store = match cfg.vip_store {
         VipStoreKind::Director => VipStore::Director(DirectorStore::new(poller.client(), &cfg.tld)),
@@ -135,6 +180,7 @@ pub async fn run(args: Args) -> Result<()> {
         tokens: Some(Arc::new(crate::api_auth::UaaKeys::of_director(
             poller.client(),
         ))),
+        workloads: workloads.clone(),
     };
     // The traffic model compiled from the accepted rules (`rule_status::follow`); until the
     // first one, xDS serves the mesh without rules.
@@ -157,11 +203,17 @@ pub async fn run(args: Args) -> Result<()> {
     let board = Arc::new(xds::sync::SyncBoard::default());
     // What each VM's agent put in its scope: its Envoy gets only that (docs/scope.md).
     let scopes = Arc::new(ScopeRegistry::default());
-    let agents = Arc::new(AgentRegistry::with_xds(XdsView {
+    let agents = AgentRegistry::with_xds(XdsView {
         snapshots: snapshots.clone(),
         board: board.clone(),
         scopes: scopes.clone(),
-    }));
+    });
+    // The reports of registered VMs' agents are their heartbeats.
+    let agents = Arc::new(match &workloads {
+        Some(_) => agents.with_heartbeats(heartbeats.clone()),
+        None => agents,
+    });
+    let workload_store_events = poller.workload_store_events();
     // Deployments whose every instance an agent reports on cost the director no health task.
     let poller = poller.with_agent_reports(agents.covered());
     let api_proxies = api::Proxies {
@@ -199,12 +251,37 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
     let names_agents = agents.clone();
+    let agent_settings = names::AgentSettings {
+        workload_heartbeat_seconds: cfg
+            .workloads
+            .as_ref()
+            .map_or(names::DEFAULT_WORKLOAD_HEARTBEAT_SECONDS, |w| {
+                u32::try_from(w.heartbeat_seconds).unwrap_or(u32::MAX)
+            }),
+    };
     let names_server = async move {
         match names_tls {
             Some(tls) => {
-                names::serve_tls(names_listener, names_catalog, names_agents, tls, identity).await
+                names::serve_tls_with(
+                    names_listener,
+                    names_catalog,
+                    names_agents,
+                    tls,
+                    identity,
+                    agent_settings,
+                )
+                .await
             }
-            None => names::serve(names_listener, names_catalog, names_agents, identity).await,
+            None => {
+                names::serve_with(
+                    names_listener,
+                    names_catalog,
+                    names_agents,
+                    identity,
+                    agent_settings,
+                )
+                .await
+            }
         }
     };
 
@@ -228,6 +305,18 @@ pub async fn run(args: Args) -> Result<()> {
         scopes: scopes.clone(),
         listed_from: None,
         health_applied_at: tokio::time::Instant::now(),
+        registrations: workloads_out.map(|out| Registrations {
+            state: out.state,
+            liveness: out.liveness,
+        }),
+        members: Arc::default(),
+        mesh_facts: mesh_facts_tx,
+    };
+    let workloads_task = async move {
+        match workloads_task {
+            Some(task) => task.run(workload_store_events).await,
+            None => std::future::pending().await,
+        }
     };
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
@@ -236,6 +325,7 @@ pub async fn run(args: Args) -> Result<()> {
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
         result = api_server => result.context("HTTP API"),
+        result = workloads_task => result.context("registration store"),
     }
 }
 
@@ -268,7 +358,11 @@ struct CatalogPublisher {
     /// Instances the last catalog built could not make endpoints of.
     unaddressed: Reported,
     /// The inputs of the last catalog built, to skip rebuilding an unchanged one.
-    built_from: Option<(Arc<Vec<DeploymentInput>>, PublishedRuleConfigs)>,
+    built_from: Option<(
+        Arc<Vec<DeploymentInput>>,
+        PublishedRuleConfigs,
+        Arc<Members>,
+    )>,
     /// The ServiceEntries and WorkloadGroups last accepted, and what they were judged from.
     entries: Option<JudgedEntries>,
     /// The connected agents: instances the director no longer lists are forgotten.
@@ -280,10 +374,33 @@ struct CatalogPublisher {
     built: Option<Catalog>,
     /// The VMs' scopes, told which instances the director lists where.
     scopes: Arc<ScopeRegistry>,
-    /// The deployments the scopes were last told about.
-    listed_from: Option<Arc<Vec<DeploymentInput>>>,
+    /// The deployments and registrations the scopes were last told about.
+    listed_from: Option<(Arc<Vec<DeploymentInput>>, Arc<Members>)>,
     /// When a change of the health alone was last applied.
     health_applied_at: tokio::time::Instant,
+    /// The VMs registered into WorkloadGroups and their liveness; `None` without `workloads`.
+    registrations: Option<Registrations>,
+    /// The registrations as of the last catalog built: endpoints of their groups' services.
+    members: Arc<Members>,
+    /// What joins are judged against: the accepted groups and the BOSH instances' addresses.
+    mesh_facts: watch::Sender<Option<Arc<MeshFacts>>>,
+}
+
+/// The registration store's state and the registrations' liveness (`workloads::service`).
+struct Registrations {
+    state: watch::Receiver<Option<Arc<crate::workloads::state::WorkloadState>>>,
+    liveness: watch::Receiver<Arc<Liveness>>,
+}
+
+/// The next change of `registrations`' state (`true`) or liveness (`false`); never without.
+async fn registrations_changed(registrations: &mut Option<Registrations>) -> Option<bool> {
+    let Some(r) = registrations else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        changed = r.state.changed() => changed.ok().map(|()| true),
+        changed = r.liveness.changed() => changed.ok().map(|()| false),
+    }
 }
 
 /// How often at most a change of the agents' health alone is applied to the catalog. A
@@ -325,11 +442,25 @@ impl CatalogPublisher {
         {
             tracing::warn!("the rule configs could not be read yet: the catalog is built without their ServiceEntries until they are");
         }
+        // Nor without the registrations: a catalog built without them would take every joined
+        // VM out of the Envoys (after a pilot restart, say) until they were read.
+        if let Some(registrations) = &mut self.registrations {
+            let read = registrations.state.wait_for(Option::is_some);
+            if tokio::time::timeout(FIRST_RULE_CONFIGS_WAIT, read)
+                .await
+                .is_err()
+            {
+                tracing::warn!("the registrations could not be read yet: the catalog is built without the joined VMs until they are");
+            }
+            self.take_members();
+        }
         let mut configs_followed = true;
+        let mut sync_vips = true;
         loop {
             let inputs = deployments.borrow_and_update().clone();
             let rule_configs = configs.borrow_and_update().clone();
-            self.publish(inputs, rule_configs).await;
+            self.publish(inputs, rule_configs, sync_vips).await;
+            sync_vips = true;
             tokio::select! {
                 changed = deployments.changed() => if changed.is_err() {
                     return Err(anyhow!("the director poller went away"));
@@ -350,21 +481,70 @@ impl CatalogPublisher {
                     }
                     continue;
                 }
+                Some(state) = registrations_changed(&mut self.registrations) => {
+                    if state {
+                        // Who is registered changed: no hostname did, so no VIP is synced.
+                        self.take_members();
+                        sync_vips = false;
+                    } else {
+                        self.apply_liveness();
+                        continue;
+                    }
+                }
             }
+        }
+    }
+
+    /// Takes the registrations' current state as the members of their groups.
+    fn take_members(&mut self) {
+        let Some(registrations) = &mut self.registrations else {
+            return;
+        };
+        let state = registrations.state.borrow_and_update().clone();
+        let members = state.map(|s| Members::of(&s)).unwrap_or_default();
+        if *self.members != members {
+            self.members = Arc::new(members);
+        }
+    }
+
+    fn liveness(&mut self) -> Arc<Liveness> {
+        self.registrations
+            .as_mut()
+            .map(|r| r.liveness.borrow_and_update().clone())
+            .unwrap_or_default()
+    }
+
+    /// A registration's liveness changed: only the health of the groups' endpoints is
+    /// applied again, as the agents' health is.
+    fn apply_liveness(&mut self) {
+        let liveness = self.liveness();
+        let Some(built) = &self.built else { return };
+        if let Some(next) = crate::workloads::liveness::apply(built, &liveness) {
+            let health = self.health.borrow().clone();
+            let applied = health::apply(&next, &health);
+            self.built = Some(next);
+            self.send(applied);
         }
     }
 
     /// Syncs the VIPs and publishes the catalog when it changed. When the VIP store fails,
     /// the last assignments stay (VIPs never change on an error): services that already had
     /// a VIP keep it and follow the director; new ones wait for the store.
-    async fn publish(&mut self, inputs: Arc<Vec<DeploymentInput>>, configs: PublishedRuleConfigs) {
+    async fn publish(
+        &mut self,
+        inputs: Arc<Vec<DeploymentInput>>,
+        configs: PublishedRuleConfigs,
+        sync_vips: bool,
+    ) {
+        let members = self.members.clone();
         if !self
             .listed_from
             .as_ref()
-            .is_some_and(|listed| Arc::ptr_eq(listed, &inputs))
+            .is_some_and(|(listed, m)| Arc::ptr_eq(listed, &inputs) && Arc::ptr_eq(m, &members))
         {
-            self.scopes.set_listed(ListedInstances::of(&inputs));
-            self.listed_from = Some(inputs.clone());
+            let listed = ListedInstances::of(&inputs).with_members(members.listed());
+            self.scopes.set_listed(listed);
+            self.listed_from = Some((inputs.clone(), members.clone()));
         }
         let hostnames = catalog::hostnames(&inputs, &self.tld);
         for warning in self.naming_warnings.fresh(hostnames.warnings) {
@@ -402,6 +582,10 @@ impl CatalogPublisher {
             }
             (None, _) => RuleSet::default(),
         };
+        if judged.is_none() {
+            self.mesh_facts
+                .send_replace(Some(Arc::new(mesh_facts(&inputs, &entries))));
+        }
         self.entries = Some(JudgedEntries {
             inputs: inputs.clone(),
             configs: configs.clone(),
@@ -411,8 +595,13 @@ impl CatalogPublisher {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
-        let vips_changed = match self.vips.sync(&wanted, now).await {
-            Ok(synced) => {
+        let synced = match sync_vips {
+            true => Some(self.vips.sync(&wanted, now).await),
+            false => None,
+        };
+        let vips_changed = match synced {
+            None => false,
+            Some(Ok(synced)) => {
                 self.store_recovered();
                 for (hostname, vip) in &synced.outcome.allocated {
                     tracing::info!(%hostname, %vip, "VIP allocated");
@@ -440,13 +629,13 @@ impl CatalogPublisher {
                 }
                 synced.assignments_changed
             }
-            Err(err) => {
+            Some(Err(err)) => {
                 self.store_failed(&err);
                 false
             }
         };
-        let unchanged_inputs = self.built_from.as_ref().is_some_and(|(built, rules)| {
-            Arc::ptr_eq(built, &inputs) && same_configs(rules, &configs)
+        let unchanged_inputs = self.built_from.as_ref().is_some_and(|(built, rules, m)| {
+            Arc::ptr_eq(built, &inputs) && same_configs(rules, &configs) && Arc::ptr_eq(m, &members)
         });
         if unchanged_inputs && !vips_changed {
             return;
@@ -458,11 +647,19 @@ impl CatalogPublisher {
         for line in self.unaddressed.fresh(built.unaddressed) {
             tracing::debug!("{line}");
         }
-        let services = rules::entry_services(&entries, &built.catalog, |host| {
-            assignments.get(host).copied()
-        });
+        let services = rules::entry_services_with(
+            &entries,
+            &built.catalog,
+            |host| assignments.get(host).copied(),
+            &members,
+        );
         let next = catalog::with_entries(built.catalog, services);
-        self.built_from = Some((inputs, configs));
+        // The registrations' liveness first, then the agents' health (which leaves the
+        // WorkloadGroups' endpoints alone): `built` keeps the first, as the agents' health is
+        // applied again alone.
+        let liveness = self.liveness();
+        let next = crate::workloads::liveness::apply(&next, &liveness).unwrap_or(next);
+        self.built_from = Some((inputs, configs, members));
         let listed: BTreeSet<(&str, &str)> = next
             .services
             .iter()
@@ -517,6 +714,34 @@ impl CatalogPublisher {
         if self.store_failure.take().is_some() {
             tracing::info!(store = %self.vips.store(), "the VIP store works again");
         }
+    }
+}
+
+/// What a join is judged against (`workloads::state::MeshFacts`): the accepted WorkloadGroups
+/// of `entries`, and every address the director lists an instance at.
+fn mesh_facts(inputs: &[DeploymentInput], entries: &RuleSet) -> MeshFacts {
+    let groups = entries
+        .workload_groups
+        .iter()
+        .map(|rule| format!("{}/{}", rule.config, rule.name))
+        .collect();
+    let mut bosh_addresses = std::collections::HashMap::new();
+    for deployment in inputs {
+        for instance in deployment.instances.iter() {
+            let name = format!(
+                "{}/{}/{}",
+                deployment.name, instance.instance_group, instance.id
+            );
+            for ip in &instance.ips {
+                if let Some(address) = ip.split('/').next().and_then(|a| a.parse().ok()) {
+                    bosh_addresses.insert(address, name.clone());
+                }
+            }
+        }
+    }
+    MeshFacts {
+        groups,
+        bosh_addresses,
     }
 }
 

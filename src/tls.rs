@@ -214,6 +214,38 @@ fn read_pem(path: &Path, key: &str) -> Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("key `{key}`: cannot read {}", path.display()))
 }
 
+/// The first DNS name of the certificate in `tls.cert_path`: the name clients verify the
+/// pilot by (`tls_server_name`), told to VMs that join (docs/workloads.md).
+pub(crate) fn server_name(tls: &ServerTls) -> Result<String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let certs = read_certs(&tls.cert_path, "tls.cert_path")?;
+    let (_, leaf) = X509Certificate::from_der(certs[0].as_ref()).map_err(|_| {
+        anyhow::anyhow!(
+            "key `tls.cert_path`: {}: the certificate does not parse",
+            tls.cert_path.display()
+        )
+    })?;
+    let name = leaf
+        .extensions()
+        .iter()
+        .find_map(|e| match e.parsed_extension() {
+            ParsedExtension::SubjectAlternativeName(san) => {
+                san.general_names.iter().find_map(|n| match n {
+                    GeneralName::DNSName(name) => Some(name.to_string()),
+                    _ => None,
+                })
+            }
+            _ => None,
+        });
+    name.ok_or_else(|| {
+        anyhow::anyhow!(
+            "key `tls.cert_path`: {}: the certificate names no DNS name for clients to verify",
+            tls.cert_path.display()
+        )
+    })
+}
+
 fn read_certs(path: &Path, key: &str) -> Result<Vec<CertificateDer<'static>>> {
     let pem = read_pem(path, key)?;
     let certs = rustls_pemfile::certs(&mut pem.as_slice())

@@ -205,6 +205,7 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
             &sim.uaa_url(),
             None,
         ))),
+        workloads: None,
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(
@@ -376,6 +377,7 @@ async fn an_unreachable_uaa_refuses_tokens_with_503_and_certificates_still_work(
             "http://127.0.0.1:9",
             None,
         ))),
+        workloads: None,
     };
     let tls = boshy::tls::api_server_config(&mesh.server()).unwrap();
     let server = tokio::spawn(api::serve_tls(

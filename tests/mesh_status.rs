@@ -149,7 +149,10 @@ fn mesh_status_names_the_envoy_that_nacked_and_its_error() {
                 traffic: agents.traffic().clone(),
             },
             tls,
-            Access { tokens: None },
+            Access {
+                tokens: None,
+                workloads: None,
+            },
         ));
         let api = format!("https://{api}");
         let pem = |file: &str| pki.path(file).to_str().unwrap().to_string();

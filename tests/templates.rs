@@ -145,20 +145,25 @@ fn required_properties(job: &str) -> Value {
 /// The `tls` property of the jobs that need one: the pilot's server certificate, or the
 /// addon's client certificate, from one CA per test process.
 fn mesh_tls(job: &str) -> Option<Value> {
-    static PKI: std::sync::OnceLock<(String, [boshy_lab::pki::Issued; 2])> =
-        std::sync::OnceLock::new();
-    let (ca, [server, client]) = PKI.get_or_init(|| {
-        let ca = boshy_lab::pki::Ca::new("templates test CA").unwrap();
-        let server = ca.server(boshy_lab::pki::PILOT_SERVER_NAME).unwrap();
-        let client = ca.client("templates test client").unwrap();
-        (ca.cert_pem(), [server, client])
-    });
+    let (ca, _, [server, client]) = mesh_pki();
     let issued = match job {
         "bosh-pilot" => server,
         "virtual-ip-agent" | "bosh-envoy" => client,
         _ => return None,
     };
     Some(json!({"ca": ca, "certificate": issued.cert_pem, "private_key": issued.key_pem}))
+}
+
+/// The mesh CA (certificate, key) and the certificates it issued, one per test process.
+fn mesh_pki() -> &'static (String, String, [boshy_lab::pki::Issued; 2]) {
+    static PKI: std::sync::OnceLock<(String, String, [boshy_lab::pki::Issued; 2])> =
+        std::sync::OnceLock::new();
+    PKI.get_or_init(|| {
+        let ca = boshy_lab::pki::Ca::new("templates test CA").unwrap();
+        let server = ca.server(boshy_lab::pki::PILOT_SERVER_NAME).unwrap();
+        let client = ca.client("templates test client").unwrap();
+        (ca.cert_pem(), ca.key_pem(), [server, client])
+    })
 }
 
 fn default_link() -> Link {
@@ -618,6 +623,65 @@ fn bosh_pilot_renders_the_workload_ca_only_when_identity_ca_is_set() {
         String::from_utf8_lossy(&output.stderr).contains("identity.certificate_ttl_seconds"),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Joining VMs (docs/workloads.md): off without `workloads.mesh_ca` (no `workloads` in the
+/// config, an empty key file); with it, the mesh CA's key in its own file (never in the
+/// config), the durations, and `--check-config` loads the key against `tls.ca`.
+#[test]
+fn bosh_pilot_renders_workloads_only_when_the_mesh_ca_is_given() {
+    let rendered = render(
+        "bosh-pilot",
+        required_properties("bosh-pilot"),
+        default_link(),
+    )
+    .rebased();
+    assert!(rendered.json("config/pilot.yml").get("workloads").is_none());
+    assert_eq!(rendered.text("config/tls/ca_key.pem").trim(), "");
+
+    let (ca, key, _) = mesh_pki();
+    let properties = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"workloads": {
+            "mesh_ca": {"certificate": ca, "private_key": key},
+            "ttl_seconds": 20,
+            "heartbeat_seconds": 5,
+        }}),
+    );
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    assert_success(
+        &check_config("pilot", &rendered.path("config/pilot.yml")),
+        "pilot --check-config (workloads)",
+    );
+    let pilot = rendered.json("config/pilot.yml");
+    let workloads = &pilot["workloads"];
+    assert_eq!(workloads["ttl_seconds"], 20);
+    assert_eq!(workloads["heartbeat_seconds"], 5);
+    assert_eq!(workloads["deregister_after_seconds"], 600);
+    assert_eq!(workloads["certificate_ttl_seconds"], 604800);
+    assert_eq!(workloads["max_token_ttl_seconds"], 604800);
+    assert!(workloads["mesh_ca_private_key"]
+        .as_str()
+        .unwrap()
+        .ends_with("/config/tls/ca_key.pem"));
+    assert_eq!(rendered.text("config/tls/ca_key.pem").trim(), key.trim());
+    let key_body = key.lines().nth(1).unwrap().to_string();
+    assert!(!rendered.text("config/pilot.yml").contains(&key_body));
+
+    // Another CA's key is refused at start, naming both keys.
+    let other = boshy_lab::pki::Ca::new("another CA").unwrap();
+    let properties = jobs::deep_merge(
+        &required_properties("bosh-pilot"),
+        &json!({"workloads": {"mesh_ca": {"certificate": other.cert_pem(), "private_key": other.key_pem()}}}),
+    );
+    let rendered = render("bosh-pilot", properties, default_link()).rebased();
+    let output = check_config("pilot", &rendered.path("config/pilot.yml"));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("workloads.mesh_ca_private_key") && stderr.contains("tls.ca_cert_path"),
+        "{stderr}"
     );
 }
 

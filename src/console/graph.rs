@@ -276,6 +276,33 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_groups_box_counts_its_registered_vms() {
+        let mut group = service("", "", "")
+            .port("tcp-amqp", 5672, Protocol::Tcp)
+            .endpoint(crate::catalog::model::Endpoint {
+                instance: "vm-1".into(),
+                ..endpoint("10.0.1.1")
+            })
+            .endpoint(crate::catalog::model::Endpoint {
+                instance: "vm-2".into(),
+                healthy: false,
+                ..endpoint("10.0.1.2")
+            })
+            .build();
+        group.hostname = "rabbitmq.rabbitmq.legacy.boshy".into();
+        group.workload_group = Some("legacy/rabbitmq".into());
+        let graph = build(&catalog(1, [group]), &[]);
+        let boxed = &graph.deployments[0];
+        assert_eq!(boxed.name, WORKLOAD_GROUPS);
+        assert_eq!(boxed.instance_groups[0].name, "legacy/rabbitmq");
+        let service = &boxed.instance_groups[0].services[0];
+        assert_eq!(
+            (service.healthy_endpoints, service.unhealthy_endpoints),
+            (1, 1)
+        );
+    }
+
+    #[test]
     fn services_are_nodes_by_deployment_and_calls_are_summed_into_edges_per_calling_group() {
         let banana = service("sample", "banana", "httpbin")
             .port("http", 9002, Protocol::Http)

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::decode::Event;
 use super::rule_configs::RULES_CONFIG_TYPE;
+use crate::workloads::store::CONFIG_TYPE as WORKLOADS_CONFIG_TYPE;
 
 /// `GET /events` returns at most this many events, newest first, with no `after_id` (§5).
 pub(crate) const EVENTS_PAGE: usize = 200;
@@ -20,6 +21,9 @@ pub(crate) struct EventScan {
     pub dirty: BTreeSet<String>,
     /// A new event says a rule config was written.
     pub rule_configs: bool,
+    /// A new event says the registration store (`boshy-workloads`) was written: by another
+    /// pilot (or by this one: a re-read that finds nothing new costs one small request).
+    pub workloads: bool,
     /// Events may have been missed (the page is all new, or ids went backwards): refresh all.
     pub everything: bool,
 }
@@ -45,6 +49,9 @@ pub(crate) fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan
     let fresh: Vec<&Event> = events.iter().filter(|e| e.id > last_seen).collect();
     let everything = fresh.len() >= EVENTS_PAGE && fresh.len() == events.len();
     let rule_configs = fresh.iter().any(|e| is_rule_config_event(e));
+    let workloads = fresh
+        .iter()
+        .any(|e| config_event_type(e) == Some(WORKLOADS_CONFIG_TYPE));
     let dirty = fresh
         .into_iter()
         .filter_map(dirty_deployment)
@@ -54,19 +61,21 @@ pub(crate) fn scan_events(events: &[Event], last_seen: Option<u64>) -> EventScan
         newest,
         dirty,
         rule_configs,
+        workloads,
         everything,
     }
+}
+
+/// The type of the config a `config/<type>` event is about.
+fn config_event_type(event: &Event) -> Option<&str> {
+    event.object_type.as_deref()?.strip_prefix("config/")
 }
 
 /// `POST /configs` of type `boshy-istio`, accepted or refused: the director writes
 /// `config/<type>` (§5). Deleting a config writes no event at all. The VIP store's own
 /// writes (`config/boshy-vips`, at every VIP change) are not rules.
 fn is_rule_config_event(event: &Event) -> bool {
-    event
-        .object_type
-        .as_deref()
-        .and_then(|t| t.strip_prefix("config/"))
-        == Some(RULES_CONFIG_TYPE)
+    config_event_type(event) == Some(RULES_CONFIG_TYPE)
 }
 
 /// The deployment an event may have changed. Config events (`config/<type>`, `cloud-config`,
@@ -235,6 +244,27 @@ mod tests {
         ];
         let scan = scan_events(&events, Some(19));
         assert_eq!(scan.dirty, BTreeSet::from(["d".into()]));
+    }
+
+    #[test]
+    fn registration_store_events_mark_the_registrations_alone() {
+        let scan = |events: &[Event]| scan_events(events, Some(10));
+        let written = scan(&[event(11, "config/boshy-workloads", "boshy", None)]);
+        assert!(written.workloads && !written.rule_configs && written.dirty.is_empty());
+        for object_type in [
+            "config/boshy-vips",
+            "config/boshy-istio",
+            "config/boshy-workloads-x",
+        ] {
+            assert!(
+                !scan(&[event(11, object_type, "boshy", None)]).workloads,
+                "{object_type}"
+            );
+        }
+        assert!(
+            !scan(&[event(9, "config/boshy-workloads", "boshy", None)]).workloads,
+            "seen"
+        );
     }
 
     #[test]

@@ -84,6 +84,7 @@ pub struct Poller {
     timing: PollTiming,
     rule_configs: watch::Sender<PublishedRuleConfigs>,
     agent_reports: Option<watch::Receiver<AgentReports>>,
+    workload_store_events: watch::Sender<u64>,
 }
 
 /// The health readings in flight: their tasks, and each one's deployment and when it was
@@ -101,6 +102,7 @@ impl Poller {
             timing: PollTiming::from_config(cfg),
             rule_configs: watch::Sender::new(None),
             agent_reports: None,
+            workload_store_events: watch::Sender::new(0),
         })
     }
 
@@ -130,6 +132,12 @@ impl Poller {
     /// ones.
     pub fn rule_configs(&self) -> watch::Receiver<PublishedRuleConfigs> {
         self.rule_configs.subscribe()
+    }
+
+    /// Grows when the registration store (docs/workloads.md) may have changed behind this
+    /// pilot: another pilot's write event, a first look at the events, a full resync.
+    pub fn workload_store_events(&self) -> watch::Receiver<u64> {
+        self.workload_store_events.subscribe()
     }
 
     /// Polls forever, publishing the deployments (sorted by name) whenever they changed. The
@@ -230,6 +238,8 @@ impl Poller {
             state.apply_events(events, now);
         }
         state.apply_timers(now);
+        self.workload_store_events
+            .send_if_modified(|seen| std::mem::replace(seen, state.workload_store_events) != *seen);
         let jobs = state.due_jobs(now);
         let refreshes = futures::stream::iter(jobs)
             .map(|job| refresh(&self.client, job))
@@ -409,6 +419,10 @@ struct PollState {
     /// at a full resync, every health interval in timer-only mode, and until a read succeeds.
     rule_configs_stale: bool,
     rule_configs_backoff: Backoff,
+    /// Counts the reasons to read the registration store again: new `config/boshy-workloads`
+    /// events (another pilot wrote it), a first look, and each full resync (edits behind the
+    /// pilots' backs).
+    workload_store_events: u64,
     /// Which deployment's health to read next.
     budget: HealthBudget,
     /// A deployment list was read at least once: the next list is not the first look.
@@ -445,6 +459,7 @@ impl PollState {
             rule_configs: None,
             rule_configs_stale: true,
             rule_configs_backoff: Backoff::default(),
+            workload_store_events: 0,
         }
     }
 
@@ -542,10 +557,14 @@ impl PollState {
                 .values_mut()
                 .for_each(DeploymentState::mark_dirty);
             self.rule_configs_stale = true;
+            self.workload_store_events += 1;
             return;
         }
         if scan.rule_configs {
             self.rule_configs_stale = true;
+        }
+        if scan.workloads {
+            self.workload_store_events += 1;
         }
         // What an event changed may be health too (a deploy restarts jobs): read it first.
         for name in scan.dirty {
@@ -576,6 +595,7 @@ impl PollState {
                 .for_each(DeploymentState::mark_dirty);
             // Also the only way a deleted rule config is noticed: deletes write no event.
             self.rule_configs_stale = true;
+            self.workload_store_events += 1;
             if self.events == EventsMode::TimerOnly {
                 // Events may have been turned on (or the scope granted) since: look again.
                 self.events = EventsMode::Watching { last_seen: None };

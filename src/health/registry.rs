@@ -231,6 +231,8 @@ pub struct AgentRegistry {
     name_streams: Arc<NameStreams>,
     /// The calls each agent reports, for the console (`GET /v1/graph`).
     traffic: Arc<TrafficBoard>,
+    /// Where the reports of registered VMs' agents count as heartbeats (docs/workloads.md).
+    heartbeats: Option<Arc<crate::workloads::Heartbeats>>,
 }
 
 struct Shared {
@@ -272,6 +274,7 @@ impl Default for AgentRegistry {
             xds: None,
             name_streams: Arc::default(),
             traffic: Arc::default(),
+            heartbeats: None,
         }
     }
 }
@@ -282,6 +285,14 @@ impl AgentRegistry {
         AgentRegistry {
             xds: Some(xds),
             ..AgentRegistry::default()
+        }
+    }
+
+    /// The registry, its reports of registered VMs also taken as their heartbeats.
+    pub fn with_heartbeats(self, heartbeats: Arc<crate::workloads::Heartbeats>) -> Self {
+        AgentRegistry {
+            heartbeats: Some(heartbeats),
+            ..self
         }
     }
 
@@ -324,8 +335,15 @@ impl AgentRegistry {
 
     pub(crate) fn report(&self, report: AgentReport) -> Result<(), ReportRefused> {
         let instance = report.instance_ref();
+        // Every report taken is a heartbeat, changed or not: a registered VM's agent sends
+        // its report every `heartbeat_seconds` for this.
+        let beat = self.heartbeats.as_ref().map(|h| (h, report.clone()));
         self.shared
-            .update(|state| (state.report(report), vec![instance]))
+            .update(|state| (state.report(report), vec![instance]))?;
+        if let Some((heartbeats, report)) = beat {
+            heartbeats.beat(&report, std::time::Instant::now());
+        }
+        Ok(())
     }
 
     pub(crate) fn retain_listed(&self, listed: impl Fn(&InstanceRef) -> bool) {

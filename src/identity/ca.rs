@@ -93,6 +93,21 @@ impl PublicKeyData for CheckedCsr {
 /// possession), the key is ECDSA P-256 or P-384 or RSA of 2048 bits or more, its only
 /// subject alternative name is the URI `expected_id`, and it does not ask to be a CA.
 pub fn check_csr(pem: &str, expected_id: &str) -> Result<CheckedCsr, CsrProblem> {
+    let (checked, names) = check_csr_key(pem)?;
+    match names.as_slice() {
+        [uri] if *uri == format!("URI:{expected_id}") => Ok(checked),
+        _ => Err(CsrProblem::Forbidden(format!(
+            "the CSR must name exactly one subject alternative name, the URI {expected_id} \
+             (the identity of the instance group the director lists at this address), not [{}]",
+            clip(&names.join(", "))
+        ))),
+    }
+}
+
+/// Checks a PEM CSR as [`check_csr`] does but for its names, which it returns as a refusal
+/// quotes them: for a certificate whose identity the pilot decides alone (a VM joining a
+/// WorkloadGroup learns its registration's id from the answer), only the key is taken.
+pub fn check_csr_key(pem: &str) -> Result<(CheckedCsr, Vec<String>), CsrProblem> {
     let malformed = |why: &str| CsrProblem::Malformed(format!("the CSR {why}"));
     let der = rustls_pemfile::csr(&mut pem.as_bytes())
         .ok()
@@ -130,17 +145,11 @@ pub fn check_csr(pem: &str, expected_id: &str) -> Result<CheckedCsr, CsrProblem>
             _ => {}
         }
     }
-    match names.as_slice() {
-        [uri] if *uri == format!("URI:{expected_id}") => Ok(CheckedCsr {
-            key_type,
-            public_key: spki.subject_public_key.data.to_vec(),
-        }),
-        _ => Err(CsrProblem::Forbidden(format!(
-            "the CSR must name exactly one subject alternative name, the URI {expected_id} \
-             (the identity of the instance group the director lists at this address), not [{}]",
-            clip(&names.join(", "))
-        ))),
-    }
+    let checked = CheckedCsr {
+        key_type,
+        public_key: spki.subject_public_key.data.to_vec(),
+    };
+    Ok((checked, names))
 }
 
 /// A subject alternative name as it is quoted in a refusal.

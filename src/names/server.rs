@@ -32,6 +32,26 @@ use crate::metrics;
 use crate::scope::wire::SCOPE_PATH;
 use crate::scope::{ScopeAnswer, ScopeChange, ScopeRequest};
 use crate::text::clip;
+use crate::workloads::Peer;
+
+/// The TLS peer of a request, when the names port is served over TLS.
+type Client = Option<axum::Extension<Peer>>;
+
+/// Whether the request's client may speak for `instance`: a joined VM's certificate only for
+/// its own registration (a BOSH VM's agent is held to its address alone, the mesh client
+/// certificate being every BOSH VM's; so is a joined VM's, beside this).
+fn own_claim(client: &Client, instance: &InstanceRef) -> Result<(), String> {
+    match client {
+        Some(axum::Extension(Peer::Workload(identity))) if identity.instance_ref() != *instance => {
+            Err(format!(
+                "this certificate is the joined VM {}'s ({}), which speaks for no other instance",
+                identity.id,
+                identity.group_path()
+            ))
+        }
+        _ => Ok(()),
+    }
+}
 
 /// An agent's report is a few ports: anything bigger is not one.
 const MAX_REPORT_BYTES: usize = 64 * 1024;
@@ -60,12 +80,16 @@ fn refuse_agent(
 async fn take_traffic(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     Json(report): Json<TrafficReport>,
 ) -> Response {
     let instance = report.instance_ref();
     let refused = |status: StatusCode, kind: &str, reason: String| {
         refuse_agent("calls report", peer, &instance, status, kind, reason)
     };
+    if let Err(reason) = own_claim(&client, &instance) {
+        return refused(StatusCode::FORBIDDEN, "claim", reason);
+    }
     let Some(xds) = config.agents.xds() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
     };
@@ -160,7 +184,10 @@ pub async fn serve_tls_with(
             accepted = incoming.next() => {
                 let stream = accepted.context("the TLS accept loop stopped")??;
                 let Ok(peer) = crate::tls::peer_addr(&stream) else { continue };
-                connections.spawn(crate::api::serve_connection(stream, peer, router.clone()));
+                // A joined VM's certificate speaks for its own registration only (`own_claim`).
+                let client = Peer::of(stream.get_ref().get_ref().1.peer_certificates());
+                let router = router.clone().layer(axum::Extension(client));
+                connections.spawn(crate::api::serve_connection(stream, peer, router));
             }
             Some(_) = connections.join_next(), if !connections.is_empty() => {}
         }
@@ -314,6 +341,7 @@ struct Claim {
 async fn watch_names(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     Query(claim): Query<Claim>,
 ) -> Response {
     let claimed = match (&claim.deployment, &claim.instance) {
@@ -323,6 +351,10 @@ async fn watch_names(
         }),
         _ => None,
     };
+    if let Some(Err(reason)) = claimed.as_ref().map(|i| own_claim(&client, i)) {
+        metrics::global().agent_refusal("claim");
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
     let status = AgentStatus::connected(peer, claimed.as_ref(), SystemTime::now());
     let entry = config.agents.name_streams().open(status);
     let agent = match (claim.deployment, claim.instance) {
@@ -463,6 +495,7 @@ impl NameStream {
 async fn take_report(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     Json(report): Json<AgentReport>,
 ) -> Response {
     let instance = report.instance_ref();
@@ -470,6 +503,9 @@ async fn take_report(
     let refused = |status: StatusCode, kind: &str, reason: String| {
         refuse_agent("health report", peer, &instance, status, kind, reason)
     };
+    if let Err(reason) = own_claim(&client, &instance) {
+        return refused(StatusCode::FORBIDDEN, "claim", reason);
+    }
     if let Err(unverified) = view.probes.probes_for(&instance, peer.ip()) {
         return refused(StatusCode::FORBIDDEN, "claim", unverified.to_string());
     }
@@ -494,12 +530,17 @@ async fn take_report(
 async fn wait_drained(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     Query(query): Query<DrainQuery>,
 ) -> Response {
     let instance = InstanceRef {
         deployment: query.deployment,
         instance_id: query.instance,
     };
+    if let Err(reason) = own_claim(&client, &instance) {
+        metrics::global().agent_refusal("claim");
+        return (StatusCode::FORBIDDEN, reason).into_response();
+    }
     let view = config.views.borrow().clone();
     if let Err(unverified) = view.probes.probes_for(&instance, peer.ip()) {
         metrics::global().agent_refusal("claim");
@@ -559,12 +600,16 @@ const SCOPE_WAIT: Duration = Duration::from_secs(3);
 async fn take_scope(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     Json(request): Json<ScopeRequest>,
 ) -> Response {
     let instance = request.instance_ref();
     let refused = |status: StatusCode, kind: &str, reason: String| {
         refuse_agent("scope", peer, &instance, status, kind, reason)
     };
+    if let Err(reason) = own_claim(&client, &instance) {
+        return refused(StatusCode::FORBIDDEN, "claim", reason);
+    }
     let Some(xds) = config.agents.xds().cloned() else {
         return (StatusCode::SERVICE_UNAVAILABLE, "this pilot serves no xDS").into_response();
     };
@@ -606,8 +651,25 @@ async fn take_scope(
 async fn take_csr(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    client: Client,
     body: Bytes,
 ) -> Response {
+    // Only the claim is read here; the issuer judges the whole request.
+    #[derive(serde::Deserialize)]
+    struct Claimed {
+        deployment: String,
+        instance: String,
+    }
+    if let Ok(claimed) = serde_json::from_slice::<Claimed>(&body) {
+        let instance = InstanceRef {
+            deployment: claimed.deployment,
+            instance_id: claimed.instance,
+        };
+        if let Err(reason) = own_claim(&client, &instance) {
+            metrics::global().identity_refusal("not_listed");
+            return (StatusCode::FORBIDDEN, reason).into_response();
+        }
+    }
     let Some(identity) = config.identity.clone() else {
         return (
             StatusCode::NOT_FOUND,

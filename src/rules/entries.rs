@@ -4,8 +4,8 @@
 //! group of any deployment), of its listed endpoints, or of the DNS names it lists, which each
 //! Envoy resolves (resolution DNS and DNS_ROUND_ROBIN). Each accepted WorkloadGroup becomes a
 //! service named `<service>.<group>.<config>.<tld>` (docs/workloads.md) with the template's
-//! ports, whose endpoints will be the VMs registered into it: none yet. Pure; the pilot gives
-//! them VIPs and adds them to the catalog (`catalog::with_entries`).
+//! ports, whose endpoints are the VMs registered into it (`workloads::members`). Pure; the
+//! pilot gives them VIPs and adds them to the catalog (`catalog::with_entries`).
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
@@ -19,6 +19,7 @@ use crate::catalog::model::{
 use super::mesh::selects;
 use super::model::{ProbePort, ProbeScheme, Resolution, ServiceEntry, WorkloadGroup};
 use super::validate::{Rule, RuleSet};
+use crate::workloads::members::Members;
 
 /// The hosts the accepted ServiceEntries and WorkloadGroups of `rules` define, each once: the
 /// VIPs they need.
@@ -163,10 +164,23 @@ fn defined_service(hostname: &str, vip: Ipv4Addr, ports: Vec<ServicePort>) -> Se
 /// endpoints drawn from the job services of `jobs` (a catalog without them), with the VIP
 /// `vip` gives each host.
 /// A host without a VIP (the pool is exhausted) is left out, as a job's service would be.
+/// The WorkloadGroups' services have no endpoints: see [`entry_services_with`].
 pub fn entry_services(
     rules: &RuleSet,
     jobs: &Catalog,
     vip: impl Fn(&str) -> Option<Ipv4Addr>,
+) -> Vec<Service> {
+    entry_services_with(rules, jobs, vip, &Members::default())
+}
+
+/// [`entry_services`], each WorkloadGroup's service with the VMs of `members` registered
+/// into it as its endpoints, labelled with the group's labels (`spec.metadata.labels` and
+/// `spec.template.labels`) over their own.
+pub fn entry_services_with(
+    rules: &RuleSet,
+    jobs: &Catalog,
+    vip: impl Fn(&str) -> Option<Ipv4Addr>,
+    members: &Members,
 ) -> Vec<Service> {
     let mut services = Vec::new();
     for rule in &rules.service_entries {
@@ -195,8 +209,18 @@ pub fn entry_services(
         let hostname = &rule.spec.hostname;
         let Some(vip) = vip(hostname) else { continue };
         let ports = sorted(group_ports(&rule.spec.group));
+        let group = format!("{}/{}", rule.config, rule.name);
+        let wg = &rule.spec.group;
+        let mut labels = wg.template.labels.clone();
+        labels.extend(
+            wg.metadata
+                .labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone())),
+        );
         services.push(Service {
-            workload_group: Some(format!("{}/{}", rule.config, rule.name)),
+            endpoints: members.endpoints(&group, &labels),
+            workload_group: Some(group),
             probe: group_probe(&rule.spec.group),
             ..defined_service(hostname, vip, ports)
         });

@@ -35,7 +35,7 @@ mod values;
 
 pub use bosh_cli::{first_document, FirstDocument};
 pub use compile::{compile, Compiled};
-pub use entries::{entry_hosts, entry_services};
+pub use entries::{entry_hosts, entry_services, entry_services_with};
 pub use finding::{Finding, ResourceRef};
 pub use mesh::{MeshHost, MeshInstance, MeshPort, MeshView};
 pub use model::{Kind, Labels, Spec};

@@ -66,6 +66,25 @@ impl ListedInstances {
         }
         ListedInstances(listed)
     }
+
+    /// With the VMs registered into WorkloadGroups (`workloads::members`), each an instance
+    /// of its group listed at the address it joined from: its agent speaks for it as a BOSH
+    /// VM's does.
+    pub fn with_members(
+        mut self,
+        members: impl IntoIterator<Item = (InstanceRef, IpAddr, String)>,
+    ) -> Self {
+        for (instance, address, instance_group) in members {
+            self.0.insert(
+                instance,
+                Listed {
+                    addresses: vec![address],
+                    instance_group,
+                },
+            );
+        }
+        self
+    }
 }
 
 /// Why a scope change is refused.
@@ -239,6 +258,30 @@ mod tests {
             "a set replaces"
         );
         assert_eq!(registry.known(), 2);
+    }
+
+    #[test]
+    fn a_registered_vm_is_listed_at_its_address_under_its_group() {
+        let registry = ScopeRegistry::default();
+        let vm = InstanceRef {
+            deployment: "legacy".into(),
+            instance_id: "6c1f".into(),
+        };
+        let address: IpAddr = "10.249.0.30".parse().unwrap();
+        registry.set_listed(testing::listed("a-1", &["10.0.0.5"]).with_members([(
+            vm.clone(),
+            address,
+            "rabbitmq".to_string(),
+        )]));
+        assert_eq!(registry.instance_group(&vm, address), Ok("rabbitmq".into()));
+        assert_eq!(
+            registry.verify(&vm, "10.0.0.5".parse().unwrap()),
+            Err(ScopeRefused::ElsewhereListed)
+        );
+        assert_eq!(
+            registry.verify(&instance("a-1"), "10.0.0.5".parse().unwrap()),
+            Ok(())
+        );
     }
 
     #[test]

@@ -25,7 +25,7 @@ use super::allocator::{PoolUsage, SyncOutcome, VipAllocator};
 use super::store::{Saved, VipStore};
 
 /// Writes tried before a sync gives up (each lost race means another replica made progress).
-const MAX_ATTEMPTS: u32 = 6;
+pub(crate) const MAX_ATTEMPTS: u32 = 6;
 /// A lost race waits `attempt × [RETRY_JITTER_MIN, RETRY_JITTER_MAX)` before re-reading, so
 /// that racing replicas spread out instead of colliding again.
 const RETRY_JITTER_MIN: Duration = Duration::from_millis(50);
@@ -118,7 +118,8 @@ impl VipBook {
     }
 }
 
-fn retry_pause(attempt: u32) -> Duration {
+/// The pause before re-reading a store after the `attempt`th lost race.
+pub(crate) fn retry_pause(attempt: u32) -> Duration {
     let jitter = rand::thread_rng().gen_range(RETRY_JITTER_MIN..RETRY_JITTER_MAX);
     jitter * attempt
 }

@@ -8,19 +8,43 @@
 //! at it with `bosh config --type boshy-vips --name boshy`.
 //!
 //! Writing a config needs an admin scope (`bosh.admin` or `bosh.<director uuid>.admin`).
+//!
+//! The same mechanics keep other shared state of the pilots (the joined VMs' registrations,
+//! `workloads::store`): a [`StoredKind`] names the config type and what its content is.
 
 use std::sync::Arc;
 
 use reqwest::Method;
-use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::allocator::VipState;
 use super::store::{Saved, Versioned};
 use crate::director::decode::Config;
 use crate::director::{DirectorClient, DirectorError};
 
 pub(crate) const CONFIG_TYPE: &str = "boshy-vips";
+
+/// What one kind of shared state is called, where and in the messages about it.
+#[derive(Debug)]
+pub struct StoredKind {
+    /// The director config's type.
+    pub(crate) config_type: &'static str,
+    /// What the content is, in errors: "VIP state".
+    pub(crate) noun: &'static str,
+    /// The comment the content starts with, for an operator reading it with `bosh config`.
+    pub(crate) header: &'static str,
+    /// What deleting the config does, in the error about a content that does not parse.
+    pub(crate) if_deleted: &'static str,
+}
+
+/// The VIP assignments.
+pub(crate) static VIPS: StoredKind = StoredKind {
+    config_type: CONFIG_TYPE,
+    noun: "VIP state",
+    header: CONTENT_HEADER,
+    if_deleted: "give every service a new VIP",
+};
 
 /// The id the director reports for a config that does not exist yet.
 const NO_CONFIG_ID: &str = "0";
@@ -36,6 +60,7 @@ edit while it runs;\n# deleting this config gives every service a new VIP.\n";
 pub struct DirectorStore {
     client: Arc<DirectorClient>,
     name: String,
+    kind: &'static StoredKind,
 }
 
 impl std::fmt::Debug for DirectorStore {
@@ -46,7 +71,11 @@ impl std::fmt::Debug for DirectorStore {
 
 impl std::fmt::Display for DirectorStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "director config type {CONFIG_TYPE} name {}", self.name)
+        write!(
+            f,
+            "director config type {} name {}",
+            self.kind.config_type, self.name
+        )
     }
 }
 
@@ -59,28 +88,42 @@ impl DirectorStore {
     /// `name` is the config's name: the tld, so that two meshes on one director do not
     /// share VIPs.
     pub fn new(client: Arc<DirectorClient>, name: impl Into<String>) -> Self {
+        Self::of_kind(client, name, &VIPS)
+    }
+
+    /// The store of another `kind` of shared state.
+    pub(crate) fn of_kind(
+        client: Arc<DirectorClient>,
+        name: impl Into<String>,
+        kind: &'static StoredKind,
+    ) -> Self {
         DirectorStore {
             client,
             name: name.into(),
+            kind,
         }
     }
 
     /// One small request. The state is empty (version `"0"`) when the config does not exist.
-    pub async fn load(&self) -> Result<Versioned, DirectorError> {
+    pub async fn load<T: DeserializeOwned + Default>(&self) -> Result<Versioned<T>, DirectorError> {
         let configs = self
             .client
-            .latest_configs(CONFIG_TYPE, Some(&self.name))
+            .latest_configs(self.kind.config_type, Some(&self.name))
             .await?;
-        latest_state(&configs, &self.name)
+        latest_state(self.kind, &configs, &self.name)
             .map_err(|detail| DirectorError::decode(&format!("GET /configs ({self})"), detail))
     }
 
     /// Writes `state` if the latest config id is still `expected`.
-    pub async fn save(&self, expected: &str, state: &VipState) -> Result<Saved, DirectorError> {
+    pub async fn save<T: Serialize>(
+        &self,
+        expected: &str,
+        state: &T,
+    ) -> Result<Saved, DirectorError> {
         let body = json!({
-            "type": CONFIG_TYPE,
+            "type": self.kind.config_type,
             "name": self.name,
-            "content": encode(state),
+            "content": encode(self.kind, state),
             "expected_latest_id": expected,
         });
         let response = self
@@ -96,29 +139,33 @@ impl DirectorStore {
 }
 
 /// The content written to the director: a YAML hash, as the director requires.
-fn encode(state: &VipState) -> String {
-    let yaml = serde_yaml::to_string(state).expect("VIP state always serializes");
-    format!("{CONTENT_HEADER}{yaml}")
+fn encode<T: Serialize>(kind: &StoredKind, state: &T) -> String {
+    let yaml = serde_yaml::to_string(state).expect("stored states always serialize");
+    format!("{}{yaml}", kind.header)
 }
 
-/// The state in the `GET /configs` answer. A config that is not a valid VIP state is an error,
-/// never a silent reset: a reset would give every service a new VIP under clients that
-/// cached the old ones.
-fn latest_state(configs: &[Config], name: &str) -> Result<Versioned, String> {
+/// The state in the `GET /configs` answer. A config that is not a valid state is an error,
+/// never a silent reset: a reset of the VIPs would give every service a new VIP under clients
+/// that cached the old ones (and one of the registrations would drop every joined VM).
+fn latest_state<T: DeserializeOwned + Default>(
+    kind: &StoredKind,
+    configs: &[Config],
+    name: &str,
+) -> Result<Versioned<T>, String> {
     let Some(config) = configs
         .iter()
-        .find(|c| c.kind == CONFIG_TYPE && c.name == name)
+        .find(|c| c.kind == kind.config_type && c.name == name)
     else {
         return Ok(Versioned {
             version: NO_CONFIG_ID.into(),
-            state: VipState::default(),
+            state: T::default(),
         });
     };
     let state = serde_yaml::from_str(&config.content).map_err(|e| {
         format!(
-            "config type {CONFIG_TYPE} name {name} id {}: not a valid VIP state ({e}); repair \
-             it with `bosh update-config`, or delete it to give every service a new VIP",
-            config.id
+            "config type {} name {name} id {}: not a valid {} ({e}); repair it with \
+             `bosh update-config`, or delete it to {}",
+            kind.config_type, config.id, kind.noun, kind.if_deleted
         )
     })?;
     Ok(Versioned {
@@ -158,7 +205,7 @@ fn quote(body: &[u8]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::vip::{Released, VipAllocator};
+    use crate::vip::{Released, VipAllocator, VipState};
     use std::collections::BTreeMap;
 
     fn element(id: &str, name: &str, content: &str) -> Config {
@@ -183,11 +230,12 @@ mod tests {
     #[test]
     fn content_is_a_yaml_hash_that_round_trips() {
         let state = sample_state();
-        let content = encode(&state);
+        let content = encode(&VIPS, &state);
         assert!(content.starts_with("# VIP assignments"), "{content}");
         let parsed: serde_yaml::Value = serde_yaml::from_str(&content).unwrap();
         assert!(parsed.is_mapping(), "the director accepts only a hash");
-        let loaded = latest_state(&[element("7", "boshy", &content)], "boshy").unwrap();
+        let loaded: Versioned =
+            latest_state(&VIPS, &[element("7", "boshy", &content)], "boshy").unwrap();
         assert_eq!(loaded.version, "7");
         assert_eq!(loaded.state, state);
         assert_eq!(
@@ -204,8 +252,8 @@ mod tests {
 
     #[test]
     fn no_config_is_an_empty_state_at_version_zero() {
-        let other = element("3", "other-tld", &encode(&sample_state()));
-        let loaded = latest_state(&[other], "boshy").unwrap();
+        let other = element("3", "other-tld", &encode(&VIPS, &sample_state()));
+        let loaded: Versioned = latest_state(&VIPS, &[other], "boshy").unwrap();
         assert_eq!(loaded.version, "0");
         assert_eq!(loaded.state, VipState::default());
     }
@@ -213,7 +261,8 @@ mod tests {
     #[test]
     fn a_config_that_is_not_a_vip_state_is_an_error_naming_it() {
         for content in ["assignments: [1, 2]", "colour: red", "a: {"] {
-            let err = latest_state(&[element("12", "boshy", content)], "boshy").unwrap_err();
+            let err = latest_state::<VipState>(&VIPS, &[element("12", "boshy", content)], "boshy")
+                .unwrap_err();
             assert!(
                 err.contains("config type boshy-vips name boshy id 12"),
                 "{err}"
@@ -266,7 +315,7 @@ mod tests {
         async fn a_stale_version_is_a_conflict_and_nothing_is_written() {
             let sim = sim::start(SimOptions::new(SECRET)).await.unwrap();
             let store = store(&sim).await;
-            let empty = store.load().await.unwrap();
+            let empty: Versioned = store.load().await.unwrap();
             assert_eq!(empty.version, "0");
             let state = sample_state();
             let Saved::Written(id) = store.save("0", &state).await.unwrap() else {
@@ -284,7 +333,7 @@ mod tests {
                 store.save("0", &VipState::default()).await.unwrap(),
                 Saved::Conflict
             );
-            assert_eq!(store.load().await.unwrap().state, state);
+            assert_eq!(store.load::<VipState>().await.unwrap().state, state);
         }
 
         #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -310,7 +359,7 @@ mod tests {
                 seen.iter().all(|a| a == &seen[0]),
                 "every replica holds the same VIPs: {seen:?}"
             );
-            let stored = store(&sim).await.load().await.unwrap().state;
+            let stored: VipState = store(&sim).await.load().await.unwrap().state;
             assert_eq!(stored.assignments, seen[0]);
             assert_eq!(stored.assignments.len(), wanted.len());
             let distinct: BTreeSet<Ipv4Addr> = stored.assignments.values().copied().collect();

@@ -6,7 +6,7 @@
 //! the shared store (`VipStore`: a director config, or a file for a lone pilot).
 
 mod allocator;
-mod book;
+pub(crate) mod book;
 pub(crate) mod director_store;
 pub mod store;
 
@@ -14,5 +14,5 @@ pub use allocator::{
     check_pool, PoolError, PoolUsage, Released, SyncOutcome, VipAllocator, VipState,
 };
 pub use book::{BookSync, VipBook};
-pub use director_store::DirectorStore;
-pub use store::{FileStore, Saved, Versioned, VipStore};
+pub use director_store::{DirectorStore, StoredKind};
+pub use store::{FileStore, Saved, SharedStore, Versioned, VipStore};

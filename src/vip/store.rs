@@ -9,16 +9,18 @@ use crate::fsutil::write_atomically;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 
 use super::allocator::VipState;
-use super::director_store::DirectorStore;
+use super::director_store::{DirectorStore, StoredKind, VIPS};
 
 /// The stored state and the version it was read at.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Versioned {
+pub struct Versioned<T = VipState> {
     /// Opaque; for the director the config id (`"0"` when none exists yet).
     pub version: String,
-    pub state: VipState,
+    pub state: T,
 }
 
 /// What a `save` did.
@@ -30,17 +32,24 @@ pub enum Saved {
     Conflict,
 }
 
+/// Shared state of the pilots: a director config, or a file. The VIPs' is a `VipStore`; the
+/// joined VMs' registrations are kept the same way (`workloads::store`).
 #[derive(Debug)]
-pub enum VipStore {
+pub enum SharedStore {
     Director(DirectorStore),
     File(FileStore),
 }
 
-impl VipStore {
-    pub async fn load(&self) -> Result<Versioned> {
+/// Where the VIP assignments are kept.
+pub type VipStore = SharedStore;
+
+impl SharedStore {
+    pub async fn load<T: DeserializeOwned + Default + Send + 'static>(
+        &self,
+    ) -> Result<Versioned<T>> {
         match self {
-            VipStore::Director(store) => Ok(store.load().await?),
-            VipStore::File(store) => Ok(Versioned {
+            SharedStore::Director(store) => Ok(store.load().await?),
+            SharedStore::File(store) => Ok(Versioned {
                 version: FILE_VERSION.into(),
                 state: store.load().await?,
             }),
@@ -48,10 +57,10 @@ impl VipStore {
     }
 
     /// Stores `state` if the stored version is still `expected`.
-    pub async fn save(&self, expected: &str, state: &VipState) -> Result<Saved> {
+    pub async fn save<T: Serialize>(&self, expected: &str, state: &T) -> Result<Saved> {
         match self {
-            VipStore::Director(store) => Ok(store.save(expected, state).await?),
-            VipStore::File(store) => {
+            SharedStore::Director(store) => Ok(store.save(expected, state).await?),
+            SharedStore::File(store) => {
                 store.save(state).await?;
                 Ok(Saved::Written(FILE_VERSION.into()))
             }
@@ -59,11 +68,13 @@ impl VipStore {
     }
 }
 
-impl std::fmt::Display for VipStore {
+impl std::fmt::Display for SharedStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            VipStore::Director(store) => write!(f, "{store}"),
-            VipStore::File(store) => write!(f, "VIP state file {}", store.path.display()),
+            SharedStore::Director(store) => write!(f, "{store}"),
+            SharedStore::File(store) => {
+                write!(f, "{} file {}", store.kind.noun, store.path.display())
+            }
         }
     }
 }
@@ -74,61 +85,72 @@ const FILE_VERSION: &str = "file";
 #[derive(Debug, Clone)]
 pub struct FileStore {
     path: PathBuf,
+    kind: &'static StoredKind,
 }
 
 impl FileStore {
+    /// The VIP state file.
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        FileStore { path: path.into() }
+        Self::of_kind(path, &VIPS)
+    }
+
+    /// The file of another `kind` of shared state.
+    pub(crate) fn of_kind(path: impl Into<PathBuf>, kind: &'static StoredKind) -> Self {
+        FileStore {
+            path: path.into(),
+            kind,
+        }
     }
 
     /// The saved state; empty when the file does not exist yet (first start). A file that
     /// cannot be read or parsed is an error, never a silent reset: a reset would give every
     /// service a new VIP under clients that cached the old ones.
-    pub async fn load(&self) -> Result<VipState> {
-        let path = self.path.clone();
-        run_blocking(move || load_file(&path)).await
+    pub async fn load<T: DeserializeOwned + Default + Send + 'static>(&self) -> Result<T> {
+        let (path, kind) = (self.path.clone(), self.kind);
+        run_blocking(kind, move || load_file(kind, &path)).await
     }
 
     /// Replaces the saved state atomically: a crash leaves the old file or the new one,
     /// never a torn one.
-    pub async fn save(&self, state: &VipState) -> Result<()> {
-        let path = self.path.clone();
-        let json = serde_json::to_vec_pretty(state).expect("VIP state always serializes");
-        run_blocking(move || {
-            write_atomically(&path, &json).with_context(|| "VIP state file".to_string())
+    pub async fn save<T: Serialize>(&self, state: &T) -> Result<()> {
+        let (path, kind) = (self.path.clone(), self.kind);
+        let json = serde_json::to_vec_pretty(state).expect("stored states always serialize");
+        run_blocking(kind, move || {
+            write_atomically(&path, &json).with_context(|| format!("{} file", kind.noun))
         })
         .await
     }
 }
 
 async fn run_blocking<T: Send + 'static>(
+    kind: &StoredKind,
     work: impl FnOnce() -> Result<T> + Send + 'static,
 ) -> Result<T> {
     tokio::task::spawn_blocking(work)
         .await
-        .context("VIP state file task failed")?
+        .with_context(|| format!("{} file task failed", kind.noun))?
 }
 
-fn load_file(path: &Path) -> Result<VipState> {
+fn load_file<T: DeserializeOwned + Default>(kind: &StoredKind, path: &Path) -> Result<T> {
+    let noun = kind.noun;
     let text = match std::fs::read(path) {
         Ok(text) => text,
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
             tracing::info!(
-                "VIP state file {} does not exist yet: starting empty",
+                "{noun} file {} does not exist yet: starting empty",
                 path.display()
             );
-            return Ok(VipState::default());
+            return Ok(T::default());
         }
         Err(err) => {
-            return Err(err)
-                .with_context(|| format!("VIP state file {}: cannot read", path.display()))
+            return Err(err).with_context(|| format!("{noun} file {}: cannot read", path.display()))
         }
     };
     serde_json::from_slice(&text).with_context(|| {
         format!(
-            "VIP state file {}: not a valid VIP state; repair it, or delete it to give every \
-             service a new VIP",
-            path.display()
+            "{noun} file {}: not a valid {noun}; repair it, or delete it to {}",
+            path.display(),
+            kind.if_deleted
         )
     })
 }
@@ -143,7 +165,7 @@ mod tests {
     async fn a_missing_file_is_an_empty_state() {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::new(dir.path().join("vips.json"));
-        assert_eq!(store.load().await.unwrap(), VipState::default());
+        assert_eq!(store.load::<VipState>().await.unwrap(), VipState::default());
     }
 
     #[tokio::test]
@@ -158,7 +180,7 @@ mod tests {
         first.sync(&["y", "z"].map(String::from).into(), 1);
         FileStore::new(&path).save(first.state()).await.unwrap();
 
-        let loaded = FileStore::new(&path).load().await.unwrap();
+        let loaded: VipState = FileStore::new(&path).load().await.unwrap();
         let mut restarted = VipAllocator::new(pool, 60, loaded).unwrap();
         assert_eq!(restarted.state(), first.state());
         // x comes back and gets its old VIP: the release was saved with its hostname.
@@ -181,7 +203,7 @@ mod tests {
             "{\"assignments\":{\"a\":\"not-an-ip\"},\"released\":{}}",
         ] {
             std::fs::write(&path, corrupt).unwrap();
-            let err = FileStore::new(&path).load().await.unwrap_err();
+            let err = FileStore::new(&path).load::<VipState>().await.unwrap_err();
             let msg = format!("{err:#}");
             assert!(msg.contains(&path.display().to_string()), "{msg}");
             assert!(msg.contains("not a valid VIP state"), "{msg}");
