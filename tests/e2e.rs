@@ -2,7 +2,8 @@
 //! against the director simulator, one network namespace per VM with the real
 //! virtual-ip-agent, iptables DNAT rules, Envoy and the sample workloads (example-httpbin,
 //! bookinfo); checked with dig and curl as an operator would from `bosh ssh`. The bookinfo
-//! traffic tasks (`e2e/bookinfo.rs`) run in the same lab.
+//! traffic tasks (`e2e/bookinfo.rs`) and a VM outside BOSH joining the mesh
+//! (`e2e/outside.rs`) run in the same lab.
 //!
 //! Needs root (CI runs as root) and Envoy (`scripts/test` installs it).
 
@@ -14,6 +15,8 @@ mod bookinfo;
 mod console;
 #[path = "e2e/metrics.rs"]
 mod metrics;
+#[path = "e2e/outside.rs"]
+mod outside;
 #[path = "e2e/tracing.rs"]
 mod tracing;
 
@@ -434,6 +437,9 @@ fn the_mesh_end_to_end() {
             "{hostname}: the instance its name resolves to answers"
         );
     }
+
+    // A VM outside BOSH joins a WorkloadGroup, is reached and reaches by name, and leaves.
+    outside::a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was();
 
     // A ServiceEntry's VIP, kept across the control plane's restart below like a job's.
     let reviews_vip = service(&LAB.registration(), "reviews.bookinfo.boshy")["vip"].clone();

@@ -315,13 +315,20 @@ impl Installer<'_> {
             units::envoy_unit(layout).as_bytes(),
             0o644,
         )?;
-        // What the agent will make as it runs, if it is not there now.
-        let paths: Vec<PathBuf> = [layout.table(), layout.run_dir()]
+        // What the agent makes as it runs, if it is not there now, removed whole by leave:
+        // its data directory and its sockets' directory.
+        let paths: Vec<PathBuf> = [layout.agent_data_dir(), layout.run_dir()]
             .into_iter()
             .filter(|p| !p.exists())
             .collect();
         if !paths.is_empty() {
             run.record(Change::AgentData { paths })?;
+        }
+        // Their parents are join's to make (and leave's to remove): a root without /run (a
+        // test's, a lab's) must not keep one the agent made.
+        run.make_dirs(&layout.agent_data_dir())?;
+        if let Some(parent) = layout.run_dir().parent() {
+            run.make_dirs(parent)?;
         }
         println!(
             "installed {} and {} (units {AGENT_UNIT}, {ENVOY_UNIT})",

@@ -74,9 +74,13 @@ impl Layout {
     pub(crate) fn state(&self) -> PathBuf {
         self.at("/var/lib/boshy/join-state.json")
     }
-    /// The agent's last name table (the agent writes it; leave removes it).
+    /// The agent's own directory: its last name table, and what it keeps beside it (its
+    /// scope, the ports to capture, the drain mark). The agent writes them; leave removes it.
+    pub(crate) fn agent_data_dir(&self) -> PathBuf {
+        self.at("/var/lib/boshy/agent")
+    }
     pub(crate) fn table(&self) -> PathBuf {
-        self.at("/var/lib/boshy/names.json")
+        self.agent_data_dir().join("names.json")
     }
     /// The agent's sockets shared with Envoy (SDS), made by the agent.
     pub(crate) fn run_dir(&self) -> PathBuf {

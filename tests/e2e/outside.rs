@@ -1,0 +1,282 @@
+//! A VM outside BOSH joins the mesh (docs/workloads.md), in the shared end-to-end lab: a
+//! namespace the director knows nothing of, running the sample workload, joins the
+//! WorkloadGroup `legacy/rabbitmq` with a join token, is reached by name from apricot/3,
+//! reaches banana by name, drops out when its probe fails and comes back, drops out within the
+//! TTL when its agent dies, is still registered after the pilot restarts, and leaves the VM
+//! exactly as it found it. A forged token, an expired one and one for another group are
+//! refused, and leave nothing behind.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+use super::{healthy_ips, service, LAB};
+
+const VM: &str = "rabbit-1";
+const GROUP: &str = "legacy/rabbitmq";
+const SERVICE: &str = "rabbitmq.rabbitmq.legacy.boshy";
+const PORT: &str = "15672";
+
+/// What joining may change on the VM and leaving must put back: its nat rules (no counters),
+/// its root's files (path → content) and the links among them.
+#[derive(Debug, PartialEq, Eq)]
+struct VmSnapshot {
+    nat: String,
+    files: BTreeMap<PathBuf, Vec<u8>>,
+}
+
+fn outside_vm() -> Value {
+    LAB.state()["outside"]
+        .as_array()
+        .expect("outside VMs in the lab state")
+        .iter()
+        .find(|vm| vm["name"] == VM)
+        .unwrap_or_else(|| panic!("no outside VM {VM}"))
+        .clone()
+}
+
+fn snapshot(vm: &Value) -> VmSnapshot {
+    let namespace = vm["namespace"].as_str().expect("namespace");
+    let out = Command::new("ip")
+        .args(["netns", "exec", namespace, "iptables-save", "-t", "nat"])
+        .output()
+        .expect("iptables-save");
+    assert!(out.status.success(), "iptables-save in {namespace}");
+    let nat = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.split_once(" [") {
+            // `:CHAIN POLICY [packets:bytes]`: counters move on their own.
+            Some((chain, _)) if l.starts_with(':') => chain.to_string(),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    let mut files = BTreeMap::new();
+    collect(Path::new(vm["root"].as_str().expect("root")), &mut files);
+    VmSnapshot { nat, files }
+}
+
+fn collect(dir: &Path, files: &mut BTreeMap<PathBuf, Vec<u8>>) {
+    for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+        let path = entry.expect("a directory entry").path();
+        let meta = std::fs::symlink_metadata(&path).expect("metadata");
+        if meta.is_dir() {
+            files.insert(path.clone(), b"<dir>".to_vec());
+            collect(&path, files);
+        } else if meta.file_type().is_symlink() {
+            let target = std::fs::read_link(&path).expect("link");
+            files.insert(path, format!("-> {}", target.display()).into_bytes());
+        } else {
+            files.insert(path.clone(), std::fs::read(&path).expect("read"));
+        }
+    }
+}
+
+/// `lab outside join` with `files`: its output, and whether it succeeded.
+fn join(files: &Path) -> (bool, String) {
+    let out = LAB.run(&[
+        "outside",
+        "join",
+        VM,
+        "--files",
+        files.to_str().expect("utf-8"),
+    ]);
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// Join files for `group` with a token living `ttl`, in a directory of their own.
+fn configure(group: &str, ttl: &str, dir: &str) -> PathBuf {
+    let out = PathBuf::from(format!("/tmp/boshy-lab/{}/outside/{dir}", LAB.name));
+    let _ = std::fs::remove_dir_all(&out);
+    LAB.ok(&[
+        "outside",
+        "configure",
+        group,
+        "--ttl",
+        ttl,
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    out
+}
+
+/// A copy of `files` with `edit` applied to its join.yml.
+fn edited(files: &Path, dir: &str, edit: impl Fn(&mut serde_yaml::Mapping)) -> PathBuf {
+    let out = files.with_file_name(dir);
+    let _ = std::fs::remove_dir_all(&out);
+    let copied = Command::new("cp")
+        .args(["-a"])
+        .arg(files)
+        .arg(&out)
+        .status()
+        .expect("cp");
+    assert!(copied.success());
+    let path = out.join("join.yml");
+    let mut doc: serde_yaml::Mapping =
+        serde_yaml::from_str(&std::fs::read_to_string(&path).expect("join.yml")).expect("YAML");
+    edit(&mut doc);
+    std::fs::write(&path, serde_yaml::to_string(&doc).expect("YAML")).expect("write join.yml");
+    out
+}
+
+fn string(doc: &serde_yaml::Mapping, key: &str) -> String {
+    doc.get(key)
+        .and_then(|v| v.as_str())
+        .unwrap_or_else(|| panic!("join.yml has no `{key}`: {doc:?}"))
+        .to_string()
+}
+
+/// The first pilot's `GET /v1/workloads`.
+fn workloads() -> Value {
+    let pilot = LAB.pilot_ips().into_iter().next().expect("a pilot");
+    let body = LAB
+        .api_get(&pilot, "/v1/workloads")
+        .expect("GET /v1/workloads");
+    serde_json::from_str(&body).expect("JSON")
+}
+
+fn registrations_at(ip: &str) -> Vec<Value> {
+    workloads()["registrations"]
+        .as_array()
+        .expect("registrations")
+        .iter()
+        .filter(|r| r["address"] == ip)
+        .cloned()
+        .collect()
+}
+
+fn wait_for_endpoint(ip: &str, healthy: bool, why: &str) {
+    LAB.wait_for_catalog(why, |services| {
+        services
+            .iter()
+            .find(|s| s["hostname"] == SERVICE)
+            .is_some_and(|s| healthy_ips(s).contains(ip) == healthy)
+    });
+}
+
+pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
+    LAB.ok(&[
+        "rules",
+        "apply",
+        "--name",
+        "legacy",
+        "fixtures/rules/legacy/workload-groups.yml",
+    ]);
+    LAB.wait_for_catalog("the WorkloadGroup's service", |services| {
+        services.iter().any(|s| s["hostname"] == SERVICE)
+    });
+    LAB.ok(&["outside", "create", VM, "--port", PORT]);
+    let vm = outside_vm();
+    let ip = vm["ip"].as_str().expect("ip").to_string();
+    let before = snapshot(&vm);
+
+    // Refused: nothing registered, nothing left on the VM.
+    let files = configure(GROUP, "1h", "files-rabbitmq");
+    let forged = edited(&files, "files-forged", |doc| {
+        let token = string(doc, "token");
+        let (head, secret) = token.rsplit_once('.').expect("a token's secret");
+        let flipped: String = secret
+            .chars()
+            .map(|c| if c == 'A' { 'B' } else { 'A' })
+            .collect();
+        doc.insert("token".into(), format!("{head}.{flipped}").into());
+    });
+    let other_group = configure("legacy/postgres", "1h", "files-postgres");
+    let wrong_group = edited(&other_group, "files-wrong-group", |doc| {
+        doc.insert("group".into(), GROUP.into());
+    });
+    let expired = configure(GROUP, "1s", "files-expired");
+    std::thread::sleep(std::time::Duration::from_secs(2));
+    for (files, why) in [
+        (&forged, "forged"),
+        (&wrong_group, "for another group"),
+        (&expired, "expired"),
+    ] {
+        let (joined, output) = join(files);
+        assert!(!joined, "a {why} token joined: {output}");
+        assert!(
+            output.to_lowercase().contains("token"),
+            "the refusal of a {why} token names the token: {output}"
+        );
+        assert!(registrations_at(&ip).is_empty(), "{why}: {:?}", workloads());
+        assert_eq!(
+            snapshot(&vm),
+            before,
+            "a refused join ({why}) changed the VM"
+        );
+    }
+
+    // Joined: reachable by name from a BOSH VM, and it reaches BOSH jobs by name.
+    let (joined, output) = join(&files);
+    assert!(joined, "join: {output}");
+    wait_for_endpoint(&ip, true, "the joined VM healthy in its group's service");
+    let url = format!("http://{SERVICE}:{PORT}/get");
+    assert_eq!(
+        LAB.curl_instances("apricot/3", &url, 3),
+        vec![ip.clone(); 3],
+        "apricot/3 reaches the VM by name"
+    );
+    let banana = format!("http://{}:9002/get", super::BANANA);
+    let answer = LAB.ok(&[
+        "outside",
+        "ssh",
+        VM,
+        "--",
+        "curl",
+        "-sS",
+        "--max-time",
+        "5",
+        &banana,
+    ]);
+    let answer: Value = serde_json::from_str(&answer).expect("banana answers JSON");
+    assert_eq!(answer["instance"]["instance_group"], "banana", "{answer}");
+    let registration = registrations_at(&ip);
+    assert_eq!(registration.len(), 1, "{registration:?}");
+    assert_eq!(registration[0]["group"], GROUP);
+
+    // Its probe fails: out of every Envoy; it passes again: back.
+    LAB.ok(&["outside", "process", VM, "workload", "kill"]);
+    wait_for_endpoint(&ip, false, "the VM out once its probe fails");
+    LAB.ok(&["outside", "process", VM, "workload", "start"]);
+    wait_for_endpoint(&ip, true, "the VM back once its probe passes");
+
+    // The pilot restarts: the registration was in the director all along.
+    LAB.ok(&[
+        "process",
+        "bosh-istio/bosh-pilot/0",
+        "bosh-pilot",
+        "restart",
+    ]);
+    wait_for_endpoint(&ip, true, "the VM healthy after the pilot restarted");
+    assert_eq!(registrations_at(&ip).len(), 1, "{:?}", workloads());
+
+    // Its agent dies: no heartbeat, out within the TTL; back when it runs again.
+    LAB.ok(&["outside", "process", VM, "boshy-agent", "kill"]);
+    wait_for_endpoint(&ip, false, "the silent VM out after the TTL");
+    assert_eq!(registrations_at(&ip)[0]["state"], "silent");
+    LAB.ok(&["outside", "process", VM, "boshy-agent", "start"]);
+    wait_for_endpoint(&ip, true, "the VM back once it heartbeats again");
+
+    // Leave: deregistered at once, and the VM is as it was before it joined.
+    let left = LAB.ok(&["outside", "leave", VM]);
+    assert!(
+        registrations_at(&ip).is_empty(),
+        "{left}: {:?}",
+        workloads()
+    );
+    LAB.wait_for_catalog("the VM gone from its group's service", |services| {
+        service(services, SERVICE)["endpoints"]
+            .as_array()
+            .is_some_and(|e| !e.iter().any(|e| e["address"] == ip.as_str()))
+    });
+    assert_eq!(snapshot(&vm), before, "leave did not restore the VM");
+    LAB.ok(&["outside", "delete", VM]);
+}
