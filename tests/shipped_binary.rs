@@ -1,7 +1,8 @@
 //! The binaries the BOSH package ships (`packages/boshy`) hold the product and nothing else:
 //! `boshy` has exactly the subcommands that run on a VM or in the control plane (and the
 //! operator's tools: the offline check of traffic rules, which checks them as the pilot does,
-//! and `mesh status`, which reads a pilot's API), and neither
+//! `mesh status`, which reads a pilot's API, and `workload configure`; and what a VM outside
+//! BOSH runs to join and leave the mesh), and neither
 //! binary carries the director simulator, the lab, the benchmarks or the build machine's
 //! checkout path (a binary that bakes the path in works only where it was built).
 
@@ -44,7 +45,10 @@ fn boshy_has_only_the_products_subcommands() {
             "example-httpbin",
             "example-bookinfo",
             "rules",
-            "mesh"
+            "mesh",
+            "workload",
+            "join",
+            "leave"
         ],
         "{help}"
     );
