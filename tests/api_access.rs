@@ -16,8 +16,9 @@ use boshy::catalog::model::{Endpoint, Protocol};
 use boshy::catalog::testing::{self, endpoint, service};
 use boshy::config::{ClientTls, ServerTls};
 use boshy::director::RuleConfigs;
-use boshy_director_sim::{self as sim, SimHandle, SimOptions};
+use boshy_director_sim::{self as sim, SimOptions};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
+use boshy_test_support::uaa::{client_credentials_token, issued_token, sim_client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
@@ -108,44 +109,6 @@ fn api_client(mesh: &Mesh, api: SocketAddr, certificate: Option<&Mesh>) -> reqwe
         .unwrap()
 }
 
-fn sim_client(sim: &SimHandle) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A token from the simulator's UAA for the configured client (`bosh.admin`).
-async fn client_credentials_token(sim: &SimHandle) -> String {
-    let body: Value = sim_client(sim)
-        .post(format!("{}/oauth/token", sim.uaa_url()))
-        .basic_auth("pilot", Some(SECRET))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
-
-/// A token signed by the simulator's UAA with `scopes`, valid for `ttl_seconds`.
-async fn issued_token(sim: &SimHandle, scopes: &[&str], ttl_seconds: i64) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/tokens/issue", sim.control_url()))
-        .json(&json!({"scopes": scopes, "ttl_seconds": ttl_seconds}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
-
 struct Answer {
     status: StatusCode,
     challenge: Option<String>,
@@ -219,7 +182,7 @@ async fn every_endpoint_but_healthz_wants_a_mesh_certificate_or_a_bosh_read_toke
     ));
 
     let anonymous = api_client(&mesh, api, None);
-    let admin = client_credentials_token(&sim).await;
+    let admin = client_credentials_token(&sim, SECRET).await;
     let reader = issued_token(&sim, &["openid", "bosh.read"], 600).await;
     let team_reader = issued_token(&sim, &["bosh.teams.x.read"], 600).await;
     let expired = issued_token(&sim, &["bosh.admin"], -60).await;
@@ -394,7 +357,7 @@ async fn an_unreachable_uaa_refuses_tokens_with_503_and_certificates_still_work(
     // A malformed token is refused before the keys are needed.
     assert_eq!(answer.status, StatusCode::UNAUTHORIZED);
     let sim = sim::start(SimOptions::new(SECRET)).await.unwrap();
-    let token = client_credentials_token(&sim).await;
+    let token = client_credentials_token(&sim, SECRET).await;
     let answer = get(&anonymous, api, "/v1/registration", Some(&token)).await;
     assert_eq!(answer.status, StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(answer.body.trim(), "UAA's token keys could not be fetched");

@@ -441,7 +441,10 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
     assert_eq!(agent["listen"], "127.0.1.53:53");
     assert_eq!(agent["pilots"], json!(["https://127.0.0.1:15011"]));
     assert_eq!(agent["tls"]["key_path"], format!("{r}/etc/boshy/vm.key"));
-    assert_eq!(agent["table_path"], format!("{r}/var/lib/boshy/agent/names.json"));
+    assert_eq!(
+        agent["table_path"],
+        format!("{r}/var/lib/boshy/agent/names.json")
+    );
     let check_config = vm.netns.exec(
         env!("CARGO_BIN_EXE_boshy"),
         &[

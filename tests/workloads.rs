@@ -22,6 +22,7 @@ use boshy_director_sim::{self as sim, SimHandle, SimOptions};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy_test_support::dns_agent::free_port;
 use boshy_test_support::process::KilledOnDrop;
+use boshy_test_support::uaa::{client_credentials_token, sim_client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use x509_parser::extensions::GeneralName;
@@ -200,30 +201,6 @@ async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap())
 }
 
-fn sim_client(sim: &SimHandle) -> reqwest::Client {
-    reqwest::Client::builder()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(sim.ca_pem().as_bytes()).unwrap())
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
-}
-
-/// A token of the configured client (`bosh.admin`).
-async fn admin_token(sim: &SimHandle) -> String {
-    let body: Value = sim_client(sim)
-        .post(format!("{}/oauth/token", sim.uaa_url()))
-        .basic_auth("pilot", Some(SECRET))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
-
 async fn read_token(sim: &SimHandle) -> String {
     let body: Value = reqwest::Client::new()
         .post(format!("{}/_sim/tokens/issue", sim.control_url()))
@@ -241,7 +218,7 @@ async fn read_token(sim: &SimHandle) -> String {
 async fn post_groups(sim: &SimHandle) {
     let response = sim_client(sim)
         .post(format!("{}/configs", sim.director_url()))
-        .bearer_auth(admin_token(sim).await)
+        .bearer_auth(client_credentials_token(sim, SECRET).await)
         .json(&json!({"type": "boshy-istio", "name": "legacy", "content": GROUPS}))
         .send()
         .await
@@ -410,7 +387,7 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     let b = Pilot::new(dir.path(), "b", &sim, &pki);
     a.wait_ready(&pki).await;
     b.wait_ready(&pki).await;
-    let admin = admin_token(&sim).await;
+    let admin = client_credentials_token(&sim, SECRET).await;
     let reader = read_token(&sim).await;
     // The group is accepted once the rule configs are judged.
     let ready = wait_listing(&a, &pki, &admin, "listing", |l| l["tokens"].is_array()).await;

@@ -71,38 +71,25 @@ async fn ask_for_token(args: &ConfigureArgs) -> Result<TokenAnswer> {
         group: &args.group,
         ttl_seconds: args.ttl,
     };
-    let mut unanswered = Vec::new();
-    for pilot in &args.pilots {
-        let client = PilotConnection::new(
+    let client_of = |pilot: &str| {
+        PilotConnection::new(
             pilot,
             args.ca.clone(),
             &args.server_name,
             None,
             &args.token_env,
         )
-        .client()?;
-        let (url, response) = match client.post_json(wire::TOKENS_PATH, &request).await {
-            Ok(answered) => answered,
-            Err(err) => {
-                unanswered.push(format!("{err:#}"));
-                continue;
-            }
-        };
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        if !status.is_success() {
-            bail!(
-                "the pilot refused the token (POST {url}: {status}): {}",
-                wire::reason(&body)
-            );
-        }
-        return serde_json::from_str(&body)
-            .with_context(|| format!("POST {url}: the answer is not what this boshy reads"));
-    }
-    bail!("no pilot answered: {}", unanswered.join("; "))
+        .client()
+    };
+    let (_, answer) = wire::post_to_first(
+        &args.pilots,
+        client_of,
+        wire::TOKENS_PATH,
+        &request,
+        "token",
+    )
+    .await?;
+    Ok(answer)
 }
 
 /// `<config>/<name>`: two non-empty parts.

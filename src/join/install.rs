@@ -177,34 +177,14 @@ async fn ask_to_join(
         csr,
         labels: &spec.labels,
     };
-    let mut unanswered = Vec::new();
-    for pilot in &spec.pilots {
-        let client = PilotConnection::new(pilot, files.ca(), &spec.settings.server_name, None, "")
+    let client_of = |pilot: &str| {
+        PilotConnection::new(pilot, files.ca(), &spec.settings.server_name, None, "")
             .client()?
-            .with_bearer(&spec.token)?;
-        let (url, response) = match client.post_json(wire::JOIN_PATH, &request).await {
-            Ok(answered) => answered,
-            Err(err) => {
-                unanswered.push(format!("{err:#}"));
-                continue;
-            }
-        };
-        let status = response.status();
-        let body = response
-            .text()
-            .await
-            .with_context(|| format!("POST {url}"))?;
-        if !status.is_success() {
-            bail!(
-                "the pilot refused the join (POST {url}: {status}): {}",
-                wire::reason(&body)
-            );
-        }
-        let answer: JoinAnswer = serde_json::from_str(&body)
-            .with_context(|| format!("POST {url}: the answer is not what this boshy reads"))?;
-        return Ok((pilot.clone(), answer));
-    }
-    bail!("no pilot answered the join: {}", unanswered.join("; "))
+            .with_bearer(&spec.token)
+    };
+    let (pilot, answer) =
+        wire::post_to_first(&spec.pilots, client_of, wire::JOIN_PATH, &request, "join").await?;
+    Ok((pilot.to_string(), answer))
 }
 
 /// The join state being built: `state` (kept originals, saved after every change) and this

@@ -205,7 +205,10 @@ pub(crate) mod tests {
         let tls = config.tls.as_ref().unwrap();
         assert_eq!(tls.key_path, Path::new("/vm/etc/boshy/vm.key"));
         assert_eq!(tls.server_name, "bosh-pilot.boshy-istio");
-        assert_eq!(config.table_path, Path::new("/vm/var/lib/boshy/agent/names.json"));
+        assert_eq!(
+            config.table_path,
+            Path::new("/vm/var/lib/boshy/agent/names.json")
+        );
         assert_eq!(
             config.identity.as_ref().unwrap().sds_socket,
             Path::new("/vm/run/boshy/sds.sock")

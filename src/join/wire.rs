@@ -89,6 +89,44 @@ pub(crate) fn reason(body: &str) -> String {
     crate::text::clip(&said)
 }
 
+/// POSTs `request` to `path` of each pilot in turn (each reached by `client_of`) until one
+/// answers: that pilot and its answer read as `T`. A refusal ends the search, with the
+/// pilot's reason and `what` was refused; only pilots that do not answer are skipped.
+pub(crate) async fn post_to_first<'p, T: serde::de::DeserializeOwned>(
+    pilots: &'p [String],
+    client_of: impl Fn(&str) -> anyhow::Result<crate::mesh_cli::PilotClient>,
+    path: &str,
+    request: &impl Serialize,
+    what: &str,
+) -> anyhow::Result<(&'p str, T)> {
+    use anyhow::Context as _;
+    let mut unanswered = Vec::new();
+    for pilot in pilots {
+        let (url, response) = match client_of(pilot)?.post_json(path, request).await {
+            Ok(answered) => answered,
+            Err(err) => {
+                unanswered.push(format!("{err:#}"));
+                continue;
+            }
+        };
+        let status = response.status();
+        let body = response
+            .text()
+            .await
+            .with_context(|| format!("POST {url}"))?;
+        if !status.is_success() {
+            anyhow::bail!(
+                "the pilot refused the {what} (POST {url}: {status}): {}",
+                reason(&body)
+            );
+        }
+        let answer = serde_json::from_str(&body)
+            .with_context(|| format!("POST {url}: the answer is not what this boshy reads"))?;
+        return Ok((pilot, answer));
+    }
+    anyhow::bail!("no pilot answered the {what}: {}", unanswered.join("; "))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

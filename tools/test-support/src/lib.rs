@@ -13,6 +13,7 @@
 //! - [`zipkin`]: a collector taking spans on the Zipkin v2 HTTP API.
 //! - [`chromium`]: a real headless Chromium: a page's DOM after its scripts, a screenshot.
 //! - [`fuzz`]: the property-based fuzzers' runner.
+//! - [`uaa`]: tokens from the director simulator's UAA.
 
 #![forbid(unsafe_code)]
 
@@ -26,6 +27,7 @@ pub mod manifests;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod uaa;
 pub mod zipkin;
 
 use std::path::PathBuf;
