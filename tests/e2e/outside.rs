@@ -153,13 +153,27 @@ fn registrations_at(ip: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Waits until the VM at `ip` is (or is not) a healthy endpoint of the group's service, then
+/// until every VM has converged; a pilot that does not answer yet (restarting) is waited for.
 fn wait_for_endpoint(ip: &str, healthy: bool, why: &str) {
-    LAB.wait_for_catalog(why, |services| {
-        services
-            .iter()
-            .find(|s| s["hostname"] == SERVICE)
-            .is_some_and(|s| healthy_ips(s).contains(ip) == healthy)
-    });
+    let pilot = LAB.pilot_ips().into_iter().next().expect("a pilot");
+    let shown = || -> Option<bool> {
+        let body = LAB.api_get(&pilot, "/v1/registration")?;
+        let services: Vec<Value> = serde_json::from_str(&body).ok()?;
+        let group = services.iter().find(|s| s["hostname"] == SERVICE)?;
+        Some(healthy_ips(group).contains(ip) == healthy)
+    };
+    for _ in 0..240 {
+        if shown() == Some(true) {
+            LAB.wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!(
+        "{why}: never shown: {:?}",
+        LAB.api_get(&pilot, "/v1/workloads")
+    );
 }
 
 pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
