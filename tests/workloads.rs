@@ -22,7 +22,7 @@ use boshy_director_sim::{self as sim, SimHandle, SimOptions};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy_test_support::dns_agent::free_port;
 use boshy_test_support::process::KilledOnDrop;
-use boshy_test_support::uaa::{client_credentials_token, sim_client};
+use boshy_test_support::uaa::{client_credentials_token, issued_token, sim_client};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use x509_parser::extensions::GeneralName;
@@ -201,19 +201,6 @@ async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, String) {
     (response.status(), response.text().await.unwrap())
 }
 
-async fn read_token(sim: &SimHandle) -> String {
-    let body: Value = reqwest::Client::new()
-        .post(format!("{}/_sim/tokens/issue", sim.control_url()))
-        .json(&json!({"scopes": ["bosh.read"], "ttl_seconds": 600}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    body["access_token"].as_str().unwrap().to_string()
-}
-
 /// `bosh update-config --type boshy-istio --name legacy`: the WorkloadGroups.
 async fn post_groups(sim: &SimHandle) {
     let response = sim_client(sim)
@@ -388,7 +375,7 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     a.wait_ready(&pki).await;
     b.wait_ready(&pki).await;
     let admin = client_credentials_token(&sim, SECRET).await;
-    let reader = read_token(&sim).await;
+    let reader = issued_token(&sim, &["bosh.read"], 600).await;
     // The group is accepted once the rule configs are judged.
     let ready = wait_listing(&a, &pki, &admin, "listing", |l| l["tokens"].is_array()).await;
     assert_eq!(ready["registrations"], json!([]));
