@@ -466,10 +466,6 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     // Refusals, each with its status and what was wrong.
     let secret = token.rsplit('.').next().unwrap();
     let forged = token.replace(secret, &"A".repeat(secret.len()));
-    let (expired_token, _) = {
-        let (_, body) = create_token(&a, &pki, &admin, RABBITMQ, 1).await;
-        (body["token"].as_str().unwrap().to_string(), ())
-    };
     let (_, revoked) = create_token(&a, &pki, &admin, RABBITMQ, 600).await;
     let client = pki.client(a.api, Ipv4Addr::LOCALHOST.into(), None);
     let (status, body) = answer(
@@ -484,6 +480,10 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     assert_eq!(status, StatusCode::OK, "{body}");
     let (_, postgres) = create_token(&a, &pki, &admin, POSTGRES, 600).await;
     let postgres = postgres["token"].as_str().unwrap().to_string();
+    // Made last: every write prunes the tokens past their expiry, and the expired token must
+    // still be in the store (refused as expired) when its join comes; no write happens between.
+    let (_, expired) = create_token(&a, &pki, &admin, RABBITMQ, 1).await;
+    let expired_token = expired["token"].as_str().unwrap().to_string();
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let other_vm: IpAddr = Ipv4Addr::new(127, 0, 0, 22).into();
     let cases: [(&str, IpAddr, &str, StatusCode, &str); 8] = [
