@@ -86,20 +86,7 @@ impl Mesh {
 fn api_client(mesh: &Mesh, api: SocketAddr, certificate: Option<&Mesh>) -> reqwest::Client {
     let tls = match certificate {
         Some(of) => boshy::tls::client_config(&mesh.client_tls(of)).unwrap(),
-        None => {
-            let mut roots = rustls::RootCertStore::empty();
-            let pem = std::fs::read(mesh.path("ca.pem")).unwrap();
-            for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                roots.add(cert.unwrap()).unwrap();
-            }
-            rustls::ClientConfig::builder_with_provider(Arc::new(
-                rustls::crypto::ring::default_provider(),
-            ))
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth()
-        }
+        None => boshy_test_support::tls::without_certificate(&mesh.path("ca.pem")),
     };
     reqwest::Client::builder()
         .use_preconfigured_tls(tls)

@@ -107,18 +107,7 @@ impl Mesh {
 
     /// A client that verifies the pilot but presents no certificate at all.
     fn client_without_certificate(&self) -> rustls::ClientConfig {
-        let mut roots = rustls::RootCertStore::empty();
-        let pem = std::fs::read(self.path("ca.pem")).unwrap();
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth()
+        boshy_test_support::tls::without_certificate(&self.path("ca.pem"))
     }
 }
 

@@ -14,7 +14,6 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
 use boshy::config::ClientTls;
@@ -84,20 +83,7 @@ impl Pki {
                 server_name: PILOT_SERVER_NAME.into(),
             })
             .unwrap(),
-            None => {
-                let mut roots = rustls::RootCertStore::empty();
-                let pem = std::fs::read(self.path("mesh-ca.pem")).unwrap();
-                for cert in rustls_pemfile::certs(&mut pem.as_slice()) {
-                    roots.add(cert.unwrap()).unwrap();
-                }
-                rustls::ClientConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::ring::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_root_certificates(roots)
-                .with_no_client_auth()
-            }
+            None => boshy_test_support::tls::without_certificate(&self.path("mesh-ca.pem")),
         };
         reqwest::Client::builder()
             .use_preconfigured_tls(tls)

@@ -14,6 +14,7 @@
 //! - [`chromium`]: a real headless Chromium: a page's DOM after its scripts, a screenshot.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 //! - [`uaa`]: tokens from the director simulator's UAA.
+//! - [`tls`]: a TLS client of the pilot's ports with no certificate.
 
 #![forbid(unsafe_code)]
 
@@ -27,6 +28,7 @@ pub mod manifests;
 pub mod netns;
 pub mod process;
 pub mod prometheus;
+pub mod tls;
 pub mod uaa;
 pub mod zipkin;
 
