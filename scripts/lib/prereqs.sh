@@ -21,6 +21,9 @@ boshy_missing_debian_packages() {
   command -v prometheus >/dev/null || missing+=(prometheus)
   # The end-to-end test renders the web console in a real headless Chromium (docs/console.md).
   command -v chromium >/dev/null || missing+=(chromium)
+  # tests/join.rs checks the units `boshy join` writes with systemd's own `systemd-analyze
+  # verify` (no systemd runs here as PID 1, so the units cannot be started by it).
+  command -v systemd-analyze >/dev/null || missing+=(systemd)
   printf '%s\n' "${missing[@]}" | sort -u | tr '\n' ' '
 }
 

@@ -177,11 +177,13 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
         // under traffic all the time, not once a day.
         "identity": {"certificate_ttl_hours": LAB_CERTIFICATE_TTL_HOURS},
         // VMs outside BOSH (`lab outside`): heartbeats every 2 s, out of every Envoy after 6 s
-        // of silence, deregistered after 2 minutes of it.
+        // of silence, deregistered after 2 minutes of it; their mesh certificates live 72 s
+        // (renewed every 36 s), as the workload certificates do, to show renewal in minutes.
         "workloads": {
             "heartbeat_seconds": 2,
             "ttl_seconds": 6,
             "deregister_after_seconds": 120,
+            "certificate_ttl_seconds": LAB_VM_CERTIFICATE_TTL_SECONDS,
         },
         // Spans go to a collector on the host, if one runs there; 1% of requests, or those a
         // caller marks with B3's `x-b3-sampled: 1`.
@@ -191,6 +193,8 @@ fn lab_pilot_properties(layout: &Layout) -> Value {
 
 /// The lab's workload certificate lifetime (72 s).
 const LAB_CERTIFICATE_TTL_HOURS: f64 = 0.02;
+/// The lab's lifetime of a joined VM's mesh certificate: the same 72 s.
+const LAB_VM_CERTIFICATE_TTL_SECONDS: u64 = 72;
 
 /// The addon's properties in the lab, as runtime-config.yml would set them. No bosh-dns runs
 /// in the lab, so the agent is the VM's resolver on port 53 (its netns resolv.conf points
