@@ -14,6 +14,7 @@
 //! - [`chromium`]: a real headless Chromium: a page's DOM after its scripts, a screenshot.
 //! - [`fuzz`]: the property-based fuzzers' runner.
 //! - [`uaa`]: tokens from the director simulator's UAA.
+//! - [`workloads`]: real pilots with joining VMs on, and a VM's and an operator's clients.
 
 #![forbid(unsafe_code)]
 
@@ -28,6 +29,7 @@ pub mod netns;
 pub mod process;
 pub mod prometheus;
 pub mod uaa;
+pub mod workloads;
 pub mod zipkin;
 
 use std::path::PathBuf;
