@@ -204,14 +204,15 @@ async fn renew(
     let checked = identity.clone();
     // Checking and signing cost a millisecond or more of CPU: off the async workers.
     let judged = tokio::task::spawn_blocking(move || {
+        let now = SystemTime::now();
         judge(
             &checked,
             registration.as_ref(),
             peer.ip(),
             &body,
             &checking.replay,
-            SystemTime::now(),
-            |csr, urn| checking.workloads.sign(csr, urn),
+            now,
+            |csr, urn| checking.workloads.sign(csr, urn, now),
         )
     })
     .await;

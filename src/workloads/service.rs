@@ -374,10 +374,10 @@ impl Workloads {
         }
     }
 
-    /// Signs a renewed certificate of the registration `urn` names (`renewal`): the join's CA
-    /// and lifetime.
-    pub(super) fn sign(&self, csr: &CheckedCsr, urn: &str) -> Result<CsrAnswer> {
-        self.ca.sign(csr, urn, SystemTime::now())
+    /// Signs a renewed certificate of the registration `urn` names at `now` (`renewal`): the
+    /// join's CA and lifetime.
+    pub(super) fn sign(&self, csr: &CheckedCsr, urn: &str, now: SystemTime) -> Result<CsrAnswer> {
+        self.ca.sign(csr, urn, now)
     }
 
     /// The registration a certificate speaks for, while the store holds it.
