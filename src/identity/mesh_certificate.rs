@@ -209,8 +209,12 @@ fn replace_symlink(dir: &Path, name: &str, target: &Path) -> Result<()> {
         })
 }
 
-/// Removes every generation directory in `dir` but `current`.
-fn remove_generations(dir: &Path, current: &str) -> Result<()> {
+/// Removes every generation directory in `dir` but `ours` and the one `..data` names now,
+/// which is another's when two writers raced (a `boshy join` again while the agent renews):
+/// the last swap wins, and its generation stays.
+fn remove_generations(dir: &Path, ours: &str) -> Result<()> {
+    let current = std::fs::read_link(dir.join(DATA))
+        .with_context(|| format!("{}: cannot read", dir.join(DATA).display()))?;
     for entry in
         std::fs::read_dir(dir).with_context(|| format!("{}: cannot list", dir.display()))?
     {
@@ -219,7 +223,8 @@ fn remove_generations(dir: &Path, current: &str) -> Result<()> {
         let name = name.to_string_lossy();
         // `..data` and the names are symlinks: only generations are directories.
         let generation = name.starts_with("..")
-            && name != current
+            && name != ours
+            && Path::new(name.as_ref()) != current
             && entry.file_type().is_ok_and(|t| t.is_dir());
         if generation {
             std::fs::remove_dir_all(entry.path())
@@ -511,6 +516,31 @@ mod tests {
             [second[0].as_str(), DATA, "vm.key", "vm.pem"],
             "no temporary left"
         );
+    }
+
+    #[test]
+    fn the_generation_data_names_is_kept_whoever_wrote_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = PairFiles::of(&dir.path().join("vm.pem"), &dir.path().join("vm.key")).unwrap();
+        install(&files, b"cert", b"key").unwrap();
+        // Another writer's generation, swapped in after ours was written.
+        let theirs = dir.path().join("..theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::fs::write(theirs.join("vm.pem"), b"their cert").unwrap();
+        std::os::unix::fs::symlink("..theirs", dir.path().join("..data.tmp")).unwrap();
+        std::fs::rename(dir.path().join("..data.tmp"), dir.path().join(DATA)).unwrap();
+        remove_generations(dir.path(), "..ours").unwrap();
+        assert!(theirs.is_dir(), "the current generation stays");
+        assert_eq!(
+            std::fs::read(dir.path().join("vm.pem")).unwrap(),
+            b"their cert"
+        );
+        let left: Vec<String> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with("..") && n != DATA)
+            .collect();
+        assert_eq!(left, ["..theirs"], "the first generation went");
     }
 
     #[test]
