@@ -598,6 +598,20 @@ pub struct AgentConfig {
     /// serves them as Prometheus metrics; absent, it does not.
     #[serde(default)]
     pub telemetry: Option<AgentTelemetry>,
+    /// What the agent does with the mesh certificate of `tls`: a joined VM's (`boshy join`
+    /// sets it) is renewed by the agent; a BOSH VM's is BOSH's, and this is absent.
+    #[serde(default)]
+    pub mesh_certificate: Option<MeshCertificate>,
+}
+
+/// `mesh_certificate` (docs/workloads.md, "Certificate renewal").
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MeshCertificate {
+    /// Renew `tls.cert_path` and `tls.key_path` from the pilots at half the certificate's
+    /// lifetime, in place: a new key each time, both swapped at once in their directory.
+    #[serde(default)]
+    pub renew: bool,
 }
 
 /// Where the agent takes Envoy's access logs and serves the request metrics.

@@ -87,6 +87,7 @@ pub struct Metrics {
     pub workload_joins: AtomicU64,
     pub workload_leaves: AtomicU64,
     pub workload_deregistrations: AtomicU64,
+    pub workload_renewals: AtomicU64,
     /// xDS responses sent, ACKs and NACKs received, by type (and NACKs by resource).
     xds_pushes: CounterFamily<1>,
     xds_acks: CounterFamily<1>,
@@ -142,6 +143,7 @@ impl Default for Metrics {
             workload_joins: AtomicU64::default(),
             workload_leaves: AtomicU64::default(),
             workload_deregistrations: AtomicU64::default(),
+            workload_renewals: AtomicU64::default(),
             xds_pushes: Family::default(),
             xds_acks: Family::default(),
             xds_nacks: Family::default(),
@@ -422,6 +424,11 @@ impl Metrics {
                 "boshy_workload_deregistrations",
                 "Registrations this pilot removed after the grace period without a heartbeat",
                 &self.workload_deregistrations,
+            ),
+            (
+                "boshy_workload_renewals",
+                "Joined VMs' certificates this pilot renewed",
+                &self.workload_renewals,
             ),
         ];
         for (name, help, value) in counters {

@@ -251,6 +251,7 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
     let names_agents = agents.clone();
+    let names_workloads = workloads.clone();
     let agent_settings = names::AgentSettings {
         workload_heartbeat_seconds: cfg
             .workloads
@@ -269,6 +270,7 @@ pub async fn run(args: Args) -> Result<()> {
                     tls,
                     identity,
                     agent_settings,
+                    names_workloads,
                 )
                 .await
             }

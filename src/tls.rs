@@ -86,17 +86,147 @@ fn server_config_with(
 }
 
 /// A client's TLS: it presents its certificate and trusts a pilot only with a certificate
-/// signed by `ca_cert_path` for `server_name`, whatever address it dialled.
+/// signed by `ca_cert_path` for `server_name`, whatever address it dialled. The certificate
+/// and key are read again when their files change ([`ReloadingCertificate`]): a joined VM's
+/// agent renews them in place, and its next handshake presents the new pair.
 pub fn client_config(tls: &ClientTls) -> Result<ClientConfig> {
-    pinned(
+    let builder = pinned(
         (&tls.ca_cert_path, "tls.ca_cert_path"),
         (&tls.server_name, "tls.server_name"),
-    )?
-    .with_client_auth_cert(
-        read_certs(&tls.cert_path, "tls.cert_path")?,
-        read_key(&tls.key_path, "tls.key_path")?,
+    )?;
+    let certificate = ReloadingCertificate::load(tls)?;
+    Ok(builder.with_client_cert_resolver(Arc::new(certificate)))
+}
+
+/// What tells a file's new content from its old without reading it: a renewal writes new
+/// files (a new inode), an editor or `cp` at least a new modification time or length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    modified_ns: i128,
+    length: u64,
+}
+
+impl FileStamp {
+    /// The stamp of the file `path` names, through symlinks.
+    fn of(path: &Path) -> io::Result<FileStamp> {
+        use std::os::unix::fs::MetadataExt;
+        let meta = std::fs::metadata(path)?;
+        Ok(FileStamp {
+            device: meta.dev(),
+            inode: meta.ino(),
+            modified_ns: i128::from(meta.mtime()) * 1_000_000_000 + i128::from(meta.mtime_nsec()),
+            length: meta.size(),
+        })
+    }
+}
+
+/// The client certificate of [`client_config`]: the pair in `tls.cert_path` and
+/// `tls.key_path`, read again at a handshake when either file changed since it was read. A
+/// new pair that does not parse, or whose key does not fit its certificate (a reader between
+/// two writes of a writer that does not swap them together), is not taken: the pair held is
+/// presented, and the files are read again at the next handshake.
+#[derive(Debug)]
+struct ReloadingCertificate {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    held: std::sync::Mutex<HeldCertificate>,
+}
+
+#[derive(Debug)]
+struct HeldCertificate {
+    stamps: (FileStamp, FileStamp),
+    key: Arc<rustls::sign::CertifiedKey>,
+    /// The stamps of a pair refused already, so that it is logged once.
+    refused: Option<(FileStamp, FileStamp)>,
+}
+
+impl ReloadingCertificate {
+    /// Reads the pair; errors name the keys and files, never the key's content.
+    fn load(tls: &ClientTls) -> Result<ReloadingCertificate> {
+        let stamps = Self::stamps(&tls.cert_path, &tls.key_path).with_context(|| {
+            format!(
+                "keys `tls.cert_path` ({}) and `tls.key_path` ({})",
+                tls.cert_path.display(),
+                tls.key_path.display()
+            )
+        })?;
+        let key = read_pair(&tls.cert_path, &tls.key_path)?;
+        Ok(ReloadingCertificate {
+            cert_path: tls.cert_path.clone(),
+            key_path: tls.key_path.clone(),
+            held: std::sync::Mutex::new(HeldCertificate {
+                stamps,
+                key,
+                refused: None,
+            }),
+        })
+    }
+
+    fn stamps(cert: &Path, key: &Path) -> io::Result<(FileStamp, FileStamp)> {
+        Ok((FileStamp::of(cert)?, FileStamp::of(key)?))
+    }
+
+    /// The pair to present now.
+    fn current(&self) -> Arc<rustls::sign::CertifiedKey> {
+        let mut held = self.held.lock().expect("client certificate lock");
+        let Ok(stamps) = Self::stamps(&self.cert_path, &self.key_path) else {
+            // Gone for a moment (or for good): what is held is all there is to present.
+            return held.key.clone();
+        };
+        if stamps == held.stamps || held.refused == Some(stamps) {
+            return held.key.clone();
+        }
+        match read_pair(&self.cert_path, &self.key_path) {
+            // Read again after the read: a pair swapped while being read is judged next time.
+            Ok(key) if Self::stamps(&self.cert_path, &self.key_path).ok() == Some(stamps) => {
+                tracing::info!(cert = %self.cert_path.display(), "the client certificate changed: new connections present the new one");
+                held.stamps = stamps;
+                held.key = key;
+                held.refused = None;
+            }
+            Ok(_) => {}
+            Err(err) => {
+                tracing::warn!("{err:#}; new connections present the certificate held");
+                held.refused = Some(stamps);
+            }
+        }
+        held.key.clone()
+    }
+}
+
+impl rustls::client::ResolvesClientCert for ReloadingCertificate {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.current())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// The certificate chain in `cert` and the key in `key`, checked to fit each other.
+fn read_pair(cert: &Path, key: &Path) -> Result<Arc<rustls::sign::CertifiedKey>> {
+    let fits = rustls::sign::CertifiedKey::from_der(
+        read_certs(cert, "tls.cert_path")?,
+        read_key(key, "tls.key_path")?,
+        &provider(),
     )
-    .context("keys `tls.cert_path` and `tls.key_path`: the key does not fit the certificate")
+    .and_then(|pair| pair.keys_match().map(|()| pair));
+    let pair = fits.map_err(|_| {
+        anyhow::anyhow!(
+            "keys `tls.cert_path` ({}) and `tls.key_path` ({}): the key does not fit the \
+             certificate",
+            cert.display(),
+            key.display()
+        )
+    })?;
+    Ok(Arc::new(pair))
 }
 
 /// The TLS of an operator's client of the pilot's HTTP API (`boshy mesh`): the same trust as
@@ -137,10 +267,46 @@ fn pinned(
         .with_custom_certificate_verifier(Arc::new(PinnedName { webpki, name })))
 }
 
+/// The name of the secret a joined VM's Envoy reads its mesh certificate by, from the file
+/// `certificate_sds` of [`envoy_tls_certificate`].
+pub(crate) const MESH_CERTIFICATE_SECRET: &str = "boshy-mesh-certificate";
+
+/// Where Envoy takes the certificate it presents with `tls`: the key of `common_tls_context`
+/// and its value. The files themselves (a BOSH VM's, which change only with a deploy that
+/// restarts Envoy), or with `certificate_sds` the secret [`MESH_CERTIFICATE_SECRET`] of that
+/// file-based SDS file, which Envoy reads again whenever the certificate's directory changes
+/// (a joined VM's agent renews it there).
+pub(crate) fn envoy_tls_certificate(
+    tls: &ClientTls,
+    certificate_sds: Option<&Path>,
+) -> (&'static str, Value) {
+    match certificate_sds {
+        None => (
+            "tls_certificates",
+            json!([{
+                "certificate_chain": {"filename": tls.cert_path},
+                "private_key": {"filename": tls.key_path},
+            }]),
+        ),
+        Some(file) => (
+            "tls_certificate_sds_secret_configs",
+            json!([{
+                "name": MESH_CERTIFICATE_SECRET,
+                "sds_config": {
+                    "path_config_source": {"path": file},
+                    "resource_api_version": "V3",
+                },
+            }]),
+        ),
+    }
+}
+
 /// Envoy's `transport_socket` for the xDS cluster: the same policy as [`client_config`]
-/// (mesh CA, the pilot's fixed name as SNI and as the SAN to match, TLS 1.3, ALPN h2).
-pub(crate) fn envoy_transport_socket(tls: &ClientTls) -> Value {
-    json!({
+/// (mesh CA, the pilot's fixed name as SNI and as the SAN to match, TLS 1.3, ALPN h2); the
+/// certificate as [`envoy_tls_certificate`] says.
+pub(crate) fn envoy_transport_socket(tls: &ClientTls, certificate_sds: Option<&Path>) -> Value {
+    let (certificate_key, certificate) = envoy_tls_certificate(tls, certificate_sds);
+    let mut socket = json!({
         "name": "envoy.transport_sockets.tls",
         "typed_config": {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
@@ -151,10 +317,6 @@ pub(crate) fn envoy_transport_socket(tls: &ClientTls) -> Value {
                     "tls_maximum_protocol_version": "TLSv1_3",
                 },
                 "alpn_protocols": ["h2"],
-                "tls_certificates": [{
-                    "certificate_chain": {"filename": tls.cert_path},
-                    "private_key": {"filename": tls.key_path},
-                }],
                 "validation_context": {
                     "trusted_ca": {"filename": tls.ca_cert_path},
                     "match_typed_subject_alt_names": [{
@@ -164,7 +326,9 @@ pub(crate) fn envoy_transport_socket(tls: &ClientTls) -> Value {
                 },
             },
         },
-    })
+    });
+    socket["typed_config"]["common_tls_context"][certificate_key] = certificate;
+    socket
 }
 
 /// Verifies the chain with webpki against the fixed name instead of the dialled address.
@@ -458,6 +622,92 @@ mod tests {
         assert!(
             msg.contains("tls.key_path") && msg.contains("garbage.pem"),
             "{msg}"
+        );
+    }
+
+    #[test]
+    fn the_client_certificate_is_read_again_when_its_files_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let pair = |name: &str| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(vec![name.to_string()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            (cert.pem(), key.serialize_pem(), cert.der().clone())
+        };
+        let (a, b) = (pair("a.example"), pair("b.example"));
+        let tls = ClientTls {
+            ca_cert_path: dir.path().join("unused.pem"),
+            cert_path: dir.path().join("vm.pem"),
+            key_path: dir.path().join("vm.key"),
+            server_name: "p".into(),
+        };
+        let write = |path: &Path, pem: &str| {
+            crate::fsutil::write_atomically_with_mode(path, pem.as_bytes(), 0o600).unwrap()
+        };
+        write(&tls.cert_path, &b.0);
+        write(&tls.key_path, &a.1);
+        let msg = format!("{:#}", ReloadingCertificate::load(&tls).unwrap_err());
+        assert!(
+            msg.contains("does not fit") && msg.contains("vm.pem"),
+            "{msg}"
+        );
+        assert!(!msg.contains("PRIVATE"), "{msg}");
+
+        write(&tls.cert_path, &a.0);
+        let reloading = ReloadingCertificate::load(&tls).unwrap();
+        assert_eq!(reloading.current().cert[0], a.2);
+        // b's certificate beside a's key (a writer between its two writes): a's pair stays.
+        write(&tls.cert_path, &b.0);
+        assert_eq!(reloading.current().cert[0], a.2);
+        assert_eq!(
+            reloading.current().cert[0],
+            a.2,
+            "a pair refused stays refused"
+        );
+        // b's key too: b's pair from the next handshake on.
+        write(&tls.key_path, &b.1);
+        assert_eq!(reloading.current().cert[0], b.2);
+        // Files gone: what is held is presented.
+        std::fs::remove_file(&tls.cert_path).unwrap();
+        assert_eq!(reloading.current().cert[0], b.2);
+        use rustls::client::ResolvesClientCert;
+        assert!(reloading.has_certs());
+        assert!(reloading.resolve(&[], &[]).is_some());
+    }
+
+    #[test]
+    fn envoy_takes_its_certificate_from_the_files_or_through_file_sds() {
+        let tls = ClientTls {
+            ca_cert_path: "/etc/boshy/ca.pem".into(),
+            cert_path: "/etc/boshy/tls/vm.pem".into(),
+            key_path: "/etc/boshy/tls/vm.key".into(),
+            server_name: "bosh-pilot.boshy-istio".into(),
+        };
+        let files = envoy_transport_socket(&tls, None);
+        let context = &files["typed_config"]["common_tls_context"];
+        assert_eq!(
+            context["tls_certificates"][0]["private_key"]["filename"],
+            "/etc/boshy/tls/vm.key"
+        );
+        assert!(context.get("tls_certificate_sds_secret_configs").is_none());
+        let sds = envoy_transport_socket(&tls, Some(Path::new("/etc/boshy/sds.yaml")));
+        let context = &sds["typed_config"]["common_tls_context"];
+        assert!(context.get("tls_certificates").is_none());
+        assert_eq!(
+            context["tls_certificate_sds_secret_configs"],
+            json!([{
+                "name": MESH_CERTIFICATE_SECRET,
+                "sds_config": {
+                    "path_config_source": {"path": "/etc/boshy/sds.yaml"},
+                    "resource_api_version": "V3",
+                },
+            }])
+        );
+        assert_eq!(
+            context["validation_context"],
+            files["typed_config"]["common_tls_context"]["validation_context"]
         );
     }
 

@@ -11,193 +11,23 @@
 //! Everything runs on loopback: the simulator lists its instances in 127.10.0.0/24, and each
 //! VM leaves from an address of its own in 127.0.0.0/8.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::net::{IpAddr, Ipv4Addr};
 use std::time::Duration;
 
-use boshy::config::ClientTls;
-use boshy_director_sim::{self as sim, SimHandle, SimOptions};
-use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
-use boshy_test_support::dns_agent::free_port;
-use boshy_test_support::process::KilledOnDrop;
-use boshy_test_support::uaa::{client_credentials_token, issued_token, sim_client};
+use boshy_director_sim::{self as sim, SimHandle};
+use boshy_lab::pki::PILOT_SERVER_NAME;
+use boshy_test_support::uaa::{client_credentials_token, issued_token};
+use boshy_test_support::workloads::{
+    answer, create_token, join, key_and_csr, listing, post_groups, sim_options, wait_listing,
+    Durations, Pilot, Pki, POSTGRES, RABBITMQ, SECRET,
+};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
 use x509_parser::extensions::GeneralName;
 use x509_parser::pem::Pem;
 
-const BOSHY: &str = env!("CARGO_BIN_EXE_boshy");
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/director");
-const SECRET: &str = "pilot-secret";
 const TTL_SECONDS: u64 = 3;
-const RABBITMQ: &str = "legacy/rabbitmq";
-const POSTGRES: &str = "legacy/postgres";
 const HOSTNAME: &str = "rabbitmq.rabbitmq.legacy.boshy";
-const GROUPS: &str = "apiVersion: v1\nkind: List\nitems:\n\
-- apiVersion: networking.istio.io/v1\n  kind: WorkloadGroup\n  metadata: {name: rabbitmq}\n  \
-spec:\n    metadata: {labels: {app: rabbitmq}}\n    template: {ports: {tcp-amqp: 5672}}\n\
-- apiVersion: networking.istio.io/v1\n  kind: WorkloadGroup\n  metadata: {name: postgres}\n  \
-spec:\n    template: {ports: {tcp-pg: 5432}}\n";
-
-/// The mesh CA (with its key, which signs the joined VMs' certificates), the pilots'
-/// certificate and a mesh client certificate (an operator's tool), as files.
-struct Pki {
-    dir: PathBuf,
-}
-
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mesh = Ca::new("mesh ca").unwrap();
-        let write = |file: &str, pem: &str| std::fs::write(dir.join(file), pem).unwrap();
-        write("mesh-ca.pem", &mesh.cert_pem());
-        write("mesh-ca.key", &mesh.key_pem());
-        let server = mesh.server(PILOT_SERVER_NAME).unwrap();
-        write("server.pem", &server.cert_pem);
-        write("server.key", &server.key_pem);
-        let client = mesh.client("prometheus").unwrap();
-        write("client.pem", &client.cert_pem);
-        write("client.key", &client.key_pem);
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.join(file)
-    }
-
-    /// An HTTPS client of a pilot's `port` trusting the mesh CA, leaving from `from`,
-    /// presenting the certificate in `cert`/`key` or none.
-    fn client(
-        &self,
-        port: SocketAddr,
-        from: IpAddr,
-        cert: Option<(&Path, &Path)>,
-    ) -> reqwest::Client {
-        let tls = match cert {
-            Some((cert, key)) => boshy::tls::client_config(&ClientTls {
-                ca_cert_path: self.path("mesh-ca.pem"),
-                cert_path: cert.to_path_buf(),
-                key_path: key.to_path_buf(),
-                server_name: PILOT_SERVER_NAME.into(),
-            })
-            .unwrap(),
-            None => boshy_test_support::tls::without_certificate(&self.path("mesh-ca.pem")),
-        };
-        reqwest::Client::builder()
-            .use_preconfigured_tls(tls)
-            .resolve(PILOT_SERVER_NAME, port)
-            .local_address(from)
-            .timeout(Duration::from_secs(10))
-            .build()
-            .unwrap()
-    }
-}
-
-/// `boshy pilot`, its stderr in a file, killed when dropped.
-struct Pilot {
-    child: Option<KilledOnDrop>,
-    config: PathBuf,
-    log: PathBuf,
-    names: SocketAddr,
-    api: SocketAddr,
-}
-
-impl Pilot {
-    fn new(dir: &Path, name: &str, sim: &SimHandle, pki: &Pki) -> Pilot {
-        std::fs::write(dir.join("director-ca.pem"), sim.ca_pem()).unwrap();
-        std::fs::write(dir.join("secret"), SECRET).unwrap();
-        let names = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let api = SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let config = format!(
-            "director:\n  url: {}\n  client: pilot\n  client_secret_file: {}\n  \
-             ca_cert_path: {}\n  poll_interval_seconds: 1\n\
-             tls:\n  ca_cert_path: {}\n  cert_path: {}\n  key_path: {}\n\
-             listen:\n  api: {api}\n  xds: 127.0.0.1:{}\n  names: {names}\n\
-             workloads:\n  mesh_ca_private_key: {}\n  heartbeat_seconds: 1\n  \
-             ttl_seconds: {TTL_SECONDS}\n  certificate_ttl_seconds: 3600\n",
-            sim.director_url(),
-            dir.join("secret").display(),
-            dir.join("director-ca.pem").display(),
-            pki.path("mesh-ca.pem").display(),
-            pki.path("server.pem").display(),
-            pki.path("server.key").display(),
-            free_port(),
-            pki.path("mesh-ca.key").display(),
-        );
-        let path = dir.join(format!("{name}.yml"));
-        std::fs::write(&path, config).unwrap();
-        let mut pilot = Pilot {
-            child: None,
-            config: path,
-            log: dir.join(format!("{name}.log")),
-            names,
-            api,
-        };
-        pilot.start();
-        pilot
-    }
-
-    fn start(&mut self) {
-        let child = Command::new(BOSHY)
-            .args(["pilot", "--config"])
-            .arg(&self.config)
-            .env("RUST_LOG", "info,boshy=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&self.log).unwrap())
-            .spawn()
-            .unwrap();
-        self.child = Some(KilledOnDrop(child));
-    }
-
-    fn restart(&mut self) {
-        self.child = None;
-        self.start();
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn wait_ready(&self, pki: &Pki) {
-        let client = pki.client(self.api, Ipv4Addr::LOCALHOST.into(), None);
-        for _ in 0..300 {
-            let answer = client.get(self.url("/healthz")).send().await;
-            if answer.is_ok_and(|r| r.status() == StatusCode::OK) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        panic!("the pilot never became ready:\n{}", self.log_text());
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{PILOT_SERVER_NAME}:{}{path}", self.api.port())
-    }
-
-    fn names_url(&self, path: &str) -> String {
-        format!("https://{PILOT_SERVER_NAME}:{}{path}", self.names.port())
-    }
-}
-
-/// An answer's status and body.
-async fn answer(request: reqwest::RequestBuilder) -> (StatusCode, String) {
-    let response = request.send().await.expect("the pilot answers");
-    (response.status(), response.text().await.unwrap())
-}
-
-/// `bosh update-config --type boshy-istio --name legacy`: the WorkloadGroups.
-async fn post_groups(sim: &SimHandle) {
-    let response = sim_client(sim)
-        .post(format!("{}/configs", sim.director_url()))
-        .bearer_auth(client_credentials_token(sim, SECRET).await)
-        .json(&json!({"type": "boshy-istio", "name": "legacy", "content": GROUPS}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::CREATED);
-}
 
 /// `POST /configs` requests the director took so far.
 async fn config_writes(sim: &SimHandle) -> u64 {
@@ -222,78 +52,6 @@ async fn bosh_address(sim: &SimHandle) -> IpAddr {
         .as_str()
         .unwrap();
     ip.parse().unwrap()
-}
-
-/// A new P-256 key and a CSR for it (no name: the pilot decides the VM's identity).
-fn key_and_csr() -> (String, String) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    (key.serialize_pem(), csr)
-}
-
-async fn create_token(
-    pilot: &Pilot,
-    pki: &Pki,
-    bearer: &str,
-    group: &str,
-    ttl: u64,
-) -> (StatusCode, Value) {
-    let client = pki.client(pilot.api, Ipv4Addr::LOCALHOST.into(), None);
-    let request = client
-        .post(pilot.url("/v1/workloads/tokens"))
-        .bearer_auth(bearer)
-        .json(&json!({"group": group, "ttl_seconds": ttl}));
-    let (status, body) = answer(request).await;
-    (status, serde_json::from_str(&body).unwrap_or(Value::Null))
-}
-
-async fn join(
-    pilot: &Pilot,
-    pki: &Pki,
-    from: IpAddr,
-    token: &str,
-    group: &str,
-    csr: &str,
-) -> (StatusCode, String) {
-    let client = pki.client(pilot.api, from, None);
-    let request = client
-        .post(pilot.url("/v1/workloads/join"))
-        .bearer_auth(token)
-        .json(&json!({"group": group, "csr": csr, "labels": {"zone": "dc1"}}));
-    answer(request).await
-}
-
-async fn listing(pilot: &Pilot, pki: &Pki, bearer: &str) -> Value {
-    let client = pki.client(pilot.api, Ipv4Addr::LOCALHOST.into(), None);
-    let (status, body) = answer(client.get(pilot.url("/v1/workloads")).bearer_auth(bearer)).await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-    serde_json::from_str(&body).unwrap()
-}
-
-/// Waits until `check` holds of `pilot`'s `GET /v1/workloads`.
-async fn wait_listing(
-    pilot: &Pilot,
-    pki: &Pki,
-    bearer: &str,
-    what: &str,
-    check: impl Fn(&Value) -> bool,
-) -> Value {
-    for _ in 0..150 {
-        let listed = listing(pilot, pki, bearer).await;
-        if check(&listed) {
-            return listed;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!(
-        "{what}: {}\n{}",
-        listing(pilot, pki, bearer).await,
-        pilot.log_text()
-    );
 }
 
 /// The endpoints of the group's service in `pilot`'s `/v1/registration`.
@@ -350,14 +108,14 @@ fn uri_sans(certificate_pem: &str) -> Vec<String> {
 async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
-    let mut options = SimOptions::new(SECRET);
-    options.fixtures = Some(FIXTURES.into());
-    options.instance_network = "127.10.0.0/24".parse().unwrap();
-    options.task_delay = Duration::from_millis(10);
-    let sim = sim::start(options).await.unwrap();
+    let sim = sim::start(sim_options()).await.unwrap();
     post_groups(&sim).await;
-    let mut a = Pilot::new(dir.path(), "a", &sim, &pki);
-    let b = Pilot::new(dir.path(), "b", &sim, &pki);
+    let durations = Durations {
+        ttl_seconds: TTL_SECONDS,
+        certificate_ttl_seconds: 3600,
+    };
+    let mut a = Pilot::new(dir.path(), "a", &sim, &pki, durations);
+    let b = Pilot::new(dir.path(), "b", &sim, &pki, durations);
     a.wait_ready(&pki).await;
     b.wait_ready(&pki).await;
     let admin = client_credentials_token(&sim, SECRET).await;

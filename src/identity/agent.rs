@@ -23,16 +23,16 @@ use rand::Rng;
 use tokio::sync::watch;
 
 use super::spiffe::workload_id;
-use super::wire::{CsrAnswer, CsrRequest, CSR_PATH};
+use super::wire::{CsrAnswer, CsrRequest, RenewRequest, CSR_PATH, RENEW_PATH};
 use crate::catalog::model::InstanceRef;
 use crate::config::{AgentConfig, Secret};
 use crate::director::Backoff;
 use crate::names::{base_url, error_chain, http_client};
 
 /// The first retry of a failed request waits this long, each next one twice as long...
-const RETRY_MIN: Duration = Duration::from_secs(1);
+pub(super) const RETRY_MIN: Duration = Duration::from_secs(1);
 /// ... up to this.
-const RETRY_MAX: Duration = Duration::from_secs(60);
+pub(super) const RETRY_MAX: Duration = Duration::from_secs(60);
 /// How long one pilot may take to sign.
 const SIGN_TIMEOUT: Duration = Duration::from_secs(10);
 /// Repeats of the same failure are logged as one summary every this many attempts (about ten
@@ -127,7 +127,7 @@ pub(crate) fn new_key_and_csr(
 }
 
 /// A fresh nonce: [`NONCE_BYTES`] random bytes, hex.
-fn nonce() -> String {
+pub(super) fn nonce() -> String {
     let bytes: [u8; NONCE_BYTES] = rand::thread_rng().gen();
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -353,7 +353,7 @@ fn note_failure(note: FailureNote, error: &str, left: Validity) {
 /// than an eighth of what the current certificate has left, so that a pilot back after an
 /// outage is asked again well before the certificate in hand expires (with short-lived
 /// certificates the backoff alone would sleep past the expiry).
-fn retry_delay(backoff: Duration, left: Validity) -> Duration {
+pub(super) fn retry_delay(backoff: Duration, left: Validity) -> Duration {
     match left {
         Validity::Left(seconds) => backoff.min(Duration::from_secs(seconds / 8).max(RETRY_MIN)),
         Validity::Nothing | Validity::Expired(_) => backoff,
@@ -361,13 +361,13 @@ fn retry_delay(backoff: Duration, left: Validity) -> Duration {
 }
 
 /// How long until the UNIX second `at` (zero when it is past).
-fn until_unix(at: u64) -> Duration {
+pub(super) fn until_unix(at: u64) -> Duration {
     (UNIX_EPOCH + Duration::from_secs(at))
         .duration_since(SystemTime::now())
         .unwrap_or(Duration::ZERO)
 }
 
-fn unix_now() -> u64 {
+pub(super) fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -457,10 +457,16 @@ impl PilotSigner {
         })
     }
 
-    async fn ask(&self, base: &str, request: &CsrRequest) -> anyhow::Result<CsrAnswer> {
+    /// POSTs `request` to `path` of the pilot at `base`: the certificate it answers.
+    async fn ask(
+        &self,
+        base: &str,
+        path: &str,
+        request: &impl serde::Serialize,
+    ) -> anyhow::Result<CsrAnswer> {
         let sent = self
             .client
-            .post(format!("{base}{CSR_PATH}"))
+            .post(format!("{base}{path}"))
             .json(request)
             .timeout(SIGN_TIMEOUT)
             .send()
@@ -475,13 +481,16 @@ impl PilotSigner {
             .await
             .map_err(|err| anyhow!("reading the answer: {}", error_chain(&err)))
     }
-}
 
-impl Signer for PilotSigner {
-    async fn sign(&self, request: &CsrRequest) -> anyhow::Result<CsrAnswer> {
+    /// POSTs `request` to `path` of each pilot in turn until one signs.
+    async fn first_signed(
+        &self,
+        path: &str,
+        request: &impl serde::Serialize,
+    ) -> anyhow::Result<CsrAnswer> {
         let mut refusals = Vec::new();
         for base in &self.pilots {
-            match self.ask(base, request).await {
+            match self.ask(base, path, request).await {
                 Ok(answer) => return Ok(answer),
                 Err(err) => refusals.push(format!("{base}: {err:#}")),
             }
@@ -490,6 +499,17 @@ impl Signer for PilotSigner {
             bail!("no pilot to ask");
         }
         bail!("no pilot signed: {}", refusals.join("; "))
+    }
+
+    /// A joined VM's renewal of its mesh certificate (`identity::mesh_certificate`).
+    pub(crate) async fn renew(&self, request: &RenewRequest) -> anyhow::Result<CsrAnswer> {
+        self.first_signed(RENEW_PATH, request).await
+    }
+}
+
+impl Signer for PilotSigner {
+    async fn sign(&self, request: &CsrRequest) -> anyhow::Result<CsrAnswer> {
+        self.first_signed(CSR_PATH, request).await
     }
 }
 

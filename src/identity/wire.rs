@@ -1,6 +1,8 @@
 //! Pure: the certificate request between the virtual-ip-agent and the pilot, on the names
 //! port (mutual TLS with the mesh client certificate): `POST /v1/identity/csr` with a
-//! [`CsrRequest`], answered with a [`CsrAnswer`] (JSON both ways).
+//! [`CsrRequest`], answered with a [`CsrAnswer`] (JSON both ways); a joined VM's renewal of
+//! its mesh certificate, `POST /v1/workloads/renew` with a [`RenewRequest`], is answered the
+//! same way.
 
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,21 @@ pub struct CsrRequest {
     pub csr: String,
     /// A fresh random value (at least 16 bytes, hex) and the agent's clock (UNIX seconds):
     /// a pilot refuses a nonce it has seen and a time too far from its own.
+    pub nonce: String,
+    pub issued_at: u64,
+}
+
+/// Where a joined VM's agent renews its mesh certificate (docs/workloads.md), on the names
+/// port, presenting that certificate: the identity is the connection's.
+pub const RENEW_PATH: &str = "/v1/workloads/renew";
+
+/// A joined VM asks for a new mesh certificate, answered with a [`CsrAnswer`]. As a
+/// [`CsrRequest`] without the instance: the pilot takes it from the certificate presented.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RenewRequest {
+    /// PKCS#10, PEM, signed with the new key; its names are ignored.
+    pub csr: String,
     pub nonce: String,
     pub issued_at: u64,
 }

@@ -12,6 +12,7 @@ use super::resolver::{self, ResolverKind};
 use super::state::{self, Change, Host, JoinState, Registration, ServiceManager};
 use super::wire::{self, JoinAnswer, JoinRequest};
 use super::{render, units, JoinArgs, RealHost};
+use crate::identity::mesh_certificate::{install, PairFiles};
 use crate::mesh_cli::PilotConnection;
 
 /// `boshy join`.
@@ -267,12 +268,25 @@ impl Installer<'_> {
         let layout = self.layout;
         let hosts = render::pilot_hosts(&self.spec.pilots)?;
         run.write(&layout.ca(), self.answer.ca.as_bytes(), 0o644)?;
-        run.write(
-            &layout.certificate(),
-            self.answer.certificate.as_bytes(),
-            0o644,
-        )?;
-        run.write(&layout.key(), self.key_pem.as_bytes(), 0o600)?;
+        // What the agent makes as it runs, if it is not there now, removed whole by leave:
+        // its data directory, its sockets' directory, and the certificate's (it renews it).
+        let paths: Vec<PathBuf> = [layout.agent_data_dir(), layout.run_dir(), layout.tls_dir()]
+            .into_iter()
+            .filter(|p| !p.exists())
+            .collect();
+        if !paths.is_empty() {
+            run.record(Change::AgentData { paths })?;
+        }
+        // Their parents are join's to make (and leave's to remove): a root without /run (a
+        // test's, a lab's) must not keep one the agent made.
+        run.make_dirs(&layout.agent_data_dir())?;
+        if let Some(parent) = layout.run_dir().parent() {
+            run.make_dirs(parent)?;
+        }
+        // First: a join that fails later can still tell the pilots with it.
+        self.install_certificate()?;
+        let certificate_sds = render::certificate_sds(layout, &self.answer.settings.server_name)?;
+        run.write(&layout.certificate_sds(), certificate_sds.as_bytes(), 0o644)?;
         let agent = render::agent_config(layout, self.answer, &hosts, self.listen);
         run.write(&layout.agent_config(), agent.as_bytes(), 0o644)?;
         let envoy = render::envoy_bootstrap(layout, self.answer, &hosts)?;
@@ -295,27 +309,25 @@ impl Installer<'_> {
             units::envoy_unit(layout).as_bytes(),
             0o644,
         )?;
-        // What the agent makes as it runs, if it is not there now, removed whole by leave:
-        // its data directory and its sockets' directory.
-        let paths: Vec<PathBuf> = [layout.agent_data_dir(), layout.run_dir()]
-            .into_iter()
-            .filter(|p| !p.exists())
-            .collect();
-        if !paths.is_empty() {
-            run.record(Change::AgentData { paths })?;
-        }
-        // Their parents are join's to make (and leave's to remove): a root without /run (a
-        // test's, a lab's) must not keep one the agent made.
-        run.make_dirs(&layout.agent_data_dir())?;
-        if let Some(parent) = layout.run_dir().parent() {
-            run.make_dirs(parent)?;
-        }
         println!(
             "installed {} and {} (units {AGENT_UNIT}, {ENVOY_UNIT})",
             layout.config_dir().display(),
             layout.bin_dir().display()
         );
         Ok(())
+    }
+
+    /// The VM's certificate and key, as its agent renews them: a new generation in the
+    /// certificate's directory, swapped in (a join again replaces the pair at once).
+    fn install_certificate(&self) -> Result<()> {
+        let layout = self.layout;
+        let files = PairFiles::of(&layout.certificate(), &layout.key())
+            .map_err(|why| anyhow::anyhow!("the certificate's paths: {why}"))?;
+        install(
+            &files,
+            self.answer.certificate.as_bytes(),
+            self.key_pem.as_bytes(),
+        )
     }
 
     fn configure_resolver(&self, run: &mut Run) -> Result<()> {

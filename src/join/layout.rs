@@ -45,12 +45,22 @@ impl Layout {
     pub(crate) fn ca(&self) -> PathBuf {
         self.at("/etc/boshy/ca.pem")
     }
+    /// The VM's mesh client certificate and its key, which its agent renews: symlinks into
+    /// the generation `..data` names (`identity::mesh_certificate`). The agent makes new
+    /// generations as it runs; leave removes the directory whole.
+    pub(crate) fn tls_dir(&self) -> PathBuf {
+        self.at("/etc/boshy/tls")
+    }
     /// The VM's mesh client certificate (names port, xDS port, leave).
     pub(crate) fn certificate(&self) -> PathBuf {
-        self.at("/etc/boshy/vm.pem")
+        self.tls_dir().join("vm.pem")
     }
     pub(crate) fn key(&self) -> PathBuf {
-        self.at("/etc/boshy/vm.key")
+        self.tls_dir().join("vm.key")
+    }
+    /// The file-based SDS file Envoy reads the certificate through, again as it is renewed.
+    pub(crate) fn certificate_sds(&self) -> PathBuf {
+        self.at("/etc/boshy/vm-certificate-sds.yaml")
     }
     pub(crate) fn bin_dir(&self) -> PathBuf {
         self.at("/usr/local/lib/boshy/bin")
@@ -123,7 +133,7 @@ mod tests {
     #[test]
     fn paths_are_under_the_root() {
         let layout = Layout::new(Path::new("/tmp/vm1"));
-        assert_eq!(layout.key(), Path::new("/tmp/vm1/etc/boshy/vm.key"));
+        assert_eq!(layout.key(), Path::new("/tmp/vm1/etc/boshy/tls/vm.key"));
         assert_eq!(
             Layout::new(Path::new("/")).unit(AGENT_UNIT),
             Path::new("/etc/systemd/system/boshy-agent.service")

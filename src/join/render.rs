@@ -52,6 +52,13 @@ struct AgentYml<'a> {
     instance: InstanceYml<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<IdentityYml<'a>>,
+    mesh_certificate: MeshCertificateYml,
+}
+
+/// A joined VM's certificate is the agent's to renew (a BOSH VM's is BOSH's).
+#[derive(Serialize)]
+struct MeshCertificateYml {
+    renew: bool,
 }
 
 #[derive(Serialize)]
@@ -114,12 +121,14 @@ pub(crate) fn agent_config(
                 trust_domain,
                 sds_socket: &sds_socket,
             }),
+        mesh_certificate: MeshCertificateYml { renew: true },
     };
     serde_yaml::to_string(&yml).expect("plain data serializes")
 }
 
 /// `/etc/boshy/envoy.yaml`: delta ADS to every pilot's xDS port, mutual TLS with the VM's
-/// certificate, the SDS cluster when identities are on.
+/// certificate (through file-based SDS, so that a renewed one is taken without a restart),
+/// the SDS cluster when identities are on.
 pub(crate) fn envoy_bootstrap(
     layout: &Layout,
     answer: &JoinAnswer,
@@ -140,19 +149,28 @@ pub(crate) fn envoy_bootstrap(
         .collect();
     let tls = client_tls(layout, &answer.settings.server_name);
     let sds = layout.sds_socket();
-    bootstrap::render_sidecar(
-        &node,
-        &pilots,
-        bootstrap::DEFAULT_ADMIN.parse().expect("valid"),
-        AdsMode::Delta,
-        Some(&tls),
-        answer
+    let certificate_sds = layout.certificate_sds();
+    bootstrap::Sidecar {
+        node: &node,
+        pilots: &pilots,
+        admin: bootstrap::DEFAULT_ADMIN.parse().expect("valid"),
+        ads_mode: AdsMode::Delta,
+        tls: Some(&tls),
+        sds_socket: answer
             .settings
             .trust_domain
             .is_some()
             .then_some(sds.as_path()),
-        None,
-    )
+        telemetry: None,
+        // The agent renews the certificate in place: Envoy reads it again through this file.
+        certificate_sds: Some(&certificate_sds),
+    }
+    .render()
+}
+
+/// The file-based SDS file of the bootstrap's `certificate_sds` (the VM's certificate).
+pub(crate) fn certificate_sds(layout: &Layout, server_name: &str) -> Result<String> {
+    bootstrap::certificate_sds(&client_tls(layout, server_name))
 }
 
 #[cfg(test)]
@@ -203,7 +221,11 @@ pub(crate) mod tests {
         assert_eq!(instance.id, "6c1f0000-0000-4000-8000-000000000001");
         assert_eq!(instance.instance_group.as_deref(), Some("rabbitmq"));
         let tls = config.tls.as_ref().unwrap();
-        assert_eq!(tls.key_path, Path::new("/vm/etc/boshy/vm.key"));
+        assert_eq!(tls.key_path, Path::new("/vm/etc/boshy/tls/vm.key"));
+        assert!(
+            config.mesh_certificate.as_ref().is_some_and(|m| m.renew),
+            "the agent renews a joined VM's certificate"
+        );
         assert_eq!(tls.server_name, "bosh-pilot.boshy-istio");
         assert_eq!(
             config.table_path,
@@ -257,7 +279,28 @@ pub(crate) mod tests {
             "legacy"
         );
         assert!(text.contains("port_value: 15010"), "{text}");
-        assert!(text.contains("/etc/boshy/vm.pem"), "{text}");
         assert!(text.contains("/run/boshy/sds.sock"), "{text}");
+        // The certificate comes through the file-based SDS file, which names the files.
+        let context = &yaml["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+            ["common_tls_context"];
+        assert!(context.get("tls_certificates").is_none(), "{text}");
+        assert_eq!(
+            context["tls_certificate_sds_secret_configs"][0]["sds_config"]["path_config_source"]
+                ["path"]
+                .as_str(),
+            Some("/etc/boshy/vm-certificate-sds.yaml")
+        );
+        let sds: serde_yaml::Value =
+            serde_yaml::from_str(&certificate_sds(&layout, "bosh-pilot.boshy-istio").unwrap())
+                .unwrap();
+        let secret = &sds["resources"][0]["tls_certificate"];
+        assert_eq!(
+            secret["certificate_chain"]["filename"].as_str(),
+            Some("/etc/boshy/tls/vm.pem")
+        );
+        assert_eq!(
+            secret["watched_directory"]["path"].as_str(),
+            Some("/etc/boshy/tls")
+        );
     }
 }

@@ -32,7 +32,7 @@ use crate::metrics;
 use crate::scope::wire::SCOPE_PATH;
 use crate::scope::{ScopeAnswer, ScopeChange, ScopeRequest};
 use crate::text::clip;
-use crate::workloads::Peer;
+use crate::workloads::{Peer, Workloads};
 
 /// The TLS peer of a request, when the names port is served over TLS.
 type Client = Option<axum::Extension<Peer>>;
@@ -160,11 +160,13 @@ pub async fn serve_tls(
         tls,
         identity,
         AgentSettings::default(),
+        None,
     )
     .await
 }
 
-/// Like [`serve_tls`], telling the agents `settings`.
+/// Like [`serve_tls`], telling the agents `settings`; with `workloads`, joined VMs renew
+/// their certificates here (`workloads::renewal`), which only mutual TLS can tell apart.
 pub async fn serve_tls_with(
     listener: tokio::net::TcpListener,
     catalog: watch::Receiver<Arc<Catalog>>,
@@ -172,10 +174,12 @@ pub async fn serve_tls_with(
     tls: Arc<rustls::ServerConfig>,
     identity: Option<Issuer>,
     settings: AgentSettings,
+    workloads: Option<Arc<Workloads>>,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     tracing::info!("names server listening on {local} (mutual TLS)");
-    let router = router(catalog, agents, HEARTBEAT_INTERVAL, identity, settings);
+    let router = router(catalog, agents, HEARTBEAT_INTERVAL, identity, settings)
+        .merge(crate::workloads::renewal::router(workloads));
     let mut incoming = crate::tls::incoming(listener, tls, "names");
     // The connections belong to this future, as with `serve`: dropping it closes them.
     let mut connections = JoinSet::new();

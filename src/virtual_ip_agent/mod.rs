@@ -83,6 +83,7 @@ pub async fn run(args: Args) -> Result<()> {
         .transpose()
         .with_context(|| format!("config file {}", args.config.display()))?;
     let identity = crate::identity::agent::from_config(&config, &args.config)?;
+    let mesh_certificate = crate::identity::mesh_certificate::from_config(&config, &args.config)?;
     if args.check_config {
         println!("config file {}: OK", args.config.display());
         return Ok(());
@@ -114,6 +115,11 @@ pub async fn run(args: Args) -> Result<()> {
             .map(Arc::new)
         })
         .transpose()?;
+    // A joined VM's certificate, renewed in place: the TLS clients above read it again as it
+    // changes.
+    if let Some(files) = mesh_certificate {
+        crate::identity::mesh_certificate::start(files, &config.pilots, tls.clone())?;
+    }
     let certificates = identity
         .map(|(workload, sds_socket)| {
             crate::identity::agent::start(workload, sds_socket, &config.pilots, tls.clone())

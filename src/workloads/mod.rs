@@ -23,6 +23,7 @@
 //! - [`service`]: the task owning the store (batched writes, re-reads, the sweep), and the
 //!   handle the API calls.
 //! - [`api`]: the HTTP endpoints.
+//! - [`renewal`]: a joined VM's certificate renewed, on the names port.
 
 pub(crate) mod api;
 pub mod heartbeats;
@@ -30,6 +31,7 @@ pub mod identity;
 pub(crate) mod liveness;
 pub(crate) mod members;
 pub(crate) mod refusal;
+pub(crate) mod renewal;
 pub mod service;
 pub(crate) mod state;
 pub(crate) mod store;

@@ -24,7 +24,8 @@ use super::store::WorkloadBook;
 use super::token::{JoinToken, TokenRecord};
 use crate::catalog::model::Labels;
 use crate::config::{Secret, ServerTls, WorkloadsConfig};
-use crate::identity::ca::{check_csr_key, CsrProblem, WorkloadCa};
+use crate::identity::ca::{check_csr_key, CheckedCsr, CsrProblem, WorkloadCa};
+use crate::identity::wire::CsrAnswer;
 use crate::metrics;
 use crate::vip::SharedStore;
 
@@ -371,6 +372,12 @@ impl Workloads {
             tokens,
             registrations,
         }
+    }
+
+    /// Signs a renewed certificate of the registration `urn` names at `now` (`renewal`): the
+    /// join's CA and lifetime.
+    pub(super) fn sign(&self, csr: &CheckedCsr, urn: &str, now: SystemTime) -> Result<CsrAnswer> {
+        self.ca.sign(csr, urn, now)
     }
 
     /// The registration a certificate speaks for, while the store holds it.

@@ -300,114 +300,195 @@ pub fn render_sidecar(
     sds_socket: Option<&Path>,
     telemetry: Option<&Telemetry>,
 ) -> Result<String> {
-    if !admin.ip().is_loopback() {
-        bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
+    Sidecar {
+        node,
+        pilots,
+        admin,
+        ads_mode,
+        tls,
+        sds_socket,
+        telemetry,
+        certificate_sds: None,
     }
-    if pilots.is_empty() {
-        bail!("no bosh-pilot address given: Envoy would have no xDS server");
-    }
-    let pilots = pilots
-        .iter()
-        .map(|p| parse_host_port(p))
-        .collect::<Result<Vec<_>>>()?;
-    // IP literals need no resolver; names (e.g. bosh-dns link addresses) are re-resolved.
-    let discovery = if pilots
-        .iter()
-        .all(|(host, _)| host.parse::<IpAddr>().is_ok())
-    {
-        "STATIC"
-    } else {
-        "STRICT_DNS"
-    };
-    let endpoints: Vec<Value> = pilots
+    .render()
+}
+
+/// Everything a sidecar's bootstrap is rendered from ([`render_sidecar`]'s arguments), and
+/// where Envoy takes its mesh certificate from.
+#[derive(Debug, Clone, Copy)]
+pub struct Sidecar<'a> {
+    pub node: &'a NodeIdentity,
+    pub pilots: &'a [String],
+    pub admin: SocketAddr,
+    pub ads_mode: AdsMode,
+    pub tls: Option<&'a crate::config::ClientTls>,
+    pub sds_socket: Option<&'a Path>,
+    pub telemetry: Option<&'a Telemetry>,
+    /// With `tls`: a file-based SDS file ([`certificate_sds`] renders it) that Envoy takes
+    /// `tls.cert_path` and `tls.key_path` through, reading them again whenever their directory
+    /// changes, instead of once at start. A joined VM's agent renews its certificate in place
+    /// (docs/workloads.md); a BOSH VM's changes only with a deploy, which restarts Envoy.
+    pub certificate_sds: Option<&'a Path>,
+}
+
+impl Sidecar<'_> {
+    /// Renders the bootstrap YAML. `pilots` are `host:port` (IP or DNS name; `[v6]:port`).
+    /// Fails on an admin address that is not loopback (the admin API can reconfigure and stop
+    /// Envoy), on no pilots, and on a malformed pilot address.
+    pub fn render(&self) -> Result<String> {
+        let Sidecar {
+            node,
+            pilots,
+            admin,
+            ads_mode,
+            tls,
+            sds_socket,
+            telemetry,
+            certificate_sds,
+        } = *self;
+        if !admin.ip().is_loopback() {
+            bail!("Envoy admin address {admin} is not a loopback address: the admin API must never be reachable from the network");
+        }
+        if pilots.is_empty() {
+            bail!("no bosh-pilot address given: Envoy would have no xDS server");
+        }
+        let pilots = pilots
+            .iter()
+            .map(|p| parse_host_port(p))
+            .collect::<Result<Vec<_>>>()?;
+        // IP literals need no resolver; names (e.g. bosh-dns link addresses) are re-resolved.
+        let discovery = if pilots
+            .iter()
+            .all(|(host, _)| host.parse::<IpAddr>().is_ok())
+        {
+            "STATIC"
+        } else {
+            "STRICT_DNS"
+        };
+        let endpoints: Vec<Value> = pilots
         .iter()
         .map(|(host, port)| {
             json!({"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}})
         })
         .collect();
-    let mut metadata = json!({
-        "deployment": node.deployment,
-        "instance_group": node.instance_group,
-        "instance_id": node.instance_id,
-        "ip": node.ip.to_string(),
-    });
-    if let Some(index) = node.index {
-        metadata["index"] = json!(index);
-    }
-    if let Some(az) = &node.az {
-        metadata["az"] = json!(az);
-    }
-    let ads = json!({"ads": {}, "resource_api_version": "V3"});
-    let mut bootstrap = json!({
-        "node": {
-            "id": node.node_id(),
-            "cluster": node.node_cluster(),
-            "locality": {"zone": node.az.clone().unwrap_or_default()},
-            "metadata": metadata,
-        },
-        "admin": {
-            "address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}},
-        },
-        "overload_manager": {
-            "resource_monitors": [{
-                "name": "envoy.resource_monitors.global_downstream_max_connections",
-                "typed_config": {
-                    "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                },
-            }],
-        },
-        "stats_config": {
-            "stats_matcher": {
-                "inclusion_list": {
-                    "patterns": STATS_PREFIXES.map(|prefix| json!({"prefix": prefix})),
+        let mut metadata = json!({
+            "deployment": node.deployment,
+            "instance_group": node.instance_group,
+            "instance_id": node.instance_id,
+            "ip": node.ip.to_string(),
+        });
+        if let Some(index) = node.index {
+            metadata["index"] = json!(index);
+        }
+        if let Some(az) = &node.az {
+            metadata["az"] = json!(az);
+        }
+        let ads = json!({"ads": {}, "resource_api_version": "V3"});
+        let mut bootstrap = json!({
+            "node": {
+                "id": node.node_id(),
+                "cluster": node.node_cluster(),
+                "locality": {"zone": node.az.clone().unwrap_or_default()},
+                "metadata": metadata,
+            },
+            "admin": {
+                "address": {"socket_address": {"address": admin.ip().to_string(), "port_value": admin.port()}},
+            },
+            "overload_manager": {
+                "resource_monitors": [{
+                    "name": "envoy.resource_monitors.global_downstream_max_connections",
+                    "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig",
+                        "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
+                    },
+                }],
+            },
+            "stats_config": {
+                "stats_matcher": {
+                    "inclusion_list": {
+                        "patterns": STATS_PREFIXES.map(|prefix| json!({"prefix": prefix})),
+                    },
                 },
             },
-        },
-        "dynamic_resources": {
-            "ads_config": {
-                "api_type": ads_mode.api_type(),
-                "transport_api_version": "V3",
-                "set_node_on_first_message_only": true,
-                "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
-            },
-            "cds_config": ads,
-            "lds_config": ads,
-        },
-        "static_resources": {
-            "clusters": [{
-                "name": XDS_CLUSTER,
-                "type": discovery,
-                "connect_timeout": "1s",
-                // Keepalives notice a dead pilot (VM gone, network cut) and move the stream
-                // to another one.
-                "typed_extension_protocol_options": http2_only(
-                    json!({"connection_keepalive": {"interval": "30s", "timeout": "5s"}}),
-                ),
-                "load_assignment": {
-                    "cluster_name": XDS_CLUSTER,
-                    "endpoints": [{"lb_endpoints": endpoints}],
+            "dynamic_resources": {
+                "ads_config": {
+                    "api_type": ads_mode.api_type(),
+                    "transport_api_version": "V3",
+                    "set_node_on_first_message_only": true,
+                    "grpc_services": [{"envoy_grpc": {"cluster_name": XDS_CLUSTER}}],
                 },
-            }],
-        },
+                "cds_config": ads,
+                "lds_config": ads,
+            },
+            "static_resources": {
+                "clusters": [{
+                    "name": XDS_CLUSTER,
+                    "type": discovery,
+                    "connect_timeout": "1s",
+                    // Keepalives notice a dead pilot (VM gone, network cut) and move the stream
+                    // to another one.
+                    "typed_extension_protocol_options": http2_only(
+                        json!({"connection_keepalive": {"interval": "30s", "timeout": "5s"}}),
+                    ),
+                    "load_assignment": {
+                        "cluster_name": XDS_CLUSTER,
+                        "endpoints": [{"lb_endpoints": endpoints}],
+                    },
+                }],
+            },
+        });
+        if let Some(tls) = tls {
+            bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
+                crate::tls::envoy_transport_socket(tls, certificate_sds);
+        }
+        if let Some(socket) = sds_socket {
+            let socket = socket
+                .to_str()
+                .with_context(|| format!("the SDS socket path {socket:?} is not UTF-8"))?;
+            bootstrap["static_resources"]["clusters"]
+                .as_array_mut()
+                .expect("the clusters are a list")
+                .push(sds_cluster(socket));
+        }
+        if let Some(telemetry) = telemetry {
+            add_telemetry(&mut bootstrap, telemetry, tls, admin, certificate_sds)?;
+        }
+        Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
+    }
+}
+
+/// The file-based SDS file of [`Sidecar::certificate_sds`]: the secret
+/// `crate::tls::MESH_CERTIFICATE_SECRET`, the certificate and key of `tls` as files, read
+/// together when their directory sees an entry moved into it (its `..data` symlink swapped,
+/// the Kubernetes secret-volume layout the VM's agent keeps them in), checked by Envoy to be
+/// one consistent read.
+pub fn certificate_sds(tls: &crate::config::ClientTls) -> Result<String> {
+    let dir = tls.cert_path.parent().with_context(|| {
+        format!(
+            "the certificate path {} has no directory to watch",
+            tls.cert_path.display()
+        )
+    })?;
+    if tls.key_path.parent() != Some(dir) {
+        bail!(
+            "the key {} is not in the certificate's directory {}: Envoy watches one directory \
+             for both",
+            tls.key_path.display(),
+            dir.display()
+        );
+    }
+    let file = json!({
+        "resources": [{
+            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+            "name": crate::tls::MESH_CERTIFICATE_SECRET,
+            "tls_certificate": {
+                "certificate_chain": {"filename": tls.cert_path},
+                "private_key": {"filename": tls.key_path},
+                "watched_directory": {"path": dir},
+            },
+        }],
     });
-    if let Some(tls) = tls {
-        bootstrap["static_resources"]["clusters"][0]["transport_socket"] =
-            crate::tls::envoy_transport_socket(tls);
-    }
-    if let Some(socket) = sds_socket {
-        let socket = socket
-            .to_str()
-            .with_context(|| format!("the SDS socket path {socket:?} is not UTF-8"))?;
-        bootstrap["static_resources"]["clusters"]
-            .as_array_mut()
-            .expect("the clusters are a list")
-            .push(sds_cluster(socket));
-    }
-    if let Some(telemetry) = telemetry {
-        add_telemetry(&mut bootstrap, telemetry, tls, admin)?;
-    }
-    Ok(serde_yaml::to_string(&bootstrap).expect("a JSON value always serializes to YAML"))
+    Ok(serde_yaml::to_string(&file).expect("a JSON value always serializes to YAML"))
 }
 
 /// The access log cluster, and the metrics listener with its two clusters.
@@ -416,6 +497,7 @@ fn add_telemetry(
     telemetry: &Telemetry,
     tls: Option<&crate::config::ClientTls>,
     admin: SocketAddr,
+    certificate_sds: Option<&Path>,
 ) -> Result<()> {
     let socket = telemetry.access_log_socket.to_str().with_context(|| {
         format!(
@@ -444,7 +526,8 @@ fn add_telemetry(
     }
     clusters.push(loopback_cluster(AGENT_METRICS_CLUSTER, metrics.agent));
     clusters.push(loopback_cluster(ADMIN_CLUSTER, admin));
-    bootstrap["static_resources"]["listeners"] = json!([metrics_listener(metrics.listen, tls)]);
+    bootstrap["static_resources"]["listeners"] =
+        json!([metrics_listener(metrics.listen, tls, certificate_sds)]);
     Ok(())
 }
 
@@ -466,7 +549,12 @@ fn loopback_cluster(name: &str, address: SocketAddr) -> Value {
 /// Serves `GET /metrics` (the agent's) and `GET /stats/prometheus` (Envoy's, and nothing else
 /// of the admin API) over TLS 1.3 to clients with a certificate the mesh CA signed; anything
 /// else is a 404.
-fn metrics_listener(listen: SocketAddr, tls: &crate::config::ClientTls) -> Value {
+fn metrics_listener(
+    listen: SocketAddr,
+    tls: &crate::config::ClientTls,
+    certificate_sds: Option<&Path>,
+) -> Value {
+    let (certificate_key, certificate) = crate::tls::envoy_tls_certificate(tls, certificate_sds);
     let get = |path: &str, cluster: &str| {
         json!({
             "match": {
@@ -476,7 +564,7 @@ fn metrics_listener(listen: SocketAddr, tls: &crate::config::ClientTls) -> Value
             "route": {"cluster": cluster},
         })
     };
-    json!({
+    let mut listener = json!({
         "name": "metrics",
         "address": {"socket_address": {"address": listen.ip().to_string(), "port_value": listen.port()}},
         "filter_chains": [{
@@ -490,10 +578,6 @@ fn metrics_listener(listen: SocketAddr, tls: &crate::config::ClientTls) -> Value
                             "tls_minimum_protocol_version": "TLSv1_3",
                             "tls_maximum_protocol_version": "TLSv1_3",
                         },
-                        "tls_certificates": [{
-                            "certificate_chain": {"filename": tls.cert_path},
-                            "private_key": {"filename": tls.key_path},
-                        }],
                         "validation_context": {"trusted_ca": {"filename": tls.ca_cert_path}},
                     },
                 },
@@ -522,7 +606,10 @@ fn metrics_listener(listen: SocketAddr, tls: &crate::config::ClientTls) -> Value
                 },
             }],
         }],
-    })
+    });
+    listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+        [certificate_key] = certificate;
+    listener
 }
 
 /// The `typed_extension_protocol_options` of a gRPC cluster: HTTP/2 with `http2_options`.
@@ -827,6 +914,91 @@ mod tests {
         assert_eq!(
             renamed_metadata, default_metadata,
             "the pilot's view of the node"
+        );
+    }
+
+    #[test]
+    fn a_joined_vms_certificate_comes_through_file_sds_everywhere_it_is_presented() {
+        let tls = crate::config::ClientTls {
+            ca_cert_path: "/etc/boshy/ca.pem".into(),
+            cert_path: "/etc/boshy/tls/vm.pem".into(),
+            key_path: "/etc/boshy/tls/vm.key".into(),
+            server_name: "bosh-pilot.boshy-istio".into(),
+        };
+        let telemetry = Telemetry {
+            access_log_socket: "/run/boshy/access.sock".into(),
+            metrics: Some(MetricsListener {
+                listen: "10.0.0.30:15090".parse().unwrap(),
+                agent: DEFAULT_AGENT_METRICS.parse().unwrap(),
+            }),
+        };
+        let sds = Path::new("/etc/boshy/vm-certificate-sds.yaml");
+        let sidecar = Sidecar {
+            node: &node(),
+            pilots: &["10.0.0.5:15010".to_string()],
+            admin: DEFAULT_ADMIN.parse().unwrap(),
+            ads_mode: AdsMode::Delta,
+            tls: Some(&tls),
+            sds_socket: None,
+            telemetry: Some(&telemetry),
+            certificate_sds: Some(sds),
+        };
+        let yaml: Value = serde_yaml::from_str(&sidecar.render().unwrap()).unwrap();
+        let xds = &yaml["static_resources"]["clusters"][0]["transport_socket"]["typed_config"]
+            ["common_tls_context"];
+        let metrics = &yaml["static_resources"]["listeners"][0]["filter_chains"][0]
+            ["transport_socket"]["typed_config"]["common_tls_context"];
+        for context in [xds, metrics] {
+            assert!(context.get("tls_certificates").is_none(), "{context}");
+            assert_eq!(
+                context["tls_certificate_sds_secret_configs"][0]["sds_config"]
+                    ["path_config_source"]["path"],
+                "/etc/boshy/vm-certificate-sds.yaml"
+            );
+        }
+        // Without it, the bootstrap is render_sidecar's: the files themselves.
+        let plain = Sidecar {
+            certificate_sds: None,
+            ..sidecar
+        }
+        .render()
+        .unwrap();
+        assert_eq!(
+            plain,
+            render_sidecar(
+                &node(),
+                &["10.0.0.5:15010".to_string()],
+                DEFAULT_ADMIN.parse().unwrap(),
+                AdsMode::Delta,
+                Some(&tls),
+                None,
+                Some(&telemetry)
+            )
+            .unwrap()
+        );
+        assert!(plain.contains("filename: /etc/boshy/tls/vm.key"), "{plain}");
+
+        let file: Value = serde_yaml::from_str(&certificate_sds(&tls).unwrap()).unwrap();
+        assert_eq!(
+            file,
+            json!({"resources": [{
+                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret",
+                "name": "boshy-mesh-certificate",
+                "tls_certificate": {
+                    "certificate_chain": {"filename": "/etc/boshy/tls/vm.pem"},
+                    "private_key": {"filename": "/etc/boshy/tls/vm.key"},
+                    "watched_directory": {"path": "/etc/boshy/tls"},
+                },
+            }]})
+        );
+        let apart = crate::config::ClientTls {
+            key_path: "/etc/boshy/vm.key".into(),
+            ..tls
+        };
+        let err = certificate_sds(&apart).unwrap_err().to_string();
+        assert!(
+            err.contains("/etc/boshy/vm.key") && err.contains("one directory"),
+            "{err}"
         );
     }
 

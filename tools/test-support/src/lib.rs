@@ -15,6 +15,7 @@
 //! - [`fuzz`]: the property-based fuzzers' runner.
 //! - [`uaa`]: tokens from the director simulator's UAA.
 //! - [`tls`]: a TLS client of the pilot's ports with no certificate.
+//! - [`workloads`]: real pilots with joining VMs on, and a VM's and an operator's clients.
 
 #![forbid(unsafe_code)]
 
@@ -30,6 +31,7 @@ pub mod process;
 pub mod prometheus;
 pub mod tls;
 pub mod uaa;
+pub mod workloads;
 pub mod zipkin;
 
 use std::path::PathBuf;
