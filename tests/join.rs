@@ -579,6 +579,19 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         )),
         "{envoy_unit}"
     );
+    // systemd reads them as written (no systemd runs here: it checks, it cannot start them).
+    let units: Vec<String> = ["boshy-agent", "boshy-envoy", "boshy-capture"]
+        .iter()
+        .map(|unit| format!("{r}/etc/systemd/system/{unit}.service"))
+        .collect();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect(
+            "systemd-analyze cannot run: this test needs systemd's tools (scripts/lib/prereqs.sh)",
+        );
+    check(&verify, "systemd-analyze verify of the units join wrote");
     // The DNAT rules and the resolver.
     let nat = vm.nat();
     assert!(
