@@ -2,7 +2,8 @@
 //! stub of the pilot's workload API over HTTPS (issue 13's contract: the token request, the
 //! join with a bearer token, the leave with the VM's certificate), in a fresh network namespace
 //! (real iptables) with `--root` a temporary directory and `--service-manager none`. Needs root,
-//! iproute2 and iptables; a missing one fails the test naming it.
+//! iproute2, iptables, Envoy and `systemd-analyze` (scripts/lib/prereqs.sh); a missing one
+//! fails the test naming it.
 //!
 //! What is checked: after join, the files, units, DNAT rules and resolver are as
 //! docs/workloads.md says (the agent's config read by the agent, Envoy's bootstrap validated by
