@@ -1290,7 +1290,8 @@ mod tests {
                 ..Default::default()
             }],
         };
-        traffic.take("caller".into(), report, std::time::Instant::now());
+        let caller = crate::console::graph::caller_group("d", "caller", false);
+        traffic.take(caller, report, std::time::Instant::now());
         let sources = Sources {
             proxies: Proxies {
                 traffic,

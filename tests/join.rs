@@ -2,12 +2,15 @@
 //! stub of the pilot's workload API over HTTPS (issue 13's contract: the token request, the
 //! join with a bearer token, the leave with the VM's certificate), in a fresh network namespace
 //! (real iptables) with `--root` a temporary directory and `--service-manager none`. Needs root,
-//! iproute2 and iptables; a missing one fails the test naming it.
+//! iproute2, iptables, Envoy and `systemd-analyze` (scripts/lib/prereqs.sh); a missing one
+//! fails the test naming it.
 //!
 //! What is checked: after join, the files, units, DNAT rules and resolver are as
-//! docs/workloads.md says; after leave, the nat table and the whole root tree (bytes, modes,
-//! symlinks) are exactly as before join; join twice = join once; a refused join and a join that
-//! fails midway leave nothing behind.
+//! docs/workloads.md says (the agent's config read by the agent, Envoy's bootstrap validated by
+//! a real Envoy: env `BOSHY_ENVOY`, else `envoy` on PATH), and the inbound capture unit's
+//! command captures the ports the agent writes; after leave, the nat table and the whole root
+//! tree (bytes, modes, symlinks) are exactly as before join; join twice = join once; a refused
+//! join and a join that fails midway leave nothing behind.
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -20,7 +23,7 @@ use std::sync::{Arc, Mutex};
 use boshy::config::ServerTls;
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy_test_support::netns::Netns;
-use boshy_test_support::process::check;
+use boshy_test_support::process::{check, KilledOnDrop};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
@@ -123,7 +126,7 @@ impl Pilot {
 
 fn settings() -> Value {
     json!({"tld": "boshy", "virtual_ip_cidr": "169.254.255.0/24",
-           "server_name": PILOT_SERVER_NAME, "trust_domain": null,
+           "server_name": PILOT_SERVER_NAME, "trust_domain": "boshy.example",
            "ports": {"xds": 15010, "names": 15011, "api": 8080},
            "heartbeat_seconds": 10, "ttl_seconds": 30})
 }
@@ -381,6 +384,39 @@ impl Vm {
         std::fs::read_to_string(self.root().join(path.trim_start_matches('/')))
             .unwrap_or_else(|e| panic!("{path}: {e}"))
     }
+
+    /// Starts a unit's `ExecStart=` line in the VM's namespace, as the lab does (join writes
+    /// plain commands: whitespace separates the words).
+    fn start_unit(&self, unit: &str) -> KilledOnDrop {
+        let text = self.read(&format!("/etc/systemd/system/{unit}"));
+        let line = text
+            .lines()
+            .find_map(|line| line.strip_prefix("ExecStart="))
+            .unwrap_or_else(|| panic!("{unit}: no ExecStart= line"));
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let mut command = self.netns.command(words[0]);
+        command
+            .args(&words[1..])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        KilledOnDrop(command.spawn().unwrap_or_else(|e| panic!("{line}: {e}")))
+    }
+
+    /// Waits (polling, at most 30 s) until the nat table holds `line`.
+    fn wait_for_nat(&self, line: &str) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let nat = self.nat();
+            if nat.lines().any(|l| l == line) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no `{line}` in\n{nat}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+    }
 }
 
 fn walk(root: &Path, dir: &Path, tree: &mut BTreeMap<String, String>) {
@@ -444,6 +480,16 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         agent["tls"]["key_path"],
         format!("{r}/etc/boshy/tls/vm.key")
     );
+    // As the virtual-ip-agent job with identity, inbound capture and metrics.
+    assert_eq!(
+        agent["identity"]["sds_socket"],
+        format!("{r}/run/boshy/sds.sock")
+    );
+    assert_eq!(agent["inbound_capture_port"], 15006);
+    assert_eq!(
+        agent["telemetry"]["access_log_socket"],
+        format!("{r}/run/boshy/als.sock")
+    );
     assert_eq!(
         agent["table_path"],
         format!("{r}/var/lib/boshy/agent/names.json")
@@ -476,6 +522,40 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         "{envoy}"
     );
     assert!(envoy.contains("port_value: 15010"), "{envoy}");
+    let validate = std::process::Command::new(boshy_test_support::envoy::envoy_binary())
+        .args([
+            "--mode",
+            "validate",
+            "-c",
+            &format!("{r}/etc/boshy/envoy.yaml"),
+        ])
+        .output()
+        .expect("run envoy");
+    check(
+        &validate,
+        "envoy --mode validate of the joined VM's bootstrap",
+    );
+    let bootstrap: Value = serde_yaml::from_str(&envoy).unwrap();
+    let clusters: Vec<&str> = bootstrap["static_resources"]["clusters"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        clusters,
+        [
+            "xds_cluster",
+            "sds-grpc",
+            "boshy-telemetry",
+            "boshy-agent-metrics",
+            "envoy-admin"
+        ]
+    );
+    assert_eq!(
+        bootstrap["static_resources"]["listeners"][0]["name"],
+        "metrics"
+    );
     assert_eq!(
         std::fs::read(root.join("usr/local/lib/boshy/bin/boshy")).unwrap(),
         std::fs::read(env!("CARGO_BIN_EXE_boshy")).unwrap()
@@ -483,10 +563,21 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
     assert!(root.join("usr/local/lib/boshy/bin/envoy").is_file());
     // The units: plain absolute commands, the DNAT install first.
     let agent_unit = vm.read("/etc/systemd/system/boshy-agent.service");
+    let capture = format!(
+        "--vip-cidr 169.254.255.0/24 --inbound-ports-file {r}/var/lib/boshy/agent/inbound_ports.json \
+         --inbound-redirect-port 15006"
+    );
     assert!(agent_unit.contains(&format!(
-        "ExecStartPre={r}/usr/local/lib/boshy/bin/boshy dnat install --vip-cidr 169.254.255.0/24\n\
+        "ExecStartPre={r}/usr/local/lib/boshy/bin/boshy dnat install {capture}\n\
          ExecStart={r}/usr/local/lib/boshy/bin/boshy virtual-ip-agent --config {r}/etc/boshy/agent.yml\n"
     )), "{agent_unit}");
+    let capture_unit = vm.read("/etc/systemd/system/boshy-capture.service");
+    assert!(
+        capture_unit.contains(&format!(
+            "ExecStart={r}/usr/local/lib/boshy/bin/boshy dnat follow {capture}\n"
+        )),
+        "{capture_unit}"
+    );
     let envoy_unit = vm.read("/etc/systemd/system/boshy-envoy.service");
     assert!(
         envoy_unit.contains(&format!(
@@ -494,12 +585,31 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         )),
         "{envoy_unit}"
     );
+    // systemd reads them as written (no systemd runs here: it checks, it cannot start them).
+    let units: Vec<String> = ["boshy-agent", "boshy-envoy", "boshy-capture"]
+        .iter()
+        .map(|unit| format!("{r}/etc/systemd/system/{unit}.service"))
+        .collect();
+    let verify = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .args(&units)
+        .output()
+        .expect(
+            "systemd-analyze cannot run: this test needs systemd's tools (scripts/lib/prereqs.sh)",
+        );
+    check(&verify, "systemd-analyze verify of the units join wrote");
     // The DNAT rules and the resolver.
     let nat = vm.nat();
     assert!(
         nat.contains("-A BOSHY_OUTPUT -p tcp -j REDIRECT --to-ports 15001"),
         "{nat}"
     );
+    // The inbound capture, empty until the agent says which ports the group exposes.
+    assert!(
+        nat.contains("-A BOSHY_INBOUND -s 127.0.0.6/32 -j RETURN"),
+        "{nat}"
+    );
+    assert!(!nat.contains("--to-ports 15006"), "{nat}");
     let resolv = vm.read("/etc/resolv.conf");
     let first = resolv
         .lines()
@@ -546,6 +656,19 @@ fn join_installs_everything_and_leave_puts_back_every_byte() {
         ORIGINAL_RESOLV_CONF.as_bytes(),
         "the state keeps the resolver as it was before the first join"
     );
+
+    // The capture unit, as the lab runs it: the ports the agent writes are captured.
+    std::fs::write(
+        root.join("var/lib/boshy/agent/inbound_ports.json"),
+        r#"{"ports": [15672]}"#,
+    )
+    .unwrap();
+    let capturing = vm.start_unit("boshy-capture.service");
+    vm.wait_for_nat(
+        "-A BOSHY_INBOUND -p tcp -m multiport --dports 15672 -j REDIRECT --to-ports 15006",
+    );
+    // Stopped (its rules stay, as on a BOSH VM), then leave removes them.
+    drop(capturing);
 
     let left = vm.leave();
     check(&left, "boshy leave");

@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use super::graph::GroupRef;
 use super::wire::TrafficReport;
 use crate::catalog::model::InstanceRef;
 
@@ -15,10 +16,11 @@ const CURRENT_WINDOWS: u32 = 2;
 /// And this long on top, for the pilot's and the agent's clocks ticking apart.
 const CURRENT_SLACK: Duration = Duration::from_secs(5);
 
-/// One instance's last window, with the instance group the director lists it in.
+/// One instance's last window, with the box of the graph its calls start from
+/// (`graph::caller_group`).
 #[derive(Debug, Clone, PartialEq)]
 pub(crate) struct CallerWindow {
-    pub instance_group: String,
+    pub source: GroupRef,
     pub report: TrafficReport,
 }
 
@@ -29,14 +31,11 @@ pub struct TrafficBoard {
 }
 
 impl TrafficBoard {
-    /// Keeps `report` as its instance's last window, received `now`; `instance_group` is the
-    /// one the director lists the instance in (the caller checked the claim).
-    pub(crate) fn take(&self, instance_group: String, report: TrafficReport, now: Instant) {
+    /// Keeps `report` as its instance's last window, received `now`; `source` is the group
+    /// the instance is listed in (the caller checked the claim).
+    pub(crate) fn take(&self, source: GroupRef, report: TrafficReport, now: Instant) {
         let instance = report.instance_ref();
-        let window = CallerWindow {
-            instance_group,
-            report,
-        };
+        let window = CallerWindow { source, report };
         self.lock().insert(instance, (now, window));
     }
 
@@ -76,18 +75,21 @@ mod tests {
         }
     }
 
+    fn g() -> GroupRef {
+        GroupRef {
+            deployment: "d".into(),
+            instance_group: "g".into(),
+        }
+    }
+
     #[test]
     fn the_last_window_of_each_instance_is_current_until_it_is_not_renewed() {
         let board = TrafficBoard::default();
         let start = Instant::now();
-        board.take("g".into(), report("a", 10_000), start);
-        board.take("g".into(), report("b", 10_000), start);
+        board.take(g(), report("a", 10_000), start);
+        board.take(g(), report("b", 10_000), start);
         // a's next window replaces its first.
-        board.take(
-            "g".into(),
-            report("a", 9_000),
-            start + Duration::from_secs(10),
-        );
+        board.take(g(), report("a", 9_000), start + Duration::from_secs(10));
         let names = |windows: Vec<CallerWindow>| {
             windows
                 .into_iter()

@@ -126,10 +126,7 @@ pub(crate) fn build(catalog: &Catalog, windows: &[CallerWindow]) -> Graph {
     }
     let mut sums: BTreeMap<(GroupRef, String), EdgeSums> = BTreeMap::new();
     for window in windows {
-        let source = GroupRef {
-            deployment: window.report.deployment.clone(),
-            instance_group: window.instance_group.clone(),
-        };
+        let source = window.source.clone();
         node(&mut groups, &source).reporting_instances += 1;
         let seconds = window.report.window_ms as f64 / 1000.0;
         for calls in &window.report.calls {
@@ -165,6 +162,25 @@ pub(crate) fn build(catalog: &Catalog, windows: &[CallerWindow]) -> Graph {
     // The service entries' box goes last, after the deployments.
     deployments.sort_by_key(|d| d.name == SERVICE_ENTRIES);
     Graph { deployments, edges }
+}
+
+/// The group a reporting instance's calls start from: the instance group the director lists
+/// it in (`instance_group`, as the pilot's scope registry checked its claim) or, for a VM
+/// registered into a WorkloadGroup (`registered`: its agent spoke with that registration's
+/// certificate, from its address), that WorkloadGroup's box, `<config>/<group>`, where its
+/// group's service and member counts are.
+pub(crate) fn caller_group(deployment: &str, instance_group: &str, registered: bool) -> GroupRef {
+    if registered {
+        GroupRef {
+            deployment: WORKLOAD_GROUPS.to_string(),
+            instance_group: format!("{deployment}/{instance_group}"),
+        }
+    } else {
+        GroupRef {
+            deployment: deployment.to_string(),
+            instance_group: instance_group.to_string(),
+        }
+    }
 }
 
 /// The instance group a service's node goes in: its job's, or for a ServiceEntry's or a
@@ -251,7 +267,7 @@ mod tests {
 
     fn window(deployment: &str, group: &str, instance: &str, calls: Vec<Calls>) -> CallerWindow {
         CallerWindow {
-            instance_group: group.into(),
+            source: caller_group(deployment, group, false),
             report: TrafficReport {
                 deployment: deployment.into(),
                 instance: instance.into(),
@@ -300,6 +316,59 @@ mod tests {
             (service.healthy_endpoints, service.unhealthy_endpoints),
             (1, 1)
         );
+    }
+
+    #[test]
+    fn a_registered_vms_calls_start_from_its_workload_groups_box() {
+        let mut group = service("", "", "")
+            .port("tcp-amqp", 5672, Protocol::Tcp)
+            .endpoint(crate::catalog::model::Endpoint {
+                instance: "vm-1".into(),
+                ..endpoint("10.0.1.1")
+            })
+            .build();
+        group.hostname = "rabbitmq.rabbitmq.legacy.boshy".into();
+        group.workload_group = Some("legacy/rabbitmq".into());
+        let banana = service("sample", "banana", "httpbin")
+            .port("http", 9002, Protocol::Http)
+            .endpoint(endpoint("10.0.0.1"))
+            .build();
+        let calls = vec![Calls {
+            destination: "httpbin.banana.sample.boshy".into(),
+            requests: 20,
+            ..Calls::default()
+        }];
+        let vm = CallerWindow {
+            source: caller_group("legacy", "rabbitmq", true),
+            ..window("legacy", "rabbitmq", "vm-1", calls.clone())
+        };
+        // A BOSH deployment of the same names is another box.
+        let bosh = window("legacy", "rabbitmq", "bosh-1", calls);
+        let graph = build(&catalog(1, [group, banana]), &[vm, bosh]);
+        let boxed = graph
+            .deployments
+            .iter()
+            .find(|d| d.name == WORKLOAD_GROUPS)
+            .unwrap();
+        assert_eq!(boxed.instance_groups.len(), 1, "{boxed:?}");
+        assert_eq!(boxed.instance_groups[0].name, "legacy/rabbitmq");
+        assert_eq!(boxed.instance_groups[0].reporting_instances, 1);
+        assert_eq!(boxed.instance_groups[0].services.len(), 1);
+        let sources: Vec<&GroupRef> = graph.edges.iter().map(|e| &e.source).collect();
+        assert_eq!(
+            sources,
+            [
+                &GroupRef {
+                    deployment: WORKLOAD_GROUPS.into(),
+                    instance_group: "legacy/rabbitmq".into(),
+                },
+                &GroupRef {
+                    deployment: "legacy".into(),
+                    instance_group: "rabbitmq".into(),
+                },
+            ]
+        );
+        assert!(graph.edges.iter().all(|e| e.requests_per_second == 2.0));
     }
 
     #[test]

@@ -38,6 +38,8 @@ const FOLLOW_RECHECK: Duration = Duration::from_secs(30);
 const DEFAULT_REDIRECT_PORT: u16 = 15001;
 /// The nat chain of the outbound rules.
 const DEFAULT_CHAIN: &str = "BOSHY_OUTPUT";
+/// The nat chain of the inbound capture.
+const DEFAULT_INBOUND_CHAIN: &str = "BOSHY_INBOUND";
 
 /// The widest VIP range accepted; a wider one would capture real traffic.
 const MIN_PREFIX_LEN: u8 = 16;
@@ -73,7 +75,7 @@ pub struct Args {
     inbound_redirect_port: u16,
     /// The nat chain of the inbound capture; `remove` deletes it whether or not
     /// `--inbound-ports-file` is given.
-    #[arg(long, default_value = "BOSHY_INBOUND", value_parser = parse_chain)]
+    #[arg(long, default_value = DEFAULT_INBOUND_CHAIN, value_parser = parse_chain)]
     inbound_chain: String,
 }
 
@@ -209,6 +211,40 @@ pub(crate) fn remove_vip_redirect(vip_cidr: Ipv4Net) -> Result<bool> {
         None => Ok(false),
         Some(input) => iptables::restore(Backend::Auto, &input).map(|()| true),
     }
+}
+
+/// The inbound capture of the ports in `ports_file` (none when it does not exist) to Envoy's
+/// inbound listener, as `boshy dnat install --inbound-ports-file` makes it by default (chain
+/// `BOSHY_INBOUND`), beside the outbound rules of [`install_vip_redirect`]: what `boshy join`
+/// installs on a VM with workload identities before its capture unit follows the file.
+/// Blocking. True when the table changed (the capture was not there as asked).
+pub(crate) fn install_inbound_capture(vip_cidr: Ipv4Net, ports_file: &Path) -> Result<bool> {
+    let spec = RuleSpec {
+        inbound: Some(inbound_capture(read_ports_file(ports_file)?)),
+        ..vip_redirect(vip_cidr)
+    };
+    let table = parse_nat(&iptables::save_nat(Backend::Auto)?)?;
+    Ok(install(&spec, Backend::Auto, &table)?.is_some())
+}
+
+/// Removes the inbound capture alone (its jumps and chain, whatever ports it holds), leaving
+/// the outbound rules and every other rule as they are. Blocking. True when the table changed.
+pub(crate) fn remove_inbound_capture() -> Result<bool> {
+    let table = parse_nat(&iptables::save_nat(Backend::Auto)?)?;
+    match rules::render_remove_inbound(&inbound_capture(Vec::new()), &table) {
+        None => Ok(false),
+        Some(input) => iptables::restore(Backend::Auto, &input).map(|()| true),
+    }
+}
+
+/// The default inbound capture of `ports` (warnings are `dnat`'s own to print when it follows).
+fn inbound_capture(ports: Vec<u16>) -> InboundSpec {
+    InboundSpec::new(
+        DEFAULT_INBOUND_CHAIN.to_string(),
+        crate::xds::inbound::INBOUND_PORT,
+        ports,
+    )
+    .0
 }
 
 fn vip_redirect(vip_cidr: Ipv4Net) -> RuleSpec {

@@ -484,9 +484,23 @@ pub(crate) fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String>
     if status(spec, table) == Status::NotInstalled {
         return None;
     }
+    Some(remove_chains(&spec.owned_chains(), table))
+}
+
+/// The input that removes the inbound capture alone (its jumps and its chain), keeping the
+/// outbound rules; `None` when none of it is there. `boshy leave` removes the capture its
+/// unit kept apart from the outbound rules: either may have been there before the join.
+pub(crate) fn render_remove_inbound(inbound: &InboundSpec, table: &NatTable) -> Option<String> {
+    let owned = inbound.owned_chain();
+    let there = table.chains.contains(&owned.name)
+        || table.rules.iter().any(|rule| rule.jumps_to(&owned.name));
+    there.then(|| remove_chains(&[owned], table))
+}
+
+/// Deletes every jump to `chains`, then flushes and deletes those of them that exist.
+fn remove_chains(chains: &[OwnedChain], table: &NatTable) -> String {
     let mut lines = vec!["*nat".to_string()];
-    let chains = spec.owned_chains();
-    for owned in &chains {
+    for owned in chains {
         for rule in table.rules.iter().filter(|r| r.jumps_to(&owned.name)) {
             lines.push(format!("-D {} {}", rule.chain, join_words(&rule.spec)));
         }
@@ -499,7 +513,7 @@ pub(crate) fn render_remove(spec: &RuleSpec, table: &NatTable) -> Option<String>
         lines.push(format!("-X {}", owned.name));
     }
     lines.push("COMMIT".into());
-    Some(lines.join("\n") + "\n")
+    lines.join("\n") + "\n"
 }
 
 #[cfg(test)]
@@ -860,6 +874,23 @@ mod tests {
         assert!(installed_lines(&spec).contains(&INBOUND_OUTPUT.to_string()));
         assert_eq!(status(&spec, &installed), Status::Installed);
         assert_eq!(render_install(&spec, &installed), None);
+    }
+
+    #[test]
+    fn the_inbound_capture_is_removed_alone_and_only_when_there() {
+        let capturing = with_inbound(&[9002]);
+        let inbound = capturing.inbound.clone().unwrap();
+        assert_eq!(render_remove_inbound(&inbound, &table_of(&spec())), None);
+        let input = render_remove_inbound(&inbound, &table_of(&capturing)).unwrap();
+        assert_eq!(
+            input,
+            format!(
+                "*nat\n{}\n{}\n-F BOSHY_INBOUND\n-X BOSHY_INBOUND\nCOMMIT\n",
+                INBOUND_PREROUTING.replace("-A ", "-D "),
+                INBOUND_OUTPUT.replace("-A ", "-D ")
+            ),
+            "the outbound chain and its jump stay"
+        );
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 
 use super::files::{JoinFiles, JoinSpec};
-use super::layout::{Layout, AGENT_UNIT, ENVOY_UNIT};
+use super::layout::{Layout, AGENT_UNIT, CAPTURE_UNIT, ENVOY_UNIT};
 use super::resolver::{self, ResolverKind};
 use super::state::{self, Change, Host, JoinState, Registration, ServiceManager};
 use super::wire::{self, JoinAnswer, JoinRequest};
@@ -258,6 +258,8 @@ impl Installer<'_> {
             run.record(Change::Dnat { vip_cidr })?;
         }
         println!("DNAT: TCP to {vip_cidr} goes to Envoy (:15001)");
+        self.install_capture(run, vip_cidr)
+            .context("step 3 (the inbound capture)")?;
         self.configure_resolver(run)
             .context("step 4 (the resolver)")?;
         self.start_services(run)
@@ -301,18 +303,63 @@ impl Installer<'_> {
         }
         run.write(
             &layout.unit(AGENT_UNIT),
-            units::agent_unit(layout, vip_cidr).as_bytes(),
+            units::agent_unit(layout, vip_cidr, self.captures()).as_bytes(),
             0o644,
         )?;
+        if self.captures() {
+            run.write(
+                &layout.unit(CAPTURE_UNIT),
+                units::capture_unit(layout, vip_cidr).as_bytes(),
+                0o644,
+            )?;
+        }
         run.write(
             &layout.unit(ENVOY_UNIT),
             units::envoy_unit(layout).as_bytes(),
             0o644,
         )?;
         println!(
-            "installed {} and {} (units {AGENT_UNIT}, {ENVOY_UNIT})",
+            "installed {} and {} (units {})",
             layout.config_dir().display(),
-            layout.bin_dir().display()
+            layout.bin_dir().display(),
+            self.units().join(", ")
+        );
+        Ok(())
+    }
+
+    /// Whether the VM captures its exposed ports inbound (`render::captures_inbound`).
+    fn captures(&self) -> bool {
+        render::captures_inbound(self.answer)
+    }
+
+    /// The units join installs, in the order they start.
+    fn units(&self) -> Vec<&'static str> {
+        let mut units = vec![AGENT_UNIT, ENVOY_UNIT];
+        if self.captures() {
+            units.push(CAPTURE_UNIT);
+        }
+        units
+    }
+
+    /// The inbound capture's rules, as the virtual-ip-agent job's pre-start installs them: the
+    /// ports the agent last wrote (none at a first join), which the capture unit then follows.
+    fn install_capture(&self, run: &mut Run, vip_cidr: ipnet::Ipv4Net) -> Result<()> {
+        if !self.captures() {
+            println!(
+                "inbound: not captured (the pilots sign no workload certificates: mesh \
+                 clients call this VM in plaintext)"
+            );
+            return Ok(());
+        }
+        if self
+            .host
+            .capture_install(vip_cidr, &self.layout.inbound_ports())?
+        {
+            run.record(Change::InboundCapture)?;
+        }
+        println!(
+            "inbound: the ports the pilots say the group exposes go to Envoy (:{}, mutual TLS)",
+            crate::xds::inbound::INBOUND_PORT
         );
         Ok(())
     }
@@ -377,23 +424,28 @@ impl Installer<'_> {
     }
 
     fn start_services(&self, run: &mut Run) -> Result<()> {
+        let units = self.units();
         if self.host.manager == ServiceManager::None {
+            let files: Vec<String> = units
+                .iter()
+                .map(|unit| self.layout.unit(unit).display().to_string())
+                .collect();
             println!(
                 "services: not started (--service-manager none): run the ExecStartPre= and \
-                 ExecStart= lines of {} and {}",
-                self.layout.unit(AGENT_UNIT).display(),
-                self.layout.unit(ENVOY_UNIT).display()
+                 ExecStart= lines of {}",
+                files.join(", ")
             );
             return Ok(());
         }
         self.host.systemctl(&["daemon-reload"])?;
         run.record(Change::Units {
-            names: vec![AGENT_UNIT.into(), ENVOY_UNIT.into()],
+            names: units.iter().map(|unit| unit.to_string()).collect(),
         })?;
         // A second join restarts them on the new certificate and configs.
-        self.host.systemctl(&["enable", AGENT_UNIT, ENVOY_UNIT])?;
-        self.host.systemctl(&["restart", AGENT_UNIT, ENVOY_UNIT])?;
-        println!("services: {AGENT_UNIT} and {ENVOY_UNIT} enabled and running");
+        for verb in ["enable", "restart"] {
+            self.host.systemctl(&[&[verb][..], &units].concat())?;
+        }
+        println!("services: {} enabled and running", units.join(", "));
         Ok(())
     }
 }

@@ -15,6 +15,8 @@ pub(crate) const DEFAULT_DNS_LISTEN: &str = "127.0.1.53:53";
 
 pub(crate) const AGENT_UNIT: &str = "boshy-agent.service";
 pub(crate) const ENVOY_UNIT: &str = "boshy-envoy.service";
+/// The inbound capture (`boshy dnat follow`), with workload identities only.
+pub(crate) const CAPTURE_UNIT: &str = "boshy-capture.service";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Layout {
@@ -98,6 +100,15 @@ impl Layout {
     }
     pub(crate) fn sds_socket(&self) -> PathBuf {
         self.at("/run/boshy/sds.sock")
+    }
+    /// The agent's access log socket, beside its SDS socket (Envoy's request metrics).
+    pub(crate) fn access_log_socket(&self) -> PathBuf {
+        self.at("/run/boshy/als.sock")
+    }
+    /// The ports the pilots say the VM exposes, which the agent writes beside its name table
+    /// (`virtual_ip_agent::exposed_ports_path`) and `boshy dnat` captures inbound.
+    pub(crate) fn inbound_ports(&self) -> PathBuf {
+        self.table().with_file_name("inbound_ports.json")
     }
     pub(crate) fn resolv_conf(&self) -> PathBuf {
         self.at("/etc/resolv.conf")

@@ -131,7 +131,8 @@ pub async fn run_leave(args: LeaveArgs) -> Result<()> {
     leave::leave(args).await
 }
 
-/// The machine as join and leave change it: systemd (unless none) and the DNAT rules.
+/// The machine as join and leave change it: systemd (unless none), the DNAT rules and the
+/// inbound capture's.
 pub(crate) struct RealHost {
     manager: ServiceManager,
 }
@@ -175,5 +176,13 @@ impl state::Host for RealHost {
 
     fn dnat_remove(&self, vip_cidr: Ipv4Net) -> Result<bool> {
         crate::dnat::remove_vip_redirect(vip_cidr)
+    }
+
+    fn capture_install(&self, vip_cidr: Ipv4Net, ports_file: &std::path::Path) -> Result<bool> {
+        crate::dnat::install_inbound_capture(vip_cidr, ports_file)
+    }
+
+    fn capture_remove(&self) -> Result<bool> {
+        crate::dnat::remove_inbound_capture()
     }
 }

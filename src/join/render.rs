@@ -2,6 +2,9 @@
 //! and Envoy's bootstrap (`xds::bootstrap`), both for the registration as if it were a BOSH
 //! instance (deployment = the director config, instance group = the WorkloadGroup, instance
 //! id = the registration id), with the VM's mesh certificate for mutual TLS to the pilots.
+//! They are what the virtual-ip-agent and bosh-envoy jobs render for a VM with
+//! `identity.enabled`, `inbound.capture` and `metrics.enabled` (the release's defaults for
+//! the mesh, `manifests/runtime-config.yml`), with the jobs' default ports.
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -12,7 +15,30 @@ use serde::Serialize;
 use super::layout::Layout;
 use super::wire::JoinAnswer;
 use crate::config::ClientTls;
-use crate::xds::bootstrap::{self, AdsMode, NodeIdentity};
+use crate::xds::bootstrap::{self, AdsMode, MetricsListener, NodeIdentity, Telemetry};
+
+/// Envoy's metrics listener, on every interface (behind mutual TLS), as bosh-envoy's
+/// `metrics.port`.
+const METRICS_LISTEN: &str = "0.0.0.0:15090";
+
+/// Whether the VM captures its exposed ports inbound: only with workload identities, as on a
+/// BOSH VM (the pilots give Envoy an inbound listener only then; without it, capturing would
+/// send the callers to a port nobody listens on).
+pub(crate) fn captures_inbound(answer: &JoinAnswer) -> bool {
+    answer.settings.trust_domain.is_some()
+}
+
+/// The request metrics: the agent's access log socket and loopback `/metrics`, served to the
+/// network by Envoy's metrics listener.
+fn telemetry(layout: &Layout) -> Telemetry {
+    Telemetry {
+        access_log_socket: layout.access_log_socket(),
+        metrics: Some(MetricsListener {
+            listen: METRICS_LISTEN.parse().expect("valid"),
+            agent: bootstrap::DEFAULT_AGENT_METRICS.parse().expect("valid"),
+        }),
+    }
+}
 
 /// The host of each pilot API URL (`https://10.0.0.5:8080` → `10.0.0.5`, `[fd00::5]` for
 /// IPv6): the agent and Envoy reach the same pilots on their other ports.
@@ -53,12 +79,21 @@ struct AgentYml<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     identity: Option<IdentityYml<'a>>,
     mesh_certificate: MeshCertificateYml,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    inbound_capture_port: Option<u16>,
+    telemetry: TelemetryYml<'a>,
 }
 
 /// A joined VM's certificate is the agent's to renew (a BOSH VM's is BOSH's).
 #[derive(Serialize)]
 struct MeshCertificateYml {
     renew: bool,
+}
+
+#[derive(Serialize)]
+struct TelemetryYml<'a> {
+    access_log_socket: &'a Path,
+    metrics_listen: SocketAddr,
 }
 
 #[derive(Serialize)]
@@ -92,6 +127,12 @@ pub(crate) fn agent_config(
     let tls = client_tls(layout, &answer.settings.server_name);
     let sds_socket = layout.sds_socket();
     let table_path = layout.table();
+    let telemetry = telemetry(layout);
+    let agent_metrics = telemetry
+        .metrics
+        .as_ref()
+        .expect("join serves metrics")
+        .agent;
     let yml = AgentYml {
         tld: &answer.settings.tld,
         listen,
@@ -122,13 +163,21 @@ pub(crate) fn agent_config(
                 sds_socket: &sds_socket,
             }),
         mesh_certificate: MeshCertificateYml { renew: true },
+        // With identities, Envoy's inbound listener takes the captured ports (mutual TLS):
+        // the agent reports a port healthy only once it is captured and that listener answers.
+        inbound_capture_port: captures_inbound(answer).then_some(crate::xds::inbound::INBOUND_PORT),
+        telemetry: TelemetryYml {
+            access_log_socket: &telemetry.access_log_socket,
+            metrics_listen: agent_metrics,
+        },
     };
     serde_yaml::to_string(&yml).expect("plain data serializes")
 }
 
 /// `/etc/boshy/envoy.yaml`: delta ADS to every pilot's xDS port, mutual TLS with the VM's
 /// certificate (through file-based SDS, so that a renewed one is taken without a restart),
-/// the SDS cluster when identities are on.
+/// the SDS cluster when identities are on (the pilots' inbound listener takes the workload
+/// certificate through it), the access log cluster to the agent and the metrics listener.
 pub(crate) fn envoy_bootstrap(
     layout: &Layout,
     answer: &JoinAnswer,
@@ -161,7 +210,7 @@ pub(crate) fn envoy_bootstrap(
             .trust_domain
             .is_some()
             .then_some(sds.as_path()),
-        telemetry: None,
+        telemetry: Some(&telemetry(layout)),
         // The agent renews the certificate in place: Envoy reads it again through this file.
         certificate_sds: Some(&certificate_sds),
     }
@@ -243,6 +292,14 @@ pub(crate) mod tests {
             .check_listen(Path::new("agent.yml"))
             .unwrap()
             .is_none());
+        // As the virtual-ip-agent job with identity, inbound capture and metrics.
+        assert_eq!(config.inbound_capture_port, Some(15006));
+        let telemetry = config.telemetry.as_ref().unwrap();
+        assert_eq!(
+            telemetry.access_log_socket,
+            Path::new("/vm/run/boshy/als.sock")
+        );
+        assert_eq!(telemetry.metrics_listen, "127.0.0.1:15020".parse().unwrap());
     }
 
     #[test]
@@ -256,6 +313,11 @@ pub(crate) mod tests {
         );
         let config: AgentConfig = crate::config::parse(&text, Path::new("a")).unwrap();
         assert!(config.identity.is_none());
+        assert_eq!(
+            config.inbound_capture_port, None,
+            "no inbound listener to go to"
+        );
+        assert!(config.telemetry.is_some(), "metrics need no identity");
         let bootstrap = envoy_bootstrap(&layout, &answer(None), &["10.0.0.5".into()]).unwrap();
         assert!(!bootstrap.contains("sds-grpc"), "{bootstrap}");
     }
@@ -301,6 +363,29 @@ pub(crate) mod tests {
         assert_eq!(
             secret["watched_directory"]["path"].as_str(),
             Some("/etc/boshy/tls")
+        );
+        // The agent's access log server, and the metrics listener behind mutual TLS.
+        let clusters = yaml["static_resources"]["clusters"].as_sequence().unwrap();
+        let telemetry = clusters
+            .iter()
+            .find(|c| c["name"] == "boshy-telemetry")
+            .unwrap();
+        assert_eq!(
+            telemetry["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
+                ["pipe"]["path"],
+            "/run/boshy/als.sock"
+        );
+        let listener = &yaml["static_resources"]["listeners"][0];
+        assert_eq!(listener["name"], "metrics");
+        assert_eq!(
+            listener["address"]["socket_address"]["port_value"].as_u64(),
+            Some(15090)
+        );
+        let tls = &listener["filter_chains"][0]["transport_socket"]["typed_config"];
+        assert_eq!(tls["require_client_certificate"], true);
+        assert_eq!(
+            tls["common_tls_context"]["validation_context"]["trusted_ca"]["filename"],
+            "/etc/boshy/ca.pem"
         );
     }
 }

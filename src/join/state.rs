@@ -89,6 +89,9 @@ pub(crate) enum Change {
     ResolvedRestart,
     /// The DNAT rules, installed by join (they were not there).
     Dnat { vip_cidr: Ipv4Net },
+    /// The inbound capture's rules (their chain, whatever ports its unit put in it), installed
+    /// by join (they were not there).
+    InboundCapture,
     /// The units, enabled and started (their files are `File` changes).
     Units { names: Vec<String> },
     /// Files and directories the services make as they run (the agent's name table, its
@@ -106,6 +109,7 @@ impl Change {
             }
             Change::ResolvedRestart => "resolved".into(),
             Change::Dnat { vip_cidr } => format!("dnat {vip_cidr}"),
+            Change::InboundCapture => "inbound-capture".into(),
             Change::Units { .. } => "units".into(),
             Change::AgentData { .. } => "agent-data".into(),
         }
@@ -116,7 +120,7 @@ impl Change {
         match self {
             Change::Units { .. } => 0,
             Change::AgentData { .. } => 1,
-            Change::Dnat { .. } => 2,
+            Change::Dnat { .. } | Change::InboundCapture => 2,
             Change::ResolvConf { .. } => 3,
             Change::File { .. } => 4,
             Change::Dir { .. } => 5,
@@ -140,11 +144,10 @@ impl JoinState {
                     },
                 ) => *written = now_written,
                 (Change::AgentData { paths }, Change::AgentData { paths: more }) => {
-                    for path in more {
-                        if !paths.contains(&path) {
-                            paths.push(path);
-                        }
-                    }
+                    add_missing(paths, more)
+                }
+                (Change::Units { names }, Change::Units { names: more }) => {
+                    add_missing(names, more)
                 }
                 // A file once absent stays "absent before join"; a directory join made stays
                 // one join made.
@@ -184,6 +187,15 @@ impl JoinState {
     }
 }
 
+/// Adds to `kept` what `more` has that it has not (a second join that installs more units).
+fn add_missing<T: PartialEq>(kept: &mut Vec<T>, more: Vec<T>) {
+    for item in more {
+        if !kept.contains(&item) {
+            kept.push(item);
+        }
+    }
+}
+
 /// What undoing needs of the machine beyond files: systemd and iptables.
 pub(crate) trait Host {
     /// `systemctl <args>`; nothing when no service manager.
@@ -192,6 +204,10 @@ pub(crate) trait Host {
     fn dnat_install(&self, vip_cidr: Ipv4Net) -> Result<bool>;
     /// Removes them; true when they were there.
     fn dnat_remove(&self, vip_cidr: Ipv4Net) -> Result<bool>;
+    /// Installs the inbound capture of the ports in `ports_file`; true when it was not there.
+    fn capture_install(&self, vip_cidr: Ipv4Net, ports_file: &Path) -> Result<bool>;
+    /// Removes the inbound capture alone; true when it was there.
+    fn capture_remove(&self) -> Result<bool>;
 }
 
 /// The file at `path` as it is now (`None`: there is none).
@@ -308,6 +324,11 @@ fn undo(change: &Change, host: &dyn Host) -> Result<Option<String>> {
         Change::Dnat { vip_cidr } => {
             host.dnat_remove(*vip_cidr)
                 .with_context(|| format!("removing the DNAT rules for {vip_cidr}"))?;
+            Ok(None)
+        }
+        Change::InboundCapture => {
+            host.capture_remove()
+                .context("removing the inbound capture's rules")?;
             Ok(None)
         }
         Change::ResolvConf {
@@ -437,6 +458,17 @@ pub(crate) mod tests {
                 .push(format!("dnat remove {vip_cidr}"));
             Ok(true)
         }
+        fn capture_install(&self, vip_cidr: Ipv4Net, ports_file: &Path) -> Result<bool> {
+            self.calls.borrow_mut().push(format!(
+                "capture install {vip_cidr} {}",
+                ports_file.display()
+            ));
+            Ok(true)
+        }
+        fn capture_remove(&self) -> Result<bool> {
+            self.calls.borrow_mut().push("capture remove".into());
+            Ok(true)
+        }
     }
 
     fn state() -> JoinState {
@@ -483,6 +515,11 @@ pub(crate) mod tests {
         state.record(Change::Dnat {
             vip_cidr: "169.254.255.0/24".parse().unwrap(),
         });
+        state.record(Change::InboundCapture);
+        // A second join that adds the capture's unit: stopped with the others.
+        state.record(Change::Units {
+            names: vec!["boshy-agent.service".into(), "boshy-capture.service".into()],
+        });
         state.record(Change::ResolvedRestart);
 
         // The state survives a trip through its file.
@@ -498,8 +535,9 @@ pub(crate) mod tests {
         assert_eq!(
             *host.calls.borrow(),
             [
-                "systemctl disable --now boshy-agent.service",
+                "systemctl disable --now boshy-agent.service boshy-capture.service",
                 "dnat remove 169.254.255.0/24",
+                "capture remove",
                 "systemctl restart systemd-resolved",
                 "systemctl daemon-reload",
             ]

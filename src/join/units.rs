@@ -13,19 +13,52 @@ use super::layout::{Layout, AGENT_UNIT};
 const HEADER: &str = "# boshy-istio: written by `boshy join`; `boshy leave` removes it.";
 
 /// `boshy-agent.service`: the DNAT rules first (a reboot flushes the nat table, so every start
-/// installs them again: idempotent), then the agent.
-pub(crate) fn agent_unit(layout: &Layout, vip_cidr: Ipv4Net) -> String {
+/// installs them again: idempotent), then the agent. With the inbound capture, the rules
+/// include it, from the ports the agent last wrote: as the virtual-ip-agent job's start
+/// program does, the VM's ports are captured again before any pilot answers.
+pub(crate) fn agent_unit(layout: &Layout, vip_cidr: Ipv4Net, capture: bool) -> String {
     let boshy = layout.boshy();
     format!(
         "{HEADER}\n[Unit]\nDescription=boshy-istio virtual-ip-agent: the mesh's names, health \
          reports and heartbeats\nWants=network-online.target\nAfter=network-online.target\n\n\
-         [Service]\nExecStartPre={} dnat install --vip-cidr {vip_cidr}\n\
+         [Service]\nExecStartPre={}\n\
          ExecStart={} virtual-ip-agent --config {}\nRestart=always\nRestartSec=2\n\n\
          [Install]\nWantedBy=multi-user.target\n",
-        boshy.display(),
+        dnat_command(layout, "install", vip_cidr, capture),
         boshy.display(),
         layout.agent_config().display(),
     )
+}
+
+/// `boshy-capture.service`: what the virtual-ip-agent job's `inbound_capture` runs, as root
+/// (iptables): `boshy dnat follow` keeps the capture of the VM's exposed ports in step with
+/// the file the agent writes. Its rules stay when it stops, so a restart never opens the
+/// ports to plaintext callers; `boshy leave` removes them.
+pub(crate) fn capture_unit(layout: &Layout, vip_cidr: Ipv4Net) -> String {
+    format!(
+        "{HEADER}\n[Unit]\nDescription=boshy-istio inbound capture: the VM's exposed ports \
+         through Envoy's inbound listener (mutual TLS)\nWants={AGENT_UNIT}\n\
+         After={AGENT_UNIT}\n\n[Service]\nExecStart={}\nRestart=always\nRestartSec=2\n\n\
+         [Install]\nWantedBy=multi-user.target\n",
+        dnat_command(layout, "follow", vip_cidr, true),
+    )
+}
+
+/// `boshy dnat <action>` with the arguments of the virtual-ip-agent job's `bin/dnat`: the VIP
+/// range and, with the capture, the agent's ports file and Envoy's inbound listener port.
+fn dnat_command(layout: &Layout, action: &str, vip_cidr: Ipv4Net, capture: bool) -> String {
+    let mut command = format!(
+        "{} dnat {action} --vip-cidr {vip_cidr}",
+        layout.boshy().display()
+    );
+    if capture {
+        command.push_str(&format!(
+            " --inbound-ports-file {} --inbound-redirect-port {}",
+            layout.inbound_ports().display(),
+            crate::xds::inbound::INBOUND_PORT
+        ));
+    }
+    command
 }
 
 /// `boshy-envoy.service`: Envoy with the bootstrap join rendered, after the agent (its SDS
@@ -77,7 +110,7 @@ mod tests {
     #[test]
     fn the_agent_unit_installs_the_rules_then_runs_the_agent() {
         let layout = Layout::new(Path::new("/tmp/vm-1"));
-        let unit = agent_unit(&layout, "169.254.255.0/24".parse().unwrap());
+        let unit = agent_unit(&layout, "169.254.255.0/24".parse().unwrap(), false);
         assert_eq!(
             exec_lines(&unit),
             [
@@ -90,6 +123,28 @@ mod tests {
             unit.contains("[Install]\nWantedBy=multi-user.target\n"),
             "{unit}"
         );
+        assert!(unit.starts_with(HEADER));
+    }
+
+    #[test]
+    fn with_the_capture_the_agent_installs_it_and_the_capture_unit_follows_the_agents_ports() {
+        let layout = Layout::new(Path::new("/"));
+        let vips = "169.254.255.0/24".parse().unwrap();
+        let capture = " --vip-cidr 169.254.255.0/24 --inbound-ports-file \
+                       /var/lib/boshy/agent/inbound_ports.json --inbound-redirect-port 15006";
+        assert_eq!(
+            exec_lines(&agent_unit(&layout, vips, true))[0],
+            format!("/usr/local/lib/boshy/bin/boshy dnat install{capture}")
+        );
+        let unit = capture_unit(&layout, vips);
+        assert_eq!(
+            exec_lines(&unit),
+            [format!(
+                "/usr/local/lib/boshy/bin/boshy dnat follow{capture}"
+            )]
+        );
+        assert!(unit.contains("After=boshy-agent.service"), "{unit}");
+        assert!(unit.contains("Restart=always"), "{unit}");
         assert!(unit.starts_with(HEADER));
     }
 

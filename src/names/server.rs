@@ -76,7 +76,8 @@ fn refuse_agent(
 
 /// `POST /v1/names/traffic`: an agent's last window of its VM's calls, for the console; taken
 /// when the director lists its instance at the address the request comes from, and kept under
-/// the instance group the director lists it in.
+/// the instance group the director lists it in, or for a joined VM (its registration's
+/// certificate, from the registration's address) under its WorkloadGroup.
 async fn take_traffic(
     State(config): State<WatchConfig>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
@@ -96,12 +97,17 @@ async fn take_traffic(
     if let Err(reason) = report.check() {
         return refused(StatusCode::BAD_REQUEST, "calls_report", reason);
     }
+    // `own_claim` held a joined VM's certificate to its own registration, and the scope
+    // registry lists registrations at their addresses: a VM that left is refused there.
+    let registered = matches!(client, Some(axum::Extension(Peer::Workload(_))));
     match xds.scopes.instance_group(&instance, peer.ip()) {
         Ok(group) => {
+            let source =
+                crate::console::graph::caller_group(&instance.deployment, &group, registered);
             config
                 .agents
                 .traffic()
-                .take(group, report, std::time::Instant::now());
+                .take(source, report, std::time::Instant::now());
             StatusCode::NO_CONTENT.into_response()
         }
         Err(unverified) => refused(StatusCode::FORBIDDEN, "claim", unverified.to_string()),

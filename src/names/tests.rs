@@ -675,7 +675,10 @@ async fn an_agent_reports_calls_for_its_own_instance_only_and_they_are_kept_unde
     assert_eq!(status, reqwest::StatusCode::NO_CONTENT, "{body}");
     let windows = current();
     assert_eq!(windows.len(), 1);
-    assert_eq!(windows[0].instance_group, "g", "the director's group");
+    assert_eq!(
+        windows[0].source.instance_group, "g",
+        "the director's group"
+    );
     assert_eq!(windows[0].report.calls[0].requests, 5);
 }
 

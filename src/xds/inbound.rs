@@ -89,14 +89,31 @@ pub(crate) fn listener_name(workload: &WorkloadKey) -> String {
     )
 }
 
-/// The workloads that serve some service of the catalog (ServiceEntries are outside the
-/// mesh, WorkloadGroups are not instance groups), each with its exposed ports sorted by number, each number once.
-pub(super) fn workloads(catalog: &Catalog) -> BTreeMap<WorkloadKey, Vec<&ServicePort>> {
-    let mut workloads: BTreeMap<WorkloadKey, Vec<&ServicePort>> = BTreeMap::new();
-    for service in catalog.services.iter().filter(|s| s.is_job()) {
-        let key = WorkloadKey {
+/// The workload whose instances serve `service`: a job's instance group, or a WorkloadGroup's
+/// registered VMs, which are instances of "instance group" `<name>` of "deployment" `<config>`
+/// (`workloads::members`: their Envoys' nodes, their SPIFFE IDs); none for a ServiceEntry's
+/// endpoints, outside the mesh.
+pub(super) fn workload_of(service: &crate::catalog::model::Service) -> Option<WorkloadKey> {
+    if service.is_job() {
+        return Some(WorkloadKey {
             deployment: service.key.deployment.clone(),
             instance_group: service.key.instance_group.clone(),
+        });
+    }
+    let (config, name) = service.workload_group.as_deref()?.split_once('/')?;
+    Some(WorkloadKey {
+        deployment: config.to_string(),
+        instance_group: name.to_string(),
+    })
+}
+
+/// The workloads that serve some service of the catalog (ServiceEntries are outside the
+/// mesh), each with its exposed ports sorted by number, each number once.
+pub(super) fn workloads(catalog: &Catalog) -> BTreeMap<WorkloadKey, Vec<&ServicePort>> {
+    let mut workloads: BTreeMap<WorkloadKey, Vec<&ServicePort>> = BTreeMap::new();
+    for service in &catalog.services {
+        let Some(key) = workload_of(service) else {
+            continue;
         };
         workloads.entry(key).or_default().extend(&service.ports);
     }

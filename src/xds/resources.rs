@@ -575,24 +575,17 @@ pub fn build<'a>(inputs: impl Into<Inputs<'a>>) -> Resources {
 }
 
 /// The SPIFFE ID the instances of `service` prove, and what the security rules say about
-/// them, when its clients are to check it: identities on, a BOSH job (a ServiceEntry's
-/// endpoints are outside the mesh; a WorkloadGroup's members have none yet), and names that can form a SPIFFE ID (see `build`'s
-/// warning).
+/// them, when its clients are to check it: identities on, a BOSH job or a WorkloadGroup
+/// (`inbound::workload_of`: a ServiceEntry's endpoints are outside the mesh), and names that
+/// can form a SPIFFE ID (see `build`'s warning). An endpoint whose agent reports no inbound
+/// capture is still called in plaintext (`Endpoint::plaintext`).
 fn server_identity<'a>(
     inputs: &Inputs<'a>,
     service: &Service,
 ) -> Option<(String, std::borrow::Cow<'a, WorkloadSecurity>)> {
-    let trust_domain = inputs.identity.filter(|_| service.is_job())?;
-    let id = workload_id(
-        trust_domain,
-        &service.key.deployment,
-        &service.key.instance_group,
-    )
-    .ok()?;
-    let workload = WorkloadKey {
-        deployment: service.key.deployment.clone(),
-        instance_group: service.key.instance_group.clone(),
-    };
+    let trust_domain = inputs.identity?;
+    let workload = inbound::workload_of(service)?;
+    let id = workload_id(trust_domain, &workload.deployment, &workload.instance_group).ok()?;
     Some((id, inputs.traffic.security.of(&workload)))
 }
 
@@ -2755,6 +2748,43 @@ mod tests {
                 None,
                 "a ServiceEntry's endpoints are outside the mesh"
             );
+        }
+
+        #[test]
+        fn a_workload_groups_vms_get_its_inbound_listener_and_are_called_as_its_identity() {
+            let trust_domain = TrustDomain::default();
+            let mut catalog = mesh();
+            let mut group = testing::service("", "", "")
+                .vip(Ipv4Addr::new(169, 254, 255, 11))
+                .port("tcp-amqp", 5672, Protocol::Tcp)
+                .build();
+            group.hostname = "rabbitmq.rabbitmq.legacy.boshy".into();
+            group.workload_group = Some("legacy/rabbitmq".into());
+            catalog.services.push(group);
+            let traffic = traffic();
+            let inputs = |identity| Inputs {
+                catalog: &catalog,
+                traffic: &traffic,
+                identity,
+                telemetry: &crate::xds::telemetry::Telemetry::OFF,
+            };
+            let resources = build(inputs(Some(&trust_domain)));
+            // Its registered VMs' Envoys are nodes of "deployment" legacy, "instance group"
+            // rabbitmq (`workloads::members`), as their SPIFFE IDs.
+            let vms = WorkloadKey {
+                deployment: "legacy".into(),
+                instance_group: "rabbitmq".into(),
+            };
+            assert_eq!(
+                resources.owner(ResourceType::Listener, "inbound|legacy|rabbitmq"),
+                Some(&vms)
+            );
+            assert_eq!(
+                server_id(&resources, "outbound|5672||rabbitmq.rabbitmq.legacy.boshy").as_deref(),
+                Some("spiffe://boshy/deployment/legacy/instance_group/rabbitmq")
+            );
+            let plain = build(inputs(None));
+            assert!(!names(&plain, ResourceType::Listener).contains(&"inbound|legacy|rabbitmq"));
         }
 
         #[test]
