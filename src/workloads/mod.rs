@@ -23,6 +23,8 @@
 //! - [`service`]: the task owning the store (batched writes, re-reads, the sweep), and the
 //!   handle the API calls.
 //! - [`api`]: the HTTP endpoints.
+//! - [`xds_gate`]: the xDS port's hold on joined VMs' streams (registered, from their
+//!   address, as their own node; ended when the registration goes).
 
 pub(crate) mod api;
 pub mod heartbeats;
@@ -34,6 +36,7 @@ pub mod service;
 pub(crate) mod state;
 pub(crate) mod store;
 pub(crate) mod token;
+pub(crate) mod xds_gate;
 
 pub use heartbeats::Heartbeats;
 pub use identity::{Peer, WorkloadIdentity};
