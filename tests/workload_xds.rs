@@ -4,7 +4,8 @@
 //! `PERMISSION_DENIED` saying why the moment it leaves or an operator removes it, and a new
 //! one is refused; a BOSH VM's certificate streams throughout. The Envoy is played by a tonic
 //! ADS client (state of the world, which serves clusters at once: a delta stream of a VM waits
-//! for its agent's scope).
+//! for its agent's scope); a real Envoy, bootstrapped as `boshy envoy-bootstrap` renders it
+//! with the VM's certificate, loses its xDS connection when its VM leaves.
 //!
 //! Everything runs on loopback: the simulator lists its instances in 127.10.0.0/24, and the VM
 //! connects from 127.0.0.31 (127.0.0.32 plays another machine with its certificate).
@@ -18,6 +19,7 @@ use boshy::xds::bootstrap::NodeIdentity;
 use boshy_director_sim::{self as sim, SimHandle, SimOptions};
 use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
 use boshy_test_support::dns_agent::free_port;
+use boshy_test_support::envoy::{loopback_listener, Envoy};
 use boshy_test_support::process::KilledOnDrop;
 use boshy_test_support::uaa::{client_credentials_token, sim_client};
 use envoy_types::pb::envoy::config::core::v3::Node;
@@ -310,10 +312,8 @@ async fn assert_refused(opened: Result<Stream, Status>, says: &str) {
     assert!(status.message().contains(says), "{says}: {status:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_node() {
-    let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
+/// The director simulator with the WorkloadGroup, and an admin's token for it.
+async fn director() -> (SimHandle, String) {
     let mut options = SimOptions::new(SECRET);
     options.fixtures = Some(FIXTURES.into());
     options.instance_network = "127.10.0.0/24".parse().unwrap();
@@ -328,6 +328,25 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
         .await
         .unwrap();
     assert_eq!(posted.status(), StatusCode::CREATED);
+    (sim, admin)
+}
+
+/// `vm` leaves (`boshy leave`'s request).
+async fn leave(pilot: &Pilot, pki: &Pki, vm: &Joined) {
+    let left = pki
+        .https(pilot.api, vm.address, Some(&vm.identity))
+        .post(pilot.url("/v1/workloads/leave"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(left.status(), StatusCode::OK, "{}", pilot.log_text());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (sim, admin) = director().await;
     let pilot = Pilot::start(dir.path(), &sim);
     let token = join_token(&pilot, &pki, &admin).await;
     let vm = join(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 31).into()).await;
@@ -351,13 +370,7 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
     assert_served(&mut bosh_stream, "a BOSH VM").await;
 
     // It leaves: its open stream ends at once with the reason, and a new one is refused.
-    let left = pki
-        .https(pilot.api, vm.address, Some(&vm.identity))
-        .post(pilot.url("/v1/workloads/leave"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(left.status(), StatusCode::OK, "{}", pilot.log_text());
+    leave(&pilot, &pki, &vm).await;
     let ended = loop {
         match stream.next().await {
             Ok(Some(_)) => continue,
@@ -405,4 +418,66 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
     let log = pilot.log_text();
     assert!(log.contains("proxy disconnected"), "{log}");
     assert!(!log.contains(&token), "no join token in the log");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (sim, admin) = director().await;
+    let pilot = Pilot::start(dir.path(), &sim);
+    let token = join_token(&pilot, &pki, &admin).await;
+    // Envoy connects to the pilot from 127.0.0.1: the VM joins from there.
+    let vm = join(&pilot, &pki, &token, Ipv4Addr::LOCALHOST.into()).await;
+    std::fs::write(dir.path().join("vm.pem"), &vm.identity).unwrap();
+    let admin_address = loopback_listener().await.1;
+    let rendered = Command::new(BOSHY)
+        .args(["envoy-bootstrap", "--deployment", "legacy"])
+        .args(["--instance-group", "rabbitmq", "--instance-id", &vm.id])
+        .args(["--ip", "127.0.0.1", "--pilot", &pilot.xds.to_string()])
+        .args(["--admin", &admin_address.to_string()])
+        .arg("--tls-ca")
+        .arg(dir.path().join("mesh-ca.pem"))
+        // The certificate then the key, in one file: each reader takes its own part.
+        .arg("--tls-cert")
+        .arg(dir.path().join("vm.pem"))
+        .arg("--tls-key")
+        .arg(dir.path().join("vm.pem"))
+        .args(["--tls-server-name", PILOT_SERVER_NAME])
+        .output()
+        .unwrap();
+    assert!(rendered.status.success(), "{rendered:?}");
+    let envoy = Envoy::start(&String::from_utf8(rendered.stdout).unwrap(), admin_address);
+    envoy
+        .wait_for_stat("control_plane.connected_state", |connected| connected == 1)
+        .await;
+
+    leave(&pilot, &pki, &vm).await;
+    envoy
+        .wait_for_stat("control_plane.connected_state", |connected| connected == 0)
+        .await;
+    // The pilot ended its stream saying why, and refuses its reconnections.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let log = pilot.log_text();
+        let ended = format!(
+            "ended: the joined VM {} (legacy/rabbitmq) is not registered",
+            vm.id
+        );
+        let after = log.split_once(&ended).map(|(_, after)| after);
+        if after.is_some_and(|after| after.contains("xDS stream refused")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the pilot never ended and refused the stream:\n{log}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        envoy.stat("control_plane.connected_state").await,
+        Some(0),
+        "{}",
+        envoy.log_text()
+    );
 }
