@@ -2,7 +2,8 @@
 //! `boshy pilot` reading the director simulator: the VM's certificate gets ADS only from the
 //! registration's address and as the node `boshy join` renders; its open stream is ended with
 //! `PERMISSION_DENIED` saying why the moment it leaves or an operator removes it, and a new
-//! one is refused; a BOSH VM's certificate streams throughout. The Envoy is played by a tonic
+//! one is refused (and when it is deregistered, silent for the grace period); a BOSH VM's
+//! certificate streams throughout. The Envoy is played by a tonic
 //! ADS client (state of the world, which serves clusters at once: a delta stream of a VM waits
 //! for its agent's scope); a real Envoy, bootstrapped as `boshy envoy-bootstrap` renders it
 //! with the VM's certificate, loses its xDS connection when its VM leaves.
@@ -98,7 +99,8 @@ struct Pilot {
 }
 
 impl Pilot {
-    fn start(dir: &Path, sim: &SimHandle) -> Pilot {
+    /// A pilot on `sim`, with `workloads` (YAML lines under `workloads:`) beside the CA key.
+    fn start(dir: &Path, sim: &SimHandle, workloads: &str) -> Pilot {
         std::fs::write(dir.join("director-ca.pem"), sim.ca_pem()).unwrap();
         std::fs::write(dir.join("secret"), SECRET).unwrap();
         let loopback = || SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -109,7 +111,7 @@ impl Pilot {
              ca_cert_path: {}\n  poll_interval_seconds: 1\n\
              tls:\n  ca_cert_path: {}\n  cert_path: {}\n  key_path: {}\n\
              listen:\n  api: {api}\n  xds: {xds}\n  names: {names}\n\
-             workloads:\n  mesh_ca_private_key: {}\n",
+             workloads:\n  mesh_ca_private_key: {}\n{workloads}",
             sim.director_url(),
             file("secret"),
             file("director-ca.pem"),
@@ -347,7 +349,7 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let (sim, admin) = director().await;
-    let pilot = Pilot::start(dir.path(), &sim);
+    let pilot = Pilot::start(dir.path(), &sim, "");
     let token = join_token(&pilot, &pki, &admin).await;
     let vm = join(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 31).into()).await;
     let bosh = format!("{}\n{}", pki.read("bosh.pem"), pki.read("bosh.key"));
@@ -425,7 +427,7 @@ async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::new(dir.path());
     let (sim, admin) = director().await;
-    let pilot = Pilot::start(dir.path(), &sim);
+    let pilot = Pilot::start(dir.path(), &sim, "");
     let token = join_token(&pilot, &pki, &admin).await;
     // Envoy connects to the pilot from 127.0.0.1: the VM joins from there.
     let vm = join(&pilot, &pki, &token, Ipv4Addr::LOCALHOST.into()).await;
@@ -480,4 +482,34 @@ async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
         "{}",
         envoy.log_text()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_stream_of_a_vm_deregistered_after_its_grace_period_is_ended() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new(dir.path());
+    let (sim, admin) = director().await;
+    // A VM silent for 5 s is deregistered: this one never heartbeats.
+    let grace = "  heartbeat_seconds: 1\n  ttl_seconds: 2\n  deregister_after_seconds: 5\n";
+    let pilot = Pilot::start(dir.path(), &sim, grace);
+    let token = join_token(&pilot, &pki, &admin).await;
+    let vm = join(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 41).into()).await;
+    let stream = ads(&pilot, &pki, vm.address, &vm.identity, node_of(&vm)).await;
+    let mut stream = stream.unwrap_or_else(|s| panic!("{s:?}\n{}", pilot.log_text()));
+    assert_served(&mut stream, "the VM before its grace period ends").await;
+    let ended = loop {
+        match stream.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => break status,
+        }
+    };
+    assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
+    assert!(
+        ended
+            .message()
+            .contains("deregistered after its grace period"),
+        "{ended:?}"
+    );
+    assert!(pilot.log_text().contains("deregistered: no heartbeat"));
 }
