@@ -287,6 +287,11 @@ pub async fn run(args: Args) -> Result<()> {
         }
     };
 
+    // A joined VM streams xDS only while registered, from its address (docs/workloads.md).
+    let xds_gate = workloads_out.as_ref().map(|out| {
+        crate::workloads::xds_gate::XdsGate::new(out.state.clone())
+            as Arc<dyn xds::server::StreamGate>
+    });
     let catalogs = CatalogPublisher {
         tld: cfg.tld.clone(),
         vips,
@@ -323,7 +328,7 @@ pub async fn run(args: Args) -> Result<()> {
     tokio::select! {
         () = poller.run(deployments_tx) => Err(anyhow!("the director poller stopped")),
         result = catalogs.run(deployments_rx, vip_refresh) => result,
-        result = xds::server::serve_snapshots(xds_listener, snapshots, board, Some(scopes), xds_tls) => result.context("xDS server"),
+        result = xds::server::serve_gated(xds_listener, snapshots, board, Some(scopes), xds_tls, xds_gate) => result.context("xDS server"),
         result = names_server => result.context("name-table server"),
         result = rule_status::follow(rule_configs.clone(), catalog_rx.clone(), rule_status_tx, traffic_tx) => result.context("rule validation"),
         result = api_server => result.context("HTTP API"),

@@ -24,6 +24,8 @@
 //!   handle the API calls.
 //! - [`api`]: the HTTP endpoints.
 //! - [`renewal`]: a joined VM's certificate renewed, on the names port.
+//! - [`xds_gate`]: the xDS port's hold on joined VMs' streams (registered, from their
+//!   address, as their own node; ended when the registration goes).
 
 pub(crate) mod api;
 pub mod heartbeats;
@@ -36,6 +38,7 @@ pub mod service;
 pub(crate) mod state;
 pub(crate) mod store;
 pub(crate) mod token;
+pub(crate) mod xds_gate;
 
 pub use heartbeats::Heartbeats;
 pub use identity::{Peer, WorkloadIdentity};

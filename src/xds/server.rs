@@ -4,7 +4,7 @@
 //! board) what was sent and answered.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
@@ -16,6 +16,8 @@ use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service
 use envoy_types::pb::envoy::service::discovery::v3::{
     DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
 };
+use futures::future::BoxFuture;
+use rustls::pki_types::CertificateDer;
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{ReceiverStream, TcpListenerStream};
 use tonic::body::Body;
@@ -91,11 +93,24 @@ pub async fn serve_snapshots(
     scopes: Option<Arc<ScopeRegistry>>,
     tls: Option<Arc<rustls::ServerConfig>>,
 ) -> anyhow::Result<()> {
+    serve_gated(listener, snapshots, board, scopes, tls, None).await
+}
+
+/// Like [`serve_snapshots`], with every stream first passed through `gate`.
+pub async fn serve_gated(
+    listener: tokio::net::TcpListener,
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    board: Arc<SyncBoard>,
+    scopes: Option<Arc<ScopeRegistry>>,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    gate: Option<Arc<dyn StreamGate>>,
+) -> anyhow::Result<()> {
     let address = listener.local_addr().context("xDS listener address")?;
     let ads = Ads {
         snapshots,
         board,
         scopes,
+        gate,
     };
     tracing::info!(%address, mutual_tls = tls.is_some(), "xDS (ADS) server listening");
     let router = tonic::transport::Server::builder()
@@ -123,12 +138,37 @@ pub async fn serve_snapshots(
     served.with_context(|| format!("xDS server on {address}"))
 }
 
+/// Who may hold an ADS stream beyond the TLS handshake, decided outside the xDS server: the
+/// pilot holds the joined VMs' certificates to their registrations (`workloads::xds_gate`).
+pub trait StreamGate: Send + Sync + 'static {
+    /// A new stream of the TLS peer that presented `certificates` (leaf first; none without
+    /// TLS) from `address`: `Ok(None)` lets it stream unheld (a BOSH VM's certificate),
+    /// `Ok(Some)` holds it to a [`StreamPass`], `Err` refuses it with that status.
+    fn open(
+        &self,
+        certificates: &[CertificateDer<'static>],
+        address: Option<IpAddr>,
+    ) -> Result<Option<StreamPass>, Status>;
+}
+
+/// Judges the node an Envoy announces in its stream's first request (`None`: it announced
+/// none); `Err` ends the stream before anything is served.
+pub type NodeCheck = Box<dyn FnOnce(Option<&Node>) -> Result<(), Status> + Send>;
+
+/// What a stream let through a [`StreamGate`] is held to.
+pub struct StreamPass {
+    pub node: NodeCheck,
+    /// Resolves, with the status that ends the stream, once its holder may stream no more.
+    pub revoked: BoxFuture<'static, Status>,
+}
+
 /// The AggregatedDiscoveryService: both methods, each stream run by [`run_stream`].
 #[derive(Clone)]
 struct Ads {
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     board: Arc<SyncBoard>,
     scopes: Option<Arc<ScopeRegistry>>,
+    gate: Option<Arc<dyn StreamGate>>,
 }
 
 impl tonic::server::NamedService for Ads {
@@ -161,14 +201,26 @@ impl tower::Service<http::Request<Body>> for Ads {
 impl Ads {
     fn start<P: Protocol>(&self, request: http::Request<Body>) -> http::Response<Body> {
         let extensions = request.extensions();
+        let tls = extensions.get::<TlsConnectInfo<TcpConnectInfo>>();
         let peer = extensions
             .get::<TcpConnectInfo>()
-            .or_else(|| {
-                extensions
-                    .get::<TlsConnectInfo<TcpConnectInfo>>()
-                    .map(TlsConnectInfo::get_ref)
-            })
+            .or_else(|| tls.map(TlsConnectInfo::get_ref))
             .and_then(TcpConnectInfo::remote_addr);
+        let pass = match &self.gate {
+            None => None,
+            Some(gate) => {
+                let certificates = tls.and_then(TlsConnectInfo::peer_certs);
+                let certificates = certificates.as_deref().map_or(&[][..], Vec::as_slice);
+                match gate.open(certificates, peer.map(|p| p.ip())) {
+                    Ok(pass) => pass,
+                    Err(status) => {
+                        let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
+                        tracing::debug!(%peer, ads = P::NAME, reason = %status.message(), "xDS stream refused");
+                        return grpc::status_only(&status);
+                    }
+                }
+            }
+        };
         let (responses, receiver) = mpsc::channel::<Outgoing>(RESPONSE_QUEUE);
         let seq = self.snapshots.borrow().as_ref().map_or(0, |s| s.seq());
         let state = Arc::new(Mutex::new(P::default()));
@@ -183,7 +235,10 @@ impl Ads {
                 state.clone(),
             ),
             state,
-            self.scopes.clone(),
+            Holds {
+                scopes: self.scopes.clone(),
+                pass,
+            },
         ));
         grpc::response(ReceiverStream::new(receiver))
     }
@@ -359,6 +414,13 @@ impl Drop for ConnectedProxy {
     }
 }
 
+/// What one stream is held to beyond its protocol: its VM's scope (with `scopes`), and its
+/// holder's standing (with a pass from the [`StreamGate`]).
+struct Holds {
+    scopes: Option<Arc<ScopeRegistry>>,
+    pass: Option<StreamPass>,
+}
+
 async fn run_stream<P: Protocol>(
     mut requests: Requests<P::Request>,
     mut snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
@@ -366,9 +428,14 @@ async fn run_stream<P: Protocol>(
     peer: Option<SocketAddr>,
     mut sync: StreamSync,
     state: Arc<Mutex<P>>,
-    scopes: Option<Arc<ScopeRegistry>>,
+    holds: Holds,
 ) {
     let _connected = ConnectedProxy::new();
+    let Holds { scopes, pass } = holds;
+    let (mut node_check, mut revoked) = match pass {
+        Some(pass) => (Some(pass.node), Some(pass.revoked)),
+        None => (None, None),
+    };
     let mut scope = ScopeFollower::default();
     let peer = peer.map_or_else(|| "unknown".to_string(), |p| p.to_string());
     // Envoy sends its node only in the first request (set_node_on_first_message_only).
@@ -381,6 +448,15 @@ async fn run_stream<P: Protocol>(
         let outgoing = tokio::select! {
             request = requests.message() => match request {
                 Ok(Some(request)) => {
+                    // Checked before anything of the request is taken (its node picks the
+                    // scope and the routes).
+                    if let Some(check) = node_check.take() {
+                        if let Err(status) = check(P::node(&request)) {
+                            let reason = format!("refused: {}", status.message());
+                            let _ = responses.send(Err(Box::new(status))).await;
+                            break reason;
+                        }
+                    }
                     if let Some(announced) = P::node(&request) {
                         if node == "unknown" {
                             node = announced.id.clone();
@@ -432,6 +508,11 @@ async fn run_stream<P: Protocol>(
                     }
                     None => Vec::new(),
                 }
+            }
+            status = until_revoked(&mut revoked) => {
+                let reason = format!("ended: {}", status.message());
+                let _ = responses.send(Err(Box::new(status))).await;
+                break reason;
             }
             next = scope.next() => {
                 let snapshot = snapshots.borrow().clone();
@@ -550,6 +631,15 @@ impl Drop for ScopeFollower {
                 .xds_scoped_streams
                 .fetch_sub(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// The status a held stream is ended with, once its pass is revoked; pending for a stream
+/// held to nothing.
+async fn until_revoked(revoked: &mut Option<BoxFuture<'static, Status>>) -> Status {
+    match revoked {
+        Some(revoked) => revoked.await,
+        None => std::future::pending().await,
     }
 }
 

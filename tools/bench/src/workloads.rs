@@ -13,13 +13,24 @@
 //!   with the certificate its join returned, and posts its report (probe passing) every
 //!   `heartbeat_seconds`, on a connection kept between heartbeats as the real agent's.
 //!
+//! - The reference of BOSH VMs: before the joined VMs, the same pilot (same config, a second
+//!   process) on a director that also lists N BOSH instances in one instance group, at
+//!   addresses of the same network; N emulated agents of those instances follow the name
+//!   table with the mesh client certificate every BOSH VM presents and post their report every
+//!   `heartbeat_seconds` too (a real BOSH VM's agent reports on change only: here at the joined
+//!   VMs' pace, so that the two runs differ by the registrations alone). No registration.
+//!
 //! Figures: the pilot's RSS and CPU over a steady window with N VMs heartbeating, beside the
-//! same pilot (same director, same WorkloadGroup) with none, in the same run; the director
-//! writes a minute in that window (none are wanted: heartbeats live in memory); the burst's
-//! time and its writes.
+//! same pilot (same director, same WorkloadGroup) with none, in the same run; the same with N
+//! BOSH VMs' agents instead, so that what N joined VMs add decomposes into what N agents'
+//! connections and reports cost (any VM's) and what the registrations cost on top; the
+//! director writes a minute in that window (none are wanted: heartbeats live in memory); the
+//! burst's time and its writes.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -41,6 +52,8 @@ const VM_NETWORK: &str = "198.18.0.0/16";
 /// The director config holding the WorkloadGroup, and the group.
 const CONFIG: &str = "legacy";
 const GROUP: &str = "vms";
+/// The reference's deployment of BOSH VMs: one instance group of N instances.
+const BOSH_DEPLOYMENT: &str = "bosh-vms";
 /// The registration store's config type and name (named after the tld).
 const STORE_TYPE: &str = "boshy-workloads";
 const TLD: &str = "boshy";
@@ -72,17 +85,29 @@ pub struct Args {
     pub out: Option<PathBuf>,
 }
 
-/// A director with a small estate and the WorkloadGroup, as `bosh update-config` puts it.
-async fn director(dir: &Path) -> Result<SimHandle> {
+/// A director with a small estate and the WorkloadGroup, as `bosh update-config` puts it;
+/// with `bosh_vms`, also a deployment of that many BOSH instances at addresses of
+/// [`VM_NETWORK`] (local for the run: their emulated agents connect from them).
+async fn director(dir: &Path, bosh_vms: usize) -> Result<SimHandle> {
     let fixtures = dir.join("fixtures");
     std::fs::create_dir_all(&fixtures)?;
     std::fs::write(
         fixtures.join("estate.yml"),
         manifest("estate", 2, 5, |_| true),
     )?;
+    let network = match bosh_vms {
+        0 => "10.250.0.0/24",
+        n => {
+            std::fs::write(
+                fixtures.join(format!("{BOSH_DEPLOYMENT}.yml")),
+                manifest(BOSH_DEPLOYMENT, 1, n, |_| true),
+            )?;
+            VM_NETWORK
+        }
+    };
     let sim = sim::start(SimOptions {
         fixtures: Some(fixtures),
-        instance_network: "10.250.0.0/24".parse().expect("a valid CIDR"),
+        instance_network: network.parse().expect("a valid CIDR"),
         task_delay: Duration::from_millis(10),
         ..SimOptions::new(SECRET)
     })
@@ -157,6 +182,8 @@ struct Setup {
     api: SocketAddr,
     names: SocketAddr,
     ca_pem: String,
+    /// The mesh client certificate then its key: what every BOSH VM's agent presents.
+    bosh_identity: String,
 }
 
 impl Setup {
@@ -173,6 +200,7 @@ fn setup(sim: &SimHandle, dir: &Path, heartbeat_seconds: u64) -> Result<Setup> {
     };
     let ca = Ca::new("boshy-istio bench CA")?;
     let server = ca.server(PILOT_SERVER_NAME)?;
+    let bosh = ca.client("bosh-vm")?;
     let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
     let (api, xds, names) = (
         loopback(free_port()?),
@@ -202,6 +230,7 @@ fn setup(sim: &SimHandle, dir: &Path, heartbeat_seconds: u64) -> Result<Setup> {
         api,
         names,
         ca_pem: ca.cert_pem(),
+        bosh_identity: format!("{}\n{}", bosh.cert_pem, bosh.key_pem),
     })
 }
 
@@ -235,12 +264,15 @@ struct Vm {
     csr: String,
 }
 
-struct Joined {
+/// An emulated agent: of a joined VM, or of a BOSH VM for the reference.
+struct Agent {
     address: Ipv4Addr,
     deployment: String,
     id: String,
     /// The VM's certificate chain then its key, as `reqwest::Identity` reads them.
     identity: String,
+    /// A joined VM's agent reports its group's probe; a BOSH VM's, its exposed ports.
+    joined: bool,
 }
 
 fn vms(count: usize) -> Result<Vec<Vm>> {
@@ -261,7 +293,7 @@ fn vms(count: usize) -> Result<Vec<Vm>> {
         .collect()
 }
 
-async fn join(setup: &Setup, token: &str, vm: Vm) -> Result<Joined> {
+async fn join(setup: &Setup, token: &str, vm: Vm) -> Result<Agent> {
     let client = pilot_client(setup, setup.api.port(), Some(IpAddr::V4(vm.address)), None)?;
     let response = client
         .post(format!("{}/v1/workloads/join", setup.api_url()))
@@ -280,11 +312,12 @@ async fn join(setup: &Setup, token: &str, vm: Vm) -> Result<Joined> {
             .with_context(|| format!("the join answer has no `{key}`: {answer}"))?
             .to_string())
     };
-    Ok(Joined {
+    Ok(Agent {
         address: vm.address,
         deployment: text("deployment")?,
         id: text("id")?,
         identity: format!("{}\n{}", text("certificate")?, vm.key_pem),
+        joined: true,
     })
 }
 
@@ -294,7 +327,7 @@ async fn join_all(
     token: &str,
     vms: Vec<Vm>,
     concurrency: usize,
-    joined: &mut Vec<Joined>,
+    joined: &mut Vec<Agent>,
 ) -> Result<Duration> {
     let started = Instant::now();
     let mut pending = vms.into_iter();
@@ -312,9 +345,15 @@ async fn join_all(
     }
 }
 
-/// A VM's agent: the name-table stream as its registration, and its report (probe passing)
-/// every `heartbeat`, from the first probes line on, until the stream fails.
-async fn heartbeat(setup: &Setup, vm: &Joined, heartbeat: Duration) -> Result<()> {
+/// A VM's agent: the name-table stream as its instance, and its report (a joined VM's with
+/// its probe passing) every `heartbeat`, from the stream's first line on, until the stream
+/// fails. `reported` counts the agents whose first report was taken.
+async fn heartbeat(
+    setup: &Setup,
+    vm: &Agent,
+    heartbeat: Duration,
+    reported: Arc<AtomicUsize>,
+) -> Result<()> {
     let client = pilot_client(
         setup,
         setup.names.port(),
@@ -328,11 +367,11 @@ async fn heartbeat(setup: &Setup, vm: &Joined, heartbeat: Duration) -> Result<()
         .send()
         .await?
         .error_for_status()?;
-    let report = json!({
-        "deployment": vm.deployment,
-        "instance": vm.id,
-        "probe": {"passing": true},
-    });
+    let mut report = json!({"deployment": vm.deployment, "instance": vm.id});
+    if vm.joined {
+        report["probe"] = json!({"passing": true});
+    }
+    let mut first = true;
     // The stream's first line arrives before any report counts (the pilot opens the agent's
     // entry when the stream starts).
     stream.chunk().await?;
@@ -351,7 +390,83 @@ async fn heartbeat(setup: &Setup, vm: &Joined, heartbeat: Duration) -> Result<()
                     .send()
                     .await?
                     .error_for_status()?;
+                if std::mem::take(&mut first) {
+                    reported.fetch_add(1, Ordering::Relaxed);
+                }
             }
+        }
+    }
+}
+
+/// The agents of the director's BOSH VMs (the reference's deployment), with the mesh client
+/// certificate.
+async fn bosh_agents(sim: &SimHandle, setup: &Setup) -> Result<Vec<Agent>> {
+    let state: Value = reqwest::get(format!("{}/_sim/state", sim.control_url()))
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let deployment = state["deployments"]
+        .as_array()
+        .and_then(|d| d.iter().find(|d| d["name"] == BOSH_DEPLOYMENT))
+        .with_context(|| format!("the simulator lists no deployment {BOSH_DEPLOYMENT}"))?;
+    deployment["instances"]
+        .as_array()
+        .context("the deployment has no instances")?
+        .iter()
+        .map(|instance| {
+            let text = |v: &Value| v.as_str().map(str::to_string);
+            Ok(Agent {
+                address: text(&instance["ips"][0])
+                    .context("an instance without an address")?
+                    .parse()?,
+                deployment: BOSH_DEPLOYMENT.to_string(),
+                id: text(&instance["id"]).context("an instance without an id")?,
+                identity: setup.bosh_identity.clone(),
+                joined: false,
+            })
+        })
+        .collect()
+}
+
+/// Runs `agents` until each has reported once, through `until`'s end; fails if one stopped.
+async fn with_agents<T>(
+    setup: &Setup,
+    agents: Vec<Agent>,
+    period: Duration,
+    until: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let count = agents.len();
+    let reported = Arc::new(AtomicUsize::new(0));
+    let mut tasks = JoinSet::new();
+    for agent in agents {
+        let (setup, reported) = (setup.clone(), reported.clone());
+        tasks.spawn(async move { heartbeat(&setup, &agent, period, reported).await });
+    }
+    boshy_lab::ready::until(PHASE_DEADLINE, "every agent reported", || {
+        let reported = reported.load(Ordering::Relaxed);
+        async move { Ok(reported == count) }
+    })
+    .await?;
+    let outcome = until.await?;
+    if let Some(failed) = tasks.try_join_next() {
+        bail!("an emulated agent stopped: {:?}", failed?);
+    }
+    tasks.shutdown().await;
+    Ok(outcome)
+}
+
+/// The first join token of a pilot that just started: it mints them once it has read the
+/// director (its WorkloadGroup).
+async fn first_token(setup: &Setup, director: &Director, log: &Path) -> Result<String> {
+    let deadline = Instant::now() + PHASE_DEADLINE;
+    loop {
+        match join_token(setup, director).await {
+            Ok(token) => return Ok(token),
+            Err(_) if Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(250)).await
+            }
+            Err(e) => return Err(e.context(format!("see {}", log.display()))),
         }
     }
 }
@@ -407,6 +522,9 @@ async fn steady_window(
 struct Measured {
     idle_rss_mb: f64,
     idle_cpu: f64,
+    /// The reference: the same pilot with N BOSH VMs' agents and no registration.
+    bosh_rss_mb: f64,
+    bosh_cpu: f64,
     rss_mb: f64,
     cpu: f64,
     steady_writes: usize,
@@ -421,25 +539,18 @@ pub async fn run(args: Args) -> Result<()> {
     }
     let scratch = ScratchDir::new(BENCHMARK)?;
     let _local = LocalRange::add(VM_NETWORK)?;
-    let sim = director(scratch.path()).await?;
+    let steady = Duration::from_secs(args.steady_seconds);
+    let period = Duration::from_secs(args.heartbeat_seconds);
+    let (bosh_rss_mb, bosh_cpu) = bosh_reference(scratch.path(), &args, steady).await?;
+
+    let sim = director(scratch.path(), 0).await?;
     let director = Director::of(&sim).await?;
     let setup = setup(&sim, scratch.path(), args.heartbeat_seconds)?;
     eprintln!("bench workloads: making {} keys and CSRs", args.vms);
     let mut vms = vms(args.vms)?;
     let log = scratch.path().join("pilot.log");
     let pilot = Pilot::start(&setup.config, &log)?;
-    // The pilot mints tokens once it has read the director (its WorkloadGroup).
-    let deadline = Instant::now() + PHASE_DEADLINE;
-    let token = loop {
-        match join_token(&setup, &director).await {
-            Ok(token) => break token,
-            Err(_) if Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(250)).await
-            }
-            Err(e) => return Err(e.context(format!("see {}", log.display()))),
-        }
-    };
-    let steady = Duration::from_secs(args.steady_seconds);
+    let token = first_token(&setup, &director, &log).await?;
     eprintln!("bench workloads: the pilot with no VM registered, {steady:?}");
     let (idle_rss_mb, idle_cpu, _) = steady_window(&pilot, &director, steady).await?;
 
@@ -457,26 +568,21 @@ pub async fn run(args: Args) -> Result<()> {
     let rest = join_all(&setup, &token, rest, JOIN_CONCURRENCY, &mut joined).await?;
 
     eprintln!("bench workloads: {} VMs heartbeating", joined.len());
-    let mut agents = JoinSet::new();
-    let period = Duration::from_secs(args.heartbeat_seconds);
-    for vm in joined {
-        let setup = setup.clone();
-        agents.spawn(async move { heartbeat(&setup, &vm, period).await });
-    }
-    boshy_lab::ready::until(PHASE_DEADLINE, "every VM healthy", || async {
-        Ok(healthy_registrations(&setup, &director).await? == args.vms)
-    })
-    .await?;
-    let (rss_mb, cpu, steady_writes) = steady_window(&pilot, &director, steady).await?;
-    if let Some(failed) = agents.try_join_next() {
-        bail!("an emulated VM stopped: {:?}", failed?);
-    }
-    agents.shutdown().await;
+    let measure = async {
+        boshy_lab::ready::until(PHASE_DEADLINE, "every VM healthy", || async {
+            Ok(healthy_registrations(&setup, &director).await? == args.vms)
+        })
+        .await?;
+        steady_window(&pilot, &director, steady).await
+    };
+    let (rss_mb, cpu, steady_writes) = with_agents(&setup, joined, period, measure).await?;
     pilot.kill().await?;
     drop(sim);
     let measured = Measured {
         idle_rss_mb,
         idle_cpu,
+        bosh_rss_mb,
+        bosh_cpu,
         rss_mb,
         cpu,
         steady_writes,
@@ -487,6 +593,33 @@ pub async fn run(args: Args) -> Result<()> {
     super::emit(&rows(&measured, &args), args.out.as_deref())
 }
 
+/// The reference: the same pilot's config on a director that also lists `--vms` BOSH VMs,
+/// whose agents follow the name table and report at the joined VMs' pace; its RSS (MB) and
+/// CPU (s) over `steady`. A process of its own, ended before the joined VMs' run.
+async fn bosh_reference(scratch: &Path, args: &Args, steady: Duration) -> Result<(f64, f64)> {
+    let dir = scratch.join("bosh-reference");
+    std::fs::create_dir_all(&dir)?;
+    let sim = director(&dir, args.vms).await?;
+    let director = Director::of(&sim).await?;
+    let setup = setup(&sim, &dir, args.heartbeat_seconds)?;
+    let log = dir.join("pilot.log");
+    let pilot = Pilot::start(&setup.config, &log)?;
+    // Ready as the joined VMs' pilot is: it has read the director.
+    first_token(&setup, &director, &log).await?;
+    let agents = bosh_agents(&sim, &setup).await?;
+    eprintln!(
+        "bench workloads: reference, {} BOSH VMs' agents reporting",
+        agents.len()
+    );
+    let period = Duration::from_secs(args.heartbeat_seconds);
+    let measure = steady_window(&pilot, &director, steady);
+    let (rss_mb, cpu, _) = with_agents(&setup, agents, period, measure)
+        .await
+        .with_context(|| format!("the reference pilot: see {}", log.display()))?;
+    pilot.kill().await?;
+    Ok((rss_mb, cpu))
+}
+
 fn rows(m: &Measured, args: &Args) -> Vec<Row> {
     let n = args.vms;
     let window = args.steady_seconds as f64;
@@ -494,7 +627,11 @@ fn rows(m: &Measured, args: &Args) -> Vec<Row> {
     let at_goal = |added: f64| added * GOAL_VMS as f64 / n as f64;
     let added_rss = at_goal(m.rss_mb - m.idle_rss_mb);
     let added_cpu = at_goal(percent(m.cpu) - percent(m.idle_cpu));
+    // What the registrations cost beyond N agents' connections and reports (any VM's).
+    let own_rss = m.rss_mb - m.bosh_rss_mb;
+    let own_cpu = percent(m.cpu) - percent(m.bosh_cpu);
     let none = "the same pilot, no VM registered";
+    let bosh = format!("{n} BOSH VMs' agents connected, no registration");
     let scope = if n >= GOAL_VMS {
         format!("measured at {n}")
     } else {
@@ -524,8 +661,10 @@ fn rows(m: &Measured, args: &Args) -> Vec<Row> {
             added_rss < GOAL_RSS_MB,
         )
         .note(format!(
-            "{:.1} MB added, {added_rss:.1} MB at {GOAL_VMS}; {scope}; {method}",
-            m.rss_mb - m.idle_rss_mb
+            "{:.1} MB added, {added_rss:.1} MB at {GOAL_VMS}: {:.1} MB as {bosh} (what any VM's \
+             agent and instance cost), {own_rss:.1} MB the registrations' own; {scope}; {method}",
+            m.rss_mb - m.idle_rss_mb,
+            m.bosh_rss_mb - m.idle_rss_mb
         )),
         Row::new(
             BENCHMARK,
@@ -543,7 +682,36 @@ fn rows(m: &Measured, args: &Args) -> Vec<Row> {
         )
         .note(format!(
             "user + system time of the pilot process (/proc/<pid>/stat); {added_cpu:.2}% at \
-             {GOAL_VMS}; {scope}"
+             {GOAL_VMS}: {:.2}% as {bosh}, {own_cpu:.2}% the registrations' own; {scope}",
+            percent(m.bosh_cpu) - percent(m.idle_cpu)
+        )),
+        Row::new(BENCHMARK, format!("pilot RSS, {bosh}"), m.bosh_rss_mb, "MB")
+            .against(none, m.idle_rss_mb)
+            .note(format!(
+                "the reference that decomposes the joined VMs' cost: the same pilot's config, a \
+             process of its own, on a director also listing {n} BOSH instances at addresses of \
+             {VM_NETWORK}; their agents emulated, each from its instance's address, following \
+             the name table with the mesh client certificate and posting its report every {} s \
+             (a real BOSH VM's agent reports on change only); {:.1} MB added, {:.1} MB at \
+             {GOAL_VMS}; the {n} joined VMs' registrations add {own_rss:.1} MB more",
+                args.heartbeat_seconds,
+                m.bosh_rss_mb - m.idle_rss_mb,
+                at_goal(m.bosh_rss_mb - m.idle_rss_mb)
+            )),
+        Row::new(
+            BENCHMARK,
+            format!(
+                "pilot CPU, % of one core over {} s, {bosh}",
+                args.steady_seconds
+            ),
+            percent(m.bosh_cpu),
+            "%",
+        )
+        .against(none, percent(m.idle_cpu))
+        .note(format!(
+            "{:.2}% at {GOAL_VMS}; the {n} joined VMs' registrations add {own_cpu:.2}% more \
+             (heartbeats judged, liveness published, the store followed)",
+            at_goal(percent(m.bosh_cpu) - percent(m.idle_cpu))
         )),
         Row::new(
             BENCHMARK,

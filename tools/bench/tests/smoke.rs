@@ -397,6 +397,7 @@ fn workloads_harness_registers_vms_that_heartbeat() {
     let names = figures(&rows);
     for figure in [
         "pilot RSS, 12 VMs registered and heartbeating",
+        "pilot RSS, 12 BOSH VMs' agents connected, no registration",
         "director writes a minute, 12 VMs heartbeating",
         "director writes for 5 joins at once",
     ] {
