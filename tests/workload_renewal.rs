@@ -22,7 +22,7 @@ use boshy::identity::wire::{CsrAnswer, RenewRequest, RENEW_PATH};
 use boshy::xds::bootstrap::{self, AdsMode, NodeIdentity, Sidecar};
 use boshy_director_sim as sim;
 use boshy_test_support::dns_agent::free_port;
-use boshy_test_support::envoy::{loopback_listener, Envoy};
+use boshy_test_support::envoy::{certificate_serial, held_serials, loopback_listener, Envoy};
 use boshy_test_support::process::KilledOnDrop;
 use boshy_test_support::uaa::{client_credentials_token, issued_token};
 use boshy_test_support::workloads::{
@@ -38,21 +38,15 @@ const BOSHY: &str = env!("CARGO_BIN_EXE_boshy");
 /// minute; this one expires while the test watches.
 const FIRST_TTL: Duration = Duration::from_secs(20);
 
-/// The serial (hex, lower case, no leading zeros) and the expiry of a PEM chain's first
-/// certificate.
+/// The serial (as Envoy shows it) and the expiry of a PEM chain's first certificate.
 fn serial_and_expiry(pem: &str) -> (String, u64) {
     let block = Pem::iter_from_buffer(pem.as_bytes())
         .next()
         .unwrap()
         .unwrap();
     let (_, certificate) = x509_parser::parse_x509_certificate(&block.contents).unwrap();
-    let hex: String = certificate
-        .raw_serial()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
     let expiry = certificate.validity().not_after.timestamp() as u64;
-    (hex.trim_start_matches('0').to_string(), expiry)
+    (certificate_serial(pem.as_bytes()), expiry)
 }
 
 fn unix_now() -> u64 {
@@ -69,18 +63,6 @@ fn renewal(nonce: u8) -> RenewRequest {
         nonce: format!("{nonce:032x}"),
         issued_at: unix_now(),
     }
-}
-
-/// The serials of the certificates Envoy's admin `/certs` shows it holds.
-fn envoy_serials(certs: &Value) -> Vec<String> {
-    certs["certificates"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
-        .filter_map(|c| c["serial_number"].as_str())
-        .map(|s| s.to_ascii_lowercase().trim_start_matches('0').to_string())
-        .collect()
 }
 
 /// Waits until the certificate in `path` is another than `serial`; returns the new one.
@@ -227,7 +209,7 @@ async fn a_joined_vms_agent_and_envoy_renew_its_certificate_and_keep_talking() {
     let envoy = Envoy::start(&yaml, admin_address);
     envoy
         .wait_for("the first certificate", "/certs", |certs| {
-            envoy_serials(certs).contains(&first_serial).then_some(())
+            held_serials(certs).contains(&first_serial).then_some(())
         })
         .await;
     envoy
@@ -259,7 +241,7 @@ async fn a_joined_vms_agent_and_envoy_renew_its_certificate_and_keep_talking() {
     // Envoy loads the renewed certificate without a restart.
     envoy
         .wait_for("the renewed certificate", "/certs", |certs| {
-            let serials = envoy_serials(certs);
+            let serials = held_serials(certs);
             (serials.contains(&renewed_serial) && !serials.contains(&first_serial)).then_some(())
         })
         .await;

@@ -17,6 +17,16 @@ const REPORTED: Duration = Duration::from_secs(40);
 /// The graph's edge from instance group `source` of sample-deployment to `destination`,
 /// once it satisfies `ready`.
 fn wait_for_edge(source: &str, destination: &str, ready: impl Fn(&Value) -> bool) -> Value {
+    wait_for_edge_from(("sample-deployment", source), destination, ready)
+}
+
+/// The graph's edge from the box `(deployment, instance_group)` to `destination`, once it
+/// satisfies `ready`.
+pub(super) fn wait_for_edge_from(
+    (deployment, source): (&str, &str),
+    destination: &str,
+    ready: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + REPORTED;
     loop {
         let graph: Value =
@@ -26,7 +36,7 @@ fn wait_for_edge(source: &str, destination: &str, ready: impl Fn(&Value) -> bool
             .expect("edges")
             .iter()
             .find(|edge| {
-                edge["source"]["deployment"] == "sample-deployment"
+                edge["source"]["deployment"] == deployment
                     && edge["source"]["instance_group"] == source
                     && edge["destination"] == destination
             })
@@ -35,7 +45,8 @@ fn wait_for_edge(source: &str, destination: &str, ready: impl Fn(&Value) -> bool
             Some(edge) if ready(&edge) => return edge,
             _ if Instant::now() > deadline => {
                 panic!(
-                    "no edge {source} -> {destination} as expected within {REPORTED:?}: {graph:#}"
+                    "no edge {deployment}/{source} -> {destination} as expected within \
+                     {REPORTED:?}: {graph:#}"
                 )
             }
             _ => std::thread::sleep(Duration::from_millis(500)),

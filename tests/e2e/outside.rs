@@ -10,6 +10,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use boshy_test_support::envoy::{certificate_serial, held_serials};
 use serde_json::Value;
 
 use super::{healthy_ips, service, LAB};
@@ -18,6 +19,12 @@ const VM: &str = "rabbit-1";
 const GROUP: &str = "legacy/rabbitmq";
 const SERVICE: &str = "rabbitmq.rabbitmq.legacy.boshy";
 const PORT: &str = "15672";
+/// The identity of the group's VMs, and of the BOSH VM calling them.
+const GROUP_ID: &str = "spiffe://boshy/deployment/legacy/instance_group/rabbitmq";
+const APRICOT_ID: &str = "spiffe://boshy/deployment/sample-deployment/instance_group/apricot";
+/// The joined VM's agent's request metrics, and its Envoy's certificates (admin, loopback).
+const AGENT_METRICS: &str = "http://127.0.0.1:15020/metrics";
+const ENVOY_CERTS: &str = "http://127.0.0.1:8001/certs";
 
 /// What joining may change on the VM and leaving must put back: its nat rules (no counters),
 /// its root's files (path → content) and the links among them.
@@ -135,6 +142,71 @@ fn string(doc: &serde_yaml::Mapping, key: &str) -> String {
 }
 
 /// The first pilot's `GET /v1/workloads`.
+/// A command run in the VM's namespace; its stdout.
+fn on_vm(command: &[&str]) -> String {
+    let mut args = vec!["outside", "ssh", VM, "--"];
+    args.extend_from_slice(command);
+    LAB.ok(&args)
+}
+
+fn json_from(body: &str) -> Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
+}
+
+/// The serial number of the VM's mesh certificate, as Envoy's `/certs` shows it.
+fn serial(vm: &Value) -> String {
+    let path = Path::new(vm["root"].as_str().expect("root")).join("etc/boshy/tls/vm.pem");
+    let pem = std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    certificate_serial(&pem)
+}
+
+/// Waits (up to twice the lab's 72 s certificate lifetime) for the VM's certificate to be
+/// another than `before`; its serial. Exactly one generation of the pair is left.
+fn wait_for_renewal(vm: &Value, before: &str) -> String {
+    let tls = Path::new(vm["root"].as_str().expect("root")).join("etc/boshy/tls");
+    for _ in 0..576 {
+        let now = serial(vm);
+        if now != before {
+            let generations: Vec<_> = std::fs::read_dir(&tls)
+                .expect("the tls directory")
+                .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+                .filter(|name| name.starts_with("..") && name != "..data")
+                .collect();
+            assert_eq!(generations.len(), 1, "one generation left: {generations:?}");
+            return now;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!("the VM's certificate {before} was not renewed within 144 s");
+}
+
+/// Waits until the VM at `ip` is an endpoint its agent reports taking mutual TLS (no
+/// `plaintext`), then until every VM has converged.
+fn wait_for_mutual_tls(ip: &str) {
+    let pilot = LAB.pilot_ips().into_iter().next().expect("a pilot");
+    for _ in 0..240 {
+        let endpoint = LAB
+            .api_get(&pilot, "/v1/registration")
+            .and_then(|body| serde_json::from_str::<Vec<Value>>(&body).ok())
+            .and_then(|services| {
+                service(&services, SERVICE)["endpoints"]
+                    .as_array()?
+                    .iter()
+                    .find(|e| e["address"] == ip)
+                    .cloned()
+            });
+        if endpoint.is_some_and(|e| e.get("plaintext").is_none()) {
+            LAB.wait();
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    panic!(
+        "the joined VM {ip} never took mutual TLS: {:?}",
+        LAB.api_get(&pilot, "/v1/registration")
+    );
+}
+
 fn workloads() -> Value {
     let pilot = LAB.pilot_ips().into_iter().next().expect("a pilot");
     let body = LAB
@@ -238,23 +310,43 @@ pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
         vec![ip.clone(); 3],
         "apricot/3 reaches the VM by name"
     );
-    let banana = format!("http://{}:9002/get", super::BANANA);
-    let answer = LAB.ok(&[
-        "outside",
+    // Over mutual TLS both ways: the VM's agent reports its port captured by its Envoy (the
+    // endpoint is not `plaintext`), whose inbound listener tells the workload who called; and
+    // banana's workload is told the VM's group's identity.
+    wait_for_mutual_tls(&ip);
+    let answer = json_from(&LAB.ok(&[
         "ssh",
-        VM,
+        "apricot/3",
         "--",
         "curl",
         "-sS",
         "--max-time",
         "5",
-        &banana,
-    ]);
-    let answer: Value = serde_json::from_str(&answer).expect("banana answers JSON");
+        &url,
+    ]));
+    assert_eq!(answer["instance"]["ip"], ip.as_str(), "{answer}");
+    assert_eq!(answer["caller"], APRICOT_ID, "{answer}");
+    let banana = format!("http://{}:9002/get", super::BANANA);
+    let answer = json_from(&on_vm(&["curl", "-sS", "--max-time", "5", &banana]));
     assert_eq!(answer["instance"]["instance_group"], "banana", "{answer}");
+    assert_eq!(answer["caller"], GROUP_ID, "{answer}");
     let registration = registrations_at(&ip);
     assert_eq!(registration.len(), 1, "{registration:?}");
     assert_eq!(registration[0]["group"], GROUP);
+
+    // Its telemetry: its agent counts its calls, and they reach the console from its
+    // WorkloadGroup's box.
+    let metrics = on_vm(&["curl", "-sS", "--max-time", "5", AGENT_METRICS]);
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("boshy_requests_total{")
+                && l.contains(r#"source_deployment="legacy""#)
+                && l.contains(r#"destination_instance_group="banana""#)),
+        "the VM's agent counts its call to banana: {metrics}"
+    );
+    super::console::wait_for_edge_from(("WorkloadGroup", GROUP), super::BANANA, |_| true);
+    let first_certificate = serial(&vm);
 
     // Its probe fails: out of every Envoy; it passes again: back.
     LAB.ok(&["outside", "process", VM, "workload", "kill"]);
@@ -271,6 +363,23 @@ pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
     ]);
     wait_for_endpoint(&ip, true, "the VM healthy after the pilot restarted");
     assert_eq!(registrations_at(&ip).len(), 1, "{:?}", workloads());
+
+    // Its mesh certificate is renewed (the lab's live 72 s, renewed at half): a new key and
+    // certificate swapped in as one generation, which its Envoy takes without a restart; the
+    // mesh still reaches it and it the mesh.
+    let renewed = wait_for_renewal(&vm, &first_certificate);
+    let certs = json_from(&on_vm(&["curl", "-sS", "--max-time", "5", ENVOY_CERTS]));
+    assert!(
+        held_serials(&certs).contains(&renewed),
+        "the VM's Envoy holds the renewed certificate {renewed}: {certs}"
+    );
+    assert_eq!(
+        LAB.curl_instances("apricot/3", &url, 1),
+        vec![ip.clone()],
+        "apricot/3 reaches the VM after its renewal"
+    );
+    let answer = json_from(&on_vm(&["curl", "-sS", "--max-time", "5", &banana]));
+    assert_eq!(answer["caller"], GROUP_ID, "after its renewal: {answer}");
 
     // Its agent dies: no heartbeat, out within the TTL; back when it runs again.
     LAB.ok(&["outside", "process", VM, "boshy-agent", "kill"]);

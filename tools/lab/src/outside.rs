@@ -25,8 +25,9 @@ use super::{net, LabState, Layout};
 /// Where outside VMs take their addresses in the lab's subnet: `.200` and up, far from the
 /// director's instances.
 const FIRST_HOST: u32 = 200;
-/// The units `boshy join` installs, in the order they start.
-const UNITS: [&str; 2] = ["boshy-agent", "boshy-envoy"];
+/// The units `boshy join` may install, in the order they start (`boshy-capture` only when the
+/// pilots sign workload certificates, as the lab's do).
+const UNITS: [&str; 3] = ["boshy-agent", "boshy-envoy", "boshy-capture"];
 /// A resolver no lab VM reaches (RFC 5737's TEST-NET-1; the namespace has no default route,
 /// so a query to it fails at once): the plain VM's own resolver before it joins.
 const OWN_RESOLVER: &str = "192.0.2.53";
@@ -62,7 +63,7 @@ pub enum OutsideCommand {
     /// Stops the units, then `boshy leave` on the VM.
     Leave { name: String },
     /// Starts, stops or kills one process of the VM (`workload`, `boshy-agent`,
-    /// `boshy-envoy`).
+    /// `boshy-envoy`, `boshy-capture`).
     Process {
         name: String,
         process: String,
@@ -307,6 +308,9 @@ pub fn join(layout: &Layout, vm: &mut OutsideVm, files: &Path) -> Result<()> {
         ))?
     );
     for unit in UNITS {
+        if !unit_path(&vm.root, unit).exists() {
+            continue;
+        }
         let (pre, start) = unit_commands(&vm.root, unit)?;
         for command in pre {
             let args: Vec<&str> = command.iter().map(String::as_str).collect();
@@ -362,9 +366,13 @@ fn command_result(what: &str, output: &std::process::Output) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
 
+fn unit_path(root: &Path, unit: &str) -> PathBuf {
+    root.join(format!("etc/systemd/system/{unit}.service"))
+}
+
 /// A unit's `ExecStartPre=` commands and its `ExecStart=` command, from the file join wrote.
 fn unit_commands(root: &Path, unit: &str) -> Result<(Vec<Vec<String>>, Vec<String>)> {
-    let path = root.join(format!("etc/systemd/system/{unit}.service"));
+    let path = unit_path(root, unit);
     let text = std::fs::read_to_string(&path)
         .with_context(|| format!("cannot read {}", path.display()))?;
     parse_unit(&text).with_context(|| format!("{}", path.display()))

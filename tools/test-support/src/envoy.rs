@@ -266,3 +266,29 @@ fn stat_in(stats: &Value, name: &str) -> Option<u64> {
         .find(|s| s["name"] == name)?["value"]
         .as_u64()
 }
+
+/// The serial number of the first certificate in `pem`, as Envoy's admin `/certs` shows
+/// serials: hex, lower case, no leading zeros.
+pub fn certificate_serial(pem: &[u8]) -> String {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem).expect("a PEM certificate");
+    let certificate = block.parse_x509().expect("an X.509 certificate");
+    let hex: String = certificate
+        .raw_serial()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    hex.trim_start_matches('0').to_string()
+}
+
+/// The serials of every certificate Envoy's admin `/certs` (`certs`, its JSON) shows it holds,
+/// as [`certificate_serial`] writes them.
+pub fn held_serials(certs: &Value) -> Vec<String> {
+    certs["certificates"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["cert_chain"].as_array().into_iter().flatten())
+        .filter_map(|c| c["serial_number"].as_str())
+        .map(|s| s.to_ascii_lowercase().trim_start_matches('0').to_string())
+        .collect()
+}
