@@ -55,13 +55,13 @@ pub(super) fn wait_for_edge_from(
 }
 
 /// `lab mesh console` on a free loopback port: the process and the URL it printed.
-struct Console {
+pub(super) struct Console {
     process: std::process::Child,
-    url: String,
+    pub(super) url: String,
 }
 
 impl Console {
-    fn start() -> Console {
+    pub(super) fn start() -> Console {
         let mut process = LAB.spawn(&["mesh", "console", "--listen", "127.0.0.1:0"]);
         let stdout = process.stdout.take().expect("piped stdout");
         let mut url = String::new();

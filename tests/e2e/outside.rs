@@ -346,6 +346,24 @@ pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
         "the VM's agent counts its call to banana: {metrics}"
     );
     super::console::wait_for_edge_from(("WorkloadGroup", GROUP), super::BANANA, |_| true);
+    // The console lists it beside the BOSH instances, with its liveness and probe.
+    let console = super::console::Console::start();
+    let dom = boshy_test_support::chromium::dump_dom(&console.url);
+    let id = registration[0]["id"].as_str().expect("id");
+    let row = dom
+        .split_once(&format!(r#"data-registration="{id}""#))
+        .and_then(|(_, rest)| rest.split_once("</tr>"))
+        .map_or_else(
+            || panic!("the console lists the VM {id}: {dom}"),
+            |(row, _)| row,
+        );
+    for cell in [GROUP, ip.as_str(), "healthy", "passing"] {
+        assert!(
+            row.contains(&format!(">{cell}<")),
+            "{cell} in the VM's row: {row}"
+        );
+    }
+    drop(console);
     let first_certificate = serial(&vm);
 
     // Its probe fails: out of every Envoy; it passes again: back.

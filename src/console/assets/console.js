@@ -5,7 +5,7 @@
 
 const REFRESH_MS = 5000;
 const SVG = "http://www.w3.org/2000/svg";
-const API = { graph: "../v1/graph", registration: "../v1/registration", proxies: "../v1/proxies", rules: "../v1/rules" };
+const API = { graph: "../v1/graph", registration: "../v1/registration", proxies: "../v1/proxies", rules: "../v1/rules", workloads: "../v1/workloads" };
 const TYPES = ["cds", "lds", "eds", "rds"];
 
 // Layout of the graph, in pixels.
@@ -209,6 +209,17 @@ function drawProxies(report) {
   document.getElementById("nacks").replaceChildren(...nacks.map((n) => el("li", {}, n)));
 }
 
+// The VMs registered into WorkloadGroups (docs/workloads.md), with their liveness.
+function drawRegistrations(listing) {
+  fill("registrations", listing.registrations.map((r) => {
+    const probe = r.probe ? (r.probe.passing ? "passing" : `failing: ${r.probe.detail}`) : "–";
+    const tr = row([r.group, r.instance, r.address, [r.state, r.state],
+      ago(r.last_heartbeat_ms && r.last_heartbeat_ms / 1000), probe]);
+    tr.setAttribute("data-registration", r.id);
+    return tr;
+  }), "No VM outside BOSH is registered.");
+}
+
 function drawRules(configs) {
   fill("rules", configs.map((c) => {
     const v = c.verdict;
@@ -241,6 +252,12 @@ async function refresh() {
       rules = `${configs.length} rule configs`;
     } catch (err) {
       fill("rules", [], String(err.message));
+    }
+    // A pilot without `workloads` answers 404 with its reason: shown in the table.
+    try {
+      drawRegistrations(await read(API.workloads));
+    } catch (err) {
+      fill("registrations", [], String(err.message));
     }
     const snapshot = proxies.snapshot ? `snapshot ${proxies.snapshot.seq}` : "no snapshot yet";
     status.className = "";
