@@ -150,6 +150,12 @@ pub(crate) fn chromium_draws_the_lab_in_the_console() {
         dom.contains("sample-deployment/apricot/3"),
         "apricot/3's Envoy in the proxy status: {dom}"
     );
+    // No VM outside BOSH has joined yet (tests/e2e/outside.rs, later, reads its row): the
+    // empty table says so.
+    assert!(
+        dom.contains("No VM outside BOSH is registered."),
+        "the empty table of VMs outside BOSH: {dom}"
+    );
     assert!(dom.contains("<td>169.254."), "the VIP table: {dom}");
     let png = std::env::temp_dir().join(format!("{}-console.png", LAB.name));
     boshy_test_support::chromium::screenshot(&console.url, &png, 1600, 1200);

@@ -39,7 +39,9 @@ function fill(table, rows, empty) {
   body.replaceChildren(...rows);
   if (rows.length === 0) {
     const cols = document.querySelectorAll(`#${table} thead th`).length;
-    body.append(el("tr", {}, "")).lastChild.append(el("td", { colspan: cols, class: "empty-note" }, empty));
+    const note = el("tr");
+    note.append(el("td", { colspan: cols, class: "empty-note" }, empty));
+    body.append(note);
   }
 }
 
