@@ -42,9 +42,20 @@ impl NameTable {
                 .services
                 .iter()
                 .map(|s| {
+                    // A WorkloadGroup's members are instances of the group in the director
+                    // config that defines it (as their agents name themselves): their calls
+                    // are counted under those names on both sides.
+                    let (deployment, instance_group) = match s
+                        .workload_group
+                        .as_deref()
+                        .and_then(|group| group.rsplit_once('/'))
+                    {
+                        Some((config, group)) => (config.to_string(), group.to_string()),
+                        None => (s.key.deployment.clone(), s.key.instance_group.clone()),
+                    };
                     let origin = ServiceOrigin {
-                        deployment: s.key.deployment.clone(),
-                        instance_group: s.key.instance_group.clone(),
+                        deployment,
+                        instance_group,
                         job: s.key.job.clone(),
                         ports: s.ports.iter().map(|port| port.number).collect(),
                     };
@@ -52,5 +63,40 @@ impl NameTable {
                 })
                 .collect(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::model::{Protocol, Service};
+    use crate::catalog::testing::{self, service};
+
+    #[test]
+    fn a_workload_groups_service_comes_from_its_config_and_group() {
+        let job = service("d", "web", "httpbin")
+            .port("http", 80, Protocol::Http)
+            .build();
+        let group = Service {
+            workload_group: Some("legacy/rabbitmq".into()),
+            hostname: "rabbitmq.rabbitmq.legacy.boshy".into(),
+            ..service("", "", "")
+                .port("http-management", 15672, Protocol::Http)
+                .build()
+        };
+        let table = NameTable::from_catalog(&testing::catalog(1, [job.clone(), group]));
+        let origin = |hostname: &str| {
+            let o = &table.origins[hostname];
+            (
+                o.deployment.as_str(),
+                o.instance_group.as_str(),
+                o.ports.clone(),
+            )
+        };
+        assert_eq!(origin(&job.hostname), ("d", "web", vec![80]));
+        assert_eq!(
+            origin("rabbitmq.rabbitmq.legacy.boshy"),
+            ("legacy", "rabbitmq", vec![15672])
+        );
     }
 }

@@ -336,14 +336,26 @@ pub fn a_vm_outside_bosh_joins_the_mesh_and_leaves_it_as_it_was() {
 
     // Its telemetry: its agent counts its calls, and they reach the console from its
     // WorkloadGroup's box.
-    let metrics = on_vm(&["curl", "-sS", "--max-time", "5", AGENT_METRICS]);
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("boshy_requests_total{")
+    // Envoy sends its access log to the agent in batches: the call is counted within seconds.
+    let counted = |metrics: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with("boshy_requests_total{")
+                && l.contains(r#"reporter="source""#)
                 && l.contains(r#"source_deployment="legacy""#)
-                && l.contains(r#"destination_instance_group="banana""#)),
-        "the VM's agent counts its call to banana: {metrics}"
+                && l.contains(r#"destination_instance_group="banana""#)
+        })
+    };
+    let mut metrics = String::new();
+    for _ in 0..60 {
+        metrics = on_vm(&["curl", "-sS", "--max-time", "5", AGENT_METRICS]);
+        if counted(&metrics) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(
+        counted(&metrics),
+        "the VM's agent counts its call to banana within 30 s: {metrics}"
     );
     super::console::wait_for_edge_from(("WorkloadGroup", GROUP), super::BANANA, |_| true);
     // The console lists it beside the BOSH instances, with its liveness and probe.
