@@ -15,7 +15,8 @@ use serde::Serialize;
 use super::layout::Layout;
 use super::wire::JoinAnswer;
 use crate::config::ClientTls;
-use crate::xds::bootstrap::{self, AdsMode, MetricsListener, NodeIdentity, Telemetry};
+use crate::workloads::WorkloadIdentity;
+use crate::xds::bootstrap::{self, AdsMode, MetricsListener, Telemetry};
 
 /// Envoy's metrics listener, on every interface (behind mutual TLS), as bosh-envoy's
 /// `metrics.port`.
@@ -183,15 +184,13 @@ pub(crate) fn envoy_bootstrap(
     answer: &JoinAnswer,
     hosts: &[String],
 ) -> Result<String> {
-    let node = NodeIdentity {
-        deployment: answer.deployment.clone(),
-        instance_group: answer.instance_group.clone(),
-        instance_id: answer.id.clone(),
-        index: None,
-        az: None,
-        ip: answer.address,
-        service_name: None,
-    };
+    // The node the pilots' xDS port holds this registration's streams to.
+    let node = WorkloadIdentity {
+        config: answer.deployment.clone(),
+        group: answer.instance_group.clone(),
+        id: answer.id.clone(),
+    }
+    .node(answer.address);
     let pilots: Vec<String> = hosts
         .iter()
         .map(|host| format!("{host}:{}", answer.settings.ports.xds))

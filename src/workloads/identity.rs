@@ -3,11 +3,14 @@
 //! connection presenting it is that registration's, and nothing else: no operator access to
 //! the API, and on the names port claims of that registration alone. Pure.
 
+use std::net::IpAddr;
+
 use rustls::pki_types::CertificateDer;
 use x509_parser::extensions::{GeneralName, ParsedExtension};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 use crate::catalog::model::InstanceRef;
+use crate::xds::bootstrap::NodeIdentity;
 
 pub(crate) const URN_PREFIX: &str = "urn:boshy:workload:";
 
@@ -54,6 +57,20 @@ impl WorkloadIdentity {
     /// `<config>/<group>`, as tokens and registrations name the group.
     pub(crate) fn group_path(&self) -> String {
         format!("{}/{}", self.config, self.group)
+    }
+
+    /// The Envoy node `boshy join` renders for this registration at `address`: the one the
+    /// xDS port holds the registration's streams to.
+    pub(crate) fn node(&self, address: IpAddr) -> NodeIdentity {
+        NodeIdentity {
+            deployment: self.config.clone(),
+            instance_group: self.group.clone(),
+            instance_id: self.id.clone(),
+            index: None,
+            az: None,
+            ip: address,
+            service_name: None,
+        }
     }
 
     pub(crate) fn instance_ref(&self) -> InstanceRef {

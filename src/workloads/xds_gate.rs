@@ -18,7 +18,6 @@ use tonic::Status;
 
 use super::identity::{Peer, WorkloadIdentity};
 use super::state::WorkloadState;
-use crate::xds::bootstrap::NodeIdentity;
 use crate::xds::client::node_field;
 use crate::xds::server::{StreamGate, StreamPass};
 
@@ -119,15 +118,7 @@ pub(crate) fn check_node(
     address: IpAddr,
     node: Option<&Node>,
 ) -> Result<(), Refusal> {
-    let expected = NodeIdentity {
-        deployment: identity.config.clone(),
-        instance_group: identity.group.clone(),
-        instance_id: identity.id.clone(),
-        index: None,
-        az: None,
-        ip: address,
-        service_name: None,
-    };
+    let expected = identity.node(address);
     let expected_id = expected.node_id();
     let fits = node.is_some_and(|node| {
         node.id == expected_id
@@ -265,15 +256,7 @@ mod tests {
     /// The node the Envoy of `boshy join` announces: its bootstrap's `node`, as rendered.
     fn joined_node(identity: &WorkloadIdentity, address: IpAddr) -> Node {
         let rendered = crate::xds::bootstrap::render(
-            &NodeIdentity {
-                deployment: identity.config.clone(),
-                instance_group: identity.group.clone(),
-                instance_id: identity.id.clone(),
-                index: None,
-                az: None,
-                ip: address,
-                service_name: None,
-            },
+            &identity.node(address),
             &["pilot:15010".to_string()],
             "127.0.0.1:9901".parse().unwrap(),
         )
