@@ -97,6 +97,7 @@ async fn a_joined_vms_agent_and_envoy_renew_its_certificate_and_keep_talking() {
         Durations {
             ttl_seconds: 3,
             certificate_ttl_seconds: 60,
+            deregister_after_seconds: None,
         },
     );
     pilot.wait_ready(&pki).await;

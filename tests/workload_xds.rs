@@ -11,195 +11,78 @@
 //! Everything runs on loopback: the simulator lists its instances in 127.10.0.0/24, and the VM
 //! connects from 127.0.0.31 (127.0.0.32 plays another machine with its certificate).
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use boshy::xds::bootstrap::NodeIdentity;
-use boshy_director_sim::{self as sim, SimHandle, SimOptions};
-use boshy_lab::pki::{Ca, PILOT_SERVER_NAME};
-use boshy_test_support::dns_agent::free_port;
+use boshy_director_sim::{self as sim, SimHandle};
+use boshy_lab::pki::PILOT_SERVER_NAME;
 use boshy_test_support::envoy::{loopback_listener, Envoy};
-use boshy_test_support::process::KilledOnDrop;
-use boshy_test_support::uaa::{client_credentials_token, sim_client};
+use boshy_test_support::uaa::client_credentials_token;
+use boshy_test_support::workloads::{
+    answer, first_token, join, key_and_csr, post_groups, sim_options, Durations, Pilot, Pki,
+    RABBITMQ, SECRET,
+};
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
 use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as ProtoValue};
 use reqwest::StatusCode;
-use serde_json::{json, Value};
+use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
 use tonic::{Code, Status, Streaming};
 
 const BOSHY: &str = env!("CARGO_BIN_EXE_boshy");
-const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/fixtures/director");
-const SECRET: &str = "pilot-secret";
-const RABBITMQ: &str = "legacy/rabbitmq";
-const GROUPS: &str = "apiVersion: networking.istio.io/v1\nkind: WorkloadGroup\n\
-metadata: {name: rabbitmq}\nspec:\n  template: {ports: {tcp-amqp: 5672}}\n";
 const CLUSTERS: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 const LISTENERS: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 /// How long a stream's end or answer may take (the removal is written to the director first).
 const WAIT: Duration = Duration::from_secs(20);
+/// The pilot's durations when the test does not wait on them: no VM goes out or is
+/// deregistered while it runs.
+const LASTING: Durations = Durations {
+    ttl_seconds: 30,
+    certificate_ttl_seconds: 3600,
+    deregister_after_seconds: None,
+};
 
-/// The mesh CA, the pilot's certificate and a BOSH VM's mesh client certificate, as files.
-struct Pki {
-    dir: PathBuf,
+/// A PEM file of the test's directory.
+fn read(pki: &Pki, file: &str) -> String {
+    std::fs::read_to_string(pki.path(file)).unwrap()
 }
 
-impl Pki {
-    fn new(dir: &Path) -> Pki {
-        let mesh = Ca::new("mesh ca").unwrap();
-        let write = |file: &str, pem: &str| std::fs::write(dir.join(file), pem).unwrap();
-        write("mesh-ca.pem", &mesh.cert_pem());
-        write("mesh-ca.key", &mesh.key_pem());
-        let server = mesh.server(PILOT_SERVER_NAME).unwrap();
-        write("server.pem", &server.cert_pem);
-        write("server.key", &server.key_pem);
-        let bosh = mesh.client("bosh-vm").unwrap();
-        write("bosh.pem", &bosh.cert_pem);
-        write("bosh.key", &bosh.key_pem);
-        Pki {
-            dir: dir.to_path_buf(),
-        }
-    }
-
-    fn read(&self, file: &str) -> String {
-        std::fs::read_to_string(self.dir.join(file)).unwrap()
-    }
-
-    /// An HTTPS client of the pilot's `port`, leaving from `from`, with `identity` (PEM chain
-    /// then key) or none.
-    fn https(&self, port: SocketAddr, from: IpAddr, identity: Option<&str>) -> reqwest::Client {
-        let mut builder = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(
-                reqwest::Certificate::from_pem(self.read("mesh-ca.pem").as_bytes()).unwrap(),
-            )
-            .resolve(PILOT_SERVER_NAME, port)
-            .local_address(from)
-            .timeout(Duration::from_secs(10));
-        if let Some(identity) = identity {
-            builder = builder.identity(reqwest::Identity::from_pem(identity.as_bytes()).unwrap());
-        }
-        builder.build().unwrap()
-    }
-}
-
-/// `boshy pilot` with WorkloadGroups on, its stderr in a file, killed when dropped.
-struct Pilot {
-    _child: KilledOnDrop,
-    log: PathBuf,
-    api: SocketAddr,
-    xds: SocketAddr,
-}
-
-impl Pilot {
-    /// A pilot on `sim`, with `workloads` (YAML lines under `workloads:`) beside the CA key.
-    fn start(dir: &Path, sim: &SimHandle, workloads: &str) -> Pilot {
-        std::fs::write(dir.join("director-ca.pem"), sim.ca_pem()).unwrap();
-        std::fs::write(dir.join("secret"), SECRET).unwrap();
-        let loopback = || SocketAddr::from(([127, 0, 0, 1], free_port()));
-        let (api, xds, names) = (loopback(), loopback(), loopback());
-        let file = |name: &str| dir.join(name).display().to_string();
-        let config = format!(
-            "director:\n  url: {}\n  client: pilot\n  client_secret_file: {}\n  \
-             ca_cert_path: {}\n  poll_interval_seconds: 1\n\
-             tls:\n  ca_cert_path: {}\n  cert_path: {}\n  key_path: {}\n\
-             listen:\n  api: {api}\n  xds: {xds}\n  names: {names}\n\
-             workloads:\n  mesh_ca_private_key: {}\n{workloads}",
-            sim.director_url(),
-            file("secret"),
-            file("director-ca.pem"),
-            file("mesh-ca.pem"),
-            file("server.pem"),
-            file("server.key"),
-            file("mesh-ca.key"),
-        );
-        std::fs::write(dir.join("pilot.yml"), config).unwrap();
-        let log = dir.join("pilot.log");
-        let child = Command::new(BOSHY)
-            .args(["pilot", "--config"])
-            .arg(dir.join("pilot.yml"))
-            .env("RUST_LOG", "info,boshy=debug")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).unwrap())
-            .spawn()
-            .unwrap();
-        Pilot {
-            _child: KilledOnDrop(child),
-            log,
-            api,
-            xds,
-        }
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("https://{PILOT_SERVER_NAME}:{}{path}", self.api.port())
-    }
-}
-
-/// A join token for the group, once the pilot has judged the rule config holding it.
-async fn join_token(pilot: &Pilot, pki: &Pki, admin: &str) -> String {
-    let client = pki.https(pilot.api, Ipv4Addr::LOCALHOST.into(), None);
-    for _ in 0..300 {
-        let answer = client
-            .post(pilot.url("/v1/workloads/tokens"))
-            .bearer_auth(admin)
-            .json(&json!({"group": RABBITMQ, "ttl_seconds": 600}))
-            .send()
-            .await;
-        if let Ok(answer) = answer {
-            if answer.status() == StatusCode::CREATED {
-                let created: Value = answer.json().await.unwrap();
-                return created["token"].as_str().unwrap().to_string();
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    panic!("no join token:\n{}", pilot.log_text());
-}
-
-/// A VM joined from `from`: its registration's id and its identity (certificate then key).
+/// A VM joined from `from`: its registration's id, its identity (certificate then key), and
+/// its certificate and key as files.
 struct Joined {
     id: String,
     address: IpAddr,
     identity: String,
+    cert: PathBuf,
+    key: PathBuf,
 }
 
-async fn join(pilot: &Pilot, pki: &Pki, token: &str, from: IpAddr) -> Joined {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let csr = rcgen::CertificateParams::default()
-        .serialize_request(&key)
-        .unwrap()
-        .pem()
-        .unwrap();
-    let answer = pki
-        .https(pilot.api, from, None)
-        .post(pilot.url("/v1/workloads/join"))
-        .bearer_auth(token)
-        .json(&json!({"group": RABBITMQ, "csr": csr}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(answer.status(), StatusCode::OK, "{}", pilot.log_text());
-    let joined: Value = answer.json().await.unwrap();
+async fn join_vm(pilot: &Pilot, pki: &Pki, token: &str, from: IpAddr) -> Joined {
+    let (key, csr) = key_and_csr();
+    let (status, body) = join(pilot, pki, from, token, RABBITMQ, &csr).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", pilot.log_text());
+    let joined: Value = serde_json::from_str(&body).unwrap();
+    let id = joined["id"].as_str().unwrap().to_string();
+    let certificate = joined["certificate"].as_str().unwrap();
+    let (cert, key_path) = (
+        pki.path(&format!("{id}.pem")),
+        pki.path(&format!("{id}.key")),
+    );
+    std::fs::write(&cert, certificate).unwrap();
+    std::fs::write(&key_path, &key).unwrap();
     Joined {
-        id: joined["id"].as_str().unwrap().to_string(),
+        identity: format!("{certificate}\n{key}"),
+        id,
         address: from,
-        identity: format!(
-            "{}\n{}",
-            joined["certificate"].as_str().unwrap(),
-            key.serialize_pem()
-        ),
+        cert,
+        key: key_path,
     }
 }
 
@@ -263,7 +146,7 @@ async fn ads(
     node: Node,
 ) -> Result<Stream, Status> {
     let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(pki.read("mesh-ca.pem")))
+        .ca_certificate(Certificate::from_pem(read(pki, "mesh-ca.pem")))
         .identity(Identity::from_pem(identity, identity))
         .domain_name(PILOT_SERVER_NAME);
     let channel = Endpoint::from_shared(format!("https://{}", pilot.xds))
@@ -314,45 +197,43 @@ async fn assert_refused(opened: Result<Stream, Status>, says: &str) {
     assert!(status.message().contains(says), "{says}: {status:?}");
 }
 
-/// The director simulator with the WorkloadGroup, and an admin's token for it.
-async fn director() -> (SimHandle, String) {
-    let mut options = SimOptions::new(SECRET);
-    options.fixtures = Some(FIXTURES.into());
-    options.instance_network = "127.10.0.0/24".parse().unwrap();
-    options.task_delay = Duration::from_millis(10);
-    let sim = sim::start(options).await.unwrap();
+/// The director simulator with the WorkloadGroups, a pilot of it with `durations`, ready,
+/// an admin's token and a join token for [`RABBITMQ`].
+async fn started(dir: &Path, durations: Durations) -> (SimHandle, Pki, Pilot, String, String) {
+    let pki = Pki::new(dir);
+    let sim = sim::start(sim_options()).await.unwrap();
+    post_groups(&sim).await;
+    let pilot = Pilot::new(dir, "pilot", &sim, &pki, durations);
+    pilot.wait_ready(&pki).await;
     let admin = client_credentials_token(&sim, SECRET).await;
-    let posted = sim_client(&sim)
-        .post(format!("{}/configs", sim.director_url()))
-        .bearer_auth(&admin)
-        .json(&json!({"type": "boshy-istio", "name": "legacy", "content": GROUPS}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(posted.status(), StatusCode::CREATED);
-    (sim, admin)
+    let token = first_token(&pilot, &pki, &admin, RABBITMQ).await;
+    (sim, pki, pilot, admin, token)
 }
 
 /// `vm` leaves (`boshy leave`'s request).
 async fn leave(pilot: &Pilot, pki: &Pki, vm: &Joined) {
-    let left = pki
-        .https(pilot.api, vm.address, Some(&vm.identity))
-        .post(pilot.url("/v1/workloads/leave"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(left.status(), StatusCode::OK, "{}", pilot.log_text());
+    let client = pki.client(pilot.api, vm.address, Some((&vm.cert, &vm.key)));
+    let (status, body) = answer(client.post(pilot.url("/v1/workloads/leave"))).await;
+    assert_eq!(status, StatusCode::OK, "{body}\n{}", pilot.log_text());
+}
+
+/// The status `stream` ends with, after any answers still on their way.
+async fn ended(stream: &mut Stream) -> Status {
+    loop {
+        match stream.next().await {
+            Ok(Some(_)) => continue,
+            Ok(None) => panic!("the stream ended without a status"),
+            Err(status) => return status,
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_node() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let (sim, admin) = director().await;
-    let pilot = Pilot::start(dir.path(), &sim, "");
-    let token = join_token(&pilot, &pki, &admin).await;
-    let vm = join(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 31).into()).await;
-    let bosh = format!("{}\n{}", pki.read("bosh.pem"), pki.read("bosh.key"));
+    let (_sim, pki, pilot, admin, token) = started(dir.path(), LASTING).await;
+    let vm = join_vm(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 31).into()).await;
+    let bosh = format!("{}\n{}", read(&pki, "client.pem"), read(&pki, "client.key"));
     let elsewhere: IpAddr = Ipv4Addr::new(127, 0, 0, 32).into();
     let bosh_node = || node("sample-deployment", "apricot", "apricot-0", elsewhere);
 
@@ -373,13 +254,7 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
 
     // It leaves: its open stream ends at once with the reason, and a new one is refused.
     leave(&pilot, &pki, &vm).await;
-    let ended = loop {
-        match stream.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let ended = ended(&mut stream).await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(
         ended.message().contains(&vm.id) && ended.message().contains("is not registered"),
@@ -389,19 +264,15 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
     assert_refused(again, "is not registered").await;
 
     // Joined again (a new registration, a new certificate), then removed by an operator.
-    let vm = join(&pilot, &pki, &token, vm.address).await;
+    let vm = join_vm(&pilot, &pki, &token, vm.address).await;
     let mut stream = ads(&pilot, &pki, vm.address, &vm.identity, node_of(&vm))
         .await
         .unwrap();
     assert_served(&mut stream, "the VM joined again").await;
-    let removed = pki
-        .https(pilot.api, Ipv4Addr::LOCALHOST.into(), None)
-        .delete(pilot.url(&format!("/v1/workloads/registrations/{}", vm.id)))
-        .bearer_auth(&admin)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(removed.status(), StatusCode::OK);
+    let operator = pki.client(pilot.api, Ipv4Addr::LOCALHOST.into(), None);
+    let removal = operator.delete(pilot.url(&format!("/v1/workloads/registrations/{}", vm.id)));
+    let (status, body) = answer(removal.bearer_auth(&admin)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
     let ended = stream.next().await.expect_err("ended by the removal");
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(ended.message().contains(&vm.id), "{ended:?}");
@@ -425,12 +296,9 @@ async fn a_joined_vm_streams_xds_only_while_registered_from_its_address_as_its_n
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let (sim, admin) = director().await;
-    let pilot = Pilot::start(dir.path(), &sim, "");
-    let token = join_token(&pilot, &pki, &admin).await;
+    let (_sim, pki, pilot, _admin, token) = started(dir.path(), LASTING).await;
     // Envoy connects to the pilot from 127.0.0.1: the VM joins from there.
-    let vm = join(&pilot, &pki, &token, Ipv4Addr::LOCALHOST.into()).await;
+    let vm = join_vm(&pilot, &pki, &token, Ipv4Addr::LOCALHOST.into()).await;
     std::fs::write(dir.path().join("vm.pem"), &vm.identity).unwrap();
     let admin_address = loopback_listener().await.1;
     let rendered = Command::new(BOSHY)
@@ -439,7 +307,7 @@ async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
         .args(["--ip", "127.0.0.1", "--pilot", &pilot.xds.to_string()])
         .args(["--admin", &admin_address.to_string()])
         .arg("--tls-ca")
-        .arg(dir.path().join("mesh-ca.pem"))
+        .arg(pki.path("mesh-ca.pem"))
         // The certificate then the key, in one file: each reader takes its own part.
         .arg("--tls-cert")
         .arg(dir.path().join("vm.pem"))
@@ -487,23 +355,18 @@ async fn a_real_envoy_of_a_vm_that_left_loses_its_xds_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_stream_of_a_vm_deregistered_after_its_grace_period_is_ended() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = Pki::new(dir.path());
-    let (sim, admin) = director().await;
     // A VM silent for 5 s is deregistered: this one never heartbeats.
-    let grace = "  heartbeat_seconds: 1\n  ttl_seconds: 2\n  deregister_after_seconds: 5\n";
-    let pilot = Pilot::start(dir.path(), &sim, grace);
-    let token = join_token(&pilot, &pki, &admin).await;
-    let vm = join(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 41).into()).await;
+    let grace = Durations {
+        ttl_seconds: 2,
+        certificate_ttl_seconds: 3600,
+        deregister_after_seconds: Some(5),
+    };
+    let (_sim, pki, pilot, _admin, token) = started(dir.path(), grace).await;
+    let vm = join_vm(&pilot, &pki, &token, Ipv4Addr::new(127, 0, 0, 41).into()).await;
     let stream = ads(&pilot, &pki, vm.address, &vm.identity, node_of(&vm)).await;
     let mut stream = stream.unwrap_or_else(|s| panic!("{s:?}\n{}", pilot.log_text()));
     assert_served(&mut stream, "the VM before its grace period ends").await;
-    let ended = loop {
-        match stream.next().await {
-            Ok(Some(_)) => continue,
-            Ok(None) => panic!("the stream ended without a status"),
-            Err(status) => break status,
-        }
-    };
+    let ended = ended(&mut stream).await;
     assert_eq!(ended.code(), Code::PermissionDenied, "{ended:?}");
     assert!(
         ended

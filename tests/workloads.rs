@@ -113,6 +113,7 @@ async fn vms_join_through_either_pilot_and_the_registration_store_is_shared() {
     let durations = Durations {
         ttl_seconds: TTL_SECONDS,
         certificate_ttl_seconds: 3600,
+        deregister_after_seconds: None,
     };
     let mut a = Pilot::new(dir.path(), "a", &sim, &pki, durations);
     let b = Pilot::new(dir.path(), "b", &sim, &pki, durations);

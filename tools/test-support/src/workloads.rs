@@ -106,6 +106,9 @@ pub struct Durations {
     pub ttl_seconds: u64,
     /// `certificate_ttl_seconds`: the joined VMs' certificates' lifetime (60 at least).
     pub certificate_ttl_seconds: u64,
+    /// `deregister_after_seconds`: a VM silent this long is deregistered; `None`, the
+    /// pilot's default.
+    pub deregister_after_seconds: Option<u64>,
 }
 
 /// `boshy pilot`, its stderr in a file, killed when dropped.
@@ -133,7 +136,7 @@ impl Pilot {
              tls:\n  ca_cert_path: {}\n  cert_path: {}\n  key_path: {}\n\
              listen:\n  api: {api}\n  xds: {xds}\n  names: {names}\n\
              workloads:\n  mesh_ca_private_key: {}\n  heartbeat_seconds: 1\n  \
-             ttl_seconds: {}\n  certificate_ttl_seconds: {}\n",
+             ttl_seconds: {}\n  certificate_ttl_seconds: {}\n{}",
             sim.director_url(),
             dir.join("secret").display(),
             dir.join("director-ca.pem").display(),
@@ -143,6 +146,10 @@ impl Pilot {
             pki.path("mesh-ca.key").display(),
             durations.ttl_seconds,
             durations.certificate_ttl_seconds,
+            durations
+                .deregister_after_seconds
+                .map(|seconds| format!("  deregister_after_seconds: {seconds}\n"))
+                .unwrap_or_default(),
         );
         let path = dir.join(format!("{name}.yml"));
         std::fs::write(&path, config).unwrap();
