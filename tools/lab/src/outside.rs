@@ -271,18 +271,26 @@ pub fn create(state: &mut LabState, name: &str, port: u16) -> Result<()> {
     state.save()
 }
 
-/// `boshy workload configure` against the lab's first pilot with a `bosh.admin` token from the
-/// lab's UAA, in the environment as an operator's shell would hold it.
+/// `boshy workload configure` naming every pilot of the lab (the VM's agent reports to each:
+/// a pilot that never hears it judges it silent), with a `bosh.admin` token from the lab's
+/// UAA, in the environment as an operator's shell would hold it.
 pub async fn configure(state: &LabState, group: &str, out: &Path, ttl: &str) -> Result<String> {
     let token = state.sim()?.issue_token(&["bosh.admin"], 3600).await?;
-    let pilot = super::ready::pilots(state)
-        .next()
-        .context("the lab has no bosh-pilot VM")?;
+    let pilots: Vec<String> = super::ready::pilots(state)
+        .flat_map(|pilot| {
+            [
+                "--pilot".to_string(),
+                format!("https://{}:{}", pilot.ip, super::vm::API_PORT),
+            ]
+        })
+        .collect();
+    if pilots.is_empty() {
+        bail!("the lab has no bosh-pilot VM");
+    }
     let files = super::pki::MeshFiles::of(&state.layout);
     let output = std::process::Command::new(&state.layout.boshy_bin)
         .args(["workload", "configure", "--group", group])
-        .arg("--pilot")
-        .arg(format!("https://{}:{}", pilot.ip, super::vm::API_PORT))
+        .args(&pilots)
         .arg("--ca")
         .arg(files.ca())
         .args(["--ttl", ttl])
