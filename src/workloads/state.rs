@@ -13,6 +13,10 @@ use super::refusal::JoinRefusal;
 use super::token::{JoinToken, TokenRecord};
 use crate::catalog::model::{InstanceRef, Labels};
 
+/// How long a token is kept past its expiry: a VM joining with it meanwhile is told that it
+/// expired (or was revoked), not that no token has its id.
+pub(crate) const EXPIRED_TOKEN_RETENTION_SECONDS: u64 = 24 * 3600;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct WorkloadState {
@@ -211,10 +215,11 @@ impl WorkloadState {
         })
     }
 
-    /// Forgets the tokens past their expiry (revoked ones are kept until then, so that a
-    /// revoked token is refused as such). Done with each write, never a write of its own.
+    /// Forgets the tokens that expired more than [`EXPIRED_TOKEN_RETENTION_SECONDS`] ago
+    /// (revoked ones too). Done with each write, never a write of its own.
     pub(crate) fn prune(&mut self, now: u64) {
-        self.tokens.retain(|t| !t.expired(now));
+        let forgotten_before = now.saturating_sub(EXPIRED_TOKEN_RETENTION_SECONDS);
+        self.tokens.retain(|t| !t.expired(forgotten_before));
     }
 
     pub(crate) fn registration(&self, id: &str) -> Option<&Registration> {
@@ -438,16 +443,22 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn expired_tokens_are_pruned_revoked_ones_kept_until_they_expire() {
+    fn expired_tokens_are_refused_as_such_for_a_day_then_pruned() {
         let (a, b) = (token(1), token(2));
         let mut state = with_tokens(&[(&a, GROUP), (&b, GROUP)]);
         state.tokens[1].expires_at = 200;
         state
             .apply(&Change::RevokeToken(a.id.clone()), &mesh(), 150)
             .unwrap();
-        state.prune(199);
+        let day = EXPIRED_TOKEN_RETENTION_SECONDS;
+        state.prune(200 + day - 1);
         assert_eq!(state.tokens.len(), 2);
-        state.prune(200);
+        let refused = state.check_token(&b, GROUP, &mesh(), 200 + day - 1);
+        assert!(
+            matches!(refused, Err(JoinRefusal::Expired { .. })),
+            "{refused:?}"
+        );
+        state.prune(200 + day);
         assert_eq!(state.tokens.len(), 1);
         assert!(state.tokens[0].revoked);
     }
