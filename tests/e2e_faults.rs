@@ -436,10 +436,12 @@ fn racing_pilots_on_a_fresh_director_agree() {
     for (pilot, _) in pilots() {
         LAB.ok(&["process", &pilot, "bosh-pilot", "start"]);
     }
-    // Each pilot reads the rule configs once at start (not held), then the VIP config.
+    // Each pilot reads the rule configs and its registration store (`boshy-workloads`) once
+    // at start (not held), and the VIP config (held): three reads each. Counting two let the
+    // fault go before every pilot waited on the VIP config, and the pilots did not race.
     wait_until(
         "every pilot to wait for its first read of the VIP config",
-        || count("GET /configs") >= reads_before + 2 * 3,
+        || count("GET /configs") >= reads_before + 3 * 3,
     );
     director_fault("none", None);
     wait_for_all_pilots(
